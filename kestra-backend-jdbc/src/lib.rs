@@ -1,0 +1,1 @@
+//! JDBC backend (in progress).

@@ -1,0 +1,10 @@
+//! # kestra-core
+//!
+//! The heart of the Kestra re-implementation: everything that does not depend on a particular backend.
+//!
+//! - [`model`]: executions, task runs, states, logs, metrics, trigger state, service instances.
+//! - [`flow`]: the YAML flow language - model, task registry, parsing and validation.
+//! - [`expression`]: Pebble-compatible expressions rendered with strict undefined variables.
+//! - [`queue`], [`repository`], [`storage`]: the three seams every backend implements.
+//!
+//! No database, Kafka or Elasticsearch type appears in this crate; backends implement its traits.

@@ -1,0 +1,1 @@
+//! InternalStorage implementations: local filesystem (default), and later S3, GCS and Azure.
