@@ -1,0 +1,11 @@
+//! The YAML flow language: the model ([`model`]), the task and trigger registry ([`registry`]),
+//! parsing with positions ([`parse`]) and validation ([`validate`]).
+
+pub mod duration;
+pub mod model;
+pub mod property;
+pub mod yaml;
+
+pub use duration::IsoDuration;
+pub use model::*;
+pub use property::Property;
