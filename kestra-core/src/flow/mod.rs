@@ -9,3 +9,10 @@ pub mod yaml;
 pub use duration::IsoDuration;
 pub use model::*;
 pub use property::Property;
+pub mod registry;
+pub mod tasks;
+pub mod triggers;
+
+pub use registry::{
+    ChildSlot, TaskEntry, TaskKind, TaskRegistry, TaskType, TriggerEntry, TriggerType,
+};
