@@ -10,3 +10,6 @@
 //! No database, Kafka or Elasticsearch type appears in this crate; backends implement its traits.
 
 pub mod model;
+pub mod queue;
+pub mod repository;
+pub mod storage;
