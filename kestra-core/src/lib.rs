@@ -13,3 +13,5 @@ pub mod model;
 pub mod queue;
 pub mod repository;
 pub mod storage;
+#[cfg(feature = "testkit")]
+pub mod testkit;
