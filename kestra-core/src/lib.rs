@@ -8,4 +8,11 @@
 //! - [`queue`], [`repository`], [`storage`]: the three seams every backend implements.
 //!
 //! No database, Kafka or Elasticsearch type appears in this crate; backends implement its traits.
+
 pub mod flow;
+pub mod model;
+pub mod queue;
+pub mod repository;
+pub mod storage;
+#[cfg(feature = "testkit")]
+pub mod testkit;

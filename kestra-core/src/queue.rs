@@ -1,0 +1,466 @@
+//! The Queue seam: typed, keyed messages between components.
+//!
+//! Components never call each other; they publish [`Envelope`]s to a [`Topic`] and receive them in
+//! one of two ways:
+//!
+//! - **competing** ([`Queue::receive`]): each message of a topic is delivered to exactly one instance of
+//!   each consumer group that [`Topic::groups`] lists (executor, worker, scheduler, indexer). Several
+//!   instances of one group share the work.
+//! - **broadcast** ([`Queue::subscribe`]): every live subscriber of a topic sees every message published
+//!   after it subscribed (kill signals to workers, SSE follow of executions and logs, flow caches).
+//!
+//! The executor uses a third, transactional way: [`Queue::begin`] returns a [`UnitOfWork`] over a batch
+//! of claimed messages in which it loads and saves executions and executor state and stages the messages
+//! it emits; [`UnitOfWork::commit`] applies all of it, including the acknowledgement of the claimed
+//! messages, or nothing (the atomicity rule of DESIGN.md).
+//!
+//! # Contract (checked by the conformance suite in `testkit`, run by every backend)
+//!
+//! 1. **Durability.** When [`Queue::publish`] returns `Ok`, the messages survive a crash of the publisher
+//!    and of the consumers.
+//! 2. **Delivery.** At-least-once per consumer group: a message is delivered again when its delivery is
+//!    not acknowledged before its lease ends (competing receive) or when the unit of work that claimed it
+//!    is dropped without commit (a crash before commit means redelivery, never loss). Consumers are
+//!    idempotent: the executor drops duplicate and stale results by (execution id, task run id, attempt).
+//! 3. **Ordering per key.** Within one (topic, group), messages with the same key are handed out in the
+//!    order they were published, and a message is not handed out while an earlier message with the same
+//!    key is claimed but not yet acknowledged. Keys are execution ids wherever one exists, so all
+//!    messages of an execution are processed in order, one at a time. Messages with different keys have
+//!    no relative order.
+//! 4. **Delay.** A message with [`Envelope::deliver_at`] in the future is not handed out before that time
+//!    (retries, pause timeouts, scheduled starts). Ordering per key counts only messages already due.
+//! 5. **Dead letters.** A message a consumer cannot decode is set aside with [`Queue::dead_letter`]
+//!    (or [`UnitOfWork::dead_letter`]) and never delivered again; the consumer keeps going.
+//! 6. **Broadcast** is live only: no replay of messages published before the subscription, best effort
+//!    while subscribed (a subscriber that lags too far may lose messages and is told so with
+//!    [`QueueError::Lagged`]).
+//!
+//! # How the backends meet it
+//!
+//! - **JDBC** (SQLite, PostgreSQL, MySQL): a queue table with one row per (message, consumer group) and a
+//!   monotonically increasing offset. Competing receive claims rows with `FOR UPDATE SKIP LOCKED` (SQLite:
+//!   one writer, `UPDATE ... RETURNING`), excluding keys that have an older unacknowledged row; leases are
+//!   a `claimed_until` column; acknowledged rows are deleted in batches. A unit of work is one database
+//!   transaction: claimed rows stay locked by it, the execution row is read `FOR UPDATE`, and the deletes
+//!   of consumed rows, the new execution state and the emitted rows commit together. Wake-ups use
+//!   `LISTEN/NOTIFY` on PostgreSQL and in-process notification on SQLite, polling as the fallback.
+//!   Broadcast reads a short-lived table by offset.
+//! - **Kafka**: one topic per [`Topic`], partitioned by key (so one executor owns an execution); each
+//!   consumer group is a Kafka consumer group; a unit of work is a Kafka transaction
+//!   (consume -> process -> produce -> `send_offsets_to_transaction` -> commit) with `read_committed`
+//!   consumers; executor state is a compacted topic plus a local store rebuilt on partition assignment.
+//!   Broadcast uses a consumer group per subscriber starting at the log end.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::stream::BoxStream;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::model::Execution;
+
+/// A message stream: what the components exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Topic {
+    /// Executions to process: new executions (API, scheduler, subflows) and executor updates.
+    Execution,
+    /// Commands and timers on an execution for the executor: kill, resume, restart, retry due, pause
+    /// elapsed, scheduled start.
+    ExecutionCommand,
+    /// Kill signals broadcast to workers (running attempts of an execution must stop).
+    ExecutionKilled,
+    /// Jobs for workers: a task attempt or a polling trigger evaluation.
+    WorkerJob,
+    /// Results of task attempts, from workers to the executor.
+    WorkerTaskResult,
+    /// Results of polling trigger evaluations, from workers to the scheduler.
+    WorkerTriggerResult,
+    /// A subflow execution ended: the result for its parent execution.
+    SubflowExecutionResult,
+    /// Log lines, for the indexer (and live follow).
+    Log,
+    /// Metrics, for the indexer.
+    Metric,
+    /// Flow changes (caches in executors and schedulers).
+    Flow,
+    /// Trigger state changes (scheduler).
+    Trigger,
+}
+
+/// A kind of consumer; instances of one group compete for messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ConsumerGroup {
+    /// Executors.
+    Executor,
+    /// Workers.
+    Worker,
+    /// Schedulers.
+    Scheduler,
+    /// Indexers (logs and metrics into the repository).
+    Indexer,
+}
+
+impl Topic {
+    /// Every topic.
+    pub const ALL: [Topic; 11] = [
+        Topic::Execution,
+        Topic::ExecutionCommand,
+        Topic::ExecutionKilled,
+        Topic::WorkerJob,
+        Topic::WorkerTaskResult,
+        Topic::WorkerTriggerResult,
+        Topic::SubflowExecutionResult,
+        Topic::Log,
+        Topic::Metric,
+        Topic::Flow,
+        Topic::Trigger,
+    ];
+
+    /// Stable name used in tables, topic names and logs (`worker_job`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Topic::Execution => "execution",
+            Topic::ExecutionCommand => "execution_command",
+            Topic::ExecutionKilled => "execution_killed",
+            Topic::WorkerJob => "worker_job",
+            Topic::WorkerTaskResult => "worker_task_result",
+            Topic::WorkerTriggerResult => "worker_trigger_result",
+            Topic::SubflowExecutionResult => "subflow_execution_result",
+            Topic::Log => "log",
+            Topic::Metric => "metric",
+            Topic::Flow => "flow",
+            Topic::Trigger => "trigger",
+        }
+    }
+
+    /// The consumer groups that each receive every message of this topic (competing within a group).
+    /// Topics with no group are broadcast-only.
+    pub fn groups(self) -> &'static [ConsumerGroup] {
+        match self {
+            Topic::Execution
+            | Topic::ExecutionCommand
+            | Topic::WorkerTaskResult
+            | Topic::SubflowExecutionResult => &[ConsumerGroup::Executor],
+            Topic::WorkerJob => &[ConsumerGroup::Worker],
+            Topic::WorkerTriggerResult | Topic::Trigger => &[ConsumerGroup::Scheduler],
+            Topic::Log | Topic::Metric => &[ConsumerGroup::Indexer],
+            Topic::ExecutionKilled | Topic::Flow => &[],
+        }
+    }
+}
+
+impl fmt::Display for Topic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Topic {
+    type Err = QueueError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Topic::ALL
+            .into_iter()
+            .find(|t| t.as_str() == s)
+            .ok_or_else(|| QueueError::UnknownTopic(s.to_string()))
+    }
+}
+
+impl ConsumerGroup {
+    /// Every group.
+    pub const ALL: [ConsumerGroup; 4] = [
+        ConsumerGroup::Executor,
+        ConsumerGroup::Worker,
+        ConsumerGroup::Scheduler,
+        ConsumerGroup::Indexer,
+    ];
+
+    /// Stable name (`executor`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConsumerGroup::Executor => "executor",
+            ConsumerGroup::Worker => "worker",
+            ConsumerGroup::Scheduler => "scheduler",
+            ConsumerGroup::Indexer => "indexer",
+        }
+    }
+}
+
+impl fmt::Display for ConsumerGroup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ConsumerGroup {
+    type Err = QueueError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ConsumerGroup::ALL
+            .into_iter()
+            .find(|t| t.as_str() == s)
+            .ok_or_else(|| QueueError::UnknownGroup(s.to_string()))
+    }
+}
+
+/// One message: a topic, a key (the execution id wherever one exists) and a JSON payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// Topic.
+    pub topic: Topic,
+    /// Ordering key.
+    pub key: String,
+    /// Serialized payload (JSON).
+    pub payload: Bytes,
+    /// Not delivered before this date (delayed message), if set.
+    pub deliver_at: Option<DateTime<Utc>>,
+}
+
+impl Envelope {
+    /// A message with raw bytes.
+    pub fn new(topic: Topic, key: impl Into<String>, payload: impl Into<Bytes>) -> Envelope {
+        Envelope {
+            topic,
+            key: key.into(),
+            payload: payload.into(),
+            deliver_at: None,
+        }
+    }
+
+    /// A message whose payload is `value` as JSON.
+    pub fn json<T: Serialize + ?Sized>(
+        topic: Topic,
+        key: impl Into<String>,
+        value: &T,
+    ) -> Result<Envelope, QueueError> {
+        let payload =
+            serde_json::to_vec(value).map_err(|source| QueueError::Encode { topic, source })?;
+        Ok(Envelope::new(topic, key, payload))
+    }
+
+    /// The same message, delayed until `at`.
+    pub fn delayed_until(mut self, at: DateTime<Utc>) -> Envelope {
+        self.deliver_at = Some(at);
+        self
+    }
+
+    /// Decode the JSON payload.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, QueueError> {
+        serde_json::from_slice(&self.payload).map_err(|source| QueueError::Decode {
+            topic: self.topic,
+            key: self.key.clone(),
+            source,
+        })
+    }
+}
+
+/// Identifies one delivery for acknowledgement: partition (0 on JDBC) and offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DeliveryTag {
+    /// Partition (Kafka) or 0.
+    pub partition: i32,
+    /// Offset within the partition (JDBC: the row id).
+    pub offset: i64,
+}
+
+/// A message handed to a consumer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// Acknowledgement handle.
+    pub tag: DeliveryTag,
+    /// The consumer group it was delivered to.
+    pub group: ConsumerGroup,
+    /// The message.
+    pub envelope: Envelope,
+    /// 1 for the first delivery, more for redeliveries.
+    pub attempt: u32,
+}
+
+/// Errors of the queue seam.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The backend failed (database, broker, network).
+    #[error("queue backend error during {operation}: {source}")]
+    Backend {
+        /// What was being done.
+        operation: &'static str,
+        /// Underlying error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A payload could not be serialized.
+    #[error("cannot encode a message for topic {topic}: {source}")]
+    Encode {
+        /// Topic.
+        topic: Topic,
+        /// Cause.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A payload could not be decoded (malformed or unknown message: dead-letter it).
+    #[error("malformed message on topic {topic} (key {key}): {source}")]
+    Decode {
+        /// Topic.
+        topic: Topic,
+        /// Message key.
+        key: String,
+        /// Cause.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A stored topic name is unknown.
+    #[error("unknown topic '{0}'")]
+    UnknownTopic(String),
+    /// A stored consumer group name is unknown.
+    #[error("unknown consumer group '{0}'")]
+    UnknownGroup(String),
+    /// The delivery is no longer held by this consumer (lease expired and redelivered elsewhere).
+    #[error("delivery {tag:?} is no longer held by this consumer")]
+    LeaseLost {
+        /// The delivery.
+        tag: DeliveryTag,
+    },
+    /// A broadcast subscriber fell too far behind and missed `missed` messages.
+    #[error("broadcast subscriber lagged and missed {missed} messages")]
+    Lagged {
+        /// How many were missed (0 if unknown).
+        missed: u64,
+    },
+    /// The queue was shut down.
+    #[error("queue is closed")]
+    Closed,
+}
+
+impl QueueError {
+    /// Wrap a backend error.
+    pub fn backend(
+        operation: &'static str,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> QueueError {
+        QueueError::Backend {
+            operation,
+            source: Box::new(source),
+        }
+    }
+}
+
+/// A stream of broadcast messages.
+pub type Subscription = BoxStream<'static, Result<Envelope, QueueError>>;
+
+/// The queue seam. See the module documentation for the contract.
+#[async_trait]
+pub trait Queue: Send + Sync + 'static {
+    /// Publish messages durably, in order. Each is delivered to every group of its topic and to the
+    /// topic's live broadcast subscribers.
+    async fn publish(&self, messages: Vec<Envelope>) -> Result<(), QueueError>;
+
+    /// Competing receive: claim up to `max` due messages of `topic` for `group`, waiting up to `wait`
+    /// for the first one to arrive (returns an empty batch on timeout). Claimed messages are leased for
+    /// `lease`; unacknowledged, they are delivered again after it ends.
+    async fn receive(
+        &self,
+        group: ConsumerGroup,
+        topic: Topic,
+        max: usize,
+        lease: Duration,
+        wait: Duration,
+    ) -> Result<Vec<Delivery>, QueueError>;
+
+    /// Acknowledge deliveries: they are never delivered again. Unknown tags are ignored.
+    async fn ack(&self, group: ConsumerGroup, tags: &[DeliveryTag]) -> Result<(), QueueError>;
+
+    /// Set a delivery aside as a dead letter with the reason; it is never delivered again.
+    async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<(), QueueError>;
+
+    /// Broadcast receive: every message of `topic` published from now on.
+    async fn subscribe(&self, topic: Topic) -> Result<Subscription, QueueError>;
+
+    /// Transactional receive for `group` (the executor): claim up to `max` due messages of `topics`,
+    /// waiting up to `wait` for the first. Returns `None` on timeout.
+    async fn begin(
+        &self,
+        group: ConsumerGroup,
+        topics: &[Topic],
+        max: usize,
+        wait: Duration,
+    ) -> Result<Option<Box<dyn UnitOfWork>>, QueueError>;
+}
+
+/// A transaction over claimed messages: load, process, stage, commit all or nothing.
+///
+/// Dropping a unit without [`UnitOfWork::commit`] rolls it back: nothing staged is applied and the
+/// claimed messages are delivered again.
+#[async_trait]
+pub trait UnitOfWork: Send {
+    /// The claimed messages, in claim order (per key in publish order).
+    fn deliveries(&self) -> &[Delivery];
+
+    /// Load an execution's current state and lock it for this unit (JDBC: `SELECT ... FOR UPDATE`).
+    async fn load_execution(&mut self, id: &str) -> Result<Option<Execution>, QueueError>;
+
+    /// Stage the new state of an execution.
+    async fn save_execution(&mut self, execution: &Execution) -> Result<(), QueueError>;
+
+    /// Load and lock an entry of executor state (`kind` names the table/store: de-duplication,
+    /// concurrency slots, flow-trigger preconditions, ...).
+    async fn load_state(
+        &mut self,
+        kind: &str,
+        key: &str,
+    ) -> Result<Option<serde_json::Value>, QueueError>;
+
+    /// Stage a new value of an executor state entry (`None` deletes it).
+    async fn save_state(
+        &mut self,
+        kind: &str,
+        key: &str,
+        value: Option<&serde_json::Value>,
+    ) -> Result<(), QueueError>;
+
+    /// Stage messages to publish when the unit commits.
+    async fn publish(&mut self, messages: Vec<Envelope>) -> Result<(), QueueError>;
+
+    /// Stage setting a claimed delivery aside as a dead letter (instead of acknowledging it).
+    async fn dead_letter(&mut self, tag: DeliveryTag, reason: &str) -> Result<(), QueueError>;
+
+    /// Apply everything staged and acknowledge the claimed deliveries, atomically.
+    async fn commit(self: Box<Self>) -> Result<(), QueueError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for t in Topic::ALL {
+            assert_eq!(t.as_str().parse::<Topic>().ok(), Some(t));
+        }
+        for g in ConsumerGroup::ALL {
+            assert_eq!(g.as_str().parse::<ConsumerGroup>().ok(), Some(g));
+        }
+        assert!("nope".parse::<Topic>().is_err());
+    }
+
+    #[test]
+    fn envelope_json_round_trip_and_malformed_payload() -> Result<(), QueueError> {
+        let e = Envelope::json(Topic::Log, "k", &serde_json::json!({"a": 1}))?;
+        let v: serde_json::Value = e.decode()?;
+        assert_eq!(v["a"], 1);
+        let bad = Envelope::new(Topic::Log, "k", &b"{not json"[..]);
+        let err = bad.decode::<serde_json::Value>().err();
+        assert!(
+            matches!(
+                err,
+                Some(QueueError::Decode {
+                    topic: Topic::Log,
+                    ..
+                })
+            ),
+            "{err:?}"
+        );
+        Ok(())
+    }
+}

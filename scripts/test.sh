@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The project's test command (README): starts the services the tests need, then formats-checks, lints
+# and tests the whole workspace. Under CI=true a missing service is a failure, not a skip.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ -x scripts/services.sh ]; then
+  # services.sh installs (if missing) and starts PostgreSQL and MariaDB, and prints export lines.
+  eval "$(scripts/services.sh)"
+fi
+
+echo "== cargo fmt --check" >&2
+cargo fmt --all -- --check
+echo "== cargo clippy" >&2
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+echo "== cargo test" >&2
+cargo test --workspace --all-features
