@@ -1,0 +1,179 @@
+//! The messages the engine's components exchange through the [`Queue`](crate::queue::Queue), with the
+//! topic and key each travels on. Every message that concerns an execution is keyed by its id, so that
+//! all of them are processed in order by one executor.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::flow::model::Task;
+use crate::model::{Execution, State, StateType, TaskRun};
+use crate::queue::{Envelope, QueueError, Topic};
+
+/// A task attempt for a worker (topic [`Topic::WorkerJob`], key = execution id).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerTask {
+    /// The task run, as the executor dispatched it (its last attempt is the one to run).
+    pub task_run: TaskRun,
+    /// The task definition (plugin defaults applied).
+    pub task: Task,
+    /// The expression context to render the task's properties with (flow, execution, taskrun,
+    /// outputs, inputs, vars, ...).
+    pub context: Value,
+    /// Attempt number, from 1 (= `task_run.attempts.len()`).
+    pub attempt: u32,
+    /// Flow revision.
+    pub flow_revision: i32,
+}
+
+/// What a worker publishes: a job for a task attempt or a polling-trigger evaluation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum WorkerJob {
+    /// Run one task attempt.
+    Task(Box<WorkerTask>),
+}
+
+impl WorkerJob {
+    /// As a queue message keyed by the execution id.
+    pub fn envelope(&self) -> Result<Envelope, QueueError> {
+        match self {
+            WorkerJob::Task(t) => Envelope::json(Topic::WorkerJob, &t.task_run.execution_id, self),
+        }
+    }
+}
+
+/// The result of one task attempt (topic [`Topic::WorkerTaskResult`], key = execution id).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerTaskResult {
+    /// Execution.
+    pub execution_id: String,
+    /// Task run.
+    pub task_run_id: String,
+    /// Attempt number the result is for (from 1); a result for another attempt is stale.
+    pub attempt: u32,
+    /// The attempt's final state (SUCCESS, WARNING, FAILED, KILLED).
+    pub state: StateType,
+    /// The attempt's own state history (RUNNING ... final).
+    pub attempt_state: State,
+    /// Outputs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outputs: Option<Map<String, Value>>,
+    /// Task runs created on the worker (children of a WorkingDirectory), final.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub child_task_runs: Vec<TaskRun>,
+    /// Worker that ran it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_id: Option<String>,
+}
+
+impl WorkerTaskResult {
+    /// As a queue message keyed by the execution id.
+    pub fn envelope(&self) -> Result<Envelope, QueueError> {
+        Envelope::json(Topic::WorkerTaskResult, &self.execution_id, self)
+    }
+}
+
+/// A command or timer for the executor on one execution (topic [`Topic::ExecutionCommand`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "camelCase")]
+pub enum ExecutionCommand {
+    /// Kill the execution (running attempts stop, pending task runs end KILLED).
+    Kill {
+        /// Execution.
+        execution_id: String,
+    },
+    /// A retry of a failed task run is due: start attempt `attempt`.
+    RetryDue {
+        /// Execution.
+        execution_id: String,
+        /// Task run to retry.
+        task_run_id: String,
+        /// The attempt to start (from 2).
+        attempt: u32,
+    },
+    /// Restart a failed execution: failed task runs (and their parents) run again.
+    Restart {
+        /// Execution.
+        execution_id: String,
+    },
+}
+
+impl ExecutionCommand {
+    /// The execution concerned.
+    pub fn execution_id(&self) -> &str {
+        match self {
+            ExecutionCommand::Kill { execution_id }
+            | ExecutionCommand::RetryDue { execution_id, .. }
+            | ExecutionCommand::Restart { execution_id } => execution_id,
+        }
+    }
+
+    /// As a queue message keyed by the execution id.
+    pub fn envelope(&self) -> Result<Envelope, QueueError> {
+        Envelope::json(Topic::ExecutionCommand, self.execution_id(), self)
+    }
+}
+
+/// A kill signal broadcast to workers (topic [`Topic::ExecutionKilled`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecutionKilled {
+    /// Execution whose running attempts must stop.
+    pub execution_id: String,
+}
+
+impl ExecutionKilled {
+    /// As a queue message keyed by the execution id.
+    pub fn envelope(&self) -> Result<Envelope, QueueError> {
+        Envelope::json(Topic::ExecutionKilled, &self.execution_id, self)
+    }
+}
+
+/// A new execution to start (topic [`Topic::Execution`], key = its id).
+pub fn execution_envelope(execution: &Execution) -> Result<Envelope, QueueError> {
+    Envelope::json(Topic::Execution, &execution.id, execution)
+}
+
+/// A message the executor consumes, decoded.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExecutorEvent {
+    /// A new execution (or a replacement, e.g. a restart prepared by the API).
+    Execution(Box<Execution>),
+    /// A command or timer.
+    Command(ExecutionCommand),
+    /// A worker's result.
+    WorkerResult(Box<WorkerTaskResult>),
+}
+
+impl ExecutorEvent {
+    /// Decode a consumed message; `Err` means a malformed message to dead-letter.
+    pub fn decode(envelope: &Envelope) -> Result<ExecutorEvent, QueueError> {
+        match envelope.topic {
+            Topic::Execution => Ok(ExecutorEvent::Execution(Box::new(envelope.decode()?))),
+            Topic::ExecutionCommand => Ok(ExecutorEvent::Command(envelope.decode()?)),
+            Topic::WorkerTaskResult => Ok(ExecutorEvent::WorkerResult(Box::new(envelope.decode()?))),
+            other => Err(QueueError::UnknownTopic(format!("executor does not consume {other}"))),
+        }
+    }
+
+    /// The execution concerned.
+    pub fn execution_id(&self) -> &str {
+        match self {
+            ExecutorEvent::Execution(e) => &e.id,
+            ExecutorEvent::Command(c) => c.execution_id(),
+            ExecutorEvent::WorkerResult(r) => &r.execution_id,
+        }
+    }
+}
+
+/// A delayed executor command (retry due, ...) with the time it is due.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delay {
+    /// When.
+    pub at: DateTime<Utc>,
+    /// What.
+    pub command: ExecutionCommand,
+}

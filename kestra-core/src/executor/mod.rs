@@ -1,0 +1,21 @@
+//! The executor: Kestra's orchestration logic.
+//!
+//! - [`process`](process::process) is pure: (stored execution, event, flow, now) -> [`Outcome`]
+//!   (new execution state, worker jobs, delayed commands, kill broadcast, logs). It never touches a
+//!   queue, a database or a clock.
+//! - [`index`] resolves a flow once ([`FlowIndex`]) so that `process` does not re-decode task
+//!   properties; [`context`] builds the expression variables; [`messages`] defines what travels on the
+//!   queue.
+//! - The runtime that feeds `process` from [`Queue::begin`](crate::queue::Queue::begin) units of work
+//!   lives in [`runtime`](crate::runtime).
+
+pub mod context;
+pub mod index;
+pub mod messages;
+pub mod process;
+
+pub use index::{FlowIndex, IndexError};
+pub use messages::{
+    Delay, ExecutionCommand, ExecutionKilled, ExecutorEvent, WorkerJob, WorkerTask, WorkerTaskResult,
+};
+pub use process::{Outcome, process};

@@ -1,0 +1,1086 @@
+//! The executor's pure heart: [`process`] takes the current execution (if any), one event and the
+//! flow, and returns the execution's next state and everything to emit ([`Outcome`]).
+//!
+//! It is deterministic for a given `now`: task run ids are derived from (execution id, parent task
+//! run, task id, value), so re-running it on an unchanged execution creates nothing new, and a
+//! redelivered event is recognised as stale or duplicate and dropped.
+//!
+//! # Rules (SEMANTICS.md)
+//! - A group (flow `tasks`, a flowable's children) runs its tasks sequentially, in parallel or as a
+//!   DAG; when a main task fails the rest are not created, `errors` run sequentially, then `finally`.
+//!   The group's state is the worst state of its main task runs (KILLED > FAILED > WARNING > PAUSED >
+//!   SUCCESS); errors and finally never change it.
+//! - `runIf` is evaluated when the task run is created: false-ish gives SKIPPED. Disabled tasks create
+//!   no task run.
+//! - A runnable task run goes RUNNING as soon as its job is emitted; the worker answers with the
+//!   attempt's final state. A FAILED attempt is retried (new attempt on the same task run, RETRYING
+//!   meanwhile) while the retry policy allows; `warningOnRetry` turns a success after retries into
+//!   WARNING; `allowFailure` turns FAILED into WARNING and `allowWarning` WARNING into SUCCESS.
+//! - Kill: the execution goes KILLING (workers are told), task runs not started yet end KILLED,
+//!   nothing new is created, and the execution ends KILLED once every task run is terminal.
+//! - `afterExecution` runs once the final state is known (visible as `execution.state`), then the
+//!   execution takes that state.
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::executor::context::{execution_context, task_run_context};
+use crate::executor::index::{FlowIndex, Flowable, Group, NodeKind, Slot, types};
+use crate::executor::messages::{
+    Delay, ExecutionCommand, ExecutorEvent, WorkerTask, WorkerTaskResult,
+};
+use crate::expression::ExpressionEngine;
+use crate::flow::model::{Retry, RetryType};
+use crate::flow::property::{Property, is_expression};
+use crate::model::execution::system_labels;
+use crate::model::id::encode_base62;
+use crate::model::{
+    Execution, Label, Level, LogEntry, State, StateType, TaskRun, TaskRunAttempt,
+};
+
+/// Everything one call of [`process`] decided.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    /// The execution after the event (unchanged if `changed` is false).
+    pub execution: Execution,
+    /// Whether anything changed (if not, nothing needs saving).
+    pub changed: bool,
+    /// Jobs to send to workers.
+    pub worker_tasks: Vec<WorkerTask>,
+    /// Delayed commands to schedule (retries).
+    pub delays: Vec<Delay>,
+    /// Tell workers to stop this execution's running attempts.
+    pub kill_broadcast: bool,
+    /// Log lines from the executor (expression errors, ...).
+    pub logs: Vec<LogEntry>,
+    /// Why the event was ignored, if it was (stale or duplicate result, ...).
+    pub ignored: Option<String>,
+}
+
+/// Apply `event` to the execution (`current` is the stored one; `None` for a new execution) and
+/// compute what follows. Returns `None` if there is no execution to work on.
+pub fn process(
+    index: &FlowIndex,
+    expr: &ExpressionEngine,
+    now: DateTime<Utc>,
+    current: Option<Execution>,
+    event: &ExecutorEvent,
+) -> Option<Outcome> {
+    let (execution, is_new) = match (current, event) {
+        (Some(e), _) => (e, false),
+        (None, ExecutorEvent::Execution(e)) => ((**e).clone(), true),
+        (None, _) => return None,
+    };
+    let mut run = Run {
+        index,
+        expr,
+        now,
+        exec: execution,
+        changed: is_new,
+        progress: 0,
+        worker_tasks: Vec::new(),
+        delays: Vec::new(),
+        kill_broadcast: false,
+        logs: Vec::new(),
+        ignored: None,
+        base_ctx: None,
+        exit: None,
+        pending_final: None,
+    };
+    run.apply(event, is_new);
+    run.process();
+    Some(Outcome {
+        execution: run.exec,
+        changed: run.changed,
+        worker_tasks: run.worker_tasks,
+        delays: run.delays,
+        kill_broadcast: run.kill_broadcast,
+        logs: run.logs,
+        ignored: run.ignored,
+    })
+}
+
+/// Whether a rendered value is "false-ish" for `runIf` and conditions: `false`, `0`, `-0`, empty,
+/// null.
+pub fn is_falsy(value: &Value) -> bool {
+    match value {
+        Value::Null => true,
+        Value::Bool(b) => !b,
+        Value::Number(n) => n.as_f64() == Some(0.0),
+        Value::String(s) => {
+            let t = s.trim();
+            t.is_empty() || t.eq_ignore_ascii_case("false") || t == "0" || t == "-0"
+        }
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+    }
+}
+
+/// Severity order for the final state: KILLED > FAILED > WARNING > PAUSED > SUCCESS.
+fn severity(s: StateType) -> u8 {
+    match s {
+        StateType::Killed => 5,
+        StateType::Failed | StateType::Cancelled => 4,
+        StateType::Warning => 3,
+        StateType::Paused => 2,
+        _ => 1,
+    }
+}
+
+fn worst(a: StateType, b: StateType) -> StateType {
+    let norm = |s: StateType| match s {
+        StateType::Skipped | StateType::Retried => StateType::Success,
+        StateType::Cancelled => StateType::Failed,
+        other => other,
+    };
+    let (a, b) = (norm(a), norm(b));
+    if severity(b) > severity(a) { b } else { a }
+}
+
+/// Deterministic task run id.
+fn task_run_id(execution_id: &str, parent: Option<&str>, task_id: &str, value: Option<&str>) -> String {
+    let mut h = Sha256::new();
+    for part in [execution_id, parent.unwrap_or(""), task_id, value.unwrap_or("\u{0}")] {
+        h.update(part.as_bytes());
+        h.update([0xff]);
+    }
+    let digest = h.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    encode_base62(u128::from_be_bytes(bytes))
+}
+
+enum Status {
+    Running,
+    Done(StateType),
+}
+
+struct Run<'a> {
+    index: &'a FlowIndex,
+    expr: &'a ExpressionEngine,
+    now: DateTime<Utc>,
+    exec: Execution,
+    changed: bool,
+    progress: u64,
+    worker_tasks: Vec<WorkerTask>,
+    delays: Vec<Delay>,
+    kill_broadcast: bool,
+    logs: Vec<LogEntry>,
+    ignored: Option<String>,
+    base_ctx: Option<Map<String, Value>>,
+    exit: Option<StateType>,
+    pending_final: Option<StateType>,
+}
+
+impl Run<'_> {
+    fn touch(&mut self) {
+        self.changed = true;
+        self.progress += 1;
+        self.base_ctx = None;
+    }
+
+    fn killing(&self) -> bool {
+        self.exec.current() == StateType::Killing
+    }
+
+    fn log(&mut self, run: Option<&TaskRun>, level: Level, message: String) {
+        tracing::debug!(execution_id = %self.exec.id, %message, "executor log");
+        self.logs.push(LogEntry {
+            tenant_id: self.exec.tenant_id.clone(),
+            namespace: self.exec.namespace.clone(),
+            flow_id: self.exec.flow_id.clone(),
+            task_id: run.map(|r| r.task_id.clone()),
+            execution_id: Some(self.exec.id.clone()),
+            task_run_id: run.map(|r| r.id.clone()),
+            attempt_number: None,
+            trigger_id: None,
+            timestamp: self.now,
+            level,
+            thread: Some("executor".into()),
+            message,
+        });
+    }
+
+    fn set_exec_state(&mut self, to: StateType) {
+        if self.exec.state.transition_at(to, self.now).is_ok() {
+            self.touch();
+        }
+    }
+
+    fn set_run_state(&mut self, run_id: &str, to: StateType) {
+        let now = self.now;
+        if let Some(r) = self.exec.task_run_mut(run_id) {
+            if r.state.transition_at(to, now).is_ok() {
+                self.touch();
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ events
+
+    fn apply(&mut self, event: &ExecutorEvent, is_new: bool) {
+        match event {
+            ExecutorEvent::Execution(_) => {
+                if !is_new {
+                    self.ignored = Some("execution already known (redelivered creation)".into());
+                }
+            }
+            ExecutorEvent::Command(cmd) => self.apply_command(cmd),
+            ExecutorEvent::WorkerResult(r) => self.apply_result(r),
+        }
+    }
+
+    fn apply_command(&mut self, cmd: &ExecutionCommand) {
+        match cmd {
+            ExecutionCommand::Kill { .. } => {
+                if self.exec.state.is_terminated() || self.killing() {
+                    self.ignored = Some("kill: execution already terminated or killing".into());
+                    return;
+                }
+                self.set_exec_state(StateType::Killing);
+                self.kill_broadcast = true;
+            }
+            ExecutionCommand::RetryDue { task_run_id, attempt, .. } => {
+                let ok = self.exec.task_run(task_run_id).is_some_and(|r| {
+                    r.current() == StateType::Retrying && r.attempts.len() as u32 + 1 == *attempt
+                });
+                if !ok || self.killing() || self.exec.state.is_terminated() {
+                    self.ignored = Some(format!("stale retry for task run {task_run_id}"));
+                    return;
+                }
+                self.start_attempt(task_run_id);
+            }
+            ExecutionCommand::Restart { .. } => self.restart(),
+        }
+    }
+
+    fn apply_result(&mut self, r: &WorkerTaskResult) {
+        let Some(task_run) = self.exec.task_run(&r.task_run_id) else {
+            self.ignored = Some(format!("result for unknown task run {}", r.task_run_id));
+            return;
+        };
+        if task_run.state.is_terminated() {
+            self.ignored = Some(format!("duplicate result for finished task run {}", r.task_run_id));
+            return;
+        }
+        if task_run.attempts.len() as u32 != r.attempt {
+            self.ignored = Some(format!(
+                "stale result for attempt {} of task run {} (current attempt {})",
+                r.attempt,
+                r.task_run_id,
+                task_run.attempts.len()
+            ));
+            return;
+        }
+        let task_id = task_run.task_id.clone();
+        let attempts = task_run.attempts.len() as u32;
+        let first_start = task_run.state.start_date().unwrap_or(self.now);
+        let now = self.now;
+        if let Some(tr) = self.exec.task_run_mut(&r.task_run_id) {
+            if let Some(last) = tr.attempts.last_mut() {
+                last.state = r.attempt_state.clone();
+                if last.worker_id.is_none() {
+                    last.worker_id = r.worker_id.clone();
+                }
+            }
+            tr.outputs = r.outputs.clone();
+        }
+        for child in &r.child_task_runs {
+            if self.exec.task_run(&child.id).is_none() {
+                self.exec.task_run_list.push(child.clone());
+            }
+        }
+        self.touch();
+        let node = self.index.node(&task_id);
+        let mut state = r.state;
+        if state == StateType::Failed && !self.killing() {
+            if let Some(retry) = self.index.retry_for(&task_id) {
+                if let Some(delay) = retry_delay(retry, attempts, first_start, now, &r.task_run_id) {
+                    self.set_run_state(&r.task_run_id, StateType::Retrying);
+                    self.delays.push(Delay {
+                        at: now + delay,
+                        command: ExecutionCommand::RetryDue {
+                            execution_id: self.exec.id.clone(),
+                            task_run_id: r.task_run_id.clone(),
+                            attempt: attempts + 1,
+                        },
+                    });
+                    return;
+                }
+            }
+        }
+        if state == StateType::Success && attempts > 1 {
+            if self.index.retry_for(&task_id).is_some_and(|r| r.warning_on_retry) {
+                state = StateType::Warning;
+            }
+        }
+        if let Some(node) = node {
+            state = allow_transform(state, node.task.allow_failure, node.task.allow_warning);
+        }
+        self.set_run_state(&r.task_run_id, state);
+    }
+
+    fn restart(&mut self) {
+        if !matches!(self.exec.current(), StateType::Failed | StateType::Killed) {
+            self.ignored = Some(format!("restart: execution is {}", self.exec.current()));
+            return;
+        }
+        // Failed task runs and all their ancestors run again.
+        let failed: Vec<String> = self
+            .exec
+            .task_run_list
+            .iter()
+            .filter(|r| matches!(r.current(), StateType::Failed | StateType::Killed))
+            .map(|r| r.id.clone())
+            .collect();
+        let mut restart: Vec<String> = Vec::new();
+        for id in failed {
+            let mut cur = Some(id);
+            while let Some(c) = cur {
+                if !restart.contains(&c) {
+                    restart.push(c.clone());
+                }
+                cur = self.exec.task_run(&c).and_then(|r| r.parent_task_run_id.clone());
+            }
+        }
+        // Task runs of errors/finally/afterExecution groups are dropped so they run again.
+        let idx = self.index;
+        self.exec.task_run_list.retain(|r| {
+            !matches!(
+                idx.node(&r.task_id).map(|n| n.slot),
+                Some(Slot::Errors | Slot::Finally | Slot::AfterExecution)
+            )
+        });
+        self.set_exec_state(StateType::Restarted);
+        self.exec.metadata.attempt_number += 1;
+        if self.exec.label(system_labels::RESTARTED).is_none() {
+            self.exec.labels.push(Label::new(system_labels::RESTARTED, "true"));
+        }
+        self.set_exec_state(StateType::Running);
+        for id in restart {
+            let Some(r) = self.exec.task_run(&id) else { continue };
+            let runnable =
+                matches!(self.index.node(&r.task_id).map(|n| &n.kind), Some(NodeKind::Runnable));
+            self.set_run_state(&id, StateType::Restarted);
+            if runnable {
+                self.start_attempt(&id);
+            } else {
+                self.set_run_state(&id, StateType::Running);
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ the walk
+
+    fn process(&mut self) {
+        if self.exec.state.is_terminated() {
+            return;
+        }
+        if matches!(self.exec.current(), StateType::Created | StateType::Restarted) {
+            self.set_exec_state(StateType::Running);
+        }
+        // Walk until nothing moves (executor-side tasks and flowables resolve within one call).
+        for _ in 0..10_000 {
+            let before = self.progress;
+            let status = self.walk_root();
+            if let Status::Done(state) = status {
+                self.finish(state);
+                return;
+            }
+            if self.progress == before {
+                return;
+            }
+        }
+        tracing::error!(execution_id = %self.exec.id, "executor walk did not converge");
+    }
+
+    fn walk_root(&mut self) -> Status {
+        if let Some(state) = self.exit {
+            return Status::Done(state);
+        }
+        let root = self.index.root.clone();
+        let main = match self.walk_group(None, None, &root, Mode::Sequential) {
+            Status::Running => return Status::Running,
+            Status::Done(s) => s,
+        };
+        if let Some(state) = self.exit {
+            return Status::Done(state);
+        }
+        let after = self.index.after_execution.clone();
+        if !after.is_empty() && !self.killing() {
+            // `execution.state` shows the final state to afterExecution tasks.
+            self.pending_final = Some(main);
+            let r = self.walk_sequence(None, None, &after);
+            if let Status::Running = r {
+                return Status::Running;
+            }
+        }
+        Status::Done(if self.killing() { StateType::Killed } else { main })
+    }
+
+    fn finish(&mut self, state: StateType) {
+        let mut state = state;
+        if state == StateType::Paused {
+            state = StateType::Success;
+        }
+        if matches!(state, StateType::Success | StateType::Warning) && !self.index.flow.outputs.is_empty() {
+            match self.flow_outputs() {
+                Ok(o) => self.exec.outputs = o,
+                Err(e) => {
+                    self.log(None, Level::Error, format!("flow outputs could not be rendered: {e}"));
+                    state = StateType::Failed;
+                }
+            }
+        }
+        if self.killing() {
+            state = StateType::Killed;
+        }
+        self.set_exec_state(state);
+    }
+
+    fn flow_outputs(&mut self) -> Result<Map<String, Value>, String> {
+        let ctx = Value::Object(self.base().clone());
+        let mut out = Map::new();
+        for o in &self.index.flow.outputs {
+            let v = self.expr.render_value(&o.value, &ctx, true).map_err(|e| format!("output '{}': {e}", o.id))?;
+            out.insert(o.id.clone(), v);
+        }
+        Ok(out)
+    }
+
+    fn base(&mut self) -> &Map<String, Value> {
+        if self.base_ctx.is_none() {
+            let mut ctx = execution_context(&self.exec, self.index);
+            if let Some(s) = self.pending_final {
+                if let Some(e) = ctx.get_mut("execution") {
+                    e["state"] = json!(s.as_str());
+                }
+            }
+            self.base_ctx = Some(ctx);
+        }
+        self.base_ctx.get_or_insert_with(Map::new)
+    }
+
+    fn context_for(&mut self, run_id: &str) -> Value {
+        self.base();
+        let base = self.base_ctx.clone().unwrap_or_default();
+        match self.exec.task_run(run_id) {
+            Some(run) => task_run_context(&base, &self.exec, self.index, run),
+            None => Value::Object(base),
+        }
+    }
+
+    fn find_run(&self, task_id: &str, parent: Option<&str>, value: Option<&str>) -> Option<&TaskRun> {
+        self.exec.task_run_list.iter().find(|r| {
+            r.task_id == task_id
+                && r.parent_task_run_id.as_deref() == parent
+                && r.value.as_deref() == value
+        })
+    }
+
+    fn walk_group(&mut self, parent: Option<&str>, value: Option<&str>, group: &Group, mode: Mode) -> Status {
+        let main = match mode {
+            Mode::Sequential => self.walk_sequence(parent, value, &group.tasks),
+            Mode::Parallel(limit) => self.walk_parallel(parent, value, &group.tasks, limit),
+        };
+        let state = match main {
+            Status::Running => return Status::Running,
+            Status::Done(s) => s,
+        };
+        if state == StateType::Failed && !group.errors.is_empty() && !self.killing() {
+            if let Status::Running = self.walk_sequence(parent, value, &group.errors) {
+                return Status::Running;
+            }
+        }
+        if !group.finally.is_empty() && !self.killing() {
+            if let Status::Running = self.walk_sequence(parent, value, &group.finally) {
+                return Status::Running;
+            }
+        }
+        Status::Done(state)
+    }
+
+    /// Advance one existing task run; returns its state afterwards.
+    fn advance(&mut self, run_id: &str) -> StateType {
+        let Some(run) = self.exec.task_run(run_id) else { return StateType::Failed };
+        let state = run.current();
+        if state.is_terminated() {
+            return state;
+        }
+        if self.killing() && matches!(state, StateType::Created | StateType::Retrying | StateType::Restarted) {
+            self.set_run_state(run_id, StateType::Killed);
+            return StateType::Killed;
+        }
+        let task_id = run.task_id.clone();
+        if let Some(NodeKind::Flowable(f)) = self.index.node(&task_id).map(|n| n.kind.clone()) {
+            if state == StateType::Running {
+                if let Status::Done(s) = self.walk_flowable(run_id, &f) {
+                    let node = self.index.node(&task_id);
+                    let (af, aw) = node.map(|n| (n.task.allow_failure, n.task.allow_warning)).unwrap_or((false, false));
+                    let allow_failure_flowable = matches!(f, Flowable::Sequential { allow_failure: true, .. });
+                    let s = allow_transform(s, af || allow_failure_flowable, aw);
+                    let s = if self.killing() && s != StateType::Failed { StateType::Killed } else { s };
+                    self.set_run_state(run_id, s);
+                    return s;
+                }
+            }
+        }
+        self.exec.task_run(run_id).map(|r| r.current()).unwrap_or(StateType::Failed)
+    }
+
+    fn walk_sequence(&mut self, parent: Option<&str>, value: Option<&str>, tasks: &[String]) -> Status {
+        let mut state = StateType::Success;
+        for task_id in tasks {
+            let existing = self.find_run(task_id, parent, value).map(|r| r.id.clone());
+            let run_id = match existing {
+                Some(id) => id,
+                None => {
+                    if self.killing() || self.exit.is_some() {
+                        return Status::Done(worst(state, StateType::Killed));
+                    }
+                    self.create(task_id, parent, value);
+                    return Status::Running;
+                }
+            };
+            let s = self.advance(&run_id);
+            if !s.is_terminated() {
+                return Status::Running;
+            }
+            state = worst(state, s);
+            if matches!(s, StateType::Failed | StateType::Killed | StateType::Cancelled) {
+                return Status::Done(state);
+            }
+        }
+        Status::Done(state)
+    }
+
+    fn walk_parallel(&mut self, parent: Option<&str>, value: Option<&str>, tasks: &[String], limit: u32) -> Status {
+        let mut state = StateType::Success;
+        let mut running = 0u32;
+        let mut missing = Vec::new();
+        let mut failed = false;
+        for task_id in tasks {
+            match self.find_run(task_id, parent, value).map(|r| r.id.clone()) {
+                None => missing.push(task_id.clone()),
+                Some(id) => {
+                    let s = self.advance(&id);
+                    if s.is_terminated() {
+                        state = worst(state, s);
+                        failed |= matches!(s, StateType::Failed | StateType::Killed);
+                    } else {
+                        running += 1;
+                    }
+                }
+            }
+        }
+        if !missing.is_empty() && !failed && !self.killing() && self.exit.is_none() {
+            for task_id in missing {
+                if limit > 0 && running >= limit {
+                    break;
+                }
+                self.create(&task_id, parent, value);
+                running += 1;
+            }
+            return Status::Running;
+        }
+        if running > 0 {
+            return Status::Running;
+        }
+        if !missing.is_empty() && (self.killing() || self.exit.is_some()) {
+            state = worst(state, StateType::Killed);
+        }
+        Status::Done(state)
+    }
+
+    fn render_limit(&mut self, run_id: &str, p: &Option<Property<u32>>, default: u32) -> Result<u32, String> {
+        match p {
+            None => Ok(default),
+            Some(Property::Value(v)) => Ok(*v),
+            Some(Property::Expression(e)) => {
+                let ctx = self.context_for(run_id);
+                let v = self.expr.render_typed(e, &ctx).map_err(|e| e.to_string())?;
+                match &v {
+                    Value::Number(n) => n.as_u64().map(|n| n as u32).ok_or_else(|| format!("'{v}' is not a positive integer")),
+                    Value::String(s) => s.trim().parse::<u32>().map_err(|_| format!("'{s}' is not a positive integer")),
+                    other => Err(format!("'{other}' is not a positive integer")),
+                }
+            }
+        }
+    }
+
+    fn fail_run(&mut self, run_id: &str, message: String) -> Status {
+        let run = self.exec.task_run(run_id).cloned();
+        self.log(run.as_ref(), Level::Error, message);
+        let (af, aw) = run
+            .and_then(|r| self.index.node(&r.task_id).map(|n| (n.task.allow_failure, n.task.allow_warning)))
+            .unwrap_or((false, false));
+        let s = allow_transform(StateType::Failed, af, aw);
+        Status::Done(s)
+    }
+
+    fn walk_flowable(&mut self, run_id: &str, f: &Flowable) -> Status {
+        let (parent, value) = match self.exec.task_run(run_id) {
+            Some(r) => (r.id.clone(), r.value.clone()),
+            None => return Status::Done(StateType::Failed),
+        };
+        let parent = Some(parent.as_str());
+        let value = value.as_deref();
+        match f {
+            Flowable::Sequential { group, .. } => self.walk_group(parent, value, group, Mode::Sequential),
+            Flowable::Parallel { group, concurrent } => match self.render_limit(run_id, concurrent, 0) {
+                Ok(limit) => self.walk_group(parent, value, group, Mode::Parallel(limit)),
+                Err(e) => self.fail_run(run_id, format!("invalid 'concurrent': {e}")),
+            },
+            Flowable::Dag { nodes, concurrent, group } => match self.render_limit(run_id, concurrent, 0) {
+                Ok(limit) => self.walk_dag(parent, value, nodes, group, limit),
+                Err(e) => self.fail_run(run_id, format!("invalid 'concurrent': {e}")),
+            },
+            Flowable::Switch { value: v, cases, defaults, group } => {
+                // The chosen value is rendered once and kept in the Switch's outputs.
+                let chosen = match self.exec.task_run(run_id).and_then(|r| r.outputs.clone()) {
+                    Some(o) => o,
+                    None => {
+                        let ctx = self.context_for(run_id);
+                        let rendered = match v {
+                            Value::String(s) => self.expr.render(s, &ctx).map(Value::String),
+                            other => Ok(Value::String(match other {
+                                Value::Null => String::new(),
+                                x => x.to_string(),
+                            })),
+                        };
+                        let rendered = match rendered {
+                            Ok(Value::String(s)) => s,
+                            Ok(other) => other.to_string(),
+                            Err(e) => return self.fail_run(run_id, format!("switch value: {e}")),
+                        };
+                        let is_default = !cases.contains_key(&rendered);
+                        let o = json!({"value": rendered, "defaults": is_default});
+                        let o = o.as_object().cloned().unwrap_or_default();
+                        if let Some(r) = self.exec.task_run_mut(run_id) {
+                            r.outputs = Some(o.clone());
+                        }
+                        self.touch();
+                        o
+                    }
+                };
+                let key = chosen.get("value").and_then(|v| v.as_str()).unwrap_or_default().to_string();
+                let tasks = match cases.get(&key) {
+                    Some(t) => t.clone(),
+                    None => match defaults {
+                        Some(d) => d.clone(),
+                        None => {
+                            return self.fail_run(
+                                run_id,
+                                format!("switch: no case matches '{key}' and there are no defaults"),
+                            );
+                        }
+                    },
+                };
+                let g = Group { tasks, errors: group.errors.clone(), finally: group.finally.clone() };
+                self.walk_group(parent, value, &g, Mode::Sequential)
+            }
+            Flowable::If { condition, then, else_tasks, group } => {
+                let ctx = self.context_for(run_id);
+                let truth = match self.condition(condition, &ctx) {
+                    Ok(t) => t,
+                    Err(e) => return self.fail_run(run_id, format!("if condition: {e}")),
+                };
+                let tasks = if truth { then.clone() } else { else_tasks.clone() };
+                let g = Group { tasks, errors: group.errors.clone(), finally: group.finally.clone() };
+                self.walk_group(parent, value, &g, Mode::Sequential)
+            }
+            Flowable::ForEach { values, concurrency_limit, group } => {
+                let limit = match self.render_limit(run_id, concurrency_limit, 1) {
+                    Ok(l) => l,
+                    Err(e) => return self.fail_run(run_id, format!("invalid 'concurrencyLimit': {e}")),
+                };
+                let ctx = self.context_for(run_id);
+                let list = match self.loop_values(values, &ctx) {
+                    Ok(l) => l,
+                    Err(e) => return self.fail_run(run_id, format!("forEach values: {e}")),
+                };
+                self.walk_for_each(run_id, value, &list, group, limit)
+            }
+        }
+    }
+
+    fn condition(&mut self, condition: &Value, ctx: &Value) -> Result<bool, String> {
+        match condition {
+            Value::String(s) if is_expression(s) => {
+                let v = self.expr.render_typed(s, ctx).map_err(|e| e.to_string())?;
+                Ok(!is_falsy(&v))
+            }
+            other => Ok(!is_falsy(other)),
+        }
+    }
+
+    fn loop_values(&mut self, values: &Value, ctx: &Value) -> Result<Vec<String>, String> {
+        let v = match values {
+            Value::String(s) if is_expression(s) => self.expr.render_typed(s, ctx).map_err(|e| e.to_string())?,
+            other => other.clone(),
+        };
+        let list = match v {
+            Value::Array(a) => a,
+            Value::String(s) => match serde_json::from_str::<Value>(&s) {
+                Ok(Value::Array(a)) => a,
+                _ => return Err(format!("'{s}' is not a list or a JSON array")),
+            },
+            other => return Err(format!("'{other}' is not a list")),
+        };
+        Ok(list
+            .into_iter()
+            .map(|v| match v {
+                Value::String(s) => s,
+                other => other.to_string(),
+            })
+            .collect())
+    }
+
+    fn walk_for_each(&mut self, run_id: &str, own_value: Option<&str>, values: &[String], group: &Group, limit: u32) -> Status {
+        let mut state = StateType::Success;
+        let mut running = 0u32;
+        let mut not_started = Vec::new();
+        let mut failed = false;
+        let body = Group { tasks: group.tasks.clone(), errors: Vec::new(), finally: Vec::new() };
+        for v in values {
+            let started = self.exec.task_run_list.iter().any(|r| {
+                r.parent_task_run_id.as_deref() == Some(run_id) && r.value.as_deref() == Some(v.as_str())
+            });
+            if !started {
+                not_started.push(v.clone());
+                continue;
+            }
+            match self.walk_group(Some(run_id), Some(v), &body, Mode::Sequential) {
+                Status::Running => running += 1,
+                Status::Done(s) => {
+                    state = worst(state, s);
+                    failed |= matches!(s, StateType::Failed | StateType::Killed);
+                }
+            }
+        }
+        if !not_started.is_empty() && !failed && !self.killing() && self.exit.is_none() {
+            for v in not_started {
+                if limit > 0 && running >= limit {
+                    break;
+                }
+                self.walk_group(Some(run_id), Some(&v), &body, Mode::Sequential);
+                running += 1;
+            }
+            return Status::Running;
+        }
+        if running > 0 {
+            return Status::Running;
+        }
+        // Iterations done: the ForEach's own errors and finally (keyed by the ForEach's own value).
+        if state == StateType::Failed && !group.errors.is_empty() && !self.killing() {
+            if let Status::Running = self.walk_sequence(Some(run_id), own_value, &group.errors) {
+                return Status::Running;
+            }
+        }
+        if !group.finally.is_empty() && !self.killing() {
+            if let Status::Running = self.walk_sequence(Some(run_id), own_value, &group.finally) {
+                return Status::Running;
+            }
+        }
+        Status::Done(state)
+    }
+
+    fn walk_dag(&mut self, parent: Option<&str>, value: Option<&str>, nodes: &[(String, Vec<String>)], group: &Group, limit: u32) -> Status {
+        let mut state = StateType::Success;
+        let mut running = 0u32;
+        let mut failed = false;
+        let mut done: Vec<String> = Vec::new();
+        let mut missing = Vec::new();
+        for (task_id, deps) in nodes {
+            match self.find_run(task_id, parent, value).map(|r| r.id.clone()) {
+                None => missing.push((task_id.clone(), deps.clone())),
+                Some(id) => {
+                    let s = self.advance(&id);
+                    if s.is_terminated() {
+                        state = worst(state, s);
+                        if matches!(s, StateType::Failed | StateType::Killed) {
+                            failed = true;
+                        } else {
+                            done.push(task_id.clone());
+                        }
+                    } else {
+                        running += 1;
+                    }
+                }
+            }
+        }
+        if !missing.is_empty() && !failed && !self.killing() && self.exit.is_none() {
+            let mut created = false;
+            for (task_id, deps) in &missing {
+                if limit > 0 && running >= limit {
+                    break;
+                }
+                if deps.iter().all(|d| done.contains(d)) {
+                    self.create(task_id, parent, value);
+                    running += 1;
+                    created = true;
+                }
+            }
+            if created || running > 0 {
+                return Status::Running;
+            }
+        }
+        if running > 0 {
+            return Status::Running;
+        }
+        if !missing.is_empty() && (self.killing() || self.exit.is_some()) {
+            state = worst(state, StateType::Killed);
+        }
+        let rest = Group { tasks: Vec::new(), errors: group.errors.clone(), finally: group.finally.clone() };
+        if state == StateType::Failed && !rest.errors.is_empty() && !self.killing() {
+            if let Status::Running = self.walk_sequence(parent, value, &rest.errors) {
+                return Status::Running;
+            }
+        }
+        if !rest.finally.is_empty() && !self.killing() {
+            if let Status::Running = self.walk_sequence(parent, value, &rest.finally) {
+                return Status::Running;
+            }
+        }
+        Status::Done(state)
+    }
+
+    // ------------------------------------------------------------------ creating task runs
+
+    fn create(&mut self, task_id: &str, parent: Option<&str>, value: Option<&str>) {
+        let Some(node) = self.index.node(task_id) else {
+            tracing::error!(execution_id = %self.exec.id, task_id, "task not in flow index");
+            return;
+        };
+        let kind = node.kind.clone();
+        let run_if = node.task.run_if.clone();
+        let mut run = TaskRun::new(&self.exec, task_id);
+        run.id = task_run_id(&self.exec.id, parent, task_id, value);
+        run.parent_task_run_id = parent.map(str::to_string);
+        run.value = value.map(str::to_string);
+        run.state = State::new_at(StateType::Created, self.now);
+        let run_id = run.id.clone();
+        self.exec.task_run_list.push(run);
+        self.touch();
+
+        if let Some(cond) = run_if {
+            let ctx = self.context_for(&run_id);
+            match self.condition(&Value::String(cond), &ctx) {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.set_run_state(&run_id, StateType::Skipped);
+                    return;
+                }
+                Err(e) => {
+                    let run = self.exec.task_run(&run_id).cloned();
+                    self.log(run.as_ref(), Level::Error, format!("runIf could not be evaluated: {e}"));
+                    self.set_run_state(&run_id, StateType::Running);
+                    self.set_run_state(&run_id, StateType::Failed);
+                    return;
+                }
+            }
+        }
+        match kind {
+            NodeKind::Runnable => self.start_attempt(&run_id),
+            NodeKind::Flowable(_) => self.set_run_state(&run_id, StateType::Running),
+            NodeKind::ExecutorSide => self.run_executor_side(&run_id),
+            NodeKind::Unsupported(message) => {
+                self.set_run_state(&run_id, StateType::Running);
+                if let Status::Done(s) = self.fail_run(&run_id, message) {
+                    self.set_run_state(&run_id, s);
+                }
+            }
+        }
+    }
+
+    /// Add an attempt to a runnable task run and emit its job.
+    fn start_attempt(&mut self, run_id: &str) {
+        let now = self.now;
+        let Some(r) = self.exec.task_run_mut(run_id) else { return };
+        r.attempts.push(TaskRunAttempt {
+            state: State::new_at(StateType::Created, now),
+            log_file: None,
+            worker_id: None,
+        });
+        let attempt = r.attempts.len() as u32;
+        let task_id = r.task_id.clone();
+        self.set_run_state(run_id, StateType::Running);
+        let context = self.context_for(run_id);
+        let Some(task_run) = self.exec.task_run(run_id).cloned() else { return };
+        let Some(node) = self.index.node(&task_id) else { return };
+        self.worker_tasks.push(WorkerTask {
+            task_run,
+            task: node.task.clone(),
+            context,
+            attempt,
+            flow_revision: self.exec.flow_revision,
+        });
+    }
+
+    fn run_executor_side(&mut self, run_id: &str) {
+        self.set_run_state(run_id, StateType::Running);
+        let Some(run) = self.exec.task_run(run_id).cloned() else { return };
+        let Some(node) = self.index.node(&run.task_id) else { return };
+        let task = node.task.clone();
+        let ctx = self.context_for(run_id);
+        let result: Result<StateType, String> = match node.type_name {
+            types::LABELS => self.apply_labels(&task.properties.get("labels").cloned().unwrap_or(Value::Null), &ctx),
+            types::EXIT => {
+                let state = task.properties.get("state").cloned().unwrap_or(json!("SUCCESS"));
+                let rendered = match &state {
+                    Value::String(s) => self.expr.render(s, &ctx).map_err(|e| e.to_string()),
+                    other => Ok(other.to_string()),
+                };
+                match rendered.and_then(|s| s.trim().parse::<StateType>().map_err(|e| e.to_string())) {
+                    Ok(s @ (StateType::Success | StateType::Warning | StateType::Failed | StateType::Killed | StateType::Cancelled)) => {
+                        self.exit_execution(run_id, s);
+                        return;
+                    }
+                    Ok(other) => Err(format!("exit state must be SUCCESS, WARNING, FAILED, KILLED or CANCELLED, not {other}")),
+                    Err(e) => Err(e),
+                }
+            }
+            other => Err(format!("task type '{other}' cannot run in the executor")),
+        };
+        match result {
+            Ok(s) => self.set_run_state(run_id, s),
+            Err(e) => {
+                if let Status::Done(s) = self.fail_run(run_id, e) {
+                    self.set_run_state(run_id, s);
+                }
+            }
+        }
+    }
+
+    fn apply_labels(&mut self, labels: &Value, ctx: &Value) -> Result<StateType, String> {
+        let rendered = self.expr.render_value(labels, ctx, true).map_err(|e| e.to_string())?;
+        let pairs: Vec<(String, String)> = match rendered {
+            Value::Object(m) => m.into_iter().map(|(k, v)| (k, value_to_string(&v))).collect(),
+            Value::Array(a) => a
+                .into_iter()
+                .map(|l| {
+                    let k = l.get("key").map(value_to_string).ok_or("label without 'key'")?;
+                    let v = l.get("value").map(value_to_string).ok_or("label without 'value'")?;
+                    Ok((k, v))
+                })
+                .collect::<Result<_, &str>>()?,
+            other => return Err(format!("labels must be a map or a list of {{key, value}}, not {other}")),
+        };
+        for (k, _) in &pairs {
+            if k.starts_with("system.") {
+                return Err(format!("label '{k}': keys starting with 'system.' are reserved"));
+            }
+        }
+        for (k, v) in pairs {
+            match self.exec.labels.iter_mut().find(|l| l.key == k) {
+                Some(l) => l.value = v,
+                None => self.exec.labels.push(Label::new(k, v)),
+            }
+        }
+        self.touch();
+        Ok(StateType::Success)
+    }
+
+    fn exit_execution(&mut self, run_id: &str, state: StateType) {
+        let task_state = if state == StateType::Cancelled { StateType::Killed } else { state };
+        self.set_run_state(run_id, task_state);
+        let open: Vec<String> = self
+            .exec
+            .task_run_list
+            .iter()
+            .filter(|r| !r.state.is_terminated())
+            .map(|r| r.id.clone())
+            .collect();
+        if open.iter().any(|id| {
+            self.exec.task_run(id).is_some_and(|r| {
+                matches!(self.index.node(&r.task_id).map(|n| &n.kind), Some(NodeKind::Runnable))
+            })
+        }) {
+            self.kill_broadcast = true;
+        }
+        for id in open {
+            self.set_run_state(&id, StateType::Killed);
+        }
+        self.exit = Some(state);
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Mode {
+    Sequential,
+    Parallel(u32),
+}
+
+fn value_to_string(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// `allowFailure`: FAILED counts as WARNING; `allowWarning`: WARNING counts as SUCCESS.
+pub fn allow_transform(state: StateType, allow_failure: bool, allow_warning: bool) -> StateType {
+    let s = if allow_failure && state == StateType::Failed { StateType::Warning } else { state };
+    if allow_warning && s == StateType::Warning { StateType::Success } else { s }
+}
+
+/// The delay before the next attempt, or `None` if the policy allows no more attempts.
+/// `attempts` is the number of attempts made so far; `first_start` when the first one started.
+pub fn retry_delay(
+    retry: &Retry,
+    attempts: u32,
+    first_start: DateTime<Utc>,
+    now: DateTime<Utc>,
+    seed: &str,
+) -> Option<chrono::Duration> {
+    if let Some(max) = retry.max_attempts {
+        if attempts >= max {
+            return None;
+        }
+    }
+    let to_chrono = |d: std::time::Duration| chrono::Duration::from_std(d).unwrap_or(chrono::Duration::zero());
+    let interval = retry.interval.as_ref().map(|d| to_chrono(d.duration()));
+    let max_interval = retry.max_interval.as_ref().map(|d| to_chrono(d.duration()));
+    let delay = match retry.retry_type {
+        RetryType::Constant => interval.unwrap_or(chrono::Duration::zero()),
+        RetryType::Exponential => {
+            let base = interval.unwrap_or(chrono::Duration::seconds(1));
+            let factor = retry.delay_factor.unwrap_or(2.0).max(1.0);
+            let ms = base.num_milliseconds() as f64 * factor.powi(attempts.saturating_sub(1) as i32);
+            let d = chrono::Duration::milliseconds(ms.min(i64::MAX as f64 / 2.0) as i64);
+            match max_interval {
+                Some(m) if d > m => m,
+                _ => d,
+            }
+        }
+        RetryType::Random => {
+            let min = retry.min_interval.as_ref().map(|d| to_chrono(d.duration())).unwrap_or(chrono::Duration::zero());
+            let max = max_interval.unwrap_or(min);
+            let span = (max - min).num_milliseconds().max(0) as u64;
+            // Deterministic pseudo-random pick (process must stay pure).
+            let mut h = Sha256::new();
+            h.update(seed.as_bytes());
+            h.update(attempts.to_be_bytes());
+            let d = h.finalize();
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&d[..8]);
+            let r = u64::from_be_bytes(b);
+            min + chrono::Duration::milliseconds(if span == 0 { 0 } else { (r % (span + 1)) as i64 })
+        }
+    };
+    if retry.max_attempts.is_none() && retry.max_duration.is_none() {
+        // Kestra requires one of the limits; without any, retry once more at most... stay safe:
+        // never retry forever.
+        if attempts >= 1_000 {
+            return None;
+        }
+    }
+    if let Some(max) = &retry.max_duration {
+        let limit = first_start + to_chrono(max.duration());
+        if now + delay > limit {
+            return None;
+        }
+    }
+    Some(delay)
+}
