@@ -8,3 +8,4 @@
 //! - [`queue`], [`repository`], [`storage`]: the three seams every backend implements.
 //!
 //! No database, Kafka or Elasticsearch type appears in this crate; backends implement its traits.
+pub mod expression;
