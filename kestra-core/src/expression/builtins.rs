@@ -6,7 +6,7 @@ use std::sync::Arc;
 use base64::Engine as _;
 use chrono::{DateTime, Duration, Months, Utc};
 use chrono_tz::Tz;
-use minijinja::value::Rest;
+use minijinja::value::{Rest, ValueOrKwargs};
 use minijinja::{Environment, Error, ErrorKind, Output, State};
 use serde_json::{Map, Value as Json};
 use sha2::Digest as _;
@@ -277,14 +277,14 @@ fn add_filter(
     let shared = shared.clone();
     env.add_filter(
         name,
-        move |value: MjValue, args: Rest<MjValue>| -> Result<MjValue, Error> {
+        move |value: MjValue, args: Rest<ValueOrKwargs>| -> Result<MjValue, Error> {
             if value.is_undefined() {
                 return Err(Error::new(
                     ErrorKind::UndefinedError,
                     format!("the input of filter `{name}` is undefined"),
                 ));
             }
-            let args = Args::parse(&args)?;
+            let args = Args::parse(&args.into_values())?;
             let input = to_json(&value).map_err(|e| Error::new(ErrorKind::InvalidOperation, e))?;
             f(&input, &args, &shared)
                 .map(|v| from_json(&v))
@@ -302,8 +302,8 @@ fn add_function(
     let shared = shared.clone();
     env.add_function(
         name,
-        move |state: &State, args: Rest<MjValue>| -> Result<MjValue, Error> {
-            let args = Args::parse(&args)?;
+        move |state: &State, args: Rest<ValueOrKwargs>| -> Result<MjValue, Error> {
+            let args = Args::parse(&args.into_values())?;
             f(state, &args, &shared)
                 .map(|v| from_json(&v))
                 .map_err(|e| to_mj_error(&format!("function `{name}`"), e))
@@ -1039,15 +1039,8 @@ fn f_jq(v: &Json, a: &Args, _: &Shared) -> FnResult {
     use jaq_core::load::{Arena, File, Loader};
     use jaq_core::{Compiler, Ctx, Vars, data, unwrap_valr};
     let program = a.req_str(0, "expression")?;
-    let forbidden = [
-        "env",
-        "input",
-        "inputs",
-        "halt",
-        "halt_error",
-        "debug",
-        "stderr",
-    ];
+    // no access to the process environment or to other inputs
+    let forbidden = ["env", "input", "inputs"];
     let defs = jaq_core::defs()
         .chain(jaq_std::defs())
         .chain(jaq_json::defs());
