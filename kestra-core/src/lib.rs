@@ -9,6 +9,8 @@
 //!
 //! No database, Kafka or Elasticsearch type appears in this crate; backends implement its traits.
 
+pub mod executor;
+pub mod expression;
 pub mod flow;
 pub mod model;
 pub mod queue;
