@@ -9,7 +9,7 @@
 //!
 //! Besides the contract written in the module documentation of [`crate::storage`], the suite checks two
 //! rules every backend must keep: a failed `put` (the input stream errors) leaves the previous content in
-//! place and nothing half-written visible, and tenant ids that cannot be a single path segment (``,
+//! place and nothing half-written visible, and tenant ids that cannot be a single path segment (empty,
 //! `.`, `..`, `a/b`, `a\b`) are refused with [`StorageError::InvalidUri`].
 
 use crate::storage::{
