@@ -24,8 +24,12 @@
 //!
 //! `put` then `get` returns the same bytes; `put` replaces; `size`, `exists`, `delete` (true if
 //! something was deleted), `list` (direct children of a directory-like prefix), `delete_prefix`
-//! (everything under a prefix); a missing file is [`StorageError::NotFound`]. Every operation is scoped
-//! by tenant. Reads and writes are streams of bytes, so large files never sit in memory.
+//! (everything under a prefix); a missing file is [`StorageError::NotFound`], and so is `get`/`size` of
+//! a directory-like prefix. A failed or cancelled `put` leaves the previous content (or nothing)
+//! visible, never a half-written file. A directory emptied by `delete`/`delete_prefix` disappears from
+//! `list`, as on object stores. Every operation is scoped by tenant; an invalid tenant id (empty,
+//! containing `/`, `\\`, NUL, or starting with `.`) is [`StorageError::InvalidUri`]. Reads and writes
+//! are streams of bytes, so large files never sit in memory.
 
 use async_trait::async_trait;
 use bytes::Bytes;

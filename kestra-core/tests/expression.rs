@@ -1,5 +1,8 @@
 //! Kestra's Pebble expressions, through the public API of `kestra_core::expression`.
 
+// A failed `unwrap_err` is a failed assertion here.
+#![allow(clippy::unwrap_used)]
+
 use std::sync::Arc;
 
 use kestra_core::expression::{

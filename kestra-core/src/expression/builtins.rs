@@ -699,7 +699,7 @@ fn f_last(v: &Json, _: &Args, _: &Shared) -> FnResult {
             .last()
             .map(|c| Json::String(c.to_string()))
             .unwrap_or(Json::Null),
-        Json::Object(o) => o.values().last().cloned().unwrap_or(Json::Null),
+        Json::Object(o) => o.values().next_back().cloned().unwrap_or(Json::Null),
         other => other.clone(),
     })
 }

@@ -178,9 +178,9 @@ pub(crate) fn format_date(dt: &DateTime<Tz>, format: &str) -> Result<String, Str
                         // remove the '.' that precedes the fraction
                         out.pop();
                         String::new()
-                    } else if ns % 1_000_000 == 0 {
+                    } else if ns.is_multiple_of(1_000_000) {
                         format!("{:03}", ns / 1_000_000)
-                    } else if ns % 1000 == 0 {
+                    } else if ns.is_multiple_of(1000) {
                         format!("{:06}", ns / 1000)
                     } else {
                         format!("{ns:09}")
@@ -378,7 +378,7 @@ fn parse_date_str(s: &str, existing_format: Option<&str>, tz: Tz) -> Result<Date
         }
     }
     if let Ok(d) = NaiveDate::parse_from_str(s, "%Y-%m-%d") {
-        // Kestra reads a bare date as noon of that day (ZonedDateTime.of(date, NOON, zone))
+        // a bare date is midnight of that day in `tz`
         return localize(d.and_hms_opt(0, 0, 0).unwrap_or_default(), tz);
     }
     Err(format!("cannot parse `{s}` as an ISO-8601 date"))
@@ -442,7 +442,7 @@ pub(crate) fn decimal_format(value: f64, pattern: &str) -> String {
         let digits: Vec<char> = int_digits.chars().collect();
         let mut grouped = String::new();
         for (idx, d) in digits.iter().enumerate() {
-            if idx > 0 && (digits.len() - idx) % g == 0 {
+            if idx > 0 && (digits.len() - idx).is_multiple_of(g) {
                 grouped.push(',');
             }
             grouped.push(*d);

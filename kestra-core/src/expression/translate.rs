@@ -814,11 +814,8 @@ impl Parser {
                 let mut items = Vec::new();
                 if !self.eat_op("}") {
                     loop {
-                        let key = match self.peek().cloned() {
-                            // bare identifiers as keys are names, as in Pebble maps `{a: 1}`? No:
-                            // Pebble evaluates keys as expressions; keep that.
-                            _ => self.parse_binary(0)?,
-                        };
+                        // Pebble evaluates map keys as expressions
+                        let key = self.parse_binary(0)?;
                         self.expect_op(":")?;
                         let value = self.parse_expr()?;
                         items.push((key, value));
