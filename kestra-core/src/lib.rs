@@ -15,6 +15,7 @@ pub mod flow;
 pub mod model;
 pub mod queue;
 pub mod repository;
+pub mod runtime;
 pub mod storage;
 #[cfg(feature = "testkit")]
 pub mod testkit;

@@ -13,6 +13,7 @@ pub mod context;
 pub mod index;
 pub mod messages;
 pub mod process;
+pub mod replay;
 
 pub use index::{FlowIndex, IndexError};
 pub use messages::{

@@ -1,0 +1,446 @@
+//! [`Engine`]: the components of Kestra wired over one backend (queue + repositories) and one internal
+//! storage, for embedding in an application, for the standalone server and for `kestra flow test`.
+//!
+//! ```no_run
+//! # async fn demo(queue: std::sync::Arc<dyn kestra_core::queue::Queue>,
+//! #   repositories: kestra_core::repository::Repositories,
+//! #   storage: std::sync::Arc<dyn kestra_core::storage::InternalStorage>) -> Result<(), Box<dyn std::error::Error>> {
+//! use kestra_core::runtime::Engine;
+//! let engine = Engine::builder(queue, repositories, storage).start();
+//! engine.deploy("id: hello\nnamespace: demo\ntasks:\n  - id: hi\n    type: io.kestra.plugin.core.log.Log\n    message: hi\n").await?;
+//! let execution = engine.execute("demo", "hello", Default::default()).await?;
+//! let done = engine.wait_for(&execution.id, std::time::Duration::from_secs(30)).await?;
+//! println!("{}", done.state.current());
+//! engine.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use indexmap::IndexMap;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::executor::messages::{ExecutionCommand, execution_envelope};
+use crate::executor::replay::replay_execution;
+use crate::expression::{ExpressionEngine, ExpressionOptions};
+use crate::flow::model::Flow;
+use crate::flow::parse::{FlowErrors, parse_flow};
+use crate::flow::registry::TaskRegistry;
+use crate::inputs::{ExecutionRef, InputErrors, RawInput, resolve_inputs};
+use crate::model::execution::system_labels;
+use crate::model::{Execution, Label};
+use crate::queue::{Queue, QueueError};
+use crate::repository::{FlowRecord, RepositoryError, Repositories, SaveOutcome};
+use crate::runtime::executor::{ExecutorConfig, ExecutorService};
+use crate::runtime::flows::{FlowCache, RepositoryFlowSource};
+use crate::runtime::indexer::{IndexerConfig, IndexerService};
+use crate::storage::InternalStorage;
+use crate::worker::{RunnerRegistry, Worker, WorkerConfig};
+
+/// Errors of the engine's API.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The flow source is invalid.
+    #[error("invalid flow:\n{0}")]
+    InvalidFlow(FlowErrors),
+    /// The flow does not exist.
+    #[error("flow {namespace}.{id} not found")]
+    FlowNotFound {
+        /// Namespace.
+        namespace: String,
+        /// Id.
+        id: String,
+    },
+    /// The flow is disabled.
+    #[error("flow {namespace}.{id} is disabled")]
+    FlowDisabled {
+        /// Namespace.
+        namespace: String,
+        /// Id.
+        id: String,
+    },
+    /// Inputs were rejected.
+    #[error("invalid inputs: {0}")]
+    InvalidInputs(InputErrors),
+    /// The execution does not exist.
+    #[error("execution {0} not found")]
+    ExecutionNotFound(String),
+    /// The task run does not exist in the execution.
+    #[error("task run {task_run_id} not found in execution {execution_id}")]
+    TaskRunNotFound {
+        /// Execution.
+        execution_id: String,
+        /// Task run.
+        task_run_id: String,
+    },
+    /// Waiting for an execution timed out.
+    #[error("execution {id} did not finish within {timeout:?} (last state {state})")]
+    Timeout {
+        /// Execution.
+        id: String,
+        /// The wait.
+        timeout: Duration,
+        /// Its last known state.
+        state: String,
+    },
+    /// Queue failure.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    /// Repository failure.
+    #[error(transparent)]
+    Repository(#[from] RepositoryError),
+    /// Serialization failure.
+    #[error("serialization: {0}")]
+    Serialization(#[from] serde_json::Error),
+}
+
+/// Which components an engine runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Components {
+    /// Executor.
+    pub executor: bool,
+    /// Worker.
+    pub worker: bool,
+    /// Indexer.
+    pub indexer: bool,
+}
+
+impl Default for Components {
+    fn default() -> Self {
+        Components { executor: true, worker: true, indexer: true }
+    }
+}
+
+/// Builds an [`Engine`].
+pub struct EngineBuilder {
+    queue: Arc<dyn Queue>,
+    repositories: Repositories,
+    storage: Arc<dyn InternalStorage>,
+    registry: TaskRegistry,
+    runners: RunnerRegistry,
+    expression: ExpressionOptions,
+    components: Components,
+    executor: ExecutorConfig,
+    worker: WorkerConfig,
+    indexer: IndexerConfig,
+}
+
+impl EngineBuilder {
+    /// The task registry (default: every core task).
+    pub fn registry(mut self, registry: TaskRegistry) -> Self {
+        self.registry = registry;
+        self
+    }
+    /// The worker's runnable tasks (default: every core runnable).
+    pub fn runners(mut self, runners: RunnerRegistry) -> Self {
+        self.runners = runners;
+        self
+    }
+    /// Expression options.
+    pub fn expression(mut self, options: ExpressionOptions) -> Self {
+        self.expression = options;
+        self
+    }
+    /// Which components to run (default: executor, worker, indexer).
+    pub fn components(mut self, components: Components) -> Self {
+        self.components = components;
+        self
+    }
+    /// Executor settings.
+    pub fn executor_config(mut self, config: ExecutorConfig) -> Self {
+        self.executor = config;
+        self
+    }
+    /// Worker settings.
+    pub fn worker_config(mut self, config: WorkerConfig) -> Self {
+        self.worker = config;
+        self
+    }
+    /// Indexer settings.
+    pub fn indexer_config(mut self, config: IndexerConfig) -> Self {
+        self.indexer = config;
+        self
+    }
+
+    /// Start the selected components on the current tokio runtime.
+    pub fn start(self) -> Engine {
+        let registry = Arc::new(self.registry);
+        let expr = Arc::new(ExpressionEngine::new(self.expression));
+        let shutdown = CancellationToken::new();
+        let mut tasks: Vec<(&'static str, JoinHandle<()>)> = Vec::new();
+        if self.components.executor {
+            let flows = Arc::new(FlowCache::new(
+                Arc::new(RepositoryFlowSource::new(self.repositories.flows.clone())),
+                registry.clone(),
+            ));
+            let service = ExecutorService::new(self.queue.clone(), flows, expr.clone(), self.executor);
+            let token = shutdown.clone();
+            tasks.push(("executor", tokio::spawn(service.run(token))));
+        }
+        let worker_shutdown = CancellationToken::new();
+        if self.components.worker {
+            let worker = Worker::new(
+                self.worker,
+                self.queue.clone(),
+                self.storage.clone(),
+                expr.clone(),
+                registry.clone(),
+                Arc::new(self.runners),
+            );
+            tasks.push(("worker", tokio::spawn(worker.run(worker_shutdown.clone()))));
+        }
+        if self.components.indexer {
+            let service = IndexerService::new(
+                self.queue.clone(),
+                self.repositories.logs.clone(),
+                self.repositories.metrics.clone(),
+                self.indexer,
+            );
+            tasks.push(("indexer", tokio::spawn(service.run(shutdown.clone()))));
+        }
+        info!(components = ?self.components, "engine started");
+        Engine {
+            queue: self.queue,
+            repositories: self.repositories,
+            storage: self.storage,
+            registry,
+            expr,
+            shutdown,
+            worker_shutdown,
+            tasks,
+        }
+    }
+}
+
+/// Options of a new execution.
+#[derive(Debug, Clone, Default)]
+pub struct ExecuteOptions {
+    /// Extra labels.
+    pub labels: Vec<Label>,
+    /// Flow revision (default: latest).
+    pub revision: Option<i32>,
+    /// Do not start before.
+    pub schedule_date: Option<chrono::DateTime<Utc>>,
+}
+
+/// Running engine components plus the API to deploy flows and run executions.
+pub struct Engine {
+    queue: Arc<dyn Queue>,
+    repositories: Repositories,
+    storage: Arc<dyn InternalStorage>,
+    registry: Arc<TaskRegistry>,
+    expr: Arc<ExpressionEngine>,
+    shutdown: CancellationToken,
+    worker_shutdown: CancellationToken,
+    tasks: Vec<(&'static str, JoinHandle<()>)>,
+}
+
+struct Renderer(Arc<ExpressionEngine>);
+
+impl crate::inputs::InputRenderer for Renderer {
+    fn render_typed(&self, template: &str, ctx: &serde_json::Value) -> Result<serde_json::Value, String> {
+        self.0.render_typed(template, ctx).map_err(|e| e.to_string())
+    }
+}
+
+impl Engine {
+    /// A builder over a backend and a storage.
+    pub fn builder(
+        queue: Arc<dyn Queue>,
+        repositories: Repositories,
+        storage: Arc<dyn InternalStorage>,
+    ) -> EngineBuilder {
+        EngineBuilder {
+            queue,
+            repositories,
+            storage,
+            registry: TaskRegistry::default(),
+            runners: RunnerRegistry::core(),
+            expression: ExpressionOptions::default(),
+            components: Components::default(),
+            executor: ExecutorConfig::default(),
+            worker: WorkerConfig::default(),
+            indexer: IndexerConfig::default(),
+        }
+    }
+
+    /// The queue.
+    pub fn queue(&self) -> &Arc<dyn Queue> {
+        &self.queue
+    }
+    /// The repositories.
+    pub fn repositories(&self) -> &Repositories {
+        &self.repositories
+    }
+    /// The internal storage.
+    pub fn storage(&self) -> &Arc<dyn InternalStorage> {
+        &self.storage
+    }
+    /// The task registry.
+    pub fn registry(&self) -> &Arc<TaskRegistry> {
+        &self.registry
+    }
+
+    /// Parse, validate and store a flow (a new revision if its source changed).
+    pub async fn deploy(&self, source: &str) -> Result<(Flow, SaveOutcome), EngineError> {
+        let flow = parse_flow(source, &self.registry).map_err(EngineError::InvalidFlow)?;
+        let record = FlowRecord {
+            tenant_id: flow.tenant_id.clone(),
+            namespace: flow.namespace.clone(),
+            id: flow.id.clone(),
+            revision: 0,
+            flow: serde_json::to_value(&flow)?,
+            source: source.to_string(),
+            labels: flow.labels.iter().map(|l| Label::new(l.key.clone(), l.value.clone())).collect(),
+            disabled: flow.disabled,
+            deleted: false,
+            updated: Utc::now(),
+        };
+        let (stored, outcome) = self.repositories.flows.save(record).await?;
+        let mut flow = flow;
+        flow.revision = Some(stored.revision);
+        Ok((flow, outcome))
+    }
+
+    /// Create an execution of the latest revision of a flow with raw inputs, and queue it.
+    pub async fn execute(
+        &self,
+        namespace: &str,
+        flow_id: &str,
+        inputs: IndexMap<String, RawInput>,
+    ) -> Result<Execution, EngineError> {
+        self.execute_with(namespace, flow_id, inputs, ExecuteOptions::default()).await
+    }
+
+    /// [`Engine::execute`] with options.
+    pub async fn execute_with(
+        &self,
+        namespace: &str,
+        flow_id: &str,
+        inputs: IndexMap<String, RawInput>,
+        options: ExecuteOptions,
+    ) -> Result<Execution, EngineError> {
+        let tenant = crate::model::DEFAULT_TENANT;
+        let not_found =
+            || EngineError::FlowNotFound { namespace: namespace.to_string(), id: flow_id.to_string() };
+        let record = self
+            .repositories
+            .flows
+            .find(tenant, namespace, flow_id, options.revision)
+            .await?
+            .ok_or_else(not_found)?;
+        let flow: Flow = serde_json::from_value(record.flow.clone())?;
+        if flow.disabled {
+            return Err(EngineError::FlowDisabled {
+                namespace: namespace.to_string(),
+                id: flow_id.to_string(),
+            });
+        }
+        let mut execution = Execution::new(namespace, flow_id, record.revision);
+        for l in &flow.labels {
+            execution.labels.push(Label::new(l.key.clone(), l.value.clone()));
+        }
+        for l in options.labels {
+            if l.key.starts_with("system.") && l.key != system_labels::CORRELATION_ID {
+                continue;
+            }
+            match execution.labels.iter_mut().find(|x| x.key == l.key) {
+                Some(x) => x.value = l.value,
+                None => execution.labels.push(l),
+            }
+        }
+        execution.schedule_date = options.schedule_date;
+        let renderer = Renderer(self.expr.clone());
+        execution.inputs = resolve_inputs(
+            &flow,
+            inputs,
+            ExecutionRef::of(&execution),
+            Some(self.storage.as_ref()),
+            &renderer,
+        )
+        .await
+        .map_err(EngineError::InvalidInputs)?;
+        self.queue.publish(vec![execution_envelope(&execution)?]).await?;
+        Ok(execution)
+    }
+
+    /// The stored execution, if the executor has seen it.
+    pub async fn execution(&self, id: &str) -> Result<Option<Execution>, EngineError> {
+        Ok(self.repositories.executions.find_by_id(crate::model::DEFAULT_TENANT, id).await?)
+    }
+
+    /// Wait until an execution is terminal (polling the repository with a short backoff).
+    pub async fn wait_for(&self, id: &str, timeout: Duration) -> Result<Execution, EngineError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut pause = Duration::from_millis(1);
+        let mut last = None;
+        loop {
+            if let Some(e) = self.execution(id).await? {
+                if e.state.is_terminated() {
+                    return Ok(e);
+                }
+                last = Some(e.state.current().to_string());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(EngineError::Timeout {
+                    id: id.to_string(),
+                    timeout,
+                    state: last.unwrap_or_else(|| "not created yet".into()),
+                });
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(25));
+        }
+    }
+
+    /// Ask the executor to kill an execution.
+    pub async fn kill(&self, id: &str) -> Result<(), EngineError> {
+        let cmd = ExecutionCommand::Kill { execution_id: id.to_string() };
+        self.queue.publish(vec![cmd.envelope()?]).await?;
+        Ok(())
+    }
+
+    /// Ask the executor to restart a failed or killed execution (same id, failed task runs again).
+    pub async fn restart(&self, id: &str) -> Result<(), EngineError> {
+        let cmd = ExecutionCommand::Restart { execution_id: id.to_string() };
+        self.queue.publish(vec![cmd.envelope()?]).await?;
+        Ok(())
+    }
+
+    /// Replay an execution from one of its task runs: a new execution that keeps what ran before it.
+    pub async fn replay(&self, id: &str, task_run_id: &str) -> Result<Execution, EngineError> {
+        let original =
+            self.execution(id).await?.ok_or_else(|| EngineError::ExecutionNotFound(id.to_string()))?;
+        let replay = replay_execution(&original, task_run_id).ok_or_else(|| {
+            EngineError::TaskRunNotFound { execution_id: id.to_string(), task_run_id: task_run_id.to_string() }
+        })?;
+        self.queue.publish(vec![execution_envelope(&replay)?]).await?;
+        Ok(replay)
+    }
+
+    /// Stop: the worker drains first (its last results still reach the executor), then the others.
+    pub async fn shutdown(self) {
+        self.worker_shutdown.cancel();
+        let mut rest = Vec::new();
+        for (name, handle) in self.tasks {
+            if name == "worker" {
+                if let Err(e) = handle.await {
+                    tracing::error!(error = %e, "worker task ended abnormally");
+                }
+            } else {
+                rest.push((name, handle));
+            }
+        }
+        // The executor drains what is due (including the worker's last results) before it stops.
+        self.shutdown.cancel();
+        for (name, handle) in rest {
+            if let Err(e) = handle.await {
+                tracing::error!(component = name, error = %e, "component ended abnormally");
+            }
+        }
+    }
+}

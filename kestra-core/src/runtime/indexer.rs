@@ -1,0 +1,146 @@
+//! The indexer service: moves logs and metrics from the queue into the repositories, in batches.
+//! (With Kafka + Elasticsearch it will also index executions, flows and triggers.)
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{error, warn};
+
+use crate::model::{LogEntry, MetricEntry};
+use crate::queue::{ConsumerGroup, Delivery, DeliveryTag, Queue, QueueError, Topic};
+use crate::repository::{LogRepository, MetricRepository, RepositoryError};
+
+/// Batch size and wait of the indexer loops.
+#[derive(Debug, Clone)]
+pub struct IndexerConfig {
+    /// Messages per batch.
+    pub batch_size: usize,
+    /// How long a receive waits.
+    pub poll_wait: Duration,
+    /// Lease of a claimed batch.
+    pub lease: Duration,
+}
+
+impl Default for IndexerConfig {
+    fn default() -> Self {
+        IndexerConfig {
+            batch_size: 500,
+            poll_wait: Duration::from_millis(500),
+            lease: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The indexer service.
+pub struct IndexerService {
+    queue: Arc<dyn Queue>,
+    logs: Arc<dyn LogRepository>,
+    metrics: Arc<dyn MetricRepository>,
+    config: IndexerConfig,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum IndexError {
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error(transparent)]
+    Repository(#[from] RepositoryError),
+}
+
+impl IndexerService {
+    /// An indexer writing into `logs` and `metrics`.
+    pub fn new(
+        queue: Arc<dyn Queue>,
+        logs: Arc<dyn LogRepository>,
+        metrics: Arc<dyn MetricRepository>,
+        config: IndexerConfig,
+    ) -> Self {
+        IndexerService { queue, logs, metrics, config }
+    }
+
+    /// Run until `shutdown`; pending messages are flushed before returning when possible.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let this = Arc::new(self);
+        let logs = {
+            let this = this.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move { this.run_topic(Topic::Log, shutdown).await })
+        };
+        let metrics = {
+            let this = this.clone();
+            tokio::spawn(async move { this.run_topic(Topic::Metric, shutdown).await })
+        };
+        let _ = tokio::join!(logs, metrics);
+    }
+
+    async fn run_topic(&self, topic: Topic, shutdown: CancellationToken) {
+        loop {
+            let wait = if shutdown.is_cancelled() { Duration::ZERO } else { self.config.poll_wait };
+            let batch = tokio::select! {
+                _ = shutdown.cancelled(), if wait > Duration::ZERO => continue,
+                b = self.queue.receive(ConsumerGroup::Indexer, topic, self.config.batch_size, self.config.lease, wait) => b,
+            };
+            match batch {
+                Ok(batch) if batch.is_empty() => {
+                    if shutdown.is_cancelled() {
+                        return;
+                    }
+                }
+                Ok(batch) => {
+                    if let Err(e) = self.index(topic, batch).await {
+                        error!(%topic, error = %e, "indexer batch failed; it will be redelivered");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+                Err(e) => {
+                    error!(%topic, error = %e, "indexer receive failed");
+                    if shutdown.is_cancelled() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+
+    async fn index(&self, topic: Topic, batch: Vec<Delivery>) -> Result<(), IndexError> {
+        let mut tags: Vec<DeliveryTag> = Vec::with_capacity(batch.len());
+        match topic {
+            Topic::Log => {
+                let mut entries: Vec<LogEntry> = Vec::with_capacity(batch.len());
+                for d in &batch {
+                    match d.envelope.decode::<LogEntry>() {
+                        Ok(e) => {
+                            entries.push(e);
+                            tags.push(d.tag);
+                        }
+                        Err(e) => {
+                            warn!(error = %e, "dead-lettering malformed log message");
+                            self.queue.dead_letter(d, &e.to_string()).await?;
+                        }
+                    }
+                }
+                self.logs.save_batch(&entries).await?;
+            }
+            _ => {
+                let mut entries: Vec<MetricEntry> = Vec::with_capacity(batch.len());
+                for d in &batch {
+                    match d.envelope.decode::<MetricEntry>() {
+                        Ok(e) => {
+                            entries.push(e);
+                            tags.push(d.tag);
+                        }
+                        Err(e) => {
+                            warn!(error = %e, "dead-lettering malformed metric message");
+                            self.queue.dead_letter(d, &e.to_string()).await?;
+                        }
+                    }
+                }
+                self.metrics.save_batch(&entries).await?;
+            }
+        }
+        self.queue.ack(ConsumerGroup::Indexer, &tags).await?;
+        Ok(())
+    }
+}
