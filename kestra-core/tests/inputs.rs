@@ -458,6 +458,11 @@ fn json_and_yaml() {
         json!({"a": [1, 2]})
     );
     assert_eq!(ok(def.clone(), t(r#"{"a": true}"#)), json!({"a": true}));
+    assert_eq!(
+        ok(def.clone(), j(json!(r#"[1, "x"]"#))),
+        json!([1, "x"]),
+        "a JSON string is parsed"
+    );
     assert!(err(def, t("{a: ")).starts_with("input 'doc': must be valid JSON: "));
 
     let yaml = json!({"id": "cfg", "type": "YAML"});

@@ -19,7 +19,9 @@
 //! - Values for undeclared inputs are ignored (a warning is logged), as Kestra does.
 //! - Ids with dots nest: `a.b` becomes `{"a": {"b": ...}}`. A nested value may also be given nested
 //!   (`{"a": {"b": 1}}`) in a JSON body.
-//! - Every problem of every input is reported at once, in [`InputErrors`].
+//! - Every problem of every input is reported at once, in [`InputErrors`], in declaration order. An
+//!   input whose dependency failed is skipped without an error of its own (the dependency's error
+//!   explains it).
 //!
 //! # Normalised values
 //!
@@ -147,9 +149,10 @@ impl ExecutionRef {
 }
 
 /// Parses and validates one value for `input`: the pure part of [`resolve_inputs`]. It applies the
-/// type rules and `values` but not `defaults` or `expression` (they need a renderer) and cannot take
-/// a FILE upload (it needs the storage). A missing value is an error when the input is required and
-/// `null` otherwise.
+/// type rules and `values` but not `defaults` or `expression` (they need a renderer), cannot take
+/// a FILE upload (it needs the storage) and does not check that a FILE URI is inside the flow's
+/// namespace (it does not know the execution). A missing value is an error when the input is required
+/// and `null` otherwise.
 pub fn parse_input_value(input: &Input, raw: RawInput) -> Result<Value, InputError> {
     parse::parse_raw(input, raw)
 }
