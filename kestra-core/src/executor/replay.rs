@@ -35,9 +35,6 @@ pub fn replay_execution(original: &Execution, task_run_id: &str) -> Option<Execu
             if ancestors.contains(&r.id) && r.state.is_terminated() {
                 let _ = r.state.transition_at(StateType::Restarted, now);
                 let _ = r.state.transition_at(StateType::Running, now);
-                if r.task_id.is_empty() {
-                    r.outputs = None;
-                }
             }
             r
         })

@@ -1,0 +1,393 @@
+//! The executor's pure `process`, driven in memory: a fake worker answers each job according to the
+//! task type (Return renders `format`, Fail fails, Log succeeds), so these tests pin the orchestration
+//! rules without any backend.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use kestra_core::executor::messages::{ExecutionCommand, ExecutorEvent, WorkerTask, WorkerTaskResult};
+use kestra_core::executor::process::process;
+use kestra_core::executor::FlowIndex;
+use kestra_core::expression::ExpressionEngine;
+use kestra_core::flow::parse::parse_flow;
+use kestra_core::flow::registry::TaskRegistry;
+use kestra_core::model::{Execution, State, StateType};
+use serde_json::{Map, Value, json};
+
+struct Sim {
+    index: FlowIndex,
+    expr: ExpressionEngine,
+    execution: Execution,
+    pending: Vec<WorkerTask>,
+    fail_attempts: std::collections::HashMap<String, u32>,
+}
+
+impl Sim {
+    fn new(yaml: &str) -> Sim {
+        let registry = TaskRegistry::default();
+        let flow = parse_flow(yaml, &registry).unwrap_or_else(|e| panic!("{e}"));
+        let index = FlowIndex::new(Arc::new(flow), &registry).unwrap();
+        let execution = Execution::new(index.flow.namespace.clone(), index.flow.id.clone(), 1);
+        Sim { index, expr: ExpressionEngine::default(), execution, pending: Vec::new(), fail_attempts: Default::default() }
+    }
+
+    fn inputs(mut self, inputs: Value) -> Sim {
+        self.execution.inputs = inputs.as_object().cloned().unwrap_or_default();
+        self
+    }
+
+    fn step(&mut self, current: Option<Execution>, event: ExecutorEvent) {
+        let out = process(&self.index, &self.expr, Utc::now(), current, &event).expect("outcome");
+        self.execution = out.execution;
+        self.pending.extend(out.worker_tasks);
+    }
+
+    fn worker(&mut self, job: &WorkerTask) -> WorkerTaskResult {
+        let ty = job.task.task_type.rsplit('.').next().unwrap_or_default().to_string();
+        let mut outputs = None;
+        let state = match ty.as_str() {
+            "Return" => {
+                let format = job.task.properties.get("format").and_then(|v| v.as_str()).unwrap_or("");
+                match self.expr.render(format, &job.context) {
+                    Ok(v) => {
+                        let mut m = Map::new();
+                        m.insert("value".into(), json!(v));
+                        outputs = Some(m);
+                        StateType::Success
+                    }
+                    Err(_) => StateType::Failed,
+                }
+            }
+            "Fail" => StateType::Failed,
+            "Flaky" => StateType::Failed,
+            _ => {
+                // Tasks whose id starts with "flaky" fail on their first N attempts (N = digit suffix).
+                if let Some(n) = job.task.id.strip_prefix("flaky").and_then(|d| d.parse::<u32>().ok()) {
+                    let seen = self.fail_attempts.entry(job.task_run.id.clone()).or_default();
+                    *seen += 1;
+                    if *seen <= n { StateType::Failed } else { StateType::Success }
+                } else {
+                    StateType::Success
+                }
+            }
+        };
+        let mut attempt_state = State::new();
+        attempt_state.transition(StateType::Running).unwrap();
+        attempt_state.transition(state).unwrap();
+        WorkerTaskResult {
+            execution_id: job.task_run.execution_id.clone(),
+            task_run_id: job.task_run.id.clone(),
+            attempt: job.attempt,
+            state,
+            attempt_state,
+            outputs,
+            child_task_runs: Vec::new(),
+            worker_id: None,
+        }
+    }
+
+    /// Run to completion: start, then answer jobs one at a time (FIFO); retries are fired at once.
+    fn run(mut self) -> Sim {
+        let start = self.execution.clone();
+        self.step(None, ExecutorEvent::Execution(Box::new(start)));
+        let mut guard = 0;
+        loop {
+            guard += 1;
+            assert!(guard < 10_000, "did not converge");
+            if !self.pending.is_empty() {
+                let job = self.pending.remove(0);
+                let result = self.worker(&job);
+                let current = Some(self.execution.clone());
+                self.step(current, ExecutorEvent::WorkerResult(Box::new(result)));
+                continue;
+            }
+            // fire due retries
+            let retrying: Vec<_> = self
+                .execution
+                .task_run_list
+                .iter()
+                .filter(|r| r.current() == StateType::Retrying)
+                .map(|r| (r.id.clone(), r.attempts.len() as u32 + 1))
+                .collect();
+            if retrying.is_empty() {
+                break;
+            }
+            for (id, attempt) in retrying {
+                let cmd = ExecutionCommand::RetryDue { execution_id: self.execution.id.clone(), task_run_id: id, attempt };
+                let current = Some(self.execution.clone());
+                self.step(current, ExecutorEvent::Command(cmd));
+            }
+        }
+        self
+    }
+
+    fn state(&self) -> StateType {
+        self.execution.current()
+    }
+
+    fn runs(&self, task_id: &str) -> Vec<&kestra_core::model::TaskRun> {
+        self.execution.task_run_list.iter().filter(|r| r.task_id == task_id).collect()
+    }
+
+    fn run_state(&self, task_id: &str) -> StateType {
+        let runs = self.runs(task_id);
+        assert_eq!(runs.len(), 1, "expected one task run of {task_id}, got {}", runs.len());
+        runs[0].current()
+    }
+}
+
+const HEAD: &str = "id: f\nnamespace: tests.pure\n";
+
+#[test]
+fn sequential_tasks_see_previous_outputs() {
+    let sim = Sim::new(&format!(
+        "{HEAD}tasks:\n  - id: a\n    type: io.kestra.plugin.core.debug.Return\n    format: hello\n  - id: b\n    type: io.kestra.plugin.core.debug.Return\n    format: \"{{{{ outputs.a.value }}}} world\"\n"
+    ))
+    .run();
+    assert_eq!(sim.state(), StateType::Success);
+    assert_eq!(sim.execution.task_run_list.len(), 2);
+    let b = sim.runs("b")[0];
+    assert_eq!(b.outputs.as_ref().unwrap()["value"], "hello world");
+    // creation order = flow order
+    assert_eq!(sim.execution.task_run_list[0].task_id, "a");
+}
+
+#[test]
+fn failure_stops_tasks_runs_errors_and_finally() {
+    let sim = Sim::new(&format!(
+        "{HEAD}tasks:\n  - id: a\n    type: io.kestra.plugin.core.execution.Fail\n  - id: never\n    type: io.kestra.plugin.core.log.Log\n    message: x\nerrors:\n  - id: e1\n    type: io.kestra.plugin.core.log.Log\n    message: err\nfinally:\n  - id: fin\n    type: io.kestra.plugin.core.log.Log\n    message: fin\n"
+    ))
+    .run();
+    assert_eq!(sim.state(), StateType::Failed);
+    assert!(sim.runs("never").is_empty());
+    assert_eq!(sim.run_state("e1"), StateType::Success);
+    assert_eq!(sim.run_state("fin"), StateType::Success);
+    assert_eq!(sim.execution.task_run_list.len(), 3);
+}
+
+#[test]
+fn run_if_false_skips_and_disabled_creates_nothing() {
+    let sim = Sim::new(&format!(
+        "{HEAD}tasks:\n  - id: a\n    type: io.kestra.plugin.core.log.Log\n    message: x\n    runIf: \"{{{{ 1 == 2 }}}}\"\n  - id: b\n    type: io.kestra.plugin.core.log.Log\n    message: x\n    disabled: true\n  - id: c\n    type: io.kestra.plugin.core.log.Log\n    message: x\n    runIf: \"0\"\n"
+    ))
+    .run();
+    assert_eq!(sim.state(), StateType::Success);
+    assert_eq!(sim.run_state("a"), StateType::Skipped);
+    assert!(sim.runs("b").is_empty());
+    assert_eq!(sim.run_state("c"), StateType::Skipped);
+}
+
+#[test]
+fn allow_failure_gives_warning() {
+    let sim = Sim::new(&format!(
+        "{HEAD}tasks:\n  - id: a\n    type: io.kestra.plugin.core.execution.Fail\n    allowFailure: true\n  - id: b\n    type: io.kestra.plugin.core.log.Log\n    message: x\n"
+    ))
+    .run();
+    assert_eq!(sim.run_state("a"), StateType::Warning);
+    assert_eq!(sim.run_state("b"), StateType::Success);
+    assert_eq!(sim.state(), StateType::Warning);
+}
+
+#[test]
+fn allow_failure_flowable_and_parallel() {
+    let sim = Sim::new(&format!(
+        "{HEAD}tasks:\n  - id: af\n    type: io.kestra.plugin.core.flow.AllowFailure\n    tasks:\n      - id: p\n        type: io.kestra.plugin.core.flow.Parallel\n        tasks:\n          - id: ok\n            type: io.kestra.plugin.core.log.Log\n            message: x\n          - id: ko\n            type: io.kestra.plugin.core.execution.Fail\n"
+    ))
+    .run();
+    assert_eq!(sim.run_state("p"), StateType::Failed);
+    assert_eq!(sim.run_state("af"), StateType::Warning);
+    assert_eq!(sim.state(), StateType::Warning);
+}
+
+#[test]
+fn switch_if_and_outputs() {
+    let sim = Sim::new(&format!(
+        "{HEAD}inputs:\n  - id: v\n    type: STRING\ntasks:\n  - id: sw\n    type: io.kestra.plugin.core.flow.Switch\n    value: \"{{{{ inputs.v }}}}\"\n    cases:\n      A:\n        - id: ca\n          type: io.kestra.plugin.core.log.Log\n          message: a\n    defaults:\n      - id: cd\n        type: io.kestra.plugin.core.log.Log\n        message: d\n  - id: cond\n    type: io.kestra.plugin.core.flow.If\n    condition: \"{{{{ inputs.v == 'A' }}}}\"\n    then:\n      - id: t\n        type: io.kestra.plugin.core.log.Log\n        message: t\n    else:\n      - id: e\n        type: io.kestra.plugin.core.log.Log\n        message: e\n"
+    ))
+    .inputs(json!({"v": "A"}))
+    .run();
+    assert_eq!(sim.state(), StateType::Success);
+    assert_eq!(sim.run_state("ca"), StateType::Success);
+    assert!(sim.runs("cd").is_empty());
+    assert_eq!(sim.runs("sw")[0].outputs.as_ref().unwrap()["value"], "A");
+    assert_eq!(sim.run_state("t"), StateType::Success);
+    assert!(sim.runs("e").is_empty());
+}
+
+#[test]
+fn switch_without_match_or_defaults_fails() {
+    let sim = Sim::new(&format!(
+        "{HEAD}tasks:\n  - id: sw\n    type: io.kestra.plugin.core.flow.Switch\n    value: Z\n    cases:\n      A:\n        - id: ca\n          type: io.kestra.plugin.core.log.Log\n          message: a\n"
+    ))
+    .run();
+    assert_eq!(sim.run_state("sw"), StateType::Failed);
+    assert_eq!(sim.state(), StateType::Failed);
+}
+
+#[test]
+fn for_each_runs_body_per_value_with_outputs_keyed_by_value() {
+    let sim = Sim::new(&format!(
+        "{HEAD}tasks:\n  - id: each\n    type: io.kestra.plugin.core.flow.ForEach\n    values: [\"a\", \"b\", \"c\"]\n    concurrencyLimit: 0\n    tasks:\n      - id: r\n        type: io.kestra.plugin.core.debug.Return\n        format: \"v={{{{ taskrun.value }}}}\"\n      - id: l\n        type: io.kestra.plugin.core.debug.Return\n        format: \"{{{{ outputs.r[taskrun.value].value }}}}!\"\n  - id: after\n    type: io.kestra.plugin.core.debug.Return\n    format: \"{{{{ outputs.r.b.value }}}}\"\n"
+    ))
+    .run();
+    assert_eq!(sim.state(), StateType::Success);
+    assert_eq!(sim.execution.task_run_list.len(), 1 + 6 + 1);
+    let l_b = sim.runs("l").into_iter().find(|r| r.value.as_deref() == Some("b")).unwrap();
+    assert_eq!(l_b.outputs.as_ref().unwrap()["value"], "v=b!");
+    assert_eq!(sim.runs("after")[0].outputs.as_ref().unwrap()["value"], "v=b");
+}
+
+#[test]
+fn nested_for_each_sees_parent_value() {
+    let sim = Sim::new(&format!(
+        "{HEAD}tasks:\n  - id: outer\n    type: io.kestra.plugin.core.flow.ForEach\n    values: [1, 2]\n    tasks:\n      - id: inner\n        type: io.kestra.plugin.core.flow.ForEach\n        values: [\"x\", \"y\"]\n        tasks:\n          - id: r\n            type: io.kestra.plugin.core.debug.Return\n            format: \"{{{{ parent.taskrun.value }}}}-{{{{ taskrun.value }}}}\"\n"
+    ))
+    .run();
+    assert_eq!(sim.state(), StateType::Success);
+    let mut values: Vec<String> = sim
+        .runs("r")
+        .iter()
+        .map(|r| r.outputs.as_ref().unwrap()["value"].as_str().unwrap().to_string())
+        .collect();
+    values.sort();
+    assert_eq!(values, vec!["1-x", "1-y", "2-x", "2-y"]);
+    // 1 outer + 2 inner + 4 r
+    assert_eq!(sim.execution.task_run_list.len(), 7);
+}
+
+#[test]
+fn dag_respects_dependencies() {
+    let sim = Sim::new(&format!(
+        "{HEAD}tasks:\n  - id: dag\n    type: io.kestra.plugin.core.flow.Dag\n    tasks:\n      - task:\n          id: c\n          type: io.kestra.plugin.core.log.Log\n          message: c\n        dependsOn: [a, b]\n      - task:\n          id: a\n          type: io.kestra.plugin.core.log.Log\n          message: a\n      - task:\n          id: b\n          type: io.kestra.plugin.core.log.Log\n          message: b\n        dependsOn: [a]\n"
+    ))
+    .run();
+    assert_eq!(sim.state(), StateType::Success);
+    let order: Vec<&str> = sim.execution.task_run_list.iter().map(|r| r.task_id.as_str()).collect();
+    assert_eq!(order, vec!["dag", "a", "b", "c"]);
+}
+
+#[test]
+fn retries_make_new_attempts_on_the_same_task_run() {
+    let sim = Sim::new(&format!(
+        "{HEAD}tasks:\n  - id: flaky2\n    type: io.kestra.plugin.core.log.Log\n    message: x\n    retry:\n      type: constant\n      interval: PT0.1S\n      maxAttempts: 5\n"
+    ))
+    .run();
+    assert_eq!(sim.state(), StateType::Success);
+    let run = sim.runs("flaky2")[0];
+    assert_eq!(run.attempts.len(), 3);
+    assert_eq!(run.current(), StateType::Success);
+}
+
+#[test]
+fn retries_stop_at_max_attempts_and_warning_on_retry() {
+    let sim = Sim::new(&format!(
+        "{HEAD}tasks:\n  - id: flaky9\n    type: io.kestra.plugin.core.log.Log\n    message: x\n    retry:\n      type: constant\n      interval: PT0.1S\n      maxAttempt: 3\n  - id: never\n    type: io.kestra.plugin.core.log.Log\n    message: x\n"
+    ))
+    .run();
+    assert_eq!(sim.state(), StateType::Failed);
+    assert_eq!(sim.runs("flaky9")[0].attempts.len(), 3);
+    assert!(sim.runs("never").is_empty());
+
+    let sim = Sim::new(&format!(
+        "{HEAD}tasks:\n  - id: flaky1\n    type: io.kestra.plugin.core.log.Log\n    message: x\n    retry:\n      type: exponential\n      interval: PT0.1S\n      maxAttempts: 3\n      warningOnRetry: true\n"
+    ))
+    .run();
+    assert_eq!(sim.state(), StateType::Warning);
+}
+
+#[test]
+fn duplicate_and_stale_results_are_dropped() {
+    let mut sim = Sim::new(&format!("{HEAD}tasks:\n  - id: a\n    type: io.kestra.plugin.core.log.Log\n    message: x\n  - id: b\n    type: io.kestra.plugin.core.log.Log\n    message: y\n"));
+    let start = sim.execution.clone();
+    sim.step(None, ExecutorEvent::Execution(Box::new(start)));
+    let job = sim.pending.remove(0);
+    let result = sim.worker(&job);
+    sim.step(Some(sim.execution.clone()), ExecutorEvent::WorkerResult(Box::new(result.clone())));
+    let snapshot = sim.execution.clone();
+    let again = process(&sim.index, &sim.expr, Utc::now(), Some(snapshot.clone()), &ExecutorEvent::WorkerResult(Box::new(result))).unwrap();
+    assert!(!again.changed, "a duplicate result changes nothing");
+    assert!(again.worker_tasks.is_empty());
+    assert!(again.ignored.is_some());
+    // a stale attempt number is refused as well
+    let job_b = sim.pending[0].clone();
+    let mut stale = sim.worker(&job_b);
+    stale.attempt = 7;
+    let out = process(&sim.index, &sim.expr, Utc::now(), Some(snapshot), &ExecutorEvent::WorkerResult(Box::new(stale))).unwrap();
+    assert!(!out.changed);
+}
+
+#[test]
+fn processing_is_idempotent_for_a_redelivered_creation() {
+    let mut sim = Sim::new(&format!("{HEAD}tasks:\n  - id: a\n    type: io.kestra.plugin.core.log.Log\n    message: x\n"));
+    let start = sim.execution.clone();
+    sim.step(None, ExecutorEvent::Execution(Box::new(start.clone())));
+    let again = process(&sim.index, &sim.expr, Utc::now(), Some(sim.execution.clone()), &ExecutorEvent::Execution(Box::new(start))).unwrap();
+    assert!(!again.changed);
+    assert!(again.worker_tasks.is_empty());
+}
+
+#[test]
+fn kill_ends_pending_task_runs_killed() {
+    let mut sim = Sim::new(&format!("{HEAD}tasks:\n  - id: p\n    type: io.kestra.plugin.core.flow.Parallel\n    concurrent: 1\n    tasks:\n      - id: a\n        type: io.kestra.plugin.core.log.Log\n        message: x\n      - id: b\n        type: io.kestra.plugin.core.log.Log\n        message: y\n  - id: never\n    type: io.kestra.plugin.core.log.Log\n    message: x\n"));
+    let start = sim.execution.clone();
+    sim.step(None, ExecutorEvent::Execution(Box::new(start)));
+    assert_eq!(sim.pending.len(), 1, "concurrent: 1 starts one child");
+    let kill = ExecutionCommand::Kill { execution_id: sim.execution.id.clone() };
+    let out = process(&sim.index, &sim.expr, Utc::now(), Some(sim.execution.clone()), &ExecutorEvent::Command(kill)).unwrap();
+    assert!(out.kill_broadcast);
+    assert_eq!(out.execution.current(), StateType::Killing);
+    sim.execution = out.execution;
+    // the worker answers KILLED for the running attempt
+    let job = sim.pending.remove(0);
+    let mut result = sim.worker(&job);
+    result.state = StateType::Killed;
+    sim.step(Some(sim.execution.clone()), ExecutorEvent::WorkerResult(Box::new(result)));
+    assert_eq!(sim.state(), StateType::Killed);
+    assert!(sim.runs("b").is_empty());
+    assert!(sim.runs("never").is_empty());
+    assert_eq!(sim.run_state("p"), StateType::Killed);
+}
+
+#[test]
+fn restart_runs_failed_task_again_with_a_new_attempt() {
+    let mut sim = Sim::new(&format!("{HEAD}tasks:\n  - id: ok\n    type: io.kestra.plugin.core.log.Log\n    message: x\n  - id: flaky1\n    type: io.kestra.plugin.core.log.Log\n    message: x\n"));
+    sim = sim.run();
+    assert_eq!(sim.state(), StateType::Failed);
+    let cmd = ExecutionCommand::Restart { execution_id: sim.execution.id.clone() };
+    let current = Some(sim.execution.clone());
+    sim.step(current, ExecutorEvent::Command(cmd));
+    assert_eq!(sim.pending.len(), 1);
+    let job = sim.pending.remove(0);
+    assert_eq!(job.attempt, 2);
+    let result = sim.worker(&job);
+    sim.step(Some(sim.execution.clone()), ExecutorEvent::WorkerResult(Box::new(result)));
+    assert_eq!(sim.state(), StateType::Success);
+    assert_eq!(sim.execution.metadata.attempt_number, 2);
+    assert_eq!(sim.runs("ok")[0].attempts.len(), 1, "successful tasks are not re-run");
+}
+
+#[test]
+fn after_execution_sees_final_state_and_does_not_change_it() {
+    let sim = Sim::new(&format!("{HEAD}tasks:\n  - id: a\n    type: io.kestra.plugin.core.execution.Fail\nafterExecution:\n  - id: onfail\n    type: io.kestra.plugin.core.debug.Return\n    format: \"{{{{ execution.state }}}}\"\n    runIf: \"{{{{ execution.state == 'FAILED' }}}}\"\n"))
+    .run();
+    assert_eq!(sim.state(), StateType::Failed);
+    assert_eq!(sim.runs("onfail")[0].outputs.as_ref().unwrap()["value"], "FAILED");
+}
+
+#[test]
+fn labels_and_exit_run_in_the_executor() {
+    let sim = Sim::new(&format!("{HEAD}tasks:\n  - id: lab\n    type: io.kestra.plugin.core.execution.Labels\n    labels:\n      team: data\n  - id: ex\n    type: io.kestra.plugin.core.execution.Exit\n    state: WARNING\n  - id: never\n    type: io.kestra.plugin.core.log.Log\n    message: x\n"))
+    .run();
+    assert_eq!(sim.execution.label("team"), Some("data"));
+    assert_eq!(sim.state(), StateType::Warning);
+    assert!(sim.runs("never").is_empty());
+}
+
+#[test]
+fn flow_outputs_are_rendered_at_the_end() {
+    let sim = Sim::new(&format!("{HEAD}tasks:\n  - id: a\n    type: io.kestra.plugin.core.debug.Return\n    format: \"42\"\noutputs:\n  - id: answer\n    type: STRING\n    value: \"{{{{ outputs.a.value }}}}\"\n"))
+    .run();
+    assert_eq!(sim.state(), StateType::Success);
+    assert_eq!(sim.execution.outputs["answer"], "42");
+}
