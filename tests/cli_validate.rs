@@ -1,5 +1,7 @@
 //! `kestra flow validate`: output and exit status on valid and invalid files.
 
+#![allow(clippy::unwrap_used)]
+
 use std::process::Command;
 
 const VALID: &str = "id: hello\nnamespace: company.team\ntasks:\n  - id: log\n    type: io.kestra.plugin.core.log.Log\n    message: hi\n";

@@ -5,6 +5,8 @@
 //! Run with `BLESS_CORPUS=1` to rewrite the `# expect:` lines of the invalid files from the actual
 //! errors (then review the diff: the lines are a specification, not a snapshot).
 
+#![allow(clippy::unwrap_used)]
+
 use std::fs;
 use std::path::{Path, PathBuf};
 

@@ -1,5 +1,7 @@
 //! Parsing and validation of flows: positions, paths and messages of the reported errors.
 
+#![allow(clippy::unwrap_used)]
+
 use kestra_core::flow::tasks::{ForEach, Log, Switch};
 use kestra_core::flow::triggers::Schedule;
 use kestra_core::flow::{

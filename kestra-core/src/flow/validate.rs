@@ -237,10 +237,10 @@ impl<'a> Validator<'a> {
                 self.check::<bool>(v, key);
             }
         }
-        if let Some(v) = map.get("labels") {
-            if let Err(e) = deserialize_labels(v) {
-                self.report_serde("labels", &e.to_string());
-            }
+        if let Some(v) = map.get("labels")
+            && let Err(e) = deserialize_labels(v)
+        {
+            self.report_serde("labels", &e.to_string());
         }
         if let Some(v) = map.get("variables") {
             self.check::<Map<String, Value>>(v, "variables");
@@ -268,10 +268,10 @@ impl<'a> Validator<'a> {
             );
         }
         for key in ["pluginDefaults", "taskDefaults"] {
-            if let Some(v) = map.get(key) {
-                if let Some(defaults) = self.check::<Vec<PluginDefault>>(v, key) {
-                    self.defaults.extend(defaults);
-                }
+            if let Some(v) = map.get(key)
+                && let Some(defaults) = self.check::<Vec<PluginDefault>>(v, key)
+            {
+                self.defaults.extend(defaults);
             }
         }
         if let Some(v) = map.get("inputs") {
@@ -475,16 +475,16 @@ impl<'a> Validator<'a> {
         for slot in entry.children {
             if let (ChildSlot::List(name) | ChildSlot::DagList(name), Some(Value::Array(items))) =
                 (slot, properties.get(slot.property()))
+                && items.is_empty()
+                && matches!(*name, "tasks" | "then")
             {
-                if items.is_empty() && matches!(*name, "tasks" | "then") {
-                    let p = join_key(path, name);
-                    self.error(
-                        &p,
-                        At::Value,
-                        FlowErrorKind::InvalidValue,
-                        format!("'{name}' must not be empty"),
-                    );
-                }
+                let p = join_key(path, name);
+                self.error(
+                    &p,
+                    At::Value,
+                    FlowErrorKind::InvalidValue,
+                    format!("'{name}' must not be empty"),
+                );
             }
         }
 
@@ -553,17 +553,17 @@ impl<'a> Validator<'a> {
         } else {
             None
         };
-        if let Some((namespace, flow_id)) = target {
-            if self.is_self(&namespace, &flow_id) {
-                let message =
-                    format!("a subflow task cannot call its own flow '{namespace}.{flow_id}'");
-                self.error(
-                    &join_key(path, "flowId"),
-                    At::Value,
-                    FlowErrorKind::SelfReference,
-                    message,
-                );
-            }
+        if let Some((namespace, flow_id)) = target
+            && self.is_self(&namespace, &flow_id)
+        {
+            let message =
+                format!("a subflow task cannot call its own flow '{namespace}.{flow_id}'");
+            self.error(
+                &join_key(path, "flowId"),
+                At::Value,
+                FlowErrorKind::SelfReference,
+                message,
+            );
         }
     }
 
@@ -683,10 +683,10 @@ impl<'a> Validator<'a> {
                 }
             }
             t if t == <ScheduleOnDates as crate::flow::registry::TriggerType>::TYPE => {
-                if let Ok(s) = serde_json::from_value::<ScheduleOnDates>(properties) {
-                    if let Some(tz) = &s.timezone {
-                        self.check_timezone(tz, &join_key(path, "timezone"));
-                    }
+                if let Ok(s) = serde_json::from_value::<ScheduleOnDates>(properties)
+                    && let Some(tz) = &s.timezone
+                {
+                    self.check_timezone(tz, &join_key(path, "timezone"));
                 }
             }
             t if t == <FlowTrigger as crate::flow::registry::TriggerType>::TYPE => {
@@ -799,16 +799,16 @@ impl<'a> Validator<'a> {
             .and_then(|p| p.flows.as_ref())
         {
             for (i, upstream) in flows.iter().enumerate() {
-                if let Some(flow_id) = &upstream.flow_id {
-                    if self.is_self(&upstream.namespace, flow_id) {
-                        let p = join_index(&join_key(path, "preconditions.flows"), i);
-                        self.error(
-                            &p,
-                            At::Value,
-                            FlowErrorKind::SelfReference,
-                            "a Flow trigger cannot fire on executions of its own flow",
-                        );
-                    }
+                if let Some(flow_id) = &upstream.flow_id
+                    && self.is_self(&upstream.namespace, flow_id)
+                {
+                    let p = join_index(&join_key(path, "preconditions.flows"), i);
+                    self.error(
+                        &p,
+                        At::Value,
+                        FlowErrorKind::SelfReference,
+                        "a Flow trigger cannot fire on executions of its own flow",
+                    );
                 }
                 if let Some(states) = &upstream.states {
                     let p = join_key(
@@ -896,19 +896,19 @@ impl<'a> Validator<'a> {
                 let message = format!("a {} input needs 'values' or 'expression'", type_name(map));
                 this.error(path, At::Value, FlowErrorKind::MissingProperty, message);
             }
-            if let Some(validator) = &input.validator {
-                if let Err(e) = Regex::new(validator) {
-                    let message = format!(
-                        "invalid validator regex: {}",
-                        e.to_string().lines().last().unwrap_or_default().trim()
-                    );
-                    this.error(
-                        &join_key(path, "validator"),
-                        At::Value,
-                        FlowErrorKind::InvalidValue,
-                        message,
-                    );
-                }
+            if let Some(validator) = &input.validator
+                && let Err(e) = Regex::new(validator)
+            {
+                let message = format!(
+                    "invalid validator regex: {}",
+                    e.to_string().lines().last().unwrap_or_default().trim()
+                );
+                this.error(
+                    &join_key(path, "validator"),
+                    At::Value,
+                    FlowErrorKind::InvalidValue,
+                    message,
+                );
             }
             if input.input_type == InputType::Duration {
                 for key in ["min", "max"] {

@@ -84,10 +84,10 @@ pub fn parent_path(path: &str) -> Option<&str> {
     if path.is_empty() {
         return None;
     }
-    if path.ends_with(']') {
-        if let Some(open) = path.rfind('[') {
-            return Some(&path[..open]);
-        }
+    if path.ends_with(']')
+        && let Some(open) = path.rfind('[')
+    {
+        return Some(&path[..open]);
     }
     match path.rfind(['.', ']']) {
         Some(i) if path.as_bytes().get(i) == Some(&b']') => Some(&path[..=i]),
@@ -324,6 +324,7 @@ pub fn load_all(source: &str) -> Result<Vec<Document>, YamlError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
