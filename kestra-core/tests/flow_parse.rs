@@ -452,3 +452,26 @@ fn strict_scalars_keep_strings() {
     assert_eq!(flow.tasks[0].properties["message"], "0755");
     assert_eq!(flow.tasks[1].properties["message"], "yes");
 }
+
+#[test]
+fn dag_dependencies_are_checked() {
+    let source = "\
+id: a
+namespace: b
+tasks:
+  - id: dag
+    type: io.kestra.plugin.core.flow.Dag
+    tasks:
+      - task: {id: x, type: io.kestra.plugin.core.log.Log, message: x}
+        dependsOn: [y]
+      - task: {id: y, type: io.kestra.plugin.core.log.Log, message: y}
+        dependsOn: [x, nope]
+";
+    assert_eq!(
+        errors(source),
+        vec![
+            "7:7: tasks[0].tasks: the Dag's dependsOn form a cycle",
+            "10:24: tasks[0].tasks[1].dependsOn[1]: dependsOn names 'nope', which is not a task of this Dag",
+        ]
+    );
+}

@@ -3,8 +3,9 @@
 //!
 //! A default matches a task or trigger whose type (as written, or its canonical name) equals the
 //! default's `type` or starts with it followed by a dot (`io.kestra.plugin.core.log` matches
-//! `io.kestra.plugin.core.log.Log`). Values written in the task win, unless the default is `forced`;
-//! maps merge deeply; lists and scalars are replaced as a whole. When several non-forced defaults set
+//! `io.kestra.plugin.core.log.Log`); legacy and canonical names of one type match each other.
+//! Values written in the task win, unless the default is `forced`; maps merge deeply; lists and
+//! scalars are replaced as a whole. When several non-forced defaults set
 //! the same property, the first one listed wins; with several forced ones, the last one listed wins.
 
 use serde_json::{Map, Value};
@@ -41,18 +42,27 @@ fn merge_into(target: &mut Map<String, Value>, defaults: &Map<String, Value>, fo
     }
 }
 
-/// Merges the matching defaults into one task or trigger map (not into its children).
+/// Merges the matching defaults into one task or trigger map (not into its children). A default
+/// written with a legacy type name (`io.kestra.core.tasks.log.Log`) also matches the tasks written
+/// with the canonical one, and the other way round.
 pub(crate) fn merge_defaults(
     map: &mut Map<String, Value>,
     canonical: Option<&str>,
     defaults: &[PluginDefault],
+    registry: &TaskRegistry,
 ) {
     let Some(type_name) = map.get("type").and_then(Value::as_str).map(str::to_string) else {
         return;
     };
     let matches = |d: &PluginDefault| {
+        let default_canonical = registry.canonical(&d.plugin_type).or_else(|| {
+            registry
+                .resolve_trigger(&d.plugin_type)
+                .map(|e| e.type_name)
+        });
         type_matches(&d.plugin_type, &type_name)
             || canonical.is_some_and(|c| type_matches(&d.plugin_type, c))
+            || (default_canonical.is_some() && default_canonical == canonical)
     };
     let as_map = |d: &PluginDefault| -> Map<String, Value> {
         d.values
@@ -75,7 +85,7 @@ fn apply_to_task(value: &mut Value, registry: &TaskRegistry, defaults: &[PluginD
         .and_then(Value::as_str)
         .and_then(|t| registry.resolve(t))
         .cloned();
-    merge_defaults(map, entry.as_ref().map(|e| e.type_name), defaults);
+    merge_defaults(map, entry.as_ref().map(|e| e.type_name), defaults, registry);
     let Some(entry) = entry else { return };
     let paths: Vec<String> = child_values(map, entry.children)
         .into_iter()
@@ -146,7 +156,7 @@ pub fn apply_plugin_defaults(
                         .and_then(Value::as_str)
                         .and_then(|t| registry.resolve_trigger(t))
                         .map(|e| e.type_name);
-                    merge_defaults(map, canonical, defaults);
+                    merge_defaults(map, canonical, defaults, registry);
                 }
             }
         }

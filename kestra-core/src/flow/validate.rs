@@ -26,7 +26,7 @@ use crate::flow::model::{
 };
 use crate::flow::parse::{FlowError, FlowErrorKind, FlowErrors};
 use crate::flow::registry::{ChildSlot, TaskRegistry, child_values};
-use crate::flow::tasks::{ForEachItem, Subflow};
+use crate::flow::tasks::{Dag, ForEachItem, Subflow};
 use crate::flow::triggers::{FlowTrigger, Schedule, ScheduleOnDates};
 use crate::flow::yaml::{Positions, join_index, join_key};
 
@@ -388,6 +388,7 @@ impl<'a> Validator<'a> {
             &mut map,
             entry.as_ref().map(|e| e.type_name),
             &self.defaults,
+            self.registry,
         );
 
         // Common properties.
@@ -471,6 +472,9 @@ impl<'a> Validator<'a> {
             self.report_serde(&full, &e.into_inner().to_string());
         } else {
             self.check_task_semantics(entry.type_name, &properties, path);
+            if entry.type_name == <Dag as crate::flow::registry::TaskType>::TYPE {
+                self.check_dag(&map, path);
+            }
         }
         for slot in entry.children {
             if let (ChildSlot::List(name) | ChildSlot::DagList(name), Some(Value::Array(items))) =
@@ -567,6 +571,70 @@ impl<'a> Validator<'a> {
         }
     }
 
+    /// Dag: every `dependsOn` names a task of the Dag, and the dependencies have no cycle.
+    fn check_dag(&mut self, map: &Map<String, Value>, path: &str) {
+        let Some(Value::Array(nodes)) = map.get("tasks") else {
+            return;
+        };
+        let id_of = |node: &Value| {
+            node.get("task")
+                .and_then(|t| t.get("id"))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        };
+        let ids: Vec<Option<String>> = nodes.iter().map(id_of).collect();
+        let mut edges: HashMap<String, Vec<String>> = HashMap::new();
+        for (i, node) in nodes.iter().enumerate() {
+            let Some(Value::Array(deps)) = node.get("dependsOn") else {
+                continue;
+            };
+            for (j, dep) in deps.iter().enumerate() {
+                let Some(dep) = dep.as_str() else { continue };
+                if ids.iter().flatten().any(|id| id == dep) {
+                    if let Some(id) = &ids[i] {
+                        edges.entry(id.clone()).or_default().push(dep.to_string());
+                    }
+                } else {
+                    let p = join_index(
+                        &join_key(&join_index(&join_key(path, "tasks"), i), "dependsOn"),
+                        j,
+                    );
+                    let message =
+                        format!("dependsOn names '{dep}', which is not a task of this Dag");
+                    self.error(&p, At::Value, FlowErrorKind::InvalidValue, message);
+                }
+            }
+        }
+        // Depth-first search for a cycle.
+        fn visit(
+            id: &str,
+            edges: &HashMap<String, Vec<String>>,
+            state: &mut HashMap<String, u8>,
+        ) -> bool {
+            match state.get(id) {
+                Some(1) => return true,
+                Some(2) => return false,
+                _ => {}
+            }
+            state.insert(id.to_string(), 1);
+            let cyclic = edges
+                .get(id)
+                .is_some_and(|deps| deps.iter().any(|d| visit(d, edges, state)));
+            state.insert(id.to_string(), 2);
+            cyclic
+        }
+        let mut state = HashMap::new();
+        let cyclic = ids.iter().flatten().any(|id| visit(id, &edges, &mut state));
+        if cyclic {
+            self.error(
+                &join_key(path, "tasks"),
+                At::Value,
+                FlowErrorKind::InvalidValue,
+                "the Dag's dependsOn form a cycle",
+            );
+        }
+    }
+
     fn is_self(&self, namespace: &str, flow_id: &str) -> bool {
         self.namespace.as_deref() == Some(namespace) && self.flow_id.as_deref() == Some(flow_id)
     }
@@ -609,6 +677,7 @@ impl<'a> Validator<'a> {
             &mut map,
             entry.as_ref().map(|e| e.type_name),
             &self.defaults,
+            self.registry,
         );
 
         let id = self.check_task_id(&map, path);
