@@ -10,6 +10,7 @@
 //! No database, Kafka or Elasticsearch type appears in this crate; backends implement its traits.
 
 pub mod expression;
+pub mod flow;
 pub mod model;
 pub mod queue;
 pub mod repository;
