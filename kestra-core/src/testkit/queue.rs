@@ -1515,3 +1515,346 @@ pub async fn run_all_with(factory: &QueueFactory) {
     begin_wait_and_wakeup(factory()).await;
     drain_many(factory(), 1_000).await;
 }
+
+/// A minimal in-memory queue, only to run the suite on itself (not shipped): it shows the checks pass
+/// on a correct implementation and fail on deliberately broken ones.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::{QueueError, Subscription};
+    use async_trait::async_trait;
+    use std::collections::HashSet;
+
+    #[derive(Default, Clone, Copy)]
+    struct Flaws {
+        ignore_delay: bool,
+        no_key_exclusion: bool,
+    }
+
+    struct Row {
+        offset: i64,
+        group: ConsumerGroup,
+        envelope: Envelope,
+        attempts: u32,
+        leased_until: Option<Instant>,
+        unit: Option<u64>,
+    }
+
+    #[derive(Default)]
+    struct Inner {
+        next_offset: i64,
+        next_unit: u64,
+        rows: Vec<Row>,
+        executions: HashMap<String, Execution>,
+        state: HashMap<(String, String), serde_json::Value>,
+        subscribers: Vec<(Topic, tokio::sync::mpsc::UnboundedSender<Envelope>)>,
+    }
+
+    #[derive(Default, Clone)]
+    struct MemQueue {
+        inner: Arc<Mutex<Inner>>,
+        notify: Arc<tokio::sync::Notify>,
+        flaws: Flaws,
+    }
+
+    impl MemQueue {
+        fn with(flaws: Flaws) -> MemQueue {
+            MemQueue {
+                flaws,
+                ..MemQueue::default()
+            }
+        }
+
+        fn append(&self, inner: &mut Inner, messages: Vec<Envelope>) {
+            for e in messages {
+                for &group in e.topic.groups() {
+                    inner.next_offset += 1;
+                    inner.rows.push(Row {
+                        offset: inner.next_offset,
+                        group,
+                        envelope: e.clone(),
+                        attempts: 0,
+                        leased_until: None,
+                        unit: None,
+                    });
+                }
+                inner
+                    .subscribers
+                    .retain(|(t, tx)| *t != e.topic || tx.send(e.clone()).is_ok());
+            }
+            self.notify.notify_waiters();
+        }
+
+        fn claim(
+            &self,
+            group: ConsumerGroup,
+            topics: &[Topic],
+            max: usize,
+            lease: Option<Duration>,
+            unit: Option<u64>,
+        ) -> Vec<Delivery> {
+            let mut inner = lock(&self.inner);
+            let (now, wall) = (Instant::now(), Utc::now());
+            let mut blocked: HashSet<(Topic, String)> = HashSet::new();
+            let mut out = Vec::new();
+            for row in inner.rows.iter_mut() {
+                if out.len() >= max {
+                    break;
+                }
+                if row.group != group || !topics.contains(&row.envelope.topic) {
+                    continue;
+                }
+                let k = (row.envelope.topic, row.envelope.key.clone());
+                let held = row.unit.is_some() || row.leased_until.is_some_and(|t| t > now);
+                if held {
+                    if !self.flaws.no_key_exclusion {
+                        blocked.insert(k);
+                    }
+                    continue;
+                }
+                let due =
+                    self.flaws.ignore_delay || row.envelope.deliver_at.is_none_or(|d| d <= wall);
+                if !due || blocked.contains(&k) {
+                    continue;
+                }
+                row.attempts += 1;
+                row.leased_until = lease.map(|l| now + l);
+                row.unit = unit;
+                out.push(Delivery {
+                    tag: DeliveryTag {
+                        partition: 0,
+                        offset: row.offset,
+                    },
+                    group,
+                    envelope: row.envelope.clone(),
+                    attempt: row.attempts,
+                });
+            }
+            out
+        }
+
+        async fn wait_for(&self, wait: Duration, mut f: impl FnMut() -> bool) {
+            let deadline = Instant::now() + wait;
+            loop {
+                let notified = self.notify.notified();
+                if f() || Instant::now() >= deadline {
+                    return;
+                }
+                let left = deadline.saturating_duration_since(Instant::now());
+                let _ = tokio::time::timeout(left.min(Duration::from_millis(50)), notified).await;
+            }
+        }
+    }
+
+    #[async_trait]
+    impl Queue for MemQueue {
+        async fn publish(&self, messages: Vec<Envelope>) -> Result<(), QueueError> {
+            let mut inner = lock(&self.inner);
+            self.append(&mut inner, messages);
+            Ok(())
+        }
+
+        async fn receive(
+            &self,
+            group: ConsumerGroup,
+            topic: Topic,
+            max: usize,
+            lease: Duration,
+            wait: Duration,
+        ) -> Result<Vec<Delivery>, QueueError> {
+            let mut got = Vec::new();
+            self.wait_for(wait, || {
+                got = self.claim(group, &[topic], max, Some(lease), None);
+                !got.is_empty()
+            })
+            .await;
+            Ok(got)
+        }
+
+        async fn ack(&self, group: ConsumerGroup, tags: &[DeliveryTag]) -> Result<(), QueueError> {
+            let offsets: HashSet<i64> = tags.iter().map(|t| t.offset).collect();
+            lock(&self.inner)
+                .rows
+                .retain(|r| r.group != group || !offsets.contains(&r.offset));
+            self.notify.notify_waiters();
+            Ok(())
+        }
+
+        async fn dead_letter(&self, delivery: &Delivery, _reason: &str) -> Result<(), QueueError> {
+            self.ack(delivery.group, &[delivery.tag]).await
+        }
+
+        async fn subscribe(&self, topic: Topic) -> Result<Subscription, QueueError> {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            lock(&self.inner).subscribers.push((topic, tx));
+            Ok(futures::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|e| (Ok(e), rx)) },
+            )
+            .boxed())
+        }
+
+        async fn begin(
+            &self,
+            group: ConsumerGroup,
+            topics: &[Topic],
+            max: usize,
+            wait: Duration,
+        ) -> Result<Option<Box<dyn UnitOfWork>>, QueueError> {
+            let id = {
+                let mut inner = lock(&self.inner);
+                inner.next_unit += 1;
+                inner.next_unit
+            };
+            let mut got = Vec::new();
+            self.wait_for(wait, || {
+                got = self.claim(group, topics, max, None, Some(id));
+                !got.is_empty()
+            })
+            .await;
+            if got.is_empty() {
+                return Ok(None);
+            }
+            Ok(Some(Box::new(MemUnit {
+                queue: self.clone(),
+                id,
+                deliveries: got,
+                executions: Vec::new(),
+                state: Vec::new(),
+                messages: Vec::new(),
+                done: false,
+            })))
+        }
+    }
+
+    struct MemUnit {
+        queue: MemQueue,
+        id: u64,
+        deliveries: Vec<Delivery>,
+        executions: Vec<Execution>,
+        state: Vec<((String, String), Option<serde_json::Value>)>,
+        messages: Vec<Envelope>,
+        done: bool,
+    }
+
+    impl Drop for MemUnit {
+        fn drop(&mut self) {
+            if !self.done {
+                let mut inner = lock(&self.queue.inner);
+                for r in inner.rows.iter_mut().filter(|r| r.unit == Some(self.id)) {
+                    r.unit = None;
+                }
+                self.queue.notify.notify_waiters();
+            }
+        }
+    }
+
+    #[async_trait]
+    impl UnitOfWork for MemUnit {
+        fn deliveries(&self) -> &[Delivery] {
+            &self.deliveries
+        }
+        async fn load_execution(&mut self, id: &str) -> Result<Option<Execution>, QueueError> {
+            Ok(lock(&self.queue.inner).executions.get(id).cloned())
+        }
+        async fn save_execution(&mut self, execution: &Execution) -> Result<(), QueueError> {
+            self.executions.push(execution.clone());
+            Ok(())
+        }
+        async fn load_state(
+            &mut self,
+            kind: &str,
+            key: &str,
+        ) -> Result<Option<serde_json::Value>, QueueError> {
+            let k = (kind.to_string(), key.to_string());
+            Ok(lock(&self.queue.inner).state.get(&k).cloned())
+        }
+        async fn save_state(
+            &mut self,
+            kind: &str,
+            key: &str,
+            value: Option<&serde_json::Value>,
+        ) -> Result<(), QueueError> {
+            self.state
+                .push(((kind.to_string(), key.to_string()), value.cloned()));
+            Ok(())
+        }
+        async fn publish(&mut self, messages: Vec<Envelope>) -> Result<(), QueueError> {
+            self.messages.extend(messages);
+            Ok(())
+        }
+        async fn dead_letter(
+            &mut self,
+            _tag: DeliveryTag,
+            _reason: &str,
+        ) -> Result<(), QueueError> {
+            Ok(())
+        }
+        async fn commit(mut self: Box<Self>) -> Result<(), QueueError> {
+            self.done = true;
+            let queue = self.queue.clone();
+            let mut inner = lock(&queue.inner);
+            let id = self.id;
+            inner.rows.retain(|r| r.unit != Some(id));
+            for e in self.executions.drain(..) {
+                inner.executions.insert(e.id.clone(), e);
+            }
+            for (k, v) in self.state.drain(..) {
+                match v {
+                    Some(v) => inner.state.insert(k, v),
+                    None => inner.state.remove(&k),
+                };
+            }
+            let messages = std::mem::take(&mut self.messages);
+            queue.append(&mut inner, messages);
+            Ok(())
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_correct_in_memory_queue_passes_the_whole_suite() {
+        let queue = MemQueue::default();
+        run_all_with(&move || Arc::new(queue.clone()) as Arc<dyn Queue>).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn drain_many_consumes_everything_it_published() {
+        let queue = MemQueue::default();
+        let elapsed = drain_many(Arc::new(queue.clone()), 2_000).await;
+        assert!(elapsed < Duration::from_secs(30));
+        assert!(
+            lock(&queue.inner).rows.is_empty(),
+            "every row was acknowledged"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    #[should_panic(expected = "before its deliver_at")]
+    async fn a_queue_ignoring_deliver_at_fails_delayed_delivery() {
+        delayed_delivery(Arc::new(MemQueue::with(Flaws {
+            ignore_delay: true,
+            ..Flaws::default()
+        })))
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    #[should_panic(expected = "still holds an unacknowledged earlier message")]
+    async fn a_queue_without_key_exclusion_fails_per_key_ordering() {
+        per_key_ordering(Arc::new(MemQueue::with(Flaws {
+            no_key_exclusion: true,
+            ..Flaws::default()
+        })))
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    #[should_panic(expected = "claimed key")]
+    async fn a_queue_without_key_exclusion_fails_unit_of_work_serialization() {
+        unit_of_work_serialized_per_key(Arc::new(MemQueue::with(Flaws {
+            no_key_exclusion: true,
+            ..Flaws::default()
+        })))
+        .await;
+    }
+}
