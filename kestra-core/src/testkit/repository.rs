@@ -1759,13 +1759,16 @@ mod tests {
         Ok(Page { results, total })
     }
 
+    /// (owner, claimed until)
+    type Claim = (String, DateTime<Utc>);
+
     #[derive(Default)]
     struct Mem {
         flows: Mutex<Vec<FlowRecord>>,
         executions: Mutex<HashMap<(String, String), Execution>>,
         logs: Mutex<Vec<LogEntry>>,
         metrics: Mutex<Vec<MetricEntry>>,
-        triggers: Mutex<HashMap<String, (TriggerState, Option<(String, DateTime<Utc>)>)>>,
+        triggers: Mutex<HashMap<String, (TriggerState, Option<Claim>)>>,
         services: Mutex<HashMap<String, ServiceInstance>>,
     }
 
