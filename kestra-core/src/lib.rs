@@ -4,6 +4,7 @@
 //!
 //! - [`model`]: executions, task runs, states, logs, metrics, trigger state, service instances.
 //! - [`flow`]: the YAML flow language - model, task registry, parsing and validation.
+//! - [`inputs`]: execution inputs parsed and validated against the flow's input declarations.
 //! - [`expression`]: Pebble-compatible expressions rendered with strict undefined variables.
 //! - [`queue`], [`repository`], [`storage`]: the three seams every backend implements.
 //!
@@ -11,6 +12,7 @@
 
 pub mod expression;
 pub mod flow;
+pub mod inputs;
 pub mod model;
 pub mod queue;
 pub mod repository;
