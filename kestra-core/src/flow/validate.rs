@@ -21,8 +21,8 @@ use crate::flow::defaults::{merge_defaults, pointer_mut};
 use crate::flow::duration::IsoDuration;
 use crate::flow::model::{
     COMMON_TASK_PROPERTIES, COMMON_TRIGGER_PROPERTIES, Check, Concurrency, Flow, FlowOutput,
-    INPUT_TYPE_NAMES, Input, InputType, LogLevel, PluginDefault, Retry, STATE_NAMES, WorkerGroup,
-    deserialize_labels, json_type_name,
+    INPUT_TYPE_NAMES, Input, InputType, LogLevel, PluginDefault, Retry, RetryType, STATE_NAMES,
+    WorkerGroup, deserialize_labels, json_type_name,
 };
 use crate::flow::parse::{FlowError, FlowErrorKind, FlowErrors};
 use crate::flow::registry::{ChildSlot, TaskRegistry, child_values};
@@ -249,7 +249,7 @@ impl<'a> Validator<'a> {
             self.check::<Concurrency>(v, "concurrency");
         }
         if let Some(v) = map.get("retry") {
-            self.check::<Retry>(v, "retry");
+            self.check_retry(v, "retry");
         }
         if let Some(v) = map.get("checks") {
             self.check::<Vec<Check>>(v, "checks");
@@ -406,7 +406,7 @@ impl<'a> Validator<'a> {
                     self.check::<String>(v, &p);
                 }
                 "retry" => {
-                    self.check::<Retry>(v, &p);
+                    self.check_retry(v, &p);
                 }
                 "timeout" => {
                     self.check::<IsoDuration>(v, &p);
@@ -496,6 +496,30 @@ impl<'a> Validator<'a> {
         for (_, _, child_path, child) in child_values(&map, entry.children) {
             if child.is_object() {
                 self.validate_task(child, &join_key(path, &child_path));
+            }
+        }
+    }
+
+    /// A retry policy: its type-specific durations are required, as in Kestra (`constant` needs
+    /// `interval`; `exponential` `interval` and `maxInterval`; `random` `minInterval` and `maxInterval`).
+    fn check_retry(&mut self, value: &Value, path: &str) {
+        let Some(retry) = self.check::<Retry>(value, path) else {
+            return;
+        };
+        let required: &[(&str, bool)] = match retry.retry_type {
+            RetryType::Constant => &[("interval", retry.interval.is_some())],
+            RetryType::Exponential => &[
+                ("interval", retry.interval.is_some()),
+                ("maxInterval", retry.max_interval.is_some()),
+            ],
+            RetryType::Random => &[
+                ("minInterval", retry.min_interval.is_some()),
+                ("maxInterval", retry.max_interval.is_some()),
+            ],
+        };
+        for (field, present) in required {
+            if !present {
+                self.missing(path, field);
             }
         }
     }
