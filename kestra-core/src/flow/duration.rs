@@ -206,6 +206,7 @@ impl<'de> Deserialize<'de> for IsoDuration {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -16,3 +16,9 @@ pub mod triggers;
 pub use registry::{
     ChildSlot, TaskEntry, TaskKind, TaskRegistry, TaskType, TriggerEntry, TriggerType,
 };
+pub mod defaults;
+pub mod parse;
+pub mod validate;
+
+pub use defaults::apply_plugin_defaults;
+pub use parse::{FlowError, FlowErrorKind, FlowErrors, parse_flow, parse_flows};

@@ -607,6 +607,7 @@ pub struct Input {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -67,6 +67,7 @@ impl<T: fmt::Display> fmt::Display for Property<T> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

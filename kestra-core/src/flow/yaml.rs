@@ -84,10 +84,10 @@ pub fn parent_path(path: &str) -> Option<&str> {
     if path.is_empty() {
         return None;
     }
-    if path.ends_with(']') {
-        if let Some(open) = path.rfind('[') {
-            return Some(&path[..open]);
-        }
+    if path.ends_with(']')
+        && let Some(open) = path.rfind('[')
+    {
+        return Some(&path[..open]);
     }
     match path.rfind(['.', ']']) {
         Some(i) if path.as_bytes().get(i) == Some(&b']') => Some(&path[..=i]),
@@ -216,8 +216,16 @@ impl<'de> Deserialize<'de> for Node {
     }
 }
 
+/// Maximum nesting of YAML collections (block or flow): deeper documents are rejected rather than
+/// risking the stack.
+pub const MAX_DEPTH: usize = 64;
+
 fn options() -> serde_saphyr::Options {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_depth = MAX_DEPTH;
+    budget.flow_nesting_limit = MAX_DEPTH;
     serde_saphyr::options! {
+        budget: Some(budget),
         strict_booleans: true,
         leading_zero_numbers_as_strings: true,
         with_snippet: false,
@@ -278,7 +286,7 @@ fn to_yaml_error(error: &serde_saphyr::Error) -> YamlError {
 /// serde-saphyr appends the location (and sometimes a hint) to its messages; keep only the text.
 fn strip_location(rendered: &str) -> String {
     let mut text = rendered.lines().next().unwrap_or(rendered).trim();
-    if let Some(i) = text.rfind(" at line ") {
+    if let Some(i) = text.find(" at line ") {
         text = &text[..i];
     }
     if let Some(rest) = text.strip_prefix("duplicate mapping key: ") {
@@ -316,6 +324,7 @@ pub fn load_all(source: &str) -> Result<Vec<Document>, YamlError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

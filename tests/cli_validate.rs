@@ -1,0 +1,74 @@
+//! `kestra flow validate`: output and exit status on valid and invalid files.
+
+#![allow(clippy::unwrap_used)]
+
+use std::process::Command;
+
+const VALID: &str = "id: hello\nnamespace: company.team\ntasks:\n  - id: log\n    type: io.kestra.plugin.core.log.Log\n    message: hi\n";
+const INVALID: &str = "id: hello\nnamespace: company.team\ntasks:\n  - id: log\n    type: io.kestra.plugin.core.log.Nope\n  - id: log\n    type: io.kestra.plugin.core.log.Log\n    message: hi\n";
+
+fn kestra(args: &[&std::ffi::OsStr]) -> (i32, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_kestra"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn valid_file_prints_ok_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("valid.yaml");
+    std::fs::write(&file, VALID).unwrap();
+    let (code, out) = kestra(&["flow".as_ref(), "validate".as_ref(), file.as_os_str()]);
+    assert_eq!(code, 0);
+    assert_eq!(out, format!("{}: OK\n", file.display()));
+}
+
+#[test]
+fn invalid_file_prints_every_error_and_exits_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let valid = dir.path().join("valid.yaml");
+    let invalid = dir.path().join("invalid.yaml");
+    std::fs::write(&valid, VALID).unwrap();
+    std::fs::write(&invalid, INVALID).unwrap();
+    let (code, out) = kestra(&[
+        "flow".as_ref(),
+        "validate".as_ref(),
+        valid.as_os_str(),
+        invalid.as_os_str(),
+    ]);
+    assert_eq!(code, 1);
+    let i = invalid.display();
+    assert_eq!(
+        out,
+        format!(
+            "{}: OK\n{i}:5:11: error: tasks[0].type: unknown task type 'io.kestra.plugin.core.log.Nope'\n\
+             {i}:6:9: error: tasks[1].id: duplicate task id 'log' (first used at tasks[0])\n",
+            valid.display()
+        )
+    );
+}
+
+#[test]
+fn missing_file_is_an_error() {
+    let (code, out) = kestra(&[
+        "flow".as_ref(),
+        "validate".as_ref(),
+        "/nonexistent/flow.yaml".as_ref(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        out.starts_with("/nonexistent/flow.yaml: error: cannot read the file"),
+        "{out}"
+    );
+}
+
+#[test]
+fn no_file_is_a_usage_error() {
+    let (code, _) = kestra(&["flow".as_ref(), "validate".as_ref()]);
+    assert_eq!(code, 2);
+}
