@@ -6,9 +6,11 @@
 use std::sync::Arc;
 
 use chrono::Utc;
-use kestra_core::executor::messages::{ExecutionCommand, ExecutorEvent, WorkerTask, WorkerTaskResult};
-use kestra_core::executor::process::process;
 use kestra_core::executor::FlowIndex;
+use kestra_core::executor::messages::{
+    ExecutionCommand, ExecutorEvent, WorkerTask, WorkerTaskResult,
+};
+use kestra_core::executor::process::process;
 use kestra_core::expression::ExpressionEngine;
 use kestra_core::flow::parse::parse_flow;
 use kestra_core::flow::registry::TaskRegistry;
@@ -29,7 +31,13 @@ impl Sim {
         let flow = parse_flow(yaml, &registry).unwrap_or_else(|e| panic!("{e}"));
         let index = FlowIndex::new(Arc::new(flow), &registry).unwrap();
         let execution = Execution::new(index.flow.namespace.clone(), index.flow.id.clone(), 1);
-        Sim { index, expr: ExpressionEngine::default(), execution, pending: Vec::new(), fail_attempts: Default::default() }
+        Sim {
+            index,
+            expr: ExpressionEngine::default(),
+            execution,
+            pending: Vec::new(),
+            fail_attempts: Default::default(),
+        }
     }
 
     fn inputs(mut self, inputs: Value) -> Sim {
@@ -44,11 +52,22 @@ impl Sim {
     }
 
     fn worker(&mut self, job: &WorkerTask) -> WorkerTaskResult {
-        let ty = job.task.task_type.rsplit('.').next().unwrap_or_default().to_string();
+        let ty = job
+            .task
+            .task_type
+            .rsplit('.')
+            .next()
+            .unwrap_or_default()
+            .to_string();
         let mut outputs = None;
         let state = match ty.as_str() {
             "Return" => {
-                let format = job.task.properties.get("format").and_then(|v| v.as_str()).unwrap_or("");
+                let format = job
+                    .task
+                    .properties
+                    .get("format")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("");
                 match self.expr.render(format, &job.context) {
                     Ok(v) => {
                         let mut m = Map::new();
@@ -63,10 +82,22 @@ impl Sim {
             "Flaky" => StateType::Failed,
             _ => {
                 // Tasks whose id starts with "flaky" fail on their first N attempts (N = digit suffix).
-                if let Some(n) = job.task.id.strip_prefix("flaky").and_then(|d| d.parse::<u32>().ok()) {
-                    let seen = self.fail_attempts.entry(job.task_run.id.clone()).or_default();
+                if let Some(n) = job
+                    .task
+                    .id
+                    .strip_prefix("flaky")
+                    .and_then(|d| d.parse::<u32>().ok())
+                {
+                    let seen = self
+                        .fail_attempts
+                        .entry(job.task_run.id.clone())
+                        .or_default();
                     *seen += 1;
-                    if *seen <= n { StateType::Failed } else { StateType::Success }
+                    if *seen <= n {
+                        StateType::Failed
+                    } else {
+                        StateType::Success
+                    }
                 } else {
                     StateType::Success
                 }
@@ -114,7 +145,11 @@ impl Sim {
                 break;
             }
             for (id, attempt) in retrying {
-                let cmd = ExecutionCommand::RetryDue { execution_id: self.execution.id.clone(), task_run_id: id, attempt };
+                let cmd = ExecutionCommand::RetryDue {
+                    execution_id: self.execution.id.clone(),
+                    task_run_id: id,
+                    attempt,
+                };
                 let current = Some(self.execution.clone());
                 self.step(current, ExecutorEvent::Command(cmd));
             }
@@ -127,12 +162,21 @@ impl Sim {
     }
 
     fn runs(&self, task_id: &str) -> Vec<&kestra_core::model::TaskRun> {
-        self.execution.task_run_list.iter().filter(|r| r.task_id == task_id).collect()
+        self.execution
+            .task_run_list
+            .iter()
+            .filter(|r| r.task_id == task_id)
+            .collect()
     }
 
     fn run_state(&self, task_id: &str) -> StateType {
         let runs = self.runs(task_id);
-        assert_eq!(runs.len(), 1, "expected one task run of {task_id}, got {}", runs.len());
+        assert_eq!(
+            runs.len(),
+            1,
+            "expected one task run of {task_id}, got {}",
+            runs.len()
+        );
         runs[0].current()
     }
 }
@@ -233,9 +277,16 @@ fn for_each_runs_body_per_value_with_outputs_keyed_by_value() {
     .run();
     assert_eq!(sim.state(), StateType::Success);
     assert_eq!(sim.execution.task_run_list.len(), 1 + 6 + 1);
-    let l_b = sim.runs("l").into_iter().find(|r| r.value.as_deref() == Some("b")).unwrap();
+    let l_b = sim
+        .runs("l")
+        .into_iter()
+        .find(|r| r.value.as_deref() == Some("b"))
+        .unwrap();
     assert_eq!(l_b.outputs.as_ref().unwrap()["value"], "v=b!");
-    assert_eq!(sim.runs("after")[0].outputs.as_ref().unwrap()["value"], "v=b");
+    assert_eq!(
+        sim.runs("after")[0].outputs.as_ref().unwrap()["value"],
+        "v=b"
+    );
 }
 
 #[test]
@@ -248,7 +299,12 @@ fn nested_for_each_sees_parent_value() {
     let mut values: Vec<String> = sim
         .runs("r")
         .iter()
-        .map(|r| r.outputs.as_ref().unwrap()["value"].as_str().unwrap().to_string())
+        .map(|r| {
+            r.outputs.as_ref().unwrap()["value"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
     values.sort();
     assert_eq!(values, vec!["1-x", "1-y", "2-x", "2-y"]);
@@ -263,7 +319,12 @@ fn dag_respects_dependencies() {
     ))
     .run();
     assert_eq!(sim.state(), StateType::Success);
-    let order: Vec<&str> = sim.execution.task_run_list.iter().map(|r| r.task_id.as_str()).collect();
+    let order: Vec<&str> = sim
+        .execution
+        .task_run_list
+        .iter()
+        .map(|r| r.task_id.as_str())
+        .collect();
     assert_eq!(order, vec!["dag", "a", "b", "c"]);
 }
 
@@ -290,7 +351,7 @@ fn retries_stop_at_max_attempts_and_warning_on_retry() {
     assert!(sim.runs("never").is_empty());
 
     let sim = Sim::new(&format!(
-        "{HEAD}tasks:\n  - id: flaky1\n    type: io.kestra.plugin.core.log.Log\n    message: x\n    retry:\n      type: exponential\n      interval: PT0.1S\n      maxAttempts: 3\n      warningOnRetry: true\n"
+        "{HEAD}tasks:\n  - id: flaky1\n    type: io.kestra.plugin.core.log.Log\n    message: x\n    retry:\n      type: exponential\n      interval: PT0.1S\n      maxInterval: PT1S\n      maxAttempts: 3\n      warningOnRetry: true\n"
     ))
     .run();
     assert_eq!(sim.state(), StateType::Warning);
@@ -298,14 +359,26 @@ fn retries_stop_at_max_attempts_and_warning_on_retry() {
 
 #[test]
 fn duplicate_and_stale_results_are_dropped() {
-    let mut sim = Sim::new(&format!("{HEAD}tasks:\n  - id: a\n    type: io.kestra.plugin.core.log.Log\n    message: x\n  - id: b\n    type: io.kestra.plugin.core.log.Log\n    message: y\n"));
+    let mut sim = Sim::new(&format!(
+        "{HEAD}tasks:\n  - id: a\n    type: io.kestra.plugin.core.log.Log\n    message: x\n  - id: b\n    type: io.kestra.plugin.core.log.Log\n    message: y\n"
+    ));
     let start = sim.execution.clone();
     sim.step(None, ExecutorEvent::Execution(Box::new(start)));
     let job = sim.pending.remove(0);
     let result = sim.worker(&job);
-    sim.step(Some(sim.execution.clone()), ExecutorEvent::WorkerResult(Box::new(result.clone())));
+    sim.step(
+        Some(sim.execution.clone()),
+        ExecutorEvent::WorkerResult(Box::new(result.clone())),
+    );
     let snapshot = sim.execution.clone();
-    let again = process(&sim.index, &sim.expr, Utc::now(), Some(snapshot.clone()), &ExecutorEvent::WorkerResult(Box::new(result))).unwrap();
+    let again = process(
+        &sim.index,
+        &sim.expr,
+        Utc::now(),
+        Some(snapshot.clone()),
+        &ExecutorEvent::WorkerResult(Box::new(result)),
+    )
+    .unwrap();
     assert!(!again.changed, "a duplicate result changes nothing");
     assert!(again.worker_tasks.is_empty());
     assert!(again.ignored.is_some());
@@ -313,28 +386,55 @@ fn duplicate_and_stale_results_are_dropped() {
     let job_b = sim.pending[0].clone();
     let mut stale = sim.worker(&job_b);
     stale.attempt = 7;
-    let out = process(&sim.index, &sim.expr, Utc::now(), Some(snapshot), &ExecutorEvent::WorkerResult(Box::new(stale))).unwrap();
+    let out = process(
+        &sim.index,
+        &sim.expr,
+        Utc::now(),
+        Some(snapshot),
+        &ExecutorEvent::WorkerResult(Box::new(stale)),
+    )
+    .unwrap();
     assert!(!out.changed);
 }
 
 #[test]
 fn processing_is_idempotent_for_a_redelivered_creation() {
-    let mut sim = Sim::new(&format!("{HEAD}tasks:\n  - id: a\n    type: io.kestra.plugin.core.log.Log\n    message: x\n"));
+    let mut sim = Sim::new(&format!(
+        "{HEAD}tasks:\n  - id: a\n    type: io.kestra.plugin.core.log.Log\n    message: x\n"
+    ));
     let start = sim.execution.clone();
     sim.step(None, ExecutorEvent::Execution(Box::new(start.clone())));
-    let again = process(&sim.index, &sim.expr, Utc::now(), Some(sim.execution.clone()), &ExecutorEvent::Execution(Box::new(start))).unwrap();
+    let again = process(
+        &sim.index,
+        &sim.expr,
+        Utc::now(),
+        Some(sim.execution.clone()),
+        &ExecutorEvent::Execution(Box::new(start)),
+    )
+    .unwrap();
     assert!(!again.changed);
     assert!(again.worker_tasks.is_empty());
 }
 
 #[test]
 fn kill_ends_pending_task_runs_killed() {
-    let mut sim = Sim::new(&format!("{HEAD}tasks:\n  - id: p\n    type: io.kestra.plugin.core.flow.Parallel\n    concurrent: 1\n    tasks:\n      - id: a\n        type: io.kestra.plugin.core.log.Log\n        message: x\n      - id: b\n        type: io.kestra.plugin.core.log.Log\n        message: y\n  - id: never\n    type: io.kestra.plugin.core.log.Log\n    message: x\n"));
+    let mut sim = Sim::new(&format!(
+        "{HEAD}tasks:\n  - id: p\n    type: io.kestra.plugin.core.flow.Parallel\n    concurrent: 1\n    tasks:\n      - id: a\n        type: io.kestra.plugin.core.log.Log\n        message: x\n      - id: b\n        type: io.kestra.plugin.core.log.Log\n        message: y\n  - id: never\n    type: io.kestra.plugin.core.log.Log\n    message: x\n"
+    ));
     let start = sim.execution.clone();
     sim.step(None, ExecutorEvent::Execution(Box::new(start)));
     assert_eq!(sim.pending.len(), 1, "concurrent: 1 starts one child");
-    let kill = ExecutionCommand::Kill { execution_id: sim.execution.id.clone() };
-    let out = process(&sim.index, &sim.expr, Utc::now(), Some(sim.execution.clone()), &ExecutorEvent::Command(kill)).unwrap();
+    let kill = ExecutionCommand::Kill {
+        execution_id: sim.execution.id.clone(),
+    };
+    let out = process(
+        &sim.index,
+        &sim.expr,
+        Utc::now(),
+        Some(sim.execution.clone()),
+        &ExecutorEvent::Command(kill),
+    )
+    .unwrap();
     assert!(out.kill_broadcast);
     assert_eq!(out.execution.current(), StateType::Killing);
     sim.execution = out.execution;
@@ -342,7 +442,10 @@ fn kill_ends_pending_task_runs_killed() {
     let job = sim.pending.remove(0);
     let mut result = sim.worker(&job);
     result.state = StateType::Killed;
-    sim.step(Some(sim.execution.clone()), ExecutorEvent::WorkerResult(Box::new(result)));
+    sim.step(
+        Some(sim.execution.clone()),
+        ExecutorEvent::WorkerResult(Box::new(result)),
+    );
     assert_eq!(sim.state(), StateType::Killed);
     assert!(sim.runs("b").is_empty());
     assert!(sim.runs("never").is_empty());
@@ -351,20 +454,31 @@ fn kill_ends_pending_task_runs_killed() {
 
 #[test]
 fn restart_runs_failed_task_again_with_a_new_attempt() {
-    let mut sim = Sim::new(&format!("{HEAD}tasks:\n  - id: ok\n    type: io.kestra.plugin.core.log.Log\n    message: x\n  - id: flaky1\n    type: io.kestra.plugin.core.log.Log\n    message: x\n"));
+    let mut sim = Sim::new(&format!(
+        "{HEAD}tasks:\n  - id: ok\n    type: io.kestra.plugin.core.log.Log\n    message: x\n  - id: flaky1\n    type: io.kestra.plugin.core.log.Log\n    message: x\n"
+    ));
     sim = sim.run();
     assert_eq!(sim.state(), StateType::Failed);
-    let cmd = ExecutionCommand::Restart { execution_id: sim.execution.id.clone() };
+    let cmd = ExecutionCommand::Restart {
+        execution_id: sim.execution.id.clone(),
+    };
     let current = Some(sim.execution.clone());
     sim.step(current, ExecutorEvent::Command(cmd));
     assert_eq!(sim.pending.len(), 1);
     let job = sim.pending.remove(0);
     assert_eq!(job.attempt, 2);
     let result = sim.worker(&job);
-    sim.step(Some(sim.execution.clone()), ExecutorEvent::WorkerResult(Box::new(result)));
+    sim.step(
+        Some(sim.execution.clone()),
+        ExecutorEvent::WorkerResult(Box::new(result)),
+    );
     assert_eq!(sim.state(), StateType::Success);
     assert_eq!(sim.execution.metadata.attempt_number, 2);
-    assert_eq!(sim.runs("ok")[0].attempts.len(), 1, "successful tasks are not re-run");
+    assert_eq!(
+        sim.runs("ok")[0].attempts.len(),
+        1,
+        "successful tasks are not re-run"
+    );
 }
 
 #[test]
@@ -372,7 +486,10 @@ fn after_execution_sees_final_state_and_does_not_change_it() {
     let sim = Sim::new(&format!("{HEAD}tasks:\n  - id: a\n    type: io.kestra.plugin.core.execution.Fail\nafterExecution:\n  - id: onfail\n    type: io.kestra.plugin.core.debug.Return\n    format: \"{{{{ execution.state }}}}\"\n    runIf: \"{{{{ execution.state == 'FAILED' }}}}\"\n"))
     .run();
     assert_eq!(sim.state(), StateType::Failed);
-    assert_eq!(sim.runs("onfail")[0].outputs.as_ref().unwrap()["value"], "FAILED");
+    assert_eq!(
+        sim.runs("onfail")[0].outputs.as_ref().unwrap()["value"],
+        "FAILED"
+    );
 }
 
 #[test]

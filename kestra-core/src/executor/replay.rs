@@ -12,17 +12,27 @@ use crate::model::{Execution, Label, State, StateType, new_id};
 
 /// Build the replay execution, or `None` if the task run is not in `original`.
 pub fn replay_execution(original: &Execution, task_run_id: &str) -> Option<Execution> {
-    let position = original.task_run_list.iter().position(|r| r.id == task_run_id)?;
+    let position = original
+        .task_run_list
+        .iter()
+        .position(|r| r.id == task_run_id)?;
     let mut ancestors = Vec::new();
     let mut cur = original.task_run_list[position].parent_task_run_id.clone();
     while let Some(id) = cur {
-        cur = original.task_run(&id).and_then(|r| r.parent_task_run_id.clone());
+        cur = original
+            .task_run(&id)
+            .and_then(|r| r.parent_task_run_id.clone());
         ancestors.push(id);
     }
     let now = Utc::now();
     let mut replay = original.clone();
     replay.id = new_id();
-    replay.original_id = Some(original.original_id.clone().unwrap_or_else(|| original.id.clone()));
+    replay.original_id = Some(
+        original
+            .original_id
+            .clone()
+            .unwrap_or_else(|| original.id.clone()),
+    );
     replay.state = State::new_at(StateType::Created, now);
     replay.outputs.clear();
     replay.metadata.attempt_number = 1;
@@ -44,7 +54,11 @@ pub fn replay_execution(original: &Execution, task_run_id: &str) -> Option<Execu
             l.value = replay.id.clone();
         }
     }
-    replay.labels.retain(|l| l.key != system_labels::REPLAY && l.key != system_labels::RESTARTED);
-    replay.labels.push(Label::new(system_labels::REPLAY, original.id.clone()));
+    replay
+        .labels
+        .retain(|l| l.key != system_labels::REPLAY && l.key != system_labels::RESTARTED);
+    replay
+        .labels
+        .push(Label::new(system_labels::REPLAY, original.id.clone()));
     Some(replay)
 }

@@ -31,13 +31,19 @@ pub struct ExecutorConfig {
 
 impl Default for ExecutorConfig {
     fn default() -> Self {
-        ExecutorConfig { batch_size: 200, poll_wait: Duration::from_millis(500) }
+        ExecutorConfig {
+            batch_size: 200,
+            poll_wait: Duration::from_millis(500),
+        }
     }
 }
 
 /// The topics the executor consumes.
-pub const EXECUTOR_TOPICS: &[Topic] =
-    &[Topic::Execution, Topic::ExecutionCommand, Topic::WorkerTaskResult];
+pub const EXECUTOR_TOPICS: &[Topic] = &[
+    Topic::Execution,
+    Topic::ExecutionCommand,
+    Topic::WorkerTaskResult,
+];
 
 /// The executor service.
 pub struct ExecutorService {
@@ -55,7 +61,12 @@ impl ExecutorService {
         expr: Arc<ExpressionEngine>,
         config: ExecutorConfig,
     ) -> Self {
-        ExecutorService { queue, flows, expr, config }
+        ExecutorService {
+            queue,
+            flows,
+            expr,
+            config,
+        }
     }
 
     /// Run until `shutdown` is cancelled, then drain: keep processing until no message is due, so
@@ -66,7 +77,14 @@ impl ExecutorService {
         loop {
             let draining = shutdown.is_cancelled();
             let begin = if draining {
-                self.queue.begin(ConsumerGroup::Executor, EXECUTOR_TOPICS, self.config.batch_size, Duration::ZERO).await
+                self.queue
+                    .begin(
+                        ConsumerGroup::Executor,
+                        EXECUTOR_TOPICS,
+                        self.config.batch_size,
+                        Duration::ZERO,
+                    )
+                    .await
             } else {
                 tokio::select! {
                     _ = shutdown.cancelled() => continue,
@@ -132,7 +150,12 @@ impl ExecutorService {
                 }
                 let index = match self
                     .flows
-                    .index(&reference.tenant_id, &reference.namespace, &reference.flow_id, reference.flow_revision)
+                    .index(
+                        &reference.tenant_id,
+                        &reference.namespace,
+                        &reference.flow_id,
+                        reference.flow_revision,
+                    )
                     .await
                 {
                     Ok(i) => i,
@@ -140,7 +163,8 @@ impl ExecutorService {
                         // The execution cannot run: fail it with a visible reason.
                         let mut failed = reference.clone();
                         if failed.state.transition(StateType::Failed).is_ok() {
-                            outgoing.push(log_envelope(&failed, &format!("execution failed: {e}"))?);
+                            outgoing
+                                .push(log_envelope(&failed, &format!("execution failed: {e}"))?);
                             executions.insert(id.clone(), Some(failed));
                             if !dirty.contains(&id) {
                                 dirty.push(id.clone());
@@ -162,7 +186,12 @@ impl ExecutorService {
                     outgoing.push(delay.command.envelope()?.delayed_until(delay.at));
                 }
                 if outcome.kill_broadcast {
-                    outgoing.push(ExecutionKilled { execution_id: id.clone() }.envelope()?);
+                    outgoing.push(
+                        ExecutionKilled {
+                            execution_id: id.clone(),
+                        }
+                        .envelope()?,
+                    );
                 }
                 for log in &outcome.logs {
                     outgoing.push(Envelope::json(Topic::Log, &id, log)?);

@@ -46,11 +46,19 @@ impl FlowSource for RepositoryFlowSource {
         id: &str,
         revision: Option<i32>,
     ) -> Result<Option<Arc<Flow>>, RepositoryError> {
-        let Some(record) = self.repository.find(tenant, namespace, id, revision).await? else {
+        let Some(record) = self
+            .repository
+            .find(tenant, namespace, id, revision)
+            .await?
+        else {
             return Ok(None);
         };
         let mut flow: Flow = serde_json::from_value(record.flow.clone()).map_err(|source| {
-            RepositoryError::Corrupt { entity: "flow", id: format!("{namespace}.{id}"), source }
+            RepositoryError::Corrupt {
+                entity: "flow",
+                id: format!("{namespace}.{id}"),
+                source,
+            }
         })?;
         flow.revision = Some(record.revision);
         Ok(Some(Arc::new(flow)))
@@ -97,7 +105,11 @@ pub struct FlowCache {
 impl FlowCache {
     /// A cache over `source`.
     pub fn new(source: Arc<dyn FlowSource>, registry: Arc<TaskRegistry>) -> Self {
-        FlowCache { source, registry, entries: RwLock::new(HashMap::new()) }
+        FlowCache {
+            source,
+            registry,
+            entries: RwLock::new(HashMap::new()),
+        }
     }
 
     /// The indexed flow revision (plugin defaults applied).
@@ -108,23 +120,31 @@ impl FlowCache {
         id: &str,
         revision: i32,
     ) -> Result<Arc<FlowIndex>, FlowCacheError> {
-        let key = (tenant.to_string(), namespace.to_string(), id.to_string(), revision);
+        let key = (
+            tenant.to_string(),
+            namespace.to_string(),
+            id.to_string(),
+            revision,
+        );
         if let Some(hit) = self.entries.read().ok().and_then(|m| m.get(&key).cloned()) {
             return Ok(hit);
         }
-        let flow = self.source.flow(tenant, namespace, id, Some(revision)).await?.ok_or_else(|| {
-            FlowCacheError::NotFound {
+        let flow = self
+            .source
+            .flow(tenant, namespace, id, Some(revision))
+            .await?
+            .ok_or_else(|| FlowCacheError::NotFound {
                 namespace: namespace.to_string(),
                 id: id.to_string(),
                 revision: Some(revision),
-            }
-        })?;
+            })?;
         let invalid = |message: String| FlowCacheError::Invalid {
             namespace: namespace.to_string(),
             id: id.to_string(),
             message,
         };
-        let flow = apply_plugin_defaults(&flow, &self.registry).map_err(|e| invalid(e.to_string()))?;
+        let flow =
+            apply_plugin_defaults(&flow, &self.registry).map_err(|e| invalid(e.to_string()))?;
         let index = Arc::new(
             FlowIndex::new(Arc::new(flow), &self.registry).map_err(|e| invalid(e.to_string()))?,
         );

@@ -56,7 +56,12 @@ impl IndexerService {
         metrics: Arc<dyn MetricRepository>,
         config: IndexerConfig,
     ) -> Self {
-        IndexerService { queue, logs, metrics, config }
+        IndexerService {
+            queue,
+            logs,
+            metrics,
+            config,
+        }
     }
 
     /// Run until `shutdown`; pending messages are flushed before returning when possible.
@@ -76,7 +81,11 @@ impl IndexerService {
 
     async fn run_topic(&self, topic: Topic, shutdown: CancellationToken) {
         loop {
-            let wait = if shutdown.is_cancelled() { Duration::ZERO } else { self.config.poll_wait };
+            let wait = if shutdown.is_cancelled() {
+                Duration::ZERO
+            } else {
+                self.config.poll_wait
+            };
             let batch = tokio::select! {
                 _ = shutdown.cancelled(), if wait > Duration::ZERO => continue,
                 b = self.queue.receive(ConsumerGroup::Indexer, topic, self.config.batch_size, self.config.lease, wait) => b,

@@ -5,5 +5,3 @@
 pub mod executor;
 pub mod flows;
 pub mod indexer;
-
-
