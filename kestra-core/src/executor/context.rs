@@ -25,12 +25,10 @@ pub fn loop_values(execution: &Execution, index: &FlowIndex, run: &TaskRun) -> V
         };
         let is_loop = matches!(
             index.node(&parent.task_id).map(|n| &n.kind),
-            Some(NodeKind::Flowable(Flowable::ForEach { .. }))
+            Some(NodeKind::Flowable(f)) if matches!(**f, Flowable::ForEach { .. })
         );
-        if is_loop {
-            if let Some(v) = &parent.value {
-                values.push(v.clone());
-            }
+        if is_loop && let Some(v) = &parent.value {
+            values.push(v.clone());
         }
         parent_id = parent.parent_task_run_id.clone();
     }

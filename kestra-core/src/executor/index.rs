@@ -113,7 +113,7 @@ pub enum NodeKind {
     /// Sent to a worker (WorkingDirectory too: its children run there, in one directory).
     Runnable,
     /// Decided by the executor.
-    Flowable(Flowable),
+    Flowable(Box<Flowable>),
     /// Changes the execution itself (Labels, Exit).
     ExecutorSide,
     /// Known type whose runtime is not available in this build (the message says why).
@@ -277,24 +277,24 @@ impl FlowIndex {
         let kind = match type_name {
             "io.kestra.plugin.core.flow.Sequential" => {
                 let t: tasks::Sequential = registry.decode(task).map_err(decode_err)?;
-                NodeKind::Flowable(Flowable::Sequential {
+                NodeKind::Flowable(Box::new(Flowable::Sequential {
                     group: self.add_group(&t.tasks, &t.errors, &t.finally, id, registry)?,
                     allow_failure: false,
-                })
+                }))
             }
             "io.kestra.plugin.core.flow.AllowFailure" => {
                 let t: tasks::AllowFailure = registry.decode(task).map_err(decode_err)?;
-                NodeKind::Flowable(Flowable::Sequential {
+                NodeKind::Flowable(Box::new(Flowable::Sequential {
                     group: self.add_group(&t.tasks, &t.errors, &t.finally, id, registry)?,
                     allow_failure: true,
-                })
+                }))
             }
             "io.kestra.plugin.core.flow.Parallel" => {
                 let t: tasks::Parallel = registry.decode(task).map_err(decode_err)?;
-                NodeKind::Flowable(Flowable::Parallel {
+                NodeKind::Flowable(Box::new(Flowable::Parallel {
                     group: self.add_group(&t.tasks, &t.errors, &t.finally, id, registry)?,
                     concurrent: t.concurrent,
-                })
+                }))
             }
             "io.kestra.plugin.core.flow.Switch" => {
                 let t: tasks::Switch = registry.decode(task).map_err(decode_err)?;
@@ -306,12 +306,12 @@ impl FlowIndex {
                     Some(d) => Some(self.add_list(d, id, Slot::Tasks, registry)?),
                     None => None,
                 };
-                NodeKind::Flowable(Flowable::Switch {
+                NodeKind::Flowable(Box::new(Flowable::Switch {
                     value: t.value.clone(),
                     cases,
                     defaults,
                     group: self.add_group(&[], &t.errors, &t.finally, id, registry)?,
-                })
+                }))
             }
             "io.kestra.plugin.core.flow.If" => {
                 let t: tasks::If = registry.decode(task).map_err(decode_err)?;
@@ -320,29 +320,29 @@ impl FlowIndex {
                     Some(e) => self.add_list(e, id, Slot::Tasks, registry)?,
                     None => Vec::new(),
                 };
-                NodeKind::Flowable(Flowable::If {
+                NodeKind::Flowable(Box::new(Flowable::If {
                     condition: t.condition.clone(),
                     then,
                     else_tasks,
                     group: self.add_group(&[], &t.errors, &t.finally, id, registry)?,
-                })
+                }))
             }
             "io.kestra.plugin.core.flow.ForEach" => {
                 let t: tasks::ForEach = registry.decode(task).map_err(decode_err)?;
-                NodeKind::Flowable(Flowable::ForEach {
+                NodeKind::Flowable(Box::new(Flowable::ForEach {
                     values: t.values.clone(),
                     concurrency_limit: t.concurrency_limit.clone(),
                     group: self.add_group(&t.tasks, &t.errors, &t.finally, id, registry)?,
-                })
+                }))
             }
             tasks::EACH_SEQUENTIAL | tasks::EACH_PARALLEL => {
                 let t: tasks::EachLegacy = registry.decode(task).map_err(decode_err)?;
                 let f = t.to_for_each(type_name == tasks::EACH_PARALLEL);
-                NodeKind::Flowable(Flowable::ForEach {
+                NodeKind::Flowable(Box::new(Flowable::ForEach {
                     values: f.values.clone(),
                     concurrency_limit: f.concurrency_limit.clone(),
                     group: self.add_group(&f.tasks, &f.errors, &f.finally, id, registry)?,
-                })
+                }))
             }
             "io.kestra.plugin.core.flow.Dag" => {
                 let t: tasks::Dag = registry.decode(task).map_err(decode_err)?;
@@ -353,11 +353,11 @@ impl FlowIndex {
                         nodes.push((d.task.id.clone(), d.depends_on.clone().unwrap_or_default()));
                     }
                 }
-                NodeKind::Flowable(Flowable::Dag {
+                NodeKind::Flowable(Box::new(Flowable::Dag {
                     nodes,
                     concurrent: t.concurrent,
                     group: self.add_group(&[], &t.errors, &t.finally, id, registry)?,
-                })
+                }))
             }
             types::WORKING_DIRECTORY => {
                 let t: tasks::WorkingDirectory = registry.decode(task).map_err(decode_err)?;

@@ -218,10 +218,10 @@ impl Run<'_> {
 
     fn set_run_state(&mut self, run_id: &str, to: StateType) {
         let now = self.now;
-        if let Some(r) = self.exec.task_run_mut(run_id) {
-            if r.state.transition_at(to, now).is_ok() {
-                self.touch();
-            }
+        if let Some(r) = self.exec.task_run_mut(run_id)
+            && r.state.transition_at(to, now).is_ok()
+        {
+            self.touch();
         }
     }
 
@@ -309,31 +309,30 @@ impl Run<'_> {
         self.touch();
         let node = self.index.node(&task_id);
         let mut state = r.state;
-        if state == StateType::Failed && !self.killing() {
-            if let Some(retry) = self.index.retry_for(&task_id) {
-                if let Some(delay) = retry_delay(retry, attempts, first_start, now, &r.task_run_id)
-                {
-                    self.set_run_state(&r.task_run_id, StateType::Retrying);
-                    self.delays.push(Delay {
-                        at: now + delay,
-                        command: ExecutionCommand::RetryDue {
-                            execution_id: self.exec.id.clone(),
-                            task_run_id: r.task_run_id.clone(),
-                            attempt: attempts + 1,
-                        },
-                    });
-                    return;
-                }
-            }
+        if state == StateType::Failed
+            && !self.killing()
+            && let Some(retry) = self.index.retry_for(&task_id)
+            && let Some(delay) = retry_delay(retry, attempts, first_start, now, &r.task_run_id)
+        {
+            self.set_run_state(&r.task_run_id, StateType::Retrying);
+            self.delays.push(Delay {
+                at: now + delay,
+                command: ExecutionCommand::RetryDue {
+                    execution_id: self.exec.id.clone(),
+                    task_run_id: r.task_run_id.clone(),
+                    attempt: attempts + 1,
+                },
+            });
+            return;
         }
-        if state == StateType::Success && attempts > 1 {
-            if self
+        if state == StateType::Success
+            && attempts > 1
+            && self
                 .index
                 .retry_for(&task_id)
                 .is_some_and(|r| r.warning_on_retry)
-            {
-                state = StateType::Warning;
-            }
+        {
+            state = StateType::Warning;
         }
         if let Some(node) = node {
             state = allow_transform(state, node.task.allow_failure, node.task.allow_warning);
@@ -431,19 +430,20 @@ impl Run<'_> {
         if let Some(state) = self.exit {
             return Status::Done(state);
         }
-        let root = self.index.root.clone();
-        let main = match self.walk_group(None, None, &root, Mode::Sequential) {
+        let index = self.index;
+        let root = &index.root;
+        let main = match self.walk_group(None, None, root, Mode::Sequential) {
             Status::Running => return Status::Running,
             Status::Done(s) => s,
         };
         if let Some(state) = self.exit {
             return Status::Done(state);
         }
-        let after = self.index.after_execution.clone();
+        let after = &index.after_execution;
         if !after.is_empty() && !self.killing() {
             // `execution.state` shows the final state to afterExecution tasks.
             self.pending_final = Some(main);
-            let r = self.walk_sequence(None, None, &after);
+            let r = self.walk_sequence(None, None, after);
             if let Status::Running = r {
                 return Status::Running;
             }
@@ -497,10 +497,10 @@ impl Run<'_> {
     fn base(&mut self) -> &Map<String, Value> {
         if self.base_ctx.is_none() {
             let mut ctx = execution_context(&self.exec, self.index);
-            if let Some(s) = self.pending_final {
-                if let Some(e) = ctx.get_mut("execution") {
-                    e["state"] = json!(s.as_str());
-                }
+            if let Some(s) = self.pending_final
+                && let Some(e) = ctx.get_mut("execution")
+            {
+                e["state"] = json!(s.as_str());
             }
             self.base_ctx = Some(ctx);
         }
@@ -544,15 +544,18 @@ impl Run<'_> {
             Status::Running => return Status::Running,
             Status::Done(s) => s,
         };
-        if state == StateType::Failed && !group.errors.is_empty() && !self.killing() {
-            if let Status::Running = self.walk_sequence(parent, value, &group.errors) {
-                return Status::Running;
-            }
+        if state == StateType::Failed
+            && !group.errors.is_empty()
+            && !self.killing()
+            && let Status::Running = self.walk_sequence(parent, value, &group.errors)
+        {
+            return Status::Running;
         }
-        if !group.finally.is_empty() && !self.killing() {
-            if let Status::Running = self.walk_sequence(parent, value, &group.finally) {
-                return Status::Running;
-            }
+        if !group.finally.is_empty()
+            && !self.killing()
+            && let Status::Running = self.walk_sequence(parent, value, &group.finally)
+        {
+            return Status::Running;
         }
         Status::Done(state)
     }
@@ -576,30 +579,30 @@ impl Run<'_> {
             return StateType::Killed;
         }
         let task_id = run.task_id.clone();
-        if let Some(NodeKind::Flowable(f)) = self.index.node(&task_id).map(|n| n.kind.clone()) {
-            if state == StateType::Running {
-                if let Status::Done(s) = self.walk_flowable(run_id, &f) {
-                    let node = self.index.node(&task_id);
-                    let (af, aw) = node
-                        .map(|n| (n.task.allow_failure, n.task.allow_warning))
-                        .unwrap_or((false, false));
-                    let allow_failure_flowable = matches!(
-                        f,
-                        Flowable::Sequential {
-                            allow_failure: true,
-                            ..
-                        }
-                    );
-                    let s = allow_transform(s, af || allow_failure_flowable, aw);
-                    let s = if self.killing() && s != StateType::Failed {
-                        StateType::Killed
-                    } else {
-                        s
-                    };
-                    self.set_run_state(run_id, s);
-                    return s;
+        let index = self.index;
+        if let Some(NodeKind::Flowable(f)) = index.node(&task_id).map(|n| &n.kind)
+            && state == StateType::Running
+            && let Status::Done(s) = self.walk_flowable(run_id, f)
+        {
+            let node = self.index.node(&task_id);
+            let (af, aw) = node
+                .map(|n| (n.task.allow_failure, n.task.allow_warning))
+                .unwrap_or((false, false));
+            let allow_failure_flowable = matches!(
+                **f,
+                Flowable::Sequential {
+                    allow_failure: true,
+                    ..
                 }
-            }
+            );
+            let s = allow_transform(s, af || allow_failure_flowable, aw);
+            let s = if self.killing() && s != StateType::Failed {
+                StateType::Killed
+            } else {
+                s
+            };
+            self.set_run_state(run_id, s);
+            return s;
         }
         self.exec
             .task_run(run_id)
@@ -936,15 +939,18 @@ impl Run<'_> {
             return Status::Running;
         }
         // Iterations done: the ForEach's own errors and finally (keyed by the ForEach's own value).
-        if state == StateType::Failed && !group.errors.is_empty() && !self.killing() {
-            if let Status::Running = self.walk_sequence(Some(run_id), own_value, &group.errors) {
-                return Status::Running;
-            }
+        if state == StateType::Failed
+            && !group.errors.is_empty()
+            && !self.killing()
+            && let Status::Running = self.walk_sequence(Some(run_id), own_value, &group.errors)
+        {
+            return Status::Running;
         }
-        if !group.finally.is_empty() && !self.killing() {
-            if let Status::Running = self.walk_sequence(Some(run_id), own_value, &group.finally) {
-                return Status::Running;
-            }
+        if !group.finally.is_empty()
+            && !self.killing()
+            && let Status::Running = self.walk_sequence(Some(run_id), own_value, &group.finally)
+        {
+            return Status::Running;
         }
         Status::Done(state)
     }
@@ -1007,15 +1013,18 @@ impl Run<'_> {
             errors: group.errors.clone(),
             finally: group.finally.clone(),
         };
-        if state == StateType::Failed && !rest.errors.is_empty() && !self.killing() {
-            if let Status::Running = self.walk_sequence(parent, value, &rest.errors) {
-                return Status::Running;
-            }
+        if state == StateType::Failed
+            && !rest.errors.is_empty()
+            && !self.killing()
+            && let Status::Running = self.walk_sequence(parent, value, &rest.errors)
+        {
+            return Status::Running;
         }
-        if !rest.finally.is_empty() && !self.killing() {
-            if let Status::Running = self.walk_sequence(parent, value, &rest.finally) {
-                return Status::Running;
-            }
+        if !rest.finally.is_empty()
+            && !self.killing()
+            && let Status::Running = self.walk_sequence(parent, value, &rest.finally)
+        {
+            return Status::Running;
         }
         Status::Done(state)
     }
@@ -1276,10 +1285,10 @@ pub fn retry_delay(
     now: DateTime<Utc>,
     seed: &str,
 ) -> Option<chrono::Duration> {
-    if let Some(max) = retry.max_attempts {
-        if attempts >= max {
-            return None;
-        }
+    if let Some(max) = retry.max_attempts
+        && attempts >= max
+    {
+        return None;
     }
     let to_chrono =
         |d: std::time::Duration| chrono::Duration::from_std(d).unwrap_or(chrono::Duration::zero());
