@@ -6,6 +6,7 @@
 //! - [`flow`]: the YAML flow language - model, task registry, parsing and validation.
 //! - [`expression`]: Pebble-compatible expressions rendered with strict undefined variables.
 //! - [`queue`], [`repository`], [`storage`]: the three seams every backend implements.
+//! - [`worker`]: the worker service and the task run context; [`tasks`]: the core runnable tasks.
 //!
 //! No database, Kafka or Elasticsearch type appears in this crate; backends implement its traits.
 
@@ -16,5 +17,7 @@ pub mod model;
 pub mod queue;
 pub mod repository;
 pub mod storage;
+pub mod tasks;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod worker;
