@@ -8,7 +8,7 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::executor::index::{FlowIndex, Flowable, NodeKind};
+use crate::executor::index::{FlowIndex, NodeKind, Flowable};
 use crate::model::{Execution, TaskRun};
 
 /// The loop values of a task run, outermost first: the values carried by its ForEach ancestors, then
@@ -20,9 +20,7 @@ pub fn loop_values(execution: &Execution, index: &FlowIndex, run: &TaskRun) -> V
     }
     let mut parent_id = run.parent_task_run_id.clone();
     while let Some(pid) = parent_id {
-        let Some(parent) = execution.task_run(&pid) else {
-            break;
-        };
+        let Some(parent) = execution.task_run(&pid) else { break };
         let is_loop = matches!(
             index.node(&parent.task_id).map(|n| &n.kind),
             Some(NodeKind::Flowable(Flowable::ForEach { .. }))
@@ -54,9 +52,7 @@ fn insert_nested(target: &mut Map<String, Value>, task_id: &str, keys: &[String]
             *cur = Value::Object(Map::new());
         }
         let Value::Object(m) = cur else { return };
-        cur = m
-            .entry(k.clone())
-            .or_insert_with(|| Value::Object(Map::new()));
+        cur = m.entry(k.clone()).or_insert_with(|| Value::Object(Map::new()));
     }
     *cur = leaf;
 }
@@ -86,17 +82,10 @@ pub fn execution_context(execution: &Execution, index: &FlowIndex) -> Map<String
     }
     ctx.insert("execution".into(), exec);
     ctx.insert("inputs".into(), Value::Object(execution.inputs.clone()));
-    let vars: Map<String, Value> = flow
-        .variables
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let vars: Map<String, Value> = flow.variables.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     ctx.insert("vars".into(), Value::Object(vars));
-    let labels: Map<String, Value> = execution
-        .labels
-        .iter()
-        .map(|l| (l.key.clone(), json!(l.value)))
-        .collect();
+    let labels: Map<String, Value> =
+        execution.labels.iter().map(|l| (l.key.clone(), json!(l.value))).collect();
     ctx.insert("labels".into(), Value::Object(labels));
     if let Some(t) = &execution.trigger {
         ctx.insert("trigger".into(), Value::Object(t.variables.clone()));
@@ -104,20 +93,11 @@ pub fn execution_context(execution: &Execution, index: &FlowIndex) -> Map<String
     let mut outputs = Map::new();
     let mut states = Map::new();
     for run in &execution.task_run_list {
-        let keys = if run.value.is_some() {
-            loop_values(execution, index, run)
-        } else {
-            Vec::new()
-        };
+        let keys = if run.value.is_some() { loop_values(execution, index, run) } else { Vec::new() };
         if let Some(o) = &run.outputs {
             insert_nested(&mut outputs, &run.task_id, &keys, Value::Object(o.clone()));
         }
-        insert_nested(
-            &mut states,
-            &run.task_id,
-            &keys,
-            json!({"state": run.state.current().as_str()}),
-        );
+        insert_nested(&mut states, &run.task_id, &keys, json!({"state": run.state.current().as_str()}));
     }
     ctx.insert("outputs".into(), Value::Object(outputs));
     ctx.insert("tasks".into(), Value::Object(states));
@@ -132,10 +112,7 @@ pub fn task_run_context(
     run: &TaskRun,
 ) -> Value {
     let mut ctx = base.clone();
-    let type_name = index
-        .node(&run.task_id)
-        .map(|n| n.task.task_type.clone())
-        .unwrap_or_default();
+    let type_name = index.node(&run.task_id).map(|n| n.task.task_type.clone()).unwrap_or_default();
     ctx.insert("task".into(), json!({"id": run.task_id, "type": type_name}));
     let mut taskrun = json!({
         "id": run.id,
@@ -156,9 +133,7 @@ pub fn task_run_context(
     let mut parents = Vec::new();
     let mut parent_id = run.parent_task_run_id.clone();
     while let Some(pid) = parent_id {
-        let Some(parent) = execution.task_run(&pid) else {
-            break;
-        };
+        let Some(parent) = execution.task_run(&pid) else { break };
         let mut tr = json!({"id": parent.id});
         if let Some(v) = &parent.value {
             tr["value"] = json!(v);

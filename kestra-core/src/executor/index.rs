@@ -165,22 +165,14 @@ pub struct FlowIndex {
 }
 
 fn ids(tasks: &[Task]) -> Vec<String> {
-    tasks
-        .iter()
-        .filter(|t| !t.disabled)
-        .map(|t| t.id.clone())
-        .collect()
+    tasks.iter().filter(|t| !t.disabled).map(|t| t.id.clone()).collect()
 }
 
 impl FlowIndex {
     /// Resolve every task of `flow`.
     pub fn new(flow: Arc<Flow>, registry: &TaskRegistry) -> Result<FlowIndex, IndexError> {
         let mut index = FlowIndex {
-            root: Group {
-                tasks: ids(&flow.tasks),
-                errors: ids(&flow.errors),
-                finally: ids(&flow.finally),
-            },
+            root: Group { tasks: ids(&flow.tasks), errors: ids(&flow.errors), finally: ids(&flow.finally) },
             after_execution: ids(&flow.after_execution),
             nodes: HashMap::new(),
             flow: flow.clone(),
@@ -254,10 +246,7 @@ impl FlowIndex {
         if self.nodes.contains_key(&task.id) {
             return Err(IndexError::DuplicateId(task.id.clone()));
         }
-        let decode_err = |source| IndexError::Decode {
-            task_id: task.id.clone(),
-            source,
-        };
+        let decode_err = |source| IndexError::Decode { task_id: task.id.clone(), source };
         let entry = registry
             .resolve(&task.task_type)
             .ok_or_else(|| decode_err(DecodeError::UnknownType(task.task_type.clone())))?;

@@ -154,12 +154,8 @@ impl ExecutorEvent {
         match envelope.topic {
             Topic::Execution => Ok(ExecutorEvent::Execution(Box::new(envelope.decode()?))),
             Topic::ExecutionCommand => Ok(ExecutorEvent::Command(envelope.decode()?)),
-            Topic::WorkerTaskResult => {
-                Ok(ExecutorEvent::WorkerResult(Box::new(envelope.decode()?)))
-            }
-            other => Err(QueueError::UnknownTopic(format!(
-                "executor does not consume {other}"
-            ))),
+            Topic::WorkerTaskResult => Ok(ExecutorEvent::WorkerResult(Box::new(envelope.decode()?))),
+            other => Err(QueueError::UnknownTopic(format!("executor does not consume {other}"))),
         }
     }
 

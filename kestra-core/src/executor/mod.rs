@@ -16,7 +16,6 @@ pub mod process;
 
 pub use index::{FlowIndex, IndexError};
 pub use messages::{
-    Delay, ExecutionCommand, ExecutionKilled, ExecutorEvent, WorkerJob, WorkerTask,
-    WorkerTaskResult,
+    Delay, ExecutionCommand, ExecutionKilled, ExecutorEvent, WorkerJob, WorkerTask, WorkerTaskResult,
 };
 pub use process::{Outcome, process};

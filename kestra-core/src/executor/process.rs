@@ -35,7 +35,9 @@ use crate::flow::model::{Retry, RetryType};
 use crate::flow::property::{Property, is_expression};
 use crate::model::execution::system_labels;
 use crate::model::id::encode_base62;
-use crate::model::{Execution, Label, Level, LogEntry, State, StateType, TaskRun, TaskRunAttempt};
+use crate::model::{
+    Execution, Label, Level, LogEntry, State, StateType, TaskRun, TaskRunAttempt,
+};
 
 /// Everything one call of [`process`] decided.
 #[derive(Debug, Clone, PartialEq)]
@@ -137,19 +139,9 @@ fn worst(a: StateType, b: StateType) -> StateType {
 }
 
 /// Deterministic task run id.
-fn task_run_id(
-    execution_id: &str,
-    parent: Option<&str>,
-    task_id: &str,
-    value: Option<&str>,
-) -> String {
+fn task_run_id(execution_id: &str, parent: Option<&str>, task_id: &str, value: Option<&str>) -> String {
     let mut h = Sha256::new();
-    for part in [
-        execution_id,
-        parent.unwrap_or(""),
-        task_id,
-        value.unwrap_or("\u{0}"),
-    ] {
+    for part in [execution_id, parent.unwrap_or(""), task_id, value.unwrap_or("\u{0}")] {
         h.update(part.as_bytes());
         h.update([0xff]);
     }
@@ -249,11 +241,7 @@ impl Run<'_> {
                 self.set_exec_state(StateType::Killing);
                 self.kill_broadcast = true;
             }
-            ExecutionCommand::RetryDue {
-                task_run_id,
-                attempt,
-                ..
-            } => {
+            ExecutionCommand::RetryDue { task_run_id, attempt, .. } => {
                 let ok = self.exec.task_run(task_run_id).is_some_and(|r| {
                     r.current() == StateType::Retrying && r.attempts.len() as u32 + 1 == *attempt
                 });
@@ -273,10 +261,7 @@ impl Run<'_> {
             return;
         };
         if task_run.state.is_terminated() {
-            self.ignored = Some(format!(
-                "duplicate result for finished task run {}",
-                r.task_run_id
-            ));
+            self.ignored = Some(format!("duplicate result for finished task run {}", r.task_run_id));
             return;
         }
         if task_run.attempts.len() as u32 != r.attempt {
@@ -311,8 +296,7 @@ impl Run<'_> {
         let mut state = r.state;
         if state == StateType::Failed && !self.killing() {
             if let Some(retry) = self.index.retry_for(&task_id) {
-                if let Some(delay) = retry_delay(retry, attempts, first_start, now, &r.task_run_id)
-                {
+                if let Some(delay) = retry_delay(retry, attempts, first_start, now, &r.task_run_id) {
                     self.set_run_state(&r.task_run_id, StateType::Retrying);
                     self.delays.push(Delay {
                         at: now + delay,
@@ -327,11 +311,7 @@ impl Run<'_> {
             }
         }
         if state == StateType::Success && attempts > 1 {
-            if self
-                .index
-                .retry_for(&task_id)
-                .is_some_and(|r| r.warning_on_retry)
-            {
+            if self.index.retry_for(&task_id).is_some_and(|r| r.warning_on_retry) {
                 state = StateType::Warning;
             }
         }
@@ -361,10 +341,7 @@ impl Run<'_> {
                 if !restart.contains(&c) {
                     restart.push(c.clone());
                 }
-                cur = self
-                    .exec
-                    .task_run(&c)
-                    .and_then(|r| r.parent_task_run_id.clone());
+                cur = self.exec.task_run(&c).and_then(|r| r.parent_task_run_id.clone());
             }
         }
         // Task runs of errors/finally/afterExecution groups are dropped so they run again.
@@ -378,19 +355,13 @@ impl Run<'_> {
         self.set_exec_state(StateType::Restarted);
         self.exec.metadata.attempt_number += 1;
         if self.exec.label(system_labels::RESTARTED).is_none() {
-            self.exec
-                .labels
-                .push(Label::new(system_labels::RESTARTED, "true"));
+            self.exec.labels.push(Label::new(system_labels::RESTARTED, "true"));
         }
         self.set_exec_state(StateType::Running);
         for id in restart {
-            let Some(r) = self.exec.task_run(&id) else {
-                continue;
-            };
-            let runnable = matches!(
-                self.index.node(&r.task_id).map(|n| &n.kind),
-                Some(NodeKind::Runnable)
-            );
+            let Some(r) = self.exec.task_run(&id) else { continue };
+            let runnable =
+                matches!(self.index.node(&r.task_id).map(|n| &n.kind), Some(NodeKind::Runnable));
             self.set_run_state(&id, StateType::Restarted);
             if runnable {
                 self.start_attempt(&id);
@@ -406,10 +377,7 @@ impl Run<'_> {
         if self.exec.state.is_terminated() {
             return;
         }
-        if matches!(
-            self.exec.current(),
-            StateType::Created | StateType::Restarted
-        ) {
+        if matches!(self.exec.current(), StateType::Created | StateType::Restarted) {
             self.set_exec_state(StateType::Running);
         }
         // Walk until nothing moves (executor-side tasks and flowables resolve within one call).
@@ -448,11 +416,7 @@ impl Run<'_> {
                 return Status::Running;
             }
         }
-        Status::Done(if self.killing() {
-            StateType::Killed
-        } else {
-            main
-        })
+        Status::Done(if self.killing() { StateType::Killed } else { main })
     }
 
     fn finish(&mut self, state: StateType) {
@@ -460,17 +424,11 @@ impl Run<'_> {
         if state == StateType::Paused {
             state = StateType::Success;
         }
-        if matches!(state, StateType::Success | StateType::Warning)
-            && !self.index.flow.outputs.is_empty()
-        {
+        if matches!(state, StateType::Success | StateType::Warning) && !self.index.flow.outputs.is_empty() {
             match self.flow_outputs() {
                 Ok(o) => self.exec.outputs = o,
                 Err(e) => {
-                    self.log(
-                        None,
-                        Level::Error,
-                        format!("flow outputs could not be rendered: {e}"),
-                    );
+                    self.log(None, Level::Error, format!("flow outputs could not be rendered: {e}"));
                     state = StateType::Failed;
                 }
             }
@@ -485,10 +443,7 @@ impl Run<'_> {
         let ctx = Value::Object(self.base().clone());
         let mut out = Map::new();
         for o in &self.index.flow.outputs {
-            let v = self
-                .expr
-                .render_value(&o.value, &ctx, true)
-                .map_err(|e| format!("output '{}': {e}", o.id))?;
+            let v = self.expr.render_value(&o.value, &ctx, true).map_err(|e| format!("output '{}': {e}", o.id))?;
             out.insert(o.id.clone(), v);
         }
         Ok(out)
@@ -516,12 +471,7 @@ impl Run<'_> {
         }
     }
 
-    fn find_run(
-        &self,
-        task_id: &str,
-        parent: Option<&str>,
-        value: Option<&str>,
-    ) -> Option<&TaskRun> {
+    fn find_run(&self, task_id: &str, parent: Option<&str>, value: Option<&str>) -> Option<&TaskRun> {
         self.exec.task_run_list.iter().find(|r| {
             r.task_id == task_id
                 && r.parent_task_run_id.as_deref() == parent
@@ -529,13 +479,7 @@ impl Run<'_> {
         })
     }
 
-    fn walk_group(
-        &mut self,
-        parent: Option<&str>,
-        value: Option<&str>,
-        group: &Group,
-        mode: Mode,
-    ) -> Status {
+    fn walk_group(&mut self, parent: Option<&str>, value: Option<&str>, group: &Group, mode: Mode) -> Status {
         let main = match mode {
             Mode::Sequential => self.walk_sequence(parent, value, &group.tasks),
             Mode::Parallel(limit) => self.walk_parallel(parent, value, &group.tasks, limit),
@@ -559,19 +503,12 @@ impl Run<'_> {
 
     /// Advance one existing task run; returns its state afterwards.
     fn advance(&mut self, run_id: &str) -> StateType {
-        let Some(run) = self.exec.task_run(run_id) else {
-            return StateType::Failed;
-        };
+        let Some(run) = self.exec.task_run(run_id) else { return StateType::Failed };
         let state = run.current();
         if state.is_terminated() {
             return state;
         }
-        if self.killing()
-            && matches!(
-                state,
-                StateType::Created | StateType::Retrying | StateType::Restarted
-            )
-        {
+        if self.killing() && matches!(state, StateType::Created | StateType::Retrying | StateType::Restarted) {
             self.set_run_state(run_id, StateType::Killed);
             return StateType::Killed;
         }
@@ -580,39 +517,19 @@ impl Run<'_> {
             if state == StateType::Running {
                 if let Status::Done(s) = self.walk_flowable(run_id, &f) {
                     let node = self.index.node(&task_id);
-                    let (af, aw) = node
-                        .map(|n| (n.task.allow_failure, n.task.allow_warning))
-                        .unwrap_or((false, false));
-                    let allow_failure_flowable = matches!(
-                        f,
-                        Flowable::Sequential {
-                            allow_failure: true,
-                            ..
-                        }
-                    );
+                    let (af, aw) = node.map(|n| (n.task.allow_failure, n.task.allow_warning)).unwrap_or((false, false));
+                    let allow_failure_flowable = matches!(f, Flowable::Sequential { allow_failure: true, .. });
                     let s = allow_transform(s, af || allow_failure_flowable, aw);
-                    let s = if self.killing() && s != StateType::Failed {
-                        StateType::Killed
-                    } else {
-                        s
-                    };
+                    let s = if self.killing() && s != StateType::Failed { StateType::Killed } else { s };
                     self.set_run_state(run_id, s);
                     return s;
                 }
             }
         }
-        self.exec
-            .task_run(run_id)
-            .map(|r| r.current())
-            .unwrap_or(StateType::Failed)
+        self.exec.task_run(run_id).map(|r| r.current()).unwrap_or(StateType::Failed)
     }
 
-    fn walk_sequence(
-        &mut self,
-        parent: Option<&str>,
-        value: Option<&str>,
-        tasks: &[String],
-    ) -> Status {
+    fn walk_sequence(&mut self, parent: Option<&str>, value: Option<&str>, tasks: &[String]) -> Status {
         let mut state = StateType::Success;
         for task_id in tasks {
             let existing = self.find_run(task_id, parent, value).map(|r| r.id.clone());
@@ -631,23 +548,14 @@ impl Run<'_> {
                 return Status::Running;
             }
             state = worst(state, s);
-            if matches!(
-                s,
-                StateType::Failed | StateType::Killed | StateType::Cancelled
-            ) {
+            if matches!(s, StateType::Failed | StateType::Killed | StateType::Cancelled) {
                 return Status::Done(state);
             }
         }
         Status::Done(state)
     }
 
-    fn walk_parallel(
-        &mut self,
-        parent: Option<&str>,
-        value: Option<&str>,
-        tasks: &[String],
-        limit: u32,
-    ) -> Status {
+    fn walk_parallel(&mut self, parent: Option<&str>, value: Option<&str>, tasks: &[String], limit: u32) -> Status {
         let mut state = StateType::Success;
         let mut running = 0u32;
         let mut missing = Vec::new();
@@ -685,12 +593,7 @@ impl Run<'_> {
         Status::Done(state)
     }
 
-    fn render_limit(
-        &mut self,
-        run_id: &str,
-        p: &Option<Property<u32>>,
-        default: u32,
-    ) -> Result<u32, String> {
+    fn render_limit(&mut self, run_id: &str, p: &Option<Property<u32>>, default: u32) -> Result<u32, String> {
         match p {
             None => Ok(default),
             Some(Property::Value(v)) => Ok(*v),
@@ -698,14 +601,8 @@ impl Run<'_> {
                 let ctx = self.context_for(run_id);
                 let v = self.expr.render_typed(e, &ctx).map_err(|e| e.to_string())?;
                 match &v {
-                    Value::Number(n) => n
-                        .as_u64()
-                        .map(|n| n as u32)
-                        .ok_or_else(|| format!("'{v}' is not a positive integer")),
-                    Value::String(s) => s
-                        .trim()
-                        .parse::<u32>()
-                        .map_err(|_| format!("'{s}' is not a positive integer")),
+                    Value::Number(n) => n.as_u64().map(|n| n as u32).ok_or_else(|| format!("'{v}' is not a positive integer")),
+                    Value::String(s) => s.trim().parse::<u32>().map_err(|_| format!("'{s}' is not a positive integer")),
                     other => Err(format!("'{other}' is not a positive integer")),
                 }
             }
@@ -716,11 +613,7 @@ impl Run<'_> {
         let run = self.exec.task_run(run_id).cloned();
         self.log(run.as_ref(), Level::Error, message);
         let (af, aw) = run
-            .and_then(|r| {
-                self.index
-                    .node(&r.task_id)
-                    .map(|n| (n.task.allow_failure, n.task.allow_warning))
-            })
+            .and_then(|r| self.index.node(&r.task_id).map(|n| (n.task.allow_failure, n.task.allow_warning)))
             .unwrap_or((false, false));
         let s = allow_transform(StateType::Failed, af, aw);
         Status::Done(s)
@@ -734,29 +627,16 @@ impl Run<'_> {
         let parent = Some(parent.as_str());
         let value = value.as_deref();
         match f {
-            Flowable::Sequential { group, .. } => {
-                self.walk_group(parent, value, group, Mode::Sequential)
-            }
-            Flowable::Parallel { group, concurrent } => {
-                match self.render_limit(run_id, concurrent, 0) {
-                    Ok(limit) => self.walk_group(parent, value, group, Mode::Parallel(limit)),
-                    Err(e) => self.fail_run(run_id, format!("invalid 'concurrent': {e}")),
-                }
-            }
-            Flowable::Dag {
-                nodes,
-                concurrent,
-                group,
-            } => match self.render_limit(run_id, concurrent, 0) {
+            Flowable::Sequential { group, .. } => self.walk_group(parent, value, group, Mode::Sequential),
+            Flowable::Parallel { group, concurrent } => match self.render_limit(run_id, concurrent, 0) {
+                Ok(limit) => self.walk_group(parent, value, group, Mode::Parallel(limit)),
+                Err(e) => self.fail_run(run_id, format!("invalid 'concurrent': {e}")),
+            },
+            Flowable::Dag { nodes, concurrent, group } => match self.render_limit(run_id, concurrent, 0) {
                 Ok(limit) => self.walk_dag(parent, value, nodes, group, limit),
                 Err(e) => self.fail_run(run_id, format!("invalid 'concurrent': {e}")),
             },
-            Flowable::Switch {
-                value: v,
-                cases,
-                defaults,
-                group,
-            } => {
+            Flowable::Switch { value: v, cases, defaults, group } => {
                 // The chosen value is rendered once and kept in the Switch's outputs.
                 let chosen = match self.exec.task_run(run_id).and_then(|r| r.outputs.clone()) {
                     Some(o) => o,
@@ -784,11 +664,7 @@ impl Run<'_> {
                         o
                     }
                 };
-                let key = chosen
-                    .get("value")
-                    .and_then(|v| v.as_str())
-                    .unwrap_or_default()
-                    .to_string();
+                let key = chosen.get("value").and_then(|v| v.as_str()).unwrap_or_default().to_string();
                 let tasks = match cases.get(&key) {
                     Some(t) => t.clone(),
                     None => match defaults {
@@ -796,53 +672,28 @@ impl Run<'_> {
                         None => {
                             return self.fail_run(
                                 run_id,
-                                format!(
-                                    "switch: no case matches '{key}' and there are no defaults"
-                                ),
+                                format!("switch: no case matches '{key}' and there are no defaults"),
                             );
                         }
                     },
                 };
-                let g = Group {
-                    tasks,
-                    errors: group.errors.clone(),
-                    finally: group.finally.clone(),
-                };
+                let g = Group { tasks, errors: group.errors.clone(), finally: group.finally.clone() };
                 self.walk_group(parent, value, &g, Mode::Sequential)
             }
-            Flowable::If {
-                condition,
-                then,
-                else_tasks,
-                group,
-            } => {
+            Flowable::If { condition, then, else_tasks, group } => {
                 let ctx = self.context_for(run_id);
                 let truth = match self.condition(condition, &ctx) {
                     Ok(t) => t,
                     Err(e) => return self.fail_run(run_id, format!("if condition: {e}")),
                 };
-                let tasks = if truth {
-                    then.clone()
-                } else {
-                    else_tasks.clone()
-                };
-                let g = Group {
-                    tasks,
-                    errors: group.errors.clone(),
-                    finally: group.finally.clone(),
-                };
+                let tasks = if truth { then.clone() } else { else_tasks.clone() };
+                let g = Group { tasks, errors: group.errors.clone(), finally: group.finally.clone() };
                 self.walk_group(parent, value, &g, Mode::Sequential)
             }
-            Flowable::ForEach {
-                values,
-                concurrency_limit,
-                group,
-            } => {
+            Flowable::ForEach { values, concurrency_limit, group } => {
                 let limit = match self.render_limit(run_id, concurrency_limit, 1) {
                     Ok(l) => l,
-                    Err(e) => {
-                        return self.fail_run(run_id, format!("invalid 'concurrencyLimit': {e}"));
-                    }
+                    Err(e) => return self.fail_run(run_id, format!("invalid 'concurrencyLimit': {e}")),
                 };
                 let ctx = self.context_for(run_id);
                 let list = match self.loop_values(values, &ctx) {
@@ -866,9 +717,7 @@ impl Run<'_> {
 
     fn loop_values(&mut self, values: &Value, ctx: &Value) -> Result<Vec<String>, String> {
         let v = match values {
-            Value::String(s) if is_expression(s) => {
-                self.expr.render_typed(s, ctx).map_err(|e| e.to_string())?
-            }
+            Value::String(s) if is_expression(s) => self.expr.render_typed(s, ctx).map_err(|e| e.to_string())?,
             other => other.clone(),
         };
         let list = match v {
@@ -888,27 +737,15 @@ impl Run<'_> {
             .collect())
     }
 
-    fn walk_for_each(
-        &mut self,
-        run_id: &str,
-        own_value: Option<&str>,
-        values: &[String],
-        group: &Group,
-        limit: u32,
-    ) -> Status {
+    fn walk_for_each(&mut self, run_id: &str, own_value: Option<&str>, values: &[String], group: &Group, limit: u32) -> Status {
         let mut state = StateType::Success;
         let mut running = 0u32;
         let mut not_started = Vec::new();
         let mut failed = false;
-        let body = Group {
-            tasks: group.tasks.clone(),
-            errors: Vec::new(),
-            finally: Vec::new(),
-        };
+        let body = Group { tasks: group.tasks.clone(), errors: Vec::new(), finally: Vec::new() };
         for v in values {
             let started = self.exec.task_run_list.iter().any(|r| {
-                r.parent_task_run_id.as_deref() == Some(run_id)
-                    && r.value.as_deref() == Some(v.as_str())
+                r.parent_task_run_id.as_deref() == Some(run_id) && r.value.as_deref() == Some(v.as_str())
             });
             if !started {
                 not_started.push(v.clone());
@@ -949,14 +786,7 @@ impl Run<'_> {
         Status::Done(state)
     }
 
-    fn walk_dag(
-        &mut self,
-        parent: Option<&str>,
-        value: Option<&str>,
-        nodes: &[(String, Vec<String>)],
-        group: &Group,
-        limit: u32,
-    ) -> Status {
+    fn walk_dag(&mut self, parent: Option<&str>, value: Option<&str>, nodes: &[(String, Vec<String>)], group: &Group, limit: u32) -> Status {
         let mut state = StateType::Success;
         let mut running = 0u32;
         let mut failed = false;
@@ -1002,11 +832,7 @@ impl Run<'_> {
         if !missing.is_empty() && (self.killing() || self.exit.is_some()) {
             state = worst(state, StateType::Killed);
         }
-        let rest = Group {
-            tasks: Vec::new(),
-            errors: group.errors.clone(),
-            finally: group.finally.clone(),
-        };
+        let rest = Group { tasks: Vec::new(), errors: group.errors.clone(), finally: group.finally.clone() };
         if state == StateType::Failed && !rest.errors.is_empty() && !self.killing() {
             if let Status::Running = self.walk_sequence(parent, value, &rest.errors) {
                 return Status::Running;
@@ -1048,11 +874,7 @@ impl Run<'_> {
                 }
                 Err(e) => {
                     let run = self.exec.task_run(&run_id).cloned();
-                    self.log(
-                        run.as_ref(),
-                        Level::Error,
-                        format!("runIf could not be evaluated: {e}"),
-                    );
+                    self.log(run.as_ref(), Level::Error, format!("runIf could not be evaluated: {e}"));
                     self.set_run_state(&run_id, StateType::Running);
                     self.set_run_state(&run_id, StateType::Failed);
                     return;
@@ -1075,9 +897,7 @@ impl Run<'_> {
     /// Add an attempt to a runnable task run and emit its job.
     fn start_attempt(&mut self, run_id: &str) {
         let now = self.now;
-        let Some(r) = self.exec.task_run_mut(run_id) else {
-            return;
-        };
+        let Some(r) = self.exec.task_run_mut(run_id) else { return };
         r.attempts.push(TaskRunAttempt {
             state: State::new_at(StateType::Created, now),
             log_file: None,
@@ -1087,12 +907,8 @@ impl Run<'_> {
         let task_id = r.task_id.clone();
         self.set_run_state(run_id, StateType::Running);
         let context = self.context_for(run_id);
-        let Some(task_run) = self.exec.task_run(run_id).cloned() else {
-            return;
-        };
-        let Some(node) = self.index.node(&task_id) else {
-            return;
-        };
+        let Some(task_run) = self.exec.task_run(run_id).cloned() else { return };
+        let Some(node) = self.index.node(&task_id) else { return };
         self.worker_tasks.push(WorkerTask {
             task_run,
             task: node.task.clone(),
@@ -1104,49 +920,24 @@ impl Run<'_> {
 
     fn run_executor_side(&mut self, run_id: &str) {
         self.set_run_state(run_id, StateType::Running);
-        let Some(run) = self.exec.task_run(run_id).cloned() else {
-            return;
-        };
-        let Some(node) = self.index.node(&run.task_id) else {
-            return;
-        };
+        let Some(run) = self.exec.task_run(run_id).cloned() else { return };
+        let Some(node) = self.index.node(&run.task_id) else { return };
         let task = node.task.clone();
         let ctx = self.context_for(run_id);
         let result: Result<StateType, String> = match node.type_name {
-            types::LABELS => self.apply_labels(
-                &task
-                    .properties
-                    .get("labels")
-                    .cloned()
-                    .unwrap_or(Value::Null),
-                &ctx,
-            ),
+            types::LABELS => self.apply_labels(&task.properties.get("labels").cloned().unwrap_or(Value::Null), &ctx),
             types::EXIT => {
-                let state = task
-                    .properties
-                    .get("state")
-                    .cloned()
-                    .unwrap_or(json!("SUCCESS"));
+                let state = task.properties.get("state").cloned().unwrap_or(json!("SUCCESS"));
                 let rendered = match &state {
                     Value::String(s) => self.expr.render(s, &ctx).map_err(|e| e.to_string()),
                     other => Ok(other.to_string()),
                 };
-                match rendered
-                    .and_then(|s| s.trim().parse::<StateType>().map_err(|e| e.to_string()))
-                {
-                    Ok(
-                        s @ (StateType::Success
-                        | StateType::Warning
-                        | StateType::Failed
-                        | StateType::Killed
-                        | StateType::Cancelled),
-                    ) => {
+                match rendered.and_then(|s| s.trim().parse::<StateType>().map_err(|e| e.to_string())) {
+                    Ok(s @ (StateType::Success | StateType::Warning | StateType::Failed | StateType::Killed | StateType::Cancelled)) => {
                         self.exit_execution(run_id, s);
                         return;
                     }
-                    Ok(other) => Err(format!(
-                        "exit state must be SUCCESS, WARNING, FAILED, KILLED or CANCELLED, not {other}"
-                    )),
+                    Ok(other) => Err(format!("exit state must be SUCCESS, WARNING, FAILED, KILLED or CANCELLED, not {other}")),
                     Err(e) => Err(e),
                 }
             }
@@ -1163,40 +954,22 @@ impl Run<'_> {
     }
 
     fn apply_labels(&mut self, labels: &Value, ctx: &Value) -> Result<StateType, String> {
-        let rendered = self
-            .expr
-            .render_value(labels, ctx, true)
-            .map_err(|e| e.to_string())?;
+        let rendered = self.expr.render_value(labels, ctx, true).map_err(|e| e.to_string())?;
         let pairs: Vec<(String, String)> = match rendered {
-            Value::Object(m) => m
-                .into_iter()
-                .map(|(k, v)| (k, value_to_string(&v)))
-                .collect(),
+            Value::Object(m) => m.into_iter().map(|(k, v)| (k, value_to_string(&v))).collect(),
             Value::Array(a) => a
                 .into_iter()
                 .map(|l| {
-                    let k = l
-                        .get("key")
-                        .map(value_to_string)
-                        .ok_or("label without 'key'")?;
-                    let v = l
-                        .get("value")
-                        .map(value_to_string)
-                        .ok_or("label without 'value'")?;
+                    let k = l.get("key").map(value_to_string).ok_or("label without 'key'")?;
+                    let v = l.get("value").map(value_to_string).ok_or("label without 'value'")?;
                     Ok((k, v))
                 })
                 .collect::<Result<_, &str>>()?,
-            other => {
-                return Err(format!(
-                    "labels must be a map or a list of {{key, value}}, not {other}"
-                ));
-            }
+            other => return Err(format!("labels must be a map or a list of {{key, value}}, not {other}")),
         };
         for (k, _) in &pairs {
             if k.starts_with("system.") {
-                return Err(format!(
-                    "label '{k}': keys starting with 'system.' are reserved"
-                ));
+                return Err(format!("label '{k}': keys starting with 'system.' are reserved"));
             }
         }
         for (k, v) in pairs {
@@ -1210,11 +983,7 @@ impl Run<'_> {
     }
 
     fn exit_execution(&mut self, run_id: &str, state: StateType) {
-        let task_state = if state == StateType::Cancelled {
-            StateType::Killed
-        } else {
-            state
-        };
+        let task_state = if state == StateType::Cancelled { StateType::Killed } else { state };
         self.set_run_state(run_id, task_state);
         let open: Vec<String> = self
             .exec
@@ -1225,10 +994,7 @@ impl Run<'_> {
             .collect();
         if open.iter().any(|id| {
             self.exec.task_run(id).is_some_and(|r| {
-                matches!(
-                    self.index.node(&r.task_id).map(|n| &n.kind),
-                    Some(NodeKind::Runnable)
-                )
+                matches!(self.index.node(&r.task_id).map(|n| &n.kind), Some(NodeKind::Runnable))
             })
         }) {
             self.kill_broadcast = true;
@@ -1255,16 +1021,8 @@ fn value_to_string(v: &Value) -> String {
 
 /// `allowFailure`: FAILED counts as WARNING; `allowWarning`: WARNING counts as SUCCESS.
 pub fn allow_transform(state: StateType, allow_failure: bool, allow_warning: bool) -> StateType {
-    let s = if allow_failure && state == StateType::Failed {
-        StateType::Warning
-    } else {
-        state
-    };
-    if allow_warning && s == StateType::Warning {
-        StateType::Success
-    } else {
-        s
-    }
+    let s = if allow_failure && state == StateType::Failed { StateType::Warning } else { state };
+    if allow_warning && s == StateType::Warning { StateType::Success } else { s }
 }
 
 /// The delay before the next attempt, or `None` if the policy allows no more attempts.
@@ -1281,8 +1039,7 @@ pub fn retry_delay(
             return None;
         }
     }
-    let to_chrono =
-        |d: std::time::Duration| chrono::Duration::from_std(d).unwrap_or(chrono::Duration::zero());
+    let to_chrono = |d: std::time::Duration| chrono::Duration::from_std(d).unwrap_or(chrono::Duration::zero());
     let interval = retry.interval.as_ref().map(|d| to_chrono(d.duration()));
     let max_interval = retry.max_interval.as_ref().map(|d| to_chrono(d.duration()));
     let delay = match retry.retry_type {
@@ -1290,8 +1047,7 @@ pub fn retry_delay(
         RetryType::Exponential => {
             let base = interval.unwrap_or(chrono::Duration::seconds(1));
             let factor = retry.delay_factor.unwrap_or(2.0).max(1.0);
-            let ms =
-                base.num_milliseconds() as f64 * factor.powi(attempts.saturating_sub(1) as i32);
+            let ms = base.num_milliseconds() as f64 * factor.powi(attempts.saturating_sub(1) as i32);
             let d = chrono::Duration::milliseconds(ms.min(i64::MAX as f64 / 2.0) as i64);
             match max_interval {
                 Some(m) if d > m => m,
@@ -1299,11 +1055,7 @@ pub fn retry_delay(
             }
         }
         RetryType::Random => {
-            let min = retry
-                .min_interval
-                .as_ref()
-                .map(|d| to_chrono(d.duration()))
-                .unwrap_or(chrono::Duration::zero());
+            let min = retry.min_interval.as_ref().map(|d| to_chrono(d.duration())).unwrap_or(chrono::Duration::zero());
             let max = max_interval.unwrap_or(min);
             let span = (max - min).num_milliseconds().max(0) as u64;
             // Deterministic pseudo-random pick (process must stay pure).
@@ -1314,11 +1066,7 @@ pub fn retry_delay(
             let mut b = [0u8; 8];
             b.copy_from_slice(&d[..8]);
             let r = u64::from_be_bytes(b);
-            min + chrono::Duration::milliseconds(if span == 0 {
-                0
-            } else {
-                (r % (span + 1)) as i64
-            })
+            min + chrono::Duration::milliseconds(if span == 0 { 0 } else { (r % (span + 1)) as i64 })
         }
     };
     if retry.max_attempts.is_none() && retry.max_duration.is_none() {
