@@ -13,7 +13,6 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use futures::StreamExt;
 use indexmap::IndexMap;
 use serde_json::{Map, Value};
@@ -384,7 +383,7 @@ impl RunnableTask for HttpDownload {
             .bytes_stream()
             .take_until(async move { cancel.cancelled().await })
             .map(move |chunk| {
-                chunk.map(Bytes::from).map_err(|e| StorageError::Backend {
+                chunk.map_err(|e| StorageError::Backend {
                     operation: "download",
                     uri: hint.clone(),
                     source: Box::new(e),

@@ -170,6 +170,8 @@ impl RunnableTask for Concat {
 enum SplitMode {
     Bytes(u64),
     Rows(u64),
+    /// Rows dealt round-robin into this many files.
+    Partitions(usize),
 }
 
 struct PartWriter {
@@ -209,13 +211,7 @@ impl RunnableTask for Split {
         let rows = ctx.render_opt_property("rows", &self.rows)?;
         let mode = match (bytes, partitions, rows) {
             (Some(b), None, None) if b > 0 => SplitMode::Bytes(b),
-            (None, Some(p), None) if p > 0 => {
-                let size = ctx
-                    .storage()
-                    .size(ctx.tenant(), &ctx.readable(&from)?)
-                    .await?;
-                SplitMode::Bytes(size.div_ceil(u64::from(p)).max(1))
-            }
+            (None, Some(p), None) if p > 0 => SplitMode::Partitions(p as usize),
             (None, None, Some(r)) if r > 0 => SplitMode::Rows(u64::from(r)),
             _ => {
                 return Err(TaskError::invalid(
@@ -234,6 +230,7 @@ impl RunnableTask for Split {
         let mut parts: Vec<PartWriter> = Vec::new();
         let mut pending: Vec<u8> = Vec::new();
         let mut finished = false;
+        let mut row_count: u64 = 0;
         while !finished {
             match stream.next().await {
                 Some(chunk) => pending.extend_from_slice(&chunk?),
@@ -256,17 +253,32 @@ impl RunnableTask for Split {
                     None => break,
                 };
                 let row = &pending[range];
-                let needs_new = match (&mode, parts.last()) {
-                    (_, None) => true,
-                    (SplitMode::Rows(r), Some(p)) => p.rows >= *r,
-                    (SplitMode::Bytes(b), Some(p)) => {
-                        p.size > 0 && p.size + (row.len() + sep.len()) as u64 > *b
+                let target = match (&mode, parts.last()) {
+                    (SplitMode::Partitions(n), _) => {
+                        let index = (row_count % (*n as u64)) as usize;
+                        if index >= parts.len() {
+                            parts.push(new_part(dir.path(), parts.len()).await?);
+                        }
+                        index
                     }
+                    (_, None) => {
+                        parts.push(new_part(dir.path(), 0).await?);
+                        0
+                    }
+                    (SplitMode::Rows(r), Some(p)) if p.rows >= *r => {
+                        parts.push(new_part(dir.path(), parts.len()).await?);
+                        parts.len() - 1
+                    }
+                    (SplitMode::Bytes(b), Some(p))
+                        if p.size > 0 && p.size + (row.len() + sep.len()) as u64 > *b =>
+                    {
+                        parts.push(new_part(dir.path(), parts.len()).await?);
+                        parts.len() - 1
+                    }
+                    _ => parts.len() - 1,
                 };
-                if needs_new {
-                    parts.push(new_part(dir.path(), parts.len()).await?);
-                }
-                if let Some(part) = parts.last_mut() {
+                row_count += 1;
+                if let Some(part) = parts.get_mut(target) {
                     part.file
                         .write_all(row)
                         .await
