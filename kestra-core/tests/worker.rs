@@ -1395,7 +1395,6 @@ async fn worker_runs_jobs_publishes_results_then_acks_and_follows_kills() {
     tokio::time::timeout(Duration::from_secs(5), handle)
         .await
         .unwrap()
-        .unwrap()
         .unwrap();
     let results = queue.results();
     assert_eq!(

@@ -1,4 +1,4 @@
-//! The runtime behaviour of the core runnable tasks: [`RunnableTask`](crate::worker::RunnableTask)
+//! The runtime behaviour of the core runnable tasks: [`RunnableTask`]
 //! implementations for the property structs of [`crate::flow::tasks`], and
 //! [`register_core_runners`], which [`RunnerRegistry::core`](crate::worker::RunnerRegistry::core)
 //! calls.

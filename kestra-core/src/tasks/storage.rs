@@ -1,5 +1,6 @@
 //! Internal-storage tasks: LocalFiles, Concat, Split, Size, Delete, PurgeCurrentExecutionFiles and
-//! Write. Every file read must lie under the execution's namespace (see
+//! Write. Split cuts by `rows`, by `bytes` (at row boundaries) or into `partitions` files (rows dealt
+//! round-robin). Every file read must lie under the execution's namespace (see
 //! [`RunContext::readable`]); files written go to the task run's directory.
 
 use std::path::Path;

@@ -64,4 +64,4 @@ pub use context::{
 };
 pub use kv::{KvEntry, KvError, KvStore};
 pub use runner::{RunnableTask, RunnerError, RunnerRegistry, TaskError, TaskOutput};
-pub use service::{Worker, WorkerConfig, WorkerError};
+pub use service::{Worker, WorkerConfig};

@@ -67,14 +67,6 @@ impl Default for WorkerConfig {
     }
 }
 
-/// Errors that stop a worker.
-#[derive(Debug, thiserror::Error)]
-pub enum WorkerError {
-    /// The queue failed in a way the worker cannot go on from (e.g. it cannot subscribe).
-    #[error("worker queue error: {0}")]
-    Queue(#[from] QueueError),
-}
-
 /// A worker: see the module documentation.
 pub struct Worker {
     config: WorkerConfig,
@@ -459,10 +451,10 @@ impl Worker {
         &self.config.id
     }
 
-    /// Runs until `shutdown` is cancelled, then stops receiving, lets running jobs finish (at most
+    /// Runs until `shutdown` is cancelled (queue errors are logged and retried with backoff), then stops receiving, lets running jobs finish (at most
     /// `drain_timeout`), publishes their results and returns. Needs a multi-threaded Tokio runtime
     /// (expression functions read storage with `block_in_place`).
-    pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
+    pub async fn run(self, shutdown: CancellationToken) {
         let concurrency = self.config.concurrency.max(1);
         let (tx, rx) = mpsc::unbounded_channel();
         let telemetry = tokio::spawn(telemetry_loop(
@@ -573,6 +565,5 @@ impl Worker {
             tracing::warn!("log publisher did not stop in time");
         }
         tracing::info!("worker stopped");
-        Ok(())
     }
 }
