@@ -7,6 +7,7 @@
 //! - [`inputs`]: execution inputs parsed and validated against the flow's input declarations.
 //! - [`expression`]: Pebble-compatible expressions rendered with strict undefined variables.
 //! - [`queue`], [`repository`], [`storage`]: the three seams every backend implements.
+//! - [`worker`]: the worker service and the task run context; [`tasks`]: the core runnable tasks.
 //!
 //! No database, Kafka or Elasticsearch type appears in this crate; backends implement its traits.
 
@@ -19,5 +20,7 @@ pub mod queue;
 pub mod repository;
 pub mod runtime;
 pub mod storage;
+pub mod tasks;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod worker;

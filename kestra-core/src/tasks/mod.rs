@@ -1,0 +1,70 @@
+//! The runtime behaviour of the core runnable tasks: [`RunnableTask`]
+//! implementations for the property structs of [`crate::flow::tasks`], and
+//! [`register_core_runners`], which [`RunnerRegistry::core`](crate::worker::RunnerRegistry::core)
+//! calls.
+//!
+//! - [`basic`]: Log, debug.Return, debug.Echo, OutputValues, Fail, Assert, Sleep.
+//! - [`http`]: http.Request, http.Download.
+//! - [`script`]: scripts.{shell,python,node}.{Commands,Script} on the Process runner.
+//! - [`kv`]: kv.Set, kv.Get, kv.Delete.
+//! - [`storage`]: storage.LocalFiles, Concat, Split, Size, Delete, PurgeCurrentExecutionFiles, Write.
+//! - [`working_directory`]: flow.WorkingDirectory, whose children run on the worker in one directory.
+
+pub mod basic;
+pub mod http;
+pub mod kv;
+pub mod script;
+pub mod storage;
+pub mod working_directory;
+
+use crate::flow::registry::TaskRegistry;
+use crate::flow::tasks as t;
+use crate::worker::runner::{RunnableTask, RunnerRegistry};
+
+/// Registers every core runnable task in `registry`.
+pub fn register_core_runners(registry: &mut RunnerRegistry) {
+    registry
+        .register::<t::Log>()
+        .register::<t::Return>()
+        .register::<t::Echo>()
+        .register::<t::OutputValues>()
+        .register::<t::Fail>()
+        .register::<t::Assert>()
+        .register::<t::Sleep>()
+        .register::<t::HttpRequest>()
+        .register::<t::HttpDownload>()
+        .register::<t::KvSet>()
+        .register::<t::LocalFiles>()
+        .register::<t::Concat>()
+        .register::<t::Split>()
+        .register::<t::Size>()
+        .register::<t::StorageDelete>()
+        .register::<t::PurgeCurrentExecutionFiles>()
+        .register::<t::Write>()
+        .register::<t::WorkingDirectory>();
+    for (name, delete) in [
+        ("io.kestra.plugin.core.kv.Get", false),
+        ("io.kestra.plugin.core.kv.Delete", true),
+    ] {
+        registry.register_with(name, move |task, tasks: &TaskRegistry| {
+            let props = tasks.decode::<t::KvKey>(task)?;
+            Ok(Box::new(kv::KvKeyTask { props, delete }) as Box<dyn RunnableTask>)
+        });
+    }
+    for language in script::Language::ALL {
+        registry.register_with(
+            &language.commands_type(),
+            move |task, tasks: &TaskRegistry| {
+                let props = tasks.decode::<t::ScriptCommands>(task)?;
+                Ok(Box::new(script::CommandsTask { props, language }) as Box<dyn RunnableTask>)
+            },
+        );
+        registry.register_with(
+            &language.script_type(),
+            move |task, tasks: &TaskRegistry| {
+                let props = tasks.decode::<t::ScriptInline>(task)?;
+                Ok(Box::new(script::ScriptTask { props, language }) as Box<dyn RunnableTask>)
+            },
+        );
+    }
+}

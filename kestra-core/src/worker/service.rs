@@ -1,0 +1,569 @@
+//! The [`Worker`] service: receives [`WorkerJob`]s from the queue (competing with other workers),
+//! runs each task attempt with bounded concurrency, publishes one [`WorkerTaskResult`] per job and
+//! only then acknowledges it (at-least-once), follows kill broadcasts, and shuts down gracefully.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use futures::StreamExt;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::executor::messages::{ExecutionKilled, WorkerJob, WorkerTask, WorkerTaskResult};
+use crate::expression::ExpressionEngine;
+use crate::flow::registry::TaskRegistry;
+use crate::model::{LogEntry, MetricEntry, State, StateType};
+use crate::queue::{ConsumerGroup, Delivery, Envelope, Queue, QueueError, Topic};
+use crate::storage::InternalStorage;
+use crate::worker::attempt::{AttemptEnd, run_attempt};
+use crate::worker::context::{RunContext, TelemetrySink};
+use crate::worker::runner::{RunnerRegistry, TaskError};
+
+/// Settings of a [`Worker`].
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// This worker's id (stamped on results and attempts).
+    pub id: String,
+    /// Jobs run at once (default: 4 per CPU).
+    pub concurrency: usize,
+    /// Lease of a received job: an unacknowledged job is delivered again after it (default 15 min;
+    /// a job running longer may run twice, the executor drops the stale result).
+    pub lease: Duration,
+    /// How long one `receive` waits for a job (default 1 s; also the shutdown reaction time).
+    pub poll_wait: Duration,
+    /// How long a shutdown waits for running jobs before abandoning them (default 60 s). Abandoned
+    /// jobs are not acknowledged, so another worker runs them again.
+    pub drain_timeout: Duration,
+    /// How long a cancelled task gets to stop before it is aborted (default 5 s).
+    pub cancel_grace: Duration,
+    /// How long killed execution ids are remembered, to answer KILLED to late jobs (default 5 min).
+    pub killed_memory: Duration,
+    /// Logs and metrics are published in batches of at most this many (default 200).
+    pub telemetry_batch: usize,
+    /// ... or after this delay (default 200 ms).
+    pub telemetry_linger: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        WorkerConfig {
+            id: format!("worker-{}", crate::model::new_id()),
+            concurrency: cpus * 4,
+            lease: Duration::from_secs(15 * 60),
+            poll_wait: Duration::from_secs(1),
+            drain_timeout: Duration::from_secs(60),
+            cancel_grace: Duration::from_secs(5),
+            killed_memory: Duration::from_secs(5 * 60),
+            telemetry_batch: 200,
+            telemetry_linger: Duration::from_millis(200),
+        }
+    }
+}
+
+/// A worker: see the module documentation.
+pub struct Worker {
+    config: WorkerConfig,
+    queue: Arc<dyn Queue>,
+    storage: Arc<dyn InternalStorage>,
+    expr: Arc<ExpressionEngine>,
+    task_registry: Arc<TaskRegistry>,
+    runners: Arc<RunnerRegistry>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+enum Telemetry {
+    Log(LogEntry),
+    Metric(MetricEntry),
+    Flush(oneshot::Sender<()>),
+}
+
+/// The worker's sink: log lines and metrics go through a channel to a task that publishes them in
+/// batches on [`Topic::Log`] / [`Topic::Metric`].
+struct ChannelSink {
+    tx: mpsc::UnboundedSender<Telemetry>,
+}
+
+impl TelemetrySink for ChannelSink {
+    fn log(&self, entry: LogEntry) {
+        let _ = self.tx.send(Telemetry::Log(entry));
+    }
+    fn metric(&self, entry: MetricEntry) {
+        let _ = self.tx.send(Telemetry::Metric(entry));
+    }
+}
+
+async fn publish_with_retry(queue: &dyn Queue, messages: Vec<Envelope>, what: &str) -> bool {
+    let mut delay = Duration::from_millis(100);
+    for attempt in 1..=5 {
+        match queue.publish(messages.clone()).await {
+            Ok(()) => return true,
+            Err(e) => {
+                tracing::warn!(attempt, "cannot publish {what}: {e}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+    false
+}
+
+async fn telemetry_loop(
+    queue: Arc<dyn Queue>,
+    mut rx: mpsc::UnboundedReceiver<Telemetry>,
+    batch: usize,
+    linger: Duration,
+) {
+    let mut buffer: Vec<Envelope> = Vec::new();
+    let flush = |buffer: &mut Vec<Envelope>| {
+        let messages = std::mem::take(buffer);
+        let queue = queue.clone();
+        async move {
+            if !messages.is_empty() {
+                let n = messages.len();
+                if !publish_with_retry(queue.as_ref(), messages, "logs and metrics").await {
+                    tracing::error!("dropped {n} log lines / metrics: the queue refused them");
+                }
+            }
+        }
+    };
+    loop {
+        let next = if buffer.is_empty() {
+            rx.recv().await
+        } else {
+            match tokio::time::timeout(linger, rx.recv()).await {
+                Ok(m) => m,
+                Err(_) => {
+                    flush(&mut buffer).await;
+                    continue;
+                }
+            }
+        };
+        match next {
+            None => {
+                flush(&mut buffer).await;
+                return;
+            }
+            Some(Telemetry::Log(entry)) => {
+                let key = entry.execution_id.clone().unwrap_or_default();
+                match Envelope::json(Topic::Log, key, &entry) {
+                    Ok(e) => buffer.push(e),
+                    Err(e) => tracing::warn!("cannot encode a log line: {e}"),
+                }
+            }
+            Some(Telemetry::Metric(entry)) => {
+                match Envelope::json(Topic::Metric, entry.execution_id.clone(), &entry) {
+                    Ok(e) => buffer.push(e),
+                    Err(e) => tracing::warn!("cannot encode a metric: {e}"),
+                }
+            }
+            Some(Telemetry::Flush(done)) => {
+                flush(&mut buffer).await;
+                let _ = done.send(());
+            }
+        }
+        if buffer.len() >= batch {
+            flush(&mut buffer).await;
+        }
+    }
+}
+
+/// State shared by the worker's jobs.
+struct Shared {
+    config: WorkerConfig,
+    queue: Arc<dyn Queue>,
+    storage: Arc<dyn InternalStorage>,
+    expr: Arc<ExpressionEngine>,
+    task_registry: Arc<TaskRegistry>,
+    runners: Arc<RunnerRegistry>,
+    telemetry: mpsc::UnboundedSender<Telemetry>,
+    sink: Arc<ChannelSink>,
+    /// Cancelled when a shutdown gives up waiting: running jobs stop and are not acknowledged.
+    abandon: CancellationToken,
+    kills: Mutex<Kills>,
+    next_job: AtomicU64,
+}
+
+#[derive(Default)]
+struct Kills {
+    /// Running jobs by execution id.
+    running: HashMap<String, HashMap<u64, CancellationToken>>,
+    /// Killed execution ids and when the kill arrived.
+    killed: HashMap<String, Instant>,
+}
+
+impl Shared {
+    fn mark_killed(&self, execution_id: &str) {
+        let Ok(mut kills) = self.kills.lock() else {
+            return;
+        };
+        let memory = self.config.killed_memory;
+        kills.killed.retain(|_, at| at.elapsed() < memory);
+        kills
+            .killed
+            .insert(execution_id.to_string(), Instant::now());
+        if let Some(jobs) = kills.running.get(execution_id) {
+            tracing::info!(
+                execution_id,
+                jobs = jobs.len(),
+                "killing running task attempts"
+            );
+            for token in jobs.values() {
+                token.cancel();
+            }
+        }
+    }
+
+    /// Registers a job of `execution_id`; `None` if the execution was killed already.
+    fn register(&self, execution_id: &str) -> Option<(u64, CancellationToken)> {
+        let mut kills = self.kills.lock().ok()?;
+        let memory = self.config.killed_memory;
+        if kills
+            .killed
+            .get(execution_id)
+            .is_some_and(|at| at.elapsed() < memory)
+        {
+            return None;
+        }
+        let id = self.next_job.fetch_add(1, Ordering::Relaxed);
+        let token = self.abandon.child_token();
+        kills
+            .running
+            .entry(execution_id.to_string())
+            .or_default()
+            .insert(id, token.clone());
+        Some((id, token))
+    }
+
+    fn unregister(&self, execution_id: &str, id: u64) {
+        if let Ok(mut kills) = self.kills.lock()
+            && let Some(jobs) = kills.running.get_mut(execution_id)
+        {
+            jobs.remove(&id);
+            if jobs.is_empty() {
+                kills.running.remove(execution_id);
+            }
+        }
+    }
+
+    fn was_killed(&self, execution_id: &str) -> bool {
+        self.kills
+            .lock()
+            .map(|k| k.killed.contains_key(execution_id))
+            .unwrap_or(false)
+    }
+
+    /// Runs one task attempt; `None` when the job was abandoned by a shutdown.
+    async fn run_task(&self, job: WorkerTask) -> Option<WorkerTaskResult> {
+        let execution_id = job.task_run.execution_id.clone();
+        let task_run_id = job.task_run.id.clone();
+        let mut attempt_state = State::new_at(StateType::Running, Utc::now());
+        let finish = |state: StateType, attempt_state: &mut State, outputs, child_task_runs| {
+            let _ = attempt_state.transition(state);
+            WorkerTaskResult {
+                execution_id: execution_id.clone(),
+                task_run_id: task_run_id.clone(),
+                attempt: job.attempt,
+                state,
+                attempt_state: attempt_state.clone(),
+                outputs,
+                child_task_runs,
+                worker_id: Some(self.config.id.clone()),
+            }
+        };
+        let Some((job_id, token)) = self.register(&execution_id) else {
+            tracing::info!(%execution_id, %task_run_id, "execution already killed: not running the job");
+            return Some(finish(
+                StateType::Killed,
+                &mut attempt_state,
+                None,
+                Vec::new(),
+            ));
+        };
+        let ctx = RunContext::builder(
+            job.task.clone(),
+            job.task_run.clone(),
+            job.context.clone(),
+            self.storage.clone(),
+        )
+        .expression_engine(self.expr.clone())
+        .sink(self.sink.clone())
+        .cancellation(token)
+        .registries(self.task_registry.clone(), self.runners.clone())
+        .attempt(job.attempt)
+        .worker_id(self.config.id.clone())
+        .build();
+        let logger = ctx.logger().clone();
+        let end = match self.runners.build(&job.task, &self.task_registry) {
+            Ok(runnable) => {
+                run_attempt(
+                    runnable,
+                    ctx,
+                    job.task.timeout.as_ref(),
+                    self.config.cancel_grace,
+                )
+                .await
+            }
+            Err(e) => AttemptEnd::Errored(TaskError::Failed(e.to_string())),
+        };
+        self.unregister(&execution_id, job_id);
+        if matches!(end, AttemptEnd::Killed)
+            && self.abandon.is_cancelled()
+            && !self.was_killed(&execution_id)
+        {
+            tracing::warn!(%execution_id, %task_run_id, "job abandoned by shutdown; it will be delivered again");
+            return None;
+        }
+        let result = end.into_result(&logger);
+        Some(finish(
+            result.state,
+            &mut attempt_state,
+            result.outputs,
+            result.child_task_runs,
+        ))
+    }
+
+    async fn flush_telemetry(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.telemetry.send(Telemetry::Flush(tx)).is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), rx).await;
+        }
+    }
+
+    async fn handle(&self, delivery: Delivery) {
+        let job: WorkerJob = match delivery.envelope.decode() {
+            Ok(job) => job,
+            Err(e) => {
+                tracing::error!(key = %delivery.envelope.key, "malformed worker job, dead-lettered: {e}");
+                if let Err(e) = self.queue.dead_letter(&delivery, &e.to_string()).await {
+                    tracing::error!("cannot dead-letter a malformed worker job: {e}");
+                }
+                return;
+            }
+        };
+        let WorkerJob::Task(task) = job;
+        let span = tracing::info_span!(
+            "worker_job",
+            execution_id = %task.task_run.execution_id,
+            task_run_id = %task.task_run.id,
+            task_id = %task.task_run.task_id,
+            attempt = task.attempt,
+        );
+        let Some(result) = tracing::Instrument::instrument(self.run_task(*task), span).await else {
+            return;
+        };
+        self.flush_telemetry().await;
+        let envelope = match result.envelope() {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!("cannot encode a worker result: {e}");
+                return;
+            }
+        };
+        if publish_with_retry(self.queue.as_ref(), vec![envelope], "a worker result").await {
+            if let Err(e) = self.queue.ack(ConsumerGroup::Worker, &[delivery.tag]).await {
+                tracing::warn!("cannot acknowledge a worker job (it may run again): {e}");
+            }
+        } else {
+            tracing::error!(
+                execution_id = %result.execution_id,
+                "cannot publish a worker result; the job is left unacknowledged to run again"
+            );
+        }
+    }
+}
+
+async fn follow_kills(shared: Arc<Shared>, stop: CancellationToken) {
+    loop {
+        let mut subscription = match shared.queue.subscribe(Topic::ExecutionKilled).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("cannot subscribe to kill signals: {e}");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        loop {
+            let next = tokio::select! {
+                _ = stop.cancelled() => return,
+                n = subscription.next() => n,
+            };
+            match next {
+                Some(Ok(envelope)) => match envelope.decode::<ExecutionKilled>() {
+                    Ok(k) => shared.mark_killed(&k.execution_id),
+                    Err(e) => tracing::warn!("malformed kill signal ignored: {e}"),
+                },
+                Some(Err(QueueError::Lagged { missed })) => {
+                    tracing::warn!(missed, "kill signal subscription lagged");
+                }
+                Some(Err(e)) => {
+                    tracing::warn!("kill signal subscription failed: {e}");
+                    break;
+                }
+                None => break,
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+    }
+}
+
+impl Worker {
+    /// A worker over `queue` and `storage`, rendering with `expr`, decoding with `task_registry` and
+    /// running the types of `runners`.
+    pub fn new(
+        config: WorkerConfig,
+        queue: Arc<dyn Queue>,
+        storage: Arc<dyn InternalStorage>,
+        expr: Arc<ExpressionEngine>,
+        task_registry: Arc<TaskRegistry>,
+        runners: Arc<RunnerRegistry>,
+    ) -> Worker {
+        Worker {
+            config,
+            queue,
+            storage,
+            expr,
+            task_registry,
+            runners,
+        }
+    }
+
+    /// This worker's id.
+    pub fn id(&self) -> &str {
+        &self.config.id
+    }
+
+    /// Runs until `shutdown` is cancelled (queue errors are logged and retried with backoff), then stops receiving, lets running jobs finish (at most
+    /// `drain_timeout`), publishes their results and returns. Needs a multi-threaded Tokio runtime
+    /// (expression functions read storage with `block_in_place`).
+    pub async fn run(self, shutdown: CancellationToken) {
+        let concurrency = self.config.concurrency.max(1);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let telemetry = tokio::spawn(telemetry_loop(
+            self.queue.clone(),
+            rx,
+            self.config.telemetry_batch.max(1),
+            self.config.telemetry_linger,
+        ));
+        let shared = Arc::new(Shared {
+            sink: Arc::new(ChannelSink { tx: tx.clone() }),
+            telemetry: tx,
+            config: self.config,
+            queue: self.queue,
+            storage: self.storage,
+            expr: self.expr,
+            task_registry: self.task_registry,
+            runners: self.runners,
+            abandon: CancellationToken::new(),
+            kills: Mutex::new(Kills::default()),
+            next_job: AtomicU64::new(0),
+        });
+        let stop_kills = CancellationToken::new();
+        let kills = tokio::spawn(follow_kills(shared.clone(), stop_kills.clone()));
+        tracing::info!(worker_id = %shared.config.id, concurrency, "worker started");
+
+        let semaphore = Arc::new(Semaphore::new(concurrency));
+        let mut jobs = JoinSet::new();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            while jobs.try_join_next().is_some() {}
+            let first = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                p = semaphore.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
+            let mut permits = vec![first];
+            while let Ok(p) = semaphore.clone().try_acquire_owned() {
+                permits.push(p);
+            }
+            let deliveries = match shared
+                .queue
+                .receive(
+                    ConsumerGroup::Worker,
+                    Topic::WorkerJob,
+                    permits.len(),
+                    shared.config.lease,
+                    shared.config.poll_wait,
+                )
+                .await
+            {
+                Ok(d) => {
+                    backoff = Duration::from_millis(100);
+                    d
+                }
+                Err(e) => {
+                    tracing::warn!("cannot receive worker jobs: {e}");
+                    drop(permits);
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            for (delivery, permit) in deliveries.into_iter().zip(permits) {
+                let shared = shared.clone();
+                jobs.spawn(async move {
+                    shared.handle(delivery).await;
+                    drop(permit);
+                });
+            }
+        }
+
+        tracing::info!(
+            running = jobs.len(),
+            "worker stopping: draining running jobs"
+        );
+        let drain = async { while jobs.join_next().await.is_some() {} };
+        if tokio::time::timeout(shared.config.drain_timeout, drain)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                running = jobs.len(),
+                "drain timeout reached: abandoning running jobs"
+            );
+            shared.abandon.cancel();
+            let rest = async { while jobs.join_next().await.is_some() {} };
+            if tokio::time::timeout(shared.config.cancel_grace * 2, rest)
+                .await
+                .is_err()
+            {
+                jobs.abort_all();
+            }
+        }
+        stop_kills.cancel();
+        let _ = kills.await;
+        shared.flush_telemetry().await;
+        drop(shared);
+        if tokio::time::timeout(Duration::from_secs(10), telemetry)
+            .await
+            .is_err()
+        {
+            tracing::warn!("log publisher did not stop in time");
+        }
+        tracing::info!("worker stopped");
+    }
+}

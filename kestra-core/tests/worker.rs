@@ -1,0 +1,1407 @@
+//! Worker and core runnable tasks, run for real: tasks through `RunnableTask::run` with a
+//! `RunContext::for_test`, real processes, a local HTTP server, an in-memory InternalStorage, and
+//! the `Worker` loop over a small in-memory Queue.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+use kestra_core::executor::messages::{ExecutionKilled, WorkerJob, WorkerTask, WorkerTaskResult};
+use kestra_core::expression::ExpressionEngine;
+use kestra_core::flow::model::Task;
+use kestra_core::flow::{TaskKind, TaskRegistry, TaskType};
+use kestra_core::model::{Level, MetricType, State, StateType, TaskRun};
+use kestra_core::queue::{
+    ConsumerGroup, Delivery, DeliveryTag, Envelope, Queue, QueueError, Subscription, Topic,
+    UnitOfWork,
+};
+use kestra_core::storage::{
+    ByteStream, FileAttributes, InternalStorage, InternalStorageExt, StorageError, StoragePath,
+};
+use kestra_core::worker::{
+    AttemptEnd, MemorySink, RunContext, RunnableTask, RunnerError, RunnerRegistry, TaskError,
+    TaskOutput, Worker, WorkerConfig, run_attempt,
+};
+
+// ---------------------------------------------------------------------------------------------
+// In-memory InternalStorage (test only)
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Default)]
+struct MemStorage {
+    files: Mutex<BTreeMap<(String, String), Bytes>>,
+}
+
+#[async_trait]
+impl InternalStorage for MemStorage {
+    async fn put(
+        &self,
+        tenant: &str,
+        path: &StoragePath,
+        mut data: ByteStream,
+    ) -> Result<u64, StorageError> {
+        let mut buf = Vec::new();
+        while let Some(chunk) = data.next().await {
+            buf.extend_from_slice(&chunk?);
+        }
+        let n = buf.len() as u64;
+        self.files
+            .lock()
+            .unwrap()
+            .insert((tenant.into(), path.as_str().into()), Bytes::from(buf));
+        Ok(n)
+    }
+    async fn get(&self, tenant: &str, path: &StoragePath) -> Result<ByteStream, StorageError> {
+        let bytes = self
+            .files
+            .lock()
+            .unwrap()
+            .get(&(tenant.into(), path.as_str().into()))
+            .cloned()
+            .ok_or_else(|| StorageError::NotFound { uri: path.to_uri() })?;
+        Ok(futures::stream::once(async move { Ok(bytes) }).boxed())
+    }
+    async fn size(&self, tenant: &str, path: &StoragePath) -> Result<u64, StorageError> {
+        self.files
+            .lock()
+            .unwrap()
+            .get(&(tenant.into(), path.as_str().into()))
+            .map(|b| b.len() as u64)
+            .ok_or_else(|| StorageError::NotFound { uri: path.to_uri() })
+    }
+    async fn exists(&self, tenant: &str, path: &StoragePath) -> Result<bool, StorageError> {
+        Ok(self
+            .files
+            .lock()
+            .unwrap()
+            .contains_key(&(tenant.into(), path.as_str().into())))
+    }
+    async fn delete(&self, tenant: &str, path: &StoragePath) -> Result<bool, StorageError> {
+        Ok(self
+            .files
+            .lock()
+            .unwrap()
+            .remove(&(tenant.into(), path.as_str().into()))
+            .is_some())
+    }
+    async fn list(
+        &self,
+        tenant: &str,
+        prefix: &StoragePath,
+    ) -> Result<Vec<FileAttributes>, StorageError> {
+        let files = self.files.lock().unwrap();
+        let dir = format!("{}/", prefix.as_str());
+        let mut seen: BTreeMap<String, FileAttributes> = BTreeMap::new();
+        for ((t, p), bytes) in files.iter() {
+            if t != tenant {
+                continue;
+            }
+            if let Some(rest) = p.strip_prefix(&dir) {
+                let (first, is_dir) = match rest.split_once('/') {
+                    Some((f, _)) => (f, true),
+                    None => (rest, false),
+                };
+                let path = prefix.join(first)?;
+                seen.entry(first.to_string()).or_insert(FileAttributes {
+                    path,
+                    size: if is_dir { 0 } else { bytes.len() as u64 },
+                    directory: is_dir,
+                });
+            }
+        }
+        Ok(seen.into_values().collect())
+    }
+    async fn delete_prefix(&self, tenant: &str, prefix: &StoragePath) -> Result<u64, StorageError> {
+        let mut files = self.files.lock().unwrap();
+        let before = files.len();
+        files.retain(|(t, p), _| {
+            !(t == tenant
+                && StoragePath::parse(p)
+                    .map(|p| p.starts_with(prefix))
+                    .unwrap_or(false))
+        });
+        Ok((before - files.len()) as u64)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+fn task(v: Value) -> Task {
+    serde_json::from_value(v).expect("task json")
+}
+
+struct Run {
+    result: Result<TaskOutput, TaskError>,
+    sink: MemorySink,
+    storage: Arc<MemStorage>,
+}
+
+impl Run {
+    fn ok(&self) -> &TaskOutput {
+        match &self.result {
+            Ok(o) => o,
+            Err(e) => panic!("task failed: {e}; logs: {:?}", self.sink.logs()),
+        }
+    }
+    fn out(&self, name: &str) -> Value {
+        self.ok().outputs.get(name).cloned().unwrap_or(Value::Null)
+    }
+    fn err(&self) -> String {
+        match &self.result {
+            Ok(o) => panic!("expected an error, got {o:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+    async fn read(&self, uri: &str) -> String {
+        let p = StoragePath::parse(uri).unwrap();
+        String::from_utf8(self.storage.get_bytes("main", &p).await.unwrap().to_vec()).unwrap()
+    }
+}
+
+async fn run_with(t: Value, extra: Value, storage: Arc<MemStorage>) -> Run {
+    let t = task(t);
+    let (mut ctx, sink) = RunContext::for_test(t.clone(), extra, storage.clone());
+    let runnable = RunnerRegistry::core()
+        .build(&t, &TaskRegistry::default())
+        .expect("runner");
+    let result = runnable.run(&mut ctx).await;
+    Run {
+        result,
+        sink,
+        storage,
+    }
+}
+
+async fn run(t: Value) -> Run {
+    run_with(t, json!({}), Arc::new(MemStorage::default())).await
+}
+
+fn shell(commands: Value) -> Value {
+    json!({"id": "sh", "type": "io.kestra.plugin.scripts.shell.Commands",
+           "taskRunner": {"type": "io.kestra.plugin.core.runner.Process"}, "commands": commands})
+}
+
+// ---------------------------------------------------------------------------------------------
+// Basic tasks
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn log_renders_each_message_at_its_level_and_respects_log_level() {
+    let r = run(
+        json!({"id": "l", "type": "io.kestra.plugin.core.log.Log", "level": "WARN",
+                        "message": ["one {{ flow.id }}", "two {{ 1 + 1 }}"]}),
+    )
+    .await;
+    r.ok();
+    assert!(r.sink.has_log(Level::Warn, "one test-flow"));
+    assert!(r.sink.has_log(Level::Warn, "two 2"));
+
+    let r = run(
+        json!({"id": "l", "type": "io.kestra.core.tasks.log.Log", "logLevel": "WARN",
+                        "message": "filtered"}),
+    )
+    .await;
+    r.ok();
+    assert!(
+        r.sink.logs().is_empty(),
+        "INFO below logLevel WARN must be dropped"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn return_and_output_values_render_their_properties() {
+    let r = run(
+        json!({"id": "r", "type": "io.kestra.plugin.core.debug.Return",
+                        "format": "{{ task.id }}-{{ flow.namespace }}"}),
+    )
+    .await;
+    assert_eq!(r.out("value"), json!("r-company.team"));
+
+    let r = run(json!({"id": "v", "type": "io.kestra.plugin.core.output.OutputValues",
+                        "values": {"region": "eu-{{ 'west' | upper }}", "count": "{{ 40 + 2 }}", "nested": {"k": "{{ 'x' }}"}}})).await;
+    assert_eq!(
+        r.out("values"),
+        json!({"region": "eu-WEST", "count": "42", "nested": {"k": "x"}})
+    );
+
+    let r = run(json!({"id": "e", "type": "io.kestra.plugin.core.debug.Echo", "format": "echo {{ task.id }}"})).await;
+    r.ok();
+    assert!(r.sink.has_log(Level::Info, "echo e"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn undefined_variable_is_an_error() {
+    let r = run(json!({"id": "l", "type": "io.kestra.plugin.core.log.Log", "message": "{{ nothing_here }}"})).await;
+    assert!(r.err().contains("nothing_here"), "{}", r.err());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fail_and_assert() {
+    let r = run(json!({"id": "f", "type": "io.kestra.plugin.core.execution.Fail"})).await;
+    assert_eq!(r.err(), "Task failure");
+    let r = run(
+        json!({"id": "f", "type": "io.kestra.plugin.core.execution.Fail",
+                        "condition": "{{ 1 > 5 }}", "errorMessage": "never"}),
+    )
+    .await;
+    r.ok();
+    let r = run(
+        json!({"id": "f", "type": "io.kestra.plugin.core.execution.Fail",
+                        "condition": "{{ 10 > 5 }}", "errorMessage": "n is {{ 10 }}"}),
+    )
+    .await;
+    assert_eq!(r.err(), "n is 10");
+
+    let r = run(
+        json!({"id": "a", "type": "io.kestra.plugin.core.execution.Assert",
+                        "conditions": ["{{ 1 == 1 }}", "{{ 'a' == 'b' }}"]}),
+    )
+    .await;
+    assert!(r.err().contains("{{ 'a' == 'b' }}"), "{}", r.err());
+    assert!(
+        r.sink
+            .has_log(Level::Error, "Assertion `{{ 'a' == 'b' }}` failed")
+    );
+    let r = run(
+        json!({"id": "a", "type": "io.kestra.plugin.core.execution.Assert",
+                        "conditions": ["{{ true }}"], "errorMessage": "x"}),
+    )
+    .await;
+    r.ok();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sleep_waits_and_is_cancellable() {
+    let start = Instant::now();
+    let r =
+        run(json!({"id": "s", "type": "io.kestra.plugin.core.flow.Sleep", "duration": "PT0.2S"}))
+            .await;
+    r.ok();
+    assert!(start.elapsed() >= Duration::from_millis(200));
+
+    let t =
+        task(json!({"id": "s", "type": "io.kestra.plugin.core.flow.Sleep", "duration": "PT30S"}));
+    let (ctx, _sink) = RunContext::for_test(t.clone(), json!({}), Arc::new(MemStorage::default()));
+    let kill = ctx.cancellation().clone();
+    let runnable = RunnerRegistry::core()
+        .build(&t, &TaskRegistry::default())
+        .unwrap();
+    let start = Instant::now();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        kill.cancel();
+    });
+    let end = run_attempt(runnable, ctx, None, Duration::from_secs(5)).await;
+    assert!(matches!(end, AttemptEnd::Killed), "{end:?}");
+    assert!(start.elapsed() < Duration::from_secs(2));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scripts
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shell_outputs_metrics_and_log_streams() {
+    let r = run(shell(json!([
+        "echo 'plain stdout line'",
+        "echo '::{\"outputs\":{\"a\":1,\"name\":\"kestra\"}}::'",
+        "echo '::{\"metrics\":[{\"name\":\"rows\",\"type\":\"counter\",\"value\":3,\"tags\":{\"t\":\"x\"}},{\"name\":\"took\",\"type\":\"timer\",\"value\":0.5}]}::'",
+        "echo 'to stderr' >&2",
+    ]))).await;
+    assert_eq!(r.out("exitCode"), json!(0));
+    assert_eq!(r.out("vars"), json!({"a": 1, "name": "kestra"}));
+    assert!(r.sink.has_log(Level::Info, "plain stdout line"));
+    assert!(r.sink.has_log(Level::Error, "to stderr"));
+    assert!(
+        !r.sink.logs().iter().any(|l| l.message.contains("::{")),
+        "protocol lines are not logged"
+    );
+    let metrics = r.sink.metrics();
+    assert_eq!(metrics.len(), 2);
+    assert_eq!(metrics[0].name, "rows");
+    assert_eq!(metrics[0].type_, MetricType::Counter);
+    assert_eq!(metrics[0].value, 3.0);
+    assert_eq!(metrics[0].tags.get("t").map(String::as_str), Some("x"));
+    assert_eq!(metrics[1].type_, MetricType::Timer);
+    assert_eq!(
+        r.ok().final_state(),
+        StateType::Success,
+        "stderr alone does not fail"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shell_non_zero_exit_fails_with_outputs() {
+    let r = run(shell(json!(["echo before", "exit 3"]))).await;
+    assert_eq!(r.ok().final_state(), StateType::Failed);
+    assert_eq!(r.out("exitCode"), json!(3));
+    assert!(r.sink.has_log(Level::Error, "exit code 3"));
+    // failFast (set -e): a failing command stops the script
+    let r = run(shell(json!(["false", "echo not reached"]))).await;
+    assert_eq!(r.ok().final_state(), StateType::Failed);
+    assert!(!r.sink.has_log(Level::Info, "not reached"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shell_env_input_files_output_files_and_working_dir() {
+    let storage = Arc::new(MemStorage::default());
+    // a file already in storage, under the execution's namespace, to copy as an input file
+    let src = StoragePath::parse("kestra:///company/team/other/in.txt").unwrap();
+    storage
+        .put_bytes("main", &src, Bytes::from_static(b"from storage"))
+        .await
+        .unwrap();
+    let mut t = shell(json!([
+        "echo \"env=$GREETING\"",
+        "cat inline.txt",
+        "cat sub/copied.txt",
+        "test -f {{ workingDir }}/inline.txt && echo wd-ok",
+        "printf 'out body' > out.txt",
+        "mkdir -p res && printf 'csv' > res/a.csv && printf 'no' > res/b.tmp",
+    ]));
+    t["env"] = json!({"GREETING": "hi {{ flow.id }}"});
+    t["inputFiles"] = json!({"inline.txt": "inline {{ task.id }}", "sub/copied.txt": src.to_uri()});
+    t["outputFiles"] = json!(["out.txt", "res/*.csv"]);
+    let r = run_with(t, json!({}), storage).await;
+    assert_eq!(r.out("exitCode"), json!(0), "{:?}", r.sink.logs());
+    assert!(r.sink.has_log(Level::Info, "env=hi test-flow"));
+    assert!(r.sink.has_log(Level::Info, "inline sh"));
+    assert!(r.sink.has_log(Level::Info, "from storage"));
+    assert!(r.sink.has_log(Level::Info, "wd-ok"));
+    let files = r.out("outputFiles");
+    let files = files.as_object().unwrap();
+    assert_eq!(files.len(), 2, "{files:?}");
+    assert_eq!(r.read(files["out.txt"].as_str().unwrap()).await, "out body");
+    assert_eq!(r.read(files["res/a.csv"].as_str().unwrap()).await, "csv");
+    assert!(
+        files["out.txt"]
+            .as_str()
+            .unwrap()
+            .starts_with("kestra:///company/team/test-flow/executions/")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn input_files_outside_the_namespace_are_forbidden() {
+    let storage = Arc::new(MemStorage::default());
+    let other = StoragePath::parse("kestra:///secret/ns/file.txt").unwrap();
+    storage
+        .put_bytes("main", &other, Bytes::from_static(b"x"))
+        .await
+        .unwrap();
+    let mut t = shell(json!(["cat f.txt"]));
+    t["inputFiles"] = json!({"f.txt": other.to_uri()});
+    let r = run_with(t, json!({}), storage).await;
+    assert!(r.err().contains("not allowed"), "{}", r.err());
+    let r = run(
+        json!({"id": "r", "type": "io.kestra.plugin.core.debug.Return",
+                        "format": "{{ read('kestra:///secret/ns/file.txt') }}"}),
+    )
+    .await;
+    assert!(r.err().contains("not allowed"), "{}", r.err());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shell_script_and_python_script() {
+    let r = run(json!({"id": "script", "type": "io.kestra.plugin.scripts.shell.Script",
+        "script": "total=0\nfor i in 1 2 3; do total=$((total + i)); done\necho \"total is $total for {{ flow.id }}\"\necho \"::{\\\"outputs\\\":{\\\"total\\\":$total}}::\"\n"})).await;
+    assert_eq!(r.out("vars"), json!({"total": 6}));
+    assert!(r.sink.has_log(Level::Info, "total is 6 for test-flow"));
+
+    let r = run(json!({"id": "py", "type": "io.kestra.plugin.scripts.python.Script",
+        "taskRunner": {"type": "io.kestra.plugin.core.runner.Process"},
+        "script": "import json, sys\nprint('python says hi')\nprint('::' + json.dumps({'outputs': {'x': 1, 'word': '{{ task.id }}'}}) + '::')\nprint('oops', file=sys.stderr)\n"})).await;
+    assert_eq!(r.out("exitCode"), json!(0), "{:?}", r.sink.logs());
+    assert_eq!(r.out("vars"), json!({"x": 1, "word": "py"}));
+    assert!(r.sink.has_log(Level::Info, "python says hi"));
+    assert!(r.sink.has_log(Level::Error, "oops"));
+
+    let r = run(
+        json!({"id": "py", "type": "io.kestra.plugin.scripts.python.Script",
+        "script": "raise SystemExit(2)"}),
+    )
+    .await;
+    assert_eq!(r.ok().final_state(), StateType::Failed);
+    assert_eq!(r.out("exitCode"), json!(2));
+}
+
+fn process_alive(pid: i32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+async fn background_sleep_run(
+    dir: &std::path::Path,
+    timeout: Option<&str>,
+    kill_after: Option<Duration>,
+) -> (AttemptEnd, Duration, i32) {
+    let mut t = shell(json!(["sleep 30 & echo $! > sleep.pid; wait"]));
+    if let Some(to) = timeout {
+        t["timeout"] = json!(to);
+    }
+    let t = task(t);
+    let storage: Arc<MemStorage> = Arc::new(MemStorage::default());
+    let (base, _sink) = RunContext::for_test(t.clone(), json!({}), storage.clone());
+    let ctx = RunContext::builder(
+        t.clone(),
+        base.task_run().clone(),
+        base.variables().clone(),
+        storage,
+    )
+    .working_dir(dir.to_path_buf())
+    .build();
+    let kill = ctx.cancellation().clone();
+    if let Some(after) = kill_after {
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            kill.cancel();
+        });
+    }
+    let runnable = RunnerRegistry::core()
+        .build(&t, &TaskRegistry::default())
+        .unwrap();
+    let start = Instant::now();
+    let end = run_attempt(runnable, ctx, t.timeout.as_ref(), Duration::from_secs(5)).await;
+    let elapsed = start.elapsed();
+    let pid: i32 = std::fs::read_to_string(dir.join("sleep.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    (end, elapsed, pid)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn timeout_kills_the_whole_process_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let (end, elapsed, pid) = background_sleep_run(dir.path(), Some("PT0.3S"), None).await;
+    assert!(
+        matches!(&end, AttemptEnd::TimedOut(t) if t == "PT0.3S"),
+        "{end:?}"
+    );
+    assert!(elapsed < Duration::from_millis(1300), "{elapsed:?}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        !process_alive(pid),
+        "the background sleep {pid} must be killed"
+    );
+    let logger_sink = MemorySink::new();
+    let logger = kestra_core::worker::TaskLogger::new(
+        Arc::new(kestra_core::worker::RunIdentity {
+            tenant_id: "main".into(),
+            namespace: "n".into(),
+            flow_id: "f".into(),
+            execution_id: "e".into(),
+            task_id: "t".into(),
+            task_run_id: "tr".into(),
+            attempt: 1,
+        }),
+        Level::Trace,
+        Arc::new(logger_sink.clone()),
+    );
+    let result = end.into_result(&logger);
+    assert_eq!(result.state, StateType::Failed);
+    assert!(logger_sink.has_log(Level::Error, "Timeout after PT0.3S"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_stops_a_running_script() {
+    let dir = tempfile::tempdir().unwrap();
+    let (end, elapsed, pid) =
+        background_sleep_run(dir.path(), None, Some(Duration::from_millis(300))).await;
+    assert!(matches!(end, AttemptEnd::Killed), "{end:?}");
+    assert!(elapsed < Duration::from_millis(1300), "{elapsed:?}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!process_alive(pid));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Custom tasks, registry, panics
+// ---------------------------------------------------------------------------------------------
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Greet {
+    name: String,
+    #[serde(default)]
+    panic: bool,
+}
+
+impl TaskType for Greet {
+    const TYPE: &'static str = "com.example.Greet";
+    const ALIASES: &'static [&'static str] = &["com.example.legacy.Greet"];
+    const KIND: TaskKind = TaskKind::Runnable;
+}
+
+#[async_trait]
+impl RunnableTask for Greet {
+    async fn run(&self, ctx: &mut RunContext) -> Result<TaskOutput, TaskError> {
+        if self.panic {
+            panic!("greet exploded");
+        }
+        let name = ctx.render(&self.name)?;
+        ctx.logger().info(format!("hello {name}"));
+        Ok(TaskOutput::single(
+            "greeting",
+            json!(format!("hello {name}")),
+        ))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn custom_tasks_register_in_both_registries_and_panics_become_failures() {
+    let mut tasks = TaskRegistry::default();
+    tasks.register::<Greet>();
+    let mut runners = RunnerRegistry::core();
+    runners.register::<Greet>();
+    let t = task(json!({"id": "g", "type": "com.example.legacy.Greet", "name": "{{ flow.id }}"}));
+    let (mut ctx, sink) =
+        RunContext::for_test(t.clone(), json!({}), Arc::new(MemStorage::default()));
+    let out = runners
+        .build(&t, &tasks)
+        .unwrap()
+        .run(&mut ctx)
+        .await
+        .unwrap();
+    assert_eq!(out.outputs["greeting"], json!("hello test-flow"));
+    assert!(sink.has_log(Level::Info, "hello test-flow"));
+
+    let unknown = task(json!({"id": "x", "type": "com.example.Unknown"}));
+    assert!(matches!(
+        RunnerRegistry::core().build(&unknown, &tasks),
+        Err(RunnerError::NoRunner(_))
+    ));
+    let flowable =
+        task(json!({"id": "x", "type": "io.kestra.plugin.core.flow.Sequential", "tasks": []}));
+    assert!(matches!(
+        RunnerRegistry::core().build(&flowable, &tasks),
+        Err(RunnerError::NoRunner(_))
+    ));
+
+    let boom = task(json!({"id": "g", "type": "com.example.Greet", "name": "x", "panic": true}));
+    let (ctx, _sink) =
+        RunContext::for_test(boom.clone(), json!({}), Arc::new(MemStorage::default()));
+    let end = run_attempt(
+        runners.build(&boom, &tasks).unwrap(),
+        ctx,
+        None,
+        Duration::from_secs(1),
+    )
+    .await;
+    assert!(
+        matches!(&end, AttemptEnd::Panicked(m) if m.contains("greet exploded")),
+        "{end:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// KV
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kv_set_get_delete_and_kv_function() {
+    let storage = Arc::new(MemStorage::default());
+    let set = |value: Value, extra: Value| {
+        let mut t = json!({"id": "set", "type": "io.kestra.plugin.core.kv.Set", "key": "k_{{ flow.id }}", "value": value});
+        for (k, v) in extra.as_object().unwrap() {
+            t[k] = v.clone();
+        }
+        t
+    };
+    run_with(
+        set(json!("stored {{ task.id }}"), json!({})),
+        json!({}),
+        storage.clone(),
+    )
+    .await
+    .ok();
+    let r = run_with(
+        json!({"id": "get", "type": "io.kestra.plugin.core.kv.Get", "key": "k_test-flow"}),
+        json!({}),
+        storage.clone(),
+    )
+    .await;
+    assert_eq!(r.out("value"), json!("stored set"));
+    let r = run_with(json!({"id": "r", "type": "io.kestra.plugin.core.debug.Return", "format": "{{ kv('k_test-flow') }}"}), json!({}), storage.clone()).await;
+    assert_eq!(r.out("value"), json!("stored set"));
+
+    // overwrite: false refuses an existing key
+    let r = run_with(
+        set(json!("again"), json!({"overwrite": false})),
+        json!({}),
+        storage.clone(),
+    )
+    .await;
+    assert!(r.err().contains("already exists"), "{}", r.err());
+
+    // typed values and another namespace
+    run_with(
+        set(
+            json!("42"),
+            json!({"kvType": "NUMBER", "namespace": "other.ns"}),
+        ),
+        json!({}),
+        storage.clone(),
+    )
+    .await
+    .ok();
+    let r = run_with(json!({"id": "get", "type": "io.kestra.plugin.core.kv.Get", "key": "k_test-flow", "namespace": "other.ns"}), json!({}), storage.clone()).await;
+    assert_eq!(r.out("value"), json!(42));
+
+    let r = run_with(
+        json!({"id": "del", "type": "io.kestra.plugin.core.kv.Delete", "key": "k_test-flow"}),
+        json!({}),
+        storage.clone(),
+    )
+    .await;
+    assert_eq!(r.out("deleted"), json!(true));
+    let r = run_with(
+        json!({"id": "del", "type": "io.kestra.plugin.core.kv.Delete", "key": "k_test-flow"}),
+        json!({}),
+        storage.clone(),
+    )
+    .await;
+    assert_eq!(r.out("deleted"), json!(false));
+    let r = run_with(json!({"id": "del", "type": "io.kestra.plugin.core.kv.Delete", "key": "k_test-flow", "errorOnMissing": true}), json!({}), storage.clone()).await;
+    r.err();
+    let r = run_with(
+        json!({"id": "get", "type": "io.kestra.plugin.core.kv.Get", "key": "k_test-flow"}),
+        json!({}),
+        storage.clone(),
+    )
+    .await;
+    assert_eq!(r.out("value"), Value::Null);
+    let r = run_with(json!({"id": "get", "type": "io.kestra.plugin.core.kv.Get", "key": "k_test-flow", "errorOnMissing": true}), json!({}), storage.clone()).await;
+    r.err();
+    let r = run_with(json!({"id": "r", "type": "io.kestra.plugin.core.debug.Return", "format": "{{ kv('k_test-flow', errorOnMissing=false) ?? 'gone' }}"}), json!({}), storage.clone()).await;
+    assert_eq!(r.out("value"), json!("gone"));
+    let r = run_with(json!({"id": "r", "type": "io.kestra.plugin.core.debug.Return", "format": "{{ kv('k_test-flow') }}"}), json!({}), storage.clone()).await;
+    r.err();
+
+    // ttl: expired entries read as missing
+    run_with(
+        set(json!("short"), json!({"ttl": "PT0.1S"})),
+        json!({}),
+        storage.clone(),
+    )
+    .await
+    .ok();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let r = run_with(
+        json!({"id": "get", "type": "io.kestra.plugin.core.kv.Get", "key": "k_test-flow"}),
+        json!({}),
+        storage.clone(),
+    )
+    .await;
+    assert_eq!(r.out("value"), Value::Null);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Storage tasks
+// ---------------------------------------------------------------------------------------------
+
+async fn write(storage: &Arc<MemStorage>, content: &str) -> String {
+    let r = run_with(json!({"id": "w", "type": "io.kestra.plugin.core.storage.Write", "content": content, "extension": ".txt"}), json!({}), storage.clone()).await;
+    r.out("uri").as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn storage_write_size_concat_split_delete_purge() {
+    let storage = Arc::new(MemStorage::default());
+    let a = write(&storage, "first;").await;
+    let b = write(&storage, "second").await;
+    assert!(
+        a.starts_with("kestra:///company/team/test-flow/executions/") && a.ends_with(".txt"),
+        "{a}"
+    );
+
+    let r = run_with(
+        json!({"id": "s", "type": "io.kestra.plugin.core.storage.Size", "uri": a}),
+        json!({}),
+        storage.clone(),
+    )
+    .await;
+    assert_eq!(r.out("size"), json!(6));
+    let r = run_with(
+        json!({"id": "r", "type": "io.kestra.plugin.core.debug.Return",
+        "format": "{{ fileExists(x) }}-{{ fileSize(x) }}-{{ read(x) }}"}),
+        json!({"x": a}),
+        storage.clone(),
+    )
+    .await;
+    assert_eq!(r.out("value"), json!("true-6-first;"));
+
+    let r = run_with(json!({"id": "c", "type": "io.kestra.plugin.core.storage.Concat", "files": ["{{ a }}", "{{ b }}"], "separator": "|"}),
+        json!({"a": a, "b": b}), storage.clone()).await;
+    assert_eq!(
+        r.read(r.out("uri").as_str().unwrap()).await,
+        "first;|second"
+    );
+    let r = run_with(
+        json!({"id": "c", "type": "io.kestra.plugin.core.storage.Concat", "files": "{{ list }}"}),
+        json!({"list": [a, b]}),
+        storage.clone(),
+    )
+    .await;
+    assert_eq!(r.read(r.out("uri").as_str().unwrap()).await, "first;second");
+
+    let rows = write(&storage, "r1\nr2\nr3\nr4\nr5").await;
+    let split = |extra: Value| {
+        let mut t =
+            json!({"id": "sp", "type": "io.kestra.plugin.core.storage.Split", "from": rows});
+        for (k, v) in extra.as_object().unwrap() {
+            t[k] = v.clone();
+        }
+        t
+    };
+    let r = run_with(split(json!({"rows": 2})), json!({}), storage.clone()).await;
+    let uris = r.out("uris");
+    let mut parts = Vec::new();
+    for u in uris.as_array().unwrap() {
+        parts.push(r.read(u.as_str().unwrap()).await);
+    }
+    assert_eq!(parts, vec!["r1\nr2\n", "r3\nr4\n", "r5\n"]);
+    assert!(uris[0].as_str().unwrap().ends_with(".txt"));
+    let r = run_with(split(json!({"partitions": 2})), json!({}), storage.clone()).await;
+    let mut parts = Vec::new();
+    for u in r.out("uris").as_array().unwrap() {
+        parts.push(r.read(u.as_str().unwrap()).await);
+    }
+    assert_eq!(
+        parts,
+        vec!["r1\nr3\nr5\n", "r2\nr4\n"],
+        "rows dealt round-robin"
+    );
+    let r = run_with(split(json!({"bytes": "6"})), json!({}), storage.clone()).await;
+    let mut parts = Vec::new();
+    for u in r.out("uris").as_array().unwrap() {
+        parts.push(r.read(u.as_str().unwrap()).await);
+    }
+    assert_eq!(parts, vec!["r1\nr2\n", "r3\nr4\n", "r5\n"]);
+    let r = run_with(split(json!({})), json!({}), storage.clone()).await;
+    r.err();
+
+    let r = run_with(
+        json!({"id": "d", "type": "io.kestra.plugin.core.storage.Delete", "uri": a}),
+        json!({}),
+        storage.clone(),
+    )
+    .await;
+    assert_eq!(r.out("deleted"), json!(true));
+    let r = run_with(
+        json!({"id": "d", "type": "io.kestra.plugin.core.storage.Delete", "uri": a}),
+        json!({}),
+        storage.clone(),
+    )
+    .await;
+    assert_eq!(r.out("deleted"), json!(false));
+    let r = run_with(json!({"id": "d", "type": "io.kestra.plugin.core.storage.Delete", "uri": a, "errorOnMissing": true}), json!({}), storage.clone()).await;
+    r.err();
+    let r = run_with(json!({"id": "d", "type": "io.kestra.plugin.core.storage.Delete", "uri": "kestra:///elsewhere/x"}), json!({}), storage.clone()).await;
+    assert!(r.err().contains("not allowed"));
+
+    // purge: only the current execution's files
+    let t = task(
+        json!({"id": "p", "type": "io.kestra.plugin.core.storage.PurgeCurrentExecutionFiles"}),
+    );
+    let (mut ctx, _sink) = RunContext::for_test(t.clone(), json!({}), storage.clone());
+    let mine = ctx
+        .put_file("mine.txt", Bytes::from_static(b"m"))
+        .await
+        .unwrap();
+    let out = RunnerRegistry::core()
+        .build(&t, &TaskRegistry::default())
+        .unwrap()
+        .run(&mut ctx)
+        .await
+        .unwrap();
+    assert_eq!(out.outputs["uris"], json!([mine]));
+    assert!(
+        !storage
+            .exists("main", &StoragePath::parse(&mine).unwrap())
+            .await
+            .unwrap()
+    );
+    assert!(
+        storage
+            .exists("main", &StoragePath::parse(&b).unwrap())
+            .await
+            .unwrap(),
+        "other executions' files stay"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn local_files_write_inputs_and_collect_outputs() {
+    let r = run(
+        json!({"id": "lf", "type": "io.kestra.plugin.core.storage.LocalFiles",
+        "inputs": {"a.txt": "A {{ task.id }}", "dir/b.csv": "b"}, "outputs": ["*.txt", "dir/*"]}),
+    )
+    .await;
+    let uris = r.out("uris");
+    assert_eq!(r.read(uris["a.txt"].as_str().unwrap()).await, "A lf");
+    assert_eq!(r.read(uris["dir/b.csv"].as_str().unwrap()).await, "b");
+}
+
+// ---------------------------------------------------------------------------------------------
+// WorkingDirectory
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn working_directory_shares_files_and_outputs_between_children() {
+    let r = run(json!({"id": "wd", "type": "io.kestra.plugin.core.flow.WorkingDirectory",
+        "inputFiles": {"greeting.txt": "hello from {{ flow.id }}"},
+        "outputFiles": ["result.txt"],
+        "tasks": [
+            {"id": "write", "type": "io.kestra.plugin.scripts.shell.Commands",
+             "commands": ["echo \"shared-42\" > {{ workingDir }}/data.txt", "cat greeting.txt"]},
+            {"id": "read", "type": "io.kestra.plugin.scripts.shell.Commands",
+             "commands": ["echo '::{\"outputs\":{\"content\":\"'$(cat data.txt)'\"}}::'", "printf done > result.txt"]},
+            {"id": "skipped", "type": "io.kestra.plugin.core.log.Log", "runIf": "{{ false }}", "message": "no"},
+            {"id": "disabled", "type": "io.kestra.plugin.core.log.Log", "disabled": true, "message": "no"},
+            {"id": "use", "type": "io.kestra.plugin.core.debug.Return",
+             "format": "{{ outputs.read.vars.content }}/{{ tasks.write.state }}"}
+        ]})).await;
+    let out = r.ok();
+    assert_eq!(out.final_state(), StateType::Success, "{:?}", r.sink.logs());
+    let runs = &out.child_task_runs;
+    let ids: Vec<&str> = runs.iter().map(|t| t.task_id.as_str()).collect();
+    assert_eq!(ids, vec!["write", "read", "skipped", "use"]);
+    let by_id = |id: &str| runs.iter().find(|t| t.task_id == id).unwrap();
+    assert_eq!(
+        by_id("read").outputs.as_ref().unwrap()["vars"],
+        json!({"content": "shared-42"})
+    );
+    assert_eq!(by_id("skipped").state.current(), StateType::Skipped);
+    assert!(by_id("skipped").attempts.is_empty());
+    assert_eq!(
+        by_id("use").outputs.as_ref().unwrap()["value"],
+        json!("shared-42/SUCCESS")
+    );
+    assert_eq!(by_id("use").attempts.len(), 1);
+    assert_eq!(by_id("use").attempts[0].state.current(), StateType::Success);
+    let parent_id = r
+        .sink
+        .logs()
+        .iter()
+        .find(|l| l.message.contains("hello from test-flow"))
+        .unwrap()
+        .task_run_id
+        .clone();
+    assert_eq!(
+        parent_id.as_deref(),
+        Some(by_id("write").id.as_str()),
+        "child logs carry the child's task run id"
+    );
+    for run in runs {
+        assert!(run.parent_task_run_id.is_some());
+        assert!(run.state.is_terminated());
+    }
+    let files = r.out("outputFiles");
+    assert_eq!(r.read(files["result.txt"].as_str().unwrap()).await, "done");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn working_directory_failure_runs_errors_and_finally_and_allow_failure_warns() {
+    let r = run(json!({"id": "wd", "type": "io.kestra.plugin.core.flow.WorkingDirectory",
+        "tasks": [
+            {"id": "soft", "type": "io.kestra.plugin.core.execution.Fail", "allowFailure": true},
+            {"id": "hard", "type": "io.kestra.plugin.scripts.shell.Commands", "commands": ["exit 1"]},
+            {"id": "never", "type": "io.kestra.plugin.core.log.Log", "message": "never"}
+        ],
+        "errors": [{"id": "on_error", "type": "io.kestra.plugin.core.log.Log", "message": "handled {{ tasks.hard.state }}"}],
+        "finally": [{"id": "always", "type": "io.kestra.plugin.core.log.Log", "message": "finally ran"}]
+    })).await;
+    let out = r.ok();
+    assert_eq!(out.final_state(), StateType::Failed);
+    let states: Vec<(&str, StateType)> = out
+        .child_task_runs
+        .iter()
+        .map(|t| (t.task_id.as_str(), t.state.current()))
+        .collect();
+    assert_eq!(
+        states,
+        vec![
+            ("soft", StateType::Warning),
+            ("hard", StateType::Failed),
+            ("on_error", StateType::Success),
+            ("always", StateType::Success),
+        ]
+    );
+    assert!(r.sink.has_log(Level::Info, "handled FAILED"));
+    assert!(r.sink.has_log(Level::Info, "finally ran"));
+
+    let r = run(json!({"id": "wd", "type": "io.kestra.plugin.core.flow.WorkingDirectory",
+        "tasks": [{"id": "soft", "type": "io.kestra.plugin.core.execution.Fail", "allowFailure": true}]})).await;
+    assert_eq!(r.ok().final_state(), StateType::Warning);
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP against a local server
+// ---------------------------------------------------------------------------------------------
+
+async fn http_server() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // read headers, then the body by content-length
+                let (head, body) = loop {
+                    let n = sock.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..i]).to_string();
+                        let len = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        let mut body = buf[i + 4..].to_vec();
+                        while body.len() < len {
+                            let n = sock.read(&mut chunk).await.unwrap_or(0);
+                            if n == 0 {
+                                break;
+                            }
+                            body.extend_from_slice(&chunk[..n]);
+                        }
+                        break (head, body);
+                    }
+                };
+                let first = head.lines().next().unwrap_or("").to_string();
+                let mut parts = first.split_whitespace();
+                let method = parts.next().unwrap_or("").to_string();
+                let path = parts.next().unwrap_or("").to_string();
+                let auth = head
+                    .lines()
+                    .find(|l| l.to_ascii_lowercase().starts_with("authorization:"))
+                    .map(|l| l[14..].trim().to_string())
+                    .unwrap_or_default();
+                let ctype = head
+                    .lines()
+                    .find(|l| l.to_ascii_lowercase().starts_with("content-type:"))
+                    .map(|l| l[13..].trim().to_string())
+                    .unwrap_or_default();
+                let (status, ctype_out, resp): (&str, &str, Vec<u8>) = match path.as_str() {
+                    "/json" => (
+                        "200 OK",
+                        "application/json",
+                        br#"{"hello":"world"}"#.to_vec(),
+                    ),
+                    "/echo" => (
+                        "200 OK",
+                        "text/plain",
+                        format!("{method}|{ctype}|{auth}|{}", String::from_utf8_lossy(&body))
+                            .into_bytes(),
+                    ),
+                    "/files/data.bin" => ("200 OK", "application/octet-stream", vec![7u8; 1000]),
+                    "/empty" => ("200 OK", "text/plain", Vec::new()),
+                    _ => ("404 Not Found", "text/plain", b"nope".to_vec()),
+                };
+                let header = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: {ctype_out}\r\nX-Test: a\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    resp.len()
+                );
+                let _ = sock.write_all(header.as_bytes()).await;
+                let _ = sock.write_all(&resp).await;
+                let _ = sock.shutdown().await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http_request_outputs_and_failures() {
+    let base = http_server().await;
+    let r = run(json!({"id": "h", "type": "io.kestra.plugin.core.http.Request", "uri": format!("{base}/json")})).await;
+    assert_eq!(r.out("code"), json!(200));
+    assert_eq!(
+        r.out("body"),
+        json!(r#"{"hello":"world"}"#),
+        "JSON bodies stay strings"
+    );
+    assert_eq!(r.out("headers")["x-test"], json!(["a"]));
+    assert_eq!(r.out("uri"), json!(format!("{base}/json")));
+
+    let r = run(json!({"id": "h", "type": "io.kestra.plugin.core.http.Request", "uri": "{{ base }}/echo",
+        "method": "POST", "body": "{\"n\": {{ 1 + 1 }}}", "options": {"auth": {"type": "BASIC", "username": "u", "password": "p"}}})).await;
+    // the base variable is missing in this context: rendering fails
+    r.err();
+    let r = run_with(json!({"id": "h", "type": "io.kestra.plugin.core.http.Request", "uri": "{{ base }}/echo",
+        "method": "POST", "body": "{\"n\": {{ 1 + 1 }}}", "options": {"auth": {"type": "BASIC", "username": "u", "password": "p"}}}),
+        json!({"base": base}), Arc::new(MemStorage::default())).await;
+    assert_eq!(
+        r.out("body"),
+        json!("POST|application/json|Basic dTpw|{\"n\": 2}")
+    );
+
+    let r = run(json!({"id": "h", "type": "io.kestra.plugin.core.http.Request", "uri": format!("{base}/echo"),
+        "method": "POST", "formData": {"a": "1", "b": "x y"}})).await;
+    assert_eq!(
+        r.out("body"),
+        json!("POST|application/x-www-form-urlencoded||a=1&b=x+y")
+    );
+
+    let r = run(json!({"id": "h", "type": "io.kestra.plugin.core.http.Request", "uri": format!("{base}/missing")})).await;
+    assert!(r.err().contains("404"), "{}", r.err());
+    let r = run(json!({"id": "h", "type": "io.kestra.plugin.core.http.Request", "uri": format!("{base}/missing"),
+        "options": {"allowFailed": true}})).await;
+    assert_eq!(r.out("code"), json!(404));
+    let r = run(json!({"id": "h", "type": "io.kestra.plugin.core.http.Request", "uri": format!("{base}/missing"),
+        "allowFailed": true})).await;
+    assert_eq!(r.out("code"), json!(404));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http_download_streams_to_storage() {
+    let base = http_server().await;
+    let r = run(json!({"id": "d", "type": "io.kestra.plugin.core.http.Download", "uri": format!("{base}/files/data.bin")})).await;
+    assert_eq!(r.out("code"), json!(200));
+    assert_eq!(r.out("length"), json!(1000));
+    let uri = r.out("uri").as_str().unwrap().to_string();
+    assert!(uri.ends_with("/data.bin"), "{uri}");
+    let p = StoragePath::parse(&uri).unwrap();
+    assert_eq!(
+        r.storage.get_bytes("main", &p).await.unwrap().to_vec(),
+        vec![7u8; 1000]
+    );
+    let r = run(json!({"id": "d", "type": "io.kestra.plugin.core.http.Download", "uri": format!("{base}/empty")})).await;
+    assert!(r.err().contains("No response"), "{}", r.err());
+    let r = run(json!({"id": "d", "type": "io.kestra.plugin.core.http.Download", "uri": format!("{base}/missing")})).await;
+    assert!(r.err().contains("404"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The Worker loop over a small in-memory queue
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Default)]
+struct MemQueueState {
+    jobs: VecDeque<Delivery>,
+    published: Vec<Envelope>,
+    acked: Vec<DeliveryTag>,
+    dead: Vec<(DeliveryTag, String)>,
+    next: i64,
+}
+
+struct MemQueue {
+    state: Mutex<MemQueueState>,
+    notify: tokio::sync::Notify,
+    broadcast: tokio::sync::broadcast::Sender<Envelope>,
+}
+
+impl MemQueue {
+    fn new() -> Arc<MemQueue> {
+        Arc::new(MemQueue {
+            state: Mutex::default(),
+            notify: tokio::sync::Notify::new(),
+            broadcast: tokio::sync::broadcast::channel(64).0,
+        })
+    }
+    fn results(&self) -> Vec<WorkerTaskResult> {
+        self.state
+            .lock()
+            .unwrap()
+            .published
+            .iter()
+            .filter(|e| e.topic == Topic::WorkerTaskResult)
+            .map(|e| e.decode().unwrap())
+            .collect()
+    }
+    fn logs(&self) -> Vec<String> {
+        self.state
+            .lock()
+            .unwrap()
+            .published
+            .iter()
+            .filter(|e| e.topic == Topic::Log)
+            .map(|e| e.decode::<kestra_core::model::LogEntry>().unwrap().message)
+            .collect()
+    }
+}
+
+#[async_trait]
+impl Queue for MemQueue {
+    async fn publish(&self, messages: Vec<Envelope>) -> Result<(), QueueError> {
+        let mut s = self.state.lock().unwrap();
+        for m in messages {
+            if m.topic == Topic::WorkerJob {
+                s.next += 1;
+                let tag = DeliveryTag {
+                    partition: 0,
+                    offset: s.next,
+                };
+                s.jobs.push_back(Delivery {
+                    tag,
+                    group: ConsumerGroup::Worker,
+                    envelope: m.clone(),
+                    attempt: 1,
+                });
+            }
+            let _ = self.broadcast.send(m.clone());
+            s.published.push(m);
+        }
+        drop(s);
+        self.notify.notify_waiters();
+        Ok(())
+    }
+    async fn receive(
+        &self,
+        _g: ConsumerGroup,
+        topic: Topic,
+        max: usize,
+        _lease: Duration,
+        wait: Duration,
+    ) -> Result<Vec<Delivery>, QueueError> {
+        assert_eq!(topic, Topic::WorkerJob);
+        let deadline = Instant::now() + wait;
+        loop {
+            let notified = self.notify.notified();
+            {
+                let mut s = self.state.lock().unwrap();
+                if !s.jobs.is_empty() {
+                    let n = max.min(s.jobs.len());
+                    return Ok(s.jobs.drain(..n).collect());
+                }
+            }
+            if Instant::now() >= deadline {
+                return Ok(Vec::new());
+            }
+            let _ = tokio::time::timeout(deadline - Instant::now(), notified).await;
+        }
+    }
+    async fn ack(&self, _g: ConsumerGroup, tags: &[DeliveryTag]) -> Result<(), QueueError> {
+        self.state.lock().unwrap().acked.extend_from_slice(tags);
+        Ok(())
+    }
+    async fn dead_letter(&self, d: &Delivery, reason: &str) -> Result<(), QueueError> {
+        self.state
+            .lock()
+            .unwrap()
+            .dead
+            .push((d.tag, reason.to_string()));
+        Ok(())
+    }
+    async fn subscribe(&self, topic: Topic) -> Result<Subscription, QueueError> {
+        let rx = tokio_stream_from(self.broadcast.subscribe(), topic);
+        Ok(rx)
+    }
+    async fn begin(
+        &self,
+        _g: ConsumerGroup,
+        _t: &[Topic],
+        _m: usize,
+        _w: Duration,
+    ) -> Result<Option<Box<dyn UnitOfWork>>, QueueError> {
+        Ok(None)
+    }
+}
+
+fn tokio_stream_from(rx: tokio::sync::broadcast::Receiver<Envelope>, topic: Topic) -> Subscription {
+    futures::stream::unfold(rx, move |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(e) if e.topic == topic => return Some((Ok(e), rx)),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    })
+    .boxed()
+}
+
+fn job(execution_id: &str, t: Value) -> WorkerJob {
+    let t = task(t);
+    let run = TaskRun {
+        id: kestra_core::model::new_id(),
+        tenant_id: "main".into(),
+        execution_id: execution_id.into(),
+        namespace: "company.team".into(),
+        flow_id: "f".into(),
+        task_id: t.id.clone(),
+        parent_task_run_id: None,
+        value: None,
+        iteration: None,
+        attempts: Vec::new(),
+        outputs: None,
+        state: State::new_at(StateType::Running, chrono::Utc::now()),
+        dynamic: false,
+    };
+    WorkerJob::Task(Box::new(WorkerTask {
+        context: json!({"flow": {"id": "f", "namespace": "company.team"}, "execution": {"id": execution_id}, "task": {"id": t.id}, "outputs": {}}),
+        task_run: run,
+        task: t,
+        attempt: 2,
+        flow_revision: 1,
+    }))
+}
+
+async fn wait_for(queue: &MemQueue, n: usize) -> Vec<WorkerTaskResult> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = queue.results();
+        if r.len() >= n || Instant::now() > deadline {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn worker_runs_jobs_publishes_results_then_acks_and_follows_kills() {
+    let queue = MemQueue::new();
+    let worker = Worker::new(
+        WorkerConfig {
+            concurrency: 4,
+            poll_wait: Duration::from_millis(100),
+            drain_timeout: Duration::from_secs(5),
+            ..WorkerConfig::default()
+        },
+        queue.clone(),
+        Arc::new(MemStorage::default()),
+        Arc::new(ExpressionEngine::default()),
+        Arc::new(TaskRegistry::default()),
+        Arc::new(RunnerRegistry::core()),
+    );
+    let worker_id = worker.id().to_string();
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(worker.run(shutdown.clone()));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let ok = job(
+        "e1",
+        json!({"id": "ret", "type": "io.kestra.plugin.core.debug.Return", "format": "{{ flow.id }}"}),
+    );
+    let bad = job(
+        "e2",
+        json!({"id": "bad", "type": "io.kestra.plugin.core.log.Log", "message": "{{ missing }}"}),
+    );
+    let slow = job(
+        "e3",
+        json!({"id": "slow", "type": "io.kestra.plugin.core.flow.Sleep", "duration": "PT30S"}),
+    );
+    let timed = job(
+        "e4",
+        json!({"id": "timed", "type": "io.kestra.plugin.core.flow.Sleep", "duration": "PT30S", "timeout": "PT0.2S"}),
+    );
+    let mut messages = vec![
+        ok.envelope().unwrap(),
+        bad.envelope().unwrap(),
+        slow.envelope().unwrap(),
+        timed.envelope().unwrap(),
+    ];
+    messages.push(Envelope::new(Topic::WorkerJob, "e5", &b"{not a job"[..]));
+    queue.publish(messages).await.unwrap();
+
+    let results = wait_for(&queue, 3).await;
+    let by = |id: &str| results.iter().find(|r| r.execution_id == id).cloned();
+    let r1 = by("e1").expect("result of e1");
+    assert_eq!(r1.state, StateType::Success);
+    assert_eq!(r1.attempt, 2);
+    assert_eq!(r1.outputs.unwrap()["value"], json!("f"));
+    assert_eq!(r1.worker_id.as_deref(), Some(worker_id.as_str()));
+    let states: Vec<StateType> = r1
+        .attempt_state
+        .histories()
+        .iter()
+        .map(|h| h.state)
+        .collect();
+    assert_eq!(states, vec![StateType::Running, StateType::Success]);
+    assert_eq!(by("e2").expect("e2").state, StateType::Failed);
+    assert_eq!(by("e4").expect("e4").state, StateType::Failed);
+    assert!(
+        queue.logs().iter().any(|l| l.contains("missing")),
+        "error logs are published: {:?}",
+        queue.logs()
+    );
+    assert!(queue.logs().iter().any(|l| l == "Timeout after PT0.2S"));
+    assert_eq!(
+        queue.state.lock().unwrap().dead.len(),
+        1,
+        "the malformed job is dead-lettered"
+    );
+    assert!(by("e3").is_none(), "the slow job is still running");
+
+    // kill e3: it ends KILLED; a later job of e3 is answered KILLED without running
+    queue
+        .publish(vec![
+            ExecutionKilled {
+                execution_id: "e3".into(),
+            }
+            .envelope()
+            .unwrap(),
+        ])
+        .await
+        .unwrap();
+    let results = wait_for(&queue, 4).await;
+    let killed = results
+        .iter()
+        .find(|r| r.execution_id == "e3")
+        .expect("e3 killed");
+    assert_eq!(killed.state, StateType::Killed);
+    let late = job(
+        "e3",
+        json!({"id": "late", "type": "io.kestra.plugin.core.log.Log", "message": "must not run"}),
+    );
+    queue.publish(vec![late.envelope().unwrap()]).await.unwrap();
+    let results = wait_for(&queue, 5).await;
+    assert_eq!(
+        results
+            .iter()
+            .filter(|r| r.execution_id == "e3" && r.state == StateType::Killed)
+            .count(),
+        2
+    );
+    assert!(!queue.logs().iter().any(|l| l.contains("must not run")));
+
+    // every processed job was acknowledged, after its result
+    assert_eq!(queue.state.lock().unwrap().acked.len(), 5);
+
+    // graceful shutdown: a running job finishes and its result is published
+    let short = job(
+        "e6",
+        json!({"id": "short", "type": "io.kestra.plugin.core.flow.Sleep", "duration": "PT0.5S"}),
+    );
+    queue
+        .publish(vec![short.envelope().unwrap()])
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(5), handle)
+        .await
+        .unwrap()
+        .unwrap();
+    let results = queue.results();
+    assert_eq!(
+        results
+            .iter()
+            .find(|r| r.execution_id == "e6")
+            .map(|r| r.state),
+        Some(StateType::Success)
+    );
+}
