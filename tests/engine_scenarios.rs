@@ -1,0 +1,296 @@
+//! The engine scenario suite: every `tests/scenarios/*.yaml` file (a flow plus the result it must
+//! produce, format in `tests/scenarios/README.md`) runs through the real engine - executor, worker,
+//! indexer - on SQLite always, and on PostgreSQL and MariaDB when `KESTRA_TEST_POSTGRES_URL` /
+//! `KESTRA_TEST_MYSQL_URL` are set (under `CI=true` they must be).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use indexmap::IndexMap;
+use kestra::core::inputs::RawInput;
+use kestra::core::model::{Execution, TaskRun};
+use kestra::jdbc::JdbcBackend;
+use kestra::{Engine, storage::LocalStorage};
+use serde_json::Value;
+
+struct Scenario {
+    name: String,
+    flow: String,
+    expect: Value,
+}
+
+fn scenarios_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scenarios")
+}
+
+fn load_scenarios() -> Vec<Scenario> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(scenarios_dir())
+        .expect("tests/scenarios")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("yaml"))
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|path| {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let (flow, expect) = text
+                .split_once("\n---\n")
+                .unwrap_or_else(|| panic!("{}: expected two YAML documents", path.display()));
+            let expect: Value = serde_saphyr::from_str(expect)
+                .unwrap_or_else(|e| panic!("{}: expectations: {e}", path.display()));
+            Scenario {
+                name: path.file_name().unwrap().to_string_lossy().into_owned(),
+                flow: flow.to_string(),
+                expect,
+            }
+        })
+        .collect()
+}
+
+/// Subset match: maps recursively, lists and scalars equal, numbers numerically.
+fn matches(expected: &Value, actual: &Value) -> bool {
+    match (expected, actual) {
+        (Value::Object(e), Value::Object(a)) => {
+            e.iter().all(|(k, v)| a.get(k).is_some_and(|av| matches(v, av)))
+        }
+        (Value::Array(e), Value::Array(a)) => {
+            e.len() == a.len() && e.iter().zip(a).all(|(x, y)| equal(x, y))
+        }
+        _ => equal(expected, actual),
+    }
+}
+
+fn equal(e: &Value, a: &Value) -> bool {
+    match (e, a) {
+        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
+        (Value::Object(_), Value::Object(_)) | (Value::Array(_), Value::Array(_)) => matches(e, a),
+        _ => e == a,
+    }
+}
+
+fn effective_value<'a>(execution: &'a Execution, run: &'a TaskRun) -> Option<&'a str> {
+    let mut cur = Some(run);
+    while let Some(r) = cur {
+        if let Some(v) = &r.value {
+            return Some(v);
+        }
+        cur = r.parent_task_run_id.as_deref().and_then(|p| execution.task_run(p));
+    }
+    None
+}
+
+fn select<'a>(execution: &'a Execution, selector: &str) -> Vec<&'a TaskRun> {
+    let (task_id, value) = match selector.split_once('[') {
+        Some((t, rest)) => (t, Some(rest.strip_suffix(']').unwrap_or(rest))),
+        None => (selector, None),
+    };
+    execution
+        .task_run_list
+        .iter()
+        .filter(|r| r.task_id == task_id)
+        .filter(|r| value.is_none() || effective_value(execution, r) == value)
+        .collect()
+}
+
+async fn run_one(engine: &Engine, scenario: &Scenario) -> Result<(), String> {
+    let e = &scenario.expect;
+    if let Some(Value::Array(flows)) = e.get("flows") {
+        for f in flows {
+            let path = scenarios_dir().join(f.as_str().unwrap_or_default());
+            let source = std::fs::read_to_string(&path).map_err(|err| format!("{}: {err}", path.display()))?;
+            engine.deploy(&source).await.map_err(|err| format!("deploy {}: {err}", path.display()))?;
+        }
+    }
+    let (flow, _) = engine.deploy(&scenario.flow).await.map_err(|err| format!("deploy: {err}"))?;
+    let mut inputs = IndexMap::new();
+    if let Some(Value::Object(m)) = e.get("inputs") {
+        for (k, v) in m {
+            inputs.insert(k.clone(), RawInput::Json(v.clone()));
+        }
+    }
+    let created = engine
+        .execute(&flow.namespace, &flow.id, inputs)
+        .await
+        .map_err(|err| format!("execute: {err}"))?;
+    let execution = engine
+        .wait_for(&created.id, Duration::from_secs(60))
+        .await
+        .map_err(|err| format!("wait: {err}"))?;
+    let mut problems = Vec::new();
+    let state = execution.state.current().as_str();
+    if let Some(expected) = e.get("state").and_then(|v| v.as_str()) {
+        if expected != state {
+            problems.push(format!("state {state}, expected {expected}"));
+        }
+    }
+    if let Some(n) = e.get("taskRunCount").and_then(|v| v.as_u64()) {
+        if execution.task_run_list.len() as u64 != n {
+            let ids: Vec<String> = execution
+                .task_run_list
+                .iter()
+                .map(|r| format!("{}{}={}", r.task_id, r.value.as_ref().map(|v| format!("[{v}]")).unwrap_or_default(), r.state.current()))
+                .collect();
+            problems.push(format!(
+                "taskRunCount {}, expected {n}: {}",
+                execution.task_run_list.len(),
+                ids.join(", ")
+            ));
+        }
+    }
+    if let Some(Value::Object(runs)) = e.get("taskRuns") {
+        for (selector, spec) in runs {
+            if selector == "absent" {
+                for s in spec.as_array().into_iter().flatten().filter_map(|v| v.as_str()) {
+                    if !select(&execution, s).is_empty() {
+                        problems.push(format!("task run {s} exists, expected absent"));
+                    }
+                }
+                continue;
+            }
+            let found = select(&execution, selector);
+            if found.len() != 1 {
+                problems.push(format!("selector {selector} matches {} task runs", found.len()));
+                continue;
+            }
+            let run = found[0];
+            if let Some(s) = spec.get("state").and_then(|v| v.as_str()) {
+                if run.state.current().as_str() != s {
+                    problems.push(format!("{selector}: state {}, expected {s}", run.state.current()));
+                }
+            }
+            if let Some(n) = spec.get("attempts").and_then(|v| v.as_u64()) {
+                if run.attempts.len() as u64 != n {
+                    problems.push(format!("{selector}: {} attempts, expected {n}", run.attempts.len()));
+                }
+            }
+            if let Some(o) = spec.get("outputs") {
+                let actual = run.outputs.clone().map(Value::Object).unwrap_or(Value::Null);
+                if !matches(o, &actual) {
+                    problems.push(format!("{selector}: outputs {actual}, expected {o}"));
+                }
+            }
+        }
+    }
+    if let Some(o) = e.get("outputs") {
+        let actual = Value::Object(execution.outputs.clone());
+        if !matches(o, &actual) {
+            problems.push(format!("flow outputs {actual}, expected {o}"));
+        }
+    }
+    let wanted: Vec<String> = e
+        .get("logs")
+        .and_then(|v| v.as_array())
+        .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+        .unwrap_or_default();
+    let unwanted: Vec<String> = e
+        .get("noLogs")
+        .and_then(|v| v.as_array())
+        .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+        .unwrap_or_default();
+    if !wanted.is_empty() || !unwanted.is_empty() {
+        // Logs reach the repository through the indexer, asynchronously: wait for them.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mut messages: Vec<String>;
+        loop {
+            messages = engine
+                .repositories()
+                .logs
+                .find_by_execution("main", &execution.id, None, None)
+                .await
+                .map_err(|err| err.to_string())?
+                .into_iter()
+                .map(|l| l.message)
+                .collect();
+            let missing = wanted.iter().any(|w| !messages.iter().any(|m| m.contains(w.as_str())));
+            if !missing || tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for w in &wanted {
+            if !messages.iter().any(|m| m.contains(w.as_str())) {
+                problems.push(format!("no log line contains {w:?} (logs: {messages:?})"));
+            }
+        }
+        for u in &unwanted {
+            if messages.iter().any(|m| m.contains(u.as_str())) {
+                problems.push(format!("a log line contains {u:?}"));
+            }
+        }
+    }
+    if problems.is_empty() { Ok(()) } else { Err(problems.join("\n    ")) }
+}
+
+async fn run_suite(url: &str, label: &str) {
+    let backend = JdbcBackend::connect(url).await.unwrap_or_else(|e| panic!("{label}: {e}"));
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Arc::new(LocalStorage::new(dir.path().join("storage")).unwrap());
+    let engine = Arc::new(Engine::builder(backend.queue(), backend.repositories(), storage).start());
+    let scenarios = load_scenarios();
+    assert!(scenarios.len() >= 80, "expected at least 80 scenarios, found {}", scenarios.len());
+    let started = std::time::Instant::now();
+    let results: Vec<(String, Result<(), String>)> = futures::stream::iter(scenarios)
+        .map(|s| {
+            let engine = engine.clone();
+            async move {
+                let r = run_one(&engine, &s).await;
+                (s.name, r)
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let failures: Vec<String> = results
+        .iter()
+        .filter_map(|(name, r)| r.as_ref().err().map(|e| format!("{name}:\n    {e}")))
+        .collect();
+    eprintln!(
+        "{label}: {} scenarios, {} passed, {} failed in {:.1}s",
+        results.len(),
+        results.len() - failures.len(),
+        failures.len(),
+        started.elapsed().as_secs_f64()
+    );
+    if let Ok(engine) = Arc::try_unwrap(engine) {
+        engine.shutdown().await;
+    }
+    assert!(failures.is_empty(), "{label}: {} scenario(s) failed:\n{}", failures.len(), failures.join("\n"));
+}
+
+fn service_url(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("{var} is not set: CI requires this service (scripts/services.sh starts it)");
+            }
+            eprintln!("SKIPPED: {var} is not set; run scripts/services.sh to test this backend");
+            None
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scenarios_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/kestra.db?mode=rwc", dir.path().display());
+    run_suite(&url, "sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scenarios_postgres() {
+    if let Some(url) = service_url("KESTRA_TEST_POSTGRES_URL") {
+        run_suite(&url, "postgres").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scenarios_mysql() {
+    if let Some(url) = service_url("KESTRA_TEST_MYSQL_URL") {
+        run_suite(&url, "mysql").await;
+    }
+}
