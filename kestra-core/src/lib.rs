@@ -18,6 +18,7 @@ pub mod model;
 pub mod queue;
 pub mod repository;
 pub mod runtime;
+pub mod scheduler;
 pub mod storage;
 #[cfg(feature = "testkit")]
 pub mod testkit;
