@@ -60,7 +60,7 @@ use crate::inputs::{ExecutionRef, InputRenderer, RawInput, resolve_inputs};
 use crate::model::execution::system_labels;
 use crate::model::{Backfill, Execution, Label, State, StateType, TriggerState, trigger_uid};
 use crate::queue::Queue;
-use crate::repository::{ExecutionRepository, FlowRepository, TriggerRepository};
+use crate::repository::{ExecutionRepository, FlowRecord, FlowRepository, TriggerRepository};
 
 /// Label set on the executions of a backfill.
 pub const BACKFILL_LABEL: &str = "system.backfill";
@@ -328,7 +328,7 @@ impl SchedulerService {
                 if record.deleted {
                     continue;
                 }
-                let flow = match self.read_flow(&record.flow, record.revision) {
+                let flow = match self.read_flow(&record) {
                     Ok(f) => f,
                     Err(message) => {
                         tracing::warn!(namespace = %record.namespace, flow = %record.id, %message,
@@ -371,9 +371,11 @@ impl SchedulerService {
         Ok(snapshot)
     }
 
-    fn read_flow(&self, json: &Value, revision: i32) -> Result<Flow, String> {
-        let mut flow: Flow = serde_json::from_value(json.clone()).map_err(|e| e.to_string())?;
-        flow.revision = Some(revision);
+    fn read_flow(&self, record: &FlowRecord) -> Result<Flow, String> {
+        let mut flow: Flow =
+            serde_json::from_value(record.flow.clone()).map_err(|e| e.to_string())?;
+        flow.revision = Some(record.revision);
+        flow.tenant_id = record.tenant_id.clone();
         apply_plugin_defaults(&flow, &self.registry).map_err(|e| e.to_string())
     }
 
@@ -556,7 +558,7 @@ impl SchedulerService {
         else {
             return Ok(None);
         };
-        let Ok(old) = self.read_flow(&record.flow, record.revision) else {
+        let Ok(old) = self.read_flow(&record) else {
             return Ok(None);
         };
         Ok(old
