@@ -1226,6 +1226,10 @@ async fn schedule_on_dates_in_the_service() {
     assert_eq!(s.tick().await.unwrap().fired.len(), 1);
     assert_eq!(w.state("f", "dates").await.next_execution_date, None);
     assert_eq!(
+        first.trigger.as_ref().unwrap().type_,
+        "io.kestra.plugin.core.trigger.ScheduleOnDates"
+    );
+    assert_eq!(
         first.trigger.unwrap().variables["date"],
         "2024-01-02T10:00:00+01:00"
     );
@@ -1457,4 +1461,44 @@ mod conformance {
         let (repos, queue) = repos();
         kestra_core::testkit::scheduler::scheduler_killed_mid_run(&repos, queue).await;
     }
+}
+
+#[tokio::test]
+async fn run_loop_ticks_until_shutdown() {
+    let w = World::new(utc(2024, 1, 1, 10, 30, 0));
+    w.deploy(&flow("f", &format!("{HOURLY}    allowConcurrent: true\n")))
+        .await;
+    let s = SchedulerService::new(
+        SchedulerConfig {
+            id: "looping".into(),
+            tick: Duration::from_millis(5),
+            ..SchedulerConfig::default()
+        },
+        w.clock.clone(),
+        w.flows.clone(),
+        w.triggers.clone(),
+        w.executions.clone(),
+        w.queue.clone(),
+        w.registry.clone(),
+        Arc::new(ExpressionEngine::default()),
+    );
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let handle = tokio::spawn(s.run(shutdown.clone()));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(w.queue.executions().is_empty());
+    w.at(utc(2024, 1, 1, 11, 0, 0));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while w.queue.executions().is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(5), handle)
+        .await
+        .expect("run stops on shutdown")
+        .unwrap();
+    assert_eq!(
+        w.queue.executions().len(),
+        1,
+        "the loop fired the 11:00 slot once"
+    );
 }

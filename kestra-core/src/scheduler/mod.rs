@@ -6,7 +6,7 @@
 //! - [`schedule`]: pure slot logic (cron, time zones, daylight saving, recovery, execution ids).
 //! - [`conditions`]: trigger conditions evaluated at fire time.
 //! - [`service`]: [`SchedulerService`], one evaluation step ([`SchedulerService::tick`]) and its loop.
-//! - [`backfill`]: the backfill API ([`backfill()`]).
+//! - [`backfill`](mod@backfill): the backfill API ([`backfill()`]).
 //!
 //! The scheduler is written against the [`Queue`](crate::queue::Queue) and repository traits only.
 //! Several instances share the work through [`TriggerRepository::claim_due`](crate::repository::TriggerRepository::claim_due);

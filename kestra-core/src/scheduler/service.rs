@@ -839,7 +839,10 @@ impl SchedulerService {
         execution.metadata.original_created_date = now;
         execution.trigger = Some(crate::model::execution::ExecutionTrigger {
             id: entry.trigger.id.clone(),
-            type_: entry.trigger.trigger_type.clone(),
+            type_: match entry.kind {
+                Ok(Kind::Dates(_)) => ScheduleOnDates::TYPE.to_string(),
+                _ => Schedule::TYPE.to_string(),
+            },
             variables,
         });
 
