@@ -19,6 +19,7 @@ pub mod model;
 pub mod queue;
 pub mod repository;
 pub mod runtime;
+pub mod scheduler;
 pub mod storage;
 pub mod tasks;
 #[cfg(feature = "testkit")]

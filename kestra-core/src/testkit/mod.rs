@@ -5,4 +5,5 @@
 
 pub mod queue;
 pub mod repository;
+pub mod scheduler;
 pub mod storage;

@@ -1,0 +1,67 @@
+//! The scheduler: starts executions of flows from their `Schedule` and `ScheduleOnDates` triggers,
+//! runs backfills, holds a trigger's lock while its execution runs, recovers missed slots, and lets
+//! several schedulers run at once.
+//!
+//! - [`clock`]: [`Clock`], [`SystemClock`], [`ManualClock`].
+//! - [`schedule`]: pure slot logic (cron, time zones, daylight saving, recovery, execution ids).
+//! - [`conditions`]: trigger conditions evaluated at fire time.
+//! - [`service`]: [`SchedulerService`], one evaluation step ([`SchedulerService::tick`]) and its loop.
+//! - [`backfill`](mod@backfill): the backfill API ([`backfill()`]).
+//!
+//! The scheduler is written against the [`Queue`](crate::queue::Queue) and repository traits only.
+//! Several instances share the work through [`TriggerRepository::claim_due`](crate::repository::TriggerRepository::claim_due);
+//! exactly one execution is created per slot because a slot's execution id is derived from the slot
+//! ([`schedule::slot_execution_id`]) and the executor ignores a creation message for an execution it
+//! already knows.
+
+pub mod backfill;
+pub mod clock;
+pub mod conditions;
+pub mod schedule;
+pub mod service;
+
+pub use backfill::{BackfillRequest, backfill};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use service::{FiredSlot, SchedulerConfig, SchedulerService, TickReport};
+
+use crate::queue::QueueError;
+use crate::repository::RepositoryError;
+
+/// Errors of the scheduler's backends and API. Problems of one trigger (bad cron, unknown condition,
+/// inputs that do not render) are not errors of the scheduler: they disable that trigger with a message
+/// in its state.
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    /// A repository failed.
+    #[error(transparent)]
+    Repository(#[from] RepositoryError),
+    /// The queue failed.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    /// A stored flow cannot be read.
+    #[error("flow {namespace}.{id}: {message}")]
+    Flow {
+        /// Namespace.
+        namespace: String,
+        /// Flow id.
+        id: String,
+        /// Why.
+        message: String,
+    },
+    /// The trigger does not exist or is not a schedule trigger.
+    #[error("no schedule trigger '{trigger_id}' in flow {namespace}.{flow_id}")]
+    TriggerNotFound {
+        /// Namespace.
+        namespace: String,
+        /// Flow id.
+        flow_id: String,
+        /// Trigger id.
+        trigger_id: String,
+    },
+    /// A request is invalid (backfill range, ...).
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// The request conflicts with the trigger's state (a backfill already runs, ...).
+    #[error("conflict: {0}")]
+    Conflict(String),
+}
