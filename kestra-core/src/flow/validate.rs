@@ -1035,7 +1035,11 @@ fn describe(value: &Value) -> String {
 /// Parses a Kestra cron expression: 5 fields (6 with `withSeconds`) or a nickname (`@hourly`).
 pub fn parse_cron(expression: &str, with_seconds: bool) -> Result<croner::Cron, String> {
     use croner::parser::{CronParser, Seconds, Year};
-    let trimmed = expression.trim();
+    // `@midnight` is Kestra's (cron-utils') alias of `@daily`; croner does not know it.
+    let trimmed = match expression.trim() {
+        "@midnight" => "@daily",
+        other => other,
+    };
     if !trimmed.starts_with('@') {
         let fields = trimmed.split_whitespace().count();
         let expected = if with_seconds { 6 } else { 5 };
