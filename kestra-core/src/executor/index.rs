@@ -22,6 +22,12 @@ pub mod types {
     pub const WORKING_DIRECTORY: &str = "io.kestra.plugin.core.flow.WorkingDirectory";
     /// `flow.ForEach`.
     pub const FOR_EACH: &str = "io.kestra.plugin.core.flow.ForEach";
+    /// `flow.Pause`.
+    pub const PAUSE: &str = "io.kestra.plugin.core.flow.Pause";
+    /// `flow.LoopUntil`.
+    pub const LOOP_UNTIL: &str = "io.kestra.plugin.core.flow.LoopUntil";
+    /// `flow.Subflow`.
+    pub const SUBFLOW: &str = "io.kestra.plugin.core.flow.Subflow";
 }
 
 /// Where a task sits in its parent.
@@ -105,6 +111,46 @@ pub enum Flowable {
         /// Errors and finally.
         group: Group,
     },
+    /// Pause until resumed or until its duration elapses; then its (deprecated) `tasks`.
+    Pause {
+        /// Properties.
+        spec: PauseSpec,
+        /// Deprecated children run after the pause.
+        group: Group,
+    },
+    /// The body once per iteration until `condition` holds (see `executor::process::loop_until`).
+    LoopUntil {
+        /// Properties.
+        spec: LoopSpec,
+        /// Body, errors and finally.
+        group: Group,
+    },
+    /// A child execution of another flow (see `executor::subflow`).
+    Subflow(Box<tasks::Subflow>),
+}
+
+/// A Pause, resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PauseSpec {
+    /// `pauseDuration` (alias `delay`); else the task's `timeout` (with behavior FAIL); else forever.
+    pub duration: Option<Property<crate::flow::duration::IsoDuration>>,
+    /// What happens when the duration elapses (RESUME by default).
+    pub behavior: Option<Property<tasks::PauseBehavior>>,
+    /// Whether `duration` came from the legacy `timeout` (then the default behavior is FAIL).
+    pub from_timeout: bool,
+    /// `onResume` input declarations.
+    pub on_resume: Vec<crate::flow::model::Input>,
+}
+
+/// A LoopUntil, resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoopSpec {
+    /// Checked after each iteration.
+    pub condition: Value,
+    /// `checkFrequency`.
+    pub check_frequency: Option<tasks::CheckFrequency>,
+    /// `failOnMaxReached`.
+    pub fail_on_max_reached: Option<Property<bool>>,
 }
 
 /// What the executor does with a task.
@@ -366,13 +412,46 @@ impl FlowIndex {
                 self.add_group(&t.tasks, &t.errors, &t.finally, id, registry)?;
                 NodeKind::Runnable
             }
+            types::PAUSE => {
+                let t: tasks::Pause = registry.decode(task).map_err(decode_err)?;
+                let from_timeout = t.pause_duration.is_none() && task.timeout.is_some();
+                let duration = t
+                    .pause_duration
+                    .clone()
+                    .or_else(|| task.timeout.clone().map(Property::Value));
+                let children = t.tasks.clone().unwrap_or_default();
+                NodeKind::Flowable(Box::new(Flowable::Pause {
+                    spec: PauseSpec {
+                        duration,
+                        behavior: t.behavior.clone(),
+                        from_timeout,
+                        on_resume: t.on_resume.clone().unwrap_or_default(),
+                    },
+                    group: self.add_group(&children, &[], &[], id, registry)?,
+                }))
+            }
+            types::LOOP_UNTIL => {
+                let t: tasks::LoopUntil = registry.decode(task).map_err(decode_err)?;
+                NodeKind::Flowable(Box::new(Flowable::LoopUntil {
+                    spec: LoopSpec {
+                        condition: t.condition.clone(),
+                        check_frequency: t.check_frequency.clone(),
+                        fail_on_max_reached: t.fail_on_max_reached.clone(),
+                    },
+                    group: self.add_group(&t.tasks, &t.errors, &t.finally, id, registry)?,
+                }))
+            }
+            types::SUBFLOW => {
+                let t: tasks::Subflow = registry.decode(task).map_err(decode_err)?;
+                NodeKind::Flowable(Box::new(Flowable::Subflow(Box::new(t))))
+            }
             types::LABELS | types::EXIT => NodeKind::ExecutorSide,
             other => match entry.kind {
                 TaskKind::Runnable => NodeKind::Runnable,
                 TaskKind::ExecutorSide => NodeKind::ExecutorSide,
                 TaskKind::Flowable | TaskKind::Executable => NodeKind::Unsupported(format!(
-                    "task type '{other}' is not supported by this engine yet (pause, loops and \
-                     subflows arrive with the scheduler)"
+                    "task type '{other}' is not supported by this engine yet (ForEachItem needs \
+                     batch splitting on a worker)"
                 )),
             },
         };

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::flow::model::Task;
+use crate::flow::model::{ConcurrencyBehavior, Task};
 use crate::model::{Execution, State, StateType, TaskRun};
 use crate::queue::{Envelope, QueueError, Topic};
 
@@ -99,6 +99,52 @@ pub enum ExecutionCommand {
         /// Execution.
         execution_id: String,
     },
+    /// Resume a paused execution: the given Pause task run (or every paused one) ends in SUCCESS,
+    /// with `inputs` checked against its `onResume` declarations and exposed as output `onResume`.
+    Resume {
+        /// Execution.
+        execution_id: String,
+        /// The paused task run to resume (`None`: every paused task run).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        task_run_id: Option<String>,
+        /// Values for the Pause's `onResume` inputs.
+        #[serde(default, skip_serializing_if = "Map::is_empty")]
+        inputs: Map<String, Value>,
+    },
+    /// Timer: a Pause's `pauseDuration` elapsed (ignored when the task run was resumed meanwhile).
+    PauseElapsed {
+        /// Execution.
+        execution_id: String,
+        /// The Pause task run.
+        task_run_id: String,
+    },
+    /// Timer: the next iteration of a LoopUntil is due.
+    LoopIterationDue {
+        /// Execution.
+        execution_id: String,
+        /// The LoopUntil task run.
+        task_run_id: String,
+        /// The iteration to start (0-based).
+        iteration: u32,
+    },
+    /// Timer: the execution's `scheduleDate` is reached.
+    ScheduledStart {
+        /// Execution.
+        execution_id: String,
+    },
+    /// A concurrency slot was granted (right away or when a slot freed): the CREATED or QUEUED
+    /// execution starts.
+    Start {
+        /// Execution.
+        execution_id: String,
+    },
+    /// The flow's concurrency limit is reached: the execution is QUEUED, CANCELLED or FAILED.
+    ConcurrencyLimited {
+        /// Execution.
+        execution_id: String,
+        /// The flow's `concurrency.behavior`.
+        behavior: ConcurrencyBehavior,
+    },
 }
 
 impl ExecutionCommand {
@@ -107,7 +153,13 @@ impl ExecutionCommand {
         match self {
             ExecutionCommand::Kill { execution_id }
             | ExecutionCommand::RetryDue { execution_id, .. }
-            | ExecutionCommand::Restart { execution_id } => execution_id,
+            | ExecutionCommand::Restart { execution_id }
+            | ExecutionCommand::Resume { execution_id, .. }
+            | ExecutionCommand::PauseElapsed { execution_id, .. }
+            | ExecutionCommand::LoopIterationDue { execution_id, .. }
+            | ExecutionCommand::ScheduledStart { execution_id }
+            | ExecutionCommand::Start { execution_id }
+            | ExecutionCommand::ConcurrencyLimited { execution_id, .. } => execution_id,
         }
     }
 
@@ -132,6 +184,38 @@ impl ExecutionKilled {
     }
 }
 
+/// A subflow execution ended: the result for the parent's Subflow task run (topic
+/// [`Topic::SubflowExecutionResult`], key = the parent execution id).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SubflowExecutionResult {
+    /// The parent execution.
+    pub parent_execution_id: String,
+    /// The parent's Subflow task run.
+    pub parent_task_run_id: String,
+    /// The child execution.
+    pub child_execution_id: String,
+    /// The child's final state.
+    pub state: StateType,
+    /// The child's flow outputs.
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub outputs: Map<String, Value>,
+    /// Why the child could not be created (the parent's task run then fails with this message).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl SubflowExecutionResult {
+    /// As a queue message keyed by the parent execution id.
+    pub fn envelope(&self) -> Result<Envelope, QueueError> {
+        Envelope::json(
+            Topic::SubflowExecutionResult,
+            &self.parent_execution_id,
+            self,
+        )
+    }
+}
+
 /// A new execution to start (topic [`Topic::Execution`], key = its id).
 pub fn execution_envelope(execution: &Execution) -> Result<Envelope, QueueError> {
     Envelope::json(Topic::Execution, &execution.id, execution)
@@ -146,6 +230,8 @@ pub enum ExecutorEvent {
     Command(ExecutionCommand),
     /// A worker's result.
     WorkerResult(Box<WorkerTaskResult>),
+    /// A subflow execution ended.
+    SubflowResult(Box<SubflowExecutionResult>),
 }
 
 impl ExecutorEvent {
@@ -156,6 +242,9 @@ impl ExecutorEvent {
             Topic::ExecutionCommand => Ok(ExecutorEvent::Command(envelope.decode()?)),
             Topic::WorkerTaskResult => {
                 Ok(ExecutorEvent::WorkerResult(Box::new(envelope.decode()?)))
+            }
+            Topic::SubflowExecutionResult => {
+                Ok(ExecutorEvent::SubflowResult(Box::new(envelope.decode()?)))
             }
             other => Err(QueueError::UnknownTopic(format!(
                 "executor does not consume {other}"
@@ -169,6 +258,7 @@ impl ExecutorEvent {
             ExecutorEvent::Execution(e) => &e.id,
             ExecutorEvent::Command(c) => c.execution_id(),
             ExecutorEvent::WorkerResult(r) => &r.execution_id,
+            ExecutorEvent::SubflowResult(r) => &r.parent_execution_id,
         }
     }
 }

@@ -9,15 +9,17 @@
 //! - The runtime that feeds `process` from [`Queue::begin`](crate::queue::Queue::begin) units of work
 //!   lives in [`runtime`](crate::runtime).
 
+pub mod concurrency;
 pub mod context;
 pub mod index;
 pub mod messages;
 pub mod process;
 pub mod replay;
+pub mod subflow;
 
 pub use index::{FlowIndex, IndexError};
 pub use messages::{
-    Delay, ExecutionCommand, ExecutionKilled, ExecutorEvent, WorkerJob, WorkerTask,
-    WorkerTaskResult,
+    Delay, ExecutionCommand, ExecutionKilled, ExecutorEvent, SubflowExecutionResult, WorkerJob,
+    WorkerTask, WorkerTaskResult,
 };
 pub use process::{Outcome, process};

@@ -25,11 +25,13 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
+use crate::executor::concurrency::SlotRequest;
 use crate::executor::context::{execution_context, task_run_context};
 use crate::executor::index::{FlowIndex, Flowable, Group, NodeKind, Slot, types};
 use crate::executor::messages::{
     Delay, ExecutionCommand, ExecutorEvent, WorkerTask, WorkerTaskResult,
 };
+use crate::executor::subflow::SubflowRequest;
 use crate::expression::ExpressionEngine;
 use crate::flow::model::{Retry, RetryType};
 use crate::flow::property::{Property, is_expression};
@@ -54,7 +56,21 @@ pub struct Outcome {
     pub logs: Vec<LogEntry>,
     /// Why the event was ignored, if it was (stale or duplicate result, ...).
     pub ignored: Option<String>,
+    /// Child executions to create for Subflow tasks (the runtime resolves their flow and inputs).
+    pub subflow_requests: Vec<SubflowRequest>,
+    /// New executions to publish as they are (CREATE_NEW_EXECUTION retries).
+    pub new_executions: Vec<Execution>,
+    /// Executions to kill (children of a killed Subflow task run).
+    pub kill_executions: Vec<String>,
+    /// What the flow's concurrency limit needs from the runtime (see `executor::concurrency`).
+    pub slot: SlotRequest,
 }
+
+// Extensions of the walk, one file per feature (they reach `Run`'s private state).
+mod admission;
+mod loop_until;
+mod pause;
+mod subflow;
 
 /// Apply `event` to the execution (`current` is the stored one; `None` for a new execution) and
 /// compute what follows. Returns `None` if there is no execution to work on.
@@ -85,9 +101,20 @@ pub fn process(
         base_ctx: None,
         exit: None,
         pending_final: None,
+        iteration: None,
+        due_loops: Vec::new(),
+        subflow_requests: Vec::new(),
+        new_executions: Vec::new(),
+        kill_executions: Vec::new(),
+        slot: SlotRequest::None,
+        was_terminated: false,
     };
+    run.was_terminated = run.exec.state.is_terminated();
     run.apply(event, is_new);
-    run.process();
+    if !run.hold_before_start(event, is_new) {
+        run.process();
+    }
+    run.slot_after();
     Some(Outcome {
         execution: run.exec,
         changed: run.changed,
@@ -96,6 +123,10 @@ pub fn process(
         kill_broadcast: run.kill_broadcast,
         logs: run.logs,
         ignored: run.ignored,
+        subflow_requests: run.subflow_requests,
+        new_executions: run.new_executions,
+        kill_executions: run.kill_executions,
+        slot: run.slot,
     })
 }
 
@@ -179,6 +210,15 @@ struct Run<'a> {
     base_ctx: Option<Map<String, Value>>,
     exit: Option<StateType>,
     pending_final: Option<StateType>,
+    /// LoopUntil iteration of the task runs being walked (part of their identity).
+    iteration: Option<u32>,
+    /// LoopUntil iterations whose timer fired in this call: (loop task run, iteration).
+    due_loops: Vec<(String, u32)>,
+    subflow_requests: Vec<SubflowRequest>,
+    new_executions: Vec<Execution>,
+    kill_executions: Vec<String>,
+    slot: SlotRequest,
+    was_terminated: bool,
 }
 
 impl Run<'_> {
@@ -236,6 +276,7 @@ impl Run<'_> {
             }
             ExecutorEvent::Command(cmd) => self.apply_command(cmd),
             ExecutorEvent::WorkerResult(r) => self.apply_result(r),
+            ExecutorEvent::SubflowResult(r) => self.apply_subflow_result(r),
         }
     }
 
@@ -264,6 +305,20 @@ impl Run<'_> {
                 self.start_attempt(task_run_id);
             }
             ExecutionCommand::Restart { .. } => self.restart(),
+            ExecutionCommand::Resume {
+                task_run_id,
+                inputs,
+                ..
+            } => self.resume(task_run_id.as_deref(), inputs),
+            ExecutionCommand::PauseElapsed { task_run_id, .. } => self.pause_elapsed(task_run_id),
+            ExecutionCommand::LoopIterationDue {
+                task_run_id,
+                iteration,
+                ..
+            } => self.loop_iteration_due(task_run_id, *iteration),
+            ExecutionCommand::ScheduledStart { .. }
+            | ExecutionCommand::Start { .. }
+            | ExecutionCommand::ConcurrencyLimited { .. } => self.admission_command(cmd),
         }
     }
 
@@ -309,6 +364,12 @@ impl Run<'_> {
         self.touch();
         let node = self.index.node(&task_id);
         let mut state = r.state;
+        if state == StateType::Failed
+            && !self.killing()
+            && self.retry_as_new_execution(&task_id, &r.task_run_id)
+        {
+            return;
+        }
         if state == StateType::Failed
             && !self.killing()
             && let Some(retry) = self.index.retry_for(&task_id)
@@ -526,6 +587,7 @@ impl Run<'_> {
             r.task_id == task_id
                 && r.parent_task_run_id.as_deref() == parent
                 && r.value.as_deref() == value
+                && r.iteration == self.iteration
         })
     }
 
@@ -572,7 +634,7 @@ impl Run<'_> {
         if self.killing()
             && matches!(
                 state,
-                StateType::Created | StateType::Retrying | StateType::Restarted
+                StateType::Created | StateType::Retrying | StateType::Restarted | StateType::Paused
             )
         {
             self.set_run_state(run_id, StateType::Killed);
@@ -854,6 +916,9 @@ impl Run<'_> {
                 };
                 self.walk_for_each(run_id, value, &list, group, limit)
             }
+            Flowable::Pause { spec, group } => self.walk_pause(run_id, value, spec, group),
+            Flowable::LoopUntil { spec, group } => self.walk_loop(run_id, value, spec, group),
+            Flowable::Subflow(task) => self.walk_subflow(run_id, task),
         }
     }
 
@@ -1039,9 +1104,16 @@ impl Run<'_> {
         let kind = node.kind.clone();
         let run_if = node.task.run_if.clone();
         let mut run = TaskRun::new(&self.exec, task_id);
-        run.id = task_run_id(&self.exec.id, parent, task_id, value);
+        // A LoopUntil iteration is part of the identity (the value part of the hash, so that ids
+        // outside loops are unchanged).
+        let id_value = match self.iteration {
+            Some(i) => Some(format!("{}\u{1}{i}", value.unwrap_or(""))),
+            None => value.map(str::to_string),
+        };
+        run.id = task_run_id(&self.exec.id, parent, task_id, id_value.as_deref());
         run.parent_task_run_id = parent.map(str::to_string);
         run.value = value.map(str::to_string);
+        run.iteration = self.iteration;
         run.state = State::new_at(StateType::Created, self.now);
         let run_id = run.id.clone();
         self.exec.task_run_list.push(run);

@@ -1,0 +1,230 @@
+//! LoopUntil (alias WaitFor): the body runs as iterations 0, 1, ... (task runs carry `iteration`,
+//! which is part of their identity); after each successful iteration `condition` is checked in the
+//! loop's context (the latest iteration's outputs). True ends the loop in SUCCESS. Otherwise, when
+//! `checkFrequency.maxIterations` or `maxDuration` (from the loop's start) is reached, the loop ends
+//! SUCCESS, or FAILED with `failOnMaxReached`; else the next iteration starts after
+//! `checkFrequency.interval` (PT1M by default) through a [`ExecutionCommand::LoopIterationDue`]
+//! timer. A failed iteration ends the loop (then its `errors` and `finally`). Output
+//! `iterationCount`: iterations completed; it also marks that the next iteration's timer has been
+//! emitted, which keeps `process` idempotent.
+
+use super::*;
+use crate::executor::index::LoopSpec;
+use crate::flow::duration::IsoDuration;
+
+const DEFAULT_INTERVAL_SECONDS: i64 = 60;
+
+impl Run<'_> {
+    pub(super) fn loop_iteration_due(&mut self, task_run_id: &str, iteration: u32) {
+        let running = self
+            .exec
+            .task_run(task_run_id)
+            .is_some_and(|r| r.current() == StateType::Running);
+        let started = self.exec.task_run_list.iter().any(|r| {
+            r.parent_task_run_id.as_deref() == Some(task_run_id) && r.iteration == Some(iteration)
+        });
+        if !running || started || self.killing() {
+            self.ignored = Some(format!(
+                "stale loop timer for task run {task_run_id} iteration {iteration}"
+            ));
+            return;
+        }
+        self.due_loops.push((task_run_id.to_string(), iteration));
+        self.touch();
+    }
+
+    fn walk_iteration(
+        &mut self,
+        run_id: &str,
+        value: Option<&str>,
+        body: &Group,
+        iteration: u32,
+    ) -> Status {
+        let saved = self.iteration.replace(iteration);
+        let status = self.walk_group(Some(run_id), value, body, Mode::Sequential);
+        self.iteration = saved;
+        status
+    }
+
+    fn loop_end(
+        &mut self,
+        run_id: &str,
+        value: Option<&str>,
+        state: StateType,
+        group: &Group,
+    ) -> Status {
+        let saved = self.iteration.take();
+        let mut status = Status::Done(state);
+        if state == StateType::Failed
+            && !group.errors.is_empty()
+            && !self.killing()
+            && let Status::Running = self.walk_sequence(Some(run_id), value, &group.errors)
+        {
+            status = Status::Running;
+        }
+        if matches!(status, Status::Done(_))
+            && !group.finally.is_empty()
+            && !self.killing()
+            && let Status::Running = self.walk_sequence(Some(run_id), value, &group.finally)
+        {
+            status = Status::Running;
+        }
+        self.iteration = saved;
+        status
+    }
+
+    fn set_iteration_count(&mut self, run_id: &str, count: u32) {
+        let current = self
+            .exec
+            .task_run(run_id)
+            .and_then(|r| r.outputs.as_ref())
+            .and_then(|o| o.get("iterationCount"))
+            .and_then(Value::as_u64);
+        if current == Some(u64::from(count)) {
+            return;
+        }
+        if let Some(r) = self.exec.task_run_mut(run_id) {
+            let mut o = r.outputs.clone().unwrap_or_default();
+            o.insert("iterationCount".into(), json!(count));
+            r.outputs = Some(o);
+        }
+        self.touch();
+    }
+
+    pub(super) fn walk_loop(
+        &mut self,
+        run_id: &str,
+        value: Option<&str>,
+        spec: &LoopSpec,
+        group: &Group,
+    ) -> Status {
+        let body = Group {
+            tasks: group.tasks.clone(),
+            errors: Vec::new(),
+            finally: Vec::new(),
+        };
+        let latest = self
+            .exec
+            .task_run_list
+            .iter()
+            .filter(|r| r.parent_task_run_id.as_deref() == Some(run_id))
+            .filter_map(|r| r.iteration)
+            .max();
+        let Some(i) = latest else {
+            return self.walk_iteration(run_id, value, &body, 0);
+        };
+        let state = match self.walk_iteration(run_id, value, &body, i) {
+            Status::Running => return Status::Running,
+            Status::Done(s) => s,
+        };
+        let completed = i + 1;
+        if matches!(
+            state,
+            StateType::Failed | StateType::Killed | StateType::Cancelled
+        ) || self.killing()
+        {
+            self.set_iteration_count(run_id, completed);
+            return self.loop_end(run_id, value, state, group);
+        }
+        let ctx = self.context_for(run_id);
+        let done = match self.condition(&spec.condition, &ctx) {
+            Ok(b) => b,
+            Err(e) => {
+                self.set_iteration_count(run_id, completed);
+                let Status::Done(s) = self.fail_run(run_id, format!("loop condition: {e}")) else {
+                    return Status::Running;
+                };
+                return self.loop_end(run_id, value, s, group);
+            }
+        };
+        if done {
+            self.set_iteration_count(run_id, completed);
+            return self.loop_end(run_id, value, state, group);
+        }
+        let check = spec.check_frequency.clone();
+        let max_iterations = match check.as_ref().and_then(|c| c.max_iterations.clone()) {
+            None => None,
+            Some(p) => match self.render_prop(run_id, &p) {
+                Ok(n) => Some(n),
+                Err(e) => return self.fail_run(run_id, format!("invalid maxIterations: {e}")),
+            },
+        };
+        let max_duration: Option<IsoDuration> =
+            match check.as_ref().and_then(|c| c.max_duration.clone()) {
+                None => None,
+                Some(p) => match self.render_prop(run_id, &p) {
+                    Ok(d) => Some(d),
+                    Err(e) => return self.fail_run(run_id, format!("invalid maxDuration: {e}")),
+                },
+            };
+        let interval = match check.as_ref().and_then(|c| c.interval.clone()) {
+            None => chrono::Duration::seconds(DEFAULT_INTERVAL_SECONDS),
+            Some(p) => match self.render_prop(run_id, &p) {
+                Ok(d) => chrono::Duration::from_std(d.duration()).unwrap_or(chrono::Duration::MAX),
+                Err(e) => return self.fail_run(run_id, format!("invalid interval: {e}")),
+            },
+        };
+        let started = self
+            .exec
+            .task_run(run_id)
+            .and_then(|r| r.state.start_date())
+            .unwrap_or(self.now);
+        let over_iterations = max_iterations.is_some_and(|m| completed >= m);
+        let over_duration = max_duration.is_some_and(|d| {
+            chrono::Duration::from_std(d.duration())
+                .map(|d| self.now - started >= d)
+                .unwrap_or(false)
+        });
+        if over_iterations || over_duration {
+            self.set_iteration_count(run_id, completed);
+            let fail = match spec.fail_on_max_reached.clone() {
+                None => false,
+                Some(p) => match self.render_prop(run_id, &p) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        return self.fail_run(run_id, format!("invalid failOnMaxReached: {e}"));
+                    }
+                },
+            };
+            let s = if fail {
+                let run = self.exec.task_run(run_id).cloned();
+                self.log(
+                    run.as_ref(),
+                    Level::Error,
+                    format!("loop limit reached after {completed} iterations"),
+                );
+                StateType::Failed
+            } else {
+                state
+            };
+            return self.loop_end(run_id, value, s, group);
+        }
+        let due = self
+            .due_loops
+            .iter()
+            .any(|(id, it)| id == run_id && *it == completed);
+        if interval <= chrono::Duration::zero() || due {
+            self.set_iteration_count(run_id, completed);
+            return self.walk_iteration(run_id, value, &body, completed);
+        }
+        let scheduled = self
+            .exec
+            .task_run(run_id)
+            .and_then(|r| r.outputs.as_ref())
+            .and_then(|o| o.get("iterationCount"))
+            .and_then(Value::as_u64)
+            == Some(u64::from(completed));
+        if !scheduled {
+            self.set_iteration_count(run_id, completed);
+            self.delays.push(Delay {
+                at: self.now + interval,
+                command: ExecutionCommand::LoopIterationDue {
+                    execution_id: self.exec.id.clone(),
+                    task_run_id: run_id.to_string(),
+                    iteration: completed,
+                },
+            });
+        }
+        Status::Running
+    }
+}

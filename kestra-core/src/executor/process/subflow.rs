@@ -1,0 +1,273 @@
+//! The Subflow task in the walk: the first visit emits a [`SubflowRequest`] (see
+//! `executor::subflow`) and records output `executionId`; with `wait: false` the task run ends
+//! SUCCESS at once, otherwise it waits for the child's [`SubflowExecutionResult`], which sets
+//! outputs `state` and `outputs` and the task run's state (`transmitFailed` rules). Killing the
+//! parent kills the child (`Outcome.kill_executions`) and ends the task run KILLED.
+
+use super::*;
+use crate::executor::messages::SubflowExecutionResult;
+use crate::executor::subflow::{MAX_SUBFLOW_DEPTH, SUBFLOW_TRIGGER_TYPE, depth, parent_state};
+use crate::flow::tasks;
+use crate::model::ExecutionTrigger;
+
+impl Run<'_> {
+    fn render_str(&mut self, run_id: &str, s: &str) -> Result<String, String> {
+        if !is_expression(s) {
+            return Ok(s.to_string());
+        }
+        let ctx = self.context_for(run_id);
+        self.expr.render(s, &ctx).map_err(|e| e.to_string())
+    }
+
+    fn bool_prop(
+        &mut self,
+        run_id: &str,
+        p: &Option<Property<bool>>,
+        default: bool,
+    ) -> Result<bool, String> {
+        match p {
+            None => Ok(default),
+            Some(p) => self.render_prop(run_id, p),
+        }
+    }
+
+    pub(super) fn walk_subflow(&mut self, run_id: &str, task: &tasks::Subflow) -> Status {
+        let outputs = self
+            .exec
+            .task_run(run_id)
+            .and_then(|r| r.outputs.clone())
+            .unwrap_or_default();
+        let transmit_failed = match self.bool_prop(run_id, &task.transmit_failed, true) {
+            Ok(b) => b,
+            Err(e) => return self.fail_run(run_id, format!("invalid transmitFailed: {e}")),
+        };
+        if let Some(child) = outputs.get("executionId").and_then(Value::as_str) {
+            if let Some(error) = outputs.get("error").and_then(Value::as_str) {
+                return self.fail_run(run_id, format!("subflow execution not created: {error}"));
+            }
+            if let Some(state) = outputs
+                .get("state")
+                .and_then(Value::as_str)
+                .and_then(|s| s.parse::<StateType>().ok())
+            {
+                return Status::Done(parent_state(state, transmit_failed));
+            }
+            if self.killing() {
+                self.kill_executions.push(child.to_string());
+                return Status::Done(StateType::Killed);
+            }
+            return Status::Running;
+        }
+        if self.killing() {
+            return Status::Done(StateType::Killed);
+        }
+        match self.subflow_request(run_id, task) {
+            Ok(request) => {
+                let wait = request.1;
+                let child_id = request.0.execution.id.clone();
+                self.subflow_requests.push(request.0);
+                if let Some(r) = self.exec.task_run_mut(run_id) {
+                    let mut o = r.outputs.clone().unwrap_or_default();
+                    o.insert("executionId".into(), json!(child_id));
+                    r.outputs = Some(o);
+                }
+                self.touch();
+                if wait {
+                    Status::Running
+                } else {
+                    Status::Done(StateType::Success)
+                }
+            }
+            Err(e) => self.fail_run(run_id, e),
+        }
+    }
+
+    fn subflow_request(
+        &mut self,
+        run_id: &str,
+        task: &tasks::Subflow,
+    ) -> Result<(SubflowRequest, bool), String> {
+        let child_depth = depth(&self.exec) + 1;
+        if child_depth > MAX_SUBFLOW_DEPTH {
+            return Err(format!(
+                "subflow depth limit reached: this execution is already {} levels deep (max {MAX_SUBFLOW_DEPTH})",
+                child_depth - 1
+            ));
+        }
+        let Some(run) = self.exec.task_run(run_id).cloned() else {
+            return Err("task run not found".into());
+        };
+        let namespace = self.render_str(run_id, &task.namespace)?;
+        let flow_id = self.render_str(run_id, &task.flow_id)?;
+        let revision = match &task.revision {
+            None => None,
+            Some(p) => Some(
+                self.render_prop(run_id, p)
+                    .map_err(|e| format!("invalid revision: {e}"))?,
+            ),
+        };
+        let wait = self
+            .bool_prop(run_id, &task.wait, true)
+            .map_err(|e| format!("invalid wait: {e}"))?;
+        let inherit = self
+            .bool_prop(run_id, &task.inherit_labels, false)
+            .map_err(|e| format!("invalid inheritLabels: {e}"))?;
+        let ctx = self.context_for(run_id);
+        let mut inputs = Map::new();
+        for (k, v) in task.inputs.iter().flatten() {
+            let rendered = self
+                .expr
+                .render_value(v, &ctx, true)
+                .map_err(|e| format!("input '{k}': {e}"))?;
+            inputs.insert(k.clone(), rendered);
+        }
+        let task_labels = match &task.labels {
+            None => Vec::new(),
+            Some(l) => {
+                let rendered = self
+                    .expr
+                    .render_value(l, &ctx, true)
+                    .map_err(|e| format!("labels: {e}"))?;
+                labels_of(&rendered)?
+            }
+        };
+        let schedule_date = match &task.schedule_date {
+            None => None,
+            Some(s) => {
+                let s = self.render_str(run_id, s)?;
+                Some(
+                    DateTime::parse_from_rfc3339(s.trim())
+                        .map_err(|e| format!("invalid scheduleDate '{s}': {e}"))?
+                        .with_timezone(&Utc),
+                )
+            }
+        };
+        let child_id = task_run_id(&self.exec.id, Some(run_id), "\u{0}subflow", None);
+        let mut child = Execution::new(namespace, flow_id, revision.unwrap_or(0));
+        child.id = child_id;
+        child.tenant_id = self.exec.tenant_id.clone();
+        child.state = State::new_at(StateType::Created, self.now);
+        child.metadata.original_created_date = self.now;
+        child.parent_id = Some(self.exec.id.clone());
+        child.schedule_date = schedule_date;
+        child.kind = self.exec.kind;
+        child.labels = self
+            .exec
+            .labels
+            .iter()
+            .filter(|l| inherit || l.key.starts_with("system."))
+            .filter(|l| {
+                l.key != system_labels::RESTARTED
+                    && l.key != system_labels::REPLAY
+                    && l.key != system_labels::REPLAYED
+            })
+            .cloned()
+            .collect();
+        if child.label(system_labels::CORRELATION_ID).is_none() {
+            child.labels.push(Label::new(
+                system_labels::CORRELATION_ID,
+                self.exec.id.clone(),
+            ));
+        }
+        let mut variables = Map::new();
+        variables.insert("executionId".into(), json!(self.exec.id));
+        variables.insert("namespace".into(), json!(self.exec.namespace));
+        variables.insert("flowId".into(), json!(self.exec.flow_id));
+        variables.insert("flowRevision".into(), json!(self.exec.flow_revision));
+        variables.insert("taskRunId".into(), json!(run.id));
+        variables.insert("taskId".into(), json!(run.task_id));
+        if let Some(v) = &run.value {
+            variables.insert("taskRunValue".into(), json!(v));
+        }
+        if let Some(i) = run.iteration {
+            variables.insert("taskRunIteration".into(), json!(i));
+        }
+        variables.insert("subflowDepth".into(), json!(child_depth));
+        child.trigger = Some(ExecutionTrigger {
+            id: run.task_id.clone(),
+            type_: SUBFLOW_TRIGGER_TYPE.into(),
+            variables,
+        });
+        Ok((
+            SubflowRequest {
+                execution: child,
+                revision,
+                inputs,
+                task_labels,
+                parent_task_run_id: run_id.to_string(),
+            },
+            wait,
+        ))
+    }
+
+    pub(super) fn apply_subflow_result(&mut self, r: &SubflowExecutionResult) {
+        let Some(run) = self.exec.task_run(&r.parent_task_run_id) else {
+            self.ignored = Some(format!(
+                "subflow result for unknown task run {}",
+                r.parent_task_run_id
+            ));
+            return;
+        };
+        let known = run
+            .outputs
+            .as_ref()
+            .and_then(|o| o.get("executionId"))
+            .and_then(Value::as_str)
+            == Some(r.child_execution_id.as_str());
+        if run.state.is_terminated() || !known {
+            self.ignored = Some(format!(
+                "stale subflow result for task run {} (child {})",
+                r.parent_task_run_id, r.child_execution_id
+            ));
+            return;
+        }
+        let wait = match self.index.node(&run.task_id).map(|n| &n.kind) {
+            Some(NodeKind::Flowable(f)) => match &**f {
+                Flowable::Subflow(t) => t.wait.clone(),
+                _ => None,
+            },
+            _ => None,
+        };
+        let run_id = r.parent_task_run_id.clone();
+        let wait = self.bool_prop(&run_id, &wait, true).unwrap_or(true);
+        if let Some(tr) = self.exec.task_run_mut(&run_id) {
+            let mut o = tr.outputs.clone().unwrap_or_default();
+            o.insert("state".into(), json!(r.state.as_str()));
+            if wait {
+                o.insert("outputs".into(), Value::Object(r.outputs.clone()));
+            }
+            if let Some(e) = &r.error {
+                o.insert("error".into(), json!(e));
+            }
+            tr.outputs = Some(o);
+        }
+        self.touch();
+    }
+}
+
+fn labels_of(v: &Value) -> Result<Vec<Label>, String> {
+    match v {
+        Value::Object(m) => Ok(m
+            .iter()
+            .map(|(k, v)| Label::new(k.clone(), value_to_string(v)))
+            .collect()),
+        Value::Array(a) => a
+            .iter()
+            .map(|l| {
+                let k = l
+                    .get("key")
+                    .map(value_to_string)
+                    .ok_or("label without 'key'")?;
+                let v = l
+                    .get("value")
+                    .map(value_to_string)
+                    .ok_or("label without 'value'")?;
+                Ok(Label::new(k, v))
+            })
+            .collect(),
+        Value::Null => Ok(Vec::new()),
+        other => Err(format!(
+            "labels must be a map or a list of {{key, value}}, not {other}"
+        )),
+    }
+}
