@@ -411,6 +411,22 @@ impl Engine {
         Ok(())
     }
 
+    /// Resume a paused execution (every paused Pause task run) with values for the Pauses'
+    /// `onResume` inputs; the executor checks them and refuses (logs, stays paused) invalid ones.
+    pub async fn resume(
+        &self,
+        id: &str,
+        inputs: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(), EngineError> {
+        let cmd = ExecutionCommand::Resume {
+            execution_id: id.to_string(),
+            task_run_id: None,
+            inputs,
+        };
+        self.queue.publish(vec![cmd.envelope()?]).await?;
+        Ok(())
+    }
+
     /// Replay an execution from one of its task runs: a new execution that keeps what ran before it.
     pub async fn replay(&self, id: &str, task_run_id: &str) -> Result<Execution, EngineError> {
         let original =

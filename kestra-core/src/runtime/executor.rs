@@ -4,6 +4,17 @@
 //! [`UnitOfWork`](crate::queue::UnitOfWork), processes them in order (per execution, the queue hands
 //! them out in publish order), saves the executions that changed, stages every emitted message, and
 //! commits - all or nothing. A malformed message is dead-lettered and the loop goes on.
+//!
+//! Around `process`, inside the same unit of work, the service also:
+//! - completes Subflow requests: resolves the child flow revision ([`FlowCache::flow`]), validates
+//!   the inputs and composes the labels, then publishes the child execution - or a failed
+//!   [`SubflowExecutionResult`](crate::executor::SubflowExecutionResult) for the parent when that
+//!   is impossible;
+//! - publishes the result for the parent when a subflow child ends, `Kill` commands for the
+//!   children of a killed Subflow task run, and new executions (CREATE_NEW_EXECUTION retries);
+//! - applies flow concurrency requests to the slots kept in executor state
+//!   ([`concurrency`](crate::executor::concurrency)) and processes the resulting `Start` /
+//!   `ConcurrencyLimited` command right away; freed slots start the oldest queued executions.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,9 +24,14 @@ use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info_span, warn};
 
-use crate::executor::messages::{ExecutionKilled, ExecutorEvent, WorkerJob};
+use crate::executor::concurrency::{self, ConcurrencySlots, SlotRequest, apply_slot_request};
+use crate::executor::messages::{
+    ExecutionCommand, ExecutionKilled, ExecutorEvent, WorkerJob, execution_envelope,
+};
 use crate::executor::process::process;
+use crate::executor::subflow::{SubflowRequest, complete_child, result_for_parent};
 use crate::expression::ExpressionEngine;
+use crate::inputs::{ExecutionRef, RawInput, resolve_inputs};
 use crate::model::{Execution, Level, LogEntry, StateType};
 use crate::queue::{ConsumerGroup, Envelope, Queue, QueueError, Topic, UnitOfWork};
 use crate::runtime::flows::FlowCache;
@@ -43,6 +59,7 @@ pub const EXECUTOR_TOPICS: &[Topic] = &[
     Topic::Execution,
     Topic::ExecutionCommand,
     Topic::WorkerTaskResult,
+    Topic::SubflowExecutionResult,
 ];
 
 /// The executor service.
@@ -173,34 +190,92 @@ impl ExecutorService {
                         return Ok(());
                     }
                 };
-                let Some(outcome) = process(&index, &self.expr, Utc::now(), current, &event) else {
-                    return Ok(());
-                };
-                if let Some(reason) = &outcome.ignored {
-                    debug!(%reason, "event ignored");
-                }
-                for task in outcome.worker_tasks {
-                    outgoing.push(WorkerJob::Task(Box::new(task)).envelope()?);
-                }
-                for delay in outcome.delays {
-                    outgoing.push(delay.command.envelope()?.delayed_until(delay.at));
-                }
-                if outcome.kill_broadcast {
-                    outgoing.push(
-                        ExecutionKilled {
-                            execution_id: id.clone(),
-                        }
-                        .envelope()?,
-                    );
-                }
-                for log in &outcome.logs {
-                    outgoing.push(Envelope::json(Topic::Log, &id, log)?);
-                }
-                if outcome.changed {
-                    executions.insert(id.clone(), Some(outcome.execution));
-                    if !dirty.contains(&id) {
-                        dirty.push(id.clone());
+                let was_terminated = current.as_ref().is_some_and(|c| c.state.is_terminated());
+                let mut current = current;
+                let mut pending = vec![event];
+                while let Some(event) = pending.pop() {
+                    let Some(outcome) =
+                        process(&index, &self.expr, Utc::now(), current.clone(), &event)
+                    else {
+                        break;
+                    };
+                    if let Some(reason) = &outcome.ignored {
+                        debug!(%reason, "event ignored");
                     }
+                    for task in outcome.worker_tasks {
+                        outgoing.push(WorkerJob::Task(Box::new(task)).envelope()?);
+                    }
+                    for delay in outcome.delays {
+                        outgoing.push(delay.command.envelope()?.delayed_until(delay.at));
+                    }
+                    if outcome.kill_broadcast {
+                        outgoing.push(
+                            ExecutionKilled {
+                                execution_id: id.clone(),
+                            }
+                            .envelope()?,
+                        );
+                    }
+                    for log in &outcome.logs {
+                        outgoing.push(Envelope::json(Topic::Log, &id, log)?);
+                    }
+                    for child in &outcome.kill_executions {
+                        outgoing.push(
+                            ExecutionCommand::Kill {
+                                execution_id: child.clone(),
+                            }
+                            .envelope()?,
+                        );
+                    }
+                    for next in &outcome.new_executions {
+                        outgoing.push(execution_envelope(next)?);
+                    }
+                    for request in &outcome.subflow_requests {
+                        outgoing.push(self.subflow_envelope(request).await?);
+                    }
+                    if outcome.slot != SlotRequest::None
+                        && let Some(limit) = &index.flow.concurrency
+                    {
+                        let key = concurrency::state_key(
+                            &outcome.execution.tenant_id,
+                            &outcome.execution.namespace,
+                            &outcome.execution.flow_id,
+                        );
+                        let mut slots: ConcurrencySlots =
+                            match unit.load_state(concurrency::STATE_KIND, &key).await? {
+                                Some(v) => serde_json::from_value(v).unwrap_or_default(),
+                                None => ConcurrencySlots::default(),
+                            };
+                        let decision = apply_slot_request(&mut slots, outcome.slot, &id, limit);
+                        if decision.changed {
+                            let value = serde_json::to_value(&slots).map_err(|source| {
+                                QueueError::Encode {
+                                    topic: Topic::ExecutionCommand,
+                                    source,
+                                }
+                            })?;
+                            unit.save_state(concurrency::STATE_KIND, &key, Some(&value))
+                                .await?;
+                        }
+                        for start in decision.start {
+                            outgoing.push(start.envelope()?);
+                        }
+                        if let Some(follow_up) = decision.follow_up {
+                            pending.push(ExecutorEvent::Command(follow_up));
+                        }
+                    }
+                    if outcome.changed {
+                        current = Some(outcome.execution.clone());
+                        executions.insert(id.clone(), Some(outcome.execution));
+                        if !dirty.contains(&id) {
+                            dirty.push(id.clone());
+                        }
+                    }
+                }
+                if !was_terminated
+                    && let Some(result) = current.as_ref().and_then(result_for_parent)
+                {
+                    outgoing.push(result.envelope()?);
                 }
                 Ok(())
             }
@@ -216,6 +291,51 @@ impl ExecutorService {
             unit.publish(outgoing).await?;
         }
         unit.commit().await
+    }
+}
+
+impl ExecutorService {
+    /// The child execution of a Subflow request, or a failed result for its parent.
+    async fn subflow_envelope(&self, request: &SubflowRequest) -> Result<Envelope, QueueError> {
+        let child = &request.execution;
+        let failure = |message: String| {
+            warn!(child = %child.id, %message, "subflow execution not created");
+            request.failure(message).envelope()
+        };
+        let flow = match self
+            .flows
+            .flow(
+                &child.tenant_id,
+                &child.namespace,
+                &child.flow_id,
+                request.revision,
+            )
+            .await
+        {
+            Ok(f) => f,
+            Err(e) => return failure(e.to_string()),
+        };
+        if flow.disabled {
+            return failure(format!(
+                "flow {}.{} is disabled",
+                child.namespace, child.flow_id
+            ));
+        }
+        let mut execution = complete_child(request, &flow);
+        let raw = request
+            .inputs
+            .iter()
+            .map(|(k, v)| (k.clone(), RawInput::Json(v.clone())))
+            .collect();
+        let expr = self.expr.clone();
+        let renderer = move |t: &str, c: &serde_json::Value| {
+            expr.render_typed(t, c).map_err(|e| e.to_string())
+        };
+        match resolve_inputs(&flow, raw, ExecutionRef::of(&execution), None, &renderer).await {
+            Ok(inputs) => execution.inputs = inputs,
+            Err(e) => return failure(format!("invalid inputs: {e}")),
+        }
+        execution_envelope(&execution)
     }
 }
 

@@ -112,6 +112,24 @@ impl FlowCache {
         }
     }
 
+    /// A flow revision as stored (the latest when `revision` is `None`), e.g. a subflow's.
+    pub async fn flow(
+        &self,
+        tenant: &str,
+        namespace: &str,
+        id: &str,
+        revision: Option<i32>,
+    ) -> Result<Arc<Flow>, FlowCacheError> {
+        self.source
+            .flow(tenant, namespace, id, revision)
+            .await?
+            .ok_or_else(|| FlowCacheError::NotFound {
+                namespace: namespace.to_string(),
+                id: id.to_string(),
+                revision,
+            })
+    }
+
     /// The indexed flow revision (plugin defaults applied).
     pub async fn index(
         &self,
