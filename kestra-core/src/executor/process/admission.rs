@@ -40,10 +40,8 @@ impl Run<'_> {
     pub(super) fn admission_command(&mut self, cmd: &ExecutionCommand) {
         let state = self.exec.current();
         match cmd {
-            ExecutionCommand::ScheduledStart { .. } => {
-                if state != StateType::Created {
-                    self.ignored = Some(format!("scheduled start: execution is {state}"));
-                }
+            ExecutionCommand::ScheduledStart { .. } if state != StateType::Created => {
+                self.ignored = Some(format!("scheduled start: execution is {state}"));
             }
             ExecutionCommand::Start { .. } => {
                 if matches!(state, StateType::Created | StateType::Queued) {
