@@ -33,7 +33,7 @@ use crate::executor::messages::{
 };
 use crate::executor::subflow::SubflowRequest;
 use crate::expression::ExpressionEngine;
-use crate::flow::model::{Retry, RetryType};
+use crate::flow::model::{InputType, Retry, RetryType};
 use crate::flow::property::{Property, is_expression};
 use crate::model::execution::system_labels;
 use crate::model::id::encode_base62;
@@ -550,6 +550,7 @@ impl Run<'_> {
                 .expr
                 .render_value(&o.value, &ctx, true)
                 .map_err(|e| format!("output '{}': {e}", o.id))?;
+            let v = coerce_output(&o.output_type, v).map_err(|e| format!("output '{}': {e}", o.id))?;
             out.insert(o.id.clone(), v);
         }
         Ok(out)
@@ -1297,6 +1298,13 @@ impl Run<'_> {
             state
         };
         self.set_run_state(run_id, task_state);
+        // The Exit's parent flowables end with the exit state (Kestra's Exit); every other open task
+        // run is killed.
+        let mut parent = self.exec.task_run(run_id).and_then(|r| r.parent_task_run_id.clone());
+        while let Some(p) = parent {
+            parent = self.exec.task_run(&p).and_then(|r| r.parent_task_run_id.clone());
+            self.set_run_state(&p, task_state);
+        }
         let open: Vec<String> = self
             .exec
             .task_run_list
@@ -1331,6 +1339,46 @@ fn value_to_string(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         other => other.to_string(),
+    }
+}
+
+/// Give a rendered flow output the JSON type its `type` declares (INT, FLOAT, BOOL, JSON); other
+/// types keep the rendered value.
+fn coerce_output(output_type: &InputType, value: Value) -> Result<Value, String> {
+    let text = |v: &Value| match v {
+        Value::String(s) => s.trim().to_string(),
+        other => other.to_string(),
+    };
+    match output_type {
+        InputType::Int => match &value {
+            Value::Number(n) if n.is_i64() || n.is_u64() => Ok(value),
+            v => text(v)
+                .parse::<i64>()
+                .map(Value::from)
+                .map_err(|_| format!("'{}' is not an integer", text(v))),
+        },
+        InputType::Float => match &value {
+            Value::Number(_) => Ok(value),
+            v => text(v)
+                .parse::<f64>()
+                .ok()
+                .and_then(serde_json::Number::from_f64)
+                .map(Value::Number)
+                .ok_or_else(|| format!("'{}' is not a number", text(v))),
+        },
+        InputType::Bool => match &value {
+            Value::Bool(_) => Ok(value),
+            v => match text(v).as_str() {
+                "true" => Ok(Value::Bool(true)),
+                "false" => Ok(Value::Bool(false)),
+                other => Err(format!("'{other}' is not a boolean")),
+            },
+        },
+        InputType::Json => match &value {
+            Value::String(s) => serde_json::from_str(s).map_err(|e| format!("not valid JSON: {e}")),
+            _ => Ok(value),
+        },
+        _ => Ok(value),
     }
 }
 

@@ -974,7 +974,8 @@ fn emit(e: &Expr) -> String {
                 .iter()
                 .map(|(k, v)| format!("{}: {}", emit(k), emit(v)))
                 .collect();
-            format!("{{{}}}", parts.join(", "))
+            // Spaces keep nested maps from closing the `{{ }}` block early (`}}`).
+            format!("{{ {} }}", parts.join(", "))
         }
         Expr::Unary(op, inner) => match *op {
             "not" => format!("(not {})", emit(inner)),

@@ -913,6 +913,7 @@ task_type!(
     EachLegacy,
     EACH_SEQUENTIAL,
     Flowable,
+    aliases = ["io.kestra.plugin.core.flow.EachSequential"],
     children = [SEQ_CHILDREN[0], SEQ_CHILDREN[1], SEQ_CHILDREN[2]]
 );
 
@@ -1251,7 +1252,7 @@ pub fn register_core_tasks(registry: &mut TaskRegistry) {
         .register::<If>()
         .register::<ForEach>()
         .register::<EachLegacy>()
-        .register_named::<EachLegacy>(EACH_PARALLEL, &[])
+        .register_named::<EachLegacy>(EACH_PARALLEL, &["io.kestra.plugin.core.flow.EachParallel"])
         .register::<Dag>()
         .register::<Pause>()
         .register::<LoopUntil>()
