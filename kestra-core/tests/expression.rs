@@ -646,3 +646,11 @@ fn engine_is_shareable_and_caches() {
         assert!(out.iter().all(|s| *s == (i * 2).to_string()));
     }
 }
+
+#[test]
+fn nested_map_literals_do_not_close_the_block() {
+    let engine = ExpressionEngine::default();
+    let ctx = serde_json::json!({});
+    assert_eq!(engine.render("{{ {'a': {'b': 3}} | jq('.a.b') | first }}", &ctx).unwrap(), "3");
+    assert_eq!(engine.render("{{ {'a': {'b': 1}} | toJson }}", &ctx).unwrap(), r#"{"a":{"b":1}}"#);
+}

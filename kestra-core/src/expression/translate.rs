@@ -154,8 +154,11 @@ fn scan_to_close<'a>(
     close: &str,
     line: usize,
 ) -> Result<(&'a str, usize, usize), TranslateError> {
+    // Like Pebble's lexer, a closing delimiter only counts outside brackets, so that
+    // `{{ {'a': {'b': 1}} }}` is one expression.
     let bytes = src.as_bytes();
     let mut j = from;
+    let mut depth = 0usize;
     while j < bytes.len() {
         let c = bytes[j];
         if c == b'"' || c == b'\'' {
@@ -165,8 +168,13 @@ fn scan_to_close<'a>(
             })?;
             continue;
         }
-        if src[j..].starts_with(close) {
+        if depth == 0 && src[j..].starts_with(close) {
             return Ok((&src[from..j], j, j + close.len()));
+        }
+        match c {
+            b'{' | b'[' | b'(' => depth += 1,
+            b'}' | b']' | b')' => depth = depth.saturating_sub(1),
+            _ => {}
         }
         j += 1;
     }
