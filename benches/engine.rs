@@ -20,7 +20,13 @@ use kestra::storage::LocalStorage;
 
 const SEQ40: &str = "id: seq40\nnamespace: bench\ntasks:\n";
 const TWO: &str = "id: two\nnamespace: bench\ntasks:\n  - id: a\n    type: io.kestra.plugin.core.debug.Return\n    format: \"{{ execution.id }}\"\n  - id: b\n    type: io.kestra.plugin.core.log.Log\n    message: \"{{ outputs.a.value }}\"\n";
-const EACH200: &str = "id: each200\nnamespace: bench\ntasks:\n  - id: each\n    type: io.kestra.plugin.core.flow.ForEach\n    values: \"{{ range(1, 200) }}\"\n    concurrencyLimit: 0\n    tasks:\n      - id: r\n        type: io.kestra.plugin.core.debug.Return\n        format: \"{{ taskrun.value }}\"\n";
+fn each200() -> String {
+    let values: Vec<String> = (1..=200).map(|i| i.to_string()).collect();
+    format!(
+        "id: each200\nnamespace: bench\ntasks:\n  - id: each\n    type: io.kestra.plugin.core.flow.ForEach\n    values: [{}]\n    concurrencyLimit: 0\n    tasks:\n      - id: r\n        type: io.kestra.plugin.core.debug.Return\n        format: \"{{{{ taskrun.value }}}}\"\n",
+        values.join(", ")
+    )
+}
 
 fn seq40() -> String {
     let mut s = SEQ40.to_string();
@@ -65,7 +71,7 @@ async fn bench(label: &str, url: &str) -> Vec<String> {
     let dir = tempfile::tempdir().expect("tempdir");
     let storage = Arc::new(LocalStorage::new(dir.path().join("storage")).expect("storage"));
     let engine = Arc::new(Engine::builder(backend.queue(), backend.repositories(), storage).start());
-    for f in [seq40(), TWO.to_string(), EACH200.to_string()] {
+    for f in [seq40(), TWO.to_string(), each200()] {
         engine.deploy(&f).await.expect("deploy");
     }
     let mut rows = Vec::new();
