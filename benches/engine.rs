@@ -12,6 +12,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use indexmap::IndexMap;
 use indicatif::{ProgressBar, ProgressStyle};
 use kestra::Engine;
@@ -93,10 +94,15 @@ async fn bench(label: &str, url: &str) -> Vec<String> {
     let n = 2000usize;
     let bar = progress(n as u64, &format!("{label} (b) throughput"));
     let start = Instant::now();
-    let mut ids = Vec::with_capacity(n);
-    for _ in 0..n {
-        ids.push(engine.execute("bench", "two", IndexMap::new()).await.expect("execute").id);
-    }
+    // Executions are created by 16 concurrent clients, as API calls or schedules would.
+    let ids: Vec<String> = futures::stream::iter(0..n)
+        .map(|_| {
+            let engine = engine.clone();
+            async move { engine.execute("bench", "two", IndexMap::new()).await.expect("execute").id }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
     for id in &ids {
         engine.wait_for(id, Duration::from_secs(600)).await.expect("wait");
         bar.inc(1);
