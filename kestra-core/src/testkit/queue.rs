@@ -1,1 +1,1860 @@
-//! Conformance suite for the queue seam.
+//! Conformance suite for the queue seam: one public async function per contract point of
+//! [`crate::queue`], each taking the backend as `Arc<dyn Queue>` (or a [`QueueFactory`] when several
+//! consumers should be several connections or instances) and panicking with a clear message on any
+//! violation. [`run_all`] runs everything.
+//!
+//! # Running it against a backend
+//!
+//! ```ignore
+//! #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+//! async fn queue_conformance() {
+//!     let queue: Arc<dyn Queue> = Arc::new(MyQueue::connect(url).await?);
+//!     kestra_core::testkit::queue::run_all(queue).await;
+//! }
+//! ```
+//!
+//! Every function publishes messages whose keys start with a fresh unique prefix and only counts those,
+//! so the store does not have to be empty. Messages that a function receives but did not publish
+//! (leftovers of an earlier, interrupted run) are acknowledged and ignored, which is why the functions
+//! must not run *concurrently* against one shared store: run them one at a time (as [`run_all`] does) or
+//! give each its own store. Waits are generous (seconds) so that slow CI databases pass; a correct backend
+//! finishes each function in a few seconds.
+//!
+//! Message payloads are JSON objects `{"seq": n}`; the unit-of-work functions store executor state under
+//! the kind [`STATE_KIND`].
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use serde_json::json;
+use tokio::task::JoinHandle;
+
+use crate::model::{Execution, State, StateType, new_id};
+use crate::queue::{ConsumerGroup, Delivery, DeliveryTag, Envelope, Queue, Topic, UnitOfWork};
+
+/// Builds a new handle on the same store (a new connection, client or instance), so that "several
+/// consumers" in the multi-consumer checks are really several. `&|| queue.clone()` is the trivial factory.
+pub type QueueFactory = dyn Fn() -> Arc<dyn Queue> + Send + Sync;
+
+/// The executor-state kind the unit-of-work checks read and write.
+pub const STATE_KIND: &str = "testkit";
+
+/// Lease used where no redelivery is expected.
+const LEASE: Duration = Duration::from_secs(30);
+/// How long to wait for something that must happen.
+const DEADLINE: Duration = Duration::from_secs(30);
+/// Wait passed to one `receive`/`begin` call inside polling loops.
+const POLL: Duration = Duration::from_millis(250);
+
+// ---------------------------------------------------------------------------------------------------
+// helpers
+
+fn prefix(test: &str) -> String {
+    format!("tk-{test}-{}", new_id())
+}
+
+fn seq_payload(seq: u64) -> Bytes {
+    Bytes::from(serde_json::to_vec(&json!({ "seq": seq })).expect("a JSON object serialises"))
+}
+
+fn msg(topic: Topic, key: &str, seq: u64) -> Envelope {
+    Envelope::new(topic, key, seq_payload(seq))
+}
+
+fn seq_of(d: &Delivery) -> u64 {
+    let v: serde_json::Value = d.envelope.decode().unwrap_or_else(|e| {
+        panic!(
+            "delivery {:?} of key {} does not carry the JSON payload that was published: {e}",
+            d.tag, d.envelope.key
+        )
+    });
+    v["seq"].as_u64().unwrap_or_else(|| {
+        panic!(
+            "delivery {:?} of key {}: payload {v} has no `seq` (payload altered?)",
+            d.tag, d.envelope.key
+        )
+    })
+}
+
+fn is_own(d: &Delivery, prefix: &str) -> bool {
+    d.envelope.key.starts_with(prefix)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+async fn publish(queue: &dyn Queue, messages: Vec<Envelope>) {
+    let n = messages.len();
+    queue
+        .publish(messages)
+        .await
+        .unwrap_or_else(|e| panic!("publish of {n} message(s) failed: {e}"));
+}
+
+async fn ack(queue: &dyn Queue, group: ConsumerGroup, tags: &[DeliveryTag]) {
+    if tags.is_empty() {
+        return;
+    }
+    queue
+        .ack(group, tags)
+        .await
+        .unwrap_or_else(|e| panic!("ack of {} tag(s) for {group} failed: {e}", tags.len()));
+}
+
+/// One `receive`; deliveries that this run did not publish are acknowledged and dropped; the returned
+/// deliveries are checked for group and topic.
+async fn receive_own(
+    queue: &dyn Queue,
+    group: ConsumerGroup,
+    topic: Topic,
+    prefix: &str,
+    max: usize,
+    lease: Duration,
+    wait: Duration,
+) -> Vec<Delivery> {
+    let batch = queue
+        .receive(group, topic, max, lease, wait)
+        .await
+        .unwrap_or_else(|e| panic!("receive({group}, {topic}) failed: {e}"));
+    assert!(
+        batch.len() <= max,
+        "receive({group}, {topic}, max={max}) returned {} deliveries",
+        batch.len()
+    );
+    let (own, foreign): (Vec<Delivery>, Vec<Delivery>) =
+        batch.into_iter().partition(|d| is_own(d, prefix));
+    let foreign_tags: Vec<DeliveryTag> = foreign.iter().map(|d| d.tag).collect();
+    ack(queue, group, &foreign_tags).await;
+    for d in &own {
+        assert_eq!(
+            d.group, group,
+            "delivery of key {} received by group {group} says group {}",
+            d.envelope.key, d.group
+        );
+        assert_eq!(
+            d.envelope.topic, topic,
+            "receive on topic {topic} returned a message of topic {}",
+            d.envelope.topic
+        );
+        assert!(d.attempt >= 1, "attempt starts at 1, got {}", d.attempt);
+    }
+    own
+}
+
+/// Receive until at least `want` own deliveries arrived (not acknowledged), or panic after `timeout`.
+#[allow(clippy::too_many_arguments)]
+async fn receive_own_until(
+    queue: &dyn Queue,
+    group: ConsumerGroup,
+    topic: Topic,
+    prefix: &str,
+    want: usize,
+    max: usize,
+    lease: Duration,
+    timeout: Duration,
+) -> Vec<Delivery> {
+    let start = Instant::now();
+    let mut got = Vec::new();
+    while got.len() < want {
+        let elapsed = start.elapsed();
+        assert!(
+            elapsed < timeout,
+            "waited {elapsed:?} on ({group}, {topic}) for {want} message(s) published by this check, \
+             got {}: {:?}",
+            got.len(),
+            got.iter()
+                .map(|d: &Delivery| (&d.envelope.key, seq_of(d)))
+                .collect::<Vec<_>>()
+        );
+        let wait = POLL.min(timeout - elapsed);
+        got.extend(receive_own(queue, group, topic, prefix, max, lease, wait).await);
+    }
+    got
+}
+
+/// Keep receiving for `during`; panic if any delivery of this run shows up.
+async fn assert_no_own(
+    queue: &dyn Queue,
+    group: ConsumerGroup,
+    topic: Topic,
+    prefix: &str,
+    during: Duration,
+    why: &str,
+) {
+    let start = Instant::now();
+    while start.elapsed() < during {
+        let wait = POLL.min(during.saturating_sub(start.elapsed()));
+        let own = receive_own(queue, group, topic, prefix, 100, LEASE, wait).await;
+        if let Some(d) = own.first() {
+            panic!(
+                "({group}, {topic}): {why}, but got key {} seq {} (attempt {}) after {:?}",
+                d.envelope.key,
+                seq_of(d),
+                d.attempt,
+                start.elapsed()
+            );
+        }
+    }
+}
+
+/// `begin` until a unit holds at least one delivery of this run; units with only foreign deliveries
+/// are committed (acknowledging them). Returns the unit and this run's deliveries in it.
+async fn begin_own(
+    queue: &dyn Queue,
+    topics: &[Topic],
+    prefix: &str,
+    timeout: Duration,
+) -> (Box<dyn UnitOfWork>, Vec<Delivery>) {
+    let start = Instant::now();
+    loop {
+        let elapsed = start.elapsed();
+        assert!(
+            elapsed < timeout,
+            "begin(executor, {topics:?}) did not hand out the messages published by this check \
+             within {elapsed:?}"
+        );
+        let unit = queue
+            .begin(
+                ConsumerGroup::Executor,
+                topics,
+                10,
+                POLL.min(timeout - elapsed),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("begin(executor, {topics:?}) failed: {e}"));
+        let Some(unit) = unit else { continue };
+        assert!(
+            !unit.deliveries().is_empty(),
+            "begin returned a unit of work without deliveries (it must return None instead)"
+        );
+        let own: Vec<Delivery> = unit
+            .deliveries()
+            .iter()
+            .filter(|d| is_own(d, prefix))
+            .cloned()
+            .collect();
+        if own.is_empty() {
+            unit.commit()
+                .await
+                .unwrap_or_else(|e| panic!("commit of a unit with leftover messages failed: {e}"));
+            continue;
+        }
+        for d in &own {
+            assert_eq!(d.group, ConsumerGroup::Executor, "unit delivery group");
+            assert!(
+                topics.contains(&d.envelope.topic),
+                "begin over {topics:?} claimed a message of topic {}",
+                d.envelope.topic
+            );
+        }
+        return (unit, own);
+    }
+}
+
+/// `begin` for `during`; panic if a unit holds a delivery of this run. Foreign units are committed.
+async fn assert_no_own_units(queue: &dyn Queue, topics: &[Topic], prefix: &str, during: Duration) {
+    let start = Instant::now();
+    while start.elapsed() < during {
+        let wait = POLL.min(during.saturating_sub(start.elapsed()));
+        let unit = queue
+            .begin(ConsumerGroup::Executor, topics, 100, wait)
+            .await
+            .unwrap_or_else(|e| panic!("begin(executor, {topics:?}) failed: {e}"));
+        let Some(unit) = unit else { continue };
+        if let Some(d) = unit.deliveries().iter().find(|d| is_own(d, prefix)) {
+            panic!(
+                "message key {} seq {} on {} was delivered again (attempt {}) although the unit that \
+                 consumed it committed",
+                d.envelope.key,
+                seq_of(d),
+                d.envelope.topic,
+                d.attempt
+            );
+        }
+        unit.commit()
+            .await
+            .unwrap_or_else(|e| panic!("commit of a unit with leftover messages failed: {e}"));
+    }
+}
+
+async fn commit(unit: Box<dyn UnitOfWork>) {
+    unit.commit()
+        .await
+        .unwrap_or_else(|e| panic!("unit of work commit failed: {e}"));
+}
+
+async fn join_all(handles: Vec<JoinHandle<()>>) {
+    for h in handles {
+        if let Err(e) = h.await {
+            if e.is_panic() {
+                std::panic::resume_unwind(e.into_panic());
+            }
+            panic!("a consumer task was cancelled: {e}");
+        }
+    }
+}
+
+fn ms(t: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(t.timestamp_millis()).expect("a current date is in range")
+}
+
+/// An execution with id `id` in `state`, with millisecond timestamps (exact through any backend).
+fn execution(id: &str, namespace: &str, state: StateType) -> Execution {
+    let start = ms(Utc::now());
+    let mut e = Execution::new(namespace, "testkit-flow", 1);
+    e.id = id.to_string();
+    e.labels.clear();
+    e.metadata.original_created_date = start;
+    e.state = State::new_at(StateType::Created, start);
+    let mut at = start;
+    for s in [StateType::Running, state] {
+        if s != e.current() {
+            at += chrono::Duration::milliseconds(10);
+            e.state
+                .transition_at(s, at)
+                .expect("testkit builds valid transitions");
+        }
+    }
+    e
+}
+
+// ---------------------------------------------------------------------------------------------------
+// competing receive
+
+/// Publish then receive one message: the payload bytes are exactly the published ones, the delivery
+/// names its group and topic, it is the first attempt, and once acknowledged it is not delivered again.
+pub async fn publish_receive_round_trip(queue: Arc<dyn Queue>) {
+    let q = &*queue;
+    let p = prefix("round-trip");
+    let key = format!("{p}-k");
+    // Exact bytes: key order, spacing and non-ASCII must survive (no JSON normalisation).
+    let body: &[u8] = "{\"b\": 2,  \"a\": \"\u{e9}t\u{e9} \u{2713}\", \"n\": [1, 2.50]}".as_bytes();
+    publish(
+        q,
+        vec![Envelope::new(
+            Topic::WorkerJob,
+            key.clone(),
+            Bytes::copy_from_slice(body),
+        )],
+    )
+    .await;
+    let got = receive_own_until(
+        q,
+        ConsumerGroup::Worker,
+        Topic::WorkerJob,
+        &p,
+        1,
+        10,
+        LEASE,
+        DEADLINE,
+    )
+    .await;
+    assert_eq!(got.len(), 1, "one message published, got {got:?}");
+    let d = &got[0];
+    assert_eq!(d.envelope.key, key, "key");
+    assert_eq!(
+        d.envelope.payload.as_ref(),
+        body,
+        "payload bytes must round-trip exactly"
+    );
+    assert_eq!(d.envelope.deliver_at, None, "deliver_at was not set");
+    assert_eq!(d.attempt, 1, "first delivery has attempt 1");
+    ack(q, ConsumerGroup::Worker, &[d.tag]).await;
+    assert_no_own(
+        q,
+        ConsumerGroup::Worker,
+        Topic::WorkerJob,
+        &p,
+        Duration::from_millis(500),
+        "the message was acknowledged",
+    )
+    .await;
+}
+
+/// Every consumer group that [`Topic::groups`] lists for a topic receives each message of it once;
+/// publishing to a broadcast-only topic (no group) succeeds.
+pub async fn fan_out_to_every_group(queue: Arc<dyn Queue>) {
+    let q = &*queue;
+    let p = prefix("fan-out");
+    let messages: Vec<Envelope> = Topic::ALL
+        .iter()
+        .enumerate()
+        .map(|(i, t)| msg(*t, &format!("{p}-{t}"), i as u64))
+        .collect();
+    publish(q, messages).await;
+    for (i, topic) in Topic::ALL.into_iter().enumerate() {
+        for &group in topic.groups() {
+            let got = receive_own_until(q, group, topic, &p, 1, 10, LEASE, DEADLINE).await;
+            assert_eq!(
+                got.len(),
+                1,
+                "({group}, {topic}) must get the message exactly once"
+            );
+            assert_eq!(got[0].envelope.key, format!("{p}-{topic}"));
+            assert_eq!(seq_of(&got[0]), i as u64);
+            ack(q, group, &[got[0].tag]).await;
+        }
+    }
+    for topic in Topic::ALL {
+        for &group in topic.groups() {
+            assert_no_own(
+                q,
+                group,
+                topic,
+                &p,
+                Duration::from_millis(200),
+                "each group gets a message once",
+            )
+            .await;
+        }
+    }
+}
+
+/// [`competing_consumers_with`] with four clones of one handle.
+pub async fn competing_consumers(queue: Arc<dyn Queue>) {
+    competing_consumers_with(&move || queue.clone()).await;
+}
+
+/// Four concurrent consumers of one group share 500 messages over 50 keys: acknowledged promptly,
+/// every message is delivered exactly once overall and none is lost.
+pub async fn competing_consumers_with(factory: &QueueFactory) {
+    const TOTAL: u64 = 500;
+    const KEYS: u64 = 50;
+    const CONSUMERS: usize = 4;
+    let (group, topic) = (ConsumerGroup::Worker, Topic::WorkerJob);
+    let publisher = factory();
+    let p = prefix("competing");
+    let messages: Vec<Envelope> = (0..TOTAL)
+        .map(|i| msg(topic, &format!("{p}-k{}", i % KEYS), i))
+        .collect();
+    for chunk in messages.chunks(100) {
+        publish(&*publisher, chunk.to_vec()).await;
+    }
+
+    let counts: Arc<Mutex<HashMap<u64, u32>>> = Arc::default();
+    let distinct = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut handles = Vec::new();
+    for _ in 0..CONSUMERS {
+        let (q, p, counts, distinct) = (factory(), p.clone(), counts.clone(), distinct.clone());
+        handles.push(tokio::spawn(async move {
+            while distinct.load(Ordering::SeqCst) < TOTAL as usize {
+                assert!(
+                    start.elapsed() < Duration::from_secs(60),
+                    "competing consumers: only {} of {TOTAL} messages arrived within 60 s",
+                    distinct.load(Ordering::SeqCst)
+                );
+                let own = receive_own(&*q, group, topic, &p, 10, LEASE, POLL).await;
+                for d in &own {
+                    let mut c = lock(&counts);
+                    let n = c.entry(seq_of(d)).or_default();
+                    *n += 1;
+                    if *n == 1 {
+                        distinct.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+                let tags: Vec<DeliveryTag> = own.iter().map(|d| d.tag).collect();
+                ack(&*q, group, &tags).await;
+            }
+        }));
+    }
+    join_all(handles).await;
+    assert_no_own(
+        &*publisher,
+        group,
+        topic,
+        &p,
+        Duration::from_secs(1),
+        "all 500 messages were delivered and acknowledged",
+    )
+    .await;
+    let counts = lock(&counts);
+    let missing: Vec<u64> = (0..TOTAL).filter(|s| !counts.contains_key(s)).collect();
+    let duplicated: Vec<(u64, u32)> = counts
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(s, n)| (*s, *n))
+        .collect();
+    assert!(missing.is_empty(), "messages never delivered: {missing:?}");
+    assert!(
+        duplicated.is_empty(),
+        "messages delivered more than once although acknowledged promptly (seq, times): {duplicated:?}"
+    );
+}
+
+/// [`per_key_ordering_with`] with three clones of one handle.
+pub async fn per_key_ordering(queue: Arc<dyn Queue>) {
+    per_key_ordering_with(&move || queue.clone()).await;
+}
+
+/// Three concurrent consumers of one group over 10 keys x 20 messages: per key, messages are processed
+/// in publish order, and no consumer receives a message while an earlier one of the same key is held
+/// unacknowledged by another consumer.
+pub async fn per_key_ordering_with(factory: &QueueFactory) {
+    const KEYS: u64 = 10;
+    const PER_KEY: u64 = 20;
+    const CONSUMERS: usize = 3;
+    let (group, topic) = (ConsumerGroup::Scheduler, Topic::WorkerTriggerResult);
+    let publisher = factory();
+    let p = prefix("per-key");
+    // Interleaved keys; seq = publish position, so per key the expected order is ascending seq.
+    let messages: Vec<Envelope> = (0..KEYS * PER_KEY)
+        .map(|i| msg(topic, &format!("{p}-k{}", i % KEYS), i))
+        .collect();
+    for chunk in messages.chunks(50) {
+        publish(&*publisher, chunk.to_vec()).await;
+    }
+
+    // key -> (holding consumer, number of held deliveries)
+    let in_flight: Arc<Mutex<HashMap<String, (usize, usize)>>> = Arc::default();
+    let processed: Arc<Mutex<BTreeMap<String, Vec<u64>>>> = Arc::default();
+    let done = Arc::new(AtomicUsize::new(0));
+    let total = (KEYS * PER_KEY) as usize;
+    let start = Instant::now();
+    let mut handles = Vec::new();
+    for me in 0..CONSUMERS {
+        let (q, p) = (factory(), p.clone());
+        let (in_flight, processed, done) = (in_flight.clone(), processed.clone(), done.clone());
+        handles.push(tokio::spawn(async move {
+            while done.load(Ordering::SeqCst) < total {
+                assert!(
+                    start.elapsed() < Duration::from_secs(60),
+                    "per-key ordering: only {} of {total} messages processed within 60 s",
+                    done.load(Ordering::SeqCst)
+                );
+                let own = receive_own(&*q, group, topic, &p, 5, LEASE, POLL).await;
+                if own.is_empty() {
+                    continue;
+                }
+                {
+                    let mut held = lock(&in_flight);
+                    for d in &own {
+                        let entry = held.entry(d.envelope.key.clone()).or_insert((me, 0));
+                        assert_eq!(
+                            entry.0,
+                            me,
+                            "consumer {me} received key {} seq {} while consumer {} still holds an \
+                             unacknowledged earlier message of that key",
+                            d.envelope.key,
+                            seq_of(d),
+                            entry.0
+                        );
+                        entry.1 += 1;
+                    }
+                }
+                // Let the other consumers race for the held keys.
+                tokio::time::sleep(Duration::from_millis(3)).await;
+                {
+                    let mut log = lock(&processed);
+                    for d in &own {
+                        log.entry(d.envelope.key.clone())
+                            .or_default()
+                            .push(seq_of(d));
+                    }
+                }
+                // Release before acknowledging: once acked, another consumer may legitimately get the key.
+                {
+                    let mut held = lock(&in_flight);
+                    for d in &own {
+                        if let Some(entry) = held.get_mut(&d.envelope.key) {
+                            entry.1 -= 1;
+                            if entry.1 == 0 {
+                                held.remove(&d.envelope.key);
+                            }
+                        }
+                    }
+                }
+                let tags: Vec<DeliveryTag> = own.iter().map(|d| d.tag).collect();
+                ack(&*q, group, &tags).await;
+                done.fetch_add(own.len(), Ordering::SeqCst);
+            }
+        }));
+    }
+    join_all(handles).await;
+    let log = lock(&processed);
+    for k in 0..KEYS {
+        let key = format!("{p}-k{k}");
+        let expected: Vec<u64> = (0..PER_KEY).map(|j| j * KEYS + k).collect();
+        assert_eq!(
+            log.get(&key),
+            Some(&expected),
+            "key {key}: processing order must equal publish order, each message once"
+        );
+    }
+}
+
+/// A delivery not acknowledged before its lease ends is delivered again with `attempt` 2 (and not
+/// before the lease ends); an acknowledged one never again; acknowledging unknown tags is `Ok` and
+/// harmless.
+pub async fn lease_expiry_and_ack(queue: Arc<dyn Queue>) {
+    let q = &*queue;
+    let (group, topic) = (ConsumerGroup::Indexer, Topic::Metric);
+    let p = prefix("lease");
+    let key = format!("{p}-k");
+    let lease = Duration::from_secs(2);
+    publish(q, vec![msg(topic, &key, 1)]).await;
+    let first = receive_own_until(q, group, topic, &p, 1, 10, lease, DEADLINE).await;
+    let claimed_at = Instant::now();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].attempt, 1, "first delivery has attempt 1");
+    assert_no_own(
+        q,
+        group,
+        topic,
+        &p,
+        Duration::from_millis(800),
+        "the message is leased (2 s) and must not be delivered again before the lease ends",
+    )
+    .await;
+    let second = receive_own_until(q, group, topic, &p, 1, 10, lease, DEADLINE).await;
+    assert!(
+        claimed_at.elapsed() >= Duration::from_millis(1500),
+        "redelivered after {:?}, before the 2 s lease ended",
+        claimed_at.elapsed()
+    );
+    assert_eq!(second.len(), 1);
+    assert_eq!(second[0].envelope.key, key);
+    assert_eq!(seq_of(&second[0]), 1);
+    assert_eq!(
+        second[0].attempt, 2,
+        "a redelivery after lease expiry has attempt 2"
+    );
+    ack(q, group, &[second[0].tag]).await;
+    assert_no_own(
+        q,
+        group,
+        topic,
+        &p,
+        Duration::from_secs(3),
+        "the redelivery was acknowledged (waited past its lease)",
+    )
+    .await;
+
+    let unknown = [
+        DeliveryTag {
+            partition: 0,
+            offset: i64::MAX - 7,
+        },
+        DeliveryTag {
+            partition: 9_999,
+            offset: 1,
+        },
+    ];
+    q.ack(group, &unknown)
+        .await
+        .unwrap_or_else(|e| panic!("ack of unknown tags must be Ok (ignored), got {e}"));
+    q.ack(group, &[])
+        .await
+        .unwrap_or_else(|e| panic!("ack of no tags must be Ok, got {e}"));
+    // ... and harmless: a message published afterwards is still delivered.
+    let key2 = format!("{p}-after");
+    publish(q, vec![msg(topic, &key2, 2)]).await;
+    let after = receive_own_until(q, group, topic, &p, 1, 10, LEASE, DEADLINE).await;
+    assert_eq!(after[0].envelope.key, key2);
+    ack(q, group, &[after[0].tag]).await;
+}
+
+/// A message with `deliver_at` 1.5 s ahead is not delivered before that time and is delivered after;
+/// a later message of the same key that is already due is delivered meanwhile (ordering per key
+/// counts only due messages).
+pub async fn delayed_delivery(queue: Arc<dyn Queue>) {
+    let q = &*queue;
+    let (group, topic) = (ConsumerGroup::Worker, Topic::WorkerJob);
+    let p = prefix("delayed");
+    let key = format!("{p}-k");
+    let other = format!("{p}-other");
+    let due = Utc::now() + chrono::Duration::milliseconds(1500);
+    publish(
+        q,
+        vec![
+            msg(topic, &key, 0).delayed_until(due),
+            msg(topic, &key, 1),
+            msg(topic, &other, 2).delayed_until(due),
+        ],
+    )
+    .await;
+    // Until shortly before `due`, only seq 1 may arrive (and it must).
+    let early_end = due - chrono::Duration::milliseconds(300);
+    let mut early = Vec::new();
+    while Utc::now() < early_end {
+        let left = (early_end - Utc::now()).to_std().unwrap_or_default();
+        for d in receive_own(q, group, topic, &p, 10, LEASE, POLL.min(left)).await {
+            assert_eq!(
+                seq_of(&d),
+                1,
+                "key {} seq {} delivered {} ms before its deliver_at",
+                d.envelope.key,
+                seq_of(&d),
+                (due - Utc::now()).num_milliseconds()
+            );
+            ack(q, group, &[d.tag]).await;
+            early.push(d);
+        }
+    }
+    assert_eq!(
+        early.len(),
+        1,
+        "the due message (seq 1) must be delivered while an earlier, delayed message of the same key \
+         is not due yet"
+    );
+    let late = receive_own_until(q, group, topic, &p, 2, 10, LEASE, DEADLINE).await;
+    let now = Utc::now();
+    assert!(
+        now >= due - chrono::Duration::milliseconds(250),
+        "delayed messages delivered at {now}, before their deliver_at {due}"
+    );
+    let mut seqs: Vec<u64> = late.iter().map(seq_of).collect();
+    seqs.sort_unstable();
+    assert_eq!(
+        seqs,
+        vec![0, 2],
+        "both delayed messages, once each, after their date"
+    );
+    for d in &late {
+        assert_eq!(
+            d.attempt, 1,
+            "a delayed message's first delivery is attempt 1"
+        );
+    }
+    let tags: Vec<DeliveryTag> = late.iter().map(|d| d.tag).collect();
+    ack(q, group, &tags).await;
+}
+
+/// A malformed payload is received, dead-lettered, never delivered again, and the next message of the
+/// same key is delivered afterwards.
+pub async fn dead_letter(queue: Arc<dyn Queue>) {
+    let q = &*queue;
+    let (group, topic) = (ConsumerGroup::Scheduler, Topic::Trigger);
+    let p = prefix("dead-letter");
+    let key = format!("{p}-k");
+    publish(
+        q,
+        vec![
+            Envelope::new(topic, key.clone(), &b"{not json"[..]),
+            msg(topic, &key, 1),
+        ],
+    )
+    .await;
+    let bad = receive_own_until(q, group, topic, &p, 1, 1, Duration::from_secs(1), DEADLINE).await;
+    assert_eq!(bad.len(), 1);
+    assert_eq!(
+        bad[0].envelope.payload.as_ref(),
+        b"{not json",
+        "per-key order: the malformed message (published first) comes first"
+    );
+    assert!(
+        bad[0].envelope.decode::<serde_json::Value>().is_err(),
+        "the malformed payload does not decode"
+    );
+    q.dead_letter(&bad[0], "testkit: malformed payload")
+        .await
+        .unwrap_or_else(|e| panic!("dead_letter failed: {e}"));
+    let good = receive_own_until(q, group, topic, &p, 1, 1, LEASE, DEADLINE).await;
+    assert_eq!(
+        seq_of(&good[0]),
+        1,
+        "after the dead letter, the next message of the key"
+    );
+    ack(q, group, &[good[0].tag]).await;
+    assert_no_own(
+        q,
+        group,
+        topic,
+        &p,
+        Duration::from_secs(3),
+        "the malformed message was dead-lettered (waited past its 1 s lease)",
+    )
+    .await;
+}
+
+/// [`receive`](Queue::receive) waits up to `wait` and returns an empty batch when nothing is due, and
+/// wakes up promptly (well under `wait`) when a message is published meanwhile.
+pub async fn receive_wait_and_wakeup(queue: Arc<dyn Queue>) {
+    let (group, topic) = (ConsumerGroup::Indexer, Topic::Metric);
+    drain(&*queue, group, topic).await;
+    let start = Instant::now();
+    let batch = queue
+        .receive(group, topic, 10, LEASE, Duration::from_secs(1))
+        .await
+        .unwrap_or_else(|e| panic!("receive failed: {e}"));
+    let elapsed = start.elapsed();
+    assert!(
+        batch.is_empty(),
+        "nothing was due but receive returned {batch:?}"
+    );
+    assert!(
+        elapsed < Duration::from_secs(3),
+        "receive with wait 1 s returned after {elapsed:?}"
+    );
+
+    let p = prefix("receive-wakeup");
+    let key = format!("{p}-k");
+    let publisher = queue.clone();
+    let k = key.clone();
+    let pub_task = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        publish(&*publisher, vec![msg(topic, &k, 1)]).await;
+    });
+    let start = Instant::now();
+    let mut got = Vec::new();
+    while got.is_empty() && start.elapsed() < Duration::from_secs(5) {
+        let wait = Duration::from_secs(5).saturating_sub(start.elapsed());
+        got = receive_own(&*queue, group, topic, &p, 10, LEASE, wait).await;
+    }
+    let elapsed = start.elapsed();
+    join_all(vec![pub_task]).await;
+    assert_eq!(got.len(), 1, "the message published meanwhile is received");
+    assert!(
+        elapsed < Duration::from_secs(2),
+        "receive(wait 5 s) returned {elapsed:?} after start for a message published after 200 ms: \
+         wake-ups must not wait for the full timeout"
+    );
+    ack(&*queue, group, &[got[0].tag]).await;
+}
+
+/// Receive and acknowledge whatever is due on (group, topic), so that timing checks start quiescent.
+async fn drain(queue: &dyn Queue, group: ConsumerGroup, topic: Topic) {
+    for _ in 0..100 {
+        let batch = queue
+            .receive(group, topic, 100, LEASE, Duration::from_millis(100))
+            .await
+            .unwrap_or_else(|e| panic!("receive({group}, {topic}) failed: {e}"));
+        if batch.is_empty() {
+            return;
+        }
+        let tags: Vec<DeliveryTag> = batch.iter().map(|d| d.tag).collect();
+        ack(queue, group, &tags).await;
+    }
+    panic!("({group}, {topic}) still hands out leftover messages after 100 drained batches");
+}
+
+// ---------------------------------------------------------------------------------------------------
+// broadcast
+
+/// [`broadcast_with`] with two clones of one handle.
+pub async fn broadcast(queue: Arc<dyn Queue>) {
+    broadcast_with(&move || queue.clone()).await;
+}
+
+/// Two subscribers (on two handles) both get every message published after they subscribed, in
+/// order per key; a message published before subscribing is not replayed.
+pub async fn broadcast_with(factory: &QueueFactory) {
+    let topic = Topic::ExecutionKilled;
+    let publisher = factory();
+    let p = prefix("broadcast");
+    let (k1, k2) = (format!("{p}-a"), format!("{p}-b"));
+    publish(&*publisher, vec![msg(topic, &k1, 0)]).await;
+    let (sa, sb) = (factory(), factory());
+    let mut subs = Vec::new();
+    for s in [&sa, &sb] {
+        subs.push(
+            s.subscribe(topic)
+                .await
+                .unwrap_or_else(|e| panic!("subscribe({topic}) failed: {e}")),
+        );
+    }
+    publish(
+        &*publisher,
+        vec![msg(topic, &k1, 1), msg(topic, &k2, 2), msg(topic, &k1, 3)],
+    )
+    .await;
+    publish(&*publisher, vec![msg(topic, &k2, 4), msg(topic, &k1, 5)]).await;
+    for (i, mut sub) in subs.into_iter().enumerate() {
+        let mut got: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        let mut n = 0;
+        while n < 5 {
+            let next = tokio::time::timeout(DEADLINE, sub.next())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("subscriber {i}: only {n} of 5 broadcast messages within {DEADLINE:?}: {got:?}")
+                })
+                .unwrap_or_else(|| panic!("subscriber {i}: subscription ended after {n} messages"))
+                .unwrap_or_else(|e| panic!("subscriber {i}: subscription error: {e}"));
+            assert_eq!(
+                next.topic, topic,
+                "subscription to {topic} yielded another topic"
+            );
+            if !next.key.starts_with(&p) {
+                continue;
+            }
+            let v: serde_json::Value = next
+                .decode()
+                .expect("broadcast payload is the published JSON");
+            let seq = v["seq"].as_u64().expect("broadcast payload has seq");
+            assert_ne!(
+                seq, 0,
+                "subscriber {i} got a message published before it subscribed (no replay allowed)"
+            );
+            got.entry(next.key.clone()).or_default().push(seq);
+            n += 1;
+        }
+        assert_eq!(
+            got.get(&k1),
+            Some(&vec![1, 3, 5]),
+            "subscriber {i}, key a, in order"
+        );
+        assert_eq!(
+            got.get(&k2),
+            Some(&vec![2, 4]),
+            "subscriber {i}, key b, in order"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// unit of work
+
+const UOW_TOPICS: [Topic; 2] = [Topic::Execution, Topic::ExecutionCommand];
+
+/// A unit of work claims deliveries over several topics; `load_execution` and `load_state` return
+/// `None` for unknown ids; what it stages (execution, state, messages) is visible after `commit` (in
+/// the next unit and to receivers), and the consumed deliveries are not delivered again. Saving a state
+/// to `None` deletes it.
+pub async fn unit_of_work_commit(queue: Arc<dyn Queue>) {
+    let q = &*queue;
+    let p = prefix("uow-commit");
+    let id = format!("{p}-exec");
+    let ns = "testkit.uow";
+    let state_value = json!({ "slots": 1, "by": id });
+    publish(q, vec![msg(Topic::Execution, &id, 1)]).await;
+
+    let (mut unit, own) = begin_own(q, &UOW_TOPICS, &p, DEADLINE).await;
+    assert_eq!(own.len(), 1, "one message published: {own:?}");
+    assert_eq!(own[0].envelope.topic, Topic::Execution);
+    assert_eq!(seq_of(&own[0]), 1);
+    assert_eq!(own[0].attempt, 1);
+    let loaded = unit
+        .load_execution(&id)
+        .await
+        .unwrap_or_else(|e| panic!("load_execution failed: {e}"));
+    assert_eq!(loaded, None, "load_execution of an unknown id is None");
+    let st = unit
+        .load_state(STATE_KIND, &id)
+        .await
+        .unwrap_or_else(|e| panic!("load_state failed: {e}"));
+    assert_eq!(st, None, "load_state of an unknown key is None");
+    let running = execution(&id, ns, StateType::Running);
+    unit.save_execution(&running)
+        .await
+        .unwrap_or_else(|e| panic!("save_execution failed: {e}"));
+    unit.save_state(STATE_KIND, &id, Some(&state_value))
+        .await
+        .unwrap_or_else(|e| panic!("save_state failed: {e}"));
+    unit.publish(vec![
+        msg(Topic::WorkerJob, &id, 10),
+        msg(Topic::ExecutionCommand, &id, 2),
+    ])
+    .await
+    .unwrap_or_else(|e| panic!("unit publish failed: {e}"));
+    commit(unit).await;
+
+    // The staged worker job is receivable.
+    let jobs = receive_own_until(
+        q,
+        ConsumerGroup::Worker,
+        Topic::WorkerJob,
+        &p,
+        1,
+        10,
+        LEASE,
+        DEADLINE,
+    )
+    .await;
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(seq_of(&jobs[0]), 10);
+    ack(q, ConsumerGroup::Worker, &[jobs[0].tag]).await;
+
+    // The next unit gets the staged command (second topic), not the consumed message, and sees the
+    // committed execution and state.
+    let (mut unit, own) = begin_own(q, &UOW_TOPICS, &p, DEADLINE).await;
+    let seqs: Vec<(Topic, u64)> = own.iter().map(|d| (d.envelope.topic, seq_of(d))).collect();
+    assert_eq!(
+        seqs,
+        vec![(Topic::ExecutionCommand, 2)],
+        "the next unit holds exactly the committed command (the consumed message is gone)"
+    );
+    let loaded = unit
+        .load_execution(&id)
+        .await
+        .unwrap_or_else(|e| panic!("load_execution failed: {e}"));
+    assert_eq!(
+        loaded.as_ref(),
+        Some(&running),
+        "the committed execution loads unchanged"
+    );
+    let st = unit
+        .load_state(STATE_KIND, &id)
+        .await
+        .unwrap_or_else(|e| panic!("load_state failed: {e}"));
+    assert_eq!(
+        st.as_ref(),
+        Some(&state_value),
+        "the committed state value loads"
+    );
+    let success = {
+        let mut e = running.clone();
+        let at = e
+            .state
+            .histories()
+            .last()
+            .map(|h| h.date)
+            .expect("a state has a history");
+        e.state
+            .transition_at(StateType::Success, at + chrono::Duration::milliseconds(10))
+            .expect("RUNNING -> SUCCESS");
+        e
+    };
+    unit.save_execution(&success)
+        .await
+        .unwrap_or_else(|e| panic!("save_execution failed: {e}"));
+    unit.save_state(STATE_KIND, &id, None)
+        .await
+        .unwrap_or_else(|e| panic!("save_state(None) failed: {e}"));
+    commit(unit).await;
+
+    publish(q, vec![msg(Topic::Execution, &id, 3)]).await;
+    let (mut unit, own) = begin_own(q, &UOW_TOPICS, &p, DEADLINE).await;
+    let seqs: Vec<u64> = own.iter().map(seq_of).collect();
+    assert_eq!(seqs, vec![3]);
+    let loaded = unit
+        .load_execution(&id)
+        .await
+        .unwrap_or_else(|e| panic!("load_execution failed: {e}"));
+    assert_eq!(
+        loaded.as_ref(),
+        Some(&success),
+        "the second commit replaced the execution"
+    );
+    let st = unit
+        .load_state(STATE_KIND, &id)
+        .await
+        .unwrap_or_else(|e| panic!("load_state failed: {e}"));
+    assert_eq!(st, None, "save_state(None) deleted the entry");
+    commit(unit).await;
+    assert_no_own_units(q, &UOW_TOPICS, &p, Duration::from_secs(1)).await;
+}
+
+/// Everything staged in a unit that is dropped without commit is discarded (execution unchanged, state
+/// absent, staged messages never published) and its claimed messages are delivered again; when the
+/// retry commits, the message has been processed once in total.
+pub async fn unit_of_work_rollback_on_drop(queue: Arc<dyn Queue>) {
+    let q = &*queue;
+    let p = prefix("uow-drop");
+    let id = format!("{p}-exec");
+    let running = execution(&id, "testkit.uow", StateType::Running);
+    // Baseline: a committed execution.
+    publish(q, vec![msg(Topic::Execution, &id, 1)]).await;
+    let (mut unit, _) = begin_own(q, &UOW_TOPICS, &p, DEADLINE).await;
+    unit.save_execution(&running)
+        .await
+        .unwrap_or_else(|e| panic!("save_execution failed: {e}"));
+    commit(unit).await;
+
+    publish(q, vec![msg(Topic::Execution, &id, 2)]).await;
+    let (mut unit, own) = begin_own(q, &UOW_TOPICS, &p, DEADLINE).await;
+    assert_eq!(own.iter().map(seq_of).collect::<Vec<_>>(), vec![2]);
+    let mut failed = running.clone();
+    failed
+        .state
+        .transition(StateType::Failed)
+        .expect("RUNNING -> FAILED");
+    unit.save_execution(&failed)
+        .await
+        .unwrap_or_else(|e| panic!("save_execution failed: {e}"));
+    unit.save_state(STATE_KIND, &id, Some(&json!({ "staged": true })))
+        .await
+        .unwrap_or_else(|e| panic!("save_state failed: {e}"));
+    unit.publish(vec![
+        msg(Topic::WorkerJob, &id, 20),
+        msg(Topic::ExecutionCommand, &id, 21),
+    ])
+    .await
+    .unwrap_or_else(|e| panic!("unit publish failed: {e}"));
+    drop(unit);
+
+    assert_no_own(
+        q,
+        ConsumerGroup::Worker,
+        Topic::WorkerJob,
+        &p,
+        Duration::from_secs(1),
+        "the unit that staged this message was dropped without commit",
+    )
+    .await;
+    retry_after_abort(q, &p, &id, Some(&running), 2).await;
+}
+
+/// A unit of work running in a task that is aborted between claim and commit (a crash) applies
+/// nothing; its messages are delivered again and processed once when the retry commits.
+pub async fn unit_of_work_crash_before_commit(queue: Arc<dyn Queue>) {
+    let p = prefix("uow-crash");
+    let id = format!("{p}-exec");
+    publish(&*queue, vec![msg(Topic::Execution, &id, 1)]).await;
+    let (claimed_tx, claimed_rx) = tokio::sync::oneshot::channel::<Vec<u64>>();
+    let task = {
+        let (q, p, id) = (queue.clone(), p.clone(), id.clone());
+        tokio::spawn(async move {
+            let (mut unit, own) = begin_own(&*q, &UOW_TOPICS, &p, DEADLINE).await;
+            unit.save_execution(&execution(&id, "testkit.uow", StateType::Running))
+                .await
+                .unwrap_or_else(|e| panic!("save_execution failed: {e}"));
+            unit.save_state(STATE_KIND, &id, Some(&json!({ "staged": true })))
+                .await
+                .unwrap_or_else(|e| panic!("save_state failed: {e}"));
+            unit.publish(vec![
+                msg(Topic::WorkerJob, &id, 20),
+                msg(Topic::ExecutionCommand, &id, 21),
+            ])
+            .await
+            .unwrap_or_else(|e| panic!("unit publish failed: {e}"));
+            let _ = claimed_tx.send(own.iter().map(seq_of).collect());
+            // The "crash" happens here: the task is aborted while it holds the uncommitted unit.
+            std::future::pending::<()>().await;
+            commit(unit).await;
+        })
+    };
+    let claimed = match tokio::time::timeout(DEADLINE, claimed_rx).await {
+        Ok(Ok(seqs)) => seqs,
+        _ => {
+            task.abort();
+            match task.await {
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                _ => panic!("the unit of work task did not claim the message"),
+            }
+        }
+    };
+    assert_eq!(claimed, vec![1]);
+    task.abort();
+    let res = task.await;
+    assert!(
+        matches!(&res, Err(e) if e.is_cancelled()),
+        "the task was aborted"
+    );
+    assert_no_own(
+        &*queue,
+        ConsumerGroup::Worker,
+        Topic::WorkerJob,
+        &p,
+        Duration::from_secs(1),
+        "the unit that staged this message crashed before commit",
+    )
+    .await;
+    retry_after_abort(&*queue, &p, &id, None, 1).await;
+}
+
+/// After an aborted unit: the claimed message (seq `seq`) comes back, nothing staged is visible, the
+/// retry commits and the message is then processed once in total.
+async fn retry_after_abort(
+    q: &dyn Queue,
+    p: &str,
+    id: &str,
+    committed: Option<&Execution>,
+    seq: u64,
+) {
+    let (mut unit, own) = begin_own(q, &UOW_TOPICS, p, DEADLINE).await;
+    let seqs: Vec<(Topic, u64)> = own.iter().map(|d| (d.envelope.topic, seq_of(d))).collect();
+    assert_eq!(
+        seqs,
+        vec![(Topic::Execution, seq)],
+        "the aborted unit's message is delivered again, and its staged command was never published"
+    );
+    assert!(own[0].attempt >= 1);
+    let loaded = unit
+        .load_execution(id)
+        .await
+        .unwrap_or_else(|e| panic!("load_execution failed: {e}"));
+    assert_eq!(
+        loaded.as_ref(),
+        committed,
+        "the aborted unit's execution was not applied"
+    );
+    let st = unit
+        .load_state(STATE_KIND, id)
+        .await
+        .unwrap_or_else(|e| panic!("load_state failed: {e}"));
+    assert_eq!(st, None, "the aborted unit's state was not applied");
+    unit.publish(vec![msg(Topic::WorkerJob, id, 30)])
+        .await
+        .unwrap_or_else(|e| panic!("unit publish failed: {e}"));
+    commit(unit).await;
+    let jobs = receive_own_until(
+        q,
+        ConsumerGroup::Worker,
+        Topic::WorkerJob,
+        p,
+        1,
+        10,
+        LEASE,
+        DEADLINE,
+    )
+    .await;
+    assert_eq!(
+        jobs.iter().map(seq_of).collect::<Vec<_>>(),
+        vec![30],
+        "only the retry's message"
+    );
+    ack(q, ConsumerGroup::Worker, &[jobs[0].tag]).await;
+    assert_no_own(
+        q,
+        ConsumerGroup::Worker,
+        Topic::WorkerJob,
+        p,
+        Duration::from_millis(500),
+        "the retry's message was acknowledged",
+    )
+    .await;
+    assert_no_own_units(q, &UOW_TOPICS, p, Duration::from_secs(1)).await;
+}
+
+/// A malformed message set aside with [`UnitOfWork::dead_letter`] is never delivered again once the
+/// unit commits, and the next message of the key follows.
+pub async fn unit_of_work_dead_letter(queue: Arc<dyn Queue>) {
+    let q = &*queue;
+    let p = prefix("uow-dead-letter");
+    let id = format!("{p}-exec");
+    publish(
+        q,
+        vec![
+            Envelope::new(Topic::ExecutionCommand, id.clone(), &b"{not json"[..]),
+            msg(Topic::ExecutionCommand, &id, 1),
+        ],
+    )
+    .await;
+    let mut seen_good = false;
+    let mut dead = 0;
+    let start = Instant::now();
+    while !seen_good {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the message after the dead letter never came"
+        );
+        let (mut unit, own) = begin_own(q, &UOW_TOPICS, &p, DEADLINE).await;
+        for d in &own {
+            if d.envelope.decode::<serde_json::Value>().is_err() {
+                assert!(
+                    !seen_good,
+                    "per-key order: the malformed message comes first"
+                );
+                dead += 1;
+                unit.dead_letter(d.tag, "testkit: malformed payload")
+                    .await
+                    .unwrap_or_else(|e| panic!("unit dead_letter failed: {e}"));
+            } else {
+                assert_eq!(seq_of(d), 1);
+                seen_good = true;
+            }
+        }
+        commit(unit).await;
+    }
+    assert_eq!(
+        dead, 1,
+        "the malformed message was delivered once and dead-lettered"
+    );
+    assert_no_own_units(q, &UOW_TOPICS, &p, Duration::from_secs(1)).await;
+}
+
+/// [`unit_of_work_serialized_per_key_with`] with three clones of one handle.
+pub async fn unit_of_work_serialized_per_key(queue: Arc<dyn Queue>) {
+    unit_of_work_serialized_per_key_with(&move || queue.clone()).await;
+}
+
+/// Three concurrent executors taking units of work over 5 keys x 12 messages: two units never hold
+/// messages of the same key at once, per key the messages are processed in publish order, each once.
+pub async fn unit_of_work_serialized_per_key_with(factory: &QueueFactory) {
+    const KEYS: u64 = 5;
+    const PER_KEY: u64 = 12;
+    const EXECUTORS: usize = 3;
+    let topic = Topic::Execution;
+    let publisher = factory();
+    let p = prefix("uow-serial");
+    let messages: Vec<Envelope> = (0..KEYS * PER_KEY)
+        .map(|i| msg(topic, &format!("{p}-k{}", i % KEYS), i))
+        .collect();
+    publish(&*publisher, messages).await;
+
+    let in_flight: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+    let processed: Arc<Mutex<BTreeMap<String, Vec<u64>>>> = Arc::default();
+    let done = Arc::new(AtomicUsize::new(0));
+    let total = (KEYS * PER_KEY) as usize;
+    let start = Instant::now();
+    let mut handles = Vec::new();
+    for me in 0..EXECUTORS {
+        let (q, p) = (factory(), p.clone());
+        let (in_flight, processed, done) = (in_flight.clone(), processed.clone(), done.clone());
+        handles.push(tokio::spawn(async move {
+            while done.load(Ordering::SeqCst) < total {
+                assert!(
+                    start.elapsed() < Duration::from_secs(60),
+                    "units of work: only {} of {total} messages processed within 60 s",
+                    done.load(Ordering::SeqCst)
+                );
+                let unit = q
+                    .begin(ConsumerGroup::Executor, &[topic], 5, POLL)
+                    .await
+                    .unwrap_or_else(|e| panic!("begin failed: {e}"));
+                let Some(unit) = unit else { continue };
+                let own: Vec<Delivery> = unit
+                    .deliveries()
+                    .iter()
+                    .filter(|d| is_own(d, &p))
+                    .cloned()
+                    .collect();
+                let mut keys: Vec<String> = own.iter().map(|d| d.envelope.key.clone()).collect();
+                keys.sort();
+                keys.dedup();
+                {
+                    let mut held = lock(&in_flight);
+                    for k in &keys {
+                        if let Some(other) = held.insert(k.clone(), me) {
+                            panic!(
+                                "unit of executor {me} claimed key {k} while the unit of executor \
+                                 {other} still holds messages of that key"
+                            );
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(3)).await;
+                {
+                    let mut log = lock(&processed);
+                    for d in &own {
+                        log.entry(d.envelope.key.clone())
+                            .or_default()
+                            .push(seq_of(d));
+                    }
+                }
+                {
+                    let mut held = lock(&in_flight);
+                    for k in &keys {
+                        held.remove(k);
+                    }
+                }
+                commit(unit).await;
+                done.fetch_add(own.len(), Ordering::SeqCst);
+            }
+        }));
+    }
+    join_all(handles).await;
+    let log = lock(&processed);
+    for k in 0..KEYS {
+        let key = format!("{p}-k{k}");
+        let expected: Vec<u64> = (0..PER_KEY).map(|j| j * KEYS + k).collect();
+        assert_eq!(
+            log.get(&key),
+            Some(&expected),
+            "key {key}: units must process messages in publish order, each once"
+        );
+    }
+}
+
+/// `begin` waits up to `wait` and returns `None` when nothing is due; it returns promptly (well under
+/// `wait`) when a message is published meanwhile.
+pub async fn begin_wait_and_wakeup(queue: Arc<dyn Queue>) {
+    let q = &*queue;
+    // Drain leftovers so that "nothing is due" holds.
+    let executor_topics: Vec<Topic> = Topic::ALL
+        .into_iter()
+        .filter(|t| t.groups().contains(&ConsumerGroup::Executor))
+        .collect();
+    let mut drained = 0;
+    while let Some(unit) = q
+        .begin(
+            ConsumerGroup::Executor,
+            &executor_topics,
+            100,
+            Duration::from_millis(100),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("begin failed: {e}"))
+    {
+        commit(unit).await;
+        drained += 1;
+        assert!(
+            drained < 100,
+            "begin still hands out leftovers after 100 units"
+        );
+    }
+    let start = Instant::now();
+    let unit = q
+        .begin(
+            ConsumerGroup::Executor,
+            &UOW_TOPICS,
+            10,
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("begin failed: {e}"));
+    let elapsed = start.elapsed();
+    assert!(
+        unit.is_none(),
+        "nothing was due but begin returned a unit with {:?}",
+        unit.as_ref().map(|u| u.deliveries().to_vec())
+    );
+    assert!(
+        elapsed < Duration::from_secs(3),
+        "begin with wait 1 s returned after {elapsed:?}"
+    );
+
+    let p = prefix("begin-wakeup");
+    let id = format!("{p}-exec");
+    let publisher = queue.clone();
+    let k = id.clone();
+    let pub_task = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        publish(&*publisher, vec![msg(Topic::ExecutionCommand, &k, 1)]).await;
+    });
+    let start = Instant::now();
+    let unit = q
+        .begin(
+            ConsumerGroup::Executor,
+            &UOW_TOPICS,
+            10,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("begin failed: {e}"));
+    let elapsed = start.elapsed();
+    join_all(vec![pub_task]).await;
+    let unit = unit.unwrap_or_else(|| {
+        panic!("begin(wait 5 s) returned None after {elapsed:?} although a message was published after 200 ms")
+    });
+    assert!(
+        elapsed < Duration::from_secs(2),
+        "begin(wait 5 s) returned after {elapsed:?} for a message published after 200 ms: wake-ups \
+         must not wait for the full timeout"
+    );
+    let own: Vec<u64> = unit
+        .deliveries()
+        .iter()
+        .filter(|d| is_own(d, &p))
+        .map(seq_of)
+        .collect();
+    assert_eq!(
+        own,
+        vec![1],
+        "the unit holds the message published meanwhile"
+    );
+    commit(unit).await;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// load
+
+/// Publish `n` messages in batches of 100 and consume them in batches of up to 100 (acknowledging each
+/// batch); checks every message arrived exactly once and returns the elapsed time. Afterwards the
+/// backend's queue storage for (indexer, log) should be (nearly) empty: the caller checks that.
+pub async fn drain_many(queue: Arc<dyn Queue>, n: usize) -> Duration {
+    let q = &*queue;
+    let (group, topic) = (ConsumerGroup::Indexer, Topic::Log);
+    let p = prefix("drain");
+    let start = Instant::now();
+    let mut seen = vec![0u32; n];
+    let mut received = 0usize;
+    let mut next = 0usize;
+    let timeout = Duration::from_secs(60) + Duration::from_millis(n as u64 * 20);
+    while received < n {
+        assert!(
+            start.elapsed() < timeout,
+            "drain_many: {received} of {n} messages consumed within {timeout:?}"
+        );
+        if next < n {
+            let end = (next + 100).min(n);
+            let batch: Vec<Envelope> = (next..end)
+                .map(|i| msg(topic, &format!("{p}-k{}", i % 16), i as u64))
+                .collect();
+            publish(q, batch).await;
+            next = end;
+        }
+        let wait = if next < n { Duration::ZERO } else { POLL };
+        let own = receive_own(q, group, topic, &p, 100, LEASE, wait).await;
+        for d in &own {
+            let s = seq_of(d) as usize;
+            assert!(s < n, "unexpected seq {s}");
+            seen[s] += 1;
+            assert_eq!(seen[s], 1, "message {s} delivered twice");
+        }
+        received += own.len();
+        let tags: Vec<DeliveryTag> = own.iter().map(|d| d.tag).collect();
+        ack(q, group, &tags).await;
+    }
+    start.elapsed()
+}
+
+// ---------------------------------------------------------------------------------------------------
+// everything
+
+/// Every check above, one after the other, with clones of `queue` as the several consumers.
+pub async fn run_all(queue: Arc<dyn Queue>) {
+    let q = queue.clone();
+    run_all_with(&move || q.clone()).await;
+}
+
+/// Every check above, one after the other; the multi-consumer checks take their consumers from
+/// `factory` (e.g. one connection or client each).
+pub async fn run_all_with(factory: &QueueFactory) {
+    publish_receive_round_trip(factory()).await;
+    fan_out_to_every_group(factory()).await;
+    competing_consumers_with(factory).await;
+    per_key_ordering_with(factory).await;
+    lease_expiry_and_ack(factory()).await;
+    delayed_delivery(factory()).await;
+    dead_letter(factory()).await;
+    receive_wait_and_wakeup(factory()).await;
+    broadcast_with(factory).await;
+    unit_of_work_commit(factory()).await;
+    unit_of_work_rollback_on_drop(factory()).await;
+    unit_of_work_crash_before_commit(factory()).await;
+    unit_of_work_dead_letter(factory()).await;
+    unit_of_work_serialized_per_key_with(factory).await;
+    begin_wait_and_wakeup(factory()).await;
+    drain_many(factory(), 1_000).await;
+}
+
+/// A minimal in-memory queue, only to run the suite on itself (not shipped): it shows the checks pass
+/// on a correct implementation and fail on deliberately broken ones.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::{QueueError, Subscription};
+    use async_trait::async_trait;
+    use std::collections::HashSet;
+
+    #[derive(Default, Clone, Copy)]
+    struct Flaws {
+        ignore_delay: bool,
+        no_key_exclusion: bool,
+    }
+
+    struct Row {
+        offset: i64,
+        group: ConsumerGroup,
+        envelope: Envelope,
+        attempts: u32,
+        leased_until: Option<Instant>,
+        unit: Option<u64>,
+    }
+
+    #[derive(Default)]
+    struct Inner {
+        next_offset: i64,
+        next_unit: u64,
+        rows: Vec<Row>,
+        executions: HashMap<String, Execution>,
+        state: HashMap<(String, String), serde_json::Value>,
+        subscribers: Vec<(Topic, tokio::sync::mpsc::UnboundedSender<Envelope>)>,
+    }
+
+    #[derive(Default, Clone)]
+    struct MemQueue {
+        inner: Arc<Mutex<Inner>>,
+        notify: Arc<tokio::sync::Notify>,
+        flaws: Flaws,
+    }
+
+    impl MemQueue {
+        fn with(flaws: Flaws) -> MemQueue {
+            MemQueue {
+                flaws,
+                ..MemQueue::default()
+            }
+        }
+
+        fn append(&self, inner: &mut Inner, messages: Vec<Envelope>) {
+            for e in messages {
+                for &group in e.topic.groups() {
+                    inner.next_offset += 1;
+                    inner.rows.push(Row {
+                        offset: inner.next_offset,
+                        group,
+                        envelope: e.clone(),
+                        attempts: 0,
+                        leased_until: None,
+                        unit: None,
+                    });
+                }
+                inner
+                    .subscribers
+                    .retain(|(t, tx)| *t != e.topic || tx.send(e.clone()).is_ok());
+            }
+            self.notify.notify_waiters();
+        }
+
+        fn claim(
+            &self,
+            group: ConsumerGroup,
+            topics: &[Topic],
+            max: usize,
+            lease: Option<Duration>,
+            unit: Option<u64>,
+        ) -> Vec<Delivery> {
+            let mut inner = lock(&self.inner);
+            let (now, wall) = (Instant::now(), Utc::now());
+            let mut blocked: HashSet<(Topic, String)> = HashSet::new();
+            let mut out = Vec::new();
+            for row in inner.rows.iter_mut() {
+                if out.len() >= max {
+                    break;
+                }
+                if row.group != group || !topics.contains(&row.envelope.topic) {
+                    continue;
+                }
+                let k = (row.envelope.topic, row.envelope.key.clone());
+                let held = row.unit.is_some() || row.leased_until.is_some_and(|t| t > now);
+                if held {
+                    if !self.flaws.no_key_exclusion {
+                        blocked.insert(k);
+                    }
+                    continue;
+                }
+                let due =
+                    self.flaws.ignore_delay || row.envelope.deliver_at.is_none_or(|d| d <= wall);
+                if !due || blocked.contains(&k) {
+                    continue;
+                }
+                row.attempts += 1;
+                row.leased_until = lease.map(|l| now + l);
+                row.unit = unit;
+                out.push(Delivery {
+                    tag: DeliveryTag {
+                        partition: 0,
+                        offset: row.offset,
+                    },
+                    group,
+                    envelope: row.envelope.clone(),
+                    attempt: row.attempts,
+                });
+            }
+            out
+        }
+
+        async fn wait_for(&self, wait: Duration, mut f: impl FnMut() -> bool) {
+            let deadline = Instant::now() + wait;
+            loop {
+                let notified = self.notify.notified();
+                if f() || Instant::now() >= deadline {
+                    return;
+                }
+                let left = deadline.saturating_duration_since(Instant::now());
+                let _ = tokio::time::timeout(left.min(Duration::from_millis(50)), notified).await;
+            }
+        }
+    }
+
+    #[async_trait]
+    impl Queue for MemQueue {
+        async fn publish(&self, messages: Vec<Envelope>) -> Result<(), QueueError> {
+            let mut inner = lock(&self.inner);
+            self.append(&mut inner, messages);
+            Ok(())
+        }
+
+        async fn receive(
+            &self,
+            group: ConsumerGroup,
+            topic: Topic,
+            max: usize,
+            lease: Duration,
+            wait: Duration,
+        ) -> Result<Vec<Delivery>, QueueError> {
+            let mut got = Vec::new();
+            self.wait_for(wait, || {
+                got = self.claim(group, &[topic], max, Some(lease), None);
+                !got.is_empty()
+            })
+            .await;
+            Ok(got)
+        }
+
+        async fn ack(&self, group: ConsumerGroup, tags: &[DeliveryTag]) -> Result<(), QueueError> {
+            let offsets: HashSet<i64> = tags.iter().map(|t| t.offset).collect();
+            lock(&self.inner)
+                .rows
+                .retain(|r| r.group != group || !offsets.contains(&r.offset));
+            self.notify.notify_waiters();
+            Ok(())
+        }
+
+        async fn dead_letter(&self, delivery: &Delivery, _reason: &str) -> Result<(), QueueError> {
+            self.ack(delivery.group, &[delivery.tag]).await
+        }
+
+        async fn subscribe(&self, topic: Topic) -> Result<Subscription, QueueError> {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            lock(&self.inner).subscribers.push((topic, tx));
+            Ok(futures::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|e| (Ok(e), rx)) },
+            )
+            .boxed())
+        }
+
+        async fn begin(
+            &self,
+            group: ConsumerGroup,
+            topics: &[Topic],
+            max: usize,
+            wait: Duration,
+        ) -> Result<Option<Box<dyn UnitOfWork>>, QueueError> {
+            let id = {
+                let mut inner = lock(&self.inner);
+                inner.next_unit += 1;
+                inner.next_unit
+            };
+            let mut got = Vec::new();
+            self.wait_for(wait, || {
+                got = self.claim(group, topics, max, None, Some(id));
+                !got.is_empty()
+            })
+            .await;
+            if got.is_empty() {
+                return Ok(None);
+            }
+            Ok(Some(Box::new(MemUnit {
+                queue: self.clone(),
+                id,
+                deliveries: got,
+                executions: Vec::new(),
+                state: Vec::new(),
+                messages: Vec::new(),
+                done: false,
+            })))
+        }
+    }
+
+    struct MemUnit {
+        queue: MemQueue,
+        id: u64,
+        deliveries: Vec<Delivery>,
+        executions: Vec<Execution>,
+        state: Vec<((String, String), Option<serde_json::Value>)>,
+        messages: Vec<Envelope>,
+        done: bool,
+    }
+
+    impl Drop for MemUnit {
+        fn drop(&mut self) {
+            if !self.done {
+                let mut inner = lock(&self.queue.inner);
+                for r in inner.rows.iter_mut().filter(|r| r.unit == Some(self.id)) {
+                    r.unit = None;
+                }
+                self.queue.notify.notify_waiters();
+            }
+        }
+    }
+
+    #[async_trait]
+    impl UnitOfWork for MemUnit {
+        fn deliveries(&self) -> &[Delivery] {
+            &self.deliveries
+        }
+        async fn load_execution(&mut self, id: &str) -> Result<Option<Execution>, QueueError> {
+            Ok(lock(&self.queue.inner).executions.get(id).cloned())
+        }
+        async fn save_execution(&mut self, execution: &Execution) -> Result<(), QueueError> {
+            self.executions.push(execution.clone());
+            Ok(())
+        }
+        async fn load_state(
+            &mut self,
+            kind: &str,
+            key: &str,
+        ) -> Result<Option<serde_json::Value>, QueueError> {
+            let k = (kind.to_string(), key.to_string());
+            Ok(lock(&self.queue.inner).state.get(&k).cloned())
+        }
+        async fn save_state(
+            &mut self,
+            kind: &str,
+            key: &str,
+            value: Option<&serde_json::Value>,
+        ) -> Result<(), QueueError> {
+            self.state
+                .push(((kind.to_string(), key.to_string()), value.cloned()));
+            Ok(())
+        }
+        async fn publish(&mut self, messages: Vec<Envelope>) -> Result<(), QueueError> {
+            self.messages.extend(messages);
+            Ok(())
+        }
+        async fn dead_letter(
+            &mut self,
+            _tag: DeliveryTag,
+            _reason: &str,
+        ) -> Result<(), QueueError> {
+            Ok(())
+        }
+        async fn commit(mut self: Box<Self>) -> Result<(), QueueError> {
+            self.done = true;
+            let queue = self.queue.clone();
+            let mut inner = lock(&queue.inner);
+            let id = self.id;
+            inner.rows.retain(|r| r.unit != Some(id));
+            for e in self.executions.drain(..) {
+                inner.executions.insert(e.id.clone(), e);
+            }
+            for (k, v) in self.state.drain(..) {
+                match v {
+                    Some(v) => inner.state.insert(k, v),
+                    None => inner.state.remove(&k),
+                };
+            }
+            let messages = std::mem::take(&mut self.messages);
+            queue.append(&mut inner, messages);
+            Ok(())
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_correct_in_memory_queue_passes_the_whole_suite() {
+        let queue = MemQueue::default();
+        run_all_with(&move || Arc::new(queue.clone()) as Arc<dyn Queue>).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn drain_many_consumes_everything_it_published() {
+        let queue = MemQueue::default();
+        let elapsed = drain_many(Arc::new(queue.clone()), 2_000).await;
+        assert!(elapsed < Duration::from_secs(30));
+        assert!(
+            lock(&queue.inner).rows.is_empty(),
+            "every row was acknowledged"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    #[should_panic(expected = "before its deliver_at")]
+    async fn a_queue_ignoring_deliver_at_fails_delayed_delivery() {
+        delayed_delivery(Arc::new(MemQueue::with(Flaws {
+            ignore_delay: true,
+            ..Flaws::default()
+        })))
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    #[should_panic(expected = "still holds an unacknowledged earlier message")]
+    async fn a_queue_without_key_exclusion_fails_per_key_ordering() {
+        per_key_ordering(Arc::new(MemQueue::with(Flaws {
+            no_key_exclusion: true,
+            ..Flaws::default()
+        })))
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    #[should_panic(expected = "claimed key")]
+    async fn a_queue_without_key_exclusion_fails_unit_of_work_serialization() {
+        unit_of_work_serialized_per_key(Arc::new(MemQueue::with(Flaws {
+            no_key_exclusion: true,
+            ..Flaws::default()
+        })))
+        .await;
+    }
+}

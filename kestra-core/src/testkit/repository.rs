@@ -1,1 +1,2178 @@
-//! Conformance suite for the repository seam.
+//! Conformance suite for the repository seam: one public async function per concern of
+//! [`crate::repository`] (flows, executions, logs, metrics, triggers, service instances), each taking
+//! the backend's [`Repositories`] and panicking with a clear message on any violation. [`run_all`] runs
+//! everything.
+//!
+//! Every function works in a fresh tenant (`tk-<check>-<id>`) or with fresh ids, so it passes on an empty
+//! store and on a shared one; the functions may even run concurrently, except the trigger-claim checks,
+//! which claim every due trigger of the store (they filter the result by tenant and only assert on
+//! their own). Dates are fixed and distinct so that sorts are deterministic.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeSet;
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+
+use crate::model::{
+    Execution, Label, Level, LogEntry, MetricEntry, MetricType, ServiceInstance, ServiceState,
+    ServiceType, State, StateType, TriggerState, new_id,
+};
+use crate::repository::{
+    ExecutionQuery, FlowQuery, FlowRecord, LogQuery, Page, Pageable, PurgeCount, RepoResult,
+    Repositories, RepositoryError, SaveOutcome, TriggerQuery, TriggerRepository,
+};
+
+// ---------------------------------------------------------------------------------------------------
+// helpers
+
+fn tenant(check: &str) -> String {
+    format!("tk-{check}-{}", new_id())
+}
+
+/// 2026-01-01T00:00:00Z plus `secs`.
+fn t(secs: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp(1_767_225_600 + secs, 0).expect("fixed dates are in range")
+}
+
+/// 2001-01-01T00:00:00Z plus `secs`: the fixed "now" of the trigger claims.
+fn claim_time(secs: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp(978_307_200 + secs, 0).expect("fixed dates are in range")
+}
+
+const HOUR: i64 = 3_600;
+
+fn ok<T>(r: RepoResult<T>, what: &str) -> T {
+    r.unwrap_or_else(|e| panic!("{what} failed: {e}"))
+}
+
+fn assert_invalid_sort<T: Debug>(r: RepoResult<T>, what: &str) {
+    assert!(
+        matches!(r, Err(RepositoryError::InvalidSort { .. })),
+        "{what}: expected RepositoryError::InvalidSort, got {r:?}"
+    );
+}
+
+fn assert_invalid_query<T: Debug>(r: RepoResult<T>, what: &str) {
+    assert!(
+        matches!(r, Err(RepositoryError::InvalidQuery(_))),
+        "{what}: expected RepositoryError::InvalidQuery, got {r:?}"
+    );
+}
+
+fn sorted<T: Ord>(v: impl IntoIterator<Item = T>) -> Vec<T> {
+    let mut v: Vec<T> = v.into_iter().collect();
+    v.sort();
+    v
+}
+
+/// An execution of `tenant` started at `start` and moved to `state` (RUNNING at +1 s, terminal at
+/// +10 s), without labels.
+fn execution(
+    tenant: &str,
+    namespace: &str,
+    flow_id: &str,
+    start: DateTime<Utc>,
+    state: StateType,
+) -> Execution {
+    let mut e = Execution::new(namespace, flow_id, 1);
+    e.tenant_id = tenant.to_string();
+    e.labels.clear();
+    e.metadata.original_created_date = start;
+    e.state = State::new_at(StateType::Created, start);
+    if state != StateType::Created {
+        e.state
+            .transition_at(StateType::Running, start + chrono::Duration::seconds(1))
+            .expect("CREATED -> RUNNING");
+        if state != StateType::Running {
+            e.state
+                .transition_at(state, start + chrono::Duration::seconds(10))
+                .expect("RUNNING -> terminal state");
+        }
+    }
+    e
+}
+
+fn flow(
+    tenant: &str,
+    namespace: &str,
+    id: &str,
+    description: &str,
+    message: &str,
+    labels: &[(&str, &str)],
+) -> FlowRecord {
+    let source = format!(
+        "id: {id}\nnamespace: {namespace}\ndescription: {description}\ntasks:\n  - id: hello\n    \
+         type: io.kestra.plugin.core.log.Log\n    message: {message}\n"
+    );
+    FlowRecord {
+        tenant_id: tenant.to_string(),
+        namespace: namespace.to_string(),
+        id: id.to_string(),
+        revision: 0,
+        flow: json!({
+            "id": id,
+            "namespace": namespace,
+            "description": description,
+            "tasks": [{"id": "hello", "type": "io.kestra.plugin.core.log.Log", "message": message}],
+        }),
+        source,
+        labels: labels.iter().map(|(k, v)| Label::new(*k, *v)).collect(),
+        disabled: false,
+        deleted: false,
+        updated: t(0),
+    }
+}
+
+fn flow_ids(page: &Page<FlowRecord>) -> Vec<String> {
+    page.results.iter().map(|f| f.id.clone()).collect()
+}
+
+fn exec_ids(page: &Page<Execution>) -> Vec<String> {
+    page.results.iter().map(|e| e.id.clone()).collect()
+}
+
+fn ids_of(execs: &[&Execution]) -> Vec<String> {
+    execs.iter().map(|e| e.id.clone()).collect()
+}
+
+// ---------------------------------------------------------------------------------------------------
+// flows
+
+/// Flow revisions: the first save creates revision 1; the same source again is `Unchanged` with the same
+/// revision; a changed source is revision 2; lookups by latest and by revision; the revision list;
+/// deletion is soft (lookups miss it, history stays, with the deletion recorded as a revision); saving
+/// after a deletion stores the next revision; deleting an absent flow is `NotFound`.
+pub async fn flow_revisions(repos: &Repositories) {
+    let flows = &*repos.flows;
+    let tn = tenant("flow-revisions");
+    let (ns, id) = ("company.team", "revised");
+    let v1 = flow(&tn, ns, id, "first", "v1", &[]);
+    let (saved, outcome) = ok(flows.save(v1.clone()).await, "save of a new flow");
+    assert_eq!(outcome, SaveOutcome::Created, "first save");
+    assert_eq!(saved.revision, 1, "first save is revision 1");
+    assert_eq!(
+        (&saved.tenant_id, &saved.namespace, &saved.id, &saved.source),
+        (&tn, &v1.namespace, &v1.id, &v1.source)
+    );
+    assert!(!saved.deleted);
+
+    let (again, outcome) = ok(flows.save(v1.clone()).await, "save of the same source");
+    assert_eq!(outcome, SaveOutcome::Unchanged, "same source again");
+    assert_eq!(again.revision, 1, "an unchanged save keeps the revision");
+
+    let v2 = flow(&tn, ns, id, "second", "v2", &[]);
+    let (saved2, outcome) = ok(flows.save(v2.clone()).await, "save of a changed source");
+    assert_eq!(outcome, SaveOutcome::Updated, "changed source");
+    assert_eq!(saved2.revision, 2, "a changed source is revision 2");
+
+    let latest = ok(flows.find(&tn, ns, id, None).await, "find latest");
+    let latest = latest.expect("the saved flow is found");
+    assert_eq!(
+        (latest.revision, &latest.source),
+        (2, &v2.source),
+        "latest revision"
+    );
+    let first = ok(flows.find(&tn, ns, id, Some(1)).await, "find revision 1");
+    assert_eq!(
+        first.map(|f| (f.revision, f.source)),
+        Some((1, v1.source.clone())),
+        "revision 1 keeps its source"
+    );
+    assert_eq!(
+        ok(flows.find(&tn, ns, id, Some(3)).await, "find revision 3"),
+        None,
+        "a revision that does not exist"
+    );
+    assert_eq!(
+        ok(
+            flows.find("tk-other-tenant", ns, id, None).await,
+            "find in another tenant"
+        ),
+        None,
+        "flows are per tenant"
+    );
+    let revs = ok(flows.revisions(&tn, ns, id).await, "revisions");
+    assert_eq!(
+        revs.iter()
+            .map(|f| (f.revision, f.source.clone()))
+            .collect::<Vec<_>>(),
+        vec![(1, v1.source.clone()), (2, v2.source.clone())],
+        "revisions, oldest first"
+    );
+
+    let deleted = ok(flows.delete(&tn, ns, id).await, "delete");
+    assert!(deleted.deleted, "delete returns the deletion record");
+    assert_eq!(
+        deleted.revision, 3,
+        "the deletion is recorded as revision 3"
+    );
+    assert_eq!(
+        ok(flows.find(&tn, ns, id, None).await, "find after delete"),
+        None,
+        "a deleted flow is not found"
+    );
+    let revs = ok(flows.revisions(&tn, ns, id).await, "revisions after delete");
+    assert_eq!(
+        revs.iter()
+            .map(|f| (f.revision, f.deleted))
+            .collect::<Vec<_>>(),
+        vec![(1, false), (2, false), (3, true)],
+        "history stays, with the deletion"
+    );
+
+    // Saving the very source of the deleted revision again must restore the flow.
+    let (restored, outcome) = ok(flows.save(v2.clone()).await, "save after delete");
+    assert_ne!(
+        outcome,
+        SaveOutcome::Unchanged,
+        "saving after a deletion stores a new revision even with the same source"
+    );
+    assert_eq!(
+        restored.revision, 4,
+        "save after delete is the next revision"
+    );
+    let latest = ok(flows.find(&tn, ns, id, None).await, "find after restore");
+    assert_eq!(latest.map(|f| (f.revision, f.deleted)), Some((4, false)));
+
+    let missing = flows.delete(&tn, ns, "never-saved").await;
+    assert!(
+        matches!(missing, Err(RepositoryError::NotFound { .. })),
+        "delete of an absent flow: expected NotFound, got {missing:?}"
+    );
+}
+
+/// Flow search: text (`q` on id, namespace, description and source, case-insensitive), namespace with
+/// children (segment-wise: `company` matches `company.team`, not `companyx`), labels (all must match),
+/// pagination totals, sort allow-list, and that deleted flows are invisible; `find_all` and
+/// `distinct_namespaces`.
+pub async fn flow_search(repos: &Repositories) {
+    let flows = &*repos.flows;
+    let tn = tenant("flow-search");
+    let records = [
+        flow(
+            &tn,
+            "company",
+            "alpha",
+            "Sends the Weekly report",
+            "hello",
+            &[("env", "prod"), ("team", "data")],
+        ),
+        flow(
+            &tn,
+            "company.team",
+            "beta",
+            "Team flow",
+            "zebra crossing",
+            &[("env", "prod")],
+        ),
+        flow(&tn, "companyx", "gamma", "X flow", "hi", &[("env", "dev")]),
+        flow(
+            &tn,
+            "other.ns",
+            "delta",
+            "Another flow",
+            "hey",
+            &[("env", "prod")],
+        ),
+        flow(
+            &tn,
+            "deleted.only",
+            "zeta",
+            "Gone",
+            "bye",
+            &[("env", "prod")],
+        ),
+    ];
+    for r in &records {
+        ok(flows.save(r.clone()).await, "save flow");
+    }
+    ok(
+        flows.delete(&tn, "deleted.only", "zeta").await,
+        "delete flow",
+    );
+
+    let q = |f: fn(&mut FlowQuery)| {
+        let mut query = FlowQuery {
+            tenant_id: Some(tn.clone()),
+            ..FlowQuery::default()
+        };
+        f(&mut query);
+        query
+    };
+    let by_id = Pageable::new(1, 25).sorted("id", false);
+    let cases: Vec<(&str, FlowQuery, Vec<&str>)> = vec![
+        (
+            "no filter (tenant only)",
+            q(|_| {}),
+            vec!["alpha", "beta", "delta", "gamma"],
+        ),
+        (
+            "q on description, case-insensitive",
+            q(|q| q.q = Some("WEEKLY".into())),
+            vec!["alpha"],
+        ),
+        (
+            "q on source only",
+            q(|q| q.q = Some("ZeBrA".into())),
+            vec!["beta"],
+        ),
+        ("q on id", q(|q| q.q = Some("gam".into())), vec!["gamma"]),
+        (
+            "q on namespace",
+            q(|q| q.q = Some("her.ns".into())),
+            vec!["delta"],
+        ),
+        (
+            "namespace with children, segment-wise",
+            q(|q| q.namespace = Some("company".into())),
+            vec!["alpha", "beta"],
+        ),
+        (
+            "namespace leaf",
+            q(|q| q.namespace = Some("company.team".into())),
+            vec!["beta"],
+        ),
+        (
+            "one label",
+            q(|q| q.labels = vec![Label::new("env", "prod")]),
+            vec!["alpha", "beta", "delta"],
+        ),
+        (
+            "all labels must match",
+            q(|q| q.labels = vec![Label::new("env", "prod"), Label::new("team", "data")]),
+            vec!["alpha"],
+        ),
+        (
+            "criteria are ANDed",
+            q(|q| {
+                q.namespace = Some("company".into());
+                q.labels = vec![Label::new("env", "prod")];
+                q.q = Some("team".into());
+            }),
+            vec!["beta"],
+        ),
+        (
+            "deleted flows are invisible",
+            q(|q| q.q = Some("zeta".into())),
+            vec![],
+        ),
+    ];
+    for (what, query, expected) in cases {
+        let page = ok(flows.search(&query, &by_id).await, what);
+        assert_eq!(flow_ids(&page), expected, "flow search: {what}");
+        assert_eq!(
+            page.total,
+            expected.len() as u64,
+            "flow search total: {what}"
+        );
+    }
+    let other_tenant = FlowQuery {
+        tenant_id: Some(tenant("flow-search-empty")),
+        ..FlowQuery::default()
+    };
+    assert_eq!(
+        ok(
+            flows.search(&other_tenant, &by_id).await,
+            "search other tenant"
+        )
+        .total,
+        0,
+        "flows are per tenant"
+    );
+
+    let all = q(|_| {});
+    let p1 = ok(
+        flows
+            .search(&all, &Pageable::new(1, 3).sorted("id", false))
+            .await,
+        "page 1",
+    );
+    assert_eq!(flow_ids(&p1), vec!["alpha", "beta", "delta"], "page 1 of 3");
+    assert_eq!(p1.total, 4, "total counts all matches");
+    let p2 = ok(
+        flows
+            .search(&all, &Pageable::new(2, 3).sorted("id", false))
+            .await,
+        "page 2",
+    );
+    assert_eq!(flow_ids(&p2), vec!["gamma"], "page 2 of 3");
+    assert_eq!(p2.total, 4, "total counts all matches on every page");
+    let desc = ok(
+        flows
+            .search(&all, &Pageable::new(1, 25).sorted("id", true))
+            .await,
+        "sort id desc",
+    );
+    assert_eq!(flow_ids(&desc), vec!["gamma", "delta", "beta", "alpha"]);
+    let by_ns = ok(
+        flows
+            .search(&all, &Pageable::new(1, 25).sorted("namespace", false))
+            .await,
+        "sort namespace",
+    );
+    assert_eq!(
+        by_ns
+            .results
+            .iter()
+            .map(|f| f.namespace.as_str())
+            .collect::<Vec<_>>(),
+        vec!["company", "company.team", "companyx", "other.ns"]
+    );
+    assert_invalid_sort(
+        flows
+            .search(&all, &Pageable::new(1, 25).sorted("nope", false))
+            .await,
+        "flow sort on `nope`",
+    );
+    assert_invalid_query(
+        flows.search(&all, &Pageable::new(0, 25)).await,
+        "flow page 0",
+    );
+    assert_invalid_query(
+        flows.search(&all, &Pageable::new(1, 0)).await,
+        "flow size 0",
+    );
+
+    let found = ok(flows.find_all(&tn).await, "find_all");
+    assert_eq!(
+        sorted(found.iter().map(|f| f.id.clone())),
+        vec!["alpha", "beta", "delta", "gamma"],
+        "find_all: latest revision of every non-deleted flow"
+    );
+    assert!(found.iter().all(|f| f.revision == 1 && !f.deleted));
+    assert_eq!(
+        ok(flows.distinct_namespaces(&tn).await, "distinct_namespaces"),
+        vec!["company", "company.team", "companyx", "other.ns"],
+        "distinct namespaces of non-deleted flows, sorted"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------------
+// executions
+
+/// Five executions of one tenant, started one hour apart (ids increasing with start date).
+struct ExecutionSet {
+    tenant: String,
+    e: [Execution; 5],
+}
+
+async fn execution_set(repos: &Repositories, check: &str) -> ExecutionSet {
+    let tn = tenant(check);
+    let mut e1 = execution(&tn, "company.team", "flow-one", t(0), StateType::Success);
+    e1.labels = vec![Label::new("env", "prod")];
+    let mut e2 = execution(&tn, "company.team", "flow-one", t(HOUR), StateType::Failed);
+    e2.labels = vec![Label::new("env", "prod"), Label::new("team", "data-team")];
+    let mut e3 = execution(&tn, "company", "flow-one", t(2 * HOUR), StateType::Running);
+    e3.labels = vec![Label::new("env", "dev")];
+    let e4 = execution(&tn, "companyx", "flow-two", t(3 * HOUR), StateType::Success);
+    let mut e5 = execution(&tn, "other-ns", "flow-two", t(4 * HOUR), StateType::Created);
+    e5.parent_id = Some(e1.id.clone());
+    let set = ExecutionSet {
+        tenant: tn,
+        e: [e1, e2, e3, e4, e5],
+    };
+    for e in &set.e {
+        ok(repos.executions.save(e).await, "save execution");
+    }
+    set
+}
+
+/// Executions: save and `find_by_id` (exact round trip, per tenant), and search by namespace (with
+/// children), flow id (exact), states (any of), start date range (inclusive), labels (all), `q` (id,
+/// namespace, flow id, label values; case-insensitive) and parent id, ANDed.
+pub async fn execution_search(repos: &Repositories) {
+    let execs = &*repos.executions;
+    let set = execution_set(repos, "execution-search").await;
+    let [e1, e2, e3, e4, e5] = &set.e;
+    for e in &set.e {
+        assert_eq!(
+            ok(execs.find_by_id(&set.tenant, &e.id).await, "find_by_id").as_ref(),
+            Some(e),
+            "an execution reads back exactly as saved"
+        );
+    }
+    assert_eq!(
+        ok(
+            execs.find_by_id("tk-other-tenant", &e1.id).await,
+            "find_by_id other tenant"
+        ),
+        None,
+        "executions are per tenant"
+    );
+    assert_eq!(
+        ok(
+            execs.find_by_id(&set.tenant, "no-such-execution").await,
+            "find_by_id absent"
+        ),
+        None
+    );
+
+    let tn = set.tenant.clone();
+    let q = |f: &dyn Fn(&mut ExecutionQuery)| {
+        let mut query = ExecutionQuery {
+            tenant_id: Some(tn.clone()),
+            ..ExecutionQuery::default()
+        };
+        f(&mut query);
+        query
+    };
+    let e3_id = e3.id.clone();
+    let e1_id = e1.id.clone();
+    let cases: Vec<(&str, ExecutionQuery, Vec<&Execution>)> = vec![
+        ("tenant only", q(&|_| {}), vec![e1, e2, e3, e4, e5]),
+        (
+            "namespace with children",
+            q(&|q| q.namespace = Some("company".into())),
+            vec![e1, e2, e3],
+        ),
+        (
+            "namespace leaf",
+            q(&|q| q.namespace = Some("company.team".into())),
+            vec![e1, e2],
+        ),
+        (
+            "flow id",
+            q(&|q| q.flow_id = Some("flow-two".into())),
+            vec![e4, e5],
+        ),
+        (
+            "flow id is exact",
+            q(&|q| q.flow_id = Some("flow".into())),
+            vec![],
+        ),
+        (
+            "one state",
+            q(&|q| q.states = vec![StateType::Success]),
+            vec![e1, e4],
+        ),
+        (
+            "any of the states",
+            q(&|q| q.states = vec![StateType::Success, StateType::Failed]),
+            vec![e1, e2, e4],
+        ),
+        (
+            "start date range, inclusive",
+            q(&|q| {
+                q.start_date = Some(t(HOUR));
+                q.end_date = Some(t(3 * HOUR));
+            }),
+            vec![e2, e3, e4],
+        ),
+        (
+            "start date lower bound",
+            q(&|q| q.start_date = Some(t(3 * HOUR))),
+            vec![e4, e5],
+        ),
+        (
+            "one label",
+            q(&|q| q.labels = vec![Label::new("env", "prod")]),
+            vec![e1, e2],
+        ),
+        (
+            "all labels",
+            q(&|q| q.labels = vec![Label::new("env", "prod"), Label::new("team", "data-team")]),
+            vec![e2],
+        ),
+        (
+            "label value must match",
+            q(&|q| q.labels = vec![Label::new("env", "staging")]),
+            vec![],
+        ),
+        (
+            "q on a label value, case-insensitive",
+            q(&|q| q.q = Some("DATA-TEAM".into())),
+            vec![e2],
+        ),
+        (
+            "q on namespace",
+            q(&|q| q.q = Some("OTHER-NS".into())),
+            vec![e5],
+        ),
+        (
+            "q on flow id",
+            q(&|q| q.q = Some("flow-two".into())),
+            vec![e4, e5],
+        ),
+        ("q on id", q(&|q| q.q = Some(e3_id.clone())), vec![e3]),
+        (
+            "parent id",
+            q(&|q| q.parent_id = Some(e1_id.clone())),
+            vec![e5],
+        ),
+        (
+            "criteria are ANDed",
+            q(&|q| {
+                q.namespace = Some("company".into());
+                q.states = vec![StateType::Success, StateType::Failed];
+                q.labels = vec![Label::new("env", "prod")];
+            }),
+            vec![e1, e2],
+        ),
+    ];
+    let by_start = Pageable::new(1, 25).sorted("state.startDate", false);
+    for (what, query, expected) in cases {
+        let page = ok(execs.search(&query, &by_start).await, what);
+        assert_eq!(
+            exec_ids(&page),
+            ids_of(&expected),
+            "execution search: {what}"
+        );
+        assert_eq!(
+            page.total,
+            expected.len() as u64,
+            "execution search total: {what}"
+        );
+    }
+    let other = ExecutionQuery {
+        tenant_id: Some(tenant("execution-search-empty")),
+        ..ExecutionQuery::default()
+    };
+    assert_eq!(
+        ok(execs.search(&other, &by_start).await, "search other tenant").total,
+        0,
+        "executions are per tenant"
+    );
+}
+
+/// Execution pagination and sorting: newest first by default; `state.startDate`, `id`, `flowId`,
+/// `namespace`, `state.current` (by state name) and `state.endDate` ascending and descending; several
+/// sort keys; page 2 of size 2 of 5 holds 2 items with total 5; an unknown sort field is `InvalidSort`,
+/// page or size 0 is `InvalidQuery`.
+pub async fn execution_sort_and_pagination(repos: &Repositories) {
+    let execs = &*repos.executions;
+    let set = execution_set(repos, "execution-sort").await;
+    let [e1, e2, e3, e4, e5] = &set.e;
+    let all = ExecutionQuery {
+        tenant_id: Some(set.tenant.clone()),
+        ..ExecutionQuery::default()
+    };
+    let search = |page: Pageable| {
+        let all = all.clone();
+        async move { execs.search(&all, &page).await }
+    };
+
+    let default = ok(search(Pageable::new(1, 25)).await, "unsorted search");
+    assert_eq!(
+        exec_ids(&default),
+        ids_of(&[e5, e4, e3, e2, e1]),
+        "without a sort, newest first"
+    );
+    let asc = ok(
+        search(Pageable::new(1, 25).sorted("state.startDate", false)).await,
+        "sort start asc",
+    );
+    assert_eq!(
+        exec_ids(&asc),
+        ids_of(&[e1, e2, e3, e4, e5]),
+        "state.startDate asc"
+    );
+    let desc = ok(
+        search(Pageable::new(1, 25).sorted("state.startDate", true)).await,
+        "sort start desc",
+    );
+    assert_eq!(
+        exec_ids(&desc),
+        ids_of(&[e5, e4, e3, e2, e1]),
+        "state.startDate desc"
+    );
+
+    let mut by_id: Vec<String> = set.e.iter().map(|e| e.id.clone()).collect();
+    by_id.sort();
+    let got = ok(
+        search(Pageable::new(1, 25).sorted("id", false)).await,
+        "sort id",
+    );
+    assert_eq!(exec_ids(&got), by_id, "id asc");
+    by_id.reverse();
+    let got = ok(
+        search(Pageable::new(1, 25).sorted("id", true)).await,
+        "sort id desc",
+    );
+    assert_eq!(exec_ids(&got), by_id, "id desc");
+
+    let field = |page: &Page<Execution>, f: fn(&Execution) -> String| -> Vec<String> {
+        page.results.iter().map(f).collect()
+    };
+    let got = ok(
+        search(Pageable::new(1, 25).sorted("flowId", false)).await,
+        "sort flowId",
+    );
+    assert_eq!(
+        field(&got, |e| e.flow_id.clone()),
+        vec!["flow-one", "flow-one", "flow-one", "flow-two", "flow-two"],
+        "flowId asc"
+    );
+    let got = ok(
+        search(Pageable::new(1, 25).sorted("flowId", true)).await,
+        "sort flowId desc",
+    );
+    assert_eq!(
+        field(&got, |e| e.flow_id.clone()),
+        vec!["flow-two", "flow-two", "flow-one", "flow-one", "flow-one"],
+        "flowId desc"
+    );
+    let got = ok(
+        search(Pageable::new(1, 25).sorted("namespace", false)).await,
+        "sort namespace",
+    );
+    assert_eq!(
+        field(&got, |e| e.namespace.clone()),
+        vec![
+            "company",
+            "company.team",
+            "company.team",
+            "companyx",
+            "other-ns"
+        ],
+        "namespace asc"
+    );
+    let got = ok(
+        search(Pageable::new(1, 25).sorted("state.current", false)).await,
+        "sort state.current",
+    );
+    assert_eq!(
+        field(&got, |e| e.current().to_string()),
+        vec!["CREATED", "FAILED", "RUNNING", "SUCCESS", "SUCCESS"],
+        "state.current asc (by state name)"
+    );
+    let got = ok(
+        search(Pageable::new(1, 25).sorted("state.current", true)).await,
+        "sort state.current desc",
+    );
+    assert_eq!(
+        field(&got, |e| e.current().to_string()),
+        vec!["SUCCESS", "SUCCESS", "RUNNING", "FAILED", "CREATED"],
+        "state.current desc (by state name)"
+    );
+    // End dates: only terminated executions have one (NULL ordering differs between databases).
+    let ended = ExecutionQuery {
+        states: vec![StateType::Success, StateType::Failed],
+        ..all.clone()
+    };
+    let got = ok(
+        execs
+            .search(&ended, &Pageable::new(1, 25).sorted("state.endDate", true))
+            .await,
+        "sort endDate desc",
+    );
+    assert_eq!(exec_ids(&got), ids_of(&[e4, e2, e1]), "state.endDate desc");
+    let got = ok(
+        execs
+            .search(&ended, &Pageable::new(1, 25).sorted("state.endDate", false))
+            .await,
+        "sort endDate asc",
+    );
+    assert_eq!(exec_ids(&got), ids_of(&[e1, e2, e4]), "state.endDate asc");
+    let got = ok(
+        search(
+            Pageable::new(1, 25)
+                .sorted("namespace", false)
+                .sorted("state.startDate", true),
+        )
+        .await,
+        "two sort keys",
+    );
+    assert_eq!(
+        exec_ids(&got),
+        ids_of(&[e3, e2, e1, e4, e5]),
+        "namespace asc, then state.startDate desc"
+    );
+
+    let by_start = |page, size| Pageable::new(page, size).sorted("state.startDate", false);
+    let p2 = ok(search(by_start(2, 2)).await, "page 2 of size 2");
+    assert_eq!(exec_ids(&p2), ids_of(&[e3, e4]), "page 2 of size 2");
+    assert_eq!(p2.total, 5, "total counts all matches");
+    let p3 = ok(search(by_start(3, 2)).await, "page 3 of size 2");
+    assert_eq!(exec_ids(&p3), ids_of(&[e5]), "last, partial page");
+    assert_eq!(p3.total, 5);
+    let p4 = ok(search(by_start(4, 2)).await, "page 4 of size 2");
+    assert!(p4.results.is_empty(), "a page past the end is empty");
+    assert_eq!(p4.total, 5, "total is still reported past the end");
+
+    assert_invalid_sort(
+        search(Pageable::new(1, 25).sorted("nope", false)).await,
+        "execution sort on `nope`",
+    );
+    assert_invalid_sort(
+        search(Pageable::new(1, 25).sorted("id; DROP TABLE executions", false)).await,
+        "execution sort on an injection attempt",
+    );
+    assert_invalid_query(search(Pageable::new(0, 2)).await, "execution page 0");
+    assert_invalid_query(search(Pageable::new(1, 0)).await, "execution size 0");
+}
+
+#[allow(clippy::too_many_arguments)]
+fn log_line(
+    tenant: &str,
+    namespace: &str,
+    flow_id: &str,
+    execution_id: &str,
+    task_run_id: &str,
+    secs: i64,
+    level: Level,
+    message: &str,
+) -> LogEntry {
+    LogEntry {
+        tenant_id: tenant.to_string(),
+        namespace: namespace.to_string(),
+        flow_id: flow_id.to_string(),
+        task_id: Some("task".to_string()),
+        execution_id: Some(execution_id.to_string()),
+        task_run_id: Some(task_run_id.to_string()),
+        attempt_number: Some(0),
+        trigger_id: None,
+        timestamp: t(secs),
+        level,
+        thread: None,
+        message: message.to_string(),
+    }
+}
+
+fn metric(
+    tenant: &str,
+    execution_id: &str,
+    secs: i64,
+    name: &str,
+    type_: MetricType,
+    value: f64,
+) -> MetricEntry {
+    MetricEntry {
+        tenant_id: tenant.to_string(),
+        namespace: "company.team".to_string(),
+        flow_id: "flow-one".to_string(),
+        task_id: Some("task".to_string()),
+        execution_id: execution_id.to_string(),
+        task_run_id: Some("taskrun".to_string()),
+        name: name.to_string(),
+        type_,
+        value,
+        tags: [("k".to_string(), name.to_string())].into_iter().collect(),
+        timestamp: t(secs),
+    }
+}
+
+/// Executions: saving again replaces (upsert); soft delete hides an execution from lookups and search
+/// but keeps its logs and metrics; purge removes an execution with its logs and metrics and returns the
+/// counts, leaving other executions' logs and metrics alone.
+pub async fn execution_delete_and_purge(repos: &Repositories) {
+    let execs = &*repos.executions;
+    let tn = tenant("execution-purge");
+    let mut e1 = execution(&tn, "company.team", "flow-one", t(0), StateType::Success);
+    let e2 = execution(&tn, "company.team", "flow-one", t(HOUR), StateType::Failed);
+    for e in [&e1, &e2] {
+        ok(execs.save(e).await, "save execution");
+    }
+    e1.labels = vec![Label::new("replaced", "yes")];
+    ok(execs.save(&e1).await, "save execution again");
+    assert_eq!(
+        ok(execs.find_by_id(&tn, &e1.id).await, "find_by_id").as_ref(),
+        Some(&e1),
+        "saving again replaces the execution"
+    );
+
+    let mut logs = Vec::new();
+    for (i, e) in [&e1, &e1, &e1, &e2].into_iter().enumerate() {
+        logs.push(log_line(
+            &tn,
+            "company.team",
+            "flow-one",
+            &e.id,
+            "taskrun",
+            i as i64,
+            Level::Info,
+            "line",
+        ));
+    }
+    ok(repos.logs.save_batch(&logs).await, "save logs");
+    let metrics = vec![
+        metric(&tn, &e1.id, 0, "a", MetricType::Counter, 1.0),
+        metric(&tn, &e1.id, 1, "b", MetricType::Timer, 0.5),
+        metric(&tn, &e2.id, 2, "c", MetricType::Counter, 2.0),
+    ];
+    ok(repos.metrics.save_batch(&metrics).await, "save metrics");
+
+    ok(execs.delete(&tn, &e2.id).await, "soft delete");
+    assert_eq!(
+        ok(execs.find_by_id(&tn, &e2.id).await, "find deleted"),
+        None,
+        "a soft-deleted execution is not found"
+    );
+    let all = ExecutionQuery {
+        tenant_id: Some(tn.clone()),
+        ..ExecutionQuery::default()
+    };
+    let page = ok(
+        execs.search(&all, &Pageable::default()).await,
+        "search after delete",
+    );
+    assert_eq!(
+        exec_ids(&page),
+        vec![e1.id.clone()],
+        "soft-deleted executions are not searched"
+    );
+    assert_eq!(page.total, 1);
+    assert_eq!(
+        ok(
+            repos.logs.find_by_execution(&tn, &e2.id, None, None).await,
+            "logs of deleted"
+        )
+        .len(),
+        1,
+        "a soft delete keeps the logs"
+    );
+
+    let count = ok(execs.purge(&tn, &e1.id).await, "purge");
+    assert_eq!(
+        count,
+        PurgeCount {
+            executions: 1,
+            logs: 3,
+            metrics: 2
+        },
+        "purge counts"
+    );
+    assert_eq!(ok(execs.find_by_id(&tn, &e1.id).await, "find purged"), None);
+    assert!(
+        ok(
+            repos.logs.find_by_execution(&tn, &e1.id, None, None).await,
+            "logs of purged"
+        )
+        .is_empty(),
+        "purge removes the logs"
+    );
+    assert!(
+        ok(
+            repos.metrics.find_by_execution(&tn, &e1.id).await,
+            "metrics of purged"
+        )
+        .is_empty(),
+        "purge removes the metrics"
+    );
+    assert_eq!(
+        ok(
+            repos.logs.find_by_execution(&tn, &e2.id, None, None).await,
+            "other logs"
+        )
+        .len(),
+        1,
+        "purge leaves other executions' logs"
+    );
+    assert_eq!(
+        ok(
+            repos.metrics.find_by_execution(&tn, &e2.id).await,
+            "other metrics"
+        )
+        .len(),
+        1,
+        "purge leaves other executions' metrics"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------------
+// logs and metrics
+
+/// Logs: `save_batch` (out of order), `find_by_execution` in timestamp order with the minimum level and
+/// task run filters; search by `q` (message, case-insensitive), level, namespace, flow, execution and
+/// date range, newest first by default, with pagination; `delete_by_execution` counts.
+pub async fn logs(repos: &Repositories) {
+    let logs = &*repos.logs;
+    let tn = tenant("logs");
+    let (x, y) = (format!("{tn}-x"), format!("{tn}-y"));
+    let line = |exec: &str, ns: &str, flow: &str, tr: &str, secs, level, message: &str| {
+        log_line(&tn, ns, flow, exec, tr, secs, level, message)
+    };
+    let xs = vec![
+        line(
+            &x,
+            "company.team",
+            "f",
+            "tr1",
+            0,
+            Level::Trace,
+            "trace line",
+        ),
+        line(
+            &x,
+            "company.team",
+            "f",
+            "tr1",
+            1,
+            Level::Debug,
+            "debug line",
+        ),
+        line(
+            &x,
+            "company.team",
+            "f",
+            "tr1",
+            2,
+            Level::Info,
+            "Found a NEEDLE here",
+        ),
+        line(&x, "company.team", "f", "tr2", 3, Level::Warn, "warn line"),
+        line(
+            &x,
+            "company.team",
+            "f",
+            "tr2",
+            4,
+            Level::Error,
+            "error line",
+        ),
+        line(
+            &x,
+            "company.team",
+            "f",
+            "tr2",
+            5,
+            Level::Info,
+            "info after error",
+        ),
+    ];
+    let ys = [
+        line(
+            &y,
+            "other",
+            "g",
+            "tr3",
+            6,
+            Level::Info,
+            "a needle elsewhere",
+        ),
+        line(&y, "other", "g", "tr3", 7, Level::Error, "y error"),
+    ];
+    ok(
+        logs.save_batch(&[xs[3].clone(), xs[0].clone(), ys[1].clone(), xs[5].clone()])
+            .await,
+        "save_batch",
+    );
+    ok(
+        logs.save_batch(&[xs[1].clone(), xs[4].clone(), ys[0].clone(), xs[2].clone()])
+            .await,
+        "save_batch",
+    );
+
+    let find = |min: Option<Level>, tr: Option<&'static str>| {
+        let x = x.clone();
+        let tn = tn.clone();
+        async move {
+            ok(
+                logs.find_by_execution(&tn, &x, min, tr).await,
+                "find_by_execution",
+            )
+        }
+    };
+    assert_eq!(
+        find(None, None).await,
+        xs,
+        "an execution's logs, in timestamp order, exact"
+    );
+    assert_eq!(
+        find(Some(Level::Warn), None).await,
+        vec![xs[3].clone(), xs[4].clone()],
+        "min level WARN returns WARN and ERROR"
+    );
+    assert_eq!(
+        find(None, Some("tr1")).await,
+        xs[..3].to_vec(),
+        "task run filter"
+    );
+    assert_eq!(
+        find(Some(Level::Info), Some("tr2")).await,
+        xs[3..].to_vec(),
+        "task run and level filters"
+    );
+    assert!(
+        ok(
+            logs.find_by_execution("tk-other-tenant", &x, None, None)
+                .await,
+            "other tenant"
+        )
+        .is_empty(),
+        "logs are per tenant"
+    );
+
+    let q = |f: &dyn Fn(&mut LogQuery)| {
+        let mut query = LogQuery {
+            tenant_id: Some(tn.clone()),
+            ..LogQuery::default()
+        };
+        f(&mut query);
+        query
+    };
+    let x2 = x.clone();
+    let cases: Vec<(&str, LogQuery, Vec<&LogEntry>)> = vec![
+        (
+            "tenant only",
+            q(&|_| {}),
+            vec![
+                &ys[1], &ys[0], &xs[5], &xs[4], &xs[3], &xs[2], &xs[1], &xs[0],
+            ],
+        ),
+        (
+            "q on the message, case-insensitive",
+            q(&|q| q.q = Some("needle".into())),
+            vec![&ys[0], &xs[2]],
+        ),
+        (
+            "min level",
+            q(&|q| q.min_level = Some(Level::Warn)),
+            vec![&ys[1], &xs[4], &xs[3]],
+        ),
+        (
+            "namespace with children",
+            q(&|q| q.namespace = Some("company".into())),
+            vec![&xs[5], &xs[4], &xs[3], &xs[2], &xs[1], &xs[0]],
+        ),
+        (
+            "flow id",
+            q(&|q| q.flow_id = Some("g".into())),
+            vec![&ys[1], &ys[0]],
+        ),
+        (
+            "execution and level",
+            q(&|q| {
+                q.execution_id = Some(x2.clone());
+                q.min_level = Some(Level::Error);
+            }),
+            vec![&xs[4]],
+        ),
+        (
+            "task run",
+            q(&|q| q.task_run_id = Some("tr3".into())),
+            vec![&ys[1], &ys[0]],
+        ),
+        (
+            "date range, inclusive",
+            q(&|q| {
+                q.start_date = Some(t(2));
+                q.end_date = Some(t(4));
+            }),
+            vec![&xs[4], &xs[3], &xs[2]],
+        ),
+    ];
+    for (what, query, expected) in cases {
+        let page = ok(logs.search(&query, &Pageable::default()).await, what);
+        let expected: Vec<LogEntry> = expected.into_iter().cloned().collect();
+        assert_eq!(page.results, expected, "log search (newest first): {what}");
+        assert_eq!(
+            page.total,
+            expected.len() as u64,
+            "log search total: {what}"
+        );
+    }
+    let page = ok(
+        logs.search(&q(&|_| {}), &Pageable::new(2, 3).sorted("timestamp", false))
+            .await,
+        "log page 2",
+    );
+    assert_eq!(
+        page.results,
+        xs[3..6].to_vec(),
+        "page 2 of size 3, oldest first"
+    );
+    assert_eq!(page.total, 8);
+    assert_invalid_sort(
+        logs.search(&q(&|_| {}), &Pageable::new(1, 10).sorted("message", false))
+            .await,
+        "log sort on `message`",
+    );
+    assert_invalid_query(
+        logs.search(&q(&|_| {}), &Pageable::new(0, 10)).await,
+        "log page 0",
+    );
+
+    assert_eq!(
+        ok(
+            logs.delete_by_execution(&tn, &x).await,
+            "delete_by_execution"
+        ),
+        6
+    );
+    assert!(find(None, None).await.is_empty(), "deleted logs are gone");
+    assert_eq!(
+        ok(
+            logs.find_by_execution(&tn, &y, None, None).await,
+            "other execution"
+        )
+        .len(),
+        2,
+        "other executions' logs stay"
+    );
+    assert_eq!(
+        ok(logs.delete_by_execution(&tn, &x).await, "delete again"),
+        0
+    );
+}
+
+/// Metrics: `save_batch`, `find_by_execution` (exact, in emission order), `delete_by_execution` counts
+/// and leaves other executions alone.
+pub async fn metrics(repos: &Repositories) {
+    let metrics = &*repos.metrics;
+    let tn = tenant("metrics");
+    let (x, y) = (format!("{tn}-x"), format!("{tn}-y"));
+    let xs = vec![
+        metric(&tn, &x, 0, "count", MetricType::Counter, 1.0),
+        metric(&tn, &x, 1, "duration", MetricType::Timer, 1.5),
+        metric(&tn, &x, 2, "rows", MetricType::Counter, 3.0),
+    ];
+    let ys = vec![metric(&tn, &y, 3, "count", MetricType::Counter, 7.0)];
+    ok(metrics.save_batch(&xs[..2]).await, "save_batch");
+    ok(
+        metrics.save_batch(&[ys[0].clone(), xs[2].clone()]).await,
+        "save_batch",
+    );
+    assert_eq!(
+        ok(
+            metrics.find_by_execution(&tn, &x).await,
+            "find_by_execution"
+        ),
+        xs,
+        "an execution's metrics, exact, in emission order"
+    );
+    assert!(
+        ok(
+            metrics.find_by_execution("tk-other-tenant", &x).await,
+            "other tenant"
+        )
+        .is_empty(),
+        "metrics are per tenant"
+    );
+    assert_eq!(ok(metrics.delete_by_execution(&tn, &x).await, "delete"), 3);
+    assert!(ok(metrics.find_by_execution(&tn, &x).await, "find deleted").is_empty());
+    assert_eq!(
+        ok(metrics.find_by_execution(&tn, &y).await, "other execution"),
+        ys,
+        "other executions' metrics stay"
+    );
+    assert_eq!(
+        ok(metrics.delete_by_execution(&tn, &y).await, "delete y"),
+        1
+    );
+}
+
+// ---------------------------------------------------------------------------------------------------
+// triggers
+
+fn trigger(
+    tenant: &str,
+    namespace: &str,
+    flow_id: &str,
+    trigger_id: &str,
+    next: Option<DateTime<Utc>>,
+) -> TriggerState {
+    TriggerState {
+        tenant_id: tenant.to_string(),
+        namespace: namespace.to_string(),
+        flow_id: flow_id.to_string(),
+        trigger_id: trigger_id.to_string(),
+        flow_revision: Some(1),
+        date: None,
+        next_execution_date: next,
+        execution_id: None,
+        evaluate_running_date: None,
+        worker_id: None,
+        disabled: false,
+        error: None,
+        backfill: None,
+        updated_date: t(0),
+    }
+}
+
+/// Triggers: save/find by uid (exact), `find_all` per tenant, search (namespace with children, flow id,
+/// `q` on flow and trigger ids, sort, pagination), save again replaces, delete.
+pub async fn triggers(repos: &Repositories) {
+    let triggers = &*repos.triggers;
+    let tn = tenant("triggers");
+    let mut t1 = trigger(&tn, "company.team", "f1", "schedule", Some(t(HOUR)));
+    let t2 = trigger(&tn, "companyx", "f2", "poll", Some(t(2 * HOUR)));
+    let t3 = trigger(&tn, "company", "f1", "daily", None);
+    for tr in [&t1, &t2, &t3] {
+        ok(triggers.save(tr).await, "save trigger");
+    }
+    assert_eq!(
+        ok(triggers.find(&t1.uid()).await, "find").as_ref(),
+        Some(&t1),
+        "a trigger reads back exactly as saved"
+    );
+    assert_eq!(
+        ok(triggers.find(&format!("{tn}_nope")).await, "find absent"),
+        None
+    );
+    let all = ok(triggers.find_all(&tn).await, "find_all");
+    assert_eq!(
+        sorted(all.iter().map(|t| t.uid())),
+        sorted([t1.uid(), t2.uid(), t3.uid()]),
+        "find_all: the tenant's triggers"
+    );
+
+    let q = |f: &dyn Fn(&mut TriggerQuery)| {
+        let mut query = TriggerQuery {
+            tenant_id: Some(tn.clone()),
+            ..TriggerQuery::default()
+        };
+        f(&mut query);
+        query
+    };
+    let by_trigger = Pageable::new(1, 25).sorted("triggerId", false);
+    let cases: Vec<(&str, TriggerQuery, Vec<&str>)> = vec![
+        ("tenant only", q(&|_| {}), vec!["daily", "poll", "schedule"]),
+        (
+            "namespace with children",
+            q(&|q| q.namespace = Some("company".into())),
+            vec!["daily", "schedule"],
+        ),
+        (
+            "flow id",
+            q(&|q| q.flow_id = Some("f1".into())),
+            vec!["daily", "schedule"],
+        ),
+        (
+            "q on trigger id",
+            q(&|q| q.q = Some("POLL".into())),
+            vec!["poll"],
+        ),
+        (
+            "q on flow id",
+            q(&|q| q.q = Some("f2".into())),
+            vec!["poll"],
+        ),
+    ];
+    for (what, query, expected) in cases {
+        let page = ok(triggers.search(&query, &by_trigger).await, what);
+        assert_eq!(
+            page.results
+                .iter()
+                .map(|t| t.trigger_id.as_str())
+                .collect::<Vec<_>>(),
+            expected,
+            "trigger search: {what}"
+        );
+        assert_eq!(
+            page.total,
+            expected.len() as u64,
+            "trigger search total: {what}"
+        );
+    }
+    let page = ok(
+        triggers
+            .search(&q(&|_| {}), &Pageable::new(2, 2).sorted("triggerId", true))
+            .await,
+        "trigger page 2",
+    );
+    assert_eq!(
+        page.results
+            .iter()
+            .map(|t| t.trigger_id.as_str())
+            .collect::<Vec<_>>(),
+        vec!["daily"],
+        "page 2 of size 2, triggerId desc"
+    );
+    assert_eq!(page.total, 3);
+    assert_invalid_sort(
+        triggers
+            .search(&q(&|_| {}), &Pageable::new(1, 25).sorted("nope", false))
+            .await,
+        "trigger sort on `nope`",
+    );
+
+    t1.disabled = true;
+    t1.error = Some("boom".to_string());
+    t1.updated_date = t(60);
+    ok(triggers.save(&t1).await, "save trigger again");
+    assert_eq!(
+        ok(triggers.find(&t1.uid()).await, "find replaced").as_ref(),
+        Some(&t1),
+        "saving again replaces"
+    );
+    assert_eq!(
+        ok(triggers.find_all(&tn).await, "find_all").len(),
+        3,
+        "no duplicate on save"
+    );
+
+    ok(triggers.delete(&t2.uid()).await, "delete trigger");
+    assert_eq!(ok(triggers.find(&t2.uid()).await, "find deleted"), None);
+    assert_eq!(
+        ok(triggers.find_all(&tn).await, "find_all after delete").len(),
+        2
+    );
+    for tr in [&t1, &t3] {
+        ok(triggers.delete(&tr.uid()).await, "delete trigger");
+    }
+}
+
+/// Claim every due trigger of `tenant` for `owner` at `now` (in batches of 10, until nothing is left).
+async fn claim_all(
+    triggers: &dyn TriggerRepository,
+    now: DateTime<Utc>,
+    owner: &str,
+    tenant: &str,
+    lease: Duration,
+) -> Vec<TriggerState> {
+    let mut mine = Vec::new();
+    for _ in 0..1_000 {
+        let batch = ok(triggers.claim_due(now, owner, 10, lease).await, "claim_due");
+        assert!(
+            batch.len() <= 10,
+            "claim_due(limit 10) returned {}",
+            batch.len()
+        );
+        if batch.is_empty() {
+            return mine;
+        }
+        for tr in &batch {
+            assert!(
+                !tr.disabled,
+                "claim_due returned the disabled trigger {}",
+                tr.uid()
+            );
+            let next = tr.next_execution_date.unwrap_or_else(|| {
+                panic!(
+                    "claim_due returned {} which has no next execution date",
+                    tr.uid()
+                )
+            });
+            assert!(
+                next <= now,
+                "claim_due returned {} due at {next}, after {now}",
+                tr.uid()
+            );
+        }
+        mine.extend(batch.into_iter().filter(|tr| tr.tenant_id == tenant));
+    }
+    panic!("claim_due keeps returning triggers after 1000 batches: claims are not exclusive");
+}
+
+fn uids(v: &[TriggerState]) -> Vec<String> {
+    sorted(v.iter().map(|t| t.uid()))
+}
+
+/// Trigger claims: only enabled, due triggers (`nextExecutionDate <= now`) are claimed; a claimed
+/// trigger is not claimable again until released or until its lease ends; a release by another owner
+/// returns false and stores nothing; a release stores the new next date.
+///
+/// Uses fixed "now" values around 2001-01-01 so no sleeping is needed; it claims every due trigger of
+/// the store but only asserts on its own tenant.
+pub async fn trigger_claims(repos: &Repositories) {
+    let triggers = &*repos.triggers;
+    let tn = tenant("trigger-claims");
+    let base = claim_time(0);
+    let lease = Duration::from_secs(60);
+    let at = |secs| base + chrono::Duration::seconds(secs);
+    let a = trigger(&tn, "company", "f", "due", Some(at(-60)));
+    let mut b = trigger(&tn, "company", "f", "disabled", Some(at(-60)));
+    b.disabled = true;
+    let c = trigger(&tn, "company", "f", "later", Some(at(HOUR)));
+    let d = trigger(&tn, "company", "f", "never", None);
+    let e = trigger(&tn, "company", "f", "exactly-now", Some(base));
+    for tr in [&a, &b, &c, &d, &e] {
+        ok(triggers.save(tr).await, "save trigger");
+    }
+
+    let claimed = claim_all(triggers, base, "owner-1", &tn, lease).await;
+    assert_eq!(
+        uids(&claimed),
+        sorted([a.uid(), e.uid()]),
+        "only enabled triggers due at or before now are claimed"
+    );
+    assert!(
+        claim_all(triggers, at(30), "owner-2", &tn, lease)
+            .await
+            .is_empty(),
+        "claimed triggers are not claimable by another owner during the lease"
+    );
+
+    let mut a_next = a.clone();
+    a_next.next_execution_date = Some(at(HOUR));
+    a_next.updated_date = at(1);
+    assert!(
+        !ok(
+            triggers.release(&a_next, "owner-2").await,
+            "release by wrong owner"
+        ),
+        "release by an owner that does not hold the claim returns false"
+    );
+    assert_eq!(
+        ok(triggers.find(&a.uid()).await, "find").and_then(|t| t.next_execution_date),
+        Some(at(-60)),
+        "a refused release stores nothing"
+    );
+    assert!(
+        ok(triggers.release(&a_next, "owner-1").await, "release"),
+        "release by the owner returns true"
+    );
+    assert_eq!(
+        ok(triggers.find(&a.uid()).await, "find").and_then(|t| t.next_execution_date),
+        Some(at(HOUR)),
+        "release stores the new next date"
+    );
+    assert!(
+        claim_all(triggers, at(31), "owner-2", &tn, lease)
+            .await
+            .is_empty(),
+        "a released trigger that is no longer due, and a still-leased one, are not claimed"
+    );
+
+    let reclaimed = claim_all(triggers, at(61), "owner-2", &tn, lease).await;
+    assert_eq!(
+        uids(&reclaimed),
+        vec![e.uid()],
+        "a claim whose lease ended is claimable again"
+    );
+    assert!(
+        !ok(
+            triggers.release(&e, "owner-1").await,
+            "release after lease loss"
+        ),
+        "the first owner lost the claim when its lease ended"
+    );
+    let mut e_due = e.clone();
+    e_due.next_execution_date = Some(at(-1));
+    assert!(ok(triggers.release(&e_due, "owner-2").await, "release"));
+    let again = claim_all(triggers, at(62), "owner-3", &tn, lease).await;
+    assert_eq!(
+        uids(&again),
+        vec![e.uid()],
+        "a released trigger that is still due is claimable again at once"
+    );
+    let mut e_done = e.clone();
+    e_done.next_execution_date = Some(at(24 * HOUR));
+    assert!(ok(triggers.release(&e_done, "owner-3").await, "release"));
+
+    for tr in [&a, &b, &c, &d, &e] {
+        ok(triggers.delete(&tr.uid()).await, "delete trigger");
+    }
+}
+
+/// Two schedulers claiming concurrently over 50 due triggers get disjoint sets that together cover
+/// all 50.
+pub async fn trigger_concurrent_claims(repos: &Repositories) {
+    let tn = tenant("trigger-race");
+    let now = claim_time(500);
+    let all: Vec<TriggerState> = (0..50)
+        .map(|i| {
+            trigger(
+                &tn,
+                "company",
+                &format!("f{i}"),
+                "schedule",
+                Some(claim_time(-10)),
+            )
+        })
+        .collect();
+    for tr in &all {
+        ok(repos.triggers.save(tr).await, "save trigger");
+    }
+    let mut handles = Vec::new();
+    for owner in ["racer-1", "racer-2"] {
+        let (triggers, tn): (Arc<dyn TriggerRepository>, String) =
+            (repos.triggers.clone(), tn.clone());
+        handles.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let batch = ok(
+                    triggers
+                        .claim_due(now, owner, 5, Duration::from_secs(60))
+                        .await,
+                    "claim_due",
+                );
+                if batch.is_empty() {
+                    return mine;
+                }
+                mine.extend(
+                    batch
+                        .into_iter()
+                        .filter(|t| t.tenant_id == tn)
+                        .map(|t| t.uid()),
+                );
+                tokio::task::yield_now().await;
+            }
+        }));
+    }
+    let mut sets = Vec::new();
+    for h in handles {
+        match h.await {
+            Ok(v) => sets.push(v),
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => panic!("claiming task cancelled: {e}"),
+        }
+    }
+    let first: BTreeSet<&String> = sets[0].iter().collect();
+    let second: BTreeSet<&String> = sets[1].iter().collect();
+    assert_eq!(first.len(), sets[0].len(), "racer-1 got a trigger twice");
+    assert_eq!(second.len(), sets[1].len(), "racer-2 got a trigger twice");
+    let both: Vec<&&String> = first.intersection(&second).collect();
+    assert!(
+        both.is_empty(),
+        "triggers claimed by both schedulers: {both:?}"
+    );
+    let union: BTreeSet<String> = first.union(&second).map(|s| (*s).clone()).collect();
+    let expected: BTreeSet<String> = all.iter().map(|t| t.uid()).collect();
+    assert_eq!(
+        union, expected,
+        "together the schedulers claimed every due trigger"
+    );
+    for tr in &all {
+        ok(repos.triggers.delete(&tr.uid()).await, "delete trigger");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// service instances
+
+/// Service instances: save/find (exact), save again replaces (upsert), `find_all` lists each once,
+/// delete removes.
+pub async fn service_instances(repos: &Repositories) {
+    let services = &*repos.services;
+    let instance = |id: &str, type_, state, secs| ServiceInstance {
+        id: id.to_string(),
+        type_,
+        state,
+        hostname: "testkit-host".to_string(),
+        created_date: t(0),
+        updated_date: t(secs),
+        props: serde_json::Map::new(),
+    };
+    let (id1, id2) = (
+        format!("tk-svc-{}", new_id()),
+        format!("tk-svc-{}", new_id()),
+    );
+    let s1 = instance(&id1, ServiceType::Worker, ServiceState::Created, 0);
+    let s2 = instance(&id2, ServiceType::Executor, ServiceState::Running, 0);
+    ok(services.save(&s1).await, "save");
+    ok(services.save(&s2).await, "save");
+    assert_eq!(
+        ok(services.find_by_id(&id1).await, "find").as_ref(),
+        Some(&s1),
+        "an instance reads back exactly as saved"
+    );
+    let mut s1b = s1.clone();
+    s1b.state = ServiceState::Running;
+    s1b.updated_date = t(30);
+    s1b.props.insert("workerGroup".into(), json!("gpu"));
+    ok(services.save(&s1b).await, "save again");
+    assert_eq!(
+        ok(services.find_by_id(&id1).await, "find replaced").as_ref(),
+        Some(&s1b),
+        "saving again replaces"
+    );
+    let all = ok(services.find_all().await, "find_all");
+    let ours: Vec<&ServiceInstance> = all.iter().filter(|s| s.id == id1 || s.id == id2).collect();
+    assert_eq!(ours.len(), 2, "find_all lists each instance once: {ours:?}");
+    assert!(ours.contains(&&s1b) && ours.contains(&&s2));
+
+    ok(services.delete(&id1).await, "delete");
+    assert_eq!(ok(services.find_by_id(&id1).await, "find deleted"), None);
+    let all = ok(services.find_all().await, "find_all after delete");
+    assert!(
+        !all.iter().any(|s| s.id == id1),
+        "a deleted instance is not listed"
+    );
+    assert!(all.iter().any(|s| s.id == id2), "other instances stay");
+    ok(services.delete(&id2).await, "delete");
+}
+
+// ---------------------------------------------------------------------------------------------------
+// everything
+
+/// Every check above, one after the other.
+pub async fn run_all(repos: &Repositories) {
+    flow_revisions(repos).await;
+    flow_search(repos).await;
+    execution_search(repos).await;
+    execution_sort_and_pagination(repos).await;
+    execution_delete_and_purge(repos).await;
+    logs(repos).await;
+    metrics(repos).await;
+    triggers(repos).await;
+    trigger_claims(repos).await;
+    trigger_concurrent_claims(repos).await;
+    service_instances(repos).await;
+}
+
+/// Minimal in-memory repositories, only to run the suite on itself (not shipped).
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repository::{
+        EXECUTION_SORT_FIELDS, ExecutionRepository, FLOW_SORT_FIELDS, FlowRepository,
+        LOG_SORT_FIELDS, LogRepository, MetricRepository, ServiceInstanceRepository,
+        TRIGGER_SORT_FIELDS,
+    };
+    use async_trait::async_trait;
+    use std::cmp::Ordering;
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn in_ns(ns: &str, filter: &Option<String>) -> bool {
+        filter
+            .as_ref()
+            .is_none_or(|f| ns == f || ns.starts_with(&format!("{f}.")))
+    }
+
+    fn has(text: &str, q: &str) -> bool {
+        text.to_lowercase().contains(&q.to_lowercase())
+    }
+
+    fn tenant_of(t: &Option<String>) -> &str {
+        t.as_deref().unwrap_or("main")
+    }
+
+    /// Sort with `key(field)` values, then page.
+    fn page_of<T: Clone>(
+        mut items: Vec<T>,
+        page: &Pageable,
+        allowed: &'static [&'static str],
+        default: &dyn Fn(&T, &T) -> Ordering,
+        key: &dyn Fn(&T, &str) -> String,
+    ) -> RepoResult<Page<T>> {
+        let (offset, limit) = page.check(allowed)?;
+        if page.sort.is_empty() {
+            items.sort_by(default);
+        } else {
+            items.sort_by(|a, b| {
+                for s in &page.sort {
+                    let o = key(a, &s.field).cmp(&key(b, &s.field));
+                    let o = if s.descending { o.reverse() } else { o };
+                    if o != Ordering::Equal {
+                        return o;
+                    }
+                }
+                Ordering::Equal
+            });
+        }
+        let total = items.len() as u64;
+        let results = items
+            .into_iter()
+            .skip(offset as usize)
+            .take(limit as usize)
+            .collect();
+        Ok(Page { results, total })
+    }
+
+    /// (owner, claimed until)
+    type Claim = (String, DateTime<Utc>);
+
+    #[derive(Default)]
+    struct Mem {
+        flows: Mutex<Vec<FlowRecord>>,
+        executions: Mutex<HashMap<(String, String), Execution>>,
+        logs: Mutex<Vec<LogEntry>>,
+        metrics: Mutex<Vec<MetricEntry>>,
+        triggers: Mutex<HashMap<String, (TriggerState, Option<Claim>)>>,
+        services: Mutex<HashMap<String, ServiceInstance>>,
+    }
+
+    impl Mem {
+        fn latest(&self, tenant: &str, ns: &str, id: &str) -> Option<FlowRecord> {
+            lock(&self.flows)
+                .iter()
+                .filter(|f| f.tenant_id == tenant && f.namespace == ns && f.id == id)
+                .max_by_key(|f| f.revision)
+                .cloned()
+        }
+        fn live_flows(&self, tenant: &str) -> Vec<FlowRecord> {
+            let mut keys: Vec<(String, String)> = lock(&self.flows)
+                .iter()
+                .filter(|f| f.tenant_id == tenant)
+                .map(|f| (f.namespace.clone(), f.id.clone()))
+                .collect();
+            keys.sort();
+            keys.dedup();
+            keys.into_iter()
+                .filter_map(|(ns, id)| self.latest(tenant, &ns, &id))
+                .filter(|f| !f.deleted)
+                .collect()
+        }
+    }
+
+    #[async_trait]
+    impl FlowRepository for Mem {
+        async fn save(&self, mut record: FlowRecord) -> RepoResult<(FlowRecord, SaveOutcome)> {
+            let latest = self.latest(&record.tenant_id, &record.namespace, &record.id);
+            let outcome = match &latest {
+                Some(l) if !l.deleted && l.source == record.source => {
+                    return Ok((l.clone(), SaveOutcome::Unchanged));
+                }
+                Some(_) => SaveOutcome::Updated,
+                None => SaveOutcome::Created,
+            };
+            record.revision = latest.map_or(1, |l| l.revision + 1);
+            record.updated = Utc::now();
+            record.deleted = false;
+            lock(&self.flows).push(record.clone());
+            Ok((record, outcome))
+        }
+        async fn find(
+            &self,
+            tenant: &str,
+            namespace: &str,
+            id: &str,
+            revision: Option<i32>,
+        ) -> RepoResult<Option<FlowRecord>> {
+            if self.latest(tenant, namespace, id).is_none_or(|l| l.deleted) {
+                return Ok(None);
+            }
+            Ok(lock(&self.flows)
+                .iter()
+                .filter(|f| f.tenant_id == tenant && f.namespace == namespace && f.id == id)
+                .filter(|f| revision.is_none_or(|r| f.revision == r))
+                .max_by_key(|f| f.revision)
+                .cloned())
+        }
+        async fn revisions(&self, tenant: &str, ns: &str, id: &str) -> RepoResult<Vec<FlowRecord>> {
+            Ok(lock(&self.flows)
+                .iter()
+                .filter(|f| f.tenant_id == tenant && f.namespace == ns && f.id == id)
+                .cloned()
+                .collect())
+        }
+        async fn delete(&self, tenant: &str, ns: &str, id: &str) -> RepoResult<FlowRecord> {
+            let Some(mut l) = self.latest(tenant, ns, id).filter(|l| !l.deleted) else {
+                return Err(RepositoryError::NotFound {
+                    entity: "flow",
+                    id: id.to_string(),
+                });
+            };
+            l.revision += 1;
+            l.deleted = true;
+            lock(&self.flows).push(l.clone());
+            Ok(l)
+        }
+        async fn search(&self, q: &FlowQuery, page: &Pageable) -> RepoResult<Page<FlowRecord>> {
+            let items: Vec<FlowRecord> = self
+                .live_flows(tenant_of(&q.tenant_id))
+                .into_iter()
+                .filter(|f| in_ns(&f.namespace, &q.namespace))
+                .filter(|f| q.labels.iter().all(|l| f.labels.contains(l)))
+                .filter(|f| {
+                    q.q.as_ref().is_none_or(|t| {
+                        has(&f.id, t)
+                            || has(&f.namespace, t)
+                            || has(&f.source, t)
+                            || has(f.flow["description"].as_str().unwrap_or(""), t)
+                    })
+                })
+                .collect();
+            page_of(
+                items,
+                page,
+                FLOW_SORT_FIELDS,
+                &|a, b| b.updated.cmp(&a.updated),
+                &|f, field| match field {
+                    "id" => f.id.clone(),
+                    "namespace" => f.namespace.clone(),
+                    _ => f.updated.to_rfc3339(),
+                },
+            )
+        }
+        async fn find_all(&self, tenant: &str) -> RepoResult<Vec<FlowRecord>> {
+            Ok(self.live_flows(tenant))
+        }
+        async fn distinct_namespaces(&self, tenant: &str) -> RepoResult<Vec<String>> {
+            let mut v: Vec<String> = self
+                .live_flows(tenant)
+                .into_iter()
+                .map(|f| f.namespace)
+                .collect();
+            v.sort();
+            v.dedup();
+            Ok(v)
+        }
+    }
+
+    fn date_key(d: Option<DateTime<Utc>>) -> String {
+        d.map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+            .unwrap_or_default()
+    }
+
+    #[async_trait]
+    impl ExecutionRepository for Mem {
+        async fn save(&self, e: &Execution) -> RepoResult<()> {
+            lock(&self.executions).insert((e.tenant_id.clone(), e.id.clone()), e.clone());
+            Ok(())
+        }
+        async fn find_by_id(&self, tenant: &str, id: &str) -> RepoResult<Option<Execution>> {
+            Ok(lock(&self.executions)
+                .get(&(tenant.to_string(), id.to_string()))
+                .filter(|e| !e.deleted)
+                .cloned())
+        }
+        async fn search(&self, q: &ExecutionQuery, page: &Pageable) -> RepoResult<Page<Execution>> {
+            let items: Vec<Execution> = lock(&self.executions)
+                .values()
+                .filter(|e| !e.deleted && e.tenant_id == tenant_of(&q.tenant_id))
+                .filter(|e| in_ns(&e.namespace, &q.namespace))
+                .filter(|e| q.flow_id.as_ref().is_none_or(|f| &e.flow_id == f))
+                .filter(|e| q.states.is_empty() || q.states.contains(&e.current()))
+                .filter(|e| {
+                    let s = e.state.start_date();
+                    q.start_date.is_none_or(|d| s >= Some(d))
+                        && q.end_date.is_none_or(|d| s <= Some(d))
+                })
+                .filter(|e| q.labels.iter().all(|l| e.labels.contains(l)))
+                .filter(|e| q.parent_id.is_none() || e.parent_id == q.parent_id)
+                .filter(|e| {
+                    q.q.as_ref().is_none_or(|t| {
+                        has(&e.id, t)
+                            || has(&e.namespace, t)
+                            || has(&e.flow_id, t)
+                            || e.labels.iter().any(|l| has(&l.value, t))
+                    })
+                })
+                .cloned()
+                .collect();
+            page_of(
+                items,
+                page,
+                EXECUTION_SORT_FIELDS,
+                &|a, b| b.state.start_date().cmp(&a.state.start_date()),
+                &|e, field| match field {
+                    "id" => e.id.clone(),
+                    "namespace" => e.namespace.clone(),
+                    "flowId" => e.flow_id.clone(),
+                    "state.current" => e.current().to_string(),
+                    "state.startDate" => date_key(e.state.start_date()),
+                    _ => date_key(e.state.end_date()),
+                },
+            )
+        }
+        async fn delete(&self, tenant: &str, id: &str) -> RepoResult<()> {
+            if let Some(e) = lock(&self.executions).get_mut(&(tenant.to_string(), id.to_string())) {
+                e.deleted = true;
+            }
+            Ok(())
+        }
+        async fn purge(&self, tenant: &str, id: &str) -> RepoResult<PurgeCount> {
+            let executions = u64::from(
+                lock(&self.executions)
+                    .remove(&(tenant.to_string(), id.to_string()))
+                    .is_some(),
+            );
+            let logs = LogRepository::delete_by_execution(self, tenant, id).await?;
+            let metrics = MetricRepository::delete_by_execution(self, tenant, id).await?;
+            Ok(PurgeCount {
+                executions,
+                logs,
+                metrics,
+            })
+        }
+    }
+
+    #[async_trait]
+    impl LogRepository for Mem {
+        async fn save_batch(&self, logs: &[LogEntry]) -> RepoResult<()> {
+            lock(&self.logs).extend_from_slice(logs);
+            Ok(())
+        }
+        async fn find_by_execution(
+            &self,
+            tenant: &str,
+            execution_id: &str,
+            min_level: Option<Level>,
+            task_run_id: Option<&str>,
+        ) -> RepoResult<Vec<LogEntry>> {
+            let mut v: Vec<LogEntry> = lock(&self.logs)
+                .iter()
+                .filter(|l| {
+                    l.tenant_id == tenant && l.execution_id.as_deref() == Some(execution_id)
+                })
+                .filter(|l| min_level.is_none_or(|m| l.level >= m))
+                .filter(|l| task_run_id.is_none() || l.task_run_id.as_deref() == task_run_id)
+                .cloned()
+                .collect();
+            v.sort_by_key(|l| l.timestamp);
+            Ok(v)
+        }
+        async fn search(&self, q: &LogQuery, page: &Pageable) -> RepoResult<Page<LogEntry>> {
+            let items: Vec<LogEntry> = lock(&self.logs)
+                .iter()
+                .filter(|l| l.tenant_id == tenant_of(&q.tenant_id))
+                .filter(|l| in_ns(&l.namespace, &q.namespace))
+                .filter(|l| q.flow_id.as_ref().is_none_or(|f| &l.flow_id == f))
+                .filter(|l| q.execution_id.is_none() || l.execution_id == q.execution_id)
+                .filter(|l| q.task_run_id.is_none() || l.task_run_id == q.task_run_id)
+                .filter(|l| q.min_level.is_none_or(|m| l.level >= m))
+                .filter(|l| q.start_date.is_none_or(|d| l.timestamp >= d))
+                .filter(|l| q.end_date.is_none_or(|d| l.timestamp <= d))
+                .filter(|l| q.q.as_ref().is_none_or(|t| has(&l.message, t)))
+                .cloned()
+                .collect();
+            page_of(
+                items,
+                page,
+                LOG_SORT_FIELDS,
+                &|a, b| b.timestamp.cmp(&a.timestamp),
+                &|l, field| match field {
+                    "level" => l.level.to_string(),
+                    "namespace" => l.namespace.clone(),
+                    "flowId" => l.flow_id.clone(),
+                    _ => date_key(Some(l.timestamp)),
+                },
+            )
+        }
+        async fn delete_by_execution(&self, tenant: &str, execution_id: &str) -> RepoResult<u64> {
+            let mut logs = lock(&self.logs);
+            let before = logs.len();
+            logs.retain(|l| {
+                !(l.tenant_id == tenant && l.execution_id.as_deref() == Some(execution_id))
+            });
+            Ok((before - logs.len()) as u64)
+        }
+    }
+
+    #[async_trait]
+    impl MetricRepository for Mem {
+        async fn save_batch(&self, metrics: &[MetricEntry]) -> RepoResult<()> {
+            lock(&self.metrics).extend_from_slice(metrics);
+            Ok(())
+        }
+        async fn find_by_execution(&self, tenant: &str, id: &str) -> RepoResult<Vec<MetricEntry>> {
+            Ok(lock(&self.metrics)
+                .iter()
+                .filter(|m| m.tenant_id == tenant && m.execution_id == id)
+                .cloned()
+                .collect())
+        }
+        async fn delete_by_execution(&self, tenant: &str, id: &str) -> RepoResult<u64> {
+            let mut metrics = lock(&self.metrics);
+            let before = metrics.len();
+            metrics.retain(|m| !(m.tenant_id == tenant && m.execution_id == id));
+            Ok((before - metrics.len()) as u64)
+        }
+    }
+
+    #[async_trait]
+    impl TriggerRepository for Mem {
+        async fn save(&self, trigger: &TriggerState) -> RepoResult<()> {
+            let mut all = lock(&self.triggers);
+            let claim = all.get(&trigger.uid()).and_then(|(_, c)| c.clone());
+            all.insert(trigger.uid(), (trigger.clone(), claim));
+            Ok(())
+        }
+        async fn find(&self, uid: &str) -> RepoResult<Option<TriggerState>> {
+            Ok(lock(&self.triggers).get(uid).map(|(t, _)| t.clone()))
+        }
+        async fn find_all(&self, tenant: &str) -> RepoResult<Vec<TriggerState>> {
+            Ok(lock(&self.triggers)
+                .values()
+                .filter(|(t, _)| t.tenant_id == tenant)
+                .map(|(t, _)| t.clone())
+                .collect())
+        }
+        async fn search(
+            &self,
+            q: &TriggerQuery,
+            page: &Pageable,
+        ) -> RepoResult<Page<TriggerState>> {
+            let items: Vec<TriggerState> = lock(&self.triggers)
+                .values()
+                .map(|(t, _)| t)
+                .filter(|t| t.tenant_id == tenant_of(&q.tenant_id))
+                .filter(|t| in_ns(&t.namespace, &q.namespace))
+                .filter(|t| q.flow_id.as_ref().is_none_or(|f| &t.flow_id == f))
+                .filter(|t| {
+                    q.q.as_ref()
+                        .is_none_or(|s| has(&t.flow_id, s) || has(&t.trigger_id, s))
+                })
+                .cloned()
+                .collect();
+            page_of(
+                items,
+                page,
+                TRIGGER_SORT_FIELDS,
+                &|a, b| b.updated_date.cmp(&a.updated_date),
+                &|t, field| match field {
+                    "triggerId" => t.trigger_id.clone(),
+                    "flowId" => t.flow_id.clone(),
+                    "namespace" => t.namespace.clone(),
+                    "nextExecutionDate" => date_key(t.next_execution_date),
+                    _ => date_key(Some(t.updated_date)),
+                },
+            )
+        }
+        async fn delete(&self, uid: &str) -> RepoResult<()> {
+            lock(&self.triggers).remove(uid);
+            Ok(())
+        }
+        async fn claim_due(
+            &self,
+            now: DateTime<Utc>,
+            owner: &str,
+            limit: usize,
+            lease: Duration,
+        ) -> RepoResult<Vec<TriggerState>> {
+            let until = now + chrono::Duration::from_std(lease).unwrap_or_default();
+            let mut out = Vec::new();
+            for (t, claim) in lock(&self.triggers).values_mut() {
+                if out.len() >= limit {
+                    break;
+                }
+                let due = !t.disabled && t.next_execution_date.is_some_and(|d| d <= now);
+                let free = claim.as_ref().is_none_or(|(_, u)| *u <= now);
+                if due && free {
+                    *claim = Some((owner.to_string(), until));
+                    out.push(t.clone());
+                }
+            }
+            Ok(out)
+        }
+        async fn release(&self, trigger: &TriggerState, owner: &str) -> RepoResult<bool> {
+            let mut all = lock(&self.triggers);
+            match all.get_mut(&trigger.uid()) {
+                Some((t, claim)) if claim.as_ref().is_some_and(|(o, _)| o == owner) => {
+                    *t = trigger.clone();
+                    *claim = None;
+                    Ok(true)
+                }
+                _ => Ok(false),
+            }
+        }
+    }
+
+    #[async_trait]
+    impl ServiceInstanceRepository for Mem {
+        async fn save(&self, instance: &ServiceInstance) -> RepoResult<()> {
+            lock(&self.services).insert(instance.id.clone(), instance.clone());
+            Ok(())
+        }
+        async fn find_by_id(&self, id: &str) -> RepoResult<Option<ServiceInstance>> {
+            Ok(lock(&self.services).get(id).cloned())
+        }
+        async fn find_all(&self) -> RepoResult<Vec<ServiceInstance>> {
+            Ok(lock(&self.services).values().cloned().collect())
+        }
+        async fn delete(&self, id: &str) -> RepoResult<()> {
+            lock(&self.services).remove(id);
+            Ok(())
+        }
+    }
+
+    fn repositories(mem: Arc<Mem>) -> Repositories {
+        Repositories {
+            flows: mem.clone(),
+            executions: mem.clone(),
+            logs: mem.clone(),
+            metrics: mem.clone(),
+            triggers: mem.clone(),
+            services: mem,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn in_memory_repositories_pass_the_whole_suite() {
+        let repos = repositories(Arc::new(Mem::default()));
+        run_all(&repos).await;
+        // A shared store: running everything again must pass too.
+        run_all(&repos).await;
+    }
+}
