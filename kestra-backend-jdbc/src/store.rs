@@ -380,12 +380,12 @@ async fn claim_in(
         let payload: Option<Vec<u8>> = get(&row, "payload").ok();
         let attempts: i32 = get(&row, "attempts").unwrap_or(0);
         let parsed = topic.as_deref().map(str::parse::<Topic>);
+        // A payload that is not what its consumer expects is the consumer's to dead-letter; a row
+        // that cannot even be read (e.g. a key that is not text) is set aside here.
         let problem = match (&parsed, &key, &payload) {
-            (Some(Ok(_)), Some(_), Some(p)) => serde_json::from_slice::<serde::de::IgnoredAny>(p)
-                .err()
-                .map(|e| format!("payload is not JSON: {e}")),
+            (Some(Ok(_)), Some(_), Some(_)) => None,
             (Some(Err(e)), _, _) => Some(e.to_string()),
-            _ => Some("unreadable row (topic, key or payload)".to_string()),
+            _ => Some("unreadable queue row (topic, key or payload of the wrong type)".to_string()),
         };
         match (problem, parsed, key, payload) {
             (None, Some(Ok(topic)), Some(key), Some(payload)) => candidates.push(Candidate {
