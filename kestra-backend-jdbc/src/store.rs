@@ -9,7 +9,7 @@
 //! a pooled connection for its whole life, so the pool must be larger than the number of concurrent
 //! units plus the other traffic (see `JdbcOptions::max_connections`).
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -56,6 +56,8 @@ const MAINTENANCE_EVERY: Duration = Duration::from_secs(10);
 /// Polling backoff bounds (the fallback wake-up, and the only one on MySQL).
 const POLL_MIN: Duration = Duration::from_millis(5);
 const POLL_MAX: Duration = Duration::from_millis(500);
+/// At most this many keys with a live claim are excluded from a claim scan by name.
+const BLOCKED_KEYS_MAX: usize = 1000;
 /// Transient errors (deadlock, busy) are retried this many times.
 const RETRIES: u32 = 5;
 
@@ -354,23 +356,51 @@ async fn claim_in(
         return Ok(Vec::new());
     }
     let now = now_ms();
-    let mut qb = Qb::new(
-        "SELECT q.id, q.topic, q.msg_key, q.payload, q.attempts FROM queue q WHERE q.group_name = ",
-    );
-    qb.push_bind(group.as_str()).push(" AND q.topic IN ");
-    push_in(&mut qb, topics.iter().map(|t| t.as_str()));
-    qb.push(" AND q.visible_at <= ")
-        .push_bind(now)
-        .push(" AND (q.claimed_until IS NULL OR q.claimed_until <= ")
-        .push_bind(now)
-        .push(") AND NOT EXISTS (SELECT 1 FROM queue o WHERE o.topic = q.topic AND o.group_name = q.group_name AND o.msg_key = q.msg_key AND o.id < q.id AND o.visible_at <= ")
-        .push_bind(now)
-        .push(" AND o.claimed_until > ")
-        .push_bind(now)
-        .push(") ORDER BY q.id LIMIT ")
-        .push_bind(i64::try_from(max).unwrap_or(i64::MAX))
-        .push(FLAVOR.skip_locked("q"));
-    let rows = qb.build().fetch_all(&mut *conn).await?;
+    // One indexed scan per topic (in id order), filling the batch; the first topic rotates so that
+    // no topic of a multi-topic unit starves the others. Keys with a live claim are skipped up front
+    // (an optimisation only: the ordering check below is what guarantees per-key order).
+    let mut rows = Vec::new();
+    let first = usize::try_from(now).unwrap_or(0) % topics.len();
+    for i in 0..topics.len() {
+        let remaining = max.saturating_sub(rows.len());
+        if remaining == 0 {
+            break;
+        }
+        let topic = topics[(first + i) % topics.len()];
+        let blocked: Vec<String> = Qb::new("SELECT DISTINCT msg_key FROM queue WHERE topic = ")
+            .push_bind(topic.as_str())
+            .push(" AND group_name = ")
+            .push_bind(group.as_str())
+            .push(" AND claimed_until > ")
+            .push_bind(now)
+            .push(" LIMIT ")
+            .push_bind((BLOCKED_KEYS_MAX + 1) as i64)
+            .build()
+            .fetch_all(&mut *conn)
+            .await?
+            .iter()
+            .map(|r| get::<String>(r, "msg_key"))
+            .collect::<Result<_, _>>()?;
+        let mut qb = Qb::new(
+            "SELECT q.id, q.topic, q.msg_key, q.payload, q.attempts FROM queue q WHERE q.topic = ",
+        );
+        qb.push_bind(topic.as_str())
+            .push(" AND q.group_name = ")
+            .push_bind(group.as_str())
+            .push(" AND q.visible_at <= ")
+            .push_bind(now)
+            .push(" AND (q.claimed_until IS NULL OR q.claimed_until <= ")
+            .push_bind(now)
+            .push(")");
+        if !blocked.is_empty() && blocked.len() <= BLOCKED_KEYS_MAX {
+            qb.push(" AND q.msg_key NOT IN ");
+            push_in(&mut qb, blocked);
+        }
+        qb.push(" ORDER BY q.id LIMIT ")
+            .push_bind(i64::try_from(remaining).unwrap_or(i64::MAX))
+            .push(FLAVOR.skip_locked("q"));
+        rows.extend(qb.build().fetch_all(&mut *conn).await?);
+    }
 
     let mut candidates = Vec::with_capacity(rows.len());
     for row in rows {
@@ -415,31 +445,52 @@ async fn claim_in(
         return Ok(Vec::new());
     }
 
-    // The newest older due row of each candidate's key, read without locks (committed state): a
-    // candidate is handed out only if that row is absent or handed out in this same batch.
-    let mut qb = Qb::new(
-        "SELECT q.id, (SELECT MAX(o.id) FROM queue o WHERE o.topic = q.topic AND o.group_name = q.group_name AND o.msg_key = q.msg_key AND o.id < q.id AND o.visible_at <= ",
-    );
-    qb.push_bind(now)
-        .push(") AS prev_id FROM queue q WHERE q.id IN ");
-    push_in(&mut qb, candidates.iter().map(|c| c.id));
-    let mut prev: HashMap<i64, Option<i64>> = HashMap::new();
-    for row in qb.build().fetch_all(&mut *conn).await? {
-        prev.insert(get(&row, "id")?, get(&row, "prev_id")?);
+    // Per-key order: read (without locks, committed state) every due row of the candidates' keys up
+    // to the newest candidate. A candidate is handed out only if every older row of its key in that
+    // list is a candidate handed out in this same batch (older rows claimed elsewhere, locked by
+    // another transaction or skipped block it).
+    let mut by_topic: BTreeMap<Topic, (BTreeSet<String>, i64)> = BTreeMap::new();
+    for c in &candidates {
+        let entry = by_topic.entry(c.topic).or_default();
+        entry.0.insert(c.key.clone());
+        entry.1 = entry.1.max(c.id);
     }
+    let candidate_ids: HashSet<i64> = candidates.iter().map(|c| c.id).collect();
+    let mut blocked_keys: HashSet<(Topic, String)> = HashSet::new();
     let mut accepted: HashSet<i64> = HashSet::new();
-    let mut claimed = Vec::new();
-    for c in candidates {
-        let ok = match prev.get(&c.id) {
-            Some(None) => true,
-            Some(Some(p)) => accepted.contains(p),
-            None => false,
-        };
-        if ok {
-            accepted.insert(c.id);
-            claimed.push(c);
+    for (topic, (keys, newest)) in by_topic {
+        let keys: Vec<String> = keys.into_iter().collect();
+        for chunk in keys.chunks(CHUNK) {
+            let mut qb = Qb::new("SELECT id, msg_key FROM queue WHERE topic = ");
+            qb.push_bind(topic.as_str())
+                .push(" AND group_name = ")
+                .push_bind(group.as_str())
+                .push(" AND visible_at <= ")
+                .push_bind(now)
+                .push(" AND id <= ")
+                .push_bind(newest)
+                .push(" AND msg_key IN ");
+            push_in(&mut qb, chunk.iter().cloned());
+            qb.push(" ORDER BY id");
+            for row in qb.build().fetch_all(&mut *conn).await? {
+                let id: i64 = get(&row, "id")?;
+                let key: String = get(&row, "msg_key")?;
+                let slot = (topic, key);
+                if blocked_keys.contains(&slot) {
+                    continue;
+                }
+                if candidate_ids.contains(&id) {
+                    accepted.insert(id);
+                } else {
+                    blocked_keys.insert(slot);
+                }
+            }
         }
     }
+    let claimed: Vec<Candidate> = candidates
+        .into_iter()
+        .filter(|c| accepted.contains(&c.id))
+        .collect();
     if claimed.is_empty() {
         return Ok(Vec::new());
     }

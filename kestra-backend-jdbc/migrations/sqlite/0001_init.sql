@@ -14,8 +14,11 @@ CREATE TABLE queue (
     claimed_by TEXT,
     claimed_until BIGINT
 );
-CREATE INDEX queue_due ON queue (topic, group_name, visible_at, id);
+-- Claims scan one (topic, group) in id order, filtering on visible_at inside the index.
+CREATE INDEX queue_due ON queue (topic, group_name, id, visible_at);
+-- Per-key ordering: the rows of a key in id order, and the keys that have a live claim.
 CREATE INDEX queue_key ON queue (topic, group_name, msg_key, id);
+CREATE INDEX queue_claimed ON queue (topic, group_name, claimed_until, msg_key);
 
 CREATE TABLE queue_dead_letter (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
