@@ -224,6 +224,7 @@ impl Notifier {
     }
 
     /// Wake every waiter of every topic (e.g. after a lost `LISTEN` connection).
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) fn notify_all(&self) {
         for n in &self.topics {
             n.notify_waiters();

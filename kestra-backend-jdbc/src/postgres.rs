@@ -16,6 +16,8 @@ use crate::error::{JdbcError, redact};
 pub(crate) type Db = Postgres;
 pub(crate) const FLAVOR: Flavor = Flavor::Postgres;
 
+// The same file is compiled once per dialect, against this module's `Db`, `FLAVOR` and `begin_write`.
+#[allow(clippy::duplicate_mod)]
 #[path = "store.rs"]
 pub(crate) mod store;
 

@@ -21,6 +21,8 @@ use crate::error::{JdbcError, redact};
 pub(crate) type Db = Sqlite;
 pub(crate) const FLAVOR: Flavor = Flavor::Sqlite;
 
+// The same file is compiled once per dialect, against this module's `Db`, `FLAVOR` and `begin_write`.
+#[allow(clippy::duplicate_mod)]
 #[path = "store.rs"]
 pub(crate) mod store;
 
