@@ -69,16 +69,14 @@ fn repo_err(operation: &'static str) -> impl Fn(sqlx::Error) -> RepositoryError 
     move |source| RepositoryError::backend(operation, JdbcError::Database { operation, source })
 }
 
-/// Deadlocks, serialization failures and SQLite busy errors: worth a retry.
+/// Deadlocks and serialization failures (SQLSTATE 40001 / 40P01; MySQL reports its deadlocks as
+/// 40001) and SQLite's busy/locked codes: worth a retry.
 fn is_transient(error: &sqlx::Error) -> bool {
     match error {
-        sqlx::Error::Database(db) => {
-            matches!(
-                db.code().as_deref(),
-                Some("40001" | "40P01" | "5" | "6" | "517" | "261" | "HY000")
-            ) && !db.message().contains("syntax")
-        }
-        sqlx::Error::PoolTimedOut => true,
+        sqlx::Error::Database(db) => matches!(
+            db.code().as_deref(),
+            Some("40001" | "40P01" | "5" | "6" | "261" | "517")
+        ),
         _ => false,
     }
 }
