@@ -1,0 +1,276 @@
+//! Dialect-independent helpers: the SQL flavour, epoch-millisecond dates, `LIKE` patterns, sort-field
+//! to column maps and the in-process wake-up notifier.
+
+use chrono::{DateTime, TimeZone, Utc};
+use kestra_core::model::Level;
+use kestra_core::queue::Topic;
+use kestra_core::repository::{RepoResult, RepositoryError, Sort};
+use tokio::sync::Notify;
+
+/// The SQL dialect a store speaks; selects the few statements that differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Flavor {
+    /// SQLite: one writer, no `SKIP LOCKED`.
+    #[allow(dead_code)]
+    Sqlite,
+    /// PostgreSQL.
+    #[allow(dead_code)]
+    Postgres,
+    /// MySQL / MariaDB.
+    #[allow(dead_code)]
+    MySql,
+}
+
+impl Flavor {
+    /// Suffix of a competing claim: lock the rows and skip those another transaction holds.
+    pub(crate) fn skip_locked(self, alias: &str) -> String {
+        match self {
+            Flavor::Sqlite => String::new(),
+            Flavor::Postgres => format!(" FOR UPDATE OF {alias} SKIP LOCKED"),
+            Flavor::MySql => " FOR UPDATE SKIP LOCKED".to_string(),
+        }
+    }
+
+    /// Suffix that locks the rows read (`SELECT ... FOR UPDATE`); SQLite's single writer needs none.
+    pub(crate) fn for_update(self) -> &'static str {
+        match self {
+            Flavor::Sqlite => "",
+            Flavor::Postgres | Flavor::MySql => " FOR UPDATE",
+        }
+    }
+
+    /// The `ON CONFLICT` / `ON DUPLICATE KEY` clause that updates `columns` on a key conflict.
+    pub(crate) fn upsert(self, key: &[&str], columns: &[&str]) -> String {
+        match self {
+            Flavor::Sqlite | Flavor::Postgres => {
+                let sets: Vec<String> = columns
+                    .iter()
+                    .map(|c| format!("{c} = excluded.{c}"))
+                    .collect();
+                format!(
+                    " ON CONFLICT ({}) DO UPDATE SET {}",
+                    key.join(", "),
+                    sets.join(", ")
+                )
+            }
+            Flavor::MySql => {
+                let sets: Vec<String> = columns
+                    .iter()
+                    .map(|c| format!("{c} = VALUES({c})"))
+                    .collect();
+                format!(" ON DUPLICATE KEY UPDATE {}", sets.join(", "))
+            }
+        }
+    }
+}
+
+/// Now, in epoch milliseconds.
+pub(crate) fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+/// A date in epoch milliseconds.
+pub(crate) fn to_ms(date: DateTime<Utc>) -> i64 {
+    date.timestamp_millis()
+}
+
+/// Epoch milliseconds as a date (out-of-range values clamp to the epoch).
+pub(crate) fn from_ms(ms: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
+}
+
+/// A duration in milliseconds, saturating.
+pub(crate) fn duration_ms(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
+}
+
+/// The escape character of every `LIKE` this crate writes (`ESCAPE '!'`: the same on all dialects,
+/// unlike a backslash, which MySQL string literals treat specially).
+pub(crate) const LIKE_ESCAPE: &str = " ESCAPE '!'";
+
+fn escape_like(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    for c in s.chars() {
+        if matches!(c, '!' | '%' | '_') {
+            out.push('!');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Pattern for a case-insensitive substring match against `LOWER(column)`.
+pub(crate) fn like_contains(q: &str) -> String {
+    format!("%{}%", escape_like(&q.to_lowercase()))
+}
+
+/// Pattern matching the children of a namespace (`company` -> `company.%`).
+pub(crate) fn like_children(namespace: &str) -> String {
+    format!("{}.%", escape_like(namespace))
+}
+
+/// Numeric rank of a log level (`TRACE` = 0 ... `ERROR` = 4), stored for `min_level` filters.
+pub(crate) fn level_rank(level: Level) -> i32 {
+    match level {
+        Level::Trace => 0,
+        Level::Debug => 1,
+        Level::Info => 2,
+        Level::Warn => 3,
+        Level::Error => 4,
+    }
+}
+
+/// A sortable column: the column name and whether it may be NULL (NULLs always sort last, the same on
+/// every dialect).
+pub(crate) type SortColumn = (&'static str, bool);
+
+/// Map allow-listed sort fields to `ORDER BY` terms; errors on any other field.
+pub(crate) fn order_by(
+    sort: &[Sort],
+    allowed: &'static [&'static str],
+    map: fn(&str) -> Option<SortColumn>,
+    default: &'static str,
+    tie_breaker: &'static str,
+) -> RepoResult<String> {
+    if sort.is_empty() {
+        return Ok(format!(" ORDER BY {default}"));
+    }
+    let mut terms = Vec::new();
+    for s in sort {
+        s.check(allowed)?;
+        let (column, nullable) = map(&s.field).ok_or_else(|| RepositoryError::InvalidSort {
+            field: s.field.clone(),
+            allowed,
+        })?;
+        let dir = if s.descending { "DESC" } else { "ASC" };
+        if nullable {
+            terms.push(format!(
+                "CASE WHEN {column} IS NULL THEN 1 ELSE 0 END ASC, {column} {dir}"
+            ));
+        } else {
+            terms.push(format!("{column} {dir}"));
+        }
+    }
+    terms.push(tie_breaker.to_string());
+    Ok(format!(" ORDER BY {}", terms.join(", ")))
+}
+
+/// Columns of [`kestra_core::repository::EXECUTION_SORT_FIELDS`].
+pub(crate) fn execution_sort_column(field: &str) -> Option<SortColumn> {
+    Some(match field {
+        "id" => ("e.id", false),
+        "namespace" => ("e.namespace", false),
+        "flowId" => ("e.flow_id", false),
+        "state.current" => ("e.state_current", false),
+        "state.startDate" => ("e.start_date", false),
+        "state.endDate" => ("e.end_date", true),
+        _ => return None,
+    })
+}
+
+/// Columns of [`kestra_core::repository::FLOW_SORT_FIELDS`].
+pub(crate) fn flow_sort_column(field: &str) -> Option<SortColumn> {
+    Some(match field {
+        "id" => ("f.flow_id", false),
+        "namespace" => ("f.namespace", false),
+        "updated" => ("f.updated", false),
+        _ => return None,
+    })
+}
+
+/// Columns of [`kestra_core::repository::LOG_SORT_FIELDS`].
+pub(crate) fn log_sort_column(field: &str) -> Option<SortColumn> {
+    Some(match field {
+        "timestamp" => ("l.ts", false),
+        "level" => ("l.lvl", false),
+        "namespace" => ("l.namespace", false),
+        "flowId" => ("l.flow_id", false),
+        _ => return None,
+    })
+}
+
+/// Columns of [`kestra_core::repository::TRIGGER_SORT_FIELDS`].
+pub(crate) fn trigger_sort_column(field: &str) -> Option<SortColumn> {
+    Some(match field {
+        "triggerId" => ("t.trigger_id", false),
+        "flowId" => ("t.flow_id", false),
+        "namespace" => ("t.namespace", false),
+        "nextExecutionDate" => ("t.next_execution_date", true),
+        "updatedDate" => ("t.updated", false),
+        _ => return None,
+    })
+}
+
+/// In-process wake-ups, one per topic: publishers of this process (and, on PostgreSQL, the
+/// `LISTEN` task) wake the consumers waiting on a topic.
+#[derive(Debug, Default)]
+pub(crate) struct Notifier {
+    topics: [Notify; Topic::ALL.len()],
+}
+
+impl Notifier {
+    fn index(topic: Topic) -> usize {
+        Topic::ALL.iter().position(|t| *t == topic).unwrap_or(0)
+    }
+
+    /// The wake-up of a topic.
+    pub(crate) fn topic(&self, topic: Topic) -> &Notify {
+        &self.topics[Self::index(topic)]
+    }
+
+    /// Wake every waiter of `topic`.
+    pub(crate) fn notify(&self, topic: Topic) {
+        self.topic(topic).notify_waiters();
+    }
+
+    /// Wake every waiter of every topic (e.g. after a lost `LISTEN` connection).
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) fn notify_all(&self) {
+        for n in &self.topics {
+            n.notify_waiters();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn like_patterns_escape_wildcards() {
+        assert_eq!(like_contains("50%_Off!"), "%50!%!_off!!%");
+        assert_eq!(like_children("company"), "company.%");
+        assert_eq!(like_children("a_b"), "a!_b.%");
+    }
+
+    #[test]
+    fn order_by_rejects_unknown_fields_and_puts_nulls_last() {
+        let bad = order_by(
+            &[Sort::parse("nope:desc")],
+            kestra_core::repository::EXECUTION_SORT_FIELDS,
+            execution_sort_column,
+            "e.start_date DESC",
+            "e.id ASC",
+        );
+        assert!(matches!(bad, Err(RepositoryError::InvalidSort { .. })));
+        let ok = order_by(
+            &[Sort::parse("state.endDate:desc")],
+            kestra_core::repository::EXECUTION_SORT_FIELDS,
+            execution_sort_column,
+            "e.start_date DESC",
+            "e.id ASC",
+        );
+        assert_eq!(
+            ok.ok().as_deref(),
+            Some(
+                " ORDER BY CASE WHEN e.end_date IS NULL THEN 1 ELSE 0 END ASC, e.end_date DESC, e.id ASC"
+            )
+        );
+    }
+
+    #[test]
+    fn dates_round_trip_through_milliseconds() {
+        let d = from_ms(1_700_000_000_123);
+        assert_eq!(to_ms(d), 1_700_000_000_123);
+    }
+}

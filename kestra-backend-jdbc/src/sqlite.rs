@@ -1,0 +1,132 @@
+//! SQLite dialect: WAL mode, `synchronous=NORMAL`, a busy timeout, one writer connection (claims and
+//! units of work are serialised by it, `BEGIN IMMEDIATE`) and a small pool of readers. In-process
+//! wake-ups only (one writer means one process publishes), polling as the fallback.
+//!
+//! `sqlite::memory:` (or `mode=memory`) gives a private database in a temporary file that is removed
+//! when the store drops: the writer/reader split works the same as with a file, which a real in-memory
+//! database cannot offer to several connections without shared-cache table locks.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Pool, Sqlite, Transaction};
+
+use crate::JdbcOptions;
+use crate::common::{Flavor, Notifier};
+use crate::error::{JdbcError, redact};
+
+pub(crate) type Db = Sqlite;
+pub(crate) const FLAVOR: Flavor = Flavor::Sqlite;
+
+// The same file is compiled once per dialect, against this module's `Db`, `FLAVOR` and `begin_write`.
+#[allow(clippy::duplicate_mod)]
+#[path = "store.rs"]
+pub(crate) mod store;
+
+/// Every write transaction takes the write lock up front, so a read-then-write never hits `BUSY`.
+pub(crate) async fn begin_write(pool: &Pool<Db>) -> Result<Transaction<'static, Db>, sqlx::Error> {
+    pool.begin_with("BEGIN IMMEDIATE").await
+}
+
+/// Removes a temporary database file (and its WAL files) when dropped.
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = self.0.clone().into_os_string();
+            p.push(suffix);
+            let _ = std::fs::remove_file(PathBuf::from(p));
+        }
+    }
+}
+
+fn options(url: &str) -> Result<(SqliteConnectOptions, Option<TempFile>), JdbcError> {
+    let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+    let (opts, temp) = if in_memory {
+        let path = std::env::temp_dir().join(format!("kestra-{}.db", kestra_core::model::new_id()));
+        (
+            SqliteConnectOptions::new().filename(&path),
+            Some(TempFile(path)),
+        )
+    } else {
+        let opts = SqliteConnectOptions::from_str(url).map_err(|source| JdbcError::Connect {
+            url: redact(url),
+            source,
+        })?;
+        if let Some(dir) = opts
+            .get_filename()
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(dir).map_err(|source| JdbcError::CreateDir {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        }
+        (opts, None)
+    };
+    Ok((
+        opts.create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(false),
+        temp,
+    ))
+}
+
+/// Connect, migrate and build the store.
+pub(crate) async fn connect(
+    url: &str,
+    options_: &JdbcOptions,
+) -> Result<Arc<store::Store>, JdbcError> {
+    let (opts, temp) = options(url)?;
+    let connect_err = |source| JdbcError::Connect {
+        url: redact(url),
+        source,
+    };
+    let write = SqlitePoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(options_.acquire_timeout)
+        .connect_with(opts.clone())
+        .await
+        .map_err(connect_err)?;
+    sqlx::migrate!("migrations/sqlite")
+        .run(&write)
+        .await
+        .map_err(|source| JdbcError::Migrate {
+            dialect: "sqlite",
+            source,
+        })?;
+    let read = SqlitePoolOptions::new()
+        .max_connections(options_.max_connections.clamp(1, 8))
+        .acquire_timeout(options_.acquire_timeout)
+        .connect_with(opts)
+        .await
+        .map_err(connect_err)?;
+    let guard: Option<Box<dyn std::any::Any + Send + Sync>> =
+        temp.map(|t| Box::new(t) as Box<dyn std::any::Any + Send + Sync>);
+    Ok(store::Store::new(
+        write,
+        read,
+        Arc::new(Notifier::default()),
+        guard,
+    ))
+}
+
+/// A single connection without migrations (offline maintenance).
+pub(crate) async fn connect_raw(url: &str) -> Result<Pool<Db>, JdbcError> {
+    let (opts, _temp) = options(url)?;
+    SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(opts.create_if_missing(false))
+        .await
+        .map_err(|source| JdbcError::Connect {
+            url: redact(url),
+            source,
+        })
+}

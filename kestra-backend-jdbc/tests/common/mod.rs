@@ -1,0 +1,467 @@
+//! Shared helpers of the per-database test files: where the services are, a fresh database per test,
+//! and the backend-specific checks (killed consumers, malformed rows, a 100,000-message load, the
+//! offline purge) that every dialect runs.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use kestra_backend_jdbc::{JdbcBackend, purge_queue};
+use kestra_core::model::new_id;
+use kestra_core::queue::{ConsumerGroup, DeliveryTag, Envelope, Queue, Topic};
+use kestra_core::testkit;
+use serde_json::json;
+
+/// The URL of a service from `var`; `None` (with a loud message) when unset, a panic under `CI=true`.
+pub fn service_url(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+            assert!(
+                !ci,
+                "{var} is not set under CI=true: run `eval \"$(scripts/services.sh)\"` first"
+            );
+            eprintln!(
+                "\n!!!!! SKIPPED: {var} is not set; run `eval \"$(scripts/services.sh)\"` to test this database !!!!!\n"
+            );
+            None
+        }
+    }
+}
+
+/// A private SQLite file URL in a fresh temporary folder (kept for the process lifetime).
+pub fn sqlite_url() -> String {
+    let dir = std::env::temp_dir().join(format!("kestra-jdbc-test-{}", new_id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    format!("sqlite://{}/kestra.db?mode=rwc", dir.display())
+}
+
+/// `base` with its database name replaced by `name`.
+fn with_database(base: &str, name: &str) -> String {
+    let (head, query) = match base.split_once('?') {
+        Some((h, q)) => (h, format!("?{q}")),
+        None => (base, String::new()),
+    };
+    let head = head.rsplit_once('/').map(|(h, _)| h).unwrap_or(head);
+    format!("{head}/{name}{query}")
+}
+
+/// Create a fresh database next to the one of `base` (PostgreSQL or MySQL) and return its URL.
+pub async fn fresh_database(base: &str) -> String {
+    use sqlx::{AssertSqlSafe, Connection};
+    let name = format!("kestra_t_{}", new_id().to_lowercase());
+    if base.starts_with("postgres") {
+        let mut conn = sqlx::PgConnection::connect(base)
+            .await
+            .expect("connect to PostgreSQL");
+        sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .expect("create database");
+    } else {
+        let mut conn = sqlx::MySqlConnection::connect(&base.replacen("mariadb:", "mysql:", 1))
+            .await
+            .expect("connect to MySQL");
+        sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .expect("create database");
+    }
+    with_database(base, &name)
+}
+
+/// Drop a database made by [`fresh_database`] (best effort).
+pub async fn drop_database(base: &str, url: &str) {
+    use sqlx::{AssertSqlSafe, Connection};
+    let name = url
+        .split('?')
+        .next()
+        .and_then(|u| u.rsplit('/').next())
+        .unwrap_or_default()
+        .to_string();
+    if !name.starts_with("kestra_t_") {
+        return;
+    }
+    if base.starts_with("postgres") {
+        if let Ok(mut conn) = sqlx::PgConnection::connect(base).await {
+            let _ = sqlx::raw_sql(AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+            )))
+            .execute(&mut conn)
+            .await;
+        }
+    } else if let Ok(mut conn) = sqlx::MySqlConnection::connect(base).await {
+        let _ = sqlx::raw_sql(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name}")))
+            .execute(&mut conn)
+            .await;
+    }
+}
+
+pub async fn connect(url: &str) -> JdbcBackend {
+    JdbcBackend::connect(url)
+        .await
+        .unwrap_or_else(|e| panic!("connect {url}: {e}"))
+}
+
+/// The queue conformance suite, with two backends (two pools) on one database as the consumers.
+pub async fn queue_suite(url: &str) {
+    let a = connect(url).await;
+    let b = connect(url).await;
+    let queues: Vec<Arc<dyn Queue>> = vec![a.queue(), b.queue()];
+    let next = AtomicUsize::new(0);
+    testkit::queue::run_all_with(&move || {
+        queues[next.fetch_add(1, Ordering::Relaxed) % queues.len()].clone()
+    })
+    .await;
+    let stats = a.queue_stats().await.expect("stats");
+    assert!(stats.queued < 50, "queue table not drained: {stats:?}");
+}
+
+/// The repository conformance suite.
+pub async fn repository_suite(url: &str) {
+    let backend = connect(url).await;
+    testkit::repository::run_all(&backend.repositories()).await;
+}
+
+fn payload(seq: u64) -> Envelope {
+    Envelope::json(Topic::Execution, "exec-1", &json!({ "seq": seq })).expect("json")
+}
+
+/// A consumer killed between claim and commit (its task aborted while it holds the unit): the message
+/// is delivered again, the staged state of the dead unit is gone, and it is processed once.
+pub async fn killed_consumer_is_redelivered_and_processed_once(backend: &JdbcBackend) {
+    let queue = backend.queue();
+    let key = format!("killed-{}", new_id());
+    queue
+        .publish(vec![
+            Envelope::json(Topic::Execution, &key, &json!({"seq": 1})).unwrap(),
+        ])
+        .await
+        .unwrap();
+    let (claimed_tx, claimed_rx) = tokio::sync::oneshot::channel();
+    let task = {
+        let (queue, key) = (queue.clone(), key.clone());
+        tokio::spawn(async move {
+            let mut unit = queue
+                .begin(
+                    ConsumerGroup::Executor,
+                    &[Topic::Execution],
+                    10,
+                    Duration::from_secs(10),
+                )
+                .await
+                .unwrap()
+                .expect("a unit");
+            unit.save_state("processed", &key, Some(&json!(1)))
+                .await
+                .unwrap();
+            let _ = claimed_tx.send(unit.deliveries().len());
+            std::future::pending::<()>().await;
+            unit.commit().await.unwrap();
+        })
+    };
+    assert_eq!(claimed_rx.await.unwrap(), 1);
+    task.abort();
+    assert!(task.await.unwrap_err().is_cancelled());
+
+    let mut unit = queue
+        .begin(
+            ConsumerGroup::Executor,
+            &[Topic::Execution],
+            10,
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap()
+        .expect("the message comes back");
+    assert_eq!(unit.deliveries().len(), 1);
+    assert_eq!(unit.deliveries()[0].envelope.key, key);
+    assert_eq!(
+        unit.load_state("processed", &key).await.unwrap(),
+        None,
+        "the killed unit's staged state was rolled back"
+    );
+    unit.save_state("processed", &key, Some(&json!(1)))
+        .await
+        .unwrap();
+    unit.commit().await.unwrap();
+
+    let again = queue
+        .begin(
+            ConsumerGroup::Executor,
+            &[Topic::Execution],
+            10,
+            Duration::from_millis(300),
+        )
+        .await
+        .unwrap();
+    assert!(
+        again.is_none(),
+        "the message was processed once and acknowledged"
+    );
+    let mut check = queue
+        .begin(
+            ConsumerGroup::Executor,
+            &[Topic::Execution],
+            10,
+            Duration::ZERO,
+        )
+        .await
+        .unwrap();
+    assert!(check.is_none());
+    check.take();
+}
+
+/// A competing consumer that dies without acknowledging: after the lease the message is delivered
+/// again with a higher attempt number, then acknowledged once and gone.
+pub async fn expired_lease_is_redelivered_once(backend: &JdbcBackend) {
+    let queue = backend.queue();
+    queue.publish(vec![payload(7)]).await.unwrap();
+    let lease = Duration::from_millis(300);
+    let first = queue
+        .receive(
+            ConsumerGroup::Executor,
+            Topic::Execution,
+            10,
+            lease,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].attempt, 1);
+    let second = queue
+        .receive(
+            ConsumerGroup::Executor,
+            Topic::Execution,
+            10,
+            lease,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    assert_eq!(second.len(), 1, "redelivered after the lease");
+    assert_eq!(second[0].tag, first[0].tag);
+    assert_eq!(second[0].attempt, 2);
+    queue
+        .ack(ConsumerGroup::Executor, &[second[0].tag])
+        .await
+        .unwrap();
+    let third = queue
+        .receive(
+            ConsumerGroup::Executor,
+            Topic::Execution,
+            10,
+            lease,
+            Duration::from_millis(700),
+        )
+        .await
+        .unwrap();
+    assert!(third.is_empty(), "acknowledged: never delivered again");
+}
+
+/// After `insert_malformed` put a row with a non-JSON payload for (log, indexer, key `bad-row`)
+/// straight into the queue table, a consumer that decodes what it receives sets the bad row aside with
+/// `dead_letter` and keeps going: it gets the good messages around it, the bad row is in the dead-letter
+/// table and never delivered again.
+pub async fn malformed_row_is_dead_lettered(
+    backend: &JdbcBackend,
+    insert_malformed: impl std::future::Future<Output = ()>,
+) {
+    let queue = backend.queue();
+    let before = backend.queue_stats().await.unwrap();
+    queue
+        .publish(vec![
+            Envelope::json(Topic::Log, "good-1", &json!({"n": 1})).unwrap(),
+        ])
+        .await
+        .unwrap();
+    insert_malformed.await;
+    queue
+        .publish(vec![
+            Envelope::json(Topic::Log, "good-2", &json!({"n": 2})).unwrap(),
+        ])
+        .await
+        .unwrap();
+    let (good, bad) = consume_decoding(&*queue, 2, Duration::from_secs(10)).await;
+    assert_eq!(good, vec!["good-1".to_string(), "good-2".to_string()]);
+    assert_eq!(bad, vec!["bad-row".to_string()]);
+    let after = backend.queue_stats().await.unwrap();
+    assert_eq!(
+        after.dead_letters,
+        before.dead_letters + 1,
+        "the malformed row is a dead letter"
+    );
+    assert_eq!(after.queued, 0);
+    // The consumer goes on, and the bad row never comes back.
+    queue
+        .publish(vec![
+            Envelope::json(Topic::Log, "good-3", &json!({"n": 3})).unwrap(),
+        ])
+        .await
+        .unwrap();
+    let (good, bad) = consume_decoding(&*queue, 1, Duration::from_secs(5)).await;
+    assert_eq!(good, vec!["good-3".to_string()]);
+    assert!(bad.is_empty());
+}
+
+/// An indexer-like consumer of (indexer, log): decodes each delivery, dead-letters what does not
+/// decode, acknowledges the rest; stops after `want` good ones or `within`. Returns (good keys, bad keys).
+async fn consume_decoding(
+    queue: &dyn Queue,
+    want: usize,
+    within: Duration,
+) -> (Vec<String>, Vec<String>) {
+    let (mut good, mut bad) = (Vec::new(), Vec::new());
+    let deadline = Instant::now() + within;
+    while good.len() < want && Instant::now() < deadline {
+        let got = queue
+            .receive(
+                ConsumerGroup::Indexer,
+                Topic::Log,
+                10,
+                Duration::from_secs(30),
+                Duration::from_millis(500),
+            )
+            .await
+            .expect("receive");
+        let mut tags = Vec::new();
+        for d in got {
+            match d.envelope.decode::<serde_json::Value>() {
+                Ok(_) => {
+                    tags.push(d.tag);
+                    good.push(d.envelope.key.clone());
+                }
+                Err(e) => {
+                    queue
+                        .dead_letter(&d, &e.to_string())
+                        .await
+                        .expect("dead_letter");
+                    bad.push(d.envelope.key.clone());
+                }
+            }
+        }
+        queue.ack(ConsumerGroup::Indexer, &tags).await.unwrap();
+    }
+    (good, bad)
+}
+
+/// A row the backend cannot even read (inserted by `insert_unreadable` for (log, indexer)) is set
+/// aside as a dead letter by the backend itself, and the consumer still gets the next message.
+pub async fn unreadable_row_is_dead_lettered(
+    backend: &JdbcBackend,
+    insert_unreadable: impl std::future::Future<Output = ()>,
+) {
+    let queue = backend.queue();
+    let before = backend.queue_stats().await.unwrap();
+    insert_unreadable.await;
+    queue
+        .publish(vec![
+            Envelope::json(Topic::Log, "after", &json!({"n": 1})).unwrap(),
+        ])
+        .await
+        .unwrap();
+    let (good, bad) = consume_decoding(&*queue, 1, Duration::from_secs(10)).await;
+    assert_eq!(good, vec!["after".to_string()]);
+    assert!(bad.is_empty());
+    let after = backend.queue_stats().await.unwrap();
+    assert_eq!(after.dead_letters, before.dead_letters + 1);
+    assert_eq!(after.queued, 0);
+}
+
+/// 100,000 messages published in batches of 1,000 and consumed in batches of 500 by two competing
+/// consumers: each arrives once, and the queue table is back near empty.
+pub async fn load_100k(backend: &JdbcBackend) {
+    const N: u64 = 100_000;
+    let queue = backend.queue();
+    let start = Instant::now();
+    let publisher = {
+        let queue = queue.clone();
+        tokio::spawn(async move {
+            for batch in 0..(N / 1_000) {
+                let messages: Vec<Envelope> = (batch * 1_000..(batch + 1) * 1_000)
+                    .map(|i| {
+                        Envelope::json(Topic::Log, format!("k{}", i % 64), &json!({"i": i}))
+                            .unwrap()
+                    })
+                    .collect();
+                queue.publish(messages).await.unwrap();
+            }
+        })
+    };
+    let consumers: Vec<_> = (0..2)
+        .map(|_| {
+            let queue = queue.clone();
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut idle = 0;
+                while idle < 3 {
+                    let got = queue
+                        .receive(
+                            ConsumerGroup::Indexer,
+                            Topic::Log,
+                            500,
+                            Duration::from_secs(60),
+                            Duration::from_millis(500),
+                        )
+                        .await
+                        .unwrap();
+                    if got.is_empty() {
+                        idle += 1;
+                        continue;
+                    }
+                    idle = 0;
+                    let tags: Vec<DeliveryTag> = got.iter().map(|d| d.tag).collect();
+                    for d in &got {
+                        let v: serde_json::Value = d.envelope.decode().unwrap();
+                        seen.push(v["i"].as_u64().unwrap());
+                    }
+                    queue.ack(ConsumerGroup::Indexer, &tags).await.unwrap();
+                }
+                seen
+            })
+        })
+        .collect();
+    publisher.await.unwrap();
+    let mut all = HashSet::new();
+    let mut total = 0;
+    for c in consumers {
+        let seen = c.await.unwrap();
+        total += seen.len();
+        all.extend(seen);
+    }
+    let elapsed = start.elapsed();
+    eprintln!("load_100k: {N} messages published and consumed in {elapsed:?}");
+    assert_eq!(total as u64, N, "every message delivered exactly once");
+    assert_eq!(all.len() as u64, N);
+    let stats = backend.queue_stats().await.unwrap();
+    assert!(stats.queued < 10, "queue table back near empty: {stats:?}");
+    backend.purge_broadcast().await.unwrap();
+}
+
+/// The offline purge works on a database whose engine is not running: dead letters go.
+pub async fn offline_purge(url: &str, backend: JdbcBackend) {
+    let queue = backend.queue();
+    queue.publish(vec![payload(1)]).await.unwrap();
+    let got = queue
+        .receive(
+            ConsumerGroup::Executor,
+            Topic::Execution,
+            1,
+            Duration::from_secs(30),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    queue.dead_letter(&got[0], "poison").await.unwrap();
+    assert_eq!(backend.queue_stats().await.unwrap().dead_letters, 1);
+    backend.close().await;
+    drop(backend);
+    let report = purge_queue(url).await.expect("offline purge");
+    assert_eq!(report.dead_letters, 1);
+    let again = connect(url).await;
+    assert_eq!(again.queue_stats().await.unwrap().dead_letters, 0);
+}
