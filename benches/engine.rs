@@ -33,7 +33,9 @@ fn seq40() -> String {
     let mut s = SEQ40.to_string();
     for i in 0..40 {
         if i % 2 == 0 {
-            s.push_str(&format!("  - id: t{i}\n    type: io.kestra.plugin.core.log.Log\n    message: step {i}\n"));
+            s.push_str(&format!(
+                "  - id: t{i}\n    type: io.kestra.plugin.core.log.Log\n    message: step {i}\n"
+            ));
         } else {
             s.push_str(&format!("  - id: t{i}\n    type: io.kestra.plugin.core.debug.Return\n    format: \"{{{{ outputs.t{} }}}}\"\n", i - 1));
         }
@@ -53,9 +55,16 @@ fn progress(len: u64, label: &str) -> ProgressBar {
 
 async fn run_once(engine: &Engine, flow: &str, timeout: Duration) -> Duration {
     let start = Instant::now();
-    let e = engine.execute("bench", flow, IndexMap::new()).await.expect("execute");
+    let e = engine
+        .execute("bench", flow, IndexMap::new())
+        .await
+        .expect("execute");
     let done = engine.wait_for(&e.id, timeout).await.expect("wait");
-    assert!(done.state.current().as_str() == "SUCCESS", "{flow} ended {}", done.state.current());
+    assert!(
+        done.state.current().as_str() == "SUCCESS",
+        "{flow} ended {}",
+        done.state.current()
+    );
     start.elapsed()
 }
 
@@ -71,7 +80,8 @@ async fn bench(label: &str, url: &str) -> Vec<String> {
     let backend = JdbcBackend::connect(url).await.expect("connect");
     let dir = tempfile::tempdir().expect("tempdir");
     let storage = Arc::new(LocalStorage::new(dir.path().join("storage")).expect("storage"));
-    let engine = Arc::new(Engine::builder(backend.queue(), backend.repositories(), storage).start());
+    let engine =
+        Arc::new(Engine::builder(backend.queue(), backend.repositories(), storage).start());
     for f in [seq40(), TWO.to_string(), each200()] {
         engine.deploy(&f).await.expect("deploy");
     }
@@ -88,7 +98,10 @@ async fn bench(label: &str, url: &str) -> Vec<String> {
     }
     bar.finish();
     a.sort();
-    rows.push(format!("| {label} | (a) 40 sequential tasks, wall time (median of 5) | {:.3} s |", pct(&a, 0.5).as_secs_f64()));
+    rows.push(format!(
+        "| {label} | (a) 40 sequential tasks, wall time (median of 5) | {:.3} s |",
+        pct(&a, 0.5).as_secs_f64()
+    ));
 
     // (b) throughput: N executions started at once, until all SUCCESS
     let n = 2000usize;
@@ -98,18 +111,29 @@ async fn bench(label: &str, url: &str) -> Vec<String> {
     let ids: Vec<String> = futures::stream::iter(0..n)
         .map(|_| {
             let engine = engine.clone();
-            async move { engine.execute("bench", "two", IndexMap::new()).await.expect("execute").id }
+            async move {
+                engine
+                    .execute("bench", "two", IndexMap::new())
+                    .await
+                    .expect("execute")
+                    .id
+            }
         })
         .buffer_unordered(16)
         .collect()
         .await;
     for id in &ids {
-        engine.wait_for(id, Duration::from_secs(600)).await.expect("wait");
+        engine
+            .wait_for(id, Duration::from_secs(600))
+            .await
+            .expect("wait");
         bar.inc(1);
     }
     bar.finish();
     let tput = n as f64 / start.elapsed().as_secs_f64();
-    rows.push(format!("| {label} | (b) 2-task flow, sustained executions/s ({n} executions) | {tput:.0} /s |"));
+    rows.push(format!(
+        "| {label} | (b) 2-task flow, sustained executions/s ({n} executions) | {tput:.0} /s |"
+    ));
 
     // (b) latency at 25/s
     let count = 250usize;
@@ -147,7 +171,10 @@ async fn bench(label: &str, url: &str) -> Vec<String> {
     }
     bar.finish();
     c.sort();
-    rows.push(format!("| {label} | (c) ForEach over 200 values, wall time (median of 3) | {:.3} s |", pct(&c, 0.5).as_secs_f64()));
+    rows.push(format!(
+        "| {label} | (c) ForEach over 200 values, wall time (median of 3) | {:.3} s |",
+        pct(&c, 0.5).as_secs_f64()
+    ));
     if let Ok(engine) = Arc::try_unwrap(engine) {
         engine.shutdown().await;
     }
@@ -156,17 +183,26 @@ async fn bench(label: &str, url: &str) -> Vec<String> {
 
 fn main() {
     // `cargo bench` passes `--bench`; nothing else to parse.
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     runtime.block_on(async {
         let mut rows = Vec::new();
         let dir = tempfile::tempdir().expect("tempdir");
         let sqlite = format!("sqlite://{}/bench.db?mode=rwc", dir.path().display());
         rows.extend(bench("sqlite", &sqlite).await);
         for (label, vars) in [
-            ("postgres", ["KESTRA_BENCH_POSTGRES_URL", "KESTRA_TEST_POSTGRES_URL"]),
+            (
+                "postgres",
+                ["KESTRA_BENCH_POSTGRES_URL", "KESTRA_TEST_POSTGRES_URL"],
+            ),
             ("mysql", ["KESTRA_BENCH_MYSQL_URL", "KESTRA_TEST_MYSQL_URL"]),
         ] {
-            if let Some(url) = vars.iter().find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty())) {
+            if let Some(url) = vars
+                .iter()
+                .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
+            {
                 rows.extend(bench(label, &url).await);
             } else {
                 eprintln!("{label}: skipped ({} not set)", vars[0]);

@@ -15,13 +15,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if flows.is_dir() {
         for entry in std::fs::read_dir(flows)? {
             let path = entry?.path();
-            if matches!(path.extension().and_then(|e| e.to_str()), Some("yml" | "yaml")) {
+            if matches!(
+                path.extension().and_then(|e| e.to_str()),
+                Some("yml" | "yaml")
+            ) {
                 let (flow, _) = engine.deploy(&std::fs::read_to_string(&path)?).await?;
                 tracing::info!(flow = %flow.id, namespace = %flow.namespace, "deployed");
             }
         }
     }
-    tracing::info!("kestra standalone running on {}; Ctrl-C to stop", config.database_url()?);
+    tracing::info!(
+        "kestra standalone running on {}; Ctrl-C to stop",
+        config.database_url()?
+    );
     tokio::signal::ctrl_c().await?;
     engine.shutdown().await;
     Ok(())

@@ -64,7 +64,11 @@ fn flatten(prefix: &str, value: &Value, out: &mut BTreeMap<String, String>) {
     match value {
         Value::Object(map) => {
             for (k, v) in map {
-                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
                 flatten(&key, v, out);
             }
         }
@@ -81,7 +85,13 @@ fn flatten(prefix: &str, value: &Value, out: &mut BTreeMap<String, String>) {
 /// The environment variable that overrides `key`.
 pub fn env_name(key: &str) -> String {
     key.chars()
-        .map(|c| if c == '.' || c == '-' { '_' } else { c.to_ascii_uppercase() })
+        .map(|c| {
+            if c == '.' || c == '-' {
+                '_'
+            } else {
+                c.to_ascii_uppercase()
+            }
+        })
         .collect()
 }
 
@@ -90,10 +100,14 @@ impl Config {
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
         let mut values = BTreeMap::new();
         if let Some(path) = path {
-            let text = std::fs::read_to_string(path)
-                .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-            let value: Value = serde_saphyr::from_str(&text)
-                .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            let value: Value = serde_saphyr::from_str(&text).map_err(|e| ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
             flatten("", &value, &mut values);
         }
         Ok(Config { values })
@@ -106,12 +120,19 @@ impl Config {
         K: Into<String>,
         V: Into<String>,
     {
-        Config { values: pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect() }
+        Config {
+            values: pairs
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        }
     }
 
     /// The value of a key: its environment variable, else the file, else `None`.
     pub fn get(&self, key: &str) -> Option<String> {
-        std::env::var(env_name(key)).ok().or_else(|| self.values.get(key).cloned())
+        std::env::var(env_name(key))
+            .ok()
+            .or_else(|| self.values.get(key).cloned())
     }
 
     /// A boolean key.
@@ -121,7 +142,10 @@ impl Config {
             Some(v) => match v.trim().to_ascii_lowercase().as_str() {
                 "true" | "1" | "yes" => Ok(true),
                 "false" | "0" | "no" => Ok(false),
-                other => Err(ConfigError::Invalid { key: key.into(), message: format!("'{other}' is not a boolean") }),
+                other => Err(ConfigError::Invalid {
+                    key: key.into(),
+                    message: format!("'{other}' is not a boolean"),
+                }),
             },
         }
     }
@@ -139,7 +163,10 @@ impl Config {
 
     /// The data directory (SQLite file and local storage by default).
     pub fn data_dir(&self) -> PathBuf {
-        PathBuf::from(self.get("kestra.data-dir").unwrap_or_else(|| "./data".into()))
+        PathBuf::from(
+            self.get("kestra.data-dir")
+                .unwrap_or_else(|| "./data".into()),
+        )
     }
 
     /// The repository/queue type: `sqlite`, `postgres` or `mysql`.
@@ -166,11 +193,17 @@ impl Config {
                 });
             }
         };
-        let url = url.strip_prefix("jdbc:").unwrap_or(&url).replace("postgresql://", "postgres://");
+        let url = url
+            .strip_prefix("jdbc:")
+            .unwrap_or(&url)
+            .replace("postgresql://", "postgres://");
         match (self.get(&key("username")), self.get(&key("password"))) {
             (Some(user), password) if !url.contains('@') => {
                 let Some((scheme, rest)) = url.split_once("://") else {
-                    return Err(ConfigError::Invalid { key: key("url"), message: format!("'{url}' is not a URL") });
+                    return Err(ConfigError::Invalid {
+                        key: key("url"),
+                        message: format!("'{url}' is not a URL"),
+                    });
                 };
                 let auth = match password {
                     Some(p) => format!("{user}:{p}"),
@@ -184,7 +217,9 @@ impl Config {
 
     /// The local storage directory.
     pub fn storage_path(&self) -> Result<PathBuf, ConfigError> {
-        let kind = self.get("kestra.storage.type").unwrap_or_else(|| "local".into());
+        let kind = self
+            .get("kestra.storage.type")
+            .unwrap_or_else(|| "local".into());
         if kind != "local" {
             return Err(ConfigError::Invalid {
                 key: "kestra.storage.type".into(),
@@ -215,11 +250,17 @@ mod tests {
     fn jdbc_urls_and_credentials() {
         let c = Config::from_pairs([
             ("kestra.repository.type", "postgres"),
-            ("datasources.postgres.url", "jdbc:postgresql://127.0.0.1:5432/kestra"),
+            (
+                "datasources.postgres.url",
+                "jdbc:postgresql://127.0.0.1:5432/kestra",
+            ),
             ("datasources.postgres.username", "kestra"),
             ("datasources.postgres.password", "secret"),
         ]);
-        assert_eq!(c.database_url().unwrap(), "postgres://kestra:secret@127.0.0.1:5432/kestra");
+        assert_eq!(
+            c.database_url().unwrap(),
+            "postgres://kestra:secret@127.0.0.1:5432/kestra"
+        );
         let missing = Config::from_pairs([("kestra.repository.type", "mysql")]);
         let err = missing.database_url().unwrap_err().to_string();
         assert!(err.contains("datasources.mysql.url"), "{err}");
@@ -227,7 +268,10 @@ mod tests {
 
     #[test]
     fn env_names() {
-        assert_eq!(env_name("kestra.storage.local.base-path"), "KESTRA_STORAGE_LOCAL_BASE_PATH");
+        assert_eq!(
+            env_name("kestra.storage.local.base-path"),
+            "KESTRA_STORAGE_LOCAL_BASE_PATH"
+        );
     }
 
     #[test]
@@ -240,6 +284,9 @@ mod tests {
         assert_eq!(c.get_u64("kestra.server.port", 8080).unwrap(), 9090);
         let bad = dir.path().join("bad.yml");
         std::fs::write(&bad, "kestra: [unclosed").unwrap();
-        assert!(matches!(Config::load(Some(&bad)), Err(ConfigError::Parse { .. })));
+        assert!(matches!(
+            Config::load(Some(&bad)),
+            Err(ConfigError::Parse { .. })
+        ));
     }
 }

@@ -79,14 +79,25 @@ pub async fn connect(config: &config::Config) -> Result<Backend, StartError> {
     let kind = config.backend_type();
     if kind == "sqlite" && config.get(&format!("datasources.{kind}.url")).is_none() {
         let dir = config.data_dir();
-        std::fs::create_dir_all(&dir).map_err(|source| StartError::Io { path: dir.clone(), source })?;
+        std::fs::create_dir_all(&dir).map_err(|source| StartError::Io {
+            path: dir.clone(),
+            source,
+        })?;
     }
     let url = config.database_url()?;
     let jdbc = kestra_backend_jdbc::JdbcBackend::connect(&url)
         .await
-        .map_err(|source| StartError::Database { kind: kind.clone(), source })?;
+        .map_err(|source| StartError::Database {
+            kind: kind.clone(),
+            source,
+        })?;
     let storage = kestra_storage::LocalStorage::new(config.storage_path()?)?;
-    Ok(Backend { queue: jdbc.queue(), repositories: jdbc.repositories(), storage: Arc::new(storage), jdbc })
+    Ok(Backend {
+        queue: jdbc.queue(),
+        repositories: jdbc.repositories(),
+        storage: Arc::new(storage),
+        jdbc,
+    })
 }
 
 /// An [`EngineBuilder`] over the configured backend, with the configuration's worker settings.
@@ -94,10 +105,13 @@ pub async fn engine(config: &config::Config) -> Result<EngineBuilder, StartError
     let backend = connect(config).await?;
     let mut worker = kestra_core::worker::WorkerConfig::default();
     if let Some(threads) = config.get("kestra.worker.threads") {
-        worker.concurrency = threads.trim().parse().map_err(|_| config::ConfigError::Invalid {
-            key: "kestra.worker.threads".into(),
-            message: format!("'{threads}' is not a positive integer"),
-        })?;
+        worker.concurrency = threads
+            .trim()
+            .parse()
+            .map_err(|_| config::ConfigError::Invalid {
+                key: "kestra.worker.threads".into(),
+                message: format!("'{threads}' is not a positive integer"),
+            })?;
     }
     Ok(Engine::builder(backend.queue, backend.repositories, backend.storage).worker_config(worker))
 }

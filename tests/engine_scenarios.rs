@@ -54,9 +54,9 @@ fn load_scenarios() -> Vec<Scenario> {
 /// Subset match: maps recursively, lists and scalars equal, numbers numerically.
 fn matches(expected: &Value, actual: &Value) -> bool {
     match (expected, actual) {
-        (Value::Object(e), Value::Object(a)) => {
-            e.iter().all(|(k, v)| a.get(k).is_some_and(|av| matches(v, av)))
-        }
+        (Value::Object(e), Value::Object(a)) => e
+            .iter()
+            .all(|(k, v)| a.get(k).is_some_and(|av| matches(v, av))),
         (Value::Array(e), Value::Array(a)) => {
             e.len() == a.len() && e.iter().zip(a).all(|(x, y)| equal(x, y))
         }
@@ -78,7 +78,10 @@ fn effective_value<'a>(execution: &'a Execution, run: &'a TaskRun) -> Option<&'a
         if let Some(v) = &r.value {
             return Some(v);
         }
-        cur = r.parent_task_run_id.as_deref().and_then(|p| execution.task_run(p));
+        cur = r
+            .parent_task_run_id
+            .as_deref()
+            .and_then(|p| execution.task_run(p));
     }
     None
 }
@@ -101,11 +104,18 @@ async fn run_one(engine: &Engine, scenario: &Scenario) -> Result<(), String> {
     if let Some(Value::Array(flows)) = e.get("flows") {
         for f in flows {
             let path = scenarios_dir().join(f.as_str().unwrap_or_default());
-            let source = std::fs::read_to_string(&path).map_err(|err| format!("{}: {err}", path.display()))?;
-            engine.deploy(&source).await.map_err(|err| format!("deploy {}: {err}", path.display()))?;
+            let source = std::fs::read_to_string(&path)
+                .map_err(|err| format!("{}: {err}", path.display()))?;
+            engine
+                .deploy(&source)
+                .await
+                .map_err(|err| format!("deploy {}: {err}", path.display()))?;
         }
     }
-    let (flow, _) = engine.deploy(&scenario.flow).await.map_err(|err| format!("deploy: {err}"))?;
+    let (flow, _) = engine
+        .deploy(&scenario.flow)
+        .await
+        .map_err(|err| format!("deploy: {err}"))?;
     let mut inputs = IndexMap::new();
     if let Some(Value::Object(m)) = e.get("inputs") {
         for (k, v) in m {
@@ -132,7 +142,17 @@ async fn run_one(engine: &Engine, scenario: &Scenario) -> Result<(), String> {
             let ids: Vec<String> = execution
                 .task_run_list
                 .iter()
-                .map(|r| format!("{}{}={}", r.task_id, r.value.as_ref().map(|v| format!("[{v}]")).unwrap_or_default(), r.state.current()))
+                .map(|r| {
+                    format!(
+                        "{}{}={}",
+                        r.task_id,
+                        r.value
+                            .as_ref()
+                            .map(|v| format!("[{v}]"))
+                            .unwrap_or_default(),
+                        r.state.current()
+                    )
+                })
                 .collect();
             problems.push(format!(
                 "taskRunCount {}, expected {n}: {}",
@@ -144,7 +164,12 @@ async fn run_one(engine: &Engine, scenario: &Scenario) -> Result<(), String> {
     if let Some(Value::Object(runs)) = e.get("taskRuns") {
         for (selector, spec) in runs {
             if selector == "absent" {
-                for s in spec.as_array().into_iter().flatten().filter_map(|v| v.as_str()) {
+                for s in spec
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|v| v.as_str())
+                {
                     if !select(&execution, s).is_empty() {
                         problems.push(format!("task run {s} exists, expected absent"));
                     }
@@ -153,22 +178,35 @@ async fn run_one(engine: &Engine, scenario: &Scenario) -> Result<(), String> {
             }
             let found = select(&execution, selector);
             if found.len() != 1 {
-                problems.push(format!("selector {selector} matches {} task runs", found.len()));
+                problems.push(format!(
+                    "selector {selector} matches {} task runs",
+                    found.len()
+                ));
                 continue;
             }
             let run = found[0];
             if let Some(s) = spec.get("state").and_then(|v| v.as_str()) {
                 if run.state.current().as_str() != s {
-                    problems.push(format!("{selector}: state {}, expected {s}", run.state.current()));
+                    problems.push(format!(
+                        "{selector}: state {}, expected {s}",
+                        run.state.current()
+                    ));
                 }
             }
             if let Some(n) = spec.get("attempts").and_then(|v| v.as_u64()) {
                 if run.attempts.len() as u64 != n {
-                    problems.push(format!("{selector}: {} attempts, expected {n}", run.attempts.len()));
+                    problems.push(format!(
+                        "{selector}: {} attempts, expected {n}",
+                        run.attempts.len()
+                    ));
                 }
             }
             if let Some(o) = spec.get("outputs") {
-                let actual = run.outputs.clone().map(Value::Object).unwrap_or(Value::Null);
+                let actual = run
+                    .outputs
+                    .clone()
+                    .map(Value::Object)
+                    .unwrap_or(Value::Null);
                 if !matches(o, &actual) {
                     problems.push(format!("{selector}: outputs {actual}, expected {o}"));
                 }
@@ -184,12 +222,20 @@ async fn run_one(engine: &Engine, scenario: &Scenario) -> Result<(), String> {
     let wanted: Vec<String> = e
         .get("logs")
         .and_then(|v| v.as_array())
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default();
     let unwanted: Vec<String> = e
         .get("noLogs")
         .and_then(|v| v.as_array())
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default();
     if !wanted.is_empty() || !unwanted.is_empty() {
         // Logs reach the repository through the indexer, asynchronously: wait for them.
@@ -205,7 +251,9 @@ async fn run_one(engine: &Engine, scenario: &Scenario) -> Result<(), String> {
                 .into_iter()
                 .map(|l| l.message)
                 .collect();
-            let missing = wanted.iter().any(|w| !messages.iter().any(|m| m.contains(w.as_str())));
+            let missing = wanted
+                .iter()
+                .any(|w| !messages.iter().any(|m| m.contains(w.as_str())));
             if !missing || tokio::time::Instant::now() >= deadline {
                 break;
             }
@@ -222,16 +270,27 @@ async fn run_one(engine: &Engine, scenario: &Scenario) -> Result<(), String> {
             }
         }
     }
-    if problems.is_empty() { Ok(()) } else { Err(problems.join("\n    ")) }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("\n    "))
+    }
 }
 
 async fn run_suite(url: &str, label: &str) {
-    let backend = JdbcBackend::connect(url).await.unwrap_or_else(|e| panic!("{label}: {e}"));
+    let backend = JdbcBackend::connect(url)
+        .await
+        .unwrap_or_else(|e| panic!("{label}: {e}"));
     let dir = tempfile::tempdir().unwrap();
     let storage = Arc::new(LocalStorage::new(dir.path().join("storage")).unwrap());
-    let engine = Arc::new(Engine::builder(backend.queue(), backend.repositories(), storage).start());
+    let engine =
+        Arc::new(Engine::builder(backend.queue(), backend.repositories(), storage).start());
     let scenarios = load_scenarios();
-    assert!(scenarios.len() >= 80, "expected at least 80 scenarios, found {}", scenarios.len());
+    assert!(
+        scenarios.len() >= 80,
+        "expected at least 80 scenarios, found {}",
+        scenarios.len()
+    );
     let started = std::time::Instant::now();
     let results: Vec<(String, Result<(), String>)> = futures::stream::iter(scenarios)
         .map(|s| {
@@ -258,7 +317,12 @@ async fn run_suite(url: &str, label: &str) {
     if let Ok(engine) = Arc::try_unwrap(engine) {
         engine.shutdown().await;
     }
-    assert!(failures.is_empty(), "{label}: {} scenario(s) failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{label}: {} scenario(s) failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 fn service_url(var: &str) -> Option<String> {
@@ -266,7 +330,9 @@ fn service_url(var: &str) -> Option<String> {
         Ok(url) if !url.is_empty() => Some(url),
         _ => {
             if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("{var} is not set: CI requires this service (scripts/services.sh starts it)");
+                panic!(
+                    "{var} is not set: CI requires this service (scripts/services.sh starts it)"
+                );
             }
             eprintln!("SKIPPED: {var} is not set; run scripts/services.sh to test this backend");
             None

@@ -651,6 +651,16 @@ fn engine_is_shareable_and_caches() {
 fn nested_map_literals_do_not_close_the_block() {
     let engine = ExpressionEngine::default();
     let ctx = serde_json::json!({});
-    assert_eq!(engine.render("{{ {'a': {'b': 3}} | jq('.a.b') | first }}", &ctx).unwrap(), "3");
-    assert_eq!(engine.render("{{ {'a': {'b': 1}} | toJson }}", &ctx).unwrap(), r#"{"a":{"b":1}}"#);
+    assert_eq!(
+        engine
+            .render("{{ {'a': {'b': 3}} | jq('.a.b') | first }}", &ctx)
+            .unwrap(),
+        "3"
+    );
+    assert_eq!(
+        engine
+            .render("{{ {'a': {'b': 1}} | toJson }}", &ctx)
+            .unwrap(),
+        r#"{"a":{"b":1}}"#
+    );
 }

@@ -478,7 +478,15 @@ tasks:
 
 #[test]
 fn cron_nicknames_include_midnight() {
-    for nickname in ["@hourly", "@daily", "@midnight", "@weekly", "@monthly", "@yearly", "@annually"] {
+    for nickname in [
+        "@hourly",
+        "@daily",
+        "@midnight",
+        "@weekly",
+        "@monthly",
+        "@yearly",
+        "@annually",
+    ] {
         let source = format!(
             "id: n\nnamespace: t\ntasks:\n  - id: a\n    type: io.kestra.plugin.core.log.Log\n    message: x\ntriggers:\n  - id: s\n    type: io.kestra.plugin.core.trigger.Schedule\n    cron: \"{nickname}\"\n"
         );

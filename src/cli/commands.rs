@@ -24,7 +24,10 @@ async fn deploy_dir(engine: &Engine, dir: &Path) -> Result<usize, String> {
     for file in &files {
         let source = std::fs::read_to_string(file)
             .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-        engine.deploy(&source).await.map_err(|e| format!("{}: {e}", file.display()))?;
+        engine
+            .deploy(&source)
+            .await
+            .map_err(|e| format!("{}: {e}", file.display()))?;
     }
     Ok(files.len())
 }
@@ -36,8 +39,8 @@ pub async fn flow_test(
     inputs: Vec<String>,
     timeout: u64,
 ) -> Result<ExitCode, String> {
-    let source =
-        std::fs::read_to_string(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let source = std::fs::read_to_string(&file)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
     let mut raw = IndexMap::new();
     for pair in inputs {
         let (k, v) = pair
@@ -45,16 +48,25 @@ pub async fn flow_test(
             .ok_or_else(|| format!("--input '{pair}': expected KEY=VALUE"))?;
         raw.insert(k.to_string(), RawInput::Text(v.to_string()));
     }
-    let dir = tempfile::tempdir().map_err(|e| format!("cannot create a temporary directory: {e}"))?;
+    let dir =
+        tempfile::tempdir().map_err(|e| format!("cannot create a temporary directory: {e}"))?;
     let config = Config::from_pairs([("kestra.data-dir", dir.path().display().to_string())]);
-    let engine = kestra::engine(&config).await.map_err(|e| e.to_string())?.start();
+    let engine = kestra::engine(&config)
+        .await
+        .map_err(|e| e.to_string())?
+        .start();
     let outcome = async {
         if let Some(dir) = &flows {
             deploy_dir(&engine, dir).await?;
         }
-        let (flow, _) = engine.deploy(&source).await.map_err(|e| format!("{}: {e}", file.display()))?;
-        let execution =
-            engine.execute(&flow.namespace, &flow.id, raw).await.map_err(|e| e.to_string())?;
+        let (flow, _) = engine
+            .deploy(&source)
+            .await
+            .map_err(|e| format!("{}: {e}", file.display()))?;
+        let execution = engine
+            .execute(&flow.namespace, &flow.id, raw)
+            .await
+            .map_err(|e| e.to_string())?;
         engine
             .wait_for(&execution.id, Duration::from_secs(timeout))
             .await
@@ -73,7 +85,11 @@ pub async fn flow_test(
 
 /// `kestra server standalone|executor|worker|indexer`.
 pub async fn server(cmd: ServerCommand) -> Result<ExitCode, String> {
-    let only = |executor, worker, indexer| Components { executor, worker, indexer };
+    let only = |executor, worker, indexer| Components {
+        executor,
+        worker,
+        indexer,
+    };
     let (args, components, name): (ServerArgs, Components, &str) = match cmd {
         ServerCommand::Standalone(a) => (a, Components::default(), "standalone"),
         ServerCommand::Executor(a) => (a, only(true, false, false), "executor"),
@@ -81,14 +97,19 @@ pub async fn server(cmd: ServerCommand) -> Result<ExitCode, String> {
         ServerCommand::Indexer(a) => (a, only(false, false, true), "indexer"),
     };
     let config = Config::load(args.config.as_deref()).map_err(|e| e.to_string())?;
-    let engine =
-        kestra::engine(&config).await.map_err(|e| e.to_string())?.components(components).start();
+    let engine = kestra::engine(&config)
+        .await
+        .map_err(|e| e.to_string())?
+        .components(components)
+        .start();
     if let Some(dir) = &args.flows {
         let n = deploy_dir(&engine, dir).await?;
         info!(count = n, dir = %dir.display(), "flows deployed");
     }
     info!(server = name, backend = %config.backend_type(), "kestra server running; Ctrl-C to stop");
-    tokio::signal::ctrl_c().await.map_err(|e| format!("cannot listen for Ctrl-C: {e}"))?;
+    tokio::signal::ctrl_c()
+        .await
+        .map_err(|e| format!("cannot listen for Ctrl-C: {e}"))?;
     info!("shutting down: draining running tasks");
     engine.shutdown().await;
     Ok(ExitCode::SUCCESS)
@@ -98,7 +119,9 @@ pub async fn server(cmd: ServerCommand) -> Result<ExitCode, String> {
 pub async fn purge_queue(config: Option<PathBuf>) -> Result<ExitCode, String> {
     let config = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
     let url = config.database_url().map_err(|e| e.to_string())?;
-    let report = kestra::jdbc::purge_queue(&url).await.map_err(|e| e.to_string())?;
+    let report = kestra::jdbc::purge_queue(&url)
+        .await
+        .map_err(|e| e.to_string())?;
     println!("{report:?}");
     Ok(ExitCode::SUCCESS)
 }

@@ -103,9 +103,12 @@ pub enum FlowCommand {
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
-        Command::Flow(FlowCommand::Test { file, flows, inputs, timeout }) => {
-            runtime_then(|| crate::cli::commands::flow_test(file, flows, inputs, timeout))
-        }
+        Command::Flow(FlowCommand::Test {
+            file,
+            flows,
+            inputs,
+            timeout,
+        }) => runtime_then(|| crate::cli::commands::flow_test(file, flows, inputs, timeout)),
         Command::Server(cmd) => runtime_then(|| crate::cli::commands::server(cmd)),
         Command::Sys(SysCommand::PurgeQueue { config }) => {
             runtime_then(|| crate::cli::commands::purge_queue(config))
@@ -142,7 +145,10 @@ where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Result<ExitCode, String>>,
 {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -550,7 +550,8 @@ impl Run<'_> {
                 .expr
                 .render_value(&o.value, &ctx, true)
                 .map_err(|e| format!("output '{}': {e}", o.id))?;
-            let v = coerce_output(&o.output_type, v).map_err(|e| format!("output '{}': {e}", o.id))?;
+            let v =
+                coerce_output(&o.output_type, v).map_err(|e| format!("output '{}': {e}", o.id))?;
             out.insert(o.id.clone(), v);
         }
         Ok(out)
@@ -1300,9 +1301,15 @@ impl Run<'_> {
         self.set_run_state(run_id, task_state);
         // The Exit's parent flowables end with the exit state (Kestra's Exit); every other open task
         // run is killed.
-        let mut parent = self.exec.task_run(run_id).and_then(|r| r.parent_task_run_id.clone());
+        let mut parent = self
+            .exec
+            .task_run(run_id)
+            .and_then(|r| r.parent_task_run_id.clone());
         while let Some(p) = parent {
-            parent = self.exec.task_run(&p).and_then(|r| r.parent_task_run_id.clone());
+            parent = self
+                .exec
+                .task_run(&p)
+                .and_then(|r| r.parent_task_run_id.clone());
             self.set_run_state(&p, task_state);
         }
         let open: Vec<String> = self

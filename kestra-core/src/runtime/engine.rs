@@ -34,7 +34,7 @@ use crate::inputs::{ExecutionRef, InputErrors, RawInput, resolve_inputs};
 use crate::model::execution::system_labels;
 use crate::model::{Execution, Label};
 use crate::queue::{Queue, QueueError};
-use crate::repository::{FlowRecord, RepositoryError, Repositories, SaveOutcome};
+use crate::repository::{FlowRecord, Repositories, RepositoryError, SaveOutcome};
 use crate::runtime::executor::{ExecutorConfig, ExecutorService};
 use crate::runtime::flows::{FlowCache, RepositoryFlowSource};
 use crate::runtime::indexer::{IndexerConfig, IndexerService};
@@ -111,7 +111,11 @@ pub struct Components {
 
 impl Default for Components {
     fn default() -> Self {
-        Components { executor: true, worker: true, indexer: true }
+        Components {
+            executor: true,
+            worker: true,
+            indexer: true,
+        }
     }
 }
 
@@ -177,7 +181,8 @@ impl EngineBuilder {
                 Arc::new(RepositoryFlowSource::new(self.repositories.flows.clone())),
                 registry.clone(),
             ));
-            let service = ExecutorService::new(self.queue.clone(), flows, expr.clone(), self.executor);
+            let service =
+                ExecutorService::new(self.queue.clone(), flows, expr.clone(), self.executor);
             let token = shutdown.clone();
             tasks.push(("executor", tokio::spawn(service.run(token))));
         }
@@ -242,8 +247,14 @@ pub struct Engine {
 struct Renderer(Arc<ExpressionEngine>);
 
 impl crate::inputs::InputRenderer for Renderer {
-    fn render_typed(&self, template: &str, ctx: &serde_json::Value) -> Result<serde_json::Value, String> {
-        self.0.render_typed(template, ctx).map_err(|e| e.to_string())
+    fn render_typed(
+        &self,
+        template: &str,
+        ctx: &serde_json::Value,
+    ) -> Result<serde_json::Value, String> {
+        self.0
+            .render_typed(template, ctx)
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -295,7 +306,11 @@ impl Engine {
             revision: 0,
             flow: serde_json::to_value(&flow)?,
             source: source.to_string(),
-            labels: flow.labels.iter().map(|l| Label::new(l.key.clone(), l.value.clone())).collect(),
+            labels: flow
+                .labels
+                .iter()
+                .map(|l| Label::new(l.key.clone(), l.value.clone()))
+                .collect(),
             disabled: flow.disabled,
             deleted: false,
             updated: Utc::now(),
@@ -313,7 +328,8 @@ impl Engine {
         flow_id: &str,
         inputs: IndexMap<String, RawInput>,
     ) -> Result<Execution, EngineError> {
-        self.execute_with(namespace, flow_id, inputs, ExecuteOptions::default()).await
+        self.execute_with(namespace, flow_id, inputs, ExecuteOptions::default())
+            .await
     }
 
     /// [`Engine::execute`] with options.
@@ -325,8 +341,10 @@ impl Engine {
         options: ExecuteOptions,
     ) -> Result<Execution, EngineError> {
         let tenant = crate::model::DEFAULT_TENANT;
-        let not_found =
-            || EngineError::FlowNotFound { namespace: namespace.to_string(), id: flow_id.to_string() };
+        let not_found = || EngineError::FlowNotFound {
+            namespace: namespace.to_string(),
+            id: flow_id.to_string(),
+        };
         let record = self
             .repositories
             .flows
@@ -342,7 +360,9 @@ impl Engine {
         }
         let mut execution = Execution::new(namespace, flow_id, record.revision);
         for l in &flow.labels {
-            execution.labels.push(Label::new(l.key.clone(), l.value.clone()));
+            execution
+                .labels
+                .push(Label::new(l.key.clone(), l.value.clone()));
         }
         for l in options.labels {
             if l.key.starts_with("system.") && l.key != system_labels::CORRELATION_ID {
@@ -364,13 +384,19 @@ impl Engine {
         )
         .await
         .map_err(EngineError::InvalidInputs)?;
-        self.queue.publish(vec![execution_envelope(&execution)?]).await?;
+        self.queue
+            .publish(vec![execution_envelope(&execution)?])
+            .await?;
         Ok(execution)
     }
 
     /// The stored execution, if the executor has seen it.
     pub async fn execution(&self, id: &str) -> Result<Option<Execution>, EngineError> {
-        Ok(self.repositories.executions.find_by_id(crate::model::DEFAULT_TENANT, id).await?)
+        Ok(self
+            .repositories
+            .executions
+            .find_by_id(crate::model::DEFAULT_TENANT, id)
+            .await?)
     }
 
     /// Wait until an execution is terminal (polling the repository with a short backoff).
@@ -399,14 +425,18 @@ impl Engine {
 
     /// Ask the executor to kill an execution.
     pub async fn kill(&self, id: &str) -> Result<(), EngineError> {
-        let cmd = ExecutionCommand::Kill { execution_id: id.to_string() };
+        let cmd = ExecutionCommand::Kill {
+            execution_id: id.to_string(),
+        };
         self.queue.publish(vec![cmd.envelope()?]).await?;
         Ok(())
     }
 
     /// Ask the executor to restart a failed or killed execution (same id, failed task runs again).
     pub async fn restart(&self, id: &str) -> Result<(), EngineError> {
-        let cmd = ExecutionCommand::Restart { execution_id: id.to_string() };
+        let cmd = ExecutionCommand::Restart {
+            execution_id: id.to_string(),
+        };
         self.queue.publish(vec![cmd.envelope()?]).await?;
         Ok(())
     }
@@ -429,12 +459,19 @@ impl Engine {
 
     /// Replay an execution from one of its task runs: a new execution that keeps what ran before it.
     pub async fn replay(&self, id: &str, task_run_id: &str) -> Result<Execution, EngineError> {
-        let original =
-            self.execution(id).await?.ok_or_else(|| EngineError::ExecutionNotFound(id.to_string()))?;
+        let original = self
+            .execution(id)
+            .await?
+            .ok_or_else(|| EngineError::ExecutionNotFound(id.to_string()))?;
         let replay = replay_execution(&original, task_run_id).ok_or_else(|| {
-            EngineError::TaskRunNotFound { execution_id: id.to_string(), task_run_id: task_run_id.to_string() }
+            EngineError::TaskRunNotFound {
+                execution_id: id.to_string(),
+                task_run_id: task_run_id.to_string(),
+            }
         })?;
-        self.queue.publish(vec![execution_envelope(&replay)?]).await?;
+        self.queue
+            .publish(vec![execution_envelope(&replay)?])
+            .await?;
         Ok(replay)
     }
 

@@ -374,8 +374,18 @@ impl Shared {
             }
         };
         let (done, acked) = oneshot::channel();
-        if self.results.send(Outgoing { envelope, tag: delivery.tag, done }).is_err() {
-            tracing::error!("result publisher stopped; the job is left unacknowledged to run again");
+        if self
+            .results
+            .send(Outgoing {
+                envelope,
+                tag: delivery.tag,
+                done,
+            })
+            .is_err()
+        {
+            tracing::error!(
+                "result publisher stopped; the job is left unacknowledged to run again"
+            );
             return;
         }
         // Wait until the result is published (and the job acknowledged) so that a draining worker
@@ -610,7 +620,10 @@ impl Worker {
         let _ = kills.await;
         shared.flush_telemetry().await;
         drop(shared);
-        if tokio::time::timeout(Duration::from_secs(30), results).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(30), results)
+            .await
+            .is_err()
+        {
             tracing::warn!("result publisher did not stop in time");
         }
         if tokio::time::timeout(Duration::from_secs(10), telemetry)
