@@ -132,34 +132,34 @@ async fn run_one(engine: &Engine, scenario: &Scenario) -> Result<(), String> {
         .map_err(|err| format!("wait: {err}"))?;
     let mut problems = Vec::new();
     let state = execution.state.current().as_str();
-    if let Some(expected) = e.get("state").and_then(|v| v.as_str()) {
-        if expected != state {
-            problems.push(format!("state {state}, expected {expected}"));
-        }
+    if let Some(expected) = e.get("state").and_then(|v| v.as_str())
+        && expected != state
+    {
+        problems.push(format!("state {state}, expected {expected}"));
     }
-    if let Some(n) = e.get("taskRunCount").and_then(|v| v.as_u64()) {
-        if execution.task_run_list.len() as u64 != n {
-            let ids: Vec<String> = execution
-                .task_run_list
-                .iter()
-                .map(|r| {
-                    format!(
-                        "{}{}={}",
-                        r.task_id,
-                        r.value
-                            .as_ref()
-                            .map(|v| format!("[{v}]"))
-                            .unwrap_or_default(),
-                        r.state.current()
-                    )
-                })
-                .collect();
-            problems.push(format!(
-                "taskRunCount {}, expected {n}: {}",
-                execution.task_run_list.len(),
-                ids.join(", ")
-            ));
-        }
+    if let Some(n) = e.get("taskRunCount").and_then(|v| v.as_u64())
+        && execution.task_run_list.len() as u64 != n
+    {
+        let ids: Vec<String> = execution
+            .task_run_list
+            .iter()
+            .map(|r| {
+                format!(
+                    "{}{}={}",
+                    r.task_id,
+                    r.value
+                        .as_ref()
+                        .map(|v| format!("[{v}]"))
+                        .unwrap_or_default(),
+                    r.state.current()
+                )
+            })
+            .collect();
+        problems.push(format!(
+            "taskRunCount {}, expected {n}: {}",
+            execution.task_run_list.len(),
+            ids.join(", ")
+        ));
     }
     if let Some(Value::Object(runs)) = e.get("taskRuns") {
         for (selector, spec) in runs {
@@ -185,21 +185,21 @@ async fn run_one(engine: &Engine, scenario: &Scenario) -> Result<(), String> {
                 continue;
             }
             let run = found[0];
-            if let Some(s) = spec.get("state").and_then(|v| v.as_str()) {
-                if run.state.current().as_str() != s {
-                    problems.push(format!(
-                        "{selector}: state {}, expected {s}",
-                        run.state.current()
-                    ));
-                }
+            if let Some(s) = spec.get("state").and_then(|v| v.as_str())
+                && run.state.current().as_str() != s
+            {
+                problems.push(format!(
+                    "{selector}: state {}, expected {s}",
+                    run.state.current()
+                ));
             }
-            if let Some(n) = spec.get("attempts").and_then(|v| v.as_u64()) {
-                if run.attempts.len() as u64 != n {
-                    problems.push(format!(
-                        "{selector}: {} attempts, expected {n}",
-                        run.attempts.len()
-                    ));
-                }
+            if let Some(n) = spec.get("attempts").and_then(|v| v.as_u64())
+                && run.attempts.len() as u64 != n
+            {
+                problems.push(format!(
+                    "{selector}: {} attempts, expected {n}",
+                    run.attempts.len()
+                ));
             }
             if let Some(o) = spec.get("outputs") {
                 let actual = run
