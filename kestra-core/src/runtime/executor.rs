@@ -161,7 +161,11 @@ impl ExecutorService {
                     debug!("event for an unknown execution; dropped");
                     return Ok::<(), QueueError>(());
                 };
-                if current.as_ref().is_some_and(|c| c.state.is_terminated()) {
+                let restart = matches!(
+                    &event,
+                    ExecutorEvent::Command(ExecutionCommand::Restart { .. })
+                );
+                if !restart && current.as_ref().is_some_and(|c| c.state.is_terminated()) {
                     debug!("event for a terminated execution; dropped");
                     return Ok(());
                 }

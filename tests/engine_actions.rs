@@ -1,0 +1,226 @@
+//! Kill, restart, replay and graceful shutdown through the real engine (executor + worker +
+//! indexer) on SQLite, and on PostgreSQL / MariaDB when their URLs are set (required under CI=true).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use kestra::core::model::StateType;
+use kestra::core::model::execution::system_labels;
+use kestra::jdbc::JdbcBackend;
+use kestra::storage::LocalStorage;
+use kestra::{Engine, EngineBuilder};
+
+async fn builder(url: &str, storage_dir: &std::path::Path) -> EngineBuilder {
+    let backend = JdbcBackend::connect(url).await.unwrap();
+    let storage = Arc::new(LocalStorage::new(storage_dir).unwrap());
+    Engine::builder(backend.queue(), backend.repositories(), storage)
+}
+
+async fn wait_state(engine: &Engine, id: &str, task_id: &str, state: StateType) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(e) = engine.execution(id).await.unwrap() {
+            if e.task_run_list
+                .iter()
+                .any(|r| r.task_id == task_id && r.state.current() == state)
+            {
+                return;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{task_id} never reached {state}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn suite(url: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let unique = kestra::core::model::new_id().to_lowercase();
+    let ns = format!("actions.t{unique}");
+    let engine = builder(url, dir.path()).await.start();
+
+    // Kill: a running shell task is stopped, the task after it never runs.
+    engine
+        .deploy(&format!("id: sleepy\nnamespace: {ns}\ntasks:\n  - id: nap\n    type: io.kestra.plugin.scripts.shell.Commands\n    commands: [\"sleep 30\"]\n  - id: after\n    type: io.kestra.plugin.core.log.Log\n    message: never\n"))
+        .await
+        .unwrap();
+    let e = engine
+        .execute(&ns, "sleepy", IndexMap::new())
+        .await
+        .unwrap();
+    wait_state(&engine, &e.id, "nap", StateType::Running).await;
+    let started = std::time::Instant::now();
+    engine.kill(&e.id).await.unwrap();
+    let killed = engine
+        .wait_for(&e.id, Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert_eq!(killed.state.current(), StateType::Killed);
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "kill took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(killed.task_run_list.len(), 1);
+    assert_eq!(killed.task_run_list[0].state.current(), StateType::Killed);
+
+    // Restart: same execution id, the failed task runs again with a new attempt.
+    let flag = dir.path().join(format!("flag-{unique}"));
+    engine
+        .deploy(&format!("id: flaky\nnamespace: {ns}\ntasks:\n  - id: ok\n    type: io.kestra.plugin.core.log.Log\n    message: first\n  - id: check\n    type: io.kestra.plugin.scripts.shell.Commands\n    commands: [\"test -f {}\"]\n", flag.display()))
+        .await
+        .unwrap();
+    let e = engine.execute(&ns, "flaky", IndexMap::new()).await.unwrap();
+    let failed = engine
+        .wait_for(&e.id, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(failed.state.current(), StateType::Failed);
+    std::fs::write(&flag, b"now it passes").unwrap();
+    engine.restart(&e.id).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let restarted = loop {
+        let cur = engine.execution(&e.id).await.unwrap().unwrap();
+        if cur.state.current() == StateType::Success {
+            break cur;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "restart never succeeded: {}",
+            cur.state.current()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let check = restarted
+        .task_run_list
+        .iter()
+        .find(|r| r.task_id == "check")
+        .unwrap();
+    assert_eq!(check.attempts.len(), 2);
+    let ok = restarted
+        .task_run_list
+        .iter()
+        .find(|r| r.task_id == "ok")
+        .unwrap();
+    assert_eq!(
+        ok.attempts.len(),
+        1,
+        "successful task runs are not run again"
+    );
+    assert_eq!(restarted.metadata.attempt_number, 2);
+    assert_eq!(restarted.label(system_labels::RESTARTED), Some("true"));
+
+    // Replay: a new execution from a chosen task run; earlier task runs are kept.
+    engine
+        .deploy(&format!("id: three\nnamespace: {ns}\ntasks:\n  - id: a\n    type: io.kestra.plugin.core.debug.Return\n    format: A\n  - id: b\n    type: io.kestra.plugin.core.debug.Return\n    format: \"{{{{ outputs.a.value }}}}B\"\n  - id: c\n    type: io.kestra.plugin.core.debug.Return\n    format: \"{{{{ outputs.b.value }}}}C\"\n"))
+        .await
+        .unwrap();
+    let e = engine.execute(&ns, "three", IndexMap::new()).await.unwrap();
+    let original = engine
+        .wait_for(&e.id, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(original.state.current(), StateType::Success);
+    let b = original
+        .task_run_list
+        .iter()
+        .find(|r| r.task_id == "b")
+        .unwrap();
+    let replay = engine.replay(&original.id, &b.id).await.unwrap();
+    assert_ne!(replay.id, original.id);
+    let replayed = engine
+        .wait_for(&replay.id, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(replayed.state.current(), StateType::Success);
+    assert_eq!(replayed.original_id.as_deref(), Some(original.id.as_str()));
+    assert_eq!(
+        replayed.label(system_labels::REPLAY),
+        Some(original.id.as_str())
+    );
+    let a_run = replayed
+        .task_run_list
+        .iter()
+        .find(|r| r.task_id == "a")
+        .unwrap();
+    assert_eq!(
+        a_run.id, original.task_run_list[0].id,
+        "task runs before the replay point are kept"
+    );
+    let c_run = replayed
+        .task_run_list
+        .iter()
+        .find(|r| r.task_id == "c")
+        .unwrap();
+    assert_eq!(c_run.outputs.as_ref().unwrap()["value"], "ABC");
+
+    // Graceful shutdown: a task finishing during the drain still has its result applied; a new
+    // engine on the same database finishes the execution.
+    engine
+        .deploy(&format!("id: drain\nnamespace: {ns}\ntasks:\n  - id: slow\n    type: io.kestra.plugin.core.flow.Sleep\n    duration: PT1S\n  - id: next\n    type: io.kestra.plugin.core.log.Log\n    message: after restart\n"))
+        .await
+        .unwrap();
+    let e = engine.execute(&ns, "drain", IndexMap::new()).await.unwrap();
+    wait_state(&engine, &e.id, "slow", StateType::Running).await;
+    engine.shutdown().await;
+    let engine = builder(url, dir.path()).await.start();
+    let during = engine.execution(&e.id).await.unwrap().unwrap();
+    let slow = during
+        .task_run_list
+        .iter()
+        .find(|r| r.task_id == "slow")
+        .unwrap();
+    assert_eq!(
+        slow.state.current(),
+        StateType::Success,
+        "the drained result was applied before stopping"
+    );
+    let done = engine
+        .wait_for(&e.id, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(done.state.current(), StateType::Success);
+    engine.shutdown().await;
+}
+
+fn service_url(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            assert!(
+                !std::env::var("CI").is_ok_and(|v| v == "true"),
+                "{var} is not set: CI requires this service (scripts/services.sh starts it)"
+            );
+            eprintln!("SKIPPED: {var} is not set; run scripts/services.sh to test this backend");
+            None
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn actions_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    suite(&format!(
+        "sqlite://{}/kestra.db?mode=rwc",
+        dir.path().display()
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn actions_postgres() {
+    if let Some(url) = service_url("KESTRA_TEST_POSTGRES_URL") {
+        suite(&url).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn actions_mysql() {
+    if let Some(url) = service_url("KESTRA_TEST_MYSQL_URL") {
+        suite(&url).await;
+    }
+}
