@@ -21,13 +21,12 @@ async fn builder(url: &str, storage_dir: &std::path::Path) -> EngineBuilder {
 async fn wait_state(engine: &Engine, id: &str, task_id: &str, state: StateType) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        if let Some(e) = engine.execution(id).await.unwrap() {
-            if e.task_run_list
+        if let Some(e) = engine.execution(id).await.unwrap()
+            && e.task_run_list
                 .iter()
                 .any(|r| r.task_id == task_id && r.state.current() == state)
-            {
-                return;
-            }
+        {
+            return;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
