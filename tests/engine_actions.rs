@@ -157,6 +157,38 @@ async fn suite(url: &str) {
         .unwrap();
     assert_eq!(c_run.outputs.as_ref().unwrap()["value"], "ABC");
 
+    // Schedule: the engine's scheduler fires a 6-field cron (every second) and the execution runs.
+    engine
+        .deploy(&format!("id: ticker\nnamespace: {ns}\ntasks:\n  - id: t\n    type: io.kestra.plugin.core.debug.Return\n    format: \"{{{{ trigger.date }}}}\"\ntriggers:\n  - id: every-second\n    type: io.kestra.plugin.core.trigger.Schedule\n    cron: \"* * * * * *\"\n    withSeconds: true\n"))
+        .await
+        .unwrap();
+    let query = kestra::core::repository::ExecutionQuery {
+        namespace: Some(ns.clone()),
+        flow_id: Some("ticker".into()),
+        states: vec![StateType::Success],
+        ..Default::default()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let fired = loop {
+        let page = engine
+            .repositories()
+            .executions
+            .search(&query, &kestra::core::repository::Pageable::new(1, 10))
+            .await
+            .unwrap();
+        if let Some(e) = page.results.into_iter().next() {
+            break e;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the schedule never fired"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let trigger = fired.trigger.as_ref().expect("trigger info");
+    assert_eq!(trigger.type_, "io.kestra.plugin.core.trigger.Schedule");
+    assert!(trigger.variables.contains_key("date"));
+
     // Graceful shutdown: a task finishing during the drain still has its result applied; a new
     // engine on the same database finishes the execution.
     engine

@@ -78,3 +78,8 @@ async fn purge_offline() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scheduler_scenarios() {
+    with_db(|url| async move { scheduler_suite(&url).await }).await;
+}

@@ -71,3 +71,8 @@ async fn purge_offline() {
     let backend = connect(&url).await;
     offline_purge(&url, backend).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scheduler_scenarios() {
+    scheduler_suite(&sqlite_url()).await;
+}

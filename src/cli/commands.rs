@@ -83,18 +83,43 @@ pub async fn flow_test(
     })
 }
 
-/// `kestra server standalone|executor|worker|indexer`.
+/// `kestra server standalone|executor|worker|indexer|scheduler`.
 pub async fn server(cmd: ServerCommand) -> Result<ExitCode, String> {
-    let only = |executor, worker, indexer| Components {
-        executor,
-        worker,
-        indexer,
-    };
+    let none = Components::none();
     let (args, components, name): (ServerArgs, Components, &str) = match cmd {
         ServerCommand::Standalone(a) => (a, Components::default(), "standalone"),
-        ServerCommand::Executor(a) => (a, only(true, false, false), "executor"),
-        ServerCommand::Worker(a) => (a, only(false, true, false), "worker"),
-        ServerCommand::Indexer(a) => (a, only(false, false, true), "indexer"),
+        ServerCommand::Executor(a) => (
+            a,
+            Components {
+                executor: true,
+                ..none
+            },
+            "executor",
+        ),
+        ServerCommand::Worker(a) => (
+            a,
+            Components {
+                worker: true,
+                ..none
+            },
+            "worker",
+        ),
+        ServerCommand::Indexer(a) => (
+            a,
+            Components {
+                indexer: true,
+                ..none
+            },
+            "indexer",
+        ),
+        ServerCommand::Scheduler(a) => (
+            a,
+            Components {
+                scheduler: true,
+                ..none
+            },
+            "scheduler",
+        ),
     };
     let config = Config::load(args.config.as_deref()).map_err(|e| e.to_string())?;
     let engine = kestra::engine(&config)

@@ -51,8 +51,10 @@ pub struct ServerArgs {
 /// `kestra server ...`
 #[derive(Debug, Subcommand)]
 pub enum ServerCommand {
-    /// Everything in one process: executor, worker, indexer (scheduler and webserver as they land).
+    /// Everything in one process: executor, worker, indexer, scheduler (the webserver as it lands).
     Standalone(ServerArgs),
+    /// Only the scheduler (several may run at once: claims on due triggers).
+    Scheduler(ServerArgs),
     /// Only the executor.
     Executor(ServerArgs),
     /// Only a worker.

@@ -465,3 +465,20 @@ pub async fn offline_purge(url: &str, backend: JdbcBackend) {
     let again = connect(url).await;
     assert_eq!(again.queue_stats().await.unwrap().dead_letters, 0);
 }
+
+/// The scheduler scenarios of the testkit: two schedulers over 200 cron slots (exactly one execution
+/// per slot), and a scheduler killed mid-run.
+pub async fn scheduler_suite(url: &str) {
+    let backend = connect(url).await;
+    kestra_core::testkit::scheduler::two_schedulers_one_execution_per_slot(
+        &backend.repositories(),
+        backend.queue(),
+    )
+    .await;
+    kestra_core::testkit::scheduler::scheduler_killed_mid_run(
+        &backend.repositories(),
+        backend.queue(),
+    )
+    .await;
+    backend.close().await;
+}

@@ -38,6 +38,7 @@ use crate::repository::{FlowRecord, Repositories, RepositoryError, SaveOutcome};
 use crate::runtime::executor::{ExecutorConfig, ExecutorService};
 use crate::runtime::flows::{FlowCache, RepositoryFlowSource};
 use crate::runtime::indexer::{IndexerConfig, IndexerService};
+use crate::scheduler::{SchedulerConfig, SchedulerService, SystemClock};
 use crate::storage::InternalStorage;
 use crate::worker::{RunnerRegistry, Worker, WorkerConfig};
 
@@ -107,6 +108,8 @@ pub struct Components {
     pub worker: bool,
     /// Indexer.
     pub indexer: bool,
+    /// Scheduler (schedules and backfills).
+    pub scheduler: bool,
 }
 
 impl Default for Components {
@@ -115,6 +118,19 @@ impl Default for Components {
             executor: true,
             worker: true,
             indexer: true,
+            scheduler: true,
+        }
+    }
+}
+
+impl Components {
+    /// No component (build on it: `Components { worker: true, ..Components::none() }`).
+    pub fn none() -> Self {
+        Components {
+            executor: false,
+            worker: false,
+            indexer: false,
+            scheduler: false,
         }
     }
 }
@@ -131,9 +147,15 @@ pub struct EngineBuilder {
     executor: ExecutorConfig,
     worker: WorkerConfig,
     indexer: IndexerConfig,
+    scheduler: SchedulerConfig,
 }
 
 impl EngineBuilder {
+    /// Scheduler settings.
+    pub fn scheduler_config(mut self, config: SchedulerConfig) -> Self {
+        self.scheduler = config;
+        self
+    }
     /// The task registry (default: every core task).
     pub fn registry(mut self, registry: TaskRegistry) -> Self {
         self.registry = registry;
@@ -207,6 +229,19 @@ impl EngineBuilder {
             );
             tasks.push(("indexer", tokio::spawn(service.run(shutdown.clone()))));
         }
+        if self.components.scheduler {
+            let service = SchedulerService::new(
+                self.scheduler,
+                Arc::new(SystemClock),
+                self.repositories.flows.clone(),
+                self.repositories.triggers.clone(),
+                self.repositories.executions.clone(),
+                self.queue.clone(),
+                registry.clone(),
+                expr.clone(),
+            );
+            tasks.push(("scheduler", tokio::spawn(service.run(shutdown.clone()))));
+        }
         info!(components = ?self.components, "engine started");
         Engine {
             queue: self.queue,
@@ -276,6 +311,7 @@ impl Engine {
             executor: ExecutorConfig::default(),
             worker: WorkerConfig::default(),
             indexer: IndexerConfig::default(),
+            scheduler: SchedulerConfig::default(),
         }
     }
 
