@@ -788,8 +788,10 @@ impl Queue for Store {
 // ------------------------------------------------------------------------------------------ broadcast
 
 /// How long a PostgreSQL/MySQL subscriber re-reads recent offsets: ids come from a sequence, and a
-/// transaction that took a lower id may commit after one that took a higher id.
-const GAP_WINDOW: Duration = Duration::from_millis(250);
+/// transaction that took a lower id may commit after one that took a higher id (a busy executor unit
+/// of work can take seconds). Rows committed later than this after a higher id are missed, which is
+/// why kill signals are also repeated by the executor.
+const GAP_WINDOW: Duration = Duration::from_secs(5);
 const BROADCAST_PAGE: usize = 1000;
 
 struct Broadcast {
@@ -980,6 +982,25 @@ impl UnitOfWork for JdbcUnit {
         key: &str,
     ) -> Result<Option<serde_json::Value>, QueueError> {
         let conn = self.conn()?;
+        // Make sure the row exists before locking it: `SELECT ... FOR UPDATE` on a missing row locks
+        // nothing (READ COMMITTED on MySQL, any isolation on PostgreSQL), so two executors could both
+        // create the entry and one would overwrite the other. The no-op upsert creates a `null`
+        // placeholder or locks the existing row; a concurrent unit waits on the key until we commit.
+        let mut placeholder =
+            Qb::new("INSERT INTO executor_state (kind, state_key, updated, doc) VALUES (");
+        placeholder
+            .push_bind(kind.to_string())
+            .push(", ")
+            .push_bind(key.to_string())
+            .push(", ")
+            .push_bind(now_ms())
+            .push(", 'null')")
+            .push(FLAVOR.upsert(&["kind", "state_key"], &["kind"]));
+        placeholder
+            .build()
+            .execute(&mut *conn)
+            .await
+            .map_err(queue_err("load_state"))?;
         let row = Qb::new("SELECT doc FROM executor_state WHERE kind = ")
             .push_bind(kind.to_string())
             .push(" AND state_key = ")
@@ -991,8 +1012,8 @@ impl UnitOfWork for JdbcUnit {
             .map_err(queue_err("load_state"))?;
         let Some(row) = row else { return Ok(None) };
         let doc: String = get(&row, "doc").map_err(queue_err("load_state"))?;
-        serde_json::from_str(&doc)
-            .map(Some)
+        serde_json::from_str::<serde_json::Value>(&doc)
+            .map(|v| if v.is_null() { None } else { Some(v) })
             .map_err(|source| QueueError::Decode {
                 topic: Topic::Execution,
                 key: format!("{kind}/{key}"),

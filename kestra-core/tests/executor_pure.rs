@@ -508,3 +508,59 @@ fn flow_outputs_are_rendered_at_the_end() {
     assert_eq!(sim.state(), StateType::Success);
     assert_eq!(sim.execution.outputs["answer"], "42");
 }
+
+#[test]
+fn kill_signal_repeats_until_the_execution_ends() {
+    let mut sim = Sim::new(&format!(
+        "{HEAD}tasks:\n  - id: a\n    type: io.kestra.plugin.core.log.Log\n    message: x\n"
+    ));
+    let start = sim.execution.clone();
+    sim.step(None, ExecutorEvent::Execution(Box::new(start)));
+    let kill = ExecutionCommand::Kill {
+        execution_id: sim.execution.id.clone(),
+    };
+    let first = process(
+        &sim.index,
+        &sim.expr,
+        Utc::now(),
+        Some(sim.execution.clone()),
+        &ExecutorEvent::Command(kill.clone()),
+    )
+    .unwrap();
+    assert!(first.kill_broadcast);
+    assert_eq!(first.delays.len(), 1, "a repeat of the kill is scheduled");
+    assert!(matches!(
+        first.delays[0].command,
+        ExecutionCommand::Kill { .. }
+    ));
+    // The repeated kill, while still KILLING, signals workers again and re-arms itself.
+    let again = process(
+        &sim.index,
+        &sim.expr,
+        Utc::now(),
+        Some(first.execution.clone()),
+        &ExecutorEvent::Command(kill.clone()),
+    )
+    .unwrap();
+    assert!(again.kill_broadcast);
+    assert_eq!(again.delays.len(), 1);
+    // Once the execution has ended, the chain stops.
+    let job = sim.pending.remove(0);
+    let mut result = sim.worker(&job);
+    result.state = StateType::Killed;
+    sim.step(
+        Some(again.execution),
+        ExecutorEvent::WorkerResult(Box::new(result)),
+    );
+    assert_eq!(sim.state(), StateType::Killed);
+    let after = process(
+        &sim.index,
+        &sim.expr,
+        Utc::now(),
+        Some(sim.execution.clone()),
+        &ExecutorEvent::Command(kill),
+    )
+    .unwrap();
+    assert!(!after.kill_broadcast);
+    assert!(after.delays.is_empty());
+}

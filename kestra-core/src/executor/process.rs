@@ -39,6 +39,9 @@ use crate::model::execution::system_labels;
 use crate::model::id::encode_base62;
 use crate::model::{Execution, Label, Level, LogEntry, State, StateType, TaskRun, TaskRunAttempt};
 
+/// Seconds between repeated kill signals while an execution is KILLING.
+pub const KILL_REPEAT_SECS: i64 = 5;
+
 /// Everything one call of [`process`] decided.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outcome {
@@ -283,12 +286,22 @@ impl Run<'_> {
     fn apply_command(&mut self, cmd: &ExecutionCommand) {
         match cmd {
             ExecutionCommand::Kill { .. } => {
-                if self.exec.state.is_terminated() || self.killing() {
-                    self.ignored = Some("kill: execution already terminated or killing".into());
+                if self.exec.state.is_terminated() {
+                    self.ignored = Some("kill: execution already terminated".into());
                     return;
                 }
-                self.set_exec_state(StateType::Killing);
+                if !self.killing() {
+                    self.set_exec_state(StateType::Killing);
+                }
+                // Broadcast delivery is best effort: repeat the signal every few seconds until the
+                // execution has ended (a Kill on a terminated execution ends the chain).
                 self.kill_broadcast = true;
+                self.delays.push(Delay {
+                    at: self.now + chrono::Duration::seconds(KILL_REPEAT_SECS),
+                    command: ExecutionCommand::Kill {
+                        execution_id: self.exec.id.clone(),
+                    },
+                });
             }
             ExecutionCommand::RetryDue {
                 task_run_id,
