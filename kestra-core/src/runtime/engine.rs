@@ -229,6 +229,7 @@ impl EngineBuilder {
             );
             tasks.push(("indexer", tokio::spawn(service.run(shutdown.clone()))));
         }
+        let scheduler_shutdown = CancellationToken::new();
         if self.components.scheduler {
             let service = SchedulerService::new(
                 self.scheduler,
@@ -240,7 +241,10 @@ impl EngineBuilder {
                 registry.clone(),
                 expr.clone(),
             );
-            tasks.push(("scheduler", tokio::spawn(service.run(shutdown.clone()))));
+            tasks.push((
+                "scheduler",
+                tokio::spawn(service.run(scheduler_shutdown.clone())),
+            ));
         }
         info!(components = ?self.components, "engine started");
         Engine {
@@ -251,6 +255,7 @@ impl EngineBuilder {
             expr,
             shutdown,
             worker_shutdown,
+            scheduler_shutdown,
             tasks,
         }
     }
@@ -276,6 +281,7 @@ pub struct Engine {
     expr: Arc<ExpressionEngine>,
     shutdown: CancellationToken,
     worker_shutdown: CancellationToken,
+    scheduler_shutdown: CancellationToken,
     tasks: Vec<(&'static str, JoinHandle<()>)>,
 }
 
@@ -508,25 +514,29 @@ impl Engine {
         self.queue
             .publish(vec![execution_envelope(&replay)?])
             .await?;
-        Ok(replay)
+    /// Stop: the scheduler first, then the worker drains (its last results still reach the executor),
+    /// then the executor and the indexer.
     }
 
     /// Stop: the worker drains first (its last results still reach the executor), then the others.
     pub async fn shutdown(self) {
-        self.worker_shutdown.cancel();
-        let mut rest = Vec::new();
-        for (name, handle) in self.tasks {
-            if name == "worker" {
+        // Order: the scheduler stops creating executions, the worker drains (its last results still
+        // reach the queue), then the executor applies what is due and stops with the indexer.
+        let mut tasks = self.tasks;
+        for (token, component) in [
+            (&self.scheduler_shutdown, "scheduler"),
+            (&self.worker_shutdown, "worker"),
+        ] {
+            token.cancel();
+            if let Some(i) = tasks.iter().position(|(name, _)| *name == component) {
+                let (_, handle) = tasks.remove(i);
                 if let Err(e) = handle.await {
-                    tracing::error!(error = %e, "worker task ended abnormally");
+                    tracing::error!(component, error = %e, "component ended abnormally");
                 }
-            } else {
-                rest.push((name, handle));
             }
         }
-        // The executor drains what is due (including the worker's last results) before it stops.
         self.shutdown.cancel();
-        for (name, handle) in rest {
+        for (name, handle) in tasks {
             if let Err(e) = handle.await {
                 tracing::error!(component = name, error = %e, "component ended abnormally");
             }
