@@ -514,11 +514,11 @@ impl Engine {
         self.queue
             .publish(vec![execution_envelope(&replay)?])
             .await?;
-    /// Stop: the scheduler first, then the worker drains (its last results still reach the executor),
-    /// then the executor and the indexer.
+        Ok(replay)
     }
 
-    /// Stop: the worker drains first (its last results still reach the executor), then the others.
+    /// Stop: the scheduler first, then the worker drains (its last results still reach the executor),
+    /// then the executor and the indexer.
     pub async fn shutdown(self) {
         // Order: the scheduler stops creating executions, the worker drains (its last results still
         // reach the queue), then the executor applies what is due and stops with the indexer.
