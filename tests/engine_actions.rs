@@ -2,6 +2,9 @@
 //! indexer) on SQLite, and on PostgreSQL / MariaDB when their URLs are set (required under CI=true).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::{service_url, sqlite_url};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -218,28 +221,10 @@ async fn suite(url: &str) {
     engine.shutdown().await;
 }
 
-fn service_url(var: &str) -> Option<String> {
-    match std::env::var(var) {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            assert!(
-                !std::env::var("CI").is_ok_and(|v| v == "true"),
-                "{var} is not set: CI requires this service (scripts/services.sh starts it)"
-            );
-            eprintln!("SKIPPED: {var} is not set; run scripts/services.sh to test this backend");
-            None
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn actions_sqlite() {
     let dir = tempfile::tempdir().unwrap();
-    suite(&format!(
-        "sqlite://{}/kestra.db?mode=rwc",
-        dir.path().display()
-    ))
-    .await;
+    suite(&sqlite_url(&dir)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

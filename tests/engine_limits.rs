@@ -7,6 +7,9 @@
 //! On SQLite always; on PostgreSQL and MariaDB when their URLs are set (required under CI=true).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::{service_url, sqlite_url};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -159,30 +162,12 @@ async fn retry_survives_restart(url: &str) {
     second.shutdown().await;
 }
 
-fn service_url(var: &str) -> Option<String> {
-    match std::env::var(var) {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            assert!(
-                !std::env::var("CI").is_ok_and(|v| v == "true"),
-                "{var} is not set: CI requires this service (scripts/services.sh starts it)"
-            );
-            eprintln!("SKIPPED: {var} is not set; run scripts/services.sh to test this backend");
-            None
-        }
-    }
-}
-
-fn sqlite(dir: &tempfile::TempDir) -> String {
-    format!("sqlite://{}/kestra.db?mode=rwc", dir.path().display())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn limits_sqlite() {
     let dir = tempfile::tempdir().unwrap();
-    concurrency(&sqlite(&dir)).await;
+    concurrency(&sqlite_url(&dir)).await;
     let dir = tempfile::tempdir().unwrap();
-    retry_survives_restart(&sqlite(&dir)).await;
+    retry_survives_restart(&sqlite_url(&dir)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -4,6 +4,9 @@
 //! `KESTRA_TEST_MYSQL_URL` are set (under `CI=true` they must be).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::{service_url, sqlite_url};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -325,25 +328,10 @@ async fn run_suite(url: &str, label: &str) {
     );
 }
 
-fn service_url(var: &str) -> Option<String> {
-    match std::env::var(var) {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!(
-                    "{var} is not set: CI requires this service (scripts/services.sh starts it)"
-                );
-            }
-            eprintln!("SKIPPED: {var} is not set; run scripts/services.sh to test this backend");
-            None
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn scenarios_sqlite() {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}/kestra.db?mode=rwc", dir.path().display());
+    let url = sqlite_url(&dir);
     run_suite(&url, "sqlite").await;
 }
 
