@@ -93,21 +93,23 @@ impl ExecutorService {
         let mut backoff = Duration::from_millis(50);
         loop {
             let draining = shutdown.is_cancelled();
-            let begin = if draining {
-                self.queue
-                    .begin(
-                        ConsumerGroup::Executor,
-                        EXECUTOR_TOPICS,
-                        self.config.batch_size,
-                        Duration::ZERO,
-                    )
-                    .await
+            // The claim is never abandoned half-way (a dropped `begin` could leave rows locked by an
+            // unfinished transaction, which a draining executor would then skip): shutdown is
+            // noticed between claims, within `poll_wait`.
+            let wait = if draining {
+                Duration::ZERO
             } else {
-                tokio::select! {
-                    _ = shutdown.cancelled() => continue,
-                    b = self.queue.begin(ConsumerGroup::Executor, EXECUTOR_TOPICS, self.config.batch_size, self.config.poll_wait) => b,
-                }
+                self.config.poll_wait
             };
+            let begin = self
+                .queue
+                .begin(
+                    ConsumerGroup::Executor,
+                    EXECUTOR_TOPICS,
+                    self.config.batch_size,
+                    wait,
+                )
+                .await;
             let result = match begin {
                 Ok(None) if draining => return,
                 Ok(None) => continue,

@@ -86,10 +86,17 @@ impl IndexerService {
             } else {
                 self.config.poll_wait
             };
-            let batch = tokio::select! {
-                _ = shutdown.cancelled(), if wait > Duration::ZERO => continue,
-                b = self.queue.receive(ConsumerGroup::Indexer, topic, self.config.batch_size, self.config.lease, wait) => b,
-            };
+            // Never abandon a receive half-way (claimed rows would wait for their lease to end).
+            let batch = self
+                .queue
+                .receive(
+                    ConsumerGroup::Indexer,
+                    topic,
+                    self.config.batch_size,
+                    self.config.lease,
+                    wait,
+                )
+                .await;
             match batch {
                 Ok(batch) if batch.is_empty() => {
                     if shutdown.is_cancelled() {
