@@ -6,7 +6,9 @@ cd "$(dirname "$0")/.."
 
 if [ -x scripts/services.sh ]; then
   # services.sh installs (if missing) and starts PostgreSQL and MariaDB, and prints export lines.
-  eval "$(scripts/services.sh)"
+  # (assigned first so that a failing services.sh stops the run under `set -e`)
+  exports="$(scripts/services.sh)"
+  eval "$exports"
 fi
 
 echo "== cargo fmt --check" >&2
