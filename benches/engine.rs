@@ -1,6 +1,6 @@
 //! End-to-end engine benchmark (issue "The engine"): executor + worker + indexer on a real backend.
 //!
-//! Run: `cargo bench --bench engine` (SQLite), with `KESTRA_BENCH_POSTGRES_URL` / `KESTRA_BENCH_MYSQL_URL`
+//! Run: `cargo bench --all-features --bench engine` (SQLite), with `KESTRA_BENCH_POSTGRES_URL` / `KESTRA_BENCH_MYSQL_URL`
 //! (or the `KESTRA_TEST_*` ones) set to also measure PostgreSQL / MariaDB. Scenarios:
 //! - (a) one flow of 40 sequential Log/Return tasks: wall time from trigger to SUCCESS;
 //! - (b) a 2-task flow: sustained executions per second (N started at once), then latency p50/p99 from
@@ -68,6 +68,12 @@ async fn run_once(engine: &Engine, flow: &str, timeout: Duration) -> Duration {
     start.elapsed()
 }
 
+/// Print a result row at once (so that a later failure keeps the figures) and keep it.
+fn push(rows: &mut Vec<String>, row: String) {
+    println!("{row}");
+    rows.push(row);
+}
+
 fn pct(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -98,10 +104,13 @@ async fn bench(label: &str, url: &str) -> Vec<String> {
     }
     bar.finish();
     a.sort();
-    rows.push(format!(
-        "| {label} | (a) 40 sequential tasks, wall time (median of 5) | {:.3} s |",
-        pct(&a, 0.5).as_secs_f64()
-    ));
+    push(
+        &mut rows,
+        format!(
+            "| {label} | (a) 40 sequential tasks, wall time (median of 5) | {:.3} s |",
+            pct(&a, 0.5).as_secs_f64()
+        ),
+    );
 
     // (b) throughput: N executions started at once, until all SUCCESS
     let n = 2000usize;
@@ -131,9 +140,12 @@ async fn bench(label: &str, url: &str) -> Vec<String> {
     }
     bar.finish();
     let tput = n as f64 / start.elapsed().as_secs_f64();
-    rows.push(format!(
-        "| {label} | (b) 2-task flow, sustained executions/s ({n} executions) | {tput:.0} /s |"
-    ));
+    push(
+        &mut rows,
+        format!(
+            "| {label} | (b) 2-task flow, sustained executions/s ({n} executions) | {tput:.0} /s |"
+        ),
+    );
 
     // (b) latency at 25/s
     let count = 250usize;
@@ -156,11 +168,14 @@ async fn bench(label: &str, url: &str) -> Vec<String> {
     }
     bar.finish();
     lat.sort();
-    rows.push(format!(
-        "| {label} | (b) latency at 25 executions/s: p50 / p99 | {:.1} ms / {:.1} ms |",
-        pct(&lat, 0.5).as_secs_f64() * 1000.0,
-        pct(&lat, 0.99).as_secs_f64() * 1000.0
-    ));
+    push(
+        &mut rows,
+        format!(
+            "| {label} | (b) latency at 25 executions/s: p50 / p99 | {:.1} ms / {:.1} ms |",
+            pct(&lat, 0.5).as_secs_f64() * 1000.0,
+            pct(&lat, 0.99).as_secs_f64() * 1000.0
+        ),
+    );
 
     // (c)
     let bar = progress(3, &format!("{label} (c) ForEach 200"));
@@ -171,10 +186,13 @@ async fn bench(label: &str, url: &str) -> Vec<String> {
     }
     bar.finish();
     c.sort();
-    rows.push(format!(
-        "| {label} | (c) ForEach over 200 values, wall time (median of 3) | {:.3} s |",
-        pct(&c, 0.5).as_secs_f64()
-    ));
+    push(
+        &mut rows,
+        format!(
+            "| {label} | (c) ForEach over 200 values, wall time (median of 3) | {:.3} s |",
+            pct(&c, 0.5).as_secs_f64()
+        ),
+    );
     if let Ok(engine) = Arc::try_unwrap(engine) {
         engine.shutdown().await;
     }
@@ -188,6 +206,7 @@ fn main() {
         .build()
         .expect("runtime");
     runtime.block_on(async {
+        println!("| database | measure | result |\n| --- | --- | --- |");
         let mut rows = Vec::new();
         let dir = tempfile::tempdir().expect("tempdir");
         let sqlite = format!("sqlite://{}/bench.db?mode=rwc", dir.path().display());
@@ -208,9 +227,6 @@ fn main() {
                 eprintln!("{label}: skipped ({} not set)", vars[0]);
             }
         }
-        println!("| database | measure | result |\n| --- | --- | --- |");
-        for r in rows {
-            println!("{r}");
-        }
+        eprintln!("done: {} measures", rows.len());
     });
 }

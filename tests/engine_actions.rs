@@ -192,6 +192,57 @@ async fn suite(url: &str) {
     assert_eq!(trigger.type_, "io.kestra.plugin.core.trigger.Schedule");
     assert!(trigger.variables.contains_key("date"));
 
+    // Flow trigger: a downstream flow starts when the upstream one succeeds, with trigger.* and
+    // inputs rendered from the upstream execution.
+    engine
+        .deploy(&format!("id: upstream\nnamespace: {ns}\ntasks:\n  - id: u\n    type: io.kestra.plugin.core.debug.Return\n    format: up\noutputs:\n  - id: greeting\n    type: STRING\n    value: \"{{{{ outputs.u.value }}}}\"\n"))
+        .await
+        .unwrap();
+    engine
+        .deploy(&format!("id: downstream\nnamespace: {ns}\ninputs:\n  - id: from\n    type: STRING\ntasks:\n  - id: d\n    type: io.kestra.plugin.core.debug.Return\n    format: \"{{{{ inputs.from }}}} {{{{ trigger.executionId }}}}\"\ntriggers:\n  - id: after-upstream\n    type: io.kestra.plugin.core.trigger.Flow\n    inputs:\n      from: \"{{{{ trigger.outputs.greeting }}}}\"\n    conditions:\n      - type: io.kestra.plugin.core.condition.ExecutionFlow\n        namespace: {ns}\n        flowId: upstream\n      - type: io.kestra.plugin.core.condition.ExecutionStatus\n        in: [SUCCESS]\n"))
+        .await
+        .unwrap();
+    let up = engine
+        .execute(&ns, "upstream", IndexMap::new())
+        .await
+        .unwrap();
+    let up = engine
+        .wait_for(&up.id, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(up.state.current(), StateType::Success);
+    let query = kestra::core::repository::ExecutionQuery {
+        namespace: Some(ns.clone()),
+        flow_id: Some("downstream".into()),
+        states: vec![StateType::Success],
+        ..Default::default()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let down = loop {
+        let page = engine
+            .repositories()
+            .executions
+            .search(&query, &kestra::core::repository::Pageable::new(1, 10))
+            .await
+            .unwrap();
+        if let Some(e) = page.results.into_iter().next() {
+            assert_eq!(page.total, 1, "exactly one downstream execution");
+            break e;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the flow trigger never fired"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let trigger = down.trigger.as_ref().unwrap();
+    assert_eq!(trigger.type_, "io.kestra.plugin.core.trigger.Flow");
+    assert_eq!(trigger.variables["executionId"], up.id.as_str());
+    assert_eq!(
+        down.task_run_list[0].outputs.as_ref().unwrap()["value"],
+        format!("up {}", up.id)
+    );
+
     // Graceful shutdown: a task finishing during the drain still has its result applied; a new
     // engine on the same database finishes the execution.
     engine

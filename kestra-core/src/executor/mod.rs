@@ -11,6 +11,7 @@
 
 pub mod concurrency;
 pub mod context;
+pub mod flow_trigger;
 pub mod index;
 pub mod messages;
 pub mod process;

@@ -358,6 +358,18 @@ impl Engine {
             updated: Utc::now(),
         };
         let (stored, outcome) = self.repositories.flows.save(record).await?;
+        if outcome != SaveOutcome::Unchanged {
+            // Tell the executors' flow caches (Flow triggers) that flows changed.
+            let key = format!("{}/{}/{}", stored.tenant_id, stored.namespace, stored.id);
+            let change = serde_json::json!({"namespace": stored.namespace, "id": stored.id, "revision": stored.revision});
+            self.queue
+                .publish(vec![crate::queue::Envelope::json(
+                    crate::queue::Topic::Flow,
+                    key,
+                    &change,
+                )?])
+                .await?;
+        }
         let mut flow = flow;
         flow.revision = Some(stored.revision);
         Ok((flow, outcome))

@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info_span, warn};
 
 use crate::executor::concurrency::{self, ConcurrencySlots, SlotRequest, apply_slot_request};
+use crate::executor::flow_trigger::triggered_executions;
 use crate::executor::messages::{
     ExecutionCommand, ExecutionKilled, ExecutorEvent, WorkerJob, execution_envelope,
 };
@@ -51,6 +52,20 @@ impl Default for ExecutorConfig {
             batch_size: 200,
             poll_wait: Duration::from_millis(500),
         }
+    }
+}
+
+struct InputsRenderer(Arc<ExpressionEngine>);
+
+impl crate::inputs::InputRenderer for InputsRenderer {
+    fn render_typed(
+        &self,
+        template: &str,
+        ctx: &serde_json::Value,
+    ) -> Result<serde_json::Value, String> {
+        self.0
+            .render_typed(template, ctx)
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -90,6 +105,35 @@ impl ExecutorService {
     /// that results published by a draining worker are still applied. Backend errors are logged and
     /// retried with a backoff.
     pub async fn run(self, shutdown: CancellationToken) {
+        // Flow changes (broadcast) invalidate the cached list of flows with triggers.
+        let watcher = {
+            let queue = self.queue.clone();
+            let flows = self.flows.clone();
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                use futures::StreamExt;
+                let Ok(mut changes) = queue.subscribe(Topic::Flow).await else {
+                    warn!(
+                        "cannot follow flow changes; flow triggers see new flows within a second"
+                    );
+                    return;
+                };
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        next = changes.next() => match next {
+                            Some(_) => flows.invalidate_trigger_flows(),
+                            None => return,
+                        },
+                    }
+                }
+            })
+        };
+        self.run_loop(shutdown).await;
+        watcher.abort();
+    }
+
+    async fn run_loop(&self, shutdown: CancellationToken) {
         let mut backoff = Duration::from_millis(50);
         loop {
             let draining = shutdown.is_cancelled();
@@ -197,6 +241,7 @@ impl ExecutorService {
                     }
                 };
                 let was_terminated = current.as_ref().is_some_and(|c| c.state.is_terminated());
+                let previous_state = current.as_ref().map(|c| c.state.current());
                 let mut current = current;
                 let mut pending = vec![event];
                 while let Some(event) = pending.pop() {
@@ -283,6 +328,14 @@ impl ExecutorService {
                 {
                     outgoing.push(result.envelope()?);
                 }
+                if let Some(now) = current.as_ref()
+                    && Some(now.state.current()) != previous_state
+                    && (now.state.is_terminated() || now.state.current() == StateType::Paused)
+                {
+                    for e in self.flow_triggered(now).await {
+                        outgoing.push(execution_envelope(&e)?);
+                    }
+                }
                 Ok(())
             }
             .instrument(span)
@@ -301,6 +354,62 @@ impl ExecutorService {
 }
 
 impl ExecutorService {
+    /// Executions started by Flow triggers because `ended` reached its state (inputs resolved; a
+    /// trigger whose inputs are invalid is skipped with a warning).
+    async fn flow_triggered(&self, ended: &Execution) -> Vec<Execution> {
+        let flows = match self.flows.flows_with_triggers(&ended.tenant_id).await {
+            Ok(f) => f,
+            Err(e) => {
+                warn!(error = %e, "cannot list flows with triggers; flow triggers skipped");
+                return Vec::new();
+            }
+        };
+        if flows.is_empty() {
+            return Vec::new();
+        }
+        let (triggered, problems) =
+            triggered_executions(ended, &flows, self.flows.registry(), &self.expr);
+        for p in problems {
+            warn!(execution_id = %ended.id, "flow trigger: {p}");
+        }
+        let renderer = InputsRenderer(self.expr.clone());
+        let mut out = Vec::new();
+        for t in triggered {
+            let mut execution = t.execution;
+            let flow = match self
+                .flows
+                .flow(
+                    &execution.tenant_id,
+                    &execution.namespace,
+                    &execution.flow_id,
+                    Some(execution.flow_revision),
+                )
+                .await
+            {
+                Ok(f) => f,
+                Err(e) => {
+                    warn!(error = %e, "flow trigger: flow vanished");
+                    continue;
+                }
+            };
+            let raw = t
+                .inputs
+                .into_iter()
+                .map(|(k, v)| (k, RawInput::Json(v)))
+                .collect();
+            match resolve_inputs(&flow, raw, ExecutionRef::of(&execution), None, &renderer).await {
+                Ok(inputs) => execution.inputs = inputs,
+                Err(e) => {
+                    warn!(flow = %flow.id, namespace = %flow.namespace, "flow trigger: invalid inputs: {e}");
+                    continue;
+                }
+            }
+            debug!(triggered = %execution.id, flow = %flow.id, "flow trigger fired");
+            out.push(execution);
+        }
+        out
+    }
+
     /// The child execution of a Subflow request, or a failed result for its parent.
     async fn subflow_envelope(&self, request: &SubflowRequest) -> Result<Envelope, QueueError> {
         let child = &request.execution;

@@ -23,6 +23,11 @@ pub trait FlowSource: Send + Sync {
         id: &str,
         revision: Option<i32>,
     ) -> Result<Option<Arc<Flow>>, RepositoryError>;
+
+    /// The latest revision of every flow of a tenant that has at least one trigger of `trigger_type`
+    /// (canonical or alias spelling is the caller's concern; the default implementation returns
+    /// every flow with triggers).
+    async fn flows_with_triggers(&self, tenant: &str) -> Result<Vec<Arc<Flow>>, RepositoryError>;
 }
 
 /// A [`FlowSource`] reading the flow repository (JDBC: the same database as the queue).
@@ -63,6 +68,31 @@ impl FlowSource for RepositoryFlowSource {
         flow.revision = Some(record.revision);
         Ok(Some(Arc::new(flow)))
     }
+
+    async fn flows_with_triggers(&self, tenant: &str) -> Result<Vec<Arc<Flow>>, RepositoryError> {
+        let mut out = Vec::new();
+        for record in self.repository.find_all(tenant).await? {
+            let has_triggers = record
+                .flow
+                .get("triggers")
+                .and_then(|t| t.as_array())
+                .is_some_and(|t| !t.is_empty());
+            if !has_triggers {
+                continue;
+            }
+            match serde_json::from_value::<Flow>(record.flow.clone()) {
+                Ok(mut flow) => {
+                    flow.revision = Some(record.revision);
+                    out.push(Arc::new(flow));
+                }
+                Err(e) => tracing::warn!(
+                    namespace = %record.namespace, flow = %record.id,
+                    "stored flow cannot be read, its triggers are ignored: {e}"
+                ),
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// Why a flow could not be provided to the executor.
@@ -95,11 +125,17 @@ pub enum FlowCacheError {
 
 type Key = (String, String, String, i32);
 
+/// How long the list of flows with triggers is reused before being read again.
+const TRIGGER_FLOWS_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
+type TriggerFlows = (std::time::Instant, Arc<Vec<Arc<Flow>>>);
+
 /// Indexed flows by revision, shared by the executor's units of work.
 pub struct FlowCache {
     source: Arc<dyn FlowSource>,
     registry: Arc<TaskRegistry>,
     entries: RwLock<HashMap<Key, Arc<FlowIndex>>>,
+    trigger_flows: RwLock<HashMap<String, TriggerFlows>>,
 }
 
 impl FlowCache {
@@ -109,7 +145,44 @@ impl FlowCache {
             source,
             registry,
             entries: RwLock::new(HashMap::new()),
+            trigger_flows: RwLock::new(HashMap::new()),
         }
+    }
+
+    /// The flows of a tenant that have triggers (re-read at most once per second).
+    pub async fn flows_with_triggers(
+        &self,
+        tenant: &str,
+    ) -> Result<Arc<Vec<Arc<Flow>>>, FlowCacheError> {
+        if let Some((at, flows)) = self
+            .trigger_flows
+            .read()
+            .ok()
+            .and_then(|m| m.get(tenant).cloned())
+            && at.elapsed() < TRIGGER_FLOWS_TTL
+        {
+            return Ok(flows);
+        }
+        let flows = Arc::new(self.source.flows_with_triggers(tenant).await?);
+        if let Ok(mut m) = self.trigger_flows.write() {
+            m.insert(
+                tenant.to_string(),
+                (std::time::Instant::now(), flows.clone()),
+            );
+        }
+        Ok(flows)
+    }
+
+    /// Forget the cached lists of flows with triggers (a flow changed).
+    pub fn invalidate_trigger_flows(&self) {
+        if let Ok(mut m) = self.trigger_flows.write() {
+            m.clear();
+        }
+    }
+
+    /// The task registry.
+    pub fn registry(&self) -> &TaskRegistry {
+        &self.registry
     }
 
     /// A flow revision as stored (the latest when `revision` is `None`), e.g. a subflow's.
