@@ -299,3 +299,110 @@ pub fn triggered_executions(
     }
     (out, problems)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::flow::parse::parse_flow;
+
+    fn flow(yaml: &str) -> Arc<Flow> {
+        let mut f = parse_flow(yaml, &TaskRegistry::default()).unwrap_or_else(|e| panic!("{e}"));
+        f.revision = Some(1);
+        Arc::new(f)
+    }
+
+    fn ended(ns: &str, id: &str, state: StateType) -> Execution {
+        let mut e = Execution::new(ns, id, 1);
+        e.state.transition(StateType::Running).unwrap();
+        e.state.transition(state).unwrap();
+        e
+    }
+
+    const TASKS: &str =
+        "tasks:\n  - id: a\n    type: io.kestra.plugin.core.log.Log\n    message: x\n";
+
+    fn fire(flows: &[Arc<Flow>], e: &Execution) -> Vec<String> {
+        let (out, problems) = triggered_executions(
+            e,
+            flows,
+            &TaskRegistry::default(),
+            &ExpressionEngine::default(),
+        );
+        assert!(problems.is_empty(), "{problems:?}");
+        out.into_iter().map(|t| t.execution.flow_id).collect()
+    }
+
+    #[test]
+    fn default_states_conditions_and_self_exclusion() {
+        let any = flow(&format!(
+            "id: any\nnamespace: ns\n{TASKS}triggers:\n  - id: t\n    type: io.kestra.plugin.core.trigger.Flow\n"
+        ));
+        let prefix = flow(&format!(
+            "id: prefix\nnamespace: other\n{TASKS}triggers:\n  - id: t\n    type: io.kestra.plugin.core.trigger.Flow\n    conditions:\n      - type: io.kestra.plugin.core.condition.ExecutionNamespace\n        namespace: company\n        comparison: PREFIX\n      - type: io.kestra.plugin.core.condition.ExecutionStatus\n        notIn: [FAILED]\n"
+        ));
+        let flows = vec![any.clone(), prefix];
+        // Terminal states fire by default; RUNNING does not.
+        assert_eq!(
+            fire(&flows, &ended("company.team", "up", StateType::Success)),
+            vec!["any", "prefix"]
+        );
+        assert_eq!(
+            fire(&flows, &ended("company.team", "up", StateType::Failed)),
+            vec!["any"]
+        );
+        let mut running = Execution::new("company.team", "up", 1);
+        running.state.transition(StateType::Running).unwrap();
+        assert!(fire(&flows, &running).is_empty());
+        // A flow never triggers itself.
+        assert!(fire(&[any], &ended("ns", "any", StateType::Success)).is_empty());
+    }
+
+    #[test]
+    fn labels_expression_and_trigger_variables() {
+        let f = flow(&format!(
+            "id: down\nnamespace: ns\n{TASKS}triggers:\n  - id: t\n    type: io.kestra.plugin.core.trigger.Flow\n    conditions:\n      - type: io.kestra.plugin.core.condition.ExecutionLabels\n        labels:\n          env: prod\n      - type: io.kestra.plugin.core.condition.Expression\n        expression: \"{{{{ trigger.flowId == 'up' }}}}\"\n"
+        ));
+        let mut e = ended("x", "up", StateType::Success);
+        assert!(
+            fire(std::slice::from_ref(&f), &e).is_empty(),
+            "label missing"
+        );
+        e.labels.push(Label::new("env", "prod"));
+        let (out, _) = triggered_executions(
+            &e,
+            &[f],
+            &TaskRegistry::default(),
+            &ExpressionEngine::default(),
+        );
+        assert_eq!(out.len(), 1);
+        let t = out[0].execution.trigger.as_ref().unwrap();
+        assert_eq!(t.variables["executionId"], e.id.as_str());
+        assert_eq!(t.variables["state"], "SUCCESS");
+        assert_eq!(t.variables["depth"], 1);
+    }
+
+    #[test]
+    fn depth_cap_stops_trigger_storms() {
+        let f = flow(&format!(
+            "id: down\nnamespace: ns\n{TASKS}triggers:\n  - id: t\n    type: io.kestra.plugin.core.trigger.Flow\n"
+        ));
+        let mut e = ended("x", "up", StateType::Success);
+        e.trigger = Some(ExecutionTrigger {
+            id: "t".into(),
+            type_: FLOW_TRIGGER_TYPE.into(),
+            variables: json!({"depth": MAX_TRIGGER_DEPTH})
+                .as_object()
+                .cloned()
+                .unwrap(),
+        });
+        let (out, problems) = triggered_executions(
+            &e,
+            &[f],
+            &TaskRegistry::default(),
+            &ExpressionEngine::default(),
+        );
+        assert!(out.is_empty());
+        assert_eq!(problems.len(), 1);
+    }
+}
