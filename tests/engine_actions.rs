@@ -243,6 +243,43 @@ async fn suite(url: &str) {
         format!("up {}", up.id)
     );
 
+    // Webhook trigger: the engine API behind /executions/webhook/{ns}/{id}/{key}.
+    engine
+        .deploy(&format!("id: hooked\nnamespace: {ns}\ninputs:\n  - id: who\n    type: STRING\ntasks:\n  - id: h\n    type: io.kestra.plugin.core.debug.Return\n    format: \"{{{{ inputs.who }}}} {{{{ trigger.body.n }}}} {{{{ trigger.parameters.p[0] }}}}\"\ntriggers:\n  - id: hook\n    type: io.kestra.plugin.core.trigger.Webhook\n    key: s3cr3t\n    wait: true\n    inputs:\n      who: \"{{{{ trigger.body.name }}}}\"\n"))
+        .await
+        .unwrap();
+    let request = kestra::core::runtime::WebhookRequest {
+        body: serde_json::json!({"name": "ada", "n": 7}),
+        parameters: serde_json::json!({"p": ["q"]})
+            .as_object()
+            .cloned()
+            .unwrap(),
+        ..Default::default()
+    };
+    let wrong = engine.webhook(&ns, "hooked", "nope", request.clone()).await;
+    assert!(
+        matches!(wrong, Err(kestra::EngineError::WebhookNotFound { .. })),
+        "{wrong:?}"
+    );
+    let (e, response) = engine
+        .webhook(&ns, "hooked", "s3cr3t", request)
+        .await
+        .unwrap();
+    assert!(response.wait);
+    let done = engine
+        .wait_for(&e.id, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(done.state.current(), StateType::Success);
+    assert_eq!(
+        done.trigger.as_ref().unwrap().type_,
+        "io.kestra.plugin.core.trigger.Webhook"
+    );
+    assert_eq!(
+        done.task_run_list[0].outputs.as_ref().unwrap()["value"],
+        "ada 7 q"
+    );
+
     // Graceful shutdown: a task finishing during the drain still has its result applied; a new
     // engine on the same database finishes the execution.
     engine

@@ -67,6 +67,14 @@ pub enum EngineError {
     /// Inputs were rejected.
     #[error("invalid inputs: {0}")]
     InvalidInputs(InputErrors),
+    /// No enabled Webhook trigger of the flow has this key.
+    #[error("no webhook trigger of flow {namespace}.{id} has this key")]
+    WebhookNotFound {
+        /// Namespace.
+        namespace: String,
+        /// Id.
+        id: String,
+    },
     /// The execution does not exist.
     #[error("execution {0} not found")]
     ExecutionNotFound(String),
@@ -261,6 +269,28 @@ impl EngineBuilder {
     }
 }
 
+/// What a webhook call carries.
+#[derive(Debug, Clone, Default)]
+pub struct WebhookRequest {
+    /// Request body (JSON if it parses, else a string).
+    pub body: serde_json::Value,
+    /// Request headers (name -> list of values, as Kestra exposes them).
+    pub headers: serde_json::Map<String, serde_json::Value>,
+    /// Query parameters (name -> list of values).
+    pub parameters: serde_json::Map<String, serde_json::Value>,
+}
+
+/// How the HTTP layer should answer a webhook call (the trigger's settings).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookResponse {
+    /// Answer only when the execution has ended.
+    pub wait: bool,
+    /// With `wait`, answer with the flow outputs.
+    pub return_outputs: bool,
+    /// Content type of the answer, if set.
+    pub response_content_type: Option<String>,
+}
+
 /// Options of a new execution.
 #[derive(Debug, Clone, Default)]
 pub struct ExecuteOptions {
@@ -442,6 +472,97 @@ impl Engine {
             .publish(vec![execution_envelope(&execution)?])
             .await?;
         Ok(execution)
+    }
+
+    /// Start an execution from a Webhook trigger (`POST|GET|PUT
+    /// /api/v1/main/executions/webhook/{namespace}/{flowId}/{key}` once the webserver serves it):
+    /// finds the flow's enabled Webhook trigger with this `key`, and queues an execution whose
+    /// `trigger` variables are `body`, `headers` and `parameters`; the trigger's `inputs` are rendered
+    /// with them. Returns the execution and the trigger's `wait` / `returnOutputs` settings.
+    pub async fn webhook(
+        &self,
+        namespace: &str,
+        flow_id: &str,
+        key: &str,
+        request: WebhookRequest,
+    ) -> Result<(Execution, WebhookResponse), EngineError> {
+        use crate::flow::triggers::Webhook;
+        let tenant = crate::model::DEFAULT_TENANT;
+        let not_found = || EngineError::FlowNotFound {
+            namespace: namespace.to_string(),
+            id: flow_id.to_string(),
+        };
+        let record = self
+            .repositories
+            .flows
+            .find(tenant, namespace, flow_id, None)
+            .await?
+            .ok_or_else(not_found)?;
+        let flow: Flow = serde_json::from_value(record.flow.clone())?;
+        if flow.disabled {
+            return Err(EngineError::FlowDisabled {
+                namespace: namespace.to_string(),
+                id: flow_id.to_string(),
+            });
+        }
+        let found = flow.triggers.iter().filter(|t| !t.disabled).find_map(|t| {
+            let spec: Webhook = self.registry.decode_trigger(t).ok()?;
+            (spec.key == key).then(|| (t.clone(), spec))
+        });
+        let Some((trigger, spec)) = found else {
+            return Err(EngineError::WebhookNotFound {
+                namespace: namespace.to_string(),
+                id: flow_id.to_string(),
+            });
+        };
+        let mut variables = serde_json::Map::new();
+        variables.insert("body".into(), request.body);
+        variables.insert("headers".into(), serde_json::Value::Object(request.headers));
+        variables.insert(
+            "parameters".into(),
+            serde_json::Value::Object(request.parameters),
+        );
+        let mut execution = Execution::new(namespace, flow_id, record.revision);
+        for l in flow.labels.iter().chain(trigger.labels.iter()) {
+            execution
+                .labels
+                .push(Label::new(l.key.clone(), l.value.clone()));
+        }
+        let ctx = serde_json::json!({ "trigger": serde_json::Value::Object(variables.clone()) });
+        let mut raw = IndexMap::new();
+        for (k, v) in spec.inputs.iter().flatten() {
+            let rendered = self.expr.render_value(v, &ctx, true).map_err(|e| {
+                EngineError::InvalidInputs(InputErrors(vec![crate::inputs::InputError {
+                    input: k.clone(),
+                    message: e.to_string(),
+                }]))
+            })?;
+            raw.insert(k.clone(), RawInput::Json(rendered));
+        }
+        execution.trigger = Some(crate::model::ExecutionTrigger {
+            id: trigger.id.clone(),
+            type_: "io.kestra.plugin.core.trigger.Webhook".to_string(),
+            variables,
+        });
+        let renderer = Renderer(self.expr.clone());
+        execution.inputs = resolve_inputs(
+            &flow,
+            raw,
+            ExecutionRef::of(&execution),
+            Some(self.storage.as_ref()),
+            &renderer,
+        )
+        .await
+        .map_err(EngineError::InvalidInputs)?;
+        self.queue
+            .publish(vec![execution_envelope(&execution)?])
+            .await?;
+        let response = WebhookResponse {
+            wait: spec.wait.unwrap_or(false),
+            return_outputs: spec.return_outputs.unwrap_or(false),
+            response_content_type: spec.response_content_type.clone(),
+        };
+        Ok((execution, response))
     }
 
     /// The stored execution, if the executor has seen it.

@@ -5,4 +5,6 @@ pub mod engine;
 pub mod executor;
 pub mod flows;
 pub mod indexer;
-pub use engine::{Components, Engine, EngineBuilder, EngineError, ExecuteOptions};
+pub use engine::{
+    Components, Engine, EngineBuilder, EngineError, ExecuteOptions, WebhookRequest, WebhookResponse,
+};
