@@ -67,6 +67,9 @@ pub enum EngineError {
     /// Inputs were rejected.
     #[error("invalid inputs: {0}")]
     InvalidInputs(InputErrors),
+    /// A backfill request was refused (range, trigger type, one already running).
+    #[error("backfill refused: {0}")]
+    Backfill(String),
     /// No enabled Webhook trigger of the flow has this key.
     #[error("no webhook trigger of flow {namespace}.{id} has this key")]
     WebhookNotFound {
@@ -563,6 +566,30 @@ impl Engine {
             response_content_type: spec.response_content_type.clone(),
         };
         Ok((execution, response))
+    }
+
+    /// Backfill a past range of a Schedule trigger (the API behind `PUT /triggers`): the scheduler then
+    /// fires every slot of `[start, end)` in order, with the request's inputs and labels.
+    pub async fn backfill(
+        &self,
+        namespace: &str,
+        flow_id: &str,
+        trigger_id: &str,
+        request: crate::scheduler::BackfillRequest,
+    ) -> Result<crate::model::TriggerState, EngineError> {
+        crate::scheduler::backfill(
+            self.repositories.flows.as_ref(),
+            self.repositories.triggers.as_ref(),
+            &self.registry,
+            chrono::Utc::now(),
+            crate::model::DEFAULT_TENANT,
+            namespace,
+            flow_id,
+            trigger_id,
+            request,
+        )
+        .await
+        .map_err(|e| EngineError::Backfill(e.to_string()))
     }
 
     /// The stored execution, if the executor has seen it.
