@@ -1,7 +1,7 @@
-//! The executor service: feeds [`process`](crate::executor::process) from the queue's units of work.
+//! The executor service: feeds [`process`](fn@crate::executor::process::process) from the queue's units of work.
 //!
 //! Each loop claims a batch of messages (executions, commands, worker results) in one
-//! [`UnitOfWork`](crate::queue::UnitOfWork), processes them in order (per execution, the queue hands
+//! [`UnitOfWork`], processes them in order (per execution, the queue hands
 //! them out in publish order), saves the executions that changed, stages every emitted message, and
 //! commits - all or nothing. A malformed message is dead-lettered and the loop goes on.
 //!
@@ -13,7 +13,7 @@
 //! - publishes the result for the parent when a subflow child ends, `Kill` commands for the
 //!   children of a killed Subflow task run, and new executions (CREATE_NEW_EXECUTION retries);
 //! - applies flow concurrency requests to the slots kept in executor state
-//!   ([`concurrency`](crate::executor::concurrency)) and processes the resulting `Start` /
+//!   ([`crate::executor::concurrency`]) and processes the resulting `Start` /
 //!   `ConcurrencyLimited` command right away; freed slots start the oldest queued executions.
 
 use std::collections::HashMap;
