@@ -9,7 +9,7 @@
 //! a pooled connection for its whole life, so the pool must be larger than the number of concurrent
 //! units plus the other traffic (see `JdbcOptions::max_connections`).
 
-use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -357,6 +357,30 @@ async fn claim_in(
     // One indexed scan per topic (in id order), filling the batch; the first topic rotates so that
     // no topic of a multi-topic unit starves the others. Keys with a live claim are skipped up front
     // (an optimisation only: the ordering check below is what guarantees per-key order).
+    // Keys with a live claim, for every topic at once (one query instead of one per topic).
+    let mut blocked_by_topic: HashMap<String, Vec<String>> = HashMap::new();
+    let mut blocked_query = Qb::new("SELECT DISTINCT topic, msg_key FROM queue WHERE topic IN ");
+    push_in(
+        &mut blocked_query,
+        topics.iter().map(|t| t.as_str().to_string()),
+    );
+    for row in blocked_query
+        .push(" AND group_name = ")
+        .push_bind(group.as_str())
+        .push(" AND claimed_until > ")
+        .push_bind(now)
+        .push(" LIMIT ")
+        .push_bind((BLOCKED_KEYS_MAX + 1) as i64)
+        .build()
+        .fetch_all(&mut *conn)
+        .await?
+    {
+        let topic: String = get(&row, "topic")?;
+        let key: String = get(&row, "msg_key")?;
+        blocked_by_topic.entry(topic).or_default().push(key);
+    }
+    let too_many_blocked =
+        blocked_by_topic.values().map(Vec::len).sum::<usize>() > BLOCKED_KEYS_MAX;
     let mut rows = Vec::new();
     let first = usize::try_from(now).unwrap_or(0) % topics.len();
     for i in 0..topics.len() {
@@ -365,20 +389,11 @@ async fn claim_in(
             break;
         }
         let topic = topics[(first + i) % topics.len()];
-        let blocked: Vec<String> = Qb::new("SELECT DISTINCT msg_key FROM queue WHERE topic = ")
-            .push_bind(topic.as_str())
-            .push(" AND group_name = ")
-            .push_bind(group.as_str())
-            .push(" AND claimed_until > ")
-            .push_bind(now)
-            .push(" LIMIT ")
-            .push_bind((BLOCKED_KEYS_MAX + 1) as i64)
-            .build()
-            .fetch_all(&mut *conn)
-            .await?
-            .iter()
-            .map(|r| get::<String>(r, "msg_key"))
-            .collect::<Result<_, _>>()?;
+        let blocked: Vec<String> = if too_many_blocked {
+            Vec::new()
+        } else {
+            blocked_by_topic.remove(topic.as_str()).unwrap_or_default()
+        };
         let mut qb = Qb::new(
             "SELECT q.id, q.topic, q.msg_key, q.payload, q.attempts FROM queue q WHERE q.topic = ",
         );
@@ -390,7 +405,7 @@ async fn claim_in(
             .push(" AND (q.claimed_until IS NULL OR q.claimed_until <= ")
             .push_bind(now)
             .push(")");
-        if !blocked.is_empty() && blocked.len() <= BLOCKED_KEYS_MAX {
+        if !blocked.is_empty() {
             qb.push(" AND q.msg_key NOT IN ");
             push_in(&mut qb, blocked);
         }
