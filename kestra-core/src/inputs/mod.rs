@@ -86,6 +86,13 @@ where
     }
 }
 
+impl InputRenderer for crate::expression::ExpressionEngine {
+    fn render_typed(&self, template: &str, ctx: &Value) -> Result<Value, String> {
+        crate::expression::ExpressionEngine::render_typed(self, template, ctx)
+            .map_err(|e| e.to_string())
+    }
+}
+
 /// One broken rule of one input.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("input '{input}': {message}")]

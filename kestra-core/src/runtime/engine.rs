@@ -318,20 +318,6 @@ pub struct Engine {
     tasks: Vec<(&'static str, JoinHandle<()>)>,
 }
 
-struct Renderer(Arc<ExpressionEngine>);
-
-impl crate::inputs::InputRenderer for Renderer {
-    fn render_typed(
-        &self,
-        template: &str,
-        ctx: &serde_json::Value,
-    ) -> Result<serde_json::Value, String> {
-        self.0
-            .render_typed(template, ctx)
-            .map_err(|e| e.to_string())
-    }
-}
-
 impl Engine {
     /// A builder over a backend and a storage.
     pub fn builder(
@@ -427,17 +413,51 @@ impl Engine {
         inputs: IndexMap<String, RawInput>,
         options: ExecuteOptions,
     ) -> Result<Execution, EngineError> {
-        let tenant = crate::model::DEFAULT_TENANT;
-        let not_found = || EngineError::FlowNotFound {
-            namespace: namespace.to_string(),
-            id: flow_id.to_string(),
-        };
+        let (flow, mut execution) = self
+            .new_execution(namespace, flow_id, options.revision)
+            .await?;
+        for l in options.labels {
+            if l.key.starts_with("system.") && l.key != system_labels::CORRELATION_ID {
+                continue;
+            }
+            match execution.labels.iter_mut().find(|x| x.key == l.key) {
+                Some(x) => x.value = l.value,
+                None => execution.labels.push(l),
+            }
+        }
+        execution.schedule_date = options.schedule_date;
+        execution.inputs = resolve_inputs(
+            &flow,
+            inputs,
+            ExecutionRef::of(&execution),
+            Some(self.storage.as_ref()),
+            self.expr.as_ref(),
+        )
+        .await
+        .map_err(EngineError::InvalidInputs)?;
+        self.queue
+            .publish(vec![execution_envelope(&execution)?])
+            .await?;
+        Ok(execution)
+    }
+
+    /// A new CREATED execution of a flow revision (latest when `revision` is `None`), labelled with
+    /// the flow's labels; errors if the flow is missing or disabled.
+    async fn new_execution(
+        &self,
+        namespace: &str,
+        flow_id: &str,
+        revision: Option<i32>,
+    ) -> Result<(Flow, Execution), EngineError> {
         let record = self
             .repositories
             .flows
-            .find(tenant, namespace, flow_id, options.revision)
+            .find(crate::model::DEFAULT_TENANT, namespace, flow_id, revision)
             .await?
-            .ok_or_else(not_found)?;
+            .ok_or_else(|| EngineError::FlowNotFound {
+                namespace: namespace.to_string(),
+                id: flow_id.to_string(),
+            })?;
         let flow: Flow = serde_json::from_value(record.flow.clone())?;
         if flow.disabled {
             return Err(EngineError::FlowDisabled {
@@ -451,30 +471,7 @@ impl Engine {
                 .labels
                 .push(Label::new(l.key.clone(), l.value.clone()));
         }
-        for l in options.labels {
-            if l.key.starts_with("system.") && l.key != system_labels::CORRELATION_ID {
-                continue;
-            }
-            match execution.labels.iter_mut().find(|x| x.key == l.key) {
-                Some(x) => x.value = l.value,
-                None => execution.labels.push(l),
-            }
-        }
-        execution.schedule_date = options.schedule_date;
-        let renderer = Renderer(self.expr.clone());
-        execution.inputs = resolve_inputs(
-            &flow,
-            inputs,
-            ExecutionRef::of(&execution),
-            Some(self.storage.as_ref()),
-            &renderer,
-        )
-        .await
-        .map_err(EngineError::InvalidInputs)?;
-        self.queue
-            .publish(vec![execution_envelope(&execution)?])
-            .await?;
-        Ok(execution)
+        Ok((flow, execution))
     }
 
     /// Start an execution from a Webhook trigger (`POST|GET|PUT
@@ -490,24 +487,7 @@ impl Engine {
         request: WebhookRequest,
     ) -> Result<(Execution, WebhookResponse), EngineError> {
         use crate::flow::triggers::Webhook;
-        let tenant = crate::model::DEFAULT_TENANT;
-        let not_found = || EngineError::FlowNotFound {
-            namespace: namespace.to_string(),
-            id: flow_id.to_string(),
-        };
-        let record = self
-            .repositories
-            .flows
-            .find(tenant, namespace, flow_id, None)
-            .await?
-            .ok_or_else(not_found)?;
-        let flow: Flow = serde_json::from_value(record.flow.clone())?;
-        if flow.disabled {
-            return Err(EngineError::FlowDisabled {
-                namespace: namespace.to_string(),
-                id: flow_id.to_string(),
-            });
-        }
+        let (flow, mut execution) = self.new_execution(namespace, flow_id, None).await?;
         let found = flow.triggers.iter().filter(|t| !t.disabled).find_map(|t| {
             let spec: Webhook = self.registry.decode_trigger(t).ok()?;
             (spec.key == key).then(|| (t.clone(), spec))
@@ -525,8 +505,7 @@ impl Engine {
             "parameters".into(),
             serde_json::Value::Object(request.parameters),
         );
-        let mut execution = Execution::new(namespace, flow_id, record.revision);
-        for l in flow.labels.iter().chain(trigger.labels.iter()) {
+        for l in &trigger.labels {
             execution
                 .labels
                 .push(Label::new(l.key.clone(), l.value.clone()));
@@ -547,13 +526,12 @@ impl Engine {
             type_: "io.kestra.plugin.core.trigger.Webhook".to_string(),
             variables,
         });
-        let renderer = Renderer(self.expr.clone());
         execution.inputs = resolve_inputs(
             &flow,
             raw,
             ExecutionRef::of(&execution),
             Some(self.storage.as_ref()),
-            &renderer,
+            self.expr.as_ref(),
         )
         .await
         .map_err(EngineError::InvalidInputs)?;

@@ -55,20 +55,6 @@ impl Default for ExecutorConfig {
     }
 }
 
-struct InputsRenderer(Arc<ExpressionEngine>);
-
-impl crate::inputs::InputRenderer for InputsRenderer {
-    fn render_typed(
-        &self,
-        template: &str,
-        ctx: &serde_json::Value,
-    ) -> Result<serde_json::Value, String> {
-        self.0
-            .render_typed(template, ctx)
-            .map_err(|e| e.to_string())
-    }
-}
-
 /// The topics the executor consumes.
 pub const EXECUTOR_TOPICS: &[Topic] = &[
     Topic::Execution,
@@ -372,7 +358,6 @@ impl ExecutorService {
         for p in problems {
             warn!(execution_id = %ended.id, "flow trigger: {p}");
         }
-        let renderer = InputsRenderer(self.expr.clone());
         let mut out = Vec::new();
         for t in triggered {
             let mut execution = t.execution;
@@ -397,7 +382,15 @@ impl ExecutorService {
                 .into_iter()
                 .map(|(k, v)| (k, RawInput::Json(v)))
                 .collect();
-            match resolve_inputs(&flow, raw, ExecutionRef::of(&execution), None, &renderer).await {
+            match resolve_inputs(
+                &flow,
+                raw,
+                ExecutionRef::of(&execution),
+                None,
+                self.expr.as_ref(),
+            )
+            .await
+            {
                 Ok(inputs) => execution.inputs = inputs,
                 Err(e) => {
                     warn!(flow = %flow.id, namespace = %flow.namespace, "flow trigger: invalid inputs: {e}");
@@ -442,11 +435,15 @@ impl ExecutorService {
             .iter()
             .map(|(k, v)| (k.clone(), RawInput::Json(v.clone())))
             .collect();
-        let expr = self.expr.clone();
-        let renderer = move |t: &str, c: &serde_json::Value| {
-            expr.render_typed(t, c).map_err(|e| e.to_string())
-        };
-        match resolve_inputs(&flow, raw, ExecutionRef::of(&execution), None, &renderer).await {
+        match resolve_inputs(
+            &flow,
+            raw,
+            ExecutionRef::of(&execution),
+            None,
+            self.expr.as_ref(),
+        )
+        .await
+        {
             Ok(inputs) => execution.inputs = inputs,
             Err(e) => return failure(format!("invalid inputs: {e}")),
         }
