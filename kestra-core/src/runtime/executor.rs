@@ -35,7 +35,7 @@ use crate::expression::ExpressionEngine;
 use crate::inputs::{ExecutionRef, RawInput, resolve_inputs};
 use crate::model::{Execution, Level, LogEntry, StateType};
 use crate::queue::{ConsumerGroup, Envelope, Queue, QueueError, Topic, UnitOfWork};
-use crate::runtime::flows::FlowCache;
+use crate::runtime::flows::{FlowCache, FlowCacheError};
 
 /// Executor settings.
 #[derive(Debug, Clone)]
@@ -212,12 +212,15 @@ impl ExecutorService {
                     .await
                 {
                     Ok(i) => i,
+                    // A backend failure is transient: roll the unit back, it is delivered again.
+                    Err(FlowCacheError::Source(e)) => {
+                        return Err(QueueError::backend("load the flow of an execution", e));
+                    }
                     Err(e) => {
-                        // The execution cannot run: fail it with a visible reason.
-                        let mut failed = reference.clone();
-                        if failed.state.transition(StateType::Failed).is_ok() {
-                            outgoing
-                                .push(log_envelope(&failed, &format!("execution failed: {e}"))?);
+                        // The execution cannot run (its flow revision is missing or invalid): fail
+                        // it with a visible reason, and tell its parent, if any, that it ended.
+                        if let Some((failed, messages)) = fail_unrunnable(&reference, &e)? {
+                            outgoing.extend(messages);
                             executions.insert(id.clone(), Some(failed));
                             if !dirty.contains(&id) {
                                 dirty.push(id.clone());
@@ -421,6 +424,9 @@ impl ExecutorService {
             .await
         {
             Ok(f) => f,
+            Err(FlowCacheError::Source(e)) => {
+                return Err(QueueError::backend("load the flow of a subflow", e));
+            }
             Err(e) => return failure(e.to_string()),
         };
         if flow.disabled {
@@ -451,6 +457,27 @@ impl ExecutorService {
     }
 }
 
+/// An execution whose flow revision cannot run (missing, or not indexable): the execution FAILED
+/// with the reason, and the messages that tell the world: an ERROR log line and, for a subflow
+/// child, the result its parent waits for. `None` when the execution cannot move to FAILED.
+fn fail_unrunnable(
+    execution: &Execution,
+    reason: &FlowCacheError,
+) -> Result<Option<(Execution, Vec<Envelope>)>, QueueError> {
+    let mut failed = execution.clone();
+    if failed.state.transition(StateType::Failed).is_err() {
+        return Ok(None);
+    }
+    let mut messages = vec![log_envelope(
+        &failed,
+        &format!("execution failed: {reason}"),
+    )?];
+    if let Some(result) = result_for_parent(&failed) {
+        messages.push(result.envelope()?);
+    }
+    Ok(Some((failed, messages)))
+}
+
 fn log_envelope(execution: &Execution, message: &str) -> Result<Envelope, QueueError> {
     let entry = LogEntry {
         tenant_id: execution.tenant_id.clone(),
@@ -467,4 +494,75 @@ fn log_envelope(execution: &Execution, message: &str) -> Result<Envelope, QueueE
         message: message.to_string(),
     };
     Envelope::json(Topic::Log, &execution.id, &entry)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Map, json};
+
+    use super::*;
+    use crate::executor::subflow::SUBFLOW_TRIGGER_TYPE;
+    use crate::model::ExecutionTrigger;
+
+    fn not_found() -> FlowCacheError {
+        FlowCacheError::NotFound {
+            namespace: "tests".into(),
+            id: "gone".into(),
+            revision: Some(3),
+        }
+    }
+
+    #[test]
+    fn an_unrunnable_subflow_child_fails_and_answers_its_parent() -> Result<(), QueueError> {
+        let mut child = Execution::new("tests", "gone", 3);
+        child.parent_id = Some("parent-1".into());
+        let mut variables = Map::new();
+        variables.insert("taskRunId".into(), json!("taskrun-9"));
+        child.trigger = Some(ExecutionTrigger {
+            id: "call".into(),
+            type_: SUBFLOW_TRIGGER_TYPE.into(),
+            variables,
+        });
+        let Some((failed, messages)) = fail_unrunnable(&child, &not_found())? else {
+            panic!("a CREATED execution can fail");
+        };
+        assert_eq!(failed.state.current(), StateType::Failed);
+        let log = messages
+            .iter()
+            .find(|m| m.topic == Topic::Log)
+            .map(|m| m.decode::<LogEntry>())
+            .transpose()?;
+        let log = log.map(|l| l.message).unwrap_or_default();
+        assert!(
+            log.contains("flow tests.gone revision Some(3) not found"),
+            "{log}"
+        );
+        let result = messages
+            .iter()
+            .find(|m| m.topic == Topic::SubflowExecutionResult)
+            .map(|m| m.decode::<crate::executor::messages::SubflowExecutionResult>())
+            .transpose()?;
+        let Some(result) = result else {
+            panic!("no result for the parent in {messages:?}");
+        };
+        assert_eq!(result.parent_execution_id, "parent-1");
+        assert_eq!(result.parent_task_run_id, "taskrun-9");
+        assert_eq!(result.child_execution_id, child.id);
+        assert_eq!(result.state, StateType::Failed);
+        Ok(())
+    }
+
+    #[test]
+    fn an_unrunnable_top_level_execution_only_fails() -> Result<(), QueueError> {
+        let execution = Execution::new("tests", "gone", 3);
+        let Some((failed, messages)) = fail_unrunnable(&execution, &not_found())? else {
+            panic!("a CREATED execution can fail");
+        };
+        assert_eq!(failed.state.current(), StateType::Failed);
+        assert_eq!(messages.len(), 1);
+        assert_eq!(messages[0].topic, Topic::Log);
+        // An execution that already ended cannot fail again.
+        assert!(fail_unrunnable(&failed, &not_found())?.is_none());
+        Ok(())
+    }
 }
