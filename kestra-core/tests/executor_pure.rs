@@ -529,17 +529,15 @@ fn kill_signal_repeats_until_the_execution_ends() {
     .unwrap();
     assert!(first.kill_broadcast);
     assert_eq!(first.delays.len(), 1, "a repeat of the kill is scheduled");
-    assert!(matches!(
-        first.delays[0].command,
-        ExecutionCommand::Kill { .. }
-    ));
+    let repeat = first.delays[0].command.clone();
+    assert!(matches!(repeat, ExecutionCommand::KillRepeat { .. }));
     // The repeated kill, while still KILLING, signals workers again and re-arms itself.
     let again = process(
         &sim.index,
         &sim.expr,
         Utc::now(),
         Some(first.execution.clone()),
-        &ExecutorEvent::Command(kill.clone()),
+        &ExecutorEvent::Command(repeat.clone()),
     )
     .unwrap();
     assert!(again.kill_broadcast);
@@ -563,4 +561,28 @@ fn kill_signal_repeats_until_the_execution_ends() {
     .unwrap();
     assert!(!after.kill_broadcast);
     assert!(after.delays.is_empty());
+    // Restarted, the execution is not KILLING: a stale repeat neither kills nor signals it.
+    let restarted = process(
+        &sim.index,
+        &sim.expr,
+        Utc::now(),
+        Some(sim.execution.clone()),
+        &ExecutorEvent::Command(ExecutionCommand::Restart {
+            execution_id: sim.execution.id.clone(),
+        }),
+    )
+    .unwrap();
+    assert_eq!(restarted.execution.current(), StateType::Running);
+    let stale = process(
+        &sim.index,
+        &sim.expr,
+        Utc::now(),
+        Some(restarted.execution.clone()),
+        &ExecutorEvent::Command(repeat),
+    )
+    .unwrap();
+    assert!(!stale.kill_broadcast);
+    assert!(stale.delays.is_empty());
+    assert_eq!(stale.execution.current(), StateType::Running);
+    assert!(stale.ignored.is_some());
 }

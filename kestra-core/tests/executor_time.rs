@@ -118,7 +118,11 @@ impl World {
     fn handle(&mut self, event: ExecutorEvent) {
         let id = event.execution_id().to_string();
         let current = self.executions.get(&id).cloned();
-        if current.as_ref().is_some_and(|c| c.state.is_terminated()) {
+        let restart = matches!(
+            &event,
+            ExecutorEvent::Command(ExecutionCommand::Restart { .. })
+        );
+        if !restart && current.as_ref().is_some_and(|c| c.state.is_terminated()) {
             return;
         }
         let reference = current.clone().or(match &event {
@@ -659,6 +663,106 @@ fn killing_a_queued_execution_leaves_the_queue() {
     assert!(w.slots["c"].queued.is_empty());
     w.run(true);
     assert_eq!(w.exec(&first).current(), StateType::Success);
+}
+
+#[test]
+fn a_restarted_execution_takes_a_slot_again() {
+    let mut w = World::new(&[&limited("QUEUE")]);
+    let first = w.start("t.c", |_| {});
+    w.run(false);
+    w.command(ExecutionCommand::Kill {
+        execution_id: first.clone(),
+    });
+    w.run(false);
+    assert_eq!(w.exec(&first).current(), StateType::Killed);
+    let second = w.start("t.c", |_| {});
+    w.run(false);
+    assert_eq!(
+        w.exec(&second).current(),
+        StateType::Paused,
+        "holds the slot"
+    );
+
+    w.command(ExecutionCommand::Restart {
+        execution_id: first.clone(),
+    });
+    w.run(false);
+    assert_eq!(
+        w.exec(&first).current(),
+        StateType::Queued,
+        "the restart waits for the slot held by the paused execution"
+    );
+    assert_eq!(w.run_state(&first, "hold"), StateType::Restarted);
+    assert_eq!(w.slots["c"].queued, vec![first.clone()]);
+
+    w.run(true);
+    assert!(w.max_running <= 1, "never two running at once");
+    assert_eq!(w.exec(&second).current(), StateType::Success);
+    assert_eq!(w.exec(&first).current(), StateType::Success);
+    assert_eq!(w.run_state(&first, "a"), StateType::Success);
+    let restarted_at = w
+        .exec(&first)
+        .state
+        .last_date_of(StateType::Running)
+        .unwrap();
+    assert!(restarted_at >= w.exec(&second).state.end_date().unwrap());
+    let slots = &w.slots["c"];
+    assert!(slots.running.is_empty() && slots.queued.is_empty());
+}
+
+#[test]
+fn a_restart_refused_by_the_limit_ends_per_behavior_and_frees_nothing() {
+    for (behavior, expected) in [
+        ("CANCEL", StateType::Cancelled),
+        ("FAIL", StateType::Failed),
+    ] {
+        let mut w = World::new(&[&limited(behavior)]);
+        let first = w.start("t.c", |_| {});
+        w.run(false);
+        w.command(ExecutionCommand::Kill {
+            execution_id: first.clone(),
+        });
+        w.run(false);
+        let second = w.start("t.c", |_| {});
+        w.run(false);
+        w.command(ExecutionCommand::Restart {
+            execution_id: first.clone(),
+        });
+        w.run(false);
+        assert_eq!(w.exec(&first).current(), expected, "{behavior}");
+        assert_eq!(w.run_state(&first, "hold"), expected, "{behavior}");
+        assert_eq!(w.slots["c"].running, vec![second.clone()], "{behavior}");
+        w.run(true);
+        assert_eq!(w.exec(&second).current(), StateType::Success);
+    }
+}
+
+#[test]
+fn killing_a_queued_restart_leaves_the_queue() {
+    let mut w = World::new(&[&limited("QUEUE")]);
+    let first = w.start("t.c", |_| {});
+    w.run(false);
+    w.command(ExecutionCommand::Kill {
+        execution_id: first.clone(),
+    });
+    w.run(false);
+    let second = w.start("t.c", |_| {});
+    w.run(false);
+    w.command(ExecutionCommand::Restart {
+        execution_id: first.clone(),
+    });
+    w.run(false);
+    assert_eq!(w.exec(&first).current(), StateType::Queued);
+    w.command(ExecutionCommand::Kill {
+        execution_id: first.clone(),
+    });
+    w.run(false);
+    assert_eq!(w.exec(&first).current(), StateType::Killed);
+    assert!(w.slots["c"].queued.is_empty());
+    assert_eq!(w.slots["c"].running, vec![second.clone()]);
+    w.run(true);
+    assert_eq!(w.exec(&second).current(), StateType::Success);
+    assert!(w.slots["c"].running.is_empty());
 }
 
 #[test]

@@ -10,7 +10,8 @@
 //! because a slot freed get a `Start` command on their own key.
 //!
 //! Running and paused executions hold a slot (a slot is released only on a terminal state); queued
-//! executions start in FIFO order. A restarted execution does not take a slot again (known gap).
+//! executions start in FIFO order. A restarted execution takes a slot again: it stays RESTARTED
+//! and asks for one like a new execution (then QUEUED, CANCELLED or FAILED per the behavior).
 
 use serde::{Deserialize, Serialize};
 

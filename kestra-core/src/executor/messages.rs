@@ -145,6 +145,13 @@ pub enum ExecutionCommand {
         /// The flow's `concurrency.behavior`.
         behavior: ConcurrencyBehavior,
     },
+    /// Timer after a [`ExecutionCommand::Kill`]: broadcast the kill signal again while the
+    /// execution is still KILLING (broadcasts are best effort). Ignored otherwise, so a stale
+    /// repeat never kills the execution again after a restart.
+    KillRepeat {
+        /// Execution.
+        execution_id: String,
+    },
 }
 
 impl ExecutionCommand {
@@ -159,7 +166,8 @@ impl ExecutionCommand {
             | ExecutionCommand::LoopIterationDue { execution_id, .. }
             | ExecutionCommand::ScheduledStart { execution_id }
             | ExecutionCommand::Start { execution_id }
-            | ExecutionCommand::ConcurrencyLimited { execution_id, .. } => execution_id,
+            | ExecutionCommand::ConcurrencyLimited { execution_id, .. }
+            | ExecutionCommand::KillRepeat { execution_id } => execution_id,
         }
     }
 

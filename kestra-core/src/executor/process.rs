@@ -293,15 +293,17 @@ impl Run<'_> {
                 if !self.killing() {
                     self.set_exec_state(StateType::Killing);
                 }
-                // Broadcast delivery is best effort: repeat the signal every few seconds until the
-                // execution has ended (a Kill on a terminated execution ends the chain).
-                self.kill_broadcast = true;
-                self.delays.push(Delay {
-                    at: self.now + chrono::Duration::seconds(KILL_REPEAT_SECS),
-                    command: ExecutionCommand::Kill {
-                        execution_id: self.exec.id.clone(),
-                    },
-                });
+                // Broadcast delivery is best effort: repeat the signal every few seconds while the
+                // execution is KILLING (`KillRepeat`).
+                self.repeat_kill_signal();
+            }
+            ExecutionCommand::KillRepeat { .. } => {
+                if !self.killing() {
+                    self.ignored =
+                        Some(format!("kill repeat: execution is {}", self.exec.current()));
+                    return;
+                }
+                self.repeat_kill_signal();
             }
             ExecutionCommand::RetryDue {
                 task_run_id,
@@ -414,6 +416,17 @@ impl Run<'_> {
         self.set_run_state(&r.task_run_id, state);
     }
 
+    /// Broadcast the kill signal now and again in [`KILL_REPEAT_SECS`] while KILLING.
+    fn repeat_kill_signal(&mut self) {
+        self.kill_broadcast = true;
+        self.delays.push(Delay {
+            at: self.now + chrono::Duration::seconds(KILL_REPEAT_SECS),
+            command: ExecutionCommand::KillRepeat {
+                execution_id: self.exec.id.clone(),
+            },
+        });
+    }
+
     fn restart(&mut self) {
         if !matches!(self.exec.current(), StateType::Failed | StateType::Killed) {
             self.ignored = Some(format!("restart: execution is {}", self.exec.current()));
@@ -455,16 +468,35 @@ impl Run<'_> {
                 .labels
                 .push(Label::new(system_labels::RESTARTED, "true"));
         }
+        for id in &restart {
+            self.set_run_state(id, StateType::Restarted);
+        }
+        if self.index.flow.concurrency.is_some() {
+            // A limited flow: the execution stays RESTARTED and asks for a slot like a new one
+            // (`hold_before_start`); its task runs start when the slot is granted.
+            return;
+        }
         self.set_exec_state(StateType::Running);
-        for id in restart {
-            let Some(r) = self.exec.task_run(&id) else {
-                continue;
-            };
-            let runnable = matches!(
-                self.index.node(&r.task_id).map(|n| &n.kind),
-                Some(NodeKind::Runnable)
-            );
-            self.set_run_state(&id, StateType::Restarted);
+        self.start_restarted_task_runs();
+    }
+
+    /// Start the task runs a restart marked RESTARTED: runnable ones get a new attempt, flowables
+    /// run again (their children are walked).
+    pub(super) fn start_restarted_task_runs(&mut self) {
+        let restarted: Vec<(String, bool)> = self
+            .exec
+            .task_run_list
+            .iter()
+            .filter(|r| r.current() == StateType::Restarted)
+            .map(|r| {
+                let runnable = matches!(
+                    self.index.node(&r.task_id).map(|n| &n.kind),
+                    Some(NodeKind::Runnable)
+                );
+                (r.id.clone(), runnable)
+            })
+            .collect();
+        for (id, runnable) in restarted {
             if runnable {
                 self.start_attempt(&id);
             } else {

@@ -1,6 +1,7 @@
 //! When an execution may start: `scheduleDate` in the future keeps it CREATED until a
 //! [`ExecutionCommand::ScheduledStart`] timer; a flow concurrency limit keeps it CREATED (then
-//! QUEUED) until the runtime grants a slot (see `executor::concurrency`). Also the retry behavior
+//! QUEUED) until the runtime grants a slot (see `executor::concurrency`); so does a restarted
+//! execution of such a flow (RESTARTED, then QUEUED or RUNNING). Also the retry behavior
 //! CREATE_NEW_EXECUTION, which ends an execution RETRIED and starts its successor.
 
 use super::*;
@@ -10,7 +11,10 @@ impl Run<'_> {
     /// Whether the walk must wait: future `scheduleDate`, or no concurrency slot yet.
     pub(super) fn hold_before_start(&mut self, event: &ExecutorEvent, is_new: bool) -> bool {
         let state = self.exec.current();
-        if !matches!(state, StateType::Created | StateType::Queued) {
+        if !matches!(
+            state,
+            StateType::Created | StateType::Queued | StateType::Restarted
+        ) {
             return false;
         }
         if state == StateType::Created
@@ -28,7 +32,8 @@ impl Run<'_> {
             return true;
         }
         if self.index.flow.concurrency.is_some() {
-            if state == StateType::Created {
+            // A restarted execution of a limited flow takes a slot again, like a new one.
+            if matches!(state, StateType::Created | StateType::Restarted) {
                 self.slot = SlotRequest::Acquire;
             }
             return true;
@@ -44,14 +49,19 @@ impl Run<'_> {
                 self.ignored = Some(format!("scheduled start: execution is {state}"));
             }
             ExecutionCommand::Start { .. } => {
-                if matches!(state, StateType::Created | StateType::Queued) {
+                if matches!(
+                    state,
+                    StateType::Created | StateType::Queued | StateType::Restarted
+                ) {
                     self.set_exec_state(StateType::Running);
+                    // A restarted execution that waited for its slot: its task runs go on now.
+                    self.start_restarted_task_runs();
                 } else {
                     self.ignored = Some(format!("start: execution is {state}"));
                 }
             }
             ExecutionCommand::ConcurrencyLimited { behavior, .. } => {
-                if state != StateType::Created {
+                if !matches!(state, StateType::Created | StateType::Restarted) {
                     self.ignored = Some(format!("concurrency limit: execution is {state}"));
                     return;
                 }
@@ -63,6 +73,7 @@ impl Run<'_> {
                             Level::Warn,
                             "flow concurrency limit reached: execution cancelled".into(),
                         );
+                        self.end_restarted_task_runs(StateType::Cancelled);
                         self.set_exec_state(StateType::Cancelled);
                     }
                     ConcurrencyBehavior::Fail => {
@@ -71,11 +82,27 @@ impl Run<'_> {
                             Level::Error,
                             "flow concurrency limit reached: execution failed".into(),
                         );
+                        self.end_restarted_task_runs(StateType::Failed);
                         self.set_exec_state(StateType::Failed);
                     }
                 }
             }
             _ => {}
+        }
+    }
+
+    /// A restarted execution refused by the concurrency limit: its task runs waiting to restart
+    /// end with it.
+    fn end_restarted_task_runs(&mut self, state: StateType) {
+        let waiting: Vec<String> = self
+            .exec
+            .task_run_list
+            .iter()
+            .filter(|r| r.current() == StateType::Restarted)
+            .map(|r| r.id.clone())
+            .collect();
+        for id in waiting {
+            self.set_run_state(&id, state);
         }
     }
 
@@ -88,7 +115,14 @@ impl Run<'_> {
         {
             return;
         }
-        let seen = |s: StateType| self.exec.state.histories().iter().any(|h| h.state == s);
+        // Only this run counts: a restarted execution held (or waited for) a slot again after
+        // its last RESTARTED.
+        let histories = self.exec.state.histories();
+        let since = histories
+            .iter()
+            .rposition(|h| h.state == StateType::Restarted)
+            .map_or(0, |i| i + 1);
+        let seen = |s: StateType| histories[since..].iter().any(|h| h.state == s);
         if seen(StateType::Running) {
             self.slot = SlotRequest::Release;
         } else if seen(StateType::Queued) {
