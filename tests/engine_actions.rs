@@ -352,6 +352,32 @@ async fn suite(url: &str) {
         done.task_run_list[0].outputs.as_ref().unwrap()["value"],
         "ada 7 q"
     );
+    // A key written as an expression is rendered (flow variables, functions) before matching.
+    engine
+        .deploy(&format!("id: hooked-expr\nnamespace: {ns}\ntasks:\n  - id: h\n    type: io.kestra.plugin.core.log.Log\n    message: hooked\ntriggers:\n  - id: hook\n    type: io.kestra.plugin.core.trigger.Webhook\n    key: \"{{{{ flow.id }}}}-{{{{ 'k' | upper }}}}\"\n"))
+        .await
+        .unwrap();
+    let literal = engine
+        .webhook(
+            &ns,
+            "hooked-expr",
+            "{{ flow.id }}-{{ 'k' | upper }}",
+            Default::default(),
+        )
+        .await;
+    assert!(
+        matches!(literal, Err(kestra::EngineError::WebhookNotFound { .. })),
+        "the unrendered key does not match: {literal:?}"
+    );
+    let (e, _) = engine
+        .webhook(&ns, "hooked-expr", "hooked-expr-K", Default::default())
+        .await
+        .unwrap();
+    let done = engine
+        .wait_for(&e.id, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(done.state.current(), StateType::Success);
 
     // Graceful shutdown: a task finishing during the drain still has its result applied; a new
     // engine on the same database finishes the execution.

@@ -476,7 +476,8 @@ impl Engine {
 
     /// Start an execution from a Webhook trigger (`POST|GET|PUT
     /// /api/v1/main/executions/webhook/{namespace}/{flowId}/{key}` once the webserver serves it):
-    /// finds the flow's enabled Webhook trigger with this `key`, and queues an execution whose
+    /// finds the flow's enabled Webhook trigger with this `key` (an expression key is rendered with
+    /// `flow.*` and the expression functions, e.g. `secret()`), and queues an execution whose
     /// `trigger` variables are `body`, `headers` and `parameters`; the trigger's `inputs` are rendered
     /// with them. Returns the execution and the trigger's `wait` / `returnOutputs` settings.
     pub async fn webhook(
@@ -488,9 +489,25 @@ impl Engine {
     ) -> Result<(Execution, WebhookResponse), EngineError> {
         use crate::flow::triggers::Webhook;
         let (flow, mut execution) = self.new_execution(namespace, flow_id, None).await?;
+        // A key may be an expression (`{{ secret('WEBHOOK_KEY') }}`, `{{ flow.id }}-hook`),
+        // rendered with the flow's variables; one that does not render matches nothing.
+        let key_ctx = serde_json::json!({
+            "flow": {"id": flow.id, "namespace": flow.namespace, "revision": flow.revision},
+        });
         let found = flow.triggers.iter().filter(|t| !t.disabled).find_map(|t| {
             let spec: Webhook = self.registry.decode_trigger(t).ok()?;
-            (spec.key == key).then(|| (t.clone(), spec))
+            let expected = if spec.key.contains("{{") || spec.key.contains("{%") {
+                match self.expr.render(&spec.key, &key_ctx) {
+                    Ok(k) => k,
+                    Err(e) => {
+                        tracing::warn!(flow = %flow.id, namespace = %flow.namespace, trigger = %t.id, error = %e, "webhook key does not render");
+                        return None;
+                    }
+                }
+            } else {
+                spec.key.clone()
+            };
+            (expected == key).then(|| (t.clone(), spec))
         });
         let Some((trigger, spec)) = found else {
             return Err(EngineError::WebhookNotFound {
