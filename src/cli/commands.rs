@@ -131,13 +131,32 @@ pub async fn server(cmd: ServerCommand) -> Result<ExitCode, String> {
         let n = deploy_dir(&engine, dir).await?;
         info!(count = n, dir = %dir.display(), "flows deployed");
     }
-    info!(server = name, backend = %config.backend_type(), "kestra server running; Ctrl-C to stop");
-    tokio::signal::ctrl_c()
-        .await
-        .map_err(|e| format!("cannot listen for Ctrl-C: {e}"))?;
+    info!(server = name, backend = %config.backend_type(), "kestra server running; Ctrl-C or SIGTERM to stop");
+    stop_signal().await?;
     info!("shutting down: draining running tasks");
     engine.shutdown().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Wait for Ctrl-C (SIGINT) or, on Unix, SIGTERM (what service managers and container runtimes
+/// send).
+async fn stop_signal() -> Result<(), String> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())
+            .map_err(|e| format!("cannot listen for SIGTERM: {e}"))?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.map_err(|e| format!("cannot listen for Ctrl-C: {e}")),
+            _ = term.recv() => Ok(()),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c()
+            .await
+            .map_err(|e| format!("cannot listen for Ctrl-C: {e}"))
+    }
 }
 
 /// `kestra sys purge-queue`.
