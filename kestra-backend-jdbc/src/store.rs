@@ -549,6 +549,37 @@ async fn ack_rows(pool: &Pool<Db>, group: ConsumerGroup, ids: &[i64]) -> Result<
     tx.commit().await
 }
 
+/// Move the lease end of claimed rows to `until`; returns the ids that are still queued (held).
+async fn extend_rows(
+    pool: &Pool<Db>,
+    group: ConsumerGroup,
+    ids: &[i64],
+    until: i64,
+) -> Result<HashSet<i64>, sqlx::Error> {
+    let mut held = HashSet::new();
+    if ids.is_empty() {
+        return Ok(held);
+    }
+    let mut tx = begin_write(pool).await?;
+    relaxed_commit(&mut tx).await?;
+    for chunk in ids.chunks(CHUNK) {
+        let mut qb = Qb::new("UPDATE queue SET claimed_until = ");
+        qb.push_bind(until)
+            .push(" WHERE claimed_by IS NOT NULL AND group_name = ")
+            .push_bind(group.as_str())
+            .push(" AND id IN ");
+        push_in(&mut qb, chunk.iter().copied());
+        qb.build().execute(&mut *tx).await?;
+        let mut qb = Qb::new("SELECT id FROM queue WHERE group_name = ");
+        qb.push_bind(group.as_str()).push(" AND id IN ");
+        push_in(&mut qb, chunk.iter().copied());
+        let rows: Vec<(i64,)> = qb.build_query_as().fetch_all(&mut *tx).await?;
+        held.extend(rows.into_iter().map(|(id,)| id));
+    }
+    tx.commit().await?;
+    Ok(held)
+}
+
 /// PostgreSQL: do not wait for the WAL flush when this transaction commits. Only for claims and
 /// acknowledgements of competing receives, whose loss in a crash means a redelivery (allowed:
 /// at-least-once), never for publishes or units of work.
@@ -714,6 +745,31 @@ impl Queue for Store {
                 Err(e) => return Err(queue_err("ack")(e)),
             }
         }
+    }
+
+    async fn extend_lease(
+        &self,
+        group: ConsumerGroup,
+        tags: &[DeliveryTag],
+        lease: Duration,
+    ) -> Result<Vec<DeliveryTag>, QueueError> {
+        let ids: Vec<i64> = tags.iter().map(|t| t.offset).collect();
+        let mut attempt = 0;
+        let held = loop {
+            match extend_rows(&self.write, group, &ids, now_ms() + duration_ms(lease)).await {
+                Ok(held) => break held,
+                Err(e) if attempt < RETRIES && is_transient(&e) => {
+                    attempt += 1;
+                    backoff(attempt).await;
+                }
+                Err(e) => return Err(queue_err("extend_lease")(e)),
+            }
+        };
+        Ok(tags
+            .iter()
+            .filter(|t| t.partition != 0 || !held.contains(&t.offset))
+            .copied()
+            .collect())
     }
 
     async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<(), QueueError> {

@@ -371,6 +371,18 @@ pub trait Queue: Send + Sync + 'static {
     /// Acknowledge deliveries: they are never delivered again. Unknown tags are ignored.
     async fn ack(&self, group: ConsumerGroup, tags: &[DeliveryTag]) -> Result<(), QueueError>;
 
+    /// Extend the leases of deliveries still being worked on (a long task attempt): each is held
+    /// until `now + lease` instead of its current end, so it is not delivered again meanwhile.
+    /// Returns the tags that are no longer held (acknowledged, dead-lettered or unknown): their
+    /// work may already be done elsewhere. A lease that ended and was claimed again is extended for
+    /// its new holder (tags do not name a consumer), which only delays a redelivery.
+    async fn extend_lease(
+        &self,
+        group: ConsumerGroup,
+        tags: &[DeliveryTag],
+        lease: Duration,
+    ) -> Result<Vec<DeliveryTag>, QueueError>;
+
     /// Set a delivery aside as a dead letter with the reason; it is never delivered again.
     async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<(), QueueError>;
 

@@ -721,6 +721,14 @@ impl Queue for MemQueue {
     async fn ack(&self, _: ConsumerGroup, _: &[DeliveryTag]) -> Result<(), QueueError> {
         Ok(())
     }
+    async fn extend_lease(
+        &self,
+        _: ConsumerGroup,
+        _: &[DeliveryTag],
+        _: Duration,
+    ) -> Result<Vec<DeliveryTag>, QueueError> {
+        Ok(Vec::new())
+    }
     async fn dead_letter(&self, _: &Delivery, _: &str) -> Result<(), QueueError> {
         Ok(())
     }

@@ -1198,6 +1198,20 @@ impl Queue for MemQueue {
         self.state.lock().unwrap().acked.extend_from_slice(tags);
         Ok(())
     }
+    async fn extend_lease(
+        &self,
+        _g: ConsumerGroup,
+        tags: &[DeliveryTag],
+        _lease: Duration,
+    ) -> Result<Vec<DeliveryTag>, QueueError> {
+        // No leases here; acknowledged jobs are no longer held.
+        let s = self.state.lock().unwrap();
+        Ok(tags
+            .iter()
+            .filter(|t| s.acked.contains(t))
+            .copied()
+            .collect())
+    }
     async fn dead_letter(&self, d: &Delivery, reason: &str) -> Result<(), QueueError> {
         self.state
             .lock()

@@ -661,6 +661,60 @@ pub async fn lease_expiry_and_ack(queue: Arc<dyn Queue>) {
     ack(q, group, &[after[0].tag]).await;
 }
 
+/// A delivery whose lease is extended before it ends is not delivered again when the original
+/// lease would have ended; `extend_lease` reports acknowledged and unknown tags as no longer held.
+pub async fn lease_extension(queue: Arc<dyn Queue>) {
+    let q = &*queue;
+    let (group, topic) = (ConsumerGroup::Indexer, Topic::Metric);
+    let p = prefix("extend");
+    let key = format!("{p}-k");
+    let lease = Duration::from_secs(1);
+    publish(q, vec![msg(topic, &key, 1)]).await;
+    let first = receive_own_until(q, group, topic, &p, 1, 10, lease, DEADLINE).await;
+    assert_eq!(first.len(), 1);
+    let tag = first[0].tag;
+    // Keep extending by 1 s, every 400 ms, for 2.4 s: well past the original 1 s lease.
+    for _ in 0..6 {
+        let lost = q
+            .extend_lease(group, &[tag], lease)
+            .await
+            .unwrap_or_else(|e| panic!("extend_lease failed: {e}"));
+        assert!(
+            lost.is_empty(),
+            "a held delivery is reported lost: {lost:?}"
+        );
+        assert_no_own(
+            q,
+            group,
+            topic,
+            &p,
+            Duration::from_millis(400),
+            "an extended lease must not be delivered again",
+        )
+        .await;
+    }
+    ack(q, group, &[tag]).await;
+    let unknown = DeliveryTag {
+        partition: 0,
+        offset: i64::MAX - 11,
+    };
+    let lost = q
+        .extend_lease(group, &[tag, unknown], lease)
+        .await
+        .unwrap_or_else(|e| panic!("extend_lease failed: {e}"));
+    assert_eq!(
+        lost,
+        vec![tag, unknown],
+        "acknowledged and unknown deliveries are no longer held"
+    );
+    assert!(
+        q.extend_lease(group, &[], lease)
+            .await
+            .unwrap_or_else(|e| panic!("extend_lease of no tags failed: {e}"))
+            .is_empty()
+    );
+}
+
 /// A message with `deliver_at` 1.5 s ahead is not delivered before that time and is delivered after;
 /// a later message of the same key that is already due is delivered meanwhile (ordering per key
 /// counts only due messages).
@@ -1503,6 +1557,7 @@ pub async fn run_all_with(factory: &QueueFactory) {
     competing_consumers_with(factory).await;
     per_key_ordering_with(factory).await;
     lease_expiry_and_ack(factory()).await;
+    lease_extension(factory()).await;
     delayed_delivery(factory()).await;
     dead_letter(factory()).await;
     receive_wait_and_wakeup(factory()).await;
@@ -1527,6 +1582,7 @@ mod tests {
 
     #[derive(Default, Clone, Copy)]
     struct Flaws {
+        ignore_lease_extension: bool,
         ignore_delay: bool,
         no_key_exclusion: bool,
     }
@@ -1678,6 +1734,32 @@ mod tests {
                 .retain(|r| r.group != group || !offsets.contains(&r.offset));
             self.notify.notify_waiters();
             Ok(())
+        }
+
+        async fn extend_lease(
+            &self,
+            group: ConsumerGroup,
+            tags: &[DeliveryTag],
+            lease: Duration,
+        ) -> Result<Vec<DeliveryTag>, QueueError> {
+            let mut inner = lock(&self.inner);
+            let until = Instant::now() + lease;
+            let mut lost = Vec::new();
+            for tag in tags {
+                match inner
+                    .rows
+                    .iter_mut()
+                    .find(|r| r.group == group && r.offset == tag.offset)
+                {
+                    Some(row) => {
+                        if !self.flaws.ignore_lease_extension && row.leased_until.is_some() {
+                            row.leased_until = Some(until);
+                        }
+                    }
+                    None => lost.push(*tag),
+                }
+            }
+            Ok(lost)
         }
 
         async fn dead_letter(&self, delivery: &Delivery, _reason: &str) -> Result<(), QueueError> {
@@ -1843,6 +1925,16 @@ mod tests {
     async fn a_queue_without_key_exclusion_fails_per_key_ordering() {
         per_key_ordering(Arc::new(MemQueue::with(Flaws {
             no_key_exclusion: true,
+            ..Flaws::default()
+        })))
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    #[should_panic(expected = "an extended lease must not be delivered again")]
+    async fn a_queue_ignoring_lease_extensions_fails_lease_extension() {
+        lease_extension(Arc::new(MemQueue::with(Flaws {
+            ignore_lease_extension: true,
             ..Flaws::default()
         })))
         .await;

@@ -292,6 +292,14 @@ impl Queue for CrashingQueue {
     async fn ack(&self, group: ConsumerGroup, tags: &[DeliveryTag]) -> Result<(), QueueError> {
         self.inner.ack(group, tags).await
     }
+    async fn extend_lease(
+        &self,
+        group: ConsumerGroup,
+        tags: &[DeliveryTag],
+        lease: Duration,
+    ) -> Result<Vec<DeliveryTag>, QueueError> {
+        self.inner.extend_lease(group, tags, lease).await
+    }
     async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<(), QueueError> {
         self.inner.dead_letter(delivery, reason).await
     }
