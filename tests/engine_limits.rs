@@ -2,7 +2,8 @@
 //! - a flow with `concurrency.limit: 1` (QUEUE) run 500 times through three executors never has two
 //!   executions running at once, and every execution ends SUCCESS, in creation order of start;
 //! - with `behavior: CANCEL`, executions over the limit end CANCELLED and none overlap;
-//! - a retry scheduled before a full restart of the engine still happens after it.
+//! - a retry scheduled before a full restart of the engine still happens after it;
+//! - a task running three times longer than the worker's job lease runs once (the lease is renewed).
 //!
 //! On SQLite always; on PostgreSQL and MariaDB when their URLs are set (required under CI=true).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -162,12 +163,48 @@ async fn retry_survives_restart(url: &str) {
     second.shutdown().await;
 }
 
+async fn long_task_outlives_its_lease(url: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let ns = format!("limits.l{}", kestra::core::model::new_id().to_lowercase());
+    let backend = JdbcBackend::connect(url).await.unwrap();
+    let storage = Arc::new(LocalStorage::new(dir.path()).unwrap());
+    let worker = kestra::core::worker::WorkerConfig {
+        lease: Duration::from_secs(1),
+        lease_renewal: Duration::from_millis(250),
+        ..Default::default()
+    };
+    let engine = Engine::builder(backend.queue(), backend.repositories(), storage)
+        .worker_config(worker)
+        .start();
+    let runs = dir.path().join("runs");
+    engine
+        .deploy(&format!("id: long\nnamespace: {ns}\ntasks:\n  - id: slow\n    type: io.kestra.plugin.scripts.shell.Commands\n    commands: [\"echo run >> {}\", \"sleep 3\"]\n", runs.display()))
+        .await
+        .unwrap();
+    let e = engine.execute(&ns, "long", IndexMap::new()).await.unwrap();
+    let done = engine
+        .wait_for(&e.id, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(done.state.current(), StateType::Success);
+    // Without renewals the job would have been delivered again after 1 s and run a second time.
+    let lines = std::fs::read_to_string(&runs).unwrap();
+    assert_eq!(
+        lines.lines().count(),
+        1,
+        "the 3 s task ran more than once: {lines:?}"
+    );
+    engine.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn limits_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     concurrency(&sqlite_url(&dir)).await;
     let dir = tempfile::tempdir().unwrap();
     retry_survives_restart(&sqlite_url(&dir)).await;
+    let dir = tempfile::tempdir().unwrap();
+    long_task_outlives_its_lease(&sqlite_url(&dir)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -175,6 +212,7 @@ async fn limits_postgres() {
     if let Some(url) = service_url("KESTRA_TEST_POSTGRES_URL") {
         concurrency(&url).await;
         retry_survives_restart(&url).await;
+        long_task_outlives_its_lease(&url).await;
     }
 }
 
@@ -183,5 +221,6 @@ async fn limits_mysql() {
     if let Some(url) = service_url("KESTRA_TEST_MYSQL_URL") {
         concurrency(&url).await;
         retry_survives_restart(&url).await;
+        long_task_outlives_its_lease(&url).await;
     }
 }

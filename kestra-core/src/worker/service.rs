@@ -1,8 +1,13 @@
 //! The [`Worker`] service: receives [`WorkerJob`]s from the queue (competing with other workers),
 //! runs each task attempt with bounded concurrency, publishes one [`WorkerTaskResult`] per job and
 //! only then acknowledges it (at-least-once), follows kill broadcasts, and shuts down gracefully.
+//!
+//! Leases: a received job is leased for [`WorkerConfig::lease`] (2 min); while it runs, the worker
+//! extends the leases of all its jobs every [`WorkerConfig::lease_renewal`] (30 s), so a long task
+//! is never delivered to a second worker, while the jobs of a worker that died are delivered again
+//! about one lease after its last renewal.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -30,9 +35,12 @@ pub struct WorkerConfig {
     pub id: String,
     /// Jobs run at once (default: 4 per CPU).
     pub concurrency: usize,
-    /// Lease of a received job: an unacknowledged job is delivered again after it (default 15 min;
-    /// a job running longer may run twice, the executor drops the stale result).
+    /// Lease of a received job (default 2 min): an unacknowledged job whose lease is not renewed
+    /// (its worker died) is delivered again after it.
     pub lease: Duration,
+    /// How often the leases of running jobs are extended (default 30 s; keep it well below
+    /// `lease`).
+    pub lease_renewal: Duration,
     /// How long one `receive` waits for a job (default 1 s; also the shutdown reaction time).
     pub poll_wait: Duration,
     /// How long a shutdown waits for running jobs before abandoning them (default 60 s). Abandoned
@@ -56,7 +64,8 @@ impl Default for WorkerConfig {
         WorkerConfig {
             id: format!("worker-{}", crate::model::new_id()),
             concurrency: cpus * 4,
-            lease: Duration::from_secs(15 * 60),
+            lease: Duration::from_secs(120),
+            lease_renewal: Duration::from_secs(30),
             poll_wait: Duration::from_secs(1),
             drain_timeout: Duration::from_secs(60),
             cancel_grace: Duration::from_secs(5),
@@ -196,6 +205,22 @@ struct Shared {
     abandon: CancellationToken,
     kills: Mutex<Kills>,
     next_job: AtomicU64,
+    /// Jobs received and not yet acknowledged (or abandoned): their leases are renewed.
+    held: Mutex<HashSet<DeliveryTag>>,
+}
+
+/// Removes a job from [`Shared::held`] when its handling ends, whichever way it ends.
+struct Held<'a> {
+    shared: &'a Shared,
+    tag: DeliveryTag,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut held) = self.shared.held.lock() {
+            held.remove(&self.tag);
+        }
+    }
 }
 
 #[derive(Default)]
@@ -344,7 +369,15 @@ impl Shared {
         }
     }
 
+    fn hold(&self, tag: DeliveryTag) -> Held<'_> {
+        if let Ok(mut held) = self.held.lock() {
+            held.insert(tag);
+        }
+        Held { shared: self, tag }
+    }
+
     async fn handle(&self, delivery: Delivery) {
+        let _held = self.hold(delivery.tag);
         let job: WorkerJob = match delivery.envelope.decode() {
             Ok(job) => job,
             Err(e) => {
@@ -436,6 +469,47 @@ async fn results_loop(
         }
         for o in batch {
             let _ = o.done.send(());
+        }
+    }
+}
+
+/// Every `lease_renewal`, extend the leases of the jobs this worker holds. A job reported as no
+/// longer held was delivered again elsewhere (this worker was too slow to renew): it may run twice,
+/// and the executor keeps the first result.
+async fn renew_leases(shared: Arc<Shared>, stop: CancellationToken) {
+    let every = shared.config.lease_renewal.max(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let tags: Vec<DeliveryTag> = match shared.held.lock() {
+            Ok(held) => held.iter().copied().collect(),
+            Err(_) => return,
+        };
+        if tags.is_empty() {
+            continue;
+        }
+        match shared
+            .queue
+            .extend_lease(ConsumerGroup::Worker, &tags, shared.config.lease)
+            .await
+        {
+            Ok(lost) => {
+                // Jobs acknowledged between the snapshot and the renewal are expected here.
+                let still_held: Vec<DeliveryTag> = match shared.held.lock() {
+                    Ok(held) => lost.into_iter().filter(|t| held.contains(t)).collect(),
+                    Err(_) => return,
+                };
+                if !still_held.is_empty() {
+                    tracing::warn!(
+                        jobs = still_held.len(),
+                        "leases of running jobs were lost: they may run twice"
+                    );
+                }
+                tracing::debug!(jobs = tags.len(), "job leases renewed");
+            }
+            Err(e) => tracing::warn!(jobs = tags.len(), "cannot renew job leases: {e}"),
         }
     }
 }
@@ -537,9 +611,11 @@ impl Worker {
             abandon: CancellationToken::new(),
             kills: Mutex::new(Kills::default()),
             next_job: AtomicU64::new(0),
+            held: Mutex::new(HashSet::new()),
         });
         let stop_kills = CancellationToken::new();
         let kills = tokio::spawn(follow_kills(shared.clone(), stop_kills.clone()));
+        let renewals = tokio::spawn(renew_leases(shared.clone(), stop_kills.clone()));
         tracing::info!(worker_id = %shared.config.id, concurrency, "worker started");
 
         let semaphore = Arc::new(Semaphore::new(concurrency));
@@ -618,6 +694,7 @@ impl Worker {
         }
         stop_kills.cancel();
         let _ = kills.await;
+        let _ = renewals.await;
         shared.flush_telemetry().await;
         drop(shared);
         if tokio::time::timeout(Duration::from_secs(30), results)
