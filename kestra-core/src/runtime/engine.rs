@@ -209,11 +209,13 @@ impl EngineBuilder {
         let expr = Arc::new(ExpressionEngine::new(self.expression));
         let shutdown = CancellationToken::new();
         let mut tasks: Vec<(&'static str, JoinHandle<()>)> = Vec::new();
+        let mut executor_flows = None;
         if self.components.executor {
             let flows = Arc::new(FlowCache::new(
                 Arc::new(RepositoryFlowSource::new(self.repositories.flows.clone())),
                 registry.clone(),
             ));
+            executor_flows = Some(flows.clone());
             let service =
                 ExecutorService::new(self.queue.clone(), flows, expr.clone(), self.executor);
             let token = shutdown.clone();
@@ -264,6 +266,7 @@ impl EngineBuilder {
             storage: self.storage,
             registry,
             expr,
+            executor_flows,
             shutdown,
             worker_shutdown,
             scheduler_shutdown,
@@ -312,6 +315,9 @@ pub struct Engine {
     storage: Arc<dyn InternalStorage>,
     registry: Arc<TaskRegistry>,
     expr: Arc<ExpressionEngine>,
+    /// The flow cache of this engine's executor, if it runs one (invalidated by `deploy` at once;
+    /// executors of other processes follow the Flow topic).
+    executor_flows: Option<Arc<FlowCache>>,
     shutdown: CancellationToken,
     worker_shutdown: CancellationToken,
     scheduler_shutdown: CancellationToken,
@@ -378,6 +384,11 @@ impl Engine {
         };
         let (stored, outcome) = self.repositories.flows.save(record).await?;
         if outcome != SaveOutcome::Unchanged {
+            // This process's executor sees the change at once (a Flow trigger on the new flow
+            // fires for an execution that ends right after the deploy returns).
+            if let Some(flows) = &self.executor_flows {
+                flows.invalidate_trigger_flows();
+            }
             // Tell the executors' flow caches (Flow triggers) that flows changed.
             let key = format!("{}/{}/{}", stored.tenant_id, stored.namespace, stored.id);
             let change = serde_json::json!({"namespace": stored.namespace, "id": stored.id, "revision": stored.revision});
