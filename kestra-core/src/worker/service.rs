@@ -1,6 +1,8 @@
 //! The [`Worker`] service: receives [`WorkerJob`]s from the queue (competing with other workers),
-//! runs each task attempt with bounded concurrency, publishes one [`WorkerTaskResult`] per job and
-//! only then acknowledges it (at-least-once), follows kill broadcasts, and shuts down gracefully.
+//! runs each task attempt or polling-trigger evaluation with bounded concurrency, publishes one
+//! [`WorkerTaskResult`] (or [`WorkerTriggerResult`](crate::executor::messages::WorkerTriggerResult))
+//! per job and only then acknowledges it (at-least-once), follows kill broadcasts, and shuts down
+//! gracefully.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,7 +15,9 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::executor::messages::{ExecutionKilled, WorkerJob, WorkerTask, WorkerTaskResult};
+use crate::executor::messages::{
+    ExecutionKilled, WorkerJob, WorkerTask, WorkerTaskResult, WorkerTrigger,
+};
 use crate::expression::ExpressionEngine;
 use crate::flow::registry::TaskRegistry;
 use crate::model::{LogEntry, MetricEntry, State, StateType};
@@ -21,6 +25,7 @@ use crate::queue::{ConsumerGroup, Delivery, DeliveryTag, Envelope, Queue, QueueE
 use crate::storage::InternalStorage;
 use crate::worker::attempt::{AttemptEnd, run_attempt};
 use crate::worker::context::{RunContext, TelemetrySink};
+use crate::worker::polling::{TriggerEvaluator, evaluate_trigger};
 use crate::worker::runner::{RunnerRegistry, TaskError};
 
 /// Settings of a [`Worker`].
@@ -355,7 +360,13 @@ impl Shared {
                 return;
             }
         };
-        let WorkerJob::Task(task) = job;
+        let task = match job {
+            WorkerJob::Task(task) => task,
+            WorkerJob::Trigger(trigger) => {
+                let envelope = self.evaluate(*trigger).await.and_then(|r| r.envelope());
+                return self.publish_result(envelope, delivery.tag).await;
+            }
+        };
         let span = tracing::info_span!(
             "worker_job",
             execution_id = %task.task_run.execution_id,
@@ -366,7 +377,58 @@ impl Shared {
         let Some(result) = tracing::Instrument::instrument(self.run_task(*task), span).await else {
             return;
         };
-        let envelope = match result.envelope() {
+        self.publish_result(result.envelope(), delivery.tag).await;
+    }
+
+    /// Evaluates one polling trigger; a panicking evaluation answers an error.
+    async fn evaluate(
+        &self,
+        job: WorkerTrigger,
+    ) -> Result<crate::executor::messages::WorkerTriggerResult, QueueError> {
+        let span = tracing::info_span!(
+            "worker_trigger",
+            namespace = %job.namespace,
+            flow = %job.flow_id,
+            trigger_id = %job.trigger.id,
+        );
+        let evaluator = TriggerEvaluator {
+            storage: self.storage.clone(),
+            expr: self.expr.clone(),
+            task_registry: self.task_registry.clone(),
+            runners: self.runners.clone(),
+            sink: self.sink.clone(),
+            cancel: self.abandon.clone(),
+            worker_id: Some(self.config.id.clone()),
+        };
+        let spawned = tokio::spawn({
+            let job = job.clone();
+            tracing::Instrument::instrument(
+                async move { evaluate_trigger(&job, &evaluator).await },
+                span,
+            )
+        });
+        match spawned.await {
+            Ok(result) => Ok(result),
+            Err(e) => {
+                tracing::error!(trigger = %job.uid(), "trigger evaluation panicked: {e}");
+                Ok(crate::executor::messages::WorkerTriggerResult {
+                    tenant_id: job.tenant_id.clone(),
+                    namespace: job.namespace.clone(),
+                    flow_id: job.flow_id.clone(),
+                    flow_revision: job.flow_revision,
+                    trigger_id: job.trigger.id.clone(),
+                    evaluation_date: job.evaluation_date,
+                    variables: None,
+                    error: Some(format!("the evaluation panicked: {e}")),
+                    worker_id: Some(self.config.id.clone()),
+                })
+            }
+        }
+    }
+
+    /// Hands a result to the publisher and waits until it is published and its job acknowledged.
+    async fn publish_result(&self, envelope: Result<Envelope, QueueError>, tag: DeliveryTag) {
+        let envelope = match envelope {
             Ok(e) => e,
             Err(e) => {
                 tracing::error!("cannot encode a worker result: {e}");
@@ -378,7 +440,7 @@ impl Shared {
             .results
             .send(Outgoing {
                 envelope,
-                tag: delivery.tag,
+                tag,
                 done,
             })
             .is_err()
