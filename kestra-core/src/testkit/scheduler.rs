@@ -113,6 +113,7 @@ fn scheduler(
             batch: 2,
             tenants: vec![tenant.to_string()],
             lock_grace: Duration::from_secs(60),
+            ..SchedulerConfig::default()
         },
         clock,
         repos.flows.clone(),
