@@ -1896,3 +1896,24 @@ async fn two_schedulers_send_one_evaluation_per_due_date() {
     ids.dedup();
     assert_eq!(ids.len(), executions.len());
 }
+
+#[tokio::test]
+async fn polling_stop_after_disables_the_trigger() {
+    let w = World::new(utc(2024, 1, 1, 10, 0, 0));
+    w.deploy(&flow("f", &format!("{POLL}    stopAfter: [FAILED]\n")))
+        .await;
+    let s = w.scheduler("s");
+    s.tick().await.unwrap();
+    w.at(utc(2024, 1, 1, 10, 1, 0));
+    s.tick().await.unwrap();
+    let job = w.queue.trigger_jobs().remove(0);
+    answer(&w, &job, Some(response("x")), None).await;
+    let id = s.tick().await.unwrap().fired[0].execution_id.clone();
+    w.set_execution_state(&id, StateType::Failed).await;
+    w.at(utc(2024, 1, 1, 10, 2, 0));
+    let r = s.tick().await.unwrap();
+    assert!(r.evaluations.is_empty());
+    assert_eq!(r.disabled.len(), 1);
+    assert!(r.disabled[0].1.starts_with("stopAfter"), "{:?}", r.disabled);
+    assert!(w.state("f", "poll").await.disabled);
+}

@@ -1641,3 +1641,50 @@ async fn worker_evaluates_trigger_jobs_and_dead_letters_malformed_ones() {
         "the good job's result is keyed by its trigger uid"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn worker_stops_an_evaluation_that_outlives_its_timeout() {
+    // A server that accepts connections and never answers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((sock, _)) = listener.accept().await {
+            held.push(sock);
+        }
+    });
+    let queue = MemQueue::new();
+    let worker = Worker::new(
+        WorkerConfig {
+            poll_wait: Duration::from_millis(100),
+            evaluation_timeout: Duration::from_millis(300),
+            ..WorkerConfig::default()
+        },
+        queue.clone(),
+        Arc::new(MemStorage::default()),
+        Arc::new(ExpressionEngine::default()),
+        Arc::new(TaskRegistry::default()),
+        Arc::new(RunnerRegistry::core()),
+    );
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(worker.run(shutdown.clone()));
+    let job = trigger_job(http_trigger(&format!("http://{addr}/hang"), json!({})));
+    queue
+        .publish(vec![WorkerJob::Trigger(Box::new(job)).envelope().unwrap()])
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while queue.trigger_results().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(5), handle)
+        .await
+        .unwrap()
+        .unwrap();
+    let results = queue.trigger_results();
+    assert_eq!(results.len(), 1);
+    let error = results[0].error.as_deref().unwrap();
+    assert!(error.contains("did not end within"), "{error}");
+    assert_eq!(results[0].variables, None);
+}

@@ -32,8 +32,8 @@
 //!    `system.backfill=true`; the regular schedule resumes after it (its slots due meanwhile follow the
 //!    recovery policy).
 //!
-//! Polling triggers (types with a [`TriggerType::DEFAULT_INTERVAL`](crate::flow::TriggerType::DEFAULT_INTERVAL))
-//! go through the same sync, claim, lock and release; their sync and handling are described in
+//! Polling triggers (types with a
+//! [`DEFAULT_INTERVAL`](crate::flow::TriggerType::DEFAULT_INTERVAL)) go through the same sync, claim, lock and release; their sync and handling are described in
 //! [`super::polling`]. Each step first receives the workers' evaluation results
 //! ([`Topic::WorkerTriggerResult`](crate::queue::Topic::WorkerTriggerResult)); a result is applied
 //! when its trigger is claimed and acknowledged once the trigger's new state is released.
@@ -111,7 +111,8 @@ impl Default for SchedulerConfig {
     }
 }
 
-/// A slot that was fired.
+/// A slot that was fired (for a polling trigger: an evaluation that started an execution, its
+/// evaluation date as the slot).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FiredSlot {
     /// Trigger uid.
@@ -394,8 +395,7 @@ impl SchedulerService {
                         flow: flow.clone(),
                         revision: record.revision,
                         trigger: trigger.clone(),
-                        polling: matches!(kind, Ok(Kind::Polling { .. }))
-                            || self.registry.polling_interval(trigger).is_some(),
+                        polling: self.registry.polling_interval(trigger).is_some(),
                         kind,
                         disabled: flow.disabled || record.disabled || trigger.disabled,
                     };

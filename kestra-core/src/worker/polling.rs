@@ -9,9 +9,9 @@
 //!
 //! # Adding a polling trigger of your own
 //!
-//! The property struct implements [`TriggerType`] with a [`TriggerType::DEFAULT_INTERVAL`] and
-//! [`PollingTrigger`]; register it in the [`TaskRegistry`](crate::flow::TaskRegistry) (validation,
-//! interval) and in the workers' [`RunnerRegistry`] (evaluation):
+//! The property struct implements [`TriggerType`](crate::flow::TriggerType) with a
+//! [`DEFAULT_INTERVAL`](crate::flow::TriggerType::DEFAULT_INTERVAL) and [`PollingTrigger`];
+//! register it in the [`TaskRegistry`] (validation, interval) and in the workers' [`RunnerRegistry`] (evaluation):
 //!
 //! ```
 //! use async_trait::async_trait;

@@ -1,7 +1,6 @@
 //! The [`Worker`] service: receives [`WorkerJob`]s from the queue (competing with other workers),
 //! runs each task attempt or polling-trigger evaluation with bounded concurrency, publishes one
-//! [`WorkerTaskResult`] (or [`WorkerTriggerResult`](crate::executor::messages::WorkerTriggerResult))
-//! per job and only then acknowledges it (at-least-once), follows kill broadcasts, and shuts down
+//! [`WorkerTaskResult`] (or [`WorkerTriggerResult`]) per job and only then acknowledges it (at-least-once), follows kill broadcasts, and shuts down
 //! gracefully.
 
 use std::collections::HashMap;
@@ -16,7 +15,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::executor::messages::{
-    ExecutionKilled, WorkerJob, WorkerTask, WorkerTaskResult, WorkerTrigger,
+    ExecutionKilled, WorkerJob, WorkerTask, WorkerTaskResult, WorkerTrigger, WorkerTriggerResult,
 };
 use crate::expression::ExpressionEngine;
 use crate::flow::registry::TaskRegistry;
@@ -51,6 +50,9 @@ pub struct WorkerConfig {
     pub telemetry_batch: usize,
     /// ... or after this delay (default 200 ms).
     pub telemetry_linger: Duration,
+    /// How long one polling-trigger evaluation may run before it is stopped and answered with an
+    /// error (default 5 min, the scheduler's default `evaluation_timeout`).
+    pub evaluation_timeout: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -68,6 +70,7 @@ impl Default for WorkerConfig {
             killed_memory: Duration::from_secs(5 * 60),
             telemetry_batch: 200,
             telemetry_linger: Duration::from_millis(200),
+            evaluation_timeout: Duration::from_secs(5 * 60),
         }
     }
 }
@@ -363,7 +366,7 @@ impl Shared {
         let task = match job {
             WorkerJob::Task(task) => task,
             WorkerJob::Trigger(trigger) => {
-                let envelope = self.evaluate(*trigger).await.and_then(|r| r.envelope());
+                let envelope = self.evaluate(*trigger).await.envelope();
                 return self.publish_result(envelope, delivery.tag).await;
             }
         };
@@ -380,11 +383,9 @@ impl Shared {
         self.publish_result(result.envelope(), delivery.tag).await;
     }
 
-    /// Evaluates one polling trigger; a panicking evaluation answers an error.
-    async fn evaluate(
-        &self,
-        job: WorkerTrigger,
-    ) -> Result<crate::executor::messages::WorkerTriggerResult, QueueError> {
+    /// Evaluates one polling trigger; a panicking evaluation, or one that outlives
+    /// [`WorkerConfig::evaluation_timeout`], answers an error.
+    async fn evaluate(&self, job: WorkerTrigger) -> WorkerTriggerResult {
         let span = tracing::info_span!(
             "worker_trigger",
             namespace = %job.namespace,
@@ -400,28 +401,40 @@ impl Shared {
             cancel: self.abandon.clone(),
             worker_id: Some(self.config.id.clone()),
         };
-        let spawned = tokio::spawn({
+        let uid = job.uid();
+        let failed = |error: String| WorkerTriggerResult {
+            tenant_id: job.tenant_id.clone(),
+            namespace: job.namespace.clone(),
+            flow_id: job.flow_id.clone(),
+            flow_revision: job.flow_revision,
+            trigger_id: job.trigger.id.clone(),
+            evaluation_date: job.evaluation_date,
+            variables: None,
+            error: Some(error),
+            worker_id: Some(self.config.id.clone()),
+        };
+        let mut spawned = tokio::spawn({
             let job = job.clone();
             tracing::Instrument::instrument(
                 async move { evaluate_trigger(&job, &evaluator).await },
                 span,
             )
         });
-        match spawned.await {
-            Ok(result) => Ok(result),
-            Err(e) => {
-                tracing::error!(trigger = %job.uid(), "trigger evaluation panicked: {e}");
-                Ok(crate::executor::messages::WorkerTriggerResult {
-                    tenant_id: job.tenant_id.clone(),
-                    namespace: job.namespace.clone(),
-                    flow_id: job.flow_id.clone(),
-                    flow_revision: job.flow_revision,
-                    trigger_id: job.trigger.id.clone(),
-                    evaluation_date: job.evaluation_date,
-                    variables: None,
-                    error: Some(format!("the evaluation panicked: {e}")),
-                    worker_id: Some(self.config.id.clone()),
-                })
+        let timeout = self.config.evaluation_timeout;
+        match tokio::time::timeout(timeout, &mut spawned).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(e)) => {
+                tracing::error!(trigger = %uid, "trigger evaluation panicked: {e}");
+                failed(format!("the evaluation panicked: {e}"))
+            }
+            Err(_) => {
+                spawned.abort();
+                let error = format!(
+                    "the evaluation did not end within {}",
+                    crate::flow::duration::format(timeout)
+                );
+                tracing::error!(trigger = %uid, "{error}");
+                failed(error)
             }
         }
     }
