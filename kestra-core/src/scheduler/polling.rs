@@ -10,15 +10,16 @@
 //!
 //! - **Sync**: a new polling trigger (or one enabled again) is first due one `interval` later. A new
 //!   flow revision enables a trigger the system had disabled with an error.
-//! - **Dispatch** (claimed and due, no evaluation running, lock free): a [`WorkerTrigger`] job is sent
-//!   to the workers with `evaluationDate` = now; the state records `evaluateRunningDate` = now (Kestra's
-//!   field) and `date` = now, and stays due so that the next steps pick up the result. No second
-//!   evaluation is sent while one runs, unless it ran longer than
-//!   [`SchedulerConfig::evaluation_timeout`](super::SchedulerConfig::evaluation_timeout) (a worker
-//!   died with it).
-//! - **Result** ([`WorkerTriggerResult`], received at the start of each step and applied when its
-//!   trigger is claimed): a result whose `evaluationDate` is not the running evaluation's is stale
-//!   and ignored. Otherwise the running mark is cleared and the next evaluation is due at
+//! - **Dispatch** (claimed as due, lock free): a [`WorkerTrigger`] job is sent to the workers with
+//!   `evaluationDate` = now; the state records `evaluateRunningDate` = now (Kestra's field) and
+//!   `date` = now, and is next due when the evaluation times out
+//!   ([`SchedulerConfig::evaluation_timeout`](super::SchedulerConfig::evaluation_timeout), a worker
+//!   may have died with it): no second evaluation is sent before its result or that timeout.
+//! - **Result** ([`WorkerTriggerResult`], received at each step): the scheduler claims the result's
+//!   trigger by uid ([`TriggerRepository::claim`](crate::repository::TriggerRepository::claim)),
+//!   applies the result, releases the trigger, then acknowledges the result. A trigger held by
+//!   another scheduler at that moment is tried again at the next step. A result whose
+//!   `evaluationDate` is not the running evaluation's (late, duplicate) is stale and ignored. Otherwise the running mark is cleared and the next evaluation is due at
 //!   `evaluationDate + interval`. An evaluation error is logged and kept in the state's `error` (the
 //!   trigger stays enabled; the next evaluation clears it). Variables start an execution: its id is
 //!   derived from (trigger, evaluation date), so one evaluation can only ever start one execution; the
@@ -29,10 +30,10 @@
 //! - A trigger that cannot be evaluated at all (bad `interval`, unsupported condition, inputs that
 //!   do not render or resolve) is disabled with the message in its state's `error`.
 //!
-//! Several schedulers may run at once: dispatches happen under a trigger's claim, so one due date
-//! sends one evaluation. A result received by a scheduler that does not hold the trigger's claim in
-//! that step is kept in memory for later steps; it is dropped (and delivered again by the queue)
-//! after the claim lease.
+//! Several schedulers may run at once: dispatches and results are applied under the trigger's claim,
+//! so one due date sends one evaluation and one result starts at most one execution (its id is
+//! derived from the evaluation date anyway). A received result waits in memory while its trigger is
+//! held elsewhere; past the queue lease it is dropped there and delivered again by the queue.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -51,10 +52,13 @@ use crate::executor::messages::{WorkerJob, WorkerTrigger, WorkerTriggerResult};
 use crate::model::{TriggerState, trigger_uid};
 use crate::queue::{ConsumerGroup, DeliveryTag, Topic};
 
+/// A received result: its delivery tag, the result, when it was received.
+type Received = (DeliveryTag, WorkerTriggerResult, Instant);
+
 /// Evaluation results received by a scheduler and not applied yet, by trigger uid.
 #[derive(Debug, Default)]
 pub(super) struct PendingResults {
-    by_trigger: HashMap<String, Vec<(DeliveryTag, WorkerTriggerResult, Instant)>>,
+    by_trigger: HashMap<String, Vec<Received>>,
 }
 
 fn to_chrono(d: Duration) -> chrono::Duration {
@@ -69,19 +73,62 @@ impl SchedulerService {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Receive the evaluation results waiting in the queue. Results for triggers that no longer
-    /// exist are acknowledged and dropped; malformed ones are dead-lettered.
-    pub(super) async fn receive_results(
+    /// Receive the evaluation results waiting in the queue and apply them, each under its trigger's
+    /// claim (see the module documentation).
+    pub(super) async fn apply_results(
         &self,
         snapshot: &HashMap<String, Entry>,
+        now: DateTime<Utc>,
         report: &mut TickReport,
     ) {
+        self.receive_results(snapshot, report).await;
+        let uids: Vec<String> = self.pending().by_trigger.keys().cloned().collect();
+        for uid in uids {
+            let Some(entry) = snapshot.get(&uid) else {
+                continue;
+            };
+            let claimed = match self
+                .triggers
+                .claim(&uid, now, &self.config.id, self.config.lease)
+                .await
+            {
+                Ok(Some(state)) => state,
+                // Held by another scheduler: try again at the next step.
+                Ok(None) => continue,
+                Err(e) => {
+                    report.failures += 1;
+                    tracing::warn!(trigger = %uid, error = %e, "cannot claim trigger to apply results");
+                    continue;
+                }
+            };
+            let results = self.pending().by_trigger.remove(&uid).unwrap_or_default();
+            let tags: Vec<DeliveryTag> = results.iter().map(|(tag, _, _)| *tag).collect();
+            let results = results.into_iter().map(|(_, r, _)| r).collect();
+            let (outcome, consumed) = self.apply(entry, &claimed, results, now, report).await;
+            if self.release(&claimed, outcome, report).await
+                && consumed
+                && let Err(e) = self.queue.ack(ConsumerGroup::Scheduler, &tags).await
+            {
+                tracing::warn!(trigger = %uid, error = %e,
+                    "cannot acknowledge evaluation results (delivered again, they will be stale)");
+            }
+        }
+    }
+
+    /// Receive the evaluation results waiting in the queue into the pending map. Results of triggers
+    /// of this scheduler's tenants that no longer exist are acknowledged and dropped; results of other
+    /// tenants are left to their schedulers; malformed ones are dead-lettered. Nothing is received
+    /// while this scheduler has no polling trigger.
+    async fn receive_results(&self, snapshot: &HashMap<String, Entry>, report: &mut TickReport) {
         let lease = self.config.lease;
         self.pending().by_trigger.retain(|_, results| {
             // Past the lease, the queue hands the result out again (maybe to another scheduler).
             results.retain(|(_, _, at)| at.elapsed() < lease);
             !results.is_empty()
         });
+        if !snapshot.values().any(|e| e.polling) {
+            return;
+        }
         let deliveries = match self
             .queue
             .receive(
@@ -120,6 +167,8 @@ impl SchedulerService {
                     result,
                     Instant::now(),
                 ));
+            } else if !self.config.tenants.contains(&result.tenant_id) {
+                tracing::debug!(trigger = %uid, "evaluation result of another tenant left to its scheduler");
             } else {
                 tracing::debug!(trigger = %uid, "evaluation result of a trigger that no longer exists");
                 report.stale_results += 1;
@@ -213,40 +262,33 @@ impl SchedulerService {
         Ok(())
     }
 
-    /// Handle one claimed polling trigger: apply its pending results, then send an evaluation if
-    /// it is due. Returns the new state and the results to acknowledge once it is stored.
-    pub(super) async fn handle_polling(
+    /// Apply the results of one claimed polling trigger. Returns its new state and whether the
+    /// results were consumed (to be acknowledged once the state is stored).
+    async fn apply(
         &self,
         entry: &Entry,
         claimed: &TriggerState,
+        results: Vec<WorkerTriggerResult>,
         now: DateTime<Utc>,
         report: &mut TickReport,
-    ) -> (Outcome, Vec<DeliveryTag>) {
+    ) -> (Outcome, bool) {
         let uid = claimed.uid();
-        let results = self.pending().by_trigger.remove(&uid).unwrap_or_default();
-        let acks: Vec<DeliveryTag> = results.iter().map(|(tag, _, _)| *tag).collect();
         let mut state = claimed.clone();
-        if state.disabled {
+        if state.disabled || entry.disabled {
             report.stale_results += results.len();
-            return (Outcome::Store(state), acks);
-        }
-        if entry.disabled {
-            // Disabled in the flow: no evaluation; the sync makes it due again once enabled.
-            report.stale_results += results.len();
-            state.next_execution_date = None;
-            state.evaluate_running_date = None;
-            state.updated_date = now;
-            return (Outcome::Store(state), acks);
+            if !state.disabled {
+                // Disabled in the flow: no evaluation runs any more.
+                state.evaluate_running_date = None;
+                state.next_execution_date = None;
+                state.updated_date = now;
+            }
+            return (Outcome::Store(state), true);
         }
         let interval = match interval_of(entry) {
             Ok(i) => i,
-            Err(message) => return (self.disable(state, message, now), acks),
+            Err(message) => return (self.disable(state, message, now), true),
         };
-        if let Err(e) = check_conditions(&entry.trigger.conditions) {
-            return (self.disable(state, e.to_string(), now), acks);
-        }
-
-        for (_, result, _) in results {
+        for result in results {
             if state.evaluate_running_date != Some(result.evaluation_date) {
                 tracing::debug!(trigger = %uid, evaluation = %result.evaluation_date,
                     "stale evaluation result ignored");
@@ -280,39 +322,66 @@ impl SchedulerService {
             {
                 Ok(Ok(Some(id))) => self.record_lock(entry, &mut state, id),
                 Ok(Ok(None)) => {}
-                Ok(Err(message)) => return (self.disable(state, message, now), acks),
+                Ok(Err(message)) => return (self.disable(state, message, now), true),
                 Err(e) => {
-                    // Not acknowledged: the result comes back after the lease and is applied again
-                    // (the execution id is the same, so it cannot start twice).
+                    // Not consumed: the result comes back after the queue lease and is applied
+                    // again (with the same execution id, so nothing starts twice).
                     report.failures += 1;
                     tracing::warn!(trigger = %uid, error = %e, "cannot queue execution");
-                    return (Outcome::Store(claimed.clone()), Vec::new());
+                    return (Outcome::Store(claimed.clone()), false);
                 }
             }
         }
+        (Outcome::Store(state), true)
+    }
 
+    /// Handle one polling trigger claimed as due: send an evaluation to the workers unless one is
+    /// running or the previous execution holds the lock.
+    pub(super) async fn handle_polling(
+        &self,
+        entry: &Entry,
+        claimed: &TriggerState,
+        now: DateTime<Utc>,
+        report: &mut TickReport,
+    ) -> Outcome {
+        let uid = claimed.uid();
+        let mut state = claimed.clone();
+        if state.disabled {
+            return Outcome::Store(state);
+        }
+        if entry.disabled {
+            // Disabled in the flow: no evaluation; the sync makes it due again once enabled.
+            state.next_execution_date = None;
+            state.evaluate_running_date = None;
+            state.updated_date = now;
+            return Outcome::Store(state);
+        }
+        if let Err(message) = interval_of(entry) {
+            return self.disable(state, message, now);
+        }
+        if let Err(e) = check_conditions(&entry.trigger.conditions) {
+            return self.disable(state, e.to_string(), now);
+        }
+        let timeout = to_chrono(self.config.evaluation_timeout);
         if let Some(running) = state.evaluate_running_date {
-            if now - running < to_chrono(self.config.evaluation_timeout) {
-                report.evaluating += 1;
-                return (Outcome::Store(state), acks);
+            if now - running < timeout {
+                state.next_execution_date = Some(running + timeout);
+                return Outcome::Store(state);
             }
             tracing::warn!(trigger = %uid, %running,
                 "no result for the running evaluation: it is abandoned and a new one is sent");
             state.evaluate_running_date = None;
         }
-        if state.next_execution_date.is_none_or(|next| next > now) {
-            return (Outcome::Store(state), acks);
-        }
         match self.check_lock(entry, &mut state, now).await {
             Lock::Free => {}
             Lock::Held => {
                 report.locked += 1;
-                return (Outcome::Store(state), acks);
+                return Outcome::Store(state);
             }
-            Lock::Stop(why) => return (Outcome::Disable(state, why), acks),
+            Lock::Stop(why) => return Outcome::Disable(state, why),
             Lock::Failed => {
                 report.failures += 1;
-                return (Outcome::Store(state), acks);
+                return Outcome::Store(state);
             }
         }
 
@@ -333,17 +402,17 @@ impl SchedulerService {
         if let Err(e) = sent {
             report.failures += 1;
             tracing::warn!(trigger = %uid, error = %e, "cannot send the trigger evaluation");
-            return (Outcome::Store(state), acks);
+            return Outcome::Store(state);
         }
         tracing::debug!(trigger = %uid, "evaluation sent to the workers");
         state.evaluate_running_date = Some(now);
         state.worker_id = None;
         state.date = Some(now);
-        // Stay due: the steps that follow apply the result (or notice the timeout).
-        state.next_execution_date = Some(now);
+        // Due again only if no result comes back in time.
+        state.next_execution_date = Some(now + timeout);
         state.updated_date = now;
         report.evaluations.push(uid);
-        (Outcome::Store(state), acks)
+        Outcome::Store(state)
     }
 
     /// Start the execution of an evaluation that answered `variables`. `Ok(Ok(None))`: a condition

@@ -34,9 +34,10 @@
 //!
 //! Polling triggers (types with a
 //! [`DEFAULT_INTERVAL`](crate::flow::TriggerType::DEFAULT_INTERVAL)) go through the same sync, claim, lock and release; their sync and handling are described in
-//! [`super::polling`]. Each step first receives the workers' evaluation results
-//! ([`Topic::WorkerTriggerResult`](crate::queue::Topic::WorkerTriggerResult)); a result is applied
-//! when its trigger is claimed and acknowledged once the trigger's new state is released.
+//! [`super::polling`]. Between the sync and the claim of due triggers, each step applies the
+//! workers' evaluation results ([`Topic::WorkerTriggerResult`](crate::queue::Topic::WorkerTriggerResult)):
+//! each result's trigger is claimed by uid ([`TriggerRepository::claim`]), the result applied, the
+//! new state released, and only then the result acknowledged.
 //!
 //! A trigger that cannot be evaluated (cron or time zone that slipped through validation, unsupported
 //! condition, inputs that do not render or resolve) is disabled with the message in its state's
@@ -67,7 +68,7 @@ use crate::flow::triggers::{Schedule, ScheduleOnDates};
 use crate::inputs::{ExecutionRef, InputRenderer, RawInput, resolve_inputs};
 use crate::model::execution::system_labels;
 use crate::model::{Backfill, Execution, Label, State, StateType, TriggerState, trigger_uid};
-use crate::queue::{ConsumerGroup, DeliveryTag, Queue};
+use crate::queue::Queue;
 use crate::repository::{ExecutionRepository, FlowRecord, FlowRepository, TriggerRepository};
 
 /// Label set on the executions of a backfill.
@@ -150,8 +151,6 @@ pub struct TickReport {
     pub failures: usize,
     /// Polling triggers whose evaluation was sent to the workers (uids).
     pub evaluations: Vec<String>,
-    /// Due polling triggers whose evaluation is still running (no new evaluation sent).
-    pub evaluating: usize,
     /// Evaluation results applied.
     pub results: usize,
     /// Evaluation results ignored: not for the running evaluation (late, duplicate) or for a trigger
@@ -283,11 +282,10 @@ impl SchedulerService {
             ..TickReport::default()
         };
         let snapshot = self.sync(now, &mut report).await?;
-        self.receive_results(&snapshot, &mut report).await;
+        self.apply_results(&snapshot, now, &mut report).await;
 
         let owner = self.config.id.as_str();
-        // Each claimed trigger's new state and the evaluation results to acknowledge once stored.
-        let mut pending: Vec<(TriggerState, Outcome, Vec<DeliveryTag>)> = Vec::new();
+        let mut pending: Vec<(TriggerState, Outcome)> = Vec::new();
         let mut seen = HashSet::new();
         loop {
             let batch = self
@@ -305,52 +303,56 @@ impl SchedulerService {
                     continue;
                 }
                 fresh += 1;
-                let (outcome, acks) = match snapshot.get(&state.uid()) {
+                let outcome = match snapshot.get(&state.uid()) {
                     Some(entry) if entry.polling => {
                         self.handle_polling(entry, &state, now, &mut report).await
                     }
-                    Some(entry) => (
-                        self.handle(entry, &state, now, &mut report).await,
-                        Vec::new(),
-                    ),
+                    Some(entry) => self.handle(entry, &state, now, &mut report).await,
                     // Not a trigger of this scheduler's tenants: leave it as it is.
-                    None => (Outcome::Store(state.clone()), Vec::new()),
+                    None => Outcome::Store(state.clone()),
                 };
-                pending.push((state, outcome, acks));
+                pending.push((state, outcome));
             }
             if fresh == 0 {
                 break;
             }
         }
 
-        for (claimed, outcome, acks) in pending {
-            let (new_state, disabled) = match outcome {
-                Outcome::Store(s) => (s, None),
-                Outcome::Disable(s, why) => (s, Some(why)),
-            };
-            match self.triggers.release(&new_state, owner).await {
-                Ok(true) => {
-                    if let Some(why) = disabled {
-                        report.disabled.push((claimed.uid(), why));
-                    }
-                    if !acks.is_empty()
-                        && let Err(e) = self.queue.ack(ConsumerGroup::Scheduler, &acks).await
-                    {
-                        tracing::warn!(trigger = %claimed.uid(), error = %e,
-                            "cannot acknowledge evaluation results (they will be ignored as stale)");
-                    }
-                }
-                Ok(false) => {
-                    report.lost_claims += 1;
-                    tracing::debug!(trigger = %claimed.uid(), "claim lost before release");
-                }
-                Err(e) => {
-                    report.failures += 1;
-                    tracing::warn!(trigger = %claimed.uid(), error = %e, "cannot release trigger");
-                }
-            }
+        for (claimed, outcome) in pending {
+            self.release(&claimed, outcome, &mut report).await;
         }
         Ok(report)
+    }
+
+    /// Store a claimed trigger's new state and release the claim; true when stored.
+    pub(super) async fn release(
+        &self,
+        claimed: &TriggerState,
+        outcome: Outcome,
+        report: &mut TickReport,
+    ) -> bool {
+        let (new_state, disabled) = match outcome {
+            Outcome::Store(s) => (s, None),
+            Outcome::Disable(s, why) => (s, Some(why)),
+        };
+        match self.triggers.release(&new_state, &self.config.id).await {
+            Ok(true) => {
+                if let Some(why) = disabled {
+                    report.disabled.push((claimed.uid(), why));
+                }
+                true
+            }
+            Ok(false) => {
+                report.lost_claims += 1;
+                tracing::debug!(trigger = %claimed.uid(), "claim lost before release");
+                false
+            }
+            Err(e) => {
+                report.failures += 1;
+                tracing::warn!(trigger = %claimed.uid(), error = %e, "cannot release trigger");
+                false
+            }
+        }
     }
 
     /// Make sure every schedule trigger has a state; returns the triggers by uid.
