@@ -4,7 +4,8 @@
 //!
 //! A trigger is a polling trigger when its type has a
 //! [`TriggerType::DEFAULT_INTERVAL`](crate::flow::TriggerType::DEFAULT_INTERVAL); its `interval`
-//! property overrides the default ([`TaskRegistry::polling_interval`](crate::flow::TaskRegistry::polling_interval)).
+//! property overrides the default
+//! ([`TaskRegistry::polling_interval`](crate::flow::TaskRegistry::polling_interval)).
 //!
 //! # State
 //!
@@ -19,7 +20,8 @@
 //!   trigger by uid ([`TriggerRepository::claim`](crate::repository::TriggerRepository::claim)),
 //!   applies the result, releases the trigger, then acknowledges the result. A trigger held by
 //!   another scheduler at that moment is tried again at the next step. A result whose
-//!   `evaluationDate` is not the running evaluation's (late, duplicate) is stale and ignored. Otherwise the running mark is cleared and the next evaluation is due at
+//!   `evaluationDate` is not the running evaluation's (late, duplicate) is stale and ignored.
+//!   Otherwise the running mark is cleared and the next evaluation is due at
 //!   `evaluationDate + interval`. An evaluation error is logged and kept in the state's `error` (the
 //!   trigger stays enabled; the next evaluation clears it). Variables start an execution: its id is
 //!   derived from (trigger, evaluation date), so one evaluation can only ever start one execution; the
