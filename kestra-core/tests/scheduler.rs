@@ -1942,3 +1942,21 @@ async fn polling_stop_after_disables_the_trigger() {
     assert!(r.disabled[0].1.starts_with("stopAfter"), "{:?}", r.disabled);
     assert!(w.state("f", "poll").await.disabled);
 }
+
+#[tokio::test]
+async fn polling_trigger_with_a_zero_interval_is_disabled_with_an_error() {
+    let w = World::new(utc(2024, 1, 1, 10, 0, 0));
+    w.deploy(&flow("f", &POLL.replace("PT1M", "PT0S"))).await;
+    let s = w.scheduler("s");
+    let r = s.tick().await.unwrap();
+    assert_eq!(r.disabled.len(), 1, "{r:?}");
+    let state = w.state("f", "poll").await;
+    assert!(state.disabled);
+    assert_eq!(
+        state.error.as_deref(),
+        Some("interval must be longer than zero")
+    );
+    w.at(utc(2024, 1, 1, 11, 0, 0));
+    assert!(s.tick().await.unwrap().evaluations.is_empty());
+    assert!(w.queue.trigger_jobs().is_empty());
+}
