@@ -2158,6 +2158,44 @@ impl TriggerRepository for Store {
         Ok(triggers)
     }
 
+    async fn claim(
+        &self,
+        uid: &str,
+        now: DateTime<Utc>,
+        owner: &str,
+        lease: Duration,
+    ) -> RepoResult<Option<TriggerState>> {
+        let err = repo_err("claim trigger");
+        let now = to_ms(now);
+        let mut tx = begin_write(&self.write).await.map_err(&err)?;
+        let row = Qb::new("SELECT t.uid, t.doc FROM triggers t WHERE t.uid = ")
+            .push_bind(uid.to_string())
+            .push(" AND (t.locked_until IS NULL OR t.locked_until <= ")
+            .push_bind(now)
+            .push(")")
+            .push(FLAVOR.skip_locked("t"))
+            .build()
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(&err)?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let trigger = parse_doc(&row, "trigger", "uid", "claim trigger")?;
+        Qb::new("UPDATE triggers SET locked_by = ")
+            .push_bind(owner.to_string())
+            .push(", locked_until = ")
+            .push_bind(now + duration_ms(lease))
+            .push(" WHERE uid = ")
+            .push_bind(uid.to_string())
+            .build()
+            .execute(&mut *tx)
+            .await
+            .map_err(&err)?;
+        tx.commit().await.map_err(&err)?;
+        Ok(Some(trigger))
+    }
+
     async fn release(&self, t: &TriggerState, owner: &str) -> RepoResult<bool> {
         let uid = t.uid();
         let doc = to_json("trigger", &uid, t)?;

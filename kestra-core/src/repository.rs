@@ -448,6 +448,16 @@ pub trait TriggerRepository: Send + Sync {
         limit: usize,
         lease: std::time::Duration,
     ) -> RepoResult<Vec<TriggerState>>;
+    /// Claim one trigger by uid, due or not (disabled too), if no scheduler holds it (never claimed,
+    /// released, or its lease ended): it is locked for `owner` until `now + lease`. `None` when it
+    /// does not exist or is held. Schedulers use it to apply a polling trigger's evaluation result.
+    async fn claim(
+        &self,
+        uid: &str,
+        now: DateTime<Utc>,
+        owner: &str,
+        lease: std::time::Duration,
+    ) -> RepoResult<Option<TriggerState>>;
     /// Store the new state of a claimed trigger and release the claim. Returns false (and stores
     /// nothing) if `owner` no longer holds it.
     async fn release(&self, trigger: &TriggerState, owner: &str) -> RepoResult<bool>;

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
+use kestra_core::executor::messages::{WorkerJob, WorkerTrigger, WorkerTriggerResult};
 use kestra_core::expression::ExpressionEngine;
 use kestra_core::flow::parse::parse_flow;
 use kestra_core::flow::registry::TaskRegistry;
@@ -661,6 +662,22 @@ impl TriggerRepository for MemTriggers {
         }
         Ok(out)
     }
+    async fn claim(
+        &self,
+        uid: &str,
+        now: DateTime<Utc>,
+        owner: &str,
+        lease: Duration,
+    ) -> RepoResult<Option<TriggerState>> {
+        let until = now + chrono::Duration::from_std(lease).unwrap();
+        match lock(&self.all).get_mut(uid) {
+            Some((t, claim)) if claim.as_ref().is_none_or(|(_, u)| *u <= now) => {
+                *claim = Some((owner.to_string(), until));
+                Ok(Some(t.clone()))
+            }
+            _ => Ok(None),
+        }
+    }
     async fn release(&self, trigger: &TriggerState, owner: &str) -> RepoResult<bool> {
         let mut all = lock(&self.all);
         match all.get_mut(&trigger.uid()) {
@@ -674,9 +691,14 @@ impl TriggerRepository for MemTriggers {
     }
 }
 
-/// Records published messages; broadcasts them to subscribers.
+/// Records published messages; broadcasts them to subscribers; hands each message of a topic to one
+/// competing receiver (no leases: a received message is never delivered again); records
+/// acknowledgements.
 struct MemQueue {
     published: Mutex<Vec<Envelope>>,
+    /// Per topic: how many published messages receivers went past.
+    received: Mutex<HashMap<Topic, usize>>,
+    acked: Mutex<Vec<DeliveryTag>>,
     tx: tokio::sync::broadcast::Sender<Envelope>,
 }
 
@@ -684,12 +706,26 @@ impl Default for MemQueue {
     fn default() -> Self {
         MemQueue {
             published: Mutex::new(Vec::new()),
+            received: Mutex::new(HashMap::new()),
+            acked: Mutex::new(Vec::new()),
             tx: tokio::sync::broadcast::channel(10_000).0,
         }
     }
 }
 
 impl MemQueue {
+    /// The polling-trigger evaluations sent to workers.
+    fn trigger_jobs(&self) -> Vec<WorkerTrigger> {
+        lock(&self.published)
+            .iter()
+            .filter(|e| e.topic == Topic::WorkerJob)
+            .map(|e| match e.decode().unwrap() {
+                WorkerJob::Trigger(t) => *t,
+                other => panic!("not a trigger job: {other:?}"),
+            })
+            .collect()
+    }
+
     fn executions(&self) -> Vec<Execution> {
         lock(&self.published)
             .iter()
@@ -710,15 +746,36 @@ impl Queue for MemQueue {
     }
     async fn receive(
         &self,
-        _: ConsumerGroup,
-        _: Topic,
-        _: usize,
+        group: ConsumerGroup,
+        topic: Topic,
+        max: usize,
         _: Duration,
         _: Duration,
     ) -> Result<Vec<Delivery>, QueueError> {
-        Ok(Vec::new())
+        // Messages of a topic are handed out in order, once, from the topic's cursor on.
+        let published = lock(&self.published);
+        let mut cursors = lock(&self.received);
+        let cursor = cursors.entry(topic).or_insert(0);
+        let mut out = Vec::new();
+        while *cursor < published.len() && out.len() < max {
+            let envelope = &published[*cursor];
+            *cursor += 1;
+            if envelope.topic == topic {
+                out.push(Delivery {
+                    tag: DeliveryTag {
+                        partition: 0,
+                        offset: *cursor as i64,
+                    },
+                    group,
+                    envelope: envelope.clone(),
+                    attempt: 1,
+                });
+            }
+        }
+        Ok(out)
     }
-    async fn ack(&self, _: ConsumerGroup, _: &[DeliveryTag]) -> Result<(), QueueError> {
+    async fn ack(&self, _: ConsumerGroup, tags: &[DeliveryTag]) -> Result<(), QueueError> {
+        lock(&self.acked).extend_from_slice(tags);
         Ok(())
     }
     async fn extend_lease(
@@ -1465,6 +1522,13 @@ mod conformance {
     }
 
     #[tokio::test]
+    async fn testkit_two_schedulers_one_evaluation_per_due_date() {
+        let (repos, queue) = repos();
+        kestra_core::testkit::scheduler::two_schedulers_one_evaluation_per_due_date(&repos, queue)
+            .await;
+    }
+
+    #[tokio::test]
     async fn testkit_scheduler_killed_mid_run() {
         let (repos, queue) = repos();
         kestra_core::testkit::scheduler::scheduler_killed_mid_run(&repos, queue).await;
@@ -1509,4 +1573,398 @@ async fn run_loop_ticks_until_shutdown() {
         1,
         "the loop fired the 11:00 slot once"
     );
+}
+
+// ------------------------------------------------------------------------------------------------
+// polling triggers (http.Trigger): the scheduler sends evaluations, the test plays the worker
+
+const POLL: &str = r#"  - id: poll
+    type: io.kestra.plugin.core.http.Trigger
+    uri: http://127.0.0.1:1/status
+    interval: PT1M
+    labels:
+      source: http
+    inputs:
+      day: "{{ trigger.body }}"
+"#;
+
+/// A worker's answer to `job`: `variables` start an execution, `error` is a failed evaluation.
+async fn answer(w: &World, job: &WorkerTrigger, variables: Option<Value>, error: Option<&str>) {
+    let result = WorkerTriggerResult {
+        tenant_id: job.tenant_id.clone(),
+        namespace: job.namespace.clone(),
+        flow_id: job.flow_id.clone(),
+        flow_revision: job.flow_revision,
+        trigger_id: job.trigger.id.clone(),
+        evaluation_date: job.evaluation_date,
+        variables: variables.map(|v| v.as_object().unwrap().clone()),
+        error: error.map(str::to_string),
+        worker_id: Some("w1".into()),
+    };
+    w.queue
+        .publish(vec![result.envelope().unwrap()])
+        .await
+        .unwrap();
+}
+
+fn response(body: &str) -> Value {
+    json!({"uri": "http://127.0.0.1:1/status", "code": 200, "headers": {"x": ["y"]}, "body": body})
+}
+
+#[tokio::test]
+async fn polling_trigger_sends_one_evaluation_per_due_date_and_waits_for_its_result() {
+    let t0 = utc(2024, 1, 1, 10, 0, 0);
+    let w = World::new(t0);
+    w.deploy(&flow("f", POLL)).await;
+    let s = w.scheduler("s");
+
+    let r = s.tick().await.unwrap();
+    assert_eq!(r.created, 1);
+    assert!(
+        r.evaluations.is_empty(),
+        "first evaluation one interval later"
+    );
+    assert_eq!(
+        w.state("f", "poll").await.next_execution_date,
+        Some(t0 + chrono::Duration::minutes(1))
+    );
+    w.at(utc(2024, 1, 1, 10, 0, 59));
+    assert!(s.tick().await.unwrap().evaluations.is_empty());
+
+    let due = utc(2024, 1, 1, 10, 1, 0);
+    w.at(due);
+    let r = s.tick().await.unwrap();
+    assert_eq!(
+        r.evaluations,
+        vec![trigger_uid("main", "company", "f", "poll")]
+    );
+    let jobs = w.queue.trigger_jobs();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].evaluation_date, due);
+    assert_eq!(jobs[0].trigger.id, "poll");
+    assert_eq!(jobs[0].flow_revision, 1);
+    assert_eq!(jobs[0].context["flow"]["id"], "f");
+    assert_eq!(w.state("f", "poll").await.evaluate_running_date, Some(due));
+
+    // The evaluation runs: nothing more is sent, even once the interval has passed.
+    for at in [utc(2024, 1, 1, 10, 1, 1), utc(2024, 1, 1, 10, 3, 0)] {
+        w.at(at);
+        let r = s.tick().await.unwrap();
+        assert!(r.evaluations.is_empty(), "no second evaluation at {at}");
+        assert_eq!(w.state("f", "poll").await.evaluate_running_date, Some(due));
+    }
+    assert_eq!(w.queue.trigger_jobs().len(), 1);
+
+    // The result arrives (nothing to start): the next evaluation is due one interval after the last.
+    answer(&w, &jobs[0], None, None).await;
+    w.at(utc(2024, 1, 1, 10, 3, 10));
+    let r = s.tick().await.unwrap();
+    assert_eq!(r.results, 1);
+    assert!(r.fired.is_empty());
+    // 10:02 is past: the overdue evaluation is sent in the same step.
+    assert_eq!(r.evaluations.len(), 1);
+    assert_eq!(
+        lock(&w.queue.acked).len(),
+        1,
+        "the applied result is acknowledged"
+    );
+    let jobs = w.queue.trigger_jobs();
+    assert_eq!(jobs.len(), 2);
+    answer(&w, &jobs[1], None, None).await;
+    let r = s.tick().await.unwrap();
+    assert_eq!(r.results, 1);
+    assert!(r.evaluations.is_empty());
+    let state = w.state("f", "poll").await;
+    assert_eq!(state.evaluate_running_date, None);
+    assert_eq!(state.worker_id.as_deref(), Some("w1"));
+    assert_eq!(
+        state.next_execution_date,
+        Some(utc(2024, 1, 1, 10, 4, 10)),
+        "evaluation date + interval"
+    );
+}
+
+#[tokio::test]
+async fn polling_result_starts_one_execution_with_trigger_variables() {
+    let w = World::new(utc(2024, 1, 1, 10, 0, 0));
+    w.deploy(&flow("f", &format!("{POLL}    allowConcurrent: true\n")))
+        .await;
+    let s = w.scheduler("s");
+    s.tick().await.unwrap();
+    w.at(utc(2024, 1, 1, 10, 1, 0));
+    s.tick().await.unwrap();
+    let job = w.queue.trigger_jobs().remove(0);
+
+    answer(&w, &job, Some(response("2024-01-01")), None).await;
+    // The same result delivered twice (a worker redelivery): the second one is stale.
+    answer(&w, &job, Some(response("2024-01-01")), None).await;
+    let r = s.tick().await.unwrap();
+    assert_eq!(r.results, 1);
+    assert_eq!(r.stale_results, 1);
+    assert_eq!(r.fired.len(), 1);
+    let executions = w.queue.executions();
+    assert_eq!(executions.len(), 1, "one execution per evaluation");
+    let e = &executions[0];
+    assert_eq!(e.id, r.fired[0].execution_id);
+    assert_eq!(
+        e.id,
+        slot_execution_id("main", "company", "f", "poll", job.evaluation_date, None),
+        "the execution id is derived from the evaluation"
+    );
+    let trigger = e.trigger.as_ref().unwrap();
+    assert_eq!(trigger.id, "poll");
+    assert_eq!(trigger.type_, "io.kestra.plugin.core.http.Trigger");
+    assert_eq!(trigger.variables["body"], "2024-01-01");
+    assert_eq!(trigger.variables["code"], 200);
+    assert_eq!(trigger.variables["headers"]["x"], json!(["y"]));
+    assert_eq!(trigger.variables["uri"], "http://127.0.0.1:1/status");
+    assert_eq!(
+        e.inputs["day"], "2024-01-01",
+        "inputs rendered with trigger"
+    );
+    assert_eq!(e.label("source"), Some("http"));
+    assert_eq!(e.label("team"), Some("data"));
+    assert_eq!(e.current(), StateType::Created);
+    assert_eq!(lock(&w.queue.acked).len(), 2, "both results acknowledged");
+}
+
+#[tokio::test]
+async fn polling_conditions_false_start_nothing() {
+    let w = World::new(utc(2024, 1, 1, 10, 0, 0));
+    let trigger = format!(
+        "{POLL}    conditions:\n      - type: io.kestra.plugin.core.condition.Expression\n        expression: \"{{{{ trigger.body == 'go' }}}}\"\n"
+    );
+    w.deploy(&flow("f", &trigger)).await;
+    let s = w.scheduler("s");
+    s.tick().await.unwrap();
+    w.at(utc(2024, 1, 1, 10, 1, 0));
+    s.tick().await.unwrap();
+    let job = w.queue.trigger_jobs().remove(0);
+    answer(&w, &job, Some(response("wait")), None).await;
+    let r = s.tick().await.unwrap();
+    assert_eq!(r.results, 1);
+    assert_eq!(r.skipped, 1);
+    assert!(
+        w.queue.executions().is_empty(),
+        "condition false: nothing starts"
+    );
+
+    w.at(utc(2024, 1, 1, 10, 2, 0));
+    s.tick().await.unwrap();
+    let job = w.queue.trigger_jobs().remove(1);
+    answer(&w, &job, Some(response("go")), None).await;
+    let r = s.tick().await.unwrap();
+    assert_eq!(r.fired.len(), 1);
+    assert_eq!(w.queue.executions().len(), 1);
+}
+
+#[tokio::test]
+async fn polling_lock_holds_evaluations_while_the_execution_runs() {
+    let w = World::new(utc(2024, 1, 1, 10, 0, 0));
+    w.deploy(&flow("f", POLL)).await;
+    let s = w.scheduler("s");
+    s.tick().await.unwrap();
+    w.at(utc(2024, 1, 1, 10, 1, 0));
+    s.tick().await.unwrap();
+    let job = w.queue.trigger_jobs().remove(0);
+    answer(&w, &job, Some(response("x")), None).await;
+    let first = s.tick().await.unwrap().fired[0].execution_id.clone();
+    assert_eq!(
+        w.state("f", "poll").await.execution_id.as_deref(),
+        Some(first.as_str())
+    );
+    w.set_execution_state(&first, StateType::Running).await;
+
+    for at in [utc(2024, 1, 1, 10, 2, 0), utc(2024, 1, 1, 10, 5, 0)] {
+        w.at(at);
+        let r = s.tick().await.unwrap();
+        assert!(r.evaluations.is_empty(), "no evaluation while {first} runs");
+        assert_eq!(r.locked, 1);
+    }
+    assert_eq!(w.queue.trigger_jobs().len(), 1);
+
+    w.set_execution_state(&first, StateType::Success).await;
+    w.at(utc(2024, 1, 1, 10, 6, 0));
+    let r = s.tick().await.unwrap();
+    assert_eq!(
+        r.evaluations.len(),
+        1,
+        "free again: the next evaluation is sent"
+    );
+    assert_eq!(w.state("f", "poll").await.execution_id, None);
+}
+
+#[tokio::test]
+async fn polling_evaluation_errors_are_kept_in_the_state_and_abandoned_evaluations_resent() {
+    let w = World::new(utc(2024, 1, 1, 10, 0, 0));
+    w.deploy(&flow("f", POLL)).await;
+    let s = w.scheduler("s");
+    s.tick().await.unwrap();
+    w.at(utc(2024, 1, 1, 10, 1, 0));
+    s.tick().await.unwrap();
+    let job = w.queue.trigger_jobs().remove(0);
+    answer(
+        &w,
+        &job,
+        None,
+        Some("invalid property `uri`: 'nope': relative URL"),
+    )
+    .await;
+    let r = s.tick().await.unwrap();
+    assert_eq!(r.results, 1);
+    assert!(r.fired.is_empty());
+    let state = w.state("f", "poll").await;
+    assert_eq!(
+        state.error.as_deref(),
+        Some("invalid property `uri`: 'nope': relative URL"),
+        "the error is visible"
+    );
+    assert!(
+        !state.disabled,
+        "a failed evaluation does not disable the trigger"
+    );
+
+    // The next evaluation is lost with its worker: after the timeout a new one is sent, and the
+    // late result of the abandoned one is ignored.
+    w.at(utc(2024, 1, 1, 10, 2, 0));
+    s.tick().await.unwrap();
+    let lost = w.queue.trigger_jobs().remove(1);
+    w.at(utc(2024, 1, 1, 10, 6, 59));
+    assert!(s.tick().await.unwrap().evaluations.is_empty());
+    w.at(utc(2024, 1, 1, 10, 7, 0));
+    let r = s.tick().await.unwrap();
+    assert_eq!(
+        r.evaluations.len(),
+        1,
+        "resent after evaluation_timeout (5 min)"
+    );
+    answer(&w, &lost, Some(response("late")), None).await;
+    let r = s.tick().await.unwrap();
+    assert_eq!(r.stale_results, 1);
+    assert!(
+        w.queue.executions().is_empty(),
+        "a stale result starts nothing"
+    );
+    let resent = w.queue.trigger_jobs().remove(2);
+    answer(&w, &resent, Some(response("ok")), None).await;
+    let r = s.tick().await.unwrap();
+    assert_eq!(r.fired.len(), 1);
+    assert_eq!(
+        w.state("f", "poll").await.error,
+        None,
+        "a good evaluation clears the error"
+    );
+}
+
+#[tokio::test]
+async fn polling_trigger_whose_inputs_cannot_render_is_disabled_with_an_error() {
+    let w = World::new(utc(2024, 1, 1, 10, 0, 0));
+    let trigger = POLL.replace("{{ trigger.body }}", "{{ trigger.nothing }}");
+    w.deploy(&flow("f", &trigger)).await;
+    let s = w.scheduler("s");
+    s.tick().await.unwrap();
+    w.at(utc(2024, 1, 1, 10, 1, 0));
+    s.tick().await.unwrap();
+    let job = w.queue.trigger_jobs().remove(0);
+    answer(&w, &job, Some(response("x")), None).await;
+    let r = s.tick().await.unwrap();
+    assert_eq!(r.disabled.len(), 1);
+    assert!(r.disabled[0].1.contains("nothing"), "{:?}", r.disabled);
+    let state = w.state("f", "poll").await;
+    assert!(state.disabled);
+    assert!(state.error.unwrap().contains("cannot render input 'day'"));
+    assert!(w.queue.executions().is_empty());
+
+    // Fixing the flow enables it again.
+    w.deploy(&flow("f", POLL)).await;
+    s.tick().await.unwrap();
+    let state = w.state("f", "poll").await;
+    assert!(!state.disabled);
+    assert_eq!(state.error, None);
+}
+
+#[tokio::test]
+async fn two_schedulers_send_one_evaluation_per_due_date() {
+    let w = World::new(utc(2024, 1, 1, 10, 0, 0));
+    for i in 0..5 {
+        w.deploy(&flow(
+            &format!("f{i}"),
+            &format!("{POLL}    allowConcurrent: true\n"),
+        ))
+        .await;
+    }
+    let (a, b) = (w.scheduler("a"), w.scheduler("b"));
+    let mut sent = 0;
+    let mut started = 0;
+    for _ in 0..20 {
+        w.clock.advance(chrono::Duration::seconds(30));
+        let (ra, rb) = tokio::join!(a.tick(), b.tick());
+        let (ra, rb) = (ra.unwrap(), rb.unwrap());
+        sent += ra.evaluations.len() + rb.evaluations.len();
+        started += ra.fired.len() + rb.fired.len();
+        // Play the worker: answer every evaluation sent in this step.
+        let jobs = w.queue.trigger_jobs();
+        for job in &jobs[jobs.len() - ra.evaluations.len() - rb.evaluations.len()..] {
+            answer(&w, job, Some(response("x")), None).await;
+        }
+    }
+    let jobs = w.queue.trigger_jobs();
+    assert_eq!(jobs.len(), sent);
+    let mut keys: Vec<(String, DateTime<Utc>)> = jobs
+        .iter()
+        .map(|j| (j.flow_id.clone(), j.evaluation_date))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(
+        keys.len(),
+        jobs.len(),
+        "one evaluation per trigger and due date"
+    );
+    assert!(sent >= 5 * 5, "every trigger kept being evaluated ({sent})");
+    let executions = w.queue.executions();
+    assert_eq!(executions.len(), started);
+    let mut ids: Vec<&str> = executions.iter().map(|e| e.id.as_str()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), executions.len());
+}
+
+#[tokio::test]
+async fn polling_stop_after_disables_the_trigger() {
+    let w = World::new(utc(2024, 1, 1, 10, 0, 0));
+    w.deploy(&flow("f", &format!("{POLL}    stopAfter: [FAILED]\n")))
+        .await;
+    let s = w.scheduler("s");
+    s.tick().await.unwrap();
+    w.at(utc(2024, 1, 1, 10, 1, 0));
+    s.tick().await.unwrap();
+    let job = w.queue.trigger_jobs().remove(0);
+    answer(&w, &job, Some(response("x")), None).await;
+    let id = s.tick().await.unwrap().fired[0].execution_id.clone();
+    w.set_execution_state(&id, StateType::Failed).await;
+    w.at(utc(2024, 1, 1, 10, 2, 0));
+    let r = s.tick().await.unwrap();
+    assert!(r.evaluations.is_empty());
+    assert_eq!(r.disabled.len(), 1);
+    assert!(r.disabled[0].1.starts_with("stopAfter"), "{:?}", r.disabled);
+    assert!(w.state("f", "poll").await.disabled);
+}
+
+#[tokio::test]
+async fn polling_trigger_with_a_zero_interval_is_disabled_with_an_error() {
+    let w = World::new(utc(2024, 1, 1, 10, 0, 0));
+    w.deploy(&flow("f", &POLL.replace("PT1M", "PT0S"))).await;
+    let s = w.scheduler("s");
+    let r = s.tick().await.unwrap();
+    assert_eq!(r.disabled.len(), 1, "{r:?}");
+    let state = w.state("f", "poll").await;
+    assert!(state.disabled);
+    assert_eq!(
+        state.error.as_deref(),
+        Some("interval must be longer than zero")
+    );
+    w.at(utc(2024, 1, 1, 11, 0, 0));
+    assert!(s.tick().await.unwrap().evaluations.is_empty());
+    assert!(w.queue.trigger_jobs().is_empty());
 }

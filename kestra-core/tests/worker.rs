@@ -1,6 +1,7 @@
 //! Worker and core runnable tasks, run for real: tasks through `RunnableTask::run` with a
 //! `RunContext::for_test`, real processes, a local HTTP server, an in-memory InternalStorage, and
-//! the `Worker` loop over a small in-memory Queue.
+//! the `Worker` loop over a small in-memory Queue; polling triggers (http.Trigger) evaluated with
+//! `evaluate_trigger` and through the `Worker` loop.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, VecDeque};
@@ -14,7 +15,9 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use kestra_core::executor::messages::{ExecutionKilled, WorkerJob, WorkerTask, WorkerTaskResult};
+use kestra_core::executor::messages::{
+    ExecutionKilled, WorkerJob, WorkerTask, WorkerTaskResult, WorkerTrigger, WorkerTriggerResult,
+};
 use kestra_core::expression::ExpressionEngine;
 use kestra_core::flow::model::Task;
 use kestra_core::flow::{TaskKind, TaskRegistry, TaskType};
@@ -28,7 +31,7 @@ use kestra_core::storage::{
 };
 use kestra_core::worker::{
     AttemptEnd, MemorySink, RunContext, RunnableTask, RunnerError, RunnerRegistry, TaskError,
-    TaskOutput, Worker, WorkerConfig, run_attempt,
+    TaskOutput, TriggerEvaluator, Worker, WorkerConfig, evaluate_trigger, run_attempt,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -1122,6 +1125,16 @@ impl MemQueue {
             broadcast: tokio::sync::broadcast::channel(64).0,
         })
     }
+    fn trigger_results(&self) -> Vec<WorkerTriggerResult> {
+        self.state
+            .lock()
+            .unwrap()
+            .published
+            .iter()
+            .filter(|e| e.topic == Topic::WorkerTriggerResult)
+            .map(|e| e.decode().unwrap())
+            .collect()
+    }
     fn results(&self) -> Vec<WorkerTaskResult> {
         self.state
             .lock()
@@ -1418,4 +1431,274 @@ async fn worker_runs_jobs_publishes_results_then_acks_and_follows_kills() {
             .map(|r| r.state),
         Some(StateType::Success)
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Polling triggers on the worker (http.Trigger)
+// ---------------------------------------------------------------------------------------------
+
+fn trigger_job(trigger: Value) -> WorkerTrigger {
+    WorkerTrigger {
+        tenant_id: "main".into(),
+        namespace: "company.team".into(),
+        flow_id: "polled".into(),
+        flow_revision: 3,
+        trigger: serde_json::from_value(trigger).expect("trigger json"),
+        context: json!({"flow": {"id": "polled", "namespace": "company.team", "revision": 3, "tenantId": "main"}}),
+        evaluation_date: chrono::Utc::now(),
+    }
+}
+
+async fn evaluate(trigger: Value) -> (WorkerTriggerResult, MemorySink) {
+    let sink = MemorySink::new();
+    let job = trigger_job(trigger);
+    let result = evaluate_trigger(
+        &job,
+        &TriggerEvaluator {
+            storage: Arc::new(MemStorage::default()),
+            expr: Arc::new(ExpressionEngine::default()),
+            task_registry: Arc::new(TaskRegistry::default()),
+            runners: Arc::new(RunnerRegistry::core()),
+            sink: Arc::new(sink.clone()),
+            cancel: CancellationToken::new(),
+            worker_id: Some("w1".into()),
+        },
+    )
+    .await;
+    assert_eq!(result.evaluation_date, job.evaluation_date);
+    assert_eq!(result.trigger_id, "poll");
+    assert_eq!(result.flow_revision, 3);
+    (result, sink)
+}
+
+fn http_trigger(uri: &str, extra: Value) -> Value {
+    let mut t = json!({"id": "poll", "type": "io.kestra.plugin.core.http.Trigger", "uri": uri, "interval": "PT1S"});
+    if let (Value::Object(t), Value::Object(extra)) = (&mut t, extra) {
+        t.extend(extra);
+    }
+    t
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http_trigger_default_condition_starts_with_request_outputs() {
+    let base = http_server().await;
+    let (r, _) = evaluate(http_trigger(&format!("{base}/json"), json!({}))).await;
+    assert_eq!(r.error, None);
+    let vars = r.variables.expect("200 < 400: an execution starts");
+    assert_eq!(vars["uri"], json!(format!("{base}/json")));
+    assert_eq!(vars["code"], json!(200));
+    assert_eq!(vars["body"], json!(r#"{"hello":"world"}"#));
+    assert_eq!(vars["headers"]["x-test"], json!(["a"]));
+    assert_eq!(r.worker_id.as_deref(), Some("w1"));
+
+    // A 404 is a response, not an error: the default condition is false.
+    let (r, _) = evaluate(http_trigger(&format!("{base}/missing"), json!({}))).await;
+    assert_eq!(r.error, None);
+    assert_eq!(r.variables, None);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http_trigger_response_condition_sees_status_body_and_headers() {
+    let base = http_server().await;
+    let uri = format!("{base}/json");
+    let cases = [
+        ("{{ fromJson(response.body).hello == 'world' }}", true),
+        ("{{ response.body contains 'nobody' }}", false),
+        (
+            "{{ response.statusCode == 200 and response.headers['x-test'][0] == 'a' }}",
+            true,
+        ),
+        ("{{ response.statusCode == 201 }}", false),
+    ];
+    for (condition, starts) in cases {
+        let (r, _) = evaluate(http_trigger(&uri, json!({"responseCondition": condition}))).await;
+        assert_eq!(r.error, None, "{condition}");
+        assert_eq!(r.variables.is_some(), starts, "{condition}");
+    }
+    // A 404 can be what the trigger waits for.
+    let (r, _) = evaluate(http_trigger(
+        &format!("{base}/missing"),
+        json!({"responseCondition": "{{ response.statusCode == 404 }}"}),
+    ))
+    .await;
+    assert_eq!(r.variables.expect("404 matched")["body"], json!("nope"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http_trigger_errors_are_results_and_trigger_logs() {
+    let base = http_server().await;
+    for (trigger, needle) in [
+        (http_trigger("not a uri", json!({})), "uri"),
+        (http_trigger("{{ nowhere }}", json!({})), "nowhere"),
+        (
+            http_trigger(
+                &format!("{base}/json"),
+                json!({"responseCondition": "{{ response.nope.deeper }}"}),
+            ),
+            "nope",
+        ),
+        (
+            http_trigger(
+                &format!("{base}/empty"),
+                json!({"failOnEmptyResponse": true}),
+            ),
+            "No response",
+        ),
+        (
+            http_trigger("http://127.0.0.1:1/closed", json!({})),
+            "HTTP request failed",
+        ),
+    ] {
+        let (r, sink) = evaluate(trigger).await;
+        let error = r.error.expect("an evaluation error");
+        assert!(error.contains(needle), "{error} should mention {needle}");
+        assert_eq!(r.variables, None);
+        let logs = sink.logs();
+        let line = logs
+            .iter()
+            .find(|l| l.level == Level::Error)
+            .expect("the error is logged");
+        assert!(line.message.contains(needle), "{}", line.message);
+        assert_eq!(line.trigger_id.as_deref(), Some("poll"));
+        assert_eq!(line.execution_id, None, "a trigger log has no execution");
+        assert_eq!(line.flow_id, "polled");
+    }
+    // Without failOnEmptyResponse an empty body is a response like another.
+    let (r, _) = evaluate(http_trigger(&format!("{base}/empty"), json!({}))).await;
+    assert_eq!(r.variables.expect("200 starts")["body"], Value::Null);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn worker_evaluates_trigger_jobs_and_dead_letters_malformed_ones() {
+    let base = http_server().await;
+    let queue = MemQueue::new();
+    let worker = Worker::new(
+        WorkerConfig {
+            poll_wait: Duration::from_millis(100),
+            drain_timeout: Duration::from_secs(5),
+            ..WorkerConfig::default()
+        },
+        queue.clone(),
+        Arc::new(MemStorage::default()),
+        Arc::new(ExpressionEngine::default()),
+        Arc::new(TaskRegistry::default()),
+        Arc::new(RunnerRegistry::core()),
+    );
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(worker.run(shutdown.clone()));
+
+    let good = trigger_job(http_trigger(&format!("{base}/json"), json!({})));
+    let unknown = trigger_job(
+        json!({"id": "sched", "type": "io.kestra.plugin.core.trigger.Schedule", "cron": "* * * * *"}),
+    );
+    queue
+        .publish(vec![
+            Envelope::new(
+                Topic::WorkerJob,
+                "k",
+                &br#"{"type": "trigger", "flowId": 3}"#[..],
+            ),
+            WorkerJob::Trigger(Box::new(good.clone()))
+                .envelope()
+                .unwrap(),
+            WorkerJob::Trigger(Box::new(unknown)).envelope().unwrap(),
+        ])
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let results = loop {
+        let results = queue.trigger_results();
+        if results.len() >= 2 || Instant::now() > deadline {
+            break results;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(5), handle)
+        .await
+        .unwrap()
+        .unwrap();
+
+    assert_eq!(results.len(), 2, "{results:?}");
+    let ok = results.iter().find(|r| r.trigger_id == "poll").unwrap();
+    assert_eq!(ok.evaluation_date, good.evaluation_date);
+    assert_eq!(ok.variables.as_ref().unwrap()["code"], json!(200));
+    let not_polling = results.iter().find(|r| r.trigger_id == "sched").unwrap();
+    assert!(
+        not_polling
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("not a registered polling trigger"),
+        "{not_polling:?}"
+    );
+    let state = queue.state.lock().unwrap();
+    assert_eq!(state.dead.len(), 1, "the malformed job is dead-lettered");
+    assert_eq!(state.acked.len(), 2, "evaluated jobs are acknowledged");
+    for published in state
+        .published
+        .iter()
+        .filter(|e| e.topic == Topic::WorkerTriggerResult)
+    {
+        let result: WorkerTriggerResult = published.decode().unwrap();
+        assert_eq!(
+            published.key,
+            result.uid(),
+            "results are keyed by trigger uid"
+        );
+    }
+    assert!(
+        state
+            .published
+            .iter()
+            .any(|e| e.topic == Topic::WorkerTriggerResult && e.key == good.uid()),
+        "the good job's result is keyed by its trigger uid"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn worker_stops_an_evaluation_that_outlives_its_timeout() {
+    // A server that accepts connections and never answers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((sock, _)) = listener.accept().await {
+            held.push(sock);
+        }
+    });
+    let queue = MemQueue::new();
+    let worker = Worker::new(
+        WorkerConfig {
+            poll_wait: Duration::from_millis(100),
+            evaluation_timeout: Duration::from_millis(300),
+            ..WorkerConfig::default()
+        },
+        queue.clone(),
+        Arc::new(MemStorage::default()),
+        Arc::new(ExpressionEngine::default()),
+        Arc::new(TaskRegistry::default()),
+        Arc::new(RunnerRegistry::core()),
+    );
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(worker.run(shutdown.clone()));
+    let job = trigger_job(http_trigger(&format!("http://{addr}/hang"), json!({})));
+    queue
+        .publish(vec![WorkerJob::Trigger(Box::new(job)).envelope().unwrap()])
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while queue.trigger_results().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(5), handle)
+        .await
+        .unwrap()
+        .unwrap();
+    let results = queue.trigger_results();
+    assert_eq!(results.len(), 1);
+    let error = results[0].error.as_deref().unwrap();
+    assert!(error.contains("did not end within"), "{error}");
+    assert_eq!(results[0].variables, None);
 }

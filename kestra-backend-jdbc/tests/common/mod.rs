@@ -467,7 +467,7 @@ pub async fn offline_purge(url: &str, backend: JdbcBackend) {
 }
 
 /// The scheduler scenarios of the testkit: two schedulers over 200 cron slots (exactly one execution
-/// per slot), and a scheduler killed mid-run.
+/// per slot), a scheduler killed mid-run, and two schedulers sharing polling triggers.
 pub async fn scheduler_suite(url: &str) {
     let backend = connect(url).await;
     kestra_core::testkit::scheduler::two_schedulers_one_execution_per_slot(
@@ -476,6 +476,11 @@ pub async fn scheduler_suite(url: &str) {
     )
     .await;
     kestra_core::testkit::scheduler::scheduler_killed_mid_run(
+        &backend.repositories(),
+        backend.queue(),
+    )
+    .await;
+    kestra_core::testkit::scheduler::two_schedulers_one_evaluation_per_due_date(
         &backend.repositories(),
         backend.queue(),
     )

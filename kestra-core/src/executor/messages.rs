@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::flow::model::{ConcurrencyBehavior, Task};
+use crate::flow::model::{ConcurrencyBehavior, Task, Trigger};
 use crate::model::{Execution, State, StateType, TaskRun};
 use crate::queue::{Envelope, QueueError, Topic};
 
@@ -27,20 +27,102 @@ pub struct WorkerTask {
     pub flow_revision: i32,
 }
 
-/// What a worker publishes: a job for a task attempt or a polling-trigger evaluation.
+/// What a worker receives: a task attempt (from the executor) or a polling-trigger evaluation (from
+/// the scheduler).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "camelCase")]
 pub enum WorkerJob {
     /// Run one task attempt.
     Task(Box<WorkerTask>),
+    /// Evaluate a polling trigger once.
+    Trigger(Box<WorkerTrigger>),
 }
 
 impl WorkerJob {
-    /// As a queue message keyed by the execution id.
+    /// As a queue message keyed by the execution id (a task) or the trigger uid (a trigger).
     pub fn envelope(&self) -> Result<Envelope, QueueError> {
         match self {
             WorkerJob::Task(t) => Envelope::json(Topic::WorkerJob, &t.task_run.execution_id, self),
+            WorkerJob::Trigger(t) => Envelope::json(Topic::WorkerJob, t.uid(), self),
         }
+    }
+}
+
+/// One evaluation of a polling trigger for a worker (topic [`Topic::WorkerJob`], key = trigger uid),
+/// sent by the scheduler when the trigger is due (Kestra's `WorkerTrigger`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerTrigger {
+    /// Tenant.
+    pub tenant_id: String,
+    /// Flow namespace.
+    pub namespace: String,
+    /// Flow id.
+    pub flow_id: String,
+    /// Flow revision.
+    pub flow_revision: i32,
+    /// The trigger definition (plugin defaults applied).
+    pub trigger: Trigger,
+    /// The expression context to render the trigger's properties with (`flow`).
+    pub context: Value,
+    /// When the scheduler sent it: identifies the evaluation (a result for another date is stale).
+    pub evaluation_date: DateTime<Utc>,
+}
+
+impl WorkerTrigger {
+    /// The trigger's uid (`tenant_namespace_flow_trigger`).
+    pub fn uid(&self) -> String {
+        crate::model::trigger_uid(
+            &self.tenant_id,
+            &self.namespace,
+            &self.flow_id,
+            &self.trigger.id,
+        )
+    }
+}
+
+/// The result of one polling-trigger evaluation (topic [`Topic::WorkerTriggerResult`], key = trigger
+/// uid), from a worker to the schedulers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerTriggerResult {
+    /// Tenant.
+    pub tenant_id: String,
+    /// Flow namespace.
+    pub namespace: String,
+    /// Flow id.
+    pub flow_id: String,
+    /// Flow revision evaluated.
+    pub flow_revision: i32,
+    /// Trigger id.
+    pub trigger_id: String,
+    /// The evaluation this answers ([`WorkerTrigger::evaluation_date`]).
+    pub evaluation_date: DateTime<Utc>,
+    /// `Some`: start an execution with these `trigger` variables; `None`: nothing to start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variables: Option<Map<String, Value>>,
+    /// Why the evaluation failed (nothing is started).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Worker that evaluated it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_id: Option<String>,
+}
+
+impl WorkerTriggerResult {
+    /// The trigger's uid.
+    pub fn uid(&self) -> String {
+        crate::model::trigger_uid(
+            &self.tenant_id,
+            &self.namespace,
+            &self.flow_id,
+            &self.trigger_id,
+        )
+    }
+
+    /// As a queue message keyed by the trigger uid.
+    pub fn envelope(&self) -> Result<Envelope, QueueError> {
+        Envelope::json(Topic::WorkerTriggerResult, self.uid(), self)
     }
 }
 

@@ -5,10 +5,16 @@
 //! [`TaskRegistry::default`] holds every core task and trigger; an embedding application adds its
 //! own with [`TaskRegistry::register`] / [`TaskRegistry::register_trigger`] and reads typed
 //! properties with [`TaskRegistry::decode`] / [`TaskRegistry::decode_trigger`].
+//!
+//! A trigger type with a [`TriggerType::DEFAULT_INTERVAL`] is a *polling trigger*: the scheduler
+//! sends an evaluation of it to the workers every `interval` ([`TaskRegistry::polling_interval`]),
+//! and the workers evaluate it with the [`PollingTrigger`](crate::worker::PollingTrigger) registered
+//! in their [`RunnerRegistry`](crate::worker::RunnerRegistry).
 
 use std::any::TypeId;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -69,6 +75,9 @@ pub trait TriggerType: DeserializeOwned + Send + Sync + 'static {
     const TYPE: &'static str;
     /// Other accepted names (legacy spellings).
     const ALIASES: &'static [&'static str] = &[];
+    /// `Some(default interval)` makes this a polling trigger, evaluated on workers every `interval`
+    /// (this value when the flow does not set one). `None` (the default): not a polling trigger.
+    const DEFAULT_INTERVAL: Option<Duration> = None;
 }
 
 /// Checks a property map against a typed struct; the error carries the path inside the map.
@@ -102,6 +111,8 @@ pub struct TriggerEntry {
     pub type_name: &'static str,
     /// Validates the type-specific properties (common properties removed).
     pub validate: PropertyValidator,
+    /// A polling trigger's default interval ([`TriggerType::DEFAULT_INTERVAL`]).
+    pub default_interval: Option<Duration>,
     rust_type: TypeId,
 }
 
@@ -185,6 +196,7 @@ impl TaskRegistry {
         let entry = Arc::new(TriggerEntry {
             type_name: T::TYPE,
             validate: validate_as::<T>,
+            default_interval: T::DEFAULT_INTERVAL,
             rust_type: TypeId::of::<T>(),
         });
         for name in std::iter::once(&T::TYPE).chain(T::ALIASES) {
@@ -202,6 +214,30 @@ impl TaskRegistry {
     /// The trigger entry for a type name or alias.
     pub fn resolve_trigger(&self, type_name: &str) -> Option<&TriggerEntry> {
         self.triggers.get(type_name).map(Arc::as_ref)
+    }
+
+    /// A polling trigger's interval: its `interval` property (ISO-8601 duration) or its type's
+    /// default. `None` when the trigger is not a polling trigger (or its type is unknown); `Some(Err)`
+    /// when `interval` is not a positive duration.
+    pub fn polling_interval(&self, trigger: &Trigger) -> Option<Result<Duration, String>> {
+        let default = self
+            .resolve_trigger(&trigger.trigger_type)?
+            .default_interval?;
+        let interval = match trigger.properties.get("interval") {
+            None | Some(Value::Null) => Ok(default),
+            Some(Value::String(text)) => crate::flow::duration::parse(text)
+                .map_err(|e| format!("invalid interval '{text}': {e}")),
+            Some(other) => Err(format!(
+                "invalid interval {other}: not an ISO-8601 duration"
+            )),
+        };
+        Some(interval.and_then(|d| {
+            if d.is_zero() {
+                Err("interval must be longer than zero".to_string())
+            } else {
+                Ok(d)
+            }
+        }))
     }
 
     /// The canonical name of a task type, `None` when unknown.

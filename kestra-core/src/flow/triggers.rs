@@ -215,7 +215,9 @@ impl TriggerType for Webhook {
     const ALIASES: &'static [&'static str] = &["io.kestra.core.models.triggers.types.Webhook"];
 }
 
-/// `io.kestra.plugin.core.http.Trigger`: polls a URI every `interval` on a worker.
+/// `io.kestra.plugin.core.http.Trigger`: polls a URI every `interval` on a worker (evaluated by
+/// [`crate::tasks::http`]); starts an execution with `trigger.{uri, code, headers, body}` when
+/// `responseCondition` holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpTrigger {
@@ -242,10 +244,11 @@ pub struct HttpTrigger {
     /// TLS options.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssl_options: Option<Value>,
-    /// Polling interval (PT1M).
+    /// Polling interval (PT60S).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval: Option<IsoDuration>,
-    /// Expression on `response` deciding whether to start an execution.
+    /// Expression on `response` (`statusCode`, `body`, `headers`) deciding whether to start an
+    /// execution (`{{ response.statusCode < 400 }}`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_condition: Option<String>,
     /// Encrypt the body in the trigger variables.
@@ -261,6 +264,7 @@ pub struct HttpTrigger {
 impl TriggerType for HttpTrigger {
     const TYPE: &'static str = "io.kestra.plugin.core.http.Trigger";
     const ALIASES: &'static [&'static str] = &["io.kestra.plugin.fs.http.Trigger"];
+    const DEFAULT_INTERVAL: Option<std::time::Duration> = Some(std::time::Duration::from_secs(60));
 }
 
 /// Registers every core trigger (and legacy alias) in `registry`.

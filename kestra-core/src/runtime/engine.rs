@@ -119,7 +119,7 @@ pub struct Components {
     pub worker: bool,
     /// Indexer.
     pub indexer: bool,
-    /// Scheduler (schedules and backfills).
+    /// Scheduler (schedules, polling triggers and backfills).
     pub scheduler: bool,
 }
 

@@ -1,22 +1,27 @@
-//! The scheduler: starts executions of flows from their `Schedule` and `ScheduleOnDates` triggers,
-//! runs backfills, holds a trigger's lock while its execution runs, recovers missed slots, and lets
-//! several schedulers run at once.
+//! The scheduler: starts executions of flows from their `Schedule` and `ScheduleOnDates` triggers and
+//! from their polling triggers (`io.kestra.plugin.core.http.Trigger`, ...: it sends their evaluations
+//! to the workers every `interval` and starts the executions the results ask for), runs backfills,
+//! holds a trigger's lock while its execution runs, recovers missed slots, and lets several
+//! schedulers run at once.
 //!
 //! - [`clock`]: [`Clock`], [`SystemClock`], [`ManualClock`].
 //! - [`schedule`]: pure slot logic (cron, time zones, daylight saving, recovery, execution ids).
 //! - [`conditions`]: trigger conditions evaluated at fire time.
 //! - [`service`]: [`SchedulerService`], one evaluation step ([`SchedulerService::tick`]) and its loop.
+//! - [`polling`]: polling triggers: evaluations sent to workers, results applied.
 //! - [`backfill`](mod@backfill): the backfill API ([`backfill()`]).
 //!
 //! The scheduler is written against the [`Queue`](crate::queue::Queue) and repository traits only.
 //! Several instances share the work through [`TriggerRepository::claim_due`](crate::repository::TriggerRepository::claim_due);
 //! exactly one execution is created per slot because a slot's execution id is derived from the slot
 //! ([`schedule::slot_execution_id`]) and the executor ignores a creation message for an execution it
-//! already knows.
+//! already knows. A polling trigger's evaluation is sent under the trigger's claim (one per due date),
+//! and its execution id is derived from the evaluation's date in the same way.
 
 pub mod backfill;
 pub mod clock;
 pub mod conditions;
+pub mod polling;
 pub mod schedule;
 pub mod service;
 

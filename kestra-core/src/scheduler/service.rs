@@ -1,5 +1,6 @@
-//! [`SchedulerService`]: keeps one [`TriggerState`] per schedule trigger, claims the due ones and
-//! starts their executions.
+//! [`SchedulerService`]: keeps one [`TriggerState`] per schedule or polling trigger, claims the due
+//! ones and starts their executions (polling triggers: sends their evaluations to the workers and
+//! applies the results, see [`super::polling`]).
 //!
 //! # One evaluation step ([`SchedulerService::tick`])
 //!
@@ -31,13 +32,20 @@
 //!    `system.backfill=true`; the regular schedule resumes after it (its slots due meanwhile follow the
 //!    recovery policy).
 //!
+//! Polling triggers (types with a
+//! [`DEFAULT_INTERVAL`](crate::flow::TriggerType::DEFAULT_INTERVAL)) go through the same sync, claim, lock and release; their sync and handling are described in
+//! [`super::polling`]. Between the sync and the claim of due triggers, each step applies the
+//! workers' evaluation results ([`Topic::WorkerTriggerResult`](crate::queue::Topic::WorkerTriggerResult)):
+//! each result's trigger is claimed by uid ([`TriggerRepository::claim`]), the result applied, the
+//! new state released, and only then the result acknowledged.
+//!
 //! A trigger that cannot be evaluated (cron or time zone that slipped through validation, unsupported
 //! condition, inputs that do not render or resolve) is disabled with the message in its state's
 //! `error`, logged once at ERROR, instead of failing every step. Backend errors (queue, repositories)
 //! leave the trigger unchanged for the next step.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -48,6 +56,7 @@ use tokio_util::sync::CancellationToken;
 use super::SchedulerError;
 use super::clock::Clock;
 use super::conditions::{check_conditions, evaluate_conditions};
+use super::polling::PendingResults;
 use super::schedule::{Plan, RecoveryPolicy, Timetable, plan, slot_execution_id};
 use crate::executor::messages::execution_envelope;
 use crate::expression::ExpressionEngine;
@@ -83,6 +92,10 @@ pub struct SchedulerConfig {
     /// How long an execution holding a trigger's lock may be missing from the repository before it is
     /// considered deleted (60 s): a freshly queued execution is not there yet.
     pub lock_grace: Duration,
+    /// How long a polling trigger's evaluation may run without a result before the scheduler sends
+    /// another one (5 min): a worker may have died with it. A late result of the abandoned
+    /// evaluation is ignored.
+    pub evaluation_timeout: Duration,
 }
 
 impl Default for SchedulerConfig {
@@ -94,11 +107,13 @@ impl Default for SchedulerConfig {
             batch: 100,
             tenants: vec![crate::model::DEFAULT_TENANT.to_string()],
             lock_grace: Duration::from_secs(60),
+            evaluation_timeout: Duration::from_secs(5 * 60),
         }
     }
 }
 
-/// A slot that was fired.
+/// A slot that was fired (for a polling trigger: an evaluation that started an execution, its
+/// evaluation date as the slot).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FiredSlot {
     /// Trigger uid.
@@ -134,37 +149,53 @@ pub struct TickReport {
     pub lost_claims: usize,
     /// Triggers left unchanged after a backend error.
     pub failures: usize,
+    /// Polling triggers whose evaluation was sent to the workers (uids).
+    pub evaluations: Vec<String>,
+    /// Evaluation results applied.
+    pub results: usize,
+    /// Evaluation results ignored: not for the running evaluation (late, duplicate) or for a trigger
+    /// that no longer exists.
+    pub stale_results: usize,
 }
 
 /// The scheduler service. See the module documentation.
 pub struct SchedulerService {
-    config: SchedulerConfig,
+    pub(super) config: SchedulerConfig,
     clock: Arc<dyn Clock>,
     flows: Arc<dyn FlowRepository>,
-    triggers: Arc<dyn TriggerRepository>,
+    pub(super) triggers: Arc<dyn TriggerRepository>,
     executions: Arc<dyn ExecutionRepository>,
-    queue: Arc<dyn Queue>,
+    pub(super) queue: Arc<dyn Queue>,
     registry: Arc<TaskRegistry>,
-    expr: Arc<ExpressionEngine>,
+    pub(super) expr: Arc<ExpressionEngine>,
+    /// Evaluation results received and not applied yet, by trigger uid.
+    pub(super) results: Mutex<PendingResults>,
 }
 
-/// The kind of schedule trigger.
+/// The kind of trigger.
 #[derive(Debug, Clone)]
-enum Kind {
+pub(super) enum Kind {
     Cron(Box<Schedule>),
     Dates(Box<ScheduleOnDates>),
+    /// A polling trigger of this (canonical) type, evaluated every `interval`.
+    Polling {
+        type_name: &'static str,
+        interval: Duration,
+    },
 }
 
-/// A schedule trigger of the current flow revision.
+/// A schedule or polling trigger of the current flow revision.
 #[derive(Debug, Clone)]
-struct Entry {
-    flow: Arc<Flow>,
-    revision: i32,
-    trigger: Trigger,
+pub(super) struct Entry {
+    pub(super) flow: Arc<Flow>,
+    pub(super) revision: i32,
+    pub(super) trigger: Trigger,
     /// Decoded properties, or why they cannot be.
-    kind: Result<Kind, String>,
+    pub(super) kind: Result<Kind, String>,
+    /// A polling trigger (even when `kind` is an error).
+    pub(super) polling: bool,
     /// The flow or the trigger is disabled in the flow definition.
-    disabled: bool,
+    pub(super) disabled: bool,
 }
 
 /// A trigger's compiled schedule.
@@ -175,7 +206,7 @@ struct Compiled {
 }
 
 /// The outcome of handling one claimed trigger.
-enum Outcome {
+pub(super) enum Outcome {
     /// Store this state.
     Store(TriggerState),
     /// Store this state; the trigger was disabled for this reason (logged).
@@ -218,6 +249,7 @@ impl SchedulerService {
             queue,
             registry,
             expr,
+            results: Mutex::new(PendingResults::default()),
         }
     }
 
@@ -250,6 +282,7 @@ impl SchedulerService {
             ..TickReport::default()
         };
         let snapshot = self.sync(now, &mut report).await?;
+        self.apply_results(&snapshot, now, &mut report).await;
 
         let owner = self.config.id.as_str();
         let mut pending: Vec<(TriggerState, Outcome)> = Vec::new();
@@ -271,8 +304,11 @@ impl SchedulerService {
                 }
                 fresh += 1;
                 let outcome = match snapshot.get(&state.uid()) {
+                    Some(entry) if entry.polling => {
+                        self.handle_polling(entry, &state, now, &mut report).await
+                    }
                     Some(entry) => self.handle(entry, &state, now, &mut report).await,
-                    // Not a schedule trigger of this scheduler's tenants: leave it as it is.
+                    // Not a trigger of this scheduler's tenants: leave it as it is.
                     None => Outcome::Store(state.clone()),
                 };
                 pending.push((state, outcome));
@@ -283,27 +319,40 @@ impl SchedulerService {
         }
 
         for (claimed, outcome) in pending {
-            let (new_state, disabled) = match outcome {
-                Outcome::Store(s) => (s, None),
-                Outcome::Disable(s, why) => (s, Some(why)),
-            };
-            match self.triggers.release(&new_state, owner).await {
-                Ok(true) => {
-                    if let Some(why) = disabled {
-                        report.disabled.push((claimed.uid(), why));
-                    }
-                }
-                Ok(false) => {
-                    report.lost_claims += 1;
-                    tracing::debug!(trigger = %claimed.uid(), "claim lost before release");
-                }
-                Err(e) => {
-                    report.failures += 1;
-                    tracing::warn!(trigger = %claimed.uid(), error = %e, "cannot release trigger");
-                }
-            }
+            self.release(&claimed, outcome, &mut report).await;
         }
         Ok(report)
+    }
+
+    /// Store a claimed trigger's new state and release the claim; true when stored.
+    pub(super) async fn release(
+        &self,
+        claimed: &TriggerState,
+        outcome: Outcome,
+        report: &mut TickReport,
+    ) -> bool {
+        let (new_state, disabled) = match outcome {
+            Outcome::Store(s) => (s, None),
+            Outcome::Disable(s, why) => (s, Some(why)),
+        };
+        match self.triggers.release(&new_state, &self.config.id).await {
+            Ok(true) => {
+                if let Some(why) = disabled {
+                    report.disabled.push((claimed.uid(), why));
+                }
+                true
+            }
+            Ok(false) => {
+                report.lost_claims += 1;
+                tracing::debug!(trigger = %claimed.uid(), "claim lost before release");
+                false
+            }
+            Err(e) => {
+                report.failures += 1;
+                tracing::warn!(trigger = %claimed.uid(), error = %e, "cannot release trigger");
+                false
+            }
+        }
     }
 
     /// Make sure every schedule trigger has a state; returns the triggers by uid.
@@ -348,6 +397,7 @@ impl SchedulerService {
                         flow: flow.clone(),
                         revision: record.revision,
                         trigger: trigger.clone(),
+                        polling: self.registry.polling_interval(trigger).is_some(),
                         kind,
                         disabled: flow.disabled || record.disabled || trigger.disabled,
                     };
@@ -379,13 +429,18 @@ impl SchedulerService {
         apply_plugin_defaults(&flow, &self.registry).map_err(|e| e.to_string())
     }
 
-    /// `None` if the trigger is not a schedule trigger.
+    /// `None` if the trigger is neither a schedule nor a polling trigger.
     fn kind_of(&self, trigger: &Trigger) -> Option<Result<Kind, String>> {
         let canonical = self
             .registry
             .resolve_trigger(&trigger.trigger_type)?
             .type_name;
-        if canonical == Schedule::TYPE {
+        if let Some(interval) = self.registry.polling_interval(trigger) {
+            Some(interval.map(|interval| Kind::Polling {
+                type_name: canonical,
+                interval,
+            }))
+        } else if canonical == Schedule::TYPE {
             Some(
                 self.registry
                     .decode_trigger::<Schedule>(trigger)
@@ -412,6 +467,7 @@ impl SchedulerService {
                 policy: RecoveryPolicy::of_schedule(s),
                 inputs: s.inputs.clone(),
             }),
+            Kind::Polling { .. } => Err("a polling trigger has no timetable".to_string()),
             Kind::Dates(s) => {
                 let dates: Vec<String> = match &s.dates {
                     Property::Value(v) => v.clone(),
@@ -444,6 +500,11 @@ impl SchedulerService {
         now: DateTime<Utc>,
         report: &mut TickReport,
     ) -> Result<(), SchedulerError> {
+        if entry.polling {
+            return self
+                .sync_polling(tenant, entry, existing, now, report)
+                .await;
+        }
         let flow = &entry.flow;
         let uid = trigger_uid(tenant, &flow.namespace, &flow.id, &entry.trigger.id);
         let compiled = self.compile(entry);
@@ -587,52 +648,16 @@ impl SchedulerService {
             return Outcome::Store(state);
         }
 
-        // The lock of the previous execution.
-        if let Some(execution_id) = state.execution_id.clone() {
-            match self
-                .executions
-                .find_by_id(&state.tenant_id, &execution_id)
-                .await
-            {
-                Ok(Some(execution)) if execution.state.is_terminated() => {
-                    state.execution_id = None;
-                    state.updated_date = now;
-                    let ended = execution.current();
-                    if entry
-                        .trigger
-                        .stop_after
-                        .iter()
-                        .any(|s| s.eq_ignore_ascii_case(ended.as_str()))
-                    {
-                        let why = format!(
-                            "stopAfter: execution {execution_id} ended in state {}",
-                            ended.as_str()
-                        );
-                        tracing::info!(trigger = %state.uid(), %why, "trigger disabled");
-                        state.disabled = true;
-                        return Outcome::Disable(state, why);
-                    }
-                }
-                Ok(Some(_)) => {
-                    if !entry.trigger.allow_concurrent {
-                        report.locked += 1;
-                        return Outcome::Store(claimed.clone());
-                    }
-                }
-                Ok(None) => {
-                    if now - state.updated_date >= to_std(self.config.lock_grace) {
-                        state.execution_id = None;
-                        state.updated_date = now;
-                    } else if !entry.trigger.allow_concurrent {
-                        report.locked += 1;
-                        return Outcome::Store(claimed.clone());
-                    }
-                }
-                Err(e) => {
-                    report.failures += 1;
-                    tracing::warn!(trigger = %state.uid(), error = %e, "cannot read the locking execution");
-                    return Outcome::Store(claimed.clone());
-                }
+        match self.check_lock(entry, &mut state, now).await {
+            Lock::Free => {}
+            Lock::Held => {
+                report.locked += 1;
+                return Outcome::Store(claimed.clone());
+            }
+            Lock::Stop(why) => return Outcome::Disable(state, why),
+            Lock::Failed => {
+                report.failures += 1;
+                return Outcome::Store(claimed.clone());
             }
         }
 
@@ -704,7 +729,69 @@ impl SchedulerService {
         }
     }
 
-    fn record_lock(&self, entry: &Entry, state: &mut TriggerState, execution_id: String) {
+    /// The lock of the trigger's previous execution (`executionId`): see the module documentation.
+    /// Clears `executionId` when the execution ended (or vanished past the grace); disables the
+    /// trigger (`Stop`) when it ended in a `stopAfter` state.
+    pub(super) async fn check_lock(
+        &self,
+        entry: &Entry,
+        state: &mut TriggerState,
+        now: DateTime<Utc>,
+    ) -> Lock {
+        let Some(execution_id) = state.execution_id.clone() else {
+            return Lock::Free;
+        };
+        match self
+            .executions
+            .find_by_id(&state.tenant_id, &execution_id)
+            .await
+        {
+            Ok(Some(execution)) if execution.state.is_terminated() => {
+                state.execution_id = None;
+                state.updated_date = now;
+                let ended = execution.current();
+                if entry
+                    .trigger
+                    .stop_after
+                    .iter()
+                    .any(|s| s.eq_ignore_ascii_case(ended.as_str()))
+                {
+                    let why = format!(
+                        "stopAfter: execution {execution_id} ended in state {}",
+                        ended.as_str()
+                    );
+                    tracing::info!(trigger = %state.uid(), %why, "trigger disabled");
+                    state.disabled = true;
+                    return Lock::Stop(why);
+                }
+                Lock::Free
+            }
+            Ok(Some(_)) if entry.trigger.allow_concurrent => Lock::Free,
+            Ok(Some(_)) => Lock::Held,
+            Ok(None) => {
+                if now - state.updated_date >= to_std(self.config.lock_grace) {
+                    state.execution_id = None;
+                    state.updated_date = now;
+                    Lock::Free
+                } else if entry.trigger.allow_concurrent {
+                    Lock::Free
+                } else {
+                    Lock::Held
+                }
+            }
+            Err(e) => {
+                tracing::warn!(trigger = %state.uid(), error = %e, "cannot read the locking execution");
+                Lock::Failed
+            }
+        }
+    }
+
+    pub(super) fn record_lock(
+        &self,
+        entry: &Entry,
+        state: &mut TriggerState,
+        execution_id: String,
+    ) {
         if !entry.trigger.allow_concurrent || !entry.trigger.stop_after.is_empty() {
             state.execution_id = Some(execution_id);
         }
@@ -765,7 +852,12 @@ impl SchedulerService {
         Outcome::Store(state)
     }
 
-    fn disable(&self, mut state: TriggerState, message: String, now: DateTime<Utc>) -> Outcome {
+    pub(super) fn disable(
+        &self,
+        mut state: TriggerState,
+        message: String,
+        now: DateTime<Utc>,
+    ) -> Outcome {
         tracing::error!(trigger = %state.uid(), error = %message,
             "trigger cannot be evaluated: it is disabled until the flow changes");
         disable_with_error(&mut state, &message);
@@ -819,33 +911,6 @@ impl SchedulerService {
             slot,
             backfill_id,
         );
-        let mut execution = Execution::new(&flow.namespace, &flow.id, entry.revision);
-        execution.id = id.clone();
-        execution.tenant_id = state.tenant_id.clone();
-        execution.labels = vec![Label::new(system_labels::CORRELATION_ID, id.clone())];
-        let user_labels = flow
-            .labels
-            .iter()
-            .chain(&entry.trigger.labels)
-            .map(|l| Label::new(l.key.clone(), l.value.clone()))
-            .filter(|l| !l.key.starts_with("system."));
-        for label in user_labels.chain(backfill.iter().flat_map(|b| b.labels.iter().cloned())) {
-            set_label(&mut execution.labels, label);
-        }
-        if backfill.is_some() {
-            set_label(&mut execution.labels, Label::new(BACKFILL_LABEL, "true"));
-        }
-        execution.state = State::new_at(StateType::Created, now);
-        execution.metadata.original_created_date = now;
-        execution.trigger = Some(crate::model::execution::ExecutionTrigger {
-            id: entry.trigger.id.clone(),
-            type_: match entry.kind {
-                Ok(Kind::Dates(_)) => ScheduleOnDates::TYPE.to_string(),
-                _ => Schedule::TYPE.to_string(),
-            },
-            variables,
-        });
-
         // Inputs: the trigger's, overridden by the backfill's, rendered with the trigger variables.
         let mut raw_values: IndexMap<String, Value> = compiled.inputs.clone().unwrap_or_default();
         if let Some(b) = backfill {
@@ -853,9 +918,75 @@ impl SchedulerService {
                 raw_values.insert(k.clone(), v.clone());
             }
         }
+        let mut extra_labels: Vec<Label> = backfill.iter().flat_map(|b| b.labels.clone()).collect();
+        if backfill.is_some() {
+            extra_labels.push(Label::new(BACKFILL_LABEL, "true"));
+        }
+        let type_ = match entry.kind {
+            Ok(Kind::Dates(_)) => ScheduleOnDates::TYPE,
+            _ => Schedule::TYPE,
+        };
+        let start = StartRequest {
+            id: &id,
+            trigger_type: type_,
+            variables,
+            ctx: &ctx,
+            raw_inputs: raw_values,
+            extra_labels,
+        };
+        if let Err(message) = self
+            .queue_execution(entry, &state.tenant_id, start, now)
+            .await?
+        {
+            return Ok(Err(message));
+        }
+        tracing::info!(trigger = %state.uid(), execution_id = %id, %slot,
+            namespace = %flow.namespace, flow = %flow.id, "schedule fired");
+        report.fired.push(FiredSlot {
+            trigger_uid: state.uid(),
+            execution_id: id.clone(),
+            slot,
+            backfill: backfill.is_some(),
+        });
+        Ok(Ok(Some(id)))
+    }
+
+    /// Build the execution a trigger starts (labels: correlation id, flow labels, trigger labels,
+    /// `extra_labels`; inputs rendered with `ctx` then resolved against the flow's inputs) and queue
+    /// it. `Ok(Err(message))`: the inputs do not render or resolve; `Err`: backend error.
+    pub(super) async fn queue_execution(
+        &self,
+        entry: &Entry,
+        tenant: &str,
+        start: StartRequest<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<Result<(), String>, SchedulerError> {
+        let flow = &entry.flow;
+        let id = start.id.to_string();
+        let mut execution = Execution::new(&flow.namespace, &flow.id, entry.revision);
+        execution.id = id.clone();
+        execution.tenant_id = tenant.to_string();
+        execution.labels = vec![Label::new(system_labels::CORRELATION_ID, id.clone())];
+        let user_labels = flow
+            .labels
+            .iter()
+            .chain(&entry.trigger.labels)
+            .map(|l| Label::new(l.key.clone(), l.value.clone()))
+            .filter(|l| !l.key.starts_with("system."));
+        for label in user_labels.chain(start.extra_labels) {
+            set_label(&mut execution.labels, label);
+        }
+        execution.state = State::new_at(StateType::Created, now);
+        execution.metadata.original_created_date = now;
+        execution.trigger = Some(crate::model::execution::ExecutionTrigger {
+            id: entry.trigger.id.clone(),
+            type_: start.trigger_type.to_string(),
+            variables: start.variables,
+        });
+
         let mut raw = IndexMap::new();
-        for (key, value) in raw_values {
-            match self.expr.render_value(&value, &ctx, true) {
+        for (key, value) in start.raw_inputs {
+            match self.expr.render_value(&value, start.ctx, true) {
                 Ok(v) => {
                     raw.insert(key, RawInput::Json(v));
                 }
@@ -871,16 +1002,36 @@ impl SchedulerService {
         self.queue
             .publish(vec![execution_envelope(&execution)?])
             .await?;
-        tracing::info!(trigger = %state.uid(), execution_id = %id, %slot,
-            namespace = %flow.namespace, flow = %flow.id, "schedule fired");
-        report.fired.push(FiredSlot {
-            trigger_uid: state.uid(),
-            execution_id: id.clone(),
-            slot,
-            backfill: backfill.is_some(),
-        });
-        Ok(Ok(Some(id)))
+        Ok(Ok(()))
     }
+}
+
+/// The execution a trigger starts, for [`SchedulerService::queue_execution`].
+pub(super) struct StartRequest<'a> {
+    /// Execution id (derived from the trigger and its slot or evaluation).
+    pub(super) id: &'a str,
+    /// Canonical trigger type.
+    pub(super) trigger_type: &'a str,
+    /// `trigger` variables.
+    pub(super) variables: Map<String, Value>,
+    /// Expression context of the inputs (`flow`, `trigger`).
+    pub(super) ctx: &'a Value,
+    /// Inputs before rendering.
+    pub(super) raw_inputs: IndexMap<String, Value>,
+    /// Labels added after the flow's and the trigger's (backfill labels).
+    pub(super) extra_labels: Vec<Label>,
+}
+
+/// What the lock of a trigger's previous execution says ([`SchedulerService::check_lock`]).
+pub(super) enum Lock {
+    /// No execution holds it.
+    Free,
+    /// The previous execution still runs.
+    Held,
+    /// The previous execution ended in a `stopAfter` state: the trigger is disabled for this reason.
+    Stop(String),
+    /// The execution could not be read (backend error).
+    Failed,
 }
 
 fn set_label(labels: &mut Vec<Label>, label: Label) {
@@ -908,7 +1059,7 @@ fn timetable_key(trigger: &Trigger) -> Value {
 }
 
 /// The expression context of a trigger without the slot: `flow`.
-fn flow_context(entry: &Entry) -> Value {
+pub(super) fn flow_context(entry: &Entry) -> Value {
     let flow = &entry.flow;
     let mut ctx = Map::new();
     ctx.insert(

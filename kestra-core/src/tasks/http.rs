@@ -1,4 +1,5 @@
-//! http.Request and http.Download with `reqwest` (rustls).
+//! http.Request and http.Download with `reqwest` (rustls), and the polling http.Trigger, which sends
+//! the same request as http.Request.
 //!
 //! Options (`options`): `connectTimeout`, `readTimeout` (ISO durations; also under `timeout:
 //! {connectTimeout, readIdleTimeout}`), `followRedirects` (true), `allowFailed` (false; the top-level
@@ -9,6 +10,12 @@
 //! Request outputs `code`, `headers` (name -> list of values), `body` (text, JSON stays a string as in
 //! Kestra) and `uri`; Download streams the body into internal storage and outputs `uri`, `code`,
 //! `length`, `headers`. A non-2xx status fails the task unless `allowFailed`.
+//!
+//! http.Trigger (a [`PollingTrigger`]) sends the request with `allowFailed` (a status never fails
+//! it), renders `responseCondition` (default `{{ response.statusCode < 400 }}`) with `response
+//! {statusCode, body, headers}` (`body` is the text, `""` when empty) and, when it is true, starts an
+//! execution whose `trigger` variables are http.Request's outputs: `uri`, `code`, `headers`, `body`.
+//! `failOnEmptyResponse` (false) makes an empty body an evaluation error.
 
 use std::time::Duration;
 
@@ -20,8 +27,10 @@ use serde_json::{Map, Value};
 use crate::flow::Property;
 use crate::flow::duration;
 use crate::flow::tasks::{HttpDownload, HttpRequest};
+use crate::flow::triggers::HttpTrigger;
 use crate::storage::{SCHEME, StorageError};
-use crate::worker::context::RunContext;
+use crate::worker::context::{RunContext, set_variable};
+use crate::worker::polling::PollingTrigger;
 use crate::worker::runner::{RunnableTask, TaskError, TaskOutput};
 
 #[derive(Debug, Default)]
@@ -260,6 +269,121 @@ async fn send(
     }
 }
 
+/// Sends http.Request's request and returns its outputs `uri`, `code`, `headers`, `body` (text,
+/// `null` when empty). A non-2xx status is an error unless `allow_failed`; an empty body is one with
+/// `fail_on_empty`.
+async fn request_output(
+    ctx: &RunContext,
+    spec: RequestSpec<'_>,
+    options: &HttpOptions,
+    allow_failed: bool,
+    fail_on_empty: bool,
+) -> Result<Map<String, Value>, TaskError> {
+    let (request, uri) = build_request(ctx, spec, options).await?;
+    let response = send(ctx, request).await?;
+    let status = response.status();
+    let headers = headers_output(response.headers());
+    let body = tokio::select! {
+        b = response.text() => b?,
+        _ = ctx.cancellation().cancelled() => return Err(TaskError::Cancelled),
+    };
+    ctx.logger()
+        .debug(format!("request {uri} answered {}", status.as_u16()));
+    if !status.is_success() && !allow_failed {
+        return Err(TaskError::Failed(format!(
+            "Failed http request with response code '{}'{}",
+            status.as_u16(),
+            if body.is_empty() {
+                String::new()
+            } else {
+                format!(" and body: {}", body.chars().take(500).collect::<String>())
+            }
+        )));
+    }
+    if body.is_empty() && fail_on_empty {
+        return Err(TaskError::Failed("No response from server".into()));
+    }
+    let mut out = Map::new();
+    out.insert("uri".into(), Value::String(uri));
+    out.insert("code".into(), Value::from(status.as_u16()));
+    out.insert("headers".into(), headers);
+    out.insert(
+        "body".into(),
+        if body.is_empty() {
+            Value::Null
+        } else {
+            Value::String(body)
+        },
+    );
+    Ok(out)
+}
+
+/// http.Trigger's default `responseCondition`.
+pub const DEFAULT_RESPONSE_CONDITION: &str = "{{ response.statusCode < 400 }}";
+
+#[async_trait]
+impl PollingTrigger for HttpTrigger {
+    async fn evaluate(
+        &self,
+        ctx: &mut RunContext,
+    ) -> Result<Option<Map<String, Value>>, TaskError> {
+        let options = parse_options(ctx, &self.options, &self.ssl_options)?;
+        if ctx
+            .render_opt_property("encryptBody", &self.encrypt_body)?
+            .unwrap_or(false)
+        {
+            return Err(TaskError::invalid(
+                "encryptBody",
+                "encrypted body outputs are not supported by this worker",
+            ));
+        }
+        let fail_on_empty = ctx
+            .render_opt_property("failOnEmptyResponse", &self.fail_on_empty_response)?
+            .unwrap_or(false);
+        let output = request_output(
+            ctx,
+            RequestSpec {
+                uri: &self.uri,
+                method: &self.method,
+                body: &self.body,
+                form_data: &self.form_data,
+                content_type: &self.content_type,
+                headers: &self.headers,
+            },
+            &options,
+            true,
+            fail_on_empty,
+        )
+        .await?;
+        let response = serde_json::json!({
+            "statusCode": output.get("code").cloned().unwrap_or(Value::Null),
+            "body": match output.get("body") {
+                Some(Value::String(b)) => Value::String(b.clone()),
+                _ => Value::String(String::new()),
+            },
+            "headers": output.get("headers").cloned().unwrap_or(Value::Null),
+        });
+        set_variable(ctx.variables_mut(), "response", response);
+        let condition = self
+            .response_condition
+            .as_deref()
+            .unwrap_or(DEFAULT_RESPONSE_CONDITION);
+        if ctx.evaluate_condition(condition)? {
+            ctx.logger().info(format!(
+                "responseCondition is true ({} answered {}): starting an execution",
+                output
+                    .get("uri")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default(),
+                output.get("code").cloned().unwrap_or(Value::Null)
+            ));
+            Ok(Some(output))
+        } else {
+            Ok(None)
+        }
+    }
+}
+
 #[async_trait]
 impl RunnableTask for HttpRequest {
     async fn run(&self, ctx: &mut RunContext) -> Result<TaskOutput, TaskError> {
@@ -282,7 +406,7 @@ impl RunnableTask for HttpRequest {
         let fail_on_empty = ctx
             .render_opt_property("failOnEmptyResponse", &self.fail_on_empty_response)?
             .unwrap_or(false);
-        let (request, uri) = build_request(
+        let out = request_output(
             ctx,
             RequestSpec {
                 uri: &self.uri,
@@ -293,43 +417,10 @@ impl RunnableTask for HttpRequest {
                 headers: &self.headers,
             },
             &options,
+            allow_failed,
+            fail_on_empty,
         )
         .await?;
-        let response = send(ctx, request).await?;
-        let status = response.status();
-        let headers = headers_output(response.headers());
-        let body = tokio::select! {
-            b = response.text() => b?,
-            _ = ctx.cancellation().cancelled() => return Err(TaskError::Cancelled),
-        };
-        ctx.logger()
-            .debug(format!("request {uri} answered {}", status.as_u16()));
-        if !status.is_success() && !allow_failed {
-            return Err(TaskError::Failed(format!(
-                "Failed http request with response code '{}'{}",
-                status.as_u16(),
-                if body.is_empty() {
-                    String::new()
-                } else {
-                    format!(" and body: {}", body.chars().take(500).collect::<String>())
-                }
-            )));
-        }
-        if body.is_empty() && fail_on_empty {
-            return Err(TaskError::Failed("No response from server".into()));
-        }
-        let mut out = Map::new();
-        out.insert("uri".into(), Value::String(uri));
-        out.insert("code".into(), Value::from(status.as_u16()));
-        out.insert("headers".into(), headers);
-        out.insert(
-            "body".into(),
-            if body.is_empty() {
-                Value::Null
-            } else {
-                Value::String(body)
-            },
-        );
         Ok(TaskOutput::with_outputs(out))
     }
 }

@@ -4,7 +4,7 @@
 //! calls.
 //!
 //! - [`basic`]: Log, debug.Return, debug.Echo, OutputValues, Fail, Assert, Sleep.
-//! - [`http`]: http.Request, http.Download.
+//! - [`http`]: http.Request, http.Download, and the polling http.Trigger.
 //! - [`script`]: scripts.{shell,python,node}.{Commands,Script} on the Process runner.
 //! - [`kv`]: kv.Set, kv.Get, kv.Delete.
 //! - [`storage`]: storage.LocalFiles, Concat, Split, Size, Delete, PurgeCurrentExecutionFiles, Write.
@@ -21,8 +21,9 @@ use crate::flow::registry::TaskRegistry;
 use crate::flow::tasks as t;
 use crate::worker::runner::{RunnableTask, RunnerRegistry};
 
-/// Registers every core runnable task in `registry`.
+/// Registers every core runnable task and polling trigger in `registry`.
 pub fn register_core_runners(registry: &mut RunnerRegistry) {
+    registry.register_polling::<crate::flow::triggers::HttpTrigger>();
     registry
         .register::<t::Log>()
         .register::<t::Return>()

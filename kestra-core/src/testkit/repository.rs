@@ -1544,6 +1544,65 @@ pub async fn trigger_claims(repos: &Repositories) {
     e_done.next_execution_date = Some(at(24 * HOUR));
     assert!(ok(triggers.release(&e_done, "owner-3").await, "release"));
 
+    // Claim by uid: due or not, disabled too, unless someone holds it.
+    let one = ok(
+        triggers.claim(&c.uid(), at(63), "owner-4", lease).await,
+        "claim c",
+    );
+    assert_eq!(
+        one.map(|t| t.uid()),
+        Some(c.uid()),
+        "a trigger that is not due can be claimed by uid"
+    );
+    assert!(
+        ok(
+            triggers.claim(&c.uid(), at(64), "owner-5", lease).await,
+            "claim c again"
+        )
+        .is_none(),
+        "a held trigger cannot be claimed by uid"
+    );
+    assert!(!ok(
+        triggers.release(&c, "owner-5").await,
+        "release c by another owner"
+    ));
+    assert!(ok(triggers.release(&c, "owner-4").await, "release c"));
+    assert!(
+        ok(
+            triggers.claim(&b.uid(), at(65), "owner-5", lease).await,
+            "claim b"
+        )
+        .is_some(),
+        "a disabled trigger can be claimed by uid"
+    );
+    assert!(ok(triggers.release(&b, "owner-5").await, "release b"));
+    assert!(
+        ok(
+            triggers.claim(&c.uid(), at(66), "owner-6", lease).await,
+            "claim c after release"
+        )
+        .is_some(),
+        "a released trigger can be claimed by uid at once"
+    );
+    assert!(
+        ok(
+            triggers
+                .claim("no-such-trigger", at(66), "owner-6", lease)
+                .await,
+            "claim missing"
+        )
+        .is_none(),
+        "an unknown uid claims nothing"
+    );
+    assert!(
+        ok(
+            triggers.claim(&c.uid(), at(126), "owner-7", lease).await,
+            "claim c after lease"
+        )
+        .is_some(),
+        "a claim by uid whose lease ended is claimable again"
+    );
+
     for tr in [&a, &b, &c, &d, &e] {
         ok(triggers.delete(&tr.uid()).await, "delete trigger");
     }
@@ -2125,6 +2184,22 @@ mod tests {
                 }
             }
             Ok(out)
+        }
+        async fn claim(
+            &self,
+            uid: &str,
+            now: DateTime<Utc>,
+            owner: &str,
+            lease: Duration,
+        ) -> RepoResult<Option<TriggerState>> {
+            let until = now + chrono::Duration::from_std(lease).unwrap_or_default();
+            match lock(&self.triggers).get_mut(uid) {
+                Some((t, claim)) if claim.as_ref().is_none_or(|(_, u)| *u <= now) => {
+                    *claim = Some((owner.to_string(), until));
+                    Ok(Some(t.clone()))
+                }
+                _ => Ok(None),
+            }
         }
         async fn release(&self, trigger: &TriggerState, owner: &str) -> RepoResult<bool> {
             let mut all = lock(&self.triggers);

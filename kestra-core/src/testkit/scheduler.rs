@@ -1,8 +1,9 @@
 //! Scheduler scenarios every backend runs: several [`SchedulerService`]s sharing one backend create
 //! exactly one execution per cron slot, also when one of them dies between queueing an execution and
-//! recording it.
+//! recording it; and they send one polling-trigger evaluation per due date and start one execution
+//! per evaluation result.
 //!
-//! Both take the backend's [`Repositories`] and [`Queue`]; they drive the schedulers step by step with
+//! All take the backend's [`Repositories`] and [`Queue`]; they drive the schedulers step by step with
 //! a [`ManualClock`] standing in January 1995 (no other suite's trigger is due then), count the
 //! executions through a broadcast subscription to [`Topic::Execution`], work in a tenant of their own
 //! and delete their flows and trigger states at the end. They need no executor.
@@ -16,6 +17,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 
+use crate::executor::messages::{WorkerJob, WorkerTriggerResult};
 use crate::expression::ExpressionEngine;
 use crate::flow::parse::parse_flow;
 use crate::flow::registry::TaskRegistry;
@@ -113,6 +115,7 @@ fn scheduler(
             batch: 2,
             tenants: vec![tenant.to_string()],
             lock_grace: Duration::from_secs(60),
+            ..SchedulerConfig::default()
         },
         clock,
         repos.flows.clone(),
@@ -414,5 +417,168 @@ pub async fn scheduler_killed_mid_run(repos: &Repositories, queue: Arc<dyn Queue
             .contains(&Label::new("system.correlationId", e.id.clone()))
     });
     assert!(labels_ok, "every execution carries its own correlation id");
+    cleanup(repos, &tenant, namespace, &flows).await;
+}
+
+/// Two schedulers share one backend and a clock that moves 20 s per step; 3 flows have an
+/// `http.Trigger` polled every minute. The test plays the worker: it receives every evaluation job
+/// from the queue ([`Topic::WorkerJob`], so run it on a backend of its own) and answers "start". Each
+/// (trigger, due date) gets exactly one evaluation, never two at once for a trigger, and every
+/// applied result starts exactly one execution.
+pub async fn two_schedulers_one_evaluation_per_due_date(
+    repos: &Repositories,
+    queue: Arc<dyn Queue>,
+) {
+    const FLOWS: usize = 3;
+    const STEPS: usize = 30;
+    let tenant = format!("tk-poll-{}", new_id());
+    let namespace = "testkit.polling";
+    let registry = Arc::new(TaskRegistry::default());
+    let mut flows = Vec::new();
+    for i in 0..FLOWS {
+        let id = format!("polled-{i}");
+        let source = format!(
+            "id: {id}\nnamespace: {namespace}\ntasks:\n  - id: hello\n    type: io.kestra.plugin.core.log.Log\n    message: \"{{{{ trigger.body }}}}\"\ntriggers:\n  - id: poll\n    type: io.kestra.plugin.core.http.Trigger\n    uri: http://127.0.0.1:1/status\n    interval: PT1M\n    allowConcurrent: true\n"
+        );
+        let mut flow =
+            parse_flow(&source, &registry).unwrap_or_else(|e| panic!("test flow parses: {e:?}"));
+        flow.tenant_id = tenant.clone();
+        repos
+            .flows
+            .save(FlowRecord {
+                tenant_id: tenant.clone(),
+                namespace: namespace.to_string(),
+                id: id.clone(),
+                revision: 0,
+                flow: serde_json::to_value(&flow).expect("a flow serializes"),
+                source,
+                labels: Vec::new(),
+                disabled: false,
+                deleted: false,
+                updated: start_time(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("save flow {id}: {e}"));
+        flows.push(id);
+    }
+    let clock = Arc::new(ManualClock::new(start_time()));
+    let mut sub = queue
+        .subscribe(Topic::Execution)
+        .await
+        .unwrap_or_else(|e| panic!("subscribe to executions: {e}"));
+    let a = scheduler(
+        "poll-a",
+        &tenant,
+        clock.clone(),
+        repos,
+        queue.clone(),
+        registry.clone(),
+    );
+    let b = scheduler(
+        "poll-b",
+        &tenant,
+        clock.clone(),
+        repos,
+        queue.clone(),
+        registry,
+    );
+
+    let mut evaluations: BTreeSet<(String, DateTime<Utc>)> = BTreeSet::new();
+    let mut sent = 0;
+    let (mut applied, mut fired) = (0, 0);
+    for step in 0..STEPS {
+        if step > 0 {
+            clock.advance(chrono::Duration::seconds(20));
+        }
+        let (ra, rb) = tokio::join!(a.tick(), b.tick());
+        let ra = ra.unwrap_or_else(|e| panic!("scheduler a step {step}: {e}"));
+        let rb = rb.unwrap_or_else(|e| panic!("scheduler b step {step}: {e}"));
+        sent += ra.evaluations.len() + rb.evaluations.len();
+        applied += ra.results + rb.results;
+        fired += ra.fired.len() + rb.fired.len();
+        assert_eq!(ra.stale_results + rb.stale_results, 0, "step {step}");
+
+        // The worker: answer every evaluation sent in this step.
+        let mut running: BTreeSet<String> = BTreeSet::new();
+        let jobs = queue
+            .receive(
+                ConsumerGroup::Worker,
+                Topic::WorkerJob,
+                100,
+                Duration::from_secs(30),
+                Duration::from_millis(200),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("receive evaluation jobs: {e}"));
+        let mut results = Vec::new();
+        for delivery in &jobs {
+            let job = match delivery.envelope.decode::<WorkerJob>() {
+                Ok(WorkerJob::Trigger(job)) => *job,
+                other => panic!("not an evaluation job: {other:?}"),
+            };
+            assert!(
+                running.insert(job.uid()),
+                "two evaluations of {} at once",
+                job.uid()
+            );
+            assert!(
+                evaluations.insert((job.uid(), job.evaluation_date)),
+                "{} evaluated twice for {}",
+                job.uid(),
+                job.evaluation_date
+            );
+            let mut variables = serde_json::Map::new();
+            variables.insert("body".into(), serde_json::json!(job.evaluation_date));
+            variables.insert("code".into(), serde_json::json!(200));
+            results.push(
+                WorkerTriggerResult {
+                    tenant_id: job.tenant_id.clone(),
+                    namespace: job.namespace.clone(),
+                    flow_id: job.flow_id.clone(),
+                    flow_revision: job.flow_revision,
+                    trigger_id: job.trigger.id.clone(),
+                    evaluation_date: job.evaluation_date,
+                    variables: Some(variables),
+                    error: None,
+                    worker_id: Some("testkit-worker".into()),
+                }
+                .envelope()
+                .unwrap_or_else(|e| panic!("encode a result: {e}")),
+            );
+        }
+        assert_eq!(
+            jobs.len(),
+            ra.evaluations.len() + rb.evaluations.len(),
+            "step {step}: every evaluation sent reached the worker queue"
+        );
+        queue
+            .publish(results)
+            .await
+            .unwrap_or_else(|e| panic!("publish results: {e}"));
+        let tags: Vec<DeliveryTag> = jobs.iter().map(|d| d.tag).collect();
+        queue
+            .ack(ConsumerGroup::Worker, &tags)
+            .await
+            .unwrap_or_else(|e| panic!("ack jobs: {e}"));
+    }
+    // 10 minutes of a one-minute interval: every trigger was evaluated again and again.
+    assert_eq!(evaluations.len(), sent);
+    assert!(
+        sent >= FLOWS * 8,
+        "{sent} evaluations for {FLOWS} triggers over 10 minutes"
+    );
+    assert_eq!(fired, applied, "every applied result started an execution");
+    assert!(
+        applied + FLOWS >= sent,
+        "results are applied ({applied} of {sent})"
+    );
+    let executions = collect(&mut sub, &tenant, fired).await;
+    let ids: BTreeSet<&str> = executions.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(
+        ids.len(),
+        fired,
+        "one distinct execution per applied result"
+    );
+    assert_eq!(executions.len(), fired, "each execution queued once");
     cleanup(repos, &tenant, namespace, &flows).await;
 }

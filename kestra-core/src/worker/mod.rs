@@ -1,4 +1,5 @@
-//! The worker: runs task attempts sent by the executor and reports their results.
+//! The worker: runs task attempts sent by the executor and polling-trigger evaluations sent by the
+//! scheduler, and reports their results.
 //!
 //! - [`service`]: the [`Worker`] loop over the [`Queue`](crate::queue::Queue) (receive jobs, run
 //!   them with bounded concurrency, publish results then acknowledge, follow kill broadcasts,
@@ -7,6 +8,7 @@
 //!   [`TaskError`] and the [`RunnerRegistry`] (type name -> runnable).
 //! - [`context`]: the [`RunContext`] a task runs with (rendering, logger, metrics, storage scoped to
 //!   the execution, working directory, cancellation) and the worker's expression host.
+//! - [`polling`]: polling triggers evaluated on workers ([`PollingTrigger`], [`evaluate_trigger`]).
 //! - [`attempt`]: one attempt in isolation (timeout, kill, panic -> FAILED).
 //! - [`kv`]: the key-value store kept in internal storage.
 //! - [`files`]: working-directory file helpers (`inputFiles`, `outputFiles`).
@@ -55,6 +57,7 @@ pub mod attempt;
 pub mod context;
 pub mod files;
 pub mod kv;
+pub mod polling;
 pub mod runner;
 pub mod service;
 
@@ -63,5 +66,6 @@ pub use context::{
     MemorySink, RunContext, RunContextBuilder, RunIdentity, TaskLogger, TelemetrySink,
 };
 pub use kv::{KvEntry, KvError, KvStore};
+pub use polling::{PollingTrigger, TriggerEvaluator, evaluate_trigger};
 pub use runner::{RunnableTask, RunnerError, RunnerRegistry, TaskError, TaskOutput};
 pub use service::{Worker, WorkerConfig};

@@ -1,6 +1,6 @@
 //! What a runnable task is to the worker: the [`RunnableTask`] trait, what a run returns
 //! ([`TaskOutput`], [`TaskError`]) and the [`RunnerRegistry`] that turns a flow's [`Task`] into a
-//! runnable value by its `type`.
+//! runnable value by its `type` (and a polling [`Trigger`] into a [`PollingTrigger`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,11 +9,12 @@ use async_trait::async_trait;
 use serde_json::{Map, Value};
 
 use crate::expression::ExpressionError;
-use crate::flow::model::Task;
-use crate::flow::registry::{DecodeError, TaskRegistry, TaskType};
+use crate::flow::model::{Task, Trigger};
+use crate::flow::registry::{DecodeError, TaskRegistry, TaskType, TriggerType};
 use crate::model::{StateType, TaskRun};
 use crate::storage::StorageError;
 use crate::worker::context::RunContext;
+use crate::worker::polling::PollingTrigger;
 
 /// A task that runs on a worker.
 ///
@@ -134,12 +135,22 @@ impl TaskError {
 pub type RunnerConstructor =
     Arc<dyn Fn(&Task, &TaskRegistry) -> Result<Box<dyn RunnableTask>, DecodeError> + Send + Sync>;
 
+/// Builds a polling trigger's evaluator from its definition (decoding its typed properties).
+pub type PollingConstructor = Arc<
+    dyn Fn(&Trigger, &TaskRegistry) -> Result<Box<dyn PollingTrigger>, DecodeError> + Send + Sync,
+>;
+
 /// Why a task cannot be run on this worker.
 #[derive(Debug, thiserror::Error)]
 pub enum RunnerError {
     /// No runner is registered for the type.
     #[error("task type '{0}' cannot run on a worker (no runner registered)")]
     NoRunner(String),
+    /// No polling evaluator is registered for the trigger type.
+    #[error(
+        "trigger type '{0}' cannot be evaluated on a worker (not a registered polling trigger)"
+    )]
+    NoPollingTrigger(String),
     /// The properties do not decode.
     #[error("{0}")]
     Decode(#[from] DecodeError),
@@ -157,18 +168,25 @@ pub enum RunnerError {
 /// runners.register::<MyTask>();
 /// ```
 ///
+/// Polling triggers are registered here too ([`RunnerRegistry::register_polling`]), see
+/// [`crate::worker::polling`].
+///
 /// Names are resolved through the [`TaskRegistry`] (so legacy aliases find the canonical runner).
 #[derive(Clone, Default)]
 pub struct RunnerRegistry {
     runners: HashMap<String, RunnerConstructor>,
+    polling: HashMap<String, PollingConstructor>,
 }
 
 impl std::fmt::Debug for RunnerRegistry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut names: Vec<&String> = self.runners.keys().collect();
         names.sort();
+        let mut polling: Vec<&String> = self.polling.keys().collect();
+        polling.sort();
         f.debug_struct("RunnerRegistry")
             .field("types", &names)
+            .field("polling_triggers", &polling)
             .finish()
     }
 }
@@ -179,11 +197,37 @@ impl RunnerRegistry {
         RunnerRegistry::default()
     }
 
-    /// A registry with every core runnable task.
+    /// A registry with every core runnable task and polling trigger.
     pub fn core() -> RunnerRegistry {
         let mut registry = RunnerRegistry::empty();
         crate::tasks::register_core_runners(&mut registry);
         registry
+    }
+
+    /// Registers the polling trigger `T` under [`TriggerType::TYPE`]: its properties are decoded
+    /// with [`TaskRegistry::decode_trigger`].
+    pub fn register_polling<T: TriggerType + PollingTrigger>(&mut self) -> &mut Self {
+        let constructor: PollingConstructor = Arc::new(|trigger, registry| {
+            Ok(Box::new(registry.decode_trigger::<T>(trigger)?) as Box<dyn PollingTrigger>)
+        });
+        self.polling.insert(T::TYPE.to_string(), constructor);
+        self
+    }
+
+    /// Builds the evaluator of a polling trigger.
+    pub fn build_polling(
+        &self,
+        trigger: &Trigger,
+        registry: &TaskRegistry,
+    ) -> Result<Box<dyn PollingTrigger>, RunnerError> {
+        let canonical = registry
+            .resolve_trigger(&trigger.trigger_type)
+            .map_or(trigger.trigger_type.as_str(), |e| e.type_name);
+        let constructor = self
+            .polling
+            .get(canonical)
+            .ok_or_else(|| RunnerError::NoPollingTrigger(trigger.trigger_type.clone()))?;
+        Ok(constructor(trigger, registry)?)
     }
 
     /// Registers `T` (a [`TaskType`] that is also a [`RunnableTask`]) under [`TaskType::TYPE`]: its

@@ -1,6 +1,7 @@
 //! The [`Worker`] service: receives [`WorkerJob`]s from the queue (competing with other workers),
-//! runs each task attempt with bounded concurrency, publishes one [`WorkerTaskResult`] per job and
-//! only then acknowledges it (at-least-once), follows kill broadcasts, and shuts down gracefully.
+//! runs each task attempt or polling-trigger evaluation with bounded concurrency, publishes one
+//! [`WorkerTaskResult`] (or [`WorkerTriggerResult`]) per job and only then acknowledges it
+//! (at-least-once), follows kill broadcasts, and shuts down gracefully.
 //!
 //! Leases: a received job is leased for [`WorkerConfig::lease`] (2 min); while it runs, the worker
 //! extends the leases of all its jobs every [`WorkerConfig::lease_renewal`] (30 s), so a long task
@@ -18,7 +19,9 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::executor::messages::{ExecutionKilled, WorkerJob, WorkerTask, WorkerTaskResult};
+use crate::executor::messages::{
+    ExecutionKilled, WorkerJob, WorkerTask, WorkerTaskResult, WorkerTrigger, WorkerTriggerResult,
+};
 use crate::expression::ExpressionEngine;
 use crate::flow::registry::TaskRegistry;
 use crate::model::{LogEntry, MetricEntry, State, StateType};
@@ -26,6 +29,7 @@ use crate::queue::{ConsumerGroup, Delivery, DeliveryTag, Envelope, Queue, QueueE
 use crate::storage::InternalStorage;
 use crate::worker::attempt::{AttemptEnd, run_attempt};
 use crate::worker::context::{RunContext, TelemetrySink};
+use crate::worker::polling::{TriggerEvaluator, evaluate_trigger};
 use crate::worker::runner::{RunnerRegistry, TaskError};
 
 /// Settings of a [`Worker`].
@@ -54,6 +58,9 @@ pub struct WorkerConfig {
     pub telemetry_batch: usize,
     /// ... or after this delay (default 200 ms).
     pub telemetry_linger: Duration,
+    /// How long one polling-trigger evaluation may run before it is stopped and answered with an
+    /// error (default 5 min, the scheduler's default `evaluation_timeout`).
+    pub evaluation_timeout: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -72,6 +79,7 @@ impl Default for WorkerConfig {
             killed_memory: Duration::from_secs(5 * 60),
             telemetry_batch: 200,
             telemetry_linger: Duration::from_millis(200),
+            evaluation_timeout: Duration::from_secs(5 * 60),
         }
     }
 }
@@ -388,7 +396,13 @@ impl Shared {
                 return;
             }
         };
-        let WorkerJob::Task(task) = job;
+        let task = match job {
+            WorkerJob::Task(task) => task,
+            WorkerJob::Trigger(trigger) => {
+                let envelope = self.evaluate(*trigger).await.envelope();
+                return self.publish_result(envelope, delivery.tag).await;
+            }
+        };
         let span = tracing::info_span!(
             "worker_job",
             execution_id = %task.task_run.execution_id,
@@ -399,7 +413,68 @@ impl Shared {
         let Some(result) = tracing::Instrument::instrument(self.run_task(*task), span).await else {
             return;
         };
-        let envelope = match result.envelope() {
+        self.publish_result(result.envelope(), delivery.tag).await;
+    }
+
+    /// Evaluates one polling trigger; a panicking evaluation, or one that outlives
+    /// [`WorkerConfig::evaluation_timeout`], answers an error.
+    async fn evaluate(&self, job: WorkerTrigger) -> WorkerTriggerResult {
+        let span = tracing::info_span!(
+            "worker_trigger",
+            namespace = %job.namespace,
+            flow = %job.flow_id,
+            trigger_id = %job.trigger.id,
+        );
+        let evaluator = TriggerEvaluator {
+            storage: self.storage.clone(),
+            expr: self.expr.clone(),
+            task_registry: self.task_registry.clone(),
+            runners: self.runners.clone(),
+            sink: self.sink.clone(),
+            cancel: self.abandon.clone(),
+            worker_id: Some(self.config.id.clone()),
+        };
+        let uid = job.uid();
+        let failed = |error: String| WorkerTriggerResult {
+            tenant_id: job.tenant_id.clone(),
+            namespace: job.namespace.clone(),
+            flow_id: job.flow_id.clone(),
+            flow_revision: job.flow_revision,
+            trigger_id: job.trigger.id.clone(),
+            evaluation_date: job.evaluation_date,
+            variables: None,
+            error: Some(error),
+            worker_id: Some(self.config.id.clone()),
+        };
+        let mut spawned = tokio::spawn({
+            let job = job.clone();
+            tracing::Instrument::instrument(
+                async move { evaluate_trigger(&job, &evaluator).await },
+                span,
+            )
+        });
+        let timeout = self.config.evaluation_timeout;
+        match tokio::time::timeout(timeout, &mut spawned).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(e)) => {
+                tracing::error!(trigger = %uid, "trigger evaluation panicked: {e}");
+                failed(format!("the evaluation panicked: {e}"))
+            }
+            Err(_) => {
+                spawned.abort();
+                let error = format!(
+                    "the evaluation did not end within {}",
+                    crate::flow::duration::format(timeout)
+                );
+                tracing::error!(trigger = %uid, "{error}");
+                failed(error)
+            }
+        }
+    }
+
+    /// Hands a result to the publisher and waits until it is published and its job acknowledged.
+    async fn publish_result(&self, envelope: Result<Envelope, QueueError>, tag: DeliveryTag) {
+        let envelope = match envelope {
             Ok(e) => e,
             Err(e) => {
                 tracing::error!("cannot encode a worker result: {e}");
@@ -411,7 +486,7 @@ impl Shared {
             .results
             .send(Outgoing {
                 envelope,
-                tag: delivery.tag,
+                tag,
                 done,
             })
             .is_err()

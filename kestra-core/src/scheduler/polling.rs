@@ -1,0 +1,496 @@
+//! Polling triggers in the scheduler (Kestra's `PollingTriggerInterface`, e.g.
+//! `io.kestra.plugin.core.http.Trigger`): the scheduler decides *when* a polling trigger is evaluated,
+//! a worker evaluates it ([`crate::worker::polling`]), and the scheduler starts the execution.
+//!
+//! A trigger is a polling trigger when its type has a
+//! [`TriggerType::DEFAULT_INTERVAL`](crate::flow::TriggerType::DEFAULT_INTERVAL); its `interval`
+//! property overrides the default
+//! ([`TaskRegistry::polling_interval`](crate::flow::TaskRegistry::polling_interval)).
+//!
+//! # State
+//!
+//! - **Sync**: a new polling trigger (or one enabled again) is first due one `interval` later. A new
+//!   flow revision enables a trigger the system had disabled with an error.
+//! - **Dispatch** (claimed as due, lock free): a [`WorkerTrigger`] job is sent to the workers with
+//!   `evaluationDate` = now; the state records `evaluateRunningDate` = now (Kestra's field) and
+//!   `date` = now, and is next due when the evaluation times out
+//!   ([`SchedulerConfig::evaluation_timeout`](super::SchedulerConfig::evaluation_timeout), a worker
+//!   may have died with it): no second evaluation is sent before its result or that timeout.
+//! - **Result** ([`WorkerTriggerResult`], received at each step): the scheduler claims the result's
+//!   trigger by uid ([`TriggerRepository::claim`](crate::repository::TriggerRepository::claim)),
+//!   applies the result, releases the trigger, then acknowledges the result. A trigger held by
+//!   another scheduler at that moment is tried again at the next step. A result whose
+//!   `evaluationDate` is not the running evaluation's (late, duplicate) is stale and ignored.
+//!   Otherwise the running mark is cleared and the next evaluation is due at
+//!   `evaluationDate + interval`. An evaluation error is logged and kept in the state's `error` (the
+//!   trigger stays enabled; the next evaluation clears it). Variables start an execution: its id is
+//!   derived from (trigger, evaluation date), so one evaluation can only ever start one execution; the
+//!   trigger's `conditions` are evaluated with `trigger` = the variables (false: nothing starts), its
+//!   `inputs` are rendered with them, its labels are added, and unless `allowConcurrent` the
+//!   execution holds the trigger's lock (no evaluation is sent while it runs; `stopAfter` applies)
+//!   as for schedules.
+//! - A trigger that cannot be evaluated at all (bad `interval`, unsupported condition, inputs that
+//!   do not render or resolve) is disabled with the message in its state's `error`.
+//!
+//! Several schedulers may run at once: dispatches and results are applied under the trigger's claim,
+//! so one due date sends one evaluation and one result starts at most one execution (its id is
+//! derived from the evaluation date anyway). A received result waits in memory while its trigger is
+//! held elsewhere; past the queue lease it is dropped there and delivered again by the queue.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use indexmap::IndexMap;
+use serde_json::{Map, Value};
+
+use super::SchedulerError;
+use super::conditions::{check_conditions, evaluate_conditions};
+use super::schedule::slot_execution_id;
+use super::service::{
+    Entry, FiredSlot, Kind, Lock, Outcome, SchedulerService, StartRequest, TickReport,
+};
+use crate::executor::messages::{WorkerJob, WorkerTrigger, WorkerTriggerResult};
+use crate::model::{TriggerState, trigger_uid};
+use crate::queue::{ConsumerGroup, DeliveryTag, Topic};
+
+/// A received result: its delivery tag, the result, when it was received.
+type Received = (DeliveryTag, WorkerTriggerResult, Instant);
+
+/// Evaluation results received by a scheduler and not applied yet, by trigger uid.
+#[derive(Debug, Default)]
+pub(super) struct PendingResults {
+    by_trigger: HashMap<String, Vec<Received>>,
+}
+
+fn to_chrono(d: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+impl SchedulerService {
+    fn pending(&self) -> std::sync::MutexGuard<'_, PendingResults> {
+        // The map stays consistent even if a holder panicked.
+        self.results
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Receive the evaluation results waiting in the queue and apply them, each under its trigger's
+    /// claim (see the module documentation).
+    pub(super) async fn apply_results(
+        &self,
+        snapshot: &HashMap<String, Entry>,
+        now: DateTime<Utc>,
+        report: &mut TickReport,
+    ) {
+        self.receive_results(snapshot, report).await;
+        let uids: Vec<String> = self.pending().by_trigger.keys().cloned().collect();
+        for uid in uids {
+            let Some(entry) = snapshot.get(&uid) else {
+                continue;
+            };
+            let claimed = match self
+                .triggers
+                .claim(&uid, now, &self.config.id, self.config.lease)
+                .await
+            {
+                Ok(Some(state)) => state,
+                // Held by another scheduler: try again at the next step.
+                Ok(None) => continue,
+                Err(e) => {
+                    report.failures += 1;
+                    tracing::warn!(trigger = %uid, error = %e, "cannot claim trigger to apply results");
+                    continue;
+                }
+            };
+            let results = self.pending().by_trigger.remove(&uid).unwrap_or_default();
+            let tags: Vec<DeliveryTag> = results.iter().map(|(tag, _, _)| *tag).collect();
+            let results = results.into_iter().map(|(_, r, _)| r).collect();
+            let (outcome, consumed) = self.apply(entry, &claimed, results, now, report).await;
+            if self.release(&claimed, outcome, report).await
+                && consumed
+                && let Err(e) = self.queue.ack(ConsumerGroup::Scheduler, &tags).await
+            {
+                tracing::warn!(trigger = %uid, error = %e,
+                    "cannot acknowledge evaluation results (delivered again, they will be stale)");
+            }
+        }
+    }
+
+    /// Receive the evaluation results waiting in the queue into the pending map. Results of triggers
+    /// of this scheduler's tenants that no longer exist are acknowledged and dropped; results of other
+    /// tenants are left to their schedulers; malformed ones are dead-lettered. Nothing is received
+    /// while this scheduler has no polling trigger.
+    async fn receive_results(&self, snapshot: &HashMap<String, Entry>, report: &mut TickReport) {
+        let lease = self.config.lease;
+        self.pending().by_trigger.retain(|_, results| {
+            // Past the lease, the queue hands the result out again (maybe to another scheduler).
+            results.retain(|(_, _, at)| at.elapsed() < lease);
+            !results.is_empty()
+        });
+        if !snapshot.values().any(|e| e.polling) {
+            return;
+        }
+        let deliveries = match self
+            .queue
+            .receive(
+                ConsumerGroup::Scheduler,
+                Topic::WorkerTriggerResult,
+                self.config.batch.max(1) * 5,
+                lease,
+                Duration::ZERO,
+            )
+            .await
+        {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(scheduler = %self.config.id, error = %e,
+                    "cannot receive trigger evaluation results");
+                return;
+            }
+        };
+        let mut orphans = Vec::new();
+        for delivery in deliveries {
+            let result: WorkerTriggerResult = match delivery.envelope.decode() {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(key = %delivery.envelope.key,
+                        "malformed trigger evaluation result, dead-lettered: {e}");
+                    if let Err(e) = self.queue.dead_letter(&delivery, &e.to_string()).await {
+                        tracing::error!("cannot dead-letter a malformed trigger result: {e}");
+                    }
+                    continue;
+                }
+            };
+            let uid = result.uid();
+            if snapshot.get(&uid).is_some_and(|e| e.polling) {
+                self.pending().by_trigger.entry(uid).or_default().push((
+                    delivery.tag,
+                    result,
+                    Instant::now(),
+                ));
+            } else if !self.config.tenants.contains(&result.tenant_id) {
+                tracing::debug!(trigger = %uid, "evaluation result of another tenant left to its scheduler");
+            } else {
+                tracing::debug!(trigger = %uid, "evaluation result of a trigger that no longer exists");
+                report.stale_results += 1;
+                orphans.push(delivery.tag);
+            }
+        }
+        if !orphans.is_empty()
+            && let Err(e) = self.queue.ack(ConsumerGroup::Scheduler, &orphans).await
+        {
+            tracing::warn!(error = %e, "cannot acknowledge stale trigger evaluation results");
+        }
+    }
+
+    /// Sync the state of a polling trigger (see the module documentation).
+    pub(super) async fn sync_polling(
+        &self,
+        tenant: &str,
+        entry: &Entry,
+        existing: Option<&TriggerState>,
+        now: DateTime<Utc>,
+        report: &mut TickReport,
+    ) -> Result<(), SchedulerError> {
+        let flow = &entry.flow;
+        let uid = trigger_uid(tenant, &flow.namespace, &flow.id, &entry.trigger.id);
+        let interval = interval_of(entry);
+        let Some(existing) = existing else {
+            let mut state = TriggerState {
+                tenant_id: tenant.to_string(),
+                namespace: flow.namespace.clone(),
+                flow_id: flow.id.clone(),
+                trigger_id: entry.trigger.id.clone(),
+                flow_revision: Some(entry.revision),
+                date: None,
+                next_execution_date: None,
+                execution_id: None,
+                evaluate_running_date: None,
+                worker_id: None,
+                disabled: false,
+                error: None,
+                backfill: None,
+                updated_date: now,
+            };
+            match interval {
+                Ok(interval) => state.next_execution_date = Some(now + to_chrono(interval)),
+                Err(message) => {
+                    state.disabled = true;
+                    state.error = Some(message.clone());
+                    report.disabled.push((uid, message));
+                }
+            }
+            self.triggers.save(&state).await?;
+            report.created += 1;
+            return Ok(());
+        };
+
+        let mut state = existing.clone();
+        if state.flow_revision != Some(entry.revision) {
+            state.flow_revision = Some(entry.revision);
+            state.updated_date = now;
+            if state.disabled && state.error.is_some() {
+                // The user changed the flow: try again.
+                match interval {
+                    Ok(interval) => {
+                        state.disabled = false;
+                        state.error = None;
+                        state.evaluate_running_date = None;
+                        state.next_execution_date = Some(now + to_chrono(interval));
+                    }
+                    Err(message) => {
+                        state.error = Some(message.clone());
+                        report.disabled.push((uid, message));
+                    }
+                }
+            }
+            self.triggers.save(&state).await?;
+            return Ok(());
+        }
+        // Enabled again after a disabled period.
+        if !entry.disabled && !state.disabled && state.next_execution_date.is_none() {
+            match interval {
+                Ok(interval) => state.next_execution_date = Some(now + to_chrono(interval)),
+                Err(message) => {
+                    state.disabled = true;
+                    state.error = Some(message.clone());
+                    report.disabled.push((uid, message));
+                }
+            }
+            state.updated_date = now;
+            self.triggers.save(&state).await?;
+        }
+        Ok(())
+    }
+
+    /// Apply the results of one claimed polling trigger. Returns its new state and whether the
+    /// results were consumed (to be acknowledged once the state is stored).
+    async fn apply(
+        &self,
+        entry: &Entry,
+        claimed: &TriggerState,
+        results: Vec<WorkerTriggerResult>,
+        now: DateTime<Utc>,
+        report: &mut TickReport,
+    ) -> (Outcome, bool) {
+        let uid = claimed.uid();
+        let mut state = claimed.clone();
+        if state.disabled || entry.disabled {
+            report.stale_results += results.len();
+            if !state.disabled {
+                // Disabled in the flow: no evaluation runs any more.
+                state.evaluate_running_date = None;
+                state.next_execution_date = None;
+                state.updated_date = now;
+            }
+            return (Outcome::Store(state), true);
+        }
+        let interval = match interval_of(entry) {
+            Ok(i) => i,
+            Err(message) => return (self.disable(state, message, now), true),
+        };
+        for result in results {
+            if state.evaluate_running_date != Some(result.evaluation_date) {
+                tracing::debug!(trigger = %uid, evaluation = %result.evaluation_date,
+                    "stale evaluation result ignored");
+                report.stale_results += 1;
+                continue;
+            }
+            report.results += 1;
+            state.evaluate_running_date = None;
+            state.worker_id = result.worker_id.clone();
+            state.next_execution_date = Some(result.evaluation_date + to_chrono(interval));
+            state.updated_date = now;
+            if let Some(error) = result.error {
+                tracing::warn!(trigger = %uid, %error, "polling trigger evaluation failed");
+                state.error = Some(error);
+                continue;
+            }
+            state.error = None;
+            let Some(variables) = result.variables else {
+                continue;
+            };
+            match self
+                .start_polled(
+                    entry,
+                    &state,
+                    result.evaluation_date,
+                    variables,
+                    now,
+                    report,
+                )
+                .await
+            {
+                Ok(Ok(Some(id))) => self.record_lock(entry, &mut state, id),
+                Ok(Ok(None)) => {}
+                Ok(Err(message)) => return (self.disable(state, message, now), true),
+                Err(e) => {
+                    // Not consumed: the result comes back after the queue lease and is applied
+                    // again (with the same execution id, so nothing starts twice).
+                    report.failures += 1;
+                    tracing::warn!(trigger = %uid, error = %e, "cannot queue execution");
+                    return (Outcome::Store(claimed.clone()), false);
+                }
+            }
+        }
+        (Outcome::Store(state), true)
+    }
+
+    /// Handle one polling trigger claimed as due: send an evaluation to the workers unless one is
+    /// running or the previous execution holds the lock.
+    pub(super) async fn handle_polling(
+        &self,
+        entry: &Entry,
+        claimed: &TriggerState,
+        now: DateTime<Utc>,
+        report: &mut TickReport,
+    ) -> Outcome {
+        let uid = claimed.uid();
+        let mut state = claimed.clone();
+        if state.disabled {
+            return Outcome::Store(state);
+        }
+        if entry.disabled {
+            // Disabled in the flow: no evaluation; the sync makes it due again once enabled.
+            state.next_execution_date = None;
+            state.evaluate_running_date = None;
+            state.updated_date = now;
+            return Outcome::Store(state);
+        }
+        if let Err(message) = interval_of(entry) {
+            return self.disable(state, message, now);
+        }
+        if let Err(e) = check_conditions(&entry.trigger.conditions) {
+            return self.disable(state, e.to_string(), now);
+        }
+        let timeout = to_chrono(self.config.evaluation_timeout);
+        if let Some(running) = state.evaluate_running_date {
+            if now - running < timeout {
+                state.next_execution_date = Some(running + timeout);
+                return Outcome::Store(state);
+            }
+            tracing::warn!(trigger = %uid, %running,
+                "no result for the running evaluation: it is abandoned and a new one is sent");
+            state.evaluate_running_date = None;
+        }
+        match self.check_lock(entry, &mut state, now).await {
+            Lock::Free => {}
+            Lock::Held => {
+                report.locked += 1;
+                return Outcome::Store(state);
+            }
+            Lock::Stop(why) => return Outcome::Disable(state, why),
+            Lock::Failed => {
+                report.failures += 1;
+                return Outcome::Store(state);
+            }
+        }
+
+        let flow = &entry.flow;
+        let job = WorkerJob::Trigger(Box::new(WorkerTrigger {
+            tenant_id: state.tenant_id.clone(),
+            namespace: flow.namespace.clone(),
+            flow_id: flow.id.clone(),
+            flow_revision: entry.revision,
+            trigger: entry.trigger.clone(),
+            context: super::service::flow_context(entry),
+            evaluation_date: now,
+        }));
+        let sent = match job.envelope() {
+            Ok(envelope) => self.queue.publish(vec![envelope]).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = sent {
+            report.failures += 1;
+            tracing::warn!(trigger = %uid, error = %e, "cannot send the trigger evaluation");
+            return Outcome::Store(state);
+        }
+        tracing::debug!(trigger = %uid, "evaluation sent to the workers");
+        state.evaluate_running_date = Some(now);
+        state.worker_id = None;
+        state.date = Some(now);
+        // Due again only if no result comes back in time.
+        state.next_execution_date = Some(now + timeout);
+        state.updated_date = now;
+        report.evaluations.push(uid);
+        Outcome::Store(state)
+    }
+
+    /// Start the execution of an evaluation that answered `variables`. `Ok(Ok(None))`: a condition
+    /// is false; `Ok(Err(message))`: the trigger cannot be evaluated; `Err`: backend error.
+    async fn start_polled(
+        &self,
+        entry: &Entry,
+        state: &TriggerState,
+        evaluation_date: DateTime<Utc>,
+        variables: Map<String, Value>,
+        now: DateTime<Utc>,
+        report: &mut TickReport,
+    ) -> Result<Result<Option<String>, String>, SchedulerError> {
+        let flow = &entry.flow;
+        let type_name = match &entry.kind {
+            Ok(Kind::Polling { type_name, .. }) => *type_name,
+            _ => entry.trigger.trigger_type.as_str(),
+        };
+        let mut ctx = super::service::flow_context(entry);
+        if let Value::Object(map) = &mut ctx {
+            map.insert("trigger".into(), Value::Object(variables.clone()));
+        }
+        match evaluate_conditions(&entry.trigger.conditions, &ctx, &self.expr) {
+            Ok(true) => {}
+            Ok(false) => {
+                report.skipped += 1;
+                tracing::debug!(trigger = %state.uid(), "conditions false: no execution");
+                return Ok(Ok(None));
+            }
+            Err(e) => return Ok(Err(e.to_string())),
+        }
+        let raw_inputs: IndexMap<String, Value> = match entry.trigger.properties.get("inputs") {
+            None | Some(Value::Null) => IndexMap::new(),
+            Some(v) => match serde_json::from_value(v.clone()) {
+                Ok(m) => m,
+                Err(e) => return Ok(Err(format!("invalid inputs: {e}"))),
+            },
+        };
+        let id = slot_execution_id(
+            &state.tenant_id,
+            &flow.namespace,
+            &flow.id,
+            &entry.trigger.id,
+            evaluation_date,
+            None,
+        );
+        let start = StartRequest {
+            id: &id,
+            trigger_type: type_name,
+            variables,
+            ctx: &ctx,
+            raw_inputs,
+            extra_labels: Vec::new(),
+        };
+        if let Err(message) = self
+            .queue_execution(entry, &state.tenant_id, start, now)
+            .await?
+        {
+            return Ok(Err(message));
+        }
+        tracing::info!(trigger = %state.uid(), execution_id = %id,
+            namespace = %flow.namespace, flow = %flow.id, "polling trigger started an execution");
+        report.fired.push(FiredSlot {
+            trigger_uid: state.uid(),
+            execution_id: id.clone(),
+            slot: evaluation_date,
+            backfill: false,
+        });
+        Ok(Ok(Some(id)))
+    }
+}
+
+fn interval_of(entry: &Entry) -> Result<Duration, String> {
+    match &entry.kind {
+        Ok(Kind::Polling { interval, .. }) => Ok(*interval),
+        Ok(_) => Err("not a polling trigger".to_string()),
+        Err(message) => Err(message.clone()),
+    }
+}
