@@ -137,7 +137,7 @@ async fn suite(url: &str) {
         })
         .executor_config(one_at_a_time())
         .start();
-    const ROUNDS: u64 = 5;
+    const ROUNDS: u64 = 10;
     for round in 1..=ROUNDS {
         tokio::join!(run(&engine, &ns, "ra"), run(&engine, &ns, "rb"));
         wait_count(&engine, &ns, "raced", round).await;
