@@ -89,7 +89,7 @@ async fn wait_count(engine: &Engine, ns: &str, flow_id: &str, expected: u64) {
     }
 }
 
-/// Long enough for a wrongly fired trigger to show up.
+/// Long enough for a wrongly fired trigger to show up, and for executors to see a deployed trigger.
 async fn settle() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
 }
@@ -109,6 +109,8 @@ async fn suite(url: &str) {
     ] {
         engine.deploy(&source).await.unwrap();
     }
+    // Executors see new Flow triggers within a second (cached list of flows with triggers).
+    settle().await;
 
     // A alone does not trigger; A then B triggers exactly once.
     run(&engine, &ns, "a").await;
@@ -137,6 +139,7 @@ async fn suite(url: &str) {
         })
         .executor_config(one_at_a_time())
         .start();
+    settle().await;
     const ROUNDS: u64 = 10;
     for round in 1..=ROUNDS {
         tokio::join!(run(&engine, &ns, "ra"), run(&engine, &ns, "rb"));
