@@ -234,8 +234,9 @@ fn where_filter_types_and_operands() {
 
 #[test]
 fn where_groups_are_conditions_of_the_set() {
-    // Two where groups (one OR, one AND) plus one upstream flow: three conditions.
-    let pre = "      id: p\n      flows:\n        - namespace: ns\n          flowId: a\n      where:\n        - id: any_b_or_c\n          operand: OR\n          filters:\n            - field: FLOW_ID\n              type: EQUAL_TO\n              value: b\n            - field: FLOW_ID\n              type: EQUAL_TO\n              value: c\n        - id: failed_d\n          filters:\n            - field: FLOW_ID\n              type: EQUAL_TO\n              value: d\n            - field: STATE\n              type: EQUAL_TO\n              value: FAILED\n";
+    // Two where groups (one OR, one AND) plus one upstream flow: three conditions. As in Kestra,
+    // group ids need not be unique: conditions are numbered (condition_2_g, condition_3_g).
+    let pre = "      id: p\n      flows:\n        - namespace: ns\n          flowId: a\n      where:\n        - id: g\n          operand: OR\n          filters:\n            - field: FLOW_ID\n              type: EQUAL_TO\n              value: b\n            - field: FLOW_ID\n              type: EQUAL_TO\n              value: c\n        - id: g\n          filters:\n            - field: FLOW_ID\n              type: EQUAL_TO\n              value: d\n            - field: STATE\n              type: EQUAL_TO\n              value: FAILED\n";
     let mut h = Harness::new(vec![downstream(pre)]);
     assert_eq!(h.end("a", StateType::Success, at(2, 8, 0)), 0);
     assert_eq!(h.end("c", StateType::Success, at(2, 8, 1)), 0);
@@ -303,7 +304,7 @@ fn sliding_window_expires_old_results() {
     let key = preconditions::state_key("main", "ns", "down", "t");
     assert_eq!(
         h.states[&key].results.keys().collect::<Vec<_>>(),
-        vec!["upstream_2"],
+        vec!["condition_2"],
         "the expired result is dropped"
     );
     assert_eq!(h.end("a", StateType::Success, at(2, 13, 30)), 1);
@@ -366,20 +367,23 @@ fn single_upstream_flow_fires_every_time_inside_its_window() {
 #[test]
 fn results_of_edited_preconditions_are_dropped() {
     let check = |fingerprint: &str, matched: &str| PreconditionCheck {
-        conditions: vec!["upstream_1".into(), "upstream_2".into()],
+        conditions: vec!["condition_1".into(), "condition_2".into()],
         matched: vec![matched.into()],
         window: WindowSpec::from_config(None).unwrap(),
         reset_on_success: true,
         fingerprint: fingerprint.into(),
     };
-    let first = preconditions::apply(None, &check("v1", "upstream_1"), at(2, 10, 0));
+    let first = preconditions::apply(None, &check("v1", "condition_1"), at(2, 10, 0));
     assert!(first.changed && !first.fire);
     let edited = preconditions::apply(
         first.state.clone(),
-        &check("v2", "upstream_2"),
+        &check("v2", "condition_2"),
         at(2, 10, 1),
     );
-    assert!(!edited.fire, "upstream_1 was met under other preconditions");
-    let same = preconditions::apply(first.state, &check("v1", "upstream_2"), at(2, 10, 1));
+    assert!(
+        !edited.fire,
+        "condition_1 was met under other preconditions"
+    );
+    let same = preconditions::apply(first.state, &check("v1", "condition_2"), at(2, 10, 1));
     assert!(same.fire && same.state.is_none() && same.changed);
 }

@@ -7,11 +7,12 @@
 //! `comparison` EQUALS | PREFIX | SUFFIX, or the old `prefix: true`), `ExecutionLabels` (`labels`),
 //! `Expression` (`expression`, rendered with `trigger.*`), their legacy names, and `preconditions`:
 //! - each upstream flow (`flows[n]`: `namespace`, `flowId` (any flow of the namespace when absent),
-//!   `states` (SUCCESS by default), `labels`) is one condition, id `upstream_<n+1>`;
+//!   `states` (SUCCESS by default - Kestra accepts any state there), `labels`) is one condition;
 //! - each `where` group (`id`, `operand` AND | OR, `filters [{field FLOW_ID | NAMESPACE | STATE |
 //!   EXPRESSION | LABEL, type EQUAL_TO | NOT_EQUAL_TO | IN | NOT_IN | IS_TRUE | IS_FALSE | IS_NULL |
 //!   IS_NOT_NULL | STARTS_WITH | ENDS_WITH | REGEX | CONTAINS, value | values}]`) is one condition,
-//!   id the group's `id` (see [`preconditions::where_matches`]);
+//!   (see [`preconditions::where_matches`]; `LABEL` comes from Kestra's AdvancedExecutionsCondition);
+//! - condition ids follow Kestra's numbering ([`preconditions::condition_ids`]);
 //! - `timeWindow` and `resetOnSuccess`: see [`preconditions`].
 //!
 //! Evaluation happens in two pure steps. [`plan_flow_triggers`] checks states, conditions and which
@@ -37,7 +38,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
 
 use crate::executor::preconditions::{
-    self, PreconditionCheck, PreconditionState, WindowSpec, upstream_condition_id, where_matches,
+    self, PreconditionCheck, PreconditionState, WindowSpec, condition_ids, where_matches,
 };
 use crate::expression::ExpressionEngine;
 use crate::flow::model::{Flow, Trigger};
@@ -223,10 +224,12 @@ fn evaluate(
     };
     let window = WindowSpec::from_config(pre.time_window.as_ref())
         .map_err(|(prop, m)| format!("preconditions.timeWindow.{prop}: {m}"))?;
-    let mut conditions = Vec::new();
+    let upstream_flows = pre.flows.as_deref().unwrap_or_default();
+    let groups = pre.where_filters.as_deref().unwrap_or_default();
+    let (upstream_ids, group_ids) =
+        condition_ids(upstream_flows.len(), groups.iter().map(|g| g.id.as_str()));
     let mut matched = Vec::new();
-    for (n, up) in pre.flows.iter().flatten().enumerate() {
-        let id = upstream_condition_id(n);
+    for (up, id) in upstream_flows.iter().zip(&upstream_ids) {
         let flow_ok = up.namespace == ended.namespace
             && up.flow_id.as_ref().is_none_or(|f| *f == ended.flow_id);
         let state_ok = match &up.states {
@@ -236,20 +239,18 @@ fn evaluate(
         if flow_ok && state_ok && labels_match(up.labels.as_ref(), ended) {
             matched.push(id.clone());
         }
-        conditions.push(id);
     }
-    let groups = pre.where_filters.as_deref().unwrap_or_default();
     if !groups.is_empty() {
         let filter_ctx = preconditions::filter_context(ended, &ctx["trigger"]);
-        for group in groups {
+        for (group, id) in groups.iter().zip(&group_ids) {
             if where_matches(group, ended, &filter_ctx, expr)
                 .map_err(|e| format!("preconditions.where '{}': {e}", group.id))?
             {
-                matched.push(group.id.clone());
+                matched.push(id.clone());
             }
-            conditions.push(group.id.clone());
         }
     }
+    let conditions = [upstream_ids, group_ids].concat();
     if conditions.is_empty() {
         return Ok(Verdict::Fire);
     }

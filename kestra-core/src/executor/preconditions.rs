@@ -1,8 +1,9 @@
 //! Flow trigger `preconditions` over several conditions: time windows and the per-trigger state
 //! that remembers which conditions upstream executions already met.
 //!
-//! Every upstream flow (`preconditions.flows[n]`, condition id `upstream_<n+1>`) and every `where`
-//! group (condition id: the group's `id`) is one condition. A trigger fires when all of its
+//! Every upstream flow and every `where` group is one condition, with Kestra's ids: `condition_<n>`
+//! for the n-th upstream flow, then `condition_<n>_<group id>` for the where groups, counting on
+//! ([`condition_ids`]). A trigger fires when all of its
 //! conditions have been met by executions inside the current [`WindowSpec`]. What has been met is a
 //! [`PreconditionState`] kept in executor state ([`STATE_KIND`], one entry per trigger,
 //! [`state_key`]) so that the unit of work locks it and two executors ending two upstream executions
@@ -59,9 +60,19 @@ pub fn fingerprint(preconditions: &Value) -> String {
     format!("{hash:016x}")
 }
 
-/// The condition id of the `n`th (0-based) upstream flow.
-pub fn upstream_condition_id(n: usize) -> String {
-    format!("upstream_{}", n + 1)
+/// The condition ids of `flows` upstream flows and of the `where` groups with these ids, as Kestra
+/// numbers them: `condition_1`..`condition_<flows>`, then `condition_<n>_<group id>`.
+pub fn condition_ids<'a>(
+    flows: usize,
+    groups: impl IntoIterator<Item = &'a str>,
+) -> (Vec<String>, Vec<String>) {
+    let upstream = (1..=flows).map(|n| format!("condition_{n}")).collect();
+    let groups = groups
+        .into_iter()
+        .enumerate()
+        .map(|(i, id)| format!("condition_{}_{id}", flows + i + 1))
+        .collect();
+    (upstream, groups)
 }
 
 const DAY: TimeDelta = TimeDelta::days(1);
@@ -420,8 +431,13 @@ pub fn check_filter(filter: &PreconditionFilter) -> Result<(), String> {
 }
 
 fn full_match_regex(pattern: &str) -> Result<regex::Regex, String> {
-    regex::Regex::new(&format!("^(?:{pattern})$"))
-        .map_err(|e| format!("invalid regular expression '{pattern}': {e}"))
+    regex::Regex::new(&format!("^(?:{pattern})$")).map_err(|e| {
+        // The regex crate's message spans lines (the pattern, a caret, the error): keep the error.
+        let text = e.to_string();
+        let reason = text.lines().last().unwrap_or_default();
+        let reason = reason.trim().trim_start_matches("error: ");
+        format!("invalid regular expression '{pattern}': {reason}")
+    })
 }
 
 fn filter_matches(

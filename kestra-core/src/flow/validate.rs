@@ -918,36 +918,17 @@ impl<'a> Validator<'a> {
     }
 
     /// `timeWindow` (type-specific properties, positive window, times of day) and `where` groups
-    /// (unique ids that do not clash with the `upstream_<n>` ids, the value/values rules, regexes).
+    /// (at least one filter, the value/values rules, regexes).
     fn check_preconditions(&mut self, pre: &crate::flow::triggers::Preconditions, path: &str) {
-        use crate::executor::preconditions::{WindowSpec, check_filter, upstream_condition_id};
+        use crate::executor::preconditions::{WindowSpec, check_filter};
         if let Some(window) = &pre.time_window
             && let Err((prop, message)) = WindowSpec::from_config(Some(window))
         {
             let p = join_key(&join_key(path, "timeWindow"), prop);
             self.error(&p, At::Value, FlowErrorKind::InvalidValue, message);
         }
-        let upstream: Vec<String> = (0..pre.flows.as_ref().map_or(0, Vec::len))
-            .map(upstream_condition_id)
-            .collect();
-        let mut seen: HashMap<&str, usize> = HashMap::new();
         for (i, group) in pre.where_filters.iter().flatten().enumerate() {
             let group_path = join_index(&join_key(path, "where"), i);
-            let id_path = join_key(&group_path, "id");
-            if let Some(first) = seen.insert(group.id.as_str(), i) {
-                let message = format!(
-                    "duplicate precondition id '{}' (first used at {})",
-                    group.id,
-                    join_index(&join_key(path, "where"), first)
-                );
-                self.error(&id_path, At::Value, FlowErrorKind::DuplicateId, message);
-            } else if upstream.contains(&group.id) {
-                let message = format!(
-                    "precondition id '{}' is the id of an upstream flow condition",
-                    group.id
-                );
-                self.error(&id_path, At::Value, FlowErrorKind::DuplicateId, message);
-            }
             if group.filters.is_empty() {
                 let p = join_key(&group_path, "filters");
                 self.error(&p, At::Value, FlowErrorKind::InvalidValue, "no filters");
