@@ -5,18 +5,41 @@
 //! Supported: `states` (default: terminal states and PAUSED), the conditions `ExecutionStatus`
 //! (`in`, `notIn`), `ExecutionFlow` (`namespace`, `flowId`), `ExecutionNamespace` (`namespace`,
 //! `comparison` EQUALS | PREFIX | SUFFIX, or the old `prefix: true`), `ExecutionLabels` (`labels`),
-//! `Expression` (`expression`, rendered with `trigger.*`), their legacy names, and `preconditions`
-//! with ONE upstream flow (matched like a condition on namespace, flowId, states and labels).
-//! Not yet: preconditions over several flows (they need a time-window state) and `where` filters: such
-//! triggers never fire, and the reason is logged.
+//! `Expression` (`expression`, rendered with `trigger.*`), their legacy names, and `preconditions`:
+//! - each upstream flow (`flows[n]`: `namespace`, `flowId` (any flow of the namespace when absent),
+//!   `states` (SUCCESS by default - Kestra accepts any state there), `labels`) is one condition;
+//! - each `where` group (`id`, `operand` AND | OR, `filters [{field FLOW_ID | NAMESPACE | STATE |
+//!   EXPRESSION | LABEL, type EQUAL_TO | NOT_EQUAL_TO | IN | NOT_IN | IS_TRUE | IS_FALSE | IS_NULL |
+//!   IS_NOT_NULL | STARTS_WITH | ENDS_WITH | REGEX | CONTAINS, value | values}]`) is one condition,
+//!   (see [`preconditions::where_matches`]; `LABEL` comes from Kestra's AdvancedExecutionsCondition);
+//! - condition ids follow Kestra's numbering ([`preconditions::condition_ids`]);
+//! - `timeWindow` and `resetOnSuccess`: see [`preconditions`].
+//!
+//! Evaluation happens in two pure steps. [`plan_flow_triggers`] checks states, conditions and which
+//! precondition conditions the ended execution meets, at the time it reached its state
+//! ([`event_time`]). A trigger without preconditions, or with a single condition met inside its
+//! window, is *ready*. A trigger with several conditions is *pending*: the runtime loads its
+//! [`PreconditionState`] from the unit of work (`load_state(preconditions::STATE_KIND, key)`, which
+//! locks it), calls [`preconditions::apply`], saves the new state and starts the execution if it
+//! fires - all in the unit that ends the upstream execution, so concurrent executors serialise on
+//! the entry and a full set fires exactly once. [`triggered_executions`] runs both steps against an
+//! in-memory map (tests, embedders).
+//!
+//! The triggered execution's `trigger.*` describes the execution that completed the set (Kestra
+//! merges the outputs of every matched execution; not done here).
 //!
 //! A flow never triggers itself, and a chain of flow-triggered executions stops at
 //! [`MAX_TRIGGER_DEPTH`] (the depth travels in the trigger variables).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
 
+use crate::executor::preconditions::{
+    self, PreconditionCheck, PreconditionState, WindowSpec, condition_ids, where_matches,
+};
 use crate::expression::ExpressionEngine;
 use crate::flow::model::{Flow, Trigger};
 use crate::flow::registry::TaskRegistry;
@@ -164,68 +187,138 @@ fn trigger_variables(ended: &Execution) -> Map<String, Value> {
     v
 }
 
-/// Evaluate one trigger of `flow` for `ended`: `Ok(true)` when it fires.
-fn fires(
+/// What one trigger makes of an ended execution.
+enum Verdict {
+    /// It does not fire.
+    No,
+    /// It fires now.
+    Fire,
+    /// It fires if its precondition state says so.
+    Pending(PreconditionCheck),
+}
+
+/// Evaluate one trigger of `flow` for `ended` at time `at`.
+fn evaluate(
     trigger: &Trigger,
     spec: &FlowTrigger,
     ended: &Execution,
     ctx: &Value,
     expr: &ExpressionEngine,
-) -> Result<bool, String> {
+    at: DateTime<Utc>,
+) -> Result<Verdict, String> {
     let state = ended.state.current();
     let states_ok = match &spec.states {
         Some(list) => list.iter().any(|s| s == state.as_str()),
         None => state.is_terminated() || state == StateType::Paused,
     };
     if !states_ok {
-        return Ok(false);
+        return Ok(Verdict::No);
     }
     for c in &trigger.conditions {
         if !condition_holds(c, ended, ctx, expr)? {
-            return Ok(false);
+            return Ok(Verdict::No);
         }
     }
-    if let Some(pre) = &spec.preconditions {
-        if pre.where_filters.as_ref().is_some_and(|w| !w.is_empty()) {
-            return Err("preconditions with 'where' filters are not supported yet".into());
+    let Some(pre) = &spec.preconditions else {
+        return Ok(Verdict::Fire);
+    };
+    let window = WindowSpec::from_config(pre.time_window.as_ref())
+        .map_err(|(prop, m)| format!("preconditions.timeWindow.{prop}: {m}"))?;
+    let upstream_flows = pre.flows.as_deref().unwrap_or_default();
+    let groups = pre.where_filters.as_deref().unwrap_or_default();
+    let (upstream_ids, group_ids) =
+        condition_ids(upstream_flows.len(), groups.iter().map(|g| g.id.as_str()));
+    let mut matched = Vec::new();
+    for (up, id) in upstream_flows.iter().zip(&upstream_ids) {
+        let flow_ok = up.namespace == ended.namespace
+            && up.flow_id.as_ref().is_none_or(|f| *f == ended.flow_id);
+        let state_ok = match &up.states {
+            Some(list) => list.iter().any(|s| s == state.as_str()),
+            None => state == StateType::Success,
+        };
+        if flow_ok && state_ok && labels_match(up.labels.as_ref(), ended) {
+            matched.push(id.clone());
         }
-        if let Some(flows) = &pre.flows {
-            if flows.len() > 1 {
-                return Err("preconditions over several flows are not supported yet".into());
-            }
-            if let Some(up) = flows.first() {
-                let flow_ok = up.namespace == ended.namespace
-                    && up.flow_id.as_ref().is_none_or(|f| *f == ended.flow_id);
-                let up_states = up
-                    .states
-                    .clone()
-                    .unwrap_or_else(|| vec!["SUCCESS".to_string()]);
-                let state_ok = up_states.iter().any(|s| s == state.as_str());
-                if !(flow_ok && state_ok && labels_match(up.labels.as_ref(), ended)) {
-                    return Ok(false);
-                }
+    }
+    if !groups.is_empty() {
+        let filter_ctx = preconditions::filter_context(ended, &ctx["trigger"]);
+        for (group, id) in groups.iter().zip(&group_ids) {
+            if where_matches(group, ended, &filter_ctx, expr)
+                .map_err(|e| format!("preconditions.where '{}': {e}", group.id))?
+            {
+                matched.push(id.clone());
             }
         }
     }
-    Ok(true)
+    let conditions = [upstream_ids, group_ids].concat();
+    if conditions.is_empty() {
+        return Ok(Verdict::Fire);
+    }
+    if matched.is_empty() || window.bounds(at).is_none() {
+        return Ok(Verdict::No);
+    }
+    if conditions.len() == 1 {
+        // One condition, met inside the window: nothing to remember.
+        return Ok(Verdict::Fire);
+    }
+    let written = serde_json::to_value(pre).unwrap_or(Value::Null);
+    Ok(Verdict::Pending(PreconditionCheck {
+        conditions,
+        matched,
+        window,
+        reset_on_success: pre.reset_on_success.unwrap_or(true),
+        fingerprint: preconditions::fingerprint(&written),
+    }))
 }
 
-/// The executions that Flow triggers of `flows` start because `ended` reached its current state.
-/// The second list holds (flow, trigger, reason) for triggers that could not be evaluated.
-pub fn triggered_executions(
+/// A trigger whose preconditions need their stored state to decide.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingTrigger {
+    /// Executor-state key of the trigger's results ([`preconditions::state_key`]).
+    pub key: String,
+    /// What the ended execution met.
+    pub check: PreconditionCheck,
+    /// The execution to start if [`preconditions::apply`] says it fires.
+    pub triggered: TriggeredExecution,
+}
+
+/// What the Flow triggers of the candidate flows make of one ended execution.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FlowTriggerPlan {
+    /// When the ended execution reached its state: the time preconditions are evaluated at.
+    pub at: DateTime<Utc>,
+    /// Executions to start now.
+    pub ready: Vec<TriggeredExecution>,
+    /// Triggers whose multi-condition preconditions decide with their stored state.
+    pub pending: Vec<PendingTrigger>,
+    /// (flow, trigger, reason) of triggers that could not be evaluated.
+    pub problems: Vec<String>,
+}
+
+/// When `ended` reached its current state (its last state change), or `now` without history.
+pub fn event_time(ended: &Execution, now: DateTime<Utc>) -> DateTime<Utc> {
+    ended.state.histories().last().map_or(now, |h| h.date)
+}
+
+/// Evaluates the Flow triggers of `flows` for `ended`: which fire now, which depend on their
+/// precondition state. `now` is used only when the execution has no state history.
+pub fn plan_flow_triggers(
     ended: &Execution,
     flows: &[Arc<Flow>],
     registry: &TaskRegistry,
     expr: &ExpressionEngine,
-) -> (Vec<TriggeredExecution>, Vec<String>) {
-    let mut out = Vec::new();
-    let mut problems = Vec::new();
+    now: DateTime<Utc>,
+) -> FlowTriggerPlan {
+    let mut plan = FlowTriggerPlan {
+        at: event_time(ended, now),
+        ..FlowTriggerPlan::default()
+    };
     if trigger_depth(ended) >= MAX_TRIGGER_DEPTH {
-        problems.push(format!(
+        plan.problems.push(format!(
             "execution {} is {MAX_TRIGGER_DEPTH} flow triggers deep: no further flow is triggered",
             ended.id
         ));
-        return (out, problems);
+        return plan;
     }
     let variables = trigger_variables(ended);
     let mut trigger_ctx = variables.clone();
@@ -250,18 +343,18 @@ pub fn triggered_executions(
             let spec: FlowTrigger = match registry.decode_trigger(trigger) {
                 Ok(s) => s,
                 Err(e) => {
-                    problems.push(format!("{where_}: {e}"));
+                    plan.problems.push(format!("{where_}: {e}"));
                     continue;
                 }
             };
-            match fires(trigger, &spec, ended, &ctx, expr) {
-                Ok(false) => continue,
+            let verdict = match evaluate(trigger, &spec, ended, &ctx, expr, plan.at) {
+                Ok(Verdict::No) => continue,
                 Err(e) => {
-                    problems.push(format!("{where_}: {e}"));
+                    plan.problems.push(format!("{where_}: {e}"));
                     continue;
                 }
-                Ok(true) => {}
-            }
+                Ok(v) => v,
+            };
             let mut inputs = Map::new();
             let mut failed = false;
             for (k, v) in spec.inputs.iter().flatten() {
@@ -270,7 +363,7 @@ pub fn triggered_executions(
                         inputs.insert(k.clone(), v);
                     }
                     Err(e) => {
-                        problems.push(format!("{where_}: input '{k}': {e}"));
+                        plan.problems.push(format!("{where_}: input '{k}': {e}"));
                         failed = true;
                     }
                 }
@@ -294,10 +387,48 @@ pub fn triggered_executions(
                 type_: FLOW_TRIGGER_TYPE.to_string(),
                 variables: variables.clone(),
             });
-            out.push(TriggeredExecution { execution, inputs });
+            let triggered = TriggeredExecution { execution, inputs };
+            match verdict {
+                Verdict::Pending(check) => plan.pending.push(PendingTrigger {
+                    key: preconditions::state_key(
+                        &flow.tenant_id,
+                        &flow.namespace,
+                        &flow.id,
+                        &trigger.id,
+                    ),
+                    check,
+                    triggered,
+                }),
+                _ => plan.ready.push(triggered),
+            }
         }
     }
-    (out, problems)
+    plan
+}
+
+/// [`plan_flow_triggers`] then [`preconditions::apply`] on each pending trigger against `states`
+/// (executor state by key, updated in place): the in-memory form of what the executor runtime does
+/// inside its unit of work. Returns the executions to start and the problems.
+pub fn triggered_executions(
+    ended: &Execution,
+    flows: &[Arc<Flow>],
+    registry: &TaskRegistry,
+    expr: &ExpressionEngine,
+    now: DateTime<Utc>,
+    states: &mut HashMap<String, PreconditionState>,
+) -> (Vec<TriggeredExecution>, Vec<String>) {
+    let plan = plan_flow_triggers(ended, flows, registry, expr, now);
+    let mut out = plan.ready;
+    for pending in plan.pending {
+        let decision = preconditions::apply(states.remove(&pending.key), &pending.check, plan.at);
+        if let Some(s) = decision.state {
+            states.insert(pending.key.clone(), s);
+        }
+        if decision.fire {
+            out.push(pending.triggered);
+        }
+    }
+    (out, plan.problems)
 }
 
 #[cfg(test)]
@@ -328,6 +459,8 @@ mod tests {
             flows,
             &TaskRegistry::default(),
             &ExpressionEngine::default(),
+            Utc::now(),
+            &mut HashMap::new(),
         );
         assert!(problems.is_empty(), "{problems:?}");
         out.into_iter().map(|t| t.execution.flow_id).collect()
@@ -374,6 +507,8 @@ mod tests {
             &[f],
             &TaskRegistry::default(),
             &ExpressionEngine::default(),
+            Utc::now(),
+            &mut HashMap::new(),
         );
         assert_eq!(out.len(), 1);
         let t = out[0].execution.trigger.as_ref().unwrap();
@@ -401,6 +536,8 @@ mod tests {
             &[f],
             &TaskRegistry::default(),
             &ExpressionEngine::default(),
+            Utc::now(),
+            &mut HashMap::new(),
         );
         assert!(out.is_empty());
         assert_eq!(problems.len(), 1);

@@ -14,6 +14,7 @@ pub mod context;
 pub mod flow_trigger;
 pub mod index;
 pub mod messages;
+pub mod preconditions;
 pub mod process;
 pub mod replay;
 pub mod subflow;

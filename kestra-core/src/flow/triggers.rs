@@ -100,17 +100,100 @@ pub struct UpstreamFlow {
     pub labels: Option<Value>,
 }
 
-/// A filter group of Flow trigger preconditions.
+/// How the filters of a `where` group combine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum FilterOperand {
+    /// Every filter must hold (the default).
+    #[default]
+    And,
+    /// One filter is enough.
+    Or,
+}
+
+/// What a `where` filter looks at in the upstream execution (Kestra's
+/// `AdvancedExecutionsCondition.Field`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum FilterField {
+    /// The upstream flow id.
+    FlowId,
+    /// The upstream namespace.
+    Namespace,
+    /// The upstream execution's state (`SUCCESS`, ...).
+    State,
+    /// `value` rendered as an expression over the upstream execution.
+    Expression,
+    /// A label, as `key:value`; `value` names the key (`key` or `key:value`).
+    Label,
+}
+
+/// How a `where` filter compares (Kestra's `AdvancedExecutionsCondition.Type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum FilterType {
+    /// Equal to `value`.
+    EqualTo,
+    /// Not equal to `value`.
+    NotEqualTo,
+    /// One of `values`.
+    In,
+    /// None of `values`.
+    NotIn,
+    /// Truthy.
+    IsTrue,
+    /// Falsy.
+    IsFalse,
+    /// Absent.
+    IsNull,
+    /// Present.
+    IsNotNull,
+    /// Starts with `value`.
+    StartsWith,
+    /// Ends with `value`.
+    EndsWith,
+    /// Matches the regular expression `value` as a whole.
+    Regex,
+    /// Contains `value`.
+    Contains,
+}
+
+impl FilterType {
+    /// Whether the type compares with a list (`values`) rather than one `value`.
+    pub fn takes_values(self) -> bool {
+        matches!(self, FilterType::In | FilterType::NotIn)
+    }
+}
+
+/// One filter of a `where` group.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PreconditionFilter {
+    /// What is compared.
+    pub field: FilterField,
+    /// How.
+    #[serde(rename = "type")]
+    pub filter_type: FilterType,
+    /// The value (every type but IN / NOT_IN).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// The values (IN / NOT_IN).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub values: Option<Vec<String>>,
+}
+
+/// A filter group of Flow trigger preconditions: one condition, met by an execution that passes
+/// its filters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WhereFilter {
-    /// Id of the group.
+    /// Id of the group (the condition's id).
     pub id: String,
-    /// AND or OR.
+    /// AND (default) or OR.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub operand: Option<String>,
-    /// Filters (`{field, type, value(s)}`).
-    pub filters: Vec<Value>,
+    pub operand: Option<FilterOperand>,
+    /// The filters.
+    pub filters: Vec<PreconditionFilter>,
 }
 
 /// Time windows of Flow trigger preconditions.

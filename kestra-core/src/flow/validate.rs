@@ -912,6 +912,34 @@ impl<'a> Validator<'a> {
                 }
             }
         }
+        if let Some(pre) = &trigger.preconditions {
+            self.check_preconditions(pre, &join_key(path, "preconditions"));
+        }
+    }
+
+    /// `timeWindow` (type-specific properties, positive window, times of day) and `where` groups
+    /// (at least one filter, the value/values rules, regexes).
+    fn check_preconditions(&mut self, pre: &crate::flow::triggers::Preconditions, path: &str) {
+        use crate::executor::preconditions::{WindowSpec, check_filter};
+        if let Some(window) = &pre.time_window
+            && let Err((prop, message)) = WindowSpec::from_config(Some(window))
+        {
+            let p = join_key(&join_key(path, "timeWindow"), prop);
+            self.error(&p, At::Value, FlowErrorKind::InvalidValue, message);
+        }
+        for (i, group) in pre.where_filters.iter().flatten().enumerate() {
+            let group_path = join_index(&join_key(path, "where"), i);
+            if group.filters.is_empty() {
+                let p = join_key(&group_path, "filters");
+                self.error(&p, At::Value, FlowErrorKind::InvalidValue, "no filters");
+            }
+            for (j, filter) in group.filters.iter().enumerate() {
+                if let Err(message) = check_filter(filter) {
+                    let p = join_index(&join_key(&group_path, "filters"), j);
+                    self.error(&p, At::Value, FlowErrorKind::InvalidValue, message);
+                }
+            }
+        }
     }
 
     // ---------------------------------------------------------------------------------------------

@@ -14,7 +14,10 @@
 //!   children of a killed Subflow task run, and new executions (CREATE_NEW_EXECUTION retries);
 //! - applies flow concurrency requests to the slots kept in executor state
 //!   ([`crate::executor::concurrency`]) and processes the resulting `Start` /
-//!   `ConcurrencyLimited` command right away; freed slots start the oldest queued executions.
+//!   `ConcurrencyLimited` command right away; freed slots start the oldest queued executions;
+//! - when an execution ends (or pauses), starts the flows whose Flow trigger it fires
+//!   ([`crate::executor::flow_trigger`]); triggers with several precondition conditions keep their
+//!   results in executor state ([`crate::executor::preconditions`]), locked by the unit of work.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,10 +28,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info_span, warn};
 
 use crate::executor::concurrency::{self, ConcurrencySlots, SlotRequest, apply_slot_request};
-use crate::executor::flow_trigger::triggered_executions;
+use crate::executor::flow_trigger::plan_flow_triggers;
 use crate::executor::messages::{
     ExecutionCommand, ExecutionKilled, ExecutorEvent, WorkerJob, execution_envelope,
 };
+use crate::executor::preconditions::{self, PreconditionState};
 use crate::executor::process::process;
 use crate::executor::subflow::{SubflowRequest, complete_child, result_for_parent};
 use crate::expression::ExpressionEngine;
@@ -321,7 +325,7 @@ impl ExecutorService {
                     && Some(now.state.current()) != previous_state
                     && (now.state.is_terminated() || now.state.current() == StateType::Paused)
                 {
-                    for e in self.flow_triggered(now).await {
+                    for e in self.flow_triggered(unit.as_mut(), now).await? {
                         outgoing.push(execution_envelope(&e)?);
                     }
                 }
@@ -344,22 +348,59 @@ impl ExecutorService {
 
 impl ExecutorService {
     /// Executions started by Flow triggers because `ended` reached its state (inputs resolved; a
-    /// trigger whose inputs are invalid is skipped with a warning).
-    async fn flow_triggered(&self, ended: &Execution) -> Vec<Execution> {
+    /// trigger whose inputs are invalid is skipped with a warning). Triggers with several
+    /// precondition conditions read and update their state in `unit` (locked until it commits).
+    async fn flow_triggered(
+        &self,
+        unit: &mut dyn UnitOfWork,
+        ended: &Execution,
+    ) -> Result<Vec<Execution>, QueueError> {
         let flows = match self.flows.flows_with_triggers(&ended.tenant_id).await {
             Ok(f) => f,
             Err(e) => {
                 warn!(error = %e, "cannot list flows with triggers; flow triggers skipped");
-                return Vec::new();
+                return Ok(Vec::new());
             }
         };
         if flows.is_empty() {
-            return Vec::new();
+            return Ok(Vec::new());
         }
-        let (triggered, problems) =
-            triggered_executions(ended, &flows, self.flows.registry(), &self.expr);
-        for p in problems {
+        let plan = plan_flow_triggers(ended, &flows, self.flows.registry(), &self.expr, Utc::now());
+        for p in &plan.problems {
             warn!(execution_id = %ended.id, "flow trigger: {p}");
+        }
+        let mut triggered = plan.ready;
+        for pending in plan.pending {
+            let stored: Option<PreconditionState> = unit
+                .load_state(preconditions::STATE_KIND, &pending.key)
+                .await?
+                .and_then(|v| match serde_json::from_value(v) {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        warn!(key = %pending.key, error = %e, "unreadable precondition state; starting over");
+                        None
+                    }
+                });
+            let decision = preconditions::apply(stored, &pending.check, plan.at);
+            if let Some(why) = &decision.skipped {
+                debug!(key = %pending.key, %why, "precondition not counted");
+            }
+            if decision.changed {
+                let value = decision
+                    .state
+                    .as_ref()
+                    .map(serde_json::to_value)
+                    .transpose()
+                    .map_err(|source| QueueError::Encode {
+                        topic: Topic::Execution,
+                        source,
+                    })?;
+                unit.save_state(preconditions::STATE_KIND, &pending.key, value.as_ref())
+                    .await?;
+            }
+            if decision.fire {
+                triggered.push(pending.triggered);
+            }
         }
         let mut out = Vec::new();
         for t in triggered {
@@ -403,7 +444,7 @@ impl ExecutorService {
             debug!(triggered = %execution.id, flow = %flow.id, "flow trigger fired");
             out.push(execution);
         }
-        out
+        Ok(out)
     }
 
     /// The child execution of a Subflow request, or a failed result for its parent.

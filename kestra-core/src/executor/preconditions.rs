@@ -1,0 +1,494 @@
+//! Flow trigger `preconditions` over several conditions: time windows and the per-trigger state
+//! that remembers which conditions upstream executions already met.
+//!
+//! Every upstream flow and every `where` group is one condition, with Kestra's ids: `condition_<n>`
+//! for the n-th upstream flow, then `condition_<n>_<group id>` for the where groups, counting on
+//! ([`condition_ids`]). A trigger fires when all of its
+//! conditions have been met by executions inside the current [`WindowSpec`]. What has been met is a
+//! [`PreconditionState`] kept in executor state ([`STATE_KIND`], one entry per trigger,
+//! [`state_key`]) so that the unit of work locks it and two executors ending two upstream executions
+//! at once serialise on it: no condition is lost and a full set fires exactly once.
+//!
+//! Everything here is pure: [`apply`] maps (stored state, the conditions an ended execution met, its
+//! time) to (new state, fire or not). The time is the upstream execution's last state change, so a
+//! redelivered message decides the same way.
+//!
+//! Windows (UTC):
+//! - `DURATION_WINDOW` (default; `window` PT24H by default): fixed windows of `window`, aligned on
+//!   the Unix epoch and shifted by `windowAdvance` (PT1D: midnight to midnight; PT1H: each hour). A
+//!   new window starts empty; an execution that belongs to an older window than the stored one
+//!   (late delivery) does not count.
+//! - `SLIDING_WINDOW` (`window`, PT24H by default): a condition counts if it was met less than
+//!   `window` before the execution being evaluated.
+//! - `DAILY_TIME_DEADLINE` (`deadline`): from midnight until `deadline`, each day; later executions
+//!   do not count.
+//! - `DAILY_TIME_WINDOW` (`startTime`, `endTime`): between the two times, each day; executions
+//!   outside do not count.
+//!
+//! After firing, `resetOnSuccess` (default true) clears the results, so the next full set fires
+//! again; with `false` the window stays satisfied until it ends and every further execution that
+//! meets a condition fires again (as in Kestra).
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, NaiveTime, TimeDelta, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::expression::ExpressionEngine;
+use crate::flow::triggers::{
+    FilterField, FilterOperand, FilterType, PreconditionFilter, TimeWindow, TimeWindowType,
+    WhereFilter,
+};
+use crate::model::Execution;
+
+/// The executor-state kind holding precondition results.
+pub const STATE_KIND: &str = "flow_preconditions";
+
+/// The executor-state key of one trigger's results: `<tenant>|<namespace>|<flow id>|<trigger id>`.
+pub fn state_key(tenant: &str, namespace: &str, flow_id: &str, trigger_id: &str) -> String {
+    format!("{tenant}|{namespace}|{flow_id}|{trigger_id}")
+}
+
+/// A stable fingerprint (FNV-1a, hex) of a trigger's preconditions as written.
+pub fn fingerprint(preconditions: &Value) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in preconditions.to_string().bytes() {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
+
+/// The condition ids of `flows` upstream flows and of the `where` groups with these ids, as Kestra
+/// numbers them: `condition_1`..`condition_<flows>`, then `condition_<n>_<group id>`.
+pub fn condition_ids<'a>(
+    flows: usize,
+    groups: impl IntoIterator<Item = &'a str>,
+) -> (Vec<String>, Vec<String>) {
+    let upstream = (1..=flows).map(|n| format!("condition_{n}")).collect();
+    let groups = groups
+        .into_iter()
+        .enumerate()
+        .map(|(i, id)| format!("condition_{}_{id}", flows + i + 1))
+        .collect();
+    (upstream, groups)
+}
+
+const DAY: TimeDelta = TimeDelta::days(1);
+
+/// A resolved `timeWindow`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowSpec {
+    /// Fixed windows of `window`, shifted by `advance`.
+    Duration {
+        /// Window length (> 0).
+        window: TimeDelta,
+        /// Offset of the window starts.
+        advance: TimeDelta,
+    },
+    /// A window of `window` ending at the evaluated execution.
+    Sliding {
+        /// Window length (> 0).
+        window: TimeDelta,
+    },
+    /// Midnight until `deadline`, each day.
+    DailyDeadline {
+        /// Time of day.
+        deadline: NaiveTime,
+    },
+    /// `start` until `end`, each day.
+    DailyWindow {
+        /// Start time of day.
+        start: NaiveTime,
+        /// End time of day (after `start`).
+        end: NaiveTime,
+    },
+}
+
+/// A time of day as Kestra writes it (`HH:mm`, `HH:mm:ss`, `HH:mm:ss.SSS`).
+pub fn parse_time_of_day(text: &str) -> Result<NaiveTime, String> {
+    ["%H:%M:%S%.f", "%H:%M:%S", "%H:%M"]
+        .iter()
+        .find_map(|f| NaiveTime::parse_from_str(text.trim(), f).ok())
+        .ok_or_else(|| format!("invalid time of day '{text}', expected HH:mm:ss"))
+}
+
+fn delta(d: std::time::Duration, what: &str) -> Result<TimeDelta, (&'static str, String)> {
+    TimeDelta::from_std(d).map_err(|_| ("window", format!("{what} is too large")))
+}
+
+impl WindowSpec {
+    /// Resolves a `timeWindow` (absent: a DURATION_WINDOW of one day). `Err((property, message))`
+    /// names the offending property (relative to `timeWindow`).
+    pub fn from_config(config: Option<&TimeWindow>) -> Result<WindowSpec, (&'static str, String)> {
+        let Some(c) = config else {
+            return Ok(WindowSpec::Duration {
+                window: DAY,
+                advance: TimeDelta::zero(),
+            });
+        };
+        let kind = c.window_type.unwrap_or(TimeWindowType::DurationWindow);
+        let name = match kind {
+            TimeWindowType::DurationWindow => "DURATION_WINDOW",
+            TimeWindowType::SlidingWindow => "SLIDING_WINDOW",
+            TimeWindowType::DailyTimeDeadline => "DAILY_TIME_DEADLINE",
+            TimeWindowType::DailyTimeWindow => "DAILY_TIME_WINDOW",
+        };
+        let forbid = |present: bool, prop: &'static str| -> Result<(), (&'static str, String)> {
+            if present {
+                Err((prop, format!("'{prop}' cannot be used with a {name}")))
+            } else {
+                Ok(())
+            }
+        };
+        let window = |c: &TimeWindow| -> Result<TimeDelta, (&'static str, String)> {
+            match &c.window {
+                None => Ok(DAY),
+                Some(w) => {
+                    let d = delta(w.duration(), "window")?;
+                    if d <= TimeDelta::zero() {
+                        Err(("window", "the window must be longer than zero".to_string()))
+                    } else {
+                        Ok(d)
+                    }
+                }
+            }
+        };
+        let time =
+            |v: &Option<String>, prop: &'static str| -> Result<NaiveTime, (&'static str, String)> {
+                match v {
+                    None => Err((prop, format!("'{prop}' is required for a {name}"))),
+                    Some(t) => parse_time_of_day(t).map_err(|m| (prop, m)),
+                }
+            };
+        match kind {
+            TimeWindowType::DurationWindow => {
+                forbid(c.deadline.is_some(), "deadline")?;
+                forbid(c.start_time.is_some(), "startTime")?;
+                forbid(c.end_time.is_some(), "endTime")?;
+                let advance = match &c.window_advance {
+                    None => TimeDelta::zero(),
+                    Some(a) => delta(a.duration(), "windowAdvance")?,
+                };
+                Ok(WindowSpec::Duration {
+                    window: window(c)?,
+                    advance,
+                })
+            }
+            TimeWindowType::SlidingWindow => {
+                forbid(c.deadline.is_some(), "deadline")?;
+                forbid(c.start_time.is_some(), "startTime")?;
+                forbid(c.end_time.is_some(), "endTime")?;
+                forbid(c.window_advance.is_some(), "windowAdvance")?;
+                Ok(WindowSpec::Sliding { window: window(c)? })
+            }
+            TimeWindowType::DailyTimeDeadline => {
+                forbid(c.window.is_some(), "window")?;
+                forbid(c.window_advance.is_some(), "windowAdvance")?;
+                forbid(c.start_time.is_some(), "startTime")?;
+                forbid(c.end_time.is_some(), "endTime")?;
+                Ok(WindowSpec::DailyDeadline {
+                    deadline: time(&c.deadline, "deadline")?,
+                })
+            }
+            TimeWindowType::DailyTimeWindow => {
+                forbid(c.window.is_some(), "window")?;
+                forbid(c.window_advance.is_some(), "windowAdvance")?;
+                forbid(c.deadline.is_some(), "deadline")?;
+                let start = time(&c.start_time, "startTime")?;
+                let end = time(&c.end_time, "endTime")?;
+                if end <= start {
+                    return Err(("endTime", "'endTime' must be after 'startTime'".to_string()));
+                }
+                Ok(WindowSpec::DailyWindow { start, end })
+            }
+        }
+    }
+
+    /// The fixed window `[start, end)` that `at` belongs to; `None` when `at` is outside every
+    /// window. A sliding window has no fixed bounds: `Some` of the window ending at `at`.
+    pub fn bounds(&self, at: DateTime<Utc>) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
+        let midnight = at.date_naive().and_time(NaiveTime::MIN).and_utc();
+        match *self {
+            WindowSpec::Duration { window, advance } => {
+                let len = window.num_milliseconds().max(1);
+                let shifted = (at - advance).timestamp_millis();
+                let start_ms = shifted.div_euclid(len) * len;
+                let start = DateTime::<Utc>::from_timestamp_millis(start_ms)? + advance;
+                Some((start, start + window))
+            }
+            WindowSpec::Sliding { window } => Some((at - window, at)),
+            WindowSpec::DailyDeadline { deadline } => {
+                let end = at.date_naive().and_time(deadline).and_utc();
+                (at < end).then_some((midnight, end))
+            }
+            WindowSpec::DailyWindow { start, end } => {
+                let s = at.date_naive().and_time(start).and_utc();
+                let e = at.date_naive().and_time(end).and_utc();
+                (s <= at && at < e).then_some((s, e))
+            }
+        }
+    }
+}
+
+/// What one trigger's preconditions have seen: the conditions met in the current window, with the
+/// time each was last met.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreconditionState {
+    /// Identifies the preconditions the results belong to; results of an edited trigger are dropped.
+    #[serde(default)]
+    pub fingerprint: String,
+    /// Start of the fixed window (absent for a sliding window).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<DateTime<Utc>>,
+    /// End (exclusive) of the fixed window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<DateTime<Utc>>,
+    /// Condition id -> when an execution last met it.
+    #[serde(default)]
+    pub results: BTreeMap<String, DateTime<Utc>>,
+}
+
+/// One ended execution seen by one trigger's preconditions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PreconditionCheck {
+    /// Every condition id of the trigger.
+    pub conditions: Vec<String>,
+    /// The ids the ended execution meets (not empty).
+    pub matched: Vec<String>,
+    /// The window.
+    pub window: WindowSpec,
+    /// `resetOnSuccess` (true by default).
+    pub reset_on_success: bool,
+    /// Identifies the preconditions (see [`PreconditionState::fingerprint`]).
+    pub fingerprint: String,
+}
+
+/// The outcome of [`apply`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct PreconditionDecision {
+    /// The state to store (`None`: delete the entry).
+    pub state: Option<PreconditionState>,
+    /// Whether the stored state must be written.
+    pub changed: bool,
+    /// Whether the trigger fires.
+    pub fire: bool,
+    /// Why the execution did not count, if it did not.
+    pub skipped: Option<String>,
+}
+
+/// Records that an execution at time `at` met `check.matched`, and decides whether the trigger
+/// fires. Pure.
+pub fn apply(
+    stored: Option<PreconditionState>,
+    check: &PreconditionCheck,
+    at: DateTime<Utc>,
+) -> PreconditionDecision {
+    let unchanged = |stored: Option<PreconditionState>, why: String| PreconditionDecision {
+        state: stored,
+        changed: false,
+        fire: false,
+        skipped: Some(why),
+    };
+    let Some((start, end)) = check.window.bounds(at) else {
+        return unchanged(
+            stored,
+            format!("{at} is outside the precondition time window"),
+        );
+    };
+    let original = stored.clone();
+    let stored = stored.filter(|s| s.fingerprint == check.fingerprint);
+    let mut state = match (&check.window, stored.clone()) {
+        (WindowSpec::Sliding { .. }, Some(mut s)) => {
+            s.results.retain(|_, met| *met > start);
+            s
+        }
+        (WindowSpec::Sliding { .. }, None) => PreconditionState::default(),
+        (_, Some(s)) if s.start == Some(start) => s,
+        (_, Some(s)) if s.start.is_some_and(|old| start < old) => {
+            return unchanged(
+                Some(s),
+                format!("{at} belongs to a window older than the current one"),
+            );
+        }
+        (_, _) => PreconditionState {
+            start: Some(start),
+            end: Some(end),
+            ..PreconditionState::default()
+        },
+    };
+    state.fingerprint = check.fingerprint.clone();
+    for id in &check.matched {
+        let entry = state.results.entry(id.clone()).or_insert(at);
+        if *entry < at {
+            *entry = at;
+        }
+    }
+    let fire = check
+        .conditions
+        .iter()
+        .all(|c| state.results.contains_key(c));
+    let state = if fire && check.reset_on_success {
+        None
+    } else {
+        Some(state)
+    };
+    PreconditionDecision {
+        changed: state != original,
+        state,
+        fire,
+        skipped: None,
+    }
+}
+
+/// The context a `where` filter's EXPRESSION is rendered with: `flow`, `execution`, `labels`,
+/// `inputs`, `outputs` (task outputs by task id) of the upstream execution, and `trigger`.
+pub fn filter_context(ended: &Execution, trigger: &Value) -> Value {
+    let mut outputs = serde_json::Map::new();
+    for run in &ended.task_run_list {
+        if let Some(o) = &run.outputs {
+            outputs.insert(run.task_id.clone(), Value::Object(o.clone()));
+        }
+    }
+    let labels: serde_json::Map<String, Value> = ended
+        .labels
+        .iter()
+        .map(|l| (l.key.clone(), Value::String(l.value.clone())))
+        .collect();
+    serde_json::json!({
+        "flow": {"id": ended.flow_id, "namespace": ended.namespace, "revision": ended.flow_revision,
+                 "tenantId": ended.tenant_id},
+        "execution": {"id": ended.id, "state": ended.state.current().as_str(),
+                      "startDate": ended.state.start_date()},
+        "labels": labels,
+        "inputs": ended.inputs,
+        "outputs": outputs,
+        "trigger": trigger,
+    })
+}
+
+/// Whether `ended` passes the `where` group (its `ctx` from [`filter_context`]). `Err` for a
+/// filter that cannot be evaluated (missing value, bad regex, expression error).
+pub fn where_matches(
+    group: &WhereFilter,
+    ended: &Execution,
+    ctx: &Value,
+    expr: &ExpressionEngine,
+) -> Result<bool, String> {
+    let mut results = group
+        .filters
+        .iter()
+        .map(|f| filter_matches(f, ended, ctx, expr));
+    match group.operand.unwrap_or_default() {
+        FilterOperand::And => {
+            for r in results.by_ref() {
+                if !r? {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        }
+        FilterOperand::Or => {
+            for r in results.by_ref() {
+                if r? {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        }
+    }
+}
+
+/// Checks the `value` / `values` rules of a filter (as Kestra's validator does): IN and NOT_IN
+/// take `values` only, every other type `value` only.
+pub fn check_filter(filter: &PreconditionFilter) -> Result<(), String> {
+    let t = serde_json::to_value(filter.filter_type)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    if filter.filter_type.takes_values() {
+        if filter.values.is_none() {
+            return Err(format!("`values` cannot be null for type {t}"));
+        }
+        if filter.value.is_some() {
+            return Err(format!("`value` must be null for type {t}"));
+        }
+    } else {
+        if filter.value.is_none() {
+            return Err(format!("`value` cannot be null for type {t}"));
+        }
+        if filter.values.is_some() {
+            return Err(format!("`values` must be null for type {t}"));
+        }
+    }
+    if filter.filter_type == FilterType::Regex
+        && let Some(v) = &filter.value
+    {
+        full_match_regex(v)?;
+    }
+    Ok(())
+}
+
+fn full_match_regex(pattern: &str) -> Result<regex::Regex, String> {
+    regex::Regex::new(&format!("^(?:{pattern})$")).map_err(|e| {
+        // The regex crate's message spans lines (the pattern, a caret, the error): keep the error.
+        let text = e.to_string();
+        let reason = text.lines().last().unwrap_or_default();
+        let reason = reason.trim().trim_start_matches("error: ");
+        format!("invalid regular expression '{pattern}': {reason}")
+    })
+}
+
+fn filter_matches(
+    filter: &PreconditionFilter,
+    ended: &Execution,
+    ctx: &Value,
+    expr: &ExpressionEngine,
+) -> Result<bool, String> {
+    check_filter(filter)?;
+    let value = filter.value.as_deref().unwrap_or_default();
+    let field: Option<String> = match filter.field {
+        FilterField::FlowId => Some(ended.flow_id.clone()),
+        FilterField::Namespace => Some(ended.namespace.clone()),
+        FilterField::State => Some(ended.state.current().as_str().to_string()),
+        FilterField::Expression => {
+            let rendered = expr.render_typed(value, ctx).map_err(|e| e.to_string())?;
+            match rendered {
+                Value::Null => None,
+                Value::String(s) => Some(s),
+                other => Some(other.to_string()),
+            }
+        }
+        FilterField::Label => {
+            let key = value.split_once(':').map_or(value, |(k, _)| k);
+            ended
+                .labels
+                .iter()
+                .find(|l| l.key == key)
+                .map(|l| format!("{}:{}", l.key, l.value))
+        }
+    };
+    let values = filter.values.as_deref().unwrap_or_default();
+    let truthy = |f: &Option<String>| {
+        f.as_ref()
+            .is_some_and(|s| !crate::executor::process::is_falsy(&Value::String(s.clone())))
+    };
+    Ok(match filter.filter_type {
+        FilterType::EqualTo => field.as_deref() == Some(value),
+        FilterType::NotEqualTo => field.as_deref() != Some(value),
+        FilterType::In => field.as_ref().is_some_and(|f| values.contains(f)),
+        FilterType::NotIn => !field.as_ref().is_some_and(|f| values.contains(f)),
+        FilterType::IsTrue => truthy(&field),
+        FilterType::IsFalse => !truthy(&field),
+        FilterType::IsNull => field.is_none(),
+        FilterType::IsNotNull => field.is_some(),
+        FilterType::StartsWith => field.is_some_and(|f| f.starts_with(value)),
+        FilterType::EndsWith => field.is_some_and(|f| f.ends_with(value)),
+        FilterType::Regex => {
+            let re = full_match_regex(value)?;
+            field.is_some_and(|f| re.is_match(&f))
+        }
+        FilterType::Contains => field.is_some_and(|f| f.contains(value)),
+    })
+}
