@@ -572,6 +572,7 @@ fn a_late_or_duplicate_subflow_result_is_ignored() {
             state: StateType::Failed,
             outputs: Map::new(),
             error: None,
+            iteration: None,
         })),
     )
     .unwrap();

@@ -27,6 +27,7 @@ use sha2::{Digest, Sha256};
 
 use crate::executor::concurrency::SlotRequest;
 use crate::executor::context::{execution_context, task_run_context};
+use crate::executor::for_each_item as for_each_item_types;
 use crate::executor::index::{FlowIndex, Flowable, Group, NodeKind, Slot, types};
 use crate::executor::messages::{
     Delay, ExecutionCommand, ExecutorEvent, WorkerTask, WorkerTaskResult,
@@ -59,11 +60,12 @@ pub struct Outcome {
     pub logs: Vec<LogEntry>,
     /// Why the event was ignored, if it was (stale or duplicate result, ...).
     pub ignored: Option<String>,
-    /// Child executions to create for Subflow tasks (the runtime resolves their flow and inputs).
+    /// Child executions to create for Subflow tasks and ForEachItem batches (the runtime resolves
+    /// their flow and inputs).
     pub subflow_requests: Vec<SubflowRequest>,
     /// New executions to publish as they are (CREATE_NEW_EXECUTION retries).
     pub new_executions: Vec<Execution>,
-    /// Executions to kill (children of a killed Subflow task run).
+    /// Executions to kill (children of a killed Subflow or ForEachItem task run).
     pub kill_executions: Vec<String>,
     /// What the flow's concurrency limit needs from the runtime (see `executor::concurrency`).
     pub slot: SlotRequest,
@@ -71,6 +73,7 @@ pub struct Outcome {
 
 // Extensions of the walk, one file per feature (they reach `Run`'s private state).
 mod admission;
+mod for_each_item;
 mod loop_until;
 mod pause;
 mod subflow;
@@ -934,6 +937,8 @@ impl Run<'_> {
             Flowable::Pause { spec, group } => self.walk_pause(run_id, value, spec, group),
             Flowable::LoopUntil { spec, group } => self.walk_loop(run_id, value, spec, group),
             Flowable::Subflow(task) => self.walk_subflow(run_id, task),
+            Flowable::ForEachItem { group } => self.walk_for_each_item(run_id, value, group),
+            Flowable::ForEachItemBatches(task) => self.walk_for_each_item_batches(run_id, task),
         }
     }
 
@@ -1189,9 +1194,16 @@ impl Run<'_> {
         let Some(node) = self.index.node(&task_id) else {
             return;
         };
+        let mut task = node.task.clone();
+        if node.type_name == for_each_item_types::MERGE_TYPE {
+            task.properties.insert(
+                for_each_item_types::MERGE_OUTPUTS_PROPERTY.into(),
+                self.merge_job_outputs(run_id),
+            );
+        }
         self.worker_tasks.push(WorkerTask {
             task_run,
-            task: node.task.clone(),
+            task,
             context,
             attempt,
             flow_revision: self.exec.flow_revision,

@@ -1,0 +1,140 @@
+//! The worker side of ForEachItem (contract in [`crate::executor::for_each_item`]): the `_split`
+//! task cuts the `items` file into batch files, the `_merge` task writes the children's outputs
+//! into one file. These types are internal: the executor creates their jobs, flows never name
+//! them.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::executor::for_each_item::{SPLIT_TYPE, batch_uri};
+use crate::flow::model::Task;
+use crate::flow::registry::DecodeError;
+use crate::flow::tasks::Batch;
+use crate::tasks::storage::{SplitMode, extension_of, parse_bytes, split_file};
+use crate::worker::context::RunContext;
+use crate::worker::runner::{RunnableTask, TaskError, TaskOutput};
+
+/// `<id>_split`: the ForEachItem's `items` and `batch`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ForEachItemSplit {
+    /// The file to cut (a `kestra://` URI, usually an expression).
+    pub items: String,
+    /// How to cut it (one row per batch by default).
+    #[serde(default)]
+    pub batch: Option<Batch>,
+}
+
+/// `<id>_merge`: the children's flow outputs by iteration, put in the job by the executor.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ForEachItemMerge {
+    /// Outputs of each child that had some, keyed by iteration (`"1"`, `"2"`, ...).
+    #[serde(default)]
+    pub subflow_outputs: Map<String, Value>,
+}
+
+/// Decodes an internal task's properties.
+pub(crate) fn decode<T: for<'de> Deserialize<'de>>(task: &Task) -> Result<T, DecodeError> {
+    let value = Value::Object(task.properties.clone().into_iter().collect());
+    serde_path_to_error::deserialize(&value).map_err(|source| DecodeError::Invalid {
+        type_name: task.task_type.clone(),
+        source,
+    })
+}
+
+impl ForEachItemSplit {
+    fn mode(&self, ctx: &RunContext) -> Result<(SplitMode, String), TaskError> {
+        let Some(batch) = &self.batch else {
+            return Ok((SplitMode::Rows(1), "\n".into()));
+        };
+        let rows = ctx.render_opt_property("batch.rows", &batch.rows)?;
+        let partitions = ctx.render_opt_property("batch.partitions", &batch.partitions)?;
+        let bytes = match &batch.bytes {
+            Some(b) => Some(parse_bytes(&ctx.render(b)?)?),
+            None => None,
+        };
+        let separator = match &batch.separator {
+            Some(s) => ctx.render(s)?,
+            None => "\n".into(),
+        };
+        let mode = match (rows, bytes, partitions) {
+            (None, None, None) => SplitMode::Rows(1),
+            (Some(r), None, None) if r > 0 => SplitMode::Rows(u64::from(r)),
+            (None, Some(b), None) if b > 0 => SplitMode::Bytes(b),
+            (None, None, Some(p)) if p > 0 => SplitMode::Partitions(p as usize),
+            (Some(_), None, None) | (None, Some(_), None) | (None, None, Some(_)) => {
+                return Err(TaskError::invalid(
+                    "batch",
+                    "the batch size must be greater than 0",
+                ));
+            }
+            _ => {
+                return Err(TaskError::invalid(
+                    "batch",
+                    "only one of `rows`, `bytes` or `partitions` may be set",
+                ));
+            }
+        };
+        Ok((mode, separator))
+    }
+}
+
+#[async_trait]
+impl RunnableTask for ForEachItemSplit {
+    async fn run(&self, ctx: &mut RunContext) -> Result<TaskOutput, TaskError> {
+        let items = ctx.render(&self.items)?.trim().to_string();
+        if !items.starts_with("kestra://") {
+            return Err(TaskError::invalid(
+                "items",
+                format!("'{items}' is not an internal storage URI (kestra:///...)"),
+            ));
+        }
+        let (mode, separator) = self.mode(ctx)?;
+        let extension = extension_of(&items);
+        let uris = split_file(ctx, &items, &mode, &separator, |i| {
+            format!("batch-{}{extension}", i + 1)
+        })
+        .await?;
+        let prefix = format!("{}/batch-", ctx.task_run_path()?.to_uri());
+        for (i, uri) in uris.iter().enumerate() {
+            let expected = batch_uri(&prefix, i as u32 + 1, &extension);
+            if *uri != expected {
+                return Err(TaskError::Failed(format!(
+                    "{SPLIT_TYPE}: batch stored as '{uri}', expected '{expected}'"
+                )));
+            }
+        }
+        let listing = uris.iter().map(|u| format!("{u}\n")).collect::<String>();
+        let splits = ctx.put_file("splits.txt", Bytes::from(listing)).await?;
+        ctx.logger()
+            .info(format!("{} split into {} batch(es)", items, uris.len()));
+        let mut out = Map::new();
+        out.insert("splits".into(), Value::String(splits));
+        out.insert("numberOfBatches".into(), Value::from(uris.len()));
+        out.insert("batchUriPrefix".into(), Value::String(prefix));
+        out.insert("batchUriSuffix".into(), Value::String(extension));
+        Ok(TaskOutput::with_outputs(out))
+    }
+}
+
+#[async_trait]
+impl RunnableTask for ForEachItemMerge {
+    async fn run(&self, ctx: &mut RunContext) -> Result<TaskOutput, TaskError> {
+        let mut entries: Vec<(u64, &Value)> = self
+            .subflow_outputs
+            .iter()
+            .filter_map(|(k, v)| k.parse::<u64>().ok().map(|i| (i, v)))
+            .collect();
+        entries.sort_by_key(|(i, _)| *i);
+        let mut text = String::new();
+        for (_, outputs) in entries {
+            text.push_str(&outputs.to_string());
+            text.push('\n');
+        }
+        let uri = ctx.put_file("outputs.ion", Bytes::from(text)).await?;
+        Ok(TaskOutput::single("subflowOutputs", Value::String(uri)))
+    }
+}
