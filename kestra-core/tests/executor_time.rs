@@ -773,7 +773,7 @@ fn for_each_item_runs_one_child_per_batch_and_merges_their_outputs() {
     let children = children_of(&w, &id);
     assert_eq!(children.len(), 3);
     for (i, child) in children.iter().enumerate() {
-        let iteration = i as u64 + 1;
+        let iteration = i as u64;
         let uri = format!("kestra:///t/parent/batch-{iteration}.txt");
         assert_eq!(
             child.inputs["file"],
@@ -834,7 +834,7 @@ fn for_each_item_creates_each_child_once_and_counts_each_result_once() {
         &w.expr,
         w.now,
         Some(before.clone()),
-        &result(&children[0], 1),
+        &result(&children[0], 0),
     )
     .unwrap();
     assert!(first.changed);
@@ -852,7 +852,7 @@ fn for_each_item_creates_each_child_once_and_counts_each_result_once() {
         &w.expr,
         w.now,
         Some(after_first.clone()),
-        &result(&children[0], 1),
+        &result(&children[0], 0),
     )
     .unwrap();
     assert!(!duplicate.changed);
@@ -862,7 +862,7 @@ fn for_each_item_creates_each_child_once_and_counts_each_result_once() {
         &w.expr,
         w.now,
         Some(after_first),
-        &result(&children[1], 1),
+        &result(&children[1], 0),
     )
     .unwrap();
     assert!(!wrong.changed);

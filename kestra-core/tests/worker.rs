@@ -1416,7 +1416,7 @@ async fn for_each_item_split_cuts_batches_and_merge_writes_outputs() {
         let n = r.out("numberOfBatches").as_u64().unwrap();
         let prefix = r.out("batchUriPrefix").as_str().unwrap().to_string();
         let suffix = r.out("batchUriSuffix").as_str().unwrap().to_string();
-        (1..=n)
+        (0..n)
             .map(|i| format!("{prefix}{i}{suffix}"))
             .collect::<Vec<_>>()
     };
@@ -1431,7 +1431,7 @@ async fn for_each_item_split_cuts_batches_and_merge_writes_outputs() {
     let r = run_with(split(Value::Null), json!({"f": rows}), storage.clone()).await;
     let uris = batches(&r);
     assert_eq!(uris.len(), 5);
-    assert!(uris[0].ends_with("/batch-1.txt"), "{}", uris[0]);
+    assert!(uris[0].ends_with("/batch-0.txt"), "{}", uris[0]);
     assert_eq!(
         r.read(r.out("splits").as_str().unwrap()).await,
         uris.iter().map(|u| format!("{u}\n")).collect::<String>()
@@ -1496,8 +1496,9 @@ async fn for_each_item_split_cuts_batches_and_merge_writes_outputs() {
     )
     .await;
     assert!(
-        r.err()
-            .contains("'not a uri' is not an internal storage URI"),
+        r.err().contains(
+            "Unable to split the items from not a uri, this is not an internal storage URI!"
+        ),
         "{}",
         r.err()
     );
@@ -1508,13 +1509,22 @@ async fn for_each_item_split_cuts_batches_and_merge_writes_outputs() {
     // Merge: one JSON object per line, in iteration order.
     let r = run_with(
         json!({"id": "each_merge", "type": "io.kestra.plugin.core.flow.ForEachItem$ForEachItemMergeOutputs",
-               "subflowOutputs": {"10": {"v": 10}, "2": {"v": "two"}, "1": {"v": 1}}}),
+               "subflowOutputs": {"10": {"v": 10}, "2": {"v": "two"}, "0": {"v": 0}}}),
         json!({}),
         storage.clone(),
     )
     .await;
     assert_eq!(
         r.read(r.out("subflowOutputs").as_str().unwrap()).await,
-        "{\"v\":1}\n{\"v\":\"two\"}\n{\"v\":10}\n"
+        "{\"v\":0}\n{\"v\":\"two\"}\n{\"v\":10}\n"
     );
+    // No child had outputs: no file, no output.
+    let r = run_with(
+        json!({"id": "each_merge", "type": "io.kestra.plugin.core.flow.ForEachItem$ForEachItemMergeOutputs",
+               "subflowOutputs": {}}),
+        json!({}),
+        storage.clone(),
+    )
+    .await;
+    assert!(r.ok().outputs.is_empty());
 }

@@ -4,13 +4,13 @@
 //! A ForEachItem task `x` is a flowable whose children are three internal tasks, run in sequence
 //! (Kestra's `ForEachItem.getTasks()`):
 //! 1. `x_split` ([`SPLIT_TYPE`], on a worker): cuts the `items` file into batch files in the task
-//!    run's storage directory, named [`batch_uri`]`(prefix, i, suffix)` for `i` in `1..=n`.
+//!    run's storage directory, named [`batch_uri`]`(prefix, i, suffix)` for `i` in `0..n`.
 //!    Outputs: `splits` (a file listing the batch URIs, one per line, as Kestra), `numberOfBatches`,
 //!    `batchUriPrefix`, `batchUriSuffix`. The executor derives each batch URI from these, so it
 //!    never reads storage.
 //! 2. `x_items` ([`ITEMS_TYPE`], in the executor): creates one child execution per batch, through
 //!    the Subflow machinery (`executor::subflow`), with `{{ taskrun.items }}` (the batch URI) and
-//!    `{{ taskrun.iteration }}` (1-based) in the context its `inputs` render with. The child's id is
+//!    `{{ taskrun.iteration }}` (from 0, as Kestra) in the context its `inputs` render with. The child's id is
 //!    derived from (execution, task run, iteration), so re-processing never creates it twice. Its
 //!    trigger is `{id: x_items, type: ITEMS_TYPE}` with the parent's ids and `taskRunIteration`.
 //!    Outputs: `numberOfBatches`, `iterations` (count per state: `CREATED` for batches whose child
@@ -21,10 +21,12 @@
 //!    killed, else WARNING if one warned, else SUCCESS (with `transmitFailed: false`, SUCCESS).
 //!    Without `wait` it ends SUCCESS once the children are requested.
 //! 3. `x_merge` ([`MERGE_TYPE`], on a worker): writes the children's outputs, one JSON object per
-//!    line in iteration order (valid ION text), to a file; output `subflowOutputs`. The executor
-//!    puts the outputs collected by `x_items` into the job's properties ([`MERGE_OUTPUTS_PROPERTY`]).
+//!    line in iteration order (valid ION text), to a file; output `subflowOutputs` (none when no
+//!    child had outputs, as Kestra). The executor puts the outputs collected by `x_items` into the
+//!    job's properties ([`MERGE_OUTPUTS_PROPERTY`]).
 //!
-//! When all three end, `x` takes outputs `numberOfBatches`, `iterations` and `uri` (the merged file).
+//! When all three end, `x` takes outputs `numberOfBatches`, `iterations` and `uri` (the merged file),
+//! then runs its own `errors` (if it failed) and `finally`.
 
 use serde_json::{Map, Value};
 
@@ -51,7 +53,7 @@ pub const BATCH_OUTPUTS: &str = "batchOutputs";
 /// Property of the merge job holding the outputs to merge (`[{iteration, outputs}]`).
 pub const MERGE_OUTPUTS_PROPERTY: &str = "subflowOutputs";
 
-/// The URI of batch `iteration` (1-based) from the split task's outputs.
+/// The URI of batch `iteration` (from 0) from the split task's outputs.
 pub fn batch_uri(prefix: &str, iteration: u32, suffix: &str) -> String {
     format!("{prefix}{iteration}{suffix}")
 }

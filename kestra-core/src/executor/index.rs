@@ -131,9 +131,9 @@ pub enum Flowable {
     /// A child execution of another flow (see `executor::subflow`).
     Subflow(Box<tasks::Subflow>),
     /// ForEachItem: its three internal tasks `<id>_split`, `<id>_items`, `<id>_merge` in sequence
-    /// (see `executor::for_each_item`).
+    /// (see `executor::for_each_item`), then its `errors` / `finally`.
     ForEachItem {
-        /// The internal task ids, in order.
+        /// The internal task ids in order, with the task's errors and finally.
         group: Group,
     },
     /// ForEachItem's `<id>_items`: one child execution per batch.
@@ -323,6 +323,7 @@ impl FlowIndex {
             worker_group: task.worker_group.clone(),
             properties,
         };
+        // Only what the split needs: errors/finally are the ForEachItem's own children.
         let mut split_props = IndexMap::new();
         for key in ["items", "batch"] {
             if let Some(v) = task.properties.get(key) {
@@ -523,9 +524,12 @@ impl FlowIndex {
             }
             types::FOR_EACH_ITEM => {
                 let t: tasks::ForEachItem = registry.decode(task).map_err(decode_err)?;
-                NodeKind::Flowable(Box::new(Flowable::ForEachItem {
-                    group: self.add_for_each_item_tasks(task, t)?,
-                }))
+                let errors = t.errors.clone();
+                let finally = t.finally.clone();
+                let mut group = self.add_for_each_item_tasks(task, t)?;
+                group.errors = self.add_list(&errors, id, Slot::Errors, registry)?;
+                group.finally = self.add_list(&finally, id, Slot::Finally, registry)?;
+                NodeKind::Flowable(Box::new(Flowable::ForEachItem { group }))
             }
             types::LABELS | types::EXIT => NodeKind::ExecutorSide,
             other => match entry.kind {

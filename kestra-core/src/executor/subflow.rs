@@ -147,7 +147,7 @@ fn is_child_trigger(type_: &str) -> bool {
     type_ == SUBFLOW_TRIGGER_TYPE || type_ == for_each_item::ITEMS_TYPE
 }
 
-/// The batch of a ForEachItem child execution (1-based), `None` for other executions.
+/// The batch of a ForEachItem child execution (from 0), `None` for other executions.
 pub fn batch_iteration(child: &Execution) -> Option<u32> {
     let trigger = child.trigger.as_ref()?;
     if trigger.type_ != for_each_item::ITEMS_TYPE {

@@ -31,7 +31,7 @@ pub struct ForEachItemSplit {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ForEachItemMerge {
-    /// Outputs of each child that had some, keyed by iteration (`"1"`, `"2"`, ...).
+    /// Outputs of each child that had some, keyed by iteration (`"0"`, `"1"`, ...).
     #[serde(default)]
     pub subflow_outputs: Map<String, Value>,
 }
@@ -89,18 +89,20 @@ impl RunnableTask for ForEachItemSplit {
         if !items.starts_with("kestra://") {
             return Err(TaskError::invalid(
                 "items",
-                format!("'{items}' is not an internal storage URI (kestra:///...)"),
+                format!(
+                    "Unable to split the items from {items}, this is not an internal storage URI!"
+                ),
             ));
         }
         let (mode, separator) = self.mode(ctx)?;
         let extension = extension_of(&items);
         let uris = split_file(ctx, &items, &mode, &separator, |i| {
-            format!("batch-{}{extension}", i + 1)
+            format!("batch-{i}{extension}")
         })
         .await?;
         let prefix = format!("{}/batch-", ctx.task_run_path()?.to_uri());
         for (i, uri) in uris.iter().enumerate() {
-            let expected = batch_uri(&prefix, i as u32 + 1, &extension);
+            let expected = batch_uri(&prefix, i as u32, &extension);
             if *uri != expected {
                 return Err(TaskError::Failed(format!(
                     "{SPLIT_TYPE}: batch stored as '{uri}', expected '{expected}'"
@@ -129,6 +131,10 @@ impl RunnableTask for ForEachItemMerge {
             .filter_map(|(k, v)| k.parse::<u64>().ok().map(|i| (i, v)))
             .collect();
         entries.sort_by_key(|(i, _)| *i);
+        if entries.is_empty() {
+            // No child had outputs: no file (Kestra's ForEachItemMergeOutputs returns no output).
+            return Ok(TaskOutput::empty());
+        }
         let mut text = String::new();
         for (_, outputs) in entries {
             text.push_str(&outputs.to_string());

@@ -21,7 +21,7 @@ impl Run<'_> {
         value: Option<&str>,
         group: &Group,
     ) -> Status {
-        let status = self.walk_sequence(Some(run_id), value, &group.tasks);
+        let status = self.walk_group(Some(run_id), value, group, Mode::Sequential);
         if let Status::Done(_) = status {
             let mut outputs = Map::new();
             let items = group
@@ -107,7 +107,7 @@ impl Run<'_> {
             if self.killing() {
                 for (i, s) in fei::batch_states(&states).enumerate() {
                     if !s.is_terminated() {
-                        let child = self.batch_child_id(run_id, i as u32 + 1);
+                        let child = self.batch_child_id(run_id, i as u32);
                         self.kill_executions.push(child);
                     }
                 }
@@ -159,7 +159,7 @@ impl Run<'_> {
             schedule_date: &task.schedule_date,
         };
         let mut requests = Vec::with_capacity(count as usize);
-        for iteration in 1..=count {
+        for iteration in 0..count {
             let uri = batch_uri(prefix, iteration, suffix);
             match self.child_request(run_id, &spec, Some((iteration, &uri))) {
                 Ok(r) => requests.push(r),
@@ -201,7 +201,7 @@ impl Run<'_> {
             .get(BATCH_STATES)
             .and_then(Value::as_str)
             .map(str::to_string);
-        let index = r.iteration.filter(|i| *i >= 1).map(|i| (i - 1) as usize);
+        let index = r.iteration.map(|i| i as usize);
         let expected = r.iteration.map(|i| self.batch_child_id(&run_id, i));
         let (Some(mut states), Some(index), true) = (
             states,
@@ -231,16 +231,13 @@ impl Run<'_> {
             self.log(
                 run.as_ref(),
                 Level::Error,
-                format!(
-                    "batch {}: subflow execution not created: {error}",
-                    index + 1
-                ),
+                format!("batch {index}: subflow execution not created: {error}"),
             );
         }
         if !r.outputs.is_empty()
             && let Some(Value::Object(all)) = outputs.get_mut(BATCH_OUTPUTS)
         {
-            all.insert((index + 1).to_string(), Value::Object(r.outputs.clone()));
+            all.insert(index.to_string(), Value::Object(r.outputs.clone()));
         }
         outputs.insert(
             "iterations".into(),
