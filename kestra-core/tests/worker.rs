@@ -1506,7 +1506,7 @@ async fn for_each_item_split_cuts_batches_and_merge_writes_outputs() {
     let r = run_with(split(Value::Null), json!({"f": missing}), storage.clone()).await;
     assert!(r.err().contains("file not found"), "{}", r.err());
 
-    // Merge: one JSON object per line, in iteration order.
+    // Merge: one ION struct per line, in iteration order.
     let r = run_with(
         json!({"id": "each_merge", "type": "io.kestra.plugin.core.flow.ForEachItem$ForEachItemMergeOutputs",
                "subflowOutputs": {"10": {"v": 10}, "2": {"v": "two"}, "0": {"v": 0}}}),
@@ -1516,7 +1516,7 @@ async fn for_each_item_split_cuts_batches_and_merge_writes_outputs() {
     .await;
     assert_eq!(
         r.read(r.out("subflowOutputs").as_str().unwrap()).await,
-        "{\"v\":0}\n{\"v\":\"two\"}\n{\"v\":10}\n"
+        "{v:0}\n{v:\"two\"}\n{v:10}\n"
     );
     // No child had outputs: no file, no output.
     let r = run_with(

@@ -20,8 +20,8 @@
 //!    With `wait` it ends once every child has ended: FAILED if one failed, else KILLED if one was
 //!    killed, else WARNING if one warned, else SUCCESS (with `transmitFailed: false`, SUCCESS).
 //!    Without `wait` it ends SUCCESS once the children are requested.
-//! 3. `x_merge` ([`MERGE_TYPE`], on a worker): writes the children's outputs, one JSON object per
-//!    line in iteration order (valid ION text), to a file; output `subflowOutputs` (none when no
+//! 3. `x_merge` ([`MERGE_TYPE`], on a worker): writes the children's outputs, one ION struct per
+//!    line in iteration order (as Kestra's `FileSerde`), to a file; output `subflowOutputs` (none when no
 //!    child had outputs, as Kestra). The executor puts the outputs collected by `x_items` into the
 //!    job's properties ([`MERGE_OUTPUTS_PROPERTY`]).
 //!

@@ -1,7 +1,7 @@
 //! The worker side of ForEachItem (contract in [`crate::executor::for_each_item`]): the `_split`
 //! task cuts the `items` file into batch files, the `_merge` task writes the children's outputs
-//! into one file. These types are internal: the executor creates their jobs, flows never name
-//! them.
+//! into one file (ION text, one struct per child, as Kestra). These types are internal: the
+//! executor creates their jobs, flows never name them.
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -137,10 +137,93 @@ impl RunnableTask for ForEachItemMerge {
         }
         let mut text = String::new();
         for (_, outputs) in entries {
-            text.push_str(&outputs.to_string());
+            write_ion(outputs, &mut text);
             text.push('\n');
         }
         let uri = ctx.put_file("outputs.ion", Bytes::from(text)).await?;
         Ok(TaskOutput::single("subflowOutputs", Value::String(uri)))
+    }
+}
+
+/// Writes `value` as ION text, one value as Kestra's `FileSerde` writes it: structs with symbol
+/// field names (`{name:"x",n:1}`), quoted when they are not plain identifiers.
+pub fn write_ion(value: &Value, out: &mut String) {
+    match value {
+        Value::Null => out.push_str("null"),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
+            (Some(i), _, _) => out.push_str(&i.to_string()),
+            (None, Some(u), _) => out.push_str(&u.to_string()),
+            (None, None, Some(f)) => out.push_str(&format!("{f:e}")),
+            _ => out.push_str("null"),
+        },
+        // JSON string escapes (\", \\, \n, \t, \uXXXX) are valid ION string escapes.
+        Value::String(s) => out.push_str(&Value::String(s.clone()).to_string()),
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_ion(item, out);
+            }
+            out.push(']');
+        }
+        Value::Object(fields) => {
+            out.push('{');
+            for (i, (name, field)) in fields.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_symbol(name, out);
+                out.push(':');
+                write_ion(field, out);
+            }
+            out.push('}');
+        }
+    }
+}
+
+fn write_symbol(name: &str, out: &mut String) {
+    let mut chars = name.chars();
+    let identifier = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == '$')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
+        && !matches!(name, "null" | "true" | "false" | "nan");
+    if identifier {
+        out.push_str(name);
+        return;
+    }
+    out.push('\'');
+    for c in name.chars() {
+        match c {
+            '\'' => out.push_str("\\'"),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn ion_text_of_outputs() {
+        let mut out = String::new();
+        write_ion(
+            &json!({"content": "a\nb \"q\"", "n": -3, "f": 1.5, "ok": true, "none": null,
+                    "list": [1, "x"], "odd key": {"it's": 1}, "null": 0}),
+            &mut out,
+        );
+        assert_eq!(
+            out,
+            "{content:\"a\\nb \\\"q\\\"\",n:-3,f:1.5e0,ok:true,none:null,list:[1,\"x\"],'odd key':{'it\\'s':1},'null':0}"
+        );
     }
 }
