@@ -88,22 +88,24 @@ impl Run<'_> {
         run_id: &str,
         task: &tasks::ForEachItem,
     ) -> Status {
-        let outputs = self
+        // Only the batch states are read (the collected outputs can be large).
+        let requested = self
             .exec
             .task_run(run_id)
-            .and_then(|r| r.outputs.clone())
-            .unwrap_or_default();
+            .and_then(|r| r.outputs.as_ref())
+            .filter(|o| o.contains_key("numberOfBatches"))
+            .map(|o| {
+                o.get(BATCH_STATES)
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string()
+            });
         let transmit_failed = match self.bool_prop(run_id, &task.transmit_failed, true) {
             Ok(b) => b,
             Err(e) => return self.fail_run(run_id, format!("invalid transmitFailed: {e}")),
         };
-        if outputs.contains_key("numberOfBatches") {
+        if let Some(states) = requested {
             // Children requested: waiting for their results.
-            let states = outputs
-                .get(BATCH_STATES)
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string();
             if self.killing() {
                 for (i, s) in fei::batch_states(&states).enumerate() {
                     if !s.is_terminated() {
@@ -196,16 +198,17 @@ impl Run<'_> {
         let Some(run) = self.exec.task_run(&run_id) else {
             return;
         };
-        let mut outputs = run.outputs.clone().unwrap_or_default();
-        let states = outputs
-            .get(BATCH_STATES)
+        let terminated = run.state.is_terminated();
+        let states = run
+            .outputs
+            .as_ref()
+            .and_then(|o| o.get(BATCH_STATES))
             .and_then(Value::as_str)
             .map(str::to_string);
-        let index = r.iteration.map(|i| i as usize);
         let expected = r.iteration.map(|i| self.batch_child_id(&run_id, i));
         let (Some(mut states), Some(index), true) = (
             states,
-            index,
+            r.iteration.map(|i| i as usize),
             expected.as_deref() == Some(r.child_execution_id.as_str()),
         ) else {
             self.ignored = Some(format!(
@@ -214,7 +217,7 @@ impl Run<'_> {
             ));
             return;
         };
-        if run.state.is_terminated() || states.chars().nth(index).is_none_or(|c| c != 'C') {
+        if terminated || states.chars().nth(index).is_none_or(|c| c != 'C') {
             self.ignored = Some(format!(
                 "duplicate ForEachItem result for task run {run_id} (child {})",
                 r.child_execution_id
@@ -234,18 +237,22 @@ impl Run<'_> {
                 format!("batch {index}: subflow execution not created: {error}"),
             );
         }
-        if !r.outputs.is_empty()
-            && let Some(Value::Object(all)) = outputs.get_mut(BATCH_OUTPUTS)
+        // Updated in place: the collected outputs can be large.
+        if let Some(outputs) = self
+            .exec
+            .task_run_mut(&run_id)
+            .and_then(|tr| tr.outputs.as_mut())
         {
-            all.insert(index.to_string(), Value::Object(r.outputs.clone()));
-        }
-        outputs.insert(
-            "iterations".into(),
-            Value::Object(iteration_counts(&states)),
-        );
-        outputs.insert(BATCH_STATES.into(), json!(states));
-        if let Some(tr) = self.exec.task_run_mut(&run_id) {
-            tr.outputs = Some(outputs);
+            if !r.outputs.is_empty()
+                && let Some(Value::Object(all)) = outputs.get_mut(BATCH_OUTPUTS)
+            {
+                all.insert(index.to_string(), Value::Object(r.outputs.clone()));
+            }
+            outputs.insert(
+                "iterations".into(),
+                Value::Object(iteration_counts(&states)),
+            );
+            outputs.insert(BATCH_STATES.into(), json!(states));
         }
         self.touch();
     }
