@@ -138,7 +138,11 @@ impl World {
     fn handle(&mut self, event: ExecutorEvent) {
         let id = event.execution_id().to_string();
         let current = self.executions.get(&id).cloned();
-        if current.as_ref().is_some_and(|c| c.state.is_terminated()) {
+        let restart = matches!(
+            event,
+            ExecutorEvent::Command(ExecutionCommand::Restart { .. })
+        );
+        if current.as_ref().is_some_and(|c| c.state.is_terminated()) && !restart {
             return;
         }
         let reference = current.clone().or(match &event {
@@ -171,6 +175,12 @@ impl World {
             self.events
                 .push_front(ExecutorEvent::Command(ExecutionCommand::Kill {
                     execution_id: k,
+                }));
+        }
+        for r in out.restart_executions {
+            self.events
+                .push_back(ExecutorEvent::Command(ExecutionCommand::Restart {
+                    execution_id: r,
                 }));
         }
         for req in out.subflow_requests {
@@ -910,4 +920,61 @@ fn for_each_item_without_wait_ends_once_the_children_are_requested() {
             .iter()
             .all(|c| c.current() == StateType::Paused)
     );
+}
+
+const FAILING_FILE_CHILD: &str = "id: fbad\nnamespace: t\ninputs:\n  - id: file\n    type: STRING\ntasks:\n  - id: f\n    type: io.kestra.plugin.core.execution.Fail\n";
+
+#[test]
+fn restarting_a_failed_for_each_item_restarts_its_failed_children() {
+    let mut w = World::new(&[FAILING_FILE_CHILD, &for_each_item_parent("", "fbad")]);
+    let id = w.start("t.parent", |_| {});
+    w.run(true);
+    assert_eq!(w.exec(&id).current(), StateType::Failed);
+    let items = w.runs(&id, "each_items")[0].outputs.clone().unwrap();
+    assert_eq!(items["iterations"]["FAILED"], 3);
+    let children: Vec<String> = children_of(&w, &id).iter().map(|e| e.id.clone()).collect();
+    w.command(ExecutionCommand::Restart {
+        execution_id: id.clone(),
+    });
+    w.run(true);
+    // RETRY_FAILED (default): the same three children ran again (and failed again).
+    assert_eq!(children_of(&w, &id).len(), 3);
+    for c in &children {
+        assert_eq!(w.exec(c).metadata.attempt_number, 2, "child {c} restarted");
+        assert_eq!(w.exec(c).current(), StateType::Failed);
+    }
+    assert_eq!(w.exec(&id).current(), StateType::Failed);
+    let items = w.runs(&id, "each_items")[0].outputs.clone().unwrap();
+    assert_eq!(items["iterations"]["FAILED"], 3);
+    assert_eq!(items["iterations"]["CREATED"], 0);
+}
+
+#[test]
+fn restarting_a_for_each_item_with_new_execution_creates_new_children() {
+    let mut w = World::new(&[
+        FAILING_FILE_CHILD,
+        &for_each_item_parent("    restartBehavior: NEW_EXECUTION\n", "fbad"),
+    ]);
+    let id = w.start("t.parent", |_| {});
+    w.run(true);
+    let first: Vec<String> = children_of(&w, &id).iter().map(|e| e.id.clone()).collect();
+    w.command(ExecutionCommand::Restart {
+        execution_id: id.clone(),
+    });
+    w.run(true);
+    let all = children_of(&w, &id);
+    assert_eq!(all.len(), 6, "three new children");
+    for c in &first {
+        assert_eq!(
+            w.exec(c).metadata.attempt_number,
+            1,
+            "old child {c} untouched"
+        );
+    }
+    let new: Vec<&&Execution> = all.iter().filter(|e| !first.contains(&e.id)).collect();
+    assert_eq!(new.len(), 3);
+    assert!(new.iter().all(|e| e.current() == StateType::Failed));
+    assert_eq!(w.exec(&id).current(), StateType::Failed);
+    let items = w.runs(&id, "each_items")[0].outputs.clone().unwrap();
+    assert_eq!(items["iterations"]["FAILED"], 3);
 }

@@ -25,6 +25,11 @@
 //!    child had outputs, as Kestra). The executor puts the outputs collected by `x_items` into the
 //!    job's properties ([`MERGE_OUTPUTS_PROPERTY`]).
 //!
+//! Restart: a restarted `x_items` runs its failed batches again (`restartBehavior`): RETRY_FAILED
+//! (default) restarts their child executions (`Outcome.restart_executions`), NEW_EXECUTION
+//! creates new ones, whose ids are also derived from the execution's attempt number; a batch
+//! whose child could not be created is created again either way.
+//!
 //! When all three end, `x` takes outputs `numberOfBatches`, `iterations` and `uri` (the merged file),
 //! then runs its own `errors` (if it failed) and `finally`.
 
@@ -70,8 +75,12 @@ pub fn state_letter(state: StateType) -> char {
     }
 }
 
+/// The letter of a batch whose child execution could not be created (counted FAILED).
+pub const NOT_CREATED: char = 'N';
+
 fn letter_state(c: char) -> StateType {
     match c {
+        NOT_CREATED => StateType::Failed,
         'S' => StateType::Success,
         'W' => StateType::Warning,
         'F' => StateType::Failed,
@@ -133,6 +142,8 @@ mod tests {
         assert_eq!(final_state("SKW", true), StateType::Killed);
         assert_eq!(final_state("", true), StateType::Success);
         assert_eq!(iteration_counts("CS")["CREATED"], 1);
+        assert_eq!(iteration_counts("SN")["FAILED"], 1);
+        assert_eq!(final_state("SN", true), StateType::Failed);
         assert_eq!(
             batch_uri("kestra:///a/batch-", 2, ".csv"),
             "kestra:///a/batch-2.csv"

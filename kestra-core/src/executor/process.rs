@@ -67,6 +67,8 @@ pub struct Outcome {
     pub new_executions: Vec<Execution>,
     /// Executions to kill (children of a killed Subflow or ForEachItem task run).
     pub kill_executions: Vec<String>,
+    /// Executions to restart (failed children of a restarted ForEachItem, `RETRY_FAILED`).
+    pub restart_executions: Vec<String>,
     /// What the flow's concurrency limit needs from the runtime (see `executor::concurrency`).
     pub slot: SlotRequest,
 }
@@ -112,6 +114,7 @@ pub fn process(
         subflow_requests: Vec::new(),
         new_executions: Vec::new(),
         kill_executions: Vec::new(),
+        restart_executions: Vec::new(),
         slot: SlotRequest::None,
         was_terminated: false,
     };
@@ -132,6 +135,7 @@ pub fn process(
         subflow_requests: run.subflow_requests,
         new_executions: run.new_executions,
         kill_executions: run.kill_executions,
+        restart_executions: run.restart_executions,
         slot: run.slot,
     })
 }
@@ -223,6 +227,7 @@ struct Run<'a> {
     subflow_requests: Vec<SubflowRequest>,
     new_executions: Vec<Execution>,
     kill_executions: Vec<String>,
+    restart_executions: Vec<String>,
     slot: SlotRequest,
     was_terminated: bool,
 }
@@ -467,11 +472,15 @@ impl Run<'_> {
                 self.index.node(&r.task_id).map(|n| &n.kind),
                 Some(NodeKind::Runnable)
             );
+            let batches = for_each_item::is_batches_task(self.index, &r.task_id);
             self.set_run_state(&id, StateType::Restarted);
             if runnable {
                 self.start_attempt(&id);
             } else {
                 self.set_run_state(&id, StateType::Running);
+                if batches {
+                    self.restart_batches(&id);
+                }
             }
         }
     }

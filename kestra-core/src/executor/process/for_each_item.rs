@@ -72,14 +72,28 @@ impl Run<'_> {
         })
     }
 
-    /// The id of the child execution of batch `iteration` of an `_items` task run.
-    fn batch_child_id(&self, run_id: &str, iteration: u32) -> String {
+    /// The id of the child execution of batch `iteration` of an `_items` task run, created
+    /// during execution attempt `attempt` (1 for the first creation; later ones are NEW_EXECUTION
+    /// restarts).
+    fn batch_child_id(&self, run_id: &str, iteration: u32, attempt: u32) -> String {
+        let value = if attempt <= 1 {
+            iteration.to_string()
+        } else {
+            format!("{iteration}\u{1}{attempt}")
+        };
         task_run_id(
             &self.exec.id,
             Some(run_id),
             "\u{0}foreachitem",
-            Some(&iteration.to_string()),
+            Some(&value),
         )
+    }
+
+    /// Every id the child of batch `iteration` may have (one per execution attempt so far).
+    fn batch_child_ids(&self, run_id: &str, iteration: u32) -> Vec<String> {
+        (1..=self.exec.metadata.attempt_number.max(1))
+            .map(|a| self.batch_child_id(run_id, iteration, a))
+            .collect()
     }
 
     /// `<id>_items`: one child execution per batch.
@@ -109,8 +123,9 @@ impl Run<'_> {
             if self.killing() {
                 for (i, s) in fei::batch_states(&states).enumerate() {
                     if !s.is_terminated() {
-                        let child = self.batch_child_id(run_id, i as u32);
-                        self.kill_executions.push(child);
+                        // Killing an execution that does not exist or has ended is a no-op.
+                        let children = self.batch_child_ids(run_id, i as u32);
+                        self.kill_executions.extend(children);
                     }
                 }
                 return Status::Done(StateType::Killed);
@@ -205,12 +220,13 @@ impl Run<'_> {
             .and_then(|o| o.get(BATCH_STATES))
             .and_then(Value::as_str)
             .map(str::to_string);
-        let expected = r.iteration.map(|i| self.batch_child_id(&run_id, i));
-        let (Some(mut states), Some(index), true) = (
-            states,
-            r.iteration.map(|i| i as usize),
-            expected.as_deref() == Some(r.child_execution_id.as_str()),
-        ) else {
+        let known = r.iteration.is_some_and(|i| {
+            self.batch_child_ids(&run_id, i)
+                .contains(&r.child_execution_id)
+        });
+        let (Some(mut states), Some(index), true) =
+            (states, r.iteration.map(|i| i as usize), known)
+        else {
             self.ignored = Some(format!(
                 "stale ForEachItem result for task run {run_id} (child {})",
                 r.child_execution_id
@@ -224,10 +240,12 @@ impl Run<'_> {
             ));
             return;
         }
-        let letter = state_letter(r.state);
-        // 'C' is the only multi-state letter; a non-terminal result cannot happen, but must not
-        // leave the batch pending forever.
-        let letter = if letter == 'C' { 'F' } else { letter };
+        let letter = match state_letter(r.state) {
+            _ if r.error.is_some() => fei::NOT_CREATED,
+            // A non-terminal result cannot happen, but must not leave the batch pending forever.
+            'C' => 'F',
+            letter => letter,
+        };
         states.replace_range(index..index + 1, &letter.to_string());
         if let Some(error) = &r.error {
             let run = self.exec.task_run(&run_id).cloned();
@@ -253,6 +271,94 @@ impl Run<'_> {
                 Value::Object(iteration_counts(&states)),
             );
             outputs.insert(BATCH_STATES.into(), json!(states));
+        }
+        self.touch();
+    }
+
+    /// A restarted `_items` task run: its failed batches run again (see `executor::for_each_item`).
+    pub(super) fn restart_batches(&mut self, run_id: &str) {
+        let Some(run) = self.exec.task_run(run_id) else {
+            return;
+        };
+        let spec = match self.index.node(&run.task_id).map(|n| &n.kind) {
+            Some(NodeKind::Flowable(f)) => match &**f {
+                Flowable::ForEachItemBatches(spec) => spec.clone(),
+                _ => return,
+            },
+            _ => return,
+        };
+        let Some(states) = run
+            .outputs
+            .as_ref()
+            .and_then(|o| o.get(BATCH_STATES))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+        else {
+            return;
+        };
+        let new_execution = spec.restart_behavior == Some(tasks::RestartBehavior::NewExecution);
+        let attempt = self.exec.metadata.attempt_number;
+        let (prefix, suffix) = {
+            let split = self
+                .sibling(run_id, fei::SPLIT_SUFFIX, fei::ITEMS_SUFFIX)
+                .and_then(|r| r.outputs.as_ref());
+            let get = |k: &str| {
+                split
+                    .and_then(|o| o.get(k))
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            (get("batchUriPrefix"), get("batchUriSuffix"))
+        };
+        let child_spec = ChildSpec {
+            namespace: &spec.namespace,
+            flow_id: &spec.flow_id,
+            revision: &spec.revision,
+            inputs: &spec.inputs,
+            labels: &spec.labels,
+            inherit_labels: &spec.inherit_labels,
+            schedule_date: &spec.schedule_date,
+        };
+        let mut next = String::with_capacity(states.len());
+        for (i, c) in states.chars().enumerate() {
+            let iteration = i as u32;
+            match c {
+                'F' | 'K' if !new_execution => {
+                    self.restart_executions
+                        .push(self.batch_child_id(run_id, iteration, 1));
+                    next.push('C');
+                }
+                'F' | 'K' | 'X' | fei::NOT_CREATED => {
+                    let uri = batch_uri(&prefix, iteration, &suffix);
+                    match self.child_request(run_id, &child_spec, Some((iteration, &uri))) {
+                        Ok(mut request) => {
+                            // A new id, except for a batch whose child was never created
+                            // under RETRY_FAILED (only first-attempt ids are used then).
+                            if new_execution || c != fei::NOT_CREATED {
+                                request.execution.id =
+                                    self.batch_child_id(run_id, iteration, attempt);
+                            }
+                            self.subflow_requests.push(request);
+                            next.push('C');
+                        }
+                        Err(e) => {
+                            let run = self.exec.task_run(run_id).cloned();
+                            self.log(run.as_ref(), Level::Error, format!("batch {i}: {e}"));
+                            next.push(c);
+                        }
+                    }
+                }
+                other => next.push(other),
+            }
+        }
+        if let Some(outputs) = self
+            .exec
+            .task_run_mut(run_id)
+            .and_then(|tr| tr.outputs.as_mut())
+        {
+            outputs.insert("iterations".into(), Value::Object(iteration_counts(&next)));
+            outputs.insert(BATCH_STATES.into(), json!(next));
         }
         self.touch();
     }
