@@ -116,6 +116,49 @@ async fn suite(url: &str) {
     assert_eq!(restarted.metadata.attempt_number, 2);
     assert_eq!(restarted.label(system_labels::RESTARTED), Some("true"));
 
+    // Restart of a failed ForEachItem (RETRY_FAILED): its failed child executions are restarted.
+    let batch_flag = dir.path().join(format!("batch-flag-{unique}"));
+    engine
+        .deploy(&format!("id: batchchild\nnamespace: {ns}\ntasks:\n  - id: check\n    type: io.kestra.plugin.scripts.shell.Commands\n    commands: [\"test -f {}\"]\n", batch_flag.display()))
+        .await
+        .unwrap();
+    engine
+        .deploy(&format!("id: batches\nnamespace: {ns}\ntasks:\n  - id: write\n    type: io.kestra.plugin.core.storage.Write\n    content: \"a\\nb\\n\"\n  - id: each\n    type: io.kestra.plugin.core.flow.ForEachItem\n    items: \"{{{{ outputs.write.uri }}}}\"\n    namespace: {ns}\n    flowId: batchchild\n"))
+        .await
+        .unwrap();
+    let e = engine
+        .execute(&ns, "batches", IndexMap::new())
+        .await
+        .unwrap();
+    let failed = engine
+        .wait_for(&e.id, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(failed.state.current(), StateType::Failed);
+    std::fs::write(&batch_flag, b"now the batches pass").unwrap();
+    engine.restart(&e.id).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let restarted = loop {
+        let cur = engine.execution(&e.id).await.unwrap().unwrap();
+        if cur.state.current() == StateType::Success {
+            break cur;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "ForEachItem restart never succeeded: {}",
+            cur.state.current()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let each = restarted
+        .task_run_list
+        .iter()
+        .find(|r| r.task_id == "each")
+        .unwrap();
+    let outputs = each.outputs.clone().unwrap();
+    assert_eq!(outputs["numberOfBatches"], 2);
+    assert_eq!(outputs["iterations"]["SUCCESS"], 2);
+
     // Replay: a new execution from a chosen task run; earlier task runs are kept.
     engine
         .deploy(&format!("id: three\nnamespace: {ns}\ntasks:\n  - id: a\n    type: io.kestra.plugin.core.debug.Return\n    format: A\n  - id: b\n    type: io.kestra.plugin.core.debug.Return\n    format: \"{{{{ outputs.a.value }}}}B\"\n  - id: c\n    type: io.kestra.plugin.core.debug.Return\n    format: \"{{{{ outputs.b.value }}}}C\"\n"))

@@ -1,8 +1,9 @@
 //! The executor features that involve time or several executions - Pause, LoopUntil, Subflow,
-//! flow concurrency limits, CREATE_NEW_EXECUTION retries, `scheduleDate` - driven in memory: a
+//! ForEachItem, flow concurrency limits, CREATE_NEW_EXECUTION retries, `scheduleDate` - driven in memory: a
 //! `World` plays the runtime (queue of events, delayed commands with a simulated clock, slot
 //! store, subflow completion) around the pure `process`, and a fake worker answers jobs at once
-//! (Fail fails, Return renders `format`, anything else succeeds).
+//! (Fail fails, Return renders `format`, a ForEachItem split gives 3 batches, a ForEachItem merge
+//! reports how many outputs it got, anything else succeeds).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{HashMap, VecDeque};
@@ -94,6 +95,25 @@ impl World {
                     Err(_) => StateType::Failed,
                 }
             }
+            "ForEachItem$ForEachItemSplit" => {
+                let o = json!({
+                    "numberOfBatches": 3,
+                    "batchUriPrefix": "kestra:///t/parent/batch-",
+                    "batchUriSuffix": ".txt",
+                });
+                outputs = o.as_object().cloned();
+                StateType::Success
+            }
+            "ForEachItem$ForEachItemMergeOutputs" => {
+                let got = job.task.properties["subflowOutputs"]
+                    .as_object()
+                    .map(|o| o.len())
+                    .unwrap_or(0);
+                let mut m = Map::new();
+                m.insert("subflowOutputs".into(), json!(format!("merged {got}")));
+                outputs = Some(m);
+                StateType::Success
+            }
             _ => StateType::Success,
         };
         let mut attempt_state = State::new_at(StateType::Running, self.now);
@@ -155,6 +175,12 @@ impl World {
             self.events
                 .push_front(ExecutorEvent::Command(ExecutionCommand::Kill {
                     execution_id: k,
+                }));
+        }
+        for r in out.restart_executions {
+            self.events
+                .push_back(ExecutorEvent::Command(ExecutionCommand::Restart {
+                    execution_id: r,
                 }));
         }
         for req in out.subflow_requests {
@@ -576,6 +602,7 @@ fn a_late_or_duplicate_subflow_result_is_ignored() {
             state: StateType::Failed,
             outputs: Map::new(),
             error: None,
+            iteration: None,
         })),
     )
     .unwrap();
@@ -810,4 +837,244 @@ fn schedule_date_in_the_future_keeps_the_execution_created() {
     assert_eq!(w.exec(&id).current(), StateType::Success);
     let started = w.exec(&id).state.last_date_of(StateType::Running).unwrap();
     assert_eq!(started, at);
+}
+
+const FILE_CHILD: &str = "id: fchild\nnamespace: t\ninputs:\n  - id: file\n    type: STRING\ntasks:\n  - id: c\n    type: io.kestra.plugin.core.debug.Return\n    format: \"{{ inputs.file }}\"\noutputs:\n  - id: got\n    type: STRING\n    value: \"{{ outputs.c.value }}\"\n";
+
+fn for_each_item_parent(extra: &str, flow: &str) -> String {
+    format!(
+        "id: parent\nnamespace: t\ntasks:\n  - id: each\n    type: io.kestra.plugin.core.flow.ForEachItem\n    items: kestra:///t/parent/items.txt\n    namespace: t\n    flowId: {flow}\n    inputs:\n      file: \"{{{{ taskrun.items }}}}\"\n{extra}"
+    )
+}
+
+fn children_of<'a>(w: &'a World, parent: &str) -> Vec<&'a Execution> {
+    let mut c: Vec<&Execution> = w
+        .executions
+        .values()
+        .filter(|e| e.parent_id.as_deref() == Some(parent))
+        .collect();
+    c.sort_by_key(|e| {
+        e.trigger
+            .as_ref()
+            .and_then(|t| t.variables.get("taskRunIteration"))
+            .and_then(|v| v.as_u64())
+    });
+    c
+}
+
+#[test]
+fn for_each_item_runs_one_child_per_batch_and_merges_their_outputs() {
+    let mut w = World::new(&[FILE_CHILD, &for_each_item_parent("", "fchild")]);
+    let id = w.start("t.parent", |_| {});
+    w.run(true);
+    assert_eq!(w.exec(&id).current(), StateType::Success);
+    for task in ["each", "each_split", "each_items", "each_merge"] {
+        assert_eq!(w.run_state(&id, task), StateType::Success, "{task}");
+    }
+    let each = w.runs(&id, "each")[0].outputs.clone().unwrap();
+    assert_eq!(each["numberOfBatches"], 3);
+    assert_eq!(each["iterations"]["SUCCESS"], 3);
+    assert_eq!(each["iterations"]["CREATED"], 0);
+    assert_eq!(
+        each["uri"], "merged 3",
+        "the merge job got the 3 children's outputs"
+    );
+    let items_run = w.runs(&id, "each_items")[0].id.clone();
+    let children = children_of(&w, &id);
+    assert_eq!(children.len(), 3);
+    for (i, child) in children.iter().enumerate() {
+        let iteration = i as u64;
+        let uri = format!("kestra:///t/parent/batch-{iteration}.txt");
+        assert_eq!(
+            child.inputs["file"],
+            json!(uri),
+            "taskrun.items of batch {iteration}"
+        );
+        assert_eq!(child.outputs["got"], json!(uri));
+        let trigger = child.trigger.as_ref().unwrap();
+        assert_eq!(
+            trigger.type_,
+            "io.kestra.plugin.core.flow.ForEachItem$ForEachItemExecutable"
+        );
+        assert_eq!(trigger.id, "each_items");
+        assert_eq!(trigger.variables["taskRunIteration"], json!(iteration));
+        assert_eq!(trigger.variables["taskRunId"], json!(items_run));
+        assert_eq!(trigger.variables["executionId"], json!(id));
+        assert_eq!(child.label("system.correlationId"), Some(id.as_str()));
+    }
+}
+
+const PAUSED_CHILD: &str = "id: slow\nnamespace: t\ninputs:\n  - id: file\n    type: STRING\ntasks:\n  - id: hold\n    type: io.kestra.plugin.core.flow.Pause\n";
+
+#[test]
+fn for_each_item_creates_each_child_once_and_counts_each_result_once() {
+    let mut w = World::new(&[PAUSED_CHILD, &for_each_item_parent("", "slow")]);
+    let id = w.start("t.parent", |_| {});
+    w.run(false);
+    assert_eq!(w.run_state(&id, "each_items"), StateType::Running);
+    let children: Vec<String> = children_of(&w, &id).iter().map(|e| e.id.clone()).collect();
+    assert_eq!(children.len(), 3);
+    let before = w.exec(&id).clone();
+    let index = w.index_of(&before).clone();
+    // Processing the unchanged execution again (a redelivered message) creates no child again.
+    let again = process(
+        &index,
+        &w.expr,
+        w.now,
+        Some(before.clone()),
+        &ExecutorEvent::Execution(Box::new(before.clone())),
+    )
+    .unwrap();
+    assert!(again.subflow_requests.is_empty());
+    assert!(!again.changed);
+    let items_run = w.runs(&id, "each_items")[0].id.clone();
+    let result = |child: &str, iteration: u32| {
+        ExecutorEvent::SubflowResult(Box::new(SubflowExecutionResult {
+            parent_execution_id: id.clone(),
+            parent_task_run_id: items_run.clone(),
+            child_execution_id: child.to_string(),
+            state: StateType::Success,
+            outputs: Map::new(),
+            error: None,
+            iteration: Some(iteration),
+        }))
+    };
+    let first = process(
+        &index,
+        &w.expr,
+        w.now,
+        Some(before.clone()),
+        &result(&children[0], 0),
+    )
+    .unwrap();
+    assert!(first.changed);
+    let items = first.execution.task_run(&items_run).unwrap().clone();
+    assert_eq!(items.outputs.as_ref().unwrap()["iterations"]["SUCCESS"], 1);
+    assert_eq!(
+        items.current(),
+        StateType::Running,
+        "two batches still running"
+    );
+    // The same result again, or a result naming another child for that batch, is ignored.
+    let after_first = first.execution.clone();
+    let duplicate = process(
+        &index,
+        &w.expr,
+        w.now,
+        Some(after_first.clone()),
+        &result(&children[0], 0),
+    )
+    .unwrap();
+    assert!(!duplicate.changed);
+    assert!(duplicate.ignored.is_some());
+    let wrong = process(
+        &index,
+        &w.expr,
+        w.now,
+        Some(after_first),
+        &result(&children[1], 0),
+    )
+    .unwrap();
+    assert!(!wrong.changed);
+    assert!(wrong.ignored.is_some());
+}
+
+#[test]
+fn killing_a_for_each_item_parent_kills_the_children_still_running() {
+    let mut w = World::new(&[PAUSED_CHILD, &for_each_item_parent("", "slow")]);
+    let id = w.start("t.parent", |_| {});
+    w.run(false);
+    let children: Vec<String> = children_of(&w, &id).iter().map(|e| e.id.clone()).collect();
+    assert_eq!(children.len(), 3);
+    w.command(ExecutionCommand::Kill {
+        execution_id: id.clone(),
+    });
+    w.run(false);
+    assert_eq!(w.exec(&id).current(), StateType::Killed);
+    assert_eq!(w.run_state(&id, "each_items"), StateType::Killed);
+    let mut killed = w.killed_children.clone();
+    killed.sort();
+    let mut expected = children.clone();
+    expected.sort();
+    assert_eq!(killed, expected);
+    for c in &children {
+        assert_eq!(w.exec(c).current(), StateType::Killed);
+    }
+}
+
+#[test]
+fn for_each_item_without_wait_ends_once_the_children_are_requested() {
+    let mut w = World::new(&[
+        PAUSED_CHILD,
+        &for_each_item_parent("    wait: false\n", "slow"),
+    ]);
+    let id = w.start("t.parent", |_| {});
+    w.run(false);
+    assert_eq!(w.exec(&id).current(), StateType::Success);
+    let items = w.runs(&id, "each_items")[0].outputs.clone().unwrap();
+    assert_eq!(items["numberOfBatches"], 3);
+    assert_eq!(items["iterations"]["CREATED"], 3);
+    assert_eq!(children_of(&w, &id).len(), 3);
+    assert!(
+        children_of(&w, &id)
+            .iter()
+            .all(|c| c.current() == StateType::Paused)
+    );
+}
+
+const FAILING_FILE_CHILD: &str = "id: fbad\nnamespace: t\ninputs:\n  - id: file\n    type: STRING\ntasks:\n  - id: f\n    type: io.kestra.plugin.core.execution.Fail\n";
+
+#[test]
+fn restarting_a_failed_for_each_item_restarts_its_failed_children() {
+    let mut w = World::new(&[FAILING_FILE_CHILD, &for_each_item_parent("", "fbad")]);
+    let id = w.start("t.parent", |_| {});
+    w.run(true);
+    assert_eq!(w.exec(&id).current(), StateType::Failed);
+    let items = w.runs(&id, "each_items")[0].outputs.clone().unwrap();
+    assert_eq!(items["iterations"]["FAILED"], 3);
+    let children: Vec<String> = children_of(&w, &id).iter().map(|e| e.id.clone()).collect();
+    w.command(ExecutionCommand::Restart {
+        execution_id: id.clone(),
+    });
+    w.run(true);
+    // RETRY_FAILED (default): the same three children ran again (and failed again).
+    assert_eq!(children_of(&w, &id).len(), 3);
+    for c in &children {
+        assert_eq!(w.exec(c).metadata.attempt_number, 2, "child {c} restarted");
+        assert_eq!(w.exec(c).current(), StateType::Failed);
+    }
+    assert_eq!(w.exec(&id).current(), StateType::Failed);
+    let items = w.runs(&id, "each_items")[0].outputs.clone().unwrap();
+    assert_eq!(items["iterations"]["FAILED"], 3);
+    assert_eq!(items["iterations"]["CREATED"], 0);
+}
+
+#[test]
+fn restarting_a_for_each_item_with_new_execution_creates_new_children() {
+    let mut w = World::new(&[
+        FAILING_FILE_CHILD,
+        &for_each_item_parent("    restartBehavior: NEW_EXECUTION\n", "fbad"),
+    ]);
+    let id = w.start("t.parent", |_| {});
+    w.run(true);
+    let first: Vec<String> = children_of(&w, &id).iter().map(|e| e.id.clone()).collect();
+    w.command(ExecutionCommand::Restart {
+        execution_id: id.clone(),
+    });
+    w.run(true);
+    let all = children_of(&w, &id);
+    assert_eq!(all.len(), 6, "three new children");
+    for c in &first {
+        assert_eq!(
+            w.exec(c).metadata.attempt_number,
+            1,
+            "old child {c} untouched"
+        );
+    }
+    let new: Vec<&&Execution> = all.iter().filter(|e| !first.contains(&e.id)).collect();
+    assert_eq!(new.len(), 3);
+    assert!(new.iter().all(|e| e.current() == StateType::Failed));
+    assert_eq!(w.exec(&id).current(), StateType::Failed);
+    let items = w.runs(&id, "each_items")[0].outputs.clone().unwrap();
+    assert_eq!(items["iterations"]["FAILED"], 3);
 }

@@ -1702,3 +1702,126 @@ async fn worker_stops_an_evaluation_that_outlives_its_timeout() {
     assert!(error.contains("did not end within"), "{error}");
     assert_eq!(results[0].variables, None);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn for_each_item_split_cuts_batches_and_merge_writes_outputs() {
+    const SPLIT: &str = "io.kestra.plugin.core.flow.ForEachItem$ForEachItemSplit";
+    let storage = Arc::new(MemStorage::default());
+    let rows = write(&storage, "r1\nr2\nr3\nr4\nr5\n").await;
+    let split = |batch: Value| json!({"id": "each_split", "type": SPLIT, "items": "{{ f }}", "batch": batch});
+    let batches = |r: &Run| {
+        let n = r.out("numberOfBatches").as_u64().unwrap();
+        let prefix = r.out("batchUriPrefix").as_str().unwrap().to_string();
+        let suffix = r.out("batchUriSuffix").as_str().unwrap().to_string();
+        (0..n)
+            .map(|i| format!("{prefix}{i}{suffix}"))
+            .collect::<Vec<_>>()
+    };
+    async fn contents(r: &Run, uris: Vec<String>) -> Vec<String> {
+        let mut out = Vec::new();
+        for u in uris {
+            out.push(r.read(&u).await);
+        }
+        out
+    }
+    // Default: one row per batch; the `splits` file lists the batch URIs.
+    let r = run_with(split(Value::Null), json!({"f": rows}), storage.clone()).await;
+    let uris = batches(&r);
+    assert_eq!(uris.len(), 5);
+    assert!(uris[0].ends_with("/batch-0.txt"), "{}", uris[0]);
+    assert_eq!(
+        r.read(r.out("splits").as_str().unwrap()).await,
+        uris.iter().map(|u| format!("{u}\n")).collect::<String>()
+    );
+    assert_eq!(
+        contents(&r, uris).await,
+        vec!["r1\n", "r2\n", "r3\n", "r4\n", "r5\n"]
+    );
+    let r = run_with(
+        split(json!({"rows": 2})),
+        json!({"f": rows}),
+        storage.clone(),
+    )
+    .await;
+    assert_eq!(
+        contents(&r, batches(&r)).await,
+        vec!["r1\nr2\n", "r3\nr4\n", "r5\n"]
+    );
+    let r = run_with(
+        split(json!({"partitions": 2})),
+        json!({"f": rows}),
+        storage.clone(),
+    )
+    .await;
+    assert_eq!(
+        contents(&r, batches(&r)).await,
+        vec!["r1\nr3\nr5\n", "r2\nr4\n"]
+    );
+    let r = run_with(
+        split(json!({"bytes": "7B"})),
+        json!({"f": rows}),
+        storage.clone(),
+    )
+    .await;
+    assert_eq!(
+        contents(&r, batches(&r)).await,
+        vec!["r1\nr2\n", "r3\nr4\n", "r5\n"]
+    );
+    // An empty file gives no batch.
+    let empty = write(&storage, "").await;
+    let r = run_with(split(Value::Null), json!({"f": empty}), storage.clone()).await;
+    assert_eq!(r.out("numberOfBatches"), json!(0));
+    // Bad input: errors, not panics.
+    let r = run_with(
+        split(json!({"rows": 2, "partitions": 2})),
+        json!({"f": rows}),
+        storage.clone(),
+    )
+    .await;
+    assert!(r.err().contains("only one of"), "{}", r.err());
+    let r = run_with(
+        split(json!({"rows": 0})),
+        json!({"f": rows}),
+        storage.clone(),
+    )
+    .await;
+    assert!(r.err().contains("greater than 0"), "{}", r.err());
+    let r = run_with(
+        split(Value::Null),
+        json!({"f": "not a uri"}),
+        storage.clone(),
+    )
+    .await;
+    assert!(
+        r.err().contains(
+            "Unable to split the items from not a uri, this is not an internal storage URI!"
+        ),
+        "{}",
+        r.err()
+    );
+    let missing = "kestra:///company/team/test-flow/missing.txt";
+    let r = run_with(split(Value::Null), json!({"f": missing}), storage.clone()).await;
+    assert!(r.err().contains("file not found"), "{}", r.err());
+
+    // Merge: one ION struct per line, in iteration order.
+    let r = run_with(
+        json!({"id": "each_merge", "type": "io.kestra.plugin.core.flow.ForEachItem$ForEachItemMergeOutputs",
+               "subflowOutputs": {"10": {"v": 10}, "2": {"v": "two"}, "0": {"v": 0}}}),
+        json!({}),
+        storage.clone(),
+    )
+    .await;
+    assert_eq!(
+        r.read(r.out("subflowOutputs").as_str().unwrap()).await,
+        "{v:0}\n{v:\"two\"}\n{v:10}\n"
+    );
+    // No child had outputs: no file, no output.
+    let r = run_with(
+        json!({"id": "each_merge", "type": "io.kestra.plugin.core.flow.ForEachItem$ForEachItemMergeOutputs",
+               "subflowOutputs": {}}),
+        json!({}),
+        storage.clone(),
+    )
+    .await;
+    assert!(r.ok().outputs.is_empty());
+}

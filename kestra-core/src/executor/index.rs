@@ -7,6 +7,7 @@ use std::sync::Arc;
 use indexmap::IndexMap;
 use serde_json::Value;
 
+use crate::executor::for_each_item as fei;
 use crate::flow::model::{Flow, Retry, Task};
 use crate::flow::property::Property;
 use crate::flow::registry::{DecodeError, TaskKind, TaskRegistry};
@@ -28,6 +29,8 @@ pub mod types {
     pub const LOOP_UNTIL: &str = "io.kestra.plugin.core.flow.LoopUntil";
     /// `flow.Subflow`.
     pub const SUBFLOW: &str = "io.kestra.plugin.core.flow.Subflow";
+    /// `flow.ForEachItem`.
+    pub const FOR_EACH_ITEM: &str = "io.kestra.plugin.core.flow.ForEachItem";
 }
 
 /// Where a task sits in its parent.
@@ -127,6 +130,14 @@ pub enum Flowable {
     },
     /// A child execution of another flow (see `executor::subflow`).
     Subflow(Box<tasks::Subflow>),
+    /// ForEachItem: its three internal tasks `<id>_split`, `<id>_items`, `<id>_merge` in sequence
+    /// (see `executor::for_each_item`), then its `errors` / `finally`.
+    ForEachItem {
+        /// The internal task ids in order, with the task's errors and finally.
+        group: Group,
+    },
+    /// ForEachItem's `<id>_items`: one child execution per batch.
+    ForEachItemBatches(Box<tasks::ForEachItem>),
 }
 
 /// A Pause, resolved.
@@ -290,6 +301,72 @@ impl FlowIndex {
         })
     }
 
+    /// The internal tasks of a ForEachItem (see `executor::for_each_item`): a runnable split, the
+    /// executor-side batches, a runnable merge.
+    fn add_for_each_item_tasks(
+        &mut self,
+        task: &Task,
+        spec: tasks::ForEachItem,
+    ) -> Result<Group, IndexError> {
+        let internal = |suffix: &str, type_name: &str, properties: IndexMap<String, Value>| Task {
+            id: format!("{}{suffix}", task.id),
+            task_type: type_name.to_string(),
+            description: None,
+            retry: None,
+            timeout: None,
+            disabled: false,
+            log_level: task.log_level,
+            log_to_file: false,
+            allow_failure: false,
+            allow_warning: false,
+            run_if: None,
+            worker_group: task.worker_group.clone(),
+            properties,
+        };
+        // Only what the split needs: errors/finally are the ForEachItem's own children.
+        let mut split_props = IndexMap::new();
+        for key in ["items", "batch"] {
+            if let Some(v) = task.properties.get(key) {
+                split_props.insert(key.to_string(), v.clone());
+            }
+        }
+        let nodes = [
+            (
+                internal(fei::SPLIT_SUFFIX, fei::SPLIT_TYPE, split_props),
+                fei::SPLIT_TYPE,
+                NodeKind::Runnable,
+            ),
+            (
+                internal(fei::ITEMS_SUFFIX, fei::ITEMS_TYPE, IndexMap::new()),
+                fei::ITEMS_TYPE,
+                NodeKind::Flowable(Box::new(Flowable::ForEachItemBatches(Box::new(spec)))),
+            ),
+            (
+                internal(fei::MERGE_SUFFIX, fei::MERGE_TYPE, IndexMap::new()),
+                fei::MERGE_TYPE,
+                NodeKind::Runnable,
+            ),
+        ];
+        let mut group = Group::default();
+        for (child, type_name, kind) in nodes {
+            if self.nodes.contains_key(&child.id) {
+                return Err(IndexError::DuplicateId(child.id));
+            }
+            group.tasks.push(child.id.clone());
+            self.nodes.insert(
+                child.id.clone(),
+                TaskNode {
+                    task: child,
+                    type_name,
+                    kind,
+                    parent: Some(task.id.clone()),
+                    slot: Slot::Tasks,
+                },
+            );
+        }
+        Ok(group)
+    }
+
     fn add(
         &mut self,
         task: &Task,
@@ -445,13 +522,21 @@ impl FlowIndex {
                 let t: tasks::Subflow = registry.decode(task).map_err(decode_err)?;
                 NodeKind::Flowable(Box::new(Flowable::Subflow(Box::new(t))))
             }
+            types::FOR_EACH_ITEM => {
+                let t: tasks::ForEachItem = registry.decode(task).map_err(decode_err)?;
+                let errors = t.errors.clone();
+                let finally = t.finally.clone();
+                let mut group = self.add_for_each_item_tasks(task, t)?;
+                group.errors = self.add_list(&errors, id, Slot::Errors, registry)?;
+                group.finally = self.add_list(&finally, id, Slot::Finally, registry)?;
+                NodeKind::Flowable(Box::new(Flowable::ForEachItem { group }))
+            }
             types::LABELS | types::EXIT => NodeKind::ExecutorSide,
             other => match entry.kind {
                 TaskKind::Runnable => NodeKind::Runnable,
                 TaskKind::ExecutorSide => NodeKind::ExecutorSide,
                 TaskKind::Flowable | TaskKind::Executable => NodeKind::Unsupported(format!(
-                    "task type '{other}' is not supported by this engine yet (ForEachItem needs \
-                     batch splitting on a worker)"
+                    "task type '{other}' is not supported by this engine"
                 )),
             },
         };

@@ -293,6 +293,9 @@ pub struct SubflowExecutionResult {
     /// Why the child could not be created (the parent's task run then fails with this message).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// For a ForEachItem child: its batch (from 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iteration: Option<u32>,
 }
 
 impl SubflowExecutionResult {

@@ -12,6 +12,7 @@
 pub mod concurrency;
 pub mod context;
 pub mod flow_trigger;
+pub mod for_each_item;
 pub mod index;
 pub mod messages;
 pub mod preconditions;

@@ -27,6 +27,7 @@ use sha2::{Digest, Sha256};
 
 use crate::executor::concurrency::SlotRequest;
 use crate::executor::context::{execution_context, task_run_context};
+use crate::executor::for_each_item as for_each_item_types;
 use crate::executor::index::{FlowIndex, Flowable, Group, NodeKind, Slot, types};
 use crate::executor::messages::{
     Delay, ExecutionCommand, ExecutorEvent, WorkerTask, WorkerTaskResult,
@@ -59,18 +60,22 @@ pub struct Outcome {
     pub logs: Vec<LogEntry>,
     /// Why the event was ignored, if it was (stale or duplicate result, ...).
     pub ignored: Option<String>,
-    /// Child executions to create for Subflow tasks (the runtime resolves their flow and inputs).
+    /// Child executions to create for Subflow tasks and ForEachItem batches (the runtime resolves
+    /// their flow and inputs).
     pub subflow_requests: Vec<SubflowRequest>,
     /// New executions to publish as they are (CREATE_NEW_EXECUTION retries).
     pub new_executions: Vec<Execution>,
-    /// Executions to kill (children of a killed Subflow task run).
+    /// Executions to kill (children of a killed Subflow or ForEachItem task run).
     pub kill_executions: Vec<String>,
+    /// Executions to restart (failed children of a restarted ForEachItem, `RETRY_FAILED`).
+    pub restart_executions: Vec<String>,
     /// What the flow's concurrency limit needs from the runtime (see `executor::concurrency`).
     pub slot: SlotRequest,
 }
 
 // Extensions of the walk, one file per feature (they reach `Run`'s private state).
 mod admission;
+mod for_each_item;
 mod loop_until;
 mod pause;
 mod subflow;
@@ -109,6 +114,7 @@ pub fn process(
         subflow_requests: Vec::new(),
         new_executions: Vec::new(),
         kill_executions: Vec::new(),
+        restart_executions: Vec::new(),
         slot: SlotRequest::None,
         was_terminated: false,
     };
@@ -129,6 +135,7 @@ pub fn process(
         subflow_requests: run.subflow_requests,
         new_executions: run.new_executions,
         kill_executions: run.kill_executions,
+        restart_executions: run.restart_executions,
         slot: run.slot,
     })
 }
@@ -220,6 +227,7 @@ struct Run<'a> {
     subflow_requests: Vec<SubflowRequest>,
     new_executions: Vec<Execution>,
     kill_executions: Vec<String>,
+    restart_executions: Vec<String>,
     slot: SlotRequest,
     was_terminated: bool,
 }
@@ -483,7 +491,7 @@ impl Run<'_> {
     /// Start the task runs a restart marked RESTARTED: runnable ones get a new attempt, flowables
     /// run again (their children are walked).
     pub(super) fn start_restarted_task_runs(&mut self) {
-        let restarted: Vec<(String, bool)> = self
+        let restarted: Vec<(String, bool, bool)> = self
             .exec
             .task_run_list
             .iter()
@@ -493,14 +501,18 @@ impl Run<'_> {
                     self.index.node(&r.task_id).map(|n| &n.kind),
                     Some(NodeKind::Runnable)
                 );
-                (r.id.clone(), runnable)
+                let batches = for_each_item::is_batches_task(self.index, &r.task_id);
+                (r.id.clone(), runnable, batches)
             })
             .collect();
-        for (id, runnable) in restarted {
+        for (id, runnable, batches) in restarted {
             if runnable {
                 self.start_attempt(&id);
             } else {
                 self.set_run_state(&id, StateType::Running);
+                if batches {
+                    self.restart_batches(&id);
+                }
             }
         }
     }
@@ -966,6 +978,8 @@ impl Run<'_> {
             Flowable::Pause { spec, group } => self.walk_pause(run_id, value, spec, group),
             Flowable::LoopUntil { spec, group } => self.walk_loop(run_id, value, spec, group),
             Flowable::Subflow(task) => self.walk_subflow(run_id, task),
+            Flowable::ForEachItem { group } => self.walk_for_each_item(run_id, value, group),
+            Flowable::ForEachItemBatches(task) => self.walk_for_each_item_batches(run_id, task),
         }
     }
 
@@ -1221,9 +1235,16 @@ impl Run<'_> {
         let Some(node) = self.index.node(&task_id) else {
             return;
         };
+        let mut task = node.task.clone();
+        if node.type_name == for_each_item_types::MERGE_TYPE {
+            task.properties.insert(
+                for_each_item_types::MERGE_OUTPUTS_PROPERTY.into(),
+                self.merge_job_outputs(run_id),
+            );
+        }
         self.worker_tasks.push(WorkerTask {
             task_run,
-            task: node.task.clone(),
+            task,
             context,
             attempt,
             flow_revision: self.exec.flow_revision,

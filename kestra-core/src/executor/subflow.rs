@@ -1,5 +1,5 @@
-//! Subflow executions: what the parent's executor asks for, how the child is completed, and the
-//! result that travels back.
+//! Subflow executions (of a Subflow task or of one ForEachItem batch): what the parent's executor
+//! asks for, how the child is completed, and the result that travels back.
 //!
 //! `process` is pure and has no flow repository, so a Subflow task run produces a
 //! [`SubflowRequest`]: the child execution with its id, parent, trigger, system and inherited labels
@@ -23,6 +23,7 @@
 
 use serde_json::{Map, Value};
 
+use crate::executor::for_each_item;
 use crate::executor::messages::SubflowExecutionResult;
 use crate::flow::model::Flow;
 use crate::model::{Execution, Label, StateType};
@@ -59,6 +60,7 @@ impl SubflowRequest {
             state: StateType::Failed,
             outputs: Map::new(),
             error: Some(message.into()),
+            iteration: batch_iteration(&self.execution),
         }
     }
 }
@@ -108,7 +110,7 @@ pub fn depth(execution: &Execution) -> u64 {
     execution
         .trigger
         .as_ref()
-        .filter(|t| t.type_ == SUBFLOW_TRIGGER_TYPE)
+        .filter(|t| is_child_trigger(&t.type_))
         .map(|t| {
             t.variables
                 .get("subflowDepth")
@@ -124,7 +126,7 @@ pub fn result_for_parent(child: &Execution) -> Option<SubflowExecutionResult> {
         return None;
     }
     let trigger = child.trigger.as_ref()?;
-    if trigger.type_ != SUBFLOW_TRIGGER_TYPE {
+    if !is_child_trigger(&trigger.type_) {
         return None;
     }
     let parent = child.parent_id.clone()?;
@@ -136,7 +138,23 @@ pub fn result_for_parent(child: &Execution) -> Option<SubflowExecutionResult> {
         state: child.current(),
         outputs: child.outputs.clone(),
         error: None,
+        iteration: batch_iteration(child),
     })
+}
+
+/// Whether a trigger type marks a child execution (of a Subflow or a ForEachItem batch).
+fn is_child_trigger(type_: &str) -> bool {
+    type_ == SUBFLOW_TRIGGER_TYPE || type_ == for_each_item::ITEMS_TYPE
+}
+
+/// The batch of a ForEachItem child execution (from 0), `None` for other executions.
+pub fn batch_iteration(child: &Execution) -> Option<u32> {
+    let trigger = child.trigger.as_ref()?;
+    if trigger.type_ != for_each_item::ITEMS_TYPE {
+        return None;
+    }
+    let i = trigger.variables.get("taskRunIteration")?.as_u64()?;
+    u32::try_from(i).ok()
 }
 
 /// The parent task run's state for a child that ended in `child` (Kestra's

@@ -1194,12 +1194,19 @@ pub struct ForEachItem {
     /// Restart behaviour.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart_behavior: Option<RestartBehavior>,
+    /// Run when the ForEachItem fails.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<Task>,
+    /// Run after the ForEachItem whatever happened.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub finally: Vec<Task>,
 }
 task_type!(
     ForEachItem,
     "io.kestra.plugin.core.flow.ForEachItem",
     Executable,
-    aliases = ["io.kestra.core.tasks.flows.ForEachItem"]
+    aliases = ["io.kestra.core.tasks.flows.ForEachItem"],
+    children = [SEQ_CHILDREN[1], SEQ_CHILDREN[2]]
 );
 
 /// The script languages whose `Commands` / `Script` tasks run like the shell ones, with an

@@ -11,7 +11,8 @@
 //!   [`SubflowExecutionResult`](crate::executor::SubflowExecutionResult) for the parent when that
 //!   is impossible;
 //! - publishes the result for the parent when a subflow child ends, `Kill` commands for the
-//!   children of a killed Subflow task run, and new executions (CREATE_NEW_EXECUTION retries);
+//!   children of a killed Subflow task run, `Restart` commands for the failed children of a
+//!   restarted ForEachItem, and new executions (CREATE_NEW_EXECUTION retries);
 //! - applies flow concurrency requests to the slots kept in executor state
 //!   ([`crate::executor::concurrency`]) and processes the resulting `Start` /
 //!   `ConcurrencyLimited` command right away; freed slots start the oldest queued executions;
@@ -266,6 +267,14 @@ impl ExecutorService {
                     for child in &outcome.kill_executions {
                         outgoing.push(
                             ExecutionCommand::Kill {
+                                execution_id: child.clone(),
+                            }
+                            .envelope()?,
+                        );
+                    }
+                    for child in &outcome.restart_executions {
+                        outgoing.push(
+                            ExecutionCommand::Restart {
                                 execution_id: child.clone(),
                             }
                             .envelope()?,

@@ -9,14 +9,17 @@
 //! - [`kv`]: kv.Set, kv.Get, kv.Delete.
 //! - [`storage`]: storage.LocalFiles, Concat, Split, Size, Delete, PurgeCurrentExecutionFiles, Write.
 //! - [`working_directory`]: flow.WorkingDirectory, whose children run on the worker in one directory.
+//! - [`for_each_item`]: the internal `_split` and `_merge` tasks of flow.ForEachItem.
 
 pub mod basic;
+pub mod for_each_item;
 pub mod http;
 pub mod kv;
 pub mod script;
 pub mod storage;
 pub mod working_directory;
 
+use crate::executor::for_each_item as fei;
 use crate::flow::registry::TaskRegistry;
 use crate::flow::tasks as t;
 use crate::worker::runner::{RunnableTask, RunnerRegistry};
@@ -43,6 +46,14 @@ pub fn register_core_runners(registry: &mut RunnerRegistry) {
         .register::<t::PurgeCurrentExecutionFiles>()
         .register::<t::Write>()
         .register::<t::WorkingDirectory>();
+    registry.register_with(fei::SPLIT_TYPE, |task, _: &TaskRegistry| {
+        let split: for_each_item::ForEachItemSplit = for_each_item::decode(task)?;
+        Ok(Box::new(split) as Box<dyn RunnableTask>)
+    });
+    registry.register_with(fei::MERGE_TYPE, |task, _: &TaskRegistry| {
+        let merge: for_each_item::ForEachItemMerge = for_each_item::decode(task)?;
+        Ok(Box::new(merge) as Box<dyn RunnableTask>)
+    });
     for (name, delete) in [
         ("io.kestra.plugin.core.kv.Get", false),
         ("io.kestra.plugin.core.kv.Delete", true),

@@ -44,7 +44,7 @@ pub fn parse_bytes(text: &str) -> Result<u64, TaskError> {
 }
 
 /// The extension of a URI's file name, with its dot (`.csv`), or empty.
-fn extension_of(uri: &str) -> String {
+pub(crate) fn extension_of(uri: &str) -> String {
     let name = uri.rsplit('/').next().unwrap_or(uri);
     match name.rfind('.') {
         Some(i) if i > 0 => name[i..].to_string(),
@@ -167,8 +167,8 @@ impl RunnableTask for Concat {
     }
 }
 
-/// How Split cuts a file.
-enum SplitMode {
+/// How a file is cut (Split, ForEachItem batches).
+pub(crate) enum SplitMode {
     Bytes(u64),
     Rows(u64),
     /// Rows dealt round-robin into this many files.
@@ -201,9 +201,6 @@ impl RunnableTask for Split {
             Some(s) => ctx.render(s)?,
             None => "\n".to_string(),
         };
-        if separator.is_empty() {
-            return Err(TaskError::invalid("separator", "must not be empty"));
-        }
         let bytes = match &self.bytes {
             Some(b) => Some(parse_bytes(&ctx.render(b)?)?),
             None => None,
@@ -221,97 +218,117 @@ impl RunnableTask for Split {
                 ));
             }
         };
-        let base = ctx.working_dir()?;
-        let dir = tempfile::Builder::new()
-            .prefix("split-")
-            .tempdir_in(&base)
-            .map_err(|e| TaskError::io("cannot create a directory for the split", e))?;
-        let sep = separator.as_bytes().to_vec();
-        let mut stream = ctx.get_file(&from).await?;
-        let mut parts: Vec<PartWriter> = Vec::new();
-        let mut pending: Vec<u8> = Vec::new();
-        let mut finished = false;
-        let mut row_count: u64 = 0;
-        while !finished {
-            match stream.next().await {
-                Some(chunk) => pending.extend_from_slice(&chunk?),
-                None => finished = true,
-            }
-            // emit every complete row (and the trailing partial row at the end)
-            let mut start = 0;
-            loop {
-                let range = match find(&pending[start..], &sep) {
-                    Some(i) => {
-                        let r = start..start + i;
-                        start += i + sep.len();
-                        r
-                    }
-                    None if finished && start < pending.len() => {
-                        let r = start..pending.len();
-                        start = pending.len();
-                        r
-                    }
-                    None => break,
-                };
-                let row = &pending[range];
-                let target = match (&mode, parts.last()) {
-                    (SplitMode::Partitions(n), _) => {
-                        let index = (row_count % (*n as u64)) as usize;
-                        if index >= parts.len() {
-                            parts.push(new_part(dir.path(), parts.len()).await?);
-                        }
-                        index
-                    }
-                    (_, None) => {
-                        parts.push(new_part(dir.path(), 0).await?);
-                        0
-                    }
-                    (SplitMode::Rows(r), Some(p)) if p.rows >= *r => {
-                        parts.push(new_part(dir.path(), parts.len()).await?);
-                        parts.len() - 1
-                    }
-                    (SplitMode::Bytes(b), Some(p))
-                        if p.size > 0 && p.size + (row.len() + sep.len()) as u64 > *b =>
-                    {
-                        parts.push(new_part(dir.path(), parts.len()).await?);
-                        parts.len() - 1
-                    }
-                    _ => parts.len() - 1,
-                };
-                row_count += 1;
-                if let Some(part) = parts.get_mut(target) {
-                    part.file
-                        .write_all(row)
-                        .await
-                        .map_err(|e| TaskError::io("cannot write a split part", e))?;
-                    part.file
-                        .write_all(&sep)
-                        .await
-                        .map_err(|e| TaskError::io("cannot write a split part", e))?;
-                    part.size += (row.len() + sep.len()) as u64;
-                    part.rows += 1;
-                }
-            }
-            pending.drain(..start);
-        }
         let extension = extension_of(&from);
-        let mut uris = Vec::new();
-        for (i, mut part) in parts.into_iter().enumerate() {
-            part.file
-                .flush()
-                .await
-                .map_err(|e| TaskError::io("cannot write a split part", e))?;
-            drop(part);
-            let uri = ctx
-                .put_local_file(
-                    &format!("split-{i}{extension}"),
-                    &dir.path().join(format!("part-{i}")),
-                )
-                .await?;
-            uris.push(Value::String(uri));
-        }
-        Ok(TaskOutput::single("uris", Value::Array(uris)))
+        let uris = split_file(ctx, &from, &mode, &separator, |i| {
+            format!("split-{i}{extension}")
+        })
+        .await?;
+        Ok(TaskOutput::single(
+            "uris",
+            Value::Array(uris.into_iter().map(Value::String).collect()),
+        ))
     }
+}
+
+/// Cuts the readable file `from` into parts by `mode` (rows end with `separator`; empty parts of a
+/// partition split are left out) and stores part `i` (from 0) as `name(i)` in the task run's
+/// directory; returns the URIs in order. An empty file gives no part.
+pub(crate) async fn split_file(
+    ctx: &mut RunContext,
+    from: &str,
+    mode: &SplitMode,
+    separator: &str,
+    name: impl Fn(usize) -> String,
+) -> Result<Vec<String>, TaskError> {
+    if separator.is_empty() {
+        return Err(TaskError::invalid("separator", "must not be empty"));
+    }
+    let base = ctx.working_dir()?;
+    let dir = tempfile::Builder::new()
+        .prefix("split-")
+        .tempdir_in(&base)
+        .map_err(|e| TaskError::io("cannot create a directory for the split", e))?;
+    let sep = separator.as_bytes().to_vec();
+    let mut stream = ctx.get_file(from).await?;
+    let mut parts: Vec<PartWriter> = Vec::new();
+    let mut pending: Vec<u8> = Vec::new();
+    let mut finished = false;
+    let mut row_count: u64 = 0;
+    while !finished {
+        match stream.next().await {
+            Some(chunk) => pending.extend_from_slice(&chunk?),
+            None => finished = true,
+        }
+        // emit every complete row (and the trailing partial row at the end)
+        let mut start = 0;
+        loop {
+            let range = match find(&pending[start..], &sep) {
+                Some(i) => {
+                    let r = start..start + i;
+                    start += i + sep.len();
+                    r
+                }
+                None if finished && start < pending.len() => {
+                    let r = start..pending.len();
+                    start = pending.len();
+                    r
+                }
+                None => break,
+            };
+            let row = &pending[range];
+            let target = match (mode, parts.last()) {
+                (SplitMode::Partitions(n), _) => {
+                    let index = (row_count % (*n as u64)) as usize;
+                    if index >= parts.len() {
+                        parts.push(new_part(dir.path(), parts.len()).await?);
+                    }
+                    index
+                }
+                (_, None) => {
+                    parts.push(new_part(dir.path(), 0).await?);
+                    0
+                }
+                (SplitMode::Rows(r), Some(p)) if p.rows >= *r => {
+                    parts.push(new_part(dir.path(), parts.len()).await?);
+                    parts.len() - 1
+                }
+                (SplitMode::Bytes(b), Some(p))
+                    if p.size > 0 && p.size + (row.len() + sep.len()) as u64 > *b =>
+                {
+                    parts.push(new_part(dir.path(), parts.len()).await?);
+                    parts.len() - 1
+                }
+                _ => parts.len() - 1,
+            };
+            row_count += 1;
+            if let Some(part) = parts.get_mut(target) {
+                part.file
+                    .write_all(row)
+                    .await
+                    .map_err(|e| TaskError::io("cannot write a split part", e))?;
+                part.file
+                    .write_all(&sep)
+                    .await
+                    .map_err(|e| TaskError::io("cannot write a split part", e))?;
+                part.size += (row.len() + sep.len()) as u64;
+                part.rows += 1;
+            }
+        }
+        pending.drain(..start);
+    }
+    let mut uris = Vec::new();
+    for (i, mut part) in parts.into_iter().enumerate() {
+        part.file
+            .flush()
+            .await
+            .map_err(|e| TaskError::io("cannot write a split part", e))?;
+        drop(part);
+        let uri = ctx
+            .put_local_file(&name(i), &dir.path().join(format!("part-{i}")))
+            .await?;
+        uris.push(uri);
+    }
+    Ok(uris)
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {

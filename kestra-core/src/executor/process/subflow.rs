@@ -5,13 +5,26 @@
 //! parent kills the child (`Outcome.kill_executions`) and ends the task run KILLED.
 
 use super::*;
+use crate::executor::for_each_item as fei;
 use crate::executor::messages::SubflowExecutionResult;
 use crate::executor::subflow::{MAX_SUBFLOW_DEPTH, SUBFLOW_TRIGGER_TYPE, depth, parent_state};
 use crate::flow::tasks;
 use crate::model::ExecutionTrigger;
+use indexmap::IndexMap;
+
+/// What a child execution is made of: the properties Subflow and ForEachItem share.
+pub(super) struct ChildSpec<'t> {
+    pub namespace: &'t str,
+    pub flow_id: &'t str,
+    pub revision: &'t Option<Property<i32>>,
+    pub inputs: &'t Option<IndexMap<String, Value>>,
+    pub labels: &'t Option<Value>,
+    pub inherit_labels: &'t Option<Property<bool>>,
+    pub schedule_date: &'t Option<String>,
+}
 
 impl Run<'_> {
-    fn render_str(&mut self, run_id: &str, s: &str) -> Result<String, String> {
+    pub(super) fn render_str(&mut self, run_id: &str, s: &str) -> Result<String, String> {
         if !is_expression(s) {
             return Ok(s.to_string());
         }
@@ -19,7 +32,7 @@ impl Run<'_> {
         self.expr.render(s, &ctx).map_err(|e| e.to_string())
     }
 
-    fn bool_prop(
+    pub(super) fn bool_prop(
         &mut self,
         run_id: &str,
         p: &Option<Property<bool>>,
@@ -87,6 +100,29 @@ impl Run<'_> {
         run_id: &str,
         task: &tasks::Subflow,
     ) -> Result<(SubflowRequest, bool), String> {
+        let wait = self
+            .bool_prop(run_id, &task.wait, true)
+            .map_err(|e| format!("invalid wait: {e}"))?;
+        let spec = ChildSpec {
+            namespace: &task.namespace,
+            flow_id: &task.flow_id,
+            revision: &task.revision,
+            inputs: &task.inputs,
+            labels: &task.labels,
+            inherit_labels: &task.inherit_labels,
+            schedule_date: &task.schedule_date,
+        };
+        Ok((self.child_request(run_id, &spec, None)?, wait))
+    }
+
+    /// The child execution a Subflow task run (`batch: None`) or one batch of a ForEachItem's
+    /// `_items` task run (`batch: Some((iteration, batch URI))`) asks for.
+    pub(super) fn child_request(
+        &mut self,
+        run_id: &str,
+        task: &ChildSpec<'_>,
+        batch: Option<(u32, &str)>,
+    ) -> Result<SubflowRequest, String> {
         let child_depth = depth(&self.exec) + 1;
         if child_depth > MAX_SUBFLOW_DEPTH {
             return Err(format!(
@@ -97,22 +133,25 @@ impl Run<'_> {
         let Some(run) = self.exec.task_run(run_id).cloned() else {
             return Err("task run not found".into());
         };
-        let namespace = self.render_str(run_id, &task.namespace)?;
-        let flow_id = self.render_str(run_id, &task.flow_id)?;
-        let revision = match &task.revision {
+        let namespace = self.render_str(run_id, task.namespace)?;
+        let flow_id = self.render_str(run_id, task.flow_id)?;
+        let revision = match task.revision {
             None => None,
             Some(p) => Some(
                 self.render_prop(run_id, p)
                     .map_err(|e| format!("invalid revision: {e}"))?,
             ),
         };
-        let wait = self
-            .bool_prop(run_id, &task.wait, true)
-            .map_err(|e| format!("invalid wait: {e}"))?;
         let inherit = self
-            .bool_prop(run_id, &task.inherit_labels, false)
+            .bool_prop(run_id, task.inherit_labels, false)
             .map_err(|e| format!("invalid inheritLabels: {e}"))?;
-        let ctx = self.context_for(run_id);
+        let mut ctx = self.context_for(run_id);
+        if let Some((iteration, uri)) = batch
+            && let Some(taskrun) = ctx.get_mut("taskrun")
+        {
+            taskrun["items"] = json!(uri);
+            taskrun["iteration"] = json!(iteration);
+        }
         let mut inputs = Map::new();
         for (k, v) in task.inputs.iter().flatten() {
             let rendered = self
@@ -121,7 +160,7 @@ impl Run<'_> {
                 .map_err(|e| format!("input '{k}': {e}"))?;
             inputs.insert(k.clone(), rendered);
         }
-        let task_labels = match &task.labels {
+        let task_labels = match task.labels {
             None => Vec::new(),
             Some(l) => {
                 let rendered = self
@@ -131,7 +170,7 @@ impl Run<'_> {
                 labels_of(&rendered)?
             }
         };
-        let schedule_date = match &task.schedule_date {
+        let schedule_date = match task.schedule_date {
             None => None,
             Some(s) => {
                 let s = self.render_str(run_id, s)?;
@@ -142,7 +181,15 @@ impl Run<'_> {
                 )
             }
         };
-        let child_id = task_run_id(&self.exec.id, Some(run_id), "\u{0}subflow", None);
+        let child_id = match batch {
+            None => task_run_id(&self.exec.id, Some(run_id), "\u{0}subflow", None),
+            Some((iteration, _)) => task_run_id(
+                &self.exec.id,
+                Some(run_id),
+                "\u{0}foreachitem",
+                Some(&iteration.to_string()),
+            ),
+        };
         let mut child = Execution::new(namespace, flow_id, revision.unwrap_or(0));
         child.id = child_id;
         child.tenant_id = self.exec.tenant_id.clone();
@@ -179,25 +226,28 @@ impl Run<'_> {
         if let Some(v) = &run.value {
             variables.insert("taskRunValue".into(), json!(v));
         }
-        if let Some(i) = run.iteration {
+        let iteration = batch.map(|(i, _)| i).or(run.iteration);
+        if let Some(i) = iteration {
             variables.insert("taskRunIteration".into(), json!(i));
         }
         variables.insert("subflowDepth".into(), json!(child_depth));
+        let trigger_type = if batch.is_some() {
+            fei::ITEMS_TYPE
+        } else {
+            SUBFLOW_TRIGGER_TYPE
+        };
         child.trigger = Some(ExecutionTrigger {
             id: run.task_id.clone(),
-            type_: SUBFLOW_TRIGGER_TYPE.into(),
+            type_: trigger_type.into(),
             variables,
         });
-        Ok((
-            SubflowRequest {
-                execution: child,
-                revision,
-                inputs,
-                task_labels,
-                parent_task_run_id: run_id.to_string(),
-            },
-            wait,
-        ))
+        Ok(SubflowRequest {
+            execution: child,
+            revision,
+            inputs,
+            task_labels,
+            parent_task_run_id: run_id.to_string(),
+        })
     }
 
     pub(super) fn apply_subflow_result(&mut self, r: &SubflowExecutionResult) {
@@ -208,6 +258,10 @@ impl Run<'_> {
             ));
             return;
         };
+        if super::for_each_item::is_batches_task(self.index, &run.task_id) {
+            self.apply_batch_result(r);
+            return;
+        }
         let known = run
             .outputs
             .as_ref()
