@@ -1615,10 +1615,14 @@ fn push_flow_where(qb: &mut Qb, q: &FlowQuery) {
     }
 }
 
-#[async_trait]
-impl FlowRepository for Store {
-    async fn save(&self, mut record: FlowRecord) -> RepoResult<(FlowRecord, SaveOutcome)> {
+impl Store {
+    /// One attempt of [`FlowRepository::save`], in one transaction.
+    async fn save_flow_once(
+        &self,
+        mut record: FlowRecord,
+    ) -> RepoResult<(FlowRecord, SaveOutcome)> {
         let err = repo_err("save flow");
+
         let mut tx = begin_write(&self.write).await.map_err(&err)?;
         let latest = latest_flow_in(
             &mut tx,
@@ -1642,7 +1646,26 @@ impl FlowRepository for Store {
         tx.commit().await.map_err(&err)?;
         Ok((record, outcome))
     }
+}
 
+#[async_trait]
+impl FlowRepository for Store {
+    async fn save(&self, record: FlowRecord) -> RepoResult<(FlowRecord, SaveOutcome)> {
+        // Two first saves of one flow both find no row to lock, and one of them then hits the
+        // primary key (PostgreSQL, MySQL; MySQL may report a deadlock instead). The transaction
+        // rolled back, so saving again is safe: the retry sees the other save's revision.
+        let mut attempt = 0;
+        loop {
+            match self.save_flow_once(record.clone()).await {
+                Err(e) if attempt < RETRIES => {
+                    attempt += 1;
+                    tracing::debug!(flow = %record.id, attempt, "flow save failed, retrying: {e}");
+                    backoff(attempt).await;
+                }
+                other => return other,
+            }
+        }
+    }
     async fn find(
         &self,
         tenant: &str,

@@ -1608,6 +1608,61 @@ pub async fn trigger_claims(repos: &Repositories) {
     }
 }
 
+/// Concurrent saves of one new flow all succeed: with one source, exactly one creates revision 1
+/// and the others find it unchanged; with different sources, every save gets its own revision.
+pub async fn flow_concurrent_first_saves(repos: &Repositories) {
+    let tn = tenant("flow-race");
+    for (round, same_source) in [(0, true), (1, false)] {
+        let id = format!("raced{round}");
+        let mut handles = Vec::new();
+        for i in 0..6 {
+            let flows = repos.flows.clone();
+            let message = if same_source {
+                "same".to_string()
+            } else {
+                format!("m{i}")
+            };
+            let record = flow(&tn, "company", &id, "race", &message, &[]);
+            handles.push(tokio::spawn(async move { flows.save(record).await }));
+        }
+        let mut outcomes = Vec::new();
+        for h in handles {
+            match h.await {
+                Ok(r) => outcomes.push(ok(r, "concurrent first save of a flow")),
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(e) => panic!("save task failed: {e}"),
+            }
+        }
+        let created = outcomes
+            .iter()
+            .filter(|(_, o)| *o == SaveOutcome::Created)
+            .count();
+        assert_eq!(
+            created, 1,
+            "exactly one save creates the flow: {outcomes:?}"
+        );
+        let revisions: BTreeSet<i32> = outcomes.iter().map(|(r, _)| r.revision).collect();
+        if same_source {
+            assert_eq!(
+                revisions,
+                BTreeSet::from([1]),
+                "one source, one revision: {outcomes:?}"
+            );
+        } else {
+            assert_eq!(
+                revisions,
+                (1..=6).collect::<BTreeSet<i32>>(),
+                "six sources, six revisions: {outcomes:?}"
+            );
+        }
+        let stored = ok(
+            repos.flows.revisions(&tn, "company", &id).await,
+            "flow revisions",
+        );
+        assert_eq!(stored.len(), revisions.len());
+    }
+}
+
 /// Two schedulers claiming concurrently over 50 due triggers get disjoint sets that together cover
 /// all 50.
 pub async fn trigger_concurrent_claims(repos: &Repositories) {
@@ -1743,6 +1798,7 @@ pub async fn service_instances(repos: &Repositories) {
 pub async fn run_all(repos: &Repositories) {
     flow_revisions(repos).await;
     flow_search(repos).await;
+    flow_concurrent_first_saves(repos).await;
     execution_search(repos).await;
     execution_sort_and_pagination(repos).await;
     execution_delete_and_purge(repos).await;
@@ -1857,7 +1913,17 @@ mod tests {
     #[async_trait]
     impl FlowRepository for Mem {
         async fn save(&self, mut record: FlowRecord) -> RepoResult<(FlowRecord, SaveOutcome)> {
-            let latest = self.latest(&record.tenant_id, &record.namespace, &record.id);
+            // Read and insert under one lock: concurrent saves get distinct revisions.
+            let mut flows = lock(&self.flows);
+            let latest = flows
+                .iter()
+                .filter(|f| {
+                    f.tenant_id == record.tenant_id
+                        && f.namespace == record.namespace
+                        && f.id == record.id
+                })
+                .max_by_key(|f| f.revision)
+                .cloned();
             let outcome = match &latest {
                 Some(l) if !l.deleted && l.source == record.source => {
                     return Ok((l.clone(), SaveOutcome::Unchanged));
@@ -1868,7 +1934,7 @@ mod tests {
             record.revision = latest.map_or(1, |l| l.revision + 1);
             record.updated = Utc::now();
             record.deleted = false;
-            lock(&self.flows).push(record.clone());
+            flows.push(record.clone());
             Ok((record, outcome))
         }
         async fn find(
