@@ -236,6 +236,7 @@ impl ExecutorService {
                 };
                 let was_terminated = current.as_ref().is_some_and(|c| c.state.is_terminated());
                 let previous_state = current.as_ref().map(|c| c.state.current());
+                let previous_history = current.as_ref().map_or(0, |c| c.state.histories().len());
                 let mut current = current;
                 let mut pending = vec![event];
                 while let Some(event) = pending.pop() {
@@ -325,7 +326,13 @@ impl ExecutorService {
                         }
                     }
                 }
-                if !was_terminated
+                // Ended in this unit: it was running, or a restart in this unit already ended it
+                // again (e.g. refused by a concurrency limit): its parent waits for the result.
+                let ended_again = was_terminated
+                    && current
+                        .as_ref()
+                        .is_some_and(|c| c.state.histories().len() > previous_history);
+                if (!was_terminated || ended_again)
                     && let Some(result) = current.as_ref().and_then(result_for_parent)
                 {
                     outgoing.push(result.envelope()?);
