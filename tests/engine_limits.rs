@@ -3,7 +3,8 @@
 //!   executions running at once, and every execution ends SUCCESS, in creation order of start;
 //! - with `behavior: CANCEL`, executions over the limit end CANCELLED and none overlap;
 //! - a retry scheduled before a full restart of the engine still happens after it;
-//! - a task running three times longer than the worker's job lease runs once (the lease is renewed).
+//! - a task running three times longer than the worker's job lease runs once (the lease is renewed);
+//! - a restarted execution of a limited flow waits (QUEUED) for the slot held by another one.
 //!
 //! On SQLite always; on PostgreSQL and MariaDB when their URLs are set (required under CI=true).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -15,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use indexmap::IndexMap;
+use kestra::core::inputs::RawInput;
 use kestra::core::model::{Execution, StateType};
 use kestra::jdbc::JdbcBackend;
 use kestra::storage::LocalStorage;
@@ -197,6 +199,72 @@ async fn long_task_outlives_its_lease(url: &str) {
     engine.shutdown().await;
 }
 
+async fn restart_takes_a_slot(url: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let ns = format!("limits.s{}", kestra::core::model::new_id().to_lowercase());
+    let flag = dir.path().join("flag");
+    let engine = engine(url, dir.path(), Components::default()).await;
+    engine
+        .deploy(&format!("id: one\nnamespace: {ns}\nconcurrency:\n  limit: 1\ninputs:\n  - id: mode\n    type: STRING\ntasks:\n  - id: t\n    type: io.kestra.plugin.scripts.shell.Commands\n    commands: [\"if [ {{{{ inputs.mode }}}} = hold ]; then sleep 2; else test -f {}; fi\"]\n", flag.display()))
+        .await
+        .unwrap();
+    let mode = |m: &str| IndexMap::from([("mode".to_string(), RawInput::Text(m.to_string()))]);
+    let first = engine.execute(&ns, "one", mode("check")).await.unwrap();
+    let first = engine
+        .wait_for(&first.id, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(first.state.current(), StateType::Failed, "no flag yet");
+    let holder = engine.execute(&ns, "one", mode("hold")).await.unwrap();
+    wait_state(&engine, &holder.id, StateType::Running).await;
+    std::fs::write(&flag, b"now it passes").unwrap();
+    engine.restart(&first.id).await.unwrap();
+    wait_state(&engine, &first.id, StateType::Queued).await;
+    let holder = engine
+        .wait_for(&holder.id, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let restarted = engine
+        .wait_for(&first.id, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(holder.state.current(), StateType::Success);
+    assert_eq!(restarted.state.current(), StateType::Success);
+    let running_again = restarted
+        .state
+        .histories()
+        .iter()
+        .rev()
+        .find(|h| h.state == StateType::Running)
+        .unwrap()
+        .date;
+    assert!(
+        running_again >= holder.state.end_date().unwrap(),
+        "the restart ran only once the slot was free"
+    );
+    engine.shutdown().await;
+}
+
+/// Wait until the execution is in `state` (at most 20 s).
+async fn wait_state(engine: &Engine, id: &str, state: StateType) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let current = engine
+            .execution(id)
+            .await
+            .unwrap()
+            .map(|e| e.state.current());
+        if current == Some(state) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "execution {id} never reached {state} (is {current:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn limits_sqlite() {
     let dir = tempfile::tempdir().unwrap();
@@ -205,6 +273,8 @@ async fn limits_sqlite() {
     retry_survives_restart(&sqlite_url(&dir)).await;
     let dir = tempfile::tempdir().unwrap();
     long_task_outlives_its_lease(&sqlite_url(&dir)).await;
+    let dir = tempfile::tempdir().unwrap();
+    restart_takes_a_slot(&sqlite_url(&dir)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -213,6 +283,7 @@ async fn limits_postgres() {
         concurrency(&url).await;
         retry_survives_restart(&url).await;
         long_task_outlives_its_lease(&url).await;
+        restart_takes_a_slot(&url).await;
     }
 }
 
@@ -222,5 +293,6 @@ async fn limits_mysql() {
         concurrency(&url).await;
         retry_survives_restart(&url).await;
         long_task_outlives_its_lease(&url).await;
+        restart_takes_a_slot(&url).await;
     }
 }
