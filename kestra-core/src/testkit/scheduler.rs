@@ -602,42 +602,46 @@ pub async fn two_schedulers_one_evaluation_per_due_date(
 }
 
 /// Every scenario of this module, one after the other, on one backend (of their own: they consume
-/// the executor's and the workers' messages of their tenants).
+/// the executor's and the workers' messages of their tenants). Prints how long each took.
 pub async fn run_all(repos: &Repositories, queue: Arc<dyn Queue>) {
-    fires_once_per_slot_with_variables_labels_and_inputs(repos, queue.clone()).await;
-    two_schedulers_never_fire_a_slot_twice(repos, queue.clone()).await;
-    lock_is_held_while_the_execution_runs(repos, queue.clone()).await;
-    lock_of_a_deleted_execution_is_released_after_the_grace(repos, queue.clone()).await;
-    stop_after_disables_the_trigger(repos, queue.clone()).await;
-    broken_triggers_are_disabled_with_an_error_once(repos, queue.clone()).await;
-    disabled_then_enabled_recovers_and_never_skips_the_next_slot(repos, queue.clone()).await;
-    recovery_after_downtime_through_the_service(repos, queue.clone()).await;
-    conditions_skip_slots_in_the_service(repos, queue.clone()).await;
-    schedule_on_dates_in_the_service(repos, queue.clone()).await;
-    backfill_fires_every_slot_in_order_then_clears(repos, queue.clone()).await;
-    removed_triggers_lose_their_state_and_cron_changes_reschedule(repos, queue.clone()).await;
-    run_loop_ticks_until_shutdown(repos, queue.clone()).await;
-    polling_trigger_sends_one_evaluation_per_due_date_and_waits_for_its_result(
-        repos,
-        queue.clone(),
-    )
-    .await;
-    polling_result_starts_one_execution_with_trigger_variables(repos, queue.clone()).await;
-    polling_conditions_false_start_nothing(repos, queue.clone()).await;
-    polling_lock_holds_evaluations_while_the_execution_runs(repos, queue.clone()).await;
-    polling_evaluation_errors_are_kept_in_the_state_and_abandoned_evaluations_resent(
-        repos,
-        queue.clone(),
-    )
-    .await;
-    polling_trigger_whose_inputs_cannot_render_is_disabled_with_an_error(repos, queue.clone())
-        .await;
-    two_schedulers_send_one_evaluation_per_due_date(repos, queue.clone()).await;
-    polling_stop_after_disables_the_trigger(repos, queue.clone()).await;
-    polling_trigger_with_a_zero_interval_is_disabled_with_an_error(repos, queue.clone()).await;
-    two_schedulers_one_execution_per_slot(repos, queue.clone()).await;
-    scheduler_killed_mid_run(repos, queue.clone()).await;
-    two_schedulers_one_evaluation_per_due_date(repos, queue).await;
+    let mut times = Vec::new();
+    macro_rules! run {
+        ($($scenario:ident),* $(,)?) => {$(
+            let started = std::time::Instant::now();
+            $scenario(repos, queue.clone()).await;
+            times.push((stringify!($scenario), started.elapsed()));
+        )*};
+    }
+    run!(
+        fires_once_per_slot_with_variables_labels_and_inputs,
+        two_schedulers_never_fire_a_slot_twice,
+        lock_is_held_while_the_execution_runs,
+        lock_of_a_deleted_execution_is_released_after_the_grace,
+        stop_after_disables_the_trigger,
+        broken_triggers_are_disabled_with_an_error_once,
+        disabled_then_enabled_recovers_and_never_skips_the_next_slot,
+        recovery_after_downtime_through_the_service,
+        conditions_skip_slots_in_the_service,
+        schedule_on_dates_in_the_service,
+        backfill_fires_every_slot_in_order_then_clears,
+        removed_triggers_lose_their_state_and_cron_changes_reschedule,
+        run_loop_ticks_until_shutdown,
+        polling_trigger_sends_one_evaluation_per_due_date_and_waits_for_its_result,
+        polling_result_starts_one_execution_with_trigger_variables,
+        polling_conditions_false_start_nothing,
+        polling_lock_holds_evaluations_while_the_execution_runs,
+        polling_evaluation_errors_are_kept_in_the_state_and_abandoned_evaluations_resent,
+        polling_trigger_whose_inputs_cannot_render_is_disabled_with_an_error,
+        two_schedulers_send_one_evaluation_per_due_date,
+        polling_stop_after_disables_the_trigger,
+        polling_trigger_with_a_zero_interval_is_disabled_with_an_error,
+        two_schedulers_one_execution_per_slot,
+        scheduler_killed_mid_run,
+        two_schedulers_one_evaluation_per_due_date,
+    );
+    for (scenario, took) in times {
+        eprintln!("scheduler scenario {scenario}: {took:?}");
+    }
 }
 
 // ------------------------------------------------------------------------------------------------
