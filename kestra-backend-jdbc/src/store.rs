@@ -1634,6 +1634,9 @@ impl Store {
         .await?;
         let outcome = match &latest {
             Some(l) if !l.deleted && l.source == record.source => {
+                // End the transaction now: a dropped one is only rolled back when its connection
+                // goes back to the pool, and holds its locks until then.
+                tx.rollback().await.map_err(&err)?;
                 return Ok((l.clone(), SaveOutcome::Unchanged));
             }
             Some(l) if !l.deleted => SaveOutcome::Updated,
@@ -2159,6 +2162,9 @@ impl TriggerRepository for Store {
             .await
             .map_err(&err)?;
         if rows.is_empty() {
+            // End the transaction now: a dropped one is only rolled back when its connection goes
+            // back to the pool, and keeps the rows it locked from other schedulers' claims until then.
+            tx.rollback().await.map_err(&err)?;
             return Ok(Vec::new());
         }
         let uids: Vec<String> = rows
@@ -2202,6 +2208,8 @@ impl TriggerRepository for Store {
             .await
             .map_err(&err)?;
         let Some(row) = row else {
+            // As in `claim_due`: do not leave the transaction to a late rollback.
+            tx.rollback().await.map_err(&err)?;
             return Ok(None);
         };
         let trigger = parse_doc(&row, "trigger", "uid", "claim trigger")?;

@@ -76,3 +76,8 @@ async fn purge_offline() {
 async fn scheduler_scenarios() {
     scheduler_suite(&sqlite_url()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scheduler_scenarios_in_memory() {
+    scheduler_suite("sqlite::memory:").await;
+}

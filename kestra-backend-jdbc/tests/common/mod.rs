@@ -466,24 +466,12 @@ pub async fn offline_purge(url: &str, backend: JdbcBackend) {
     assert_eq!(again.queue_stats().await.unwrap().dead_letters, 0);
 }
 
-/// The scheduler scenarios of the testkit: two schedulers over 200 cron slots (exactly one execution
-/// per slot), a scheduler killed mid-run, and two schedulers sharing polling triggers.
+/// The scheduler scenarios of the testkit ([`testkit::scheduler::run_all`]): the service behaviour by
+/// behaviour (cron, lock, recovery, conditions, ScheduleOnDates, backfill, stopAfter, broken triggers,
+/// polling triggers), two schedulers over 200 cron slots (exactly one execution per slot), a
+/// scheduler killed mid-run, and two schedulers sharing polling triggers.
 pub async fn scheduler_suite(url: &str) {
     let backend = connect(url).await;
-    kestra_core::testkit::scheduler::two_schedulers_one_execution_per_slot(
-        &backend.repositories(),
-        backend.queue(),
-    )
-    .await;
-    kestra_core::testkit::scheduler::scheduler_killed_mid_run(
-        &backend.repositories(),
-        backend.queue(),
-    )
-    .await;
-    kestra_core::testkit::scheduler::two_schedulers_one_evaluation_per_due_date(
-        &backend.repositories(),
-        backend.queue(),
-    )
-    .await;
+    testkit::scheduler::run_all(&backend.repositories(), backend.queue()).await;
     backend.close().await;
 }
