@@ -1622,7 +1622,6 @@ impl Store {
         mut record: FlowRecord,
     ) -> RepoResult<(FlowRecord, SaveOutcome)> {
         let err = repo_err("save flow");
-
         let mut tx = begin_write(&self.write).await.map_err(&err)?;
         let latest = latest_flow_in(
             &mut tx,
