@@ -48,6 +48,33 @@ pub struct TriggerState {
 }
 
 impl TriggerState {
+    /// The state of a trigger seen for the first time: nothing fired, nothing scheduled yet.
+    pub fn new(
+        tenant: &str,
+        namespace: &str,
+        flow_id: &str,
+        trigger_id: &str,
+        flow_revision: i32,
+        now: DateTime<Utc>,
+    ) -> TriggerState {
+        TriggerState {
+            tenant_id: tenant.to_string(),
+            namespace: namespace.to_string(),
+            flow_id: flow_id.to_string(),
+            trigger_id: trigger_id.to_string(),
+            flow_revision: Some(flow_revision),
+            date: None,
+            next_execution_date: None,
+            execution_id: None,
+            evaluate_running_date: None,
+            worker_id: None,
+            disabled: false,
+            error: None,
+            backfill: None,
+            updated_date: now,
+        }
+    }
+
     /// Stable key `tenant_namespace_flow_trigger`, as Kestra's `Trigger.uid`.
     pub fn uid(&self) -> String {
         trigger_uid(

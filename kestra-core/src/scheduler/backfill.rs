@@ -114,22 +114,7 @@ pub async fn backfill(
     let uid = trigger_uid(tenant, namespace, flow_id, trigger_id);
     let mut state = match triggers.find(&uid).await? {
         Some(s) => s,
-        None => TriggerState {
-            tenant_id: tenant.to_string(),
-            namespace: namespace.to_string(),
-            flow_id: flow_id.to_string(),
-            trigger_id: trigger_id.to_string(),
-            flow_revision: Some(record.revision),
-            date: None,
-            next_execution_date: None,
-            execution_id: None,
-            evaluate_running_date: None,
-            worker_id: None,
-            disabled: false,
-            error: None,
-            backfill: None,
-            updated_date: now,
-        },
+        None => TriggerState::new(tenant, namespace, flow_id, trigger_id, record.revision, now),
     };
     if state.backfill.is_some() {
         return Err(SchedulerError::Conflict(format!(

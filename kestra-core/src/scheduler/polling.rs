@@ -197,22 +197,14 @@ impl SchedulerService {
         let uid = trigger_uid(tenant, &flow.namespace, &flow.id, &entry.trigger.id);
         let interval = interval_of(entry);
         let Some(existing) = existing else {
-            let mut state = TriggerState {
-                tenant_id: tenant.to_string(),
-                namespace: flow.namespace.clone(),
-                flow_id: flow.id.clone(),
-                trigger_id: entry.trigger.id.clone(),
-                flow_revision: Some(entry.revision),
-                date: None,
-                next_execution_date: None,
-                execution_id: None,
-                evaluate_running_date: None,
-                worker_id: None,
-                disabled: false,
-                error: None,
-                backfill: None,
-                updated_date: now,
-            };
+            let mut state = TriggerState::new(
+                tenant,
+                &flow.namespace,
+                &flow.id,
+                &entry.trigger.id,
+                entry.revision,
+                now,
+            );
             match interval {
                 Ok(interval) => state.next_execution_date = Some(now + to_chrono(interval)),
                 Err(message) => {

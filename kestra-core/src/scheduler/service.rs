@@ -509,22 +509,14 @@ impl SchedulerService {
         let uid = trigger_uid(tenant, &flow.namespace, &flow.id, &entry.trigger.id);
         let compiled = self.compile(entry);
         let Some(existing) = existing else {
-            let mut state = TriggerState {
-                tenant_id: tenant.to_string(),
-                namespace: flow.namespace.clone(),
-                flow_id: flow.id.clone(),
-                trigger_id: entry.trigger.id.clone(),
-                flow_revision: Some(entry.revision),
-                date: None,
-                next_execution_date: None,
-                execution_id: None,
-                evaluate_running_date: None,
-                worker_id: None,
-                disabled: false,
-                error: None,
-                backfill: None,
-                updated_date: now,
-            };
+            let mut state = TriggerState::new(
+                tenant,
+                &flow.namespace,
+                &flow.id,
+                &entry.trigger.id,
+                entry.revision,
+                now,
+            );
             match compiled.and_then(|c| c.timetable.next_after(now).map_err(|e| e.to_string())) {
                 Ok(next) => state.next_execution_date = next,
                 Err(message) => disable_with_error(&mut state, &message),
