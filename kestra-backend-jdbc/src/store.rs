@@ -1339,6 +1339,12 @@ async fn count(pool: &Pool<Db>, qb: &mut Qb, operation: &'static str) -> RepoRes
     Ok(u64::try_from(c).unwrap_or(0))
 }
 
+/// The `total_rows` window count (`COUNT(*) OVER ()`) carried by a page's rows.
+fn window_total(row: &DbRow, operation: &'static str) -> RepoResult<u64> {
+    let c: i64 = get(row, "total_rows").map_err(repo_err(operation))?;
+    Ok(u64::try_from(c).unwrap_or(0))
+}
+
 fn parse_doc<T: serde::de::DeserializeOwned>(
     row: &DbRow,
     entity: &'static str,
@@ -1388,10 +1394,10 @@ impl ExecutionRepository for Store {
             "e.start_date DESC, e.id DESC",
             "e.id ASC",
         )?;
-        let mut qb = Qb::new("SELECT COUNT(*) AS c FROM executions e");
-        push_execution_where(&mut qb, query);
-        let total = count(&self.read, &mut qb, "search executions").await?;
-        let mut qb = Qb::new("SELECT e.id, e.doc FROM executions e");
+        // The total comes from the same statement as the page (one snapshot: they agree even
+        // while rows are being written); a later page past the end has no row to carry it.
+        let mut qb =
+            Qb::new("SELECT e.id, e.doc, COUNT(*) OVER () AS total_rows FROM executions e");
         push_execution_where(&mut qb, query);
         qb.push(order);
         push_page(&mut qb, offset, limit);
@@ -1400,6 +1406,16 @@ impl ExecutionRepository for Store {
             .fetch_all(&self.read)
             .await
             .map_err(repo_err("search executions"))?;
+        let total = match rows.first() {
+            // The first page is empty: nothing matches.
+            None if offset == 0 => 0,
+            Some(row) => window_total(row, "search executions")?,
+            None => {
+                let mut qb = Qb::new("SELECT COUNT(*) AS c FROM executions e");
+                push_execution_where(&mut qb, query);
+                count(&self.read, &mut qb, "search executions").await?
+            }
+        };
         let results = rows
             .iter()
             .map(|r| parse_doc(r, "execution", "id", "search executions"))
@@ -1752,10 +1768,11 @@ impl FlowRepository for Store {
             "f.updated DESC, f.namespace ASC, f.flow_id ASC",
             "f.namespace ASC, f.flow_id ASC",
         )?;
-        let mut qb = Qb::new("SELECT COUNT(*) AS c FROM flows f");
-        push_flow_where(&mut qb, query);
-        let total = count(&self.read, &mut qb, "search flows").await?;
-        let mut qb = Qb::new(format!("SELECT {FLOW_COLUMNS} FROM flows f"));
+        // The total comes from the same statement as the page (one snapshot: they agree even
+        // while rows are being written); a later page past the end has no row to carry it.
+        let mut qb = Qb::new(format!(
+            "SELECT {FLOW_COLUMNS}, COUNT(*) OVER () AS total_rows FROM flows f"
+        ));
         push_flow_where(&mut qb, query);
         qb.push(order);
         push_page(&mut qb, offset, limit);
@@ -1764,6 +1781,16 @@ impl FlowRepository for Store {
             .fetch_all(&self.read)
             .await
             .map_err(repo_err("search flows"))?;
+        let total = match rows.first() {
+            // The first page is empty: nothing matches.
+            None if offset == 0 => 0,
+            Some(row) => window_total(row, "search flows")?,
+            None => {
+                let mut qb = Qb::new("SELECT COUNT(*) AS c FROM flows f");
+                push_flow_where(&mut qb, query);
+                count(&self.read, &mut qb, "search flows").await?
+            }
+        };
         let results = rows
             .iter()
             .map(|r| flow_from_row(r, "search flows"))
@@ -1918,10 +1945,9 @@ impl LogRepository for Store {
             "l.ts DESC, l.id DESC",
             "l.id ASC",
         )?;
-        let mut qb = Qb::new("SELECT COUNT(*) AS c FROM logs l");
-        push_log_where(&mut qb, query);
-        let total = count(&self.read, &mut qb, "search logs").await?;
-        let mut qb = Qb::new("SELECT l.id, l.doc FROM logs l");
+        // The total comes from the same statement as the page (one snapshot: they agree even
+        // while rows are being written); a later page past the end has no row to carry it.
+        let mut qb = Qb::new("SELECT l.id, l.doc, COUNT(*) OVER () AS total_rows FROM logs l");
         push_log_where(&mut qb, query);
         qb.push(order);
         push_page(&mut qb, offset, limit);
@@ -1930,6 +1956,16 @@ impl LogRepository for Store {
             .fetch_all(&self.read)
             .await
             .map_err(repo_err("search logs"))?;
+        let total = match rows.first() {
+            // The first page is empty: nothing matches.
+            None if offset == 0 => 0,
+            Some(row) => window_total(row, "search logs")?,
+            None => {
+                let mut qb = Qb::new("SELECT COUNT(*) AS c FROM logs l");
+                push_log_where(&mut qb, query);
+                count(&self.read, &mut qb, "search logs").await?
+            }
+        };
         Ok(Page {
             results: docs(&rows, "log", "search logs")?,
             total,
@@ -2107,10 +2143,9 @@ impl TriggerRepository for Store {
             "t.updated DESC, t.uid ASC",
             "t.uid ASC",
         )?;
-        let mut qb = Qb::new("SELECT COUNT(*) AS c FROM triggers t");
-        push_trigger_where(&mut qb, query);
-        let total = count(&self.read, &mut qb, "search triggers").await?;
-        let mut qb = Qb::new("SELECT t.uid, t.doc FROM triggers t");
+        // The total comes from the same statement as the page (one snapshot: they agree even
+        // while rows are being written); a later page past the end has no row to carry it.
+        let mut qb = Qb::new("SELECT t.uid, t.doc, COUNT(*) OVER () AS total_rows FROM triggers t");
         push_trigger_where(&mut qb, query);
         qb.push(order);
         push_page(&mut qb, offset, limit);
@@ -2119,6 +2154,16 @@ impl TriggerRepository for Store {
             .fetch_all(&self.read)
             .await
             .map_err(repo_err("search triggers"))?;
+        let total = match rows.first() {
+            // The first page is empty: nothing matches.
+            None if offset == 0 => 0,
+            Some(row) => window_total(row, "search triggers")?,
+            None => {
+                let mut qb = Qb::new("SELECT COUNT(*) AS c FROM triggers t");
+                push_trigger_where(&mut qb, query);
+                count(&self.read, &mut qb, "search triggers").await?
+            }
+        };
         let results = rows
             .iter()
             .map(|r| parse_doc(r, "trigger", "uid", "search triggers"))

@@ -481,6 +481,47 @@ async fn execution_set(repos: &Repositories, check: &str) -> ExecutionSet {
     set
 }
 
+/// A search's page and its total come from one snapshot: while another task keeps saving new
+/// executions, every search whose page is not full reports exactly as many results as its total.
+pub async fn execution_search_page_agrees_with_total(repos: &Repositories) {
+    let tn = tenant("execution-snapshot");
+    let writer = {
+        let executions = repos.executions.clone();
+        let tn = tn.clone();
+        tokio::spawn(async move {
+            for i in 0..150 {
+                let e = execution(&tn, "company", "busy", t(i), StateType::Success);
+                ok(executions.save(&e).await, "save execution");
+            }
+        })
+    };
+    let query = ExecutionQuery {
+        tenant_id: Some(tn.clone()),
+        ..Default::default()
+    };
+    let mut searches = 0;
+    while !writer.is_finished() || searches < 20 {
+        let page = ok(
+            repos
+                .executions
+                .search(&query, &Pageable::new(1, 1_000))
+                .await,
+            "search executions",
+        );
+        assert_eq!(
+            page.total,
+            page.results.len() as u64,
+            "a page holding every result must agree with its total (search {searches})"
+        );
+        searches += 1;
+    }
+    match writer.await {
+        Ok(()) => {}
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => panic!("writer failed: {e}"),
+    }
+}
+
 /// Executions: save and `find_by_id` (exact round trip, per tenant), and search by namespace (with
 /// children), flow id (exact), states (any of), start date range (inclusive), labels (all), `q` (id,
 /// namespace, flow id, label values; case-insensitive) and parent id, ANDed.
@@ -1800,6 +1841,7 @@ pub async fn run_all(repos: &Repositories) {
     flow_search(repos).await;
     flow_concurrent_first_saves(repos).await;
     execution_search(repos).await;
+    execution_search_page_agrees_with_total(repos).await;
     execution_sort_and_pagination(repos).await;
     execution_delete_and_purge(repos).await;
     logs(repos).await;
