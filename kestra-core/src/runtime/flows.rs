@@ -2,6 +2,7 @@
 //! from a [`FlowSource`]. Revisions are immutable, so an entry never goes stale.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
@@ -136,6 +137,9 @@ pub struct FlowCache {
     registry: Arc<TaskRegistry>,
     entries: RwLock<HashMap<Key, Arc<FlowIndex>>>,
     trigger_flows: RwLock<HashMap<String, TriggerFlows>>,
+    /// Bumped by every invalidation: a read of the flows with triggers that started before an
+    /// invalidation may return what it read, but never caches it (it may predate the change).
+    trigger_generation: std::sync::atomic::AtomicU64,
 }
 
 impl FlowCache {
@@ -146,6 +150,7 @@ impl FlowCache {
             registry,
             entries: RwLock::new(HashMap::new()),
             trigger_flows: RwLock::new(HashMap::new()),
+            trigger_generation: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -163,8 +168,11 @@ impl FlowCache {
         {
             return Ok(flows);
         }
+        let generation = self.trigger_generation.load(Ordering::SeqCst);
         let flows = Arc::new(self.source.flows_with_triggers(tenant).await?);
-        if let Ok(mut m) = self.trigger_flows.write() {
+        if let Ok(mut m) = self.trigger_flows.write()
+            && self.trigger_generation.load(Ordering::SeqCst) == generation
+        {
             m.insert(
                 tenant.to_string(),
                 (std::time::Instant::now(), flows.clone()),
@@ -175,6 +183,7 @@ impl FlowCache {
 
     /// Forget the cached lists of flows with triggers (a flow changed).
     pub fn invalidate_trigger_flows(&self) {
+        self.trigger_generation.fetch_add(1, Ordering::SeqCst);
         if let Ok(mut m) = self.trigger_flows.write() {
             m.clear();
         }
