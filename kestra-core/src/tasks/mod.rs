@@ -7,6 +7,7 @@
 //! - [`http`]: http.Request, http.Download, and the polling http.Trigger.
 //! - [`script`]: scripts.{shell,python,node}.{Commands,Script} on the Process runner.
 //! - [`kv`]: kv.Set, kv.Get, kv.Delete.
+//! - [`state`]: state.Set, state.Get, state.Delete.
 //! - [`storage`]: storage.LocalFiles, Concat, Split, Size, Delete, PurgeCurrentExecutionFiles, Write.
 //! - [`working_directory`]: flow.WorkingDirectory, whose children run on the worker in one directory.
 //! - [`for_each_item`]: the internal `_split` and `_merge` tasks of flow.ForEachItem.
@@ -16,6 +17,7 @@ pub mod for_each_item;
 pub mod http;
 pub mod kv;
 pub mod script;
+pub mod state;
 pub mod storage;
 pub mod working_directory;
 
@@ -38,6 +40,7 @@ pub fn register_core_runners(registry: &mut RunnerRegistry) {
         .register::<t::HttpRequest>()
         .register::<t::HttpDownload>()
         .register::<t::KvSet>()
+        .register::<t::StateSet>()
         .register::<t::LocalFiles>()
         .register::<t::Concat>()
         .register::<t::Split>()
@@ -61,6 +64,15 @@ pub fn register_core_runners(registry: &mut RunnerRegistry) {
         registry.register_with(name, move |task, tasks: &TaskRegistry| {
             let props = tasks.decode::<t::KvKey>(task)?;
             Ok(Box::new(kv::KvKeyTask { props, delete }) as Box<dyn RunnableTask>)
+        });
+    }
+    for (name, delete) in [
+        ("io.kestra.plugin.core.state.Get", false),
+        ("io.kestra.plugin.core.state.Delete", true),
+    ] {
+        registry.register_with(name, move |task, tasks: &TaskRegistry| {
+            let props = tasks.decode::<t::StateKey>(task)?;
+            Ok(Box::new(state::StateKeyTask { props, delete }) as Box<dyn RunnableTask>)
         });
     }
     for language in script::Language::ALL {
