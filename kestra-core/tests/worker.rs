@@ -888,6 +888,93 @@ fn state_tasks_validate_their_own_properties() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// templating.TemplatedTask
+// ---------------------------------------------------------------------------------------------
+
+fn templated(spec: &str) -> Value {
+    json!({"id": "tpl", "type": "io.kestra.plugin.core.templating.TemplatedTask", "spec": spec})
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn templated_task_renders_its_spec_and_runs_the_task() {
+    // the spec is rendered first (the type itself comes from an expression), then the task runs
+    let r = run_with(
+        templated(
+            "id: inner\ntype: io.kestra.plugin.core.{{ inputs.kind }}\nformat: \"{{ flow.id }}-{{ inputs.n * 2 }}\"",
+        ),
+        json!({"inputs": {"kind": "debug.Return", "n": 21}}),
+        Arc::new(MemStorage::default()),
+    )
+    .await;
+    assert_eq!(r.out("value"), json!("test-flow-42"));
+
+    // a Log with a level chosen by an expression logs in the TemplatedTask's run
+    let r = run_with(
+        templated(
+            "id: generated_log\ntype: io.kestra.plugin.core.log.Log\nmessage: \"{{ inputs.message }}\"\nlevel: {{ inputs.message | length > 10 ? 'WARN' : 'DEBUG' }}",
+        ),
+        json!({"inputs": {"message": "generated at runtime"}}),
+        Arc::new(MemStorage::default()),
+    )
+    .await;
+    r.ok();
+    assert!(r.sink.has_log(Level::Warn, "generated at runtime"));
+
+    // a storage task writes its file in the TemplatedTask's task run directory
+    let r = run(templated(
+        "id: w\ntype: io.kestra.plugin.core.storage.Write\ncontent: hello {{ task.id }}",
+    ))
+    .await;
+    let uri = r.out("uri").as_str().unwrap().to_string();
+    assert!(uri.contains("/tasks/tpl/"), "{uri}");
+    assert_eq!(r.read(&uri).await, "hello tpl");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn templated_task_refuses_bad_specs_naming_the_property() {
+    let cases = [
+        ("id: x\ntype: [unclosed", "not valid YAML"),
+        ("just a string", "must render to the YAML of one task"),
+        (
+            "type: io.kestra.plugin.core.log.Log\nmessage: hi",
+            "not a task definition",
+        ),
+        (
+            "id: x\ntype: io.kestra.plugin.core.nope.Nope",
+            "unknown task type 'io.kestra.plugin.core.nope.Nope'",
+        ),
+        (
+            "id: x\ntype: io.kestra.plugin.core.flow.Sequential\ntasks:\n  - id: l\n    type: io.kestra.plugin.core.log.Log\n    message: hi",
+            "a flowable task",
+        ),
+        (
+            "id: x\ntype: io.kestra.plugin.core.execution.Exit",
+            "run by the executor",
+        ),
+        (
+            "id: x\ntype: io.kestra.plugin.core.templating.TemplatedTask\nspec: 'id: y'",
+            "cannot be another",
+        ),
+        (
+            "id: x\ntype: io.kestra.plugin.core.log.Log\nmesage: typo",
+            "mesage",
+        ),
+    ];
+    for (spec, expected) in cases {
+        let r = run(templated(spec)).await;
+        let err = r.err();
+        assert!(err.contains("`spec`"), "{spec}: {err}");
+        assert!(err.contains(expected), "{spec}: {err}");
+    }
+    // an expression error in the spec is reported as such
+    let r = run(templated(
+        "id: x\ntype: io.kestra.plugin.core.log.Log\nmessage: {{ undefined_var }}",
+    ))
+    .await;
+    r.err();
+}
+
+// ---------------------------------------------------------------------------------------------
 // Storage tasks
 // ---------------------------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@
 //! - [`kv`]: kv.Set, kv.Get, kv.Delete.
 //! - [`state`]: state.Set, state.Get, state.Delete.
 //! - [`storage`]: storage.LocalFiles, Concat, Split, Size, Delete, PurgeCurrentExecutionFiles, Write.
+//! - [`templating`]: templating.TemplatedTask, which runs the task its rendered `spec` describes.
 //! - [`working_directory`]: flow.WorkingDirectory, whose children run on the worker in one directory.
 //! - [`for_each_item`]: the internal `_split` and `_merge` tasks of flow.ForEachItem.
 
@@ -19,6 +20,7 @@ pub mod kv;
 pub mod script;
 pub mod state;
 pub mod storage;
+pub mod templating;
 pub mod working_directory;
 
 use crate::executor::for_each_item as fei;
@@ -48,6 +50,7 @@ pub fn register_core_runners(registry: &mut RunnerRegistry) {
         .register::<t::StorageDelete>()
         .register::<t::PurgeCurrentExecutionFiles>()
         .register::<t::Write>()
+        .register::<t::TemplatedTask>()
         .register::<t::WorkingDirectory>();
     registry.register_with(fei::SPLIT_TYPE, |task, _: &TaskRegistry| {
         let split: for_each_item::ForEachItemSplit = for_each_item::decode(task)?;
