@@ -8,8 +8,8 @@
 //! - trigger files: `.../executions/<id>/trigger/<trigger id>/<file>`
 //!
 //! and per namespace: `kestra:///<namespace as path>/_files/...` (namespace files),
-//! `kestra:///<namespace as path>/_kv/<key>.ion` (key-value store), `.../<flow>/_state/...` (state
-//! store). A namespace `company.team` becomes the path `company/team`.
+//! `kestra:///<namespace as path>/_kv/<key>.ion` (key-value store), `<ns>[/<flow>]/states/...` (state
+//! store, see [`crate::tasks::state`]). A namespace `company.team` becomes the path `company/team`.
 //!
 //! # Canonicalisation
 //!

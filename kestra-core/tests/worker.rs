@@ -712,6 +712,269 @@ async fn kv_set_get_delete_and_kv_function() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// State store (state.Set / Get / Delete)
+// ---------------------------------------------------------------------------------------------
+
+/// Runs `t` as a task run whose `value` is `value` (as inside a ForEach iteration).
+async fn run_with_value(t: Value, value: Option<&str>, storage: Arc<MemStorage>) -> Run {
+    let t = task(t);
+    let (base, sink) = RunContext::for_test(t.clone(), json!({}), storage.clone());
+    let mut task_run = base.task_run().clone();
+    task_run.value = value.map(str::to_string);
+    let mut ctx = RunContext::builder(
+        t.clone(),
+        task_run,
+        base.variables().clone(),
+        storage.clone(),
+    )
+    .sink(Arc::new(sink.clone()))
+    .build();
+    let runnable = RunnerRegistry::core()
+        .build(&t, &TaskRegistry::default())
+        .expect("runner");
+    let result = runnable.run(&mut ctx).await;
+    Run {
+        result,
+        sink,
+        storage,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn state_set_merges_get_reads_delete_removes() {
+    let storage = Arc::new(MemStorage::default());
+    let go = |t: Value| run_with(t, json!({}), storage.clone());
+
+    // missing state: empty data, or a failure naming errorOnMissing
+    let r = go(json!({"id": "get", "type": "io.kestra.plugin.core.state.Get"})).await;
+    assert_eq!(r.out("data"), json!({}));
+    assert_eq!(r.out("count"), json!(0));
+    let r =
+        go(json!({"id": "get", "type": "io.kestra.plugin.core.state.Get", "errorOnMissing": true}))
+            .await;
+    assert!(r.err().contains("`errorOnMissing`"), "{}", r.err());
+
+    // Set renders keys and values and writes under the flow's states/tasks-states
+    let r = go(
+        json!({"id": "set", "type": "io.kestra.plugin.core.state.Set",
+        "data": {"{{ task.id }}_key": "{{ flow.id }}", "list": [1, 2], "nested": {"a": 1}}}),
+    )
+    .await;
+    assert_eq!(r.out("count"), json!(3));
+    let key = "kestra:///company/team/test-flow/states/tasks-states/default";
+    assert_eq!(r.out("key"), json!(key));
+    let stored: Value = serde_json::from_str(&r.read(key).await).unwrap();
+    assert_eq!(stored["set_key"], json!("test-flow"));
+
+    // a second Set merges (maps recursively, lists append new items, null keeps the old value)
+    let r = go(
+        json!({"id": "set", "type": "io.kestra.core.tasks.states.Set",
+        "data": {"list": [2, 3], "nested": {"b": 2}, "set_key": null, "added": "x"}}),
+    )
+    .await;
+    assert_eq!(r.out("count"), json!(4));
+    let r = go(json!({"id": "get", "type": "io.kestra.core.tasks.states.Get"})).await;
+    assert_eq!(
+        r.out("data"),
+        json!({"set_key": "test-flow", "list": [1, 2, 3], "nested": {"a": 1, "b": 2}, "added": "x"})
+    );
+    assert_eq!(r.out("count"), json!(4));
+
+    // data may be an expression rendering to a map; anything else is refused, naming `data`
+    let r = go(
+        json!({"id": "set", "type": "io.kestra.plugin.core.state.Set", "name": "expr",
+        "data": "{{ {'k': flow.namespace} }}"}),
+    )
+    .await;
+    assert_eq!(r.out("count"), json!(1));
+    let r = go(
+        json!({"id": "set", "type": "io.kestra.plugin.core.state.Set", "name": "expr",
+        "data": "{{ [1, 2] }}"}),
+    )
+    .await;
+    assert!(r.err().contains("`data`"), "{}", r.err());
+
+    // another name, and a namespace-wide state, are separate files
+    let r = go(
+        json!({"id": "set", "type": "io.kestra.plugin.core.state.Set", "name": "cursor",
+        "namespace": true, "data": {"last": 7}}),
+    )
+    .await;
+    assert_eq!(
+        r.out("key"),
+        json!("kestra:///company/team/states/tasks-states/cursor")
+    );
+    let r =
+        go(json!({"id": "get", "type": "io.kestra.plugin.core.state.Get", "name": "cursor"})).await;
+    assert_eq!(r.out("data"), json!({}));
+    let r = go(
+        json!({"id": "get", "type": "io.kestra.plugin.core.state.Get", "name": "cursor",
+        "namespace": "{{ true }}"}),
+    )
+    .await;
+    assert_eq!(r.out("data"), json!({"last": 7}));
+
+    // Delete: true once, then false, then a failure with errorOnMissing
+    let del = json!({"id": "del", "type": "io.kestra.plugin.core.state.Delete"});
+    assert_eq!(go(del.clone()).await.out("deleted"), json!(true));
+    assert_eq!(go(del.clone()).await.out("deleted"), json!(false));
+    let r = go(
+        json!({"id": "del", "type": "io.kestra.core.tasks.states.Delete", "errorOnMissing": true}),
+    )
+    .await;
+    assert!(r.err().contains("state 'default' not found"), "{}", r.err());
+    let r = go(json!({"id": "get", "type": "io.kestra.plugin.core.state.Get"})).await;
+    assert_eq!(r.out("count"), json!(0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn state_is_keyed_by_the_task_run_value_unless_taskrun_value_is_false() {
+    let storage = Arc::new(MemStorage::default());
+    let set =
+        |data: Value| json!({"id": "set", "type": "io.kestra.plugin.core.state.Set", "data": data});
+    let get = json!({"id": "get", "type": "io.kestra.plugin.core.state.Get"});
+
+    let r = run_with_value(set(json!({"region": "eu"})), Some("eu"), storage.clone()).await;
+    let hash = kestra_core::tasks::state::hash_to_string("eu");
+    assert_eq!(
+        r.out("key"),
+        json!(format!(
+            "kestra:///company/team/test-flow/states/tasks-states/{hash}/default"
+        ))
+    );
+    run_with_value(set(json!({"region": "us"})), Some("us"), storage.clone())
+        .await
+        .ok();
+    let r = run_with_value(get.clone(), Some("eu"), storage.clone()).await;
+    assert_eq!(r.out("data"), json!({"region": "eu"}));
+    let r = run_with_value(get.clone(), Some("us"), storage.clone()).await;
+    assert_eq!(r.out("data"), json!({"region": "us"}));
+    // no value, or taskrunValue: false, is the flow's un-keyed state
+    let r = run_with_value(get.clone(), None, storage.clone()).await;
+    assert_eq!(r.out("count"), json!(0));
+    let mut shared = set(json!({"all": true}));
+    shared["taskrunValue"] = json!(false);
+    let r = run_with_value(shared, Some("eu"), storage.clone()).await;
+    assert_eq!(
+        r.out("key"),
+        json!("kestra:///company/team/test-flow/states/tasks-states/default")
+    );
+    let r = run_with_value(get.clone(), None, storage.clone()).await;
+    assert_eq!(r.out("data"), json!({"all": true}));
+}
+
+#[test]
+fn state_tasks_validate_their_own_properties() {
+    let registry = TaskRegistry::default();
+    let decode = |t: Value| {
+        let t = task(t);
+        RunnerRegistry::core().build(&t, &registry).map(|_| ())
+    };
+    decode(json!({"id": "s", "type": "io.kestra.core.tasks.states.Set", "data": {"a": 1}}))
+        .unwrap();
+    decode(
+        json!({"id": "d", "type": "io.kestra.core.tasks.states.Delete", "errorOnMissing": true}),
+    )
+    .unwrap();
+    // Get/Delete take no `data`, Set takes no `errorOnMissing`
+    let err = decode(json!({"id": "g", "type": "io.kestra.plugin.core.state.Get", "data": {}}))
+        .unwrap_err();
+    assert!(err.to_string().contains("data"), "{err}");
+    let err = decode(
+        json!({"id": "s", "type": "io.kestra.plugin.core.state.Set", "errorOnMissing": true}),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("errorOnMissing"), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// templating.TemplatedTask
+// ---------------------------------------------------------------------------------------------
+
+fn templated(spec: &str) -> Value {
+    json!({"id": "tpl", "type": "io.kestra.plugin.core.templating.TemplatedTask", "spec": spec})
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn templated_task_renders_its_spec_and_runs_the_task() {
+    // the spec is rendered first (the type itself comes from an expression), then the task runs
+    let r = run_with(
+        templated(
+            "id: inner\ntype: io.kestra.plugin.core.{{ inputs.kind }}\nformat: \"{{ flow.id }}-{{ inputs.n * 2 }}\"",
+        ),
+        json!({"inputs": {"kind": "debug.Return", "n": 21}}),
+        Arc::new(MemStorage::default()),
+    )
+    .await;
+    assert_eq!(r.out("value"), json!("test-flow-42"));
+
+    // a Log with a level chosen by an expression logs in the TemplatedTask's run
+    let r = run_with(
+        templated(
+            "id: generated_log\ntype: io.kestra.plugin.core.log.Log\nmessage: \"{{ inputs.message }}\"\nlevel: {{ inputs.message | length > 10 ? 'WARN' : 'DEBUG' }}",
+        ),
+        json!({"inputs": {"message": "generated at runtime"}}),
+        Arc::new(MemStorage::default()),
+    )
+    .await;
+    r.ok();
+    assert!(r.sink.has_log(Level::Warn, "generated at runtime"));
+
+    // a storage task writes its file in the TemplatedTask's task run directory
+    let r = run(templated(
+        "id: w\ntype: io.kestra.plugin.core.storage.Write\ncontent: hello {{ task.id }}",
+    ))
+    .await;
+    let uri = r.out("uri").as_str().unwrap().to_string();
+    assert!(uri.contains("/tasks/tpl/"), "{uri}");
+    assert_eq!(r.read(&uri).await, "hello tpl");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn templated_task_refuses_bad_specs_naming_the_property() {
+    let cases = [
+        ("id: x\ntype: [unclosed", "not valid YAML"),
+        ("just a string", "must render to the YAML of one task"),
+        (
+            "type: io.kestra.plugin.core.log.Log\nmessage: hi",
+            "not a task definition",
+        ),
+        (
+            "id: x\ntype: io.kestra.plugin.core.nope.Nope",
+            "unknown task type 'io.kestra.plugin.core.nope.Nope'",
+        ),
+        (
+            "id: x\ntype: io.kestra.plugin.core.flow.Sequential\ntasks:\n  - id: l\n    type: io.kestra.plugin.core.log.Log\n    message: hi",
+            "a flowable task",
+        ),
+        (
+            "id: x\ntype: io.kestra.plugin.core.execution.Exit",
+            "run by the executor",
+        ),
+        (
+            "id: x\ntype: io.kestra.plugin.core.templating.TemplatedTask\nspec: 'id: y'",
+            "cannot be another",
+        ),
+        (
+            "id: x\ntype: io.kestra.plugin.core.log.Log\nmesage: typo",
+            "mesage",
+        ),
+    ];
+    for (spec, expected) in cases {
+        let r = run(templated(spec)).await;
+        let err = r.err();
+        assert!(err.contains("`spec`"), "{spec}: {err}");
+        assert!(err.contains(expected), "{spec}: {err}");
+    }
+    // an expression error in the spec is reported as such
+    let r = run(templated(
+        "id: x\ntype: io.kestra.plugin.core.log.Log\nmessage: {{ undefined_var }}",
+    ))
+    .await;
+    r.err();
+}
+
+// ---------------------------------------------------------------------------------------------
 // Storage tasks
 // ---------------------------------------------------------------------------------------------
 

@@ -519,27 +519,53 @@ pub struct Write {
 }
 task_type!(Write, "io.kestra.plugin.core.storage.Write", Runnable);
 
-/// `io.kestra.plugin.core.state.Set/Get/Delete`: a per-flow JSON state store.
+/// `io.kestra.plugin.core.state.Set`: merges `data` into a JSON state of the flow (or namespace).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct StateTask {
+pub struct StateSet {
     /// State name (`default`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// Set: the data to merge into the state.
+    /// The data to merge into the state (a map, or an expression rendering to one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<Value>,
-    /// Share the state across the namespace instead of the flow.
+    /// Share the state across the namespace instead of the flow (false).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<Property<bool>>,
-    /// Key the state by the task run's value.
+    /// Key the state by the task run's value too (true).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub taskrun_value: Option<Property<bool>>,
-    /// Get/Delete: fail when the state does not exist.
+}
+task_type!(
+    StateSet,
+    "io.kestra.plugin.core.state.Set",
+    Runnable,
+    aliases = ["io.kestra.core.tasks.states.Set"]
+);
+
+/// `io.kestra.plugin.core.state.Get` (and `Delete`, same properties): reads (deletes) a state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StateKey {
+    /// State name (`default`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Share the state across the namespace instead of the flow (false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<Property<bool>>,
+    /// Key the state by the task run's value too (true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub taskrun_value: Option<Property<bool>>,
+    /// Fail when the state does not exist (false).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_on_missing: Option<Property<bool>>,
 }
-task_type!(StateTask, "io.kestra.plugin.core.state.Set", Runnable);
+task_type!(
+    StateKey,
+    "io.kestra.plugin.core.state.Get",
+    Runnable,
+    aliases = ["io.kestra.core.tasks.states.Get"]
+);
 
 /// `io.kestra.plugin.core.log.Fetch`: an execution's logs into a file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -1242,9 +1268,12 @@ pub fn register_core_tasks(registry: &mut TaskRegistry) {
         .register::<StorageDelete>()
         .register::<PurgeCurrentExecutionFiles>()
         .register::<Write>()
-        .register::<StateTask>()
-        .register_named::<StateTask>("io.kestra.plugin.core.state.Get", &[])
-        .register_named::<StateTask>("io.kestra.plugin.core.state.Delete", &[])
+        .register::<StateSet>()
+        .register::<StateKey>()
+        .register_named::<StateKey>(
+            "io.kestra.plugin.core.state.Delete",
+            &["io.kestra.core.tasks.states.Delete"],
+        )
         .register::<LogFetch>()
         .register::<ExecutionCount>()
         .register::<ExecutionResume>()

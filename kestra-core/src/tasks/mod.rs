@@ -7,7 +7,9 @@
 //! - [`http`]: http.Request, http.Download, and the polling http.Trigger.
 //! - [`script`]: scripts.{shell,python,node}.{Commands,Script} on the Process runner.
 //! - [`kv`]: kv.Set, kv.Get, kv.Delete.
+//! - [`state`]: state.Set, state.Get, state.Delete.
 //! - [`storage`]: storage.LocalFiles, Concat, Split, Size, Delete, PurgeCurrentExecutionFiles, Write.
+//! - [`templating`]: templating.TemplatedTask, which runs the task its rendered `spec` describes.
 //! - [`working_directory`]: flow.WorkingDirectory, whose children run on the worker in one directory.
 //! - [`for_each_item`]: the internal `_split` and `_merge` tasks of flow.ForEachItem.
 
@@ -16,7 +18,9 @@ pub mod for_each_item;
 pub mod http;
 pub mod kv;
 pub mod script;
+pub mod state;
 pub mod storage;
+pub mod templating;
 pub mod working_directory;
 
 use crate::executor::for_each_item as fei;
@@ -38,6 +42,7 @@ pub fn register_core_runners(registry: &mut RunnerRegistry) {
         .register::<t::HttpRequest>()
         .register::<t::HttpDownload>()
         .register::<t::KvSet>()
+        .register::<t::StateSet>()
         .register::<t::LocalFiles>()
         .register::<t::Concat>()
         .register::<t::Split>()
@@ -45,6 +50,7 @@ pub fn register_core_runners(registry: &mut RunnerRegistry) {
         .register::<t::StorageDelete>()
         .register::<t::PurgeCurrentExecutionFiles>()
         .register::<t::Write>()
+        .register::<t::TemplatedTask>()
         .register::<t::WorkingDirectory>();
     registry.register_with(fei::SPLIT_TYPE, |task, _: &TaskRegistry| {
         let split: for_each_item::ForEachItemSplit = for_each_item::decode(task)?;
@@ -61,6 +67,15 @@ pub fn register_core_runners(registry: &mut RunnerRegistry) {
         registry.register_with(name, move |task, tasks: &TaskRegistry| {
             let props = tasks.decode::<t::KvKey>(task)?;
             Ok(Box::new(kv::KvKeyTask { props, delete }) as Box<dyn RunnableTask>)
+        });
+    }
+    for (name, delete) in [
+        ("io.kestra.plugin.core.state.Get", false),
+        ("io.kestra.plugin.core.state.Delete", true),
+    ] {
+        registry.register_with(name, move |task, tasks: &TaskRegistry| {
+            let props = tasks.decode::<t::StateKey>(task)?;
+            Ok(Box::new(state::StateKeyTask { props, delete }) as Box<dyn RunnableTask>)
         });
     }
     for language in script::Language::ALL {
