@@ -34,7 +34,7 @@ tasks:
       - if [ -f {w}/failed-once ]; then echo {{{{ execution.id }}}} > {w}/done; else echo {{{{ execution.id }}}} > {w}/failed-once; exit 1; fi
     retry:
       type: constant
-      interval: PT4S
+      interval: PT6S
       maxAttempts: 3
 "#
     )
@@ -111,7 +111,7 @@ fn a_retry_scheduled_before_a_crash_runs_after_the_restart() {
     let failed = wait_for_file(&work.join("failed-once"), Duration::from_secs(60), &[&log1]);
     // Wait until the executor has recorded the failed attempt and scheduled the retry (the task
     // run is RETRYING), reading the process's database, then crash the process (the retry is due
-    // 4 s after the failure).
+    // 6 s after the failure).
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let config =
         kestra::config::Config::from_pairs([("kestra.data-dir", data.display().to_string())]);
@@ -130,7 +130,7 @@ fn a_retry_scheduled_before_a_crash_runs_after_the_restart() {
             break;
         }
         assert!(
-            start_wait.elapsed() < Duration::from_secs(3),
+            start_wait.elapsed() < Duration::from_secs(5),
             "the failed attempt was not recorded in time: {execution:?}"
         );
         std::thread::sleep(Duration::from_millis(20));

@@ -3,7 +3,7 @@
 //!   executions running at once, and every execution ends SUCCESS, in creation order of start;
 //! - with `behavior: CANCEL`, executions over the limit end CANCELLED and none overlap;
 //! - a retry scheduled before a full restart of the engine still happens after it;
-//! - a task running three times longer than the worker's job lease runs once (the lease is renewed);
+//! - a task running 2.5 times longer than the worker's job lease runs once (the lease is renewed);
 //! - a restarted execution of a limited flow waits (QUEUED) for the slot held by another one.
 //!
 //! On SQLite always; on PostgreSQL and MariaDB when their URLs are set (required under CI=true).
@@ -171,8 +171,8 @@ async fn long_task_outlives_its_lease(url: &str) {
     let backend = JdbcBackend::connect(url).await.unwrap();
     let storage = Arc::new(LocalStorage::new(dir.path()).unwrap());
     let worker = kestra::core::worker::WorkerConfig {
-        lease: Duration::from_secs(1),
-        lease_renewal: Duration::from_millis(250),
+        lease: Duration::from_secs(2),
+        lease_renewal: Duration::from_millis(400),
         ..Default::default()
     };
     let engine = Engine::builder(backend.queue(), backend.repositories(), storage)
@@ -180,7 +180,7 @@ async fn long_task_outlives_its_lease(url: &str) {
         .start();
     let runs = dir.path().join("runs");
     engine
-        .deploy(&format!("id: long\nnamespace: {ns}\ntasks:\n  - id: slow\n    type: io.kestra.plugin.scripts.shell.Commands\n    commands: [\"echo run >> {}\", \"sleep 3\"]\n", runs.display()))
+        .deploy(&format!("id: long\nnamespace: {ns}\ntasks:\n  - id: slow\n    type: io.kestra.plugin.scripts.shell.Commands\n    commands: [\"echo run >> {}\", \"sleep 5\"]\n", runs.display()))
         .await
         .unwrap();
     let e = engine.execute(&ns, "long", IndexMap::new()).await.unwrap();
@@ -189,12 +189,12 @@ async fn long_task_outlives_its_lease(url: &str) {
         .await
         .unwrap();
     assert_eq!(done.state.current(), StateType::Success);
-    // Without renewals the job would have been delivered again after 1 s and run a second time.
+    // Without renewals the job would have been delivered again after 2 s and run a second time.
     let lines = std::fs::read_to_string(&runs).unwrap();
     assert_eq!(
         lines.lines().count(),
         1,
-        "the 3 s task ran more than once: {lines:?}"
+        "the 5 s task ran more than once: {lines:?}"
     );
     engine.shutdown().await;
 }
