@@ -1339,10 +1339,46 @@ async fn count(pool: &Pool<Db>, qb: &mut Qb, operation: &'static str) -> RepoRes
     Ok(u64::try_from(c).unwrap_or(0))
 }
 
-/// The `total_rows` window count (`COUNT(*) OVER ()`) carried by a page's rows.
-fn window_total(row: &DbRow, operation: &'static str) -> RepoResult<u64> {
-    let c: i64 = get(row, "total_rows").map_err(repo_err(operation))?;
-    Ok(u64::try_from(c).unwrap_or(0))
+impl Store {
+    /// One page of `SELECT columns FROM from WHERE ... ORDER BY ... LIMIT/OFFSET` and the total
+    /// number of matching rows. The total comes from the page's own statement (`COUNT(*) OVER ()`,
+    /// one snapshot: they agree even while rows are being written); only a later page past the end,
+    /// which has no row to carry it, counts separately.
+    async fn search_page(
+        &self,
+        columns: &str,
+        from: &str,
+        push_where: impl Fn(&mut Qb),
+        order: &str,
+        (offset, limit): (u64, u64),
+        operation: &'static str,
+    ) -> RepoResult<(Vec<DbRow>, u64)> {
+        let mut qb = Qb::new(format!(
+            "SELECT {columns}, COUNT(*) OVER () AS total_rows FROM {from}"
+        ));
+        push_where(&mut qb);
+        qb.push(order);
+        push_page(&mut qb, offset, limit);
+        let rows = qb
+            .build()
+            .fetch_all(&self.read)
+            .await
+            .map_err(repo_err(operation))?;
+        let total = match rows.first() {
+            // The first page is empty: nothing matches.
+            None if offset == 0 => 0,
+            Some(row) => {
+                let c: i64 = get(row, "total_rows").map_err(repo_err(operation))?;
+                u64::try_from(c).unwrap_or(0)
+            }
+            None => {
+                let mut qb = Qb::new(format!("SELECT COUNT(*) AS c FROM {from}"));
+                push_where(&mut qb);
+                count(&self.read, &mut qb, operation).await?
+            }
+        };
+        Ok((rows, total))
+    }
 }
 
 fn parse_doc<T: serde::de::DeserializeOwned>(
@@ -1394,28 +1430,16 @@ impl ExecutionRepository for Store {
             "e.start_date DESC, e.id DESC",
             "e.id ASC",
         )?;
-        // The total comes from the same statement as the page (one snapshot: they agree even
-        // while rows are being written); a later page past the end has no row to carry it.
-        let mut qb =
-            Qb::new("SELECT e.id, e.doc, COUNT(*) OVER () AS total_rows FROM executions e");
-        push_execution_where(&mut qb, query);
-        qb.push(order);
-        push_page(&mut qb, offset, limit);
-        let rows = qb
-            .build()
-            .fetch_all(&self.read)
-            .await
-            .map_err(repo_err("search executions"))?;
-        let total = match rows.first() {
-            // The first page is empty: nothing matches.
-            None if offset == 0 => 0,
-            Some(row) => window_total(row, "search executions")?,
-            None => {
-                let mut qb = Qb::new("SELECT COUNT(*) AS c FROM executions e");
-                push_execution_where(&mut qb, query);
-                count(&self.read, &mut qb, "search executions").await?
-            }
-        };
+        let (rows, total) = self
+            .search_page(
+                "e.id, e.doc",
+                "executions e",
+                |qb| push_execution_where(qb, query),
+                &order,
+                (offset, limit),
+                "search executions",
+            )
+            .await?;
         let results = rows
             .iter()
             .map(|r| parse_doc(r, "execution", "id", "search executions"))
@@ -1768,29 +1792,16 @@ impl FlowRepository for Store {
             "f.updated DESC, f.namespace ASC, f.flow_id ASC",
             "f.namespace ASC, f.flow_id ASC",
         )?;
-        // The total comes from the same statement as the page (one snapshot: they agree even
-        // while rows are being written); a later page past the end has no row to carry it.
-        let mut qb = Qb::new(format!(
-            "SELECT {FLOW_COLUMNS}, COUNT(*) OVER () AS total_rows FROM flows f"
-        ));
-        push_flow_where(&mut qb, query);
-        qb.push(order);
-        push_page(&mut qb, offset, limit);
-        let rows = qb
-            .build()
-            .fetch_all(&self.read)
-            .await
-            .map_err(repo_err("search flows"))?;
-        let total = match rows.first() {
-            // The first page is empty: nothing matches.
-            None if offset == 0 => 0,
-            Some(row) => window_total(row, "search flows")?,
-            None => {
-                let mut qb = Qb::new("SELECT COUNT(*) AS c FROM flows f");
-                push_flow_where(&mut qb, query);
-                count(&self.read, &mut qb, "search flows").await?
-            }
-        };
+        let (rows, total) = self
+            .search_page(
+                FLOW_COLUMNS,
+                "flows f",
+                |qb| push_flow_where(qb, query),
+                &order,
+                (offset, limit),
+                "search flows",
+            )
+            .await?;
         let results = rows
             .iter()
             .map(|r| flow_from_row(r, "search flows"))
@@ -1945,27 +1956,16 @@ impl LogRepository for Store {
             "l.ts DESC, l.id DESC",
             "l.id ASC",
         )?;
-        // The total comes from the same statement as the page (one snapshot: they agree even
-        // while rows are being written); a later page past the end has no row to carry it.
-        let mut qb = Qb::new("SELECT l.id, l.doc, COUNT(*) OVER () AS total_rows FROM logs l");
-        push_log_where(&mut qb, query);
-        qb.push(order);
-        push_page(&mut qb, offset, limit);
-        let rows = qb
-            .build()
-            .fetch_all(&self.read)
-            .await
-            .map_err(repo_err("search logs"))?;
-        let total = match rows.first() {
-            // The first page is empty: nothing matches.
-            None if offset == 0 => 0,
-            Some(row) => window_total(row, "search logs")?,
-            None => {
-                let mut qb = Qb::new("SELECT COUNT(*) AS c FROM logs l");
-                push_log_where(&mut qb, query);
-                count(&self.read, &mut qb, "search logs").await?
-            }
-        };
+        let (rows, total) = self
+            .search_page(
+                "l.id, l.doc",
+                "logs l",
+                |qb| push_log_where(qb, query),
+                &order,
+                (offset, limit),
+                "search logs",
+            )
+            .await?;
         Ok(Page {
             results: docs(&rows, "log", "search logs")?,
             total,
@@ -2143,27 +2143,16 @@ impl TriggerRepository for Store {
             "t.updated DESC, t.uid ASC",
             "t.uid ASC",
         )?;
-        // The total comes from the same statement as the page (one snapshot: they agree even
-        // while rows are being written); a later page past the end has no row to carry it.
-        let mut qb = Qb::new("SELECT t.uid, t.doc, COUNT(*) OVER () AS total_rows FROM triggers t");
-        push_trigger_where(&mut qb, query);
-        qb.push(order);
-        push_page(&mut qb, offset, limit);
-        let rows = qb
-            .build()
-            .fetch_all(&self.read)
-            .await
-            .map_err(repo_err("search triggers"))?;
-        let total = match rows.first() {
-            // The first page is empty: nothing matches.
-            None if offset == 0 => 0,
-            Some(row) => window_total(row, "search triggers")?,
-            None => {
-                let mut qb = Qb::new("SELECT COUNT(*) AS c FROM triggers t");
-                push_trigger_where(&mut qb, query);
-                count(&self.read, &mut qb, "search triggers").await?
-            }
-        };
+        let (rows, total) = self
+            .search_page(
+                "t.uid, t.doc",
+                "triggers t",
+                |qb| push_trigger_where(qb, query),
+                &order,
+                (offset, limit),
+                "search triggers",
+            )
+            .await?;
         let results = rows
             .iter()
             .map(|r| parse_doc(r, "trigger", "uid", "search triggers"))
