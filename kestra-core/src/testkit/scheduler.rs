@@ -279,21 +279,38 @@ pub async fn two_schedulers_one_execution_per_slot(repos: &Repositories, queue: 
     cleanup(repos, &tenant, namespace, &flows).await;
 }
 
-/// A queue that dies on the `crash_at`-th publish: the messages are published, then the call never
-/// returns, as a process killed before it could record what it did.
-struct CrashingQueue {
+/// The real queue as a scheduler sees it, observed by the scenarios: it records the
+/// acknowledgements made through it, and with `crash_at` it dies on that publish (the messages are
+/// published, then the call never returns, as a process killed before it could record what it did).
+/// Everything else goes through to the backend unchanged.
+struct TestQueue {
     inner: Arc<dyn Queue>,
     publishes: AtomicUsize,
-    crash_at: usize,
+    crash_at: Option<usize>,
     crashed: AtomicBool,
     notify: tokio::sync::Notify,
+    acked: Mutex<Vec<(ConsumerGroup, DeliveryTag)>>,
+}
+
+impl TestQueue {
+    fn new(inner: Arc<dyn Queue>, crash_at: Option<usize>) -> TestQueue {
+        TestQueue {
+            inner,
+            publishes: AtomicUsize::new(0),
+            crash_at,
+            crashed: AtomicBool::new(false),
+            notify: tokio::sync::Notify::new(),
+            acked: Mutex::new(Vec::new()),
+        }
+    }
 }
 
 #[async_trait]
-impl Queue for CrashingQueue {
+impl Queue for TestQueue {
     async fn publish(&self, messages: Vec<Envelope>) -> Result<(), QueueError> {
         self.inner.publish(messages).await?;
-        if self.publishes.fetch_add(1, Ordering::SeqCst) + 1 >= self.crash_at {
+        let n = self.publishes.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.crash_at.is_some_and(|at| n >= at) {
             self.crashed.store(true, Ordering::SeqCst);
             self.notify.notify_one();
             std::future::pending::<()>().await;
@@ -311,7 +328,12 @@ impl Queue for CrashingQueue {
         self.inner.receive(group, topic, max, lease, wait).await
     }
     async fn ack(&self, group: ConsumerGroup, tags: &[DeliveryTag]) -> Result<(), QueueError> {
-        self.inner.ack(group, tags).await
+        self.inner.ack(group, tags).await?;
+        self.acked
+            .lock()
+            .unwrap()
+            .extend(tags.iter().map(|t| (group, *t)));
+        Ok(())
     }
     async fn extend_lease(
         &self,
@@ -354,13 +376,7 @@ pub async fn scheduler_killed_mid_run(repos: &Repositories, queue: Arc<dyn Queue
         .subscribe(Topic::Execution)
         .await
         .unwrap_or_else(|e| panic!("subscribe to executions: {e}"));
-    let crashing = Arc::new(CrashingQueue {
-        inner: queue.clone(),
-        publishes: AtomicUsize::new(0),
-        crash_at: 7,
-        crashed: AtomicBool::new(false),
-        notify: tokio::sync::Notify::new(),
-    });
+    let crashing = Arc::new(TestQueue::new(queue.clone(), Some(7)));
     let victim = Arc::new(scheduler(
         "victim",
         &tenant,
@@ -659,61 +675,6 @@ fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(y, mo, d, h, mi, s).unwrap()
 }
 
-/// The real queue, as the schedulers see it; it counts the acknowledgements they make (the
-/// messages go through to the backend unchanged).
-struct CountingQueue {
-    inner: Arc<dyn Queue>,
-    acked: Mutex<Vec<(ConsumerGroup, DeliveryTag)>>,
-}
-
-#[async_trait]
-impl Queue for CountingQueue {
-    async fn publish(&self, messages: Vec<Envelope>) -> Result<(), QueueError> {
-        self.inner.publish(messages).await
-    }
-    async fn receive(
-        &self,
-        group: ConsumerGroup,
-        topic: Topic,
-        max: usize,
-        lease: Duration,
-        wait: Duration,
-    ) -> Result<Vec<Delivery>, QueueError> {
-        self.inner.receive(group, topic, max, lease, wait).await
-    }
-    async fn ack(&self, group: ConsumerGroup, tags: &[DeliveryTag]) -> Result<(), QueueError> {
-        self.inner.ack(group, tags).await?;
-        self.acked
-            .lock()
-            .unwrap()
-            .extend(tags.iter().map(|t| (group, *t)));
-        Ok(())
-    }
-    async fn extend_lease(
-        &self,
-        group: ConsumerGroup,
-        tags: &[DeliveryTag],
-        lease: Duration,
-    ) -> Result<Vec<DeliveryTag>, QueueError> {
-        self.inner.extend_lease(group, tags, lease).await
-    }
-    async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<(), QueueError> {
-        self.inner.dead_letter(delivery, reason).await
-    }
-    async fn subscribe(&self, topic: Topic) -> Result<Subscription, QueueError> {
-        self.inner.subscribe(topic).await
-    }
-    async fn begin(
-        &self,
-        group: ConsumerGroup,
-        topics: &[Topic],
-        max: usize,
-        wait: Duration,
-    ) -> Result<Option<Box<dyn UnitOfWork>>, QueueError> {
-        self.inner.begin(group, topics, max, wait).await
-    }
-}
-
 /// One scenario's world: a tenant of its own on the backend, a manual clock, and what its schedulers
 /// published so far.
 struct World<'a> {
@@ -721,7 +682,7 @@ struct World<'a> {
     /// The backend's queue.
     queue: Arc<dyn Queue>,
     /// The same, as given to the schedulers.
-    counting: Arc<CountingQueue>,
+    counting: Arc<TestQueue>,
     clock: Arc<ManualClock>,
     registry: Arc<TaskRegistry>,
     tenant: String,
@@ -742,10 +703,7 @@ impl<'a> World<'a> {
         World {
             repos,
             queue: queue.clone(),
-            counting: Arc::new(CountingQueue {
-                inner: queue.clone(),
-                acked: Mutex::new(Vec::new()),
-            }),
+            counting: Arc::new(TestQueue::new(queue.clone(), None)),
             clock: Arc::new(ManualClock::new(now)),
             registry: Arc::new(TaskRegistry::default()),
             tenant: format!("tk-svc-{}", new_id()),
