@@ -72,3 +72,22 @@ fn no_file_is_a_usage_error() {
     let (code, _) = kestra(&["flow".as_ref(), "validate".as_ref()]);
     assert_eq!(code, 2);
 }
+
+/// The README's first command deploys `./flows`: the folder exists in the repository and its flows are
+/// valid, so `kestra server standalone --flows ./flows` works on a fresh clone.
+#[test]
+fn the_readme_example_flows_are_valid() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("flows");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "{} holds no flow", dir.display());
+    let args: Vec<&std::ffi::OsStr> = ["flow".as_ref(), "validate".as_ref()]
+        .into_iter()
+        .chain(files.iter().map(|f| f.as_os_str()))
+        .collect();
+    let (code, out) = kestra(&args);
+    assert_eq!(code, 0, "{out}");
+}
