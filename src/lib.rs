@@ -1,7 +1,8 @@
 //! # kestra
 //!
 //! Kestra's orchestration architecture as an embeddable Rust library. This facade picks the backends
-//! with cargo features (`sqlite` (default), `postgres`, `mysql`; `kafka`, `s3`, `gcs`, `azure` to come)
+//! with cargo features (`sqlite` (default), `postgres`, `mysql`; each brings only its own database driver;
+//! Kafka + Elasticsearch, cloud storages and the webserver come with features of their own)
 //! and wires them from a [`Config`](config::Config):
 //!
 //! ```no_run
@@ -70,8 +71,6 @@ pub struct Backend {
     pub repositories: Repositories,
     /// The internal storage.
     pub storage: Arc<dyn InternalStorage>,
-    /// The JDBC backend (for maintenance: stats, purge).
-    pub jdbc: kestra_backend_jdbc::JdbcBackend,
 }
 
 /// Open the backend and storage the configuration names (creating the data directory for SQLite).
@@ -96,7 +95,6 @@ pub async fn connect(config: &config::Config) -> Result<Backend, StartError> {
         queue: jdbc.queue(),
         repositories: jdbc.repositories(),
         storage: Arc::new(storage),
-        jdbc,
     })
 }
 

@@ -1,5 +1,6 @@
 //! The JDBC backend on MySQL/MariaDB (`KESTRA_TEST_MYSQL_URL`, from `scripts/services.sh`): the
 //! conformance suites and the backend-specific checks, each in a fresh database.
+#![cfg(feature = "mysql")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;

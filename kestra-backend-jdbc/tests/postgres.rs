@@ -1,5 +1,6 @@
 //! The JDBC backend on PostgreSQL (`KESTRA_TEST_POSTGRES_URL`, from `scripts/services.sh`): the
 //! conformance suites and the backend-specific checks, each in a fresh database.
+#![cfg(feature = "postgres")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;

@@ -1,4 +1,5 @@
 //! The JDBC backend on SQLite: the conformance suites and the backend-specific checks.
+#![cfg(feature = "sqlite")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
