@@ -23,7 +23,11 @@
 //!   500 ms) as the fallback and the only cross-process way on MySQL.
 //! - A [`UnitOfWork`](kestra_core::queue::UnitOfWork) is one database transaction that holds a pooled
 //!   connection for its whole life: size [`JdbcOptions::max_connections`] above the number of
-//!   concurrent units plus the other traffic (PostgreSQL's listener keeps one more).
+//!   concurrent units plus the other traffic (PostgreSQL's listener keeps one more). It loads and
+//!   saves executions and `executor_state` rows only under the keys of the rows it claimed (anything
+//!   else is refused with `QueueError::NotClaimed` before any SQL runs), so a state row is written
+//!   by a unit that holds its key; the row locks (`FOR UPDATE`) serialise units that hold one key
+//!   on two topics (an execution's command and a worker result, claimed by two executors).
 //! - [`purge_queue`] cleans the queue tables offline, when the engine cannot start.
 
 // Without a dialect feature nothing uses the shared helpers.

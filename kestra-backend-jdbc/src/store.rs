@@ -22,7 +22,7 @@ use kestra_core::model::{
 };
 use kestra_core::queue::{
     ConsumerGroup, Delivery, DeliveryTag, Envelope, Queue, QueueError, Subscription, Topic,
-    UnitOfWork,
+    UnitOfWork, check_claimed,
 };
 use kestra_core::repository::{
     EXECUTION_SORT_FIELDS, ExecutionQuery, ExecutionRepository, FLOW_SORT_FIELDS, FlowQuery,
@@ -963,7 +963,8 @@ impl Broadcast {
 
 // ------------------------------------------------------------------------------------------ unit of work
 
-/// One database transaction over claimed rows (see the module documentation).
+/// One database transaction over claimed rows (see the module documentation). Executions and
+/// executor state are read and written only under the keys of `deliveries`.
 struct JdbcUnit {
     notifier: Arc<Notifier>,
     write: Pool<Db>,
@@ -1017,6 +1018,7 @@ impl UnitOfWork for JdbcUnit {
     }
 
     async fn load_execution(&mut self, id: &str) -> Result<Option<Execution>, QueueError> {
+        check_claimed(&self.deliveries, || "load execution".into(), id)?;
         let conn = self.conn()?;
         let row = Qb::new("SELECT doc FROM executions WHERE id = ")
             .push_bind(id.to_string())
@@ -1037,6 +1039,7 @@ impl UnitOfWork for JdbcUnit {
     }
 
     async fn save_execution(&mut self, execution: &Execution) -> Result<(), QueueError> {
+        check_claimed(&self.deliveries, || "save execution".into(), &execution.id)?;
         let doc = serde_json::to_string(execution).map_err(|source| QueueError::Encode {
             topic: Topic::Execution,
             source,
@@ -1052,6 +1055,7 @@ impl UnitOfWork for JdbcUnit {
         kind: &str,
         key: &str,
     ) -> Result<Option<serde_json::Value>, QueueError> {
+        check_claimed(&self.deliveries, || format!("load state {kind}"), key)?;
         let conn = self.conn()?;
         // Make sure the row exists before locking it: `SELECT ... FOR UPDATE` on a missing row locks
         // nothing (READ COMMITTED on MySQL, any isolation on PostgreSQL), so two executors could both
@@ -1098,6 +1102,7 @@ impl UnitOfWork for JdbcUnit {
         key: &str,
         value: Option<&serde_json::Value>,
     ) -> Result<(), QueueError> {
+        check_claimed(&self.deliveries, || format!("save state {kind}"), key)?;
         let err = queue_err("save_state");
         let conn = self.conn()?;
         match value {

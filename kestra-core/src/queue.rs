@@ -34,6 +34,12 @@
 //! 6. **Broadcast** is live only: no replay of messages published before the subscription, best effort
 //!    while subscribed (a subscriber that lags too far may lose messages and is told so with
 //!    [`QueueError::Lagged`]).
+//! 7. **State keyed like the messages.** A [`UnitOfWork`] loads and saves executions and executor
+//!    state only under the keys of the messages it claimed ([`Delivery`] keys, any topic); any other
+//!    key is refused with [`QueueError::NotClaimed`], before anything is read or staged, and the unit
+//!    stays usable. State that belongs to a flow or a trigger is therefore reached through a message
+//!    keyed by that flow or trigger ([`Topic::ConcurrencySlot`], [`Topic::FlowPrecondition`]), so
+//!    each piece of state has exactly one writer: the consumer that owns its key.
 //!
 //! # How the backends meet it
 //!
@@ -49,6 +55,9 @@
 //!   consumer group is a Kafka consumer group; a unit of work is a Kafka transaction
 //!   (consume -> process -> produce -> `send_offsets_to_transaction` -> commit) with `read_committed`
 //!   consumers; executor state is a compacted topic plus a local store rebuilt on partition assignment.
+//!   The executor topics are co-partitioned (same partition count, same partitioner), so the owner
+//!   of key K's partition in one topic owns K in every executor topic and every state store: the
+//!   key rule (7) means a unit never writes state of a partition it does not own.
 //!   Broadcast uses a consumer group per subscriber starting at the log end.
 
 use async_trait::async_trait;
@@ -89,6 +98,12 @@ pub enum Topic {
     Flow,
     /// Trigger state changes (scheduler).
     Trigger,
+    /// Slot requests and releases of flows with a concurrency limit, for the executor; keyed by flow
+    /// (`tenant|namespace|flow`), so one unit at a time owns a flow's slots.
+    ConcurrencySlot,
+    /// Precondition checks of Flow triggers with several conditions, for the executor; keyed by
+    /// trigger (`tenant|namespace|flow|trigger`), so one unit at a time owns a trigger's results.
+    FlowPrecondition,
 }
 
 /// A kind of consumer; instances of one group compete for messages.
@@ -106,7 +121,7 @@ pub enum ConsumerGroup {
 
 impl Topic {
     /// Every topic.
-    pub const ALL: [Topic; 11] = [
+    pub const ALL: [Topic; 13] = [
         Topic::Execution,
         Topic::ExecutionCommand,
         Topic::ExecutionKilled,
@@ -118,6 +133,8 @@ impl Topic {
         Topic::Metric,
         Topic::Flow,
         Topic::Trigger,
+        Topic::ConcurrencySlot,
+        Topic::FlowPrecondition,
     ];
 
     /// Stable name used in tables, topic names and logs (`worker_job`, ...).
@@ -134,6 +151,8 @@ impl Topic {
             Topic::Metric => "metric",
             Topic::Flow => "flow",
             Topic::Trigger => "trigger",
+            Topic::ConcurrencySlot => "concurrency_slot",
+            Topic::FlowPrecondition => "flow_precondition",
         }
     }
 
@@ -144,7 +163,9 @@ impl Topic {
             Topic::Execution
             | Topic::ExecutionCommand
             | Topic::WorkerTaskResult
-            | Topic::SubflowExecutionResult => &[ConsumerGroup::Executor],
+            | Topic::SubflowExecutionResult
+            | Topic::ConcurrencySlot
+            | Topic::FlowPrecondition => &[ConsumerGroup::Executor],
             Topic::WorkerJob => &[ConsumerGroup::Worker],
             Topic::WorkerTriggerResult | Topic::Trigger => &[ConsumerGroup::Scheduler],
             Topic::Log | Topic::Metric => &[ConsumerGroup::Indexer],
@@ -328,6 +349,18 @@ pub enum QueueError {
         /// How many were missed (0 if unknown).
         missed: u64,
     },
+    /// A unit of work was asked to load or save state under a key none of its claimed messages
+    /// carries: that state belongs to the consumer of another key (contract point 7).
+    #[error(
+        "unit of work refused to {access} '{key}': it claimed no message with that key (state is \
+         loaded and saved only under the keys of the claimed messages)"
+    )]
+    NotClaimed {
+        /// What was asked (`load execution`, `save state concurrency`, ...).
+        access: String,
+        /// The key that was refused.
+        key: String,
+    },
     /// The queue was shut down.
     #[error("queue is closed")]
     Closed,
@@ -343,6 +376,24 @@ impl QueueError {
             operation,
             source: Box::new(source),
         }
+    }
+}
+
+/// Refuses `key` unless one of `deliveries` carries it (contract point 7); backends call it at the
+/// top of [`UnitOfWork::load_execution`], [`UnitOfWork::save_execution`],
+/// [`UnitOfWork::load_state`] and [`UnitOfWork::save_state`].
+pub fn check_claimed(
+    deliveries: &[Delivery],
+    access: impl FnOnce() -> String,
+    key: &str,
+) -> Result<(), QueueError> {
+    if deliveries.iter().any(|d| d.envelope.key == key) {
+        Ok(())
+    } else {
+        Err(QueueError::NotClaimed {
+            access: access(),
+            key: key.to_string(),
+        })
     }
 }
 
@@ -410,20 +461,24 @@ pub trait UnitOfWork: Send {
     fn deliveries(&self) -> &[Delivery];
 
     /// Load an execution's current state and lock it for this unit (JDBC: `SELECT ... FOR UPDATE`).
+    /// `id` must be the key of a claimed message, else [`QueueError::NotClaimed`].
     async fn load_execution(&mut self, id: &str) -> Result<Option<Execution>, QueueError>;
 
-    /// Stage the new state of an execution.
+    /// Stage the new state of an execution. Its id must be the key of a claimed message, else
+    /// [`QueueError::NotClaimed`].
     async fn save_execution(&mut self, execution: &Execution) -> Result<(), QueueError>;
 
     /// Load and lock an entry of executor state (`kind` names the table/store: de-duplication,
-    /// concurrency slots, flow-trigger preconditions, ...).
+    /// concurrency slots, flow-trigger preconditions, ...). `key` must be the key of a claimed
+    /// message, else [`QueueError::NotClaimed`].
     async fn load_state(
         &mut self,
         kind: &str,
         key: &str,
     ) -> Result<Option<serde_json::Value>, QueueError>;
 
-    /// Stage a new value of an executor state entry (`None` deletes it).
+    /// Stage a new value of an executor state entry (`None` deletes it). `key` must be the key of a
+    /// claimed message, else [`QueueError::NotClaimed`].
     async fn save_state(
         &mut self,
         kind: &str,

@@ -1,7 +1,8 @@
 //! The executor features that involve time or several executions - Pause, LoopUntil, Subflow,
 //! ForEachItem, flow concurrency limits, CREATE_NEW_EXECUTION retries, `scheduleDate` - driven in memory: a
-//! `World` plays the runtime (queue of events, delayed commands with a simulated clock, slot
-//! store, subflow completion) around the pure `process`, and a fake worker answers jobs at once
+//! `World` plays the runtime (queue of events, delayed commands with a simulated clock, the flows'
+//! keyed slot stage with its own queue of slot requests, subflow completion) around the pure
+//! `process`, and a fake worker answers jobs at once
 //! (Fail fails, Return renders `format`, a ForEachItem split gives 3 batches, a ForEachItem merge
 //! reports how many outputs it got, anything else succeeds).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -11,7 +12,9 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use kestra_core::executor::FlowIndex;
-use kestra_core::executor::concurrency::{ConcurrencySlots, SlotRequest, apply_slot_request};
+use kestra_core::executor::concurrency::{
+    ConcurrencySlots, SlotMessage, SlotRequest, apply_slot_request,
+};
 use kestra_core::executor::messages::{
     ExecutionCommand, ExecutorEvent, SubflowExecutionResult, WorkerTask, WorkerTaskResult,
 };
@@ -32,6 +35,8 @@ struct World {
     events: VecDeque<ExecutorEvent>,
     delays: Vec<(DateTime<Utc>, ExecutionCommand)>,
     slots: HashMap<String, ConcurrencySlots>,
+    /// Slot requests on their way to the flow's stage (keyed by flow, handled in order).
+    slot_requests: VecDeque<SlotMessage>,
     killed_children: Vec<String>,
     max_running: usize,
 }
@@ -59,6 +64,7 @@ impl World {
             events: VecDeque::new(),
             delays: Vec::new(),
             slots: HashMap::new(),
+            slot_requests: VecDeque::new(),
             killed_children: Vec::new(),
             max_running: 0,
         }
@@ -202,15 +208,15 @@ impl World {
         if out.slot != SlotRequest::None
             && let Some(c) = &index.flow.concurrency
         {
-            let slots = self.slots.entry(index.flow.id.clone()).or_default();
-            let d = apply_slot_request(slots, out.slot, &id, c);
-            for s in d.start {
-                self.events.push_back(ExecutorEvent::Command(s));
-            }
-            if let Some(f) = d.follow_up {
-                // Same unit of work: processed right away.
-                self.handle(ExecutorEvent::Command(f));
-            }
+            // The slots belong to the flow's stage: a message keyed by the flow.
+            self.slot_requests.push_back(SlotMessage {
+                tenant_id: out.execution.tenant_id.clone(),
+                namespace: out.execution.namespace.clone(),
+                flow_id: out.execution.flow_id.clone(),
+                execution_id: id.clone(),
+                request: out.slot,
+                concurrency: c.clone(),
+            });
         }
         if !was_terminated
             && let Some(e) = self.executions.get(&id)
@@ -227,11 +233,36 @@ impl World {
         self.max_running = self.max_running.max(running);
     }
 
-    /// Drain events; then, if `advance_clock`, move the clock to the next delay and go on.
+    /// The flow's slot stage handles one request: its commands go back keyed by execution.
+    fn slot_step(&mut self) -> bool {
+        let Some(m) = self.slot_requests.pop_front() else {
+            return false;
+        };
+        let slots = self.slots.entry(m.flow_id.clone()).or_default();
+        let d = apply_slot_request(slots, m.request, &m.execution_id, &m.concurrency);
+        for c in d.follow_up.into_iter().chain(d.start) {
+            self.events.push_back(ExecutorEvent::Command(c));
+        }
+        true
+    }
+
+    /// Handle execution events only (the slot stage lags behind).
+    fn run_events(&mut self) {
+        while let Some(ev) = self.events.pop_front() {
+            self.handle(ev);
+        }
+    }
+
+    /// Drain events and slot requests (interleaved); then, if `advance_clock`, move the clock to
+    /// the next delay and go on.
     fn run(&mut self, advance_clock: bool) {
         for _ in 0..100_000 {
+            let slot = self.slot_step();
             if let Some(ev) = self.events.pop_front() {
                 self.handle(ev);
+                continue;
+            }
+            if slot {
                 continue;
             }
             if !advance_clock || self.delays.is_empty() {
@@ -690,6 +721,41 @@ fn killing_a_queued_execution_leaves_the_queue() {
     assert!(w.slots["c"].queued.is_empty());
     w.run(true);
     assert_eq!(w.exec(&first).current(), StateType::Success);
+}
+
+#[test]
+fn an_execution_killed_before_its_granted_slot_arrives_frees_it() {
+    let mut w = World::new(&[&limited("QUEUE")]);
+    let first = w.start("t.c", |_| {});
+    w.run(false);
+    let second = w.start("t.c", |_| {});
+    w.run(false);
+    assert_eq!(w.exec(&second).current(), StateType::Queued);
+    // `first` ends; its release reaches the flow's stage, which grants the slot to `second` ...
+    w.command(ExecutionCommand::Resume {
+        execution_id: first.clone(),
+        task_run_id: None,
+        inputs: Map::new(),
+    });
+    w.run_events();
+    assert_eq!(w.exec(&first).current(), StateType::Success);
+    assert!(w.slot_step());
+    assert_eq!(w.slots["c"].running, vec![second.clone()]);
+    // ... but `second` is killed before its `Start` is processed.
+    w.events
+        .push_front(ExecutorEvent::Command(ExecutionCommand::Kill {
+            execution_id: second.clone(),
+        }));
+    w.run(false);
+    assert_eq!(w.exec(&second).current(), StateType::Killed);
+    let slots = &w.slots["c"];
+    assert!(
+        slots.running.is_empty() && slots.queued.is_empty(),
+        "the killed execution's release freed the slot it was granted: {slots:?}"
+    );
+    let third = w.start("t.c", |_| {});
+    w.run(true);
+    assert_eq!(w.exec(&third).current(), StateType::Success);
 }
 
 #[test]

@@ -18,12 +18,15 @@
 //! Evaluation happens in two pure steps. [`plan_flow_triggers`] checks states, conditions and which
 //! precondition conditions the ended execution meets, at the time it reached its state
 //! ([`event_time`]). A trigger without preconditions, or with a single condition met inside its
-//! window, is *ready*. A trigger with several conditions is *pending*: the runtime loads its
-//! [`PreconditionState`] from the unit of work (`load_state(preconditions::STATE_KIND, key)`, which
-//! locks it), calls [`preconditions::apply`], saves the new state and starts the execution if it
-//! fires - all in the unit that ends the upstream execution, so concurrent executors serialise on
-//! the entry and a full set fires exactly once. [`triggered_executions`] runs both steps against an
-//! in-memory map (tests, embedders).
+//! window, is *ready*. A trigger with several conditions is *pending*: its decision needs the
+//! trigger's [`PreconditionState`], which belongs to the trigger's keyed stage, not to the unit
+//! that ends the upstream execution. That unit publishes a [`PreconditionMessage`] on
+//! [`Topic::FlowPrecondition`], keyed by the trigger ([`preconditions::state_key`]); the unit that
+//! claims it loads the state (`load_state(preconditions::STATE_KIND, key)`), calls
+//! [`preconditions::apply`], saves the new state and starts the execution if it fires. Checks of
+//! one trigger are handled one at a time in publish order, so concurrent executors ending upstream
+//! executions never lose a condition and a full set fires exactly once. [`triggered_executions`]
+//! runs both steps against an in-memory map (tests, embedders).
 //!
 //! The triggered execution's `trigger.*` describes the execution that completed the set (Kestra
 //! merges the outputs of every matched execution; not done here).
@@ -35,6 +38,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::executor::preconditions::{
@@ -45,6 +49,7 @@ use crate::flow::model::{Flow, Trigger};
 use crate::flow::registry::TaskRegistry;
 use crate::flow::triggers::FlowTrigger;
 use crate::model::{Execution, ExecutionTrigger, Label, StateType};
+use crate::queue::{Envelope, QueueError, Topic};
 
 /// Canonical type name of the Flow trigger.
 pub const FLOW_TRIGGER_TYPE: &str = "io.kestra.plugin.core.trigger.Flow";
@@ -54,7 +59,8 @@ pub const MAX_TRIGGER_DEPTH: u64 = 10;
 
 /// An execution to start because of a Flow trigger, with its raw inputs (the runtime resolves them
 /// against the flow's input definitions).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct TriggeredExecution {
     /// The new execution (inputs not resolved yet).
     pub execution: Execution,
@@ -272,7 +278,8 @@ fn evaluate(
 }
 
 /// A trigger whose preconditions need their stored state to decide.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct PendingTrigger {
     /// Executor-state key of the trigger's results ([`preconditions::state_key`]).
     pub key: String,
@@ -280,6 +287,25 @@ pub struct PendingTrigger {
     pub check: PreconditionCheck,
     /// The execution to start if [`preconditions::apply`] says it fires.
     pub triggered: TriggeredExecution,
+}
+
+/// A pending trigger on its keyed stage (topic [`Topic::FlowPrecondition`], key = the trigger's
+/// [`PendingTrigger::key`]): the unit that claims it applies the check to the trigger's stored
+/// state and starts the execution if the set is complete.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PreconditionMessage {
+    /// When the upstream execution reached its state: the time the check is evaluated at.
+    pub at: DateTime<Utc>,
+    /// The trigger's key, what the upstream execution met, and the execution to start.
+    pub trigger: PendingTrigger,
+}
+
+impl PreconditionMessage {
+    /// As a queue message keyed by the trigger.
+    pub fn envelope(&self) -> Result<Envelope, QueueError> {
+        Envelope::json(Topic::FlowPrecondition, &self.trigger.key, self)
+    }
 }
 
 /// What the Flow triggers of the candidate flows make of one ended execution.
@@ -541,5 +567,47 @@ mod tests {
         );
         assert!(out.is_empty());
         assert_eq!(problems.len(), 1);
+    }
+
+    #[test]
+    fn a_pending_trigger_travels_keyed_by_its_trigger() {
+        let windows = [
+            "",
+            "      timeWindow:\n        type: SLIDING_WINDOW\n        window: PT2H\n",
+            "      timeWindow:\n        type: DURATION_WINDOW\n        window: PT1H\n        windowAdvance: PT5M\n",
+            "      timeWindow:\n        type: DAILY_TIME_DEADLINE\n        deadline: \"23:59:59\"\n",
+            "      timeWindow:\n        type: DAILY_TIME_WINDOW\n        startTime: \"00:00:00\"\n        endTime: \"23:59:59\"\n",
+        ];
+        for window in windows {
+            let f = flow(&format!(
+                "id: down\nnamespace: ns\n{TASKS}triggers:\n  - id: t\n    type: io.kestra.plugin.core.trigger.Flow\n    preconditions:\n      id: both\n      flows:\n        - namespace: ns\n          flowId: a\n        - namespace: ns\n          flowId: b\n{window}"
+            ));
+            let e = ended("ns", "a", StateType::Success);
+            let plan = plan_flow_triggers(
+                &e,
+                &[f],
+                &TaskRegistry::default(),
+                &ExpressionEngine::default(),
+                Utc::now(),
+            );
+            assert!(
+                plan.ready.is_empty() && plan.problems.is_empty(),
+                "{window}"
+            );
+            let pending = plan.pending.into_iter().next().unwrap();
+            assert_eq!(pending.key, "main|ns|down|t");
+            let message = PreconditionMessage {
+                at: plan.at,
+                trigger: pending,
+            };
+            let envelope = message.envelope().unwrap();
+            assert_eq!(envelope.topic, Topic::FlowPrecondition);
+            assert_eq!(envelope.key, "main|ns|down|t");
+            assert_eq!(
+                envelope.decode::<PreconditionMessage>().unwrap(),
+                message,
+                "{window}"
+            );
+        }
     }
 }

@@ -6,8 +6,11 @@
 //! ([`condition_ids`]). A trigger fires when all of its
 //! conditions have been met by executions inside the current [`WindowSpec`]. What has been met is a
 //! [`PreconditionState`] kept in executor state ([`STATE_KIND`], one entry per trigger,
-//! [`state_key`]) so that the unit of work locks it and two executors ending two upstream executions
-//! at once serialise on it: no condition is lost and a full set fires exactly once.
+//! [`state_key`]) and owned by the trigger's keyed stage: the unit that ends an upstream execution
+//! publishes a [`PreconditionCheck`] on [`Topic::FlowPrecondition`](crate::queue::Topic), keyed by
+//! the trigger, and the unit that claims it loads, decides and saves. Two executors ending two
+//! upstream executions at once publish two checks on one key, handled one after the other: no
+//! condition is lost and a full set fires exactly once.
 //!
 //! Everything here is pure: [`apply`] maps (stored state, the conditions an ended execution met, its
 //! time) to (new state, fire or not). The time is the upstream execution's last state change, so a
@@ -77,19 +80,23 @@ pub fn condition_ids<'a>(
 
 const DAY: TimeDelta = TimeDelta::days(1);
 
-/// A resolved `timeWindow`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A resolved `timeWindow` (durations travel as milliseconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
 pub enum WindowSpec {
     /// Fixed windows of `window`, shifted by `advance`.
     Duration {
         /// Window length (> 0).
+        #[serde(with = "millis")]
         window: TimeDelta,
         /// Offset of the window starts.
+        #[serde(with = "millis")]
         advance: TimeDelta,
     },
     /// A window of `window` ending at the evaluated execution.
     Sliding {
         /// Window length (> 0).
+        #[serde(with = "millis")]
         window: TimeDelta,
     },
     /// Midnight until `deadline`, each day.
@@ -104,6 +111,22 @@ pub enum WindowSpec {
         /// End time of day (after `start`).
         end: NaiveTime,
     },
+}
+
+/// A [`TimeDelta`] as whole milliseconds.
+mod millis {
+    use chrono::TimeDelta;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &TimeDelta, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_i64(d.num_milliseconds())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<TimeDelta, D::Error> {
+        let ms = i64::deserialize(d)?;
+        TimeDelta::try_milliseconds(ms)
+            .ok_or_else(|| serde::de::Error::custom(format!("{ms} ms is out of range")))
+    }
 }
 
 /// A time of day as Kestra writes it (`HH:mm`, `HH:mm:ss`, `HH:mm:ss.SSS`).
@@ -251,7 +274,8 @@ pub struct PreconditionState {
 }
 
 /// One ended execution seen by one trigger's preconditions.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct PreconditionCheck {
     /// Every condition id of the trigger.
     pub conditions: Vec<String>,

@@ -13,12 +13,20 @@
 //! - publishes the result for the parent when a subflow child ends, `Kill` commands for the
 //!   children of a killed Subflow task run, `Restart` commands for the failed children of a
 //!   restarted ForEachItem, and new executions (CREATE_NEW_EXECUTION retries);
-//! - applies flow concurrency requests to the slots kept in executor state
-//!   ([`crate::executor::concurrency`]) and processes the resulting `Start` /
-//!   `ConcurrencyLimited` command right away; freed slots start the oldest queued executions;
+//! - publishes the slot requests of executions of limited flows ([`SlotMessage`], keyed by flow);
 //! - when an execution ends (or pauses), starts the flows whose Flow trigger it fires
-//!   ([`crate::executor::flow_trigger`]); triggers with several precondition conditions keep their
-//!   results in executor state ([`crate::executor::preconditions`]), locked by the unit of work.
+//!   ([`crate::executor::flow_trigger`]), and publishes a [`PreconditionMessage`] (keyed by
+//!   trigger) for each trigger with several precondition conditions.
+//!
+//! State that belongs to a flow or a trigger has its own keyed stage, consumed by the same
+//! executor group in the same loop but keyed by that flow or trigger, so a unit of work only ever
+//! loads and saves state under the keys of the messages it claimed (the queue refuses other keys):
+//! - [`Topic::ConcurrencySlot`]: the unit that claimed a flow's slot requests loads the flow's
+//!   slots ([`crate::executor::concurrency`]), applies the requests in order, saves the slots and
+//!   publishes the `Start` / `ConcurrencyLimited` commands, keyed by execution;
+//! - [`Topic::FlowPrecondition`]: the unit that claimed a trigger's checks loads the trigger's
+//!   results ([`crate::executor::preconditions`]), applies the checks in order, saves the results
+//!   and publishes the triggered execution when a set is complete.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,8 +36,10 @@ use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info_span, warn};
 
-use crate::executor::concurrency::{self, ConcurrencySlots, SlotRequest, apply_slot_request};
-use crate::executor::flow_trigger::plan_flow_triggers;
+use crate::executor::concurrency::{
+    self, ConcurrencySlots, SlotMessage, SlotRequest, apply_slot_request,
+};
+use crate::executor::flow_trigger::{PreconditionMessage, TriggeredExecution, plan_flow_triggers};
 use crate::executor::messages::{
     ExecutionCommand, ExecutionKilled, ExecutorEvent, WorkerJob, execution_envelope,
 };
@@ -39,7 +49,7 @@ use crate::executor::subflow::{SubflowRequest, complete_child, result_for_parent
 use crate::expression::ExpressionEngine;
 use crate::inputs::{ExecutionRef, RawInput, resolve_inputs};
 use crate::model::{Execution, Level, LogEntry, StateType};
-use crate::queue::{ConsumerGroup, Envelope, Queue, QueueError, Topic, UnitOfWork};
+use crate::queue::{ConsumerGroup, Delivery, Envelope, Queue, QueueError, Topic, UnitOfWork};
 use crate::runtime::flows::{FlowCache, FlowCacheError};
 
 /// Executor settings.
@@ -60,13 +70,26 @@ impl Default for ExecutorConfig {
     }
 }
 
-/// The topics the executor consumes.
+/// The topics the executor consumes: those keyed by execution, then the keyed stages of flows
+/// (concurrency slots) and triggers (preconditions).
 pub const EXECUTOR_TOPICS: &[Topic] = &[
     Topic::Execution,
     Topic::ExecutionCommand,
     Topic::WorkerTaskResult,
     Topic::SubflowExecutionResult,
+    Topic::ConcurrencySlot,
+    Topic::FlowPrecondition,
 ];
+
+/// The state of the flow- and trigger-keyed stages in one unit of work: loaded once per key (under
+/// the key of a claimed message), updated in claim order, saved before the commit.
+#[derive(Default)]
+struct KeyedState {
+    /// Flow key -> its slots and whether they changed.
+    slots: HashMap<String, (ConcurrencySlots, bool)>,
+    /// Trigger key -> its precondition results and whether they changed.
+    preconditions: HashMap<String, (Option<PreconditionState>, bool)>,
+}
 
 /// The executor service.
 pub struct ExecutorService {
@@ -173,13 +196,35 @@ impl ExecutorService {
         let deliveries = unit.deliveries().to_vec();
         let mut executions: HashMap<String, Option<Execution>> = HashMap::new();
         let mut dirty: Vec<String> = Vec::new();
+        let mut keyed = KeyedState::default();
         let mut outgoing: Vec<Envelope> = Vec::new();
         for delivery in deliveries {
+            match delivery.envelope.topic {
+                Topic::ConcurrencySlot => {
+                    self.slot_request(unit.as_mut(), &mut keyed, &mut outgoing, &delivery)
+                        .await?;
+                    continue;
+                }
+                Topic::FlowPrecondition => {
+                    self.precondition_check(unit.as_mut(), &mut keyed, &mut outgoing, &delivery)
+                        .await?;
+                    continue;
+                }
+                _ => {}
+            }
             let event = match ExecutorEvent::decode(&delivery.envelope) {
-                Ok(e) => e,
+                Ok(e) if e.execution_id() == delivery.envelope.key => e,
+                Ok(e) => {
+                    let reason = format!(
+                        "message keyed '{}' concerns execution {}",
+                        delivery.envelope.key,
+                        e.execution_id()
+                    );
+                    dead_letter(unit.as_mut(), &delivery, &reason).await?;
+                    continue;
+                }
                 Err(e) => {
-                    warn!(topic = %delivery.envelope.topic, key = %delivery.envelope.key, error = %e, "dead-lettering malformed message");
-                    unit.dead_letter(delivery.tag, &e.to_string()).await?;
+                    dead_letter(unit.as_mut(), &delivery, &e.to_string()).await?;
                     continue;
                 }
             };
@@ -238,13 +283,9 @@ impl ExecutorService {
                 let previous_state = current.as_ref().map(|c| c.state.current());
                 let previous_history = current.as_ref().map_or(0, |c| c.state.histories().len());
                 let mut current = current;
-                let mut pending = vec![event];
-                while let Some(event) = pending.pop() {
-                    let Some(outcome) =
-                        process(&index, &self.expr, Utc::now(), current.clone(), &event)
-                    else {
-                        break;
-                    };
+                if let Some(outcome) =
+                    process(&index, &self.expr, Utc::now(), current.clone(), &event)
+                {
                     if let Some(reason) = &outcome.ignored {
                         debug!(%reason, "event ignored");
                     }
@@ -287,36 +328,22 @@ impl ExecutorService {
                     for request in &outcome.subflow_requests {
                         outgoing.push(self.subflow_envelope(request).await?);
                     }
+                    // The flow's slots belong to the flow's keyed stage: ask it.
                     if outcome.slot != SlotRequest::None
                         && let Some(limit) = &index.flow.concurrency
                     {
-                        let key = concurrency::state_key(
-                            &outcome.execution.tenant_id,
-                            &outcome.execution.namespace,
-                            &outcome.execution.flow_id,
+                        let execution = &outcome.execution;
+                        outgoing.push(
+                            SlotMessage {
+                                tenant_id: execution.tenant_id.clone(),
+                                namespace: execution.namespace.clone(),
+                                flow_id: execution.flow_id.clone(),
+                                execution_id: id.clone(),
+                                request: outcome.slot,
+                                concurrency: limit.clone(),
+                            }
+                            .envelope()?,
                         );
-                        let mut slots: ConcurrencySlots =
-                            match unit.load_state(concurrency::STATE_KIND, &key).await? {
-                                Some(v) => serde_json::from_value(v).unwrap_or_default(),
-                                None => ConcurrencySlots::default(),
-                            };
-                        let decision = apply_slot_request(&mut slots, outcome.slot, &id, limit);
-                        if decision.changed {
-                            let value = serde_json::to_value(&slots).map_err(|source| {
-                                QueueError::Encode {
-                                    topic: Topic::ExecutionCommand,
-                                    source,
-                                }
-                            })?;
-                            unit.save_state(concurrency::STATE_KIND, &key, Some(&value))
-                                .await?;
-                        }
-                        for start in decision.start {
-                            outgoing.push(start.envelope()?);
-                        }
-                        if let Some(follow_up) = decision.follow_up {
-                            pending.push(ExecutorEvent::Command(follow_up));
-                        }
                     }
                     if outcome.changed {
                         current = Some(outcome.execution.clone());
@@ -341,9 +368,7 @@ impl ExecutorService {
                     && Some(now.state.current()) != previous_state
                     && (now.state.is_terminated() || now.state.current() == StateType::Paused)
                 {
-                    for e in self.flow_triggered(unit.as_mut(), now).await? {
-                        outgoing.push(execution_envelope(&e)?);
-                    }
+                    outgoing.extend(self.flow_triggered(now).await?);
                 }
                 Ok(())
             }
@@ -355,6 +380,30 @@ impl ExecutorService {
                 unit.save_execution(e).await?;
             }
         }
+        for (key, (slots, changed)) in &keyed.slots {
+            if *changed {
+                let value = serde_json::to_value(slots).map_err(|source| QueueError::Encode {
+                    topic: Topic::ConcurrencySlot,
+                    source,
+                })?;
+                unit.save_state(concurrency::STATE_KIND, key, Some(&value))
+                    .await?;
+            }
+        }
+        for (key, (state, changed)) in &keyed.preconditions {
+            if *changed {
+                let value = state
+                    .as_ref()
+                    .map(serde_json::to_value)
+                    .transpose()
+                    .map_err(|source| QueueError::Encode {
+                        topic: Topic::FlowPrecondition,
+                        source,
+                    })?;
+                unit.save_state(preconditions::STATE_KIND, key, value.as_ref())
+                    .await?;
+            }
+        }
         if !outgoing.is_empty() {
             unit.publish(outgoing).await?;
         }
@@ -363,14 +412,119 @@ impl ExecutorService {
 }
 
 impl ExecutorService {
-    /// Executions started by Flow triggers because `ended` reached its state (inputs resolved; a
-    /// trigger whose inputs are invalid is skipped with a warning). Triggers with several
-    /// precondition conditions read and update their state in `unit` (locked until it commits).
-    async fn flow_triggered(
+    /// The flow's keyed stage: one slot request applied to the flow's slots (loaded once per unit,
+    /// under the flow's key, which this unit claimed), and the resulting `Start` /
+    /// `ConcurrencyLimited` commands, keyed by execution.
+    async fn slot_request(
         &self,
         unit: &mut dyn UnitOfWork,
-        ended: &Execution,
-    ) -> Result<Vec<Execution>, QueueError> {
+        keyed: &mut KeyedState,
+        outgoing: &mut Vec<Envelope>,
+        delivery: &Delivery,
+    ) -> Result<(), QueueError> {
+        let key = &delivery.envelope.key;
+        let message: SlotMessage = match delivery.envelope.decode() {
+            Ok(m) => m,
+            Err(e) => return dead_letter(unit, delivery, &e.to_string()).await,
+        };
+        if message.key() != *key {
+            let reason = format!("slot request of flow '{}' keyed '{key}'", message.key());
+            return dead_letter(unit, delivery, &reason).await;
+        }
+        let span = info_span!("executor.slot", namespace = %message.namespace, flow = %message.flow_id, execution_id = %message.execution_id);
+        async {
+            if !keyed.slots.contains_key(key) {
+                let slots = match unit.load_state(concurrency::STATE_KIND, key).await? {
+                    Some(v) => serde_json::from_value(v).unwrap_or_else(|e| {
+                        warn!(%key, error = %e, "unreadable concurrency slots; starting over");
+                        ConcurrencySlots::default()
+                    }),
+                    None => ConcurrencySlots::default(),
+                };
+                keyed.slots.insert(key.clone(), (slots, false));
+            }
+            let Some((slots, changed)) = keyed.slots.get_mut(key) else {
+                return Ok(());
+            };
+            let decision = apply_slot_request(
+                slots,
+                message.request,
+                &message.execution_id,
+                &message.concurrency,
+            );
+            *changed |= decision.changed;
+            for command in decision.follow_up.into_iter().chain(decision.start) {
+                debug!(command = ?command, "slot decision");
+                outgoing.push(command.envelope()?);
+            }
+            Ok(())
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// The trigger's keyed stage: one precondition check applied to the trigger's results (loaded
+    /// once per unit, under the trigger's key, which this unit claimed); the triggered execution is
+    /// published when the set is complete.
+    async fn precondition_check(
+        &self,
+        unit: &mut dyn UnitOfWork,
+        keyed: &mut KeyedState,
+        outgoing: &mut Vec<Envelope>,
+        delivery: &Delivery,
+    ) -> Result<(), QueueError> {
+        let key = &delivery.envelope.key;
+        let message: PreconditionMessage = match delivery.envelope.decode() {
+            Ok(m) => m,
+            Err(e) => return dead_letter(unit, delivery, &e.to_string()).await,
+        };
+        if message.trigger.key != *key {
+            let reason = format!(
+                "precondition check of trigger '{}' keyed '{key}'",
+                message.trigger.key
+            );
+            return dead_letter(unit, delivery, &reason).await;
+        }
+        let span = info_span!("executor.preconditions", trigger = %key);
+        async {
+            if !keyed.preconditions.contains_key(key) {
+                let stored: Option<PreconditionState> = unit
+                    .load_state(preconditions::STATE_KIND, key)
+                    .await?
+                    .and_then(|v| match serde_json::from_value(v) {
+                        Ok(s) => Some(s),
+                        Err(e) => {
+                            warn!(%key, error = %e, "unreadable precondition state; starting over");
+                            None
+                        }
+                    });
+                keyed.preconditions.insert(key.clone(), (stored, false));
+            }
+            let Some((state, changed)) = keyed.preconditions.get_mut(key) else {
+                return Ok(());
+            };
+            let decision = preconditions::apply(state.take(), &message.trigger.check, message.at);
+            if let Some(why) = &decision.skipped {
+                debug!(%why, "precondition not counted");
+            }
+            *state = decision.state;
+            *changed |= decision.changed;
+            if decision.fire
+                && let Some(execution) = self.start_triggered(message.trigger.triggered).await
+            {
+                outgoing.push(execution_envelope(&execution)?);
+            }
+            Ok(())
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// What the Flow triggers make of `ended`, which reached its state: the executions of the
+    /// triggers that fire now (inputs resolved; a trigger whose inputs are invalid is skipped with
+    /// a warning), and a [`PreconditionMessage`] for the stage of each trigger whose preconditions
+    /// decide with their stored results.
+    async fn flow_triggered(&self, ended: &Execution) -> Result<Vec<Envelope>, QueueError> {
         let flows = match self.flows.flows_with_triggers(&ended.tenant_id).await {
             Ok(f) => f,
             Err(e) => {
@@ -385,82 +539,67 @@ impl ExecutorService {
         for p in &plan.problems {
             warn!(execution_id = %ended.id, "flow trigger: {p}");
         }
-        let mut triggered = plan.ready;
-        for pending in plan.pending {
-            let stored: Option<PreconditionState> = unit
-                .load_state(preconditions::STATE_KIND, &pending.key)
-                .await?
-                .and_then(|v| match serde_json::from_value(v) {
-                    Ok(s) => Some(s),
-                    Err(e) => {
-                        warn!(key = %pending.key, error = %e, "unreadable precondition state; starting over");
-                        None
-                    }
-                });
-            let decision = preconditions::apply(stored, &pending.check, plan.at);
-            if let Some(why) = &decision.skipped {
-                debug!(key = %pending.key, %why, "precondition not counted");
-            }
-            if decision.changed {
-                let value = decision
-                    .state
-                    .as_ref()
-                    .map(serde_json::to_value)
-                    .transpose()
-                    .map_err(|source| QueueError::Encode {
-                        topic: Topic::Execution,
-                        source,
-                    })?;
-                unit.save_state(preconditions::STATE_KIND, &pending.key, value.as_ref())
-                    .await?;
-            }
-            if decision.fire {
-                triggered.push(pending.triggered);
+        let mut out = Vec::new();
+        for t in plan.ready {
+            if let Some(execution) = self.start_triggered(t).await {
+                out.push(execution_envelope(&execution)?);
             }
         }
-        let mut out = Vec::new();
-        for t in triggered {
-            let mut execution = t.execution;
-            let flow = match self
-                .flows
-                .flow(
-                    &execution.tenant_id,
-                    &execution.namespace,
-                    &execution.flow_id,
-                    Some(execution.flow_revision),
-                )
-                .await
-            {
-                Ok(f) => f,
-                Err(e) => {
-                    warn!(error = %e, "flow trigger: flow vanished");
-                    continue;
+        for pending in plan.pending {
+            debug!(trigger = %pending.key, "precondition check sent to the trigger's stage");
+            out.push(
+                PreconditionMessage {
+                    at: plan.at,
+                    trigger: pending,
                 }
-            };
-            let raw = t
-                .inputs
-                .into_iter()
-                .map(|(k, v)| (k, RawInput::Json(v)))
-                .collect();
-            match resolve_inputs(
-                &flow,
-                raw,
-                ExecutionRef::of(&execution),
-                None,
-                self.expr.as_ref(),
-            )
-            .await
-            {
-                Ok(inputs) => execution.inputs = inputs,
-                Err(e) => {
-                    warn!(flow = %flow.id, namespace = %flow.namespace, "flow trigger: invalid inputs: {e}");
-                    continue;
-                }
-            }
-            debug!(triggered = %execution.id, flow = %flow.id, "flow trigger fired");
-            out.push(execution);
+                .envelope()?,
+            );
         }
         Ok(out)
+    }
+
+    /// The execution a fired Flow trigger starts, its inputs resolved against its flow; `None`
+    /// (with a warning) when the flow is gone or the inputs are invalid.
+    async fn start_triggered(&self, t: TriggeredExecution) -> Option<Execution> {
+        let mut execution = t.execution;
+        let flow = match self
+            .flows
+            .flow(
+                &execution.tenant_id,
+                &execution.namespace,
+                &execution.flow_id,
+                Some(execution.flow_revision),
+            )
+            .await
+        {
+            Ok(f) => f,
+            Err(e) => {
+                warn!(error = %e, "flow trigger: flow vanished");
+                return None;
+            }
+        };
+        let raw = t
+            .inputs
+            .into_iter()
+            .map(|(k, v)| (k, RawInput::Json(v)))
+            .collect();
+        match resolve_inputs(
+            &flow,
+            raw,
+            ExecutionRef::of(&execution),
+            None,
+            self.expr.as_ref(),
+        )
+        .await
+        {
+            Ok(inputs) => execution.inputs = inputs,
+            Err(e) => {
+                warn!(flow = %flow.id, namespace = %flow.namespace, "flow trigger: invalid inputs: {e}");
+                return None;
+            }
+        }
+        debug!(triggered = %execution.id, flow = %flow.id, "flow trigger fired");
+        Some(execution)
     }
 
     /// The child execution of a Subflow request, or a failed result for its parent.
@@ -533,6 +672,17 @@ fn fail_unrunnable(
         messages.push(result.envelope()?);
     }
     Ok(Some((failed, messages)))
+}
+
+/// Stage setting aside a message the executor cannot handle (malformed, or keyed unlike what it
+/// concerns); the unit goes on with the others.
+async fn dead_letter(
+    unit: &mut dyn UnitOfWork,
+    delivery: &Delivery,
+    reason: &str,
+) -> Result<(), QueueError> {
+    warn!(topic = %delivery.envelope.topic, key = %delivery.envelope.key, %reason, "dead-lettering a message");
+    unit.dead_letter(delivery.tag, reason).await
 }
 
 fn log_envelope(execution: &Execution, message: &str) -> Result<Envelope, QueueError> {

@@ -36,7 +36,9 @@ use serde_json::json;
 use tokio::task::JoinHandle;
 
 use crate::model::{Execution, State, StateType, new_id};
-use crate::queue::{ConsumerGroup, Delivery, DeliveryTag, Envelope, Queue, Topic, UnitOfWork};
+use crate::queue::{
+    ConsumerGroup, Delivery, DeliveryTag, Envelope, Queue, QueueError, Topic, UnitOfWork,
+};
 
 /// Builds a new handle on the same store (a new connection, client or instance), so that "several
 /// consumers" in the multi-consumer checks are really several. `&|| queue.clone()` is the trivial factory.
@@ -1314,6 +1316,84 @@ pub async fn unit_of_work_dead_letter(queue: Arc<dyn Queue>) {
     assert_no_own_units(q, &UOW_TOPICS, &p, Duration::from_secs(1)).await;
 }
 
+/// A unit of work loads and saves executions and executor state only under the keys of the messages
+/// it claimed: any other key is refused with [`QueueError::NotClaimed`] before anything is read or
+/// staged; the claimed key works in the same unit, which still commits; and nothing refused was
+/// applied (a later unit that claims the other key finds neither execution nor state).
+pub async fn unit_of_work_keyed_state(queue: Arc<dyn Queue>) {
+    let q = &*queue;
+    let p = prefix("uow-keyed");
+    let mine = format!("{p}-mine");
+    let other = format!("{p}-other");
+    let ns = "testkit.uow";
+    publish(q, vec![msg(Topic::ExecutionCommand, &mine, 1)]).await;
+    let (mut unit, own) = begin_own(q, &UOW_TOPICS, &p, DEADLINE).await;
+    assert_eq!(own.len(), 1, "one message published: {own:?}");
+    let refused = |what: &str, result: Result<(), QueueError>| match result {
+        Err(QueueError::NotClaimed { key, .. }) => {
+            assert_eq!(key, other, "{what}: NotClaimed must name the refused key")
+        }
+        other_result => panic!(
+            "{what} under a key no claimed message carries must be refused with \
+             QueueError::NotClaimed (the state of that key belongs to its own consumer), got \
+             {other_result:?}"
+        ),
+    };
+    refused(
+        "load_execution",
+        unit.load_execution(&other).await.map(|_| ()),
+    );
+    refused(
+        "save_execution",
+        unit.save_execution(&execution(&other, ns, StateType::Running))
+            .await,
+    );
+    refused(
+        "load_state",
+        unit.load_state(STATE_KIND, &other).await.map(|_| ()),
+    );
+    refused(
+        "save_state",
+        unit.save_state(STATE_KIND, &other, Some(&json!({ "foreign": true })))
+            .await,
+    );
+    // The claimed key works in the same unit, which still commits.
+    let st = unit
+        .load_state(STATE_KIND, &mine)
+        .await
+        .unwrap_or_else(|e| panic!("load_state under the claimed key failed: {e}"));
+    assert_eq!(st, None);
+    unit.save_execution(&execution(&mine, ns, StateType::Running))
+        .await
+        .unwrap_or_else(|e| panic!("save_execution under the claimed key failed: {e}"));
+    unit.save_state(STATE_KIND, &mine, Some(&json!({ "mine": true })))
+        .await
+        .unwrap_or_else(|e| panic!("save_state under the claimed key failed: {e}"));
+    commit(unit).await;
+
+    // The owner of the other key sees nothing of the refused writes.
+    publish(q, vec![msg(Topic::ExecutionCommand, &other, 2)]).await;
+    let (mut unit, own) = begin_own(q, &UOW_TOPICS, &p, DEADLINE).await;
+    assert_eq!(
+        own.iter()
+            .map(|d| d.envelope.key.as_str())
+            .collect::<Vec<_>>(),
+        vec![other.as_str()]
+    );
+    let loaded = unit
+        .load_execution(&other)
+        .await
+        .unwrap_or_else(|e| panic!("load_execution under the claimed key failed: {e}"));
+    assert_eq!(loaded, None, "a refused save_execution was applied");
+    let st = unit
+        .load_state(STATE_KIND, &other)
+        .await
+        .unwrap_or_else(|e| panic!("load_state under the claimed key failed: {e}"));
+    assert_eq!(st, None, "a refused save_state was applied");
+    commit(unit).await;
+    assert_no_own_units(q, &UOW_TOPICS, &p, Duration::from_secs(1)).await;
+}
+
 /// [`unit_of_work_serialized_per_key_with`] with three clones of one handle.
 pub async fn unit_of_work_serialized_per_key(queue: Arc<dyn Queue>) {
     unit_of_work_serialized_per_key_with(&move || queue.clone()).await;
@@ -1566,6 +1646,7 @@ pub async fn run_all_with(factory: &QueueFactory) {
     unit_of_work_rollback_on_drop(factory()).await;
     unit_of_work_crash_before_commit(factory()).await;
     unit_of_work_dead_letter(factory()).await;
+    unit_of_work_keyed_state(factory()).await;
     unit_of_work_serialized_per_key_with(factory).await;
     begin_wait_and_wakeup(factory()).await;
     drain_many(factory(), 1_000).await;
@@ -1576,7 +1657,7 @@ pub async fn run_all_with(factory: &QueueFactory) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::queue::{QueueError, Subscription};
+    use crate::queue::{Subscription, check_claimed};
     use async_trait::async_trait;
     use std::collections::HashSet;
 
@@ -1585,6 +1666,7 @@ mod tests {
         ignore_lease_extension: bool,
         ignore_delay: bool,
         no_key_exclusion: bool,
+        unscoped_state: bool,
     }
 
     struct Row {
@@ -1798,6 +1880,7 @@ mod tests {
                 return Ok(None);
             }
             Ok(Some(Box::new(MemUnit {
+                scoped: !self.flaws.unscoped_state,
                 queue: self.clone(),
                 id,
                 deliveries: got,
@@ -1810,6 +1893,7 @@ mod tests {
     }
 
     struct MemUnit {
+        scoped: bool,
         queue: MemQueue,
         id: u64,
         deliveries: Vec<Delivery>,
@@ -1831,15 +1915,27 @@ mod tests {
         }
     }
 
+    impl MemUnit {
+        fn check(&self, key: &str) -> Result<(), QueueError> {
+            if self.scoped {
+                check_claimed(&self.deliveries, || "use".into(), key)
+            } else {
+                Ok(())
+            }
+        }
+    }
+
     #[async_trait]
     impl UnitOfWork for MemUnit {
         fn deliveries(&self) -> &[Delivery] {
             &self.deliveries
         }
         async fn load_execution(&mut self, id: &str) -> Result<Option<Execution>, QueueError> {
+            self.check(id)?;
             Ok(lock(&self.queue.inner).executions.get(id).cloned())
         }
         async fn save_execution(&mut self, execution: &Execution) -> Result<(), QueueError> {
+            self.check(&execution.id)?;
             self.executions.push(execution.clone());
             Ok(())
         }
@@ -1848,6 +1944,7 @@ mod tests {
             kind: &str,
             key: &str,
         ) -> Result<Option<serde_json::Value>, QueueError> {
+            self.check(key)?;
             let k = (kind.to_string(), key.to_string());
             Ok(lock(&self.queue.inner).state.get(&k).cloned())
         }
@@ -1857,6 +1954,7 @@ mod tests {
             key: &str,
             value: Option<&serde_json::Value>,
         ) -> Result<(), QueueError> {
+            self.check(key)?;
             self.state
                 .push(((kind.to_string(), key.to_string()), value.cloned()));
             Ok(())
@@ -1945,6 +2043,16 @@ mod tests {
     async fn a_queue_without_key_exclusion_fails_unit_of_work_serialization() {
         unit_of_work_serialized_per_key(Arc::new(MemQueue::with(Flaws {
             no_key_exclusion: true,
+            ..Flaws::default()
+        })))
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    #[should_panic(expected = "must be refused with QueueError::NotClaimed")]
+    async fn a_unit_reaching_state_of_unclaimed_keys_fails_keyed_state() {
+        unit_of_work_keyed_state(Arc::new(MemQueue::with(Flaws {
+            unscoped_state: true,
             ..Flaws::default()
         })))
         .await;

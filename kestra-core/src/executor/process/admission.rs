@@ -106,27 +106,16 @@ impl Run<'_> {
         }
     }
 
-    /// After the walk: report a slot to free when an execution of a limited flow ended.
+    /// After the walk: an execution of a limited flow that ended in this call releases its slot,
+    /// whatever it holds (a slot, a place in the queue, or a grant still on its way): every end
+    /// path releases, and releasing what is not held is a no-op.
     pub(super) fn slot_after(&mut self) {
-        if self.index.flow.concurrency.is_none()
-            || self.slot != SlotRequest::None
-            || self.was_terminated
-            || !self.exec.state.is_terminated()
+        if self.index.flow.concurrency.is_some()
+            && self.slot == SlotRequest::None
+            && !self.was_terminated
+            && self.exec.state.is_terminated()
         {
-            return;
-        }
-        // Only this run counts: a restarted execution held (or waited for) a slot again after
-        // its last RESTARTED.
-        let histories = self.exec.state.histories();
-        let since = histories
-            .iter()
-            .rposition(|h| h.state == StateType::Restarted)
-            .map_or(0, |i| i + 1);
-        let seen = |s: StateType| histories[since..].iter().any(|h| h.state == s);
-        if seen(StateType::Running) {
             self.slot = SlotRequest::Release;
-        } else if seen(StateType::Queued) {
-            self.slot = SlotRequest::LeaveQueue;
         }
     }
 
