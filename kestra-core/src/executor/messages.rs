@@ -126,7 +126,11 @@ impl WorkerTriggerResult {
     }
 }
 
-/// The result of one task attempt (topic [`Topic::WorkerTaskResult`], key = execution id).
+/// What a worker says about one task attempt (topic [`Topic::WorkerTaskResult`], key = execution
+/// id): RUNNING when it starts the attempt, then the attempt's final state. Both travel on the
+/// execution's key, so the executor sees them in that order; it applies a RUNNING only to a task
+/// run still waiting for a worker (CREATED, RETRYING, RESTARTED), and a final result whose RUNNING
+/// never arrived still records RUNNING first (at the attempt's start).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkerTaskResult {
@@ -136,9 +140,11 @@ pub struct WorkerTaskResult {
     pub task_run_id: String,
     /// Attempt number the result is for (from 1); a result for another attempt is stale.
     pub attempt: u32,
-    /// The attempt's final state (SUCCESS, WARNING, FAILED, KILLED).
+    /// RUNNING (the worker started the attempt) or the attempt's final state (SUCCESS, WARNING,
+    /// FAILED, KILLED).
     pub state: StateType,
-    /// The attempt's own state history (RUNNING ... final).
+    /// The attempt's own state history (RUNNING ... final; only RUNNING, with the worker's start
+    /// date, in a RUNNING message).
     pub attempt_state: State,
     /// Outputs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -152,6 +158,20 @@ pub struct WorkerTaskResult {
 }
 
 impl WorkerTaskResult {
+    /// The RUNNING message for `job`: the worker `worker_id` started it at `attempt_state`'s date.
+    pub fn running(job: &WorkerTask, attempt_state: State, worker_id: Option<String>) -> Self {
+        WorkerTaskResult {
+            execution_id: job.task_run.execution_id.clone(),
+            task_run_id: job.task_run.id.clone(),
+            attempt: job.attempt,
+            state: StateType::Running,
+            attempt_state,
+            outputs: None,
+            child_task_runs: Vec::new(),
+            worker_id,
+        }
+    }
+
     /// As a queue message keyed by the execution id.
     pub fn envelope(&self) -> Result<Envelope, QueueError> {
         Envelope::json(Topic::WorkerTaskResult, &self.execution_id, self)
