@@ -1,6 +1,8 @@
 //! The messages the engine's components exchange through the [`Queue`](crate::queue::Queue), with the
-//! topic and key each travels on. Every message that concerns an execution is keyed by its id, so that
-//! all of them are processed in order by one executor.
+//! topic and key each travels on. Every message *to the executor* that concerns an execution is keyed
+//! by its id, so that all of them are processed in order by one executor. Worker jobs are keyed by
+//! task run attempt ([`WorkerTask::key`]), so that the jobs of one execution spread over workers and
+//! never wait for one another.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -10,7 +12,7 @@ use crate::flow::model::{ConcurrencyBehavior, Task, Trigger};
 use crate::model::{Execution, State, StateType, TaskRun};
 use crate::queue::{Envelope, QueueError, Topic};
 
-/// A task attempt for a worker (topic [`Topic::WorkerJob`], key = execution id).
+/// A task attempt for a worker (topic [`Topic::WorkerJob`], key = [`WorkerTask::key`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkerTask {
@@ -38,11 +40,24 @@ pub enum WorkerJob {
     Trigger(Box<WorkerTrigger>),
 }
 
+impl WorkerTask {
+    /// The job's queue key: `<task run id>/<attempt>` (Kestra keys a `WorkerTask` by its task run).
+    ///
+    /// Not the execution id: the queue hands out one message per key at a time, so a long task would
+    /// hold back every other job of its execution. The attempt is part of it so that a new attempt
+    /// (a retry, a restart) never waits behind the claim of an older one (a worker still stopping
+    /// a killed attempt, or one that died holding it).
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.task_run.id, self.attempt)
+    }
+}
+
 impl WorkerJob {
-    /// As a queue message keyed by the execution id (a task) or the trigger uid (a trigger).
+    /// As a queue message keyed by task run attempt (a task, [`WorkerTask::key`]) or by trigger uid
+    /// (a trigger).
     pub fn envelope(&self) -> Result<Envelope, QueueError> {
         match self {
-            WorkerJob::Task(t) => Envelope::json(Topic::WorkerJob, &t.task_run.execution_id, self),
+            WorkerJob::Task(t) => Envelope::json(Topic::WorkerJob, t.key(), self),
             WorkerJob::Trigger(t) => Envelope::json(Topic::WorkerJob, t.uid(), self),
         }
     }
