@@ -5,7 +5,9 @@
 //!
 //! When it starts a task attempt, the worker first publishes a RUNNING [`WorkerTaskResult`] (its
 //! start date and id; Kestra's worker does the same), without waiting for it: it goes out through
-//! the same ordered, batched publisher as the final result, so it is never published after it.
+//! the same ordered, batched publisher as the final result, so it is never published after it,
+//! and waits there up to [`WorkerConfig::telemetry_linger`] for a result to share a publish with
+//! (a short task's RUNNING and result go out together).
 //!
 //! Leases: a received job is leased for [`WorkerConfig::lease`] (2 min); while it runs, the worker
 //! extends the leases of all its jobs every [`WorkerConfig::lease_renewal`] (30 s), so a long task
@@ -540,18 +542,33 @@ struct Outgoing {
 /// first (so a task's logs are queued before its result; not for a batch of RUNNING messages
 /// only), then every pending message goes out in one `publish`, then the finished jobs are
 /// acknowledged in one `ack`. Under load this turns two transactions per job into three per batch.
+/// A batch of RUNNING messages only waits up to `linger` for a result to join it.
 async fn results_loop(
     queue: Arc<dyn Queue>,
     telemetry: mpsc::UnboundedSender<Telemetry>,
     mut rx: mpsc::UnboundedReceiver<Outgoing>,
     max_batch: usize,
+    linger: Duration,
 ) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
-        while batch.len() < max_batch {
-            match rx.try_recv() {
-                Ok(o) => batch.push(o),
-                Err(_) => break,
+        // RUNNING messages alone wait up to `linger` for a result to go out with: a short task's
+        // RUNNING and result then cost one publish (and one unit of work of the executor). The
+        // RUNNING carries the worker's start date, so waiting does not change it.
+        let deadline = tokio::time::Instant::now() + linger;
+        loop {
+            while batch.len() < max_batch {
+                match rx.try_recv() {
+                    Ok(o) => batch.push(o),
+                    Err(_) => break,
+                }
+            }
+            if batch.len() >= max_batch || batch.iter().any(|o| o.tag.is_some()) {
+                break;
+            }
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(o)) => batch.push(o),
+                Ok(None) | Err(_) => break,
             }
         }
         let tags: Vec<DeliveryTag> = batch.iter().filter_map(|o| o.tag).collect();
@@ -706,6 +723,7 @@ impl Worker {
             tx.clone(),
             results_rx,
             self.config.telemetry_batch.max(1),
+            self.config.telemetry_linger,
         ));
         let shared = Arc::new(Shared {
             results: results_tx,
