@@ -22,6 +22,9 @@ use kestra::jdbc::JdbcBackend;
 use kestra::storage::LocalStorage;
 use kestra::{Components, Engine};
 
+/// When an attempt started and ended on its worker.
+type Interval = (DateTime<Utc>, DateTime<Utc>);
+
 /// 12 iterations of a 2 s sleep, all at once, over three workers of two slots each.
 async fn for_each_spreads_over_three_workers(url: &str) {
     let dir = tempfile::tempdir().unwrap();
@@ -65,7 +68,7 @@ async fn for_each_spreads_over_three_workers(url: &str) {
     assert_eq!(done.state.current(), StateType::Success);
 
     // Per worker, the intervals (started, ended) of the attempts it ran.
-    let mut by_worker: BTreeMap<String, Vec<(DateTime<Utc>, DateTime<Utc>)>> = BTreeMap::new();
+    let mut by_worker: BTreeMap<String, Vec<Interval>> = BTreeMap::new();
     let naps: Vec<_> = done
         .task_run_list
         .iter()
