@@ -64,7 +64,12 @@ async fn run(engine: &Engine, ns: &str, flow_id: &str) -> Execution {
 }
 
 /// The executions of `ns.flow_id` once there are `expected` (60 s at most).
-async fn wait_executions(engine: &Engine, ns: &str, flow_id: &str, expected: u64) -> Vec<Execution> {
+async fn wait_executions(
+    engine: &Engine,
+    ns: &str,
+    flow_id: &str,
+    expected: u64,
+) -> Vec<Execution> {
     let query = ExecutionQuery {
         namespace: Some(ns.to_string()),
         flow_id: Some(flow_id.to_string()),
@@ -93,7 +98,10 @@ async fn wait_executions(engine: &Engine, ns: &str, flow_id: &str, expected: u64
 
 async fn lagging_source(url: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let ns = format!("flowsource.t{}", kestra::core::model::new_id().to_lowercase());
+    let ns = format!(
+        "flowsource.t{}",
+        kestra::core::model::new_id().to_lowercase()
+    );
     let (backend, builder) = builder(url, dir.path()).await;
     let source = Arc::new(TestFlowSource::new(Arc::new(RepositoryFlowSource::new(
         backend.repositories().flows.clone(),
@@ -176,7 +184,10 @@ async fn lagging_source(url: &str) {
 /// An executor whose only flow source is a store fed by the flow topic.
 async fn topic_fed_store(url: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let ns = format!("flowsource.t{}", kestra::core::model::new_id().to_lowercase());
+    let ns = format!(
+        "flowsource.t{}",
+        kestra::core::model::new_id().to_lowercase()
+    );
     let (backend, builder) = builder(url, dir.path()).await;
     let store = Arc::new(FlowStore::new());
     let mut topic = backend.queue().subscribe(Topic::Flow).await.unwrap();

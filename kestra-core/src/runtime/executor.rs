@@ -500,7 +500,10 @@ impl ExecutorService {
             {
                 Ok(f) => f,
                 Err(FlowCacheError::Source(e)) => {
-                    return Err(QueueError::backend("load a flow started by a flow trigger", e));
+                    return Err(QueueError::backend(
+                        "load a flow started by a flow trigger",
+                        e,
+                    ));
                 }
                 Err(e) => {
                     warn!(error = %e, "flow trigger: flow vanished");

@@ -148,10 +148,7 @@ impl FlowStore {
             record.id.clone(),
         );
         let mut flows = self.flows.write().unwrap_or_else(|e| e.into_inner());
-        flows
-            .entry(id)
-            .or_default()
-            .insert(record.revision, record);
+        flows.entry(id).or_default().insert(record.revision, record);
     }
 }
 

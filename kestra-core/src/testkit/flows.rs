@@ -44,7 +44,11 @@ impl TestFlowSource {
     /// that has not seen its publication yet.
     pub fn hide(&self, namespace: &str, id: &str, duration: Duration) {
         let mut hidden = self.hidden.lock().unwrap_or_else(|e| e.into_inner());
-        hidden.push((namespace.to_string(), id.to_string(), Instant::now() + duration));
+        hidden.push((
+            namespace.to_string(),
+            id.to_string(),
+            Instant::now() + duration,
+        ));
     }
 
     /// The next `n` calls to [`FlowSource::find_all`] fail with a backend error.
