@@ -5,7 +5,8 @@
 //! # One evaluation step ([`SchedulerService::tick`])
 //!
 //! 1. **Sync** (every tenant of [`SchedulerConfig::tenants`]): every `Schedule`/`ScheduleOnDates` trigger
-//!    of every non-deleted flow of the [`FlowSource`] (the flow topic's, not the repository) gets a state whose first `nextExecutionDate` is the first slot after now
+//!    of every non-deleted flow of the [`FlowSource`] (fed by the flow topic, not the repository)
+//!    gets a state whose first `nextExecutionDate` is the first slot after now
 //!    (nothing fires for the past on creation). States of triggers or flows that no longer exist are
 //!    deleted. On a new flow revision, a changed timetable (cron, seconds, zone, dates) restarts at the
 //!    first slot after now, and a trigger the system had disabled with an error is enabled again (the
