@@ -134,6 +134,38 @@ async fn run_one(engine: &Engine, scenario: &Scenario) -> Result<(), String> {
         .await
         .map_err(|err| format!("wait: {err}"))?;
     let mut problems = Vec::new();
+    if let Some(max) = e.get("maxDurationMs").and_then(|v| v.as_u64()) {
+        // The execution's own duration (created -> ended), not the harness's wall clock.
+        let took = execution
+            .state
+            .duration(chrono::Utc::now())
+            .num_milliseconds();
+        if took > max as i64 {
+            // When each task run was created, started and ended, in ms from the execution's start.
+            let start = execution.state.start_date().unwrap_or_default();
+            let ms = |d: Option<chrono::DateTime<chrono::Utc>>| {
+                d.map_or(-1, |d| (d - start).num_milliseconds())
+            };
+            let timeline: Vec<String> = execution
+                .task_run_list
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{} {}/{}/{}",
+                        r.task_id,
+                        ms(r.state.start_date()),
+                        ms(r.state
+                            .last_date_of(kestra::core::model::StateType::Running)),
+                        ms(r.state.end_date())
+                    )
+                })
+                .collect();
+            problems.push(format!(
+                "took {took} ms, expected at most {max} ms (created/running/ended: {})",
+                timeline.join(", ")
+            ));
+        }
+    }
     let state = execution.state.current().as_str();
     if let Some(expected) = e.get("state").and_then(|v| v.as_str())
         && expected != state
@@ -286,8 +318,17 @@ async fn run_suite(url: &str, label: &str) {
         .unwrap_or_else(|e| panic!("{label}: {e}"));
     let dir = tempfile::tempdir().unwrap();
     let storage = Arc::new(LocalStorage::new(dir.path().join("storage")).unwrap());
-    let engine =
-        Arc::new(Engine::builder(backend.queue(), backend.repositories(), storage).start());
+    // Slots for every task that the 16 scenarios running at once may run together (the timing
+    // scenarios must never wait for a free slot).
+    let worker = kestra::core::worker::WorkerConfig {
+        concurrency: 64,
+        ..Default::default()
+    };
+    let engine = Arc::new(
+        Engine::builder(backend.queue(), backend.repositories(), storage)
+            .worker_config(worker)
+            .start(),
+    );
     let scenarios = load_scenarios();
     assert!(
         scenarios.len() >= 80,

@@ -24,9 +24,10 @@
 //!    idempotent: the executor drops duplicate and stale results by (execution id, task run id, attempt).
 //! 3. **Ordering per key.** Within one (topic, group), messages with the same key are handed out in the
 //!    order they were published, and a message is not handed out while an earlier message with the same
-//!    key is claimed but not yet acknowledged. Keys are execution ids wherever one exists, so all
-//!    messages of an execution are processed in order, one at a time. Messages with different keys have
-//!    no relative order.
+//!    key is claimed but not yet acknowledged. Messages to the executor are keyed by execution id, so
+//!    all of them for one execution are processed in order, one at a time; worker jobs are keyed by
+//!    task run attempt, so the jobs of one execution never wait for one another. Messages with
+//!    different keys have no relative order.
 //! 4. **Delay.** A message with [`Envelope::deliver_at`] in the future is not handed out before that time
 //!    (retries, pause timeouts, scheduled starts). Ordering per key counts only messages already due.
 //! 5. **Dead letters.** A message a consumer cannot decode is set aside with [`Queue::dead_letter`]

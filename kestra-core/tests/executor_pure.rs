@@ -118,7 +118,24 @@ impl Sim {
         }
     }
 
-    /// Run to completion: start, then answer jobs one at a time (FIFO); retries are fired at once.
+    /// The RUNNING message of a worker that starts `job` at `at`.
+    fn started_at(job: &WorkerTask, at: chrono::DateTime<Utc>) -> WorkerTaskResult {
+        WorkerTaskResult::running(
+            job,
+            State::new_at(StateType::Running, at),
+            Some("worker-1".into()),
+        )
+    }
+
+    /// A worker starts `job` now: its RUNNING message is processed.
+    fn start(&mut self, job: &WorkerTask) {
+        let running = Sim::started_at(job, Utc::now());
+        let current = Some(self.execution.clone());
+        self.step(current, ExecutorEvent::WorkerResult(Box::new(running)));
+    }
+
+    /// Run to completion: start, then answer jobs one at a time (FIFO: RUNNING, then the final
+    /// result); retries are fired at once.
     fn run(mut self) -> Sim {
         let start = self.execution.clone();
         self.step(None, ExecutorEvent::Execution(Box::new(start)));
@@ -128,6 +145,7 @@ impl Sim {
             assert!(guard < 10_000, "did not converge");
             if !self.pending.is_empty() {
                 let job = self.pending.remove(0);
+                self.start(&job);
                 let result = self.worker(&job);
                 let current = Some(self.execution.clone());
                 self.step(current, ExecutorEvent::WorkerResult(Box::new(result)));
@@ -424,6 +442,8 @@ fn kill_ends_pending_task_runs_killed() {
     let start = sim.execution.clone();
     sim.step(None, ExecutorEvent::Execution(Box::new(start)));
     assert_eq!(sim.pending.len(), 1, "concurrent: 1 starts one child");
+    let running = sim.pending[0].clone();
+    sim.start(&running);
     let kill = ExecutionCommand::Kill {
         execution_id: sim.execution.id.clone(),
     };
@@ -516,6 +536,8 @@ fn kill_signal_repeats_until_the_execution_ends() {
     ));
     let start = sim.execution.clone();
     sim.step(None, ExecutorEvent::Execution(Box::new(start)));
+    let running = sim.pending[0].clone();
+    sim.start(&running);
     let kill = ExecutionCommand::Kill {
         execution_id: sim.execution.id.clone(),
     };
@@ -585,4 +607,263 @@ fn kill_signal_repeats_until_the_execution_ends() {
     assert!(stale.delays.is_empty());
     assert_eq!(stale.execution.current(), StateType::Running);
     assert!(stale.ignored.is_some());
+}
+
+// ---------------------------------------------------------------------------------------------
+// A task run is RUNNING when a worker starts it
+// ---------------------------------------------------------------------------------------------
+
+const ONE_TASK: &str = "tasks:\n  - id: a\n    type: io.kestra.plugin.core.log.Log\n    message: x\n  - id: b\n    type: io.kestra.plugin.core.log.Log\n    message: y\n";
+
+fn histories(run: &kestra_core::model::TaskRun) -> Vec<StateType> {
+    run.state.histories().iter().map(|h| h.state).collect()
+}
+
+/// Started: the first job is emitted, nobody picked it up yet.
+fn dispatched(flow: &str) -> (Sim, WorkerTask) {
+    let mut sim = Sim::new(&format!("{HEAD}{flow}"));
+    let start = sim.execution.clone();
+    sim.step(None, ExecutorEvent::Execution(Box::new(start)));
+    let job = sim.pending.remove(0);
+    (sim, job)
+}
+
+fn apply(sim: &Sim, result: WorkerTaskResult) -> kestra_core::executor::process::Outcome {
+    apply_at(sim, result, Utc::now())
+}
+
+fn apply_at(
+    sim: &Sim,
+    result: WorkerTaskResult,
+    now: chrono::DateTime<Utc>,
+) -> kestra_core::executor::process::Outcome {
+    process(
+        &sim.index,
+        &sim.expr,
+        now,
+        Some(sim.execution.clone()),
+        &ExecutorEvent::WorkerResult(Box::new(result)),
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_dispatched_task_run_stays_created_until_its_worker_says_running() {
+    let (mut sim, job) = dispatched(ONE_TASK);
+    let a = sim.runs("a")[0].clone();
+    assert_eq!(a.current(), StateType::Created, "dispatched, not started");
+    assert_eq!(job.task_run.current(), StateType::Created);
+    assert_eq!(a.attempts.len(), 1);
+    assert_eq!(a.attempts[0].state.current(), StateType::Created);
+
+    // The worker picks the job up later: RUNNING at its start date, with its id.
+    let created = a.state.start_date().unwrap();
+    let at = created + chrono::Duration::milliseconds(1500);
+    let now = at + chrono::Duration::milliseconds(20);
+    let out = apply_at(&sim, Sim::started_at(&job, at), now);
+    assert!(out.changed);
+    assert!(out.ignored.is_none(), "{:?}", out.ignored);
+    assert!(out.worker_tasks.is_empty(), "RUNNING creates nothing");
+    let a = out.execution.task_run(&job.task_run.id).unwrap().clone();
+    assert_eq!(histories(&a), vec![StateType::Created, StateType::Running]);
+    assert_eq!(a.state.last_date_of(StateType::Running), Some(at));
+    assert_eq!(a.attempts[0].state.current(), StateType::Running);
+    assert_eq!(a.attempts[0].worker_id.as_deref(), Some("worker-1"));
+    sim.execution = out.execution;
+
+    // Idempotent: the same RUNNING again (a redelivery) changes nothing.
+    let again = apply_at(&sim, Sim::started_at(&job, at), now);
+    assert!(!again.changed);
+    assert!(again.ignored.is_some());
+
+    // The final result keeps the RUNNING date: CREATED, RUNNING, SUCCESS.
+    let result = sim.worker(&job);
+    sim.step(
+        Some(sim.execution.clone()),
+        ExecutorEvent::WorkerResult(Box::new(result)),
+    );
+    let a = sim.runs("a")[0].clone();
+    assert_eq!(
+        histories(&a),
+        vec![StateType::Created, StateType::Running, StateType::Success]
+    );
+    assert_eq!(a.state.last_date_of(StateType::Running), Some(at));
+    assert_eq!(sim.pending.len(), 1, "b is dispatched");
+    assert_eq!(sim.run_state("b"), StateType::Created);
+}
+
+#[test]
+fn running_after_the_final_result_or_for_another_attempt_is_ignored() {
+    let (mut sim, job) = dispatched(ONE_TASK);
+    // A RUNNING for an attempt that is not the current one.
+    let mut stale = Sim::started_at(&job, Utc::now());
+    stale.attempt = 2;
+    let out = apply(&sim, stale);
+    assert!(!out.changed);
+    assert!(out.ignored.is_some());
+
+    // The final result first (the RUNNING was delayed, e.g. a redelivery), then the RUNNING.
+    let result = sim.worker(&job);
+    sim.step(
+        Some(sim.execution.clone()),
+        ExecutorEvent::WorkerResult(Box::new(result)),
+    );
+    let late = apply(&sim, Sim::started_at(&job, Utc::now()));
+    assert!(!late.changed, "a RUNNING after the result changes nothing");
+    assert!(late.ignored.is_some());
+    assert!(late.worker_tasks.is_empty());
+    assert_eq!(
+        late.execution.task_run(&job.task_run.id).unwrap().current(),
+        StateType::Success
+    );
+}
+
+#[test]
+fn a_final_result_whose_running_was_lost_still_records_running() {
+    let (mut sim, job) = dispatched(ONE_TASK);
+    let result = sim.worker(&job);
+    let started = result
+        .attempt_state
+        .last_date_of(StateType::Running)
+        .unwrap();
+    sim.step(
+        Some(sim.execution.clone()),
+        ExecutorEvent::WorkerResult(Box::new(result)),
+    );
+    let a = sim.runs("a")[0].clone();
+    assert_eq!(
+        histories(&a),
+        vec![StateType::Created, StateType::Running, StateType::Success]
+    );
+    assert_eq!(
+        a.state.last_date_of(StateType::Running),
+        Some(started),
+        "RUNNING at the attempt's start on the worker"
+    );
+}
+
+#[test]
+fn a_running_date_before_the_creation_is_kept_in_order() {
+    let (sim, job) = dispatched(ONE_TASK);
+    let created = sim.runs("a")[0].state.start_date().unwrap();
+    // A worker whose clock is behind the executor's.
+    let out = apply(
+        &sim,
+        Sim::started_at(&job, created - chrono::Duration::seconds(5)),
+    );
+    let a = out.execution.task_run(&job.task_run.id).unwrap();
+    assert_eq!(a.state.last_date_of(StateType::Running), Some(created));
+}
+
+#[test]
+fn kill_ends_a_dispatched_task_run_that_no_worker_started() {
+    let (mut sim, job) = dispatched(ONE_TASK);
+    let kill = ExecutionCommand::Kill {
+        execution_id: sim.execution.id.clone(),
+    };
+    sim.step(Some(sim.execution.clone()), ExecutorEvent::Command(kill));
+    // Not started: KILLED at once (attempt too), and the execution ends KILLED.
+    let a = sim.runs("a")[0].clone();
+    assert_eq!(a.current(), StateType::Killed);
+    assert_eq!(a.attempts[0].state.current(), StateType::Killed);
+    assert_eq!(sim.state(), StateType::Killed);
+    assert!(sim.runs("b").is_empty());
+    // The worker that picks the job up late: its RUNNING and its result are ignored.
+    let late = apply(&sim, Sim::started_at(&job, Utc::now()));
+    assert!(!late.changed);
+    let result = sim.worker(&job);
+    let late = apply(&sim, result);
+    assert!(!late.changed);
+    assert_eq!(late.execution.current(), StateType::Killed);
+}
+
+#[test]
+fn a_retry_waits_in_retrying_until_its_worker_starts_it() {
+    let (mut sim, job) = dispatched(
+        "tasks:\n  - id: flaky1\n    type: io.kestra.plugin.core.log.Log\n    message: x\n    retry:\n      type: constant\n      interval: PT1S\n      maxAttempts: 3\n",
+    );
+    sim.start(&job);
+    let failed = sim.worker(&job);
+    assert_eq!(failed.state, StateType::Failed);
+    let out = apply(&sim, failed.clone());
+    assert_eq!(out.delays.len(), 1, "a retry is planned");
+    sim.execution = out.execution;
+    assert_eq!(sim.run_state("flaky1"), StateType::Retrying);
+    // A redelivered result of the failed attempt plans nothing more.
+    let dup = apply(&sim, failed);
+    assert!(!dup.changed);
+    assert!(dup.delays.is_empty());
+
+    let retry = ExecutionCommand::RetryDue {
+        execution_id: sim.execution.id.clone(),
+        task_run_id: job.task_run.id.clone(),
+        attempt: 2,
+    };
+    sim.step(Some(sim.execution.clone()), ExecutorEvent::Command(retry));
+    let second = sim.pending.remove(0);
+    assert_eq!(second.attempt, 2);
+    assert_eq!(
+        sim.run_state("flaky1"),
+        StateType::Retrying,
+        "the new attempt waits for a worker"
+    );
+    sim.start(&second);
+    assert_eq!(sim.run_state("flaky1"), StateType::Running);
+    let ok = sim.worker(&second);
+    sim.step(
+        Some(sim.execution.clone()),
+        ExecutorEvent::WorkerResult(Box::new(ok)),
+    );
+    assert_eq!(sim.state(), StateType::Success);
+    let run = sim.runs("flaky1")[0].clone();
+    assert_eq!(
+        histories(&run),
+        vec![
+            StateType::Created,
+            StateType::Running,
+            StateType::Retrying,
+            StateType::Running,
+            StateType::Success
+        ]
+    );
+}
+
+#[test]
+fn a_restarted_task_waits_in_restarted_until_its_worker_starts_it() {
+    let mut sim = Sim::new(&format!(
+        "{HEAD}tasks:\n  - id: flaky1\n    type: io.kestra.plugin.core.log.Log\n    message: x\n"
+    ))
+    .run();
+    assert_eq!(sim.state(), StateType::Failed);
+    sim.step(
+        Some(sim.execution.clone()),
+        ExecutorEvent::Command(ExecutionCommand::Restart {
+            execution_id: sim.execution.id.clone(),
+        }),
+    );
+    let job = sim.pending.remove(0);
+    assert_eq!(job.attempt, 2);
+    assert_eq!(sim.run_state("flaky1"), StateType::Restarted);
+    // Killed before a worker took it: it ends KILLED at once.
+    let kill = ExecutionCommand::Kill {
+        execution_id: sim.execution.id.clone(),
+    };
+    let out = process(
+        &sim.index,
+        &sim.expr,
+        Utc::now(),
+        Some(sim.execution.clone()),
+        &ExecutorEvent::Command(kill),
+    )
+    .unwrap();
+    assert_eq!(out.execution.current(), StateType::Killed);
+    // Or started by a worker: RUNNING, then its result.
+    sim.start(&job);
+    assert_eq!(sim.run_state("flaky1"), StateType::Running);
+    let result = sim.worker(&job);
+    sim.step(
+        Some(sim.execution.clone()),
+        ExecutorEvent::WorkerResult(Box::new(result)),
+    );
+    assert_eq!(sim.state(), StateType::Success);
 }

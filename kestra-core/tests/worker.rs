@@ -1398,7 +1398,15 @@ impl MemQueue {
             .map(|e| e.decode().unwrap())
             .collect()
     }
+    /// Final results (not the RUNNING messages), in publish order.
     fn results(&self) -> Vec<WorkerTaskResult> {
+        self.task_messages()
+            .into_iter()
+            .filter(|r| r.state != StateType::Running)
+            .collect()
+    }
+    /// Every message on the result topic (RUNNING and final), in publish order.
+    fn task_messages(&self) -> Vec<WorkerTaskResult> {
         self.state
             .lock()
             .unwrap()
@@ -1694,6 +1702,106 @@ async fn worker_runs_jobs_publishes_results_then_acks_and_follows_kills() {
             .map(|r| r.state),
         Some(StateType::Success)
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn worker_says_running_when_it_starts_an_attempt_then_answers() {
+    let queue = MemQueue::new();
+    let worker = Worker::new(
+        WorkerConfig {
+            concurrency: 2,
+            poll_wait: Duration::from_millis(100),
+            ..WorkerConfig::default()
+        },
+        queue.clone(),
+        Arc::new(MemStorage::default()),
+        Arc::new(ExpressionEngine::default()),
+        Arc::new(TaskRegistry::default()),
+        Arc::new(RunnerRegistry::core()),
+    );
+    let worker_id = worker.id().to_string();
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(worker.run(shutdown.clone()));
+    let nap = job(
+        "r1",
+        json!({"id": "nap", "type": "io.kestra.plugin.core.flow.Sleep", "duration": "PT1S"}),
+    );
+    let WorkerJob::Task(task) = &nap else {
+        unreachable!()
+    };
+    let task_run_id = task.task_run.id.clone();
+    let published = chrono::Utc::now();
+    queue.publish(vec![nap.envelope().unwrap()]).await.unwrap();
+
+    // RUNNING while the task runs (long before it ends), not acknowledging the job.
+    let deadline = Instant::now() + Duration::from_millis(800);
+    let running = loop {
+        if let Some(r) = queue.task_messages().first().cloned() {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "no RUNNING while the task runs");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(running.state, StateType::Running);
+    assert_eq!(running.execution_id, "r1");
+    assert_eq!(running.task_run_id, task_run_id);
+    assert_eq!(running.attempt, 2);
+    assert_eq!(running.worker_id.as_deref(), Some(worker_id.as_str()));
+    assert!(running.outputs.is_none());
+    let started = running.attempt_state.start_date().unwrap();
+    assert!(started >= published);
+    assert_eq!(
+        running
+            .attempt_state
+            .histories()
+            .iter()
+            .map(|h| h.state)
+            .collect::<Vec<_>>(),
+        vec![StateType::Running]
+    );
+    assert!(queue.results().is_empty());
+    assert!(queue.state.lock().unwrap().acked.is_empty());
+
+    // Then the final result, with the same start.
+    let results = wait_for(&queue, 1).await;
+    assert_eq!(results[0].state, StateType::Success);
+    assert_eq!(results[0].attempt_state.start_date(), Some(started));
+    let all = queue.task_messages();
+    assert_eq!(all.len(), 2, "one RUNNING, one result: {all:?}");
+    assert_eq!(all[0].state, StateType::Running, "RUNNING comes first");
+    assert_eq!(queue.state.lock().unwrap().acked.len(), 1);
+
+    // A job of a killed execution is answered KILLED without running: no RUNNING for it.
+    queue
+        .publish(vec![
+            ExecutionKilled {
+                execution_id: "r2".into(),
+            }
+            .envelope()
+            .unwrap(),
+        ])
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let late = job(
+        "r2",
+        json!({"id": "late", "type": "io.kestra.plugin.core.log.Log", "message": "must not run"}),
+    );
+    queue.publish(vec![late.envelope().unwrap()]).await.unwrap();
+    let results = wait_for(&queue, 2).await;
+    assert_eq!(results[1].state, StateType::Killed);
+    assert!(
+        !queue
+            .task_messages()
+            .iter()
+            .any(|r| r.execution_id == "r2" && r.state == StateType::Running)
+    );
+
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(5), handle)
+        .await
+        .unwrap()
+        .unwrap();
 }
 
 // ---------------------------------------------------------------------------------------------

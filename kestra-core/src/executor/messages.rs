@@ -1,6 +1,8 @@
 //! The messages the engine's components exchange through the [`Queue`](crate::queue::Queue), with the
-//! topic and key each travels on. Every message that concerns an execution is keyed by its id, so that
-//! all of them are processed in order by one executor.
+//! topic and key each travels on. Every message *to the executor* that concerns an execution is keyed
+//! by its id, so that all of them are processed in order by one executor. Worker jobs are keyed by
+//! task run attempt ([`WorkerTask::key`]), so that the jobs of one execution spread over workers and
+//! never wait for one another.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -10,7 +12,7 @@ use crate::flow::model::{ConcurrencyBehavior, Task, Trigger};
 use crate::model::{Execution, State, StateType, TaskRun};
 use crate::queue::{Envelope, QueueError, Topic};
 
-/// A task attempt for a worker (topic [`Topic::WorkerJob`], key = execution id).
+/// A task attempt for a worker (topic [`Topic::WorkerJob`], key = [`WorkerTask::key`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkerTask {
@@ -38,11 +40,24 @@ pub enum WorkerJob {
     Trigger(Box<WorkerTrigger>),
 }
 
+impl WorkerTask {
+    /// The job's queue key: `<task run id>/<attempt>` (Kestra keys a `WorkerTask` by its task run).
+    ///
+    /// Not the execution id: the queue hands out one message per key at a time, so a long task would
+    /// hold back every other job of its execution. The attempt is part of it so that a new attempt
+    /// (a retry, a restart) never waits behind the claim of an older one (a worker still stopping
+    /// a killed attempt, or one that died holding it).
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.task_run.id, self.attempt)
+    }
+}
+
 impl WorkerJob {
-    /// As a queue message keyed by the execution id (a task) or the trigger uid (a trigger).
+    /// As a queue message keyed by task run attempt (a task, [`WorkerTask::key`]) or by trigger uid
+    /// (a trigger).
     pub fn envelope(&self) -> Result<Envelope, QueueError> {
         match self {
-            WorkerJob::Task(t) => Envelope::json(Topic::WorkerJob, &t.task_run.execution_id, self),
+            WorkerJob::Task(t) => Envelope::json(Topic::WorkerJob, t.key(), self),
             WorkerJob::Trigger(t) => Envelope::json(Topic::WorkerJob, t.uid(), self),
         }
     }
@@ -126,7 +141,11 @@ impl WorkerTriggerResult {
     }
 }
 
-/// The result of one task attempt (topic [`Topic::WorkerTaskResult`], key = execution id).
+/// What a worker says about one task attempt (topic [`Topic::WorkerTaskResult`], key = execution
+/// id): RUNNING when it starts the attempt, then the attempt's final state. Both travel on the
+/// execution's key, so the executor sees them in that order; it applies a RUNNING only to a task
+/// run still waiting for a worker (CREATED, RETRYING, RESTARTED), and a final result whose RUNNING
+/// never arrived still records RUNNING first (at the attempt's start).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkerTaskResult {
@@ -136,9 +155,11 @@ pub struct WorkerTaskResult {
     pub task_run_id: String,
     /// Attempt number the result is for (from 1); a result for another attempt is stale.
     pub attempt: u32,
-    /// The attempt's final state (SUCCESS, WARNING, FAILED, KILLED).
+    /// RUNNING (the worker started the attempt) or the attempt's final state (SUCCESS, WARNING,
+    /// FAILED, KILLED).
     pub state: StateType,
-    /// The attempt's own state history (RUNNING ... final).
+    /// The attempt's own state history (RUNNING ... final; only RUNNING, with the worker's start
+    /// date, in a RUNNING message).
     pub attempt_state: State,
     /// Outputs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -152,6 +173,20 @@ pub struct WorkerTaskResult {
 }
 
 impl WorkerTaskResult {
+    /// The RUNNING message for `job`: the worker `worker_id` started it at `attempt_state`'s date.
+    pub fn running(job: &WorkerTask, attempt_state: State, worker_id: Option<String>) -> Self {
+        WorkerTaskResult {
+            execution_id: job.task_run.execution_id.clone(),
+            task_run_id: job.task_run.id.clone(),
+            attempt: job.attempt,
+            state: StateType::Running,
+            attempt_state,
+            outputs: None,
+            child_task_runs: Vec::new(),
+            worker_id,
+        }
+    }
+
     /// As a queue message keyed by the execution id.
     pub fn envelope(&self) -> Result<Envelope, QueueError> {
         Envelope::json(Topic::WorkerTaskResult, &self.execution_id, self)

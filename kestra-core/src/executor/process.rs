@@ -12,12 +12,18 @@
 //!   SUCCESS); errors and finally never change it.
 //! - `runIf` is evaluated when the task run is created: false-ish gives SKIPPED. Disabled tasks create
 //!   no task run.
-//! - A runnable task run goes RUNNING as soon as its job is emitted; the worker answers with the
-//!   attempt's final state. A FAILED attempt is retried (new attempt on the same task run, RETRYING
-//!   meanwhile) while the retry policy allows; `warningOnRetry` turns a success after retries into
-//!   WARNING; `allowFailure` turns FAILED into WARNING and `allowWarning` WARNING into SUCCESS.
-//! - Kill: the execution goes KILLING (workers are told), task runs not started yet end KILLED,
-//!   nothing new is created, and the execution ends KILLED once every task run is terminal.
+//! - A runnable task run stays CREATED (RETRYING for a retry, RESTARTED for a restart) when its job is
+//!   emitted: it waits for a worker. The worker answers RUNNING when it starts the attempt (the
+//!   task run goes RUNNING at the worker's start date), then the attempt's final state. A RUNNING
+//!   for a task run that is already RUNNING or ended, or for another attempt, is ignored; a final
+//!   result whose RUNNING never came records RUNNING first. A FAILED attempt is retried (new attempt
+//!   on the same task run, RETRYING meanwhile) while the retry policy allows; `warningOnRetry` turns a
+//!   success after retries into WARNING; `allowFailure` turns FAILED into WARNING and `allowWarning`
+//!   WARNING into SUCCESS.
+//! - Kill: the execution goes KILLING (workers are told), task runs not started yet (CREATED -
+//!   including those whose job waits for a worker -, RETRYING, RESTARTED, PAUSED) end KILLED at
+//!   once, nothing new is created, and the execution ends KILLED once every task run is terminal
+//!   (a RUNNING one when its worker answers).
 //! - `afterExecution` runs once the final state is known (visible as `execution.state`), then the
 //!   execution takes that state.
 
@@ -117,10 +123,13 @@ pub fn process(
         restart_executions: Vec::new(),
         slot: SlotRequest::None,
         was_terminated: false,
+        started_only: false,
     };
     run.was_terminated = run.exec.state.is_terminated();
     run.apply(event, is_new);
-    if !run.hold_before_start(event, is_new) {
+    // A worker's RUNNING only moves a waiting task run to RUNNING: nothing in the tree can follow
+    // from it, so the walk is skipped (it is the one extra message per task; keep it cheap).
+    if !run.started_only && !run.hold_before_start(event, is_new) {
         run.process();
     }
     run.slot_after();
@@ -230,6 +239,26 @@ struct Run<'a> {
     restart_executions: Vec<String>,
     slot: SlotRequest,
     was_terminated: bool,
+    /// The event only marked a task run RUNNING (a worker started it).
+    started_only: bool,
+}
+
+/// States of a runnable task run whose attempt waits for a worker to start it.
+fn awaits_worker(state: StateType) -> bool {
+    matches!(
+        state,
+        StateType::Created | StateType::Retrying | StateType::Restarted | StateType::Resubmitted
+    )
+}
+
+/// When the worker started the attempt a result is about: the attempt's RUNNING date.
+fn attempt_started(r: &WorkerTaskResult, now: DateTime<Utc>) -> DateTime<Utc> {
+    let histories = r.attempt_state.histories();
+    histories
+        .iter()
+        .find(|h| h.state == StateType::Running)
+        .or(histories.first())
+        .map_or(now, |h| h.date)
 }
 
 impl Run<'_> {
@@ -366,6 +395,37 @@ impl Run<'_> {
             ));
             return;
         }
+        if task_run
+            .attempts
+            .last()
+            .is_some_and(|a| a.state.is_terminated())
+        {
+            // e.g. a redelivered result of a failed attempt while its retry is pending.
+            self.ignored = Some(format!(
+                "duplicate result for ended attempt {} of task run {}",
+                r.attempt, r.task_run_id
+            ));
+            return;
+        }
+        if r.state == StateType::Running {
+            self.apply_started(r);
+            return;
+        }
+        if !r.state.is_terminated() {
+            self.ignored = Some(format!(
+                "result with the non-final state {} for task run {}",
+                r.state, r.task_run_id
+            ));
+            return;
+        }
+        // The worker's RUNNING was lost (or it never ran the attempt, e.g. answered KILLED): the
+        // history still shows when the attempt started.
+        if awaits_worker(task_run.current()) {
+            self.mark_started(&r.task_run_id, attempt_started(r, self.now));
+        }
+        let Some(task_run) = self.exec.task_run(&r.task_run_id) else {
+            return;
+        };
         let task_id = task_run.task_id.clone();
         let attempts = task_run.attempts.len() as u32;
         let first_start = task_run.state.start_date().unwrap_or(self.now);
@@ -373,7 +433,8 @@ impl Run<'_> {
         if let Some(tr) = self.exec.task_run_mut(&r.task_run_id) {
             if let Some(last) = tr.attempts.last_mut() {
                 last.state = r.attempt_state.clone();
-                if last.worker_id.is_none() {
+                // The worker that answered (another one than the RUNNING's after a redelivery).
+                if r.worker_id.is_some() {
                     last.worker_id = r.worker_id.clone();
                 }
             }
@@ -422,6 +483,60 @@ impl Run<'_> {
             state = allow_transform(state, node.task.allow_failure, node.task.allow_warning);
         }
         self.set_run_state(&r.task_run_id, state);
+    }
+
+    /// A worker started the current attempt: a task run waiting for it goes RUNNING at the
+    /// worker's start date, and the attempt takes the worker's state and id.
+    fn apply_started(&mut self, r: &WorkerTaskResult) {
+        let current = self.exec.task_run(&r.task_run_id).map(|t| t.current());
+        match current {
+            Some(s) if awaits_worker(s) => {}
+            Some(s) => {
+                self.ignored = Some(format!(
+                    "RUNNING for task run {} that is already {s}",
+                    r.task_run_id
+                ));
+                return;
+            }
+            None => return,
+        }
+        if let Some(last) = self
+            .exec
+            .task_run_mut(&r.task_run_id)
+            .and_then(|t| t.attempts.last_mut())
+        {
+            last.state = r.attempt_state.clone();
+            last.worker_id = r.worker_id.clone();
+        }
+        self.mark_started(&r.task_run_id, attempt_started(r, self.now));
+        self.touch();
+        self.started_only = true;
+    }
+
+    /// Move a task run waiting for a worker to RUNNING at `at` (a worker's clock), kept between
+    /// its last history date and `now` so that the history stays ordered.
+    fn mark_started(&mut self, run_id: &str, at: DateTime<Utc>) {
+        let now = self.now;
+        if let Some(r) = self.exec.task_run_mut(run_id) {
+            let last = r.state.histories().last().map_or(at, |h| h.date);
+            let at = at.min(now).max(last);
+            if r.state.transition_at(StateType::Running, at).is_ok() {
+                self.touch();
+            }
+        }
+    }
+
+    /// A task run ended by the executor while its attempt waited for a worker: the attempt ends
+    /// KILLED too (a worker's late RUNNING or result for it is then ignored).
+    fn kill_waiting_attempt(&mut self, run_id: &str) {
+        let now = self.now;
+        if let Some(r) = self.exec.task_run_mut(run_id)
+            && awaits_worker(r.current())
+            && let Some(last) = r.attempts.last_mut()
+            && !last.state.is_terminated()
+        {
+            let _ = last.state.transition_at(StateType::Killed, now);
+        }
     }
 
     /// Broadcast the kill signal now and again in [`KILL_REPEAT_SECS`] while KILLING.
@@ -693,9 +808,15 @@ impl Run<'_> {
         if self.killing()
             && matches!(
                 state,
-                StateType::Created | StateType::Retrying | StateType::Restarted | StateType::Paused
+                StateType::Created
+                    | StateType::Retrying
+                    | StateType::Restarted
+                    | StateType::Resubmitted
+                    | StateType::Paused
             )
         {
+            // Not started by a worker: killed here (Kestra's `handleCreatedKilling`).
+            self.kill_waiting_attempt(run_id);
             self.set_run_state(run_id, StateType::Killed);
             return StateType::Killed;
         }
@@ -1214,7 +1335,8 @@ impl Run<'_> {
         }
     }
 
-    /// Add an attempt to a runnable task run and emit its job.
+    /// Add an attempt to a runnable task run and emit its job. The task run keeps its state
+    /// (CREATED, RETRYING, RESTARTED) until the worker that picks the job up says RUNNING.
     fn start_attempt(&mut self, run_id: &str) {
         let now = self.now;
         let Some(r) = self.exec.task_run_mut(run_id) else {
@@ -1227,7 +1349,7 @@ impl Run<'_> {
         });
         let attempt = r.attempts.len() as u32;
         let task_id = r.task_id.clone();
-        self.set_run_state(run_id, StateType::Running);
+        self.touch();
         let context = self.context_for(run_id);
         let Some(task_run) = self.exec.task_run(run_id).cloned() else {
             return;
@@ -1396,6 +1518,7 @@ impl Run<'_> {
             self.kill_broadcast = true;
         }
         for id in open {
+            self.kill_waiting_attempt(&id);
             self.set_run_state(&id, StateType::Killed);
         }
         self.exit = Some(state);

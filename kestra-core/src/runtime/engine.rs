@@ -36,7 +36,7 @@ use crate::model::{Execution, Label};
 use crate::queue::{Queue, QueueError};
 use crate::repository::{FlowRecord, Repositories, RepositoryError, SaveOutcome};
 use crate::runtime::executor::{ExecutorConfig, ExecutorService};
-use crate::runtime::flows::{FlowCache, RepositoryFlowSource};
+use crate::runtime::flows::{FlowCache, FlowSource, RepositoryFlowSource, flow_envelope};
 use crate::runtime::indexer::{IndexerConfig, IndexerService};
 use crate::scheduler::{SchedulerConfig, SchedulerService, SystemClock};
 use crate::storage::InternalStorage;
@@ -159,9 +159,16 @@ pub struct EngineBuilder {
     worker: WorkerConfig,
     indexer: IndexerConfig,
     scheduler: SchedulerConfig,
+    flow_source: Option<Arc<dyn FlowSource>>,
 }
 
 impl EngineBuilder {
+    /// Where the executor and the scheduler read flows (default: a [`RepositoryFlowSource`] over
+    /// the repositories' flows, right for JDBC, where they are the queue backend's database).
+    pub fn flow_source(mut self, source: Arc<dyn FlowSource>) -> Self {
+        self.flow_source = Some(source);
+        self
+    }
     /// Scheduler settings.
     pub fn scheduler_config(mut self, config: SchedulerConfig) -> Self {
         self.scheduler = config;
@@ -209,12 +216,12 @@ impl EngineBuilder {
         let expr = Arc::new(ExpressionEngine::new(self.expression));
         let shutdown = CancellationToken::new();
         let mut tasks: Vec<(&'static str, JoinHandle<()>)> = Vec::new();
+        let flow_source = self.flow_source.unwrap_or_else(|| {
+            Arc::new(RepositoryFlowSource::new(self.repositories.flows.clone()))
+        });
         let mut executor_flows = None;
         if self.components.executor {
-            let flows = Arc::new(FlowCache::new(
-                Arc::new(RepositoryFlowSource::new(self.repositories.flows.clone())),
-                registry.clone(),
-            ));
+            let flows = Arc::new(FlowCache::new(flow_source.clone(), registry.clone()));
             executor_flows = Some(flows.clone());
             let service =
                 ExecutorService::new(self.queue.clone(), flows, expr.clone(), self.executor);
@@ -247,7 +254,7 @@ impl EngineBuilder {
             let service = SchedulerService::new(
                 self.scheduler,
                 Arc::new(SystemClock),
-                self.repositories.flows.clone(),
+                flow_source,
                 self.repositories.triggers.clone(),
                 self.repositories.executions.clone(),
                 self.queue.clone(),
@@ -343,6 +350,7 @@ impl Engine {
             worker: WorkerConfig::default(),
             indexer: IndexerConfig::default(),
             scheduler: SchedulerConfig::default(),
+            flow_source: None,
         }
     }
 
@@ -389,16 +397,9 @@ impl Engine {
             if let Some(flows) = &self.executor_flows {
                 flows.invalidate_trigger_flows();
             }
-            // Tell the executors' flow caches (Flow triggers) that flows changed.
-            let key = format!("{}/{}/{}", stored.tenant_id, stored.namespace, stored.id);
-            let change = serde_json::json!({"namespace": stored.namespace, "id": stored.id, "revision": stored.revision});
-            self.queue
-                .publish(vec![crate::queue::Envelope::json(
-                    crate::queue::Topic::Flow,
-                    key,
-                    &change,
-                )?])
-                .await?;
+            // Publish the stored revision on the flow topic: flow sources fed by it learn the
+            // flow, executors' caches of flows with triggers are invalidated.
+            self.queue.publish(vec![flow_envelope(&stored)?]).await?;
         }
         let mut flow = flow;
         flow.revision = Some(stored.revision);

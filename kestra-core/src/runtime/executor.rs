@@ -5,6 +5,12 @@
 //! them out in publish order), saves the executions that changed, stages every emitted message, and
 //! commits - all or nothing. A malformed message is dead-lettered and the loop goes on.
 //!
+//! Flows come from a [`FlowSource`](crate::runtime::flows::FlowSource), which may lag behind a
+//! deploy: an event whose flow revision the source does not show yet is put back on its topic,
+//! delayed, and consumed; only after [`ExecutorConfig::flow_grace`] does its execution fail with
+//! "flow ... not found". A source error rolls the unit back (it is delivered again), also when the
+//! list of flows with Flow triggers cannot be read: those triggers are never skipped.
+//!
 //! Around `process`, inside the same unit of work, the service also:
 //! - completes Subflow requests: resolves the child flow revision ([`FlowCache::flow`]), validates
 //!   the inputs and composes the labels, then publishes the child execution - or a failed
@@ -29,8 +35,8 @@
 //!   and publishes the triggered execution when a set is complete.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
@@ -59,6 +65,12 @@ pub struct ExecutorConfig {
     pub batch_size: usize,
     /// How long one `begin` waits for messages before looping (shutdown latency).
     pub poll_wait: Duration,
+    /// How long an event waits for its flow revision to become visible in the
+    /// [`FlowSource`](crate::runtime::flows::FlowSource) (a flow source may lag behind a deploy)
+    /// before its execution fails with "flow ... not found" (60 s). Counted by each executor from
+    /// the first time it misses that revision; meanwhile the event is put back on its topic,
+    /// delayed (100 ms, growing with the wait up to 5 s).
+    pub flow_grace: Duration,
 }
 
 impl Default for ExecutorConfig {
@@ -66,6 +78,7 @@ impl Default for ExecutorConfig {
         ExecutorConfig {
             batch_size: 200,
             poll_wait: Duration::from_millis(500),
+            flow_grace: Duration::from_secs(60),
         }
     }
 }
@@ -91,12 +104,19 @@ struct KeyedState {
     preconditions: HashMap<String, (Option<PreconditionState>, bool)>,
 }
 
+/// A flow revision: (tenant, namespace, id, revision).
+type FlowRevision = (String, String, String, i32);
+
 /// The executor service.
 pub struct ExecutorService {
     queue: Arc<dyn Queue>,
     flows: Arc<FlowCache>,
     expr: Arc<ExpressionEngine>,
     config: ExecutorConfig,
+    /// Flow revisions the source did not show, with when this executor first and last missed
+    /// each ([`ExecutorConfig::flow_grace`] is counted from the first); forgotten once found or
+    /// given up, restarted when not missed for a whole grace period (another executor found it).
+    missing_flows: Mutex<HashMap<FlowRevision, (Instant, Instant)>>,
 }
 
 impl ExecutorService {
@@ -112,6 +132,7 @@ impl ExecutorService {
             flows,
             expr,
             config,
+            missing_flows: Mutex::new(HashMap::new()),
         }
     }
 
@@ -261,12 +282,30 @@ impl ExecutorService {
                     )
                     .await
                 {
-                    Ok(i) => i,
+                    Ok(i) => {
+                        self.flow_found(&reference);
+                        i
+                    }
                     // A backend failure is transient: roll the unit back, it is delivered again.
                     Err(FlowCacheError::Source(e)) => {
                         return Err(QueueError::backend("load the flow of an execution", e));
                     }
                     Err(e) => {
+                        // Not visible yet (the source may lag behind a deploy): put the event
+                        // back, delayed, until the grace period ends.
+                        if matches!(e, FlowCacheError::NotFound { .. })
+                            && let Some(delay) = self.wait_for_flow(&reference)
+                        {
+                            debug!(flow = %reference.flow_id, namespace = %reference.namespace,
+                                revision = reference.flow_revision, ?delay,
+                                "flow revision not visible yet; event retried later");
+                            let at = Utc::now()
+                                + chrono::Duration::from_std(delay)
+                                    .unwrap_or(chrono::Duration::MAX);
+                            outgoing.push(delivery.envelope.clone().delayed_until(at));
+                            return Ok(());
+                        }
+                        self.flow_found(&reference);
                         // The execution cannot run (its flow revision is missing or invalid): fail
                         // it with a visible reason, and tell its parent, if any, that it ended.
                         if let Some((failed, messages)) = fail_unrunnable(&reference, &e)? {
@@ -510,7 +549,7 @@ impl ExecutorService {
             *state = decision.state;
             *changed |= decision.changed;
             if decision.fire
-                && let Some(execution) = self.start_triggered(message.trigger.triggered).await
+                && let Some(execution) = self.start_triggered(message.trigger.triggered).await?
             {
                 outgoing.push(execution_envelope(&execution)?);
             }
@@ -520,18 +559,46 @@ impl ExecutorService {
         .await
     }
 
+    /// The flow revision of `execution` was found (or given up on): forget when it was missed.
+    fn flow_found(&self, execution: &Execution) {
+        let mut missing = self.missing_flows.lock().unwrap_or_else(|e| e.into_inner());
+        if !missing.is_empty() {
+            missing.remove(&flow_revision(execution));
+        }
+    }
+
+    /// The flow revision of `execution` is not visible: how long to wait before trying again, or
+    /// `None` when [`ExecutorConfig::flow_grace`] has passed since this executor first missed it.
+    fn wait_for_flow(&self, execution: &Execution) -> Option<Duration> {
+        let grace = self.config.flow_grace;
+        let now = Instant::now();
+        let mut missing = self.missing_flows.lock().unwrap_or_else(|e| e.into_inner());
+        let (first, last) = missing
+            .entry(flow_revision(execution))
+            .or_insert((now, now));
+        if now.duration_since(*last) > grace {
+            *first = now;
+        }
+        *last = now;
+        let waited = now.duration_since(*first);
+        if waited >= grace {
+            missing.remove(&flow_revision(execution));
+            return None;
+        }
+        Some((waited / 2).clamp(Duration::from_millis(100), Duration::from_secs(5)))
+    }
+
     /// What the Flow triggers make of `ended`, which reached its state: the executions of the
     /// triggers that fire now (inputs resolved; a trigger whose inputs are invalid is skipped with
     /// a warning), and a [`PreconditionMessage`] for the stage of each trigger whose preconditions
     /// decide with their stored results.
     async fn flow_triggered(&self, ended: &Execution) -> Result<Vec<Envelope>, QueueError> {
-        let flows = match self.flows.flows_with_triggers(&ended.tenant_id).await {
-            Ok(f) => f,
-            Err(e) => {
-                warn!(error = %e, "cannot list flows with triggers; flow triggers skipped");
-                return Ok(Vec::new());
-            }
-        };
+        // A list that cannot be read fails the unit (retried), never skips the triggers.
+        let flows = self
+            .flows
+            .flows_with_triggers(&ended.tenant_id)
+            .await
+            .map_err(|e| QueueError::backend("list the flows with triggers", e))?;
         if flows.is_empty() {
             return Ok(Vec::new());
         }
@@ -541,7 +608,7 @@ impl ExecutorService {
         }
         let mut out = Vec::new();
         for t in plan.ready {
-            if let Some(execution) = self.start_triggered(t).await {
+            if let Some(execution) = self.start_triggered(t).await? {
                 out.push(execution_envelope(&execution)?);
             }
         }
@@ -559,8 +626,12 @@ impl ExecutorService {
     }
 
     /// The execution a fired Flow trigger starts, its inputs resolved against its flow; `None`
-    /// (with a warning) when the flow is gone or the inputs are invalid.
-    async fn start_triggered(&self, t: TriggeredExecution) -> Option<Execution> {
+    /// (with a warning) when the flow is gone or the inputs are invalid. A flow source error fails
+    /// the unit (retried).
+    async fn start_triggered(
+        &self,
+        t: TriggeredExecution,
+    ) -> Result<Option<Execution>, QueueError> {
         let mut execution = t.execution;
         let flow = match self
             .flows
@@ -573,9 +644,15 @@ impl ExecutorService {
             .await
         {
             Ok(f) => f,
+            Err(FlowCacheError::Source(e)) => {
+                return Err(QueueError::backend(
+                    "load a flow started by a flow trigger",
+                    e,
+                ));
+            }
             Err(e) => {
                 warn!(error = %e, "flow trigger: flow vanished");
-                return None;
+                return Ok(None);
             }
         };
         let raw = t
@@ -595,11 +672,11 @@ impl ExecutorService {
             Ok(inputs) => execution.inputs = inputs,
             Err(e) => {
                 warn!(flow = %flow.id, namespace = %flow.namespace, "flow trigger: invalid inputs: {e}");
-                return None;
+                return Ok(None);
             }
         }
         debug!(triggered = %execution.id, flow = %flow.id, "flow trigger fired");
-        Some(execution)
+        Ok(Some(execution))
     }
 
     /// The child execution of a Subflow request, or a failed result for its parent.
@@ -651,6 +728,15 @@ impl ExecutorService {
         }
         execution_envelope(&execution)
     }
+}
+
+fn flow_revision(execution: &Execution) -> FlowRevision {
+    (
+        execution.tenant_id.clone(),
+        execution.namespace.clone(),
+        execution.flow_id.clone(),
+        execution.flow_revision,
+    )
 }
 
 /// An execution whose flow revision cannot run (missing, or not indexable): the execution FAILED

@@ -5,7 +5,8 @@
 //! # One evaluation step ([`SchedulerService::tick`])
 //!
 //! 1. **Sync** (every tenant of [`SchedulerConfig::tenants`]): every `Schedule`/`ScheduleOnDates` trigger
-//!    of every non-deleted flow gets a state whose first `nextExecutionDate` is the first slot after now
+//!    of every non-deleted flow of the [`FlowSource`] (fed by the flow topic, not the repository)
+//!    gets a state whose first `nextExecutionDate` is the first slot after now
 //!    (nothing fires for the past on creation). States of triggers or flows that no longer exist are
 //!    deleted. On a new flow revision, a changed timetable (cron, seconds, zone, dates) restarts at the
 //!    first slot after now, and a trigger the system had disabled with an error is enabled again (the
@@ -69,7 +70,8 @@ use crate::inputs::{ExecutionRef, InputRenderer, RawInput, resolve_inputs};
 use crate::model::execution::system_labels;
 use crate::model::{Backfill, Execution, Label, State, StateType, TriggerState, trigger_uid};
 use crate::queue::Queue;
-use crate::repository::{ExecutionRepository, FlowRecord, FlowRepository, TriggerRepository};
+use crate::repository::{ExecutionRepository, FlowRecord, TriggerRepository};
+use crate::runtime::flows::FlowSource;
 
 /// Label set on the executions of a backfill.
 pub const BACKFILL_LABEL: &str = "system.backfill";
@@ -162,7 +164,8 @@ pub struct TickReport {
 pub struct SchedulerService {
     pub(super) config: SchedulerConfig,
     clock: Arc<dyn Clock>,
-    flows: Arc<dyn FlowRepository>,
+    /// Where flows come from (the flow topic's source, not the repository).
+    flows: Arc<dyn FlowSource>,
     pub(super) triggers: Arc<dyn TriggerRepository>,
     executions: Arc<dyn ExecutionRepository>,
     pub(super) queue: Arc<dyn Queue>,
@@ -233,7 +236,7 @@ impl SchedulerService {
     pub fn new(
         config: SchedulerConfig,
         clock: Arc<dyn Clock>,
-        flows: Arc<dyn FlowRepository>,
+        flows: Arc<dyn FlowSource>,
         triggers: Arc<dyn TriggerRepository>,
         executions: Arc<dyn ExecutionRepository>,
         queue: Arc<dyn Queue>,

@@ -42,6 +42,7 @@ use crate::queue::{
     UnitOfWork,
 };
 use crate::repository::{FlowRecord, Repositories};
+use crate::runtime::flows::RepositoryFlowSource;
 use crate::scheduler::schedule::slot_execution_id;
 use crate::scheduler::{
     BackfillRequest, ManualClock, SchedulerConfig, SchedulerError, SchedulerService, backfill,
@@ -136,7 +137,7 @@ fn scheduler(
             ..SchedulerConfig::default()
         },
         clock,
-        repos.flows.clone(),
+        Arc::new(RepositoryFlowSource::new(repos.flows.clone())),
         repos.triggers.clone(),
         repos.executions.clone(),
         queue,
@@ -726,7 +727,7 @@ impl<'a> World<'a> {
         SchedulerService::new(
             config,
             self.clock.clone(),
-            self.repos.flows.clone(),
+            Arc::new(RepositoryFlowSource::new(self.repos.flows.clone())),
             self.repos.triggers.clone(),
             self.repos.executions.clone(),
             self.counting.clone(),

@@ -3,6 +3,12 @@
 //! [`WorkerTaskResult`] (or [`WorkerTriggerResult`]) per job and only then acknowledges it
 //! (at-least-once), follows kill broadcasts, and shuts down gracefully.
 //!
+//! When it starts a task attempt, the worker first publishes a RUNNING [`WorkerTaskResult`] (its
+//! start date and id; Kestra's worker does the same), without waiting for it: it goes out through
+//! the same ordered, batched publisher as the final result, so it is never published after it,
+//! and waits there up to [`WorkerConfig::telemetry_linger`] for a result to share a publish with
+//! (a short task's RUNNING and result go out together).
+//!
 //! Leases: a received job is leased for [`WorkerConfig::lease`] (2 min); while it runs, the worker
 //! extends the leases of all its jobs every [`WorkerConfig::lease_renewal`] (30 s), so a long task
 //! is never delivered to a second worker, while the jobs of a worker that died are delivered again
@@ -327,6 +333,9 @@ impl Shared {
                 Vec::new(),
             ));
         };
+        let running =
+            WorkerTaskResult::running(&job, attempt_state.clone(), Some(self.config.id.clone()));
+        self.publish_started(running.envelope());
         let ctx = RunContext::builder(
             job.task.clone(),
             job.task_run.clone(),
@@ -472,6 +481,25 @@ impl Shared {
         }
     }
 
+    /// Hands a RUNNING message to the publisher without waiting: it is published in order with
+    /// the results (so before this attempt's own result). If it is lost, the final result still
+    /// records RUNNING (at the attempt's start date).
+    fn publish_started(&self, envelope: Result<Envelope, QueueError>) {
+        match envelope {
+            Ok(envelope) => {
+                let started = Outgoing {
+                    envelope,
+                    tag: None,
+                    done: None,
+                };
+                if self.results.send(started).is_err() {
+                    tracing::warn!("result publisher stopped; RUNNING not published");
+                }
+            }
+            Err(e) => tracing::error!("cannot encode a RUNNING message: {e}"),
+        }
+    }
+
     /// Hands a result to the publisher and waits until it is published and its job acknowledged.
     async fn publish_result(&self, envelope: Result<Envelope, QueueError>, tag: DeliveryTag) {
         let envelope = match envelope {
@@ -486,8 +514,8 @@ impl Shared {
             .results
             .send(Outgoing {
                 envelope,
-                tag,
-                done,
+                tag: Some(tag),
+                done: Some(done),
             })
             .is_err()
         {
@@ -502,38 +530,59 @@ impl Shared {
     }
 }
 
-/// A finished job's result waiting to be published with others in one batch.
+/// A message waiting to be published with others in one batch: a finished job's result (with the
+/// job to acknowledge and the handler to wake), or a RUNNING message (neither).
 struct Outgoing {
     envelope: Envelope,
-    tag: DeliveryTag,
-    done: oneshot::Sender<()>,
+    tag: Option<DeliveryTag>,
+    done: Option<oneshot::Sender<()>>,
 }
 
-/// Publishes results in batches: logs and metrics are flushed first (so a task's logs are queued
-/// before its result), then every pending result goes out in one `publish`, then their jobs are
+/// Publishes results in batches, in the order they were handed over: logs and metrics are flushed
+/// first (so a task's logs are queued before its result; not for a batch of RUNNING messages
+/// only), then every pending message goes out in one `publish`, then the finished jobs are
 /// acknowledged in one `ack`. Under load this turns two transactions per job into three per batch.
+/// A batch of RUNNING messages only waits up to `linger` for a result to join it.
 async fn results_loop(
     queue: Arc<dyn Queue>,
     telemetry: mpsc::UnboundedSender<Telemetry>,
     mut rx: mpsc::UnboundedReceiver<Outgoing>,
     max_batch: usize,
+    linger: Duration,
 ) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
-        while batch.len() < max_batch {
-            match rx.try_recv() {
-                Ok(o) => batch.push(o),
-                Err(_) => break,
+        // RUNNING messages alone wait up to `linger` for a result to go out with: a short task's
+        // RUNNING and result then cost one publish (and one unit of work of the executor). The
+        // RUNNING carries the worker's start date, so waiting does not change it.
+        let deadline = tokio::time::Instant::now() + linger;
+        loop {
+            while batch.len() < max_batch {
+                match rx.try_recv() {
+                    Ok(o) => batch.push(o),
+                    Err(_) => break,
+                }
+            }
+            if batch.len() >= max_batch || batch.iter().any(|o| o.tag.is_some()) {
+                break;
+            }
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(o)) => batch.push(o),
+                Ok(None) | Err(_) => break,
             }
         }
-        let (tx, flushed) = oneshot::channel();
-        if telemetry.send(Telemetry::Flush(tx)).is_ok() {
-            let _ = tokio::time::timeout(Duration::from_secs(10), flushed).await;
+        let tags: Vec<DeliveryTag> = batch.iter().filter_map(|o| o.tag).collect();
+        if !tags.is_empty() {
+            let (tx, flushed) = oneshot::channel();
+            if telemetry.send(Telemetry::Flush(tx)).is_ok() {
+                let _ = tokio::time::timeout(Duration::from_secs(10), flushed).await;
+            }
         }
         let envelopes: Vec<Envelope> = batch.iter().map(|o| o.envelope.clone()).collect();
         if publish_with_retry(queue.as_ref(), envelopes, "worker results").await {
-            let tags: Vec<DeliveryTag> = batch.iter().map(|o| o.tag).collect();
-            if let Err(e) = queue.ack(ConsumerGroup::Worker, &tags).await {
+            if !tags.is_empty()
+                && let Err(e) = queue.ack(ConsumerGroup::Worker, &tags).await
+            {
                 tracing::warn!("cannot acknowledge worker jobs (they may run again): {e}");
             }
         } else {
@@ -543,7 +592,9 @@ async fn results_loop(
             );
         }
         for o in batch {
-            let _ = o.done.send(());
+            if let Some(done) = o.done {
+                let _ = done.send(());
+            }
         }
     }
 }
@@ -672,6 +723,7 @@ impl Worker {
             tx.clone(),
             results_rx,
             self.config.telemetry_batch.max(1),
+            self.config.telemetry_linger,
         ));
         let shared = Arc::new(Shared {
             results: results_tx,
