@@ -36,7 +36,7 @@ use crate::model::{Execution, Label};
 use crate::queue::{Queue, QueueError};
 use crate::repository::{FlowRecord, Repositories, RepositoryError, SaveOutcome};
 use crate::runtime::executor::{ExecutorConfig, ExecutorService};
-use crate::runtime::flows::{FlowCache, RepositoryFlowSource};
+use crate::runtime::flows::{FlowCache, FlowSource, RepositoryFlowSource};
 use crate::runtime::indexer::{IndexerConfig, IndexerService};
 use crate::scheduler::{SchedulerConfig, SchedulerService, SystemClock};
 use crate::storage::InternalStorage;
@@ -159,9 +159,16 @@ pub struct EngineBuilder {
     worker: WorkerConfig,
     indexer: IndexerConfig,
     scheduler: SchedulerConfig,
+    flow_source: Option<Arc<dyn FlowSource>>,
 }
 
 impl EngineBuilder {
+    /// Where the executor and the scheduler read flows (default: the flow repository). With a
+    /// source that does not read the repository, the scheduler runs without it.
+    pub fn flow_source(mut self, source: Arc<dyn FlowSource>) -> Self {
+        self.flow_source = Some(source);
+        self
+    }
     /// Scheduler settings.
     pub fn scheduler_config(mut self, config: SchedulerConfig) -> Self {
         self.scheduler = config;
@@ -210,11 +217,11 @@ impl EngineBuilder {
         let shutdown = CancellationToken::new();
         let mut tasks: Vec<(&'static str, JoinHandle<()>)> = Vec::new();
         let mut executor_flows = None;
+        let flow_source = self.flow_source.unwrap_or_else(|| {
+            Arc::new(RepositoryFlowSource::new(self.repositories.flows.clone()))
+        });
         if self.components.executor {
-            let flows = Arc::new(FlowCache::new(
-                Arc::new(RepositoryFlowSource::new(self.repositories.flows.clone())),
-                registry.clone(),
-            ));
+            let flows = Arc::new(FlowCache::new(flow_source.clone(), registry.clone()));
             executor_flows = Some(flows.clone());
             let service =
                 ExecutorService::new(self.queue.clone(), flows, expr.clone(), self.executor);
@@ -247,9 +254,7 @@ impl EngineBuilder {
             let service = SchedulerService::new(
                 self.scheduler,
                 Arc::new(SystemClock),
-                self.repositories.flows.clone(),
-                self.repositories.triggers.clone(),
-                self.repositories.executions.clone(),
+                flow_source.clone(),
                 self.queue.clone(),
                 registry.clone(),
                 expr.clone(),
@@ -267,6 +272,7 @@ impl EngineBuilder {
             registry,
             expr,
             executor_flows,
+            flow_source,
             shutdown,
             worker_shutdown,
             scheduler_shutdown,
@@ -318,6 +324,8 @@ pub struct Engine {
     /// The flow cache of this engine's executor, if it runs one (invalidated by `deploy` at once;
     /// executors of other processes follow the Flow topic).
     executor_flows: Option<Arc<FlowCache>>,
+    /// Where flows are read (backfills).
+    flow_source: Arc<dyn FlowSource>,
     shutdown: CancellationToken,
     worker_shutdown: CancellationToken,
     scheduler_shutdown: CancellationToken,
@@ -343,6 +351,7 @@ impl Engine {
             worker: WorkerConfig::default(),
             indexer: IndexerConfig::default(),
             scheduler: SchedulerConfig::default(),
+            flow_source: None,
         }
     }
 
@@ -584,8 +593,8 @@ impl Engine {
         request: crate::scheduler::BackfillRequest,
     ) -> Result<crate::model::TriggerState, EngineError> {
         crate::scheduler::backfill(
-            self.repositories.flows.as_ref(),
-            self.repositories.triggers.as_ref(),
+            self.flow_source.as_ref(),
+            self.queue.as_ref(),
             &self.registry,
             chrono::Utc::now(),
             crate::model::DEFAULT_TENANT,

@@ -18,7 +18,9 @@
 //!   `ConcurrencyLimited` command right away; freed slots start the oldest queued executions;
 //! - when an execution ends (or pauses), starts the flows whose Flow trigger it fires
 //!   ([`crate::executor::flow_trigger`]); triggers with several precondition conditions keep their
-//!   results in executor state ([`crate::executor::preconditions`]), locked by the unit of work.
+//!   results in executor state ([`crate::executor::preconditions`]), locked by the unit of work;
+//! - when an execution a schedule or polling trigger started ends, tells the schedulers with a
+//!   [`TriggerEvent::ExecutionEnded`] keyed by the trigger (its lock and `stopAfter`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,7 +33,7 @@ use tracing::{Instrument, debug, error, info_span, warn};
 use crate::executor::concurrency::{self, ConcurrencySlots, SlotRequest, apply_slot_request};
 use crate::executor::flow_trigger::plan_flow_triggers;
 use crate::executor::messages::{
-    ExecutionCommand, ExecutionKilled, ExecutorEvent, WorkerJob, execution_envelope,
+    ExecutionCommand, ExecutionKilled, ExecutorEvent, TriggerEvent, WorkerJob, execution_envelope,
 };
 use crate::executor::preconditions::{self, PreconditionState};
 use crate::executor::process::process;
@@ -226,6 +228,9 @@ impl ExecutorService {
                         // it with a visible reason, and tell its parent, if any, that it ended.
                         if let Some((failed, messages)) = fail_unrunnable(&reference, &e)? {
                             outgoing.extend(messages);
+                            if let Some(event) = TriggerEvent::execution_ended(&failed) {
+                                outgoing.push(event.envelope()?);
+                            }
                             executions.insert(id.clone(), Some(failed));
                             if !dirty.contains(&id) {
                                 dirty.push(id.clone());
@@ -336,6 +341,13 @@ impl ExecutorService {
                     && let Some(result) = current.as_ref().and_then(result_for_parent)
                 {
                     outgoing.push(result.envelope()?);
+                }
+                // The trigger that started it (schedule, polling) is told, keyed by the trigger:
+                // the scheduler releases its lock and applies `stopAfter`.
+                if (!was_terminated || ended_again)
+                    && let Some(event) = current.as_ref().and_then(TriggerEvent::execution_ended)
+                {
+                    outgoing.push(event.envelope()?);
                 }
                 if let Some(now) = current.as_ref()
                     && Some(now.state.current()) != previous_state
