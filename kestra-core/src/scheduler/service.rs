@@ -433,10 +433,15 @@ impl SchedulerService {
                 .into_iter()
                 .map(|s| (s.uid(), s))
                 .collect();
-            for (uid, entry) in &flows.entries {
-                if entry.flow.tenant_id != *tenant {
-                    continue;
-                }
+            // In uid order: two schedulers creating the same new states wait on each other in
+            // one order, never in a cycle.
+            let mut entries: Vec<(&String, &Entry)> = flows
+                .entries
+                .iter()
+                .filter(|(_, e)| e.flow.tenant_id == *tenant)
+                .collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            for (uid, entry) in entries {
                 match states.get(uid) {
                     None => {
                         let state = self.synced(tenant, entry, None, now, report).await?;
