@@ -2219,6 +2219,24 @@ impl JdbcTriggerUnit {
     }
 }
 
+impl Drop for JdbcTriggerUnit {
+    fn drop(&mut self) {
+        let Some(tx) = self.tx.take() else { return };
+        // A dropped sqlx transaction is only rolled back when its connection is used again, and
+        // until then its row locks keep other schedulers' claims away: roll back now.
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(async move {
+                    if let Err(error) = tx.rollback().await {
+                        tracing::debug!(%error, "cannot roll back a dropped trigger unit");
+                    }
+                });
+            }
+            Err(_) => drop(tx),
+        }
+    }
+}
+
 fn trigger_of(row: &DbRow, operation: &'static str) -> Result<TriggerState, QueueError> {
     parse_doc(row, "trigger", "uid", operation).map_err(|e| QueueError::backend(operation, e))
 }
