@@ -81,6 +81,11 @@ async fn purge_offline() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn trigger_unit_conformance() {
+    with_db(|url| async move { trigger_unit_suite(&url).await }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn scheduler_scenarios() {
     with_db(|url| async move { scheduler_suite(&url).await }).await;
 }

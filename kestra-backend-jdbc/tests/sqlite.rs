@@ -74,6 +74,11 @@ async fn purge_offline() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn trigger_unit_conformance() {
+    trigger_unit_suite(&sqlite_url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn scheduler_scenarios() {
     scheduler_suite(&sqlite_url()).await;
 }

@@ -71,7 +71,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use crate::model::Execution;
+use crate::model::{Execution, TriggerState};
 
 /// A message stream: what the components exchange.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -97,7 +97,8 @@ pub enum Topic {
     Metric,
     /// Flow changes (caches in executors and schedulers).
     Flow,
-    /// Trigger state changes (scheduler).
+    /// Events about a trigger for the schedulers, keyed by trigger uid
+    /// ([`TriggerEvent`](crate::executor::messages::TriggerEvent): an execution it started ended).
     Trigger,
     /// Slot requests and releases of flows with a concurrency limit, for the executor; keyed by flow
     /// (`tenant|namespace|flow`), so one unit at a time owns a flow's slots.
@@ -450,6 +451,93 @@ pub trait Queue: Send + Sync + 'static {
         max: usize,
         wait: Duration,
     ) -> Result<Option<Box<dyn UnitOfWork>>, QueueError>;
+
+    /// The scheduler's unit of work over trigger states (see [`TriggerUnit`]): trigger state lives
+    /// behind the queue backend, not the repository, so that schedulers go on while the repository
+    /// (Elasticsearch on Kafka) is down. A queue that keeps no trigger state (a test double of the
+    /// other seams) answers [`QueueError::Backend`], which is the default.
+    async fn begin_triggers(&self) -> Result<Box<dyn TriggerUnit>, QueueError> {
+        Err(QueueError::backend(
+            "begin_triggers",
+            std::io::Error::other("this queue keeps no trigger state"),
+        ))
+    }
+}
+
+/// The scheduler's transaction over trigger states ([`Queue::begin_triggers`]).
+///
+/// # Contract (checked by the `testkit` suite `triggers::run_all` on every backend)
+///
+/// - **Claims.** A unit holds the triggers it claimed ([`TriggerUnit::claim_due`],
+///   [`TriggerUnit::claim`]) or created ([`TriggerUnit::create`]) until it commits or is dropped;
+///   no other unit can claim them meanwhile (it skips them: claims never wait). A unit never hands
+///   out the same trigger twice.
+/// - **Writes only under claims.** [`TriggerUnit::save`] and [`TriggerUnit::delete`] refuse a
+///   trigger the unit does not hold. Staged writes are visible to the unit's own later reads.
+/// - **All or nothing.** [`TriggerUnit::commit`] applies the staged trigger states, the staged
+///   messages ([`TriggerUnit::publish`]: the executions and evaluation jobs the scheduler starts)
+///   and the acknowledgements of the scheduler's deliveries ([`TriggerUnit::ack`]) together, or
+///   none of them; a dropped unit applies nothing and releases its claims.
+/// - **What the API reads.** Committed states are what
+///   [`TriggerRepository`](crate::repository::TriggerRepository) finds and searches (JDBC: the same
+///   table; Kafka: the indexer's copy, which may lag).
+///
+/// # How the backends meet it
+///
+/// - **JDBC**: one database transaction; claims are `SELECT ... FOR UPDATE SKIP LOCKED` on the
+///   `triggers` rows (SQLite: the single writer holds the unit), so a claim lasts exactly as long
+///   as the transaction: no owner column, no wall-clock lease. Messages and acknowledgements are
+///   rows of the same transaction.
+/// - **Kafka**: trigger state is a compacted topic keyed by trigger uid, read by the scheduler
+///   group; a scheduler instance owns the partitions it is assigned and holds them in a local
+///   store (restored on assignment). A unit is a Kafka transaction of that instance: it claims the
+///   due triggers of its own partitions (a claim of another instance's trigger answers `None`),
+///   produces the new states, the executions and the consumed offsets, and commits; a fenced
+///   (rebalanced-away) instance's commit is refused and nothing it staged is visible.
+#[async_trait]
+pub trait TriggerUnit: Send {
+    /// Every trigger state of `tenant` as last committed (or staged by this unit), not claimed.
+    async fn states(&mut self, tenant: &str) -> Result<Vec<TriggerState>, QueueError>;
+
+    /// Claim up to `limit` enabled triggers due at `now` (`nextExecutionDate <= now`) that no other
+    /// unit holds and this unit has not claimed yet, earliest first.
+    async fn claim_due(
+        &mut self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<TriggerState>, QueueError>;
+
+    /// Claim one trigger by uid, due or not (disabled too). `None` when it does not exist or
+    /// another unit holds it. Claiming a trigger this unit holds returns its staged state.
+    async fn claim(&mut self, uid: &str) -> Result<Option<TriggerState>, QueueError>;
+
+    /// Create the state of a trigger that has none yet, held by this unit from now on. Returns false
+    /// (and changes nothing) when a state with this uid exists (another scheduler created it).
+    async fn create(&mut self, state: &TriggerState) -> Result<bool, QueueError>;
+
+    /// Stage the new state of a held trigger.
+    async fn save(&mut self, state: &TriggerState) -> Result<(), QueueError>;
+
+    /// Stage deleting a held trigger's state.
+    async fn delete(&mut self, uid: &str) -> Result<(), QueueError>;
+
+    /// Stage messages to publish when the unit commits.
+    async fn publish(&mut self, messages: Vec<Envelope>) -> Result<(), QueueError>;
+
+    /// Stage the acknowledgement of deliveries received by the scheduler group
+    /// ([`ConsumerGroup::Scheduler`]): evaluation results and trigger events.
+    async fn ack(&mut self, tags: &[DeliveryTag]) -> Result<(), QueueError>;
+
+    /// Apply everything staged, atomically, and release the claims.
+    async fn commit(self: Box<Self>) -> Result<(), QueueError>;
+}
+
+/// A [`TriggerUnit`] write refused because the unit does not hold the trigger.
+#[derive(Debug, thiserror::Error)]
+#[error("trigger '{uid}' is not held by this unit of work")]
+pub struct TriggerNotHeld {
+    /// The trigger's uid.
+    pub uid: String,
 }
 
 /// A transaction over claimed messages: load, process, stage, commit all or nothing.

@@ -424,10 +424,12 @@ pub struct TriggerQuery {
     pub flow_id: Option<String>,
 }
 
-/// Trigger state.
+/// Trigger state as the API and UI read it. The schedulers never read or write it: they keep trigger
+/// state behind the queue backend ([`Queue::begin_triggers`](crate::queue::Queue::begin_triggers));
+/// JDBC reads the same table, Kafka an index the indexer feeds from the trigger state topic.
 #[async_trait]
 pub trait TriggerRepository: Send + Sync {
-    /// Insert or replace a trigger state (keyed by its uid).
+    /// Insert or replace a trigger state (keyed by its uid): the indexer's write, and tests'.
     async fn save(&self, trigger: &TriggerState) -> RepoResult<()>;
     /// A trigger state by uid.
     async fn find(&self, uid: &str) -> RepoResult<Option<TriggerState>>;
@@ -436,31 +438,8 @@ pub trait TriggerRepository: Send + Sync {
     /// Search.
     async fn search(&self, query: &TriggerQuery, page: &Pageable)
     -> RepoResult<Page<TriggerState>>;
-    /// Delete a trigger state.
+    /// Delete a trigger state (the indexer's write, and tests').
     async fn delete(&self, uid: &str) -> RepoResult<()>;
-    /// Claim up to `limit` enabled triggers due at `now` (`nextExecutionDate <= now`) that no other
-    /// scheduler holds: they are locked for `owner` until `now + lease` (JDBC: `FOR UPDATE SKIP LOCKED`
-    /// then a lock column), so that several schedulers never evaluate the same trigger at once.
-    async fn claim_due(
-        &self,
-        now: DateTime<Utc>,
-        owner: &str,
-        limit: usize,
-        lease: std::time::Duration,
-    ) -> RepoResult<Vec<TriggerState>>;
-    /// Claim one trigger by uid, due or not (disabled too), if no scheduler holds it (never claimed,
-    /// released, or its lease ended): it is locked for `owner` until `now + lease`. `None` when it
-    /// does not exist or is held. Schedulers use it to apply a polling trigger's evaluation result.
-    async fn claim(
-        &self,
-        uid: &str,
-        now: DateTime<Utc>,
-        owner: &str,
-        lease: std::time::Duration,
-    ) -> RepoResult<Option<TriggerState>>;
-    /// Store the new state of a claimed trigger and release the claim. Returns false (and stores
-    /// nothing) if `owner` no longer holds it.
-    async fn release(&self, trigger: &TriggerState, owner: &str) -> RepoResult<bool>;
 }
 
 /// Service instances (heartbeats).

@@ -466,6 +466,14 @@ pub async fn offline_purge(url: &str, backend: JdbcBackend) {
     assert_eq!(again.queue_stats().await.unwrap().dead_letters, 0);
 }
 
+/// The trigger unit suite of the testkit ([`testkit::triggers::run_all`]): the scheduler's claims,
+/// writes under claims and all-or-nothing commits.
+pub async fn trigger_unit_suite(url: &str) {
+    let backend = connect(url).await;
+    testkit::triggers::run_all(backend.queue()).await;
+    backend.close().await;
+}
+
 /// The scheduler scenarios of the testkit ([`testkit::scheduler::run_all`]): the service behaviour by
 /// behaviour (cron, lock, recovery, conditions, ScheduleOnDates, backfill, stopAfter, broken triggers,
 /// polling triggers), two schedulers over 200 cron slots (exactly one execution per slot), a

@@ -344,6 +344,85 @@ impl SubflowExecutionResult {
     }
 }
 
+/// An event about a trigger for the schedulers (topic [`Topic::Trigger`], key = trigger uid,
+/// consumed by [`ConsumerGroup::Scheduler`](crate::queue::ConsumerGroup::Scheduler)). The executor
+/// sends it so that the scheduler never reads executions from the repository.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum TriggerEvent {
+    /// An execution started by a trigger ended: it no longer holds the trigger's lock, and its
+    /// final state decides `stopAfter`.
+    #[serde(rename_all = "camelCase")]
+    ExecutionEnded {
+        /// Tenant.
+        tenant_id: String,
+        /// Flow namespace.
+        namespace: String,
+        /// Flow id.
+        flow_id: String,
+        /// Trigger id in the flow.
+        trigger_id: String,
+        /// The execution that ended.
+        execution_id: String,
+        /// Its final state.
+        state: StateType,
+    },
+}
+
+impl TriggerEvent {
+    /// The event for `execution`, which just ended, if a trigger that holds state in the
+    /// scheduler (a schedule or a polling trigger) started it: not for executions of Flow or
+    /// Webhook triggers, of subflow tasks, or started by hand.
+    pub fn execution_ended(execution: &Execution) -> Option<TriggerEvent> {
+        use crate::flow::registry::TriggerType;
+        use crate::flow::triggers::{FlowTrigger as Flow, Webhook};
+        let trigger = execution.trigger.as_ref()?;
+        if execution.parent_id.is_some() || !execution.state.is_terminated() {
+            return None;
+        }
+        let stateless = [Flow::TYPE, Webhook::TYPE]
+            .into_iter()
+            .chain(Flow::ALIASES.iter().copied())
+            .chain(Webhook::ALIASES.iter().copied());
+        if stateless.into_iter().any(|t| t == trigger.type_) {
+            return None;
+        }
+        Some(TriggerEvent::ExecutionEnded {
+            tenant_id: execution.tenant_id.clone(),
+            namespace: execution.namespace.clone(),
+            flow_id: execution.flow_id.clone(),
+            trigger_id: trigger.id.clone(),
+            execution_id: execution.id.clone(),
+            state: execution.state.current(),
+        })
+    }
+
+    /// The uid of the trigger the event is about.
+    pub fn uid(&self) -> String {
+        match self {
+            TriggerEvent::ExecutionEnded {
+                tenant_id,
+                namespace,
+                flow_id,
+                trigger_id,
+                ..
+            } => crate::model::trigger_uid(tenant_id, namespace, flow_id, trigger_id),
+        }
+    }
+
+    /// The tenant of the trigger.
+    pub fn tenant_id(&self) -> &str {
+        match self {
+            TriggerEvent::ExecutionEnded { tenant_id, .. } => tenant_id,
+        }
+    }
+
+    /// As a queue message keyed by the trigger uid.
+    pub fn envelope(&self) -> Result<Envelope, QueueError> {
+        Envelope::json(Topic::Trigger, self.uid(), self)
+    }
+}
+
 /// A new execution to start (topic [`Topic::Execution`], key = its id).
 pub fn execution_envelope(execution: &Execution) -> Result<Envelope, QueueError> {
     Envelope::json(Topic::Execution, &execution.id, execution)

@@ -164,7 +164,8 @@ pub struct EngineBuilder {
 
 impl EngineBuilder {
     /// Where the executor and the scheduler read flows (default: a [`RepositoryFlowSource`] over
-    /// the repositories' flows, right for JDBC, where they are the queue backend's database).
+    /// the repositories' flows, right for JDBC, where they are the queue backend's database). With a
+    /// source that does not read the repository, the scheduler runs without it.
     pub fn flow_source(mut self, source: Arc<dyn FlowSource>) -> Self {
         self.flow_source = Some(source);
         self
@@ -220,6 +221,9 @@ impl EngineBuilder {
             Arc::new(RepositoryFlowSource::new(self.repositories.flows.clone()))
         });
         let mut executor_flows = None;
+        let flow_source = self.flow_source.unwrap_or_else(|| {
+            Arc::new(RepositoryFlowSource::new(self.repositories.flows.clone()))
+        });
         if self.components.executor {
             let flows = Arc::new(FlowCache::new(flow_source.clone(), registry.clone()));
             executor_flows = Some(flows.clone());
@@ -254,9 +258,7 @@ impl EngineBuilder {
             let service = SchedulerService::new(
                 self.scheduler,
                 Arc::new(SystemClock),
-                flow_source,
-                self.repositories.triggers.clone(),
-                self.repositories.executions.clone(),
+                flow_source.clone(),
                 self.queue.clone(),
                 registry.clone(),
                 expr.clone(),
@@ -274,6 +276,7 @@ impl EngineBuilder {
             registry,
             expr,
             executor_flows,
+            flow_source,
             shutdown,
             worker_shutdown,
             scheduler_shutdown,
@@ -325,6 +328,8 @@ pub struct Engine {
     /// The flow cache of this engine's executor, if it runs one (invalidated by `deploy` at once;
     /// executors of other processes follow the Flow topic).
     executor_flows: Option<Arc<FlowCache>>,
+    /// Where flows are read (backfills).
+    flow_source: Arc<dyn FlowSource>,
     shutdown: CancellationToken,
     worker_shutdown: CancellationToken,
     scheduler_shutdown: CancellationToken,
@@ -585,8 +590,8 @@ impl Engine {
         request: crate::scheduler::BackfillRequest,
     ) -> Result<crate::model::TriggerState, EngineError> {
         crate::scheduler::backfill(
-            self.repositories.flows.as_ref(),
-            self.repositories.triggers.as_ref(),
+            self.flow_source.as_ref(),
+            self.queue.as_ref(),
             &self.registry,
             chrono::Utc::now(),
             crate::model::DEFAULT_TENANT,

@@ -22,7 +22,9 @@
 //! - publishes the slot requests of executions of limited flows ([`SlotMessage`], keyed by flow);
 //! - when an execution ends (or pauses), starts the flows whose Flow trigger it fires
 //!   ([`crate::executor::flow_trigger`]), and publishes a [`PreconditionMessage`] (keyed by
-//!   trigger) for each trigger with several precondition conditions.
+//!   trigger) for each trigger with several precondition conditions;
+//! - when an execution a schedule or polling trigger started ends, tells the schedulers with a
+//!   [`TriggerEvent::ExecutionEnded`] keyed by the trigger (its lock and `stopAfter`).
 //!
 //! State that belongs to a flow or a trigger has its own keyed stage, consumed by the same
 //! executor group in the same loop but keyed by that flow or trigger, so a unit of work only ever
@@ -47,7 +49,7 @@ use crate::executor::concurrency::{
 };
 use crate::executor::flow_trigger::{PreconditionMessage, TriggeredExecution, plan_flow_triggers};
 use crate::executor::messages::{
-    ExecutionCommand, ExecutionKilled, ExecutorEvent, WorkerJob, execution_envelope,
+    ExecutionCommand, ExecutionKilled, ExecutorEvent, TriggerEvent, WorkerJob, execution_envelope,
 };
 use crate::executor::preconditions::{self, PreconditionState};
 use crate::executor::process::process;
@@ -310,6 +312,9 @@ impl ExecutorService {
                         // it with a visible reason, and tell its parent, if any, that it ended.
                         if let Some((failed, messages)) = fail_unrunnable(&reference, &e)? {
                             outgoing.extend(messages);
+                            if let Some(event) = TriggerEvent::execution_ended(&failed) {
+                                outgoing.push(event.envelope()?);
+                            }
                             executions.insert(id.clone(), Some(failed));
                             if !dirty.contains(&id) {
                                 dirty.push(id.clone());
@@ -402,6 +407,13 @@ impl ExecutorService {
                     && let Some(result) = current.as_ref().and_then(result_for_parent)
                 {
                     outgoing.push(result.envelope()?);
+                }
+                // The trigger that started it (schedule, polling) is told, keyed by the trigger:
+                // the scheduler releases its lock and applies `stopAfter`.
+                if (!was_terminated || ended_again)
+                    && let Some(event) = current.as_ref().and_then(TriggerEvent::execution_ended)
+                {
+                    outgoing.push(event.envelope()?);
                 }
                 if let Some(now) = current.as_ref()
                     && Some(now.state.current()) != previous_state

@@ -7,9 +7,11 @@
 //! `system.backfillId` label (a fresh id, also part of its executions' ids), so that backfilling a
 //! range again creates new executions while a scheduler restart never duplicates one.
 //!
-//! The state is written with [`TriggerRepository::save`]: a scheduler that holds a claim on the trigger
-//! at that very moment may overwrite it when it releases (the repository has no compare-and-set); the
-//! caller then sees no backfill on the trigger and can ask again.
+//! The state is written in a [`TriggerUnit`](crate::queue::TriggerUnit) of the queue backend, under
+//! the trigger's claim, so a scheduler never overwrites it: while a scheduler holds the trigger
+//! (it is being evaluated), the request is tried again a few times, then refused as a conflict.
+
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
@@ -17,11 +19,16 @@ use serde_json::{Map, Value};
 use super::SchedulerError;
 use super::schedule::Timetable;
 use super::service::BACKFILL_ID_LABEL;
-use crate::flow::model::Flow;
 use crate::flow::registry::{TaskRegistry, TriggerType};
 use crate::flow::triggers::Schedule;
 use crate::model::{Backfill, Label, TriggerState, new_id, trigger_uid};
-use crate::repository::{FlowRepository, TriggerRepository};
+use crate::queue::Queue;
+use crate::runtime::flows::FlowSource;
+
+/// How many times a backfill tries to claim a trigger a scheduler holds, and how long it waits
+/// between tries.
+const CLAIM_TRIES: u32 = 40;
+const CLAIM_PAUSE: Duration = Duration::from_millis(50);
 
 /// What to backfill.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -41,8 +48,8 @@ pub struct BackfillRequest {
 /// state.
 #[allow(clippy::too_many_arguments)]
 pub async fn backfill(
-    flows: &dyn FlowRepository,
-    triggers: &dyn TriggerRepository,
+    flows: &dyn FlowSource,
+    queue: &dyn Queue,
     registry: &TaskRegistry,
     now: DateTime<Utc>,
     tenant: &str,
@@ -68,16 +75,11 @@ pub async fn backfill(
         flow_id: flow_id.to_string(),
         trigger_id: trigger_id.to_string(),
     };
-    let record = flows
-        .find(tenant, namespace, flow_id, None)
+    let flow = flows
+        .flow(tenant, namespace, flow_id, None)
         .await?
         .ok_or_else(not_found)?;
-    let flow: Flow =
-        serde_json::from_value(record.flow.clone()).map_err(|e| SchedulerError::Flow {
-            namespace: namespace.to_string(),
-            id: flow_id.to_string(),
-            message: e.to_string(),
-        })?;
+    let revision = flow.revision.unwrap_or(1);
     let flow =
         crate::flow::apply_plugin_defaults(&flow, registry).map_err(|e| SchedulerError::Flow {
             namespace: namespace.to_string(),
@@ -112,33 +114,51 @@ pub async fn backfill(
         })?;
 
     let uid = trigger_uid(tenant, namespace, flow_id, trigger_id);
-    let mut state = match triggers.find(&uid).await? {
-        Some(s) => s,
-        None => TriggerState::new(tenant, namespace, flow_id, trigger_id, record.revision, now),
-    };
-    if state.backfill.is_some() {
-        return Err(SchedulerError::Conflict(format!(
-            "a backfill already runs on trigger {uid}"
-        )));
-    }
     let mut labels: Vec<Label> = request
         .labels
         .into_iter()
         .filter(|l| !l.key.starts_with("system."))
         .collect();
     labels.push(Label::new(BACKFILL_ID_LABEL, new_id()));
-    state.backfill = Some(Backfill {
+    let backfill = Backfill {
         start: request.start,
         end: Some(end),
         current_date: first,
         paused: false,
         inputs: request.inputs,
         labels,
-    });
-    // Due at once: the scheduler fires the backfill's slots, then resumes the regular schedule after
-    // the trigger's last handled slot (`date`).
-    state.next_execution_date = Some(now);
-    state.updated_date = now;
-    triggers.save(&state).await?;
-    Ok(state)
+    };
+    for _ in 0..CLAIM_TRIES {
+        let mut unit = queue.begin_triggers().await?;
+        let (mut state, exists) = match unit.claim(&uid).await? {
+            Some(s) => (s, true),
+            None => (
+                TriggerState::new(tenant, namespace, flow_id, trigger_id, revision, now),
+                false,
+            ),
+        };
+        if state.backfill.is_some() {
+            return Err(SchedulerError::Conflict(format!(
+                "a backfill already runs on trigger {uid}"
+            )));
+        }
+        state.backfill = Some(backfill.clone());
+        // Due at once: the scheduler fires the backfill's slots, then resumes the regular schedule
+        // after the trigger's last handled slot (`date`).
+        state.next_execution_date = Some(now);
+        state.updated_date = now;
+        if exists {
+            unit.save(&state).await?;
+        } else if !unit.create(&state).await? {
+            // It exists and a scheduler holds it: try again once the scheduler's step ends.
+            drop(unit);
+            tokio::time::sleep(CLAIM_PAUSE).await;
+            continue;
+        }
+        unit.commit().await?;
+        return Ok(state);
+    }
+    Err(SchedulerError::Conflict(format!(
+        "trigger {uid} is held by a scheduler; try again"
+    )))
 }

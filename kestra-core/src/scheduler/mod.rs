@@ -11,12 +11,19 @@
 //! - [`polling`]: polling triggers: evaluations sent to workers, results applied.
 //! - [`backfill`](mod@backfill): the backfill API ([`backfill()`]).
 //!
-//! The scheduler is written against the [`Queue`](crate::queue::Queue) and repository traits only.
-//! Several instances share the work through [`TriggerRepository::claim_due`](crate::repository::TriggerRepository::claim_due);
-//! exactly one execution is created per slot because a slot's execution id is derived from the slot
-//! ([`schedule::slot_execution_id`]) and the executor ignores a creation message for an execution it
-//! already knows. A polling trigger's evaluation is sent under the trigger's claim (one per due date),
-//! and its execution id is derived from the evaluation's date in the same way.
+//! The scheduler is written against the [`Queue`](crate::queue::Queue) and a
+//! [`FlowSource`](crate::runtime::flows::FlowSource) only: it reads no repository. Trigger state
+//! lives behind the queue backend ([`Queue::begin_triggers`](crate::queue::Queue::begin_triggers)):
+//! each step is one [`TriggerUnit`](crate::queue::TriggerUnit) that claims the triggers it works on,
+//! stages their new states with the executions and evaluation jobs it starts, and commits all of it
+//! at once. The executor tells the schedulers that an execution a trigger started ended with a
+//! [`TriggerEvent`](crate::executor::messages::TriggerEvent) on
+//! [`Topic::Trigger`](crate::queue::Topic::Trigger), keyed by trigger uid. Several instances share
+//! the work through the claims; exactly one execution is created per slot because a slot's execution
+//! id is derived from the slot ([`schedule::slot_execution_id`]), it is queued in the commit that
+//! moves the trigger past the slot, and the executor ignores a creation message for an execution it
+//! already knows. A polling trigger's evaluation is sent under the trigger's claim (one per due
+//! date), and its execution id is derived from the evaluation's date in the same way.
 
 pub mod backfill;
 pub mod clock;

@@ -17,9 +17,9 @@
 //!   ([`SchedulerConfig::evaluation_timeout`](super::SchedulerConfig::evaluation_timeout), a worker
 //!   may have died with it): no second evaluation is sent before its result or that timeout.
 //! - **Result** ([`WorkerTriggerResult`], received at each step): the scheduler claims the result's
-//!   trigger by uid ([`TriggerRepository::claim`](crate::repository::TriggerRepository::claim)),
-//!   applies the result, releases the trigger, then acknowledges the result. A trigger held by
-//!   another scheduler at that moment is tried again at the next step. A result whose
+//!   trigger by uid ([`TriggerUnit::claim`]) and applies the result; the new state, the execution
+//!   it starts and the acknowledgement of the result commit together with the step's unit. A
+//!   trigger held by another scheduler at that moment is tried again at the next step. A result whose
 //!   `evaluationDate` is not the running evaluation's (late, duplicate) is stale and ignored.
 //!   Otherwise the running mark is cleared and the next evaluation is due at
 //!   `evaluationDate + interval`. An evaluation error is logged and kept in the state's `error` (the
@@ -34,8 +34,9 @@
 //!
 //! Several schedulers may run at once: dispatches and results are applied under the trigger's claim,
 //! so one due date sends one evaluation and one result starts at most one execution (its id is
-//! derived from the evaluation date anyway). A received result waits in memory while its trigger is
-//! held elsewhere; past the queue lease it is dropped there and delivered again by the queue.
+//! derived from the evaluation date anyway). A received result (or [`TriggerEvent`]) waits in memory
+//! while its trigger is held elsewhere; past the queue lease it is dropped there and delivered again
+//! by the queue.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -48,19 +49,24 @@ use super::SchedulerError;
 use super::conditions::{check_conditions, evaluate_conditions};
 use super::schedule::slot_execution_id;
 use super::service::{
-    Entry, FiredSlot, Kind, Lock, Outcome, SchedulerService, StartRequest, TickReport,
+    Entry, FiredSlot, Held, Kind, Lock, Outcome, SchedulerService, StartRequest, Step, TickReport,
 };
-use crate::executor::messages::{WorkerJob, WorkerTrigger, WorkerTriggerResult};
+use crate::executor::messages::{TriggerEvent, WorkerJob, WorkerTrigger, WorkerTriggerResult};
 use crate::model::{TriggerState, trigger_uid};
-use crate::queue::{ConsumerGroup, DeliveryTag, Topic};
+use crate::queue::{ConsumerGroup, Delivery, DeliveryTag, Topic, TriggerUnit};
 
 /// A received result: its delivery tag, the result, when it was received.
 type Received = (DeliveryTag, WorkerTriggerResult, Instant);
 
-/// Evaluation results received by a scheduler and not applied yet, by trigger uid.
+/// A received trigger event: its delivery tag, the event, when it was received.
+type ReceivedEvent = (DeliveryTag, TriggerEvent, Instant);
+
+/// Evaluation results and trigger events received by a scheduler and not applied yet, by trigger
+/// uid.
 #[derive(Debug, Default)]
 pub(super) struct PendingResults {
     by_trigger: HashMap<String, Vec<Received>>,
+    events: HashMap<String, Vec<ReceivedEvent>>,
 }
 
 fn to_chrono(d: Duration) -> chrono::Duration {
@@ -75,95 +81,129 @@ impl SchedulerService {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Receive the evaluation results waiting in the queue and apply them, each under its trigger's
-    /// claim (see the module documentation).
-    pub(super) async fn apply_results(
+    /// Apply the trigger events and evaluation results waiting in memory, each under its trigger's
+    /// claim (see the module documentation); a trigger held elsewhere keeps them for the next step.
+    pub(super) async fn apply_pending(
         &self,
-        snapshot: &HashMap<String, Entry>,
+        unit: &mut dyn TriggerUnit,
+        entries: &HashMap<String, Entry>,
         now: DateTime<Utc>,
         report: &mut TickReport,
-    ) {
-        self.receive_results(snapshot, report).await;
-        let uids: Vec<String> = self.pending().by_trigger.keys().cloned().collect();
+        step: &mut Step,
+    ) -> Result<(), SchedulerError> {
+        let mut uids: Vec<String> = {
+            let pending = self.pending();
+            pending
+                .by_trigger
+                .keys()
+                .chain(pending.events.keys())
+                .cloned()
+                .collect()
+        };
+        uids.sort();
+        uids.dedup();
         for uid in uids {
-            let Some(entry) = snapshot.get(&uid) else {
+            let Some(entry) = entries.get(&uid) else {
                 continue;
             };
-            let claimed = match self
-                .triggers
-                .claim(&uid, now, &self.config.id, self.config.lease)
-                .await
-            {
-                Ok(Some(state)) => state,
-                // Held by another scheduler: try again at the next step.
-                Ok(None) => continue,
-                Err(e) => {
-                    report.failures += 1;
-                    tracing::warn!(trigger = %uid, error = %e, "cannot claim trigger to apply results");
-                    continue;
+            if !step.held.contains_key(&uid) {
+                match unit.claim(&uid).await? {
+                    Some(state) => {
+                        step.held.insert(uid.clone(), Held::claimed(state));
+                    }
+                    // Held by another scheduler (or not created yet): try again at the next step.
+                    None => continue,
                 }
+            }
+            let (results, events) = {
+                let mut pending = self.pending();
+                (
+                    pending.by_trigger.remove(&uid).unwrap_or_default(),
+                    pending.events.remove(&uid).unwrap_or_default(),
+                )
             };
-            let results = self.pending().by_trigger.remove(&uid).unwrap_or_default();
+            let Some(held) = step.held.get_mut(&uid) else {
+                continue;
+            };
+            for (tag, event, _) in events {
+                match event {
+                    TriggerEvent::ExecutionEnded {
+                        execution_id,
+                        state: ended,
+                        ..
+                    } => {
+                        report.events += 1;
+                        if let Some(why) =
+                            self.apply_ended(entry, &mut held.state, &execution_id, ended, now)
+                        {
+                            report.disabled.push((uid.clone(), why));
+                        }
+                    }
+                }
+                step.acks.push(tag);
+            }
+            if results.is_empty() {
+                continue;
+            }
+            if !entry.polling {
+                report.stale_results += results.len();
+                step.acks.extend(results.iter().map(|(tag, _, _)| *tag));
+                continue;
+            }
             let tags: Vec<DeliveryTag> = results.iter().map(|(tag, _, _)| *tag).collect();
             let results = results.into_iter().map(|(_, r, _)| r).collect();
-            let (outcome, consumed) = self.apply(entry, &claimed, results, now, report).await;
-            if self.release(&claimed, outcome, report).await
-                && consumed
-                && let Err(e) = self.queue.ack(ConsumerGroup::Scheduler, &tags).await
-            {
-                tracing::warn!(trigger = %uid, error = %e,
-                    "cannot acknowledge evaluation results (delivered again, they will be stale)");
+            let current = held.state.clone();
+            let (outcome, consumed) = self
+                .apply(unit, entry, &current, results, now, report)
+                .await?;
+            if let Some(held) = step.held.get_mut(&uid) {
+                held.state = match outcome {
+                    Outcome::Store(s) => s,
+                    Outcome::Disable(s, why) => {
+                        report.disabled.push((uid.clone(), why));
+                        s
+                    }
+                };
+            }
+            if consumed {
+                step.acks.extend(tags);
             }
         }
+        Ok(())
     }
 
     /// Receive the evaluation results waiting in the queue into the pending map. Results of triggers
     /// of this scheduler's tenants that no longer exist are acknowledged and dropped; results of other
     /// tenants are left to their schedulers; malformed ones are dead-lettered. Nothing is received
     /// while this scheduler has no polling trigger.
-    async fn receive_results(&self, snapshot: &HashMap<String, Entry>, report: &mut TickReport) {
+    pub(super) async fn receive_results(
+        &self,
+        entries: &HashMap<String, Entry>,
+        report: &mut TickReport,
+    ) {
         let lease = self.config.lease;
         self.pending().by_trigger.retain(|_, results| {
             // Past the lease, the queue hands the result out again (maybe to another scheduler).
             results.retain(|(_, _, at)| at.elapsed() < lease);
             !results.is_empty()
         });
-        if !snapshot.values().any(|e| e.polling) {
+        if !entries.values().any(|e| e.polling) {
             return;
         }
-        let deliveries = match self
-            .queue
-            .receive(
-                ConsumerGroup::Scheduler,
-                Topic::WorkerTriggerResult,
-                self.config.batch.max(1) * 5,
-                lease,
-                Duration::ZERO,
-            )
-            .await
-        {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::warn!(scheduler = %self.config.id, error = %e,
-                    "cannot receive trigger evaluation results");
-                return;
-            }
+        let Some(deliveries) = self.receive(Topic::WorkerTriggerResult, report).await else {
+            return;
         };
         let mut orphans = Vec::new();
         for delivery in deliveries {
             let result: WorkerTriggerResult = match delivery.envelope.decode() {
                 Ok(r) => r,
                 Err(e) => {
-                    tracing::error!(key = %delivery.envelope.key,
-                        "malformed trigger evaluation result, dead-lettered: {e}");
-                    if let Err(e) = self.queue.dead_letter(&delivery, &e.to_string()).await {
-                        tracing::error!("cannot dead-letter a malformed trigger result: {e}");
-                    }
+                    self.dead_letter(&delivery, &e.to_string(), report).await;
                     continue;
                 }
             };
             let uid = result.uid();
-            if snapshot.get(&uid).is_some_and(|e| e.polling) {
+            if entries.get(&uid).is_some_and(|e| e.polling) {
                 self.pending().by_trigger.entry(uid).or_default().push((
                     delivery.tag,
                     result,
@@ -177,22 +217,100 @@ impl SchedulerService {
                 orphans.push(delivery.tag);
             }
         }
-        if !orphans.is_empty()
-            && let Err(e) = self.queue.ack(ConsumerGroup::Scheduler, &orphans).await
+        self.ack_orphans(&orphans, report).await;
+    }
+
+    /// Receive the trigger events ([`Topic::Trigger`]) waiting in the queue into the pending map, as
+    /// [`SchedulerService::receive_results`] does for results.
+    pub(super) async fn receive_events(
+        &self,
+        entries: &HashMap<String, Entry>,
+        report: &mut TickReport,
+    ) {
+        let lease = self.config.lease;
+        self.pending().events.retain(|_, events| {
+            events.retain(|(_, _, at)| at.elapsed() < lease);
+            !events.is_empty()
+        });
+        let Some(deliveries) = self.receive(Topic::Trigger, report).await else {
+            return;
+        };
+        let mut orphans = Vec::new();
+        for delivery in deliveries {
+            let event: TriggerEvent = match delivery.envelope.decode() {
+                Ok(e) => e,
+                Err(e) => {
+                    self.dead_letter(&delivery, &e.to_string(), report).await;
+                    continue;
+                }
+            };
+            let uid = event.uid();
+            if entries.contains_key(&uid) {
+                self.pending().events.entry(uid).or_default().push((
+                    delivery.tag,
+                    event,
+                    Instant::now(),
+                ));
+            } else if !self.config.tenants.iter().any(|t| t == event.tenant_id()) {
+                tracing::debug!(trigger = %uid, "trigger event of another tenant left to its scheduler");
+            } else {
+                tracing::debug!(trigger = %uid, "event of a trigger that no longer exists");
+                orphans.push(delivery.tag);
+            }
+        }
+        self.ack_orphans(&orphans, report).await;
+    }
+
+    async fn receive(&self, topic: Topic, report: &mut TickReport) -> Option<Vec<Delivery>> {
+        match self
+            .queue
+            .receive(
+                ConsumerGroup::Scheduler,
+                topic,
+                self.config.batch.max(1) * 5,
+                self.config.lease,
+                Duration::ZERO,
+            )
+            .await
         {
-            tracing::warn!(error = %e, "cannot acknowledge stale trigger evaluation results");
+            Ok(d) => Some(d),
+            Err(e) => {
+                report.failures += 1;
+                tracing::warn!(scheduler = %self.config.id, %topic, error = %e,
+                    "cannot receive scheduler messages");
+                None
+            }
         }
     }
 
-    /// Sync the state of a polling trigger (see the module documentation).
-    pub(super) async fn sync_polling(
+    async fn dead_letter(&self, delivery: &Delivery, reason: &str, report: &mut TickReport) {
+        tracing::error!(topic = %delivery.envelope.topic, key = %delivery.envelope.key,
+            "malformed scheduler message, dead-lettered: {reason}");
+        if let Err(e) = self.queue.dead_letter(delivery, reason).await {
+            report.failures += 1;
+            tracing::error!("cannot dead-letter a malformed scheduler message: {e}");
+        }
+    }
+
+    async fn ack_orphans(&self, orphans: &[DeliveryTag], report: &mut TickReport) {
+        if !orphans.is_empty()
+            && let Err(e) = self.queue.ack(ConsumerGroup::Scheduler, orphans).await
+        {
+            report.failures += 1;
+            tracing::warn!(error = %e, "cannot acknowledge messages of triggers that no longer exist");
+        }
+    }
+
+    /// The state of a polling trigger after the sync, when it needs a write (see
+    /// [`SchedulerService`]'s sync and the module documentation).
+    pub(super) async fn synced_polling(
         &self,
         tenant: &str,
         entry: &Entry,
         existing: Option<&TriggerState>,
         now: DateTime<Utc>,
         report: &mut TickReport,
-    ) -> Result<(), SchedulerError> {
+    ) -> Result<Option<TriggerState>, SchedulerError> {
         let flow = &entry.flow;
         let uid = trigger_uid(tenant, &flow.namespace, &flow.id, &entry.trigger.id);
         let interval = interval_of(entry);
@@ -209,13 +327,10 @@ impl SchedulerService {
                 Ok(interval) => state.next_execution_date = Some(now + to_chrono(interval)),
                 Err(message) => {
                     state.disabled = true;
-                    state.error = Some(message.clone());
-                    report.disabled.push((uid, message));
+                    state.error = Some(message);
                 }
             }
-            self.triggers.save(&state).await?;
-            report.created += 1;
-            return Ok(());
+            return Ok(Some(state));
         };
 
         let mut state = existing.clone();
@@ -237,8 +352,7 @@ impl SchedulerService {
                     }
                 }
             }
-            self.triggers.save(&state).await?;
-            return Ok(());
+            return Ok(Some(state));
         }
         // Enabled again after a disabled period.
         if !entry.disabled && !state.disabled && state.next_execution_date.is_none() {
@@ -251,21 +365,22 @@ impl SchedulerService {
                 }
             }
             state.updated_date = now;
-            self.triggers.save(&state).await?;
+            return Ok(Some(state));
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Apply the results of one claimed polling trigger. Returns its new state and whether the
     /// results were consumed (to be acknowledged once the state is stored).
     async fn apply(
         &self,
+        unit: &mut dyn TriggerUnit,
         entry: &Entry,
         claimed: &TriggerState,
         results: Vec<WorkerTriggerResult>,
         now: DateTime<Utc>,
         report: &mut TickReport,
-    ) -> (Outcome, bool) {
+    ) -> Result<(Outcome, bool), SchedulerError> {
         let uid = claimed.uid();
         let mut state = claimed.clone();
         if state.disabled || entry.disabled {
@@ -276,11 +391,11 @@ impl SchedulerService {
                 state.next_execution_date = None;
                 state.updated_date = now;
             }
-            return (Outcome::Store(state), true);
+            return Ok((Outcome::Store(state), true));
         }
         let interval = match interval_of(entry) {
             Ok(i) => i,
-            Err(message) => return (self.disable(state, message, now), true),
+            Err(message) => return Ok((self.disable(state, message, now), true)),
         };
         for result in results {
             if state.evaluate_running_date != Some(result.evaluation_date) {
@@ -305,6 +420,7 @@ impl SchedulerService {
             };
             match self
                 .start_polled(
+                    unit,
                     entry,
                     &state,
                     result.evaluation_date,
@@ -312,71 +428,57 @@ impl SchedulerService {
                     now,
                     report,
                 )
-                .await
+                .await?
             {
-                Ok(Ok(Some(id))) => self.record_lock(entry, &mut state, id),
-                Ok(Ok(None)) => {}
-                Ok(Err(message)) => return (self.disable(state, message, now), true),
-                Err(e) => {
-                    // Not consumed: the result comes back after the queue lease and is applied
-                    // again (with the same execution id, so nothing starts twice).
-                    report.failures += 1;
-                    tracing::warn!(trigger = %uid, error = %e, "cannot queue execution");
-                    return (Outcome::Store(claimed.clone()), false);
-                }
+                Ok(Some(id)) => self.record_lock(entry, &mut state, id),
+                Ok(None) => {}
+                Err(message) => return Ok((self.disable(state, message, now), true)),
             }
         }
-        (Outcome::Store(state), true)
+        Ok((Outcome::Store(state), true))
     }
 
     /// Handle one polling trigger claimed as due: send an evaluation to the workers unless one is
     /// running or the previous execution holds the lock.
     pub(super) async fn handle_polling(
         &self,
+        unit: &mut dyn TriggerUnit,
         entry: &Entry,
         claimed: &TriggerState,
         now: DateTime<Utc>,
         report: &mut TickReport,
-    ) -> Outcome {
+    ) -> Result<Outcome, SchedulerError> {
         let uid = claimed.uid();
         let mut state = claimed.clone();
         if state.disabled {
-            return Outcome::Store(state);
+            return Ok(Outcome::Store(state));
         }
         if entry.disabled {
             // Disabled in the flow: no evaluation; the sync makes it due again once enabled.
             state.next_execution_date = None;
             state.evaluate_running_date = None;
             state.updated_date = now;
-            return Outcome::Store(state);
+            return Ok(Outcome::Store(state));
         }
         if let Err(message) = interval_of(entry) {
-            return self.disable(state, message, now);
+            return Ok(self.disable(state, message, now));
         }
         if let Err(e) = check_conditions(&entry.trigger.conditions) {
-            return self.disable(state, e.to_string(), now);
+            return Ok(self.disable(state, e.to_string(), now));
         }
         let timeout = to_chrono(self.config.evaluation_timeout);
         if let Some(running) = state.evaluate_running_date {
             if now - running < timeout {
                 state.next_execution_date = Some(running + timeout);
-                return Outcome::Store(state);
+                return Ok(Outcome::Store(state));
             }
             tracing::warn!(trigger = %uid, %running,
                 "no result for the running evaluation: it is abandoned and a new one is sent");
             state.evaluate_running_date = None;
         }
-        match self.check_lock(entry, &mut state, now).await {
-            Lock::Free => {}
-            Lock::Held => {
-                report.locked += 1;
-                return Outcome::Store(state);
-            }
-            Lock::Stop(why) => return Outcome::Disable(state, why),
-            Lock::Failed => {
-                report.failures += 1;
-                return Outcome::Store(state);
-            }
+        if self.check_lock(entry, &state) == Lock::Held {
+            report.locked += 1;
+            return Ok(Outcome::Store(state));
         }
 
         let flow = &entry.flow;
@@ -389,15 +491,7 @@ impl SchedulerService {
             context: super::service::flow_context(entry),
             evaluation_date: now,
         }));
-        let sent = match job.envelope() {
-            Ok(envelope) => self.queue.publish(vec![envelope]).await,
-            Err(e) => Err(e),
-        };
-        if let Err(e) = sent {
-            report.failures += 1;
-            tracing::warn!(trigger = %uid, error = %e, "cannot send the trigger evaluation");
-            return Outcome::Store(state);
-        }
+        unit.publish(vec![job.envelope()?]).await?;
         tracing::debug!(trigger = %uid, "evaluation sent to the workers");
         state.evaluate_running_date = Some(now);
         state.worker_id = None;
@@ -406,13 +500,15 @@ impl SchedulerService {
         state.next_execution_date = Some(now + timeout);
         state.updated_date = now;
         report.evaluations.push(uid);
-        Outcome::Store(state)
+        Ok(Outcome::Store(state))
     }
 
     /// Start the execution of an evaluation that answered `variables`. `Ok(Ok(None))`: a condition
     /// is false; `Ok(Err(message))`: the trigger cannot be evaluated; `Err`: backend error.
+    #[allow(clippy::too_many_arguments)]
     async fn start_polled(
         &self,
+        unit: &mut dyn TriggerUnit,
         entry: &Entry,
         state: &TriggerState,
         evaluation_date: DateTime<Utc>,
@@ -462,7 +558,7 @@ impl SchedulerService {
             extra_labels: Vec::new(),
         };
         if let Err(message) = self
-            .queue_execution(entry, &state.tenant_id, start, now)
+            .queue_execution(unit, entry, &state.tenant_id, start, now)
             .await?
         {
             return Ok(Err(message));

@@ -5,45 +5,50 @@
 //! # One evaluation step ([`SchedulerService::tick`])
 //!
 //! 1. **Sync** (every tenant of [`SchedulerConfig::tenants`]): every `Schedule`/`ScheduleOnDates` trigger
-//!    of every non-deleted flow of the [`FlowSource`] (fed by the flow topic, not the repository)
-//!    gets a state whose first `nextExecutionDate` is the first slot after now
-//!    (nothing fires for the past on creation). States of triggers or flows that no longer exist are
-//!    deleted. On a new flow revision, a changed timetable (cron, seconds, zone, dates) restarts at the
-//!    first slot after now, and a trigger the system had disabled with an error is enabled again (the
-//!    user changed the flow). A trigger disabled in the flow (or a disabled flow) has its pending slot
-//!    removed when next claimed; once enabled again, the sync restores the slot after the last handled
-//!    one (`date`), so the recovery policy applies to the slots of the disabled period and the next slot
-//!    is never skipped.
-//! 2. **Claim** due triggers with [`TriggerRepository::claim_due`], in batches, until none is left. A
-//!    trigger is handled at most once per step: claims are kept until the end of the step, then every
-//!    new state is stored with [`TriggerRepository::release`]. If a release is refused (the claim was
-//!    lost), the step does nothing more for that trigger.
-//! 3. **Lock**: unless `allowConcurrent`, a trigger whose last execution (`executionId`) still runs does
+//!    of every flow of the [`FlowSource`] gets a state whose first `nextExecutionDate` is the first slot
+//!    after now (nothing fires for the past on creation). States of triggers or flows that no longer
+//!    exist are deleted. On a new flow revision, a changed timetable (cron, seconds, zone, dates)
+//!    restarts at the first slot after now, and a trigger the system had disabled with an error is
+//!    enabled again (the user changed the flow). A trigger disabled in the flow (or a disabled flow)
+//!    has its pending slot removed when next claimed; once enabled again, the sync restores the slot
+//!    after the last handled one (`date`), so the recovery policy applies to the slots of the disabled
+//!    period and the next slot is never skipped.
+//! 2. **Events**: the [`TriggerEvent`](crate::executor::messages::TriggerEvent)s the executor sent
+//!    ([`Topic::Trigger`](crate::queue::Topic::Trigger), keyed by trigger uid)
+//!    and the workers' evaluation results ([`Topic::WorkerTriggerResult`](crate::queue::Topic::WorkerTriggerResult)) are applied to their
+//!    triggers, each under its trigger's claim ([`TriggerUnit::claim`]).
+//! 3. **Claim** due triggers with [`TriggerUnit::claim_due`], in batches, until none is left. A
+//!    trigger is handled at most once per step.
+//! 4. **Lock**: unless `allowConcurrent`, a trigger whose last execution (`executionId`) still runs does
 //!    not fire: its pending slot is *kept* (as Kestra, which fires when the trigger is free again); when
-//!    the execution ends, the missed slots follow the recovery policy. The lock is cleared when the
-//!    execution is terminal, or missing (deleted) for longer than [`SchedulerConfig::lock_grace`] (a
-//!    just-queued execution may not be in the repository yet). A terminal state listed in `stopAfter`
-//!    disables the trigger instead of firing. With `allowConcurrent`, the last execution is still
-//!    recorded (so that `stopAfter` works) but never blocks.
-//! 4. **Fire**: [`plan`] picks the slot; the conditions are evaluated (false: the slot is skipped); the
+//!    the execution ends, the missed slots follow the recovery policy. The lock is cleared by the
+//!    executor's [`TriggerEvent::ExecutionEnded`](crate::executor::messages::TriggerEvent::ExecutionEnded) for that execution (the scheduler never reads
+//!    executions). A terminal state listed in `stopAfter` disables the trigger. With
+//!    `allowConcurrent`, the last execution is still recorded (so that `stopAfter` works) but never
+//!    blocks.
+//! 5. **Fire**: [`plan`] picks the slot; the conditions are evaluated (false: the slot is skipped); the
 //!    execution is built (labels: flow labels, trigger labels; trigger `{id, type, variables {date, next,
 //!    previous}}`; inputs rendered with the trigger variables then resolved against the flow's inputs),
-//!    queued, and the state records `date` = slot, `nextExecutionDate` = next slot, `executionId`.
+//!    staged, and the state records `date` = slot, `nextExecutionDate` = next slot, `executionId`.
 //!    A backfill fires its slots first, one per step, with its inputs and labels plus
 //!    `system.backfill=true`; the regular schedule resumes after it (its slots due meanwhile follow the
 //!    recovery policy).
 //!
+//! The whole step is one [`TriggerUnit`] of the queue backend ([`Queue::begin_triggers`]): the new
+//! trigger states, the executions and evaluation jobs it starts, and the acknowledgements of the
+//! events and results it consumed commit together or not at all. Several schedulers never hold the
+//! same trigger at once, and a slot's execution is queued in the same commit that moves the trigger
+//! past the slot. The scheduler takes no repository: flows come from a [`FlowSource`], trigger state
+//! and events from the queue backend, so it keeps firing while the repository is unavailable.
+//!
 //! Polling triggers (types with a
-//! [`DEFAULT_INTERVAL`](crate::flow::TriggerType::DEFAULT_INTERVAL)) go through the same sync, claim, lock and release; their sync and handling are described in
-//! [`super::polling`]. Between the sync and the claim of due triggers, each step applies the
-//! workers' evaluation results ([`Topic::WorkerTriggerResult`](crate::queue::Topic::WorkerTriggerResult)):
-//! each result's trigger is claimed by uid ([`TriggerRepository::claim`]), the result applied, the
-//! new state released, and only then the result acknowledged.
+//! [`DEFAULT_INTERVAL`](crate::flow::TriggerType::DEFAULT_INTERVAL)) go through the same sync, claim,
+//! lock and commit; their sync and handling are described in [`super::polling`].
 //!
 //! A trigger that cannot be evaluated (cron or time zone that slipped through validation, unsupported
 //! condition, inputs that do not render or resolve) is disabled with the message in its state's
-//! `error`, logged once at ERROR, instead of failing every step. Backend errors (queue, repositories)
-//! leave the trigger unchanged for the next step.
+//! `error`, logged once at ERROR, instead of failing every step. A backend error fails the step: its
+//! unit is rolled back and the next step starts again from the committed states.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -69,8 +74,7 @@ use crate::flow::triggers::{Schedule, ScheduleOnDates};
 use crate::inputs::{ExecutionRef, InputRenderer, RawInput, resolve_inputs};
 use crate::model::execution::system_labels;
 use crate::model::{Backfill, Execution, Label, State, StateType, TriggerState, trigger_uid};
-use crate::queue::Queue;
-use crate::repository::{ExecutionRepository, FlowRecord, TriggerRepository};
+use crate::queue::{DeliveryTag, Queue, TriggerUnit};
 use crate::runtime::flows::FlowSource;
 
 /// Label set on the executions of a backfill.
@@ -85,15 +89,13 @@ pub struct SchedulerConfig {
     pub id: String,
     /// Time between evaluation steps in [`SchedulerService::run`] (1 s).
     pub tick: Duration,
-    /// How long a claim holds before another instance may take the trigger (30 s).
+    /// How long the events and evaluation results this instance received are held before the queue
+    /// hands them out again (30 s): one held elsewhere by another scheduler waits in memory so long.
     pub lease: Duration,
     /// Triggers claimed per batch (100).
     pub batch: usize,
     /// Tenants whose flows are scheduled (`["main"]`).
     pub tenants: Vec<String>,
-    /// How long an execution holding a trigger's lock may be missing from the repository before it is
-    /// considered deleted (60 s): a freshly queued execution is not there yet.
-    pub lock_grace: Duration,
     /// How long a polling trigger's evaluation may run without a result before the scheduler sends
     /// another one (5 min): a worker may have died with it. A late result of the abandoned
     /// evaluation is ignored.
@@ -108,7 +110,6 @@ impl Default for SchedulerConfig {
             lease: Duration::from_secs(30),
             batch: 100,
             tenants: vec![crate::model::DEFAULT_TENANT.to_string()],
-            lock_grace: Duration::from_secs(60),
             evaluation_timeout: Duration::from_secs(5 * 60),
         }
     }
@@ -147,9 +148,8 @@ pub struct TickReport {
     pub locked: usize,
     /// Triggers disabled at this step, with the reason (`stopAfter` or an error).
     pub disabled: Vec<(String, String)>,
-    /// Releases refused because the claim was lost.
-    pub lost_claims: usize,
-    /// Triggers left unchanged after a backend error.
+    /// Deliveries (evaluation results, trigger events) that could not be received, acknowledged or
+    /// dead-lettered; they are delivered again.
     pub failures: usize,
     /// Polling triggers whose evaluation was sent to the workers (uids).
     pub evaluations: Vec<String>,
@@ -158,16 +158,15 @@ pub struct TickReport {
     /// Evaluation results ignored: not for the running evaluation (late, duplicate) or for a trigger
     /// that no longer exists.
     pub stale_results: usize,
+    /// Trigger events ([`TriggerEvent`](crate::executor::messages::TriggerEvent)) applied.
+    pub events: usize,
 }
 
 /// The scheduler service. See the module documentation.
 pub struct SchedulerService {
     pub(super) config: SchedulerConfig,
     clock: Arc<dyn Clock>,
-    /// Where flows come from (the flow topic's source, not the repository).
     flows: Arc<dyn FlowSource>,
-    pub(super) triggers: Arc<dyn TriggerRepository>,
-    executions: Arc<dyn ExecutionRepository>,
     pub(super) queue: Arc<dyn Queue>,
     registry: Arc<TaskRegistry>,
     pub(super) expr: Arc<ExpressionEngine>,
@@ -226,19 +225,13 @@ impl InputRenderer for Renderer {
     }
 }
 
-fn to_std(d: Duration) -> chrono::Duration {
-    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
-}
-
 impl SchedulerService {
-    /// A scheduler over these backends.
-    #[allow(clippy::too_many_arguments)]
+    /// A scheduler reading flows from `flows` and keeping trigger state behind `queue`
+    /// ([`Queue::begin_triggers`]); it reads no repository.
     pub fn new(
         config: SchedulerConfig,
         clock: Arc<dyn Clock>,
         flows: Arc<dyn FlowSource>,
-        triggers: Arc<dyn TriggerRepository>,
-        executions: Arc<dyn ExecutionRepository>,
         queue: Arc<dyn Queue>,
         registry: Arc<TaskRegistry>,
         expr: Arc<ExpressionEngine>,
@@ -247,8 +240,6 @@ impl SchedulerService {
             config,
             clock,
             flows,
-            triggers,
-            executions,
             queue,
             registry,
             expr,
@@ -277,159 +268,232 @@ impl SchedulerService {
         tracing::info!(scheduler = %self.config.id, "scheduler stopped");
     }
 
-    /// One evaluation step at the clock's "now". See the module documentation.
+    /// One evaluation step at the clock's "now", in one [`TriggerUnit`]. See the module
+    /// documentation.
     pub async fn tick(&self) -> Result<TickReport, SchedulerError> {
         let now = self.clock.now();
         let mut report = TickReport {
             now: Some(now),
             ..TickReport::default()
         };
-        let snapshot = self.sync(now, &mut report).await?;
-        self.apply_results(&snapshot, now, &mut report).await;
+        let flows = self.read_flows().await?;
+        // Received before the unit begins: a unit holds the backend's writer (SQLite) until it ends.
+        self.receive_results(&flows.entries, &mut report).await;
+        self.receive_events(&flows.entries, &mut report).await;
 
-        let owner = self.config.id.as_str();
-        let mut pending: Vec<(TriggerState, Outcome)> = Vec::new();
-        let mut seen = HashSet::new();
+        let mut unit = self.queue.begin_triggers().await?;
+        let mut step = Step::default();
+        self.sync(unit.as_mut(), &flows, now, &mut report, &mut step)
+            .await?;
+        self.apply_pending(unit.as_mut(), &flows.entries, now, &mut report, &mut step)
+            .await?;
+
+        // Triggers held since the sync or the events that are due now.
+        let due: Vec<String> = step
+            .held
+            .iter()
+            .filter(|(_, h)| is_due(&h.state, now))
+            .map(|(uid, _)| uid.clone())
+            .collect();
+        for uid in due {
+            self.handle_held(
+                unit.as_mut(),
+                &flows.entries,
+                &uid,
+                now,
+                &mut report,
+                &mut step,
+            )
+            .await?;
+        }
         loop {
-            let batch = self
-                .triggers
-                .claim_due(now, owner, self.config.batch.max(1), self.config.lease)
-                .await?;
+            let batch = unit.claim_due(now, self.config.batch.max(1)).await?;
             if batch.is_empty() {
                 break;
             }
-            let mut fresh = 0;
             for state in batch {
                 report.claimed += 1;
-                if !seen.insert(state.uid()) {
-                    // Cannot happen with an honest claim (it is held until the end of the step).
+                let uid = state.uid();
+                if step.held.contains_key(&uid) {
+                    // Cannot happen with an honest unit (it never hands out a trigger twice).
                     continue;
                 }
-                fresh += 1;
-                let outcome = match snapshot.get(&state.uid()) {
-                    Some(entry) if entry.polling => {
-                        self.handle_polling(entry, &state, now, &mut report).await
-                    }
-                    Some(entry) => self.handle(entry, &state, now, &mut report).await,
-                    // Not a trigger of this scheduler's tenants: leave it as it is.
-                    None => Outcome::Store(state.clone()),
-                };
-                pending.push((state, outcome));
-            }
-            if fresh == 0 {
-                break;
+                step.held.insert(uid.clone(), Held::claimed(state));
+                self.handle_held(
+                    unit.as_mut(),
+                    &flows.entries,
+                    &uid,
+                    now,
+                    &mut report,
+                    &mut step,
+                )
+                .await?;
             }
         }
 
-        for (claimed, outcome) in pending {
-            self.release(&claimed, outcome, &mut report).await;
+        for held in step.held.values() {
+            if held.state != held.claimed {
+                unit.save(&held.state).await?;
+            }
         }
+        if !step.acks.is_empty() {
+            unit.ack(&step.acks).await?;
+        }
+        unit.commit().await?;
         Ok(report)
     }
 
-    /// Store a claimed trigger's new state and release the claim; true when stored.
-    pub(super) async fn release(
+    /// Handle a held trigger as due (once per step): fire, dispatch an evaluation, or keep it.
+    async fn handle_held(
         &self,
-        claimed: &TriggerState,
-        outcome: Outcome,
-        report: &mut TickReport,
-    ) -> bool {
-        let (new_state, disabled) = match outcome {
-            Outcome::Store(s) => (s, None),
-            Outcome::Disable(s, why) => (s, Some(why)),
-        };
-        match self.triggers.release(&new_state, &self.config.id).await {
-            Ok(true) => {
-                if let Some(why) = disabled {
-                    report.disabled.push((claimed.uid(), why));
-                }
-                true
-            }
-            Ok(false) => {
-                report.lost_claims += 1;
-                tracing::debug!(trigger = %claimed.uid(), "claim lost before release");
-                false
-            }
-            Err(e) => {
-                report.failures += 1;
-                tracing::warn!(trigger = %claimed.uid(), error = %e, "cannot release trigger");
-                false
-            }
-        }
-    }
-
-    /// Make sure every schedule trigger has a state; returns the triggers by uid.
-    async fn sync(
-        &self,
+        unit: &mut dyn TriggerUnit,
+        entries: &HashMap<String, Entry>,
+        uid: &str,
         now: DateTime<Utc>,
         report: &mut TickReport,
-    ) -> Result<HashMap<String, Entry>, SchedulerError> {
-        let mut snapshot = HashMap::new();
+        step: &mut Step,
+    ) -> Result<(), SchedulerError> {
+        let Some(held) = step.held.get(uid) else {
+            return Ok(());
+        };
+        if held.handled {
+            return Ok(());
+        }
+        let state = held.state.clone();
+        let outcome = match entries.get(uid) {
+            Some(entry) if entry.polling => {
+                self.handle_polling(unit, entry, &state, now, report)
+                    .await?
+            }
+            Some(entry) => self.handle(unit, entry, &state, now, report).await?,
+            // Not a trigger of this scheduler's tenants: leave it as it is.
+            None => Outcome::Store(state),
+        };
+        if let Some(held) = step.held.get_mut(uid) {
+            held.handled = true;
+            held.state = outcome.into_state(uid, report);
+        }
+        Ok(())
+    }
+
+    /// The flows with schedule or polling triggers of every tenant, by trigger uid.
+    async fn read_flows(&self) -> Result<FlowSnapshot, SchedulerError> {
+        let mut snapshot = FlowSnapshot::default();
         for tenant in &self.config.tenants {
-            let records = self.flows.find_all(tenant).await?;
-            let states: HashMap<String, TriggerState> = self
-                .triggers
-                .find_all(tenant)
-                .await?
-                .into_iter()
-                .map(|s| (s.uid(), s))
-                .collect();
-            let mut live: HashSet<String> = HashSet::new();
-            let mut unreadable: HashSet<(String, String)> = HashSet::new();
-            for record in records {
-                if record.deleted {
-                    continue;
-                }
-                let flow = match self.read_flow(&record) {
-                    Ok(f) => f,
+            for source in self.flows.flows_with_triggers(tenant).await? {
+                let flow = match self.read_flow(tenant, &source) {
+                    Ok(f) => Arc::new(f),
                     Err(message) => {
-                        tracing::warn!(namespace = %record.namespace, flow = %record.id, %message,
+                        tracing::warn!(namespace = %source.namespace, flow = %source.id, %message,
                             "scheduler cannot read flow");
-                        unreadable.insert((record.namespace.clone(), record.id.clone()));
+                        snapshot.unreadable.insert((
+                            tenant.clone(),
+                            source.namespace.clone(),
+                            source.id.clone(),
+                        ));
                         continue;
                     }
                 };
-                let flow = Arc::new(flow);
+                let revision = flow.revision.unwrap_or(1);
                 for trigger in &flow.triggers {
                     let uid = trigger_uid(tenant, &flow.namespace, &flow.id, &trigger.id);
-                    live.insert(uid.clone());
+                    snapshot.live.insert(uid.clone());
                     let Some(kind) = self.kind_of(trigger) else {
                         continue;
                     };
                     let entry = Entry {
                         flow: flow.clone(),
-                        revision: record.revision,
+                        revision,
                         trigger: trigger.clone(),
                         polling: self.registry.polling_interval(trigger).is_some(),
                         kind,
-                        disabled: flow.disabled || record.disabled || trigger.disabled,
+                        disabled: flow.disabled || trigger.disabled,
                     };
-                    if let Err(e) = self
-                        .sync_state(tenant, &entry, states.get(&uid), now, report)
-                        .await
-                    {
-                        tracing::warn!(trigger = %uid, error = %e, "cannot sync trigger state");
-                    }
-                    snapshot.insert(uid, entry);
-                }
-            }
-            for (uid, state) in &states {
-                let flow_key = (state.namespace.clone(), state.flow_id.clone());
-                if !live.contains(uid) && !unreadable.contains(&flow_key) {
-                    self.triggers.delete(uid).await?;
-                    report.removed += 1;
+                    snapshot.entries.insert(uid, entry);
                 }
             }
         }
         Ok(snapshot)
     }
 
-    fn read_flow(&self, record: &FlowRecord) -> Result<Flow, String> {
-        let mut flow: Flow =
-            serde_json::from_value(record.flow.clone()).map_err(|e| e.to_string())?;
-        flow.revision = Some(record.revision);
-        flow.tenant_id = record.tenant_id.clone();
-        apply_plugin_defaults(&flow, &self.registry).map_err(|e| e.to_string())
+    /// Make sure every schedule trigger has a state and no state outlives its trigger (see the module
+    /// documentation). A trigger another scheduler holds is synced at a later step.
+    async fn sync(
+        &self,
+        unit: &mut dyn TriggerUnit,
+        flows: &FlowSnapshot,
+        now: DateTime<Utc>,
+        report: &mut TickReport,
+        step: &mut Step,
+    ) -> Result<(), SchedulerError> {
+        for tenant in &self.config.tenants {
+            let states: HashMap<String, TriggerState> = unit
+                .states(tenant)
+                .await?
+                .into_iter()
+                .map(|s| (s.uid(), s))
+                .collect();
+            // In uid order: two schedulers creating the same new states wait on each other in
+            // one order, never in a cycle.
+            let mut entries: Vec<(&String, &Entry)> = flows
+                .entries
+                .iter()
+                .filter(|(_, e)| e.flow.tenant_id == *tenant)
+                .collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            for (uid, entry) in entries {
+                match states.get(uid) {
+                    None => {
+                        let state = self.synced(tenant, entry, None, now, report).await?;
+                        if let Some(state) = state
+                            && unit.create(&state).await?
+                        {
+                            report.created += 1;
+                            if let Some(message) = &state.error {
+                                report.disabled.push((uid.clone(), message.clone()));
+                            }
+                            step.held.insert(uid.clone(), Held::claimed(state));
+                        }
+                    }
+                    Some(existing) if needs_sync(entry, existing) => {
+                        let Some(claimed) = unit.claim(uid).await? else {
+                            tracing::debug!(trigger = %uid, "held by another scheduler: synced later");
+                            continue;
+                        };
+                        let state = self
+                            .synced(tenant, entry, Some(&claimed), now, report)
+                            .await?;
+                        let mut held = Held::claimed(claimed);
+                        if let Some(state) = state {
+                            held.state = state;
+                        }
+                        step.held.insert(uid.clone(), held);
+                    }
+                    Some(_) => {}
+                }
+            }
+            for (uid, state) in &states {
+                let flow_key = (
+                    state.tenant_id.clone(),
+                    state.namespace.clone(),
+                    state.flow_id.clone(),
+                );
+                if flows.live.contains(uid) || flows.unreadable.contains(&flow_key) {
+                    continue;
+                }
+                if unit.claim(uid).await?.is_some() {
+                    unit.delete(uid).await?;
+                    report.removed += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn read_flow(&self, tenant: &str, flow: &Flow) -> Result<Flow, String> {
+        let mut flow = apply_plugin_defaults(flow, &self.registry).map_err(|e| e.to_string())?;
+        flow.tenant_id = tenant.to_string();
+        Ok(flow)
     }
 
     /// `None` if the trigger is neither a schedule nor a polling trigger.
@@ -495,17 +559,20 @@ impl SchedulerService {
         }
     }
 
-    async fn sync_state(
+    /// The state a trigger should have after the sync, when it needs a write: a new trigger's first
+    /// state (`existing` = `None`, the caller counts it created and reports its error), or the new
+    /// state of an existing one.
+    async fn synced(
         &self,
         tenant: &str,
         entry: &Entry,
         existing: Option<&TriggerState>,
         now: DateTime<Utc>,
         report: &mut TickReport,
-    ) -> Result<(), SchedulerError> {
+    ) -> Result<Option<TriggerState>, SchedulerError> {
         if entry.polling {
             return self
-                .sync_polling(tenant, entry, existing, now, report)
+                .synced_polling(tenant, entry, existing, now, report)
                 .await;
         }
         let flow = &entry.flow;
@@ -524,12 +591,7 @@ impl SchedulerService {
                 Ok(next) => state.next_execution_date = next,
                 Err(message) => disable_with_error(&mut state, &message),
             }
-            self.triggers.save(&state).await?;
-            report.created += 1;
-            if let Some(message) = &state.error {
-                report.disabled.push((uid, message.clone()));
-            }
-            return Ok(());
+            return Ok(Some(state));
         };
 
         let mut state = existing.clone();
@@ -564,8 +626,7 @@ impl SchedulerService {
                     }
                 }
             }
-            self.triggers.save(&state).await?;
-            return Ok(());
+            return Ok(Some(state));
         }
 
         // Enabled again after a disabled period: resume after the last handled slot.
@@ -585,19 +646,19 @@ impl SchedulerService {
                 Ok(Some(next)) => {
                     state.next_execution_date = Some(next);
                     state.updated_date = now;
-                    self.triggers.save(&state).await?;
+                    return Ok(Some(state));
                 }
                 // An exhausted timetable stays without a next date.
                 Ok(None) => {}
                 Err(message) => {
                     disable_with_error(&mut state, &message);
                     state.updated_date = now;
-                    self.triggers.save(&state).await?;
                     report.disabled.push((uid, message));
+                    return Ok(Some(state));
                 }
             }
         }
-        Ok(())
+        Ok(None)
     }
 
     /// The timetable-defining properties of the trigger in an older revision of its flow.
@@ -607,14 +668,14 @@ impl SchedulerService {
         revision: i32,
     ) -> Result<Option<Value>, SchedulerError> {
         let flow = &entry.flow;
-        let Some(record) = self
+        let Some(source) = self
             .flows
-            .find(&flow.tenant_id, &flow.namespace, &flow.id, Some(revision))
+            .flow(&flow.tenant_id, &flow.namespace, &flow.id, Some(revision))
             .await?
         else {
             return Ok(None);
         };
-        let Ok(old) = self.read_flow(&record) else {
+        let Ok(old) = self.read_flow(&flow.tenant_id, &source) else {
             return Ok(None);
         };
         Ok(old
@@ -624,60 +685,53 @@ impl SchedulerService {
             .map(timetable_key))
     }
 
-    /// Handle one claimed trigger at `now`.
+    /// Handle one claimed trigger at `now`. `Err`: a backend error (the step fails).
     async fn handle(
         &self,
+        unit: &mut dyn TriggerUnit,
         entry: &Entry,
         claimed: &TriggerState,
         now: DateTime<Utc>,
         report: &mut TickReport,
-    ) -> Outcome {
+    ) -> Result<Outcome, SchedulerError> {
         let mut state = claimed.clone();
         if state.disabled {
-            return Outcome::Store(state);
+            return Ok(Outcome::Store(state));
         }
         if entry.disabled {
             // Disabled in the flow: drop the pending slot; the sync restores it once enabled again.
             state.next_execution_date = None;
             state.updated_date = now;
-            return Outcome::Store(state);
+            return Ok(Outcome::Store(state));
         }
 
-        match self.check_lock(entry, &mut state, now).await {
-            Lock::Free => {}
-            Lock::Held => {
-                report.locked += 1;
-                return Outcome::Store(claimed.clone());
-            }
-            Lock::Stop(why) => return Outcome::Disable(state, why),
-            Lock::Failed => {
-                report.failures += 1;
-                return Outcome::Store(claimed.clone());
-            }
+        if self.check_lock(entry, &state) == Lock::Held {
+            report.locked += 1;
+            return Ok(Outcome::Store(state));
         }
 
         let compiled = match self.compile(entry) {
             Ok(c) => c,
-            Err(message) => return self.disable(state, message, now),
+            Err(message) => return Ok(self.disable(state, message, now)),
         };
 
         if let Some(backfill) = state.backfill.clone() {
             if backfill.paused {
-                return Outcome::Store(state);
+                return Ok(Outcome::Store(state));
             }
             return self
-                .step_backfill(entry, &compiled, state, backfill, now, report)
+                .step_backfill(unit, entry, &compiled, state, backfill, now, report)
                 .await;
         }
 
         let Some(pending) = state.next_execution_date else {
-            return Outcome::Store(state);
+            return Ok(Outcome::Store(state));
         };
         let decision = match plan(&compiled.timetable, compiled.policy, pending, now) {
             Ok(p) => p,
-            Err(e) => return self.disable(state, e.to_string(), now),
+            Err(e) => return Ok(self.disable(state, e.to_string(), now)),
         };
-        match decision {
+        Ok(match decision {
             Plan::Wait { next } => {
                 if next != state.next_execution_date {
                     state.next_execution_date = next;
@@ -701,10 +755,10 @@ impl SchedulerService {
                     report.skipped += 1;
                 }
                 match self
-                    .fire(entry, &compiled, &state, slot, None, now, report)
-                    .await
+                    .fire(unit, entry, &compiled, &state, slot, None, now, report)
+                    .await?
                 {
-                    Ok(Ok(fired)) => {
+                    Ok(fired) => {
                         state.date = Some(slot);
                         state.next_execution_date = next;
                         state.updated_date = now;
@@ -713,72 +767,55 @@ impl SchedulerService {
                         }
                         Outcome::Store(state)
                     }
-                    Ok(Err(message)) => self.disable(state, message, now),
-                    Err(e) => {
-                        report.failures += 1;
-                        tracing::warn!(trigger = %state.uid(), error = %e, "cannot queue execution");
-                        Outcome::Store(claimed.clone())
-                    }
+                    Err(message) => self.disable(state, message, now),
                 }
             }
+        })
+    }
+
+    /// The lock of the trigger's previous execution (`executionId`, cleared when the executor
+    /// reports its end): see the module documentation.
+    pub(super) fn check_lock(&self, entry: &Entry, state: &TriggerState) -> Lock {
+        match state.execution_id {
+            Some(_) if !entry.trigger.allow_concurrent => Lock::Held,
+            _ => Lock::Free,
         }
     }
 
-    /// The lock of the trigger's previous execution (`executionId`): see the module documentation.
-    /// Clears `executionId` when the execution ended (or vanished past the grace); disables the
-    /// trigger (`Stop`) when it ended in a `stopAfter` state.
-    pub(super) async fn check_lock(
+    /// Apply the end of an execution the trigger started
+    /// ([`TriggerEvent::ExecutionEnded`](crate::executor::messages::TriggerEvent::ExecutionEnded)): the
+    /// lock is released if that execution holds it, and a final state listed in `stopAfter`
+    /// disables the trigger (returned: why). The end of another execution changes nothing.
+    pub(super) fn apply_ended(
         &self,
         entry: &Entry,
         state: &mut TriggerState,
+        execution_id: &str,
+        ended: StateType,
         now: DateTime<Utc>,
-    ) -> Lock {
-        let Some(execution_id) = state.execution_id.clone() else {
-            return Lock::Free;
-        };
-        match self
-            .executions
-            .find_by_id(&state.tenant_id, &execution_id)
-            .await
-        {
-            Ok(Some(execution)) if execution.state.is_terminated() => {
-                state.execution_id = None;
-                state.updated_date = now;
-                let ended = execution.current();
-                if entry
-                    .trigger
-                    .stop_after
-                    .iter()
-                    .any(|s| s.eq_ignore_ascii_case(ended.as_str()))
-                {
-                    let why = format!(
-                        "stopAfter: execution {execution_id} ended in state {}",
-                        ended.as_str()
-                    );
-                    tracing::info!(trigger = %state.uid(), %why, "trigger disabled");
-                    state.disabled = true;
-                    return Lock::Stop(why);
-                }
-                Lock::Free
-            }
-            Ok(Some(_)) if entry.trigger.allow_concurrent => Lock::Free,
-            Ok(Some(_)) => Lock::Held,
-            Ok(None) => {
-                if now - state.updated_date >= to_std(self.config.lock_grace) {
-                    state.execution_id = None;
-                    state.updated_date = now;
-                    Lock::Free
-                } else if entry.trigger.allow_concurrent {
-                    Lock::Free
-                } else {
-                    Lock::Held
-                }
-            }
-            Err(e) => {
-                tracing::warn!(trigger = %state.uid(), error = %e, "cannot read the locking execution");
-                Lock::Failed
-            }
+    ) -> Option<String> {
+        if state.execution_id.as_deref() != Some(execution_id) {
+            tracing::debug!(trigger = %state.uid(), %execution_id,
+                "end of an execution that holds no lock of the trigger: ignored");
+            return None;
         }
+        state.execution_id = None;
+        state.updated_date = now;
+        if entry
+            .trigger
+            .stop_after
+            .iter()
+            .any(|s| s.eq_ignore_ascii_case(ended.as_str()))
+        {
+            let why = format!(
+                "stopAfter: execution {execution_id} ended in state {}",
+                ended.as_str()
+            );
+            tracing::info!(trigger = %state.uid(), %why, "trigger disabled");
+            state.disabled = true;
+            return Some(why);
+        }
+        None
     }
 
     pub(super) fn record_lock(
@@ -792,36 +829,42 @@ impl SchedulerService {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn step_backfill(
         &self,
+        unit: &mut dyn TriggerUnit,
         entry: &Entry,
         compiled: &Compiled,
         mut state: TriggerState,
         mut backfill: Backfill,
         now: DateTime<Utc>,
         report: &mut TickReport,
-    ) -> Outcome {
+    ) -> Result<Outcome, SchedulerError> {
         let end = backfill.end.unwrap_or(now);
         let slot = match compiled.timetable.next_at_or_after(backfill.current_date) {
             Ok(s) => s.filter(|s| *s < end),
-            Err(e) => return self.disable(state, e.to_string(), now),
+            Err(e) => return Ok(self.disable(state, e.to_string(), now)),
         };
         if let Some(slot) = slot {
             match self
-                .fire(entry, compiled, &state, slot, Some(&backfill), now, report)
-                .await
+                .fire(
+                    unit,
+                    entry,
+                    compiled,
+                    &state,
+                    slot,
+                    Some(&backfill),
+                    now,
+                    report,
+                )
+                .await?
             {
-                Ok(Ok(fired)) => {
+                Ok(fired) => {
                     if let Some(id) = fired {
                         self.record_lock(entry, &mut state, id);
                     }
                 }
-                Ok(Err(message)) => return self.disable(state, message, now),
-                Err(e) => {
-                    report.failures += 1;
-                    tracing::warn!(trigger = %state.uid(), error = %e, "cannot queue backfill execution");
-                    return Outcome::Store(state);
-                }
+                Err(message) => return Ok(self.disable(state, message, now)),
             }
             match compiled.timetable.next_after(slot) {
                 Ok(Some(next)) if next < end => {
@@ -830,10 +873,10 @@ impl SchedulerService {
                     // Stay due so that the next step fires the next backfill slot.
                     state.next_execution_date = Some(now.min(next));
                     state.updated_date = now;
-                    return Outcome::Store(state);
+                    return Ok(Outcome::Store(state));
                 }
                 Ok(_) => {}
-                Err(e) => return self.disable(state, e.to_string(), now),
+                Err(e) => return Ok(self.disable(state, e.to_string(), now)),
             }
         }
         // The backfill is over: the regular schedule resumes after its last handled slot.
@@ -844,7 +887,7 @@ impl SchedulerService {
             None => compiled.timetable.next_after(now),
         }
         .unwrap_or(None);
-        Outcome::Store(state)
+        Ok(Outcome::Store(state))
     }
 
     pub(super) fn disable(
@@ -865,6 +908,7 @@ impl SchedulerService {
     #[allow(clippy::too_many_arguments)]
     async fn fire(
         &self,
+        unit: &mut dyn TriggerUnit,
         entry: &Entry,
         compiled: &Compiled,
         state: &TriggerState,
@@ -930,7 +974,7 @@ impl SchedulerService {
             extra_labels,
         };
         if let Err(message) = self
-            .queue_execution(entry, &state.tenant_id, start, now)
+            .queue_execution(unit, entry, &state.tenant_id, start, now)
             .await?
         {
             return Ok(Err(message));
@@ -947,10 +991,11 @@ impl SchedulerService {
     }
 
     /// Build the execution a trigger starts (labels: correlation id, flow labels, trigger labels,
-    /// `extra_labels`; inputs rendered with `ctx` then resolved against the flow's inputs) and queue
-    /// it. `Ok(Err(message))`: the inputs do not render or resolve; `Err`: backend error.
+    /// `extra_labels`; inputs rendered with `ctx` then resolved against the flow's inputs) and stage
+    /// it in `unit`. `Ok(Err(message))`: the inputs do not render or resolve; `Err`: backend error.
     pub(super) async fn queue_execution(
         &self,
+        unit: &mut dyn TriggerUnit,
         entry: &Entry,
         tenant: &str,
         start: StartRequest<'_>,
@@ -994,9 +1039,7 @@ impl SchedulerService {
             Err(e) => return Ok(Err(format!("invalid inputs: {e}"))),
         }
 
-        self.queue
-            .publish(vec![execution_envelope(&execution)?])
-            .await?;
+        unit.publish(vec![execution_envelope(&execution)?]).await?;
         Ok(Ok(()))
     }
 }
@@ -1018,15 +1061,80 @@ pub(super) struct StartRequest<'a> {
 }
 
 /// What the lock of a trigger's previous execution says ([`SchedulerService::check_lock`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Lock {
     /// No execution holds it.
     Free,
-    /// The previous execution still runs.
+    /// The previous execution still runs (the executor has not reported its end).
     Held,
-    /// The previous execution ended in a `stopAfter` state: the trigger is disabled for this reason.
-    Stop(String),
-    /// The execution could not be read (backend error).
-    Failed,
+}
+
+/// The triggers one step holds and what it consumed.
+#[derive(Default)]
+pub(super) struct Step {
+    /// Held triggers by uid: their state as claimed and their new state.
+    pub(super) held: IndexMap<String, Held>,
+    /// Deliveries consumed by the step, acknowledged when its unit commits.
+    pub(super) acks: Vec<DeliveryTag>,
+}
+
+/// A trigger held by the step's unit.
+pub(super) struct Held {
+    /// As claimed (or created).
+    pub(super) claimed: TriggerState,
+    /// Its new state (stored at the end of the step if it differs).
+    pub(super) state: TriggerState,
+    /// Already handled as due in this step.
+    pub(super) handled: bool,
+}
+
+impl Held {
+    pub(super) fn claimed(state: TriggerState) -> Held {
+        Held {
+            claimed: state.clone(),
+            state,
+            handled: false,
+        }
+    }
+}
+
+/// The flows of a step.
+#[derive(Default)]
+pub(super) struct FlowSnapshot {
+    /// Schedule and polling triggers by uid.
+    pub(super) entries: HashMap<String, Entry>,
+    /// Uids of every trigger of every flow (any type).
+    live: HashSet<String>,
+    /// (tenant, namespace, flow id) of flows that cannot be read: their states are kept.
+    unreadable: HashSet<(String, String, String)>,
+}
+
+impl Outcome {
+    /// The state to store; a disabling reason is reported.
+    fn into_state(self, uid: &str, report: &mut TickReport) -> TriggerState {
+        match self {
+            Outcome::Store(s) => s,
+            Outcome::Disable(s, why) => {
+                report.disabled.push((uid.to_string(), why));
+                s
+            }
+        }
+    }
+}
+
+/// Enabled and due at `now`.
+fn is_due(state: &TriggerState, now: DateTime<Utc>) -> bool {
+    !state.disabled && state.next_execution_date.is_some_and(|d| d <= now)
+}
+
+/// Whether the sync may have to write an existing trigger's state: a new flow revision, or a
+/// trigger enabled again (no pending slot).
+fn needs_sync(entry: &Entry, existing: &TriggerState) -> bool {
+    existing.flow_revision != Some(entry.revision)
+        || (!entry.disabled
+            && !existing.disabled
+            && existing.next_execution_date.is_none()
+            && (entry.polling || existing.backfill.is_none()))
 }
 
 fn set_label(labels: &mut Vec<Label>, label: Label) {

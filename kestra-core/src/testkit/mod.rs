@@ -8,3 +8,5 @@ pub mod queue;
 pub mod repository;
 pub mod scheduler;
 pub mod storage;
+pub mod triggers;
+pub mod unavailable;

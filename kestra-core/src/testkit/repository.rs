@@ -4,15 +4,13 @@
 //! everything.
 //!
 //! Every function works in a fresh tenant (`tk-<check>-<id>`) or with fresh ids, so it passes on an empty
-//! store and on a shared one; the functions may even run concurrently, except the trigger-claim checks,
-//! which claim every due trigger of the store (they filter the result by tenant and only assert on
-//! their own). Dates are fixed and distinct so that sorts are deterministic.
+//! store and on a shared one; the functions may even run concurrently. Dates are fixed and distinct so
+//! that sorts are deterministic. (Trigger claims belong to the queue backend: see the `triggers`
+//! suite.)
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeSet;
 use std::fmt::Debug;
-use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::json;
@@ -23,7 +21,7 @@ use crate::model::{
 };
 use crate::repository::{
     ExecutionQuery, FlowQuery, FlowRecord, LogQuery, Page, Pageable, PurgeCount, RepoResult,
-    Repositories, RepositoryError, SaveOutcome, TriggerQuery, TriggerRepository,
+    Repositories, RepositoryError, SaveOutcome, TriggerQuery,
 };
 
 // ---------------------------------------------------------------------------------------------------
@@ -36,11 +34,6 @@ fn tenant(check: &str) -> String {
 /// 2026-01-01T00:00:00Z plus `secs`.
 fn t(secs: i64) -> DateTime<Utc> {
     DateTime::from_timestamp(1_767_225_600 + secs, 0).expect("fixed dates are in range")
-}
-
-/// 2001-01-01T00:00:00Z plus `secs`: the fixed "now" of the trigger claims.
-fn claim_time(secs: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp(978_307_200 + secs, 0).expect("fixed dates are in range")
 }
 
 const HOUR: i64 = 3_600;
@@ -1447,208 +1440,6 @@ pub async fn triggers(repos: &Repositories) {
     }
 }
 
-/// Claim every due trigger of `tenant` for `owner` at `now` (in batches of 10, until nothing is left).
-async fn claim_all(
-    triggers: &dyn TriggerRepository,
-    now: DateTime<Utc>,
-    owner: &str,
-    tenant: &str,
-    lease: Duration,
-) -> Vec<TriggerState> {
-    let mut mine = Vec::new();
-    for _ in 0..1_000 {
-        let batch = ok(triggers.claim_due(now, owner, 10, lease).await, "claim_due");
-        assert!(
-            batch.len() <= 10,
-            "claim_due(limit 10) returned {}",
-            batch.len()
-        );
-        if batch.is_empty() {
-            return mine;
-        }
-        for tr in &batch {
-            assert!(
-                !tr.disabled,
-                "claim_due returned the disabled trigger {}",
-                tr.uid()
-            );
-            let next = tr.next_execution_date.unwrap_or_else(|| {
-                panic!(
-                    "claim_due returned {} which has no next execution date",
-                    tr.uid()
-                )
-            });
-            assert!(
-                next <= now,
-                "claim_due returned {} due at {next}, after {now}",
-                tr.uid()
-            );
-        }
-        mine.extend(batch.into_iter().filter(|tr| tr.tenant_id == tenant));
-    }
-    panic!("claim_due keeps returning triggers after 1000 batches: claims are not exclusive");
-}
-
-fn uids(v: &[TriggerState]) -> Vec<String> {
-    sorted(v.iter().map(|t| t.uid()))
-}
-
-/// Trigger claims: only enabled, due triggers (`nextExecutionDate <= now`) are claimed; a claimed
-/// trigger is not claimable again until released or until its lease ends; a release by another owner
-/// returns false and stores nothing; a release stores the new next date.
-///
-/// Uses fixed "now" values around 2001-01-01 so no sleeping is needed; it claims every due trigger of
-/// the store but only asserts on its own tenant.
-pub async fn trigger_claims(repos: &Repositories) {
-    let triggers = &*repos.triggers;
-    let tn = tenant("trigger-claims");
-    let base = claim_time(0);
-    let lease = Duration::from_secs(60);
-    let at = |secs| base + chrono::Duration::seconds(secs);
-    let a = trigger(&tn, "company", "f", "due", Some(at(-60)));
-    let mut b = trigger(&tn, "company", "f", "disabled", Some(at(-60)));
-    b.disabled = true;
-    let c = trigger(&tn, "company", "f", "later", Some(at(HOUR)));
-    let d = trigger(&tn, "company", "f", "never", None);
-    let e = trigger(&tn, "company", "f", "exactly-now", Some(base));
-    for tr in [&a, &b, &c, &d, &e] {
-        ok(triggers.save(tr).await, "save trigger");
-    }
-
-    let claimed = claim_all(triggers, base, "owner-1", &tn, lease).await;
-    assert_eq!(
-        uids(&claimed),
-        sorted([a.uid(), e.uid()]),
-        "only enabled triggers due at or before now are claimed"
-    );
-    assert!(
-        claim_all(triggers, at(30), "owner-2", &tn, lease)
-            .await
-            .is_empty(),
-        "claimed triggers are not claimable by another owner during the lease"
-    );
-
-    let mut a_next = a.clone();
-    a_next.next_execution_date = Some(at(HOUR));
-    a_next.updated_date = at(1);
-    assert!(
-        !ok(
-            triggers.release(&a_next, "owner-2").await,
-            "release by wrong owner"
-        ),
-        "release by an owner that does not hold the claim returns false"
-    );
-    assert_eq!(
-        ok(triggers.find(&a.uid()).await, "find").and_then(|t| t.next_execution_date),
-        Some(at(-60)),
-        "a refused release stores nothing"
-    );
-    assert!(
-        ok(triggers.release(&a_next, "owner-1").await, "release"),
-        "release by the owner returns true"
-    );
-    assert_eq!(
-        ok(triggers.find(&a.uid()).await, "find").and_then(|t| t.next_execution_date),
-        Some(at(HOUR)),
-        "release stores the new next date"
-    );
-    assert!(
-        claim_all(triggers, at(31), "owner-2", &tn, lease)
-            .await
-            .is_empty(),
-        "a released trigger that is no longer due, and a still-leased one, are not claimed"
-    );
-
-    let reclaimed = claim_all(triggers, at(61), "owner-2", &tn, lease).await;
-    assert_eq!(
-        uids(&reclaimed),
-        vec![e.uid()],
-        "a claim whose lease ended is claimable again"
-    );
-    assert!(
-        !ok(
-            triggers.release(&e, "owner-1").await,
-            "release after lease loss"
-        ),
-        "the first owner lost the claim when its lease ended"
-    );
-    let mut e_due = e.clone();
-    e_due.next_execution_date = Some(at(-1));
-    assert!(ok(triggers.release(&e_due, "owner-2").await, "release"));
-    let again = claim_all(triggers, at(62), "owner-3", &tn, lease).await;
-    assert_eq!(
-        uids(&again),
-        vec![e.uid()],
-        "a released trigger that is still due is claimable again at once"
-    );
-    let mut e_done = e.clone();
-    e_done.next_execution_date = Some(at(24 * HOUR));
-    assert!(ok(triggers.release(&e_done, "owner-3").await, "release"));
-
-    // Claim by uid: due or not, disabled too, unless someone holds it.
-    let one = ok(
-        triggers.claim(&c.uid(), at(63), "owner-4", lease).await,
-        "claim c",
-    );
-    assert_eq!(
-        one.map(|t| t.uid()),
-        Some(c.uid()),
-        "a trigger that is not due can be claimed by uid"
-    );
-    assert!(
-        ok(
-            triggers.claim(&c.uid(), at(64), "owner-5", lease).await,
-            "claim c again"
-        )
-        .is_none(),
-        "a held trigger cannot be claimed by uid"
-    );
-    assert!(!ok(
-        triggers.release(&c, "owner-5").await,
-        "release c by another owner"
-    ));
-    assert!(ok(triggers.release(&c, "owner-4").await, "release c"));
-    assert!(
-        ok(
-            triggers.claim(&b.uid(), at(65), "owner-5", lease).await,
-            "claim b"
-        )
-        .is_some(),
-        "a disabled trigger can be claimed by uid"
-    );
-    assert!(ok(triggers.release(&b, "owner-5").await, "release b"));
-    assert!(
-        ok(
-            triggers.claim(&c.uid(), at(66), "owner-6", lease).await,
-            "claim c after release"
-        )
-        .is_some(),
-        "a released trigger can be claimed by uid at once"
-    );
-    assert!(
-        ok(
-            triggers
-                .claim("no-such-trigger", at(66), "owner-6", lease)
-                .await,
-            "claim missing"
-        )
-        .is_none(),
-        "an unknown uid claims nothing"
-    );
-    assert!(
-        ok(
-            triggers.claim(&c.uid(), at(126), "owner-7", lease).await,
-            "claim c after lease"
-        )
-        .is_some(),
-        "a claim by uid whose lease ended is claimable again"
-    );
-
-    for tr in [&a, &b, &c, &d, &e] {
-        ok(triggers.delete(&tr.uid()).await, "delete trigger");
-    }
-}
-
 /// Concurrent saves of one new flow all succeed: with one source, exactly one creates revision 1
 /// and the others find it unchanged; with different sources, every save gets its own revision.
 pub async fn flow_concurrent_first_saves(repos: &Repositories) {
@@ -1701,79 +1492,6 @@ pub async fn flow_concurrent_first_saves(repos: &Repositories) {
             "flow revisions",
         );
         assert_eq!(stored.len(), revisions.len());
-    }
-}
-
-/// Two schedulers claiming concurrently over 50 due triggers get disjoint sets that together cover
-/// all 50.
-pub async fn trigger_concurrent_claims(repos: &Repositories) {
-    let tn = tenant("trigger-race");
-    let now = claim_time(500);
-    let all: Vec<TriggerState> = (0..50)
-        .map(|i| {
-            trigger(
-                &tn,
-                "company",
-                &format!("f{i}"),
-                "schedule",
-                Some(claim_time(-10)),
-            )
-        })
-        .collect();
-    for tr in &all {
-        ok(repos.triggers.save(tr).await, "save trigger");
-    }
-    let mut handles = Vec::new();
-    for owner in ["racer-1", "racer-2"] {
-        let (triggers, tn): (Arc<dyn TriggerRepository>, String) =
-            (repos.triggers.clone(), tn.clone());
-        handles.push(tokio::spawn(async move {
-            let mut mine = Vec::new();
-            loop {
-                let batch = ok(
-                    triggers
-                        .claim_due(now, owner, 5, Duration::from_secs(60))
-                        .await,
-                    "claim_due",
-                );
-                if batch.is_empty() {
-                    return mine;
-                }
-                mine.extend(
-                    batch
-                        .into_iter()
-                        .filter(|t| t.tenant_id == tn)
-                        .map(|t| t.uid()),
-                );
-                tokio::task::yield_now().await;
-            }
-        }));
-    }
-    let mut sets = Vec::new();
-    for h in handles {
-        match h.await {
-            Ok(v) => sets.push(v),
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(e) => panic!("claiming task cancelled: {e}"),
-        }
-    }
-    let first: BTreeSet<&String> = sets[0].iter().collect();
-    let second: BTreeSet<&String> = sets[1].iter().collect();
-    assert_eq!(first.len(), sets[0].len(), "racer-1 got a trigger twice");
-    assert_eq!(second.len(), sets[1].len(), "racer-2 got a trigger twice");
-    let both: Vec<&&String> = first.intersection(&second).collect();
-    assert!(
-        both.is_empty(),
-        "triggers claimed by both schedulers: {both:?}"
-    );
-    let union: BTreeSet<String> = first.union(&second).map(|s| (*s).clone()).collect();
-    let expected: BTreeSet<String> = all.iter().map(|t| t.uid()).collect();
-    assert_eq!(
-        union, expected,
-        "together the schedulers claimed every due trigger"
-    );
-    for tr in &all {
-        ok(repos.triggers.delete(&tr.uid()).await, "delete trigger");
     }
 }
 
@@ -1847,8 +1565,6 @@ pub async fn run_all(repos: &Repositories) {
     logs(repos).await;
     metrics(repos).await;
     triggers(repos).await;
-    trigger_claims(repos).await;
-    trigger_concurrent_claims(repos).await;
     service_instances(repos).await;
 }
 
@@ -1859,12 +1575,12 @@ mod tests {
     use crate::repository::{
         EXECUTION_SORT_FIELDS, ExecutionRepository, FLOW_SORT_FIELDS, FlowRepository,
         LOG_SORT_FIELDS, LogRepository, MetricRepository, ServiceInstanceRepository,
-        TRIGGER_SORT_FIELDS,
+        TRIGGER_SORT_FIELDS, TriggerRepository,
     };
     use async_trait::async_trait;
     use std::cmp::Ordering;
     use std::collections::HashMap;
-    use std::sync::Mutex;
+    use std::sync::{Arc, Mutex};
 
     fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -1917,7 +1633,6 @@ mod tests {
     }
 
     /// (owner, claimed until)
-    type Claim = (String, DateTime<Utc>);
 
     #[derive(Default)]
     struct Mem {
@@ -1925,7 +1640,7 @@ mod tests {
         executions: Mutex<HashMap<(String, String), Execution>>,
         logs: Mutex<Vec<LogEntry>>,
         metrics: Mutex<Vec<MetricEntry>>,
-        triggers: Mutex<HashMap<String, (TriggerState, Option<Claim>)>>,
+        triggers: Mutex<HashMap<String, TriggerState>>,
         services: Mutex<HashMap<String, ServiceInstance>>,
     }
 
@@ -2221,19 +1936,17 @@ mod tests {
     #[async_trait]
     impl TriggerRepository for Mem {
         async fn save(&self, trigger: &TriggerState) -> RepoResult<()> {
-            let mut all = lock(&self.triggers);
-            let claim = all.get(&trigger.uid()).and_then(|(_, c)| c.clone());
-            all.insert(trigger.uid(), (trigger.clone(), claim));
+            lock(&self.triggers).insert(trigger.uid(), trigger.clone());
             Ok(())
         }
         async fn find(&self, uid: &str) -> RepoResult<Option<TriggerState>> {
-            Ok(lock(&self.triggers).get(uid).map(|(t, _)| t.clone()))
+            Ok(lock(&self.triggers).get(uid).cloned())
         }
         async fn find_all(&self, tenant: &str) -> RepoResult<Vec<TriggerState>> {
             Ok(lock(&self.triggers)
                 .values()
-                .filter(|(t, _)| t.tenant_id == tenant)
-                .map(|(t, _)| t.clone())
+                .filter(|t| t.tenant_id == tenant)
+                .cloned()
                 .collect())
         }
         async fn search(
@@ -2243,7 +1956,6 @@ mod tests {
         ) -> RepoResult<Page<TriggerState>> {
             let items: Vec<TriggerState> = lock(&self.triggers)
                 .values()
-                .map(|(t, _)| t)
                 .filter(|t| t.tenant_id == tenant_of(&q.tenant_id))
                 .filter(|t| in_ns(&t.namespace, &q.namespace))
                 .filter(|t| q.flow_id.as_ref().is_none_or(|f| &t.flow_id == f))
@@ -2270,55 +1982,6 @@ mod tests {
         async fn delete(&self, uid: &str) -> RepoResult<()> {
             lock(&self.triggers).remove(uid);
             Ok(())
-        }
-        async fn claim_due(
-            &self,
-            now: DateTime<Utc>,
-            owner: &str,
-            limit: usize,
-            lease: Duration,
-        ) -> RepoResult<Vec<TriggerState>> {
-            let until = now + chrono::Duration::from_std(lease).unwrap_or_default();
-            let mut out = Vec::new();
-            for (t, claim) in lock(&self.triggers).values_mut() {
-                if out.len() >= limit {
-                    break;
-                }
-                let due = !t.disabled && t.next_execution_date.is_some_and(|d| d <= now);
-                let free = claim.as_ref().is_none_or(|(_, u)| *u <= now);
-                if due && free {
-                    *claim = Some((owner.to_string(), until));
-                    out.push(t.clone());
-                }
-            }
-            Ok(out)
-        }
-        async fn claim(
-            &self,
-            uid: &str,
-            now: DateTime<Utc>,
-            owner: &str,
-            lease: Duration,
-        ) -> RepoResult<Option<TriggerState>> {
-            let until = now + chrono::Duration::from_std(lease).unwrap_or_default();
-            match lock(&self.triggers).get_mut(uid) {
-                Some((t, claim)) if claim.as_ref().is_none_or(|(_, u)| *u <= now) => {
-                    *claim = Some((owner.to_string(), until));
-                    Ok(Some(t.clone()))
-                }
-                _ => Ok(None),
-            }
-        }
-        async fn release(&self, trigger: &TriggerState, owner: &str) -> RepoResult<bool> {
-            let mut all = lock(&self.triggers);
-            match all.get_mut(&trigger.uid()) {
-                Some((t, claim)) if claim.as_ref().is_some_and(|(o, _)| o == owner) => {
-                    *t = trigger.clone();
-                    *claim = None;
-                    Ok(true)
-                }
-                _ => Ok(false),
-            }
         }
     }
 

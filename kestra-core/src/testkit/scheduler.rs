@@ -32,14 +32,14 @@ use chrono::{DateTime, TimeZone, Utc};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
-use crate::executor::messages::{WorkerJob, WorkerTrigger, WorkerTriggerResult};
+use crate::executor::messages::{TriggerEvent, WorkerJob, WorkerTrigger, WorkerTriggerResult};
 use crate::expression::ExpressionEngine;
 use crate::flow::parse::parse_flow;
 use crate::flow::registry::TaskRegistry;
 use crate::model::{Execution, Label, State, StateType, TriggerState, new_id, trigger_uid};
 use crate::queue::{
     ConsumerGroup, Delivery, DeliveryTag, Envelope, Queue, QueueError, Subscription, Topic,
-    UnitOfWork,
+    TriggerUnit, UnitOfWork,
 };
 use crate::repository::{FlowRecord, Repositories};
 use crate::runtime::flows::RepositoryFlowSource;
@@ -107,15 +107,42 @@ async fn save_flows(
     ids
 }
 
-async fn cleanup(repos: &Repositories, tenant: &str, namespace: &str, flows: &[String]) {
+async fn cleanup(
+    repos: &Repositories,
+    queue: &dyn Queue,
+    tenant: &str,
+    namespace: &str,
+    flows: &[String],
+) {
     for id in flows {
         let _ = repos.flows.delete(tenant, namespace, id).await;
     }
-    if let Ok(states) = repos.triggers.find_all(tenant).await {
+    delete_states(queue, tenant).await;
+}
+
+/// Delete the trigger states of `tenant` (through the queue backend, which keeps them).
+async fn delete_states(queue: &dyn Queue, tenant: &str) {
+    let Ok(mut unit) = queue.begin_triggers().await else {
+        return;
+    };
+    if let Ok(states) = unit.states(tenant).await {
         for s in states {
-            let _ = repos.triggers.delete(&s.uid()).await;
+            if let Ok(Some(_)) = unit.claim(&s.uid()).await {
+                let _ = unit.delete(&s.uid()).await;
+            }
         }
     }
+    let _ = unit.commit().await;
+}
+
+/// The committed state of a trigger (read through the queue backend, in a unit that is dropped).
+async fn committed_state(queue: &dyn Queue, tenant: &str, uid: &str) -> Option<TriggerState> {
+    let mut unit = queue.begin_triggers().await.unwrap();
+    unit.states(tenant)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|s| s.uid() == uid)
 }
 
 fn scheduler(
@@ -133,13 +160,10 @@ fn scheduler(
             lease: Duration::from_secs(30),
             batch: 2,
             tenants: vec![tenant.to_string()],
-            lock_grace: Duration::from_secs(60),
             ..SchedulerConfig::default()
         },
         clock,
         Arc::new(RepositoryFlowSource::new(repos.flows.clone())),
-        repos.triggers.clone(),
-        repos.executions.clone(),
         queue,
         registry,
         Arc::new(ExpressionEngine::default()),
@@ -252,7 +276,14 @@ pub async fn two_schedulers_one_execution_per_slot(repos: &Repositories, queue: 
         queue.clone(),
         registry.clone(),
     );
-    let b = scheduler("sched-b", &tenant, clock.clone(), repos, queue, registry);
+    let b = scheduler(
+        "sched-b",
+        &tenant,
+        clock.clone(),
+        repos,
+        queue.clone(),
+        registry,
+    );
 
     let mut fired = 0;
     for step in 0..=MINUTES {
@@ -277,15 +308,20 @@ pub async fn two_schedulers_one_execution_per_slot(repos: &Repositories, queue: 
         repeated.is_empty(),
         "executions queued more than once without any crash: {repeated:?}"
     );
-    cleanup(repos, &tenant, namespace, &flows).await;
+    cleanup(repos, queue.as_ref(), &tenant, namespace, &flows).await;
 }
 
 /// The real queue as a scheduler sees it, observed by the scenarios: it records the
-/// acknowledgements made through it, and with `crash_at` it dies on that publish (the messages are
-/// published, then the call never returns, as a process killed before it could record what it did).
-/// Everything else goes through to the backend unchanged.
+/// acknowledgements its schedulers commit, and with `crash_at` it dies on that publish staged in a
+/// trigger unit (the messages are staged, then the call never returns, as a process killed before its
+/// unit could commit). Everything else goes through to the backend unchanged.
 struct TestQueue {
     inner: Arc<dyn Queue>,
+    observed: Arc<Observed>,
+}
+
+/// What a [`TestQueue`] saw.
+struct Observed {
     publishes: AtomicUsize,
     crash_at: Option<usize>,
     crashed: AtomicBool,
@@ -297,11 +333,25 @@ impl TestQueue {
     fn new(inner: Arc<dyn Queue>, crash_at: Option<usize>) -> TestQueue {
         TestQueue {
             inner,
-            publishes: AtomicUsize::new(0),
-            crash_at,
-            crashed: AtomicBool::new(false),
-            notify: tokio::sync::Notify::new(),
-            acked: Mutex::new(Vec::new()),
+            observed: Arc::new(Observed {
+                publishes: AtomicUsize::new(0),
+                crash_at,
+                crashed: AtomicBool::new(false),
+                notify: tokio::sync::Notify::new(),
+                acked: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+}
+
+impl Observed {
+    /// Count a publish; past `crash_at`, never return.
+    async fn published(&self) {
+        let n = self.publishes.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.crash_at.is_some_and(|at| n >= at) {
+            self.crashed.store(true, Ordering::SeqCst);
+            self.notify.notify_one();
+            std::future::pending::<()>().await;
         }
     }
 }
@@ -310,12 +360,7 @@ impl TestQueue {
 impl Queue for TestQueue {
     async fn publish(&self, messages: Vec<Envelope>) -> Result<(), QueueError> {
         self.inner.publish(messages).await?;
-        let n = self.publishes.fetch_add(1, Ordering::SeqCst) + 1;
-        if self.crash_at.is_some_and(|at| n >= at) {
-            self.crashed.store(true, Ordering::SeqCst);
-            self.notify.notify_one();
-            std::future::pending::<()>().await;
-        }
+        self.observed.published().await;
         Ok(())
     }
     async fn receive(
@@ -330,7 +375,8 @@ impl Queue for TestQueue {
     }
     async fn ack(&self, group: ConsumerGroup, tags: &[DeliveryTag]) -> Result<(), QueueError> {
         self.inner.ack(group, tags).await?;
-        self.acked
+        self.observed
+            .acked
             .lock()
             .unwrap()
             .extend(tags.iter().map(|t| (group, *t)));
@@ -359,12 +405,76 @@ impl Queue for TestQueue {
     ) -> Result<Option<Box<dyn UnitOfWork>>, QueueError> {
         self.inner.begin(group, topics, max, wait).await
     }
+    async fn begin_triggers(&self) -> Result<Box<dyn TriggerUnit>, QueueError> {
+        Ok(Box::new(TestUnit {
+            inner: self.inner.begin_triggers().await?,
+            observed: self.observed.clone(),
+            acks: Vec::new(),
+        }))
+    }
 }
 
-/// Two schedulers share one backend; one of them is killed right after queueing an execution, before
-/// recording it in the trigger state. Once its claims expire the survivor takes over and re-queues the
-/// killed scheduler's unrecorded slots with the *same* execution ids: every (flow, minute) slot still
-/// has exactly one execution id, and at least one id was queued twice (which the executor ignores).
+/// A trigger unit of a [`TestQueue`].
+struct TestUnit {
+    inner: Box<dyn TriggerUnit>,
+    observed: Arc<Observed>,
+    acks: Vec<DeliveryTag>,
+}
+
+#[async_trait]
+impl TriggerUnit for TestUnit {
+    async fn states(&mut self, tenant: &str) -> Result<Vec<TriggerState>, QueueError> {
+        self.inner.states(tenant).await
+    }
+    async fn claim_due(
+        &mut self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<TriggerState>, QueueError> {
+        self.inner.claim_due(now, limit).await
+    }
+    async fn claim(&mut self, uid: &str) -> Result<Option<TriggerState>, QueueError> {
+        self.inner.claim(uid).await
+    }
+    async fn create(&mut self, state: &TriggerState) -> Result<bool, QueueError> {
+        self.inner.create(state).await
+    }
+    async fn save(&mut self, state: &TriggerState) -> Result<(), QueueError> {
+        self.inner.save(state).await
+    }
+    async fn delete(&mut self, uid: &str) -> Result<(), QueueError> {
+        self.inner.delete(uid).await
+    }
+    async fn publish(&mut self, messages: Vec<Envelope>) -> Result<(), QueueError> {
+        self.inner.publish(messages).await?;
+        self.observed.published().await;
+        Ok(())
+    }
+    async fn ack(&mut self, tags: &[DeliveryTag]) -> Result<(), QueueError> {
+        self.inner.ack(tags).await?;
+        self.acks.extend_from_slice(tags);
+        Ok(())
+    }
+    async fn commit(self: Box<Self>) -> Result<(), QueueError> {
+        let TestUnit {
+            inner,
+            observed,
+            acks,
+        } = *self;
+        inner.commit().await?;
+        observed
+            .acked
+            .lock()
+            .unwrap()
+            .extend(acks.into_iter().map(|t| (ConsumerGroup::Scheduler, t)));
+        Ok(())
+    }
+}
+
+/// Two schedulers share one backend; one of them is killed in the middle of a step, after staging
+/// executions in its trigger unit and before committing it. Nothing it staged is published, its
+/// claims end with it, and the survivor fires those slots at its next step: every (flow, minute)
+/// slot has exactly one execution, queued exactly once.
 pub async fn scheduler_killed_mid_run(repos: &Repositories, queue: Arc<dyn Queue>) {
     const FLOWS: usize = 4;
     const MINUTES: i64 = 20;
@@ -386,7 +496,14 @@ pub async fn scheduler_killed_mid_run(repos: &Repositories, queue: Arc<dyn Queue
         crashing.clone(),
         registry.clone(),
     ));
-    let survivor = scheduler("survivor", &tenant, clock.clone(), repos, queue, registry);
+    let survivor = scheduler(
+        "survivor",
+        &tenant,
+        clock.clone(),
+        repos,
+        queue.clone(),
+        registry,
+    );
 
     // The two alternate who goes first at each step, so that both fire slots; the victim dies during
     // its third step.
@@ -411,7 +528,7 @@ pub async fn scheduler_killed_mid_run(repos: &Repositories, queue: Arc<dyn Queue
                     Ok(Err(e)) => panic!("victim step {step}: {e}"),
                     Err(e) => panic!("victim step {step} panicked: {e}"),
                 },
-                () = crashing.notify.notified() => {
+                () = crashing.observed.notify.notified() => {
                     handle.abort();
                     victim_alive = false;
                 }
@@ -425,11 +542,10 @@ pub async fn scheduler_killed_mid_run(repos: &Repositories, queue: Arc<dyn Queue
         }
     }
     assert!(
-        crashing.crashed.load(Ordering::SeqCst),
+        crashing.observed.crashed.load(Ordering::SeqCst),
         "the victim scheduler published enough to be killed"
     );
-    // The triggers the victim held lag behind by the lease: let the survivor catch up (ALL recovery)
-    // without moving the clock.
+    // Let the survivor catch up on anything still due (ALL recovery) without moving the clock.
     for _ in 0..10 {
         let report = survivor
             .tick()
@@ -443,16 +559,17 @@ pub async fn scheduler_killed_mid_run(repos: &Repositories, queue: Arc<dyn Queue
     let executions = collect(&mut sub, &tenant, FLOWS * MINUTES as usize).await;
     let messages = check_one_per_slot(&executions, &flows, MINUTES);
     assert_eq!(messages.len(), FLOWS * MINUTES as usize);
+    let repeated: Vec<_> = messages.iter().filter(|(_, n)| **n > 1).collect();
     assert!(
-        messages.values().any(|n| *n > 1),
-        "the slots the killed scheduler queued but never recorded were queued again (same ids)"
+        repeated.is_empty(),
+        "the killed scheduler's staged executions were never published: {repeated:?}"
     );
     let labels_ok = executions.iter().all(|e| {
         e.labels
             .contains(&Label::new("system.correlationId", e.id.clone()))
     });
     assert!(labels_ok, "every execution carries its own correlation id");
-    cleanup(repos, &tenant, namespace, &flows).await;
+    cleanup(repos, queue.as_ref(), &tenant, namespace, &flows).await;
 }
 
 /// Two schedulers share one backend and a clock that moves 20 s per step; 3 flows have an
@@ -615,7 +732,7 @@ pub async fn two_schedulers_one_evaluation_per_due_date(
         "one distinct execution per applied result"
     );
     assert_eq!(executions.len(), fired, "each execution queued once");
-    cleanup(repos, &tenant, namespace, &flows).await;
+    cleanup(repos, queue.as_ref(), &tenant, namespace, &flows).await;
 }
 
 /// Every scenario of this module, one after the other, on one backend (of their own: they consume
@@ -633,7 +750,7 @@ pub async fn run_all(repos: &Repositories, queue: Arc<dyn Queue>) {
         fires_once_per_slot_with_variables_labels_and_inputs,
         two_schedulers_never_fire_a_slot_twice,
         lock_is_held_while_the_execution_runs,
-        lock_of_a_deleted_execution_is_released_after_the_grace,
+        lock_is_released_by_the_end_of_its_execution_only,
         stop_after_disables_the_trigger,
         broken_triggers_are_disabled_with_an_error_once,
         disabled_then_enabled_recovers_and_never_skips_the_next_slot,
@@ -728,8 +845,6 @@ impl<'a> World<'a> {
             config,
             self.clock.clone(),
             Arc::new(RepositoryFlowSource::new(self.repos.flows.clone())),
-            self.repos.triggers.clone(),
-            self.repos.executions.clone(),
             self.counting.clone(),
             self.registry.clone(),
             Arc::new(ExpressionEngine::default()),
@@ -777,11 +892,8 @@ impl<'a> World<'a> {
     }
 
     async fn state(&self, flow: &str, trigger: &str) -> TriggerState {
-        self.repos
-            .triggers
-            .find(&self.uid(flow, trigger))
+        committed_state(self.queue.as_ref(), &self.tenant, &self.uid(flow, trigger))
             .await
-            .unwrap()
             .unwrap_or_else(|| panic!("no state for trigger {flow}.{trigger}"))
     }
 
@@ -855,10 +967,12 @@ impl<'a> World<'a> {
 
     /// How many deliveries the schedulers acknowledged.
     fn acked(&self) -> usize {
-        self.counting.acked.lock().unwrap().len()
+        self.counting.observed.acked.lock().unwrap().len()
     }
 
-    /// Store the execution with this state in the repository (as the executor would).
+    /// The execution reached this state: when it is terminal, tell the schedulers as the executor
+    /// would ([`TriggerEvent::ExecutionEnded`] on [`Topic::Trigger`]). The repository is not told:
+    /// the scheduler never reads it.
     async fn set_execution_state(&self, id: &str, state: StateType) {
         let mut e = self
             .executions()
@@ -867,7 +981,12 @@ impl<'a> World<'a> {
             .find(|e| e.id == id)
             .unwrap_or_else(|| panic!("execution {id} was not queued"));
         e.state = State::new_at(state, self.now());
-        self.repos.executions.save(&e).await.unwrap();
+        if let Some(event) = TriggerEvent::execution_ended(&e) {
+            self.queue
+                .publish(vec![event.envelope().unwrap()])
+                .await
+                .unwrap();
+        }
     }
 
     /// A worker's answer to `job`: `variables` start an execution, `error` is a failed evaluation.
@@ -901,11 +1020,7 @@ impl<'a> World<'a> {
         for (namespace, id) in flows {
             let _ = self.repos.flows.delete(&self.tenant, &namespace, &id).await;
         }
-        if let Ok(states) = self.repos.triggers.find_all(&self.tenant).await {
-            for s in states {
-                let _ = self.repos.triggers.delete(&s.uid()).await;
-            }
-        }
+        delete_states(self.queue.as_ref(), &self.tenant).await;
     }
 }
 
@@ -1077,9 +1192,11 @@ pub async fn lock_is_held_while_the_execution_runs(repos: &Repositories, queue: 
     }
 }
 
-/// A deleted execution no longer holds the lock; one queued but not stored yet holds it within
-/// `lock_grace`.
-pub async fn lock_of_a_deleted_execution_is_released_after_the_grace(
+/// The lock is released by the executor's report of the end of the execution that holds it, and only
+/// by that: the scheduler reads no repository, so an execution it queued that is not stored anywhere
+/// yet holds the lock, and the end of another execution of the flow (an older one, a duplicate
+/// report) changes nothing.
+pub async fn lock_is_released_by_the_end_of_its_execution_only(
     repos: &Repositories,
     queue: Arc<dyn Queue>,
 ) {
@@ -1089,27 +1206,54 @@ pub async fn lock_of_a_deleted_execution_is_released_after_the_grace(
     s.tick().await.unwrap();
     w.at(utc(2024, 1, 1, 11, 0, 0));
     let first = s.tick().await.unwrap().fired[0].execution_id.clone();
-    w.set_execution_state(&first, StateType::Running).await;
-    w.at(utc(2024, 1, 1, 12, 0, 0));
-    assert!(s.tick().await.unwrap().fired.is_empty());
-    w.repos.executions.delete(&w.tenant, &first).await.unwrap();
+    // Never stored in the repository: still locked, hours later.
+    w.at(utc(2024, 1, 1, 15, 0, 0));
     let r = s.tick().await.unwrap();
+    assert!(
+        r.fired.is_empty(),
+        "an execution not stored anywhere holds the lock"
+    );
+    assert_eq!(r.locked, 1);
+
+    // The end of another execution of the same trigger does not release it.
+    let other = TriggerEvent::ExecutionEnded {
+        tenant_id: w.tenant.clone(),
+        namespace: NAMESPACE.to_string(),
+        flow_id: "f".to_string(),
+        trigger_id: "hourly".to_string(),
+        execution_id: "some-older-execution".to_string(),
+        state: StateType::Success,
+    };
+    w.queue
+        .publish(vec![other.envelope().unwrap()])
+        .await
+        .unwrap();
+    let r = s.tick().await.unwrap();
+    assert!(
+        r.fired.is_empty(),
+        "the end of another execution changes nothing"
+    );
+    assert_eq!((r.events, r.locked), (1, 1));
+
+    w.set_execution_state(&first, StateType::Success).await;
+    let r = s.tick().await.unwrap();
+    assert_eq!(r.events, 1);
     assert_eq!(
         r.fired.len(),
         1,
-        "a deleted execution no longer holds the lock"
+        "the end of its execution releases the lock"
     );
-
-    // Not yet in the repository, just queued: still locked within the grace period.
-    w.at(utc(2024, 1, 1, 12, 0, 30));
-    let state = w.state("f", "hourly").await;
-    assert!(state.execution_id.is_some());
-    let mut due = state.clone();
-    due.next_execution_date = Some(utc(2024, 1, 1, 12, 0, 0));
-    w.repos.triggers.save(&due).await.unwrap();
+    let second = r.fired[0].execution_id.clone();
+    assert_eq!(
+        w.state("f", "hourly").await.execution_id.as_deref(),
+        Some(second.as_str())
+    );
+    // A duplicate report of the first end is stale: the second execution keeps the lock.
+    w.set_execution_state(&first, StateType::Success).await;
+    w.at(utc(2024, 1, 1, 16, 0, 0));
     let r = s.tick().await.unwrap();
     assert!(r.fired.is_empty());
-    assert_eq!(r.locked, 1);
+    assert_eq!((r.events, r.locked), (1, 1));
     w.cleanup().await;
 }
 
@@ -1354,10 +1498,11 @@ pub async fn backfill_fires_every_slot_in_order_then_clears(
         inputs: serde_json::Map::from_iter([("day".to_string(), json!("backfilled"))]),
         labels: vec![Label::new("why", "replay")],
     };
+    let flows = RepositoryFlowSource::new(w.repos.flows.clone());
     let call = |r| {
         backfill(
-            w.repos.flows.as_ref(),
-            w.repos.triggers.as_ref(),
+            &flows,
+            w.queue.as_ref(),
             &w.registry,
             now,
             &w.tenant,
@@ -1472,7 +1617,11 @@ pub async fn removed_triggers_lose_their_state_and_cron_changes_reschedule(
         .unwrap();
     let r = s.tick().await.unwrap();
     assert_eq!(r.removed, 1);
-    assert!(w.repos.triggers.find(&state.uid()).await.unwrap().is_none());
+    assert!(
+        committed_state(w.queue.as_ref(), &w.tenant, &state.uid())
+            .await
+            .is_none()
+    );
     w.cleanup().await;
 }
 
