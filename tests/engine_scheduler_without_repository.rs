@@ -12,46 +12,19 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use futures::StreamExt;
 use kestra::Engine;
-use kestra::core::flow::model::Flow;
 use kestra::core::flow::parse::parse_flow;
 use kestra::core::flow::registry::TaskRegistry;
 use kestra::core::model::{Execution, new_id};
 use kestra::core::queue::Topic;
-use kestra::core::repository::RepositoryError;
+use kestra::core::repository::FlowRecord;
 use kestra::core::runtime::Components;
-use kestra::core::runtime::flows::FlowSource;
+use kestra::core::runtime::flows::FlowStore;
 use kestra::core::scheduler::SchedulerConfig;
 use kestra::core::testkit::unavailable::unavailable_repositories;
 use kestra::jdbc::JdbcBackend;
 use kestra::storage::LocalStorage;
-
-/// One flow, served from memory.
-struct OneFlow(Arc<Flow>);
-
-#[async_trait]
-impl FlowSource for OneFlow {
-    async fn flow(
-        &self,
-        tenant: &str,
-        namespace: &str,
-        id: &str,
-        _revision: Option<i32>,
-    ) -> Result<Option<Arc<Flow>>, RepositoryError> {
-        let f = &self.0;
-        Ok((f.tenant_id == tenant && f.namespace == namespace && f.id == id).then(|| f.clone()))
-    }
-
-    async fn flows_with_triggers(&self, tenant: &str) -> Result<Vec<Arc<Flow>>, RepositoryError> {
-        Ok(if self.0.tenant_id == tenant {
-            vec![self.0.clone()]
-        } else {
-            Vec::new()
-        })
-    }
-}
 
 async fn keeps_firing(url: &str) {
     let backend = JdbcBackend::connect(url).await.unwrap();
@@ -67,6 +40,21 @@ async fn keeps_firing(url: &str) {
     flow.tenant_id = tenant.clone();
     flow.revision = Some(1);
 
+    // The flow as the flow topic carries it, in the in-memory store a Kafka backend replays it into.
+    let store = Arc::new(FlowStore::new());
+    store.apply(FlowRecord {
+        tenant_id: tenant.clone(),
+        namespace: flow.namespace.clone(),
+        id: flow.id.clone(),
+        revision: 1,
+        flow: serde_json::to_value(&flow).unwrap(),
+        source: source.clone(),
+        labels: Vec::new(),
+        disabled: false,
+        deleted: false,
+        updated: chrono::Utc::now(),
+    });
+
     let mut executions = queue.subscribe(Topic::Execution).await.unwrap();
     let (repositories, down) = unavailable_repositories();
     let engine = Engine::builder(queue.clone(), repositories, storage)
@@ -74,7 +62,7 @@ async fn keeps_firing(url: &str) {
             scheduler: true,
             ..Components::none()
         })
-        .flow_source(Arc::new(OneFlow(Arc::new(flow))))
+        .flow_source(store)
         .scheduler_config(SchedulerConfig {
             tick: Duration::from_millis(200),
             tenants: vec![tenant.clone()],

@@ -221,9 +221,6 @@ impl EngineBuilder {
             Arc::new(RepositoryFlowSource::new(self.repositories.flows.clone()))
         });
         let mut executor_flows = None;
-        let flow_source = self.flow_source.unwrap_or_else(|| {
-            Arc::new(RepositoryFlowSource::new(self.repositories.flows.clone()))
-        });
         if self.components.executor {
             let flows = Arc::new(FlowCache::new(flow_source.clone(), registry.clone()));
             executor_flows = Some(flows.clone());

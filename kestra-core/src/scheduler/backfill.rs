@@ -19,6 +19,7 @@ use serde_json::{Map, Value};
 use super::SchedulerError;
 use super::schedule::Timetable;
 use super::service::BACKFILL_ID_LABEL;
+use crate::flow::Flow;
 use crate::flow::registry::{TaskRegistry, TriggerType};
 use crate::flow::triggers::Schedule;
 use crate::model::{Backfill, Label, TriggerState, new_id, trigger_uid};
@@ -75,11 +76,17 @@ pub async fn backfill(
         flow_id: flow_id.to_string(),
         trigger_id: trigger_id.to_string(),
     };
-    let flow = flows
-        .flow(tenant, namespace, flow_id, None)
+    let record = flows
+        .find(tenant, namespace, flow_id, None)
         .await?
         .ok_or_else(not_found)?;
-    let revision = flow.revision.unwrap_or(1);
+    let revision = record.revision;
+    let mut flow: Flow = serde_json::from_value(record.flow).map_err(|e| SchedulerError::Flow {
+        namespace: namespace.to_string(),
+        id: flow_id.to_string(),
+        message: e.to_string(),
+    })?;
+    flow.revision = Some(revision);
     let flow =
         crate::flow::apply_plugin_defaults(&flow, registry).map_err(|e| SchedulerError::Flow {
             namespace: namespace.to_string(),

@@ -75,6 +75,7 @@ use crate::inputs::{ExecutionRef, InputRenderer, RawInput, resolve_inputs};
 use crate::model::execution::system_labels;
 use crate::model::{Backfill, Execution, Label, State, StateType, TriggerState, trigger_uid};
 use crate::queue::{DeliveryTag, Queue, TriggerUnit};
+use crate::repository::FlowRecord;
 use crate::runtime::flows::FlowSource;
 
 /// Label set on the executions of a backfill.
@@ -380,7 +381,7 @@ impl SchedulerService {
     async fn read_flows(&self) -> Result<FlowSnapshot, SchedulerError> {
         let mut snapshot = FlowSnapshot::default();
         for tenant in &self.config.tenants {
-            for source in self.flows.flows_with_triggers(tenant).await? {
+            for source in self.flows.find_all(tenant).await? {
                 let flow = match self.read_flow(tenant, &source) {
                     Ok(f) => Arc::new(f),
                     Err(message) => {
@@ -490,8 +491,11 @@ impl SchedulerService {
         Ok(())
     }
 
-    fn read_flow(&self, tenant: &str, flow: &Flow) -> Result<Flow, String> {
-        let mut flow = apply_plugin_defaults(flow, &self.registry).map_err(|e| e.to_string())?;
+    fn read_flow(&self, tenant: &str, record: &FlowRecord) -> Result<Flow, String> {
+        let mut flow: Flow =
+            serde_json::from_value(record.flow.clone()).map_err(|e| e.to_string())?;
+        flow.revision = Some(record.revision);
+        let mut flow = apply_plugin_defaults(&flow, &self.registry).map_err(|e| e.to_string())?;
         flow.tenant_id = tenant.to_string();
         Ok(flow)
     }
@@ -670,7 +674,7 @@ impl SchedulerService {
         let flow = &entry.flow;
         let Some(source) = self
             .flows
-            .flow(&flow.tenant_id, &flow.namespace, &flow.id, Some(revision))
+            .find(&flow.tenant_id, &flow.namespace, &flow.id, Some(revision))
             .await?
         else {
             return Ok(None);
