@@ -5,7 +5,7 @@
 //! RUNNING) it stays where it is and reports [`SlotRequest::Acquire`]; when it ends, whatever the
 //! path (success, failure, kill, refusal, CREATE_NEW_EXECUTION retry), it reports
 //! [`SlotRequest::Release`]. The execution's unit of work does not touch the slots: it publishes a
-//! [`SlotMessage`] on [`Topic::ConcurrencySlot`](crate::queue::Topic::ConcurrencySlot), keyed by the
+//! [`SlotMessage`] on [`Topic::ConcurrencySlot`], keyed by the
 //! flow ([`state_key`]). The executor group consumes that topic in its own units of work: the unit
 //! that claimed a flow's messages loads the flow's [`ConcurrencySlots`] (executor state
 //! [`STATE_KIND`], same key), applies each request in order with [`apply_slot_request`], saves the
