@@ -307,6 +307,9 @@ impl TestQueue {
 
 #[async_trait]
 impl Queue for TestQueue {
+    fn capabilities(&self) -> crate::queue::QueueCapabilities {
+        self.inner.capabilities()
+    }
     async fn publish(&self, messages: Vec<Envelope>) -> Result<(), QueueError> {
         self.inner.publish(messages).await?;
         let n = self.publishes.fetch_add(1, Ordering::SeqCst) + 1;
