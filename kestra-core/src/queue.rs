@@ -713,7 +713,10 @@ mod tests {
                 "{e:?}"
             );
             let text = e.map(|e| e.to_string()).unwrap_or_default();
-            assert!(text.contains("worker_job") && text.contains("job-1") && text.contains("11 bytes"), "{text}");
+            assert!(
+                text.contains("worker_job") && text.contains("job-1") && text.contains("11 bytes"),
+                "{text}"
+            );
         }
         assert!(check_execution_size("e1", &[b'x'; 10], 10).is_ok());
         assert!(matches!(

@@ -947,8 +947,14 @@ pub async fn delays_only_in_units_on_executor_topics(queue: Arc<dyn Queue>) {
             ])
             .await;
         match refused {
-            Err(QueueError::DelayNotAllowed { topic: t, key: k, .. }) => {
-                assert_eq!((t, k), (topic, key), "the refusal names the delayed message");
+            Err(QueueError::DelayNotAllowed {
+                topic: t, key: k, ..
+            }) => {
+                assert_eq!(
+                    (t, k),
+                    (topic, key),
+                    "the refusal names the delayed message"
+                );
             }
             other => panic!(
                 "Queue::publish of a delayed message on {topic} must be refused with \
@@ -1083,7 +1089,9 @@ pub async fn too_large_is_refused(queue: Arc<dyn Queue>) {
         Some(QueueError::TooLarge { topic, key, .. }) => {
             assert_eq!((topic, key), (Topic::WorkerJob, job));
         }
-        other => panic!("a unit staging an oversized message must be refused with TooLarge, got {other:?}"),
+        other => panic!(
+            "a unit staging an oversized message must be refused with TooLarge, got {other:?}"
+        ),
     }
     let id = format!("{p}-exec");
     let mut big = execution(&id, "testkit.too-large", StateType::Running);
@@ -2403,11 +2411,7 @@ mod tests {
             let until = Instant::now() + lease;
             let mut lost = Vec::new();
             for tag in tags {
-                match inner
-                    .rows
-                    .iter_mut()
-                    .find(|r| self.matches(r, group, tag))
-                {
+                match inner.rows.iter_mut().find(|r| self.matches(r, group, tag)) {
                     Some(row) => {
                         if !self.flaws.ignore_lease_extension && row.leased_until.is_some() {
                             row.leased_until = Some(until);
