@@ -28,6 +28,12 @@
 //!   else is refused with `QueueError::NotClaimed` before any SQL runs), so a state row is written
 //!   by a unit that holds its key; the row locks (`FOR UPDATE`) serialise units that hold one key
 //!   on two topics (an execution's command and a worker result, claimed by two executors).
+//! - Messages are at most [`JdbcOptions::max_message_bytes`] (8 MiB by default): a larger payload,
+//!   or a larger execution document saved by a unit of work, is refused with
+//!   [`QueueError::TooLarge`](kestra_core::queue::QueueError::TooLarge) before anything is written.
+//!   Delayed messages are accepted only from a unit of work, on executor topics. Leases are timers
+//!   (`claimed_until`): the queue declares `lease_timers` in its
+//!   [`QueueCapabilities`](kestra_core::queue::QueueCapabilities). A unit of work is never fenced.
 //! - [`purge_queue`] cleans the queue tables offline, when the engine cannot start.
 
 // Without a dialect feature nothing uses the shared helpers.
@@ -86,13 +92,25 @@ pub struct JdbcOptions {
     pub max_connections: u32,
     /// How long to wait for a pooled connection before failing.
     pub acquire_timeout: Duration,
+    /// The largest message payload the queue accepts, in bytes (also the largest execution
+    /// document a unit of work saves): a larger one is refused with
+    /// [`QueueError::TooLarge`](kestra_core::queue::QueueError::TooLarge). Default
+    /// [`DEFAULT_MAX_MESSAGE_BYTES`] (8 MiB).
+    pub max_message_bytes: usize,
 }
+
+/// The default [`JdbcOptions::max_message_bytes`]: 8 MiB. Larger than Kafka's 1 MiB default, so
+/// that a wide ForEach's execution document fits, and half of MariaDB's default
+/// `max_allowed_packet` (16 MiB), which bounds one statement: a message published alone always
+/// fits in it. A deployment that must behave as its Kafka one sets both to the same value.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
 
 impl Default for JdbcOptions {
     fn default() -> Self {
         JdbcOptions {
             max_connections: 20,
             acquire_timeout: Duration::from_secs(30),
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
         }
     }
 }

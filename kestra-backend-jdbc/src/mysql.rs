@@ -74,6 +74,7 @@ pub(crate) async fn connect(
         pool,
         Arc::new(Notifier::default()),
         None,
+        options.max_message_bytes,
     ))
 }
 

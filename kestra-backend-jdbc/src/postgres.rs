@@ -48,7 +48,13 @@ pub(crate) async fn connect(
             source,
         })?;
     let notifier = Arc::new(Notifier::default());
-    let store = store::Store::new(pool.clone(), pool.clone(), notifier.clone(), None);
+    let store = store::Store::new(
+        pool.clone(),
+        pool.clone(),
+        notifier.clone(),
+        None,
+        options.max_message_bytes,
+    );
     store.add_task(tokio::spawn(listen(pool, notifier)));
     Ok(store)
 }

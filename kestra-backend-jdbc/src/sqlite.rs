@@ -115,6 +115,7 @@ pub(crate) async fn connect(
         read,
         Arc::new(Notifier::default()),
         guard,
+        options_.max_message_bytes,
     ))
 }
 

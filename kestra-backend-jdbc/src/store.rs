@@ -21,8 +21,9 @@ use kestra_core::model::{
     Execution, Label, Level, LogEntry, MetricEntry, ServiceInstance, TriggerState,
 };
 use kestra_core::queue::{
-    ConsumerGroup, Delivery, DeliveryTag, Envelope, Queue, QueueError, Subscription, Topic,
-    TriggerNotHeld, TriggerUnit, UnitOfWork, check_claimed,
+    ConsumerGroup, Delivery, DeliveryTag, Envelope, Queue, QueueCapabilities, QueueError,
+    Subscription, Topic, TriggerNotHeld, TriggerUnit, UnitOfWork, check_claimed,
+    check_execution_size, check_publish, check_staged,
 };
 use kestra_core::repository::{
     EXECUTION_SORT_FIELDS, ExecutionQuery, ExecutionRepository, FLOW_SORT_FIELDS, FlowQuery,
@@ -119,6 +120,8 @@ pub(crate) struct Store {
     pub(crate) write: Pool<Db>,
     pub(crate) read: Pool<Db>,
     pub(crate) notifier: Arc<Notifier>,
+    /// The largest payload (and execution document) accepted, in bytes.
+    max_message_bytes: usize,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
     /// Kept alive as long as the store (e.g. the temporary file of an in-memory SQLite database).
     _guard: Option<Box<dyn std::any::Any + Send + Sync>>,
@@ -141,11 +144,13 @@ impl Store {
         read: Pool<Db>,
         notifier: Arc<Notifier>,
         guard: Option<Box<dyn std::any::Any + Send + Sync>>,
+        max_message_bytes: usize,
     ) -> Arc<Store> {
         let store = Arc::new(Store {
             write,
             read,
             notifier,
+            max_message_bytes,
             tasks: std::sync::Mutex::new(Vec::new()),
             _guard: guard,
         });
@@ -518,6 +523,7 @@ async fn claim_in(
         .into_iter()
         .map(|c| Delivery {
             tag: DeliveryTag {
+                topic: c.topic,
                 partition: 0,
                 offset: c.id,
             },
@@ -533,48 +539,79 @@ async fn claim_in(
         .collect())
 }
 
-/// Delete acknowledged rows, one statement (and commit) per batch.
-async fn ack_rows(pool: &Pool<Db>, group: ConsumerGroup, ids: &[i64]) -> Result<(), sqlx::Error> {
-    if ids.is_empty() {
+/// The row ids of `tags` by topic (JDBC tags have partition 0; others are unknown here).
+fn ids_by_topic(tags: &[DeliveryTag]) -> BTreeMap<Topic, Vec<i64>> {
+    let mut by_topic: BTreeMap<Topic, Vec<i64>> = BTreeMap::new();
+    for t in tags.iter().filter(|t| t.partition == 0) {
+        by_topic.entry(t.topic).or_default().push(t.offset);
+    }
+    by_topic
+}
+
+/// Delete acknowledged rows (a tag matches its row by topic and id), one statement per batch.
+async fn ack_rows(
+    pool: &Pool<Db>,
+    group: ConsumerGroup,
+    tags: &[DeliveryTag],
+) -> Result<(), sqlx::Error> {
+    let by_topic = ids_by_topic(tags);
+    if by_topic.is_empty() {
         return Ok(());
     }
     let mut tx = begin_write(pool).await?;
     relaxed_commit(&mut tx).await?;
-    for chunk in ids.chunks(CHUNK) {
-        let mut qb = Qb::new("DELETE FROM queue WHERE group_name = ");
-        qb.push_bind(group.as_str()).push(" AND id IN ");
-        push_in(&mut qb, chunk.iter().copied());
-        qb.build().execute(&mut *tx).await?;
+    for (topic, ids) in &by_topic {
+        for chunk in ids.chunks(CHUNK) {
+            let mut qb = Qb::new("DELETE FROM queue WHERE group_name = ");
+            qb.push_bind(group.as_str())
+                .push(" AND topic = ")
+                .push_bind(topic.as_str())
+                .push(" AND id IN ");
+            push_in(&mut qb, chunk.iter().copied());
+            qb.build().execute(&mut *tx).await?;
+        }
     }
     tx.commit().await
 }
 
-/// Move the lease end of claimed rows to `until`; returns the ids that are still queued (held).
+/// Move the lease end of claimed rows to `until`; returns the tags that are still queued (held).
 async fn extend_rows(
     pool: &Pool<Db>,
     group: ConsumerGroup,
-    ids: &[i64],
+    tags: &[DeliveryTag],
     until: i64,
-) -> Result<HashSet<i64>, sqlx::Error> {
+) -> Result<HashSet<DeliveryTag>, sqlx::Error> {
     let mut held = HashSet::new();
-    if ids.is_empty() {
+    let by_topic = ids_by_topic(tags);
+    if by_topic.is_empty() {
         return Ok(held);
     }
     let mut tx = begin_write(pool).await?;
     relaxed_commit(&mut tx).await?;
-    for chunk in ids.chunks(CHUNK) {
-        let mut qb = Qb::new("UPDATE queue SET claimed_until = ");
-        qb.push_bind(until)
-            .push(" WHERE claimed_by IS NOT NULL AND group_name = ")
-            .push_bind(group.as_str())
-            .push(" AND id IN ");
-        push_in(&mut qb, chunk.iter().copied());
-        qb.build().execute(&mut *tx).await?;
-        let mut qb = Qb::new("SELECT id FROM queue WHERE group_name = ");
-        qb.push_bind(group.as_str()).push(" AND id IN ");
-        push_in(&mut qb, chunk.iter().copied());
-        let rows: Vec<(i64,)> = qb.build_query_as().fetch_all(&mut *tx).await?;
-        held.extend(rows.into_iter().map(|(id,)| id));
+    for (topic, ids) in &by_topic {
+        for chunk in ids.chunks(CHUNK) {
+            let mut qb = Qb::new("UPDATE queue SET claimed_until = ");
+            qb.push_bind(until)
+                .push(" WHERE claimed_by IS NOT NULL AND group_name = ")
+                .push_bind(group.as_str())
+                .push(" AND topic = ")
+                .push_bind(topic.as_str())
+                .push(" AND id IN ");
+            push_in(&mut qb, chunk.iter().copied());
+            qb.build().execute(&mut *tx).await?;
+            let mut qb = Qb::new("SELECT id FROM queue WHERE group_name = ");
+            qb.push_bind(group.as_str())
+                .push(" AND topic = ")
+                .push_bind(topic.as_str())
+                .push(" AND id IN ");
+            push_in(&mut qb, chunk.iter().copied());
+            let rows: Vec<(i64,)> = qb.build_query_as().fetch_all(&mut *tx).await?;
+            held.extend(rows.into_iter().map(|(id,)| DeliveryTag {
+                topic: *topic,
+                partition: 0,
+                offset: id,
+            }));
+        }
     }
     tx.commit().await?;
     Ok(held)
@@ -688,10 +725,18 @@ impl Store {
 
 #[async_trait]
 impl Queue for Store {
+    fn capabilities(&self) -> QueueCapabilities {
+        QueueCapabilities {
+            lease_timers: true,
+            max_message_bytes: self.max_message_bytes,
+        }
+    }
+
     async fn publish(&self, messages: Vec<Envelope>) -> Result<(), QueueError> {
         if messages.is_empty() {
             return Ok(());
         }
+        check_publish(&messages, self.max_message_bytes)?;
         let mut attempt = 0;
         loop {
             match self.publish_once(&messages).await {
@@ -733,10 +778,9 @@ impl Queue for Store {
     }
 
     async fn ack(&self, group: ConsumerGroup, tags: &[DeliveryTag]) -> Result<(), QueueError> {
-        let ids: Vec<i64> = tags.iter().map(|t| t.offset).collect();
         let mut attempt = 0;
         loop {
-            match ack_rows(&self.write, group, &ids).await {
+            match ack_rows(&self.write, group, tags).await {
                 Ok(()) => return Ok(()),
                 Err(e) if attempt < RETRIES && is_transient(&e) => {
                     attempt += 1;
@@ -753,10 +797,9 @@ impl Queue for Store {
         tags: &[DeliveryTag],
         lease: Duration,
     ) -> Result<Vec<DeliveryTag>, QueueError> {
-        let ids: Vec<i64> = tags.iter().map(|t| t.offset).collect();
         let mut attempt = 0;
         let held = loop {
-            match extend_rows(&self.write, group, &ids, now_ms() + duration_ms(lease)).await {
+            match extend_rows(&self.write, group, tags, now_ms() + duration_ms(lease)).await {
                 Ok(held) => break held,
                 Err(e) if attempt < RETRIES && is_transient(&e) => {
                     attempt += 1;
@@ -765,11 +808,7 @@ impl Queue for Store {
                 Err(e) => return Err(queue_err("extend_lease")(e)),
             }
         };
-        Ok(tags
-            .iter()
-            .filter(|t| t.partition != 0 || !held.contains(&t.offset))
-            .copied()
-            .collect())
+        Ok(tags.iter().filter(|t| !held.contains(t)).copied().collect())
     }
 
     async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<(), QueueError> {
@@ -831,6 +870,7 @@ impl Queue for Store {
             match claim_in(&mut tx, group, topics, max, UOW_LEASE, &token).await {
                 Ok(deliveries) if !deliveries.is_empty() => {
                     return Ok(Some(Box::new(JdbcUnit {
+                        max_message_bytes: self.max_message_bytes,
                         notifier: self.notifier.clone(),
                         write: self.write.clone(),
                         tx: Some(tx),
@@ -860,6 +900,7 @@ impl Queue for Store {
             .await
             .map_err(queue_err("begin_triggers"))?;
         Ok(Box::new(JdbcTriggerUnit {
+            max_message_bytes: self.max_message_bytes,
             notifier: self.notifier.clone(),
             tx: Some(tx),
             held: BTreeSet::new(),
@@ -978,6 +1019,7 @@ impl Broadcast {
 /// One database transaction over claimed rows (see the module documentation). Executions and
 /// executor state are read and written only under the keys of `deliveries`.
 struct JdbcUnit {
+    max_message_bytes: usize,
     notifier: Arc<Notifier>,
     write: Pool<Db>,
     /// `None` once committed.
@@ -1056,6 +1098,7 @@ impl UnitOfWork for JdbcUnit {
             topic: Topic::Execution,
             source,
         })?;
+        check_execution_size(&execution.id, doc.as_bytes(), self.max_message_bytes)?;
         let conn = self.conn()?;
         upsert_execution_in(conn, execution, doc)
             .await
@@ -1147,6 +1190,7 @@ impl UnitOfWork for JdbcUnit {
     }
 
     async fn publish(&mut self, messages: Vec<Envelope>) -> Result<(), QueueError> {
+        check_staged(&messages, self.max_message_bytes)?;
         let conn = self.conn()?;
         publish_in(conn, &messages)
             .await
@@ -2194,6 +2238,7 @@ impl TriggerRepository for Store {
 /// A claim is a row lock of the transaction (`FOR UPDATE SKIP LOCKED`; SQLite: the single writer
 /// holds the whole unit), so it lasts exactly as long as the unit.
 struct JdbcTriggerUnit {
+    max_message_bytes: usize,
     notifier: Arc<Notifier>,
     /// `None` once committed.
     tx: Option<Transaction<'static, Db>>,
@@ -2401,6 +2446,7 @@ impl TriggerUnit for JdbcTriggerUnit {
         if messages.is_empty() {
             return Ok(());
         }
+        check_publish(&messages, self.max_message_bytes)?;
         let conn = self.conn()?;
         publish_in(conn, &messages)
             .await

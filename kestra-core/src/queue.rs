@@ -3,7 +3,7 @@
 //! Components never call each other; they publish [`Envelope`]s to a [`Topic`] and receive them in
 //! one of two ways:
 //!
-//! - **competing** ([`Queue::receive`]): each message of a topic is delivered to exactly one instance of
+//! - **competing** ([`Queue::receive`]): each message of a topic is delivered to one instance of
 //!   each consumer group that [`Topic::groups`] lists (executor, worker, scheduler, indexer). Several
 //!   instances of one group share the work.
 //! - **broadcast** ([`Queue::subscribe`]): every live subscriber of a topic sees every message published
@@ -16,50 +16,96 @@
 //!
 //! # Contract (checked by the conformance suite in `testkit`, run by every backend)
 //!
+//! The contract is what a log-based queue (Kafka: partitions, consumer groups, transactions) can
+//! honour as well as a database table. What only some backends offer is declared in
+//! [`QueueCapabilities`] ([`Queue::capabilities`]); the suite checks it where declared and prints
+//! what it skips.
+//!
 //! 1. **Durability.** When [`Queue::publish`] returns `Ok`, the messages survive a crash of the publisher
 //!    and of the consumers.
-//! 2. **Delivery.** At-least-once per consumer group: a message is delivered again when its delivery is
-//!    not acknowledged before its lease ends (competing receive) or when the unit of work that claimed it
-//!    is dropped without commit (a crash before commit means redelivery, never loss). Consumers are
-//!    idempotent: the executor drops duplicate and stale results by (execution id, task run id, attempt).
-//! 3. **Ordering per key.** Within one (topic, group), messages with the same key are handed out in the
-//!    order they were published, and a message is not handed out while an earlier message with the same
-//!    key is claimed but not yet acknowledged. Messages to the executor are keyed by execution id, so
-//!    all of them for one execution are processed in order, one at a time; worker jobs are keyed by
-//!    task run attempt, so the jobs of one execution never wait for one another. Messages with
-//!    different keys have no relative order.
-//! 4. **Delay.** A message with [`Envelope::deliver_at`] in the future is not handed out before that time
-//!    (retries, pause timeouts, scheduled starts). Ordering per key counts only messages already due.
-//! 5. **Dead letters.** A message a consumer cannot decode is set aside with [`Queue::dead_letter`]
+//! 2. **Delivery.** At-least-once per consumer group: a delivery that is never acknowledged is
+//!    delivered again once its consumer is gone, and the claimed messages of a unit of work dropped
+//!    without commit are delivered again (a crash before commit means redelivery, never loss).
+//!    Consumers are idempotent: the executor drops duplicate and stale results by (execution id, task
+//!    run id, attempt).
+//! 3. **Leases are a hint.** The `lease` given to [`Queue::receive`] and [`Queue::extend_lease`] says
+//!    how long the consumer expects to need; it is not a per-message timer every backend runs. A
+//!    backend with [`QueueCapabilities::lease_timers`] (JDBC) redelivers a delivery whose lease ended
+//!    even though its consumer is alive, and `extend_lease` moves that end; without it (Kafka),
+//!    redelivery happens when the consumer is gone (session timeout, rebalance) and `extend_lease`
+//!    only reports which deliveries this consumer no longer holds.
+//! 4. **One committing unit per key.** Within one (topic, group), messages with the same key are
+//!    handed out in the order they were published, and at most one consumer holds the messages of a
+//!    key at a time: a message is not handed out to another consumer while an earlier message of its
+//!    key is claimed and not yet acknowledged or committed. So at most one unit of work can commit for
+//!    a key at a time (Kafka: the one owner of the key's partition). Messages to the executor are
+//!    keyed by execution id, so all of them for one execution are processed in order, one at a time;
+//!    worker jobs are keyed by task run attempt, so the jobs of one execution never wait for one
+//!    another. Messages with different keys have no relative order.
+//! 5. **Delay, on executor topics, staged in a unit of work.** A message with
+//!    [`Envelope::deliver_at`] in the future is not handed out before that time (retries, pause
+//!    timeouts, scheduled starts); ordering per key counts only messages already due. Only the
+//!    executor delays messages, so a delayed message is accepted only from
+//!    [`UnitOfWork::publish`] and only on an executor topic ([`Topic::accepts_delay`]);
+//!    [`Queue::publish`] of a delayed message, or a delayed message on another topic, is refused
+//!    with [`QueueError::DelayNotAllowed`] ([`check_publish`] / [`check_staged`]).
+//! 6. **Tags name their topic.** A [`DeliveryTag`] carries the topic, partition and offset of the
+//!    delivery: the tags of two topics consumed by one group never collide, and acknowledging one
+//!    never acknowledges the other.
+//! 7. **Size.** A message whose payload exceeds [`QueueCapabilities::max_message_bytes`] is refused
+//!    with [`QueueError::TooLarge`] naming its topic and key, and nothing of the call (or of the
+//!    unit of work) is applied. A unit of work also refuses an execution whose JSON document exceeds
+//!    the maximum (it is a message of the executor's state topic on Kafka). The executor fails the
+//!    execution whose processing produced it; the queue never stalls on it.
+//! 8. **Fenced.** A unit of work whose consumer lost the ownership of its messages before it could
+//!    commit (a zombie: another instance owns the partition now) is refused with
+//!    [`QueueError::Fenced`]: nothing it staged is applied, the new owner processes its messages
+//!    again. The executor drops the unit's work and goes on.
+//! 9. **Dead letters.** A message a consumer cannot decode is set aside with [`Queue::dead_letter`]
 //!    (or [`UnitOfWork::dead_letter`]) and never delivered again; the consumer keeps going.
-//! 6. **Broadcast** is live only: no replay of messages published before the subscription, best effort
-//!    while subscribed (a subscriber that lags too far may lose messages and is told so with
-//!    [`QueueError::Lagged`]).
-//! 7. **State keyed like the messages.** A [`UnitOfWork`] loads and saves executions and executor
-//!    state only under the keys of the messages it claimed ([`Delivery`] keys, any topic); any other
-//!    key is refused with [`QueueError::NotClaimed`], before anything is read or staged, and the unit
-//!    stays usable. State that belongs to a flow or a trigger is therefore reached through a message
-//!    keyed by that flow or trigger ([`Topic::ConcurrencySlot`], [`Topic::FlowPrecondition`]), so
-//!    each piece of state has exactly one writer: the consumer that owns its key.
+//! 10. **Broadcast** is live only: no replay of messages published before the subscription, best
+//!     effort while subscribed (a subscriber that lags too far may lose messages and is told so with
+//!     [`QueueError::Lagged`]).
+//! 11. **State keyed like the messages.** A [`UnitOfWork`] loads and saves executions and executor
+//!     state only under the keys of the messages it claimed ([`Delivery`] keys, any topic); any other
+//!     key is refused with [`QueueError::NotClaimed`], before anything is read or staged, and the
+//!     unit stays usable. State that belongs to a flow or a trigger is therefore reached through a
+//!     message keyed by that flow or trigger ([`Topic::ConcurrencySlot`],
+//!     [`Topic::FlowPrecondition`]), so each piece of state has exactly one writer: the consumer that
+//!     owns its key.
 //!
 //! # How the backends meet it
 //!
 //! - **JDBC** (SQLite, PostgreSQL, MySQL): a queue table with one row per (message, consumer group) and a
-//!   monotonically increasing offset. Competing receive claims rows with `FOR UPDATE SKIP LOCKED` (SQLite:
-//!   one writer, `UPDATE ... RETURNING`), excluding keys that have an older unacknowledged row; leases are
-//!   a `claimed_until` column; acknowledged rows are deleted in batches. A unit of work is one database
-//!   transaction: claimed rows stay locked by it, the execution row is read `FOR UPDATE`, and the deletes
-//!   of consumed rows, the new execution state and the emitted rows commit together. Wake-ups use
+//!   monotonically increasing offset (the row id; tags carry the topic, partition 0 and the id).
+//!   Competing receive claims rows with `FOR UPDATE SKIP LOCKED` (SQLite: one writer,
+//!   `UPDATE ... RETURNING`), excluding keys that have an older unacknowledged row: that exclusion is
+//!   the one committing unit per key. Leases are timers (`claimed_until`), so it declares
+//!   [`QueueCapabilities::lease_timers`]; acknowledged rows are deleted in batches. A unit of work is
+//!   one database transaction: claimed rows stay locked by it, the execution row is read
+//!   `FOR UPDATE`, and the deletes of consumed rows, the new execution state and the emitted rows
+//!   commit together; a delayed row has a future `visible_at`. The maximum message size is
+//!   `JdbcOptions::max_message_bytes` (8 MiB by default), checked before anything is written. A
+//!   JDBC unit is never fenced (the transaction holds the row locks until it ends). Wake-ups use
 //!   `LISTEN/NOTIFY` on PostgreSQL and in-process notification on SQLite, polling as the fallback.
 //!   Broadcast reads a short-lived table by offset.
-//! - **Kafka**: one topic per [`Topic`], partitioned by key (so one executor owns an execution); each
-//!   consumer group is a Kafka consumer group; a unit of work is a Kafka transaction
+//! - **Kafka**: one topic per [`Topic`], partitioned by key, so one consumer of a group owns a key
+//!   at a time (one committing unit per key); each consumer group is a Kafka consumer group and a tag
+//!   is (topic, partition, offset) - offsets are per partition of a topic, so the topic is needed.
+//!   Acknowledgement commits offsets (the contiguous acknowledged prefix); there are no lease timers:
+//!   the lease only sizes `max.poll.interval.ms`, and redelivery happens on rebalance after the
+//!   consumer leaves or misses its session timeout. A unit of work is a Kafka transaction
 //!   (consume -> process -> produce -> `send_offsets_to_transaction` -> commit) with `read_committed`
-//!   consumers; executor state is a compacted topic plus a local store rebuilt on partition assignment.
-//!   The executor topics are co-partitioned (same partition count, same partitioner), so the owner
-//!   of key K's partition in one topic owns K in every executor topic and every state store: the
-//!   key rule (7) means a unit never writes state of a partition it does not own.
-//!   Broadcast uses a consumer group per subscriber starting at the log end.
+//!   consumers; executor state is a compacted topic plus a local store rebuilt on partition
+//!   assignment; delayed messages are held in a partition-local store of the executor and produced
+//!   when due by the partition's owner, inside a transaction. The executor topics are co-partitioned
+//!   (same partition count, same partitioner), so the owner of key K's partition in one topic owns K
+//!   in every executor topic and every state store: the key rule (11) means a unit never writes
+//!   state of a partition it does not own. A producer fenced by a newer instance
+//!   (`ProducerFenced`, or a commit after the partition was revoked) returns [`QueueError::Fenced`];
+//!   a record over the producer's `max.request.size` / the topic's `max.message.bytes` (1 MiB by
+//!   default) returns [`QueueError::TooLarge`] with the record's topic and key, and the transaction
+//!   is aborted. Broadcast uses a consumer per subscriber starting at the log end.
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -174,6 +220,13 @@ impl Topic {
             Topic::ExecutionKilled | Topic::Flow => &[],
         }
     }
+
+    /// Whether a message of this topic may be delayed ([`Envelope::deliver_at`]): only on the topics
+    /// the executor consumes, whose delays (retries, pause timers, scheduled starts) a Kafka backend
+    /// holds in a partition-local store of the executor.
+    pub fn accepts_delay(self) -> bool {
+        self.groups().contains(&ConsumerGroup::Executor)
+    }
 }
 
 impl fmt::Display for Topic {
@@ -263,10 +316,16 @@ impl Envelope {
         Ok(Envelope::new(topic, key, payload))
     }
 
-    /// The same message, delayed until `at`.
+    /// The same message, delayed until `at`. Only a unit of work may stage it, and only on an
+    /// executor topic (see the module documentation, point 5).
     pub fn delayed_until(mut self, at: DateTime<Utc>) -> Envelope {
         self.deliver_at = Some(at);
         self
+    }
+
+    /// The payload's size in bytes: what [`QueueCapabilities::max_message_bytes`] limits.
+    pub fn size(&self) -> usize {
+        self.payload.len()
     }
 
     /// Decode the JSON payload.
@@ -279,9 +338,13 @@ impl Envelope {
     }
 }
 
-/// Identifies one delivery for acknowledgement: partition (0 on JDBC) and offset.
+/// Identifies one delivery for acknowledgement: topic, partition (0 on JDBC) and offset. Offsets
+/// are per partition of a topic on Kafka, so the tags of two topics consumed by one group differ
+/// only by their topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DeliveryTag {
+    /// The topic the delivery came from.
+    pub topic: Topic,
     /// Partition (Kafka) or 0.
     pub partition: i32,
     /// Offset within the partition (JDBC: the row id).
@@ -297,7 +360,8 @@ pub struct Delivery {
     pub group: ConsumerGroup,
     /// The message.
     pub envelope: Envelope,
-    /// 1 for the first delivery, more for redeliveries.
+    /// 1 for the first delivery, more for redeliveries where the backend counts them (JDBC does; a
+    /// Kafka consumer that takes a partition over cannot know): informative, nothing relies on it.
     pub attempt: u32,
 }
 
@@ -352,7 +416,7 @@ pub enum QueueError {
         missed: u64,
     },
     /// A unit of work was asked to load or save state under a key none of its claimed messages
-    /// carries: that state belongs to the consumer of another key (contract point 7).
+    /// carries: that state belongs to the consumer of another key (contract point 11).
     #[error(
         "unit of work refused to {access} '{key}': it claimed no message with that key (state is \
          loaded and saved only under the keys of the claimed messages)"
@@ -366,6 +430,39 @@ pub enum QueueError {
     /// The queue was shut down.
     #[error("queue is closed")]
     Closed,
+    /// A unit of work was refused because its consumer no longer owns its messages (a zombie:
+    /// after a rebalance or a missed session timeout another instance owns the partition and
+    /// processes them again). Nothing the unit staged is applied.
+    #[error("unit of work fenced: another instance owns its messages now ({detail})")]
+    Fenced {
+        /// What the backend said.
+        detail: String,
+    },
+    /// A message (or an execution saved by a unit of work) is over the backend's maximum size;
+    /// nothing of the call or unit is applied.
+    #[error(
+        "message too large for the queue: topic {topic}, key {key}, {size} bytes (maximum {max} bytes)"
+    )]
+    TooLarge {
+        /// Topic of the message ([`Topic::Execution`] for an execution a unit saves).
+        topic: Topic,
+        /// Its key (the execution id for an execution a unit saves).
+        key: String,
+        /// Its size in bytes.
+        size: usize,
+        /// The backend's maximum in bytes.
+        max: usize,
+    },
+    /// A delayed message where delays are not allowed (see the module documentation, point 5).
+    #[error("delayed message on topic {topic} (key {key}) refused: {reason}")]
+    DelayNotAllowed {
+        /// Topic.
+        topic: Topic,
+        /// Key.
+        key: String,
+        /// Why.
+        reason: &'static str,
+    },
 }
 
 impl QueueError {
@@ -381,7 +478,7 @@ impl QueueError {
     }
 }
 
-/// Refuses `key` unless one of `deliveries` carries it (contract point 7); backends call it at the
+/// Refuses `key` unless one of `deliveries` carries it (contract point 11); backends call it at the
 /// top of [`UnitOfWork::load_execution`], [`UnitOfWork::save_execution`],
 /// [`UnitOfWork::load_state`] and [`UnitOfWork::save_state`].
 pub fn check_claimed(
@@ -399,19 +496,120 @@ pub fn check_claimed(
     }
 }
 
+/// What a backend offers beyond the contract every backend honours, and its limits. The
+/// conformance suite consults it and prints what it skips.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueCapabilities {
+    /// Leases are per-delivery timers: an unacknowledged delivery is handed out again soon after
+    /// its lease ends although its consumer is alive, and [`Queue::extend_lease`] moves that end
+    /// (JDBC). Without it, redelivery happens only when the consumer is gone (Kafka).
+    pub lease_timers: bool,
+    /// The largest payload accepted, in bytes; a larger one is refused with
+    /// [`QueueError::TooLarge`].
+    pub max_message_bytes: usize,
+}
+
+impl QueueCapabilities {
+    /// Kafka's default maximum record size (`max.message.bytes`): 1 MiB.
+    pub const KAFKA_DEFAULT_MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+}
+
+impl Default for QueueCapabilities {
+    /// The least a backend offers: no lease timers, Kafka's default 1 MiB maximum.
+    fn default() -> Self {
+        QueueCapabilities {
+            lease_timers: false,
+            max_message_bytes: QueueCapabilities::KAFKA_DEFAULT_MAX_MESSAGE_BYTES,
+        }
+    }
+}
+
+fn check_size(message: &Envelope, max: usize) -> Result<(), QueueError> {
+    if message.size() > max {
+        return Err(QueueError::TooLarge {
+            topic: message.topic,
+            key: message.key.clone(),
+            size: message.size(),
+            max,
+        });
+    }
+    Ok(())
+}
+
+/// What a backend checks before [`Queue::publish`] writes anything: no delayed message (delays are
+/// staged in a unit of work), no payload over `max_message_bytes`.
+pub fn check_publish(messages: &[Envelope], max_message_bytes: usize) -> Result<(), QueueError> {
+    for m in messages {
+        if m.deliver_at.is_some() {
+            return Err(QueueError::DelayNotAllowed {
+                topic: m.topic,
+                key: m.key.clone(),
+                reason: "delayed messages are staged in a unit of work (UnitOfWork::publish), not \
+                         published directly",
+            });
+        }
+        check_size(m, max_message_bytes)?;
+    }
+    Ok(())
+}
+
+/// What a backend checks before [`UnitOfWork::publish`] stages anything: delays only on executor
+/// topics ([`Topic::accepts_delay`]), no payload over `max_message_bytes`.
+pub fn check_staged(messages: &[Envelope], max_message_bytes: usize) -> Result<(), QueueError> {
+    for m in messages {
+        if m.deliver_at.is_some() && !m.topic.accepts_delay() {
+            return Err(QueueError::DelayNotAllowed {
+                topic: m.topic,
+                key: m.key.clone(),
+                reason: "only messages to the executor can be delayed",
+            });
+        }
+        check_size(m, max_message_bytes)?;
+    }
+    Ok(())
+}
+
+/// What a unit of work checks before it saves an execution: its JSON document `doc` is not over
+/// `max_message_bytes` (on Kafka it is a record of the executor's state topic).
+pub fn check_execution_size(
+    execution_id: &str,
+    doc: &[u8],
+    max_message_bytes: usize,
+) -> Result<(), QueueError> {
+    if doc.len() > max_message_bytes {
+        return Err(QueueError::TooLarge {
+            topic: Topic::Execution,
+            key: execution_id.to_string(),
+            size: doc.len(),
+            max: max_message_bytes,
+        });
+    }
+    Ok(())
+}
+
 /// A stream of broadcast messages.
 pub type Subscription = BoxStream<'static, Result<Envelope, QueueError>>;
 
 /// The queue seam. See the module documentation for the contract.
 #[async_trait]
 pub trait Queue: Send + Sync + 'static {
+    /// What this backend offers beyond the common contract, and its limits. The default is the
+    /// least: no lease timers, a 1 MiB maximum; a backend that offers more says so (wrappers
+    /// forward their inner queue's).
+    fn capabilities(&self) -> QueueCapabilities {
+        QueueCapabilities::default()
+    }
+
     /// Publish messages durably, in order. Each is delivered to every group of its topic and to the
-    /// topic's live broadcast subscribers.
+    /// topic's live broadcast subscribers. All or nothing: a delayed message
+    /// ([`QueueError::DelayNotAllowed`]) or one over the maximum size ([`QueueError::TooLarge`])
+    /// refuses the whole call ([`check_publish`]).
     async fn publish(&self, messages: Vec<Envelope>) -> Result<(), QueueError>;
 
     /// Competing receive: claim up to `max` due messages of `topic` for `group`, waiting up to `wait`
-    /// for the first one to arrive (returns an empty batch on timeout). Claimed messages are leased for
-    /// `lease`; unacknowledged, they are delivered again after it ends.
+    /// for the first one to arrive (returns an empty batch on timeout). `lease` is a hint of how long
+    /// the consumer needs them: with [`QueueCapabilities::lease_timers`] an unacknowledged delivery
+    /// is handed out again after it ends; otherwise when the consumer is gone.
     async fn receive(
         &self,
         group: ConsumerGroup,
@@ -424,11 +622,13 @@ pub trait Queue: Send + Sync + 'static {
     /// Acknowledge deliveries: they are never delivered again. Unknown tags are ignored.
     async fn ack(&self, group: ConsumerGroup, tags: &[DeliveryTag]) -> Result<(), QueueError>;
 
-    /// Extend the leases of deliveries still being worked on (a long task attempt): each is held
-    /// until `now + lease` instead of its current end, so it is not delivered again meanwhile.
-    /// Returns the tags that are no longer held (acknowledged, dead-lettered or unknown): their
-    /// work may already be done elsewhere. A lease that ended and was claimed again is extended for
-    /// its new holder (tags do not name a consumer), which only delays a redelivery.
+    /// Extend the leases of deliveries still being worked on (a long task attempt). Returns the tags
+    /// that are no longer held (acknowledged, dead-lettered or unknown; on Kafka also those of
+    /// partitions this consumer lost): their work may already be done elsewhere. With
+    /// [`QueueCapabilities::lease_timers`] each held one is held until `now + lease` instead of its
+    /// current end, so it is not delivered again meanwhile; a lease that ended and was claimed again
+    /// is extended for its new holder (tags do not name a consumer), which only delays a
+    /// redelivery.
     async fn extend_lease(
         &self,
         group: ConsumerGroup,
@@ -521,7 +721,9 @@ pub trait TriggerUnit: Send {
     /// Stage deleting a held trigger's state.
     async fn delete(&mut self, uid: &str) -> Result<(), QueueError>;
 
-    /// Stage messages to publish when the unit commits.
+    /// Stage messages to publish when the unit commits. As [`Queue::publish`]: a delayed message
+    /// is refused with [`QueueError::DelayNotAllowed`] and one over the maximum size with
+    /// [`QueueError::TooLarge`] ([`check_publish`]).
     async fn publish(&mut self, messages: Vec<Envelope>) -> Result<(), QueueError>;
 
     /// Stage the acknowledgement of deliveries received by the scheduler group
@@ -543,7 +745,8 @@ pub struct TriggerNotHeld {
 /// A transaction over claimed messages: load, process, stage, commit all or nothing.
 ///
 /// Dropping a unit without [`UnitOfWork::commit`] rolls it back: nothing staged is applied and the
-/// claimed messages are delivered again.
+/// claimed messages are delivered again. After an error from any of its methods, drop the unit (a
+/// Kafka transaction that failed a produce can only be aborted).
 #[async_trait]
 pub trait UnitOfWork: Send {
     /// The claimed messages, in claim order (per key in publish order).
@@ -554,7 +757,9 @@ pub trait UnitOfWork: Send {
     async fn load_execution(&mut self, id: &str) -> Result<Option<Execution>, QueueError>;
 
     /// Stage the new state of an execution. Its id must be the key of a claimed message, else
-    /// [`QueueError::NotClaimed`].
+    /// [`QueueError::NotClaimed`]. An execution whose JSON document is over the maximum message
+    /// size is refused with [`QueueError::TooLarge`] (topic [`Topic::Execution`], key = its id),
+    /// here or at commit.
     async fn save_execution(&mut self, execution: &Execution) -> Result<(), QueueError>;
 
     /// Load and lock an entry of executor state (`kind` names the table/store: de-duplication,
@@ -575,13 +780,18 @@ pub trait UnitOfWork: Send {
         value: Option<&serde_json::Value>,
     ) -> Result<(), QueueError>;
 
-    /// Stage messages to publish when the unit commits.
+    /// Stage messages to publish when the unit commits. Delayed messages are allowed on executor
+    /// topics only ([`check_staged`]); a refused message ([`QueueError::DelayNotAllowed`],
+    /// [`QueueError::TooLarge`]) may be reported here or by [`UnitOfWork::commit`], and leaves the
+    /// unit to be dropped.
     async fn publish(&mut self, messages: Vec<Envelope>) -> Result<(), QueueError>;
 
     /// Stage setting a claimed delivery aside as a dead letter (instead of acknowledging it).
     async fn dead_letter(&mut self, tag: DeliveryTag, reason: &str) -> Result<(), QueueError>;
 
-    /// Apply everything staged and acknowledge the claimed deliveries, atomically.
+    /// Apply everything staged and acknowledge the claimed deliveries, atomically. A zombie's commit
+    /// (another instance owns the messages now) is refused with [`QueueError::Fenced`]; a message
+    /// over the maximum size with [`QueueError::TooLarge`]; either way nothing is applied.
     async fn commit(self: Box<Self>) -> Result<(), QueueError>;
 }
 
@@ -598,6 +808,68 @@ mod tests {
             assert_eq!(g.as_str().parse::<ConsumerGroup>().ok(), Some(g));
         }
         assert!("nope".parse::<Topic>().is_err());
+    }
+
+    #[test]
+    fn delays_are_staged_on_executor_topics_only() {
+        let later = Utc::now() + chrono::Duration::seconds(5);
+        let executor: Vec<Topic> = Topic::ALL
+            .into_iter()
+            .filter(|t| t.accepts_delay())
+            .collect();
+        assert_eq!(
+            executor,
+            vec![
+                Topic::Execution,
+                Topic::ExecutionCommand,
+                Topic::WorkerTaskResult,
+                Topic::SubflowExecutionResult
+            ]
+        );
+        let delayed = |t: Topic| Envelope::new(t, "k", &b"{}"[..]).delayed_until(later);
+        for t in Topic::ALL {
+            assert!(
+                matches!(
+                    check_publish(&[delayed(t)], 100),
+                    Err(QueueError::DelayNotAllowed { topic, .. }) if topic == t
+                ),
+                "Queue::publish refuses a delayed message on {t}"
+            );
+            assert_eq!(
+                check_staged(&[delayed(t)], 100).is_ok(),
+                t.accepts_delay(),
+                "a unit stages a delayed message on {t} only if it is an executor topic"
+            );
+        }
+        assert!(check_publish(&[Envelope::new(Topic::Log, "k", &b"{}"[..])], 100).is_ok());
+    }
+
+    #[test]
+    fn sizes_over_the_maximum_are_refused_with_topic_key_and_size() {
+        let at_max = Envelope::new(Topic::Log, "k", vec![b'x'; 10]);
+        assert!(check_publish(std::slice::from_ref(&at_max), 10).is_ok());
+        assert!(check_staged(std::slice::from_ref(&at_max), 10).is_ok());
+        let over = Envelope::new(Topic::WorkerJob, "job-1", vec![b'x'; 11]);
+        for refused in [
+            check_publish(&[at_max.clone(), over.clone()], 10),
+            check_staged(&[at_max, over], 10),
+        ] {
+            let e = refused.err();
+            assert!(
+                matches!(&e, Some(QueueError::TooLarge { topic: Topic::WorkerJob, key, size: 11, max: 10 }) if key == "job-1"),
+                "{e:?}"
+            );
+            let text = e.map(|e| e.to_string()).unwrap_or_default();
+            assert!(
+                text.contains("worker_job") && text.contains("job-1") && text.contains("11 bytes"),
+                "{text}"
+            );
+        }
+        assert!(check_execution_size("e1", &[b'x'; 10], 10).is_ok());
+        assert!(matches!(
+            check_execution_size("e1", &[b'x'; 11], 10),
+            Err(QueueError::TooLarge { topic: Topic::Execution, ref key, .. }) if key == "e1"
+        ));
     }
 
     #[test]

@@ -1436,6 +1436,7 @@ impl Queue for MemQueue {
             if m.topic == Topic::WorkerJob {
                 s.next += 1;
                 let tag = DeliveryTag {
+                    topic: Topic::WorkerJob,
                     partition: 0,
                     offset: s.next,
                 };

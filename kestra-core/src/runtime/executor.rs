@@ -35,9 +35,20 @@
 //! - [`Topic::FlowPrecondition`]: the unit that claimed a trigger's checks loads the trigger's
 //!   results ([`crate::executor::preconditions`]), applies the checks in order, saves the results
 //!   and publishes the triggered execution when a set is complete.
+//!
+//! Refused units ([`UnitOutcome`]):
+//! - [`QueueError::Fenced`] (this instance is a zombie: another one owns the messages now): the
+//!   unit's work is dropped without backoff or error, the new owner processes the messages again.
+//! - [`QueueError::TooLarge`] (a message it staged, or an execution it saved, is over the queue's
+//!   maximum size): the unit is dropped and the execution whose processing produced that message is
+//!   remembered; when its messages come back (here, or on another executor, which finds the same
+//!   refusal) it is FAILED instead - from its last committed state, with its unfinished task runs
+//!   FAILED, a kill broadcast, an ERROR log naming the topic, key and size, its parent's result and
+//!   its Flow triggers - so the queue never stalls on it. If even that is refused, its messages are
+//!   dead-lettered with the reason.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -119,6 +130,29 @@ pub struct ExecutorService {
     /// each ([`ExecutorConfig::flow_grace`] is counted from the first); forgotten once found or
     /// given up, restarted when not missed for a whole grace period (another executor found it).
     missing_flows: Mutex<HashMap<FlowRevision, (Instant, Instant)>>,
+    /// Executions whose processing produced a message the queue refused as too large.
+    oversized: Mutex<HashMap<String, Oversized>>,
+}
+
+/// What became of a unit of work handed to [`ExecutorService::handle_unit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnitOutcome {
+    /// Committed.
+    Committed,
+    /// Refused with [`QueueError::Fenced`]: nothing was applied, the instance that owns the
+    /// messages now processes them again.
+    Fenced,
+    /// Refused with [`QueueError::TooLarge`]: nothing was applied; the execution that produced the
+    /// oversized message fails when its messages come back.
+    TooLarge,
+}
+
+/// An execution that produced an oversized message: fail it, or (if failing it was refused too)
+/// dead-letter its messages. Both carry the error message.
+#[derive(Debug, Clone)]
+enum Oversized {
+    Fail(String),
+    Abandon(String),
 }
 
 impl ExecutorService {
@@ -135,6 +169,7 @@ impl ExecutorService {
             expr,
             config,
             missing_flows: Mutex::new(HashMap::new()),
+            oversized: Mutex::new(HashMap::new()),
         }
     }
 
@@ -198,7 +233,7 @@ impl ExecutorService {
                 Err(e) => Err(e),
             };
             match result {
-                Ok(()) => backoff = Duration::from_millis(50),
+                Ok(_) => backoff = Duration::from_millis(50),
                 Err(e) => {
                     error!(error = %e, "executor unit of work failed; retrying");
                     if draining {
@@ -214,8 +249,83 @@ impl ExecutorService {
         }
     }
 
-    /// Process one unit of work and commit it.
-    pub async fn handle_unit(&self, mut unit: Box<dyn UnitOfWork>) -> Result<(), QueueError> {
+    /// Process one unit of work and commit it. A fenced or too-large refusal is handled (see the
+    /// module documentation) and reported as its [`UnitOutcome`]; other errors are returned (the
+    /// unit was dropped: its messages come back).
+    pub async fn handle_unit(&self, unit: Box<dyn UnitOfWork>) -> Result<UnitOutcome, QueueError> {
+        let oversized = self
+            .oversized
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let mut produced: Vec<(Topic, String, String)> = Vec::new();
+        match self.process_unit(unit, &oversized, &mut produced).await {
+            Ok(()) => {
+                if !oversized.is_empty() {
+                    let mut map = self
+                        .oversized
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner);
+                    map.retain(|id, o| {
+                        matches!(o, Oversized::Abandon(_))
+                            || !produced.iter().any(|(_, _, origin)| origin == id)
+                    });
+                }
+                Ok(UnitOutcome::Committed)
+            }
+            Err(QueueError::Fenced { detail }) => {
+                warn!(%detail, "unit of work fenced: its messages belong to another executor now; its work is dropped");
+                Ok(UnitOutcome::Fenced)
+            }
+            Err(QueueError::TooLarge {
+                topic,
+                key,
+                size,
+                max,
+            }) => {
+                let Some(id) = produced
+                    .iter()
+                    .find(|(t, k, _)| *t == topic && *k == key)
+                    .map(|(_, _, id)| id.clone())
+                else {
+                    return Err(QueueError::TooLarge {
+                        topic,
+                        key,
+                        size,
+                        max,
+                    });
+                };
+                let message = format!(
+                    "execution failed: a message it produced is too large for the queue \
+                     (topic {topic}, key {key}, {size} bytes, maximum {max} bytes)"
+                );
+                error!(execution_id = %id, "{message}");
+                let mut map = self
+                    .oversized
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                let next = match map.get(&id) {
+                    None => Oversized::Fail(message),
+                    Some(Oversized::Fail(first) | Oversized::Abandon(first)) => Oversized::Abandon(
+                        format!("{first}; failing the execution was refused too ({message})"),
+                    ),
+                };
+                map.insert(id, next);
+                Ok(UnitOutcome::TooLarge)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The work of [`ExecutorService::handle_unit`]: `produced` receives (topic, key, execution
+    /// id) of every message staged and execution saved, so a refusal can be traced to the
+    /// execution that produced it; the executions of `oversized` are failed (or dead-lettered).
+    async fn process_unit(
+        &self,
+        mut unit: Box<dyn UnitOfWork>,
+        oversized: &HashMap<String, Oversized>,
+        produced: &mut Vec<(Topic, String, String)>,
+    ) -> Result<(), QueueError> {
         let deliveries = unit.deliveries().to_vec();
         let mut executions: HashMap<String, Option<Execution>> = HashMap::new();
         let mut dirty: Vec<String> = Vec::new();
@@ -253,6 +363,43 @@ impl ExecutorService {
             };
             let id = event.execution_id().to_string();
             let span = info_span!("executor.process", execution_id = %id, topic = %delivery.envelope.topic);
+            let staged_before = outgoing.len();
+            match oversized.get(&id) {
+                None => {}
+                Some(Oversized::Abandon(reason)) => {
+                    error!(execution_id = %id, %reason, "dead-lettering a message of an execution that cannot be saved");
+                    unit.dead_letter(delivery.tag, reason).await?;
+                    continue;
+                }
+                Some(Oversized::Fail(reason)) => {
+                    if !executions.contains_key(&id) {
+                        let loaded = unit.load_execution(&id).await?;
+                        executions.insert(id.clone(), loaded);
+                    }
+                    let current = executions.get(&id).cloned().flatten();
+                    let reference = current.or_else(|| match &event {
+                        ExecutorEvent::Execution(e) => Some((**e).clone()),
+                        _ => None,
+                    });
+                    if let Some(reference) = reference
+                        && let Some((failed, messages)) = fail_oversized(&reference, reason)?
+                    {
+                        outgoing.extend(messages);
+                        if let Some(event) = TriggerEvent::execution_ended(&failed) {
+                            outgoing.push(event.envelope()?);
+                        }
+                        outgoing.extend(self.flow_triggered(&failed).await?);
+                        executions.insert(id.clone(), Some(failed));
+                        if !dirty.contains(&id) {
+                            dirty.push(id.clone());
+                        }
+                    }
+                    for e in &outgoing[staged_before..] {
+                        produced.push((e.topic, e.key.clone(), id.clone()));
+                    }
+                    continue;
+                }
+            }
             async {
                 if !executions.contains_key(&id) {
                     let loaded = unit.load_execution(&id).await?;
@@ -425,6 +572,12 @@ impl ExecutorService {
             }
             .instrument(span)
             .await?;
+            for e in &outgoing[staged_before..] {
+                produced.push((e.topic, e.key.clone(), id.clone()));
+            }
+        }
+        for id in &dirty {
+            produced.push((Topic::Execution, id.clone(), id.clone()));
         }
         for id in &dirty {
             if let Some(Some(e)) = executions.get(id) {
@@ -781,6 +934,37 @@ async fn dead_letter(
 ) -> Result<(), QueueError> {
     warn!(topic = %delivery.envelope.topic, key = %delivery.envelope.key, %reason, "dead-lettering a message");
     unit.dead_letter(delivery.tag, reason).await
+}
+
+/// An execution whose processing produced a message too large for the queue, failed from
+/// `execution` (its last committed state): the execution and its unfinished task runs FAILED, and
+/// the messages that tell the world: a kill broadcast (its running attempts stop), an ERROR log
+/// with `reason` and, for a subflow child, its parent's result. `None` when it already ended.
+fn fail_oversized(
+    execution: &Execution,
+    reason: &str,
+) -> Result<Option<(Execution, Vec<Envelope>)>, QueueError> {
+    let mut failed = execution.clone();
+    if failed.state.transition(StateType::Failed).is_err() {
+        return Ok(None);
+    }
+    for task_run in failed.task_run_list.iter_mut() {
+        if !task_run.state.is_terminated() {
+            // Unfinished task runs end with their execution (a refused transition keeps its state).
+            let _ = task_run.state.transition(StateType::Failed);
+        }
+    }
+    let mut messages = vec![
+        ExecutionKilled {
+            execution_id: failed.id.clone(),
+        }
+        .envelope()?,
+        log_envelope(&failed, reason)?,
+    ];
+    if let Some(result) = result_for_parent(&failed) {
+        messages.push(result.envelope()?);
+    }
+    Ok(Some((failed, messages)))
 }
 
 fn log_envelope(execution: &Execution, message: &str) -> Result<Envelope, QueueError> {

@@ -37,7 +37,8 @@ use tokio::task::JoinHandle;
 
 use crate::model::{Execution, State, StateType, new_id};
 use crate::queue::{
-    ConsumerGroup, Delivery, DeliveryTag, Envelope, Queue, QueueError, Topic, UnitOfWork,
+    ConsumerGroup, Delivery, DeliveryTag, Envelope, Queue, QueueCapabilities, QueueError,
+    Subscription, Topic, UnitOfWork,
 };
 
 /// Builds a new handle on the same store (a new connection, client or instance), so that "several
@@ -592,9 +593,88 @@ pub async fn per_key_ordering_with(factory: &QueueFactory) {
     }
 }
 
-/// A delivery not acknowledged before its lease ends is delivered again with `attempt` 2 (and not
-/// before the lease ends); an acknowledged one never again; acknowledging unknown tags is `Ok` and
-/// harmless.
+/// Acknowledgement is final and tags are checked: a delivery whose consumer is gone without
+/// acknowledging it is delivered again (to another consumer, with the same key and payload); once
+/// acknowledged it is never delivered again; acknowledging unknown tags (or none) is `Ok` and
+/// harmless. Every backend: with lease timers the redelivery comes after the 1 s lease, without
+/// them when the consumer's handle is dropped (Kafka: it leaves its group).
+pub async fn redelivery_after_consumer_dies_with(factory: &QueueFactory) {
+    let (group, topic) = (ConsumerGroup::Indexer, Topic::Metric);
+    let p = prefix("consumer-dies");
+    let key = format!("{p}-k");
+    let survivor = factory();
+    {
+        let doomed = factory();
+        publish(&*doomed, vec![msg(topic, &key, 1)]).await;
+        let first = receive_own_until(
+            &*doomed,
+            group,
+            topic,
+            &p,
+            1,
+            10,
+            Duration::from_secs(1),
+            DEADLINE,
+        )
+        .await;
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].attempt, 1, "first delivery has attempt 1");
+        // The consumer dies here: its handle is dropped without acknowledging.
+    }
+    let again = receive_own_until(&*survivor, group, topic, &p, 1, 10, LEASE, DEADLINE).await;
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].envelope.key, key);
+    assert_eq!(
+        seq_of(&again[0]),
+        1,
+        "the redelivery carries the same message"
+    );
+    ack(&*survivor, group, &[again[0].tag]).await;
+    assert_no_own(
+        &*survivor,
+        group,
+        topic,
+        &p,
+        Duration::from_secs(3),
+        "the redelivery was acknowledged (waited past the 1 s lease of the first delivery)",
+    )
+    .await;
+
+    let q = &*survivor;
+    let unknown = [
+        DeliveryTag {
+            topic,
+            partition: 0,
+            offset: i64::MAX - 7,
+        },
+        DeliveryTag {
+            topic,
+            partition: 9_999,
+            offset: 1,
+        },
+    ];
+    q.ack(group, &unknown)
+        .await
+        .unwrap_or_else(|e| panic!("ack of unknown tags must be Ok (ignored), got {e}"));
+    q.ack(group, &[])
+        .await
+        .unwrap_or_else(|e| panic!("ack of no tags must be Ok, got {e}"));
+    // ... and harmless: a message published afterwards is still delivered.
+    let key2 = format!("{p}-after");
+    publish(q, vec![msg(topic, &key2, 2)]).await;
+    let after = receive_own_until(q, group, topic, &p, 1, 10, LEASE, DEADLINE).await;
+    assert_eq!(after[0].envelope.key, key2);
+    ack(q, group, &[after[0].tag]).await;
+}
+
+/// [`redelivery_after_consumer_dies_with`] with clones of one handle.
+pub async fn redelivery_after_consumer_dies(queue: Arc<dyn Queue>) {
+    redelivery_after_consumer_dies_with(&move || queue.clone()).await;
+}
+
+/// Capability [`QueueCapabilities::lease_timers`]: a delivery not acknowledged before its lease
+/// ends is delivered again with `attempt` 2 - not before the lease ends, and although its consumer
+/// is alive.
 pub async fn lease_expiry_and_ack(queue: Arc<dyn Queue>) {
     let q = &*queue;
     let (group, topic) = (ConsumerGroup::Indexer, Topic::Metric);
@@ -638,33 +718,51 @@ pub async fn lease_expiry_and_ack(queue: Arc<dyn Queue>) {
         "the redelivery was acknowledged (waited past its lease)",
     )
     .await;
-
-    let unknown = [
-        DeliveryTag {
-            partition: 0,
-            offset: i64::MAX - 7,
-        },
-        DeliveryTag {
-            partition: 9_999,
-            offset: 1,
-        },
-    ];
-    q.ack(group, &unknown)
-        .await
-        .unwrap_or_else(|e| panic!("ack of unknown tags must be Ok (ignored), got {e}"));
-    q.ack(group, &[])
-        .await
-        .unwrap_or_else(|e| panic!("ack of no tags must be Ok, got {e}"));
-    // ... and harmless: a message published afterwards is still delivered.
-    let key2 = format!("{p}-after");
-    publish(q, vec![msg(topic, &key2, 2)]).await;
-    let after = receive_own_until(q, group, topic, &p, 1, 10, LEASE, DEADLINE).await;
-    assert_eq!(after[0].envelope.key, key2);
-    ack(q, group, &[after[0].tag]).await;
 }
 
-/// A delivery whose lease is extended before it ends is not delivered again when the original
-/// lease would have ended; `extend_lease` reports acknowledged and unknown tags as no longer held.
+/// `extend_lease` reports which deliveries are no longer held: none while held, the acknowledged
+/// and unknown ones afterwards, nothing for no tags. Every backend.
+pub async fn extend_lease_reports_what_is_no_longer_held(queue: Arc<dyn Queue>) {
+    let q = &*queue;
+    let (group, topic) = (ConsumerGroup::Indexer, Topic::Metric);
+    let p = prefix("extend-report");
+    publish(q, vec![msg(topic, &format!("{p}-k"), 1)]).await;
+    let first = receive_own_until(q, group, topic, &p, 1, 10, LEASE, DEADLINE).await;
+    let tag = first[0].tag;
+    let lost = q
+        .extend_lease(group, &[tag], LEASE)
+        .await
+        .unwrap_or_else(|e| panic!("extend_lease failed: {e}"));
+    assert!(
+        lost.is_empty(),
+        "a held delivery is reported lost: {lost:?}"
+    );
+    ack(q, group, &[tag]).await;
+    let unknown = DeliveryTag {
+        topic,
+        partition: 0,
+        offset: i64::MAX - 11,
+    };
+    let lost = q
+        .extend_lease(group, &[tag, unknown], LEASE)
+        .await
+        .unwrap_or_else(|e| panic!("extend_lease failed: {e}"));
+    assert_eq!(
+        lost,
+        vec![tag, unknown],
+        "acknowledged and unknown deliveries are no longer held"
+    );
+    assert!(
+        q.extend_lease(group, &[], LEASE)
+            .await
+            .unwrap_or_else(|e| panic!("extend_lease of no tags failed: {e}"))
+            .is_empty()
+    );
+}
+
+/// Capability [`QueueCapabilities::lease_timers`]: a delivery whose lease is extended before it
+/// ends is not delivered again when the original lease would have ended; `extend_lease` reports
+/// acknowledged and unknown tags as no longer held.
 pub async fn lease_extension(queue: Arc<dyn Queue>) {
     let q = &*queue;
     let (group, topic) = (ConsumerGroup::Indexer, Topic::Metric);
@@ -697,6 +795,7 @@ pub async fn lease_extension(queue: Arc<dyn Queue>) {
     }
     ack(q, group, &[tag]).await;
     let unknown = DeliveryTag {
+        topic,
         partition: 0,
         offset: i64::MAX - 11,
     };
@@ -717,42 +816,66 @@ pub async fn lease_extension(queue: Arc<dyn Queue>) {
     );
 }
 
-/// A message with `deliver_at` 1.5 s ahead is not delivered before that time and is delivered after;
-/// a later message of the same key that is already due is delivered meanwhile (ordering per key
-/// counts only due messages).
+/// `begin` units for `during`, committing each; returns this run's deliveries they held.
+async fn own_in_units(
+    queue: &dyn Queue,
+    topics: &[Topic],
+    prefix: &str,
+    during: Duration,
+) -> Vec<Delivery> {
+    let start = Instant::now();
+    let mut got = Vec::new();
+    while start.elapsed() < during {
+        let wait = POLL.min(during.saturating_sub(start.elapsed()));
+        let unit = queue
+            .begin(ConsumerGroup::Executor, topics, 100, wait)
+            .await
+            .unwrap_or_else(|e| panic!("begin(executor, {topics:?}) failed: {e}"));
+        let Some(unit) = unit else { continue };
+        got.extend(
+            unit.deliveries()
+                .iter()
+                .filter(|d| is_own(d, prefix))
+                .cloned(),
+        );
+        commit(unit).await;
+    }
+    got
+}
+
+/// Messages staged by a unit of work with `deliver_at` 1.5 s ahead (on executor topics) are not
+/// handed out before that time and are handed out after; a later message of the same key that is
+/// already due is handed out meanwhile (ordering per key counts only due messages).
 pub async fn delayed_delivery(queue: Arc<dyn Queue>) {
     let q = &*queue;
-    let (group, topic) = (ConsumerGroup::Worker, Topic::WorkerJob);
     let p = prefix("delayed");
     let key = format!("{p}-k");
     let other = format!("{p}-other");
+    publish(q, vec![msg(Topic::Execution, &format!("{p}-src"), 100)]).await;
+    let (mut unit, _) = begin_own(q, &UOW_TOPICS, &p, DEADLINE).await;
     let due = Utc::now() + chrono::Duration::milliseconds(1500);
-    publish(
-        q,
-        vec![
-            msg(topic, &key, 0).delayed_until(due),
-            msg(topic, &key, 1),
-            msg(topic, &other, 2).delayed_until(due),
-        ],
-    )
-    .await;
+    unit.publish(vec![
+        msg(Topic::ExecutionCommand, &key, 0).delayed_until(due),
+        msg(Topic::ExecutionCommand, &key, 1),
+        msg(Topic::WorkerTaskResult, &other, 2).delayed_until(due),
+    ])
+    .await
+    .unwrap_or_else(|e| panic!("a unit must stage delayed messages on executor topics: {e}"));
+    commit(unit).await;
+    let topics = [Topic::ExecutionCommand, Topic::WorkerTaskResult];
     // Until shortly before `due`, only seq 1 may arrive (and it must).
     let early_end = due - chrono::Duration::milliseconds(300);
-    let mut early = Vec::new();
-    while Utc::now() < early_end {
-        let left = (early_end - Utc::now()).to_std().unwrap_or_default();
-        for d in receive_own(q, group, topic, &p, 10, LEASE, POLL.min(left)).await {
-            assert_eq!(
-                seq_of(&d),
-                1,
-                "key {} seq {} delivered {} ms before its deliver_at",
-                d.envelope.key,
-                seq_of(&d),
-                (due - Utc::now()).num_milliseconds()
-            );
-            ack(q, group, &[d.tag]).await;
-            early.push(d);
-        }
+    let window = (early_end - Utc::now()).to_std().unwrap_or_default();
+    let early = own_in_units(q, &topics, &p, window).await;
+    for d in &early {
+        assert_eq!(
+            seq_of(d),
+            1,
+            "key {} seq {} delivered {} ms before its deliver_at",
+            d.envelope.key,
+            seq_of(d),
+            (due - Utc::now()).num_milliseconds()
+        );
     }
     assert_eq!(
         early.len(),
@@ -760,7 +883,12 @@ pub async fn delayed_delivery(queue: Arc<dyn Queue>) {
         "the due message (seq 1) must be delivered while an earlier, delayed message of the same key \
          is not due yet"
     );
-    let late = receive_own_until(q, group, topic, &p, 2, 10, LEASE, DEADLINE).await;
+    let mut late = Vec::new();
+    while late.len() < 2 {
+        let (unit, own) = begin_own(q, &topics, &p, DEADLINE).await;
+        late.extend(own);
+        commit(unit).await;
+    }
     let now = Utc::now();
     assert!(
         now >= due - chrono::Duration::milliseconds(250),
@@ -779,8 +907,271 @@ pub async fn delayed_delivery(queue: Arc<dyn Queue>) {
             "a delayed message's first delivery is attempt 1"
         );
     }
-    let tags: Vec<DeliveryTag> = late.iter().map(|d| d.tag).collect();
-    ack(q, group, &tags).await;
+    assert_no_own_units(q, &topics, &p, Duration::from_millis(500)).await;
+}
+
+/// Stage `messages` in a unit holding a message of this run, then commit; the refusal may come
+/// from `publish` or from `commit`. Returns that refusal (`None` if both succeeded).
+async fn stage_and_commit(
+    queue: &dyn Queue,
+    prefix: &str,
+    messages: Vec<Envelope>,
+    execution: Option<&Execution>,
+) -> Option<QueueError> {
+    let (mut unit, _) = begin_own(queue, &UOW_TOPICS, prefix, DEADLINE).await;
+    if let Some(e) = execution
+        && let Err(e) = unit.save_execution(e).await
+    {
+        return Some(e);
+    }
+    if let Err(e) = unit.publish(messages).await {
+        return Some(e);
+    }
+    unit.commit().await.err()
+}
+
+/// A delayed message is refused with [`QueueError::DelayNotAllowed`] naming its topic and key
+/// when it is published directly ([`Queue::publish`], any topic) or staged in a unit on a topic the
+/// executor does not consume; the whole call is refused (nothing of it is delivered), and a refused
+/// unit applies nothing and gives its messages back.
+pub async fn delays_only_in_units_on_executor_topics(queue: Arc<dyn Queue>) {
+    let q = &*queue;
+    let p = prefix("delay-refused");
+    let later = Utc::now() + chrono::Duration::seconds(1);
+    for topic in [Topic::WorkerJob, Topic::ExecutionCommand] {
+        let key = format!("{p}-{topic}");
+        let refused = q
+            .publish(vec![
+                msg(Topic::WorkerJob, &format!("{p}-ok"), 1),
+                msg(topic, &key, 2).delayed_until(later),
+            ])
+            .await;
+        match refused {
+            Err(QueueError::DelayNotAllowed {
+                topic: t, key: k, ..
+            }) => {
+                assert_eq!(
+                    (t, k),
+                    (topic, key),
+                    "the refusal names the delayed message"
+                );
+            }
+            other => panic!(
+                "Queue::publish of a delayed message on {topic} must be refused with \
+                 DelayNotAllowed (delays are staged in a unit of work), got {other:?}"
+            ),
+        }
+    }
+    assert_no_own(
+        q,
+        ConsumerGroup::Worker,
+        Topic::WorkerJob,
+        &p,
+        Duration::from_millis(500),
+        "a publish refused for its delayed message publishes nothing",
+    )
+    .await;
+
+    publish(q, vec![msg(Topic::Execution, &format!("{p}-src"), 3)]).await;
+    let key = format!("{p}-job");
+    let refused = stage_and_commit(
+        q,
+        &p,
+        vec![msg(Topic::WorkerJob, &key, 4).delayed_until(later)],
+        None,
+    )
+    .await;
+    match refused {
+        Some(QueueError::DelayNotAllowed { topic, key: k, .. }) => {
+            assert_eq!((topic, k), (Topic::WorkerJob, key));
+        }
+        other => panic!(
+            "a unit staging a delayed message on worker_job (not an executor topic) must be \
+             refused with DelayNotAllowed, got {other:?}"
+        ),
+    }
+    // The refused unit's message comes back; nothing it staged was published.
+    let (unit, own) = begin_own(q, &UOW_TOPICS, &p, DEADLINE).await;
+    assert_eq!(own.iter().map(seq_of).collect::<Vec<_>>(), vec![3]);
+    commit(unit).await;
+    assert_no_own(
+        q,
+        ConsumerGroup::Worker,
+        Topic::WorkerJob,
+        &p,
+        Duration::from_millis(2000),
+        "the refused unit's staged message is never published (waited past its date)",
+    )
+    .await;
+}
+
+/// A JSON payload `{"seq":n,"pad":"xx..."}` of exactly `size` bytes.
+fn padded_payload(seq: u64, size: usize) -> Bytes {
+    let base = format!("{{\"seq\":{seq},\"pad\":\"\"}}");
+    let pad = "x".repeat(size.saturating_sub(base.len()));
+    let body = format!("{{\"seq\":{seq},\"pad\":\"{pad}\"}}");
+    assert_eq!(body.len(), size, "payload of {size} bytes");
+    Bytes::from(body)
+}
+
+/// Size, against the backend's [`QueueCapabilities::max_message_bytes`]: a payload of exactly the
+/// maximum is delivered intact; one byte more is refused with [`QueueError::TooLarge`] naming the
+/// topic, key, size and maximum, and nothing of that publish is delivered; a unit that stages a
+/// message over the maximum, or saves an execution whose document is over it, is refused with
+/// `TooLarge` (at staging or at commit), applies nothing and gives its messages back.
+pub async fn too_large_is_refused(queue: Arc<dyn Queue>) {
+    let q = &*queue;
+    let max = q.capabilities().max_message_bytes;
+    let (group, topic) = (ConsumerGroup::Indexer, Topic::Log);
+    let p = prefix("too-large");
+    let fits = format!("{p}-fits");
+    publish(
+        q,
+        vec![Envelope::new(topic, fits.clone(), padded_payload(1, max))],
+    )
+    .await;
+    let got = receive_own_until(q, group, topic, &p, 1, 10, LEASE, DEADLINE).await;
+    assert_eq!(got[0].envelope.key, fits);
+    assert_eq!(
+        got[0].envelope.payload.len(),
+        max,
+        "a message of exactly max_message_bytes is delivered intact"
+    );
+    ack(q, group, &[got[0].tag]).await;
+
+    let over = format!("{p}-over");
+    let refused = q
+        .publish(vec![
+            msg(topic, &format!("{p}-small"), 2),
+            Envelope::new(topic, over.clone(), padded_payload(3, max + 1)),
+        ])
+        .await;
+    match refused {
+        Err(QueueError::TooLarge {
+            topic: t,
+            key,
+            size,
+            max: m,
+        }) => {
+            assert_eq!((t, key, size, m), (topic, over.clone(), max + 1, max));
+        }
+        other => panic!(
+            "a message of max_message_bytes + 1 = {} bytes must be refused with TooLarge, got \
+             {other:?}",
+            max + 1
+        ),
+    }
+    assert_no_own(
+        q,
+        group,
+        topic,
+        &p,
+        Duration::from_millis(500),
+        "a publish refused for one oversized message publishes nothing",
+    )
+    .await;
+
+    // In a unit: an oversized staged message, then an oversized execution.
+    publish(q, vec![msg(Topic::Execution, &format!("{p}-src"), 4)]).await;
+    let job = format!("{p}-job");
+    let refused = stage_and_commit(
+        q,
+        &p,
+        vec![Envelope::new(
+            Topic::WorkerJob,
+            job.clone(),
+            padded_payload(5, max + 1),
+        )],
+        None,
+    )
+    .await;
+    match refused {
+        Some(QueueError::TooLarge { topic, key, .. }) => {
+            assert_eq!((topic, key), (Topic::WorkerJob, job));
+        }
+        other => panic!(
+            "a unit staging an oversized message must be refused with TooLarge, got {other:?}"
+        ),
+    }
+    let id = format!("{p}-exec");
+    let mut big = execution(&id, "testkit.too-large", StateType::Running);
+    big.inputs
+        .insert("pad".into(), serde_json::Value::String("x".repeat(max)));
+    let refused = stage_and_commit(q, &p, Vec::new(), Some(&big)).await;
+    match refused {
+        Some(QueueError::TooLarge { topic, key, .. }) => {
+            assert_eq!((topic, key), (Topic::Execution, id.clone()));
+        }
+        other => panic!(
+            "a unit saving an execution whose document is over max_message_bytes must be refused \
+             with TooLarge(execution, its id), got {other:?}"
+        ),
+    }
+    let (mut unit, own) = begin_own(q, &UOW_TOPICS, &p, DEADLINE).await;
+    assert_eq!(
+        own.iter().map(seq_of).collect::<Vec<_>>(),
+        vec![4],
+        "the refused units' message comes back"
+    );
+    let loaded = unit
+        .load_execution(&id)
+        .await
+        .unwrap_or_else(|e| panic!("load_execution failed: {e}"));
+    assert_eq!(loaded, None, "the refused execution was not saved");
+    commit(unit).await;
+    assert_no_own(
+        q,
+        ConsumerGroup::Worker,
+        Topic::WorkerJob,
+        &p,
+        Duration::from_millis(500),
+        "the refused unit's oversized message is never published",
+    )
+    .await;
+}
+
+/// Tags name their topic: a message on [`Topic::Execution`] and one on [`Topic::ExecutionCommand`],
+/// received by the executor group, have different tags that carry their topics; acknowledging the
+/// first leaves the second held (not acknowledged with it), and then it is acknowledged on its own.
+/// A queue whose tags are (partition, offset) only - offsets counted per topic, as on Kafka -
+/// fails here.
+pub async fn tags_of_two_topics(queue: Arc<dyn Queue>) {
+    let q = &*queue;
+    let group = ConsumerGroup::Executor;
+    let p = prefix("two-topics");
+    let (a, b) = (Topic::Execution, Topic::ExecutionCommand);
+    publish(
+        q,
+        vec![msg(a, &format!("{p}-a"), 1), msg(b, &format!("{p}-b"), 2)],
+    )
+    .await;
+    let got_a = receive_own_until(q, group, a, &p, 1, 10, LEASE, DEADLINE).await;
+    let got_b = receive_own_until(q, group, b, &p, 1, 10, LEASE, DEADLINE).await;
+    let (tag_a, tag_b) = (got_a[0].tag, got_b[0].tag);
+    assert_ne!(
+        tag_a, tag_b,
+        "tags of two topics collide: a tag must name its topic"
+    );
+    assert_eq!(
+        (tag_a.topic, tag_b.topic),
+        (a, b),
+        "a delivery's tag names the topic it came from"
+    );
+    ack(q, group, &[tag_a]).await;
+    let lost = q
+        .extend_lease(group, &[tag_b], LEASE)
+        .await
+        .unwrap_or_else(|e| panic!("extend_lease failed: {e}"));
+    assert!(
+        lost.is_empty(),
+        "acknowledging the {a} delivery also released the {b} one: tags of two topics collide"
+    );
+    ack(q, group, &[tag_b]).await;
+    let lost = q
+        .extend_lease(group, &[tag_a, tag_b], LEASE)
+        .await
+        .unwrap_or_else(|e| panic!("extend_lease failed: {e}"));
+    assert_eq!(lost, vec![tag_a, tag_b], "both are acknowledged now");
 }
 
 /// A malformed payload is received, dead-lettered, never delivered again, and the next message of the
@@ -1623,22 +2014,35 @@ pub async fn drain_many(queue: Arc<dyn Queue>, n: usize) -> Duration {
 // ---------------------------------------------------------------------------------------------------
 // everything
 
-/// Every check above, one after the other, with clones of `queue` as the several consumers.
+/// Every check above, one after the other, with clones of `queue` as the several consumers (a
+/// backend without [`QueueCapabilities::lease_timers`] needs [`run_all_with`] and a factory of new
+/// consumers, so that a dropped consumer is a dead one).
 pub async fn run_all(queue: Arc<dyn Queue>) {
     let q = queue.clone();
     run_all_with(&move || q.clone()).await;
 }
 
 /// Every check above, one after the other; the multi-consumer checks take their consumers from
-/// `factory` (e.g. one connection or client each).
+/// `factory` (e.g. one connection or client each). The checks of a capability the backend does not
+/// declare ([`Queue::capabilities`]) are skipped, and the skip is printed.
 pub async fn run_all_with(factory: &QueueFactory) {
+    let capabilities = factory().capabilities();
     publish_receive_round_trip(factory()).await;
     fan_out_to_every_group(factory()).await;
+    tags_of_two_topics(factory()).await;
     competing_consumers_with(factory).await;
     per_key_ordering_with(factory).await;
-    lease_expiry_and_ack(factory()).await;
-    lease_extension(factory()).await;
+    redelivery_after_consumer_dies_with(factory).await;
+    extend_lease_reports_what_is_no_longer_held(factory()).await;
+    if capabilities.lease_timers {
+        lease_expiry_and_ack(factory()).await;
+        lease_extension(factory()).await;
+    } else {
+        skipped("lease_timers", &["lease_expiry_and_ack", "lease_extension"]);
+    }
     delayed_delivery(factory()).await;
+    delays_only_in_units_on_executor_topics(factory()).await;
+    too_large_is_refused(factory()).await;
     dead_letter(factory()).await;
     receive_wait_and_wakeup(factory()).await;
     broadcast_with(factory).await;
@@ -1652,14 +2056,163 @@ pub async fn run_all_with(factory: &QueueFactory) {
     drain_many(factory(), 1_000).await;
 }
 
+/// Say loudly which checks a backend's capabilities skip (nothing is skipped silently).
+fn skipped(capability: &str, checks: &[&str]) {
+    eprintln!(
+        "\n!!!!! queue conformance: the backend does not declare `{capability}`: SKIPPED {checks:?} !!!!!\n"
+    );
+    tracing::warn!(capability, ?checks, "queue conformance checks skipped");
+}
+
+// ---------------------------------------------------------------------------------------------------
+// fencing
+
+/// A queue whose next `n` units of work are a zombie's: their commit is refused with
+/// [`QueueError::Fenced`] and nothing they staged is applied (the inner unit is dropped, so its
+/// messages are delivered again), as when another instance took the partition over before the
+/// commit. Everything else goes to the inner queue unchanged. For testing that consumers of units
+/// (the executor) drop a fenced unit's work and go on.
+pub struct FencingQueue {
+    inner: Arc<dyn Queue>,
+    remaining: Arc<AtomicUsize>,
+    fenced: Arc<AtomicUsize>,
+}
+
+impl FencingQueue {
+    /// Fence the next `n` commits of units begun through this queue.
+    pub fn new(inner: Arc<dyn Queue>, n: usize) -> FencingQueue {
+        FencingQueue {
+            inner,
+            remaining: Arc::new(AtomicUsize::new(n)),
+            fenced: Arc::default(),
+        }
+    }
+
+    /// How many commits were fenced so far.
+    pub fn fenced(&self) -> usize {
+        self.fenced.load(Ordering::SeqCst)
+    }
+}
+
+#[async_trait::async_trait]
+impl Queue for FencingQueue {
+    fn capabilities(&self) -> QueueCapabilities {
+        self.inner.capabilities()
+    }
+    async fn publish(&self, messages: Vec<Envelope>) -> Result<(), QueueError> {
+        self.inner.publish(messages).await
+    }
+    async fn receive(
+        &self,
+        group: ConsumerGroup,
+        topic: Topic,
+        max: usize,
+        lease: Duration,
+        wait: Duration,
+    ) -> Result<Vec<Delivery>, QueueError> {
+        self.inner.receive(group, topic, max, lease, wait).await
+    }
+    async fn ack(&self, group: ConsumerGroup, tags: &[DeliveryTag]) -> Result<(), QueueError> {
+        self.inner.ack(group, tags).await
+    }
+    async fn extend_lease(
+        &self,
+        group: ConsumerGroup,
+        tags: &[DeliveryTag],
+        lease: Duration,
+    ) -> Result<Vec<DeliveryTag>, QueueError> {
+        self.inner.extend_lease(group, tags, lease).await
+    }
+    async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<(), QueueError> {
+        self.inner.dead_letter(delivery, reason).await
+    }
+    async fn subscribe(&self, topic: Topic) -> Result<Subscription, QueueError> {
+        self.inner.subscribe(topic).await
+    }
+    async fn begin(
+        &self,
+        group: ConsumerGroup,
+        topics: &[Topic],
+        max: usize,
+        wait: Duration,
+    ) -> Result<Option<Box<dyn UnitOfWork>>, QueueError> {
+        let unit = self.inner.begin(group, topics, max, wait).await?;
+        Ok(unit.map(|inner| {
+            Box::new(FencedUnit {
+                inner,
+                remaining: self.remaining.clone(),
+                fenced: self.fenced.clone(),
+            }) as Box<dyn UnitOfWork>
+        }))
+    }
+}
+
+struct FencedUnit {
+    inner: Box<dyn UnitOfWork>,
+    remaining: Arc<AtomicUsize>,
+    fenced: Arc<AtomicUsize>,
+}
+
+#[async_trait::async_trait]
+impl UnitOfWork for FencedUnit {
+    fn deliveries(&self) -> &[Delivery] {
+        self.inner.deliveries()
+    }
+    async fn load_execution(&mut self, id: &str) -> Result<Option<Execution>, QueueError> {
+        self.inner.load_execution(id).await
+    }
+    async fn save_execution(&mut self, execution: &Execution) -> Result<(), QueueError> {
+        self.inner.save_execution(execution).await
+    }
+    async fn load_state(
+        &mut self,
+        kind: &str,
+        key: &str,
+    ) -> Result<Option<serde_json::Value>, QueueError> {
+        self.inner.load_state(kind, key).await
+    }
+    async fn save_state(
+        &mut self,
+        kind: &str,
+        key: &str,
+        value: Option<&serde_json::Value>,
+    ) -> Result<(), QueueError> {
+        self.inner.save_state(kind, key, value).await
+    }
+    async fn publish(&mut self, messages: Vec<Envelope>) -> Result<(), QueueError> {
+        self.inner.publish(messages).await
+    }
+    async fn dead_letter(&mut self, tag: DeliveryTag, reason: &str) -> Result<(), QueueError> {
+        self.inner.dead_letter(tag, reason).await
+    }
+    async fn commit(self: Box<Self>) -> Result<(), QueueError> {
+        let fence = self
+            .remaining
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if fence {
+            self.fenced.fetch_add(1, Ordering::SeqCst);
+            // Dropping the inner unit rolls it back: its messages come back to the "new owner".
+            drop(self.inner);
+            return Err(QueueError::Fenced {
+                detail: "testkit FencingQueue: another instance owns the partition".into(),
+            });
+        }
+        self.inner.commit().await
+    }
+}
+
 /// A minimal in-memory queue, only to run the suite on itself (not shipped): it shows the checks pass
 /// on a correct implementation and fail on deliberately broken ones.
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::queue::{Subscription, check_claimed};
+    use crate::queue::{check_claimed, check_execution_size, check_publish, check_staged};
     use async_trait::async_trait;
     use std::collections::HashSet;
+
+    /// The maximum message size of the in-memory queue.
+    const MEM_MAX: usize = 64 * 1024;
 
     #[derive(Default, Clone, Copy)]
     struct Flaws {
@@ -1667,6 +2220,15 @@ mod tests {
         ignore_delay: bool,
         no_key_exclusion: bool,
         unscoped_state: bool,
+        /// Offsets are counted per topic (as on Kafka) but tags do not name their topic.
+        tags_without_topic: bool,
+        /// Delayed messages accepted anywhere (from `publish`, on any topic).
+        delay_anywhere: bool,
+        /// No maximum size.
+        no_size_limit: bool,
+        /// Not a flaw: Kafka's model. Leases never expire; a consumer's deliveries come back when
+        /// its handle ([`MemQueue::consumer`]) is dropped.
+        no_lease_timers: bool,
     }
 
     struct Row {
@@ -1675,44 +2237,115 @@ mod tests {
         envelope: Envelope,
         attempts: u32,
         leased_until: Option<Instant>,
+        /// The consumer holding it (without lease timers).
+        holder: Option<u64>,
         unit: Option<u64>,
     }
 
     #[derive(Default)]
     struct Inner {
-        next_offset: i64,
+        /// Offsets per topic, as on Kafka: the tags of two topics differ only by their topic.
+        next_offset: HashMap<Topic, i64>,
         next_unit: u64,
+        next_consumer: u64,
         rows: Vec<Row>,
         executions: HashMap<String, Execution>,
         state: HashMap<(String, String), serde_json::Value>,
         subscribers: Vec<(Topic, tokio::sync::mpsc::UnboundedSender<Envelope>)>,
     }
 
-    #[derive(Default, Clone)]
+    /// One consumer (without lease timers, dropping its last handle releases what it holds).
+    struct Consumer {
+        id: u64,
+        inner: Arc<Mutex<Inner>>,
+        notify: Arc<tokio::sync::Notify>,
+    }
+
+    impl Drop for Consumer {
+        fn drop(&mut self) {
+            let mut inner = lock(&self.inner);
+            for r in inner.rows.iter_mut().filter(|r| r.holder == Some(self.id)) {
+                r.holder = None;
+                r.leased_until = None;
+            }
+            self.notify.notify_waiters();
+        }
+    }
+
+    #[derive(Clone)]
     struct MemQueue {
         inner: Arc<Mutex<Inner>>,
         notify: Arc<tokio::sync::Notify>,
         flaws: Flaws,
+        consumer: Arc<Consumer>,
+    }
+
+    impl Default for MemQueue {
+        fn default() -> Self {
+            MemQueue::with(Flaws::default())
+        }
     }
 
     impl MemQueue {
         fn with(flaws: Flaws) -> MemQueue {
+            let inner: Arc<Mutex<Inner>> = Arc::default();
+            let notify: Arc<tokio::sync::Notify> = Arc::default();
             MemQueue {
+                consumer: Arc::new(Consumer {
+                    id: 0,
+                    inner: inner.clone(),
+                    notify: notify.clone(),
+                }),
+                inner,
+                notify,
                 flaws,
-                ..MemQueue::default()
             }
+        }
+
+        /// A new consumer on the same store.
+        fn consumer(&self) -> MemQueue {
+            let id = {
+                let mut inner = lock(&self.inner);
+                inner.next_consumer += 1;
+                inner.next_consumer
+            };
+            MemQueue {
+                consumer: Arc::new(Consumer {
+                    id,
+                    inner: self.inner.clone(),
+                    notify: self.notify.clone(),
+                }),
+                ..self.clone()
+            }
+        }
+
+        fn max(&self) -> usize {
+            if self.flaws.no_size_limit {
+                usize::MAX
+            } else {
+                MEM_MAX
+            }
+        }
+
+        fn matches(&self, row: &Row, group: ConsumerGroup, tag: &DeliveryTag) -> bool {
+            row.group == group
+                && row.offset == tag.offset
+                && (self.flaws.tags_without_topic || row.envelope.topic == tag.topic)
         }
 
         fn append(&self, inner: &mut Inner, messages: Vec<Envelope>) {
             for e in messages {
                 for &group in e.topic.groups() {
-                    inner.next_offset += 1;
+                    let offset = inner.next_offset.entry(e.topic).or_default();
+                    *offset += 1;
+                    let offset = *offset;
                     inner.rows.push(Row {
-                        offset: inner.next_offset,
+                        offset,
                         group,
                         envelope: e.clone(),
                         attempts: 0,
                         leased_until: None,
+                        holder: None,
                         unit: None,
                     });
                 }
@@ -1743,7 +2376,9 @@ mod tests {
                     continue;
                 }
                 let k = (row.envelope.topic, row.envelope.key.clone());
-                let held = row.unit.is_some() || row.leased_until.is_some_and(|t| t > now);
+                let held = row.unit.is_some()
+                    || row.holder.is_some()
+                    || row.leased_until.is_some_and(|t| t > now);
                 if held {
                     if !self.flaws.no_key_exclusion {
                         blocked.insert(k);
@@ -1756,10 +2391,19 @@ mod tests {
                     continue;
                 }
                 row.attempts += 1;
-                row.leased_until = lease.map(|l| now + l);
+                if self.flaws.no_lease_timers {
+                    row.holder = lease.map(|_| self.consumer.id);
+                } else {
+                    row.leased_until = lease.map(|l| now + l);
+                }
                 row.unit = unit;
                 out.push(Delivery {
                     tag: DeliveryTag {
+                        topic: if self.flaws.tags_without_topic {
+                            Topic::Execution
+                        } else {
+                            row.envelope.topic
+                        },
                         partition: 0,
                         offset: row.offset,
                     },
@@ -1786,7 +2430,27 @@ mod tests {
 
     #[async_trait]
     impl Queue for MemQueue {
+        fn capabilities(&self) -> QueueCapabilities {
+            QueueCapabilities {
+                lease_timers: !self.flaws.no_lease_timers,
+                max_message_bytes: self.max(),
+            }
+        }
+
         async fn publish(&self, messages: Vec<Envelope>) -> Result<(), QueueError> {
+            if !self.flaws.delay_anywhere {
+                check_publish(&messages, self.max())?;
+            } else {
+                let undelayed: Vec<Envelope> = messages
+                    .iter()
+                    .cloned()
+                    .map(|mut m| {
+                        m.deliver_at = None;
+                        m
+                    })
+                    .collect();
+                check_publish(&undelayed, self.max())?;
+            }
             let mut inner = lock(&self.inner);
             self.append(&mut inner, messages);
             Ok(())
@@ -1810,10 +2474,9 @@ mod tests {
         }
 
         async fn ack(&self, group: ConsumerGroup, tags: &[DeliveryTag]) -> Result<(), QueueError> {
-            let offsets: HashSet<i64> = tags.iter().map(|t| t.offset).collect();
             lock(&self.inner)
                 .rows
-                .retain(|r| r.group != group || !offsets.contains(&r.offset));
+                .retain(|r| !tags.iter().any(|t| self.matches(r, group, t)));
             self.notify.notify_waiters();
             Ok(())
         }
@@ -1828,11 +2491,7 @@ mod tests {
             let until = Instant::now() + lease;
             let mut lost = Vec::new();
             for tag in tags {
-                match inner
-                    .rows
-                    .iter_mut()
-                    .find(|r| r.group == group && r.offset == tag.offset)
-                {
+                match inner.rows.iter_mut().find(|r| self.matches(r, group, tag)) {
                     Some(row) => {
                         if !self.flaws.ignore_lease_extension && row.leased_until.is_some() {
                             row.leased_until = Some(until);
@@ -1882,6 +2541,7 @@ mod tests {
             Ok(Some(Box::new(MemUnit {
                 scoped: !self.flaws.unscoped_state,
                 queue: self.clone(),
+                refused: None,
                 id,
                 deliveries: got,
                 executions: Vec::new(),
@@ -1895,6 +2555,8 @@ mod tests {
     struct MemUnit {
         scoped: bool,
         queue: MemQueue,
+        /// A refusal reported at commit (as a Kafka producer reports it).
+        refused: Option<QueueError>,
         id: u64,
         deliveries: Vec<Delivery>,
         executions: Vec<Execution>,
@@ -1936,6 +2598,13 @@ mod tests {
         }
         async fn save_execution(&mut self, execution: &Execution) -> Result<(), QueueError> {
             self.check(&execution.id)?;
+            let doc = serde_json::to_vec(execution).map_err(|source| QueueError::Encode {
+                topic: Topic::Execution,
+                source,
+            })?;
+            if let Err(e) = check_execution_size(&execution.id, &doc, self.queue.max()) {
+                self.refused.get_or_insert(e);
+            }
             self.executions.push(execution.clone());
             Ok(())
         }
@@ -1960,6 +2629,9 @@ mod tests {
             Ok(())
         }
         async fn publish(&mut self, messages: Vec<Envelope>) -> Result<(), QueueError> {
+            if !self.queue.flaws.delay_anywhere {
+                check_staged(&messages, self.queue.max())?;
+            }
             self.messages.extend(messages);
             Ok(())
         }
@@ -1971,6 +2643,9 @@ mod tests {
             Ok(())
         }
         async fn commit(mut self: Box<Self>) -> Result<(), QueueError> {
+            if let Some(refused) = self.refused.take() {
+                return Err(refused);
+            }
             self.done = true;
             let queue = self.queue.clone();
             let mut inner = lock(&queue.inner);
@@ -1995,6 +2670,125 @@ mod tests {
     async fn a_correct_in_memory_queue_passes_the_whole_suite() {
         let queue = MemQueue::default();
         run_all_with(&move || Arc::new(queue.clone()) as Arc<dyn Queue>).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_queue_without_lease_timers_passes_the_suite_with_those_checks_skipped() {
+        let queue = MemQueue::with(Flaws {
+            no_lease_timers: true,
+            ..Flaws::default()
+        });
+        run_all_with(&move || Arc::new(queue.consumer()) as Arc<dyn Queue>).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    #[should_panic(expected = "tags of two topics collide")]
+    async fn a_queue_whose_tags_do_not_name_their_topic_fails_tags_of_two_topics() {
+        tags_of_two_topics(Arc::new(MemQueue::with(Flaws {
+            tags_without_topic: true,
+            ..Flaws::default()
+        })))
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    #[should_panic(expected = "must be refused with DelayNotAllowed")]
+    async fn a_queue_accepting_delays_anywhere_fails_the_delay_check() {
+        delays_only_in_units_on_executor_topics(Arc::new(MemQueue::with(Flaws {
+            delay_anywhere: true,
+            ..Flaws::default()
+        })))
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    #[should_panic(expected = "must be refused with TooLarge")]
+    async fn a_queue_without_a_size_limit_fails_too_large_is_refused() {
+        let queue = MemQueue::with(Flaws {
+            no_size_limit: true,
+            ..Flaws::default()
+        });
+        // It declares no limit, so check against the size a correct one refuses.
+        struct Declares(MemQueue);
+        #[async_trait]
+        impl Queue for Declares {
+            fn capabilities(&self) -> QueueCapabilities {
+                QueueCapabilities {
+                    lease_timers: true,
+                    max_message_bytes: MEM_MAX,
+                }
+            }
+            async fn publish(&self, m: Vec<Envelope>) -> Result<(), QueueError> {
+                self.0.publish(m).await
+            }
+            async fn receive(
+                &self,
+                g: ConsumerGroup,
+                t: Topic,
+                max: usize,
+                lease: Duration,
+                wait: Duration,
+            ) -> Result<Vec<Delivery>, QueueError> {
+                self.0.receive(g, t, max, lease, wait).await
+            }
+            async fn ack(&self, g: ConsumerGroup, tags: &[DeliveryTag]) -> Result<(), QueueError> {
+                self.0.ack(g, tags).await
+            }
+            async fn extend_lease(
+                &self,
+                g: ConsumerGroup,
+                tags: &[DeliveryTag],
+                lease: Duration,
+            ) -> Result<Vec<DeliveryTag>, QueueError> {
+                self.0.extend_lease(g, tags, lease).await
+            }
+            async fn dead_letter(&self, d: &Delivery, reason: &str) -> Result<(), QueueError> {
+                self.0.dead_letter(d, reason).await
+            }
+            async fn subscribe(&self, t: Topic) -> Result<Subscription, QueueError> {
+                self.0.subscribe(t).await
+            }
+            async fn begin(
+                &self,
+                g: ConsumerGroup,
+                topics: &[Topic],
+                max: usize,
+                wait: Duration,
+            ) -> Result<Option<Box<dyn UnitOfWork>>, QueueError> {
+                self.0.begin(g, topics, max, wait).await
+            }
+        }
+        too_large_is_refused(Arc::new(Declares(queue))).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_fencing_queue_refuses_the_commit_and_gives_the_messages_back() {
+        let mem = MemQueue::default();
+        let fencing = FencingQueue::new(Arc::new(mem.clone()), 1);
+        let p = prefix("fencing");
+        publish(&fencing, vec![msg(Topic::Execution, &format!("{p}-e"), 1)]).await;
+        let (mut unit, _) = begin_own(&fencing, &UOW_TOPICS, &p, DEADLINE).await;
+        unit.publish(vec![msg(Topic::WorkerJob, &format!("{p}-job"), 2)])
+            .await
+            .unwrap();
+        let refused = unit.commit().await;
+        assert!(
+            matches!(refused, Err(QueueError::Fenced { .. })),
+            "{refused:?}"
+        );
+        assert_eq!(fencing.fenced(), 1);
+        let (unit, own) = begin_own(&fencing, &UOW_TOPICS, &p, DEADLINE).await;
+        assert_eq!(own.iter().map(seq_of).collect::<Vec<_>>(), vec![1]);
+        commit(unit).await;
+        assert_no_own(
+            &fencing,
+            ConsumerGroup::Worker,
+            Topic::WorkerJob,
+            &p,
+            Duration::from_millis(300),
+            "the fenced unit's staged message is never published",
+        )
+        .await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

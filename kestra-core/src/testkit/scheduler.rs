@@ -358,6 +358,9 @@ impl Observed {
 
 #[async_trait]
 impl Queue for TestQueue {
+    fn capabilities(&self) -> crate::queue::QueueCapabilities {
+        self.inner.capabilities()
+    }
     async fn publish(&self, messages: Vec<Envelope>) -> Result<(), QueueError> {
         self.inner.publish(messages).await?;
         self.observed.published().await;

@@ -13,6 +13,11 @@
 //! extends the leases of all its jobs every [`WorkerConfig::lease_renewal`] (30 s), so a long task
 //! is never delivered to a second worker, while the jobs of a worker that died are delivered again
 //! about one lease after its last renewal.
+//!
+//! A result the queue refuses as too large ([`QueueError::TooLarge`], e.g. task outputs over the
+//! maximum message size) is replaced by a FAILED result of the same attempt without outputs, and
+//! an ERROR log line of the task run names the topic, key and size; an oversized log line or metric
+//! is dropped with an error. Neither stops the worker or the other results of its batch.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,7 +35,7 @@ use crate::executor::messages::{
 };
 use crate::expression::ExpressionEngine;
 use crate::flow::registry::TaskRegistry;
-use crate::model::{LogEntry, MetricEntry, State, StateType};
+use crate::model::{Level, LogEntry, MetricEntry, State, StateHistory, StateType};
 use crate::queue::{ConsumerGroup, Delivery, DeliveryTag, Envelope, Queue, QueueError, Topic};
 use crate::storage::InternalStorage;
 use crate::worker::attempt::{AttemptEnd, run_attempt};
@@ -129,19 +134,57 @@ impl TelemetrySink for ChannelSink {
     }
 }
 
-async fn publish_with_retry(queue: &dyn Queue, messages: Vec<Envelope>, what: &str) -> bool {
+/// Publish, retrying transient errors a few times. A refusal that a retry cannot cure
+/// ([`QueueError::TooLarge`], [`QueueError::DelayNotAllowed`]) is returned at once.
+async fn publish_with_retry(
+    queue: &dyn Queue,
+    messages: Vec<Envelope>,
+    what: &str,
+) -> Result<(), QueueError> {
     let mut delay = Duration::from_millis(100);
-    for attempt in 1..=5 {
+    let mut attempt = 1;
+    loop {
         match queue.publish(messages.clone()).await {
-            Ok(()) => return true,
+            Ok(()) => return Ok(()),
+            Err(e @ (QueueError::TooLarge { .. } | QueueError::DelayNotAllowed { .. })) => {
+                return Err(e);
+            }
+            Err(e) if attempt >= 5 => return Err(e),
             Err(e) => {
                 tracing::warn!(attempt, "cannot publish {what}: {e}");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(2));
+                attempt += 1;
             }
         }
     }
-    false
+}
+
+/// Publish `messages`; if the batch is refused as too large, publish them one by one and drop
+/// the oversized ones (logged). False when they could not be published.
+async fn publish_telemetry(queue: &dyn Queue, messages: Vec<Envelope>) -> bool {
+    match publish_with_retry(queue, messages.clone(), "logs and metrics").await {
+        Ok(()) => true,
+        Err(QueueError::TooLarge { .. }) => {
+            for m in messages {
+                match publish_with_retry(queue, vec![m], "logs and metrics").await {
+                    Ok(()) => {}
+                    Err(e @ QueueError::TooLarge { .. }) => {
+                        tracing::error!("log line or metric dropped: {e}");
+                    }
+                    Err(e) => {
+                        tracing::error!("cannot publish logs and metrics: {e}");
+                        return false;
+                    }
+                }
+            }
+            true
+        }
+        Err(e) => {
+            tracing::error!("cannot publish logs and metrics: {e}");
+            false
+        }
+    }
 }
 
 async fn telemetry_loop(
@@ -157,7 +200,7 @@ async fn telemetry_loop(
         async move {
             if !messages.is_empty() {
                 let n = messages.len();
-                if !publish_with_retry(queue.as_ref(), messages, "logs and metrics").await {
+                if !publish_telemetry(queue.as_ref(), messages).await {
                     tracing::error!("dropped {n} log lines / metrics: the queue refused them");
                 }
             }
@@ -409,8 +452,22 @@ impl Shared {
             WorkerJob::Task(task) => task,
             WorkerJob::Trigger(trigger) => {
                 let envelope = self.evaluate(*trigger).await.envelope();
-                return self.publish_result(envelope, delivery.tag).await;
+                return self.publish_result(envelope, delivery.tag, None).await;
             }
+        };
+        let log_context = LogEntry {
+            tenant_id: task.task_run.tenant_id.clone(),
+            namespace: task.task_run.namespace.clone(),
+            flow_id: task.task_run.flow_id.clone(),
+            task_id: Some(task.task_run.task_id.clone()),
+            execution_id: Some(task.task_run.execution_id.clone()),
+            task_run_id: Some(task.task_run.id.clone()),
+            attempt_number: Some(task.attempt),
+            trigger_id: None,
+            timestamp: Utc::now(),
+            level: Level::Error,
+            thread: Some(self.config.id.clone()),
+            message: String::new(),
         };
         let span = tracing::info_span!(
             "worker_job",
@@ -422,7 +479,8 @@ impl Shared {
         let Some(result) = tracing::Instrument::instrument(self.run_task(*task), span).await else {
             return;
         };
-        self.publish_result(result.envelope(), delivery.tag).await;
+        self.publish_result(result.envelope(), delivery.tag, Some(log_context))
+            .await;
     }
 
     /// Evaluates one polling trigger; a panicking evaluation, or one that outlives
@@ -490,6 +548,7 @@ impl Shared {
                 let started = Outgoing {
                     envelope,
                     tag: None,
+                    log_context: None,
                     done: None,
                 };
                 if self.results.send(started).is_err() {
@@ -501,7 +560,13 @@ impl Shared {
     }
 
     /// Hands a result to the publisher and waits until it is published and its job acknowledged.
-    async fn publish_result(&self, envelope: Result<Envelope, QueueError>, tag: DeliveryTag) {
+    /// `log_context` (a task's) is where an ERROR line goes if the result is too large.
+    async fn publish_result(
+        &self,
+        envelope: Result<Envelope, QueueError>,
+        tag: DeliveryTag,
+        log_context: Option<LogEntry>,
+    ) {
         let envelope = match envelope {
             Ok(e) => e,
             Err(e) => {
@@ -515,6 +580,7 @@ impl Shared {
             .send(Outgoing {
                 envelope,
                 tag: Some(tag),
+                log_context,
                 done: Some(done),
             })
             .is_err()
@@ -535,7 +601,50 @@ impl Shared {
 struct Outgoing {
     envelope: Envelope,
     tag: Option<DeliveryTag>,
+    /// A task result's log context (for the ERROR line of an oversized result).
+    log_context: Option<LogEntry>,
     done: Option<oneshot::Sender<()>>,
+}
+
+/// The result that replaces `result` when the queue refused it as too large (`error`): a task
+/// attempt FAILED without outputs (its ERROR log line, from `log_context`, says why), a trigger
+/// evaluation answered with the error. `None` if it cannot be decoded (then it is dropped).
+fn shrink_result(
+    result: &Envelope,
+    error: &QueueError,
+    log_context: Option<&LogEntry>,
+) -> Option<(Envelope, Option<LogEntry>)> {
+    let reason = format!("the result could not be sent to the executor: {error}");
+    match result.topic {
+        Topic::WorkerTaskResult => {
+            let mut r: WorkerTaskResult = result.decode().ok()?;
+            r.outputs = None;
+            r.child_task_runs.clear();
+            r.state = StateType::Failed;
+            let mut histories: Vec<StateHistory> = r.attempt_state.histories().to_vec();
+            if histories.last().is_some_and(|h| h.state.is_terminated()) {
+                histories.pop();
+            }
+            histories.push(StateHistory {
+                state: StateType::Failed,
+                date: Utc::now(),
+            });
+            r.attempt_state = State::from_histories(histories)?;
+            let log = log_context.map(|c| LogEntry {
+                timestamp: Utc::now(),
+                message: reason,
+                ..c.clone()
+            });
+            Some((r.envelope().ok()?, log))
+        }
+        Topic::WorkerTriggerResult => {
+            let mut r: WorkerTriggerResult = result.decode().ok()?;
+            r.variables = None;
+            r.error = Some(reason);
+            Some((r.envelope().ok()?, None))
+        }
+        _ => None,
+    }
 }
 
 /// Publishes results in batches, in the order they were handed over: logs and metrics are flushed
@@ -579,17 +688,25 @@ async fn results_loop(
             }
         }
         let envelopes: Vec<Envelope> = batch.iter().map(|o| o.envelope.clone()).collect();
-        if publish_with_retry(queue.as_ref(), envelopes, "worker results").await {
-            if !tags.is_empty()
-                && let Err(e) = queue.ack(ConsumerGroup::Worker, &tags).await
-            {
-                tracing::warn!("cannot acknowledge worker jobs (they may run again): {e}");
-            }
-        } else {
-            tracing::error!(
-                count = batch.len(),
-                "cannot publish worker results; their jobs are left unacknowledged to run again"
-            );
+        let published: Vec<DeliveryTag> =
+            match publish_with_retry(queue.as_ref(), envelopes, "worker results").await {
+                Ok(()) => tags,
+                Err(QueueError::TooLarge { .. }) => {
+                    publish_one_by_one(queue.as_ref(), &telemetry, &batch).await
+                }
+                Err(e) => {
+                    tracing::error!(
+                        count = batch.len(),
+                        "cannot publish worker results ({e}); their jobs are left unacknowledged \
+                         to run again"
+                    );
+                    Vec::new()
+                }
+            };
+        if !published.is_empty()
+            && let Err(e) = queue.ack(ConsumerGroup::Worker, &published).await
+        {
+            tracing::warn!("cannot acknowledge worker jobs (they may run again): {e}");
         }
         for o in batch {
             if let Some(done) = o.done {
@@ -597,6 +714,53 @@ async fn results_loop(
             }
         }
     }
+}
+
+/// A batch refused as too large: each result on its own; an oversized one is replaced by its
+/// [`shrink_result`] (after its ERROR log line is flushed). Returns the tags of the jobs whose
+/// result (or replacement) is out.
+async fn publish_one_by_one(
+    queue: &dyn Queue,
+    telemetry: &mpsc::UnboundedSender<Telemetry>,
+    batch: &[Outgoing],
+) -> Vec<DeliveryTag> {
+    let mut published = Vec::new();
+    for o in batch {
+        let refused =
+            match publish_with_retry(queue, vec![o.envelope.clone()], "a worker result").await {
+                Ok(()) => {
+                    published.extend(o.tag);
+                    continue;
+                }
+                Err(e @ QueueError::TooLarge { .. }) => e,
+                Err(e) => {
+                    tracing::error!("cannot publish a worker result ({e}); its job will run again");
+                    continue;
+                }
+            };
+        tracing::error!(key = %o.envelope.key, "worker result refused: {refused}");
+        let Some((replacement, log)) = shrink_result(&o.envelope, &refused, o.log_context.as_ref())
+        else {
+            tracing::error!(key = %o.envelope.key, "an oversized worker result was dropped");
+            published.extend(o.tag);
+            continue;
+        };
+        if let Some(log) = log {
+            let (tx, flushed) = oneshot::channel();
+            if telemetry.send(Telemetry::Log(log)).is_ok()
+                && telemetry.send(Telemetry::Flush(tx)).is_ok()
+            {
+                let _ = tokio::time::timeout(Duration::from_secs(10), flushed).await;
+            }
+        }
+        match publish_with_retry(queue, vec![replacement], "a worker result").await {
+            Ok(()) => published.extend(o.tag),
+            Err(e) => {
+                tracing::error!("cannot publish a worker result ({e}); its job will run again")
+            }
+        }
+    }
+    published
 }
 
 /// Every `lease_renewal`, extend the leases of the jobs this worker holds. A job reported as no
