@@ -1093,7 +1093,8 @@ pub async fn too_large_is_refused(queue: Arc<dyn Queue>) {
             "a unit staging an oversized message must be refused with TooLarge, got {other:?}"
         ),
     }
-    let id = format!("{p}-exec");
+    // Keyed like the claimed message: a unit saves only executions it claimed (point 11).
+    let id = format!("{p}-src");
     let mut big = execution(&id, "testkit.too-large", StateType::Running);
     big.inputs
         .insert("pad".into(), serde_json::Value::String("x".repeat(max)));
