@@ -823,7 +823,9 @@ mod tests {
                 Topic::Execution,
                 Topic::ExecutionCommand,
                 Topic::WorkerTaskResult,
-                Topic::SubflowExecutionResult
+                Topic::SubflowExecutionResult,
+                Topic::ConcurrencySlot,
+                Topic::FlowPrecondition
             ]
         );
         let delayed = |t: Topic| Envelope::new(t, "k", &b"{}"[..]).delayed_until(later);
