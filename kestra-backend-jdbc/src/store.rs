@@ -21,7 +21,7 @@ use kestra_core::model::{
     Execution, Label, Level, LogEntry, MetricEntry, ServiceInstance, TriggerState,
 };
 use kestra_core::queue::{
-    ConsumerGroup, Delivery, DeliveryTag, Envelope, Queue, QueueCapabilities, QueueError,
+    ConsumerGroup, Delivery, DeliveryTag, Envelope, Queue, QueueCapabilities, QueueError, Recorder,
     Subscription, Topic, TriggerNotHeld, TriggerUnit, UnitOfWork, check_claimed,
     check_execution_size, check_publish, check_staged,
 };
@@ -715,6 +715,39 @@ impl Store {
         Ok(got)
     }
 
+    /// One attempt of a recorded claim (contract point 12): claim, derive and check the records,
+    /// publish them and commit, in one transaction. A refused record rolls the claim back (the
+    /// inner error); a database error is the outer one.
+    async fn claim_recorded_once(
+        &self,
+        group: ConsumerGroup,
+        topic: Topic,
+        max: usize,
+        lease: Duration,
+        token: &str,
+        record: &Recorder,
+    ) -> Result<Result<Vec<Delivery>, QueueError>, sqlx::Error> {
+        let mut tx = begin_write(&self.write).await?;
+        let got = claim_in(&mut tx, group, &[topic], max, lease, token).await?;
+        if got.is_empty() {
+            tx.rollback().await?;
+            return Ok(Ok(got));
+        }
+        let records = match record(&got)
+            .and_then(|r| check_publish(&r, self.max_message_bytes).map(|()| r))
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tx.rollback().await?;
+                return Ok(Err(e));
+            }
+        };
+        publish_in(&mut tx, &records).await?;
+        tx.commit().await?;
+        self.wake(records.iter().map(|m| m.topic));
+        Ok(Ok(got))
+    }
+
     fn wake(&self, topics: impl IntoIterator<Item = Topic>) {
         let distinct: BTreeSet<Topic> = topics.into_iter().collect();
         for t in distinct {
@@ -770,6 +803,36 @@ impl Queue for Store {
                 Ok(_) => {}
                 Err(e) if attempt < RETRIES && is_transient(&e) => attempt += 1,
                 Err(e) => return Err(queue_err("receive")(e)),
+            }
+            if !poll.next(wakeups).await {
+                return Ok(Vec::new());
+            }
+        }
+    }
+
+    async fn receive_recorded(
+        &self,
+        group: ConsumerGroup,
+        topic: Topic,
+        max: usize,
+        lease: Duration,
+        wait: Duration,
+        record: &Recorder,
+    ) -> Result<Vec<Delivery>, QueueError> {
+        let token = kestra_core::model::new_id();
+        let mut poll = Poll::new(wait);
+        let mut attempt = 0;
+        loop {
+            let wakeups = Wakeups::arm(&self.notifier, &[topic]);
+            match self
+                .claim_recorded_once(group, topic, max, lease, &token, record)
+                .await
+            {
+                Ok(Ok(got)) if !got.is_empty() => return Ok(got),
+                Ok(Ok(_)) => {}
+                Ok(Err(refused)) => return Err(refused),
+                Err(e) if attempt < RETRIES && is_transient(&e) => attempt += 1,
+                Err(e) => return Err(queue_err("receive_recorded")(e)),
             }
             if !poll.next(wakeups).await {
                 return Ok(Vec::new());

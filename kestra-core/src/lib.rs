@@ -7,6 +7,7 @@
 //! - [`inputs`]: execution inputs parsed and validated against the flow's input declarations.
 //! - [`expression`]: Pebble-compatible expressions rendered with strict undefined variables.
 //! - [`queue`], [`repository`], [`storage`]: the three seams every backend implements.
+//! - [`liveness`]: heartbeats and the jobs workers hold, through the queue; the executor decides who is dead.
 //! - [`worker`]: the worker service and the task run context; [`tasks`]: the core runnable tasks.
 //!
 //! No database, Kafka or Elasticsearch type appears in this crate; backends implement its traits.
@@ -15,6 +16,7 @@ pub mod executor;
 pub mod expression;
 pub mod flow;
 pub mod inputs;
+pub mod liveness;
 pub mod model;
 pub mod queue;
 pub mod repository;

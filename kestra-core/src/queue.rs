@@ -73,6 +73,10 @@
 //!     message keyed by that flow or trigger ([`Topic::ConcurrencySlot`],
 //!     [`Topic::FlowPrecondition`]), so each piece of state has exactly one writer: the consumer that
 //!     owns its key.
+//! 12. **Recorded receive.** [`Queue::receive_recorded`] claims messages and publishes the records
+//!     its consumer derives from them in one step: either both happen or neither (a record refused
+//!     as too large leaves the messages unclaimed). A worker records the jobs it holds this way, so
+//!     no job is ever held without its record ([`crate::liveness`]).
 //!
 //! # How the backends meet it
 //!
@@ -86,7 +90,8 @@
 //!   `FOR UPDATE`, and the deletes of consumed rows, the new execution state and the emitted rows
 //!   commit together; a delayed row has a future `visible_at`. The maximum message size is
 //!   `JdbcOptions::max_message_bytes` (8 MiB by default), checked before anything is written. A
-//!   JDBC unit is never fenced (the transaction holds the row locks until it ends). Wake-ups use
+//!   JDBC unit is never fenced (the transaction holds the row locks until it ends). A recorded
+//!   receive inserts its records in the claim's transaction. Wake-ups use
 //!   `LISTEN/NOTIFY` on PostgreSQL and in-process notification on SQLite, polling as the fallback.
 //!   Broadcast reads a short-lived table by offset.
 //! - **Kafka**: one topic per [`Topic`], partitioned by key, so one consumer of a group owns a key
@@ -105,7 +110,8 @@
 //!   (`ProducerFenced`, or a commit after the partition was revoked) returns [`QueueError::Fenced`];
 //!   a record over the producer's `max.request.size` / the topic's `max.message.bytes` (1 MiB by
 //!   default) returns [`QueueError::TooLarge`] with the record's topic and key, and the transaction
-//!   is aborted. Broadcast uses a consumer per subscriber starting at the log end.
+//!   is aborted. A recorded receive produces its records in the transaction that commits the
+//!   consumed offsets. Broadcast uses a consumer per subscriber starting at the log end.
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -152,6 +158,11 @@ pub enum Topic {
     /// Precondition checks of Flow triggers with several conditions, for the executor; keyed by
     /// trigger (`tenant|namespace|flow|trigger`), so one unit at a time owns a trigger's results.
     FlowPrecondition,
+    /// Liveness of service instances, keyed by instance id
+    /// ([`LivenessMessage`](crate::liveness::LivenessMessage)): heartbeats, the jobs a worker
+    /// holds, the executor's delayed checks and its verdicts. Consumed by the executor (which owns
+    /// liveness) and the indexer (which shows it).
+    Liveness,
 }
 
 /// A kind of consumer; instances of one group compete for messages.
@@ -169,7 +180,7 @@ pub enum ConsumerGroup {
 
 impl Topic {
     /// Every topic.
-    pub const ALL: [Topic; 13] = [
+    pub const ALL: [Topic; 14] = [
         Topic::Execution,
         Topic::ExecutionCommand,
         Topic::ExecutionKilled,
@@ -183,6 +194,7 @@ impl Topic {
         Topic::Trigger,
         Topic::ConcurrencySlot,
         Topic::FlowPrecondition,
+        Topic::Liveness,
     ];
 
     /// Stable name used in tables, topic names and logs (`worker_job`, ...).
@@ -201,6 +213,7 @@ impl Topic {
             Topic::Trigger => "trigger",
             Topic::ConcurrencySlot => "concurrency_slot",
             Topic::FlowPrecondition => "flow_precondition",
+            Topic::Liveness => "liveness",
         }
     }
 
@@ -217,6 +230,7 @@ impl Topic {
             Topic::WorkerJob => &[ConsumerGroup::Worker],
             Topic::WorkerTriggerResult | Topic::Trigger => &[ConsumerGroup::Scheduler],
             Topic::Log | Topic::Metric => &[ConsumerGroup::Indexer],
+            Topic::Liveness => &[ConsumerGroup::Executor, ConsumerGroup::Indexer],
             Topic::ExecutionKilled | Topic::Flow => &[],
         }
     }
@@ -587,6 +601,9 @@ pub fn check_execution_size(
     Ok(())
 }
 
+/// Derives the records of claimed deliveries, for [`Queue::receive_recorded`].
+pub type Recorder = dyn Fn(&[Delivery]) -> Result<Vec<Envelope>, QueueError> + Send + Sync;
+
 /// A stream of broadcast messages.
 pub type Subscription = BoxStream<'static, Result<Envelope, QueueError>>;
 
@@ -617,6 +634,21 @@ pub trait Queue: Send + Sync + 'static {
         max: usize,
         lease: Duration,
         wait: Duration,
+    ) -> Result<Vec<Delivery>, QueueError>;
+
+    /// [`Queue::receive`] that records what it took (contract point 12): `record` derives, from
+    /// the claimed deliveries, messages published in the same step as the claim - both happen or
+    /// neither. The records are checked as by [`Queue::publish`] ([`check_publish`]): a refused
+    /// record leaves the messages unclaimed and returns the error. JDBC: the claim's transaction;
+    /// Kafka: the transaction that produces the records.
+    async fn receive_recorded(
+        &self,
+        group: ConsumerGroup,
+        topic: Topic,
+        max: usize,
+        lease: Duration,
+        wait: Duration,
+        record: &Recorder,
     ) -> Result<Vec<Delivery>, QueueError>;
 
     /// Acknowledge deliveries: they are never delivered again. Unknown tags are ignored.
@@ -825,7 +857,8 @@ mod tests {
                 Topic::WorkerTaskResult,
                 Topic::SubflowExecutionResult,
                 Topic::ConcurrencySlot,
-                Topic::FlowPrecondition
+                Topic::FlowPrecondition,
+                Topic::Liveness
             ]
         );
         let delayed = |t: Topic| Envelope::new(t, "k", &b"{}"[..]).delayed_until(later);

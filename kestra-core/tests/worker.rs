@@ -1479,6 +1479,23 @@ impl Queue for MemQueue {
             let _ = tokio::time::timeout(deadline - Instant::now(), notified).await;
         }
     }
+    async fn receive_recorded(
+        &self,
+        g: ConsumerGroup,
+        topic: Topic,
+        max: usize,
+        lease: Duration,
+        wait: Duration,
+        record: &kestra_core::queue::Recorder,
+    ) -> Result<Vec<Delivery>, QueueError> {
+        let got = self.receive(g, topic, max, lease, wait).await?;
+        if !got.is_empty() {
+            // One step: the records are in `published` before the jobs are handed out.
+            let records = record(&got)?;
+            self.state.lock().unwrap().published.extend(records);
+        }
+        Ok(got)
+    }
     async fn ack(&self, _g: ConsumerGroup, tags: &[DeliveryTag]) -> Result<(), QueueError> {
         self.state.lock().unwrap().acked.extend_from_slice(tags);
         Ok(())

@@ -246,6 +246,7 @@ impl EngineBuilder {
                 self.queue.clone(),
                 self.repositories.logs.clone(),
                 self.repositories.metrics.clone(),
+                self.repositories.services.clone(),
                 self.indexer,
             );
             tasks.push(("indexer", tokio::spawn(service.run(shutdown.clone()))));

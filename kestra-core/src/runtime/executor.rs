@@ -67,7 +67,8 @@ use crate::executor::process::process;
 use crate::executor::subflow::{SubflowRequest, complete_child, result_for_parent};
 use crate::expression::ExpressionEngine;
 use crate::inputs::{ExecutionRef, RawInput, resolve_inputs};
-use crate::model::{Execution, Level, LogEntry, StateType};
+use crate::liveness::{self, Heartbeat, LivenessConfig, LivenessMessage, LivenessState};
+use crate::model::{Execution, Level, LogEntry, ServiceType, StateType};
 use crate::queue::{ConsumerGroup, Delivery, Envelope, Queue, QueueError, Topic, UnitOfWork};
 use crate::runtime::flows::{FlowCache, FlowCacheError};
 
@@ -84,6 +85,9 @@ pub struct ExecutorConfig {
     /// the first time it misses that revision; meanwhile the event is put back on its topic,
     /// delayed (100 ms, growing with the wait up to 5 s).
     pub flow_grace: Duration,
+    /// Heartbeats of this executor, and how long a silent instance lives before the executor
+    /// declares it dead ([`crate::liveness`]).
+    pub liveness: LivenessConfig,
 }
 
 impl Default for ExecutorConfig {
@@ -92,6 +96,7 @@ impl Default for ExecutorConfig {
             batch_size: 200,
             poll_wait: Duration::from_millis(500),
             flow_grace: Duration::from_secs(60),
+            liveness: LivenessConfig::default(),
         }
     }
 }
@@ -105,6 +110,7 @@ pub const EXECUTOR_TOPICS: &[Topic] = &[
     Topic::SubflowExecutionResult,
     Topic::ConcurrencySlot,
     Topic::FlowPrecondition,
+    Topic::Liveness,
 ];
 
 /// The state of the flow- and trigger-keyed stages in one unit of work: loaded once per key (under
@@ -115,6 +121,8 @@ struct KeyedState {
     slots: HashMap<String, (ConcurrencySlots, bool)>,
     /// Trigger key -> its precondition results and whether they changed.
     preconditions: HashMap<String, (Option<PreconditionState>, bool)>,
+    /// Instance id -> what is known of its liveness and whether it changed.
+    liveness: HashMap<String, (Option<LivenessState>, bool)>,
 }
 
 /// A flow revision: (tenant, namespace, id, revision).
@@ -201,8 +209,15 @@ impl ExecutorService {
                 }
             })
         };
+        let heartbeat = Heartbeat::start(
+            self.queue.clone(),
+            ServiceType::Executor,
+            &format!("executor-{}", crate::model::new_id()),
+            self.config.liveness.heartbeat_interval,
+        );
         self.run_loop(shutdown).await;
         watcher.abort();
+        heartbeat.stop().await;
     }
 
     async fn run_loop(&self, shutdown: CancellationToken) {
@@ -340,6 +355,11 @@ impl ExecutorService {
                 }
                 Topic::FlowPrecondition => {
                     self.precondition_check(unit.as_mut(), &mut keyed, &mut outgoing, &delivery)
+                        .await?;
+                    continue;
+                }
+                Topic::Liveness => {
+                    self.liveness_message(unit.as_mut(), &mut keyed, &mut outgoing, &delivery)
                         .await?;
                     continue;
                 }
@@ -608,10 +628,81 @@ impl ExecutorService {
                     .await?;
             }
         }
+        for (key, (state, changed)) in &keyed.liveness {
+            if *changed {
+                let value = state
+                    .as_ref()
+                    .map(serde_json::to_value)
+                    .transpose()
+                    .map_err(|source| QueueError::Encode {
+                        topic: Topic::Liveness,
+                        source,
+                    })?;
+                unit.save_state(liveness::STATE_KIND, key, value.as_ref())
+                    .await?;
+            }
+        }
         if !outgoing.is_empty() {
             unit.publish(outgoing).await?;
         }
         unit.commit().await
+    }
+
+    /// The liveness stage: one [`LivenessMessage`] applied to its instance's state (loaded once
+    /// per unit under the instance's key, which this unit claimed) with [`liveness::apply`]; its
+    /// delayed checks and verdicts are staged in the unit.
+    async fn liveness_message(
+        &self,
+        unit: &mut dyn UnitOfWork,
+        keyed: &mut KeyedState,
+        outgoing: &mut Vec<Envelope>,
+        delivery: &Delivery,
+    ) -> Result<(), QueueError> {
+        let key = &delivery.envelope.key;
+        let message: LivenessMessage = match delivery.envelope.decode() {
+            Ok(m) => m,
+            Err(e) => return dead_letter(unit, delivery, &e.to_string()).await,
+        };
+        if message.instance_id() != key {
+            let reason = format!(
+                "liveness message of instance '{}' keyed '{key}'",
+                message.instance_id()
+            );
+            return dead_letter(unit, delivery, &reason).await;
+        }
+        if !keyed.liveness.contains_key(key) {
+            let stored = match unit.load_state(liveness::STATE_KIND, key).await? {
+                Some(v) => serde_json::from_value(v).unwrap_or_else(|e| {
+                    warn!(instance = %key, error = %e, "unreadable liveness state; starting over");
+                    None
+                }),
+                None => None,
+            };
+            keyed.liveness.insert(key.clone(), (stored, false));
+        }
+        let Some((state, changed)) = keyed.liveness.get_mut(key) else {
+            return Ok(());
+        };
+        let decision = liveness::apply(state, message, Utc::now(), self.config.liveness.timeout);
+        *changed |= decision.changed;
+        if let Some(dead) = &decision.declared_dead {
+            warn!(
+                instance = %key,
+                service = ?dead.instance.type_,
+                silent_since = %dead.last_seen,
+                held_jobs = dead.jobs.len(),
+                jobs = ?dead.jobs.keys().collect::<Vec<_>>(),
+                "service instance declared dead: no heartbeat within the liveness timeout"
+            );
+        }
+        for (message, at) in decision.messages {
+            let envelope = message.envelope()?;
+            outgoing.push(match at {
+                Some(at) => envelope.delayed_until(at),
+                None => envelope,
+            });
+        }
+        Ok(())
     }
 }
 

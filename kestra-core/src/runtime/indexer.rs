@@ -1,4 +1,6 @@
-//! The indexer service: moves logs and metrics from the queue into the repositories, in batches.
+//! The indexer service: moves logs and metrics from the queue into the repositories, in batches,
+//! and the service instances it hears of on [`Topic::Liveness`] into the service instance
+//! repository (it shows liveness; the executor decides it, [`crate::liveness`]).
 //! (With Kafka + Elasticsearch it will also index executions, flows and triggers.)
 
 use std::sync::Arc;
@@ -7,9 +9,12 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
-use crate::model::{LogEntry, MetricEntry};
+use crate::liveness::{Heartbeat, LivenessConfig, LivenessMessage};
+use crate::model::{LogEntry, MetricEntry, ServiceInstance, ServiceState, ServiceType};
 use crate::queue::{ConsumerGroup, Delivery, DeliveryTag, Queue, QueueError, Topic};
-use crate::repository::{LogRepository, MetricRepository, RepositoryError};
+use crate::repository::{
+    LogRepository, MetricRepository, RepositoryError, ServiceInstanceRepository,
+};
 
 /// Batch size and wait of the indexer loops.
 #[derive(Debug, Clone)]
@@ -20,6 +25,8 @@ pub struct IndexerConfig {
     pub poll_wait: Duration,
     /// Lease of a claimed batch.
     pub lease: Duration,
+    /// Between two heartbeats of this indexer on the queue (default 3 s).
+    pub heartbeat_interval: Duration,
 }
 
 impl Default for IndexerConfig {
@@ -28,6 +35,7 @@ impl Default for IndexerConfig {
             batch_size: 500,
             poll_wait: Duration::from_millis(500),
             lease: Duration::from_secs(60),
+            heartbeat_interval: LivenessConfig::default().heartbeat_interval,
         }
     }
 }
@@ -37,6 +45,7 @@ pub struct IndexerService {
     queue: Arc<dyn Queue>,
     logs: Arc<dyn LogRepository>,
     metrics: Arc<dyn MetricRepository>,
+    services: Arc<dyn ServiceInstanceRepository>,
     config: IndexerConfig,
 }
 
@@ -49,24 +58,37 @@ enum IndexError {
 }
 
 impl IndexerService {
-    /// An indexer writing into `logs` and `metrics`.
+    /// An indexer writing into `logs`, `metrics` and `services`.
     pub fn new(
         queue: Arc<dyn Queue>,
         logs: Arc<dyn LogRepository>,
         metrics: Arc<dyn MetricRepository>,
+        services: Arc<dyn ServiceInstanceRepository>,
         config: IndexerConfig,
     ) -> Self {
         IndexerService {
             queue,
             logs,
             metrics,
+            services,
             config,
         }
     }
 
     /// Run until `shutdown`; pending messages are flushed before returning when possible.
     pub async fn run(self, shutdown: CancellationToken) {
+        let heartbeat = Heartbeat::start(
+            self.queue.clone(),
+            ServiceType::Indexer,
+            &format!("indexer-{}", crate::model::new_id()),
+            self.config.heartbeat_interval,
+        );
         let this = Arc::new(self);
+        let services = {
+            let this = this.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move { this.run_topic(Topic::Liveness, shutdown).await })
+        };
         let logs = {
             let this = this.clone();
             let shutdown = shutdown.clone();
@@ -76,7 +98,8 @@ impl IndexerService {
             let this = this.clone();
             tokio::spawn(async move { this.run_topic(Topic::Metric, shutdown).await })
         };
-        let _ = tokio::join!(logs, metrics);
+        let _ = tokio::join!(logs, metrics, services);
+        heartbeat.stop().await;
     }
 
     async fn run_topic(&self, topic: Topic, shutdown: CancellationToken) {
@@ -138,6 +161,40 @@ impl IndexerService {
                     }
                 }
                 self.logs.save_batch(&entries).await?;
+            }
+            Topic::Liveness => {
+                // The last word on each instance in this batch (per-key order: the latest).
+                let mut latest: Vec<(ServiceInstance, bool)> = Vec::new();
+                for d in &batch {
+                    match d.envelope.decode::<LivenessMessage>() {
+                        Ok(LivenessMessage::Heartbeat { instance }) => {
+                            latest.retain(|(i, _)| i.id != instance.id);
+                            latest.push((instance, false));
+                        }
+                        Ok(LivenessMessage::Declared { instance, .. }) => {
+                            latest.retain(|(i, _)| i.id != instance.id);
+                            latest.push((instance, true));
+                        }
+                        // Job records and checks are the executor's business.
+                        Ok(_) => {}
+                        Err(e) => {
+                            warn!(error = %e, "dead-lettering malformed liveness message");
+                            self.queue.dead_letter(d, &e.to_string()).await?;
+                            continue;
+                        }
+                    }
+                    tags.push(d.tag);
+                }
+                for (instance, declared) in latest {
+                    // A zombie's heartbeat does not undo the executor's verdict.
+                    if !declared
+                        && let Some(stored) = self.services.find_by_id(&instance.id).await?
+                        && stored.state == ServiceState::NotRunning
+                    {
+                        continue;
+                    }
+                    self.services.save(&instance).await?;
+                }
             }
             _ => {
                 let mut entries: Vec<MetricEntry> = Vec::with_capacity(batch.len());

@@ -101,6 +101,8 @@ pub struct SchedulerConfig {
     /// another one (5 min): a worker may have died with it. A late result of the abandoned
     /// evaluation is ignored.
     pub evaluation_timeout: Duration,
+    /// Between two heartbeats of this instance on the queue (3 s, [`crate::liveness`]).
+    pub heartbeat_interval: Duration,
 }
 
 impl Default for SchedulerConfig {
@@ -112,6 +114,7 @@ impl Default for SchedulerConfig {
             batch: 100,
             tenants: vec![crate::model::DEFAULT_TENANT.to_string()],
             evaluation_timeout: Duration::from_secs(5 * 60),
+            heartbeat_interval: crate::liveness::LivenessConfig::default().heartbeat_interval,
         }
     }
 }
@@ -257,6 +260,12 @@ impl SchedulerService {
     /// step is logged and retried at the next tick.
     pub async fn run(self, shutdown: CancellationToken) {
         tracing::info!(scheduler = %self.config.id, "scheduler started");
+        let heartbeat = crate::liveness::Heartbeat::start(
+            self.queue.clone(),
+            crate::model::ServiceType::Scheduler,
+            &self.config.id,
+            self.config.heartbeat_interval,
+        );
         loop {
             if let Err(e) = self.tick().await {
                 tracing::warn!(scheduler = %self.config.id, error = %e, "scheduler step failed");
@@ -266,6 +275,7 @@ impl SchedulerService {
                 () = tokio::time::sleep(self.config.tick) => {}
             }
         }
+        heartbeat.stop().await;
         tracing::info!(scheduler = %self.config.id, "scheduler stopped");
     }
 

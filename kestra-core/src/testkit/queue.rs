@@ -37,7 +37,7 @@ use tokio::task::JoinHandle;
 
 use crate::model::{Execution, State, StateType, new_id};
 use crate::queue::{
-    ConsumerGroup, Delivery, DeliveryTag, Envelope, Queue, QueueCapabilities, QueueError,
+    ConsumerGroup, Delivery, DeliveryTag, Envelope, Queue, QueueCapabilities, QueueError, Recorder,
     Subscription, Topic, UnitOfWork,
 };
 
@@ -1175,6 +1175,143 @@ pub async fn tags_of_two_topics(queue: Arc<dyn Queue>) {
     assert_eq!(lost, vec![tag_a, tag_b], "both are acknowledged now");
 }
 
+/// Contract point 12: [`Queue::receive_recorded`] claims and publishes the records in one step.
+/// The records of claimed messages are published (and received by the groups of their topic); a
+/// record refused as too large, or a recorder that fails, leaves the message unclaimed (another
+/// receive gets it at once, not after a lease) and publishes no record.
+pub async fn recorded_receive(queue: Arc<dyn Queue>) {
+    let q = &*queue;
+    let (group, topic) = (ConsumerGroup::Worker, Topic::WorkerJob);
+    let p = prefix("recorded");
+    let record_of = |d: &Delivery| {
+        Envelope::new(
+            Topic::Liveness,
+            d.envelope.key.clone(),
+            d.envelope.payload.clone(),
+        )
+    };
+    // Foreign deliveries (other tests' jobs on a shared store) are recorded too, then acknowledged.
+    let recorder = move |ds: &[Delivery]| Ok(ds.iter().map(record_of).collect());
+    publish(q, vec![msg(topic, &format!("{p}-a"), 1)]).await;
+    let start = Instant::now();
+    let taken = loop {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "receive_recorded never returned the published job"
+        );
+        let got = q
+            .receive_recorded(group, topic, 10, LEASE, POLL, &recorder)
+            .await
+            .unwrap_or_else(|e| panic!("receive_recorded({group}, {topic}) failed: {e}"));
+        let (own, foreign): (Vec<Delivery>, Vec<Delivery>) =
+            got.into_iter().partition(|d| is_own(d, &p));
+        ack(q, group, &foreign.iter().map(|d| d.tag).collect::<Vec<_>>()).await;
+        if !own.is_empty() {
+            break own;
+        }
+    };
+    assert_eq!(taken.len(), 1);
+    let records = receive_own_until(
+        q,
+        ConsumerGroup::Executor,
+        Topic::Liveness,
+        &p,
+        1,
+        10,
+        LEASE,
+        DEADLINE,
+    )
+    .await;
+    assert_eq!(
+        records[0].envelope.key, taken[0].envelope.key,
+        "the record of the claimed job"
+    );
+    assert_eq!(seq_of(&records[0]), 1);
+    ack(q, ConsumerGroup::Executor, &[records[0].tag]).await;
+    let shown = receive_own_until(
+        q,
+        ConsumerGroup::Indexer,
+        Topic::Liveness,
+        &p,
+        1,
+        10,
+        LEASE,
+        DEADLINE,
+    )
+    .await;
+    ack(q, ConsumerGroup::Indexer, &[shown[0].tag]).await;
+    ack(q, group, &[taken[0].tag]).await;
+
+    // Refused records: the job stays unclaimed and no record is published.
+    let max = q.capabilities().max_message_bytes;
+    let oversized = move |ds: &[Delivery]| {
+        Ok(ds
+            .iter()
+            .map(|d| Envelope::new(Topic::Liveness, d.envelope.key.clone(), vec![b'x'; max + 1]))
+            .collect())
+    };
+    let failing = |_: &[Delivery]| {
+        Err(QueueError::backend(
+            "record",
+            std::io::Error::other("the recorder failed"),
+        ))
+    };
+    for (seq, what, recorder) in [
+        (2, "a record over the maximum size", &oversized as &Recorder),
+        (3, "a failing recorder", &failing as &Recorder),
+    ] {
+        publish(q, vec![msg(topic, &format!("{p}-{seq}"), seq)]).await;
+        let start = Instant::now();
+        let refused = loop {
+            assert!(
+                start.elapsed() < DEADLINE,
+                "receive_recorded with {what} never refused"
+            );
+            match q
+                .receive_recorded(group, topic, 10, LEASE, POLL, recorder)
+                .await
+            {
+                // Nothing due yet on a busy store: try again.
+                Ok(got) if got.is_empty() => {}
+                Ok(got) => panic!(
+                    "receive_recorded claimed {} job(s) although {what} was refused",
+                    got.len()
+                ),
+                Err(e) => break e,
+            }
+        };
+        if seq == 2 {
+            assert!(
+                matches!(
+                    refused,
+                    QueueError::TooLarge {
+                        topic: Topic::Liveness,
+                        ..
+                    }
+                ),
+                "an oversized record is refused as TooLarge on its topic, got: {refused}"
+            );
+        }
+        // Not claimed: a plain receive gets it at once, long before its lease would have ended.
+        let again = receive_own_until(q, group, topic, &p, 1, 10, LEASE, LEASE / 3).await;
+        assert_eq!(
+            seq_of(&again[0]),
+            seq,
+            "the job refused with {what} is still there"
+        );
+        ack(q, group, &[again[0].tag]).await;
+    }
+    assert_no_own(
+        q,
+        ConsumerGroup::Executor,
+        Topic::Liveness,
+        &p,
+        POLL,
+        "a refused recorded receive published no record",
+    )
+    .await;
+}
+
 /// A malformed payload is received, dead-lettered, never delivered again, and the next message of the
 /// same key is delivered afterwards.
 pub async fn dead_letter(queue: Arc<dyn Queue>) {
@@ -2044,6 +2181,7 @@ pub async fn run_all_with(factory: &QueueFactory) {
     delayed_delivery(factory()).await;
     delays_only_in_units_on_executor_topics(factory()).await;
     too_large_is_refused(factory()).await;
+    recorded_receive(factory()).await;
     dead_letter(factory()).await;
     receive_wait_and_wakeup(factory()).await;
     broadcast_with(factory).await;
@@ -2112,6 +2250,19 @@ impl Queue for FencingQueue {
         wait: Duration,
     ) -> Result<Vec<Delivery>, QueueError> {
         self.inner.receive(group, topic, max, lease, wait).await
+    }
+    async fn receive_recorded(
+        &self,
+        group: ConsumerGroup,
+        topic: Topic,
+        max: usize,
+        lease: Duration,
+        wait: Duration,
+        record: &Recorder,
+    ) -> Result<Vec<Delivery>, QueueError> {
+        self.inner
+            .receive_recorded(group, topic, max, lease, wait, record)
+            .await
     }
     async fn ack(&self, group: ConsumerGroup, tags: &[DeliveryTag]) -> Result<(), QueueError> {
         self.inner.ack(group, tags).await
@@ -2227,6 +2378,8 @@ mod tests {
         delay_anywhere: bool,
         /// No maximum size.
         no_size_limit: bool,
+        /// A refused record of a recorded receive leaves its messages claimed.
+        claims_without_records: bool,
         /// Not a flaw: Kafka's model. Leases never expire; a consumer's deliveries come back when
         /// its handle ([`MemQueue::consumer`]) is dropped.
         no_lease_timers: bool,
@@ -2474,6 +2627,42 @@ mod tests {
             Ok(got)
         }
 
+        async fn receive_recorded(
+            &self,
+            group: ConsumerGroup,
+            topic: Topic,
+            max: usize,
+            lease: Duration,
+            wait: Duration,
+            record: &Recorder,
+        ) -> Result<Vec<Delivery>, QueueError> {
+            let got = self.receive(group, topic, max, lease, wait).await?;
+            if got.is_empty() {
+                return Ok(got);
+            }
+            match record(&got).and_then(|r| check_publish(&r, self.max()).map(|()| r)) {
+                Ok(records) => {
+                    let mut inner = lock(&self.inner);
+                    self.append(&mut inner, records);
+                    Ok(got)
+                }
+                Err(e) => {
+                    if !self.flaws.claims_without_records {
+                        let mut inner = lock(&self.inner);
+                        for row in inner.rows.iter_mut() {
+                            if got.iter().any(|d| self.matches(row, group, &d.tag)) {
+                                row.leased_until = None;
+                                row.holder = None;
+                                row.attempts -= 1;
+                            }
+                        }
+                        self.notify.notify_waiters();
+                    }
+                    Err(e)
+                }
+            }
+        }
+
         async fn ack(&self, group: ConsumerGroup, tags: &[DeliveryTag]) -> Result<(), QueueError> {
             lock(&self.inner)
                 .rows
@@ -2683,6 +2872,17 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    #[should_panic(expected = "waited")]
+    async fn a_queue_that_claims_without_records_fails_recorded_receive() {
+        // The refused job stays claimed: the plain receive that must get it at once times out.
+        recorded_receive(Arc::new(MemQueue::with(Flaws {
+            claims_without_records: true,
+            ..Flaws::default()
+        })))
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     #[should_panic(expected = "tags of two topics collide")]
     async fn a_queue_whose_tags_do_not_name_their_topic_fails_tags_of_two_topics() {
         tags_of_two_topics(Arc::new(MemQueue::with(Flaws {
@@ -2731,6 +2931,19 @@ mod tests {
                 wait: Duration,
             ) -> Result<Vec<Delivery>, QueueError> {
                 self.0.receive(g, t, max, lease, wait).await
+            }
+            async fn receive_recorded(
+                &self,
+                g: ConsumerGroup,
+                t: Topic,
+                max: usize,
+                lease: Duration,
+                wait: Duration,
+                record: &Recorder,
+            ) -> Result<Vec<Delivery>, QueueError> {
+                self.0
+                    .receive_recorded(g, t, max, lease, wait, record)
+                    .await
             }
             async fn ack(&self, g: ConsumerGroup, tags: &[DeliveryTag]) -> Result<(), QueueError> {
                 self.0.ack(g, tags).await

@@ -376,6 +376,22 @@ impl Queue for TestQueue {
     ) -> Result<Vec<Delivery>, QueueError> {
         self.inner.receive(group, topic, max, lease, wait).await
     }
+    async fn receive_recorded(
+        &self,
+        group: ConsumerGroup,
+        topic: Topic,
+        max: usize,
+        lease: Duration,
+        wait: Duration,
+        record: &crate::queue::Recorder,
+    ) -> Result<Vec<Delivery>, QueueError> {
+        let got = self
+            .inner
+            .receive_recorded(group, topic, max, lease, wait, record)
+            .await?;
+        self.observed.published().await;
+        Ok(got)
+    }
     async fn ack(&self, group: ConsumerGroup, tags: &[DeliveryTag]) -> Result<(), QueueError> {
         self.inner.ack(group, tags).await?;
         self.observed

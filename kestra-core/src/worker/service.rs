@@ -35,7 +35,8 @@ use crate::executor::messages::{
 };
 use crate::expression::ExpressionEngine;
 use crate::flow::registry::TaskRegistry;
-use crate::model::{Level, LogEntry, MetricEntry, State, StateHistory, StateType};
+use crate::liveness::{Heartbeat, LivenessConfig, LivenessMessage, record_taken_jobs};
+use crate::model::{Level, LogEntry, MetricEntry, ServiceType, State, StateHistory, StateType};
 use crate::queue::{ConsumerGroup, Delivery, DeliveryTag, Envelope, Queue, QueueError, Topic};
 use crate::storage::InternalStorage;
 use crate::worker::attempt::{AttemptEnd, run_attempt};
@@ -72,6 +73,8 @@ pub struct WorkerConfig {
     /// How long one polling-trigger evaluation may run before it is stopped and answered with an
     /// error (default 5 min, the scheduler's default `evaluation_timeout`).
     pub evaluation_timeout: Duration,
+    /// Between two heartbeats on the queue (default 3 s, [`crate::liveness`]).
+    pub heartbeat_interval: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -91,6 +94,7 @@ impl Default for WorkerConfig {
             telemetry_batch: 200,
             telemetry_linger: Duration::from_millis(200),
             evaluation_timeout: Duration::from_secs(5 * 60),
+            heartbeat_interval: LivenessConfig::default().heartbeat_interval,
         }
     }
 }
@@ -444,6 +448,14 @@ impl Shared {
                 tracing::error!(key = %delivery.envelope.key, "malformed worker job, dead-lettered: {e}");
                 if let Err(e) = self.queue.dead_letter(&delivery, &e.to_string()).await {
                     tracing::error!("cannot dead-letter a malformed worker job: {e}");
+                    return;
+                }
+                let done = LivenessMessage::JobsDone {
+                    instance_id: self.config.id.clone(),
+                    keys: vec![delivery.envelope.key.clone()],
+                };
+                if let Err(e) = async { self.queue.publish(vec![done.envelope()?]).await }.await {
+                    tracing::warn!("cannot record the end of a malformed job: {e}");
                 }
                 return;
             }
@@ -452,7 +464,7 @@ impl Shared {
             WorkerJob::Task(task) => task,
             WorkerJob::Trigger(trigger) => {
                 let envelope = self.evaluate(*trigger).await.envelope();
-                return self.publish_result(envelope, delivery.tag, None).await;
+                return self.publish_result(envelope, &delivery, None).await;
             }
         };
         let log_context = LogEntry {
@@ -479,7 +491,7 @@ impl Shared {
         let Some(result) = tracing::Instrument::instrument(self.run_task(*task), span).await else {
             return;
         };
-        self.publish_result(result.envelope(), delivery.tag, Some(log_context))
+        self.publish_result(result.envelope(), &delivery, Some(log_context))
             .await;
     }
 
@@ -548,6 +560,7 @@ impl Shared {
                 let started = Outgoing {
                     envelope,
                     tag: None,
+                    job: None,
                     log_context: None,
                     done: None,
                 };
@@ -564,7 +577,7 @@ impl Shared {
     async fn publish_result(
         &self,
         envelope: Result<Envelope, QueueError>,
-        tag: DeliveryTag,
+        job: &Delivery,
         log_context: Option<LogEntry>,
     ) {
         let envelope = match envelope {
@@ -579,7 +592,8 @@ impl Shared {
             .results
             .send(Outgoing {
                 envelope,
-                tag: Some(tag),
+                tag: Some(job.tag),
+                job: Some(job.envelope.key.clone()),
                 log_context,
                 done: Some(done),
             })
@@ -601,6 +615,8 @@ impl Shared {
 struct Outgoing {
     envelope: Envelope,
     tag: Option<DeliveryTag>,
+    /// The finished job's queue key (its [`LivenessMessage::JobsDone`] record goes with the result).
+    job: Option<String>,
     /// A task result's log context (for the ERROR line of an oversized result).
     log_context: Option<LogEntry>,
     done: Option<oneshot::Sender<()>>,
@@ -653,6 +669,7 @@ fn shrink_result(
 /// acknowledged in one `ack`. Under load this turns two transactions per job into three per batch.
 /// A batch of RUNNING messages only waits up to `linger` for a result to join it.
 async fn results_loop(
+    worker_id: String,
     queue: Arc<dyn Queue>,
     telemetry: mpsc::UnboundedSender<Telemetry>,
     mut rx: mpsc::UnboundedReceiver<Outgoing>,
@@ -687,12 +704,13 @@ async fn results_loop(
                 let _ = tokio::time::timeout(Duration::from_secs(10), flushed).await;
             }
         }
-        let envelopes: Vec<Envelope> = batch.iter().map(|o| o.envelope.clone()).collect();
+        let mut envelopes: Vec<Envelope> = batch.iter().map(|o| o.envelope.clone()).collect();
+        envelopes.extend(jobs_done(&worker_id, batch.iter()));
         let published: Vec<DeliveryTag> =
             match publish_with_retry(queue.as_ref(), envelopes, "worker results").await {
                 Ok(()) => tags,
                 Err(QueueError::TooLarge { .. }) => {
-                    publish_one_by_one(queue.as_ref(), &telemetry, &batch).await
+                    publish_one_by_one(&worker_id, queue.as_ref(), &telemetry, &batch).await
                 }
                 Err(e) => {
                     tracing::error!(
@@ -716,28 +734,59 @@ async fn results_loop(
     }
 }
 
+/// The [`LivenessMessage::JobsDone`] record of the finished jobs among `batch`, published with
+/// their results (none if the batch holds only RUNNING messages).
+fn jobs_done<'a>(
+    worker_id: &str,
+    batch: impl IntoIterator<Item = &'a Outgoing>,
+) -> Option<Envelope> {
+    let keys: Vec<String> = batch.into_iter().filter_map(|o| o.job.clone()).collect();
+    if keys.is_empty() {
+        return None;
+    }
+    let done = LivenessMessage::JobsDone {
+        instance_id: worker_id.to_string(),
+        keys,
+    };
+    match done.envelope() {
+        Ok(e) => Some(e),
+        Err(e) => {
+            tracing::error!("cannot encode the record of finished jobs: {e}");
+            None
+        }
+    }
+}
+
 /// A batch refused as too large: each result on its own; an oversized one is replaced by its
 /// [`shrink_result`] (after its ERROR log line is flushed). Returns the tags of the jobs whose
 /// result (or replacement) is out.
 async fn publish_one_by_one(
+    worker_id: &str,
     queue: &dyn Queue,
     telemetry: &mpsc::UnboundedSender<Telemetry>,
     batch: &[Outgoing],
 ) -> Vec<DeliveryTag> {
     let mut published = Vec::new();
     for o in batch {
-        let refused =
-            match publish_with_retry(queue, vec![o.envelope.clone()], "a worker result").await {
-                Ok(()) => {
-                    published.extend(o.tag);
-                    continue;
-                }
-                Err(e @ QueueError::TooLarge { .. }) => e,
-                Err(e) => {
-                    tracing::error!("cannot publish a worker result ({e}); its job will run again");
-                    continue;
-                }
-            };
+        let refused = match publish_with_retry(
+            queue,
+            std::iter::once(o.envelope.clone())
+                .chain(jobs_done(worker_id, [o]))
+                .collect(),
+            "a worker result",
+        )
+        .await
+        {
+            Ok(()) => {
+                published.extend(o.tag);
+                continue;
+            }
+            Err(e @ QueueError::TooLarge { .. }) => e,
+            Err(e) => {
+                tracing::error!("cannot publish a worker result ({e}); its job will run again");
+                continue;
+            }
+        };
         tracing::error!(key = %o.envelope.key, "worker result refused: {refused}");
         let Some((replacement, log)) = shrink_result(&o.envelope, &refused, o.log_context.as_ref())
         else {
@@ -753,7 +802,10 @@ async fn publish_one_by_one(
                 let _ = tokio::time::timeout(Duration::from_secs(10), flushed).await;
             }
         }
-        match publish_with_retry(queue, vec![replacement], "a worker result").await {
+        let messages = std::iter::once(replacement)
+            .chain(jobs_done(worker_id, [o]))
+            .collect();
+        match publish_with_retry(queue, messages, "a worker result").await {
             Ok(()) => published.extend(o.tag),
             Err(e) => {
                 tracing::error!("cannot publish a worker result ({e}); its job will run again")
@@ -874,6 +926,14 @@ impl Worker {
     /// (expression functions read storage with `block_in_place`).
     pub async fn run(self, shutdown: CancellationToken) {
         let concurrency = self.config.concurrency.max(1);
+        let heartbeat = Heartbeat::start(
+            self.queue.clone(),
+            ServiceType::Worker,
+            &self.config.id,
+            self.config.heartbeat_interval,
+        );
+        let worker_id = self.config.id.clone();
+        let recorder = move |taken: &[Delivery]| record_taken_jobs(&worker_id, taken);
         let (tx, rx) = mpsc::unbounded_channel();
         let telemetry = tokio::spawn(telemetry_loop(
             self.queue.clone(),
@@ -883,6 +943,7 @@ impl Worker {
         ));
         let (results_tx, results_rx) = mpsc::unbounded_channel();
         let results = tokio::spawn(results_loop(
+            self.config.id.clone(),
             self.queue.clone(),
             tx.clone(),
             results_rx,
@@ -926,14 +987,16 @@ impl Worker {
             while let Ok(p) = semaphore.clone().try_acquire_owned() {
                 permits.push(p);
             }
+            // Each job taken is recorded (JobsTaken, for liveness) in the same step as the claim.
             let deliveries = match shared
                 .queue
-                .receive(
+                .receive_recorded(
                     ConsumerGroup::Worker,
                     Topic::WorkerJob,
                     permits.len(),
                     shared.config.lease,
                     shared.config.poll_wait,
+                    &recorder,
                 )
                 .await
             {
@@ -1000,6 +1063,7 @@ impl Worker {
         {
             tracing::warn!("log publisher did not stop in time");
         }
+        heartbeat.stop().await;
         tracing::info!("worker stopped");
     }
 }

@@ -1,0 +1,622 @@
+//! Liveness through the queue: service instances heartbeat, workers record the jobs they hold,
+//! and the executor declares the silent ones dead.
+//!
+//! Nothing here reads or writes the repository, so a repository outage (an Elasticsearch that is
+//! down, a JDBC repository table that is locked) never makes the services look dead:
+//!
+//! - every component ([`Worker`](crate::worker::Worker), [`ExecutorService`](crate::runtime::ExecutorService),
+//!   [`SchedulerService`](crate::scheduler::SchedulerService),
+//!   [`IndexerService`](crate::runtime::IndexerService)) runs a [`Heartbeat`]: a
+//!   [`LivenessMessage::Heartbeat`] with its [`ServiceInstance`] on [`Topic::Liveness`], keyed by
+//!   its instance id, every [`LivenessConfig::heartbeat_interval`], and a last one with
+//!   [`ServiceState::TerminatedGracefully`] when it stops;
+//! - a worker records the jobs it takes in the same step as it takes them
+//!   ([`Queue::receive_recorded`](crate::queue::Queue::receive_recorded) with
+//!   [`record_taken_jobs`]: a [`LivenessMessage::JobsTaken`]), and publishes
+//!   [`LivenessMessage::JobsDone`] with the results of those jobs, in the same publish;
+//! - the executor group owns liveness: a keyed stage (state kind [`STATE_KIND`], one
+//!   [`LivenessState`] per instance, loaded and saved under the instance's key, which the unit
+//!   claimed) applies the messages with the pure [`apply`]. It checks an instance with a delayed
+//!   [`LivenessMessage::Check`] to itself - one pending per instance, due
+//!   [`LivenessConfig::timeout`] after the last sign of life - instead of scanning every instance,
+//!   so on Kafka the owner of an instance's partition checks it from its local store. An instance
+//!   silent for the whole timeout is declared [`ServiceState::NotRunning`]
+//!   ([`LivenessMessage::Declared`], which the indexer shows), with the jobs it held still in its
+//!   state for the executor to resubmit;
+//! - the indexer consumes the same topic and saves the instances it hears of in the
+//!   [`ServiceInstanceRepository`](crate::repository::ServiceInstanceRepository), for
+//!   `kestra sys services`, the API and the UI. It shows liveness; it does not decide it.
+//!
+//! Times are the executor's clock when it applies a message, not the sender's: clocks of other
+//! machines may drift.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::model::{ServiceInstance, ServiceState, ServiceType};
+use crate::queue::{Delivery, Envelope, Queue, QueueError, Topic};
+
+/// The kind of executor state that holds one [`LivenessState`] per service instance.
+pub const STATE_KIND: &str = "liveness";
+
+/// How often instances heartbeat and how long a silent one lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LivenessConfig {
+    /// Between two heartbeats of an instance (Kestra's `kestra.server.liveness.heartbeatInterval`,
+    /// 3 s).
+    pub heartbeat_interval: Duration,
+    /// An instance not heard from for this long is declared dead (Kestra's
+    /// `kestra.server.liveness.timeout`, 45 s). Keep it several heartbeats long.
+    pub timeout: Duration,
+}
+
+impl Default for LivenessConfig {
+    fn default() -> Self {
+        LivenessConfig {
+            heartbeat_interval: Duration::from_secs(3),
+            timeout: Duration::from_secs(45),
+        }
+    }
+}
+
+/// A job a worker holds: its queue key (a task job: `<task run id>/<attempt>`), and the execution
+/// it belongs to (none for a trigger evaluation).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HeldJob {
+    /// The job's queue key.
+    pub key: String,
+    /// The execution of a task job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution_id: Option<String>,
+    /// When the worker took it (the worker's clock).
+    pub taken_at: DateTime<Utc>,
+}
+
+/// A message on [`Topic::Liveness`], keyed by the instance it concerns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum LivenessMessage {
+    /// An instance is alive (or, with a terminal state, stopped).
+    Heartbeat {
+        /// The instance as it describes itself.
+        instance: ServiceInstance,
+    },
+    /// A worker took these jobs (published in the same step as the claim).
+    JobsTaken {
+        /// The worker's instance id.
+        #[serde(rename = "instanceId")]
+        instance_id: String,
+        /// The jobs.
+        jobs: Vec<HeldJob>,
+    },
+    /// A worker published the results of these jobs (in the same publish as the results).
+    JobsDone {
+        /// The worker's instance id.
+        #[serde(rename = "instanceId")]
+        instance_id: String,
+        /// The jobs' queue keys.
+        keys: Vec<String>,
+    },
+    /// The executor's own delayed check of an instance.
+    Check {
+        /// The instance to check.
+        #[serde(rename = "instanceId")]
+        instance_id: String,
+    },
+    /// The executor's verdict on an instance (declared dead), for the indexer (and, with the jobs
+    /// it held, for whoever resubmits them).
+    Declared {
+        /// The instance with its new state.
+        instance: ServiceInstance,
+        /// The jobs it held when it was declared dead.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        jobs: Vec<HeldJob>,
+    },
+}
+
+impl LivenessMessage {
+    /// The instance this message concerns (its queue key).
+    pub fn instance_id(&self) -> &str {
+        match self {
+            LivenessMessage::Heartbeat { instance }
+            | LivenessMessage::Declared { instance, .. } => &instance.id,
+            LivenessMessage::JobsTaken { instance_id, .. }
+            | LivenessMessage::JobsDone { instance_id, .. }
+            | LivenessMessage::Check { instance_id } => instance_id,
+        }
+    }
+
+    /// As a queue message on [`Topic::Liveness`], keyed by [`LivenessMessage::instance_id`].
+    pub fn envelope(&self) -> Result<Envelope, QueueError> {
+        Envelope::json(Topic::Liveness, self.instance_id(), self)
+    }
+}
+
+/// What the executor knows of one instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LivenessState {
+    /// The instance: as it last described itself, or as declared.
+    pub instance: ServiceInstance,
+    /// Its last sign of life (a heartbeat or a job record), on the executor's clock.
+    pub last_seen: DateTime<Utc>,
+    /// The jobs it holds (workers), by queue key.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub jobs: BTreeMap<String, HeldJob>,
+    /// Whether a [`LivenessMessage::Check`] of it is on its way.
+    pub check_pending: bool,
+}
+
+impl LivenessState {
+    fn alive(&self) -> bool {
+        matches!(
+            self.instance.state,
+            ServiceState::Created | ServiceState::Running | ServiceState::TerminatingGracefully
+        )
+    }
+}
+
+/// What [`apply`] decided: whether the state changed, and the messages to publish (a delayed
+/// check carries its due time).
+#[derive(Debug, Default, PartialEq)]
+pub struct LivenessDecision {
+    /// The state must be saved.
+    pub changed: bool,
+    /// Messages to publish, each with its due time when delayed.
+    pub messages: Vec<(LivenessMessage, Option<DateTime<Utc>>)>,
+    /// An instance declared dead by this message, with the jobs it held.
+    pub declared_dead: Option<LivenessState>,
+}
+
+/// Apply one liveness message to an instance's state at `now` (the executor's clock). Pure.
+///
+/// - A heartbeat records the instance and its sign of life; a heartbeat of an instance already
+///   declared dead changes nothing (a zombie stays dead; its jobs are someone else's now).
+/// - Job records add and remove held jobs (a sign of life too).
+/// - A check declares an instance dead when it has been silent for `timeout`, else re-arms itself
+///   for `timeout` after the last sign of life. One check is pending per living instance.
+pub fn apply(
+    state: &mut Option<LivenessState>,
+    message: LivenessMessage,
+    now: DateTime<Utc>,
+    timeout: Duration,
+) -> LivenessDecision {
+    let timeout = chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::MAX);
+    let mut decision = LivenessDecision::default();
+    let id = message.instance_id().to_string();
+    match message {
+        LivenessMessage::Heartbeat { instance } => {
+            match state {
+                Some(s) if s.instance.state == ServiceState::NotRunning => return decision,
+                Some(s) => {
+                    s.instance = instance;
+                    s.last_seen = now;
+                }
+                None => {
+                    *state = Some(LivenessState {
+                        instance,
+                        last_seen: now,
+                        jobs: BTreeMap::new(),
+                        check_pending: false,
+                    })
+                }
+            }
+            decision.changed = true;
+        }
+        LivenessMessage::JobsTaken { jobs, .. } => {
+            let s = state.get_or_insert_with(|| LivenessState {
+                // Its first heartbeat was lost or is late: a worker, as far as we know.
+                instance: ServiceInstance {
+                    id: id.clone(),
+                    type_: ServiceType::Worker,
+                    state: ServiceState::Running,
+                    hostname: String::new(),
+                    created_date: now,
+                    updated_date: now,
+                    props: serde_json::Map::new(),
+                },
+                last_seen: now,
+                jobs: BTreeMap::new(),
+                check_pending: false,
+            });
+            for job in jobs {
+                s.jobs.insert(job.key.clone(), job);
+            }
+            if s.instance.state != ServiceState::NotRunning {
+                s.last_seen = now;
+            }
+            decision.changed = true;
+        }
+        LivenessMessage::JobsDone { keys, .. } => {
+            let Some(s) = state else { return decision };
+            for key in &keys {
+                s.jobs.remove(key);
+            }
+            if s.instance.state != ServiceState::NotRunning {
+                s.last_seen = now;
+            }
+            decision.changed = true;
+        }
+        LivenessMessage::Check { .. } => {
+            let Some(s) = state else { return decision };
+            if !s.alive() {
+                decision.changed = s.check_pending;
+                s.check_pending = false;
+                return decision;
+            }
+            if now >= s.last_seen + timeout {
+                s.instance.state = ServiceState::NotRunning;
+                s.instance.updated_date = now;
+                s.check_pending = false;
+                decision.changed = true;
+                decision.messages.push((
+                    LivenessMessage::Declared {
+                        instance: s.instance.clone(),
+                        jobs: s.jobs.values().cloned().collect(),
+                    },
+                    None,
+                ));
+                decision.declared_dead = Some(s.clone());
+            } else {
+                decision.messages.push((
+                    LivenessMessage::Check { instance_id: id },
+                    Some(s.last_seen + timeout),
+                ));
+            }
+            return decision;
+        }
+        LivenessMessage::Declared { .. } => return decision,
+    }
+    // A living instance always has one check on its way.
+    if let Some(s) = state
+        && s.alive()
+        && !s.check_pending
+    {
+        s.check_pending = true;
+        decision.changed = true;
+        decision.messages.push((
+            LivenessMessage::Check { instance_id: id },
+            Some(now + timeout),
+        ));
+    }
+    decision
+}
+
+/// The [`Recorder`](crate::queue::Recorder) of a worker's recorded receive: one
+/// [`LivenessMessage::JobsTaken`] with every job taken (the execution id is read from a task
+/// job's payload without decoding the whole job; a job it cannot read is recorded by key).
+pub fn record_taken_jobs(
+    instance_id: &str,
+    deliveries: &[Delivery],
+) -> Result<Vec<Envelope>, QueueError> {
+    /// The head of a worker job: only what the record needs (the rest is skipped, not built).
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct JobHead {
+        task_run: Option<RunHead>,
+    }
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct RunHead {
+        execution_id: String,
+    }
+    let now = Utc::now();
+    let jobs = deliveries
+        .iter()
+        .map(|d| HeldJob {
+            key: d.envelope.key.clone(),
+            execution_id: serde_json::from_slice::<JobHead>(&d.envelope.payload)
+                .ok()
+                .and_then(|h| h.task_run)
+                .map(|r| r.execution_id),
+            taken_at: now,
+        })
+        .collect();
+    Ok(vec![
+        LivenessMessage::JobsTaken {
+            instance_id: instance_id.to_string(),
+            jobs,
+        }
+        .envelope()?,
+    ])
+}
+
+/// A component's heartbeat: publishes its instance on [`Topic::Liveness`] now and every
+/// `interval` until [`Heartbeat::stop`], which publishes the final state. A failed publish is
+/// logged and tried again at the next beat. Dropped without `stop` (the component crashed or was
+/// aborted), it just falls silent, and the executor declares the instance dead after its timeout.
+pub struct Heartbeat {
+    queue: Arc<dyn Queue>,
+    instance: ServiceInstance,
+    stop: CancellationToken,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl Heartbeat {
+    /// Start beating for a new instance of `type_` with id `id`. Needs a Tokio runtime.
+    pub fn start(
+        queue: Arc<dyn Queue>,
+        type_: ServiceType,
+        id: &str,
+        interval: Duration,
+    ) -> Heartbeat {
+        let now = Utc::now();
+        let instance = ServiceInstance {
+            id: id.to_string(),
+            type_,
+            state: ServiceState::Running,
+            hostname: hostname(),
+            created_date: now,
+            updated_date: now,
+            props: serde_json::Map::new(),
+        };
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(beat(
+            queue.clone(),
+            instance.clone(),
+            interval.max(Duration::from_millis(10)),
+            stop.clone(),
+        ));
+        Heartbeat {
+            queue,
+            instance,
+            stop,
+            task: Some(task),
+        }
+    }
+
+    /// The instance id.
+    pub fn id(&self) -> &str {
+        &self.instance.id
+    }
+
+    /// Stop beating and publish the instance's last state
+    /// ([`ServiceState::TerminatedGracefully`]).
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+        let mut last = self.instance.clone();
+        last.state = ServiceState::TerminatedGracefully;
+        last.updated_date = Utc::now();
+        publish(self.queue.as_ref(), last).await;
+    }
+}
+
+async fn beat(
+    queue: Arc<dyn Queue>,
+    mut instance: ServiceInstance,
+    interval: Duration,
+    stop: CancellationToken,
+) {
+    loop {
+        instance.updated_date = Utc::now();
+        publish(queue.as_ref(), instance.clone()).await;
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+async fn publish(queue: &dyn Queue, instance: ServiceInstance) {
+    let (id, type_) = (instance.id.clone(), instance.type_);
+    let sent = match (LivenessMessage::Heartbeat { instance }).envelope() {
+        Ok(envelope) => queue.publish(vec![envelope]).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = sent {
+        tracing::warn!(instance = %id, ?type_, "cannot publish a heartbeat: {e}");
+    }
+}
+
+/// This machine's name, for the instance record (`HOSTNAME`, else the kernel's, else `localhost`).
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty())
+        })
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TIMEOUT: Duration = Duration::from_secs(45);
+
+    fn instance(id: &str, state: ServiceState) -> ServiceInstance {
+        let now = Utc::now();
+        ServiceInstance {
+            id: id.into(),
+            type_: ServiceType::Worker,
+            state,
+            hostname: "h".into(),
+            created_date: now,
+            updated_date: now,
+            props: serde_json::Map::new(),
+        }
+    }
+
+    fn heartbeat(id: &str) -> LivenessMessage {
+        LivenessMessage::Heartbeat {
+            instance: instance(id, ServiceState::Running),
+        }
+    }
+
+    fn check(id: &str) -> LivenessMessage {
+        LivenessMessage::Check {
+            instance_id: id.into(),
+        }
+    }
+
+    fn secs(s: i64) -> chrono::Duration {
+        chrono::Duration::seconds(s)
+    }
+
+    #[test]
+    fn a_first_heartbeat_arms_one_check_due_after_the_timeout() {
+        let t0 = Utc::now();
+        let mut state = None;
+        let d = apply(&mut state, heartbeat("w"), t0, TIMEOUT);
+        assert!(d.changed);
+        assert_eq!(
+            d.messages,
+            vec![(check("w"), Some(t0 + secs(45)))],
+            "one delayed check"
+        );
+        // Later heartbeats do not arm more checks.
+        let d = apply(&mut state, heartbeat("w"), t0 + secs(3), TIMEOUT);
+        assert!(d.changed);
+        assert!(d.messages.is_empty(), "a check is already pending");
+        assert_eq!(state.as_ref().map(|s| s.last_seen), Some(t0 + secs(3)));
+    }
+
+    #[test]
+    fn a_check_after_a_recent_heartbeat_rearms_for_the_last_sign_of_life() {
+        let t0 = Utc::now();
+        let mut state = None;
+        apply(&mut state, heartbeat("w"), t0, TIMEOUT);
+        apply(&mut state, heartbeat("w"), t0 + secs(30), TIMEOUT);
+        let d = apply(&mut state, check("w"), t0 + secs(45), TIMEOUT);
+        assert_eq!(d.messages, vec![(check("w"), Some(t0 + secs(75)))]);
+        assert!(d.declared_dead.is_none());
+        assert_eq!(
+            state.as_ref().map(|s| s.instance.state),
+            Some(ServiceState::Running)
+        );
+    }
+
+    #[test]
+    fn a_silent_instance_is_declared_dead_with_the_jobs_it_held() {
+        let t0 = Utc::now();
+        let mut state = None;
+        apply(&mut state, heartbeat("w"), t0, TIMEOUT);
+        let job = |k: &str| HeldJob {
+            key: k.into(),
+            execution_id: Some("e".into()),
+            taken_at: t0,
+        };
+        apply(
+            &mut state,
+            LivenessMessage::JobsTaken {
+                instance_id: "w".into(),
+                jobs: vec![job("a/1"), job("b/1")],
+            },
+            t0 + secs(1),
+            TIMEOUT,
+        );
+        apply(
+            &mut state,
+            LivenessMessage::JobsDone {
+                instance_id: "w".into(),
+                keys: vec!["a/1".into()],
+            },
+            t0 + secs(2),
+            TIMEOUT,
+        );
+        let d = apply(&mut state, check("w"), t0 + secs(47), TIMEOUT);
+        let dead = d.declared_dead.expect("declared dead");
+        assert_eq!(dead.instance.state, ServiceState::NotRunning);
+        assert_eq!(
+            dead.jobs.keys().collect::<Vec<_>>(),
+            vec!["b/1"],
+            "the job it still held"
+        );
+        assert!(matches!(
+            d.messages.as_slice(),
+            [(LivenessMessage::Declared { instance, jobs }, None)]
+                if instance.state == ServiceState::NotRunning && jobs.len() == 1
+        ));
+        // A zombie's heartbeat does not bring it back.
+        let d = apply(&mut state, heartbeat("w"), t0 + secs(50), TIMEOUT);
+        assert_eq!(d, LivenessDecision::default());
+        assert_eq!(
+            state.as_ref().map(|s| s.instance.state),
+            Some(ServiceState::NotRunning)
+        );
+    }
+
+    #[test]
+    fn a_graceful_stop_is_never_declared_dead() {
+        let t0 = Utc::now();
+        let mut state = None;
+        apply(&mut state, heartbeat("w"), t0, TIMEOUT);
+        apply(
+            &mut state,
+            LivenessMessage::Heartbeat {
+                instance: instance("w", ServiceState::TerminatedGracefully),
+            },
+            t0 + secs(1),
+            TIMEOUT,
+        );
+        let d = apply(&mut state, check("w"), t0 + secs(100), TIMEOUT);
+        assert!(d.declared_dead.is_none());
+        assert!(d.messages.is_empty(), "no further check");
+        assert_eq!(
+            state.as_ref().map(|s| (s.instance.state, s.check_pending)),
+            Some((ServiceState::TerminatedGracefully, false))
+        );
+    }
+
+    #[test]
+    fn the_record_of_taken_jobs_names_each_job_and_its_execution() {
+        let task = Envelope::new(
+            Topic::WorkerJob,
+            "tr1/1",
+            br#"{"type":"task","taskRun":{"id":"tr1","executionId":"ex1","x":[1,2]},"context":{"big":{}},"attempt":1}"#.to_vec(),
+        );
+        let trigger = Envelope::new(Topic::WorkerJob, "trig", br#"{"type":"trigger"}"#.to_vec());
+        let deliveries: Vec<Delivery> = [task, trigger]
+            .into_iter()
+            .enumerate()
+            .map(|(i, envelope)| Delivery {
+                tag: crate::queue::DeliveryTag {
+                    topic: Topic::WorkerJob,
+                    partition: 0,
+                    offset: i as i64,
+                },
+                group: crate::queue::ConsumerGroup::Worker,
+                envelope,
+                attempt: 1,
+            })
+            .collect();
+        let records = record_taken_jobs("w1", &deliveries).expect("records");
+        assert_eq!(records.len(), 1);
+        assert_eq!(
+            (records[0].topic, records[0].key.as_str()),
+            (Topic::Liveness, "w1")
+        );
+        let LivenessMessage::JobsTaken { instance_id, jobs } =
+            records[0].decode::<LivenessMessage>().expect("decodes")
+        else {
+            panic!("a JobsTaken record");
+        };
+        assert_eq!(instance_id, "w1");
+        let got: Vec<(String, Option<String>)> =
+            jobs.into_iter().map(|j| (j.key, j.execution_id)).collect();
+        assert_eq!(
+            got,
+            vec![("tr1/1".into(), Some("ex1".into())), ("trig".into(), None)]
+        );
+    }
+}

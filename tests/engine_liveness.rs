@@ -1,0 +1,249 @@
+//! Liveness goes through the queue, not the repository (issue 9 item 8): the engine runs only an
+//! executor, over repositories that fail every call (as an Elasticsearch that is down would); a
+//! worker started beside it heartbeats, records the job it takes in the same step as it takes
+//! it, and once it dies (its task aborted: no goodbye) the executor declares it NOT_RUNNING with
+//! the job it held, while the executor itself, still beating, is never declared dead. Observed on
+//! the liveness topic as the indexer group sees it. On SQLite, and on PostgreSQL / MariaDB when
+//! their URLs are set (required under CI=true).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kestra::Engine;
+use kestra::core::executor::messages::execution_envelope;
+use kestra::core::expression::ExpressionEngine;
+use kestra::core::flow::parse::parse_flow;
+use kestra::core::flow::registry::TaskRegistry;
+use kestra::core::liveness::{LivenessConfig, LivenessMessage};
+use kestra::core::model::{Execution, ServiceState, ServiceType, new_id};
+use kestra::core::queue::{ConsumerGroup, Queue, Topic};
+use kestra::core::repository::FlowRecord;
+use kestra::core::runtime::Components;
+use kestra::core::runtime::executor::ExecutorConfig;
+use kestra::core::runtime::flows::FlowStore;
+use kestra::core::testkit::unavailable::unavailable_repositories;
+use kestra::core::worker::{RunnerRegistry, Worker, WorkerConfig};
+use kestra::jdbc::JdbcBackend;
+use kestra::storage::LocalStorage;
+
+const BEAT: Duration = Duration::from_millis(100);
+const TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// Every liveness message of `ids` seen so far, as the indexer group receives them.
+async fn seen(queue: &dyn Queue, ids: &[&str], into: &mut Vec<LivenessMessage>) {
+    let got = queue
+        .receive(
+            ConsumerGroup::Indexer,
+            Topic::Liveness,
+            500,
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+        )
+        .await
+        .unwrap();
+    let tags: Vec<_> = got.iter().map(|d| d.tag).collect();
+    for d in got {
+        if ids.contains(&d.envelope.key.as_str()) {
+            into.push(d.envelope.decode().unwrap());
+        }
+    }
+    queue.ack(ConsumerGroup::Indexer, &tags).await.unwrap();
+}
+
+async fn dead_worker_is_declared(url: &str) {
+    let backend = JdbcBackend::connect(url).await.unwrap();
+    let queue = backend.queue();
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Arc::new(LocalStorage::new(dir.path()).unwrap());
+    let id = format!("sleepy_{}", new_id().to_lowercase());
+    let source = format!(
+        "id: {id}\nnamespace: company.liveness\ntasks:\n  - id: nap\n    type: io.kestra.plugin.core.flow.Sleep\n    duration: PT60S\n"
+    );
+    let mut flow = parse_flow(&source, &TaskRegistry::default()).unwrap();
+    flow.revision = Some(1);
+    let store = Arc::new(FlowStore::new());
+    store.apply(FlowRecord {
+        tenant_id: flow.tenant_id.clone(),
+        namespace: flow.namespace.clone(),
+        id: flow.id.clone(),
+        revision: 1,
+        flow: serde_json::to_value(&flow).unwrap(),
+        source: source.clone(),
+        labels: Vec::new(),
+        disabled: false,
+        deleted: false,
+        updated: chrono::Utc::now(),
+    });
+
+    let started = chrono::Utc::now();
+    let (repositories, down) = unavailable_repositories();
+    let engine = Engine::builder(queue.clone(), repositories, storage.clone())
+        .components(Components {
+            executor: true,
+            ..Components::none()
+        })
+        .flow_source(store)
+        .executor_config(ExecutorConfig {
+            liveness: LivenessConfig {
+                heartbeat_interval: BEAT,
+                timeout: TIMEOUT,
+            },
+            ..ExecutorConfig::default()
+        })
+        .start();
+
+    let worker_id = format!("worker-live-{}", new_id());
+    let worker = Worker::new(
+        WorkerConfig {
+            id: worker_id.clone(),
+            concurrency: 1,
+            heartbeat_interval: BEAT,
+            ..WorkerConfig::default()
+        },
+        queue.clone(),
+        storage,
+        Arc::new(ExpressionEngine::default()),
+        Arc::new(TaskRegistry::default()),
+        Arc::new(RunnerRegistry::core()),
+    );
+    let running = tokio::spawn(worker.run(tokio_util::sync::CancellationToken::new()));
+
+    let execution = Execution::new(&flow.namespace, &flow.id, 1);
+    queue
+        .publish(vec![execution_envelope(&execution).unwrap()])
+        .await
+        .unwrap();
+
+    // The worker heartbeats and records the job it takes.
+    let mut messages = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let job = loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no JobsTaken record of worker {worker_id}: {messages:?}"
+        );
+        seen(queue.as_ref(), &[&worker_id], &mut messages).await;
+        let taken = messages.iter().find_map(|m| match m {
+            LivenessMessage::JobsTaken { jobs, .. } => jobs.first().cloned(),
+            _ => None,
+        });
+        if let Some(job) = taken {
+            break job;
+        }
+    };
+    assert_eq!(job.execution_id.as_deref(), Some(execution.id.as_str()));
+    assert!(
+        messages
+            .iter()
+            .any(|m| matches!(m, LivenessMessage::Heartbeat { instance }
+            if instance.type_ == ServiceType::Worker && instance.state == ServiceState::Running)),
+        "the worker heartbeats: {messages:?}"
+    );
+
+    // It dies holding the job: no final heartbeat, no result.
+    running.abort();
+    let _ = running.await;
+    let died = tokio::time::Instant::now();
+    let declared = loop {
+        assert!(
+            died.elapsed() < TIMEOUT + Duration::from_secs(20),
+            "worker {worker_id} never declared dead: {messages:?}"
+        );
+        seen(queue.as_ref(), &[&worker_id], &mut messages).await;
+        let declared = messages.iter().find_map(|m| match m {
+            LivenessMessage::Declared { instance, jobs } => Some((instance.clone(), jobs.clone())),
+            _ => None,
+        });
+        if let Some(d) = declared {
+            break d;
+        }
+    };
+    assert!(
+        died.elapsed() >= TIMEOUT - Duration::from_millis(200),
+        "declared dead after {:?}, before the liveness timeout",
+        died.elapsed()
+    );
+    assert_eq!(declared.0.state, ServiceState::NotRunning);
+    assert_eq!(
+        declared.1.iter().map(|j| j.key.clone()).collect::<Vec<_>>(),
+        vec![job.key.clone()],
+        "the verdict names the job the dead worker held"
+    );
+
+    // The executor beats on and is never declared dead (its id is only known from its heartbeats).
+    let mut all = Vec::new();
+    let watch = tokio::time::Instant::now();
+    while watch.elapsed() < TIMEOUT * 2 {
+        let got = queue
+            .receive(
+                ConsumerGroup::Indexer,
+                Topic::Liveness,
+                500,
+                Duration::from_secs(30),
+                Duration::from_millis(100),
+            )
+            .await
+            .unwrap();
+        queue
+            .ack(
+                ConsumerGroup::Indexer,
+                &got.iter().map(|d| d.tag).collect::<Vec<_>>(),
+            )
+            .await
+            .unwrap();
+        all.extend(
+            got.into_iter()
+                .map(|d| d.envelope.decode::<LivenessMessage>().unwrap()),
+        );
+    }
+    // This engine's executor: the one that started with this test (each test has its database).
+    let executors: Vec<String> = all
+        .iter()
+        .filter_map(|m| match m {
+            LivenessMessage::Heartbeat { instance }
+                if instance.type_ == ServiceType::Executor
+                    && instance.state == ServiceState::Running
+                    && instance.created_date >= started =>
+            {
+                Some(instance.id.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(
+        !executors.is_empty(),
+        "the executor heartbeats through the queue"
+    );
+    let executor_declared = all.iter().any(|m| {
+        matches!(m, LivenessMessage::Declared { instance, .. }
+        if executors.contains(&instance.id))
+    });
+    assert!(!executor_declared, "a living executor was declared dead");
+
+    engine.shutdown().await;
+    assert_eq!(down.calls(), 0, "liveness never called the repository");
+    backend.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_worker_is_declared_through_the_queue_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    dead_worker_is_declared(&common::sqlite_url(&dir)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_worker_is_declared_through_the_queue_postgres() {
+    if let Some(url) = common::service_url("KESTRA_TEST_POSTGRES_URL") {
+        dead_worker_is_declared(&url).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_worker_is_declared_through_the_queue_mysql() {
+    if let Some(url) = common::service_url("KESTRA_TEST_MYSQL_URL") {
+        dead_worker_is_declared(&url).await;
+    }
+}
