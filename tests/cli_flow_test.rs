@@ -1,36 +1,86 @@
-//! `kestra flow test FILE`: runs a flow in a throwaway engine, prints the final execution as JSON in
-//! Kestra's shape, and exits 0 only on SUCCESS/WARNING.
+//! `kestra flow test FILE`: runs a flow in a throwaway engine, streams its logs to stderr, prints a
+//! summary (or, with `--json` / `-o json`, the final execution as JSON in Kestra's shape) and exits
+//! 0 only on SUCCESS/WARNING. Colour only on terminals; `--log-format json` for collectors.
 
 #![allow(clippy::unwrap_used)]
 
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// `kestra` with no colour forced or forbidden by the environment the tests run in.
+fn kestra() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kestra"));
+    for var in [
+        "NO_COLOR",
+        "CLICOLOR_FORCE",
+        "CLICOLOR",
+        "RUST_LOG",
+        "KESTRA_LOG_FORMAT",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn run_flow(dir: &Path, flow: &str, args: &[&str], env: &[(&str, &str)]) -> Run {
+    let file = dir.join("flow.yaml");
+    std::fs::write(&file, flow).unwrap();
+    let output = kestra()
+        .args(["flow", "test"])
+        .arg(&file)
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
 
 fn flow_test(flow: &str, extra: &[&str]) -> (i32, serde_json::Value) {
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("flow.yaml");
-    std::fs::write(&file, flow).unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_kestra"))
-        .args(["flow", "test"])
-        .arg(&file)
-        .args(extra)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let json = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+    let run = run_flow(dir.path(), flow, extra, &[]);
+    let json = serde_json::from_str(&run.stdout).unwrap_or_else(|e| {
         panic!(
-            "stdout is not JSON ({e}): {stdout}\nstderr: {}",
-            String::from_utf8_lossy(&output.stderr)
+            "stdout is not JSON ({e}): {}\nstderr: {}",
+            run.stdout, run.stderr
         )
     });
-    (output.status.code().unwrap_or(-1), json)
+    (run.code, json)
 }
+
+const GREET: &str = "id: greet\nnamespace: cli.test\ninputs:\n  - id: name\n    type: STRING\ntasks:\n  - id: hello\n    type: io.kestra.plugin.core.debug.Return\n    format: \"hi {{ inputs.name }}\"\noutputs:\n  - id: out\n    type: STRING\n    value: \"{{ outputs.hello.value }}\"\n";
+
+/// A shell task that logs on stdout and stderr, then exits 3.
+const EXIT_3: &str = r#"id: exit3
+namespace: cli.test
+tasks:
+  - id: before
+    type: io.kestra.plugin.core.log.Log
+    message: starting
+  - id: sh
+    type: io.kestra.plugin.scripts.shell.Commands
+    taskRunner:
+      type: io.kestra.plugin.core.runner.Process
+    commands:
+      - echo working
+      - echo the disk is full >&2
+      - exit 3
+"#;
 
 #[test]
 fn successful_flow_prints_the_execution_and_exits_zero() {
-    let (code, e) = flow_test(
-        "id: greet\nnamespace: cli.test\ninputs:\n  - id: name\n    type: STRING\ntasks:\n  - id: hello\n    type: io.kestra.plugin.core.debug.Return\n    format: \"hi {{ inputs.name }}\"\noutputs:\n  - id: out\n    type: STRING\n    value: \"{{ outputs.hello.value }}\"\n",
-        &["--input", "name=bob"],
-    );
+    let (code, e) = flow_test(GREET, &["--input", "name=bob", "--json"]);
     assert_eq!(code, 0, "{e}");
     assert_eq!(e["state"]["current"], "SUCCESS");
     assert_eq!(e["id"].as_str().unwrap().len(), 22);
@@ -42,11 +92,190 @@ fn successful_flow_prints_the_execution_and_exits_zero() {
 }
 
 #[test]
+fn short_output_option_selects_json_too() {
+    let (code, e) = flow_test(GREET, &["--input", "name=al", "-o", "json"]);
+    assert_eq!(code, 0, "{e}");
+    assert_eq!(e["outputs"]["out"], "hi al");
+}
+
+#[test]
 fn failed_flow_exits_non_zero() {
     let (code, e) = flow_test(
         "id: boom\nnamespace: cli.test\ntasks:\n  - id: fail\n    type: io.kestra.plugin.core.execution.Fail\n",
-        &[],
+        &["--json"],
     );
     assert_eq!(code, 1);
     assert_eq!(e["state"]["current"], "FAILED");
+}
+
+#[test]
+fn summary_of_a_success_shows_task_runs_and_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = run_flow(dir.path(), GREET, &["--input", "name=bob"], &[]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let out = &run.stdout;
+    let first = out.lines().next().unwrap();
+    assert!(first.starts_with("Execution "), "{out}");
+    assert!(
+        first.contains("of cli.test.greet (revision 1): SUCCESS in "),
+        "{out}"
+    );
+    let hello = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("hello "))
+        .unwrap_or_else(|| panic!("no task run line: {out}"));
+    assert!(hello.contains("SUCCESS"), "{hello}");
+    assert!(hello.contains("1 attempt"), "{hello}");
+    assert!(hello.contains("value=\"hi bob\""), "{hello}");
+    assert!(out.contains("Outputs\n  out = \"hi bob\"\n"), "{out}");
+    assert!(!out.contains("error"), "{out}");
+}
+
+#[test]
+fn failure_streams_the_logs_and_names_the_failing_task_and_its_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = run_flow(dir.path(), EXIT_3, &[], &[]);
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    // Logs on stderr: time, task id, level, message.
+    let line = |task: &str, level: &str, message: &str| {
+        run.stderr.lines().any(|l| {
+            let parts: Vec<&str> = l.split_whitespace().collect();
+            parts.len() >= 4
+                && parts[0].len() == "12:00:00.000".len()
+                && parts[1] == task
+                && parts[2] == level
+                && parts[3..].join(" ") == message
+        })
+    };
+    assert!(line("before", "INFO", "starting"), "{}", run.stderr);
+    assert!(line("sh", "INFO", "working"), "{}", run.stderr);
+    assert!(line("sh", "ERROR", "the disk is full"), "{}", run.stderr);
+    // Each line once, even though the live stream and the repository both hold it.
+    assert_eq!(
+        run.stderr.matches("the disk is full").count(),
+        1,
+        "{}",
+        run.stderr
+    );
+    // The summary: the task-run tree and the failure.
+    let out = &run.stdout;
+    assert!(out.contains("(revision 1): FAILED in "), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.trim_start().starts_with("sh ") && l.contains("FAILED")),
+        "{out}"
+    );
+    assert!(
+        out.contains("error: task 'sh' failed: Command failed with exit code 3\n"),
+        "{out}"
+    );
+}
+
+#[test]
+fn logs_reach_stderr_while_the_execution_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("flow.yaml");
+    std::fs::write(
+        &file,
+        "id: slow\nnamespace: cli.test\ntasks:\n  - id: first\n    type: io.kestra.plugin.core.log.Log\n    message: early bird\n  - id: wait\n    type: io.kestra.plugin.core.flow.Sleep\n    duration: PT4S\n",
+    )
+    .unwrap();
+    let mut child = kestra()
+        .args(["flow", "test"])
+        .arg(&file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    let running = child.try_wait().unwrap().is_none();
+    let elapsed = start.elapsed();
+    let status = child.wait().unwrap();
+    assert!(line.contains("first INFO  early bird"), "{line:?}");
+    assert!(
+        running && elapsed < Duration::from_secs(4),
+        "the line came after {elapsed:?}, when the process had ended: not streamed"
+    );
+    assert!(status.success());
+}
+
+#[test]
+fn no_escape_codes_in_pipes_and_files() {
+    let dir = tempfile::tempdir().unwrap();
+    // RUST_LOG=info: the engine's own tracing logs are on stderr too.
+    let run = run_flow(dir.path(), EXIT_3, &[], &[("RUST_LOG", "info")]);
+    assert!(run.stderr.contains("engine started"), "{}", run.stderr);
+    assert!(run.stderr.contains("the disk is full"), "{}", run.stderr);
+    assert!(!run.stderr.contains('\x1b'), "{:?}", run.stderr);
+    assert!(!run.stdout.contains('\x1b'), "{:?}", run.stdout);
+}
+
+#[test]
+fn colour_is_forced_by_clicolor_force_and_refused_by_no_color_and_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let forced = run_flow(dir.path(), EXIT_3, &[], &[("CLICOLOR_FORCE", "1")]);
+    let error_line = forced
+        .stderr
+        .lines()
+        .find(|l| l.contains("the disk is full"))
+        .unwrap();
+    assert!(
+        error_line.contains("\x1b[1m\x1b[31m") || error_line.contains("\x1b[31"),
+        "{error_line:?}"
+    );
+    assert!(forced.stdout.contains('\x1b'), "{:?}", forced.stdout);
+
+    let no_color = run_flow(
+        dir.path(),
+        EXIT_3,
+        &[],
+        &[("CLICOLOR_FORCE", "1"), ("NO_COLOR", "1")],
+    );
+    assert!(!no_color.stderr.contains('\x1b'), "{:?}", no_color.stderr);
+    assert!(!no_color.stdout.contains('\x1b'), "{:?}", no_color.stdout);
+
+    let flag = run_flow(
+        dir.path(),
+        EXIT_3,
+        &["--no-color"],
+        &[("CLICOLOR_FORCE", "1"), ("RUST_LOG", "info")],
+    );
+    assert!(flag.stderr.contains("engine started"), "{}", flag.stderr);
+    assert!(!flag.stderr.contains('\x1b'), "{:?}", flag.stderr);
+    assert!(!flag.stdout.contains('\x1b'), "{:?}", flag.stdout);
+}
+
+#[test]
+fn json_log_format_writes_one_object_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = run_flow(
+        dir.path(),
+        EXIT_3,
+        &["--log-format", "json"],
+        &[("RUST_LOG", "info")],
+    );
+    let lines: Vec<serde_json::Value> = run
+        .stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect();
+    // The engine's tracing events ...
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["fields"]["message"] == "engine started" && l["level"] == "INFO"),
+        "{}",
+        run.stderr
+    );
+    // ... and the execution's log lines, in Kestra's shape.
+    assert!(
+        lines.iter().any(|l| l["taskId"] == "sh"
+            && l["level"] == "ERROR"
+            && l["message"] == "the disk is full"),
+        "{}",
+        run.stderr
+    );
 }

@@ -1,15 +1,22 @@
 //! The async subcommands: `server ...`, `flow test`, `sys purge-queue`.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::StreamExt;
 use indexmap::IndexMap;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use kestra_core::inputs::RawInput;
-use kestra_core::model::StateType;
+use kestra_core::model::{DEFAULT_TENANT, Execution, Level, LogEntry, StateType};
+use kestra_core::queue::{Subscription, Topic};
+use tokio::task::JoinHandle;
 use tracing::info;
 
-use crate::cli::{ServerArgs, ServerCommand};
+use crate::cli::output::{self, LogFormat};
+use crate::cli::{FlowTestArgs, GlobalArgs, OutputFormat, ServerArgs, ServerCommand};
 use kestra::config::Config;
 use kestra::{Components, Engine};
 
@@ -32,17 +39,119 @@ async fn deploy_dir(engine: &Engine, dir: &Path) -> Result<usize, String> {
     Ok(files.len())
 }
 
-/// `kestra flow test FILE`.
-pub async fn flow_test(
-    file: PathBuf,
-    flows: Option<PathBuf>,
-    inputs: Vec<String>,
-    timeout: u64,
-) -> Result<ExitCode, String> {
-    let source = std::fs::read_to_string(&file)
+/// A log line already printed: (task run, level, message, time in ms). The live stream and the
+/// repository's copy of a line compare equal whatever precision the database keeps.
+type Printed = (Option<String>, Level, String, i64);
+
+fn fingerprint(entry: &LogEntry) -> Printed {
+    (
+        entry.task_run_id.clone(),
+        entry.level,
+        entry.message.clone(),
+        entry.timestamp.timestamp_millis(),
+    )
+}
+
+/// Writes execution log lines to stderr (text or JSON lines), around the progress indicator,
+/// each line once.
+#[derive(Clone)]
+struct LogPrinter {
+    format: LogFormat,
+    progress: ProgressBar,
+    printed: Arc<Mutex<HashSet<Printed>>>,
+}
+
+impl LogPrinter {
+    fn print(&self, entry: &LogEntry) {
+        let Ok(mut printed) = self.printed.lock() else {
+            return;
+        };
+        if !printed.insert(fingerprint(entry)) {
+            return;
+        }
+        let line = match self.format {
+            LogFormat::Text => output::log_line(entry),
+            LogFormat::Json => match serde_json::to_string(entry) {
+                Ok(json) => json,
+                Err(e) => format!("cannot encode a log line: {e}"),
+            },
+        };
+        self.progress.suspend(|| anstream::eprintln!("{line}"));
+    }
+}
+
+/// Print the log lines of `execution_id` as the queue broadcasts them (until aborted).
+async fn follow_logs(mut logs: Subscription, execution_id: String, printer: LogPrinter) {
+    while let Some(message) = logs.next().await {
+        match message.and_then(|m| m.decode::<LogEntry>()) {
+            Ok(entry) if entry.execution_id.as_deref() == Some(execution_id.as_str()) => {
+                printer.print(&entry)
+            }
+            Ok(_) => {}
+            // Lagging or a malformed line: the repository's copy is printed at the end.
+            Err(e) => tracing::debug!(error = %e, "log follow"),
+        }
+    }
+}
+
+/// A spinner on stderr with the execution's progress, drawn only on a terminal.
+fn progress_bar(global: &GlobalArgs) -> ProgressBar {
+    if !output::stderr_progress() || global.log_format == LogFormat::Json {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    if let Ok(style) = ProgressStyle::with_template("{spinner} {msg}") {
+        bar.set_style(style);
+    }
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
+}
+
+/// Wait until the execution ends (polling the repository), showing its progress.
+async fn wait_for_end(
+    engine: &Engine,
+    id: &str,
+    timeout: Duration,
+    progress: &ProgressBar,
+) -> Result<Execution, String> {
+    let started = tokio::time::Instant::now();
+    let mut last = "not created yet".to_string();
+    loop {
+        if let Some(e) = engine.execution(id).await.map_err(|e| e.to_string())? {
+            if e.state.is_terminated() {
+                return Ok(e);
+            }
+            let done = e
+                .task_run_list
+                .iter()
+                .filter(|t| t.state.is_terminated())
+                .count();
+            last = e.state.current().to_string();
+            progress.set_message(format!(
+                "{}.{} {last}: {done}/{} task runs done, {:.1}s",
+                e.namespace,
+                e.flow_id,
+                e.task_run_list.len(),
+                started.elapsed().as_secs_f64()
+            ));
+        }
+        if started.elapsed() >= timeout {
+            return Err(format!(
+                "execution {id} did not finish within {}s (last state {last}); it was killed",
+                timeout.as_secs()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `kestra flow test FILE`: the run, then the summary (or JSON) on stdout.
+pub async fn flow_test(args: FlowTestArgs, global: GlobalArgs) -> Result<ExitCode, String> {
+    let file = &args.file;
+    let source = std::fs::read_to_string(file)
         .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
     let mut raw = IndexMap::new();
-    for pair in inputs {
+    for pair in &args.inputs {
         let (k, v) = pair
             .split_once('=')
             .ok_or_else(|| format!("--input '{pair}': expected KEY=VALUE"))?;
@@ -55,28 +164,83 @@ pub async fn flow_test(
         .await
         .map_err(|e| e.to_string())?
         .start();
+    let repositories = engine.repositories().clone();
+    let progress = progress_bar(&global);
+    let printer = LogPrinter {
+        format: global.log_format,
+        progress: progress.clone(),
+        printed: Arc::default(),
+    };
+    let mut execution_id: Option<String> = None;
+    let mut follower: Option<JoinHandle<()>> = None;
     let outcome = async {
-        if let Some(dir) = &flows {
+        if let Some(dir) = &args.flows {
             deploy_dir(&engine, dir).await?;
         }
         let (flow, _) = engine
             .deploy(&source)
             .await
             .map_err(|e| format!("{}: {e}", file.display()))?;
+        // Subscribed before the execution exists: no line of it can be missed.
+        let logs = engine
+            .queue()
+            .subscribe(Topic::Log)
+            .await
+            .map_err(|e| format!("cannot follow the logs: {e}"))?;
         let execution = engine
             .execute(&flow.namespace, &flow.id, raw)
             .await
             .map_err(|e| e.to_string())?;
-        engine
-            .wait_for(&execution.id, Duration::from_secs(timeout))
-            .await
-            .map_err(|e| e.to_string())
+        execution_id = Some(execution.id.clone());
+        follower = Some(tokio::spawn(follow_logs(
+            logs,
+            execution.id.clone(),
+            printer.clone(),
+        )));
+        wait_for_end(
+            &engine,
+            &execution.id,
+            Duration::from_secs(args.timeout),
+            &progress,
+        )
+        .await
     }
     .await;
+    progress.finish_and_clear();
+    if outcome.is_err()
+        && let Some(id) = &execution_id
+        && let Err(e) = engine.kill(id).await
+    {
+        tracing::warn!(error = %e, "cannot kill the execution");
+    }
+    // The worker drains and flushes its last log lines, the indexer stores them.
     engine.shutdown().await;
+    if let Some(follower) = follower {
+        follower.abort();
+    }
+    // Lines the live stream did not deliver (a lagging subscriber) come from the repository.
+    let mut logs = Vec::new();
+    if let Some(id) = &execution_id {
+        match repositories
+            .logs
+            .find_by_execution(DEFAULT_TENANT, id, None, None)
+            .await
+        {
+            Ok(stored) => logs = stored,
+            Err(e) => tracing::warn!(error = %e, "cannot read the execution's logs"),
+        }
+    }
+    for entry in &logs {
+        printer.print(entry);
+    }
     let execution = outcome?;
-    let json = serde_json::to_string_pretty(&execution).map_err(|e| e.to_string())?;
-    println!("{json}");
+    match args.output() {
+        OutputFormat::Json => {
+            let json = serde_json::to_string_pretty(&execution).map_err(|e| e.to_string())?;
+            println!("{json}");
+        }
+        OutputFormat::Text => anstream::print!("{}", output::summary(&execution, &logs)),
+    }
     Ok(match execution.state.current() {
         StateType::Success | StateType::Warning => ExitCode::SUCCESS,
         _ => ExitCode::FAILURE,

@@ -12,14 +12,52 @@ use clap::{Parser, Subcommand};
 use kestra_core::flow::{TaskRegistry, parse_flows};
 
 pub mod commands;
+pub mod output;
+
+use output::{ColorWhen, LogFormat};
 
 /// Kestra: YAML workflow orchestration.
 #[derive(Debug, Parser)]
 #[command(name = "kestra", version, about, propagate_version = true)]
 pub struct Cli {
+    /// Options of every command.
+    #[command(flatten)]
+    pub global: GlobalArgs,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Options every command takes (before or after the subcommand).
+#[derive(Debug, Clone, clap::Args)]
+pub struct GlobalArgs {
+    /// When to colour the output: auto (on a terminal, unless NO_COLOR is set), always, never.
+    #[arg(long, global = true, value_enum, default_value_t = ColorWhen::Auto, value_name = "WHEN")]
+    pub color: ColorWhen,
+    /// No colour (same as `--color never`).
+    #[arg(long, global = true)]
+    pub no_color: bool,
+    /// Format of the logs on stderr: text, or json (one object per line, for log collectors).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t = LogFormat::Text,
+        env = "KESTRA_LOG_FORMAT",
+        value_name = "FORMAT"
+    )]
+    pub log_format: LogFormat,
+}
+
+impl GlobalArgs {
+    /// The colour choice, `--no-color` winning over `--color`.
+    pub fn color(&self) -> ColorWhen {
+        if self.no_color {
+            ColorWhen::Never
+        } else {
+            self.color
+        }
+    }
 }
 
 /// Top-level command groups.
@@ -85,32 +123,63 @@ pub enum FlowCommand {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
-    /// Run one flow in a throwaway local engine (SQLite and storage in a temporary directory) and
-    /// print the final execution as JSON; exit 0 only if it ends SUCCESS or WARNING.
-    Test {
-        /// The flow file.
-        file: PathBuf,
-        /// Deploy the flows of this directory first (subflows, flow triggers).
-        #[arg(long)]
-        flows: Option<PathBuf>,
-        /// An input, `KEY=VALUE` (repeatable). VALUE is parsed like a form field.
-        #[arg(long = "input", value_name = "KEY=VALUE")]
-        inputs: Vec<String>,
-        /// Give up after this many seconds.
-        #[arg(long, default_value_t = 300)]
-        timeout: u64,
-    },
+    /// Run one flow in a throwaway local engine (SQLite and storage in a temporary directory):
+    /// stream its logs to stderr as they arrive, then print a summary (task runs, outputs, the
+    /// error of a failure) or, with `--json`, the final execution as JSON; exit 0 only if it ends
+    /// SUCCESS or WARNING.
+    Test(FlowTestArgs),
+}
+
+/// How `flow test` prints the final execution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// A summary for people.
+    #[default]
+    Text,
+    /// The execution as JSON, in Kestra's shape (for scripts).
+    Json,
+}
+
+/// `kestra flow test` options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FlowTestArgs {
+    /// The flow file.
+    pub file: PathBuf,
+    /// Deploy the flows of this directory first (subflows, flow triggers).
+    #[arg(long)]
+    pub flows: Option<PathBuf>,
+    /// An input, `KEY=VALUE` (repeatable). VALUE is parsed like a form field.
+    #[arg(long = "input", value_name = "KEY=VALUE")]
+    pub inputs: Vec<String>,
+    /// Give up after this many seconds (the execution is killed).
+    #[arg(long, default_value_t = 300)]
+    pub timeout: u64,
+    /// What to print on stdout at the end: text (a summary) or json (the execution).
+    #[arg(short, long, value_enum, default_value_t = OutputFormat::Text, value_name = "FORMAT")]
+    pub output: OutputFormat,
+    /// Same as `-o json`.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl FlowTestArgs {
+    /// The output format, `--json` winning.
+    pub fn output(&self) -> OutputFormat {
+        if self.json {
+            OutputFormat::Json
+        } else {
+            self.output
+        }
+    }
 }
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> ExitCode {
+    let global = cli.global;
     match cli.command {
-        Command::Flow(FlowCommand::Test {
-            file,
-            flows,
-            inputs,
-            timeout,
-        }) => runtime_then(|| crate::cli::commands::flow_test(file, flows, inputs, timeout)),
+        Command::Flow(FlowCommand::Test(args)) => {
+            runtime_then(|| crate::cli::commands::flow_test(args, global))
+        }
         Command::Server(cmd) => runtime_then(|| crate::cli::commands::server(cmd)),
         Command::Sys(SysCommand::PurgeQueue { config }) => {
             runtime_then(|| crate::cli::commands::purge_queue(config))
@@ -160,7 +229,8 @@ where
     match runtime.block_on(f()) {
         Ok(code) => code,
         Err(message) => {
-            eprintln!("error: {message}");
+            let e = output::ERROR;
+            anstream::eprintln!("{e}error{e:#}: {message}");
             ExitCode::FAILURE
         }
     }
