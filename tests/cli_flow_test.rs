@@ -279,3 +279,46 @@ fn json_log_format_writes_one_object_per_line() {
         run.stderr
     );
 }
+
+/// Two files of `--flows` defining the same namespace and id: refused, naming both files, before
+/// anything runs.
+#[test]
+fn flows_directory_with_a_duplicate_flow_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let flows = dir.path().join("flows");
+    std::fs::create_dir(&flows).unwrap();
+    let child = "namespace: cli.test\ntasks:\n  - id: t\n    type: io.kestra.plugin.core.log.Log\n    message: hi\n";
+    std::fs::write(flows.join("a.yaml"), format!("id: child\n{child}")).unwrap();
+    std::fs::write(flows.join("b.yml"), format!("id: other\n{child}")).unwrap();
+    std::fs::write(flows.join("c.yaml"), format!("id: child\n{child}")).unwrap();
+    let run = run_flow(
+        dir.path(),
+        GREET,
+        &["--flows", flows.to_str().unwrap(), "--input", "name=x"],
+        &[],
+    );
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains(&format!(
+            "error: {} and {} both define flow cli.test.child",
+            flows.join("a.yaml").display(),
+            flows.join("c.yaml").display()
+        )),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stdout.is_empty(), "{}", run.stdout);
+}
+
+/// `flow test` refuses a file without a flow, like `flow validate`.
+#[test]
+fn empty_flow_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = run_flow(dir.path(), "---\n", &[], &[]);
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr.contains("empty document, expected a flow"),
+        "{}",
+        run.stderr
+    );
+}

@@ -1,6 +1,6 @@
 //! The async subcommands: `server ...`, `flow test`, `sys purge-queue`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
@@ -9,6 +9,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use indexmap::IndexMap;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use kestra_core::flow::parse_flow;
 use kestra_core::inputs::RawInput;
 use kestra_core::model::{DEFAULT_TENANT, Execution, Level, LogEntry, StateType};
 use kestra_core::queue::{Subscription, Topic};
@@ -28,11 +29,30 @@ async fn deploy_dir(engine: &Engine, dir: &Path) -> Result<usize, String> {
         .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yml" | "yaml")))
         .collect();
     files.sort();
+    let mut sources = Vec::with_capacity(files.len());
+    // Two files defining one flow would deploy as two revisions of it, the later file silently
+    // winning: refuse before deploying anything.
+    let mut defined: HashMap<(String, String), &Path> = HashMap::new();
     for file in &files {
         let source = std::fs::read_to_string(file)
             .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        if let Ok(flow) = parse_flow(&source, engine.registry()) {
+            let key = (flow.namespace.clone(), flow.id.clone());
+            if let Some(first) = defined.insert(key, file) {
+                return Err(format!(
+                    "{} and {} both define flow {}.{}",
+                    first.display(),
+                    file.display(),
+                    flow.namespace,
+                    flow.id
+                ));
+            }
+        }
+        sources.push(source);
+    }
+    for (file, source) in files.iter().zip(&sources) {
         engine
-            .deploy(&source)
+            .deploy(source)
             .await
             .map_err(|e| format!("{}: {e}", file.display()))?;
     }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use kestra_core::flow::{TaskRegistry, parse_flows};
+use kestra_core::flow::{TaskRegistry, parse_flow, parse_flows};
 
 pub mod commands;
 pub mod output;
@@ -244,7 +244,15 @@ pub fn validate_file(file: &Path, registry: &TaskRegistry) -> Vec<String> {
         Err(e) => return vec![format!("{name}: error: cannot read the file: {e}")],
     };
     let mut lines = Vec::new();
-    for result in parse_flows(&source, registry) {
+    let results = parse_flows(&source, registry);
+    // No document at all (an empty file, comments only, a lone `---`) is no flow: the error
+    // `flow test` gives for it.
+    let results = if results.is_empty() {
+        vec![parse_flow(&source, registry)]
+    } else {
+        results
+    };
+    for result in results {
         if let Err(errors) = result {
             for e in &errors.errors {
                 if e.path.is_empty() {
