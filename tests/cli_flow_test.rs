@@ -322,3 +322,143 @@ fn empty_flow_file_is_refused() {
         run.stderr
     );
 }
+
+/// A flow whose shell task prints a FILE input and an INT input.
+const FILE_INPUT: &str = r#"id: file-input
+namespace: cli.test
+inputs:
+  - id: data
+    type: FILE
+  - id: n
+    type: INT
+tasks:
+  - id: show
+    type: io.kestra.plugin.scripts.shell.Commands
+    taskRunner:
+      type: io.kestra.plugin.core.runner.Process
+    inputFiles:
+      data.csv: "{{ read(inputs.data) }}"
+    commands:
+      - cat data.csv
+      - echo "n={{ inputs.n }}"
+"#;
+
+#[test]
+fn a_local_file_reaches_a_file_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("local.csv");
+    std::fs::write(&csv, "city,temp\nOslo,-3\n").unwrap();
+    let run = run_flow(
+        dir.path(),
+        FILE_INPUT,
+        &[
+            "--input",
+            &format!("data=@{}", csv.display()),
+            "--input",
+            "n=3",
+            "--json",
+        ],
+        &[],
+    );
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("show INFO  Oslo,-3"), "{}", run.stderr);
+    let e: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let uri = e["inputs"]["data"].as_str().unwrap();
+    assert!(
+        uri.starts_with("kestra:///cli/test/file-input/executions/") && uri.ends_with("local.csv"),
+        "{uri}"
+    );
+}
+
+#[test]
+fn inputs_come_from_a_yaml_file_and_input_flags_win() {
+    let dir = tempfile::tempdir().unwrap();
+    let sub = dir.path().join("data");
+    std::fs::create_dir(&sub).unwrap();
+    std::fs::write(sub.join("local.csv"), "from the inputs file\n").unwrap();
+    // `@local.csv` is relative to the inputs file, wherever the command runs.
+    std::fs::write(sub.join("inputs.yaml"), "data: \"@local.csv\"\nn: 7\n").unwrap();
+    let inputs = sub.join("inputs.yaml");
+    let run = run_flow(
+        dir.path(),
+        FILE_INPUT,
+        &["--inputs", inputs.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains("show INFO  from the inputs file"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("show INFO  n=7"), "{}", run.stderr);
+
+    let run = run_flow(
+        dir.path(),
+        FILE_INPUT,
+        &["--inputs", inputs.to_str().unwrap(), "--input", "n=8"],
+        &[],
+    );
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("show INFO  n=8"), "{}", run.stderr);
+}
+
+#[test]
+fn bad_inputs_are_refused_with_the_input_and_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.csv");
+    let run = run_flow(
+        dir.path(),
+        FILE_INPUT,
+        &["--input", &format!("data=@{}", missing.display())],
+        &[],
+    );
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr.contains(&format!(
+            "input 'data': cannot read local file {}",
+            missing.display()
+        )),
+        "{}",
+        run.stderr
+    );
+
+    let csv = dir.path().join("ok.csv");
+    std::fs::write(&csv, "x\n").unwrap();
+    let run = run_flow(
+        dir.path(),
+        FILE_INPUT,
+        &[
+            "--input",
+            &format!("data=@{}", csv.display()),
+            "--input",
+            "n=x",
+        ],
+        &[],
+    );
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr
+            .contains("input 'n': must be an integer (got 'x')"),
+        "{}",
+        run.stderr
+    );
+
+    let list = dir.path().join("list.yaml");
+    std::fs::write(&list, "- n\n- 3\n").unwrap();
+    let run = run_flow(
+        dir.path(),
+        FILE_INPUT,
+        &["--inputs", list.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr.contains(&format!(
+            "{}: expected a mapping of input ids to values",
+            list.display()
+        )),
+        "{}",
+        run.stderr
+    );
+}

@@ -7,10 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use indexmap::IndexMap;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use kestra_core::flow::parse_flow;
-use kestra_core::inputs::RawInput;
 use kestra_core::model::{DEFAULT_TENANT, Execution, Level, LogEntry, StateType};
 use kestra_core::queue::{Subscription, Topic};
 use tokio::task::JoinHandle;
@@ -170,13 +168,6 @@ pub async fn flow_test(args: FlowTestArgs, global: GlobalArgs) -> Result<ExitCod
     let file = &args.file;
     let source = std::fs::read_to_string(file)
         .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-    let mut raw = IndexMap::new();
-    for pair in &args.inputs {
-        let (k, v) = pair
-            .split_once('=')
-            .ok_or_else(|| format!("--input '{pair}': expected KEY=VALUE"))?;
-        raw.insert(k.to_string(), RawInput::Text(v.to_string()));
-    }
     let dir =
         tempfile::tempdir().map_err(|e| format!("cannot create a temporary directory: {e}"))?;
     let config = Config::from_pairs([("kestra.data-dir", dir.path().display().to_string())]);
@@ -201,6 +192,7 @@ pub async fn flow_test(args: FlowTestArgs, global: GlobalArgs) -> Result<ExitCod
             .deploy(&source)
             .await
             .map_err(|e| format!("{}: {e}", file.display()))?;
+        let raw = crate::cli::inputs::raw_inputs(&flow, &args.inputs, args.inputs_file.as_deref())?;
         // Subscribed before the execution exists: no line of it can be missed.
         let logs = engine
             .queue()

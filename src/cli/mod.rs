@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 use kestra_core::flow::{TaskRegistry, parse_flow, parse_flows};
 
 pub mod commands;
+pub mod inputs;
 pub mod output;
 
 use output::{ColorWhen, LogFormat};
@@ -148,9 +149,14 @@ pub struct FlowTestArgs {
     /// Deploy the flows of this directory first (subflows, flow triggers).
     #[arg(long)]
     pub flows: Option<PathBuf>,
-    /// An input, `KEY=VALUE` (repeatable). VALUE is parsed like a form field.
+    /// An input, `KEY=VALUE` (repeatable). VALUE is parsed like a form field; for a FILE input,
+    /// `KEY=@path` uploads a local file.
     #[arg(long = "input", value_name = "KEY=VALUE")]
     pub inputs: Vec<String>,
+    /// Inputs from a YAML file (`name: value` per input; `@path` for a FILE input, relative to
+    /// the file); `--input` wins over it.
+    #[arg(long = "inputs", value_name = "FILE")]
+    pub inputs_file: Option<PathBuf>,
     /// Give up after this many seconds (the execution is killed).
     #[arg(long, default_value_t = 300)]
     pub timeout: u64,
