@@ -345,3 +345,42 @@ pub async fn purge_queue(config: Option<PathBuf>) -> Result<ExitCode, String> {
     println!("{report:?}");
     Ok(ExitCode::SUCCESS)
 }
+
+/// `kestra config show`: one line per key, `key = value  (source)`, aligned; then the unknown keys
+/// of the file.
+pub fn config_show(file: Option<&Path>) -> Result<(), String> {
+    let config = Config::load(file).map_err(|e| e.to_string())?;
+    let settings = config.effective();
+    let rows: Vec<(String, String)> = settings
+        .iter()
+        .map(|s| {
+            (
+                format!("{} = {}", s.key, s.value.as_deref().unwrap_or("(not set)")),
+                s.source.to_string(),
+            )
+        })
+        .collect();
+    let width = rows
+        .iter()
+        .map(|(l, _)| l.chars().count())
+        .max()
+        .unwrap_or(0);
+    let dim = output::DIM;
+    let mut out = String::new();
+    for (line, source) in rows {
+        out.push_str(&format!("{line:<width$}  {dim}({source}){dim:#}\n"));
+    }
+    let unknown = config.unknown_keys();
+    if !unknown.is_empty() {
+        let w = output::WARN;
+        out.push_str(&format!("\n{w}Unknown keys{w:#} (ignored)\n"));
+        for u in unknown {
+            match u.suggestion {
+                Some(s) => out.push_str(&format!("  {}: did you mean '{s}'?\n", u.key)),
+                None => out.push_str(&format!("  {}\n", u.key)),
+            }
+        }
+    }
+    anstream::print!("{out}");
+    Ok(())
+}

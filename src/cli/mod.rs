@@ -73,6 +73,21 @@ pub enum Command {
     /// Maintenance that works even when the engine cannot start.
     #[command(subcommand)]
     Sys(SysCommand),
+    /// Inspect the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+/// `kestra config ...`
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the effective configuration: every key, its value (secrets masked) and where it
+    /// comes from (environment, file, default); unknown keys of the file are reported.
+    Show {
+        /// Configuration file.
+        #[arg(short, long, env = "KESTRA_CONFIG")]
+        config: Option<PathBuf>,
+    },
 }
 
 /// Options shared by the server commands.
@@ -189,6 +204,16 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Server(cmd) => runtime_then(|| crate::cli::commands::server(cmd)),
         Command::Sys(SysCommand::PurgeQueue { config }) => {
             runtime_then(|| crate::cli::commands::purge_queue(config))
+        }
+        Command::Config(ConfigCommand::Show { config }) => {
+            match crate::cli::commands::config_show(config.as_deref()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(message) => {
+                    let e = output::ERROR;
+                    anstream::eprintln!("{e}error{e:#}: {message}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Flow(FlowCommand::Validate { files }) => {
             let registry = TaskRegistry::default();
