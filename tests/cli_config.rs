@@ -103,3 +103,20 @@ fn a_configuration_file_that_is_not_a_mapping_is_refused() {
         );
     }
 }
+
+#[test]
+fn completion_scripts_for_bash_zsh_and_fish() {
+    for (shell, marker, option) in [
+        ("bash", "complete -F _kestra", "--inputs"),
+        ("zsh", "#compdef kestra", "--inputs"),
+        ("fish", "complete -c kestra", "-l inputs"),
+    ] {
+        let (code, out, err) = kestra(&["completion", shell], &[]);
+        assert_eq!(code, 0, "{shell}: {err}");
+        assert!(out.contains(marker), "{shell}: {out}");
+        // The subcommands and their options are in it.
+        assert!(out.contains("validate") && out.contains(option), "{shell}");
+    }
+    let (code, _, err) = kestra(&["completion", "tcsh"], &[]);
+    assert_eq!(code, 2, "{err}");
+}

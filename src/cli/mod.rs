@@ -76,6 +76,16 @@ pub enum Command {
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(after_help = "Examples:
+  kestra completion bash > ~/.local/share/bash-completion/completions/kestra
+  kestra completion zsh > \"${fpath[1]}/_kestra\"
+  kestra completion fish > ~/.config/fish/completions/kestra.fish")]
+    Completion {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 /// `kestra config ...`
@@ -83,6 +93,10 @@ pub enum Command {
 pub enum ConfigCommand {
     /// Print the effective configuration: every key, its value (secrets masked) and where it
     /// comes from (environment, file, default); unknown keys of the file are reported.
+    #[command(after_help = "Examples:
+  kestra config show
+  kestra config show -c application.yml
+  KESTRA_REPOSITORY_TYPE=postgres kestra config show")]
     Show {
         /// Configuration file.
         #[arg(short, long, env = "KESTRA_CONFIG")]
@@ -106,14 +120,27 @@ pub struct ServerArgs {
 #[derive(Debug, Subcommand)]
 pub enum ServerCommand {
     /// Everything in one process: executor, worker, indexer, scheduler (the webserver as it lands).
+    #[command(after_help = "Examples:
+  kestra server standalone --flows ./flows
+  kestra server standalone -c application.yml
+  KESTRA_DATA_DIR=/var/lib/kestra kestra server standalone --log-format json")]
     Standalone(ServerArgs),
     /// Only the scheduler (several may run at once: claims on due triggers).
+    #[command(after_help = "Examples:
+  kestra server scheduler -c application.yml")]
     Scheduler(ServerArgs),
     /// Only the executor.
+    #[command(after_help = "Examples:
+  kestra server executor -c application.yml")]
     Executor(ServerArgs),
     /// Only a worker.
+    #[command(after_help = "Examples:
+  kestra server worker -c application.yml
+  KESTRA_WORKER_THREADS=16 kestra server worker -c application.yml")]
     Worker(ServerArgs),
     /// Only the indexer.
+    #[command(after_help = "Examples:
+  kestra server indexer -c application.yml")]
     Indexer(ServerArgs),
 }
 
@@ -122,6 +149,8 @@ pub enum ServerCommand {
 pub enum SysCommand {
     /// Offline queue maintenance: delete dead letters and expired broadcast rows, compact. Works
     /// without starting the engine.
+    #[command(after_help = "Examples:
+  kestra sys purge-queue -c application.yml")]
     PurgeQueue {
         /// Configuration file.
         #[arg(short, long, env = "KESTRA_CONFIG")]
@@ -134,6 +163,9 @@ pub enum SysCommand {
 pub enum FlowCommand {
     /// Check flow files; print compiler-style errors (`file:line:col: error: path: message`) or
     /// `file: OK`; exit with status 1 when any file is invalid.
+    #[command(after_help = "Examples:
+  kestra flow validate flows/hello.yaml
+  kestra flow validate flows/*.yaml")]
     Validate {
         /// Flow files (YAML; several flows per file may be separated by `---`).
         #[arg(required = true)]
@@ -143,6 +175,10 @@ pub enum FlowCommand {
     /// stream its logs to stderr as they arrive, then print a summary (task runs, outputs, the
     /// error of a failure) or, with `--json`, the final execution as JSON; exit 0 only if it ends
     /// SUCCESS or WARNING.
+    #[command(after_help = "Examples:
+  kestra flow test flows/hello.yaml --input name=you
+  kestra flow test etl.yaml --input data=@local.csv --inputs inputs.yaml
+  kestra flow test parent.yaml --flows ./flows --json | jq .state.current")]
     Test(FlowTestArgs),
 }
 
@@ -204,6 +240,21 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Server(cmd) => runtime_then(|| crate::cli::commands::server(cmd)),
         Command::Sys(SysCommand::PurgeQueue { config }) => {
             runtime_then(|| crate::cli::commands::purge_queue(config))
+        }
+        Command::Completion { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut command, "kestra", &mut script);
+            match std::io::stdout().write_all(&script) {
+                Ok(()) => ExitCode::SUCCESS,
+                // `kestra completion bash | head`: the reader is gone, nothing to say.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+                Err(e) => {
+                    let r = output::ERROR;
+                    anstream::eprintln!("{r}error{r:#}: cannot write the script: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Config(ConfigCommand::Show { config }) => {
             match crate::cli::commands::config_show(config.as_deref()) {
@@ -301,4 +352,46 @@ pub fn validate_file(file: &Path, registry: &TaskRegistry) -> Vec<String> {
         }
     }
     lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_tree_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// Every command that does something (a leaf of the tree) shows examples in its `--help`.
+    #[test]
+    fn every_subcommand_help_has_examples() {
+        fn leaves(cmd: &clap::Command, path: String, out: &mut Vec<(String, clap::Command)>) {
+            let subs: Vec<&clap::Command> = cmd
+                .get_subcommands()
+                .filter(|c| c.get_name() != "help")
+                .collect();
+            if subs.is_empty() {
+                out.push((path.clone(), cmd.clone()));
+            }
+            for sub in subs {
+                leaves(sub, format!("{path} {}", sub.get_name()), out);
+            }
+        }
+        let mut all = Vec::new();
+        leaves(&Cli::command(), "kestra".into(), &mut all);
+        assert!(all.len() >= 10, "{}", all.len());
+        for (path, mut cmd) in all {
+            let help = cmd.render_help().to_string();
+            let examples = help
+                .split_once("Examples:\n")
+                .map(|(_, e)| e)
+                .unwrap_or_else(|| panic!("`{path} --help` shows no example:\n{help}"));
+            assert!(
+                examples.trim_start().starts_with(&path),
+                "{path}: {examples}"
+            );
+        }
+    }
 }
