@@ -462,3 +462,160 @@ fn bad_inputs_are_refused_with_the_input_and_the_problem() {
         run.stderr
     );
 }
+
+const SLEEPY: &str = r#"id: sleepy
+namespace: cli.test
+tasks:
+  - id: hi
+    type: io.kestra.plugin.core.log.Log
+    message: about to sleep
+  - id: nap
+    type: io.kestra.plugin.scripts.shell.Commands
+    taskRunner:
+      type: io.kestra.plugin.core.runner.Process
+    commands:
+      - sleep 30
+"#;
+
+/// The names in `dir` (none once the run's temporary database, storage and working directories
+/// are gone).
+fn entries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn timeout_kills_the_execution_and_ends_within_a_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let start = Instant::now();
+    let run = run_flow(
+        dir.path(),
+        SLEEPY,
+        &["--timeout", "2"],
+        &[("TMPDIR", tmp.to_str().unwrap())],
+    );
+    let elapsed = start.elapsed();
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("did not finish within 2s (last state RUNNING); it was killed"),
+        "{}",
+        run.stderr
+    );
+    assert!(elapsed < Duration::from_millis(3_500), "{elapsed:?}");
+    assert_eq!(entries(&tmp), Vec::<String>::new());
+}
+
+#[cfg(unix)]
+#[test]
+fn sigterm_stops_the_run_and_removes_its_temporary_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let file = dir.path().join("flow.yaml");
+    std::fs::write(&file, SLEEPY).unwrap();
+    let mut child = kestra()
+        .args(["flow", "test"])
+        .arg(&file)
+        .env("TMPDIR", &tmp)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    assert!(line.contains("about to sleep"), "{line}");
+    std::thread::sleep(Duration::from_millis(500)); // the shell task is running
+    assert!(
+        !entries(&tmp).is_empty(),
+        "the run keeps its files in TMPDIR"
+    );
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let start = Instant::now();
+    let status = child.wait().unwrap();
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    assert_eq!(status.code(), Some(130), "{rest}");
+    assert!(
+        rest.contains("interrupted: the execution was killed"),
+        "{rest}"
+    );
+    assert_eq!(entries(&tmp), Vec::<String>::new());
+}
+
+#[cfg(unix)]
+#[test]
+fn watch_runs_the_flow_again_when_the_file_changes() {
+    use std::sync::mpsc;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("flow.yaml");
+    let flow = |message: &str| {
+        format!(
+            "id: watched\nnamespace: cli.test\ntasks:\n  - id: say\n    type: io.kestra.plugin.core.log.Log\n    message: {message}\n"
+        )
+    };
+    std::fs::write(&file, flow("first version")).unwrap();
+    let mut child = kestra()
+        .args(["flow", "test", "--watch"])
+        .arg(&file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel::<String>();
+    for stream in [
+        Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+        Box::new(child.stderr.take().unwrap()),
+    ] {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    let mut seen = Vec::new();
+    let mut wait_for = |needle: &str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+                let found = line.contains(needle);
+                seen.push(line);
+                if found {
+                    return;
+                }
+            }
+        }
+        panic!("no line with {needle:?}: {seen:#?}");
+    };
+    wait_for("say INFO  first version");
+    wait_for("SUCCESS in");
+    wait_for("for changes (Ctrl-C to stop)");
+    std::fs::write(&file, flow("second version")).unwrap();
+    wait_for("changed: running it again");
+    wait_for("say INFO  second version");
+    wait_for("SUCCESS in");
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}

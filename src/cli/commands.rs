@@ -11,6 +11,9 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use kestra_core::flow::parse_flow;
 use kestra_core::model::{DEFAULT_TENANT, Execution, Level, LogEntry, StateType};
 use kestra_core::queue::{Subscription, Topic};
+use kestra_core::runtime::executor::ExecutorConfig;
+use kestra_core::runtime::indexer::IndexerConfig;
+use kestra_core::worker::WorkerConfig;
 use tokio::task::JoinHandle;
 use tracing::info;
 
@@ -125,16 +128,53 @@ fn progress_bar(global: &GlobalArgs) -> ProgressBar {
     bar
 }
 
+/// Why a run ended without its execution's end.
+#[derive(Debug)]
+enum RunError {
+    /// A problem, said in words.
+    Failed(String),
+    /// Ctrl-C or SIGTERM.
+    Interrupted,
+}
+
+impl From<String> for RunError {
+    fn from(message: String) -> Self {
+        RunError::Failed(message)
+    }
+}
+
+/// Set to `true` when Ctrl-C or SIGTERM arrives.
+type StopFlag = tokio::sync::watch::Receiver<bool>;
+
+/// Listen for Ctrl-C and SIGTERM from now on (instead of dying at once, which would leave the
+/// temporary database and storage behind).
+fn stop_flag() -> StopFlag {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        match stop_signal().await {
+            Ok(()) => {
+                let _ = tx.send(true);
+            }
+            Err(e) => tracing::warn!(error = %e, "Ctrl-C will not stop the run cleanly"),
+        }
+    });
+    rx
+}
+
 /// Wait until the execution ends (polling the repository), showing its progress.
 async fn wait_for_end(
     engine: &Engine,
     id: &str,
     timeout: Duration,
     progress: &ProgressBar,
-) -> Result<Execution, String> {
+    stop: &mut StopFlag,
+) -> Result<Execution, RunError> {
     let started = tokio::time::Instant::now();
     let mut last = "not created yet".to_string();
     loop {
+        if *stop.borrow() {
+            return Err(RunError::Interrupted);
+        }
         if let Some(e) = engine.execution(id).await.map_err(|e| e.to_string())? {
             if e.state.is_terminated() {
                 return Ok(e);
@@ -154,17 +194,98 @@ async fn wait_for_end(
             ));
         }
         if started.elapsed() >= timeout {
-            return Err(format!(
+            return Err(RunError::Failed(format!(
                 "execution {id} did not finish within {}s (last state {last}); it was killed",
                 timeout.as_secs()
-            ));
+            )));
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            _ = stop.changed() => {}
+        }
     }
 }
 
-/// `kestra flow test FILE`: the run, then the summary (or JSON) on stdout.
+/// The worker settings of `flow test`: quick to notice a shutdown and to give up on killed tasks,
+/// so that `--timeout` and Ctrl-C end the command within about a second.
+fn flow_test_worker() -> WorkerConfig {
+    WorkerConfig {
+        poll_wait: Duration::from_millis(200),
+        drain_timeout: Duration::from_secs(1),
+        cancel_grace: Duration::from_millis(500),
+        ..WorkerConfig::default()
+    }
+}
+
+/// `kestra flow test FILE [--watch]`.
 pub async fn flow_test(args: FlowTestArgs, global: GlobalArgs) -> Result<ExitCode, String> {
+    let mut stop = stop_flag();
+    if !args.watch {
+        return match test_once(&args, &global, &mut stop).await {
+            Ok(code) => Ok(code),
+            Err(RunError::Failed(message)) => Err(message),
+            Err(RunError::Interrupted) => {
+                let w = output::WARN;
+                anstream::eprintln!("{w}interrupted{w:#}: the execution was killed");
+                Ok(ExitCode::from(130))
+            }
+        };
+    }
+    let file = &args.file;
+    let dim = output::DIM;
+    loop {
+        let ran = std::fs::read(file).ok();
+        match test_once(&args, &global, &mut stop).await {
+            Ok(_) => {}
+            Err(RunError::Failed(message)) => {
+                let e = output::ERROR;
+                anstream::eprintln!("{e}error{e:#}: {message}");
+            }
+            Err(RunError::Interrupted) => return Ok(ExitCode::SUCCESS),
+        }
+        anstream::eprintln!(
+            "{dim}watching {} for changes (Ctrl-C to stop){dim:#}",
+            file.display()
+        );
+        if !wait_for_change(file, ran.as_deref(), &mut stop).await {
+            return Ok(ExitCode::SUCCESS);
+        }
+        anstream::eprintln!("{dim}{} changed: running it again{dim:#}", file.display());
+    }
+}
+
+/// Wait until the content of `file` differs from `ran` and has stayed the same for a moment (an
+/// editor's save may take several writes). False when stopped.
+async fn wait_for_change(file: &Path, ran: Option<&[u8]>, stop: &mut StopFlag) -> bool {
+    let pause = Duration::from_millis(250);
+    let mut seen: Option<Vec<u8>> = None;
+    loop {
+        if *stop.borrow() {
+            return false;
+        }
+        let now = std::fs::read(file).ok();
+        if now.as_deref() != ran {
+            if seen.is_some() && seen == now {
+                return true;
+            }
+            seen = now;
+        } else {
+            seen = None;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}
+
+/// One run of `kestra flow test FILE`: the run, then the summary (or JSON) on stdout. The
+/// temporary directory is removed on every way out, the execution killed when it did not end.
+async fn test_once(
+    args: &FlowTestArgs,
+    global: &GlobalArgs,
+    stop: &mut StopFlag,
+) -> Result<ExitCode, RunError> {
     let file = &args.file;
     let source = std::fs::read_to_string(file)
         .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
@@ -174,9 +295,18 @@ pub async fn flow_test(args: FlowTestArgs, global: GlobalArgs) -> Result<ExitCod
     let engine = kestra::engine(&config)
         .await
         .map_err(|e| e.to_string())?
+        .worker_config(flow_test_worker())
+        .executor_config(ExecutorConfig {
+            poll_wait: Duration::from_millis(200),
+            ..ExecutorConfig::default()
+        })
+        .indexer_config(IndexerConfig {
+            poll_wait: Duration::from_millis(200),
+            ..IndexerConfig::default()
+        })
         .start();
     let repositories = engine.repositories().clone();
-    let progress = progress_bar(&global);
+    let progress = progress_bar(global);
     let printer = LogPrinter {
         format: global.log_format,
         progress: progress.clone(),
@@ -214,6 +344,7 @@ pub async fn flow_test(args: FlowTestArgs, global: GlobalArgs) -> Result<ExitCod
             &execution.id,
             Duration::from_secs(args.timeout),
             &progress,
+            stop,
         )
         .await
     }
@@ -246,6 +377,7 @@ pub async fn flow_test(args: FlowTestArgs, global: GlobalArgs) -> Result<ExitCod
         printer.print(entry);
     }
     let execution = outcome?;
+    drop(dir); // removed now, before the output (also on every error above, when dropped)
     match args.output() {
         OutputFormat::Json => {
             let json = serde_json::to_string_pretty(&execution).map_err(|e| e.to_string())?;

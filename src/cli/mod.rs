@@ -178,7 +178,8 @@ pub enum FlowCommand {
     #[command(after_help = "Examples:
   kestra flow test flows/hello.yaml --input name=you
   kestra flow test etl.yaml --input data=@local.csv --inputs inputs.yaml
-  kestra flow test parent.yaml --flows ./flows --json | jq .state.current")]
+  kestra flow test parent.yaml --flows ./flows --json | jq .state.current
+  kestra flow test --watch flows/hello.yaml")]
     Test(FlowTestArgs),
 }
 
@@ -217,6 +218,9 @@ pub struct FlowTestArgs {
     /// Same as `-o json`.
     #[arg(long)]
     pub json: bool,
+    /// Run the flow again each time the file changes, until Ctrl-C.
+    #[arg(long)]
+    pub watch: bool,
 }
 
 impl FlowTestArgs {
