@@ -619,3 +619,41 @@ fn watch_runs_the_flow_again_when_the_file_changes() {
     let status = child.wait().unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+/// The README's "Run it" example: `flow test flows/hello.yaml --input name=you` prints what the
+/// README shows.
+#[test]
+fn the_readme_example_prints_what_the_readme_shows() {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("flows/hello.yaml");
+    let output = kestra()
+        .args(["flow", "test"])
+        .arg(&file)
+        .args(["--input", "name=you"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(stderr.contains(" greet INFO  Hello, you!\n"), "{stderr}");
+    assert!(
+        stdout.contains("of company.team.hello (revision 1): SUCCESS in "),
+        "{stdout}"
+    );
+    let lines: Vec<Vec<&str>> = stdout
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert!(lines.iter().any(|l| l[..] == ["Task", "runs"]), "{stdout}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.len() == 5 && l[..4] == ["greet", "SUCCESS", "1", "attempt"]),
+        "{stdout}"
+    );
+    assert!(
+        lines.iter().any(|l| l.len() == 6
+            && l[..4] == ["answer", "SUCCESS", "1", "attempt"]
+            && l[5] == "value=\"YOU\""),
+        "{stdout}"
+    );
+}
