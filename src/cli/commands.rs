@@ -147,13 +147,16 @@ impl From<String> for RunError {
 type StopFlag = tokio::sync::watch::Receiver<bool>;
 
 /// Listen for Ctrl-C and SIGTERM from now on (instead of dying at once, which would leave the
-/// temporary database and storage behind).
+/// temporary database and storage behind). A second one ends the process at once.
 fn stop_flag() -> StopFlag {
     let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         match stop_signal().await {
             Ok(()) => {
                 let _ = tx.send(true);
+                if stop_signal().await.is_ok() {
+                    std::process::exit(130);
+                }
             }
             Err(e) => tracing::warn!(error = %e, "Ctrl-C will not stop the run cleanly"),
         }
