@@ -44,6 +44,16 @@ pub enum ConfigError {
         /// Parser message (with line and column).
         message: String,
     },
+    /// The file is YAML but not a mapping of keys (`-c /etc/passwd`).
+    #[error(
+        "invalid configuration file {path}: expected a mapping of keys (`kestra:` ...), found {found}"
+    )]
+    NotAMapping {
+        /// File.
+        path: PathBuf,
+        /// What the document is instead.
+        found: &'static str,
+    },
     /// A key has a value of the wrong kind.
     #[error("configuration key '{key}': {message}")]
     Invalid {
@@ -58,6 +68,129 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Default)]
 pub struct Config {
     values: BTreeMap<String, String>,
+    /// The file the values come from, if any.
+    file: Option<PathBuf>,
+}
+
+/// Every key this build reads (`*` stands for any one segment). A key of a file that matches none
+/// is reported by [`Config::unknown_keys`] (and warned about by [`Config::load`]): add new keys
+/// here.
+pub const KNOWN_KEYS: &[&str] = &[
+    "kestra.repository.type",
+    "kestra.queue.type",
+    "datasources.*.url",
+    "datasources.*.username",
+    "datasources.*.password",
+    "kestra.storage.type",
+    "kestra.storage.local.base-path",
+    "kestra.server.port",
+    "kestra.server.basic-auth.enabled",
+    "kestra.server.basic-auth.username",
+    "kestra.server.basic-auth.password",
+    "kestra.worker.threads",
+    "kestra.data-dir",
+];
+
+/// A key of the configuration file that this build does not read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownKey {
+    /// The key, dotted.
+    pub key: String,
+    /// The closest known key, when one is close.
+    pub suggestion: Option<String>,
+}
+
+impl std::fmt::Display for UnknownKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "unknown configuration key '{}' (ignored)", self.key)?;
+        if let Some(s) = &self.suggestion {
+            write!(f, "; did you mean '{s}'?")?;
+        }
+        Ok(())
+    }
+}
+
+/// Where the value of a key comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// The environment variable.
+    Environment(String),
+    /// The configuration file.
+    File(PathBuf),
+    /// The built-in default.
+    Default,
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Environment(var) => write!(f, "environment {var}"),
+            Source::File(path) => write!(f, "file {}", path.display()),
+            Source::Default => f.write_str("default"),
+        }
+    }
+}
+
+/// One key of the effective configuration ([`Config::effective`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Setting {
+    /// The key, dotted.
+    pub key: String,
+    /// Its value, secrets masked (`None`: not set, no default).
+    pub value: Option<String>,
+    /// Where the value comes from.
+    pub source: Source,
+}
+
+fn matches_pattern(pattern: &str, key: &str) -> bool {
+    let (p, k): (Vec<&str>, Vec<&str>) = (pattern.split('.').collect(), key.split('.').collect());
+    p.len() == k.len() && p.iter().zip(&k).all(|(p, k)| *p == "*" || p == k)
+}
+
+/// The known key closest to `key`, if it is a likely typo of it.
+fn suggest(key: &str) -> Option<String> {
+    let segments: Vec<&str> = key.split('.').collect();
+    KNOWN_KEYS
+        .iter()
+        .map(|pattern| {
+            // `*` takes the key's own segment: `datasources.postgres.ulr` -> `...postgres.url`.
+            pattern
+                .split('.')
+                .enumerate()
+                .map(|(i, p)| match (p, segments.get(i)) {
+                    ("*", Some(s)) => *s,
+                    (p, _) => p,
+                })
+                .collect::<Vec<_>>()
+                .join(".")
+        })
+        .map(|candidate| (strsim::levenshtein(key, &candidate), candidate))
+        .filter(|(distance, candidate)| *distance <= (candidate.len() / 5).max(2))
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, candidate)| candidate)
+}
+
+/// Whether a key holds a secret (its value is masked when shown).
+pub fn is_secret(key: &str) -> bool {
+    let last = key.rsplit('.').next().unwrap_or(key).to_ascii_lowercase();
+    ["password", "secret", "token"]
+        .iter()
+        .any(|s| last.contains(s))
+}
+
+/// `value` with its secret parts masked: the whole value for a secret key, the password of a URL
+/// (`postgres://user:****@host/db`) otherwise.
+pub fn mask(key: &str, value: &str) -> String {
+    if is_secret(key) {
+        return "********".into();
+    }
+    if let Some((scheme, rest)) = value.split_once("://")
+        && let Some((userinfo, host)) = rest.split_once('@')
+        && let Some((user, _)) = userinfo.split_once(':')
+    {
+        return format!("{scheme}://{user}:********@{host}");
+    }
+    value.to_string()
 }
 
 fn flatten(prefix: &str, value: &Value, out: &mut BTreeMap<String, String>) {
@@ -108,9 +241,112 @@ impl Config {
                 path: path.to_path_buf(),
                 message: e.to_string(),
             })?;
+            let found = match &value {
+                Value::Object(_) | Value::Null => None,
+                Value::String(_) => Some("a string"),
+                Value::Array(_) => Some("a list"),
+                Value::Number(_) => Some("a number"),
+                Value::Bool(_) => Some("a boolean"),
+            };
+            if let Some(found) = found {
+                return Err(ConfigError::NotAMapping {
+                    path: path.to_path_buf(),
+                    found,
+                });
+            }
             flatten("", &value, &mut values);
         }
-        Ok(Config { values })
+        let config = Config {
+            values,
+            file: path.map(Path::to_path_buf),
+        };
+        for unknown in config.unknown_keys() {
+            tracing::warn!(file = %path.map(|p| p.display().to_string()).unwrap_or_default(), "{unknown}");
+        }
+        Ok(config)
+    }
+
+    /// The keys of the file that this build does not read, with the closest known key.
+    pub fn unknown_keys(&self) -> Vec<UnknownKey> {
+        self.values
+            .keys()
+            .filter(|k| !KNOWN_KEYS.iter().any(|p| matches_pattern(p, k)))
+            .map(|k| UnknownKey {
+                key: k.clone(),
+                suggestion: suggest(k),
+            })
+            .collect()
+    }
+
+    /// Where the value of `key` comes from, if it is set.
+    pub fn source(&self, key: &str) -> Option<Source> {
+        let var = env_name(key);
+        if std::env::var_os(&var).is_some() {
+            Some(Source::Environment(var))
+        } else if self.values.contains_key(key) {
+            Some(Source::File(self.file.clone().unwrap_or_default()))
+        } else {
+            None
+        }
+    }
+
+    /// The effective configuration: every known key (the datasource keys of the backend in use
+    /// and of any datasource the file names), its value (secrets masked) and where it comes from.
+    pub fn effective(&self) -> Vec<Setting> {
+        let kind = self.backend_type();
+        let mut kinds = std::collections::BTreeSet::from([kind.clone()]);
+        kinds.extend(
+            self.values
+                .keys()
+                .filter_map(|k| k.strip_prefix("datasources."))
+                .filter_map(|k| k.split('.').next())
+                .map(str::to_string),
+        );
+        let mut keys: Vec<String> = Vec::new();
+        for pattern in KNOWN_KEYS {
+            if pattern.contains('*') {
+                keys.extend(kinds.iter().map(|k| pattern.replace('*', k)));
+            } else {
+                keys.push(pattern.to_string());
+            }
+        }
+        let data_dir = self.data_dir();
+        keys.into_iter()
+            .map(|key| {
+                let default = match key.as_str() {
+                    "kestra.repository.type" => Some("sqlite".to_string()),
+                    "kestra.queue.type" => Some(kind.clone()),
+                    "kestra.storage.type" => Some("local".into()),
+                    "kestra.storage.local.base-path" => {
+                        Some(data_dir.join("storage").display().to_string())
+                    }
+                    "kestra.server.port" => Some("8080".into()),
+                    "kestra.server.basic-auth.enabled" => Some("true".into()),
+                    "kestra.server.basic-auth.username" => Some("admin@kestra.io".into()),
+                    "kestra.server.basic-auth.password" => Some("kestra".into()),
+                    "kestra.worker.threads" => Some(
+                        kestra_core::worker::WorkerConfig::default()
+                            .concurrency
+                            .to_string(),
+                    ),
+                    "kestra.data-dir" => Some("./data".into()),
+                    "datasources.sqlite.url" => Some(format!(
+                        "sqlite://{}/kestra.db?mode=rwc",
+                        data_dir.display()
+                    )),
+                    _ => None,
+                };
+                let (value, source) = match self.source(&key) {
+                    Some(source) => (self.get(&key), source),
+                    None => (default, Source::Default),
+                };
+                Setting {
+                    value: value.map(|v| mask(&key, &v)),
+                    key,
+                    source,
+                }
+            })
+            .collect()
     }
 
     /// A config from `key = value` pairs (tests, embedding).
@@ -125,6 +361,7 @@ impl Config {
                 .into_iter()
                 .map(|(k, v)| (k.into(), v.into()))
                 .collect(),
+            file: None,
         }
     }
 
@@ -288,5 +525,135 @@ mod tests {
             Config::load(Some(&bad)),
             Err(ConfigError::Parse { .. })
         ));
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_mapping_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for (content, found) in [
+            ("root:x:0:0:root:/root:/bin/bash\n", "a string"),
+            ("- kestra\n- queue\n", "a list"),
+            ("42\n", "a number"),
+        ] {
+            let path = dir.path().join("c.yml");
+            std::fs::write(&path, content).unwrap();
+            let err = Config::load(Some(&path)).unwrap_err().to_string();
+            assert_eq!(
+                err,
+                format!(
+                    "invalid configuration file {}: expected a mapping of keys (`kestra:` ...), found {found}",
+                    path.display()
+                )
+            );
+        }
+        // An empty file (or one of comments) sets nothing and is fine.
+        let empty = dir.path().join("empty.yml");
+        std::fs::write(&empty, "# nothing yet\n").unwrap();
+        assert!(
+            Config::load(Some(&empty))
+                .unwrap()
+                .unknown_keys()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn unknown_keys_come_with_the_closest_known_key() {
+        let c = Config::from_pairs([
+            ("kestra.storage.local.basepath", "/x"),
+            ("datasource.postgres.url", "postgres://h/db"),
+            ("datasources.mysql.ulr", "mysql://h/db"),
+            ("kestra.worker.threads", "4"),
+            ("datasources.mysql.username", "k"),
+            ("micronaut.application.name", "kestra"),
+        ]);
+        let unknown: Vec<(String, Option<String>)> = c
+            .unknown_keys()
+            .into_iter()
+            .map(|u| (u.key, u.suggestion))
+            .collect();
+        let s = |x: &str| Some(x.to_string());
+        assert_eq!(
+            unknown,
+            vec![
+                (
+                    "datasource.postgres.url".into(),
+                    s("datasources.postgres.url")
+                ),
+                ("datasources.mysql.ulr".into(), s("datasources.mysql.url")),
+                (
+                    "kestra.storage.local.basepath".into(),
+                    s("kestra.storage.local.base-path")
+                ),
+                ("micronaut.application.name".into(), None),
+            ]
+        );
+        assert_eq!(
+            UnknownKey {
+                key: "kestra.worker.thread".into(),
+                suggestion: s("kestra.worker.threads")
+            }
+            .to_string(),
+            "unknown configuration key 'kestra.worker.thread' (ignored); did you mean 'kestra.worker.threads'?"
+        );
+    }
+
+    #[test]
+    fn secrets_are_masked() {
+        assert_eq!(mask("datasources.postgres.password", "hunter2"), "********");
+        assert_eq!(
+            mask("kestra.server.basic-auth.password", "kestra"),
+            "********"
+        );
+        assert_eq!(
+            mask(
+                "datasources.postgres.url",
+                "postgres://kestra:s3cret@db:5432/k"
+            ),
+            "postgres://kestra:********@db:5432/k"
+        );
+        assert_eq!(
+            mask("datasources.postgres.url", "postgres://db:5432/k"),
+            "postgres://db:5432/k"
+        );
+        assert_eq!(mask("kestra.data-dir", "./data"), "./data");
+    }
+
+    #[test]
+    fn effective_configuration_names_the_source_of_each_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("application.yml");
+        std::fs::write(
+            &path,
+            "kestra:\n  repository:\n    type: mysql\n  storage:\n    local:\n      base-path: /srv/s\ndatasources:\n  mysql:\n    url: mysql://k:pw@db/k\n    password: pw\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&path)).unwrap();
+        let effective = c.effective();
+        let get = |key: &str| effective.iter().find(|s| s.key == key).unwrap().clone();
+        let file = Source::File(path.clone());
+        assert_eq!(
+            get("kestra.repository.type").value.as_deref(),
+            Some("mysql")
+        );
+        assert_eq!(get("kestra.repository.type").source, file);
+        assert_eq!(get("kestra.queue.type").value.as_deref(), Some("mysql"));
+        assert_eq!(get("kestra.queue.type").source, Source::Default);
+        assert_eq!(
+            get("datasources.mysql.url").value.as_deref(),
+            Some("mysql://k:********@db/k")
+        );
+        assert_eq!(
+            get("datasources.mysql.password").value.as_deref(),
+            Some("********")
+        );
+        assert_eq!(get("datasources.mysql.username").value, None);
+        assert_eq!(
+            get("kestra.storage.local.base-path").value.as_deref(),
+            Some("/srv/s")
+        );
+        assert_eq!(get("kestra.server.port").value.as_deref(), Some("8080"));
+        assert_eq!(get("kestra.server.port").source, Source::Default);
+        assert!(effective.iter().all(|s| !s.key.contains("sqlite")));
     }
 }

@@ -91,3 +91,27 @@ fn the_readme_example_flows_are_valid() {
     let (code, out) = kestra(&args);
     assert_eq!(code, 0, "{out}");
 }
+
+/// An empty file, a file of comments and a lone `---` hold no flow: invalid, as `flow test` says.
+#[test]
+fn a_file_without_a_flow_is_invalid() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, content, position) in [
+        ("empty.yaml", "", "1:1"),
+        ("comments.yaml", "# nothing here\n", "2:1"),
+        ("dashes.yaml", "---\n", "1:4"),
+    ] {
+        let file = dir.path().join(name);
+        std::fs::write(&file, content).unwrap();
+        let (code, out) = kestra(&["flow".as_ref(), "validate".as_ref(), file.as_os_str()]);
+        assert_eq!(code, 1, "{name}: {out}");
+        assert_eq!(
+            out,
+            format!(
+                "{}:{position}: error: empty document, expected a flow\n",
+                file.display()
+            ),
+            "{name}"
+        );
+    }
+}

@@ -1,15 +1,24 @@
 //! The async subcommands: `server ...`, `flow test`, `sys purge-queue`.
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use indexmap::IndexMap;
-use kestra_core::inputs::RawInput;
-use kestra_core::model::StateType;
+use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use kestra_core::flow::parse_flow;
+use kestra_core::model::{DEFAULT_TENANT, Execution, Level, LogEntry, StateType};
+use kestra_core::queue::{Subscription, Topic};
+use kestra_core::runtime::executor::ExecutorConfig;
+use kestra_core::runtime::indexer::IndexerConfig;
+use kestra_core::worker::WorkerConfig;
+use tokio::task::JoinHandle;
 use tracing::info;
 
-use crate::cli::{ServerArgs, ServerCommand};
+use crate::cli::output::{self, LogFormat};
+use crate::cli::{FlowTestArgs, GlobalArgs, OutputFormat, ServerArgs, ServerCommand};
 use kestra::config::Config;
 use kestra::{Components, Engine};
 
@@ -21,62 +30,364 @@ async fn deploy_dir(engine: &Engine, dir: &Path) -> Result<usize, String> {
         .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yml" | "yaml")))
         .collect();
     files.sort();
+    let mut sources = Vec::with_capacity(files.len());
+    // Two files defining one flow would deploy as two revisions of it, the later file silently
+    // winning: refuse before deploying anything.
+    let mut defined: HashMap<(String, String), &Path> = HashMap::new();
     for file in &files {
         let source = std::fs::read_to_string(file)
             .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        if let Ok(flow) = parse_flow(&source, engine.registry()) {
+            let key = (flow.namespace.clone(), flow.id.clone());
+            if let Some(first) = defined.insert(key, file) {
+                return Err(format!(
+                    "{} and {} both define flow {}.{}",
+                    first.display(),
+                    file.display(),
+                    flow.namespace,
+                    flow.id
+                ));
+            }
+        }
+        sources.push(source);
+    }
+    for (file, source) in files.iter().zip(&sources) {
         engine
-            .deploy(&source)
+            .deploy(source)
             .await
             .map_err(|e| format!("{}: {e}", file.display()))?;
     }
     Ok(files.len())
 }
 
-/// `kestra flow test FILE`.
-pub async fn flow_test(
-    file: PathBuf,
-    flows: Option<PathBuf>,
-    inputs: Vec<String>,
-    timeout: u64,
-) -> Result<ExitCode, String> {
-    let source = std::fs::read_to_string(&file)
-        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-    let mut raw = IndexMap::new();
-    for pair in inputs {
-        let (k, v) = pair
-            .split_once('=')
-            .ok_or_else(|| format!("--input '{pair}': expected KEY=VALUE"))?;
-        raw.insert(k.to_string(), RawInput::Text(v.to_string()));
+/// A log line already printed: (task run, level, message, time in ms). The live stream and the
+/// repository's copy of a line compare equal whatever precision the database keeps.
+type Printed = (Option<String>, Level, String, i64);
+
+fn fingerprint(entry: &LogEntry) -> Printed {
+    (
+        entry.task_run_id.clone(),
+        entry.level,
+        entry.message.clone(),
+        entry.timestamp.timestamp_millis(),
+    )
+}
+
+/// Writes execution log lines to stderr (text or JSON lines), around the progress indicator,
+/// each line once.
+#[derive(Clone)]
+struct LogPrinter {
+    format: LogFormat,
+    progress: ProgressBar,
+    printed: Arc<Mutex<HashSet<Printed>>>,
+}
+
+impl LogPrinter {
+    fn print(&self, entry: &LogEntry) {
+        let Ok(mut printed) = self.printed.lock() else {
+            return;
+        };
+        if !printed.insert(fingerprint(entry)) {
+            return;
+        }
+        let line = match self.format {
+            LogFormat::Text => output::log_line(entry),
+            LogFormat::Json => match serde_json::to_string(entry) {
+                Ok(json) => json,
+                Err(e) => format!("cannot encode a log line: {e}"),
+            },
+        };
+        self.progress.suspend(|| anstream::eprintln!("{line}"));
     }
+}
+
+/// Print the log lines of `execution_id` as the queue broadcasts them (until aborted).
+async fn follow_logs(mut logs: Subscription, execution_id: String, printer: LogPrinter) {
+    while let Some(message) = logs.next().await {
+        match message.and_then(|m| m.decode::<LogEntry>()) {
+            Ok(entry) if entry.execution_id.as_deref() == Some(execution_id.as_str()) => {
+                printer.print(&entry)
+            }
+            Ok(_) => {}
+            // Lagging or a malformed line: the repository's copy is printed at the end.
+            Err(e) => tracing::debug!(error = %e, "log follow"),
+        }
+    }
+}
+
+/// A spinner on stderr with the execution's progress, drawn only on a terminal.
+fn progress_bar(global: &GlobalArgs) -> ProgressBar {
+    if !output::stderr_progress() || global.log_format == LogFormat::Json {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    if let Ok(style) = ProgressStyle::with_template("{spinner} {msg}") {
+        bar.set_style(style);
+    }
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
+}
+
+/// Why a run ended without its execution's end.
+#[derive(Debug)]
+enum RunError {
+    /// A problem, said in words.
+    Failed(String),
+    /// Ctrl-C or SIGTERM.
+    Interrupted,
+}
+
+impl From<String> for RunError {
+    fn from(message: String) -> Self {
+        RunError::Failed(message)
+    }
+}
+
+/// Set to `true` when Ctrl-C or SIGTERM arrives.
+type StopFlag = tokio::sync::watch::Receiver<bool>;
+
+/// Listen for Ctrl-C and SIGTERM from now on (instead of dying at once, which would leave the
+/// temporary database and storage behind). A second one ends the process at once.
+fn stop_flag() -> StopFlag {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        match stop_signal().await {
+            Ok(()) => {
+                let _ = tx.send(true);
+                if stop_signal().await.is_ok() {
+                    std::process::exit(130);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "Ctrl-C will not stop the run cleanly"),
+        }
+    });
+    rx
+}
+
+/// Wait until the execution ends (polling the repository), showing its progress.
+async fn wait_for_end(
+    engine: &Engine,
+    id: &str,
+    timeout: Duration,
+    progress: &ProgressBar,
+    stop: &mut StopFlag,
+) -> Result<Execution, RunError> {
+    let started = tokio::time::Instant::now();
+    let mut last = "not created yet".to_string();
+    loop {
+        if *stop.borrow() {
+            return Err(RunError::Interrupted);
+        }
+        if let Some(e) = engine.execution(id).await.map_err(|e| e.to_string())? {
+            if e.state.is_terminated() {
+                return Ok(e);
+            }
+            let done = e
+                .task_run_list
+                .iter()
+                .filter(|t| t.state.is_terminated())
+                .count();
+            last = e.state.current().to_string();
+            progress.set_message(format!(
+                "{}.{} {last}: {done}/{} task runs done, {:.1}s",
+                e.namespace,
+                e.flow_id,
+                e.task_run_list.len(),
+                started.elapsed().as_secs_f64()
+            ));
+        }
+        if started.elapsed() >= timeout {
+            return Err(RunError::Failed(format!(
+                "execution {id} did not finish within {}s (last state {last}); it was killed",
+                timeout.as_secs()
+            )));
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}
+
+/// The worker settings of `flow test`: quick to notice a shutdown and to give up on killed tasks,
+/// so that `--timeout` and Ctrl-C end the command within about a second.
+fn flow_test_worker() -> WorkerConfig {
+    WorkerConfig {
+        poll_wait: Duration::from_millis(200),
+        drain_timeout: Duration::from_secs(1),
+        cancel_grace: Duration::from_millis(500),
+        ..WorkerConfig::default()
+    }
+}
+
+/// `kestra flow test FILE [--watch]`.
+pub async fn flow_test(args: FlowTestArgs, global: GlobalArgs) -> Result<ExitCode, String> {
+    let mut stop = stop_flag();
+    if !args.watch {
+        return match test_once(&args, &global, &mut stop).await {
+            Ok(code) => Ok(code),
+            Err(RunError::Failed(message)) => Err(message),
+            Err(RunError::Interrupted) => {
+                let w = output::WARN;
+                anstream::eprintln!("{w}interrupted{w:#}: the execution was killed");
+                Ok(ExitCode::from(130))
+            }
+        };
+    }
+    let file = &args.file;
+    let dim = output::DIM;
+    loop {
+        let ran = std::fs::read(file).ok();
+        match test_once(&args, &global, &mut stop).await {
+            Ok(_) => {}
+            Err(RunError::Failed(message)) => {
+                let e = output::ERROR;
+                anstream::eprintln!("{e}error{e:#}: {message}");
+            }
+            Err(RunError::Interrupted) => return Ok(ExitCode::SUCCESS),
+        }
+        anstream::eprintln!(
+            "{dim}watching {} for changes (Ctrl-C to stop){dim:#}",
+            file.display()
+        );
+        if !wait_for_change(file, ran.as_deref(), &mut stop).await {
+            return Ok(ExitCode::SUCCESS);
+        }
+        anstream::eprintln!("{dim}{} changed: running it again{dim:#}", file.display());
+    }
+}
+
+/// Wait until the content of `file` differs from `ran` and has stayed the same for a moment (an
+/// editor's save may take several writes). False when stopped.
+async fn wait_for_change(file: &Path, ran: Option<&[u8]>, stop: &mut StopFlag) -> bool {
+    let pause = Duration::from_millis(250);
+    let mut seen: Option<Vec<u8>> = None;
+    loop {
+        if *stop.borrow() {
+            return false;
+        }
+        let now = std::fs::read(file).ok();
+        if now.as_deref() != ran {
+            if seen.is_some() && seen == now {
+                return true;
+            }
+            seen = now;
+        } else {
+            seen = None;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}
+
+/// One run of `kestra flow test FILE`: the run, then the summary (or JSON) on stdout. The
+/// temporary directory is removed on every way out, the execution killed when it did not end.
+async fn test_once(
+    args: &FlowTestArgs,
+    global: &GlobalArgs,
+    stop: &mut StopFlag,
+) -> Result<ExitCode, RunError> {
+    let file = &args.file;
+    let source = std::fs::read_to_string(file)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
     let dir =
         tempfile::tempdir().map_err(|e| format!("cannot create a temporary directory: {e}"))?;
     let config = Config::from_pairs([("kestra.data-dir", dir.path().display().to_string())]);
     let engine = kestra::engine(&config)
         .await
         .map_err(|e| e.to_string())?
+        .worker_config(flow_test_worker())
+        .executor_config(ExecutorConfig {
+            poll_wait: Duration::from_millis(200),
+            ..ExecutorConfig::default()
+        })
+        .indexer_config(IndexerConfig {
+            poll_wait: Duration::from_millis(200),
+            ..IndexerConfig::default()
+        })
         .start();
+    let repositories = engine.repositories().clone();
+    let progress = progress_bar(global);
+    let printer = LogPrinter {
+        format: global.log_format,
+        progress: progress.clone(),
+        printed: Arc::default(),
+    };
+    let mut execution_id: Option<String> = None;
+    let mut follower: Option<JoinHandle<()>> = None;
     let outcome = async {
-        if let Some(dir) = &flows {
+        if let Some(dir) = &args.flows {
             deploy_dir(&engine, dir).await?;
         }
         let (flow, _) = engine
             .deploy(&source)
             .await
             .map_err(|e| format!("{}: {e}", file.display()))?;
+        let raw = crate::cli::inputs::raw_inputs(&flow, &args.inputs, args.inputs_file.as_deref())?;
+        // Subscribed before the execution exists: no line of it can be missed.
+        let logs = engine
+            .queue()
+            .subscribe(Topic::Log)
+            .await
+            .map_err(|e| format!("cannot follow the logs: {e}"))?;
         let execution = engine
             .execute(&flow.namespace, &flow.id, raw)
             .await
             .map_err(|e| e.to_string())?;
-        engine
-            .wait_for(&execution.id, Duration::from_secs(timeout))
-            .await
-            .map_err(|e| e.to_string())
+        execution_id = Some(execution.id.clone());
+        follower = Some(tokio::spawn(follow_logs(
+            logs,
+            execution.id.clone(),
+            printer.clone(),
+        )));
+        wait_for_end(
+            &engine,
+            &execution.id,
+            Duration::from_secs(args.timeout),
+            &progress,
+            stop,
+        )
+        .await
     }
     .await;
+    progress.finish_and_clear();
+    if outcome.is_err()
+        && let Some(id) = &execution_id
+        && let Err(e) = engine.kill(id).await
+    {
+        tracing::warn!(error = %e, "cannot kill the execution");
+    }
+    // The worker drains and flushes its last log lines, the indexer stores them.
     engine.shutdown().await;
+    if let Some(follower) = follower {
+        follower.abort();
+    }
+    // Lines the live stream did not deliver (a lagging subscriber) come from the repository.
+    let mut logs = Vec::new();
+    if let Some(id) = &execution_id {
+        match repositories
+            .logs
+            .find_by_execution(DEFAULT_TENANT, id, None, None)
+            .await
+        {
+            Ok(stored) => logs = stored,
+            Err(e) => tracing::warn!(error = %e, "cannot read the execution's logs"),
+        }
+    }
+    for entry in &logs {
+        printer.print(entry);
+    }
     let execution = outcome?;
-    let json = serde_json::to_string_pretty(&execution).map_err(|e| e.to_string())?;
-    println!("{json}");
+    drop(dir); // removed now, before the output (also on every error above, when dropped)
+    match args.output() {
+        OutputFormat::Json => {
+            let json = serde_json::to_string_pretty(&execution).map_err(|e| e.to_string())?;
+            println!("{json}");
+        }
+        OutputFormat::Text => anstream::print!("{}", output::summary(&execution, &logs)),
+    }
     Ok(match execution.state.current() {
         StateType::Success | StateType::Warning => ExitCode::SUCCESS,
         _ => ExitCode::FAILURE,
@@ -168,4 +479,43 @@ pub async fn purge_queue(config: Option<PathBuf>) -> Result<ExitCode, String> {
         .map_err(|e| e.to_string())?;
     println!("{report:?}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// `kestra config show`: one line per key, `key = value  (source)`, aligned; then the unknown keys
+/// of the file.
+pub fn config_show(file: Option<&Path>) -> Result<(), String> {
+    let config = Config::load(file).map_err(|e| e.to_string())?;
+    let settings = config.effective();
+    let rows: Vec<(String, String)> = settings
+        .iter()
+        .map(|s| {
+            (
+                format!("{} = {}", s.key, s.value.as_deref().unwrap_or("(not set)")),
+                s.source.to_string(),
+            )
+        })
+        .collect();
+    let width = rows
+        .iter()
+        .map(|(l, _)| l.chars().count())
+        .max()
+        .unwrap_or(0);
+    let dim = output::DIM;
+    let mut out = String::new();
+    for (line, source) in rows {
+        out.push_str(&format!("{line:<width$}  {dim}({source}){dim:#}\n"));
+    }
+    let unknown = config.unknown_keys();
+    if !unknown.is_empty() {
+        let w = output::WARN;
+        out.push_str(&format!("\n{w}Unknown keys{w:#} (ignored)\n"));
+        for u in unknown {
+            match u.suggestion {
+                Some(s) => out.push_str(&format!("  {}: did you mean '{s}'?\n", u.key)),
+                None => out.push_str(&format!("  {}\n", u.key)),
+            }
+        }
+    }
+    anstream::print!("{out}");
+    Ok(())
 }

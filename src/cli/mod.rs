@@ -9,17 +9,56 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use kestra_core::flow::{TaskRegistry, parse_flows};
+use kestra_core::flow::{TaskRegistry, parse_flow, parse_flows};
 
 pub mod commands;
+pub mod inputs;
+pub mod output;
+
+use output::{ColorWhen, LogFormat};
 
 /// Kestra: YAML workflow orchestration.
 #[derive(Debug, Parser)]
 #[command(name = "kestra", version, about, propagate_version = true)]
 pub struct Cli {
+    /// Options of every command.
+    #[command(flatten)]
+    pub global: GlobalArgs,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Options every command takes (before or after the subcommand).
+#[derive(Debug, Clone, clap::Args)]
+pub struct GlobalArgs {
+    /// When to colour the output: auto (on a terminal, unless NO_COLOR is set), always, never.
+    #[arg(long, global = true, value_enum, default_value_t = ColorWhen::Auto, value_name = "WHEN")]
+    pub color: ColorWhen,
+    /// No colour (same as `--color never`).
+    #[arg(long, global = true)]
+    pub no_color: bool,
+    /// Format of the logs on stderr: text, or json (one object per line, for log collectors).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t = LogFormat::Text,
+        env = "KESTRA_LOG_FORMAT",
+        value_name = "FORMAT"
+    )]
+    pub log_format: LogFormat,
+}
+
+impl GlobalArgs {
+    /// The colour choice, `--no-color` winning over `--color`.
+    pub fn color(&self) -> ColorWhen {
+        if self.no_color {
+            ColorWhen::Never
+        } else {
+            self.color
+        }
+    }
 }
 
 /// Top-level command groups.
@@ -34,6 +73,35 @@ pub enum Command {
     /// Maintenance that works even when the engine cannot start.
     #[command(subcommand)]
     Sys(SysCommand),
+    /// Inspect the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(after_help = "Examples:
+  kestra completion bash > ~/.local/share/bash-completion/completions/kestra
+  kestra completion zsh > \"${fpath[1]}/_kestra\"
+  kestra completion fish > ~/.config/fish/completions/kestra.fish")]
+    Completion {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+/// `kestra config ...`
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the effective configuration: every key, its value (secrets masked) and where it
+    /// comes from (environment, file, default); unknown keys of the file are reported.
+    #[command(after_help = "Examples:
+  kestra config show
+  kestra config show -c application.yml
+  KESTRA_REPOSITORY_TYPE=postgres kestra config show")]
+    Show {
+        /// Configuration file.
+        #[arg(short, long, env = "KESTRA_CONFIG")]
+        config: Option<PathBuf>,
+    },
 }
 
 /// Options shared by the server commands.
@@ -52,14 +120,27 @@ pub struct ServerArgs {
 #[derive(Debug, Subcommand)]
 pub enum ServerCommand {
     /// Everything in one process: executor, worker, indexer, scheduler (the webserver as it lands).
+    #[command(after_help = "Examples:
+  kestra server standalone --flows ./flows
+  kestra server standalone -c application.yml
+  KESTRA_DATA_DIR=/var/lib/kestra kestra server standalone --log-format json")]
     Standalone(ServerArgs),
     /// Only the scheduler (several may run at once: claims on due triggers).
+    #[command(after_help = "Examples:
+  kestra server scheduler -c application.yml")]
     Scheduler(ServerArgs),
     /// Only the executor.
+    #[command(after_help = "Examples:
+  kestra server executor -c application.yml")]
     Executor(ServerArgs),
     /// Only a worker.
+    #[command(after_help = "Examples:
+  kestra server worker -c application.yml
+  KESTRA_WORKER_THREADS=16 kestra server worker -c application.yml")]
     Worker(ServerArgs),
     /// Only the indexer.
+    #[command(after_help = "Examples:
+  kestra server indexer -c application.yml")]
     Indexer(ServerArgs),
 }
 
@@ -68,6 +149,8 @@ pub enum ServerCommand {
 pub enum SysCommand {
     /// Offline queue maintenance: delete dead letters and expired broadcast rows, compact. Works
     /// without starting the engine.
+    #[command(after_help = "Examples:
+  kestra sys purge-queue -c application.yml")]
     PurgeQueue {
         /// Configuration file.
         #[arg(short, long, env = "KESTRA_CONFIG")]
@@ -80,40 +163,112 @@ pub enum SysCommand {
 pub enum FlowCommand {
     /// Check flow files; print compiler-style errors (`file:line:col: error: path: message`) or
     /// `file: OK`; exit with status 1 when any file is invalid.
+    #[command(after_help = "Examples:
+  kestra flow validate flows/hello.yaml
+  kestra flow validate flows/*.yaml")]
     Validate {
         /// Flow files (YAML; several flows per file may be separated by `---`).
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
-    /// Run one flow in a throwaway local engine (SQLite and storage in a temporary directory) and
-    /// print the final execution as JSON; exit 0 only if it ends SUCCESS or WARNING.
-    Test {
-        /// The flow file.
-        file: PathBuf,
-        /// Deploy the flows of this directory first (subflows, flow triggers).
-        #[arg(long)]
-        flows: Option<PathBuf>,
-        /// An input, `KEY=VALUE` (repeatable). VALUE is parsed like a form field.
-        #[arg(long = "input", value_name = "KEY=VALUE")]
-        inputs: Vec<String>,
-        /// Give up after this many seconds.
-        #[arg(long, default_value_t = 300)]
-        timeout: u64,
-    },
+    /// Run one flow in a throwaway local engine (SQLite and storage in a temporary directory):
+    /// stream its logs to stderr as they arrive, then print a summary (task runs, outputs, the
+    /// error of a failure) or, with `--json`, the final execution as JSON; exit 0 only if it ends
+    /// SUCCESS or WARNING.
+    #[command(after_help = "Examples:
+  kestra flow test flows/hello.yaml --input name=you
+  kestra flow test etl.yaml --input data=@local.csv --inputs inputs.yaml
+  kestra flow test parent.yaml --flows ./flows --json | jq .state.current
+  kestra flow test --watch flows/hello.yaml")]
+    Test(FlowTestArgs),
+}
+
+/// How `flow test` prints the final execution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// A summary for people.
+    #[default]
+    Text,
+    /// The execution as JSON, in Kestra's shape (for scripts).
+    Json,
+}
+
+/// `kestra flow test` options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FlowTestArgs {
+    /// The flow file.
+    pub file: PathBuf,
+    /// Deploy the flows of this directory first (subflows, flow triggers).
+    #[arg(long)]
+    pub flows: Option<PathBuf>,
+    /// An input, `KEY=VALUE` (repeatable). VALUE is parsed like a form field; for a FILE input,
+    /// `KEY=@path` uploads a local file.
+    #[arg(long = "input", value_name = "KEY=VALUE")]
+    pub inputs: Vec<String>,
+    /// Inputs from a YAML file (`name: value` per input; `@path` for a FILE input, relative to
+    /// the file); `--input` wins over it.
+    #[arg(long = "inputs", value_name = "FILE")]
+    pub inputs_file: Option<PathBuf>,
+    /// Give up after this many seconds (the execution is killed).
+    #[arg(long, default_value_t = 300)]
+    pub timeout: u64,
+    /// What to print on stdout at the end: text (a summary) or json (the execution).
+    #[arg(short, long, value_enum, default_value_t = OutputFormat::Text, value_name = "FORMAT")]
+    pub output: OutputFormat,
+    /// Same as `-o json`.
+    #[arg(long)]
+    pub json: bool,
+    /// Run the flow again each time the file changes, until Ctrl-C.
+    #[arg(long)]
+    pub watch: bool,
+}
+
+impl FlowTestArgs {
+    /// The output format, `--json` winning.
+    pub fn output(&self) -> OutputFormat {
+        if self.json {
+            OutputFormat::Json
+        } else {
+            self.output
+        }
+    }
 }
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> ExitCode {
+    let global = cli.global;
     match cli.command {
-        Command::Flow(FlowCommand::Test {
-            file,
-            flows,
-            inputs,
-            timeout,
-        }) => runtime_then(|| crate::cli::commands::flow_test(file, flows, inputs, timeout)),
+        Command::Flow(FlowCommand::Test(args)) => {
+            runtime_then(|| crate::cli::commands::flow_test(args, global))
+        }
         Command::Server(cmd) => runtime_then(|| crate::cli::commands::server(cmd)),
         Command::Sys(SysCommand::PurgeQueue { config }) => {
             runtime_then(|| crate::cli::commands::purge_queue(config))
+        }
+        Command::Completion { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut command, "kestra", &mut script);
+            match std::io::stdout().write_all(&script) {
+                Ok(()) => ExitCode::SUCCESS,
+                // `kestra completion bash | head`: the reader is gone, nothing to say.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+                Err(e) => {
+                    let r = output::ERROR;
+                    anstream::eprintln!("{r}error{r:#}: cannot write the script: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Config(ConfigCommand::Show { config }) => {
+            match crate::cli::commands::config_show(config.as_deref()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(message) => {
+                    let e = output::ERROR;
+                    anstream::eprintln!("{e}error{e:#}: {message}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Flow(FlowCommand::Validate { files }) => {
             let registry = TaskRegistry::default();
@@ -160,7 +315,8 @@ where
     match runtime.block_on(f()) {
         Ok(code) => code,
         Err(message) => {
-            eprintln!("error: {message}");
+            let e = output::ERROR;
+            anstream::eprintln!("{e}error{e:#}: {message}");
             ExitCode::FAILURE
         }
     }
@@ -174,7 +330,15 @@ pub fn validate_file(file: &Path, registry: &TaskRegistry) -> Vec<String> {
         Err(e) => return vec![format!("{name}: error: cannot read the file: {e}")],
     };
     let mut lines = Vec::new();
-    for result in parse_flows(&source, registry) {
+    let results = parse_flows(&source, registry);
+    // No document at all (an empty file, comments only, a lone `---`) is no flow: the error
+    // `flow test` gives for it.
+    let results = if results.is_empty() {
+        vec![parse_flow(&source, registry)]
+    } else {
+        results
+    };
+    for result in results {
         if let Err(errors) = result {
             for e in &errors.errors {
                 if e.path.is_empty() {
@@ -192,4 +356,46 @@ pub fn validate_file(file: &Path, registry: &TaskRegistry) -> Vec<String> {
         }
     }
     lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_tree_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// Every command that does something (a leaf of the tree) shows examples in its `--help`.
+    #[test]
+    fn every_subcommand_help_has_examples() {
+        fn leaves(cmd: &clap::Command, path: String, out: &mut Vec<(String, clap::Command)>) {
+            let subs: Vec<&clap::Command> = cmd
+                .get_subcommands()
+                .filter(|c| c.get_name() != "help")
+                .collect();
+            if subs.is_empty() {
+                out.push((path.clone(), cmd.clone()));
+            }
+            for sub in subs {
+                leaves(sub, format!("{path} {}", sub.get_name()), out);
+            }
+        }
+        let mut all = Vec::new();
+        leaves(&Cli::command(), "kestra".into(), &mut all);
+        assert!(all.len() >= 10, "{}", all.len());
+        for (path, mut cmd) in all {
+            let help = cmd.render_help().to_string();
+            let examples = help
+                .split_once("Examples:\n")
+                .map(|(_, e)| e)
+                .unwrap_or_else(|| panic!("`{path} --help` shows no example:\n{help}"));
+            assert!(
+                examples.trim_start().starts_with(&path),
+                "{path}: {examples}"
+            );
+        }
+    }
 }
