@@ -11,7 +11,7 @@
 //!   its instance id, every [`LivenessConfig::heartbeat_interval`], and a last one with
 //!   [`ServiceState::TerminatedGracefully`] when it stops;
 //! - a worker records the jobs it takes in the same step as it takes them
-//!   ([`Queue::receive_recorded`](crate::queue::Queue::receive_recorded) with
+//!   ([`Queue::receive_recorded`] with
 //!   [`record_taken_jobs`]: a [`LivenessMessage::JobsTaken`]), and publishes
 //!   [`LivenessMessage::JobsDone`] with the results of those jobs, in the same publish;
 //! - the executor group owns liveness: a keyed stage (state kind [`STATE_KIND`], one
