@@ -51,8 +51,11 @@ pub struct ServerArgs {
 /// `kestra server ...`
 #[derive(Debug, Subcommand)]
 pub enum ServerCommand {
-    /// Everything in one process: executor, worker, indexer, scheduler (the webserver as it lands).
+    /// Everything in one process: executor, worker, indexer, scheduler and the webserver (REST API on
+    /// 127.0.0.1:8080 by default; the URL and credentials are printed at start).
     Standalone(ServerArgs),
+    /// Only the webserver (REST API): it reads the repositories and publishes to the queue.
+    Webserver(ServerArgs),
     /// Only the scheduler (several may run at once: claims on due triggers).
     Scheduler(ServerArgs),
     /// Only the executor.
