@@ -910,10 +910,8 @@ async fn auth_cannot_be_bypassed() {
             "{bad}"
         );
     }
-    let unauthorized = format!(
-        "POST /api/v1/main/flows HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-yaml\r\nContent-Length: 2\r\nConnection: close\r\n\r\nx\n"
-    );
-    assert_eq!(raw_status(address, &unauthorized).await, 401);
+    let unauthorized = "POST /api/v1/main/flows HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-yaml\r\nContent-Length: 2\r\nConnection: close\r\n\r\nx\n";
+    assert_eq!(raw_status(address, unauthorized).await, 401);
     let good = Some(basic(USER, PASSWORD));
     assert_eq!(
         raw_status(address, &get("/api/v1/main/flows/search", good.clone())).await,
