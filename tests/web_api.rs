@@ -795,11 +795,95 @@ async fn misc(api: &Api) {
     );
 }
 
+/// The Webhook trigger's route: public, the key is the secret; the body, headers and parameters
+/// reach the flow; `wait` + `returnOutputs` answer with the outputs.
+async fn webhook(api: &Api) {
+    let ns = &api.ns;
+    let hooked = format!(
+        r#"id: hooked
+namespace: {ns}
+inputs:
+  - id: who
+    type: STRING
+tasks:
+  - id: h
+    type: io.kestra.plugin.core.debug.Return
+    format: "{{{{ inputs.who }}}} {{{{ trigger.parameters.p[0] }}}} {{{{ trigger.headers['x-tag'][0] }}}} {{{{ trigger.headers.authorization ?? 'no-credentials' }}}}"
+outputs:
+  - id: said
+    type: STRING
+    value: "{{{{ outputs.h.value }}}}"
+triggers:
+  - id: hook
+    type: io.kestra.plugin.core.trigger.Webhook
+    key: s3cr3t-key
+    wait: true
+    returnOutputs: true
+    inputs:
+      who: "{{{{ trigger.body.name }}}}"
+"#
+    );
+    let created = api.yaml(Method::POST, "/api/v1/main/flows", &hooked).await;
+    assert_eq!(created.status, StatusCode::OK, "{:?}", created.json());
+    // No credentials needed; the Authorization header of a caller is not given to the flow.
+    let answer = api
+        .send(
+            Request::post(format!(
+                "/api/v1/main/executions/webhook/{ns}/hooked/s3cr3t-key?p=param"
+            ))
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("x-tag", "tagged")
+            .header(header::AUTHORIZATION, "Bearer not-for-the-flow")
+            .body(Body::from(r#"{"name":"hook"}"#))
+            .unwrap(),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.json());
+    assert_eq!(
+        answer.json()["said"],
+        "hook param tagged no-credentials",
+        "{:?}",
+        answer.json()
+    );
+    // A wrong key: 404, still without credentials; the alias path works too.
+    let wrong = api
+        .send(
+            Request::post(format!("/api/v1/executions/webhook/{ns}/hooked/wrong"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(wrong.status, StatusCode::NOT_FOUND);
+    // Variants of the path are not public.
+    for path in [
+        format!("/api/v1/main/executions/webhook/{ns}/hooked/s3cr3t-key/"),
+        format!("/api/v1/main/executions/webhook/{ns}/hooked"),
+        format!("/api/v1/main/executions//webhook/{ns}/hooked/s3cr3t-key"),
+        format!("/api/v1/main/executions/webhook/{ns}/../flows/search"),
+    ] {
+        let answer = api
+            .send(Request::post(&path).body(Body::empty()).unwrap())
+            .await;
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{path}");
+    }
+    let delete = api
+        .send(
+            Request::delete(format!(
+                "/api/v1/main/executions/webhook/{ns}/hooked/s3cr3t-key"
+            ))
+            .body(Body::empty())
+            .unwrap(),
+        )
+        .await;
+    assert_eq!(delete.status, StatusCode::UNAUTHORIZED);
+}
+
 async fn suite(url: &str) {
     let api = Api::start(url).await;
     misc(&api).await;
     flows(&api).await;
     executions(&api).await;
+    webhook(&api).await;
     api.stop().await;
 }
 

@@ -172,10 +172,31 @@ fn parse_basic(authorization: &[u8]) -> Option<(String, String)> {
     Some((user.to_string(), password.to_string()))
 }
 
-/// Whether a request may pass without credentials: `GET`/`HEAD` of exactly `/health`. The raw path is
-/// compared as received (no decoding, no normalisation), so no variant of it is public.
+/// Whether a request may pass without credentials: `GET`/`HEAD` of exactly `/health`, and
+/// `GET`/`POST`/`PUT` of a Webhook trigger's route, exactly `/api/v1[/main]/executions/webhook/` then
+/// three non-empty segments (namespace, flow id, key: the key is the secret, checked by the route).
+/// The raw path is compared as received (no decoding, no normalisation), so no variant of them is
+/// public.
 pub fn is_public(method: &Method, raw_path: &str) -> bool {
-    (method == Method::GET || method == Method::HEAD) && raw_path == "/health"
+    if raw_path == "/health" {
+        return method == Method::GET || method == Method::HEAD;
+    }
+    if method != Method::GET && method != Method::POST && method != Method::PUT {
+        return false;
+    }
+    let rest = raw_path
+        .strip_prefix("/api/v1/main/executions/webhook/")
+        .or_else(|| raw_path.strip_prefix("/api/v1/executions/webhook/"));
+    match rest {
+        Some(rest) => {
+            let segments: Vec<&str> = rest.split('/').collect();
+            segments.len() == 3
+                && segments
+                    .iter()
+                    .all(|s| !s.is_empty() && *s != "." && *s != "..")
+        }
+        None => false,
+    }
 }
 
 /// The authentication middleware of every route.
@@ -284,5 +305,36 @@ mod tests {
             assert!(!is_public(&Method::GET, path), "{path} must not be public");
         }
         assert!(!is_public(&Method::POST, "/health"));
+    }
+
+    #[test]
+    fn only_exact_webhook_routes_are_public() {
+        for path in [
+            "/api/v1/main/executions/webhook/ns/flow/key",
+            "/api/v1/executions/webhook/ns/flow/key",
+            "/api/v1/main/executions/webhook/company.team/flow/k%2Fey",
+        ] {
+            assert!(is_public(&Method::POST, path), "{path}");
+            assert!(is_public(&Method::GET, path), "{path}");
+            assert!(is_public(&Method::PUT, path), "{path}");
+            assert!(!is_public(&Method::DELETE, path), "{path}");
+        }
+        for path in [
+            "/api/v1/main/executions/webhook/ns/flow",
+            "/api/v1/main/executions/webhook/ns/flow/key/",
+            "/api/v1/main/executions/webhook/ns/flow/key/extra",
+            "/api/v1/main/executions/webhook/ns//key",
+            "/api/v1/main/executions/webhook//flow/key",
+            "/api/v1/main/executions/webhook/../../flows/search",
+            "/api/v1/main/executions/webhook/ns/../search",
+            "/api/v1/main/executions//webhook/ns/flow/key",
+            "//api/v1/main/executions/webhook/ns/flow/key",
+            "/API/v1/main/executions/webhook/ns/flow/key",
+            "/api/v1/main/executions/Webhook/ns/flow/key",
+            "/api/v1/main/executions/%77ebhook/ns/flow/key",
+            "/api/v1/other/executions/webhook/ns/flow/key",
+        ] {
+            assert!(!is_public(&Method::POST, path), "{path} must not be public");
+        }
     }
 }

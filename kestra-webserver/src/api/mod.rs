@@ -20,6 +20,7 @@
 //! | `DELETE /executions/{id}/kill` | ask for a kill (202); 409 if it already ended |
 //! | `DELETE /executions/{id}` | delete an ended execution (and its logs and metrics) |
 //! | `GET /logs/{executionId}` | an execution's logs: `minLevel`, `taskRunId` |
+//! | `GET\|POST\|PUT /executions/webhook/{namespace}/{flowId}/{key}` | the Webhook trigger, public: the key is the secret |
 //!
 //! Query parameters are allow-listed per route: an unknown one is a 400 naming the allowed ones, so
 //! a filter is never silently ignored.
@@ -27,6 +28,7 @@
 pub mod executions;
 pub mod flows;
 pub mod logs;
+pub mod webhook;
 
 use std::sync::Arc;
 
@@ -75,6 +77,12 @@ fn routes() -> Router<Arc<AppState>> {
         .route("/executions/{id}/kill", delete(executions::kill))
         // `{id}` is the namespace here: matchit needs one name per position.
         .route("/executions/{id}/{flow_id}", post(executions::trigger))
+        .route(
+            "/executions/webhook/{namespace}/{flow_id}/{key}",
+            get(webhook::webhook)
+                .post(webhook::webhook)
+                .put(webhook::webhook),
+        )
         .route("/logs/{execution_id}", get(logs::by_execution))
 }
 
