@@ -878,12 +878,182 @@ triggers:
     assert_eq!(delete.status, StatusCode::UNAUTHORIZED);
 }
 
+async fn wait_state(api: &Api, id: &str, state: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let e = api.get(&format!("/api/v1/main/executions/{id}")).await;
+        if e.status == StatusCode::OK && e.json()["state"]["current"] == state {
+            return e.json();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{id} never {state}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Restart, replay and resume.
+async fn actions(api: &Api) {
+    let ns = &api.ns;
+    let flag = api._dir.path().join("flag");
+    let flaky = format!(
+        "id: flaky\nnamespace: {ns}\ntasks:\n  - id: first\n    type: io.kestra.plugin.core.log.Log\n    message: first\n  - id: check\n    type: io.kestra.plugin.scripts.shell.Commands\n    taskRunner:\n      type: io.kestra.plugin.core.runner.Process\n    commands: [\"test -f {}\"]\n",
+        flag.display()
+    );
+    assert_eq!(
+        api.yaml(Method::POST, "/api/v1/main/flows", &flaky)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let failed = api
+        .call(
+            Method::POST,
+            &format!("/api/v1/main/executions/{ns}/flaky?wait=true"),
+            "",
+            Body::empty(),
+        )
+        .await
+        .json();
+    assert_eq!(failed["state"]["current"], "FAILED", "{failed}");
+    let id = failed["id"].as_str().unwrap().to_string();
+
+    // Restart: once the cause is fixed, the same execution ends SUCCESS.
+    std::fs::write(&flag, "").unwrap();
+    assert_eq!(
+        api.call(
+            Method::POST,
+            &format!("/api/v1/main/executions/{id}/restart"),
+            "",
+            Body::empty()
+        )
+        .await
+        .status,
+        StatusCode::ACCEPTED
+    );
+    let restarted = wait_state(api, &id, "SUCCESS").await;
+    assert!(
+        restarted["labels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["key"] == "system.restarted")
+    );
+    let again = api
+        .call(
+            Method::POST,
+            &format!("/api/v1/main/executions/{id}/restart"),
+            "",
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::CONFLICT);
+    assert_eq!(
+        api.call(
+            Method::POST,
+            "/api/v1/main/executions/nope/restart",
+            "",
+            Body::empty()
+        )
+        .await
+        .status,
+        StatusCode::NOT_FOUND
+    );
+
+    // Replay from a task run: a new execution.
+    let check_run = restarted["taskRunList"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["taskId"] == "check")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let replay = api
+        .call(
+            Method::POST,
+            &format!("/api/v1/main/executions/{id}/replay?taskRunId={check_run}"),
+            "",
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(replay.status, StatusCode::OK, "{:?}", replay.json());
+    let replay_id = replay.json()["id"].as_str().unwrap().to_string();
+    assert_ne!(replay_id, id);
+    wait_state(api, &replay_id, "SUCCESS").await;
+    for (query, status) in [
+        ("", StatusCode::BAD_REQUEST),
+        ("?taskRunId=unknown", StatusCode::NOT_FOUND),
+    ] {
+        assert_eq!(
+            api.call(
+                Method::POST,
+                &format!("/api/v1/main/executions/{id}/replay{query}"),
+                "",
+                Body::empty()
+            )
+            .await
+            .status,
+            status,
+            "{query}"
+        );
+    }
+
+    // Resume a paused execution with an onResume input.
+    let paused = format!(
+        "id: approval\nnamespace: {ns}\ntasks:\n  - id: wait\n    type: io.kestra.plugin.core.flow.Pause\n    onResume:\n      - id: approved\n        type: BOOLEAN\n  - id: after\n    type: io.kestra.plugin.core.log.Log\n    message: \"approved={{{{ outputs.wait.onResume.approved }}}}\"\n"
+    );
+    let created = api.yaml(Method::POST, "/api/v1/main/flows", &paused).await;
+    assert_eq!(created.status, StatusCode::OK, "{:?}", created.json());
+    let started = api
+        .call(
+            Method::POST,
+            &format!("/api/v1/main/executions/{ns}/approval"),
+            "",
+            Body::empty(),
+        )
+        .await
+        .json();
+    let pid = started["id"].as_str().unwrap().to_string();
+    let not_paused = api
+        .call(
+            Method::POST,
+            &format!("/api/v1/main/executions/{id}/resume"),
+            "",
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(not_paused.status, StatusCode::CONFLICT);
+    wait_state(api, &pid, "PAUSED").await;
+    let (content_type, body) = multipart(&[("approved", "true")], &[]);
+    assert_eq!(
+        api.call(
+            Method::POST,
+            &format!("/api/v1/main/executions/{pid}/resume"),
+            &content_type,
+            Body::from(body)
+        )
+        .await
+        .status,
+        StatusCode::NO_CONTENT
+    );
+    wait_state(api, &pid, "SUCCESS").await;
+    let logs = api.get(&format!("/api/v1/main/logs/{pid}")).await.json();
+    assert!(
+        logs.as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["message"] == "approved=true"),
+        "{logs}"
+    );
+}
+
 async fn suite(url: &str) {
     let api = Api::start(url).await;
     misc(&api).await;
     flows(&api).await;
     executions(&api).await;
     webhook(&api).await;
+    actions(&api).await;
     api.stop().await;
 }
 

@@ -324,3 +324,79 @@ pub(crate) async fn delete_execution(
     }
     Ok(StatusCode::NO_CONTENT)
 }
+
+/// `POST /executions/{id}/restart`: the failed task runs (and their parents) run again in the same
+/// execution. 202 once asked; 409 unless the execution is FAILED or KILLED.
+pub(crate) async fn restart(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let execution = find(&state, &id).await?;
+    let current = execution.state.current();
+    if !matches!(current, StateType::Failed | StateType::Killed) {
+        return Err(ApiError::conflict(format!(
+            "execution {id} is {current}: only a FAILED or KILLED execution can be restarted"
+        )));
+    }
+    state.engine.restart(&id).await?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+/// `POST /executions/{id}/replay?taskRunId=...`: a new execution that keeps what ran before that
+/// task run and runs the rest again; answers the new execution. 404 for an unknown execution or
+/// task run; 409 while the execution runs.
+pub(crate) async fn replay(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let params = Params::parse(query.as_deref(), &["taskRunId"])?;
+    let Some(task_run_id) = params.one("taskRunId") else {
+        return Err(ApiError::bad_request(
+            "query parameter 'taskRunId' is required: the task run to replay from",
+        ));
+    };
+    let execution = find(&state, &id).await?;
+    if !execution.state.is_terminated() {
+        return Err(ApiError::conflict(format!(
+            "execution {id} is still {}: only an ended execution can be replayed",
+            execution.state.current()
+        )));
+    }
+    let replayed = state.engine.replay(&id, task_run_id).await?;
+    Ok(Json(execution_json(&replayed)?))
+}
+
+/// `POST /executions/{id}/resume`: resume a PAUSED execution, with the Pause tasks' `onResume`
+/// inputs as multipart text fields. 204 once asked; 409 unless PAUSED.
+pub(crate) async fn resume(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    request: Request,
+) -> Result<StatusCode, ApiError> {
+    let execution = find(&state, &id).await?;
+    if execution.state.current() != StateType::Paused {
+        return Err(ApiError::conflict(format!(
+            "execution {id} is {}: only a PAUSED execution can be resumed",
+            execution.state.current()
+        )));
+    }
+    let mut inputs = serde_json::Map::new();
+    for (name, input) in form_inputs(&state, request).await? {
+        match input {
+            RawInput::Text(text) => {
+                inputs.insert(name, Value::String(text));
+            }
+            RawInput::Json(value) => {
+                inputs.insert(name, value);
+            }
+            RawInput::File { .. } => {
+                return Err(ApiError::unprocessable(format!(
+                    "resume input '{name}': files are not accepted when resuming"
+                )));
+            }
+        }
+    }
+    state.engine.resume(&id, inputs).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

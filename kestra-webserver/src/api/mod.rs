@@ -19,6 +19,9 @@
 //! | `GET /executions/{id}/follow` | server-sent events of the execution until it ends |
 //! | `DELETE /executions/{id}/kill` | ask for a kill (202); 409 if it already ended |
 //! | `DELETE /executions/{id}` | delete an ended execution (and its logs and metrics) |
+//! | `POST /executions/{id}/restart` | run the failed task runs again (202); 409 unless FAILED or KILLED |
+//! | `POST /executions/{id}/replay` | `taskRunId`: a new execution from that task run; 409 while running |
+//! | `POST /executions/{id}/resume` | resume a PAUSED execution, multipart `onResume` inputs (204) |
 //! | `GET /logs/{executionId}` | an execution's logs: `minLevel`, `taskRunId` |
 //! | `GET\|POST\|PUT /executions/webhook/{namespace}/{flowId}/{key}` | the Webhook trigger, public: the key is the secret |
 //!
@@ -75,6 +78,9 @@ fn routes() -> Router<Arc<AppState>> {
         )
         .route("/executions/{id}/follow", get(executions::follow))
         .route("/executions/{id}/kill", delete(executions::kill))
+        .route("/executions/{id}/restart", post(executions::restart))
+        .route("/executions/{id}/replay", post(executions::replay))
+        .route("/executions/{id}/resume", post(executions::resume))
         // `{id}` is the namespace here: matchit needs one name per position.
         .route("/executions/{id}/{flow_id}", post(executions::trigger))
         .route(
