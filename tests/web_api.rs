@@ -140,6 +140,20 @@ impl Api {
     }
 }
 
+/// A query-string value, percent-encoded.
+fn form_urlencoded_path(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
 /// A multipart body with text fields and files.
 fn multipart(fields: &[(&str, &str)], files: &[(&str, &str, &[u8])]) -> (String, Vec<u8>) {
     let boundary = "kestra-test-boundary-7d1f";
@@ -476,6 +490,63 @@ tasks:
     assert_eq!(created.status, StatusCode::OK);
     assert_eq!(created.json()["state"]["current"], "CREATED");
     let quick = created.json()["id"].as_str().unwrap().to_string();
+
+    // Download the uploaded file through its execution, and only through it.
+    wait_state(api, &quick, "SUCCESS").await;
+    let encoded: String = form_urlencoded_path(file);
+    let downloaded = api
+        .get(&format!("/api/v1/main/executions/{id}/file?path={encoded}"))
+        .await;
+    assert_eq!(downloaded.status, StatusCode::OK);
+    assert_eq!(downloaded.body, b"file body");
+    assert!(
+        downloaded.headers[header::CONTENT_DISPOSITION]
+            .to_str()
+            .unwrap()
+            .contains("notes.txt")
+    );
+    let elsewhere = api
+        .get(&format!(
+            "/api/v1/main/executions/{quick}/file?path={encoded}"
+        ))
+        .await;
+    assert_eq!(
+        elsewhere.status,
+        StatusCode::FORBIDDEN,
+        "another execution's file"
+    );
+    let own_root = file.split("/inputs/").next().unwrap();
+    let quick_root = own_root.replace(&id, &quick);
+    for (path, status) in [
+        (
+            format!("{quick_root}/../{id}/inputs/doc/notes.txt"),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            format!("{quick_root}/%2e%2e/{id}/inputs/doc/notes.txt"),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            format!("{quick_root}/inputs/doc/missing.txt"),
+            StatusCode::NOT_FOUND,
+        ),
+        (quick_root.clone(), StatusCode::FORBIDDEN),
+        ("https://example.com/x".to_string(), StatusCode::BAD_REQUEST),
+    ] {
+        let answer = api
+            .get(&format!(
+                "/api/v1/main/executions/{quick}/file?path={}",
+                form_urlencoded_path(&path)
+            ))
+            .await;
+        assert_eq!(answer.status, status, "{path}");
+    }
+    assert_eq!(
+        api.get(&format!("/api/v1/main/executions/{id}/file"))
+            .await
+            .status,
+        StatusCode::BAD_REQUEST
+    );
 
     // Get.
     let got = api.get(&format!("/api/v1/main/executions/{id}")).await;

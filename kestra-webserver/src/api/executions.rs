@@ -400,3 +400,74 @@ pub(crate) async fn resume(
     state.engine.resume(&id, inputs).await?;
     Ok(StatusCode::NO_CONTENT)
 }
+
+/// `GET /executions/{id}/file?path=kestra:///...`: download a file of the execution. Only a file
+/// under the execution's own storage folder (`<namespace>/<flow>/executions/<id>/`) is served; the
+/// path is canonicalised first (encoded, doubled or `..` segments cannot leave that folder): 403 for
+/// any other file, 400 for an invalid path, 404 for a missing file.
+pub(crate) async fn file(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    use kestra_core::storage::{StorageError, StoragePath};
+    let params = Params::parse(query.as_deref(), &["path"])?;
+    let Some(raw) = params.one("path") else {
+        return Err(ApiError::bad_request(
+            "query parameter 'path' is required: the kestra:/// URI of the file",
+        ));
+    };
+    let execution = find(&state, &id).await?;
+    let path = StoragePath::parse(raw).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let root = StoragePath::execution(&execution.namespace, &execution.flow_id, &execution.id)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    if !path.starts_with(&root) || path == root {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{} is not a file of execution {id}: only files under {} are served",
+                path.to_uri(),
+                root.to_uri()
+            ),
+        ));
+    }
+    let storage = state.engine.storage();
+    let storage_error = |e: StorageError| match e {
+        StorageError::NotFound { .. } => ApiError::not_found(e.to_string()),
+        StorageError::InvalidUri { .. } => ApiError::bad_request(e.to_string()),
+        StorageError::Forbidden { .. } => ApiError::new(StatusCode::FORBIDDEN, e.to_string()),
+        StorageError::Backend { .. } => ApiError::internal(e.to_string()),
+    };
+    let size = storage
+        .size(&execution.tenant_id, &path)
+        .await
+        .map_err(storage_error)?;
+    let stream = storage
+        .get(&execution.tenant_id, &path)
+        .await
+        .map_err(storage_error)?;
+    let file_name: String = path
+        .file_name()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, size.to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{file_name}\""),
+            ),
+        ],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response())
+}

@@ -22,6 +22,7 @@
 //! | `POST /executions/{id}/restart` | run the failed task runs again (202); 409 unless FAILED or KILLED |
 //! | `POST /executions/{id}/replay` | `taskRunId`: a new execution from that task run; 409 while running |
 //! | `POST /executions/{id}/resume` | resume a PAUSED execution, multipart `onResume` inputs (204) |
+//! | `GET /executions/{id}/file` | `path=kestra:///...`: a file of this execution only (403 for others) |
 //! | `GET /logs/{executionId}` | an execution's logs: `minLevel`, `taskRunId` |
 //! | `GET\|POST\|PUT /executions/webhook/{namespace}/{flowId}/{key}` | the Webhook trigger, public: the key is the secret |
 //!
@@ -81,6 +82,7 @@ fn routes() -> Router<Arc<AppState>> {
         .route("/executions/{id}/restart", post(executions::restart))
         .route("/executions/{id}/replay", post(executions::replay))
         .route("/executions/{id}/resume", post(executions::resume))
+        .route("/executions/{id}/file", get(executions::file))
         // `{id}` is the namespace here: matchit needs one name per position.
         .route("/executions/{id}/{flow_id}", post(executions::trigger))
         .route(
