@@ -1118,6 +1118,63 @@ async fn actions(api: &Api) {
     );
 }
 
+/// Data of the server-sent events of a body.
+fn sse_data(body: &[u8]) -> Vec<Value> {
+    String::from_utf8_lossy(body)
+        .split("\n\n")
+        .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data:")))
+        .map(|d| serde_json::from_str(d.trim()).unwrap())
+        .collect()
+}
+
+/// Log follow: the stored lines, then the live ones, until the execution has ended.
+async fn log_follow(api: &Api) {
+    let ns = &api.ns;
+    let chatty = format!(
+        "id: chatty\nnamespace: {ns}\ntasks:\n  - id: one\n    type: io.kestra.plugin.core.log.Log\n    message: line one\n  - id: nap\n    type: io.kestra.plugin.core.flow.Sleep\n    duration: PT1S\n  - id: two\n    type: io.kestra.plugin.core.log.Log\n    level: WARN\n    message: line two\n"
+    );
+    assert_eq!(
+        api.yaml(Method::POST, "/api/v1/main/flows", &chatty)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let started = api
+        .call(
+            Method::POST,
+            &format!("/api/v1/main/executions/{ns}/chatty"),
+            "",
+            Body::empty(),
+        )
+        .await
+        .json();
+    let id = started["id"].as_str().unwrap().to_string();
+    let followed = api.get(&format!("/api/v1/main/logs/{id}/follow")).await;
+    assert_eq!(followed.status, StatusCode::OK);
+    let messages: Vec<String> = sse_data(&followed.body)
+        .iter()
+        .map(|l| l["message"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        messages,
+        ["line one", "line two"],
+        "live lines in order, once each"
+    );
+    // An ended execution: its stored lines, then the end.
+    let again = api
+        .get(&format!("/api/v1/main/logs/{id}/follow?minLevel=WARN"))
+        .await;
+    let messages: Vec<Value> = sse_data(&again.body);
+    assert_eq!(messages.len(), 1);
+    assert_eq!(messages[0]["message"], "line two");
+    assert_eq!(
+        api.get(&format!("/api/v1/main/logs/{id}/follow?minLevel=LOUD"))
+            .await
+            .status,
+        StatusCode::BAD_REQUEST
+    );
+}
+
 async fn suite(url: &str) {
     let api = Api::start(url).await;
     misc(&api).await;
@@ -1125,6 +1182,7 @@ async fn suite(url: &str) {
     executions(&api).await;
     webhook(&api).await;
     actions(&api).await;
+    log_follow(&api).await;
     api.stop().await;
 }
 

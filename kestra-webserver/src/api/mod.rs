@@ -24,6 +24,7 @@
 //! | `POST /executions/{id}/resume` | resume a PAUSED execution, multipart `onResume` inputs (204) |
 //! | `GET /executions/{id}/file` | `path=kestra:///...`: a file of this execution only (403 for others) |
 //! | `GET /logs/{executionId}` | an execution's logs: `minLevel`, `taskRunId` |
+//! | `GET /logs/{executionId}/follow` | server-sent events: stored lines, then live ones until the execution ends; `minLevel` |
 //! | `GET\|POST\|PUT /executions/webhook/{namespace}/{flowId}/{key}` | the Webhook trigger, public: the key is the secret |
 //!
 //! Query parameters are allow-listed per route: an unknown one is a 400 naming the allowed ones, so
@@ -92,6 +93,7 @@ fn routes() -> Router<Arc<AppState>> {
                 .put(webhook::webhook),
         )
         .route("/logs/{execution_id}", get(logs::by_execution))
+        .route("/logs/{execution_id}/follow", get(logs::follow))
 }
 
 /// Every route with authentication and the body limit.
