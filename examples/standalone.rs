@@ -1,10 +1,12 @@
 //! The all-in-one server with no configuration: SQLite (`./data/kestra.db`) and local storage
-//! (`./data/storage`), executor + worker + indexer in one process, flows of `./flows` (if present)
-//! deployed at start. Ctrl-C stops it gracefully. (The web server and UI join when they land.)
+//! (`./data/storage`), executor + worker + indexer + scheduler and the REST API on
+//! `http://127.0.0.1:8080/api/v1/main/` (basic authentication, `admin@kestra.io` / `kestra` unless
+//! configured), flows of `./flows` (if present) deployed at start. Ctrl-C stops it gracefully.
 //!
 //! Run: `cargo run --example standalone`
 
 use std::path::Path;
+use std::sync::Arc;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -24,11 +26,28 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     }
+    let engine = Arc::new(engine);
+    let web = kestra::webserver_from_config(&config, engine.clone())?;
+    println!("Kestra API: {}api/v1/main/", web.url);
+    if let Some(credentials) = &web.credentials {
+        println!("Log in with: {credentials}");
+    }
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let mut server = tokio::spawn(web.webserver.run(shutdown.clone()));
     tracing::info!(
         "kestra standalone running on {}; Ctrl-C to stop",
         config.database_url()?
     );
-    tokio::signal::ctrl_c().await?;
-    engine.shutdown().await;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        r = &mut server => r??,
+    }
+    shutdown.cancel();
+    if !server.is_finished() {
+        server.await??;
+    }
+    if let Ok(engine) = Arc::try_unwrap(engine) {
+        engine.shutdown().await;
+    }
     Ok(())
 }

@@ -83,7 +83,10 @@ pub const KNOWN_KEYS: &[&str] = &[
     "datasources.*.password",
     "kestra.storage.type",
     "kestra.storage.local.base-path",
+    "kestra.server.host",
     "kestra.server.port",
+    "micronaut.server.port",
+    "kestra.server.max-request-size",
     "kestra.server.basic-auth.enabled",
     "kestra.server.basic-auth.username",
     "kestra.server.basic-auth.password",
@@ -320,7 +323,12 @@ impl Config {
                     "kestra.storage.local.base-path" => {
                         Some(data_dir.join("storage").display().to_string())
                     }
+                    "kestra.server.host" => Some("127.0.0.1".into()),
                     "kestra.server.port" => Some("8080".into()),
+                    #[cfg(feature = "webserver")]
+                    "kestra.server.max-request-size" => {
+                        Some(kestra_webserver::DEFAULT_MAX_BODY.to_string())
+                    }
                     "kestra.server.basic-auth.enabled" => Some("true".into()),
                     "kestra.server.basic-auth.username" => Some("admin@kestra.io".into()),
                     "kestra.server.basic-auth.password" => Some("kestra".into()),

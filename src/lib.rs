@@ -2,7 +2,8 @@
 //!
 //! Kestra's orchestration architecture as an embeddable Rust library. This facade picks the backends
 //! with cargo features (`sqlite` (default), `postgres`, `mysql`; each brings only its own database driver;
-//! Kafka + Elasticsearch, cloud storages and the webserver come with features of their own)
+//! `webserver` (default) adds the REST API; Kafka + Elasticsearch and cloud storages come with features
+//! of their own)
 //! and wires them from a [`Config`](config::Config):
 //!
 //! ```no_run
@@ -18,7 +19,9 @@
 //! ```
 //!
 //! The building blocks are re-exported: [`core`] (model, flow language, engine logic and the seams),
-//! [`jdbc`] (queue + repositories on a database) and [`storage`] (internal storage).
+//! [`jdbc`] (queue + repositories on a database), [`storage`] (internal storage) and, with the
+//! `webserver` feature, `webserver` (the REST API; [`webserver_from_config`] builds it from the
+//! configuration).
 
 pub mod config;
 
@@ -28,6 +31,8 @@ pub use kestra_backend_jdbc as jdbc;
 pub use kestra_core as core;
 pub use kestra_core::runtime::{Components, Engine, EngineBuilder, EngineError, ExecuteOptions};
 pub use kestra_storage as storage;
+#[cfg(feature = "webserver")]
+pub use kestra_webserver as webserver;
 
 use kestra_core::queue::Queue;
 use kestra_core::repository::Repositories;
@@ -112,4 +117,92 @@ pub async fn engine(config: &config::Config) -> Result<EngineBuilder, StartError
             })?;
     }
     Ok(Engine::builder(backend.queue, backend.repositories, backend.storage).worker_config(worker))
+}
+
+/// The webserver's settings from the configuration, with what to tell the user at start.
+#[cfg(feature = "webserver")]
+pub struct WebserverSettings {
+    /// The webserver, ready to run.
+    pub webserver: kestra_webserver::Webserver,
+    /// `http://host:port/`.
+    pub url: String,
+    /// How to log in, for the start banner: `user / password` when the default password is in use,
+    /// else the user alone; `None` when authentication is off.
+    pub credentials: Option<String>,
+}
+
+/// Build the webserver from the configuration: `kestra.server.host` (default `127.0.0.1`),
+/// `kestra.server.port` (default `8080`, Kestra's `micronaut.server.port` also read),
+/// `kestra.server.basic-auth.enabled` (default `true`), `.username` (default `admin@kestra.io`),
+/// `.password` (default `kestra`; a `$argon2...` PHC string is taken as the hash) and
+/// `kestra.server.max-request-size` (bytes, default 100 MiB).
+#[cfg(feature = "webserver")]
+pub fn webserver_from_config(
+    config: &config::Config,
+    engine: Arc<Engine>,
+) -> Result<WebserverSettings, config::ConfigError> {
+    use kestra_webserver::{Auth, BasicAuth, Webserver};
+    let invalid = |key: &str, message: String| config::ConfigError::Invalid {
+        key: key.into(),
+        message,
+    };
+    let host = config
+        .get("kestra.server.host")
+        .unwrap_or_else(|| "127.0.0.1".into());
+    let port_key = if config.get("kestra.server.port").is_some() {
+        "kestra.server.port"
+    } else {
+        "micronaut.server.port"
+    };
+    let port = config.get_u64(port_key, 8080)?;
+    let port =
+        u16::try_from(port).map_err(|_| invalid(port_key, format!("{port} is not a port")))?;
+    let ip: std::net::IpAddr = host.trim().parse().map_err(|_| {
+        invalid(
+            "kestra.server.host",
+            format!("'{host}' is not an IP address"),
+        )
+    })?;
+    let bind = std::net::SocketAddr::new(ip, port);
+    let max_body = config.get_u64(
+        "kestra.server.max-request-size",
+        kestra_webserver::DEFAULT_MAX_BODY as u64,
+    )?;
+    let max_body = usize::try_from(max_body).map_err(|_| {
+        invalid(
+            "kestra.server.max-request-size",
+            format!("{max_body} is too large"),
+        )
+    })?;
+    let (auth, credentials) = if config.get_bool("kestra.server.basic-auth.enabled", true)? {
+        let username = config
+            .get("kestra.server.basic-auth.username")
+            .unwrap_or_else(|| "admin@kestra.io".into());
+        let password = config.get("kestra.server.basic-auth.password");
+        let credentials = match &password {
+            None => format!("{username} / kestra"),
+            Some(_) => format!("{username} / (the configured password)"),
+        };
+        let user = BasicAuth::new(&username, password.as_deref().unwrap_or("kestra"))
+            .map_err(|e| invalid("kestra.server.basic-auth", e.to_string()))?;
+        (Auth::Basic(user), Some(credentials))
+    } else {
+        (Auth::Disabled, None)
+    };
+    let shown_host = if ip.is_unspecified() {
+        "127.0.0.1".to_string()
+    } else if ip.is_ipv6() {
+        format!("[{ip}]")
+    } else {
+        ip.to_string()
+    };
+    Ok(WebserverSettings {
+        webserver: Webserver::builder(engine)
+            .bind(bind)
+            .auth(auth)
+            .max_body_bytes(max_body)
+            .build(),
+        url: format!("http://{shown_host}:{port}/"),
+        credentials,
+    })
 }

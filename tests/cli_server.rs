@@ -60,6 +60,7 @@ fn start(data: &Path, flows: &Path, log: &Path) -> Server {
     let log = std::fs::File::create(log).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_kestra"))
         .args(["server", "standalone", "--flows"])
+        .env("KESTRA_SERVER_PORT", "0")
         .arg(flows)
         .env("KESTRA_DATA_DIR", data)
         .env("RUST_LOG", "info")

@@ -423,6 +423,7 @@ pub async fn server(cmd: ServerCommand) -> Result<ExitCode, String> {
             },
             "indexer",
         ),
+        ServerCommand::Webserver(a) => (a, none, "webserver"),
         ServerCommand::Scheduler(a) => (
             a,
             Components {
@@ -432,6 +433,10 @@ pub async fn server(cmd: ServerCommand) -> Result<ExitCode, String> {
             "scheduler",
         ),
     };
+    #[cfg(not(feature = "webserver"))]
+    if name == "webserver" {
+        return Err("this build has no webserver (cargo feature `webserver`)".into());
+    }
     let config = Config::load(args.config.as_deref()).map_err(|e| e.to_string())?;
     let engine = kestra::engine(&config)
         .await
@@ -442,11 +447,83 @@ pub async fn server(cmd: ServerCommand) -> Result<ExitCode, String> {
         let n = deploy_dir(&engine, dir).await?;
         info!(count = n, dir = %dir.display(), "flows deployed");
     }
+    let engine = std::sync::Arc::new(engine);
+    #[cfg(feature = "webserver")]
+    let web = if matches!(name, "standalone" | "webserver") {
+        Some(web::start(&config, engine.clone()).await?)
+    } else {
+        None
+    };
     info!(server = name, backend = %config.backend_type(), "kestra server running; Ctrl-C or SIGTERM to stop");
     stop_signal().await?;
     info!("shutting down: draining running tasks");
-    engine.shutdown().await;
+    #[cfg(feature = "webserver")]
+    if let Some(web) = web {
+        web.stop().await;
+    }
+    match std::sync::Arc::try_unwrap(engine) {
+        Ok(engine) => engine.shutdown().await,
+        Err(_) => tracing::warn!("the engine is still in use: stopping without draining"),
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The webserver of `server standalone` and `server webserver`.
+#[cfg(feature = "webserver")]
+mod web {
+    use std::sync::Arc;
+
+    use kestra::Engine;
+    use kestra::config::Config;
+    use tokio::task::JoinHandle;
+    use tokio_util::sync::CancellationToken;
+
+    /// A running webserver.
+    pub(super) struct Running {
+        shutdown: CancellationToken,
+        handle: JoinHandle<()>,
+    }
+
+    /// Bind the configured address (an error if it is taken), serve in the background, and print
+    /// the URL and how to log in.
+    pub(super) async fn start(config: &Config, engine: Arc<Engine>) -> Result<Running, String> {
+        let settings = kestra::webserver_from_config(config, engine).map_err(|e| e.to_string())?;
+        let bind = settings.webserver.config().bind;
+        let listener = tokio::net::TcpListener::bind(bind)
+            .await
+            .map_err(|e| format!("webserver cannot listen on {bind}: {e}"))?;
+        let url = match listener.local_addr() {
+            Ok(address) if bind.port() == 0 => {
+                settings
+                    .url
+                    .replacen(":0/", &format!(":{}/", address.port()), 1)
+            }
+            _ => settings.url.clone(),
+        };
+        println!("Kestra API: {url}api/v1/main/ (health: {url}health)");
+        match &settings.credentials {
+            Some(credentials) => println!("Log in with: {credentials}"),
+            None => println!("Authentication is DISABLED (kestra.server.basic-auth.enabled=false)"),
+        }
+        let shutdown = CancellationToken::new();
+        let token = shutdown.clone();
+        let handle = tokio::spawn(async move {
+            if let Err(e) = settings.webserver.serve(listener, token).await {
+                tracing::error!(error = %e, "webserver stopped");
+            }
+        });
+        Ok(Running { shutdown, handle })
+    }
+
+    impl Running {
+        /// Stop serving (open connections are drained).
+        pub(super) async fn stop(self) {
+            self.shutdown.cancel();
+            if let Err(e) = self.handle.await {
+                tracing::error!(error = %e, "webserver ended abnormally");
+            }
+        }
+    }
 }
 
 /// Wait for Ctrl-C (SIGINT) or, on Unix, SIGTERM (what service managers and container runtimes

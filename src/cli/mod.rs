@@ -119,12 +119,18 @@ pub struct ServerArgs {
 /// `kestra server ...`
 #[derive(Debug, Subcommand)]
 pub enum ServerCommand {
-    /// Everything in one process: executor, worker, indexer, scheduler (the webserver as it lands).
+    /// Everything in one process: executor, worker, indexer, scheduler and the webserver (REST API on
+    /// 127.0.0.1:8080 by default; the URL and credentials are printed at start).
     #[command(after_help = "Examples:
   kestra server standalone --flows ./flows
   kestra server standalone -c application.yml
   KESTRA_DATA_DIR=/var/lib/kestra kestra server standalone --log-format json")]
     Standalone(ServerArgs),
+    /// Only the webserver (REST API): it reads the repositories and publishes to the queue.
+    #[command(after_help = "Examples:
+  kestra server webserver -c application.yml
+  KESTRA_SERVER_PORT=9090 kestra server webserver -c application.yml")]
+    Webserver(ServerArgs),
     /// Only the scheduler (several may run at once: claims on due triggers).
     #[command(after_help = "Examples:
   kestra server scheduler -c application.yml")]

@@ -409,6 +409,22 @@ impl Engine {
         Ok((flow, outcome))
     }
 
+    /// Delete a flow: the repository records a deletion revision (the history stays) and the
+    /// deletion is published on the flow topic, so that flow sources and caches forget the flow.
+    /// Errors with [`RepositoryError::NotFound`] when there is no such flow.
+    pub async fn delete_flow(&self, namespace: &str, id: &str) -> Result<FlowRecord, EngineError> {
+        let record = self
+            .repositories
+            .flows
+            .delete(crate::model::DEFAULT_TENANT, namespace, id)
+            .await?;
+        if let Some(flows) = &self.executor_flows {
+            flows.invalidate_trigger_flows();
+        }
+        self.queue.publish(vec![flow_envelope(&record)?]).await?;
+        Ok(record)
+    }
+
     /// Create an execution of the latest revision of a flow with raw inputs, and queue it.
     pub async fn execute(
         &self,

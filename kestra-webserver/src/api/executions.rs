@@ -1,0 +1,473 @@
+//! Execution routes: trigger (multipart inputs and files, `wait`, labels, `scheduleDate`,
+//! `revision`), get, search, follow (server-sent events), kill, delete.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{FromRequest, Multipart, Path, RawQuery, Request, State};
+use axum::http::{StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures::Stream;
+use indexmap::IndexMap;
+use kestra_core::inputs::RawInput;
+use kestra_core::model::{DEFAULT_TENANT, Execution, StateType};
+use kestra_core::repository::ExecutionQuery;
+use kestra_core::runtime::ExecuteOptions;
+use serde_json::{Value, json};
+
+use super::Params;
+use crate::{ApiError, AppState};
+
+/// How long a follow waits for an execution that was just created and is not stored yet.
+const FOLLOW_APPEAR_WAIT: Duration = Duration::from_secs(10);
+
+async fn find(state: &AppState, id: &str) -> Result<Execution, ApiError> {
+    state
+        .engine
+        .repositories()
+        .executions
+        .find_by_id(DEFAULT_TENANT, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("execution {id} not found")))
+}
+
+fn execution_json(execution: &Execution) -> Result<Value, ApiError> {
+    serde_json::to_value(execution)
+        .map_err(|e| ApiError::internal(format!("cannot serialise execution: {e}")))
+}
+
+/// The inputs of a multipart form: text fields and files.
+async fn form_inputs(
+    state: &Arc<AppState>,
+    request: Request,
+) -> Result<IndexMap<String, RawInput>, ApiError> {
+    let content_type = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_ascii_lowercase);
+    match content_type {
+        Some(ct) if ct.starts_with("multipart/form-data") => {}
+        None => return Ok(IndexMap::new()),
+        Some(ct) => {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("inputs are sent as multipart/form-data, not {ct}"),
+            ));
+        }
+    }
+    let mut multipart = Multipart::from_request(request, state)
+        .await
+        .map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+    let mut inputs = IndexMap::new();
+    let form_error = |e: axum::extract::multipart::MultipartError| {
+        ApiError::new(
+            e.status(),
+            format!("invalid multipart body: {}", e.body_text()),
+        )
+    };
+    while let Some(field) = multipart.next_field().await.map_err(form_error)? {
+        let Some(name) = field.name().map(str::to_string) else {
+            return Err(ApiError::bad_request("a multipart field has no name"));
+        };
+        let input = match field.file_name().map(str::to_string) {
+            Some(file_name) => RawInput::File {
+                file_name,
+                content: field.bytes().await.map_err(form_error)?,
+            },
+            None => RawInput::Text(field.text().await.map_err(form_error)?),
+        };
+        inputs.insert(name, input);
+    }
+    Ok(inputs)
+}
+
+/// `POST /executions/{namespace}/{flowId}`: create an execution; answers at once with it (CREATED),
+/// or at its end with `wait=true`. 404 unknown flow, 409 disabled flow, 422 invalid inputs.
+pub(crate) async fn trigger(
+    State(state): State<Arc<AppState>>,
+    Path((namespace, flow_id)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    request: Request,
+) -> Result<Json<Value>, ApiError> {
+    let params = Params::parse(
+        query.as_deref(),
+        &["wait", "labels", "scheduleDate", "revision"],
+    )?;
+    let wait = params.bool("wait", false)?;
+    let revision = match params.one("revision") {
+        None => None,
+        Some(r) => Some(r.parse::<i32>().map_err(|_| {
+            ApiError::bad_request(format!(
+                "query parameter 'revision': '{r}' is not an integer"
+            ))
+        })?),
+    };
+    let options = ExecuteOptions {
+        labels: params.labels()?,
+        revision,
+        schedule_date: params.date("scheduleDate")?,
+    };
+    let inputs = form_inputs(&state, request).await?;
+    let execution = state
+        .engine
+        .execute_with(&namespace, &flow_id, inputs, options)
+        .await?;
+    if !wait {
+        return Ok(Json(execution_json(&execution)?));
+    }
+    let done = tokio::select! {
+        done = state.engine.wait_for(&execution.id, state.config.wait_timeout) => done?,
+        () = state.shutdown.cancelled() => {
+            return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the server is shutting down"));
+        }
+    };
+    Ok(Json(execution_json(&done)?))
+}
+
+/// `GET /executions/{id}`.
+pub(crate) async fn get_execution(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(execution_json(&find(&state, &id).await?)?))
+}
+
+/// `GET /executions/search`: `{"results": [...], "total": N}`.
+pub(crate) async fn search(
+    State(state): State<Arc<AppState>>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let params = Params::parse(
+        query.as_deref(),
+        &[
+            "q",
+            "namespace",
+            "flowId",
+            "state",
+            "startDate",
+            "endDate",
+            "labels",
+            "page",
+            "size",
+            "sort",
+        ],
+    )?;
+    let page = params.pageable()?;
+    let states = params
+        .all("state")
+        .into_iter()
+        .map(|s| {
+            s.parse::<StateType>().map_err(|_| {
+                ApiError::bad_request(format!("query parameter 'state': '{s}' is not a state"))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let query = ExecutionQuery {
+        tenant_id: None,
+        q: params.one("q").map(str::to_string),
+        namespace: params.one("namespace").map(str::to_string),
+        flow_id: params.one("flowId").map(str::to_string),
+        states,
+        start_date: params.date("startDate")?,
+        end_date: params.date("endDate")?,
+        labels: params.labels()?,
+        parent_id: None,
+    };
+    let found = state
+        .engine
+        .repositories()
+        .executions
+        .search(&query, &page)
+        .await?;
+    let results = found
+        .results
+        .iter()
+        .map(execution_json)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Json(json!({ "results": results, "total": found.total })))
+}
+
+/// Where a follow stands.
+struct Follow {
+    state: Arc<AppState>,
+    id: String,
+    last: Option<Value>,
+    ended: bool,
+}
+
+/// `GET /executions/{id}/follow`: server-sent events, one per change of the execution (`id:
+/// progress`, data: the execution), the last with `id: end` once it has ended; then the stream
+/// closes. 404 when the execution does not appear within a few seconds.
+pub(crate) async fn follow(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let deadline = tokio::time::Instant::now() + FOLLOW_APPEAR_WAIT;
+    loop {
+        let found = state
+            .engine
+            .repositories()
+            .executions
+            .find_by_id(DEFAULT_TENANT, &id)
+            .await?;
+        if found.is_some() {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ApiError::not_found(format!("execution {id} not found")));
+        }
+        tokio::select! {
+            () = tokio::time::sleep(state.config.follow_poll) => {}
+            () = state.shutdown.cancelled() => {
+                return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the server is shutting down"));
+            }
+        }
+    }
+    let start = Follow {
+        state,
+        id,
+        last: None,
+        ended: false,
+    };
+    let events = futures::stream::unfold(start, |mut f| async move {
+        if f.ended {
+            return None;
+        }
+        loop {
+            let current = f
+                .state
+                .engine
+                .repositories()
+                .executions
+                .find_by_id(DEFAULT_TENANT, &f.id)
+                .await;
+            match current {
+                Ok(Some(execution)) => {
+                    let ended = execution.state.is_terminated();
+                    if let Ok(value) = serde_json::to_value(&execution)
+                        && f.last.as_ref() != Some(&value)
+                    {
+                        let event = Event::default()
+                            .id(if ended { "end" } else { "progress" })
+                            .data(value.to_string());
+                        f.last = Some(value);
+                        f.ended = ended;
+                        return Some((Ok(event), f));
+                    }
+                }
+                Ok(None) => {
+                    // Deleted while followed.
+                    return None;
+                }
+                Err(e) => {
+                    tracing::warn!(execution_id = %f.id, error = %e, "follow cannot read the execution; retrying");
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(f.state.config.follow_poll) => {}
+                () = f.state.shutdown.cancelled() => return None,
+            }
+        }
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+}
+
+/// `DELETE /executions/{id}/kill`: 202 once the kill is asked; 409 when the execution has ended.
+pub(crate) async fn kill(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let execution = find(&state, &id).await?;
+    if execution.state.is_terminated() {
+        return Err(ApiError::conflict(format!(
+            "execution {id} has already ended ({}): nothing to kill",
+            execution.state.current()
+        )));
+    }
+    state.engine.kill(&id).await?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+/// `DELETE /executions/{id}`: delete an ended execution; its logs and metrics too unless
+/// `deleteLogs=false` / `deleteMetrics=false`. 204; 409 while it runs (kill it first).
+pub(crate) async fn delete_execution(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<StatusCode, ApiError> {
+    let params = Params::parse(query.as_deref(), &["deleteLogs", "deleteMetrics"])?;
+    let delete_logs = params.bool("deleteLogs", true)?;
+    let delete_metrics = params.bool("deleteMetrics", true)?;
+    let execution = find(&state, &id).await?;
+    if !execution.state.is_terminated() {
+        return Err(ApiError::conflict(format!(
+            "execution {id} is still {}: kill it before deleting it",
+            execution.state.current()
+        )));
+    }
+    let repositories = state.engine.repositories();
+    repositories.executions.delete(DEFAULT_TENANT, &id).await?;
+    if delete_logs {
+        repositories
+            .logs
+            .delete_by_execution(DEFAULT_TENANT, &id)
+            .await?;
+    }
+    if delete_metrics {
+        repositories
+            .metrics
+            .delete_by_execution(DEFAULT_TENANT, &id)
+            .await?;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /executions/{id}/restart`: the failed task runs (and their parents) run again in the same
+/// execution. 202 once asked; 409 unless the execution is FAILED or KILLED.
+pub(crate) async fn restart(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let execution = find(&state, &id).await?;
+    let current = execution.state.current();
+    if !matches!(current, StateType::Failed | StateType::Killed) {
+        return Err(ApiError::conflict(format!(
+            "execution {id} is {current}: only a FAILED or KILLED execution can be restarted"
+        )));
+    }
+    state.engine.restart(&id).await?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+/// `POST /executions/{id}/replay?taskRunId=...`: a new execution that keeps what ran before that
+/// task run and runs the rest again; answers the new execution. 404 for an unknown execution or
+/// task run; 409 while the execution runs.
+pub(crate) async fn replay(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let params = Params::parse(query.as_deref(), &["taskRunId"])?;
+    let Some(task_run_id) = params.one("taskRunId") else {
+        return Err(ApiError::bad_request(
+            "query parameter 'taskRunId' is required: the task run to replay from",
+        ));
+    };
+    let execution = find(&state, &id).await?;
+    if !execution.state.is_terminated() {
+        return Err(ApiError::conflict(format!(
+            "execution {id} is still {}: only an ended execution can be replayed",
+            execution.state.current()
+        )));
+    }
+    let replayed = state.engine.replay(&id, task_run_id).await?;
+    Ok(Json(execution_json(&replayed)?))
+}
+
+/// `POST /executions/{id}/resume`: resume a PAUSED execution, with the Pause tasks' `onResume`
+/// inputs as multipart text fields. 204 once asked; 409 unless PAUSED.
+pub(crate) async fn resume(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    request: Request,
+) -> Result<StatusCode, ApiError> {
+    let execution = find(&state, &id).await?;
+    if execution.state.current() != StateType::Paused {
+        return Err(ApiError::conflict(format!(
+            "execution {id} is {}: only a PAUSED execution can be resumed",
+            execution.state.current()
+        )));
+    }
+    let mut inputs = serde_json::Map::new();
+    for (name, input) in form_inputs(&state, request).await? {
+        match input {
+            RawInput::Text(text) => {
+                inputs.insert(name, Value::String(text));
+            }
+            RawInput::Json(value) => {
+                inputs.insert(name, value);
+            }
+            RawInput::File { .. } => {
+                return Err(ApiError::unprocessable(format!(
+                    "resume input '{name}': files are not accepted when resuming"
+                )));
+            }
+        }
+    }
+    state.engine.resume(&id, inputs).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /executions/{id}/file?path=kestra:///...`: download a file of the execution. Only a file
+/// under the execution's own storage folder (`<namespace>/<flow>/executions/<id>/`) is served; the
+/// path is canonicalised first (encoded, doubled or `..` segments cannot leave that folder): 403 for
+/// any other file, 400 for an invalid path, 404 for a missing file.
+pub(crate) async fn file(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    use kestra_core::storage::{StorageError, StoragePath};
+    let params = Params::parse(query.as_deref(), &["path"])?;
+    let Some(raw) = params.one("path") else {
+        return Err(ApiError::bad_request(
+            "query parameter 'path' is required: the kestra:/// URI of the file",
+        ));
+    };
+    let execution = find(&state, &id).await?;
+    let path = StoragePath::parse(raw).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let root = StoragePath::execution(&execution.namespace, &execution.flow_id, &execution.id)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    if !path.starts_with(&root) || path == root {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{} is not a file of execution {id}: only files under {} are served",
+                path.to_uri(),
+                root.to_uri()
+            ),
+        ));
+    }
+    let storage = state.engine.storage();
+    let storage_error = |e: StorageError| match e {
+        StorageError::NotFound { .. } => ApiError::not_found(e.to_string()),
+        StorageError::InvalidUri { .. } => ApiError::bad_request(e.to_string()),
+        StorageError::Forbidden { .. } => ApiError::new(StatusCode::FORBIDDEN, e.to_string()),
+        StorageError::Backend { .. } => ApiError::internal(e.to_string()),
+    };
+    let size = storage
+        .size(&execution.tenant_id, &path)
+        .await
+        .map_err(storage_error)?;
+    let stream = storage
+        .get(&execution.tenant_id, &path)
+        .await
+        .map_err(storage_error)?;
+    let file_name: String = path
+        .file_name()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, size.to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{file_name}\""),
+            ),
+        ],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response())
+}
