@@ -42,6 +42,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use minijinja::{Environment, ErrorKind, UndefinedBehavior};
 use serde_json::Value;
 
+pub use translate::MAX_EXPRESSION_DEPTH;
 use translate::{TYPED_RESULT, Translated};
 
 /// Options of an [`ExpressionEngine`].
@@ -444,6 +445,19 @@ impl ExpressionEngine {
             cache.insert(key, t.clone());
         }
         Ok(t)
+    }
+}
+
+/// Checks what flow validation can check of a template without rendering it: that no
+/// expression nests deeper than [`MAX_EXPRESSION_DEPTH`]. Returns the message and the 1-based line
+/// of the template. Other syntax problems are reported when the template is rendered, as Kestra does.
+pub fn check_template_depth(template: &str) -> Result<(), (String, usize)> {
+    if !has_expression(template) {
+        return Ok(());
+    }
+    match translate::translate_template(template) {
+        Err(e) if e.too_deep => Err((e.message, e.line)),
+        _ => Ok(()),
     }
 }
 

@@ -1,0 +1,132 @@
+//! Hostile input: flows and expressions written to crash the engine or exhaust the machine are
+//! refused with a clear error (issue 16). Each case failed (crashed, hung or grew without limit)
+//! before the limit it tests existed.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use kestra_core::expression::{ExpressionEngine, ExpressionError, MAX_EXPRESSION_DEPTH};
+use kestra_core::flow::{TaskRegistry, parse_flow};
+use serde_json::json;
+
+/// Runs `f` on a thread with a small stack (1 MiB, half a Tokio worker thread's), as a worker thread deep in a call chain
+/// might have left: a recursion without a limit overflows it and aborts the test binary.
+fn on_small_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::Builder::new()
+        .stack_size(1024 * 1024)
+        .spawn(f)
+        .unwrap()
+        .join()
+        .unwrap()
+}
+
+fn deep_templates(n: usize) -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "parentheses",
+            format!("{{{{ {}1{} }}}}", "(".repeat(n), ")".repeat(n)),
+        ),
+        (
+            "brackets",
+            format!("{{{{ {}1{} }}}}", "[".repeat(n), "]".repeat(n)),
+        ),
+        ("plus chain", format!("{{{{ 1{} }}}}", " + 1".repeat(n))),
+        (
+            "filter chain",
+            format!("{{{{ 'a'{} }}}}", " | upper".repeat(n)),
+        ),
+        (
+            "render calls",
+            format!("{{{{ {}'x'{} }}}}", "render(".repeat(n), ")".repeat(n)),
+        ),
+        ("unary minus", format!("{{{{ {}1 }}}}", "-".repeat(n))),
+        ("attribute chain", format!("{{{{ a{} }}}}", ".b".repeat(n))),
+        (
+            "ternaries",
+            format!("{{{{ {}1{} }}}}", "true ? ".repeat(n), " : 0".repeat(n)),
+        ),
+        (
+            "maps",
+            format!("{{{{ {}1{} }}}}", "{'a': ".repeat(n), " }".repeat(n)),
+        ),
+    ]
+}
+
+#[test]
+fn an_expression_nested_2000_deep_is_refused_not_a_stack_overflow() {
+    on_small_stack(|| {
+        let engine = ExpressionEngine::default();
+        for (what, template) in deep_templates(2000) {
+            let err = engine.render(&template, &json!({})).unwrap_err();
+            match &err {
+                ExpressionError::Syntax { message, .. } => assert!(
+                    message.contains("nested too deeply"),
+                    "{what}: unexpected message {message}"
+                ),
+                other => panic!("{what}: expected a depth error, got {other:?}"),
+            }
+            assert!(
+                engine.render_typed(&template, &json!({})).is_err(),
+                "{what}"
+            );
+            assert!(
+                engine.evaluate_condition(&template, &json!({})).is_err(),
+                "{what}"
+            );
+        }
+    });
+}
+
+#[test]
+fn expressions_within_the_depth_limit_still_render() {
+    let engine = ExpressionEngine::default();
+    let n = 20;
+    let template = format!("{{{{ {}1{} }}}}", "(".repeat(n), ")".repeat(n));
+    assert_eq!(engine.render(&template, &json!({})).unwrap(), "1");
+    let template = format!("{{{{ 0{} }}}}", " + 1".repeat(n));
+    assert_eq!(engine.render(&template, &json!({})).unwrap(), "20");
+    assert!(MAX_EXPRESSION_DEPTH >= 32);
+}
+
+#[test]
+fn flow_validation_refuses_a_too_deep_expression_naming_its_location() {
+    on_small_stack(|| {
+        let deep = format!("{{{{ {}1{} }}}}", "(".repeat(2000), ")".repeat(2000));
+        let source = format!(
+            "id: deep\nnamespace: company.team\ntasks:\n  - id: ok\n    type: io.kestra.plugin.core.log.Log\n    message: hello\n  - id: bad\n    type: io.kestra.plugin.core.log.Log\n    message: \"{deep}\"\n"
+        );
+        let errors = parse_flow(&source, &TaskRegistry::default()).unwrap_err();
+        assert_eq!(errors.errors.len(), 1, "{errors}");
+        let error = &errors.errors[0];
+        assert_eq!(error.path, "tasks[1].message");
+        assert_eq!(error.line, 9);
+        assert!(error.message.contains("nested too deeply"), "{error}");
+    });
+}
+
+#[test]
+fn a_too_deep_expression_in_a_block_scalar_is_reported_at_its_own_line() {
+    let deep = format!("{{{{ {}1{} }}}}", "(".repeat(200), ")".repeat(200));
+    let source = format!(
+        "id: deep\nnamespace: company.team\ntasks:\n  - id: bad\n    type: io.kestra.plugin.core.log.Log\n    message: |\n      first line\n      {deep}\n"
+    );
+    let errors = parse_flow(&source, &TaskRegistry::default()).unwrap_err();
+    let error = &errors.errors[0];
+    assert_eq!(error.path, "tasks[0].message");
+    assert_eq!(error.line, 8, "{error}");
+}
+
+#[test]
+fn a_multibyte_character_inside_an_expression_is_an_error_not_a_panic() {
+    let engine = ExpressionEngine::default();
+    // the tag scanner used to slice a `str` inside `é` and panic
+    for template in ["{{ é }}", "{{ 1 + é}}", "{% if é %}x{% endif %}"] {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            engine.render(template, &json!({}))
+        }));
+        let result = result.unwrap_or_else(|_| panic!("`{template}` panicked"));
+        assert!(result.is_err(), "{template}");
+    }
+    let source = "id: a\nnamespace: b\ntasks:\n  - id: t\n    type: io.kestra.plugin.core.log.Log\n    message: \"{{ é }}\"\n";
+    let parsed = std::panic::catch_unwind(|| parse_flow(source, &TaskRegistry::default()));
+    assert!(parsed.is_ok(), "validation panicked");
+}
