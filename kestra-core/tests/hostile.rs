@@ -130,3 +130,110 @@ fn a_multibyte_character_inside_an_expression_is_an_error_not_a_panic() {
     let parsed = std::panic::catch_unwind(|| parse_flow(source, &TaskRegistry::default()));
     assert!(parsed.is_ok(), "validation panicked");
 }
+
+fn too_large(result: Result<String, ExpressionError>, what: &str) {
+    match result {
+        Err(ExpressionError::TooLarge { size, limit }) => assert!(size > limit, "{what}"),
+        other => panic!("{what}: expected a size error, got {other:?}"),
+    }
+}
+
+#[test]
+fn range_near_the_64_bit_limit_is_refused_by_its_cap() {
+    let engine = ExpressionEngine::default();
+    for template in [
+        "{{ range(-9223372036854775807, 9223372036854775807) | length }}",
+        "{{ range(9223372036854775807, -9223372036854775807, -1) | length }}",
+        "{{ (-9223372036854775807..9223372036854775806) | length }}",
+    ] {
+        let err = engine.render(template, &json!({})).unwrap_err();
+        assert!(
+            err.to_string().contains("range is too large"),
+            "{template}: {err}"
+        );
+    }
+    // the last items before the limit are still produced, without overflow
+    assert_eq!(
+        engine
+            .render(
+                "{{ range(9223372036854775805, 9223372036854775807) }}",
+                &json!({})
+            )
+            .unwrap(),
+        "[9223372036854775805,9223372036854775806,9223372036854775807]"
+    );
+    assert_eq!(
+        engine
+            .render(
+                "{{ range(9223372036854775806, 9223372036854775807, 5) }}",
+                &json!({})
+            )
+            .unwrap(),
+        "[9223372036854775806]"
+    );
+}
+
+#[test]
+fn filter_outputs_count_against_the_value_size_limit() {
+    let engine = ExpressionEngine::default();
+    // 58 GB asked at once, before: refused before anything is built
+    too_large(
+        engine.render(
+            "{{ range(1,100000) | join(range(1,100000) | join(',')) }}",
+            &json!({}),
+        ),
+        "join",
+    );
+    too_large(
+        engine.render(
+            "{{ range(1,100000) | join(',') | replace({',': range(1,3000) | join('-')}) }}",
+            &json!({}),
+        ),
+        "replace map",
+    );
+    too_large(
+        engine.render(
+            "{{ range(1,100000) | join(',') | replace(',', range(1,3000) | join('-')) }}",
+            &json!({}),
+        ),
+        "replace",
+    );
+    too_large(
+        engine.render(
+            "{{ range(1,100000) | join('\n') | indent(1000) }}",
+            &json!({}),
+        ),
+        "indent",
+    );
+    // ordinary sizes still work
+    assert_eq!(
+        engine
+            .render(
+                "{{ range(1,3) | join('-') | replace('-', '+') }}",
+                &json!({})
+            )
+            .unwrap(),
+        "1+2+3"
+    );
+}
+
+#[test]
+fn the_value_size_limit_is_configurable() {
+    use kestra_core::expression::ExpressionOptions;
+    let engine = ExpressionEngine::new(ExpressionOptions {
+        max_value_size: 10,
+        ..ExpressionOptions::default()
+    });
+    too_large(
+        engine.render("{{ range(1,20) | join(',') }}", &json!({})),
+        "join",
+    );
+    too_large(
+        engine.render("{{ 'abcdefghijkl' | upper }}", &json!({})),
+        "upper",
+    );
+    assert_eq!(
+        engine.render("{{ 'abc' | upper }}", &json!({})).unwrap(),
+        "ABC"
+    );
+}
