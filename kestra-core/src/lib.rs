@@ -15,6 +15,7 @@ pub mod executor;
 pub mod expression;
 pub mod flow;
 pub mod inputs;
+pub mod limits;
 pub mod model;
 pub mod queue;
 pub mod repository;

@@ -22,8 +22,9 @@ async fn deploy_dir(engine: &Engine, dir: &Path) -> Result<usize, String> {
         .collect();
     files.sort();
     for file in &files {
-        let source = std::fs::read_to_string(file)
-            .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        let source =
+            kestra::core::limits::read_text_file(file, kestra::core::limits::MAX_SOURCE_FILE_SIZE)
+                .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
         engine
             .deploy(&source)
             .await
@@ -39,8 +40,9 @@ pub async fn flow_test(
     inputs: Vec<String>,
     timeout: u64,
 ) -> Result<ExitCode, String> {
-    let source = std::fs::read_to_string(&file)
-        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let source =
+        kestra::core::limits::read_text_file(&file, kestra::core::limits::MAX_SOURCE_FILE_SIZE)
+            .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
     let mut raw = IndexMap::new();
     for pair in inputs {
         let (k, v) = pair
