@@ -6,6 +6,38 @@
 use std::io::{self, Read};
 use std::path::Path;
 
+/// The longest log line kept (1 MiB): a longer line is truncated and ends with
+/// [`truncation_marker`]; a script's `::{...}::` message that long fails its task.
+pub const MAX_LOG_LINE: usize = 1024 * 1024;
+
+/// What ends a truncated log line: says how long the line was and the limit.
+pub fn truncation_marker(size: usize, limit: usize) -> String {
+    format!(" ... [truncated: {size} bytes, limit {limit}]")
+}
+
+/// Cuts `message` to at most [`MAX_LOG_LINE`] bytes, the [`truncation_marker`] included (at a
+/// character boundary); shorter messages are returned as they are.
+pub fn truncate_log_line(message: String) -> String {
+    let size = message.len();
+    if size <= MAX_LOG_LINE {
+        return message;
+    }
+    cut_with_marker(message, size)
+}
+
+/// Ends `kept`, the start of a line of `size` bytes, with the [`truncation_marker`], cut so that
+/// the whole is at most [`MAX_LOG_LINE`] bytes.
+pub fn cut_with_marker(mut kept: String, size: usize) -> String {
+    let marker = truncation_marker(size, MAX_LOG_LINE);
+    let mut end = MAX_LOG_LINE.saturating_sub(marker.len()).min(kept.len());
+    while !kept.is_char_boundary(end) {
+        end -= 1;
+    }
+    kept.truncate(end);
+    kept.push_str(&marker);
+    kept
+}
+
 /// The largest flow or configuration file read (16 MiB).
 pub const MAX_SOURCE_FILE_SIZE: u64 = 16 * 1024 * 1024;
 
