@@ -86,6 +86,10 @@ pub struct JdbcOptions {
     pub max_connections: u32,
     /// How long to wait for a pooled connection before failing.
     pub acquire_timeout: Duration,
+    /// SQLite: accept an existing but empty (0-byte) database file and initialise it as a new
+    /// database (default `false`: such a file is refused, as it usually means a lost or truncated
+    /// database - see [`JdbcError::EmptyDatabase`]).
+    pub initialize_empty_sqlite: bool,
 }
 
 impl Default for JdbcOptions {
@@ -93,6 +97,7 @@ impl Default for JdbcOptions {
         JdbcOptions {
             max_connections: 20,
             acquire_timeout: Duration::from_secs(30),
+            initialize_empty_sqlite: false,
         }
     }
 }
