@@ -1,8 +1,9 @@
 //! Hostile task output (issue 16), through the worker and the engine: a script printing megabytes
 //! without a newline, an oversized `::{...}::` message, a huge log message, outputs over the
-//! worker's limit, and background processes left behind by a script.
+//! worker's limit, background processes left behind by a script, and `inputFiles` written
+//! through a symbolic link out of a WorkingDirectory.
 //!
-//! The engine case runs on SQLite always; on PostgreSQL and MariaDB when their URLs are set.
+//! The engine cases run on SQLite always; on PostgreSQL and MariaDB when their URLs are set.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -163,22 +164,72 @@ async fn outputs_over_the_limit_fail_the_task(url: &str) {
     engine.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn outputs_limit_sqlite() {
+/// In a WorkingDirectory, a task creates symbolic links out of the directory; a later task's
+/// `inputFiles` must not write through them (the path check used to be textual only).
+async fn input_files_do_not_follow_links_out_of_the_working_directory(url: &str) {
     let dir = tempfile::tempdir().unwrap();
-    outputs_over_the_limit_fail_the_task(&sqlite_url(&dir)).await;
+    let outside = tempfile::tempdir().unwrap();
+    let ns = format!("hostile.w{}", kestra::core::model::new_id().to_lowercase());
+    let backend = JdbcBackend::connect(url).await.unwrap();
+    let storage = Arc::new(LocalStorage::new(dir.path()).unwrap());
+    let engine = Engine::builder(backend.queue(), backend.repositories(), storage).start();
+    let out = outside.path().display();
+    let flow = format!(
+        r#"id: wd
+namespace: {ns}
+tasks:
+  - id: wd
+    type: io.kestra.plugin.core.flow.WorkingDirectory
+    tasks:
+      - id: links
+        type: io.kestra.plugin.scripts.shell.Commands
+        taskRunner: {{type: io.kestra.plugin.core.runner.Process}}
+        commands: ["ln -s {out} escape", "ln -s {out}/file.txt file.txt"]
+      - id: write
+        type: io.kestra.plugin.scripts.shell.Commands
+        taskRunner: {{type: io.kestra.plugin.core.runner.Process}}
+        inputFiles:
+          escape/pwned.txt: pwned
+        commands: ["true"]
+"#
+    );
+    engine.deploy(&flow).await.unwrap();
+    let e = engine.execute(&ns, "wd", IndexMap::new()).await.unwrap();
+    let done = engine
+        .wait_for(&e.id, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(done.state.current(), StateType::Failed);
+    assert!(
+        !outside.path().join("pwned.txt").exists(),
+        "inputFiles wrote through a link out of the working directory"
+    );
+    engine.shutdown().await;
+}
+
+async fn hostile_engine_cases(url: &str) {
+    outputs_over_the_limit_fail_the_task(url).await;
+    input_files_do_not_follow_links_out_of_the_working_directory(url).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn outputs_limit_postgres() {
+async fn hostile_engine_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    outputs_over_the_limit_fail_the_task(&sqlite_url(&dir)).await;
+    let dir = tempfile::tempdir().unwrap();
+    input_files_do_not_follow_links_out_of_the_working_directory(&sqlite_url(&dir)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hostile_engine_postgres() {
     if let Some(url) = service_url("KESTRA_TEST_POSTGRES_URL") {
-        outputs_over_the_limit_fail_the_task(&url).await;
+        hostile_engine_cases(&url).await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn outputs_limit_mysql() {
+async fn hostile_engine_mysql() {
     if let Some(url) = service_url("KESTRA_TEST_MYSQL_URL") {
-        outputs_over_the_limit_fail_the_task(&url).await;
+        hostile_engine_cases(&url).await;
     }
 }
