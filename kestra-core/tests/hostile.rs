@@ -237,3 +237,142 @@ fn the_value_size_limit_is_configurable() {
         "ABC"
     );
 }
+
+/// xorshift: a reproducible stream of pseudo-random numbers (no dependency).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        usize::try_from(self.next() % (n.max(1) as u64)).unwrap_or(0)
+    }
+}
+
+const EXPRESSION_TOKENS: &[&str] = &[
+    "{{",
+    "}}",
+    "{%",
+    "%}",
+    "{#",
+    "#}",
+    "(",
+    ")",
+    "[",
+    "]",
+    "{",
+    "}",
+    ",",
+    ":",
+    "?",
+    "??",
+    "???",
+    " ~ ",
+    " + ",
+    " - ",
+    " * ",
+    " / ",
+    " // ",
+    " % ",
+    " ** ",
+    "..",
+    " | ",
+    ".",
+    "'",
+    "\"",
+    "#{",
+    "é",
+    "\u{1F600}",
+    "\\",
+    "-",
+    " is ",
+    " not ",
+    " and ",
+    " or ",
+    " in ",
+    " contains ",
+    "defined",
+    "null",
+    "empty",
+    "upper",
+    "join(','):",
+    "replace('a','bb')",
+    "range(1, 10)",
+    "render(",
+    "renderOnce(",
+    "json",
+    "toJson",
+    "indent(4)",
+    "x",
+    "a.b",
+    "inputs",
+    "1",
+    "0",
+    "-1",
+    "9223372036854775807",
+    "1.5e308",
+    "true",
+    "none",
+    " if ",
+    " else ",
+    " for ",
+    " endfor ",
+    " set ",
+    "=",
+    "raw",
+    "endraw",
+    "loop.index",
+    "\n",
+];
+
+/// Random token soups and mutations of real templates, rendered: every one returns (`Ok` or a
+/// clear `Err`) - no panic, no stack overflow, no hang. Bounded to a few seconds.
+#[test]
+fn random_expressions_return() {
+    let seeds = [
+        "{{ inputs.name | upper }} and {{ range(1, 3) | join(',') }}",
+        "{% for i in range(1, 3) %}{{ i ~ '-' }}{% endfor %}",
+        "{{ x ?? 'd' }} {{ a.b is defined ? a.b : 'no' }}",
+        "{{ \"#{x} y\" | replace('y', 'z') }}",
+        "{{ {'a': [1, 2, {'b': x}]} | toJson }}",
+    ];
+    let ctx = json!({"x": "v", "a": {"b": 1}, "inputs": {"name": "n"}});
+    on_small_stack(move || {
+        let engine = ExpressionEngine::default();
+        let mut rng = Rng(0x0BAD_5EED_1616_0001);
+        let started = std::time::Instant::now();
+        for round in 0..3000 {
+            let template = if round % 2 == 0 {
+                let mut s = String::new();
+                for _ in 0..1 + rng.below(30) {
+                    s.push_str(EXPRESSION_TOKENS[rng.below(EXPRESSION_TOKENS.len())]);
+                }
+                s
+            } else {
+                let mut chars: Vec<char> = seeds[rng.below(seeds.len())].chars().collect();
+                for _ in 0..1 + rng.below(4) {
+                    let at = rng.below(chars.len() + 1);
+                    if rng.below(2) == 0 && at < chars.len() {
+                        chars.remove(at);
+                    } else {
+                        let token = EXPRESSION_TOKENS[rng.below(EXPRESSION_TOKENS.len())];
+                        for (i, c) in token.chars().enumerate() {
+                            chars.insert(at + i, c);
+                        }
+                    }
+                }
+                chars.into_iter().collect()
+            };
+            let _ = engine.render(&template, &ctx);
+            let _ = engine.render_typed(&template, &ctx);
+            let _ = kestra_core::expression::check_template_depth(&template);
+            if started.elapsed() > std::time::Duration::from_secs(10) {
+                break;
+            }
+        }
+    });
+}
