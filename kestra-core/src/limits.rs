@@ -105,6 +105,7 @@ fn describe_file_type(file_type: &std::fs::FileType) -> &'static str {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

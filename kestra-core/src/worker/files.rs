@@ -172,6 +172,7 @@ pub async fn collect_output_files(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
