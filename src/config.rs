@@ -236,7 +236,11 @@ impl Config {
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
         let mut values = BTreeMap::new();
         if let Some(path) = path {
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            let text = kestra_core::limits::read_text_file(
+                path,
+                kestra_core::limits::MAX_SOURCE_FILE_SIZE,
+            )
+            .map_err(|source| ConfigError::Read {
                 path: path.to_path_buf(),
                 source,
             })?;

@@ -39,6 +39,34 @@ pub enum JdbcError {
         #[source]
         source: std::io::Error,
     },
+    /// The SQLite database file exists but is empty (0 bytes): it is not silently treated as a
+    /// new database.
+    #[error(
+        "SQLite database {path} exists but is empty (0 bytes): refusing to treat it as a new \
+         database; if it should be, delete it (or set `initialize_empty_sqlite`) and start again"
+    )]
+    EmptyDatabase {
+        /// The file.
+        path: String,
+    },
+    /// The SQLite database file exists but is not a SQLite database (damaged or another file).
+    #[error(
+        "{path} is not a SQLite database (its header is missing or damaged): refusing to open it; \
+         restore it from a backup, or move it away to start with a new database"
+    )]
+    NotADatabase {
+        /// The file.
+        path: String,
+    },
+    /// The SQLite database file cannot be inspected.
+    #[error("cannot read SQLite database {path}: {source}")]
+    Inspect {
+        /// The file.
+        path: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// Applying the embedded migrations failed.
     #[error("cannot migrate the {dialect} schema: {source}")]
     Migrate {

@@ -97,6 +97,10 @@ pub struct JdbcOptions {
     /// [`QueueError::TooLarge`](kestra_core::queue::QueueError::TooLarge). Default
     /// [`DEFAULT_MAX_MESSAGE_BYTES`] (8 MiB).
     pub max_message_bytes: usize,
+    /// SQLite: accept an existing but empty (0-byte) database file and initialise it as a new
+    /// database (default `false`: such a file is refused, as it usually means a lost or truncated
+    /// database - see [`JdbcError::EmptyDatabase`]).
+    pub initialize_empty_sqlite: bool,
 }
 
 /// The default [`JdbcOptions::max_message_bytes`]: 8 MiB. Larger than Kafka's 1 MiB default, so
@@ -111,6 +115,7 @@ impl Default for JdbcOptions {
             max_connections: 20,
             acquire_timeout: Duration::from_secs(30),
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            initialize_empty_sqlite: false,
         }
     }
 }

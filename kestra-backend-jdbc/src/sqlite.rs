@@ -44,7 +44,46 @@ impl Drop for TempFile {
     }
 }
 
-fn options(url: &str) -> Result<(SqliteConnectOptions, Option<TempFile>), JdbcError> {
+/// The first 16 bytes of every SQLite database file.
+const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
+
+/// Refuses an existing database file that is empty (unless `initialize_empty`) or does not start
+/// with the SQLite header. A missing file is fine (it is created). An empty file next to a
+/// non-empty write-ahead log is left to SQLite, which recovers it from the log.
+fn check_existing_file(path: &std::path::Path, initialize_empty: bool) -> Result<(), JdbcError> {
+    use std::io::Read;
+    let shown = path.display().to_string();
+    let inspect = |source| JdbcError::Inspect {
+        path: shown.clone(),
+        source,
+    };
+    let metadata = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(inspect(e)),
+    };
+    if metadata.len() == 0 {
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        let wal_len = std::fs::metadata(PathBuf::from(wal)).map_or(0, |m| m.len());
+        if initialize_empty || wal_len > 0 {
+            return Ok(());
+        }
+        return Err(JdbcError::EmptyDatabase { path: shown });
+    }
+    let mut header = [0u8; 16];
+    let mut file = std::fs::File::open(path).map_err(inspect)?;
+    let read = file.read(&mut header).map_err(inspect)?;
+    if read < header.len() || &header != SQLITE_HEADER {
+        return Err(JdbcError::NotADatabase { path: shown });
+    }
+    Ok(())
+}
+
+fn options(
+    url: &str,
+    initialize_empty: bool,
+) -> Result<(SqliteConnectOptions, Option<TempFile>), JdbcError> {
     let in_memory = url.contains(":memory:") || url.contains("mode=memory");
     let (opts, temp) = if in_memory {
         let path = std::env::temp_dir().join(format!("kestra-{}.db", kestra_core::model::new_id()));
@@ -67,6 +106,7 @@ fn options(url: &str) -> Result<(SqliteConnectOptions, Option<TempFile>), JdbcEr
                 source,
             })?;
         }
+        check_existing_file(opts.get_filename(), initialize_empty)?;
         (opts, None)
     };
     Ok((
@@ -84,7 +124,7 @@ pub(crate) async fn connect(
     url: &str,
     options_: &JdbcOptions,
 ) -> Result<Arc<store::Store>, JdbcError> {
-    let (opts, temp) = options(url)?;
+    let (opts, temp) = options(url, options_.initialize_empty_sqlite)?;
     let connect_err = |source| JdbcError::Connect {
         url: redact(url),
         source,
@@ -121,7 +161,7 @@ pub(crate) async fn connect(
 
 /// A single connection without migrations (offline maintenance).
 pub(crate) async fn connect_raw(url: &str) -> Result<Pool<Db>, JdbcError> {
-    let (opts, _temp) = options(url)?;
+    let (opts, _temp) = options(url, false)?;
     SqlitePoolOptions::new()
         .max_connections(1)
         .connect_with(opts.create_if_missing(false))

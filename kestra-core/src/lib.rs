@@ -17,6 +17,7 @@ pub mod expression;
 pub mod flow;
 pub mod inputs;
 pub mod liveness;
+pub mod limits;
 pub mod model;
 pub mod queue;
 pub mod repository;

@@ -35,8 +35,9 @@ async fn deploy_dir(engine: &Engine, dir: &Path) -> Result<usize, String> {
     // winning: refuse before deploying anything.
     let mut defined: HashMap<(String, String), &Path> = HashMap::new();
     for file in &files {
-        let source = std::fs::read_to_string(file)
-            .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        let source =
+            kestra::core::limits::read_text_file(file, kestra::core::limits::MAX_SOURCE_FILE_SIZE)
+                .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
         if let Ok(flow) = parse_flow(&source, engine.registry()) {
             let key = (flow.namespace.clone(), flow.id.clone());
             if let Some(first) = defined.insert(key, file) {
@@ -237,7 +238,7 @@ pub async fn flow_test(args: FlowTestArgs, global: GlobalArgs) -> Result<ExitCod
     let file = &args.file;
     let dim = output::DIM;
     loop {
-        let ran = std::fs::read(file).ok();
+        let ran = read_watched(file);
         match test_once(&args, &global, &mut stop).await {
             Ok(_) => {}
             Err(RunError::Failed(message)) => {
@@ -257,6 +258,13 @@ pub async fn flow_test(args: FlowTestArgs, global: GlobalArgs) -> Result<ExitCod
     }
 }
 
+/// The watched file's content (size-capped; `None` if it cannot be read).
+fn read_watched(file: &Path) -> Option<Vec<u8>> {
+    kestra::core::limits::read_text_file(file, kestra::core::limits::MAX_SOURCE_FILE_SIZE)
+        .ok()
+        .map(String::into_bytes)
+}
+
 /// Wait until the content of `file` differs from `ran` and has stayed the same for a moment (an
 /// editor's save may take several writes). False when stopped.
 async fn wait_for_change(file: &Path, ran: Option<&[u8]>, stop: &mut StopFlag) -> bool {
@@ -266,7 +274,7 @@ async fn wait_for_change(file: &Path, ran: Option<&[u8]>, stop: &mut StopFlag) -
         if *stop.borrow() {
             return false;
         }
-        let now = std::fs::read(file).ok();
+        let now = read_watched(file);
         if now.as_deref() != ran {
             if seen.is_some() && seen == now {
                 return true;
@@ -290,8 +298,9 @@ async fn test_once(
     stop: &mut StopFlag,
 ) -> Result<ExitCode, RunError> {
     let file = &args.file;
-    let source = std::fs::read_to_string(file)
-        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let source =
+        kestra::core::limits::read_text_file(file, kestra::core::limits::MAX_SOURCE_FILE_SIZE)
+            .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
     let dir =
         tempfile::tempdir().map_err(|e| format!("cannot create a temporary directory: {e}"))?;
     let config = Config::from_pairs([("kestra.data-dir", dir.path().display().to_string())]);

@@ -57,7 +57,9 @@ fn read_inputs_file(
     raw: &mut IndexMap<String, RawInput>,
 ) -> Result<(), String> {
     let origin = file.display().to_string();
-    let text = std::fs::read_to_string(file).map_err(|e| format!("cannot read {origin}: {e}"))?;
+    let text =
+        kestra::core::limits::read_text_file(file, kestra::core::limits::MAX_SOURCE_FILE_SIZE)
+            .map_err(|e| format!("cannot read {origin}: {e}"))?;
     let value: Value = if text.trim().is_empty() {
         Value::Object(Default::default())
     } else {

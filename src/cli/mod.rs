@@ -331,7 +331,10 @@ where
 /// Validates one file; returns one line per problem (empty when the file is valid).
 pub fn validate_file(file: &Path, registry: &TaskRegistry) -> Vec<String> {
     let name = file.display();
-    let source = match std::fs::read_to_string(file) {
+    let source = match kestra::core::limits::read_text_file(
+        file,
+        kestra::core::limits::MAX_SOURCE_FILE_SIZE,
+    ) {
         Ok(source) => source,
         Err(e) => return vec![format!("{name}: error: cannot read the file: {e}")],
     };

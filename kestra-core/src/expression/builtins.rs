@@ -287,10 +287,19 @@ fn add_filter(
             let args = Args::parse(&args.into_values())?;
             let input = to_json(&value).map_err(|e| Error::new(ErrorKind::InvalidOperation, e))?;
             f(&input, &args, &shared)
+                .and_then(|v| check_output(&shared, v))
                 .map(|v| from_json(&v))
                 .map_err(|e| to_mj_error(&format!("filter `{name}`"), e))
         },
     );
+}
+
+/// Every string a filter or function returns counts against the size limit.
+fn check_output(shared: &Shared, v: Json) -> FnResult {
+    if let Json::String(s) = &v {
+        check_size(shared, s.len())?;
+    }
+    Ok(v)
 }
 
 fn add_function(
@@ -305,6 +314,7 @@ fn add_function(
         move |state: &State, args: Rest<ValueOrKwargs>| -> Result<MjValue, Error> {
             let args = Args::parse(&args.into_values())?;
             f(state, &args, &shared)
+                .and_then(|v| check_output(&shared, v))
                 .map(|v| from_json(&v))
                 .map_err(|e| to_mj_error(&format!("function `{name}`"), e))
         },
@@ -363,8 +373,8 @@ pub(crate) fn register(env: &mut Environment<'static>, shared: Arc<Shared>) {
                 .map_err(|e| FnError::Msg(e.to_string()))
         }),
         ("jq", f_jq),
-        ("indent", |v, a, _| f_indent(v, a, false)),
-        ("nindent", |v, a, _| f_indent(v, a, true)),
+        ("indent", |v, a, s| f_indent(v, a, s, false)),
+        ("nindent", |v, a, s| f_indent(v, a, s, true)),
         ("slugify", f_slugify),
         ("substringBefore", |v, a, _| substring(v, a, false, false)),
         ("substringAfter", |v, a, _| substring(v, a, true, false)),
@@ -704,13 +714,40 @@ fn f_last(v: &Json, _: &Args, _: &Shared) -> FnResult {
     })
 }
 
-fn f_join(v: &Json, a: &Args, _: &Shared) -> FnResult {
+fn f_join(v: &Json, a: &Args, shared: &Shared) -> FnResult {
     let sep = a.str(0, "separator")?.unwrap_or_default();
     let items: Vec<String> = match v {
         Json::Array(items) => items.iter().map(display).collect(),
         other => vec![display(other)],
     };
+    let size = items
+        .iter()
+        .map(String::len)
+        .fold(0usize, usize::saturating_add)
+        .saturating_add(sep.len().saturating_mul(items.len().saturating_sub(1)));
+    check_size(shared, size)?;
     Ok(Json::String(items.join(&sep)))
+}
+
+/// Refuses to build a value of `size` bytes over [`ExpressionOptions::max_value_size`]
+/// (`crate::expression::ExpressionOptions`).
+fn check_size(shared: &Shared, size: usize) -> Result<(), FnError> {
+    let limit = shared.options.max_value_size;
+    if size > limit {
+        return Err(FnError::Typed(ExpressionError::TooLarge { size, limit }));
+    }
+    Ok(())
+}
+
+/// The length of `s` once every `from` is replaced by `to` (counted before building it).
+fn replaced_len(s: &str, from: &str, to: &str) -> usize {
+    if from.is_empty() {
+        // Java and Rust insert `to` between every character and at both ends
+        let slots = s.chars().count().saturating_add(1);
+        return s.len().saturating_add(slots.saturating_mul(to.len()));
+    }
+    let hits = s.matches(from).count();
+    (s.len() - hits * from.len()).saturating_add(hits.saturating_mul(to.len()))
 }
 
 fn f_split(v: &Json, a: &Args, _: &Shared) -> FnResult {
@@ -737,17 +774,21 @@ fn f_split(v: &Json, a: &Args, _: &Shared) -> FnResult {
     Ok(Json::Array(parts))
 }
 
-fn f_replace(v: &Json, a: &Args, _: &Shared) -> FnResult {
+fn f_replace(v: &Json, a: &Args, shared: &Shared) -> FnResult {
     let mut s = display(v);
     match a.get(0, "replace_pairs") {
         Some(Json::Object(pairs)) => {
             for (from, to) in pairs {
-                s = s.replace(from.as_str(), &display(to));
+                let to = display(to);
+                check_size(shared, replaced_len(&s, from, &to))?;
+                s = s.replace(from.as_str(), &to);
             }
         }
         Some(from) => {
             let to = a.str(1, "to")?.unwrap_or_default();
-            s = s.replace(&display(from), &to);
+            let from = display(from);
+            check_size(shared, replaced_len(&s, &from, &to))?;
+            s = s.replace(&from, &to);
         }
         None => return Err("missing replacement map".into()),
     }
@@ -1077,14 +1118,23 @@ fn f_jq(v: &Json, a: &Args, _: &Shared) -> FnResult {
     Ok(Json::Array(out))
 }
 
-fn f_indent(v: &Json, a: &Args, newline_first: bool) -> FnResult {
+fn f_indent(v: &Json, a: &Args, shared: &Shared, newline_first: bool) -> FnResult {
     let amount = a
         .i64(0, "amount")?
         .ok_or("missing argument `amount`")?
         .max(0) as usize;
     let prefix = a.str(1, "prefix")?.unwrap_or_else(|| " ".into());
-    let pad = prefix.repeat(amount);
     let s = display(v);
+    let lines = s.matches('\n').count().saturating_add(1);
+    check_size(
+        shared,
+        prefix
+            .len()
+            .saturating_mul(amount)
+            .saturating_mul(lines)
+            .saturating_add(s.len()),
+    )?;
+    let pad = prefix.repeat(amount);
     let mut out = String::new();
     for (i, line) in s.split('\n').enumerate() {
         if i > 0 {
@@ -1421,6 +1471,9 @@ fn fn_random_int(_: &State, a: &Args, _: &Shared) -> FnResult {
     Ok(Json::from(rand::rng().random_range(min..max)))
 }
 
+/// The most items `range` (and `a..b`) produces.
+pub(crate) const MAX_RANGE_ITEMS: i128 = 100_000;
+
 fn fn_range(_: &State, a: &Args, _: &Shared) -> FnResult {
     let start = a.i64(0, "start")?.ok_or("missing argument `start`")?;
     let end = a.i64(1, "end")?.ok_or("missing argument `end`")?;
@@ -1428,16 +1481,18 @@ fn fn_range(_: &State, a: &Args, _: &Shared) -> FnResult {
     if step == 0 {
         return Err("step must not be 0".into());
     }
+    // in i128: no bound of i64 overflows the arithmetic
+    let (start, end, step) = (i128::from(start), i128::from(end), i128::from(step));
     let count = ((end - start) / step).max(-1) + 1;
-    if count > 100_000 {
-        return Err("range is too large (more than 100000 items)".into());
+    if count > MAX_RANGE_ITEMS {
+        return Err(
+            format!("range is too large ({count} items, more than {MAX_RANGE_ITEMS})").into(),
+        );
     }
-    let mut out = Vec::new();
-    let mut i = start;
-    while (step > 0 && i <= end) || (step < 0 && i >= end) {
-        out.push(Json::from(i));
-        i += step;
-    }
+    let out = (0..count.max(0))
+        .filter_map(|k| i64::try_from(start + k * step).ok())
+        .map(Json::from)
+        .collect();
     Ok(Json::Array(out))
 }
 

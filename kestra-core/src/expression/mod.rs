@@ -42,6 +42,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use minijinja::{Environment, ErrorKind, UndefinedBehavior};
 use serde_json::Value;
 
+pub use translate::MAX_EXPRESSION_DEPTH;
 use translate::{TYPED_RESULT, Translated};
 
 /// Options of an [`ExpressionEngine`].
@@ -51,6 +52,10 @@ pub struct ExpressionOptions {
     pub max_render_depth: usize,
     /// minijinja fuel per render: stops runaway loops (default `Some(1_000_000)`; `None` disables).
     pub fuel: Option<u64>,
+    /// The largest string a filter or function may build, in bytes (default 16 MiB): `join`,
+    /// `replace`, `indent` and the like check the size of their result before building it, every
+    /// other filter and function after.
+    pub max_value_size: usize,
     /// The `globals` variable.
     pub globals: Value,
     /// `kestra.environment`.
@@ -68,6 +73,7 @@ impl Default for ExpressionOptions {
         Self {
             max_render_depth: 5,
             fuel: Some(1_000_000),
+            max_value_size: DEFAULT_MAX_VALUE_SIZE,
             globals: Value::Object(serde_json::Map::new()),
             kestra_environment: None,
             kestra_url: None,
@@ -76,6 +82,9 @@ impl Default for ExpressionOptions {
         }
     }
 }
+
+/// Default of [`ExpressionOptions::max_value_size`]: 16 MiB.
+pub const DEFAULT_MAX_VALUE_SIZE: usize = 16 * 1024 * 1024;
 
 /// Errors of expression rendering.
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]
@@ -113,6 +122,15 @@ pub enum ExpressionError {
     /// The fuel limit stopped the template (probably a runaway loop).
     #[error("expression used too much fuel: runaway loop or too large template")]
     FuelExhausted,
+    /// A filter or function would build a value larger than
+    /// [`ExpressionOptions::max_value_size`].
+    #[error("expression value too large: {size} bytes, more than the limit of {limit} bytes")]
+    TooLarge {
+        /// The size the value would have had, in bytes.
+        size: usize,
+        /// The configured limit.
+        limit: usize,
+    },
     /// The host (storage, KV, logs) failed or is not available.
     #[error("{0}")]
     Host(String),
@@ -444,6 +462,19 @@ impl ExpressionEngine {
             cache.insert(key, t.clone());
         }
         Ok(t)
+    }
+}
+
+/// Checks what flow validation can check of a template without rendering it: that no
+/// expression nests deeper than [`MAX_EXPRESSION_DEPTH`]. Returns the message and the 1-based line
+/// of the template. Other syntax problems are reported when the template is rendered, as Kestra does.
+pub fn check_template_depth(template: &str) -> Result<(), (String, usize)> {
+    if !has_expression(template) {
+        return Ok(());
+    }
+    match translate::translate_template(template) {
+        Err(e) if e.too_deep => Err((e.message, e.line)),
+        _ => Ok(()),
     }
 }
 

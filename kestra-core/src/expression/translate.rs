@@ -11,6 +11,23 @@ use std::fmt::Write as _;
 pub(crate) struct TranslateError {
     pub message: String,
     pub line: usize,
+    /// The expression nests deeper than [`MAX_EXPRESSION_DEPTH`].
+    pub too_deep: bool,
+}
+
+/// How deeply one expression may nest (parentheses, brackets, operators, filters, calls): deeper
+/// expressions are refused before they are parsed further, so no template can exhaust the stack.
+pub const MAX_EXPRESSION_DEPTH: usize = 64;
+
+fn too_deep(line: usize) -> TranslateError {
+    TranslateError {
+        message: format!(
+            "expression nested too deeply (more than {MAX_EXPRESSION_DEPTH} levels of \
+             parentheses, brackets, operators, filters or calls)"
+        ),
+        line,
+        too_deep: true,
+    }
 }
 
 /// The result of translating one template.
@@ -61,6 +78,7 @@ pub(crate) fn translate_template(src: &str) -> Result<Translated, TranslateError
                 let end = src[start + 2..].find("#}").ok_or_else(|| TranslateError {
                     message: "unclosed comment `{#`".into(),
                     line,
+                    too_deep: false,
                 })?;
                 i = start + 2 + end + 2;
             }
@@ -107,6 +125,7 @@ pub(crate) fn translate_template(src: &str) -> Result<Translated, TranslateError
                         find_end_raw(src, close_end, end_tag).ok_or_else(|| TranslateError {
                             message: format!("unclosed `{{% {name} %}}` block"),
                             line,
+                            too_deep: false,
                         })?;
                     out.push_str(open);
                     out.push_str("raw");
@@ -165,10 +184,12 @@ fn scan_to_close<'a>(
             j = skip_string(bytes, j).ok_or_else(|| TranslateError {
                 message: "unterminated string literal".into(),
                 line,
+                too_deep: false,
             })?;
             continue;
         }
-        if depth == 0 && src[j..].starts_with(close) {
+        // bytes, not `str`: `j` may stop inside a multi-byte character
+        if depth == 0 && bytes[j..].starts_with(close.as_bytes()) {
             return Ok((&src[from..j], j, j + close.len()));
         }
         match c {
@@ -181,6 +202,7 @@ fn scan_to_close<'a>(
     Err(TranslateError {
         message: format!("unclosed tag: expected `{close}`"),
         line,
+        too_deep: false,
     })
 }
 
@@ -232,6 +254,7 @@ fn translate_tag(name: &str, rest: &str, line: usize) -> Result<String, Translat
             let eq = find_top_level_eq(rest).ok_or_else(|| TranslateError {
                 message: "`{% set %}` needs `name = value`".into(),
                 line,
+                too_deep: false,
             })?;
             let target = rest[..eq].trim();
             let value = translate_expression_at(&rest[eq + 1..], line)?;
@@ -241,6 +264,7 @@ fn translate_tag(name: &str, rest: &str, line: usize) -> Result<String, Translat
             let in_pos = find_keyword(rest, "in").ok_or_else(|| TranslateError {
                 message: "`{% for %}` needs `item in iterable`".into(),
                 line,
+                too_deep: false,
             })?;
             let target = rest[..in_pos].trim();
             let iterable = translate_expression_at(&rest[in_pos + 2..], line)?;
@@ -249,6 +273,7 @@ fn translate_tag(name: &str, rest: &str, line: usize) -> Result<String, Translat
         "include" | "import" | "from" | "extends" | "embed" | "block" => Err(TranslateError {
             message: format!("the `{{% {name} %}}` tag is not supported in Kestra expressions"),
             line,
+            too_deep: false,
         }),
         "filter" => Ok(format!("filter {}", translate_filter_chain(rest, line)?)),
         _ => {
@@ -291,7 +316,7 @@ fn find_keyword(s: &str, kw: &str) -> Option<usize> {
 /// `{% filter upper | abbreviate(5) %}`: a chain of filters without an operand.
 fn translate_filter_chain(rest: &str, line: usize) -> Result<String, TranslateError> {
     let toks = tokenize(rest, line)?;
-    let mut p = Parser { toks, pos: 0, line };
+    let mut p = Parser::new(toks, line, 0);
     let mut parts = Vec::new();
     loop {
         let (name, args) = p.parse_filter_call()?;
@@ -307,9 +332,12 @@ fn translate_filter_chain(rest: &str, line: usize) -> Result<String, TranslateEr
 
 fn translate_expression_at(src: &str, line: usize) -> Result<String, TranslateError> {
     let toks = tokenize(src, line)?;
-    let mut p = Parser { toks, pos: 0, line };
+    let mut p = Parser::new(toks, line, 0);
     let e = p.parse_expr()?;
     p.expect_end()?;
+    if tree_depth(&e) > MAX_EXPRESSION_DEPTH {
+        return Err(too_deep(line));
+    }
     Ok(emit(&e))
 }
 
@@ -346,7 +374,11 @@ fn tokenize(src: &str, line: usize) -> Result<Vec<Token>, TranslateError> {
     let bytes = src.as_bytes();
     let mut toks = Vec::new();
     let mut j = 0;
-    let err = |m: String| TranslateError { message: m, line };
+    let err = |m: String| TranslateError {
+        message: m,
+        line,
+        too_deep: false,
+    };
     while j < bytes.len() {
         let c = bytes[j];
         if c.is_ascii_whitespace() {
@@ -519,13 +551,65 @@ struct Parser {
     toks: Vec<Token>,
     pos: usize,
     line: usize,
+    /// Nesting of the recursive descent (bounded so that parsing cannot exhaust the stack).
+    depth: usize,
+}
+
+/// The nesting depth of an expression tree, computed without recursion.
+fn tree_depth(root: &Expr) -> usize {
+    let mut max = 0;
+    let mut stack = vec![(root, 1usize)];
+    while let Some((e, d)) = stack.pop() {
+        max = max.max(d);
+        let children: Vec<&Expr> = match e {
+            Expr::Lit(_) | Expr::Var(_) => Vec::new(),
+            Expr::Attr(b, _) | Expr::Unary(_, b) => vec![b],
+            Expr::Item(b, i) => vec![b, i],
+            Expr::Call(b, args) | Expr::Filter(b, _, args) | Expr::Test(b, _, _, args) => {
+                std::iter::once(&**b)
+                    .chain(args.iter().map(|a| &a.value))
+                    .collect()
+            }
+            Expr::List(items) | Expr::Interp(items) => items.iter().collect(),
+            Expr::Map(items) => items.iter().flat_map(|(k, v)| [k, v]).collect(),
+            Expr::Binary(_, l, r) => vec![l, r],
+            Expr::Ternary(c, t, f) => vec![c, t, f],
+        };
+        stack.extend(children.into_iter().map(|c| (c, d + 1)));
+    }
+    max
 }
 
 impl Parser {
+    fn new(toks: Vec<Token>, line: usize, depth: usize) -> Parser {
+        Parser {
+            toks,
+            pos: 0,
+            line,
+            depth,
+        }
+    }
+    /// Enters one level of recursive descent; refuses to go deeper than the limit allows (each
+    /// nesting level of an expression takes at most a few descent levels).
+    fn enter(&mut self) -> Result<(), TranslateError> {
+        self.depth += 1;
+        if self.depth > 3 * MAX_EXPRESSION_DEPTH {
+            return Err(too_deep(self.line));
+        }
+        Ok(())
+    }
+    /// Checks the depth of a tree built by a loop (left-deep operator, filter or attribute chains).
+    fn check_chain(&self, e: &Expr) -> Result<(), TranslateError> {
+        if tree_depth(e) > MAX_EXPRESSION_DEPTH {
+            return Err(too_deep(self.line));
+        }
+        Ok(())
+    }
     fn err<T>(&self, m: impl Into<String>) -> Result<T, TranslateError> {
         Err(TranslateError {
             message: m.into(),
             line: self.line,
+            too_deep: false,
         })
     }
     fn peek(&self) -> Option<&Tok> {
@@ -582,6 +666,13 @@ impl Parser {
     }
 
     fn parse_expr(&mut self) -> Result<Expr, TranslateError> {
+        self.enter()?;
+        let result = self.parse_expr_inner();
+        self.depth -= 1;
+        result
+    }
+
+    fn parse_expr_inner(&mut self) -> Result<Expr, TranslateError> {
         let cond = self.parse_binary(0)?;
         if self.eat_op("?") {
             let then = self.parse_expr()?;
@@ -634,6 +725,13 @@ impl Parser {
     }
 
     fn parse_binary(&mut self, min_prec: u32) -> Result<Expr, TranslateError> {
+        self.enter()?;
+        let result = self.parse_binary_inner(min_prec);
+        self.depth -= 1;
+        result
+    }
+
+    fn parse_binary_inner(&mut self, min_prec: u32) -> Result<Expr, TranslateError> {
         let mut left = self.parse_unary()?;
         while let Some((op, prec, len)) = self.binary_op() {
             if prec < min_prec {
@@ -659,6 +757,7 @@ impl Parser {
                     Expr::Binary(op, Box::new(left), Box::new(right))
                 }
             };
+            self.check_chain(&left)?;
         }
         Ok(left)
     }
@@ -674,6 +773,13 @@ impl Parser {
     }
 
     fn parse_unary(&mut self) -> Result<Expr, TranslateError> {
+        self.enter()?;
+        let result = self.parse_unary_inner();
+        self.depth -= 1;
+        result
+    }
+
+    fn parse_unary_inner(&mut self) -> Result<Expr, TranslateError> {
         if self.is_ident("not") {
             self.pos += 1;
             let e = self.parse_binary(5)?;
@@ -725,6 +831,7 @@ impl Parser {
             } else {
                 break;
             }
+            self.check_chain(&e)?;
         }
         Ok(e)
     }
@@ -777,11 +884,7 @@ impl Parser {
                         StrPart::Text(t) => items.push(Expr::Lit(quote(&t))),
                         StrPart::Interp(src) => {
                             let toks = tokenize(&src, self.line)?;
-                            let mut sub = Parser {
-                                toks,
-                                pos: 0,
-                                line: self.line,
-                            };
+                            let mut sub = Parser::new(toks, self.line, self.depth);
                             let e = sub.parse_expr()?;
                             sub.expect_end()?;
                             items.push(e);

@@ -298,6 +298,7 @@ impl<'a> Validator<'a> {
         if let Some(v) = map.get("triggers") {
             self.validate_triggers(v);
         }
+        self.check_expression_depths(root);
 
         if !self.errors.is_empty() {
             return Err(FlowErrors::new(self.errors));
@@ -309,6 +310,41 @@ impl<'a> Validator<'a> {
                 let path = if path == "." { String::new() } else { path };
                 self.report_serde(&path, &e.into_inner().to_string());
                 Err(FlowErrors::new(self.errors))
+            }
+        }
+    }
+
+    /// Refuses every string of the document holding an expression nested deeper than
+    /// [`crate::expression::MAX_EXPRESSION_DEPTH`], naming its path and line: such a template
+    /// would be refused at every render (walked without recursion).
+    fn check_expression_depths(&mut self, root: &Value) {
+        let mut stack: Vec<(String, &Value)> = vec![(String::new(), root)];
+        while let Some((path, value)) = stack.pop() {
+            match value {
+                Value::String(s) => {
+                    if let Err((message, line)) = crate::expression::check_template_depth(s) {
+                        let mut position = self.positions.value(&path);
+                        position.line += line.saturating_sub(1);
+                        self.errors.push(FlowError {
+                            path: path.clone(),
+                            line: position.line,
+                            column: position.column,
+                            message: format!("invalid expression: {message}"),
+                            kind: FlowErrorKind::InvalidValue,
+                        });
+                    }
+                }
+                Value::Array(items) => {
+                    for (i, item) in items.iter().enumerate() {
+                        stack.push((join_index(&path, i), item));
+                    }
+                }
+                Value::Object(map) => {
+                    for (key, item) in map {
+                        stack.push((join_key(&path, key), item));
+                    }
+                }
+                _ => {}
             }
         }
     }

@@ -30,6 +30,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio_util::sync::CancellationToken;
 
 use crate::flow::tasks::{ScriptCommands, ScriptInline};
+use crate::limits::{MAX_LOG_LINE, cut_with_marker};
 use crate::model::{Level, MetricType, StateType};
 use crate::worker::context::RunContext;
 use crate::worker::files::{collect_output_files, write_input_files};
@@ -349,24 +350,59 @@ fn apply_protocol(ctx: &RunContext, message: Map<String, Value>, vars: &Mutex<Ma
     }
 }
 
-/// Reads lines until EOF or `stop`; returns how many plain lines were read.
+/// Reads one line into `buf`, keeping at most `cap` bytes of it (the rest of the line is read and
+/// dropped, so a script printing without newlines cannot fill the memory). Returns the line's full
+/// length without its newline, or `None` at the end of the stream.
+async fn next_line<R: AsyncRead + Unpin>(
+    reader: &mut BufReader<R>,
+    buf: &mut Vec<u8>,
+    cap: usize,
+) -> std::io::Result<Option<usize>> {
+    buf.clear();
+    let mut total = 0usize;
+    let mut any = false;
+    loop {
+        let chunk = reader.fill_buf().await?;
+        if chunk.is_empty() {
+            return Ok(any.then_some(total));
+        }
+        any = true;
+        let (take, done) = match chunk.iter().position(|b| *b == b'\n') {
+            Some(i) => (i, true),
+            None => (chunk.len(), false),
+        };
+        let room = cap.saturating_sub(buf.len());
+        buf.extend_from_slice(&chunk[..take.min(room)]);
+        total = total.saturating_add(take);
+        reader.consume(take + usize::from(done));
+        if done {
+            return Ok(Some(total));
+        }
+    }
+}
+
+/// Reads lines until EOF or `stop`; returns how many plain lines were read. A line longer than
+/// [`MAX_LOG_LINE`] is logged truncated with a marker; a `::{...}::` message that long is not
+/// applied and recorded in `oversize` (the task fails with it).
 async fn read_lines<R: AsyncRead + Unpin>(
     ctx: &RunContext,
     reader: R,
     stderr: bool,
     vars: &Mutex<Map<String, Value>>,
+    oversize: &Mutex<Option<String>>,
     stop: &CancellationToken,
 ) -> usize {
-    let mut segments = BufReader::new(reader).split(b'\n');
+    let mut reader = BufReader::new(reader);
+    let mut bytes = Vec::new();
     let mut plain = 0;
     loop {
         let next = tokio::select! {
             biased;
-            s = segments.next_segment() => s,
+            s = next_line(&mut reader, &mut bytes, MAX_LOG_LINE) => s,
             _ = stop.cancelled() => break,
         };
-        let bytes = match next {
-            Ok(Some(b)) => b,
+        let total = match next {
+            Ok(Some(total)) => total,
             Ok(None) => break,
             Err(e) => {
                 ctx.logger()
@@ -375,6 +411,25 @@ async fn read_lines<R: AsyncRead + Unpin>(
             }
         };
         let line = String::from_utf8_lossy(&bytes);
+        if total > MAX_LOG_LINE {
+            if line.trim_start().starts_with("::{") {
+                if let Ok(mut slot) = oversize.lock() {
+                    slot.get_or_insert(format!(
+                        "a `::{{...}}::` message of {total} bytes is over the limit of \
+                         {MAX_LOG_LINE} bytes"
+                    ));
+                }
+                continue;
+            }
+            plain += 1;
+            let message = cut_with_marker(line.into_owned(), total);
+            if stderr {
+                ctx.logger().error(message);
+            } else {
+                ctx.logger().info(message);
+            }
+            continue;
+        }
         let line = line.strip_suffix('\r').unwrap_or(&line);
         if let Some(message) = protocol_message(line) {
             apply_protocol(ctx, message, vars);
@@ -424,6 +479,7 @@ async fn run_process(
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
     let vars = Mutex::new(Map::new());
+    let oversize = Mutex::new(None);
     let stop_readers = CancellationToken::new();
     let cancel = ctx.cancellation().clone();
 
@@ -444,6 +500,10 @@ async fn run_process(
                 return Err(TaskError::Cancelled);
             }
         };
+        // background processes the script left behind do not outlive it (nor hold its pipes)
+        if let Some(pid) = pid {
+            signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+        }
         // let the readers drain what is buffered; background processes holding the pipes open
         // do not keep the task running
         let stop = stop_readers.clone();
@@ -455,18 +515,21 @@ async fn run_process(
     };
     let out_reader = async {
         match stdout {
-            Some(s) => read_lines(ctx, s, false, &vars, &stop_readers).await,
+            Some(s) => read_lines(ctx, s, false, &vars, &oversize, &stop_readers).await,
             None => 0,
         }
     };
     let err_reader = async {
         match stderr {
-            Some(s) => read_lines(ctx, s, true, &vars, &stop_readers).await,
+            Some(s) => read_lines(ctx, s, true, &vars, &oversize, &stop_readers).await,
             None => 0,
         }
     };
     let (status, _, stderr_lines) = tokio::join!(waiter, out_reader, err_reader);
     let status = status?;
+    if let Some(message) = oversize.into_inner().ok().flatten() {
+        return Err(TaskError::Failed(message));
+    }
     let exit_code = status.code().unwrap_or_else(|| {
         use std::os::unix::process::ExitStatusExt;
         status.signal().map(|s| 128 + s).unwrap_or(-1)

@@ -143,7 +143,8 @@ impl TaskLogger {
         if level < self.min_level {
             return;
         }
-        let message = message.into();
+        // a Log task or a script may hand over megabytes in one line: keep at most MAX_LOG_LINE
+        let message = crate::limits::truncate_log_line(message.into());
         tracing::debug!(
             execution_id = %self.identity.execution_id,
             task_run_id = %self.identity.task_run_id,

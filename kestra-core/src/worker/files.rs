@@ -25,6 +25,39 @@ pub fn safe_relative(name: &str) -> Result<PathBuf, TaskError> {
     Ok(path.to_path_buf())
 }
 
+/// `dir.join(rel)`, checked so that writing to it cannot leave `dir` through a symbolic link:
+/// every existing component of the path that is a link must resolve inside `dir` (a link created
+/// by an earlier task of a WorkingDirectory is otherwise a way out); a dangling link is refused.
+pub fn confined_path(dir: &Path, rel: &Path, property: &str) -> Result<PathBuf, TaskError> {
+    let root = std::fs::canonicalize(dir)
+        .map_err(|e| TaskError::io(format!("cannot resolve '{}'", dir.display()), e))?;
+    let mut current = dir.to_path_buf();
+    for component in rel.components() {
+        current.push(component);
+        let Ok(meta) = std::fs::symlink_metadata(&current) else {
+            // does not exist yet: it is created inside the directory
+            continue;
+        };
+        if meta.file_type().is_symlink() {
+            let inside = std::fs::canonicalize(&current)
+                .map(|target| target.starts_with(&root))
+                .unwrap_or(false);
+            if !inside {
+                return Err(TaskError::invalid(
+                    property,
+                    format!(
+                        "'{}' goes through the symbolic link '{}', which leads outside the \
+                         working directory: refused",
+                        rel.display(),
+                        current.strip_prefix(dir).unwrap_or(&current).display()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(dir.join(rel))
+}
+
 /// Writes `inputFiles` into `dir`: a map of relative path -> content (rendered; a `kestra:///` URI
 /// is copied from internal storage), or an expression / JSON string rendering to such a map.
 pub async fn write_input_files(
@@ -54,7 +87,7 @@ pub async fn write_input_files(
     let mut written = Vec::new();
     for (name, content) in files {
         let name = ctx.render(&name)?;
-        let target = dir.join(safe_relative(&name)?);
+        let target = confined_path(dir, &safe_relative(&name)?, "inputFiles")?;
         if let Some(parent) = target.parent() {
             tokio::fs::create_dir_all(parent)
                 .await
@@ -139,8 +172,24 @@ pub async fn collect_output_files(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn links_out_of_the_directory_are_refused() {
+        let outside = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("out")).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("f"), dir.path().join("f")).unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("sub"), dir.path().join("in")).unwrap();
+        let err = confined_path(dir.path(), Path::new("out/x.txt"), "inputFiles").unwrap_err();
+        assert!(err.to_string().contains("symbolic link 'out'"), "{err}");
+        assert!(confined_path(dir.path(), Path::new("f"), "inputFiles").is_err());
+        assert!(confined_path(dir.path(), Path::new("in/x.txt"), "inputFiles").is_ok());
+        assert!(confined_path(dir.path(), Path::new("new/x.txt"), "inputFiles").is_ok());
+    }
 
     #[test]
     fn relative_paths_only() {

@@ -75,6 +75,35 @@ pub struct WorkerConfig {
     pub evaluation_timeout: Duration,
     /// Between two heartbeats on the queue (default 3 s, [`crate::liveness`]).
     pub heartbeat_interval: Duration,
+    /// The largest outputs one task attempt may return, as JSON bytes (default 10 MiB): larger
+    /// outputs fail the attempt with their size (they would travel in a queue message and the
+    /// execution row).
+    pub max_output_size: usize,
+}
+
+/// Default of [`WorkerConfig::max_output_size`]: 10 MiB.
+pub const DEFAULT_MAX_OUTPUT_SIZE: usize = 10 * 1024 * 1024;
+
+/// Counts the bytes written to it.
+struct ByteCounter(usize);
+
+impl std::io::Write for ByteCounter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 = self.0.saturating_add(buf.len());
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The size of `value` as compact JSON, without building the JSON.
+fn json_size(value: &impl serde::Serialize) -> usize {
+    let mut counter = ByteCounter(0);
+    match serde_json::to_writer(&mut counter, value) {
+        Ok(()) => counter.0,
+        Err(_) => usize::MAX,
+    }
 }
 
 impl Default for WorkerConfig {
@@ -95,6 +124,7 @@ impl Default for WorkerConfig {
             telemetry_linger: Duration::from_millis(200),
             evaluation_timeout: Duration::from_secs(5 * 60),
             heartbeat_interval: LivenessConfig::default().heartbeat_interval,
+            max_output_size: DEFAULT_MAX_OUTPUT_SIZE,
         }
     }
 }
@@ -417,7 +447,18 @@ impl Shared {
             tracing::warn!(%execution_id, %task_run_id, "job abandoned by shutdown; it will be delivered again");
             return None;
         }
-        let result = end.into_result(&logger);
+        let mut result = end.into_result(&logger);
+        if let Some(outputs) = &result.outputs {
+            let size = json_size(outputs);
+            if size > self.config.max_output_size {
+                logger.error(format!(
+                    "the task's outputs are too large: {size} bytes, over the limit of {} bytes",
+                    self.config.max_output_size
+                ));
+                result.state = StateType::Failed;
+                result.outputs = None;
+            }
+        }
         Some(finish(
             result.state,
             &mut attempt_state,
