@@ -1298,11 +1298,26 @@ pub async fn log_and_metric_ids(repos: &Repositories) {
     let (logs, metrics) = (&*repos.logs, &*repos.metrics);
     let tn = tenant("entry-ids");
     let x = format!("{tn}-x");
-    let a = log_line(&tn, "company.team", "flow-one", &x, "tr", 0, Level::Info, "same");
+    let a = log_line(
+        &tn,
+        "company.team",
+        "flow-one",
+        &x,
+        "tr",
+        0,
+        Level::Info,
+        "same",
+    );
     let mut b = a.clone();
     b.id = new_id();
-    ok(logs.save_batch(&[a.clone(), a.clone()]).await, "save log twice");
-    ok(logs.save_batch(&[a.clone(), b.clone()]).await, "save log again");
+    ok(
+        logs.save_batch(&[a.clone(), a.clone()]).await,
+        "save log twice",
+    );
+    ok(
+        logs.save_batch(&[a.clone(), b.clone()]).await,
+        "save log again",
+    );
     let found = ok(
         logs.find_by_execution(&tn, &x, None, None).await,
         "find logs",
@@ -1315,15 +1330,32 @@ pub async fn log_and_metric_ids(repos: &Repositories) {
         "a redelivered log line is stored once; an equal line with another id is kept"
     );
     assert_eq!(
-        ok(logs.search(&LogQuery { tenant_id: Some(tn.clone()), ..Default::default() }, &Pageable::new(1, 10)).await, "search logs").total,
+        ok(
+            logs.search(
+                &LogQuery {
+                    tenant_id: Some(tn.clone()),
+                    ..Default::default()
+                },
+                &Pageable::new(1, 10)
+            )
+            .await,
+            "search logs"
+        )
+        .total,
         2,
         "search counts each log line once"
     );
     let m = metric(&tn, &x, 0, "count", MetricType::Counter, 1.0);
     let mut n = m.clone();
     n.id = new_id();
-    ok(metrics.save_batch(&[m.clone(), m.clone()]).await, "save metric twice");
-    ok(metrics.save_batch(&[m.clone(), n.clone()]).await, "save metric again");
+    ok(
+        metrics.save_batch(&[m.clone(), m.clone()]).await,
+        "save metric twice",
+    );
+    ok(
+        metrics.save_batch(&[m.clone(), n.clone()]).await,
+        "save metric again",
+    );
     let found = ok(metrics.find_by_execution(&tn, &x).await, "find metrics");
     let mut ids: Vec<String> = found.iter().map(|m| m.id.clone()).collect();
     ids.sort();
