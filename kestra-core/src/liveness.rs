@@ -4,14 +4,14 @@
 //! Nothing here reads or writes the repository, so a repository outage (an Elasticsearch that is
 //! down, a JDBC repository table that is locked) never makes the services look dead:
 //!
-//! - every component ([`Worker`](crate::worker::Worker), [`ExecutorService`](crate::runtime::ExecutorService),
+//! - every component ([`Worker`](crate::worker::Worker), [`ExecutorService`](crate::runtime::executor::ExecutorService),
 //!   [`SchedulerService`](crate::scheduler::SchedulerService),
-//!   [`IndexerService`](crate::runtime::IndexerService)) runs a [`Heartbeat`]: a
+//!   [`IndexerService`](crate::runtime::indexer::IndexerService)) runs a [`Heartbeat`]: a
 //!   [`LivenessMessage::Heartbeat`] with its [`ServiceInstance`] on [`Topic::Liveness`], keyed by
 //!   its instance id, every [`LivenessConfig::heartbeat_interval`], and a last one with
 //!   [`ServiceState::TerminatedGracefully`] when it stops;
 //! - a worker records the jobs it takes in the same step as it takes them
-//!   ([`Queue::receive_recorded`](crate::queue::Queue::receive_recorded) with
+//!   ([`Queue::receive_recorded`] with
 //!   [`record_taken_jobs`]: a [`LivenessMessage::JobsTaken`]), and publishes
 //!   [`LivenessMessage::JobsDone`] with the results of those jobs, in the same publish;
 //! - the executor group owns liveness: a keyed stage (state kind [`STATE_KIND`], one
