@@ -2011,6 +2011,15 @@ fn docs<T: serde::de::DeserializeOwned>(
         .collect()
 }
 
+/// The end of a log/metric INSERT that skips rows whose `entry_id` is already stored (a redelivered
+/// entry, or the same entry twice in one batch): each entry is stored once.
+fn ignore_duplicate_entry_ids() -> &'static str {
+    match FLAVOR {
+        crate::common::Flavor::MySql => " ON DUPLICATE KEY UPDATE entry_id = entry_id",
+        _ => " ON CONFLICT (entry_id) DO NOTHING",
+    }
+}
+
 #[async_trait]
 impl LogRepository for Store {
     async fn save_batch(&self, logs: &[LogEntry]) -> RepoResult<()> {
@@ -2021,10 +2030,11 @@ impl LogRepository for Store {
         let rows: Vec<(&LogEntry, String)> = logs.iter().zip(docs).collect();
         for chunk in rows.chunks(CHUNK) {
             let mut qb = Qb::new(
-                "INSERT INTO logs (tenant_id, namespace, flow_id, task_id, execution_id, task_run_id, trigger_id, lvl, ts, message, doc) ",
+                "INSERT INTO logs (entry_id, tenant_id, namespace, flow_id, task_id, execution_id, task_run_id, trigger_id, lvl, ts, message, doc) ",
             );
             qb.push_values(chunk, |mut b, (l, doc)| {
-                b.push_bind(l.tenant_id.clone())
+                b.push_bind(l.id.clone())
+                    .push_bind(l.tenant_id.clone())
                     .push_bind(l.namespace.clone())
                     .push_bind(l.flow_id.clone())
                     .push_bind(l.task_id.clone())
@@ -2036,6 +2046,7 @@ impl LogRepository for Store {
                     .push_bind(l.message.clone())
                     .push_bind(doc.clone());
             });
+            qb.push(ignore_duplicate_entry_ids());
             qb.build()
                 .execute(&self.write)
                 .await
@@ -2119,10 +2130,11 @@ impl MetricRepository for Store {
         let rows: Vec<(&MetricEntry, String)> = metrics.iter().zip(docs).collect();
         for chunk in rows.chunks(CHUNK) {
             let mut qb = Qb::new(
-                "INSERT INTO metrics (tenant_id, namespace, flow_id, execution_id, task_run_id, name, ts, doc) ",
+                "INSERT INTO metrics (entry_id, tenant_id, namespace, flow_id, execution_id, task_run_id, name, ts, doc) ",
             );
             qb.push_values(chunk, |mut b, (m, doc)| {
-                b.push_bind(m.tenant_id.clone())
+                b.push_bind(m.id.clone())
+                    .push_bind(m.tenant_id.clone())
                     .push_bind(m.namespace.clone())
                     .push_bind(m.flow_id.clone())
                     .push_bind(m.execution_id.clone())
@@ -2131,6 +2143,7 @@ impl MetricRepository for Store {
                     .push_bind(to_ms(m.timestamp))
                     .push_bind(doc.clone());
             });
+            qb.push(ignore_duplicate_entry_ids());
             qb.build()
                 .execute(&self.write)
                 .await

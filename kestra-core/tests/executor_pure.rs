@@ -867,3 +867,40 @@ fn a_restarted_task_waits_in_restarted_until_its_worker_starts_it() {
     );
     assert_eq!(sim.state(), StateType::Success);
 }
+
+/// The executor's log lines carry ids derived from what it processed (issue 9 item 7): processing the
+/// same state at the same instant again gives the same ids (the indexer stores such a line once),
+/// and the lines of one step have ids of their own.
+#[test]
+fn executor_log_lines_have_stable_distinct_ids() {
+    let sim = Sim::new(&format!(
+        "{HEAD}tasks:\n  - id: p\n    type: io.kestra.plugin.core.flow.Parallel\n    tasks:\n      - id: s1\n        type: io.kestra.plugin.core.flow.Switch\n        value: Z\n        cases:\n          A:\n            - id: ca\n              type: io.kestra.plugin.core.log.Log\n              message: a\n      - id: s2\n        type: io.kestra.plugin.core.flow.Switch\n        value: Z\n        cases:\n          A:\n            - id: cb\n              type: io.kestra.plugin.core.log.Log\n              message: b\n"
+    ));
+    let now = Utc::now();
+    let start = ExecutorEvent::Execution(Box::new(sim.execution.clone()));
+    let once = process(&sim.index, &sim.expr, now, None, &start).unwrap();
+    let again = process(&sim.index, &sim.expr, now, None, &start).unwrap();
+    let ids = |logs: &[kestra_core::model::LogEntry]| -> Vec<String> {
+        logs.iter().map(|l| l.id.clone()).collect()
+    };
+    assert!(
+        once.logs.len() >= 2,
+        "both switches log why they failed: {:?}",
+        once.logs
+    );
+    assert_eq!(ids(&once.logs), ids(&again.logs), "same step, same ids");
+    let distinct: std::collections::BTreeSet<String> = ids(&once.logs).into_iter().collect();
+    assert_eq!(distinct.len(), once.logs.len(), "each line has its own id");
+    let later = process(
+        &sim.index,
+        &sim.expr,
+        now + chrono::Duration::seconds(1),
+        None,
+        &start,
+    )
+    .unwrap();
+    assert!(
+        ids(&later.logs).iter().all(|id| !distinct.contains(id)),
+        "the same lines emitted at another instant are other lines"
+    );
+}

@@ -209,6 +209,32 @@ fn task_run_id(
     encode_base62(u128::from_be_bytes(bytes))
 }
 
+/// Deterministic id of a log line the executor emits: processing the same execution state at the
+/// same instant again gives the same ids, so the indexer stores such a line once.
+fn log_id(
+    execution_id: &str,
+    task_run_id: Option<&str>,
+    now: DateTime<Utc>,
+    index: usize,
+    message: &str,
+) -> String {
+    let mut h = Sha256::new();
+    for part in [
+        execution_id,
+        task_run_id.unwrap_or("\u{0}"),
+        &now.to_rfc3339(),
+        &index.to_string(),
+        message,
+    ] {
+        h.update(part.as_bytes());
+        h.update([0xff]);
+    }
+    let digest = h.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    encode_base62(u128::from_be_bytes(bytes))
+}
+
 enum Status {
     Running,
     Done(StateType),
@@ -274,7 +300,15 @@ impl Run<'_> {
 
     fn log(&mut self, run: Option<&TaskRun>, level: Level, message: String) {
         tracing::debug!(execution_id = %self.exec.id, %message, "executor log");
+        let id = log_id(
+            &self.exec.id,
+            run.map(|r| r.id.as_str()),
+            self.now,
+            self.logs.len(),
+            &message,
+        );
         self.logs.push(LogEntry {
+            id,
             tenant_id: self.exec.tenant_id.clone(),
             namespace: self.exec.namespace.clone(),
             flow_id: self.exec.flow_id.clone(),

@@ -72,6 +72,10 @@ impl FromStr for Level {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LogEntry {
+    /// Stable id, given when the line is emitted: saving the same line again (a redelivered
+    /// message) stores it once. A message without one (written before ids existed) gets a fresh id.
+    #[serde(default = "crate::model::new_id")]
+    pub id: String,
     /// Tenant.
     pub tenant_id: String,
     /// Flow namespace.
@@ -118,6 +122,10 @@ pub enum MetricType {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MetricEntry {
+    /// Stable id, given when the point is emitted: saving the same point again (a redelivered
+    /// message) stores it once. A message without one (written before ids existed) gets a fresh id.
+    #[serde(default = "crate::model::new_id")]
+    pub id: String,
     /// Tenant.
     pub tenant_id: String,
     /// Flow namespace.

@@ -1060,6 +1060,7 @@ fn fail_oversized(
 
 fn log_envelope(execution: &Execution, message: &str) -> Result<Envelope, QueueError> {
     let entry = LogEntry {
+        id: crate::model::new_id(),
         tenant_id: execution.tenant_id.clone(),
         namespace: execution.namespace.clone(),
         flow_id: execution.flow_id.clone(),

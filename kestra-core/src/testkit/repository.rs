@@ -851,6 +851,7 @@ fn log_line(
     message: &str,
 ) -> LogEntry {
     LogEntry {
+        id: new_id(),
         tenant_id: tenant.to_string(),
         namespace: namespace.to_string(),
         flow_id: flow_id.to_string(),
@@ -875,6 +876,7 @@ fn metric(
     value: f64,
 ) -> MetricEntry {
     MetricEntry {
+        id: new_id(),
         tenant_id: tenant.to_string(),
         namespace: "company.team".to_string(),
         flow_id: "flow-one".to_string(),
@@ -1289,6 +1291,84 @@ pub async fn metrics(repos: &Repositories) {
     );
 }
 
+/// Logs and metrics carry stable ids: saving an entry again (a redelivered message, in the same
+/// batch or a later one) stores it once; two entries with equal content but different ids are both
+/// kept.
+pub async fn log_and_metric_ids(repos: &Repositories) {
+    let (logs, metrics) = (&*repos.logs, &*repos.metrics);
+    let tn = tenant("entry-ids");
+    let x = format!("{tn}-x");
+    let a = log_line(
+        &tn,
+        "company.team",
+        "flow-one",
+        &x,
+        "tr",
+        0,
+        Level::Info,
+        "same",
+    );
+    let mut b = a.clone();
+    b.id = new_id();
+    ok(
+        logs.save_batch(&[a.clone(), a.clone()]).await,
+        "save log twice",
+    );
+    ok(
+        logs.save_batch(&[a.clone(), b.clone()]).await,
+        "save log again",
+    );
+    let found = ok(
+        logs.find_by_execution(&tn, &x, None, None).await,
+        "find logs",
+    );
+    let mut ids: Vec<String> = found.iter().map(|l| l.id.clone()).collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        sorted([a.id.clone(), b.id.clone()]),
+        "a redelivered log line is stored once; an equal line with another id is kept"
+    );
+    assert_eq!(
+        ok(
+            logs.search(
+                &LogQuery {
+                    tenant_id: Some(tn.clone()),
+                    ..Default::default()
+                },
+                &Pageable::new(1, 10)
+            )
+            .await,
+            "search logs"
+        )
+        .total,
+        2,
+        "search counts each log line once"
+    );
+    let m = metric(&tn, &x, 0, "count", MetricType::Counter, 1.0);
+    let mut n = m.clone();
+    n.id = new_id();
+    ok(
+        metrics.save_batch(&[m.clone(), m.clone()]).await,
+        "save metric twice",
+    );
+    ok(
+        metrics.save_batch(&[m.clone(), n.clone()]).await,
+        "save metric again",
+    );
+    let found = ok(metrics.find_by_execution(&tn, &x).await, "find metrics");
+    let mut ids: Vec<String> = found.iter().map(|m| m.id.clone()).collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        sorted([m.id.clone(), n.id.clone()]),
+        "a redelivered metric is stored once; an equal metric with another id is kept"
+    );
+    assert_eq!(found[0], m, "the stored metric keeps its id and content");
+    ok(logs.delete_by_execution(&tn, &x).await, "delete logs");
+    ok(metrics.delete_by_execution(&tn, &x).await, "delete metrics");
+}
+
 // ---------------------------------------------------------------------------------------------------
 // triggers
 
@@ -1564,6 +1644,7 @@ pub async fn run_all(repos: &Repositories) {
     execution_delete_and_purge(repos).await;
     logs(repos).await;
     metrics(repos).await;
+    log_and_metric_ids(repos).await;
     triggers(repos).await;
     service_instances(repos).await;
 }
@@ -1853,7 +1934,12 @@ mod tests {
     #[async_trait]
     impl LogRepository for Mem {
         async fn save_batch(&self, logs: &[LogEntry]) -> RepoResult<()> {
-            lock(&self.logs).extend_from_slice(logs);
+            let mut stored = lock(&self.logs);
+            for l in logs {
+                if !stored.iter().any(|s| s.id == l.id) {
+                    stored.push(l.clone());
+                }
+            }
             Ok(())
         }
         async fn find_by_execution(
@@ -1915,7 +2001,12 @@ mod tests {
     #[async_trait]
     impl MetricRepository for Mem {
         async fn save_batch(&self, metrics: &[MetricEntry]) -> RepoResult<()> {
-            lock(&self.metrics).extend_from_slice(metrics);
+            let mut stored = lock(&self.metrics);
+            for m in metrics {
+                if !stored.iter().any(|s| s.id == m.id) {
+                    stored.push(m.clone());
+                }
+            }
             Ok(())
         }
         async fn find_by_execution(&self, tenant: &str, id: &str) -> RepoResult<Vec<MetricEntry>> {

@@ -153,6 +153,7 @@ impl TaskLogger {
             "{message}"
         );
         self.sink.log(LogEntry {
+            id: crate::model::new_id(),
             tenant_id: self.identity.tenant_id.clone(),
             namespace: self.identity.namespace.clone(),
             flow_id: self.identity.flow_id.clone(),
@@ -601,6 +602,7 @@ impl RunContext {
         tags: std::collections::BTreeMap<String, String>,
     ) {
         self.sink.metric(MetricEntry {
+            id: crate::model::new_id(),
             tenant_id: self.identity.tenant_id.clone(),
             namespace: self.identity.namespace.clone(),
             flow_id: self.identity.flow_id.clone(),

@@ -509,6 +509,7 @@ impl Shared {
             }
         };
         let log_context = LogEntry {
+            id: String::new(),
             tenant_id: task.task_run.tenant_id.clone(),
             namespace: task.task_run.namespace.clone(),
             flow_id: task.task_run.flow_id.clone(),
@@ -688,6 +689,7 @@ fn shrink_result(
             });
             r.attempt_state = State::from_histories(histories)?;
             let log = log_context.map(|c| LogEntry {
+                id: crate::model::new_id(),
                 timestamp: Utc::now(),
                 message: reason,
                 ..c.clone()
