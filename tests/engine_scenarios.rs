@@ -244,6 +244,20 @@ async fn run_one(engine: &Engine, scenario: &Scenario) -> Result<(), String> {
                     run.attempts.len()
                 ));
             }
+            if let Some(Value::Array(expected)) = spec.get("history") {
+                let actual: Vec<&str> = run
+                    .state
+                    .histories()
+                    .iter()
+                    .map(|h| h.state.as_str())
+                    .collect();
+                let expected: Vec<&str> = expected.iter().filter_map(|v| v.as_str()).collect();
+                if actual != expected {
+                    problems.push(format!(
+                        "{selector}: history {actual:?}, expected {expected:?}"
+                    ));
+                }
+            }
             if let Some(o) = spec.get("outputs") {
                 let actual = run
                     .outputs

@@ -1129,6 +1129,13 @@ impl Run<'_> {
             },
             other => return Err(format!("'{other}' is not a list")),
         };
+        if list.iter().any(Value::is_null) {
+            // Kestra's FlowableUtils.resolveValues: a null item fails the ForEach.
+            return Err(format!(
+                "Found a null value inside the iteration values={}",
+                serde_json::to_string(values).unwrap_or_default()
+            ));
+        }
         Ok(list
             .into_iter()
             .map(|v| match v {
