@@ -44,7 +44,29 @@ impl Run<'_> {
         }
     }
 
+    /// The Subflow task's walk; once it ends, its task run carries one attempt in its final
+    /// state, as Kestra's (`TaskRunAttempt.builder().state(new State().withState(state))`).
     pub(super) fn walk_subflow(&mut self, run_id: &str, task: &tasks::Subflow) -> Status {
+        let status = self.walk_subflow_task(run_id, task);
+        if let Status::Done(state) = status {
+            let now = self.now;
+            if let Some(r) = self.exec.task_run_mut(run_id)
+                && r.attempts.is_empty()
+            {
+                let mut attempt = State::new_at(StateType::Created, now);
+                // CREATED -> any other state is allowed; a CREATED end keeps its one entry.
+                attempt.transition_at(state, now).ok();
+                r.attempts.push(TaskRunAttempt {
+                    state: attempt,
+                    log_file: None,
+                    worker_id: None,
+                });
+            }
+        }
+        status
+    }
+
+    fn walk_subflow_task(&mut self, run_id: &str, task: &tasks::Subflow) -> Status {
         let outputs = self
             .exec
             .task_run(run_id)
