@@ -118,7 +118,9 @@ async fn run_one(engine: &Engine, scenario: &Scenario) -> Result<(), String> {
     if let Some(expected) = e.get("refused").and_then(|v| v.as_str()) {
         // A flow Kestra refuses: deploying it fails, with a message naming the problem.
         return match engine.deploy(&scenario.flow).await {
-            Ok(_) => Err(format!("deployed, expected a refusal containing {expected:?}")),
+            Ok(_) => Err(format!(
+                "deployed, expected a refusal containing {expected:?}"
+            )),
             Err(err) if err.to_string().contains(expected) => Ok(()),
             Err(err) => Err(format!("refused with {err}, expected {expected:?}")),
         };

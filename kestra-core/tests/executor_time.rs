@@ -1152,11 +1152,21 @@ fn an_elapsed_pause_records_kestras_history() {
     for (behavior, expected) in [
         (
             "FAIL",
-            vec![StateType::Created, StateType::Running, StateType::Paused, StateType::Failed],
+            vec![
+                StateType::Created,
+                StateType::Running,
+                StateType::Paused,
+                StateType::Failed,
+            ],
         ),
         (
             "WARN",
-            vec![StateType::Created, StateType::Running, StateType::Paused, StateType::Warning],
+            vec![
+                StateType::Created,
+                StateType::Running,
+                StateType::Paused,
+                StateType::Warning,
+            ],
         ),
         (
             "RESUME",

@@ -618,7 +618,9 @@ fn kestra_refusals_name_the_problem_and_where() {
     }
     // A Switch with only defaults, or a WorkingDirectory of runnable tasks, is fine.
     assert_eq!(
-        errors("id: f\nnamespace: a\ntasks:\n  - id: s\n    type: io.kestra.plugin.core.flow.Switch\n    value: x\n    defaults:\n      - id: t\n        type: io.kestra.plugin.core.log.Log\n        message: x\n"),
+        errors(
+            "id: f\nnamespace: a\ntasks:\n  - id: s\n    type: io.kestra.plugin.core.flow.Switch\n    value: x\n    defaults:\n      - id: t\n        type: io.kestra.plugin.core.log.Log\n        message: x\n"
+        ),
         Vec::<String>::new()
     );
 }

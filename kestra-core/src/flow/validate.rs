@@ -21,8 +21,8 @@ use crate::flow::defaults::{merge_defaults, pointer_mut};
 use crate::flow::duration::IsoDuration;
 use crate::flow::model::{
     COMMON_TASK_PROPERTIES, COMMON_TRIGGER_PROPERTIES, Check, Concurrency, Flow, FlowOutput,
-    INPUT_TYPE_NAMES, Input, InputType, LogLevel, PluginDefault, Retry, RetryType, STATE_NAMES, Sla,
-    SlaType, deserialize_labels, json_type_name,
+    INPUT_TYPE_NAMES, Input, InputType, LogLevel, PluginDefault, Retry, RetryType, STATE_NAMES,
+    Sla, SlaType, deserialize_labels, json_type_name,
 };
 use crate::flow::parse::{FlowError, FlowErrorKind, FlowErrors};
 use crate::flow::registry::{ChildSlot, TaskKind, TaskRegistry, child_values};
