@@ -7,7 +7,9 @@
 use super::*;
 use crate::executor::for_each_item as fei;
 use crate::executor::messages::SubflowExecutionResult;
-use crate::executor::subflow::{MAX_SUBFLOW_DEPTH, SUBFLOW_TRIGGER_TYPE, depth, parent_state};
+use crate::executor::subflow::{
+    MAX_SUBFLOW_DEPTH, SUBFLOW_OUTPUTS_VARIABLE, SUBFLOW_TRIGGER_TYPE, depth, parent_state,
+};
 use crate::flow::tasks;
 use crate::model::ExecutionTrigger;
 use indexmap::IndexMap;
@@ -21,6 +23,8 @@ pub(super) struct ChildSpec<'t> {
     pub labels: &'t Option<Value>,
     pub inherit_labels: &'t Option<Property<bool>>,
     pub schedule_date: &'t Option<String>,
+    /// The Subflow task's (deprecated) `outputs` mapping, rendered by the child when it ends.
+    pub outputs: Option<&'t IndexMap<String, Value>>,
 }
 
 impl Run<'_> {
@@ -133,6 +137,7 @@ impl Run<'_> {
             labels: &task.labels,
             inherit_labels: &task.inherit_labels,
             schedule_date: &task.schedule_date,
+            outputs: task.outputs.as_ref().filter(|_| wait),
         };
         Ok((self.child_request(run_id, &spec, None)?, wait))
     }
@@ -253,6 +258,9 @@ impl Run<'_> {
             variables.insert("taskRunIteration".into(), json!(i));
         }
         variables.insert("subflowDepth".into(), json!(child_depth));
+        if let Some(outputs) = task.outputs {
+            variables.insert(SUBFLOW_OUTPUTS_VARIABLE.into(), json!(outputs));
+        }
         let trigger_type = if batch.is_some() {
             fei::ITEMS_TYPE
         } else {
