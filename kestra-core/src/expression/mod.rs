@@ -91,7 +91,7 @@ pub enum ExpressionError {
         line: usize,
     },
     /// A variable or attribute is not defined. Worded as Kestra's (`VariableRenderer`): "Missing
-    /// variable: 'x' on '<template>' at line 1".
+    /// variable: 'x' on '`<template>`' at line 1".
     #[error("Missing variable: '{name}' on '{template}' at line {line}")]
     Undefined {
         /// The expression that is undefined.
