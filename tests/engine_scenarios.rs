@@ -115,6 +115,16 @@ async fn run_one(engine: &Engine, scenario: &Scenario) -> Result<(), String> {
                 .map_err(|err| format!("deploy {}: {err}", path.display()))?;
         }
     }
+    if let Some(expected) = e.get("refused").and_then(|v| v.as_str()) {
+        // A flow Kestra refuses: deploying it fails, with a message naming the problem.
+        return match engine.deploy(&scenario.flow).await {
+            Ok(_) => Err(format!(
+                "deployed, expected a refusal containing {expected:?}"
+            )),
+            Err(err) if err.to_string().contains(expected) => Ok(()),
+            Err(err) => Err(format!("refused with {err}, expected {expected:?}")),
+        };
+    }
     let (flow, _) = engine
         .deploy(&scenario.flow)
         .await
@@ -235,6 +245,20 @@ async fn run_one(engine: &Engine, scenario: &Scenario) -> Result<(), String> {
                     "{selector}: {} attempts, expected {n}",
                     run.attempts.len()
                 ));
+            }
+            if let Some(Value::Array(expected)) = spec.get("history") {
+                let actual: Vec<&str> = run
+                    .state
+                    .histories()
+                    .iter()
+                    .map(|h| h.state.as_str())
+                    .collect();
+                let expected: Vec<&str> = expected.iter().filter_map(|v| v.as_str()).collect();
+                if actual != expected {
+                    problems.push(format!(
+                        "{selector}: history {actual:?}, expected {expected:?}"
+                    ));
+                }
             }
             if let Some(o) = spec.get("outputs") {
                 let actual = run

@@ -904,3 +904,26 @@ fn executor_log_lines_have_stable_distinct_ids() {
         "the same lines emitted at another instant are other lines"
     );
 }
+
+/// `taskrun.attemptsCount` counts the attempts made before the one being started, as Kestra's
+/// (0 on the first attempt); a restart keeps the previous attempts, so they count.
+#[test]
+fn attempts_count_is_the_number_of_previous_attempts() {
+    let (mut sim, job) = dispatched(
+        "tasks:\n  - id: flaky1\n    type: io.kestra.plugin.core.log.Log\n    message: x\n",
+    );
+    assert_eq!(job.context["taskrun"]["attemptsCount"], json!(0));
+    let result = sim.worker(&job);
+    sim.step(
+        Some(sim.execution.clone()),
+        ExecutorEvent::WorkerResult(Box::new(result)),
+    );
+    assert_eq!(sim.state(), StateType::Failed);
+    let cmd = ExecutionCommand::Restart {
+        execution_id: sim.execution.id.clone(),
+    };
+    sim.step(Some(sim.execution.clone()), ExecutorEvent::Command(cmd));
+    let job = sim.pending.remove(0);
+    assert_eq!(job.attempt, 2);
+    assert_eq!(job.context["taskrun"]["attemptsCount"], json!(1));
+}

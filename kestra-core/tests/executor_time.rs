@@ -1144,3 +1144,53 @@ fn restarting_a_for_each_item_with_new_execution_creates_new_children() {
     let items = w.runs(&id, "each_items")[0].outputs.clone().unwrap();
     assert_eq!(items["iterations"]["FAILED"], 3);
 }
+
+/// As Kestra's `ExecutionService.markAs`: a Pause whose duration elapses goes from PAUSED straight
+/// to its behavior's state (no second RUNNING); RESUME goes RUNNING then SUCCESS.
+#[test]
+fn an_elapsed_pause_records_kestras_history() {
+    for (behavior, expected) in [
+        (
+            "FAIL",
+            vec![
+                StateType::Created,
+                StateType::Running,
+                StateType::Paused,
+                StateType::Failed,
+            ],
+        ),
+        (
+            "WARN",
+            vec![
+                StateType::Created,
+                StateType::Running,
+                StateType::Paused,
+                StateType::Warning,
+            ],
+        ),
+        (
+            "RESUME",
+            vec![
+                StateType::Created,
+                StateType::Running,
+                StateType::Paused,
+                StateType::Running,
+                StateType::Success,
+            ],
+        ),
+    ] {
+        let mut w = World::new(&[&pause_flow(&format!(
+            "    pauseDuration: PT5M\n    behavior: {behavior}\n"
+        ))]);
+        let id = w.start("t.p", |_| {});
+        w.run(true);
+        let exec = w.exec(&id);
+        let run = exec
+            .task_run_list
+            .iter()
+            .find(|r| r.task_id == "wait")
+            .unwrap();
+        let history: Vec<StateType> = run.state.histories().iter().map(|h| h.state).collect();
+        assert_eq!(history, expected, "{behavior}");
+    }
+}

@@ -145,6 +145,18 @@ fn strict_undefined_names_the_variable() {
     );
     let err = engine().render("{{ nope }}", &ctx()).unwrap_err();
     assert!(err.to_string().contains("nope"), "{err}");
+    // Kestra's wording (VariableRenderer.properPebbleException).
+    let err = engine()
+        .render("value is {{ nothing_here }}", &ctx())
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "Missing variable: 'nothing_here' on 'value is {{ nothing_here }}' at line 1"
+    );
+    let err = engine()
+        .render("a\nb {{ nothing_here }}", &ctx())
+        .unwrap_err();
+    assert!(err.to_string().ends_with("at line 2"), "{err}");
     let err = engine()
         .render("{{ outputs.t2.value }}", &ctx())
         .unwrap_err();

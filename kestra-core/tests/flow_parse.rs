@@ -235,7 +235,6 @@ tasks:
     assert_eq!(
         errors(source),
         vec![
-            "1:5: id: invalid id 'pause': reserved word",
             "2:12: namespace: invalid namespace 'Bad_NS': must match ^[a-z0-9][a-z0-9._-]*",
             "3:1: owner: unknown property 'owner'",
             "5:5: tasks[0].message: missing required property 'message'",
@@ -492,4 +491,136 @@ fn cron_nicknames_include_midnight() {
         );
         assert_eq!(errors(&source), Vec::<String>::new(), "{nickname}");
     }
+}
+
+// Kestra fidelity (issue 13): what Kestra accepts and what it refuses.
+
+#[test]
+fn kestra_has_no_reserved_flow_ids() {
+    for id in ["pause", "executions", "search", "force-run"] {
+        let source = format!(
+            "id: {id}\nnamespace: a\ntasks:\n  - id: t\n    type: io.kestra.plugin.core.log.Log\n    message: x\n"
+        );
+        assert_eq!(errors(&source), Vec::<String>::new(), "flow id {id}");
+    }
+}
+
+#[test]
+fn deprecated_input_name_is_the_id() {
+    let source = "\
+id: f
+namespace: a
+inputs:
+  - name: user
+    type: STRING
+tasks:
+  - id: t
+    type: io.kestra.plugin.core.log.Log
+    message: x
+";
+    let flow = parse_flow(source, &TaskRegistry::default()).unwrap();
+    assert_eq!(flow.inputs[0].id, "user");
+    // `id` wins when both are given.
+    let both = source.replace("  - name: user\n", "  - id: login\n    name: user\n");
+    let flow = parse_flow(&both, &TaskRegistry::default()).unwrap();
+    assert_eq!(flow.inputs[0].id, "login");
+}
+
+#[test]
+fn label_values_may_be_numbers_and_booleans() {
+    let source = "\
+id: f
+namespace: a
+labels:
+  n: 1
+  b: true
+tasks:
+  - id: t
+    type: io.kestra.plugin.core.log.Log
+    message: x
+";
+    let flow = parse_flow(source, &TaskRegistry::default()).unwrap();
+    let values: Vec<&str> = flow.labels.iter().map(|l| l.value.as_str()).collect();
+    assert_eq!(values, ["1", "true"]);
+}
+
+#[test]
+fn flow_sla_is_parsed_and_kept() {
+    let source = "\
+id: f
+namespace: a
+sla:
+  - id: long
+    type: MAX_DURATION
+    behavior: CANCEL
+    duration: PT5M
+    labels:
+      sla: missed
+  - id: ok
+    type: EXECUTION_ASSERTION
+    behavior: NONE
+    assert: \"{{ true }}\"
+tasks:
+  - id: t
+    type: io.kestra.plugin.core.log.Log
+    message: x
+";
+    let flow = parse_flow(source, &TaskRegistry::default()).unwrap();
+    assert_eq!(flow.sla.len(), 2);
+    assert_eq!(flow.sla[0].behavior, kestra_core::flow::SlaBehavior::Cancel);
+    assert_eq!(flow.sla[0].labels[0].value, "missed");
+    assert_eq!(flow.sla[1].assert.as_deref(), Some("{{ true }}"));
+    let json = serde_json::to_value(&flow).unwrap();
+    let back: kestra_core::flow::Flow = serde_json::from_value(json).unwrap();
+    assert_eq!(back, flow);
+
+    let missing = source.replace("    assert: \"{{ true }}\"\n", "");
+    assert_eq!(
+        errors(&missing),
+        vec!["10:5: sla[1].assert: missing required property 'assert'"]
+    );
+    let bad = source.replace("behavior: NONE", "behavior: WARN");
+    assert_eq!(errors(&bad).len(), 1, "{:?}", errors(&bad));
+    assert!(errors(&bad)[0].starts_with("12:15: sla[1].behavior: unknown variant `WARN`"));
+}
+
+#[test]
+fn kestra_refusals_name_the_problem_and_where() {
+    let log = "    type: io.kestra.plugin.core.log.Log\n    message: x\n";
+    let cases = [
+        (
+            format!("id: f\nnamespace: a\ninputs:\n  - id: up\n    type: FILE\n    defaults: x\ntasks:\n  - id: t\n{log}"),
+            "6:5: inputs[0].defaults: a FILE input cannot have 'defaults'",
+        ),
+        (
+            format!("id: f\nnamespace: a\ninputs:\n  - id: m\n    type: ARRAY\n    itemType: ARRAY\ntasks:\n  - id: t\n{log}"),
+            "6:15: inputs[0].itemType: Invalid input definition: `itemType` cannot be `ARRAY`",
+        ),
+        (
+            "id: f\nnamespace: a\ntasks:\n  - id: s\n    type: io.kestra.plugin.core.flow.Switch\n    value: x\n".to_string(),
+            "4:5: tasks[0]: No task defined, neither cases or default have any tasks",
+        ),
+        (
+            "id: f\nnamespace: a\ntasks:\n  - id: s\n    type: io.kestra.plugin.core.flow.Switch\n    value: x\n    cases: {}\n    defaults: []\n".to_string(),
+            "4:5: tasks[0]: No task defined, neither cases or default have any tasks",
+        ),
+        (
+            "id: f\nnamespace: a\ntasks:\n  - id: wd\n    type: io.kestra.plugin.core.flow.WorkingDirectory\n    tasks:\n      - id: p\n        type: io.kestra.plugin.core.flow.Pause\n".to_string(),
+            "8:15: tasks[0].tasks[0].type: Only runnable tasks are allowed as children of a WorkingDirectory task",
+        ),
+        (
+            format!("id: f\nnamespace: a\ntasks:\n  - id: t\n    workerGroup:\n      key: gpu\n{log}"),
+            "5:5: tasks[0].workerGroup: Worker Group is an Enterprise Edition functionality",
+        ),
+    ];
+    for (source, expected) in cases {
+        assert_eq!(errors(&source), vec![expected.to_string()], "{source}");
+    }
+    // A Switch with only defaults, or a WorkingDirectory of runnable tasks, is fine.
+    assert_eq!(
+        errors(
+            "id: f\nnamespace: a\ntasks:\n  - id: s\n    type: io.kestra.plugin.core.flow.Switch\n    value: x\n    defaults:\n      - id: t\n        type: io.kestra.plugin.core.log.Log\n        message: x\n"
+        ),
+        Vec::<String>::new()
+    );
 }

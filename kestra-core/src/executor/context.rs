@@ -138,7 +138,9 @@ pub fn task_run_context(
     let mut taskrun = json!({
         "id": run.id,
         "startDate": run.state.start_date(),
-        "attemptsCount": run.attempts.len(),
+        // As Kestra's: the attempts made before this one (0 on the first, the attempts kept by a
+        // restart count), not the attempt being started.
+        "attemptsCount": run.attempts.iter().filter(|a| a.state.is_terminated()).count(),
     });
     if let Some(p) = &run.parent_task_run_id {
         taskrun["parentId"] = json!(p);

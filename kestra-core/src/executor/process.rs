@@ -728,7 +728,7 @@ impl Run<'_> {
             state = StateType::Success;
         }
         if matches!(state, StateType::Success | StateType::Warning)
-            && !self.index.flow.outputs.is_empty()
+            && (!self.index.flow.outputs.is_empty() || self.subflow_outputs_mapping().is_some())
         {
             match self.flow_outputs() {
                 Ok(o) => self.exec.outputs = o,
@@ -748,9 +748,38 @@ impl Run<'_> {
         self.set_exec_state(state);
     }
 
+    /// The `outputs` mapping of the Subflow task that started this execution, if any.
+    fn subflow_outputs_mapping(&self) -> Option<Map<String, Value>> {
+        let trigger = self.exec.trigger.as_ref()?;
+        if trigger.type_ != crate::executor::subflow::SUBFLOW_TRIGGER_TYPE {
+            return None;
+        }
+        match trigger
+            .variables
+            .get(crate::executor::subflow::SUBFLOW_OUTPUTS_VARIABLE)?
+        {
+            Value::Object(m) => Some(m.clone()),
+            _ => None,
+        }
+    }
+
     fn flow_outputs(&mut self) -> Result<Map<String, Value>, String> {
         let ctx = Value::Object(self.base().clone());
         let mut out = Map::new();
+        if self.index.flow.outputs.is_empty()
+            && let Some(mapping) = self.subflow_outputs_mapping()
+        {
+            // The child flow declares no outputs: its parent's Subflow `outputs` mapping, rendered
+            // in this (the child's) context, gives the outputs sent back.
+            for (id, value) in mapping {
+                let v = self
+                    .expr
+                    .render_value(&value, &ctx, true)
+                    .map_err(|e| format!("subflow output '{id}': {e}"))?;
+                out.insert(id, v);
+            }
+            return Ok(out);
+        }
         for o in &self.index.flow.outputs {
             let v = self
                 .expr
@@ -1163,6 +1192,13 @@ impl Run<'_> {
             },
             other => return Err(format!("'{other}' is not a list")),
         };
+        if list.iter().any(Value::is_null) {
+            // Kestra's FlowableUtils.resolveValues: a null item fails the ForEach.
+            return Err(format!(
+                "Found a null value inside the iteration values={}",
+                serde_json::to_string(values).unwrap_or_default()
+            ));
+        }
         Ok(list
             .into_iter()
             .map(|v| match v {

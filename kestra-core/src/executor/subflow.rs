@@ -31,6 +31,11 @@ use crate::model::{Execution, Label, StateType};
 /// The Subflow trigger type of child executions.
 pub const SUBFLOW_TRIGGER_TYPE: &str = "io.kestra.plugin.core.flow.Subflow";
 
+/// The child's trigger variable holding its Subflow task's (deprecated) `outputs` mapping: when the
+/// child flow declares no outputs, the child renders this mapping in its own context when it ends
+/// (Kestra's `Subflow.createSubflowExecutionResult`), and its values become the outputs sent back.
+pub const SUBFLOW_OUTPUTS_VARIABLE: &str = "subflowOutputs";
+
 /// Deepest allowed chain of subflow executions.
 pub const MAX_SUBFLOW_DEPTH: u64 = 10;
 

@@ -1104,7 +1104,12 @@ fn f_jq(v: &Json, a: &Args, _: &Shared) -> FnResult {
         .with_funs(funs)
         .compile(modules)
         .map_err(|e| FnError::Msg(format!("invalid jq expression `{program}`: {e:?}")))?;
-    let text = serde_json::to_string(v).map_err(|e| FnError::Msg(e.to_string()))?;
+    // As Kestra's JqFilter: a string holding JSON is read as that JSON (a ForEach's
+    // `taskrun.value` of an object item), any other string is a JSON string.
+    let text = match v {
+        Json::String(s) if serde_json::from_str::<Json>(s).is_ok() => s.clone(),
+        other => serde_json::to_string(other).map_err(|e| FnError::Msg(e.to_string()))?,
+    };
     let input = jaq_json::read::parse_single(text.as_bytes())
         .map_err(|e| FnError::Msg(format!("cannot read jq input: {e:?}")))?;
     let ctx = Ctx::<data::JustLut<jaq_json::Val>>::new(&filter.lut, Vars::new([]));

@@ -99,13 +99,18 @@ pub enum ExpressionError {
         /// 1-based line.
         line: usize,
     },
-    /// A variable or attribute is not defined.
-    #[error("undefined variable `{name}`: {message}")]
+    /// A variable or attribute is not defined. Worded as Kestra's (`VariableRenderer`): "Missing
+    /// variable: 'x' on '`<template>`' at line 1".
+    #[error("Missing variable: '{name}' on '{template}' at line {line}")]
     Undefined {
         /// The expression that is undefined.
         name: String,
         /// minijinja's description.
         message: String,
+        /// The template being rendered.
+        template: String,
+        /// 1-based line of the template.
+        line: usize,
     },
     /// A filter, function or operator failed.
     #[error("rendering failed: {message}")]
@@ -413,6 +418,8 @@ impl ExpressionEngine {
             return Err(ExpressionError::Undefined {
                 name: translated.single_expression.clone().unwrap_or_default(),
                 message: "the expression is undefined".into(),
+                template: template.to_string(),
+                line: 1,
             });
         }
         builtins::to_json(&value).map_err(|message| ExpressionError::Render { message })
@@ -539,6 +546,8 @@ fn map_error(err: minijinja::Error, template: &str, source: &str) -> ExpressionE
             ExpressionError::Undefined {
                 name,
                 message: err.to_string(),
+                template: template.to_string(),
+                line: err.line().unwrap_or(1),
             }
         }
         ErrorKind::OutOfFuel => ExpressionError::FuelExhausted,

@@ -112,6 +112,10 @@ pub struct Flow {
     /// Checks evaluated before an execution is created.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub checks: Vec<Check>,
+    /// Service level agreements of the executions of this flow, parsed and kept as written
+    /// (not evaluated yet: see `docs/compatibility.md`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sla: Vec<Sla>,
     /// A disabled flow cannot be executed and its triggers do not fire.
     #[serde(default, skip_serializing_if = "is_false")]
     pub disabled: bool,
@@ -457,6 +461,55 @@ pub struct FlowOutput {
     /// Other properties, kept as written.
     #[serde(flatten)]
     pub extra: IndexMap<String, Value>,
+}
+
+/// A flow-level SLA: a limit an execution must respect (`MAX_DURATION`) or a condition it must
+/// meet when it ends (`EXECUTION_ASSERTION`), and what happens when it does not.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Sla {
+    /// SLA id, unique within the flow.
+    pub id: String,
+    /// What the SLA checks.
+    #[serde(rename = "type")]
+    pub sla_type: SlaType,
+    /// What happens to an execution that breaks it.
+    pub behavior: SlaBehavior,
+    /// `MAX_DURATION`: the longest an execution may run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<IsoDuration>,
+    /// `EXECUTION_ASSERTION`: an expression that must be true for the execution.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assert: Option<String>,
+    /// Labels added to an execution that breaks the SLA.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "deserialize_labels"
+    )]
+    pub labels: Vec<Label>,
+}
+
+/// What a flow-level [`Sla`] checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum SlaType {
+    /// The execution must end within `duration`.
+    MaxDuration,
+    /// `assert` must hold for the execution.
+    ExecutionAssertion,
+}
+
+/// What happens to an execution that breaks an [`Sla`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum SlaBehavior {
+    /// The execution ends FAILED.
+    Fail,
+    /// The execution ends CANCELLED.
+    Cancel,
+    /// Only the labels are added.
+    None,
 }
 
 /// A check evaluated before an execution is created.

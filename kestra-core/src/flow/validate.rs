@@ -22,27 +22,13 @@ use crate::flow::duration::IsoDuration;
 use crate::flow::model::{
     COMMON_TASK_PROPERTIES, COMMON_TRIGGER_PROPERTIES, Check, Concurrency, Flow, FlowOutput,
     INPUT_TYPE_NAMES, Input, InputType, LogLevel, PluginDefault, Retry, RetryType, STATE_NAMES,
-    WorkerGroup, deserialize_labels, json_type_name,
+    Sla, SlaType, deserialize_labels, json_type_name,
 };
 use crate::flow::parse::{FlowError, FlowErrorKind, FlowErrors};
-use crate::flow::registry::{ChildSlot, TaskRegistry, child_values};
-use crate::flow::tasks::{Dag, ForEachItem, Subflow};
+use crate::flow::registry::{ChildSlot, TaskKind, TaskRegistry, child_values};
+use crate::flow::tasks::{Dag, ForEachItem, Subflow, Switch, WorkingDirectory};
 use crate::flow::triggers::{FlowTrigger, Schedule, ScheduleOnDates};
 use crate::flow::yaml::{Positions, join_index, join_key};
-
-/// Flow ids Kestra reserves (they collide with API paths).
-pub const RESERVED_FLOW_IDS: &[&str] = &[
-    "pause",
-    "resume",
-    "force-run",
-    "change-status",
-    "kill",
-    "executions",
-    "search",
-    "source",
-    "disable",
-    "enable",
-];
 
 /// Maximum length of a flow id.
 pub const MAX_FLOW_ID_LENGTH: usize = 100;
@@ -83,6 +69,7 @@ const FLOW_PROPERTIES: &[&str] = &[
     "outputs",
     "retry",
     "checks",
+    "sla",
     "disabled",
     "deleted",
 ];
@@ -197,6 +184,7 @@ impl<'a> Validator<'a> {
     }
 
     pub(crate) fn validate_flow(mut self, root: &Value) -> Result<Flow, FlowErrors> {
+        let root = &with_deprecated_input_names(root);
         let Value::Object(map) = root else {
             let message = match root {
                 Value::Null => "empty document, expected a flow".to_string(),
@@ -220,9 +208,8 @@ impl<'a> Validator<'a> {
             }
         }
 
-        self.flow_id = self.check_identifier(map, "id", &FLOW_ID, MAX_FLOW_ID_LENGTH, true);
-        self.namespace =
-            self.check_identifier(map, "namespace", &NAMESPACE, MAX_NAMESPACE_LENGTH, false);
+        self.flow_id = self.check_identifier(map, "id", &FLOW_ID, MAX_FLOW_ID_LENGTH);
+        self.namespace = self.check_identifier(map, "namespace", &NAMESPACE, MAX_NAMESPACE_LENGTH);
 
         if let Some(v) = map.get("revision") {
             self.check::<i32>(v, "revision");
@@ -253,6 +240,9 @@ impl<'a> Validator<'a> {
         }
         if let Some(v) = map.get("checks") {
             self.check::<Vec<Check>>(v, "checks");
+        }
+        if let Some(v) = map.get("sla") {
+            self.validate_sla(v);
         }
         if let Some(v) = map.get("outputs") {
             self.check_list(v, "outputs", |this, item, path| {
@@ -356,7 +346,6 @@ impl<'a> Validator<'a> {
         key: &str,
         pattern: &Regex,
         max_length: usize,
-        reserved: bool,
     ) -> Option<String> {
         let Some(value) = map.get(key) else {
             self.missing("", key);
@@ -374,9 +363,6 @@ impl<'a> Validator<'a> {
             self.error(key, At::Value, FlowErrorKind::InvalidId, message);
         } else if text.chars().count() > max_length {
             let message = format!("invalid {key} '{text}': longer than {max_length} characters");
-            self.error(key, At::Value, FlowErrorKind::InvalidId, message);
-        } else if reserved && RESERVED_FLOW_IDS.contains(&text.as_str()) {
-            let message = format!("invalid {key} '{text}': reserved word");
             self.error(key, At::Value, FlowErrorKind::InvalidId, message);
         }
         Some(text.clone())
@@ -453,9 +439,7 @@ impl<'a> Validator<'a> {
                 "logLevel" => {
                     self.check::<LogLevel>(v, &p);
                 }
-                "workerGroup" => {
-                    self.check::<WorkerGroup>(v, &p);
-                }
+                "workerGroup" => self.enterprise_worker_group(&p),
                 _ => {}
             }
         }
@@ -510,6 +494,12 @@ impl<'a> Validator<'a> {
             self.check_task_semantics(entry.type_name, &properties, path);
             if entry.type_name == <Dag as crate::flow::registry::TaskType>::TYPE {
                 self.check_dag(&map, path);
+            }
+            if entry.type_name == <Switch as crate::flow::registry::TaskType>::TYPE {
+                self.check_switch(&map, path);
+            }
+            if entry.type_name == <WorkingDirectory as crate::flow::registry::TaskType>::TYPE {
+                self.check_working_directory(&map, path);
             }
         }
         for slot in entry.children {
@@ -628,6 +618,62 @@ impl<'a> Validator<'a> {
                 FlowErrorKind::SelfReference,
                 message,
             );
+        }
+    }
+
+    /// Refuses `workerGroup`: an Enterprise Edition property the open-source edition refuses too.
+    fn enterprise_worker_group(&mut self, path: &str) {
+        self.error(
+            path,
+            At::Key,
+            FlowErrorKind::UnknownProperty,
+            "Worker Group is an Enterprise Edition functionality",
+        );
+    }
+
+    /// Switch: at least one case or a `defaults` list with tasks (Kestra's `SwitchTaskValidation`).
+    fn check_switch(&mut self, map: &Map<String, Value>, path: &str) {
+        let has_cases = match map.get("cases") {
+            Some(Value::Object(cases)) => !cases.is_empty(),
+            _ => false,
+        };
+        let has_defaults = match map.get("defaults") {
+            Some(Value::Array(defaults)) => !defaults.is_empty(),
+            _ => false,
+        };
+        if !has_cases && !has_defaults {
+            self.error(
+                path,
+                At::Value,
+                FlowErrorKind::MissingProperty,
+                "No task defined, neither cases or default have any tasks",
+            );
+        }
+    }
+
+    /// WorkingDirectory: every child runs on the worker, so only runnable tasks are allowed
+    /// (Kestra's `WorkingDirectoryTaskValidation`).
+    fn check_working_directory(&mut self, map: &Map<String, Value>, path: &str) {
+        let Some(Value::Array(children)) = map.get("tasks") else {
+            return;
+        };
+        for (i, child) in children.iter().enumerate() {
+            let kind = child
+                .get("type")
+                .and_then(Value::as_str)
+                .and_then(|t| self.registry.resolve(t))
+                .map(|entry| entry.kind);
+            if let Some(kind) = kind
+                && kind != TaskKind::Runnable
+            {
+                let p = join_index(&join_key(path, "tasks"), i);
+                self.error(
+                    &join_key(&p, "type"),
+                    At::Value,
+                    FlowErrorKind::InvalidValue,
+                    "Only runnable tasks are allowed as children of a WorkingDirectory task",
+                );
+            }
         }
     }
 
@@ -759,9 +805,7 @@ impl<'a> Validator<'a> {
                 "logLevel" => {
                     self.check::<LogLevel>(v, &p);
                 }
-                "workerGroup" => {
-                    self.check::<WorkerGroup>(v, &p);
-                }
+                "workerGroup" => self.enterprise_worker_group(&p),
                 "labels" => {
                     if let Err(e) = deserialize_labels(v) {
                         self.report_serde(&p, &e.to_string());
@@ -979,6 +1023,39 @@ impl<'a> Validator<'a> {
     }
 
     // ---------------------------------------------------------------------------------------------
+    // SLA
+    // ---------------------------------------------------------------------------------------------
+
+    /// `sla`: a list of SLAs with unique ids, each with the property its type needs (`duration`
+    /// for MAX_DURATION, `assert` for EXECUTION_ASSERTION).
+    fn validate_sla(&mut self, value: &Value) {
+        let mut ids: HashMap<String, String> = HashMap::new();
+        self.check_list(value, "sla", |this, item, path| {
+            let Some(sla) = this.check::<Sla>(item, path) else {
+                return;
+            };
+            let required = match sla.sla_type {
+                SlaType::MaxDuration => ("duration", sla.duration.is_some()),
+                SlaType::ExecutionAssertion => ("assert", sla.assert.is_some()),
+            };
+            if !required.1 {
+                this.missing(path, required.0);
+            }
+            if let Some(first) = ids.get(&sla.id) {
+                let message = format!("duplicate SLA id '{}' (first used at {first})", sla.id);
+                this.error(
+                    &join_key(path, "id"),
+                    At::Value,
+                    FlowErrorKind::DuplicateId,
+                    message,
+                );
+            } else {
+                ids.insert(sla.id, path.to_string());
+            }
+        });
+    }
+
+    // ---------------------------------------------------------------------------------------------
     // Inputs
     // ---------------------------------------------------------------------------------------------
 
@@ -1067,6 +1144,22 @@ impl<'a> Validator<'a> {
                     message,
                 );
             }
+            if input.input_type == InputType::File && map.contains_key("defaults") {
+                this.error(
+                    &join_key(path, "defaults"),
+                    At::Key,
+                    FlowErrorKind::InvalidValue,
+                    "a FILE input cannot have 'defaults'",
+                );
+            }
+            if input.input_type == InputType::Array && input.item_type == Some(InputType::Array) {
+                this.error(
+                    &join_key(path, "itemType"),
+                    At::Value,
+                    FlowErrorKind::InvalidValue,
+                    "Invalid input definition: `itemType` cannot be `ARRAY`",
+                );
+            }
             if input.input_type == InputType::Duration {
                 for key in ["min", "max"] {
                     if let Some(v) = map.get(key) {
@@ -1076,6 +1169,23 @@ impl<'a> Validator<'a> {
             }
         });
     }
+}
+
+/// Kestra's inputs once had a `name` instead of an `id` (still accepted, deprecated): an input
+/// with a `name` and no `id` gets its `id` from the `name`, which is kept as written.
+fn with_deprecated_input_names(root: &Value) -> Value {
+    let mut root = root.clone();
+    if let Some(Value::Array(inputs)) = root.get_mut("inputs") {
+        for input in inputs.iter_mut() {
+            if let Value::Object(map) = input
+                && !map.contains_key("id")
+                && let Some(name) = map.get("name").cloned()
+            {
+                map.insert("id".to_string(), name);
+            }
+        }
+    }
+    root
 }
 
 fn type_name(map: &Map<String, Value>) -> String {

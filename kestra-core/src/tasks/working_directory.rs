@@ -126,7 +126,7 @@ impl Children<'_> {
         };
         let mut variables = self.variables.clone();
         let mut taskrun =
-            json!({"id": run.id, "startDate": now, "attemptsCount": 1, "parentId": parent_run.id});
+            json!({"id": run.id, "startDate": now, "attemptsCount": 0, "parentId": parent_run.id});
         if let Some(v) = &run.value {
             taskrun["value"] = json!(v);
         }

@@ -174,6 +174,7 @@ impl Run<'_> {
             labels: &task.labels,
             inherit_labels: &task.inherit_labels,
             schedule_date: &task.schedule_date,
+            outputs: None,
         };
         let mut requests = Vec::with_capacity(count as usize);
         for iteration in 0..count {
@@ -319,6 +320,7 @@ impl Run<'_> {
             labels: &spec.labels,
             inherit_labels: &spec.inherit_labels,
             schedule_date: &spec.schedule_date,
+            outputs: None,
         };
         let mut next = String::with_capacity(states.len());
         for (i, c) in states.chars().enumerate() {

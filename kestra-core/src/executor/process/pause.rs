@@ -198,10 +198,9 @@ impl Run<'_> {
         };
         match behavior {
             PauseBehavior::Resume => self.set_run_state(task_run_id, StateType::Running),
-            PauseBehavior::Warn => {
-                self.set_run_state(task_run_id, StateType::Running);
-                self.set_run_state(task_run_id, StateType::Warning);
-            }
+            // As Kestra's ExecutionService.markAs: the Pause goes from PAUSED straight to the
+            // behavior's state, with no RUNNING in between.
+            PauseBehavior::Warn => self.set_run_state(task_run_id, StateType::Warning),
             PauseBehavior::Fail => {
                 let run = self.exec.task_run(task_run_id).cloned();
                 self.log(
@@ -209,7 +208,6 @@ impl Run<'_> {
                     Level::Error,
                     "pause duration elapsed (behavior FAIL)".into(),
                 );
-                self.set_run_state(task_run_id, StateType::Running);
                 self.set_run_state(task_run_id, StateType::Failed);
             }
             PauseBehavior::Cancel => {

@@ -7,7 +7,9 @@
 use super::*;
 use crate::executor::for_each_item as fei;
 use crate::executor::messages::SubflowExecutionResult;
-use crate::executor::subflow::{MAX_SUBFLOW_DEPTH, SUBFLOW_TRIGGER_TYPE, depth, parent_state};
+use crate::executor::subflow::{
+    MAX_SUBFLOW_DEPTH, SUBFLOW_OUTPUTS_VARIABLE, SUBFLOW_TRIGGER_TYPE, depth, parent_state,
+};
 use crate::flow::tasks;
 use crate::model::ExecutionTrigger;
 use indexmap::IndexMap;
@@ -21,6 +23,8 @@ pub(super) struct ChildSpec<'t> {
     pub labels: &'t Option<Value>,
     pub inherit_labels: &'t Option<Property<bool>>,
     pub schedule_date: &'t Option<String>,
+    /// The Subflow task's (deprecated) `outputs` mapping, rendered by the child when it ends.
+    pub outputs: Option<&'t IndexMap<String, Value>>,
 }
 
 impl Run<'_> {
@@ -44,7 +48,29 @@ impl Run<'_> {
         }
     }
 
+    /// The Subflow task's walk; once it ends, its task run carries one attempt in its final
+    /// state, as Kestra's (`TaskRunAttempt.builder().state(new State().withState(state))`).
     pub(super) fn walk_subflow(&mut self, run_id: &str, task: &tasks::Subflow) -> Status {
+        let status = self.walk_subflow_task(run_id, task);
+        if let Status::Done(state) = status {
+            let now = self.now;
+            if let Some(r) = self.exec.task_run_mut(run_id)
+                && r.attempts.is_empty()
+            {
+                let mut attempt = State::new_at(StateType::Created, now);
+                // CREATED -> any other state is allowed; a CREATED end keeps its one entry.
+                attempt.transition_at(state, now).ok();
+                r.attempts.push(TaskRunAttempt {
+                    state: attempt,
+                    log_file: None,
+                    worker_id: None,
+                });
+            }
+        }
+        status
+    }
+
+    fn walk_subflow_task(&mut self, run_id: &str, task: &tasks::Subflow) -> Status {
         let outputs = self
             .exec
             .task_run(run_id)
@@ -111,6 +137,7 @@ impl Run<'_> {
             labels: &task.labels,
             inherit_labels: &task.inherit_labels,
             schedule_date: &task.schedule_date,
+            outputs: task.outputs.as_ref().filter(|_| wait),
         };
         Ok((self.child_request(run_id, &spec, None)?, wait))
     }
@@ -231,6 +258,9 @@ impl Run<'_> {
             variables.insert("taskRunIteration".into(), json!(i));
         }
         variables.insert("subflowDepth".into(), json!(child_depth));
+        if let Some(outputs) = task.outputs {
+            variables.insert(SUBFLOW_OUTPUTS_VARIABLE.into(), json!(outputs));
+        }
         let trigger_type = if batch.is_some() {
             fei::ITEMS_TYPE
         } else {
