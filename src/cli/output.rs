@@ -287,6 +287,7 @@ mod tests {
     #[test]
     fn error_lines_are_red_and_carry_time_task_level_message() {
         let entry = LogEntry {
+            id: "line-1".into(),
             tenant_id: "main".into(),
             namespace: "n".into(),
             flow_id: "f".into(),
