@@ -109,6 +109,11 @@ pub enum LivenessMessage {
         /// The instance to check.
         #[serde(rename = "instanceId")]
         instance_id: String,
+        /// When the check was due. A check applied much later than that (the executors were down
+        /// or behind) proves nothing about the instance: the heartbeats queued behind it have not
+        /// been applied yet.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        due: Option<DateTime<Utc>>,
     },
     /// The executor's verdict on an instance (declared dead), for the indexer (and, with the jobs
     /// it held, for whoever resubmits them).
@@ -129,7 +134,7 @@ impl LivenessMessage {
             | LivenessMessage::Declared { instance, .. } => &instance.id,
             LivenessMessage::JobsTaken { instance_id, .. }
             | LivenessMessage::JobsDone { instance_id, .. }
-            | LivenessMessage::Check { instance_id } => instance_id,
+            | LivenessMessage::Check { instance_id, .. } => instance_id,
         }
     }
 
@@ -181,7 +186,13 @@ pub struct LivenessDecision {
 ///   declared dead changes nothing (a zombie stays dead; its jobs are someone else's now).
 /// - Job records add and remove held jobs (a sign of life too).
 /// - A check declares an instance dead when it has been silent for `timeout`, else re-arms itself
-///   for `timeout` after the last sign of life. One check is pending per living instance.
+///   for `timeout` after the last sign of life. One check is pending per living instance. A check
+///   applied more than half a `timeout` after it was due means the executors were not consuming
+///   (down, or behind a backlog): the instance's heartbeats may be queued behind it, so it re-arms
+///   for a whole `timeout` from now instead of declaring anything.
+/// - A graceful stop (a heartbeat with [`ServiceState::TerminatedGracefully`]) holds no job any
+///   more (what it did not finish goes back to the queue); its state is forgotten at its next
+///   check. A dead instance's state is kept, with the jobs it held.
 pub fn apply(
     state: &mut Option<LivenessState>,
     message: LivenessMessage,
@@ -198,6 +209,9 @@ pub fn apply(
                 Some(s) => {
                     s.instance = instance;
                     s.last_seen = now;
+                    if s.instance.state == ServiceState::TerminatedGracefully {
+                        s.jobs.clear();
+                    }
                 }
                 None => {
                     *state = Some(LivenessState {
@@ -244,11 +258,27 @@ pub fn apply(
             }
             decision.changed = true;
         }
-        LivenessMessage::Check { .. } => {
+        LivenessMessage::Check { due, .. } => {
             let Some(s) = state else { return decision };
+            if s.instance.state == ServiceState::TerminatedGracefully {
+                // Stopped for good, holding nothing: forget it.
+                *state = None;
+                decision.changed = true;
+                return decision;
+            }
             if !s.alive() {
                 decision.changed = s.check_pending;
                 s.check_pending = false;
+                return decision;
+            }
+            if due.is_some_and(|due| now > due + timeout / 2) {
+                decision.messages.push((
+                    LivenessMessage::Check {
+                        instance_id: id,
+                        due: Some(now + timeout),
+                    },
+                    Some(now + timeout),
+                ));
                 return decision;
             }
             if now >= s.last_seen + timeout {
@@ -266,7 +296,10 @@ pub fn apply(
                 decision.declared_dead = Some(s.clone());
             } else {
                 decision.messages.push((
-                    LivenessMessage::Check { instance_id: id },
+                    LivenessMessage::Check {
+                        instance_id: id,
+                        due: Some(s.last_seen + timeout),
+                    },
                     Some(s.last_seen + timeout),
                 ));
             }
@@ -282,7 +315,10 @@ pub fn apply(
         s.check_pending = true;
         decision.changed = true;
         decision.messages.push((
-            LivenessMessage::Check { instance_id: id },
+            LivenessMessage::Check {
+                instance_id: id,
+                due: Some(now + timeout),
+            },
             Some(now + timeout),
         ));
     }
@@ -463,9 +499,11 @@ mod tests {
         }
     }
 
-    fn check(id: &str) -> LivenessMessage {
+    /// A check as the executor arms it (due at `due`).
+    fn check_due(id: &str, due: DateTime<Utc>) -> LivenessMessage {
         LivenessMessage::Check {
             instance_id: id.into(),
+            due: Some(due),
         }
     }
 
@@ -481,7 +519,7 @@ mod tests {
         assert!(d.changed);
         assert_eq!(
             d.messages,
-            vec![(check("w"), Some(t0 + secs(45)))],
+            vec![(check_due("w", t0 + secs(45)), Some(t0 + secs(45)))],
             "one delayed check"
         );
         // Later heartbeats do not arm more checks.
@@ -497,8 +535,16 @@ mod tests {
         let mut state = None;
         apply(&mut state, heartbeat("w"), t0, TIMEOUT);
         apply(&mut state, heartbeat("w"), t0 + secs(30), TIMEOUT);
-        let d = apply(&mut state, check("w"), t0 + secs(45), TIMEOUT);
-        assert_eq!(d.messages, vec![(check("w"), Some(t0 + secs(75)))]);
+        let d = apply(
+            &mut state,
+            check_due("w", t0 + secs(45)),
+            t0 + secs(45),
+            TIMEOUT,
+        );
+        assert_eq!(
+            d.messages,
+            vec![(check_due("w", t0 + secs(75)), Some(t0 + secs(75)))]
+        );
         assert!(d.declared_dead.is_none());
         assert_eq!(
             state.as_ref().map(|s| s.instance.state),
@@ -534,7 +580,12 @@ mod tests {
             t0 + secs(2),
             TIMEOUT,
         );
-        let d = apply(&mut state, check("w"), t0 + secs(47), TIMEOUT);
+        let d = apply(
+            &mut state,
+            check_due("w", t0 + secs(45)),
+            t0 + secs(47),
+            TIMEOUT,
+        );
         let dead = d.declared_dead.expect("declared dead");
         assert_eq!(dead.instance.state, ServiceState::NotRunning);
         assert_eq!(
@@ -563,18 +614,75 @@ mod tests {
         apply(&mut state, heartbeat("w"), t0, TIMEOUT);
         apply(
             &mut state,
+            LivenessMessage::JobsTaken {
+                instance_id: "w".into(),
+                jobs: vec![HeldJob {
+                    key: "a/1".into(),
+                    execution_id: None,
+                    taken_at: t0,
+                }],
+            },
+            t0,
+            TIMEOUT,
+        );
+        apply(
+            &mut state,
             LivenessMessage::Heartbeat {
                 instance: instance("w", ServiceState::TerminatedGracefully),
             },
             t0 + secs(1),
             TIMEOUT,
         );
-        let d = apply(&mut state, check("w"), t0 + secs(100), TIMEOUT);
+        assert_eq!(
+            state.as_ref().map(|s| s.jobs.len()),
+            Some(0),
+            "a graceful stop holds no job (unfinished ones went back to the queue)"
+        );
+        let d = apply(
+            &mut state,
+            check_due("w", t0 + secs(45)),
+            t0 + secs(46),
+            TIMEOUT,
+        );
         assert!(d.declared_dead.is_none());
         assert!(d.messages.is_empty(), "no further check");
+        assert!(d.changed);
+        assert!(
+            state.is_none(),
+            "a stopped instance is forgotten at its check"
+        );
+    }
+
+    #[test]
+    fn a_check_applied_late_rearms_instead_of_declaring() {
+        // The executors were down for five minutes: the check due at 45 s is applied at 300 s,
+        // before the heartbeats queued behind it.
+        let t0 = Utc::now();
+        let mut state = None;
+        apply(&mut state, heartbeat("w"), t0, TIMEOUT);
+        let d = apply(
+            &mut state,
+            check_due("w", t0 + secs(45)),
+            t0 + secs(300),
+            TIMEOUT,
+        );
+        assert!(d.declared_dead.is_none(), "a late check declares nothing");
         assert_eq!(
-            state.as_ref().map(|s| (s.instance.state, s.check_pending)),
-            Some((ServiceState::TerminatedGracefully, false))
+            d.messages,
+            vec![(check_due("w", t0 + secs(345)), Some(t0 + secs(345)))]
+        );
+        // The queued heartbeat comes in; the next check finds the instance alive.
+        apply(&mut state, heartbeat("w"), t0 + secs(301), TIMEOUT);
+        let d = apply(
+            &mut state,
+            check_due("w", t0 + secs(345)),
+            t0 + secs(345),
+            TIMEOUT,
+        );
+        assert!(d.declared_dead.is_none());
+        assert_eq!(
+            state.as_ref().map(|s| s.instance.state),
+            Some(ServiceState::Running)
         );
     }
 

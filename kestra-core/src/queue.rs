@@ -110,8 +110,10 @@
 //!   (`ProducerFenced`, or a commit after the partition was revoked) returns [`QueueError::Fenced`];
 //!   a record over the producer's `max.request.size` / the topic's `max.message.bytes` (1 MiB by
 //!   default) returns [`QueueError::TooLarge`] with the record's topic and key, and the transaction
-//!   is aborted. A recorded receive produces its records in the transaction that commits the
-//!   consumed offsets. Broadcast uses a consumer per subscriber starting at the log end.
+//!   is aborted. A recorded receive produces its records in a transaction before it hands the
+//!   messages out (their offsets are committed at acknowledgement, as for any receive: a consumer
+//!   that dies before the records commit leaves its messages uncommitted, so they come back).
+//!   Broadcast uses a consumer per subscriber starting at the log end.
 
 use async_trait::async_trait;
 use bytes::Bytes;

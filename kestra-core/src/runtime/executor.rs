@@ -347,23 +347,40 @@ impl ExecutorService {
         let mut keyed = KeyedState::default();
         let mut outgoing: Vec<Envelope> = Vec::new();
         for delivery in deliveries {
-            match delivery.envelope.topic {
-                Topic::ConcurrencySlot => {
-                    self.slot_request(unit.as_mut(), &mut keyed, &mut outgoing, &delivery)
-                        .await?;
+            if matches!(
+                delivery.envelope.topic,
+                Topic::ConcurrencySlot | Topic::FlowPrecondition | Topic::Liveness
+            ) {
+                let key = delivery.envelope.key.clone();
+                // A stage message whose processing produced a message the queue refused as too
+                // large cannot be failed like an execution: it is set aside with the reason.
+                if let Some(Oversized::Fail(reason) | Oversized::Abandon(reason)) =
+                    oversized.get(&key)
+                {
+                    error!(topic = %delivery.envelope.topic, %key, %reason, "dead-lettering a message whose processing produced a message too large for the queue");
+                    unit.dead_letter(delivery.tag, reason).await?;
+                    produced.push((delivery.envelope.topic, String::new(), key));
                     continue;
                 }
-                Topic::FlowPrecondition => {
-                    self.precondition_check(unit.as_mut(), &mut keyed, &mut outgoing, &delivery)
-                        .await?;
-                    continue;
+                let staged_before = outgoing.len();
+                match delivery.envelope.topic {
+                    Topic::ConcurrencySlot => {
+                        self.slot_request(unit.as_mut(), &mut keyed, &mut outgoing, &delivery)
+                            .await?
+                    }
+                    Topic::FlowPrecondition => {
+                        self.precondition_check(unit.as_mut(), &mut keyed, &mut outgoing, &delivery)
+                            .await?
+                    }
+                    _ => {
+                        self.liveness_message(unit.as_mut(), &mut keyed, &mut outgoing, &delivery)
+                            .await?
+                    }
                 }
-                Topic::Liveness => {
-                    self.liveness_message(unit.as_mut(), &mut keyed, &mut outgoing, &delivery)
-                        .await?;
-                    continue;
+                for e in &outgoing[staged_before..] {
+                    produced.push((e.topic, e.key.clone(), key.clone()));
                 }
-                _ => {}
+                continue;
             }
             let event = match ExecutorEvent::decode(&delivery.envelope) {
                 Ok(e) if e.execution_id() == delivery.envelope.key => e,
@@ -401,9 +418,13 @@ impl ExecutorService {
                         ExecutorEvent::Execution(e) => Some((**e).clone()),
                         _ => None,
                     });
-                    if let Some(reference) = reference
-                        && let Some((failed, messages)) = fail_oversized(&reference, reason)?
-                    {
+                    let failed = match reference {
+                        Some(reference) => fail_oversized(&reference, reason)?,
+                        None => None,
+                    };
+                    // Handled once this unit commits, whatever follows (the entry is dropped).
+                    produced.push((Topic::Execution, String::new(), id.clone()));
+                    if let Some((failed, messages)) = failed {
                         outgoing.extend(messages);
                         if let Some(event) = TriggerEvent::execution_ended(&failed) {
                             outgoing.push(event.envelope()?);
@@ -413,11 +434,12 @@ impl ExecutorService {
                         if !dirty.contains(&id) {
                             dirty.push(id.clone());
                         }
+                        for e in &outgoing[staged_before..] {
+                            produced.push((e.topic, e.key.clone(), id.clone()));
+                        }
+                        continue;
                     }
-                    for e in &outgoing[staged_before..] {
-                        produced.push((e.topic, e.key.clone(), id.clone()));
-                    }
-                    continue;
+                    // It ended already (or is unknown): this message is processed as usual.
                 }
             }
             async {

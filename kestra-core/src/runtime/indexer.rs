@@ -167,6 +167,11 @@ impl IndexerService {
                 let mut latest: Vec<(ServiceInstance, bool)> = Vec::new();
                 for d in &batch {
                     match d.envelope.decode::<LivenessMessage>() {
+                        // A zombie's heartbeat after the verdict (in this batch) changes nothing.
+                        Ok(LivenessMessage::Heartbeat { instance })
+                            if latest
+                                .iter()
+                                .any(|(i, declared)| *declared && i.id == instance.id) => {}
                         Ok(LivenessMessage::Heartbeat { instance }) => {
                             latest.retain(|(i, _)| i.id != instance.id);
                             latest.push((instance, false));
