@@ -567,6 +567,75 @@ pub async fn purge_queue(config: Option<PathBuf>) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `kestra sys services`: the service instances of the repository (what the indexer saw on the
+/// liveness topic), a table sorted by type then start, or JSON.
+pub async fn services(config: Option<PathBuf>, json: bool) -> Result<ExitCode, String> {
+    let config = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
+    let backend = kestra::connect(&config).await.map_err(|e| e.to_string())?;
+    let mut instances = backend
+        .repositories
+        .services
+        .find_all()
+        .await
+        .map_err(|e| format!("cannot read the service instances: {e}"))?;
+    instances.sort_by(|a, b| {
+        (format!("{:?}", a.type_), a.created_date).cmp(&(format!("{:?}", b.type_), b.created_date))
+    });
+    if json {
+        let text = serde_json::to_string_pretty(&instances)
+            .map_err(|e| format!("cannot encode the service instances: {e}"))?;
+        println!("{text}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if instances.is_empty() {
+        println!("no service instance seen yet (the indexer records them from their heartbeats)");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<[String; 6]> = instances
+        .iter()
+        .map(|i| {
+            [
+                i.id.clone(),
+                wire_name(&i.type_),
+                wire_name(&i.state),
+                i.hostname.clone(),
+                i.created_date.format("%Y-%m-%d %H:%M:%S").to_string(),
+                i.updated_date.format("%Y-%m-%d %H:%M:%S").to_string(),
+            ]
+        })
+        .collect();
+    let header = ["ID", "TYPE", "STATE", "HOST", "STARTED", "LAST HEARTBEAT"];
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: [&str; 6]| {
+        cells
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    println!("{}", line(header));
+    for row in &rows {
+        println!("{}", line(row.each_ref().map(String::as_str)));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// An enum's name as Kestra's JSON spells it (`EXECUTOR`, `NOT_RUNNING`).
+fn wire_name<T: serde::Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(name)) => name,
+        _ => String::new(),
+    }
+}
+
 /// `kestra config show`: one line per key, `key = value  (source)`, aligned; then the unknown keys
 /// of the file.
 pub fn config_show(file: Option<&Path>) -> Result<(), String> {

@@ -162,6 +162,19 @@ pub enum SysCommand {
         #[arg(short, long, env = "KESTRA_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// The service instances the indexer has seen (executors, workers, schedulers, indexers): id,
+    /// type, state, host, start and last heartbeat. The executor decides liveness; this shows it.
+    #[command(after_help = "Examples:
+  kestra sys services
+  kestra sys services -c application.yml --json")]
+    Services {
+        /// Configuration file.
+        #[arg(short, long, env = "KESTRA_CONFIG")]
+        config: Option<PathBuf>,
+        /// Print the instances as a JSON array (Kestra's ServiceInstance shape).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `kestra flow ...`
@@ -250,6 +263,9 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Server(cmd) => runtime_then(|| crate::cli::commands::server(cmd)),
         Command::Sys(SysCommand::PurgeQueue { config }) => {
             runtime_then(|| crate::cli::commands::purge_queue(config))
+        }
+        Command::Sys(SysCommand::Services { config, json }) => {
+            runtime_then(|| crate::cli::commands::services(config, json))
         }
         Command::Completion { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
