@@ -730,7 +730,9 @@ impl Store {
         let mut tx = begin_write(&self.write).await?;
         let got = claim_in(&mut tx, group, &[topic], max, lease, token).await?;
         if got.is_empty() {
-            tx.rollback().await?;
+            // Nothing claimed, but rows the claim set aside as dead letters stay set aside (as in
+            // `claim_once`).
+            tx.commit().await?;
             return Ok(Ok(got));
         }
         let records = match record(&got)
