@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use indexmap::IndexMap;
-use kestra::core::executor::messages::execution_envelope;
+use kestra::core::messages::execution_envelope;
 use kestra::core::model::{Execution, StateType};
 use kestra::core::queue::Topic;
 use kestra::core::repository::{ExecutionQuery, FlowRecord, Pageable};

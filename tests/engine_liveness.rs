@@ -13,11 +13,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kestra::Engine;
-use kestra::core::executor::messages::execution_envelope;
 use kestra::core::expression::ExpressionEngine;
 use kestra::core::flow::parse::parse_flow;
 use kestra::core::flow::registry::TaskRegistry;
 use kestra::core::liveness::{LivenessConfig, LivenessMessage};
+use kestra::core::messages::execution_envelope;
 use kestra::core::model::{Execution, ServiceState, ServiceType, new_id};
 use kestra::core::queue::{ConsumerGroup, Queue, Topic};
 use kestra::core::repository::FlowRecord;

@@ -7,6 +7,7 @@
 //! - [`inputs`]: execution inputs parsed and validated against the flow's input declarations.
 //! - [`expression`]: Pebble-compatible expressions rendered with strict undefined variables.
 //! - [`queue`], [`repository`], [`storage`]: the three seams every backend implements.
+//! - [`messages`]: what the executor, the workers and the schedulers send each other on the queue.
 //! - [`liveness`]: heartbeats and the jobs workers hold, through the queue; the executor decides who is dead.
 //! - [`worker`]: the worker service and the task run context; [`tasks`]: the core runnable tasks.
 //!
@@ -18,6 +19,7 @@ pub mod flow;
 pub mod inputs;
 pub mod limits;
 pub mod liveness;
+pub mod messages;
 pub mod model;
 pub mod queue;
 pub mod repository;

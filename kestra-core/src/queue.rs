@@ -152,7 +152,7 @@ pub enum Topic {
     /// Flow changes (caches in executors and schedulers).
     Flow,
     /// Events about a trigger for the schedulers, keyed by trigger uid
-    /// ([`TriggerEvent`](crate::executor::messages::TriggerEvent): an execution it started ended).
+    /// ([`TriggerEvent`](crate::messages::TriggerEvent): an execution it started ended).
     Trigger,
     /// Slot requests and releases of flows with a concurrency limit, for the executor; keyed by flow
     /// (`tenant|namespace|flow`), so one unit at a time owns a flow's slots.

@@ -7,13 +7,11 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use kestra_core::executor::FlowIndex;
-use kestra_core::executor::messages::{
-    ExecutionCommand, ExecutorEvent, WorkerTask, WorkerTaskResult,
-};
 use kestra_core::executor::process::process;
 use kestra_core::expression::ExpressionEngine;
 use kestra_core::flow::parse::parse_flow;
 use kestra_core::flow::registry::TaskRegistry;
+use kestra_core::messages::{ExecutionCommand, ExecutorEvent, WorkerTask, WorkerTaskResult};
 use kestra_core::model::{Execution, State, StateType};
 use serde_json::{Map, Value, json};
 

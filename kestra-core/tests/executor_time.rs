@@ -15,14 +15,14 @@ use kestra_core::executor::FlowIndex;
 use kestra_core::executor::concurrency::{
     ConcurrencySlots, SlotMessage, SlotRequest, apply_slot_request,
 };
-use kestra_core::executor::messages::{
-    ExecutionCommand, ExecutorEvent, SubflowExecutionResult, WorkerTask, WorkerTaskResult,
-};
 use kestra_core::executor::process::process;
 use kestra_core::executor::subflow::{complete_child, result_for_parent};
 use kestra_core::expression::ExpressionEngine;
 use kestra_core::flow::parse::parse_flow;
 use kestra_core::flow::registry::TaskRegistry;
+use kestra_core::messages::{
+    ExecutionCommand, ExecutorEvent, SubflowExecutionResult, WorkerTask, WorkerTaskResult,
+};
 use kestra_core::model::{Execution, Label, State, StateType, TaskRun};
 use serde_json::{Map, json};
 

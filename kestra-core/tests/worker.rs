@@ -15,12 +15,12 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use kestra_core::executor::messages::{
-    ExecutionKilled, WorkerJob, WorkerTask, WorkerTaskResult, WorkerTrigger, WorkerTriggerResult,
-};
 use kestra_core::expression::ExpressionEngine;
 use kestra_core::flow::model::Task;
 use kestra_core::flow::{TaskKind, TaskRegistry, TaskType};
+use kestra_core::messages::{
+    ExecutionKilled, WorkerJob, WorkerTask, WorkerTaskResult, WorkerTrigger, WorkerTriggerResult,
+};
 use kestra_core::model::{Level, MetricType, State, StateType, TaskRun};
 use kestra_core::queue::{
     ConsumerGroup, Delivery, DeliveryTag, Envelope, Queue, QueueError, Subscription, Topic,

@@ -24,8 +24,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::executor::messages::ExecutionCommand;
 use crate::flow::model::{Concurrency, ConcurrencyBehavior};
+use crate::messages::ExecutionCommand;
 use crate::queue::{Envelope, QueueError, Topic};
 
 /// The executor-state kind holding slots.

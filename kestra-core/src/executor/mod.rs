@@ -4,8 +4,8 @@
 //!   (new execution state, worker jobs, delayed commands, kill broadcast, logs). It never touches a
 //!   queue, a database or a clock.
 //! - [`index`] resolves a flow once ([`FlowIndex`]) so that `process` does not re-decode task
-//!   properties; [`context`] builds the expression variables; [`messages`] defines what travels on the
-//!   queue.
+//!   properties; [`context`] builds the expression variables; what travels on the queue is defined
+//!   in [`messages`](crate::messages).
 //! - The runtime that feeds `process` from [`Queue::begin`](crate::queue::Queue::begin) units of work
 //!   lives in [`runtime`](crate::runtime).
 
@@ -14,15 +14,10 @@ pub mod context;
 pub mod flow_trigger;
 pub mod for_each_item;
 pub mod index;
-pub mod messages;
 pub mod preconditions;
 pub mod process;
 pub mod replay;
 pub mod subflow;
 
 pub use index::{FlowIndex, IndexError};
-pub use messages::{
-    Delay, ExecutionCommand, ExecutionKilled, ExecutorEvent, SubflowExecutionResult, WorkerJob,
-    WorkerTask, WorkerTaskResult,
-};
 pub use process::{Outcome, process};

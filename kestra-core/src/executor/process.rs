@@ -35,13 +35,11 @@ use crate::executor::concurrency::SlotRequest;
 use crate::executor::context::{execution_context, task_run_context};
 use crate::executor::for_each_item as for_each_item_types;
 use crate::executor::index::{FlowIndex, Flowable, Group, NodeKind, Slot, types};
-use crate::executor::messages::{
-    Delay, ExecutionCommand, ExecutorEvent, WorkerTask, WorkerTaskResult,
-};
 use crate::executor::subflow::SubflowRequest;
 use crate::expression::ExpressionEngine;
 use crate::flow::model::{InputType, Retry, RetryType};
 use crate::flow::property::{Property, is_expression};
+use crate::messages::{Delay, ExecutionCommand, ExecutorEvent, WorkerTask, WorkerTaskResult};
 use crate::model::execution::system_labels;
 use crate::model::id::encode_base62;
 use crate::model::{Execution, Label, Level, LogEntry, State, StateType, TaskRun, TaskRunAttempt};

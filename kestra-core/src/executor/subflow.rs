@@ -24,8 +24,8 @@
 use serde_json::{Map, Value};
 
 use crate::executor::for_each_item;
-use crate::executor::messages::SubflowExecutionResult;
 use crate::flow::model::Flow;
+use crate::messages::SubflowExecutionResult;
 use crate::model::{Execution, Label, StateType};
 
 /// The Subflow trigger type of child executions.

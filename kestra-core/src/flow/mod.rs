@@ -18,6 +18,7 @@ pub use registry::{
 };
 pub mod defaults;
 pub mod parse;
+pub mod preconditions;
 pub mod validate;
 
 pub use defaults::apply_plugin_defaults;

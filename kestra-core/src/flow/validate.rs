@@ -1000,7 +1000,7 @@ impl<'a> Validator<'a> {
     /// `timeWindow` (type-specific properties, positive window, times of day) and `where` groups
     /// (at least one filter, the value/values rules, regexes).
     fn check_preconditions(&mut self, pre: &crate::flow::triggers::Preconditions, path: &str) {
-        use crate::executor::preconditions::{WindowSpec, check_filter};
+        use crate::flow::preconditions::{WindowSpec, check_filter};
         if let Some(window) = &pre.time_window
             && let Err((prop, message)) = WindowSpec::from_config(Some(window))
         {

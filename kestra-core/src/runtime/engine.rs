@@ -24,13 +24,13 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::executor::messages::{ExecutionCommand, execution_envelope};
 use crate::executor::replay::replay_execution;
 use crate::expression::{ExpressionEngine, ExpressionOptions};
 use crate::flow::model::Flow;
 use crate::flow::parse::{FlowErrors, parse_flow};
 use crate::flow::registry::TaskRegistry;
 use crate::inputs::{ExecutionRef, InputErrors, RawInput, resolve_inputs};
+use crate::messages::{ExecutionCommand, execution_envelope};
 use crate::model::execution::system_labels;
 use crate::model::{Execution, Label};
 use crate::queue::{Queue, QueueError};

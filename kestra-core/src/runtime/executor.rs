@@ -14,7 +14,7 @@
 //! Around `process`, inside the same unit of work, the service also:
 //! - completes Subflow requests: resolves the child flow revision ([`FlowCache::flow`]), validates
 //!   the inputs and composes the labels, then publishes the child execution - or a failed
-//!   [`SubflowExecutionResult`](crate::executor::SubflowExecutionResult) for the parent when that
+//!   [`SubflowExecutionResult`](crate::messages::SubflowExecutionResult) for the parent when that
 //!   is impossible;
 //! - publishes the result for the parent when a subflow child ends, `Kill` commands for the
 //!   children of a killed Subflow task run, `Restart` commands for the failed children of a
@@ -59,15 +59,15 @@ use crate::executor::concurrency::{
     self, ConcurrencySlots, SlotMessage, SlotRequest, apply_slot_request,
 };
 use crate::executor::flow_trigger::{PreconditionMessage, TriggeredExecution, plan_flow_triggers};
-use crate::executor::messages::{
-    ExecutionCommand, ExecutionKilled, ExecutorEvent, TriggerEvent, WorkerJob, execution_envelope,
-};
 use crate::executor::preconditions::{self, PreconditionState};
 use crate::executor::process::process;
 use crate::executor::subflow::{SubflowRequest, complete_child, result_for_parent};
 use crate::expression::ExpressionEngine;
 use crate::inputs::{ExecutionRef, RawInput, resolve_inputs};
 use crate::liveness::{self, Heartbeat, LivenessConfig, LivenessMessage, LivenessState};
+use crate::messages::{
+    ExecutionCommand, ExecutionKilled, ExecutorEvent, TriggerEvent, WorkerJob, execution_envelope,
+};
 use crate::model::{Execution, Level, LogEntry, ServiceType, StateType};
 use crate::queue::{ConsumerGroup, Delivery, Envelope, Queue, QueueError, Topic, UnitOfWork};
 use crate::runtime::flows::{FlowCache, FlowCacheError};
@@ -1143,7 +1143,7 @@ mod tests {
         let result = messages
             .iter()
             .find(|m| m.topic == Topic::SubflowExecutionResult)
-            .map(|m| m.decode::<crate::executor::messages::SubflowExecutionResult>())
+            .map(|m| m.decode::<crate::messages::SubflowExecutionResult>())
             .transpose()?;
         let Some(result) = result else {
             panic!("no result for the parent in {messages:?}");

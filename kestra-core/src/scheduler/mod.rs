@@ -17,7 +17,7 @@
 //! each step is one [`TriggerUnit`](crate::queue::TriggerUnit) that claims the triggers it works on,
 //! stages their new states with the executions and evaluation jobs it starts, and commits all of it
 //! at once. The executor tells the schedulers that an execution a trigger started ended with a
-//! [`TriggerEvent`](crate::executor::messages::TriggerEvent) on
+//! [`TriggerEvent`](crate::messages::TriggerEvent) on
 //! [`Topic::Trigger`](crate::queue::Topic::Trigger), keyed by trigger uid. Several instances share
 //! the work through the claims; exactly one execution is created per slot because a slot's execution
 //! id is derived from the slot ([`schedule::slot_execution_id`]), it is queued in the commit that

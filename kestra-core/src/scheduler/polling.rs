@@ -51,7 +51,7 @@ use super::schedule::slot_execution_id;
 use super::service::{
     Entry, FiredSlot, Held, Kind, Lock, Outcome, SchedulerService, StartRequest, Step, TickReport,
 };
-use crate::executor::messages::{TriggerEvent, WorkerJob, WorkerTrigger, WorkerTriggerResult};
+use crate::messages::{TriggerEvent, WorkerJob, WorkerTrigger, WorkerTriggerResult};
 use crate::model::{TriggerState, trigger_uid};
 use crate::queue::{ConsumerGroup, Delivery, DeliveryTag, Topic, TriggerUnit};
 

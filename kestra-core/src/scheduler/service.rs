@@ -13,7 +13,7 @@
 //!    has its pending slot removed when next claimed; once enabled again, the sync restores the slot
 //!    after the last handled one (`date`), so the recovery policy applies to the slots of the disabled
 //!    period and the next slot is never skipped.
-//! 2. **Events**: the [`TriggerEvent`](crate::executor::messages::TriggerEvent)s the executor sent
+//! 2. **Events**: the [`TriggerEvent`](crate::messages::TriggerEvent)s the executor sent
 //!    ([`Topic::Trigger`](crate::queue::Topic::Trigger), keyed by trigger uid)
 //!    and the workers' evaluation results ([`Topic::WorkerTriggerResult`](crate::queue::Topic::WorkerTriggerResult)) are applied to their
 //!    triggers, each under its trigger's claim ([`TriggerUnit::claim`]).
@@ -22,7 +22,7 @@
 //! 4. **Lock**: unless `allowConcurrent`, a trigger whose last execution (`executionId`) still runs does
 //!    not fire: its pending slot is *kept* (as Kestra, which fires when the trigger is free again); when
 //!    the execution ends, the missed slots follow the recovery policy. The lock is cleared by the
-//!    executor's [`TriggerEvent::ExecutionEnded`](crate::executor::messages::TriggerEvent::ExecutionEnded) for that execution (the scheduler never reads
+//!    executor's [`TriggerEvent::ExecutionEnded`](crate::messages::TriggerEvent::ExecutionEnded) for that execution (the scheduler never reads
 //!    executions). A terminal state listed in `stopAfter` disables the trigger. With
 //!    `allowConcurrent`, the last execution is still recorded (so that `stopAfter` works) but never
 //!    blocks.
@@ -64,7 +64,6 @@ use super::clock::Clock;
 use super::conditions::{check_conditions, evaluate_conditions};
 use super::polling::PendingResults;
 use super::schedule::{Plan, RecoveryPolicy, Timetable, plan, slot_execution_id};
-use crate::executor::messages::execution_envelope;
 use crate::expression::ExpressionEngine;
 use crate::flow::apply_plugin_defaults;
 use crate::flow::model::{Flow, Trigger};
@@ -72,6 +71,7 @@ use crate::flow::property::Property;
 use crate::flow::registry::{TaskRegistry, TriggerType};
 use crate::flow::triggers::{Schedule, ScheduleOnDates};
 use crate::inputs::{ExecutionRef, InputRenderer, RawInput, resolve_inputs};
+use crate::messages::execution_envelope;
 use crate::model::execution::system_labels;
 use crate::model::{Backfill, Execution, Label, State, StateType, TriggerState, trigger_uid};
 use crate::queue::{DeliveryTag, Queue, TriggerUnit};
@@ -162,7 +162,7 @@ pub struct TickReport {
     /// Evaluation results ignored: not for the running evaluation (late, duplicate) or for a trigger
     /// that no longer exists.
     pub stale_results: usize,
-    /// Trigger events ([`TriggerEvent`](crate::executor::messages::TriggerEvent)) applied.
+    /// Trigger events ([`TriggerEvent`](crate::messages::TriggerEvent)) applied.
     pub events: usize,
 }
 
@@ -797,7 +797,7 @@ impl SchedulerService {
     }
 
     /// Apply the end of an execution the trigger started
-    /// ([`TriggerEvent::ExecutionEnded`](crate::executor::messages::TriggerEvent::ExecutionEnded)): the
+    /// ([`TriggerEvent::ExecutionEnded`](crate::messages::TriggerEvent::ExecutionEnded)): the
     /// lock is released if that execution holds it, and a final state listed in `stopAfter`
     /// disables the trigger (returned: why). The end of another execution changes nothing.
     pub(super) fn apply_ended(

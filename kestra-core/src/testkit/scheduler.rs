@@ -32,10 +32,10 @@ use chrono::{DateTime, TimeZone, Utc};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
-use crate::executor::messages::{TriggerEvent, WorkerJob, WorkerTrigger, WorkerTriggerResult};
 use crate::expression::ExpressionEngine;
 use crate::flow::parse::parse_flow;
 use crate::flow::registry::TaskRegistry;
+use crate::messages::{TriggerEvent, WorkerJob, WorkerTrigger, WorkerTriggerResult};
 use crate::model::{Execution, Label, State, StateType, TriggerState, new_id, trigger_uid};
 use crate::queue::{
     ConsumerGroup, Delivery, DeliveryTag, Envelope, Queue, QueueError, Subscription, Topic,

@@ -58,10 +58,10 @@ use chrono::Utc;
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
-use crate::executor::messages::{WorkerTrigger, WorkerTriggerResult};
 use crate::expression::ExpressionEngine;
 use crate::flow::model::Task;
 use crate::flow::registry::TaskRegistry;
+use crate::messages::{WorkerTrigger, WorkerTriggerResult};
 use crate::model::{LogEntry, MetricEntry, State, StateType, TaskRun};
 use crate::storage::InternalStorage;
 use crate::worker::context::{RunContext, TelemetrySink};

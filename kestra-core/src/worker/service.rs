@@ -30,12 +30,12 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::executor::messages::{
-    ExecutionKilled, WorkerJob, WorkerTask, WorkerTaskResult, WorkerTrigger, WorkerTriggerResult,
-};
 use crate::expression::ExpressionEngine;
 use crate::flow::registry::TaskRegistry;
 use crate::liveness::{Heartbeat, LivenessConfig, LivenessMessage, record_taken_jobs};
+use crate::messages::{
+    ExecutionKilled, WorkerJob, WorkerTask, WorkerTaskResult, WorkerTrigger, WorkerTriggerResult,
+};
 use crate::model::{Level, LogEntry, MetricEntry, ServiceType, State, StateHistory, StateType};
 use crate::queue::{ConsumerGroup, Delivery, DeliveryTag, Envelope, Queue, QueueError, Topic};
 use crate::storage::InternalStorage;

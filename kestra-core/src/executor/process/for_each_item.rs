@@ -10,8 +10,8 @@ use crate::executor::for_each_item::{
     self as fei, BATCH_OUTPUTS, BATCH_STATES, batch_uri, final_state, iteration_counts,
     state_letter,
 };
-use crate::executor::messages::SubflowExecutionResult;
 use crate::flow::tasks;
+use crate::messages::SubflowExecutionResult;
 
 impl Run<'_> {
     /// The ForEachItem task run itself: its internal tasks in sequence, then its outputs.

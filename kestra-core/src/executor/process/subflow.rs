@@ -6,11 +6,11 @@
 
 use super::*;
 use crate::executor::for_each_item as fei;
-use crate::executor::messages::SubflowExecutionResult;
 use crate::executor::subflow::{
     MAX_SUBFLOW_DEPTH, SUBFLOW_OUTPUTS_VARIABLE, SUBFLOW_TRIGGER_TYPE, depth, parent_state,
 };
 use crate::flow::tasks;
+use crate::messages::SubflowExecutionResult;
 use crate::model::ExecutionTrigger;
 use indexmap::IndexMap;
 
