@@ -16,12 +16,12 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use indexmap::IndexMap;
+use kestra::core::executor::ExecutorConfig;
 use kestra::core::messages::execution_envelope;
 use kestra::core::model::{Execution, StateType};
 use kestra::core::queue::Topic;
 use kestra::core::repository::{ExecutionQuery, FlowRecord, Pageable};
 use kestra::core::runtime::Components;
-use kestra::core::runtime::executor::ExecutorConfig;
 use kestra::core::runtime::flows::{FlowSource, FlowStore, RepositoryFlowSource};
 use kestra::core::testkit::flows::TestFlowSource;
 use kestra::jdbc::JdbcBackend;

@@ -9,9 +9,9 @@ mod common;
 
 use std::time::Duration;
 
+use kestra::core::indexer::{IndexerConfig, IndexerService};
 use kestra::core::model::{Level, LogEntry, MetricEntry, MetricType, new_id};
 use kestra::core::queue::{Envelope, Topic};
-use kestra::core::runtime::indexer::{IndexerConfig, IndexerService};
 use kestra::jdbc::JdbcBackend;
 use tokio_util::sync::CancellationToken;
 

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kestra::Engine;
+use kestra::core::executor::ExecutorConfig;
 use kestra::core::expression::ExpressionEngine;
 use kestra::core::flow::parse::parse_flow;
 use kestra::core::flow::registry::TaskRegistry;
@@ -22,7 +23,6 @@ use kestra::core::model::{Execution, ServiceState, ServiceType, new_id};
 use kestra::core::queue::{ConsumerGroup, Queue, Topic};
 use kestra::core::repository::FlowRecord;
 use kestra::core::runtime::Components;
-use kestra::core::runtime::executor::ExecutorConfig;
 use kestra::core::runtime::flows::FlowStore;
 use kestra::core::testkit::unavailable::unavailable_repositories;
 use kestra::core::worker::{RunnerRegistry, Worker, WorkerConfig};

@@ -11,10 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use indexmap::IndexMap;
+use kestra::core::executor::ExecutorConfig;
 use kestra::core::model::StateType;
 use kestra::core::repository::{ExecutionQuery, Pageable};
 use kestra::core::runtime::Components;
-use kestra::core::runtime::executor::ExecutorConfig;
 use kestra::jdbc::JdbcBackend;
 use kestra::storage::LocalStorage;
 use kestra::{Engine, EngineBuilder};

@@ -9,13 +9,19 @@
 //! - [`queue`], [`repository`], [`storage`]: the three seams every backend implements.
 //! - [`messages`]: what the executor, the workers and the schedulers send each other on the queue.
 //! - [`liveness`]: heartbeats and the jobs workers hold, through the queue; the executor decides who is dead.
-//! - [`worker`]: the worker service and the task run context; [`tasks`]: the core runnable tasks.
+//! - The components, each in its own module: [`executor`] (the pure orchestration logic and the
+//!   [`ExecutorService`](executor::ExecutorService)), [`worker`] (the [`Worker`](worker::Worker) and
+//!   the task run context), [`scheduler`] (the [`SchedulerService`](scheduler::SchedulerService)) and
+//!   [`indexer`] (the [`IndexerService`](indexer::IndexerService)); [`tasks`]: the core runnable tasks.
+//! - [`runtime`]: the [`Engine`](runtime::Engine) that wires the components over one backend, and the
+//!   flow source they read flows from.
 //!
 //! No database, Kafka or Elasticsearch type appears in this crate; backends implement its traits.
 
 pub mod executor;
 pub mod expression;
 pub mod flow;
+pub mod indexer;
 pub mod inputs;
 pub mod limits;
 pub mod liveness;

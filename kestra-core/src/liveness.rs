@@ -4,9 +4,9 @@
 //! Nothing here reads or writes the repository, so a repository outage (an Elasticsearch that is
 //! down, a JDBC repository table that is locked) never makes the services look dead:
 //!
-//! - every component ([`Worker`](crate::worker::Worker), [`ExecutorService`](crate::runtime::executor::ExecutorService),
+//! - every component ([`Worker`](crate::worker::Worker), [`ExecutorService`](crate::executor::service::ExecutorService),
 //!   [`SchedulerService`](crate::scheduler::SchedulerService),
-//!   [`IndexerService`](crate::runtime::indexer::IndexerService)) runs a [`Heartbeat`]: a
+//!   [`IndexerService`](crate::indexer::service::IndexerService)) runs a [`Heartbeat`]: a
 //!   [`LivenessMessage::Heartbeat`] with its [`ServiceInstance`] on [`Topic::Liveness`], keyed by
 //!   its instance id, every [`LivenessConfig::heartbeat_interval`], and a last one with
 //!   [`ServiceState::TerminatedGracefully`] when it stops;

@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use kestra_core::executor::ExecutorConfig;
 use kestra_core::flow::parse_flow;
+use kestra_core::indexer::IndexerConfig;
 use kestra_core::model::{DEFAULT_TENANT, Execution, Level, LogEntry, StateType};
 use kestra_core::queue::{Subscription, Topic};
-use kestra_core::runtime::executor::ExecutorConfig;
-use kestra_core::runtime::indexer::IndexerConfig;
 use kestra_core::worker::WorkerConfig;
 use tokio::task::JoinHandle;
 use tracing::info;

@@ -6,8 +6,10 @@
 //! - [`index`] resolves a flow once ([`FlowIndex`]) so that `process` does not re-decode task
 //!   properties; [`context`] builds the expression variables; what travels on the queue is defined
 //!   in [`messages`](crate::messages).
-//! - The runtime that feeds `process` from [`Queue::begin`](crate::queue::Queue::begin) units of work
-//!   lives in [`runtime`](crate::runtime).
+//! - [`service`]: the [`ExecutorService`] component that feeds `process` from
+//!   [`Queue::begin`](crate::queue::Queue::begin) units of work (beside the [`Worker`](crate::worker::Worker),
+//!   the [`SchedulerService`](crate::scheduler::SchedulerService) and the
+//!   [`IndexerService`](crate::indexer::IndexerService)).
 
 pub mod concurrency;
 pub mod context;
@@ -17,7 +19,9 @@ pub mod index;
 pub mod preconditions;
 pub mod process;
 pub mod replay;
+pub mod service;
 pub mod subflow;
 
 pub use index::{FlowIndex, IndexError};
 pub use process::{Outcome, process};
+pub use service::{ExecutorConfig, ExecutorService};

@@ -14,7 +14,7 @@
 //! 1. **Eventually visible.** A revision published on the flow topic becomes visible through the
 //!    source eventually, not necessarily at once: `Ok(None)` from [`FlowSource::find`] may mean
 //!    "not yet". Callers that hold a reference to a flow (an execution of it) wait for it for a
-//!    bounded grace period ([`crate::runtime::executor::ExecutorConfig::flow_grace`]) before they
+//!    bounded grace period ([`crate::executor::service::ExecutorConfig::flow_grace`]) before they
 //!    treat it as missing.
 //! 2. **Caught up before serving.** A source answers only once it has caught up with what was
 //!    published before it started (a replayed store must not answer "no flows" during its replay):

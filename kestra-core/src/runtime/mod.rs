@@ -1,10 +1,9 @@
-//! Runtime services around the pure logic: the executor service (units of work -> `process`), the
-//! indexer, the flow cache, and [`Engine`], which wires them with a worker over one backend.
+//! The runtime around the components: [`Engine`], which wires the executor, worker, scheduler and
+//! indexer services over one backend, and the flow source and cache they read flows from
+//! ([`flows`]).
 
 pub mod engine;
-pub mod executor;
 pub mod flows;
-pub mod indexer;
 pub use engine::{
     Components, Engine, EngineBuilder, EngineError, ExecuteOptions, WebhookRequest, WebhookResponse,
 };
