@@ -16,7 +16,7 @@ pub(crate) const FLAVOR: Flavor = Flavor::MySql;
 
 // The same file is compiled once per dialect, against this module's `Db`, `FLAVOR` and `begin_write`.
 #[allow(clippy::duplicate_mod)]
-#[path = "store.rs"]
+#[path = "store/mod.rs"]
 pub(crate) mod store;
 
 /// A plain transaction (`READ COMMITTED`, set per session); claims lock their rows.

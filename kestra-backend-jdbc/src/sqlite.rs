@@ -23,7 +23,7 @@ pub(crate) const FLAVOR: Flavor = Flavor::Sqlite;
 
 // The same file is compiled once per dialect, against this module's `Db`, `FLAVOR` and `begin_write`.
 #[allow(clippy::duplicate_mod)]
-#[path = "store.rs"]
+#[path = "store/mod.rs"]
 pub(crate) mod store;
 
 /// Every write transaction takes the write lock up front, so a read-then-write never hits `BUSY`.
