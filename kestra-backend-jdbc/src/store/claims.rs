@@ -1,0 +1,445 @@
+//! The queue's SQL: publishing rows, claiming them (competing consumers, per-key exclusion,
+//! leases), acknowledging, extending leases and dead-lettering, and the wake-ups and polling that
+//! tell a waiting receive when to look again.
+
+use super::*;
+
+/// Insert the rows of `messages`: one queue row per consumer group of its topic, one broadcast row,
+/// and (PostgreSQL) a `NOTIFY` per topic, delivered when the transaction commits.
+pub(super) async fn publish_in(conn: &mut Conn, messages: &[Envelope]) -> Result<(), sqlx::Error> {
+    let now = now_ms();
+    let rows: Vec<(&Envelope, ConsumerGroup)> = messages
+        .iter()
+        .flat_map(|m| m.topic.groups().iter().map(move |g| (m, *g)))
+        .collect();
+    for chunk in rows.chunks(CHUNK) {
+        let mut qb = Qb::new(
+            "INSERT INTO queue (topic, group_name, msg_key, payload, visible_at, created_at) ",
+        );
+        qb.push_values(chunk, |mut b, (m, g)| {
+            b.push_bind(m.topic.as_str())
+                .push_bind(g.as_str())
+                .push_bind(m.key.clone())
+                .push_bind(m.payload.to_vec())
+                .push_bind(m.deliver_at.map(to_ms).unwrap_or(now))
+                .push_bind(now);
+        });
+        qb.build().execute(&mut *conn).await?;
+    }
+    for chunk in messages.chunks(CHUNK) {
+        let mut qb = Qb::new("INSERT INTO queue_broadcast (topic, msg_key, payload, created_at) ");
+        qb.push_values(chunk, |mut b, m| {
+            b.push_bind(m.topic.as_str())
+                .push_bind(m.key.clone())
+                .push_bind(m.payload.to_vec())
+                .push_bind(now);
+        });
+        qb.build().execute(&mut *conn).await?;
+    }
+    if FLAVOR == crate::common::Flavor::Postgres {
+        let topics: BTreeSet<Topic> = messages.iter().map(|m| m.topic).collect();
+        for topic in topics {
+            Qb::new("SELECT pg_notify('kestra_queue', ")
+                .push_bind(topic.as_str())
+                .push(")")
+                .build()
+                .execute(&mut *conn)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Set a queue row aside as a dead letter (with what is known of it) and delete it.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn dead_letter_in(
+    conn: &mut Conn,
+    id: i64,
+    topic: &str,
+    group: &str,
+    key: Option<&str>,
+    payload: Option<&[u8]>,
+    reason: &str,
+) -> Result<(), sqlx::Error> {
+    Qb::new("INSERT INTO queue_dead_letter (original_id, topic, group_name, msg_key, payload, reason, created_at) VALUES (")
+        .push_bind(id)
+        .push(", ")
+        .push_bind(topic.to_string())
+        .push(", ")
+        .push_bind(group.to_string())
+        .push(", ")
+        .push_bind(key.map(str::to_string))
+        .push(", ")
+        .push_bind(payload.map(<[u8]>::to_vec))
+        .push(", ")
+        .push_bind(reason.to_string())
+        .push(", ")
+        .push_bind(now_ms())
+        .push(")")
+        .build()
+        .execute(&mut *conn)
+        .await?;
+    Qb::new("DELETE FROM queue WHERE id = ")
+        .push_bind(id)
+        .build()
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// A claimable row read by the claim query.
+struct Candidate {
+    id: i64,
+    topic: Topic,
+    key: String,
+    payload: Vec<u8>,
+    attempts: i32,
+}
+
+/// Claim up to `max` due rows of `topics` for `group` inside the caller's transaction: lock them
+/// (`FOR UPDATE SKIP LOCKED`; SQLite: the transaction is the single writer), keep only rows whose
+/// older due rows of the same key are claimed here too (per-key ordering), set malformed rows aside as
+/// dead letters, and mark the rest claimed by `token` until `now + lease`.
+pub(super) async fn claim_in(
+    conn: &mut Conn,
+    group: ConsumerGroup,
+    topics: &[Topic],
+    max: usize,
+    lease: Duration,
+    token: &str,
+) -> Result<Vec<Delivery>, sqlx::Error> {
+    if topics.is_empty() || max == 0 {
+        return Ok(Vec::new());
+    }
+    let now = now_ms();
+    // One indexed scan per topic (in id order), filling the batch; the first topic rotates so that
+    // no topic of a multi-topic unit starves the others. Keys with a live claim are skipped up front
+    // (an optimisation only: the ordering check below is what guarantees per-key order).
+    // Keys with a live claim, for every topic at once (one query instead of one per topic).
+    let mut blocked_by_topic: HashMap<String, Vec<String>> = HashMap::new();
+    let mut blocked_query = Qb::new("SELECT DISTINCT topic, msg_key FROM queue WHERE topic IN ");
+    push_in(
+        &mut blocked_query,
+        topics.iter().map(|t| t.as_str().to_string()),
+    );
+    for row in blocked_query
+        .push(" AND group_name = ")
+        .push_bind(group.as_str())
+        .push(" AND claimed_until > ")
+        .push_bind(now)
+        .push(" LIMIT ")
+        .push_bind((BLOCKED_KEYS_MAX + 1) as i64)
+        .build()
+        .fetch_all(&mut *conn)
+        .await?
+    {
+        let topic: String = get(&row, "topic")?;
+        let key: String = get(&row, "msg_key")?;
+        blocked_by_topic.entry(topic).or_default().push(key);
+    }
+    let too_many_blocked =
+        blocked_by_topic.values().map(Vec::len).sum::<usize>() > BLOCKED_KEYS_MAX;
+    let mut rows = Vec::new();
+    let first = usize::try_from(now).unwrap_or(0) % topics.len();
+    for i in 0..topics.len() {
+        let remaining = max.saturating_sub(rows.len());
+        if remaining == 0 {
+            break;
+        }
+        let topic = topics[(first + i) % topics.len()];
+        let blocked: Vec<String> = if too_many_blocked {
+            Vec::new()
+        } else {
+            blocked_by_topic.remove(topic.as_str()).unwrap_or_default()
+        };
+        let mut qb = Qb::new(
+            "SELECT q.id, q.topic, q.msg_key, q.payload, q.attempts FROM queue q WHERE q.topic = ",
+        );
+        qb.push_bind(topic.as_str())
+            .push(" AND q.group_name = ")
+            .push_bind(group.as_str())
+            .push(" AND q.visible_at <= ")
+            .push_bind(now)
+            .push(" AND (q.claimed_until IS NULL OR q.claimed_until <= ")
+            .push_bind(now)
+            .push(")");
+        if !blocked.is_empty() {
+            qb.push(" AND q.msg_key NOT IN ");
+            push_in(&mut qb, blocked);
+        }
+        qb.push(" ORDER BY q.id LIMIT ")
+            .push_bind(i64::try_from(remaining).unwrap_or(i64::MAX))
+            .push(FLAVOR.skip_locked("q"));
+        rows.extend(qb.build().fetch_all(&mut *conn).await?);
+    }
+
+    let mut candidates = Vec::with_capacity(rows.len());
+    for row in rows {
+        let id: i64 = get(&row, "id")?;
+        let topic: Option<String> = get(&row, "topic").ok();
+        let key: Option<String> = get(&row, "msg_key").ok();
+        let payload: Option<Vec<u8>> = get(&row, "payload").ok();
+        let attempts: i32 = get(&row, "attempts").unwrap_or(0);
+        let parsed = topic.as_deref().map(str::parse::<Topic>);
+        // A payload that is not what its consumer expects is the consumer's to dead-letter; a row
+        // that cannot even be read (e.g. a key that is not text) is set aside here.
+        let problem = match (&parsed, &key, &payload) {
+            (Some(Ok(_)), Some(_), Some(_)) => None,
+            (Some(Err(e)), _, _) => Some(e.to_string()),
+            _ => Some("unreadable queue row (topic, key or payload of the wrong type)".to_string()),
+        };
+        match (problem, parsed, key, payload) {
+            (None, Some(Ok(topic)), Some(key), Some(payload)) => candidates.push(Candidate {
+                id,
+                topic,
+                key,
+                payload,
+                attempts,
+            }),
+            (problem, _, key, payload) => {
+                let reason = problem.unwrap_or_else(|| "unreadable row".to_string());
+                tracing::warn!(id, %reason, group = group.as_str(), "queue row set aside as a dead letter");
+                dead_letter_in(
+                    conn,
+                    id,
+                    topic.as_deref().unwrap_or("?"),
+                    group.as_str(),
+                    key.as_deref(),
+                    payload.as_deref(),
+                    &reason,
+                )
+                .await?;
+            }
+        }
+    }
+    if candidates.is_empty() {
+        return Ok(Vec::new());
+    }
+
+    // Per-key order: read (without locks, committed state) every due row of the candidates' keys up
+    // to the newest candidate. A candidate is handed out only if every older row of its key in that
+    // list is a candidate handed out in this same batch (older rows claimed elsewhere, locked by
+    // another transaction or skipped block it).
+    let mut by_topic: BTreeMap<Topic, (BTreeSet<String>, i64)> = BTreeMap::new();
+    for c in &candidates {
+        let entry = by_topic.entry(c.topic).or_default();
+        entry.0.insert(c.key.clone());
+        entry.1 = entry.1.max(c.id);
+    }
+    let candidate_ids: HashSet<i64> = candidates.iter().map(|c| c.id).collect();
+    let mut blocked_keys: HashSet<(Topic, String)> = HashSet::new();
+    let mut accepted: HashSet<i64> = HashSet::new();
+    for (topic, (keys, newest)) in by_topic {
+        let keys: Vec<String> = keys.into_iter().collect();
+        for chunk in keys.chunks(CHUNK) {
+            let mut qb = Qb::new("SELECT id, msg_key FROM queue WHERE topic = ");
+            qb.push_bind(topic.as_str())
+                .push(" AND group_name = ")
+                .push_bind(group.as_str())
+                .push(" AND visible_at <= ")
+                .push_bind(now)
+                .push(" AND id <= ")
+                .push_bind(newest)
+                .push(" AND msg_key IN ");
+            push_in(&mut qb, chunk.iter().cloned());
+            qb.push(" ORDER BY id");
+            for row in qb.build().fetch_all(&mut *conn).await? {
+                let id: i64 = get(&row, "id")?;
+                let key: String = get(&row, "msg_key")?;
+                let slot = (topic, key);
+                if blocked_keys.contains(&slot) {
+                    continue;
+                }
+                if candidate_ids.contains(&id) {
+                    accepted.insert(id);
+                } else {
+                    blocked_keys.insert(slot);
+                }
+            }
+        }
+    }
+    let claimed: Vec<Candidate> = candidates
+        .into_iter()
+        .filter(|c| accepted.contains(&c.id))
+        .collect();
+    if claimed.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut qb = Qb::new("UPDATE queue SET claimed_by = ");
+    qb.push_bind(token.to_string())
+        .push(", claimed_until = ")
+        .push_bind(now + duration_ms(lease))
+        .push(", attempts = attempts + 1 WHERE id IN ");
+    push_in(&mut qb, claimed.iter().map(|c| c.id));
+    qb.build().execute(&mut *conn).await?;
+    Ok(claimed
+        .into_iter()
+        .map(|c| Delivery {
+            tag: DeliveryTag {
+                topic: c.topic,
+                partition: 0,
+                offset: c.id,
+            },
+            group,
+            envelope: Envelope {
+                topic: c.topic,
+                key: c.key,
+                payload: Bytes::from(c.payload),
+                deliver_at: None,
+            },
+            attempt: u32::try_from(c.attempts).unwrap_or(0) + 1,
+        })
+        .collect())
+}
+
+/// The row ids of `tags` by topic (JDBC tags have partition 0; others are unknown here).
+fn ids_by_topic(tags: &[DeliveryTag]) -> BTreeMap<Topic, Vec<i64>> {
+    let mut by_topic: BTreeMap<Topic, Vec<i64>> = BTreeMap::new();
+    for t in tags.iter().filter(|t| t.partition == 0) {
+        by_topic.entry(t.topic).or_default().push(t.offset);
+    }
+    by_topic
+}
+
+/// Delete acknowledged rows (a tag matches its row by topic and id), one statement per batch.
+pub(super) async fn ack_rows(
+    pool: &Pool<Db>,
+    group: ConsumerGroup,
+    tags: &[DeliveryTag],
+) -> Result<(), sqlx::Error> {
+    let by_topic = ids_by_topic(tags);
+    if by_topic.is_empty() {
+        return Ok(());
+    }
+    let mut tx = begin_write(pool).await?;
+    relaxed_commit(&mut tx).await?;
+    for (topic, ids) in &by_topic {
+        for chunk in ids.chunks(CHUNK) {
+            let mut qb = Qb::new("DELETE FROM queue WHERE group_name = ");
+            qb.push_bind(group.as_str())
+                .push(" AND topic = ")
+                .push_bind(topic.as_str())
+                .push(" AND id IN ");
+            push_in(&mut qb, chunk.iter().copied());
+            qb.build().execute(&mut *tx).await?;
+        }
+    }
+    tx.commit().await
+}
+
+/// Move the lease end of claimed rows to `until`; returns the tags that are still queued (held).
+pub(super) async fn extend_rows(
+    pool: &Pool<Db>,
+    group: ConsumerGroup,
+    tags: &[DeliveryTag],
+    until: i64,
+) -> Result<HashSet<DeliveryTag>, sqlx::Error> {
+    let mut held = HashSet::new();
+    let by_topic = ids_by_topic(tags);
+    if by_topic.is_empty() {
+        return Ok(held);
+    }
+    let mut tx = begin_write(pool).await?;
+    relaxed_commit(&mut tx).await?;
+    for (topic, ids) in &by_topic {
+        for chunk in ids.chunks(CHUNK) {
+            let mut qb = Qb::new("UPDATE queue SET claimed_until = ");
+            qb.push_bind(until)
+                .push(" WHERE claimed_by IS NOT NULL AND group_name = ")
+                .push_bind(group.as_str())
+                .push(" AND topic = ")
+                .push_bind(topic.as_str())
+                .push(" AND id IN ");
+            push_in(&mut qb, chunk.iter().copied());
+            qb.build().execute(&mut *tx).await?;
+            let mut qb = Qb::new("SELECT id FROM queue WHERE group_name = ");
+            qb.push_bind(group.as_str())
+                .push(" AND topic = ")
+                .push_bind(topic.as_str())
+                .push(" AND id IN ");
+            push_in(&mut qb, chunk.iter().copied());
+            let rows: Vec<(i64,)> = qb.build_query_as().fetch_all(&mut *tx).await?;
+            held.extend(rows.into_iter().map(|(id,)| DeliveryTag {
+                topic: *topic,
+                partition: 0,
+                offset: id,
+            }));
+        }
+    }
+    tx.commit().await?;
+    Ok(held)
+}
+
+/// PostgreSQL: do not wait for the WAL flush when this transaction commits. Only for claims and
+/// acknowledgements of competing receives, whose loss in a crash means a redelivery (allowed:
+/// at-least-once), never for publishes or units of work.
+pub(super) async fn relaxed_commit(conn: &mut Conn) -> Result<(), sqlx::Error> {
+    if FLAVOR == crate::common::Flavor::Postgres {
+        Qb::new("SET LOCAL synchronous_commit = off")
+            .build()
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Wake-ups of `topics`, armed before a claim attempt so that a publish between the attempt and the
+/// wait is not missed.
+pub(super) struct Wakeups<'a> {
+    waits: Vec<std::pin::Pin<Box<tokio::sync::futures::Notified<'a>>>>,
+}
+
+impl<'a> Wakeups<'a> {
+    pub(super) fn arm(notifier: &'a Notifier, topics: &[Topic]) -> Wakeups<'a> {
+        let mut waits: Vec<_> = topics
+            .iter()
+            .map(|t| Box::pin(notifier.topic(*t).notified()))
+            .collect();
+        for w in &mut waits {
+            w.as_mut().enable();
+        }
+        Wakeups { waits }
+    }
+
+    /// Wait for a wake-up, at most `timeout`. Returns true if woken.
+    pub(super) async fn wait(self, timeout: Duration) -> bool {
+        if self.waits.is_empty() {
+            tokio::time::sleep(timeout).await;
+            return false;
+        }
+        tokio::select! {
+            _ = futures::future::select_all(self.waits) => true,
+            _ = tokio::time::sleep(timeout) => false,
+        }
+    }
+}
+
+/// Adaptive polling: 5 ms doubling to 500 ms while idle, back to 5 ms on activity.
+pub(super) struct Poll {
+    deadline: Instant,
+    delay: Duration,
+}
+
+impl Poll {
+    pub(super) fn new(wait: Duration) -> Poll {
+        Poll {
+            deadline: Instant::now() + wait,
+            delay: POLL_MIN,
+        }
+    }
+
+    /// Wait for the next attempt; false when the deadline has passed.
+    pub(super) async fn next(&mut self, wakeups: Wakeups<'_>) -> bool {
+        let now = Instant::now();
+        if now >= self.deadline {
+            return false;
+        }
+        let woken = wakeups.wait(self.delay.min(self.deadline - now)).await;
+        self.delay = if woken {
+            POLL_MIN
+        } else {
+            (self.delay * 2).min(POLL_MAX)
+        };
+        true
+    }
+}

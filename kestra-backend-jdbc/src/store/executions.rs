@@ -1,0 +1,339 @@
+//! The [`ExecutionRepository`]: execution rows, their search filters and pages.
+
+use super::*;
+
+/// Insert or replace an execution row and its labels (inside the caller's transaction or not).
+pub(super) async fn upsert_execution_in(
+    conn: &mut Conn,
+    e: &Execution,
+    doc: String,
+) -> Result<(), sqlx::Error> {
+    let start = e
+        .state
+        .start_date()
+        .unwrap_or(e.metadata.original_created_date);
+    let mut qb = Qb::new(
+        "INSERT INTO executions (id, tenant_id, namespace, flow_id, state_current, start_date, end_date, parent_id, deleted, updated, doc) VALUES (",
+    );
+    {
+        let mut sep = qb.separated(", ");
+        sep.push_bind(e.id.clone())
+            .push_bind(e.tenant_id.clone())
+            .push_bind(e.namespace.clone())
+            .push_bind(e.flow_id.clone())
+            .push_bind(e.current().as_str())
+            .push_bind(to_ms(start))
+            .push_bind(e.state.end_date().map(to_ms))
+            .push_bind(e.parent_id.clone())
+            .push_bind(e.deleted)
+            .push_bind(now_ms())
+            .push_bind(doc);
+    }
+    qb.push(")").push(FLAVOR.upsert(
+        &["id"],
+        &[
+            "tenant_id",
+            "namespace",
+            "flow_id",
+            "state_current",
+            "start_date",
+            "end_date",
+            "parent_id",
+            "deleted",
+            "updated",
+            "doc",
+        ],
+    ));
+    qb.build().execute(&mut *conn).await?;
+    Qb::new("DELETE FROM execution_labels WHERE execution_id = ")
+        .push_bind(e.id.clone())
+        .build()
+        .execute(&mut *conn)
+        .await?;
+    for chunk in e.labels.chunks(CHUNK) {
+        let mut qb = Qb::new(
+            "INSERT INTO execution_labels (execution_id, tenant_id, label_key, label_value) ",
+        );
+        qb.push_values(chunk, |mut b, l| {
+            b.push_bind(e.id.clone())
+                .push_bind(e.tenant_id.clone())
+                .push_bind(l.key.clone())
+                .push_bind(l.value.clone());
+        });
+        qb.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+pub(super) fn tenant_of(t: &Option<String>) -> String {
+    t.clone()
+        .unwrap_or_else(|| kestra_core::model::DEFAULT_TENANT.to_string())
+}
+
+/// `AND (col = ns OR col LIKE 'ns.%')`: a namespace and its children, segment-wise.
+pub(super) fn push_namespace(qb: &mut Qb, column: &str, namespace: &str) {
+    qb.push(format!(" AND ({column} = "))
+        .push_bind(namespace.to_string())
+        .push(format!(" OR {column} LIKE "))
+        .push_bind(like_children(namespace))
+        .push(LIKE_ESCAPE)
+        .push(")");
+}
+
+/// `LOWER(col) LIKE pattern ESCAPE '!'`.
+pub(super) fn push_like(qb: &mut Qb, column: &str, pattern: &str) {
+    qb.push(format!("LOWER({column}) LIKE "))
+        .push_bind(pattern.to_string())
+        .push(LIKE_ESCAPE);
+}
+
+fn push_execution_where(qb: &mut Qb, q: &ExecutionQuery) {
+    qb.push(" WHERE e.deleted = FALSE AND e.tenant_id = ")
+        .push_bind(tenant_of(&q.tenant_id));
+    if let Some(ns) = &q.namespace {
+        push_namespace(qb, "e.namespace", ns);
+    }
+    if let Some(flow) = &q.flow_id {
+        qb.push(" AND e.flow_id = ").push_bind(flow.clone());
+    }
+    if !q.states.is_empty() {
+        qb.push(" AND e.state_current IN ");
+        push_in(qb, q.states.iter().map(|s| s.as_str()));
+    }
+    if let Some(d) = q.start_date {
+        qb.push(" AND e.start_date >= ").push_bind(to_ms(d));
+    }
+    if let Some(d) = q.end_date {
+        qb.push(" AND e.start_date <= ").push_bind(to_ms(d));
+    }
+    if let Some(p) = &q.parent_id {
+        qb.push(" AND e.parent_id = ").push_bind(p.clone());
+    }
+    for l in &q.labels {
+        qb.push(" AND EXISTS (SELECT 1 FROM execution_labels l WHERE l.execution_id = e.id AND l.label_key = ")
+            .push_bind(l.key.clone())
+            .push(" AND l.label_value = ")
+            .push_bind(l.value.clone())
+            .push(")");
+    }
+    if let Some(text) = q.q.as_deref().filter(|t| !t.is_empty()) {
+        let p = like_contains(text);
+        qb.push(" AND (");
+        push_like(qb, "e.id", &p);
+        qb.push(" OR ");
+        push_like(qb, "e.namespace", &p);
+        qb.push(" OR ");
+        push_like(qb, "e.flow_id", &p);
+        qb.push(" OR EXISTS (SELECT 1 FROM execution_labels l WHERE l.execution_id = e.id AND ");
+        push_like(qb, "l.label_value", &p);
+        qb.push("))");
+    }
+}
+
+pub(super) fn check_range(
+    start: Option<DateTime<Utc>>,
+    end: Option<DateTime<Utc>>,
+) -> RepoResult<()> {
+    match (start, end) {
+        (Some(s), Some(e)) if s > e => Err(RepositoryError::InvalidQuery(format!(
+            "start date {s} is after end date {e}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+fn push_page(qb: &mut Qb, offset: u64, limit: u64) {
+    qb.push(" LIMIT ")
+        .push_bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .push(" OFFSET ")
+        .push_bind(i64::try_from(offset).unwrap_or(i64::MAX));
+}
+
+async fn count(pool: &Pool<Db>, qb: &mut Qb, operation: &'static str) -> RepoResult<u64> {
+    let row = qb
+        .build()
+        .fetch_one(pool)
+        .await
+        .map_err(repo_err(operation))?;
+    let c: i64 = get(&row, "c").map_err(repo_err(operation))?;
+    Ok(u64::try_from(c).unwrap_or(0))
+}
+
+impl Store {
+    /// One page of `SELECT columns FROM from WHERE ... ORDER BY ... LIMIT/OFFSET` and the total
+    /// number of matching rows. The total comes from the page's own statement (`COUNT(*) OVER ()`,
+    /// one snapshot: they agree even while rows are being written); only a later page past the end,
+    /// which has no row to carry it, counts separately.
+    pub(super) async fn search_page(
+        &self,
+        columns: &str,
+        from: &str,
+        push_where: impl Fn(&mut Qb),
+        order: &str,
+        (offset, limit): (u64, u64),
+        operation: &'static str,
+    ) -> RepoResult<(Vec<DbRow>, u64)> {
+        let mut qb = Qb::new(format!(
+            "SELECT {columns}, COUNT(*) OVER () AS total_rows FROM {from}"
+        ));
+        push_where(&mut qb);
+        qb.push(order);
+        push_page(&mut qb, offset, limit);
+        let rows = qb
+            .build()
+            .fetch_all(&self.read)
+            .await
+            .map_err(repo_err(operation))?;
+        let total = match rows.first() {
+            // The first page is empty: nothing matches.
+            None if offset == 0 => 0,
+            Some(row) => {
+                let c: i64 = get(row, "total_rows").map_err(repo_err(operation))?;
+                u64::try_from(c).unwrap_or(0)
+            }
+            None => {
+                let mut qb = Qb::new(format!("SELECT COUNT(*) AS c FROM {from}"));
+                push_where(&mut qb);
+                count(&self.read, &mut qb, operation).await?
+            }
+        };
+        Ok((rows, total))
+    }
+}
+
+pub(super) fn parse_doc<T: serde::de::DeserializeOwned>(
+    row: &DbRow,
+    entity: &'static str,
+    id_column: &str,
+    operation: &'static str,
+) -> RepoResult<T> {
+    let doc: String = get(row, "doc").map_err(repo_err(operation))?;
+    serde_json::from_str(&doc).map_err(|source| RepositoryError::Corrupt {
+        entity,
+        id: get::<String>(row, id_column).unwrap_or_default(),
+        source,
+    })
+}
+
+#[async_trait]
+impl ExecutionRepository for Store {
+    async fn save(&self, execution: &Execution) -> RepoResult<()> {
+        let doc = to_json("execution", &execution.id, execution)?;
+        let err = repo_err("save execution");
+        let mut tx = begin_write(&self.write).await.map_err(&err)?;
+        upsert_execution_in(&mut tx, execution, doc)
+            .await
+            .map_err(&err)?;
+        tx.commit().await.map_err(&err)
+    }
+
+    async fn find_by_id(&self, tenant: &str, id: &str) -> RepoResult<Option<Execution>> {
+        let row = Qb::new("SELECT id, doc FROM executions WHERE deleted = FALSE AND tenant_id = ")
+            .push_bind(tenant.to_string())
+            .push(" AND id = ")
+            .push_bind(id.to_string())
+            .build()
+            .fetch_optional(&self.read)
+            .await
+            .map_err(repo_err("find execution"))?;
+        row.map(|r| parse_doc(&r, "execution", "id", "find execution"))
+            .transpose()
+    }
+
+    async fn search(&self, query: &ExecutionQuery, page: &Pageable) -> RepoResult<Page<Execution>> {
+        let (offset, limit) = page.check(EXECUTION_SORT_FIELDS)?;
+        check_range(query.start_date, query.end_date)?;
+        let order = order_by(
+            &page.sort,
+            EXECUTION_SORT_FIELDS,
+            execution_sort_column,
+            "e.start_date DESC, e.id DESC",
+            "e.id ASC",
+        )?;
+        let (rows, total) = self
+            .search_page(
+                "e.id, e.doc",
+                "executions e",
+                |qb| push_execution_where(qb, query),
+                &order,
+                (offset, limit),
+                "search executions",
+            )
+            .await?;
+        let results = rows
+            .iter()
+            .map(|r| parse_doc(r, "execution", "id", "search executions"))
+            .collect::<RepoResult<Vec<Execution>>>()?;
+        Ok(Page { results, total })
+    }
+
+    async fn delete(&self, tenant: &str, id: &str) -> RepoResult<()> {
+        let err = repo_err("delete execution");
+        let mut tx = begin_write(&self.write).await.map_err(&err)?;
+        let row = Qb::new("SELECT id, doc FROM executions WHERE deleted = FALSE AND tenant_id = ")
+            .push_bind(tenant.to_string())
+            .push(" AND id = ")
+            .push_bind(id.to_string())
+            .push(FLAVOR.for_update())
+            .build()
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(&err)?;
+        let Some(row) = row else {
+            return Err(RepositoryError::NotFound {
+                entity: "execution",
+                id: id.to_string(),
+            });
+        };
+        let mut execution: Execution = parse_doc(&row, "execution", "id", "delete execution")?;
+        execution.deleted = true;
+        let doc = to_json("execution", id, &execution)?;
+        Qb::new("UPDATE executions SET deleted = TRUE, doc = ")
+            .push_bind(doc)
+            .push(", updated = ")
+            .push_bind(now_ms())
+            .push(" WHERE id = ")
+            .push_bind(id.to_string())
+            .build()
+            .execute(&mut *tx)
+            .await
+            .map_err(&err)?;
+        tx.commit().await.map_err(&err)
+    }
+
+    async fn purge(&self, tenant: &str, id: &str) -> RepoResult<PurgeCount> {
+        let err = repo_err("purge execution");
+        let mut tx = begin_write(&self.write).await.map_err(&err)?;
+        let mut counts = PurgeCount::default();
+        for (table, slot) in [
+            ("logs", &mut counts.logs),
+            ("metrics", &mut counts.metrics),
+            ("executions", &mut counts.executions),
+        ] {
+            let id_column = if table == "executions" {
+                "id"
+            } else {
+                "execution_id"
+            };
+            let done = Qb::new(format!("DELETE FROM {table} WHERE tenant_id = "))
+                .push_bind(tenant.to_string())
+                .push(format!(" AND {id_column} = "))
+                .push_bind(id.to_string())
+                .build()
+                .execute(&mut *tx)
+                .await
+                .map_err(&err)?;
+            *slot = done.rows_affected();
+        }
+        Qb::new("DELETE FROM execution_labels WHERE tenant_id = ")
+            .push_bind(tenant.to_string())
+            .push(" AND execution_id = ")
+            .push_bind(id.to_string())
+            .build()
+            .execute(&mut *tx)
+            .await
+            .map_err(&err)?;
+        tx.commit().await.map_err(&err)?;
+        Ok(counts)
+    }
+}

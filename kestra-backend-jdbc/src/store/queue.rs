@@ -1,0 +1,284 @@
+//! The [`Queue`] implementation over the claim SQL of [`super::claims`].
+
+use super::*;
+
+impl Store {
+    async fn publish_once(&self, messages: &[Envelope]) -> Result<(), sqlx::Error> {
+        let mut tx = begin_write(&self.write).await?;
+        publish_in(&mut tx, messages).await?;
+        tx.commit().await
+    }
+
+    async fn claim_once(
+        &self,
+        group: ConsumerGroup,
+        topic: Topic,
+        max: usize,
+        lease: Duration,
+        token: &str,
+    ) -> Result<Vec<Delivery>, sqlx::Error> {
+        let mut tx = begin_write(&self.write).await?;
+        relaxed_commit(&mut tx).await?;
+        let got = claim_in(&mut tx, group, &[topic], max, lease, token).await?;
+        tx.commit().await?;
+        Ok(got)
+    }
+
+    /// One attempt of a recorded claim (contract point 12): claim, derive and check the records,
+    /// publish them and commit, in one transaction. A refused record rolls the claim back (the
+    /// inner error); a database error is the outer one.
+    async fn claim_recorded_once(
+        &self,
+        group: ConsumerGroup,
+        topic: Topic,
+        max: usize,
+        lease: Duration,
+        token: &str,
+        record: &Recorder,
+    ) -> Result<Result<Vec<Delivery>, QueueError>, sqlx::Error> {
+        let mut tx = begin_write(&self.write).await?;
+        let got = claim_in(&mut tx, group, &[topic], max, lease, token).await?;
+        if got.is_empty() {
+            // Nothing claimed, but rows the claim set aside as dead letters stay set aside (as in
+            // `claim_once`).
+            tx.commit().await?;
+            return Ok(Ok(got));
+        }
+        let records = match record(&got)
+            .and_then(|r| check_publish(&r, self.max_message_bytes).map(|()| r))
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tx.rollback().await?;
+                return Ok(Err(e));
+            }
+        };
+        publish_in(&mut tx, &records).await?;
+        tx.commit().await?;
+        self.wake(records.iter().map(|m| m.topic));
+        Ok(Ok(got))
+    }
+
+    fn wake(&self, topics: impl IntoIterator<Item = Topic>) {
+        let distinct: BTreeSet<Topic> = topics.into_iter().collect();
+        for t in distinct {
+            self.notifier.notify(t);
+        }
+    }
+}
+
+#[async_trait]
+impl Queue for Store {
+    fn capabilities(&self) -> QueueCapabilities {
+        QueueCapabilities {
+            lease_timers: true,
+            max_message_bytes: self.max_message_bytes,
+        }
+    }
+
+    async fn publish(&self, messages: Vec<Envelope>) -> Result<(), QueueError> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        check_publish(&messages, self.max_message_bytes)?;
+        let mut attempt = 0;
+        loop {
+            match self.publish_once(&messages).await {
+                Ok(()) => break,
+                Err(e) if attempt < RETRIES && is_transient(&e) => {
+                    attempt += 1;
+                    backoff(attempt).await;
+                }
+                Err(e) => return Err(queue_err("publish")(e)),
+            }
+        }
+        self.wake(messages.iter().map(|m| m.topic));
+        Ok(())
+    }
+
+    async fn receive(
+        &self,
+        group: ConsumerGroup,
+        topic: Topic,
+        max: usize,
+        lease: Duration,
+        wait: Duration,
+    ) -> Result<Vec<Delivery>, QueueError> {
+        let token = kestra_core::model::new_id();
+        let mut poll = Poll::new(wait);
+        let mut attempt = 0;
+        loop {
+            let wakeups = Wakeups::arm(&self.notifier, &[topic]);
+            match self.claim_once(group, topic, max, lease, &token).await {
+                Ok(got) if !got.is_empty() => return Ok(got),
+                Ok(_) => {}
+                Err(e) if attempt < RETRIES && is_transient(&e) => attempt += 1,
+                Err(e) => return Err(queue_err("receive")(e)),
+            }
+            if !poll.next(wakeups).await {
+                return Ok(Vec::new());
+            }
+        }
+    }
+
+    async fn receive_recorded(
+        &self,
+        group: ConsumerGroup,
+        topic: Topic,
+        max: usize,
+        lease: Duration,
+        wait: Duration,
+        record: &Recorder,
+    ) -> Result<Vec<Delivery>, QueueError> {
+        let token = kestra_core::model::new_id();
+        let mut poll = Poll::new(wait);
+        let mut attempt = 0;
+        loop {
+            let wakeups = Wakeups::arm(&self.notifier, &[topic]);
+            match self
+                .claim_recorded_once(group, topic, max, lease, &token, record)
+                .await
+            {
+                Ok(Ok(got)) if !got.is_empty() => return Ok(got),
+                Ok(Ok(_)) => {}
+                Ok(Err(refused)) => return Err(refused),
+                Err(e) if attempt < RETRIES && is_transient(&e) => attempt += 1,
+                Err(e) => return Err(queue_err("receive_recorded")(e)),
+            }
+            if !poll.next(wakeups).await {
+                return Ok(Vec::new());
+            }
+        }
+    }
+
+    async fn ack(&self, group: ConsumerGroup, tags: &[DeliveryTag]) -> Result<(), QueueError> {
+        let mut attempt = 0;
+        loop {
+            match ack_rows(&self.write, group, tags).await {
+                Ok(()) => return Ok(()),
+                Err(e) if attempt < RETRIES && is_transient(&e) => {
+                    attempt += 1;
+                    backoff(attempt).await;
+                }
+                Err(e) => return Err(queue_err("ack")(e)),
+            }
+        }
+    }
+
+    async fn extend_lease(
+        &self,
+        group: ConsumerGroup,
+        tags: &[DeliveryTag],
+        lease: Duration,
+    ) -> Result<Vec<DeliveryTag>, QueueError> {
+        let mut attempt = 0;
+        let held = loop {
+            match extend_rows(&self.write, group, tags, now_ms() + duration_ms(lease)).await {
+                Ok(held) => break held,
+                Err(e) if attempt < RETRIES && is_transient(&e) => {
+                    attempt += 1;
+                    backoff(attempt).await;
+                }
+                Err(e) => return Err(queue_err("extend_lease")(e)),
+            }
+        };
+        Ok(tags.iter().filter(|t| !held.contains(t)).copied().collect())
+    }
+
+    async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<(), QueueError> {
+        let err = queue_err("dead_letter");
+        let mut tx = begin_write(&self.write).await.map_err(&err)?;
+        dead_letter_in(
+            &mut tx,
+            delivery.tag.offset,
+            delivery.envelope.topic.as_str(),
+            delivery.group.as_str(),
+            Some(&delivery.envelope.key),
+            Some(&delivery.envelope.payload),
+            reason,
+        )
+        .await
+        .map_err(&err)?;
+        tx.commit().await.map_err(&err)
+    }
+
+    async fn subscribe(&self, topic: Topic) -> Result<Subscription, QueueError> {
+        let start: i64 = Qb::new("SELECT COALESCE(MAX(id), 0) AS m FROM queue_broadcast")
+            .build()
+            .fetch_one(&self.write)
+            .await
+            .and_then(|row| get(&row, "m"))
+            .map_err(queue_err("subscribe"))?;
+        let state = Broadcast {
+            pool: self.read.clone(),
+            notifier: self.notifier.clone(),
+            topic,
+            floor: start,
+            delivered: BTreeSet::new(),
+            window: VecDeque::new(),
+            buffer: VecDeque::new(),
+            last_fetch: Instant::now(),
+            delay: POLL_MIN,
+        };
+        Ok(futures::stream::unfold(state, |mut st| async move {
+            let item = st.next().await?;
+            Some((item, st))
+        })
+        .boxed())
+    }
+
+    async fn begin(
+        &self,
+        group: ConsumerGroup,
+        topics: &[Topic],
+        max: usize,
+        wait: Duration,
+    ) -> Result<Option<Box<dyn UnitOfWork>>, QueueError> {
+        let err = queue_err("begin");
+        let token = kestra_core::model::new_id();
+        let mut poll = Poll::new(wait);
+        let mut attempt = 0;
+        loop {
+            let wakeups = Wakeups::arm(&self.notifier, topics);
+            let mut tx = begin_write(&self.write).await.map_err(&err)?;
+            match claim_in(&mut tx, group, topics, max, UOW_LEASE, &token).await {
+                Ok(deliveries) if !deliveries.is_empty() => {
+                    return Ok(Some(Box::new(JdbcUnit {
+                        max_message_bytes: self.max_message_bytes,
+                        notifier: self.notifier.clone(),
+                        write: self.write.clone(),
+                        tx: Some(tx),
+                        deliveries,
+                        dead: HashSet::new(),
+                        published: BTreeSet::new(),
+                    })));
+                }
+                Ok(_) => {
+                    // Nothing claimable: commit any dead letters set aside by the claim.
+                    tx.commit().await.map_err(&err)?;
+                }
+                Err(e) if attempt < RETRIES && is_transient(&e) => {
+                    drop(tx);
+                    attempt += 1;
+                }
+                Err(e) => return Err(err(e)),
+            }
+            if !poll.next(wakeups).await {
+                return Ok(None);
+            }
+        }
+    }
+
+    async fn begin_triggers(&self) -> Result<Box<dyn TriggerUnit>, QueueError> {
+        let tx = begin_write(&self.write)
+            .await
+            .map_err(queue_err("begin_triggers"))?;
+        Ok(Box::new(JdbcTriggerUnit {
+            max_message_bytes: self.max_message_bytes,
+            notifier: self.notifier.clone(),
+            tx: Some(tx),
+            held: BTreeSet::new(),
+            published: BTreeSet::new(),
+        }))
+    }
+}

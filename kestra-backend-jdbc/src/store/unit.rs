@@ -1,0 +1,232 @@
+//! The executor's [`UnitOfWork`]: one transaction over the rows it claimed, the executions and keyed
+//! state it loads and saves, and the messages it stages.
+
+use super::*;
+
+/// One database transaction over claimed rows (see the module documentation). Executions and
+/// executor state are read and written only under the keys of `deliveries`.
+pub(super) struct JdbcUnit {
+    pub(super) max_message_bytes: usize,
+    pub(super) notifier: Arc<Notifier>,
+    pub(super) write: Pool<Db>,
+    /// `None` once committed.
+    pub(super) tx: Option<Transaction<'static, Db>>,
+    pub(super) deliveries: Vec<Delivery>,
+    pub(super) dead: HashSet<i64>,
+    pub(super) published: BTreeSet<Topic>,
+}
+
+impl JdbcUnit {
+    fn conn(&mut self) -> Result<&mut Conn, QueueError> {
+        match self.tx.as_mut() {
+            Some(tx) => Ok(&mut **tx),
+            None => Err(QueueError::Closed),
+        }
+    }
+}
+
+impl Drop for JdbcUnit {
+    fn drop(&mut self) {
+        let Some(tx) = self.tx.take() else { return };
+        // Dropping the transaction rolls it back: the rows are claimable again. Count the delivery
+        // attempt (it was rolled back with the rest) and wake the consumers once the locks are gone.
+        drop(tx);
+        let ids: Vec<i64> = self.deliveries.iter().map(|d| d.tag.offset).collect();
+        let topics: BTreeSet<Topic> = self.deliveries.iter().map(|d| d.envelope.topic).collect();
+        let pool = self.write.clone();
+        let notifier = self.notifier.clone();
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                for chunk in ids.chunks(CHUNK) {
+                    let mut qb = Qb::new("UPDATE queue SET attempts = attempts + 1 WHERE id IN ");
+                    push_in(&mut qb, chunk.iter().copied());
+                    if let Err(error) = qb.build().execute(&pool).await {
+                        tracing::debug!(%error, "cannot count a rolled-back delivery attempt");
+                    }
+                }
+                for t in topics {
+                    notifier.notify(t);
+                }
+            });
+        }
+    }
+}
+
+#[async_trait]
+impl UnitOfWork for JdbcUnit {
+    fn deliveries(&self) -> &[Delivery] {
+        &self.deliveries
+    }
+
+    async fn load_execution(&mut self, id: &str) -> Result<Option<Execution>, QueueError> {
+        check_claimed(&self.deliveries, || "load execution".into(), id)?;
+        let conn = self.conn()?;
+        let row = Qb::new("SELECT doc FROM executions WHERE id = ")
+            .push_bind(id.to_string())
+            .push(FLAVOR.for_update())
+            .build()
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(queue_err("load_execution"))?;
+        let Some(row) = row else { return Ok(None) };
+        let doc: String = get(&row, "doc").map_err(queue_err("load_execution"))?;
+        serde_json::from_str(&doc)
+            .map(Some)
+            .map_err(|source| QueueError::Decode {
+                topic: Topic::Execution,
+                key: id.to_string(),
+                source,
+            })
+    }
+
+    async fn save_execution(&mut self, execution: &Execution) -> Result<(), QueueError> {
+        check_claimed(&self.deliveries, || "save execution".into(), &execution.id)?;
+        let doc = serde_json::to_string(execution).map_err(|source| QueueError::Encode {
+            topic: Topic::Execution,
+            source,
+        })?;
+        check_execution_size(&execution.id, doc.as_bytes(), self.max_message_bytes)?;
+        let conn = self.conn()?;
+        upsert_execution_in(conn, execution, doc)
+            .await
+            .map_err(queue_err("save_execution"))
+    }
+
+    async fn load_state(
+        &mut self,
+        kind: &str,
+        key: &str,
+    ) -> Result<Option<serde_json::Value>, QueueError> {
+        check_claimed(&self.deliveries, || format!("load state {kind}"), key)?;
+        let conn = self.conn()?;
+        // Make sure the row exists before locking it: `SELECT ... FOR UPDATE` on a missing row locks
+        // nothing (READ COMMITTED on MySQL, any isolation on PostgreSQL), so two executors could both
+        // create the entry and one would overwrite the other. The no-op upsert creates a `null`
+        // placeholder or locks the existing row; a concurrent unit waits on the key until we commit.
+        let mut placeholder =
+            Qb::new("INSERT INTO executor_state (kind, state_key, updated, doc) VALUES (");
+        placeholder
+            .push_bind(kind.to_string())
+            .push(", ")
+            .push_bind(key.to_string())
+            .push(", ")
+            .push_bind(now_ms())
+            .push(", 'null')")
+            .push(FLAVOR.upsert(&["kind", "state_key"], &["kind"]));
+        placeholder
+            .build()
+            .execute(&mut *conn)
+            .await
+            .map_err(queue_err("load_state"))?;
+        let row = Qb::new("SELECT doc FROM executor_state WHERE kind = ")
+            .push_bind(kind.to_string())
+            .push(" AND state_key = ")
+            .push_bind(key.to_string())
+            .push(FLAVOR.for_update())
+            .build()
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(queue_err("load_state"))?;
+        let Some(row) = row else { return Ok(None) };
+        let doc: String = get(&row, "doc").map_err(queue_err("load_state"))?;
+        serde_json::from_str::<serde_json::Value>(&doc)
+            .map(|v| if v.is_null() { None } else { Some(v) })
+            .map_err(|source| QueueError::Decode {
+                topic: Topic::Execution,
+                key: format!("{kind}/{key}"),
+                source,
+            })
+    }
+
+    async fn save_state(
+        &mut self,
+        kind: &str,
+        key: &str,
+        value: Option<&serde_json::Value>,
+    ) -> Result<(), QueueError> {
+        check_claimed(&self.deliveries, || format!("save state {kind}"), key)?;
+        let err = queue_err("save_state");
+        let conn = self.conn()?;
+        match value {
+            None => {
+                Qb::new("DELETE FROM executor_state WHERE kind = ")
+                    .push_bind(kind.to_string())
+                    .push(" AND state_key = ")
+                    .push_bind(key.to_string())
+                    .build()
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(err)?;
+            }
+            Some(v) => {
+                let mut qb =
+                    Qb::new("INSERT INTO executor_state (kind, state_key, updated, doc) VALUES (");
+                qb.push_bind(kind.to_string())
+                    .push(", ")
+                    .push_bind(key.to_string())
+                    .push(", ")
+                    .push_bind(now_ms())
+                    .push(", ")
+                    .push_bind(v.to_string())
+                    .push(")")
+                    .push(FLAVOR.upsert(&["kind", "state_key"], &["updated", "doc"]));
+                qb.build().execute(&mut *conn).await.map_err(err)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn publish(&mut self, messages: Vec<Envelope>) -> Result<(), QueueError> {
+        check_staged(&messages, self.max_message_bytes)?;
+        let conn = self.conn()?;
+        publish_in(conn, &messages)
+            .await
+            .map_err(queue_err("publish"))?;
+        self.published.extend(messages.iter().map(|m| m.topic));
+        Ok(())
+    }
+
+    async fn dead_letter(&mut self, tag: DeliveryTag, reason: &str) -> Result<(), QueueError> {
+        let Some(d) = self.deliveries.iter().find(|d| d.tag == tag).cloned() else {
+            return Err(QueueError::LeaseLost { tag });
+        };
+        let conn = self.conn()?;
+        dead_letter_in(
+            conn,
+            d.tag.offset,
+            d.envelope.topic.as_str(),
+            d.group.as_str(),
+            Some(&d.envelope.key),
+            Some(&d.envelope.payload),
+            reason,
+        )
+        .await
+        .map_err(queue_err("dead_letter"))?;
+        self.dead.insert(tag.offset);
+        Ok(())
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<(), QueueError> {
+        let err = queue_err("commit");
+        let ids: Vec<i64> = self
+            .deliveries
+            .iter()
+            .map(|d| d.tag.offset)
+            .filter(|id| !self.dead.contains(id))
+            .collect();
+        let conn = self.conn()?;
+        for chunk in ids.chunks(CHUNK) {
+            let mut qb = Qb::new("DELETE FROM queue WHERE id IN ");
+            push_in(&mut qb, chunk.iter().copied());
+            qb.build().execute(&mut *conn).await.map_err(&err)?;
+        }
+        let Some(tx) = self.tx.take() else {
+            return Err(QueueError::Closed);
+        };
+        tx.commit().await.map_err(&err)?;
+        for t in std::mem::take(&mut self.published) {
+            self.notifier.notify(t);
+        }
+        Ok(())
+    }
+}
