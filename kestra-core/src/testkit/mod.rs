@@ -4,6 +4,7 @@
 //! the same thing, and a third-party backend can run the suite too.
 
 pub mod flows;
+pub mod memory;
 pub mod queue;
 pub mod repository;
 pub mod scheduler;
