@@ -4,122 +4,17 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
-use std::sync::Mutex;
-
-use async_trait::async_trait;
 use bytes::Bytes;
-use futures::StreamExt;
 use indexmap::IndexMap;
 use kestra_core::flow::{Flow, Input};
 use kestra_core::inputs::{ExecutionRef, InputErrors, RawInput, parse_input_value, resolve_inputs};
-use kestra_core::storage::{
-    ByteStream, FileAttributes, InternalStorage, InternalStorageExt, StorageError, StoragePath,
-};
+use kestra_core::storage::{InternalStorage, InternalStorageExt, StoragePath};
+use kestra_core::testkit::memory::MemoryStorage;
 use serde_json::{Map, Value, json};
 
 // ---------------------------------------------------------------------------------------------
-// Test helpers: an in-memory InternalStorage and a tiny renderer.
+// Test helpers: a tiny renderer (storage: the testkit's MemoryStorage).
 // ---------------------------------------------------------------------------------------------
-
-/// Files in memory, keyed by (tenant, path). Test-only: the real backends live in kestra-storage.
-#[derive(Default)]
-struct MemoryStorage {
-    files: Mutex<BTreeMap<(String, String), Bytes>>,
-}
-
-impl MemoryStorage {
-    fn key(tenant: &str, path: &StoragePath) -> (String, String) {
-        (tenant.to_string(), path.as_str().to_string())
-    }
-    fn len(&self) -> usize {
-        self.files.lock().unwrap().len()
-    }
-}
-
-#[async_trait]
-impl InternalStorage for MemoryStorage {
-    async fn put(
-        &self,
-        tenant: &str,
-        path: &StoragePath,
-        mut data: ByteStream,
-    ) -> Result<u64, StorageError> {
-        let mut buf = Vec::new();
-        while let Some(chunk) = data.next().await {
-            buf.extend_from_slice(&chunk?);
-        }
-        let n = buf.len() as u64;
-        self.files
-            .lock()
-            .unwrap()
-            .insert(Self::key(tenant, path), Bytes::from(buf));
-        Ok(n)
-    }
-    async fn get(&self, tenant: &str, path: &StoragePath) -> Result<ByteStream, StorageError> {
-        let data = self
-            .files
-            .lock()
-            .unwrap()
-            .get(&Self::key(tenant, path))
-            .cloned()
-            .ok_or_else(|| StorageError::NotFound { uri: path.to_uri() })?;
-        Ok(futures::stream::once(async move { Ok(data) }).boxed())
-    }
-    async fn size(&self, tenant: &str, path: &StoragePath) -> Result<u64, StorageError> {
-        self.files
-            .lock()
-            .unwrap()
-            .get(&Self::key(tenant, path))
-            .map(|b| b.len() as u64)
-            .ok_or_else(|| StorageError::NotFound { uri: path.to_uri() })
-    }
-    async fn exists(&self, tenant: &str, path: &StoragePath) -> Result<bool, StorageError> {
-        Ok(self
-            .files
-            .lock()
-            .unwrap()
-            .contains_key(&Self::key(tenant, path)))
-    }
-    async fn delete(&self, tenant: &str, path: &StoragePath) -> Result<bool, StorageError> {
-        Ok(self
-            .files
-            .lock()
-            .unwrap()
-            .remove(&Self::key(tenant, path))
-            .is_some())
-    }
-    async fn list(
-        &self,
-        tenant: &str,
-        prefix: &StoragePath,
-    ) -> Result<Vec<FileAttributes>, StorageError> {
-        let files = self.files.lock().unwrap();
-        let mut out = Vec::new();
-        for ((t, p), data) in files.iter() {
-            let path = StoragePath::parse(p)?;
-            if t == tenant && path.starts_with(prefix) && path != *prefix {
-                out.push(FileAttributes {
-                    path,
-                    size: data.len() as u64,
-                    directory: false,
-                });
-            }
-        }
-        Ok(out)
-    }
-    async fn delete_prefix(&self, tenant: &str, prefix: &StoragePath) -> Result<u64, StorageError> {
-        let mut files = self.files.lock().unwrap();
-        let before = files.len();
-        files.retain(|(t, p), _| {
-            !(t == tenant
-                && StoragePath::parse(p)
-                    .map(|x| x.starts_with(prefix))
-                    .unwrap_or(false))
-        });
-        Ok((before - files.len()) as u64)
-    }
-}
 
 /// Handles `{{ a.b.c }}` lookups in the context: a lone expression keeps its type, otherwise the
 /// pieces are concatenated as text. An undefined variable is an error (strict, like the engine).

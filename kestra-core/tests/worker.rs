@@ -4,13 +4,11 @@
 //! `evaluate_trigger` and through the `Worker` loop.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
@@ -22,118 +20,13 @@ use kestra_core::messages::{
     ExecutionKilled, WorkerJob, WorkerTask, WorkerTaskResult, WorkerTrigger, WorkerTriggerResult,
 };
 use kestra_core::model::{Level, MetricType, State, StateType, TaskRun};
-use kestra_core::queue::{
-    ConsumerGroup, Delivery, DeliveryTag, Envelope, Queue, QueueError, Subscription, Topic,
-    UnitOfWork,
-};
-use kestra_core::storage::{
-    ByteStream, FileAttributes, InternalStorage, InternalStorageExt, StorageError, StoragePath,
-};
+use kestra_core::queue::{Envelope, Queue, Topic};
+use kestra_core::storage::{InternalStorage, InternalStorageExt, StoragePath};
+use kestra_core::testkit::memory::{MemoryQueue, MemoryStorage};
 use kestra_core::worker::{
     AttemptEnd, MemorySink, RunContext, RunnableTask, RunnerError, RunnerRegistry, TaskError,
     TaskOutput, TriggerEvaluator, Worker, WorkerConfig, evaluate_trigger, run_attempt,
 };
-
-// ---------------------------------------------------------------------------------------------
-// In-memory InternalStorage (test only)
-// ---------------------------------------------------------------------------------------------
-
-#[derive(Default)]
-struct MemStorage {
-    files: Mutex<BTreeMap<(String, String), Bytes>>,
-}
-
-#[async_trait]
-impl InternalStorage for MemStorage {
-    async fn put(
-        &self,
-        tenant: &str,
-        path: &StoragePath,
-        mut data: ByteStream,
-    ) -> Result<u64, StorageError> {
-        let mut buf = Vec::new();
-        while let Some(chunk) = data.next().await {
-            buf.extend_from_slice(&chunk?);
-        }
-        let n = buf.len() as u64;
-        self.files
-            .lock()
-            .unwrap()
-            .insert((tenant.into(), path.as_str().into()), Bytes::from(buf));
-        Ok(n)
-    }
-    async fn get(&self, tenant: &str, path: &StoragePath) -> Result<ByteStream, StorageError> {
-        let bytes = self
-            .files
-            .lock()
-            .unwrap()
-            .get(&(tenant.into(), path.as_str().into()))
-            .cloned()
-            .ok_or_else(|| StorageError::NotFound { uri: path.to_uri() })?;
-        Ok(futures::stream::once(async move { Ok(bytes) }).boxed())
-    }
-    async fn size(&self, tenant: &str, path: &StoragePath) -> Result<u64, StorageError> {
-        self.files
-            .lock()
-            .unwrap()
-            .get(&(tenant.into(), path.as_str().into()))
-            .map(|b| b.len() as u64)
-            .ok_or_else(|| StorageError::NotFound { uri: path.to_uri() })
-    }
-    async fn exists(&self, tenant: &str, path: &StoragePath) -> Result<bool, StorageError> {
-        Ok(self
-            .files
-            .lock()
-            .unwrap()
-            .contains_key(&(tenant.into(), path.as_str().into())))
-    }
-    async fn delete(&self, tenant: &str, path: &StoragePath) -> Result<bool, StorageError> {
-        Ok(self
-            .files
-            .lock()
-            .unwrap()
-            .remove(&(tenant.into(), path.as_str().into()))
-            .is_some())
-    }
-    async fn list(
-        &self,
-        tenant: &str,
-        prefix: &StoragePath,
-    ) -> Result<Vec<FileAttributes>, StorageError> {
-        let files = self.files.lock().unwrap();
-        let dir = format!("{}/", prefix.as_str());
-        let mut seen: BTreeMap<String, FileAttributes> = BTreeMap::new();
-        for ((t, p), bytes) in files.iter() {
-            if t != tenant {
-                continue;
-            }
-            if let Some(rest) = p.strip_prefix(&dir) {
-                let (first, is_dir) = match rest.split_once('/') {
-                    Some((f, _)) => (f, true),
-                    None => (rest, false),
-                };
-                let path = prefix.join(first)?;
-                seen.entry(first.to_string()).or_insert(FileAttributes {
-                    path,
-                    size: if is_dir { 0 } else { bytes.len() as u64 },
-                    directory: is_dir,
-                });
-            }
-        }
-        Ok(seen.into_values().collect())
-    }
-    async fn delete_prefix(&self, tenant: &str, prefix: &StoragePath) -> Result<u64, StorageError> {
-        let mut files = self.files.lock().unwrap();
-        let before = files.len();
-        files.retain(|(t, p), _| {
-            !(t == tenant
-                && StoragePath::parse(p)
-                    .map(|p| p.starts_with(prefix))
-                    .unwrap_or(false))
-        });
-        Ok((before - files.len()) as u64)
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -146,7 +39,7 @@ fn task(v: Value) -> Task {
 struct Run {
     result: Result<TaskOutput, TaskError>,
     sink: MemorySink,
-    storage: Arc<MemStorage>,
+    storage: Arc<MemoryStorage>,
 }
 
 impl Run {
@@ -171,7 +64,7 @@ impl Run {
     }
 }
 
-async fn run_with(t: Value, extra: Value, storage: Arc<MemStorage>) -> Run {
+async fn run_with(t: Value, extra: Value, storage: Arc<MemoryStorage>) -> Run {
     let t = task(t);
     let (mut ctx, sink) = RunContext::for_test(t.clone(), extra, storage.clone());
     let runnable = RunnerRegistry::core()
@@ -186,7 +79,7 @@ async fn run_with(t: Value, extra: Value, storage: Arc<MemStorage>) -> Run {
 }
 
 async fn run(t: Value) -> Run {
-    run_with(t, json!({}), Arc::new(MemStorage::default())).await
+    run_with(t, json!({}), Arc::new(MemoryStorage::default())).await
 }
 
 fn shell(commands: Value) -> Value {
@@ -294,7 +187,8 @@ async fn sleep_waits_and_is_cancellable() {
 
     let t =
         task(json!({"id": "s", "type": "io.kestra.plugin.core.flow.Sleep", "duration": "PT30S"}));
-    let (ctx, _sink) = RunContext::for_test(t.clone(), json!({}), Arc::new(MemStorage::default()));
+    let (ctx, _sink) =
+        RunContext::for_test(t.clone(), json!({}), Arc::new(MemoryStorage::default()));
     let kill = ctx.cancellation().clone();
     let runnable = RunnerRegistry::core()
         .build(&t, &TaskRegistry::default())
@@ -357,7 +251,7 @@ async fn shell_non_zero_exit_fails_with_outputs() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn shell_env_input_files_output_files_and_working_dir() {
-    let storage = Arc::new(MemStorage::default());
+    let storage = Arc::new(MemoryStorage::default());
     // a file already in storage, under the execution's namespace, to copy as an input file
     let src = StoragePath::parse("kestra:///company/team/other/in.txt").unwrap();
     storage
@@ -396,7 +290,7 @@ async fn shell_env_input_files_output_files_and_working_dir() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn input_files_outside_the_namespace_are_forbidden() {
-    let storage = Arc::new(MemStorage::default());
+    let storage = Arc::new(MemoryStorage::default());
     let other = StoragePath::parse("kestra:///secret/ns/file.txt").unwrap();
     storage
         .put_bytes("main", &other, Bytes::from_static(b"x"))
@@ -455,7 +349,7 @@ async fn background_sleep_run(
         t["timeout"] = json!(to);
     }
     let t = task(t);
-    let storage: Arc<MemStorage> = Arc::new(MemStorage::default());
+    let storage: Arc<MemoryStorage> = Arc::new(MemoryStorage::default());
     let (base, _sink) = RunContext::for_test(t.clone(), json!({}), storage.clone());
     let ctx = RunContext::builder(
         t.clone(),
@@ -571,7 +465,7 @@ async fn custom_tasks_register_in_both_registries_and_panics_become_failures() {
     runners.register::<Greet>();
     let t = task(json!({"id": "g", "type": "com.example.legacy.Greet", "name": "{{ flow.id }}"}));
     let (mut ctx, sink) =
-        RunContext::for_test(t.clone(), json!({}), Arc::new(MemStorage::default()));
+        RunContext::for_test(t.clone(), json!({}), Arc::new(MemoryStorage::default()));
     let out = runners
         .build(&t, &tasks)
         .unwrap()
@@ -595,7 +489,7 @@ async fn custom_tasks_register_in_both_registries_and_panics_become_failures() {
 
     let boom = task(json!({"id": "g", "type": "com.example.Greet", "name": "x", "panic": true}));
     let (ctx, _sink) =
-        RunContext::for_test(boom.clone(), json!({}), Arc::new(MemStorage::default()));
+        RunContext::for_test(boom.clone(), json!({}), Arc::new(MemoryStorage::default()));
     let end = run_attempt(
         runners.build(&boom, &tasks).unwrap(),
         ctx,
@@ -615,7 +509,7 @@ async fn custom_tasks_register_in_both_registries_and_panics_become_failures() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kv_set_get_delete_and_kv_function() {
-    let storage = Arc::new(MemStorage::default());
+    let storage = Arc::new(MemoryStorage::default());
     let set = |value: Value, extra: Value| {
         let mut t = json!({"id": "set", "type": "io.kestra.plugin.core.kv.Set", "key": "k_{{ flow.id }}", "value": value});
         for (k, v) in extra.as_object().unwrap() {
@@ -716,7 +610,7 @@ async fn kv_set_get_delete_and_kv_function() {
 // ---------------------------------------------------------------------------------------------
 
 /// Runs `t` as a task run whose `value` is `value` (as inside a ForEach iteration).
-async fn run_with_value(t: Value, value: Option<&str>, storage: Arc<MemStorage>) -> Run {
+async fn run_with_value(t: Value, value: Option<&str>, storage: Arc<MemoryStorage>) -> Run {
     let t = task(t);
     let (base, sink) = RunContext::for_test(t.clone(), json!({}), storage.clone());
     let mut task_run = base.task_run().clone();
@@ -742,7 +636,7 @@ async fn run_with_value(t: Value, value: Option<&str>, storage: Arc<MemStorage>)
 
 #[tokio::test(flavor = "multi_thread")]
 async fn state_set_merges_get_reads_delete_removes() {
-    let storage = Arc::new(MemStorage::default());
+    let storage = Arc::new(MemoryStorage::default());
     let go = |t: Value| run_with(t, json!({}), storage.clone());
 
     // missing state: empty data, or a failure naming errorOnMissing
@@ -829,7 +723,7 @@ async fn state_set_merges_get_reads_delete_removes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn state_is_keyed_by_the_task_run_value_unless_taskrun_value_is_false() {
-    let storage = Arc::new(MemStorage::default());
+    let storage = Arc::new(MemoryStorage::default());
     let set =
         |data: Value| json!({"id": "set", "type": "io.kestra.plugin.core.state.Set", "data": data});
     let get = json!({"id": "get", "type": "io.kestra.plugin.core.state.Get"});
@@ -903,7 +797,7 @@ async fn templated_task_renders_its_spec_and_runs_the_task() {
             "id: inner\ntype: io.kestra.plugin.core.{{ inputs.kind }}\nformat: \"{{ flow.id }}-{{ inputs.n * 2 }}\"",
         ),
         json!({"inputs": {"kind": "debug.Return", "n": 21}}),
-        Arc::new(MemStorage::default()),
+        Arc::new(MemoryStorage::default()),
     )
     .await;
     assert_eq!(r.out("value"), json!("test-flow-42"));
@@ -914,7 +808,7 @@ async fn templated_task_renders_its_spec_and_runs_the_task() {
             "id: generated_log\ntype: io.kestra.plugin.core.log.Log\nmessage: \"{{ inputs.message }}\"\nlevel: {{ inputs.message | length > 10 ? 'WARN' : 'DEBUG' }}",
         ),
         json!({"inputs": {"message": "generated at runtime"}}),
-        Arc::new(MemStorage::default()),
+        Arc::new(MemoryStorage::default()),
     )
     .await;
     r.ok();
@@ -978,14 +872,14 @@ async fn templated_task_refuses_bad_specs_naming_the_property() {
 // Storage tasks
 // ---------------------------------------------------------------------------------------------
 
-async fn write(storage: &Arc<MemStorage>, content: &str) -> String {
+async fn write(storage: &Arc<MemoryStorage>, content: &str) -> String {
     let r = run_with(json!({"id": "w", "type": "io.kestra.plugin.core.storage.Write", "content": content, "extension": ".txt"}), json!({}), storage.clone()).await;
     r.out("uri").as_str().unwrap().to_string()
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn storage_write_size_concat_split_delete_purge() {
-    let storage = Arc::new(MemStorage::default());
+    let storage = Arc::new(MemoryStorage::default());
     let a = write(&storage, "first;").await;
     let b = write(&storage, "second").await;
     assert!(
@@ -1319,7 +1213,7 @@ async fn http_request_outputs_and_failures() {
     r.err();
     let r = run_with(json!({"id": "h", "type": "io.kestra.plugin.core.http.Request", "uri": "{{ base }}/echo",
         "method": "POST", "body": "{\"n\": {{ 1 + 1 }}}", "options": {"auth": {"type": "BASIC", "username": "u", "password": "p"}}}),
-        json!({"base": base}), Arc::new(MemStorage::default())).await;
+        json!({"base": base}), Arc::new(MemoryStorage::default())).await;
     assert_eq!(
         r.out("body"),
         json!("POST|application/json|Basic dTpw|{\"n\": 2}")
@@ -1362,192 +1256,47 @@ async fn http_download_streams_to_storage() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The Worker loop over a small in-memory queue
+// The Worker loop over the testkit's in-memory queue
 // ---------------------------------------------------------------------------------------------
 
-#[derive(Default)]
-struct MemQueueState {
-    jobs: VecDeque<Delivery>,
-    published: Vec<Envelope>,
-    acked: Vec<DeliveryTag>,
-    dead: Vec<(DeliveryTag, String)>,
-    next: i64,
+/// What these tests read off the testkit's in-memory queue.
+trait Observed {
+    fn trigger_results(&self) -> Vec<WorkerTriggerResult>;
+    /// Final results (not the RUNNING messages), in publish order.
+    fn results(&self) -> Vec<WorkerTaskResult>;
+    /// Every message on the result topic (RUNNING and final), in publish order.
+    fn task_messages(&self) -> Vec<WorkerTaskResult>;
+    fn logs(&self) -> Vec<String>;
 }
 
-struct MemQueue {
-    state: Mutex<MemQueueState>,
-    notify: tokio::sync::Notify,
-    broadcast: tokio::sync::broadcast::Sender<Envelope>,
-}
-
-impl MemQueue {
-    fn new() -> Arc<MemQueue> {
-        Arc::new(MemQueue {
-            state: Mutex::default(),
-            notify: tokio::sync::Notify::new(),
-            broadcast: tokio::sync::broadcast::channel(64).0,
-        })
-    }
+impl Observed for MemoryQueue {
     fn trigger_results(&self) -> Vec<WorkerTriggerResult> {
-        self.state
-            .lock()
-            .unwrap()
-            .published
+        self.published()
             .iter()
             .filter(|e| e.topic == Topic::WorkerTriggerResult)
             .map(|e| e.decode().unwrap())
             .collect()
     }
-    /// Final results (not the RUNNING messages), in publish order.
     fn results(&self) -> Vec<WorkerTaskResult> {
         self.task_messages()
             .into_iter()
             .filter(|r| r.state != StateType::Running)
             .collect()
     }
-    /// Every message on the result topic (RUNNING and final), in publish order.
     fn task_messages(&self) -> Vec<WorkerTaskResult> {
-        self.state
-            .lock()
-            .unwrap()
-            .published
+        self.published()
             .iter()
             .filter(|e| e.topic == Topic::WorkerTaskResult)
             .map(|e| e.decode().unwrap())
             .collect()
     }
     fn logs(&self) -> Vec<String> {
-        self.state
-            .lock()
-            .unwrap()
-            .published
+        self.published()
             .iter()
             .filter(|e| e.topic == Topic::Log)
             .map(|e| e.decode::<kestra_core::model::LogEntry>().unwrap().message)
             .collect()
     }
-}
-
-#[async_trait]
-impl Queue for MemQueue {
-    async fn publish(&self, messages: Vec<Envelope>) -> Result<(), QueueError> {
-        let mut s = self.state.lock().unwrap();
-        for m in messages {
-            if m.topic == Topic::WorkerJob {
-                s.next += 1;
-                let tag = DeliveryTag {
-                    topic: Topic::WorkerJob,
-                    partition: 0,
-                    offset: s.next,
-                };
-                s.jobs.push_back(Delivery {
-                    tag,
-                    group: ConsumerGroup::Worker,
-                    envelope: m.clone(),
-                    attempt: 1,
-                });
-            }
-            let _ = self.broadcast.send(m.clone());
-            s.published.push(m);
-        }
-        drop(s);
-        self.notify.notify_waiters();
-        Ok(())
-    }
-    async fn receive(
-        &self,
-        _g: ConsumerGroup,
-        topic: Topic,
-        max: usize,
-        _lease: Duration,
-        wait: Duration,
-    ) -> Result<Vec<Delivery>, QueueError> {
-        assert_eq!(topic, Topic::WorkerJob);
-        let deadline = Instant::now() + wait;
-        loop {
-            let notified = self.notify.notified();
-            {
-                let mut s = self.state.lock().unwrap();
-                if !s.jobs.is_empty() {
-                    let n = max.min(s.jobs.len());
-                    return Ok(s.jobs.drain(..n).collect());
-                }
-            }
-            if Instant::now() >= deadline {
-                return Ok(Vec::new());
-            }
-            let _ = tokio::time::timeout(deadline - Instant::now(), notified).await;
-        }
-    }
-    async fn receive_recorded(
-        &self,
-        g: ConsumerGroup,
-        topic: Topic,
-        max: usize,
-        lease: Duration,
-        wait: Duration,
-        record: &kestra_core::queue::Recorder,
-    ) -> Result<Vec<Delivery>, QueueError> {
-        let got = self.receive(g, topic, max, lease, wait).await?;
-        if !got.is_empty() {
-            // One step: the records are in `published` before the jobs are handed out.
-            let records = record(&got)?;
-            self.state.lock().unwrap().published.extend(records);
-        }
-        Ok(got)
-    }
-    async fn ack(&self, _g: ConsumerGroup, tags: &[DeliveryTag]) -> Result<(), QueueError> {
-        self.state.lock().unwrap().acked.extend_from_slice(tags);
-        Ok(())
-    }
-    async fn extend_lease(
-        &self,
-        _g: ConsumerGroup,
-        tags: &[DeliveryTag],
-        _lease: Duration,
-    ) -> Result<Vec<DeliveryTag>, QueueError> {
-        // No leases here; acknowledged jobs are no longer held.
-        let s = self.state.lock().unwrap();
-        Ok(tags
-            .iter()
-            .filter(|t| s.acked.contains(t))
-            .copied()
-            .collect())
-    }
-    async fn dead_letter(&self, d: &Delivery, reason: &str) -> Result<(), QueueError> {
-        self.state
-            .lock()
-            .unwrap()
-            .dead
-            .push((d.tag, reason.to_string()));
-        Ok(())
-    }
-    async fn subscribe(&self, topic: Topic) -> Result<Subscription, QueueError> {
-        let rx = tokio_stream_from(self.broadcast.subscribe(), topic);
-        Ok(rx)
-    }
-    async fn begin(
-        &self,
-        _g: ConsumerGroup,
-        _t: &[Topic],
-        _m: usize,
-        _w: Duration,
-    ) -> Result<Option<Box<dyn UnitOfWork>>, QueueError> {
-        Ok(None)
-    }
-}
-
-fn tokio_stream_from(rx: tokio::sync::broadcast::Receiver<Envelope>, topic: Topic) -> Subscription {
-    futures::stream::unfold(rx, move |mut rx| async move {
-        loop {
-            match rx.recv().await {
-                Ok(e) if e.topic == topic => return Some((Ok(e), rx)),
-                Ok(_) => continue,
-                Err(_) => return None,
-            }
-        }
-    })
-    .boxed()
 }
 
 fn job(execution_id: &str, t: Value) -> WorkerJob {
@@ -1576,7 +1325,7 @@ fn job(execution_id: &str, t: Value) -> WorkerJob {
     }))
 }
 
-async fn wait_for(queue: &MemQueue, n: usize) -> Vec<WorkerTaskResult> {
+async fn wait_for(queue: &MemoryQueue, n: usize) -> Vec<WorkerTaskResult> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let r = queue.results();
@@ -1589,7 +1338,7 @@ async fn wait_for(queue: &MemQueue, n: usize) -> Vec<WorkerTaskResult> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn worker_runs_jobs_publishes_results_then_acks_and_follows_kills() {
-    let queue = MemQueue::new();
+    let queue = Arc::new(MemoryQueue::new());
     let worker = Worker::new(
         WorkerConfig {
             concurrency: 4,
@@ -1598,7 +1347,7 @@ async fn worker_runs_jobs_publishes_results_then_acks_and_follows_kills() {
             ..WorkerConfig::default()
         },
         queue.clone(),
-        Arc::new(MemStorage::default()),
+        Arc::new(MemoryStorage::default()),
         Arc::new(ExpressionEngine::default()),
         Arc::new(TaskRegistry::default()),
         Arc::new(RunnerRegistry::core()),
@@ -1656,7 +1405,7 @@ async fn worker_runs_jobs_publishes_results_then_acks_and_follows_kills() {
     );
     assert!(queue.logs().iter().any(|l| l == "Timeout after PT0.2S"));
     assert_eq!(
-        queue.state.lock().unwrap().dead.len(),
+        queue.dead_letters().len(),
         1,
         "the malformed job is dead-lettered"
     );
@@ -1695,7 +1444,7 @@ async fn worker_runs_jobs_publishes_results_then_acks_and_follows_kills() {
     assert!(!queue.logs().iter().any(|l| l.contains("must not run")));
 
     // every processed job was acknowledged, after its result
-    assert_eq!(queue.state.lock().unwrap().acked.len(), 5);
+    assert_eq!(queue.acknowledged().len(), 5);
 
     // graceful shutdown: a running job finishes and its result is published
     let short = job(
@@ -1724,7 +1473,7 @@ async fn worker_runs_jobs_publishes_results_then_acks_and_follows_kills() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn worker_says_running_when_it_starts_an_attempt_then_answers() {
-    let queue = MemQueue::new();
+    let queue = Arc::new(MemoryQueue::new());
     let worker = Worker::new(
         WorkerConfig {
             concurrency: 2,
@@ -1732,7 +1481,7 @@ async fn worker_says_running_when_it_starts_an_attempt_then_answers() {
             ..WorkerConfig::default()
         },
         queue.clone(),
-        Arc::new(MemStorage::default()),
+        Arc::new(MemoryStorage::default()),
         Arc::new(ExpressionEngine::default()),
         Arc::new(TaskRegistry::default()),
         Arc::new(RunnerRegistry::core()),
@@ -1778,7 +1527,7 @@ async fn worker_says_running_when_it_starts_an_attempt_then_answers() {
         vec![StateType::Running]
     );
     assert!(queue.results().is_empty());
-    assert!(queue.state.lock().unwrap().acked.is_empty());
+    assert!(queue.acknowledged().is_empty());
 
     // Then the final result, with the same start.
     let results = wait_for(&queue, 1).await;
@@ -1787,7 +1536,7 @@ async fn worker_says_running_when_it_starts_an_attempt_then_answers() {
     let all = queue.task_messages();
     assert_eq!(all.len(), 2, "one RUNNING, one result: {all:?}");
     assert_eq!(all[0].state, StateType::Running, "RUNNING comes first");
-    assert_eq!(queue.state.lock().unwrap().acked.len(), 1);
+    assert_eq!(queue.acknowledged().len(), 1);
 
     // A job of a killed execution is answered KILLED without running: no RUNNING for it.
     queue
@@ -1844,7 +1593,7 @@ async fn evaluate(trigger: Value) -> (WorkerTriggerResult, MemorySink) {
     let result = evaluate_trigger(
         &job,
         &TriggerEvaluator {
-            storage: Arc::new(MemStorage::default()),
+            storage: Arc::new(MemoryStorage::default()),
             expr: Arc::new(ExpressionEngine::default()),
             task_registry: Arc::new(TaskRegistry::default()),
             runners: Arc::new(RunnerRegistry::core()),
@@ -1960,7 +1709,7 @@ async fn http_trigger_errors_are_results_and_trigger_logs() {
 #[tokio::test(flavor = "multi_thread")]
 async fn worker_evaluates_trigger_jobs_and_dead_letters_malformed_ones() {
     let base = http_server().await;
-    let queue = MemQueue::new();
+    let queue = Arc::new(MemoryQueue::new());
     let worker = Worker::new(
         WorkerConfig {
             poll_wait: Duration::from_millis(100),
@@ -1968,7 +1717,7 @@ async fn worker_evaluates_trigger_jobs_and_dead_letters_malformed_ones() {
             ..WorkerConfig::default()
         },
         queue.clone(),
-        Arc::new(MemStorage::default()),
+        Arc::new(MemoryStorage::default()),
         Arc::new(ExpressionEngine::default()),
         Arc::new(TaskRegistry::default()),
         Arc::new(RunnerRegistry::core()),
@@ -2021,11 +1770,18 @@ async fn worker_evaluates_trigger_jobs_and_dead_letters_malformed_ones() {
             .contains("not a registered polling trigger"),
         "{not_polling:?}"
     );
-    let state = queue.state.lock().unwrap();
-    assert_eq!(state.dead.len(), 1, "the malformed job is dead-lettered");
-    assert_eq!(state.acked.len(), 2, "evaluated jobs are acknowledged");
-    for published in state
-        .published
+    assert_eq!(
+        queue.dead_letters().len(),
+        1,
+        "the malformed job is dead-lettered"
+    );
+    assert_eq!(
+        queue.acknowledged().len(),
+        2,
+        "evaluated jobs are acknowledged"
+    );
+    let published = queue.published();
+    for published in published
         .iter()
         .filter(|e| e.topic == Topic::WorkerTriggerResult)
     {
@@ -2037,8 +1793,7 @@ async fn worker_evaluates_trigger_jobs_and_dead_letters_malformed_ones() {
         );
     }
     assert!(
-        state
-            .published
+        published
             .iter()
             .any(|e| e.topic == Topic::WorkerTriggerResult && e.key == good.uid()),
         "the good job's result is keyed by its trigger uid"
@@ -2056,7 +1811,7 @@ async fn worker_stops_an_evaluation_that_outlives_its_timeout() {
             held.push(sock);
         }
     });
-    let queue = MemQueue::new();
+    let queue = Arc::new(MemoryQueue::new());
     let worker = Worker::new(
         WorkerConfig {
             poll_wait: Duration::from_millis(100),
@@ -2064,7 +1819,7 @@ async fn worker_stops_an_evaluation_that_outlives_its_timeout() {
             ..WorkerConfig::default()
         },
         queue.clone(),
-        Arc::new(MemStorage::default()),
+        Arc::new(MemoryStorage::default()),
         Arc::new(ExpressionEngine::default()),
         Arc::new(TaskRegistry::default()),
         Arc::new(RunnerRegistry::core()),
@@ -2095,7 +1850,7 @@ async fn worker_stops_an_evaluation_that_outlives_its_timeout() {
 #[tokio::test(flavor = "multi_thread")]
 async fn for_each_item_split_cuts_batches_and_merge_writes_outputs() {
     const SPLIT: &str = "io.kestra.plugin.core.flow.ForEachItem$ForEachItemSplit";
-    let storage = Arc::new(MemStorage::default());
+    let storage = Arc::new(MemoryStorage::default());
     let rows = write(&storage, "r1\nr2\nr3\nr4\nr5\n").await;
     let split = |batch: Value| json!({"id": "each_split", "type": SPLIT, "items": "{{ f }}", "batch": batch});
     let batches = |r: &Run| {
