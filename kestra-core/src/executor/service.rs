@@ -125,6 +125,26 @@ struct KeyedState {
     liveness: HashMap<String, (Option<LivenessState>, bool)>,
 }
 
+/// Saves the changed entries `(key, value, changed)` of one kind of keyed state in `unit` (`None`
+/// deletes the entry); `topic` names the stage in an encoding error.
+async fn save_changed<'a, T: serde::Serialize + 'a>(
+    unit: &mut dyn UnitOfWork,
+    kind: &str,
+    topic: Topic,
+    entries: impl Iterator<Item = (&'a String, Option<&'a T>, bool)>,
+) -> Result<(), QueueError> {
+    for (key, value, changed) in entries {
+        if changed {
+            let value = value
+                .map(serde_json::to_value)
+                .transpose()
+                .map_err(|source| QueueError::Encode { topic, source })?;
+            unit.save_state(kind, key, value.as_ref()).await?;
+        }
+    }
+    Ok(())
+}
+
 /// A flow revision: (tenant, namespace, id, revision).
 type FlowRevision = (String, String, String, i32);
 
@@ -626,44 +646,25 @@ impl ExecutorService {
                 unit.save_execution(e).await?;
             }
         }
-        for (key, (slots, changed)) in &keyed.slots {
-            if *changed {
-                let value = serde_json::to_value(slots).map_err(|source| QueueError::Encode {
-                    topic: Topic::ConcurrencySlot,
-                    source,
-                })?;
-                unit.save_state(concurrency::STATE_KIND, key, Some(&value))
-                    .await?;
-            }
-        }
-        for (key, (state, changed)) in &keyed.preconditions {
-            if *changed {
-                let value = state
-                    .as_ref()
-                    .map(serde_json::to_value)
-                    .transpose()
-                    .map_err(|source| QueueError::Encode {
-                        topic: Topic::FlowPrecondition,
-                        source,
-                    })?;
-                unit.save_state(preconditions::STATE_KIND, key, value.as_ref())
-                    .await?;
-            }
-        }
-        for (key, (state, changed)) in &keyed.liveness {
-            if *changed {
-                let value = state
-                    .as_ref()
-                    .map(serde_json::to_value)
-                    .transpose()
-                    .map_err(|source| QueueError::Encode {
-                        topic: Topic::Liveness,
-                        source,
-                    })?;
-                unit.save_state(liveness::STATE_KIND, key, value.as_ref())
-                    .await?;
-            }
-        }
+        let slots = keyed.slots.iter().map(|(k, (v, c))| (k, Some(v), *c));
+        save_changed(
+            unit.as_mut(),
+            concurrency::STATE_KIND,
+            Topic::ConcurrencySlot,
+            slots,
+        )
+        .await?;
+        let preconditions = (keyed.preconditions.iter()).map(|(k, (v, c))| (k, v.as_ref(), *c));
+        let kind = preconditions::STATE_KIND;
+        save_changed(unit.as_mut(), kind, Topic::FlowPrecondition, preconditions).await?;
+        let liveness = keyed.liveness.iter().map(|(k, (v, c))| (k, v.as_ref(), *c));
+        save_changed(
+            unit.as_mut(),
+            liveness::STATE_KIND,
+            Topic::Liveness,
+            liveness,
+        )
+        .await?;
         if !outgoing.is_empty() {
             unit.publish(outgoing).await?;
         }
