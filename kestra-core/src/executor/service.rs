@@ -654,9 +654,17 @@ impl ExecutorService {
             slots,
         )
         .await?;
-        let preconditions = (keyed.preconditions.iter()).map(|(k, (v, c))| (k, v.as_ref(), *c));
-        let kind = preconditions::STATE_KIND;
-        save_changed(unit.as_mut(), kind, Topic::FlowPrecondition, preconditions).await?;
+        let results = keyed
+            .preconditions
+            .iter()
+            .map(|(k, (v, c))| (k, v.as_ref(), *c));
+        save_changed(
+            unit.as_mut(),
+            preconditions::STATE_KIND,
+            Topic::FlowPrecondition,
+            results,
+        )
+        .await?;
         let liveness = keyed.liveness.iter().map(|(k, (v, c))| (k, v.as_ref(), *c));
         save_changed(
             unit.as_mut(),
