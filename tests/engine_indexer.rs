@@ -65,9 +65,7 @@ async fn redelivered_entries_are_stored_once(url: &str) {
     let shutdown = CancellationToken::new();
     let indexer = IndexerService::new(
         queue.clone(),
-        repos.logs.clone(),
-        repos.metrics.clone(),
-        repos.services.clone(),
+        &repos,
         IndexerConfig {
             poll_wait: Duration::from_millis(50),
             ..IndexerConfig::default()

@@ -428,6 +428,53 @@ pub fn execution_envelope(execution: &Execution) -> Result<Envelope, QueueError>
     Envelope::json(Topic::Execution, &execution.id, execution)
 }
 
+/// A change of an execution for a repository written asynchronously (topic
+/// [`Topic::ExecutionChange`], key = the execution id, consumed by the indexer).
+///
+/// Published only where the queue's unit of work does not itself write the row the repository
+/// reads ([`QueueCapabilities::repository_in_unit`](crate::queue::QueueCapabilities) is false:
+/// Kafka + Elasticsearch): the executor stages a `Saved` in the unit that saves the execution, so
+/// the repository follows the executor's state exactly once per version; a delete through the API
+/// reaches the indexer as a `Deleted` tombstone. On JDBC neither is published (no cost): the unit
+/// writes the row, and a delete deletes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ExecutionChange {
+    /// The execution as the executor saved it (its `metadata.version` orders the changes: an
+    /// older version never overwrites a newer one).
+    Saved {
+        /// The execution.
+        execution: Box<Execution>,
+    },
+    /// A tombstone: the execution is deleted (and its logs and metrics, if asked).
+    #[serde(rename_all = "camelCase")]
+    Deleted {
+        /// Tenant.
+        tenant_id: String,
+        /// The execution deleted.
+        execution_id: String,
+        /// Delete its logs too.
+        delete_logs: bool,
+        /// Delete its metrics too.
+        delete_metrics: bool,
+    },
+}
+
+impl ExecutionChange {
+    /// The execution concerned (the message key).
+    pub fn execution_id(&self) -> &str {
+        match self {
+            ExecutionChange::Saved { execution } => &execution.id,
+            ExecutionChange::Deleted { execution_id, .. } => execution_id,
+        }
+    }
+
+    /// As a queue message keyed by the execution id.
+    pub fn envelope(&self) -> Result<Envelope, QueueError> {
+        Envelope::json(Topic::ExecutionChange, self.execution_id(), self)
+    }
+}
+
 /// A message the executor consumes, decoded.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ExecutorEvent {

@@ -165,6 +165,10 @@ pub enum Topic {
     /// holds, the executor's delayed checks and its verdicts. Consumed by the executor (which owns
     /// liveness) and the indexer (which shows it).
     Liveness,
+    /// Execution changes and tombstones for a repository written asynchronously, keyed by
+    /// execution id ([`ExecutionChange`](crate::messages::ExecutionChange)), consumed by the
+    /// indexer. Used only where [`QueueCapabilities::repository_in_unit`] is false.
+    ExecutionChange,
 }
 
 /// A kind of consumer; instances of one group compete for messages.
@@ -182,7 +186,7 @@ pub enum ConsumerGroup {
 
 impl Topic {
     /// Every topic.
-    pub const ALL: [Topic; 14] = [
+    pub const ALL: [Topic; 15] = [
         Topic::Execution,
         Topic::ExecutionCommand,
         Topic::ExecutionKilled,
@@ -197,6 +201,7 @@ impl Topic {
         Topic::ConcurrencySlot,
         Topic::FlowPrecondition,
         Topic::Liveness,
+        Topic::ExecutionChange,
     ];
 
     /// Stable name used in tables, topic names and logs (`worker_job`, ...).
@@ -216,6 +221,7 @@ impl Topic {
             Topic::ConcurrencySlot => "concurrency_slot",
             Topic::FlowPrecondition => "flow_precondition",
             Topic::Liveness => "liveness",
+            Topic::ExecutionChange => "execution_change",
         }
     }
 
@@ -231,7 +237,7 @@ impl Topic {
             | Topic::FlowPrecondition => &[ConsumerGroup::Executor],
             Topic::WorkerJob => &[ConsumerGroup::Worker],
             Topic::WorkerTriggerResult | Topic::Trigger => &[ConsumerGroup::Scheduler],
-            Topic::Log | Topic::Metric => &[ConsumerGroup::Indexer],
+            Topic::Log | Topic::Metric | Topic::ExecutionChange => &[ConsumerGroup::Indexer],
             Topic::Liveness => &[ConsumerGroup::Executor, ConsumerGroup::Indexer],
             Topic::ExecutionKilled | Topic::Flow => &[],
         }
@@ -523,6 +529,13 @@ pub struct QueueCapabilities {
     /// The largest payload accepted, in bytes; a larger one is refused with
     /// [`QueueError::TooLarge`].
     pub max_message_bytes: usize,
+    /// The unit of work's [`UnitOfWork::save_execution`] writes the very row the execution
+    /// repository reads, in the same transaction (JDBC: one database is queue and repository).
+    /// Without it (Kafka + Elasticsearch) the repository is written asynchronously by the
+    /// indexer: the executor stages an [`ExecutionChange`](crate::messages::ExecutionChange) for
+    /// each execution it saves, and a delete travels as a tombstone on
+    /// [`Topic::ExecutionChange`].
+    pub repository_in_unit: bool,
 }
 
 impl QueueCapabilities {
@@ -536,6 +549,7 @@ impl Default for QueueCapabilities {
         QueueCapabilities {
             lease_timers: false,
             max_message_bytes: QueueCapabilities::KAFKA_DEFAULT_MAX_MESSAGE_BYTES,
+            repository_in_unit: false,
         }
     }
 }

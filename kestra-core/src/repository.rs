@@ -341,8 +341,12 @@ pub struct PurgeCount {
 /// Executions.
 #[async_trait]
 pub trait ExecutionRepository: Send + Sync {
-    /// Insert or replace an execution (indexer, tests; the JDBC executor writes through its unit of
-    /// work).
+    /// Insert or replace an execution (the indexer, from
+    /// [`ExecutionChange`](crate::messages::ExecutionChange) messages; the JDBC executor writes
+    /// through its unit of work instead). Versioned: when the stored execution has a newer
+    /// `metadata.version`, nothing changes (an older document never overwrites a newer one); an
+    /// equal version replaces it, so a redelivery is harmless. A soft-deleted execution stays
+    /// deleted.
     async fn save(&self, execution: &Execution) -> RepoResult<()>;
     /// An execution by id (not soft-deleted).
     async fn find_by_id(&self, tenant: &str, id: &str) -> RepoResult<Option<Execution>>;

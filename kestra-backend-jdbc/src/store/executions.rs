@@ -13,7 +13,7 @@ pub(super) async fn upsert_execution_in(
         .start_date()
         .unwrap_or(e.metadata.original_created_date);
     let mut qb = Qb::new(
-        "INSERT INTO executions (id, tenant_id, namespace, flow_id, state_current, start_date, end_date, parent_id, deleted, updated, doc) VALUES (",
+        "INSERT INTO executions (id, tenant_id, namespace, flow_id, state_current, start_date, end_date, parent_id, deleted, updated, version, doc) VALUES (",
     );
     {
         let mut sep = qb.separated(", ");
@@ -27,6 +27,7 @@ pub(super) async fn upsert_execution_in(
             .push_bind(e.parent_id.clone())
             .push_bind(e.deleted)
             .push_bind(now_ms())
+            .push_bind(version_column(e))
             .push_bind(doc);
     }
     qb.push(")").push(FLAVOR.upsert(
@@ -41,6 +42,7 @@ pub(super) async fn upsert_execution_in(
             "parent_id",
             "deleted",
             "updated",
+            "version",
             "doc",
         ],
     ));
@@ -63,6 +65,11 @@ pub(super) async fn upsert_execution_in(
         qb.build().execute(&mut *conn).await?;
     }
     Ok(())
+}
+
+/// `metadata.version` as the column stores it (BIGINT; a version past `i64::MAX` saturates).
+fn version_column(e: &Execution) -> i64 {
+    i64::try_from(e.metadata.version).unwrap_or(i64::MAX)
 }
 
 pub(super) fn tenant_of(t: &Option<String>) -> String {
@@ -218,10 +225,29 @@ pub(super) fn parse_doc<T: serde::de::DeserializeOwned>(
 #[async_trait]
 impl ExecutionRepository for Store {
     async fn save(&self, execution: &Execution) -> RepoResult<()> {
-        let doc = to_json("execution", &execution.id, execution)?;
         let err = repo_err("save execution");
         let mut tx = begin_write(&self.write).await.map_err(&err)?;
-        upsert_execution_in(&mut tx, execution, doc)
+        // Versioned: the stored row (locked) wins when newer; a deleted one stays deleted.
+        let stored = Qb::new("SELECT version, deleted FROM executions WHERE id = ")
+            .push_bind(execution.id.clone())
+            .push(FLAVOR.for_update())
+            .build()
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(&err)?;
+        let mut execution = std::borrow::Cow::Borrowed(execution);
+        if let Some(row) = stored {
+            let version: i64 = row.try_get("version").map_err(&err)?;
+            let deleted: bool = row.try_get("deleted").map_err(&err)?;
+            if version > version_column(&execution) {
+                return tx.commit().await.map_err(&err);
+            }
+            if deleted {
+                execution.to_mut().deleted = true;
+            }
+        }
+        let doc = to_json("execution", &execution.id, &*execution)?;
+        upsert_execution_in(&mut tx, &execution, doc)
             .await
             .map_err(&err)?;
         tx.commit().await.map_err(&err)

@@ -73,6 +73,8 @@ impl Queue for Store {
         QueueCapabilities {
             lease_timers: true,
             max_message_bytes: self.max_message_bytes,
+            // The unit writes the executions row the repository reads, in its transaction.
+            repository_in_unit: true,
         }
     }
 

@@ -37,6 +37,7 @@ pub fn replay_execution(original: &Execution, task_run_id: &str) -> Option<Execu
     replay.outputs.clear();
     replay.metadata.attempt_number = 1;
     replay.metadata.original_created_date = now;
+    replay.metadata.version = 0;
     replay.task_run_list = original.task_run_list[..position]
         .iter()
         .cloned()

@@ -66,7 +66,8 @@ use crate::expression::ExpressionEngine;
 use crate::inputs::{ExecutionRef, RawInput, resolve_inputs};
 use crate::liveness::{self, Heartbeat, LivenessConfig, LivenessMessage, LivenessState};
 use crate::messages::{
-    ExecutionCommand, ExecutionKilled, ExecutorEvent, TriggerEvent, WorkerJob, execution_envelope,
+    ExecutionChange, ExecutionCommand, ExecutionKilled, ExecutorEvent, TriggerEvent, WorkerJob,
+    execution_envelope,
 };
 use crate::model::{Execution, Level, LogEntry, ServiceType, StateType};
 use crate::queue::{ConsumerGroup, Delivery, Envelope, Queue, QueueError, Topic, UnitOfWork};
@@ -363,6 +364,8 @@ impl ExecutorService {
     ) -> Result<(), QueueError> {
         let deliveries = unit.deliveries().to_vec();
         let mut executions: HashMap<String, Option<Execution>> = HashMap::new();
+        // The version of each execution as this unit loaded it (0: none stored).
+        let mut loaded_versions: HashMap<String, u64> = HashMap::new();
         let mut dirty: Vec<String> = Vec::new();
         let mut keyed = KeyedState::default();
         let mut outgoing: Vec<Envelope> = Vec::new();
@@ -431,6 +434,7 @@ impl ExecutorService {
                 Some(Oversized::Fail(reason)) => {
                     if !executions.contains_key(&id) {
                         let loaded = unit.load_execution(&id).await?;
+                        loaded_versions.insert(id.clone(), loaded_version(&loaded));
                         executions.insert(id.clone(), loaded);
                     }
                     let current = executions.get(&id).cloned().flatten();
@@ -465,6 +469,7 @@ impl ExecutorService {
             async {
                 if !executions.contains_key(&id) {
                     let loaded = unit.load_execution(&id).await?;
+                    loaded_versions.insert(id.clone(), loaded_version(&loaded));
                     executions.insert(id.clone(), loaded);
                 }
                 let current = executions.get(&id).cloned().flatten();
@@ -638,12 +643,25 @@ impl ExecutorService {
                 produced.push((e.topic, e.key.clone(), id.clone()));
             }
         }
+        let index_changes = !self.queue.capabilities().repository_in_unit;
         for id in &dirty {
             produced.push((Topic::Execution, id.clone(), id.clone()));
+            if index_changes {
+                produced.push((Topic::ExecutionChange, id.clone(), id.clone()));
+            }
         }
         for id in &dirty {
-            if let Some(Some(e)) = executions.get(id) {
+            if let Some(Some(e)) = executions.get_mut(id) {
+                // One more than the stored version (a replacing event may carry any version).
+                let stored = loaded_versions.get(id).copied().unwrap_or(0);
+                e.metadata.version = stored.max(e.metadata.version) + 1;
                 unit.save_execution(e).await?;
+                if index_changes {
+                    let change = ExecutionChange::Saved {
+                        execution: Box::new(e.clone()),
+                    };
+                    outgoing.push(change.envelope()?);
+                }
             }
         }
         let slots = keyed.slots.iter().map(|(k, (v, c))| (k, Some(v), *c));
@@ -1106,6 +1124,11 @@ fn log_envelope(execution: &Execution, message: &str) -> Result<Envelope, QueueE
         message: message.to_string(),
     };
     Envelope::json(Topic::Log, &execution.id, &entry)
+}
+
+/// The version of an execution as loaded (0 when none is stored).
+fn loaded_version(loaded: &Option<Execution>) -> u64 {
+    loaded.as_ref().map_or(0, |e| e.metadata.version)
 }
 
 #[cfg(test)]

@@ -1,7 +1,10 @@
 //! The indexer service: moves logs and metrics from the queue into the repositories, in batches,
 //! and the service instances it hears of on [`Topic::Liveness`] into the service instance
-//! repository (it shows liveness; the executor decides it, [`crate::liveness`]).
-//! (With Kafka + Elasticsearch it will also index executions, flows and triggers.)
+//! repository (it shows liveness; the executor decides it, [`crate::liveness`]), and the execution
+//! changes and tombstones of [`Topic::ExecutionChange`] into the execution repository (published
+//! only by a queue whose units do not write the repository themselves, e.g. Kafka: see
+//! [`QueueCapabilities::repository_in_unit`](crate::queue::QueueCapabilities)).
+//! (With Kafka + Elasticsearch it will also index flows and triggers.)
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,10 +13,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
 use crate::liveness::{Heartbeat, LivenessConfig, LivenessMessage};
+use crate::messages::ExecutionChange;
 use crate::model::{LogEntry, MetricEntry, ServiceInstance, ServiceState, ServiceType};
 use crate::queue::{ConsumerGroup, Delivery, DeliveryTag, Queue, QueueError, Topic};
 use crate::repository::{
-    LogRepository, MetricRepository, RepositoryError, ServiceInstanceRepository,
+    ExecutionRepository, LogRepository, MetricRepository, Repositories, RepositoryError,
+    ServiceInstanceRepository,
 };
 
 /// Batch size and wait of the indexer loops.
@@ -43,6 +48,7 @@ impl Default for IndexerConfig {
 /// The indexer service.
 pub struct IndexerService {
     queue: Arc<dyn Queue>,
+    executions: Arc<dyn ExecutionRepository>,
     logs: Arc<dyn LogRepository>,
     metrics: Arc<dyn MetricRepository>,
     services: Arc<dyn ServiceInstanceRepository>,
@@ -58,19 +64,14 @@ enum IndexError {
 }
 
 impl IndexerService {
-    /// An indexer writing into `logs`, `metrics` and `services`.
-    pub fn new(
-        queue: Arc<dyn Queue>,
-        logs: Arc<dyn LogRepository>,
-        metrics: Arc<dyn MetricRepository>,
-        services: Arc<dyn ServiceInstanceRepository>,
-        config: IndexerConfig,
-    ) -> Self {
+    /// An indexer writing into the `repositories` (executions, logs, metrics, service instances).
+    pub fn new(queue: Arc<dyn Queue>, repositories: &Repositories, config: IndexerConfig) -> Self {
         IndexerService {
             queue,
-            logs,
-            metrics,
-            services,
+            executions: repositories.executions.clone(),
+            logs: repositories.logs.clone(),
+            metrics: repositories.metrics.clone(),
+            services: repositories.services.clone(),
             config,
         }
     }
@@ -96,9 +97,16 @@ impl IndexerService {
         };
         let metrics = {
             let this = this.clone();
+            let shutdown = shutdown.clone();
             tokio::spawn(async move { this.run_topic(Topic::Metric, shutdown).await })
         };
-        let _ = tokio::join!(logs, metrics, services);
+        // Published only by queues whose units do not write the repository (Kafka); on JDBC this
+        // loop finds nothing.
+        let executions = {
+            let this = this.clone();
+            tokio::spawn(async move { this.run_topic(Topic::ExecutionChange, shutdown).await })
+        };
+        let _ = tokio::join!(logs, metrics, services, executions);
         heartbeat.stop().await;
     }
 
@@ -199,6 +207,51 @@ impl IndexerService {
                         continue;
                     }
                     self.services.save(&instance).await?;
+                }
+            }
+            Topic::ExecutionChange => {
+                // In order per execution (one key, one consumer): each change applied as it
+                // comes; the repository's versioned save drops an older document.
+                for d in &batch {
+                    match d.envelope.decode::<ExecutionChange>() {
+                        Ok(change) if change.execution_id() != d.envelope.key => {
+                            let reason = format!(
+                                "execution change of '{}' keyed '{}'",
+                                change.execution_id(),
+                                d.envelope.key
+                            );
+                            warn!(%reason, "dead-lettering a mis-keyed execution change");
+                            self.queue.dead_letter(d, &reason).await?;
+                            continue;
+                        }
+                        Ok(ExecutionChange::Saved { execution }) => {
+                            self.executions.save(&execution).await?;
+                        }
+                        Ok(ExecutionChange::Deleted {
+                            tenant_id,
+                            execution_id,
+                            delete_logs,
+                            delete_metrics,
+                        }) => {
+                            self.executions.delete(&tenant_id, &execution_id).await?;
+                            if delete_logs {
+                                self.logs
+                                    .delete_by_execution(&tenant_id, &execution_id)
+                                    .await?;
+                            }
+                            if delete_metrics {
+                                self.metrics
+                                    .delete_by_execution(&tenant_id, &execution_id)
+                                    .await?;
+                            }
+                        }
+                        Err(e) => {
+                            warn!(error = %e, "dead-lettering malformed execution change");
+                            self.queue.dead_letter(d, &e.to_string()).await?;
+                            continue;
+                        }
+                    }
+                    tags.push(d.tag);
                 }
             }
             _ => {

@@ -71,6 +71,12 @@ pub struct ExecutionMetadata {
     pub attempt_number: u32,
     /// When the first attempt of this execution was created.
     pub original_created_date: DateTime<Utc>,
+    /// Version of this document: 0 until the executor first saves it, then one more at each save
+    /// of the executor's unit of work. A repository written asynchronously (by the indexer, from
+    /// [`ExecutionChange`](crate::messages::ExecutionChange) messages) never lets an older version
+    /// overwrite a newer one ([`ExecutionRepository::save`](crate::repository::ExecutionRepository::save)).
+    #[serde(default)]
+    pub version: u64,
 }
 
 /// Kind of execution (`NORMAL` unless it is a test or playground run).
@@ -247,6 +253,7 @@ impl Execution {
             metadata: ExecutionMetadata {
                 attempt_number: 1,
                 original_created_date: now,
+                version: 0,
             },
             kind: ExecutionKind::Normal,
             deleted: false,

@@ -242,13 +242,7 @@ impl EngineBuilder {
             tasks.push(("worker", tokio::spawn(worker.run(worker_shutdown.clone()))));
         }
         if self.components.indexer {
-            let service = IndexerService::new(
-                self.queue.clone(),
-                self.repositories.logs.clone(),
-                self.repositories.metrics.clone(),
-                self.repositories.services.clone(),
-                self.indexer,
-            );
+            let service = IndexerService::new(self.queue.clone(), &self.repositories, self.indexer);
             tasks.push(("indexer", tokio::spawn(service.run(shutdown.clone()))));
         }
         let scheduler_shutdown = CancellationToken::new();
@@ -682,6 +676,44 @@ impl Engine {
             inputs,
         };
         self.queue.publish(vec![cmd.envelope()?]).await?;
+        Ok(())
+    }
+
+    /// Delete an execution (soft: it disappears from lookups and searches), with its logs and
+    /// metrics when asked. Where the queue's units write the repository (JDBC) the rows are deleted
+    /// here; otherwise (Kafka + Elasticsearch) a tombstone
+    /// ([`ExecutionChange::Deleted`](crate::messages::ExecutionChange)) travels through the queue
+    /// to the indexer, and this waits (up to 5 s) until the repository no longer shows it.
+    /// Callers check that the execution has ended first.
+    pub async fn delete_execution(
+        &self,
+        id: &str,
+        delete_logs: bool,
+        delete_metrics: bool,
+    ) -> Result<(), EngineError> {
+        let tenant = crate::model::DEFAULT_TENANT;
+        let repositories = &self.repositories;
+        if self.queue.capabilities().repository_in_unit {
+            repositories.executions.delete(tenant, id).await?;
+            if delete_logs {
+                repositories.logs.delete_by_execution(tenant, id).await?;
+            }
+            if delete_metrics {
+                repositories.metrics.delete_by_execution(tenant, id).await?;
+            }
+            return Ok(());
+        }
+        let tombstone = crate::messages::ExecutionChange::Deleted {
+            tenant_id: tenant.to_string(),
+            execution_id: id.to_string(),
+            delete_logs,
+            delete_metrics,
+        };
+        self.queue.publish(vec![tombstone.envelope()?]).await?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while self.execution(id).await?.is_some() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         Ok(())
     }
 

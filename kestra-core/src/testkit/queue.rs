@@ -2425,6 +2425,7 @@ mod tests {
                 QueueCapabilities {
                     lease_timers: true,
                     max_message_bytes: MEM_MAX,
+                    repository_in_unit: false,
                 }
             }
             async fn publish(&self, m: Vec<Envelope>) -> Result<(), QueueError> {

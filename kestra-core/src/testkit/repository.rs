@@ -1008,6 +1008,69 @@ pub async fn execution_delete_and_purge(repos: &Repositories) {
     );
 }
 
+/// Executions are versioned (`metadata.version`): saving an older version changes nothing (labels
+/// included), an equal version replaces (a redelivery is harmless), a newer one replaces; a
+/// soft-deleted execution stays deleted whatever is saved after.
+pub async fn execution_versions(repos: &Repositories) {
+    let execs = &*repos.executions;
+    let tn = tenant("execution-versions");
+    let mut v2 = execution(&tn, "company.team", "flow-one", t(0), StateType::Running);
+    v2.metadata.version = 2;
+    v2.labels = vec![Label::new("version", "two")];
+    ok(execs.save(&v2).await, "save version 2");
+    let mut v1 = execution(&tn, "company.team", "flow-one", t(0), StateType::Success);
+    v1.id = v2.id.clone();
+    v1.metadata.version = 1;
+    v1.labels = vec![Label::new("version", "one")];
+    ok(execs.save(&v1).await, "save version 1 after 2");
+    assert_eq!(
+        ok(execs.find_by_id(&tn, &v2.id).await, "find after older save").as_ref(),
+        Some(&v2),
+        "an older version never overwrites a newer one"
+    );
+    let by_label = |value: &str| ExecutionQuery {
+        tenant_id: Some(tn.clone()),
+        labels: vec![Label::new("version", value)],
+        ..ExecutionQuery::default()
+    };
+    let page = ok(
+        execs.search(&by_label("one"), &Pageable::default()).await,
+        "search the older labels",
+    );
+    assert_eq!(page.total, 0, "an older version's labels are not stored");
+
+    let mut v3 = v1.clone();
+    v3.metadata.version = 3;
+    v3.labels = vec![Label::new("version", "three")];
+    ok(execs.save(&v3).await, "save version 3");
+    ok(execs.save(&v3).await, "save version 3 again");
+    assert_eq!(
+        ok(execs.find_by_id(&tn, &v3.id).await, "find version 3").as_ref(),
+        Some(&v3),
+        "a newer version replaces, and saving it again changes nothing"
+    );
+    let page = ok(
+        execs.search(&by_label("three"), &Pageable::default()).await,
+        "search the newer labels",
+    );
+    assert_eq!(exec_ids(&page), vec![v3.id.clone()]);
+    let page = ok(
+        execs.search(&by_label("two"), &Pageable::default()).await,
+        "search the replaced labels",
+    );
+    assert_eq!(page.total, 0, "a newer version replaces the labels");
+
+    ok(execs.delete(&tn, &v3.id).await, "soft delete");
+    let mut v4 = v3.clone();
+    v4.metadata.version = 4;
+    ok(execs.save(&v4).await, "save version 4 after the delete");
+    assert_eq!(
+        ok(execs.find_by_id(&tn, &v4.id).await, "find after delete"),
+        None,
+        "a soft-deleted execution stays deleted"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------------
 // logs and metrics
 
@@ -1642,6 +1705,7 @@ pub async fn run_all(repos: &Repositories) {
     execution_search_page_agrees_with_total(repos).await;
     execution_sort_and_pagination(repos).await;
     execution_delete_and_purge(repos).await;
+    execution_versions(repos).await;
     logs(repos).await;
     metrics(repos).await;
     log_and_metric_ids(repos).await;

@@ -308,20 +308,10 @@ pub(crate) async fn delete_execution(
             execution.state.current()
         )));
     }
-    let repositories = state.engine.repositories();
-    repositories.executions.delete(DEFAULT_TENANT, &id).await?;
-    if delete_logs {
-        repositories
-            .logs
-            .delete_by_execution(DEFAULT_TENANT, &id)
-            .await?;
-    }
-    if delete_metrics {
-        repositories
-            .metrics
-            .delete_by_execution(DEFAULT_TENANT, &id)
-            .await?;
-    }
+    state
+        .engine
+        .delete_execution(&id, delete_logs, delete_metrics)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

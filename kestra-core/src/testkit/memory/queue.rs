@@ -292,6 +292,8 @@ impl Queue for MemoryQueue {
         QueueCapabilities {
             lease_timers: !self.flaws.no_lease_timers,
             max_message_bytes: self.max(),
+            // Its units keep executions to themselves: a repository follows through the indexer.
+            repository_in_unit: false,
         }
     }
 

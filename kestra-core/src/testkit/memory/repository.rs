@@ -213,7 +213,16 @@ fn date_key(d: Option<DateTime<Utc>>) -> String {
 #[async_trait]
 impl ExecutionRepository for Mem {
     async fn save(&self, e: &Execution) -> RepoResult<()> {
-        lock(&self.executions).insert((e.tenant_id.clone(), e.id.clone()), e.clone());
+        let mut executions = lock(&self.executions);
+        let key = (e.tenant_id.clone(), e.id.clone());
+        let mut e = e.clone();
+        if let Some(stored) = executions.get(&key) {
+            if stored.metadata.version > e.metadata.version {
+                return Ok(());
+            }
+            e.deleted |= stored.deleted;
+        }
+        executions.insert(key, e);
         Ok(())
     }
     async fn find_by_id(&self, tenant: &str, id: &str) -> RepoResult<Option<Execution>> {
