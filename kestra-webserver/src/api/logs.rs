@@ -137,6 +137,23 @@ pub(crate) async fn follow(
             })
         })
         .transpose()?;
+    let events = follow_entries(state, execution_id, min_level)
+        .await?
+        .map(|entry| {
+            let data = serde_json::to_string(&entry).unwrap_or_default();
+            Ok(Event::default().id("progress").data(data))
+        });
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+}
+
+/// An execution's log lines: the stored ones first, then new ones as workers emit them, without
+/// duplicates, until a moment after the execution has ended (or the server shuts down).
+pub(crate) async fn follow_entries(
+    state: Arc<AppState>,
+    execution_id: String,
+    min_level: Option<Level>,
+) -> Result<impl futures::Stream<Item = LogEntry> + Send + 'static, ApiError> {
+    use futures::StreamExt;
     // Subscribe before reading the stored lines: nothing falls between the two.
     let subscription = state
         .engine
@@ -156,11 +173,10 @@ pub(crate) async fn follow(
     for entry in stored_lines(start.state.clone(), start.execution_id.clone(), min_level).await {
         start.keep(entry);
     }
-    let events = futures::stream::unfold(start, |mut f| async move {
+    Ok(futures::stream::unfold(start, |mut f| async move {
         loop {
             if let Some(entry) = f.pending.pop_front() {
-                let data = serde_json::to_string(&entry).unwrap_or_default();
-                return Some((Ok(Event::default().id("progress").data(data)), f));
+                return Some((entry, f));
             }
             if let Some(at) = f.ended_at
                 && at.elapsed() >= END_GRACE
@@ -197,6 +213,5 @@ pub(crate) async fn follow(
                 () = f.state.shutdown.cancelled() => return None,
             }
         }
-    });
-    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+    }))
 }
