@@ -51,10 +51,17 @@ struct LogFollow {
     pending: std::collections::VecDeque<LogEntry>,
     /// When the execution was first seen ended: the follow closes a little after.
     ended_at: Option<tokio::time::Instant>,
+    /// When the stored lines were last read.
+    stored_at: tokio::time::Instant,
 }
 
 /// After the execution has ended, how long a follow still waits for log lines in flight.
 const END_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// While the execution runs, how often a follow reads the stored lines again: a line a worker
+/// emitted just before the follow subscribed, and that the indexer stored just after the follow's
+/// first read, is found this way (duplicates are dropped).
+const STORED_REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn identity(entry: &LogEntry) -> String {
     format!(
@@ -169,6 +176,7 @@ pub(crate) async fn follow_entries(
         seen: std::collections::HashSet::new(),
         pending: std::collections::VecDeque::new(),
         ended_at: None,
+        stored_at: tokio::time::Instant::now(),
     };
     for entry in stored_lines(start.state.clone(), start.execution_id.clone(), min_level).await {
         start.keep(entry);
@@ -206,8 +214,16 @@ pub(crate) async fn follow_entries(
                     None => return None,
                 },
                 () = tokio::time::sleep(poll) => {
+                    let mut refresh = f.ended_at.is_none() && f.stored_at.elapsed() >= STORED_REFRESH;
                     if f.ended_at.is_none() && execution_ended(f.state.clone(), f.execution_id.clone()).await {
                         f.ended_at = Some(tokio::time::Instant::now());
+                        refresh = true;
+                    }
+                    if refresh {
+                        f.stored_at = tokio::time::Instant::now();
+                        for entry in stored_lines(f.state.clone(), f.execution_id.clone(), f.min_level).await {
+                            f.keep(entry);
+                        }
                     }
                 }
                 () = f.state.shutdown.cancelled() => return None,
