@@ -1,6 +1,6 @@
 //! The Web UI: its login sessions (redirects, cookie, the header a change needs, logout), the
 //! escaping of user strings in every page (an `<img onerror>` description, a `javascript:` label,
-//! a `<script>` log line), and, in headless Chromium driven over WebDriver, a user's path through
+//! a `<script>` log line, input and KV value), and, in headless Chromium driven over WebDriver, a user's path through
 //! it: log in, write a flow in the editor and see its error at the right line, fix it, save, run it
 //! with an input, watch it reach SUCCESS with its logs arriving live, open the Gantt view and an
 //! output file; screenshots go to `target/ui-screenshots/`.
@@ -320,6 +320,10 @@ tasks:
   - id: say
     type: io.kestra.plugin.core.log.Log
     message: "{script} {{{{ inputs.who }}}}"
+  - id: remember
+    type: io.kestra.plugin.core.kv.Set
+    key: note
+    value: "<script>alert('kv')</script>"
 "#,
         ns = ui.ns
     );
@@ -350,11 +354,16 @@ tasks:
         format!("/ui/executions?namespace={}", ui.ns),
         format!("/ui/logs?namespace={}", ui.ns),
         format!("/ui/executions/{}/logs", execution.id),
+        format!("/ui/namespaces/{}", ui.ns),
+        "/ui/namespaces".to_string(),
+        format!("/ui/triggers?namespace={}", ui.ns),
+        "/ui/".to_string(),
     ];
     let mut seen_img = false;
     let mut seen_label = false;
     let mut seen_script = false;
     let mut seen_input = false;
+    let mut seen_kv = false;
     for path in &pages {
         let body = ui.page(&cookie, path).await;
         for raw in [
@@ -375,11 +384,14 @@ tasks:
         seen_script |= body.contains("&lt;script&gt;alert('log')&lt;/script&gt;")
             || body.contains("&lt;script&gt;alert(&#39;log&#39;)&lt;/script&gt;");
         seen_input |= body.contains("&lt;b onmouseover=alert(2)&gt;x&lt;/b&gt;");
+        seen_kv |= body.contains("&lt;script&gt;alert(&#39;kv&#39;)&lt;/script&gt;")
+            || body.contains("&lt;script&gt;alert('kv')&lt;/script&gt;");
     }
     assert!(seen_img, "the description is shown, escaped");
     assert!(seen_label, "the label is shown as text");
     assert!(seen_script, "the log line is shown, escaped");
     assert!(seen_input, "the input is shown, escaped");
+    assert!(seen_kv, "the KV value is shown, escaped");
     ui.stop().await;
 }
 
@@ -562,7 +574,7 @@ async fn browse(
     )
     .await;
     let good = format!(
-        "id: greet_ui\nnamespace: {ns}\ndescription: Greets someone, slowly\ninputs:\n  - id: name\n    type: STRING\ntasks:\n  - id: hello\n    type: io.kestra.plugin.core.log.Log\n    message: \"Hello, {{{{ inputs.name }}}}!\"\n  - id: pause\n    type: io.kestra.plugin.core.flow.Sleep\n    duration: PT3S\n  - id: write\n    type: io.kestra.plugin.core.storage.Write\n    content: \"Greetings to {{{{ inputs.name }}}}\"\n  - id: bye\n    type: io.kestra.plugin.core.log.Log\n    message: \"Done with {{{{ inputs.name }}}}\"\n"
+        "id: greet_ui\nnamespace: {ns}\ndescription: Greets someone, slowly\ninputs:\n  - id: name\n    type: STRING\ntasks:\n  - id: hello\n    type: io.kestra.plugin.core.log.Log\n    message: \"Hello, {{{{ inputs.name }}}}!\"\n  - id: pause\n    type: io.kestra.plugin.core.flow.Sleep\n    duration: PT5S\n  - id: write\n    type: io.kestra.plugin.core.storage.Write\n    content: \"Greetings to {{{{ inputs.name }}}}\"\n  - id: bye\n    type: io.kestra.plugin.core.log.Log\n    message: \"Done with {{{{ inputs.name }}}}\"\n"
     );
     let bad = good.replace(
         "    type: io.kestra.plugin.core.flow.Sleep",
@@ -703,6 +715,21 @@ async fn browse(
     .await;
     wait_js(client, "the last log line, live", "document.getElementById('logs').textContent.includes('Done with Ada') && window.__samePage === true", long).await;
     shot(client, shots, "07-logs-success.png").await;
+    client
+        .find(Locator::Css("[data-tab-to=overview]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_js(
+        client,
+        "the task-run tree",
+        "document.querySelectorAll('table.taskruns .state-success').length === 4",
+        long,
+    )
+    .await;
+    shot(client, shots, "07b-overview.png").await;
 
     // The Gantt view: one bar per task run.
     client

@@ -21,6 +21,30 @@ use crate::api::Params;
 use crate::api::executions::find;
 use crate::{ApiError, AppState};
 
+/// How long a page waits for an execution that was just created and is not stored yet.
+const APPEAR_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// An execution, waiting a little for one just created (the executor stores it a moment after the
+/// engine hands back its id); 404 after [`APPEAR_WAIT`].
+pub(crate) async fn find_soon(state: &AppState, id: &str) -> Result<Execution, ApiError> {
+    let deadline = tokio::time::Instant::now() + APPEAR_WAIT;
+    loop {
+        if let Some(found) = state
+            .engine
+            .repositories()
+            .executions
+            .find_by_id(kestra_core::model::DEFAULT_TENANT, id)
+            .await?
+        {
+            return Ok(found);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ApiError::not_found(format!("execution {id} not found")));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 fn execution_url(id: &str) -> String {
     format!("/ui/executions/{}", enc(id))
 }
@@ -306,7 +330,7 @@ pub(crate) async fn show(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Markup, UiError> {
-    let execution = find(&state, &id).await?;
+    let execution = find_soon(&state, &id).await?;
     let url = execution_url(&execution.id);
     Ok(page(
         &format!("Execution {}", execution.id),
@@ -508,5 +532,6 @@ pub(crate) async fn replay(
         ))));
     }
     let replayed = state.engine.replay(&id, task_run_id).await?;
+    find_soon(&state, &replayed.id).await?;
     Ok(go(&execution_url(&replayed.id)))
 }

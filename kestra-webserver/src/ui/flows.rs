@@ -424,6 +424,9 @@ pub(crate) async fn run(
         .await
     {
         Ok(execution) => {
+            if let Err(e) = super::executions::find_soon(&state, &execution.id).await {
+                return problem(&e);
+            }
             let mut response = axum::http::StatusCode::NO_CONTENT.into_response();
             if let Ok(value) =
                 HeaderValue::from_str(&format!("/ui/executions/{}", enc(&execution.id)))

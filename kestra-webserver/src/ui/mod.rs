@@ -14,6 +14,8 @@
 //! | `/ui/executions/{id}` | an execution: task-run tree, Gantt, live logs (SSE), outputs and files; kill, restart, replay, resume |
 //! | `/ui/executions/{id}/file` | a preview of one of the execution's files, with its download link |
 //! | `/ui/logs` | log search: text, namespace, minimum level |
+//! | `/ui/triggers` | triggers with their last and next dates (read-only) |
+//! | `/ui/namespaces`, `/ui/namespaces/{ns}` | namespaces, their flows and KV entries (read-only) |
 //!
 //! Authentication: a login page rather than the browser's basic-auth prompt, so that a user can log
 //! out, the page is styled, and scripts of the UI get a clear "log in again" instead of a prompt; see
@@ -23,6 +25,7 @@
 
 mod executions;
 mod flows;
+mod namespaces;
 pub mod session;
 
 use std::sync::Arc;
@@ -142,6 +145,9 @@ pub(crate) fn router() -> Router<Arc<AppState>> {
         .route("/ui/executions/{id}/resume", post(executions::resume))
         .route("/ui/executions/{id}/replay", post(executions::replay))
         .route("/ui/logs", get(log_search))
+        .route("/ui/triggers", get(namespaces::triggers))
+        .route("/ui/namespaces", get(namespaces::list))
+        .route("/ui/namespaces/{namespace}", get(namespaces::show))
 }
 
 /// Characters percent-encoded in a path segment or query value.
@@ -207,6 +213,8 @@ pub(crate) enum Nav {
     Flows,
     Executions,
     Logs,
+    Triggers,
+    Namespaces,
 }
 
 /// A whole page: head, menu, content.
@@ -233,6 +241,8 @@ pub(crate) fn page(title: &str, nav: Nav, content: Markup) -> Markup {
                             a.active[nav == Nav::Flows] href="/ui/flows" { "Flows" }
                             a.active[nav == Nav::Executions] href="/ui/executions" { "Executions" }
                             a.active[nav == Nav::Logs] href="/ui/logs" { "Logs" }
+                            a.active[nav == Nav::Triggers] href="/ui/triggers" { "Triggers" }
+                            a.active[nav == Nav::Namespaces] href="/ui/namespaces" { "Namespaces" }
                         }
                         button.link.logout hx-post="/ui/logout" { "Log out" }
                     }
