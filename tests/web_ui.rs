@@ -788,3 +788,169 @@ async fn browse(
     shot(client, shots, "11-dashboard.png").await;
     Ok(())
 }
+
+/// The execution page's buttons and the run form, as htmx sends them: kill a running execution,
+/// restart it, replay it from a task run (a new execution), refuse a restart of a successful one;
+/// a run with a missing required input answers the error as a fragment and creates nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ui_execution_actions() {
+    let ui = Ui::start().await;
+    let cookie = ui.session().await;
+    let yaml = format!(
+        "id: slow\nnamespace: {}\ninputs:\n  - id: who\n    type: STRING\ntasks:\n  - id: first\n    type: io.kestra.plugin.core.log.Log\n    message: \"hi {{{{ inputs.who }}}}\"\n  - id: nap\n    type: io.kestra.plugin.core.flow.Sleep\n    duration: PT60S\n",
+        ui.ns
+    );
+    ui.engine.deploy(&yaml).await.unwrap();
+    let htmx = |method: Method, path: String, content_type: Option<&str>, body: Body| {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::COOKIE, &cookie)
+            .header("HX-Request", "true");
+        if let Some(ct) = content_type {
+            request = request.header(header::CONTENT_TYPE, ct);
+        }
+        request.body(body).unwrap()
+    };
+    let boundary = "XyZboundary";
+    let multipart = |fields: &[(&str, &str)]| {
+        let mut body = String::new();
+        for (name, value) in fields {
+            body.push_str(&format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
+            ));
+        }
+        body.push_str(&format!("--{boundary}--\r\n"));
+        body
+    };
+    let content_type = format!("multipart/form-data; boundary={boundary}");
+
+    // A missing required input: the error comes back in the form, no execution is created.
+    let missing = ui
+        .send(htmx(
+            Method::POST,
+            format!("/ui/flows/{}/slow/run", ui.ns),
+            Some(&content_type),
+            Body::from(multipart(&[("who", "")])),
+        ))
+        .await;
+    assert_eq!(missing.status, StatusCode::OK);
+    assert!(missing.body.contains("alert-error"), "{}", missing.body);
+    assert!(missing.body.contains("who"), "{}", missing.body);
+    assert!(!missing.headers.contains_key("hx-redirect"));
+
+    let run = ui
+        .send(htmx(
+            Method::POST,
+            format!("/ui/flows/{}/slow/run", ui.ns),
+            Some(&content_type),
+            Body::from(multipart(&[("who", "Grace")])),
+        ))
+        .await;
+    assert_eq!(run.status, StatusCode::NO_CONTENT, "{}", run.body);
+    let target = run.headers["hx-redirect"].to_str().unwrap().to_string();
+    let id = target.strip_prefix("/ui/executions/").unwrap().to_string();
+    let page = ui.page(&cookie, &target).await;
+    assert!(page.contains("Grace"), "the input shows on the page");
+
+    // Kill while it sleeps.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let e = ui.engine.execution(&id).await.unwrap().unwrap();
+        if e.task_run_list.iter().any(|t| t.task_id == "nap") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "nap never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let live = ui.page(&cookie, &format!("/ui/executions/{id}/live")).await;
+    assert!(
+        live.contains("id=\"kill\""),
+        "a running execution offers Kill"
+    );
+    assert!(
+        live.contains("every 1s"),
+        "a running execution's part is polled"
+    );
+    let kill = ui
+        .send(htmx(
+            Method::POST,
+            format!("/ui/executions/{id}/kill"),
+            None,
+            Body::empty(),
+        ))
+        .await;
+    assert_eq!(kill.status, StatusCode::NO_CONTENT, "{}", kill.body);
+    assert_eq!(
+        kill.headers["hx-redirect"],
+        format!("/ui/executions/{id}").as_str()
+    );
+    let killed = ui
+        .engine
+        .wait_for(&id, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(killed.current().as_str(), "KILLED");
+    let live = ui.page(&cookie, &format!("/ui/executions/{id}/live")).await;
+    assert!(
+        live.contains("id=\"restart\""),
+        "a killed execution offers Restart"
+    );
+    assert!(
+        !live.contains("every 1s"),
+        "an ended execution is not polled"
+    );
+
+    // Replay from the first task run: a new execution, and the browser is sent to it.
+    let first = killed
+        .task_run_list
+        .iter()
+        .find(|t| t.task_id == "first")
+        .unwrap()
+        .id
+        .clone();
+    let replay = ui
+        .send(htmx(
+            Method::POST,
+            format!("/ui/executions/{id}/replay?taskRunId={first}"),
+            None,
+            Body::empty(),
+        ))
+        .await;
+    assert_eq!(replay.status, StatusCode::NO_CONTENT, "{}", replay.body);
+    let replayed = replay.headers["hx-redirect"].to_str().unwrap().to_string();
+    assert!(replayed.starts_with("/ui/executions/") && !replayed.ends_with(&id));
+    let replayed_id = replayed.trim_start_matches("/ui/executions/").to_string();
+    let replayed_page = ui.page(&cookie, &replayed).await;
+    assert!(replayed_page.contains("Replay of"), "{replayed_page}");
+
+    // Restart the killed one: accepted; it runs again.
+    let restart = ui
+        .send(htmx(
+            Method::POST,
+            format!("/ui/executions/{id}/restart"),
+            None,
+            Body::empty(),
+        ))
+        .await;
+    assert_eq!(restart.status, StatusCode::NO_CONTENT, "{}", restart.body);
+    // Resume is refused for an execution that is not PAUSED, with a page naming why.
+    let resume = ui
+        .send(htmx(
+            Method::POST,
+            format!("/ui/executions/{id}/resume"),
+            None,
+            Body::empty(),
+        ))
+        .await;
+    assert_eq!(resume.status, StatusCode::CONFLICT);
+    assert!(
+        resume
+            .body
+            .contains("only a PAUSED execution can be resumed")
+    );
+    for running in [&id, &replayed_id] {
+        let _ = ui.engine.kill(running).await;
+    }
+    ui.stop().await;
+}
