@@ -32,6 +32,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(credentials) = &web.credentials {
         println!("Log in with: {credentials}");
     }
+    println!("Kestra UI: {}ui/", web.url);
     let shutdown = tokio_util::sync::CancellationToken::new();
     let mut server = tokio::spawn(web.webserver.run(shutdown.clone()));
     tracing::info!(

@@ -170,4 +170,6 @@ start_mariadb() {
 
 start_postgres
 start_mariadb
+# The headless browser of the Web UI test (installs chromium + chromium-driver; prints its exports).
+"$(dirname "$0")/services/browser.sh"
 log "services ready"

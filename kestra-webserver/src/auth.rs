@@ -199,21 +199,56 @@ pub fn is_public(method: &Method, raw_path: &str) -> bool {
     }
 }
 
-/// The authentication middleware of every route.
+/// The authentication middleware of every route: HTTP basic authentication, or the Web UI's login
+/// session cookie ([`crate::ui::session`]); a change (any method but `GET`/`HEAD`) made with the
+/// cookie alone must also carry the `HX-Request` or `X-Kestra-UI` header, which another site's page
+/// cannot send without a CORS preflight this server never grants. A browser asking for a UI page
+/// without credentials is sent to the login page instead of a 401.
 pub(crate) async fn require_auth(
     State(state): State<Arc<AppState>>,
     request: Request,
     next: Next,
 ) -> Response {
-    if is_public(request.method(), request.uri().path()) {
+    if is_public(request.method(), request.uri().path())
+        || crate::ui::is_public(request.method(), request.uri().path())
+    {
         return next.run(request).await;
     }
     let user = match &state.config.auth {
         Auth::Disabled => return next.run(request).await,
-        Auth::Unconfigured => return unauthorized("no credentials are configured on this server"),
+        Auth::Unconfigured => {
+            if let Some(redirect) = crate::ui::login_redirect(&request) {
+                return redirect;
+            }
+            return unauthorized("no credentials are configured on this server");
+        }
         Auth::Basic(user) => user.clone(),
     };
     let Some(value) = request.headers().get(header::AUTHORIZATION) else {
+        if crate::ui::session::cookie_token(request.headers())
+            .is_some_and(|token| state.sessions.is_valid(&token))
+        {
+            let safe = request.method() == Method::GET || request.method() == Method::HEAD;
+            if safe || crate::ui::session::has_ui_header(request.headers()) {
+                return next.run(request).await;
+            }
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                "a change made with the UI's session cookie must carry the X-Kestra-UI header",
+            )
+            .into_response();
+        }
+        if let Some(redirect) = crate::ui::login_redirect(&request) {
+            return redirect;
+        }
+        if crate::ui::session::has_ui_header(request.headers()) {
+            // The UI's own scripts: no browser password prompt, the page sends the user to log in.
+            return ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "your session has ended: log in again",
+            )
+            .into_response();
+        }
         return unauthorized("authentication required");
     };
     let value = value.as_bytes().to_vec();

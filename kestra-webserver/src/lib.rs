@@ -3,7 +3,8 @@
 //! that runs no component, or inside `kestra server standalone`).
 //!
 //! Routes live under `/api/v1/main/...` (tenant `main`) and the older `/api/v1/...` alias; see
-//! [`api`] for the list. Every route requires HTTP basic authentication except the exact public
+//! [`api`] for the list. The Web UI ([`ui`]) is served by the same router under `/ui/` (`/` redirects
+//! there). Every route requires HTTP basic authentication except the exact public
 //! paths of [`auth::is_public`] (`/health`); authentication is off only when the configuration says
 //! so ([`Auth::Disabled`]), with a warning at start.
 //!
@@ -22,6 +23,7 @@
 pub mod api;
 pub mod auth;
 pub mod error;
+pub mod ui;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -79,6 +81,8 @@ pub(crate) struct AppState {
     pub(crate) engine: Arc<Engine>,
     pub(crate) config: WebserverConfig,
     pub(crate) shutdown: CancellationToken,
+    /// The Web UI's login sessions.
+    pub(crate) sessions: ui::session::Sessions,
 }
 
 /// Builds a [`Webserver`].
@@ -156,6 +160,7 @@ impl Webserver {
             engine: self.engine.clone(),
             config: self.config.clone(),
             shutdown,
+            sessions: ui::session::Sessions::default(),
         });
         api::router(state)
     }

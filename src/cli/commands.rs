@@ -514,6 +514,7 @@ mod web {
             Some(credentials) => println!("Log in with: {credentials}"),
             None => println!("Authentication is DISABLED (kestra.server.basic-auth.enabled=false)"),
         }
+        println!("Kestra UI: {url}ui/");
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
         let handle = tokio::spawn(async move {

@@ -23,7 +23,7 @@ use crate::{ApiError, AppState};
 /// How long a follow waits for an execution that was just created and is not stored yet.
 const FOLLOW_APPEAR_WAIT: Duration = Duration::from_secs(10);
 
-async fn find(state: &AppState, id: &str) -> Result<Execution, ApiError> {
+pub(crate) async fn find(state: &AppState, id: &str) -> Result<Execution, ApiError> {
     state
         .engine
         .repositories()
@@ -39,7 +39,7 @@ fn execution_json(execution: &Execution) -> Result<Value, ApiError> {
 }
 
 /// The inputs of a multipart form: text fields and files.
-async fn form_inputs(
+pub(crate) async fn form_inputs(
     state: &Arc<AppState>,
     request: Request,
 ) -> Result<IndexMap<String, RawInput>, ApiError> {
@@ -401,14 +401,57 @@ pub(crate) async fn file(
     RawQuery(query): RawQuery,
 ) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;
-    use kestra_core::storage::{StorageError, StoragePath};
     let params = Params::parse(query.as_deref(), &["path"])?;
     let Some(raw) = params.one("path") else {
         return Err(ApiError::bad_request(
             "query parameter 'path' is required: the kestra:/// URI of the file",
         ));
     };
-    let execution = find(&state, &id).await?;
+    let OwnedFile { path, size, stream } = owned_file(&state, &id, raw).await?;
+    let file_name: String = path
+        .file_name()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, size.to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{file_name}\""),
+            ),
+        ],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+/// A file of an execution, opened for reading.
+pub(crate) struct OwnedFile {
+    /// Its canonical path.
+    pub(crate) path: kestra_core::storage::StoragePath,
+    /// Its size in bytes.
+    pub(crate) size: u64,
+    /// Its content.
+    pub(crate) stream: kestra_core::storage::ByteStream,
+}
+
+/// Open `raw` (a `kestra:///` URI) only if it is a file under execution `id`'s own storage folder
+/// (canonicalised first): 403 for any other file, 400 for an invalid path, 404 for a missing one.
+pub(crate) async fn owned_file(
+    state: &AppState,
+    id: &str,
+    raw: &str,
+) -> Result<OwnedFile, ApiError> {
+    use kestra_core::storage::{StorageError, StoragePath};
+    let execution = find(state, id).await?;
     let path = StoragePath::parse(raw).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let root = StoragePath::execution(&execution.namespace, &execution.flow_id, &execution.id)
         .map_err(|e| ApiError::internal(e.to_string()))?;
@@ -437,27 +480,5 @@ pub(crate) async fn file(
         .get(&execution.tenant_id, &path)
         .await
         .map_err(storage_error)?;
-    let file_name: String = path
-        .file_name()
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    Ok((
-        [
-            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
-            (header::CONTENT_LENGTH, size.to_string()),
-            (
-                header::CONTENT_DISPOSITION,
-                format!("attachment; filename=\"{file_name}\""),
-            ),
-        ],
-        axum::body::Body::from_stream(stream),
-    )
-        .into_response())
+    Ok(OwnedFile { path, size, stream })
 }

@@ -51,10 +51,17 @@ struct LogFollow {
     pending: std::collections::VecDeque<LogEntry>,
     /// When the execution was first seen ended: the follow closes a little after.
     ended_at: Option<tokio::time::Instant>,
+    /// When the stored lines were last read.
+    stored_at: tokio::time::Instant,
 }
 
 /// After the execution has ended, how long a follow still waits for log lines in flight.
 const END_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// While the execution runs, how often a follow reads the stored lines again: a line a worker
+/// emitted just before the follow subscribed, and that the indexer stored just after the follow's
+/// first read, is found this way (duplicates are dropped).
+const STORED_REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn identity(entry: &LogEntry) -> String {
     format!(
@@ -137,6 +144,23 @@ pub(crate) async fn follow(
             })
         })
         .transpose()?;
+    let events = follow_entries(state, execution_id, min_level)
+        .await?
+        .map(|entry| {
+            let data = serde_json::to_string(&entry).unwrap_or_default();
+            Ok(Event::default().id("progress").data(data))
+        });
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+}
+
+/// An execution's log lines: the stored ones first, then new ones as workers emit them, without
+/// duplicates, until a moment after the execution has ended (or the server shuts down).
+pub(crate) async fn follow_entries(
+    state: Arc<AppState>,
+    execution_id: String,
+    min_level: Option<Level>,
+) -> Result<impl futures::Stream<Item = LogEntry> + Send + 'static, ApiError> {
+    use futures::StreamExt;
     // Subscribe before reading the stored lines: nothing falls between the two.
     let subscription = state
         .engine
@@ -152,15 +176,15 @@ pub(crate) async fn follow(
         seen: std::collections::HashSet::new(),
         pending: std::collections::VecDeque::new(),
         ended_at: None,
+        stored_at: tokio::time::Instant::now(),
     };
     for entry in stored_lines(start.state.clone(), start.execution_id.clone(), min_level).await {
         start.keep(entry);
     }
-    let events = futures::stream::unfold(start, |mut f| async move {
+    Ok(futures::stream::unfold(start, |mut f| async move {
         loop {
             if let Some(entry) = f.pending.pop_front() {
-                let data = serde_json::to_string(&entry).unwrap_or_default();
-                return Some((Ok(Event::default().id("progress").data(data)), f));
+                return Some((entry, f));
             }
             if let Some(at) = f.ended_at
                 && at.elapsed() >= END_GRACE
@@ -190,13 +214,20 @@ pub(crate) async fn follow(
                     None => return None,
                 },
                 () = tokio::time::sleep(poll) => {
+                    let mut refresh = f.ended_at.is_none() && f.stored_at.elapsed() >= STORED_REFRESH;
                     if f.ended_at.is_none() && execution_ended(f.state.clone(), f.execution_id.clone()).await {
                         f.ended_at = Some(tokio::time::Instant::now());
+                        refresh = true;
+                    }
+                    if refresh {
+                        f.stored_at = tokio::time::Instant::now();
+                        for entry in stored_lines(f.state.clone(), f.execution_id.clone(), f.min_level).await {
+                            f.keep(entry);
+                        }
                     }
                 }
                 () = f.state.shutdown.cancelled() => return None,
             }
         }
-    });
-    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+    }))
 }

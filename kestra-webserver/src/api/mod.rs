@@ -103,6 +103,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/health", get(health))
         .nest("/api/v1/main", api.clone())
         .nest("/api/v1", api)
+        .merge(crate::ui::router())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .layer(from_fn_with_state(state.clone(), reject_oversized))
