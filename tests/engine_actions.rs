@@ -4,7 +4,6 @@
 
 mod common;
 
-use common::{service_url, sqlite_url};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -465,22 +464,4 @@ async fn suite(url: &str) {
     engine.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn actions_sqlite() {
-    let dir = tempfile::tempdir().unwrap();
-    suite(&sqlite_url(&dir)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn actions_postgres() {
-    if let Some(url) = service_url("KESTRA_TEST_POSTGRES_URL") {
-        suite(&url).await;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn actions_mysql() {
-    if let Some(url) = service_url("KESTRA_TEST_MYSQL_URL") {
-        suite(&url).await;
-    }
-}
+common::on_each_database!(actions: suite);

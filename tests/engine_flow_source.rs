@@ -10,7 +10,6 @@
 
 mod common;
 
-use common::{service_url, sqlite_url};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -243,22 +242,4 @@ async fn suite(url: &str) {
     topic_fed_store(url).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn flow_source_sqlite() {
-    let dir = tempfile::tempdir().unwrap();
-    suite(&sqlite_url(&dir)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn flow_source_postgres() {
-    if let Some(url) = service_url("KESTRA_TEST_POSTGRES_URL") {
-        suite(&url).await;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn flow_source_mysql() {
-    if let Some(url) = service_url("KESTRA_TEST_MYSQL_URL") {
-        suite(&url).await;
-    }
-}
+common::on_each_database!(flow_source: suite);

@@ -117,22 +117,7 @@ async fn redelivered_entries_are_stored_once(url: &str) {
     backend.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn redelivered_logs_and_metrics_are_stored_once_sqlite() {
-    let dir = tempfile::tempdir().unwrap();
-    redelivered_entries_are_stored_once(&common::sqlite_url(&dir)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn redelivered_logs_and_metrics_are_stored_once_postgres() {
-    if let Some(url) = common::service_url("KESTRA_TEST_POSTGRES_URL") {
-        redelivered_entries_are_stored_once(&url).await;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn redelivered_logs_and_metrics_are_stored_once_mysql() {
-    if let Some(url) = common::service_url("KESTRA_TEST_MYSQL_URL") {
-        redelivered_entries_are_stored_once(&url).await;
-    }
-}
+common::on_each_database!(
+    redelivered_logs_and_metrics_are_stored_once:
+    redelivered_entries_are_stored_once
+);

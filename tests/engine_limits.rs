@@ -11,7 +11,6 @@
 
 mod common;
 
-use common::{service_url, sqlite_url};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -265,34 +264,10 @@ async fn wait_state(engine: &Engine, id: &str, state: StateType) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn limits_sqlite() {
-    let dir = tempfile::tempdir().unwrap();
-    concurrency(&sqlite_url(&dir)).await;
-    let dir = tempfile::tempdir().unwrap();
-    retry_survives_restart(&sqlite_url(&dir)).await;
-    let dir = tempfile::tempdir().unwrap();
-    long_task_outlives_its_lease(&sqlite_url(&dir)).await;
-    let dir = tempfile::tempdir().unwrap();
-    restart_takes_a_slot(&sqlite_url(&dir)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn limits_postgres() {
-    if let Some(url) = service_url("KESTRA_TEST_POSTGRES_URL") {
-        concurrency(&url).await;
-        retry_survives_restart(&url).await;
-        long_task_outlives_its_lease(&url).await;
-        restart_takes_a_slot(&url).await;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn limits_mysql() {
-    if let Some(url) = service_url("KESTRA_TEST_MYSQL_URL") {
-        concurrency(&url).await;
-        retry_survives_restart(&url).await;
-        long_task_outlives_its_lease(&url).await;
-        restart_takes_a_slot(&url).await;
-    }
-}
+common::on_each_database!(
+    limits:
+    concurrency,
+    retry_survives_restart,
+    long_task_outlives_its_lease,
+    restart_takes_a_slot
+);

@@ -228,22 +228,4 @@ async fn dead_worker_is_declared(url: &str) {
     backend.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_dead_worker_is_declared_through_the_queue_sqlite() {
-    let dir = tempfile::tempdir().unwrap();
-    dead_worker_is_declared(&common::sqlite_url(&dir)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_dead_worker_is_declared_through_the_queue_postgres() {
-    if let Some(url) = common::service_url("KESTRA_TEST_POSTGRES_URL") {
-        dead_worker_is_declared(&url).await;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_dead_worker_is_declared_through_the_queue_mysql() {
-    if let Some(url) = common::service_url("KESTRA_TEST_MYSQL_URL") {
-        dead_worker_is_declared(&url).await;
-    }
-}
+common::on_each_database!(a_dead_worker_is_declared_through_the_queue: dead_worker_is_declared);

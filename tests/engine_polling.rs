@@ -6,7 +6,6 @@
 
 mod common;
 
-use common::{service_url, sqlite_url};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -176,22 +175,4 @@ triggers:
     engine.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn polling_sqlite() {
-    let dir = tempfile::tempdir().unwrap();
-    suite(&sqlite_url(&dir)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn polling_postgres() {
-    if let Some(url) = service_url("KESTRA_TEST_POSTGRES_URL") {
-        suite(&url).await;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn polling_mysql() {
-    if let Some(url) = service_url("KESTRA_TEST_MYSQL_URL") {
-        suite(&url).await;
-    }
-}
+common::on_each_database!(polling: suite);

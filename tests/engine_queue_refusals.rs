@@ -13,7 +13,6 @@
 
 mod common;
 
-use common::{service_url, sqlite_url};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -179,42 +178,6 @@ async fn fenced(url: &str) {
     engine.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn too_large_sqlite() {
-    let dir = tempfile::tempdir().unwrap();
-    too_large(&sqlite_url(&dir)).await;
-}
+common::on_each_database!(too_large: too_large);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn too_large_postgres() {
-    if let Some(url) = service_url("KESTRA_TEST_POSTGRES_URL") {
-        too_large(&url).await;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn too_large_mysql() {
-    if let Some(url) = service_url("KESTRA_TEST_MYSQL_URL") {
-        too_large(&url).await;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn fenced_sqlite() {
-    let dir = tempfile::tempdir().unwrap();
-    fenced(&sqlite_url(&dir)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn fenced_postgres() {
-    if let Some(url) = service_url("KESTRA_TEST_POSTGRES_URL") {
-        fenced(&url).await;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn fenced_mysql() {
-    if let Some(url) = service_url("KESTRA_TEST_MYSQL_URL") {
-        fenced(&url).await;
-    }
-}
+common::on_each_database!(fenced: fenced);

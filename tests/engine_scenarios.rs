@@ -6,7 +6,6 @@
 
 mod common;
 
-use common::{service_url, sqlite_url};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -336,6 +335,11 @@ async fn run_one(engine: &Engine, scenario: &Scenario) -> Result<(), String> {
     }
 }
 
+/// The scenario suite on the database of `url` (named by the URL's scheme in the messages).
+async fn suite(url: &str) {
+    run_suite(url, url.split(':').next().unwrap_or("database")).await;
+}
+
 async fn run_suite(url: &str, label: &str) {
     let backend = JdbcBackend::connect(url)
         .await
@@ -393,23 +397,4 @@ async fn run_suite(url: &str, label: &str) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn scenarios_sqlite() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = sqlite_url(&dir);
-    run_suite(&url, "sqlite").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn scenarios_postgres() {
-    if let Some(url) = service_url("KESTRA_TEST_POSTGRES_URL") {
-        run_suite(&url, "postgres").await;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn scenarios_mysql() {
-    if let Some(url) = service_url("KESTRA_TEST_MYSQL_URL") {
-        run_suite(&url, "mysql").await;
-    }
-}
+common::on_each_database!(scenarios: suite);

@@ -105,22 +105,4 @@ async fn keeps_firing(url: &str) {
     backend.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn scheduler_keeps_firing_while_the_repository_is_unavailable_sqlite() {
-    let dir = tempfile::tempdir().unwrap();
-    keeps_firing(&common::sqlite_url(&dir)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn scheduler_keeps_firing_while_the_repository_is_unavailable_postgres() {
-    if let Some(url) = common::service_url("KESTRA_TEST_POSTGRES_URL") {
-        keeps_firing(&url).await;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn scheduler_keeps_firing_while_the_repository_is_unavailable_mysql() {
-    if let Some(url) = common::service_url("KESTRA_TEST_MYSQL_URL") {
-        keeps_firing(&url).await;
-    }
-}
+common::on_each_database!(scheduler_keeps_firing_while_the_repository_is_unavailable: keeps_firing);

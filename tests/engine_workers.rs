@@ -9,7 +9,6 @@
 
 mod common;
 
-use common::{service_url, sqlite_url};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -176,26 +175,8 @@ async fn queued_task_runs_when_a_worker_starts_it(url: &str) {
     engine.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn workers_sqlite() {
-    let dir = tempfile::tempdir().unwrap();
-    for_each_spreads_over_three_workers(&sqlite_url(&dir)).await;
-    let dir = tempfile::tempdir().unwrap();
-    queued_task_runs_when_a_worker_starts_it(&sqlite_url(&dir)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn workers_postgres() {
-    if let Some(url) = service_url("KESTRA_TEST_POSTGRES_URL") {
-        for_each_spreads_over_three_workers(&url).await;
-        queued_task_runs_when_a_worker_starts_it(&url).await;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn workers_mysql() {
-    if let Some(url) = service_url("KESTRA_TEST_MYSQL_URL") {
-        for_each_spreads_over_three_workers(&url).await;
-        queued_task_runs_when_a_worker_starts_it(&url).await;
-    }
-}
+common::on_each_database!(
+    workers:
+    for_each_spreads_over_three_workers,
+    queued_task_runs_when_a_worker_starts_it
+);

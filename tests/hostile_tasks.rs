@@ -12,7 +12,6 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{service_url, sqlite_url};
 use indexmap::IndexMap;
 use serde_json::{Value, json};
 
@@ -207,29 +206,8 @@ tasks:
     engine.shutdown().await;
 }
 
-async fn hostile_engine_cases(url: &str) {
-    outputs_over_the_limit_fail_the_task(url).await;
-    input_files_do_not_follow_links_out_of_the_working_directory(url).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn hostile_engine_sqlite() {
-    let dir = tempfile::tempdir().unwrap();
-    outputs_over_the_limit_fail_the_task(&sqlite_url(&dir)).await;
-    let dir = tempfile::tempdir().unwrap();
-    input_files_do_not_follow_links_out_of_the_working_directory(&sqlite_url(&dir)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn hostile_engine_postgres() {
-    if let Some(url) = service_url("KESTRA_TEST_POSTGRES_URL") {
-        hostile_engine_cases(&url).await;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn hostile_engine_mysql() {
-    if let Some(url) = service_url("KESTRA_TEST_MYSQL_URL") {
-        hostile_engine_cases(&url).await;
-    }
-}
+common::on_each_database!(
+    hostile_engine:
+    outputs_over_the_limit_fail_the_task,
+    input_files_do_not_follow_links_out_of_the_working_directory
+);

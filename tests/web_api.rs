@@ -15,7 +15,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
 use base64::Engine as _;
-use common::{service_url, sqlite_url};
+use common::sqlite_url;
 use kestra::Engine;
 use kestra::jdbc::JdbcBackend;
 use kestra::storage::LocalStorage;
@@ -1186,25 +1186,7 @@ async fn suite(url: &str) {
     api.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn api_on_sqlite() {
-    let dir = tempfile::tempdir().unwrap();
-    suite(&sqlite_url(&dir)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn api_on_postgres() {
-    if let Some(url) = service_url("KESTRA_TEST_POSTGRES_URL") {
-        suite(&url).await;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn api_on_mysql() {
-    if let Some(url) = service_url("KESTRA_TEST_MYSQL_URL") {
-        suite(&url).await;
-    }
-}
+common::on_each_database!(api_on: suite);
 
 /// Sends one raw request line (the path exactly as given, no client-side normalisation) and
 /// returns the status code.

@@ -7,40 +7,7 @@ mod common;
 
 use common::*;
 
-const VAR: &str = "KESTRA_TEST_MYSQL_URL";
-
-/// Run `check` on a fresh database of the service, then drop it.
-async fn with_db<F, Fut>(check: F)
-where
-    F: FnOnce(String) -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    let Some(base) = service_url(VAR) else { return };
-    let url = fresh_database(&base).await;
-    check(url.clone()).await;
-    drop_database(&base, &url).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn queue_conformance() {
-    with_db(|url| async move { queue_suite(&url).await }).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn repository_conformance() {
-    with_db(|url| async move { repository_suite(&url).await }).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn killed_consumer() {
-    with_db(|url| async move {
-        let backend = connect(&url).await;
-        killed_consumer_is_redelivered_and_processed_once(&backend).await;
-        expired_lease_is_redelivered_once(&backend).await;
-        backend.close().await;
-    })
-    .await;
-}
+server_database_tests!("KESTRA_TEST_MYSQL_URL");
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn malformed_row() {
@@ -59,33 +26,4 @@ async fn malformed_row() {
         backend.close().await;
     })
     .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn load_test() {
-    with_db(|url| async move {
-        let backend = connect(&url).await;
-        load_100k(&backend).await;
-        backend.close().await;
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn purge_offline() {
-    with_db(|url| async move {
-        let backend = connect(&url).await;
-        offline_purge(&url, backend).await;
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn trigger_unit_conformance() {
-    with_db(|url| async move { trigger_unit_suite(&url).await }).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn scheduler_scenarios() {
-    with_db(|url| async move { scheduler_suite(&url).await }).await;
 }

@@ -483,3 +483,80 @@ pub async fn scheduler_suite(url: &str) {
     testkit::scheduler::run_all(&backend.repositories(), backend.queue()).await;
     backend.close().await;
 }
+
+/// The checks every server database runs, each on a fresh database of the service named by the
+/// environment variable `$var` (skipped with a loud message when unset, a failure under `CI=true`,
+/// [`service_url`]): `with_db` plus the tests `queue_conformance`, `repository_conformance`,
+/// `killed_consumer`, `load_test`, `purge_offline`, `trigger_unit_conformance` and
+/// `scheduler_scenarios`. The dialect's file adds what needs its own SQL. (SQLite has checks of
+/// its own, on files and in memory: `sqlite.rs` does not use it.)
+#[allow(unused_macros)]
+macro_rules! server_database_tests {
+    ($var:expr) => {
+        /// Run `check` on a fresh database of the service, then drop it.
+        async fn with_db<F, Fut>(check: F)
+        where
+            F: FnOnce(String) -> Fut,
+            Fut: std::future::Future<Output = ()>,
+        {
+            let Some(base) = service_url($var) else {
+                return;
+            };
+            let url = fresh_database(&base).await;
+            check(url.clone()).await;
+            drop_database(&base, &url).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn queue_conformance() {
+            with_db(|url| async move { queue_suite(&url).await }).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn repository_conformance() {
+            with_db(|url| async move { repository_suite(&url).await }).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn killed_consumer() {
+            with_db(|url| async move {
+                let backend = connect(&url).await;
+                killed_consumer_is_redelivered_and_processed_once(&backend).await;
+                expired_lease_is_redelivered_once(&backend).await;
+                backend.close().await;
+            })
+            .await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn load_test() {
+            with_db(|url| async move {
+                let backend = connect(&url).await;
+                load_100k(&backend).await;
+                backend.close().await;
+            })
+            .await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn purge_offline() {
+            with_db(|url| async move {
+                let backend = connect(&url).await;
+                offline_purge(&url, backend).await;
+            })
+            .await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn trigger_unit_conformance() {
+            with_db(|url| async move { trigger_unit_suite(&url).await }).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn scheduler_scenarios() {
+            with_db(|url| async move { scheduler_suite(&url).await }).await;
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use server_database_tests;
