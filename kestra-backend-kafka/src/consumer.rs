@@ -477,16 +477,17 @@ impl Inner {
 
     fn run(self: Arc<Self>, consumer: Arc<BaseConsumer<Ctx>>) {
         let options = &self.shared.options;
+        let names: Vec<String> = self.topics.iter().map(|t| options.topic_name(*t)).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        if let Err(e) = consumer.subscribe(&refs) {
+            warn!(group = %self.group, error = %e, "Kafka subscribe failed");
+        }
+        // While the consumer joins its group (in librdkafka's threads).
         if let Some(txn) = &self.txn {
             let producer = txn.lock().unwrap_or_else(PoisonError::into_inner);
             if let Err(e) = producer.init_transactions(Duration::from_secs(30)) {
                 warn!(error = %e, "init_transactions failed: units of work of this consumer will fail");
             }
-        }
-        let names: Vec<String> = self.topics.iter().map(|t| options.topic_name(*t)).collect();
-        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        if let Err(e) = consumer.subscribe(&refs) {
-            warn!(group = %self.group, error = %e, "Kafka subscribe failed");
         }
         let mut last_fire = Instant::now();
         while !self.stop.load(Ordering::SeqCst) {
@@ -542,11 +543,17 @@ impl GroupConsumer {
         units: bool,
     ) -> Result<GroupConsumer, QueueError> {
         let options = &shared.options;
-        let topic_part = topics
-            .iter()
-            .map(|t| t.as_str())
-            .collect::<Vec<_>>()
-            .join("+");
+        // Units: one group member over every topic of the group (co-partitioned), which owns the
+        // state of its partitions; receive: a group per (group, topic).
+        let topic_part = if units {
+            "units".to_string()
+        } else {
+            topics
+                .iter()
+                .map(|t| t.as_str())
+                .collect::<Vec<_>>()
+                .join("+")
+        };
         let group_id = format!("{}{}.{}", options.prefix, group.as_str(), topic_part);
         let txn = if units {
             let producer: FutureProducer = options
@@ -610,14 +617,14 @@ impl GroupConsumer {
 
     /// Hand out up to `max` deliveries: per partition in offset order, skipping keys this consumer
     /// holds from an earlier call.
-    fn take(&self, max: usize) -> Vec<Delivery> {
+    fn take(&self, max: usize, topics: &[Topic]) -> Vec<Delivery> {
         let mut st = self.inner.lock();
         let mut out = Vec::new();
-        for part in st.parts.values_mut() {
+        for ((topic, _), part) in st.parts.iter_mut() {
             if out.len() >= max {
                 break;
             }
-            if part.revoking || part.buffered.is_empty() {
+            if part.revoking || part.buffered.is_empty() || !topics.contains(topic) {
                 continue;
             }
             let mut held: HashSet<String> = part
@@ -656,6 +663,7 @@ impl GroupConsumer {
     /// [`GroupConsumer::take`], waiting up to `wait` for the first delivery.
     pub(crate) async fn take_waiting(
         &self,
+        topics: &[Topic],
         max: usize,
         wait: Duration,
     ) -> Result<Vec<Delivery>, QueueError> {
@@ -667,7 +675,7 @@ impl GroupConsumer {
             let notified = self.inner.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let got = self.take(max);
+            let got = self.take(max, topics);
             if !got.is_empty() {
                 return Ok(got);
             }
@@ -680,7 +688,7 @@ impl GroupConsumer {
             if tokio::time::timeout_at(step, notified).await.is_err()
                 && tokio::time::Instant::now() >= deadline
             {
-                return Ok(self.take(max));
+                return Ok(self.take(max, topics));
             }
         }
     }

@@ -439,7 +439,7 @@ impl Queue for KafkaQueue {
         wait: Duration,
     ) -> Result<Vec<Delivery>, QueueError> {
         let consumer = self.consumer(group, &[topic], false)?;
-        consumer.take_waiting(max, wait).await
+        consumer.take_waiting(&[topic], max, wait).await
     }
 
     async fn receive_recorded(
@@ -452,7 +452,7 @@ impl Queue for KafkaQueue {
         record: &Recorder,
     ) -> Result<Vec<Delivery>, QueueError> {
         let consumer = self.consumer(group, &[topic], false)?;
-        let taken = consumer.take_waiting(max, wait).await?;
+        let taken = consumer.take_waiting(&[topic], max, wait).await?;
         if taken.is_empty() {
             return Ok(taken);
         }
@@ -512,8 +512,18 @@ impl Queue for KafkaQueue {
         max: usize,
         wait: Duration,
     ) -> Result<Option<Box<dyn UnitOfWork>>, QueueError> {
-        let consumer = self.consumer(group, topics, true)?;
-        let taken = consumer.take_waiting(max, wait).await?;
+        let all: Vec<Topic> = Topic::ALL
+            .into_iter()
+            .filter(|t| t.groups().contains(&group))
+            .collect();
+        if let Some(t) = topics.iter().find(|t| !all.contains(t)) {
+            return Err(QueueError::backend(
+                "begin",
+                std::io::Error::other(format!("group {group} does not consume topic {t}")),
+            ));
+        }
+        let consumer = self.consumer(group, &all, true)?;
+        let taken = consumer.take_waiting(topics, max, wait).await?;
         if taken.is_empty() {
             return Ok(None);
         }
