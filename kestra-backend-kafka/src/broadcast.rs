@@ -29,7 +29,11 @@ pub(crate) async fn subscribe(
             .client_config()
             .set(
                 "group.id",
-                format!("{}broadcast-{}", options.prefix, kestra_core::model::new_id()),
+                format!(
+                    "{}broadcast-{}",
+                    options.prefix,
+                    kestra_core::model::new_id()
+                ),
             )
             .set("enable.auto.commit", "false")
             .set("isolation.level", "read_committed")
@@ -76,10 +80,7 @@ pub(crate) async fn subscribe(
                     Some(Ok(m)) => {
                         let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
                         let payload = Bytes::copy_from_slice(m.payload().unwrap_or_default());
-                        if tx
-                            .try_send(Ok(Envelope::new(topic, key, payload)))
-                            .is_err()
-                        {
+                        if tx.try_send(Ok(Envelope::new(topic, key, payload))).is_err() {
                             missed += 1;
                         }
                     }

@@ -349,7 +349,9 @@ impl Inner {
                         continue;
                     };
                     let p = m.partition();
-                    let value = m.payload().and_then(|b| serde_json::from_slice::<Value>(b).ok());
+                    let value = m
+                        .payload()
+                        .and_then(|b| serde_json::from_slice::<Value>(b).ok());
                     if key.starts_with(&format!("{DELAYED_KIND}{SEP}")) {
                         let map = delayed.entry(p).or_default();
                         match value.as_ref().and_then(|v| DelayedEntry::from_json(key, v)) {
@@ -382,7 +384,10 @@ impl Inner {
         if !remaining.is_empty() {
             warn!(partitions = ?remaining, "executor state restore did not reach the end of the changelog within 60 s");
         }
-        debug!(partitions = numbers.len(), records, "executor state restored");
+        debug!(
+            partitions = numbers.len(),
+            records, "executor state restored"
+        );
         Ok((store, delayed))
     }
 
@@ -570,7 +575,10 @@ impl GroupConsumer {
             None
         };
         let inner = Arc::new(Inner {
-            names: topics.iter().map(|t| (options.topic_name(*t), *t)).collect(),
+            names: topics
+                .iter()
+                .map(|t| (options.topic_name(*t), *t))
+                .collect(),
             shared: shared.clone(),
             group,
             topics,
@@ -583,7 +591,9 @@ impl GroupConsumer {
             txn,
         });
         let session = options.session_timeout.as_millis().to_string();
-        let heartbeat = (options.session_timeout.as_millis() / 5).max(100).to_string();
+        let heartbeat = (options.session_timeout.as_millis() / 5)
+            .max(100)
+            .to_string();
         let consumer: BaseConsumer<Ctx> = options
             .client_config()
             .set("group.id", &group_id)
@@ -601,7 +611,10 @@ impl GroupConsumer {
             })
             .map_err(|e| Shared::backend("consumer creation", e))?;
         let consumer = Arc::new(consumer);
-        *inner.consumer.lock().unwrap_or_else(PoisonError::into_inner) = Some(consumer.clone());
+        *inner
+            .consumer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(consumer.clone());
         let runner = inner.clone();
         std::thread::Builder::new()
             .name(format!("kafka-{group_id}"))
@@ -704,7 +717,9 @@ impl GroupConsumer {
             if part.outstanding.remove(&d.tag.offset).is_none() {
                 continue;
             }
-            let at = part.buffered.partition_point(|b| b.tag.offset < d.tag.offset);
+            let at = part
+                .buffered
+                .partition_point(|b| b.tag.offset < d.tag.offset);
             part.buffered.insert(at, d.clone());
         }
         drop(st);

@@ -55,6 +55,14 @@ pub enum KafkaError {
         #[source]
         source: rdkafka::error::KafkaError,
     },
+    /// A topic could not be deleted.
+    #[error("cannot delete Kafka topic {topic}: {code}")]
+    DeleteTopic {
+        /// The topic's full name.
+        topic: String,
+        /// The broker's answer.
+        code: RDKafkaErrorCode,
+    },
     /// A topic could not be created.
     #[error("cannot create Kafka topic {topic}: {code}")]
     CreateTopic {
@@ -364,6 +372,43 @@ impl KafkaQueue {
         })
     }
 
+    /// Delete every topic of `options`' prefix that this backend creates (the message topics, the
+    /// dead letters and the executor state): everything queued and all executor state is lost.
+    /// For tests and for an operator who drops a deployment; stop every instance first.
+    pub async fn delete_topics(options: &KafkaOptions) -> Result<(), KafkaError> {
+        let admin: AdminClient<DefaultClientContext> =
+            options
+                .client_config()
+                .create()
+                .map_err(|source| KafkaError::Client {
+                    operation: "admin client creation",
+                    brokers: options.brokers.clone(),
+                    source,
+                })?;
+        let mut names: Vec<String> = Topic::ALL.iter().map(|t| options.topic_name(*t)).collect();
+        names.push(options.dead_letter_topic());
+        names.push(options.state_topic());
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let results = admin
+            .delete_topics(
+                &refs,
+                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+            )
+            .await
+            .map_err(|source| KafkaError::Client {
+                operation: "topic deletion",
+                brokers: options.brokers.clone(),
+                source,
+            })?;
+        for r in results {
+            match r {
+                Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+                Err((topic, code)) => return Err(KafkaError::DeleteTopic { topic, code }),
+            }
+        }
+        Ok(())
+    }
+
     /// The options this queue runs with.
     pub fn options(&self) -> &KafkaOptions {
         &self.shared.options
@@ -378,7 +423,10 @@ impl KafkaQueue {
         let mut topics = topics.to_vec();
         topics.sort();
         topics.dedup();
-        let mut map = self.consumers.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut map = self
+            .consumers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some(c) = map.get(&(group, topics.clone())) {
             return Ok(c.clone());
         }

@@ -275,12 +275,11 @@ impl KafkaUnit {
                     )?;
                 }
                 for (p, e) in &delayed_w {
-                    let doc = serde_json::to_vec(&e.to_json()).map_err(|source| {
-                        QueueError::Encode {
+                    let doc =
+                        serde_json::to_vec(&e.to_json()).map_err(|source| QueueError::Encode {
                             topic: e.envelope.topic,
                             source,
-                        }
-                    })?;
+                        })?;
                     send(
                         FutureRecord::to(&state_topic)
                             .key(e.record_key.as_bytes())
@@ -290,12 +289,12 @@ impl KafkaUnit {
                 }
                 for (p, k, v) in &changes_w {
                     let doc = match v {
-                        Some(v) => Some(serde_json::to_vec(v).map_err(|source| {
-                            QueueError::Encode {
+                        Some(v) => {
+                            Some(serde_json::to_vec(v).map_err(|source| QueueError::Encode {
                                 topic: Topic::Execution,
                                 source,
-                            }
-                        })?),
+                            })?)
+                        }
                         None => None,
                     };
                     let mut r = FutureRecord::to(&state_topic)

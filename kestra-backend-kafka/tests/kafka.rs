@@ -12,12 +12,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use kestra_backend_kafka::{KafkaOptions, KafkaQueue};
 use kestra_core::model::new_id;
-use kestra_core::queue::Queue;
+use kestra_core::queue::{ConsumerGroup, Envelope, Queue, QueueError, Topic, UnitOfWork};
 use kestra_core::testkit::queue as suite;
+use serde_json::json;
 
 /// The brokers from `KESTRA_TEST_KAFKA_BROKERS`; `None` (with a loud message) when unset, a panic
 /// under `CI=true`.
@@ -53,7 +54,11 @@ macro_rules! timed {
     ($name:literal, $e:expr) => {{
         let start = Instant::now();
         $e;
-        eprintln!("queue conformance on Kafka: {} passed in {:?}", $name, start.elapsed());
+        eprintln!(
+            "queue conformance on Kafka: {} passed in {:?}",
+            $name,
+            start.elapsed()
+        );
     }};
 }
 
@@ -61,6 +66,7 @@ macro_rules! timed {
 async fn queue_conformance() {
     let Some(brokers) = brokers() else { return };
     let options = fresh(&brokers).await;
+    let options_for_cleanup = options.clone();
     let factory = move || -> Arc<dyn Queue> {
         Arc::new(KafkaQueue::open(options.clone()).expect("a new Kafka queue handle"))
     };
@@ -68,27 +74,200 @@ async fn queue_conformance() {
     assert!(!capabilities.lease_timers, "Kafka has no lease timers");
     let start = Instant::now();
     // The order of `testkit::queue::run_all_with`.
-    timed!("publish_receive_round_trip", suite::publish_receive_round_trip(factory()).await);
-    timed!("fan_out_to_every_group", suite::fan_out_to_every_group(factory()).await);
-    timed!("tags_of_two_topics", suite::tags_of_two_topics(factory()).await);
-    timed!("competing_consumers", suite::competing_consumers_with(&factory).await);
-    timed!("per_key_ordering", suite::per_key_ordering_with(&factory).await);
-    timed!("redelivery_after_consumer_dies", suite::redelivery_after_consumer_dies_with(&factory).await);
-    timed!("extend_lease_reports_what_is_no_longer_held", suite::extend_lease_reports_what_is_no_longer_held(factory()).await);
+    timed!(
+        "publish_receive_round_trip",
+        suite::publish_receive_round_trip(factory()).await
+    );
+    timed!(
+        "fan_out_to_every_group",
+        suite::fan_out_to_every_group(factory()).await
+    );
+    timed!(
+        "tags_of_two_topics",
+        suite::tags_of_two_topics(factory()).await
+    );
+    timed!(
+        "competing_consumers",
+        suite::competing_consumers_with(&factory).await
+    );
+    timed!(
+        "per_key_ordering",
+        suite::per_key_ordering_with(&factory).await
+    );
+    timed!(
+        "redelivery_after_consumer_dies",
+        suite::redelivery_after_consumer_dies_with(&factory).await
+    );
+    timed!(
+        "extend_lease_reports_what_is_no_longer_held",
+        suite::extend_lease_reports_what_is_no_longer_held(factory()).await
+    );
     timed!("delayed_delivery", suite::delayed_delivery(factory()).await);
-    timed!("delays_only_in_units_on_executor_topics", suite::delays_only_in_units_on_executor_topics(factory()).await);
-    timed!("too_large_is_refused", suite::too_large_is_refused(factory()).await);
+    timed!(
+        "delays_only_in_units_on_executor_topics",
+        suite::delays_only_in_units_on_executor_topics(factory()).await
+    );
+    timed!(
+        "too_large_is_refused",
+        suite::too_large_is_refused(factory()).await
+    );
     timed!("recorded_receive", suite::recorded_receive(factory()).await);
     timed!("dead_letter", suite::dead_letter(factory()).await);
-    timed!("receive_wait_and_wakeup", suite::receive_wait_and_wakeup(factory()).await);
+    timed!(
+        "receive_wait_and_wakeup",
+        suite::receive_wait_and_wakeup(factory()).await
+    );
     timed!("broadcast", suite::broadcast_with(&factory).await);
-    timed!("unit_of_work_commit", suite::unit_of_work_commit(factory()).await);
-    timed!("unit_of_work_rollback_on_drop", suite::unit_of_work_rollback_on_drop(factory()).await);
-    timed!("unit_of_work_crash_before_commit", suite::unit_of_work_crash_before_commit(factory()).await);
-    timed!("unit_of_work_dead_letter", suite::unit_of_work_dead_letter(factory()).await);
-    timed!("unit_of_work_keyed_state", suite::unit_of_work_keyed_state(factory()).await);
-    timed!("unit_of_work_serialized_per_key", suite::unit_of_work_serialized_per_key_with(&factory).await);
-    timed!("begin_wait_and_wakeup", suite::begin_wait_and_wakeup(factory()).await);
-    timed!("drain_many(1000)", suite::drain_many(factory(), 1_000).await);
-    eprintln!("queue conformance on Kafka: whole suite in {:?}", start.elapsed());
+    timed!(
+        "unit_of_work_commit",
+        suite::unit_of_work_commit(factory()).await
+    );
+    timed!(
+        "unit_of_work_rollback_on_drop",
+        suite::unit_of_work_rollback_on_drop(factory()).await
+    );
+    timed!(
+        "unit_of_work_crash_before_commit",
+        suite::unit_of_work_crash_before_commit(factory()).await
+    );
+    timed!(
+        "unit_of_work_dead_letter",
+        suite::unit_of_work_dead_letter(factory()).await
+    );
+    timed!(
+        "unit_of_work_keyed_state",
+        suite::unit_of_work_keyed_state(factory()).await
+    );
+    timed!(
+        "unit_of_work_serialized_per_key",
+        suite::unit_of_work_serialized_per_key_with(&factory).await
+    );
+    timed!(
+        "begin_wait_and_wakeup",
+        suite::begin_wait_and_wakeup(factory()).await
+    );
+    timed!(
+        "drain_many(1000)",
+        suite::drain_many(factory(), 1_000).await
+    );
+    eprintln!(
+        "queue conformance on Kafka: whole suite in {:?}",
+        start.elapsed()
+    );
+    KafkaQueue::delete_topics(&options_for_cleanup)
+        .await
+        .expect("delete this run's topics");
+}
+
+/// `begin` on `queue` (wait 200 ms) and return the unit if it holds `key`; units without it are
+/// committed (they hold other keys of this run's topics: none here).
+async fn unit_with(queue: &dyn Queue, key: &str) -> Option<Box<dyn UnitOfWork>> {
+    let unit = queue
+        .begin(
+            ConsumerGroup::Executor,
+            &[Topic::Execution],
+            10,
+            Duration::from_millis(200),
+        )
+        .await
+        .expect("begin")?;
+    if unit.deliveries().iter().any(|d| d.envelope.key == key) {
+        Some(unit)
+    } else {
+        unit.commit()
+            .await
+            .expect("commit of a unit without the key");
+        None
+    }
+}
+
+/// A rebalance in the middle of a unit of work: another executor joins while a unit holds a key;
+/// once the partition was taken from the holder (after the revoke grace), the key is delivered again
+/// (to the new owner or, re-assigned, to the same instance), the old unit's commit is refused with
+/// `Fenced`, and nothing it staged (state, messages) is visible.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rebalance_fences_a_zombie_unit() {
+    let Some(brokers) = brokers() else { return };
+    let mut options = fresh(&brokers).await;
+    options.revoke_grace = Duration::from_secs(1);
+    let a = KafkaQueue::open(options.clone()).unwrap();
+    let key = format!("zombie-{}", new_id());
+    a.publish(vec![
+        Envelope::json(Topic::Execution, &key, &json!({"seq": 1})).unwrap(),
+    ])
+    .await
+    .unwrap();
+    let start = Instant::now();
+    let mut zombie = loop {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the message never arrived"
+        );
+        if let Some(u) = unit_with(&a, &key).await {
+            break u;
+        }
+    };
+    zombie
+        .save_state(suite::STATE_KIND, &key, Some(&json!({"by": "zombie"})))
+        .await
+        .unwrap();
+    zombie
+        .publish(vec![
+            Envelope::json(Topic::Log, format!("{key}-zombie"), &json!({"seq": 2})).unwrap(),
+        ])
+        .await
+        .unwrap();
+
+    // A second executor joins the group: a rebalance takes the partitions away from `a`.
+    let b = KafkaQueue::open(options.clone()).unwrap();
+    let start = Instant::now();
+    let mut owner = loop {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the key was not delivered again after the rebalance"
+        );
+        if let Some(u) = unit_with(&b, &key).await {
+            break u;
+        }
+        if let Some(u) = unit_with(&a, &key).await {
+            break u;
+        }
+    };
+    match zombie.commit().await {
+        Err(QueueError::Fenced { detail }) => eprintln!("zombie fenced: {detail}"),
+        other => panic!("the zombie unit's commit must be refused with Fenced, got {other:?}"),
+    }
+    assert_eq!(
+        owner.load_state(suite::STATE_KIND, &key).await.unwrap(),
+        None,
+        "the zombie's staged state must not be visible"
+    );
+    owner
+        .save_state(suite::STATE_KIND, &key, Some(&json!({"by": "owner"})))
+        .await
+        .unwrap();
+    owner.commit().await.expect("the new owner commits");
+
+    // The zombie's message was never published.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(2) {
+        let got = a
+            .receive(
+                ConsumerGroup::Indexer,
+                Topic::Log,
+                100,
+                Duration::from_secs(30),
+                Duration::from_millis(250),
+            )
+            .await
+            .unwrap();
+        assert!(
+            got.iter().all(|d| !d.envelope.key.ends_with("-zombie")),
+            "a message staged by the fenced unit was published"
+        );
+    }
+    drop((a, b));
+    KafkaQueue::delete_topics(&options)
+        .await
+        .expect("delete this run's topics");
 }

@@ -110,8 +110,9 @@ need_tools
 if [ ! -f "$LIBS/.complete" ]; then
   log "fetching Kafka $VERSION and its dependencies from Maven Central into $LIBS"
   rm -rf "$LIBS"
+  # (mvn -q still prints colour resets: strip escape sequences from its output)
   mvn -q -B -Dstyle.color=never -f "$POM" dependency:copy-dependencies -DincludeScope=runtime \
-    -DoutputDirectory="$LIBS" -Dmaven.repo.local="$BASE/m2" >&2 ||
+    -DoutputDirectory="$LIBS" -Dmaven.repo.local="$BASE/m2" 2>&1 | sed 's/\x1b\[[0-9;]*m//g' >&2 ||
     die "mvn dependency:copy-dependencies failed for Kafka $VERSION"
   ls "$LIBS"/kafka_2.13-"$VERSION".jar >/dev/null 2>&1 || die "kafka_2.13-$VERSION.jar not fetched"
   touch "$LIBS/.complete"
