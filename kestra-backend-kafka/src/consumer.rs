@@ -138,6 +138,8 @@ impl DelayedEntry {
 #[derive(Default)]
 struct State {
     parts: HashMap<(Topic, i32), Part>,
+    /// Every assigned partition number, with the generation it was assigned in.
+    owned: BTreeMap<i32, u64>,
     generation: u64,
     paused: bool,
     /// Units only: the executor state of each owned partition number (record key -> value).
@@ -151,6 +153,12 @@ pub(crate) struct Inner {
     group: ConsumerGroup,
     topics: Vec<Topic>,
     names: HashMap<String, Topic>,
+    /// The topic names subscribed to.
+    subscription: Vec<String>,
+    /// Units only: the compacted changelog its state store is restored from.
+    state_topic: Option<String>,
+    /// Subscribed only to own partitions of the changelog (a store, no messages): paused.
+    store_only: bool,
     units: bool,
     state: Mutex<State>,
     cond: Condvar,
@@ -184,12 +192,12 @@ impl ConsumerContext for Ctx {
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let Some(inner) = self.inner.upgrade() else {
             return;
         };
         match rebalance {
-            Rebalance::Assign(tpl) => inner.assign(tpl),
+            Rebalance::Assign(tpl) => inner.assign(consumer, tpl),
             Rebalance::Revoke(_) => {}
             Rebalance::Error(e) => warn!(group = %inner.group, error = %e, "Kafka rebalance error"),
         }
@@ -258,16 +266,24 @@ impl Inner {
         for p in &parts {
             st.parts.remove(p);
         }
-        let owned: BTreeSet<i32> = st.parts.keys().map(|(_, p)| *p).collect();
+        for e in tpl.elements() {
+            st.owned.remove(&e.partition());
+        }
+        let owned: BTreeSet<i32> = st.owned.keys().copied().collect();
         st.store.retain(|p, _| owned.contains(p));
         st.delayed.retain(|p, _| owned.contains(p));
         st.generation += 1;
         debug!(group = %self.group, revoked = parts.len(), "partitions revoked");
     }
 
-    fn assign(&self, tpl: &TopicPartitionList) {
+    fn assign(&self, consumer: &BaseConsumer<Ctx>, tpl: &TopicPartitionList) {
         let parts = self.parts_of(tpl);
-        let numbers: BTreeSet<i32> = parts.iter().map(|(_, p)| *p).collect();
+        let numbers: BTreeSet<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+        if self.store_only
+            && let Err(e) = consumer.pause(tpl)
+        {
+            warn!(group = %self.group, error = %e, "pausing a store-only consumer failed");
+        }
         let restored = if self.units {
             match self.restore(&numbers) {
                 Ok(r) => Some(r),
@@ -285,6 +301,9 @@ impl Inner {
         let generation = st.generation;
         for p in &parts {
             st.parts.insert(*p, Part::new(generation));
+        }
+        for n in &numbers {
+            st.owned.insert(*n, generation);
         }
         if let Some((store, delayed)) = restored {
             st.store.extend(store);
@@ -308,7 +327,9 @@ impl Inner {
         RdError,
     > {
         let options = &self.shared.options;
-        let name = options.state_topic();
+        let Some(name) = self.state_topic.clone() else {
+            return Ok((HashMap::new(), HashMap::new()));
+        };
         let mut store: HashMap<i32, HashMap<String, Value>> =
             numbers.iter().map(|p| (*p, HashMap::new())).collect();
         let mut delayed: HashMap<i32, BTreeMap<String, DelayedEntry>> =
@@ -439,7 +460,9 @@ impl Inner {
             return;
         }
         let options = &self.shared.options;
-        let state_topic = options.state_topic();
+        let Some(state_topic) = self.state_topic.clone() else {
+            return;
+        };
         let producer = txn.lock().unwrap_or_else(PoisonError::into_inner);
         let result = (|| -> Result<(), RdError> {
             producer.begin_transaction()?;
@@ -482,8 +505,7 @@ impl Inner {
 
     fn run(self: Arc<Self>, consumer: Arc<BaseConsumer<Ctx>>) {
         let options = &self.shared.options;
-        let names: Vec<String> = self.topics.iter().map(|t| options.topic_name(*t)).collect();
-        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let refs: Vec<&str> = self.subscription.iter().map(String::as_str).collect();
         if let Err(e) = consumer.subscribe(&refs) {
             warn!(group = %self.group, error = %e, "Kafka subscribe failed");
         }
@@ -547,10 +569,47 @@ impl GroupConsumer {
         topics: Vec<Topic>,
         units: bool,
     ) -> Result<GroupConsumer, QueueError> {
+        let subscription = topics
+            .iter()
+            .map(|t| shared.options.topic_name(*t))
+            .collect();
+        let state_topic = units.then(|| shared.options.state_topic());
+        GroupConsumer::start_with(shared, group, topics, subscription, state_topic, units)
+    }
+
+    /// A store-only member of `{prefix}{group}.store`: subscribed to the compacted `state_topic`
+    /// only to own some of its partitions (restored on assignment, never consumed as messages),
+    /// with a transactional producer for the units that write it.
+    pub(crate) fn start_store(
+        shared: Arc<Shared>,
+        group: ConsumerGroup,
+        state_topic: String,
+    ) -> Result<GroupConsumer, QueueError> {
+        GroupConsumer::start_with(
+            shared,
+            group,
+            Vec::new(),
+            vec![state_topic.clone()],
+            Some(state_topic),
+            true,
+        )
+    }
+
+    fn start_with(
+        shared: Arc<Shared>,
+        group: ConsumerGroup,
+        topics: Vec<Topic>,
+        subscription: Vec<String>,
+        state_topic: Option<String>,
+        units: bool,
+    ) -> Result<GroupConsumer, QueueError> {
+        let store_only = topics.is_empty();
         let options = &shared.options;
         // Units: one group member over every topic of the group (co-partitioned), which owns the
         // state of its partitions; receive: a group per (group, topic).
-        let topic_part = if units {
+        let topic_part = if store_only {
+            "store".to_string()
+        } else if units {
             "units".to_string()
         } else {
             topics
@@ -579,6 +638,9 @@ impl GroupConsumer {
                 .iter()
                 .map(|t| (options.topic_name(*t), *t))
                 .collect(),
+            subscription,
+            state_topic,
+            store_only,
             shared: shared.clone(),
             group,
             topics,
@@ -850,6 +912,43 @@ impl GroupConsumer {
             .unwrap_or_else(PoisonError::into_inner)
             .as_ref()
             .and_then(|c| c.group_metadata())
+    }
+
+    /// The generation a partition number was assigned in, if this member owns it.
+    pub(crate) fn owned_generation(&self, partition: i32) -> Option<u64> {
+        self.inner.lock().owned.get(&partition).copied()
+    }
+
+    /// Wait (up to `timeout`) until this member owns at least one partition.
+    pub(crate) async fn wait_assigned(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.inner.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if !self.inner.lock().owned.is_empty() {
+                return true;
+            }
+            let step = (tokio::time::Instant::now() + Duration::from_millis(100)).min(deadline);
+            if tokio::time::timeout_at(step, notified).await.is_err()
+                && tokio::time::Instant::now() >= deadline
+            {
+                return false;
+            }
+        }
+    }
+
+    /// Every value of the state store whose record key starts with `prefix`.
+    pub(crate) fn store_values(&self, prefix: &str) -> Vec<(i32, String, Value)> {
+        let st = self.inner.lock();
+        st.store
+            .iter()
+            .flat_map(|(p, m)| {
+                m.iter()
+                    .filter(|(k, _)| k.starts_with(prefix))
+                    .map(move |(k, v)| (*p, k.clone(), v.clone()))
+            })
+            .collect()
     }
 
     /// A value of the state store (`None` when the partition is not owned or the key unknown).

@@ -37,12 +37,16 @@
 //!   before anything is produced; topics and producers accept that size plus headroom for keys
 //!   and headers.
 //!
-//! Not there yet: the scheduler's trigger unit (`begin_triggers` answers a backend error).
+//! - **Trigger states** (the scheduler's `TriggerUnit`) live in the compacted
+//!   `{prefix}trigger_state` topic keyed by trigger uid; each handle owns the partitions a
+//!   store-only member of `{prefix}scheduler.store` is assigned, restored on assignment, and a
+//!   unit is a transaction of that member's producer (states, messages, acknowledged offsets).
 
 mod broadcast;
 mod consumer;
 mod partitioner;
 mod queue;
+mod triggers;
 mod unit;
 
 pub use partitioner::partition_for;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use kestra_core::queue::{
     ConsumerGroup, Delivery, DeliveryTag, Envelope, Queue, QueueCapabilities, QueueError, Recorder,
-    Subscription, Topic, UnitOfWork, check_publish,
+    Subscription, Topic, TriggerUnit, UnitOfWork, check_publish,
 };
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -172,6 +172,11 @@ impl KafkaOptions {
         format!("{}executor_state", self.prefix)
     }
 
+    /// The trigger state changelog's full name (compacted, keyed by trigger uid).
+    pub fn trigger_state_topic(&self) -> String {
+        format!("{}trigger_state", self.prefix)
+    }
+
     pub(crate) fn client_config(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers)
@@ -277,13 +282,18 @@ pub(crate) fn dead_letter_headers(delivery: &Delivery, reason: &str, origin: &st
         })
 }
 
+/// Competing consumers of a handle, by (group, topics).
+type ConsumerMap = HashMap<(ConsumerGroup, Vec<Topic>), Arc<GroupConsumer>>;
+
 /// The queue on Kafka. Each handle is one member of each consumer group it receives for: a handle
 /// dropped leaves its groups, and its unacknowledged deliveries go to the remaining members.
 pub struct KafkaQueue {
     shared: Arc<Shared>,
     /// Competing consumers, by (group, topics) - one topic for `receive`, the unit's topics for
     /// `begin`.
-    consumers: Mutex<HashMap<(ConsumerGroup, Vec<Topic>), Arc<GroupConsumer>>>,
+    consumers: Mutex<ConsumerMap>,
+    /// Triggers held by this handle's live trigger units.
+    claims: crate::triggers::Claims,
 }
 
 impl std::fmt::Debug for KafkaQueue {
@@ -314,6 +324,7 @@ impl KafkaQueue {
         let mut names: Vec<String> = Topic::ALL.iter().map(|t| options.topic_name(*t)).collect();
         names.push(options.dead_letter_topic());
         let state = options.state_topic();
+        let triggers = options.trigger_state_topic();
         let mut new_topics: Vec<NewTopic<'_>> = names
             .iter()
             .map(|n| {
@@ -328,6 +339,15 @@ impl KafkaQueue {
         new_topics.push(
             NewTopic::new(
                 &state,
+                options.partitions,
+                TopicReplication::Fixed(options.replication),
+            )
+            .set("max.message.bytes", &topic_config)
+            .set("cleanup.policy", "compact"),
+        );
+        new_topics.push(
+            NewTopic::new(
+                &triggers,
                 options.partitions,
                 TopicReplication::Fixed(options.replication),
             )
@@ -369,6 +389,7 @@ impl KafkaQueue {
         Ok(KafkaQueue {
             shared: Arc::new(Shared { options, producer }),
             consumers: Mutex::new(HashMap::new()),
+            claims: Arc::default(),
         })
     }
 
@@ -388,6 +409,7 @@ impl KafkaQueue {
         let mut names: Vec<String> = Topic::ALL.iter().map(|t| options.topic_name(*t)).collect();
         names.push(options.dead_letter_topic());
         names.push(options.state_topic());
+        names.push(options.trigger_state_topic());
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         let results = admin
             .delete_topics(
@@ -437,6 +459,26 @@ impl KafkaQueue {
             units,
         )?);
         map.insert((group, topics), c.clone());
+        Ok(c)
+    }
+
+    /// The member of `{prefix}scheduler.store` that owns some of the trigger states (the key
+    /// with no topic in the consumer map).
+    fn trigger_store(&self) -> Result<Arc<GroupConsumer>, QueueError> {
+        let key = (ConsumerGroup::Scheduler, Vec::new());
+        let mut map = self
+            .consumers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(c) = map.get(&key) {
+            return Ok(c.clone());
+        }
+        let c = Arc::new(GroupConsumer::start_store(
+            self.shared.clone(),
+            ConsumerGroup::Scheduler,
+            self.shared.options.trigger_state_topic(),
+        )?);
+        map.insert(key, c.clone());
         Ok(c)
     }
 
@@ -580,5 +622,31 @@ impl Queue for KafkaQueue {
             consumer,
             taken,
         ))))
+    }
+
+    async fn begin_triggers(&self) -> Result<Box<dyn TriggerUnit>, QueueError> {
+        let store = self.trigger_store()?;
+        if !store.wait_assigned(Duration::from_secs(30)).await {
+            return Err(QueueError::backend(
+                "begin_triggers",
+                std::io::Error::other(
+                    "no partition of the trigger states was assigned to this scheduler within 30 s",
+                ),
+            ));
+        }
+        let receivers = self
+            .consumers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|((g, topics), _)| *g == ConsumerGroup::Scheduler && !topics.is_empty())
+            .map(|(_, c)| c.clone())
+            .collect();
+        Ok(Box::new(crate::triggers::KafkaTriggerUnit::new(
+            self.shared.clone(),
+            store,
+            receivers,
+            self.claims.clone(),
+        )))
     }
 }

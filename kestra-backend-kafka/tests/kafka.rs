@@ -271,3 +271,21 @@ async fn rebalance_fences_a_zombie_unit() {
         .await
         .expect("delete this run's topics");
 }
+
+/// The scheduler's trigger unit conformance suite (`testkit::triggers`) on a prefix of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn trigger_unit_conformance() {
+    let Some(brokers) = brokers() else { return };
+    let options = fresh(&brokers).await;
+    let queue: Arc<dyn Queue> = Arc::new(KafkaQueue::open(options.clone()).unwrap());
+    let start = Instant::now();
+    kestra_core::testkit::triggers::run_all(queue.clone()).await;
+    eprintln!(
+        "trigger unit conformance on Kafka passed in {:?}",
+        start.elapsed()
+    );
+    drop(queue);
+    KafkaQueue::delete_topics(&options)
+        .await
+        .expect("delete this run's topics");
+}
