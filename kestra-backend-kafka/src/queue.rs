@@ -14,7 +14,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use tracing::{debug, info};
 
 use crate::consumer::GroupConsumer;
@@ -203,6 +203,8 @@ impl KafkaOptions {
 pub(crate) struct Shared {
     pub(crate) options: KafkaOptions,
     pub(crate) producer: FutureProducer,
+    /// The transactional producer of recorded receives, created on first use.
+    records: Mutex<Option<FutureProducer>>,
 }
 
 impl Shared {
@@ -239,6 +241,67 @@ impl Shared {
             }
         }
         Ok(())
+    }
+
+    /// Produce `messages` in one transaction (all or none), with the handle's records producer.
+    pub(crate) async fn produce_in_transaction(
+        self: &Arc<Self>,
+        messages: Vec<Envelope>,
+    ) -> Result<(), QueueError> {
+        let shared = self.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), QueueError> {
+            let options = &shared.options;
+            let mut slot = shared
+                .records
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if slot.is_none() {
+                let p: FutureProducer = options
+                    .producer_config()
+                    .set(
+                        "transactional.id",
+                        format!("{}records-{}", options.prefix, kestra_core::model::new_id()),
+                    )
+                    .create()
+                    .map_err(|e| Shared::backend("recorded receive (producer)", e))?;
+                p.init_transactions(Duration::from_secs(30))
+                    .map_err(|e| Shared::backend("recorded receive (init transactions)", e))?;
+                *slot = Some(p);
+            }
+            let Some(producer) = slot.as_ref() else {
+                return Err(QueueError::Closed);
+            };
+            producer
+                .begin_transaction()
+                .map_err(|e| Shared::backend("recorded receive (begin)", e))?;
+            let write = || -> Result<(), QueueError> {
+                for m in &messages {
+                    let name = options.topic_name(m.topic);
+                    producer
+                        .send_result(
+                            FutureRecord::to(&name)
+                                .key(m.key.as_bytes())
+                                .payload(m.payload.as_ref())
+                                .partition(partition_for(&m.key, options.partitions)),
+                        )
+                        .map_err(|(e, _)| Shared::backend("recorded receive (produce)", e))?;
+                }
+                producer
+                    .commit_transaction(Duration::from_secs(30))
+                    .map_err(|e| Shared::backend("recorded receive (commit)", e))
+            };
+            let result = write();
+            if result.is_err() {
+                if let Err(e) = producer.abort_transaction(Duration::from_secs(30)) {
+                    tracing::warn!(error = %e, "aborting a recorded receive's transaction failed");
+                }
+                // A producer in an unknown state is replaced on next use.
+                *slot = None;
+            }
+            result
+        })
+        .await
+        .map_err(|e| QueueError::backend("recorded receive", e))?
     }
 
     /// Produce a dead letter of `delivery` and wait for it.
@@ -387,7 +450,11 @@ impl KafkaQueue {
                     source,
                 })?;
         Ok(KafkaQueue {
-            shared: Arc::new(Shared { options, producer }),
+            shared: Arc::new(Shared {
+                options,
+                producer,
+                records: Mutex::new(None),
+            }),
             consumers: Mutex::new(HashMap::new()),
             claims: Arc::default(),
         })
@@ -555,7 +622,7 @@ impl Queue for KafkaQueue {
                 return Err(e);
             }
         };
-        if let Err(e) = self.shared.produce_all(&records).await {
+        if let Err(e) = self.shared.produce_in_transaction(records).await {
             consumer.release(&taken);
             return Err(e);
         }
