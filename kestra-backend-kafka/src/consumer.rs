@@ -23,7 +23,7 @@ use serde_json::Value;
 use tracing::{debug, info, warn};
 
 use crate::partitioner::partition_for;
-use crate::queue::Shared;
+use crate::queue::{KafkaOptions, Shared};
 
 /// Record-key separator in the state changelog: `{kind}\x1f{key}`.
 pub(crate) const SEP: char = '\u{1f}';
@@ -314,7 +314,7 @@ impl Inner {
         self.notify.notify_waiters();
     }
 
-    /// Read the changelog partitions `numbers` from the start into a store.
+    /// Read this consumer's changelog partitions `numbers` from the start into a store.
     #[allow(clippy::type_complexity)]
     fn restore(
         &self,
@@ -326,90 +326,10 @@ impl Inner {
         ),
         RdError,
     > {
-        let options = &self.shared.options;
         let Some(name) = self.state_topic.clone() else {
             return Ok((HashMap::new(), HashMap::new()));
         };
-        let mut store: HashMap<i32, HashMap<String, Value>> =
-            numbers.iter().map(|p| (*p, HashMap::new())).collect();
-        let mut delayed: HashMap<i32, BTreeMap<String, DelayedEntry>> =
-            numbers.iter().map(|p| (*p, BTreeMap::new())).collect();
-        if numbers.is_empty() {
-            return Ok((store, delayed));
-        }
-        let reader: BaseConsumer = options
-            .client_config()
-            .set(
-                "group.id",
-                format!("{}restore-{}", options.prefix, kestra_core::model::new_id()),
-            )
-            .set("enable.auto.commit", "false")
-            .set("isolation.level", "read_committed")
-            .set("enable.partition.eof", "true")
-            .create()?;
-        let mut tpl = TopicPartitionList::new();
-        let mut remaining = BTreeSet::new();
-        for p in numbers {
-            let (low, high) = reader.fetch_watermarks(&name, *p, Duration::from_secs(10))?;
-            if high > low {
-                tpl.add_partition_offset(&name, *p, Offset::Beginning)?;
-                remaining.insert(*p);
-            }
-        }
-        if remaining.is_empty() {
-            return Ok((store, delayed));
-        }
-        reader.assign(&tpl)?;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut records = 0usize;
-        while !remaining.is_empty() && Instant::now() < deadline {
-            match reader.poll(Duration::from_millis(500)) {
-                Some(Ok(m)) => {
-                    records += 1;
-                    let Some(key) = m.key().and_then(|k| std::str::from_utf8(k).ok()) else {
-                        continue;
-                    };
-                    let p = m.partition();
-                    let value = m
-                        .payload()
-                        .and_then(|b| serde_json::from_slice::<Value>(b).ok());
-                    if key.starts_with(&format!("{DELAYED_KIND}{SEP}")) {
-                        let map = delayed.entry(p).or_default();
-                        match value.as_ref().and_then(|v| DelayedEntry::from_json(key, v)) {
-                            Some(e) => {
-                                map.insert(key.to_string(), e);
-                            }
-                            None => {
-                                map.remove(key);
-                            }
-                        }
-                    } else {
-                        let map = store.entry(p).or_default();
-                        match value {
-                            Some(v) => {
-                                map.insert(key.to_string(), v);
-                            }
-                            None => {
-                                map.remove(key);
-                            }
-                        }
-                    }
-                }
-                Some(Err(RdError::PartitionEOF(p))) => {
-                    remaining.remove(&p);
-                }
-                Some(Err(e)) => warn!(error = %e, "reading the executor state changelog"),
-                None => {}
-            }
-        }
-        if !remaining.is_empty() {
-            warn!(partitions = ?remaining, "executor state restore did not reach the end of the changelog within 60 s");
-        }
-        debug!(
-            partitions = numbers.len(),
-            records, "executor state restored"
-        );
-        Ok((store, delayed))
+        read_changelog(&self.shared.options, &name, numbers)
     }
 
     fn on_record(&self, m: &rdkafka::message::BorrowedMessage<'_>) {
@@ -992,4 +912,100 @@ impl Drop for GroupConsumer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Read the partitions `numbers` of the compacted changelog `name` from the start (committed
+/// records only) into a store (record key -> JSON value) and the delayed messages it holds.
+#[allow(clippy::type_complexity)]
+pub(crate) fn read_changelog(
+    options: &KafkaOptions,
+    name: &str,
+    numbers: &BTreeSet<i32>,
+) -> Result<
+    (
+        HashMap<i32, HashMap<String, Value>>,
+        HashMap<i32, BTreeMap<String, DelayedEntry>>,
+    ),
+    RdError,
+> {
+    let mut store: HashMap<i32, HashMap<String, Value>> =
+        numbers.iter().map(|p| (*p, HashMap::new())).collect();
+    let mut delayed: HashMap<i32, BTreeMap<String, DelayedEntry>> =
+        numbers.iter().map(|p| (*p, BTreeMap::new())).collect();
+    if numbers.is_empty() {
+        return Ok((store, delayed));
+    }
+    let reader: BaseConsumer = options
+        .client_config()
+        .set(
+            "group.id",
+            format!("{}restore-{}", options.prefix, kestra_core::model::new_id()),
+        )
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    let mut remaining = BTreeSet::new();
+    for p in numbers {
+        let (low, high) = reader.fetch_watermarks(name, *p, Duration::from_secs(10))?;
+        if high > low {
+            tpl.add_partition_offset(name, *p, Offset::Beginning)?;
+            remaining.insert(*p);
+        }
+    }
+    if remaining.is_empty() {
+        return Ok((store, delayed));
+    }
+    reader.assign(&tpl)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut records = 0usize;
+    while !remaining.is_empty() && Instant::now() < deadline {
+        match reader.poll(Duration::from_millis(500)) {
+            Some(Ok(m)) => {
+                records += 1;
+                let Some(key) = m.key().and_then(|k| std::str::from_utf8(k).ok()) else {
+                    continue;
+                };
+                let p = m.partition();
+                let value = m
+                    .payload()
+                    .and_then(|b| serde_json::from_slice::<Value>(b).ok());
+                if key.starts_with(&format!("{DELAYED_KIND}{SEP}")) {
+                    let map = delayed.entry(p).or_default();
+                    match value.as_ref().and_then(|v| DelayedEntry::from_json(key, v)) {
+                        Some(e) => {
+                            map.insert(key.to_string(), e);
+                        }
+                        None => {
+                            map.remove(key);
+                        }
+                    }
+                } else {
+                    let map = store.entry(p).or_default();
+                    match value {
+                        Some(v) => {
+                            map.insert(key.to_string(), v);
+                        }
+                        None => {
+                            map.remove(key);
+                        }
+                    }
+                }
+            }
+            Some(Err(RdError::PartitionEOF(p))) => {
+                remaining.remove(&p);
+            }
+            Some(Err(e)) => warn!(error = %e, "reading the executor state changelog"),
+            None => {}
+        }
+    }
+    if !remaining.is_empty() {
+        warn!(partitions = ?remaining, "executor state restore did not reach the end of the changelog within 60 s");
+    }
+    debug!(
+        partitions = numbers.len(),
+        records, "executor state restored"
+    );
+    Ok((store, delayed))
 }

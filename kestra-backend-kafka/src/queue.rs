@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use kestra_core::model::Execution;
 use kestra_core::queue::{
     ConsumerGroup, Delivery, DeliveryTag, Envelope, Queue, QueueCapabilities, QueueError, Recorder,
     Subscription, Topic, TriggerUnit, UnitOfWork, check_publish,
@@ -496,6 +497,35 @@ impl KafkaQueue {
             }
         }
         Ok(())
+    }
+
+    /// Every execution as last committed in the executor state changelog (all partitions, read
+    /// from the start): the orchestration's source of truth on Kafka, readable while the
+    /// repositories are down. For inspection and tests; it reads the whole changelog.
+    pub async fn executions(options: &KafkaOptions) -> Result<Vec<Execution>, QueueError> {
+        let options = options.clone();
+        tokio::task::spawn_blocking(move || -> Result<Vec<Execution>, QueueError> {
+            let all = (0..options.partitions).collect();
+            let (store, _) =
+                crate::consumer::read_changelog(&options, &options.state_topic(), &all)
+                    .map_err(|e| Shared::backend("read the executor state", e))?;
+            let prefix = format!(
+                "{}{}",
+                crate::consumer::EXECUTION_KIND,
+                crate::consumer::SEP
+            );
+            store
+                .into_values()
+                .flat_map(|m| m.into_iter())
+                .filter(|(k, _)| k.starts_with(&prefix))
+                .map(|(_, v)| {
+                    serde_json::from_value(v)
+                        .map_err(|e| QueueError::backend("read the executor state (document)", e))
+                })
+                .collect()
+        })
+        .await
+        .map_err(|e| QueueError::backend("read the executor state", e))?
     }
 
     /// The options this queue runs with.
