@@ -2,8 +2,8 @@
 //!
 //! Kestra's orchestration architecture as an embeddable Rust library. This facade picks the backends
 //! with cargo features (`sqlite` (default), `postgres`, `mysql`; each brings only its own database driver;
-//! `webserver` (default) adds the REST API; Kafka + Elasticsearch and cloud storages come with features
-//! of their own)
+//! `webserver` (default) adds the REST API; `kafka` adds the queue on Apache Kafka; Elasticsearch and
+//! cloud storages come with features of their own)
 //! and wires them from a [`Config`](config::Config):
 //!
 //! ```no_run
