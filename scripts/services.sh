@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs (if missing) and starts the real database services the JDBC backend's tests use:
+# Installs (if missing) and starts the real database services the JDBC backend's tests use
+# (and, through scripts/services/*.sh, the other backends' services: Kafka):
 # PostgreSQL (Debian's cluster) and MariaDB (a data dir of our own), both bound to 127.0.0.1, with a
 # role/user `kestra` (password `kestra`, allowed to create databases: each test run creates its own) and a
 # database `kestra`. Idempotent: a second run finds both running and returns in seconds.
@@ -170,6 +171,9 @@ start_mariadb() {
 
 start_postgres
 start_mariadb
-# The headless browser of the Web UI test (installs chromium + chromium-driver; prints its exports).
+# Services with their own script (downloads cached under $SERVICES_DIR); each prints its exports.
+# The headless browser of the Web UI test (installs chromium + chromium-driver).
 "$(dirname "$0")/services/browser.sh"
+# Apache Kafka (single KRaft broker from Maven Central).
+KESTRA_SERVICES_DIR="$SERVICES_DIR" bash "$(dirname "${BASH_SOURCE[0]}")/services/kafka.sh"
 log "services ready"

@@ -2,8 +2,8 @@
 //!
 //! Kestra's orchestration architecture as an embeddable Rust library. This facade picks the backends
 //! with cargo features (`sqlite` (default), `postgres`, `mysql`; each brings only its own database driver;
-//! `webserver` (default) adds the REST API; Kafka + Elasticsearch and cloud storages come with features
-//! of their own)
+//! `webserver` (default) adds the REST API; `kafka` adds the queue on Apache Kafka; Elasticsearch and
+//! cloud storages come with features of their own)
 //! and wires them from a [`Config`](config::Config):
 //!
 //! ```no_run
@@ -21,13 +21,16 @@
 //! The building blocks are re-exported: [`core`] (model, flow language, engine logic and the seams),
 //! [`jdbc`] (queue + repositories on a database), [`storage`] (internal storage) and, with the
 //! `webserver` feature, `webserver` (the REST API; [`webserver_from_config`] builds it from the
-//! configuration).
+//! configuration), and with the `kafka` feature, `kafka` (the queue on Apache Kafka; not wired to
+//! the configuration yet).
 
 pub mod config;
 
 use std::sync::Arc;
 
 pub use kestra_backend_jdbc as jdbc;
+#[cfg(feature = "kafka")]
+pub use kestra_backend_kafka as kafka;
 pub use kestra_core as core;
 pub use kestra_core::runtime::{Components, Engine, EngineBuilder, EngineError, ExecuteOptions};
 pub use kestra_storage as storage;

@@ -1,0 +1,1011 @@
+//! A competing consumer: one Kafka consumer-group member for (group, topics), polled by a background
+//! thread that buffers records per partition, with the acknowledgement bookkeeping (only the
+//! contiguous acknowledged prefix of a partition is committed) and, for the executor's units of
+//! work, the partition-local state store restored from the changelog on assignment and the delayed
+//! messages fired when due.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use kestra_core::queue::{ConsumerGroup, Delivery, DeliveryTag, Envelope, QueueError, Topic};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, ConsumerGroupMetadata, Rebalance,
+};
+use rdkafka::error::KafkaError as RdError;
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use serde_json::Value;
+use tracing::{debug, info, warn};
+
+use crate::partitioner::partition_for;
+use crate::queue::{KafkaOptions, Shared};
+
+/// Record-key separator in the state changelog: `{kind}\x1f{key}`.
+pub(crate) const SEP: char = '\u{1f}';
+/// Kind of the executions in the state changelog.
+pub(crate) const EXECUTION_KIND: &str = "execution";
+/// Kind of the delayed messages in the state changelog.
+pub(crate) const DELAYED_KIND: &str = "delayed";
+
+pub(crate) fn record_key(kind: &str, key: &str) -> String {
+    format!("{kind}{SEP}{key}")
+}
+
+/// A delivery handed out and not yet acknowledged (or acknowledged, until the prefix before it is).
+struct Held {
+    key: String,
+    acked: bool,
+}
+
+/// One assigned partition of one topic.
+struct Part {
+    /// Fetched, not handed out yet, in offset order.
+    buffered: VecDeque<Delivery>,
+    /// Handed out, by offset.
+    outstanding: BTreeMap<i64, Held>,
+    /// The offset after the last fetched record.
+    next_fetch: Option<i64>,
+    /// The last committed position.
+    committed: i64,
+    /// Being revoked: hand nothing out any more.
+    revoking: bool,
+    /// The assignment generation it belongs to (units are fenced when it changed).
+    generation: u64,
+}
+
+impl Part {
+    fn new(generation: u64) -> Part {
+        Part {
+            buffered: VecDeque::new(),
+            outstanding: BTreeMap::new(),
+            next_fetch: None,
+            committed: -1,
+            revoking: false,
+            generation,
+        }
+    }
+
+    /// The position to commit: the first offset not acknowledged yet, if it moved.
+    fn advance(&mut self) -> Option<i64> {
+        while let Some(e) = self.outstanding.first_entry() {
+            if e.get().acked {
+                e.remove();
+            } else {
+                break;
+            }
+        }
+        let next = self.next_fetch?;
+        let mut pos = next;
+        if let Some((o, _)) = self.outstanding.first_key_value() {
+            pos = pos.min(*o);
+        }
+        if let Some(d) = self.buffered.front() {
+            pos = pos.min(d.tag.offset);
+        }
+        (pos > self.committed).then_some(pos)
+    }
+}
+
+/// A delayed message held in the state store until it is due.
+#[derive(Clone)]
+pub(crate) struct DelayedEntry {
+    pub(crate) record_key: String,
+    pub(crate) envelope: Envelope,
+}
+
+impl DelayedEntry {
+    pub(crate) fn to_json(&self) -> Value {
+        let mut v = serde_json::json!({
+            "topic": self.envelope.topic.as_str(),
+            "key": self.envelope.key,
+            "deliverAt": self.envelope.deliver_at.map(|d| d.timestamp_millis()),
+        });
+        match std::str::from_utf8(&self.envelope.payload) {
+            Ok(s) => v["payload"] = Value::String(s.to_string()),
+            Err(_) => v["bytes"] = Value::from(self.envelope.payload.to_vec()),
+        }
+        v
+    }
+
+    fn from_json(record_key: &str, v: &Value) -> Option<DelayedEntry> {
+        let topic: Topic = v["topic"].as_str()?.parse().ok()?;
+        let key = v["key"].as_str()?.to_string();
+        let payload = match v["payload"].as_str() {
+            Some(s) => Bytes::from(s.to_string()),
+            None => Bytes::from(
+                v["bytes"]
+                    .as_array()?
+                    .iter()
+                    .map(|b| b.as_u64().map(|b| b as u8))
+                    .collect::<Option<Vec<u8>>>()?,
+            ),
+        };
+        let at = DateTime::from_timestamp_millis(v["deliverAt"].as_i64()?)?;
+        let mut envelope = Envelope::new(topic, key, payload);
+        envelope.deliver_at = Some(at);
+        Some(DelayedEntry {
+            record_key: record_key.to_string(),
+            envelope,
+        })
+    }
+}
+
+#[derive(Default)]
+struct State {
+    parts: HashMap<(Topic, i32), Part>,
+    /// Every assigned partition number, with the generation it was assigned in.
+    owned: BTreeMap<i32, u64>,
+    generation: u64,
+    paused: bool,
+    /// Units only: the executor state of each owned partition number (record key -> value).
+    store: HashMap<i32, HashMap<String, Value>>,
+    /// Units only: delayed messages of each owned partition number (record key -> entry).
+    delayed: HashMap<i32, BTreeMap<String, DelayedEntry>>,
+}
+
+pub(crate) struct Inner {
+    shared: Arc<Shared>,
+    group: ConsumerGroup,
+    topics: Vec<Topic>,
+    names: HashMap<String, Topic>,
+    /// The topic names subscribed to.
+    subscription: Vec<String>,
+    /// Units only: the compacted changelog its state store is restored from.
+    state_topic: Option<String>,
+    /// Subscribed only to own partitions of the changelog (a store, no messages): paused.
+    store_only: bool,
+    units: bool,
+    state: Mutex<State>,
+    cond: Condvar,
+    notify: tokio::sync::Notify,
+    stop: AtomicBool,
+    consumer: Mutex<Option<Arc<BaseConsumer<Ctx>>>>,
+    /// Units only: the transactional producer of this consumer instance, one transaction at a time.
+    pub(crate) txn: Option<Mutex<FutureProducer>>,
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Consumer context: the rebalance callbacks.
+pub(crate) struct Ctx {
+    inner: std::sync::Weak<Inner>,
+}
+
+impl ClientContext for Ctx {}
+
+impl ConsumerContext for Ctx {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Some(inner) = self.inner.upgrade() else {
+            return;
+        };
+        if let Rebalance::Revoke(tpl) = rebalance {
+            inner.revoke(consumer, tpl);
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Some(inner) = self.inner.upgrade() else {
+            return;
+        };
+        match rebalance {
+            Rebalance::Assign(tpl) => inner.assign(consumer, tpl),
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(e) => warn!(group = %inner.group, error = %e, "Kafka rebalance error"),
+        }
+    }
+}
+
+impl Inner {
+    fn parts_of(&self, tpl: &TopicPartitionList) -> Vec<(Topic, i32)> {
+        tpl.elements()
+            .iter()
+            .filter_map(|e| Some((*self.names.get(e.topic())?, e.partition())))
+            .collect()
+    }
+
+    /// Partitions are being revoked: stop handing them out, wait (bounded) for the deliveries
+    /// handed out to be acknowledged, commit, forget them.
+    fn revoke(&self, consumer: &BaseConsumer<Ctx>, tpl: &TopicPartitionList) {
+        let parts = self.parts_of(tpl);
+        let stopping = self.stop.load(Ordering::SeqCst);
+        let mut st = self.lock();
+        for p in &parts {
+            if let Some(part) = st.parts.get_mut(p) {
+                part.revoking = true;
+            }
+        }
+        if !stopping {
+            let deadline = Instant::now() + self.shared.options.revoke_grace;
+            loop {
+                let pending = parts.iter().any(|p| {
+                    st.parts
+                        .get(p)
+                        .is_some_and(|part| part.outstanding.values().any(|h| !h.acked))
+                });
+                let now = Instant::now();
+                if !pending || now >= deadline {
+                    if pending {
+                        warn!(group = %self.group, "partitions revoked with deliveries still unacknowledged after the grace period: they will be delivered again");
+                    }
+                    break;
+                }
+                st = self
+                    .cond
+                    .wait_timeout(st, deadline - now)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+            }
+            let mut commit = TopicPartitionList::new();
+            for p in &parts {
+                if let Some(part) = st.parts.get_mut(p)
+                    && let Some(pos) = part.advance()
+                {
+                    let _ = commit.add_partition_offset(
+                        &self.shared.options.topic_name(p.0),
+                        p.1,
+                        Offset::Offset(pos),
+                    );
+                    part.committed = pos;
+                }
+            }
+            if commit.count() > 0
+                && let Err(e) = consumer.commit(&commit, CommitMode::Sync)
+            {
+                warn!(group = %self.group, error = %e, "offset commit on revocation failed");
+            }
+        }
+        for p in &parts {
+            st.parts.remove(p);
+        }
+        for e in tpl.elements() {
+            st.owned.remove(&e.partition());
+        }
+        let owned: BTreeSet<i32> = st.owned.keys().copied().collect();
+        st.store.retain(|p, _| owned.contains(p));
+        st.delayed.retain(|p, _| owned.contains(p));
+        st.generation += 1;
+        debug!(group = %self.group, revoked = parts.len(), "partitions revoked");
+    }
+
+    fn assign(&self, consumer: &BaseConsumer<Ctx>, tpl: &TopicPartitionList) {
+        let parts = self.parts_of(tpl);
+        let numbers: BTreeSet<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+        if self.store_only
+            && let Err(e) = consumer.pause(tpl)
+        {
+            warn!(group = %self.group, error = %e, "pausing a store-only consumer failed");
+        }
+        let restored = if self.units {
+            match self.restore(&numbers) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    warn!(group = %self.group, error = %e, "restoring the executor state failed");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let mut st = self.lock();
+        st.generation += 1;
+        st.paused = false;
+        let generation = st.generation;
+        for p in &parts {
+            st.parts.insert(*p, Part::new(generation));
+        }
+        for n in &numbers {
+            st.owned.insert(*n, generation);
+        }
+        if let Some((store, delayed)) = restored {
+            st.store.extend(store);
+            st.delayed.extend(delayed);
+        }
+        info!(group = %self.group, topics = ?self.topics, partitions = parts.len(), "partitions assigned");
+        drop(st);
+        self.notify.notify_waiters();
+    }
+
+    /// Read this consumer's changelog partitions `numbers` from the start into a store.
+    #[allow(clippy::type_complexity)]
+    fn restore(
+        &self,
+        numbers: &BTreeSet<i32>,
+    ) -> Result<
+        (
+            HashMap<i32, HashMap<String, Value>>,
+            HashMap<i32, BTreeMap<String, DelayedEntry>>,
+        ),
+        RdError,
+    > {
+        let Some(name) = self.state_topic.clone() else {
+            return Ok((HashMap::new(), HashMap::new()));
+        };
+        read_changelog(&self.shared.options, &name, numbers)
+    }
+
+    fn on_record(&self, m: &rdkafka::message::BorrowedMessage<'_>) {
+        let Some(topic) = self.names.get(m.topic()).copied() else {
+            return;
+        };
+        let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+        let payload = Bytes::copy_from_slice(m.payload().unwrap_or_default());
+        let (p, offset) = (m.partition(), m.offset());
+        let mut st = self.lock();
+        let Some(part) = st.parts.get_mut(&(topic, p)) else {
+            return;
+        };
+        if part.next_fetch.is_some_and(|n| offset < n) {
+            return;
+        }
+        part.next_fetch = Some(offset + 1);
+        part.buffered.push_back(Delivery {
+            tag: DeliveryTag {
+                topic,
+                partition: p,
+                offset,
+            },
+            group: self.group,
+            envelope: Envelope::new(topic, key, payload),
+            attempt: 1,
+        });
+    }
+
+    fn buffered(&self) -> usize {
+        self.lock().parts.values().map(|p| p.buffered.len()).sum()
+    }
+
+    /// Fire the delayed messages that are due, in a transaction that deletes them from the store.
+    fn fire_due(&self) {
+        let Some(txn) = &self.txn else { return };
+        let now = Utc::now();
+        let due: Vec<(i32, DelayedEntry)> = {
+            let st = self.lock();
+            st.delayed
+                .iter()
+                .flat_map(|(p, m)| m.values().map(move |e| (*p, e)))
+                .filter(|(_, e)| e.envelope.deliver_at.is_some_and(|at| at <= now))
+                .map(|(p, e)| (p, e.clone()))
+                .collect()
+        };
+        if due.is_empty() {
+            return;
+        }
+        let options = &self.shared.options;
+        let Some(state_topic) = self.state_topic.clone() else {
+            return;
+        };
+        let producer = txn.lock().unwrap_or_else(PoisonError::into_inner);
+        let result = (|| -> Result<(), RdError> {
+            producer.begin_transaction()?;
+            for (p, e) in &due {
+                let name = options.topic_name(e.envelope.topic);
+                producer
+                    .send_result(
+                        FutureRecord::to(&name)
+                            .key(e.envelope.key.as_bytes())
+                            .payload(e.envelope.payload.as_ref())
+                            .partition(partition_for(&e.envelope.key, options.partitions)),
+                    )
+                    .map_err(|(e, _)| e)?;
+                producer
+                    .send_result(
+                        FutureRecord::<[u8], [u8]>::to(&state_topic)
+                            .key(e.record_key.as_bytes())
+                            .partition(*p),
+                    )
+                    .map_err(|(e, _)| e)?;
+            }
+            producer.commit_transaction(Duration::from_secs(30))
+        })();
+        match result {
+            Ok(()) => {
+                let mut st = self.lock();
+                for (p, e) in &due {
+                    if let Some(m) = st.delayed.get_mut(p) {
+                        m.remove(&e.record_key);
+                    }
+                }
+                debug!(fired = due.len(), "delayed messages produced");
+            }
+            Err(e) => {
+                let _ = producer.abort_transaction(Duration::from_secs(30));
+                warn!(error = %e, "producing due delayed messages failed; retried later");
+            }
+        }
+    }
+
+    fn run(self: Arc<Self>, consumer: Arc<BaseConsumer<Ctx>>) {
+        let options = &self.shared.options;
+        let refs: Vec<&str> = self.subscription.iter().map(String::as_str).collect();
+        if let Err(e) = consumer.subscribe(&refs) {
+            warn!(group = %self.group, error = %e, "Kafka subscribe failed");
+        }
+        // While the consumer joins its group (in librdkafka's threads).
+        if let Some(txn) = &self.txn {
+            let producer = txn.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Err(e) = producer.init_transactions(Duration::from_secs(30)) {
+                warn!(error = %e, "init_transactions failed: units of work of this consumer will fail");
+            }
+        }
+        let mut last_fire = Instant::now();
+        while !self.stop.load(Ordering::SeqCst) {
+            match consumer.poll(Duration::from_millis(50)) {
+                Some(Ok(m)) => {
+                    self.on_record(&m);
+                    // Drain what is already fetched before waking the receivers.
+                    while let Some(Ok(m)) = consumer.poll(Duration::ZERO) {
+                        self.on_record(&m);
+                    }
+                    self.notify.notify_waiters();
+                }
+                Some(Err(e)) => debug!(group = %self.group, error = %e, "Kafka consumer error"),
+                None => {}
+            }
+            let buffered = self.buffered();
+            let paused = self.lock().paused;
+            if !paused && buffered >= options.prefetch {
+                if let Ok(a) = consumer.assignment()
+                    && consumer.pause(&a).is_ok()
+                {
+                    self.lock().paused = true;
+                }
+            } else if paused
+                && buffered < options.prefetch / 2
+                && let Ok(a) = consumer.assignment()
+                && consumer.resume(&a).is_ok()
+            {
+                self.lock().paused = false;
+            }
+            if self.units && last_fire.elapsed() >= Duration::from_millis(100) {
+                self.fire_due();
+                last_fire = Instant::now();
+            }
+        }
+        *self.consumer.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        consumer.unsubscribe();
+        drop(consumer);
+        debug!(group = %self.group, topics = ?self.topics, "Kafka consumer closed");
+    }
+}
+
+/// A competing consumer of (group, topics) for one queue handle.
+pub(crate) struct GroupConsumer {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl GroupConsumer {
+    pub(crate) fn start(
+        shared: Arc<Shared>,
+        group: ConsumerGroup,
+        topics: Vec<Topic>,
+        units: bool,
+    ) -> Result<GroupConsumer, QueueError> {
+        let subscription = topics
+            .iter()
+            .map(|t| shared.options.topic_name(*t))
+            .collect();
+        let state_topic = units.then(|| shared.options.state_topic());
+        GroupConsumer::start_with(shared, group, topics, subscription, state_topic, units)
+    }
+
+    /// A store-only member of `{prefix}{group}.store`: subscribed to the compacted `state_topic`
+    /// only to own some of its partitions (restored on assignment, never consumed as messages),
+    /// with a transactional producer for the units that write it.
+    pub(crate) fn start_store(
+        shared: Arc<Shared>,
+        group: ConsumerGroup,
+        state_topic: String,
+    ) -> Result<GroupConsumer, QueueError> {
+        GroupConsumer::start_with(
+            shared,
+            group,
+            Vec::new(),
+            vec![state_topic.clone()],
+            Some(state_topic),
+            true,
+        )
+    }
+
+    fn start_with(
+        shared: Arc<Shared>,
+        group: ConsumerGroup,
+        topics: Vec<Topic>,
+        subscription: Vec<String>,
+        state_topic: Option<String>,
+        units: bool,
+    ) -> Result<GroupConsumer, QueueError> {
+        let store_only = topics.is_empty();
+        let options = &shared.options;
+        // Units: one group member over every topic of the group (co-partitioned), which owns the
+        // state of its partitions; receive: a group per (group, topic).
+        let topic_part = if store_only {
+            "store".to_string()
+        } else if units {
+            "units".to_string()
+        } else {
+            topics
+                .iter()
+                .map(|t| t.as_str())
+                .collect::<Vec<_>>()
+                .join("+")
+        };
+        let group_id = format!("{}{}.{}", options.prefix, group.as_str(), topic_part);
+        let txn = if units {
+            let producer: FutureProducer = options
+                .producer_config()
+                .set(
+                    "transactional.id",
+                    format!("{group_id}-{}", kestra_core::model::new_id()),
+                )
+                .set("transaction.timeout.ms", "60000")
+                .create()
+                .map_err(|e| Shared::backend("transactional producer creation", e))?;
+            Some(Mutex::new(producer))
+        } else {
+            None
+        };
+        let inner = Arc::new(Inner {
+            names: topics
+                .iter()
+                .map(|t| (options.topic_name(*t), *t))
+                .collect(),
+            subscription,
+            state_topic,
+            store_only,
+            shared: shared.clone(),
+            group,
+            topics,
+            units,
+            state: Mutex::new(State::default()),
+            cond: Condvar::new(),
+            notify: tokio::sync::Notify::new(),
+            stop: AtomicBool::new(false),
+            consumer: Mutex::new(None),
+            txn,
+        });
+        let session = options.session_timeout.as_millis().to_string();
+        let heartbeat = (options.session_timeout.as_millis() / 5)
+            .max(100)
+            .to_string();
+        let consumer: BaseConsumer<Ctx> = options
+            .client_config()
+            .set("group.id", &group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("isolation.level", "read_committed")
+            .set("partition.assignment.strategy", "range")
+            .set("session.timeout.ms", &session)
+            .set("heartbeat.interval.ms", &heartbeat)
+            .set("fetch.wait.max.ms", "50")
+            .set("allow.auto.create.topics", "false")
+            .create_with_context(Ctx {
+                inner: Arc::downgrade(&inner),
+            })
+            .map_err(|e| Shared::backend("consumer creation", e))?;
+        let consumer = Arc::new(consumer);
+        *inner
+            .consumer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(consumer.clone());
+        let runner = inner.clone();
+        std::thread::Builder::new()
+            .name(format!("kafka-{group_id}"))
+            .spawn(move || runner.run(consumer))
+            .map_err(|e| QueueError::backend("consumer thread", e))?;
+        Ok(GroupConsumer { inner })
+    }
+
+    pub(crate) fn stop(&self) {
+        self.inner.stop.store(true, Ordering::SeqCst);
+        self.inner.cond.notify_all();
+    }
+
+    /// Hand out up to `max` deliveries: per partition in offset order, skipping keys this consumer
+    /// holds from an earlier call.
+    fn take(&self, max: usize, topics: &[Topic]) -> Vec<Delivery> {
+        let mut st = self.inner.lock();
+        let mut out = Vec::new();
+        for ((topic, _), part) in st.parts.iter_mut() {
+            if out.len() >= max {
+                break;
+            }
+            if part.revoking || part.buffered.is_empty() || !topics.contains(topic) {
+                continue;
+            }
+            let mut held: HashSet<String> = part
+                .outstanding
+                .values()
+                .filter(|h| !h.acked)
+                .map(|h| h.key.clone())
+                .collect();
+            let mut now_taken: HashSet<String> = HashSet::new();
+            let mut i = 0;
+            while i < part.buffered.len() && out.len() < max {
+                let key = &part.buffered[i].envelope.key;
+                if held.contains(key) && !now_taken.contains(key) {
+                    i += 1;
+                    continue;
+                }
+                let Some(d) = part.buffered.remove(i) else {
+                    break;
+                };
+                let key = d.envelope.key.clone();
+                part.outstanding.insert(
+                    d.tag.offset,
+                    Held {
+                        key: key.clone(),
+                        acked: false,
+                    },
+                );
+                held.insert(key.clone());
+                now_taken.insert(key);
+                out.push(d);
+            }
+        }
+        out
+    }
+
+    /// [`GroupConsumer::take`], waiting up to `wait` for the first delivery.
+    pub(crate) async fn take_waiting(
+        &self,
+        topics: &[Topic],
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<Delivery>, QueueError> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notified = self.inner.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let got = self.take(max, topics);
+            if !got.is_empty() {
+                return Ok(got);
+            }
+            if self.inner.stop.load(Ordering::SeqCst) {
+                return Err(QueueError::Closed);
+            }
+            // Wake up at least every 100 ms: a key released by an acknowledgement frees messages
+            // that no fetch announces.
+            let step = (tokio::time::Instant::now() + Duration::from_millis(100)).min(deadline);
+            if tokio::time::timeout_at(step, notified).await.is_err()
+                && tokio::time::Instant::now() >= deadline
+            {
+                return Ok(self.take(max, topics));
+            }
+        }
+    }
+
+    /// Put deliveries handed out back in front of their partitions (a refused recorded receive, a
+    /// unit dropped without commit): they are handed out again.
+    pub(crate) fn release(&self, deliveries: &[Delivery]) {
+        let mut st = self.inner.lock();
+        for d in deliveries.iter().rev() {
+            let Some(part) = st.parts.get_mut(&(d.tag.topic, d.tag.partition)) else {
+                continue;
+            };
+            if part.outstanding.remove(&d.tag.offset).is_none() {
+                continue;
+            }
+            let at = part
+                .buffered
+                .partition_point(|b| b.tag.offset < d.tag.offset);
+            part.buffered.insert(at, d.clone());
+        }
+        drop(st);
+        self.inner.notify.notify_waiters();
+    }
+
+    /// Mark `tags` acknowledged; returns the positions to commit.
+    fn mark_acked(&self, st: &mut State, tags: &[DeliveryTag]) -> TopicPartitionList {
+        let mut touched = BTreeSet::new();
+        for t in tags {
+            if let Some(part) = st.parts.get_mut(&(t.topic, t.partition))
+                && let Some(h) = part.outstanding.get_mut(&t.offset)
+            {
+                h.acked = true;
+                touched.insert((t.topic, t.partition));
+            }
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (topic, p) in touched {
+            if let Some(part) = st.parts.get_mut(&(topic, p))
+                && let Some(pos) = part.advance()
+            {
+                let _ = tpl.add_partition_offset(
+                    &self.inner.shared.options.topic_name(topic),
+                    p,
+                    Offset::Offset(pos),
+                );
+                part.committed = pos;
+            }
+        }
+        tpl
+    }
+
+    /// Acknowledge: mark, then commit the contiguous acknowledged prefix of each partition.
+    pub(crate) fn ack(&self, tags: &[DeliveryTag]) -> Result<(), QueueError> {
+        let tpl = {
+            let mut st = self.inner.lock();
+            self.mark_acked(&mut st, tags)
+        };
+        self.inner.cond.notify_all();
+        self.inner.notify.notify_waiters();
+        if tpl.count() == 0 {
+            return Ok(());
+        }
+        let consumer = self
+            .inner
+            .consumer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some(c) = consumer {
+            c.commit(&tpl, CommitMode::Async)
+                .map_err(|e| Shared::backend("ack (offset commit)", e))?;
+        }
+        Ok(())
+    }
+
+    /// Mark deliveries whose offsets a committed transaction carried as acknowledged.
+    pub(crate) fn acked_by_transaction(&self, tags: &[DeliveryTag]) {
+        {
+            let mut st = self.inner.lock();
+            let _ = self.mark_acked(&mut st, tags);
+        }
+        self.inner.cond.notify_all();
+        self.inner.notify.notify_waiters();
+    }
+
+    /// The positions to commit if `tags` were acknowledged (for `send_offsets_to_transaction`).
+    pub(crate) fn positions_after(&self, tags: &[DeliveryTag]) -> TopicPartitionList {
+        let st = self.inner.lock();
+        let mut tpl = TopicPartitionList::new();
+        let touched: BTreeSet<(Topic, i32)> = tags.iter().map(|t| (t.topic, t.partition)).collect();
+        let mine: HashSet<(Topic, i32, i64)> = tags
+            .iter()
+            .map(|t| (t.topic, t.partition, t.offset))
+            .collect();
+        for (topic, p) in touched {
+            let Some(part) = st.parts.get(&(topic, p)) else {
+                continue;
+            };
+            let Some(next) = part.next_fetch else {
+                continue;
+            };
+            let mut pos = next;
+            if let Some((o, _)) = part
+                .outstanding
+                .iter()
+                .find(|(o, h)| !h.acked && !mine.contains(&(topic, p, **o)))
+            {
+                pos = pos.min(*o);
+            }
+            if let Some(d) = part.buffered.front() {
+                pos = pos.min(d.tag.offset);
+            }
+            let _ = tpl.add_partition_offset(
+                &self.inner.shared.options.topic_name(topic),
+                p,
+                Offset::Offset(pos),
+            );
+        }
+        tpl
+    }
+
+    /// Whether this consumer holds `tag` (handed out, not acknowledged, partition still owned).
+    pub(crate) fn holds(&self, tag: &DeliveryTag) -> bool {
+        self.inner
+            .lock()
+            .parts
+            .get(&(tag.topic, tag.partition))
+            .and_then(|p| p.outstanding.get(&tag.offset))
+            .is_some_and(|h| !h.acked)
+    }
+
+    /// The assignment generation of a partition this consumer owns.
+    pub(crate) fn generation_of(&self, topic: Topic, partition: i32) -> Option<u64> {
+        let st = self.inner.lock();
+        st.parts
+            .get(&(topic, partition))
+            .filter(|p| !p.revoking)
+            .map(|p| p.generation)
+    }
+
+    /// The consumer's group metadata (for `send_offsets_to_transaction`).
+    pub(crate) fn group_metadata(&self) -> Option<ConsumerGroupMetadata> {
+        self.inner
+            .consumer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .and_then(|c| c.group_metadata())
+    }
+
+    /// The generation a partition number was assigned in, if this member owns it.
+    pub(crate) fn owned_generation(&self, partition: i32) -> Option<u64> {
+        self.inner.lock().owned.get(&partition).copied()
+    }
+
+    /// Wait (up to `timeout`) until this member owns at least one partition.
+    pub(crate) async fn wait_assigned(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.inner.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if !self.inner.lock().owned.is_empty() {
+                return true;
+            }
+            let step = (tokio::time::Instant::now() + Duration::from_millis(100)).min(deadline);
+            if tokio::time::timeout_at(step, notified).await.is_err()
+                && tokio::time::Instant::now() >= deadline
+            {
+                return false;
+            }
+        }
+    }
+
+    /// Every value of the state store whose record key starts with `prefix`.
+    pub(crate) fn store_values(&self, prefix: &str) -> Vec<(i32, String, Value)> {
+        let st = self.inner.lock();
+        st.store
+            .iter()
+            .flat_map(|(p, m)| {
+                m.iter()
+                    .filter(|(k, _)| k.starts_with(prefix))
+                    .map(move |(k, v)| (*p, k.clone(), v.clone()))
+            })
+            .collect()
+    }
+
+    /// A value of the state store (`None` when the partition is not owned or the key unknown).
+    pub(crate) fn store_get(&self, partition: i32, record_key: &str) -> Option<Value> {
+        self.inner
+            .lock()
+            .store
+            .get(&partition)
+            .and_then(|m| m.get(record_key))
+            .cloned()
+    }
+
+    /// Apply committed changes to the state store.
+    pub(crate) fn store_apply(
+        &self,
+        changes: &[(i32, String, Option<Value>)],
+        delayed: &[(i32, DelayedEntry)],
+    ) {
+        let mut st = self.inner.lock();
+        for (p, k, v) in changes {
+            let map = st.store.entry(*p).or_default();
+            match v {
+                Some(v) => {
+                    map.insert(k.clone(), v.clone());
+                }
+                None => {
+                    map.remove(k);
+                }
+            }
+        }
+        for (p, e) in delayed {
+            st.delayed
+                .entry(*p)
+                .or_default()
+                .insert(e.record_key.clone(), e.clone());
+        }
+    }
+}
+
+impl Drop for GroupConsumer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Read the partitions `numbers` of the compacted changelog `name` from the start (committed
+/// records only) into a store (record key -> JSON value) and the delayed messages it holds.
+#[allow(clippy::type_complexity)]
+pub(crate) fn read_changelog(
+    options: &KafkaOptions,
+    name: &str,
+    numbers: &BTreeSet<i32>,
+) -> Result<
+    (
+        HashMap<i32, HashMap<String, Value>>,
+        HashMap<i32, BTreeMap<String, DelayedEntry>>,
+    ),
+    RdError,
+> {
+    let mut store: HashMap<i32, HashMap<String, Value>> =
+        numbers.iter().map(|p| (*p, HashMap::new())).collect();
+    let mut delayed: HashMap<i32, BTreeMap<String, DelayedEntry>> =
+        numbers.iter().map(|p| (*p, BTreeMap::new())).collect();
+    if numbers.is_empty() {
+        return Ok((store, delayed));
+    }
+    let reader: BaseConsumer = options
+        .client_config()
+        .set(
+            "group.id",
+            format!("{}restore-{}", options.prefix, kestra_core::model::new_id()),
+        )
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    let mut remaining = BTreeSet::new();
+    for p in numbers {
+        let (low, high) = reader.fetch_watermarks(name, *p, Duration::from_secs(10))?;
+        if high > low {
+            tpl.add_partition_offset(name, *p, Offset::Beginning)?;
+            remaining.insert(*p);
+        }
+    }
+    if remaining.is_empty() {
+        return Ok((store, delayed));
+    }
+    reader.assign(&tpl)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut records = 0usize;
+    while !remaining.is_empty() && Instant::now() < deadline {
+        match reader.poll(Duration::from_millis(500)) {
+            Some(Ok(m)) => {
+                records += 1;
+                let Some(key) = m.key().and_then(|k| std::str::from_utf8(k).ok()) else {
+                    continue;
+                };
+                let p = m.partition();
+                let value = m
+                    .payload()
+                    .and_then(|b| serde_json::from_slice::<Value>(b).ok());
+                if key.starts_with(&format!("{DELAYED_KIND}{SEP}")) {
+                    let map = delayed.entry(p).or_default();
+                    match value.as_ref().and_then(|v| DelayedEntry::from_json(key, v)) {
+                        Some(e) => {
+                            map.insert(key.to_string(), e);
+                        }
+                        None => {
+                            map.remove(key);
+                        }
+                    }
+                } else {
+                    let map = store.entry(p).or_default();
+                    match value {
+                        Some(v) => {
+                            map.insert(key.to_string(), v);
+                        }
+                        None => {
+                            map.remove(key);
+                        }
+                    }
+                }
+            }
+            Some(Err(RdError::PartitionEOF(p))) => {
+                remaining.remove(&p);
+            }
+            Some(Err(e)) => warn!(error = %e, "reading the executor state changelog"),
+            None => {}
+        }
+    }
+    if !remaining.is_empty() {
+        warn!(partitions = ?remaining, "executor state restore did not reach the end of the changelog within 60 s");
+    }
+    debug!(
+        partitions = numbers.len(),
+        records, "executor state restored"
+    );
+    Ok((store, delayed))
+}
