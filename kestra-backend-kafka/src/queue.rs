@@ -609,6 +609,9 @@ impl Queue for KafkaQueue {
         QueueCapabilities {
             lease_timers: false,
             max_message_bytes: self.shared.options.max_message_bytes,
+            // Executions live in the state changelog; a repository follows through the indexer
+            // (the executor stages an ExecutionChange per save).
+            repository_in_unit: false,
         }
     }
 

@@ -27,6 +27,7 @@ pub fn sqlite_url(dir: &tempfile::TempDir) -> String {
 /// fresh database file; on PostgreSQL and MySQL/MariaDB the checks share the service's URL
 /// (`KESTRA_TEST_POSTGRES_URL`, `KESTRA_TEST_MYSQL_URL`), and the test is skipped with a loud
 /// message when it is unset, except under `CI=true` where that is a failure ([`service_url`]).
+#[allow(unused_macros)] // a test file that runs on one backend only (Kafka, the UI) uses none
 macro_rules! on_each_database {
     ($name:ident: $($check:ident),+ $(,)?) => {
         mod $name {
@@ -55,4 +56,5 @@ macro_rules! on_each_database {
         }
     };
 }
+#[allow(unused_imports)]
 pub(crate) use on_each_database;
