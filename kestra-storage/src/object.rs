@@ -45,6 +45,11 @@ use kestra_core::storage::{
 };
 pub use object_store;
 
+#[cfg(feature = "gcs")]
+mod gcs_upload;
+#[cfg(feature = "gcs")]
+pub use gcs_upload::UploadError as GcsUploadError;
+
 use object_store::path::{Path as ObjectPath, PathPart};
 use object_store::{
     BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig,
@@ -140,7 +145,9 @@ pub enum ObjectStorageError {
         source: object_store::Error,
     },
     /// The credentials were refused, or lack a permission.
-    #[error("{store} refused the credentials (check the access key and secret, or the role's permissions): {source}")]
+    #[error(
+        "{store} refused the credentials (check the access key and secret, or the role's permissions): {source}"
+    )]
     Credentials {
         /// The store.
         store: StoreLocation,
@@ -229,6 +236,9 @@ pub struct ObjectStorage {
     prefix: Vec<PathPart<'static>>,
     part_size: usize,
     upload_concurrency: usize,
+    /// GCS writes through resumable uploads (see `gcs_upload`).
+    #[cfg(feature = "gcs")]
+    gcs_uploader: Option<gcs_upload::ResumableUploader>,
 }
 
 impl fmt::Debug for ObjectStorage {
@@ -276,6 +286,8 @@ impl ObjectStorage {
             prefix,
             part_size: options.part_size,
             upload_concurrency: options.upload_concurrency,
+            #[cfg(feature = "gcs")]
+            gcs_uploader: None,
         })
     }
 
@@ -352,7 +364,11 @@ impl ObjectStorage {
 
     /// Sort an `object_store` error: missing bucket (for listings, where a 404 can only be the
     /// bucket), refused credentials, anything else.
-    fn classify(&self, source: object_store::Error, not_found_is_bucket: bool) -> ObjectStorageError {
+    fn classify(
+        &self,
+        source: object_store::Error,
+        not_found_is_bucket: bool,
+    ) -> ObjectStorageError {
         let store = self.location.clone();
         // Some listings (Azure's) wrap the HTTP status in a generic error: read it from the chain.
         let status = http_status(&source);
@@ -451,6 +467,16 @@ impl InternalStorage for ObjectStorage {
         mut data: ByteStream,
     ) -> Result<u64, StorageError> {
         let key = self.key(tenant, path)?;
+        #[cfg(feature = "gcs")]
+        if let Some(uploader) = &self.gcs_uploader {
+            let written = match uploader.upload(key.as_ref(), data).await {
+                Ok(result) => result?,
+                // A 404 when starting the upload is the bucket.
+                Err(e) => return Err(StorageError::backend("put", path, self.classify(e, true))),
+            };
+            tracing::debug!(store = %self.location, uri = %path, bytes = written, "stored (resumable upload)");
+            return Ok(written);
+        }
         let mut buffered: Vec<Bytes> = Vec::new();
         let mut written: u64 = 0;
         while written < self.part_size as u64 {
@@ -657,10 +683,7 @@ fn non_empty(value: &Option<String>) -> Option<&str> {
 }
 
 fn non_empty_secret(value: &Option<Secret>) -> Option<&str> {
-    value
-        .as_ref()
-        .map(|s| s.0.trim())
-        .filter(|v| !v.is_empty())
+    value.as_ref().map(|s| s.0.trim()).filter(|v| !v.is_empty())
 }
 
 /// Amazon S3 or an S3-compatible store (Kestra's `kestra.storage.s3.*`).
@@ -730,7 +753,10 @@ impl S3Config {
         } else if let Some(virtual_hosted) = self.virtual_hosted_style {
             builder = builder.with_virtual_hosted_style_request(virtual_hosted);
         }
-        match (non_empty(&self.access_key), non_empty_secret(&self.secret_key)) {
+        match (
+            non_empty(&self.access_key),
+            non_empty_secret(&self.secret_key),
+        ) {
             (Some(key), Some(secret)) => {
                 builder = builder
                     .with_access_key_id(key)
@@ -753,10 +779,12 @@ impl S3Config {
                 });
             }
         }
-        let store = builder.build().map_err(|source| ObjectStorageError::Build {
-            store: location.clone(),
-            source,
-        })?;
+        let store = builder
+            .build()
+            .map_err(|source| ObjectStorageError::Build {
+                store: location.clone(),
+                source,
+            })?;
         ObjectStorage::from_store(Arc::new(store), location, &self.options)
     }
 }
@@ -778,7 +806,8 @@ pub struct GcsConfig {
     /// Base URL of the JSON/XML APIs (`https://storage.googleapis.com` by default; an emulator's
     /// `http://127.0.0.1:4443`).
     pub endpoint: Option<String>,
-    /// Send unsigned requests (an emulator, or a public bucket).
+    /// Send unauthenticated requests (an emulator such as fake-gcs-server); overrides
+    /// `service_account`.
     pub anonymous: bool,
     /// Shared settings.
     pub options: ObjectOptions,
@@ -810,24 +839,53 @@ impl GcsConfig {
             bucket: bucket.to_string(),
         };
         let endpoint = non_empty(&self.endpoint);
+        let base_url = endpoint
+            .unwrap_or("https://storage.googleapis.com")
+            .trim_end_matches('/')
+            .to_string();
         let mut builder = GoogleCloudStorageBuilder::from_env()
             .with_bucket_name(bucket)
             .with_retry(self.options.retry())
             .with_client_options(self.options.client(endpoint));
-        if let Some(endpoint) = endpoint {
-            builder = builder.with_base_url(endpoint.trim_end_matches('/'));
+        if endpoint.is_some() {
+            builder = builder.with_base_url(&base_url);
         }
         if let Some(key) = non_empty_secret(&self.service_account) {
             builder = builder.with_service_account_key(key);
         }
         if self.anonymous {
-            builder = builder.with_skip_signature(true);
+            // object_store's way to an emulator: a key that turns OAuth off (requests go unsigned).
+            builder = builder
+                .with_service_account_key(
+                    r#"{"disable_oauth":true,"client_email":"","private_key":"","private_key_id":""}"#,
+                )
+                .with_skip_signature(true);
         }
-        let store = builder.build().map_err(|source| ObjectStorageError::Build {
+        let store = builder
+            .build()
+            .map_err(|source| ObjectStorageError::Build {
+                store: location.clone(),
+                source,
+            })?;
+        let uploader = gcs_upload::ResumableUploader::new(
+            &base_url,
+            bucket,
+            Arc::clone(store.credentials()),
+            self.options.part_size,
+            self.options.max_retries,
+            self.options.request_timeout,
+            self.options.connect_timeout,
+        )
+        .map_err(|e| ObjectStorageError::Build {
             store: location.clone(),
-            source,
+            source: object_store::Error::Generic {
+                store: "GCS",
+                source: Box::new(e),
+            },
         })?;
-        ObjectStorage::from_store(Arc::new(store), location, &self.options)
+        let mut storage = ObjectStorage::from_store(Arc::new(store), location, &self.options)?;
+        storage.gcs_uploader = Some(uploader);
+        Ok(storage)
     }
 }
 
@@ -944,7 +1002,12 @@ impl AzureConfig {
             });
         // `https://<account>.blob.core.windows.net` names its account.
         let account = account.or_else(|| {
-            let host = endpoint.as_deref()?.split("://").nth(1)?.split('/').next()?;
+            let host = endpoint
+                .as_deref()?
+                .split("://")
+                .nth(1)?
+                .split('/')
+                .next()?;
             host.split_once(".blob.").map(|(a, _)| a.to_string())
         });
         let endpoint = endpoint.map(|e| e.trim_end_matches('/').to_string());
@@ -990,10 +1053,12 @@ impl AzureConfig {
                 .collect::<Vec<_>>();
             builder = builder.with_sas_authorization(pairs);
         }
-        let store = builder.build().map_err(|source| ObjectStorageError::Build {
-            store: location.clone(),
-            source,
-        })?;
+        let store = builder
+            .build()
+            .map_err(|source| ObjectStorageError::Build {
+                store: location.clone(),
+                source,
+            })?;
         ObjectStorage::from_store(Arc::new(store), location, &self.options)
     }
 }

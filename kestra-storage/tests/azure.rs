@@ -26,7 +26,10 @@ fn config() -> Option<AzureConfig> {
 async fn store() -> Option<(ObjectStorage, String)> {
     let config = config()?;
     let prefix = config.options.prefix.clone().expect("a test prefix");
-    let storage = config.connect().await.expect("connect to the Azure test container");
+    let storage = config
+        .connect()
+        .await
+        .expect("connect to the Azure test container");
     Some((storage, prefix))
 }
 
@@ -77,6 +80,7 @@ async fn a_missing_container_is_reported_at_connect() {
 async fn refused_credentials_are_reported_at_connect() {
     let Some(mut config) = config() else { return };
     // A well-formed key that is not the account's.
-    config.shared_key_account_access_key = Some("bm90LXRoZS1hY2NvdW50LWtleS1ub3QtdGhlLWFjY291bnQta2V5LTEyMzQ=".into());
+    config.shared_key_account_access_key =
+        Some("bm90LXRoZS1hY2NvdW50LWtleS1ub3QtdGhlLWFjY291bnQta2V5LTEyMzQ=".into());
     common::assert_bad_credentials(config.connect().await);
 }

@@ -26,7 +26,10 @@ fn config() -> Option<S3Config> {
 async fn store() -> Option<(ObjectStorage, String)> {
     let config = config()?;
     let prefix = config.options.prefix.clone().expect("a test prefix");
-    let storage = config.connect().await.expect("connect to the S3 test bucket");
+    let storage = config
+        .connect()
+        .await
+        .expect("connect to the S3 test bucket");
     Some((storage, prefix))
 }
 
@@ -57,7 +60,9 @@ async fn refused_credentials_are_reported_at_connect() {
     let Some(mut config) = config() else { return };
     config.secret_key = Some("not-the-secret-key".into());
     common::assert_bad_credentials(config.connect().await);
-    let Some(mut config) = self::config() else { return };
+    let Some(mut config) = self::config() else {
+        return;
+    };
     config.access_key = Some("no-such-access-key".into());
     common::assert_bad_credentials(config.connect().await);
 }
@@ -66,6 +71,12 @@ async fn refused_credentials_are_reported_at_connect() {
 async fn half_given_credentials_are_a_configuration_error() {
     let Some(mut config) = config() else { return };
     config.secret_key = None;
-    let error = config.build().expect_err("an access key without a secret is refused");
-    assert!(error.to_string().contains("secretKey is set") || error.to_string().contains("secretKey is not"), "{error}");
+    let error = config
+        .build()
+        .expect_err("an access key without a secret is refused");
+    assert!(
+        error.to_string().contains("secretKey is set")
+            || error.to_string().contains("secretKey is not"),
+        "{error}"
+    );
 }

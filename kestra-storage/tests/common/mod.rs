@@ -72,10 +72,16 @@ pub async fn multipart_round_trip(storage: &ObjectStorage) {
         .await
         .expect("multipart put");
     assert_eq!(written, data.len() as u64);
-    assert_eq!(storage.size("main", &path).await.ok(), Some(data.len() as u64));
+    assert_eq!(
+        storage.size("main", &path).await.ok(),
+        Some(data.len() as u64)
+    );
     let back = storage.get_bytes("main", &path).await.expect("get");
     assert!(back == data, "the multipart file read back differs");
-    assert_eq!(storage.delete_prefix("main", &p("multipart")).await.ok(), Some(1));
+    assert_eq!(
+        storage.delete_prefix("main", &p("multipart")).await.ok(),
+        Some(1)
+    );
 }
 
 /// A multipart `put` whose input fails after more than a part keeps the previous content, and a
@@ -100,7 +106,9 @@ pub async fn failed_multipart_put_is_invisible(storage: &ObjectStorage) {
         .put_bytes("main", &existing, Bytes::from_static(b"previous"))
         .await
         .expect("put");
-    let result = storage.put("main", &existing, failing(existing.to_uri())).await;
+    let result = storage
+        .put("main", &existing, failing(existing.to_uri()))
+        .await;
     assert!(result.is_err(), "the put must fail, got {result:?}");
     assert_eq!(
         storage.get_bytes("main", &existing).await.expect("get"),
@@ -108,27 +116,50 @@ pub async fn failed_multipart_put_is_invisible(storage: &ObjectStorage) {
         "a failed multipart put keeps the previous content"
     );
     let fresh = p("failed-multipart/fresh.bin");
-    assert!(storage.put("main", &fresh, failing(fresh.to_uri())).await.is_err());
+    assert!(
+        storage
+            .put("main", &fresh, failing(fresh.to_uri()))
+            .await
+            .is_err()
+    );
     assert_eq!(storage.exists("main", &fresh).await.ok(), Some(false));
-    assert_eq!(storage.delete_prefix("main", &p("failed-multipart")).await.ok(), Some(1));
+    assert_eq!(
+        storage
+            .delete_prefix("main", &p("failed-multipart"))
+            .await
+            .ok(),
+        Some(1)
+    );
 }
 
 /// Keys are `<prefix>/<tenant>/<path>`, percent-encoding only what object stores advise against, and
 /// nothing is written outside `<prefix>/<tenant>/` whatever the (legal) names.
 pub async fn keys_live_under_prefix_and_tenant(storage: &ObjectStorage, prefix: &str) {
-    let names = ["plain.txt", "données/été ✓.csv", "a%b", "...", "x#y?z", "[br]{ce}"];
+    let names = [
+        "plain.txt",
+        "données/été ✓.csv",
+        "a%b",
+        "...",
+        "x#y?z",
+        "[br]{ce}",
+    ];
     for name in names {
         let path = p("layout").join(&name.replace('%', "%25")).expect("path");
         storage
             .put_bytes("main", &path, Bytes::from(name.as_bytes().to_vec()))
             .await
             .unwrap_or_else(|e| panic!("put {name}: {e}"));
-        assert_eq!(storage.get_bytes("main", &path).await.expect("get"), name.as_bytes());
+        assert_eq!(
+            storage.get_bytes("main", &path).await.expect("get"),
+            name.as_bytes()
+        );
     }
     let raw = storage.object_store();
-    raw.head(&ObjectPath::from(format!("{prefix}/main/layout/plain.txt").as_str()))
-        .await
-        .expect("the object is at <prefix>/<tenant>/<path>");
+    raw.head(&ObjectPath::from(
+        format!("{prefix}/main/layout/plain.txt").as_str(),
+    ))
+    .await
+    .expect("the object is at <prefix>/<tenant>/<path>");
     let keys: Vec<String> = raw
         .list(Some(&ObjectPath::from(prefix)))
         .map(|m| m.expect("raw listing").location.to_string())
@@ -151,7 +182,10 @@ pub async fn keys_live_under_prefix_and_tenant(storage: &ObjectStorage, prefix: 
     listed.sort();
     let mut expected = vec!["plain.txt", "données", "a%b", "...", "x#y?z", "[br]{ce}"];
     expected.sort();
-    assert_eq!(listed, expected, "listing decodes the keys back to the names");
+    assert_eq!(
+        listed, expected,
+        "listing decodes the keys back to the names"
+    );
     assert_eq!(
         storage.delete_prefix("main", &p("layout")).await.ok(),
         Some(names.len() as u64)
@@ -176,7 +210,10 @@ pub async fn traversal_matrix_is_refused(storage: &ObjectStorage) {
         "a/%00b",
     ] {
         assert!(StoragePath::parse(raw).is_err(), "{raw:?} must be refused");
-        assert!(p("base").join(raw).is_err(), "join({raw:?}) must be refused");
+        assert!(
+            p("base").join(raw).is_err(),
+            "join({raw:?}) must be refused"
+        );
     }
     // An absolute path is relative to the tenant's root.
     let absolute = p("/etc/passwd");
@@ -184,12 +221,17 @@ pub async fn traversal_matrix_is_refused(storage: &ObjectStorage) {
         .put_bytes("main", &absolute, Bytes::from_static(b"not the host's"))
         .await
         .expect("put");
-    assert_eq!(storage.list("main", &p("etc")).await.expect("list").len(), 1);
+    assert_eq!(
+        storage.list("main", &p("etc")).await.expect("list").len(),
+        1
+    );
     assert!(storage.delete("main", &absolute).await.expect("delete"));
     for tenant in ["..", "../other", "a/b", "a\\b", "", ".hidden", "a\0b"] {
         assert!(
             matches!(
-                storage.put_bytes(tenant, &p("x"), Bytes::from_static(b"x")).await,
+                storage
+                    .put_bytes(tenant, &p("x"), Bytes::from_static(b"x"))
+                    .await,
                 Err(StorageError::InvalidUri { .. })
             ),
             "tenant {tenant:?} must be refused"
@@ -202,7 +244,10 @@ pub fn assert_missing_bucket(result: Result<ObjectStorage, ObjectStorageError>, 
     match result {
         Err(e @ ObjectStorageError::MissingBucket { .. }) => {
             let message = e.to_string();
-            assert!(message.contains(bucket), "the error names the bucket: {message}");
+            assert!(
+                message.contains(bucket),
+                "the error names the bucket: {message}"
+            );
             assert!(message.contains("does not exist"), "{message}");
         }
         other => panic!("expected MissingBucket for {bucket}, got {other:?}"),
