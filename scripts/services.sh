@@ -2,7 +2,8 @@
 # Installs (if missing) and starts the real database services the JDBC backend's tests use:
 # PostgreSQL (Debian's cluster) and MariaDB (a data dir of our own), both bound to 127.0.0.1, with a
 # role/user `kestra` (password `kestra`, allowed to create databases: each test run creates its own) and a
-# database `kestra`. Idempotent: a second run finds both running and returns in seconds.
+# database `kestra`; then scripts/services/storage.sh (MinIO, fake-gcs-server, Azurite for the storage
+# tests). Idempotent: a second run finds them running and returns in seconds.
 #
 # Usage: eval "$(scripts/services.sh)"
 # Progress goes to stderr; stdout carries only `export KESTRA_TEST_..._URL=...` lines.
@@ -170,4 +171,6 @@ start_mariadb() {
 
 start_postgres
 start_mariadb
+# Object stores for the storage tests (MinIO, fake-gcs-server, Azurite): same stdout/stderr convention.
+"$(dirname "$0")/services/storage.sh"
 log "services ready"
