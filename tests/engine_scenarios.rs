@@ -337,11 +337,19 @@ async fn run_one(engine: &Engine, scenario: &Scenario) -> Result<(), String> {
 }
 
 async fn run_suite(url: &str, label: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Arc::new(LocalStorage::new(dir.path().join("storage")).unwrap());
+    run_suite_on(url, label, storage).await;
+}
+
+async fn run_suite_on(
+    url: &str,
+    label: &str,
+    storage: Arc<dyn kestra::core::storage::InternalStorage>,
+) {
     let backend = JdbcBackend::connect(url)
         .await
         .unwrap_or_else(|e| panic!("{label}: {e}"));
-    let dir = tempfile::tempdir().unwrap();
-    let storage = Arc::new(LocalStorage::new(dir.path().join("storage")).unwrap());
     // Slots for every task that the 16 scenarios running at once may run together (the timing
     // scenarios must never wait for a free slot).
     let worker = kestra::core::worker::WorkerConfig {
@@ -412,4 +420,42 @@ async fn scenarios_mysql() {
     if let Some(url) = service_url("KESTRA_TEST_MYSQL_URL") {
         run_suite(&url, "mysql").await;
     }
+}
+
+/// The whole suite once with the internal storage on S3 (MinIO), configured the Kestra way: catches
+/// any code that assumes a local path.
+#[cfg(feature = "s3")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scenarios_sqlite_on_s3_storage() {
+    let Some(endpoint) = service_url("KESTRA_TEST_S3_ENDPOINT") else {
+        return;
+    };
+    let var = |name: &str| std::env::var(name).unwrap_or_default();
+    let config = kestra::config::Config::from_pairs([
+        ("kestra.storage.type", "s3".to_string()),
+        ("kestra.storage.s3.endpoint", endpoint),
+        ("kestra.storage.s3.bucket", var("KESTRA_TEST_S3_BUCKET")),
+        ("kestra.storage.s3.region", var("KESTRA_TEST_S3_REGION")),
+        (
+            "kestra.storage.s3.accessKey",
+            var("KESTRA_TEST_S3_ACCESS_KEY"),
+        ),
+        (
+            "kestra.storage.s3.secretKey",
+            var("KESTRA_TEST_S3_SECRET_KEY"),
+        ),
+        (
+            "kestra.storage.s3.prefix",
+            format!(
+                "scenarios-{}",
+                kestra::core::model::new_id().to_ascii_lowercase()
+            ),
+        ),
+    ]);
+    let storage = kestra::open_storage(&config)
+        .await
+        .unwrap_or_else(|e| panic!("S3 storage: {e}"));
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite_url(&dir);
+    run_suite_on(&url, "sqlite + s3 storage", storage).await;
 }
