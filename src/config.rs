@@ -348,6 +348,20 @@ impl Config {
             }
         }
         let data_dir = self.data_dir();
+        // The keys of the storage types not in use only when set (`kestra.storage.s3.bucket` is
+        // noise on a local storage).
+        let storage_kind = self
+            .get("kestra.storage.type")
+            .unwrap_or_else(|| "local".into())
+            .trim()
+            .to_ascii_lowercase();
+        keys.retain(|key| match key.strip_prefix("kestra.storage.") {
+            Some(rest) => match rest.split_once('.') {
+                Some((kind, _)) => kind == storage_kind || self.source(key).is_some(),
+                None => true,
+            },
+            None => true,
+        });
         keys.into_iter()
             .map(|key| {
                 let default = match key.as_str() {
