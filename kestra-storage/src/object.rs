@@ -28,7 +28,7 @@
 //!
 //! Transient failures (connection errors, timeouts, 5xx, 429) are retried with exponential backoff by
 //! `object_store` ([`ObjectOptions::max_retries`], [`ObjectOptions::retry_timeout`]).
-//! [`ObjectStorage::connect`] lists the prefix once, so a missing bucket
+//! `connect` (of [`S3Config`], ...) lists the prefix once ([`ObjectStorage::check`]), so a missing bucket
 //! ([`ObjectStorageError::MissingBucket`]) or refused credentials
 //! ([`ObjectStorageError::Credentials`]) are reported at start, naming the bucket and the store,
 //! rather than at the first task.
