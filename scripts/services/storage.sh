@@ -32,6 +32,9 @@ MINIO_PASSWORD="kestra-minio-secret"
 AZURE_ACCOUNT="devstoreaccount1"
 AZURE_KEY="Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 
+# Go as installed on these machines, even when a minimal PATH lacks it.
+command -v go >/dev/null 2>&1 || PATH="$PATH:/usr/local/go/bin"
+
 BIN="$SERVICES_DIR/bin"
 LOGS="$SERVICES_DIR/logs"
 mkdir -p "$BIN" "$LOGS"
