@@ -343,11 +343,16 @@ async fn run_suite(url: &str, label: &str) {
     run_suite_on(url, label, storage).await;
 }
 
+/// One suite at a time: each already runs 16 scenarios at once, and the timing scenarios must not
+/// starve on a 2-core machine because six suites (databases and object stores) share it.
+static ONE_SUITE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn run_suite_on(
     url: &str,
     label: &str,
     storage: Arc<dyn kestra::core::storage::InternalStorage>,
 ) {
+    let _turn = ONE_SUITE_AT_A_TIME.lock().await;
     let backend = JdbcBackend::connect(url)
         .await
         .unwrap_or_else(|e| panic!("{label}: {e}"));
