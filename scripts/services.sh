@@ -3,7 +3,8 @@
 # (and, through scripts/services/*.sh, the other backends' services: Kafka):
 # PostgreSQL (Debian's cluster) and MariaDB (a data dir of our own), both bound to 127.0.0.1, with a
 # role/user `kestra` (password `kestra`, allowed to create databases: each test run creates its own) and a
-# database `kestra`. Idempotent: a second run finds both running and returns in seconds.
+# database `kestra`; then scripts/services/storage.sh (MinIO, fake-gcs-server, Azurite for the storage
+# tests). Idempotent: a second run finds them running and returns in seconds.
 #
 # Usage: eval "$(scripts/services.sh)"
 # Progress goes to stderr; stdout carries only `export KESTRA_TEST_..._URL=...` lines.
@@ -176,4 +177,6 @@ start_mariadb
 "$(dirname "$0")/services/browser.sh"
 # Apache Kafka (single KRaft broker from Maven Central).
 KESTRA_SERVICES_DIR="$SERVICES_DIR" bash "$(dirname "${BASH_SOURCE[0]}")/services/kafka.sh"
+# Object stores for the storage tests (MinIO, fake-gcs-server, Azurite).
+"$(dirname "$0")/services/storage.sh"
 log "services ready"

@@ -8,8 +8,11 @@
 //! | `kestra.queue.type` | `KESTRA_QUEUE_TYPE` | same as the repository |
 //! | `datasources.<type>.url` | `DATASOURCES_<TYPE>_URL` | `sqlite://<data dir>/kestra.db` |
 //! | `datasources.<type>.username` / `.password` | `DATASOURCES_<TYPE>_USERNAME` / `_PASSWORD` | none |
-//! | `kestra.storage.type` | `KESTRA_STORAGE_TYPE` | `local` |
+//! | `kestra.storage.type` | `KESTRA_STORAGE_TYPE` | `local` (also `s3`, `gcs`, `azure` with their features) |
 //! | `kestra.storage.local.base-path` | `KESTRA_STORAGE_LOCAL_BASE_PATH` | `<data dir>/storage` |
+//! | `kestra.storage.s3.bucket` / `.region` / `.endpoint` / `.accessKey` / `.secretKey` / `.sessionToken` / `.prefix` | `KESTRA_STORAGE_S3_*` | AWS chain for credentials |
+//! | `kestra.storage.gcs.bucket` / `.project-id` / `.serviceAccount` / `.endpoint` / `.anonymous` / `.prefix` | `KESTRA_STORAGE_GCS_*` | application default credentials |
+//! | `kestra.storage.azure.container` / `.endpoint` / `.connection-string` / `.shared-key-account-name` / `.shared-key-account-access-key` / `.sas-token` / `.prefix` | `KESTRA_STORAGE_AZURE_*` | Azure chain for credentials |
 //! | `kestra.server.port` (Kestra: `micronaut.server.port`) | `KESTRA_SERVER_PORT` | `8080` |
 //! | `kestra.server.basic-auth.enabled` / `.username` / `.password` | `KESTRA_SERVER_BASIC_AUTH_*` | enabled, `admin@kestra.io` / `kestra` |
 //! | `kestra.worker.threads` | `KESTRA_WORKER_THREADS` | 4 x CPUs |
@@ -83,6 +86,26 @@ pub const KNOWN_KEYS: &[&str] = &[
     "datasources.*.password",
     "kestra.storage.type",
     "kestra.storage.local.base-path",
+    "kestra.storage.s3.bucket",
+    "kestra.storage.s3.region",
+    "kestra.storage.s3.endpoint",
+    "kestra.storage.s3.accessKey",
+    "kestra.storage.s3.secretKey",
+    "kestra.storage.s3.sessionToken",
+    "kestra.storage.s3.prefix",
+    "kestra.storage.gcs.bucket",
+    "kestra.storage.gcs.project-id",
+    "kestra.storage.gcs.serviceAccount",
+    "kestra.storage.gcs.endpoint",
+    "kestra.storage.gcs.anonymous",
+    "kestra.storage.gcs.prefix",
+    "kestra.storage.azure.container",
+    "kestra.storage.azure.endpoint",
+    "kestra.storage.azure.connection-string",
+    "kestra.storage.azure.shared-key-account-name",
+    "kestra.storage.azure.shared-key-account-access-key",
+    "kestra.storage.azure.sas-token",
+    "kestra.storage.azure.prefix",
     "kestra.server.host",
     "kestra.server.port",
     "micronaut.server.port",
@@ -176,9 +199,16 @@ fn suggest(key: &str) -> Option<String> {
 /// Whether a key holds a secret (its value is masked when shown).
 pub fn is_secret(key: &str) -> bool {
     let last = key.rsplit('.').next().unwrap_or(key).to_ascii_lowercase();
-    ["password", "secret", "token"]
-        .iter()
-        .any(|s| last.contains(s))
+    [
+        "password",
+        "secret",
+        "token",
+        "connection-string",
+        "access-key",
+        "serviceaccount",
+    ]
+    .iter()
+    .any(|s| last.contains(s))
 }
 
 /// `value` with its secret parts masked: the whole value for a secret key, the password of a URL
@@ -318,6 +348,20 @@ impl Config {
             }
         }
         let data_dir = self.data_dir();
+        // The keys of the storage types not in use only when set (`kestra.storage.s3.bucket` is
+        // noise on a local storage).
+        let storage_kind = self
+            .get("kestra.storage.type")
+            .unwrap_or_else(|| "local".into())
+            .trim()
+            .to_ascii_lowercase();
+        keys.retain(|key| match key.strip_prefix("kestra.storage.") {
+            Some(rest) => match rest.split_once('.') {
+                Some((kind, _)) => kind == storage_kind || self.source(key).is_some(),
+                None => true,
+            },
+            None => true,
+        });
         keys.into_iter()
             .map(|key| {
                 let default = match key.as_str() {
@@ -464,15 +508,113 @@ impl Config {
         }
     }
 
-    /// The local storage directory.
-    pub fn storage_path(&self) -> Result<PathBuf, ConfigError> {
+    /// The storage type (`local`, `s3`, `gcs`, `azure`), lower-cased; an unknown one, or one this
+    /// build lacks the feature of, is an error naming the key.
+    pub fn storage_type(&self) -> Result<String, ConfigError> {
         let kind = self
             .get("kestra.storage.type")
-            .unwrap_or_else(|| "local".into());
+            .unwrap_or_else(|| "local".into())
+            .trim()
+            .to_ascii_lowercase();
+        let available: &[(&str, bool)] = &[
+            ("local", true),
+            ("s3", cfg!(feature = "s3")),
+            ("gcs", cfg!(feature = "gcs")),
+            ("azure", cfg!(feature = "azure")),
+        ];
+        match available.iter().find(|(name, _)| *name == kind) {
+            Some((_, true)) => Ok(kind),
+            Some((_, false)) => Err(ConfigError::Invalid {
+                key: "kestra.storage.type".into(),
+                message: format!(
+                    "'{kind}' needs this build's cargo feature '{kind}' (build with --features {kind})"
+                ),
+            }),
+            None => Err(ConfigError::Invalid {
+                key: "kestra.storage.type".into(),
+                message: format!("unknown storage type '{kind}' (local, s3, gcs or azure)"),
+            }),
+        }
+    }
+
+    /// The value of `kestra.storage.<kind>.<name>`, trimmed, if set and not empty.
+    fn storage_key(&self, kind: &str, name: &str) -> Option<String> {
+        self.get(&format!("kestra.storage.{kind}.{name}"))
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    }
+
+    /// A required `kestra.storage.<kind>.<name>`.
+    #[cfg(any(feature = "s3", feature = "gcs", feature = "azure"))]
+    fn required_storage_key(&self, kind: &str, name: &str) -> Result<String, ConfigError> {
+        self.storage_key(kind, name)
+            .ok_or_else(|| ConfigError::Invalid {
+                key: format!("kestra.storage.{kind}.{name}"),
+                message: format!("required for storage type '{kind}'"),
+            })
+    }
+
+    /// Options shared by the object stores.
+    #[cfg(any(feature = "s3", feature = "gcs", feature = "azure"))]
+    fn object_options(&self, kind: &str) -> kestra_storage::object::ObjectOptions {
+        kestra_storage::object::ObjectOptions {
+            prefix: self.storage_key(kind, "prefix"),
+            ..Default::default()
+        }
+    }
+
+    /// The S3 store configuration (`kestra.storage.s3.*`).
+    #[cfg(feature = "s3")]
+    pub fn s3_storage(&self) -> Result<kestra_storage::object::S3Config, ConfigError> {
+        let key = |name: &str| self.storage_key("s3", name);
+        Ok(kestra_storage::object::S3Config {
+            bucket: self.required_storage_key("s3", "bucket")?,
+            region: key("region"),
+            endpoint: key("endpoint"),
+            access_key: key("accessKey"),
+            secret_key: key("secretKey").map(Into::into),
+            session_token: key("sessionToken").map(Into::into),
+            virtual_hosted_style: None,
+            options: self.object_options("s3"),
+        })
+    }
+
+    /// The GCS store configuration (`kestra.storage.gcs.*`).
+    #[cfg(feature = "gcs")]
+    pub fn gcs_storage(&self) -> Result<kestra_storage::object::GcsConfig, ConfigError> {
+        let key = |name: &str| self.storage_key("gcs", name);
+        Ok(kestra_storage::object::GcsConfig {
+            bucket: self.required_storage_key("gcs", "bucket")?,
+            project_id: key("project-id"),
+            service_account: key("serviceAccount").map(Into::into),
+            endpoint: key("endpoint"),
+            anonymous: self.get_bool("kestra.storage.gcs.anonymous", false)?,
+            options: self.object_options("gcs"),
+        })
+    }
+
+    /// The Azure Blob store configuration (`kestra.storage.azure.*`).
+    #[cfg(feature = "azure")]
+    pub fn azure_storage(&self) -> Result<kestra_storage::object::AzureConfig, ConfigError> {
+        let key = |name: &str| self.storage_key("azure", name);
+        Ok(kestra_storage::object::AzureConfig {
+            container: self.required_storage_key("azure", "container")?,
+            endpoint: key("endpoint"),
+            connection_string: key("connection-string").map(Into::into),
+            shared_key_account_name: key("shared-key-account-name"),
+            shared_key_account_access_key: key("shared-key-account-access-key").map(Into::into),
+            sas_token: key("sas-token").map(Into::into),
+            options: self.object_options("azure"),
+        })
+    }
+
+    /// The local storage directory (an error unless the storage type is `local`).
+    pub fn storage_path(&self) -> Result<PathBuf, ConfigError> {
+        let kind = self.storage_type()?;
         if kind != "local" {
             return Err(ConfigError::Invalid {
                 key: "kestra.storage.type".into(),
-                message: format!("'{kind}' is not available in this build (only 'local')"),
+                message: format!("'{kind}' storage has no local path"),
             });
         }
         Ok(self

@@ -2,8 +2,8 @@
 //!
 //! Kestra's orchestration architecture as an embeddable Rust library. This facade picks the backends
 //! with cargo features (`sqlite` (default), `postgres`, `mysql`; each brings only its own database driver;
-//! `webserver` (default) adds the REST API; `kafka` adds the queue on Apache Kafka; Elasticsearch and
-//! cloud storages come with features of their own)
+//! `webserver` (default) adds the REST API; `kafka` adds the queue on Apache Kafka; `s3`, `gcs`,
+//! `azure` add the object stores as internal storage; Elasticsearch comes with a feature of its own)
 //! and wires them from a [`Config`](config::Config):
 //!
 //! ```no_run
@@ -59,6 +59,10 @@ pub enum StartError {
     /// The storage could not be opened.
     #[error("cannot open the local storage: {0}")]
     Storage(#[from] kestra_storage::LocalStorageError),
+    /// The object storage (S3, GCS, Azure) could not be opened.
+    #[cfg(any(feature = "s3", feature = "gcs", feature = "azure"))]
+    #[error("cannot open the internal storage: {0}")]
+    ObjectStorage(#[from] kestra_storage::object::ObjectStorageError),
     /// A directory could not be created.
     #[error("cannot create {path}: {source}")]
     Io {
@@ -98,12 +102,29 @@ pub async fn connect(config: &config::Config) -> Result<Backend, StartError> {
             kind: kind.clone(),
             source,
         })?;
-    let storage = kestra_storage::LocalStorage::new(config.storage_path()?)?;
+    let storage = open_storage(config).await?;
     Ok(Backend {
         queue: jdbc.queue(),
         repositories: jdbc.repositories(),
-        storage: Arc::new(storage),
+        storage,
     })
+}
+
+/// Open the internal storage `kestra.storage.type` names: the local directory, or an object store
+/// (checked at once: a missing bucket or refused credentials fail here, naming the bucket).
+pub async fn open_storage(config: &config::Config) -> Result<Arc<dyn InternalStorage>, StartError> {
+    let kind = config.storage_type()?;
+    let storage: Arc<dyn InternalStorage> = match kind.as_str() {
+        #[cfg(feature = "s3")]
+        "s3" => Arc::new(config.s3_storage()?.connect().await?),
+        #[cfg(feature = "gcs")]
+        "gcs" => Arc::new(config.gcs_storage()?.connect().await?),
+        #[cfg(feature = "azure")]
+        "azure" => Arc::new(config.azure_storage()?.connect().await?),
+        _ => Arc::new(kestra_storage::LocalStorage::new(config.storage_path()?)?),
+    };
+    tracing::info!(storage = %kind, "internal storage ready");
+    Ok(storage)
 }
 
 /// An [`EngineBuilder`] over the configured backend, with the configuration's worker settings.

@@ -1,7 +1,8 @@
 //! The engine scenario suite: every `tests/scenarios/*.yaml` file (a flow plus the result it must
 //! produce, format in `tests/scenarios/README.md`) runs through the real engine - executor, worker,
 //! indexer - on SQLite always, and on PostgreSQL and MariaDB when `KESTRA_TEST_POSTGRES_URL` /
-//! `KESTRA_TEST_MYSQL_URL` are set (under `CI=true` they must be).
+//! `KESTRA_TEST_MYSQL_URL` are set (under `CI=true` they must be); with the features `s3`, `gcs`,
+//! `azure`, once more on SQLite with the internal storage on MinIO, fake-gcs-server and Azurite.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -341,11 +342,24 @@ async fn suite(url: &str) {
 }
 
 async fn run_suite(url: &str, label: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Arc::new(LocalStorage::new(dir.path().join("storage")).unwrap());
+    run_suite_on(url, label, storage).await;
+}
+
+/// One suite at a time: each already runs 16 scenarios at once, and the timing scenarios must not
+/// starve on a 2-core machine because six suites (databases and object stores) share it.
+static ONE_SUITE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn run_suite_on(
+    url: &str,
+    label: &str,
+    storage: Arc<dyn kestra::core::storage::InternalStorage>,
+) {
+    let _turn = ONE_SUITE_AT_A_TIME.lock().await;
     let backend = JdbcBackend::connect(url)
         .await
         .unwrap_or_else(|e| panic!("{label}: {e}"));
-    let dir = tempfile::tempdir().unwrap();
-    let storage = Arc::new(LocalStorage::new(dir.path().join("storage")).unwrap());
     // Slots for every task that the 16 scenarios running at once may run together (the timing
     // scenarios must never wait for a free slot).
     let worker = kestra::core::worker::WorkerConfig {
@@ -398,3 +412,84 @@ async fn run_suite(url: &str, label: &str) {
 }
 
 common::on_each_database!(scenarios: suite);
+
+/// The whole suite once on `storage.type: <kind>` (configured with Kestra's keys plus a fresh prefix),
+/// when the service variable is set: catches any code that assumes a local path.
+#[cfg(any(feature = "s3", feature = "gcs", feature = "azure"))]
+async fn run_suite_on_object_storage(kind: &str, service_var: &str, keys: &[(&str, &str)]) {
+    let Some(endpoint) = common::service_url(service_var) else {
+        return;
+    };
+    let var = |name: &str| std::env::var(name).unwrap_or_default();
+    let mut pairs = vec![
+        ("kestra.storage.type".to_string(), kind.to_string()),
+        (format!("kestra.storage.{kind}.endpoint"), endpoint),
+        (
+            format!("kestra.storage.{kind}.prefix"),
+            format!(
+                "scenarios-{}",
+                kestra::core::model::new_id().to_ascii_lowercase()
+            ),
+        ),
+    ];
+    for (key, value) in keys {
+        // A value starting with `$` names an environment variable.
+        let value = match value.strip_prefix('$') {
+            Some(name) => var(name),
+            None => value.to_string(),
+        };
+        pairs.push((format!("kestra.storage.{kind}.{key}"), value));
+    }
+    let config = kestra::config::Config::from_pairs(pairs);
+    let storage = kestra::open_storage(&config)
+        .await
+        .unwrap_or_else(|e| panic!("{kind} storage: {e}"));
+    let dir = tempfile::tempdir().unwrap();
+    let url = common::sqlite_url(&dir);
+    run_suite_on(&url, &format!("sqlite + {kind} storage"), storage).await;
+}
+
+#[cfg(feature = "s3")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scenarios_sqlite_on_s3_storage() {
+    run_suite_on_object_storage(
+        "s3",
+        "KESTRA_TEST_S3_ENDPOINT",
+        &[
+            ("bucket", "$KESTRA_TEST_S3_BUCKET"),
+            ("region", "$KESTRA_TEST_S3_REGION"),
+            ("accessKey", "$KESTRA_TEST_S3_ACCESS_KEY"),
+            ("secretKey", "$KESTRA_TEST_S3_SECRET_KEY"),
+        ],
+    )
+    .await;
+}
+
+#[cfg(feature = "gcs")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scenarios_sqlite_on_gcs_storage() {
+    run_suite_on_object_storage(
+        "gcs",
+        "KESTRA_TEST_GCS_ENDPOINT",
+        &[("bucket", "$KESTRA_TEST_GCS_BUCKET"), ("anonymous", "true")],
+    )
+    .await;
+}
+
+#[cfg(feature = "azure")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scenarios_sqlite_on_azure_storage() {
+    run_suite_on_object_storage(
+        "azure",
+        "KESTRA_TEST_AZURE_ENDPOINT",
+        &[
+            ("container", "$KESTRA_TEST_AZURE_CONTAINER"),
+            ("shared-key-account-name", "$KESTRA_TEST_AZURE_ACCOUNT"),
+            (
+                "shared-key-account-access-key",
+                "$KESTRA_TEST_AZURE_ACCESS_KEY",
+            ),
+        ],
+    )
+    .await;
+}

@@ -159,7 +159,8 @@ impl LocalStorage {
     }
 }
 
-fn validate_tenant(tenant: &str, path: &StoragePath) -> Result<(), StorageError> {
+/// Refuse a tenant id that is not one plain path segment (shared by every store of this crate).
+pub(crate) fn validate_tenant(tenant: &str, path: &StoragePath) -> Result<(), StorageError> {
     let reason = if tenant.is_empty() {
         Some("is empty")
     } else if tenant.starts_with('.') {
