@@ -538,6 +538,7 @@ impl Config {
     }
 
     /// The value of `kestra.storage.<kind>.<name>`, trimmed, if set and not empty.
+    #[cfg(any(feature = "s3", feature = "gcs", feature = "azure"))]
     fn storage_key(&self, kind: &str, name: &str) -> Option<String> {
         self.get(&format!("kestra.storage.{kind}.{name}"))
             .map(|v| v.trim().to_string())
