@@ -99,7 +99,9 @@ async fn dead_worker_is_declared(url: &str) {
     let worker = Worker::new(
         WorkerConfig {
             id: worker_id.clone(),
-            concurrency: 1,
+            // The queue of a server database is shared with earlier tests: a job they left behind
+            // may be taken too, and must not keep this test's job waiting.
+            concurrency: 4,
             heartbeat_interval: BEAT,
             ..WorkerConfig::default()
         },
@@ -127,14 +129,16 @@ async fn dead_worker_is_declared(url: &str) {
         );
         seen(queue.as_ref(), &[&worker_id], &mut messages).await;
         let taken = messages.iter().find_map(|m| match m {
-            LivenessMessage::JobsTaken { jobs, .. } => jobs.first().cloned(),
+            LivenessMessage::JobsTaken { jobs, .. } => jobs
+                .iter()
+                .find(|j| j.execution_id.as_deref() == Some(execution.id.as_str()))
+                .cloned(),
             _ => None,
         });
         if let Some(job) = taken {
             break job;
         }
     };
-    assert_eq!(job.execution_id.as_deref(), Some(execution.id.as_str()));
     // Its first heartbeat is published by a task of its own: it may come after the job record.
     while !messages.iter().any(|m| {
         matches!(m, LivenessMessage::Heartbeat { instance }
@@ -171,10 +175,10 @@ async fn dead_worker_is_declared(url: &str) {
         died.elapsed()
     );
     assert_eq!(declared.0.state, ServiceState::NotRunning);
-    assert_eq!(
-        declared.1.iter().map(|j| j.key.clone()).collect::<Vec<_>>(),
-        vec![job.key.clone()],
-        "the verdict names the job the dead worker held"
+    assert!(
+        declared.1.iter().any(|j| j.key == job.key),
+        "the verdict names the job the dead worker held: {:?}",
+        declared.1
     );
 
     // The executor beats on and is never declared dead (its id is only known from its heartbeats).
