@@ -207,8 +207,11 @@ impl Cluster {
 
     /// Add a flow file (deployed by the next process started with the flows).
     pub fn flow(&self, id: &str, source: &str) {
-        std::fs::write(self.dir.path().join("flows").join(format!("{id}.yml")), source)
-            .expect("write a flow");
+        std::fs::write(
+            self.dir.path().join("flows").join(format!("{id}.yml")),
+            source,
+        )
+        .expect("write a flow");
     }
 
     /// Start `kestra server <component>`; `deploy` passes the flows folder. Returns its index.
@@ -467,10 +470,7 @@ impl Cluster {
 }
 
 fn terminal_entries(histories: &[kestra::core::model::StateHistory]) -> usize {
-    histories
-        .iter()
-        .filter(|h| h.state.is_terminated())
-        .count()
+    histories.iter().filter(|h| h.state.is_terminated()).count()
 }
 
 fn read_lines(path: &Path) -> Vec<String> {

@@ -45,7 +45,9 @@ pub async fn worker_killed_mid_task(mut c: Cluster) {
     c.procs[a].kill();
     let killed = Instant::now();
     c.start("worker", false);
-    let ended = c.wait_ended(std::slice::from_ref(&id), Duration::from_secs(40)).await;
+    let ended = c
+        .wait_ended(std::slice::from_ref(&id), Duration::from_secs(40))
+        .await;
     let started = c.mark_lines(&format!("{id}.started"));
     assert_eq!(
         started.len(),
@@ -78,7 +80,9 @@ pub async fn zombie_worker_result_dropped(mut c: Cluster) {
         .await;
     c.procs[zombie].signal(Signal::Stop);
     c.start("worker", false);
-    let ended = c.wait_ended(std::slice::from_ref(&id), Duration::from_secs(40)).await;
+    let ended = c
+        .wait_ended(std::slice::from_ref(&id), Duration::from_secs(40))
+        .await;
     assert_eq!(ended[0].state.current(), StateType::Success, "{}", c.logs());
     let before = ended[0].clone();
     // The zombie's own shell went on while it was frozen: its copy is done, its result unsent.
@@ -141,7 +145,9 @@ pub async fn worker_drains_on_sigterm(mut c: Cluster) {
         "the worker drains and exits 0 on SIGTERM: {status:?}{}",
         c.logs()
     );
-    let ended = c.wait_ended(std::slice::from_ref(&id), Duration::from_secs(20)).await;
+    let ended = c
+        .wait_ended(std::slice::from_ref(&id), Duration::from_secs(20))
+        .await;
     assert_eq!(ended[0].state.current(), StateType::Success, "{}", c.logs());
     assert_eq!(
         c.mark_lines(&format!("{id}.started")).len(),
@@ -199,7 +205,9 @@ tasks:
     c.procs[first].kill();
     let ended = c.wait_ended(&ids, Duration::from_secs(60)).await;
     assert!(
-        ended.iter().all(|e| e.state.current() == StateType::Success),
+        ended
+            .iter()
+            .all(|e| e.state.current() == StateType::Success),
         "every execution succeeds: {:?}",
         states(&ended)
     );
@@ -208,7 +216,11 @@ tasks:
     }
     c.check_invariants(&ended);
     let all = c.executions_of(NS).await;
-    assert_eq!(all.len(), ids.len(), "no execution appeared twice or from nowhere");
+    assert_eq!(
+        all.len(),
+        ids.len(),
+        "no execution appeared twice or from nowhere"
+    );
     c.finish().await;
 }
 
@@ -239,15 +251,19 @@ tasks:
     c.start("worker", false);
     let mut schedulers = vec![c.start("scheduler", false), c.start("scheduler", false)];
     // Kill a scheduler right around four fire times (alternating which one), starting a new one.
-    for round in 0..4 {
-        let now = chrono::Utc::now();
-        let millis = i64::from(now.timestamp_subsec_millis()) + (now.timestamp() % 2) * 1000;
-        // Just before the next even second, plus a spread of -60..+60 ms across rounds.
-        let wait = 2000 - millis - 60 + (round * 40);
-        tokio::time::sleep(Duration::from_millis(u64::try_from(wait.max(0)).unwrap_or(0))).await;
-        let victim = schedulers.remove(round as usize % 2);
+    let mut boundary = chrono::Utc::now();
+    for round in 0..4i64 {
+        // The next even second at least 300 ms after the previous one, then -60..+60 ms around it.
+        let from = boundary.max(chrono::Utc::now()) + chrono::Duration::milliseconds(300);
+        let next_even = (from.timestamp() / 2 + 1) * 2;
+        boundary = chrono::DateTime::from_timestamp(next_even, 0).expect("a timestamp");
+        let at = boundary + chrono::Duration::milliseconds(-60 + round * 40);
+        let wait = (at - chrono::Utc::now()).to_std().unwrap_or_default();
+        tokio::time::sleep(wait).await;
+        let slot = usize::try_from(round % 2).expect("0 or 1");
+        let victim = schedulers.remove(slot);
         c.procs[victim].kill();
-        schedulers.insert(round as usize % 2, c.start("scheduler", false));
+        schedulers.insert(slot, c.start("scheduler", false));
     }
     // Let the survivors catch up and fire a few more slots.
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -293,7 +309,9 @@ tasks:
         );
     }
     assert!(
-        ended.iter().all(|e| e.state.current() == StateType::Success),
+        ended
+            .iter()
+            .all(|e| e.state.current() == StateType::Success),
         "{:?}",
         states(&ended)
     );
