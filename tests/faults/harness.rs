@@ -216,6 +216,11 @@ impl Cluster {
 
     /// Start `kestra server <component>`; `deploy` passes the flows folder. Returns its index.
     pub fn start(&mut self, component: &str, deploy: bool) -> usize {
+        self.start_logging(component, deploy, "info")
+    }
+
+    /// [`Cluster::start`] with its own `RUST_LOG`.
+    pub fn start_logging(&mut self, component: &str, deploy: bool, rust_log: &str) -> usize {
         self.started += 1;
         let name = format!("{component}-{}", self.started);
         let log = self.dir.path().join(format!("{name}.log"));
@@ -243,7 +248,7 @@ impl Cluster {
             .env("KESTRA_WORKER_LEASE", format!("{}ms", LEASE.as_millis()))
             .env("KESTRA_SERVER_TERMINATIONGRACEPERIOD", "20s")
             .env("KESTRA_WORKER_THREADS", "4")
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", rust_log)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("a log file"));

@@ -71,7 +71,12 @@ pub async fn worker_killed_mid_task(mut c: Cluster) {
 /// dropped. The execution keeps its one terminal state and no attempt gets a second result.
 pub async fn zombie_worker_result_dropped(mut c: Cluster) {
     slow_flow(&c, "slow", 2);
-    c.start("executor", true);
+    // At debug, the executor says which events it ignored and why.
+    let executor = c.start_logging(
+        "executor",
+        true,
+        "info,kestra_core::executor::service=debug",
+    );
     c.wait_flow(NS, "slow").await;
     let zombie = c.start("worker", false);
     let id = c.execute(NS, "slow").await;
@@ -97,9 +102,26 @@ pub async fn zombie_worker_result_dropped(mut c: Cluster) {
         LEASE > LIVENESS_TIMEOUT,
         "frozen past both the liveness timeout and the lease"
     );
+    // The zombie publishes its late result when thawed; the executor drops it (said at debug).
+    let dropped = |log: String| {
+        log.lines()
+            .filter(|l| {
+                l.contains(&format!("execution_id={id}"))
+                    && l.contains("event for a terminated execution; dropped")
+            })
+            .count()
+    };
+    let before_thaw = dropped(c.procs[executor].log());
     c.procs[zombie].signal(Signal::Cont);
-    // Time for the zombie to publish its late result and for the executor to apply it.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let start = Instant::now();
+    while dropped(c.procs[executor].log()) <= before_thaw {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the zombie's late result never reached the executor{}",
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(c.procs[zombie].alive(), "the thawed worker runs on");
     let after = c.execution(&id).await.expect("the execution");
     assert_eq!(
