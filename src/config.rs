@@ -870,4 +870,32 @@ mod tests {
         assert_eq!(get("kestra.server.port").source, Source::Default);
         assert!(effective.iter().all(|s| !s.key.contains("sqlite")));
     }
+
+    #[test]
+    fn durations_are_iso_or_number_with_unit() {
+        use std::time::Duration;
+        let key = "kestra.server.liveness.timeout";
+        let get =
+            |v: &str| Config::from_pairs([(key, v)]).get_duration(key, Duration::from_secs(9));
+        assert_eq!(get("PT45S").unwrap(), Duration::from_secs(45));
+        assert_eq!(get("PT0.5S").unwrap(), Duration::from_millis(500));
+        assert_eq!(get("45s").unwrap(), Duration::from_secs(45));
+        assert_eq!(get("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(get("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(get("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(get(" 30 ").unwrap(), Duration::from_secs(30));
+        assert_eq!(
+            Config::default()
+                .get_duration(key, Duration::from_secs(9))
+                .unwrap(),
+            Duration::from_secs(9)
+        );
+        for bad in ["soon", "10 parsecs", "-5s", "0s", "PT0S", "P1Y", ""] {
+            let err = get(bad).unwrap_err().to_string();
+            assert!(
+                err.contains(key) && err.contains(bad.trim()),
+                "'{bad}' refused naming the key and the value: {err}"
+            );
+        }
+    }
 }

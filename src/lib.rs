@@ -129,7 +129,6 @@ pub async fn open_storage(config: &config::Config) -> Result<Arc<dyn InternalSto
 
 /// An [`EngineBuilder`] over the configured backend, with the configuration's worker settings.
 pub async fn engine(config: &config::Config) -> Result<EngineBuilder, StartError> {
-    let backend = connect(config).await?;
     let mut worker = kestra_core::worker::WorkerConfig::default();
     if let Some(threads) = config.get("kestra.worker.threads") {
         worker.concurrency = threads
@@ -159,6 +158,8 @@ pub async fn engine(config: &config::Config) -> Result<EngineBuilder, StartError
         heartbeat_interval: liveness.heartbeat_interval,
         ..kestra_core::indexer::service::IndexerConfig::default()
     };
+    // Settings first: a bad key is reported before any database is touched.
+    let backend = connect(config).await?;
     Ok(
         Engine::builder(backend.queue, backend.repositories, backend.storage)
             .worker_config(worker)
