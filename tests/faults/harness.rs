@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kestra::core::messages::execution_envelope;
-use kestra::core::model::{Execution, StateType, new_id};
+use kestra::core::model::{Execution, StateType};
 use kestra::core::queue::Queue;
 use kestra::core::repository::{ExecutionQuery, Pageable, Repositories};
 use kestra::jdbc::JdbcBackend;
@@ -160,7 +160,10 @@ impl Cluster {
     #[cfg(feature = "postgres")]
     pub async fn postgres(base: &str) -> Cluster {
         use sqlx::{AssertSqlSafe, Connection};
-        let name = format!("kestra_faults_{}", new_id().to_lowercase());
+        let name = format!(
+            "kestra_faults_{}",
+            kestra::core::model::new_id().to_lowercase()
+        );
         let mut conn = sqlx::PgConnection::connect(base)
             .await
             .unwrap_or_else(|e| panic!("connect to PostgreSQL {base}: {e}"));
