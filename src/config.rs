@@ -16,7 +16,13 @@
 //! | `kestra.server.port` (Kestra: `micronaut.server.port`) | `KESTRA_SERVER_PORT` | `8080` |
 //! | `kestra.server.basic-auth.enabled` / `.username` / `.password` | `KESTRA_SERVER_BASIC_AUTH_*` | enabled, `admin@kestra.io` / `kestra` |
 //! | `kestra.worker.threads` | `KESTRA_WORKER_THREADS` | 4 x CPUs |
+//! | `kestra.worker.lease` | `KESTRA_WORKER_LEASE` | `PT2M` (a dead worker's jobs run again after it) |
+//! | `kestra.server.liveness.heartbeatInterval` | `KESTRA_SERVER_LIVENESS_HEARTBEATINTERVAL` | `PT3S` |
+//! | `kestra.server.liveness.timeout` | `KESTRA_SERVER_LIVENESS_TIMEOUT` | `PT45S` |
+//! | `kestra.server.terminationGracePeriod` | `KESTRA_SERVER_TERMINATIONGRACEPERIOD` | `PT1M` (a worker's drain on SIGTERM) |
 //! | `kestra.data-dir` | `KESTRA_DATA_DIR` | `./data` |
+//!
+//! Durations are ISO-8601 (`PT45S`) or a number with a unit (`45s`, `500ms`, `2m`, `1h`).
 //!
 //! The environment variable of a key is the key upper-cased with `.` and `-` turned into `_`. JDBC
 //! URLs written the Java way (`jdbc:postgresql://host:5432/db`) are accepted: the `jdbc:` prefix is
@@ -114,6 +120,10 @@ pub const KNOWN_KEYS: &[&str] = &[
     "kestra.server.basic-auth.username",
     "kestra.server.basic-auth.password",
     "kestra.worker.threads",
+    "kestra.worker.lease",
+    "kestra.server.liveness.heartbeatInterval",
+    "kestra.server.liveness.timeout",
+    "kestra.server.terminationGracePeriod",
     "kestra.data-dir",
 ];
 
@@ -385,6 +395,10 @@ impl Config {
                             .concurrency
                             .to_string(),
                     ),
+                    "kestra.worker.lease" => Some("PT2M".into()),
+                    "kestra.server.liveness.heartbeatInterval" => Some("PT3S".into()),
+                    "kestra.server.liveness.timeout" => Some("PT45S".into()),
+                    "kestra.server.terminationGracePeriod" => Some("PT1M".into()),
                     "kestra.data-dir" => Some("./data".into()),
                     "datasources.sqlite.url" => Some(format!(
                         "sqlite://{}/kestra.db?mode=rwc",
@@ -452,6 +466,51 @@ impl Config {
                 message: format!("'{v}' is not a non-negative integer"),
             }),
         }
+    }
+
+    /// A duration key: ISO-8601 (`PT45S`) or a number with a unit (`45s`, `500ms`, `2m`, `1h`);
+    /// zero is refused.
+    pub fn get_duration(
+        &self,
+        key: &str,
+        default: std::time::Duration,
+    ) -> Result<std::time::Duration, ConfigError> {
+        let Some(text) = self.get(key) else {
+            return Ok(default);
+        };
+        let invalid = |message: String| ConfigError::Invalid {
+            key: key.into(),
+            message,
+        };
+        let trimmed = text.trim();
+        let duration = if trimmed.to_ascii_uppercase().starts_with('P') {
+            kestra_core::flow::duration::parse(trimmed).map_err(|e| invalid(e.to_string()))?
+        } else {
+            let split = trimmed
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(trimmed.len());
+            let (number, unit) = trimmed.split_at(split);
+            let n: u64 = number.parse().map_err(|_| {
+                invalid(format!(
+                    "'{text}' is not a duration (expected e.g. PT45S, 45s, 500ms, 2m)"
+                ))
+            })?;
+            match unit.trim() {
+                "ms" => std::time::Duration::from_millis(n),
+                "s" | "" => std::time::Duration::from_secs(n),
+                "m" => std::time::Duration::from_secs(n.saturating_mul(60)),
+                "h" => std::time::Duration::from_secs(n.saturating_mul(3600)),
+                other => {
+                    return Err(invalid(format!(
+                        "unknown unit '{other}' in '{text}' (expected ms, s, m or h)"
+                    )));
+                }
+            }
+        };
+        if duration.is_zero() {
+            return Err(invalid(format!("'{text}' is zero")));
+        }
+        Ok(duration)
     }
 
     /// The data directory (SQLite file and local storage by default).
@@ -810,5 +869,33 @@ mod tests {
         assert_eq!(get("kestra.server.port").value.as_deref(), Some("8080"));
         assert_eq!(get("kestra.server.port").source, Source::Default);
         assert!(effective.iter().all(|s| !s.key.contains("sqlite")));
+    }
+
+    #[test]
+    fn durations_are_iso_or_number_with_unit() {
+        use std::time::Duration;
+        let key = "kestra.server.liveness.timeout";
+        let get =
+            |v: &str| Config::from_pairs([(key, v)]).get_duration(key, Duration::from_secs(9));
+        assert_eq!(get("PT45S").unwrap(), Duration::from_secs(45));
+        assert_eq!(get("PT0.5S").unwrap(), Duration::from_millis(500));
+        assert_eq!(get("45s").unwrap(), Duration::from_secs(45));
+        assert_eq!(get("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(get("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(get("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(get(" 30 ").unwrap(), Duration::from_secs(30));
+        assert_eq!(
+            Config::default()
+                .get_duration(key, Duration::from_secs(9))
+                .unwrap(),
+            Duration::from_secs(9)
+        );
+        for bad in ["soon", "10 parsecs", "-5s", "0s", "PT0S", "P1Y", ""] {
+            let err = get(bad).unwrap_err().to_string();
+            assert!(
+                err.contains(key) && err.contains(bad.trim()),
+                "'{bad}' refused naming the key and the value: {err}"
+            );
+        }
     }
 }

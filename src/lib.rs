@@ -129,7 +129,6 @@ pub async fn open_storage(config: &config::Config) -> Result<Arc<dyn InternalSto
 
 /// An [`EngineBuilder`] over the configured backend, with the configuration's worker settings.
 pub async fn engine(config: &config::Config) -> Result<EngineBuilder, StartError> {
-    let backend = connect(config).await?;
     let mut worker = kestra_core::worker::WorkerConfig::default();
     if let Some(threads) = config.get("kestra.worker.threads") {
         worker.concurrency = threads
@@ -140,7 +139,59 @@ pub async fn engine(config: &config::Config) -> Result<EngineBuilder, StartError
                 message: format!("'{threads}' is not a positive integer"),
             })?;
     }
-    Ok(Engine::builder(backend.queue, backend.repositories, backend.storage).worker_config(worker))
+    let liveness = liveness_config(config)?;
+    worker.heartbeat_interval = liveness.heartbeat_interval;
+    worker.lease = config.get_duration("kestra.worker.lease", worker.lease)?;
+    // Renew well within the lease: a quarter of it, at most the default 30 s.
+    worker.lease_renewal = worker.lease_renewal.min(worker.lease / 4);
+    worker.drain_timeout =
+        config.get_duration("kestra.server.terminationGracePeriod", worker.drain_timeout)?;
+    let executor = kestra_core::executor::ExecutorConfig {
+        liveness,
+        ..kestra_core::executor::ExecutorConfig::default()
+    };
+    let scheduler = kestra_core::scheduler::SchedulerConfig {
+        heartbeat_interval: liveness.heartbeat_interval,
+        ..kestra_core::scheduler::SchedulerConfig::default()
+    };
+    let indexer = kestra_core::indexer::service::IndexerConfig {
+        heartbeat_interval: liveness.heartbeat_interval,
+        ..kestra_core::indexer::service::IndexerConfig::default()
+    };
+    // Settings first: a bad key is reported before any database is touched.
+    let backend = connect(config).await?;
+    Ok(
+        Engine::builder(backend.queue, backend.repositories, backend.storage)
+            .worker_config(worker)
+            .executor_config(executor)
+            .scheduler_config(scheduler)
+            .indexer_config(indexer),
+    )
+}
+
+/// The liveness settings of every component: `kestra.server.liveness.heartbeatInterval` (default
+/// 3 s) and `kestra.server.liveness.timeout` (default 45 s, at least two heartbeats).
+pub fn liveness_config(
+    config: &config::Config,
+) -> Result<kestra_core::liveness::LivenessConfig, config::ConfigError> {
+    let defaults = kestra_core::liveness::LivenessConfig::default();
+    let heartbeat_interval = config.get_duration(
+        "kestra.server.liveness.heartbeatInterval",
+        defaults.heartbeat_interval,
+    )?;
+    let timeout = config.get_duration("kestra.server.liveness.timeout", defaults.timeout)?;
+    if timeout < heartbeat_interval * 2 {
+        return Err(config::ConfigError::Invalid {
+            key: "kestra.server.liveness.timeout".into(),
+            message: format!(
+                "{timeout:?} is shorter than two heartbeats ({heartbeat_interval:?} each): every instance would be declared dead"
+            ),
+        });
+    }
+    Ok(kestra_core::liveness::LivenessConfig {
+        heartbeat_interval,
+        timeout,
+    })
 }
 
 /// The webserver's settings from the configuration, with what to tell the user at start.

@@ -120,3 +120,57 @@ fn completion_scripts_for_bash_zsh_and_fish() {
     let (code, _, err) = kestra(&["completion", "tcsh"], &[]);
     assert_eq!(code, 2, "{err}");
 }
+
+#[test]
+fn bad_liveness_settings_stop_a_server_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let (code, _, stderr) = kestra(
+        &["server", "worker"],
+        &[
+            ("KESTRA_DATA_DIR", data),
+            ("KESTRA_SERVER_LIVENESS_HEARTBEATINTERVAL", "3s"),
+            ("KESTRA_SERVER_LIVENESS_TIMEOUT", "4s"),
+        ],
+    );
+    assert_ne!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("kestra.server.liveness.timeout") && stderr.contains("two heartbeats"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = kestra(
+        &["server", "worker"],
+        &[("KESTRA_DATA_DIR", data), ("KESTRA_WORKER_LEASE", "soon")],
+    );
+    assert_ne!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("kestra.worker.lease") && stderr.contains("'soon' is not a duration"),
+        "{stderr}"
+    );
+    assert!(
+        !dir.path().join("data").exists(),
+        "a bad setting is reported before the database is created"
+    );
+}
+
+#[test]
+fn config_show_lists_the_liveness_keys() {
+    let (code, stdout, stderr) = kestra(
+        &["config", "show", "--no-color"],
+        &[("KESTRA_SERVER_LIVENESS_TIMEOUT", "10s")],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("kestra.server.liveness.timeout = 10s")
+            && stdout.contains("environment KESTRA_SERVER_LIVENESS_TIMEOUT"),
+        "{stdout}"
+    );
+    for line in [
+        "kestra.server.liveness.heartbeatInterval = PT3S",
+        "kestra.worker.lease = PT2M",
+        "kestra.server.terminationGracePeriod = PT1M",
+    ] {
+        assert!(stdout.contains(line), "{line} in {stdout}");
+    }
+}

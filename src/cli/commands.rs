@@ -629,6 +629,86 @@ pub async fn services(config: Option<PathBuf>, json: bool) -> Result<ExitCode, S
     Ok(ExitCode::SUCCESS)
 }
 
+/// `kestra trigger unlock`: claim the trigger's state (waiting a few seconds for a scheduler that
+/// holds it in a unit of work), clear its running execution and evaluation, save.
+pub async fn trigger_unlock(
+    config: Option<PathBuf>,
+    tenant: &str,
+    namespace: &str,
+    flow_id: &str,
+    trigger_id: &str,
+) -> Result<ExitCode, String> {
+    let config = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
+    let backend = kestra::connect(&config).await.map_err(|e| e.to_string())?;
+    let uid = kestra_core::model::trigger_uid(tenant, namespace, flow_id, trigger_id);
+    let started = std::time::Instant::now();
+    loop {
+        let mut unit = backend
+            .queue
+            .begin_triggers()
+            .await
+            .map_err(|e| format!("cannot open the trigger states: {e}"))?;
+        let Some(mut state) = unit
+            .claim(&uid)
+            .await
+            .map_err(|e| format!("cannot claim trigger {uid}: {e}"))?
+        else {
+            drop(unit);
+            let exists = backend
+                .repositories
+                .triggers
+                .find(&uid)
+                .await
+                .map_err(|e| format!("cannot read trigger {uid}: {e}"))?
+                .is_some();
+            if !exists {
+                return Err(format!(
+                    "no trigger '{trigger_id}' of flow {namespace}.{flow_id} (tenant {tenant}) has a state: is the flow deployed and its scheduler started?"
+                ));
+            }
+            if started.elapsed() > std::time::Duration::from_secs(10) {
+                return Err(format!(
+                    "trigger {uid} is held by a scheduler's unit of work for more than 10 s; try again"
+                ));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            continue;
+        };
+        let was = (
+            state.execution_id.take(),
+            state.evaluate_running_date.take(),
+            state.worker_id.take(),
+        );
+        if was == (None, None, None) {
+            println!("trigger {namespace}.{flow_id}.{trigger_id} is not locked");
+            return Ok(ExitCode::SUCCESS);
+        }
+        state.updated_date = chrono::Utc::now();
+        unit.save(&state)
+            .await
+            .map_err(|e| format!("cannot save trigger {uid}: {e}"))?;
+        unit.commit()
+            .await
+            .map_err(|e| format!("cannot save trigger {uid}: {e}"))?;
+        let mut released = Vec::new();
+        if let Some(id) = was.0 {
+            released.push(format!("execution {id}"));
+        }
+        if was.1.is_some() || was.2.is_some() {
+            released.push(format!(
+                "evaluation by worker {}",
+                was.2.as_deref().unwrap_or("?")
+            ));
+        }
+        tracing::info!(trigger = %uid, released = ?released, "trigger unlocked");
+        println!(
+            "trigger {namespace}.{flow_id}.{trigger_id} unlocked (released: {})",
+            released.join(", ")
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+}
+
 /// An enum's name as Kestra's JSON spells it (`EXECUTOR`, `NOT_RUNNING`).
 fn wire_name<T: serde::Serialize>(value: &T) -> String {
     match serde_json::to_value(value) {

@@ -76,6 +76,9 @@ pub enum Command {
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Work with the triggers' stored states (works without a running engine).
+    #[command(subcommand)]
+    Trigger(TriggerCommand),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     #[command(after_help = "Examples:
   kestra completion bash > ~/.local/share/bash-completion/completions/kestra
@@ -177,6 +180,32 @@ pub enum SysCommand {
     },
 }
 
+/// `kestra trigger ...`
+#[derive(Debug, Subcommand)]
+pub enum TriggerCommand {
+    /// Release a trigger's lock: the running execution it waits for (a trigger that does not allow
+    /// concurrent executions) and the evaluation a worker holds (a polling trigger). For a trigger
+    /// stuck after its execution or worker was lost; the scheduler fires it again at its next
+    /// slot. Works on the database directly, with or without a running scheduler.
+    #[command(after_help = "Examples:
+  kestra trigger unlock company.team my-flow every-minute
+  kestra trigger unlock company.team my-flow every-minute -c application.yml --tenant main")]
+    Unlock {
+        /// The flow's namespace.
+        namespace: String,
+        /// The flow's id.
+        flow_id: String,
+        /// The trigger's id in the flow.
+        trigger_id: String,
+        /// The tenant.
+        #[arg(long, default_value = "main")]
+        tenant: String,
+        /// Configuration file.
+        #[arg(short, long, env = "KESTRA_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
 /// `kestra flow ...`
 #[derive(Debug, Subcommand)]
 pub enum FlowCommand {
@@ -267,6 +296,15 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Sys(SysCommand::Services { config, json }) => {
             runtime_then(|| crate::cli::commands::services(config, json))
         }
+        Command::Trigger(TriggerCommand::Unlock {
+            namespace,
+            flow_id,
+            trigger_id,
+            tenant,
+            config,
+        }) => runtime_then(|| {
+            crate::cli::commands::trigger_unlock(config, &tenant, &namespace, &flow_id, &trigger_id)
+        }),
         Command::Completion { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             let mut script = Vec::new();

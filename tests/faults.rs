@@ -1,0 +1,98 @@
+//! Faults on real processes (issue 14): separate `kestra server <component>` processes on one
+//! database, real signals (SIGKILL, SIGSTOP/SIGCONT, SIGTERM, sent with kill(1)), short liveness settings from the
+//! configuration, and after each scenario the invariants read back from the repository: every
+//! execution reached one terminal state once, no task run or task-run attempt has two terminal
+//! results, nothing started was lost.
+//!
+//! - a worker SIGKILLed mid-task: its job runs again on another worker, the execution ends once;
+//! - a zombie worker (SIGSTOPped past the liveness timeout and its lease, then SIGCONTed): another
+//!   worker ran the job, the zombie's late result is dropped (not on SQLite: a frozen process that
+//!   holds its write lock blocks every other process, and SQLite is a one-process backend);
+//! - a worker SIGTERMed while a task runs: it drains (the task finishes, once) and exits 0;
+//! - an executor SIGKILLed under load: the other executor takes over, every execution ends;
+//! - schedulers SIGKILLed around fire time: one execution per schedule slot, no slot lost.
+//!
+//! On SQLite, and on PostgreSQL when `KESTRA_TEST_POSTGRES_URL` is set (a database of its own per
+//! scenario; required under CI=true; needs `--features postgres`). Scenarios of one database run
+//! one after the other: their timings are in seconds and the processes share two cores.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "faults/harness.rs"]
+mod harness;
+#[path = "faults/scenarios.rs"]
+mod scenarios;
+
+use harness::Cluster;
+
+/// Every scenario on a fresh database made by `open`.
+async fn all_scenarios<F, Fut>(kind: &str, open: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Cluster>,
+{
+    let started = std::time::Instant::now();
+    let mut timings = Vec::new();
+    macro_rules! run {
+        ($scenario:ident) => {{
+            // FAULTS_ONLY=<name> runs one scenario (when chasing a failure).
+            if std::env::var("FAULTS_ONLY").is_ok_and(|only| only != stringify!($scenario)) {
+                eprintln!("[faults] skipping {} (FAULTS_ONLY)", stringify!($scenario));
+            } else {
+                let at = std::time::Instant::now();
+                eprintln!("[faults] ===== {} =====", stringify!($scenario));
+                scenarios::$scenario(open().await).await;
+                timings.push((stringify!($scenario), at.elapsed()));
+            }
+        }};
+    }
+    run!(worker_killed_mid_task);
+    if kind == "sqlite" {
+        // Found by this suite: a frozen process holding SQLite's write lock (a worker stopped
+        // while it publishes, which it does every heartbeat) blocks every other process until it
+        // thaws ("database is locked"), so no other worker can take over. SQLite is a
+        // one-process backend (docs/operations.md); the zombie runs on the server databases.
+        eprintln!(
+            "[faults] zombie_worker_result_dropped does not run on SQLite: a frozen process holding its write lock blocks every process"
+        );
+    } else {
+        run!(zombie_worker_result_dropped);
+    }
+    run!(worker_drains_on_sigterm);
+    run!(executor_killed_under_load);
+    run!(scheduler_killed_at_fire_time);
+    eprintln!(
+        "[faults] all scenarios in {:?}: {timings:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn faults_sqlite() {
+    all_scenarios("sqlite", Cluster::sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn faults_postgres() {
+    let Ok(base) = std::env::var("KESTRA_TEST_POSTGRES_URL") else {
+        assert!(
+            !std::env::var("CI").is_ok_and(|v| v == "true"),
+            "KESTRA_TEST_POSTGRES_URL is not set: CI requires PostgreSQL (scripts/services.sh starts it)"
+        );
+        eprintln!(
+            "\n!!!!! SKIPPED: KESTRA_TEST_POSTGRES_URL is not set; run scripts/services.sh to run the fault suite on PostgreSQL !!!!!\n"
+        );
+        return;
+    };
+    #[cfg(feature = "postgres")]
+    all_scenarios("postgres", || Cluster::postgres(&base)).await;
+    #[cfg(not(feature = "postgres"))]
+    {
+        assert!(
+            !std::env::var("CI").is_ok_and(|v| v == "true"),
+            "the fault suite needs `--features postgres` under CI=true"
+        );
+        eprintln!(
+            "\n!!!!! SKIPPED: {base} is set but this build has no `postgres` feature; run with --all-features !!!!!\n"
+        );
+    }
+}
