@@ -86,6 +86,9 @@ async fn reconnect_and_deep_page() {
 #[tokio::test]
 async fn bad_url_is_a_clear_error() {
     let r = ElasticRepositories::connect(ElasticOptions::new("ftp://nowhere")).await;
-    let e = r.err().expect("an ftp URL is refused").to_string();
+    let Err(e) = r else {
+        panic!("an ftp URL is refused")
+    };
+    let e = e.to_string();
     assert!(e.contains("ftp://nowhere"), "the error names the URL: {e}");
 }
