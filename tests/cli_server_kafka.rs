@@ -169,13 +169,21 @@ fn standalone_on_kafka_and_elasticsearch_runs_a_flow_found_through_the_api() {
         kestra::kafka::KafkaQueue::delete_topics(&options)
             .await
             .unwrap();
-        kestra::kafka::elastic::ElasticRepositories::connect(
+        let elastic = kestra::kafka::elastic::ElasticRepositories::connect(
             kestra::kafka::elastic::ElasticOptions::new(&es).with_index_prefix(&prefix),
         )
         .await
-        .unwrap()
-        .delete_indices()
-        .await
         .unwrap();
+        let stored = elastic
+            .repositories()
+            .executions
+            .find_by_id("main", &id)
+            .await
+            .unwrap();
+        assert!(
+            stored.is_some_and(|e| e.state.current().to_string() == "SUCCESS"),
+            "the execution the API served is the one in this run's Elasticsearch indices"
+        );
+        elastic.delete_indices().await.unwrap();
     });
 }
