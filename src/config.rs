@@ -705,6 +705,53 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    #[cfg(feature = "kafka")]
+    #[test]
+    fn kafka_and_elasticsearch_options() {
+        let c = Config::from_pairs([
+            ("kestra.queue.type", "Kafka"),
+            ("kestra.repository.type", "elasticsearch"),
+            ("kestra.kafka.brokers", " 10.0.0.1:9092,10.0.0.2:9092 "),
+            ("kestra.kafka.topic-prefix", "prod_"),
+            ("kestra.kafka.partitions", "12"),
+            ("kestra.elasticsearch.url", "http://es:9200"),
+            ("kestra.elasticsearch.index-prefix", "prod_"),
+            ("kestra.elasticsearch.refresh", "wait_for"),
+        ]);
+        assert_eq!(c.queue_type(), "kafka");
+        let k = c.kafka_options().unwrap();
+        assert_eq!(
+            (k.brokers.as_str(), k.prefix.as_str(), k.partitions),
+            ("10.0.0.1:9092,10.0.0.2:9092", "prod_", 12)
+        );
+        let e = c.elastic_options().unwrap();
+        assert_eq!(
+            (e.url.as_str(), e.index_prefix.as_str()),
+            ("http://es:9200", "prod_")
+        );
+        assert_eq!(e.refresh, kestra_backend_kafka::elastic::Refresh::WaitFor);
+        assert!(c.unknown_keys().is_empty(), "{:?}", c.unknown_keys());
+
+        let missing = Config::from_pairs([("kestra.queue.type", "kafka")]);
+        let err = missing.kafka_options().unwrap_err().to_string();
+        assert!(err.contains("kestra.kafka.brokers"), "{err}");
+        let err = missing.elastic_options().unwrap_err().to_string();
+        assert!(err.contains("kestra.elasticsearch.url"), "{err}");
+        let bad = Config::from_pairs([
+            ("kestra.kafka.brokers", "b:9092"),
+            ("kestra.kafka.partitions", "0"),
+            ("kestra.elasticsearch.url", "http://es:9200"),
+            ("kestra.elasticsearch.refresh", "sometimes"),
+        ]);
+        let err = bad.kafka_options().unwrap_err().to_string();
+        assert!(err.contains("kestra.kafka.partitions"), "{err}");
+        let err = bad.elastic_options().unwrap_err().to_string();
+        assert!(
+            err.contains("kestra.elasticsearch.refresh") && err.contains("sometimes"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn defaults_need_no_file() {
         let c = Config::default();

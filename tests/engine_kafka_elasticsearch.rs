@@ -107,3 +107,23 @@ async fn flow_runs_on_kafka_and_is_found_in_elasticsearch() {
         .await
         .unwrap();
 }
+
+/// The Kafka queue goes with the Elasticsearch repositories only: another pairing is refused at
+/// start with an error naming both keys (no service needed).
+#[tokio::test]
+async fn kafka_with_another_repository_is_refused() {
+    for (queue, repository) in [("kafka", "sqlite"), ("postgres", "elasticsearch")] {
+        let config = kestra::config::Config::from_pairs([
+            ("kestra.queue.type", queue),
+            ("kestra.repository.type", repository),
+        ]);
+        let Err(e) = kestra::connect(&config).await else {
+            panic!("queue {queue} with repository {repository} must be refused")
+        };
+        let e = e.to_string();
+        assert!(
+            e.contains("kestra.queue.type: kafka") && e.contains("elasticsearch"),
+            "{queue} + {repository}: {e}"
+        );
+    }
+}
