@@ -27,25 +27,32 @@ impl Drop for Server {
     }
 }
 
-/// One HTTP/1.1 request (empty body); returns (status, body).
-fn http(method: &str, address: &str, path: &str, auth: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(address).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(90)))
-        .unwrap();
+/// One HTTP/1.1 request (empty body); returns (status, body), or the I/O error (a server that is
+/// still starting may reset the connection).
+fn try_http(method: &str, address: &str, path: &str, auth: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(address)?;
+    stream.set_read_timeout(Some(Duration::from_secs(90)))?;
     write!(
         stream,
         "{method} {path} HTTP/1.1\r\nHost: {address}\r\nAuthorization: {auth}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
+    )?;
     let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
-    let status = answer.split(' ').nth(1).unwrap().parse().unwrap();
+    stream.read_to_string(&mut answer)?;
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP answer: {answer}")))?;
     let body = answer
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
-    (status, body)
+    Ok((status, body))
+}
+
+fn http(method: &str, address: &str, path: &str, auth: &str) -> (u16, String) {
+    try_http(method, address, path, auth)
+        .unwrap_or_else(|e| panic!("{method} {path} on {address}: {e}"))
 }
 
 #[test]
@@ -88,8 +95,9 @@ fn standalone_on_kafka_and_elasticsearch_runs_a_flow_found_through_the_api() {
         .spawn()
         .unwrap();
     let mut server = Server(child);
-    let stdout = BufReader::new(server.0.stdout.take().unwrap());
-    let url_line = match stdout.lines().next() {
+    // Kept open until the end: the server prints more to stdout, and a closed pipe would kill it.
+    let mut stdout = BufReader::new(server.0.stdout.take().unwrap()).lines();
+    let url_line = match stdout.next() {
         Some(Ok(l)) => l,
         other => panic!(
             "no URL line ({other:?}); server log:\n{}",
@@ -108,12 +116,13 @@ fn standalone_on_kafka_and_elasticsearch_runs_a_flow_found_through_the_api() {
     );
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let (status, body) = http(
+        let (status, body) = try_http(
             "GET",
             &address,
             "/api/v1/main/flows/search?namespace=tests.es",
             &auth,
-        );
+        )
+        .unwrap_or_else(|e| (0, e.to_string()));
         if status == 200 && body.contains("\"id\":\"hi\"") {
             break;
         }
@@ -161,6 +170,7 @@ fn standalone_on_kafka_and_elasticsearch_runs_a_flow_found_through_the_api() {
     assert_eq!(page["total"], 1, "{body}");
     assert_eq!(page["results"][0]["id"], id.as_str(), "{body}");
     drop(server);
+    drop(stdout);
 
     // Clean up this run's topics and indices.
     let runtime = tokio::runtime::Runtime::new().unwrap();
