@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs (if missing) and starts the real database services the JDBC backend's tests use
-# (and, through scripts/services/*.sh, the other backends' services: Kafka):
+# (and, through scripts/services/*.sh, the other backends' services: Kafka, Elasticsearch):
 # PostgreSQL (Debian's cluster) and MariaDB (a data dir of our own), both bound to 127.0.0.1, with a
 # role/user `kestra` (password `kestra`, allowed to create databases: each test run creates its own) and a
 # database `kestra`; then scripts/services/storage.sh (MinIO, fake-gcs-server, Azurite for the storage
@@ -177,6 +177,8 @@ start_mariadb
 "$(dirname "$0")/services/browser.sh"
 # Apache Kafka (single KRaft broker from Maven Central).
 KESTRA_SERVICES_DIR="$SERVICES_DIR" bash "$(dirname "${BASH_SOURCE[0]}")/services/kafka.sh"
+# Elasticsearch (single node from Maven Central's integ-test-zip, run as an unprivileged user).
+KESTRA_SERVICES_DIR="$SERVICES_DIR" bash "$(dirname "${BASH_SOURCE[0]}")/services/elasticsearch.sh"
 # Object stores for the storage tests (MinIO, fake-gcs-server, Azurite).
 "$(dirname "$0")/services/storage.sh"
 log "services ready"

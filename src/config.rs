@@ -4,8 +4,14 @@
 //!
 //! | key | env var | default |
 //! | --- | --- | --- |
-//! | `kestra.repository.type` | `KESTRA_REPOSITORY_TYPE` | `sqlite` (also `postgres`, `mysql`) |
-//! | `kestra.queue.type` | `KESTRA_QUEUE_TYPE` | same as the repository |
+//! | `kestra.repository.type` | `KESTRA_REPOSITORY_TYPE` | `sqlite` (also `postgres`, `mysql`; `elasticsearch` with the Kafka queue) |
+//! | `kestra.queue.type` | `KESTRA_QUEUE_TYPE` | same as the repository (also `kafka`, feature `kafka`, with `elasticsearch` repositories) |
+//! | `kestra.kafka.brokers` | `KESTRA_KAFKA_BROKERS` | none (required for `kafka`): `host:port[,host:port]` |
+//! | `kestra.kafka.topic-prefix` | `KESTRA_KAFKA_TOPIC_PREFIX` | `kestra_` |
+//! | `kestra.kafka.partitions` | `KESTRA_KAFKA_PARTITIONS` | `8` (partitions of every topic created) |
+//! | `kestra.elasticsearch.url` | `KESTRA_ELASTICSEARCH_URL` | none (required for `elasticsearch`) |
+//! | `kestra.elasticsearch.index-prefix` | `KESTRA_ELASTICSEARCH_INDEX_PREFIX` | `kestra_` |
+//! | `kestra.elasticsearch.refresh` | `KESTRA_ELASTICSEARCH_REFRESH` | `true` (also `wait_for`, `false`: when writes become searchable) |
 //! | `datasources.<type>.url` | `DATASOURCES_<TYPE>_URL` | `sqlite://<data dir>/kestra.db` |
 //! | `datasources.<type>.username` / `.password` | `DATASOURCES_<TYPE>_USERNAME` / `_PASSWORD` | none |
 //! | `kestra.storage.type` | `KESTRA_STORAGE_TYPE` | `local` (also `s3`, `gcs`, `azure` with their features) |
@@ -87,6 +93,12 @@ pub struct Config {
 pub const KNOWN_KEYS: &[&str] = &[
     "kestra.repository.type",
     "kestra.queue.type",
+    "kestra.kafka.brokers",
+    "kestra.kafka.topic-prefix",
+    "kestra.kafka.partitions",
+    "kestra.elasticsearch.url",
+    "kestra.elasticsearch.index-prefix",
+    "kestra.elasticsearch.refresh",
     "datasources.*.url",
     "datasources.*.username",
     "datasources.*.password",
@@ -529,6 +541,69 @@ impl Config {
             .to_ascii_lowercase()
     }
 
+    /// The queue type: `kestra.queue.type`, else the repository type (`sqlite` by default).
+    pub fn queue_type(&self) -> String {
+        self.get("kestra.queue.type")
+            .or_else(|| self.get("kestra.repository.type"))
+            .unwrap_or_else(|| "sqlite".into())
+            .trim()
+            .to_ascii_lowercase()
+    }
+
+    /// The Kafka queue's options: `kestra.kafka.brokers` (required), `.topic-prefix`,
+    /// `.partitions`.
+    #[cfg(feature = "kafka")]
+    pub fn kafka_options(&self) -> Result<kestra_backend_kafka::KafkaOptions, ConfigError> {
+        let brokers = self
+            .get("kestra.kafka.brokers")
+            .filter(|b| !b.trim().is_empty())
+            .ok_or_else(|| ConfigError::Invalid {
+                key: "kestra.kafka.brokers".into(),
+                message: "required for queue type 'kafka' (host:port[,host:port...])".into(),
+            })?;
+        let mut options = kestra_backend_kafka::KafkaOptions::new(brokers.trim());
+        if let Some(prefix) = self.get("kestra.kafka.topic-prefix") {
+            options = options.with_prefix(prefix.trim());
+        }
+        let partitions = self.get_u64("kestra.kafka.partitions", options.partitions as u64)?;
+        let partitions = i32::try_from(partitions)
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| ConfigError::Invalid {
+                key: "kestra.kafka.partitions".into(),
+                message: format!("{partitions} is not a partition count (1 to 2^31-1)"),
+            })?;
+        Ok(options.with_partitions(partitions))
+    }
+
+    /// The Elasticsearch repositories' options: `kestra.elasticsearch.url` (required),
+    /// `.index-prefix`, `.refresh`.
+    #[cfg(feature = "kafka")]
+    pub fn elastic_options(
+        &self,
+    ) -> Result<kestra_backend_kafka::elastic::ElasticOptions, ConfigError> {
+        use kestra_backend_kafka::elastic::{ElasticOptions, Refresh};
+        let url = self
+            .get("kestra.elasticsearch.url")
+            .filter(|u| !u.trim().is_empty())
+            .ok_or_else(|| ConfigError::Invalid {
+                key: "kestra.elasticsearch.url".into(),
+                message: "required for repository type 'elasticsearch' (http://host:port)".into(),
+            })?;
+        let mut options = ElasticOptions::new(url.trim());
+        if let Some(prefix) = self.get("kestra.elasticsearch.index-prefix") {
+            options = options.with_index_prefix(prefix.trim());
+        }
+        if let Some(refresh) = self.get("kestra.elasticsearch.refresh") {
+            options.refresh =
+                Refresh::parse(refresh.trim()).ok_or_else(|| ConfigError::Invalid {
+                    key: "kestra.elasticsearch.refresh".into(),
+                    message: format!("'{refresh}' is not one of true, wait_for, false"),
+                })?;
+        }
+        Ok(options)
+    }
+
     /// The database URL for the backend type, in sqlx form.
     pub fn database_url(&self) -> Result<String, ConfigError> {
         let kind = self.backend_type();
@@ -688,6 +763,53 @@ impl Config {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[cfg(feature = "kafka")]
+    #[test]
+    fn kafka_and_elasticsearch_options() {
+        let c = Config::from_pairs([
+            ("kestra.queue.type", "Kafka"),
+            ("kestra.repository.type", "elasticsearch"),
+            ("kestra.kafka.brokers", " 10.0.0.1:9092,10.0.0.2:9092 "),
+            ("kestra.kafka.topic-prefix", "prod_"),
+            ("kestra.kafka.partitions", "12"),
+            ("kestra.elasticsearch.url", "http://es:9200"),
+            ("kestra.elasticsearch.index-prefix", "prod_"),
+            ("kestra.elasticsearch.refresh", "wait_for"),
+        ]);
+        assert_eq!(c.queue_type(), "kafka");
+        let k = c.kafka_options().unwrap();
+        assert_eq!(
+            (k.brokers.as_str(), k.prefix.as_str(), k.partitions),
+            ("10.0.0.1:9092,10.0.0.2:9092", "prod_", 12)
+        );
+        let e = c.elastic_options().unwrap();
+        assert_eq!(
+            (e.url.as_str(), e.index_prefix.as_str()),
+            ("http://es:9200", "prod_")
+        );
+        assert_eq!(e.refresh, kestra_backend_kafka::elastic::Refresh::WaitFor);
+        assert!(c.unknown_keys().is_empty(), "{:?}", c.unknown_keys());
+
+        let missing = Config::from_pairs([("kestra.queue.type", "kafka")]);
+        let err = missing.kafka_options().unwrap_err().to_string();
+        assert!(err.contains("kestra.kafka.brokers"), "{err}");
+        let err = missing.elastic_options().unwrap_err().to_string();
+        assert!(err.contains("kestra.elasticsearch.url"), "{err}");
+        let bad = Config::from_pairs([
+            ("kestra.kafka.brokers", "b:9092"),
+            ("kestra.kafka.partitions", "0"),
+            ("kestra.elasticsearch.url", "http://es:9200"),
+            ("kestra.elasticsearch.refresh", "sometimes"),
+        ]);
+        let err = bad.kafka_options().unwrap_err().to_string();
+        assert!(err.contains("kestra.kafka.partitions"), "{err}");
+        let err = bad.elastic_options().unwrap_err().to_string();
+        assert!(
+            err.contains("kestra.elasticsearch.refresh") && err.contains("sometimes"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn defaults_need_no_file() {

@@ -3,7 +3,7 @@
 //! Kestra's orchestration architecture as an embeddable Rust library. This facade picks the backends
 //! with cargo features (`sqlite` (default), `postgres`, `mysql`; each brings only its own database driver;
 //! `webserver` (default) adds the REST API; `kafka` adds the queue on Apache Kafka; `s3`, `gcs`,
-//! `azure` add the object stores as internal storage; Elasticsearch comes with a feature of its own)
+//! `azure` add the object stores as internal storage; the Elasticsearch repositories come with `kafka`)
 //! and wires them from a [`Config`](config::Config):
 //!
 //! ```no_run
@@ -21,8 +21,9 @@
 //! The building blocks are re-exported: [`core`] (model, flow language, engine logic and the seams),
 //! [`jdbc`] (queue + repositories on a database), [`storage`] (internal storage) and, with the
 //! `webserver` feature, `webserver` (the REST API; [`webserver_from_config`] builds it from the
-//! configuration), and with the `kafka` feature, `kafka` (the queue on Apache Kafka; not wired to
-//! the configuration yet).
+//! configuration), and with the `kafka` feature, `kafka` (the queue on Apache Kafka and, in
+//! `kafka::elastic`, the repositories on Elasticsearch: `kestra.queue.type: kafka` with
+//! `kestra.repository.type: elasticsearch`).
 
 pub mod config;
 
@@ -56,6 +57,14 @@ pub enum StartError {
         #[source]
         source: kestra_backend_jdbc::JdbcError,
     },
+    /// The Kafka queue could not be opened.
+    #[cfg(feature = "kafka")]
+    #[error("cannot open the Kafka queue: {0}")]
+    Kafka(#[from] kestra_backend_kafka::KafkaError),
+    /// The Elasticsearch repositories could not be opened.
+    #[cfg(feature = "kafka")]
+    #[error("cannot open the Elasticsearch repositories: {0}")]
+    Elasticsearch(#[source] kestra_core::repository::RepositoryError),
     /// The storage could not be opened.
     #[error("cannot open the local storage: {0}")]
     Storage(#[from] kestra_storage::LocalStorageError),
@@ -88,6 +97,10 @@ pub struct Backend {
 /// Open the backend and storage the configuration names (creating the data directory for SQLite).
 pub async fn connect(config: &config::Config) -> Result<Backend, StartError> {
     let kind = config.backend_type();
+    let queue_kind = config.queue_type();
+    if queue_kind == "kafka" || kind == "elasticsearch" {
+        return connect_kafka(config, &queue_kind, &kind).await;
+    }
     if kind == "sqlite" && config.get(&format!("datasources.{kind}.url")).is_none() {
         let dir = config.data_dir();
         std::fs::create_dir_all(&dir).map_err(|source| StartError::Io {
@@ -108,6 +121,56 @@ pub async fn connect(config: &config::Config) -> Result<Backend, StartError> {
         repositories: jdbc.repositories(),
         storage,
     })
+}
+
+/// The Kafka queue with the Elasticsearch repositories (the only pairing of either).
+#[cfg(feature = "kafka")]
+async fn connect_kafka(
+    config: &config::Config,
+    queue_kind: &str,
+    kind: &str,
+) -> Result<Backend, StartError> {
+    if queue_kind != "kafka" || kind != "elasticsearch" {
+        return Err(config::ConfigError::Invalid {
+            key: "kestra.repository.type".into(),
+            message: format!(
+                "queue type '{queue_kind}' with repository type '{kind}': the Kafka queue goes with \
+                 the Elasticsearch repositories (kestra.queue.type: kafka, \
+                 kestra.repository.type: elasticsearch)"
+            ),
+        }
+        .into());
+    }
+    let kafka = config.kafka_options()?;
+    let elastic = config.elastic_options()?;
+    let queue = kestra_backend_kafka::KafkaQueue::connect(kafka).await?;
+    let repositories = kestra_backend_kafka::elastic::ElasticRepositories::connect(elastic)
+        .await
+        .map_err(StartError::Elasticsearch)?
+        .repositories();
+    let storage = open_storage(config).await?;
+    tracing::info!("backend ready: Kafka queue, Elasticsearch repositories");
+    Ok(Backend {
+        queue: Arc::new(queue),
+        repositories,
+        storage,
+    })
+}
+
+/// Without the `kafka` feature: a clear error naming the feature.
+#[cfg(not(feature = "kafka"))]
+async fn connect_kafka(
+    _config: &config::Config,
+    queue_kind: &str,
+    kind: &str,
+) -> Result<Backend, StartError> {
+    Err(config::ConfigError::Invalid {
+        key: "kestra.queue.type".into(),
+        message: format!(
+            "queue type '{queue_kind}' / repository type '{kind}' need the `kafka` feature of this build"
+        ),
+    }
+    .into())
 }
 
 /// Open the internal storage `kestra.storage.type` names: the local directory, or an object store

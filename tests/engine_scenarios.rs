@@ -360,6 +360,16 @@ async fn run_suite_on(
     let backend = JdbcBackend::connect(url)
         .await
         .unwrap_or_else(|e| panic!("{label}: {e}"));
+    run_engine_suite(backend.queue(), backend.repositories(), storage, label).await;
+}
+
+/// The whole suite on an engine over `queue` and `repositories` (the caller holds the turn).
+async fn run_engine_suite(
+    queue: Arc<dyn kestra::core::queue::Queue>,
+    repositories: kestra::core::repository::Repositories,
+    storage: Arc<dyn kestra::core::storage::InternalStorage>,
+    label: &str,
+) {
     // Slots for every task that the 16 scenarios running at once may run together (the timing
     // scenarios must never wait for a free slot).
     let worker = kestra::core::worker::WorkerConfig {
@@ -367,7 +377,7 @@ async fn run_suite_on(
         ..Default::default()
     };
     let engine = Arc::new(
-        Engine::builder(backend.queue(), backend.repositories(), storage)
+        Engine::builder(queue, repositories, storage)
             .worker_config(worker)
             .start(),
     );
@@ -412,6 +422,56 @@ async fn run_suite_on(
 }
 
 common::on_each_database!(scenarios: suite);
+
+/// The whole suite on the Kafka queue with the Elasticsearch repositories (configured as
+/// `kestra.queue.type: kafka`, `kestra.repository.type: elasticsearch`, fresh topic and index
+/// prefixes), when `KESTRA_TEST_KAFKA_BROKERS` and `KESTRA_TEST_ELASTICSEARCH_URL` are set
+/// (required under CI=true).
+#[cfg(feature = "kafka")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scenarios_kafka_elasticsearch() {
+    let Some(brokers) = common::service_url("KESTRA_TEST_KAFKA_BROKERS") else {
+        return;
+    };
+    let Some(es) = common::service_url("KESTRA_TEST_ELASTICSEARCH_URL") else {
+        return;
+    };
+    let _turn = ONE_SUITE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = format!(
+        "kestra_scenarios_{}_",
+        kestra::core::model::new_id().to_ascii_lowercase()
+    );
+    let config = kestra::config::Config::from_pairs([
+        ("kestra.queue.type", "kafka".to_string()),
+        ("kestra.repository.type", "elasticsearch".to_string()),
+        ("kestra.kafka.brokers", brokers),
+        ("kestra.kafka.topic-prefix", prefix.clone()),
+        ("kestra.kafka.partitions", "4".to_string()),
+        ("kestra.elasticsearch.url", es),
+        ("kestra.elasticsearch.index-prefix", prefix),
+        ("kestra.data-dir", dir.path().display().to_string()),
+    ]);
+    let backend = kestra::connect(&config)
+        .await
+        .unwrap_or_else(|e| panic!("kafka + elasticsearch: {e}"));
+    run_engine_suite(
+        backend.queue,
+        backend.repositories,
+        backend.storage,
+        "kafka + elasticsearch",
+    )
+    .await;
+    kestra::kafka::KafkaQueue::delete_topics(&config.kafka_options().unwrap())
+        .await
+        .unwrap();
+    kestra::kafka::elastic::ElasticRepositories::connect(config.elastic_options().unwrap())
+        .await
+        .unwrap()
+        .delete_indices()
+        .await
+        .unwrap();
+}
 
 /// The whole suite once on `storage.type: <kind>` (configured with Kestra's keys plus a fresh prefix),
 /// when the service variable is set: catches any code that assumes a local path.
