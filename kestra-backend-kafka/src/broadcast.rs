@@ -132,9 +132,19 @@ pub(crate) async fn replay(
             let mut ends = std::collections::BTreeSet::new();
             for t in metadata.topics() {
                 for p in t.partitions() {
-                    let (low, high) = consumer
-                        .fetch_watermarks(&name, p.id(), Duration::from_secs(10))
-                        .map_err(|e| Shared::backend("replay (end offsets)", e))?;
+                    // Right after the topic's creation its leader may not be known yet.
+                    let mut tries = 0;
+                    let (low, high) = loop {
+                        match consumer.fetch_watermarks(&name, p.id(), Duration::from_secs(10)) {
+                            Ok(marks) => break marks,
+                            Err(e) if tries < 50 => {
+                                tries += 1;
+                                debug!(topic = %name, error = %e, "replay: end offsets not known yet");
+                                std::thread::sleep(Duration::from_millis(200));
+                            }
+                            Err(e) => return Err(Shared::backend("replay (end offsets)", e)),
+                        }
+                    };
                     if high > low {
                         ends.insert(p.id());
                     }
