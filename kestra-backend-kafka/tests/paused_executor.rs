@@ -205,6 +205,7 @@ async fn paused_executor_is_fenced_when_it_resumes() {
         .write_all(b"commit\n")
         .unwrap();
     let outcome = wait_line(&["FENCED", "COMMITTED", "ERROR"], Duration::from_secs(90));
+    eprintln!("the resumed executor: {outcome}");
     let status = child.wait().unwrap();
     assert!(
         outcome.starts_with("FENCED"),
