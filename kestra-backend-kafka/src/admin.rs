@@ -204,7 +204,12 @@ pub async fn purge(options: &KafkaOptions, scope: PurgeScope) -> Result<PurgeRep
         .map_err(client_error(options, "admin client creation"))?;
     let opts = options.clone();
     // The plan: per topic, the offsets to delete up to (blocking reads of offsets).
-    type Plan = Vec<(String, Vec<(i32, i64, i64, i64)>, Vec<String>, Option<String>)>;
+    type Plan = Vec<(
+        String,
+        Vec<(i32, i64, i64, i64)>,
+        Vec<String>,
+        Option<String>,
+    )>;
     let plan = tokio::task::spawn_blocking(move || -> Result<Plan, KafkaError> {
         let options = opts;
         let probe = reader(&options, &format!("{}purge-probe", options.prefix))?;
@@ -353,7 +358,11 @@ pub async fn dead_letters(
         let topic = options.dead_letter_topic();
         let consumer = reader(
             &options,
-            &format!("{}dead-letters-{}", options.prefix, kestra_core::model::new_id()),
+            &format!(
+                "{}dead-letters-{}",
+                options.prefix,
+                kestra_core::model::new_id()
+            ),
         )?;
         let marks = watermarks(&consumer, &options, &topic)?;
         let mut tpl = TopicPartitionList::new();
@@ -421,7 +430,11 @@ pub async fn count_dead_letters(options: &KafkaOptions) -> Result<i64, KafkaErro
     tokio::task::spawn_blocking(move || -> Result<i64, KafkaError> {
         let consumer = reader(
             &options,
-            &format!("{}dead-letters-{}", options.prefix, kestra_core::model::new_id()),
+            &format!(
+                "{}dead-letters-{}",
+                options.prefix,
+                kestra_core::model::new_id()
+            ),
         )?;
         let marks = watermarks(&consumer, &options, &options.dead_letter_topic())?;
         Ok(marks.iter().map(|(_, l, h)| h - l).sum())

@@ -152,7 +152,10 @@ group.initial.rebalance.delay.ms=0
             .output()
             .unwrap();
         let cluster = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        assert!(!cluster.is_empty(), "StorageTool random-uuid printed nothing");
+        assert!(
+            !cluster.is_empty(),
+            "StorageTool random-uuid printed nothing"
+        );
         let status = Self::java(&libs, dir.path())
             .args(["kafka.tools.StorageTool", "format", "--standalone", "-t"])
             .arg(&cluster)
@@ -325,10 +328,16 @@ async fn broker_restart_during_a_run_loses_and_doubles_nothing() {
     loop {
         let done = ended(&KafkaQueue::executions(&options).await.unwrap(), &ids);
         if done >= n / 10 {
-            eprintln!("{done} of {n} ended after {:?}: killing the broker", start.elapsed());
+            eprintln!(
+                "{done} of {n} ended after {:?}: killing the broker",
+                start.elapsed()
+            );
             break;
         }
-        assert!(Instant::now() < deadline, "only {done} of {n} ended before the restart");
+        assert!(
+            Instant::now() < deadline,
+            "only {done} of {n} ended before the restart"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let restart = Instant::now();
@@ -348,7 +357,10 @@ async fn broker_restart_during_a_run_loses_and_doubles_nothing() {
             Ok(e) => e,
             Err(e) => {
                 eprintln!("reading the executor state after the restart: {e}");
-                assert!(Instant::now() < deadline, "the executor state stayed unreadable");
+                assert!(
+                    Instant::now() < deadline,
+                    "the executor state stayed unreadable"
+                );
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 continue;
             }
@@ -373,7 +385,11 @@ async fn broker_restart_during_a_run_loses_and_doubles_nothing() {
     // None lost, none doubled: exactly the started executions, each SUCCESS with two task runs,
     // each task run SUCCESS once.
     let mine: Vec<&Execution> = executions.iter().filter(|e| ids.contains(&e.id)).collect();
-    assert_eq!(mine.len(), n, "every execution is in the executor state, once");
+    assert_eq!(
+        mine.len(),
+        n,
+        "every execution is in the executor state, once"
+    );
     assert_eq!(
         executions.iter().filter(|e| e.flow_id == "two").count(),
         n,
@@ -396,7 +412,11 @@ async fn broker_restart_during_a_run_loses_and_doubles_nothing() {
                 .iter()
                 .filter(|h| h.state == StateType::Success)
                 .count();
-            assert_eq!(successes, 1, "task run {} of {}: {:?}", tr.id, e.id, tr.state);
+            assert_eq!(
+                successes, 1,
+                "task run {} of {}: {:?}",
+                tr.id, e.id, tr.state
+            );
         }
     }
     // The committed changes (what the indexer applies): per execution versions 1, 2, ... in
@@ -410,17 +430,19 @@ async fn broker_restart_during_a_run_loses_and_doubles_nothing() {
     let mut per: BTreeMap<String, Vec<(u64, bool)>> = BTreeMap::new();
     for c in changes {
         if let ExecutionChange::Saved { execution } = c {
-            per.entry(execution.id.clone()).or_default().push((
-                execution.metadata.version,
-                execution.state.is_terminated(),
-            ));
+            per.entry(execution.id.clone())
+                .or_default()
+                .push((execution.metadata.version, execution.state.is_terminated()));
         }
     }
     assert_eq!(per.len(), n, "a change stream for each execution");
     for (id, versions) in &per {
         let v: Vec<u64> = versions.iter().map(|(v, _)| *v).collect();
         let expected: Vec<u64> = (1..=v.len() as u64).collect();
-        assert_eq!(v, expected, "execution {id}: committed versions in order, none doubled");
+        assert_eq!(
+            v, expected,
+            "execution {id}: committed versions in order, none doubled"
+        );
         let terminal = versions.iter().filter(|(_, t)| *t).count();
         assert_eq!(terminal, 1, "execution {id}: one terminal change");
     }

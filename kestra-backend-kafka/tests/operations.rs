@@ -108,7 +108,11 @@ async fn purge_deletes_what_every_group_consumed_and_dead_letters_are_listed() {
         "bounded by the indexer group: {report}"
     );
     let dlt = line(&report, &options.dead_letter_topic());
-    assert_eq!((dlt.deleted, dlt.remaining), (0, 1), "dead letters are kept");
+    assert_eq!(
+        (dlt.deleted, dlt.remaining),
+        (0, 1),
+        "dead letters are kept"
+    );
     assert!(dlt.skipped.is_some());
     let text = report.to_string();
     assert!(text.contains("7 records deleted"), "{text}");
@@ -135,7 +139,11 @@ async fn purge_deletes_what_every_group_consumed_and_dead_letters_are_listed() {
     assert_eq!((l.deleted, l.remaining), (3, 0), "{all}");
     let dlt = line(&all, &options.dead_letter_topic());
     assert_eq!((dlt.deleted, dlt.remaining), (1, 0), "{all}");
-    assert!(line(&all, &options.topic_name(Topic::Flow)).skipped.is_some());
+    assert!(
+        line(&all, &options.topic_name(Topic::Flow))
+            .skipped
+            .is_some()
+    );
     assert_eq!(count_dead_letters(&options).await.unwrap(), 0);
     assert!(dead_letters(&options, 100).await.unwrap().is_empty());
     KafkaQueue::delete_topics(&options).await.unwrap();
@@ -153,7 +161,13 @@ async fn the_flow_topic_is_replayed_from_its_start_then_followed() {
         .unwrap();
     assert!(matches!(first, Some(Ok(Replayed::CaughtUp))), "{first:?}");
     let before: Vec<Envelope> = (0..5)
-        .map(|i| Envelope::new(Topic::Flow, format!("main/ns/f{i}/1"), format!("{{\"i\":{i}}}")))
+        .map(|i| {
+            Envelope::new(
+                Topic::Flow,
+                format!("main/ns/f{i}/1"),
+                format!("{{\"i\":{i}}}"),
+            )
+        })
         .collect();
     queue.publish(before).await.unwrap();
     let mut replay = queue.replay(Replayable::Flows).await.unwrap();
@@ -174,7 +188,9 @@ async fn the_flow_topic_is_replayed_from_its_start_then_followed() {
     keys.sort();
     assert_eq!(
         keys,
-        (0..5).map(|i| format!("main/ns/f{i}/1")).collect::<Vec<_>>(),
+        (0..5)
+            .map(|i| format!("main/ns/f{i}/1"))
+            .collect::<Vec<_>>(),
         "every record published before the replay, before CaughtUp"
     );
     queue

@@ -61,7 +61,9 @@ async fn unit_with(queue: &dyn Queue, key: &str) -> Option<Box<dyn UnitOfWork>> 
     if unit.deliveries().iter().any(|d| d.envelope.key == key) {
         Some(unit)
     } else {
-        unit.commit().await.expect("commit of a unit without the key");
+        unit.commit()
+            .await
+            .expect("commit of a unit without the key");
         None
     }
 }
@@ -93,7 +95,10 @@ async fn paused_executor_child() {
     let queue = KafkaQueue::open(options(&brokers, &prefix)).unwrap();
     let start = Instant::now();
     let mut unit = loop {
-        assert!(start.elapsed() < Duration::from_secs(60), "child: no message");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "child: no message"
+        );
         if let Some(u) = unit_with(&queue, &key).await {
             break u;
         }
@@ -102,7 +107,12 @@ async fn paused_executor_child() {
         .await
         .unwrap();
     unit.publish(vec![
-        Envelope::json(Topic::Log, format!("{key}-zombie"), &json!({"by": "zombie"})).unwrap(),
+        Envelope::json(
+            Topic::Log,
+            format!("{key}-zombie"),
+            &json!({"by": "zombie"}),
+        )
+        .unwrap(),
     ])
     .await
     .unwrap();
@@ -139,7 +149,12 @@ async fn paused_executor_is_fenced_when_it_resumes() {
         .unwrap();
 
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["paused_executor_child", "--exact", "--ignored", "--nocapture"])
+        .args([
+            "paused_executor_child",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+        ])
         .env(CHILD_ENV, format!("{brokers} {prefix} {key}"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -229,7 +229,8 @@ async fn flows_run_from_the_queue_alone_and_the_indexer_catches_up() {
             }
         }
         if revisions.len() == 3 && indexed == ids.len() {
-            let shape: Vec<(i32, bool)> = revisions.iter().map(|r| (r.revision, r.deleted)).collect();
+            let shape: Vec<(i32, bool)> =
+                revisions.iter().map(|r| (r.revision, r.deleted)).collect();
             assert_eq!(shape, vec![(1, false), (2, false), (3, true)]);
             assert_eq!(revisions[1].source, changed);
             break;

@@ -306,9 +306,9 @@ pub fn run(cli: Cli) -> ExitCode {
             kafka_prefix,
             all,
         }) => match kafka_brokers {
-            Some(brokers) => runtime_then(|| {
-                crate::cli::commands::purge_kafka_queue(brokers, kafka_prefix, all)
-            }),
+            Some(brokers) => {
+                runtime_then(|| crate::cli::commands::purge_kafka_queue(brokers, kafka_prefix, all))
+            }
             None => runtime_then(|| crate::cli::commands::purge_queue(config)),
         },
         Command::Sys(SysCommand::DeadLetters {

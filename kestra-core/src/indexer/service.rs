@@ -19,14 +19,14 @@ use tracing::{error, warn};
 
 use crate::liveness::{Heartbeat, LivenessConfig, LivenessMessage};
 use crate::messages::ExecutionChange;
-use crate::model::{LogEntry, MetricEntry, ServiceInstance, ServiceState, ServiceType};
 use crate::model::TriggerState;
+use crate::model::{LogEntry, MetricEntry, ServiceInstance, ServiceState, ServiceType};
 use crate::queue::{
     ConsumerGroup, Delivery, DeliveryTag, Queue, QueueError, Replayable, Replayed, Topic,
 };
 use crate::repository::{
-    ExecutionRepository, FlowRecord, FlowRepository, LogRepository, MetricRepository,
-    Repositories, RepositoryError, ServiceInstanceRepository, TriggerRepository,
+    ExecutionRepository, FlowRecord, FlowRepository, LogRepository, MetricRepository, Repositories,
+    RepositoryError, ServiceInstanceRepository, TriggerRepository,
 };
 
 /// Batch size and wait of the indexer loops.
@@ -209,14 +209,15 @@ impl IndexerService {
         payload: Option<&[u8]>,
     ) -> Result<(), RepositoryError> {
         match (stream, payload) {
-            (Replayable::Flows, Some(payload)) => match serde_json::from_slice::<FlowRecord>(payload)
-            {
-                Ok(record) => self.flows.put_revision(&record).await,
-                Err(e) => {
-                    warn!(%key, error = %e, "malformed flow record not indexed");
-                    Ok(())
+            (Replayable::Flows, Some(payload)) => {
+                match serde_json::from_slice::<FlowRecord>(payload) {
+                    Ok(record) => self.flows.put_revision(&record).await,
+                    Err(e) => {
+                        warn!(%key, error = %e, "malformed flow record not indexed");
+                        Ok(())
+                    }
                 }
-            },
+            }
             (Replayable::Flows, None) => Ok(()),
             (Replayable::TriggerStates, Some(payload)) => {
                 match serde_json::from_slice::<TriggerState>(payload) {

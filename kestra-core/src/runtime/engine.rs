@@ -243,7 +243,8 @@ impl EngineBuilder {
         if let Some(store) = &flow_store {
             let on_change: Option<Arc<dyn Fn() + Send + Sync>> =
                 executor_flows.clone().map(|flows| {
-                    Arc::new(move || flows.invalidate_trigger_flows()) as Arc<dyn Fn() + Send + Sync>
+                    Arc::new(move || flows.invalidate_trigger_flows())
+                        as Arc<dyn Fn() + Send + Sync>
                 });
             tasks.push((
                 "flows",
@@ -420,7 +421,8 @@ impl Engine {
         let (stored, outcome) = match &self.flow_store {
             Some(store) => {
                 let store = self.caught_up_store(store).await?;
-                let latest = store.latest_revision(&record.tenant_id, &record.namespace, &record.id);
+                let latest =
+                    store.latest_revision(&record.tenant_id, &record.namespace, &record.id);
                 match latest {
                     Some(l) if !l.deleted && l.source == record.source => {
                         (l, SaveOutcome::Unchanged)
@@ -482,7 +484,12 @@ impl Engine {
                 latest.updated = Utc::now();
                 latest
             }
-            None => self.repositories.flows.delete(tenant, namespace, id).await?,
+            None => {
+                self.repositories
+                    .flows
+                    .delete(tenant, namespace, id)
+                    .await?
+            }
         };
         if let Some(flows) = &self.executor_flows {
             flows.invalidate_trigger_flows();
@@ -582,9 +589,9 @@ impl Engine {
             }
         };
         let record = found.ok_or_else(|| EngineError::FlowNotFound {
-                namespace: namespace.to_string(),
-                id: flow_id.to_string(),
-            })?;
+            namespace: namespace.to_string(),
+            id: flow_id.to_string(),
+        })?;
         let flow: Flow = serde_json::from_value(record.flow.clone())?;
         if flow.disabled {
             return Err(EngineError::FlowDisabled {

@@ -11,8 +11,8 @@ use futures::StreamExt;
 use crate::model::Execution;
 use crate::queue::{
     ConsumerGroup, Delivery, DeliveryTag, Envelope, Queue, QueueCapabilities, QueueError, Recorder,
-    ReplayStream, Replayable, Replayed, Subscription, Topic, UnitOfWork, check_claimed, check_execution_size, check_publish,
-    check_staged,
+    ReplayStream, Replayable, Replayed, Subscription, Topic, UnitOfWork, check_claimed,
+    check_execution_size, check_publish, check_staged,
 };
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
