@@ -181,7 +181,7 @@ async fn runs_from_kafka_alone_and_the_indexer_catches_up() {
     let deadline = Instant::now() + Duration::from_secs(60);
     while ended(
         &KafkaQueue::executions(&options).await.unwrap(),
-        &[late.clone()],
+        std::slice::from_ref(&late),
     ) == 0
     {
         assert!(
