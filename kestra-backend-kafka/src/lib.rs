@@ -42,6 +42,7 @@
 //!   store-only member of `{prefix}scheduler.store` is assigned, restored on assignment, and a
 //!   unit is a transaction of that member's producer (states, messages, acknowledged offsets).
 
+pub mod admin;
 #[cfg(feature = "elasticsearch")]
 pub mod elastic;
 

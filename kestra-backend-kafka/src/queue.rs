@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use kestra_core::model::Execution;
 use kestra_core::queue::{
     ConsumerGroup, Delivery, DeliveryTag, Envelope, Queue, QueueCapabilities, QueueError, Recorder,
-    Subscription, Topic, TriggerUnit, UnitOfWork, check_publish,
+    ReplayStream, Replayable, Subscription, Topic, TriggerUnit, UnitOfWork, check_publish,
 };
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -63,6 +63,14 @@ pub enum KafkaError {
         topic: String,
         /// The broker's answer.
         code: RDKafkaErrorCode,
+    },
+    /// An operation could not run to its end (its thread failed).
+    #[error("Kafka {operation} failed: {detail}")]
+    Operation {
+        /// What was being done.
+        operation: &'static str,
+        /// What went wrong.
+        detail: String,
     },
     /// A topic could not be created.
     #[error("cannot create Kafka topic {topic}: {code}")]
@@ -389,15 +397,23 @@ impl KafkaQueue {
         names.push(options.dead_letter_topic());
         let state = options.state_topic();
         let triggers = options.trigger_state_topic();
+        // The flow topic is the flows' only record on Kafka (every revision has its own key):
+        // compacted, never expired.
+        let flow_topic = options.topic_name(Topic::Flow);
         let mut new_topics: Vec<NewTopic<'_>> = names
             .iter()
             .map(|n| {
-                NewTopic::new(
+                let t = NewTopic::new(
                     n,
                     options.partitions,
                     TopicReplication::Fixed(options.replication),
                 )
-                .set("max.message.bytes", &topic_config)
+                .set("max.message.bytes", &topic_config);
+                if *n == flow_topic {
+                    t.set("cleanup.policy", "compact")
+                } else {
+                    t
+                }
             })
             .collect();
         new_topics.push(
@@ -693,6 +709,10 @@ impl Queue for KafkaQueue {
 
     async fn subscribe(&self, topic: Topic) -> Result<Subscription, QueueError> {
         crate::broadcast::subscribe(&self.shared.options, topic).await
+    }
+
+    async fn replay(&self, stream: Replayable) -> Result<ReplayStream, QueueError> {
+        crate::broadcast::replay(&self.shared.options, stream).await
     }
 
     async fn begin(

@@ -28,7 +28,7 @@ use crate::partitioner::partition_for;
 use crate::queue::Shared;
 
 /// Kind of the trigger states in their changelog.
-const TRIGGER_KIND: &str = "trigger";
+pub(crate) const TRIGGER_KIND: &str = "trigger";
 
 /// Trigger uids held by the live units of one queue handle.
 pub(crate) type Claims = Arc<Mutex<HashSet<String>>>;

@@ -623,6 +623,62 @@ pub type Recorder = dyn Fn(&[Delivery]) -> Result<Vec<Envelope>, QueueError> + S
 /// A stream of broadcast messages.
 pub type Subscription = BoxStream<'static, Result<Envelope, QueueError>>;
 
+/// A compacted stream of state a backend keeps in its log and replays from its beginning
+/// ([`Queue::replay`]): what a component needs to run without the repository.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Replayable {
+    /// Flow revisions, as published on [`Topic::Flow`] (key `tenant/namespace/id/revision`,
+    /// payload a [`FlowRecord`](crate::repository::FlowRecord)).
+    Flows,
+    /// Trigger states as the schedulers commit them (key: trigger uid, payload a
+    /// [`TriggerState`], `None` when the state was deleted).
+    TriggerStates,
+}
+
+impl fmt::Display for Replayable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Replayable::Flows => "flows",
+            Replayable::TriggerStates => "trigger states",
+        })
+    }
+}
+
+/// The source of the [`QueueError::Backend`] of a [`Queue::replay`] by a queue that keeps no log
+/// of that stream.
+#[derive(Debug, thiserror::Error)]
+#[error("this queue keeps no replayable log of {stream}")]
+pub struct NotReplayable {
+    /// The stream asked for.
+    pub stream: Replayable,
+}
+
+impl NotReplayable {
+    /// Whether `error` says that the queue keeps no such log (not a transient failure).
+    pub fn is(error: &QueueError) -> bool {
+        matches!(error, QueueError::Backend { source, .. } if source.downcast_ref::<NotReplayable>().is_some())
+    }
+}
+
+/// One item of a [`Queue::replay`] stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Replayed {
+    /// A record: its key and payload (`None`: a tombstone, the keyed state was deleted).
+    Record {
+        /// Key.
+        key: String,
+        /// Payload (JSON), `None` for a deletion.
+        payload: Option<Bytes>,
+    },
+    /// Every record published before the replay started has been yielded (sent once); what
+    /// follows was published since.
+    CaughtUp,
+}
+
+/// A replay of a [`Replayable`] stream: its records from the beginning, [`Replayed::CaughtUp`]
+/// once, then the records published afterwards, as they come.
+pub type ReplayStream = BoxStream<'static, Result<Replayed, QueueError>>;
+
 /// The queue seam. See the module documentation for the contract.
 #[async_trait]
 pub trait Queue: Send + Sync + 'static {
@@ -709,6 +765,17 @@ pub trait Queue: Send + Sync + 'static {
             "begin_triggers",
             std::io::Error::other("this queue keeps no trigger state"),
         ))
+    }
+
+    /// Replay a compacted state stream from its beginning and follow it ([`ReplayStream`]):
+    /// where the repository is not written in the queue's units
+    /// ([`QueueCapabilities::repository_in_unit`] false), the executor's and scheduler's flow
+    /// store and the indexer (flows, trigger states) follow the queue this way. Records may come
+    /// again (after a reconnection): consumers apply them idempotently. The default answers
+    /// [`QueueError::Backend`] (a queue that keeps no such log, e.g. JDBC, whose repository is
+    /// the source itself).
+    async fn replay(&self, stream: Replayable) -> Result<ReplayStream, QueueError> {
+        Err(QueueError::backend("replay", NotReplayable { stream }))
     }
 }
 

@@ -302,6 +302,20 @@ pub trait FlowRepository: Send + Sync {
     async fn find_all(&self, tenant: &str) -> RepoResult<Vec<FlowRecord>>;
     /// Distinct namespaces of non-deleted flows, sorted.
     async fn distinct_namespaces(&self, tenant: &str) -> RepoResult<Vec<String>>;
+    /// Store a revision exactly as published on the flow topic (revision, deletion flag and date
+    /// kept): the indexer's write where flows travel through the queue
+    /// ([`QueueCapabilities::repository_in_unit`](crate::queue::QueueCapabilities) false).
+    /// Idempotent: a revision already stored is left as it is. The default refuses (a repository
+    /// that only ever serves a queue writing it in its units, e.g. JDBC with its own queue).
+    async fn put_revision(&self, record: &FlowRecord) -> RepoResult<()> {
+        Err(RepositoryError::backend(
+            "put flow revision",
+            std::io::Error::other(format!(
+                "this flow repository cannot store the published revision {} of {}.{}",
+                record.revision, record.namespace, record.id
+            )),
+        ))
+    }
 }
 
 /// Execution search criteria.

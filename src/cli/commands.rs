@@ -568,6 +568,100 @@ pub async fn purge_queue(config: Option<PathBuf>) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The options of a Kafka deployment named on the command line.
+#[cfg(feature = "kafka")]
+fn kafka_options(brokers: String, prefix: String) -> kestra::kafka::KafkaOptions {
+    kestra::kafka::KafkaOptions::new(brokers).with_prefix(prefix)
+}
+
+/// `kestra sys purge-queue --kafka-brokers ...`: the Kafka form (see the command's help).
+#[cfg(feature = "kafka")]
+pub async fn purge_kafka_queue(
+    brokers: String,
+    prefix: String,
+    all: bool,
+) -> Result<ExitCode, String> {
+    use kestra::kafka::admin::{PurgeScope, purge};
+    let scope = if all {
+        PurgeScope::All
+    } else {
+        PurgeScope::Consumed
+    };
+    let options = kafka_options(brokers, prefix);
+    let report = purge(&options, scope)
+        .await
+        .map_err(|e| format!("cannot purge the Kafka queue: {e}"))?;
+    println!("{report}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kestra sys purge-queue --kafka-brokers ...` in a build without Kafka.
+#[cfg(not(feature = "kafka"))]
+pub async fn purge_kafka_queue(_: String, _: String, _: bool) -> Result<ExitCode, String> {
+    Err("this kestra was built without the `kafka` feature: no Kafka queue to purge".into())
+}
+
+/// `kestra sys dead-letters`: list (table or JSON) or count the dead letters of a Kafka queue.
+#[cfg(feature = "kafka")]
+pub async fn dead_letters(
+    brokers: String,
+    prefix: String,
+    count: bool,
+    limit: usize,
+    json: bool,
+) -> Result<ExitCode, String> {
+    use kestra::kafka::admin::{count_dead_letters, dead_letters};
+    let options = kafka_options(brokers, prefix);
+    if count {
+        let n = count_dead_letters(&options)
+            .await
+            .map_err(|e| format!("cannot count the dead letters: {e}"))?;
+        println!("{n}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let letters = dead_letters(&options, limit)
+        .await
+        .map_err(|e| format!("cannot read the dead letters: {e}"))?;
+    if json {
+        let text = serde_json::to_string_pretty(&letters)
+            .map_err(|e| format!("cannot encode the dead letters: {e}"))?;
+        println!("{text}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if letters.is_empty() {
+        println!("no dead letter in {}", options.dead_letter_topic());
+        return Ok(ExitCode::SUCCESS);
+    }
+    for d in &letters {
+        let or = |v: &Option<String>| v.clone().unwrap_or_else(|| "?".into());
+        println!(
+            "{}/{}  from {} ({}) by {}: {}\n  key {}: {}",
+            d.partition,
+            d.offset,
+            or(&d.origin_topic),
+            or(&d.origin),
+            or(&d.group),
+            or(&d.reason),
+            d.key,
+            d.payload
+        );
+    }
+    println!("{} dead letters shown", letters.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kestra sys dead-letters` in a build without Kafka.
+#[cfg(not(feature = "kafka"))]
+pub async fn dead_letters(
+    _: String,
+    _: String,
+    _: bool,
+    _: usize,
+    _: bool,
+) -> Result<ExitCode, String> {
+    Err("this kestra was built without the `kafka` feature: no Kafka dead letters".into())
+}
+
 /// `kestra sys services`: the service instances of the repository (what the indexer saw on the
 /// liveness topic), a table sorted by type then start, or JSON.
 pub async fn services(config: Option<PathBuf>, json: bool) -> Result<ExitCode, String> {

@@ -156,14 +156,53 @@ pub enum ServerCommand {
 /// `kestra sys ...`
 #[derive(Debug, Subcommand)]
 pub enum SysCommand {
-    /// Offline queue maintenance: delete dead letters and expired broadcast rows, compact. Works
-    /// without starting the engine.
+    /// Offline queue maintenance. JDBC: delete dead letters and expired broadcast rows, compact.
+    /// Kafka (`--kafka-brokers`): delete the records of the message topics that every consumer
+    /// group of the deployment has committed past (flows, executor and trigger state and dead
+    /// letters are kept), or with `--all` every record of the message topics and the dead letters
+    /// (stop every instance first); prints what it deleted per topic. Works without starting the
+    /// engine.
     #[command(after_help = "Examples:
-  kestra sys purge-queue -c application.yml")]
+  kestra sys purge-queue -c application.yml
+  kestra sys purge-queue --kafka-brokers 127.0.0.1:9092
+  kestra sys purge-queue --kafka-brokers 127.0.0.1:9092 --kafka-prefix kestra_ --all")]
     PurgeQueue {
         /// Configuration file.
         #[arg(short, long, env = "KESTRA_CONFIG")]
         config: Option<PathBuf>,
+        /// Kafka form: the bootstrap servers of the deployment's Kafka queue.
+        #[arg(long, env = "KESTRA_KAFKA_BROKERS")]
+        kafka_brokers: Option<String>,
+        /// Kafka form: the topic prefix of the deployment.
+        #[arg(long, default_value = "kestra_", requires = "kafka_brokers")]
+        kafka_prefix: String,
+        /// Kafka form: delete every record of the message topics and the dead letters, consumed
+        /// or not.
+        #[arg(long, requires = "kafka_brokers")]
+        all: bool,
+    },
+    /// The dead letters of a Kafka queue (messages a consumer could not decode): origin topic,
+    /// consumer group, original partition/offset, reason, key and payload; or only their count.
+    #[command(after_help = "Examples:
+  kestra sys dead-letters --kafka-brokers 127.0.0.1:9092
+  kestra sys dead-letters --kafka-brokers 127.0.0.1:9092 --count
+  kestra sys dead-letters --kafka-brokers 127.0.0.1:9092 --json --limit 10")]
+    DeadLetters {
+        /// The bootstrap servers of the deployment's Kafka queue.
+        #[arg(long, env = "KESTRA_KAFKA_BROKERS")]
+        kafka_brokers: String,
+        /// The topic prefix of the deployment.
+        #[arg(long, default_value = "kestra_")]
+        kafka_prefix: String,
+        /// Print only how many there are.
+        #[arg(long)]
+        count: bool,
+        /// List at most this many (oldest first per partition).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Print them as a JSON array.
+        #[arg(long)]
+        json: bool,
     },
     /// The service instances the indexer has seen (executors, workers, schedulers, indexers): id,
     /// type, state, host, start and last heartbeat. The executor decides liveness; this shows it.
@@ -290,9 +329,26 @@ pub fn run(cli: Cli) -> ExitCode {
             runtime_then(|| crate::cli::commands::flow_test(args, global))
         }
         Command::Server(cmd) => runtime_then(|| crate::cli::commands::server(cmd)),
-        Command::Sys(SysCommand::PurgeQueue { config }) => {
-            runtime_then(|| crate::cli::commands::purge_queue(config))
-        }
+        Command::Sys(SysCommand::PurgeQueue {
+            config,
+            kafka_brokers,
+            kafka_prefix,
+            all,
+        }) => match kafka_brokers {
+            Some(brokers) => {
+                runtime_then(|| crate::cli::commands::purge_kafka_queue(brokers, kafka_prefix, all))
+            }
+            None => runtime_then(|| crate::cli::commands::purge_queue(config)),
+        },
+        Command::Sys(SysCommand::DeadLetters {
+            kafka_brokers,
+            kafka_prefix,
+            count,
+            limit,
+            json,
+        }) => runtime_then(|| {
+            crate::cli::commands::dead_letters(kafka_brokers, kafka_prefix, count, limit, json)
+        }),
         Command::Sys(SysCommand::Services { config, json }) => {
             runtime_then(|| crate::cli::commands::services(config, json))
         }

@@ -4,7 +4,12 @@
 //! changes and tombstones of [`Topic::ExecutionChange`] into the execution repository (published
 //! only by a queue whose units do not write the repository themselves, e.g. Kafka: see
 //! [`QueueCapabilities::repository_in_unit`](crate::queue::QueueCapabilities)).
-//! (With Kafka + Elasticsearch it will also index flows and triggers.)
+//! Where the queue's units do not write the repository, it also follows the queue's replayable
+//! logs ([`Queue::replay`]): flow revisions into the flow repository
+//! ([`FlowRepository::put_revision`]) and trigger states into the trigger repository, so that
+//! the executor, the worker and the scheduler never write the repository. Both are replayed from
+//! the start at each start of the indexer and applied idempotently; a record the repository
+//! refuses (down) is retried until it is stored, in order.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,11 +19,14 @@ use tracing::{error, warn};
 
 use crate::liveness::{Heartbeat, LivenessConfig, LivenessMessage};
 use crate::messages::ExecutionChange;
+use crate::model::TriggerState;
 use crate::model::{LogEntry, MetricEntry, ServiceInstance, ServiceState, ServiceType};
-use crate::queue::{ConsumerGroup, Delivery, DeliveryTag, Queue, QueueError, Topic};
+use crate::queue::{
+    ConsumerGroup, Delivery, DeliveryTag, Queue, QueueError, Replayable, Replayed, Topic,
+};
 use crate::repository::{
-    ExecutionRepository, LogRepository, MetricRepository, Repositories, RepositoryError,
-    ServiceInstanceRepository,
+    ExecutionRepository, FlowRecord, FlowRepository, LogRepository, MetricRepository, Repositories,
+    RepositoryError, ServiceInstanceRepository, TriggerRepository,
 };
 
 /// Batch size and wait of the indexer loops.
@@ -52,6 +60,8 @@ pub struct IndexerService {
     logs: Arc<dyn LogRepository>,
     metrics: Arc<dyn MetricRepository>,
     services: Arc<dyn ServiceInstanceRepository>,
+    flows: Arc<dyn FlowRepository>,
+    triggers: Arc<dyn TriggerRepository>,
     config: IndexerConfig,
 }
 
@@ -72,6 +82,8 @@ impl IndexerService {
             logs: repositories.logs.clone(),
             metrics: repositories.metrics.clone(),
             services: repositories.services.clone(),
+            flows: repositories.flows.clone(),
+            triggers: repositories.triggers.clone(),
             config,
         }
     }
@@ -104,10 +116,123 @@ impl IndexerService {
         // loop finds nothing.
         let executions = {
             let this = this.clone();
+            let shutdown = shutdown.clone();
             tokio::spawn(async move { this.run_topic(Topic::ExecutionChange, shutdown).await })
         };
+        // Flows and trigger states: only where they travel through the queue alone.
+        let mut replays = Vec::new();
+        if !this.queue.capabilities().repository_in_unit {
+            for stream in [Replayable::Flows, Replayable::TriggerStates] {
+                let this = this.clone();
+                let shutdown = shutdown.clone();
+                replays.push(tokio::spawn(async move {
+                    this.run_replay(stream, shutdown).await
+                }));
+            }
+        }
         let _ = tokio::join!(logs, metrics, services, executions);
+        for r in replays {
+            let _ = r.await;
+        }
         heartbeat.stop().await;
+    }
+
+    /// Follow a replayable log into its repository until `shutdown`. A queue that keeps no such
+    /// log (the in-memory queue's trigger states) ends the loop with a note.
+    async fn run_replay(&self, stream: Replayable, shutdown: CancellationToken) {
+        use futures::StreamExt;
+        let mut pause = Duration::from_millis(100);
+        while !shutdown.is_cancelled() {
+            let mut records = match self.queue.replay(stream).await {
+                Ok(r) => r,
+                Err(e) if crate::queue::NotReplayable::is(&e) => {
+                    tracing::info!(%stream, "not indexed: {e}");
+                    return;
+                }
+                Err(e) => {
+                    error!(%stream, error = %e, "indexer cannot replay; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            loop {
+                let next = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    next = records.next() => next,
+                };
+                match next {
+                    Some(Ok(Replayed::CaughtUp)) => {
+                        pause = Duration::from_millis(100);
+                        tracing::debug!(%stream, "indexer caught up");
+                    }
+                    Some(Ok(Replayed::Record { key, payload })) => {
+                        // In order: a record is retried until the repository takes it.
+                        let mut wait = Duration::from_millis(100);
+                        loop {
+                            match self.apply_replayed(stream, &key, payload.as_deref()).await {
+                                Ok(()) => break,
+                                Err(e) => {
+                                    warn!(%stream, %key, error = %e, "indexing failed; retrying");
+                                    tokio::select! {
+                                        _ = shutdown.cancelled() => return,
+                                        _ = tokio::time::sleep(wait) => {}
+                                    }
+                                    wait = (wait * 2).min(Duration::from_secs(5));
+                                }
+                            }
+                        }
+                    }
+                    Some(Err(e)) => {
+                        error!(%stream, error = %e, "indexer replay broke; starting it again");
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+
+    /// Store one replayed record; a malformed one is skipped with a warning (a log record cannot
+    /// be dead-lettered: it stays in the compacted topic).
+    async fn apply_replayed(
+        &self,
+        stream: Replayable,
+        key: &str,
+        payload: Option<&[u8]>,
+    ) -> Result<(), RepositoryError> {
+        match (stream, payload) {
+            (Replayable::Flows, Some(payload)) => {
+                match serde_json::from_slice::<FlowRecord>(payload) {
+                    Ok(record) => self.flows.put_revision(&record).await,
+                    Err(e) => {
+                        warn!(%key, error = %e, "malformed flow record not indexed");
+                        Ok(())
+                    }
+                }
+            }
+            (Replayable::Flows, None) => Ok(()),
+            (Replayable::TriggerStates, Some(payload)) => {
+                match serde_json::from_slice::<TriggerState>(payload) {
+                    Ok(state) => self.triggers.save(&state).await,
+                    Err(e) => {
+                        warn!(%key, error = %e, "malformed trigger state not indexed");
+                        Ok(())
+                    }
+                }
+            }
+            (Replayable::TriggerStates, None) => match self.triggers.delete(key).await {
+                Err(RepositoryError::NotFound { .. }) => Ok(()),
+                other => other,
+            },
+        }
     }
 
     async fn run_topic(&self, topic: Topic, shutdown: CancellationToken) {

@@ -37,7 +37,9 @@ use crate::model::execution::system_labels;
 use crate::model::{Execution, Label};
 use crate::queue::{Queue, QueueError};
 use crate::repository::{FlowRecord, Repositories, RepositoryError, SaveOutcome};
-use crate::runtime::flows::{FlowCache, FlowSource, RepositoryFlowSource, flow_envelope};
+use crate::runtime::flows::{
+    FlowCache, FlowSource, FlowStore, RepositoryFlowSource, flow_envelope, follow_flows,
+};
 use crate::scheduler::{SchedulerConfig, SchedulerService, SystemClock};
 use crate::storage::InternalStorage;
 use crate::worker::{RunnerRegistry, Worker, WorkerConfig};
@@ -163,9 +165,11 @@ pub struct EngineBuilder {
 }
 
 impl EngineBuilder {
-    /// Where the executor and the scheduler read flows (default: a [`RepositoryFlowSource`] over
-    /// the repositories' flows, right for JDBC, where they are the queue backend's database). With a
-    /// source that does not read the repository, the scheduler runs without it.
+    /// Where the executor and the scheduler read flows. Default: a [`RepositoryFlowSource`] over
+    /// the repositories' flows where the queue's units write the repository (JDBC, where they are
+    /// the queue backend's database); otherwise (Kafka, in-memory) the engine's [`FlowStore`]
+    /// replayed from the flow topic, so that nothing in the orchestration path reads the
+    /// repository. With a source that does not read the repository, the scheduler runs without it.
     pub fn flow_source(mut self, source: Arc<dyn FlowSource>) -> Self {
         self.flow_source = Some(source);
         self
@@ -217,9 +221,16 @@ impl EngineBuilder {
         let expr = Arc::new(ExpressionEngine::new(self.expression));
         let shutdown = CancellationToken::new();
         let mut tasks: Vec<(&'static str, JoinHandle<()>)> = Vec::new();
-        let flow_source = self.flow_source.unwrap_or_else(|| {
-            Arc::new(RepositoryFlowSource::new(self.repositories.flows.clone()))
-        });
+        // Where the queue's units do not write the repository, flows travel through the queue
+        // alone: the engine follows the flow topic into its own store (deploys, executions and,
+        // by default, the executor and the scheduler read it).
+        let flow_store = (!self.queue.capabilities().repository_in_unit)
+            .then(|| Arc::new(FlowStore::replaying()));
+        let flow_source: Arc<dyn FlowSource> = match (self.flow_source, &flow_store) {
+            (Some(source), _) => source,
+            (None, Some(store)) => store.clone(),
+            (None, None) => Arc::new(RepositoryFlowSource::new(self.repositories.flows.clone())),
+        };
         let mut executor_flows = None;
         if self.components.executor {
             let flows = Arc::new(FlowCache::new(flow_source.clone(), registry.clone()));
@@ -228,6 +239,22 @@ impl EngineBuilder {
                 ExecutorService::new(self.queue.clone(), flows, expr.clone(), self.executor);
             let token = shutdown.clone();
             tasks.push(("executor", tokio::spawn(service.run(token))));
+        }
+        if let Some(store) = &flow_store {
+            let on_change: Option<Arc<dyn Fn() + Send + Sync>> =
+                executor_flows.clone().map(|flows| {
+                    Arc::new(move || flows.invalidate_trigger_flows())
+                        as Arc<dyn Fn() + Send + Sync>
+                });
+            tasks.push((
+                "flows",
+                tokio::spawn(follow_flows(
+                    self.queue.clone(),
+                    store.clone(),
+                    on_change,
+                    shutdown.clone(),
+                )),
+            ));
         }
         let worker_shutdown = CancellationToken::new();
         if self.components.worker {
@@ -269,6 +296,7 @@ impl EngineBuilder {
             expr,
             executor_flows,
             flow_source,
+            flow_store,
             shutdown,
             worker_shutdown,
             scheduler_shutdown,
@@ -322,6 +350,9 @@ pub struct Engine {
     executor_flows: Option<Arc<FlowCache>>,
     /// Where flows are read (backfills).
     flow_source: Arc<dyn FlowSource>,
+    /// The store replayed from the flow topic where the queue's units do not write the
+    /// repository: deploys and new executions use it instead of the repository.
+    flow_store: Option<Arc<FlowStore>>,
     shutdown: CancellationToken,
     worker_shutdown: CancellationToken,
     scheduler_shutdown: CancellationToken,
@@ -387,7 +418,29 @@ impl Engine {
             deleted: false,
             updated: Utc::now(),
         };
-        let (stored, outcome) = self.repositories.flows.save(record).await?;
+        let (stored, outcome) = match &self.flow_store {
+            Some(store) => {
+                let store = self.caught_up_store(store).await?;
+                let latest =
+                    store.latest_revision(&record.tenant_id, &record.namespace, &record.id);
+                match latest {
+                    Some(l) if !l.deleted && l.source == record.source => {
+                        (l, SaveOutcome::Unchanged)
+                    }
+                    latest => {
+                        let outcome = if latest.is_some() {
+                            SaveOutcome::Updated
+                        } else {
+                            SaveOutcome::Created
+                        };
+                        let mut record = record;
+                        record.revision = latest.map_or(1, |l| l.revision + 1);
+                        (record, outcome)
+                    }
+                }
+            }
+            None => self.repositories.flows.save(record).await?,
+        };
         if outcome != SaveOutcome::Unchanged {
             // This process's executor sees the change at once (a Flow trigger on the new flow
             // fires for an execution that ends right after the deploy returns).
@@ -395,8 +448,13 @@ impl Engine {
                 flows.invalidate_trigger_flows();
             }
             // Publish the stored revision on the flow topic: flow sources fed by it learn the
-            // flow, executors' caches of flows with triggers are invalidated.
+            // flow, executors' caches of flows with triggers are invalidated. Without a
+            // repository in the queue's units the topic is the flow's only record (the indexer
+            // copies it into the repository); this engine's store learns it at once.
             self.queue.publish(vec![flow_envelope(&stored)?]).await?;
+            if let Some(store) = &self.flow_store {
+                store.apply(stored.clone());
+            }
         }
         let mut flow = flow;
         flow.revision = Some(stored.revision);
@@ -407,16 +465,57 @@ impl Engine {
     /// deletion is published on the flow topic, so that flow sources and caches forget the flow.
     /// Errors with [`RepositoryError::NotFound`] when there is no such flow.
     pub async fn delete_flow(&self, namespace: &str, id: &str) -> Result<FlowRecord, EngineError> {
-        let record = self
-            .repositories
-            .flows
-            .delete(crate::model::DEFAULT_TENANT, namespace, id)
-            .await?;
+        let tenant = crate::model::DEFAULT_TENANT;
+        let record = match &self.flow_store {
+            Some(store) => {
+                let store = self.caught_up_store(store).await?;
+                let Some(mut latest) = store
+                    .latest_revision(tenant, namespace, id)
+                    .filter(|l| !l.deleted)
+                else {
+                    return Err(RepositoryError::NotFound {
+                        entity: "flow",
+                        id: id.to_string(),
+                    }
+                    .into());
+                };
+                latest.revision += 1;
+                latest.deleted = true;
+                latest.updated = Utc::now();
+                latest
+            }
+            None => {
+                self.repositories
+                    .flows
+                    .delete(tenant, namespace, id)
+                    .await?
+            }
+        };
         if let Some(flows) = &self.executor_flows {
             flows.invalidate_trigger_flows();
         }
         self.queue.publish(vec![flow_envelope(&record)?]).await?;
+        if let Some(store) = &self.flow_store {
+            store.apply(record.clone());
+        }
         Ok(record)
+    }
+
+    /// The engine's flow store once it has caught up with the flow topic (waits up to 30 s).
+    async fn caught_up_store<'a>(
+        &self,
+        store: &'a Arc<FlowStore>,
+    ) -> Result<&'a FlowStore, EngineError> {
+        if store.wait_caught_up(Duration::from_secs(30)).await {
+            return Ok(store);
+        }
+        Err(RepositoryError::backend(
+            "read the flow store",
+            std::io::Error::other(
+                "the flow store did not catch up with the flow topic within 30 s (queue down?)",
+            ),
+        )
+        .into())
     }
 
     /// Create an execution of the latest revision of a flow with raw inputs, and queue it.
@@ -474,15 +573,25 @@ impl Engine {
         flow_id: &str,
         revision: Option<i32>,
     ) -> Result<(Flow, Execution), EngineError> {
-        let record = self
-            .repositories
-            .flows
-            .find(crate::model::DEFAULT_TENANT, namespace, flow_id, revision)
-            .await?
-            .ok_or_else(|| EngineError::FlowNotFound {
-                namespace: namespace.to_string(),
-                id: flow_id.to_string(),
-            })?;
+        let tenant = crate::model::DEFAULT_TENANT;
+        let found = match &self.flow_store {
+            Some(store) => {
+                self.caught_up_store(store)
+                    .await?
+                    .find(tenant, namespace, flow_id, revision)
+                    .await?
+            }
+            None => {
+                self.repositories
+                    .flows
+                    .find(tenant, namespace, flow_id, revision)
+                    .await?
+            }
+        };
+        let record = found.ok_or_else(|| EngineError::FlowNotFound {
+            namespace: namespace.to_string(),
+            id: flow_id.to_string(),
+        })?;
         let flow: Flow = serde_json::from_value(record.flow.clone())?;
         if flow.disabled {
             return Err(EngineError::FlowDisabled {

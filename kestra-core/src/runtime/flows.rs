@@ -42,7 +42,7 @@ use crate::executor::FlowIndex;
 use crate::flow::defaults::apply_plugin_defaults;
 use crate::flow::model::Flow;
 use crate::flow::registry::TaskRegistry;
-use crate::queue::{Envelope, QueueError, Topic};
+use crate::queue::{Envelope, Queue, QueueError, Replayable, Replayed, Topic};
 use crate::repository::{FlowRecord, FlowRepository, RepositoryError};
 
 /// Where the executor and the scheduler get flows from. See the module documentation for the
@@ -129,15 +129,72 @@ type FlowId = (String, String, String);
 /// idempotent and order-insensitive (the latest revision is the highest one applied), and it
 /// answers as the repository does: a flow whose latest revision is a deletion is not found, in
 /// any revision.
-#[derive(Default)]
 pub struct FlowStore {
     flows: RwLock<HashMap<FlowId, BTreeMap<i32, FlowRecord>>>,
+    /// Whether the store has caught up with the flow topic (contract point 2): until then
+    /// [`FlowSource`] calls answer a transient error.
+    caught_up: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for FlowStore {
+    fn default() -> Self {
+        FlowStore {
+            flows: RwLock::default(),
+            caught_up: tokio::sync::watch::Sender::new(true),
+        }
+    }
 }
 
 impl FlowStore {
-    /// An empty store.
+    /// An empty store that serves at once (filled by hand with [`FlowStore::apply`]).
     pub fn new() -> Self {
         FlowStore::default()
+    }
+
+    /// An empty store that answers a transient error until [`FlowStore::mark_caught_up`]: the
+    /// store [`follow_flows`] replays the flow topic into.
+    pub fn replaying() -> Self {
+        FlowStore {
+            flows: RwLock::default(),
+            caught_up: tokio::sync::watch::Sender::new(false),
+        }
+    }
+
+    /// The replay reached what was published before it started: serve from now on.
+    pub fn mark_caught_up(&self) {
+        self.caught_up.send_replace(true);
+    }
+
+    /// Whether the store serves (caught up with the flow topic).
+    pub fn is_caught_up(&self) -> bool {
+        *self.caught_up.borrow()
+    }
+
+    /// Wait until the store serves, at most `timeout`; false if it did not catch up in time.
+    pub async fn wait_caught_up(&self, timeout: std::time::Duration) -> bool {
+        let mut rx = self.caught_up.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|ready| *ready))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    fn check_caught_up(&self) -> Result<(), RepositoryError> {
+        if self.is_caught_up() {
+            return Ok(());
+        }
+        Err(RepositoryError::backend(
+            "read the flow store",
+            std::io::Error::other("the flow store has not caught up with the flow topic yet"),
+        ))
+    }
+
+    /// The highest revision of a flow seen on the topic, a deletion included (what the next
+    /// revision follows).
+    pub fn latest_revision(&self, tenant: &str, namespace: &str, id: &str) -> Option<FlowRecord> {
+        let flows = self.flows.read().unwrap_or_else(|e| e.into_inner());
+        flows
+            .get(&(tenant.to_string(), namespace.to_string(), id.to_string()))
+            .and_then(|revisions| revisions.values().next_back().cloned())
     }
 
     /// Record a revision read from the flow topic (a redelivered one replaces itself).
@@ -161,6 +218,7 @@ impl FlowSource for FlowStore {
         id: &str,
         revision: Option<i32>,
     ) -> Result<Option<FlowRecord>, RepositoryError> {
+        self.check_caught_up()?;
         let flows = self.flows.read().unwrap_or_else(|e| e.into_inner());
         let key = (tenant.to_string(), namespace.to_string(), id.to_string());
         let Some(revisions) = flows.get(&key) else {
@@ -177,6 +235,7 @@ impl FlowSource for FlowStore {
     }
 
     async fn find_all(&self, tenant: &str) -> Result<Vec<FlowRecord>, RepositoryError> {
+        self.check_caught_up()?;
         let flows = self.flows.read().unwrap_or_else(|e| e.into_inner());
         let mut out: Vec<FlowRecord> = flows
             .iter()
@@ -187,6 +246,72 @@ impl FlowSource for FlowStore {
             .collect();
         out.sort_by(|a, b| (&a.namespace, &a.id).cmp(&(&b.namespace, &b.id)));
         Ok(out)
+    }
+}
+
+/// Replay the flow topic into `store` and follow it until `shutdown` ([`Queue::replay`] of
+/// [`Replayable::Flows`]): the store serves once the replay caught up. A broken replay (broker
+/// down) is started again after a pause; records are applied idempotently. `on_change` is called
+/// for each record applied after the catch-up (the executor's cache of flows with triggers is
+/// invalidated with it).
+pub async fn follow_flows(
+    queue: Arc<dyn Queue>,
+    store: Arc<FlowStore>,
+    on_change: Option<Arc<dyn Fn() + Send + Sync>>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    use futures::StreamExt;
+    let mut pause = std::time::Duration::from_millis(100);
+    while !shutdown.is_cancelled() {
+        let mut stream = match queue.replay(Replayable::Flows).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot replay the flow topic; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(pause) => {}
+                }
+                pause = (pause * 2).min(std::time::Duration::from_secs(5));
+                continue;
+            }
+        };
+        loop {
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                next = stream.next() => next,
+            };
+            match next {
+                Some(Ok(Replayed::CaughtUp)) => {
+                    pause = std::time::Duration::from_millis(100);
+                    store.mark_caught_up();
+                    tracing::debug!("flow store caught up with the flow topic");
+                }
+                Some(Ok(Replayed::Record {
+                    key,
+                    payload: Some(payload),
+                })) => match serde_json::from_slice::<FlowRecord>(&payload) {
+                    Ok(record) => {
+                        store.apply(record);
+                        if store.is_caught_up()
+                            && let Some(f) = &on_change
+                        {
+                            f();
+                        }
+                    }
+                    Err(e) => tracing::warn!(%key, error = %e, "malformed flow record ignored"),
+                },
+                Some(Ok(Replayed::Record { payload: None, .. })) => {}
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "flow topic replay failed; starting it again");
+                    break;
+                }
+                None => break,
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
     }
 }
 

@@ -2281,6 +2281,15 @@ impl Queue for FencingQueue {
     async fn subscribe(&self, topic: Topic) -> Result<Subscription, QueueError> {
         self.inner.subscribe(topic).await
     }
+    async fn replay(
+        &self,
+        stream: crate::queue::Replayable,
+    ) -> Result<crate::queue::ReplayStream, QueueError> {
+        self.inner.replay(stream).await
+    }
+    async fn begin_triggers(&self) -> Result<Box<dyn crate::queue::TriggerUnit>, QueueError> {
+        self.inner.begin_triggers().await
+    }
     async fn begin(
         &self,
         group: ConsumerGroup,

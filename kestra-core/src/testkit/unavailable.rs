@@ -81,6 +81,9 @@ impl FlowRepository for Unavailable {
     async fn distinct_namespaces(&self, _: &str) -> RepoResult<Vec<String>> {
         self.fail("list namespaces")
     }
+    async fn put_revision(&self, _: &FlowRecord) -> RepoResult<()> {
+        self.fail("put flow revision")
+    }
 }
 
 #[async_trait]

@@ -11,8 +11,8 @@ use futures::StreamExt;
 use crate::model::Execution;
 use crate::queue::{
     ConsumerGroup, Delivery, DeliveryTag, Envelope, Queue, QueueCapabilities, QueueError, Recorder,
-    Subscription, Topic, UnitOfWork, check_claimed, check_execution_size, check_publish,
-    check_staged,
+    ReplayStream, Replayable, Replayed, Subscription, Topic, UnitOfWork, check_claimed,
+    check_execution_size, check_publish, check_staged,
 };
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -423,6 +423,46 @@ impl Queue for MemoryQueue {
             |mut rx| async move { rx.recv().await.map(|e| (Ok(e), rx)) },
         )
         .boxed())
+    }
+
+    /// Flows only (this queue keeps no trigger state): every flow message published so far, then
+    /// the new ones (snapshot and subscription taken under one lock, so none is missed).
+    async fn replay(&self, stream: Replayable) -> Result<ReplayStream, QueueError> {
+        if stream != Replayable::Flows {
+            return Err(QueueError::backend(
+                "replay",
+                crate::queue::NotReplayable { stream },
+            ));
+        }
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let backlog: Vec<Result<Replayed, QueueError>> = {
+            let mut inner = lock(&self.inner);
+            inner.subscribers.push((Topic::Flow, tx));
+            inner
+                .published
+                .iter()
+                .filter(|e| e.topic == Topic::Flow)
+                .map(|e| {
+                    Ok(Replayed::Record {
+                        key: e.key.clone(),
+                        payload: Some(e.payload.clone()),
+                    })
+                })
+                .chain(std::iter::once(Ok(Replayed::CaughtUp)))
+                .collect()
+        };
+        let follow = futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|e: Envelope| {
+                (
+                    Ok(Replayed::Record {
+                        key: e.key,
+                        payload: Some(e.payload),
+                    }),
+                    rx,
+                )
+            })
+        });
+        Ok(futures::stream::iter(backlog).chain(follow).boxed())
     }
 
     async fn begin(

@@ -144,6 +144,19 @@ impl FlowRepository for Mem {
             .max_by_key(|f| f.revision)
             .cloned())
     }
+    async fn put_revision(&self, record: &FlowRecord) -> RepoResult<()> {
+        let mut flows = lock(&self.flows);
+        let exists = flows.iter().any(|f| {
+            f.tenant_id == record.tenant_id
+                && f.namespace == record.namespace
+                && f.id == record.id
+                && f.revision == record.revision
+        });
+        if !exists {
+            flows.push(record.clone());
+        }
+        Ok(())
+    }
     async fn revisions(&self, tenant: &str, ns: &str, id: &str) -> RepoResult<Vec<FlowRecord>> {
         Ok(lock(&self.flows)
             .iter()
