@@ -46,6 +46,8 @@ async fn repository_conformance() {
     let repos = es.repositories();
     let start = Instant::now();
     suite::run_all(&repos).await;
+    // The indexer feeds flows to Elasticsearch from the flow topic.
+    suite::flow_published_revisions(&repos).await;
     eprintln!(
         "repository conformance on Elasticsearch: whole suite in {:?}",
         start.elapsed()

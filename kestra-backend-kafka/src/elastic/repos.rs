@@ -436,6 +436,25 @@ impl FlowRepository for Repos {
         from_docs("flow", &docs)
     }
 
+    /// The revision document is created once (`op_type=create`: a redelivery finds it and leaves it),
+    /// then the latest-flow document is written with the revision as its external version
+    /// (`external_gte`: an equal revision rewrites it, an older one replayed late is refused), also
+    /// when the revision existed already (a replay after a put that stopped between the two writes).
+    async fn put_revision(&self, record: &FlowRecord) -> RepoResult<()> {
+        if !self.store_revision(record).await? {
+            let version = record.revision.max(0).to_string();
+            self.put(
+                "store the latest flow revision",
+                &self.inner.idx.flows,
+                &Self::flow_key(&record.tenant_id, &record.namespace, &record.id),
+                Self::flow_doc(record)?,
+                &[("version", &version), ("version_type", "external_gte")],
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
     async fn delete(&self, tenant: &str, ns: &str, id: &str) -> RepoResult<FlowRecord> {
         for _ in 0..FLOW_SAVE_ATTEMPTS {
             let Some(mut l) = self

@@ -1693,6 +1693,94 @@ pub async fn service_instances(repos: &Repositories) {
     ok(services.delete(&id2).await, "delete");
 }
 
+/// Published flow revisions ([`FlowRepository::put_revision`](crate::repository::FlowRepository::put_revision)),
+/// for the repositories an indexer feeds from the flow topic (not in [`run_all`]: a repository written
+/// only by its own queue's units, JDBC, refuses them). Each revision is stored as published (revision,
+/// date, deletion kept); a revision delivered again changes nothing; a revision replayed out of order
+/// never replaces a newer one as the latest; a published deletion hides the flow from lookups and
+/// searches while its history stays.
+pub async fn flow_published_revisions(repos: &Repositories) {
+    let flows = &*repos.flows;
+    let tn = tenant("flow-published");
+    let (ns, id) = ("company.published", "replayed");
+    let mut v1 = flow(&tn, ns, id, "first", "v1", &[]);
+    v1.revision = 1;
+    v1.updated = t(10);
+    let mut v2 = flow(&tn, ns, id, "second", "v2", &[]);
+    v2.revision = 2;
+    v2.updated = t(20);
+
+    ok(flows.put_revision(&v2).await, "put revision 2 first");
+    ok(
+        flows.put_revision(&v1).await,
+        "put revision 1 after 2 (a replay out of order)",
+    );
+    let latest =
+        ok(flows.find(&tn, ns, id, None).await, "find the latest").expect("the flow exists");
+    assert_eq!(
+        latest.revision, 2,
+        "an older revision put later is not the latest"
+    );
+    assert_eq!(
+        latest.source, v2.source,
+        "the latest has revision 2's source"
+    );
+    assert_eq!(latest.updated, t(20), "the published date is kept");
+    let first = ok(flows.find(&tn, ns, id, Some(1)).await, "find revision 1").expect("revision 1");
+    assert_eq!(first.source, v1.source, "revision 1 is stored as published");
+
+    // Delivered again: nothing changes, nothing is doubled.
+    ok(flows.put_revision(&v2).await, "put revision 2 again");
+    ok(flows.put_revision(&v1).await, "put revision 1 again");
+    let revisions = ok(flows.revisions(&tn, ns, id).await, "revisions");
+    assert_eq!(
+        revisions.iter().map(|r| r.revision).collect::<Vec<_>>(),
+        vec![1, 2],
+        "each published revision stored once"
+    );
+
+    // A published deletion: lookups and searches miss the flow, its history stays.
+    let mut gone = v2.clone();
+    gone.revision = 3;
+    gone.deleted = true;
+    gone.updated = t(30);
+    ok(flows.put_revision(&gone).await, "put the deletion");
+    assert!(
+        ok(
+            flows.find(&tn, ns, id, None).await,
+            "find after the deletion"
+        )
+        .is_none(),
+        "a published deletion hides the flow"
+    );
+    let listed = ok(
+        flows
+            .search(
+                &FlowQuery {
+                    tenant_id: Some(tn.clone()),
+                    ..FlowQuery::default()
+                },
+                &Pageable::default(),
+            )
+            .await,
+        "search after the deletion",
+    );
+    assert!(
+        listed.results.is_empty(),
+        "a deleted flow is not searched: {:?}",
+        flow_ids(&listed)
+    );
+    let revisions = ok(
+        flows.revisions(&tn, ns, id).await,
+        "revisions after the deletion",
+    );
+    assert_eq!(
+        revisions.iter().map(|r| r.revision).collect::<Vec<_>>(),
+        vec![1, 2, 3],
+        "the history keeps every revision"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------------
 // everything
 
@@ -1725,5 +1813,6 @@ mod tests {
         run_all(&repos).await;
         // A shared store: running everything again must pass too.
         run_all(&repos).await;
+        flow_published_revisions(&repos).await;
     }
 }

@@ -158,11 +158,14 @@ impl FlowRepository for Mem {
         Ok(())
     }
     async fn revisions(&self, tenant: &str, ns: &str, id: &str) -> RepoResult<Vec<FlowRecord>> {
-        Ok(lock(&self.flows)
+        let mut revisions: Vec<FlowRecord> = lock(&self.flows)
             .iter()
             .filter(|f| f.tenant_id == tenant && f.namespace == ns && f.id == id)
             .cloned()
-            .collect())
+            .collect();
+        // Published revisions may arrive out of order; the list is by revision.
+        revisions.sort_by_key(|f| f.revision);
+        Ok(revisions)
     }
     async fn delete(&self, tenant: &str, ns: &str, id: &str) -> RepoResult<FlowRecord> {
         let Some(mut l) = self.latest(tenant, ns, id).filter(|l| !l.deleted) else {
