@@ -51,7 +51,12 @@ pub(crate) fn loop_values_by<'e>(
 }
 
 /// Set `target.<task_id>.<keys...>` to `leaf`, creating the objects on the way.
-pub(crate) fn insert_nested(target: &mut Map<String, Value>, task_id: &str, keys: &[String], leaf: Value) {
+pub(crate) fn insert_nested(
+    target: &mut Map<String, Value>,
+    task_id: &str,
+    keys: &[String],
+    leaf: Value,
+) {
     if keys.is_empty() {
         target.insert(task_id.to_string(), leaf);
         return;

@@ -39,7 +39,6 @@ use crate::executor::context::{
 use crate::executor::for_each_item as for_each_item_types;
 use crate::executor::index::{FlowIndex, Flowable, Group, NodeKind, Slot, types};
 use crate::executor::subflow::SubflowRequest;
-use lookup::RunIndex;
 use crate::expression::ExpressionEngine;
 use crate::flow::model::{InputType, Retry, RetryType};
 use crate::flow::property::{Property, is_expression};
@@ -47,6 +46,7 @@ use crate::messages::{Delay, ExecutionCommand, ExecutorEvent, WorkerTask, Worker
 use crate::model::execution::system_labels;
 use crate::model::id::encode_base62;
 use crate::model::{Execution, Label, Level, LogEntry, State, StateType, TaskRun, TaskRunAttempt};
+use lookup::RunIndex;
 
 /// Seconds between repeated kill signals while an execution is KILLING.
 pub const KILL_REPEAT_SECS: i64 = 5;
@@ -1131,7 +1131,9 @@ impl Run<'_> {
                 group,
             } => {
                 // The chosen value is rendered once and kept in the Switch's outputs.
-                let chosen = match lookup::task_run(&self.exec, &self.runs, run_id).and_then(|r| r.outputs.clone()) {
+                let chosen = match lookup::task_run(&self.exec, &self.runs, run_id)
+                    .and_then(|r| r.outputs.clone())
+                {
                     Some(o) => o,
                     None => {
                         let ctx = self.context_for(run_id);

@@ -545,8 +545,7 @@ impl ExecutorService {
                 let previous_history = current.map_or(0, |c| c.state.histories().len());
                 // `process` takes the execution and gives it back (changed or not) in its outcome.
                 let taken = executions.get_mut(&id).and_then(Option::take);
-                if let Some(outcome) = process(&index, &self.expr, Utc::now(), taken, &event)
-                {
+                if let Some(outcome) = process(&index, &self.expr, Utc::now(), taken, &event) {
                     if let Some(reason) = &outcome.ignored {
                         debug!(%reason, "event ignored");
                     }

@@ -125,7 +125,12 @@ impl RunIndex {
     }
 
     /// Whether a task run has this parent and value (any task, any iteration).
-    pub(super) fn has_value(&self, list: &[TaskRun], parent: Option<&str>, value: Option<&str>) -> bool {
+    pub(super) fn has_value(
+        &self,
+        list: &[TaskRun],
+        parent: Option<&str>,
+        value: Option<&str>,
+    ) -> bool {
         let p = self.synced(list);
         p.by_value
             .get(&value_hash(parent, value))
