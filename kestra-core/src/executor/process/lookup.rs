@@ -159,3 +159,68 @@ pub(super) fn task_run_mut<'e>(
     let i = runs.position(&exec.task_run_list, id)?;
     exec.task_run_list.get_mut(i)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(
+        exec: &Execution,
+        id: &str,
+        task: &str,
+        parent: Option<&str>,
+        value: Option<&str>,
+    ) -> TaskRun {
+        let mut r = TaskRun::new(exec, task);
+        r.id = id.to_string();
+        r.parent_task_run_id = parent.map(str::to_string);
+        r.value = value.map(str::to_string);
+        r
+    }
+
+    #[test]
+    fn finds_runs_added_after_the_first_lookup_and_after_a_reset() {
+        let mut exec = Execution::new("ns", "f", 1);
+        let runs = RunIndex::default();
+        exec.task_run_list.push(run(&exec, "a", "each", None, None));
+        assert_eq!(runs.position(&exec.task_run_list, "a"), Some(0));
+        assert_eq!(runs.position(&exec.task_run_list, "b"), None);
+        assert!(!runs.has_value(&exec.task_run_list, Some("a"), Some("1")));
+        // Pushed after the index was built: found on the next lookup.
+        exec.task_run_list
+            .push(run(&exec, "b", "r", Some("a"), Some("1")));
+        exec.task_run_list
+            .push(run(&exec, "c", "r", Some("a"), Some("2")));
+        assert_eq!(
+            task_run(&exec, &runs, "c").map(|r| r.id.as_str()),
+            Some("c")
+        );
+        assert_eq!(
+            runs.find(&exec.task_run_list, "r", Some("a"), Some("2"), None),
+            Some(2)
+        );
+        assert_eq!(
+            runs.find(&exec.task_run_list, "r", Some("a"), Some("3"), None),
+            None
+        );
+        assert_eq!(
+            runs.find(&exec.task_run_list, "r", Some("a"), Some("2"), Some(1)),
+            None
+        );
+        assert!(runs.has_value(&exec.task_run_list, Some("a"), Some("1")));
+        // Removed (as a restart drops errors/finally runs): a reset forgets the positions.
+        exec.task_run_list.remove(1);
+        runs.reset();
+        assert_eq!(runs.position(&exec.task_run_list, "b"), None);
+        assert_eq!(runs.position(&exec.task_run_list, "c"), Some(1));
+        assert!(!runs.has_value(&exec.task_run_list, Some("a"), Some("1")));
+        // Changed in place without a reset: a stale hit is never returned.
+        exec.task_run_list[1].id = "d".into();
+        exec.task_run_list.push(run(&exec, "c", "r", None, None));
+        assert_eq!(runs.position(&exec.task_run_list, "c"), Some(2));
+        if let Some(r) = task_run_mut(&mut exec, &runs, "d") {
+            r.value = Some("9".into());
+        }
+        assert_eq!(exec.task_run_list[1].value.as_deref(), Some("9"));
+    }
+}
