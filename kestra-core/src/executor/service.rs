@@ -502,7 +502,7 @@ impl ExecutorService {
                     .await
                 {
                     Ok(i) => {
-                        self.flow_found(&reference);
+                        self.flow_found(reference);
                         i
                     }
                     // A backend failure is transient: roll the unit back, it is delivered again.
@@ -513,7 +513,7 @@ impl ExecutorService {
                         // Not visible yet (the source may lag behind a deploy): put the event
                         // back, delayed, until the grace period ends.
                         if matches!(e, FlowCacheError::NotFound { .. })
-                            && let Some(delay) = self.wait_for_flow(&reference)
+                            && let Some(delay) = self.wait_for_flow(reference)
                         {
                             debug!(flow = %reference.flow_id, namespace = %reference.namespace,
                                 revision = reference.flow_revision, ?delay,
@@ -524,10 +524,10 @@ impl ExecutorService {
                             outgoing.push(delivery.envelope.clone().delayed_until(at));
                             return Ok(());
                         }
-                        self.flow_found(&reference);
+                        self.flow_found(reference);
                         // The execution cannot run (its flow revision is missing or invalid): fail
                         // it with a visible reason, and tell its parent, if any, that it ended.
-                        if let Some((failed, messages)) = fail_unrunnable(&reference, &e)? {
+                        if let Some((failed, messages)) = fail_unrunnable(reference, &e)? {
                             outgoing.extend(messages);
                             if let Some(event) = TriggerEvent::execution_ended(&failed) {
                                 outgoing.push(event.envelope()?);
