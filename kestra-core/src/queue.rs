@@ -617,6 +617,38 @@ pub fn check_execution_size(
     Ok(())
 }
 
+tokio::task_local! {
+    static WAIT_STOP: tokio_util::sync::CancellationToken;
+}
+
+/// Run `fut` (a consumer's [`Queue::receive`], [`Queue::receive_recorded`] or [`Queue::begin`])
+/// so that its wait for messages ends as soon as `stop` is cancelled, as if `wait` had elapsed: a
+/// component that shuts down does not sit out its poll. Only the wait is cut short, never a claim
+/// in progress (a half-done claim could leave rows locked). Backends that do not look at it
+/// ([`wait_stopped`]) wait as before.
+pub async fn stoppable<F: std::future::Future>(
+    stop: tokio_util::sync::CancellationToken,
+    fut: F,
+) -> F::Output {
+    WAIT_STOP.scope(stop, fut).await
+}
+
+/// For backends: resolves when the stop token of the current [`stoppable`] call is cancelled
+/// (at once if it already is); never outside of one.
+pub async fn wait_stopped() {
+    match WAIT_STOP.try_with(Clone::clone) {
+        Ok(token) => token.cancelled_owned().await,
+        Err(_) => std::future::pending().await,
+    }
+}
+
+/// For backends: whether the stop token of the current [`stoppable`] call is cancelled.
+pub fn wait_stop_requested() -> bool {
+    WAIT_STOP
+        .try_with(tokio_util::sync::CancellationToken::is_cancelled)
+        .unwrap_or(false)
+}
+
 /// Derives the records of claimed deliveries, for [`Queue::receive_recorded`].
 pub type Recorder = dyn Fn(&[Delivery]) -> Result<Vec<Envelope>, QueueError> + Send + Sync;
 

@@ -175,6 +175,8 @@ async fn wait_for_end(
 ) -> Result<Execution, RunError> {
     let started = tokio::time::Instant::now();
     let mut last = "not created yet".to_string();
+    // Short pauses first (a quick run is seen ending at once), then every 50 ms.
+    let mut pause = Duration::from_millis(2);
     loop {
         if *stop.borrow() {
             return Err(RunError::Interrupted);
@@ -204,9 +206,10 @@ async fn wait_for_end(
             )));
         }
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            _ = tokio::time::sleep(pause) => {}
             _ = stop.changed() => {}
         }
+        pause = (pause * 2).min(Duration::from_millis(50));
     }
 }
 

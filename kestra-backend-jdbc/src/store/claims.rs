@@ -429,12 +429,16 @@ impl Poll {
     }
 
     /// Wait for the next attempt; false when the deadline has passed.
+    /// Inside [`kestra_core::queue::stoppable`], false as soon as its stop token is cancelled.
     pub(super) async fn next(&mut self, wakeups: Wakeups<'_>) -> bool {
         let now = Instant::now();
-        if now >= self.deadline {
+        if now >= self.deadline || kestra_core::queue::wait_stop_requested() {
             return false;
         }
-        let woken = wakeups.wait(self.delay.min(self.deadline - now)).await;
+        let woken = tokio::select! {
+            woken = wakeups.wait(self.delay.min(self.deadline - now)) => woken,
+            () = kestra_core::queue::wait_stopped() => return false,
+        };
         self.delay = if woken {
             POLL_MIN
         } else {

@@ -6,6 +6,8 @@
 //! Outputs and states of task runs inside loops are keyed by their loop values, outermost first:
 //! `outputs.<task id>.<outer value>.<inner value>.<output>` and `tasks.<task id>.<value>.state`.
 
+use std::collections::HashMap;
+
 use serde_json::{Map, Value, json};
 
 use crate::executor::index::{FlowIndex, Flowable, NodeKind};
@@ -14,13 +16,22 @@ use crate::model::{Execution, TaskRun};
 /// The loop values of a task run, outermost first: the values carried by its ForEach ancestors, then
 /// its own value.
 pub fn loop_values(execution: &Execution, index: &FlowIndex, run: &TaskRun) -> Vec<String> {
+    loop_values_by(index, run, |id| execution.task_run(id))
+}
+
+/// [`loop_values`] with the task runs found by `by_id` (an index, when called for every task run).
+pub(crate) fn loop_values_by<'e>(
+    index: &FlowIndex,
+    run: &TaskRun,
+    by_id: impl Fn(&str) -> Option<&'e TaskRun>,
+) -> Vec<String> {
     let mut values = Vec::new();
     if let Some(v) = &run.value {
         values.push(v.clone());
     }
     let mut parent_id = run.parent_task_run_id.clone();
     while let Some(pid) = parent_id {
-        let Some(parent) = execution.task_run(&pid) else {
+        let Some(parent) = by_id(&pid) else {
             break;
         };
         let is_loop = matches!(
@@ -39,7 +50,13 @@ pub fn loop_values(execution: &Execution, index: &FlowIndex, run: &TaskRun) -> V
     values
 }
 
-fn insert_nested(target: &mut Map<String, Value>, task_id: &str, keys: &[String], leaf: Value) {
+/// Set `target.<task_id>.<keys...>` to `leaf`, creating the objects on the way.
+pub(crate) fn insert_nested(
+    target: &mut Map<String, Value>,
+    task_id: &str,
+    keys: &[String],
+    leaf: Value,
+) {
     if keys.is_empty() {
         target.insert(task_id.to_string(), leaf);
         return;
@@ -61,6 +78,17 @@ fn insert_nested(target: &mut Map<String, Value>, task_id: &str, keys: &[String]
 
 /// The variables of the execution, without task-specific ones.
 pub fn execution_context(execution: &Execution, index: &FlowIndex) -> Map<String, Value> {
+    let mut ctx = execution_context_without_runs(execution, index);
+    add_runs(&mut ctx, execution, index);
+    ctx
+}
+
+/// [`execution_context`] without `outputs` and `tasks` (what other task runs did): its size does
+/// not grow with the number of task runs.
+pub fn execution_context_without_runs(
+    execution: &Execution,
+    index: &FlowIndex,
+) -> Map<String, Value> {
     let flow = &index.flow;
     let mut ctx = Map::new();
     ctx.insert(
@@ -99,11 +127,22 @@ pub fn execution_context(execution: &Execution, index: &FlowIndex) -> Map<String
     if let Some(t) = &execution.trigger {
         ctx.insert("trigger".into(), Value::Object(t.variables.clone()));
     }
+    ctx
+}
+
+/// Adds `outputs` and `tasks` to an execution's context.
+fn add_runs(ctx: &mut Map<String, Value>, execution: &Execution, index: &FlowIndex) {
     let mut outputs = Map::new();
     let mut states = Map::new();
+    // Task runs by id (the first of an id, as `Execution::task_run`): finding each run's loop
+    // values does not scan the list, so the context costs O(n) in the number of task runs.
+    let mut by_id: HashMap<&str, &TaskRun> = HashMap::with_capacity(execution.task_run_list.len());
+    for run in &execution.task_run_list {
+        by_id.entry(run.id.as_str()).or_insert(run);
+    }
     for run in &execution.task_run_list {
         let keys = if run.value.is_some() {
-            loop_values(execution, index, run)
+            loop_values_by(index, run, |id| by_id.get(id).copied())
         } else {
             Vec::new()
         };
@@ -119,7 +158,6 @@ pub fn execution_context(execution: &Execution, index: &FlowIndex) -> Map<String
     }
     ctx.insert("outputs".into(), Value::Object(outputs));
     ctx.insert("tasks".into(), Value::Object(states));
-    ctx
 }
 
 /// The variables for one task run: the execution's plus `task`, `taskrun`, `parent`, `parents`.

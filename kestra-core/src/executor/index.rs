@@ -190,6 +190,23 @@ pub struct TaskNode {
     pub parent: Option<String>,
     /// Slot in the parent.
     pub slot: Slot,
+    /// Whether the task may read other task runs' outputs or states ([`reads_run_history`]):
+    /// if not, its worker job carries the execution's context without `outputs` and `tasks`, so
+    /// that a job's size does not grow with the execution.
+    pub reads_run_history: bool,
+}
+
+/// Whether `task`'s expressions may read the outputs or states of other task runs: whether its
+/// definition (plugin defaults applied) or the flow's variables mention `outputs`, `tasks` (also
+/// `parents[..].outputs`), or a function that renders or dumps variables (`render`, `debug`).
+/// Conservative: a mention anywhere, even in plain text, counts.
+pub fn reads_run_history(task: &Task, flow: &Flow) -> bool {
+    const WORDS: [&str; 4] = ["outputs", "tasks", "render", "debug"];
+    let mention = |text: Result<String, serde_json::Error>| match text {
+        Ok(text) => WORDS.iter().any(|w| text.contains(w)),
+        Err(_) => true,
+    };
+    mention(serde_json::to_string(task)) || mention(serde_json::to_string(&flow.variables))
 }
 
 /// Why a flow cannot be indexed (the parser normally rejects such flows first).
@@ -356,6 +373,7 @@ impl FlowIndex {
             self.nodes.insert(
                 child.id.clone(),
                 TaskNode {
+                    reads_run_history: reads_run_history(&child, &self.flow),
                     task: child,
                     type_name,
                     kind,
@@ -394,6 +412,7 @@ impl FlowIndex {
                 kind: NodeKind::Runnable,
                 parent: parent.map(str::to_string),
                 slot,
+                reads_run_history: reads_run_history(task, &self.flow),
             },
         );
         let id = task.id.as_str();

@@ -32,7 +32,10 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::executor::concurrency::SlotRequest;
-use crate::executor::context::{execution_context, task_run_context};
+use crate::executor::context::{
+    execution_context, execution_context_without_runs, insert_nested, loop_values_by,
+    task_run_context,
+};
 use crate::executor::for_each_item as for_each_item_types;
 use crate::executor::index::{FlowIndex, Flowable, Group, NodeKind, Slot, types};
 use crate::executor::subflow::SubflowRequest;
@@ -43,6 +46,7 @@ use crate::messages::{Delay, ExecutionCommand, ExecutorEvent, WorkerTask, Worker
 use crate::model::execution::system_labels;
 use crate::model::id::encode_base62;
 use crate::model::{Execution, Label, Level, LogEntry, State, StateType, TaskRun, TaskRunAttempt};
+use lookup::RunIndex;
 
 /// Seconds between repeated kill signals while an execution is KILLING.
 pub const KILL_REPEAT_SECS: i64 = 5;
@@ -80,6 +84,7 @@ pub struct Outcome {
 // Extensions of the walk, one file per feature (they reach `Run`'s private state).
 mod admission;
 mod for_each_item;
+mod lookup;
 mod loop_until;
 mod pause;
 mod subflow;
@@ -122,6 +127,7 @@ pub fn process(
         slot: SlotRequest::None,
         was_terminated: false,
         started_only: false,
+        runs: RunIndex::default(),
     };
     run.was_terminated = run.exec.state.is_terminated();
     run.apply(event, is_new);
@@ -265,6 +271,8 @@ struct Run<'a> {
     was_terminated: bool,
     /// The event only marked a task run RUNNING (a worker started it).
     started_only: bool,
+    /// Positions of `exec`'s task runs (lookups without scanning the list).
+    runs: RunIndex,
 }
 
 /// States of a runnable task run whose attempt waits for a worker to start it.
@@ -287,9 +295,44 @@ fn attempt_started(r: &WorkerTaskResult, now: DateTime<Utc>) -> DateTime<Utc> {
 
 impl Run<'_> {
     fn touch(&mut self) {
+        self.touch_keeping_context();
+        self.base_ctx = None;
+    }
+
+    /// A change that leaves the execution's context as it is (or that updates it itself).
+    fn touch_keeping_context(&mut self) {
         self.changed = true;
         self.progress += 1;
-        self.base_ctx = None;
+    }
+
+    /// Add a new task run (no outputs yet) to the context, if built, as building it again would
+    /// (`tasks.<id>[.<loop values>].state`); otherwise it is built again when next needed.
+    fn add_to_context(&mut self, run_id: &str) {
+        let Some(base) = self.base_ctx.as_mut() else {
+            return;
+        };
+        let Some(run) = lookup::task_run(&self.exec, &self.runs, run_id) else {
+            self.base_ctx = None;
+            return;
+        };
+        let Some(Value::Object(states)) = base.get_mut("tasks").filter(|_| run.outputs.is_none())
+        else {
+            self.base_ctx = None;
+            return;
+        };
+        let keys = if run.value.is_some() {
+            loop_values_by(self.index, run, |id| {
+                lookup::task_run(&self.exec, &self.runs, id)
+            })
+        } else {
+            Vec::new()
+        };
+        insert_nested(
+            states,
+            &run.task_id,
+            &keys,
+            json!({"state": run.state.current().as_str()}),
+        );
     }
 
     fn killing(&self) -> bool {
@@ -330,7 +373,7 @@ impl Run<'_> {
 
     fn set_run_state(&mut self, run_id: &str, to: StateType) {
         let now = self.now;
-        if let Some(r) = self.exec.task_run_mut(run_id)
+        if let Some(r) = lookup::task_run_mut(&mut self.exec, &self.runs, run_id)
             && r.state.transition_at(to, now).is_ok()
         {
             self.touch();
@@ -379,7 +422,7 @@ impl Run<'_> {
                 attempt,
                 ..
             } => {
-                let ok = self.exec.task_run(task_run_id).is_some_and(|r| {
+                let ok = lookup::task_run(&self.exec, &self.runs, task_run_id).is_some_and(|r| {
                     r.current() == StateType::Retrying && r.attempts.len() as u32 + 1 == *attempt
                 });
                 if !ok || self.killing() || self.exec.state.is_terminated() {
@@ -407,7 +450,7 @@ impl Run<'_> {
     }
 
     fn apply_result(&mut self, r: &WorkerTaskResult) {
-        let Some(task_run) = self.exec.task_run(&r.task_run_id) else {
+        let Some(task_run) = lookup::task_run(&self.exec, &self.runs, &r.task_run_id) else {
             self.ignored = Some(format!("result for unknown task run {}", r.task_run_id));
             return;
         };
@@ -455,14 +498,14 @@ impl Run<'_> {
         if awaits_worker(task_run.current()) {
             self.mark_started(&r.task_run_id, attempt_started(r, self.now));
         }
-        let Some(task_run) = self.exec.task_run(&r.task_run_id) else {
+        let Some(task_run) = lookup::task_run(&self.exec, &self.runs, &r.task_run_id) else {
             return;
         };
         let task_id = task_run.task_id.clone();
         let attempts = task_run.attempts.len() as u32;
         let first_start = task_run.state.start_date().unwrap_or(self.now);
         let now = self.now;
-        if let Some(tr) = self.exec.task_run_mut(&r.task_run_id) {
+        if let Some(tr) = lookup::task_run_mut(&mut self.exec, &self.runs, &r.task_run_id) {
             if let Some(last) = tr.attempts.last_mut() {
                 last.state = r.attempt_state.clone();
                 // The worker that answered (another one than the RUNNING's after a redelivery).
@@ -473,7 +516,7 @@ impl Run<'_> {
             tr.outputs = r.outputs.clone();
         }
         for child in &r.child_task_runs {
-            if self.exec.task_run(&child.id).is_none() {
+            if lookup::task_run(&self.exec, &self.runs, &child.id).is_none() {
                 self.exec.task_run_list.push(child.clone());
             }
         }
@@ -520,7 +563,7 @@ impl Run<'_> {
     /// A worker started the current attempt: a task run waiting for it goes RUNNING at the
     /// worker's start date, and the attempt takes the worker's state and id.
     fn apply_started(&mut self, r: &WorkerTaskResult) {
-        let current = self.exec.task_run(&r.task_run_id).map(|t| t.current());
+        let current = lookup::task_run(&self.exec, &self.runs, &r.task_run_id).map(|t| t.current());
         match current {
             Some(s) if awaits_worker(s) => {}
             Some(s) => {
@@ -532,9 +575,7 @@ impl Run<'_> {
             }
             None => return,
         }
-        if let Some(last) = self
-            .exec
-            .task_run_mut(&r.task_run_id)
+        if let Some(last) = lookup::task_run_mut(&mut self.exec, &self.runs, &r.task_run_id)
             .and_then(|t| t.attempts.last_mut())
         {
             last.state = r.attempt_state.clone();
@@ -549,7 +590,7 @@ impl Run<'_> {
     /// its last history date and `now` so that the history stays ordered.
     fn mark_started(&mut self, run_id: &str, at: DateTime<Utc>) {
         let now = self.now;
-        if let Some(r) = self.exec.task_run_mut(run_id) {
+        if let Some(r) = lookup::task_run_mut(&mut self.exec, &self.runs, run_id) {
             let last = r.state.histories().last().map_or(at, |h| h.date);
             let at = at.min(now).max(last);
             if r.state.transition_at(StateType::Running, at).is_ok() {
@@ -562,7 +603,7 @@ impl Run<'_> {
     /// KILLED too (a worker's late RUNNING or result for it is then ignored).
     fn kill_waiting_attempt(&mut self, run_id: &str) {
         let now = self.now;
-        if let Some(r) = self.exec.task_run_mut(run_id)
+        if let Some(r) = lookup::task_run_mut(&mut self.exec, &self.runs, run_id)
             && awaits_worker(r.current())
             && let Some(last) = r.attempts.last_mut()
             && !last.state.is_terminated()
@@ -602,9 +643,7 @@ impl Run<'_> {
                 if !restart.contains(&c) {
                     restart.push(c.clone());
                 }
-                cur = self
-                    .exec
-                    .task_run(&c)
+                cur = lookup::task_run(&self.exec, &self.runs, &c)
                     .and_then(|r| r.parent_task_run_id.clone());
             }
         }
@@ -616,6 +655,7 @@ impl Run<'_> {
                 Some(Slot::Errors | Slot::Finally | Slot::AfterExecution)
             )
         });
+        self.runs.reset();
         self.set_exec_state(StateType::Restarted);
         self.exec.metadata.attempt_number += 1;
         if self.exec.label(system_labels::RESTARTED).is_none() {
@@ -803,10 +843,39 @@ impl Run<'_> {
         self.base_ctx.get_or_insert_with(Map::new)
     }
 
+    /// The context of a worker job: without `outputs` and `tasks` for a task that does not read
+    /// them ([`TaskNode::reads_run_history`](crate::executor::index::TaskNode::reads_run_history)),
+    /// so that a job's size, and the cost of making it, do not grow with the execution.
+    fn job_context(&mut self, run_id: &str, reads_run_history: bool) -> Value {
+        if reads_run_history {
+            return self.context_for(run_id);
+        }
+        let base = match &self.base_ctx {
+            Some(full) => full
+                .iter()
+                .filter(|(k, _)| !matches!(k.as_str(), "outputs" | "tasks"))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            None => {
+                let mut ctx = execution_context_without_runs(&self.exec, self.index);
+                if let Some(s) = self.pending_final
+                    && let Some(e) = ctx.get_mut("execution")
+                {
+                    e["state"] = json!(s.as_str());
+                }
+                ctx
+            }
+        };
+        match lookup::task_run(&self.exec, &self.runs, run_id) {
+            Some(run) => task_run_context(&base, &self.exec, self.index, run),
+            None => Value::Object(base),
+        }
+    }
+
     fn context_for(&mut self, run_id: &str) -> Value {
         self.base();
         let base = self.base_ctx.clone().unwrap_or_default();
-        match self.exec.task_run(run_id) {
+        match lookup::task_run(&self.exec, &self.runs, run_id) {
             Some(run) => task_run_context(&base, &self.exec, self.index, run),
             None => Value::Object(base),
         }
@@ -818,12 +887,11 @@ impl Run<'_> {
         parent: Option<&str>,
         value: Option<&str>,
     ) -> Option<&TaskRun> {
-        self.exec.task_run_list.iter().find(|r| {
-            r.task_id == task_id
-                && r.parent_task_run_id.as_deref() == parent
-                && r.value.as_deref() == value
-                && r.iteration == self.iteration
-        })
+        let list = &self.exec.task_run_list;
+        let i = self
+            .runs
+            .find(list, task_id, parent, value, self.iteration)?;
+        list.get(i)
     }
 
     fn walk_group(
@@ -859,7 +927,7 @@ impl Run<'_> {
 
     /// Advance one existing task run; returns its state afterwards.
     fn advance(&mut self, run_id: &str) -> StateType {
-        let Some(run) = self.exec.task_run(run_id) else {
+        let Some(run) = lookup::task_run(&self.exec, &self.runs, run_id) else {
             return StateType::Failed;
         };
         let state = run.current();
@@ -907,8 +975,7 @@ impl Run<'_> {
             self.set_run_state(run_id, s);
             return s;
         }
-        self.exec
-            .task_run(run_id)
+        lookup::task_run(&self.exec, &self.runs, run_id)
             .map(|r| r.current())
             .unwrap_or(StateType::Failed)
     }
@@ -1019,7 +1086,7 @@ impl Run<'_> {
     }
 
     fn fail_run(&mut self, run_id: &str, message: String) -> Status {
-        let run = self.exec.task_run(run_id).cloned();
+        let run = lookup::task_run(&self.exec, &self.runs, run_id).cloned();
         self.log(run.as_ref(), Level::Error, message);
         let (af, aw) = run
             .and_then(|r| {
@@ -1033,7 +1100,7 @@ impl Run<'_> {
     }
 
     fn walk_flowable(&mut self, run_id: &str, f: &Flowable) -> Status {
-        let (parent, value) = match self.exec.task_run(run_id) {
+        let (parent, value) = match lookup::task_run(&self.exec, &self.runs, run_id) {
             Some(r) => (r.id.clone(), r.value.clone()),
             None => return Status::Done(StateType::Failed),
         };
@@ -1064,7 +1131,9 @@ impl Run<'_> {
                 group,
             } => {
                 // The chosen value is rendered once and kept in the Switch's outputs.
-                let chosen = match self.exec.task_run(run_id).and_then(|r| r.outputs.clone()) {
+                let chosen = match lookup::task_run(&self.exec, &self.runs, run_id)
+                    .and_then(|r| r.outputs.clone())
+                {
                     Some(o) => o,
                     None => {
                         let ctx = self.context_for(run_id);
@@ -1083,7 +1152,7 @@ impl Run<'_> {
                         let is_default = !cases.contains_key(&rendered);
                         let o = json!({"value": rendered, "defaults": is_default});
                         let o = o.as_object().cloned().unwrap_or_default();
-                        if let Some(r) = self.exec.task_run_mut(run_id) {
+                        if let Some(r) = lookup::task_run_mut(&mut self.exec, &self.runs, run_id) {
                             r.outputs = Some(o.clone());
                         }
                         self.touch();
@@ -1224,10 +1293,9 @@ impl Run<'_> {
             finally: Vec::new(),
         };
         for v in values {
-            let started = self.exec.task_run_list.iter().any(|r| {
-                r.parent_task_run_id.as_deref() == Some(run_id)
-                    && r.value.as_deref() == Some(v.as_str())
-            });
+            let started =
+                self.runs
+                    .has_value(&self.exec.task_run_list, Some(run_id), Some(v.as_str()));
             if !started {
                 not_started.push(v.clone());
                 continue;
@@ -1367,7 +1435,10 @@ impl Run<'_> {
         run.state = State::new_at(StateType::Created, self.now);
         let run_id = run.id.clone();
         self.exec.task_run_list.push(run);
-        self.touch();
+        // The context gains the new run's state, without being built again (a ForEach starting
+        // n iterations at once would build it n times).
+        self.touch_keeping_context();
+        self.add_to_context(&run_id);
 
         if let Some(cond) = run_if {
             let ctx = self.context_for(&run_id);
@@ -1378,7 +1449,7 @@ impl Run<'_> {
                     return;
                 }
                 Err(e) => {
-                    let run = self.exec.task_run(&run_id).cloned();
+                    let run = lookup::task_run(&self.exec, &self.runs, &run_id).cloned();
                     self.log(
                         run.as_ref(),
                         Level::Error,
@@ -1407,7 +1478,7 @@ impl Run<'_> {
     /// (CREATED, RETRYING, RESTARTED) until the worker that picks the job up says RUNNING.
     fn start_attempt(&mut self, run_id: &str) {
         let now = self.now;
-        let Some(r) = self.exec.task_run_mut(run_id) else {
+        let Some(r) = lookup::task_run_mut(&mut self.exec, &self.runs, run_id) else {
             return;
         };
         r.attempts.push(TaskRunAttempt {
@@ -1417,9 +1488,14 @@ impl Run<'_> {
         });
         let attempt = r.attempts.len() as u32;
         let task_id = r.task_id.clone();
-        self.touch();
-        let context = self.context_for(run_id);
-        let Some(task_run) = self.exec.task_run(run_id).cloned() else {
+        // An attempt is not part of the context.
+        self.touch_keeping_context();
+        let reads_run_history = self
+            .index
+            .node(&task_id)
+            .is_none_or(|n| n.reads_run_history);
+        let context = self.job_context(run_id, reads_run_history);
+        let Some(task_run) = lookup::task_run(&self.exec, &self.runs, run_id).cloned() else {
             return;
         };
         let Some(node) = self.index.node(&task_id) else {
@@ -1443,7 +1519,7 @@ impl Run<'_> {
 
     fn run_executor_side(&mut self, run_id: &str) {
         self.set_run_state(run_id, StateType::Running);
-        let Some(run) = self.exec.task_run(run_id).cloned() else {
+        let Some(run) = lookup::task_run(&self.exec, &self.runs, run_id).cloned() else {
             return;
         };
         let Some(node) = self.index.node(&run.task_id) else {
@@ -1557,14 +1633,10 @@ impl Run<'_> {
         self.set_run_state(run_id, task_state);
         // The Exit's parent flowables end with the exit state (Kestra's Exit); every other open task
         // run is killed.
-        let mut parent = self
-            .exec
-            .task_run(run_id)
+        let mut parent = lookup::task_run(&self.exec, &self.runs, run_id)
             .and_then(|r| r.parent_task_run_id.clone());
         while let Some(p) = parent {
-            parent = self
-                .exec
-                .task_run(&p)
+            parent = lookup::task_run(&self.exec, &self.runs, &p)
                 .and_then(|r| r.parent_task_run_id.clone());
             self.set_run_state(&p, task_state);
         }
@@ -1576,7 +1648,7 @@ impl Run<'_> {
             .map(|r| r.id.clone())
             .collect();
         if open.iter().any(|id| {
-            self.exec.task_run(id).is_some_and(|r| {
+            lookup::task_run(&self.exec, &self.runs, id).is_some_and(|r| {
                 matches!(
                     self.index.node(&r.task_id).map(|n| &n.kind),
                     Some(NodeKind::Runnable)

@@ -253,15 +253,17 @@ impl ExecutorService {
             } else {
                 self.config.poll_wait
             };
-            let begin = self
-                .queue
-                .begin(
+            // The wait (not a claim) ends at once on shutdown: the drain starts without delay.
+            let begin = crate::queue::stoppable(
+                shutdown.clone(),
+                self.queue.begin(
                     ConsumerGroup::Executor,
                     EXECUTOR_TOPICS,
                     self.config.batch_size,
                     wait,
-                )
-                .await;
+                ),
+            )
+            .await;
             let result = match begin {
                 Ok(None) if draining => return,
                 Ok(None) => continue,
@@ -472,9 +474,10 @@ impl ExecutorService {
                     loaded_versions.insert(id.clone(), loaded_version(&loaded));
                     executions.insert(id.clone(), loaded);
                 }
-                let current = executions.get(&id).cloned().flatten();
-                let Some(reference) = current.clone().or_else(|| match &event {
-                    ExecutorEvent::Execution(e) => Some((**e).clone()),
+                // Borrowed, not cloned: an execution is copied at most once per unit (when loaded).
+                let current = executions.get(&id).and_then(Option::as_ref);
+                let Some(reference) = current.or(match &event {
+                    ExecutorEvent::Execution(e) => Some(&**e),
                     _ => None,
                 }) else {
                     debug!("event for an unknown execution; dropped");
@@ -499,7 +502,7 @@ impl ExecutorService {
                     .await
                 {
                     Ok(i) => {
-                        self.flow_found(&reference);
+                        self.flow_found(reference);
                         i
                     }
                     // A backend failure is transient: roll the unit back, it is delivered again.
@@ -510,7 +513,7 @@ impl ExecutorService {
                         // Not visible yet (the source may lag behind a deploy): put the event
                         // back, delayed, until the grace period ends.
                         if matches!(e, FlowCacheError::NotFound { .. })
-                            && let Some(delay) = self.wait_for_flow(&reference)
+                            && let Some(delay) = self.wait_for_flow(reference)
                         {
                             debug!(flow = %reference.flow_id, namespace = %reference.namespace,
                                 revision = reference.flow_revision, ?delay,
@@ -521,10 +524,10 @@ impl ExecutorService {
                             outgoing.push(delivery.envelope.clone().delayed_until(at));
                             return Ok(());
                         }
-                        self.flow_found(&reference);
+                        self.flow_found(reference);
                         // The execution cannot run (its flow revision is missing or invalid): fail
                         // it with a visible reason, and tell its parent, if any, that it ended.
-                        if let Some((failed, messages)) = fail_unrunnable(&reference, &e)? {
+                        if let Some((failed, messages)) = fail_unrunnable(reference, &e)? {
                             outgoing.extend(messages);
                             if let Some(event) = TriggerEvent::execution_ended(&failed) {
                                 outgoing.push(event.envelope()?);
@@ -537,13 +540,12 @@ impl ExecutorService {
                         return Ok(());
                     }
                 };
-                let was_terminated = current.as_ref().is_some_and(|c| c.state.is_terminated());
-                let previous_state = current.as_ref().map(|c| c.state.current());
-                let previous_history = current.as_ref().map_or(0, |c| c.state.histories().len());
-                let mut current = current;
-                if let Some(outcome) =
-                    process(&index, &self.expr, Utc::now(), current.clone(), &event)
-                {
+                let was_terminated = current.is_some_and(|c| c.state.is_terminated());
+                let previous_state = current.map(|c| c.state.current());
+                let previous_history = current.map_or(0, |c| c.state.histories().len());
+                // `process` takes the execution and gives it back (changed or not) in its outcome.
+                let taken = executions.get_mut(&id).and_then(Option::take);
+                if let Some(outcome) = process(&index, &self.expr, Utc::now(), taken, &event) {
                     if let Some(reason) = &outcome.ignored {
                         debug!(%reason, "event ignored");
                     }
@@ -603,33 +605,29 @@ impl ExecutorService {
                             .envelope()?,
                         );
                     }
-                    if outcome.changed {
-                        current = Some(outcome.execution.clone());
-                        executions.insert(id.clone(), Some(outcome.execution));
-                        if !dirty.contains(&id) {
-                            dirty.push(id.clone());
-                        }
+                    if outcome.changed && !dirty.contains(&id) {
+                        dirty.push(id.clone());
                     }
+                    executions.insert(id.clone(), Some(outcome.execution));
                 }
+                let current = executions.get(&id).and_then(Option::as_ref);
                 // Ended in this unit: it was running, or a restart in this unit already ended it
                 // again (e.g. refused by a concurrency limit): its parent waits for the result.
                 let ended_again = was_terminated
-                    && current
-                        .as_ref()
-                        .is_some_and(|c| c.state.histories().len() > previous_history);
+                    && current.is_some_and(|c| c.state.histories().len() > previous_history);
                 if (!was_terminated || ended_again)
-                    && let Some(result) = current.as_ref().and_then(result_for_parent)
+                    && let Some(result) = current.and_then(result_for_parent)
                 {
                     outgoing.push(result.envelope()?);
                 }
                 // The trigger that started it (schedule, polling) is told, keyed by the trigger:
                 // the scheduler releases its lock and applies `stopAfter`.
                 if (!was_terminated || ended_again)
-                    && let Some(event) = current.as_ref().and_then(TriggerEvent::execution_ended)
+                    && let Some(event) = current.and_then(TriggerEvent::execution_ended)
                 {
                     outgoing.push(event.envelope()?);
                 }
-                if let Some(now) = current.as_ref()
+                if let Some(now) = current
                     && Some(now.state.current()) != previous_state
                     && (now.state.is_terminated() || now.state.current() == StateType::Paused)
                 {

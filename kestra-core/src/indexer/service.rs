@@ -237,25 +237,26 @@ impl IndexerService {
 
     async fn run_topic(&self, topic: Topic, shutdown: CancellationToken) {
         loop {
-            let wait = if shutdown.is_cancelled() {
+            // Once stopped, one more pass without waiting takes what was published meanwhile.
+            let draining = shutdown.is_cancelled();
+            let wait = if draining {
                 Duration::ZERO
             } else {
                 self.config.poll_wait
             };
             // Never abandon a receive half-way (claimed rows would wait for their lease to end).
-            let batch = self
-                .queue
-                .receive(
-                    ConsumerGroup::Indexer,
-                    topic,
-                    self.config.batch_size,
-                    self.config.lease,
-                    wait,
-                )
-                .await;
+            // Its wait (not a claim) ends at once on shutdown.
+            let receive = self.queue.receive(
+                ConsumerGroup::Indexer,
+                topic,
+                self.config.batch_size,
+                self.config.lease,
+                wait,
+            );
+            let batch = crate::queue::stoppable(shutdown.clone(), receive).await;
             match batch {
                 Ok(batch) if batch.is_empty() => {
-                    if shutdown.is_cancelled() {
+                    if draining {
                         return;
                     }
                 }

@@ -257,6 +257,7 @@ impl EngineBuilder {
             ));
         }
         let worker_shutdown = CancellationToken::new();
+        let indexer_shutdown = CancellationToken::new();
         if self.components.worker {
             let worker = Worker::new(
                 self.worker,
@@ -270,7 +271,10 @@ impl EngineBuilder {
         }
         if self.components.indexer {
             let service = IndexerService::new(self.queue.clone(), &self.repositories, self.indexer);
-            tasks.push(("indexer", tokio::spawn(service.run(shutdown.clone()))));
+            tasks.push((
+                "indexer",
+                tokio::spawn(service.run(indexer_shutdown.clone())),
+            ));
         }
         let scheduler_shutdown = CancellationToken::new();
         if self.components.scheduler {
@@ -299,6 +303,7 @@ impl EngineBuilder {
             flow_store,
             shutdown,
             worker_shutdown,
+            indexer_shutdown,
             scheduler_shutdown,
             tasks,
         }
@@ -355,6 +360,8 @@ pub struct Engine {
     flow_store: Option<Arc<FlowStore>>,
     shutdown: CancellationToken,
     worker_shutdown: CancellationToken,
+    /// Stops the indexer, last: it stores what the others published while they stopped.
+    indexer_shutdown: CancellationToken,
     scheduler_shutdown: CancellationToken,
     tasks: Vec<(&'static str, JoinHandle<()>)>,
 }
@@ -845,14 +852,17 @@ impl Engine {
     }
 
     /// Stop: the scheduler first, then the worker drains (its last results still reach the executor),
-    /// then the executor and the indexer.
+    /// then the executor, then the indexer.
     pub async fn shutdown(self) {
         // Order: the scheduler stops creating executions, the worker drains (its last results still
-        // reach the queue), then the executor applies what is due and stops with the indexer.
+        // reach the queue), the executor applies what is due, then the indexer stores what they
+        // published. Their waits for messages end at once (`queue::stoppable`).
         let mut tasks = self.tasks;
         for (token, component) in [
             (&self.scheduler_shutdown, "scheduler"),
             (&self.worker_shutdown, "worker"),
+            (&self.shutdown, "executor"),
+            (&self.indexer_shutdown, "indexer"),
         ] {
             token.cancel();
             if let Some(i) = tasks.iter().position(|(name, _)| *name == component) {
@@ -863,6 +873,7 @@ impl Engine {
             }
         }
         self.shutdown.cancel();
+        self.indexer_shutdown.cancel();
         for (name, handle) in tasks {
             if let Err(e) = handle.await {
                 tracing::error!(component = name, error = %e, "component ended abnormally");

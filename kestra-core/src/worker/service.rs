@@ -1031,18 +1031,16 @@ impl Worker {
                 permits.push(p);
             }
             // Each job taken is recorded (JobsTaken, for liveness) in the same step as the claim.
-            let deliveries = match shared
-                .queue
-                .receive_recorded(
-                    ConsumerGroup::Worker,
-                    Topic::WorkerJob,
-                    permits.len(),
-                    shared.config.lease,
-                    shared.config.poll_wait,
-                    &recorder,
-                )
-                .await
-            {
+            // The wait (not a claim) ends at once on shutdown.
+            let receive = shared.queue.receive_recorded(
+                ConsumerGroup::Worker,
+                Topic::WorkerJob,
+                permits.len(),
+                shared.config.lease,
+                shared.config.poll_wait,
+                &recorder,
+            );
+            let deliveries = match crate::queue::stoppable(shutdown.clone(), receive).await {
                 Ok(d) => {
                     backoff = Duration::from_millis(100);
                     d

@@ -45,12 +45,10 @@ impl Run<'_> {
             {
                 outputs.insert("uri".into(), uri.clone());
             }
-            let changed = self
-                .exec
-                .task_run(run_id)
+            let changed = lookup::task_run(&self.exec, &self.runs, run_id)
                 .is_some_and(|r| r.outputs.as_ref() != Some(&outputs));
             if changed && !outputs.is_empty() {
-                if let Some(r) = self.exec.task_run_mut(run_id) {
+                if let Some(r) = lookup::task_run_mut(&mut self.exec, &self.runs, run_id) {
                     r.outputs = Some(outputs);
                 }
                 self.touch();
@@ -61,7 +59,7 @@ impl Run<'_> {
 
     /// The `_split` sibling of an `_items` (or `_merge`) task run.
     fn sibling(&self, run_id: &str, suffix: &str, own_suffix: &str) -> Option<&TaskRun> {
-        let run = self.exec.task_run(run_id)?;
+        let run = lookup::task_run(&self.exec, &self.runs, run_id)?;
         let base = run.task_id.strip_suffix(own_suffix)?;
         let task_id = format!("{base}{suffix}");
         self.exec.task_run_list.iter().find(|r| {
@@ -103,9 +101,7 @@ impl Run<'_> {
         task: &tasks::ForEachItem,
     ) -> Status {
         // Only the batch states are read (the collected outputs can be large).
-        let requested = self
-            .exec
-            .task_run(run_id)
+        let requested = lookup::task_run(&self.exec, &self.runs, run_id)
             .and_then(|r| r.outputs.as_ref())
             .filter(|o| o.contains_key("numberOfBatches"))
             .map(|o| {
@@ -196,7 +192,7 @@ impl Run<'_> {
             o.insert(BATCH_STATES.into(), json!(states));
             o.insert(BATCH_OUTPUTS.into(), Value::Object(Map::new()));
         }
-        if let Some(r) = self.exec.task_run_mut(run_id) {
+        if let Some(r) = lookup::task_run_mut(&mut self.exec, &self.runs, run_id) {
             r.outputs = Some(o);
         }
         self.touch();
@@ -211,7 +207,7 @@ impl Run<'_> {
     /// outputs once.
     pub(super) fn apply_batch_result(&mut self, r: &SubflowExecutionResult) {
         let run_id = r.parent_task_run_id.clone();
-        let Some(run) = self.exec.task_run(&run_id) else {
+        let Some(run) = lookup::task_run(&self.exec, &self.runs, &run_id) else {
             return;
         };
         let terminated = run.state.is_terminated();
@@ -249,7 +245,7 @@ impl Run<'_> {
         };
         states.replace_range(index..index + 1, &letter.to_string());
         if let Some(error) = &r.error {
-            let run = self.exec.task_run(&run_id).cloned();
+            let run = lookup::task_run(&self.exec, &self.runs, &run_id).cloned();
             self.log(
                 run.as_ref(),
                 Level::Error,
@@ -257,9 +253,7 @@ impl Run<'_> {
             );
         }
         // Updated in place: the collected outputs can be large.
-        if let Some(outputs) = self
-            .exec
-            .task_run_mut(&run_id)
+        if let Some(outputs) = lookup::task_run_mut(&mut self.exec, &self.runs, &run_id)
             .and_then(|tr| tr.outputs.as_mut())
         {
             if !r.outputs.is_empty()
@@ -278,7 +272,7 @@ impl Run<'_> {
 
     /// A restarted `_items` task run: its failed batches run again (see `executor::for_each_item`).
     pub(super) fn restart_batches(&mut self, run_id: &str) {
-        let Some(run) = self.exec.task_run(run_id) else {
+        let Some(run) = lookup::task_run(&self.exec, &self.runs, run_id) else {
             return;
         };
         let spec = match self.index.node(&run.task_id).map(|n| &n.kind) {
@@ -345,7 +339,7 @@ impl Run<'_> {
                             next.push('C');
                         }
                         Err(e) => {
-                            let run = self.exec.task_run(run_id).cloned();
+                            let run = lookup::task_run(&self.exec, &self.runs, run_id).cloned();
                             self.log(run.as_ref(), Level::Error, format!("batch {i}: {e}"));
                             next.push(c);
                         }
@@ -354,9 +348,7 @@ impl Run<'_> {
                 other => next.push(other),
             }
         }
-        if let Some(outputs) = self
-            .exec
-            .task_run_mut(run_id)
+        if let Some(outputs) = lookup::task_run_mut(&mut self.exec, &self.runs, run_id)
             .and_then(|tr| tr.outputs.as_mut())
         {
             outputs.insert("iterations".into(), Value::Object(iteration_counts(&next)));

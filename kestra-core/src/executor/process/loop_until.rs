@@ -16,9 +16,7 @@ const DEFAULT_INTERVAL_SECONDS: i64 = 60;
 
 impl Run<'_> {
     pub(super) fn loop_iteration_due(&mut self, task_run_id: &str, iteration: u32) {
-        let running = self
-            .exec
-            .task_run(task_run_id)
+        let running = lookup::task_run(&self.exec, &self.runs, task_run_id)
             .is_some_and(|r| r.current() == StateType::Running);
         let started = self.exec.task_run_list.iter().any(|r| {
             r.parent_task_run_id.as_deref() == Some(task_run_id) && r.iteration == Some(iteration)
@@ -74,16 +72,14 @@ impl Run<'_> {
     }
 
     fn set_iteration_count(&mut self, run_id: &str, count: u32) {
-        let current = self
-            .exec
-            .task_run(run_id)
+        let current = lookup::task_run(&self.exec, &self.runs, run_id)
             .and_then(|r| r.outputs.as_ref())
             .and_then(|o| o.get("iterationCount"))
             .and_then(Value::as_u64);
         if current == Some(u64::from(count)) {
             return;
         }
-        if let Some(r) = self.exec.task_run_mut(run_id) {
+        if let Some(r) = lookup::task_run_mut(&mut self.exec, &self.runs, run_id) {
             let mut o = r.outputs.clone().unwrap_or_default();
             o.insert("iterationCount".into(), json!(count));
             r.outputs = Some(o);
@@ -164,9 +160,7 @@ impl Run<'_> {
                 Err(e) => return self.fail_run(run_id, format!("invalid interval: {e}")),
             },
         };
-        let started = self
-            .exec
-            .task_run(run_id)
+        let started = lookup::task_run(&self.exec, &self.runs, run_id)
             .and_then(|r| r.state.start_date())
             .unwrap_or(self.now);
         let over_iterations = max_iterations.is_some_and(|m| completed >= m);
@@ -187,7 +181,7 @@ impl Run<'_> {
                 },
             };
             let s = if fail {
-                let run = self.exec.task_run(run_id).cloned();
+                let run = lookup::task_run(&self.exec, &self.runs, run_id).cloned();
                 self.log(
                     run.as_ref(),
                     Level::Error,
@@ -207,9 +201,7 @@ impl Run<'_> {
             self.set_iteration_count(run_id, completed);
             return self.walk_iteration(run_id, value, &body, completed);
         }
-        let scheduled = self
-            .exec
-            .task_run(run_id)
+        let scheduled = lookup::task_run(&self.exec, &self.runs, run_id)
             .and_then(|r| r.outputs.as_ref())
             .and_then(|o| o.get("iterationCount"))
             .and_then(Value::as_u64)

@@ -63,7 +63,7 @@ impl Run<'_> {
         spec: &PauseSpec,
         group: &Group,
     ) -> Status {
-        let already_paused = self.exec.task_run(run_id).is_some_and(|r| {
+        let already_paused = lookup::task_run(&self.exec, &self.runs, run_id).is_some_and(|r| {
             r.state
                 .histories()
                 .iter()
@@ -108,7 +108,7 @@ impl Run<'_> {
     }
 
     fn pause_spec(&self, run_id: &str) -> Option<PauseSpec> {
-        let run = self.exec.task_run(run_id)?;
+        let run = lookup::task_run(&self.exec, &self.runs, run_id)?;
         match &self.index.node(&run.task_id)?.kind {
             NodeKind::Flowable(f) => match &**f {
                 Flowable::Pause { spec, .. } => Some(spec.clone()),
@@ -126,8 +126,7 @@ impl Run<'_> {
         let targets: Vec<String> = targets
             .into_iter()
             .filter(|id| {
-                self.exec
-                    .task_run(id)
+                lookup::task_run(&self.exec, &self.runs, id)
                     .is_some_and(|r| r.current() == StateType::Paused)
                     && self.pause_spec(id).is_some()
             })
@@ -156,14 +155,14 @@ impl Run<'_> {
                 }
             }
             if !errors.is_empty() {
-                let run = self.exec.task_run(&id).cloned();
+                let run = lookup::task_run(&self.exec, &self.runs, &id).cloned();
                 let message = format!("resume refused: {}", errors.join("; "));
                 self.log(run.as_ref(), Level::Error, message.clone());
                 self.ignored = Some(message);
                 continue;
             }
             if !spec.on_resume.is_empty()
-                && let Some(r) = self.exec.task_run_mut(&id)
+                && let Some(r) = lookup::task_run_mut(&mut self.exec, &self.runs, &id)
             {
                 let mut outputs = r.outputs.clone().unwrap_or_default();
                 outputs.insert("onResume".into(), Value::Object(values));
@@ -175,9 +174,7 @@ impl Run<'_> {
     }
 
     pub(super) fn pause_elapsed(&mut self, task_run_id: &str) {
-        let paused = self
-            .exec
-            .task_run(task_run_id)
+        let paused = lookup::task_run(&self.exec, &self.runs, task_run_id)
             .is_some_and(|r| r.current() == StateType::Paused);
         let Some(spec) = self.pause_spec(task_run_id).filter(|_| paused) else {
             self.ignored = Some(format!("stale pause timer for task run {task_run_id}"));
@@ -202,7 +199,7 @@ impl Run<'_> {
             // behavior's state, with no RUNNING in between.
             PauseBehavior::Warn => self.set_run_state(task_run_id, StateType::Warning),
             PauseBehavior::Fail => {
-                let run = self.exec.task_run(task_run_id).cloned();
+                let run = lookup::task_run(&self.exec, &self.runs, task_run_id).cloned();
                 self.log(
                     run.as_ref(),
                     Level::Error,

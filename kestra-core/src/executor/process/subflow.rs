@@ -54,7 +54,7 @@ impl Run<'_> {
         let status = self.walk_subflow_task(run_id, task);
         if let Status::Done(state) = status {
             let now = self.now;
-            if let Some(r) = self.exec.task_run_mut(run_id)
+            if let Some(r) = lookup::task_run_mut(&mut self.exec, &self.runs, run_id)
                 && r.attempts.is_empty()
             {
                 let mut attempt = State::new_at(StateType::Created, now);
@@ -71,9 +71,7 @@ impl Run<'_> {
     }
 
     fn walk_subflow_task(&mut self, run_id: &str, task: &tasks::Subflow) -> Status {
-        let outputs = self
-            .exec
-            .task_run(run_id)
+        let outputs = lookup::task_run(&self.exec, &self.runs, run_id)
             .and_then(|r| r.outputs.clone())
             .unwrap_or_default();
         let transmit_failed = match self.bool_prop(run_id, &task.transmit_failed, true) {
@@ -105,7 +103,7 @@ impl Run<'_> {
                 let wait = request.1;
                 let child_id = request.0.execution.id.clone();
                 self.subflow_requests.push(request.0);
-                if let Some(r) = self.exec.task_run_mut(run_id) {
+                if let Some(r) = lookup::task_run_mut(&mut self.exec, &self.runs, run_id) {
                     let mut o = r.outputs.clone().unwrap_or_default();
                     o.insert("executionId".into(), json!(child_id));
                     r.outputs = Some(o);
@@ -157,7 +155,7 @@ impl Run<'_> {
                 child_depth - 1
             ));
         }
-        let Some(run) = self.exec.task_run(run_id).cloned() else {
+        let Some(run) = lookup::task_run(&self.exec, &self.runs, run_id).cloned() else {
             return Err("task run not found".into());
         };
         let namespace = self.render_str(run_id, task.namespace)?;
@@ -281,7 +279,7 @@ impl Run<'_> {
     }
 
     pub(super) fn apply_subflow_result(&mut self, r: &SubflowExecutionResult) {
-        let Some(run) = self.exec.task_run(&r.parent_task_run_id) else {
+        let Some(run) = lookup::task_run(&self.exec, &self.runs, &r.parent_task_run_id) else {
             self.ignored = Some(format!(
                 "subflow result for unknown task run {}",
                 r.parent_task_run_id
@@ -314,7 +312,7 @@ impl Run<'_> {
         };
         let run_id = r.parent_task_run_id.clone();
         let wait = self.bool_prop(&run_id, &wait, true).unwrap_or(true);
-        if let Some(tr) = self.exec.task_run_mut(&run_id) {
+        if let Some(tr) = lookup::task_run_mut(&mut self.exec, &self.runs, &run_id) {
             let mut o = tr.outputs.clone().unwrap_or_default();
             o.insert("state".into(), json!(r.state.as_str()));
             if wait {

@@ -1,0 +1,226 @@
+//! Positions of an execution's task runs, so that the walk finds a task run by id, by identity
+//! (task, parent, value, iteration) or by (parent, value) without scanning the whole list: a walk
+//! over an execution of n task runs costs O(n), not O(n^2) (a ForEach over 1,000 values visits
+//! every iteration on every event).
+//!
+//! The index follows `task_run_list` as it grows (new entries are indexed on the next lookup). A
+//! hit is always checked against the list, so a stale position is never returned; code that
+//! removes task runs calls [`RunIndex::reset`] (a shorter list is noticed too).
+
+use std::cell::{RefCell, RefMut};
+use std::collections::HashMap;
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+
+use crate::model::{Execution, TaskRun};
+
+/// The positions of the task runs of one execution (see the module documentation).
+#[derive(Default)]
+pub(super) struct RunIndex {
+    inner: RefCell<Positions>,
+}
+
+#[derive(Default)]
+struct Positions {
+    /// How many entries of the list are indexed.
+    indexed: usize,
+    /// Task run id -> position (the first one with that id).
+    by_id: HashMap<String, usize>,
+    /// Hash of (task id, parent, value, iteration) -> positions, in list order.
+    by_identity: HashMap<u64, Vec<usize>>,
+    /// Hash of (parent, value) -> positions, in list order.
+    by_value: HashMap<u64, Vec<usize>>,
+}
+
+fn identity_hash(
+    task_id: &str,
+    parent: Option<&str>,
+    value: Option<&str>,
+    iteration: Option<u32>,
+) -> u64 {
+    let mut h = DefaultHasher::new();
+    (task_id, parent, value, iteration).hash(&mut h);
+    h.finish()
+}
+
+fn value_hash(parent: Option<&str>, value: Option<&str>) -> u64 {
+    let mut h = DefaultHasher::new();
+    (parent, value).hash(&mut h);
+    h.finish()
+}
+
+impl Positions {
+    fn add(&mut self, list: &[TaskRun]) {
+        for (i, r) in list.iter().enumerate().skip(self.indexed) {
+            self.by_id.entry(r.id.clone()).or_insert(i);
+            let parent = r.parent_task_run_id.as_deref();
+            let value = r.value.as_deref();
+            self.by_identity
+                .entry(identity_hash(&r.task_id, parent, value, r.iteration))
+                .or_default()
+                .push(i);
+            self.by_value
+                .entry(value_hash(parent, value))
+                .or_default()
+                .push(i);
+        }
+        self.indexed = list.len();
+    }
+}
+
+impl RunIndex {
+    /// Forget every position (after task runs were removed from the list).
+    pub(super) fn reset(&self) {
+        *self.inner.borrow_mut() = Positions::default();
+    }
+
+    fn synced(&self, list: &[TaskRun]) -> RefMut<'_, Positions> {
+        let mut p = self.inner.borrow_mut();
+        if list.len() < p.indexed {
+            *p = Positions::default();
+        }
+        if list.len() > p.indexed {
+            p.add(list);
+        }
+        p
+    }
+
+    /// The position of the task run `id`.
+    pub(super) fn position(&self, list: &[TaskRun], id: &str) -> Option<usize> {
+        let mut p = self.synced(list);
+        let found = p.by_id.get(id).copied()?;
+        if list.get(found).is_some_and(|r| r.id == id) {
+            return Some(found);
+        }
+        // Stale (the list was changed in place): index it again.
+        *p = Positions::default();
+        p.add(list);
+        p.by_id
+            .get(id)
+            .copied()
+            .filter(|&i| list.get(i).is_some_and(|r| r.id == id))
+    }
+
+    /// The first task run of this identity.
+    pub(super) fn find(
+        &self,
+        list: &[TaskRun],
+        task_id: &str,
+        parent: Option<&str>,
+        value: Option<&str>,
+        iteration: Option<u32>,
+    ) -> Option<usize> {
+        let p = self.synced(list);
+        let candidates = p
+            .by_identity
+            .get(&identity_hash(task_id, parent, value, iteration))?;
+        candidates.iter().copied().find(|&i| {
+            list.get(i).is_some_and(|r| {
+                r.task_id == task_id
+                    && r.parent_task_run_id.as_deref() == parent
+                    && r.value.as_deref() == value
+                    && r.iteration == iteration
+            })
+        })
+    }
+
+    /// Whether a task run has this parent and value (any task, any iteration).
+    pub(super) fn has_value(
+        &self,
+        list: &[TaskRun],
+        parent: Option<&str>,
+        value: Option<&str>,
+    ) -> bool {
+        let p = self.synced(list);
+        p.by_value
+            .get(&value_hash(parent, value))
+            .is_some_and(|candidates| {
+                candidates.iter().any(|&i| {
+                    list.get(i).is_some_and(|r| {
+                        r.parent_task_run_id.as_deref() == parent && r.value.as_deref() == value
+                    })
+                })
+            })
+    }
+}
+
+/// The task run `id` of `exec`, found through `runs`.
+pub(super) fn task_run<'e>(exec: &'e Execution, runs: &RunIndex, id: &str) -> Option<&'e TaskRun> {
+    let i = runs.position(&exec.task_run_list, id)?;
+    exec.task_run_list.get(i)
+}
+
+/// The task run `id` of `exec`, mutable, found through `runs`.
+pub(super) fn task_run_mut<'e>(
+    exec: &'e mut Execution,
+    runs: &RunIndex,
+    id: &str,
+) -> Option<&'e mut TaskRun> {
+    let i = runs.position(&exec.task_run_list, id)?;
+    exec.task_run_list.get_mut(i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(
+        exec: &Execution,
+        id: &str,
+        task: &str,
+        parent: Option<&str>,
+        value: Option<&str>,
+    ) -> TaskRun {
+        let mut r = TaskRun::new(exec, task);
+        r.id = id.to_string();
+        r.parent_task_run_id = parent.map(str::to_string);
+        r.value = value.map(str::to_string);
+        r
+    }
+
+    #[test]
+    fn finds_runs_added_after_the_first_lookup_and_after_a_reset() {
+        let mut exec = Execution::new("ns", "f", 1);
+        let runs = RunIndex::default();
+        exec.task_run_list.push(run(&exec, "a", "each", None, None));
+        assert_eq!(runs.position(&exec.task_run_list, "a"), Some(0));
+        assert_eq!(runs.position(&exec.task_run_list, "b"), None);
+        assert!(!runs.has_value(&exec.task_run_list, Some("a"), Some("1")));
+        // Pushed after the index was built: found on the next lookup.
+        exec.task_run_list
+            .push(run(&exec, "b", "r", Some("a"), Some("1")));
+        exec.task_run_list
+            .push(run(&exec, "c", "r", Some("a"), Some("2")));
+        assert_eq!(
+            task_run(&exec, &runs, "c").map(|r| r.id.as_str()),
+            Some("c")
+        );
+        assert_eq!(
+            runs.find(&exec.task_run_list, "r", Some("a"), Some("2"), None),
+            Some(2)
+        );
+        assert_eq!(
+            runs.find(&exec.task_run_list, "r", Some("a"), Some("3"), None),
+            None
+        );
+        assert_eq!(
+            runs.find(&exec.task_run_list, "r", Some("a"), Some("2"), Some(1)),
+            None
+        );
+        assert!(runs.has_value(&exec.task_run_list, Some("a"), Some("1")));
+        // Removed (as a restart drops errors/finally runs): a reset forgets the positions.
+        exec.task_run_list.remove(1);
+        runs.reset();
+        assert_eq!(runs.position(&exec.task_run_list, "b"), None);
+        assert_eq!(runs.position(&exec.task_run_list, "c"), Some(1));
+        assert!(!runs.has_value(&exec.task_run_list, Some("a"), Some("1")));
+        // Changed in place without a reset: a stale hit is never returned.
+        exec.task_run_list[1].id = "d".into();
+        exec.task_run_list.push(run(&exec, "c", "r", None, None));
+        assert_eq!(runs.position(&exec.task_run_list, "c"), Some(2));
+        if let Some(r) = task_run_mut(&mut exec, &runs, "d") {
+            r.value = Some("9".into());
+        }
+        assert_eq!(exec.task_run_list[1].value.as_deref(), Some("9"));
+    }
+}
