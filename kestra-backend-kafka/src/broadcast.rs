@@ -20,6 +20,39 @@ use crate::queue::{KafkaOptions, Shared};
 /// Messages a subscriber may lag behind before it loses some (and is told with `Lagged`).
 const CAPACITY: usize = 10_000;
 
+/// The partitions of topic `name` as the cluster's metadata lists them, asked again (every 200 ms, at
+/// most 10 s) while the topic is listed without partitions or with an error: right after a topic's
+/// creation a broker's metadata may not know it yet. Blocking: call it from a blocking thread.
+fn partitions_of(
+    consumer: &BaseConsumer,
+    name: &str,
+    operation: &'static str,
+) -> Result<Vec<i32>, QueueError> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let metadata = consumer
+            .fetch_metadata(Some(name), Duration::from_secs(10))
+            .map_err(|e| Shared::backend(operation, e))?;
+        let partitions: Vec<i32> = metadata
+            .topics()
+            .iter()
+            .filter(|t| t.name() == name && t.error().is_none())
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        if !partitions.is_empty() {
+            return Ok(partitions);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(QueueError::backend(
+                operation,
+                std::io::Error::other(format!("topic {name} has no partitions")),
+            ));
+        }
+        debug!(topic = %name, "partitions not known yet; asking again");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 pub(crate) async fn subscribe(
     options: &KafkaOptions,
     topic: Topic,
@@ -42,24 +75,13 @@ pub(crate) async fn subscribe(
             .set("fetch.wait.max.ms", "50")
             .create()
             .map_err(|e| Shared::backend("subscribe", e))?;
-        let metadata = consumer
-            .fetch_metadata(Some(&name), Duration::from_secs(10))
-            .map_err(|e| Shared::backend("subscribe (metadata)", e))?;
         let mut tpl = TopicPartitionList::new();
-        for t in metadata.topics() {
-            for p in t.partitions() {
-                let (_, high) = consumer
-                    .fetch_watermarks(&name, p.id(), Duration::from_secs(10))
-                    .map_err(|e| Shared::backend("subscribe (end offsets)", e))?;
-                tpl.add_partition_offset(&name, p.id(), Offset::Offset(high))
-                    .map_err(|e| Shared::backend("subscribe", e))?;
-            }
-        }
-        if tpl.count() == 0 {
-            return Err(QueueError::backend(
-                "subscribe",
-                std::io::Error::other(format!("topic {name} has no partitions")),
-            ));
+        for p in partitions_of(&consumer, &name, "subscribe (metadata)")? {
+            let (_, high) = consumer
+                .fetch_watermarks(&name, p, Duration::from_secs(10))
+                .map_err(|e| Shared::backend("subscribe (end offsets)", e))?;
+            tpl.add_partition_offset(&name, p, Offset::Offset(high))
+                .map_err(|e| Shared::backend("subscribe", e))?;
         }
         consumer
             .assign(&tpl)
@@ -125,38 +147,27 @@ pub(crate) async fn replay(
                 .set("enable.partition.eof", "true")
                 .create()
                 .map_err(|e| Shared::backend("replay", e))?;
-            let metadata = consumer
-                .fetch_metadata(Some(&name), Duration::from_secs(10))
-                .map_err(|e| Shared::backend("replay (metadata)", e))?;
             let mut tpl = TopicPartitionList::new();
             let mut ends = std::collections::BTreeSet::new();
-            for t in metadata.topics() {
-                for p in t.partitions() {
-                    // Right after the topic's creation its leader may not be known yet.
-                    let mut tries = 0;
-                    let (low, high) = loop {
-                        match consumer.fetch_watermarks(&name, p.id(), Duration::from_secs(10)) {
-                            Ok(marks) => break marks,
-                            Err(e) if tries < 50 => {
-                                tries += 1;
-                                debug!(topic = %name, error = %e, "replay: end offsets not known yet");
-                                std::thread::sleep(Duration::from_millis(200));
-                            }
-                            Err(e) => return Err(Shared::backend("replay (end offsets)", e)),
+            for p in partitions_of(&consumer, &name, "replay (metadata)")? {
+                // Right after the topic's creation its leader may not be known yet.
+                let mut tries = 0;
+                let (low, high) = loop {
+                    match consumer.fetch_watermarks(&name, p, Duration::from_secs(10)) {
+                        Ok(marks) => break marks,
+                        Err(e) if tries < 50 => {
+                            tries += 1;
+                            debug!(topic = %name, error = %e, "replay: end offsets not known yet");
+                            std::thread::sleep(Duration::from_millis(200));
                         }
-                    };
-                    if high > low {
-                        ends.insert(p.id());
+                        Err(e) => return Err(Shared::backend("replay (end offsets)", e)),
                     }
-                    tpl.add_partition_offset(&name, p.id(), Offset::Beginning)
-                        .map_err(|e| Shared::backend("replay", e))?;
+                };
+                if high > low {
+                    ends.insert(p);
                 }
-            }
-            if tpl.count() == 0 {
-                return Err(QueueError::backend(
-                    "replay",
-                    std::io::Error::other(format!("topic {name} has no partitions")),
-                ));
+                tpl.add_partition_offset(&name, p, Offset::Beginning)
+                    .map_err(|e| Shared::backend("replay", e))?;
             }
             consumer
                 .assign(&tpl)
