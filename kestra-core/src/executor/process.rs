@@ -87,6 +87,7 @@ mod for_each_item;
 mod lookup;
 mod loop_until;
 mod pause;
+mod resubmit;
 mod subflow;
 
 /// Apply `event` to the execution (`current` is the stored one; `None` for a new execution) and
@@ -446,6 +447,18 @@ impl Run<'_> {
             ExecutionCommand::ScheduledStart { .. }
             | ExecutionCommand::Start { .. }
             | ExecutionCommand::ConcurrencyLimited { .. } => self.admission_command(cmd),
+            ExecutionCommand::Resubmit {
+                task_run_id,
+                attempt,
+                worker_id,
+                max_resubmissions,
+                ..
+            } => self.resubmit(
+                task_run_id,
+                *attempt,
+                worker_id.as_deref(),
+                *max_resubmissions,
+            ),
         }
     }
 

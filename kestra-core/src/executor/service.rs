@@ -64,7 +64,9 @@ use crate::executor::process::process;
 use crate::executor::subflow::{SubflowRequest, complete_child, result_for_parent};
 use crate::expression::ExpressionEngine;
 use crate::inputs::{ExecutionRef, RawInput, resolve_inputs};
-use crate::liveness::{self, Heartbeat, LivenessConfig, LivenessMessage, LivenessState};
+use crate::liveness::{
+    self, Heartbeat, LivenessConfig, LivenessMessage, LivenessState, ResubmitConfig,
+};
 use crate::messages::{
     ExecutionChange, ExecutionCommand, ExecutionKilled, ExecutorEvent, TriggerEvent, WorkerJob,
     execution_envelope,
@@ -89,6 +91,8 @@ pub struct ExecutorConfig {
     /// Heartbeats of this executor, and how long a silent instance lives before the executor
     /// declares it dead ([`crate::liveness`]).
     pub liveness: LivenessConfig,
+    /// What happens to the task jobs of a worker declared dead ([`liveness::resubmit_commands`]).
+    pub resubmit: ResubmitConfig,
 }
 
 impl Default for ExecutorConfig {
@@ -98,6 +102,7 @@ impl Default for ExecutorConfig {
             poll_wait: Duration::from_millis(500),
             flow_grace: Duration::from_secs(60),
             liveness: LivenessConfig::default(),
+            resubmit: ResubmitConfig::default(),
         }
     }
 }
@@ -730,17 +735,28 @@ impl ExecutorService {
         let Some((state, changed)) = keyed.liveness.get_mut(key) else {
             return Ok(());
         };
-        let decision = liveness::apply(state, message, Utc::now(), self.config.liveness.timeout);
+        let now = Utc::now();
+        let decision = liveness::apply(state, message, now, self.config.liveness.timeout);
         *changed |= decision.changed;
         if let Some(dead) = &decision.declared_dead {
+            let resubmits = liveness::resubmit_commands(dead, &self.config.resubmit, now);
             warn!(
                 instance = %key,
                 service = ?dead.instance.type_,
                 silent_since = %dead.last_seen,
                 held_jobs = dead.jobs.len(),
                 jobs = ?dead.jobs.keys().collect::<Vec<_>>(),
+                strategy = ?self.config.resubmit.strategy,
+                resubmitted = resubmits.len(),
                 "service instance declared dead: no heartbeat within the liveness timeout"
             );
+            for (command, at) in resubmits {
+                let envelope = command.envelope()?;
+                outgoing.push(match at {
+                    Some(at) => envelope.delayed_until(at),
+                    None => envelope,
+                });
+            }
         }
         for (message, at) in decision.messages {
             let envelope = message.envelope()?;
