@@ -187,6 +187,36 @@ fn a_duplicate_or_stale_resubmit_is_ignored() {
 }
 
 #[test]
+fn an_attempt_taken_over_by_another_worker_is_not_resubmitted() {
+    let (mut sim, job) = Sim::dispatched();
+    sim.running(&job, "dead-worker");
+    // The lease ran out first: the queue delivered the job again to worker-2, which says RUNNING.
+    let r = WorkerTaskResult::running(
+        &job,
+        State::new_at(StateType::Running, Utc::now()),
+        Some("worker-2".into()),
+    );
+    let out = sim.step(ExecutorEvent::WorkerResult(Box::new(r)));
+    assert!(out.changed, "the attempt records its new worker");
+    assert!(out.worker_tasks.is_empty());
+    assert_eq!(
+        sim.execution.task_run_list[0].attempts[0].worker_id.as_deref(),
+        Some("worker-2")
+    );
+    let out = sim.apply(Some(sim.execution.clone()), sim.resubmit(&job, 3));
+    assert!(!out.changed, "worker-2 runs it: no second copy");
+    assert!(out.worker_tasks.is_empty());
+    assert!(
+        out.ignored.as_deref().is_some_and(|w| w.contains("taken over by worker worker-2")),
+        "{:?}",
+        out.ignored
+    );
+    // worker-2 finishes it.
+    sim.step(Sim::result(&job, StateType::Success));
+    assert_eq!(sim.execution.current(), StateType::Success);
+}
+
+#[test]
 fn an_attempt_that_ended_is_not_resubmitted() {
     let (mut sim, job) = Sim::dispatched();
     sim.running(&job, "w");
@@ -222,12 +252,13 @@ fn a_killing_execution_is_not_resubmitted() {
 fn past_the_maximum_the_task_run_fails_with_a_clear_error() {
     let (mut sim, mut job) = Sim::dispatched();
     for n in 1..=2u32 {
-        sim.running(&job, &format!("worker-{n}"));
+        // Each new attempt lands on a worker that dies too (all named as the command says).
+        sim.running(&job, "dead-worker");
         let out = sim.step(sim.resubmit(&job, 2));
         assert_eq!(out.worker_tasks.len(), 1, "resubmission {n}");
         job = out.worker_tasks[0].clone();
     }
-    sim.running(&job, "worker-3");
+    sim.running(&job, "dead-worker");
     let out = sim.step(sim.resubmit(&job, 2));
     assert!(out.worker_tasks.is_empty(), "not resubmitted a third time");
     assert_eq!(

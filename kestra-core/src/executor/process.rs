@@ -579,6 +579,7 @@ impl Run<'_> {
         let current = lookup::task_run(&self.exec, &self.runs, &r.task_run_id).map(|t| t.current());
         match current {
             Some(s) if awaits_worker(s) => {}
+            Some(StateType::Running) if r.worker_id.is_some() && self.taken_over(r) => return,
             Some(s) => {
                 self.ignored = Some(format!(
                     "RUNNING for task run {} that is already {s}",
@@ -597,6 +598,25 @@ impl Run<'_> {
         self.mark_started(&r.task_run_id, attempt_started(r, self.now));
         self.touch();
         self.started_only = true;
+    }
+
+    /// A RUNNING of the current attempt, already RUNNING, from another worker: the queue
+    /// delivered the job again (its first worker died or lost its lease) and that worker took it
+    /// over. The attempt records its new worker, so that a resubmission meant for the dead one is
+    /// not applied to it ([`ExecutionCommand::Resubmit`]).
+    fn taken_over(&mut self, r: &WorkerTaskResult) -> bool {
+        let Some(last) = lookup::task_run_mut(&mut self.exec, &self.runs, &r.task_run_id)
+            .and_then(|t| t.attempts.last_mut())
+        else {
+            return false;
+        };
+        if last.worker_id == r.worker_id {
+            return false;
+        }
+        last.worker_id = r.worker_id.clone();
+        self.touch_keeping_context();
+        self.started_only = true;
+        true
     }
 
     /// Move a task run waiting for a worker to RUNNING at `at` (a worker's clock), kept between

@@ -3,7 +3,8 @@
 //! workers (a late result of the old attempt is then stale and dropped by [`Run::apply_result`]).
 //! Past `max_resubmissions` resubmissions of one task run, the task run fails with an error that
 //! says so instead of killing worker after worker. Never for an execution that ended or is being
-//! killed, nor for an attempt that already ended or is not the current one.
+//! killed, nor for an attempt that already ended or is not the current one, nor for an attempt
+//! another worker took over (the queue delivered its job again first).
 
 use super::*;
 
@@ -42,6 +43,17 @@ impl Run<'_> {
                 "stale resubmit of attempt {} of task run {task_run_id} (task run {}, current attempt {current})",
                 attempt.map_or_else(|| "current".to_string(), |a| a.to_string()),
                 run.current()
+            ));
+            return;
+        }
+        if let (Some(dead), Some(holder)) = (
+            worker_id,
+            run.attempts.last().and_then(|a| a.worker_id.as_deref()),
+        ) && dead != holder
+        {
+            // The queue delivered the job again to a living worker first: it runs it.
+            self.ignored = Some(format!(
+                "resubmit of attempt {current} of task run {task_run_id}: taken over by worker {holder} (not {dead})"
             ));
             return;
         }
