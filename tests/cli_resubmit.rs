@@ -53,7 +53,12 @@ async fn resubmit_publishes_the_running_attempts_without_an_engine() {
     let backend = JdbcBackend::connect(&url).await.unwrap();
     let mut execution = Execution::new("company.team", "hangs", 1);
     execution.state.transition(StateType::Running).unwrap();
-    let done = run(&execution, "done", &[StateType::Running, StateType::Success], "w0");
+    let done = run(
+        &execution,
+        "done",
+        &[StateType::Running, StateType::Success],
+        "w0",
+    );
     let stuck = run(&execution, "stuck", &[StateType::Running], "worker-gone");
     execution.task_run_list = vec![done, stuck.clone()];
     backend
@@ -110,7 +115,12 @@ async fn resubmit_publishes_the_running_attempts_without_an_engine() {
     let mut ended = Execution::new("company.team", "done", 1);
     ended.state.transition(StateType::Running).unwrap();
     ended.state.transition(StateType::Success).unwrap();
-    backend.repositories().executions.save(&ended).await.unwrap();
+    backend
+        .repositories()
+        .executions
+        .save(&ended)
+        .await
+        .unwrap();
     let out = resubmit(&data, &ended.id, None);
     assert!(!out.status.success(), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -200,14 +200,18 @@ fn an_attempt_taken_over_by_another_worker_is_not_resubmitted() {
     assert!(out.changed, "the attempt records its new worker");
     assert!(out.worker_tasks.is_empty());
     assert_eq!(
-        sim.execution.task_run_list[0].attempts[0].worker_id.as_deref(),
+        sim.execution.task_run_list[0].attempts[0]
+            .worker_id
+            .as_deref(),
         Some("worker-2")
     );
     let out = sim.apply(Some(sim.execution.clone()), sim.resubmit(&job, 3));
     assert!(!out.changed, "worker-2 runs it: no second copy");
     assert!(out.worker_tasks.is_empty());
     assert!(
-        out.ignored.as_deref().is_some_and(|w| w.contains("taken over by worker worker-2")),
+        out.ignored
+            .as_deref()
+            .is_some_and(|w| w.contains("taken over by worker worker-2")),
         "{:?}",
         out.ignored
     );

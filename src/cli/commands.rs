@@ -875,11 +875,9 @@ pub async fn resubmit(
         );
         return Ok(ExitCode::SUCCESS);
     }
-    backend
-        .queue
-        .publish(commands)
-        .await
-        .map_err(|e| format!("cannot publish the resubmissions of execution {execution_id}: {e}"))?;
+    backend.queue.publish(commands).await.map_err(|e| {
+        format!("cannot publish the resubmissions of execution {execution_id}: {e}")
+    })?;
     tracing::info!(execution_id, count = lines.len(), "resubmissions published");
     println!(
         "resubmitted {} task attempt(s) of execution {execution_id} (applied by the executor when it runs):\n{}",
