@@ -235,7 +235,7 @@ pub async fn engine(config: &config::Config) -> Result<EngineBuilder, StartError
 
 /// How the executor resubmits a dead worker's task jobs:
 /// `kestra.server.worker-task-restart-strategy` (`IMMEDIATELY`, `AFTER_TERMINATION_GRACE_PERIOD`
-/// - the default -, `NEVER`), `kestra.server.terminationGracePeriod` (the delay of the default
+/// by default, or `NEVER`), `kestra.server.terminationGracePeriod` (the delay of the default
 /// strategy, 1 min) and `kestra.server.worker-task-max-resubmissions` (3).
 pub fn resubmit_config(
     config: &config::Config,
