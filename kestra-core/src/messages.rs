@@ -320,6 +320,11 @@ impl ExecutionCommand {
 pub struct ExecutionKilled {
     /// Execution whose running attempts must stop.
     pub execution_id: String,
+    /// Only the attempt with this job key ([`WorkerTask::key`]): a stale copy of an attempt that
+    /// was resubmitted (its job delivered again after its worker was declared dead). `None`: every
+    /// attempt of the execution, and its later jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<String>,
 }
 
 impl ExecutionKilled {

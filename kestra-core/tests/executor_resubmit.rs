@@ -175,6 +175,38 @@ fn a_late_result_of_the_resubmitted_attempt_is_dropped() {
 }
 
 #[test]
+fn a_worker_starting_a_stale_copy_of_the_resubmitted_attempt_is_told_to_stop_it() {
+    let (mut sim, job) = Sim::dispatched();
+    sim.running(&job, "dead-worker");
+    sim.step(sim.resubmit(&job, 3));
+    // The old job, delivered again by the queue, is started by another worker.
+    let running = WorkerTaskResult::running(
+        &job,
+        State::new_at(StateType::Running, Utc::now()),
+        Some("worker-3".into()),
+    );
+    let out = sim.apply(
+        Some(sim.execution.clone()),
+        ExecutorEvent::WorkerResult(Box::new(running)),
+    );
+    assert!(!out.changed);
+    assert_eq!(out.stale_attempts, vec![job.key()], "stop attempt 1");
+    // A stale RUNNING of an attempt that was not resubmitted (a retried one) is only dropped.
+    let (sim, job) = Sim::dispatched();
+    let mut other = WorkerTaskResult::running(
+        &job,
+        State::new_at(StateType::Running, Utc::now()),
+        Some("w".into()),
+    );
+    other.attempt = 2;
+    let out = sim.apply(
+        Some(sim.execution.clone()),
+        ExecutorEvent::WorkerResult(Box::new(other)),
+    );
+    assert!(out.stale_attempts.is_empty());
+}
+
+#[test]
 fn a_duplicate_or_stale_resubmit_is_ignored() {
     let (mut sim, job) = Sim::dispatched();
     sim.running(&job, "dead-worker");

@@ -79,6 +79,9 @@ pub struct Outcome {
     pub restart_executions: Vec<String>,
     /// What the flow's concurrency limit needs from the runtime (see `executor::concurrency`).
     pub slot: SlotRequest,
+    /// Job keys of resubmitted attempts a worker says it started (their job was delivered again):
+    /// the runtime tells the workers to stop them.
+    pub stale_attempts: Vec<String>,
 }
 
 // Extensions of the walk, one file per feature (they reach `Run`'s private state).
@@ -129,6 +132,7 @@ pub fn process(
         was_terminated: false,
         started_only: false,
         runs: RunIndex::default(),
+        stale_attempts: Vec::new(),
     };
     run.was_terminated = run.exec.state.is_terminated();
     run.apply(event, is_new);
@@ -151,6 +155,7 @@ pub fn process(
         kill_executions: run.kill_executions,
         restart_executions: run.restart_executions,
         slot: run.slot,
+        stale_attempts: run.stale_attempts,
     })
 }
 
@@ -274,6 +279,8 @@ struct Run<'a> {
     started_only: bool,
     /// Positions of `exec`'s task runs (lookups without scanning the list).
     runs: RunIndex,
+    /// See [`Outcome::stale_attempts`].
+    stale_attempts: Vec<String>,
 }
 
 /// States of a runnable task run whose attempt waits for a worker to start it.
@@ -475,6 +482,15 @@ impl Run<'_> {
             return;
         }
         if task_run.attempts.len() as u32 != r.attempt {
+            if r.state == StateType::Running
+                && r.attempt
+                    .checked_sub(1)
+                    .and_then(|i| task_run.attempts.get(i as usize))
+                    .is_some_and(|a| a.state.current() == StateType::Resubmitted)
+            {
+                self.stale_attempts
+                    .push(format!("{}/{}", r.task_run_id, r.attempt));
+            }
             self.ignored = Some(format!(
                 "stale result for attempt {} of task run {} (current attempt {})",
                 r.attempt,

@@ -494,6 +494,18 @@ impl ExecutorService {
                 );
                 if !restart && current.as_ref().is_some_and(|c| c.state.is_terminated()) {
                     debug!("event for a terminated execution; dropped");
+                    // A worker started a stale copy of a resubmitted attempt: stop it.
+                    if let (ExecutorEvent::WorkerResult(r), Some(c)) = (&event, current)
+                        && let Some(key) = resubmitted_attempt_started(c, r)
+                    {
+                        outgoing.push(
+                            ExecutionKilled {
+                                execution_id: id.clone(),
+                                attempt: Some(key),
+                            }
+                            .envelope()?,
+                        );
+                    }
                     return Ok(());
                 }
                 let index = match self
@@ -564,6 +576,17 @@ impl ExecutorService {
                         outgoing.push(
                             ExecutionKilled {
                                 execution_id: id.clone(),
+                                attempt: None,
+                            }
+                            .envelope()?,
+                        );
+                    }
+                    for key in &outcome.stale_attempts {
+                        debug!(job = %key, "a worker started a resubmitted attempt: stopping it");
+                        outgoing.push(
+                            ExecutionKilled {
+                                execution_id: id.clone(),
+                                attempt: Some(key.clone()),
                             }
                             .envelope()?,
                         );
@@ -1081,6 +1104,24 @@ fn fail_unrunnable(
 
 /// Stage setting aside a message the executor cannot handle (malformed, or keyed unlike what it
 /// concerns); the unit goes on with the others.
+/// The job key of `r` when it is a worker's RUNNING for an attempt of `execution` that was
+/// resubmitted (a stale copy of it runs).
+fn resubmitted_attempt_started(
+    execution: &Execution,
+    r: &crate::messages::WorkerTaskResult,
+) -> Option<String> {
+    if r.state != StateType::Running {
+        return None;
+    }
+    let run = execution
+        .task_run_list
+        .iter()
+        .find(|t| t.id == r.task_run_id)?;
+    let attempt = run.attempts.get(r.attempt.checked_sub(1)? as usize)?;
+    (attempt.state.current() == StateType::Resubmitted)
+        .then(|| format!("{}/{}", r.task_run_id, r.attempt))
+}
+
 async fn dead_letter(
     unit: &mut dyn UnitOfWork,
     delivery: &Delivery,
@@ -1111,6 +1152,7 @@ fn fail_oversized(
     let mut messages = vec![
         ExecutionKilled {
             execution_id: failed.id.clone(),
+            attempt: None,
         }
         .envelope()?,
         log_envelope(&failed, reason)?,
