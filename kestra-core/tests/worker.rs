@@ -1635,7 +1635,7 @@ async fn a_kill_of_one_attempt_stops_only_that_job() {
     let state_of = |run: &str| {
         results
             .iter()
-            .find(|r| &r.task_run_id == run)
+            .find(|r| r.task_run_id == run)
             .map(|r| r.state)
     };
     assert_eq!(state_of(&stale_run), Some(StateType::Killed), "{results:?}");
