@@ -25,7 +25,9 @@
 //! | `kestra.worker.lease` | `KESTRA_WORKER_LEASE` | `PT2M` (a dead worker's jobs run again after it) |
 //! | `kestra.server.liveness.heartbeatInterval` | `KESTRA_SERVER_LIVENESS_HEARTBEATINTERVAL` | `PT3S` |
 //! | `kestra.server.liveness.timeout` | `KESTRA_SERVER_LIVENESS_TIMEOUT` | `PT45S` |
-//! | `kestra.server.terminationGracePeriod` | `KESTRA_SERVER_TERMINATIONGRACEPERIOD` | `PT1M` (a worker's drain on SIGTERM) |
+//! | `kestra.server.terminationGracePeriod` | `KESTRA_SERVER_TERMINATIONGRACEPERIOD` | `PT1M` (a worker's drain on SIGTERM; the delay of `AFTER_TERMINATION_GRACE_PERIOD`) |
+//! | `kestra.server.worker-task-restart-strategy` | `KESTRA_SERVER_WORKER_TASK_RESTART_STRATEGY` | `AFTER_TERMINATION_GRACE_PERIOD` (or `IMMEDIATELY`, `NEVER`) |
+//! | `kestra.server.worker-task-max-resubmissions` | `KESTRA_SERVER_WORKER_TASK_MAX_RESUBMISSIONS` | `3` |
 //! | `kestra.data-dir` | `KESTRA_DATA_DIR` | `./data` |
 //!
 //! Durations are ISO-8601 (`PT45S`) or a number with a unit (`45s`, `500ms`, `2m`, `1h`).
@@ -136,6 +138,8 @@ pub const KNOWN_KEYS: &[&str] = &[
     "kestra.server.liveness.heartbeatInterval",
     "kestra.server.liveness.timeout",
     "kestra.server.terminationGracePeriod",
+    "kestra.server.worker-task-restart-strategy",
+    "kestra.server.worker-task-max-resubmissions",
     "kestra.data-dir",
 ];
 
@@ -411,6 +415,10 @@ impl Config {
                     "kestra.server.liveness.heartbeatInterval" => Some("PT3S".into()),
                     "kestra.server.liveness.timeout" => Some("PT45S".into()),
                     "kestra.server.terminationGracePeriod" => Some("PT1M".into()),
+                    "kestra.server.worker-task-restart-strategy" => {
+                        Some("AFTER_TERMINATION_GRACE_PERIOD".into())
+                    }
+                    "kestra.server.worker-task-max-resubmissions" => Some("3".into()),
                     "kestra.data-dir" => Some("./data".into()),
                     "datasources.sqlite.url" => Some(format!(
                         "sqlite://{}/kestra.db?mode=rwc",

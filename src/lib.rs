@@ -211,6 +211,7 @@ pub async fn engine(config: &config::Config) -> Result<EngineBuilder, StartError
         config.get_duration("kestra.server.terminationGracePeriod", worker.drain_timeout)?;
     let executor = kestra_core::executor::ExecutorConfig {
         liveness,
+        resubmit: resubmit_config(config)?,
         ..kestra_core::executor::ExecutorConfig::default()
     };
     let scheduler = kestra_core::scheduler::SchedulerConfig {
@@ -230,6 +231,40 @@ pub async fn engine(config: &config::Config) -> Result<EngineBuilder, StartError
             .scheduler_config(scheduler)
             .indexer_config(indexer),
     )
+}
+
+/// How the executor resubmits a dead worker's task jobs:
+/// `kestra.server.worker-task-restart-strategy` (`IMMEDIATELY`, `AFTER_TERMINATION_GRACE_PERIOD`
+/// by default, or `NEVER`), `kestra.server.terminationGracePeriod` (the delay of the default
+/// strategy, 1 min) and `kestra.server.worker-task-max-resubmissions` (3).
+pub fn resubmit_config(
+    config: &config::Config,
+) -> Result<kestra_core::liveness::ResubmitConfig, config::ConfigError> {
+    let defaults = kestra_core::liveness::ResubmitConfig::default();
+    let key = "kestra.server.worker-task-restart-strategy";
+    let strategy = match config.get(key) {
+        Some(value) => value
+            .parse()
+            .map_err(|message| config::ConfigError::Invalid {
+                key: key.into(),
+                message,
+            })?,
+        None => defaults.strategy,
+    };
+    let key = "kestra.server.worker-task-max-resubmissions";
+    let max = config.get_u64(key, u64::from(defaults.max_resubmissions))?;
+    let max_resubmissions = u32::try_from(max).map_err(|_| config::ConfigError::Invalid {
+        key: key.into(),
+        message: format!("{max} is too large"),
+    })?;
+    Ok(kestra_core::liveness::ResubmitConfig {
+        strategy,
+        grace_period: config.get_duration(
+            "kestra.server.terminationGracePeriod",
+            defaults.grace_period,
+        )?,
+        max_resubmissions,
+    })
 }
 
 /// The liveness settings of every component: `kestra.server.liveness.heartbeatInterval` (default

@@ -155,6 +155,43 @@ fn bad_liveness_settings_stop_a_server_naming_the_key() {
 }
 
 #[test]
+fn bad_resubmission_settings_stop_a_server_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let (code, _, stderr) = kestra(
+        &["server", "executor"],
+        &[
+            ("KESTRA_DATA_DIR", data),
+            ("KESTRA_SERVER_WORKER_TASK_RESTART_STRATEGY", "SOMETIMES"),
+        ],
+    );
+    assert_ne!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("kestra.server.worker-task-restart-strategy")
+            && stderr.contains("SOMETIMES")
+            && stderr.contains("AFTER_TERMINATION_GRACE_PERIOD"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = kestra(
+        &["server", "executor"],
+        &[
+            ("KESTRA_DATA_DIR", data),
+            ("KESTRA_SERVER_WORKER_TASK_MAX_RESUBMISSIONS", "many"),
+        ],
+    );
+    assert_ne!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("kestra.server.worker-task-max-resubmissions") && stderr.contains("'many'"),
+        "{stderr}"
+    );
+    assert!(
+        !dir.path().join("data").exists(),
+        "a bad setting is reported before the database is created"
+    );
+}
+
+#[test]
 fn config_show_lists_the_liveness_keys() {
     let (code, stdout, stderr) = kestra(
         &["config", "show", "--no-color"],
@@ -170,6 +207,8 @@ fn config_show_lists_the_liveness_keys() {
         "kestra.server.liveness.heartbeatInterval = PT3S",
         "kestra.worker.lease = PT2M",
         "kestra.server.terminationGracePeriod = PT1M",
+        "kestra.server.worker-task-restart-strategy = AFTER_TERMINATION_GRACE_PERIOD",
+        "kestra.server.worker-task-max-resubmissions = 3",
     ] {
         assert!(stdout.contains(line), "{line} in {stdout}");
     }

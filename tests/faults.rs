@@ -5,6 +5,9 @@
 //! results, nothing started was lost.
 //!
 //! - a worker SIGKILLed mid-task: its job runs again on another worker, the execution ends once;
+//!   with `worker-task-restart-strategy: IMMEDIATELY`, the executor resubmits it when the worker
+//!   is declared dead: the old attempt ends RESUBMITTED, the new one SUCCESS; when the lease then
+//!   delivers the old job again, the worker that starts that stale copy is told to stop it;
 //! - a zombie worker (SIGSTOPped past the liveness timeout and its lease, then SIGCONTed): another
 //!   worker ran the job, the zombie's late result is dropped (not on SQLite: a frozen process that
 //!   holds its write lock blocks every other process, and SQLite is a one-process backend);
@@ -46,6 +49,8 @@ where
         }};
     }
     run!(worker_killed_mid_task);
+    run!(worker_killed_mid_task_resubmitted);
+    run!(stale_copy_of_a_resubmitted_attempt_is_stopped);
     if kind == "sqlite" {
         // Found by this suite: a frozen process holding SQLite's write lock (a worker stopped
         // while it publishes, which it does every heartbeat) blocks every other process until it

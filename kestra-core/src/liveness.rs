@@ -39,6 +39,7 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::messages::ExecutionCommand;
 use crate::model::{ServiceInstance, ServiceState, ServiceType};
 use crate::queue::{Delivery, Envelope, Queue, QueueError, Topic};
 
@@ -63,6 +64,93 @@ impl Default for LivenessConfig {
             timeout: Duration::from_secs(45),
         }
     }
+}
+
+/// What happens to the jobs of a worker declared dead (Kestra's
+/// `kestra.server.worker-task-restart-strategy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RestartStrategy {
+    /// Resubmit them as soon as the worker is declared dead.
+    Immediately,
+    /// Resubmit them one termination grace period after the worker is declared dead (it may still
+    /// be draining somewhere we cannot hear from).
+    #[default]
+    AfterTerminationGracePeriod,
+    /// Never resubmit them: only the queue's lease delivers them again, as the same attempt.
+    Never,
+}
+
+impl std::str::FromStr for RestartStrategy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_uppercase().replace('-', "_").as_str() {
+            "IMMEDIATELY" => Ok(RestartStrategy::Immediately),
+            "AFTER_TERMINATION_GRACE_PERIOD" => Ok(RestartStrategy::AfterTerminationGracePeriod),
+            "NEVER" => Ok(RestartStrategy::Never),
+            _ => Err(format!(
+                "unknown worker task restart strategy '{s}' (expected IMMEDIATELY, AFTER_TERMINATION_GRACE_PERIOD or NEVER)"
+            )),
+        }
+    }
+}
+
+/// How the executor resubmits the task jobs of a worker it declared dead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResubmitConfig {
+    /// When (or whether) they are resubmitted.
+    pub strategy: RestartStrategy,
+    /// The delay of [`RestartStrategy::AfterTerminationGracePeriod`]
+    /// (`kestra.server.terminationGracePeriod`, 1 min).
+    pub grace_period: Duration,
+    /// Resubmissions of one task run before it fails instead (3).
+    pub max_resubmissions: u32,
+}
+
+impl Default for ResubmitConfig {
+    fn default() -> Self {
+        ResubmitConfig {
+            strategy: RestartStrategy::default(),
+            grace_period: Duration::from_secs(60),
+            max_resubmissions: 3,
+        }
+    }
+}
+
+/// The [`ExecutionCommand::Resubmit`] of each task job `dead` held, with its due time (`None`:
+/// now), per `config` (none for [`RestartStrategy::Never`], none for trigger evaluations or keys
+/// that are not `<task run id>/<attempt>`). Pure.
+pub fn resubmit_commands(
+    dead: &LivenessState,
+    config: &ResubmitConfig,
+    now: DateTime<Utc>,
+) -> Vec<(ExecutionCommand, Option<DateTime<Utc>>)> {
+    let at = match config.strategy {
+        RestartStrategy::Never => return Vec::new(),
+        RestartStrategy::Immediately => None,
+        RestartStrategy::AfterTerminationGracePeriod => Some(
+            now + chrono::Duration::from_std(config.grace_period).unwrap_or(chrono::Duration::MAX),
+        ),
+    };
+    dead.jobs
+        .values()
+        .filter_map(|job| {
+            let execution_id = job.execution_id.clone()?;
+            let (task_run_id, attempt) = job.key.rsplit_once('/')?;
+            let attempt: u32 = attempt.parse().ok()?;
+            Some((
+                ExecutionCommand::Resubmit {
+                    execution_id,
+                    task_run_id: task_run_id.to_string(),
+                    attempt: Some(attempt),
+                    worker_id: Some(dead.instance.id.clone()),
+                    max_resubmissions: config.max_resubmissions,
+                },
+                at,
+            ))
+        })
+        .collect()
 }
 
 /// A job a worker holds: its queue key (a task job: `<task run id>/<attempt>`), and the execution

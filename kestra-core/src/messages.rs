@@ -269,6 +269,25 @@ pub enum ExecutionCommand {
         /// Execution.
         execution_id: String,
     },
+    /// The worker holding attempt `attempt` of a task run was declared dead (or an operator asked,
+    /// `kestra sys resubmit`): that attempt ends RESUBMITTED and a new attempt is sent to the
+    /// workers - unless the task run has already been resubmitted `max_resubmissions` times, when
+    /// it fails instead. Ignored for an execution that ended or is being killed, and for an
+    /// attempt that is not the task run's current, unfinished one (a stale resubmission).
+    Resubmit {
+        /// Execution.
+        execution_id: String,
+        /// The task run whose attempt is resubmitted.
+        task_run_id: String,
+        /// The attempt its dead worker held (from 1); `None`: the current one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        attempt: Option<u32>,
+        /// The dead worker (for the logs and the error), when known.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        worker_id: Option<String>,
+        /// How many resubmissions a task run may have before it fails ("killed N workers").
+        max_resubmissions: u32,
+    },
 }
 
 impl ExecutionCommand {
@@ -284,7 +303,8 @@ impl ExecutionCommand {
             | ExecutionCommand::ScheduledStart { execution_id }
             | ExecutionCommand::Start { execution_id }
             | ExecutionCommand::ConcurrencyLimited { execution_id, .. }
-            | ExecutionCommand::KillRepeat { execution_id } => execution_id,
+            | ExecutionCommand::KillRepeat { execution_id }
+            | ExecutionCommand::Resubmit { execution_id, .. } => execution_id,
         }
     }
 
@@ -300,6 +320,11 @@ impl ExecutionCommand {
 pub struct ExecutionKilled {
     /// Execution whose running attempts must stop.
     pub execution_id: String,
+    /// Only the attempt with this job key ([`WorkerTask::key`]): a stale copy of an attempt that
+    /// was resubmitted (its job delivered again after its worker was declared dead). `None`: every
+    /// attempt of the execution, and its later jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<String>,
 }
 
 impl ExecutionKilled {

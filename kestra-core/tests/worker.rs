@@ -1416,6 +1416,7 @@ async fn worker_runs_jobs_publishes_results_then_acks_and_follows_kills() {
         .publish(vec![
             ExecutionKilled {
                 execution_id: "e3".into(),
+                attempt: None,
             }
             .envelope()
             .unwrap(),
@@ -1543,6 +1544,7 @@ async fn worker_says_running_when_it_starts_an_attempt_then_answers() {
         .publish(vec![
             ExecutionKilled {
                 execution_id: "r2".into(),
+                attempt: None,
             }
             .envelope()
             .unwrap(),
@@ -1564,6 +1566,92 @@ async fn worker_says_running_when_it_starts_an_attempt_then_answers() {
             .any(|r| r.execution_id == "r2" && r.state == StateType::Running)
     );
 
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(5), handle)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+/// A kill of one attempt (a stale copy of a resubmitted attempt) stops that job only: the other
+/// job of the same execution runs on and succeeds, and later jobs of the execution still run.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kill_of_one_attempt_stops_only_that_job() {
+    let queue = Arc::new(MemoryQueue::new());
+    let worker = Worker::new(
+        WorkerConfig {
+            concurrency: 4,
+            poll_wait: Duration::from_millis(100),
+            ..WorkerConfig::default()
+        },
+        queue.clone(),
+        Arc::new(MemoryStorage::default()),
+        Arc::new(ExpressionEngine::default()),
+        Arc::new(TaskRegistry::default()),
+        Arc::new(RunnerRegistry::core()),
+    );
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(worker.run(shutdown.clone()));
+    let sleep = |id: &str, duration: &str| {
+        job(
+            "x1",
+            json!({"id": id, "type": "io.kestra.plugin.core.flow.Sleep", "duration": duration}),
+        )
+    };
+    let (stale, other) = (sleep("stale", "PT5S"), sleep("other", "PT0.6S"));
+    let key = |j: &WorkerJob| match j {
+        WorkerJob::Task(t) => (t.key(), t.task_run.id.clone()),
+        _ => unreachable!(),
+    };
+    let (stale_key, stale_run) = key(&stale);
+    let (_, other_run) = key(&other);
+    queue
+        .publish(vec![stale.envelope().unwrap(), other.envelope().unwrap()])
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while queue
+        .task_messages()
+        .iter()
+        .filter(|r| r.state == StateType::Running)
+        .count()
+        < 2
+    {
+        assert!(Instant::now() < deadline, "both jobs start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    queue
+        .publish(vec![
+            ExecutionKilled {
+                execution_id: "x1".into(),
+                attempt: Some(stale_key),
+            }
+            .envelope()
+            .unwrap(),
+        ])
+        .await
+        .unwrap();
+    let results = wait_for(&queue, 2).await;
+    let state_of = |run: &str| {
+        results
+            .iter()
+            .find(|r| r.task_run_id == run)
+            .map(|r| r.state)
+    };
+    assert_eq!(state_of(&stale_run), Some(StateType::Killed), "{results:?}");
+    assert_eq!(
+        state_of(&other_run),
+        Some(StateType::Success),
+        "{results:?}"
+    );
+    // The execution is not marked killed: its next job runs.
+    let next = job(
+        "x1",
+        json!({"id": "next", "type": "io.kestra.plugin.core.log.Log", "message": "still runs"}),
+    );
+    queue.publish(vec![next.envelope().unwrap()]).await.unwrap();
+    let results = wait_for(&queue, 3).await;
+    assert_eq!(results.get(2).map(|r| r.state), Some(StateType::Success));
     shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(5), handle)
         .await

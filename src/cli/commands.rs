@@ -806,6 +806,87 @@ pub async fn trigger_unlock(
     }
 }
 
+/// `kestra sys resubmit`: publish an [`ExecutionCommand::Resubmit`] for each task run of the
+/// execution whose current attempt is unfinished and waits for or runs on a worker. The executor
+/// applies them (and ignores one that went stale meanwhile).
+pub async fn resubmit(
+    config: Option<PathBuf>,
+    tenant: &str,
+    execution_id: &str,
+) -> Result<ExitCode, String> {
+    use kestra_core::messages::ExecutionCommand;
+    let config = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
+    let max_resubmissions = kestra::resubmit_config(&config)
+        .map_err(|e| e.to_string())?
+        .max_resubmissions;
+    let backend = kestra::connect(&config).await.map_err(|e| e.to_string())?;
+    let execution = backend
+        .repositories
+        .executions
+        .find_by_id(tenant, execution_id)
+        .await
+        .map_err(|e| format!("cannot read execution {execution_id}: {e}"))?
+        .ok_or_else(|| format!("no execution '{execution_id}' (tenant {tenant})"))?;
+    let state = execution.current();
+    if execution.state.is_terminated() || state == StateType::Killing {
+        return Err(format!(
+            "execution {execution_id} is {state}: nothing to resubmit"
+        ));
+    }
+    let mut commands = Vec::new();
+    let mut lines = Vec::new();
+    for run in &execution.task_run_list {
+        let waiting = matches!(
+            run.current(),
+            StateType::Created
+                | StateType::Retrying
+                | StateType::Restarted
+                | StateType::Resubmitted
+                | StateType::Running
+        );
+        let Some(last) = run.attempts.last() else {
+            continue;
+        };
+        if !waiting || last.state.is_terminated() {
+            continue;
+        }
+        let attempt = run.attempts.len() as u32;
+        let envelope = ExecutionCommand::Resubmit {
+            execution_id: execution.id.clone(),
+            task_run_id: run.id.clone(),
+            attempt: Some(attempt),
+            worker_id: last.worker_id.clone(),
+            max_resubmissions,
+        }
+        .envelope()
+        .map_err(|e| format!("cannot encode the resubmission of task run {}: {e}", run.id))?;
+        commands.push(envelope);
+        lines.push(format!(
+            "  {} (task {}, attempt {attempt}, {}, worker {})",
+            run.id,
+            run.task_id,
+            run.current(),
+            last.worker_id.as_deref().unwrap_or("none")
+        ));
+    }
+    if commands.is_empty() {
+        println!(
+            "execution {execution_id} ({state}) has no task attempt waiting for or running on a worker: nothing to resubmit"
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    backend.queue.publish(commands).await.map_err(|e| {
+        format!("cannot publish the resubmissions of execution {execution_id}: {e}")
+    })?;
+    tracing::info!(execution_id, count = lines.len(), "resubmissions published");
+    println!(
+        "resubmitted {} task attempt(s) of execution {execution_id} (applied by the executor when it runs):\n{}",
+        lines.len(),
+        lines.join("\n")
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 /// An enum's name as Kestra's JSON spells it (`EXECUTOR`, `NOT_RUNNING`).
 fn wire_name<T: serde::Serialize>(value: &T) -> String {
     match serde_json::to_value(value) {

@@ -204,6 +204,24 @@ pub enum SysCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Resubmit the running task attempts of an execution (their worker died or hangs): each
+    /// current attempt waiting for or held by a worker ends RESUBMITTED and a new attempt is sent
+    /// to the workers, applied by the executor when it runs (a task run resubmitted
+    /// `kestra.server.worker-task-max-resubmissions` times fails instead). Only publishes
+    /// commands on the queue: works with no engine running.
+    #[command(after_help = "Examples:
+  kestra sys resubmit 4wjtkzwVGBM9yKnjm3yv8r
+  kestra sys resubmit 4wjtkzwVGBM9yKnjm3yv8r -c application.yml --tenant main")]
+    Resubmit {
+        /// The execution's id.
+        execution_id: String,
+        /// The tenant.
+        #[arg(long, default_value = "main")]
+        tenant: String,
+        /// Configuration file.
+        #[arg(short, long, env = "KESTRA_CONFIG")]
+        config: Option<PathBuf>,
+    },
     /// The service instances the indexer has seen (executors, workers, schedulers, indexers): id,
     /// type, state, host, start and last heartbeat. The executor decides liveness; this shows it.
     #[command(after_help = "Examples:
@@ -349,6 +367,11 @@ pub fn run(cli: Cli) -> ExitCode {
         }) => runtime_then(|| {
             crate::cli::commands::dead_letters(kafka_brokers, kafka_prefix, count, limit, json)
         }),
+        Command::Sys(SysCommand::Resubmit {
+            execution_id,
+            tenant,
+            config,
+        }) => runtime_then(|| crate::cli::commands::resubmit(config, &tenant, &execution_id)),
         Command::Sys(SysCommand::Services { config, json }) => {
             runtime_then(|| crate::cli::commands::services(config, json))
         }

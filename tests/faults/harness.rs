@@ -135,6 +135,8 @@ pub struct Cluster {
     /// The test's own backend on the database.
     pub backend: JdbcBackend,
     started: usize,
+    /// Settings (environment variables) of the processes started from now on.
+    env: Vec<(String, String)>,
 }
 
 /// `base` with its database name replaced by `name`.
@@ -200,6 +202,7 @@ impl Cluster {
             procs: Vec::new(),
             backend,
             started: 0,
+            env: Vec::new(),
         }
     }
 
@@ -215,6 +218,12 @@ impl Cluster {
             source,
         )
         .expect("write a flow");
+    }
+
+    /// Set `key=value` in the environment of the processes started from now on (over the
+    /// harness's own settings).
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.push((key.to_string(), value.to_string()));
     }
 
     /// Start `kestra server <component>`; `deploy` passes the flows folder. Returns its index.
@@ -252,6 +261,7 @@ impl Cluster {
             .env("KESTRA_SERVER_TERMINATIONGRACEPERIOD", "20s")
             .env("KESTRA_WORKER_THREADS", "4")
             .env("RUST_LOG", rust_log)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("a log file"));

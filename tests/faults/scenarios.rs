@@ -65,6 +65,116 @@ pub async fn worker_killed_mid_task(mut c: Cluster) {
     c.finish().await;
 }
 
+/// A worker SIGKILLed while its task runs, with `worker-task-restart-strategy: IMMEDIATELY` and a
+/// lease far longer than the liveness timeout: the executor declares the worker dead and resubmits
+/// its attempt before the queue would deliver the job again. The old attempt ends RESUBMITTED, the
+/// new one (attempt 2, on the worker started after it) SUCCESS, and the execution ends once.
+pub async fn worker_killed_mid_task_resubmitted(mut c: Cluster) {
+    slow_flow(&c, "slow", 2);
+    c.set_env("KESTRA_SERVER_WORKER_TASK_RESTART_STRATEGY", "IMMEDIATELY");
+    c.set_env("KESTRA_WORKER_LEASE", "120s");
+    c.start("executor", true);
+    c.wait_flow(NS, "slow").await;
+    let a = c.start("worker", false);
+    let id = c.execute(NS, "slow").await;
+    c.wait_mark(&format!("{id}.started"), 1, Duration::from_secs(30))
+        .await;
+    c.procs[a].kill();
+    let killed = Instant::now();
+    c.start("worker", false);
+    let ended = c
+        .wait_ended(std::slice::from_ref(&id), Duration::from_secs(40))
+        .await;
+    assert!(
+        killed.elapsed() < LIVENESS_TIMEOUT * 3 + Duration::from_secs(10),
+        "resubmitted after the liveness timeout, not the 120 s lease: {:?}",
+        killed.elapsed()
+    );
+    assert_eq!(ended[0].state.current(), StateType::Success, "{}", c.logs());
+    let run = &ended[0].task_run_list[0];
+    let attempts: Vec<StateType> = run.attempts.iter().map(|a| a.state.current()).collect();
+    assert_eq!(
+        attempts,
+        vec![StateType::Resubmitted, StateType::Success],
+        "the dead worker's attempt RESUBMITTED, the new one SUCCESS{}",
+        c.logs()
+    );
+    assert!(
+        run.state
+            .histories()
+            .iter()
+            .any(|h| h.state == StateType::Resubmitted),
+        "the task run went through RESUBMITTED"
+    );
+    let started = c.mark_lines(&format!("{id}.started"));
+    assert_eq!(
+        started.len(),
+        2,
+        "ran on the killed worker, then once as attempt 2: {started:?}"
+    );
+    c.check_invariants(&ended);
+    c.finish().await;
+}
+
+/// As [`worker_killed_mid_task_resubmitted`], with a lease that runs out after the resubmission:
+/// the queue delivers the dead worker's job (attempt 1) again once the execution has ended with
+/// attempt 2. The worker that starts that stale copy is told to stop it: it never finishes.
+pub async fn stale_copy_of_a_resubmitted_attempt_is_stopped(mut c: Cluster) {
+    slow_flow(&c, "slow", 4);
+    c.set_env("KESTRA_SERVER_WORKER_TASK_RESTART_STRATEGY", "IMMEDIATELY");
+    c.set_env("KESTRA_WORKER_LEASE", "12s");
+    c.start("executor", true);
+    c.wait_flow(NS, "slow").await;
+    let a = c.start("worker", false);
+    let id = c.execute(NS, "slow").await;
+    c.wait_mark(&format!("{id}.started"), 1, Duration::from_secs(30))
+        .await;
+    c.procs[a].kill();
+    let b = c.start("worker", false);
+    let ended = c
+        .wait_ended(std::slice::from_ref(&id), Duration::from_secs(40))
+        .await;
+    assert_eq!(ended[0].state.current(), StateType::Success, "{}", c.logs());
+    let attempts: Vec<StateType> = ended[0].task_run_list[0]
+        .attempts
+        .iter()
+        .map(|a| a.state.current())
+        .collect();
+    assert_eq!(
+        attempts,
+        vec![StateType::Resubmitted, StateType::Success],
+        "{}",
+        c.logs()
+    );
+    // The lease runs out: the stale copy of attempt 1 starts on the living worker...
+    let started = c
+        .wait_mark(&format!("{id}.started"), 3, Duration::from_secs(30))
+        .await;
+    // ...and is stopped: its shell never finishes, well after it would have. (The killed
+    // worker's own shell, orphaned by the SIGKILL, and attempt 2 do finish.)
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let done = c.mark_lines(&format!("{id}.done"));
+    assert!(
+        !done.contains(&started[2]),
+        "the stale copy (shell {}) was stopped before its end: done {done:?}{}",
+        started[2],
+        c.logs()
+    );
+    assert!(
+        c.procs[b].log().contains("stopping a resubmitted attempt"),
+        "the worker says why{}",
+        c.logs()
+    );
+    let after = c.execution(&id).await.expect("the execution");
+    assert_eq!(
+        after.state.histories(),
+        ended[0].state.histories(),
+        "the stale copy changed nothing"
+    );
+    c.check_invariants(&[after]);
+    c.finish().await;
+}
+
 /// A worker frozen (SIGSTOP) while its task runs, past the liveness timeout and its lease: the job
 /// runs again on another worker and the execution ends. Thawed (SIGCONT), the zombie finishes its
 /// copy (its shell ran on while it was frozen) and publishes a late result of the same attempt:

@@ -79,6 +79,9 @@ pub struct Outcome {
     pub restart_executions: Vec<String>,
     /// What the flow's concurrency limit needs from the runtime (see `executor::concurrency`).
     pub slot: SlotRequest,
+    /// Job keys of resubmitted attempts a worker says it started (their job was delivered again):
+    /// the runtime tells the workers to stop them.
+    pub stale_attempts: Vec<String>,
 }
 
 // Extensions of the walk, one file per feature (they reach `Run`'s private state).
@@ -87,6 +90,7 @@ mod for_each_item;
 mod lookup;
 mod loop_until;
 mod pause;
+mod resubmit;
 mod subflow;
 
 /// Apply `event` to the execution (`current` is the stored one; `None` for a new execution) and
@@ -128,6 +132,7 @@ pub fn process(
         was_terminated: false,
         started_only: false,
         runs: RunIndex::default(),
+        stale_attempts: Vec::new(),
     };
     run.was_terminated = run.exec.state.is_terminated();
     run.apply(event, is_new);
@@ -150,6 +155,7 @@ pub fn process(
         kill_executions: run.kill_executions,
         restart_executions: run.restart_executions,
         slot: run.slot,
+        stale_attempts: run.stale_attempts,
     })
 }
 
@@ -273,6 +279,8 @@ struct Run<'a> {
     started_only: bool,
     /// Positions of `exec`'s task runs (lookups without scanning the list).
     runs: RunIndex,
+    /// See [`Outcome::stale_attempts`].
+    stale_attempts: Vec<String>,
 }
 
 /// States of a runnable task run whose attempt waits for a worker to start it.
@@ -446,6 +454,18 @@ impl Run<'_> {
             ExecutionCommand::ScheduledStart { .. }
             | ExecutionCommand::Start { .. }
             | ExecutionCommand::ConcurrencyLimited { .. } => self.admission_command(cmd),
+            ExecutionCommand::Resubmit {
+                task_run_id,
+                attempt,
+                worker_id,
+                max_resubmissions,
+                ..
+            } => self.resubmit(
+                task_run_id,
+                *attempt,
+                worker_id.as_deref(),
+                *max_resubmissions,
+            ),
         }
     }
 
@@ -462,6 +482,15 @@ impl Run<'_> {
             return;
         }
         if task_run.attempts.len() as u32 != r.attempt {
+            if r.state == StateType::Running
+                && r.attempt
+                    .checked_sub(1)
+                    .and_then(|i| task_run.attempts.get(i as usize))
+                    .is_some_and(|a| a.state.current() == StateType::Resubmitted)
+            {
+                self.stale_attempts
+                    .push(format!("{}/{}", r.task_run_id, r.attempt));
+            }
             self.ignored = Some(format!(
                 "stale result for attempt {} of task run {} (current attempt {})",
                 r.attempt,
@@ -566,6 +595,7 @@ impl Run<'_> {
         let current = lookup::task_run(&self.exec, &self.runs, &r.task_run_id).map(|t| t.current());
         match current {
             Some(s) if awaits_worker(s) => {}
+            Some(StateType::Running) if r.worker_id.is_some() && self.taken_over(r) => return,
             Some(s) => {
                 self.ignored = Some(format!(
                     "RUNNING for task run {} that is already {s}",
@@ -584,6 +614,25 @@ impl Run<'_> {
         self.mark_started(&r.task_run_id, attempt_started(r, self.now));
         self.touch();
         self.started_only = true;
+    }
+
+    /// A RUNNING of the current attempt, already RUNNING, from another worker: the queue
+    /// delivered the job again (its first worker died or lost its lease) and that worker took it
+    /// over. The attempt records its new worker, so that a resubmission meant for the dead one is
+    /// not applied to it ([`ExecutionCommand::Resubmit`]).
+    fn taken_over(&mut self, r: &WorkerTaskResult) -> bool {
+        let Some(last) = lookup::task_run_mut(&mut self.exec, &self.runs, &r.task_run_id)
+            .and_then(|t| t.attempts.last_mut())
+        else {
+            return false;
+        };
+        if last.worker_id == r.worker_id {
+            return false;
+        }
+        last.worker_id = r.worker_id.clone();
+        self.touch_keeping_context();
+        self.started_only = true;
+        true
     }
 
     /// Move a task run waiting for a worker to RUNNING at `at` (a worker's clock), kept between

@@ -64,7 +64,9 @@ use crate::executor::process::process;
 use crate::executor::subflow::{SubflowRequest, complete_child, result_for_parent};
 use crate::expression::ExpressionEngine;
 use crate::inputs::{ExecutionRef, RawInput, resolve_inputs};
-use crate::liveness::{self, Heartbeat, LivenessConfig, LivenessMessage, LivenessState};
+use crate::liveness::{
+    self, Heartbeat, LivenessConfig, LivenessMessage, LivenessState, ResubmitConfig,
+};
 use crate::messages::{
     ExecutionChange, ExecutionCommand, ExecutionKilled, ExecutorEvent, TriggerEvent, WorkerJob,
     execution_envelope,
@@ -89,6 +91,8 @@ pub struct ExecutorConfig {
     /// Heartbeats of this executor, and how long a silent instance lives before the executor
     /// declares it dead ([`crate::liveness`]).
     pub liveness: LivenessConfig,
+    /// What happens to the task jobs of a worker declared dead ([`liveness::resubmit_commands`]).
+    pub resubmit: ResubmitConfig,
 }
 
 impl Default for ExecutorConfig {
@@ -98,6 +102,7 @@ impl Default for ExecutorConfig {
             poll_wait: Duration::from_millis(500),
             flow_grace: Duration::from_secs(60),
             liveness: LivenessConfig::default(),
+            resubmit: ResubmitConfig::default(),
         }
     }
 }
@@ -489,6 +494,18 @@ impl ExecutorService {
                 );
                 if !restart && current.as_ref().is_some_and(|c| c.state.is_terminated()) {
                     debug!("event for a terminated execution; dropped");
+                    // A worker started a stale copy of a resubmitted attempt: stop it.
+                    if let (ExecutorEvent::WorkerResult(r), Some(c)) = (&event, current)
+                        && let Some(key) = resubmitted_attempt_started(c, r)
+                    {
+                        outgoing.push(
+                            ExecutionKilled {
+                                execution_id: id.clone(),
+                                attempt: Some(key),
+                            }
+                            .envelope()?,
+                        );
+                    }
                     return Ok(());
                 }
                 let index = match self
@@ -559,6 +576,17 @@ impl ExecutorService {
                         outgoing.push(
                             ExecutionKilled {
                                 execution_id: id.clone(),
+                                attempt: None,
+                            }
+                            .envelope()?,
+                        );
+                    }
+                    for key in &outcome.stale_attempts {
+                        debug!(job = %key, "a worker started a resubmitted attempt: stopping it");
+                        outgoing.push(
+                            ExecutionKilled {
+                                execution_id: id.clone(),
+                                attempt: Some(key.clone()),
                             }
                             .envelope()?,
                         );
@@ -730,17 +758,28 @@ impl ExecutorService {
         let Some((state, changed)) = keyed.liveness.get_mut(key) else {
             return Ok(());
         };
-        let decision = liveness::apply(state, message, Utc::now(), self.config.liveness.timeout);
+        let now = Utc::now();
+        let decision = liveness::apply(state, message, now, self.config.liveness.timeout);
         *changed |= decision.changed;
         if let Some(dead) = &decision.declared_dead {
+            let resubmits = liveness::resubmit_commands(dead, &self.config.resubmit, now);
             warn!(
                 instance = %key,
                 service = ?dead.instance.type_,
                 silent_since = %dead.last_seen,
                 held_jobs = dead.jobs.len(),
                 jobs = ?dead.jobs.keys().collect::<Vec<_>>(),
+                strategy = ?self.config.resubmit.strategy,
+                resubmitted = resubmits.len(),
                 "service instance declared dead: no heartbeat within the liveness timeout"
             );
+            for (command, at) in resubmits {
+                let envelope = command.envelope()?;
+                outgoing.push(match at {
+                    Some(at) => envelope.delayed_until(at),
+                    None => envelope,
+                });
+            }
         }
         for (message, at) in decision.messages {
             let envelope = message.envelope()?;
@@ -1065,6 +1104,24 @@ fn fail_unrunnable(
 
 /// Stage setting aside a message the executor cannot handle (malformed, or keyed unlike what it
 /// concerns); the unit goes on with the others.
+/// The job key of `r` when it is a worker's RUNNING for an attempt of `execution` that was
+/// resubmitted (a stale copy of it runs).
+fn resubmitted_attempt_started(
+    execution: &Execution,
+    r: &crate::messages::WorkerTaskResult,
+) -> Option<String> {
+    if r.state != StateType::Running {
+        return None;
+    }
+    let run = execution
+        .task_run_list
+        .iter()
+        .find(|t| t.id == r.task_run_id)?;
+    let attempt = run.attempts.get(r.attempt.checked_sub(1)? as usize)?;
+    (attempt.state.current() == StateType::Resubmitted)
+        .then(|| format!("{}/{}", r.task_run_id, r.attempt))
+}
+
 async fn dead_letter(
     unit: &mut dyn UnitOfWork,
     delivery: &Delivery,
@@ -1095,6 +1152,7 @@ fn fail_oversized(
     let mut messages = vec![
         ExecutionKilled {
             execution_id: failed.id.clone(),
+            attempt: None,
         }
         .envelope()?,
         log_envelope(&failed, reason)?,

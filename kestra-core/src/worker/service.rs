@@ -316,13 +316,32 @@ impl Drop for Held<'_> {
 
 #[derive(Default)]
 struct Kills {
-    /// Running jobs by execution id.
-    running: HashMap<String, HashMap<u64, CancellationToken>>,
+    /// Running jobs by execution id: their job key and kill token.
+    running: HashMap<String, HashMap<u64, (String, CancellationToken)>>,
     /// Killed execution ids and when the kill arrived.
     killed: HashMap<String, Instant>,
 }
 
 impl Shared {
+    /// Stop the running job of `execution_id` with key `attempt` (a stale copy of a resubmitted
+    /// attempt); the execution's other jobs go on.
+    fn kill_attempt(&self, execution_id: &str, attempt: &str) {
+        let Ok(kills) = self.kills.lock() else {
+            return;
+        };
+        for (key, token) in kills
+            .running
+            .get(execution_id)
+            .into_iter()
+            .flat_map(|j| j.values())
+        {
+            if key == attempt {
+                tracing::info!(execution_id, job = %key, "stopping a resubmitted attempt");
+                token.cancel();
+            }
+        }
+    }
+
     fn mark_killed(&self, execution_id: &str) {
         let Ok(mut kills) = self.kills.lock() else {
             return;
@@ -338,14 +357,14 @@ impl Shared {
                 jobs = jobs.len(),
                 "killing running task attempts"
             );
-            for token in jobs.values() {
+            for (_, token) in jobs.values() {
                 token.cancel();
             }
         }
     }
 
     /// Registers a job of `execution_id`; `None` if the execution was killed already.
-    fn register(&self, execution_id: &str) -> Option<(u64, CancellationToken)> {
+    fn register(&self, execution_id: &str, key: &str) -> Option<(u64, CancellationToken)> {
         let mut kills = self.kills.lock().ok()?;
         let memory = self.config.killed_memory;
         if kills
@@ -361,7 +380,7 @@ impl Shared {
             .running
             .entry(execution_id.to_string())
             .or_default()
-            .insert(id, token.clone());
+            .insert(id, (key.to_string(), token.clone()));
         Some((id, token))
     }
 
@@ -401,7 +420,7 @@ impl Shared {
                 worker_id: Some(self.config.id.clone()),
             }
         };
-        let Some((job_id, token)) = self.register(&execution_id) else {
+        let Some((job_id, token)) = self.register(&execution_id, &job.key()) else {
             tracing::info!(%execution_id, %task_run_id, "execution already killed: not running the job");
             return Some(finish(
                 StateType::Killed,
@@ -918,6 +937,10 @@ async fn follow_kills(shared: Arc<Shared>, stop: CancellationToken) {
             };
             match next {
                 Some(Ok(envelope)) => match envelope.decode::<ExecutionKilled>() {
+                    Ok(ExecutionKilled {
+                        execution_id,
+                        attempt: Some(attempt),
+                    }) => shared.kill_attempt(&execution_id, &attempt),
                     Ok(k) => shared.mark_killed(&k.execution_id),
                     Err(e) => tracing::warn!("malformed kill signal ignored: {e}"),
                 },
