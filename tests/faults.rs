@@ -15,11 +15,13 @@
 //! - an executor SIGKILLed under load: the other executor takes over, every execution ends;
 //! - schedulers SIGKILLed around fire time: one execution per schedule slot, no slot lost.
 //!
-//! On SQLite, and on PostgreSQL when `KESTRA_TEST_POSTGRES_URL` is set (a database of its own per
-//! scenario; required under CI=true; needs `--features postgres`). Scenarios of one database run
+//! On SQLite, and on PostgreSQL and MariaDB when `KESTRA_TEST_POSTGRES_URL` / `KESTRA_TEST_MYSQL_URL`
+//! are set (a database of its own per scenario; required under CI=true; needs `--features
+//! postgres,mysql`). Scenarios of one database run
 //! one after the other: their timings are in seconds and the processes share two cores.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
 #[path = "faults/harness.rs"]
 mod harness;
 #[path = "faults/scenarios.rs"]
@@ -76,28 +78,21 @@ async fn faults_sqlite() {
     all_scenarios("sqlite", Cluster::sqlite).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn faults_postgres() {
-    let Ok(base) = std::env::var("KESTRA_TEST_POSTGRES_URL") else {
-        assert!(
-            !std::env::var("CI").is_ok_and(|v| v == "true"),
-            "KESTRA_TEST_POSTGRES_URL is not set: CI requires PostgreSQL (scripts/services.sh starts it)"
-        );
-        eprintln!(
-            "\n!!!!! SKIPPED: KESTRA_TEST_POSTGRES_URL is not set; run scripts/services.sh to run the fault suite on PostgreSQL !!!!!\n"
-        );
+/// Every scenario on the server database of `var` (`kind`: `postgres` or `mysql`), a database of
+/// its own per scenario; skipped loudly when `var` is unset, a failure under `CI=true`.
+async fn on_server(kind: &'static str, var: &str) {
+    let Some(base) = common::service_url(var) else {
         return;
     };
-    #[cfg(feature = "postgres")]
-    all_scenarios("postgres", || Cluster::postgres(&base)).await;
-    #[cfg(not(feature = "postgres"))]
-    {
-        assert!(
-            !std::env::var("CI").is_ok_and(|v| v == "true"),
-            "the fault suite needs `--features postgres` under CI=true"
-        );
-        eprintln!(
-            "\n!!!!! SKIPPED: {base} is set but this build has no `postgres` feature; run with --all-features !!!!!\n"
-        );
-    }
+    all_scenarios(kind, || Cluster::server(kind, &base)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn faults_postgres() {
+    on_server("postgres", "KESTRA_TEST_POSTGRES_URL").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn faults_mysql() {
+    on_server("mysql", "KESTRA_TEST_MYSQL_URL").await;
 }

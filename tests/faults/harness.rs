@@ -123,11 +123,12 @@ impl Drop for Proc {
 /// A scenario's world: its database, its data directory (local storage shared by the processes),
 /// its flows, its processes, and a connection of the test's own for publishing and checking.
 pub struct Cluster {
-    /// `sqlite` or `postgres`.
+    /// `sqlite`, `postgres` or `mysql`.
     pub kind: &'static str,
     /// The database URL.
     pub url: String,
-    base: Option<String>,
+    /// The scenario's own server database (none on SQLite), dropped by [`Cluster::finish`].
+    server: Option<crate::common::ServerDatabase>,
     /// The scenario's folder (data, flows, logs, task markers).
     pub dir: tempfile::TempDir,
     /// The processes started so far.
@@ -139,54 +140,26 @@ pub struct Cluster {
     env: Vec<(String, String)>,
 }
 
-/// `base` with its database name replaced by `name`.
-#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
-fn with_database(base: &str, name: &str) -> String {
-    let (head, query) = match base.split_once('?') {
-        Some((h, q)) => (h, format!("?{q}")),
-        None => (base, String::new()),
-    };
-    let head = head.rsplit_once('/').map(|(h, _)| h).unwrap_or(head);
-    format!("{head}/{name}{query}")
-}
-
 impl Cluster {
     /// A fresh SQLite file.
     pub async fn sqlite() -> Cluster {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let url = format!("sqlite://{}/kestra.db?mode=rwc", dir.path().display());
+        let url = crate::common::sqlite_url(&dir);
         Cluster::open("sqlite", url, None, dir).await
     }
 
-    /// A fresh database next to the one of `base` (dropped at the end).
-    #[cfg(feature = "postgres")]
-    pub async fn postgres(base: &str) -> Cluster {
-        use sqlx::{AssertSqlSafe, Connection};
-        let name = format!(
-            "kestra_faults_{}",
-            kestra::core::model::new_id().to_lowercase()
-        );
-        let mut conn = sqlx::PgConnection::connect(base)
-            .await
-            .unwrap_or_else(|e| panic!("connect to PostgreSQL {base}: {e}"));
-        sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut conn)
-            .await
-            .unwrap_or_else(|e| panic!("create database {name}: {e}"));
+    /// A fresh database on the server of `base` (PostgreSQL when `kind` is `postgres`,
+    /// MySQL/MariaDB when `mysql`), dropped at the end.
+    pub async fn server(kind: &'static str, base: &str) -> Cluster {
+        let db = crate::common::fresh_database(base).await;
         let dir = tempfile::tempdir().expect("a temporary directory");
-        Cluster::open(
-            "postgres",
-            with_database(base, &name),
-            Some(base.to_string()),
-            dir,
-        )
-        .await
+        Cluster::open(kind, db.url.clone(), Some(db), dir).await
     }
 
     async fn open(
         kind: &'static str,
         url: String,
-        base: Option<String>,
+        server: Option<crate::common::ServerDatabase>,
         dir: tempfile::TempDir,
     ) -> Cluster {
         std::fs::create_dir_all(dir.path().join("flows")).expect("flows folder");
@@ -197,7 +170,7 @@ impl Cluster {
         Cluster {
             kind,
             url,
-            base,
+            server,
             dir,
             procs: Vec::new(),
             backend,
@@ -462,28 +435,9 @@ impl Cluster {
             }
         }
         self.backend.close().await;
-        #[cfg(feature = "postgres")]
-        if let Some(base) = &self.base {
-            use sqlx::{AssertSqlSafe, Connection};
-            let name = self
-                .url
-                .split('?')
-                .next()
-                .and_then(|u| u.rsplit('/').next())
-                .unwrap_or_default()
-                .to_string();
-            if name.starts_with("kestra_faults_")
-                && let Ok(mut conn) = sqlx::PgConnection::connect(base).await
-            {
-                let _ = sqlx::raw_sql(AssertSqlSafe(format!(
-                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                )))
-                .execute(&mut conn)
-                .await;
-            }
+        if let Some(db) = self.server.take() {
+            db.remove().await;
         }
-        #[cfg(not(feature = "postgres"))]
-        let _ = &self.base;
     }
 }
 
