@@ -560,8 +560,30 @@ async fn stop_signal() -> Result<(), String> {
     }
 }
 
-/// `kestra sys purge-queue`.
-pub async fn purge_queue(config: Option<PathBuf>) -> Result<ExitCode, String> {
+/// `kestra sys purge-queue`: the Kafka form when `--kafka-brokers` is given or the configuration's
+/// queue type is `kafka`, else the JDBC form.
+pub async fn purge(
+    config: Option<PathBuf>,
+    brokers: Option<String>,
+    prefix: Option<String>,
+    all: bool,
+) -> Result<ExitCode, String> {
+    match kafka_target(config.clone(), brokers, prefix)? {
+        #[cfg(feature = "kafka")]
+        Some(options) => purge_kafka_queue(options, all).await,
+        #[cfg(not(feature = "kafka"))]
+        Some(never) => match never {},
+        None if all => Err(
+            "--all applies to a Kafka queue (give --kafka-brokers, or a configuration whose \
+             kestra.queue.type is kafka); the JDBC purge always keeps what is not yet consumed"
+                .into(),
+        ),
+        None => purge_queue(config).await,
+    }
+}
+
+/// `kestra sys purge-queue` on a JDBC queue.
+async fn purge_queue(config: Option<PathBuf>) -> Result<ExitCode, String> {
     let config = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
     let url = config.database_url().map_err(|e| e.to_string())?;
     let report = kestra::jdbc::purge_queue(&url)
@@ -571,17 +593,53 @@ pub async fn purge_queue(config: Option<PathBuf>) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The options of a Kafka deployment named on the command line.
+/// The Kafka deployment an operations command works on: the one named by `--kafka-brokers`
+/// (with `--kafka-prefix`, default `kestra_`), else the configuration's `kestra.kafka.*` when its
+/// queue type is `kafka`; `None` for a deployment on another queue.
 #[cfg(feature = "kafka")]
-fn kafka_options(brokers: String, prefix: String) -> kestra::kafka::KafkaOptions {
-    kestra::kafka::KafkaOptions::new(brokers).with_prefix(prefix)
+fn kafka_target(
+    config: Option<PathBuf>,
+    brokers: Option<String>,
+    prefix: Option<String>,
+) -> Result<Option<kestra::kafka::KafkaOptions>, String> {
+    let options = match brokers.filter(|b| !b.trim().is_empty()) {
+        Some(brokers) => kestra::kafka::KafkaOptions::new(brokers.trim()),
+        None => {
+            let config = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
+            if config.queue_type() != "kafka" {
+                return Ok(None);
+            }
+            config.kafka_options().map_err(|e| e.to_string())?
+        }
+    };
+    Ok(Some(match prefix {
+        Some(prefix) => options.with_prefix(prefix),
+        None => options,
+    }))
 }
 
-/// `kestra sys purge-queue --kafka-brokers ...`: the Kafka form (see the command's help).
+/// Without Kafka in the build, a Kafka deployment named anywhere is an error.
+#[cfg(not(feature = "kafka"))]
+fn kafka_target(
+    config: Option<PathBuf>,
+    brokers: Option<String>,
+    _prefix: Option<String>,
+) -> Result<Option<std::convert::Infallible>, String> {
+    let named = brokers.is_some_and(|b| !b.trim().is_empty())
+        || Config::load(config.as_deref())
+            .map_err(|e| e.to_string())?
+            .queue_type()
+            == "kafka";
+    if named {
+        return Err("this kestra was built without the `kafka` feature: no Kafka queue".into());
+    }
+    Ok(None)
+}
+
+/// `kestra sys purge-queue` on a Kafka queue (see the command's help).
 #[cfg(feature = "kafka")]
-pub async fn purge_kafka_queue(
-    brokers: String,
-    prefix: String,
+async fn purge_kafka_queue(
+    options: kestra::kafka::KafkaOptions,
     all: bool,
 ) -> Result<ExitCode, String> {
     use kestra::kafka::admin::{PurgeScope, purge};
@@ -590,7 +648,6 @@ pub async fn purge_kafka_queue(
     } else {
         PurgeScope::Consumed
     };
-    let options = kafka_options(brokers, prefix);
     let report = purge(&options, scope)
         .await
         .map_err(|e| format!("cannot purge the Kafka queue: {e}"))?;
@@ -598,23 +655,22 @@ pub async fn purge_kafka_queue(
     Ok(ExitCode::SUCCESS)
 }
 
-/// `kestra sys purge-queue --kafka-brokers ...` in a build without Kafka.
-#[cfg(not(feature = "kafka"))]
-pub async fn purge_kafka_queue(_: String, _: String, _: bool) -> Result<ExitCode, String> {
-    Err("this kestra was built without the `kafka` feature: no Kafka queue to purge".into())
-}
-
 /// `kestra sys dead-letters`: list (table or JSON) or count the dead letters of a Kafka queue.
 #[cfg(feature = "kafka")]
 pub async fn dead_letters(
-    brokers: String,
-    prefix: String,
+    config: Option<PathBuf>,
+    brokers: Option<String>,
+    prefix: Option<String>,
     count: bool,
     limit: usize,
     json: bool,
 ) -> Result<ExitCode, String> {
     use kestra::kafka::admin::{count_dead_letters, dead_letters};
-    let options = kafka_options(brokers, prefix);
+    let options = kafka_target(config, brokers, prefix)?.ok_or_else(|| {
+        "no Kafka queue named: give --kafka-brokers, or a configuration whose \
+         kestra.queue.type is kafka (with kestra.kafka.brokers)"
+            .to_string()
+    })?;
     if count {
         let n = count_dead_letters(&options)
             .await
@@ -656,13 +712,15 @@ pub async fn dead_letters(
 /// `kestra sys dead-letters` in a build without Kafka.
 #[cfg(not(feature = "kafka"))]
 pub async fn dead_letters(
-    _: String,
-    _: String,
+    config: Option<PathBuf>,
+    brokers: Option<String>,
+    prefix: Option<String>,
     _: bool,
     _: usize,
     _: bool,
 ) -> Result<ExitCode, String> {
-    Err("this kestra was built without the `kafka` feature: no Kafka dead letters".into())
+    kafka_target(config, brokers, prefix)?;
+    Err("no Kafka queue named: give --kafka-brokers, or a configuration whose kestra.queue.type is kafka".into())
 }
 
 /// `kestra sys services`: the service instances of the repository (what the indexer saw on the

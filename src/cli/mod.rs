@@ -165,20 +165,24 @@ pub enum SysCommand {
     #[command(after_help = "Examples:
   kestra sys purge-queue -c application.yml
   kestra sys purge-queue --kafka-brokers 127.0.0.1:9092
-  kestra sys purge-queue --kafka-brokers 127.0.0.1:9092 --kafka-prefix kestra_ --all")]
+  kestra sys purge-queue --kafka-brokers 127.0.0.1:9092 --kafka-prefix kestra_ --all
+  kestra sys purge-queue -c kafka.yml   # kestra.queue.type: kafka, kestra.kafka.brokers: ...")]
     PurgeQueue {
-        /// Configuration file.
+        /// Configuration file (its `kestra.queue.type: kafka` with `kestra.kafka.*` selects the
+        /// Kafka form without `--kafka-brokers`).
         #[arg(short, long, env = "KESTRA_CONFIG")]
         config: Option<PathBuf>,
-        /// Kafka form: the bootstrap servers of the deployment's Kafka queue.
+        /// Kafka form: the bootstrap servers of the deployment's Kafka queue (default: the
+        /// configuration's `kestra.kafka.brokers` when its queue type is `kafka`).
         #[arg(long, env = "KESTRA_KAFKA_BROKERS")]
         kafka_brokers: Option<String>,
-        /// Kafka form: the topic prefix of the deployment.
-        #[arg(long, default_value = "kestra_", requires = "kafka_brokers")]
-        kafka_prefix: String,
+        /// Kafka form: the topic prefix of the deployment (default: the configuration's
+        /// `kestra.kafka.topic-prefix`, else `kestra_`).
+        #[arg(long)]
+        kafka_prefix: Option<String>,
         /// Kafka form: delete every record of the message topics and the dead letters, consumed
         /// or not.
-        #[arg(long, requires = "kafka_brokers")]
+        #[arg(long)]
         all: bool,
     },
     /// The dead letters of a Kafka queue (messages a consumer could not decode): origin topic,
@@ -186,14 +190,21 @@ pub enum SysCommand {
     #[command(after_help = "Examples:
   kestra sys dead-letters --kafka-brokers 127.0.0.1:9092
   kestra sys dead-letters --kafka-brokers 127.0.0.1:9092 --count
-  kestra sys dead-letters --kafka-brokers 127.0.0.1:9092 --json --limit 10")]
+  kestra sys dead-letters --kafka-brokers 127.0.0.1:9092 --json --limit 10
+  kestra sys dead-letters -c kafka.yml --count")]
     DeadLetters {
-        /// The bootstrap servers of the deployment's Kafka queue.
+        /// Configuration file: its `kestra.kafka.*` keys name the queue when `--kafka-brokers`
+        /// is not given.
+        #[arg(short, long, env = "KESTRA_CONFIG")]
+        config: Option<PathBuf>,
+        /// The bootstrap servers of the deployment's Kafka queue (default: the configuration's
+        /// `kestra.kafka.brokers`).
         #[arg(long, env = "KESTRA_KAFKA_BROKERS")]
-        kafka_brokers: String,
-        /// The topic prefix of the deployment.
-        #[arg(long, default_value = "kestra_")]
-        kafka_prefix: String,
+        kafka_brokers: Option<String>,
+        /// The topic prefix of the deployment (default: the configuration's
+        /// `kestra.kafka.topic-prefix`, else `kestra_`).
+        #[arg(long)]
+        kafka_prefix: Option<String>,
         /// Print only how many there are.
         #[arg(long)]
         count: bool,
@@ -352,20 +363,25 @@ pub fn run(cli: Cli) -> ExitCode {
             kafka_brokers,
             kafka_prefix,
             all,
-        }) => match kafka_brokers {
-            Some(brokers) => {
-                runtime_then(|| crate::cli::commands::purge_kafka_queue(brokers, kafka_prefix, all))
-            }
-            None => runtime_then(|| crate::cli::commands::purge_queue(config)),
-        },
+        }) => {
+            runtime_then(|| crate::cli::commands::purge(config, kafka_brokers, kafka_prefix, all))
+        }
         Command::Sys(SysCommand::DeadLetters {
+            config,
             kafka_brokers,
             kafka_prefix,
             count,
             limit,
             json,
         }) => runtime_then(|| {
-            crate::cli::commands::dead_letters(kafka_brokers, kafka_prefix, count, limit, json)
+            crate::cli::commands::dead_letters(
+                config,
+                kafka_brokers,
+                kafka_prefix,
+                count,
+                limit,
+                json,
+            )
         }),
         Command::Sys(SysCommand::Resubmit {
             execution_id,
