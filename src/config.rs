@@ -29,6 +29,13 @@
 //! | `kestra.server.worker-task-restart-strategy` | `KESTRA_SERVER_WORKER_TASK_RESTART_STRATEGY` | `AFTER_TERMINATION_GRACE_PERIOD` (or `IMMEDIATELY`, `NEVER`) |
 //! | `kestra.server.worker-task-max-resubmissions` | `KESTRA_SERVER_WORKER_TASK_MAX_RESUBMISSIONS` | `3` |
 //! | `kestra.data-dir` | `KESTRA_DATA_DIR` | `./data` |
+//! | `kestra.limits.expression.max-value-size` | `KESTRA_LIMITS_EXPRESSION_MAX_VALUE_SIZE` | `16MB` (the largest string a filter or function builds) |
+//! | `kestra.limits.expression.fuel` | `KESTRA_LIMITS_EXPRESSION_FUEL` | `1000000` (template steps per render) |
+//! | `kestra.limits.task.max-output-size` | `KESTRA_LIMITS_TASK_MAX_OUTPUT_SIZE` | `10MB` (a task attempt's outputs as JSON) |
+//! | `kestra.queue.max-message-size` | `KESTRA_QUEUE_MAX_MESSAGE_SIZE` | `8MB` on JDBC, `1MB` on Kafka (a message or execution document) |
+//! | `kestra.repository.sqlite.initialize-empty` | `KESTRA_REPOSITORY_SQLITE_INITIALIZE_EMPTY` | `false` (an existing 0-byte SQLite file is refused) |
+//!
+//! Sizes are bytes or a number with a unit (`512KB`, `16MB`, `1GB`; 1 KB = 1024 bytes).
 //!
 //! Durations are ISO-8601 (`PT45S`) or a number with a unit (`45s`, `500ms`, `2m`, `1h`).
 //!
@@ -141,6 +148,11 @@ pub const KNOWN_KEYS: &[&str] = &[
     "kestra.server.worker-task-restart-strategy",
     "kestra.server.worker-task-max-resubmissions",
     "kestra.data-dir",
+    "kestra.limits.expression.max-value-size",
+    "kestra.limits.expression.fuel",
+    "kestra.limits.task.max-output-size",
+    "kestra.queue.max-message-size",
+    "kestra.repository.sqlite.initialize-empty",
 ];
 
 /// A key of the configuration file that this build does not read.
@@ -388,6 +400,12 @@ impl Config {
             },
             None => true,
         });
+        // SQLite's own key only on SQLite (or when set).
+        keys.retain(|key| {
+            key != "kestra.repository.sqlite.initialize-empty"
+                || kind == "sqlite"
+                || self.source(key).is_some()
+        });
         keys.into_iter()
             .map(|key| {
                 let default = match key.as_str() {
@@ -412,6 +430,18 @@ impl Config {
                             .to_string(),
                     ),
                     "kestra.worker.lease" => Some("PT2M".into()),
+                    "kestra.limits.expression.max-value-size" => {
+                        Some(kestra_core::expression::DEFAULT_MAX_VALUE_SIZE.to_string())
+                    }
+                    "kestra.limits.expression.fuel" => Some(
+                        kestra_core::expression::ExpressionOptions::default()
+                            .fuel
+                            .map_or_else(|| "none".into(), |f| f.to_string()),
+                    ),
+                    "kestra.limits.task.max-output-size" => {
+                        Some(kestra_core::worker::service::DEFAULT_MAX_OUTPUT_SIZE.to_string())
+                    }
+                    "kestra.repository.sqlite.initialize-empty" => Some("false".into()),
                     "kestra.server.liveness.heartbeatInterval" => Some("PT3S".into()),
                     "kestra.server.liveness.timeout" => Some("PT45S".into()),
                     "kestra.server.terminationGracePeriod" => Some("PT1M".into()),
@@ -486,6 +516,47 @@ impl Config {
                 message: format!("'{v}' is not a non-negative integer"),
             }),
         }
+    }
+
+    /// A size key in bytes: a number, or a number with a unit (`KB`/`KiB` = 1024, `MB`/`MiB`,
+    /// `GB`/`GiB`; case-insensitive, as Micronaut's readable sizes); zero is refused.
+    pub fn get_size(&self, key: &str, default: usize) -> Result<usize, ConfigError> {
+        let Some(text) = self.get(key) else {
+            return Ok(default);
+        };
+        let invalid = |message: String| ConfigError::Invalid {
+            key: key.into(),
+            message,
+        };
+        let trimmed = text.trim();
+        let split = trimmed
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(trimmed.len());
+        let (number, unit) = trimmed.split_at(split);
+        let n: u64 = number.parse().map_err(|_| {
+            invalid(format!(
+                "'{text}' is not a size (expected bytes, or e.g. 512KB, 16MB, 1GB)"
+            ))
+        })?;
+        let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "kb" | "kib" | "k" => 1 << 10,
+            "mb" | "mib" | "m" => 1 << 20,
+            "gb" | "gib" | "g" => 1 << 30,
+            other => {
+                return Err(invalid(format!(
+                    "unknown unit '{other}' in '{text}' (expected KB, MB or GB)"
+                )));
+            }
+        };
+        let bytes = n
+            .checked_mul(factor)
+            .and_then(|b| usize::try_from(b).ok())
+            .ok_or_else(|| invalid(format!("'{text}' is too large")))?;
+        if bytes == 0 {
+            return Err(invalid(format!("'{text}' is zero")));
+        }
+        Ok(bytes)
     }
 
     /// A duration key: ISO-8601 (`PT45S`) or a number with a unit (`45s`, `500ms`, `2m`, `1h`);
@@ -999,6 +1070,35 @@ mod tests {
         assert_eq!(get("kestra.server.port").value.as_deref(), Some("8080"));
         assert_eq!(get("kestra.server.port").source, Source::Default);
         assert!(effective.iter().all(|s| !s.key.contains("sqlite")));
+    }
+
+    #[test]
+    fn sizes_are_bytes_or_number_with_unit() {
+        let key = "kestra.limits.task.max-output-size";
+        let get = |v: &str| Config::from_pairs([(key, v)]).get_size(key, 7);
+        assert_eq!(get("1500").unwrap(), 1500);
+        assert_eq!(get("512KB").unwrap(), 512 * 1024);
+        assert_eq!(get("16MB").unwrap(), 16 << 20);
+        assert_eq!(get("16 MiB").unwrap(), 16 << 20);
+        assert_eq!(get("1gb").unwrap(), 1 << 30);
+        assert_eq!(
+            Config::from_pairs([("other", "1")])
+                .get_size(key, 7)
+                .unwrap(),
+            7
+        );
+        for (bad, says) in [
+            ("0", "is zero"),
+            ("12 parsecs", "unknown unit"),
+            ("MB", "is not a size"),
+            ("99999999999999GB", "too large"),
+        ] {
+            let error = get(bad).unwrap_err().to_string();
+            assert!(
+                error.contains(key) && error.contains(says),
+                "{bad}: {error}"
+            );
+        }
     }
 
     #[test]

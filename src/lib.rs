@@ -109,7 +109,15 @@ pub async fn connect(config: &config::Config) -> Result<Backend, StartError> {
         })?;
     }
     let url = config.database_url()?;
-    let jdbc = kestra_backend_jdbc::JdbcBackend::connect(&url)
+    let defaults = kestra_backend_jdbc::JdbcOptions::default();
+    let options = kestra_backend_jdbc::JdbcOptions {
+        max_message_bytes: config
+            .get_size("kestra.queue.max-message-size", defaults.max_message_bytes)?,
+        initialize_empty_sqlite: config
+            .get_bool("kestra.repository.sqlite.initialize-empty", false)?,
+        ..defaults
+    };
+    let jdbc = kestra_backend_jdbc::JdbcBackend::connect_with(&url, options)
         .await
         .map_err(|source| StartError::Database {
             kind: kind.clone(),
@@ -141,7 +149,9 @@ async fn connect_kafka(
         }
         .into());
     }
-    let kafka = config.kafka_options()?;
+    let mut kafka = config.kafka_options()?;
+    kafka.max_message_bytes =
+        config.get_size("kestra.queue.max-message-size", kafka.max_message_bytes)?;
     let elastic = config.elastic_options()?;
     let queue = kestra_backend_kafka::KafkaQueue::connect(kafka).await?;
     let repositories = kestra_backend_kafka::elastic::ElasticRepositories::connect(elastic)
@@ -202,6 +212,24 @@ pub async fn engine(config: &config::Config) -> Result<EngineBuilder, StartError
                 message: format!("'{threads}' is not a positive integer"),
             })?;
     }
+    worker.max_output_size =
+        config.get_size("kestra.limits.task.max-output-size", worker.max_output_size)?;
+    let mut expression = kestra_core::expression::ExpressionOptions::default();
+    expression.max_value_size = config.get_size(
+        "kestra.limits.expression.max-value-size",
+        expression.max_value_size,
+    )?;
+    if config.get("kestra.limits.expression.fuel").is_some() {
+        let fuel = config.get_u64("kestra.limits.expression.fuel", 0)?;
+        if fuel == 0 {
+            return Err(config::ConfigError::Invalid {
+                key: "kestra.limits.expression.fuel".into(),
+                message: "must be a positive number of template steps".into(),
+            }
+            .into());
+        }
+        expression.fuel = Some(fuel);
+    }
     let liveness = liveness_config(config)?;
     worker.heartbeat_interval = liveness.heartbeat_interval;
     worker.lease = config.get_duration("kestra.worker.lease", worker.lease)?;
@@ -227,6 +255,7 @@ pub async fn engine(config: &config::Config) -> Result<EngineBuilder, StartError
     Ok(
         Engine::builder(backend.queue, backend.repositories, backend.storage)
             .worker_config(worker)
+            .expression(expression)
             .executor_config(executor)
             .scheduler_config(scheduler)
             .indexer_config(indexer),
