@@ -94,3 +94,101 @@ async fn bad_url_is_a_clear_error() {
     let e = e.to_string();
     assert!(e.contains("ftp://nowhere"), "the error names the URL: {e}");
 }
+
+/// Keys over Elasticsearch's 512-byte `_id` limit (a very long tenant, namespace and id) still
+/// have their documents: saved, found, listed as revisions, deleted - and two such keys that
+/// differ only at their end stay two documents.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_over_the_id_limit_are_stored() {
+    use kestra_core::model::Execution;
+    use kestra_core::repository::FlowRecord;
+    let Some(url) = url() else { return };
+    let es = fresh(&url).await;
+    let repos = es.repositories();
+    let tenant = "t".repeat(400);
+    let namespace = format!("company.{}", "n".repeat(150));
+    let flow = |id: &str| FlowRecord {
+        tenant_id: tenant.clone(),
+        namespace: namespace.clone(),
+        id: id.to_string(),
+        revision: 0,
+        flow: serde_json::json!({"id": id, "namespace": namespace, "tasks": []}),
+        source: format!("id: {id}\nnamespace: {namespace}\ntasks: []\n"),
+        labels: Vec::new(),
+        disabled: false,
+        deleted: false,
+        updated: chrono::Utc::now(),
+    };
+    let (a, b) = (
+        format!("{}a", "f".repeat(99)),
+        format!("{}b", "f".repeat(99)),
+    );
+    repos
+        .flows
+        .save(flow(&a))
+        .await
+        .expect("save a long-keyed flow");
+    repos
+        .flows
+        .save(flow(&b))
+        .await
+        .expect("save its near twin");
+    let found = repos
+        .flows
+        .find(&tenant, &namespace, &a, None)
+        .await
+        .expect("find")
+        .expect("the long-keyed flow is found");
+    assert_eq!(found.id, a);
+    assert_eq!(
+        repos
+            .flows
+            .revisions(&tenant, &namespace, &b)
+            .await
+            .expect("revisions")
+            .len(),
+        1
+    );
+    repos
+        .flows
+        .delete(&tenant, &namespace, &a)
+        .await
+        .expect("delete");
+    assert!(
+        repos
+            .flows
+            .find(&tenant, &namespace, &b, None)
+            .await
+            .expect("find the twin")
+            .is_some(),
+        "deleting one key leaves its near twin"
+    );
+
+    let mut execution = Execution::new(namespace.clone(), b.clone(), 1);
+    execution.tenant_id = tenant.clone();
+    execution.id = format!("{}x", "e".repeat(300));
+    repos.executions.save(&execution).await.expect("save");
+    let back = repos
+        .executions
+        .find_by_id(&tenant, &execution.id)
+        .await
+        .expect("find")
+        .expect("the long-keyed execution is found");
+    assert_eq!(back.id, execution.id);
+    repos
+        .executions
+        .purge(&tenant, &execution.id)
+        .await
+        .expect("purge");
+    assert!(
+        repos
+            .executions
+            .find_by_id(&tenant, &execution.id)
+            .await
+            .expect("find after purge")
+            .is_none()
+    );
+    es.delete_indices()
+        .await
+        .expect("delete this run's indices");
+}

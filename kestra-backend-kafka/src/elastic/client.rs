@@ -183,6 +183,7 @@ impl Client {
 
     /// GET a document's `_source` (realtime); `None` when absent.
     pub(crate) async fn get(&self, index: &str, id: &str) -> Result<Option<Value>, ElasticError> {
+        let id = &*doc_id(id);
         let r = self
             .send(Method::GET, &[index, "_doc", id], &[], None)
             .await?;
@@ -311,6 +312,27 @@ fn status_error(method: Method, segments: &[&str], r: Response) -> ElasticError 
 }
 
 /// The hits of a search response.
+/// Elasticsearch refuses a document `_id` over 512 bytes.
+pub(crate) const MAX_DOC_ID_BYTES: usize = 512;
+
+/// The `_id` of the document whose key is `key`: the key itself, or - over
+/// [`MAX_DOC_ID_BYTES`] (a very long tenant + namespace + id) - `sha256-` and the hex SHA-256 of
+/// the key, so that every key has a document (the full key stays in the document's `key` field).
+/// Idempotent: an id already hashed is short and kept as is.
+pub(crate) fn doc_id(key: &str) -> std::borrow::Cow<'_, str> {
+    use sha2::Digest;
+    if key.len() <= MAX_DOC_ID_BYTES {
+        return std::borrow::Cow::Borrowed(key);
+    }
+    let digest = sha2::Sha256::digest(key.as_bytes());
+    let mut id = String::with_capacity(7 + 64);
+    id.push_str("sha256-");
+    for b in digest {
+        id.push_str(&format!("{b:02x}"));
+    }
+    std::borrow::Cow::Owned(id)
+}
+
 pub(crate) fn hits(r: &Value) -> &[Value] {
     r["hits"]["hits"].as_array().map_or(&[], |v| v.as_slice())
 }

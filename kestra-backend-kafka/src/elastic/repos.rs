@@ -19,7 +19,8 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::client::{
-    Body, ElasticError, MAX_RESULT_WINDOW, backend, date, hits, namespace_query, text_query, total,
+    Body, ElasticError, MAX_RESULT_WINDOW, backend, date, doc_id, hits, namespace_query,
+    text_query, total,
 };
 use super::{DELETED_VERSION, Inner};
 
@@ -143,6 +144,7 @@ impl Repos {
         doc: Value,
         params: &[(&str, &str)],
     ) -> RepoResult<bool> {
+        let id = &*doc_id(id);
         let mut query = vec![("refresh", self.c().refresh)];
         query.extend_from_slice(params);
         let r = self
@@ -174,6 +176,7 @@ impl Repos {
 
     /// DELETE a document; whether it existed.
     async fn delete_doc(&self, operation: &'static str, index: &str, id: &str) -> RepoResult<bool> {
+        let id = &*doc_id(id);
         let r = self
             .c()
             .send(
@@ -216,7 +219,7 @@ impl Repos {
             .map_err(backend(operation))?;
         let mut lines = String::new();
         for d in &docs {
-            let id = d["key"].as_str().unwrap_or_default();
+            let id = doc_id(d["key"].as_str().unwrap_or_default());
             lines.push_str(&json!({"delete": {"_id": id}}).to_string());
             lines.push('\n');
         }
@@ -685,7 +688,7 @@ impl ExecutionRepository for Repos {
 // ---------------------------------------------------------------------------- logs and metrics
 
 fn bulk_index(lines: &mut String, id: &str, doc: &Value) {
-    lines.push_str(&json!({"index": {"_id": id}}).to_string());
+    lines.push_str(&json!({"index": {"_id": doc_id(id)}}).to_string());
     lines.push('\n');
     lines.push_str(&doc.to_string());
     lines.push('\n');
