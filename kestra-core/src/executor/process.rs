@@ -437,7 +437,9 @@ impl Run<'_> {
                     self.ignored = Some(format!("stale retry for task run {task_run_id}"));
                     return;
                 }
-                self.start_attempt(task_run_id);
+                if !self.retry_subflow_due(task_run_id) {
+                    self.start_attempt(task_run_id);
+                }
             }
             ExecutionCommand::Restart { .. } => self.restart(),
             ExecutionCommand::Resume {
