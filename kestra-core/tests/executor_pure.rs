@@ -955,12 +955,13 @@ fn sla_max_duration_is_a_staged_timer_that_fails_a_running_execution() {
     let job = sim.pending[0].clone();
     sim.start(&job);
     // A later pass stages no second timer.
+    let result = sim.worker(&job);
     let again = process(
         &sim.index,
         &sim.expr,
         Utc::now(),
         Some(sim.execution.clone()),
-        &ExecutorEvent::WorkerResult(Box::new(sim.worker(&job))),
+        &ExecutorEvent::WorkerResult(Box::new(result)),
     )
     .unwrap();
     assert!(

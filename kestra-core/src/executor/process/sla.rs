@@ -172,7 +172,7 @@ impl Run<'_> {
                     .iter()
                     .any(|e| e.key == l.key && e.value == l.value)
             })
-            .cloned()
+            .map(|l| Label::new(l.key.clone(), l.value.clone()))
             .collect();
         if missing.is_empty() {
             return;
