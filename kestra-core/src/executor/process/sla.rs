@@ -72,7 +72,10 @@ impl Run<'_> {
                 self.log(
                     None,
                     Level::Error,
-                    format!("Execution failed due to SLA '{}' violated: {reason}", sla.id),
+                    format!(
+                        "Execution failed due to SLA '{}' violated: {reason}",
+                        sla.id
+                    ),
                 );
                 StateType::Failed
             }
@@ -80,7 +83,10 @@ impl Run<'_> {
                 self.log(
                     None,
                     Level::Warn,
-                    format!("Execution cancelled due to SLA '{}' violated: {reason}", sla.id),
+                    format!(
+                        "Execution cancelled due to SLA '{}' violated: {reason}",
+                        sla.id
+                    ),
                 );
                 StateType::Cancelled
             }
@@ -133,7 +139,10 @@ impl Run<'_> {
                     self.log(
                         None,
                         Level::Error,
-                        format!("Execution failed due to SLA '{}' violated: {reason}", sla.id),
+                        format!(
+                            "Execution failed due to SLA '{}' violated: {reason}",
+                            sla.id
+                        ),
                     );
                     StateType::Failed
                 }
