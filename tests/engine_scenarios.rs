@@ -278,6 +278,35 @@ async fn run_one(engine: &Engine, scenario: &Scenario) -> Result<(), String> {
             problems.push(format!("flow outputs {actual}, expected {o}"));
         }
     }
+    if let Some(Value::Object(expected)) = e.get("labels") {
+        for (key, value) in expected {
+            let value = match value {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            if !execution
+                .labels
+                .iter()
+                .any(|l| &l.key == key && l.value == value)
+            {
+                problems.push(format!(
+                    "no label {key}={value} (labels: {:?})",
+                    execution.labels
+                ));
+            }
+        }
+    }
+    for key in e
+        .get("noLabels")
+        .and_then(|v| v.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str())
+    {
+        if execution.labels.iter().any(|l| l.key == key) {
+            problems.push(format!("label {key} exists, expected none"));
+        }
+    }
     let wanted: Vec<String> = e
         .get("logs")
         .and_then(|v| v.as_array())

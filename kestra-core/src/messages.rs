@@ -244,6 +244,13 @@ pub enum ExecutionCommand {
         /// The iteration to start (0-based).
         iteration: u32,
     },
+    /// Timer: a flow `sla` of type MAX_DURATION is due (ignored when the execution has ended).
+    SlaDue {
+        /// Execution.
+        execution_id: String,
+        /// The SLA's `id`.
+        sla_id: String,
+    },
     /// Timer: the execution's `scheduleDate` is reached.
     ScheduledStart {
         /// Execution.
@@ -300,6 +307,7 @@ impl ExecutionCommand {
             | ExecutionCommand::Resume { execution_id, .. }
             | ExecutionCommand::PauseElapsed { execution_id, .. }
             | ExecutionCommand::LoopIterationDue { execution_id, .. }
+            | ExecutionCommand::SlaDue { execution_id, .. }
             | ExecutionCommand::ScheduledStart { execution_id }
             | ExecutionCommand::Start { execution_id }
             | ExecutionCommand::ConcurrencyLimited { execution_id, .. }

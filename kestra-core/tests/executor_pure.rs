@@ -925,3 +925,120 @@ fn attempts_count_is_the_number_of_previous_attempts() {
     assert_eq!(job.attempt, 2);
     assert_eq!(job.context["taskrun"]["attemptsCount"], json!(1));
 }
+
+#[test]
+fn sla_max_duration_is_a_staged_timer_that_fails_a_running_execution() {
+    let mut sim = Sim::new(&format!(
+        "{HEAD}sla:\n  - id: max\n    type: MAX_DURATION\n    behavior: FAIL\n    duration: PT10M\n    labels:\n      sla: missed\ntasks:\n  - id: a\n    type: io.kestra.plugin.core.log.Log\n    message: x\n  - id: b\n    type: io.kestra.plugin.core.log.Log\n    message: y\n"
+    ));
+    let start = sim.execution.clone();
+    let now = Utc::now();
+    let first = process(
+        &sim.index,
+        &sim.expr,
+        now,
+        None,
+        &ExecutorEvent::Execution(Box::new(start)),
+    )
+    .unwrap();
+    // The timer goes through the queue: staged once, when the execution starts, 10 minutes later.
+    let timers: Vec<_> = first
+        .delays
+        .iter()
+        .filter(|d| matches!(d.command, ExecutionCommand::SlaDue { .. }))
+        .collect();
+    assert_eq!(timers.len(), 1, "one SLA timer: {:?}", first.delays);
+    assert_eq!(timers[0].at, now + chrono::Duration::minutes(10));
+    let due = timers[0].command.clone();
+    sim.execution = first.execution;
+    sim.pending.extend(first.worker_tasks);
+    let job = sim.pending[0].clone();
+    sim.start(&job);
+    // A later pass stages no second timer.
+    let result = sim.worker(&job);
+    let again = process(
+        &sim.index,
+        &sim.expr,
+        Utc::now(),
+        Some(sim.execution.clone()),
+        &ExecutorEvent::WorkerResult(Box::new(result)),
+    )
+    .unwrap();
+    assert!(
+        !again
+            .delays
+            .iter()
+            .any(|d| matches!(d.command, ExecutionCommand::SlaDue { .. }))
+    );
+    sim.execution = again.execution;
+    // The timer fires while `b` is running: FAILED at once, `b` killed, workers told, label added.
+    let fired = process(
+        &sim.index,
+        &sim.expr,
+        Utc::now(),
+        Some(sim.execution.clone()),
+        &ExecutorEvent::Command(due.clone()),
+    )
+    .unwrap();
+    assert_eq!(fired.execution.current(), StateType::Failed);
+    let b: Vec<_> = fired
+        .execution
+        .task_run_list
+        .iter()
+        .filter(|r| r.task_id == "b")
+        .collect();
+    assert_eq!(b.len(), 1);
+    assert_eq!(b[0].current(), StateType::Killed);
+    assert!(fired.kill_broadcast);
+    assert!(
+        fired
+            .execution
+            .labels
+            .iter()
+            .any(|l| l.key == "sla" && l.value == "missed")
+    );
+    // Fired again (a redelivery) on the ended execution: nothing changes.
+    let stale = process(
+        &sim.index,
+        &sim.expr,
+        Utc::now(),
+        Some(fired.execution.clone()),
+        &ExecutorEvent::Command(due),
+    )
+    .unwrap();
+    assert!(stale.ignored.is_some());
+    assert_eq!(stale.execution.current(), StateType::Failed);
+}
+
+#[test]
+fn sla_execution_assertion_is_checked_when_the_tasks_are_done() {
+    let flow = |behavior: &str| {
+        format!(
+            "{HEAD}sla:\n  - id: check\n    type: EXECUTION_ASSERTION\n    behavior: {behavior}\n    assert: \"{{{{ outputs.r.value == 'yes' }}}}\"\n    labels:\n      sla: broken\ntasks:\n  - id: r\n    type: io.kestra.plugin.core.debug.Return\n    format: \"{{{{ inputs.answer }}}}\"\n"
+        )
+    };
+    let holds = Sim::new(&flow("FAIL"))
+        .inputs(json!({"answer": "yes"}))
+        .run();
+    assert_eq!(holds.state(), StateType::Success);
+    assert!(holds.execution.labels.iter().all(|l| l.key != "sla"));
+    for (behavior, end) in [
+        ("FAIL", StateType::Failed),
+        ("CANCEL", StateType::Cancelled),
+        ("NONE", StateType::Success),
+    ] {
+        let sim = Sim::new(&flow(behavior))
+            .inputs(json!({"answer": "no"}))
+            .run();
+        assert_eq!(sim.state(), end, "behavior {behavior}");
+        assert_eq!(sim.run_state("r"), StateType::Success);
+        assert!(
+            sim.execution
+                .labels
+                .iter()
+                .any(|l| l.key == "sla" && l.value == "broken"),
+            "behavior {behavior}: {:?}",
+            sim.execution.labels
+        );
+    }
+}

@@ -465,23 +465,49 @@ fn loop_until_limits_end_success_or_failed_with_fail_on_max_reached() {
         let id = w.start("t.l", |_| {});
         w.run(true);
         assert_eq!(w.exec(&id).current(), expected, "failOnMaxReached {fail}");
-        assert_eq!(w.runs(&id, "r").len(), 4);
+        // Kestra's LoopUntil stops once iterationCount > maxIterations: one more iteration.
+        assert_eq!(w.runs(&id, "r").len(), 5);
         assert_eq!(
             w.runs(&id, "loop")[0].outputs.as_ref().unwrap()["iterationCount"],
-            4
+            5
         );
     }
-    // maxDuration: iterations every minute (default interval) for at most 3 minutes.
+    // maxDuration: iterations every minute for at most 3 minutes, checked after each iteration
+    // (Kestra: `creationDate + maxDuration` before now).
     let mut w = World::new(&[&loop_flow(
-        "    checkFrequency:\n      maxDuration: PT3M\n",
+        "    checkFrequency:\n      maxDuration: PT3M\n      interval: PT1M\n",
         "{{ false }}",
     )]);
     let id = w.start("t.l", |_| {});
     w.run(true);
     assert_eq!(w.exec(&id).current(), StateType::Success);
-    // Iterations at 0, 1 and 2 minutes; at 3 minutes the limit is reached: no fourth one.
-    assert_eq!(w.runs(&id, "r").len(), 3);
-    assert_eq!(w.now, t0() + Duration::minutes(3));
+    // Iterations at 0, 1, 2, 3 (3 minutes are not more than the limit) and 4 minutes, then over.
+    assert_eq!(w.runs(&id, "r").len(), 5);
+    assert_eq!(w.now, t0() + Duration::minutes(4));
+}
+
+#[test]
+fn wait_for_runs_again_while_the_condition_holds() {
+    let flow = "id: w\nnamespace: t\ntasks:\n  - id: loop\n    type: io.kestra.plugin.core.flow.WaitFor\n    condition: \"{{ outputs.r.value != '3' }}\"\n    tasks:\n      - id: r\n        type: io.kestra.plugin.core.debug.Return\n        format: \"{{ outputs.loop.iterationCount }}\"\n";
+    let mut w = World::new(&[flow]);
+    let id = w.start("t.w", |_| {});
+    w.run(false);
+    // The default interval (PT1S) delays the next iteration.
+    assert_eq!(w.runs(&id, "r").len(), 1);
+    assert_eq!(w.delays.len(), 1);
+    assert_eq!(w.delays[0].0, t0() + Duration::seconds(1));
+    w.run(true);
+    assert_eq!(w.exec(&id).current(), StateType::Success);
+    let values: Vec<serde_json::Value> = w
+        .runs(&id, "r")
+        .iter()
+        .map(|r| r.outputs.as_ref().unwrap()["value"].clone())
+        .collect();
+    assert_eq!(values, vec![json!("1"), json!("2"), json!("3")]);
+    assert_eq!(
+        w.runs(&id, "loop")[0].outputs.as_ref().unwrap()["iterationCount"],
+        3
+    );
 }
 
 const CHILD: &str = "id: child\nnamespace: t\nlabels:\n  team: data\ninputs:\n  - id: n\n    type: INT\n    required: false\ntasks:\n  - id: c\n    type: io.kestra.plugin.core.debug.Return\n    format: \"{{ inputs.n }}\"\noutputs:\n  - id: got\n    type: STRING\n    value: \"{{ outputs.c.value }}\"\n";
@@ -570,6 +596,49 @@ fn subflow_transmit_failed_rules() {
         let sub = w.runs(&id, "sub")[0];
         assert_eq!(sub.outputs.as_ref().unwrap()["state"], "FAILED");
     }
+}
+
+#[test]
+fn subflow_retry_starts_a_new_child_per_attempt() {
+    let mut w = World::new(&[
+        FAILING_CHILD,
+        &parent(
+            "    retry:\n      type: constant\n      interval: PT30S\n      maxAttempts: 3\n",
+            "bad",
+        ),
+    ]);
+    let id = w.start("t.parent", |_| {});
+    w.run(true);
+    assert_eq!(w.exec(&id).current(), StateType::Failed);
+    let sub = w.runs(&id, "sub")[0];
+    assert_eq!(sub.current(), StateType::Failed);
+    // One FAILED attempt per child, three children, each retry after the interval.
+    assert_eq!(sub.attempts.len(), 3);
+    assert!(
+        sub.attempts
+            .iter()
+            .all(|a| a.state.current() == StateType::Failed)
+    );
+    let children: Vec<&Execution> = w
+        .executions
+        .values()
+        .filter(|e| e.parent_id.as_deref() == Some(id.as_str()))
+        .collect();
+    assert_eq!(children.len(), 3, "a new child execution per attempt");
+    let history: Vec<StateType> = sub.state.histories().iter().map(|h| h.state).collect();
+    assert_eq!(
+        history,
+        vec![
+            StateType::Created,
+            StateType::Running,
+            StateType::Retrying,
+            StateType::Running,
+            StateType::Retrying,
+            StateType::Running,
+            StateType::Failed
+        ]
+    );
+    assert_eq!(w.now, t0() + Duration::seconds(60));
 }
 
 #[test]

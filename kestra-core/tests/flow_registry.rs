@@ -36,7 +36,7 @@ fn core_types_and_legacy_aliases_resolve() {
     );
     assert_eq!(
         canonical("io.kestra.plugin.core.flow.WaitFor"),
-        Some("io.kestra.plugin.core.flow.LoopUntil")
+        Some("io.kestra.plugin.core.flow.WaitFor")
     );
     assert_eq!(canonical(EACH_PARALLEL), Some(EACH_PARALLEL));
     assert_eq!(

@@ -156,6 +156,9 @@ pub struct PauseSpec {
 /// A LoopUntil, resolved.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoopSpec {
+    /// WaitFor (run again while `condition` is true, stop when `maxIterations` is reached)
+    /// rather than LoopUntil (run again until it is true, stop when `maxIterations` is passed).
+    pub wait_for: bool,
     /// Checked after each iteration.
     pub condition: Value,
     /// `checkFrequency`.
@@ -526,10 +529,11 @@ impl FlowIndex {
                     group: self.add_group(&children, &[], &[], id, registry)?,
                 }))
             }
-            types::LOOP_UNTIL => {
+            types::LOOP_UNTIL | tasks::WAIT_FOR => {
                 let t: tasks::LoopUntil = registry.decode(task).map_err(decode_err)?;
                 NodeKind::Flowable(Box::new(Flowable::LoopUntil {
                     spec: LoopSpec {
+                        wait_for: type_name == tasks::WAIT_FOR,
                         condition: t.condition.clone(),
                         check_frequency: t.check_frequency.clone(),
                         fail_on_max_reached: t.fail_on_max_reached.clone(),

@@ -91,6 +91,7 @@ mod lookup;
 mod loop_until;
 mod pause;
 mod resubmit;
+mod sla;
 mod subflow;
 
 /// Apply `event` to the execution (`current` is the stored one; `None` for a new execution) and
@@ -374,8 +375,19 @@ impl Run<'_> {
     }
 
     fn set_exec_state(&mut self, to: StateType) {
+        // The first RUNNING starts the flow's MAX_DURATION SLA timers.
+        let first_start = to == StateType::Running
+            && !self
+                .exec
+                .state
+                .histories()
+                .iter()
+                .any(|h| h.state == StateType::Running);
         if self.exec.state.transition_at(to, self.now).is_ok() {
             self.touch();
+            if first_start {
+                self.schedule_slas();
+            }
         }
     }
 
@@ -437,7 +449,9 @@ impl Run<'_> {
                     self.ignored = Some(format!("stale retry for task run {task_run_id}"));
                     return;
                 }
-                self.start_attempt(task_run_id);
+                if !self.retry_subflow_due(task_run_id) {
+                    self.start_attempt(task_run_id);
+                }
             }
             ExecutionCommand::Restart { .. } => self.restart(),
             ExecutionCommand::Resume {
@@ -451,6 +465,7 @@ impl Run<'_> {
                 iteration,
                 ..
             } => self.loop_iteration_due(task_run_id, *iteration),
+            ExecutionCommand::SlaDue { sla_id, .. } => self.sla_due(sla_id),
             ExecutionCommand::ScheduledStart { .. }
             | ExecutionCommand::Start { .. }
             | ExecutionCommand::ConcurrencyLimited { .. } => self.admission_command(cmd),
@@ -813,6 +828,9 @@ impl Run<'_> {
         let mut state = state;
         if state == StateType::Paused {
             state = StateType::Success;
+        }
+        if !self.killing() {
+            state = self.check_assertion_slas(state);
         }
         if matches!(state, StateType::Success | StateType::Warning)
             && (!self.index.flow.outputs.is_empty() || self.subflow_outputs_mapping().is_some())

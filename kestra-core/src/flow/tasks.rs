@@ -1021,26 +1021,29 @@ task_type!(
     children = [ChildSlot::List("tasks")]
 );
 
-/// LoopUntil's `checkFrequency`.
+/// The `checkFrequency` of LoopUntil and WaitFor (Kestra's defaults: interval PT1S,
+/// maxIterations 100, maxDuration PT1H).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CheckFrequency {
-    /// Delay between iterations (PT1M by default).
+    /// Delay between iterations (PT1S by default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval: Option<Property<IsoDuration>>,
-    /// Maximum number of iterations.
+    /// Maximum number of iterations (100 by default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_iterations: Option<Property<u32>>,
-    /// Maximum total duration.
+    /// Maximum total duration (PT1H by default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_duration: Option<Property<IsoDuration>>,
 }
 
-/// `io.kestra.plugin.core.flow.LoopUntil` (alias `WaitFor`).
+/// `io.kestra.plugin.core.flow.LoopUntil`, and (registered under its own name, see
+/// [`WAIT_FOR`]) `io.kestra.plugin.core.flow.WaitFor`, whose `condition` reads the other way.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LoopUntil {
-    /// Checked after each run of `tasks`; the loop ends when it is true.
+    /// Checked after each run of `tasks`: LoopUntil ends when it is true, WaitFor when it is
+    /// false.
     pub condition: Value,
     /// The body, run at least once.
     pub tasks: Vec<Task>,
@@ -1061,9 +1064,12 @@ task_type!(
     LoopUntil,
     "io.kestra.plugin.core.flow.LoopUntil",
     Flowable,
-    aliases = ["io.kestra.plugin.core.flow.WaitFor"],
     children = [SEQ_CHILDREN[0], SEQ_CHILDREN[1], SEQ_CHILDREN[2]]
 );
+
+/// `io.kestra.plugin.core.flow.WaitFor`: the properties of [`LoopUntil`]; its tasks run again
+/// while `condition` is true (Kestra's `WaitFor`).
+pub const WAIT_FOR: &str = "io.kestra.plugin.core.flow.WaitFor";
 
 /// WorkingDirectory's `cache`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -1292,6 +1298,7 @@ pub fn register_core_tasks(registry: &mut TaskRegistry) {
         .register::<Dag>()
         .register::<Pause>()
         .register::<LoopUntil>()
+        .register_named::<LoopUntil>(WAIT_FOR, &[])
         .register::<WorkingDirectory>()
         .register::<Subflow>()
         .register::<ForEachItem>();

@@ -8,7 +8,9 @@
 //!   `timeout` applies to it.
 //! - Each child renders with the WorkingDirectory's variables plus the outputs and states of the
 //!   children before it (`outputs.<id>`, `tasks.<id>.state`, keyed by loop values like the
-//!   executor does), its own `task`/`taskrun`/`parent`/`parents`, and `workingDir`.
+//!   executor does), its own `task`/`taskrun`/`parent`/`parents`, `workingDir`, and
+//!   `workerTaskrun` (the WorkingDirectory's `taskrun`). `parent` is the WorkingDirectory's entry,
+//!   `{"taskrun": {"value": <its loop value>}}`, as Kestra renders it.
 //! - The WorkingDirectory's state is the worst of its main children's (KILLED > FAILED > WARNING >
 //!   SUCCESS); `errors` and `finally` never change it. `inputFiles` are written before the first
 //!   child; `outputFiles` are collected after the last (output `outputFiles`).
@@ -136,9 +138,16 @@ impl Children<'_> {
             json!({"id": task.id, "type": task.task_type}),
         );
         set_variable(&mut variables, "taskrun", taskrun);
-        let mut parent_entry = json!({"taskrun": {"id": parent_run.id}, "outputs": Value::Null});
+        // Kestra's parent entry: `{"taskrun": {"value": ...}}` (the WorkingDirectory's loop
+        // value), its outputs only once it has some (never while its children run).
+        let mut parent_entry = json!({"taskrun": {}});
         if let Some(v) = &parent_run.value {
             parent_entry["taskrun"]["value"] = json!(v);
+        }
+        // `workerTaskrun`: the WorkingDirectory's own `taskrun` (Kestra's
+        // `RunContextInitializer.forWorkingDirectory`).
+        if let Some(worker_taskrun) = self.parent.variables().get("taskrun") {
+            set_variable(&mut variables, "workerTaskrun", worker_taskrun.clone());
         }
         let mut parents = vec![parent_entry.clone()];
         if let Some(Value::Array(more)) = self.parent.variables().get("parents") {

@@ -1,18 +1,22 @@
-//! LoopUntil (alias WaitFor): the body runs as iterations 0, 1, ... (task runs carry `iteration`,
+//! LoopUntil and WaitFor: the body runs as iterations 0, 1, ... (task runs carry `iteration`,
 //! which is part of their identity); after each successful iteration `condition` is checked in the
-//! loop's context (the latest iteration's outputs). True ends the loop in SUCCESS. Otherwise, when
-//! `checkFrequency.maxIterations` or `maxDuration` (from the loop's start) is reached, the loop ends
-//! SUCCESS, or FAILED with `failOnMaxReached`; else the next iteration starts after
-//! `checkFrequency.interval` (PT1M by default) through a [`ExecutionCommand::LoopIterationDue`]
-//! timer. A failed iteration ends the loop (then its `errors` and `finally`). Output
-//! `iterationCount`: iterations completed; it also marks that the next iteration's timer has been
-//! emitted, which keeps `process` idempotent.
+//! loop's context (the latest iteration's outputs). LoopUntil ends in SUCCESS when it is true,
+//! WaitFor when it is false. Otherwise, when `checkFrequency.maxIterations` (100) or
+//! `maxDuration` (PT1H, from the loop's start) is reached, the loop ends SUCCESS, or FAILED with
+//! `failOnMaxReached`; else the next iteration starts after `checkFrequency.interval` (PT1S)
+//! through a [`ExecutionCommand::LoopIterationDue`] timer. A failed iteration ends the loop (then
+//! its `errors` and `finally`). Output `iterationCount`: the 1-based number of the current
+//! iteration, as Kestra's (1 during the first one); it is raised when the next iteration is
+//! decided, which also marks that its timer has been emitted and keeps `process` idempotent.
 
 use super::*;
 use crate::executor::index::LoopSpec;
 use crate::flow::duration::IsoDuration;
 
-const DEFAULT_INTERVAL_SECONDS: i64 = 60;
+/// Kestra's `checkFrequency` defaults.
+const DEFAULT_INTERVAL_SECONDS: i64 = 1;
+const DEFAULT_MAX_ITERATIONS: u32 = 100;
+const DEFAULT_MAX_DURATION_SECONDS: i64 = 3600;
 
 impl Run<'_> {
     pub(super) fn loop_iteration_due(&mut self, task_run_id: &str, iteration: u32) {
@@ -107,6 +111,7 @@ impl Run<'_> {
             .filter_map(|r| r.iteration)
             .max();
         let Some(i) = latest else {
+            self.set_iteration_count(run_id, 1);
             return self.walk_iteration(run_id, value, &body, 0);
         };
         let state = match self.walk_iteration(run_id, value, &body, i) {
@@ -119,43 +124,55 @@ impl Run<'_> {
             StateType::Failed | StateType::Killed | StateType::Cancelled
         ) || self.killing()
         {
-            self.set_iteration_count(run_id, completed);
             return self.loop_end(run_id, value, state, group);
         }
+        let count = lookup::task_run(&self.exec, &self.runs, run_id)
+            .and_then(|r| r.outputs.as_ref())
+            .and_then(|o| o.get("iterationCount"))
+            .and_then(Value::as_u64);
+        if count == Some(u64::from(completed) + 1) {
+            // Decided already: the next iteration waits for its timer.
+            let due = self
+                .due_loops
+                .iter()
+                .any(|(id, it)| id == run_id && *it == completed);
+            if due {
+                return self.walk_iteration(run_id, value, &body, completed);
+            }
+            return Status::Running;
+        }
         let ctx = self.context_for(run_id);
-        let done = match self.condition(&spec.condition, &ctx) {
+        let condition = match self.condition(&spec.condition, &ctx) {
             Ok(b) => b,
             Err(e) => {
-                self.set_iteration_count(run_id, completed);
                 let Status::Done(s) = self.fail_run(run_id, format!("loop condition: {e}")) else {
                     return Status::Running;
                 };
                 return self.loop_end(run_id, value, s, group);
             }
         };
-        if done {
-            self.set_iteration_count(run_id, completed);
+        // WaitFor runs again while the condition holds, LoopUntil until it holds.
+        if condition != spec.wait_for {
             return self.loop_end(run_id, value, state, group);
         }
         let check = spec.check_frequency.clone();
         let max_iterations = match check.as_ref().and_then(|c| c.max_iterations.clone()) {
-            None => None,
+            None => DEFAULT_MAX_ITERATIONS,
             Some(p) => match self.render_prop(run_id, &p) {
-                Ok(n) => Some(n),
+                Ok(n) => n,
                 Err(e) => return self.fail_run(run_id, format!("invalid maxIterations: {e}")),
             },
         };
-        let max_duration: Option<IsoDuration> =
-            match check.as_ref().and_then(|c| c.max_duration.clone()) {
-                None => None,
-                Some(p) => match self.render_prop(run_id, &p) {
-                    Ok(d) => Some(d),
-                    Err(e) => return self.fail_run(run_id, format!("invalid maxDuration: {e}")),
-                },
-            };
+        let max_duration = match check.as_ref().and_then(|c| c.max_duration.clone()) {
+            None => chrono::Duration::seconds(DEFAULT_MAX_DURATION_SECONDS),
+            Some(p) => match self.render_prop::<IsoDuration>(run_id, &p) {
+                Ok(d) => chrono::Duration::from_std(d.duration()).unwrap_or(chrono::Duration::MAX),
+                Err(e) => return self.fail_run(run_id, format!("invalid maxDuration: {e}")),
+            },
+        };
         let interval = match check.as_ref().and_then(|c| c.interval.clone()) {
             None => chrono::Duration::seconds(DEFAULT_INTERVAL_SECONDS),
-            Some(p) => match self.render_prop(run_id, &p) {
+            Some(p) => match self.render_prop::<IsoDuration>(run_id, &p) {
                 Ok(d) => chrono::Duration::from_std(d.duration()).unwrap_or(chrono::Duration::MAX),
                 Err(e) => return self.fail_run(run_id, format!("invalid interval: {e}")),
             },
@@ -163,14 +180,15 @@ impl Run<'_> {
         let started = lookup::task_run(&self.exec, &self.runs, run_id)
             .and_then(|r| r.state.start_date())
             .unwrap_or(self.now);
-        let over_iterations = max_iterations.is_some_and(|m| completed >= m);
-        let over_duration = max_duration.is_some_and(|d| {
-            chrono::Duration::from_std(d.duration())
-                .map(|d| self.now - started >= d)
-                .unwrap_or(false)
-        });
+        // Kestra's WaitFor stops once `iterationCount >= maxIterations`, its LoopUntil once
+        // `iterationCount > maxIterations` (one more iteration).
+        let over_iterations = if spec.wait_for {
+            completed >= max_iterations
+        } else {
+            completed > max_iterations
+        };
+        let over_duration = self.now - started > max_duration;
         if over_iterations || over_duration {
-            self.set_iteration_count(run_id, completed);
             let fail = match spec.fail_on_max_reached.clone() {
                 None => false,
                 Some(p) => match self.render_prop(run_id, &p) {
@@ -180,43 +198,30 @@ impl Run<'_> {
                     }
                 },
             };
-            let s = if fail {
-                let run = lookup::task_run(&self.exec, &self.runs, run_id).cloned();
-                self.log(
-                    run.as_ref(),
-                    Level::Error,
-                    format!("loop limit reached after {completed} iterations"),
-                );
-                StateType::Failed
+            let run = lookup::task_run(&self.exec, &self.runs, run_id).cloned();
+            let reached = if over_iterations {
+                "Max iterations reached"
             } else {
-                state
+                "Max duration reached"
             };
+            self.log(run.as_ref(), Level::Warn, reached.to_string());
+            let s = if fail { StateType::Failed } else { state };
             return self.loop_end(run_id, value, s, group);
         }
-        let due = self
-            .due_loops
-            .iter()
-            .any(|(id, it)| id == run_id && *it == completed);
-        if interval <= chrono::Duration::zero() || due {
-            self.set_iteration_count(run_id, completed);
+        // The next iteration's count is visible from now on (Kestra increments it when it
+        // schedules the next iteration); it also marks the timer as emitted.
+        self.set_iteration_count(run_id, completed + 1);
+        if interval <= chrono::Duration::zero() {
             return self.walk_iteration(run_id, value, &body, completed);
         }
-        let scheduled = lookup::task_run(&self.exec, &self.runs, run_id)
-            .and_then(|r| r.outputs.as_ref())
-            .and_then(|o| o.get("iterationCount"))
-            .and_then(Value::as_u64)
-            == Some(u64::from(completed));
-        if !scheduled {
-            self.set_iteration_count(run_id, completed);
-            self.delays.push(Delay {
-                at: self.now + interval,
-                command: ExecutionCommand::LoopIterationDue {
-                    execution_id: self.exec.id.clone(),
-                    task_run_id: run_id.to_string(),
-                    iteration: completed,
-                },
-            });
-        }
+        self.delays.push(Delay {
+            at: self.now + interval,
+            command: ExecutionCommand::LoopIterationDue {
+                execution_id: self.exec.id.clone(),
+                task_run_id: run_id.to_string(),
+                iteration: completed,
+            },
+        });
         Status::Running
     }
 }

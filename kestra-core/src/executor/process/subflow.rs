@@ -55,7 +55,9 @@ impl Run<'_> {
         if let Status::Done(state) = status {
             let now = self.now;
             if let Some(r) = lookup::task_run_mut(&mut self.exec, &self.runs, run_id)
-                && r.attempts.is_empty()
+                // One attempt per child: the failed ones a retry left behind, then this one
+                // (a restarted task run ends again without a new child, hence no new attempt).
+                && (r.attempts.is_empty() || !r.state.histories().iter().any(|h| h.state == StateType::Restarted))
             {
                 let mut attempt = State::new_at(StateType::Created, now);
                 // CREATED -> any other state is allowed; a CREATED end keeps its one entry.
@@ -87,7 +89,11 @@ impl Run<'_> {
                 .and_then(Value::as_str)
                 .and_then(|s| s.parse::<StateType>().ok())
             {
-                return Status::Done(parent_state(state, transmit_failed));
+                let state = parent_state(state, transmit_failed);
+                if state == StateType::Failed && self.retry_subflow(run_id) {
+                    return Status::Running;
+                }
+                return Status::Done(self.warning_on_retry(run_id, state));
             }
             if self.killing() {
                 self.kill_executions.push(child.to_string());
@@ -117,6 +123,97 @@ impl Run<'_> {
             }
             Err(e) => self.fail_run(run_id, e),
         }
+    }
+
+    /// A failed child with the task's `retry` policy not exhausted: the child counts as a
+    /// FAILED attempt of the Subflow task run, which goes RETRYING until a
+    /// [`ExecutionCommand::RetryDue`] timer starts the next child (Kestra: one child per attempt,
+    /// `taskrun.attemptsCount` counts them). Returns whether a retry was scheduled.
+    fn retry_subflow(&mut self, run_id: &str) -> bool {
+        if self.killing() {
+            return false;
+        }
+        let Some(run) = lookup::task_run(&self.exec, &self.runs, run_id) else {
+            return false;
+        };
+        let Some(retry) = self.index.retry_for(&run.task_id) else {
+            return false;
+        };
+        // The child that just failed is one more attempt than those recorded.
+        let attempts = run.attempts.len() as u32 + 1;
+        let first_start = run.state.start_date().unwrap_or(self.now);
+        let Some(delay) = retry_delay(retry, attempts, first_start, self.now, run_id) else {
+            return false;
+        };
+        let now = self.now;
+        let child = run
+            .outputs
+            .as_ref()
+            .and_then(|o| o.get("executionId"))
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        if let Some(r) = lookup::task_run_mut(&mut self.exec, &self.runs, run_id) {
+            let mut attempt = State::new_at(StateType::Created, now);
+            attempt.transition_at(StateType::Failed, now).ok();
+            r.attempts.push(TaskRunAttempt {
+                state: attempt,
+                log_file: None,
+                worker_id: None,
+            });
+            // The next child's outputs replace this one's.
+            r.outputs = None;
+        }
+        let run = lookup::task_run(&self.exec, &self.runs, run_id).cloned();
+        self.log(
+            run.as_ref(),
+            Level::Warn,
+            format!(
+                "subflow execution {child} failed (attempt {attempts}): retrying with a new execution"
+            ),
+        );
+        self.set_run_state(run_id, StateType::Retrying);
+        self.delays.push(Delay {
+            at: now + delay,
+            command: ExecutionCommand::RetryDue {
+                execution_id: self.exec.id.clone(),
+                task_run_id: run_id.to_string(),
+                attempt: attempts + 1,
+            },
+        });
+        self.touch();
+        true
+    }
+
+    /// `warningOnRetry`: a Subflow task that succeeded after retries ends WARNING.
+    fn warning_on_retry(&self, run_id: &str, state: StateType) -> StateType {
+        let retried = lookup::task_run(&self.exec, &self.runs, run_id).is_some_and(|r| {
+            !r.attempts.is_empty()
+                && self
+                    .index
+                    .retry_for(&r.task_id)
+                    .is_some_and(|p| p.warning_on_retry)
+        });
+        if state == StateType::Success && retried {
+            StateType::Warning
+        } else {
+            state
+        }
+    }
+
+    /// A Subflow task run whose retry is due (RETRYING): it runs again and its walk starts a new
+    /// child. Returns false when the task run is not a Subflow's.
+    pub(super) fn retry_subflow_due(&mut self, run_id: &str) -> bool {
+        let is_subflow = lookup::task_run(&self.exec, &self.runs, run_id).is_some_and(|r| {
+            matches!(
+                self.index.node(&r.task_id).map(|n| &n.kind),
+                Some(NodeKind::Flowable(f)) if matches!(**f, Flowable::Subflow(_))
+            )
+        });
+        if is_subflow {
+            self.set_run_state(run_id, StateType::Running);
+        }
+        is_subflow
     }
 
     fn subflow_request(
@@ -207,6 +304,13 @@ impl Run<'_> {
             }
         };
         let child_id = match batch {
+            // A retried Subflow task starts one child per attempt.
+            None if !run.attempts.is_empty() => task_run_id(
+                &self.exec.id,
+                Some(run_id),
+                "\u{0}subflow",
+                Some(&format!("attempt-{}", run.attempts.len() + 1)),
+            ),
             None => task_run_id(&self.exec.id, Some(run_id), "\u{0}subflow", None),
             Some((iteration, _)) => task_run_id(
                 &self.exec.id,
