@@ -107,14 +107,23 @@ Kestra.logger().warning("from the library")
     let processed = metric("processed");
     assert_eq!(processed.type_, MetricType::Counter);
     assert_eq!(processed.value, 3.0);
-    assert_eq!(processed.tags.get("source").map(String::as_str), Some("script"));
+    assert_eq!(
+        processed.tags.get("source").map(String::as_str),
+        Some("script")
+    );
     assert_eq!(processed.task_id.as_deref(), Some("script"));
     let duration = metric("duration");
     assert_eq!(duration.type_, MetricType::Timer);
-    assert_eq!(duration.value, 1.25, "timers are in seconds, as the library sends them");
+    assert_eq!(
+        duration.value, 1.25,
+        "timers are in seconds, as the library sends them"
+    );
     let measured = metric("measured");
     assert_eq!(measured.type_, MetricType::Timer);
-    assert!(measured.value >= 0.0 && measured.value < 60.0, "{measured:?}");
+    assert!(
+        measured.value >= 0.0 && measured.value < 60.0,
+        "{measured:?}"
+    );
     let lines = metric("lines");
     assert_eq!((lines.type_, lines.value), (MetricType::Counter, 7.0));
     assert_eq!(lines.task_id.as_deref(), Some("commands"));

@@ -15,8 +15,8 @@ use indexmap::IndexMap;
 use kestra::Engine;
 use kestra::core::inputs::RawInput;
 use kestra::core::model::{Execution, StateType, TriggerState, trigger_uid};
-use kestra::jdbc::JdbcBackend;
 use kestra::core::storage::InternalStorageExt;
+use kestra::jdbc::JdbcBackend;
 use kestra::storage::LocalStorage;
 use serde_json::{Value, json};
 
@@ -65,7 +65,12 @@ async fn trigger_state(engine: &Engine, uid: &str) -> Option<TriggerState> {
 
 async fn file_lines(engine: &Engine, uri: &str) -> Vec<Value> {
     let path = kestra::core::storage::StoragePath::parse(uri).unwrap();
-    let bytes = engine.storage().as_ref().get_bytes("main", &path).await.unwrap();
+    let bytes = engine
+        .storage()
+        .as_ref()
+        .get_bytes("main", &path)
+        .await
+        .unwrap();
     String::from_utf8(bytes.to_vec())
         .unwrap()
         .lines()

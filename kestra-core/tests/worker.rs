@@ -2074,22 +2074,32 @@ async fn repository_tasks_without_services_fail_naming_the_task() {
     ] {
         let id = t["id"].as_str().unwrap().to_string();
         let r = run(t).await;
-        let err = r.result.expect_err("no services: the task fails").to_string();
+        let err = r
+            .result
+            .expect_err("no services: the task fails")
+            .to_string();
         assert!(
             err.contains(&format!("task '{id}'")) && err.contains("needs access to the repository"),
             "{err}"
         );
     }
     // A bad date or state is named before any repository access.
-    let r = run(json!({"id": "c", "type": "io.kestra.plugin.core.execution.Count",
+    let r = run(
+        json!({"id": "c", "type": "io.kestra.plugin.core.execution.Count",
                        "flows": [{"namespace": "a"}], "startDate": "2024-01-01T00:00:00Z",
-                       "expression": "{{ true }}"}))
+                       "expression": "{{ true }}"}),
+    )
     .await;
     let err = r.result.expect_err("flows[0] lacks flowId").to_string();
     assert!(err.contains("flows[0]") && err.contains("flowId"), "{err}");
-    let r = run(json!({"id": "p", "type": "io.kestra.plugin.core.execution.PurgeExecutions",
-                       "endDate": "yesterday"}))
+    let r = run(
+        json!({"id": "p", "type": "io.kestra.plugin.core.execution.PurgeExecutions",
+                       "endDate": "yesterday"}),
+    )
     .await;
     let err = r.result.expect_err("bad endDate").to_string();
-    assert!(err.contains("endDate") && err.contains("yesterday"), "{err}");
+    assert!(
+        err.contains("endDate") && err.contains("yesterday"),
+        "{err}"
+    );
 }

@@ -26,7 +26,9 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
 
 use crate::flow::model::LogLevel;
-use crate::flow::tasks::{ExecutionCount, ExecutionResume, LogFetch, PurgeExecutions, TriggerToggle};
+use crate::flow::tasks::{
+    ExecutionCount, ExecutionResume, LogFetch, PurgeExecutions, TriggerToggle,
+};
 use crate::model::{Execution, StateType};
 use crate::repository::ExecutionQuery;
 use crate::storage::StoragePath;
@@ -65,7 +67,9 @@ fn parse_states(property: &str, states: Option<Vec<String>>) -> Result<Vec<State
             s.trim()
                 .to_ascii_uppercase()
                 .parse::<StateType>()
-                .map_err(|_| TaskError::invalid(property, format!("'{s}' is not an execution state")))
+                .map_err(|_| {
+                    TaskError::invalid(property, format!("'{s}' is not an execution state"))
+                })
         })
         .collect()
 }
@@ -101,7 +105,9 @@ impl RunnableTask for LogFetch {
             l.namespace == namespace
                 && l.flow_id == flow_id
                 && (tasks.is_empty()
-                    || l.task_id.as_ref().is_some_and(|t| tasks.iter().any(|x| x == t)))
+                    || l.task_id
+                        .as_ref()
+                        .is_some_and(|t| tasks.iter().any(|x| x == t)))
         }) {
             serde_json::to_writer(&mut out, log)
                 .map_err(|e| TaskError::Failed(format!("cannot serialize a log line: {e}")))?;
@@ -389,10 +395,9 @@ impl RunnableTask for ExecutionResume {
                 other if tokio::time::Instant::now() >= deadline => {
                     return Err(TaskError::Failed(match other {
                         None => format!("no execution found for execution id {id}"),
-                        Some(e) => format!(
-                            "execution {id} is not paused (it is {})",
-                            e.state.current()
-                        ),
+                        Some(e) => {
+                            format!("execution {id} is not paused (it is {})", e.state.current())
+                        }
                     }));
                 }
                 _ => tokio::time::sleep(std::time::Duration::from_millis(100)).await,

@@ -24,9 +24,9 @@ use crate::flow::property::Property;
 use crate::flow::registry::TaskRegistry;
 use crate::model::{Level, LogEntry, MetricEntry, MetricType, State, StateType, TaskRun};
 use crate::storage::{ByteStream, InternalStorage, InternalStorageExt, StorageError, StoragePath};
-use crate::worker::services::ExecutionServices;
 use crate::worker::kv::KvStore;
 use crate::worker::runner::{RunnerRegistry, TaskError};
+use crate::worker::services::ExecutionServices;
 
 /// Where task logs and metrics go. The worker's sink batches them onto the queue; tests use a
 /// [`MemorySink`].

@@ -39,11 +39,11 @@ use crate::messages::{
 use crate::model::{Level, LogEntry, MetricEntry, ServiceType, State, StateHistory, StateType};
 use crate::queue::{ConsumerGroup, Delivery, DeliveryTag, Envelope, Queue, QueueError, Topic};
 use crate::storage::InternalStorage;
-use crate::worker::services::ExecutionServices;
 use crate::worker::attempt::{AttemptEnd, run_attempt};
 use crate::worker::context::{RunContext, TelemetrySink};
 use crate::worker::polling::{TriggerEvaluator, evaluate_trigger};
 use crate::worker::runner::{RunnerRegistry, TaskError};
+use crate::worker::services::ExecutionServices;
 
 /// Settings of a [`Worker`].
 #[derive(Debug, Clone)]

@@ -152,7 +152,11 @@ pub async fn delete_execution(
     };
     queue.publish(vec![tombstone.envelope()?]).await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while repositories.executions.find_by_id(tenant, id).await?.is_some()
+    while repositories
+        .executions
+        .find_by_id(tenant, id)
+        .await?
+        .is_some()
         && tokio::time::Instant::now() < deadline
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
