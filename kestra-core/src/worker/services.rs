@@ -9,7 +9,7 @@
 //!   tombstone through the queue to the indexer otherwise (Kafka + Elasticsearch);
 //! - resuming publishes an [`ExecutionCommand::Resume`] for the executor;
 //! - enabling or disabling a trigger claims its state through the scheduler's trigger seam
-//!   ([`Queue::begin_triggers`](crate::queue::Queue::begin_triggers)), as `kestra trigger unlock` does.
+//!   ([`Queue::begin_triggers`]), as `kestra trigger unlock` does.
 //!
 //! On Kafka + Elasticsearch the repository lags the queue (and may be down): reads see what the
 //! indexer stored so far.
