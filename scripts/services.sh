@@ -179,6 +179,8 @@ start_mariadb
 KESTRA_SERVICES_DIR="$SERVICES_DIR" bash "$(dirname "${BASH_SOURCE[0]}")/services/kafka.sh"
 # Elasticsearch (single node from Maven Central's integ-test-zip, run as an unprivileged user).
 KESTRA_SERVICES_DIR="$SERVICES_DIR" bash "$(dirname "${BASH_SOURCE[0]}")/services/elasticsearch.sh"
+# A Python venv with Kestra's own clients (`kestra`, `kestrapy`) for tests/clients_python.rs.
+KESTRA_SERVICES_DIR="$SERVICES_DIR" bash "$(dirname "${BASH_SOURCE[0]}")/services/python.sh"
 # Object stores for the storage tests (MinIO, fake-gcs-server, Azurite).
 "$(dirname "$0")/services/storage.sh"
 log "services ready"

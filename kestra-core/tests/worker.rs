@@ -2057,3 +2057,49 @@ async fn for_each_item_split_cuts_batches_and_merge_writes_outputs() {
     .await;
     assert!(r.ok().outputs.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn repository_tasks_without_services_fail_naming_the_task() {
+    // A context built without `ExecutionServices` (a worker not started by the Engine): each task
+    // that reads the repository fails with an error naming itself, never a panic.
+    for t in [
+        json!({"id": "f", "type": "io.kestra.plugin.core.log.Fetch"}),
+        json!({"id": "c", "type": "io.kestra.plugin.core.execution.Count",
+               "namespaces": ["company.team"], "startDate": "2024-01-01T00:00:00Z",
+               "expression": "{{ count > 0 }}"}),
+        json!({"id": "p", "type": "io.kestra.plugin.core.execution.PurgeExecutions",
+               "endDate": "2024-01-01T00:00:00Z"}),
+        json!({"id": "r", "type": "io.kestra.plugin.core.execution.Resume"}),
+        json!({"id": "t", "type": "io.kestra.plugin.core.trigger.Toggle", "trigger": "s"}),
+    ] {
+        let id = t["id"].as_str().unwrap().to_string();
+        let r = run(t).await;
+        let err = r
+            .result
+            .expect_err("no services: the task fails")
+            .to_string();
+        assert!(
+            err.contains(&format!("task '{id}'")) && err.contains("needs access to the repository"),
+            "{err}"
+        );
+    }
+    // A bad date or state is named before any repository access.
+    let r = run(
+        json!({"id": "c", "type": "io.kestra.plugin.core.execution.Count",
+                       "flows": [{"namespace": "a"}], "startDate": "2024-01-01T00:00:00Z",
+                       "expression": "{{ true }}"}),
+    )
+    .await;
+    let err = r.result.expect_err("flows[0] lacks flowId").to_string();
+    assert!(err.contains("flows[0]") && err.contains("flowId"), "{err}");
+    let r = run(
+        json!({"id": "p", "type": "io.kestra.plugin.core.execution.PurgeExecutions",
+                       "endDate": "yesterday"}),
+    )
+    .await;
+    let err = r.result.expect_err("bad endDate").to_string();
+    assert!(
+        err.contains("endDate") && err.contains("yesterday"),
+        "{err}"
+    );
+}

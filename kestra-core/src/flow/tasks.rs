@@ -675,6 +675,9 @@ pub struct PurgeExecutions {
     /// Purge internal storage files (true).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub purge_storage: Option<Property<bool>>,
+    /// Executions read per repository query (100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<Property<i64>>,
 }
 task_type!(
     PurgeExecutions,

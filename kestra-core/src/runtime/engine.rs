@@ -266,7 +266,12 @@ impl EngineBuilder {
                 expr.clone(),
                 registry.clone(),
                 Arc::new(self.runners),
-            );
+            )
+            .with_services(Arc::new(crate::worker::BackendServices::new(
+                self.queue.clone(),
+                self.repositories.clone(),
+                flow_source.clone(),
+            )));
             tasks.push(("worker", tokio::spawn(worker.run(worker_shutdown.clone()))));
         }
         if self.components.indexer {
@@ -807,30 +812,24 @@ impl Engine {
         delete_logs: bool,
         delete_metrics: bool,
     ) -> Result<(), EngineError> {
-        let tenant = crate::model::DEFAULT_TENANT;
-        let repositories = &self.repositories;
-        if self.queue.capabilities().repository_in_unit {
-            repositories.executions.delete(tenant, id).await?;
-            if delete_logs {
-                repositories.logs.delete_by_execution(tenant, id).await?;
-            }
-            if delete_metrics {
-                repositories.metrics.delete_by_execution(tenant, id).await?;
-            }
-            return Ok(());
-        }
-        let tombstone = crate::messages::ExecutionChange::Deleted {
-            tenant_id: tenant.to_string(),
-            execution_id: id.to_string(),
+        use crate::worker::ServicesError;
+        crate::worker::services::delete_execution(
+            self.queue.as_ref(),
+            &self.repositories,
+            crate::model::DEFAULT_TENANT,
+            id,
             delete_logs,
             delete_metrics,
-        };
-        self.queue.publish(vec![tombstone.envelope()?]).await?;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while self.execution(id).await?.is_some() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Ok(())
+        )
+        .await
+        .map_err(|e| match e {
+            ServicesError::Repository(e) => EngineError::from(e),
+            ServicesError::Queue(e) => EngineError::from(e),
+            other => EngineError::from(RepositoryError::backend(
+                "delete an execution",
+                std::io::Error::other(other.to_string()),
+            )),
+        })
     }
 
     /// Replay an execution from one of its task runs: a new execution that keeps what ran before it.

@@ -7,6 +7,8 @@
 //! - [`http`]: http.Request, http.Download, and the polling http.Trigger.
 //! - [`script`]: scripts.{shell,python,node}.{Commands,Script} on the Process runner.
 //! - [`kv`]: kv.Set, kv.Get, kv.Delete.
+//! - [`repository`]: log.Fetch, execution.Count, execution.PurgeExecutions, execution.Resume and
+//!   trigger.Toggle, through the worker's [`ExecutionServices`](crate::worker::ExecutionServices).
 //! - [`state`]: state.Set, state.Get, state.Delete.
 //! - [`storage`]: storage.LocalFiles, Concat, Split, Size, Delete, PurgeCurrentExecutionFiles, Write.
 //! - [`templating`]: templating.TemplatedTask, which runs the task its rendered `spec` describes.
@@ -17,6 +19,7 @@ pub mod basic;
 pub mod for_each_item;
 pub mod http;
 pub mod kv;
+pub mod repository;
 pub mod script;
 pub mod state;
 pub mod storage;
@@ -51,6 +54,11 @@ pub fn register_core_runners(registry: &mut RunnerRegistry) {
         .register::<t::PurgeCurrentExecutionFiles>()
         .register::<t::Write>()
         .register::<t::TemplatedTask>()
+        .register::<t::LogFetch>()
+        .register::<t::ExecutionCount>()
+        .register::<t::PurgeExecutions>()
+        .register::<t::ExecutionResume>()
+        .register::<t::TriggerToggle>()
         .register::<t::WorkingDirectory>();
     registry.register_with(fei::SPLIT_TYPE, |task, _: &TaskRegistry| {
         let split: for_each_item::ForEachItemSplit = for_each_item::decode(task)?;

@@ -26,6 +26,7 @@ use crate::model::{Level, LogEntry, MetricEntry, MetricType, State, StateType, T
 use crate::storage::{ByteStream, InternalStorage, InternalStorageExt, StorageError, StoragePath};
 use crate::worker::kv::KvStore;
 use crate::worker::runner::{RunnerRegistry, TaskError};
+use crate::worker::services::ExecutionServices;
 
 /// Where task logs and metrics go. The worker's sink batches them onto the queue; tests use a
 /// [`MemorySink`].
@@ -331,6 +332,7 @@ pub struct RunContext {
     task_registry: Arc<TaskRegistry>,
     runners: Arc<RunnerRegistry>,
     worker_id: Option<String>,
+    services: Option<Arc<dyn ExecutionServices>>,
 }
 
 impl std::fmt::Debug for RunContext {
@@ -359,6 +361,7 @@ pub struct RunContextBuilder {
     attempt: u32,
     shared_dir: Option<PathBuf>,
     worker_id: Option<String>,
+    services: Option<Arc<dyn ExecutionServices>>,
 }
 
 impl RunContextBuilder {
@@ -396,6 +399,12 @@ impl RunContextBuilder {
     /// The worker's id.
     pub fn worker_id(mut self, id: impl Into<String>) -> Self {
         self.worker_id = Some(id.into());
+        self
+    }
+
+    /// Access to other executions, logs and triggers (tasks that read the repository need it).
+    pub fn services(mut self, services: Option<Arc<dyn ExecutionServices>>) -> Self {
+        self.services = services;
         self
     }
 
@@ -447,6 +456,7 @@ impl RunContextBuilder {
                 .runners
                 .unwrap_or_else(|| Arc::new(RunnerRegistry::core())),
             worker_id: self.worker_id,
+            services: self.services,
         }
     }
 }
@@ -478,6 +488,7 @@ impl RunContext {
             attempt: 1,
             shared_dir: None,
             worker_id: None,
+            services: None,
         }
     }
 
@@ -539,10 +550,21 @@ impl RunContext {
         if let Some(id) = &self.worker_id {
             builder = builder.worker_id(id.clone());
         }
-        builder.build()
+        builder.services(self.services.clone()).build()
     }
 
     // ----- identity -------------------------------------------------------------------------
+
+    /// Access to other executions, logs and triggers; an error naming the task when this context
+    /// has none (a worker started without [`Worker::with_services`](crate::worker::Worker::with_services)).
+    pub fn services(&self) -> Result<&Arc<dyn ExecutionServices>, TaskError> {
+        self.services.as_ref().ok_or_else(|| {
+            TaskError::Failed(format!(
+                "task '{}' ({}) needs access to the repository, and this worker has none",
+                self.task.id, self.task.task_type
+            ))
+        })
+    }
 
     /// Who is running.
     pub fn identity(&self) -> &RunIdentity {

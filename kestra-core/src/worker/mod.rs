@@ -12,6 +12,8 @@
 //! - [`attempt`]: one attempt in isolation (timeout, kill, panic -> FAILED).
 //! - [`kv`]: the key-value store kept in internal storage.
 //! - [`files`]: working-directory file helpers (`inputFiles`, `outputFiles`).
+//! - [`services`]: [`ExecutionServices`], the seam through which tasks read other executions,
+//!   logs and triggers and act on them (through the queue, never writing the repository).
 //!
 //! The core tasks themselves live in [`crate::tasks`].
 //!
@@ -60,6 +62,7 @@ pub mod kv;
 pub mod polling;
 pub mod runner;
 pub mod service;
+pub mod services;
 
 pub use attempt::{AttemptEnd, AttemptResult, run_attempt};
 pub use context::{
@@ -69,3 +72,4 @@ pub use kv::{KvEntry, KvError, KvStore};
 pub use polling::{PollingTrigger, TriggerEvaluator, evaluate_trigger};
 pub use runner::{RunnableTask, RunnerError, RunnerRegistry, TaskError, TaskOutput};
 pub use service::{Worker, WorkerConfig};
+pub use services::{BackendServices, ExecutionServices, ServicesError};

@@ -43,6 +43,7 @@ use crate::worker::attempt::{AttemptEnd, run_attempt};
 use crate::worker::context::{RunContext, TelemetrySink};
 use crate::worker::polling::{TriggerEvaluator, evaluate_trigger};
 use crate::worker::runner::{RunnerRegistry, TaskError};
+use crate::worker::services::ExecutionServices;
 
 /// Settings of a [`Worker`].
 #[derive(Debug, Clone)]
@@ -137,6 +138,7 @@ pub struct Worker {
     expr: Arc<ExpressionEngine>,
     task_registry: Arc<TaskRegistry>,
     runners: Arc<RunnerRegistry>,
+    services: Option<Arc<dyn ExecutionServices>>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -290,6 +292,7 @@ struct Shared {
     expr: Arc<ExpressionEngine>,
     task_registry: Arc<TaskRegistry>,
     runners: Arc<RunnerRegistry>,
+    services: Option<Arc<dyn ExecutionServices>>,
     telemetry: mpsc::UnboundedSender<Telemetry>,
     sink: Arc<ChannelSink>,
     /// Cancelled when a shutdown gives up waiting: running jobs stop and are not acknowledged.
@@ -444,6 +447,7 @@ impl Shared {
         .registries(self.task_registry.clone(), self.runners.clone())
         .attempt(job.attempt)
         .worker_id(self.config.id.clone())
+        .services(self.services.clone())
         .build();
         let logger = ctx.logger().clone();
         let end = match self.runners.build(&job.task, &self.task_registry) {
@@ -979,7 +983,16 @@ impl Worker {
             expr,
             task_registry,
             runners,
+            services: None,
         }
+    }
+
+    /// Gives the tasks this worker runs access to other executions, logs and triggers
+    /// ([`ExecutionServices`]): log.Fetch, execution.Count/PurgeExecutions/Resume and
+    /// trigger.Toggle fail without it. The [`Engine`](crate::runtime::Engine) sets it.
+    pub fn with_services(mut self, services: Arc<dyn ExecutionServices>) -> Worker {
+        self.services = Some(services);
+        self
     }
 
     /// This worker's id.
@@ -1026,6 +1039,7 @@ impl Worker {
             expr: self.expr,
             task_registry: self.task_registry,
             runners: self.runners,
+            services: self.services,
             abandon: CancellationToken::new(),
             kills: Mutex::new(Kills::default()),
             next_job: AtomicU64::new(0),
