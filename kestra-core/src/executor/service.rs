@@ -181,8 +181,9 @@ pub enum UnitOutcome {
     TooLarge,
 }
 
-/// An execution that produced an oversized message: fail it, or (if failing it was refused too)
-/// dead-letter its messages. Both carry the error message.
+/// An execution that produced an oversized message, or whose processing panicked: fail it when its
+/// unit comes again, or (if failing it was refused too) dead-letter its messages. Both carry the
+/// error message.
 #[derive(Debug, Clone)]
 enum Oversized {
     Fail(String),
@@ -562,7 +563,36 @@ impl ExecutorService {
                 let previous_history = current.map_or(0, |c| c.state.histories().len());
                 // `process` takes the execution and gives it back (changed or not) in its outcome.
                 let taken = executions.get_mut(&id).and_then(Option::take);
-                if let Some(outcome) = process(&index, &self.expr, Utc::now(), taken, &event) {
+                // A panic while processing (a bug, never expected) must not kill the executor nor
+                // loop: the unit is rolled back and, when it comes again, the execution is failed
+                // with the reason (the path of an oversized execution), its message consumed.
+                let processed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    #[cfg(feature = "testkit")]
+                    crate::testkit::faults::executor_panic_point(taken.as_ref(), &event);
+                    process(&index, &self.expr, Utc::now(), taken, &event)
+                }));
+                let processed = match processed {
+                    Ok(processed) => processed,
+                    Err(panic) => {
+                        let reason = format!(
+                            "execution failed: the executor could not process one of its messages \
+                             (topic {}): panic: {}",
+                            delivery.envelope.topic,
+                            panic_message(panic.as_ref())
+                        );
+                        error!(execution_id = %id, "{reason}");
+                        self.oversized
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .entry(id.clone())
+                            .or_insert(Oversized::Fail(reason.clone()));
+                        return Err(QueueError::backend(
+                            "process a message of an execution",
+                            std::io::Error::other(reason),
+                        ));
+                    }
+                };
+                if let Some(outcome) = processed {
                     if let Some(reason) = &outcome.ignored {
                         debug!(%reason, "event ignored");
                     }
@@ -1135,6 +1165,15 @@ async fn dead_letter(
 /// `execution` (its last committed state): the execution and its unfinished task runs FAILED, and
 /// the messages that tell the world: a kill broadcast (its running attempts stop), an ERROR log
 /// with `reason` and, for a subflow child, its parent's result. `None` when it already ended.
+/// The text of a panic's payload (`panic!` with a literal or a formatted message).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
+}
+
 fn fail_oversized(
     execution: &Execution,
     reason: &str,

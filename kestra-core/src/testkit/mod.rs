@@ -3,6 +3,7 @@
 //! documented contract. Every backend's tests call them, so "works on SQLite" and "works on Kafka" mean
 //! the same thing, and a third-party backend can run the suite too.
 
+pub mod faults;
 pub mod flows;
 pub mod memory;
 pub mod queue;
