@@ -1366,7 +1366,13 @@ impl Api {
         .await
     }
 
-    async fn text(&self, method: Method, path: &str, text: &str, headers: &[(&str, &str)]) -> Answer {
+    async fn text(
+        &self,
+        method: Method,
+        path: &str,
+        text: &str,
+        headers: &[(&str, &str)],
+    ) -> Answer {
         let mut request = Request::builder()
             .method(method)
             .uri(path)
@@ -1425,7 +1431,9 @@ async fn triggers(api: &Api) {
         "id: nightly\nnamespace: {ns}\ntriggers:\n  - id: every-night\n    type: io.kestra.plugin.core.trigger.Schedule\n    cron: \"0 0 * * *\"\ntasks:\n  - id: hold\n    type: io.kestra.plugin.core.flow.Pause\n    pauseDuration: PT10M\n"
     );
     assert_eq!(
-        api.yaml(Method::POST, "/api/v1/main/flows", &flow).await.status,
+        api.yaml(Method::POST, "/api/v1/main/flows", &flow)
+            .await
+            .status,
         StatusCode::OK
     );
     let found = trigger_state(api, "nightly", |t| {
@@ -1438,12 +1446,16 @@ async fn triggers(api: &Api) {
     assert_eq!(found["triggerContext"]["disabled"], false);
     assert_eq!(found["triggerContext"]["locked"], false);
     let q = api
-        .get(&format!("/api/v1/main/triggers/search?q=every-night&namespace={ns}"))
+        .get(&format!(
+            "/api/v1/main/triggers/search?q=every-night&namespace={ns}"
+        ))
         .await
         .json();
     assert_eq!(q["total"], 1, "{q}");
     let none = api
-        .get(&format!("/api/v1/main/triggers/search?q=nothing-like-it&namespace={ns}"))
+        .get(&format!(
+            "/api/v1/main/triggers/search?q=nothing-like-it&namespace={ns}"
+        ))
         .await
         .json();
     assert_eq!(none["total"], 0, "{none}");
@@ -1454,16 +1466,25 @@ async fn triggers(api: &Api) {
     assert_eq!(of_flow["total"], 1, "{of_flow}");
     let unknown = api.get("/api/v1/main/triggers/search?state=x").await;
     assert_eq!(unknown.status, StatusCode::BAD_REQUEST);
-    assert!(unknown.json()["message"].as_str().unwrap().contains("'state'"));
-    let bad_sort = api.get("/api/v1/main/triggers/search?sort=password:asc").await;
+    assert!(
+        unknown.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("'state'")
+    );
+    let bad_sort = api
+        .get("/api/v1/main/triggers/search?sort=password:asc")
+        .await;
     assert_eq!(bad_sort.status, StatusCode::BAD_REQUEST);
     assert_eq!(
-        api.anonymous(Method::GET, "/api/v1/main/triggers/search").await,
+        api.anonymous(Method::GET, "/api/v1/main/triggers/search")
+            .await,
         StatusCode::UNAUTHORIZED
     );
 
     // Disable, then enable again.
-    let reference = serde_json::json!({"namespace": ns, "flowId": "nightly", "triggerId": "every-night"});
+    let reference =
+        serde_json::json!({"namespace": ns, "flowId": "nightly", "triggerId": "every-night"});
     let disabled = api
         .json_call(
             Method::POST,
@@ -1479,7 +1500,12 @@ async fn triggers(api: &Api) {
     let enabled = api
         .json_call(Method::PUT, "/api/v1/main/triggers", enable)
         .await;
-    assert_eq!(enabled.status, StatusCode::OK, "{}", String::from_utf8_lossy(&enabled.body));
+    assert_eq!(
+        enabled.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&enabled.body)
+    );
     assert_eq!(enabled.json()["disabled"], false);
     trigger_state(api, "nightly", |t| t["triggerContext"]["disabled"] == false).await;
     let missing = api
@@ -1490,7 +1516,12 @@ async fn triggers(api: &Api) {
         )
         .await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
-    assert!(missing.json()["message"].as_str().unwrap().contains("'nope'"));
+    assert!(
+        missing.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("'nope'")
+    );
     let malformed = api
         .json_call(
             Method::POST,
@@ -1499,7 +1530,12 @@ async fn triggers(api: &Api) {
         )
         .await;
     assert_eq!(malformed.status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert!(malformed.json()["message"].as_str().unwrap().contains("flowId"));
+    assert!(
+        malformed.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("flowId")
+    );
     let neither = api
         .json_call(Method::PUT, "/api/v1/main/triggers", reference.clone())
         .await;
@@ -1507,9 +1543,16 @@ async fn triggers(api: &Api) {
 
     // Unlock: not locked yet; an unknown trigger is a 404.
     let unlock_path = format!("/api/v1/main/triggers/{ns}/nightly/every-night/unlock");
-    let not_locked = api.call(Method::POST, &unlock_path, "", Body::empty()).await;
+    let not_locked = api
+        .call(Method::POST, &unlock_path, "", Body::empty())
+        .await;
     assert_eq!(not_locked.status, StatusCode::CONFLICT);
-    assert!(not_locked.json()["message"].as_str().unwrap().contains("not locked"));
+    assert!(
+        not_locked.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("not locked")
+    );
     let nowhere = api
         .call(
             Method::POST,
@@ -1532,7 +1575,12 @@ async fn triggers(api: &Api) {
     let started = api
         .json_call(Method::PUT, "/api/v1/main/triggers", backfill.clone())
         .await;
-    assert_eq!(started.status, StatusCode::OK, "{}", String::from_utf8_lossy(&started.body));
+    assert_eq!(
+        started.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&started.body)
+    );
     assert!(started.json()["backfill"].is_object(), "{}", started.json());
     let mut reversed = backfill.clone();
     reversed["backfill"]["end"] = Value::String((start - chrono::Duration::days(1)).to_rfc3339());
@@ -1540,15 +1588,25 @@ async fn triggers(api: &Api) {
         .json_call(Method::PUT, "/api/v1/main/triggers", reversed)
         .await;
     assert_eq!(invalid.status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert!(invalid.json()["message"].as_str().unwrap().contains("before its end"));
+    assert!(
+        invalid.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("before its end")
+    );
     let mut elsewhere = backfill.clone();
     elsewhere["triggerId"] = Value::String("nope".into());
     assert_eq!(
-        api.json_call(Method::PUT, "/api/v1/main/triggers", elsewhere).await.status,
+        api.json_call(Method::PUT, "/api/v1/main/triggers", elsewhere)
+            .await
+            .status,
         StatusCode::NOT_FOUND
     );
     let locked = trigger_state(api, "nightly", |t| t["triggerContext"]["locked"] == true).await;
-    let execution_id = locked["triggerContext"]["executionId"].as_str().unwrap().to_string();
+    let execution_id = locked["triggerContext"]["executionId"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let paused = wait_state(api, &execution_id, "PAUSED").await;
     assert!(
         paused["labels"]
@@ -1558,23 +1616,40 @@ async fn triggers(api: &Api) {
             .any(|l| l["key"] == "origin" && l["value"] == "api-test"),
         "{paused}"
     );
-    let unlocked = api.call(Method::POST, &unlock_path, "", Body::empty()).await;
-    assert_eq!(unlocked.status, StatusCode::OK, "{}", String::from_utf8_lossy(&unlocked.body));
+    let unlocked = api
+        .call(Method::POST, &unlock_path, "", Body::empty())
+        .await;
+    assert_eq!(
+        unlocked.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&unlocked.body)
+    );
     assert!(unlocked.json()["executionId"].is_null());
     assert_eq!(unlocked.json()["locked"], false);
     trigger_state(api, "nightly", |t| t["triggerContext"]["locked"] == false).await;
     // No backfill runs any more: pausing one is a conflict naming it.
     let mut body = reference.clone();
     body["backfill"] = Value::Null;
-    let no_backfill = trigger_state(api, "nightly", |t| t["triggerContext"]["backfill"].is_null()).await;
+    let no_backfill = trigger_state(api, "nightly", |t| {
+        t["triggerContext"]["backfill"].is_null()
+    })
+    .await;
     assert!(no_backfill["triggerContext"]["backfill"].is_null());
     let pause = api
         .json_call(Method::PUT, "/api/v1/main/triggers/backfill/pause", body)
         .await;
     assert_eq!(pause.status, StatusCode::CONFLICT);
-    assert!(pause.json()["message"].as_str().unwrap().contains("no backfill"));
+    assert!(
+        pause.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("no backfill")
+    );
     assert_eq!(
-        api.delete(&format!("/api/v1/main/executions/{execution_id}/kill")).await.status,
+        api.delete(&format!("/api/v1/main/executions/{execution_id}/kill"))
+            .await
+            .status,
         StatusCode::ACCEPTED
     );
     wait_state(api, &execution_id, "KILLED").await;
@@ -1585,18 +1660,26 @@ async fn kv(api: &Api) {
     let ns = &api.ns;
     let path = |key: &str| format!("/api/v1/main/namespaces/{ns}/kv/{key}");
     assert_eq!(
-        api.text(Method::PUT, &path("answer"), "42", &[]).await.status,
+        api.text(Method::PUT, &path("answer"), "42", &[])
+            .await
+            .status,
         StatusCode::OK
     );
     let answer = api.get(&path("answer")).await.json();
     assert_eq!(answer, serde_json::json!({"type": "NUMBER", "value": 42}));
-    api.text(Method::PUT, &path("greeting"), "hello world", &[("ttl", "PT1H")])
-        .await;
+    api.text(
+        Method::PUT,
+        &path("greeting"),
+        "hello world",
+        &[("ttl", "PT1H")],
+    )
+    .await;
     assert_eq!(
         api.get(&path("greeting")).await.json(),
         serde_json::json!({"type": "STRING", "value": "hello world"})
     );
-    api.text(Method::PUT, &path("doc"), "{\"a\": [1, 2]}", &[]).await;
+    api.text(Method::PUT, &path("doc"), "{\"a\": [1, 2]}", &[])
+        .await;
     assert_eq!(api.get(&path("doc")).await.json()["type"], "JSON");
     let list = api
         .get(&format!("/api/v1/main/namespaces/{ns}/kv"))
@@ -1609,7 +1692,12 @@ async fn kv(api: &Api) {
         .map(|e| e["key"].as_str().unwrap())
         .collect();
     assert_eq!(keys, ["answer", "doc", "greeting"], "{list}");
-    let greeting = list.as_array().unwrap().iter().find(|e| e["key"] == "greeting").unwrap();
+    let greeting = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["key"] == "greeting")
+        .unwrap();
     assert!(greeting["expirationDate"].is_string(), "{list}");
     assert!(list[0]["expirationDate"].is_null(), "{list}");
 
@@ -1631,18 +1719,39 @@ async fn kv(api: &Api) {
     assert_eq!(api.get(&path("from_flow")).await.json()["value"], run["id"]);
 
     // Errors.
-    let bad_ttl = api.text(Method::PUT, &path("x"), "1", &[("ttl", "soon")]).await;
+    let bad_ttl = api
+        .text(Method::PUT, &path("x"), "1", &[("ttl", "soon")])
+        .await;
     assert_eq!(bad_ttl.status, StatusCode::BAD_REQUEST);
     assert!(bad_ttl.json()["message"].as_str().unwrap().contains("ttl"));
     let bad_key = api.text(Method::PUT, &path(".hidden"), "1", &[]).await;
     assert_eq!(bad_key.status, StatusCode::BAD_REQUEST);
-    assert!(bad_key.json()["message"].as_str().unwrap().contains(".hidden"));
+    assert!(
+        bad_key.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains(".hidden")
+    );
     let missing = api.get(&path("missing")).await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
-    assert!(missing.json()["message"].as_str().unwrap().contains("'missing'"));
-    assert_eq!(api.anonymous(Method::GET, &path("answer")).await, StatusCode::UNAUTHORIZED);
-    assert_eq!(api.anonymous(Method::DELETE, &path("answer")).await, StatusCode::UNAUTHORIZED);
-    assert_eq!(api.get(&format!("{}?x=1", path("answer"))).await.status, StatusCode::BAD_REQUEST);
+    assert!(
+        missing.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("'missing'")
+    );
+    assert_eq!(
+        api.anonymous(Method::GET, &path("answer")).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        api.anonymous(Method::DELETE, &path("answer")).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        api.get(&format!("{}?x=1", path("answer"))).await.status,
+        StatusCode::BAD_REQUEST
+    );
 
     // Delete: true, then false; the key is gone.
     assert_eq!(api.delete(&path("answer")).await.json(), Value::Bool(true));
@@ -1676,18 +1785,26 @@ async fn log_search(api: &Api) {
     }
     let entries = stored().await;
     let found = api
-        .get(&format!("/api/v1/main/logs/search?namespace={ns}&flowId=chatty&q=needle-{id}"))
+        .get(&format!(
+            "/api/v1/main/logs/search?namespace={ns}&flowId=chatty&q=needle-{id}"
+        ))
         .await;
     assert_eq!(found.status, StatusCode::OK);
     let found = found.json();
     assert_eq!(found["total"], 1, "{found}");
     assert_eq!(found["results"][0]["message"], format!("needle-{id}"));
     let warnings = api
-        .get(&format!("/api/v1/main/logs/search?namespace={ns}&minLevel=WARN&size=5&page=1"))
+        .get(&format!(
+            "/api/v1/main/logs/search?namespace={ns}&minLevel=WARN&size=5&page=1"
+        ))
         .await
         .json();
     assert!(
-        warnings["results"].as_array().unwrap().iter().all(|l| l["level"] == "WARN" || l["level"] == "ERROR"),
+        warnings["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["level"] == "WARN" || l["level"] == "ERROR"),
         "{warnings}"
     );
     assert!(warnings["total"].as_u64().unwrap() >= 1);
@@ -1699,7 +1816,12 @@ async fn log_search(api: &Api) {
         .await
         .json();
     assert_eq!(future["total"], 0, "{future}");
-    for bad in ["minLevel=LOUD", "startDate=yesterday", "executionId=x", "sort=message:asc"] {
+    for bad in [
+        "minLevel=LOUD",
+        "startDate=yesterday",
+        "executionId=x",
+        "sort=message:asc",
+    ] {
         let answer = api.get(&format!("/api/v1/main/logs/search?{bad}")).await;
         assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{bad}");
     }
@@ -1727,13 +1849,20 @@ async fn log_search(api: &Api) {
     let warn_only = api
         .get(&format!("/api/v1/main/logs/{id}/download?minLevel=WARN"))
         .await;
-    assert!(String::from_utf8_lossy(&warn_only.body).lines().all(|l| l.contains(" WARN ") || l.contains(" ERROR ")));
+    assert!(
+        String::from_utf8_lossy(&warn_only.body)
+            .lines()
+            .all(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+    );
     assert_eq!(
-        api.get("/api/v1/main/logs/no-such-execution/download").await.status,
+        api.get("/api/v1/main/logs/no-such-execution/download")
+            .await
+            .status,
         StatusCode::NOT_FOUND
     );
     assert_eq!(
-        api.anonymous(Method::GET, &format!("/api/v1/main/logs/{id}/download")).await,
+        api.anonymous(Method::GET, &format!("/api/v1/main/logs/{id}/download"))
+            .await,
         StatusCode::UNAUTHORIZED
     );
 }
@@ -1742,13 +1871,24 @@ async fn log_search(api: &Api) {
 async fn namespace_flows(api: &Api) {
     let ns = format!("{}.bulk", api.ns);
     let flow = |id: &str| {
-        format!("id: {id}\nnamespace: {ns}\ntasks:\n  - id: t\n    type: io.kestra.plugin.core.log.Log\n    message: {id}\n")
+        format!(
+            "id: {id}\nnamespace: {ns}\ntasks:\n  - id: t\n    type: io.kestra.plugin.core.log.Log\n    message: {id}\n"
+        )
     };
     let path = format!("/api/v1/main/flows/{ns}");
     let both = api
-        .yaml(Method::POST, &path, &format!("{}---\n{}", flow("a"), flow("b")))
+        .yaml(
+            Method::POST,
+            &path,
+            &format!("{}---\n{}", flow("a"), flow("b")),
+        )
         .await;
-    assert_eq!(both.status, StatusCode::OK, "{}", String::from_utf8_lossy(&both.body));
+    assert_eq!(
+        both.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&both.body)
+    );
     assert_eq!(both.json().as_array().unwrap().len(), 2);
     assert!(both.json()[0]["source"].as_str().unwrap().contains("id: a"));
     let ids = async || {
@@ -1766,7 +1906,8 @@ async fn namespace_flows(api: &Api) {
     let only_a = api.yaml(Method::POST, &path, &flow("a")).await.json();
     assert_eq!(only_a[0]["revision"], 1, "{only_a}");
     assert_eq!(ids().await, ["a"]);
-    api.yaml(Method::POST, &format!("{path}?delete=false"), &flow("c")).await;
+    api.yaml(Method::POST, &format!("{path}?delete=false"), &flow("c"))
+        .await;
     assert_eq!(ids().await, ["a", "c"]);
     // Invalid: nothing changes, the error names the document.
     let invalid = api
@@ -1777,23 +1918,47 @@ async fn namespace_flows(api: &Api) {
         )
         .await;
     assert_eq!(invalid.status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert!(invalid.json()["message"].as_str().unwrap().contains("document 1"), "{}", invalid.json());
+    assert!(
+        invalid.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("document 1"),
+        "{}",
+        invalid.json()
+    );
     let elsewhere = api
         .yaml(Method::POST, &path, &flow("e").replace(&ns, "some.other"))
         .await;
     assert_eq!(elsewhere.status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert!(elsewhere.json()["message"].as_str().unwrap().contains("some.other"));
+    assert!(
+        elsewhere.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("some.other")
+    );
     let twice = api
-        .yaml(Method::POST, &path, &format!("{}---\n{}", flow("f"), flow("f")))
+        .yaml(
+            Method::POST,
+            &path,
+            &format!("{}---\n{}", flow("f"), flow("f")),
+        )
         .await;
     assert_eq!(twice.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(ids().await, ["a", "c"]);
-    assert_eq!(api.get(&format!("{path}?delete=x")).await.status, StatusCode::BAD_REQUEST);
     assert_eq!(
-        api.yaml(Method::POST, &format!("{path}?delete=maybe"), &flow("a")).await.status,
+        api.get(&format!("{path}?delete=x")).await.status,
         StatusCode::BAD_REQUEST
     );
-    assert_eq!(api.anonymous(Method::GET, &path).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        api.yaml(Method::POST, &format!("{path}?delete=maybe"), &flow("a"))
+            .await
+            .status,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        api.anonymous(Method::GET, &path).await,
+        StatusCode::UNAUTHORIZED
+    );
 }
 
 /// `/metrics`: Prometheus text with the executions this webserver saw end and their task runs;
@@ -1814,8 +1979,8 @@ async fn metrics(api: &Api) {
         .await
         .json();
     assert_eq!(run["state"]["current"], "SUCCESS", "{run}");
-    let ended = format!(
-        "kestra_executions_ended_total{{namespace=\"{ns}\",flow_id=\"counted\",state=\"SUCCESS\"}} 1"
+    let attempts = format!(
+        "kestra_taskruns_attempt_duration_seconds_count{{namespace=\"{ns}\",flow_id=\"counted\",state=\"SUCCESS\"}} 1\n"
     );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let text = loop {
@@ -1828,27 +1993,43 @@ async fn metrics(api: &Api) {
                 .starts_with("text/plain; version=0.0.4")
         );
         let text = String::from_utf8(answer.body).unwrap();
-        if text.contains(&ended) {
+        if text.contains(&attempts) {
             break text;
         }
-        assert!(tokio::time::Instant::now() < deadline, "{ended} never in:\n{text}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{attempts} never in:\n{text}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(
         text.contains(&format!(
-            "kestra_executions_started_total{{namespace=\"{ns}\",flow_id=\"counted\"}} 1"
+            "kestra_executions_created_total{{namespace=\"{ns}\",flow_id=\"counted\"}} 1\n"
         )),
+        "{text}"
+    );
+    let successes: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("kestra_executions{state=\"SUCCESS\"} "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no SUCCESS gauge in {text}"));
+    assert!(successes >= 1, "{text}");
+    assert!(
+        text.contains("kestra_executions{state=\"PAUSED\"} "),
         "{text}"
     );
     assert!(
-        text.contains(&format!(
-            "kestra_taskruns_duration_seconds_count{{namespace=\"{ns}\",flow_id=\"counted\",state=\"SUCCESS\"}} 1"
-        )),
+        text.contains("kestra_queue_execution_lag_seconds_count "),
         "{text}"
     );
-    assert!(text.contains("kestra_queue_execution_lag_seconds_count "), "{text}");
-    assert_eq!(api.anonymous(Method::GET, "/metrics").await, StatusCode::UNAUTHORIZED);
-    assert_eq!(api.get("/metrics?format=json").await.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        api.anonymous(Method::GET, "/metrics").await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        api.get("/metrics?format=json").await.status,
+        StatusCode::BAD_REQUEST
+    );
 
     // Configured public: exactly `GET /metrics` passes without credentials.
     let public = Webserver::builder(api.engine.clone())
@@ -1866,9 +2047,18 @@ async fn metrics(api: &Api) {
         async move { router.oneshot(request).await.unwrap().status() }
     };
     assert_eq!(status(Method::GET, "/metrics").await, StatusCode::OK);
-    assert_eq!(status(Method::GET, "/metrics/").await, StatusCode::UNAUTHORIZED);
-    assert_eq!(status(Method::GET, "/METRICS").await, StatusCode::UNAUTHORIZED);
-    assert_eq!(status(Method::POST, "/metrics").await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        status(Method::GET, "/metrics/").await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        status(Method::GET, "/METRICS").await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        status(Method::POST, "/metrics").await,
+        StatusCode::UNAUTHORIZED
+    );
     assert_eq!(
         status(Method::GET, "/api/v1/main/flows/search").await,
         StatusCode::UNAUTHORIZED

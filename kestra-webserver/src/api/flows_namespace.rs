@@ -74,7 +74,12 @@ async fn flows_of(state: &AppState, namespace: &str) -> Result<Vec<FlowRecord>, 
             .search(&query, &Pageable::new(page, size))
             .await?;
         let count = found.results.len() as u64;
-        out.extend(found.results.into_iter().filter(|r| r.namespace == namespace));
+        out.extend(
+            found
+                .results
+                .into_iter()
+                .filter(|r| r.namespace == namespace),
+        );
         if count < u64::from(size) || u64::from(page) * u64::from(size) >= found.total {
             break;
         }

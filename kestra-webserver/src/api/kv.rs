@@ -95,7 +95,9 @@ pub(crate) async fn get_key(
                 "no value for key '{key}' in namespace '{namespace}' (missing or expired)"
             ))
         })?;
-    Ok(Json(json!({ "type": type_of(&entry), "value": entry.value })))
+    Ok(Json(
+        json!({ "type": type_of(&entry), "value": entry.value }),
+    ))
 }
 
 /// A PUT body as Kestra types it.

@@ -70,7 +70,9 @@ pub(crate) async fn search(
         .logs
         .search(&query, &page)
         .await?;
-    Ok(Json(json!({ "results": found.results, "total": found.total })))
+    Ok(Json(
+        json!({ "results": found.results, "total": found.total }),
+    ))
 }
 
 /// One entry as a line of a download: `timestamp LEVEL [taskId] message`, the message's line breaks
@@ -124,7 +126,13 @@ pub(crate) async fn download(
             let number = page?;
             let mut pageable = Pageable::new(number, DOWNLOAD_PAGE);
             pageable.sort.push(Sort::parse("timestamp:asc"));
-            match state.engine.repositories().logs.search(&query, &pageable).await {
+            match state
+                .engine
+                .repositories()
+                .logs
+                .search(&query, &pageable)
+                .await
+            {
                 Ok(found) => {
                     let last = (found.results.len() as u32) < DOWNLOAD_PAGE
                         || u64::from(number) * u64::from(DOWNLOAD_PAGE) >= found.total;
@@ -143,7 +151,10 @@ pub(crate) async fn download(
     Ok((
         StatusCode::OK,
         [
-            (header::CONTENT_TYPE, "text/plain; charset=utf-8".to_string()),
+            (
+                header::CONTENT_TYPE,
+                "text/plain; charset=utf-8".to_string(),
+            ),
             (
                 header::CONTENT_DISPOSITION,
                 format!(

@@ -1,19 +1,22 @@
-//! `GET /metrics`: Prometheus text exposition (version 0.0.4) of what this webserver observes.
+//! `GET /metrics`: Prometheus text exposition (version 0.0.4).
 //!
-//! The webserver follows the execution topic (the queue's broadcast, as the follow routes do) and
-//! counts, from the moment it starts:
+//! - `kestra_executions{state}` (gauge): executions in the repository by current state, read at
+//!   each scrape (one count per state) - the terminal states give the executions ended by state;
+//! - `kestra_executions_created_total{namespace, flow_id}`: executions created (by the API, the
+//!   schedulers, subflows...) since this webserver started, from the execution topic's broadcast;
+//! - `kestra_taskruns_attempt_duration_seconds{namespace, flow_id, state}` (histogram): the duration of
+//!   each task-run attempt a worker ended (SUCCESS, WARNING, FAILED, KILLED), from the worker
+//!   results' broadcast (flowable tasks, decided by the executor, take no worker time and are not
+//!   in it); `namespace` and `flow_id` are empty for an execution created before this webserver
+//!   started;
+//! - `kestra_queue_execution_lag_seconds` (histogram): from an execution's creation to its message
+//!   reaching this webserver - the queue's delivery lag as the webserver can tell it;
+//! - `kestra_metrics_subscription_lagged_total`: times a broadcast dropped messages because this
+//!   webserver read too slowly (counters are then low).
 //!
-//! - `kestra_executions_started_total{namespace, flow_id}`: executions seen RUNNING for the first time;
-//! - `kestra_executions_ended_total{namespace, flow_id, state}`: executions seen in a terminal state
-//!   for the first time (SUCCESS, WARNING, FAILED, KILLED, CANCELLED, ...);
-//! - `kestra_taskruns_duration_seconds{namespace, flow_id, state}` (histogram): the duration of each
-//!   task run that ended, from its first to its last state;
-//! - `kestra_queue_execution_lag_seconds` (histogram): from an execution's last state change to its
-//!   message reaching this webserver - the queue's delivery lag as the webserver can tell it;
-//! - `kestra_metrics_subscription_lagged_total`: messages the broadcast dropped because this
-//!   webserver read too slowly (counts above are then low by that much).
-//!
-//! Counters are per process, as Prometheus expects (a restart starts them again at zero).
+//! The executor keeps execution updates in its own unit of work (they are not broadcast), hence the
+//! repository gauge for states rather than a counter of ends. Counters are per process, as
+//! Prometheus expects (a restart starts them again at zero).
 //!
 //! Why a hand-written encoder rather than `metrics` + `metrics-exporter-prometheus`: the exporter
 //! wants a process-wide recorder, while a webserver here is a library value (several may run in one
@@ -23,7 +26,7 @@
 //! [`WebserverBuilder::metrics_public`](crate::WebserverBuilder::metrics_public) (configuration key
 //! `kestra.server.metrics.public`), when `GET /metrics` (exactly) is public.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -32,8 +35,10 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use chrono::Utc;
 use futures::StreamExt;
-use kestra_core::model::{Execution, StateType};
+use kestra_core::messages::WorkerTaskResult;
+use kestra_core::model::{DEFAULT_TENANT, Execution, StateType};
 use kestra_core::queue::{QueueError, Topic};
+use kestra_core::repository::{ExecutionQuery, Pageable};
 
 use super::Params;
 use crate::{ApiError, AppState};
@@ -73,7 +78,11 @@ impl Histogram {
             let n = self.counts.get(i).copied().unwrap_or(0);
             let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {n}");
         }
-        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}",
+            self.count
+        );
         let braces = if labels.is_empty() {
             String::new()
         } else {
@@ -110,14 +119,14 @@ impl Seen {
 
 #[derive(Debug, Default)]
 struct Counts {
-    started: BTreeMap<(String, String), u64>,
-    ended: BTreeMap<(String, String, String), u64>,
-    task_runs: BTreeMap<(String, String, String), Histogram>,
+    created: BTreeMap<(String, String), u64>,
+    attempts: BTreeMap<(String, String, String), Histogram>,
     lag: Histogram,
     lagged: u64,
-    seen_started: Seen,
-    seen_ended: Seen,
-    seen_task_runs: Seen,
+    /// Namespace and flow of the executions created since start (bounded like `seen`).
+    flows: HashMap<String, (String, String)>,
+    seen_created: Seen,
+    seen_attempts: Seen,
 }
 
 /// What the webserver counts for `/metrics` (one per webserver).
@@ -136,44 +145,56 @@ fn escape(value: &str) -> String {
 }
 
 impl Metrics {
-    /// Count what one execution message tells.
-    fn observe(&self, execution: &Execution) {
+    /// Count a created execution.
+    fn observe_created(&self, execution: &Execution) {
         let now = Utc::now();
         let Ok(mut c) = self.counts.lock() else {
             return;
         };
-        let key = (execution.namespace.clone(), execution.flow_id.clone());
-        if let Some(last) = execution.state.histories().last() {
-            let lag = (now - last.date).num_milliseconds().max(0) as f64 / 1000.0;
+        if !c.seen_created.insert(execution.id.clone()) {
+            return;
+        }
+        if let Some(first) = execution.state.histories().first() {
+            let lag = (now - first.date).num_milliseconds().max(0) as f64 / 1000.0;
             c.lag.observe(lag);
         }
-        let was_running = execution
-            .state
-            .histories()
-            .iter()
-            .any(|h| h.state == StateType::Running);
-        if was_running && c.seen_started.insert(execution.id.clone()) {
-            *c.started.entry(key.clone()).or_default() += 1;
+        let key = (execution.namespace.clone(), execution.flow_id.clone());
+        if c.flows.len() >= REMEMBERED {
+            c.flows.clear();
         }
-        if execution.state.is_terminated() && c.seen_ended.insert(execution.id.clone()) {
-            let state = execution.state.current().to_string();
-            *c.ended
-                .entry((key.0.clone(), key.1.clone(), state))
-                .or_default() += 1;
+        c.flows.insert(execution.id.clone(), key.clone());
+        *c.created.entry(key).or_default() += 1;
+    }
+
+    /// Count an attempt a worker ended.
+    fn observe_result(&self, result: &WorkerTaskResult) {
+        if !result.state.is_terminated() {
+            return;
         }
-        for run in &execution.task_run_list {
-            if run.state.is_terminated()
-                && c.seen_task_runs
-                    .insert(format!("{}/{}/{}", execution.id, run.id, run.attempts.len()))
-            {
-                let seconds = run.state.duration(now).num_milliseconds().max(0) as f64 / 1000.0;
-                let state = run.state.current().to_string();
-                c.task_runs
-                    .entry((key.0.clone(), key.1.clone(), state))
-                    .or_default()
-                    .observe(seconds);
-            }
+        let Ok(mut c) = self.counts.lock() else {
+            return;
+        };
+        if !c.seen_attempts.insert(format!(
+            "{}/{}/{}",
+            result.execution_id, result.task_run_id, result.attempt
+        )) {
+            return;
         }
+        let seconds = result
+            .attempt_state
+            .duration(Utc::now())
+            .num_milliseconds()
+            .max(0) as f64
+            / 1000.0;
+        let (namespace, flow_id) = c
+            .flows
+            .get(&result.execution_id)
+            .cloned()
+            .unwrap_or_default();
+        c.attempts
+            .entry((namespace, flow_id, result.state.to_string()))
+            .or_default()
+            .observe(seconds);
     }
 
     /// Start following the execution topic (once; needs a Tokio runtime). The task holds the
@@ -189,29 +210,49 @@ impl Metrics {
         let queue = state.engine.queue().clone();
         let shutdown = state.shutdown.clone();
         tokio::spawn(async move {
-            let mut subscription = match queue.subscribe(Topic::Execution).await {
-                Ok(s) => s,
+            let subscribe = async |topic| match queue.subscribe(topic).await {
+                Ok(s) => Some(s),
                 Err(e) => {
-                    tracing::warn!(error = %e, "/metrics cannot follow the execution topic: execution counters stay at zero");
-                    return;
+                    tracing::warn!(error = %e, ?topic, "/metrics cannot follow a topic: its counters stay at zero");
+                    None
                 }
             };
+            let (Some(mut executions), Some(mut results)) = (
+                subscribe(Topic::Execution).await,
+                subscribe(Topic::WorkerTaskResult).await,
+            ) else {
+                return;
+            };
             drop(queue);
+            let lagged = |metrics: &Metrics| {
+                if let Ok(mut c) = metrics.counts.lock() {
+                    c.lagged += 1;
+                }
+            };
             loop {
                 tokio::select! {
-                    message = subscription.next() => match message {
+                    message = executions.next() => match message {
                         Some(Ok(envelope)) => {
                             if let Ok(execution) = envelope.decode::<Execution>() {
-                                metrics.observe(&execution);
+                                metrics.observe_created(&execution);
                             }
                         }
-                        Some(Err(QueueError::Lagged { .. })) => {
-                            if let Ok(mut c) = metrics.counts.lock() {
-                                c.lagged += 1;
-                            }
-                        }
+                        Some(Err(QueueError::Lagged { .. })) => lagged(&metrics),
                         Some(Err(e)) => {
                             tracing::warn!(error = %e, "/metrics lost its execution subscription");
+                            return;
+                        }
+                        None => return,
+                    },
+                    message = results.next() => match message {
+                        Some(Ok(envelope)) => {
+                            if let Ok(result) = envelope.decode::<WorkerTaskResult>() {
+                                metrics.observe_result(&result);
+                            }
+                        }
+                        Some(Err(QueueError::Lagged { .. })) => lagged(&metrics),
+                        Some(Err(e)) => {
+                            tracing::warn!(error = %e, "/metrics lost its worker result subscription");
                             return;
                         }
                         None => return,
@@ -222,56 +263,72 @@ impl Metrics {
         });
     }
 
-    /// The text exposition.
-    fn render(&self) -> String {
+    /// The text exposition, with `states` the executions by state from the repository.
+    fn render(&self, states: &[(StateType, u64)]) -> String {
         let mut out = String::new();
         let _ = writeln!(
             out,
             "# HELP kestra_build_info The version of this server.\n# TYPE kestra_build_info gauge\nkestra_build_info{{version=\"{}\"}} 1",
             env!("CARGO_PKG_VERSION")
         );
+        out.push_str("# HELP kestra_executions Executions in the repository by current state.\n# TYPE kestra_executions gauge\n");
+        for (state, n) in states {
+            let _ = writeln!(out, "kestra_executions{{state=\"{state}\"}} {n}");
+        }
         let Ok(c) = self.counts.lock() else {
             return out;
         };
-        out.push_str("# HELP kestra_executions_started_total Executions seen RUNNING for the first time.\n# TYPE kestra_executions_started_total counter\n");
-        for ((ns, flow), n) in &c.started {
+        out.push_str("# HELP kestra_executions_created_total Executions created since this webserver started.\n# TYPE kestra_executions_created_total counter\n");
+        for ((ns, flow), n) in &c.created {
             let _ = writeln!(
                 out,
-                "kestra_executions_started_total{{namespace=\"{}\",flow_id=\"{}\"}} {n}",
+                "kestra_executions_created_total{{namespace=\"{}\",flow_id=\"{}\"}} {n}",
                 escape(ns),
                 escape(flow)
             );
         }
-        out.push_str("# HELP kestra_executions_ended_total Executions seen ended, by terminal state.\n# TYPE kestra_executions_ended_total counter\n");
-        for ((ns, flow, state), n) in &c.ended {
-            let _ = writeln!(
-                out,
-                "kestra_executions_ended_total{{namespace=\"{}\",flow_id=\"{}\",state=\"{}\"}} {n}",
-                escape(ns),
-                escape(flow),
-                escape(state)
-            );
-        }
-        out.push_str("# HELP kestra_taskruns_duration_seconds Duration of ended task runs.\n# TYPE kestra_taskruns_duration_seconds histogram\n");
-        for ((ns, flow, state), h) in &c.task_runs {
+        out.push_str("# HELP kestra_taskruns_attempt_duration_seconds Duration of the task-run attempts workers ended.\n# TYPE kestra_taskruns_attempt_duration_seconds histogram\n");
+        for ((ns, flow, state), h) in &c.attempts {
             let labels = format!(
                 "namespace=\"{}\",flow_id=\"{}\",state=\"{}\"",
                 escape(ns),
                 escape(flow),
                 escape(state)
             );
-            h.write(&mut out, "kestra_taskruns_duration_seconds", &labels);
+            h.write(
+                &mut out,
+                "kestra_taskruns_attempt_duration_seconds",
+                &labels,
+            );
         }
-        out.push_str("# HELP kestra_queue_execution_lag_seconds From an execution's last state change to its message reaching this webserver.\n# TYPE kestra_queue_execution_lag_seconds histogram\n");
+        out.push_str("# HELP kestra_queue_execution_lag_seconds From an execution's creation to its message reaching this webserver.\n# TYPE kestra_queue_execution_lag_seconds histogram\n");
         c.lag
             .write(&mut out, "kestra_queue_execution_lag_seconds", "");
         let _ = writeln!(
             out,
-            "# HELP kestra_metrics_subscription_lagged_total Times the execution broadcast dropped messages this webserver read too slowly.\n# TYPE kestra_metrics_subscription_lagged_total counter\nkestra_metrics_subscription_lagged_total {}",
+            "# HELP kestra_metrics_subscription_lagged_total Times a broadcast dropped messages this webserver read too slowly.\n# TYPE kestra_metrics_subscription_lagged_total counter\nkestra_metrics_subscription_lagged_total {}",
             c.lagged
         );
         out
     }
+}
+
+/// Executions by current state, one repository count per state.
+async fn states(state: &AppState) -> Result<Vec<(StateType, u64)>, ApiError> {
+    let repository = &state.engine.repositories().executions;
+    let counts = futures::future::join_all(StateType::ALL.into_iter().map(|s| async move {
+        let query = ExecutionQuery {
+            tenant_id: Some(DEFAULT_TENANT.to_string()),
+            states: vec![s],
+            ..ExecutionQuery::default()
+        };
+        repository
+            .search(&query, &Pageable::new(1, 1))
+            .await
+            .map(|page| (s, page.total))
+    }))
+    .await;
+    Ok(counts.into_iter().collect::<Result<Vec<_>, _>>()?)
 }
 
 /// `GET /metrics`.
@@ -281,12 +338,13 @@ pub(crate) async fn metrics(
 ) -> Result<impl IntoResponse, ApiError> {
     Params::parse(query.as_deref(), &[])?;
     Metrics::start(&state);
+    let states = states(&state).await?;
     Ok((
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.metrics.render(),
+        state.metrics.render(&states),
     ))
 }
 

@@ -126,7 +126,10 @@ fn routes() -> Router<Arc<AppState>> {
             post(triggers::set_disabled_by_triggers),
         )
         .route("/triggers/backfill/pause", put(triggers::pause_backfill))
-        .route("/triggers/backfill/unpause", put(triggers::unpause_backfill))
+        .route(
+            "/triggers/backfill/unpause",
+            put(triggers::unpause_backfill),
+        )
         .route("/triggers/backfill/delete", post(triggers::delete_backfill))
         .route("/triggers/{namespace}/{flow_id}", get(triggers::of_flow))
         .route(

@@ -101,7 +101,12 @@ where
     };
     let started = Instant::now();
     loop {
-        let mut unit = state.engine.queue().begin_triggers().await.map_err(queue_error)?;
+        let mut unit = state
+            .engine
+            .queue()
+            .begin_triggers()
+            .await
+            .map_err(queue_error)?;
         match unit.claim(&uid).await.map_err(queue_error)? {
             Some(mut current) => {
                 let now = Utc::now();
@@ -321,7 +326,12 @@ pub(crate) async fn set_disabled_by_triggers(
             .engine
             .repositories()
             .triggers
-            .find(&trigger_uid(DEFAULT_TENANT, &t.namespace, &t.flow_id, &t.trigger_id))
+            .find(&trigger_uid(
+                DEFAULT_TENANT,
+                &t.namespace,
+                &t.flow_id,
+                &t.trigger_id,
+            ))
             .await?
             .map(|s| s.disabled);
         let after = modify(
