@@ -2065,12 +2065,164 @@ async fn metrics(api: &Api) {
     );
 }
 
+/// `POST /executions/{id}/labels`: replaces the labels of an ended and of a paused execution
+/// through the executor; system labels stay and cannot be set.
+async fn execution_labels(api: &Api) {
+    let ns = &api.ns;
+    let flow = format!(
+        "id: labelled\nnamespace: {ns}\ntasks:\n  - id: t\n    type: io.kestra.plugin.core.log.Log\n    message: hi\n"
+    );
+    api.yaml(Method::POST, "/api/v1/main/flows", &flow).await;
+    let ended = api
+        .call(
+            Method::POST,
+            &format!("/api/v1/main/executions/{ns}/labelled?wait=true&labels=team:a"),
+            "",
+            Body::empty(),
+        )
+        .await
+        .json();
+    assert_eq!(ended["state"]["current"], "SUCCESS", "{ended}");
+    let id = ended["id"].as_str().unwrap();
+    let path = format!("/api/v1/main/executions/{id}/labels");
+    let set = api
+        .json_call(
+            Method::POST,
+            &path,
+            serde_json::json!([{"key": "env", "value": "prod"}, {"key": "owner", "value": "me"}]),
+        )
+        .await;
+    assert_eq!(
+        set.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&set.body)
+    );
+    let labels = set.json()["labels"].as_array().unwrap().clone();
+    let plain: Vec<(String, String)> = labels
+        .iter()
+        .filter(|l| !l["key"].as_str().unwrap().starts_with("system."))
+        .map(|l| {
+            (
+                l["key"].as_str().unwrap().into(),
+                l["value"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        plain,
+        [
+            ("env".to_string(), "prod".to_string()),
+            ("owner".to_string(), "me".to_string())
+        ],
+        "{labels:?}"
+    );
+    for system in ended["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["key"].as_str().unwrap().starts_with("system."))
+    {
+        assert!(labels.contains(system), "{system} lost: {labels:?}");
+    }
+    let stored = api
+        .get(&format!("/api/v1/main/executions/{id}"))
+        .await
+        .json();
+    assert_eq!(stored["labels"], Value::Array(labels));
+    assert_eq!(stored["state"]["current"], "SUCCESS");
+    let searched = api
+        .get(&format!(
+            "/api/v1/main/executions/search?namespace={ns}&labels=env:prod"
+        ))
+        .await
+        .json();
+    assert_eq!(searched["total"], 1, "{searched}");
+
+    // Errors.
+    let system = api
+        .json_call(
+            Method::POST,
+            &path,
+            serde_json::json!([{"key": "system.x", "value": "1"}]),
+        )
+        .await;
+    assert_eq!(system.status, StatusCode::BAD_REQUEST);
+    assert!(
+        system.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("system.x")
+    );
+    let empty = api
+        .json_call(
+            Method::POST,
+            &path,
+            serde_json::json!([{"key": "", "value": "1"}]),
+        )
+        .await;
+    assert_eq!(empty.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let not_a_list = api
+        .json_call(Method::POST, &path, serde_json::json!({"env": "prod"}))
+        .await;
+    assert_eq!(not_a_list.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let nowhere = api
+        .json_call(
+            Method::POST,
+            "/api/v1/main/executions/no-such-execution/labels",
+            serde_json::json!([]),
+        )
+        .await;
+    assert_eq!(nowhere.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        api.anonymous(Method::POST, &path).await,
+        StatusCode::UNAUTHORIZED
+    );
+
+    // A paused execution: its labels change, it stays paused.
+    let hold = format!(
+        "id: held\nnamespace: {ns}\ntasks:\n  - id: wait\n    type: io.kestra.plugin.core.flow.Pause\n"
+    );
+    api.yaml(Method::POST, "/api/v1/main/flows", &hold).await;
+    let created = api
+        .call(
+            Method::POST,
+            &format!("/api/v1/main/executions/{ns}/held"),
+            "",
+            Body::empty(),
+        )
+        .await
+        .json();
+    let held = created["id"].as_str().unwrap();
+    wait_state(api, held, "PAUSED").await;
+    let set = api
+        .json_call(
+            Method::POST,
+            &format!("/api/v1/main/executions/{held}/labels"),
+            serde_json::json!([{"key": "why", "value": "review"}]),
+        )
+        .await;
+    assert_eq!(set.status, StatusCode::OK);
+    assert_eq!(set.json()["state"]["current"], "PAUSED");
+    assert!(
+        set.json()["labels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["key"] == "why" && l["value"] == "review")
+    );
+    api.delete(&format!("/api/v1/main/executions/{held}/kill"))
+        .await;
+    wait_state(api, held, "KILLED").await;
+}
+
 async fn suite_more(url: &str) {
     let api = Api::start(url).await;
     triggers(&api).await;
     kv(&api).await;
     log_search(&api).await;
     namespace_flows(&api).await;
+    execution_labels(&api).await;
     metrics(&api).await;
     api.stop().await;
 }

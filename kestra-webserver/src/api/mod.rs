@@ -26,6 +26,7 @@
 //! | `GET /logs/{executionId}` | an execution's logs: `minLevel`, `taskRunId` |
 //! | `GET /logs/{executionId}/follow` | server-sent events: stored lines, then live ones until the execution ends; `minLevel` |
 //! | `GET\|POST\|PUT /executions/webhook/{namespace}/{flowId}/{key}` | the Webhook trigger, public: the key is the secret |
+//! | `POST /executions/{id}/labels` | replace its labels (`[{"key", "value"}]`; `system.*` stay), running or ended |
 //! | `GET /flows/{namespace}` | the namespace's flows (not its children's) |
 //! | `POST /flows/{namespace}` | bulk update from multi-document YAML; deletes the namespace's other flows unless `delete=false` |
 //! | `GET /logs/search` | `q`, `namespace`, `flowId`, `minLevel`, `startDate`, `endDate`, `page`, `size`, `sort` |
@@ -43,6 +44,7 @@
 //! Query parameters are allow-listed per route: an unknown one is a 400 naming the allowed ones, so
 //! a filter is never silently ignored.
 
+pub mod execution_labels;
 pub mod executions;
 pub mod flows;
 pub mod flows_namespace;
@@ -135,6 +137,10 @@ fn routes() -> Router<Arc<AppState>> {
         .route(
             "/triggers/{namespace}/{flow_id}/{trigger_id}/unlock",
             post(triggers::unlock),
+        )
+        .route(
+            "/executions/{id}/labels",
+            post(execution_labels::set_labels),
         )
         .route("/namespaces/{namespace}/kv", get(kv::list))
         .route(
