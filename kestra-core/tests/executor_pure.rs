@@ -925,3 +925,69 @@ fn attempts_count_is_the_number_of_previous_attempts() {
     assert_eq!(job.attempt, 2);
     assert_eq!(job.context["taskrun"]["attemptsCount"], json!(1));
 }
+
+fn set_labels(
+    sim: &Sim,
+    current: &Execution,
+    labels: Vec<kestra_core::model::Label>,
+) -> kestra_core::executor::process::Outcome {
+    process(
+        &sim.index,
+        &sim.expr,
+        Utc::now(),
+        Some(current.clone()),
+        &ExecutorEvent::Command(ExecutionCommand::SetLabels {
+            execution_id: current.id.clone(),
+            labels,
+        }),
+    )
+    .unwrap()
+}
+
+#[test]
+fn set_labels_replaces_user_labels_and_changes_nothing_else() {
+    use kestra_core::model::Label;
+    let yaml = format!(
+        "{HEAD}tasks:\n  - id: a\n    type: io.kestra.plugin.core.log.Log\n    message: x\n"
+    );
+    let labels = vec![
+        Label::new("system.correlationId", "c1"),
+        Label::new("team", "a"),
+    ];
+    let mut sim = Sim::new(&yaml);
+    sim.execution.labels = labels.clone();
+    let start = sim.execution.clone();
+    sim.step(None, ExecutorEvent::Execution(Box::new(start)));
+    // While it runs: labels replaced, system ones kept, no new job, same state history.
+    let running = sim.execution.clone();
+    assert!(!running.state.is_terminated());
+    let out = set_labels(
+        &sim,
+        &running,
+        vec![Label::new("env", "prod"), Label::new("system.forged", "x")],
+    );
+    assert!(out.changed);
+    assert!(out.worker_tasks.is_empty());
+    assert_eq!(
+        out.execution.labels,
+        vec![
+            Label::new("system.correlationId", "c1"),
+            Label::new("env", "prod")
+        ]
+    );
+    assert_eq!(out.execution.state, running.state);
+    // The same labels again: unchanged.
+    let again = set_labels(&sim, &out.execution, vec![Label::new("env", "prod")]);
+    assert!(!again.changed);
+    // An ended execution: labels change, its state does not.
+    let mut done = Sim::new(&yaml);
+    done.execution.labels = labels;
+    let done = done.run();
+    let ended = done.execution.clone();
+    assert!(ended.state.is_terminated());
+    let out = set_labels(&done, &ended, vec![Label::new("k", "v")]);
+    assert!(out.changed);
+    assert_eq!(out.execution.state, ended.state);
+    assert!(out.new_executions.is_empty() && out.worker_tasks.is_empty());
+    assert!(out.execution.labels.contains(&Label::new("k", "v")));
+}
