@@ -21,6 +21,7 @@
 //! | `kestra.storage.azure.container` / `.endpoint` / `.connection-string` / `.shared-key-account-name` / `.shared-key-account-access-key` / `.sas-token` / `.prefix` | `KESTRA_STORAGE_AZURE_*` | Azure chain for credentials |
 //! | `kestra.server.port` (Kestra: `micronaut.server.port`) | `KESTRA_SERVER_PORT` | `8080` |
 //! | `kestra.server.basic-auth.enabled` / `.username` / `.password` | `KESTRA_SERVER_BASIC_AUTH_*` | enabled, `admin@kestra.io` / `kestra` |
+//! | `kestra.server.metrics.public` | `KESTRA_SERVER_METRICS_PUBLIC` | `false` (`GET /metrics` needs credentials) |
 //! | `kestra.worker.threads` | `KESTRA_WORKER_THREADS` | 4 x CPUs |
 //! | `kestra.worker.lease` | `KESTRA_WORKER_LEASE` | `PT2M` (a dead worker's jobs run again after it) |
 //! | `kestra.server.liveness.heartbeatInterval` | `KESTRA_SERVER_LIVENESS_HEARTBEATINTERVAL` | `PT3S` |
@@ -140,6 +141,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "kestra.server.basic-auth.enabled",
     "kestra.server.basic-auth.username",
     "kestra.server.basic-auth.password",
+    "kestra.server.metrics.public",
     "kestra.worker.threads",
     "kestra.worker.lease",
     "kestra.server.liveness.heartbeatInterval",

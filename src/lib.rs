@@ -337,7 +337,8 @@ pub struct WebserverSettings {
 /// `kestra.server.port` (default `8080`, Kestra's `micronaut.server.port` also read),
 /// `kestra.server.basic-auth.enabled` (default `true`), `.username` (default `admin@kestra.io`),
 /// `.password` (default `kestra`; a `$argon2...` PHC string is taken as the hash) and
-/// `kestra.server.max-request-size` (bytes, default 100 MiB).
+/// `kestra.server.max-request-size` (bytes, default 100 MiB), `kestra.server.metrics.public`
+/// (default `false`: `GET /metrics` needs credentials like every route).
 #[cfg(feature = "webserver")]
 pub fn webserver_from_config(
     config: &config::Config,
@@ -376,6 +377,7 @@ pub fn webserver_from_config(
             format!("{max_body} is too large"),
         )
     })?;
+    let metrics_public = config.get_bool("kestra.server.metrics.public", false)?;
     let (auth, credentials) = if config.get_bool("kestra.server.basic-auth.enabled", true)? {
         let username = config
             .get("kestra.server.basic-auth.username")
@@ -403,6 +405,7 @@ pub fn webserver_from_config(
             .bind(bind)
             .auth(auth)
             .max_body_bytes(max_body)
+            .metrics_public(metrics_public)
             .build(),
         url: format!("http://{shown_host}:{port}/"),
         credentials,

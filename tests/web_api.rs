@@ -1352,3 +1352,879 @@ async fn disabled_and_unconfigured_auth() {
     assert_eq!(health.status(), StatusCode::OK);
     api.stop().await;
 }
+
+// ---- Triggers, KV, log search and download, namespace flows, /metrics ----
+
+impl Api {
+    async fn json_call(&self, method: Method, path: &str, body: Value) -> Answer {
+        self.call(
+            method,
+            path,
+            "application/json",
+            Body::from(body.to_string()),
+        )
+        .await
+    }
+
+    async fn text(
+        &self,
+        method: Method,
+        path: &str,
+        text: &str,
+        headers: &[(&str, &str)],
+    ) -> Answer {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::AUTHORIZATION, basic(USER, PASSWORD))
+            .header(header::CONTENT_TYPE, "text/plain");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        self.send(request.body(Body::from(text.to_string())).unwrap())
+            .await
+    }
+
+    async fn anonymous(&self, method: Method, path: &str) -> StatusCode {
+        self.send(
+            Request::builder()
+                .method(method)
+                .uri(path)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .status
+    }
+}
+
+/// The one trigger state of `flow` in the search, once the scheduler has created it.
+async fn trigger_state(api: &Api, flow: &str, until: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let found = api
+            .get(&format!(
+                "/api/v1/main/triggers/search?namespace={}&flowId={flow}",
+                api.ns
+            ))
+            .await;
+        assert_eq!(found.status, StatusCode::OK);
+        let body = found.json();
+        if let Some(first) = body["results"].as_array().and_then(|r| r.first())
+            && until(first)
+        {
+            return first.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "trigger of {flow} never as expected: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Search, disable/enable, unlock and backfill of a Schedule trigger, all through the trigger
+/// seam, with their error cases.
+async fn triggers(api: &Api) {
+    let ns = &api.ns;
+    let flow = format!(
+        "id: nightly\nnamespace: {ns}\ntriggers:\n  - id: every-night\n    type: io.kestra.plugin.core.trigger.Schedule\n    cron: \"0 0 * * *\"\ntasks:\n  - id: hold\n    type: io.kestra.plugin.core.flow.Pause\n    pauseDuration: PT10M\n"
+    );
+    assert_eq!(
+        api.yaml(Method::POST, "/api/v1/main/flows", &flow)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let found = trigger_state(api, "nightly", |t| {
+        !t["triggerContext"]["nextExecutionDate"].is_null()
+    })
+    .await;
+    assert_eq!(found["abstractTrigger"]["id"], "every-night", "{found}");
+    assert_eq!(found["abstractTrigger"]["cron"], "0 0 * * *", "{found}");
+    assert_eq!(found["triggerContext"]["triggerId"], "every-night");
+    assert_eq!(found["triggerContext"]["disabled"], false);
+    assert_eq!(found["triggerContext"]["locked"], false);
+    let q = api
+        .get(&format!(
+            "/api/v1/main/triggers/search?q=every-night&namespace={ns}"
+        ))
+        .await
+        .json();
+    assert_eq!(q["total"], 1, "{q}");
+    let none = api
+        .get(&format!(
+            "/api/v1/main/triggers/search?q=nothing-like-it&namespace={ns}"
+        ))
+        .await
+        .json();
+    assert_eq!(none["total"], 0, "{none}");
+    let of_flow = api
+        .get(&format!("/api/v1/main/triggers/{ns}/nightly"))
+        .await
+        .json();
+    assert_eq!(of_flow["total"], 1, "{of_flow}");
+    let unknown = api.get("/api/v1/main/triggers/search?state=x").await;
+    assert_eq!(unknown.status, StatusCode::BAD_REQUEST);
+    assert!(
+        unknown.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("'state'")
+    );
+    let bad_sort = api
+        .get("/api/v1/main/triggers/search?sort=password:asc")
+        .await;
+    assert_eq!(bad_sort.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        api.anonymous(Method::GET, "/api/v1/main/triggers/search")
+            .await,
+        StatusCode::UNAUTHORIZED
+    );
+
+    // Disable, then enable again.
+    let reference =
+        serde_json::json!({"namespace": ns, "flowId": "nightly", "triggerId": "every-night"});
+    let disabled = api
+        .json_call(
+            Method::POST,
+            "/api/v1/main/triggers/set-disabled/by-triggers",
+            serde_json::json!({"triggers": [reference.clone()], "disabled": true}),
+        )
+        .await;
+    assert_eq!(disabled.status, StatusCode::OK);
+    assert_eq!(disabled.json()["count"], 1);
+    trigger_state(api, "nightly", |t| t["triggerContext"]["disabled"] == true).await;
+    let mut enable = reference.clone();
+    enable["disabled"] = Value::Bool(false);
+    let enabled = api
+        .json_call(Method::PUT, "/api/v1/main/triggers", enable)
+        .await;
+    assert_eq!(
+        enabled.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&enabled.body)
+    );
+    assert_eq!(enabled.json()["disabled"], false);
+    trigger_state(api, "nightly", |t| t["triggerContext"]["disabled"] == false).await;
+    let missing = api
+        .json_call(
+            Method::POST,
+            "/api/v1/main/triggers/set-disabled/by-triggers",
+            serde_json::json!({"triggers": [{"namespace": ns, "flowId": "nightly", "triggerId": "nope"}], "disabled": true}),
+        )
+        .await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert!(
+        missing.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("'nope'")
+    );
+    let malformed = api
+        .json_call(
+            Method::POST,
+            "/api/v1/main/triggers/set-disabled/by-triggers",
+            serde_json::json!({"triggers": [{"namespace": ns}], "disabled": true}),
+        )
+        .await;
+    assert_eq!(malformed.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        malformed.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("flowId")
+    );
+    let neither = api
+        .json_call(Method::PUT, "/api/v1/main/triggers", reference.clone())
+        .await;
+    assert_eq!(neither.status, StatusCode::UNPROCESSABLE_ENTITY);
+
+    // Unlock: not locked yet; an unknown trigger is a 404.
+    let unlock_path = format!("/api/v1/main/triggers/{ns}/nightly/every-night/unlock");
+    let not_locked = api
+        .call(Method::POST, &unlock_path, "", Body::empty())
+        .await;
+    assert_eq!(not_locked.status, StatusCode::CONFLICT);
+    assert!(
+        not_locked.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("not locked")
+    );
+    let nowhere = api
+        .call(
+            Method::POST,
+            &format!("/api/v1/main/triggers/{ns}/nightly/nope/unlock"),
+            "",
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(nowhere.status, StatusCode::NOT_FOUND);
+
+    // Backfill one past night: its execution pauses, holding the trigger's lock.
+    let day = chrono::Utc::now().date_naive() - chrono::Duration::days(3);
+    let start = day.and_hms_opt(0, 0, 0).unwrap().and_utc();
+    let mut backfill = reference.clone();
+    backfill["backfill"] = serde_json::json!({
+        "start": start.to_rfc3339(),
+        "end": (start + chrono::Duration::hours(1)).to_rfc3339(),
+        "labels": [{"key": "origin", "value": "api-test"}],
+    });
+    let started = api
+        .json_call(Method::PUT, "/api/v1/main/triggers", backfill.clone())
+        .await;
+    assert_eq!(
+        started.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&started.body)
+    );
+    assert!(started.json()["backfill"].is_object(), "{}", started.json());
+    let mut reversed = backfill.clone();
+    reversed["backfill"]["end"] = Value::String((start - chrono::Duration::days(1)).to_rfc3339());
+    let invalid = api
+        .json_call(Method::PUT, "/api/v1/main/triggers", reversed)
+        .await;
+    assert_eq!(invalid.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        invalid.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("before its end")
+    );
+    let mut elsewhere = backfill.clone();
+    elsewhere["triggerId"] = Value::String("nope".into());
+    assert_eq!(
+        api.json_call(Method::PUT, "/api/v1/main/triggers", elsewhere)
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    let locked = trigger_state(api, "nightly", |t| t["triggerContext"]["locked"] == true).await;
+    let execution_id = locked["triggerContext"]["executionId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let paused = wait_state(api, &execution_id, "PAUSED").await;
+    assert!(
+        paused["labels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["key"] == "origin" && l["value"] == "api-test"),
+        "{paused}"
+    );
+    let unlocked = api
+        .call(Method::POST, &unlock_path, "", Body::empty())
+        .await;
+    assert_eq!(
+        unlocked.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&unlocked.body)
+    );
+    assert!(unlocked.json()["executionId"].is_null());
+    assert_eq!(unlocked.json()["locked"], false);
+    trigger_state(api, "nightly", |t| t["triggerContext"]["locked"] == false).await;
+    // No backfill runs any more: pausing one is a conflict naming it.
+    let mut body = reference.clone();
+    body["backfill"] = Value::Null;
+    let no_backfill = trigger_state(api, "nightly", |t| {
+        t["triggerContext"]["backfill"].is_null()
+    })
+    .await;
+    assert!(no_backfill["triggerContext"]["backfill"].is_null());
+    let pause = api
+        .json_call(Method::PUT, "/api/v1/main/triggers/backfill/pause", body)
+        .await;
+    assert_eq!(pause.status, StatusCode::CONFLICT);
+    assert!(
+        pause.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("no backfill")
+    );
+    assert_eq!(
+        api.delete(&format!("/api/v1/main/executions/{execution_id}/kill"))
+            .await
+            .status,
+        StatusCode::ACCEPTED
+    );
+    wait_state(api, &execution_id, "KILLED").await;
+}
+
+/// KV per namespace: typed values, TTL, list, delete, errors; the store is the one flows use.
+async fn kv(api: &Api) {
+    let ns = &api.ns;
+    let path = |key: &str| format!("/api/v1/main/namespaces/{ns}/kv/{key}");
+    assert_eq!(
+        api.text(Method::PUT, &path("answer"), "42", &[])
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let answer = api.get(&path("answer")).await.json();
+    assert_eq!(answer, serde_json::json!({"type": "NUMBER", "value": 42}));
+    api.text(
+        Method::PUT,
+        &path("greeting"),
+        "hello world",
+        &[("ttl", "PT1H")],
+    )
+    .await;
+    assert_eq!(
+        api.get(&path("greeting")).await.json(),
+        serde_json::json!({"type": "STRING", "value": "hello world"})
+    );
+    api.text(Method::PUT, &path("doc"), "{\"a\": [1, 2]}", &[])
+        .await;
+    assert_eq!(api.get(&path("doc")).await.json()["type"], "JSON");
+    let list = api
+        .get(&format!("/api/v1/main/namespaces/{ns}/kv"))
+        .await
+        .json();
+    let keys: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["answer", "doc", "greeting"], "{list}");
+    let greeting = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["key"] == "greeting")
+        .unwrap();
+    assert!(greeting["expirationDate"].is_string(), "{list}");
+    assert!(list[0]["expirationDate"].is_null(), "{list}");
+
+    // A flow's kv.Set writes where the API reads.
+    let setter = format!(
+        "id: kvset\nnamespace: {ns}\ntasks:\n  - id: set\n    type: io.kestra.plugin.core.kv.Set\n    key: from_flow\n    value: \"{{{{ execution.id }}}}\"\n"
+    );
+    api.yaml(Method::POST, "/api/v1/main/flows", &setter).await;
+    let run = api
+        .call(
+            Method::POST,
+            &format!("/api/v1/main/executions/{ns}/kvset?wait=true"),
+            "",
+            Body::empty(),
+        )
+        .await
+        .json();
+    assert_eq!(run["state"]["current"], "SUCCESS", "{run}");
+    assert_eq!(api.get(&path("from_flow")).await.json()["value"], run["id"]);
+
+    // Errors.
+    let bad_ttl = api
+        .text(Method::PUT, &path("x"), "1", &[("ttl", "soon")])
+        .await;
+    assert_eq!(bad_ttl.status, StatusCode::BAD_REQUEST);
+    assert!(bad_ttl.json()["message"].as_str().unwrap().contains("ttl"));
+    let bad_key = api.text(Method::PUT, &path(".hidden"), "1", &[]).await;
+    assert_eq!(bad_key.status, StatusCode::BAD_REQUEST);
+    assert!(
+        bad_key.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains(".hidden")
+    );
+    let missing = api.get(&path("missing")).await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert!(
+        missing.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("'missing'")
+    );
+    assert_eq!(
+        api.anonymous(Method::GET, &path("answer")).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        api.anonymous(Method::DELETE, &path("answer")).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        api.get(&format!("{}?x=1", path("answer"))).await.status,
+        StatusCode::BAD_REQUEST
+    );
+
+    // Delete: true, then false; the key is gone.
+    assert_eq!(api.delete(&path("answer")).await.json(), Value::Bool(true));
+    assert_eq!(api.delete(&path("answer")).await.json(), Value::Bool(false));
+    assert_eq!(api.get(&path("answer")).await.status, StatusCode::NOT_FOUND);
+}
+
+/// Log search across executions and the plain-text download of one execution's logs.
+async fn log_search(api: &Api) {
+    let ns = &api.ns;
+    let flow = format!(
+        "id: chatty\nnamespace: {ns}\ntasks:\n  - id: say\n    type: io.kestra.plugin.core.log.Log\n    message: \"needle-{{{{ execution.id }}}}\"\n  - id: warn\n    type: io.kestra.plugin.core.log.Log\n    level: WARN\n    message: \"two\\nlines\"\n"
+    );
+    api.yaml(Method::POST, "/api/v1/main/flows", &flow).await;
+    let run = api
+        .call(
+            Method::POST,
+            &format!("/api/v1/main/executions/{ns}/chatty?wait=true"),
+            "",
+            Body::empty(),
+        )
+        .await
+        .json();
+    assert_eq!(run["state"]["current"], "SUCCESS", "{run}");
+    let id = run["id"].as_str().unwrap();
+    let stored = async || api.get(&format!("/api/v1/main/logs/{id}")).await.json();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while stored().await.as_array().unwrap().len() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "logs never stored");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let entries = stored().await;
+    let found = api
+        .get(&format!(
+            "/api/v1/main/logs/search?namespace={ns}&flowId=chatty&q=needle-{id}"
+        ))
+        .await;
+    assert_eq!(found.status, StatusCode::OK);
+    let found = found.json();
+    assert_eq!(found["total"], 1, "{found}");
+    assert_eq!(found["results"][0]["message"], format!("needle-{id}"));
+    let warnings = api
+        .get(&format!(
+            "/api/v1/main/logs/search?namespace={ns}&minLevel=WARN&size=5&page=1"
+        ))
+        .await
+        .json();
+    assert!(
+        warnings["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["level"] == "WARN" || l["level"] == "ERROR"),
+        "{warnings}"
+    );
+    assert!(warnings["total"].as_u64().unwrap() >= 1);
+    let future = api
+        .get(&format!(
+            "/api/v1/main/logs/search?namespace={ns}&startDate={}",
+            form_urlencoded_path(&(chrono::Utc::now() + chrono::Duration::days(1)).to_rfc3339())
+        ))
+        .await
+        .json();
+    assert_eq!(future["total"], 0, "{future}");
+    for bad in [
+        "minLevel=LOUD",
+        "startDate=yesterday",
+        "executionId=x",
+        "sort=message:asc",
+    ] {
+        let answer = api.get(&format!("/api/v1/main/logs/search?{bad}")).await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{bad}");
+    }
+
+    // Download: text, one line per entry, in order, multi-line messages on one line.
+    let download = api.get(&format!("/api/v1/main/logs/{id}/download")).await;
+    assert_eq!(download.status, StatusCode::OK);
+    assert!(
+        download.headers[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let text = String::from_utf8(download.body.clone()).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), entries.as_array().unwrap().len(), "{text}");
+    for (line, entry) in lines.iter().zip(entries.as_array().unwrap()) {
+        assert!(line.contains(entry["level"].as_str().unwrap()), "{line}");
+        assert!(
+            line.ends_with(&entry["message"].as_str().unwrap().replace('\n', "\\n")),
+            "{line} / {entry}"
+        );
+    }
+    assert!(text.contains("two\\nlines"), "{text}");
+    let warn_only = api
+        .get(&format!("/api/v1/main/logs/{id}/download?minLevel=WARN"))
+        .await;
+    assert!(
+        String::from_utf8_lossy(&warn_only.body)
+            .lines()
+            .all(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+    );
+    assert_eq!(
+        api.get("/api/v1/main/logs/no-such-execution/download")
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        api.anonymous(Method::GET, &format!("/api/v1/main/logs/{id}/download"))
+            .await,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+/// `GET|POST /flows/{namespace}`: bulk update, deletion of the missing flows (or not), errors.
+async fn namespace_flows(api: &Api) {
+    let ns = format!("{}.bulk", api.ns);
+    let flow = |id: &str| {
+        format!(
+            "id: {id}\nnamespace: {ns}\ntasks:\n  - id: t\n    type: io.kestra.plugin.core.log.Log\n    message: {id}\n"
+        )
+    };
+    let path = format!("/api/v1/main/flows/{ns}");
+    let both = api
+        .yaml(
+            Method::POST,
+            &path,
+            &format!("{}---\n{}", flow("a"), flow("b")),
+        )
+        .await;
+    assert_eq!(
+        both.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&both.body)
+    );
+    assert_eq!(both.json().as_array().unwrap().len(), 2);
+    assert!(both.json()[0]["source"].as_str().unwrap().contains("id: a"));
+    let ids = async || {
+        api.get(&path)
+            .await
+            .json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["id"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ids().await, ["a", "b"]);
+    // `b` is missing from the body: deleted; `a` unchanged keeps its revision.
+    let only_a = api.yaml(Method::POST, &path, &flow("a")).await.json();
+    assert_eq!(only_a[0]["revision"], 1, "{only_a}");
+    assert_eq!(ids().await, ["a"]);
+    api.yaml(Method::POST, &format!("{path}?delete=false"), &flow("c"))
+        .await;
+    assert_eq!(ids().await, ["a", "c"]);
+    // Invalid: nothing changes, the error names the document.
+    let invalid = api
+        .yaml(
+            Method::POST,
+            &path,
+            &format!("{}---\nid: broken\nnamespace: {ns}\ntasks: 3\n", flow("d")),
+        )
+        .await;
+    assert_eq!(invalid.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        invalid.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("document 1"),
+        "{}",
+        invalid.json()
+    );
+    let elsewhere = api
+        .yaml(Method::POST, &path, &flow("e").replace(&ns, "some.other"))
+        .await;
+    assert_eq!(elsewhere.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        elsewhere.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("some.other")
+    );
+    let twice = api
+        .yaml(
+            Method::POST,
+            &path,
+            &format!("{}---\n{}", flow("f"), flow("f")),
+        )
+        .await;
+    assert_eq!(twice.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(ids().await, ["a", "c"]);
+    assert_eq!(
+        api.get(&format!("{path}?delete=x")).await.status,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        api.yaml(Method::POST, &format!("{path}?delete=maybe"), &flow("a"))
+            .await
+            .status,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        api.anonymous(Method::GET, &path).await,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+/// `/metrics`: Prometheus text with the executions this webserver saw end and their task runs;
+/// behind authentication unless configured public.
+async fn metrics(api: &Api) {
+    let ns = &api.ns;
+    let flow = format!(
+        "id: counted\nnamespace: {ns}\ntasks:\n  - id: t\n    type: io.kestra.plugin.core.log.Log\n    message: hi\n"
+    );
+    api.yaml(Method::POST, "/api/v1/main/flows", &flow).await;
+    let run = api
+        .call(
+            Method::POST,
+            &format!("/api/v1/main/executions/{ns}/counted?wait=true"),
+            "",
+            Body::empty(),
+        )
+        .await
+        .json();
+    assert_eq!(run["state"]["current"], "SUCCESS", "{run}");
+    let attempts = format!(
+        "kestra_taskruns_attempt_duration_seconds_count{{namespace=\"{ns}\",flow_id=\"counted\",state=\"SUCCESS\"}} 1\n"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let text = loop {
+        let answer = api.get("/metrics").await;
+        assert_eq!(answer.status, StatusCode::OK);
+        assert!(
+            answer.headers[header::CONTENT_TYPE]
+                .to_str()
+                .unwrap()
+                .starts_with("text/plain; version=0.0.4")
+        );
+        let text = String::from_utf8(answer.body).unwrap();
+        if text.contains(&attempts) {
+            break text;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{attempts} never in:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        text.contains(&format!(
+            "kestra_executions_created_total{{namespace=\"{ns}\",flow_id=\"counted\"}} 1\n"
+        )),
+        "{text}"
+    );
+    let successes: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("kestra_executions{state=\"SUCCESS\"} "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no SUCCESS gauge in {text}"));
+    assert!(successes >= 1, "{text}");
+    assert!(
+        text.contains("kestra_executions{state=\"PAUSED\"} "),
+        "{text}"
+    );
+    assert!(
+        text.contains("kestra_queue_execution_lag_seconds_count "),
+        "{text}"
+    );
+    assert_eq!(
+        api.anonymous(Method::GET, "/metrics").await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        api.get("/metrics?format=json").await.status,
+        StatusCode::BAD_REQUEST
+    );
+
+    // Configured public: exactly `GET /metrics` passes without credentials.
+    let public = Webserver::builder(api.engine.clone())
+        .auth(Auth::Basic(BasicAuth::new(USER, PASSWORD).unwrap()))
+        .metrics_public(true)
+        .build()
+        .router(api.shutdown.clone());
+    let status = |method: Method, path: &str| {
+        let router = public.clone();
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .body(Body::empty())
+            .unwrap();
+        async move { router.oneshot(request).await.unwrap().status() }
+    };
+    assert_eq!(status(Method::GET, "/metrics").await, StatusCode::OK);
+    assert_eq!(
+        status(Method::GET, "/metrics/").await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        status(Method::GET, "/METRICS").await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        status(Method::POST, "/metrics").await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        status(Method::GET, "/api/v1/main/flows/search").await,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+/// `POST /executions/{id}/labels`: replaces the labels of an ended and of a paused execution
+/// through the executor; system labels stay and cannot be set.
+async fn execution_labels(api: &Api) {
+    let ns = &api.ns;
+    let flow = format!(
+        "id: labelled\nnamespace: {ns}\ntasks:\n  - id: t\n    type: io.kestra.plugin.core.log.Log\n    message: hi\n"
+    );
+    api.yaml(Method::POST, "/api/v1/main/flows", &flow).await;
+    let ended = api
+        .call(
+            Method::POST,
+            &format!("/api/v1/main/executions/{ns}/labelled?wait=true&labels=team:a"),
+            "",
+            Body::empty(),
+        )
+        .await
+        .json();
+    assert_eq!(ended["state"]["current"], "SUCCESS", "{ended}");
+    let id = ended["id"].as_str().unwrap();
+    let path = format!("/api/v1/main/executions/{id}/labels");
+    let set = api
+        .json_call(
+            Method::POST,
+            &path,
+            serde_json::json!([{"key": "env", "value": "prod"}, {"key": "owner", "value": "me"}]),
+        )
+        .await;
+    assert_eq!(
+        set.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&set.body)
+    );
+    let labels = set.json()["labels"].as_array().unwrap().clone();
+    let plain: Vec<(String, String)> = labels
+        .iter()
+        .filter(|l| !l["key"].as_str().unwrap().starts_with("system."))
+        .map(|l| {
+            (
+                l["key"].as_str().unwrap().into(),
+                l["value"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        plain,
+        [
+            ("env".to_string(), "prod".to_string()),
+            ("owner".to_string(), "me".to_string())
+        ],
+        "{labels:?}"
+    );
+    for system in ended["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["key"].as_str().unwrap().starts_with("system."))
+    {
+        assert!(labels.contains(system), "{system} lost: {labels:?}");
+    }
+    let stored = api
+        .get(&format!("/api/v1/main/executions/{id}"))
+        .await
+        .json();
+    assert_eq!(stored["labels"], Value::Array(labels));
+    assert_eq!(stored["state"]["current"], "SUCCESS");
+    let searched = api
+        .get(&format!(
+            "/api/v1/main/executions/search?namespace={ns}&labels=env:prod"
+        ))
+        .await
+        .json();
+    assert_eq!(searched["total"], 1, "{searched}");
+
+    // Errors.
+    let system = api
+        .json_call(
+            Method::POST,
+            &path,
+            serde_json::json!([{"key": "system.x", "value": "1"}]),
+        )
+        .await;
+    assert_eq!(system.status, StatusCode::BAD_REQUEST);
+    assert!(
+        system.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("system.x")
+    );
+    let empty = api
+        .json_call(
+            Method::POST,
+            &path,
+            serde_json::json!([{"key": "", "value": "1"}]),
+        )
+        .await;
+    assert_eq!(empty.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let not_a_list = api
+        .json_call(Method::POST, &path, serde_json::json!({"env": "prod"}))
+        .await;
+    assert_eq!(not_a_list.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let nowhere = api
+        .json_call(
+            Method::POST,
+            "/api/v1/main/executions/no-such-execution/labels",
+            serde_json::json!([]),
+        )
+        .await;
+    assert_eq!(nowhere.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        api.anonymous(Method::POST, &path).await,
+        StatusCode::UNAUTHORIZED
+    );
+
+    // A paused execution: its labels change, it stays paused.
+    let hold = format!(
+        "id: held\nnamespace: {ns}\ntasks:\n  - id: wait\n    type: io.kestra.plugin.core.flow.Pause\n"
+    );
+    api.yaml(Method::POST, "/api/v1/main/flows", &hold).await;
+    let created = api
+        .call(
+            Method::POST,
+            &format!("/api/v1/main/executions/{ns}/held"),
+            "",
+            Body::empty(),
+        )
+        .await
+        .json();
+    let held = created["id"].as_str().unwrap();
+    wait_state(api, held, "PAUSED").await;
+    let set = api
+        .json_call(
+            Method::POST,
+            &format!("/api/v1/main/executions/{held}/labels"),
+            serde_json::json!([{"key": "why", "value": "review"}]),
+        )
+        .await;
+    assert_eq!(set.status, StatusCode::OK);
+    assert_eq!(set.json()["state"]["current"], "PAUSED");
+    assert!(
+        set.json()["labels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["key"] == "why" && l["value"] == "review")
+    );
+    api.delete(&format!("/api/v1/main/executions/{held}/kill"))
+        .await;
+    wait_state(api, held, "KILLED").await;
+}
+
+async fn suite_more(url: &str) {
+    let api = Api::start(url).await;
+    triggers(&api).await;
+    kv(&api).await;
+    log_search(&api).await;
+    namespace_flows(&api).await;
+    execution_labels(&api).await;
+    metrics(&api).await;
+    api.stop().await;
+}
+
+common::on_each_database!(api_more_on: suite_more);

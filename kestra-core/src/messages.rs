@@ -295,6 +295,16 @@ pub enum ExecutionCommand {
         /// How many resubmissions a task run may have before it fails ("killed N workers").
         max_resubmissions: u32,
     },
+    /// Replace the execution's labels (the API's `POST /executions/{id}/labels`): its `system.*`
+    /// labels stay, every other label is replaced by `labels` (whose `system.*` entries are
+    /// ignored). Applied to running and ended executions alike; nothing else of the execution
+    /// changes.
+    SetLabels {
+        /// Execution.
+        execution_id: String,
+        /// The new labels.
+        labels: Vec<crate::model::Label>,
+    },
 }
 
 impl ExecutionCommand {
@@ -312,7 +322,8 @@ impl ExecutionCommand {
             | ExecutionCommand::Start { execution_id }
             | ExecutionCommand::ConcurrencyLimited { execution_id, .. }
             | ExecutionCommand::KillRepeat { execution_id }
-            | ExecutionCommand::Resubmit { execution_id, .. } => execution_id,
+            | ExecutionCommand::Resubmit { execution_id, .. }
+            | ExecutionCommand::SetLabels { execution_id, .. } => execution_id,
         }
     }
 

@@ -211,6 +211,9 @@ pub(crate) async fn require_auth(
 ) -> Response {
     if is_public(request.method(), request.uri().path())
         || crate::ui::is_public(request.method(), request.uri().path())
+        || (state.config.metrics_public
+            && request.method() == Method::GET
+            && request.uri().path() == "/metrics")
     {
         return next.run(request).await;
     }

@@ -74,6 +74,9 @@ pub struct WebserverConfig {
     pub wait_timeout: Duration,
     /// How often a follow (SSE) reads the execution again (default 200 ms).
     pub follow_poll: Duration,
+    /// Whether `GET /metrics` is served without credentials (default false: behind
+    /// authentication like every route).
+    pub metrics_public: bool,
 }
 
 /// Shared by every handler.
@@ -83,6 +86,8 @@ pub(crate) struct AppState {
     pub(crate) shutdown: CancellationToken,
     /// The Web UI's login sessions.
     pub(crate) sessions: ui::session::Sessions,
+    /// What `/metrics` counts.
+    pub(crate) metrics: Arc<api::metrics::Metrics>,
 }
 
 /// Builds a [`Webserver`].
@@ -117,6 +122,12 @@ impl WebserverBuilder {
         self.config.follow_poll = every;
         self
     }
+    /// Serve `GET /metrics` without credentials (for a Prometheus that cannot authenticate; keep
+    /// the port private then).
+    pub fn metrics_public(mut self, public: bool) -> Self {
+        self.config.metrics_public = public;
+        self
+    }
     /// The webserver.
     pub fn build(self) -> Webserver {
         Webserver {
@@ -144,6 +155,7 @@ impl Webserver {
                 max_body_bytes: DEFAULT_MAX_BODY,
                 wait_timeout: Duration::from_secs(3600),
                 follow_poll: Duration::from_millis(200),
+                metrics_public: false,
             },
         }
     }
@@ -161,6 +173,7 @@ impl Webserver {
             config: self.config.clone(),
             shutdown,
             sessions: ui::session::Sessions::default(),
+            metrics: Arc::default(),
         });
         api::router(state)
     }

@@ -481,7 +481,31 @@ impl Run<'_> {
                 worker_id.as_deref(),
                 *max_resubmissions,
             ),
+            ExecutionCommand::SetLabels { labels, .. } => self.set_labels(labels),
         }
+    }
+
+    /// [`ExecutionCommand::SetLabels`]: `system.*` labels stay, the others are replaced. The walk
+    /// is skipped: a label changes nothing else (no start, no slot request, no end).
+    fn set_labels(&mut self, labels: &[crate::model::Label]) {
+        self.started_only = true;
+        let mut next: Vec<crate::model::Label> = self
+            .exec
+            .labels
+            .iter()
+            .filter(|l| l.key.starts_with("system."))
+            .cloned()
+            .collect();
+        for label in labels.iter().filter(|l| !l.key.starts_with("system.")) {
+            next.retain(|l| l.key != label.key);
+            next.push(label.clone());
+        }
+        if next == self.exec.labels {
+            self.ignored = Some("set labels: unchanged".into());
+            return;
+        }
+        self.exec.labels = next;
+        self.touch();
     }
 
     fn apply_result(&mut self, r: &WorkerTaskResult) {

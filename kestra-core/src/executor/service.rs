@@ -489,9 +489,12 @@ impl ExecutorService {
                     debug!("event for an unknown execution; dropped");
                     return Ok::<(), QueueError>(());
                 };
+                // A restart and a change of labels apply to an ended execution too.
                 let restart = matches!(
                     &event,
-                    ExecutorEvent::Command(ExecutionCommand::Restart { .. })
+                    ExecutorEvent::Command(
+                        ExecutionCommand::Restart { .. } | ExecutionCommand::SetLabels { .. }
+                    )
                 );
                 if !restart && current.as_ref().is_some_and(|c| c.state.is_terminated()) {
                     debug!("event for a terminated execution; dropped");

@@ -775,6 +775,21 @@ impl Engine {
         Ok(())
     }
 
+    /// Ask the executor to replace an execution's labels (its `system.*` labels stay; `system.*`
+    /// entries of `labels` are ignored), running or ended.
+    pub async fn set_labels(
+        &self,
+        id: &str,
+        labels: Vec<crate::model::Label>,
+    ) -> Result<(), EngineError> {
+        let cmd = ExecutionCommand::SetLabels {
+            execution_id: id.to_string(),
+            labels,
+        };
+        self.queue.publish(vec![cmd.envelope()?]).await?;
+        Ok(())
+    }
+
     /// Ask the executor to restart a failed or killed execution (same id, failed task runs again).
     pub async fn restart(&self, id: &str) -> Result<(), EngineError> {
         let cmd = ExecutionCommand::Restart {

@@ -128,6 +128,29 @@ impl KvStore {
         Ok(())
     }
 
+    /// Every live key of a namespace (not of its children) with its entry, sorted by key; expired
+    /// entries are left out (and deleted, as [`KvStore::get`] does).
+    pub async fn list(&self, namespace: &str) -> Result<Vec<(String, KvEntry)>, KvError> {
+        let dir = StoragePath::namespace(namespace)?.join("_kv")?;
+        let mut out = Vec::new();
+        for file in self.storage.list(&self.tenant, &dir).await? {
+            if file.directory {
+                continue;
+            }
+            let Some(key) = file.path.file_name().strip_suffix(".json") else {
+                continue;
+            };
+            if !valid_key(key) {
+                continue;
+            }
+            if let Some(entry) = self.get(namespace, key).await? {
+                out.push((key.to_string(), entry));
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
     /// Delete a key; true if it existed (and had not expired).
     pub async fn delete(&self, namespace: &str, key: &str) -> Result<bool, KvError> {
         let existed = self.get(namespace, key).await?.is_some();

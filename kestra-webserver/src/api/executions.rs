@@ -33,7 +33,7 @@ pub(crate) async fn find(state: &AppState, id: &str) -> Result<Execution, ApiErr
         .ok_or_else(|| ApiError::not_found(format!("execution {id} not found")))
 }
 
-fn execution_json(execution: &Execution) -> Result<Value, ApiError> {
+pub(crate) fn execution_json(execution: &Execution) -> Result<Value, ApiError> {
     serde_json::to_value(execution)
         .map_err(|e| ApiError::internal(format!("cannot serialise execution: {e}")))
 }

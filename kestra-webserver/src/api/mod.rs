@@ -26,13 +26,33 @@
 //! | `GET /logs/{executionId}` | an execution's logs: `minLevel`, `taskRunId` |
 //! | `GET /logs/{executionId}/follow` | server-sent events: stored lines, then live ones until the execution ends; `minLevel` |
 //! | `GET\|POST\|PUT /executions/webhook/{namespace}/{flowId}/{key}` | the Webhook trigger, public: the key is the secret |
+//! | `POST /executions/{id}/labels` | replace its labels (`[{"key", "value"}]`; `system.*` stay), running or ended |
+//! | `GET /flows/{namespace}` | the namespace's flows (not its children's) |
+//! | `POST /flows/{namespace}` | bulk update from multi-document YAML; deletes the namespace's other flows unless `delete=false` |
+//! | `GET /logs/search` | `q`, `namespace`, `flowId`, `minLevel`, `startDate`, `endDate`, `page`, `size`, `sort` |
+//! | `GET /logs/{executionId}/download` | the execution's logs as text, one line per entry, streamed: `minLevel`, `taskRunId` |
+//! | `GET /triggers/search` | `q`, `namespace`, `flowId`, `page`, `size`, `sort`: `{"abstractTrigger", "triggerContext"}` each |
+//! | `GET /triggers/{namespace}/{flowId}` | the trigger states of a flow |
+//! | `PUT /triggers` | one trigger: `disabled`, or start a `backfill` ({start, end, inputs, labels}) |
+//! | `POST /triggers/set-disabled/by-triggers` | `{"triggers": [...], "disabled": bool}` → `{"count"}` |
+//! | `POST /triggers/{namespace}/{flowId}/{triggerId}/unlock` | release its running execution and evaluation; 409 if not locked |
+//! | `PUT /triggers/backfill/pause`, `PUT /triggers/backfill/unpause`, `POST /triggers/backfill/delete` | a trigger's backfill |
+//! | `GET /namespaces/{namespace}/kv` | the namespace's KV keys |
+//! | `GET\|PUT\|DELETE /namespaces/{namespace}/kv/{key}` | a KV value: `{"type", "value"}`; PUT body = value, header `ttl` |
+//! | `GET /metrics` (root, not under `/api/v1`) | Prometheus text ([`metrics`]); authenticated unless configured public |
 //!
 //! Query parameters are allow-listed per route: an unknown one is a 400 naming the allowed ones, so
 //! a filter is never silently ignored.
 
+pub mod execution_labels;
 pub mod executions;
 pub mod flows;
+pub mod flows_namespace;
+pub mod kv;
+pub mod log_search;
 pub mod logs;
+pub mod metrics;
+pub mod triggers;
 pub mod webhook;
 
 use std::sync::Arc;
@@ -43,7 +63,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use chrono::{DateTime, Utc};
 use kestra_core::model::Label;
 use kestra_core::repository::{Pageable, Sort};
@@ -94,13 +114,48 @@ fn routes() -> Router<Arc<AppState>> {
         )
         .route("/logs/{execution_id}", get(logs::by_execution))
         .route("/logs/{execution_id}/follow", get(logs::follow))
+        // Namespace flows, log search and download, triggers, KV (issue 11, second part).
+        .route(
+            "/flows/{namespace}",
+            get(flows_namespace::list).post(flows_namespace::update),
+        )
+        .route("/logs/search", get(log_search::search))
+        .route("/logs/{execution_id}/download", get(log_search::download))
+        .route("/triggers", put(triggers::update))
+        .route("/triggers/search", get(triggers::search))
+        .route(
+            "/triggers/set-disabled/by-triggers",
+            post(triggers::set_disabled_by_triggers),
+        )
+        .route("/triggers/backfill/pause", put(triggers::pause_backfill))
+        .route(
+            "/triggers/backfill/unpause",
+            put(triggers::unpause_backfill),
+        )
+        .route("/triggers/backfill/delete", post(triggers::delete_backfill))
+        .route("/triggers/{namespace}/{flow_id}", get(triggers::of_flow))
+        .route(
+            "/triggers/{namespace}/{flow_id}/{trigger_id}/unlock",
+            post(triggers::unlock),
+        )
+        .route(
+            "/executions/{id}/labels",
+            post(execution_labels::set_labels),
+        )
+        .route("/namespaces/{namespace}/kv", get(kv::list))
+        .route(
+            "/namespaces/{namespace}/kv/{key}",
+            get(kv::get_key).put(kv::put_key).delete(kv::delete_key),
+        )
 }
 
 /// Every route with authentication and the body limit.
 pub(crate) fn router(state: Arc<AppState>) -> Router {
     let api = routes();
+    metrics::Metrics::start(&state);
     Router::new()
         .route("/health", get(health))
+        .route("/metrics", get(metrics::metrics))
         .nest("/api/v1/main", api.clone())
         .nest("/api/v1", api)
         .merge(crate::ui::router())
