@@ -5,7 +5,9 @@
 //! Shape (draft-07, like Kestra's): the root is the flow document; `#/definitions/Task` is an
 //! `anyOf` with one branch per registered task type (the type's own properties plus the common
 //! ones - `id`, `type`, `retry`, `timeout`, ... - with `type` as a `const`, or an `enum` of the
-//! canonical name and its legacy aliases), `#/definitions/Trigger` the same for triggers. Unknown
+//! canonical name and its legacy aliases), `#/definitions/Trigger` the same for triggers. Only `id`
+//! and `type` are required there: `pluginDefaults` may give the others (they are listed under
+//! `x-required`; the parser checks them once the defaults are applied). Unknown
 //! properties are refused where the engine refuses them. A property the engine also accepts as an
 //! expression ([`Property<T>`]) is `anyOf` its type and an expression string (one holding `{{` or
 //! `{%`).
@@ -320,13 +322,11 @@ fn type_branch(
         json!({ "enum": names })
     };
     properties.insert("type".into(), type_schema);
-    let mut required = vec![json!("id"), json!("type")];
-    if let Some(Value::Array(own_required)) = branch.remove("required") {
-        for r in own_required {
-            if !required.contains(&r) {
-                required.push(r);
-            }
-        }
+    // The type's own required properties are not required here: `pluginDefaults` may give them
+    // (the parser checks them once the defaults are applied). They are listed as `x-required`.
+    let required = vec![json!("id"), json!("type")];
+    if let Some(own_required) = branch.remove("required") {
+        branch.insert("x-required".into(), own_required);
     }
     branch.insert("type".into(), json!("object"));
     branch.insert("title".into(), json!(names[0]));
@@ -441,6 +441,16 @@ impl TaskRegistry {
             {
                 required.push(json!("tasks"));
             }
+            // An input may be named with the deprecated `name` instead of `id`.
+            if let Some(Value::Object(input)) = definitions.get_mut("Input") {
+                if let Some(Value::Array(required)) = input.get_mut("required") {
+                    required.retain(|r| r != "id");
+                }
+                input.insert(
+                    "anyOf".into(),
+                    json!([{ "required": ["id"] }, { "required": ["name"] }]),
+                );
+            }
             map.insert("definitions".into(), Value::Object(definitions));
         }
         expand_aliases(&mut root);
@@ -479,12 +489,8 @@ mod tests {
             json!(["io.kestra.plugin.core.log.Log", "io.kestra.core.tasks.log.Log"])
         );
         assert_eq!(log["additionalProperties"], json!(false));
-        assert!(
-            log["required"]
-                .as_array()
-                .unwrap()
-                .contains(&json!("message"))
-        );
+        assert_eq!(log["required"], json!(["id", "type"]));
+        assert_eq!(log["x-required"], json!(["message"]));
         let schedule = &schema["definitions"]["io.kestra.plugin.core.trigger.Schedule"];
         assert!(schedule["properties"]["cron"].is_object(), "{schedule}");
         // Aliases of properties are described too.
