@@ -7,7 +7,18 @@ use std::str::FromStr;
 
 /// Log level, ordered from the most verbose (`TRACE`) to the most severe (`ERROR`).
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    Default,
+    schemars::JsonSchema,
 )]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Level {
@@ -69,7 +80,7 @@ impl FromStr for Level {
 }
 
 /// One log line.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LogEntry {
     /// Stable id, given when the line is emitted: saving the same line again (a redelivered
@@ -109,7 +120,7 @@ pub struct LogEntry {
 }
 
 /// Metric kind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum MetricType {
     /// A count.
@@ -119,7 +130,7 @@ pub enum MetricType {
 }
 
 /// One metric point emitted by a task run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MetricEntry {
     /// Stable id, given when the point is emitted: saving the same point again (a redelivered

@@ -26,6 +26,8 @@
 //! | `GET /logs/{executionId}` | an execution's logs: `minLevel`, `taskRunId` |
 //! | `GET /logs/{executionId}/follow` | server-sent events: stored lines, then live ones until the execution ends; `minLevel` |
 //! | `GET\|POST\|PUT /executions/webhook/{namespace}/{flowId}/{key}` | the Webhook trigger, public: the key is the secret |
+//! | `GET /openapi.json` | the OpenAPI document of this API ([`openapi`]); also `GET /swagger/kestra.yml` as YAML |
+//! | `GET /plugins/schemas/flow` | the JSON Schema of the flow language (every registered task and trigger type) |
 //!
 //! Query parameters are allow-listed per route: an unknown one is a 400 naming the allowed ones, so
 //! a filter is never silently ignored.
@@ -33,6 +35,7 @@
 pub mod executions;
 pub mod flows;
 pub mod logs;
+pub mod openapi;
 pub mod webhook;
 
 use std::sync::Arc;
@@ -94,6 +97,8 @@ fn routes() -> Router<Arc<AppState>> {
         )
         .route("/logs/{execution_id}", get(logs::by_execution))
         .route("/logs/{execution_id}/follow", get(logs::follow))
+        .route("/openapi.json", get(openapi::openapi_json))
+        .route("/plugins/schemas/flow", get(openapi::flow_schema))
 }
 
 /// Every route with authentication and the body limit.
@@ -101,6 +106,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
     let api = routes();
     Router::new()
         .route("/health", get(health))
+        .route("/swagger/kestra.yml", get(openapi::swagger_yaml))
         .nest("/api/v1/main", api.clone())
         .nest("/api/v1", api)
         .merge(crate::ui::router())
@@ -138,6 +144,17 @@ async fn reject_oversized(
     next.run(request).await
 }
 
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "Misc",
+    operation_id = "getConfigs",
+    operation_id = "health",
+    security(()),
+    responses(
+        (status = 200, description = "The server is up", body = crate::api::openapi::HealthBody),
+    )
+)]
 async fn health() -> Json<Value> {
     Json(json!({ "status": "UP" }))
 }
@@ -151,6 +168,15 @@ async fn not_found(request: Request) -> ApiError {
 }
 
 /// `GET /configs`: what Kestra's UI and clients read about the server.
+#[utoipa::path(
+    get,
+    path = "/api/v1/main/configs",
+    tag = "Misc",
+    responses(
+        (status = 200, description = "Server settings", body = crate::api::openapi::ConfigsBody),
+        (status = 401, description = "Missing or wrong credentials", body = crate::api::openapi::ErrorBody),
+    )
+)]
 async fn configs(State(state): State<Arc<AppState>>) -> Json<Value> {
     Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
