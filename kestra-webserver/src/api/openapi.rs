@@ -521,7 +521,7 @@ mod tests {
             committed == generated,
             "{} is not the document the code generates: regenerate it with\n  \
              KESTRA_UPDATE_OPENAPI=1 cargo test -p kestra-webserver --lib openapi\n\
-             (or: cargo run -- server openapi > docs/openapi.json) and commit it",
+             and commit it",
             path.display()
         );
     }
