@@ -875,7 +875,18 @@ async fn openapi_and_schemas(api: &Api) {
     assert_eq!(document.status, StatusCode::OK);
     let document = document.json();
     assert!(document["openapi"].as_str().unwrap().starts_with("3."));
-    assert_eq!(document, kestra::webserver::api::openapi::openapi());
+    let expected = kestra::webserver::api::openapi::openapi();
+    if document != expected {
+        let served = serde_json::to_string_pretty(&document).unwrap();
+        let generated = serde_json::to_string_pretty(&expected).unwrap();
+        let (line, (a, b)) = served
+            .lines()
+            .zip(generated.lines())
+            .enumerate()
+            .find(|(_, (a, b))| a != b)
+            .unwrap_or((0, ("", "")));
+        panic!("the served document differs from openapi() at line {line}: {a} != {b}");
+    }
     assert_eq!(api.get("/api/v1/openapi.json").await.json(), document);
     let yaml = api.get("/swagger/kestra.yml").await;
     assert_eq!(yaml.status, StatusCode::OK);
@@ -896,7 +907,13 @@ async fn openapi_and_schemas(api: &Api) {
     for (path, item) in document["paths"].as_object().unwrap() {
         let concrete = path
             .split('/')
-            .map(|segment| if segment.starts_with('{') { "x" } else { segment })
+            .map(|segment| {
+                if segment.starts_with('{') {
+                    "x"
+                } else {
+                    segment
+                }
+            })
             .collect::<Vec<_>>()
             .join("/");
         for method in item.as_object().unwrap().keys() {
@@ -905,22 +922,37 @@ async fn openapi_and_schemas(api: &Api) {
             }
             let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
             let answer = api.call(method.clone(), &concrete, "", Body::empty()).await;
-            assert_ne!(answer.status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+            assert_ne!(
+                answer.status,
+                StatusCode::METHOD_NOT_ALLOWED,
+                "{method} {path}"
+            );
             if answer.status == StatusCode::NOT_FOUND {
                 let message = answer.json()["message"].as_str().unwrap_or("").to_string();
-                assert!(!message.starts_with("no route"), "{method} {path}: {message}");
+                assert!(
+                    !message.starts_with("no route"),
+                    "{method} {path}: {message}"
+                );
             }
         }
     }
     let schema = api.get("/api/v1/main/plugins/schemas/flow").await;
     assert_eq!(schema.status, StatusCode::OK);
     let schema = schema.json();
-    assert_eq!(schema, kestra::core::flow::TaskRegistry::default().json_schema());
+    assert_eq!(
+        schema,
+        kestra::core::flow::TaskRegistry::default().json_schema()
+    );
     assert!(schema["definitions"]["io.kestra.plugin.core.log.Log"].is_object());
-    let list = api.get("/api/v1/main/plugins/schemas/flow?arrayOf=true").await.json();
+    let list = api
+        .get("/api/v1/main/plugins/schemas/flow?arrayOf=true")
+        .await
+        .json();
     assert_eq!(list["type"], "array");
     assert_eq!(
-        api.get("/api/v1/main/plugins/schemas/flow?kind=x").await.status,
+        api.get("/api/v1/main/plugins/schemas/flow?kind=x")
+            .await
+            .status,
         StatusCode::BAD_REQUEST
     );
 }

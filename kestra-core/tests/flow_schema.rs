@@ -99,10 +99,7 @@ fn refuses_flows_with_unknown_property_type_or_missing_id() {
             "flow without id",
             "namespace: n\ntasks:\n  - id: a\n    type: io.kestra.plugin.core.log.Log\n    message: hi\n",
         ),
-        (
-            "flow without tasks",
-            "id: f\nnamespace: n\n",
-        ),
+        ("flow without tasks", "id: f\nnamespace: n\n"),
         (
             "unknown flow property",
             "id: f\nnamespace: n\nowner: me\ntasks:\n  - id: a\n    type: io.kestra.plugin.core.log.Log\n    message: hi\n",
@@ -184,9 +181,27 @@ fn an_embedders_task_types_get_a_branch() {
     );
     let validator = validator(&schema);
     let flow = |task: &str| format!("id: f\nnamespace: n\ntasks:\n  - id: a\n{task}");
-    assert!(schema_errors(&validator, &flow("    type: com.example.Typed\n    name: x\n")).is_empty());
-    assert!(!schema_errors(&validator, &flow("    type: com.example.Typed\n    nam: x\n")).is_empty());
-    assert!(schema_errors(&validator, &flow("    type: com.example.Old\n    whatever: 1\n")).is_empty());
+    assert!(
+        schema_errors(
+            &validator,
+            &flow("    type: com.example.Typed\n    name: x\n")
+        )
+        .is_empty()
+    );
+    assert!(
+        !schema_errors(
+            &validator,
+            &flow("    type: com.example.Typed\n    nam: x\n")
+        )
+        .is_empty()
+    );
+    assert!(
+        schema_errors(
+            &validator,
+            &flow("    type: com.example.Old\n    whatever: 1\n")
+        )
+        .is_empty()
+    );
 }
 
 /// `docs/flow.schema.json` is the generated schema; `KESTRA_UPDATE_SCHEMAS=1` rewrites it.

@@ -7,9 +7,9 @@
 //! are skipped when serializing, and `Flow -> JSON -> Flow` is exact.
 
 use indexmap::IndexMap;
+use schemars::JsonSchema;
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize};
-use schemars::JsonSchema;
 use serde_json::Value;
 
 use crate::flow::duration::IsoDuration;
@@ -263,7 +263,9 @@ pub const COMMON_TASK_PROPERTIES: &[&str] = &[
 ];
 
 /// Log levels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum LogLevel {
     /// Most verbose.

@@ -51,8 +51,7 @@ use serde_json::{Map, Value, json};
 
 use crate::flow::duration::IsoDuration;
 use crate::flow::model::{
-    Flow, INPUT_TYPE_NAMES, InputType, LogLevel,
-    Retry, STATE_NAMES, Task, Trigger, WorkerGroup,
+    Flow, INPUT_TYPE_NAMES, InputType, LogLevel, Retry, STATE_NAMES, Task, Trigger, WorkerGroup,
 };
 use crate::flow::property::Property;
 use crate::flow::registry::TaskRegistry;
@@ -486,7 +485,10 @@ mod tests {
         let log = &schema["definitions"]["io.kestra.plugin.core.log.Log"];
         assert_eq!(
             log["properties"]["type"]["enum"],
-            json!(["io.kestra.plugin.core.log.Log", "io.kestra.core.tasks.log.Log"])
+            json!([
+                "io.kestra.plugin.core.log.Log",
+                "io.kestra.core.tasks.log.Log"
+            ])
         );
         assert_eq!(log["additionalProperties"], json!(false));
         assert_eq!(log["required"], json!(["id", "type"]));

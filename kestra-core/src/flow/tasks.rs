@@ -6,8 +6,8 @@
 //! have a non-string type are [`Property<T>`]; plain strings stay `String` and are rendered at run time.
 
 use indexmap::IndexMap;
-use serde::{Deserialize, Serialize};
 use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::flow::duration::IsoDuration;

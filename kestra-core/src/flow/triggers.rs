@@ -4,8 +4,8 @@
 //! `allowConcurrent`) live on [`Trigger`](crate::flow::model::Trigger); these structs hold the rest.
 
 use indexmap::IndexMap;
-use serde::{Deserialize, Serialize};
 use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::flow::duration::IsoDuration;

@@ -80,7 +80,9 @@ pub struct ExecutionMetadata {
 }
 
 /// Kind of execution (`NORMAL` unless it is a test or playground run).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema,
+)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ExecutionKind {
     /// A normal execution.

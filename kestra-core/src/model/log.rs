@@ -5,6 +5,12 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
 
+/// A generated default (a new id) is no default worth documenting, and would make the schema
+/// differ at each call.
+fn no_default(schema: &mut schemars::Schema) {
+    schema.remove("default");
+}
+
 /// Log level, ordered from the most verbose (`TRACE`) to the most severe (`ERROR`).
 #[derive(
     Debug,
@@ -86,6 +92,7 @@ pub struct LogEntry {
     /// Stable id, given when the line is emitted: saving the same line again (a redelivered
     /// message) stores it once. A message without one (written before ids existed) gets a fresh id.
     #[serde(default = "crate::model::new_id")]
+    #[schemars(transform = no_default)]
     pub id: String,
     /// Tenant.
     pub tenant_id: String,
@@ -136,6 +143,7 @@ pub struct MetricEntry {
     /// Stable id, given when the point is emitted: saving the same point again (a redelivered
     /// message) stores it once. A message without one (written before ids existed) gets a fresh id.
     #[serde(default = "crate::model::new_id")]
+    #[schemars(transform = no_default)]
     pub id: String,
     /// Tenant.
     pub tenant_id: String,

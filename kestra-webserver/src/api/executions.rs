@@ -90,15 +90,6 @@ pub(crate) async fn form_inputs(
     post,
     path = "/api/v1/main/executions/{namespace}/{flowId}",
     tag = "Executions",
-    operation_id = "downloadFileFromExecution",
-    operation_id = "resumeExecution",
-    operation_id = "replayExecution",
-    operation_id = "restartExecution",
-    operation_id = "deleteExecution",
-    operation_id = "killExecution",
-    operation_id = "followExecution",
-    operation_id = "searchExecutions",
-    operation_id = "getExecution",
     operation_id = "createExecution",
     params(
         ("namespace" = String, Path, description = "Namespace of the flow"),
@@ -166,6 +157,7 @@ pub(crate) async fn trigger(
     get,
     path = "/api/v1/main/executions/{id}",
     tag = "Executions",
+    operation_id = "getExecution",
     params(
         ("id" = String, Path, description = "Execution id"),
     ),
@@ -187,6 +179,7 @@ pub(crate) async fn get_execution(
     get,
     path = "/api/v1/main/executions/search",
     tag = "Executions",
+    operation_id = "searchExecutions",
     params(
         ("q" = Option<String>, Query, description = "Text in the id, namespace or flow id"),
         ("namespace" = Option<String>, Query, description = "Namespace, with its children"),
@@ -274,6 +267,7 @@ struct Follow {
     get,
     path = "/api/v1/main/executions/{id}/follow",
     tag = "Executions",
+    operation_id = "followExecution",
     params(
         ("id" = String, Path, description = "Execution id"),
     ),
@@ -362,6 +356,7 @@ pub(crate) async fn follow(
     delete,
     path = "/api/v1/main/executions/{id}/kill",
     tag = "Executions",
+    operation_id = "killExecution",
     params(
         ("id" = String, Path, description = "Execution id"),
     ),
@@ -393,6 +388,7 @@ pub(crate) async fn kill(
     delete,
     path = "/api/v1/main/executions/{id}",
     tag = "Executions",
+    operation_id = "deleteExecution",
     params(
         ("id" = String, Path, description = "Execution id"),
         ("deleteLogs" = Option<bool>, Query, description = "Delete its logs too (default true)"),
@@ -433,6 +429,7 @@ pub(crate) async fn delete_execution(
     post,
     path = "/api/v1/main/executions/{id}/restart",
     tag = "Executions",
+    operation_id = "restartExecution",
     params(
         ("id" = String, Path, description = "Execution id"),
     ),
@@ -465,6 +462,7 @@ pub(crate) async fn restart(
     post,
     path = "/api/v1/main/executions/{id}/replay",
     tag = "Executions",
+    operation_id = "replayExecution",
     params(
         ("id" = String, Path, description = "Execution id"),
         ("taskRunId" = Option<String>, Query, description = "The task run to replay from (required)"),
@@ -505,6 +503,7 @@ pub(crate) async fn replay(
     post,
     path = "/api/v1/main/executions/{id}/resume",
     tag = "Executions",
+    operation_id = "resumeExecution",
     params(
         ("id" = String, Path, description = "Execution id"),
     ),
@@ -557,6 +556,7 @@ pub(crate) async fn resume(
     get,
     path = "/api/v1/main/executions/{id}/file",
     tag = "Executions",
+    operation_id = "downloadFileFromExecution",
     params(
         ("id" = String, Path, description = "Execution id"),
         ("path" = Option<String>, Query, description = "kestra:/// URI of a file of this execution (required)"),

@@ -58,13 +58,6 @@ async fn stored(
     post,
     path = "/api/v1/main/flows",
     tag = "Flows",
-    operation_id = "validateFlows",
-    operation_id = "listDistinctNamespaces",
-    operation_id = "searchFlows",
-    operation_id = "listFlowRevisions",
-    operation_id = "deleteFlow",
-    operation_id = "getFlow",
-    operation_id = "updateFlow",
     operation_id = "createFlow",
     request_body(content = String, content_type = "application/x-yaml", description = "The flow's YAML source"),
     responses(
@@ -105,6 +98,7 @@ pub(crate) async fn create(
     put,
     path = "/api/v1/main/flows/{namespace}/{id}",
     tag = "Flows",
+    operation_id = "updateFlow",
     params(
         ("namespace" = String, Path, description = "Namespace of the flow"),
         ("id" = String, Path, description = "Flow id"),
@@ -141,6 +135,7 @@ pub(crate) async fn update(
     get,
     path = "/api/v1/main/flows/{namespace}/{id}",
     tag = "Flows",
+    operation_id = "getFlow",
     params(
         ("namespace" = String, Path, description = "Namespace of the flow"),
         ("id" = String, Path, description = "Flow id"),
@@ -178,6 +173,7 @@ pub(crate) async fn get_flow(
     delete,
     path = "/api/v1/main/flows/{namespace}/{id}",
     tag = "Flows",
+    operation_id = "deleteFlow",
     params(
         ("namespace" = String, Path, description = "Namespace of the flow"),
         ("id" = String, Path, description = "Flow id"),
@@ -201,6 +197,7 @@ pub(crate) async fn delete_flow(
     get,
     path = "/api/v1/main/flows/{namespace}/{id}/revisions",
     tag = "Flows",
+    operation_id = "listFlowRevisions",
     params(
         ("namespace" = String, Path, description = "Namespace of the flow"),
         ("id" = String, Path, description = "Flow id"),
@@ -234,6 +231,7 @@ pub(crate) async fn revisions(
     get,
     path = "/api/v1/main/flows/search",
     tag = "Flows",
+    operation_id = "searchFlows",
     params(
         ("q" = Option<String>, Query, description = "Text in the id or namespace"),
         ("namespace" = Option<String>, Query, description = "Namespace, with its children"),
@@ -280,6 +278,7 @@ pub(crate) async fn search(
     get,
     path = "/api/v1/main/flows/distinct-namespaces",
     tag = "Flows",
+    operation_id = "listDistinctNamespaces",
     responses(
         (status = 200, description = "Sorted namespaces that hold flows", body = [String]),
         (status = 401, description = "Missing or wrong credentials", body = crate::api::openapi::ErrorBody),
@@ -305,6 +304,7 @@ pub(crate) async fn distinct_namespaces(
     post,
     path = "/api/v1/main/flows/validate",
     tag = "Flows",
+    operation_id = "validateFlows",
     request_body(content = String, content_type = "application/x-yaml", description = "One or more YAML flow documents separated by ---"),
     responses(
         (status = 200, description = "One report per document (always 200)", body = [crate::api::openapi::ValidateReportBody]),

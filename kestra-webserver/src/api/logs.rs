@@ -15,7 +15,6 @@ use crate::{ApiError, AppState};
     get,
     path = "/api/v1/main/logs/{executionId}",
     tag = "Logs",
-    operation_id = "followLogsFromExecution",
     operation_id = "listLogsFromExecution",
     params(
         ("executionId" = String, Path, description = "Execution id"),
@@ -143,6 +142,7 @@ async fn execution_ended(state: Arc<AppState>, execution_id: String) -> bool {
     get,
     path = "/api/v1/main/logs/{executionId}/follow",
     tag = "Logs",
+    operation_id = "followLogsFromExecution",
     params(
         ("executionId" = String, Path, description = "Execution id"),
         ("minLevel" = Option<String>, Query, description = "TRACE, DEBUG, INFO, WARN or ERROR"),

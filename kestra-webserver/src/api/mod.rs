@@ -148,7 +148,6 @@ async fn reject_oversized(
     get,
     path = "/health",
     tag = "Misc",
-    operation_id = "getConfigs",
     operation_id = "health",
     security(()),
     responses(
@@ -172,6 +171,7 @@ async fn not_found(request: Request) -> ApiError {
     get,
     path = "/api/v1/main/configs",
     tag = "Misc",
+    operation_id = "getConfigs",
     responses(
         (status = 200, description = "Server settings", body = crate::api::openapi::ConfigsBody),
         (status = 401, description = "Missing or wrong credentials", body = crate::api::openapi::ErrorBody),

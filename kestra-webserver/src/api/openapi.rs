@@ -176,7 +176,10 @@ macro_rules! component {
         impl $marker {
             /// Adds the schemars schema (and what it references) to `generator`'s definitions.
             fn define(generator: &mut SchemaGenerator) -> (&'static str, Value) {
-                ($name, <$type as JsonSchema>::json_schema(generator).to_value())
+                (
+                    $name,
+                    <$type as JsonSchema>::json_schema(generator).to_value(),
+                )
             }
         }
     };
@@ -315,8 +318,6 @@ pub fn openapi() -> Value {
     get,
     path = "/api/v1/main/openapi.json",
     tag = "Misc",
-    operation_id = "getFlowSchema",
-    operation_id = "getSwaggerYaml",
     operation_id = "getOpenApi",
     responses((status = 200, description = "The OpenAPI 3.1 document of this API", content_type = "application/json"))
 )]
@@ -329,6 +330,7 @@ pub(crate) async fn openapi_json() -> Json<Value> {
     get,
     path = "/swagger/kestra.yml",
     tag = "Misc",
+    operation_id = "getSwaggerYaml",
     responses((status = 200, description = "The OpenAPI document as YAML", content_type = "application/yaml"))
 )]
 pub(crate) async fn swagger_yaml() -> Result<Response, ApiError> {
@@ -343,6 +345,7 @@ pub(crate) async fn swagger_yaml() -> Result<Response, ApiError> {
     get,
     path = "/api/v1/main/plugins/schemas/flow",
     tag = "Plugins",
+    operation_id = "getFlowSchema",
     params(("arrayOf" = Option<bool>, Query, description = "true: the schema of a list of flows")),
     responses(
         (status = 200, description = "The flow JSON Schema (draft-07)", content_type = "application/json"),
@@ -488,7 +491,14 @@ mod tests {
     fn components_are_referenced_and_defined() {
         let document = openapi();
         let schemas = document["components"]["schemas"].as_object().unwrap();
-        for name in ["Flow", "Execution", "TaskRun", "State", "LogEntry", "ApiError"] {
+        for name in [
+            "Flow",
+            "Execution",
+            "TaskRun",
+            "State",
+            "LogEntry",
+            "ApiError",
+        ] {
             assert!(schemas.contains_key(name), "{name} missing");
         }
         assert!(
@@ -500,9 +510,11 @@ mod tests {
         let text = document.to_string();
         for reference in text.split("\"$ref\":\"").skip(1) {
             let target = reference.split('"').next().unwrap();
-            let name = target.strip_prefix("#/components/schemas/").unwrap_or_else(|| {
-                panic!("reference outside components: {target}");
-            });
+            let name = target
+                .strip_prefix("#/components/schemas/")
+                .unwrap_or_else(|| {
+                    panic!("reference outside components: {target}");
+                });
             assert!(schemas.contains_key(name), "dangling reference {target}");
         }
     }
