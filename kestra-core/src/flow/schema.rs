@@ -12,7 +12,7 @@
 //! expression ([`Property<T>`]) is `anyOf` its type and an expression string (one holding `{{` or
 //! `{%`).
 //!
-//! A task type gets into the schema through [`TaskType::properties_schema`]: the core types return
+//! A task type gets into the schema through [`TaskType::properties_schema`](crate::flow::TaskType::properties_schema): the core types return
 //! their `schemars` derive; an embedder's type that does not override it is described as "any
 //! object" (its `type`, `id` and the common properties are still checked and completed):
 //!

@@ -10,7 +10,7 @@
 //!
 //! **A new endpoint gets into the document** by (1) an `#[utoipa::path(...)]` attribute on its
 //! handler (method, `path = "/api/v1/main/..."`, `params`, `responses` with `body = ` one of the
-//! component markers below, or a new marker with [`component!`]), and (2) its handler's name in
+//! component markers below, or a new marker with the `component!` macro of this file), and (2) its handler's name in
 //! the `paths(...)` list of [`ApiDoc`]. The test `every_route_is_documented` reads the `.route(...)`
 //! calls of `src/api/*.rs` and fails for a route (method and path) missing from the document.
 
