@@ -58,8 +58,10 @@ pub const STATE_NAMES: &[&str] = &[
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Flow {
     /// Flow id, unique within its namespace.
+    #[schemars(regex(pattern = r"^[a-zA-Z0-9][a-zA-Z0-9._-]*$"), length(min = 1, max = 100))]
     pub id: String,
     /// Dot-separated namespace (`company.team`).
+    #[schemars(regex(pattern = r"^[a-z0-9][a-z0-9._-]*$"), length(min = 1, max = 150))]
     pub namespace: String,
     /// Revision, managed by the server (bumped on each change).
     #[serde(default, skip_serializing_if = "Option::is_none")]
