@@ -58,7 +58,10 @@ pub const STATE_NAMES: &[&str] = &[
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Flow {
     /// Flow id, unique within its namespace.
-    #[schemars(regex(pattern = r"^[a-zA-Z0-9][a-zA-Z0-9._-]*$"), length(min = 1, max = 100))]
+    #[schemars(
+        regex(pattern = r"^[a-zA-Z0-9][a-zA-Z0-9._-]*$"),
+        length(min = 1, max = 100)
+    )]
     pub id: String,
     /// Dot-separated namespace (`company.team`).
     #[schemars(regex(pattern = r"^[a-z0-9][a-z0-9._-]*$"), length(min = 1, max = 150))]
