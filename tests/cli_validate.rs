@@ -115,3 +115,22 @@ fn a_file_without_a_flow_is_invalid() {
         );
     }
 }
+
+/// `kestra flow schema`: the flow JSON Schema on stdout (compact, or indented with `--pretty`),
+/// the same as the committed `docs/flow.schema.json`.
+#[test]
+fn flow_schema_prints_the_json_schema() {
+    let (code, out) = kestra(&["flow".as_ref(), "schema".as_ref()]);
+    assert_eq!(code, 0);
+    assert_eq!(out.lines().count(), 1);
+    let schema: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(schema["$schema"], "http://json-schema.org/draft-07/schema#");
+    assert!(schema["definitions"]["io.kestra.plugin.core.flow.If"].is_object());
+    let (code, pretty) = kestra(&["flow".as_ref(), "schema".as_ref(), "--pretty".as_ref()]);
+    assert_eq!(code, 0);
+    let committed = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/flow.schema.json"),
+    )
+    .unwrap();
+    assert_eq!(pretty, committed);
+}

@@ -856,6 +856,7 @@ async fn misc(api: &Api) {
     let configs = api.get("/api/v1/configs").await;
     assert_eq!(configs.status, StatusCode::OK);
     assert_eq!(configs.json()["isBasicAuthEnabled"], true);
+    openapi_and_schemas(api).await;
     let nowhere = api.get("/api/v1/main/nowhere").await;
     assert_eq!(nowhere.status, StatusCode::NOT_FOUND);
     assert!(
@@ -863,6 +864,96 @@ async fn misc(api: &Api) {
             .as_str()
             .unwrap()
             .contains("/api/v1/main/nowhere")
+    );
+}
+
+/// The OpenAPI document (JSON at `/api/v1/main/openapi.json` and the alias, YAML at Kestra's
+/// `/swagger/kestra.yml`) and the flow JSON Schema, all behind authentication; every operation the
+/// document lists is served (no 404 "no route" and no 405 for its method).
+async fn openapi_and_schemas(api: &Api) {
+    let document = api.get("/api/v1/main/openapi.json").await;
+    assert_eq!(document.status, StatusCode::OK);
+    let document = document.json();
+    assert!(document["openapi"].as_str().unwrap().starts_with("3."));
+    let expected = kestra::webserver::api::openapi::openapi();
+    if document != expected {
+        let served = serde_json::to_string_pretty(&document).unwrap();
+        let generated = serde_json::to_string_pretty(&expected).unwrap();
+        let (line, (a, b)) = served
+            .lines()
+            .zip(generated.lines())
+            .enumerate()
+            .find(|(_, (a, b))| a != b)
+            .unwrap_or((0, ("", "")));
+        panic!("the served document differs from openapi() at line {line}: {a} != {b}");
+    }
+    assert_eq!(api.get("/api/v1/openapi.json").await.json(), document);
+    let yaml = api.get("/swagger/kestra.yml").await;
+    assert_eq!(yaml.status, StatusCode::OK);
+    assert_eq!(yaml.headers[header::CONTENT_TYPE], "application/yaml");
+    let parsed: Value = serde_saphyr::from_slice(&yaml.body).unwrap();
+    assert_eq!(parsed["paths"], document["paths"]);
+    for path in [
+        "/api/v1/main/openapi.json",
+        "/swagger/kestra.yml",
+        "/api/v1/main/plugins/schemas/flow",
+    ] {
+        let anonymous = api
+            .send(Request::get(path).body(Body::empty()).unwrap())
+            .await;
+        assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED, "{path}");
+    }
+    // Every documented operation has a route: probe it with placeholder parameters.
+    for (path, item) in document["paths"].as_object().unwrap() {
+        let concrete = path
+            .split('/')
+            .map(|segment| {
+                if segment.starts_with('{') {
+                    "x"
+                } else {
+                    segment
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("/");
+        for method in item.as_object().unwrap().keys() {
+            if path.ends_with("/follow") {
+                continue; // waits for an execution to appear
+            }
+            let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let answer = api.call(method.clone(), &concrete, "", Body::empty()).await;
+            assert_ne!(
+                answer.status,
+                StatusCode::METHOD_NOT_ALLOWED,
+                "{method} {path}"
+            );
+            if answer.status == StatusCode::NOT_FOUND {
+                let message = answer.json()["message"].as_str().unwrap_or("").to_string();
+                assert!(
+                    !message.starts_with("no route"),
+                    "{method} {path}: {message}"
+                );
+            }
+        }
+    }
+    let schema = api.get("/api/v1/main/plugins/schemas/flow").await;
+    assert_eq!(schema.status, StatusCode::OK);
+    let schema = schema.json();
+    assert_eq!(
+        schema,
+        kestra::core::flow::TaskRegistry::default().json_schema()
+    );
+    assert!(schema["definitions"]["io.kestra.plugin.core.log.Log"].is_object());
+    let list = api
+        .get("/api/v1/main/plugins/schemas/flow?arrayOf=true")
+        .await
+        .json();
+    assert_eq!(list["type"], "array");
+    assert_eq!(
+        api.get("/api/v1/main/plugins/schemas/flow?kind=x")
+            .await
+            .status,
+        StatusCode::BAD_REQUEST
     );
 }
 

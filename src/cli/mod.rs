@@ -297,6 +297,16 @@ pub enum FlowCommand {
   kestra flow test parent.yaml --flows ./flows --json | jq .state.current
   kestra flow test --watch flows/hello.yaml")]
     Test(FlowTestArgs),
+    /// Print the JSON Schema of the flow language (every core task and trigger type) to stdout:
+    /// point an editor's YAML extension at it to validate and complete flow files.
+    #[command(after_help = "Examples:
+  kestra flow schema --pretty > flow.schema.json
+  # then, first line of a flow file: # yaml-language-server: $schema=./flow.schema.json")]
+    Schema {
+        /// Indent the JSON.
+        #[arg(long)]
+        pretty: bool,
+    },
 }
 
 /// How `flow test` prints the final execution.
@@ -421,6 +431,22 @@ pub fn run(cli: Cli) -> ExitCode {
                 Err(message) => {
                     let e = output::ERROR;
                     anstream::eprintln!("{e}error{e:#}: {message}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Flow(FlowCommand::Schema { pretty }) => {
+            let schema = TaskRegistry::default().json_schema();
+            let text = if pretty {
+                serde_json::to_string_pretty(&schema)
+            } else {
+                serde_json::to_string(&schema)
+            };
+            match text.map(|t| writeln!(std::io::stdout().lock(), "{t}")) {
+                Ok(Ok(())) => ExitCode::SUCCESS,
+                Ok(Err(_)) => ExitCode::from(2),
+                Err(e) => {
+                    eprintln!("error: cannot serialise the flow schema: {e}");
                     ExitCode::FAILURE
                 }
             }

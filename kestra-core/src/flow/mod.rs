@@ -10,6 +10,7 @@ pub use duration::IsoDuration;
 pub use model::*;
 pub use property::Property;
 pub mod registry;
+pub mod schema;
 pub mod tasks;
 pub mod triggers;
 

@@ -7,6 +7,7 @@
 //! are skipped when serializing, and `Flow -> JSON -> Flow` is exact.
 
 use indexmap::IndexMap;
+use schemars::JsonSchema;
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
@@ -53,12 +54,17 @@ pub const STATE_NAMES: &[&str] = &[
 ];
 
 /// A flow: the YAML document users write.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Flow {
     /// Flow id, unique within its namespace.
+    #[schemars(
+        regex(pattern = r"^[a-zA-Z0-9][a-zA-Z0-9._-]*$"),
+        length(min = 1, max = 100)
+    )]
     pub id: String,
     /// Dot-separated namespace (`company.team`).
+    #[schemars(regex(pattern = r"^[a-z0-9][a-z0-9._-]*$"), length(min = 1, max = 150))]
     pub namespace: String,
     /// Revision, managed by the server (bumped on each change).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -75,6 +81,7 @@ pub struct Flow {
         skip_serializing_if = "Vec::is_empty",
         deserialize_with = "deserialize_labels"
     )]
+    #[schemars(with = "crate::flow::schema::LabelsSchema")]
     pub labels: Vec<Label>,
     /// Input declarations.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -99,6 +106,7 @@ pub struct Flow {
     pub triggers: Vec<Trigger>,
     /// Default property values for tasks and triggers by type (`taskDefaults` is the old name).
     #[serde(default, skip_serializing_if = "Vec::is_empty", alias = "taskDefaults")]
+    #[schemars(extend("x-aliases" = ["taskDefaults"]))]
     pub plugin_defaults: Vec<PluginDefault>,
     /// Concurrency limit across the executions of this flow.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -125,7 +133,7 @@ pub struct Flow {
 }
 
 /// A `key: value` label.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Label {
     /// Label key.
@@ -260,7 +268,9 @@ pub const COMMON_TASK_PROPERTIES: &[&str] = &[
 ];
 
 /// Log levels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum LogLevel {
     /// Most verbose.
@@ -276,7 +286,7 @@ pub enum LogLevel {
 }
 
 /// The worker group a task is pinned to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WorkerGroup {
     /// Worker group key.
@@ -287,7 +297,7 @@ pub struct WorkerGroup {
 }
 
 /// A retry policy.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Retry {
     /// How the delay between attempts grows.
@@ -307,6 +317,7 @@ pub struct Retry {
     pub min_interval: Option<IsoDuration>,
     /// Maximum number of attempts, counting the first one (alias `maxAttempt`).
     #[serde(default, skip_serializing_if = "Option::is_none", alias = "maxAttempt")]
+    #[schemars(extend("x-aliases" = ["maxAttempt"]))]
     pub max_attempts: Option<u32>,
     /// Maximum total duration of the attempts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -320,7 +331,7 @@ pub struct Retry {
 }
 
 /// How the delay between attempts is computed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RetryType {
     /// Fixed `interval`.
@@ -332,7 +343,7 @@ pub enum RetryType {
 }
 
 /// Where a retry happens.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum RetryBehavior {
     /// A new attempt of the same task run (the default).
@@ -400,7 +411,7 @@ pub const COMMON_TRIGGER_PROPERTIES: &[&str] = &[
 ];
 
 /// Default property values for the tasks and triggers of a type (or of a type prefix).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PluginDefault {
     /// A full type name or a prefix of one (`io.kestra.plugin.core.log`).
@@ -415,7 +426,7 @@ pub struct PluginDefault {
 }
 
 /// A flow's concurrency limit.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Concurrency {
     /// Maximum number of running (or paused) executions.
@@ -426,7 +437,7 @@ pub struct Concurrency {
 }
 
 /// What happens to an execution over the concurrency limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum ConcurrencyBehavior {
     /// Wait in state QUEUED for a free slot (the default).
@@ -439,7 +450,7 @@ pub enum ConcurrencyBehavior {
 }
 
 /// A flow output, computed from an expression when the execution ends.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FlowOutput {
     /// Output id.
@@ -465,7 +476,7 @@ pub struct FlowOutput {
 
 /// A flow-level SLA: a limit an execution must respect (`MAX_DURATION`) or a condition it must
 /// meet when it ends (`EXECUTION_ASSERTION`), and what happens when it does not.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Sla {
     /// SLA id, unique within the flow.
@@ -487,11 +498,12 @@ pub struct Sla {
         skip_serializing_if = "Vec::is_empty",
         deserialize_with = "deserialize_labels"
     )]
+    #[schemars(with = "crate::flow::schema::LabelsSchema")]
     pub labels: Vec<Label>,
 }
 
 /// What a flow-level [`Sla`] checks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum SlaType {
     /// The execution must end within `duration`.
@@ -501,7 +513,7 @@ pub enum SlaType {
 }
 
 /// What happens to an execution that breaks an [`Sla`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum SlaBehavior {
     /// The execution ends FAILED.
@@ -513,7 +525,7 @@ pub enum SlaBehavior {
 }
 
 /// A check evaluated before an execution is created.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Check {
     /// Expression that must be true.
@@ -595,7 +607,7 @@ pub const INPUT_TYPE_NAMES: &[&str] = &[
 
 /// An input declaration. The value given for it is checked against these fields when an execution is
 /// created.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Input {
     /// Input id; dots make nested inputs (`a.b` is `inputs.a.b`).

@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use schemars::{Schema, SchemaGenerator};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -66,6 +67,15 @@ pub trait TaskType: DeserializeOwned + Send + Sync + 'static {
     const KIND: TaskKind;
     /// Properties holding child tasks.
     const CHILDREN: &'static [ChildSlot] = &[];
+
+    /// The JSON Schema of the type-specific properties, for the flow schema
+    /// ([`TaskRegistry::json_schema`]): return `Some(Self::json_schema(generator))` from a
+    /// `schemars::JsonSchema` derive (the core types do). The default, `None`, describes the type
+    /// as "any object": editors still check `id`, `type` and the common properties.
+    fn properties_schema(generator: &mut SchemaGenerator) -> Option<Schema> {
+        let _ = generator;
+        None
+    }
 }
 
 /// A trigger type: a serde struct of its type-specific properties (the common ones - `id`, `type`,
@@ -78,7 +88,16 @@ pub trait TriggerType: DeserializeOwned + Send + Sync + 'static {
     /// `Some(default interval)` makes this a polling trigger, evaluated on workers every `interval`
     /// (this value when the flow does not set one). `None` (the default): not a polling trigger.
     const DEFAULT_INTERVAL: Option<Duration> = None;
+
+    /// The JSON Schema of the type-specific properties; see [`TaskType::properties_schema`].
+    fn properties_schema(generator: &mut SchemaGenerator) -> Option<Schema> {
+        let _ = generator;
+        None
+    }
 }
+
+/// Builds the JSON Schema of a type's properties ([`TaskType::properties_schema`]).
+pub type SchemaFn = fn(&mut SchemaGenerator) -> Option<Schema>;
 
 /// Checks a property map against a typed struct; the error carries the path inside the map.
 pub type PropertyValidator =
@@ -101,6 +120,8 @@ pub struct TaskEntry {
     pub children: &'static [ChildSlot],
     /// Validates the type-specific properties (common properties removed).
     pub validate: PropertyValidator,
+    /// The JSON Schema of the type-specific properties.
+    pub schema: SchemaFn,
     rust_type: TypeId,
 }
 
@@ -113,6 +134,8 @@ pub struct TriggerEntry {
     pub validate: PropertyValidator,
     /// A polling trigger's default interval ([`TriggerType::DEFAULT_INTERVAL`]).
     pub default_interval: Option<Duration>,
+    /// The JSON Schema of the type-specific properties.
+    pub schema: SchemaFn,
     rust_type: TypeId,
 }
 
@@ -183,6 +206,7 @@ impl TaskRegistry {
             kind: T::KIND,
             children: T::CHILDREN,
             validate: validate_as::<T>,
+            schema: T::properties_schema,
             rust_type: TypeId::of::<T>(),
         });
         for name in std::iter::once(&type_name).chain(aliases) {
@@ -197,6 +221,7 @@ impl TaskRegistry {
             type_name: T::TYPE,
             validate: validate_as::<T>,
             default_interval: T::DEFAULT_INTERVAL,
+            schema: T::properties_schema,
             rust_type: TypeId::of::<T>(),
         });
         for name in std::iter::once(&T::TYPE).chain(T::ALIASES) {
@@ -204,6 +229,17 @@ impl TaskRegistry {
                 .insert((*name).to_string(), Arc::clone(&entry));
         }
         self
+    }
+
+    /// Every task type: its canonical name, every name it answers to (canonical first, then the
+    /// aliases, sorted) and its schema function; sorted by canonical name.
+    pub fn task_types(&self) -> Vec<(&'static str, Vec<&str>, SchemaFn)> {
+        grouped(&self.tasks, |e| (e.type_name, e.schema))
+    }
+
+    /// Every trigger type, as [`TaskRegistry::task_types`].
+    pub fn trigger_types(&self) -> Vec<(&'static str, Vec<&str>, SchemaFn)> {
+        grouped(&self.triggers, |e| (e.type_name, e.schema))
     }
 
     /// The task entry for a type name or alias.
@@ -280,6 +316,32 @@ impl TaskRegistry {
             source,
         })
     }
+}
+
+/// Entries grouped by canonical name, with every name that maps to them.
+fn grouped<E>(
+    map: &HashMap<String, Arc<E>>,
+    describe: impl Fn(&E) -> (&'static str, SchemaFn),
+) -> Vec<(&'static str, Vec<&str>, SchemaFn)> {
+    let mut by_canonical: std::collections::BTreeMap<&'static str, (Vec<&str>, SchemaFn)> =
+        std::collections::BTreeMap::new();
+    for (name, entry) in map {
+        let (canonical, schema) = describe(entry);
+        by_canonical
+            .entry(canonical)
+            .or_insert_with(|| (Vec::new(), schema))
+            .0
+            .push(name.as_str());
+    }
+    by_canonical
+        .into_iter()
+        .map(|(canonical, (mut names, schema))| {
+            names.sort_unstable();
+            names.retain(|n| *n != canonical);
+            names.insert(0, canonical);
+            (canonical, names, schema)
+        })
+        .collect()
 }
 
 /// A child task of a flowable, with its path relative to the parent (`tasks[0]`, `cases.A[1]`,

@@ -6,6 +6,7 @@
 //! have a non-string type are [`Property<T>`]; plain strings stay `String` and are rendered at run time.
 
 use indexmap::IndexMap;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -21,6 +22,11 @@ macro_rules! task_type {
             const ALIASES: &'static [&'static str] = &[$($($a),*)?];
             const KIND: TaskKind = TaskKind::$kind;
             const CHILDREN: &'static [ChildSlot] = &[$($($c),*)?];
+            fn properties_schema(
+                generator: &mut schemars::SchemaGenerator,
+            ) -> Option<schemars::Schema> {
+                Some(<$t as JsonSchema>::json_schema(generator))
+            }
         }
     };
 }
@@ -36,7 +42,7 @@ const SEQ_CHILDREN: [ChildSlot; 3] = [
 // ---------------------------------------------------------------------------------------------
 
 /// `io.kestra.plugin.core.log.Log`: logs a message (or a list of messages).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Log {
     /// A message or a list of messages.
@@ -53,7 +59,7 @@ task_type!(
 );
 
 /// `io.kestra.plugin.core.debug.Return`: renders `format` into the output `value`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Return {
     /// The text to render.
@@ -68,7 +74,7 @@ task_type!(
 );
 
 /// `io.kestra.plugin.core.debug.Echo` (deprecated Log).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Echo {
     /// The text to log.
@@ -85,7 +91,7 @@ task_type!(
 );
 
 /// `io.kestra.plugin.core.output.OutputValues`: output `values` (rendered).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OutputValues {
     /// The values to output.
@@ -100,7 +106,7 @@ task_type!(
 );
 
 /// `io.kestra.plugin.core.execution.Fail`: fails (when `condition` holds, if given).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Fail {
     /// Expression; fail only when it is true.
@@ -118,7 +124,7 @@ task_type!(
 );
 
 /// The states an Exit task can end an execution in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum ExitState {
     /// Success.
@@ -134,7 +140,7 @@ pub enum ExitState {
 }
 
 /// `io.kestra.plugin.core.execution.Exit`: ends the execution early in `state`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Exit {
     /// Final state (SUCCESS by default).
@@ -144,7 +150,7 @@ pub struct Exit {
 task_type!(Exit, "io.kestra.plugin.core.execution.Exit", ExecutorSide);
 
 /// `io.kestra.plugin.core.execution.Assert`: fails unless every condition is true.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Assert {
     /// Expressions that must all be true.
@@ -156,7 +162,7 @@ pub struct Assert {
 task_type!(Assert, "io.kestra.plugin.core.execution.Assert", Runnable);
 
 /// `io.kestra.plugin.core.flow.Sleep`: waits `duration`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Sleep {
     /// How long to wait.
@@ -170,7 +176,7 @@ task_type!(
 );
 
 /// `io.kestra.plugin.core.http.Request`: one HTTP request; outputs `code`, `headers`, `body`, `uri`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpRequest {
     /// The URI.
@@ -214,7 +220,7 @@ task_type!(
 );
 
 /// `io.kestra.plugin.core.http.Download`: downloads a URI into internal storage.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpDownload {
     /// The URI.
@@ -256,7 +262,7 @@ task_type!(
 
 /// Script tasks' common properties (`io.kestra.plugin.scripts.<lang>.Commands`): commands run by an
 /// interpreter in a working directory.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ScriptCommands {
     /// The commands (a list, or an expression rendering to one).
@@ -309,7 +315,7 @@ task_type!(
 );
 
 /// Script tasks' `Script` variant (`io.kestra.plugin.scripts.<lang>.Script`): one inline script.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ScriptInline {
     /// The script source.
@@ -358,7 +364,7 @@ task_type!(
 );
 
 /// `io.kestra.plugin.core.kv.Set`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct KvSet {
     /// Key.
@@ -384,7 +390,7 @@ pub struct KvSet {
 task_type!(KvSet, "io.kestra.plugin.core.kv.Set", Runnable);
 
 /// `io.kestra.plugin.core.kv.Get` (and `Delete`, same properties).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct KvKey {
     /// Key.
@@ -399,7 +405,7 @@ pub struct KvKey {
 task_type!(KvKey, "io.kestra.plugin.core.kv.Get", Runnable);
 
 /// `io.kestra.plugin.core.storage.LocalFiles` (deprecated for WorkingDirectory's `inputFiles`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LocalFiles {
     /// Files to create (path -> content).
@@ -417,7 +423,7 @@ task_type!(
 );
 
 /// `io.kestra.plugin.core.storage.Concat`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Concat {
     /// Files (a list of URIs or an expression rendering to one).
@@ -437,7 +443,7 @@ task_type!(
 );
 
 /// `io.kestra.plugin.core.storage.Split`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Split {
     /// The file to split.
@@ -463,7 +469,7 @@ task_type!(
 );
 
 /// `io.kestra.plugin.core.storage.Size`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Size {
     /// The file.
@@ -477,7 +483,7 @@ task_type!(
 );
 
 /// `io.kestra.plugin.core.storage.Delete`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StorageDelete {
     /// The file.
@@ -494,7 +500,7 @@ task_type!(
 );
 
 /// `io.kestra.plugin.core.storage.PurgeCurrentExecutionFiles` (no properties).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PurgeCurrentExecutionFiles {}
 task_type!(
@@ -508,7 +514,7 @@ task_type!(
 );
 
 /// `io.kestra.plugin.core.storage.Write`: writes `content` to a file in internal storage.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Write {
     /// The content.
@@ -520,7 +526,7 @@ pub struct Write {
 task_type!(Write, "io.kestra.plugin.core.storage.Write", Runnable);
 
 /// `io.kestra.plugin.core.state.Set`: merges `data` into a JSON state of the flow (or namespace).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StateSet {
     /// State name (`default`).
@@ -544,7 +550,7 @@ task_type!(
 );
 
 /// `io.kestra.plugin.core.state.Get` (and `Delete`, same properties): reads (deletes) a state.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StateKey {
     /// State name (`default`).
@@ -568,7 +574,7 @@ task_type!(
 );
 
 /// `io.kestra.plugin.core.log.Fetch`: an execution's logs into a file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LogFetch {
     /// Namespace of the execution.
@@ -595,7 +601,7 @@ task_type!(
 );
 
 /// `io.kestra.plugin.core.execution.Count`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ExecutionCount {
     /// Namespaces to count in.
@@ -623,7 +629,7 @@ task_type!(
 );
 
 /// `io.kestra.plugin.core.execution.Resume`: resumes a paused execution.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ExecutionResume {
     /// Namespace of the execution.
@@ -646,7 +652,7 @@ task_type!(
 );
 
 /// `io.kestra.plugin.core.execution.PurgeExecutions`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PurgeExecutions {
     /// Namespace filter.
@@ -690,7 +696,7 @@ task_type!(
 );
 
 /// `io.kestra.plugin.core.trigger.Toggle`: enables or disables a trigger.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TriggerToggle {
     /// Namespace of the flow (the current one by default).
@@ -713,7 +719,7 @@ task_type!(
 );
 
 /// `io.kestra.plugin.core.templating.TemplatedTask`: renders `spec` into a task and runs it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TemplatedTask {
     /// The YAML of the task to run, rendered first.
@@ -726,7 +732,7 @@ task_type!(
 );
 
 /// `io.kestra.plugin.core.execution.Labels`: updates the execution's labels (in the executor).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ExecutionLabels {
     /// A map, a list of `{key, value}`, or an expression rendering to one.
@@ -743,7 +749,7 @@ task_type!(
 // ---------------------------------------------------------------------------------------------
 
 /// `io.kestra.plugin.core.flow.Sequential` (and `AllowFailure`, same properties).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Sequential {
     /// Child tasks, run one after the other.
@@ -764,7 +770,7 @@ task_type!(
 );
 
 /// `io.kestra.plugin.core.flow.AllowFailure`: a Sequential whose failure counts as WARNING.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AllowFailure {
     /// Child tasks.
@@ -785,7 +791,7 @@ task_type!(
 );
 
 /// `io.kestra.plugin.core.flow.Parallel`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Parallel {
     /// Child tasks, run concurrently.
@@ -809,7 +815,7 @@ task_type!(
 );
 
 /// `io.kestra.plugin.core.flow.Switch`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Switch {
     /// The value (rendered) selecting a case.
@@ -841,7 +847,7 @@ task_type!(
 );
 
 /// `io.kestra.plugin.core.flow.If`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct If {
     /// The condition (an expression, or a boolean).
@@ -872,7 +878,7 @@ task_type!(
 );
 
 /// `io.kestra.plugin.core.flow.ForEach`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ForEach {
     /// The values (a list, or a JSON string / expression rendering to one).
@@ -897,7 +903,7 @@ task_type!(
 );
 
 /// Legacy `EachSequential` / `EachParallel` (`value` instead of `values`); see [`EachLegacy::to_for_each`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EachLegacy {
     /// The values (a list, or a JSON string / expression rendering to one).
@@ -947,7 +953,7 @@ task_type!(
 );
 
 /// One node of a Dag.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DagTask {
     /// The task.
@@ -958,7 +964,7 @@ pub struct DagTask {
 }
 
 /// `io.kestra.plugin.core.flow.Dag`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Dag {
     /// The nodes.
@@ -986,7 +992,7 @@ task_type!(
 );
 
 /// What a Pause does when its `pauseDuration` elapses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum PauseBehavior {
     /// Resume (SUCCESS).
@@ -1000,11 +1006,12 @@ pub enum PauseBehavior {
 }
 
 /// `io.kestra.plugin.core.flow.Pause`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Pause {
     /// How long to pause (alias `delay`); forever (until resumed) when absent.
     #[serde(default, alias = "delay", skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-aliases" = ["delay"]))]
     pub pause_duration: Option<Property<IsoDuration>>,
     /// What happens when `pauseDuration` elapses (RESUME by default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1026,7 +1033,7 @@ task_type!(
 
 /// The `checkFrequency` of LoopUntil and WaitFor (Kestra's defaults: interval PT1S,
 /// maxIterations 100, maxDuration PT1H).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CheckFrequency {
     /// Delay between iterations (PT1S by default).
@@ -1042,7 +1049,7 @@ pub struct CheckFrequency {
 
 /// `io.kestra.plugin.core.flow.LoopUntil`, and (registered under its own name, see
 /// [`WAIT_FOR`]) `io.kestra.plugin.core.flow.WaitFor`, whose `condition` reads the other way.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LoopUntil {
     /// Checked after each run of `tasks`: LoopUntil ends when it is true, WaitFor when it is
@@ -1075,7 +1082,7 @@ task_type!(
 pub const WAIT_FOR: &str = "io.kestra.plugin.core.flow.WaitFor";
 
 /// WorkingDirectory's `cache`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Cache {
     /// Glob patterns of the cached files.
@@ -1086,7 +1093,7 @@ pub struct Cache {
 }
 
 /// `io.kestra.plugin.core.flow.WorkingDirectory`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WorkingDirectory {
     /// Children, run on one worker in one directory.
@@ -1119,7 +1126,7 @@ task_type!(
 );
 
 /// How a restarted Subflow task behaves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum RestartBehavior {
     /// Restart the failed child execution.
@@ -1129,7 +1136,7 @@ pub enum RestartBehavior {
 }
 
 /// `io.kestra.plugin.core.flow.Subflow` (legacy `io.kestra.core.tasks.flows.Flow`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Subflow {
     /// Namespace of the flow to run.
@@ -1175,7 +1182,7 @@ task_type!(
 );
 
 /// ForEachItem's `batch`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Batch {
     /// Rows per batch (1 by default).
@@ -1193,7 +1200,7 @@ pub struct Batch {
 }
 
 /// `io.kestra.plugin.core.flow.ForEachItem`: a subflow execution per batch of `items`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ForEachItem {
     /// A storage URI.

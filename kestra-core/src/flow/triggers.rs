@@ -4,6 +4,7 @@
 //! `allowConcurrent`) live on [`Trigger`](crate::flow::model::Trigger); these structs hold the rest.
 
 use indexmap::IndexMap;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -12,7 +13,7 @@ use crate::flow::property::Property;
 use crate::flow::registry::{TaskRegistry, TriggerType};
 
 /// Which missed schedules a Schedule trigger runs after downtime.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum RecoverMissedSchedules {
     /// All of them (the default).
@@ -25,7 +26,7 @@ pub enum RecoverMissedSchedules {
 }
 
 /// `io.kestra.plugin.core.trigger.Schedule`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Schedule {
     /// Cron expression: 5 fields, 6 with `withSeconds`, or a nickname (`@hourly`).
@@ -56,12 +57,15 @@ pub struct Schedule {
     pub interval: Option<Value>,
 }
 impl TriggerType for Schedule {
+    fn properties_schema(generator: &mut schemars::SchemaGenerator) -> Option<schemars::Schema> {
+        Some(<Schedule as JsonSchema>::json_schema(generator))
+    }
     const TYPE: &'static str = "io.kestra.plugin.core.trigger.Schedule";
     const ALIASES: &'static [&'static str] = &["io.kestra.core.models.triggers.types.Schedule"];
 }
 
 /// `io.kestra.plugin.core.trigger.ScheduleOnDates`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ScheduleOnDates {
     /// The dates (ISO-8601), or an expression rendering to them.
@@ -80,11 +84,14 @@ pub struct ScheduleOnDates {
     pub interval: Option<Value>,
 }
 impl TriggerType for ScheduleOnDates {
+    fn properties_schema(generator: &mut schemars::SchemaGenerator) -> Option<schemars::Schema> {
+        Some(<ScheduleOnDates as JsonSchema>::json_schema(generator))
+    }
     const TYPE: &'static str = "io.kestra.plugin.core.trigger.ScheduleOnDates";
 }
 
 /// An upstream flow of Flow trigger preconditions.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UpstreamFlow {
     /// Namespace of the upstream flow.
@@ -101,7 +108,7 @@ pub struct UpstreamFlow {
 }
 
 /// How the filters of a `where` group combine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum FilterOperand {
     /// Every filter must hold (the default).
@@ -113,7 +120,7 @@ pub enum FilterOperand {
 
 /// What a `where` filter looks at in the upstream execution (Kestra's
 /// `AdvancedExecutionsCondition.Field`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum FilterField {
     /// The upstream flow id.
@@ -129,7 +136,7 @@ pub enum FilterField {
 }
 
 /// How a `where` filter compares (Kestra's `AdvancedExecutionsCondition.Type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum FilterType {
     /// Equal to `value`.
@@ -166,7 +173,7 @@ impl FilterType {
 }
 
 /// One filter of a `where` group.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PreconditionFilter {
     /// What is compared.
@@ -184,7 +191,7 @@ pub struct PreconditionFilter {
 
 /// A filter group of Flow trigger preconditions: one condition, met by an execution that passes
 /// its filters.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WhereFilter {
     /// Id of the group (the condition's id).
@@ -197,7 +204,7 @@ pub struct WhereFilter {
 }
 
 /// Time windows of Flow trigger preconditions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum TimeWindowType {
     /// Fixed windows of `window` (PT1D by default).
@@ -211,7 +218,7 @@ pub enum TimeWindowType {
 }
 
 /// The time window of Flow trigger preconditions.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TimeWindow {
     /// Kind of window (DURATION_WINDOW by default).
@@ -235,7 +242,7 @@ pub struct TimeWindow {
 }
 
 /// Flow trigger preconditions: upstream flows that must all have run in a time window.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Preconditions {
     /// Id of the precondition set.
@@ -256,7 +263,7 @@ pub struct Preconditions {
 }
 
 /// `io.kestra.plugin.core.trigger.Flow`: starts this flow when other executions change state.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FlowTrigger {
     /// States (names) that fire (terminal states plus PAUSED by default).
@@ -270,12 +277,15 @@ pub struct FlowTrigger {
     pub inputs: Option<IndexMap<String, Value>>,
 }
 impl TriggerType for FlowTrigger {
+    fn properties_schema(generator: &mut schemars::SchemaGenerator) -> Option<schemars::Schema> {
+        Some(<FlowTrigger as JsonSchema>::json_schema(generator))
+    }
     const TYPE: &'static str = "io.kestra.plugin.core.trigger.Flow";
     const ALIASES: &'static [&'static str] = &["io.kestra.core.models.triggers.types.Flow"];
 }
 
 /// `io.kestra.plugin.core.trigger.Webhook`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Webhook {
     /// The secret key in the webhook URL.
@@ -294,6 +304,9 @@ pub struct Webhook {
     pub inputs: Option<IndexMap<String, Value>>,
 }
 impl TriggerType for Webhook {
+    fn properties_schema(generator: &mut schemars::SchemaGenerator) -> Option<schemars::Schema> {
+        Some(<Webhook as JsonSchema>::json_schema(generator))
+    }
     const TYPE: &'static str = "io.kestra.plugin.core.trigger.Webhook";
     const ALIASES: &'static [&'static str] = &["io.kestra.core.models.triggers.types.Webhook"];
 }
@@ -301,7 +314,7 @@ impl TriggerType for Webhook {
 /// `io.kestra.plugin.core.http.Trigger`: polls a URI every `interval` on a worker (evaluated by
 /// [`crate::tasks::http`]); starts an execution with `trigger.{uri, code, headers, body}` when
 /// `responseCondition` holds.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpTrigger {
     /// The URI.
@@ -345,6 +358,9 @@ pub struct HttpTrigger {
     pub inputs: Option<IndexMap<String, Value>>,
 }
 impl TriggerType for HttpTrigger {
+    fn properties_schema(generator: &mut schemars::SchemaGenerator) -> Option<schemars::Schema> {
+        Some(<HttpTrigger as JsonSchema>::json_schema(generator))
+    }
     const TYPE: &'static str = "io.kestra.plugin.core.http.Trigger";
     const ALIASES: &'static [&'static str] = &["io.kestra.plugin.fs.http.Trigger"];
     const DEFAULT_INTERVAL: Option<std::time::Duration> = Some(std::time::Duration::from_secs(60));

@@ -18,7 +18,7 @@ fn is_false(b: &bool) -> bool {
 }
 
 /// A `{key, value}` label.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Label {
     /// Label key; keys starting `system.` are reserved.
     pub key: String,
@@ -51,7 +51,7 @@ pub mod system_labels {
 }
 
 /// How an execution was started (`trigger` of an execution).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ExecutionTrigger {
     /// Trigger id (for a subflow child: the parent's task id).
     pub id: String,
@@ -64,7 +64,7 @@ pub struct ExecutionTrigger {
 }
 
 /// Execution metadata.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ExecutionMetadata {
     /// Incremented by each restart.
@@ -80,7 +80,9 @@ pub struct ExecutionMetadata {
 }
 
 /// Kind of execution (`NORMAL` unless it is a test or playground run).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema,
+)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ExecutionKind {
     /// A normal execution.
@@ -93,7 +95,7 @@ pub enum ExecutionKind {
 }
 
 /// One attempt of a task run (one job on a worker).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TaskRunAttempt {
     /// The attempt's state.
@@ -107,7 +109,7 @@ pub struct TaskRunAttempt {
 }
 
 /// One run of a task inside an execution (a loop body creates one per value).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TaskRun {
     /// Task run id (base62).
@@ -172,7 +174,7 @@ impl TaskRun {
 }
 
 /// One run of a flow.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Execution {
     /// Execution id (22-char base62).

@@ -5,9 +5,26 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
 
+/// A generated default (a new id) is no default worth documenting, and would make the schema
+/// differ at each call.
+fn no_default(schema: &mut schemars::Schema) {
+    schema.remove("default");
+}
+
 /// Log level, ordered from the most verbose (`TRACE`) to the most severe (`ERROR`).
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    Default,
+    schemars::JsonSchema,
 )]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Level {
@@ -69,12 +86,13 @@ impl FromStr for Level {
 }
 
 /// One log line.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LogEntry {
     /// Stable id, given when the line is emitted: saving the same line again (a redelivered
     /// message) stores it once. A message without one (written before ids existed) gets a fresh id.
     #[serde(default = "crate::model::new_id")]
+    #[schemars(transform = no_default)]
     pub id: String,
     /// Tenant.
     pub tenant_id: String,
@@ -109,7 +127,7 @@ pub struct LogEntry {
 }
 
 /// Metric kind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum MetricType {
     /// A count.
@@ -119,12 +137,13 @@ pub enum MetricType {
 }
 
 /// One metric point emitted by a task run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MetricEntry {
     /// Stable id, given when the point is emitted: saving the same point again (a redelivered
     /// message) stores it once. A message without one (written before ids existed) gets a fresh id.
     #[serde(default = "crate::model::new_id")]
+    #[schemars(transform = no_default)]
     pub id: String,
     /// Tenant.
     pub tenant_id: String,

@@ -21,7 +21,19 @@ use std::fmt;
 use std::str::FromStr;
 
 /// One of Kestra's states.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum StateType {
     /// Created, not started yet.
@@ -182,7 +194,7 @@ pub struct InvalidTransition {
 }
 
 /// One entry of a state history.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct StateHistory {
     /// The state entered.
     pub state: StateType,
@@ -319,16 +331,32 @@ pub fn format_iso_duration(d: chrono::Duration) -> String {
     out
 }
 
-#[derive(Serialize)]
+/// A state as serialised: the current state, its history, and the start, end and duration derived
+/// from the history.
+#[derive(Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 struct StateOut<'a> {
+    /// The current state.
     current: StateType,
+    /// Every state reached, oldest first, with its date.
     histories: &'a [StateHistory],
+    /// Date of the first state.
     #[serde(skip_serializing_if = "Option::is_none")]
     start_date: Option<DateTime<Utc>>,
+    /// Date of the terminal state, once reached.
     #[serde(skip_serializing_if = "Option::is_none")]
     end_date: Option<DateTime<Utc>>,
+    /// ISO-8601 duration from the start to the end (or to the last state so far).
     duration: String,
+}
+
+impl schemars::JsonSchema for State {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "State".into()
+    }
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        <StateOut<'static> as schemars::JsonSchema>::json_schema(generator)
+    }
 }
 
 #[derive(Deserialize)]

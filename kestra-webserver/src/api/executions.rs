@@ -86,6 +86,31 @@ pub(crate) async fn form_inputs(
 
 /// `POST /executions/{namespace}/{flowId}`: create an execution; answers at once with it (CREATED),
 /// or at its end with `wait=true`. 404 unknown flow, 409 disabled flow, 422 invalid inputs.
+#[utoipa::path(
+    post,
+    path = "/api/v1/main/executions/{namespace}/{flowId}",
+    tag = "Executions",
+    operation_id = "createExecution",
+    params(
+        ("namespace" = String, Path, description = "Namespace of the flow"),
+        ("flowId" = String, Path, description = "Flow id"),
+        ("wait" = Option<bool>, Query, description = "true: answer at the end of the execution"),
+        ("labels" = Option<String>, Query, description = "key:value, repeatable"),
+        ("scheduleDate" = Option<String>, Query, description = "ISO-8601 date-time to start at"),
+        ("revision" = Option<i32>, Query, description = "Flow revision to run"),
+    ),
+    request_body(content = crate::api::openapi::InputsBody, content_type = "multipart/form-data", description = "One field per input; files as file fields"),
+    responses(
+        (status = 200, description = "The execution (CREATED, or ended with wait=true)", body = crate::api::openapi::ExecutionBody),
+        (status = 400, description = "Invalid query parameter", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "No such flow", body = crate::api::openapi::ErrorBody),
+        (status = 409, description = "The flow is disabled", body = crate::api::openapi::ErrorBody),
+        (status = 413, description = "The body is over the limit", body = crate::api::openapi::ErrorBody),
+        (status = 415, description = "The body is not multipart/form-data", body = crate::api::openapi::ErrorBody),
+        (status = 422, description = "Invalid inputs, one error per input", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong credentials", body = crate::api::openapi::ErrorBody),
+    )
+)]
 pub(crate) async fn trigger(
     State(state): State<Arc<AppState>>,
     Path((namespace, flow_id)): Path<(String, String)>,
@@ -128,6 +153,20 @@ pub(crate) async fn trigger(
 }
 
 /// `GET /executions/{id}`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/main/executions/{id}",
+    tag = "Executions",
+    operation_id = "getExecution",
+    params(
+        ("id" = String, Path, description = "Execution id"),
+    ),
+    responses(
+        (status = 200, description = "The execution", body = crate::api::openapi::ExecutionBody),
+        (status = 404, description = "No such execution", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong credentials", body = crate::api::openapi::ErrorBody),
+    )
+)]
 pub(crate) async fn get_execution(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
@@ -136,6 +175,29 @@ pub(crate) async fn get_execution(
 }
 
 /// `GET /executions/search`: `{"results": [...], "total": N}`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/main/executions/search",
+    tag = "Executions",
+    operation_id = "searchExecutions",
+    params(
+        ("q" = Option<String>, Query, description = "Text in the id, namespace or flow id"),
+        ("namespace" = Option<String>, Query, description = "Namespace, with its children"),
+        ("flowId" = Option<String>, Query, description = "Flow id"),
+        ("state" = Option<String>, Query, description = "State, repeatable or comma-separated"),
+        ("startDate" = Option<String>, Query, description = "ISO-8601: started at or after"),
+        ("endDate" = Option<String>, Query, description = "ISO-8601: started at or before"),
+        ("labels" = Option<String>, Query, description = "key:value, repeatable"),
+        ("page" = Option<u32>, Query, description = "Page, from 1 (default 1)"),
+        ("size" = Option<u32>, Query, description = "Page size, 1 to 10000 (default 25)"),
+        ("sort" = Option<String>, Query, description = "field:asc or field:desc, repeatable"),
+    ),
+    responses(
+        (status = 200, description = "A page of executions", body = crate::api::openapi::PagedExecutionsBody),
+        (status = 400, description = "Unknown or invalid query parameter, or sort field", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong credentials", body = crate::api::openapi::ErrorBody),
+    )
+)]
 pub(crate) async fn search(
     State(state): State<Arc<AppState>>,
     RawQuery(query): RawQuery,
@@ -201,6 +263,20 @@ struct Follow {
 /// `GET /executions/{id}/follow`: server-sent events, one per change of the execution (`id:
 /// progress`, data: the execution), the last with `id: end` once it has ended; then the stream
 /// closes. 404 when the execution does not appear within a few seconds.
+#[utoipa::path(
+    get,
+    path = "/api/v1/main/executions/{id}/follow",
+    tag = "Executions",
+    operation_id = "followExecution",
+    params(
+        ("id" = String, Path, description = "Execution id"),
+    ),
+    responses(
+        (status = 200, description = "Server-sent events: the execution at each change (id: progress), the last with id: end", content_type = "text/event-stream"),
+        (status = 404, description = "No such execution", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong credentials", body = crate::api::openapi::ErrorBody),
+    )
+)]
 pub(crate) async fn follow(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
@@ -276,6 +352,21 @@ pub(crate) async fn follow(
 }
 
 /// `DELETE /executions/{id}/kill`: 202 once the kill is asked; 409 when the execution has ended.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/main/executions/{id}/kill",
+    tag = "Executions",
+    operation_id = "killExecution",
+    params(
+        ("id" = String, Path, description = "Execution id"),
+    ),
+    responses(
+        (status = 202, description = "The kill is asked"),
+        (status = 404, description = "No such execution", body = crate::api::openapi::ErrorBody),
+        (status = 409, description = "The execution has ended", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong credentials", body = crate::api::openapi::ErrorBody),
+    )
+)]
 pub(crate) async fn kill(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
@@ -293,6 +384,23 @@ pub(crate) async fn kill(
 
 /// `DELETE /executions/{id}`: delete an ended execution; its logs and metrics too unless
 /// `deleteLogs=false` / `deleteMetrics=false`. 204; 409 while it runs (kill it first).
+#[utoipa::path(
+    delete,
+    path = "/api/v1/main/executions/{id}",
+    tag = "Executions",
+    operation_id = "deleteExecution",
+    params(
+        ("id" = String, Path, description = "Execution id"),
+        ("deleteLogs" = Option<bool>, Query, description = "Delete its logs too (default true)"),
+        ("deleteMetrics" = Option<bool>, Query, description = "Delete its metrics too (default true)"),
+    ),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such execution", body = crate::api::openapi::ErrorBody),
+        (status = 409, description = "The execution still runs", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong credentials", body = crate::api::openapi::ErrorBody),
+    )
+)]
 pub(crate) async fn delete_execution(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
@@ -317,6 +425,21 @@ pub(crate) async fn delete_execution(
 
 /// `POST /executions/{id}/restart`: the failed task runs (and their parents) run again in the same
 /// execution. 202 once asked; 409 unless the execution is FAILED or KILLED.
+#[utoipa::path(
+    post,
+    path = "/api/v1/main/executions/{id}/restart",
+    tag = "Executions",
+    operation_id = "restartExecution",
+    params(
+        ("id" = String, Path, description = "Execution id"),
+    ),
+    responses(
+        (status = 202, description = "The restart is asked"),
+        (status = 404, description = "No such execution", body = crate::api::openapi::ErrorBody),
+        (status = 409, description = "Not FAILED or KILLED", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong credentials", body = crate::api::openapi::ErrorBody),
+    )
+)]
 pub(crate) async fn restart(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
@@ -335,6 +458,23 @@ pub(crate) async fn restart(
 /// `POST /executions/{id}/replay?taskRunId=...`: a new execution that keeps what ran before that
 /// task run and runs the rest again; answers the new execution. 404 for an unknown execution or
 /// task run; 409 while the execution runs.
+#[utoipa::path(
+    post,
+    path = "/api/v1/main/executions/{id}/replay",
+    tag = "Executions",
+    operation_id = "replayExecution",
+    params(
+        ("id" = String, Path, description = "Execution id"),
+        ("taskRunId" = Option<String>, Query, description = "The task run to replay from (required)"),
+    ),
+    responses(
+        (status = 200, description = "The new execution", body = crate::api::openapi::ExecutionBody),
+        (status = 400, description = "taskRunId missing", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "No such execution or task run", body = crate::api::openapi::ErrorBody),
+        (status = 409, description = "The execution still runs", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong credentials", body = crate::api::openapi::ErrorBody),
+    )
+)]
 pub(crate) async fn replay(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
@@ -359,6 +499,23 @@ pub(crate) async fn replay(
 
 /// `POST /executions/{id}/resume`: resume a PAUSED execution, with the Pause tasks' `onResume`
 /// inputs as multipart text fields. 204 once asked; 409 unless PAUSED.
+#[utoipa::path(
+    post,
+    path = "/api/v1/main/executions/{id}/resume",
+    tag = "Executions",
+    operation_id = "resumeExecution",
+    params(
+        ("id" = String, Path, description = "Execution id"),
+    ),
+    request_body(content = crate::api::openapi::InputsBody, content_type = "multipart/form-data", description = "One field per input; files as file fields"),
+    responses(
+        (status = 204, description = "The resume is asked"),
+        (status = 404, description = "No such execution", body = crate::api::openapi::ErrorBody),
+        (status = 409, description = "Not PAUSED", body = crate::api::openapi::ErrorBody),
+        (status = 422, description = "Invalid onResume inputs", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong credentials", body = crate::api::openapi::ErrorBody),
+    )
+)]
 pub(crate) async fn resume(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
@@ -395,6 +552,23 @@ pub(crate) async fn resume(
 /// under the execution's own storage folder (`<namespace>/<flow>/executions/<id>/`) is served; the
 /// path is canonicalised first (encoded, doubled or `..` segments cannot leave that folder): 403 for
 /// any other file, 400 for an invalid path, 404 for a missing file.
+#[utoipa::path(
+    get,
+    path = "/api/v1/main/executions/{id}/file",
+    tag = "Executions",
+    operation_id = "downloadFileFromExecution",
+    params(
+        ("id" = String, Path, description = "Execution id"),
+        ("path" = Option<String>, Query, description = "kestra:/// URI of a file of this execution (required)"),
+    ),
+    responses(
+        (status = 200, description = "The file", content_type = "application/octet-stream"),
+        (status = 400, description = "Invalid or missing path", body = crate::api::openapi::ErrorBody),
+        (status = 403, description = "Not a file of this execution", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "No such execution or file", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong credentials", body = crate::api::openapi::ErrorBody),
+    )
+)]
 pub(crate) async fn file(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,

@@ -54,6 +54,20 @@ async fn stored(
 }
 
 /// `POST /flows`: create a flow from its YAML source; 409 when it exists, 422 when invalid.
+#[utoipa::path(
+    post,
+    path = "/api/v1/main/flows",
+    tag = "Flows",
+    operation_id = "createFlow",
+    request_body(content = String, content_type = "application/x-yaml", description = "The flow's YAML source"),
+    responses(
+        (status = 200, description = "The created flow, with its source", body = crate::api::openapi::FlowBody),
+        (status = 409, description = "The flow exists: update it with PUT", body = crate::api::openapi::ErrorBody),
+        (status = 413, description = "The body is over the limit", body = crate::api::openapi::ErrorBody),
+        (status = 422, description = "Invalid flow: one error per problem, with path, line and column", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong credentials", body = crate::api::openapi::ErrorBody),
+    )
+)]
 pub(crate) async fn create(
     State(state): State<Arc<AppState>>,
     body: String,
@@ -80,6 +94,23 @@ pub(crate) async fn create(
 
 /// `PUT /flows/{namespace}/{id}`: a new revision from YAML (unchanged source: same revision); the
 /// source must name the same flow; 404 when the flow does not exist.
+#[utoipa::path(
+    put,
+    path = "/api/v1/main/flows/{namespace}/{id}",
+    tag = "Flows",
+    operation_id = "updateFlow",
+    params(
+        ("namespace" = String, Path, description = "Namespace of the flow"),
+        ("id" = String, Path, description = "Flow id"),
+    ),
+    request_body(content = String, content_type = "application/x-yaml", description = "The flow's YAML source"),
+    responses(
+        (status = 200, description = "The flow (a new revision when the source changed)", body = crate::api::openapi::FlowBody),
+        (status = 404, description = "No such flow", body = crate::api::openapi::ErrorBody),
+        (status = 422, description = "Invalid flow, or it names another flow", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong credentials", body = crate::api::openapi::ErrorBody),
+    )
+)]
 pub(crate) async fn update(
     State(state): State<Arc<AppState>>,
     Path((namespace, id)): Path<(String, String)>,
@@ -100,6 +131,24 @@ pub(crate) async fn update(
 }
 
 /// `GET /flows/{namespace}/{id}`: `source=true` adds the YAML, `revision=N` reads an older revision.
+#[utoipa::path(
+    get,
+    path = "/api/v1/main/flows/{namespace}/{id}",
+    tag = "Flows",
+    operation_id = "getFlow",
+    params(
+        ("namespace" = String, Path, description = "Namespace of the flow"),
+        ("id" = String, Path, description = "Flow id"),
+        ("source" = Option<bool>, Query, description = "true: include the YAML source"),
+        ("revision" = Option<i32>, Query, description = "An older revision"),
+    ),
+    responses(
+        (status = 200, description = "The flow", body = crate::api::openapi::FlowBody),
+        (status = 400, description = "Invalid query parameter", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "No such flow or revision", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong credentials", body = crate::api::openapi::ErrorBody),
+    )
+)]
 pub(crate) async fn get_flow(
     State(state): State<Arc<AppState>>,
     Path((namespace, id)): Path<(String, String)>,
@@ -120,6 +169,21 @@ pub(crate) async fn get_flow(
 }
 
 /// `DELETE /flows/{namespace}/{id}`: 204; 404 when absent.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/main/flows/{namespace}/{id}",
+    tag = "Flows",
+    operation_id = "deleteFlow",
+    params(
+        ("namespace" = String, Path, description = "Namespace of the flow"),
+        ("id" = String, Path, description = "Flow id"),
+    ),
+    responses(
+        (status = 204, description = "Deleted (its revisions stay)"),
+        (status = 404, description = "No such flow", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong credentials", body = crate::api::openapi::ErrorBody),
+    )
+)]
 pub(crate) async fn delete_flow(
     State(state): State<Arc<AppState>>,
     Path((namespace, id)): Path<(String, String)>,
@@ -129,6 +193,21 @@ pub(crate) async fn delete_flow(
 }
 
 /// `GET /flows/{namespace}/{id}/revisions`: every revision, oldest first, with its source.
+#[utoipa::path(
+    get,
+    path = "/api/v1/main/flows/{namespace}/{id}/revisions",
+    tag = "Flows",
+    operation_id = "listFlowRevisions",
+    params(
+        ("namespace" = String, Path, description = "Namespace of the flow"),
+        ("id" = String, Path, description = "Flow id"),
+    ),
+    responses(
+        (status = 200, description = "Every revision, oldest first, with its source", body = [crate::api::openapi::FlowBody]),
+        (status = 404, description = "No such flow", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong credentials", body = crate::api::openapi::ErrorBody),
+    )
+)]
 pub(crate) async fn revisions(
     State(state): State<Arc<AppState>>,
     Path((namespace, id)): Path<(String, String)>,
@@ -148,6 +227,25 @@ pub(crate) async fn revisions(
 }
 
 /// `GET /flows/search`: `{"results": [...], "total": N}`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/main/flows/search",
+    tag = "Flows",
+    operation_id = "searchFlows",
+    params(
+        ("q" = Option<String>, Query, description = "Text in the id or namespace"),
+        ("namespace" = Option<String>, Query, description = "Namespace, with its children"),
+        ("labels" = Option<String>, Query, description = "key:value, repeatable"),
+        ("page" = Option<u32>, Query, description = "Page, from 1 (default 1)"),
+        ("size" = Option<u32>, Query, description = "Page size, 1 to 10000 (default 25)"),
+        ("sort" = Option<String>, Query, description = "field:asc or field:desc, repeatable"),
+    ),
+    responses(
+        (status = 200, description = "A page of flows", body = crate::api::openapi::PagedFlowsBody),
+        (status = 400, description = "Unknown or invalid query parameter, or sort field", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong credentials", body = crate::api::openapi::ErrorBody),
+    )
+)]
 pub(crate) async fn search(
     State(state): State<Arc<AppState>>,
     RawQuery(query): RawQuery,
@@ -176,6 +274,16 @@ pub(crate) async fn search(
 }
 
 /// `GET /flows/distinct-namespaces`: sorted namespaces that hold flows.
+#[utoipa::path(
+    get,
+    path = "/api/v1/main/flows/distinct-namespaces",
+    tag = "Flows",
+    operation_id = "listDistinctNamespaces",
+    responses(
+        (status = 200, description = "Sorted namespaces that hold flows", body = [String]),
+        (status = 401, description = "Missing or wrong credentials", body = crate::api::openapi::ErrorBody),
+    )
+)]
 pub(crate) async fn distinct_namespaces(
     State(state): State<Arc<AppState>>,
 ) -> Result<Json<Vec<String>>, ApiError> {
@@ -192,6 +300,17 @@ pub(crate) async fn distinct_namespaces(
 /// `POST /flows/validate`: one report per YAML document, Kestra's shape (`index`, `flow`,
 /// `namespace`, `constraints` as one text, or absent when valid) plus `errors` with line, column and
 /// path of each problem. Always 200: the reports say what is wrong.
+#[utoipa::path(
+    post,
+    path = "/api/v1/main/flows/validate",
+    tag = "Flows",
+    operation_id = "validateFlows",
+    request_body(content = String, content_type = "application/x-yaml", description = "One or more YAML flow documents separated by ---"),
+    responses(
+        (status = 200, description = "One report per document (always 200)", body = [crate::api::openapi::ValidateReportBody]),
+        (status = 401, description = "Missing or wrong credentials", body = crate::api::openapi::ErrorBody),
+    )
+)]
 pub(crate) async fn validate(State(state): State<Arc<AppState>>, body: String) -> Json<Vec<Value>> {
     let reports = parse_flows(&body, state.engine.registry())
         .into_iter()

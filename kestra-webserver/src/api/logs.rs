@@ -11,6 +11,23 @@ use crate::{ApiError, AppState};
 
 /// `GET /logs/{executionId}`: the execution's log lines in emission order; `minLevel` (`TRACE` ..
 /// `ERROR`) keeps that level and more severe, `taskRunId` one task run's.
+#[utoipa::path(
+    get,
+    path = "/api/v1/main/logs/{executionId}",
+    tag = "Logs",
+    operation_id = "listLogsFromExecution",
+    params(
+        ("executionId" = String, Path, description = "Execution id"),
+        ("minLevel" = Option<String>, Query, description = "TRACE, DEBUG, INFO, WARN or ERROR"),
+        ("taskRunId" = Option<String>, Query, description = "One task run's lines"),
+    ),
+    responses(
+        (status = 200, description = "The log lines in emission order", body = [crate::api::openapi::LogEntryBody]),
+        (status = 400, description = "Invalid query parameter", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "No such execution", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong credentials", body = crate::api::openapi::ErrorBody),
+    )
+)]
 pub(crate) async fn by_execution(
     State(state): State<Arc<AppState>>,
     Path(execution_id): Path<String>,
@@ -121,6 +138,22 @@ async fn execution_ended(state: Arc<AppState>, execution_id: String) -> bool {
 /// `GET /logs/{executionId}/follow`: server-sent events (`id: progress`, data: a log line), the
 /// stored lines first, then new ones as workers emit them (live, from the queue's broadcast), until
 /// a moment after the execution has ended. `minLevel` filters.
+#[utoipa::path(
+    get,
+    path = "/api/v1/main/logs/{executionId}/follow",
+    tag = "Logs",
+    operation_id = "followLogsFromExecution",
+    params(
+        ("executionId" = String, Path, description = "Execution id"),
+        ("minLevel" = Option<String>, Query, description = "TRACE, DEBUG, INFO, WARN or ERROR"),
+    ),
+    responses(
+        (status = 200, description = "Server-sent events: one log line per event (id: progress) until the execution ends", content_type = "text/event-stream"),
+        (status = 400, description = "Invalid query parameter", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "No such execution", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong credentials", body = crate::api::openapi::ErrorBody),
+    )
+)]
 pub(crate) async fn follow(
     State(state): State<Arc<AppState>>,
     Path(execution_id): Path<String>,

@@ -40,6 +40,8 @@
 //! | `GET /namespaces/{namespace}/kv` | the namespace's KV keys |
 //! | `GET\|PUT\|DELETE /namespaces/{namespace}/kv/{key}` | a KV value: `{"type", "value"}`; PUT body = value, header `ttl` |
 //! | `GET /metrics` (root, not under `/api/v1`) | Prometheus text ([`metrics`]); authenticated unless configured public |
+//! | `GET /openapi.json` | the OpenAPI document of this API ([`openapi`]); also `GET /swagger/kestra.yml` as YAML |
+//! | `GET /plugins/schemas/flow` | the JSON Schema of the flow language (every registered task and trigger type) |
 //!
 //! Query parameters are allow-listed per route: an unknown one is a 400 naming the allowed ones, so
 //! a filter is never silently ignored.
@@ -52,6 +54,7 @@ pub mod kv;
 pub mod log_search;
 pub mod logs;
 pub mod metrics;
+pub mod openapi;
 pub mod triggers;
 pub mod webhook;
 
@@ -147,6 +150,8 @@ fn routes() -> Router<Arc<AppState>> {
             "/namespaces/{namespace}/kv/{key}",
             get(kv::get_key).put(kv::put_key).delete(kv::delete_key),
         )
+        .route("/openapi.json", get(openapi::openapi_json))
+        .route("/plugins/schemas/flow", get(openapi::flow_schema))
 }
 
 /// Every route with authentication and the body limit.
@@ -156,6 +161,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics::metrics))
+        .route("/swagger/kestra.yml", get(openapi::swagger_yaml))
         .nest("/api/v1/main", api.clone())
         .nest("/api/v1", api)
         .merge(crate::ui::router())
@@ -193,6 +199,16 @@ async fn reject_oversized(
     next.run(request).await
 }
 
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "Misc",
+    operation_id = "health",
+    security(()),
+    responses(
+        (status = 200, description = "The server is up", body = crate::api::openapi::HealthBody),
+    )
+)]
 async fn health() -> Json<Value> {
     Json(json!({ "status": "UP" }))
 }
@@ -206,6 +222,16 @@ async fn not_found(request: Request) -> ApiError {
 }
 
 /// `GET /configs`: what Kestra's UI and clients read about the server.
+#[utoipa::path(
+    get,
+    path = "/api/v1/main/configs",
+    tag = "Misc",
+    operation_id = "getConfigs",
+    responses(
+        (status = 200, description = "Server settings", body = crate::api::openapi::ConfigsBody),
+        (status = 401, description = "Missing or wrong credentials", body = crate::api::openapi::ErrorBody),
+    )
+)]
 async fn configs(State(state): State<Arc<AppState>>) -> Json<Value> {
     Json(json!({
         "version": env!("CARGO_PKG_VERSION"),

@@ -25,6 +25,23 @@ fn push(map: &mut Map<String, Value>, name: String, value: String) {
 /// (JSON when it parses, else text), headers and query parameters are the trigger's variables.
 /// Answers the execution at once, or, for a trigger with `wait: true`, at its end (its `outputs`
 /// alone with `returnOutputs: true`). 404 when no trigger of the flow has this key.
+#[utoipa::path(
+    method(get, post, put),
+    path = "/api/v1/main/executions/webhook/{namespace}/{flowId}/{key}",
+    tag = "Executions",
+    operation_id = "webhookTrigger",
+    params(
+        ("namespace" = String, Path, description = "Namespace of the flow"),
+        ("flowId" = String, Path, description = "Flow id"),
+        ("key" = String, Path, description = "The Webhook trigger's key (the secret)"),
+    ),
+    request_body(content = String, description = "Any body: JSON when it parses, else text (trigger.body)"),
+    security(()),
+    responses(
+        (status = 200, description = "The execution (or, with wait, its end or outputs)", body = crate::api::openapi::ExecutionBody),
+        (status = 404, description = "No enabled Webhook trigger of this flow has this key", body = crate::api::openapi::ErrorBody),
+    )
+)]
 pub(crate) async fn webhook(
     State(state): State<Arc<AppState>>,
     Path((namespace, flow_id, key)): Path<(String, String, String)>,
