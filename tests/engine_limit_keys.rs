@@ -37,17 +37,30 @@ async fn run(engine: &kestra::Engine, id: &str, task: &str) -> (StateType, Strin
         .wait_for(&execution.id, Duration::from_secs(60))
         .await
         .unwrap();
-    let logs = engine
-        .repositories()
-        .logs
-        .find_by_execution("main", &execution.id, None, None)
-        .await
-        .unwrap();
-    let text = logs
-        .iter()
-        .map(|l| l.message.clone())
-        .collect::<Vec<_>>()
-        .join("\n");
+    // Logs reach the repository through the indexer, after the end: wait for an ERROR line of a
+    // failed execution, at most 5 s.
+    let mut text = String::new();
+    for _ in 0..50 {
+        let logs = engine
+            .repositories()
+            .logs
+            .find_by_execution("main", &execution.id, None, None)
+            .await
+            .unwrap();
+        text = logs
+            .iter()
+            .map(|l| l.message.clone())
+            .collect::<Vec<_>>()
+            .join("\n");
+        if done.state.current() != StateType::Failed
+            || logs
+                .iter()
+                .any(|l| l.level == kestra::core::model::Level::Error)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     (done.state.current(), text)
 }
 
