@@ -36,6 +36,22 @@ fn expected(current: &[Label], given: &[Label]) -> Vec<Label> {
 }
 
 /// `POST /executions/{id}/labels`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/main/executions/{executionId}/labels",
+    tag = "Executions",
+    operation_id = "setLabelsOnTerminatedExecution",
+    params(
+        ("executionId" = String, Path, description = "Execution id"),
+    ),
+    request_body(content_type = "application/json", description = "`[{\"key\", \"value\"}]`"),
+    responses(
+        (status = 200, description = "The execution with its new labels (202 when not stored within 10 s)", content_type = "application/json"),
+        (status = 400, description = "Invalid labels", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "No such execution", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong credentials", body = crate::api::openapi::ErrorBody),
+    )
+)]
 pub(crate) async fn set_labels(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,

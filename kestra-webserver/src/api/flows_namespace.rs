@@ -90,6 +90,20 @@ async fn flows_of(state: &AppState, namespace: &str) -> Result<Vec<FlowRecord>, 
 }
 
 /// `GET /flows/{namespace}`: the namespace's flows (without source).
+#[utoipa::path(
+    get,
+    path = "/api/v1/main/flows/{namespace}",
+    tag = "Flows",
+    operation_id = "listFlowsByNamespace",
+    params(
+        ("namespace" = String, Path, description = "The namespace"),
+    ),
+    responses(
+        (status = 200, description = "The namespace's flows", content_type = "application/json"),
+        (status = 400, description = "Invalid query parameter", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong credentials", body = crate::api::openapi::ErrorBody),
+    )
+)]
 pub(crate) async fn list(
     State(state): State<Arc<AppState>>,
     Path(namespace): Path<String>,
@@ -107,6 +121,23 @@ pub(crate) async fn list(
 
 /// `POST /flows/{namespace}`: create or update every flow of the body, then (unless `delete=false`)
 /// delete the namespace's other flows. Answers the namespace's flows in the body, with source.
+#[utoipa::path(
+    post,
+    path = "/api/v1/main/flows/{namespace}",
+    tag = "Flows",
+    operation_id = "updateFlowsInNamespaceFromYaml",
+    params(
+        ("namespace" = String, Path, description = "The namespace"),
+        ("delete" = Option<bool>, Query, description = "Delete the namespace's flows missing from the body (default true)"),
+    ),
+    request_body(content_type = "application/x-yaml", description = "Flows as multi-document YAML"),
+    responses(
+        (status = 200, description = "The namespace's flows after the update", content_type = "application/json"),
+        (status = 400, description = "Invalid query parameter", body = crate::api::openapi::ErrorBody),
+        (status = 422, description = "A document is not a valid flow of this namespace", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong credentials", body = crate::api::openapi::ErrorBody),
+    )
+)]
 pub(crate) async fn update(
     State(state): State<Arc<AppState>>,
     Path(namespace): Path<String>,

@@ -54,6 +54,20 @@ fn type_of(entry: &KvEntry) -> String {
 }
 
 /// `GET /namespaces/{ns}/kv`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/main/namespaces/{namespace}/kv",
+    tag = "KV",
+    operation_id = "listKeys",
+    params(
+        ("namespace" = String, Path, description = "The namespace"),
+    ),
+    responses(
+        (status = 200, description = "The namespace's keys", content_type = "application/json"),
+        (status = 400, description = "Invalid namespace", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong credentials", body = crate::api::openapi::ErrorBody),
+    )
+)]
 pub(crate) async fn list(
     State(state): State<Arc<AppState>>,
     Path(namespace): Path<String>,
@@ -80,6 +94,21 @@ pub(crate) async fn list(
 }
 
 /// `GET /namespaces/{ns}/kv/{key}`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/main/namespaces/{namespace}/kv/{key}",
+    tag = "KV",
+    operation_id = "getKeyValue",
+    params(
+        ("namespace" = String, Path, description = "The namespace"),
+        ("key" = String, Path, description = "The key"),
+    ),
+    responses(
+        (status = 200, description = "`{\"type\", \"value\"}`", content_type = "application/json"),
+        (status = 404, description = "No such key", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong credentials", body = crate::api::openapi::ErrorBody),
+    )
+)]
 pub(crate) async fn get_key(
     State(state): State<Arc<AppState>>,
     Path((namespace, key)): Path<(String, String)>,
@@ -127,6 +156,23 @@ fn typed_value(body: &str) -> (Value, &'static str) {
 }
 
 /// `PUT /namespaces/{ns}/kv/{key}`: body = the value, header `ttl` = ISO-8601 duration.
+#[utoipa::path(
+    put,
+    path = "/api/v1/main/namespaces/{namespace}/kv/{key}",
+    tag = "KV",
+    operation_id = "setKeyValue",
+    params(
+        ("namespace" = String, Path, description = "The namespace"),
+        ("key" = String, Path, description = "The key"),
+        ("ttl" = Option<String>, Header, description = "Time to live (ISO-8601 duration)"),
+    ),
+    request_body(content_type = "text/plain", description = "The value (typed as Kestra does: number, boolean, JSON, date, duration or string)"),
+    responses(
+        (status = 200, description = "Stored", content_type = "application/json"),
+        (status = 400, description = "Invalid key, value or ttl", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong credentials", body = crate::api::openapi::ErrorBody),
+    )
+)]
 pub(crate) async fn put_key(
     State(state): State<Arc<AppState>>,
     Path((namespace, key)): Path<(String, String)>,
@@ -181,6 +227,21 @@ pub(crate) async fn put_key(
 }
 
 /// `DELETE /namespaces/{ns}/kv/{key}`: `true` if it existed.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/main/namespaces/{namespace}/kv/{key}",
+    tag = "KV",
+    operation_id = "deleteKeyValue",
+    params(
+        ("namespace" = String, Path, description = "The namespace"),
+        ("key" = String, Path, description = "The key"),
+    ),
+    responses(
+        (status = 200, description = "`true` when the key existed", content_type = "application/json"),
+        (status = 400, description = "Invalid key", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong credentials", body = crate::api::openapi::ErrorBody),
+    )
+)]
 pub(crate) async fn delete_key(
     State(state): State<Arc<AppState>>,
     Path((namespace, key)): Path<(String, String)>,

@@ -34,6 +34,28 @@ fn min_level(params: &Params) -> Result<Option<Level>, ApiError> {
 /// `GET /logs/search`: `q` (in the message), `namespace` (and children), `flowId`, `minLevel`,
 /// `startDate`, `endDate`, `page`, `size`, `sort` (`timestamp`, `level`, `namespace`, `flowId`;
 /// newest first by default) → `{"results": [log entries], "total"}`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/main/logs/search",
+    tag = "Logs",
+    operation_id = "searchLogs",
+    params(
+        ("q" = Option<String>, Query, description = "Text to find"),
+        ("namespace" = Option<String>, Query, description = "Namespace"),
+        ("flowId" = Option<String>, Query, description = "Flow id"),
+        ("minLevel" = Option<String>, Query, description = "TRACE, DEBUG, INFO, WARN or ERROR"),
+        ("startDate" = Option<String>, Query, description = "From (ISO-8601)"),
+        ("endDate" = Option<String>, Query, description = "To (ISO-8601)"),
+        ("page" = Option<u32>, Query, description = "Page number, from 1"),
+        ("size" = Option<u32>, Query, description = "Page size"),
+        ("sort" = Option<String>, Query, description = "Sort, e.g. `date:desc`"),
+    ),
+    responses(
+        (status = 200, description = "`{\"results\": [log lines], \"total\"}`", content_type = "application/json"),
+        (status = 400, description = "Invalid query parameter", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong credentials", body = crate::api::openapi::ErrorBody),
+    )
+)]
 pub(crate) async fn search(
     State(state): State<Arc<AppState>>,
     RawQuery(query): RawQuery,
@@ -100,6 +122,23 @@ fn line(entry: &LogEntry) -> String {
 /// `GET /logs/{executionId}/download`: the execution's logs as `text/plain`, one line per entry in
 /// emission order (`minLevel`, `taskRunId` filter), read and sent [`DOWNLOAD_PAGE`] entries at a
 /// time; 404 when the execution does not exist.
+#[utoipa::path(
+    get,
+    path = "/api/v1/main/logs/{executionId}/download",
+    tag = "Logs",
+    operation_id = "downloadLogsFromExecution",
+    params(
+        ("executionId" = String, Path, description = "Execution id"),
+        ("minLevel" = Option<String>, Query, description = "TRACE, DEBUG, INFO, WARN or ERROR"),
+        ("taskRunId" = Option<String>, Query, description = "One task run's lines"),
+    ),
+    responses(
+        (status = 200, description = "The logs as text, one line per entry", content_type = "text/plain"),
+        (status = 400, description = "Invalid query parameter", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "No such execution", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong credentials", body = crate::api::openapi::ErrorBody),
+    )
+)]
 pub(crate) async fn download(
     State(state): State<Arc<AppState>>,
     Path(execution_id): Path<String>,

@@ -332,6 +332,16 @@ async fn states(state: &AppState) -> Result<Vec<(StateType, u64)>, ApiError> {
 }
 
 /// `GET /metrics`.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "Metrics",
+    operation_id = "prometheusMetrics",
+    responses(
+        (status = 200, description = "Prometheus text format (version 0.0.4)", content_type = "text/plain"),
+        (status = 401, description = "Missing or wrong credentials", body = crate::api::openapi::ErrorBody),
+    )
+)]
 pub(crate) async fn metrics(
     State(state): State<Arc<AppState>>,
     RawQuery(query): RawQuery,

@@ -29,7 +29,10 @@ use utoipa::openapi::{ObjectBuilder, RefOr, Schema};
 use utoipa::{Modify, OpenApi};
 
 use super::Params;
-use super::{executions, flows, logs, webhook};
+use super::{
+    execution_labels, executions, flows, flows_namespace, kv, log_search, logs, metrics, triggers,
+    webhook,
+};
 use crate::{ApiError, AppState};
 
 /// The error body of every non-2xx answer.
@@ -281,6 +284,24 @@ impl Modify for BasicAuthScheme {
         webhook::webhook,
         logs::by_execution,
         logs::follow,
+        flows_namespace::list,
+        flows_namespace::update,
+        log_search::search,
+        log_search::download,
+        triggers::search,
+        triggers::of_flow,
+        triggers::set_disabled_by_triggers,
+        triggers::update,
+        triggers::unlock,
+        triggers::pause_backfill,
+        triggers::unpause_backfill,
+        triggers::delete_backfill,
+        execution_labels::set_labels,
+        kv::list,
+        kv::get_key,
+        kv::put_key,
+        kv::delete_key,
+        metrics::metrics,
     )
 )]
 pub struct ApiDoc;
@@ -472,11 +493,12 @@ mod tests {
         let missing: Vec<String> = routes
             .iter()
             .filter(|(method, path)| {
-                let full = if path == "/health" || path.starts_with("/swagger/") {
-                    path.clone()
-                } else {
-                    format!("/api/v1/main{path}")
-                };
+                let full =
+                    if path == "/health" || path == "/metrics" || path.starts_with("/swagger/") {
+                        path.clone()
+                    } else {
+                        format!("/api/v1/main{path}")
+                    };
                 !documented.contains(&(method.clone(), full))
             })
             .map(|(m, p)| format!("{m} {p}"))

@@ -167,6 +167,25 @@ where
 
 /// `GET /triggers/search`: `q` (flow id or trigger id), `namespace` (and children), `flowId`,
 /// `page`, `size`, `sort` → `{"results": [{"abstractTrigger", "triggerContext"}], "total"}`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/main/triggers/search",
+    tag = "Triggers",
+    operation_id = "searchTriggers",
+    params(
+        ("q" = Option<String>, Query, description = "Text to find"),
+        ("namespace" = Option<String>, Query, description = "Namespace (and its children)"),
+        ("flowId" = Option<String>, Query, description = "Flow id"),
+        ("page" = Option<u32>, Query, description = "Page number, from 1"),
+        ("size" = Option<u32>, Query, description = "Page size"),
+        ("sort" = Option<String>, Query, description = "Sort, e.g. `date:desc`"),
+    ),
+    responses(
+        (status = 200, description = "`{\"results\": [{\"abstractTrigger\", \"triggerContext\"}], \"total\"}`", content_type = "application/json"),
+        (status = 400, description = "Invalid query parameter", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong credentials", body = crate::api::openapi::ErrorBody),
+    )
+)]
 pub(crate) async fn search(
     State(state): State<Arc<AppState>>,
     RawQuery(query): RawQuery,
@@ -195,6 +214,21 @@ pub(crate) async fn search(
 }
 
 /// `GET /triggers/{namespace}/{flowId}`: the trigger states of one flow (paged as a search).
+#[utoipa::path(
+    get,
+    path = "/api/v1/main/triggers/{namespace}/{flowId}",
+    tag = "Triggers",
+    operation_id = "searchTriggersForFlow",
+    params(
+        ("namespace" = String, Path, description = "The namespace"),
+        ("flowId" = String, Path, description = "The flow id"),
+    ),
+    responses(
+        (status = 200, description = "The trigger states of the flow", content_type = "application/json"),
+        (status = 404, description = "No such flow", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong credentials", body = crate::api::openapi::ErrorBody),
+    )
+)]
 pub(crate) async fn of_flow(
     State(state): State<Arc<AppState>>,
     Path((namespace, flow_id)): Path<(String, String)>,
@@ -313,6 +347,19 @@ fn set_disabled(disabled: bool) -> impl FnMut(&mut TriggerState) -> Result<Chang
 
 /// `POST /triggers/set-disabled/by-triggers`: `{"triggers": [{namespace, flowId, triggerId}],
 /// "disabled": bool}` → `{"count": N}` (triggers whose state changed or was created).
+#[utoipa::path(
+    post,
+    path = "/api/v1/main/triggers/set-disabled/by-triggers",
+    tag = "Triggers",
+    operation_id = "setDisabledByTriggers",
+    request_body(content_type = "application/json", description = "`{\"triggers\": [{namespace, flowId, triggerId}], \"disabled\": bool}`"),
+    responses(
+        (status = 200, description = "`{\"count\"}`: how many triggers were changed", content_type = "application/json"),
+        (status = 400, description = "Invalid body", body = crate::api::openapi::ErrorBody),
+        (status = 409, description = "A scheduler holds a trigger", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong credentials", body = crate::api::openapi::ErrorBody),
+    )
+)]
 pub(crate) async fn set_disabled_by_triggers(
     State(state): State<Arc<AppState>>,
     RawQuery(query): RawQuery,
@@ -354,6 +401,21 @@ pub(crate) async fn set_disabled_by_triggers(
 /// `PUT /triggers`: update one trigger. With a `backfill` ({start, end, inputs, labels}) on a
 /// Schedule trigger without a running backfill: start that backfill. Otherwise `disabled` sets
 /// whether it is disabled. Answers the trigger.
+#[utoipa::path(
+    put,
+    path = "/api/v1/main/triggers",
+    tag = "Triggers",
+    operation_id = "updateTrigger",
+    request_body(content_type = "application/json", description = "One trigger context: `disabled`, or a `backfill` {start, end, inputs, labels}"),
+    responses(
+        (status = 200, description = "The trigger after the change", content_type = "application/json"),
+        (status = 400, description = "Invalid body", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "No such trigger", body = crate::api::openapi::ErrorBody),
+        (status = 409, description = "A scheduler holds the trigger", body = crate::api::openapi::ErrorBody),
+        (status = 422, description = "The backfill cannot start", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong credentials", body = crate::api::openapi::ErrorBody),
+    )
+)]
 pub(crate) async fn update(
     State(state): State<Arc<AppState>>,
     RawQuery(query): RawQuery,
@@ -400,6 +462,23 @@ pub(crate) async fn update(
 
 /// `POST /triggers/{namespace}/{flowId}/{triggerId}/unlock`: release the running execution and the
 /// evaluation that hold the trigger; 409 when it is not locked.
+#[utoipa::path(
+    post,
+    path = "/api/v1/main/triggers/{namespace}/{flowId}/{triggerId}/unlock",
+    tag = "Triggers",
+    operation_id = "unlockTrigger",
+    params(
+        ("namespace" = String, Path, description = "The namespace"),
+        ("flowId" = String, Path, description = "The flow id"),
+        ("triggerId" = String, Path, description = "The trigger id"),
+    ),
+    responses(
+        (status = 200, description = "The trigger after the unlock", content_type = "application/json"),
+        (status = 404, description = "No such trigger", body = crate::api::openapi::ErrorBody),
+        (status = 409, description = "The trigger is not locked", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong credentials", body = crate::api::openapi::ErrorBody),
+    )
+)]
 pub(crate) async fn unlock(
     State(state): State<Arc<AppState>>,
     Path((namespace, flow_id, trigger_id)): Path<(String, String, String)>,
@@ -462,6 +541,20 @@ async fn backfill_action(
 }
 
 /// `PUT /triggers/backfill/pause`: pause the trigger's backfill (body: the trigger).
+#[utoipa::path(
+    put,
+    path = "/api/v1/main/triggers/backfill/pause",
+    tag = "Triggers",
+    operation_id = "pauseBackfill",
+    request_body(content_type = "application/json", description = "The trigger context"),
+    responses(
+        (status = 200, description = "The trigger after the change", content_type = "application/json"),
+        (status = 400, description = "Invalid body", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "No such trigger", body = crate::api::openapi::ErrorBody),
+        (status = 422, description = "No backfill to pause", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong credentials", body = crate::api::openapi::ErrorBody),
+    )
+)]
 pub(crate) async fn pause_backfill(
     State(state): State<Arc<AppState>>,
     RawQuery(query): RawQuery,
@@ -476,6 +569,20 @@ pub(crate) async fn pause_backfill(
 }
 
 /// `PUT /triggers/backfill/unpause`: resume a paused backfill (body: the trigger).
+#[utoipa::path(
+    put,
+    path = "/api/v1/main/triggers/backfill/unpause",
+    tag = "Triggers",
+    operation_id = "unpauseBackfill",
+    request_body(content_type = "application/json", description = "The trigger context"),
+    responses(
+        (status = 200, description = "The trigger after the change", content_type = "application/json"),
+        (status = 400, description = "Invalid body", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "No such trigger", body = crate::api::openapi::ErrorBody),
+        (status = 422, description = "No backfill to unpause", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong credentials", body = crate::api::openapi::ErrorBody),
+    )
+)]
 pub(crate) async fn unpause_backfill(
     State(state): State<Arc<AppState>>,
     RawQuery(query): RawQuery,
@@ -493,6 +600,20 @@ pub(crate) async fn unpause_backfill(
 
 /// `POST /triggers/backfill/delete`: stop the trigger's backfill (body: the trigger): no further
 /// slot of it fires; the scheduler's next step removes it and the regular schedule goes on.
+#[utoipa::path(
+    post,
+    path = "/api/v1/main/triggers/backfill/delete",
+    tag = "Triggers",
+    operation_id = "deleteBackfill",
+    request_body(content_type = "application/json", description = "The trigger context"),
+    responses(
+        (status = 200, description = "The trigger after the change", content_type = "application/json"),
+        (status = 400, description = "Invalid body", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "No such trigger", body = crate::api::openapi::ErrorBody),
+        (status = 422, description = "No backfill to delete", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong credentials", body = crate::api::openapi::ErrorBody),
+    )
+)]
 pub(crate) async fn delete_backfill(
     State(state): State<Arc<AppState>>,
     RawQuery(query): RawQuery,
