@@ -897,6 +897,7 @@ async fn openapi_and_schemas(api: &Api) {
         "/api/v1/main/openapi.json",
         "/swagger/kestra.yml",
         "/api/v1/main/plugins/schemas/flow",
+        "/api/v1/main/plugins",
     ] {
         let anonymous = api
             .send(Request::get(path).body(Body::empty()).unwrap())
@@ -953,6 +954,55 @@ async fn openapi_and_schemas(api: &Api) {
         api.get("/api/v1/main/plugins/schemas/flow?kind=x")
             .await
             .status,
+        StatusCode::BAD_REQUEST
+    );
+    // The plugin list: every registered type once as a current element, in its package's group.
+    let plugins = api.get("/api/v1/main/plugins").await;
+    assert_eq!(plugins.status, StatusCode::OK);
+    let plugins = plugins.json();
+    let current = |kind: &str| -> Vec<String> {
+        let mut names: Vec<String> = plugins
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|p| p[kind].as_array().unwrap().clone())
+            .filter(|e| e["deprecated"] == false)
+            .map(|e| e["cls"].as_str().unwrap().to_string())
+            .collect();
+        names.sort();
+        names
+    };
+    let registry = kestra::core::flow::TaskRegistry::default();
+    let mut tasks: Vec<String> = registry
+        .task_types()
+        .into_iter()
+        .map(|(name, _, _)| name.to_string())
+        .collect();
+    tasks.sort();
+    assert_eq!(current("tasks"), tasks);
+    let mut triggers: Vec<String> = registry
+        .trigger_types()
+        .into_iter()
+        .map(|(name, _, _)| name.to_string())
+        .collect();
+    triggers.sort();
+    assert_eq!(current("triggers"), triggers);
+    let log = plugins
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["group"] == "io.kestra.plugin.core.log")
+        .expect("the core log plugin group");
+    assert!(
+        log["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["cls"] == "io.kestra.plugin.core.log.Log"),
+        "{log}"
+    );
+    assert_eq!(
+        api.get("/api/v1/main/plugins?x=1").await.status,
         StatusCode::BAD_REQUEST
     );
 }

@@ -41,6 +41,7 @@
 //! | `GET\|PUT\|DELETE /namespaces/{namespace}/kv/{key}` | a KV value: `{"type", "value"}`; PUT body = value, header `ttl` |
 //! | `GET /metrics` (root, not under `/api/v1`) | Prometheus text ([`metrics`]); authenticated unless configured public |
 //! | `GET /openapi.json` | the OpenAPI document of this API ([`openapi`]); also `GET /swagger/kestra.yml` as YAML |
+//! | `GET /plugins` | the task and trigger types, grouped by package: `[{"name", "group", "tasks": [{"cls", "deprecated"}], "triggers"}]` |
 //! | `GET /plugins/schemas/flow` | the JSON Schema of the flow language (every registered task and trigger type) |
 //!
 //! Query parameters are allow-listed per route: an unknown one is a 400 naming the allowed ones, so
@@ -152,6 +153,7 @@ fn routes() -> Router<Arc<AppState>> {
         )
         .route("/openapi.json", get(openapi::openapi_json))
         .route("/plugins/schemas/flow", get(openapi::flow_schema))
+        .route("/plugins", get(openapi::plugins))
 }
 
 /// Every route with authentication and the body limit.

@@ -263,6 +263,7 @@ impl Modify for BasicAuthScheme {
         openapi_json,
         swagger_yaml,
         flow_schema,
+        plugins,
         flows::create,
         flows::validate,
         flows::search,
@@ -358,6 +359,68 @@ pub(crate) async fn swagger_yaml() -> Result<Response, ApiError> {
     let yaml = serde_saphyr::to_string(&openapi())
         .map_err(|e| ApiError::internal(format!("cannot write the document as YAML: {e}")))?;
     Ok(([(header::CONTENT_TYPE, "application/yaml")], yaml).into_response())
+}
+
+/// `GET /plugins`: the task and trigger types this server knows (the embedder's too), grouped by
+/// their package as Kestra groups them by plugin: `[{"name", "group", "tasks": [{"cls",
+/// "deprecated"}], "triggers": [...]}]`. Legacy aliases are listed as deprecated elements.
+#[utoipa::path(
+    get,
+    path = "/api/v1/main/plugins",
+    tag = "Plugins",
+    operation_id = "listPlugins",
+    responses(
+        (status = 200, description = "The plugins: their task and trigger types", content_type = "application/json"),
+        (status = 400, description = "Unknown query parameter", body = ErrorBody),
+    )
+)]
+pub(crate) async fn plugins(
+    State(state): State<Arc<AppState>>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    Params::parse(query.as_deref(), &[])?;
+    let registry = state.engine.registry();
+    // group -> (tasks, triggers), each element `{"cls", "deprecated"}`.
+    let mut groups: std::collections::BTreeMap<String, (Vec<Value>, Vec<Value>)> =
+        std::collections::BTreeMap::new();
+    let group_of = |cls: &str| {
+        cls.rsplit_once('.')
+            .map_or_else(|| cls.to_string(), |(package, _)| package.to_string())
+    };
+    for (kind, types) in [(0, registry.task_types()), (1, registry.trigger_types())] {
+        for (name, aliases, _) in types {
+            let mut elements = vec![json!({"cls": name, "deprecated": false})];
+            elements.extend(
+                aliases
+                    .iter()
+                    .filter(|a| **a != name)
+                    .map(|a| json!({"cls": a, "deprecated": true})),
+            );
+            for element in elements {
+                let cls = element["cls"].as_str().unwrap_or_default().to_string();
+                let entry = groups.entry(group_of(&cls)).or_default();
+                if kind == 0 {
+                    entry.0.push(element);
+                } else {
+                    entry.1.push(element);
+                }
+            }
+        }
+    }
+    let plugins: Vec<Value> = groups
+        .into_iter()
+        .map(|(group, (tasks, triggers))| {
+            json!({
+                "name": group.rsplit('.').next().unwrap_or(&group),
+                "group": group,
+                "tasks": tasks,
+                "triggers": triggers,
+                "conditions": [],
+                "taskRunners": [],
+            })
+        })
+        .collect();
+    Ok(Json(Value::Array(plugins)))
 }
 
 /// `GET /plugins/schemas/flow`: the JSON Schema (draft-07) of a flow document with every task and
