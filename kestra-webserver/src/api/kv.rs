@@ -155,6 +155,66 @@ fn typed_value(body: &str) -> (Value, &'static str) {
     (Value::String(body.to_string()), "STRING")
 }
 
+/// Set a KV entry from a value typed as Kestra does ([`typed_value`]) and an optional ISO-8601 `ttl`
+/// (`ttl_name` names where it came from in an error), keeping the entry's description. The API's
+/// PUT route and the UI's form both call this. Answers the entry and its type.
+pub(crate) async fn set_value(
+    state: &AppState,
+    namespace: &str,
+    key: &str,
+    body: &str,
+    ttl: Option<&str>,
+    ttl_name: &str,
+) -> Result<(KvEntry, &'static str), ApiError> {
+    let now = Utc::now();
+    let expiration_date = match ttl {
+        None => None,
+        Some(text) => {
+            let duration = kestra_core::flow::duration::parse(text)
+                .map_err(|e| ApiError::bad_request(format!("{ttl_name}: {e}")))?;
+            Some(
+                chrono::Duration::from_std(duration)
+                    .ok()
+                    .and_then(|d| now.checked_add_signed(d))
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!("{ttl_name}: '{text}' is too large"))
+                    })?,
+            )
+        }
+    };
+    let (value, kind) = typed_value(body);
+    let kv = store(state);
+    let description = kv
+        .get(namespace, key)
+        .await
+        .map_err(|e| kv_error(namespace, e))?
+        .and_then(|e| e.description);
+    let entry = KvEntry {
+        value,
+        r#type: Some(kind.to_string()),
+        expiration_date,
+        update_date: now,
+        description,
+    };
+    kv.set(namespace, key, &entry)
+        .await
+        .map_err(|e| kv_error(namespace, e))?;
+    Ok((entry, kind))
+}
+
+/// Delete a KV entry: `true` when it existed. The API's DELETE route and the UI's button both call
+/// this.
+pub(crate) async fn delete_value(
+    state: &AppState,
+    namespace: &str,
+    key: &str,
+) -> Result<bool, ApiError> {
+    store(state)
+        .delete(namespace, key)
+        .await
+        .map_err(|e| kv_error(namespace, e))
+}
+
 /// `PUT /namespaces/{ns}/kv/{key}`: body = the value, header `ttl` = ISO-8601 duration.
 #[utoipa::path(
     put,
@@ -181,42 +241,14 @@ pub(crate) async fn put_key(
     body: String,
 ) -> Result<Json<Value>, ApiError> {
     Params::parse(query.as_deref(), &[])?;
-    let now = Utc::now();
-    let expiration_date = match headers.get("ttl") {
+    let ttl = match headers.get("ttl") {
         None => None,
-        Some(ttl) => {
-            let text = ttl
-                .to_str()
-                .map_err(|_| ApiError::bad_request("header 'ttl' is not ASCII text"))?;
-            let duration = kestra_core::flow::duration::parse(text)
-                .map_err(|e| ApiError::bad_request(format!("header 'ttl': {e}")))?;
-            Some(
-                chrono::Duration::from_std(duration)
-                    .ok()
-                    .and_then(|d| now.checked_add_signed(d))
-                    .ok_or_else(|| {
-                        ApiError::bad_request(format!("header 'ttl': '{text}' is too large"))
-                    })?,
-            )
-        }
+        Some(ttl) => Some(
+            ttl.to_str()
+                .map_err(|_| ApiError::bad_request("header 'ttl' is not ASCII text"))?,
+        ),
     };
-    let (value, kind) = typed_value(&body);
-    let kv = store(&state);
-    let description = kv
-        .get(&namespace, &key)
-        .await
-        .map_err(|e| kv_error(&namespace, e))?
-        .and_then(|e| e.description);
-    let entry = KvEntry {
-        value,
-        r#type: Some(kind.to_string()),
-        expiration_date,
-        update_date: now,
-        description,
-    };
-    kv.set(&namespace, &key, &entry)
-        .await
-        .map_err(|e| kv_error(&namespace, e))?;
+    let (entry, kind) = set_value(&state, &namespace, &key, &body, ttl, "header 'ttl'").await?;
     tracing::info!(%namespace, %key, r#type = kind, "KV entry set through the API");
     Ok(Json(json!({
         "key": key,
@@ -248,10 +280,7 @@ pub(crate) async fn delete_key(
     RawQuery(query): RawQuery,
 ) -> Result<Json<bool>, ApiError> {
     Params::parse(query.as_deref(), &[])?;
-    let existed = store(&state)
-        .delete(&namespace, &key)
-        .await
-        .map_err(|e| kv_error(&namespace, e))?;
+    let existed = delete_value(&state, &namespace, &key).await?;
     Ok(Json(existed))
 }
 

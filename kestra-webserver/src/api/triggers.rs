@@ -448,16 +448,58 @@ pub(crate) async fn update(
             "PUT /triggers needs 'disabled' (true or false) or a 'backfill' ({start, end, inputs, labels})",
         ));
     };
-    let after = modify(
+    let after = set_trigger_disabled(
         &state,
         &body.namespace,
         &body.flow_id,
         &body.trigger_id,
-        true,
-        set_disabled(disabled),
+        disabled,
     )
     .await?;
     Ok(Json(trigger_json(&after)))
+}
+
+/// Disable or enable one trigger under its claim (a state is created when it has none yet; enabling
+/// clears a system error). The API's `PUT /triggers` and the UI's buttons both call this.
+pub(crate) async fn set_trigger_disabled(
+    state: &AppState,
+    namespace: &str,
+    flow_id: &str,
+    trigger_id: &str,
+    disabled: bool,
+) -> Result<TriggerState, ApiError> {
+    modify(
+        state,
+        namespace,
+        flow_id,
+        trigger_id,
+        true,
+        set_disabled(disabled),
+    )
+    .await
+}
+
+/// Release the running execution and the evaluation that hold a trigger, under its claim; a 409
+/// when it is not locked. The API's unlock route and the UI's button both call this.
+pub(crate) async fn unlock_trigger(
+    state: &AppState,
+    namespace: &str,
+    flow_id: &str,
+    trigger_id: &str,
+) -> Result<TriggerState, ApiError> {
+    modify(state, namespace, flow_id, trigger_id, false, |t| {
+        if t.execution_id.is_none() && t.evaluate_running_date.is_none() && t.worker_id.is_none() {
+            return Err(ApiError::conflict(format!(
+                "trigger '{}' of flow {}.{} is not locked",
+                t.trigger_id, t.namespace, t.flow_id
+            )));
+        }
+        t.execution_id = None;
+        t.evaluate_running_date = None;
+        t.worker_id = None;
+        Ok(Change::Save)
+    })
+    .await
 }
 
 /// `POST /triggers/{namespace}/{flowId}/{triggerId}/unlock`: release the running execution and the
@@ -485,19 +527,7 @@ pub(crate) async fn unlock(
     RawQuery(query): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     Params::parse(query.as_deref(), &[])?;
-    let after = modify(&state, &namespace, &flow_id, &trigger_id, false, |t| {
-        if t.execution_id.is_none() && t.evaluate_running_date.is_none() && t.worker_id.is_none() {
-            return Err(ApiError::conflict(format!(
-                "trigger '{}' of flow {}.{} is not locked",
-                t.trigger_id, t.namespace, t.flow_id
-            )));
-        }
-        t.execution_id = None;
-        t.evaluate_running_date = None;
-        t.worker_id = None;
-        Ok(Change::Save)
-    })
-    .await?;
+    let after = unlock_trigger(&state, &namespace, &flow_id, &trigger_id).await?;
     tracing::info!(%namespace, %flow_id, %trigger_id, "trigger unlocked through the API");
     Ok(Json(trigger_json(&after)))
 }

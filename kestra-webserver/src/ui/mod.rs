@@ -14,8 +14,8 @@
 //! | `/ui/executions/{id}` | an execution: task-run tree, Gantt, live logs (SSE), outputs and files; kill, restart, replay, resume |
 //! | `/ui/executions/{id}/file` | a preview of one of the execution's files, with its download link |
 //! | `/ui/logs` | log search: text, namespace, minimum level |
-//! | `/ui/triggers` | triggers with their last and next dates (read-only) |
-//! | `/ui/namespaces`, `/ui/namespaces/{ns}` | namespaces, their flows and KV entries (read-only) |
+//! | `/ui/triggers` | triggers with their last and next dates; enable, disable, unlock |
+//! | `/ui/namespaces`, `/ui/namespaces/{ns}` | namespaces, their flows and KV entries; set and delete a key |
 //!
 //! Authentication: a login page rather than the browser's basic-auth prompt, so that a user can log
 //! out, the page is styled, and scripts of the UI get a clear "log in again" instead of a prompt; see
@@ -146,8 +146,25 @@ pub(crate) fn router() -> Router<Arc<AppState>> {
         .route("/ui/executions/{id}/replay", post(executions::replay))
         .route("/ui/logs", get(log_search))
         .route("/ui/triggers", get(namespaces::triggers))
+        .route(
+            "/ui/triggers/{namespace}/{flow_id}/{trigger_id}/enable",
+            post(namespaces::enable_trigger),
+        )
+        .route(
+            "/ui/triggers/{namespace}/{flow_id}/{trigger_id}/disable",
+            post(namespaces::disable_trigger),
+        )
+        .route(
+            "/ui/triggers/{namespace}/{flow_id}/{trigger_id}/unlock",
+            post(namespaces::unlock_trigger),
+        )
         .route("/ui/namespaces", get(namespaces::list))
         .route("/ui/namespaces/{namespace}", get(namespaces::show))
+        .route("/ui/namespaces/{namespace}/kv", post(namespaces::kv_set))
+        .route(
+            "/ui/namespaces/{namespace}/kv/delete",
+            post(namespaces::kv_delete),
+        )
 }
 
 /// Characters percent-encoded in a path segment or query value.

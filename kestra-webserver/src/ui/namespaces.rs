@@ -1,17 +1,21 @@
-//! Namespaces (their flows and KV entries) and triggers: read-only pages over the repositories and
-//! internal storage (the engine has no route yet to toggle or unlock a trigger, or to write KV).
+//! Namespaces (their flows and KV entries) and triggers: pages over the repositories and internal
+//! storage, with htmx actions that call the same code as the API: enable, disable and unlock a
+//! trigger (through the queue's trigger unit, under the trigger's claim), set and delete a KV entry.
+//! An action answers the changed fragment (a trigger's row, the KV card) with any error shown
+//! inline, escaped, and with status 200 so that htmx swaps it in.
 
 use std::sync::Arc;
 
-use axum::extract::{Path, RawQuery, State};
-use kestra_core::model::DEFAULT_TENANT;
+use axum::extract::{Form, Path, RawQuery, State};
+use kestra_core::model::{DEFAULT_TENANT, TriggerState, trigger_uid};
 use kestra_core::repository::{FlowQuery, Pageable, TriggerQuery};
 use kestra_core::storage::StoragePath;
 use kestra_core::worker::KvStore;
 use maud::{Markup, html};
+use serde::Deserialize;
 
 use super::{Nav, UiError, date, enc, field, page, value};
-use crate::api::Params;
+use crate::api::{Params, kv, triggers};
 use crate::{ApiError, AppState};
 
 /// Most KV entries a namespace page reads.
@@ -76,26 +80,7 @@ pub(crate) async fn show(
             &Pageable::new(1, 200),
         )
         .await?;
-    let kv_root = StoragePath::namespace(&namespace)
-        .and_then(|p| p.join("_kv"))
-        .map_err(|e| ApiError::bad_request(format!("namespace '{namespace}': {e}")))?;
-    let storage = state.engine.storage().clone();
-    let files = storage
-        .list(DEFAULT_TENANT, &kv_root)
-        .await
-        .map_err(|e| ApiError::internal(format!("cannot list the KV of {namespace}: {e}")))?;
-    let store = KvStore::new(storage, DEFAULT_TENANT);
-    let mut entries = Vec::new();
-    for file in files.iter().filter(|f| !f.directory).take(KV_LIMIT) {
-        let Some(key) = file.path.file_name().strip_suffix(".json") else {
-            continue;
-        };
-        match store.get(&namespace, key).await {
-            Ok(Some(entry)) => entries.push((key.to_string(), Ok(entry))),
-            Ok(None) => {}
-            Err(e) => entries.push((key.to_string(), Err(e.to_string()))),
-        }
-    }
+    let kv = kv_card(&state, &namespace, None).await?;
     Ok(page(
         &namespace,
         Nav::Namespaces,
@@ -116,25 +101,65 @@ pub(crate) async fn show(
                         }
                     }
                 }
-                div.card #kv {
-                    h2 { "KV store" }
-                    @if entries.is_empty() { p.muted { "No keys." } }
-                    @else {
-                        table {
-                            thead { tr { th { "Key" } th { "Value" } th { "Type" } th { "Updated" } th { "Expires" } } }
-                            tbody {
-                                @for (key, entry) in &entries {
-                                    tr {
-                                        td.mono { (key) }
-                                        @match entry {
-                                            Ok(e) => {
-                                                td { (value(&e.value, None)) }
-                                                td { (e.r#type.as_deref().unwrap_or("")) }
-                                                td { (date(e.update_date)) }
-                                                td { (e.expiration_date.map(date).unwrap_or_default()) }
-                                            }
-                                            Err(message) => { td.alert-error colspan="4" { (message) } }
-                                        }
+                (kv)
+            }
+        },
+    ))
+}
+
+/// The KV card of a namespace page: its entries, each with a Delete button, a form to set a key,
+/// and `error` (of the last action) inline.
+async fn kv_card(
+    state: &AppState,
+    namespace: &str,
+    error: Option<&str>,
+) -> Result<Markup, UiError> {
+    let kv_root = StoragePath::namespace(namespace)
+        .and_then(|p| p.join("_kv"))
+        .map_err(|e| ApiError::bad_request(format!("namespace '{namespace}': {e}")))?;
+    let storage = state.engine.storage().clone();
+    let files = storage
+        .list(DEFAULT_TENANT, &kv_root)
+        .await
+        .map_err(|e| ApiError::internal(format!("cannot list the KV of {namespace}: {e}")))?;
+    let store = KvStore::new(storage, DEFAULT_TENANT);
+    let mut entries = Vec::new();
+    for file in files.iter().filter(|f| !f.directory).take(KV_LIMIT) {
+        let Some(key) = file.path.file_name().strip_suffix(".json") else {
+            continue;
+        };
+        match store.get(namespace, key).await {
+            Ok(Some(entry)) => entries.push((key.to_string(), Ok(entry))),
+            Ok(None) => {}
+            Err(e) => entries.push((key.to_string(), Err(e.to_string()))),
+        }
+    }
+    let url = format!("/ui/namespaces/{}/kv", enc(namespace));
+    Ok(html! {
+        div.card #kv {
+            h2 { "KV store" }
+            @if let Some(error) = error { div.alert.alert-error.action-error { (error) } }
+            @if entries.is_empty() { p.muted { "No keys." } }
+            @else {
+                table {
+                    thead { tr { th { "Key" } th { "Value" } th { "Type" } th { "Updated" } th { "Expires" } th {} } }
+                    tbody {
+                        @for (key, entry) in &entries {
+                            tr {
+                                td.mono { (key) }
+                                @match entry {
+                                    Ok(e) => {
+                                        td { (value(&e.value, None)) }
+                                        td { (e.r#type.as_deref().unwrap_or("")) }
+                                        td { (date(e.update_date)) }
+                                        td { (e.expiration_date.map(date).unwrap_or_default()) }
+                                    }
+                                    Err(message) => { td.alert-error colspan="4" { (message) } }
+                                }
+                                td {
+                                    form.kv-delete hx-post={ (url) "/delete" } hx-target="#kv" hx-swap="outerHTML" {
+                                        input type="hidden" name="key" value=(key);
+                                        button type="submit" { "Delete" }
                                     }
                                 }
                             }
@@ -142,8 +167,74 @@ pub(crate) async fn show(
                     }
                 }
             }
-        },
-    ))
+            form #kv-set.filters hx-post=(url) hx-target="#kv" hx-swap="outerHTML" {
+                input type="text" name="key" placeholder="Key" required;
+                input type="text" name="value" placeholder="Value (number, true, JSON, date, text...)";
+                input type="text" name="ttl" placeholder="TTL, e.g. PT1H (optional)";
+                button type="submit" { "Set" }
+            }
+        }
+    })
+}
+
+/// The form of the KV card's Set.
+#[derive(Deserialize)]
+pub(crate) struct KvSetForm {
+    key: String,
+    #[serde(default)]
+    value: String,
+    #[serde(default)]
+    ttl: Option<String>,
+}
+
+/// The form of a KV entry's Delete.
+#[derive(Deserialize)]
+pub(crate) struct KvDeleteForm {
+    key: String,
+}
+
+/// `POST /ui/namespaces/{namespace}/kv` (form: `key`, `value`, `ttl`): set a key as the API's PUT
+/// does (the value typed as Kestra types it); answers the KV card.
+pub(crate) async fn kv_set(
+    State(state): State<Arc<AppState>>,
+    Path(namespace): Path<String>,
+    Form(form): Form<KvSetForm>,
+) -> Result<Markup, UiError> {
+    let ttl = form.ttl.as_deref().map(str::trim).filter(|t| !t.is_empty());
+    let result = kv::set_value(
+        &state,
+        &namespace,
+        &form.key,
+        &form.value,
+        ttl,
+        "field 'ttl'",
+    )
+    .await;
+    let error = match result {
+        Ok((_, kind)) => {
+            tracing::info!(%namespace, key = %form.key, r#type = kind, "KV entry set in the UI");
+            None
+        }
+        Err(e) => Some(format!("cannot set key '{}': {}", form.key, e.message)),
+    };
+    kv_card(&state, &namespace, error.as_deref()).await
+}
+
+/// `POST /ui/namespaces/{namespace}/kv/delete` (form: `key`); answers the KV card.
+pub(crate) async fn kv_delete(
+    State(state): State<Arc<AppState>>,
+    Path(namespace): Path<String>,
+    Form(form): Form<KvDeleteForm>,
+) -> Result<Markup, UiError> {
+    let error = match kv::delete_value(&state, &namespace, &form.key).await {
+        Ok(true) => {
+            tracing::info!(%namespace, key = %form.key, "KV entry deleted in the UI");
+            None
+        }
+        Ok(false) => Some(format!("no key '{}' to delete", form.key)),
+        Err(e) => Some(format!("cannot delete key '{}': {}", form.key, e.message)),
+    };
+    kv_card(&state, &namespace, error.as_deref()).await
 }
 
 /// `/ui/triggers`: `q`, `namespace`.
@@ -178,25 +269,116 @@ pub(crate) async fn triggers(
             div.card {
                 p.muted { (found.total) " triggers" }
                 table {
-                    thead { tr { th { "Trigger" } th { "Flow" } th { "Last" } th { "Next" } th { "Execution" } th { "Status" } } }
+                    thead { tr { th { "Trigger" } th { "Flow" } th { "Last" } th { "Next" } th { "Execution" } th { "Status" } th { "Actions" } } }
                     tbody {
                         @for t in &found.results {
-                            tr {
-                                td.mono { (t.trigger_id) }
-                                td { span.muted { (t.namespace) "." } a.strong href={ "/ui/flows/" (enc(&t.namespace)) "/" (enc(&t.flow_id)) } { (t.flow_id) } }
-                                td { (t.date.map(date).unwrap_or_default()) }
-                                td { (t.next_execution_date.map(date).unwrap_or_default()) }
-                                td.mono { @if let Some(e) = &t.execution_id { a href={ "/ui/executions/" (enc(e)) } { (e.chars().take(8).collect::<String>()) } } }
-                                td {
-                                    @if t.disabled { span.tag { "disabled" } } @else { span.tag { "enabled" } }
-                                    @if t.evaluate_running_date.is_some() { " " span.tag { "evaluating" } }
-                                    @if let Some(err) = &t.error { div.alert.alert-error { (err) } }
-                                }
-                            }
+                            (trigger_row(t, None))
                         }
                     }
                 }
             }
         },
     ))
+}
+
+/// A trigger's row of the triggers page, with its actions and `error` (of the last action) inline.
+fn trigger_row(t: &TriggerState, error: Option<&str>) -> Markup {
+    let url = format!(
+        "/ui/triggers/{}/{}/{}",
+        enc(&t.namespace),
+        enc(&t.flow_id),
+        enc(&t.trigger_id)
+    );
+    let locked =
+        t.execution_id.is_some() || t.evaluate_running_date.is_some() || t.worker_id.is_some();
+    html! {
+        tr.trigger {
+            td.mono { (t.trigger_id) }
+            td { span.muted { (t.namespace) "." } a.strong href={ "/ui/flows/" (enc(&t.namespace)) "/" (enc(&t.flow_id)) } { (t.flow_id) } }
+            td { (t.date.map(date).unwrap_or_default()) }
+            td { (t.next_execution_date.map(date).unwrap_or_default()) }
+            td.mono { @if let Some(e) = &t.execution_id { a href={ "/ui/executions/" (enc(e)) } { (e.chars().take(8).collect::<String>()) } } }
+            td {
+                @if t.disabled { span.tag { "disabled" } } @else { span.tag { "enabled" } }
+                @if locked { " " span.tag { "locked" } }
+                @if t.evaluate_running_date.is_some() { " " span.tag { "evaluating" } }
+                @if let Some(err) = &t.error { div.alert.alert-error { (err) } }
+            }
+            td.actions {
+                @if t.disabled {
+                    button.toggle hx-post={ (url) "/enable" } hx-target="closest tr" hx-swap="outerHTML" { "Enable" }
+                } @else {
+                    button.toggle hx-post={ (url) "/disable" } hx-target="closest tr" hx-swap="outerHTML" { "Disable" }
+                }
+                " "
+                button.unlock hx-post={ (url) "/unlock" } hx-target="closest tr" hx-swap="outerHTML" { "Unlock" }
+                @if let Some(error) = error { div.alert.alert-error.action-error { (error) } }
+            }
+        }
+    }
+}
+
+/// The answer of a trigger action: the row after the change, or the row as stored with the error.
+async fn trigger_answer(
+    state: &AppState,
+    namespace: &str,
+    flow_id: &str,
+    trigger_id: &str,
+    result: Result<TriggerState, ApiError>,
+) -> Markup {
+    match result {
+        Ok(after) => trigger_row(&after, None),
+        Err(e) => {
+            tracing::info!(%namespace, %flow_id, %trigger_id, error = %e.message, "trigger action refused in the UI");
+            let uid = trigger_uid(DEFAULT_TENANT, namespace, flow_id, trigger_id);
+            match state.engine.repositories().triggers.find(&uid).await {
+                Ok(Some(current)) => trigger_row(&current, Some(&e.message)),
+                _ => html! {
+                    tr.trigger {
+                        td.mono { (trigger_id) }
+                        td { span.muted { (namespace) "." } (flow_id) }
+                        td colspan="5" { div.alert.alert-error.action-error { (e.message) } }
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// `POST /ui/triggers/{namespace}/{flowId}/{triggerId}/enable`.
+pub(crate) async fn enable_trigger(
+    State(state): State<Arc<AppState>>,
+    Path((namespace, flow_id, trigger_id)): Path<(String, String, String)>,
+) -> Markup {
+    let result =
+        triggers::set_trigger_disabled(&state, &namespace, &flow_id, &trigger_id, false).await;
+    if result.is_ok() {
+        tracing::info!(%namespace, %flow_id, %trigger_id, "trigger enabled in the UI");
+    }
+    trigger_answer(&state, &namespace, &flow_id, &trigger_id, result).await
+}
+
+/// `POST /ui/triggers/{namespace}/{flowId}/{triggerId}/disable`.
+pub(crate) async fn disable_trigger(
+    State(state): State<Arc<AppState>>,
+    Path((namespace, flow_id, trigger_id)): Path<(String, String, String)>,
+) -> Markup {
+    let result =
+        triggers::set_trigger_disabled(&state, &namespace, &flow_id, &trigger_id, true).await;
+    if result.is_ok() {
+        tracing::info!(%namespace, %flow_id, %trigger_id, "trigger disabled in the UI");
+    }
+    trigger_answer(&state, &namespace, &flow_id, &trigger_id, result).await
+}
+
+/// `POST /ui/triggers/{namespace}/{flowId}/{triggerId}/unlock`.
+pub(crate) async fn unlock_trigger(
+    State(state): State<Arc<AppState>>,
+    Path((namespace, flow_id, trigger_id)): Path<(String, String, String)>,
+) -> Markup {
+    let result = triggers::unlock_trigger(&state, &namespace, &flow_id, &trigger_id).await;
+    if result.is_ok() {
+        tracing::info!(%namespace, %flow_id, %trigger_id, "trigger unlocked in the UI");
+    }
+    trigger_answer(&state, &namespace, &flow_id, &trigger_id, result).await
 }
