@@ -954,3 +954,291 @@ async fn ui_execution_actions() {
     }
     ui.stop().await;
 }
+
+/// A request as htmx sends it (session cookie and `HX-Request`), with a form body.
+fn htmx_post(path: &str, cookie: Option<&str>, hx: bool, form: &str) -> Request<Body> {
+    let mut request = Request::builder()
+        .method(Method::POST)
+        .uri(path)
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+    if let Some(cookie) = cookie {
+        request = request.header(header::COOKIE, cookie);
+    }
+    if hx {
+        request = request.header("HX-Request", "true");
+    }
+    request.body(Body::from(form.to_string())).unwrap()
+}
+
+/// The triggers page's buttons as htmx sends them: disable and enable a trigger (its row comes
+/// back with the new state, and the repository holds it), unlock a locked one, show "not locked"
+/// inline for one that is not; a request without the session cookie or without the UI's header
+/// changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ui_trigger_actions() {
+    let ui = Ui::start().await;
+    let cookie = ui.session().await;
+    let yaml = format!(
+        "id: sched\nnamespace: {}\ntasks:\n  - id: hi\n    type: io.kestra.plugin.core.log.Log\n    message: hi\ntriggers:\n  - id: yearly\n    type: io.kestra.plugin.core.trigger.Schedule\n    cron: \"0 3 1 1 *\"\n",
+        ui.ns
+    );
+    ui.engine.deploy(&yaml).await.unwrap();
+    let uid = kestra::core::model::trigger_uid("main", &ui.ns, "sched", "yearly");
+    let stored = || async { ui.engine.repositories().triggers.find(&uid).await.unwrap() };
+    let base = format!("/ui/triggers/{}/sched/yearly", ui.ns);
+
+    // Refused without the cookie, and with the cookie but without the UI's header.
+    let anonymous = ui
+        .send(htmx_post(&format!("{base}/disable"), None, true, ""))
+        .await;
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+    let forged = ui
+        .send(htmx_post(
+            &format!("{base}/disable"),
+            Some(&cookie),
+            false,
+            "",
+        ))
+        .await;
+    assert_eq!(forged.status, StatusCode::FORBIDDEN, "{}", forged.body);
+    assert!(
+        !stored().await.is_some_and(|t| t.disabled),
+        "a refused request disables nothing"
+    );
+
+    let disable = ui
+        .send(htmx_post(
+            &format!("{base}/disable"),
+            Some(&cookie),
+            true,
+            "",
+        ))
+        .await;
+    assert_eq!(disable.status, StatusCode::OK, "{}", disable.body);
+    assert!(disable.body.starts_with("<tr"), "the row: {}", disable.body);
+    assert!(disable.body.contains(">disabled<"), "{}", disable.body);
+    assert!(
+        disable.body.contains(&format!("hx-post=\"{base}/enable\"")),
+        "a disabled trigger offers Enable: {}",
+        disable.body
+    );
+    assert!(stored().await.unwrap().disabled);
+    let page = ui
+        .page(&cookie, &format!("/ui/triggers?namespace={}", ui.ns))
+        .await;
+    assert!(
+        page.contains(&format!("hx-post=\"{base}/enable\"")),
+        "{page}"
+    );
+
+    let enable = ui
+        .send(htmx_post(
+            &format!("{base}/enable"),
+            Some(&cookie),
+            true,
+            "",
+        ))
+        .await;
+    assert_eq!(enable.status, StatusCode::OK, "{}", enable.body);
+    assert!(enable.body.contains(">enabled<"), "{}", enable.body);
+    assert!(enable.body.contains(&format!("hx-post=\"{base}/disable\"")));
+    assert!(!stored().await.unwrap().disabled);
+
+    // Not locked: the row comes back with the error inline.
+    let not_locked = ui
+        .send(htmx_post(
+            &format!("{base}/unlock"),
+            Some(&cookie),
+            true,
+            "",
+        ))
+        .await;
+    assert_eq!(not_locked.status, StatusCode::OK, "{}", not_locked.body);
+    assert!(
+        not_locked.body.contains("alert-error") && not_locked.body.contains("is not locked"),
+        "{}",
+        not_locked.body
+    );
+
+    // Locked by a lost execution (as a scheduler that died would leave it): Unlock releases it.
+    let mut unit = ui.engine.queue().begin_triggers().await.unwrap();
+    let mut locked = unit
+        .claim(&uid)
+        .await
+        .unwrap()
+        .expect("the trigger is free");
+    locked.execution_id = Some("lost-execution".into());
+    locked.worker_id = Some("worker-gone".into());
+    unit.save(&locked).await.unwrap();
+    unit.commit().await.unwrap();
+    let page = ui
+        .page(&cookie, &format!("/ui/triggers?namespace={}", ui.ns))
+        .await;
+    assert!(page.contains(">locked<"), "{page}");
+    let unlock = ui
+        .send(htmx_post(
+            &format!("{base}/unlock"),
+            Some(&cookie),
+            true,
+            "",
+        ))
+        .await;
+    assert_eq!(unlock.status, StatusCode::OK, "{}", unlock.body);
+    assert!(!unlock.body.contains("alert-error"), "{}", unlock.body);
+    assert!(!unlock.body.contains(">locked<"), "{}", unlock.body);
+    let after = stored().await.unwrap();
+    assert_eq!(after.execution_id, None);
+    assert_eq!(after.worker_id, None);
+
+    // An unknown trigger: the error, inline and escaped.
+    let unknown = ui
+        .send(htmx_post(
+            &format!(
+                "/ui/triggers/{}/sched/{}/disable",
+                ui.ns,
+                enc("<img src=x onerror=alert(1)>")
+            ),
+            Some(&cookie),
+            true,
+            "",
+        ))
+        .await;
+    assert_eq!(unknown.status, StatusCode::OK, "{}", unknown.body);
+    assert!(!unknown.body.contains("<img"), "{}", unknown.body);
+    assert!(
+        unknown
+            .body
+            .contains("no trigger '&lt;img src=x onerror=alert(1)&gt;'"),
+        "{}",
+        unknown.body
+    );
+    ui.stop().await;
+}
+
+/// The namespace page's KV card as htmx sends it: set a key (typed as the API types it, with a
+/// ttl), show a hostile value and a hostile key's error escaped, refuse a bad ttl inline, delete a
+/// key; a request without the session cookie or without the UI's header changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ui_kv_actions() {
+    let ui = Ui::start().await;
+    let cookie = ui.session().await;
+    let store = kestra::core::worker::KvStore::new(ui.engine.storage().clone(), "main");
+    let set = format!("/ui/namespaces/{}/kv", ui.ns);
+    let delete = format!("{set}/delete");
+    let img = "<img src=x onerror=alert(1)>";
+
+    let anonymous = ui
+        .send(htmx_post(&set, None, true, "key=answer&value=42"))
+        .await;
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+    let forged = ui
+        .send(htmx_post(&set, Some(&cookie), false, "key=answer&value=42"))
+        .await;
+    assert_eq!(forged.status, StatusCode::FORBIDDEN, "{}", forged.body);
+    assert!(store.get(&ui.ns, "answer").await.unwrap().is_none());
+
+    let answer = ui
+        .send(htmx_post(
+            &set,
+            Some(&cookie),
+            true,
+            "key=answer&value=42&ttl=",
+        ))
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    assert!(
+        answer.body.starts_with("<div class=\"card\" id=\"kv\""),
+        "{}",
+        answer.body
+    );
+    let entry = store.get(&ui.ns, "answer").await.unwrap().unwrap();
+    assert_eq!(entry.value, serde_json::json!(42));
+    assert_eq!(entry.r#type.as_deref(), Some("NUMBER"));
+    assert_eq!(entry.expiration_date, None);
+
+    let hostile = ui
+        .send(htmx_post(
+            &set,
+            Some(&cookie),
+            true,
+            &format!("key=note&value={}&ttl=PT1H", enc(img)),
+        ))
+        .await;
+    assert_eq!(hostile.status, StatusCode::OK, "{}", hostile.body);
+    assert!(!hostile.body.contains("<img"), "{}", hostile.body);
+    assert!(
+        hostile.body.contains("&lt;img src=x onerror=alert(1)&gt;"),
+        "{}",
+        hostile.body
+    );
+    let note = store.get(&ui.ns, "note").await.unwrap().unwrap();
+    assert_eq!(note.value, serde_json::json!(img));
+    let expires = note.expiration_date.expect("the ttl sets an expiration");
+    let in_an_hour = chrono::Utc::now() + chrono::Duration::hours(1);
+    assert!((in_an_hour - expires).num_seconds().abs() < 60, "{expires}");
+    let page = ui.page(&cookie, &format!("/ui/namespaces/{}", ui.ns)).await;
+    assert!(!page.contains("<img"), "{page}");
+    assert!(page.contains("id=\"kv-set\""), "the page has the form");
+
+    let bad_key = ui
+        .send(htmx_post(
+            &set,
+            Some(&cookie),
+            true,
+            &format!("key={}&value=1", enc(img)),
+        ))
+        .await;
+    assert_eq!(bad_key.status, StatusCode::OK, "{}", bad_key.body);
+    assert!(!bad_key.body.contains("<img"), "{}", bad_key.body);
+    assert!(
+        bad_key.body.contains("alert-error")
+            && bad_key
+                .body
+                .contains("invalid KV key '&lt;img src=x onerror=alert(1)&gt;'"),
+        "{}",
+        bad_key.body
+    );
+
+    let bad_ttl = ui
+        .send(htmx_post(
+            &set,
+            Some(&cookie),
+            true,
+            "key=later&value=x&ttl=soon",
+        ))
+        .await;
+    assert_eq!(bad_ttl.status, StatusCode::OK, "{}", bad_ttl.body);
+    assert!(
+        bad_ttl.body.contains("field &#39;ttl&#39;") || bad_ttl.body.contains("field 'ttl'"),
+        "{}",
+        bad_ttl.body
+    );
+    assert!(store.get(&ui.ns, "later").await.unwrap().is_none());
+
+    // Delete: refused without the header; then gone.
+    let forged = ui
+        .send(htmx_post(&delete, Some(&cookie), false, "key=answer"))
+        .await;
+    assert_eq!(forged.status, StatusCode::FORBIDDEN);
+    assert!(store.get(&ui.ns, "answer").await.unwrap().is_some());
+    let deleted = ui
+        .send(htmx_post(&delete, Some(&cookie), true, "key=answer"))
+        .await;
+    assert_eq!(deleted.status, StatusCode::OK, "{}", deleted.body);
+    assert!(!deleted.body.contains("alert-error"), "{}", deleted.body);
+    assert!(store.get(&ui.ns, "answer").await.unwrap().is_none());
+    assert!(
+        store.get(&ui.ns, "note").await.unwrap().is_some(),
+        "only that key"
+    );
+    let again = ui
+        .send(htmx_post(&delete, Some(&cookie), true, "key=answer"))
+        .await;
+    assert!(
+        again.body.contains("no key &#39;answer&#39; to delete")
+            || again.body.contains("no key 'answer' to delete"),
+        "{}",
+        again.body
+    );
+    ui.stop().await;
+}
