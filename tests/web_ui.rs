@@ -955,6 +955,10 @@ async fn ui_execution_actions() {
     ui.stop().await;
 }
 
+fn img_text() -> &'static str {
+    "<img src=x onerror=alert(1)>"
+}
+
 /// A request as htmx sends it (session cookie and `HX-Request`), with a form body.
 fn htmx_post(path: &str, cookie: Option<&str>, hx: bool, form: &str) -> Request<Body> {
     let mut request = Request::builder()
@@ -972,7 +976,8 @@ fn htmx_post(path: &str, cookie: Option<&str>, hx: bool, form: &str) -> Request<
 
 /// The triggers page's buttons as htmx sends them: disable and enable a trigger (its row comes
 /// back with the new state, and the repository holds it), unlock a locked one, show "not locked"
-/// inline for one that is not; a request without the session cookie or without the UI's header
+/// inline for one that is not, backfill a Schedule (a reversed range or a bad date shown inline, a
+/// valid one fires its slot); a request without the session cookie or without the UI's header
 /// changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ui_trigger_actions() {
@@ -1089,6 +1094,100 @@ async fn ui_trigger_actions() {
     let after = stored().await.unwrap();
     assert_eq!(after.execution_id, None);
     assert_eq!(after.worker_id, None);
+
+    // Backfill a Schedule: the form is on its row; a reversed range and a bad date are shown
+    // inline; a valid range starts it and its slot fires an execution labelled with the backfill.
+    assert!(
+        unlock
+            .body
+            .contains(&format!("hx-post=\"{base}/backfill\"")),
+        "a Schedule offers Backfill: {}",
+        unlock.body
+    );
+    let reversed = ui
+        .send(htmx_post(
+            &format!("{base}/backfill"),
+            Some(&cookie),
+            true,
+            "start=2020-01-02T00%3A00&end=2020-01-01T00%3A00",
+        ))
+        .await;
+    assert_eq!(reversed.status, StatusCode::OK, "{}", reversed.body);
+    assert!(
+        reversed.body.contains("before its end"),
+        "{}",
+        reversed.body
+    );
+    let bad_date = ui
+        .send(htmx_post(
+            &format!("{base}/backfill"),
+            Some(&cookie),
+            true,
+            &format!("start={}", enc(img_text())),
+        ))
+        .await;
+    assert!(!bad_date.body.contains("<img"), "{}", bad_date.body);
+    assert!(
+        bad_date.body.contains("field &#39;start&#39;") || bad_date.body.contains("field 'start'"),
+        "{}",
+        bad_date.body
+    );
+    assert!(
+        stored().await.unwrap().backfill.is_none(),
+        "nothing started"
+    );
+    let forged = ui
+        .send(htmx_post(
+            &format!("{base}/backfill"),
+            Some(&cookie),
+            false,
+            "start=2020-01-01T00%3A00&end=2020-01-02T00%3A00",
+        ))
+        .await;
+    assert_eq!(forged.status, StatusCode::FORBIDDEN);
+    let backfill = ui
+        .send(htmx_post(
+            &format!("{base}/backfill"),
+            Some(&cookie),
+            true,
+            "start=2020-01-01T00%3A00&end=2020-01-02T00%3A00%3A00",
+        ))
+        .await;
+    assert_eq!(backfill.status, StatusCode::OK, "{}", backfill.body);
+    assert!(!backfill.body.contains("alert-error"), "{}", backfill.body);
+    assert!(
+        backfill.body.contains("backfill at 2020-01-01 03:00:00"),
+        "{}",
+        backfill.body
+    );
+    let query = kestra::core::repository::ExecutionQuery {
+        namespace: Some(ui.ns.clone()),
+        flow_id: Some("sched".into()),
+        ..Default::default()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let found = ui
+            .engine
+            .repositories()
+            .executions
+            .search(&query, &kestra::core::repository::Pageable::new(1, 10))
+            .await
+            .unwrap();
+        if let Some(e) = found.results.first() {
+            assert!(
+                e.labels.iter().any(|l| l.key == "system.backfillId"),
+                "{:?}",
+                e.labels
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the backfill's slot never fired"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // An unknown trigger: the error, inline and escaped.
     let unknown = ui

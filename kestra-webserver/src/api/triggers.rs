@@ -41,7 +41,7 @@ pub(crate) fn trigger_json(state: &TriggerState) -> Value {
 }
 
 /// The definition of a trigger in the current revision of its flow, with the flow's revision.
-async fn definition(
+pub(crate) async fn definition(
     state: &AppState,
     namespace: &str,
     flow_id: &str,

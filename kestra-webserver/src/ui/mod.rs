@@ -14,7 +14,7 @@
 //! | `/ui/executions/{id}` | an execution: task-run tree, Gantt, live logs (SSE), outputs and files; kill, restart, replay, resume |
 //! | `/ui/executions/{id}/file` | a preview of one of the execution's files, with its download link |
 //! | `/ui/logs` | log search: text, namespace, minimum level |
-//! | `/ui/triggers` | triggers with their last and next dates; enable, disable, unlock |
+//! | `/ui/triggers` | triggers with their last and next dates; enable, disable, unlock, backfill a schedule |
 //! | `/ui/namespaces`, `/ui/namespaces/{ns}` | namespaces, their flows and KV entries; set and delete a key |
 //!
 //! Authentication: a login page rather than the browser's basic-auth prompt, so that a user can log
@@ -157,6 +157,10 @@ pub(crate) fn router() -> Router<Arc<AppState>> {
         .route(
             "/ui/triggers/{namespace}/{flow_id}/{trigger_id}/unlock",
             post(namespaces::unlock_trigger),
+        )
+        .route(
+            "/ui/triggers/{namespace}/{flow_id}/{trigger_id}/backfill",
+            post(namespaces::backfill_trigger),
         )
         .route("/ui/namespaces", get(namespaces::list))
         .route("/ui/namespaces/{namespace}", get(namespaces::show))

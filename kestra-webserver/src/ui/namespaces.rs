@@ -1,12 +1,16 @@
 //! Namespaces (their flows and KV entries) and triggers: pages over the repositories and internal
 //! storage, with htmx actions that call the same code as the API: enable, disable and unlock a
-//! trigger (through the queue's trigger unit, under the trigger's claim), set and delete a KV entry.
+//! trigger (through the queue's trigger unit, under the trigger's claim), start a backfill on a
+//! `Schedule` (the engine's backfill), set and delete a KV entry.
 //! An action answers the changed fragment (a trigger's row, the KV card) with any error shown
 //! inline, escaped, and with status 200 so that htmx swaps it in.
 
 use std::sync::Arc;
 
 use axum::extract::{Form, Path, RawQuery, State};
+use chrono::{DateTime, NaiveDateTime, Utc};
+use kestra_core::flow::registry::TriggerType;
+use kestra_core::flow::triggers::Schedule;
 use kestra_core::model::{DEFAULT_TENANT, TriggerState, trigger_uid};
 use kestra_core::repository::{FlowQuery, Pageable, TriggerQuery};
 use kestra_core::storage::StoragePath;
@@ -256,6 +260,12 @@ pub(crate) async fn triggers(
         .triggers
         .search(&query, &Pageable::new(1, 200))
         .await?;
+    let mut schedules = std::collections::HashSet::new();
+    for t in &found.results {
+        if is_schedule(&state, &t.namespace, &t.flow_id, &t.trigger_id).await {
+            schedules.insert((t.namespace.clone(), t.flow_id.clone(), t.trigger_id.clone()));
+        }
+    }
     Ok(page(
         "Triggers",
         Nav::Triggers,
@@ -272,7 +282,7 @@ pub(crate) async fn triggers(
                     thead { tr { th { "Trigger" } th { "Flow" } th { "Last" } th { "Next" } th { "Execution" } th { "Status" } th { "Actions" } } }
                     tbody {
                         @for t in &found.results {
-                            (trigger_row(t, None))
+                            (trigger_row(t, schedules.contains(&(t.namespace.clone(), t.flow_id.clone(), t.trigger_id.clone())), None))
                         }
                     }
                 }
@@ -281,8 +291,24 @@ pub(crate) async fn triggers(
     ))
 }
 
-/// A trigger's row of the triggers page, with its actions and `error` (of the last action) inline.
-fn trigger_row(t: &TriggerState, error: Option<&str>) -> Markup {
+/// Whether a trigger is defined, in the current revision of its flow, as a `Schedule` (the only
+/// kind a backfill runs on).
+async fn is_schedule(state: &AppState, namespace: &str, flow_id: &str, trigger_id: &str) -> bool {
+    let Ok(Some((definition, _))) =
+        triggers::definition(state, namespace, flow_id, trigger_id).await
+    else {
+        return false;
+    };
+    definition
+        .get("type")
+        .and_then(serde_json::Value::as_str)
+        .and_then(|t| state.engine.registry().resolve_trigger(t))
+        .is_some_and(|e| e.type_name == Schedule::TYPE)
+}
+
+/// A trigger's row of the triggers page, with its actions (a backfill form on a `schedule`) and
+/// `error` (of the last action) inline.
+fn trigger_row(t: &TriggerState, schedule: bool, error: Option<&str>) -> Markup {
     let url = format!(
         "/ui/triggers/{}/{}/{}",
         enc(&t.namespace),
@@ -302,6 +328,9 @@ fn trigger_row(t: &TriggerState, error: Option<&str>) -> Markup {
                 @if t.disabled { span.tag { "disabled" } } @else { span.tag { "enabled" } }
                 @if locked { " " span.tag { "locked" } }
                 @if t.evaluate_running_date.is_some() { " " span.tag { "evaluating" } }
+                @if let Some(b) = &t.backfill {
+                    " " span.tag.backfill { @if b.paused { "backfill paused" } @else { "backfill" } " at " (date(b.current_date)) }
+                }
                 @if let Some(err) = &t.error { div.alert.alert-error { (err) } }
             }
             td.actions {
@@ -312,6 +341,13 @@ fn trigger_row(t: &TriggerState, error: Option<&str>) -> Markup {
                 }
                 " "
                 button.unlock hx-post={ (url) "/unlock" } hx-target="closest tr" hx-swap="outerHTML" { "Unlock" }
+                @if schedule && t.backfill.is_none() {
+                    form.backfill hx-post={ (url) "/backfill" } hx-target="closest tr" hx-swap="outerHTML" {
+                        label { "From (UTC) " input type="datetime-local" name="start" step="1" required; }
+                        label { " to " input type="datetime-local" name="end" step="1"; }
+                        button type="submit" { "Backfill" }
+                    }
+                }
                 @if let Some(error) = error { div.alert.alert-error.action-error { (error) } }
             }
         }
@@ -327,12 +363,20 @@ async fn trigger_answer(
     result: Result<TriggerState, ApiError>,
 ) -> Markup {
     match result {
-        Ok(after) => trigger_row(&after, None),
+        Ok(after) => trigger_row(
+            &after,
+            is_schedule(state, namespace, flow_id, trigger_id).await,
+            None,
+        ),
         Err(e) => {
             tracing::info!(%namespace, %flow_id, %trigger_id, error = %e.message, "trigger action refused in the UI");
             let uid = trigger_uid(DEFAULT_TENANT, namespace, flow_id, trigger_id);
             match state.engine.repositories().triggers.find(&uid).await {
-                Ok(Some(current)) => trigger_row(&current, Some(&e.message)),
+                Ok(Some(current)) => trigger_row(
+                    &current,
+                    is_schedule(state, namespace, flow_id, trigger_id).await,
+                    Some(&e.message),
+                ),
                 _ => html! {
                     tr.trigger {
                         td.mono { (trigger_id) }
@@ -380,5 +424,60 @@ pub(crate) async fn unlock_trigger(
     if result.is_ok() {
         tracing::info!(%namespace, %flow_id, %trigger_id, "trigger unlocked in the UI");
     }
+    trigger_answer(&state, &namespace, &flow_id, &trigger_id, result).await
+}
+
+/// The form of a trigger's Backfill: `start` and `end` (empty: now), as a `datetime-local` input
+/// sends them (UTC, with or without seconds) or RFC 3339.
+#[derive(Deserialize)]
+pub(crate) struct BackfillForm {
+    start: String,
+    #[serde(default)]
+    end: Option<String>,
+}
+
+/// A date of the backfill form; `field` names it in the error.
+fn form_date(field: &str, text: &str) -> Result<DateTime<Utc>, ApiError> {
+    let text = text.trim();
+    if let Ok(d) = DateTime::parse_from_rfc3339(text) {
+        return Ok(d.with_timezone(&Utc));
+    }
+    for format in ["%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M"] {
+        if let Ok(d) = NaiveDateTime::parse_from_str(text, format) {
+            return Ok(d.and_utc());
+        }
+    }
+    Err(ApiError::bad_request(format!(
+        "field '{field}': '{text}' is not a date-time (YYYY-MM-DDTHH:MM[:SS], UTC)"
+    )))
+}
+
+/// `POST /ui/triggers/{namespace}/{flowId}/{triggerId}/backfill` (form: `start`, `end`): start a
+/// backfill on a `Schedule` trigger, as the API's `PUT /triggers` does (the engine's backfill).
+pub(crate) async fn backfill_trigger(
+    State(state): State<Arc<AppState>>,
+    Path((namespace, flow_id, trigger_id)): Path<(String, String, String)>,
+    Form(form): Form<BackfillForm>,
+) -> Markup {
+    let result = async {
+        let start = form_date("start", &form.start)?;
+        let end = match form.end.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(end) => Some(form_date("end", end)?),
+        };
+        let request = kestra_core::scheduler::BackfillRequest {
+            start,
+            end,
+            inputs: serde_json::Map::new(),
+            labels: Vec::new(),
+        };
+        let started = state
+            .engine
+            .backfill(&namespace, &flow_id, &trigger_id, request)
+            .await?;
+        tracing::info!(%namespace, %flow_id, %trigger_id, %start, "backfill started in the UI");
+        Ok::<_, ApiError>(started)
+    }
+    .await;
     trigger_answer(&state, &namespace, &flow_id, &trigger_id, result).await
 }
