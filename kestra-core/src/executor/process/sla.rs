@@ -66,40 +66,41 @@ impl Run<'_> {
             iso_millis(elapsed),
             max
         );
-        self.add_sla_labels(&sla);
-        let end = match sla.behavior {
-            SlaBehavior::Fail => {
-                self.log(
-                    None,
-                    Level::Error,
-                    format!(
-                        "Execution failed due to SLA '{}' violated: {reason}",
-                        sla.id
-                    ),
-                );
-                StateType::Failed
-            }
-            SlaBehavior::Cancel => {
-                self.log(
-                    None,
-                    Level::Warn,
-                    format!(
-                        "Execution cancelled due to SLA '{}' violated: {reason}",
-                        sla.id
-                    ),
-                );
-                StateType::Cancelled
-            }
-            SlaBehavior::None => {
-                self.log(
-                    None,
-                    Level::Warn,
-                    format!("SLA '{}' violated: {reason}", sla.id),
-                );
-                return;
-            }
+        let Some(end) = self.sla_violated(&sla, &reason) else {
+            return;
         };
         self.end_for_sla(end);
+    }
+
+    /// An SLA is violated for `reason`: its labels are added and Kestra's line logged; the state
+    /// its behavior ends the execution in (FAIL: FAILED, CANCEL: CANCELLED; NONE: none).
+    fn sla_violated(&mut self, sla: &Sla, reason: &str) -> Option<StateType> {
+        self.add_sla_labels(sla);
+        let (level, message, end) = match sla.behavior {
+            SlaBehavior::Fail => (
+                Level::Error,
+                format!(
+                    "Execution failed due to SLA '{}' violated: {reason}",
+                    sla.id
+                ),
+                Some(StateType::Failed),
+            ),
+            SlaBehavior::Cancel => (
+                Level::Warn,
+                format!(
+                    "Execution cancelled due to SLA '{}' violated: {reason}",
+                    sla.id
+                ),
+                Some(StateType::Cancelled),
+            ),
+            SlaBehavior::None => (
+                Level::Warn,
+                format!("SLA '{}' violated: {reason}", sla.id),
+                None,
+            ),
+        };
+        self.log(None, level, message);
+        end
     }
 
     /// The EXECUTION_ASSERTION SLA, checked when the tasks are done: the state the execution
@@ -133,39 +134,7 @@ impl Run<'_> {
                 continue;
             }
             let reason = format!("assertion is false: {assertion}.");
-            self.add_sla_labels(&sla);
-            return match sla.behavior {
-                SlaBehavior::Fail => {
-                    self.log(
-                        None,
-                        Level::Error,
-                        format!(
-                            "Execution failed due to SLA '{}' violated: {reason}",
-                            sla.id
-                        ),
-                    );
-                    StateType::Failed
-                }
-                SlaBehavior::Cancel => {
-                    self.log(
-                        None,
-                        Level::Warn,
-                        format!(
-                            "Execution cancelled due to SLA '{}' violated: {reason}",
-                            sla.id
-                        ),
-                    );
-                    StateType::Cancelled
-                }
-                SlaBehavior::None => {
-                    self.log(
-                        None,
-                        Level::Warn,
-                        format!("SLA '{}' violated: {reason}", sla.id),
-                    );
-                    state
-                }
-            };
+            return self.sla_violated(&sla, &reason).unwrap_or(state);
         }
         state
     }
