@@ -76,4 +76,40 @@ async fn a_panicking_execution_fails_and_the_executor_goes_on(url: &str) {
     engine.shutdown().await;
 }
 
-common::on_each_database!(executor_panic: a_panicking_execution_fails_and_the_executor_goes_on);
+/// An execution failed by the executor outside its processing (here: a panic) gives back its
+/// concurrency slot: with `limit: 1`, the second execution waits QUEUED behind the first, and starts
+/// (then fails the same way) once the first is failed. Without the release it would stay QUEUED.
+async fn a_failed_execution_releases_its_concurrency_slot(url: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let ns = format!("hostile.s{}", kestra::core::model::new_id().to_lowercase());
+    let backend = JdbcBackend::connect(url).await.unwrap();
+    let storage = Arc::new(LocalStorage::new(dir.path()).unwrap());
+    let engine = Engine::builder(backend.queue(), backend.repositories(), storage).start();
+    engine
+        .deploy(&format!(
+            "id: poison\nnamespace: {ns}\nlabels:\n  {FAULT_LABEL}: {EXECUTOR_PANIC}\nconcurrency:\n  limit: 1\n  behavior: QUEUE\ntasks:\n  - id: ret\n    type: io.kestra.plugin.core.debug.Return\n    format: never\n"
+        ))
+        .await
+        .unwrap();
+    let first = engine
+        .execute(&ns, "poison", IndexMap::new())
+        .await
+        .unwrap();
+    let second = engine
+        .execute(&ns, "poison", IndexMap::new())
+        .await
+        .unwrap();
+    for id in [&first.id, &second.id] {
+        let done = engine
+            .wait_for(id, Duration::from_secs(60))
+            .await
+            .unwrap_or_else(|e| panic!("{id} ends (its slot was released): {e}"));
+        assert_eq!(done.state.current(), StateType::Failed, "{done:?}");
+    }
+    engine.shutdown().await;
+}
+
+common::on_each_database!(
+    executor_panic: a_panicking_execution_fails_and_the_executor_goes_on,
+    a_failed_execution_releases_its_concurrency_slot
+);

@@ -56,6 +56,14 @@ pub async fn worker_killed_mid_task(mut c: Cluster) {
         c.logs()
     );
     assert_eq!(ended[0].state.current(), StateType::Success, "{}", c.logs());
+    // The killed worker's shell died with it (it would have written its end mark long before the
+    // new worker's run ended): no script of a dead worker runs on beside the new attempt.
+    let done = c.mark_lines(&format!("{id}.done"));
+    assert!(
+        !done.contains(&started[0]),
+        "the shell {} of the killed worker died with it: done {done:?}",
+        started[0]
+    );
     assert!(
         killed.elapsed() < LEASE * 4 + Duration::from_secs(10),
         "resubmitted within a few leases: {:?}",
@@ -151,7 +159,7 @@ pub async fn stale_copy_of_a_resubmitted_attempt_is_stopped(mut c: Cluster) {
         .wait_mark(&format!("{id}.started"), 3, Duration::from_secs(30))
         .await;
     // ...and is stopped: its shell never finishes, well after it would have. (The killed
-    // worker's own shell, orphaned by the SIGKILL, and attempt 2 do finish.)
+    // worker's own shell died with it; attempt 2 does finish.)
     tokio::time::sleep(Duration::from_secs(6)).await;
     let done = c.mark_lines(&format!("{id}.done"));
     assert!(

@@ -458,6 +458,7 @@ impl ExecutorService {
                     produced.push((Topic::Execution, String::new(), id.clone()));
                     if let Some((failed, messages)) = failed {
                         outgoing.extend(messages);
+                        outgoing.extend(self.release_slot(&failed).await?);
                         if let Some(event) = TriggerEvent::execution_ended(&failed) {
                             outgoing.push(event.envelope()?);
                         }
@@ -550,6 +551,7 @@ impl ExecutorService {
                         // it with a visible reason, and tell its parent, if any, that it ended.
                         if let Some((failed, messages)) = fail_unrunnable(reference, &e)? {
                             outgoing.extend(messages);
+                            outgoing.extend(self.release_slot(&failed).await?);
                             if let Some(event) = TriggerEvent::execution_ended(&failed) {
                                 outgoing.push(event.envelope()?);
                             }
@@ -963,6 +965,44 @@ impl ExecutorService {
         Some((waited / 2).clamp(Duration::from_millis(100), Duration::from_secs(5)))
     }
 
+    /// The [`SlotRequest::Release`] of `failed`, an execution the executor failed outside
+    /// `process` (oversized, panicked, unrunnable), when its flow revision limits concurrency: the
+    /// slot it held (or its place in the queue) goes to the next queued execution. `None` when the
+    /// flow has no limit or its revision cannot be read (a flow that was deleted has no queue to
+    /// unblock). A release of an execution that held nothing changes nothing.
+    async fn release_slot(&self, failed: &Execution) -> Result<Option<Envelope>, QueueError> {
+        let index = match self
+            .flows
+            .index(
+                &failed.tenant_id,
+                &failed.namespace,
+                &failed.flow_id,
+                failed.flow_revision,
+            )
+            .await
+        {
+            Ok(index) => index,
+            Err(FlowCacheError::Source(e)) => {
+                return Err(QueueError::backend("load the flow of an execution", e));
+            }
+            Err(_) => return Ok(None),
+        };
+        let Some(limit) = &index.flow.concurrency else {
+            return Ok(None);
+        };
+        Ok(Some(
+            SlotMessage {
+                tenant_id: failed.tenant_id.clone(),
+                namespace: failed.namespace.clone(),
+                flow_id: failed.flow_id.clone(),
+                execution_id: failed.id.clone(),
+                request: SlotRequest::Release,
+                concurrency: limit.clone(),
+            }
+            .envelope()?,
+        ))
+    }
+
     /// What the Flow triggers make of `ended`, which reached its state: the executions of the
     /// triggers that fire now (inputs resolved; a trigger whose inputs are invalid is skipped with
     /// a warning), and a [`PreconditionMessage`] for the stage of each trigger whose preconditions
@@ -1135,8 +1175,6 @@ fn fail_unrunnable(
     Ok(Some((failed, messages)))
 }
 
-/// Stage setting aside a message the executor cannot handle (malformed, or keyed unlike what it
-/// concerns); the unit goes on with the others.
 /// The job key of `r` when it is a worker's RUNNING for an attempt of `execution` that was
 /// resubmitted (a stale copy of it runs).
 fn resubmitted_attempt_started(
@@ -1155,6 +1193,8 @@ fn resubmitted_attempt_started(
         .then(|| format!("{}/{}", r.task_run_id, r.attempt))
 }
 
+/// Stage setting aside a message the executor cannot handle (malformed, or keyed unlike what it
+/// concerns); the unit goes on with the others.
 async fn dead_letter(
     unit: &mut dyn UnitOfWork,
     delivery: &Delivery,
@@ -1164,10 +1204,6 @@ async fn dead_letter(
     unit.dead_letter(delivery.tag, reason).await
 }
 
-/// An execution whose processing produced a message too large for the queue, failed from
-/// `execution` (its last committed state): the execution and its unfinished task runs FAILED, and
-/// the messages that tell the world: a kill broadcast (its running attempts stop), an ERROR log
-/// with `reason` and, for a subflow child, its parent's result. `None` when it already ended.
 /// The text of a panic's payload (`panic!` with a literal or a formatted message).
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     payload
@@ -1177,6 +1213,11 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "(no message)".into())
 }
 
+/// An execution whose processing produced a message too large for the queue (or panicked), failed
+/// from `execution` (its last committed state): the execution and its unfinished task runs FAILED,
+/// and the messages that tell the world: a kill broadcast (its running attempts stop), an ERROR log
+/// with `reason` and, for a subflow child, its parent's result. `None` when it already ended. (Its
+/// concurrency slot is released by the caller: [`ExecutorService::release_slot`].)
 fn fail_oversized(
     execution: &Execution,
     reason: &str,

@@ -451,6 +451,30 @@ fn signal_group(pid: u32, signal: nix::sys::signal::Signal) {
     }
 }
 
+/// The script's process is killed when the worker process dies, even by SIGKILL (Linux:
+/// `PR_SET_PDEATHSIG`), so a killed worker leaves no script running on that machine while its job
+/// runs again elsewhere. Processes the script itself started in the background do not inherit this;
+/// they are in the script's process group, which the worker kills on every exit it lives through
+/// (end, timeout, kill, shutdown).
+///
+/// The signal is tied to the thread that spawns the child: the worker spawns from its runtime's
+/// threads, which live as long as the worker.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn die_with_the_worker(command: &mut tokio::process::Command) {
+    // SAFETY: the closure runs in the forked child before exec and only makes the prctl(2)
+    // system call, which is async-signal-safe; it allocates nothing and takes no lock.
+    unsafe {
+        command.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn die_with_the_worker(_command: &mut tokio::process::Command) {}
+
 async fn run_process(
     ctx: &RunContext,
     dir: &Path,
@@ -472,6 +496,7 @@ async fn run_process(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    die_with_the_worker(&mut command);
     let mut child = command
         .spawn()
         .map_err(|e| TaskError::io(format!("cannot start `{program}`"), e))?;
