@@ -9,13 +9,16 @@
 //! ([`FlowRepository::put_revision`]) and trigger states into the trigger repository, so that
 //! the executor, the worker and the scheduler never write the repository. Both are replayed from
 //! the start at each start of the indexer and applied idempotently; a record the repository
-//! refuses (down) is retried until it is stored, in order.
+//! refuses (down) is retried until it is stored, in order. Likewise a batch of a topic the
+//! repository refuses is kept and retried with a growing pause until it is stored (never left
+//! unacknowledged for a redelivery that a queue without lease timers, Kafka, would only make to
+//! the next consumer).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use tracing::{error, warn};
+use tracing::{error, info, warn};
 
 use crate::liveness::{Heartbeat, LivenessConfig, LivenessMessage};
 use crate::messages::ExecutionChange;
@@ -261,9 +264,8 @@ impl IndexerService {
                     }
                 }
                 Ok(batch) => {
-                    if let Err(e) = self.index(topic, batch).await {
-                        error!(%topic, error = %e, "indexer batch failed; it will be redelivered");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    if !self.index_until_done(topic, batch, &shutdown).await {
+                        return;
                     }
                 }
                 Err(e) => {
@@ -277,12 +279,77 @@ impl IndexerService {
         }
     }
 
-    async fn index(&self, topic: Topic, batch: Vec<Delivery>) -> Result<(), IndexError> {
+    /// Index `batch` until it is done, retrying the same batch with a growing pause (200 ms to
+    /// 5 s) while the repository fails (Elasticsearch down, a database restarting). The batch is
+    /// kept, not dropped for a redelivery: on a queue without lease timers (Kafka) a delivery
+    /// that is not acknowledged is handed out again only when this consumer is gone, and its key
+    /// would hold back every later message of that key meanwhile. Its leases are extended on each
+    /// retry (a JDBC lease would otherwise end and hand the batch to another indexer as well); a
+    /// delivery the queue says is no longer held is dropped from the retries. Returns `false` when
+    /// stopped during a retry: the batch stays unacknowledged and is delivered again to the next
+    /// consumer.
+    async fn index_until_done(
+        &self,
+        topic: Topic,
+        mut batch: Vec<Delivery>,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let mut pause = Duration::from_millis(200);
+        let mut failures = 0u32;
+        loop {
+            let mut set_aside = Vec::new();
+            let outcome = self.index(topic, &batch, &mut set_aside).await;
+            match outcome {
+                Ok(()) => {
+                    if failures > 0 {
+                        info!(%topic, failures, "indexer batch indexed after retries");
+                    }
+                    return true;
+                }
+                Err(e) => {
+                    failures += 1;
+                    error!(%topic, error = %e, failures, retry_in = ?pause, "indexer batch failed; retrying it");
+                }
+            }
+            // Dead-lettered during the failed attempt: never again.
+            batch.retain(|d| !set_aside.contains(&d.tag));
+            tokio::select! {
+                _ = shutdown.cancelled() => return false,
+                _ = tokio::time::sleep(pause) => {}
+            }
+            pause = (pause * 2).min(Duration::from_secs(5));
+            let tags: Vec<DeliveryTag> = batch.iter().map(|d| d.tag).collect();
+            match self
+                .queue
+                .extend_lease(ConsumerGroup::Indexer, &tags, self.config.lease)
+                .await
+            {
+                Ok(lost) if !lost.is_empty() => {
+                    warn!(%topic, lost = lost.len(), "indexer batch partly taken elsewhere; retrying the rest");
+                    batch.retain(|d| !lost.contains(&d.tag));
+                }
+                Ok(_) => {}
+                Err(e) => warn!(%topic, error = %e, "cannot extend the leases of a batch being retried"),
+            }
+            if batch.is_empty() {
+                return true;
+            }
+        }
+    }
+
+    /// Index one batch: decode, write into the repository, acknowledge. A malformed message is
+    /// dead-lettered and its tag pushed to `set_aside` (so a retry of the batch skips it).
+    async fn index(
+        &self,
+        topic: Topic,
+        batch: &[Delivery],
+        set_aside: &mut Vec<DeliveryTag>,
+    ) -> Result<(), IndexError> {
         let mut tags: Vec<DeliveryTag> = Vec::with_capacity(batch.len());
         match topic {
             Topic::Log => {
                 let mut entries: Vec<LogEntry> = Vec::with_capacity(batch.len());
-                for d in &batch {
+                for d in batch {
                     match d.envelope.decode::<LogEntry>() {
                         Ok(e) => {
                             entries.push(e);
@@ -291,6 +358,7 @@ impl IndexerService {
                         Err(e) => {
                             warn!(error = %e, "dead-lettering malformed log message");
                             self.queue.dead_letter(d, &e.to_string()).await?;
+                            set_aside.push(d.tag);
                         }
                     }
                 }
@@ -299,7 +367,7 @@ impl IndexerService {
             Topic::Liveness => {
                 // The last word on each instance in this batch (per-key order: the latest).
                 let mut latest: Vec<(ServiceInstance, bool)> = Vec::new();
-                for d in &batch {
+                for d in batch {
                     match d.envelope.decode::<LivenessMessage>() {
                         // A zombie's heartbeat after the verdict (in this batch) changes nothing.
                         Ok(LivenessMessage::Heartbeat { instance })
@@ -319,6 +387,7 @@ impl IndexerService {
                         Err(e) => {
                             warn!(error = %e, "dead-lettering malformed liveness message");
                             self.queue.dead_letter(d, &e.to_string()).await?;
+                            set_aside.push(d.tag);
                             continue;
                         }
                     }
@@ -338,7 +407,7 @@ impl IndexerService {
             Topic::ExecutionChange => {
                 // In order per execution (one key, one consumer): each change applied as it
                 // comes; the repository's versioned save drops an older document.
-                for d in &batch {
+                for d in batch {
                     match d.envelope.decode::<ExecutionChange>() {
                         Ok(change) if change.execution_id() != d.envelope.key => {
                             let reason = format!(
@@ -348,6 +417,7 @@ impl IndexerService {
                             );
                             warn!(%reason, "dead-lettering a mis-keyed execution change");
                             self.queue.dead_letter(d, &reason).await?;
+                            set_aside.push(d.tag);
                             continue;
                         }
                         Ok(ExecutionChange::Saved { execution }) => {
@@ -374,6 +444,7 @@ impl IndexerService {
                         Err(e) => {
                             warn!(error = %e, "dead-lettering malformed execution change");
                             self.queue.dead_letter(d, &e.to_string()).await?;
+                            set_aside.push(d.tag);
                             continue;
                         }
                     }
@@ -382,7 +453,7 @@ impl IndexerService {
             }
             _ => {
                 let mut entries: Vec<MetricEntry> = Vec::with_capacity(batch.len());
-                for d in &batch {
+                for d in batch {
                     match d.envelope.decode::<MetricEntry>() {
                         Ok(e) => {
                             entries.push(e);
@@ -391,6 +462,7 @@ impl IndexerService {
                         Err(e) => {
                             warn!(error = %e, "dead-lettering malformed metric message");
                             self.queue.dead_letter(d, &e.to_string()).await?;
+                            set_aside.push(d.tag);
                         }
                     }
                 }
