@@ -1042,3 +1042,53 @@ fn sla_execution_assertion_is_checked_when_the_tasks_are_done() {
         );
     }
 }
+
+/// A worker job carries the execution's `outputs` and `tasks` maps only for a task whose definition
+/// mentions them: the plugin type `io.kestra.plugin.core.debug.Return` is no mention of `debug`
+/// (it was, and every Return job carried the whole run history: a ForEach of n Returns cost
+/// O(n^2) memory at its start).
+#[test]
+fn a_job_carries_the_run_history_only_when_its_task_reads_it() {
+    let mut sim = Sim::new(&format!(
+        "{HEAD}tasks:
+  - id: a
+    type: io.kestra.plugin.core.debug.Return
+    format: \"{{{{ taskrun.id }}}}\"
+  - id: b
+    type: io.kestra.plugin.core.debug.Return
+    format: \"{{{{ outputs.a.value }}}}\"
+  - id: c
+    type: io.kestra.plugin.core.log.Log
+    message: \"{{{{ tasks.a.state }}}}\"
+"
+    ));
+    let start = sim.execution.clone();
+    sim.step(None, ExecutorEvent::Execution(Box::new(start)));
+    let mut seen = Vec::new();
+    while !sim.pending.is_empty() {
+        let job = sim.pending.remove(0);
+        let context = job.context.as_object().cloned().unwrap_or_default();
+        seen.push((
+            job.task.id.clone(),
+            context.contains_key("outputs"),
+            context.contains_key("tasks"),
+        ));
+        let result = sim.worker(&job);
+        sim.step(
+            Some(sim.execution.clone()),
+            ExecutorEvent::WorkerResult(Box::new(result)),
+        );
+    }
+    assert_eq!(sim.state(), StateType::Success);
+    assert_eq!(
+        seen,
+        vec![
+            ("a".to_string(), false, false),
+            ("b".to_string(), true, true),
+            ("c".to_string(), true, true),
+        ]
+    );
+    let b = sim.runs("b")[0];
+    let value = b.outputs.as_ref().and_then(|o| o.get("value"));
+    assert_eq!(value, Some(&json!(sim.runs("a")[0].id)));
+}

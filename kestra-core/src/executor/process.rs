@@ -1310,7 +1310,11 @@ impl Run<'_> {
                         return self.fail_run(run_id, format!("invalid 'concurrencyLimit': {e}"));
                     }
                 };
-                let ctx = self.context_for(run_id);
+                // A literal list needs no context (building it costs O(n) on every walk).
+                let ctx = match values {
+                    Value::String(s) if is_expression(s) => self.context_for(run_id),
+                    _ => Value::Null,
+                };
                 let list = match self.loop_values(values, &ctx) {
                     Ok(l) => l,
                     Err(e) => return self.fail_run(run_id, format!("forEach values: {e}")),
