@@ -24,6 +24,8 @@ pub(super) struct RunIndex {
 struct Positions {
     /// How many entries of the list are indexed.
     indexed: usize,
+    /// The id of the last indexed entry (checked when positions are reused for another call).
+    last_id: Option<String>,
     /// Task run id -> position (the first one with that id).
     by_id: HashMap<String, usize>,
     /// Hash of (task id, parent, value, iteration) -> positions, in list order.
@@ -65,6 +67,7 @@ impl Positions {
                 .push(i);
         }
         self.indexed = list.len();
+        self.last_id = list.last().map(|r| r.id.clone());
     }
 }
 
@@ -72,6 +75,21 @@ impl RunIndex {
     /// Forget every position (after task runs were removed from the list).
     pub(super) fn reset(&self) {
         *self.inner.borrow_mut() = Positions::default();
+    }
+
+    /// Drop the positions unless they still fit `list` (kept from an earlier call): not longer
+    /// than the list, and the last indexed entry unchanged. Other changes in place are caught by
+    /// the check of every hit.
+    pub(super) fn check(&self, list: &[TaskRun]) {
+        let mut p = self.inner.borrow_mut();
+        let fits = p.indexed <= list.len()
+            && match p.indexed.checked_sub(1) {
+                None => true,
+                Some(last) => list.get(last).map(|r| &r.id) == p.last_id.as_ref(),
+            };
+        if !fits {
+            *p = Positions::default();
+        }
     }
 
     fn synced(&self, list: &[TaskRun]) -> RefMut<'_, Positions> {
