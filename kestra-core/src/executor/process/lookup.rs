@@ -197,6 +197,42 @@ mod tests {
     }
 
     #[test]
+    fn positions_kept_from_an_earlier_call_are_dropped_when_they_no_longer_fit() {
+        let mut exec = Execution::new("ns", "f", 1);
+        let runs = RunIndex::default();
+        exec.task_run_list.push(run(&exec, "a", "each", None, None));
+        exec.task_run_list
+            .push(run(&exec, "b", "r", Some("a"), Some("1")));
+        assert_eq!(runs.position(&exec.task_run_list, "b"), Some(1));
+        // Grown since: kept, the new entry is indexed on the next lookup.
+        exec.task_run_list
+            .push(run(&exec, "c", "r", Some("a"), Some("2")));
+        runs.check(&exec.task_run_list);
+        assert_eq!(runs.inner.borrow().indexed, 2);
+        assert_eq!(
+            runs.find(&exec.task_run_list, "r", Some("a"), Some("2"), None),
+            Some(2)
+        );
+        // Another list of the same length (its last entry differs): dropped, then rebuilt.
+        exec.task_run_list[2] = run(&exec, "d", "r", Some("a"), Some("3"));
+        runs.check(&exec.task_run_list);
+        assert_eq!(runs.inner.borrow().indexed, 0);
+        assert_eq!(
+            runs.find(&exec.task_run_list, "r", Some("a"), Some("3"), None),
+            Some(2)
+        );
+        assert_eq!(
+            runs.find(&exec.task_run_list, "r", Some("a"), Some("2"), None),
+            None
+        );
+        // A shorter list: dropped.
+        exec.task_run_list.truncate(1);
+        runs.check(&exec.task_run_list);
+        assert_eq!(runs.inner.borrow().indexed, 0);
+        assert!(!runs.has_value(&exec.task_run_list, Some("a"), Some("1")));
+    }
+
+    #[test]
     fn finds_runs_added_after_the_first_lookup_and_after_a_reset() {
         let mut exec = Execution::new("ns", "f", 1);
         let runs = RunIndex::default();
