@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use kestra_core::executor::FlowIndex;
-use kestra_core::executor::process::process;
+use kestra_core::executor::process::{RunPositions, process, process_keeping};
 use kestra_core::expression::ExpressionEngine;
 use kestra_core::flow::parse::parse_flow;
 use kestra_core::flow::registry::TaskRegistry;
@@ -1041,4 +1041,114 @@ fn sla_execution_assertion_is_checked_when_the_tasks_are_done() {
             sim.execution.labels
         );
     }
+}
+
+/// A worker job carries the execution's `outputs` and `tasks` maps only for a task whose definition
+/// mentions them: the plugin type `io.kestra.plugin.core.debug.Return` is no mention of `debug`
+/// (it was, and every Return job carried the whole run history: a ForEach of n Returns cost
+/// O(n^2) memory at its start).
+#[test]
+fn a_job_carries_the_run_history_only_when_its_task_reads_it() {
+    let mut sim = Sim::new(&format!(
+        "{HEAD}tasks:
+  - id: a
+    type: io.kestra.plugin.core.debug.Return
+    format: \"{{{{ taskrun.id }}}}\"
+  - id: b
+    type: io.kestra.plugin.core.debug.Return
+    format: \"{{{{ outputs.a.value }}}}\"
+  - id: c
+    type: io.kestra.plugin.core.log.Log
+    message: \"{{{{ tasks.a.state }}}}\"
+"
+    ));
+    let start = sim.execution.clone();
+    sim.step(None, ExecutorEvent::Execution(Box::new(start)));
+    let mut seen = Vec::new();
+    while !sim.pending.is_empty() {
+        let job = sim.pending.remove(0);
+        let context = job.context.as_object().cloned().unwrap_or_default();
+        seen.push((
+            job.task.id.clone(),
+            context.contains_key("outputs"),
+            context.contains_key("tasks"),
+        ));
+        let result = sim.worker(&job);
+        sim.step(
+            Some(sim.execution.clone()),
+            ExecutorEvent::WorkerResult(Box::new(result)),
+        );
+    }
+    assert_eq!(sim.state(), StateType::Success);
+    assert_eq!(
+        seen,
+        vec![
+            ("a".to_string(), false, false),
+            ("b".to_string(), true, true),
+            ("c".to_string(), true, true),
+        ]
+    );
+    let b = sim.runs("b")[0];
+    let value = b.outputs.as_ref().and_then(|o| o.get("value"));
+    assert_eq!(value, Some(&json!(sim.runs("a")[0].id)));
+}
+
+/// `process_keeping` (task run positions kept between the events of an execution, as the executor
+/// service does within a unit of work) decides exactly what `process` decides: a ForEach with a
+/// sequential body, all iterations at once, driven event by event both ways.
+#[test]
+fn kept_positions_give_the_same_outcomes_as_fresh_ones() {
+    let yaml = format!(
+        "{HEAD}tasks:
+  - id: each
+    type: io.kestra.plugin.core.flow.ForEach
+    values: [\"x\", \"y\", \"z\", \"w\"]
+    concurrencyLimit: 0
+    tasks:
+      - id: a
+        type: io.kestra.plugin.core.debug.Return
+        format: \"{{{{ taskrun.value }}}}\"
+      - id: b
+        type: io.kestra.plugin.core.debug.Return
+        format: \"{{{{ outputs.a[taskrun.value].value }}}}\"
+  - id: after
+    type: io.kestra.plugin.core.log.Log
+    message: done
+"
+    );
+    let mut sim = Sim::new(&yaml);
+    let now = Utc::now();
+    let mut kept = RunPositions::default();
+    let mut execution: Option<Execution> = None;
+    let mut events = vec![ExecutorEvent::Execution(Box::new(sim.execution.clone()))];
+    let mut steps = 0;
+    while let Some(event) = events.pop() {
+        steps += 1;
+        let fresh = process(&sim.index, &sim.expr, now, execution.clone(), &event);
+        let reused = process_keeping(
+            &sim.index,
+            &sim.expr,
+            now,
+            execution.clone(),
+            &event,
+            &mut kept,
+        );
+        assert_eq!(fresh, reused, "step {steps}");
+        let Some(outcome) = reused else { break };
+        for job in &outcome.worker_tasks {
+            // Answered in the order the jobs were emitted, each after the earlier events.
+            events.insert(0, ExecutorEvent::WorkerResult(Box::new(sim.worker(job))));
+        }
+        execution = Some(outcome.execution);
+    }
+    let execution = execution.expect("an execution");
+    assert_eq!(execution.current(), StateType::Success);
+    assert_eq!(
+        execution
+            .task_run_list
+            .iter()
+            .filter(|r| r.task_id == "b")
+            .count(),
+        4
+    );
 }

@@ -175,13 +175,18 @@ async fn wait_for_end(
 ) -> Result<Execution, RunError> {
     let started = tokio::time::Instant::now();
     let mut last = "not created yet".to_string();
-    // Short pauses first (a quick run is seen ending at once), then every 50 ms.
+    // Short pauses first (a quick run is seen ending at once), then every 50 ms - or, for a large
+    // execution, ten times as long as reading it took, so that polling costs the engine at most
+    // about a tenth of its time (reading parses the whole execution).
     let mut pause = Duration::from_millis(2);
     loop {
         if *stop.borrow() {
             return Err(RunError::Interrupted);
         }
-        if let Some(e) = engine.execution(id).await.map_err(|e| e.to_string())? {
+        let read_started = tokio::time::Instant::now();
+        let current = engine.execution(id).await.map_err(|e| e.to_string())?;
+        let read_cost = read_started.elapsed() * 10;
+        if let Some(e) = current {
             if e.state.is_terminated() {
                 return Ok(e);
             }
@@ -209,7 +214,9 @@ async fn wait_for_end(
             _ = tokio::time::sleep(pause) => {}
             _ = stop.changed() => {}
         }
-        pause = (pause * 2).min(Duration::from_millis(50));
+        pause = (pause * 2)
+            .min(Duration::from_millis(50))
+            .max(read_cost.min(Duration::from_secs(1)));
     }
 }
 

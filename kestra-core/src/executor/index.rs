@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::executor::for_each_item as fei;
 use crate::flow::model::{Flow, Retry, Task};
-use crate::flow::property::Property;
+use crate::flow::property::{Property, is_expression};
 use crate::flow::registry::{DecodeError, TaskKind, TaskRegistry};
 use crate::flow::tasks;
 
@@ -202,14 +202,37 @@ pub struct TaskNode {
 /// Whether `task`'s expressions may read the outputs or states of other task runs: whether its
 /// definition (plugin defaults applied) or the flow's variables mention `outputs`, `tasks` (also
 /// `parents[..].outputs`), or a function that renders or dumps variables (`render`, `debug`).
-/// Conservative: a mention anywhere, even in plain text, counts.
+/// Conservative: a mention in any string value, even in plain text, counts. Property names (the
+/// keys of the definition) and plugin type names (a `type` that is not an expression) are not read:
+/// they cannot be rendered, and `io.kestra.plugin.core.debug.Return` would otherwise count as a
+/// mention of `debug`.
 pub fn reads_run_history(task: &Task, flow: &Flow) -> bool {
+    match (
+        serde_json::to_value(task),
+        serde_json::to_value(&flow.variables),
+    ) {
+        (Ok(task), Ok(variables)) => {
+            mentions_run_history(&task) || mentions_run_history(&variables)
+        }
+        _ => true,
+    }
+}
+
+/// Whether a string value of `value` (see [`reads_run_history`]) mentions a word that reads run
+/// history.
+fn mentions_run_history(value: &Value) -> bool {
     const WORDS: [&str; 4] = ["outputs", "tasks", "render", "debug"];
-    let mention = |text: Result<String, serde_json::Error>| match text {
-        Ok(text) => WORDS.iter().any(|w| text.contains(w)),
-        Err(_) => true,
-    };
-    mention(serde_json::to_string(task)) || mention(serde_json::to_string(&flow.variables))
+    let mentions = |text: &str| WORDS.iter().any(|w| text.contains(w));
+    match value {
+        Value::String(text) => mentions(text),
+        Value::Array(items) => items.iter().any(mentions_run_history),
+        Value::Object(map) => map.iter().any(|(key, v)| match v {
+            // A plugin type name is never rendered.
+            Value::String(text) if key == "type" && !is_expression(text) => false,
+            v => mentions_run_history(v),
+        }),
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
+    }
 }
 
 /// Why a flow cannot be indexed (the parser normally rejects such flows first).

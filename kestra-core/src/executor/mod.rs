@@ -23,5 +23,5 @@ pub mod service;
 pub mod subflow;
 
 pub use index::{FlowIndex, IndexError};
-pub use process::{Outcome, process};
+pub use process::{Outcome, RunPositions, process, process_keeping};
 pub use service::{ExecutorConfig, ExecutorService};

@@ -103,6 +103,44 @@ pub fn process(
     current: Option<Execution>,
     event: &ExecutorEvent,
 ) -> Option<Outcome> {
+    process_keeping(
+        index,
+        expr,
+        now,
+        current,
+        event,
+        &mut RunPositions::default(),
+    )
+}
+
+/// The positions of an execution's task runs, kept by the caller between calls of
+/// [`process_keeping`] on the same execution, so that each event does not index the whole list of
+/// task runs again (O(n) per event, O(n^2) over an execution of n task runs).
+///
+/// Valid only for the execution the last call returned (in its [`Outcome`]): when the execution
+/// comes from anywhere else (loaded, replaced), start from [`RunPositions::default`]. A hit is
+/// always checked against the list, and positions that no longer fit the list (shorter, or its last
+/// indexed entry changed) are dropped before use.
+#[derive(Default)]
+pub struct RunPositions(RunIndex);
+
+impl std::fmt::Debug for RunPositions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunPositions").finish_non_exhaustive()
+    }
+}
+
+/// [`process`], reusing (and updating) the positions of the execution's task runs that an earlier
+/// call on the same execution left in `positions`. Same result as [`process`].
+pub fn process_keeping(
+    index: &FlowIndex,
+    expr: &ExpressionEngine,
+    now: DateTime<Utc>,
+    current: Option<Execution>,
+    event: &ExecutorEvent,
+    positions: &mut RunPositions,
+) -> Option<Outcome> {
+    let runs = std::mem::take(&mut positions.0);
     let (execution, is_new) = match (current, event) {
         (Some(e), _) => (e, false),
         (None, ExecutorEvent::Execution(e)) => ((**e).clone(), true),
@@ -132,9 +170,14 @@ pub fn process(
         slot: SlotRequest::None,
         was_terminated: false,
         started_only: false,
-        runs: RunIndex::default(),
+        runs,
         stale_attempts: Vec::new(),
     };
+    if is_new {
+        run.runs.reset();
+    } else {
+        run.runs.check(&run.exec.task_run_list);
+    }
     run.was_terminated = run.exec.state.is_terminated();
     run.apply(event, is_new);
     // A worker's RUNNING only moves a waiting task run to RUNNING: nothing in the tree can follow
@@ -143,6 +186,7 @@ pub fn process(
         run.process();
     }
     run.slot_after();
+    positions.0 = std::mem::take(&mut run.runs);
     Some(Outcome {
         execution: run.exec,
         changed: run.changed,
@@ -1310,7 +1354,11 @@ impl Run<'_> {
                         return self.fail_run(run_id, format!("invalid 'concurrencyLimit': {e}"));
                     }
                 };
-                let ctx = self.context_for(run_id);
+                // A literal list needs no context (building it costs O(n) on every walk).
+                let ctx = match values {
+                    Value::String(s) if is_expression(s) => self.context_for(run_id),
+                    _ => Value::Null,
+                };
                 let list = match self.loop_values(values, &ctx) {
                     Ok(l) => l,
                     Err(e) => return self.fail_run(run_id, format!("forEach values: {e}")),

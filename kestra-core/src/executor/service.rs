@@ -60,7 +60,7 @@ use crate::executor::concurrency::{
 };
 use crate::executor::flow_trigger::{PreconditionMessage, TriggeredExecution, plan_flow_triggers};
 use crate::executor::preconditions::{self, PreconditionState};
-use crate::executor::process::process;
+use crate::executor::process::{RunPositions, process_keeping};
 use crate::executor::subflow::{SubflowRequest, complete_child, result_for_parent};
 use crate::expression::ExpressionEngine;
 use crate::inputs::{ExecutionRef, RawInput, resolve_inputs};
@@ -375,6 +375,9 @@ impl ExecutorService {
         // The version of each execution as this unit loaded it (0: none stored).
         let mut loaded_versions: HashMap<String, u64> = HashMap::new();
         let mut dirty: Vec<String> = Vec::new();
+        // The positions of each execution's task runs as the last `process` of this unit left
+        // them (valid for the execution that call returned; dropped when it is replaced).
+        let mut positions: HashMap<String, RunPositions> = HashMap::new();
         let mut keyed = KeyedState::default();
         let mut outgoing: Vec<Envelope> = Vec::new();
         for delivery in deliveries {
@@ -463,6 +466,7 @@ impl ExecutorService {
                             outgoing.push(event.envelope()?);
                         }
                         outgoing.extend(self.flow_triggered(&failed).await?);
+                        positions.remove(&id);
                         executions.insert(id.clone(), Some(failed));
                         if !dirty.contains(&id) {
                             dirty.push(id.clone());
@@ -555,6 +559,7 @@ impl ExecutorService {
                             if let Some(event) = TriggerEvent::execution_ended(&failed) {
                                 outgoing.push(event.envelope()?);
                             }
+                            positions.remove(&id);
                             executions.insert(id.clone(), Some(failed));
                             if !dirty.contains(&id) {
                                 dirty.push(id.clone());
@@ -571,10 +576,11 @@ impl ExecutorService {
                 // A panic while processing (a bug, never expected) must not kill the executor nor
                 // loop: the unit is rolled back and, when it comes again, the execution is failed
                 // with the reason (the path of an oversized execution), its message consumed.
+                let kept = positions.entry(id.clone()).or_default();
                 let processed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     #[cfg(feature = "testkit")]
                     crate::testkit::faults::executor_panic_point(taken.as_ref(), &event);
-                    process(&index, &self.expr, Utc::now(), taken, &event)
+                    process_keeping(&index, &self.expr, Utc::now(), taken, &event, kept)
                 }));
                 let processed = match processed {
                     Ok(processed) => processed,

@@ -24,6 +24,8 @@ pub(super) struct RunIndex {
 struct Positions {
     /// How many entries of the list are indexed.
     indexed: usize,
+    /// The id of the last indexed entry (checked when positions are reused for another call).
+    last_id: Option<String>,
     /// Task run id -> position (the first one with that id).
     by_id: HashMap<String, usize>,
     /// Hash of (task id, parent, value, iteration) -> positions, in list order.
@@ -65,6 +67,7 @@ impl Positions {
                 .push(i);
         }
         self.indexed = list.len();
+        self.last_id = list.last().map(|r| r.id.clone());
     }
 }
 
@@ -72,6 +75,21 @@ impl RunIndex {
     /// Forget every position (after task runs were removed from the list).
     pub(super) fn reset(&self) {
         *self.inner.borrow_mut() = Positions::default();
+    }
+
+    /// Drop the positions unless they still fit `list` (kept from an earlier call): not longer
+    /// than the list, and the last indexed entry unchanged. Other changes in place are caught by
+    /// the check of every hit.
+    pub(super) fn check(&self, list: &[TaskRun]) {
+        let mut p = self.inner.borrow_mut();
+        let fits = p.indexed <= list.len()
+            && match p.indexed.checked_sub(1) {
+                None => true,
+                Some(last) => list.get(last).map(|r| &r.id) == p.last_id.as_ref(),
+            };
+        if !fits {
+            *p = Positions::default();
+        }
     }
 
     fn synced(&self, list: &[TaskRun]) -> RefMut<'_, Positions> {
@@ -176,6 +194,42 @@ mod tests {
         r.parent_task_run_id = parent.map(str::to_string);
         r.value = value.map(str::to_string);
         r
+    }
+
+    #[test]
+    fn positions_kept_from_an_earlier_call_are_dropped_when_they_no_longer_fit() {
+        let mut exec = Execution::new("ns", "f", 1);
+        let runs = RunIndex::default();
+        exec.task_run_list.push(run(&exec, "a", "each", None, None));
+        exec.task_run_list
+            .push(run(&exec, "b", "r", Some("a"), Some("1")));
+        assert_eq!(runs.position(&exec.task_run_list, "b"), Some(1));
+        // Grown since: kept, the new entry is indexed on the next lookup.
+        exec.task_run_list
+            .push(run(&exec, "c", "r", Some("a"), Some("2")));
+        runs.check(&exec.task_run_list);
+        assert_eq!(runs.inner.borrow().indexed, 2);
+        assert_eq!(
+            runs.find(&exec.task_run_list, "r", Some("a"), Some("2"), None),
+            Some(2)
+        );
+        // Another list of the same length (its last entry differs): dropped, then rebuilt.
+        exec.task_run_list[2] = run(&exec, "d", "r", Some("a"), Some("3"));
+        runs.check(&exec.task_run_list);
+        assert_eq!(runs.inner.borrow().indexed, 0);
+        assert_eq!(
+            runs.find(&exec.task_run_list, "r", Some("a"), Some("3"), None),
+            Some(2)
+        );
+        assert_eq!(
+            runs.find(&exec.task_run_list, "r", Some("a"), Some("2"), None),
+            None
+        );
+        // A shorter list: dropped.
+        exec.task_run_list.truncate(1);
+        runs.check(&exec.task_run_list);
+        assert_eq!(runs.inner.borrow().indexed, 0);
+        assert!(!runs.has_value(&exec.task_run_list, Some("a"), Some("1")));
     }
 
     #[test]
