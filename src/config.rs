@@ -34,6 +34,7 @@
 //! | `kestra.limits.expression.fuel` | `KESTRA_LIMITS_EXPRESSION_FUEL` | `1000000` (template steps per render) |
 //! | `kestra.limits.task.max-output-size` | `KESTRA_LIMITS_TASK_MAX_OUTPUT_SIZE` | `10MB` (a task attempt's outputs as JSON) |
 //! | `kestra.queue.max-message-size` | `KESTRA_QUEUE_MAX_MESSAGE_SIZE` | `8MB` on JDBC, `1MB` on Kafka (a message or execution document) |
+//! | `kestra.queue.max-delivery-attempts` | `KESTRA_QUEUE_MAX_DELIVERY_ATTEMPTS` | `3` (deliveries of one executor message or task job that each ended with the process dead, then it is dead-lettered and its execution or task run FAILED; `0`: no limit) |
 //! | `kestra.repository.sqlite.initialize-empty` | `KESTRA_REPOSITORY_SQLITE_INITIALIZE_EMPTY` | `false` (an existing 0-byte SQLite file is refused) |
 //!
 //! Sizes are bytes or a number with a unit (`512KB`, `16MB`, `1GB`; 1 KB = 1024 bytes).
@@ -154,6 +155,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "kestra.limits.expression.fuel",
     "kestra.limits.task.max-output-size",
     "kestra.queue.max-message-size",
+    "kestra.queue.max-delivery-attempts",
     "kestra.repository.sqlite.initialize-empty",
 ];
 

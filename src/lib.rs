@@ -230,6 +230,13 @@ pub async fn engine(config: &config::Config) -> Result<EngineBuilder, StartError
         }
         expression.fuel = Some(fuel);
     }
+    let key = "kestra.queue.max-delivery-attempts";
+    let attempts = config.get_u64(key, 3)?;
+    let max_delivery_attempts = u32::try_from(attempts).map_err(|_| config::ConfigError::Invalid {
+        key: key.into(),
+        message: format!("{attempts} is too large"),
+    })?;
+    worker.max_delivery_attempts = max_delivery_attempts;
     let liveness = liveness_config(config)?;
     worker.heartbeat_interval = liveness.heartbeat_interval;
     worker.lease = config.get_duration("kestra.worker.lease", worker.lease)?;
@@ -240,6 +247,7 @@ pub async fn engine(config: &config::Config) -> Result<EngineBuilder, StartError
     let executor = kestra_core::executor::ExecutorConfig {
         liveness,
         resubmit: resubmit_config(config)?,
+        max_delivery_attempts,
         ..kestra_core::executor::ExecutorConfig::default()
     };
     let scheduler = kestra_core::scheduler::SchedulerConfig {
