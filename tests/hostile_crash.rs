@@ -160,7 +160,19 @@ async fn crash_loop(url: &str, fault: &str, reason: &str) {
         .wait_for(&fine.id, Duration::from_secs(60))
         .await
         .unwrap();
-    assert_eq!(fine.state.current(), StateType::Success, "{fine:?}");
+    if fine.state.current() != StateType::Success {
+        let logs = engine
+            .repositories()
+            .logs
+            .find_by_execution(&fine.tenant_id, &fine.id, None, None)
+            .await
+            .unwrap();
+        panic!(
+            "the execution next to the poison one ended {:?}: {fine:?}\nlogs: {logs:?}\n{}",
+            fine.state.current(),
+            server_log()
+        );
+    }
     let again = engine.execute(&ns, "fine", IndexMap::new()).await.unwrap();
     let again = engine
         .wait_for(&again.id, Duration::from_secs(60))

@@ -568,8 +568,8 @@ impl Shared {
                  (kestra.queue.max-delivery-attempts: {max})",
                 delivery.attempt - 1
             );
-            let _entered = span.enter();
-            return self.give_up(&task, &delivery, log_context, reason).await;
+            let give_up = self.give_up(&task, &delivery, log_context, reason);
+            return tracing::Instrument::instrument(give_up, span).await;
         }
         #[cfg(feature = "testkit")]
         crate::testkit::faults::worker_abort_point(&task);
@@ -1161,6 +1161,32 @@ impl Worker {
                     continue;
                 }
             };
+            // A redelivery (its previous worker died with it in hand; the queue hands it out
+            // alone) runs alone: once the jobs running here have ended, and before more are
+            // received, so that if it kills this worker too no other job goes down - and is
+            // counted - with it. Its lease is renewed meanwhile.
+            if deliveries.iter().any(|d| d.attempt > 1) {
+                drop(permits);
+                let holds: Vec<Held<'_>> = deliveries.iter().map(|d| shared.hold(d.tag)).collect();
+                let all = u32::try_from(concurrency).unwrap_or(u32::MAX);
+                let alone = tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => break,
+                    p = semaphore.clone().acquire_many_owned(all) => match p {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
+                };
+                drop(holds);
+                let shared = shared.clone();
+                jobs.spawn(async move {
+                    for delivery in deliveries {
+                        shared.handle(delivery).await;
+                    }
+                    drop(alone);
+                });
+                continue;
+            }
             for (delivery, permit) in deliveries.into_iter().zip(permits) {
                 let shared = shared.clone();
                 jobs.spawn(async move {
