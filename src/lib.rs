@@ -244,10 +244,18 @@ pub async fn engine(config: &config::Config) -> Result<EngineBuilder, StartError
     worker.lease_renewal = worker.lease_renewal.min(worker.lease / 4);
     worker.drain_timeout =
         config.get_duration("kestra.server.terminationGracePeriod", worker.drain_timeout)?;
+    let key = "kestra.limits.execution.max-task-runs";
+    let default_runs = kestra_core::executor::task_run_limit::DEFAULT_MAX_TASK_RUNS;
+    let runs = config.get_u64(key, default_runs as u64)?;
+    let max_task_runs = usize::try_from(runs).map_err(|_| config::ConfigError::Invalid {
+        key: key.into(),
+        message: format!("{runs} is too large"),
+    })?;
     let executor = kestra_core::executor::ExecutorConfig {
         liveness,
         resubmit: resubmit_config(config)?,
         max_delivery_attempts,
+        max_task_runs,
         ..kestra_core::executor::ExecutorConfig::default()
     };
     let scheduler = kestra_core::scheduler::SchedulerConfig {

@@ -99,6 +99,10 @@ pub struct ExecutorConfig {
     /// `kestra.queue.max-delivery-attempts`). Counted by the queue backend where it can
     /// ([`Delivery::attempt`]: JDBC); 0 turns the limit off.
     pub max_delivery_attempts: u32,
+    /// The most task runs one execution may have (10,000; `kestra.limits.execution.max-task-runs`);
+    /// a flowable that would create more fails the execution naming the limit and the task
+    /// ([`crate::executor::task_run_limit`]). 0 turns the limit off.
+    pub max_task_runs: usize,
 }
 
 impl Default for ExecutorConfig {
@@ -110,6 +114,7 @@ impl Default for ExecutorConfig {
             liveness: LivenessConfig::default(),
             resubmit: ResubmitConfig::default(),
             max_delivery_attempts: 3,
+            max_task_runs: crate::executor::task_run_limit::DEFAULT_MAX_TASK_RUNS,
         }
     }
 }
@@ -627,6 +632,10 @@ impl ExecutorService {
                     }
                 };
                 if let Some(outcome) = processed {
+                    let outcome = crate::executor::task_run_limit::cap_task_runs(
+                        outcome,
+                        self.config.max_task_runs,
+                    );
                     if let Some(reason) = &outcome.ignored {
                         debug!(%reason, "event ignored");
                     }
