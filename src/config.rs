@@ -34,6 +34,8 @@
 //! | `kestra.limits.expression.fuel` | `KESTRA_LIMITS_EXPRESSION_FUEL` | `1000000` (template steps per render) |
 //! | `kestra.limits.task.max-output-size` | `KESTRA_LIMITS_TASK_MAX_OUTPUT_SIZE` | `10MB` (a task attempt's outputs as JSON) |
 //! | `kestra.queue.max-message-size` | `KESTRA_QUEUE_MAX_MESSAGE_SIZE` | `8MB` on JDBC, `1MB` on Kafka (a message or execution document) |
+//! | `kestra.limits.execution.max-task-runs` | `KESTRA_LIMITS_EXECUTION_MAX_TASK_RUNS` | `10000` (task runs of one execution; past it the execution FAILED naming the task; `0`: no limit) |
+//! | `kestra.queue.max-delivery-attempts` | `KESTRA_QUEUE_MAX_DELIVERY_ATTEMPTS` | `3` (deliveries of one executor message or task job that each ended with the process dead, then it is dead-lettered and its execution or task run FAILED; `0`: no limit) |
 //! | `kestra.repository.sqlite.initialize-empty` | `KESTRA_REPOSITORY_SQLITE_INITIALIZE_EMPTY` | `false` (an existing 0-byte SQLite file is refused) |
 //!
 //! Sizes are bytes or a number with a unit (`512KB`, `16MB`, `1GB`; 1 KB = 1024 bytes).
@@ -154,6 +156,8 @@ pub const KNOWN_KEYS: &[&str] = &[
     "kestra.limits.expression.fuel",
     "kestra.limits.task.max-output-size",
     "kestra.queue.max-message-size",
+    "kestra.queue.max-delivery-attempts",
+    "kestra.limits.execution.max-task-runs",
     "kestra.repository.sqlite.initialize-empty",
 ];
 

@@ -230,6 +230,13 @@ pub async fn engine(config: &config::Config) -> Result<EngineBuilder, StartError
         }
         expression.fuel = Some(fuel);
     }
+    let key = "kestra.queue.max-delivery-attempts";
+    let attempts = config.get_u64(key, 3)?;
+    let max_delivery_attempts = u32::try_from(attempts).map_err(|_| config::ConfigError::Invalid {
+        key: key.into(),
+        message: format!("{attempts} is too large"),
+    })?;
+    worker.max_delivery_attempts = max_delivery_attempts;
     let liveness = liveness_config(config)?;
     worker.heartbeat_interval = liveness.heartbeat_interval;
     worker.lease = config.get_duration("kestra.worker.lease", worker.lease)?;
@@ -237,9 +244,18 @@ pub async fn engine(config: &config::Config) -> Result<EngineBuilder, StartError
     worker.lease_renewal = worker.lease_renewal.min(worker.lease / 4);
     worker.drain_timeout =
         config.get_duration("kestra.server.terminationGracePeriod", worker.drain_timeout)?;
+    let key = "kestra.limits.execution.max-task-runs";
+    let default_runs = kestra_core::executor::task_run_limit::DEFAULT_MAX_TASK_RUNS;
+    let runs = config.get_u64(key, default_runs as u64)?;
+    let max_task_runs = usize::try_from(runs).map_err(|_| config::ConfigError::Invalid {
+        key: key.into(),
+        message: format!("{runs} is too large"),
+    })?;
     let executor = kestra_core::executor::ExecutorConfig {
         liveness,
         resubmit: resubmit_config(config)?,
+        max_delivery_attempts,
+        max_task_runs,
         ..kestra_core::executor::ExecutorConfig::default()
     };
     let scheduler = kestra_core::scheduler::SchedulerConfig {

@@ -1,6 +1,7 @@
 //! The limits of docs/operations.md ("Limits (hostile input)") set from the configuration reach
 //! the engine `kestra::engine` builds: `kestra.limits.expression.max-value-size`,
-//! `kestra.limits.task.max-output-size`, `kestra.queue.max-message-size` and
+//! `kestra.limits.task.max-output-size`, `kestra.queue.max-message-size`,
+//! `kestra.limits.execution.max-task-runs`, `kestra.queue.max-delivery-attempts` and
 //! `kestra.repository.sqlite.initialize-empty`; bad values are refused naming the key.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -103,6 +104,29 @@ async fn a_smaller_task_output_size_fails_the_task_naming_the_size() {
     engine.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_smaller_task_run_limit_fails_the_execution_naming_the_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(&dir, &[("kestra.limits.execution.max-task-runs", "20")]).await;
+    // A ForEach over 30 values, all at once: 1 + 30 iterations' task runs, over 20.
+    let each = |values: usize| {
+        format!(
+            "  - id: each\n    type: io.kestra.plugin.core.flow.ForEach\n    values: \"{{{{ range(1, {values}) }}}}\"\n    concurrencyLimit: 0\n    tasks:\n      - id: r\n        type: io.kestra.plugin.core.debug.Return\n        format: \"{{{{ taskrun.value }}}}\"\n"
+        )
+    };
+    let (state, logs) = run(&engine, "wide", &each(30)).await;
+    assert_eq!(state, StateType::Failed, "{logs}");
+    assert!(
+        logs.contains("task 'r' (in 'each')")
+            && logs.contains("over the limit of 20 task runs per execution")
+            && logs.contains("kestra.limits.execution.max-task-runs"),
+        "the limit, its key and the task are named: {logs}"
+    );
+    let (state, logs) = run(&engine, "narrow", &each(5)).await;
+    assert_eq!(state, StateType::Success, "{logs}");
+    engine.shutdown().await;
+}
+
 #[tokio::test]
 async fn bad_limit_values_are_refused_naming_the_key() {
     for (key, value, expected) in [
@@ -122,6 +146,16 @@ async fn bad_limit_values_are_refused_naming_the_key() {
             "kestra.repository.sqlite.initialize-empty",
             "perhaps",
             "perhaps",
+        ),
+        (
+            "kestra.limits.execution.max-task-runs",
+            "lots",
+            "not a non-negative integer",
+        ),
+        (
+            "kestra.queue.max-delivery-attempts",
+            "99999999999",
+            "too large",
         ),
     ] {
         let dir = tempfile::tempdir().unwrap();

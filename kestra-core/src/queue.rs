@@ -85,7 +85,9 @@
 //!   Competing receive claims rows with `FOR UPDATE SKIP LOCKED` (SQLite: one writer,
 //!   `UPDATE ... RETURNING`), excluding keys that have an older unacknowledged row: that exclusion is
 //!   the one committing unit per key. Leases are timers (`claimed_until`), so it declares
-//!   [`QueueCapabilities::lease_timers`]; acknowledged rows are deleted in batches. A unit of work is
+//!   [`QueueCapabilities::lease_timers`]; acknowledged rows are deleted in batches. A unit's claim
+//!   (with its delivery count) commits in a short transaction of its own, so the count survives a
+//!   crash of the process; a claim that meets a redelivery hands it out alone. A unit of work is
 //!   one database transaction: claimed rows stay locked by it, the execution row is read
 //!   `FOR UPDATE`, and the deletes of consumed rows, the new execution state and the emitted rows
 //!   commit together; a delayed row has a future `visible_at`. The maximum message size is
@@ -383,7 +385,10 @@ pub struct Delivery {
     /// The message.
     pub envelope: Envelope,
     /// 1 for the first delivery, more for redeliveries where the backend counts them (JDBC does; a
-    /// Kafka consumer that takes a partition over cannot know): informative, nothing relies on it.
+    /// Kafka consumer that takes a partition over cannot know). A delivery whose unit of work was
+    /// rolled back does not count; one whose consumer died before the unit ended does, so the
+    /// executor can set aside a message that crashes it again and again
+    /// (`ExecutorConfig::max_delivery_attempts`).
     pub attempt: u32,
 }
 

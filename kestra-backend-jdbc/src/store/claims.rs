@@ -258,13 +258,14 @@ pub(super) async fn claim_in(
             }
         }
     }
-    let claimed: Vec<Candidate> = candidates
+    let mut claimed: Vec<Candidate> = candidates
         .into_iter()
         .filter(|c| accepted.contains(&c.id))
         .collect();
     if claimed.is_empty() {
         return Ok(Vec::new());
     }
+    shrink_after_crash(&mut claimed);
     let mut qb = Qb::new("UPDATE queue SET claimed_by = ");
     qb.push_bind(token.to_string())
         .push(", claimed_until = ")
@@ -290,6 +291,79 @@ pub(super) async fn claim_in(
             attempt: u32::try_from(c.attempts).unwrap_or(0) + 1,
         })
         .collect())
+}
+
+/// A redelivery (a row claimed before whose claim never ended: its consumer died) is handed out
+/// alone, so that a message that crashes its consumer does not take its batch-mates down with it
+/// again and each message's `attempts` counts its own crashes: the batch shrinks to the oldest
+/// claimed row of the key of the oldest redelivered row (the oldest of its key, so per-key order
+/// holds).
+fn shrink_after_crash(claimed: &mut Vec<Candidate>) {
+    let Some((topic, key)) = claimed
+        .iter()
+        .filter(|c| c.attempts > 0)
+        .min_by_key(|c| c.id)
+        .map(|c| (c.topic, c.key.clone()))
+    else {
+        return;
+    };
+    let Some(oldest) = claimed
+        .iter()
+        .filter(|c| c.topic == topic && c.key == key)
+        .map(|c| c.id)
+        .min()
+    else {
+        return;
+    };
+    claimed.retain(|c| c.id == oldest);
+}
+
+/// Lock, in the caller's transaction, the rows of `deliveries` that are still claimed by `token`
+/// (a claim committed just before; `FOR UPDATE`, nothing on SQLite's single writer) and keep only
+/// those: a row whose lease ended meanwhile and was claimed by another consumer is left to it.
+pub(super) async fn lock_claimed(
+    conn: &mut Conn,
+    deliveries: Vec<Delivery>,
+    token: &str,
+) -> Result<Vec<Delivery>, sqlx::Error> {
+    let mut held = HashSet::new();
+    let ids: Vec<i64> = deliveries.iter().map(|d| d.tag.offset).collect();
+    for chunk in ids.chunks(CHUNK) {
+        let mut qb = Qb::new("SELECT id FROM queue WHERE claimed_by = ");
+        qb.push_bind(token.to_string()).push(" AND id IN ");
+        push_in(&mut qb, chunk.iter().copied());
+        qb.push(" ORDER BY id").push(FLAVOR.for_update());
+        let rows: Vec<(i64,)> = qb.build_query_as().fetch_all(&mut *conn).await?;
+        held.extend(rows.into_iter().map(|(id,)| id));
+    }
+    Ok(deliveries
+        .into_iter()
+        .filter(|d| held.contains(&d.tag.offset))
+        .collect())
+}
+
+/// Release the claim of rows whose unit of work was rolled back (dropped without commit): they
+/// are claimable again at once, and the delivery attempt the claim counted is taken back - a
+/// rollback is not a crash (a panic or a refusal is the consumer's to count). Rows claimed by
+/// another token since are left alone.
+pub(super) async fn release_claimed(
+    pool: &Pool<Db>,
+    ids: &[i64],
+    token: &str,
+) -> Result<(), sqlx::Error> {
+    for chunk in ids.chunks(CHUNK) {
+        let mut tx = begin_write(pool).await?;
+        relaxed_commit(&mut tx).await?;
+        let mut qb = Qb::new(
+            "UPDATE queue SET claimed_by = NULL, claimed_until = NULL, \
+             attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END WHERE claimed_by = ",
+        );
+        qb.push_bind(token.to_string()).push(" AND id IN ");
+        push_in(&mut qb, chunk.iter().copied());
+        qb.build().execute(&mut *tx).await?;
+        tx.commit().await?;
+    }
+    Ok(())
 }
 
 /// The row ids of `tags` by topic (JDBC tags have partition 0; others are unknown here).

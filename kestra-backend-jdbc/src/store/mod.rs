@@ -30,7 +30,8 @@ pub(crate) use maintenance::purge_offline;
 
 use broadcast::Broadcast;
 use claims::{
-    Poll, Wakeups, ack_rows, claim_in, dead_letter_in, extend_rows, publish_in, relaxed_commit,
+    Poll, Wakeups, ack_rows, claim_in, dead_letter_in, extend_rows, lock_claimed, publish_in,
+    relaxed_commit, release_claimed,
 };
 use executions::{
     check_range, parse_doc, push_like, push_namespace, tenant_of, upsert_execution_in,
@@ -77,8 +78,10 @@ type Qb = QueryBuilder<Db>;
 
 /// Rows per multi-row INSERT / ids per `IN (...)` list (well under every dialect's bind limit).
 const CHUNK: usize = 500;
-/// Lease of the rows a unit of work claims (they are also locked by its transaction).
-const UOW_LEASE: Duration = Duration::from_secs(60);
+/// Lease of the rows a unit of work claims. The claim is committed on its own, before the unit's
+/// transaction locks the rows (see [`queue`]), so the lease only matters when that transaction
+/// ends without commit or rollback - the process died: the rows come back once it ends.
+const UOW_LEASE: Duration = Duration::from_secs(5);
 /// Broadcast rows are kept this long, then purged.
 pub(crate) const BROADCAST_RETENTION: Duration = Duration::from_secs(60);
 /// How often the maintenance task purges old broadcast rows.

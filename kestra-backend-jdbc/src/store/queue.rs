@@ -9,17 +9,19 @@ impl Store {
         tx.commit().await
     }
 
+    /// Claim in a transaction of its own: the claim (and the delivery attempt it counts) is
+    /// committed before the consumer processes anything.
     async fn claim_once(
         &self,
         group: ConsumerGroup,
-        topic: Topic,
+        topics: &[Topic],
         max: usize,
         lease: Duration,
         token: &str,
     ) -> Result<Vec<Delivery>, sqlx::Error> {
         let mut tx = begin_write(&self.write).await?;
         relaxed_commit(&mut tx).await?;
-        let got = claim_in(&mut tx, group, &[topic], max, lease, token).await?;
+        let got = claim_in(&mut tx, group, topics, max, lease, token).await?;
         tx.commit().await?;
         Ok(got)
     }
@@ -111,7 +113,7 @@ impl Queue for Store {
         let mut attempt = 0;
         loop {
             let wakeups = Wakeups::arm(&self.notifier, &[topic]);
-            match self.claim_once(group, topic, max, lease, &token).await {
+            match self.claim_once(group, &[topic], max, lease, &token).await {
                 Ok(got) if !got.is_empty() => return Ok(got),
                 Ok(_) => {}
                 Err(e) if attempt < RETRIES && is_transient(&e) => attempt += 1,
@@ -242,27 +244,39 @@ impl Queue for Store {
         let mut attempt = 0;
         loop {
             let wakeups = Wakeups::arm(&self.notifier, topics);
-            let mut tx = begin_write(&self.write).await.map_err(&err)?;
-            match claim_in(&mut tx, group, topics, max, UOW_LEASE, &token).await {
-                Ok(deliveries) if !deliveries.is_empty() => {
-                    return Ok(Some(Box::new(JdbcUnit {
-                        max_message_bytes: self.max_message_bytes,
-                        notifier: self.notifier.clone(),
-                        write: self.write.clone(),
-                        tx: Some(tx),
-                        deliveries,
-                        dead: HashSet::new(),
-                        published: BTreeSet::new(),
-                    })));
-                }
-                Ok(_) => {
-                    // Nothing claimable: commit any dead letters set aside by the claim.
+            // The claim commits first, on its own: its delivery attempt is counted even if this
+            // process dies while it processes the messages (the unit's transaction would take the
+            // count with it), so a message that crashes the executor again and again reaches
+            // the executor's limit instead of looping.
+            match self.claim_once(group, topics, max, UOW_LEASE, &token).await {
+                Ok(claimed) if !claimed.is_empty() => {
+                    let mut tx = begin_write(&self.write).await.map_err(&err)?;
+                    let deliveries = match lock_claimed(&mut tx, claimed, &token).await {
+                        Ok(d) => d,
+                        Err(e) => {
+                            drop(tx);
+                            return Err(err(e));
+                        }
+                    };
+                    if !deliveries.is_empty() {
+                        return Ok(Some(Box::new(JdbcUnit {
+                            max_message_bytes: self.max_message_bytes,
+                            notifier: self.notifier.clone(),
+                            write: self.write.clone(),
+                            tx: Some(tx),
+                            token,
+                            committed: false,
+                            deliveries,
+                            dead: HashSet::new(),
+                            published: BTreeSet::new(),
+                        })));
+                    }
+                    // Every row was claimed elsewhere meanwhile (its lease ended): look again.
                     tx.commit().await.map_err(&err)?;
+                    continue;
                 }
-                Err(e) if attempt < RETRIES && is_transient(&e) => {
-                    drop(tx);
-                    attempt += 1;
-                }
+                Ok(_) => {}
+                Err(e) if attempt < RETRIES && is_transient(&e) => attempt += 1,
                 Err(e) => return Err(err(e)),
             }
             if !poll.next(wakeups).await {

@@ -11,6 +11,10 @@ pub(super) struct JdbcUnit {
     pub(super) write: Pool<Db>,
     /// `None` once committed.
     pub(super) tx: Option<Transaction<'static, Db>>,
+    /// The token of the committed claim of `deliveries`.
+    pub(super) token: String,
+    /// Set once the transaction committed (a failed or missing commit releases the claim).
+    pub(super) committed: bool,
     pub(super) deliveries: Vec<Delivery>,
     pub(super) dead: HashSet<i64>,
     pub(super) published: BTreeSet<Topic>,
@@ -27,22 +31,22 @@ impl JdbcUnit {
 
 impl Drop for JdbcUnit {
     fn drop(&mut self) {
-        let Some(tx) = self.tx.take() else { return };
-        // Dropping the transaction rolls it back: the rows are claimable again. Count the delivery
-        // attempt (it was rolled back with the rest) and wake the consumers once the locks are gone.
-        drop(tx);
+        if self.committed {
+            return;
+        }
+        // Dropping the transaction rolls it back; the claim was committed before it (with its
+        // delivery attempt): release it, so that the rows are claimable again at once, and wake
+        // the consumers.
+        drop(self.tx.take());
         let ids: Vec<i64> = self.deliveries.iter().map(|d| d.tag.offset).collect();
         let topics: BTreeSet<Topic> = self.deliveries.iter().map(|d| d.envelope.topic).collect();
         let pool = self.write.clone();
         let notifier = self.notifier.clone();
+        let token = std::mem::take(&mut self.token);
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
-                for chunk in ids.chunks(CHUNK) {
-                    let mut qb = Qb::new("UPDATE queue SET attempts = attempts + 1 WHERE id IN ");
-                    push_in(&mut qb, chunk.iter().copied());
-                    if let Err(error) = qb.build().execute(&pool).await {
-                        tracing::debug!(%error, "cannot count a rolled-back delivery attempt");
-                    }
+                if let Err(error) = release_claimed(&pool, &ids, &token).await {
+                    tracing::debug!(%error, "cannot release the claim of a rolled-back unit of work; its messages come back when the lease ends");
                 }
                 for t in topics {
                     notifier.notify(t);
@@ -224,6 +228,7 @@ impl UnitOfWork for JdbcUnit {
             return Err(QueueError::Closed);
         };
         tx.commit().await.map_err(&err)?;
+        self.committed = true;
         for t in std::mem::take(&mut self.published) {
             self.notifier.notify(t);
         }

@@ -21,6 +21,7 @@ pub mod process;
 pub mod replay;
 pub mod service;
 pub mod subflow;
+pub mod task_run_limit;
 
 pub use index::{FlowIndex, IndexError};
 pub use process::{Outcome, RunPositions, process, process_keeping};

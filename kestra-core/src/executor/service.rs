@@ -93,6 +93,16 @@ pub struct ExecutorConfig {
     pub liveness: LivenessConfig,
     /// What happens to the task jobs of a worker declared dead ([`liveness::resubmit_commands`]).
     pub resubmit: ResubmitConfig,
+    /// How many times a message may be delivered to the executor without its unit of work ever
+    /// ending - each time the process died while processing it (abort, stack overflow, OOM kill) -
+    /// before it is set aside as a dead letter and its execution failed with the reason (3;
+    /// `kestra.queue.max-delivery-attempts`). Counted by the queue backend where it can
+    /// ([`Delivery::attempt`]: JDBC); 0 turns the limit off.
+    pub max_delivery_attempts: u32,
+    /// The most task runs one execution may have (10,000; `kestra.limits.execution.max-task-runs`);
+    /// a flowable that would create more fails the execution naming the limit and the task
+    /// ([`crate::executor::task_run_limit`]). 0 turns the limit off.
+    pub max_task_runs: usize,
 }
 
 impl Default for ExecutorConfig {
@@ -103,6 +113,8 @@ impl Default for ExecutorConfig {
             flow_grace: Duration::from_secs(60),
             liveness: LivenessConfig::default(),
             resubmit: ResubmitConfig::default(),
+            max_delivery_attempts: 3,
+            max_task_runs: crate::executor::task_run_limit::DEFAULT_MAX_TASK_RUNS,
         }
     }
 }
@@ -386,6 +398,11 @@ impl ExecutorService {
                 Topic::ConcurrencySlot | Topic::FlowPrecondition | Topic::Liveness
             ) {
                 let key = delivery.envelope.key.clone();
+                if let Some(reason) = self.crashed_too_often(&delivery) {
+                    error!(topic = %delivery.envelope.topic, %key, %reason, "dead-lettering a message that crashed the executor");
+                    unit.dead_letter(delivery.tag, &reason).await?;
+                    continue;
+                }
                 // A stage message whose processing produced a message the queue refused as too
                 // large cannot be failed like an execution: it is set aside with the reason.
                 if let Some(Oversized::Fail(reason) | Oversized::Abandon(reason)) =
@@ -435,7 +452,22 @@ impl ExecutorService {
             let id = event.execution_id().to_string();
             let span = info_span!("executor.process", execution_id = %id, topic = %delivery.envelope.topic);
             let staged_before = outgoing.len();
-            match oversized.get(&id) {
+            // A message that crashed the process too often: set aside, its execution failed (by
+            // the oversized path), unless failing it crashed the process too.
+            let crashed = self.crashed_too_often(&delivery).map(|reason| {
+                if delivery.attempt > self.config.max_delivery_attempts.saturating_add(1) {
+                    Oversized::Abandon(format!(
+                        "{reason}; failing its execution crashed the executor too"
+                    ))
+                } else {
+                    Oversized::Fail(reason)
+                }
+            });
+            if let Some(Oversized::Fail(reason)) = &crashed {
+                error!(execution_id = %id, %reason, "dead-lettering a message that crashed the executor; failing its execution");
+                unit.dead_letter(delivery.tag, reason).await?;
+            }
+            match crashed.as_ref().or_else(|| oversized.get(&id)) {
                 None => {}
                 Some(Oversized::Abandon(reason)) => {
                     error!(execution_id = %id, %reason, "dead-lettering a message of an execution that cannot be saved");
@@ -474,6 +506,10 @@ impl ExecutorService {
                         for e in &outgoing[staged_before..] {
                             produced.push((e.topic, e.key.clone(), id.clone()));
                         }
+                        continue;
+                    }
+                    if crashed.is_some() {
+                        // Set aside above; its execution ended already (or is unknown).
                         continue;
                     }
                     // It ended already (or is unknown): this message is processed as usual.
@@ -604,6 +640,10 @@ impl ExecutorService {
                     }
                 };
                 if let Some(outcome) = processed {
+                    let outcome = crate::executor::task_run_limit::cap_task_runs(
+                        outcome,
+                        self.config.max_task_runs,
+                    );
                     if let Some(reason) = &outcome.ignored {
                         debug!(%reason, "event ignored");
                     }
@@ -940,6 +980,23 @@ impl ExecutorService {
         }
         .instrument(span)
         .await
+    }
+
+    /// The reason to set `delivery` aside when it was delivered more than
+    /// [`ExecutorConfig::max_delivery_attempts`] times (each earlier delivery crashed the process
+    /// before its unit ended), naming the count and the key.
+    fn crashed_too_often(&self, delivery: &Delivery) -> Option<String> {
+        let max = self.config.max_delivery_attempts;
+        if max == 0 || delivery.attempt <= max {
+            return None;
+        }
+        Some(format!(
+            "execution failed: one of its messages (topic {}, key {}) crashed the executor {} \
+             times; it is set aside as a dead letter (kestra.queue.max-delivery-attempts: {max})",
+            delivery.envelope.topic,
+            delivery.envelope.key,
+            delivery.attempt - 1
+        ))
     }
 
     /// The flow revision of `execution` was found (or given up on): forget when it was missed.

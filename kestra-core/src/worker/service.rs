@@ -80,6 +80,12 @@ pub struct WorkerConfig {
     /// outputs fail the attempt with their size (they would travel in a queue message and the
     /// execution row).
     pub max_output_size: usize,
+    /// How many times a task job may be delivered without being acknowledged - its worker died
+    /// while running it (abort, OOM kill), or abandoned it at shutdown - before the next delivery
+    /// fails its task run with the reason and sets the job aside as a dead letter (3;
+    /// `kestra.queue.max-delivery-attempts`). Counted by the queue backend where it can
+    /// ([`Delivery::attempt`]: JDBC); 0 turns the limit off.
+    pub max_delivery_attempts: u32,
 }
 
 /// Default of [`WorkerConfig::max_output_size`]: 10 MiB.
@@ -126,6 +132,7 @@ impl Default for WorkerConfig {
             evaluation_timeout: Duration::from_secs(5 * 60),
             heartbeat_interval: LivenessConfig::default().heartbeat_interval,
             max_output_size: DEFAULT_MAX_OUTPUT_SIZE,
+            max_delivery_attempts: 3,
         }
     }
 }
@@ -553,10 +560,71 @@ impl Shared {
             task_id = %task.task_run.task_id,
             attempt = task.attempt,
         );
+        let max = self.config.max_delivery_attempts;
+        if max > 0 && delivery.attempt > max {
+            let reason = format!(
+                "task run failed: its job was delivered {} times and its worker died (or \
+                 abandoned it) each time; it is set aside as a dead letter \
+                 (kestra.queue.max-delivery-attempts: {max})",
+                delivery.attempt - 1
+            );
+            let give_up = self.give_up(&task, &delivery, log_context, reason);
+            return tracing::Instrument::instrument(give_up, span).await;
+        }
+        #[cfg(feature = "testkit")]
+        crate::testkit::faults::worker_abort_point(&task);
         let Some(result) = tracing::Instrument::instrument(self.run_task(*task), span).await else {
             return;
         };
         self.publish_result(result.envelope(), &delivery, Some(log_context))
+            .await;
+    }
+
+    /// A task job delivered too often ([`WorkerConfig::max_delivery_attempts`]): set aside as a
+    /// dead letter, and its task run FAILED with `reason` in its logs.
+    async fn give_up(
+        &self,
+        task: &WorkerTask,
+        delivery: &Delivery,
+        log_context: LogEntry,
+        reason: String,
+    ) {
+        tracing::error!(%reason, "dead-lettering a task job that its workers never finished");
+        if let Err(e) = self.queue.dead_letter(delivery, &reason).await {
+            // Left to be delivered again (and given up on then).
+            tracing::error!("cannot dead-letter a task job: {e}");
+            return;
+        }
+        let log = LogEntry {
+            id: crate::model::new_id(),
+            timestamp: Utc::now(),
+            message: reason,
+            ..log_context.clone()
+        };
+        if let Err(e) = async {
+            self.queue
+                .publish(vec![Envelope::json(Topic::Log, &task.task_run.execution_id, &log)?])
+                .await
+        }
+        .await
+        {
+            tracing::warn!("cannot log why a task run failed: {e}");
+        }
+        let now = Utc::now();
+        let mut attempt_state = State::new_at(StateType::Running, now);
+        let _ = attempt_state.transition(StateType::Failed);
+        let result = WorkerTaskResult {
+            execution_id: task.task_run.execution_id.clone(),
+            task_run_id: task.task_run.id.clone(),
+            attempt: task.attempt,
+            state: StateType::Failed,
+            attempt_state,
+            outputs: None,
+            child_task_runs: Vec::new(),
+            worker_id: Some(self.config.id.clone()),
+        };
+        // Acknowledging the dead-lettered job is a no-op; the result is what counts.
+        self.publish_result(result.envelope(), delivery, Some(log_context))
             .await;
     }
 
@@ -1093,6 +1161,32 @@ impl Worker {
                     continue;
                 }
             };
+            // A redelivery (its previous worker died with it in hand; the queue hands it out
+            // alone) runs alone: once the jobs running here have ended, and before more are
+            // received, so that if it kills this worker too no other job goes down - and is
+            // counted - with it. Its lease is renewed meanwhile.
+            if deliveries.iter().any(|d| d.attempt > 1) {
+                drop(permits);
+                let holds: Vec<Held<'_>> = deliveries.iter().map(|d| shared.hold(d.tag)).collect();
+                let all = u32::try_from(concurrency).unwrap_or(u32::MAX);
+                let alone = tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => break,
+                    p = semaphore.clone().acquire_many_owned(all) => match p {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
+                };
+                drop(holds);
+                let shared = shared.clone();
+                jobs.spawn(async move {
+                    for delivery in deliveries {
+                        shared.handle(delivery).await;
+                    }
+                    drop(alone);
+                });
+                continue;
+            }
             for (delivery, permit) in deliveries.into_iter().zip(permits) {
                 let shared = shared.clone();
                 jobs.spawn(async move {

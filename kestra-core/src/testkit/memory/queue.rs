@@ -519,6 +519,8 @@ impl Drop for MemoryUnit {
             let mut inner = lock(&self.queue.inner);
             for r in inner.rows.iter_mut().filter(|r| r.unit == Some(self.id)) {
                 r.unit = None;
+                // A rollback is not a crash: the delivery does not count (`Delivery::attempt`).
+                r.attempts = r.attempts.saturating_sub(1);
             }
             self.queue.notify.notify_waiters();
         }
