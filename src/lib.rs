@@ -380,7 +380,10 @@ pub fn webserver_from_config(
             format!("{max_body} is too large"),
         )
     })?;
-    let upload_key = if config.get("kestra.server.multipart.max-file-size").is_some() {
+    let upload_key = if config
+        .get("kestra.server.multipart.max-file-size")
+        .is_some()
+    {
         "kestra.server.multipart.max-file-size"
     } else {
         "micronaut.server.multipart.max-file-size"

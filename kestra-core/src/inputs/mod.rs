@@ -445,9 +445,14 @@ fn check_stored_file(
 ) -> Result<Value, String> {
     let name = upload_file_name(file_name)?;
     parse::check_extension(input, &name)?;
-    let expected =
-        StoragePath::input_file(&ex.namespace, &ex.flow_id, &ex.execution_id, &input.id, &name)
-            .map_err(|e| format!("cannot store file '{name}': {e}"))?;
+    let expected = StoragePath::input_file(
+        &ex.namespace,
+        &ex.flow_id,
+        &ex.execution_id,
+        &input.id,
+        &name,
+    )
+    .map_err(|e| format!("cannot store file '{name}': {e}"))?;
     if *path != expected {
         return Err(format!(
             "the uploaded file was stored at {path}, not at {expected} where this input's file belongs"

@@ -568,13 +568,20 @@ impl Engine {
         if !stored.is_empty() {
             let mut used = std::collections::HashSet::new();
             if let Ok(execution) = &result {
-                collect_strings(&serde_json::Value::Object(execution.inputs.clone()), &mut used);
+                collect_strings(
+                    &serde_json::Value::Object(execution.inputs.clone()),
+                    &mut used,
+                );
             }
             for path in stored {
                 if used.contains(&path.to_uri()) {
                     continue;
                 }
-                if let Err(e) = self.storage.delete(crate::model::DEFAULT_TENANT, &path).await {
+                if let Err(e) = self
+                    .storage
+                    .delete(crate::model::DEFAULT_TENANT, &path)
+                    .await
+                {
                     tracing::warn!(path = %path, error = %e, "cannot delete an unused uploaded file");
                 }
             }

@@ -178,10 +178,12 @@ async fn read_form(
 }
 
 fn form_error(e: axum::extract::multipart::MultipartError) -> ApiError {
-    ApiError::new(
-        e.status(),
-        format!("invalid multipart body: {}", e.body_text()),
-    )
+    // A body that breaks off (client gone, connection reset) is the client's problem, not a 500.
+    let status = match e.status() {
+        StatusCode::INTERNAL_SERVER_ERROR => StatusCode::BAD_REQUEST,
+        status => status,
+    };
+    ApiError::new(status, format!("invalid multipart body: {}", e.body_text()))
 }
 
 /// Stream one file part into storage: the part is read chunk by chunk while the storage writes it
@@ -227,9 +229,7 @@ async fn stream_to_storage(
     };
     let (written, fed) = tokio::join!(put, feed);
     fed?;
-    written.map_err(|e| {
-        ApiError::internal(format!("cannot store the uploaded file {path}: {e}"))
-    })
+    written.map_err(|e| ApiError::internal(format!("cannot store the uploaded file {path}: {e}")))
 }
 
 /// `POST /executions/{namespace}/{flowId}`: create an execution; answers at once with it (CREATED),
