@@ -46,6 +46,8 @@ conformance!(
     tenants_are_isolated,
     invalid_tenants_are_refused,
     traversal_is_refused,
+    attributes_of_files_and_directories,
+    move_file_moves,
 );
 
 #[tokio::test]
