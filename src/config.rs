@@ -140,6 +140,8 @@ pub const KNOWN_KEYS: &[&str] = &[
     "kestra.server.port",
     "micronaut.server.port",
     "kestra.server.max-request-size",
+    "kestra.server.multipart.max-file-size",
+    "micronaut.server.multipart.max-file-size",
     "kestra.server.basic-auth.enabled",
     "kestra.server.basic-auth.username",
     "kestra.server.basic-auth.password",
@@ -426,6 +428,10 @@ impl Config {
                     #[cfg(feature = "webserver")]
                     "kestra.server.max-request-size" => {
                         Some(kestra_webserver::DEFAULT_MAX_BODY.to_string())
+                    }
+                    #[cfg(feature = "webserver")]
+                    "kestra.server.multipart.max-file-size" => {
+                        Some(kestra_webserver::DEFAULT_MAX_UPLOAD.to_string())
                     }
                     "kestra.server.basic-auth.enabled" => Some("true".into()),
                     "kestra.server.basic-auth.username" => Some("admin@kestra.io".into()),

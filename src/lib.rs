@@ -353,7 +353,10 @@ pub struct WebserverSettings {
 /// `kestra.server.port` (default `8080`, Kestra's `micronaut.server.port` also read),
 /// `kestra.server.basic-auth.enabled` (default `true`), `.username` (default `admin@kestra.io`),
 /// `.password` (default `kestra`; a `$argon2...` PHC string is taken as the hash) and
-/// `kestra.server.max-request-size` (bytes, default 100 MiB), `kestra.server.metrics.public`
+/// `kestra.server.max-request-size` (bytes, default 100 MiB),
+/// `kestra.server.multipart.max-file-size` (bytes or `10GB`-like, default 10 GiB: the limit of a request that
+/// uploads files, which are streamed into internal storage; Kestra's
+/// `micronaut.server.multipart.max-file-size` also read), `kestra.server.metrics.public`
 /// (default `false`: `GET /metrics` needs credentials like every route).
 #[cfg(feature = "webserver")]
 pub fn webserver_from_config(
@@ -393,6 +396,18 @@ pub fn webserver_from_config(
             format!("{max_body} is too large"),
         )
     })?;
+    let upload_key = if config
+        .get("kestra.server.multipart.max-file-size")
+        .is_some()
+    {
+        "kestra.server.multipart.max-file-size"
+    } else {
+        "micronaut.server.multipart.max-file-size"
+    };
+    let max_upload = config.get_size(
+        upload_key,
+        usize::try_from(kestra_webserver::DEFAULT_MAX_UPLOAD).unwrap_or(usize::MAX),
+    )? as u64;
     let metrics_public = config.get_bool("kestra.server.metrics.public", false)?;
     let (auth, credentials) = if config.get_bool("kestra.server.basic-auth.enabled", true)? {
         let username = config
@@ -421,6 +436,7 @@ pub fn webserver_from_config(
             .bind(bind)
             .auth(auth)
             .max_body_bytes(max_body)
+            .max_upload_bytes(max_upload)
             .metrics_public(metrics_public)
             .build(),
         url: format!("http://{shown_host}:{port}/"),

@@ -215,3 +215,102 @@ async fn a_missing_bucket_stops_the_start() {
 fn uuid_like() -> String {
     kestra::core::model::new_id().to_ascii_lowercase()
 }
+
+const NAMESPACE_FILES_FLOW: &str = r#"
+id: s3-namespace-files
+namespace: company.team
+tasks:
+  - id: read
+    type: io.kestra.plugin.core.debug.Return
+    format: "{{ read(fileURI('data/greeting.txt')) }}"
+  - id: remember
+    type: io.kestra.plugin.core.kv.Set
+    key: greeting
+    value: "{{ outputs.read.value }} again"
+  - id: recall
+    type: io.kestra.plugin.core.debug.Return
+    format: "{{ kv('greeting') }}"
+"#;
+
+/// Namespace files (`<namespace>/_files/...`) and KV values live in the bucket: a namespace file
+/// written through another storage client (as from another machine) is read by a flow with
+/// `read(fileURI(...))`, and the KV value the flow sets is an object of the bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespace_files_and_kv_live_in_the_bucket() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = format!("nsfiles-{}", uuid_like());
+    let Some(pairs) = s3_pairs(dir.path(), &prefix) else {
+        return;
+    };
+    let config = Config::from_pairs(pairs);
+    // Another client of the same bucket writes the namespace file.
+    let writer = kestra::open_storage(&config)
+        .await
+        .expect("open the S3 storage");
+    let file = StoragePath::parse("kestra:///company/team/_files/data/greeting.txt").unwrap();
+    writer
+        .put_bytes("main", &file, bytes_of("hello from the bucket"))
+        .await
+        .expect("write the namespace file");
+
+    let engine = kestra::engine(&config).await.expect("engine on S3").start();
+    let (flow, _) = engine.deploy(NAMESPACE_FILES_FLOW).await.expect("deploy");
+    let created = engine
+        .execute(&flow.namespace, &flow.id, IndexMap::new())
+        .await
+        .expect("execute");
+    let execution = engine
+        .wait_for(&created.id, Duration::from_secs(60))
+        .await
+        .expect("wait");
+    assert_eq!(
+        execution.state.current(),
+        StateType::Success,
+        "{execution:#?}"
+    );
+    let output = |task: &str| {
+        execution
+            .task_run_list
+            .iter()
+            .find(|r| r.task_id == task)
+            .and_then(|r| r.outputs.as_ref())
+            .and_then(|o| o.get("value"))
+            .cloned()
+    };
+    assert_eq!(
+        output("read"),
+        Some(serde_json::json!("hello from the bucket"))
+    );
+    assert_eq!(
+        output("recall"),
+        Some(serde_json::json!("hello from the bucket again"))
+    );
+
+    // Both are objects of the bucket under the configured prefix.
+    let raw = kestra::storage::object::S3Config {
+        options: kestra::storage::object::ObjectOptions::default(),
+        ..config.s3_storage().unwrap()
+    }
+    .connect()
+    .await
+    .expect("connect without a prefix");
+    for key in [
+        format!("{prefix}/main/company/team/_files/data/greeting.txt"),
+        format!("{prefix}/main/company/team/_kv/greeting.json"),
+    ] {
+        raw.object_store()
+            .head(&ObjectPath::from(key.as_str()))
+            .await
+            .unwrap_or_else(|e| panic!("{key} is not an object of the bucket: {e}"));
+    }
+    let namespace = StoragePath::namespace("company.team").unwrap();
+    writer
+        .delete_prefix("main", &namespace)
+        .await
+        .expect("clean the test prefix");
+    engine.shutdown().await;
+}
+
+fn bytes_of(text: &str) -> axum::body::Bytes {
+    axum::body::Bytes::copy_from_slice(text.as_bytes())
+}

@@ -72,6 +72,7 @@ impl Api {
         let webserver = Webserver::builder(engine.clone())
             .auth(Auth::Basic(BasicAuth::new(USER, PASSWORD).unwrap()))
             .max_body_bytes(MAX_BODY)
+            .max_upload_bytes(MAX_BODY as u64)
             .follow_poll(Duration::from_millis(50))
             .build();
         let shutdown = CancellationToken::new();

@@ -24,7 +24,8 @@
 //!
 //! `put` then `get` returns the same bytes; `put` replaces; `size`, `exists`, `delete` (true if
 //! something was deleted), `list` (direct children of a directory-like prefix), `delete_prefix`
-//! (everything under a prefix); a missing file is [`StorageError::NotFound`], and so is `get`/`size` of
+//! (everything under a prefix), `attributes` (kind, size, last modification of a file or of a
+//! directory-like prefix), `move_file` (a file to another path of the same tenant); a missing file is [`StorageError::NotFound`], and so is `get`/`size` of
 //! a directory-like prefix. A failed or cancelled `put` leaves the previous content (or nothing)
 //! visible, never a half-written file. A directory emptied by `delete`/`delete_prefix` disappears from
 //! `list`, as on object stores. Every operation is scoped by tenant; an invalid tenant id (empty,
@@ -284,6 +285,30 @@ pub struct FileAttributes {
     pub directory: bool,
 }
 
+/// What a path is, as [`InternalStorage::attributes`] sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum FileKind {
+    /// A file.
+    File,
+    /// A directory-like prefix: something is stored under it.
+    Directory,
+}
+
+/// Attributes of one path (Kestra's `FileAttributes`): kind, size, last modification.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attributes {
+    /// The path asked about.
+    pub path: StoragePath,
+    /// File or directory-like prefix.
+    pub kind: FileKind,
+    /// Size in bytes (0 for a directory).
+    pub size: u64,
+    /// When the file was last written (for a directory: the local store gives its directory's
+    /// time, object stores have no such thing and give `None`).
+    pub last_modified: Option<chrono::DateTime<chrono::Utc>>,
+}
+
 /// The internal storage seam. See the module documentation for the contract.
 #[async_trait]
 pub trait InternalStorage: Send + Sync + 'static {
@@ -310,6 +335,26 @@ pub trait InternalStorage: Send + Sync + 'static {
     ) -> Result<Vec<FileAttributes>, StorageError>;
     /// Delete every file under a prefix; returns how many files were deleted.
     async fn delete_prefix(&self, tenant: &str, prefix: &StoragePath) -> Result<u64, StorageError>;
+    /// Kind, size and last modification of a file or of a directory-like prefix (a prefix with
+    /// something stored under it); [`StorageError::NotFound`] when it is neither.
+    async fn attributes(
+        &self,
+        tenant: &str,
+        path: &StoragePath,
+    ) -> Result<Attributes, StorageError>;
+    /// Kestra's `move`: move the file `from` to `to` within the same tenant, replacing `to` if it
+    /// exists; afterwards `from` is gone and `to` has its content. Files only: a missing `from`, or
+    /// one that is a directory-like prefix, is [`StorageError::NotFound`] (and nothing changes).
+    /// Both are [`StoragePath`]s, so neither can leave the tenant; callers confine them to a
+    /// namespace or an execution as they do for every other operation. Moving a file onto itself
+    /// keeps it. On the local store it is one rename (atomic); on object stores it is a server-side
+    /// copy then a delete, so for a moment both exist.
+    async fn move_file(
+        &self,
+        tenant: &str,
+        from: &StoragePath,
+        to: &StoragePath,
+    ) -> Result<(), StorageError>;
 }
 
 /// Convenience: whole-buffer helpers over any [`InternalStorage`].

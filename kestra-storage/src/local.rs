@@ -35,7 +35,7 @@
 use async_trait::async_trait;
 use futures::StreamExt;
 use kestra_core::storage::{
-    ByteStream, FileAttributes, InternalStorage, StorageError, StoragePath,
+    Attributes, ByteStream, FileAttributes, FileKind, InternalStorage, StorageError, StoragePath,
 };
 use std::io;
 use std::path::{Component, Path, PathBuf};
@@ -642,5 +642,104 @@ impl InternalStorage for LocalStorage {
         .await?;
         tracing::debug!(deleted, "deleted prefix");
         Ok(deleted)
+    }
+
+    #[tracing::instrument(level = "debug", name = "storage.attributes", skip_all, fields(tenant = %tenant, path = %path))]
+    async fn attributes(
+        &self,
+        tenant: &str,
+        path: &StoragePath,
+    ) -> Result<Attributes, StorageError> {
+        let location = self.locate("attributes", tenant, path).await?;
+        let path_for_work = path.clone();
+        blocking("attributes", path, move || {
+            let path = path_for_work;
+            let meta =
+                std::fs::metadata(&location.file).map_err(|e| io_error("attributes", &path, e))?;
+            let last_modified = meta
+                .modified()
+                .ok()
+                .map(chrono::DateTime::<chrono::Utc>::from);
+            if meta.is_file() {
+                return Ok(Attributes {
+                    path,
+                    kind: FileKind::File,
+                    size: meta.len(),
+                    last_modified,
+                });
+            }
+            // A directory counts while something visible is in it (as an object-store prefix).
+            let entries =
+                std::fs::read_dir(&location.file).map_err(|e| io_error("attributes", &path, e))?;
+            let visible = entries
+                .filter_map(Result::ok)
+                .any(|entry| !entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX));
+            if !meta.is_dir() || !visible {
+                return Err(StorageError::NotFound { uri: path.to_uri() });
+            }
+            Ok(Attributes {
+                path,
+                kind: FileKind::Directory,
+                size: 0,
+                last_modified,
+            })
+        })
+        .await
+    }
+
+    #[tracing::instrument(level = "debug", name = "storage.move", skip_all, fields(tenant = %tenant, from = %from, to = %to))]
+    async fn move_file(
+        &self,
+        tenant: &str,
+        from: &StoragePath,
+        to: &StoragePath,
+    ) -> Result<(), StorageError> {
+        let source = self.locate("move", tenant, from).await?;
+        let target = self.locate("move", tenant, to).await?;
+        let (from_for_work, to_for_work) = (from.clone(), to.clone());
+        blocking("move", from, move || {
+            let (from, to) = (from_for_work, to_for_work);
+            match std::fs::symlink_metadata(&source.file) {
+                Err(e) => return Err(io_error("move", &from, e)),
+                Ok(meta) if meta.is_dir() => {
+                    return Err(StorageError::NotFound { uri: from.to_uri() });
+                }
+                Ok(_) => {}
+            }
+            if source.file == target.file {
+                return Ok(());
+            }
+            let backend = |e: io::Error| StorageError::backend("move", &to, e);
+            let Some(dir) = target.file.parent() else {
+                return Err(StorageError::InvalidUri {
+                    uri: to.to_uri(),
+                    reason: "no parent directory".to_string(),
+                });
+            };
+            // A concurrent delete may prune the target's directory between its creation and the
+            // rename: retry a few times, as `put` does.
+            let mut attempt = 0;
+            loop {
+                std::fs::create_dir_all(dir).map_err(backend)?;
+                match std::fs::rename(&source.file, &target.file) {
+                    Ok(()) => break,
+                    Err(e) if is_missing(&e) && attempt < 3 && source.file.exists() => {
+                        attempt += 1;
+                    }
+                    Err(e) if is_missing(&e) => return Err(io_error("move", &from, e)),
+                    Err(e) => return Err(backend(e)),
+                }
+            }
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(backend)?;
+            if let Some(parent) = source.file.parent() {
+                prune_empty_dirs(parent, &source.tenant_dir);
+            }
+            Ok(())
+        })
+        .await?;
+        tracing::debug!("moved");
+        Ok(())
     }
 }

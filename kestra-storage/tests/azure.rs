@@ -45,6 +45,8 @@ object_store_tests!(
     tenants_are_isolated,
     invalid_tenants_are_refused,
     traversal_is_refused,
+    attributes_of_files_and_directories,
+    move_file_moves,
 );
 
 #[tokio::test]

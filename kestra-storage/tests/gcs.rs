@@ -42,6 +42,8 @@ object_store_tests!(
     tenants_are_isolated,
     invalid_tenants_are_refused,
     traversal_is_refused,
+    attributes_of_files_and_directories,
+    move_file_moves,
 );
 
 /// Real GCS answers a listing of a missing bucket with 404 (`MissingBucket`, as S3 and Azure are

@@ -46,6 +46,8 @@ conformance!(
     tenants_are_isolated,
     invalid_tenants_are_refused,
     traversal_is_refused,
+    attributes_of_files_and_directories,
+    move_file_moves,
 );
 
 #[tokio::test]
@@ -299,7 +301,25 @@ async fn every_operation_through_an_escaping_symlink_is_refused() -> TestResult 
         );
         assert_refused(s.list(tenant, &dir).await, &at("list"));
         assert_refused(s.delete_prefix(tenant, &dir).await, &at("delete_prefix"));
+        assert_refused(s.attributes(tenant, &file).await, &at("attributes"));
+        // A move neither takes a file out through the symlink nor puts one in through it.
+        assert_refused(
+            s.move_file(tenant, &file, &p("ns/d/taken.txt")).await,
+            &at("move from"),
+        );
+        if tenant == "main" {
+            assert_refused(
+                s.move_file(tenant, &p("ns/d/inside.txt"), &dir.join("moved.txt")?)
+                    .await,
+                &at("move into"),
+            );
+        }
     }
+    assert_eq!(
+        std::fs::read(s.root().join("main/ns/d/inside.txt"))?,
+        b"inside",
+        "a refused move leaves its source in place"
+    );
 
     // Walks meet the symlinks as children and refuse too, deleting nothing.
     assert_refused(

@@ -44,6 +44,11 @@ pub const DEFAULT_BIND: SocketAddr =
 /// The default limit of a request body (uploads included): 100 MiB.
 pub const DEFAULT_MAX_BODY: usize = 100 * 1024 * 1024;
 
+/// The default limit of a request that uploads files (creating an execution with FILE inputs,
+/// streamed into internal storage, never held in memory): 10 GiB, Kestra's
+/// `micronaut.server.multipart.max-file-size`.
+pub const DEFAULT_MAX_UPLOAD: u64 = 10 * 1024 * 1024 * 1024;
+
 /// Why the webserver could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum WebserverError {
@@ -70,6 +75,10 @@ pub struct WebserverConfig {
     pub auth: Auth,
     /// Largest request body accepted, in bytes (413 beyond; default [`DEFAULT_MAX_BODY`]).
     pub max_body_bytes: usize,
+    /// Largest body of a request that uploads files (execution creation from the API or the UI), in
+    /// bytes (413 beyond; default [`DEFAULT_MAX_UPLOAD`]). Its file parts are streamed into internal
+    /// storage; its text fields stay limited to `max_body_bytes` each.
+    pub max_upload_bytes: u64,
     /// How long `wait=true` on an execution waits for its end (default one hour).
     pub wait_timeout: Duration,
     /// How often a follow (SSE) reads the execution again (default 200 ms).
@@ -110,6 +119,11 @@ impl WebserverBuilder {
     /// Largest request body accepted, in bytes.
     pub fn max_body_bytes(mut self, bytes: usize) -> Self {
         self.config.max_body_bytes = bytes;
+        self
+    }
+    /// Largest body of a request that uploads files, in bytes.
+    pub fn max_upload_bytes(mut self, bytes: u64) -> Self {
+        self.config.max_upload_bytes = bytes;
         self
     }
     /// How long `wait=true` waits for an execution's end.
@@ -153,6 +167,7 @@ impl Webserver {
                 bind: DEFAULT_BIND,
                 auth: Auth::Unconfigured,
                 max_body_bytes: DEFAULT_MAX_BODY,
+                max_upload_bytes: DEFAULT_MAX_UPLOAD,
                 wait_timeout: Duration::from_secs(3600),
                 follow_poll: Duration::from_millis(200),
                 metrics_public: false,

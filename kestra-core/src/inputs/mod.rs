@@ -68,6 +68,31 @@ pub enum RawInput {
         /// The file's content.
         content: Bytes,
     },
+    /// A file part the caller already streamed into internal storage (so that a large upload never
+    /// sits in memory): it must be exactly at [`StoragePath::input_file`] of the execution being
+    /// created, this input's id and [`upload_file_name`] of `file_name`, or it is refused.
+    Stored {
+        /// The file name the client sent.
+        file_name: String,
+        /// Where the caller stored it.
+        path: StoragePath,
+    },
+}
+
+/// The name an uploaded file is stored under: the last segment of what the client sent (`/` or `\`
+/// separated), trimmed; an error when nothing usable is left (empty, `.`, `..`).
+pub fn upload_file_name(file_name: &str) -> Result<String, String> {
+    let name = file_name
+        .rsplit(['/', '\\'])
+        .next()
+        .unwrap_or_default()
+        .trim();
+    if name.is_empty() || name == "." || name == ".." {
+        return Err(format!(
+            "the uploaded file has no usable name ('{file_name}')"
+        ));
+    }
+    Ok(name.to_string())
 }
 
 /// Renders `defaults`, `expression` and `dependsOn.condition` (Pebble). The engine passes its
@@ -338,7 +363,14 @@ async fn resolve_one(
                 .map(Some)
                 .map_err(|e| vec![e])
         }
-        RawInput::File { .. } => Err(vec!["expects a value, not a file upload".to_string()]),
+        RawInput::Stored { file_name, path } if input.input_type == InputType::File => {
+            check_stored_file(input, &file_name, &path, res.execution)
+                .map(Some)
+                .map_err(|e| vec![e])
+        }
+        RawInput::File { .. } | RawInput::Stored { .. } => {
+            Err(vec!["expects a value, not a file upload".to_string()])
+        }
         RawInput::Json(v) => finish(input, Candidate::Json(v), allowed.as_deref(), res.execution),
         RawInput::Text(s) => finish(input, Candidate::Text(s), allowed.as_deref(), res.execution),
     }
@@ -380,16 +412,8 @@ async fn store_file(
     content: Bytes,
     res: &Resolution<'_>,
 ) -> Result<Value, String> {
-    let name = file_name
-        .rsplit(['/', '\\'])
-        .next()
-        .unwrap_or_default()
-        .trim();
-    if name.is_empty() || name == "." || name == ".." {
-        return Err(format!(
-            "the uploaded file has no usable name ('{file_name}')"
-        ));
-    }
+    let name = upload_file_name(file_name)?;
+    let name = name.as_str();
     parse::check_extension(input, name)?;
     let storage = res.storage.ok_or_else(|| {
         "cannot store an uploaded file: no internal storage configured".to_string()
@@ -407,6 +431,33 @@ async fn store_file(
         .put_bytes(&ex.tenant, &path, content)
         .await
         .map_err(|e| format!("cannot store file '{name}': {e}"))?;
+    Ok(Value::String(path.to_uri()))
+}
+
+/// A file the caller streamed into storage itself: it must sit exactly where [`store_file`] would
+/// have put it (this execution, this input, the cleaned file name), so a caller cannot point an input
+/// at another execution's or namespace's file.
+fn check_stored_file(
+    input: &Input,
+    file_name: &str,
+    path: &StoragePath,
+    ex: &ExecutionRef,
+) -> Result<Value, String> {
+    let name = upload_file_name(file_name)?;
+    parse::check_extension(input, &name)?;
+    let expected = StoragePath::input_file(
+        &ex.namespace,
+        &ex.flow_id,
+        &ex.execution_id,
+        &input.id,
+        &name,
+    )
+    .map_err(|e| format!("cannot store file '{name}': {e}"))?;
+    if *path != expected {
+        return Err(format!(
+            "the uploaded file was stored at {path}, not at {expected} where this input's file belongs"
+        ));
+    }
     Ok(Value::String(path.to_uri()))
 }
 

@@ -603,12 +603,12 @@ pub(crate) fn parse_raw(input: &Input, raw: RawInput) -> Result<Value, InputErro
     let candidate = match raw {
         RawInput::Json(v) => Candidate::Json(v),
         RawInput::Text(s) => Candidate::Text(s),
-        RawInput::File { .. } if input.input_type == InputType::File => {
+        RawInput::File { .. } | RawInput::Stored { .. } if input.input_type == InputType::File => {
             return Err(err(
                 "a file upload must be stored: use resolve_inputs, which has the storage".into(),
             ));
         }
-        RawInput::File { .. } => {
+        RawInput::File { .. } | RawInput::Stored { .. } => {
             return Err(err("expects a value, not a file upload".into()));
         }
     };

@@ -41,7 +41,7 @@ use crate::runtime::flows::{
     FlowCache, FlowSource, FlowStore, RepositoryFlowSource, flow_envelope, follow_flows,
 };
 use crate::scheduler::{SchedulerConfig, SchedulerService, SystemClock};
-use crate::storage::InternalStorage;
+use crate::storage::{InternalStorage, StoragePath};
 use crate::worker::{RunnerRegistry, Worker, WorkerConfig};
 
 /// Errors of the engine's API.
@@ -346,6 +346,10 @@ pub struct ExecuteOptions {
     pub revision: Option<i32>,
     /// Do not start before.
     pub schedule_date: Option<chrono::DateTime<Utc>>,
+    /// The id of the new execution, chosen by the caller (e.g. a webserver that streams FILE inputs
+    /// into the execution's storage folder before creating it, see [`RawInput::Stored`]); a new id
+    /// when `None`. It must be 1 to 64 ASCII letters, digits, `-` or `_`.
+    pub execution_id: Option<String>,
 }
 
 /// Running engine components plus the API to deploy flows and run executions.
@@ -541,8 +545,51 @@ impl Engine {
             .await
     }
 
-    /// [`Engine::execute`] with options.
+    /// [`Engine::execute`] with options. Files given as [`RawInput::Stored`] that do not end up as
+    /// an input's value (unknown input, invalid inputs, missing flow...) are deleted from storage, so a
+    /// refused request leaves nothing behind.
     pub async fn execute_with(
+        &self,
+        namespace: &str,
+        flow_id: &str,
+        inputs: IndexMap<String, RawInput>,
+        options: ExecuteOptions,
+    ) -> Result<Execution, EngineError> {
+        let stored: Vec<StoragePath> = inputs
+            .values()
+            .filter_map(|raw| match raw {
+                RawInput::Stored { path, .. } => Some(path.clone()),
+                _ => None,
+            })
+            .collect();
+        let result = self
+            .execute_inner(namespace, flow_id, inputs, options)
+            .await;
+        if !stored.is_empty() {
+            let mut used = std::collections::HashSet::new();
+            if let Ok(execution) = &result {
+                collect_strings(
+                    &serde_json::Value::Object(execution.inputs.clone()),
+                    &mut used,
+                );
+            }
+            for path in stored {
+                if used.contains(&path.to_uri()) {
+                    continue;
+                }
+                if let Err(e) = self
+                    .storage
+                    .delete(crate::model::DEFAULT_TENANT, &path)
+                    .await
+                {
+                    tracing::warn!(path = %path, error = %e, "cannot delete an unused uploaded file");
+                }
+            }
+        }
+        result
+    }
+
+    async fn execute_inner(
         &self,
         namespace: &str,
         flow_id: &str,
@@ -552,6 +599,29 @@ impl Engine {
         let (flow, mut execution) = self
             .new_execution(namespace, flow_id, options.revision)
             .await?;
+        if let Some(id) = options.execution_id {
+            let valid = !id.is_empty()
+                && id.len() <= 64
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !valid {
+                return Err(EngineError::InvalidInputs(InputErrors(vec![
+                    crate::inputs::InputError {
+                        input: "(execution id)".into(),
+                        message: format!(
+                            "'{id}' is not a valid execution id: 1 to 64 letters, digits, '-' or '_'"
+                        ),
+                    },
+                ])));
+            }
+            for l in execution.labels.iter_mut() {
+                if l.key == system_labels::CORRELATION_ID && l.value == execution.id {
+                    l.value = id.clone();
+                }
+            }
+            execution.id = id;
+        }
         for l in options.labels {
             if l.key.starts_with("system.") && l.key != system_labels::CORRELATION_ID {
                 continue;
@@ -893,5 +963,17 @@ impl Engine {
                 tracing::error!(component = name, error = %e, "component ended abnormally");
             }
         }
+    }
+}
+
+/// Every string inside a JSON value (the URIs of FILE inputs, however nested).
+fn collect_strings(value: &serde_json::Value, out: &mut std::collections::HashSet<String>) {
+    match value {
+        serde_json::Value::String(s) => {
+            out.insert(s.clone());
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| collect_strings(v, out)),
+        serde_json::Value::Object(map) => map.values().for_each(|v| collect_strings(v, out)),
+        _ => {}
     }
 }

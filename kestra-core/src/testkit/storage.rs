@@ -13,7 +13,8 @@
 //! `.`, `..`, `a/b`, `a\b`) are refused with [`StorageError::InvalidUri`].
 
 use crate::storage::{
-    ByteStream, FileAttributes, InternalStorage, InternalStorageExt, StorageError, StoragePath,
+    ByteStream, FileAttributes, FileKind, InternalStorage, InternalStorageExt, StorageError,
+    StoragePath,
 };
 use bytes::Bytes;
 use futures::StreamExt;
@@ -695,6 +696,173 @@ pub async fn traversal_is_refused(storage: &dyn InternalStorage) {
     );
 }
 
+/// `attributes`: a file is a FILE with its size and a last modification close to now (a `put` moves
+/// it forward); a prefix with files under it is a DIRECTORY of size 0; a missing path (and a
+/// directory emptied by `delete`) is [`StorageError::NotFound`]; tenants are separate.
+pub async fn attributes_of_files_and_directories(storage: &dyn InternalStorage) {
+    let prefix = unique_prefix("attributes");
+    let p = path(&prefix, "dir/file.txt");
+    assert_not_found(
+        storage.attributes(TENANT, &p).await,
+        "attributes of a missing file",
+    );
+    let before = chrono::Utc::now() - chrono::Duration::minutes(5);
+    put(storage, TENANT, &p, b"123456789").await;
+    let file = storage
+        .attributes(TENANT, &p)
+        .await
+        .unwrap_or_else(|e| panic!("attributes of {p}: {e}"));
+    assert_eq!(file.path, p, "attributes name the path asked about");
+    assert_eq!(file.kind, FileKind::File, "a stored file is a FILE");
+    assert_eq!(file.size, 9, "the size of the file");
+    let modified = file
+        .last_modified
+        .unwrap_or_else(|| panic!("a file has a last modification time: {file:?}"));
+    let after = chrono::Utc::now() + chrono::Duration::minutes(5);
+    assert!(
+        before <= modified && modified <= after,
+        "last modification {modified} of a file just written is not now (clocks 5 min apart?)"
+    );
+
+    let dir = path(&prefix, "dir");
+    let directory = storage
+        .attributes(TENANT, &dir)
+        .await
+        .unwrap_or_else(|e| panic!("attributes of the directory-like prefix {dir}: {e}"));
+    assert_eq!(
+        directory.kind,
+        FileKind::Directory,
+        "a prefix with files under it"
+    );
+    assert_eq!(directory.size, 0, "a directory's size is 0");
+    assert_not_found(
+        storage.attributes(OTHER_TENANT, &p).await,
+        "attributes of a file of another tenant",
+    );
+    assert_not_found(
+        storage.attributes(TENANT, &path(&prefix, "di")).await,
+        "attributes of a prefix that is not segment-wise (`di` of `dir`)",
+    );
+
+    assert_eq!(storage.delete(TENANT, &p).await.ok(), Some(true), "delete");
+    assert_not_found(
+        storage.attributes(TENANT, &p).await,
+        "attributes after delete",
+    );
+    assert_not_found(
+        storage.attributes(TENANT, &dir).await,
+        "attributes of a directory emptied by delete",
+    );
+}
+
+/// `move_file`: the content moves to the new path (replacing what was there), the old path is gone,
+/// the emptied directory disappears; a missing source or a directory-like one is
+/// [`StorageError::NotFound`] and changes nothing; a move onto itself keeps the file; a move in one
+/// tenant leaves the other tenant's same paths alone.
+pub async fn move_file_moves(storage: &dyn InternalStorage) {
+    let prefix = unique_prefix("move");
+    let from = path(&prefix, "a/from.txt");
+    let to = path(&prefix, "b/c/to.txt");
+    put(storage, TENANT, &from, b"moved content").await;
+    put(storage, OTHER_TENANT, &from, b"other tenant").await;
+    storage
+        .move_file(TENANT, &from, &to)
+        .await
+        .unwrap_or_else(|e| panic!("move {from} to {to}: {e}"));
+    assert_eq!(
+        get(storage, TENANT, &to).await,
+        &b"moved content"[..],
+        "content at the target"
+    );
+    assert_eq!(
+        storage.exists(TENANT, &from).await.ok(),
+        Some(false),
+        "the source is gone after a move"
+    );
+    assert_eq!(
+        get(storage, OTHER_TENANT, &from).await,
+        &b"other tenant"[..],
+        "a move in one tenant leaves another tenant's file alone"
+    );
+    assert_eq!(
+        storage.exists(OTHER_TENANT, &to).await.ok(),
+        Some(false),
+        "a move in one tenant creates nothing in another"
+    );
+    let names: Vec<String> = list(storage, TENANT, &prefix)
+        .await
+        .into_iter()
+        .map(|e| e.path.file_name().to_string())
+        .collect();
+    assert_eq!(
+        names,
+        vec!["b".to_string()],
+        "the emptied source directory disappears"
+    );
+
+    // Onto an existing file: replaced.
+    let other = path(&prefix, "b/other.txt");
+    put(storage, TENANT, &other, b"replacement").await;
+    storage
+        .move_file(TENANT, &other, &to)
+        .await
+        .unwrap_or_else(|e| panic!("move {other} onto {to}: {e}"));
+    assert_eq!(
+        get(storage, TENANT, &to).await,
+        &b"replacement"[..],
+        "the target is replaced"
+    );
+    assert_eq!(storage.exists(TENANT, &other).await.ok(), Some(false));
+
+    // Onto itself: kept.
+    storage
+        .move_file(TENANT, &to, &to)
+        .await
+        .unwrap_or_else(|e| panic!("move {to} onto itself: {e}"));
+    assert_eq!(
+        get(storage, TENANT, &to).await,
+        &b"replacement"[..],
+        "a move onto itself keeps the file"
+    );
+
+    // A missing source, or a directory-like one: NotFound, nothing changes.
+    let missing = path(&prefix, "a/missing.txt");
+    let elsewhere = path(&prefix, "z/target.txt");
+    assert_not_found(
+        storage.move_file(TENANT, &missing, &elsewhere).await,
+        "move of a missing file",
+    );
+    assert_not_found(
+        storage
+            .move_file(TENANT, &path(&prefix, "b"), &elsewhere)
+            .await,
+        "move of a directory-like prefix",
+    );
+    assert_eq!(
+        storage.exists(TENANT, &elsewhere).await.ok(),
+        Some(false),
+        "a refused move creates nothing"
+    );
+    assert_eq!(
+        get(storage, TENANT, &to).await,
+        &b"replacement"[..],
+        "a refused move changes nothing"
+    );
+
+    // An invalid tenant is refused, as for every operation.
+    match storage.move_file("a/b", &to, &elsewhere).await {
+        Err(StorageError::InvalidUri { .. }) => {}
+        other => panic!("move with tenant \"a/b\" must be InvalidUri, got {other:?}"),
+    }
+
+    for tenant in [TENANT, OTHER_TENANT] {
+        storage
+            .delete_prefix(tenant, &prefix)
+            .await
+            .unwrap_or_else(|e| panic!("cleanup of {prefix} in {tenant}: {e}"));
+    }
+}
+
 /// Run every check of the suite, one after the other.
 pub async fn run_all(storage: &dyn InternalStorage) {
     put_get_round_trip(storage).await;
@@ -708,4 +876,6 @@ pub async fn run_all(storage: &dyn InternalStorage) {
     tenants_are_isolated(storage).await;
     invalid_tenants_are_refused(storage).await;
     traversal_is_refused(storage).await;
+    attributes_of_files_and_directories(storage).await;
+    move_file_moves(storage).await;
 }

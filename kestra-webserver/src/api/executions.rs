@@ -15,6 +15,7 @@ use kestra_core::inputs::RawInput;
 use kestra_core::model::{DEFAULT_TENANT, Execution, StateType};
 use kestra_core::repository::ExecutionQuery;
 use kestra_core::runtime::ExecuteOptions;
+use kestra_core::storage::StoragePath;
 use serde_json::{Value, json};
 
 use super::Params;
@@ -38,10 +39,55 @@ pub(crate) fn execution_json(execution: &Execution) -> Result<Value, ApiError> {
         .map_err(|e| ApiError::internal(format!("cannot serialise execution: {e}")))
 }
 
-/// The inputs of a multipart form: text fields and files.
+/// Where the file parts of a form go: the FILE inputs folder of the execution about to be created.
+pub(crate) struct UploadTarget {
+    /// The flow's namespace.
+    pub(crate) namespace: String,
+    /// The flow id.
+    pub(crate) flow_id: String,
+    /// The id the execution will have (see [`ExecuteOptions::execution_id`]).
+    pub(crate) execution_id: String,
+}
+
+impl UploadTarget {
+    /// A target for a new execution of a flow, with a fresh execution id.
+    pub(crate) fn new(namespace: &str, flow_id: &str) -> UploadTarget {
+        UploadTarget {
+            namespace: namespace.to_string(),
+            flow_id: flow_id.to_string(),
+            execution_id: kestra_core::model::id::new_id(),
+        }
+    }
+}
+
+/// The inputs of a multipart form: text fields (each at most `max_body_bytes`) and files. With a
+/// `target`, each file part is streamed straight into internal storage at
+/// `.../executions/<id>/inputs/<field>/<file name>` (never held in memory) and given as
+/// [`RawInput::Stored`]; without one, a file part is refused (422). A file part with an empty name and
+/// no content (an untouched file field of an HTML form) counts as absent. On any error, the files
+/// stored so far are deleted. A body over the route's limit is a 413.
 pub(crate) async fn form_inputs(
     state: &Arc<AppState>,
     request: Request,
+    target: Option<&UploadTarget>,
+) -> Result<IndexMap<String, RawInput>, ApiError> {
+    let mut stored = Vec::new();
+    let result = read_form(state, request, target, &mut stored).await;
+    if result.is_err() {
+        for path in stored {
+            if let Err(e) = state.engine.storage().delete(DEFAULT_TENANT, &path).await {
+                tracing::warn!(path = %path, error = %e, "cannot delete a file of a refused upload");
+            }
+        }
+    }
+    result
+}
+
+async fn read_form(
+    state: &Arc<AppState>,
+    request: Request,
+    target: Option<&UploadTarget>,
+    stored: &mut Vec<StoragePath>,
 ) -> Result<IndexMap<String, RawInput>, ApiError> {
     let content_type = request
         .headers()
@@ -62,26 +108,128 @@ pub(crate) async fn form_inputs(
         .await
         .map_err(|e| ApiError::new(e.status(), e.body_text()))?;
     let mut inputs = IndexMap::new();
-    let form_error = |e: axum::extract::multipart::MultipartError| {
-        ApiError::new(
-            e.status(),
-            format!("invalid multipart body: {}", e.body_text()),
-        )
-    };
-    while let Some(field) = multipart.next_field().await.map_err(form_error)? {
+    while let Some(mut field) = multipart.next_field().await.map_err(form_error)? {
         let Some(name) = field.name().map(str::to_string) else {
             return Err(ApiError::bad_request("a multipart field has no name"));
         };
         let input = match field.file_name().map(str::to_string) {
-            Some(file_name) => RawInput::File {
-                file_name,
-                content: field.bytes().await.map_err(form_error)?,
-            },
-            None => RawInput::Text(field.text().await.map_err(form_error)?),
+            Some(file_name) => {
+                let Some(target) = target else {
+                    return Err(ApiError::unprocessable(format!(
+                        "input '{name}': files are not accepted here"
+                    )));
+                };
+                if file_name.trim().is_empty() {
+                    // An untouched file field of an HTML form: no file, unless it has content.
+                    if field.chunk().await.map_err(form_error)?.is_some() {
+                        return Err(ApiError::unprocessable(format!(
+                            "input '{name}': the uploaded file has no name"
+                        )));
+                    }
+                    continue;
+                }
+                let clean = kestra_core::inputs::upload_file_name(&file_name)
+                    .map_err(|e| ApiError::unprocessable(format!("input '{name}': {e}")))?;
+                let path = StoragePath::input_file(
+                    &target.namespace,
+                    &target.flow_id,
+                    &target.execution_id,
+                    &name,
+                    &clean,
+                )
+                .map_err(|e| ApiError::unprocessable(format!("input '{name}': {e}")))?;
+                stream_to_storage(state, &mut field, &path).await?;
+                tracing::debug!(input = %name, path = %path, "uploaded file stored");
+                stored.push(path.clone());
+                RawInput::Stored { file_name, path }
+            }
+            None => {
+                let mut text = Vec::new();
+                while let Some(chunk) = field.chunk().await.map_err(form_error)? {
+                    if text.len() + chunk.len() > state.config.max_body_bytes {
+                        return Err(ApiError::new(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            format!(
+                                "input '{name}': a text field is limited to {} bytes",
+                                state.config.max_body_bytes
+                            ),
+                        ));
+                    }
+                    text.extend_from_slice(&chunk);
+                }
+                RawInput::Text(String::from_utf8(text).map_err(|_| {
+                    ApiError::bad_request(format!("input '{name}': the text is not valid UTF-8"))
+                })?)
+            }
         };
+        if let Some(RawInput::Stored { path: old, .. }) = inputs.get(&name)
+            && !matches!(&input, RawInput::Stored { path, .. } if path == old)
+        {
+            // The same field twice: the last one wins, the earlier file goes.
+            let old = old.clone();
+            stored.retain(|p| *p != old);
+            if let Err(e) = state.engine.storage().delete(DEFAULT_TENANT, &old).await {
+                tracing::warn!(path = %old, error = %e, "cannot delete a replaced upload");
+            }
+        }
         inputs.insert(name, input);
     }
     Ok(inputs)
+}
+
+fn form_error(e: axum::extract::multipart::MultipartError) -> ApiError {
+    // A body that breaks off (client gone, connection reset) is the client's problem, not a 500.
+    let status = match e.status() {
+        StatusCode::INTERNAL_SERVER_ERROR => StatusCode::BAD_REQUEST,
+        status => status,
+    };
+    ApiError::new(status, format!("invalid multipart body: {}", e.body_text()))
+}
+
+/// Stream one file part into storage: the part is read chunk by chunk while the storage writes it
+/// (a bounded channel between them), so memory stays at a few chunks whatever the file's size. A
+/// broken or over-limit body fails the `put`, which then leaves nothing behind.
+async fn stream_to_storage(
+    state: &Arc<AppState>,
+    field: &mut axum::extract::multipart::Field<'_>,
+    path: &StoragePath,
+) -> Result<u64, ApiError> {
+    use futures::StreamExt;
+    use kestra_core::storage::StorageError;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, StorageError>>(4);
+    let data = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    })
+    .boxed();
+    let storage = state.engine.storage().clone();
+    let put = storage.put(DEFAULT_TENANT, path, data);
+    let feed = async move {
+        loop {
+            match field.chunk().await {
+                Ok(Some(chunk)) => {
+                    if tx.send(Ok(chunk)).await.is_err() {
+                        // The storage gave up; its error tells why.
+                        return Ok(());
+                    }
+                }
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    let error = form_error(e);
+                    let _ = tx
+                        .send(Err(StorageError::Backend {
+                            operation: "receive the upload",
+                            uri: path.to_uri(),
+                            source: error.message.clone().into(),
+                        }))
+                        .await;
+                    return Err(error);
+                }
+            }
+        }
+    };
+    let (written, fed) = tokio::join!(put, feed);
+    fed?;
+    written.map_err(|e| ApiError::internal(format!("cannot store the uploaded file {path}: {e}")))
 }
 
 /// `POST /executions/{namespace}/{flowId}`: create an execution; answers at once with it (CREATED),
@@ -130,12 +278,14 @@ pub(crate) async fn trigger(
             ))
         })?),
     };
+    let target = UploadTarget::new(&namespace, &flow_id);
     let options = ExecuteOptions {
         labels: params.labels()?,
         revision,
         schedule_date: params.date("scheduleDate")?,
+        execution_id: Some(target.execution_id.clone()),
     };
-    let inputs = form_inputs(&state, request).await?;
+    let inputs = form_inputs(&state, request, Some(&target)).await?;
     let execution = state
         .engine
         .execute_with(&namespace, &flow_id, inputs, options)
@@ -529,7 +679,7 @@ pub(crate) async fn resume(
         )));
     }
     let mut inputs = serde_json::Map::new();
-    for (name, input) in form_inputs(&state, request).await? {
+    for (name, input) in form_inputs(&state, request, None).await? {
         match input {
             RawInput::Text(text) => {
                 inputs.insert(name, Value::String(text));
@@ -537,7 +687,7 @@ pub(crate) async fn resume(
             RawInput::Json(value) => {
                 inputs.insert(name, value);
             }
-            RawInput::File { .. } => {
+            RawInput::File { .. } | RawInput::Stored { .. } => {
                 return Err(ApiError::unprocessable(format!(
                     "resume input '{name}': files are not accepted when resuming"
                 )));

@@ -80,7 +80,7 @@ use crate::{ApiError, AppState};
 pub const MAX_PAGE_SIZE: u32 = 10_000;
 
 /// The API's routes (without prefix).
-fn routes() -> Router<Arc<AppState>> {
+fn routes(upload_limit: usize) -> Router<Arc<AppState>> {
     Router::new()
         .route("/configs", get(configs))
         .route("/flows", post(flows::create))
@@ -109,7 +109,10 @@ fn routes() -> Router<Arc<AppState>> {
         .route("/executions/{id}/resume", post(executions::resume))
         .route("/executions/{id}/file", get(executions::file))
         // `{id}` is the namespace here: matchit needs one name per position.
-        .route("/executions/{id}/{flow_id}", post(executions::trigger))
+        .route(
+            "/executions/{id}/{flow_id}",
+            post(executions::trigger).layer(DefaultBodyLimit::max(upload_limit)),
+        )
         .route(
             "/executions/webhook/{namespace}/{flow_id}/{key}",
             get(webhook::webhook)
@@ -158,7 +161,8 @@ fn routes() -> Router<Arc<AppState>> {
 
 /// Every route with authentication and the body limit.
 pub(crate) fn router(state: Arc<AppState>) -> Router {
-    let api = routes();
+    let upload_limit = usize::try_from(state.config.max_upload_bytes).unwrap_or(usize::MAX);
+    let api = routes(upload_limit);
     metrics::Metrics::start(&state);
     Router::new()
         .route("/health", get(health))
@@ -166,7 +170,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/swagger/kestra.yml", get(openapi::swagger_yaml))
         .nest("/api/v1/main", api.clone())
         .nest("/api/v1", api)
-        .merge(crate::ui::router())
+        .merge(crate::ui::router(upload_limit))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .layer(from_fn_with_state(state.clone(), reject_oversized))
@@ -186,15 +190,28 @@ async fn reject_oversized(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    // A multipart POST may upload files (streamed into storage): its limit is the upload one; the
+    // routes that do not stream files still cut the body at `max_body_bytes` as they read it.
+    let multipart = request.method() == axum::http::Method::POST
+        && request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.to_ascii_lowercase().starts_with("multipart/form-data"));
+    let limit = if multipart {
+        state
+            .config
+            .max_upload_bytes
+            .max(state.config.max_body_bytes as u64)
+    } else {
+        state.config.max_body_bytes as u64
+    };
     if let Some(length) = declared
-        && length > state.config.max_body_bytes as u64
+        && length > limit
     {
         return ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "request body of {length} bytes is over the limit of {} bytes",
-                state.config.max_body_bytes
-            ),
+            format!("request body of {length} bytes is over the limit of {limit} bytes"),
         )
         .into_response();
     }

@@ -408,19 +408,22 @@ pub(crate) async fn run(
     Path((namespace, id)): Path<(String, String)>,
     request: Request,
 ) -> Response {
-    let inputs = match crate::api::executions::form_inputs(&state, request).await {
+    let target = crate::api::executions::UploadTarget::new(&namespace, &id);
+    let inputs = match crate::api::executions::form_inputs(&state, request, Some(&target)).await {
+        // Untouched file fields are already left out.
         Ok(inputs) => inputs
             .into_iter()
-            .filter(|(_, v)| {
-                !matches!(v, kestra_core::inputs::RawInput::Text(t) if t.is_empty())
-                    && !matches!(v, kestra_core::inputs::RawInput::File { file_name, content } if file_name.is_empty() && content.is_empty())
-            })
+            .filter(|(_, v)| !matches!(v, kestra_core::inputs::RawInput::Text(t) if t.is_empty()))
             .collect(),
         Err(e) => return problem(&e),
     };
+    let options = ExecuteOptions {
+        execution_id: Some(target.execution_id.clone()),
+        ..ExecuteOptions::default()
+    };
     match state
         .engine
-        .execute_with(&namespace, &id, inputs, ExecuteOptions::default())
+        .execute_with(&namespace, &id, inputs, options)
         .await
     {
         Ok(execution) => {

@@ -119,7 +119,7 @@ pub(crate) fn login_redirect(request: &Request) -> Option<Response> {
 }
 
 /// The UI's routes.
-pub(crate) fn router() -> Router<Arc<AppState>> {
+pub(crate) fn router(upload_limit: usize) -> Router<Arc<AppState>> {
     Router::new()
         .route("/", get(|| async { Redirect::to("/ui/") }))
         .route("/ui", get(|| async { Redirect::to("/ui/") }))
@@ -133,7 +133,9 @@ pub(crate) fn router() -> Router<Arc<AppState>> {
         .route("/ui/flows/{namespace}/{id}/edit", get(flows::edit))
         .route(
             "/ui/flows/{namespace}/{id}/run",
-            get(flows::run_form).post(flows::run),
+            get(flows::run_form)
+                .post(flows::run)
+                .layer(axum::extract::DefaultBodyLimit::max(upload_limit)),
         )
         .route("/ui/executions", get(executions::list))
         .route("/ui/executions/{id}", get(executions::show))

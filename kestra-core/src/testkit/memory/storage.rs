@@ -7,7 +7,11 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 
-use crate::storage::{ByteStream, FileAttributes, InternalStorage, StorageError, StoragePath};
+use chrono::{DateTime, Utc};
+
+use crate::storage::{
+    Attributes, ByteStream, FileAttributes, FileKind, InternalStorage, StorageError, StoragePath,
+};
 
 /// Files in memory, keyed by (tenant, path). It passes the storage conformance suite
 /// ([`crate::testkit::storage`]): a failed `put` keeps the previous content, `list` gives the
@@ -16,6 +20,7 @@ use crate::storage::{ByteStream, FileAttributes, InternalStorage, StorageError, 
 #[derive(Default)]
 pub struct MemoryStorage {
     files: Mutex<BTreeMap<(String, String), Bytes>>,
+    modified: Mutex<BTreeMap<(String, String), DateTime<Utc>>>,
 }
 
 impl MemoryStorage {
@@ -36,6 +41,10 @@ impl MemoryStorage {
 
     fn files(&self) -> MutexGuard<'_, BTreeMap<(String, String), Bytes>> {
         self.files.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn modified(&self) -> MutexGuard<'_, BTreeMap<(String, String), DateTime<Utc>>> {
+        self.modified.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -83,7 +92,8 @@ impl InternalStorage for MemoryStorage {
             buf.extend_from_slice(&chunk?);
         }
         let n = buf.len() as u64;
-        self.files().insert(key, Bytes::from(buf));
+        self.files().insert(key.clone(), Bytes::from(buf));
+        self.modified().insert(key, Utc::now());
         Ok(n)
     }
 
@@ -113,7 +123,9 @@ impl InternalStorage for MemoryStorage {
     }
 
     async fn delete(&self, tenant: &str, path: &StoragePath) -> Result<bool, StorageError> {
-        Ok(self.files().remove(&key(tenant, path)?).is_some())
+        let key = key(tenant, path)?;
+        self.modified().remove(&key);
+        Ok(self.files().remove(&key).is_some())
     }
 
     async fn list(
@@ -165,6 +177,53 @@ impl InternalStorage for MemoryStorage {
             !(*t == tenant && StoragePath::parse(p).is_ok_and(|path| path.starts_with(prefix)))
         });
         Ok((before - files.len()) as u64)
+    }
+
+    async fn attributes(
+        &self,
+        tenant: &str,
+        path: &StoragePath,
+    ) -> Result<Attributes, StorageError> {
+        let key = key(tenant, path)?;
+        if let Some(data) = self.files().get(&key) {
+            return Ok(Attributes {
+                path: path.clone(),
+                kind: FileKind::File,
+                size: data.len() as u64,
+                last_modified: self.modified().get(&key).copied(),
+            });
+        }
+        let has_children = self.files().keys().any(|(t, p)| {
+            *t == key.0 && StoragePath::parse(p).is_ok_and(|f| f.starts_with(path) && f != *path)
+        });
+        if has_children {
+            Ok(Attributes {
+                path: path.clone(),
+                kind: FileKind::Directory,
+                size: 0,
+                last_modified: None,
+            })
+        } else {
+            Err(not_found(path))
+        }
+    }
+
+    async fn move_file(
+        &self,
+        tenant: &str,
+        from: &StoragePath,
+        to: &StoragePath,
+    ) -> Result<(), StorageError> {
+        let source = key(tenant, from)?;
+        let target = key(tenant, to)?;
+        let mut files = self.files();
+        let data = files.remove(&source).ok_or_else(|| not_found(from))?;
+        files.insert(target.clone(), data);
+        drop(files);
+        let mut modified = self.modified();
+        let when = modified.remove(&source).unwrap_or_else(Utc::now);
+        modified.insert(target, when);
+        Ok(())
     }
 }
 
