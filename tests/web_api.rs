@@ -1,5 +1,6 @@
 //! The REST API of the webserver over a real engine, on SQLite and, when their URLs are set, on
-//! PostgreSQL and MariaDB: flows, executions (multipart inputs and files, `wait`, labels, follow as
+//! PostgreSQL and MariaDB, and (feature `kafka`) on Kafka + Elasticsearch (the same checks; module
+//! `kafka_elasticsearch`): flows, executions (multipart inputs and files, `wait`, labels, follow as
 //! server-sent events, kill, delete), logs, configs, the error bodies and status codes, the body
 //! limit, and basic authentication (including raw-path bypass attempts over a real socket).
 
