@@ -1,5 +1,6 @@
 //! The REST API of the webserver over a real engine, on SQLite and, when their URLs are set, on
-//! PostgreSQL and MariaDB: flows, executions (multipart inputs and files, `wait`, labels, follow as
+//! PostgreSQL and MariaDB, and (feature `kafka`) on Kafka + Elasticsearch (the same checks; module
+//! `kafka_elasticsearch`): flows, executions (multipart inputs and files, `wait`, labels, follow as
 //! server-sent events, kill, delete), logs, configs, the error bodies and status codes, the body
 //! limit, and basic authentication (including raw-path bypass attempts over a real socket).
 
@@ -35,6 +36,9 @@ struct Api {
     shutdown: CancellationToken,
     ns: String,
     _dir: tempfile::TempDir,
+    /// On Kafka + Elasticsearch: this run's topics and indices, deleted by [`Api::stop`].
+    #[cfg(feature = "kafka")]
+    kafka: Option<kestra::config::Config>,
 }
 
 fn basic(user: &str, password: &str) -> String {
@@ -69,6 +73,35 @@ impl Api {
         let storage = Arc::new(LocalStorage::new(dir.path().join("storage")).unwrap());
         let engine =
             Arc::new(Engine::builder(backend.queue(), backend.repositories(), storage).start());
+        Api::over(engine, dir)
+    }
+
+    /// The API over the engine on Kafka + Elasticsearch, with topics and indices of its own (a
+    /// prefix per call), deleted by [`Api::stop`].
+    #[cfg(feature = "kafka")]
+    async fn start_kafka(brokers: &str, elasticsearch: &str) -> Api {
+        let dir = tempfile::tempdir().unwrap();
+        let prefix = format!(
+            "kestra_webapi_{}_",
+            kestra::core::model::new_id().to_lowercase()
+        );
+        let config = kestra::config::Config::from_pairs([
+            ("kestra.queue.type", "kafka".to_string()),
+            ("kestra.repository.type", "elasticsearch".to_string()),
+            ("kestra.kafka.brokers", brokers.to_string()),
+            ("kestra.kafka.topic-prefix", prefix.clone()),
+            ("kestra.kafka.partitions", "2".to_string()),
+            ("kestra.elasticsearch.url", elasticsearch.to_string()),
+            ("kestra.elasticsearch.index-prefix", prefix),
+            ("kestra.data-dir", dir.path().display().to_string()),
+        ]);
+        let engine = Arc::new(kestra::engine(&config).await.unwrap().start());
+        let mut api = Api::over(engine, dir);
+        api.kafka = Some(config);
+        api
+    }
+
+    fn over(engine: Arc<Engine>, dir: tempfile::TempDir) -> Api {
         let webserver = Webserver::builder(engine.clone())
             .auth(Auth::Basic(BasicAuth::new(USER, PASSWORD).unwrap()))
             .max_body_bytes(MAX_BODY)
@@ -84,6 +117,8 @@ impl Api {
             shutdown,
             ns,
             _dir: dir,
+            #[cfg(feature = "kafka")]
+            kafka: None,
         }
     }
 
@@ -137,6 +172,18 @@ impl Api {
         match Arc::try_unwrap(self.engine) {
             Ok(engine) => engine.shutdown().await,
             Err(_) => panic!("the engine is still shared after the router is dropped"),
+        }
+        #[cfg(feature = "kafka")]
+        if let Some(config) = self.kafka {
+            kestra::kafka::KafkaQueue::delete_topics(&config.kafka_options().unwrap())
+                .await
+                .unwrap();
+            kestra::kafka::elastic::ElasticRepositories::connect(config.elastic_options().unwrap())
+                .await
+                .unwrap()
+                .delete_indices()
+                .await
+                .unwrap();
         }
     }
 }
@@ -1318,7 +1365,11 @@ async fn log_follow(api: &Api) {
 }
 
 async fn suite(url: &str) {
-    let api = Api::start(url).await;
+    checks(Api::start(url).await).await;
+}
+
+/// The checks of [`suite`] on one API (stopped at the end).
+async fn checks(api: Api) {
     misc(&api).await;
     flows(&api).await;
     executions(&api).await;
@@ -2359,7 +2410,11 @@ async fn execution_labels(api: &Api) {
 }
 
 async fn suite_more(url: &str) {
-    let api = Api::start(url).await;
+    checks_more(Api::start(url).await).await;
+}
+
+/// The checks of [`suite_more`] on one API (stopped at the end).
+async fn checks_more(api: Api) {
     triggers(&api).await;
     kv(&api).await;
     log_search(&api).await;
@@ -2370,3 +2425,32 @@ async fn suite_more(url: &str) {
 }
 
 common::on_each_database!(api_more_on: suite_more);
+
+/// The same checks on Kafka + Elasticsearch: the queue on Kafka, the repositories on
+/// Elasticsearch fed by the indexer, topics and indices of their own per check. Needs
+/// `KESTRA_TEST_KAFKA_BROKERS` and `KESTRA_TEST_ELASTICSEARCH_URL` (skipped with a message when
+/// unset, a failure under CI=true).
+#[cfg(feature = "kafka")]
+mod kafka_elasticsearch {
+    use super::{Api, checks, checks_more};
+
+    async fn start() -> Option<Api> {
+        let brokers = crate::common::service_url("KESTRA_TEST_KAFKA_BROKERS")?;
+        let elasticsearch = crate::common::service_url("KESTRA_TEST_ELASTICSEARCH_URL")?;
+        Some(Api::start_kafka(&brokers, &elasticsearch).await)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn api_on() {
+        if let Some(api) = start().await {
+            checks(api).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn api_more_on() {
+        if let Some(api) = start().await {
+            checks_more(api).await;
+        }
+    }
+}

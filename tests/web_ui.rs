@@ -839,12 +839,42 @@ async fn ui_execution_actions() {
     assert!(missing.body.contains("who"), "{}", missing.body);
     assert!(!missing.headers.contains_key("hx-redirect"));
 
+    // Labels: a line that is not key:value, or a system label, comes back in the form (escaped).
+    for (labels, expected) in [
+        ("team:ui\n<img src=x onerror=alert(1)>", "line 2"),
+        ("system.restarted:true", "is a system label"),
+    ] {
+        let refused = ui
+            .send(htmx(
+                Method::POST,
+                format!("/ui/flows/{}/slow/run", ui.ns),
+                Some(&content_type),
+                Body::from(multipart(&[("who", "Grace"), ("_labels", labels)])),
+            ))
+            .await;
+        assert_eq!(refused.status, StatusCode::OK);
+        assert!(
+            refused.body.contains("alert-error") && refused.body.contains(expected),
+            "{labels}: {}",
+            refused.body
+        );
+        assert!(!refused.body.contains("<img"), "{}", refused.body);
+        assert!(!refused.headers.contains_key("hx-redirect"));
+    }
+    let form = ui
+        .page(&cookie, &format!("/ui/flows/{}/slow/run", ui.ns))
+        .await;
+    assert!(form.contains("name=\"_labels\""), "{form}");
+
     let run = ui
         .send(htmx(
             Method::POST,
             format!("/ui/flows/{}/slow/run", ui.ns),
             Some(&content_type),
-            Body::from(multipart(&[("who", "Grace")])),
+            Body::from(multipart(&[
+                ("who", "Grace"),
+                ("_labels", "team: ui\r\n\r\nenv:test"),
+            ])),
         ))
         .await;
     assert_eq!(run.status, StatusCode::NO_CONTENT, "{}", run.body);
@@ -852,6 +882,22 @@ async fn ui_execution_actions() {
     let id = target.strip_prefix("/ui/executions/").unwrap().to_string();
     let page = ui.page(&cookie, &target).await;
     assert!(page.contains("Grace"), "the input shows on the page");
+    let created = ui.engine.execution(&id).await.unwrap().unwrap();
+    for (key, value) in [("team", "ui"), ("env", "test")] {
+        assert!(
+            created
+                .labels
+                .iter()
+                .any(|l| l.key == key && l.value == value),
+            "{key}:{value} in {:?}",
+            created.labels
+        );
+    }
+    assert!(
+        !created.inputs.contains_key("_labels"),
+        "{:?}",
+        created.inputs
+    );
 
     // Kill while it sleeps.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -1188,6 +1234,237 @@ async fn ui_trigger_actions() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+
+    // A backfill with the flow's inputs and labels, on a flow whose execution holds the trigger
+    // (a Pause): its slot fires an execution with them; the running backfill's row offers Pause,
+    // then Resume, and Delete, each stored through the trigger seam.
+    let held_yaml = format!(
+        "id: held\nnamespace: {}\ninputs:\n  - id: who\n    type: STRING\n    defaults: nobody\n  - id: doc\n    type: FILE\n    required: false\ntasks:\n  - id: wait\n    type: io.kestra.plugin.core.flow.Pause\n    pauseDuration: PT10M\ntriggers:\n  - id: daily\n    type: io.kestra.plugin.core.trigger.Schedule\n    cron: \"0 3 * * *\"\n",
+        ui.ns
+    );
+    ui.engine.deploy(&held_yaml).await.unwrap();
+    let held_uid = kestra::core::model::trigger_uid("main", &ui.ns, "held", "daily");
+    let held = || async {
+        ui.engine
+            .repositories()
+            .triggers
+            .find(&held_uid)
+            .await
+            .unwrap()
+    };
+    let held_base = format!("/ui/triggers/{}/held/daily", ui.ns);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while held().await.is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the scheduler never stored the trigger of 'held'"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let page = ui
+        .page(&cookie, &format!("/ui/triggers?namespace={}", ui.ns))
+        .await;
+    assert!(
+        page.contains(&format!("hx-post=\"{held_base}/backfill\"")),
+        "{page}"
+    );
+    assert!(
+        page.contains("name=\"inputs.who\"") && page.contains("value=\"nobody\""),
+        "the backfill form offers the flow's inputs with their defaults: {page}"
+    );
+    assert!(
+        !page.contains("name=\"inputs.doc\""),
+        "no FILE input in a backfill form: {page}"
+    );
+    assert!(page.contains("name=\"labels\""), "{page}");
+    let bad_labels = ui
+        .send(htmx_post(
+            &format!("{held_base}/backfill"),
+            Some(&cookie),
+            true,
+            &format!(
+                "start=2020-01-01T00%3A00&end=2020-01-03T00%3A00&labels={}",
+                enc("ok:1\n<img src=x onerror=alert(1)>")
+            ),
+        ))
+        .await;
+    assert_eq!(bad_labels.status, StatusCode::OK, "{}", bad_labels.body);
+    assert!(!bad_labels.body.contains("<img"), "{}", bad_labels.body);
+    assert!(
+        bad_labels.body.contains("line 2") && bad_labels.body.contains("is not key:value"),
+        "{}",
+        bad_labels.body
+    );
+    assert!(held().await.unwrap().backfill.is_none(), "nothing started");
+    let system = ui
+        .send(htmx_post(
+            &format!("{held_base}/backfill"),
+            Some(&cookie),
+            true,
+            "start=2020-01-01T00%3A00&labels=system.backfillId%3Ax",
+        ))
+        .await;
+    assert!(system.body.contains("is a system label"), "{}", system.body);
+    assert!(held().await.unwrap().backfill.is_none(), "nothing started");
+    let started = ui
+        .send(htmx_post(
+            &format!("{held_base}/backfill"),
+            Some(&cookie),
+            true,
+            &format!(
+                "start=2020-01-01T00%3A00&end=2020-01-03T00%3A00&inputs.who=backfiller&labels={}",
+                enc("origin: ui-backfill\n\nteam:data")
+            ),
+        ))
+        .await;
+    assert_eq!(started.status, StatusCode::OK, "{}", started.body);
+    assert!(!started.body.contains("alert-error"), "{}", started.body);
+    assert!(
+        started
+            .body
+            .contains(&format!("hx-post=\"{held_base}/backfill/pause\"")),
+        "a running backfill offers Pause: {}",
+        started.body
+    );
+    assert!(
+        started
+            .body
+            .contains(&format!("hx-post=\"{held_base}/backfill/delete\"")),
+        "{}",
+        started.body
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let execution_id = loop {
+        let t = held().await.unwrap();
+        if let Some(id) = t.execution_id {
+            break id;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the backfill's first slot never fired: {t:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let execution = loop {
+        if let Some(e) = ui.engine.execution(&execution_id).await.unwrap() {
+            break e;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the backfilled execution {execution_id} never reached the repository"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for (key, value) in [("origin", "ui-backfill"), ("team", "data")] {
+        assert!(
+            execution
+                .labels
+                .iter()
+                .any(|l| l.key == key && l.value == value),
+            "{key}:{value} in {:?}",
+            execution.labels
+        );
+    }
+    assert_eq!(
+        execution.inputs["who"], "backfiller",
+        "{:?}",
+        execution.inputs
+    );
+
+    let forged = ui
+        .send(htmx_post(
+            &format!("{held_base}/backfill/pause"),
+            Some(&cookie),
+            false,
+            "",
+        ))
+        .await;
+    assert_eq!(forged.status, StatusCode::FORBIDDEN);
+    assert!(!held().await.unwrap().backfill.unwrap().paused);
+    let paused = ui
+        .send(htmx_post(
+            &format!("{held_base}/backfill/pause"),
+            Some(&cookie),
+            true,
+            "",
+        ))
+        .await;
+    assert_eq!(paused.status, StatusCode::OK, "{}", paused.body);
+    assert!(!paused.body.contains("alert-error"), "{}", paused.body);
+    assert!(paused.body.contains("backfill paused"), "{}", paused.body);
+    assert!(
+        paused
+            .body
+            .contains(&format!("hx-post=\"{held_base}/backfill/unpause\"")),
+        "a paused backfill offers Resume: {}",
+        paused.body
+    );
+    assert!(held().await.unwrap().backfill.unwrap().paused);
+    let resumed = ui
+        .send(htmx_post(
+            &format!("{held_base}/backfill/unpause"),
+            Some(&cookie),
+            true,
+            "",
+        ))
+        .await;
+    assert_eq!(resumed.status, StatusCode::OK, "{}", resumed.body);
+    assert!(!resumed.body.contains("alert-error"), "{}", resumed.body);
+    assert!(
+        resumed
+            .body
+            .contains(&format!("hx-post=\"{held_base}/backfill/pause\"")),
+        "{}",
+        resumed.body
+    );
+    assert!(!held().await.unwrap().backfill.unwrap().paused);
+    let deleted = ui
+        .send(htmx_post(
+            &format!("{held_base}/backfill/delete"),
+            Some(&cookie),
+            true,
+            "",
+        ))
+        .await;
+    assert_eq!(deleted.status, StatusCode::OK, "{}", deleted.body);
+    assert!(!deleted.body.contains("alert-error"), "{}", deleted.body);
+    // Deleted: it ends at its current slot (the scheduler clears it at its next step once the
+    // trigger is free).
+    let after = held().await.unwrap();
+    let b = after
+        .backfill
+        .expect("cleared at the scheduler's next step");
+    assert_eq!(b.end, Some(b.current_date), "{b:?}");
+    ui.engine.kill(&execution_id).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let t = held().await.unwrap();
+        if t.backfill.is_none() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the deleted backfill was never cleared: {t:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // No backfill runs any more: its buttons are gone, and a late Pause says why, inline.
+    let late = ui
+        .send(htmx_post(
+            &format!("{held_base}/backfill/pause"),
+            Some(&cookie),
+            true,
+            "",
+        ))
+        .await;
+    assert_eq!(late.status, StatusCode::OK, "{}", late.body);
+    assert!(
+        late.body.contains("alert-error") && late.body.contains("no backfill runs"),
+        "{}",
+        late.body
+    );
+    assert!(!late.body.contains("/backfill/pause\""), "{}", late.body);
 
     // An unknown trigger: the error, inline and escaped.
     let unknown = ui

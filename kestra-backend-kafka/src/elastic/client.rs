@@ -183,9 +183,28 @@ impl Client {
 
     /// GET a document's `_source` (realtime); `None` when absent.
     pub(crate) async fn get(&self, index: &str, id: &str) -> Result<Option<Value>, ElasticError> {
+        self.get_with(index, id, &[]).await
+    }
+
+    /// GET a document's `_source` as searches see it (`realtime=false`: from the last refresh, not
+    /// the translog); `None` when absent. A document found this way is found by a search too.
+    pub(crate) async fn get_searchable(
+        &self,
+        index: &str,
+        id: &str,
+    ) -> Result<Option<Value>, ElasticError> {
+        self.get_with(index, id, &[("realtime", "false")]).await
+    }
+
+    async fn get_with(
+        &self,
+        index: &str,
+        id: &str,
+        query: &[(&str, &str)],
+    ) -> Result<Option<Value>, ElasticError> {
         let id = &*doc_id(id);
         let r = self
-            .send(Method::GET, &[index, "_doc", id], &[], None)
+            .send(Method::GET, &[index, "_doc", id], query, None)
             .await?;
         if r.status == StatusCode::NOT_FOUND {
             return Ok(None);

@@ -34,7 +34,9 @@
 //! - **Read-your-writes**: every write (single or `_bulk`) is sent with `refresh=true` by default
 //!   ([`ElasticOptions::refresh`]): when a write returns, searches see it. This costs one refresh
 //!   per request (the indexer writes in batches, so per batch); `wait_for` waits for the periodic
-//!   refresh instead (up to a second per write), `false` gives up read-your-writes.
+//!   refresh instead (up to a second per write), `false` gives up read-your-writes. An execution
+//!   is read by id as searches see it (`realtime=false`), so that what a reader finds by id a
+//!   search finds too, also while the indexer's write is still refreshing.
 //! - **Purge and `delete_by_execution`** read the matching ids and delete them with `_bulk` (the
 //!   counts are the deleted items): `_delete_by_query` lives in the `reindex` module, which minimal
 //!   distributions (the integ-test-zip the tests run on) do not carry.

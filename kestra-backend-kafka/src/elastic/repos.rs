@@ -572,10 +572,14 @@ impl ExecutionRepository for Repos {
         Ok(())
     }
 
+    /// Read as searches see it (not realtime): an execution (or a version of it) found by id is
+    /// found by a search too. The realtime GET could show a version indexed but not yet refreshed
+    /// (the indexer's write still refreshing), and an API client reading one then searching would
+    /// not find what it just read.
     async fn find_by_id(&self, tenant: &str, id: &str) -> RepoResult<Option<Execution>> {
         match self
             .c()
-            .get(&self.inner.idx.executions, &key(&[tenant, id]))
+            .get_searchable(&self.inner.idx.executions, &key(&[tenant, id]))
             .await
             .map_err(backend("read an execution"))?
         {

@@ -429,7 +429,9 @@ impl IndexerService {
                             delete_logs,
                             delete_metrics,
                         }) => {
-                            self.executions.delete(&tenant_id, &execution_id).await?;
+                            // Logs and metrics first, the execution last: whoever waits for
+                            // the execution to be gone (the API's delete) then finds its logs
+                            // and metrics gone too.
                             if delete_logs {
                                 self.logs
                                     .delete_by_execution(&tenant_id, &execution_id)
@@ -440,6 +442,7 @@ impl IndexerService {
                                     .delete_by_execution(&tenant_id, &execution_id)
                                     .await?;
                             }
+                            self.executions.delete(&tenant_id, &execution_id).await?;
                         }
                         Err(e) => {
                             warn!(error = %e, "dead-lettering malformed execution change");

@@ -470,6 +470,7 @@ impl Engine {
             self.queue.publish(vec![flow_envelope(&stored)?]).await?;
             if let Some(store) = &self.flow_store {
                 store.apply(stored.clone());
+                self.store_published_revision(&stored).await;
             }
         }
         let mut flow = flow;
@@ -513,8 +514,27 @@ impl Engine {
         self.queue.publish(vec![flow_envelope(&record)?]).await?;
         if let Some(store) = &self.flow_store {
             store.apply(record.clone());
+            self.store_published_revision(&record).await;
         }
         Ok(record)
+    }
+
+    /// Where flows travel through the queue, also write the revision just published into the
+    /// repository, so that a read right after the deploy or deletion (the API's answer, a search)
+    /// sees it: read-your-writes, as Kestra's webserver writes its flow repository directly. The
+    /// indexer stores the same revision again from the topic ([`FlowRepository::put_revision`] is
+    /// idempotent); a failure here is only logged, since the topic holds the revision and the
+    /// indexer copies it.
+    ///
+    /// [`FlowRepository::put_revision`]: crate::repository::FlowRepository::put_revision
+    async fn store_published_revision(&self, record: &FlowRecord) {
+        if let Err(e) = self.repositories.flows.put_revision(record).await {
+            tracing::warn!(
+                namespace = %record.namespace, id = %record.id, revision = record.revision,
+                error = %e,
+                "flow revision published, but not yet in the repository (the indexer stores it)"
+            );
+        }
     }
 
     /// The engine's flow store once it has caught up with the flow topic (waits up to 30 s).

@@ -548,25 +548,92 @@ fn with_backfill(
     }
 }
 
+/// A change to a trigger's running backfill: Kestra's pause, unpause and delete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BackfillAction {
+    /// No further slot fires until unpaused.
+    Pause,
+    /// A paused backfill goes on at once.
+    Unpause,
+    /// No further slot fires; the scheduler's next step clears the backfill and the regular
+    /// schedule goes on.
+    Delete,
+}
+
+impl BackfillAction {
+    /// What the action does, for messages ("cannot {verb}: ...").
+    pub(crate) fn verb(self) -> &'static str {
+        match self {
+            BackfillAction::Pause => "pause the backfill",
+            BackfillAction::Unpause => "resume the backfill",
+            BackfillAction::Delete => "delete the backfill",
+        }
+    }
+
+    fn apply(self, t: &mut TriggerState) {
+        match self {
+            BackfillAction::Pause => {
+                if let Some(b) = t.backfill.as_mut() {
+                    b.paused = true;
+                }
+            }
+            BackfillAction::Unpause => {
+                if let Some(b) = t.backfill.as_mut() {
+                    b.paused = false;
+                }
+                // Due at once, so the next slot fires at the scheduler's next step.
+                t.next_execution_date = Some(Utc::now());
+            }
+            BackfillAction::Delete => {
+                // Ends it at its next slot: the scheduler's next step clears it and resumes the
+                // regular schedule after the last handled slot, as when a backfill completes.
+                if let Some(b) = t.backfill.as_mut() {
+                    b.end = Some(b.current_date);
+                    b.paused = false;
+                }
+                t.next_execution_date = Some(Utc::now());
+            }
+        }
+    }
+}
+
+/// Apply `action` to the running backfill of a trigger through the trigger seam (the API's
+/// `/triggers/backfill/*` and the UI's buttons); a conflict when no backfill runs on it.
+pub(crate) async fn change_backfill(
+    state: &AppState,
+    namespace: &str,
+    flow_id: &str,
+    trigger_id: &str,
+    action: BackfillAction,
+) -> Result<TriggerState, ApiError> {
+    modify(
+        state,
+        namespace,
+        flow_id,
+        trigger_id,
+        false,
+        with_backfill(action.verb(), move |t| action.apply(t)),
+    )
+    .await
+}
+
 async fn backfill_action(
     state: &AppState,
     body: Result<Json<TriggerRef>, JsonRejection>,
     query: Option<String>,
-    action: &'static str,
-    f: impl FnMut(&mut TriggerState),
+    action: BackfillAction,
 ) -> Result<Json<Value>, ApiError> {
     Params::parse(query.as_deref(), &[])?;
     let Json(body) = body?;
-    let after = modify(
+    let after = change_backfill(
         state,
         &body.namespace,
         &body.flow_id,
         &body.trigger_id,
-        false,
-        with_backfill(action, f),
+        action,
     )
     .await?;
-    tracing::info!(namespace = %body.namespace, flow_id = %body.flow_id, trigger_id = %body.trigger_id, action, "backfill changed through the API");
+    tracing::info!(namespace = %body.namespace, flow_id = %body.flow_id, trigger_id = %body.trigger_id, action = action.verb(), "backfill changed through the API");
     Ok(Json(trigger_json(&after)))
 }
 
@@ -581,7 +648,7 @@ async fn backfill_action(
         (status = 200, description = "The trigger after the change", content_type = "application/json"),
         (status = 400, description = "Invalid body", body = crate::api::openapi::ErrorBody),
         (status = 404, description = "No such trigger", body = crate::api::openapi::ErrorBody),
-        (status = 422, description = "No backfill to pause", body = crate::api::openapi::ErrorBody),
+        (status = 409, description = "No backfill runs on the trigger", body = crate::api::openapi::ErrorBody),
         (status = 401, description = "Missing or wrong credentials", body = crate::api::openapi::ErrorBody),
     )
 )]
@@ -590,12 +657,7 @@ pub(crate) async fn pause_backfill(
     RawQuery(query): RawQuery,
     body: Result<Json<TriggerRef>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    backfill_action(&state, body, query, "pause the backfill", |t| {
-        if let Some(b) = t.backfill.as_mut() {
-            b.paused = true;
-        }
-    })
-    .await
+    backfill_action(&state, body, query, BackfillAction::Pause).await
 }
 
 /// `PUT /triggers/backfill/unpause`: resume a paused backfill (body: the trigger).
@@ -609,7 +671,7 @@ pub(crate) async fn pause_backfill(
         (status = 200, description = "The trigger after the change", content_type = "application/json"),
         (status = 400, description = "Invalid body", body = crate::api::openapi::ErrorBody),
         (status = 404, description = "No such trigger", body = crate::api::openapi::ErrorBody),
-        (status = 422, description = "No backfill to unpause", body = crate::api::openapi::ErrorBody),
+        (status = 409, description = "No backfill runs on the trigger", body = crate::api::openapi::ErrorBody),
         (status = 401, description = "Missing or wrong credentials", body = crate::api::openapi::ErrorBody),
     )
 )]
@@ -618,14 +680,7 @@ pub(crate) async fn unpause_backfill(
     RawQuery(query): RawQuery,
     body: Result<Json<TriggerRef>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    backfill_action(&state, body, query, "resume the backfill", |t| {
-        if let Some(b) = t.backfill.as_mut() {
-            b.paused = false;
-        }
-        // Due at once, so the next slot fires at the scheduler's next step.
-        t.next_execution_date = Some(Utc::now());
-    })
-    .await
+    backfill_action(&state, body, query, BackfillAction::Unpause).await
 }
 
 /// `POST /triggers/backfill/delete`: stop the trigger's backfill (body: the trigger): no further
@@ -640,7 +695,7 @@ pub(crate) async fn unpause_backfill(
         (status = 200, description = "The trigger after the change", content_type = "application/json"),
         (status = 400, description = "Invalid body", body = crate::api::openapi::ErrorBody),
         (status = 404, description = "No such trigger", body = crate::api::openapi::ErrorBody),
-        (status = 422, description = "No backfill to delete", body = crate::api::openapi::ErrorBody),
+        (status = 409, description = "No backfill runs on the trigger", body = crate::api::openapi::ErrorBody),
         (status = 401, description = "Missing or wrong credentials", body = crate::api::openapi::ErrorBody),
     )
 )]
@@ -649,14 +704,5 @@ pub(crate) async fn delete_backfill(
     RawQuery(query): RawQuery,
     body: Result<Json<TriggerRef>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    backfill_action(&state, body, query, "delete the backfill", |t| {
-        // Ends it at its next slot: the scheduler's next step clears it and resumes the regular
-        // schedule after the last handled slot, as when a backfill completes.
-        if let Some(b) = t.backfill.as_mut() {
-            b.end = Some(b.current_date);
-            b.paused = false;
-        }
-        t.next_execution_date = Some(Utc::now());
-    })
-    .await
+    backfill_action(&state, body, query, BackfillAction::Delete).await
 }

@@ -174,7 +174,7 @@ fn branches(task: &Value) -> Vec<(String, Vec<Value>)> {
 }
 
 /// The flow's inputs from its JSON.
-fn inputs(record: &FlowRecord) -> Vec<Value> {
+pub(crate) fn inputs(record: &FlowRecord) -> Vec<Value> {
     record
         .flow
         .get("inputs")
@@ -313,8 +313,16 @@ pub(crate) async fn edit(
     ))
 }
 
-/// One field of the run form, from an input's declaration.
-fn input_field(input: &Value) -> Markup {
+/// One field of a form from an input's declaration: named `{name_prefix}{id}`, with the HTML id
+/// `{id_prefix}{id}` (unique on its page), marked required when the input is and `enforce_required`
+/// (the backfill form does not: the trigger may give the input). The run form and the backfill
+/// form use it.
+pub(crate) fn input_field(
+    input: &Value,
+    name_prefix: &str,
+    id_prefix: &str,
+    enforce_required: bool,
+) -> Markup {
     let id = input.get("id").and_then(Value::as_str).unwrap_or("");
     let kind = input
         .get("type")
@@ -325,7 +333,8 @@ fn input_field(input: &Value) -> Markup {
         .get("required")
         .and_then(Value::as_bool)
         .unwrap_or(true)
-        && input.get("defaults").is_none();
+        && input.get("defaults").is_none()
+        && enforce_required;
     let prefill = input
         .get("prefill")
         .or_else(|| input.get("defaults"))
@@ -343,10 +352,13 @@ fn input_field(input: &Value) -> Markup {
                 .collect()
         })
         .unwrap_or_default();
-    let name = format!("input-{id}");
+    let shown = id;
+    let name = format!("{id_prefix}{id}");
+    let id = format!("{name_prefix}{id}");
+    let id = id.as_str();
     html! {
         label.field {
-            span.fname { (id) @if required { span.req { " *" } } span.ftype { (kind) } }
+            span.fname { (shown) @if required { span.req { " *" } } span.ftype { (kind) } }
             @if let Some(d) = input.get("description").and_then(Value::as_str) { span.fdesc { (d) } }
             @match kind.as_str() {
                 "FILE" => { input id=(name) type="file" name=(id) required[required]; }
@@ -392,7 +404,11 @@ pub(crate) async fn run_form(
             div.card.narrow {
                 form #run-form hx-post={ (url) "/run" } hx-encoding="multipart/form-data" hx-target="#run-errors" {
                     @if inputs.is_empty() { p.muted { "This flow has no inputs." } }
-                    @for i in &inputs { (input_field(i)) }
+                    @for i in &inputs { (input_field(i, "", "input-", true)) }
+                    label.field {
+                        span.fname { "Labels" span.ftype { "key:value, one per line" } }
+                        textarea #run-labels name=(RUN_LABELS) rows="2" placeholder="team:data" {}
+                    }
                     div #run-errors {}
                     button #execute.primary type="submit" { "Execute" }
                 }
@@ -401,24 +417,41 @@ pub(crate) async fn run_form(
     ))
 }
 
-/// `POST /ui/flows/{namespace}/{id}/run` (multipart, from htmx): create the execution and go to its
-/// page; invalid inputs come back as a message in the form.
+/// The run form's labels field: a name no input id can take (ids start with a letter or digit).
+const RUN_LABELS: &str = "_labels";
+
+/// `POST /ui/flows/{namespace}/{id}/run` (multipart, from htmx): create the execution with its
+/// labels (field `_labels`, `key:value` lines) and go to its page; invalid inputs or labels come
+/// back as a message in the form.
 pub(crate) async fn run(
     State(state): State<Arc<AppState>>,
     Path((namespace, id)): Path<(String, String)>,
     request: Request,
 ) -> Response {
     let target = crate::api::executions::UploadTarget::new(&namespace, &id);
-    let inputs = match crate::api::executions::form_inputs(&state, request, Some(&target)).await {
-        // Untouched file fields are already left out.
-        Ok(inputs) => inputs
-            .into_iter()
-            .filter(|(_, v)| !matches!(v, kestra_core::inputs::RawInput::Text(t) if t.is_empty()))
-            .collect(),
-        Err(e) => return problem(&e),
+    let mut inputs =
+        match crate::api::executions::form_inputs(&state, request, Some(&target)).await {
+            Ok(inputs) => inputs,
+            Err(e) => return problem(&e),
+        };
+    let labels = match inputs.shift_remove(RUN_LABELS) {
+        Some(kestra_core::inputs::RawInput::Text(text)) => {
+            match super::form_labels("labels", &text) {
+                Ok(labels) => labels,
+                Err(e) => return problem(&e),
+            }
+        }
+        Some(_) => return problem(&ApiError::bad_request("field 'labels' is text, not a file")),
+        None => Vec::new(),
     };
+    // Untouched file fields are already left out.
+    let inputs = inputs
+        .into_iter()
+        .filter(|(_, v)| !matches!(v, kestra_core::inputs::RawInput::Text(t) if t.is_empty()))
+        .collect();
     let options = ExecuteOptions {
         execution_id: Some(target.execution_id.clone()),
+        labels,
         ..ExecuteOptions::default()
     };
     match state

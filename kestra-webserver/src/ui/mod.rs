@@ -14,7 +14,7 @@
 //! | `/ui/executions/{id}` | an execution: task-run tree, Gantt, live logs (SSE), outputs and files; kill, restart, replay, resume |
 //! | `/ui/executions/{id}/file` | a preview of one of the execution's files, with its download link |
 //! | `/ui/logs` | log search: text, namespace, minimum level |
-//! | `/ui/triggers` | triggers with their last and next dates; enable, disable, unlock, backfill a schedule |
+//! | `/ui/triggers` | triggers with their last and next dates; enable, disable, unlock, backfill a schedule (inputs, labels), pause, resume or delete its backfill |
 //! | `/ui/namespaces`, `/ui/namespaces/{ns}` | namespaces, their flows and KV entries; set and delete a key |
 //!
 //! Authentication: a login page rather than the browser's basic-auth prompt, so that a user can log
@@ -164,6 +164,18 @@ pub(crate) fn router(upload_limit: usize) -> Router<Arc<AppState>> {
             "/ui/triggers/{namespace}/{flow_id}/{trigger_id}/backfill",
             post(namespaces::backfill_trigger),
         )
+        .route(
+            "/ui/triggers/{namespace}/{flow_id}/{trigger_id}/backfill/pause",
+            post(namespaces::pause_backfill),
+        )
+        .route(
+            "/ui/triggers/{namespace}/{flow_id}/{trigger_id}/backfill/unpause",
+            post(namespaces::unpause_backfill),
+        )
+        .route(
+            "/ui/triggers/{namespace}/{flow_id}/{trigger_id}/backfill/delete",
+            post(namespaces::delete_backfill),
+        )
         .route("/ui/namespaces", get(namespaces::list))
         .route("/ui/namespaces/{namespace}", get(namespaces::show))
         .route("/ui/namespaces/{namespace}/kv", post(namespaces::kv_set))
@@ -289,6 +301,37 @@ pub(crate) fn labels(labels: &[Label]) -> Markup {
             span.chip { span.k { (l.key) } ":" span.v { (l.value) } }
         }
     }
+}
+
+/// Labels typed in a form's textarea `field`: one `key:value` per line (blank lines skipped). A
+/// line without `:`, an empty key or a `system.` key (set by Kestra only) is a 400 naming the line.
+pub(crate) fn form_labels(field: &str, text: &str) -> Result<Vec<Label>, ApiError> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let n = i + 1;
+        let Some((key, value)) = line.split_once(':') else {
+            return Err(ApiError::bad_request(format!(
+                "field '{field}', line {n}: '{line}' is not key:value"
+            )));
+        };
+        let key = key.trim();
+        if key.is_empty() {
+            return Err(ApiError::bad_request(format!(
+                "field '{field}', line {n}: the key is empty"
+            )));
+        }
+        if key.starts_with("system.") {
+            return Err(ApiError::bad_request(format!(
+                "field '{field}', line {n}: '{key}' is a system label, set by Kestra only"
+            )));
+        }
+        out.push(Label::new(key, value.trim()));
+    }
+    Ok(out)
 }
 
 /// A date as `YYYY-MM-DD HH:MM:SS` (UTC).

@@ -1,7 +1,8 @@
 //! Namespaces (their flows and KV entries) and triggers: pages over the repositories and internal
 //! storage, with htmx actions that call the same code as the API: enable, disable and unlock a
 //! trigger (through the queue's trigger unit, under the trigger's claim), start a backfill on a
-//! `Schedule` (the engine's backfill), set and delete a KV entry.
+//! `Schedule` (the engine's backfill, with inputs and labels), pause, resume or delete a running
+//! backfill (the API's code), set and delete a KV entry.
 //! An action answers the changed fragment (a trigger's row, the KV card) with any error shown
 //! inline, escaped, and with status 200 so that htmx swaps it in.
 
@@ -17,8 +18,10 @@ use kestra_core::storage::StoragePath;
 use kestra_core::worker::KvStore;
 use maud::{Markup, html};
 use serde::Deserialize;
+use serde_json::Value;
 
 use super::{Nav, UiError, date, enc, field, page, value};
+use crate::api::triggers::BackfillAction;
 use crate::api::{Params, kv, triggers};
 use crate::{ApiError, AppState};
 
@@ -260,11 +263,10 @@ pub(crate) async fn triggers(
         .triggers
         .search(&query, &Pageable::new(1, 200))
         .await?;
-    let mut schedules = std::collections::HashSet::new();
+    let mut rows = Vec::with_capacity(found.results.len());
     for t in &found.results {
-        if is_schedule(&state, &t.namespace, &t.flow_id, &t.trigger_id).await {
-            schedules.insert((t.namespace.clone(), t.flow_id.clone(), t.trigger_id.clone()));
-        }
+        let schedule = schedule_inputs(&state, &t.namespace, &t.flow_id, &t.trigger_id).await;
+        rows.push(trigger_row(t, schedule.as_deref(), None));
     }
     Ok(page(
         "Triggers",
@@ -281,9 +283,7 @@ pub(crate) async fn triggers(
                 table {
                     thead { tr { th { "Trigger" } th { "Flow" } th { "Last" } th { "Next" } th { "Execution" } th { "Status" } th { "Actions" } } }
                     tbody {
-                        @for t in &found.results {
-                            (trigger_row(t, schedules.contains(&(t.namespace.clone(), t.flow_id.clone(), t.trigger_id.clone())), None))
-                        }
+                        @for row in rows { (row) }
                     }
                 }
             }
@@ -291,24 +291,38 @@ pub(crate) async fn triggers(
     ))
 }
 
-/// Whether a trigger is defined, in the current revision of its flow, as a `Schedule` (the only
-/// kind a backfill runs on).
-async fn is_schedule(state: &AppState, namespace: &str, flow_id: &str, trigger_id: &str) -> bool {
-    let Ok(Some((definition, _))) =
-        triggers::definition(state, namespace, flow_id, trigger_id).await
-    else {
-        return false;
-    };
-    definition
+/// When a trigger is defined, in the current revision of its flow, as a `Schedule` (the only kind
+/// a backfill runs on): the flow's input declarations (for the backfill form); otherwise `None`.
+async fn schedule_inputs(
+    state: &AppState,
+    namespace: &str,
+    flow_id: &str,
+    trigger_id: &str,
+) -> Option<Vec<Value>> {
+    let record = state
+        .engine
+        .repositories()
+        .flows
+        .find(DEFAULT_TENANT, namespace, flow_id, None)
+        .await
+        .ok()??;
+    let schedule = record
+        .flow
+        .get("triggers")
+        .and_then(Value::as_array)?
+        .iter()
+        .find(|t| t.get("id").and_then(Value::as_str) == Some(trigger_id))?
         .get("type")
-        .and_then(serde_json::Value::as_str)
+        .and_then(Value::as_str)
         .and_then(|t| state.engine.registry().resolve_trigger(t))
-        .is_some_and(|e| e.type_name == Schedule::TYPE)
+        .is_some_and(|e| e.type_name == Schedule::TYPE);
+    schedule.then(|| super::flows::inputs(&record))
 }
 
-/// A trigger's row of the triggers page, with its actions (a backfill form on a `schedule`) and
-/// `error` (of the last action) inline.
-fn trigger_row(t: &TriggerState, schedule: bool, error: Option<&str>) -> Markup {
+/// A trigger's row of the triggers page, with its actions and `error` (of the last action) inline.
+/// On a `Schedule` (`schedule`: its flow's inputs): a backfill form (range, inputs, labels) when
+/// no backfill runs, Pause or Resume and Delete when one does.
+fn trigger_row(t: &TriggerState, schedule: Option<&[Value]>, error: Option<&str>) -> Markup {
     let url = format!(
         "/ui/triggers/{}/{}/{}",
         enc(&t.namespace),
@@ -341,11 +355,31 @@ fn trigger_row(t: &TriggerState, schedule: bool, error: Option<&str>) -> Markup 
                 }
                 " "
                 button.unlock hx-post={ (url) "/unlock" } hx-target="closest tr" hx-swap="outerHTML" { "Unlock" }
-                @if schedule && t.backfill.is_none() {
-                    form.backfill hx-post={ (url) "/backfill" } hx-target="closest tr" hx-swap="outerHTML" {
-                        label { "From (UTC) " input type="datetime-local" name="start" step="1" required; }
-                        label { " to " input type="datetime-local" name="end" step="1"; }
-                        button type="submit" { "Backfill" }
+                @if let Some(b) = &t.backfill {
+                    " "
+                    @if b.paused {
+                        button.backfill-unpause hx-post={ (url) "/backfill/unpause" } hx-target="closest tr" hx-swap="outerHTML" { "Resume backfill" }
+                    } @else {
+                        button.backfill-pause hx-post={ (url) "/backfill/pause" } hx-target="closest tr" hx-swap="outerHTML" { "Pause backfill" }
+                    }
+                    " "
+                    button.backfill-delete hx-post={ (url) "/backfill/delete" } hx-target="closest tr" hx-swap="outerHTML"
+                        hx-confirm="Delete this backfill? No further slot of it runs." { "Delete backfill" }
+                } @else if let Some(inputs) = schedule {
+                    details.backfill-box {
+                        summary { "Backfill" }
+                        form.backfill hx-post={ (url) "/backfill" } hx-target="closest tr" hx-swap="outerHTML" {
+                            label { "From (UTC) " input type="datetime-local" name="start" step="1" required; }
+                            label { " to " input type="datetime-local" name="end" step="1"; }
+                            @for i in inputs.iter().filter(|i| !is_file(i)) {
+                                (super::flows::input_field(i, BACKFILL_INPUT, &format!("bf-{}-", t.uid()), false))
+                            }
+                            label.field {
+                                span.fname { "Labels" span.ftype { "key:value, one per line" } }
+                                textarea name="labels" rows="2" placeholder="origin:backfill" {}
+                            }
+                            button type="submit" { "Backfill" }
+                        }
                     }
                 }
                 @if let Some(error) = error { div.alert.alert-error.action-error { (error) } }
@@ -365,7 +399,9 @@ async fn trigger_answer(
     match result {
         Ok(after) => trigger_row(
             &after,
-            is_schedule(state, namespace, flow_id, trigger_id).await,
+            schedule_inputs(state, namespace, flow_id, trigger_id)
+                .await
+                .as_deref(),
             None,
         ),
         Err(e) => {
@@ -374,7 +410,9 @@ async fn trigger_answer(
             match state.engine.repositories().triggers.find(&uid).await {
                 Ok(Some(current)) => trigger_row(
                     &current,
-                    is_schedule(state, namespace, flow_id, trigger_id).await,
+                    schedule_inputs(state, namespace, flow_id, trigger_id)
+                        .await
+                        .as_deref(),
                     Some(&e.message),
                 ),
                 _ => html! {
@@ -427,13 +465,17 @@ pub(crate) async fn unlock_trigger(
     trigger_answer(&state, &namespace, &flow_id, &trigger_id, result).await
 }
 
-/// The form of a trigger's Backfill: `start` and `end` (empty: now), as a `datetime-local` input
-/// sends them (UTC, with or without seconds) or RFC 3339.
-#[derive(Deserialize)]
-pub(crate) struct BackfillForm {
-    start: String,
-    #[serde(default)]
-    end: Option<String>,
+/// The prefix of an input's field in the backfill form (`inputs.{id}`: never `start`, `end` or
+/// `labels`).
+const BACKFILL_INPUT: &str = "inputs.";
+
+/// Whether an input declaration is a FILE (not offered in the backfill form: a backfill's inputs
+/// are values, not uploads).
+fn is_file(input: &Value) -> bool {
+    input
+        .get("type")
+        .and_then(Value::as_str)
+        .is_some_and(|t| t.eq_ignore_ascii_case("FILE"))
 }
 
 /// A date of the backfill form; `field` names it in the error.
@@ -452,24 +494,44 @@ fn form_date(field: &str, text: &str) -> Result<DateTime<Utc>, ApiError> {
     )))
 }
 
-/// `POST /ui/triggers/{namespace}/{flowId}/{triggerId}/backfill` (form: `start`, `end`): start a
+/// `POST /ui/triggers/{namespace}/{flowId}/{triggerId}/backfill` (form: `start`, `end` as a
+/// `datetime-local` input sends them (UTC, with or without seconds) or RFC 3339, empty `end`: now;
+/// `inputs.{id}` for the flow's inputs, empty ones left out; `labels`, `key:value` lines): start a
 /// backfill on a `Schedule` trigger, as the API's `PUT /triggers` does (the engine's backfill).
 pub(crate) async fn backfill_trigger(
     State(state): State<Arc<AppState>>,
     Path((namespace, flow_id, trigger_id)): Path<(String, String, String)>,
-    Form(form): Form<BackfillForm>,
+    Form(form): Form<Vec<(String, String)>>,
 ) -> Markup {
     let result = async {
-        let start = form_date("start", &form.start)?;
-        let end = match form.end.as_deref().map(str::trim) {
+        let one = |name: &str| {
+            form.iter()
+                .rev()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.trim())
+        };
+        let start = form_date(
+            "start",
+            one("start").ok_or_else(|| ApiError::bad_request("field 'start' is required"))?,
+        )?;
+        let end = match one("end") {
             None | Some("") => None,
             Some(end) => Some(form_date("end", end)?),
         };
+        let labels = super::form_labels("labels", one("labels").unwrap_or(""))?;
+        let mut inputs = serde_json::Map::new();
+        for (key, value) in &form {
+            if let Some(id) = key.strip_prefix(BACKFILL_INPUT)
+                && !value.is_empty()
+            {
+                inputs.insert(id.to_string(), Value::String(value.clone()));
+            }
+        }
         let request = kestra_core::scheduler::BackfillRequest {
             start,
             end,
-            inputs: serde_json::Map::new(),
-            labels: Vec::new(),
+            inputs,
+            labels,
         };
         let started = state
             .engine
@@ -480,4 +542,64 @@ pub(crate) async fn backfill_trigger(
     }
     .await;
     trigger_answer(&state, &namespace, &flow_id, &trigger_id, result).await
+}
+
+/// A change to a trigger's running backfill from its row; answers the row.
+async fn backfill_change(
+    state: &AppState,
+    namespace: &str,
+    flow_id: &str,
+    trigger_id: &str,
+    action: BackfillAction,
+) -> Markup {
+    let result = triggers::change_backfill(state, namespace, flow_id, trigger_id, action).await;
+    if result.is_ok() {
+        tracing::info!(%namespace, %flow_id, %trigger_id, action = action.verb(), "backfill changed in the UI");
+    }
+    trigger_answer(state, namespace, flow_id, trigger_id, result).await
+}
+
+/// `POST /ui/triggers/{namespace}/{flowId}/{triggerId}/backfill/pause`.
+pub(crate) async fn pause_backfill(
+    State(state): State<Arc<AppState>>,
+    Path((namespace, flow_id, trigger_id)): Path<(String, String, String)>,
+) -> Markup {
+    backfill_change(
+        &state,
+        &namespace,
+        &flow_id,
+        &trigger_id,
+        BackfillAction::Pause,
+    )
+    .await
+}
+
+/// `POST /ui/triggers/{namespace}/{flowId}/{triggerId}/backfill/unpause`.
+pub(crate) async fn unpause_backfill(
+    State(state): State<Arc<AppState>>,
+    Path((namespace, flow_id, trigger_id)): Path<(String, String, String)>,
+) -> Markup {
+    backfill_change(
+        &state,
+        &namespace,
+        &flow_id,
+        &trigger_id,
+        BackfillAction::Unpause,
+    )
+    .await
+}
+
+/// `POST /ui/triggers/{namespace}/{flowId}/{triggerId}/backfill/delete`.
+pub(crate) async fn delete_backfill(
+    State(state): State<Arc<AppState>>,
+    Path((namespace, flow_id, trigger_id)): Path<(String, String, String)>,
+) -> Markup {
+    backfill_change(
+        &state,
+        &namespace,
+        &flow_id,
+        &trigger_id,
+        BackfillAction::Delete,
+    )
+    .await
 }
