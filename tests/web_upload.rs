@@ -19,7 +19,7 @@ use axum::http::{Method, Request, StatusCode, header};
 use futures::StreamExt;
 use kestra::Engine;
 use kestra::config::Config;
-use kestra::core::storage::{InternalStorage, StoragePath};
+use kestra::core::storage::StoragePath;
 use kestra::webserver::{Auth, Webserver};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
