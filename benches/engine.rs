@@ -1,11 +1,21 @@
-//! End-to-end engine benchmark (issue "The engine"): executor + worker + indexer on a real backend.
+//! End-to-end engine benchmark (issues "The engine", "Kafka + Elasticsearch", "Linear speed"):
+//! executor + worker + indexer on a real backend.
 //!
-//! Run: `cargo bench --all-features --bench engine` (SQLite), with `KESTRA_BENCH_POSTGRES_URL` / `KESTRA_BENCH_MYSQL_URL`
-//! (or the `KESTRA_TEST_*` ones) set to also measure PostgreSQL / MariaDB. Scenarios:
+//! Run: `cargo bench --all-features --bench engine` (SQLite), with `KESTRA_BENCH_POSTGRES_URL` /
+//! `KESTRA_BENCH_MYSQL_URL` (or the `KESTRA_TEST_*` ones) set to also measure PostgreSQL / MariaDB, and
+//! `KESTRA_BENCH_KAFKA_BROKERS` + `KESTRA_BENCH_ELASTICSEARCH_URL` (or the `KESTRA_TEST_*` ones) for
+//! Kafka + Elasticsearch (topics and indices of their own per run). Scenarios:
 //! - (a) one flow of 40 sequential Log/Return tasks: wall time from trigger to SUCCESS;
 //! - (b) a 2-task flow: sustained executions per second (N started at once), then latency p50/p99 from
 //!   trigger to SUCCESS at a fixed 25 executions/s;
 //! - (c) a ForEach over 200 values: wall time.
+//!
+//! "SUCCESS" is seen where the API sees it: in the repository (`Engine::wait_for`), so on Kafka the
+//! figures include the indexer's delay into Elasticsearch.
+//!
+//! **Smoke mode**: run without `--bench` (as `cargo test --all-features --bench engine` does, which
+//! `scripts/test.sh` runs in CI) or with `KESTRA_BENCH_SMOKE=1`, every scenario runs once with tiny
+//! sizes on SQLite only (a few seconds), so the benchmark never rots; its figures mean nothing.
 //!
 //! Progress goes to stderr; the results table to stdout.
 
@@ -16,8 +26,36 @@ use futures::StreamExt;
 use indexmap::IndexMap;
 use indicatif::{ProgressBar, ProgressStyle};
 use kestra::Engine;
+use kestra::config::Config;
 use kestra::jdbc::JdbcBackend;
 use kestra::storage::LocalStorage;
+
+/// How much each scenario does.
+#[derive(Clone, Copy)]
+struct Sizes {
+    /// (a) runs of the 40-task flow (median reported).
+    sequential_runs: usize,
+    /// (b) executions started at once for the throughput.
+    throughput: usize,
+    /// (b) executions started at 25/s for the latency.
+    latency: usize,
+    /// (c) runs of the ForEach (median reported).
+    each_runs: usize,
+}
+
+const FULL: Sizes = Sizes {
+    sequential_runs: 5,
+    throughput: 2000,
+    latency: 250,
+    each_runs: 3,
+};
+
+const SMOKE: Sizes = Sizes {
+    sequential_runs: 1,
+    throughput: 20,
+    latency: 10,
+    each_runs: 1,
+};
 
 const SEQ40: &str = "id: seq40\nnamespace: bench\ntasks:\n";
 const TWO: &str = "id: two\nnamespace: bench\ntasks:\n  - id: a\n    type: io.kestra.plugin.core.debug.Return\n    format: \"{{ execution.id }}\"\n  - id: b\n    type: io.kestra.plugin.core.log.Log\n    message: \"{{ outputs.a.value }}\"\n";
@@ -82,12 +120,42 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
-async fn bench(label: &str, url: &str) -> Vec<String> {
+/// An engine on the JDBC database of `url`, with local storage under `dir`.
+async fn jdbc_engine(url: &str, dir: &std::path::Path) -> Engine {
     let backend = JdbcBackend::connect(url).await.expect("connect");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let storage = Arc::new(LocalStorage::new(dir.path().join("storage")).expect("storage"));
-    let engine =
-        Arc::new(Engine::builder(backend.queue(), backend.repositories(), storage).start());
+    let storage = Arc::new(LocalStorage::new(dir.join("storage")).expect("storage"));
+    Engine::builder(backend.queue(), backend.repositories(), storage).start()
+}
+
+/// An engine on Kafka + Elasticsearch as `kestra.queue.type: kafka` configures it, with topics and
+/// indices of this run (prefix `kestra_bench_<id>_`) and local storage under `dir`.
+async fn kafka_engine(brokers: String, elasticsearch: String, dir: &std::path::Path) -> Engine {
+    let prefix = format!(
+        "kestra_bench_{}_",
+        kestra::core::model::new_id().to_lowercase()
+    );
+    let config = Config::from_pairs([
+        ("kestra.queue.type", "kafka".to_string()),
+        ("kestra.repository.type", "elasticsearch".to_string()),
+        ("kestra.kafka.brokers", brokers),
+        ("kestra.kafka.topic-prefix", prefix.clone()),
+        ("kestra.elasticsearch.url", elasticsearch),
+        ("kestra.elasticsearch.index-prefix", prefix),
+        ("kestra.data-dir", dir.display().to_string()),
+    ]);
+    kestra::engine(&config)
+        .await
+        .expect("engine on Kafka + Elasticsearch (build with --all-features)")
+        .start()
+}
+
+fn env_first(vars: &[&str]) -> Option<String> {
+    vars.iter()
+        .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
+}
+
+async fn bench(label: &str, engine: Engine, sizes: Sizes) -> Vec<String> {
+    let engine = Arc::new(engine);
     for f in [seq40(), TWO.to_string(), each200()] {
         engine.deploy(&f).await.expect("deploy");
     }
@@ -96,9 +164,10 @@ async fn bench(label: &str, url: &str) -> Vec<String> {
     run_once(&engine, "two", Duration::from_secs(60)).await;
 
     // (a)
-    let bar = progress(5, &format!("{label} (a) 40 sequential"));
+    let runs = sizes.sequential_runs;
+    let bar = progress(runs as u64, &format!("{label} (a) 40 sequential"));
     let mut a = Vec::new();
-    for _ in 0..5 {
+    for _ in 0..runs {
         a.push(run_once(&engine, "seq40", Duration::from_secs(120)).await);
         bar.inc(1);
     }
@@ -107,13 +176,13 @@ async fn bench(label: &str, url: &str) -> Vec<String> {
     push(
         &mut rows,
         format!(
-            "| {label} | (a) 40 sequential tasks, wall time (median of 5) | {:.3} s |",
+            "| {label} | (a) 40 sequential tasks, wall time (median of {runs}) | {:.3} s |",
             pct(&a, 0.5).as_secs_f64()
         ),
     );
 
     // (b) throughput: N executions started at once, until all SUCCESS
-    let n = 2000usize;
+    let n = sizes.throughput;
     let bar = progress(n as u64, &format!("{label} (b) throughput"));
     let start = Instant::now();
     // Executions are created by 16 concurrent clients, as API calls or schedules would.
@@ -148,7 +217,7 @@ async fn bench(label: &str, url: &str) -> Vec<String> {
     );
 
     // (b) latency at 25/s
-    let count = 250usize;
+    let count = sizes.latency;
     let bar = progress(count as u64, &format!("{label} (b) latency @25/s"));
     let mut handles = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_millis(40));
@@ -178,9 +247,10 @@ async fn bench(label: &str, url: &str) -> Vec<String> {
     );
 
     // (c)
-    let bar = progress(3, &format!("{label} (c) ForEach 200"));
+    let runs = sizes.each_runs;
+    let bar = progress(runs as u64, &format!("{label} (c) ForEach 200"));
     let mut c = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..runs {
         c.push(run_once(&engine, "each200", Duration::from_secs(300)).await);
         bar.inc(1);
     }
@@ -189,7 +259,7 @@ async fn bench(label: &str, url: &str) -> Vec<String> {
     push(
         &mut rows,
         format!(
-            "| {label} | (c) ForEach over 200 values, wall time (median of 3) | {:.3} s |",
+            "| {label} | (c) ForEach over 200 values, wall time (median of {runs}) | {:.3} s |",
             pct(&c, 0.5).as_secs_f64()
         ),
     );
@@ -200,17 +270,29 @@ async fn bench(label: &str, url: &str) -> Vec<String> {
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; nothing else to parse.
+    // `cargo bench` passes `--bench`; without it (`cargo test --bench engine`) this is a smoke run.
+    let smoke = !std::env::args().any(|a| a == "--bench")
+        || std::env::var("KESTRA_BENCH_SMOKE").is_ok_and(|v| v == "1" || v == "true");
+    let sizes = if smoke { SMOKE } else { FULL };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("runtime");
     runtime.block_on(async {
-        println!("| database | measure | result |\n| --- | --- | --- |");
+        if smoke {
+            eprintln!("smoke run: tiny sizes on SQLite only, the figures mean nothing");
+        }
+        println!("| backend | measure | result |\n| --- | --- | --- |");
         let mut rows = Vec::new();
         let dir = tempfile::tempdir().expect("tempdir");
         let sqlite = format!("sqlite://{}/bench.db?mode=rwc", dir.path().display());
-        rows.extend(bench("sqlite", &sqlite).await);
+        let engine = jdbc_engine(&sqlite, &dir.path().join("sqlite")).await;
+        rows.extend(bench("sqlite", engine, sizes).await);
+        if smoke {
+            assert_eq!(rows.len(), 4, "every scenario gave its figure");
+            eprintln!("smoke run done: {} measures", rows.len());
+            return;
+        }
         for (label, vars) in [
             (
                 "postgres",
@@ -218,14 +300,25 @@ fn main() {
             ),
             ("mysql", ["KESTRA_BENCH_MYSQL_URL", "KESTRA_TEST_MYSQL_URL"]),
         ] {
-            if let Some(url) = vars
-                .iter()
-                .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
-            {
-                rows.extend(bench(label, &url).await);
+            if let Some(url) = env_first(&vars) {
+                let engine = jdbc_engine(&url, &dir.path().join(label)).await;
+                rows.extend(bench(label, engine, sizes).await);
             } else {
                 eprintln!("{label}: skipped ({} not set)", vars[0]);
             }
+        }
+        let brokers = env_first(&["KESTRA_BENCH_KAFKA_BROKERS", "KESTRA_TEST_KAFKA_BROKERS"]);
+        let elasticsearch = env_first(&[
+            "KESTRA_BENCH_ELASTICSEARCH_URL",
+            "KESTRA_TEST_ELASTICSEARCH_URL",
+        ]);
+        if let (Some(brokers), Some(elasticsearch)) = (brokers, elasticsearch) {
+            let engine = kafka_engine(brokers, elasticsearch, &dir.path().join("kafka")).await;
+            rows.extend(bench("kafka+es", engine, sizes).await);
+        } else {
+            eprintln!(
+                "kafka+es: skipped (KESTRA_BENCH_KAFKA_BROKERS / _ELASTICSEARCH_URL not set)"
+            );
         }
         eprintln!("done: {} measures", rows.len());
     });

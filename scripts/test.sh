@@ -23,3 +23,7 @@ RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace --all-features
 echo "== cargo test" >&2
 # --no-fail-fast: one failing test binary must not hide the failures of the others.
 cargo test --workspace --all-features --no-fail-fast
+echo "== benchmark smoke run" >&2
+# The engine benchmark (benches/engine.rs) in its smoke mode: every scenario once, tiny sizes, SQLite,
+# a few seconds - so it never rots. `cargo bench --all-features --bench engine` measures for real.
+cargo test --all-features --bench engine

@@ -362,6 +362,16 @@ pub trait ExecutionRepository: Send + Sync {
     /// equal version replaces it, so a redelivery is harmless. A soft-deleted execution stays
     /// deleted.
     async fn save(&self, execution: &Execution) -> RepoResult<()>;
+    /// [`save`](Self::save) several executions, with the same versioned semantics for each (the
+    /// indexer's batches). The default saves them one by one; a backend with a bulk write
+    /// (Elasticsearch's `_bulk`) does it in one request. Several versions of one execution may be
+    /// in `executions`: the newest stays, whatever their order.
+    async fn save_batch(&self, executions: &[Execution]) -> RepoResult<()> {
+        for execution in executions {
+            self.save(execution).await?;
+        }
+        Ok(())
+    }
     /// An execution by id (not soft-deleted).
     async fn find_by_id(&self, tenant: &str, id: &str) -> RepoResult<Option<Execution>>;
     /// Search.

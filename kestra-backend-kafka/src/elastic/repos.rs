@@ -530,6 +530,11 @@ impl FlowRepository for Repos {
 
 // ---------------------------------------------------------------------------------- executions
 
+/// The size at which a batch of executions is sent as one `_bulk` request and the rest in another:
+/// well under Elasticsearch's `http.max_content_length` (100 MB), whatever the batch holds (an
+/// execution document may be up to a queue message, 1 MiB by default).
+const BULK_BYTES: usize = 8 * 1024 * 1024;
+
 fn execution_doc(e: &Execution) -> RepoResult<Value> {
     Ok(json!({
         "key": key(&[&e.tenant_id, &e.id]),
@@ -568,6 +573,42 @@ impl ExecutionRepository for Repos {
             .await?;
         if !stored {
             tracing::debug!(id = %e.id, version = e.metadata.version, "older execution version ignored");
+        }
+        Ok(())
+    }
+
+    /// `_bulk` requests of at most about [`BULK_BYTES`] each; each document versioned as in
+    /// [`save`](Self::save) (`external_gte`), so an older version in the batch or in the index
+    /// loses (its conflict is expected, not an error).
+    async fn save_batch(&self, executions: &[Execution]) -> RepoResult<()> {
+        let mut lines = String::new();
+        let mut older = 0;
+        for (i, e) in executions.iter().enumerate() {
+            let version = if e.deleted {
+                DELETED_VERSION
+            } else {
+                e.metadata.version.min(DELETED_VERSION - 1)
+            };
+            let action = json!({"index": {
+                "_id": doc_id(&key(&[&e.tenant_id, &e.id])),
+                "version": version,
+                "version_type": "external_gte",
+            }});
+            lines.push_str(&action.to_string());
+            lines.push('\n');
+            lines.push_str(&execution_doc(e)?.to_string());
+            lines.push('\n');
+            if lines.len() >= BULK_BYTES || i + 1 == executions.len() {
+                let results = self
+                    .c()
+                    .bulk(&self.inner.idx.executions, std::mem::take(&mut lines), true)
+                    .await
+                    .map_err(backend("save executions"))?;
+                older += results.iter().filter(|r| *r == "conflict").count();
+            }
+        }
+        if older > 0 {
+            tracing::debug!(older, "older execution versions ignored");
         }
         Ok(())
     }

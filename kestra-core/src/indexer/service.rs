@@ -23,7 +23,7 @@ use tracing::{error, info, warn};
 use crate::liveness::{Heartbeat, LivenessConfig, LivenessMessage};
 use crate::messages::ExecutionChange;
 use crate::model::TriggerState;
-use crate::model::{LogEntry, MetricEntry, ServiceInstance, ServiceState, ServiceType};
+use crate::model::{Execution, LogEntry, MetricEntry, ServiceInstance, ServiceState, ServiceType};
 use crate::queue::{
     ConsumerGroup, Delivery, DeliveryTag, Queue, QueueError, Replayable, Replayed, Topic,
 };
@@ -407,8 +407,12 @@ impl IndexerService {
                 }
             }
             Topic::ExecutionChange => {
-                // In order per execution (one key, one consumer): each change applied as it
-                // comes; the repository's versioned save drops an older document.
+                // In order per execution (one key, one consumer). Consecutive saves go to the
+                // repository as one batch (`save_batch`: one `_bulk` request on Elasticsearch, not a
+                // refreshed write per change - a catch-up of thousands of changes took minutes so);
+                // its versioned save keeps the newest of each execution. A delete first stores the
+                // saves before it, so a save and the delete after it keep their order.
+                let mut saves: Vec<Execution> = Vec::new();
                 for d in batch {
                     match d.envelope.decode::<ExecutionChange>() {
                         Ok(change) if change.execution_id() != d.envelope.key => {
@@ -422,15 +426,15 @@ impl IndexerService {
                             set_aside.push(d.tag);
                             continue;
                         }
-                        Ok(ExecutionChange::Saved { execution }) => {
-                            self.executions.save(&execution).await?;
-                        }
+                        Ok(ExecutionChange::Saved { execution }) => saves.push(*execution),
                         Ok(ExecutionChange::Deleted {
                             tenant_id,
                             execution_id,
                             delete_logs,
                             delete_metrics,
                         }) => {
+                            self.executions.save_batch(&saves).await?;
+                            saves.clear();
                             // Logs and metrics first, the execution last: whoever waits for
                             // the execution to be gone (the API's delete) then finds its logs
                             // and metrics gone too.
@@ -455,6 +459,7 @@ impl IndexerService {
                     }
                     tags.push(d.tag);
                 }
+                self.executions.save_batch(&saves).await?;
             }
             _ => {
                 let mut entries: Vec<MetricEntry> = Vec::with_capacity(batch.len());

@@ -1781,6 +1781,90 @@ pub async fn flow_published_revisions(repos: &Repositories) {
     );
 }
 
+/// `save_batch` keeps the versioned semantics of `save`: in one batch several versions of one
+/// execution in any order leave the newest; an older version than the stored one changes nothing;
+/// a soft-deleted execution stays deleted; an empty batch is fine.
+pub async fn execution_batches(repos: &Repositories) {
+    let execs = &*repos.executions;
+    let tn = tenant("execution-batches");
+    let version = |base: &Execution, v: u64, state: StateType| {
+        let mut e = execution(&tn, &base.namespace, &base.flow_id, t(0), state);
+        e.id = base.id.clone();
+        e.metadata.version = v;
+        e.labels = vec![Label::new("version", v.to_string())];
+        e
+    };
+    let a = execution(&tn, "company.team", "flow-a", t(0), StateType::Running);
+    let b = execution(&tn, "company.team", "flow-b", t(1), StateType::Running);
+    let a2 = version(&a, 2, StateType::Running);
+    let a3 = version(&a, 3, StateType::Success);
+    let a1 = version(&a, 1, StateType::Created);
+    let b1 = version(&b, 1, StateType::Created);
+    ok(execs.save_batch(&[]).await, "save an empty batch");
+    ok(
+        execs
+            .save_batch(&[a2.clone(), a3.clone(), b1.clone(), a1.clone()])
+            .await,
+        "save a batch of versions out of order",
+    );
+    assert_eq!(
+        ok(execs.find_by_id(&tn, &a.id).await, "find a").as_ref(),
+        Some(&a3),
+        "the newest version of a batch stays, whatever the order"
+    );
+    assert_eq!(
+        ok(execs.find_by_id(&tn, &b.id).await, "find b").as_ref(),
+        Some(&b1),
+        "every execution of a batch is stored"
+    );
+    let page = ok(
+        execs
+            .search(
+                &ExecutionQuery {
+                    tenant_id: Some(tn.clone()),
+                    states: vec![StateType::Success],
+                    ..ExecutionQuery::default()
+                },
+                &Pageable::default(),
+            )
+            .await,
+        "search the batch",
+    );
+    assert_eq!(
+        exec_ids(&page),
+        vec![a.id.clone()],
+        "searches see the batch"
+    );
+    ok(
+        execs
+            .save_batch(&[a2.clone(), version(&b, 2, StateType::Success)])
+            .await,
+        "save an older version of a with a newer one of b",
+    );
+    assert_eq!(
+        ok(execs.find_by_id(&tn, &a.id).await, "find a again").as_ref(),
+        Some(&a3),
+        "an older version in a batch never overwrites a newer stored one"
+    );
+    assert_eq!(
+        ok(execs.find_by_id(&tn, &b.id).await, "find b again").map(|e| e.metadata.version),
+        Some(2),
+        "the newer version beside it is stored"
+    );
+    ok(execs.delete(&tn, &a.id).await, "soft delete a");
+    ok(
+        execs
+            .save_batch(&[version(&a, 4, StateType::Success)])
+            .await,
+        "save a newer version of a deleted execution",
+    );
+    assert_eq!(
+        ok(execs.find_by_id(&tn, &a.id).await, "find deleted a"),
+        None,
+        "a soft-deleted execution stays deleted"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------------
 // everything
 
@@ -1794,6 +1878,7 @@ pub async fn run_all(repos: &Repositories) {
     execution_sort_and_pagination(repos).await;
     execution_delete_and_purge(repos).await;
     execution_versions(repos).await;
+    execution_batches(repos).await;
     logs(repos).await;
     metrics(repos).await;
     log_and_metric_ids(repos).await;
