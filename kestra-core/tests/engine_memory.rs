@@ -140,6 +140,9 @@ async fn flows_run_from_the_queue_alone_and_the_indexer_catches_up() {
     let changed = FLOW.replace("format: done", "format: done again");
     let (flow, outcome) = engine.deploy(&changed).await.unwrap();
     assert_eq!((flow.revision, outcome), (Some(2), SaveOutcome::Updated));
+    // A deploy that publishes a revision (the API's write, not orchestration) also tries to copy
+    // it into the repository for read-your-writes: one failed call each, only logged.
+    assert_eq!(down.calls(), 2, "the two published revisions tried their copy");
     let mut ids = Vec::new();
     for _ in 0..5 {
         ids.push(
@@ -195,7 +198,11 @@ async fn flows_run_from_the_queue_alone_and_the_indexer_catches_up() {
         "a deleted flow cannot be executed"
     );
     engine.shutdown().await;
-    assert_eq!(down.calls(), 0, "nothing called the repository");
+    assert_eq!(
+        down.calls(),
+        3,
+        "executor and worker called no repository (the 3 calls: the copies of 2 deploys and 1 deletion)"
+    );
 
     // The indexer, later, over working repositories.
     let repos = MemoryRepositories::new().repositories();
