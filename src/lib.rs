@@ -232,10 +232,11 @@ pub async fn engine(config: &config::Config) -> Result<EngineBuilder, StartError
     }
     let key = "kestra.queue.max-delivery-attempts";
     let attempts = config.get_u64(key, 3)?;
-    let max_delivery_attempts = u32::try_from(attempts).map_err(|_| config::ConfigError::Invalid {
-        key: key.into(),
-        message: format!("{attempts} is too large"),
-    })?;
+    let max_delivery_attempts =
+        u32::try_from(attempts).map_err(|_| config::ConfigError::Invalid {
+            key: key.into(),
+            message: format!("{attempts} is too large"),
+        })?;
     worker.max_delivery_attempts = max_delivery_attempts;
     let liveness = liveness_config(config)?;
     worker.heartbeat_interval = liveness.heartbeat_interval;

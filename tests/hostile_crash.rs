@@ -23,11 +23,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use indexmap::IndexMap;
-use kestra::{Components, Engine};
 use kestra::core::model::{Execution, Level, StateType};
 use kestra::core::testkit::faults::{EXECUTOR_ABORT, FAULT_LABEL, WORKER_ABORT};
 use kestra::jdbc::JdbcBackend;
 use kestra::storage::LocalStorage;
+use kestra::{Components, Engine};
 
 /// The server process, killed when dropped (also when an assertion fails).
 struct Server(Child);
@@ -81,7 +81,12 @@ async fn a_message_that_aborts_the_server_is_dead_lettered(url: &str) {
 }
 
 async fn a_job_that_aborts_the_server_fails_its_task_run(url: &str) {
-    crash_loop(url, WORKER_ABORT, "its worker died (or abandoned it) each time").await;
+    crash_loop(
+        url,
+        WORKER_ABORT,
+        "its worker died (or abandoned it) each time",
+    )
+    .await;
 }
 
 /// A flow whose executions carry the fault label `fault` kills the server twice, then its
@@ -150,8 +155,7 @@ async fn crash_loop(url: &str, fault: &str, reason: &str) {
     };
     assert_eq!(failed.state.current(), StateType::Failed, "{failed:?}");
     assert_eq!(
-        crashes,
-        2,
+        crashes, 2,
         "the message crashed the server exactly max-delivery-attempts times"
     );
 

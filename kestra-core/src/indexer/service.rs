@@ -329,7 +329,9 @@ impl IndexerService {
                     batch.retain(|d| !lost.contains(&d.tag));
                 }
                 Ok(_) => {}
-                Err(e) => warn!(%topic, error = %e, "cannot extend the leases of a batch being retried"),
+                Err(e) => {
+                    warn!(%topic, error = %e, "cannot extend the leases of a batch being retried")
+                }
             }
             if batch.is_empty() {
                 return true;

@@ -603,7 +603,11 @@ impl Shared {
         };
         if let Err(e) = async {
             self.queue
-                .publish(vec![Envelope::json(Topic::Log, &task.task_run.execution_id, &log)?])
+                .publish(vec![Envelope::json(
+                    Topic::Log,
+                    &task.task_run.execution_id,
+                    &log,
+                )?])
                 .await
         }
         .await

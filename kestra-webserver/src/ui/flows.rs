@@ -429,11 +429,11 @@ pub(crate) async fn run(
     request: Request,
 ) -> Response {
     let target = crate::api::executions::UploadTarget::new(&namespace, &id);
-    let mut inputs =
-        match crate::api::executions::form_inputs(&state, request, Some(&target)).await {
-            Ok(inputs) => inputs,
-            Err(e) => return problem(&e),
-        };
+    let mut inputs = match crate::api::executions::form_inputs(&state, request, Some(&target)).await
+    {
+        Ok(inputs) => inputs,
+        Err(e) => return problem(&e),
+    };
     let labels = match inputs.shift_remove(RUN_LABELS) {
         Some(kestra_core::inputs::RawInput::Text(text)) => {
             match super::form_labels("labels", &text) {
