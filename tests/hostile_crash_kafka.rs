@@ -3,9 +3,10 @@
 //! executor-abort` calls `std::process::abort()` inside the executor's processing of an execution;
 //! a real `kestra server standalone` child process on Kafka dies, and this test restarts it after
 //! each crash, as a supervisor would. With `kestra.queue.max-delivery-attempts: 2` the server is
-//! restarted at most 3 times (the batch that crashed first, then the poison message alone, counted
-//! through the `delivery_attempts` topic); then the message is a dead letter, its execution FAILED
-//! with "crashed the executor" in its logs, and an execution started after it succeeds. Before,
+//! restarted at most 3 times: the batch that crashed first (not counted: a Kafka consumer cannot
+//! tell that it was handed out), then the poison message alone, twice, counted through the
+//! `delivery_attempts` topic. Then the message is a dead letter, its execution FAILED with
+//! "crashed the executor" in its logs, and an execution started after it succeeds. Before,
 //! every delivery on Kafka was a first one: the server crashed at every restart, forever. Needs
 //! `KESTRA_TEST_KAFKA_BROKERS` and `KESTRA_TEST_ELASTICSEARCH_URL` (required under CI=true).
 #![cfg(feature = "kafka")]

@@ -6,15 +6,16 @@
 //!
 //! Delivery attempts (executor units only): a message whose processing kills the process is not
 //! acknowledged, so the next owner of its partition gets it again. On assignment, the consumer
-//! reads the partition's committed offset O and its record in the compacted
-//! `{prefix}delivery_attempts` topic (keyed by consumer group, topic and partition). A record for
-//! the same O means the delivery at O is a redelivery after a crash: its attempts are the record's
-//! plus one, and the partition is handed out one message per unit up to the end the record names
-//! (the high watermark when the first crash was noticed, past anything the crashed batch held), so
-//! the poison message is isolated and counted alone; each single-message unit past O rewrites the
-//! record before it is handed out. Otherwise attempts are 1. The record is written (flushed, not
-//! in a transaction) before the first batch: one write per assignment, none per message on the
-//! normal path. A record written by a zombie can only start a single-message run early.
+//! reads the partition's committed offset O, its high watermark and its record in the compacted
+//! `{prefix}delivery_attempts` topic (keyed by consumer group, topic and partition;
+//! [`AttemptRecord::on_assignment`]). A batch-mode record for the same O means a batch from O was
+//! handed out and never committed: the partition is then handed out one message per unit up to the
+//! high watermark (past anything that batch held), so a poison message is isolated; the record is
+//! rewritten (flushed, outside the unit's transaction) before each message handed out alone, with
+//! that delivery's number, which the next owner raises by one if it finds the record at its
+//! committed offset. Otherwise the consumer writes a batch-mode record for O before the first batch:
+//! one write per assignment, none per message on the normal path. A record written by a zombie can
+//! only start a single-message run early or count a delivery it did not see.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -100,32 +101,56 @@ impl AttemptRecord {
         })
     }
 
+    /// Whether the partition is in a single-message run (`end` past `offset`).
+    pub(crate) fn single(self) -> bool {
+        self.end > self.offset
+    }
+
     /// What the owner of a partition starting at `committed` (high watermark `high`) counts, given
-    /// the partition's last record.
+    /// the partition's last record: in a single-message run, the record to write when the
+    /// message at `committed` is handed out (`attempts` is that delivery's number); otherwise
+    /// the record to write before the first batch.
     pub(crate) fn on_assignment(
         last: Option<AttemptRecord>,
         committed: i64,
         high: i64,
     ) -> AttemptRecord {
-        match last {
-            // The delivery at `committed` was handed out and never acknowledged: the process
-            // died with it (or gave the partition up unfinished). With nothing there, nothing was.
-            Some(r) if r.offset == committed && high > committed => AttemptRecord {
+        let batch = AttemptRecord {
+            offset: committed,
+            attempts: 1,
+            end: committed,
+        };
+        let Some(r) = last else {
+            return batch;
+        };
+        if high <= committed {
+            // Nothing to redeliver.
+            return batch;
+        }
+        match (r.single(), r.offset == committed) {
+            // The message at `committed` was handed out alone `r.attempts` times and never
+            // acknowledged: each time, the process died with it (or gave it up unfinished).
+            (true, true) => AttemptRecord {
                 offset: committed,
                 attempts: r.attempts.saturating_add(1),
-                // A crash in a single-message run keeps its end; a crashed batch held nothing
-                // past the high watermark.
-                end: if r.attempts > 1 {
-                    r.end.max(committed + 1)
-                } else {
-                    high
-                },
+                end: r.end,
             },
-            _ => AttemptRecord {
+            // A single-message run stopped half-way (a rebalance): it goes on.
+            (true, false) if r.offset < committed && committed < r.end => AttemptRecord {
                 offset: committed,
                 attempts: 1,
-                end: committed,
+                end: r.end,
             },
+            // A batch from `committed` may have been handed out and crashed the process: its
+            // messages, up to the high watermark (past anything it held), go one at a time. That
+            // delivery is not counted (it may not have happened): a poison message costs at most
+            // max-delivery-attempts + 1 crashes, never fewer than max-delivery-attempts.
+            (false, true) => AttemptRecord {
+                offset: committed,
+                attempts: 1,
+                end: high,
+            },
+            _ => batch,
         }
     }
 }
@@ -397,13 +422,13 @@ impl Inner {
         for p in &parts {
             let mut part = Part::new(generation);
             if let Some((key, record)) = counted.get(p)
-                && record.attempts > 1
+                && record.single()
             {
                 warn!(group = %self.group, topic = %p.0, partition = p.1, offset = record.offset, attempts = record.attempts, end = record.end, "redelivery after a crash: handing this partition out one message at a time");
                 part.recovery = Some(Recovery {
                     key: key.clone(),
                     record: *record,
-                    written: true,
+                    written: false,
                 });
             }
             st.parts.insert(*p, part);
@@ -465,7 +490,9 @@ impl Inner {
             let record = AttemptRecord::on_assignment(last.get(&key).copied(), start, high);
             out.insert((t, p), (key, record));
         }
-        let records: Vec<(String, AttemptRecord)> = out.values().cloned().collect();
+        // A single-message run writes its record when it hands its message out.
+        let records: Vec<(String, AttemptRecord)> =
+            out.values().filter(|(_, r)| !r.single()).cloned().collect();
         futures::executor::block_on(write_attempts(&self.shared, &records))?;
         Ok(out)
     }
@@ -770,42 +797,52 @@ impl GroupConsumer {
     /// Hand out up to `max` deliveries: per partition in offset order, skipping keys this consumer
     /// holds from an earlier call. A partition in a single-message run after a crash goes first,
     /// alone, one message at a time; the record to write before handing it out comes with it.
-    fn take(
-        &self,
-        max: usize,
-        topics: &[Topic],
-    ) -> (Vec<Delivery>, Option<(String, AttemptRecord)>) {
+    fn take(&self, max: usize, topics: &[Topic]) -> (Vec<Delivery>, Vec<(String, AttemptRecord)>) {
         let mut st = self.inner.lock();
+        let mut writes = Vec::new();
         for ((topic, _), part) in st.parts.iter_mut() {
             let Some(recovery) = &mut part.recovery else {
                 continue;
             };
+            if part.outstanding.values().any(|h| !h.acked) {
+                continue;
+            }
             let Some(front) = part.buffered.front().map(|d| d.tag.offset) else {
                 continue;
             };
-            if front >= recovery.record.end {
-                part.recovery = None;
+            if !recovery.record.single() || front >= recovery.record.end {
+                // The run is over: batches again, once the record says so.
+                if recovery.written && !recovery.record.single() {
+                    part.recovery = None;
+                } else {
+                    recovery.record = AttemptRecord {
+                        offset: front,
+                        attempts: 1,
+                        end: front,
+                    };
+                    recovery.written = false;
+                    writes.push((recovery.key.clone(), recovery.record));
+                }
                 continue;
             }
-            if part.revoking
-                || !topics.contains(topic)
-                || part.outstanding.values().any(|h| !h.acked)
-            {
+            if part.revoking || !topics.contains(topic) || !writes.is_empty() {
                 continue;
             }
             let Some(mut d) = part.buffered.pop_front() else {
                 continue;
             };
             if front != recovery.record.offset {
-                // Handed out once, in the batch that crashed; counted from here on.
+                // The next message of the run: its first delivery alone.
                 recovery.record = AttemptRecord {
                     offset: front,
-                    attempts: 2,
+                    attempts: 1,
                     end: recovery.record.end,
                 };
                 recovery.written = false;
             }
-            let write = (!recovery.written).then(|| (recovery.key.clone(), recovery.record));
+            if !recovery.written {
+                writes.push((recovery.key.clone(), recovery.record));
+            }
             d.attempt = recovery.record.attempts;
             part.outstanding.insert(
                 front,
@@ -814,7 +851,10 @@ impl GroupConsumer {
                     acked: false,
                 },
             );
-            return (vec![d], write);
+            return (vec![d], writes);
+        }
+        if !writes.is_empty() {
+            return (Vec::new(), writes);
         }
         let mut out = Vec::new();
         for ((topic, _), part) in st.parts.iter_mut() {
@@ -857,7 +897,7 @@ impl GroupConsumer {
                 out.push(d);
             }
         }
-        (out, None)
+        (out, writes)
     }
 
     /// [`GroupConsumer::take`], waiting up to `wait` for the first delivery.
@@ -900,24 +940,28 @@ impl GroupConsumer {
         max: usize,
         topics: &[Topic],
     ) -> Result<Vec<Delivery>, QueueError> {
-        let (got, write) = self.take(max, topics);
-        let Some((key, record)) = write else {
-            return Ok(got);
-        };
-        if let Err(e) = write_attempts(&self.inner.shared, &[(key.clone(), record)]).await {
-            self.release(&got);
-            return Err(e);
-        }
-        let mut st = self.inner.lock();
-        for part in st.parts.values_mut() {
-            if let Some(r) = &mut part.recovery
-                && r.key == key
-                && r.record == record
-            {
-                r.written = true;
+        loop {
+            let (got, writes) = self.take(max, topics);
+            if writes.is_empty() {
+                return Ok(got);
+            }
+            if let Err(e) = write_attempts(&self.inner.shared, &writes).await {
+                self.release(&got);
+                return Err(e);
+            }
+            let mut st = self.inner.lock();
+            for part in st.parts.values_mut() {
+                if let Some(r) = &mut part.recovery
+                    && writes.contains(&(r.key.clone(), r.record))
+                {
+                    r.written = true;
+                }
+            }
+            drop(st);
+            if !got.is_empty() {
+                return Ok(got);
             }
         }
-        Ok(got)
     }
 
     /// Put deliveries handed out back in front of their partitions (a refused recorded receive, a
@@ -1322,4 +1366,39 @@ pub(crate) fn read_changelog(
         records, "executor state restored"
     );
     Ok((store, delayed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AttemptRecord;
+
+    fn record(offset: i64, attempts: u32, end: i64) -> AttemptRecord {
+        AttemptRecord {
+            offset,
+            attempts,
+            end,
+        }
+    }
+
+    #[test]
+    fn delivery_attempts_on_assignment() {
+        let on = AttemptRecord::on_assignment;
+        // No record, another offset, or nothing to redeliver: batches, the record rewritten.
+        assert_eq!(on(None, 5, 9), record(5, 1, 5));
+        assert_eq!(on(Some(record(3, 1, 3)), 5, 9), record(5, 1, 5));
+        assert_eq!(on(Some(record(5, 1, 5)), 5, 5), record(5, 1, 5));
+        // A batch from 5 was handed out and never acknowledged: one at a time up to the high
+        // watermark, the first delivery alone being the first counted.
+        assert_eq!(on(Some(record(5, 1, 5)), 5, 9), record(5, 1, 9));
+        // The message at 5 was handed out alone twice and never acknowledged: the third.
+        assert_eq!(on(Some(record(5, 2, 9)), 5, 12), record(5, 3, 9));
+        // A run interrupted after 5 was acknowledged goes on from 6.
+        assert_eq!(on(Some(record(5, 2, 9)), 6, 12), record(6, 1, 9));
+        // ... and ends at its end.
+        assert_eq!(on(Some(record(8, 1, 9)), 9, 12), record(9, 1, 9));
+        assert!(!record(9, 1, 9).single() && record(5, 1, 9).single());
+        // The record survives a round trip.
+        let r = record(7, 3, 11);
+        assert_eq!(AttemptRecord::from_json(&r.to_json()), Some(r));
+    }
 }
