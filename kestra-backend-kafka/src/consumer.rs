@@ -474,14 +474,19 @@ impl Inner {
         let committed = reader
             .committed_offsets(asked, timeout)
             .map_err(rd("delivery attempts (committed offsets)"))?;
-        let last = read_attempts(&reader, &options.delivery_attempts_topic(), &self.group_id)
-            .map_err(rd("delivery attempts (read)"))?;
-        let mut out = HashMap::new();
+        // The watermarks before the read: once the reader is assigned, each query waits on it.
+        let mut marks = Vec::with_capacity(parts.len());
         for (t, p) in parts {
             let name = options.topic_name(t);
             let (low, high) = reader
                 .fetch_watermarks(&name, p, timeout)
                 .map_err(rd("delivery attempts (watermarks)"))?;
+            marks.push((t, p, name, low, high));
+        }
+        let last = read_attempts(&reader, &options.delivery_attempts_topic(), &self.group_id)
+            .map_err(rd("delivery attempts (read)"))?;
+        let mut out = HashMap::new();
+        for (t, p, name, low, high) in marks {
             let start = match committed.find_partition(&name, p).map(|e| e.offset()) {
                 Some(Offset::Offset(o)) => o,
                 _ => low,
