@@ -155,6 +155,9 @@ impl AttemptRecord {
     }
 }
 
+/// Per assigned partition: its key in the delivery-attempts topic and what its owner counts.
+type Counted = HashMap<(Topic, i32), (String, AttemptRecord)>;
+
 /// A single-message run after a crash: the record as last written.
 struct Recovery {
     /// The record key in the delivery-attempts topic.
@@ -447,10 +450,7 @@ impl Inner {
 
     /// For each assigned partition: its committed offset, its last delivery-attempts record, and
     /// the record this owner writes (flushed before anything is handed out).
-    fn count_attempts(
-        &self,
-        tpl: &TopicPartitionList,
-    ) -> Result<HashMap<(Topic, i32), (String, AttemptRecord)>, QueueError> {
+    fn count_attempts(&self, tpl: &TopicPartitionList) -> Result<Counted, QueueError> {
         let rd = |operation| move |e| Shared::backend(operation, e);
         let options = &self.shared.options;
         let parts = self.parts_of(tpl);

@@ -186,9 +186,9 @@ impl KafkaOptions {
         format!("{}trigger_state", self.prefix)
     }
 
-    /// The delivery-attempts topic's full name (compacted, one partition, keyed by consumer group
-    /// + topic + partition): where an executor consumer notes the committed offset it starts from,
-    /// so that the next owner of the partition can tell a redelivery after a crash.
+    /// The delivery-attempts topic's full name (compacted, one partition, keyed by consumer
+    /// group, topic and partition): where an executor consumer notes the committed offset it
+    /// starts from, so that the next owner of the partition can tell a redelivery after a crash.
     pub fn delivery_attempts_topic(&self) -> String {
         format!("{}delivery_attempts", self.prefix)
     }
