@@ -3,6 +3,19 @@
 //! contiguous acknowledged prefix of a partition is committed) and, for the executor's units of
 //! work, the partition-local state store restored from the changelog on assignment and the delayed
 //! messages fired when due.
+//!
+//! Delivery attempts (executor units only): a message whose processing kills the process is not
+//! acknowledged, so the next owner of its partition gets it again. On assignment, the consumer
+//! reads the partition's committed offset O, its high watermark and its record in the compacted
+//! `{prefix}delivery_attempts` topic (keyed by consumer group, topic and partition;
+//! [`AttemptRecord::on_assignment`]). A batch-mode record for the same O means a batch from O was
+//! handed out and never committed: the partition is then handed out one message per unit up to the
+//! high watermark (past anything that batch held), so a poison message is isolated; the record is
+//! rewritten (flushed, outside the unit's transaction) before each message handed out alone, with
+//! that delivery's number, which the next owner raises by one if it finds the record at its
+//! committed offset. Otherwise the consumer writes a batch-mode record for O before the first batch:
+//! one write per assignment, none per message on the normal path. A record written by a zombie can
+//! only start a single-message run early or count a delivery it did not see.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -56,6 +69,102 @@ struct Part {
     revoking: bool,
     /// The assignment generation it belongs to (units are fenced when it changed).
     generation: u64,
+    /// Executor units only: set after a crash, the partition is handed out one message per unit
+    /// until this run's end.
+    recovery: Option<Recovery>,
+}
+
+/// A partition's record in the delivery-attempts topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct AttemptRecord {
+    /// The offset whose delivery is counted.
+    pub(crate) offset: i64,
+    /// Deliveries of `offset` so far (this one included).
+    pub(crate) attempts: u32,
+    /// The end (exclusive) of the single-message run; `offset` when there is none.
+    pub(crate) end: i64,
+}
+
+impl AttemptRecord {
+    fn to_json(self) -> Vec<u8> {
+        serde_json::json!({"offset": self.offset, "attempts": self.attempts, "end": self.end})
+            .to_string()
+            .into_bytes()
+    }
+
+    fn from_json(bytes: &[u8]) -> Option<AttemptRecord> {
+        let v: Value = serde_json::from_slice(bytes).ok()?;
+        Some(AttemptRecord {
+            offset: v["offset"].as_i64()?,
+            attempts: u32::try_from(v["attempts"].as_u64()?).ok()?,
+            end: v["end"].as_i64()?,
+        })
+    }
+
+    /// Whether the partition is in a single-message run (`end` past `offset`).
+    pub(crate) fn single(self) -> bool {
+        self.end > self.offset
+    }
+
+    /// What the owner of a partition starting at `committed` (high watermark `high`) counts, given
+    /// the partition's last record: in a single-message run, the record to write when the
+    /// message at `committed` is handed out (`attempts` is that delivery's number); otherwise
+    /// the record to write before the first batch.
+    pub(crate) fn on_assignment(
+        last: Option<AttemptRecord>,
+        committed: i64,
+        high: i64,
+    ) -> AttemptRecord {
+        let batch = AttemptRecord {
+            offset: committed,
+            attempts: 1,
+            end: committed,
+        };
+        let Some(r) = last else {
+            return batch;
+        };
+        if high <= committed {
+            // Nothing to redeliver.
+            return batch;
+        }
+        match (r.single(), r.offset == committed) {
+            // The message at `committed` was handed out alone `r.attempts` times and never
+            // acknowledged: each time, the process died with it (or gave it up unfinished).
+            (true, true) => AttemptRecord {
+                offset: committed,
+                attempts: r.attempts.saturating_add(1),
+                end: r.end,
+            },
+            // A single-message run stopped half-way (a rebalance): it goes on.
+            (true, false) if r.offset < committed && committed < r.end => AttemptRecord {
+                offset: committed,
+                attempts: 1,
+                end: r.end,
+            },
+            // A batch from `committed` may have been handed out and crashed the process: its
+            // messages, up to the high watermark (past anything it held), go one at a time. That
+            // delivery is not counted (it may not have happened): a poison message costs at most
+            // max-delivery-attempts + 1 crashes, never fewer than max-delivery-attempts.
+            (false, true) => AttemptRecord {
+                offset: committed,
+                attempts: 1,
+                end: high,
+            },
+            _ => batch,
+        }
+    }
+}
+
+/// Per assigned partition: its key in the delivery-attempts topic and what its owner counts.
+type Counted = HashMap<(Topic, i32), (String, AttemptRecord)>;
+
+/// A single-message run after a crash: the record as last written.
+struct Recovery {
+    /// The record key in the delivery-attempts topic.
+    key: String,
+    record: AttemptRecord,
+    /// Whether the brokers have `record`.
+    written: bool,
 }
 
 impl Part {
@@ -67,6 +176,7 @@ impl Part {
             committed: -1,
             revoking: false,
             generation,
+            recovery: None,
         }
     }
 
@@ -155,6 +265,8 @@ pub(crate) struct Inner {
     names: HashMap<String, Topic>,
     /// The topic names subscribed to.
     subscription: Vec<String>,
+    /// The consumer group id on the brokers.
+    group_id: String,
     /// Units only: the compacted changelog its state store is restored from.
     state_topic: Option<String>,
     /// Subscribed only to own partitions of the changelog (a store, no messages): paused.
@@ -284,6 +396,17 @@ impl Inner {
         {
             warn!(group = %self.group, error = %e, "pausing a store-only consumer failed");
         }
+        let counted = if self.units && !self.store_only {
+            match self.count_attempts(tpl) {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!(group = %self.group, error = %e, "counting the delivery attempts of the assigned partitions failed: redeliveries after a crash are counted as first deliveries");
+                    HashMap::new()
+                }
+            }
+        } else {
+            HashMap::new()
+        };
         let restored = if self.units {
             match self.restore(&numbers) {
                 Ok(r) => Some(r),
@@ -300,7 +423,18 @@ impl Inner {
         st.paused = false;
         let generation = st.generation;
         for p in &parts {
-            st.parts.insert(*p, Part::new(generation));
+            let mut part = Part::new(generation);
+            if let Some((key, record)) = counted.get(p)
+                && record.single()
+            {
+                warn!(group = %self.group, topic = %p.0, partition = p.1, offset = record.offset, attempts = record.attempts, end = record.end, "redelivery after a crash: handing this partition out one message at a time");
+                part.recovery = Some(Recovery {
+                    key: key.clone(),
+                    record: *record,
+                    written: false,
+                });
+            }
+            st.parts.insert(*p, part);
         }
         for n in &numbers {
             st.owned.insert(*n, generation);
@@ -312,6 +446,60 @@ impl Inner {
         info!(group = %self.group, topics = ?self.topics, partitions = parts.len(), "partitions assigned");
         drop(st);
         self.notify.notify_waiters();
+    }
+
+    /// For each assigned partition: its committed offset, its last delivery-attempts record, and
+    /// the record this owner writes (flushed before anything is handed out).
+    fn count_attempts(&self, tpl: &TopicPartitionList) -> Result<Counted, QueueError> {
+        let rd = |operation| move |e| Shared::backend(operation, e);
+        let options = &self.shared.options;
+        let parts = self.parts_of(tpl);
+        if parts.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let timeout = Duration::from_secs(10);
+        // Same group id (for its committed offsets), never subscribed, never committing.
+        let reader: BaseConsumer = options
+            .client_config()
+            .set("group.id", &self.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "true")
+            .create()
+            .map_err(rd("delivery attempts (reader)"))?;
+        let mut asked = TopicPartitionList::new();
+        for (t, p) in &parts {
+            asked.add_partition(&options.topic_name(*t), *p);
+        }
+        let committed = reader
+            .committed_offsets(asked, timeout)
+            .map_err(rd("delivery attempts (committed offsets)"))?;
+        // The watermarks before the read: once the reader is assigned, each query waits on it.
+        let mut marks = Vec::with_capacity(parts.len());
+        for (t, p) in parts {
+            let name = options.topic_name(t);
+            let (low, high) = reader
+                .fetch_watermarks(&name, p, timeout)
+                .map_err(rd("delivery attempts (watermarks)"))?;
+            marks.push((t, p, name, low, high));
+        }
+        let last = read_attempts(&reader, &options.delivery_attempts_topic(), &self.group_id)
+            .map_err(rd("delivery attempts (read)"))?;
+        let mut out = HashMap::new();
+        for (t, p, name, low, high) in marks {
+            let start = match committed.find_partition(&name, p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => o,
+                _ => low,
+            };
+            let key = attempts_key(&self.group_id, &name, p);
+            let record = AttemptRecord::on_assignment(last.get(&key).copied(), start, high);
+            out.insert((t, p), (key, record));
+        }
+        // A single-message run writes its record when it hands its message out.
+        let records: Vec<(String, AttemptRecord)> =
+            out.values().filter(|(_, r)| !r.single()).cloned().collect();
+        futures::executor::block_on(write_attempts(&self.shared, &records))?;
+        Ok(out)
     }
 
     /// Read this consumer's changelog partitions `numbers` from the start into a store.
@@ -554,6 +742,7 @@ impl GroupConsumer {
             None
         };
         let inner = Arc::new(Inner {
+            group_id: group_id.clone(),
             names: topics
                 .iter()
                 .map(|t| (options.topic_name(*t), *t))
@@ -611,11 +800,72 @@ impl GroupConsumer {
     }
 
     /// Hand out up to `max` deliveries: per partition in offset order, skipping keys this consumer
-    /// holds from an earlier call.
-    fn take(&self, max: usize, topics: &[Topic]) -> Vec<Delivery> {
+    /// holds from an earlier call. A partition in a single-message run after a crash goes first,
+    /// alone, one message at a time; the record to write before handing it out comes with it.
+    fn take(&self, max: usize, topics: &[Topic]) -> (Vec<Delivery>, Vec<(String, AttemptRecord)>) {
         let mut st = self.inner.lock();
+        let mut writes = Vec::new();
+        for ((topic, _), part) in st.parts.iter_mut() {
+            let Some(recovery) = &mut part.recovery else {
+                continue;
+            };
+            if part.outstanding.values().any(|h| !h.acked) {
+                continue;
+            }
+            let Some(front) = part.buffered.front().map(|d| d.tag.offset) else {
+                continue;
+            };
+            if !recovery.record.single() || front >= recovery.record.end {
+                // The run is over: batches again, once the record says so.
+                if recovery.written && !recovery.record.single() {
+                    part.recovery = None;
+                } else {
+                    recovery.record = AttemptRecord {
+                        offset: front,
+                        attempts: 1,
+                        end: front,
+                    };
+                    recovery.written = false;
+                    writes.push((recovery.key.clone(), recovery.record));
+                }
+                continue;
+            }
+            if part.revoking || !topics.contains(topic) || !writes.is_empty() {
+                continue;
+            }
+            let Some(mut d) = part.buffered.pop_front() else {
+                continue;
+            };
+            if front != recovery.record.offset {
+                // The next message of the run: its first delivery alone.
+                recovery.record = AttemptRecord {
+                    offset: front,
+                    attempts: 1,
+                    end: recovery.record.end,
+                };
+                recovery.written = false;
+            }
+            if !recovery.written {
+                writes.push((recovery.key.clone(), recovery.record));
+            }
+            d.attempt = recovery.record.attempts;
+            part.outstanding.insert(
+                front,
+                Held {
+                    key: d.envelope.key.clone(),
+                    acked: false,
+                },
+            );
+            return (vec![d], writes);
+        }
+        if !writes.is_empty() {
+            return (Vec::new(), writes);
+        }
         let mut out = Vec::new();
         for ((topic, _), part) in st.parts.iter_mut() {
+            if part.recovery.is_some() {
+                continue;
+            }
             if out.len() >= max {
                 break;
             }
@@ -652,7 +902,7 @@ impl GroupConsumer {
                 out.push(d);
             }
         }
-        out
+        (out, writes)
     }
 
     /// [`GroupConsumer::take`], waiting up to `wait` for the first delivery.
@@ -670,7 +920,7 @@ impl GroupConsumer {
             let notified = self.inner.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let got = self.take(max, topics);
+            let got = self.take_counted(max, topics).await?;
             if !got.is_empty() {
                 return Ok(got);
             }
@@ -683,7 +933,38 @@ impl GroupConsumer {
             if tokio::time::timeout_at(step, notified).await.is_err()
                 && tokio::time::Instant::now() >= deadline
             {
-                return Ok(self.take(max, topics));
+                return self.take_counted(max, topics).await;
+            }
+        }
+    }
+
+    /// [`GroupConsumer::take`], with the delivery-attempts record of a single-message unit
+    /// written before it is handed out.
+    async fn take_counted(
+        &self,
+        max: usize,
+        topics: &[Topic],
+    ) -> Result<Vec<Delivery>, QueueError> {
+        loop {
+            let (got, writes) = self.take(max, topics);
+            if writes.is_empty() {
+                return Ok(got);
+            }
+            if let Err(e) = write_attempts(&self.inner.shared, &writes).await {
+                self.release(&got);
+                return Err(e);
+            }
+            let mut st = self.inner.lock();
+            for part in st.parts.values_mut() {
+                if let Some(r) = &mut part.recovery
+                    && writes.contains(&(r.key.clone(), r.record))
+                {
+                    r.written = true;
+                }
+            }
+            drop(st);
+            if !got.is_empty() {
+                return Ok(got);
             }
         }
     }
@@ -914,6 +1195,88 @@ impl Drop for GroupConsumer {
     }
 }
 
+/// The key of a partition's record in the delivery-attempts topic.
+fn attempts_key(group_id: &str, topic: &str, partition: i32) -> String {
+    format!("{group_id}{SEP}{topic}{SEP}{partition}")
+}
+
+/// The records of consumer group `group_id` in the delivery-attempts topic `name` (one partition,
+/// compacted), read from the start to the end with `reader`.
+fn read_attempts(
+    reader: &BaseConsumer,
+    name: &str,
+    group_id: &str,
+) -> Result<HashMap<String, AttemptRecord>, RdError> {
+    let mut out = HashMap::new();
+    let (low, high) = reader.fetch_watermarks(name, 0, Duration::from_secs(10))?;
+    if high <= low {
+        return Ok(out);
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(name, 0, Offset::Beginning)?;
+    reader.assign(&tpl)?;
+    let mine = format!("{group_id}{SEP}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        match reader.poll(Duration::from_millis(500)) {
+            Some(Ok(m)) => {
+                let Some(key) = m.key().and_then(|k| std::str::from_utf8(k).ok()) else {
+                    continue;
+                };
+                if !key.starts_with(&mine) {
+                    continue;
+                }
+                match m.payload().and_then(AttemptRecord::from_json) {
+                    Some(r) => out.insert(key.to_string(), r),
+                    None => out.remove(key),
+                };
+                if m.offset() + 1 >= high {
+                    break;
+                }
+            }
+            Some(Err(RdError::PartitionEOF(_))) => break,
+            Some(Err(e)) => warn!(error = %e, "reading the delivery attempts"),
+            None => {}
+        }
+    }
+    Ok(out)
+}
+
+/// Write delivery-attempts records and wait until the brokers have them.
+pub(crate) async fn write_attempts(
+    shared: &Shared,
+    records: &[(String, AttemptRecord)],
+) -> Result<(), QueueError> {
+    let name = shared.options.delivery_attempts_topic();
+    let mut pending = Vec::with_capacity(records.len());
+    for (key, record) in records {
+        let doc = record.to_json();
+        let fut = shared
+            .producer
+            .send_result(
+                FutureRecord::to(&name)
+                    .key(key.as_bytes())
+                    .payload(&doc[..])
+                    .partition(0),
+            )
+            .map_err(|(e, _)| Shared::backend("delivery attempts (write)", e))?;
+        pending.push(fut);
+    }
+    for fut in pending {
+        match fut.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => return Err(Shared::backend("delivery attempts (write)", e)),
+            Err(_) => {
+                return Err(QueueError::backend(
+                    "delivery attempts (write)",
+                    std::io::Error::other("the producer dropped the record"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Read the partitions `numbers` of the compacted changelog `name` from the start (committed
 /// records only) into a store (record key -> JSON value) and the delayed messages it holds.
 #[allow(clippy::type_complexity)]
@@ -1008,4 +1371,39 @@ pub(crate) fn read_changelog(
         records, "executor state restored"
     );
     Ok((store, delayed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AttemptRecord;
+
+    fn record(offset: i64, attempts: u32, end: i64) -> AttemptRecord {
+        AttemptRecord {
+            offset,
+            attempts,
+            end,
+        }
+    }
+
+    #[test]
+    fn delivery_attempts_on_assignment() {
+        let on = AttemptRecord::on_assignment;
+        // No record, another offset, or nothing to redeliver: batches, the record rewritten.
+        assert_eq!(on(None, 5, 9), record(5, 1, 5));
+        assert_eq!(on(Some(record(3, 1, 3)), 5, 9), record(5, 1, 5));
+        assert_eq!(on(Some(record(5, 1, 5)), 5, 5), record(5, 1, 5));
+        // A batch from 5 was handed out and never acknowledged: one at a time up to the high
+        // watermark, the first delivery alone being the first counted.
+        assert_eq!(on(Some(record(5, 1, 5)), 5, 9), record(5, 1, 9));
+        // The message at 5 was handed out alone twice and never acknowledged: the third.
+        assert_eq!(on(Some(record(5, 2, 9)), 5, 12), record(5, 3, 9));
+        // A run interrupted after 5 was acknowledged goes on from 6.
+        assert_eq!(on(Some(record(5, 2, 9)), 6, 12), record(6, 1, 9));
+        // ... and ends at its end.
+        assert_eq!(on(Some(record(8, 1, 9)), 9, 12), record(9, 1, 9));
+        assert!(!record(9, 1, 9).single() && record(5, 1, 9).single());
+        // The record survives a round trip.
+        let r = record(7, 3, 11);
+        assert_eq!(AttemptRecord::from_json(&r.to_json()), Some(r));
+    }
 }

@@ -186,6 +186,13 @@ impl KafkaOptions {
         format!("{}trigger_state", self.prefix)
     }
 
+    /// The delivery-attempts topic's full name (compacted, one partition, keyed by consumer
+    /// group, topic and partition): where an executor consumer notes the committed offset it
+    /// starts from, so that the next owner of the partition can tell a redelivery after a crash.
+    pub fn delivery_attempts_topic(&self) -> String {
+        format!("{}delivery_attempts", self.prefix)
+    }
+
     pub(crate) fn client_config(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers)
@@ -397,6 +404,7 @@ impl KafkaQueue {
         names.push(options.dead_letter_topic());
         let state = options.state_topic();
         let triggers = options.trigger_state_topic();
+        let attempts = options.delivery_attempts_topic();
         // The flow topic is the flows' only record on Kafka (every revision has its own key):
         // compacted, never expired.
         let flow_topic = options.topic_name(Topic::Flow);
@@ -433,6 +441,10 @@ impl KafkaQueue {
             )
             .set("max.message.bytes", &topic_config)
             .set("cleanup.policy", "compact"),
+        );
+        new_topics.push(
+            NewTopic::new(&attempts, 1, TopicReplication::Fixed(options.replication))
+                .set("cleanup.policy", "compact"),
         );
         let results = admin
             .create_topics(
@@ -494,6 +506,7 @@ impl KafkaQueue {
         names.push(options.dead_letter_topic());
         names.push(options.state_topic());
         names.push(options.trigger_state_topic());
+        names.push(options.delivery_attempts_topic());
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         let results = admin
             .delete_topics(

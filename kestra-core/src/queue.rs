@@ -384,11 +384,16 @@ pub struct Delivery {
     pub group: ConsumerGroup,
     /// The message.
     pub envelope: Envelope,
-    /// 1 for the first delivery, more for redeliveries where the backend counts them (JDBC does; a
-    /// Kafka consumer that takes a partition over cannot know). A delivery whose unit of work was
-    /// rolled back does not count; one whose consumer died before the unit ended does, so the
-    /// executor can set aside a message that crashes it again and again
-    /// (`ExecutorConfig::max_delivery_attempts`).
+    /// 1 for the first delivery, more for redeliveries where the backend counts them. A delivery
+    /// whose unit of work was rolled back does not count; one whose consumer died before the unit
+    /// ended does, so the executor can set aside a message that crashes it again and again
+    /// (`ExecutorConfig::max_delivery_attempts`). JDBC counts every delivery (a claim is committed
+    /// with its attempt before the unit starts). Kafka counts the executor's units only: a
+    /// consumer that takes a partition over finds, in the `delivery_attempts` topic, whether the
+    /// batch at the committed offset was handed out and never committed; it then hands that
+    /// partition out one message per unit and counts each delivery alone (the batch delivery
+    /// itself is not counted: it may not have happened). Competing receives on Kafka (workers)
+    /// always see 1.
     pub attempt: u32,
 }
 

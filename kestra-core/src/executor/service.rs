@@ -96,8 +96,9 @@ pub struct ExecutorConfig {
     /// How many times a message may be delivered to the executor without its unit of work ever
     /// ending - each time the process died while processing it (abort, stack overflow, OOM kill) -
     /// before it is set aside as a dead letter and its execution failed with the reason (3;
-    /// `kestra.queue.max-delivery-attempts`). Counted by the queue backend where it can
-    /// ([`Delivery::attempt`]: JDBC); 0 turns the limit off.
+    /// `kestra.queue.max-delivery-attempts`). Counted by the queue backend
+    /// ([`Delivery::attempt`]: JDBC exactly; Kafka from the first delivery handed out alone, so
+    /// one crash more there); 0 turns the limit off.
     pub max_delivery_attempts: u32,
     /// The most task runs one execution may have (10,000; `kestra.limits.execution.max-task-runs`);
     /// a flowable that would create more fails the execution naming the limit and the task
