@@ -125,7 +125,10 @@ async fn runs_from_kafka_alone_and_the_indexer_catches_up() {
     // A deploy (the API's write, not orchestration) also tries to copy the revision it published
     // into the repository for read-your-writes: one failed call each, only logged.
     let deploy_calls = down.calls();
-    assert_eq!(deploy_calls, 2, "each deploy tried its read-your-writes copy once");
+    assert_eq!(
+        deploy_calls, 2,
+        "each deploy tried its read-your-writes copy once"
+    );
     let mut ids = Vec::new();
     for _ in 0..5 {
         ids.push(

@@ -142,7 +142,11 @@ async fn flows_run_from_the_queue_alone_and_the_indexer_catches_up() {
     assert_eq!((flow.revision, outcome), (Some(2), SaveOutcome::Updated));
     // A deploy that publishes a revision (the API's write, not orchestration) also tries to copy
     // it into the repository for read-your-writes: one failed call each, only logged.
-    assert_eq!(down.calls(), 2, "the two published revisions tried their copy");
+    assert_eq!(
+        down.calls(),
+        2,
+        "the two published revisions tried their copy"
+    );
     let mut ids = Vec::new();
     for _ in 0..5 {
         ids.push(
