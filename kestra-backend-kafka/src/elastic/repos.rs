@@ -530,9 +530,10 @@ impl FlowRepository for Repos {
 
 // ---------------------------------------------------------------------------------- executions
 
-/// The size at which a batch of executions is sent as one `_bulk` request and the rest in another:
-/// well under Elasticsearch's `http.max_content_length` (100 MB), whatever the batch holds (an
-/// execution document may be up to a queue message, 1 MiB by default).
+/// The size at which a batch (executions, logs, metrics) is sent as one `_bulk` request and the rest
+/// in others: well under Elasticsearch's `http.max_content_length` (100 MB), whatever the batch holds
+/// (an execution document may be up to a queue message, 1 MiB by default; a log line up to 1 MiB),
+/// so that a batch the indexer retries can never be refused for its size forever.
 const BULK_BYTES: usize = 8 * 1024 * 1024;
 
 fn execution_doc(e: &Execution) -> RepoResult<Value> {
@@ -764,6 +765,12 @@ impl LogRepository for Repos {
                 "doc": to_doc("log", l)?,
             });
             bulk_index(&mut lines, &l.id, &doc);
+            if lines.len() >= BULK_BYTES {
+                self.c()
+                    .bulk(&self.inner.idx.logs, std::mem::take(&mut lines), false)
+                    .await
+                    .map_err(backend("save logs"))?;
+            }
         }
         self.c()
             .bulk(&self.inner.idx.logs, lines, false)
@@ -868,6 +875,12 @@ impl MetricRepository for Repos {
                 "doc": to_doc("metric", m)?,
             });
             bulk_index(&mut lines, &m.id, &doc);
+            if lines.len() >= BULK_BYTES {
+                self.c()
+                    .bulk(&self.inner.idx.metrics, std::mem::take(&mut lines), false)
+                    .await
+                    .map_err(backend("save metrics"))?;
+            }
         }
         self.c()
             .bulk(&self.inner.idx.metrics, lines, false)
