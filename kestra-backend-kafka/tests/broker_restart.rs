@@ -10,6 +10,8 @@
 //! `KESTRA_TEST_RESTART_EXECUTIONS` (default 1,000, as issue 10 asks).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::{BTreeMap, HashSet};
 use std::io::Read;
 use std::net::TcpListener;
@@ -20,7 +22,6 @@ use std::time::{Duration, Instant};
 
 use kestra_backend_kafka::{KafkaOptions, KafkaQueue};
 use kestra_core::messages::ExecutionChange;
-use kestra_core::model::{Execution, StateType};
 use kestra_core::runtime::{Components, Engine};
 use kestra_core::testkit::memory::{MemoryRepositories, MemoryStorage};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -238,13 +239,6 @@ impl Drop for OwnBroker {
 
 const FLOW: &str = "id: two\nnamespace: company.restart\ntasks:\n  - id: a\n    type: io.kestra.plugin.core.log.Log\n    message: a\n  - id: b\n    type: io.kestra.plugin.core.debug.Return\n    format: b\n";
 
-fn ended(executions: &[Execution], ids: &HashSet<String>) -> usize {
-    executions
-        .iter()
-        .filter(|e| ids.contains(&e.id) && e.state.is_terminated())
-        .count()
-}
-
 /// Every committed record of the execution change topic, read from the start.
 fn committed_changes(options: &KafkaOptions) -> Vec<ExecutionChange> {
     let name = options.topic_name(kestra_core::queue::Topic::ExecutionChange);
@@ -326,7 +320,7 @@ async fn broker_restart_during_a_run_loses_and_doubles_nothing() {
     // Kill the broker once a tenth of the run has ended (the read above takes a while).
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let done = ended(&KafkaQueue::executions(&options).await.unwrap(), &ids);
+        let done = common::ended(&KafkaQueue::executions(&options).await.unwrap(), &ids);
         if done >= n / 10 {
             eprintln!(
                 "{done} of {n} ended after {:?}: killing the broker",
@@ -365,7 +359,7 @@ async fn broker_restart_during_a_run_loses_and_doubles_nothing() {
                 continue;
             }
         };
-        let done = ended(&executions, &ids);
+        let done = common::ended(&executions, &ids);
         if done == n {
             break executions;
         }
@@ -384,41 +378,7 @@ async fn broker_restart_during_a_run_loses_and_doubles_nothing() {
 
     // None lost, none doubled: exactly the started executions, each SUCCESS with two task runs,
     // each task run SUCCESS once.
-    let mine: Vec<&Execution> = executions.iter().filter(|e| ids.contains(&e.id)).collect();
-    assert_eq!(
-        mine.len(),
-        n,
-        "every execution is in the executor state, once"
-    );
-    assert_eq!(
-        executions.iter().filter(|e| e.flow_id == "two").count(),
-        n,
-        "no execution was created twice"
-    );
-    for e in &mine {
-        assert_eq!(e.state.current(), StateType::Success, "execution {}", e.id);
-        let ends = e
-            .state
-            .histories()
-            .iter()
-            .filter(|h| h.state.is_terminated())
-            .count();
-        assert_eq!(ends, 1, "execution {} ended once: {:?}", e.id, e.state);
-        assert_eq!(e.task_run_list.len(), 2, "execution {}", e.id);
-        for tr in &e.task_run_list {
-            let successes = tr
-                .state
-                .histories()
-                .iter()
-                .filter(|h| h.state == StateType::Success)
-                .count();
-            assert_eq!(
-                successes, 1,
-                "task run {} of {}: {:?}",
-                tr.id, e.id, tr.state
-            );
-        }
-    }
+    common::assert_each_ended_once(&executions, &ids, n);
     // The committed changes (what the indexer applies): per execution versions 1, 2, ... in
     // order, none repeated, and one terminal change.
     let changes = tokio::task::spawn_blocking({

@@ -7,46 +7,24 @@
 //! size is `KESTRA_TEST_JOIN_EXECUTIONS` (default 600).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kestra_backend_kafka::{KafkaOptions, KafkaQueue};
-use kestra_core::model::{Execution, StateType, new_id};
+use kestra_core::model::new_id;
 use kestra_core::runtime::{Components, Engine};
 use kestra_core::testkit::memory::{MemoryRepositories, MemoryStorage};
 
 const FLOW: &str = "id: two\nnamespace: company.join\ntasks:\n  - id: a\n    type: io.kestra.plugin.core.log.Log\n    message: a\n  - id: b\n    type: io.kestra.plugin.core.debug.Return\n    format: b\n";
 
-fn brokers() -> Option<String> {
-    match std::env::var("KESTRA_TEST_KAFKA_BROKERS") {
-        Ok(b) if !b.is_empty() => Some(b),
-        _ => {
-            let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-            assert!(
-                !ci,
-                "KESTRA_TEST_KAFKA_BROKERS is not set under CI=true: run `eval \"$(scripts/services.sh)\"` first"
-            );
-            eprintln!(
-                "\n!!!!! SKIPPED: KESTRA_TEST_KAFKA_BROKERS is not set; run `eval \"$(scripts/services.sh)\"` to test the Kafka backend !!!!!\n"
-            );
-            None
-        }
-    }
-}
-
-fn ended(executions: &[Execution], ids: &HashSet<String>) -> usize {
-    executions
-        .iter()
-        .filter(|e| ids.contains(&e.id) && e.state.is_terminated())
-        .count()
-}
-
 /// Wait until at least `count` of `ids` have ended, as the executor state on Kafka says.
 async fn until_ended(options: &KafkaOptions, ids: &HashSet<String>, count: usize, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(240);
     loop {
-        let done = ended(&KafkaQueue::executions(options).await.unwrap(), ids);
+        let done = common::ended(&KafkaQueue::executions(options).await.unwrap(), ids);
         if done >= count {
             eprintln!("{done} of {} ended: {what}", ids.len());
             return;
@@ -62,7 +40,9 @@ async fn until_ended(options: &KafkaOptions, ids: &HashSet<String>, count: usize
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn executors_join_and_leave_during_a_run() {
-    let Some(brokers) = brokers() else { return };
+    let Some(brokers) = common::brokers() else {
+        return;
+    };
     let n: usize = std::env::var("KESTRA_TEST_JOIN_EXECUTIONS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -111,40 +91,6 @@ async fn executors_join_and_leave_during_a_run() {
     third.shutdown().await;
     first.shutdown().await;
 
-    let mine: Vec<&Execution> = executions.iter().filter(|e| ids.contains(&e.id)).collect();
-    assert_eq!(
-        mine.len(),
-        n,
-        "every execution is in the executor state, once"
-    );
-    assert_eq!(
-        executions.iter().filter(|e| e.flow_id == "two").count(),
-        n,
-        "no execution was created twice"
-    );
-    for e in &mine {
-        assert_eq!(e.state.current(), StateType::Success, "execution {}", e.id);
-        let ends = e
-            .state
-            .histories()
-            .iter()
-            .filter(|h| h.state.is_terminated())
-            .count();
-        assert_eq!(ends, 1, "execution {} ended once: {:?}", e.id, e.state);
-        assert_eq!(e.task_run_list.len(), 2, "execution {}", e.id);
-        for tr in &e.task_run_list {
-            let successes = tr
-                .state
-                .histories()
-                .iter()
-                .filter(|h| h.state == StateType::Success)
-                .count();
-            assert_eq!(
-                successes, 1,
-                "task run {} of {}: {:?}",
-                tr.id, e.id, tr.state
-            );
-        }
-    }
+    common::assert_each_ended_once(&executions, &ids, n);
     KafkaQueue::delete_topics(&options).await.unwrap();
 }

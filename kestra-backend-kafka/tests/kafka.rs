@@ -14,6 +14,10 @@
 //! paused past its session timeout, broker restarts under load, state restore under load.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::brokers;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,24 +29,6 @@ use serde_json::json;
 
 /// The brokers from `KESTRA_TEST_KAFKA_BROKERS`; `None` (with a loud message) when unset, a panic
 /// under `CI=true`.
-fn brokers() -> Option<String> {
-    match std::env::var("KESTRA_TEST_KAFKA_BROKERS") {
-        Ok(b) if !b.is_empty() => Some(b),
-        _ => {
-            let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-            assert!(
-                !ci,
-                "KESTRA_TEST_KAFKA_BROKERS is not set under CI=true: run `eval \"$(scripts/services.sh)\"` first"
-            );
-            eprintln!(
-                "\n!!!!! SKIPPED: KESTRA_TEST_KAFKA_BROKERS is not set; run `eval \"$(scripts/services.sh)\"` to test the Kafka backend !!!!!\n"
-            );
-            None
-        }
-    }
-}
-
-/// Options with a prefix of its own for this run.
 async fn fresh(brokers: &str) -> KafkaOptions {
     let options = KafkaOptions::new(brokers)
         .with_prefix(format!("kestra_test_{}_", new_id()))
