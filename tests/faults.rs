@@ -13,7 +13,16 @@
 //!   holds its write lock blocks every other process, and SQLite is a one-process backend);
 //! - a worker SIGTERMed while a task runs: it drains (the task finishes, once) and exits 0;
 //! - an executor SIGKILLed under load: the other executor takes over, every execution ends;
-//! - schedulers SIGKILLed around fire time: one execution per schedule slot, no slot lost.
+//! - schedulers SIGKILLed around fire time: one execution per schedule slot, no slot lost;
+//! - worker results and executor messages delivered twice and out of order (published straight
+//!   into the queue while the cluster runs): ignored, the execution ends once with its workers'
+//!   outputs;
+//! - a 25 MiB task output, a 9 MiB one (over the queue's maximum message), a 25 MiB output file and
+//!   5 MiB log lines: clear failures naming the size, the limit and its key, the file offloaded to
+//!   the storage, the lines cut with a marker; the executor and worker keep going;
+//! - PostgreSQL / MariaDB SIGKILLed under load and started again on the same data (a server of the
+//!   scenario's own, `tests/faults/servers.rs`): the processes reconnect by themselves, every
+//!   execution ends once, none lost or doubled.
 //!
 //! On SQLite, and on PostgreSQL and MariaDB when `KESTRA_TEST_POSTGRES_URL` / `KESTRA_TEST_MYSQL_URL`
 //! are set (a database of its own per scenario; required under CI=true; needs `--features
@@ -26,11 +35,13 @@ mod common;
 mod harness;
 #[path = "faults/scenarios.rs"]
 mod scenarios;
+#[path = "faults/servers.rs"]
+mod servers;
 
 use harness::Cluster;
 
 /// Every scenario on a fresh database made by `open`.
-async fn all_scenarios<F, Fut>(kind: &str, open: F)
+async fn all_scenarios<F, Fut>(kind: &'static str, open: F)
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Cluster>,
@@ -38,14 +49,17 @@ where
     let started = std::time::Instant::now();
     let mut timings = Vec::new();
     macro_rules! run {
-        ($scenario:ident) => {{
+        ($scenario:ident) => {
+            run!($scenario, scenarios::$scenario(open().await))
+        };
+        ($scenario:ident, $call:expr) => {{
             // FAULTS_ONLY=<name> runs one scenario (when chasing a failure).
             if std::env::var("FAULTS_ONLY").is_ok_and(|only| only != stringify!($scenario)) {
                 eprintln!("[faults] skipping {} (FAULTS_ONLY)", stringify!($scenario));
             } else {
                 let at = std::time::Instant::now();
-                eprintln!("[faults] ===== {} =====", stringify!($scenario));
-                scenarios::$scenario(open().await).await;
+                eprintln!("[faults] ===== {} ({kind}) =====", stringify!($scenario));
+                $call.await;
                 timings.push((stringify!($scenario), at.elapsed()));
             }
         }};
@@ -67,6 +81,15 @@ where
     run!(worker_drains_on_sigterm);
     run!(executor_killed_under_load);
     run!(scheduler_killed_at_fire_time);
+    run!(messages_delivered_twice_and_out_of_order);
+    run!(large_output_and_log_line);
+    if kind != "sqlite" {
+        // On a server of the scenario's own (the shared one is never restarted).
+        run!(
+            database_restart_under_load,
+            scenarios::database_restart_under_load(kind)
+        );
+    }
     eprintln!(
         "[faults] all scenarios in {:?}: {timings:?}",
         started.elapsed()

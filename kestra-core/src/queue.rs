@@ -473,7 +473,7 @@ pub enum QueueError {
     /// A message (or an execution saved by a unit of work) is over the backend's maximum size;
     /// nothing of the call or unit is applied.
     #[error(
-        "message too large for the queue: topic {topic}, key {key}, {size} bytes (maximum {max} bytes)"
+        "message too large for the queue: topic {topic}, key {key}, {size} bytes (maximum {max} bytes, kestra.queue.max-message-size)"
     )]
     TooLarge {
         /// Topic of the message ([`Topic::Execution`] for an execution a unit saves).

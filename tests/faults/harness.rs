@@ -156,6 +156,13 @@ impl Cluster {
         Cluster::open(kind, db.url.clone(), Some(db), dir).await
     }
 
+    /// The database of `url` on a server of the scenario's own (`kind`: `postgres` or `mysql`),
+    /// which the scenario stops and starts itself; nothing dropped at the end.
+    pub async fn own(kind: &'static str, url: String) -> Cluster {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        Cluster::open(kind, url, None, dir).await
+    }
+
     async fn open(
         kind: &'static str,
         url: String,

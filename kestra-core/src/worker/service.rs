@@ -482,7 +482,8 @@ impl Shared {
             let size = json_size(outputs);
             if size > self.config.max_output_size {
                 logger.error(format!(
-                    "the task's outputs are too large: {size} bytes, over the limit of {} bytes",
+                    "the task's outputs are too large: {size} bytes, over the limit of {} bytes \
+                     (kestra.limits.task.max-output-size)",
                     self.config.max_output_size
                 ));
                 result.state = StateType::Failed;
