@@ -464,8 +464,8 @@ tasks:
 }
 
 /// The database server (PostgreSQL or MariaDB, `kind` `postgres` or `mysql`: a server of the
-/// scenario's own, never the shared one) SIGKILLed while 20 executions run through an executor and
-/// two workers (separate processes) once the first execution has ended, and started again on the
+/// scenario's own, never the shared one) SIGKILLed while 20 executions run through an executor,
+/// two workers and an indexer (separate processes) once the first execution has ended, and started again on the
 /// same data 4 s later (`FAULTS_DB_DOWN_SECS`): longer than a worker's retries to publish a result
 /// and than its job lease. The kestra processes are not restarted: they reconnect by themselves. Every execution ends SUCCESS once
 /// with its three task runs, none lost, none doubled, and every process still runs.
@@ -504,6 +504,7 @@ tasks:
     c.wait_flow(NS, "steady").await;
     c.start("worker", false);
     c.start("worker", false);
+    c.start("indexer", false);
     let mut ids = Vec::new();
     for _ in 0..20 {
         ids.push(c.execute(NS, "steady").await);
@@ -577,7 +578,12 @@ tasks:
             count(" WARN "),
             count(" ERROR ")
         );
-        for line in log.lines().filter(|l| l.contains(" ERROR ")).take(3) {
+        for line in log
+            .lines()
+            .filter(|l| l.contains(" ERROR "))
+            .take(3)
+            .chain(log.lines().filter(|l| l.contains(" WARN ")).take(3))
+        {
             eprintln!("[faults]   {}", line.chars().take(300).collect::<String>());
         }
     }
@@ -886,9 +892,10 @@ async fn logs_of(c: &Cluster, id: &str, n: usize) -> Vec<LogEntry> {
 /// - a 25 MiB file a script writes is offloaded to the internal storage (SUCCESS, the output is
 ///   its `kestra://` URI, the stored file whole);
 /// - a 5 MiB log line, from a script's output and from a `Log` task, is stored cut to 1 MiB with
-///   the truncation marker naming its size; the script's next line is logged;
-/// and the worker and executor keep going: a normal execution after them succeeds, both processes
-/// still run.
+///   the truncation marker naming its size; the script's next line is logged.
+///
+/// The worker, executor and indexer keep going: a normal execution after them succeeds, and the
+/// processes still run.
 pub async fn large_output_and_log_line(mut c: Cluster) {
     c.flow(
         "bigout",
