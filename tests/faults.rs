@@ -15,8 +15,8 @@
 //! - an executor SIGKILLed under load: the other executor takes over, every execution ends;
 //! - schedulers SIGKILLed around fire time: one execution per schedule slot, no slot lost;
 //! - worker results and executor messages delivered twice and out of order (published straight
-//!   into the queue while the cluster runs): ignored, the execution ends once with its workers'
-//!   outputs;
+//!   into the queue while the cluster runs, also for a failed attempt whose retry waits): ignored,
+//!   the execution ends once with its workers' outputs, no attempt added or ended twice;
 //! - a 25 MiB task output, a 9 MiB one (over the queue's maximum message), a 25 MiB output file and
 //!   5 MiB log lines: clear failures naming the size, the limit and its key, the file offloaded to
 //!   the storage, the lines cut with a marker; the executor and worker keep going;

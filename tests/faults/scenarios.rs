@@ -628,11 +628,27 @@ fn result_of(
         .iter()
         .find(|r| r.task_id == task_id)
         .unwrap_or_else(|| panic!("task run {task_id} in {}", e.id));
-    let attempt = run.attempts.last().expect("an attempt");
+    attempt_result(e, task_id, run.attempts.len(), state, outputs)
+}
+
+/// As [`result_of`], for attempt `n` (from 1) of the task run.
+fn attempt_result(
+    e: &Execution,
+    task_id: &str,
+    n: usize,
+    state: StateType,
+    outputs: Option<serde_json::Map<String, serde_json::Value>>,
+) -> WorkerTaskResult {
+    let run = e
+        .task_run_list
+        .iter()
+        .find(|r| r.task_id == task_id)
+        .unwrap_or_else(|| panic!("task run {task_id} in {}", e.id));
+    let attempt = &run.attempts[n - 1];
     WorkerTaskResult {
         execution_id: e.id.clone(),
         task_run_id: run.id.clone(),
-        attempt: u32::try_from(run.attempts.len()).expect("a few attempts"),
+        attempt: u32::try_from(n).expect("a few attempts"),
         state,
         attempt_state: attempt.state.clone(),
         outputs,
@@ -684,7 +700,8 @@ async fn wait_ignored(c: &Cluster, executor: usize, id: &str, before: usize, n: 
 /// execution ended: every result of its task runs again (RUNNING after SUCCESS, SUCCESS twice with
 /// forged outputs) and the creation message. Each is ignored (the executor says so at debug): the
 /// execution ends SUCCESS once with the outputs its worker produced, each task run has one attempt
-/// with one terminal result, and nothing changes after the end.
+/// with one terminal result, and nothing changes after the end. Then the same for a task run that
+/// fails once and is retried ([`retried_attempt_results_twice`]).
 pub async fn messages_delivered_twice_and_out_of_order(mut c: Cluster) {
     let m = c.marks().display().to_string();
     c.flow(
@@ -709,12 +726,14 @@ tasks:
 "#
         ),
     );
+    retried_flow(&c);
     let executor = c.start_logging(
         "executor",
         true,
         "info,kestra_core::executor::service=debug",
     );
     c.wait_flow(NS, "gated").await;
+    c.wait_flow(NS, "retried").await;
     c.start("worker", false);
     let id = c.execute(NS, "gated").await;
     c.wait_mark(&format!("{id}.started"), 1, Duration::from_secs(30))
@@ -858,7 +877,108 @@ tasks:
         "the creation message again made no second execution"
     );
     c.check_invariants(&[after]);
+    retried_attempt_results_twice(&c, executor).await;
     c.finish().await;
+}
+
+/// A flow whose one task fails its first attempt and is retried 2 s later.
+fn retried_flow(c: &Cluster) {
+    let m = c.marks().display().to_string();
+    c.flow(
+        "retried",
+        &format!(
+            r#"id: retried
+namespace: {NS}
+tasks:
+  - id: flaky
+    type: io.kestra.plugin.scripts.shell.Commands
+    taskRunner:
+      type: io.kestra.plugin.core.runner.Process
+    retry:
+      type: constant
+      interval: PT2S
+      maxAttempts: 2
+    commands:
+      - echo $$ >> {m}/{{{{ execution.id }}}}.flaky
+      - if [ -f {m}/{{{{ execution.id }}}}.failed ]; then exit 0; fi; touch {m}/{{{{ execution.id }}}}.failed; exit 1
+"#
+        ),
+    );
+}
+
+/// The messages of [`messages_delivered_twice_and_out_of_order`] for a task run that fails once
+/// and is retried ([`retried_flow`]): while its retry waits, the failed attempt's result twice and
+/// its RUNNING again; after the end, both attempts' results again. The task run ends with two
+/// attempts, FAILED then SUCCESS, each with one terminal result, and the task ran twice.
+async fn retried_attempt_results_twice(c: &Cluster, executor: usize) {
+    let id = c.execute(NS, "retried").await;
+    let start = Instant::now();
+    let waiting = loop {
+        let e = c.execution(&id).await;
+        if let Some(e) = e.filter(|e| {
+            e.task_run_list
+                .first()
+                .is_some_and(|r| r.state.current() == StateType::Retrying)
+        }) {
+            break e;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the flaky task never RETRYING{}",
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let failed = attempt_result(&waiting, "flaky", 1, StateType::Failed, None);
+    let mut running = attempt_result(&waiting, "flaky", 1, StateType::Running, None);
+    running.attempt_state = kestra::core::model::State::new_at(
+        StateType::Running,
+        chrono::Utc::now() - chrono::Duration::hours(1),
+    );
+    let before = ignored_events(&c.procs[executor].log(), &id);
+    inject(
+        c,
+        vec![
+            failed.envelope().expect("an envelope"),
+            running.envelope().expect("an envelope"),
+            failed.envelope().expect("an envelope"),
+        ],
+    )
+    .await;
+    wait_ignored(c, executor, &id, before, 3).await;
+    let ended = c
+        .wait_ended(std::slice::from_ref(&id), Duration::from_secs(30))
+        .await[0]
+        .clone();
+    assert_eq!(ended.state.current(), StateType::Success, "{}", c.logs());
+    let run = &ended.task_run_list[0];
+    let attempts: Vec<StateType> = run.attempts.iter().map(|a| a.state.current()).collect();
+    assert_eq!(
+        attempts,
+        vec![StateType::Failed, StateType::Success],
+        "the duplicates of the failed attempt started no third attempt{}",
+        c.logs()
+    );
+    assert_eq!(c.mark_lines(&format!("{id}.flaky")).len(), 2, "ran twice");
+    let before = ignored_events(&c.procs[executor].log(), &id);
+    inject(
+        c,
+        vec![
+            failed.envelope().expect("an envelope"),
+            attempt_result(&ended, "flaky", 2, StateType::Success, forged())
+                .envelope()
+                .expect("an envelope"),
+            attempt_result(&ended, "flaky", 2, StateType::Failed, None)
+                .envelope()
+                .expect("an envelope"),
+        ],
+    )
+    .await;
+    wait_ignored(c, executor, &id, before, 3).await;
+    let after = c.execution(&id).await.expect("the execution");
+    assert_eq!(after.state.histories(), ended.state.histories());
+    assert_eq!(after.task_run_list, ended.task_run_list, "nothing changed");
+    c.check_invariants(&[after]);
 }
 
 /// The logs of execution `id` in the repository, once at least `n` lines are there.
