@@ -1096,6 +1096,8 @@ tasks:
     // The logs reach the repository through the indexer.
     let indexer = c.start("indexer", false);
     let mut all = Vec::new();
+    let step = Instant::now();
+    let lap = |what: &str| eprintln!("[faults] {what} after {:?}", step.elapsed());
 
     // 25 MiB of outputs: over the output limit.
     let id = c.execute(NS, "bigout").await;
@@ -1126,6 +1128,7 @@ tasks:
         "the limit and its key are named: {line}"
     );
 
+    lap("25 MiB output failed");
     // 9 MiB: under the output limit, over the queue's maximum message.
     let id = c.execute(NS, "midout").await;
     let e = c
@@ -1145,6 +1148,7 @@ tasks:
         logs.iter().map(|l| &l.message).collect::<Vec<_>>()
     );
 
+    lap("9 MiB result refused");
     // A 25 MiB file: offloaded to the internal storage.
     let id = c.execute(NS, "bigfile").await;
     let e = c
@@ -1175,6 +1179,7 @@ tasks:
         "the 25 MiB file is stored whole: {stored:?}"
     );
 
+    lap("25 MiB file offloaded");
     // 5 MiB log lines: cut to 1 MiB with the marker.
     let id = c.execute(NS, "loud").await;
     let e = c
@@ -1203,6 +1208,7 @@ tasks:
         "the line after the long one is logged"
     );
 
+    lap("5 MiB log lines stored");
     // The consumers keep going.
     let id = c.execute(NS, "quick").await;
     let e = c
