@@ -557,6 +557,88 @@ fn sigterm_stops_the_run_and_removes_its_temporary_files() {
     assert_eq!(entries(&tmp), Vec::<String>::new());
 }
 
+/// Whether process `pid` runs (a zombie does not).
+#[cfg(target_os = "linux")]
+fn alive(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .is_some_and(|zombie| !zombie)
+}
+
+/// Ctrl-C (SIGINT) as SIGTERM above (issue 16, item 4): the run stops within a second or two, its
+/// script's whole process tree (the shell and the `sleep` it put in the background) is gone, and
+/// so are its temporary database and storage.
+#[cfg(target_os = "linux")]
+#[test]
+fn ctrl_c_kills_the_script_tree_and_removes_its_temporary_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let marks = dir.path().join("marks");
+    std::fs::create_dir(&marks).unwrap();
+    let file = dir.path().join("flow.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "id: tree\nnamespace: cli.test\ntasks:\n  - id: nap\n    type: io.kestra.plugin.scripts.shell.Commands\n    taskRunner:\n      type: io.kestra.plugin.core.runner.Process\n    commands:\n      - echo $$ > {m}/shell.tmp && mv {m}/shell.tmp {m}/shell.pid\n      - sleep 60 & echo $! > {m}/child.tmp && mv {m}/child.tmp {m}/child.pid; wait\n",
+            m = marks.display()
+        ),
+    )
+    .unwrap();
+    let mut child = kestra()
+        .args(["flow", "test"])
+        .arg(&file)
+        .env("TMPDIR", &tmp)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let read = |name: &str| std::fs::read_to_string(marks.join(name)).ok();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (shell, sleeper) = loop {
+        if let (Some(a), Some(b)) = (read("shell.pid"), read("child.pid")) {
+            break (a.trim().to_string(), b.trim().to_string());
+        }
+        assert!(Instant::now() < deadline, "the script did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(alive(&shell) && alive(&sleeper), "the script runs");
+    assert!(
+        !entries(&tmp).is_empty(),
+        "the run keeps its files in TMPDIR"
+    );
+    let int = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(int.success());
+    let start = Instant::now();
+    let status = child.wait().unwrap();
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut rest).unwrap();
+    assert_eq!(status.code(), Some(130), "{rest}");
+    let gone = Instant::now() + Duration::from_secs(2);
+    while (alive(&shell) || alive(&sleeper)) && Instant::now() < gone {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !alive(&shell) && !alive(&sleeper),
+        "the script's shell ({shell}: {}) and its background sleep ({sleeper}: {}) are gone",
+        alive(&shell),
+        alive(&sleeper)
+    );
+    assert_eq!(entries(&tmp), Vec::<String>::new());
+}
+
 #[cfg(unix)]
 #[test]
 fn watch_runs_the_flow_again_when_the_file_changes() {

@@ -243,10 +243,9 @@ async fn crash_loop(fault: &str, reason: &str) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(
-        logs.iter()
-            .any(|l| l.message.contains(reason)
-                && l.message.contains("2 times")
-                && l.message.contains("kestra.queue.max-delivery-attempts")),
+        logs.iter().any(|l| l.message.contains(reason)
+            && l.message.contains("2 times")
+            && l.message.contains("kestra.queue.max-delivery-attempts")),
         "the reason is in the execution's logs: {logs:?}"
     );
     // The message itself is set aside.
