@@ -510,6 +510,31 @@ fn timeout_kills_the_execution_and_ends_within_a_second() {
     assert_eq!(entries(&tmp), Vec::<String>::new());
 }
 
+/// Issue 16: `--timeout 2` on a core Sleep of one hour returns within a second or so of the
+/// timeout (it took 65 s once), the execution killed and its temporary files removed.
+#[test]
+fn timeout_stops_a_one_hour_sleep_task_within_a_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let start = Instant::now();
+    let run = run_flow(
+        dir.path(),
+        "id: nap\nnamespace: cli.test\ntasks:\n  - id: hour\n    type: io.kestra.plugin.core.flow.Sleep\n    duration: PT1H\n",
+        &["--timeout", "2"],
+        &[("TMPDIR", tmp.to_str().unwrap())],
+    );
+    let elapsed = start.elapsed();
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("did not finish within 2s") && run.stderr.contains("it was killed"),
+        "{}",
+        run.stderr
+    );
+    assert!(elapsed < Duration::from_millis(3_500), "{elapsed:?}");
+    assert_eq!(entries(&tmp), Vec::<String>::new());
+}
+
 #[cfg(unix)]
 #[test]
 fn sigterm_stops_the_run_and_removes_its_temporary_files() {

@@ -122,7 +122,9 @@ const HELLO: &str = "id: hello\nnamespace: hostile.files\ntasks:\n  - id: t\n   
 
 #[test]
 fn a_flows_entry_linked_to_dev_zero_or_a_fifo_is_refused() {
-    let cases: [(&str, &str, fn(&std::path::Path)); 2] = [
+    /// An entry's name, the refusal expected, and how to make it.
+    type Case = (&'static str, &'static str, fn(&std::path::Path));
+    let cases: [Case; 2] = [
         ("zero.yml", "not a regular file (a device)", |p| {
             std::os::unix::fs::symlink("/dev/zero", p).unwrap()
         }),
