@@ -510,6 +510,31 @@ fn timeout_kills_the_execution_and_ends_within_a_second() {
     assert_eq!(entries(&tmp), Vec::<String>::new());
 }
 
+/// Issue 16: `--timeout 2` on a core Sleep of one hour returns within a second or so of the
+/// timeout (it took 65 s once), the execution killed and its temporary files removed.
+#[test]
+fn timeout_stops_a_one_hour_sleep_task_within_a_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let start = Instant::now();
+    let run = run_flow(
+        dir.path(),
+        "id: nap\nnamespace: cli.test\ntasks:\n  - id: hour\n    type: io.kestra.plugin.core.flow.Sleep\n    duration: PT1H\n",
+        &["--timeout", "2"],
+        &[("TMPDIR", tmp.to_str().unwrap())],
+    );
+    let elapsed = start.elapsed();
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("did not finish within 2s") && run.stderr.contains("it was killed"),
+        "{}",
+        run.stderr
+    );
+    assert!(elapsed < Duration::from_millis(3_500), "{elapsed:?}");
+    assert_eq!(entries(&tmp), Vec::<String>::new());
+}
+
 #[cfg(unix)]
 #[test]
 fn sigterm_stops_the_run_and_removes_its_temporary_files() {
@@ -553,6 +578,88 @@ fn sigterm_stops_the_run_and_removes_its_temporary_files() {
     assert!(
         rest.contains("interrupted: the execution was killed"),
         "{rest}"
+    );
+    assert_eq!(entries(&tmp), Vec::<String>::new());
+}
+
+/// Whether process `pid` runs (a zombie does not).
+#[cfg(target_os = "linux")]
+fn alive(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .is_some_and(|zombie| !zombie)
+}
+
+/// Ctrl-C (SIGINT) as SIGTERM above (issue 16, item 4): the run stops within a second or two, its
+/// script's whole process tree (the shell and the `sleep` it put in the background) is gone, and
+/// so are its temporary database and storage.
+#[cfg(target_os = "linux")]
+#[test]
+fn ctrl_c_kills_the_script_tree_and_removes_its_temporary_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let marks = dir.path().join("marks");
+    std::fs::create_dir(&marks).unwrap();
+    let file = dir.path().join("flow.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "id: tree\nnamespace: cli.test\ntasks:\n  - id: nap\n    type: io.kestra.plugin.scripts.shell.Commands\n    taskRunner:\n      type: io.kestra.plugin.core.runner.Process\n    commands:\n      - echo $$ > {m}/shell.tmp && mv {m}/shell.tmp {m}/shell.pid\n      - sleep 60 & echo $! > {m}/child.tmp && mv {m}/child.tmp {m}/child.pid; wait\n",
+            m = marks.display()
+        ),
+    )
+    .unwrap();
+    let mut child = kestra()
+        .args(["flow", "test"])
+        .arg(&file)
+        .env("TMPDIR", &tmp)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let read = |name: &str| std::fs::read_to_string(marks.join(name)).ok();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (shell, sleeper) = loop {
+        if let (Some(a), Some(b)) = (read("shell.pid"), read("child.pid")) {
+            break (a.trim().to_string(), b.trim().to_string());
+        }
+        assert!(Instant::now() < deadline, "the script did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(alive(&shell) && alive(&sleeper), "the script runs");
+    assert!(
+        !entries(&tmp).is_empty(),
+        "the run keeps its files in TMPDIR"
+    );
+    let int = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(int.success());
+    let start = Instant::now();
+    let status = child.wait().unwrap();
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut rest).unwrap();
+    assert_eq!(status.code(), Some(130), "{rest}");
+    let gone = Instant::now() + Duration::from_secs(2);
+    while (alive(&shell) || alive(&sleeper)) && Instant::now() < gone {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !alive(&shell) && !alive(&sleeper),
+        "the script's shell ({shell}: {}) and its background sleep ({sleeper}: {}) are gone",
+        alive(&shell),
+        alive(&sleeper)
     );
     assert_eq!(entries(&tmp), Vec::<String>::new());
 }

@@ -7,8 +7,15 @@
 //! tell that it was handed out), then the poison message alone, twice, counted through the
 //! `delivery_attempts` topic. Then the message is a dead letter, its execution FAILED with
 //! "crashed the executor" in its logs, and an execution started after it succeeds. Before,
-//! every delivery on Kafka was a first one: the server crashed at every restart, forever. Needs
-//! `KESTRA_TEST_KAFKA_BROKERS` and `KESTRA_TEST_ELASTICSEARCH_URL` (required under CI=true).
+//! every delivery on Kafka was a first one: the server crashed at every restart, forever.
+//!
+//! The same for the worker (`kestra-testkit-fault: worker-abort`, aborting when the worker is about
+//! to run the task): its competing receive of jobs counts deliveries through the same topic, so the
+//! job kills the server at most 3 times (the batch, then alone twice), then its task run is FAILED
+//! with "its worker died (or abandoned it) each time" and the job dead-lettered. Before, the
+//! worker's deliveries on Kafka were all first ones: a crash loop.
+//!
+//! Needs `KESTRA_TEST_KAFKA_BROKERS` and `KESTRA_TEST_ELASTICSEARCH_URL` (required under CI=true).
 #![cfg(feature = "kafka")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -22,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use indexmap::IndexMap;
 use kestra::core::model::{Execution, Level, StateType, new_id};
-use kestra::core::testkit::faults::{EXECUTOR_ABORT, FAULT_LABEL};
+use kestra::core::testkit::faults::{EXECUTOR_ABORT, FAULT_LABEL, WORKER_ABORT};
 use kestra::kafka::KafkaQueue;
 use kestra::kafka::elastic::ElasticRepositories;
 use kestra::{Components, Engine};
@@ -86,6 +93,18 @@ async fn state_of(engine: &Engine, id: &str) -> Option<Execution> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_message_that_aborts_the_server_is_dead_lettered_on_kafka() {
+    crash_loop(EXECUTOR_ABORT, "crashed the executor").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_that_aborts_the_server_fails_its_task_run_on_kafka() {
+    crash_loop(WORKER_ABORT, "its worker died (or abandoned it) each time").await;
+}
+
+/// A flow whose execution carries the fault label `fault` kills the server 2 or 3 times, then its
+/// execution is FAILED with `reason` (and the key) in its ERROR logs, its message dead-lettered;
+/// an execution started next succeeds on the server still up.
+async fn crash_loop(fault: &str, reason: &str) {
     let Some(brokers) = common::service_url("KESTRA_TEST_KAFKA_BROKERS") else {
         return;
     };
@@ -129,7 +148,7 @@ async fn a_message_that_aborts_the_server_is_dead_lettered_on_kafka() {
     let ns = "hostile.kafka";
     engine
         .deploy(&format!(
-            "id: poison\nnamespace: {ns}\nlabels:\n  {FAULT_LABEL}: {EXECUTOR_ABORT}\ntasks:\n  - id: ret\n    type: io.kestra.plugin.core.debug.Return\n    format: never\n"
+            "id: poison\nnamespace: {ns}\nlabels:\n  {FAULT_LABEL}: {fault}\ntasks:\n  - id: ret\n    type: io.kestra.plugin.core.debug.Return\n    format: never\n"
         ))
         .await
         .unwrap();
@@ -157,8 +176,9 @@ async fn a_message_that_aborts_the_server_is_dead_lettered_on_kafka() {
             eprintln!("server crash {crashes} after {:?}", started.elapsed());
             assert!(
                 crashes <= 3,
-                "the server crashed a fourth time: the poison message was delivered again past \
-                 kestra.queue.max-delivery-attempts (2) + the batch it first crashed in\n{}",
+                "the server crashed a fourth time ({fault}): the poison message was delivered \
+                 again past kestra.queue.max-delivery-attempts (2) + the batch it first crashed \
+                 in\n{}",
                 server_log()
             );
             server = start_server(&setup, &log);
@@ -176,6 +196,13 @@ async fn a_message_that_aborts_the_server_is_dead_lettered_on_kafka() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert_eq!(failed.state.current(), StateType::Failed, "{failed:?}");
+    if fault == WORKER_ABORT {
+        let runs = &failed.task_run_list;
+        assert!(
+            runs.len() == 1 && runs[0].state.current() == StateType::Failed,
+            "its one task run is FAILED: {runs:?}"
+        );
+    }
     assert!(
         (2..=3).contains(&crashes),
         "the message crashed the server max-delivery-attempts times (plus the batch it first \
@@ -210,18 +237,15 @@ async fn a_message_that_aborts_the_server_is_dead_lettered_on_kafka() {
             .find_by_execution(&failed.tenant_id, &failed.id, Some(Level::Error), None)
             .await
             .unwrap();
-        if logs
-            .iter()
-            .any(|l| l.message.contains("crashed the executor"))
-        {
+        if logs.iter().any(|l| l.message.contains(reason)) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(
-        logs.iter()
-            .any(|l| l.message.contains("crashed the executor")
-                && l.message.contains("kestra.queue.max-delivery-attempts")),
+        logs.iter().any(|l| l.message.contains(reason)
+            && l.message.contains("2 times")
+            && l.message.contains("kestra.queue.max-delivery-attempts")),
         "the reason is in the execution's logs: {logs:?}"
     );
     // The message itself is set aside.
@@ -231,7 +255,8 @@ async fn a_message_that_aborts_the_server_is_dead_lettered_on_kafka() {
         .unwrap();
     assert!(dead >= 1, "the poison message is a dead letter ({dead})");
     eprintln!(
-        "poison execution on Kafka: {crashes} crashes, FAILED and dead-lettered; whole test in {:?}",
+        "poison execution on Kafka ({fault}): {crashes} crashes, FAILED and dead-lettered; whole \
+         test in {:?}",
         started.elapsed()
     );
     drop(server);

@@ -1,6 +1,9 @@
-//! Hostile files (issue 16): a flow or configuration path that is a device, a FIFO or a link to
-//! one, or a huge file, is refused with a clear error instead of being read without limit (or
-//! waited on forever).
+//! Hostile files (issue 16): a flow or configuration path, an entry of `--flows` or a local file
+//! given to a FILE input that is a device, a FIFO or a link to one, or a huge file, is refused with
+//! a clear error instead of being read without limit (or waited on forever). And a flow file whose
+//! expression nests 2,000 deep is refused by `flow validate` and `flow test` naming its line, and
+//! one that builds such an expression at run time fails its execution: no stack overflow (exit
+//! 134) either way.
 
 #![allow(clippy::unwrap_used)]
 
@@ -89,4 +92,129 @@ fn a_configuration_file_linked_to_dev_zero_is_refused() {
     ]);
     assert_ne!(code, 0, "{out}");
     assert!(out.contains("not a regular file (a device)"), "{out}");
+}
+
+/// A directory `flows` in `dir` holding one valid flow and `entry`, made by `make`.
+fn flows_with(
+    dir: &std::path::Path,
+    entry: &str,
+    make: impl FnOnce(&std::path::Path),
+) -> std::path::PathBuf {
+    let flows = dir.join("flows");
+    std::fs::create_dir(&flows).unwrap();
+    std::fs::write(
+        flows.join("a.yml"),
+        "id: a\nnamespace: hostile.files\ntasks:\n  - id: t\n    type: io.kestra.plugin.core.log.Log\n    message: hi\n",
+    )
+    .unwrap();
+    make(&flows.join(entry));
+    flows
+}
+
+/// A flow to run with `flow test`, written to `dir/flow.yml`.
+fn flow_file(dir: &std::path::Path, source: &str) -> std::path::PathBuf {
+    let file = dir.join("flow.yml");
+    std::fs::write(&file, source).unwrap();
+    file
+}
+
+const HELLO: &str = "id: hello\nnamespace: hostile.files\ntasks:\n  - id: t\n    type: io.kestra.plugin.core.debug.Return\n    format: hi\n";
+
+#[test]
+fn a_flows_entry_linked_to_dev_zero_or_a_fifo_is_refused() {
+    /// An entry's name, the refusal expected, and how to make it.
+    type Case = (&'static str, &'static str, fn(&std::path::Path));
+    let cases: [Case; 2] = [
+        ("zero.yml", "not a regular file (a device)", |p| {
+            std::os::unix::fs::symlink("/dev/zero", p).unwrap()
+        }),
+        ("pipe.yml", "not a regular file (a FIFO)", |p| {
+            assert!(Command::new("mkfifo").arg(p).status().unwrap().success())
+        }),
+    ];
+    for (entry, expected, make) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let flows = flows_with(dir.path(), entry, make);
+        let file = flow_file(dir.path(), HELLO);
+        let (code, out) = kestra(&[
+            "flow".as_ref(),
+            "test".as_ref(),
+            file.as_os_str(),
+            "--flows".as_ref(),
+            flows.as_os_str(),
+        ]);
+        assert_eq!(code, 1, "{entry}: {out}");
+        assert!(
+            out.contains(entry) && out.contains(expected),
+            "{entry}: {out}"
+        );
+    }
+}
+
+#[test]
+fn a_file_input_from_a_device_or_a_fifo_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("input.fifo");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let file = flow_file(
+        dir.path(),
+        "id: upload\nnamespace: hostile.files\ninputs:\n  - id: data\n    type: FILE\ntasks:\n  - id: t\n    type: io.kestra.plugin.core.debug.Return\n    format: \"{{ inputs.data }}\"\n",
+    );
+    for (path, expected) in [
+        ("/dev/zero".to_string(), "not a regular file (a device)"),
+        (fifo.display().to_string(), "not a regular file (a FIFO)"),
+    ] {
+        let input = format!("data=@{path}");
+        let (code, out) = kestra(&[
+            "flow".as_ref(),
+            "test".as_ref(),
+            file.as_os_str(),
+            "--input".as_ref(),
+            input.as_ref(),
+        ]);
+        assert_eq!(code, 1, "{path}: {out}");
+        assert!(
+            out.contains("input 'data'") && out.contains(expected),
+            "{path}: {out}"
+        );
+    }
+}
+
+#[test]
+fn a_2000_deep_expression_is_refused_by_validate_and_test_naming_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let deep = format!("{}1{}", "(".repeat(2000), ")".repeat(2000));
+    let file = flow_file(
+        dir.path(),
+        &format!(
+            "id: deep\nnamespace: hostile.files\ntasks:\n  - id: t\n    type: io.kestra.plugin.core.debug.Return\n    format: \"{{{{ {deep} }}}}\"\n"
+        ),
+    );
+    for command in ["validate", "test"] {
+        let (code, out) = kestra(&["flow".as_ref(), command.as_ref(), file.as_os_str()]);
+        assert_eq!(code, 1, "flow {command}: {out}");
+        assert!(
+            out.contains("nested too deeply") && out.contains("6:13:"),
+            "flow {command}: {out}"
+        );
+    }
+}
+
+#[test]
+fn flow_test_fails_an_expression_built_2000_deep_at_run_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = flow_file(
+        dir.path(),
+        "id: deep\nnamespace: hostile.files\ntasks:\n  - id: t\n    type: io.kestra.plugin.core.debug.Return\n    format: \"{{ render('{{ ' ~ ('(' * 2000) ~ '1' ~ (')' * 2000) ~ ' }}') }}\"\n",
+    );
+    let (code, out) = kestra(&["flow".as_ref(), "test".as_ref(), file.as_os_str()]);
+    assert_eq!(code, 1, "a FAILED execution, not an abort (134): {out}");
+    assert!(out.contains("nested too deeply"), "{out}");
+    assert!(out.contains("FAILED"), "{out}");
 }

@@ -4,8 +4,9 @@
 //! work, the partition-local state store restored from the changelog on assignment and the delayed
 //! messages fired when due.
 //!
-//! Delivery attempts (executor units only): a message whose processing kills the process is not
-//! acknowledged, so the next owner of its partition gets it again. On assignment, the consumer
+//! Delivery attempts (executor units, and the workers' competing receive of their jobs): a message
+//! whose processing kills the process is not acknowledged, so the next owner of its partition gets
+//! it again. On assignment, the consumer
 //! reads the partition's committed offset O, its high watermark and its record in the compacted
 //! `{prefix}delivery_attempts` topic (keyed by consumer group, topic and partition;
 //! [`AttemptRecord::on_assignment`]). A batch-mode record for the same O means a batch from O was
@@ -16,6 +17,12 @@
 //! committed offset. Otherwise the consumer writes a batch-mode record for O before the first batch:
 //! one write per assignment, none per message on the normal path. A record written by a zombie can
 //! only start a single-message run early or count a delivery it did not see.
+//!
+//! A unit commits its offsets in its transaction; a competing receive commits them asynchronously
+//! when it is acknowledged. So in a single-message run of a competing receive, the position of the
+//! message about to be handed out is committed synchronously before its record is written (the
+//! record's offset is then the committed one if the process dies with it): one more round trip per
+//! message of the run, none on the normal path.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -69,8 +76,8 @@ struct Part {
     revoking: bool,
     /// The assignment generation it belongs to (units are fenced when it changed).
     generation: u64,
-    /// Executor units only: set after a crash, the partition is handed out one message per unit
-    /// until this run's end.
+    /// Counting consumers only: set after a crash, the partition is handed out one message at a
+    /// time until this run's end.
     recovery: Option<Recovery>,
 }
 
@@ -154,6 +161,14 @@ impl AttemptRecord {
         }
     }
 }
+
+/// What [`GroupConsumer::take`] hands out: the deliveries, the delivery-attempts records to write
+/// first, and the positions (topic, partition, offset) to commit before those records.
+type Taken = (
+    Vec<Delivery>,
+    Vec<(String, AttemptRecord)>,
+    Vec<(Topic, i32, i64)>,
+);
 
 /// Per assigned partition: its key in the delivery-attempts topic and what its owner counts.
 type Counted = HashMap<(Topic, i32), (String, AttemptRecord)>;
@@ -272,6 +287,9 @@ pub(crate) struct Inner {
     /// Subscribed only to own partitions of the changelog (a store, no messages): paused.
     store_only: bool,
     units: bool,
+    /// Whether deliveries are counted through the delivery-attempts topic: the executor's units
+    /// and the workers' receive of their jobs (the consumers that act on [`Delivery::attempt`]).
+    counts: bool,
     state: Mutex<State>,
     cond: Condvar,
     notify: tokio::sync::Notify,
@@ -396,7 +414,7 @@ impl Inner {
         {
             warn!(group = %self.group, error = %e, "pausing a store-only consumer failed");
         }
-        let counted = if self.units && !self.store_only {
+        let counted = if self.counts {
             match self.count_attempts(tpl) {
                 Ok(c) => c,
                 Err(e) => {
@@ -752,6 +770,7 @@ impl GroupConsumer {
             store_only,
             shared: shared.clone(),
             group,
+            counts: !store_only && (units || group == ConsumerGroup::Worker),
             topics,
             units,
             state: Mutex::new(State::default()),
@@ -801,11 +820,15 @@ impl GroupConsumer {
 
     /// Hand out up to `max` deliveries: per partition in offset order, skipping keys this consumer
     /// holds from an earlier call. A partition in a single-message run after a crash goes first,
-    /// alone, one message at a time; the record to write before handing it out comes with it.
-    fn take(&self, max: usize, topics: &[Topic]) -> (Vec<Delivery>, Vec<(String, AttemptRecord)>) {
+    /// alone, one message at a time; the record to write before handing it out comes with it, and
+    /// for a competing receive the position to commit before that record is written.
+    fn take(&self, max: usize, topics: &[Topic]) -> Taken {
         let mut st = self.inner.lock();
         let mut writes = Vec::new();
-        for ((topic, _), part) in st.parts.iter_mut() {
+        let mut commits = Vec::new();
+        // A unit's transaction has committed everything before the front already.
+        let commit_first = !self.inner.units;
+        for ((topic, p), part) in st.parts.iter_mut() {
             let Some(recovery) = &mut part.recovery else {
                 continue;
             };
@@ -827,6 +850,9 @@ impl GroupConsumer {
                     };
                     recovery.written = false;
                     writes.push((recovery.key.clone(), recovery.record));
+                    if commit_first {
+                        commits.push((*topic, *p, front));
+                    }
                 }
                 continue;
             }
@@ -847,6 +873,9 @@ impl GroupConsumer {
             }
             if !recovery.written {
                 writes.push((recovery.key.clone(), recovery.record));
+                if commit_first {
+                    commits.push((*topic, *p, front));
+                }
             }
             d.attempt = recovery.record.attempts;
             part.outstanding.insert(
@@ -856,10 +885,10 @@ impl GroupConsumer {
                     acked: false,
                 },
             );
-            return (vec![d], writes);
+            return (vec![d], writes, commits);
         }
         if !writes.is_empty() {
-            return (Vec::new(), writes);
+            return (Vec::new(), writes, commits);
         }
         let mut out = Vec::new();
         for ((topic, _), part) in st.parts.iter_mut() {
@@ -902,7 +931,7 @@ impl GroupConsumer {
                 out.push(d);
             }
         }
-        (out, writes)
+        (out, writes, commits)
     }
 
     /// [`GroupConsumer::take`], waiting up to `wait` for the first delivery.
@@ -938,17 +967,22 @@ impl GroupConsumer {
         }
     }
 
-    /// [`GroupConsumer::take`], with the delivery-attempts record of a single-message unit
-    /// written before it is handed out.
+    /// [`GroupConsumer::take`], with the delivery-attempts record of a message handed out alone
+    /// written before it is handed out (and, for a competing receive, its position committed
+    /// before that).
     async fn take_counted(
         &self,
         max: usize,
         topics: &[Topic],
     ) -> Result<Vec<Delivery>, QueueError> {
         loop {
-            let (got, writes) = self.take(max, topics);
+            let (got, writes, commits) = self.take(max, topics);
             if writes.is_empty() {
                 return Ok(got);
+            }
+            if let Err(e) = self.commit_now(&commits).await {
+                self.release(&got);
+                return Err(e);
             }
             if let Err(e) = write_attempts(&self.inner.shared, &writes).await {
                 self.release(&got);
@@ -967,6 +1001,37 @@ impl GroupConsumer {
                 return Ok(got);
             }
         }
+    }
+
+    /// Commit the positions `commits` (topic, partition, offset) and wait until the group
+    /// coordinator has them (a single-message run of a competing receive, whose acknowledgements
+    /// commit asynchronously).
+    async fn commit_now(&self, commits: &[(Topic, i32, i64)]) -> Result<(), QueueError> {
+        if commits.is_empty() {
+            return Ok(());
+        }
+        let Some(consumer) = self
+            .inner
+            .consumer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+        else {
+            return Err(QueueError::Closed);
+        };
+        let mut tpl = TopicPartitionList::new();
+        for (topic, p, offset) in commits {
+            tpl.add_partition_offset(
+                &self.inner.shared.options.topic_name(*topic),
+                *p,
+                Offset::Offset(*offset),
+            )
+            .map_err(|e| Shared::backend("delivery attempts (offset commit)", e))?;
+        }
+        tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync))
+            .await
+            .map_err(|e| QueueError::backend("delivery attempts (offset commit)", e))?
+            .map_err(|e| Shared::backend("delivery attempts (offset commit)", e))
     }
 
     /// Put deliveries handed out back in front of their partitions (a refused recorded receive, a

@@ -48,16 +48,7 @@ pub const MAX_SOURCE_FILE_SIZE: u64 = 16 * 1024 * 1024;
 /// [`io::ErrorKind::FileTooLarge`] after reading at most `limit + 1` bytes; invalid UTF-8 with
 /// [`io::ErrorKind::InvalidData`]. Messages say what is wrong; callers add the path.
 pub fn read_text_file(path: &Path, limit: u64) -> io::Result<String> {
-    let metadata = std::fs::metadata(path)?;
-    if !metadata.is_file() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!(
-                "not a regular file ({}): refused",
-                describe_file_type(&metadata.file_type())
-            ),
-        ));
-    }
+    let metadata = regular_file(path)?;
     if metadata.len() > limit {
         return Err(too_large(metadata.len(), limit));
     }
@@ -74,6 +65,23 @@ pub fn read_text_file(path: &Path, limit: u64) -> io::Result<String> {
             format!("not valid UTF-8 (at byte {})", e.utf8_error().valid_up_to()),
         )
     })
+}
+
+/// The metadata of `path` if it is a regular file (a symbolic link is followed, then checked):
+/// a device, a FIFO, a socket or a directory is refused with [`io::ErrorKind::InvalidInput`]
+/// ("not a regular file (a FIFO): refused"), so that reading it can neither run forever nor hang.
+pub fn regular_file(path: &Path) -> io::Result<std::fs::Metadata> {
+    let metadata = std::fs::metadata(path)?;
+    if !metadata.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "not a regular file ({}): refused",
+                describe_file_type(&metadata.file_type())
+            ),
+        ));
+    }
+    Ok(metadata)
 }
 
 fn too_large(size: u64, limit: u64) -> io::Error {

@@ -241,6 +241,49 @@ fn the_value_size_limit_is_configurable() {
     );
 }
 
+/// Operators and printing build values too: with a value limit of 1,000 bytes, a string grown by
+/// `~`, `+` or `*`, and a template printing more than the limit in a loop, are refused; within
+/// the limit they still work.
+#[test]
+fn operators_and_printed_output_count_against_the_value_size_limit() {
+    use kestra_core::expression::ExpressionOptions;
+    let engine = ExpressionEngine::new(ExpressionOptions {
+        max_value_size: 1000,
+        ..ExpressionOptions::default()
+    });
+    for (what, template) in [
+        ("~", "{{ (('a' * 600) ~ ('b' * 600)) | length }}"),
+        ("+", "{{ (('a' * 600) + ('b' * 600)) | length }}"),
+        ("*", "{{ ('a' * 2000) | length }}"),
+        (
+            "~ doubling",
+            "{% set x = 'a' * 100 %}{% set x = x ~ x %}{% set x = x ~ x %}{% set x = x ~ x %}{% set x = x ~ x %}{{ x | length }}",
+        ),
+        (
+            "printed in a loop",
+            "{% for i in range(1, 100) %}{{ 'a' * 100 }}{% endfor %}",
+        ),
+    ] {
+        too_large(engine.render(template, &json!({})), what);
+    }
+    assert_eq!(
+        engine
+            .render("{{ (('a' * 300) ~ ('b' * 300)) | length }}", &json!({}))
+            .unwrap(),
+        "600"
+    );
+    assert_eq!(
+        engine
+            .render(
+                "{% for i in range(1, 5) %}{{ 'a' * 100 }}{% endfor %}",
+                &json!({})
+            )
+            .unwrap()
+            .len(),
+        500
+    );
+}
+
 /// xorshift: a reproducible stream of pseudo-random numbers (no dependency).
 struct Rng(u64);
 

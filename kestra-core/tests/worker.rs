@@ -1336,6 +1336,131 @@ async fn wait_for(queue: &MemoryQueue, n: usize) -> Vec<WorkerTaskResult> {
     }
 }
 
+/// Issue 16, item 1: a task that panics fails its task run with the panic's message in its logs;
+/// the worker goes on running the jobs after it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_panicking_task_fails_its_task_run_and_the_worker_goes_on() {
+    let queue = Arc::new(MemoryQueue::new());
+    let mut tasks = TaskRegistry::default();
+    tasks.register::<Greet>();
+    let mut runners = RunnerRegistry::core();
+    runners.register::<Greet>();
+    let worker = Worker::new(
+        WorkerConfig {
+            concurrency: 2,
+            poll_wait: Duration::from_millis(100),
+            ..WorkerConfig::default()
+        },
+        queue.clone(),
+        Arc::new(MemoryStorage::default()),
+        Arc::new(ExpressionEngine::default()),
+        Arc::new(tasks),
+        Arc::new(runners),
+    );
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(worker.run(shutdown.clone()));
+    let boom = job(
+        "boom",
+        json!({"id": "g", "type": "com.example.Greet", "name": "x", "panic": true}),
+    );
+    queue.publish(vec![boom.envelope().unwrap()]).await.unwrap();
+    let results = wait_for(&queue, 1).await;
+    let failed = results.iter().find(|r| r.execution_id == "boom");
+    assert_eq!(
+        failed.map(|r| r.state),
+        Some(StateType::Failed),
+        "{results:?}"
+    );
+    assert!(
+        queue
+            .logs()
+            .iter()
+            .any(|l| l.contains("the task panicked: greet exploded")),
+        "the reason is logged on the task run: {:?}",
+        queue.logs()
+    );
+    assert!(!handle.is_finished(), "the worker still runs");
+    for n in 0..3 {
+        let fine = job(
+            &format!("fine{n}"),
+            json!({"id": "g", "type": "com.example.Greet", "name": "{{ flow.id }}"}),
+        );
+        queue.publish(vec![fine.envelope().unwrap()]).await.unwrap();
+    }
+    let results = wait_for(&queue, 4).await;
+    for n in 0..3 {
+        let ok = results
+            .iter()
+            .find(|r| r.execution_id == format!("fine{n}"));
+        assert_eq!(ok.map(|r| r.state), Some(StateType::Success), "{results:?}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while queue.acknowledged().len() < 4 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(queue.acknowledged().len(), 4, "each job acknowledged once");
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(5), handle)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+/// Issue 16, item 4 ("a graceful stop has a configurable drain limit"): a shutdown waits
+/// `drain_timeout` for running jobs (`kestra.server.terminationGracePeriod` in the server), then
+/// abandons them - cancelled within `cancel_grace`, never acknowledged, so another worker runs
+/// them again - instead of waiting for a task of an hour.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shutdown_abandons_running_jobs_after_the_drain_limit() {
+    let queue = Arc::new(MemoryQueue::new());
+    let worker = Worker::new(
+        WorkerConfig {
+            concurrency: 2,
+            poll_wait: Duration::from_millis(100),
+            drain_timeout: Duration::from_millis(500),
+            cancel_grace: Duration::from_millis(500),
+            ..WorkerConfig::default()
+        },
+        queue.clone(),
+        Arc::new(MemoryStorage::default()),
+        Arc::new(ExpressionEngine::default()),
+        Arc::new(TaskRegistry::default()),
+        Arc::new(RunnerRegistry::core()),
+    );
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(worker.run(shutdown.clone()));
+    let long = job(
+        "long",
+        json!({"id": "nap", "type": "io.kestra.plugin.core.flow.Sleep", "duration": "PT1H"}),
+    );
+    queue.publish(vec![long.envelope().unwrap()]).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while queue.task_messages().is_empty() {
+        assert!(Instant::now() < deadline, "the job did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let start = Instant::now();
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(10), handle)
+        .await
+        .expect("the worker stops after its drain limit, not after the task's hour")
+        .unwrap();
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(450) && took < Duration::from_secs(3),
+        "drain limit 0.5 s + cancel grace: {took:?}"
+    );
+    assert!(
+        queue.acknowledged().is_empty(),
+        "the abandoned job is not acknowledged (another worker runs it again)"
+    );
+    assert!(
+        queue.results().is_empty(),
+        "no final result for the abandoned job: {:?}",
+        queue.results()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn worker_runs_jobs_publishes_results_then_acks_and_follows_kills() {
     let queue = Arc::new(MemoryQueue::new());
@@ -1444,7 +1569,12 @@ async fn worker_runs_jobs_publishes_results_then_acks_and_follows_kills() {
     );
     assert!(!queue.logs().iter().any(|l| l.contains("must not run")));
 
-    // every processed job was acknowledged, after its result
+    // every processed job was acknowledged, after its result (the acknowledgement follows the
+    // result's publish: wait for it)
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while queue.acknowledged().len() < 5 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(queue.acknowledged().len(), 5);
 
     // graceful shutdown: a running job finishes and its result is published

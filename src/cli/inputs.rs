@@ -19,12 +19,15 @@ fn is_file_input(flow: &Flow, id: &str) -> bool {
 
 /// The upload of a local file for FILE input `id`; `origin` names where the value came from.
 fn upload(id: &str, path: &Path, origin: &str) -> Result<RawInput, String> {
-    let content = std::fs::read(path).map_err(|e| {
-        format!(
-            "{origin}: input '{id}': cannot read local file {}: {e}",
-            path.display()
-        )
-    })?;
+    // A device or a FIFO (`@/dev/zero`) would be read without end or hang the run.
+    let content = kestra::core::limits::regular_file(path)
+        .and_then(|_| std::fs::read(path))
+        .map_err(|e| {
+            format!(
+                "{origin}: input '{id}': cannot read local file {}: {e}",
+                path.display()
+            )
+        })?;
     let file_name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

@@ -531,6 +531,31 @@ pub(crate) fn register(env: &mut Environment<'static>, shared: Arc<Shared>) {
         add_function(env, &shared, name, *f);
     }
 
+    // The result of `~`, `+` and `*` (the translation wraps them): a string longer than
+    // `max_value_size` bytes, or a list of more items, is refused as soon as it is built, so that
+    // repeated concatenation cannot grow a value past about twice the limit.
+    let sized = shared.clone();
+    env.add_function(
+        "__kestra_sized",
+        move |value: MjValue| -> Result<MjValue, Error> {
+            let limit = sized.options.max_value_size;
+            if let Some(s) = value.as_str() {
+                check_size(&sized, s.len()).map_err(|e| to_mj_error("operator", e))?;
+            } else if value.kind() == minijinja::value::ValueKind::Seq
+                && let Some(items) = value.len()
+                && items > limit
+            {
+                return Err(to_mj_error(
+                    "operator",
+                    FnError::Msg(format!(
+                        "list too large: {items} items, more than the limit of {limit} \
+                         (kestra.limits.expression.max-value-size)"
+                    )),
+                ));
+            }
+            Ok(value)
+        },
+    );
     env.add_function(
         "__kestra_lookup",
         |state: &State, path: Rest<MjValue>| -> Result<MjValue, Error> {
@@ -1320,7 +1345,11 @@ fn render_string(s: &str, shared: &Shared, recursive: bool) -> Result<String, Fn
     let tmpl = env
         .get_template(&translated.source)
         .map_err(|e| nested_error(&e))?;
-    let out = tmpl.render(ctx).map_err(|e| nested_error(&e))?;
+    let out = crate::expression::render_bounded(&tmpl, ctx, shared.options.max_value_size)
+        .map_err(|e| match e {
+            Ok(e) => nested_error(&e),
+            Err(typed) => FnError::Typed(typed),
+        })?;
     if recursive && out != s && (out.contains("{{") || out.contains("{%")) {
         return render_string(&out, shared, true);
     }

@@ -384,8 +384,10 @@ impl ExpressionEngine {
         let tmpl = env
             .get_template(&translated.source)
             .map_err(|e| map_error(e, template, &translated.source))?;
-        tmpl.render(context)
-            .map_err(|e| map_error(e, template, &translated.source))
+        render_bounded(&tmpl, context, self.shared.options.max_value_size).map_err(|e| match e {
+            Ok(e) => map_error(e, template, &translated.source),
+            Err(typed) => typed,
+        })
     }
 
     fn render_typed_inner(
@@ -566,6 +568,59 @@ fn clean_undefined_name(s: &str) -> String {
         .trim_start_matches('(')
         .trim_end_matches(')')
         .to_string()
+}
+
+/// The output of a render, refused once it would grow past `limit` bytes: printed values and
+/// literal text alike, in loops too.
+struct BoundedOutput {
+    bytes: Vec<u8>,
+    limit: usize,
+    /// The size the output would have reached when it was refused.
+    refused: Option<usize>,
+}
+
+impl std::io::Write for BoundedOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let size = self.bytes.len().saturating_add(buf.len());
+        if size > self.limit {
+            self.refused = Some(size);
+            return Err(std::io::Error::other("output too large"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Renders `tmpl` into at most `limit` bytes: `Err(Ok(_))` is minijinja's error, `Err(Err(_))`
+/// the output that grew too large ([`ExpressionError::TooLarge`]).
+pub(crate) fn render_bounded(
+    tmpl: &minijinja::Template<'_, '_>,
+    context: minijinja::Value,
+    limit: usize,
+) -> Result<String, Result<minijinja::Error, ExpressionError>> {
+    let mut out = BoundedOutput {
+        bytes: Vec::new(),
+        limit,
+        refused: None,
+    };
+    match tmpl.render_captured_to(context, &mut out) {
+        Ok(_) => {}
+        Err(e) => {
+            return Err(match out.refused {
+                Some(size) => Err(ExpressionError::TooLarge { size, limit }),
+                None => Ok(e),
+            });
+        }
+    }
+    String::from_utf8(out.bytes).map_err(|e| {
+        Err(ExpressionError::Render {
+            message: format!("the output is not valid UTF-8: {e}"),
+        })
+    })
 }
 
 fn build_environment(shared: &Arc<Shared>, loaded: &Arc<AtomicUsize>) -> Environment<'static> {

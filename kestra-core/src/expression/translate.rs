@@ -1098,6 +1098,9 @@ fn emit(e: &Expr) -> String {
             "contains" => format!("__kestra_contains({}, {})", emit(l), emit(r)),
             ".." => format!("range({}, {})", emit(l), emit(r)),
             "/" => format!("__kestra_div({}, {})", emit(l), emit(r)),
+            // The operators that can build large strings and lists: their result is checked
+            // against the value size limit (a call nests no deeper than parentheses would).
+            "~" | "+" | "*" => format!("__kestra_sized({} {} {})", emit(l), op, emit(r)),
             op => format!("({} {} {})", emit(l), op, emit(r)),
         },
         Expr::Filter(inner, name, args) => {

@@ -83,8 +83,9 @@ pub struct WorkerConfig {
     /// How many times a task job may be delivered without being acknowledged - its worker died
     /// while running it (abort, OOM kill), or abandoned it at shutdown - before the next delivery
     /// fails its task run with the reason and sets the job aside as a dead letter (3;
-    /// `kestra.queue.max-delivery-attempts`). Counted by the queue backend where it can
-    /// ([`Delivery::attempt`]: JDBC); 0 turns the limit off.
+    /// `kestra.queue.max-delivery-attempts`). Counted by the queue backend
+    /// ([`Delivery::attempt`]: JDBC exactly; Kafka from the first delivery handed out alone, so
+    /// one crash more there); 0 turns the limit off.
     pub max_delivery_attempts: u32,
 }
 
