@@ -375,29 +375,33 @@ fn log_signals(c: &Cluster) -> Vec<(&'static str, usize)> {
     let markers: &[(&'static str, &str)] = &[
         ("WARN lines", " WARN "),
         ("ERROR lines", " ERROR "),
-        ("declared dead", "declared dead"),
-        ("resubmissions", "resubmit"),
-        ("dead-lettered", "dead-lettering"),
-        ("fenced units", "fenced"),
+        ("declared dead", "service instance declared dead"),
+        ("dead-lettered", "dead-lettering a message"),
+        ("fenced units", "unit of work fenced"),
         ("lost leases", "leases of running jobs were lost"),
+        ("stale copies stopped", "stopping a resubmitted attempt"),
     ];
-    let mut counts = vec![0usize; markers.len()];
+    let mut counts = vec![0usize; markers.len() + 1];
     for p in &c.procs {
         for line in p.log().lines() {
-            let lower = line.to_ascii_lowercase();
             for (n, (_, marker)) in markers.iter().enumerate() {
-                let hit = if marker.starts_with(' ') {
-                    line.contains(marker)
-                } else {
-                    lower.contains(marker)
-                };
-                if hit {
+                if line.contains(marker) {
                     counts[n] += 1;
                 }
             }
+            // The executor says how many jobs of a dead worker it resubmitted.
+            if let Some((_, rest)) = line.split_once(" resubmitted=") {
+                let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                counts[markers.len()] += digits.parse::<usize>().unwrap_or(0);
+            }
         }
     }
-    markers.iter().map(|(name, _)| *name).zip(counts).collect()
+    markers
+        .iter()
+        .map(|(name, _)| *name)
+        .chain(["resubmissions sent"])
+        .zip(counts)
+        .collect()
 }
 
 fn main() -> ExitCode {
@@ -563,8 +567,13 @@ async fn soak(args: Args) -> Result<usize, String> {
             next_fault = now + rng.around(args.kill_interval);
         }
 
+        // While a process is frozen the soak itself stays off the database: the frozen process
+        // may hold a lock (SQLite's write lock, a row lock) that the soak would wait for while it
+        // owes the SIGCONT that releases it.
+        let frozen = matches!(fault, Some(Fault::Stopped(..)));
+
         // Progress: ended executions, polled from the repository.
-        if now.duration_since(last_poll) >= Duration::from_millis(500) {
+        if !frozen && now.duration_since(last_poll) >= Duration::from_millis(500) {
             last_poll = now;
             match count(&c, RUN_NS, true).await {
                 Ok(n) => ended = n,
@@ -578,7 +587,7 @@ async fn soak(args: Args) -> Result<usize, String> {
                 .min(published.len());
 
         // Start executions up to the in-flight bound, in batches.
-        if starting && in_flight < args.in_flight {
+        if !frozen && starting && in_flight < args.in_flight {
             let n = (args.in_flight - in_flight)
                 .min(args.executions - published.len())
                 .min(50);
@@ -603,7 +612,7 @@ async fn soak(args: Args) -> Result<usize, String> {
                 ids.push(execution.id);
                 flows.push(*flow);
             }
-            // A frozen process may hold the database's lock: retry until the batch is in.
+            // A publication that failed (a busy database) is retried on the next round.
             if c.queue().publish(batch).await.is_ok() {
                 published.extend(ids);
                 for f in flows {
@@ -736,6 +745,13 @@ async fn soak(args: Args) -> Result<usize, String> {
             }
         }
     }
+    let resubmitted_attempts: usize = runs
+        .iter()
+        .chain(&ticks)
+        .flat_map(|e| &e.task_run_list)
+        .flat_map(|r| &r.attempts)
+        .filter(|a| a.state.current() == StateType::Resubmitted)
+        .count();
     // The concurrency limit held.
     let limited: Vec<Execution> = runs
         .iter()
@@ -822,6 +838,7 @@ async fn soak(args: Args) -> Result<usize, String> {
     for (name, n) in &signals {
         println!("{:<21}{n}", format!("{name}:"));
     }
+    println!("RESUBMITTED attempts: {resubmitted_attempts} (in the executions)");
     println!("violations:          {}", violations.len());
     for v in violations.iter().take(20) {
         println!("  - {v}");
@@ -831,6 +848,21 @@ async fn soak(args: Args) -> Result<usize, String> {
     }
     if !violations.is_empty() {
         println!("{}", c.logs());
+        // The run's folder goes with the cluster: its logs are kept for the investigation.
+        let kept = std::env::temp_dir().join(format!("kestra-soak-{seed}"));
+        let copied = std::fs::create_dir_all(&kept).and_then(|()| {
+            for entry in std::fs::read_dir(c.dir.path())? {
+                let path = entry?.path();
+                if path.extension().is_some_and(|e| e == "log") {
+                    std::fs::copy(&path, kept.join(path.file_name().expect("a file name")))?;
+                }
+            }
+            Ok(())
+        });
+        match copied {
+            Ok(()) => println!("process logs kept in {}", kept.display()),
+            Err(e) => println!("could not keep the process logs in {}: {e}", kept.display()),
+        }
     }
     c.finish().await;
     Ok(violations.len())
