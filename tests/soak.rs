@@ -404,6 +404,20 @@ fn log_signals(c: &Cluster) -> Vec<(&'static str, usize)> {
         .collect()
 }
 
+/// `url` without its password, for printing.
+fn redacted(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.split_once('@') {
+            Some((credentials, host)) => {
+                let user = credentials.split(':').next().unwrap_or_default();
+                format!("{scheme}://{user}:***@{host}")
+            }
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -459,7 +473,7 @@ async fn soak(args: Args) -> Result<usize, String> {
     println!(
         "soak: {} executions on {kind} ({}), seed {seed}, a fault every ~{}s, at most {} in flight; processes: {}; logs in {}",
         args.executions,
-        c.url,
+        redacted(&c.url),
         args.kill_interval,
         args.in_flight,
         LAYOUT.join(", "),
@@ -499,6 +513,24 @@ async fn soak(args: Args) -> Result<usize, String> {
     );
     let plain = bar.is_hidden();
 
+    // SIGINT (Ctrl-C) or SIGTERM: no more executions are started; those started are drained and
+    // checked as usual (the summary says so).
+    let interrupted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let interrupted = interrupted.clone();
+        tokio::spawn(async move {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("a SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            interrupted.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+    }
+    let mut goal = args.executions;
+
     let started_at = Instant::now();
     let mut published: Vec<String> = Vec::with_capacity(args.executions);
     let mut by_flow: BTreeMap<&str, usize> = BTreeMap::new();
@@ -516,13 +548,21 @@ async fn soak(args: Args) -> Result<usize, String> {
 
     loop {
         let now = Instant::now();
-        // Faults: one at a time, while executions are being started or running (bounded by the
-        // drain timeout once all are started).
-        let starting = published.len() < args.executions;
+        if goal > published.len() && interrupted.load(std::sync::atomic::Ordering::Relaxed) {
+            goal = published.len();
+            bar.set_length(u64::try_from(goal).expect("a count"));
+            bar.println(format!(
+                "[{:>6.0}s] interrupted: no more executions started, {goal} to drain and check",
+                started_at.elapsed().as_secs_f64()
+            ));
+        }
+        let starting = published.len() < goal;
         if !starting && all_started.is_none() {
             all_started = Some(now);
         }
-        let active = ended < u64::try_from(args.executions).expect("a count")
+        // Faults: one at a time, while executions are being started or running (bounded by the
+        // drain timeout once all are started).
+        let active = ended < u64::try_from(goal).expect("a count")
             && all_started
                 .is_none_or(|at| now.duration_since(at) < Duration::from_secs(args.drain_timeout));
         match fault.take() {
@@ -589,7 +629,7 @@ async fn soak(args: Args) -> Result<usize, String> {
         // Start executions up to the in-flight bound, in batches.
         if !frozen && starting && in_flight < args.in_flight {
             let n = (args.in_flight - in_flight)
-                .min(args.executions - published.len())
+                .min(goal - published.len())
                 .min(50);
             let mut batch = Vec::with_capacity(n);
             let mut ids = Vec::with_capacity(n);
@@ -636,7 +676,7 @@ async fn soak(args: Args) -> Result<usize, String> {
             println!(
                 "[{:>6.0}s] ended {ended}/{} - {message}",
                 started_at.elapsed().as_secs_f64(),
-                args.executions
+                goal
             );
         }
         if !active && fault.is_none() {
@@ -657,17 +697,17 @@ async fn soak(args: Args) -> Result<usize, String> {
         bar.set_position(ended);
         bar.set_message(format!(
             "draining: {} in flight, faults over",
-            args.executions - usize::try_from(ended).unwrap_or(0).min(args.executions)
+            goal - usize::try_from(ended).unwrap_or(0).min(goal)
         ));
         if plain && last_line.elapsed() >= Duration::from_secs(15) {
             last_line = Instant::now();
             println!(
                 "[{:>6.0}s] ended {ended}/{} - draining",
                 started_at.elapsed().as_secs_f64(),
-                args.executions
+                goal
             );
         }
-        if ended >= u64::try_from(args.executions).expect("a count") {
+        if ended >= u64::try_from(goal).expect("a count") {
             drained = true;
             break;
         }
@@ -677,6 +717,7 @@ async fn soak(args: Args) -> Result<usize, String> {
     bar.finish_and_clear();
 
     // The schedulers stop; the slots they fired end.
+    let schedulers_stopped = chrono::Utc::now();
     for (slot, component) in LAYOUT.iter().enumerate() {
         if *component == "scheduler" {
             c.procs[slots[slot]].kill();
@@ -700,8 +741,8 @@ async fn soak(args: Args) -> Result<usize, String> {
     if !drained {
         violations.push(format!(
             "{} of {} executions had not ended {}s after the faults stopped",
-            args.executions - usize::try_from(ended).unwrap_or(0).min(args.executions),
-            args.executions,
+            goal - usize::try_from(ended).unwrap_or(0).min(goal),
+            goal,
             args.drain_timeout
         ));
     }
@@ -803,7 +844,7 @@ async fn soak(args: Args) -> Result<usize, String> {
     let rate = runs.len() as f64 / secs.max(0.001);
     let signals = log_signals(&c);
     println!("\n===== soak summary =====");
-    println!("database:            {kind} ({})", c.url);
+    println!("database:            {kind} ({})", redacted(&c.url));
     println!("seed:                {seed}");
     println!(
         "executions:          {} started, {} in the repository, {} ended ({final_states:?})",
@@ -811,6 +852,12 @@ async fn soak(args: Args) -> Result<usize, String> {
         runs.len(),
         ended
     );
+    if goal < args.executions {
+        println!(
+            "interrupted:         {goal} of the {} executions asked for were started",
+            args.executions
+        );
+    }
     println!("flow mix:            {by_flow:?}");
     println!(
         "duration:            {secs:.1} s ({:.1} s with faults, then the drain)",
@@ -829,6 +876,12 @@ async fn soak(args: Args) -> Result<usize, String> {
         fired.len(),
         SCHEDULE_PERIOD
     );
+    if let (Some(first), Some(last)) = (fired.first(), fired.last()) {
+        println!(
+            "schedule lag:        the last slot fired was {} s before the schedulers stopped (first slot {first}); a slot's execution ends before the next one fires",
+            (schedulers_stopped - *last).num_seconds()
+        );
+    }
     println!(
         "exited on their own: {} {:?} (restarted)",
         tally.exits.len(),
