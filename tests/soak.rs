@@ -441,6 +441,32 @@ async fn soak(args: Args) -> Result<usize, String> {
     if args.executions == 0 || args.in_flight == 0 {
         return Err("--executions and --in-flight must be at least 1".into());
     }
+    if !(args.kill_interval.is_finite() && args.kill_interval >= 0.0) {
+        return Err(format!(
+            "--kill-interval must be a number of seconds, 0 or more: {}",
+            args.kill_interval
+        ));
+    }
+    if let Some(url) = &args.url {
+        let schemes: &[&str] = match args.db {
+            Db::Sqlite => &["sqlite:"],
+            Db::Postgres => &["postgres://", "postgresql://"],
+            Db::Mysql => &["mysql://", "mariadb://"],
+        };
+        if !schemes.iter().any(|s| url.starts_with(s)) {
+            return Err(format!(
+                "--url {} is not a {} URL (it starts with {})",
+                redacted(url),
+                args.db.kind(),
+                schemes.join(" or ")
+            ));
+        }
+        // A clear error rather than the harness's panic when the database cannot be reached.
+        let backend = kestra::jdbc::JdbcBackend::connect(url)
+            .await
+            .map_err(|e| format!("--url: {e}"))?;
+        backend.close().await;
+    }
     let seed = args.seed.unwrap_or_else(|| {
         u64::try_from(
             std::time::SystemTime::now()
@@ -551,10 +577,15 @@ async fn soak(args: Args) -> Result<usize, String> {
         if goal > published.len() && interrupted.load(std::sync::atomic::Ordering::Relaxed) {
             goal = published.len();
             bar.set_length(u64::try_from(goal).expect("a count"));
-            bar.println(format!(
+            let line = format!(
                 "[{:>6.0}s] interrupted: no more executions started, {goal} to drain and check",
                 started_at.elapsed().as_secs_f64()
-            ));
+            );
+            if plain {
+                println!("{line}");
+            } else {
+                bar.println(line);
+            }
         }
         let starting = published.len() < goal;
         if !starting && all_started.is_none() {
