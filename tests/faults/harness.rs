@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use kestra::core::messages::execution_envelope;
@@ -21,6 +22,22 @@ pub const LIVENESS_TIMEOUT: Duration = Duration::from_secs(2);
 /// A worker's job lease: a dead worker's job is delivered again about one lease after its last
 /// renewal (a quarter lease).
 pub const LEASE: Duration = Duration::from_secs(3);
+
+static QUIET: AtomicBool = AtomicBool::new(false);
+
+/// Silence the harness's own messages (process started, signal sent): the soak (`tests/soak.rs`)
+/// draws a progress display on the terminal instead and counts them.
+#[allow(dead_code)] // the fault suite keeps the messages
+pub fn set_quiet(quiet: bool) {
+    QUIET.store(quiet, Ordering::Relaxed);
+}
+
+/// A harness message on stderr, unless [`set_quiet`].
+fn say(message: std::fmt::Arguments<'_>) {
+    if !QUIET.load(Ordering::Relaxed) {
+        eprintln!("[faults] {message}");
+    }
+}
 
 /// A signal sent to a process.
 #[derive(Debug, Clone, Copy)]
@@ -76,7 +93,7 @@ impl Proc {
             signal.name(),
             self.name
         );
-        eprintln!("[faults] {signal:?} -> {} (pid {pid})", self.name);
+        say(format_args!("{signal:?} -> {} (pid {pid})", self.name));
     }
 
     /// SIGKILL and reap.
@@ -156,11 +173,12 @@ impl Cluster {
         Cluster::open(kind, db.url.clone(), Some(db), dir).await
     }
 
-    /// The database of `url` on a server of the scenario's own (`kind`: `postgres` or `mysql`),
-    /// which the scenario stops and starts itself; nothing dropped at the end.
-    pub async fn own(kind: &'static str, url: String) -> Cluster {
+    /// The database of `url` as it is (`kind`: `sqlite`, `postgres` or `mysql`), with a fresh
+    /// folder; [`Cluster::finish`] leaves the database in place (e.g. on a server of the
+    /// scenario's own, which it stops and starts itself, or the soak's database).
+    pub async fn at(kind: &'static str, url: &str) -> Cluster {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        Cluster::open(kind, url, None, dir).await
+        Cluster::open(kind, url.to_string(), None, dir).await
     }
 
     async fn open(
@@ -246,7 +264,7 @@ impl Cluster {
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("a log file"));
         let child = command.spawn().expect("spawn kestra");
-        eprintln!("[faults] started {name} (pid {})", child.id());
+        say(format_args!("started {name} (pid {})", child.id()));
         self.procs.push(Proc {
             name,
             child,
@@ -369,44 +387,11 @@ impl Cluster {
 
     /// The invariants every scenario ends with, on `executions` as stored: each reached exactly one
     /// terminal state (once: one terminal entry in its history); no task run and no task-run
-    /// attempt has two terminal entries; every task run of an ended execution has ended.
+    /// attempt has two terminal entries; every task run of an ended execution has ended. Panics
+    /// with the first violation ([`invariant_violations`] lists them all).
     pub fn check_invariants(&self, executions: &[Execution]) {
-        for e in executions {
-            let terminal = terminal_entries(e.state.histories());
-            assert!(
-                e.state.is_terminated() && terminal == 1,
-                "execution {} must reach one terminal state once: {:?}",
-                e.id,
-                e.state.histories()
-            );
-            for run in &e.task_run_list {
-                assert!(
-                    run.state.is_terminated(),
-                    "task run {} ({}) of ended execution {} is {:?}",
-                    run.id,
-                    run.task_id,
-                    e.id,
-                    run.state.current()
-                );
-                assert!(
-                    terminal_entries(run.state.histories()) <= 1,
-                    "task run {} ({}) of {} ended twice: {:?}",
-                    run.id,
-                    run.task_id,
-                    e.id,
-                    run.state.histories()
-                );
-                for (n, attempt) in run.attempts.iter().enumerate() {
-                    assert!(
-                        terminal_entries(attempt.state.histories()) <= 1,
-                        "attempt {n} of task run {} ({}) of {} has two terminal results: {:?}",
-                        run.id,
-                        run.task_id,
-                        e.id,
-                        attempt.state.histories()
-                    );
-                }
-            }
+        if let Some(first) = invariant_violations(executions).into_iter().next() {
+            panic!("{first}");
         }
     }
 
@@ -446,6 +431,53 @@ impl Cluster {
             db.remove().await;
         }
     }
+}
+
+/// Every violation of [`Cluster::check_invariants`]'s invariants in `executions`, one message each.
+pub fn invariant_violations(executions: &[Execution]) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in executions {
+        let terminal = terminal_entries(e.state.histories());
+        if !(e.state.is_terminated() && terminal == 1) {
+            out.push(format!(
+                "execution {} must reach one terminal state once: {:?}",
+                e.id,
+                e.state.histories()
+            ));
+        }
+        for run in &e.task_run_list {
+            if !run.state.is_terminated() {
+                out.push(format!(
+                    "task run {} ({}) of ended execution {} is {:?}",
+                    run.id,
+                    run.task_id,
+                    e.id,
+                    run.state.current()
+                ));
+            }
+            if terminal_entries(run.state.histories()) > 1 {
+                out.push(format!(
+                    "task run {} ({}) of {} ended twice: {:?}",
+                    run.id,
+                    run.task_id,
+                    e.id,
+                    run.state.histories()
+                ));
+            }
+            for (n, attempt) in run.attempts.iter().enumerate() {
+                if terminal_entries(attempt.state.histories()) > 1 {
+                    out.push(format!(
+                        "attempt {n} of task run {} ({}) of {} has two terminal results: {:?}",
+                        run.id,
+                        run.task_id,
+                        e.id,
+                        attempt.state.histories()
+                    ));
+                }
+            }
+        }
+    }
+    out
 }
 
 fn terminal_entries(histories: &[kestra::core::model::StateHistory]) -> usize {

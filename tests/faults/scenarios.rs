@@ -481,7 +481,7 @@ pub async fn database_restart_under_load(kind: &'static str) {
     else {
         return;
     };
-    let mut c = Cluster::own(kind, server.url()).await;
+    let mut c = Cluster::at(kind, &server.url()).await;
     c.flow(
         "steady",
         &format!(
