@@ -2233,3 +2233,94 @@ async fn repository_tasks_without_services_fail_naming_the_task() {
         "{err}"
     );
 }
+
+/// Issue 16, item 1: a polling-trigger evaluation whose worker died (or abandoned it) each time it
+/// was delivered is, past `max_delivery_attempts`, set aside as a dead letter and answered with an
+/// error naming the key (the scheduler then releases the trigger) - never evaluated again, never a
+/// crash loop of the worker.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trigger_evaluation_delivered_too_often_is_dead_lettered_and_answered_with_an_error() {
+    let queue = Arc::new(MemoryQueue::new());
+    // A server that counts the evaluations reaching it (there must be none).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    tokio::spawn({
+        let hits = hits.clone();
+        async move {
+            while let Ok((_sock, _)) = listener.accept().await {
+                hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    });
+    let job = trigger_job(http_trigger(&format!("http://{addr}/poll"), json!({})));
+    queue
+        .publish(vec![
+            WorkerJob::Trigger(Box::new(job.clone()))
+                .envelope()
+                .unwrap(),
+        ])
+        .await
+        .unwrap();
+    // Three deliveries whose consumer "died": taken with a short lease, never acknowledged.
+    for n in 1..=3u32 {
+        let got = queue
+            .receive(
+                kestra_core::queue::ConsumerGroup::Worker,
+                Topic::WorkerJob,
+                1,
+                Duration::from_millis(1),
+                Duration::from_secs(2),
+            )
+            .await
+            .unwrap();
+        assert_eq!(got.len(), 1, "delivery {n}");
+        assert_eq!(got[0].attempt, n);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let worker = Worker::new(
+        WorkerConfig {
+            poll_wait: Duration::from_millis(100),
+            max_delivery_attempts: 3,
+            ..WorkerConfig::default()
+        },
+        queue.clone(),
+        Arc::new(MemoryStorage::default()),
+        Arc::new(ExpressionEngine::default()),
+        Arc::new(TaskRegistry::default()),
+        Arc::new(RunnerRegistry::core()),
+    );
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(worker.run(shutdown.clone()));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while queue.trigger_results().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(5), handle)
+        .await
+        .unwrap()
+        .unwrap();
+    let results = queue.trigger_results();
+    assert_eq!(results.len(), 1, "{results:?}");
+    assert_eq!(results[0].trigger_id, job.trigger.id);
+    assert_eq!(results[0].evaluation_date, job.evaluation_date);
+    assert_eq!(results[0].variables, None);
+    let error = results[0].error.as_deref().unwrap();
+    assert!(
+        error.contains("delivered 3 times") && error.contains("kestra.queue.max-delivery-attempts"),
+        "{error}"
+    );
+    let dead = queue.dead_letters();
+    assert_eq!(dead.len(), 1, "the job is a dead letter");
+    assert!(
+        dead[0].1.contains("kestra.queue.max-delivery-attempts"),
+        "{}",
+        dead[0].1
+    );
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the poisoned evaluation is not run a fourth time"
+    );
+}

@@ -536,6 +536,10 @@ impl Shared {
         let task = match job {
             WorkerJob::Task(task) => task,
             WorkerJob::Trigger(trigger) => {
+                let max = self.config.max_delivery_attempts;
+                if max > 0 && delivery.attempt > max {
+                    return self.give_up_trigger(&trigger, &delivery, max).await;
+                }
                 let envelope = self.evaluate(*trigger).await.envelope();
                 return self.publish_result(envelope, &delivery, None).await;
             }
@@ -634,6 +638,27 @@ impl Shared {
             .await;
     }
 
+    /// A polling-trigger evaluation delivered too often ([`WorkerConfig::max_delivery_attempts`]:
+    /// it killed or was abandoned by its worker each time): set aside as a dead letter and answered
+    /// with an error, so that the scheduler releases the trigger and evaluates it again at its next
+    /// interval instead of the worker crash-looping on it.
+    async fn give_up_trigger(&self, job: &WorkerTrigger, delivery: &Delivery, max: u32) {
+        let reason = format!(
+            "the trigger evaluation was delivered {} times and its worker died (or abandoned \
+             it) each time; it is set aside as a dead letter (kestra.queue.max-delivery-attempts: \
+             {max})",
+            delivery.attempt - 1
+        );
+        tracing::error!(trigger = %job.uid(), %reason, "dead-lettering a trigger evaluation that its workers never finished");
+        if let Err(e) = self.queue.dead_letter(delivery, &reason).await {
+            // Left to be delivered again (and given up on then).
+            tracing::error!("cannot dead-letter a trigger evaluation: {e}");
+            return;
+        }
+        let result = trigger_failure(job, Some(self.config.id.clone()), reason);
+        self.publish_result(result.envelope(), delivery, None).await;
+    }
+
     /// Evaluates one polling trigger; a panicking evaluation, or one that outlives
     /// [`WorkerConfig::evaluation_timeout`], answers an error.
     async fn evaluate(&self, job: WorkerTrigger) -> WorkerTriggerResult {
@@ -653,17 +678,7 @@ impl Shared {
             worker_id: Some(self.config.id.clone()),
         };
         let uid = job.uid();
-        let failed = |error: String| WorkerTriggerResult {
-            tenant_id: job.tenant_id.clone(),
-            namespace: job.namespace.clone(),
-            flow_id: job.flow_id.clone(),
-            flow_revision: job.flow_revision,
-            trigger_id: job.trigger.id.clone(),
-            evaluation_date: job.evaluation_date,
-            variables: None,
-            error: Some(error),
-            worker_id: Some(self.config.id.clone()),
-        };
+        let failed = |error: String| trigger_failure(&job, Some(self.config.id.clone()), error);
         let mut spawned = tokio::spawn({
             let job = job.clone();
             tracing::Instrument::instrument(
@@ -1243,5 +1258,24 @@ impl Worker {
         }
         heartbeat.stop().await;
         tracing::info!("worker stopped");
+    }
+}
+
+/// The error answer to the polling-trigger evaluation `job`.
+fn trigger_failure(
+    job: &WorkerTrigger,
+    worker_id: Option<String>,
+    error: String,
+) -> WorkerTriggerResult {
+    WorkerTriggerResult {
+        tenant_id: job.tenant_id.clone(),
+        namespace: job.namespace.clone(),
+        flow_id: job.flow_id.clone(),
+        flow_revision: job.flow_revision,
+        trigger_id: job.trigger.id.clone(),
+        evaluation_date: job.evaluation_date,
+        variables: None,
+        error: Some(error),
+        worker_id,
     }
 }
