@@ -899,6 +899,51 @@ pub struct TriggerNotHeld {
     pub uid: String,
 }
 
+/// What a backend stored for an execution, in a form it compares exactly with what it stores
+/// now ([`UnitOfWork::load_execution_unless`]). On JDBC it is the JSON document itself: two
+/// executions with equal stamps are equal, whoever wrote them and whatever their version.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ExecutionStamp(std::sync::Arc<str>);
+
+impl ExecutionStamp {
+    /// A stamp of the stored bytes `doc`.
+    pub fn new(doc: impl Into<std::sync::Arc<str>>) -> ExecutionStamp {
+        ExecutionStamp(doc.into())
+    }
+
+    /// The stamped document.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Its size in bytes (what a cache of stamps holds).
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether it stamps an empty document.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for ExecutionStamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ExecutionStamp({} bytes)", self.0.len())
+    }
+}
+
+/// What [`UnitOfWork::load_execution_unless`] found.
+#[derive(Debug)]
+pub enum LoadedExecution {
+    /// No execution is stored under the id.
+    Missing,
+    /// The stored execution is the one the given stamp describes.
+    Unchanged,
+    /// The stored execution, decoded, with its stamp when the backend gives one.
+    Loaded(Box<Execution>, Option<ExecutionStamp>),
+}
+
 /// A transaction over claimed messages: load, process, stage, commit all or nothing.
 ///
 /// Dropping a unit without [`UnitOfWork::commit`] rolls it back: nothing staged is applied and the
@@ -918,6 +963,33 @@ pub trait UnitOfWork: Send {
     /// size is refused with [`QueueError::TooLarge`] (topic [`Topic::Execution`], key = its id),
     /// here or at commit.
     async fn save_execution(&mut self, execution: &Execution) -> Result<(), QueueError>;
+
+    /// [`UnitOfWork::load_execution`] that can skip decoding: when `known` is the stamp of the
+    /// stored execution (what this backend stored, compared under the same lock as a load), the
+    /// answer is [`LoadedExecution::Unchanged`] and the caller's copy is the stored execution.
+    /// Any other stored value, whoever wrote it, is loaded. The default never recognises a stamp:
+    /// it loads, and gives no stamp.
+    async fn load_execution_unless(
+        &mut self,
+        id: &str,
+        known: Option<&ExecutionStamp>,
+    ) -> Result<LoadedExecution, QueueError> {
+        let _ = known;
+        Ok(match self.load_execution(id).await? {
+            None => LoadedExecution::Missing,
+            Some(execution) => LoadedExecution::Loaded(Box::new(execution), None),
+        })
+    }
+
+    /// [`UnitOfWork::save_execution`], giving the stamp of what will be stored once the unit
+    /// commits, for a later [`UnitOfWork::load_execution_unless`] (`None`: this backend gives no
+    /// stamps). The stamp is valid only if the commit succeeds.
+    async fn save_execution_stamped(
+        &mut self,
+        execution: &Execution,
+    ) -> Result<Option<ExecutionStamp>, QueueError> {
+        self.save_execution(execution).await.map(|()| None)
+    }
 
     /// Load and lock an entry of executor state (`kind` names the table/store: de-duplication,
     /// concurrency slots, flow-trigger preconditions, ...). `key` must be the key of a claimed

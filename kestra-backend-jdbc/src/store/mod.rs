@@ -51,9 +51,9 @@ use kestra_core::model::{
     Execution, Label, Level, LogEntry, MetricEntry, ServiceInstance, TriggerState,
 };
 use kestra_core::queue::{
-    ConsumerGroup, Delivery, DeliveryTag, Envelope, Queue, QueueCapabilities, QueueError, Recorder,
-    Subscription, Topic, TriggerNotHeld, TriggerUnit, UnitOfWork, check_claimed,
-    check_execution_size, check_publish, check_staged,
+    ConsumerGroup, Delivery, DeliveryTag, Envelope, ExecutionStamp, LoadedExecution, Queue,
+    QueueCapabilities, QueueError, Recorder, Subscription, Topic, TriggerNotHeld, TriggerUnit,
+    UnitOfWork, check_claimed, check_execution_size, check_publish, check_staged,
 };
 use kestra_core::repository::{
     EXECUTION_SORT_FIELDS, ExecutionQuery, ExecutionRepository, FLOW_SORT_FIELDS, FlowQuery,

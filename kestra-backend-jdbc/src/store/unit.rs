@@ -63,6 +63,17 @@ impl UnitOfWork for JdbcUnit {
     }
 
     async fn load_execution(&mut self, id: &str) -> Result<Option<Execution>, QueueError> {
+        Ok(match self.load_execution_unless(id, None).await? {
+            LoadedExecution::Loaded(execution, _) => Some(*execution),
+            LoadedExecution::Missing | LoadedExecution::Unchanged => None,
+        })
+    }
+
+    async fn load_execution_unless(
+        &mut self,
+        id: &str,
+        known: Option<&ExecutionStamp>,
+    ) -> Result<LoadedExecution, QueueError> {
         check_claimed(&self.deliveries, || "load execution".into(), id)?;
         let conn = self.conn()?;
         let row = Qb::new("SELECT doc FROM executions WHERE id = ")
@@ -72,28 +83,46 @@ impl UnitOfWork for JdbcUnit {
             .fetch_optional(&mut *conn)
             .await
             .map_err(queue_err("load_execution"))?;
-        let Some(row) = row else { return Ok(None) };
+        let Some(row) = row else {
+            return Ok(LoadedExecution::Missing);
+        };
         let doc: String = get(&row, "doc").map_err(queue_err("load_execution"))?;
-        serde_json::from_str(&doc)
-            .map(Some)
-            .map_err(|source| QueueError::Decode {
-                topic: Topic::Execution,
-                key: id.to_string(),
-                source,
-            })
+        // The document, read under the row lock, is the stamp: equal bytes, equal execution,
+        // whoever wrote it (another executor, the repository, a delete) and whatever its version.
+        if known.is_some_and(|k| k.as_str() == doc) {
+            return Ok(LoadedExecution::Unchanged);
+        }
+        let execution = serde_json::from_str(&doc).map_err(|source| QueueError::Decode {
+            topic: Topic::Execution,
+            key: id.to_string(),
+            source,
+        })?;
+        Ok(LoadedExecution::Loaded(
+            Box::new(execution),
+            Some(ExecutionStamp::new(doc)),
+        ))
     }
 
     async fn save_execution(&mut self, execution: &Execution) -> Result<(), QueueError> {
+        self.save_execution_stamped(execution).await.map(|_| ())
+    }
+
+    async fn save_execution_stamped(
+        &mut self,
+        execution: &Execution,
+    ) -> Result<Option<ExecutionStamp>, QueueError> {
         check_claimed(&self.deliveries, || "save execution".into(), &execution.id)?;
         let doc = serde_json::to_string(execution).map_err(|source| QueueError::Encode {
             topic: Topic::Execution,
             source,
         })?;
         check_execution_size(&execution.id, doc.as_bytes(), self.max_message_bytes)?;
+        let stamp = ExecutionStamp::new(doc.as_str());
         let conn = self.conn()?;
         upsert_execution_in(conn, execution, doc)
             .await
-            .map_err(queue_err("save_execution"))
+            .map_err(queue_err("save_execution"))?;
+        Ok(Some(stamp))
     }
 
     async fn load_state(

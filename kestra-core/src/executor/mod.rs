@@ -25,4 +25,4 @@ pub mod task_run_limit;
 
 pub use index::{FlowIndex, IndexError};
 pub use process::{Outcome, RunPositions, process, process_keeping};
-pub use service::{ExecutorConfig, ExecutorService};
+pub use service::{ExecutionCacheStats, ExecutorConfig, ExecutorService};

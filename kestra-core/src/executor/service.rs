@@ -72,7 +72,10 @@ use crate::messages::{
     execution_envelope,
 };
 use crate::model::{Execution, Level, LogEntry, ServiceType, StateType};
-use crate::queue::{ConsumerGroup, Delivery, Envelope, Queue, QueueError, Topic, UnitOfWork};
+use crate::queue::{
+    ConsumerGroup, Delivery, Envelope, ExecutionStamp, LoadedExecution, Queue, QueueError, Topic,
+    UnitOfWork,
+};
 use crate::runtime::flows::{FlowCache, FlowCacheError};
 
 /// Executor settings.
@@ -179,6 +182,89 @@ pub struct ExecutorService {
     missing_flows: Mutex<HashMap<FlowRevision, (Instant, Instant)>>,
     /// Executions whose processing produced a message the queue refused as too large.
     oversized: Mutex<HashMap<String, Oversized>>,
+    /// The executions this executor saved last, reused while the stored copy is the one it wrote.
+    saved: Mutex<SavedExecutions>,
+}
+
+/// How often [`ExecutorService`] reused an execution it saved instead of decoding the stored copy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExecutionCacheStats {
+    /// Loads answered from the executor's own copy (the stored document was the one it wrote).
+    pub hits: u64,
+    /// Loads of an execution the executor had a copy of, but whose stored document had changed
+    /// (another executor, the repository, a restart of the process): decoded again.
+    pub misses: u64,
+}
+
+/// At most this many executions are kept by [`SavedExecutions`].
+const SAVED_ENTRIES: usize = 64;
+/// At most this many bytes of stored documents are kept by [`SavedExecutions`] (the decoded
+/// executions take a small multiple of it).
+const SAVED_BYTES: usize = 32 * 1024 * 1024;
+
+/// The last execution this executor saved, per execution id, with the stamp of what it stored
+/// ([`UnitOfWork::save_execution_stamped`]) and the positions of its task runs. A unit of work takes
+/// the entry out when it loads the execution and uses it only if the backend reports the stored
+/// execution unchanged ([`LoadedExecution::Unchanged`], checked under the unit's lock on the
+/// execution); entries go back in only when their unit committed. Bounded in entries and bytes:
+/// the oldest entries go first.
+#[derive(Default)]
+struct SavedExecutions {
+    entries: HashMap<String, SavedExecution>,
+    bytes: usize,
+    next: u64,
+    stats: ExecutionCacheStats,
+}
+
+struct SavedExecution {
+    execution: Execution,
+    positions: RunPositions,
+    stamp: ExecutionStamp,
+    /// Insertion order (the oldest is evicted first).
+    order: u64,
+}
+
+impl SavedExecutions {
+    fn take(&mut self, id: &str) -> Option<SavedExecution> {
+        let entry = self.entries.remove(id)?;
+        self.bytes = self.bytes.saturating_sub(entry.stamp.len());
+        Some(entry)
+    }
+
+    fn insert(
+        &mut self,
+        id: String,
+        execution: Execution,
+        positions: RunPositions,
+        stamp: ExecutionStamp,
+    ) {
+        self.take(&id);
+        if stamp.len() > SAVED_BYTES {
+            return;
+        }
+        while self.entries.len() >= SAVED_ENTRIES || self.bytes + stamp.len() > SAVED_BYTES {
+            let Some(oldest) = self
+                .entries
+                .iter()
+                .min_by_key(|(_, e)| e.order)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            self.take(&oldest);
+        }
+        self.bytes += stamp.len();
+        self.next += 1;
+        self.entries.insert(
+            id,
+            SavedExecution {
+                execution,
+                positions,
+                stamp,
+                order: self.next,
+            },
+        );
+    }
 }
 
 /// What became of a unit of work handed to [`ExecutorService::handle_unit`].
@@ -218,7 +304,56 @@ impl ExecutorService {
             config,
             missing_flows: Mutex::new(HashMap::new()),
             oversized: Mutex::new(HashMap::new()),
+            saved: Mutex::new(SavedExecutions::default()),
         }
+    }
+
+    /// How often this executor reused an execution it had saved (see [`ExecutionCacheStats`]).
+    pub fn execution_cache_stats(&self) -> ExecutionCacheStats {
+        self.saved
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .stats
+    }
+
+    /// Load an execution in `unit`: the copy this executor saved last when the stored execution is
+    /// still that copy (its task-run positions go to `positions`), else the stored one, decoded.
+    async fn load_execution(
+        &self,
+        unit: &mut dyn UnitOfWork,
+        id: &str,
+        positions: &mut HashMap<String, RunPositions>,
+    ) -> Result<Option<Execution>, QueueError> {
+        let saved = self
+            .saved
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take(id);
+        let loaded = unit
+            .load_execution_unless(id, saved.as_ref().map(|s| &s.stamp))
+            .await?;
+        let cache = || self.saved.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(match (loaded, saved) {
+            (LoadedExecution::Missing, saved) => {
+                if saved.is_some() {
+                    cache().stats.misses += 1;
+                }
+                None
+            }
+            (LoadedExecution::Unchanged, Some(saved)) => {
+                cache().stats.hits += 1;
+                positions.insert(id.to_string(), saved.positions);
+                Some(saved.execution)
+            }
+            // A backend that reports an unknown stamp unchanged: load as usual.
+            (LoadedExecution::Unchanged, None) => unit.load_execution(id).await?,
+            (LoadedExecution::Loaded(execution, _), saved) => {
+                if saved.is_some() {
+                    cache().stats.misses += 1;
+                }
+                Some(*execution)
+            }
+        })
     }
 
     /// Run until `shutdown` is cancelled, then drain: keep processing until no message is due, so
@@ -477,7 +612,9 @@ impl ExecutorService {
                 }
                 Some(Oversized::Fail(reason)) => {
                     if !executions.contains_key(&id) {
-                        let loaded = unit.load_execution(&id).await?;
+                        let loaded = self
+                            .load_execution(unit.as_mut(), &id, &mut positions)
+                            .await?;
                         loaded_versions.insert(id.clone(), loaded_version(&loaded));
                         executions.insert(id.clone(), loaded);
                     }
@@ -518,7 +655,9 @@ impl ExecutorService {
             }
             async {
                 if !executions.contains_key(&id) {
-                    let loaded = unit.load_execution(&id).await?;
+                    let loaded = self
+                        .load_execution(unit.as_mut(), &id, &mut positions)
+                        .await?;
                     loaded_versions.insert(id.clone(), loaded_version(&loaded));
                     executions.insert(id.clone(), loaded);
                 }
@@ -758,12 +897,16 @@ impl ExecutorService {
                 produced.push((Topic::ExecutionChange, id.clone(), id.clone()));
             }
         }
+        // The stamps of the executions saved, for the cache once the unit committed.
+        let mut stamps: Vec<(String, ExecutionStamp)> = Vec::new();
         for id in &dirty {
             if let Some(Some(e)) = executions.get_mut(id) {
                 // One more than the stored version (a replacing event may carry any version).
                 let stored = loaded_versions.get(id).copied().unwrap_or(0);
                 e.metadata.version = stored.max(e.metadata.version) + 1;
-                unit.save_execution(e).await?;
+                if let Some(stamp) = unit.save_execution_stamped(e).await? {
+                    stamps.push((id.clone(), stamp));
+                }
                 if index_changes {
                     let change = ExecutionChange::Saved {
                         execution: Box::new(e.clone()),
@@ -802,7 +945,20 @@ impl ExecutorService {
         if !outgoing.is_empty() {
             unit.publish(outgoing).await?;
         }
-        unit.commit().await
+        unit.commit().await?;
+        // Committed: what was saved is what is stored. An ended execution is rarely processed
+        // again; it is not kept.
+        let mut saved = self.saved.lock().unwrap_or_else(PoisonError::into_inner);
+        for (id, stamp) in stamps {
+            match executions.remove(&id).flatten() {
+                Some(e) if !e.state.is_terminated() => {
+                    let kept = positions.remove(&id).unwrap_or_default();
+                    saved.insert(id, e, kept, stamp);
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// The liveness stage: one [`LivenessMessage`] applied to its instance's state (loaded once

@@ -199,7 +199,78 @@ pub struct StateHistory {
     /// The state entered.
     pub state: StateType,
     /// When it was entered (UTC).
+    #[serde(serialize_with = "serialize_date")]
     pub date: DateTime<Utc>,
+}
+
+/// Serialise a UTC date exactly as chrono's `Serialize` does (RFC 3339 with `Z`, the fraction of a
+/// second in 0, 3, 6 or 9 digits, chrono's `SecondsFormat::AutoSi`), without going through its
+/// general formatter: every state history entry of every task run is written each time an
+/// execution is saved, and chrono's formatting was most of the cost of that. Dates chrono writes
+/// differently (a year outside 0-9999, a leap second) are left to chrono.
+pub fn serialize_date<S: serde::Serializer>(
+    date: &DateTime<Utc>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    let mut buf = [0u8; 30];
+    match format_date(date, &mut buf) {
+        Some(text) => serializer.serialize_str(text),
+        None => date.serialize(serializer),
+    }
+}
+
+/// [`serialize_date`] of an optional date (`None` as chrono's `Option` gives it: `null`).
+pub fn serialize_option_date<S: serde::Serializer>(
+    date: &Option<DateTime<Utc>>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match date {
+        Some(date) => serialize_date(date, serializer),
+        None => serializer.serialize_none(),
+    }
+}
+
+/// `date` as chrono writes it, into `buf`; `None` for the dates this fast path leaves to chrono.
+fn format_date<'a>(date: &DateTime<Utc>, buf: &'a mut [u8; 30]) -> Option<&'a str> {
+    use chrono::{Datelike, Timelike};
+    let year = date.year();
+    let nano = date.nanosecond();
+    if !(0..=9999).contains(&year) || nano >= 1_000_000_000 {
+        return None;
+    }
+    fn digits(buf: &mut [u8], mut value: u32) {
+        for b in buf.iter_mut().rev() {
+            // `value % 10` is a digit.
+            *b = b'0' + (value % 10) as u8;
+            value /= 10;
+        }
+    }
+    digits(&mut buf[0..4], year.unsigned_abs());
+    buf[4] = b'-';
+    digits(&mut buf[5..7], date.month());
+    buf[7] = b'-';
+    digits(&mut buf[8..10], date.day());
+    buf[10] = b'T';
+    digits(&mut buf[11..13], date.hour());
+    buf[13] = b':';
+    digits(&mut buf[14..16], date.minute());
+    buf[16] = b':';
+    digits(&mut buf[17..19], date.second());
+    let mut len = 19;
+    if nano != 0 {
+        let (value, width) = if nano.is_multiple_of(1_000_000) {
+            (nano / 1_000_000, 3)
+        } else if nano.is_multiple_of(1_000) {
+            (nano / 1_000, 6)
+        } else {
+            (nano, 9)
+        };
+        buf[19] = b'.';
+        digits(&mut buf[20..20 + width], value);
+        len = 20 + width;
+    }
+    buf[len] = b'Z';
+    std::str::from_utf8(&buf[..=len]).ok()
 }
 
 /// A current state and its timestamped history (oldest first).
@@ -311,22 +382,30 @@ pub fn format_iso_duration(d: chrono::Duration) -> String {
     let hours = total_ms / 3_600_000;
     let minutes = (total_ms % 3_600_000) / 60_000;
     let millis = total_ms % 60_000;
-    let mut out = String::from(if negative { "-PT" } else { "PT" });
+    // Written into one string (this runs for every state of every task run an execution saves).
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(16);
+    out.push_str(if negative { "-PT" } else { "PT" });
     if hours > 0 {
-        out.push_str(&format!("{hours}H"));
+        let _ = write!(out, "{hours}H");
     }
     if minutes > 0 {
-        out.push_str(&format!("{minutes}M"));
+        let _ = write!(out, "{minutes}M");
     }
     if millis > 0 || (hours == 0 && minutes == 0) {
         let secs = millis / 1000;
         let frac = millis % 1000;
-        if frac == 0 {
-            out.push_str(&format!("{secs}S"));
-        } else {
-            let f = format!("{frac:03}");
-            out.push_str(&format!("{secs}.{}S", f.trim_end_matches('0')));
+        let _ = write!(out, "{secs}");
+        if frac != 0 {
+            // Milliseconds as a fraction, trailing zeros dropped: 0.5, 0.05, 0.123.
+            let (mut frac, mut width) = (frac, 3);
+            while frac % 10 == 0 {
+                frac /= 10;
+                width -= 1;
+            }
+            let _ = write!(out, ".{frac:0width$}");
         }
+        out.push('S');
     }
     out
 }
@@ -341,10 +420,16 @@ struct StateOut<'a> {
     /// Every state reached, oldest first, with its date.
     histories: &'a [StateHistory],
     /// Date of the first state.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "serialize_option_date"
+    )]
     start_date: Option<DateTime<Utc>>,
     /// Date of the terminal state, once reached.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "serialize_option_date"
+    )]
     end_date: Option<DateTime<Utc>>,
     /// ISO-8601 duration from the start to the end (or to the last state so far).
     duration: String,
@@ -409,6 +494,67 @@ impl<'de> Deserialize<'de> for State {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The fast date format is chrono's, byte for byte: whole seconds, milli-, micro- and
+    /// nanoseconds, the bounds of the years it handles, and the dates it leaves to chrono.
+    #[test]
+    fn dates_are_written_as_chrono_writes_them() {
+        let mut dates: Vec<DateTime<Utc>> = Vec::new();
+        for (secs, nanos) in [
+            (0, 0),
+            (1_767_225_600, 0),
+            (1_767_225_600, 5_000_000),
+            (1_767_225_600, 120_000_000),
+            (1_767_225_600, 999_000_000),
+            (1_767_225_600, 1_000),
+            (1_767_225_600, 123_456_000),
+            (1_767_225_600, 1),
+            (1_767_225_600, 999_999_999),
+            (1_767_225_600, 100_000_001),
+            (951_782_400, 7_000_007),
+            (-62_167_219_200, 0),           // 0000-01-01
+            (253_402_300_799, 999_000_000), // 9999-12-31T23:59:59.999
+            (253_402_300_800, 0),           // 10000-01-01: chrono's own path
+            (-62_167_219_201, 0),           // year -1: chrono's own path
+        ] {
+            dates.push(DateTime::from_timestamp(secs, nanos).expect("a valid date"));
+        }
+        // A pseudo-random spread over the years 0 to 9999.
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..2_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let secs = (x % 315_537_897_600) as i64 - 62_167_219_200;
+            let nanos = match x % 4 {
+                0 => 0,
+                1 => ((x >> 8) % 1_000) as u32 * 1_000_000,
+                2 => ((x >> 8) % 1_000_000) as u32 * 1_000,
+                _ => ((x >> 8) % 1_000_000_000) as u32,
+            };
+            dates.push(DateTime::from_timestamp(secs, nanos).expect("a valid date"));
+        }
+        // A leap second (chrono's own path).
+        let leap = chrono::NaiveDate::from_ymd_opt(2016, 12, 31)
+            .and_then(|d| d.and_hms_nano_opt(23, 59, 59, 1_500_000_000))
+            .expect("a leap second")
+            .and_utc();
+        dates.push(leap);
+        for date in dates {
+            let mut out = Vec::new();
+            serialize_date(&date, &mut serde_json::Serializer::new(&mut out)).expect("serialised");
+            let chrono = serde_json::to_string(&date).expect("serialised");
+            assert_eq!(String::from_utf8_lossy(&out), chrono, "{date:?}");
+            let history = StateHistory {
+                state: StateType::Running,
+                date,
+            };
+            let json = serde_json::to_string(&history).expect("serialised");
+            assert_eq!(json, format!(r#"{{"state":"RUNNING","date":{chrono}}}"#));
+            let back: StateHistory = serde_json::from_str(&json).expect("parsed");
+            assert_eq!(back, history);
+        }
+    }
 
     #[test]
     fn names_round_trip() {
@@ -506,5 +652,47 @@ mod tests {
             format_iso_duration(chrono::Duration::milliseconds(20)),
             "PT0.02S"
         );
+    }
+
+    /// The one-string formatter gives what the former one (a `format!` per part) gave.
+    #[test]
+    fn iso_durations_as_before() {
+        fn former(d: chrono::Duration) -> String {
+            let negative = d < chrono::Duration::zero();
+            let d = if negative { -d } else { d };
+            let total_ms = d.num_milliseconds();
+            let hours = total_ms / 3_600_000;
+            let minutes = (total_ms % 3_600_000) / 60_000;
+            let millis = total_ms % 60_000;
+            let mut out = String::from(if negative { "-PT" } else { "PT" });
+            if hours > 0 {
+                out.push_str(&format!("{hours}H"));
+            }
+            if minutes > 0 {
+                out.push_str(&format!("{minutes}M"));
+            }
+            if millis > 0 || (hours == 0 && minutes == 0) {
+                let secs = millis / 1000;
+                let frac = millis % 1000;
+                if frac == 0 {
+                    out.push_str(&format!("{secs}S"));
+                } else {
+                    let f = format!("{frac:03}");
+                    out.push_str(&format!("{secs}.{}S", f.trim_end_matches('0')));
+                }
+            }
+            out
+        }
+        let samples = (0..130_000)
+            .chain((0..2_000).map(|i| i * 3_599_917))
+            .chain([86_400_000 * 400 + 1, i64::from(i32::MAX)]);
+        for ms in samples {
+            for d in [
+                chrono::Duration::milliseconds(ms),
+                chrono::Duration::milliseconds(-ms),
+            ] {
+                assert_eq!(format_iso_duration(d), former(d), "{ms} ms");
+            }
+        }
     }
 }

@@ -2325,6 +2325,19 @@ impl UnitOfWork for FencedUnit {
     async fn save_execution(&mut self, execution: &Execution) -> Result<(), QueueError> {
         self.inner.save_execution(execution).await
     }
+    async fn load_execution_unless(
+        &mut self,
+        id: &str,
+        known: Option<&crate::queue::ExecutionStamp>,
+    ) -> Result<crate::queue::LoadedExecution, QueueError> {
+        self.inner.load_execution_unless(id, known).await
+    }
+    async fn save_execution_stamped(
+        &mut self,
+        execution: &Execution,
+    ) -> Result<Option<crate::queue::ExecutionStamp>, QueueError> {
+        self.inner.save_execution_stamped(execution).await
+    }
     async fn load_state(
         &mut self,
         kind: &str,
