@@ -764,3 +764,27 @@ fn the_readme_example_prints_what_the_readme_shows() {
         "{stdout}"
     );
 }
+
+/// `kestra flow test --json F | head -c 0`: a reader that closes the pipe before the output is
+/// written is not a crash (it panicked with "failed printing to stdout: Broken pipe").
+#[test]
+fn a_reader_that_closes_stdout_early_is_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("flow.yaml");
+    std::fs::write(&file, GREET).unwrap();
+    for format in ["--json", "--output=text"] {
+        let mut child = kestra()
+            .args(["flow", "test"])
+            .arg(&file)
+            .args(["--input", "name=bob", format])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take()); // the reader is gone before anything is written
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!stderr.contains("panicked"), "{format}: {stderr}");
+        assert_eq!(output.status.code(), Some(0), "{format}: {stderr}");
+    }
+}

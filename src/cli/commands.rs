@@ -403,9 +403,9 @@ async fn test_once(
     match args.output() {
         OutputFormat::Json => {
             let json = serde_json::to_string_pretty(&execution).map_err(|e| e.to_string())?;
-            println!("{json}");
+            write_stdout(&format!("{json}\n"))?;
         }
-        OutputFormat::Text => anstream::print!("{}", output::summary(&execution, &logs)),
+        OutputFormat::Text => write_stdout(&output::summary(&execution, &logs))?,
     }
     Ok(match execution.state.current() {
         StateType::Success | StateType::Warning => ExitCode::SUCCESS,
@@ -997,4 +997,16 @@ pub fn config_show(file: Option<&Path>) -> Result<(), String> {
     }
     anstream::print!("{out}");
     Ok(())
+}
+
+/// Write `text` to stdout (colours stripped when it is not a terminal). A reader that closed the
+/// pipe early (`kestra flow test --json F | head`) is not an error: the rest is dropped, no panic.
+fn write_stdout(text: &str) -> Result<(), String> {
+    use std::io::Write;
+    let mut out = anstream::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(format!("cannot write to stdout: {e}")),
+    }
 }
