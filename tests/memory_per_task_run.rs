@@ -24,8 +24,8 @@ struct Counting;
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
 
-// SAFETY-free: only forwards to `System` and counts; the crate forbids `unsafe` blocks, and
-// `GlobalAlloc` needs `unsafe impl` - allowed here for this test allocator alone.
+// `GlobalAlloc` needs an `unsafe impl`; the workspace denies `unsafe_code`, allowed here for this
+// test allocator alone, which only forwards to `System` and counts.
 #[allow(unsafe_code)]
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
