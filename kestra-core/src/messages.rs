@@ -125,6 +125,21 @@ pub struct WorkerTriggerResult {
 }
 
 impl WorkerTriggerResult {
+    /// The answer to `job` from `worker_id`, with neither variables nor error yet.
+    pub fn answering(job: &WorkerTrigger, worker_id: Option<String>) -> WorkerTriggerResult {
+        WorkerTriggerResult {
+            tenant_id: job.tenant_id.clone(),
+            namespace: job.namespace.clone(),
+            flow_id: job.flow_id.clone(),
+            flow_revision: job.flow_revision,
+            trigger_id: job.trigger.id.clone(),
+            evaluation_date: job.evaluation_date,
+            variables: None,
+            error: None,
+            worker_id,
+        }
+    }
+
     /// The trigger's uid.
     pub fn uid(&self) -> String {
         crate::model::trigger_uid(

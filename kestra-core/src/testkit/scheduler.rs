@@ -703,15 +703,8 @@ pub async fn two_schedulers_one_evaluation_per_due_date(
             variables.insert("code".into(), serde_json::json!(200));
             results.push(
                 WorkerTriggerResult {
-                    tenant_id: job.tenant_id.clone(),
-                    namespace: job.namespace.clone(),
-                    flow_id: job.flow_id.clone(),
-                    flow_revision: job.flow_revision,
-                    trigger_id: job.trigger.id.clone(),
-                    evaluation_date: job.evaluation_date,
                     variables: Some(variables),
-                    error: None,
-                    worker_id: Some("testkit-worker".into()),
+                    ..WorkerTriggerResult::answering(&job, Some("testkit-worker".into()))
                 }
                 .envelope()
                 .unwrap_or_else(|e| panic!("encode a result: {e}")),

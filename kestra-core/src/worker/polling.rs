@@ -122,17 +122,7 @@ pub struct TriggerEvaluator {
 /// properties, render error, unreachable URI) is logged on the trigger and returned in
 /// [`WorkerTriggerResult::error`].
 pub async fn evaluate_trigger(job: &WorkerTrigger, with: &TriggerEvaluator) -> WorkerTriggerResult {
-    let mut result = WorkerTriggerResult {
-        tenant_id: job.tenant_id.clone(),
-        namespace: job.namespace.clone(),
-        flow_id: job.flow_id.clone(),
-        flow_revision: job.flow_revision,
-        trigger_id: job.trigger.id.clone(),
-        evaluation_date: job.evaluation_date,
-        variables: None,
-        error: None,
-        worker_id: with.worker_id.clone(),
-    };
+    let mut result = WorkerTriggerResult::answering(job, with.worker_id.clone());
     let task = Task {
         id: job.trigger.id.clone(),
         task_type: job.trigger.trigger_type.clone(),

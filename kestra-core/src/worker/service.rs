@@ -1268,14 +1268,7 @@ fn trigger_failure(
     error: String,
 ) -> WorkerTriggerResult {
     WorkerTriggerResult {
-        tenant_id: job.tenant_id.clone(),
-        namespace: job.namespace.clone(),
-        flow_id: job.flow_id.clone(),
-        flow_revision: job.flow_revision,
-        trigger_id: job.trigger.id.clone(),
-        evaluation_date: job.evaluation_date,
-        variables: None,
         error: Some(error),
-        worker_id,
+        ..WorkerTriggerResult::answering(job, worker_id)
     }
 }
