@@ -31,6 +31,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "faults/endings.rs"]
+mod endings;
 #[path = "faults/harness.rs"]
 mod harness;
 #[path = "faults/scenarios.rs"]
@@ -83,6 +85,18 @@ where
     run!(scheduler_killed_at_fire_time);
     run!(messages_delivered_twice_and_out_of_order);
     run!(large_output_and_log_line);
+    run!(
+        trigger_locks_released_on_every_ending,
+        endings::trigger_locks_released_on_every_ending(open().await)
+    );
+    run!(
+        worker_dies_while_its_execution_is_killed,
+        endings::worker_dies_while_its_execution_is_killed(open().await)
+    );
+    run!(
+        job_emitted_and_never_claimed,
+        endings::job_emitted_and_never_claimed(open().await)
+    );
     if kind != "sqlite" {
         // On a server of the scenario's own (the shared one is never restarted).
         run!(

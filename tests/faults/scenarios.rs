@@ -13,7 +13,7 @@ use crate::servers::{Engine, OwnServer};
 const NS: &str = "faults";
 
 /// A flow whose one shell task marks its start and end (the shell's pid) around a sleep.
-fn slow_flow(cluster: &Cluster, id: &str, sleep_secs: u32) {
+pub(crate) fn slow_flow(cluster: &Cluster, id: &str, sleep_secs: u32) {
     let marks = cluster.marks();
     let m = marks.display();
     cluster.flow(
