@@ -17,9 +17,16 @@
 //! - worker results and executor messages delivered twice and out of order (published straight
 //!   into the queue while the cluster runs, also for a failed attempt whose retry waits): ignored,
 //!   the execution ends once with its workers' outputs, no attempt added or ended twice;
-//! - a 25 MiB task output, a 9 MiB one (over the queue's maximum message), a 25 MiB output file and
-//!   5 MiB log lines: clear failures naming the size, the limit and its key, the file offloaded to
+//! - a 12 MiB task output (an expression renders at most 16 MiB), a 9 MiB one (over the queue's
+//!   maximum message), a 25 MiB output file and 5 MiB log lines: clear failures naming the size, the limit and its key, the file offloaded to
 //!   the storage, the lines cut with a marker; the executor and worker keep going;
+//! - trigger locks released on every ending (success, failure, kill, cancel by a concurrency
+//!   limit, the flow deleted while one runs, a scheduler restart): the trigger fires again, one
+//!   execution per slot (`faults/endings.rs`);
+//! - a worker SIGKILLed right after its execution was asked to be killed: KILLED once, not
+//!   resubmitted, the copy the queue delivers again is stopped;
+//! - jobs emitted while no worker runs: run once when a worker comes; the job of an execution
+//!   killed meanwhile never runs to its end;
 //! - PostgreSQL / MariaDB SIGKILLed under load and started again on the same data (a server of the
 //!   scenario's own, `tests/faults/servers.rs`): the processes reconnect by themselves, every
 //!   execution ends once, none lost or doubled.
