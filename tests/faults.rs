@@ -112,7 +112,7 @@ where
         );
     }
     eprintln!(
-        "[faults] all scenarios in {:?}: {timings:?}",
+        "[faults] all scenarios ({kind}) in {:?}: {timings:?}",
         started.elapsed()
     );
 }

@@ -162,7 +162,7 @@ pub async fn trigger_locks_released_on_every_ending(mut c: Cluster) {
     let uid = |flow: &str| trigger_uid("main", NS, flow, "tick");
     let mut killed_ids: Vec<String> = Vec::new();
     let mut limited_released = false;
-    let mut deleted = Deleted::Waiting;
+    let mut deleted = DeletionStep::Waiting;
     let start = Instant::now();
     loop {
         let all = c.executions_of(NS).await;
@@ -199,13 +199,13 @@ pub async fn trigger_locks_released_on_every_ending(mut c: Cluster) {
             .position(|e| e.state.current() == StateType::Success);
         let limited_done =
             cancelled >= 2 && first_success.is_some_and(|first| limited.len() > first + 1);
-        // `deleted`: see [`Deleted`].
+        // `deleted`: see [`DeletionStep`].
         deleted = deleted.step(&c, &all, &uid("deleted")).await;
         let done = fired_after(&all, "ok", StateType::Success, 2)
             && fired_after(&all, "failing", StateType::Failed, 2)
             && fired_after(&all, "killed", StateType::Killed, 2)
             && limited_done
-            && matches!(deleted, Deleted::Done);
+            && matches!(deleted, DeletionStep::Done);
         if done {
             break;
         }
@@ -328,7 +328,7 @@ async fn trigger_state(c: &Cluster, uid: &str) -> kestra::core::model::TriggerSt
 
 /// The steps of `deleted` in [`trigger_locks_released_on_every_ending`].
 #[derive(Debug)]
-enum Deleted {
+enum DeletionStep {
     /// Until its first execution runs; then the flow is deleted.
     Waiting,
     /// Deleted while `0` runs: until the scheduler forgets the trigger; then deployed again.
@@ -343,18 +343,18 @@ enum Deleted {
     Done,
 }
 
-impl Deleted {
-    async fn step(self, c: &Cluster, all: &[Execution], uid: &str) -> Deleted {
+impl DeletionStep {
+    async fn step(self, c: &Cluster, all: &[Execution], uid: &str) -> DeletionStep {
         let flows = &c.repositories().flows;
         let m = c.marks().display().to_string();
         match self {
-            Deleted::Waiting => {
+            DeletionStep::Waiting => {
                 let started = c.mark_lines("deleted.started");
                 let Some(first) = scheduled(all, "deleted")
                     .into_iter()
                     .find(|e| started.contains(&e.id))
                 else {
-                    return Deleted::Waiting;
+                    return DeletionStep::Waiting;
                 };
                 let record = flows
                     .delete("main", NS, "deleted")
@@ -364,12 +364,12 @@ impl Deleted {
                     .publish(vec![flow_envelope(&record).expect("an envelope")])
                     .await
                     .expect("publish the deletion");
-                Deleted::Deleted(first.id.clone())
+                DeletionStep::Deleted(first.id.clone())
             }
-            Deleted::Deleted(old) => {
+            DeletionStep::Deleted(old) => {
                 let state = c.repositories().triggers.find(uid).await.expect("read");
                 if state.is_some() {
-                    return Deleted::Deleted(old);
+                    return DeletionStep::Deleted(old);
                 }
                 let first = flows
                     .revisions("main", NS, "deleted")
@@ -383,19 +383,19 @@ impl Deleted {
                     .publish(vec![flow_envelope(&stored).expect("an envelope")])
                     .await
                     .expect("publish the flow");
-                Deleted::Redeployed(old)
+                DeletionStep::Redeployed(old)
             }
-            Deleted::Redeployed(old) => {
+            DeletionStep::Redeployed(old) => {
                 let Some(new) = scheduled(all, "deleted")
                     .into_iter()
                     .find(|e| e.flow_revision > 1)
                 else {
-                    return Deleted::Redeployed(old);
+                    return DeletionStep::Redeployed(old);
                 };
                 std::fs::remove_file(format!("{m}/deleted.hold")).expect("release deleted");
-                Deleted::Released(old, new.id.clone())
+                DeletionStep::Released(old, new.id.clone())
             }
-            Deleted::Released(old, new) => {
+            DeletionStep::Released(old, new) => {
                 let runs = scheduled(all, "deleted");
                 let ended = |id: &str| runs.iter().any(|e| e.id == id && e.state.is_terminated());
                 let new_slot = runs.iter().find(|e| e.id == new).and_then(|e| slot(e));
@@ -403,12 +403,12 @@ impl Deleted {
                     .iter()
                     .any(|e| e.flow_revision > 1 && slot(e) > new_slot);
                 if ended(&old) && ended(&new) && after {
-                    Deleted::Done
+                    DeletionStep::Done
                 } else {
-                    Deleted::Released(old, new)
+                    DeletionStep::Released(old, new)
                 }
             }
-            Deleted::Done => Deleted::Done,
+            DeletionStep::Done => DeletionStep::Done,
         }
     }
 }
