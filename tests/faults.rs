@@ -17,9 +17,16 @@
 //! - worker results and executor messages delivered twice and out of order (published straight
 //!   into the queue while the cluster runs, also for a failed attempt whose retry waits): ignored,
 //!   the execution ends once with its workers' outputs, no attempt added or ended twice;
-//! - a 25 MiB task output, a 9 MiB one (over the queue's maximum message), a 25 MiB output file and
-//!   5 MiB log lines: clear failures naming the size, the limit and its key, the file offloaded to
+//! - a 12 MiB task output (an expression renders at most 16 MiB), a 9 MiB one (over the queue's
+//!   maximum message), a 25 MiB output file and 5 MiB log lines: clear failures naming the size, the limit and its key, the file offloaded to
 //!   the storage, the lines cut with a marker; the executor and worker keep going;
+//! - trigger locks released on every ending (success, failure, kill, cancel by a concurrency
+//!   limit, the flow deleted while one runs, a scheduler restart): the trigger fires again, one
+//!   execution per slot (`faults/endings.rs`);
+//! - a worker SIGKILLed right after its execution was asked to be killed: KILLED once, not
+//!   resubmitted, the copy the queue delivers again is stopped;
+//! - jobs emitted while no worker runs: run once when a worker comes; the job of an execution
+//!   killed meanwhile never runs to its end;
 //! - PostgreSQL / MariaDB SIGKILLed under load and started again on the same data (a server of the
 //!   scenario's own, `tests/faults/servers.rs`): the processes reconnect by themselves, every
 //!   execution ends once, none lost or doubled.
@@ -31,6 +38,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "faults/endings.rs"]
+mod endings;
 #[path = "faults/harness.rs"]
 mod harness;
 #[path = "faults/scenarios.rs"]
@@ -83,6 +92,18 @@ where
     run!(scheduler_killed_at_fire_time);
     run!(messages_delivered_twice_and_out_of_order);
     run!(large_output_and_log_line);
+    run!(
+        trigger_locks_released_on_every_ending,
+        endings::trigger_locks_released_on_every_ending(open().await)
+    );
+    run!(
+        worker_dies_while_its_execution_is_killed,
+        endings::worker_dies_while_its_execution_is_killed(open().await)
+    );
+    run!(
+        job_emitted_and_never_claimed,
+        endings::job_emitted_and_never_claimed(open().await)
+    );
     if kind != "sqlite" {
         // On a server of the scenario's own (the shared one is never restarted).
         run!(
@@ -91,7 +112,7 @@ where
         );
     }
     eprintln!(
-        "[faults] all scenarios in {:?}: {timings:?}",
+        "[faults] all scenarios ({kind}) in {:?}: {timings:?}",
         started.elapsed()
     );
 }

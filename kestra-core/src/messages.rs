@@ -355,8 +355,9 @@ pub struct ExecutionKilled {
     /// Execution whose running attempts must stop.
     pub execution_id: String,
     /// Only the attempt with this job key ([`WorkerTask::key`]): a stale copy of an attempt that
-    /// was resubmitted (its job delivered again after its worker was declared dead). `None`: every
-    /// attempt of the execution, and its later jobs.
+    /// was resubmitted (its job delivered again after its worker was declared dead), or an attempt
+    /// a worker started after its execution ended (e.g. killed while its first worker died).
+    /// `None`: every attempt of the execution, and its later jobs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempt: Option<String>,
 }

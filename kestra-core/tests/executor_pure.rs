@@ -527,6 +527,43 @@ fn flow_outputs_are_rendered_at_the_end() {
     assert_eq!(sim.execution.outputs["answer"], "42");
 }
 
+/// The job of a worker that died while its execution was being killed, delivered again by the
+/// queue to a worker that never saw the kill signal: its RUNNING signals the kill again at once
+/// (not at the next repeat), so that the copy stops (issue 14, faults suite).
+#[test]
+fn a_job_started_while_killing_signals_the_kill_again_at_once() {
+    let mut sim = Sim::new(&format!(
+        "{HEAD}tasks:\n  - id: a\n    type: io.kestra.plugin.core.log.Log\n    message: x\n"
+    ));
+    let start = sim.execution.clone();
+    sim.step(None, ExecutorEvent::Execution(Box::new(start)));
+    let job = sim.pending[0].clone();
+    sim.start(&job);
+    let killing = process(
+        &sim.index,
+        &sim.expr,
+        Utc::now(),
+        Some(sim.execution.clone()),
+        &ExecutorEvent::Command(ExecutionCommand::Kill {
+            execution_id: sim.execution.id.clone(),
+        }),
+    )
+    .unwrap();
+    assert_eq!(killing.execution.current(), StateType::Killing);
+    let mut again = Sim::started_at(&job, Utc::now());
+    again.worker_id = Some("another-worker".into());
+    let out = process(
+        &sim.index,
+        &sim.expr,
+        Utc::now(),
+        Some(killing.execution.clone()),
+        &ExecutorEvent::WorkerResult(Box::new(again)),
+    )
+    .unwrap();
+    assert!(out.kill_broadcast, "the copy is told at once");
+    assert_eq!(out.execution.current(), StateType::Killing);
+}
+
 #[test]
 fn kill_signal_repeats_until_the_execution_ends() {
     let mut sim = Sim::new(&format!(

@@ -13,7 +13,7 @@ use crate::servers::{Engine, OwnServer};
 const NS: &str = "faults";
 
 /// A flow whose one shell task marks its start and end (the shell's pid) around a sleep.
-fn slow_flow(cluster: &Cluster, id: &str, sleep_secs: u32) {
+pub(crate) fn slow_flow(cluster: &Cluster, id: &str, sleep_secs: u32) {
     let marks = cluster.marks();
     let m = marks.display();
     cluster.flow(
@@ -1005,7 +1005,8 @@ async fn logs_of(c: &Cluster, id: &str, n: usize) -> Vec<LogEntry> {
 }
 
 /// Oversized data on real processes (an executor, a worker and an indexer; default limits):
-/// - a task whose output is 25 MiB (`Return`) fails, its log naming the size, the limit
+/// - a task whose output is 12 MiB (`Return`; an expression renders at most 16 MiB, so a 25 MiB
+///   output cannot come from one) fails, its log naming the size, the limit
 ///   (10 MiB) and its key `kestra.limits.task.max-output-size`; its outputs are dropped;
 /// - a 9 MiB output, under that limit but over the queue's (8 MiB on JDBC): the result is refused
 ///   by the queue and the task fails, the log naming the size and `kestra.queue.max-message-size`;
@@ -1025,7 +1026,7 @@ namespace: {NS}
 tasks:
   - id: big
     type: io.kestra.plugin.core.debug.Return
-    format: "{{{{ 'x' * 26214400 }}}}"
+    format: "{{{{ 'x' * 12582912 }}}}"
 "#
         ),
     );
@@ -1099,7 +1100,7 @@ tasks:
     let step = Instant::now();
     let lap = |what: &str| eprintln!("[faults] {what} after {:?}", step.elapsed());
 
-    // 25 MiB of outputs: over the output limit.
+    // 12 MiB of outputs: over the output limit (10 MiB).
     let id = c.execute(NS, "bigout").await;
     let e = c
         .wait_ended(std::slice::from_ref(&id), Duration::from_secs(60))
@@ -1121,14 +1122,14 @@ tasks:
         .and_then(|rest| rest.split(' ').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("the size is named: {line}"));
-    assert!(size > 26_214_400, "the size is the output's: {line}");
+    assert!(size > 12_582_912, "the size is the output's: {line}");
     assert!(
         line.contains("over the limit of 10485760 bytes")
             && line.contains("kestra.limits.task.max-output-size"),
         "the limit and its key are named: {line}"
     );
 
-    lap("25 MiB output failed");
+    lap("12 MiB output failed");
     // 9 MiB: under the output limit, over the queue's maximum message.
     let id = c.execute(NS, "midout").await;
     let e = c

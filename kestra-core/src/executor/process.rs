@@ -595,6 +595,13 @@ impl Run<'_> {
             return;
         }
         if r.state == StateType::Running {
+            if self.killing() {
+                // A worker started a job of an execution being killed: typically the job of a
+                // worker that died before it could answer the kill, delivered again by the queue
+                // to a worker that started after the kill signal (a broadcast it never saw).
+                // Signal it now, not at the next repeat, so that the copy stops at once.
+                self.kill_broadcast = true;
+            }
             self.apply_started(r);
             return;
         }

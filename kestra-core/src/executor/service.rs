@@ -679,9 +679,10 @@ impl ExecutorService {
                 );
                 if !restart && current.as_ref().is_some_and(|c| c.state.is_terminated()) {
                     debug!("event for a terminated execution; dropped");
-                    // A worker started a stale copy of a resubmitted attempt: stop it.
+                    // A worker started a stale copy of an attempt (resubmitted, or of an
+                    // execution killed while its worker died): stop it.
                     if let (ExecutorEvent::WorkerResult(r), Some(c)) = (&event, current)
-                        && let Some(key) = resubmitted_attempt_started(c, r)
+                        && let Some(key) = stale_attempt_started(c, r)
                     {
                         outgoing.push(
                             ExecutionKilled {
@@ -1395,22 +1396,24 @@ fn fail_unrunnable(
     Ok(Some((failed, messages)))
 }
 
-/// The job key of `r` when it is a worker's RUNNING for an attempt of `execution` that was
-/// resubmitted (a stale copy of it runs).
-fn resubmitted_attempt_started(
+/// The job key of `r` when it is a worker's RUNNING for an attempt of `execution` (which has
+/// ended) that must not run: a stale copy of an attempt that was resubmitted, or the job of a
+/// worker that died while the execution was being killed, delivered again by the queue after the
+/// execution ended (to a worker that never saw the kill signal). Stopping an attempt that is not
+/// running (a duplicate RUNNING of a finished one) changes nothing on the worker.
+fn stale_attempt_started(
     execution: &Execution,
     r: &crate::messages::WorkerTaskResult,
 ) -> Option<String> {
-    if r.state != StateType::Running {
+    if r.state != StateType::Running || !execution.state.is_terminated() {
         return None;
     }
     let run = execution
         .task_run_list
         .iter()
         .find(|t| t.id == r.task_run_id)?;
-    let attempt = run.attempts.get(r.attempt.checked_sub(1)? as usize)?;
-    (attempt.state.current() == StateType::Resubmitted)
-        .then(|| format!("{}/{}", r.task_run_id, r.attempt))
+    run.attempts.get(r.attempt.checked_sub(1)? as usize)?;
+    Some(format!("{}/{}", r.task_run_id, r.attempt))
 }
 
 /// Stage setting aside a message the executor cannot handle (malformed, or keyed unlike what it

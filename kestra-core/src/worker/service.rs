@@ -347,7 +347,7 @@ impl Shared {
             .flat_map(|j| j.values())
         {
             if key == attempt {
-                tracing::info!(execution_id, job = %key, "stopping a resubmitted attempt");
+                tracing::info!(execution_id, job = %key, "stopping a resubmitted attempt or one of an ended execution");
                 token.cancel();
             }
         }
