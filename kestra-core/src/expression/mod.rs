@@ -129,7 +129,9 @@ pub enum ExpressionError {
     FuelExhausted,
     /// A filter or function would build a value larger than
     /// [`ExpressionOptions::max_value_size`].
-    #[error("expression value too large: {size} bytes, more than the limit of {limit} bytes")]
+    #[error(
+        "expression value too large: {size} bytes, more than the limit of {limit} bytes (kestra.limits.expression.max-value-size)"
+    )]
     TooLarge {
         /// The size the value would have had, in bytes.
         size: usize,
