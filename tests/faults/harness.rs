@@ -366,6 +366,13 @@ impl Cluster {
         }
     }
 
+    /// Wait until execution `id` has ended (see [`Cluster::wait_ended`]) and return it.
+    pub async fn wait_one(&self, id: &str, timeout: Duration) -> Execution {
+        self.wait_ended(&[id.to_string()], timeout)
+            .await
+            .swap_remove(0)
+    }
+
     /// Every execution of `namespace` in the repository.
     pub async fn executions_of(&self, namespace: &str) -> Vec<Execution> {
         let query = ExecutionQuery {

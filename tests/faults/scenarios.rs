@@ -946,10 +946,7 @@ async fn retried_attempt_results_twice(c: &Cluster, executor: usize) {
     )
     .await;
     wait_ignored(c, executor, &id, before, 3).await;
-    let ended = c
-        .wait_ended(std::slice::from_ref(&id), Duration::from_secs(30))
-        .await[0]
-        .clone();
+    let ended = c.wait_one(&id, Duration::from_secs(30)).await;
     assert_eq!(ended.state.current(), StateType::Success, "{}", c.logs());
     let run = &ended.task_run_list[0];
     let attempts: Vec<StateType> = run.attempts.iter().map(|a| a.state.current()).collect();
@@ -1102,10 +1099,7 @@ tasks:
 
     // 12 MiB of outputs: over the output limit (10 MiB).
     let id = c.execute(NS, "bigout").await;
-    let e = c
-        .wait_ended(std::slice::from_ref(&id), Duration::from_secs(60))
-        .await[0]
-        .clone();
+    let e = c.wait_one(&id, Duration::from_secs(60)).await;
     all.push(e.clone());
     assert_eq!(e.state.current(), StateType::Failed, "{}", c.logs());
     assert_eq!(e.task_run_list[0].state.current(), StateType::Failed);
@@ -1132,10 +1126,7 @@ tasks:
     lap("12 MiB output failed");
     // 9 MiB: under the output limit, over the queue's maximum message.
     let id = c.execute(NS, "midout").await;
-    let e = c
-        .wait_ended(std::slice::from_ref(&id), Duration::from_secs(60))
-        .await[0]
-        .clone();
+    let e = c.wait_one(&id, Duration::from_secs(60)).await;
     all.push(e.clone());
     assert_eq!(e.state.current(), StateType::Failed, "{}", c.logs());
     let logs = logs_of(&c, &id, 1).await;
@@ -1152,10 +1143,7 @@ tasks:
     lap("9 MiB result refused");
     // A 25 MiB file: offloaded to the internal storage.
     let id = c.execute(NS, "bigfile").await;
-    let e = c
-        .wait_ended(std::slice::from_ref(&id), Duration::from_secs(60))
-        .await[0]
-        .clone();
+    let e = c.wait_one(&id, Duration::from_secs(60)).await;
     all.push(e.clone());
     assert_eq!(e.state.current(), StateType::Success, "{}", c.logs());
     let uri = e.task_run_list[0]
@@ -1183,10 +1171,7 @@ tasks:
     lap("25 MiB file offloaded");
     // 5 MiB log lines: cut to 1 MiB with the marker.
     let id = c.execute(NS, "loud").await;
-    let e = c
-        .wait_ended(std::slice::from_ref(&id), Duration::from_secs(60))
-        .await[0]
-        .clone();
+    let e = c.wait_one(&id, Duration::from_secs(60)).await;
     all.push(e.clone());
     assert_eq!(e.state.current(), StateType::Success, "{}", c.logs());
     let logs = logs_of(&c, &id, 3).await;
@@ -1212,10 +1197,7 @@ tasks:
     lap("5 MiB log lines stored");
     // The consumers keep going.
     let id = c.execute(NS, "quick").await;
-    let e = c
-        .wait_ended(std::slice::from_ref(&id), Duration::from_secs(30))
-        .await[0]
-        .clone();
+    let e = c.wait_one(&id, Duration::from_secs(30)).await;
     all.push(e.clone());
     assert_eq!(e.state.current(), StateType::Success, "{}", c.logs());
     assert!(c.procs[executor].alive(), "the executor runs on");
