@@ -358,7 +358,8 @@ pub struct WebserverSettings {
 /// `kestra.server.multipart.max-file-size` (bytes or `10GB`-like, default 10 GiB: the limit of a request that
 /// uploads files, which are streamed into internal storage; Kestra's
 /// `micronaut.server.multipart.max-file-size` also read), `kestra.server.metrics.public`
-/// (default `false`: `GET /metrics` needs credentials like every route).
+/// (default `false`: `GET /metrics` needs credentials like every route); the webserver beats every
+/// `kestra.server.liveness.heartbeatInterval` like every component.
 #[cfg(feature = "webserver")]
 pub fn webserver_from_config(
     config: &config::Config,
@@ -410,6 +411,7 @@ pub fn webserver_from_config(
         usize::try_from(kestra_webserver::DEFAULT_MAX_UPLOAD).unwrap_or(usize::MAX),
     )? as u64;
     let metrics_public = config.get_bool("kestra.server.metrics.public", false)?;
+    let heartbeat = liveness_config(config)?.heartbeat_interval;
     let (auth, credentials) = if config.get_bool("kestra.server.basic-auth.enabled", true)? {
         let username = config
             .get("kestra.server.basic-auth.username")
@@ -439,6 +441,7 @@ pub fn webserver_from_config(
             .max_body_bytes(max_body)
             .max_upload_bytes(max_upload)
             .metrics_public(metrics_public)
+            .heartbeat(Some(heartbeat))
             .build(),
         url: format!("http://{shown_host}:{port}/"),
         credentials,

@@ -1,6 +1,7 @@
 //! `kestra sys services` shows the service instances the indexer recorded from their heartbeats on
 //! the queue: with `kestra server standalone` running on a data directory, the executor, worker,
-//! indexer and scheduler show up RUNNING; on a fresh data directory it says none was seen yet.
+//! indexer, scheduler and webserver show up RUNNING; on a fresh data directory it says none was seen
+//! yet.
 
 #![allow(clippy::unwrap_used)]
 
@@ -58,7 +59,7 @@ fn standalone_components_show_up_running() {
         .spawn()
         .unwrap();
     let _server = Server(child);
-    let wanted = ["EXECUTOR", "WORKER", "INDEXER", "SCHEDULER"];
+    let wanted = ["EXECUTOR", "WORKER", "INDEXER", "SCHEDULER", "WEBSERVER"];
     let deadline = Instant::now() + Duration::from_secs(60);
     let instances = loop {
         std::thread::sleep(Duration::from_millis(500));

@@ -30,6 +30,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use kestra_core::liveness::{Heartbeat, LivenessConfig};
+use kestra_core::model::ServiceType;
 use kestra_core::runtime::Engine;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -86,6 +88,11 @@ pub struct WebserverConfig {
     /// Whether `GET /metrics` is served without credentials (default false: behind
     /// authentication like every route).
     pub metrics_public: bool,
+    /// How often [`Webserver::serve`] publishes this instance's heartbeat on the queue, as every
+    /// component does (a `WEBSERVER` service instance in `kestra sys services`; the executor declares
+    /// it dead when it falls silent). Default: every component's default (3 s); `None`: no
+    /// heartbeat (the instance does not show up).
+    pub heartbeat: Option<Duration>,
 }
 
 /// Shared by every handler.
@@ -142,6 +149,12 @@ impl WebserverBuilder {
         self.config.metrics_public = public;
         self
     }
+    /// How often the webserver publishes its heartbeat while it serves (`None`: never); see
+    /// [`WebserverConfig::heartbeat`].
+    pub fn heartbeat(mut self, every: Option<Duration>) -> Self {
+        self.config.heartbeat = every;
+        self
+    }
     /// The webserver.
     pub fn build(self) -> Webserver {
         Webserver {
@@ -171,6 +184,7 @@ impl Webserver {
                 wait_timeout: Duration::from_secs(3600),
                 follow_poll: Duration::from_millis(200),
                 metrics_public: false,
+                heartbeat: Some(LivenessConfig::default().heartbeat_interval),
             },
         }
     }
@@ -205,6 +219,8 @@ impl Webserver {
     }
 
     /// Serve on a bound listener until `shutdown` is cancelled (open connections are drained).
+    /// While it serves, the instance beats on the engine's queue (see [`WebserverConfig::heartbeat`])
+    /// and says goodbye (`TERMINATED_GRACEFULLY`) once the connections are drained.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
@@ -222,9 +238,21 @@ impl Webserver {
         let address = listener.local_addr().map_err(WebserverError::Serve)?;
         let router = self.router(shutdown.clone());
         info!(%address, "webserver listening");
-        axum::serve(listener, router)
+        let heartbeat = self.config.heartbeat.map(|every| {
+            Heartbeat::start(
+                self.engine.queue().clone(),
+                ServiceType::Webserver,
+                &format!("webserver-{}", kestra_core::model::new_id()),
+                every,
+            )
+        });
+        let served = axum::serve(listener, router)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await
-            .map_err(WebserverError::Serve)
+            .map_err(WebserverError::Serve);
+        if let Some(heartbeat) = heartbeat {
+            heartbeat.stop().await;
+        }
+        served
     }
 }
