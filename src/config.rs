@@ -26,6 +26,7 @@
 //! | `kestra.worker.lease` | `KESTRA_WORKER_LEASE` | `PT2M` (a dead worker's jobs run again after it) |
 //! | `kestra.server.liveness.heartbeatInterval` | `KESTRA_SERVER_LIVENESS_HEARTBEATINTERVAL` | `PT3S` |
 //! | `kestra.server.liveness.timeout` | `KESTRA_SERVER_LIVENESS_TIMEOUT` | `PT45S` |
+//! | `kestra.server.service.purge.retention` | `KESTRA_SERVER_SERVICE_PURGE_RETENTION` | `P30D` (a stopped service instance's state and row are purged after it) |
 //! | `kestra.server.terminationGracePeriod` | `KESTRA_SERVER_TERMINATIONGRACEPERIOD` | `PT1M` (a worker's drain on SIGTERM; the delay of `AFTER_TERMINATION_GRACE_PERIOD`) |
 //! | `kestra.server.worker-task-restart-strategy` | `KESTRA_SERVER_WORKER_TASK_RESTART_STRATEGY` | `AFTER_TERMINATION_GRACE_PERIOD` (or `IMMEDIATELY`, `NEVER`) |
 //! | `kestra.server.worker-task-max-resubmissions` | `KESTRA_SERVER_WORKER_TASK_MAX_RESUBMISSIONS` | `3` |
@@ -150,6 +151,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "kestra.worker.lease",
     "kestra.server.liveness.heartbeatInterval",
     "kestra.server.liveness.timeout",
+    "kestra.server.service.purge.retention",
     "kestra.server.terminationGracePeriod",
     "kestra.server.worker-task-restart-strategy",
     "kestra.server.worker-task-max-resubmissions",
@@ -456,6 +458,7 @@ impl Config {
                     "kestra.repository.sqlite.initialize-empty" => Some("false".into()),
                     "kestra.server.liveness.heartbeatInterval" => Some("PT3S".into()),
                     "kestra.server.liveness.timeout" => Some("PT45S".into()),
+                    "kestra.server.service.purge.retention" => Some("P30D".into()),
                     "kestra.server.terminationGracePeriod" => Some("PT1M".into()),
                     "kestra.server.worker-task-restart-strategy" => {
                         Some("AFTER_TERMINATION_GRACE_PERIOD".into())
@@ -595,7 +598,7 @@ impl Config {
             let (number, unit) = trimmed.split_at(split);
             let n: u64 = number.parse().map_err(|_| {
                 invalid(format!(
-                    "'{text}' is not a duration (expected e.g. PT45S, 45s, 500ms, 2m)"
+                    "'{text}' is not a duration (expected e.g. PT45S, 45s, 500ms, 2m, 30d)"
                 ))
             })?;
             match unit.trim() {
@@ -603,9 +606,10 @@ impl Config {
                 "s" | "" => std::time::Duration::from_secs(n),
                 "m" => std::time::Duration::from_secs(n.saturating_mul(60)),
                 "h" => std::time::Duration::from_secs(n.saturating_mul(3600)),
+                "d" => std::time::Duration::from_secs(n.saturating_mul(86_400)),
                 other => {
                     return Err(invalid(format!(
-                        "unknown unit '{other}' in '{text}' (expected ms, s, m or h)"
+                        "unknown unit '{other}' in '{text}' (expected ms, s, m, h or d)"
                     )));
                 }
             }

@@ -314,7 +314,9 @@ pub fn resubmit_config(
 }
 
 /// The liveness settings of every component: `kestra.server.liveness.heartbeatInterval` (default
-/// 3 s) and `kestra.server.liveness.timeout` (default 45 s, at least two heartbeats).
+/// 3 s), `kestra.server.liveness.timeout` (default 45 s, at least two heartbeats) and
+/// `kestra.server.service.purge.retention` (default 30 days: how long a stopped instance stays
+/// listed).
 pub fn liveness_config(
     config: &config::Config,
 ) -> Result<kestra_core::liveness::LivenessConfig, config::ConfigError> {
@@ -324,6 +326,8 @@ pub fn liveness_config(
         defaults.heartbeat_interval,
     )?;
     let timeout = config.get_duration("kestra.server.liveness.timeout", defaults.timeout)?;
+    let retention =
+        config.get_duration("kestra.server.service.purge.retention", defaults.retention)?;
     if timeout < heartbeat_interval * 2 {
         return Err(config::ConfigError::Invalid {
             key: "kestra.server.liveness.timeout".into(),
@@ -335,6 +339,7 @@ pub fn liveness_config(
     Ok(kestra_core::liveness::LivenessConfig {
         heartbeat_interval,
         timeout,
+        retention,
     })
 }
 

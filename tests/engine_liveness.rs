@@ -4,7 +4,8 @@
 //! it, and once it dies (its task aborted: no goodbye) the executor declares it NOT_RUNNING with
 //! the job it held, while the executor itself, still beating, is never declared dead. Observed on
 //! the liveness topic as the indexer group sees it. On SQLite, and on PostgreSQL / MariaDB when
-//! their URLs are set (required under CI=true).
+//! their URLs are set (required under CI=true). And the purge: stopped and dead instances are
+//! forgotten (their rows deleted) once `kestra.server.service.purge.retention` has passed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -90,6 +91,7 @@ async fn dead_worker_is_declared(url: &str) {
             liveness: LivenessConfig {
                 heartbeat_interval: BEAT,
                 timeout: TIMEOUT,
+                ..LivenessConfig::default()
             },
             ..ExecutorConfig::default()
         })
@@ -237,3 +239,112 @@ async fn dead_worker_is_declared(url: &str) {
 }
 
 common::on_each_database!(a_dead_worker_is_declared_through_the_queue: dead_worker_is_declared);
+
+/// `kestra.server.service.purge.retention` (Kestra's key): an instance that stopped gracefully and
+/// one declared dead are listed in the service instance repository (by the indexer) with their
+/// last state, then forgotten once the retention has passed - their rows deleted - while the
+/// living executor stays listed.
+async fn stopped_instances_are_purged(url: &str) {
+    let backend = JdbcBackend::connect(url).await.unwrap();
+    let (queue, repositories) = (backend.queue(), backend.repositories());
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Arc::new(LocalStorage::new(dir.path()).unwrap());
+    let engine = Engine::builder(queue.clone(), repositories.clone(), storage)
+        .components(Components {
+            executor: true,
+            indexer: true,
+            ..Components::none()
+        })
+        .executor_config(ExecutorConfig {
+            liveness: LivenessConfig {
+                heartbeat_interval: BEAT,
+                timeout: TIMEOUT,
+                retention: Duration::from_secs(2),
+            },
+            ..ExecutorConfig::default()
+        })
+        .start();
+    let instance = |id: &str, state: ServiceState| kestra::core::model::ServiceInstance {
+        id: id.to_string(),
+        type_: ServiceType::Worker,
+        state,
+        hostname: "test".into(),
+        created_date: chrono::Utc::now(),
+        updated_date: chrono::Utc::now(),
+        props: serde_json::Map::new(),
+    };
+    let beat = |i: kestra::core::model::ServiceInstance| {
+        LivenessMessage::Heartbeat { instance: i }
+            .envelope()
+            .unwrap()
+    };
+    let graceful = format!("worker-graceful-{}", new_id());
+    let dead = format!("worker-dead-{}", new_id());
+    queue
+        .publish(vec![
+            beat(instance(&graceful, ServiceState::Running)),
+            beat(instance(&dead, ServiceState::Running)),
+        ])
+        .await
+        .unwrap();
+    queue
+        .publish(vec![beat(instance(
+            &graceful,
+            ServiceState::TerminatedGracefully,
+        ))])
+        .await
+        .unwrap();
+    let state_of = |id: String| {
+        let services = repositories.services.clone();
+        async move { services.find_by_id(&id).await.unwrap().map(|i| i.state) }
+    };
+    // Listed with their last state first: the graceful one stopped, the silent one declared dead.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (g, d) = (
+            state_of(graceful.clone()).await,
+            state_of(dead.clone()).await,
+        );
+        if g == Some(ServiceState::TerminatedGracefully) && d == Some(ServiceState::NotRunning) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never listed as stopped and dead: {g:?} / {d:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Then purged, once the retention has passed.
+    let listed_at = tokio::time::Instant::now();
+    loop {
+        let (g, d) = (
+            state_of(graceful.clone()).await,
+            state_of(dead.clone()).await,
+        );
+        if g.is_none() && d.is_none() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < listed_at + Duration::from_secs(30),
+            "never purged: {g:?} / {d:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Not before the retention (2 s from the verdict, which was before the listing).
+    assert!(
+        listed_at.elapsed() >= Duration::from_secs(1),
+        "purged {:?} after being listed: before its retention",
+        listed_at.elapsed()
+    );
+    // The executor, alive, is still listed.
+    let all = repositories.services.find_all().await.unwrap();
+    assert!(
+        all.iter()
+            .any(|i| i.type_ == ServiceType::Executor && i.state == ServiceState::Running),
+        "the living executor stays listed: {all:?}"
+    );
+    engine.shutdown().await;
+    backend.close().await;
+}
+
+common::on_each_database!(stopped_instances_are_purged_after_the_retention: stopped_instances_are_purged);

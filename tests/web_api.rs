@@ -2215,6 +2215,14 @@ async fn metrics(api: &Api) {
         text.contains("kestra_queue_execution_lag_seconds_count "),
         "{text}"
     );
+    // The engine runs an indexer: its lag on the log topic (the Log task's line went through it).
+    assert!(
+        text.lines().any(
+            |l| l.starts_with("kestra_indexer_lag_seconds{instance=\"indexer-")
+                && l.contains(",topic=\"log\"} ")
+        ),
+        "{text}"
+    );
     assert_eq!(
         api.anonymous(Method::GET, "/metrics").await,
         StatusCode::UNAUTHORIZED

@@ -545,6 +545,10 @@ impl Inner {
         let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
         let payload = Bytes::copy_from_slice(m.payload().unwrap_or_default());
         let (p, offset) = (m.partition(), m.offset());
+        let published_at = m
+            .timestamp()
+            .to_millis()
+            .and_then(chrono::DateTime::from_timestamp_millis);
         let mut st = self.lock();
         let Some(part) = st.parts.get_mut(&(topic, p)) else {
             return;
@@ -562,6 +566,7 @@ impl Inner {
             group: self.group,
             envelope: Envelope::new(topic, key, payload),
             attempt: 1,
+            published_at,
         });
     }
 

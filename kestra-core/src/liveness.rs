@@ -55,13 +55,21 @@ pub struct LivenessConfig {
     /// An instance not heard from for this long is declared dead (Kestra's
     /// `kestra.server.liveness.timeout`, 45 s). Keep it several heartbeats long.
     pub timeout: Duration,
+    /// How long an instance that stopped (gracefully or declared dead) is remembered before a
+    /// [`LivenessMessage::Purge`] forgets it: the executor's state of it and its row in the
+    /// service instance repository (Kestra's `kestra.server.service.purge.retention`, 30 days).
+    pub retention: Duration,
 }
+
+/// The default [`LivenessConfig::retention`]: 30 days.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 
 impl Default for LivenessConfig {
     fn default() -> Self {
         LivenessConfig {
             heartbeat_interval: Duration::from_secs(3),
             timeout: Duration::from_secs(45),
+            retention: DEFAULT_RETENTION,
         }
     }
 }
@@ -203,6 +211,15 @@ pub enum LivenessMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         due: Option<DateTime<Utc>>,
     },
+    /// The executor's own delayed purge of an instance that stopped, due
+    /// [`LivenessConfig::retention`] after it stopped: the executor forgets its state and the
+    /// indexer deletes its row from the service instance repository (neither if the instance
+    /// runs again). A zombie heard of after it is a new instance to them.
+    Purge {
+        /// The instance to forget.
+        #[serde(rename = "instanceId")]
+        instance_id: String,
+    },
     /// The executor's verdict on an instance (declared dead), for the indexer (and, with the jobs
     /// it held, for whoever resubmits them).
     Declared {
@@ -222,7 +239,8 @@ impl LivenessMessage {
             | LivenessMessage::Declared { instance, .. } => &instance.id,
             LivenessMessage::JobsTaken { instance_id, .. }
             | LivenessMessage::JobsDone { instance_id, .. }
-            | LivenessMessage::Check { instance_id, .. } => instance_id,
+            | LivenessMessage::Check { instance_id, .. }
+            | LivenessMessage::Purge { instance_id } => instance_id,
         }
     }
 
@@ -281,13 +299,30 @@ pub struct LivenessDecision {
 /// - A graceful stop (a heartbeat with [`ServiceState::TerminatedGracefully`]) holds no job any
 ///   more (what it did not finish goes back to the queue); its state is forgotten at its next
 ///   check. A dead instance's state is kept, with the jobs it held.
+/// - Both a graceful stop (at that check) and a verdict arm a [`LivenessMessage::Purge`] due
+///   `config.retention` later, which forgets a dead instance's state (and, in the indexer, the
+///   instance's row).
 pub fn apply(
     state: &mut Option<LivenessState>,
     message: LivenessMessage,
     now: DateTime<Utc>,
-    timeout: Duration,
+    config: &LivenessConfig,
 ) -> LivenessDecision {
-    let timeout = chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::MAX);
+    let timeout = chrono::Duration::from_std(config.timeout).unwrap_or(chrono::Duration::MAX);
+    // Far enough in the future is never: a purge due past chrono's range is not armed.
+    let purge_at = chrono::Duration::from_std(config.retention)
+        .ok()
+        .and_then(|r| now.checked_add_signed(r));
+    let purge = |id: &str| {
+        purge_at.map(|at| {
+            (
+                LivenessMessage::Purge {
+                    instance_id: id.to_string(),
+                },
+                Some(at),
+            )
+        })
+    };
     let mut decision = LivenessDecision::default();
     let id = message.instance_id().to_string();
     match message {
@@ -349,9 +384,10 @@ pub fn apply(
         LivenessMessage::Check { due, .. } => {
             let Some(s) = state else { return decision };
             if s.instance.state == ServiceState::TerminatedGracefully {
-                // Stopped for good, holding nothing: forget it.
+                // Stopped for good, holding nothing: forget it; its row goes after the retention.
                 *state = None;
                 decision.changed = true;
+                decision.messages.extend(purge(&id));
                 return decision;
             }
             if !s.alive() {
@@ -381,6 +417,7 @@ pub fn apply(
                     },
                     None,
                 ));
+                decision.messages.extend(purge(&id));
                 decision.declared_dead = Some(s.clone());
             } else {
                 decision.messages.push((
@@ -394,6 +431,16 @@ pub fn apply(
             return decision;
         }
         LivenessMessage::Declared { .. } => return decision,
+        LivenessMessage::Purge { .. } => {
+            let Some(s) = state else { return decision };
+            // The jobs a dead instance held were resubmitted at the verdict (the commands are
+            // in the queue, delayed or not): nothing reads them after it.
+            if !s.alive() {
+                *state = None;
+                decision.changed = true;
+            }
+            return decision;
+        }
     }
     // A living instance always has one check on its way.
     if let Some(s) = state
@@ -452,6 +499,9 @@ pub fn record_taken_jobs(
     ])
 }
 
+/// What a heartbeat carries as its instance's `props`, computed at each beat.
+pub type Report = Arc<dyn Fn() -> serde_json::Map<String, serde_json::Value> + Send + Sync>;
+
 /// A component's heartbeat: publishes its instance on [`Topic::Liveness`] now and every
 /// `interval` until [`Heartbeat::stop`], which publishes the final state. A failed publish is
 /// logged and tried again at the next beat. Dropped without `stop` (the component crashed or was
@@ -459,6 +509,7 @@ pub fn record_taken_jobs(
 pub struct Heartbeat {
     queue: Arc<dyn Queue>,
     instance: ServiceInstance,
+    report: Option<Report>,
     stop: CancellationToken,
     task: Option<JoinHandle<()>>,
 }
@@ -477,6 +528,28 @@ impl Heartbeat {
         id: &str,
         interval: Duration,
     ) -> Heartbeat {
+        Heartbeat::start_with(queue, type_, id, interval, None)
+    }
+
+    /// [`Heartbeat::start`], each beat carrying what `report` returns as the instance's `props`
+    /// (a component's own figures, e.g. the indexer's lag).
+    pub fn start_reporting(
+        queue: Arc<dyn Queue>,
+        type_: ServiceType,
+        id: &str,
+        interval: Duration,
+        report: Report,
+    ) -> Heartbeat {
+        Heartbeat::start_with(queue, type_, id, interval, Some(report))
+    }
+
+    fn start_with(
+        queue: Arc<dyn Queue>,
+        type_: ServiceType,
+        id: &str,
+        interval: Duration,
+        report: Option<Report>,
+    ) -> Heartbeat {
         let now = Utc::now();
         let instance = ServiceInstance {
             id: id.to_string(),
@@ -493,10 +566,12 @@ impl Heartbeat {
             instance.clone(),
             interval.max(Duration::from_millis(10)),
             stop.clone(),
+            report.clone(),
         ));
         Heartbeat {
             queue,
             instance,
+            report,
             stop,
             task: Some(task),
         }
@@ -515,6 +590,9 @@ impl Heartbeat {
             let _ = task.await;
         }
         let mut last = self.instance.clone();
+        if let Some(report) = &self.report {
+            last.props = report();
+        }
         last.state = ServiceState::TerminatedGracefully;
         last.updated_date = Utc::now();
         publish(self.queue.as_ref(), last).await;
@@ -526,9 +604,13 @@ async fn beat(
     mut instance: ServiceInstance,
     interval: Duration,
     stop: CancellationToken,
+    report: Option<Report>,
 ) {
     loop {
         instance.updated_date = Utc::now();
+        if let Some(report) = &report {
+            instance.props = report();
+        }
         publish(queue.as_ref(), instance.clone()).await;
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -567,6 +649,12 @@ mod tests {
     use super::*;
 
     const TIMEOUT: Duration = Duration::from_secs(45);
+    const RETENTION: Duration = Duration::from_secs(3600);
+    const CONFIG: LivenessConfig = LivenessConfig {
+        heartbeat_interval: Duration::from_secs(3),
+        timeout: TIMEOUT,
+        retention: RETENTION,
+    };
 
     fn instance(id: &str, state: ServiceState) -> ServiceInstance {
         let now = Utc::now();
@@ -603,7 +691,7 @@ mod tests {
     fn a_first_heartbeat_arms_one_check_due_after_the_timeout() {
         let t0 = Utc::now();
         let mut state = None;
-        let d = apply(&mut state, heartbeat("w"), t0, TIMEOUT);
+        let d = apply(&mut state, heartbeat("w"), t0, &CONFIG);
         assert!(d.changed);
         assert_eq!(
             d.messages,
@@ -611,7 +699,7 @@ mod tests {
             "one delayed check"
         );
         // Later heartbeats do not arm more checks.
-        let d = apply(&mut state, heartbeat("w"), t0 + secs(3), TIMEOUT);
+        let d = apply(&mut state, heartbeat("w"), t0 + secs(3), &CONFIG);
         assert!(d.changed);
         assert!(d.messages.is_empty(), "a check is already pending");
         assert_eq!(state.as_ref().map(|s| s.last_seen), Some(t0 + secs(3)));
@@ -621,13 +709,13 @@ mod tests {
     fn a_check_after_a_recent_heartbeat_rearms_for_the_last_sign_of_life() {
         let t0 = Utc::now();
         let mut state = None;
-        apply(&mut state, heartbeat("w"), t0, TIMEOUT);
-        apply(&mut state, heartbeat("w"), t0 + secs(30), TIMEOUT);
+        apply(&mut state, heartbeat("w"), t0, &CONFIG);
+        apply(&mut state, heartbeat("w"), t0 + secs(30), &CONFIG);
         let d = apply(
             &mut state,
             check_due("w", t0 + secs(45)),
             t0 + secs(45),
-            TIMEOUT,
+            &CONFIG,
         );
         assert_eq!(
             d.messages,
@@ -644,7 +732,7 @@ mod tests {
     fn a_silent_instance_is_declared_dead_with_the_jobs_it_held() {
         let t0 = Utc::now();
         let mut state = None;
-        apply(&mut state, heartbeat("w"), t0, TIMEOUT);
+        apply(&mut state, heartbeat("w"), t0, &CONFIG);
         let job = |k: &str| HeldJob {
             key: k.into(),
             execution_id: Some("e".into()),
@@ -657,7 +745,7 @@ mod tests {
                 jobs: vec![job("a/1"), job("b/1")],
             },
             t0 + secs(1),
-            TIMEOUT,
+            &CONFIG,
         );
         apply(
             &mut state,
@@ -666,13 +754,13 @@ mod tests {
                 keys: vec!["a/1".into()],
             },
             t0 + secs(2),
-            TIMEOUT,
+            &CONFIG,
         );
         let d = apply(
             &mut state,
             check_due("w", t0 + secs(45)),
             t0 + secs(47),
-            TIMEOUT,
+            &CONFIG,
         );
         let dead = d.declared_dead.expect("declared dead");
         assert_eq!(dead.instance.state, ServiceState::NotRunning);
@@ -681,13 +769,17 @@ mod tests {
             vec!["b/1"],
             "the job it still held"
         );
-        assert!(matches!(
-            d.messages.as_slice(),
-            [(LivenessMessage::Declared { instance, jobs }, None)]
-                if instance.state == ServiceState::NotRunning && jobs.len() == 1
-        ));
+        assert!(
+            matches!(
+                d.messages.as_slice(),
+                [(LivenessMessage::Declared { instance, jobs }, None), (LivenessMessage::Purge { .. }, Some(_))]
+                    if instance.state == ServiceState::NotRunning && jobs.len() == 1
+            ),
+            "the verdict, and the purge of the instance after the retention: {:?}",
+            d.messages
+        );
         // A zombie's heartbeat does not bring it back.
-        let d = apply(&mut state, heartbeat("w"), t0 + secs(50), TIMEOUT);
+        let d = apply(&mut state, heartbeat("w"), t0 + secs(50), &CONFIG);
         assert_eq!(d, LivenessDecision::default());
         assert_eq!(
             state.as_ref().map(|s| s.instance.state),
@@ -699,7 +791,7 @@ mod tests {
     fn a_graceful_stop_is_never_declared_dead() {
         let t0 = Utc::now();
         let mut state = None;
-        apply(&mut state, heartbeat("w"), t0, TIMEOUT);
+        apply(&mut state, heartbeat("w"), t0, &CONFIG);
         apply(
             &mut state,
             LivenessMessage::JobsTaken {
@@ -711,7 +803,7 @@ mod tests {
                 }],
             },
             t0,
-            TIMEOUT,
+            &CONFIG,
         );
         apply(
             &mut state,
@@ -719,7 +811,7 @@ mod tests {
                 instance: instance("w", ServiceState::TerminatedGracefully),
             },
             t0 + secs(1),
-            TIMEOUT,
+            &CONFIG,
         );
         assert_eq!(
             state.as_ref().map(|s| s.jobs.len()),
@@ -730,10 +822,17 @@ mod tests {
             &mut state,
             check_due("w", t0 + secs(45)),
             t0 + secs(46),
-            TIMEOUT,
+            &CONFIG,
         );
         assert!(d.declared_dead.is_none());
-        assert!(d.messages.is_empty(), "no further check");
+        assert!(
+            matches!(
+                d.messages.as_slice(),
+                [(LivenessMessage::Purge { .. }, Some(_))]
+            ),
+            "no further check, only the purge after the retention: {:?}",
+            d.messages
+        );
         assert!(d.changed);
         assert!(
             state.is_none(),
@@ -747,12 +846,12 @@ mod tests {
         // before the heartbeats queued behind it.
         let t0 = Utc::now();
         let mut state = None;
-        apply(&mut state, heartbeat("w"), t0, TIMEOUT);
+        apply(&mut state, heartbeat("w"), t0, &CONFIG);
         let d = apply(
             &mut state,
             check_due("w", t0 + secs(45)),
             t0 + secs(300),
-            TIMEOUT,
+            &CONFIG,
         );
         assert!(d.declared_dead.is_none(), "a late check declares nothing");
         assert_eq!(
@@ -760,12 +859,12 @@ mod tests {
             vec![(check_due("w", t0 + secs(345)), Some(t0 + secs(345)))]
         );
         // The queued heartbeat comes in; the next check finds the instance alive.
-        apply(&mut state, heartbeat("w"), t0 + secs(301), TIMEOUT);
+        apply(&mut state, heartbeat("w"), t0 + secs(301), &CONFIG);
         let d = apply(
             &mut state,
             check_due("w", t0 + secs(345)),
             t0 + secs(345),
-            TIMEOUT,
+            &CONFIG,
         );
         assert!(d.declared_dead.is_none());
         assert_eq!(
@@ -794,6 +893,7 @@ mod tests {
                 group: crate::queue::ConsumerGroup::Worker,
                 envelope,
                 attempt: 1,
+                published_at: None,
             })
             .collect();
         let records = record_taken_jobs("w1", &deliveries).expect("records");
@@ -813,6 +913,83 @@ mod tests {
         assert_eq!(
             got,
             vec![("tr1/1".into(), Some("ex1".into())), ("trig".into(), None)]
+        );
+    }
+
+    #[test]
+    fn stopped_and_dead_instances_are_purged_after_the_retention() {
+        let t0 = Utc::now();
+        let purge = |id: &str| LivenessMessage::Purge {
+            instance_id: id.into(),
+        };
+        let retention = chrono::Duration::from_std(RETENTION).unwrap();
+        // Declared dead: the verdict arms a purge one retention later.
+        let mut dead = None;
+        apply(&mut dead, heartbeat("d"), t0, &CONFIG);
+        let d = apply(
+            &mut dead,
+            check_due("d", t0 + secs(45)),
+            t0 + secs(45),
+            &CONFIG,
+        );
+        assert!(d.declared_dead.is_some());
+        assert!(
+            d.messages
+                .contains(&(purge("d"), Some(t0 + secs(45) + retention))),
+            "{:?}",
+            d.messages
+        );
+        // A zombie's heartbeat meanwhile changes nothing; the purge forgets the state.
+        apply(&mut dead, heartbeat("d"), t0 + secs(50), &CONFIG);
+        let d = apply(&mut dead, purge("d"), t0 + secs(45) + retention, &CONFIG);
+        assert!(d.changed && dead.is_none(), "{dead:?}");
+        // Stopped gracefully: forgotten at its check, which arms the purge of its row.
+        let mut stopped = None;
+        apply(&mut stopped, heartbeat("g"), t0, &CONFIG);
+        apply(
+            &mut stopped,
+            LivenessMessage::Heartbeat {
+                instance: instance("g", ServiceState::TerminatedGracefully),
+            },
+            t0 + secs(1),
+            &CONFIG,
+        );
+        let d = apply(
+            &mut stopped,
+            check_due("g", t0 + secs(45)),
+            t0 + secs(45),
+            &CONFIG,
+        );
+        assert!(stopped.is_none());
+        assert_eq!(
+            d.messages,
+            vec![(purge("g"), Some(t0 + secs(45) + retention))]
+        );
+        // A living instance is never purged (a purge for it is a stale one).
+        let mut alive = None;
+        apply(&mut alive, heartbeat("a"), t0, &CONFIG);
+        let d = apply(&mut alive, purge("a"), t0 + secs(2), &CONFIG);
+        assert!(!d.changed && alive.is_some());
+        // A retention past chrono's range arms nothing (never purged).
+        let forever = LivenessConfig {
+            retention: Duration::MAX,
+            ..CONFIG
+        };
+        let mut kept = None;
+        apply(&mut kept, heartbeat("k"), t0, &forever);
+        let d = apply(
+            &mut kept,
+            check_due("k", t0 + secs(45)),
+            t0 + secs(45),
+            &forever,
+        );
+        assert!(d.declared_dead.is_some());
+        assert!(
+            !d.messages
+                .iter()
+                .any(|(m, _)| matches!(m, LivenessMessage::Purge { .. })),
+            "{:?}",
+            d.messages
         );
     }
 }

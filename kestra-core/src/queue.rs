@@ -395,6 +395,12 @@ pub struct Delivery {
     /// itself is not counted: it may not have happened). Competing receives on Kafka (workers)
     /// always see 1.
     pub attempt: u32,
+    /// When the message became deliverable, on the publishing side's clock: its publish time, or
+    /// its due time for a delayed message (JDBC: the row's `visible_at`; Kafka: the record's
+    /// timestamp, a delayed message being published when due). Every backend sets it (the queue
+    /// conformance suite checks it); `None` only in deliveries built by hand. Consumers use it to
+    /// tell how far behind they are (the indexer's lag); never for ordering.
+    pub published_at: Option<DateTime<Utc>>,
 }
 
 /// Errors of the queue seam.

@@ -94,6 +94,8 @@ struct Candidate {
     key: String,
     payload: Vec<u8>,
     attempts: i32,
+    /// `visible_at`: when it became deliverable (ms).
+    due: i64,
 }
 
 /// Claim up to `max` due rows of `topics` for `group` inside the caller's transaction: lock them
@@ -153,7 +155,7 @@ pub(super) async fn claim_in(
             blocked_by_topic.remove(topic.as_str()).unwrap_or_default()
         };
         let mut qb = Qb::new(
-            "SELECT q.id, q.topic, q.msg_key, q.payload, q.attempts FROM queue q WHERE q.topic = ",
+            "SELECT q.id, q.topic, q.msg_key, q.payload, q.attempts, q.visible_at FROM queue q WHERE q.topic = ",
         );
         qb.push_bind(topic.as_str())
             .push(" AND q.group_name = ")
@@ -180,6 +182,7 @@ pub(super) async fn claim_in(
         let key: Option<String> = get(&row, "msg_key").ok();
         let payload: Option<Vec<u8>> = get(&row, "payload").ok();
         let attempts: i32 = get(&row, "attempts").unwrap_or(0);
+        let due: i64 = get(&row, "visible_at").unwrap_or(0);
         let parsed = topic.as_deref().map(str::parse::<Topic>);
         // A payload that is not what its consumer expects is the consumer's to dead-letter; a row
         // that cannot even be read (e.g. a key that is not text) is set aside here.
@@ -195,6 +198,7 @@ pub(super) async fn claim_in(
                 key,
                 payload,
                 attempts,
+                due,
             }),
             (problem, _, key, payload) => {
                 let reason = problem.unwrap_or_else(|| "unreadable row".to_string());
@@ -289,6 +293,7 @@ pub(super) async fn claim_in(
                 deliver_at: None,
             },
             attempt: u32::try_from(c.attempts).unwrap_or(0) + 1,
+            published_at: chrono::DateTime::from_timestamp_millis(c.due),
         })
         .collect())
 }

@@ -998,7 +998,7 @@ impl ExecutorService {
             return Ok(());
         };
         let now = Utc::now();
-        let decision = liveness::apply(state, message, now, self.config.liveness.timeout);
+        let decision = liveness::apply(state, message, now, &self.config.liveness);
         *changed |= decision.changed;
         if let Some(dead) = &decision.declared_dead {
             let resubmits = liveness::resubmit_commands(dead, &self.config.resubmit, now);

@@ -20,6 +20,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::indexer::IndexerLag;
 use crate::liveness::{Heartbeat, LivenessConfig, LivenessMessage};
 use crate::messages::ExecutionChange;
 use crate::model::TriggerState;
@@ -66,6 +67,7 @@ pub struct IndexerService {
     flows: Arc<dyn FlowRepository>,
     triggers: Arc<dyn TriggerRepository>,
     config: IndexerConfig,
+    lag: Arc<IndexerLag>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,16 +90,26 @@ impl IndexerService {
             flows: repositories.flows.clone(),
             triggers: repositories.triggers.clone(),
             config,
+            lag: Arc::default(),
         }
+    }
+
+    /// How far behind this indexer is, per topic (live: the indexer updates it as it runs).
+    pub fn lag(&self) -> Arc<IndexerLag> {
+        self.lag.clone()
     }
 
     /// Run until `shutdown`; pending messages are flushed before returning when possible.
     pub async fn run(self, shutdown: CancellationToken) {
-        let heartbeat = Heartbeat::start(
+        let lag = self.lag.clone();
+        let id = format!("indexer-{}", crate::model::new_id());
+        lag.set_instance(&id);
+        let heartbeat = Heartbeat::start_reporting(
             self.queue.clone(),
             ServiceType::Indexer,
-            &format!("indexer-{}", crate::model::new_id()),
+            &id,
             self.config.heartbeat_interval,
+            Arc::new(move || lag.props()),
         );
         let this = Arc::new(self);
         let services = {
@@ -259,14 +271,17 @@ impl IndexerService {
             let batch = crate::queue::stoppable(shutdown.clone(), receive).await;
             match batch {
                 Ok(batch) if batch.is_empty() => {
+                    self.lag.caught_up(topic);
                     if draining {
                         return;
                     }
                 }
                 Ok(batch) => {
+                    self.lag.received(topic, &batch);
                     if !self.index_until_done(topic, batch, &shutdown).await {
                         return;
                     }
+                    self.lag.stored(topic, chrono::Utc::now());
                 }
                 Err(e) => {
                     error!(%topic, error = %e, "indexer receive failed");
@@ -369,6 +384,8 @@ impl IndexerService {
             Topic::Liveness => {
                 // The last word on each instance in this batch (per-key order: the latest).
                 let mut latest: Vec<(ServiceInstance, bool)> = Vec::new();
+                // Instances whose retention ended (the executor's purge), unless heard of again.
+                let mut purged: Vec<String> = Vec::new();
                 for d in batch {
                     match d.envelope.decode::<LivenessMessage>() {
                         // A zombie's heartbeat after the verdict (in this batch) changes nothing.
@@ -378,11 +395,17 @@ impl IndexerService {
                                 .any(|(i, declared)| *declared && i.id == instance.id) => {}
                         Ok(LivenessMessage::Heartbeat { instance }) => {
                             latest.retain(|(i, _)| i.id != instance.id);
+                            purged.retain(|id| *id != instance.id);
                             latest.push((instance, false));
                         }
                         Ok(LivenessMessage::Declared { instance, .. }) => {
                             latest.retain(|(i, _)| i.id != instance.id);
+                            purged.retain(|id| *id != instance.id);
                             latest.push((instance, true));
+                        }
+                        Ok(LivenessMessage::Purge { instance_id }) => {
+                            latest.retain(|(i, _)| i.id != instance_id);
+                            purged.push(instance_id);
                         }
                         // Job records and checks are the executor's business.
                         Ok(_) => {}
@@ -404,6 +427,27 @@ impl IndexerService {
                         continue;
                     }
                     self.services.save(&instance).await?;
+                }
+                for id in purged {
+                    match self.services.find_by_id(&id).await? {
+                        Some(stored)
+                            if !matches!(
+                                stored.state,
+                                ServiceState::Created
+                                    | ServiceState::Running
+                                    | ServiceState::TerminatingGracefully
+                            ) =>
+                        {
+                            match self.services.delete(&id).await {
+                                Ok(()) | Err(RepositoryError::NotFound { .. }) => {
+                                    info!(instance = %id, state = ?stored.state, "service instance purged after its retention");
+                                }
+                                Err(e) => return Err(e.into()),
+                            }
+                        }
+                        // Gone already, or running again: nothing to purge.
+                        _ => {}
+                    }
                 }
             }
             Topic::ExecutionChange => {

@@ -30,7 +30,7 @@ use crate::expression::{ExpressionEngine, ExpressionOptions};
 use crate::flow::model::Flow;
 use crate::flow::parse::{FlowErrors, parse_flow};
 use crate::flow::registry::TaskRegistry;
-use crate::indexer::{IndexerConfig, IndexerService};
+use crate::indexer::{IndexerConfig, IndexerLag, IndexerService};
 use crate::inputs::{ExecutionRef, InputErrors, RawInput, resolve_inputs};
 use crate::messages::{ExecutionCommand, execution_envelope};
 use crate::model::execution::system_labels;
@@ -274,8 +274,10 @@ impl EngineBuilder {
             )));
             tasks.push(("worker", tokio::spawn(worker.run(worker_shutdown.clone()))));
         }
+        let mut indexer_lag = None;
         if self.components.indexer {
             let service = IndexerService::new(self.queue.clone(), &self.repositories, self.indexer);
+            indexer_lag = Some(service.lag());
             tasks.push((
                 "indexer",
                 tokio::spawn(service.run(indexer_shutdown.clone())),
@@ -309,6 +311,7 @@ impl EngineBuilder {
             shutdown,
             worker_shutdown,
             indexer_shutdown,
+            indexer_lag,
             scheduler_shutdown,
             tasks,
         }
@@ -371,6 +374,8 @@ pub struct Engine {
     worker_shutdown: CancellationToken,
     /// Stops the indexer, last: it stores what the others published while they stopped.
     indexer_shutdown: CancellationToken,
+    /// The lag of this engine's indexer, if it runs one.
+    indexer_lag: Option<Arc<IndexerLag>>,
     scheduler_shutdown: CancellationToken,
     tasks: Vec<(&'static str, JoinHandle<()>)>,
 }
@@ -821,6 +826,12 @@ impl Engine {
         )
         .await
         .map_err(|e| EngineError::Backfill(e.to_string()))
+    }
+
+    /// How far behind this engine's indexer is, per topic, if the engine runs one (see
+    /// [`IndexerLag`]; indexers of other processes report theirs in their heartbeats).
+    pub fn indexer_lag(&self) -> Option<&Arc<IndexerLag>> {
+        self.indexer_lag.as_ref()
     }
 
     /// The stored execution, if the executor has seen it.

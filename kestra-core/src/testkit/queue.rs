@@ -332,11 +332,13 @@ fn execution(id: &str, namespace: &str, state: StateType) -> Execution {
 // competing receive
 
 /// Publish then receive one message: the payload bytes are exactly the published ones, the delivery
-/// names its group and topic, it is the first attempt, and once acknowledged it is not delivered again.
+/// names its group and topic, it is the first attempt, it carries its publish time, and once
+/// acknowledged it is not delivered again.
 pub async fn publish_receive_round_trip(queue: Arc<dyn Queue>) {
     let q = &*queue;
     let p = prefix("round-trip");
     let key = format!("{p}-k");
+    let before = Utc::now();
     // Exact bytes: key order, spacing and non-ASCII must survive (no JSON normalisation).
     let body: &[u8] = "{\"b\": 2,  \"a\": \"\u{e9}t\u{e9} \u{2713}\", \"n\": [1, 2.50]}".as_bytes();
     publish(
@@ -369,6 +371,7 @@ pub async fn publish_receive_round_trip(queue: Arc<dyn Queue>) {
     );
     assert_eq!(d.envelope.deliver_at, None, "deliver_at was not set");
     assert_eq!(d.attempt, 1, "first delivery has attempt 1");
+    assert_published_between(d, before, Utc::now());
     ack(q, ConsumerGroup::Worker, &[d.tag]).await;
     assert_no_own(
         q,
@@ -906,8 +909,27 @@ pub async fn delayed_delivery(queue: Arc<dyn Queue>) {
             d.attempt, 1,
             "a delayed message's first delivery is attempt 1"
         );
+        // A delayed message became deliverable at its due time, not when it was staged.
+        assert_published_between(d, due, now);
     }
     assert_no_own_units(q, &topics, &p, Duration::from_millis(500)).await;
+}
+
+/// `d` carries a publish time between `from` and `to` (with 1 s of slack for the clocks of a
+/// broker or a database server, which may stamp it).
+fn assert_published_between(d: &Delivery, from: DateTime<Utc>, to: DateTime<Utc>) {
+    let slack = chrono::Duration::seconds(1);
+    let at = d.published_at.unwrap_or_else(|| {
+        panic!(
+            "delivery of key {} carries no publish time (Delivery::published_at)",
+            d.envelope.key
+        )
+    });
+    assert!(
+        at >= from - slack && at <= to + slack,
+        "key {}: published_at {at} is not between the publish ({from}) and the receive ({to})",
+        d.envelope.key
+    );
 }
 
 /// Stage `messages` in a unit holding a message of this run, then commit; the refusal may come

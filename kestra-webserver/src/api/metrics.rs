@@ -11,6 +11,9 @@
 //!   started;
 //! - `kestra_queue_execution_lag_seconds` (histogram): from an execution's creation to its message
 //!   reaching this webserver - the queue's delivery lag as the webserver can tell it;
+//! - `kestra_indexer_lag_seconds{instance, topic}` (gauge): per running indexer and topic, how long
+//!   the oldest message it has not stored yet has waited (0 once caught up; it grows while the
+//!   repository is down) - this process's indexer live, the others from their last heartbeat;
 //! - `kestra_metrics_subscription_lagged_total`: times a broadcast dropped messages because this
 //!   webserver read too slowly (counters are then low).
 //!
@@ -36,7 +39,7 @@ use axum::response::IntoResponse;
 use chrono::Utc;
 use futures::StreamExt;
 use kestra_core::messages::WorkerTaskResult;
-use kestra_core::model::{DEFAULT_TENANT, Execution, StateType};
+use kestra_core::model::{DEFAULT_TENANT, Execution, ServiceState, ServiceType, StateType};
 use kestra_core::queue::{QueueError, Topic};
 use kestra_core::repository::{ExecutionQuery, Pageable};
 
@@ -263,8 +266,9 @@ impl Metrics {
         });
     }
 
-    /// The text exposition, with `states` the executions by state from the repository.
-    fn render(&self, states: &[(StateType, u64)]) -> String {
+    /// The text exposition, with `states` the executions by state from the repository and `lags`
+    /// the indexers' lags (instance, topic, seconds).
+    fn render(&self, states: &[(StateType, u64)], lags: &[(String, String, f64)]) -> String {
         let mut out = String::new();
         let _ = writeln!(
             out,
@@ -274,6 +278,15 @@ impl Metrics {
         out.push_str("# HELP kestra_executions Executions in the repository by current state.\n# TYPE kestra_executions gauge\n");
         for (state, n) in states {
             let _ = writeln!(out, "kestra_executions{{state=\"{state}\"}} {n}");
+        }
+        out.push_str("# HELP kestra_indexer_lag_seconds How long the oldest message an indexer has not stored yet has waited, per topic (0: caught up).\n# TYPE kestra_indexer_lag_seconds gauge\n");
+        for (instance, topic, seconds) in lags {
+            let _ = writeln!(
+                out,
+                "kestra_indexer_lag_seconds{{instance=\"{}\",topic=\"{}\"}} {seconds}",
+                escape(instance),
+                escape(topic)
+            );
         }
         let Ok(c) = self.counts.lock() else {
             return out;
@@ -313,6 +326,45 @@ impl Metrics {
     }
 }
 
+/// The lag of every running indexer, in seconds per topic, labelled by instance: this process's own
+/// indexer live, the others from their last heartbeat in the repository (`props.lagSeconds`).
+async fn indexer_lags(state: &AppState) -> Vec<(String, String, f64)> {
+    let mut lags = Vec::new();
+    let own = state.engine.indexer_lag();
+    if let Some(lag) = own {
+        let instance = lag.instance().unwrap_or_default().to_string();
+        for (topic, seconds) in lag.seconds() {
+            lags.push((instance.clone(), topic.to_string(), seconds));
+        }
+    }
+    let own_id = own.and_then(|l| l.instance());
+    // The repository may be down (Elasticsearch): the other indexers are then left out.
+    let others = state
+        .engine
+        .repositories()
+        .services
+        .find_all()
+        .await
+        .unwrap_or_default();
+    for instance in others {
+        if instance.type_ != ServiceType::Indexer
+            || instance.state != ServiceState::Running
+            || Some(instance.id.as_str()) == own_id
+        {
+            continue;
+        }
+        let Some(by_topic) = instance.props.get("lagSeconds").and_then(|v| v.as_object()) else {
+            continue;
+        };
+        for (topic, seconds) in by_topic {
+            if let Some(seconds) = seconds.as_f64() {
+                lags.push((instance.id.clone(), topic.clone(), seconds));
+            }
+        }
+    }
+    lags
+}
+
 /// Executions by current state, one repository count per state.
 async fn states(state: &AppState) -> Result<Vec<(StateType, u64)>, ApiError> {
     let repository = &state.engine.repositories().executions;
@@ -349,12 +401,13 @@ pub(crate) async fn metrics(
     Params::parse(query.as_deref(), &[])?;
     Metrics::start(&state);
     let states = states(&state).await?;
+    let lags = indexer_lags(&state).await;
     Ok((
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.metrics.render(&states),
+        state.metrics.render(&states, &lags),
     ))
 }
 

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures::StreamExt;
 
 use crate::model::Execution;
@@ -52,6 +52,8 @@ struct Row {
     /// The consumer holding it (without lease timers).
     holder: Option<u64>,
     unit: Option<u64>,
+    /// When it became deliverable (publish time or due time).
+    published_at: DateTime<Utc>,
 }
 
 #[derive(Default)]
@@ -205,6 +207,7 @@ impl MemoryQueue {
                     leased_until: None,
                     holder: None,
                     unit: None,
+                    published_at: e.deliver_at.unwrap_or_else(Utc::now),
                 });
             }
             inner
@@ -268,6 +271,7 @@ impl MemoryQueue {
                 group,
                 envelope: row.envelope.clone(),
                 attempt: row.attempts,
+                published_at: Some(row.published_at),
             });
         }
         out
