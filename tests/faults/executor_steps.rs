@@ -36,11 +36,12 @@ const PER_STEP: usize = 3;
 const SIGABRT: i32 = 6;
 
 /// One worker; for each step in turn an executor armed to abort at that step (once: a marker file
-/// of its own) while [`PER_STEP`] executions of a flow of three tasks run, the middle one a shell
-/// that fails its first attempt and is retried. The executor dies by SIGABRT, the next one (armed
+/// of its own) while [`PER_STEP`] executions of a flow of three tasks run: a Return, a shell that
+/// fails its first attempt and is retried, a shell that combines their outputs (the shells leave a
+/// mark line per run). The executor dies by SIGABRT, the next one (armed
 /// at the next step) takes over, and a last, unarmed one finishes. Then every execution ended
-/// SUCCESS once with its outputs, each task attempt ran exactly once (one mark line per attempt of
-/// the shell: two), the invariants hold, and no execution was lost or made twice.
+/// SUCCESS once with its outputs, each shell attempt ran exactly once (mark lines: two of `work`,
+/// one of `last`), the invariants hold, and no execution was lost or made twice.
 pub async fn executor_killed_at_each_step(mut c: Cluster) {
     let m = c.marks().display().to_string();
     c.flow(
@@ -65,8 +66,12 @@ tasks:
       - if [ ! -f {m}/{{{{ execution.id }}}}.failed ]; then touch {m}/{{{{ execution.id }}}}.failed; exit 1; fi
       - echo '::{{"outputs":{{"word":"middle"}}}}::'
   - id: last
-    type: io.kestra.plugin.core.debug.Return
-    format: "{{{{ outputs.first.value }}}} {{{{ outputs.work.vars.word }}}} last"
+    type: io.kestra.plugin.scripts.shell.Commands
+    taskRunner:
+      type: io.kestra.plugin.core.runner.Process
+    commands:
+      - echo $$ >> {m}/{{{{ execution.id }}}}.last
+      - echo '::{{"outputs":{{"value":"{{{{ outputs.first.value }}}} {{{{ outputs.work.vars.word }}}} last"}}}}::'
 "#
         ),
     );
@@ -145,8 +150,8 @@ tasks:
     c.finish().await;
 }
 
-/// One ended execution of `stepped`: its three task runs, each attempt ran once (the shell's two
-/// attempts wrote one mark line each), its last output made of the others'.
+/// One ended execution of `stepped`: its three task runs, each shell attempt ran once (one mark
+/// line each), its last output made of the others'.
 fn check_execution(c: &Cluster, e: &Execution) {
     let id = &e.id;
     let tasks: Vec<&str> = e.task_run_list.iter().map(|r| r.task_id.as_str()).collect();
@@ -169,14 +174,17 @@ fn check_execution(c: &Cluster, e: &Execution) {
     assert_eq!(
         runs.len(),
         2,
-        "each attempt of the shell ran exactly once in {id}: {runs:?}"
+        "each attempt of work ran exactly once in {id}: {runs:?}"
     );
+    let runs = c.mark_lines(&format!("{id}.last"));
+    assert_eq!(runs.len(), 1, "last ran exactly once in {id}: {runs:?}");
     let value = e
         .task_run_list
         .iter()
         .find(|r| r.task_id == "last")
         .and_then(|r| r.outputs.as_ref())
-        .and_then(|o| o.get("value"))
+        .and_then(|o| o.get("vars"))
+        .and_then(|v| v.get("value"))
         .and_then(serde_json::Value::as_str)
         .map(str::to_string);
     assert_eq!(
