@@ -13,6 +13,8 @@
 //!   holds its write lock blocks every other process, and SQLite is a one-process backend);
 //! - a worker SIGTERMed while a task runs: it drains (the task finishes, once) and exits 0;
 //! - an executor SIGKILLed under load: the other executor takes over, every execution ends;
+//! - the executor aborted at each step of its unit of work (claimed, loaded, processed, saved,
+//!   published, committed; `faults/executor_steps.rs`): each task attempt runs once, nothing lost;
 //! - schedulers SIGKILLed around fire time: one execution per schedule slot, no slot lost;
 //! - worker results and executor messages delivered twice and out of order (published straight
 //!   into the queue while the cluster runs, also for a failed attempt whose retry waits): ignored,
@@ -40,6 +42,8 @@
 mod common;
 #[path = "faults/endings.rs"]
 mod endings;
+#[path = "faults/executor_steps.rs"]
+mod executor_steps;
 #[path = "faults/harness.rs"]
 mod harness;
 #[path = "faults/scenarios.rs"]
@@ -89,6 +93,10 @@ where
     }
     run!(worker_drains_on_sigterm);
     run!(executor_killed_under_load);
+    run!(
+        executor_killed_at_each_step,
+        executor_steps::executor_killed_at_each_step(open().await)
+    );
     run!(scheduler_killed_at_fire_time);
     run!(messages_delivered_twice_and_out_of_order);
     run!(large_output_and_log_line);

@@ -519,6 +519,11 @@ impl ExecutorService {
         produced: &mut Vec<(Topic, String, String)>,
     ) -> Result<(), QueueError> {
         let deliveries = unit.deliveries().to_vec();
+        // Tests only: the process aborts at one step of a unit (`testkit::faults::UnitFault`).
+        #[cfg(feature = "testkit")]
+        let fault = crate::testkit::faults::UnitFault::new(&deliveries);
+        #[cfg(feature = "testkit")]
+        fault.at(crate::testkit::faults::UnitStep::Claimed);
         let mut executions: HashMap<String, Option<Execution>> = HashMap::new();
         // The version of each execution as this unit loaded it (0: none stored).
         let mut loaded_versions: HashMap<String, u64> = HashMap::new();
@@ -660,6 +665,8 @@ impl ExecutorService {
                         .await?;
                     loaded_versions.insert(id.clone(), loaded_version(&loaded));
                     executions.insert(id.clone(), loaded);
+                    #[cfg(feature = "testkit")]
+                    fault.at(crate::testkit::faults::UnitStep::Loaded);
                 }
                 // Borrowed, not cloned: an execution is copied at most once per unit (when loaded).
                 let current = executions.get(&id).and_then(Option::as_ref);
@@ -891,6 +898,8 @@ impl ExecutorService {
                 produced.push((e.topic, e.key.clone(), id.clone()));
             }
         }
+        #[cfg(feature = "testkit")]
+        fault.at(crate::testkit::faults::UnitStep::Processed);
         let index_changes = !self.queue.capabilities().repository_in_unit;
         for id in &dirty {
             produced.push((Topic::Execution, id.clone(), id.clone()));
@@ -943,10 +952,16 @@ impl ExecutorService {
             liveness,
         )
         .await?;
+        #[cfg(feature = "testkit")]
+        fault.at(crate::testkit::faults::UnitStep::Saved);
         if !outgoing.is_empty() {
             unit.publish(outgoing).await?;
         }
+        #[cfg(feature = "testkit")]
+        fault.at(crate::testkit::faults::UnitStep::Published);
         unit.commit().await?;
+        #[cfg(feature = "testkit")]
+        fault.at(crate::testkit::faults::UnitStep::Committed);
         // Committed: what was saved is what is stored. An ended execution is rarely processed
         // again; it is not kept.
         let mut saved = self.saved.lock().unwrap_or_else(PoisonError::into_inner);
