@@ -29,6 +29,10 @@
 //!   resubmitted, the copy the queue delivers again is stopped;
 //! - jobs emitted while no worker runs: run once when a worker comes; the job of an execution
 //!   killed meanwhile never runs to its end;
+//! - three executors whose claims and units of work fail at random (30%) with real serialization
+//!   failures and deadlocks (testkit `KESTRA_TESTKIT_TXN_FAULTS`; SQLite: a busy error built in
+//!   the process): retried or rolled back, every execution ends once, the concurrency limit holds
+//!   (`faults/contention.rs`);
 //! - PostgreSQL / MariaDB SIGKILLed under load and started again on the same data (a server of the
 //!   scenario's own, `tests/faults/servers.rs`): the processes reconnect by themselves, every
 //!   execution ends once, none lost or doubled.
@@ -40,6 +44,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "faults/contention.rs"]
+mod contention;
 #[path = "faults/endings.rs"]
 mod endings;
 #[path = "faults/executor_steps.rs"]
@@ -111,6 +117,10 @@ where
     run!(
         job_emitted_and_never_claimed,
         endings::job_emitted_and_never_claimed(open().await)
+    );
+    run!(
+        executors_with_transaction_faults,
+        contention::executors_with_transaction_faults(open().await)
     );
     if kind != "sqlite" {
         // On a server of the scenario's own (the shared one is never restarted).

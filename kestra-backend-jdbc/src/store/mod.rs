@@ -18,6 +18,8 @@
 mod broadcast;
 mod claims;
 mod executions;
+#[cfg(feature = "testkit")]
+mod faults;
 mod flows;
 mod logs;
 mod maintenance;
@@ -93,6 +95,24 @@ const POLL_MAX: Duration = Duration::from_millis(500);
 const BLOCKED_KEYS_MAX: usize = 1000;
 /// Transient errors (deadlock, busy) are retried this many times.
 const RETRIES: u32 = 5;
+
+/// The transaction fault the testkit planned for one executor claim and its unit of work (see
+/// [`crate::testkit`]); without the feature `testkit` a unit type, and no injection code.
+#[cfg(feature = "testkit")]
+type Fault = Option<crate::testkit::TxnPoint>;
+/// See the `testkit` definition.
+#[cfg(not(feature = "testkit"))]
+type Fault = ();
+
+/// Draw the fault of one executor claim (none without the feature `testkit`).
+#[cfg(feature = "testkit")]
+fn plan_fault() -> Fault {
+    crate::testkit::plan_unit()
+}
+
+/// Draw the fault of one executor claim (none without the feature `testkit`).
+#[cfg(not(feature = "testkit"))]
+fn plan_fault() -> Fault {}
 
 fn queue_err(operation: &'static str) -> impl Fn(sqlx::Error) -> QueueError {
     move |source| QueueError::backend(operation, JdbcError::Database { operation, source })

@@ -10,7 +10,7 @@ impl Store {
     }
 
     /// Claim in a transaction of its own: the claim (and the delivery attempt it counts) is
-    /// committed before the consumer processes anything.
+    /// committed before the consumer processes anything. `fault`: the testkit's (executor claims).
     async fn claim_once(
         &self,
         group: ConsumerGroup,
@@ -18,10 +18,17 @@ impl Store {
         max: usize,
         lease: Duration,
         token: &str,
+        fault: Fault,
     ) -> Result<Vec<Delivery>, sqlx::Error> {
         let mut tx = begin_write(&self.write).await?;
         relaxed_commit(&mut tx).await?;
         let got = claim_in(&mut tx, group, topics, max, lease, token).await?;
+        #[cfg(feature = "testkit")]
+        if fault == Some(crate::testkit::TxnPoint::Claim) {
+            super::faults::inject(&mut tx, crate::testkit::TxnPoint::Claim).await?;
+        }
+        #[cfg(not(feature = "testkit"))]
+        let () = fault;
         tx.commit().await?;
         Ok(got)
     }
@@ -113,7 +120,10 @@ impl Queue for Store {
         let mut attempt = 0;
         loop {
             let wakeups = Wakeups::arm(&self.notifier, &[topic]);
-            match self.claim_once(group, &[topic], max, lease, &token).await {
+            match self
+                .claim_once(group, &[topic], max, lease, &token, Fault::default())
+                .await
+            {
                 Ok(got) if !got.is_empty() => return Ok(got),
                 Ok(_) => {}
                 Err(e) if attempt < RETRIES && is_transient(&e) => attempt += 1,
@@ -248,13 +258,37 @@ impl Queue for Store {
             // process dies while it processes the messages (the unit's transaction would take the
             // count with it), so a message that crashes the executor again and again reaches
             // the executor's limit instead of looping.
-            match self.claim_once(group, topics, max, UOW_LEASE, &token).await {
+            let fault = plan_fault();
+            match self
+                .claim_once(group, topics, max, UOW_LEASE, &token, fault)
+                .await
+            {
                 Ok(claimed) if !claimed.is_empty() => {
+                    let ids: Vec<i64> = claimed.iter().map(|d| d.tag.offset).collect();
                     let mut tx = begin_write(&self.write).await.map_err(&err)?;
-                    let deliveries = match lock_claimed(&mut tx, claimed, &token).await {
+                    let locked = match lock_claimed(&mut tx, claimed, &token).await {
+                        #[cfg(feature = "testkit")]
+                        Ok(_) if fault == Some(crate::testkit::TxnPoint::Lock) => {
+                            super::faults::inject(&mut tx, crate::testkit::TxnPoint::Lock)
+                                .await
+                                .map(|()| Vec::new())
+                        }
+                        other => other,
+                    };
+                    let deliveries = match locked {
                         Ok(d) => d,
                         Err(e) => {
+                            // The claim is committed: release it, or its messages would wait for
+                            // the end of its lease; a deadlock or busy error is retried at once.
                             drop(tx);
+                            if let Err(error) = release_claimed(&self.write, &ids, &token).await {
+                                tracing::debug!(%error, "cannot release a claim whose rows could not be locked; its messages come back when the lease ends");
+                            }
+                            if attempt < RETRIES && is_transient(&e) {
+                                attempt += 1;
+                                backoff(attempt).await;
+                                continue;
+                            }
                             return Err(err(e));
                         }
                     };
@@ -269,6 +303,7 @@ impl Queue for Store {
                             deliveries,
                             dead: HashSet::new(),
                             published: BTreeSet::new(),
+                            fault,
                         })));
                     }
                     // Every row was claimed elsewhere meanwhile (its lease ended): look again.

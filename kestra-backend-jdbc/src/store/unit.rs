@@ -18,6 +18,9 @@ pub(super) struct JdbcUnit {
     pub(super) deliveries: Vec<Delivery>,
     pub(super) dead: HashSet<i64>,
     pub(super) published: BTreeSet<Topic>,
+    /// The testkit's planned transaction fault (see [`crate::testkit`]).
+    #[cfg_attr(not(feature = "testkit"), allow(dead_code))]
+    pub(super) fault: Fault,
 }
 
 impl JdbcUnit {
@@ -26,6 +29,23 @@ impl JdbcUnit {
             Some(tx) => Ok(&mut **tx),
             None => Err(QueueError::Closed),
         }
+    }
+
+    /// Fail the transaction here when the testkit planned its fault at `point`.
+    #[cfg(feature = "testkit")]
+    async fn fault_point(
+        &mut self,
+        point: crate::testkit::TxnPoint,
+        operation: &'static str,
+    ) -> Result<(), QueueError> {
+        if self.fault != Some(point) {
+            return Ok(());
+        }
+        self.fault = None;
+        let conn = self.conn()?;
+        super::faults::inject(conn, point)
+            .await
+            .map_err(queue_err(operation))
     }
 }
 
@@ -75,6 +95,9 @@ impl UnitOfWork for JdbcUnit {
         known: Option<&ExecutionStamp>,
     ) -> Result<LoadedExecution, QueueError> {
         check_claimed(&self.deliveries, || "load execution".into(), id)?;
+        #[cfg(feature = "testkit")]
+        self.fault_point(crate::testkit::TxnPoint::Load, "load_execution")
+            .await?;
         let conn = self.conn()?;
         let row = Qb::new("SELECT doc FROM executions WHERE id = ")
             .push_bind(id.to_string())
@@ -118,6 +141,9 @@ impl UnitOfWork for JdbcUnit {
         })?;
         check_execution_size(&execution.id, doc.as_bytes(), self.max_message_bytes)?;
         let stamp = ExecutionStamp::new(doc.as_str());
+        #[cfg(feature = "testkit")]
+        self.fault_point(crate::testkit::TxnPoint::Save, "save_execution")
+            .await?;
         let conn = self.conn()?;
         upsert_execution_in(conn, execution, doc)
             .await
@@ -253,6 +279,9 @@ impl UnitOfWork for JdbcUnit {
             push_in(&mut qb, chunk.iter().copied());
             qb.build().execute(&mut *conn).await.map_err(&err)?;
         }
+        #[cfg(feature = "testkit")]
+        self.fault_point(crate::testkit::TxnPoint::Commit, "commit")
+            .await?;
         let Some(tx) = self.tx.take() else {
             return Err(QueueError::Closed);
         };
