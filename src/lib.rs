@@ -336,9 +336,14 @@ pub fn liveness_config(
             ),
         });
     }
+    let grace_period = config.get_duration(
+        "kestra.server.terminationGracePeriod",
+        defaults.grace_period,
+    )?;
     Ok(kestra_core::liveness::LivenessConfig {
         heartbeat_interval,
         timeout,
+        grace_period,
         retention,
     })
 }

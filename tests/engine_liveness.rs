@@ -1,7 +1,7 @@
 //! Liveness goes through the queue, not the repository (issue 9 item 8): the engine runs only an
 //! executor, over repositories that fail every call (as an Elasticsearch that is down would); a
 //! worker started beside it heartbeats, records the job it takes in the same step as it takes
-//! it, and once it dies (its task aborted: no goodbye) the executor declares it NOT_RUNNING with
+//! it, and once it dies (its task aborted: no goodbye) the executor declares it DISCONNECTED with
 //! the job it held, while the executor itself, still beating, is never declared dead. Observed on
 //! the liveness topic as the indexer group sees it. On SQLite, and on PostgreSQL / MariaDB when
 //! their URLs are set (required under CI=true). And the purge: stopped and dead instances are
@@ -176,7 +176,7 @@ async fn dead_worker_is_declared(url: &str) {
         "declared dead after {:?}, before the liveness timeout",
         died.elapsed()
     );
-    assert_eq!(declared.0.state, ServiceState::NotRunning);
+    assert_eq!(declared.0.state, ServiceState::Disconnected);
     assert!(
         declared.1.iter().any(|j| j.key == job.key),
         "the verdict names the job the dead worker held: {:?}",
@@ -259,6 +259,8 @@ async fn stopped_instances_are_purged(url: &str) {
             liveness: LivenessConfig {
                 heartbeat_interval: BEAT,
                 timeout: TIMEOUT,
+                // DISCONNECTED, then NOT_RUNNING half a second later.
+                grace_period: Duration::from_millis(500),
                 retention: Duration::from_secs(2),
             },
             ..ExecutorConfig::default()

@@ -20,9 +20,11 @@
 //!   [`LivenessMessage::Check`] to itself - one pending per instance, due
 //!   [`LivenessConfig::timeout`] after the last sign of life - instead of scanning every instance,
 //!   so on Kafka the owner of an instance's partition checks it from its local store. An instance
-//!   silent for the whole timeout is declared [`ServiceState::NotRunning`]
-//!   ([`LivenessMessage::Declared`], which the indexer shows), with the jobs it held still in its
-//!   state for the executor to resubmit;
+//!   silent for the whole timeout is declared [`ServiceState::Disconnected`]
+//!   ([`LivenessMessage::Declared`], which the indexer shows, and which a worker that hears of it
+//!   obeys by stopping), with the jobs it held for the executor to resubmit, then
+//!   [`ServiceState::NotRunning`] one [`LivenessConfig::grace_period`] later; a stopped or dead
+//!   instance is forgotten [`LivenessConfig::retention`] later ([`LivenessMessage::Purge`]);
 //! - the indexer consumes the same topic and saves the instances it hears of in the
 //!   [`ServiceInstanceRepository`](crate::repository::ServiceInstanceRepository), for
 //!   `kestra sys services`, the API and the UI. It shows liveness; it does not decide it.
@@ -55,6 +57,10 @@ pub struct LivenessConfig {
     /// An instance not heard from for this long is declared dead (Kestra's
     /// `kestra.server.liveness.timeout`, 45 s). Keep it several heartbeats long.
     pub timeout: Duration,
+    /// How long a `DISCONNECTED` instance stays so before it is declared `NOT_RUNNING` (Kestra's
+    /// `kestra.server.terminationGracePeriod`, 1 min: it may still be draining somewhere we
+    /// cannot hear from).
+    pub grace_period: Duration,
     /// How long an instance that stopped (gracefully or declared dead) is remembered before a
     /// [`LivenessMessage::Purge`] forgets it: the executor's state of it and its row in the
     /// service instance repository (Kestra's `kestra.server.service.purge.retention`, 30 days).
@@ -69,6 +75,7 @@ impl Default for LivenessConfig {
         LivenessConfig {
             heartbeat_interval: Duration::from_secs(3),
             timeout: Duration::from_secs(45),
+            grace_period: Duration::from_secs(60),
             retention: DEFAULT_RETENTION,
         }
     }
@@ -267,10 +274,7 @@ pub struct LivenessState {
 
 impl LivenessState {
     fn alive(&self) -> bool {
-        matches!(
-            self.instance.state,
-            ServiceState::Created | ServiceState::Running | ServiceState::TerminatingGracefully
-        )
+        self.instance.state.is_running()
     }
 }
 
@@ -291,17 +295,21 @@ pub struct LivenessDecision {
 /// - A heartbeat records the instance and its sign of life; a heartbeat of an instance already
 ///   declared dead changes nothing (a zombie stays dead; its jobs are someone else's now).
 /// - Job records add and remove held jobs (a sign of life too).
-/// - A check declares an instance dead when it has been silent for `timeout`, else re-arms itself
-///   for `timeout` after the last sign of life. One check is pending per living instance. A check
+/// - A check declares an instance dead ([`ServiceState::Disconnected`]) when it has been silent
+///   for `timeout`, else re-arms itself for `timeout` after the last sign of life; a check of a
+///   disconnected instance one `config.grace_period` after the verdict declares it
+///   [`ServiceState::NotRunning`] (a second [`LivenessMessage::Declared`], naming no job: they
+///   were resubmitted at the first). One check is pending per living instance. A check
 ///   applied more than half a `timeout` after it was due means the executors were not consuming
 ///   (down, or behind a backlog): the instance's heartbeats may be queued behind it, so it re-arms
 ///   for a whole `timeout` from now instead of declaring anything.
-/// - A graceful stop (a heartbeat with [`ServiceState::TerminatedGracefully`]) holds no job any
-///   more (what it did not finish goes back to the queue); its state is forgotten at its next
-///   check. A dead instance's state is kept, with the jobs it held.
-/// - Both a graceful stop (at that check) and a verdict arm a [`LivenessMessage::Purge`] due
-///   `config.retention` later, which forgets a dead instance's state (and, in the indexer, the
-///   instance's row).
+/// - A stop (a heartbeat with [`ServiceState::TerminatedGracefully`], or
+///   [`ServiceState::TerminatedForced`] when the drain limit abandoned jobs) holds no job any more
+///   (what it did not finish goes back to the queue); its state is forgotten at its next check. A
+///   dead instance's state is kept, with the jobs it held.
+/// - Both a stop (at that check) and the `NOT_RUNNING` verdict arm a [`LivenessMessage::Purge`]
+///   due `config.retention` later, which forgets a dead instance's state (and, in the indexer,
+///   the instance's row).
 pub fn apply(
     state: &mut Option<LivenessState>,
     message: LivenessMessage,
@@ -313,6 +321,7 @@ pub fn apply(
     let purge_at = chrono::Duration::from_std(config.retention)
         .ok()
         .and_then(|r| now.checked_add_signed(r));
+    let grace = chrono::Duration::from_std(config.grace_period).unwrap_or(chrono::Duration::MAX);
     let purge = |id: &str| {
         purge_at.map(|at| {
             (
@@ -328,11 +337,15 @@ pub fn apply(
     match message {
         LivenessMessage::Heartbeat { instance } => {
             match state {
-                Some(s) if s.instance.state == ServiceState::NotRunning => return decision,
+                Some(s) if s.instance.state.is_dead() => return decision,
                 Some(s) => {
                     s.instance = instance;
                     s.last_seen = now;
-                    if s.instance.state == ServiceState::TerminatedGracefully {
+                    // A forced stop's abandoned jobs come back through the queue (their lease).
+                    if matches!(
+                        s.instance.state,
+                        ServiceState::TerminatedGracefully | ServiceState::TerminatedForced
+                    ) {
                         s.jobs.clear();
                     }
                 }
@@ -366,7 +379,7 @@ pub fn apply(
             for job in jobs {
                 s.jobs.insert(job.key.clone(), job);
             }
-            if s.instance.state != ServiceState::NotRunning {
+            if !s.instance.state.is_dead() {
                 s.last_seen = now;
             }
             decision.changed = true;
@@ -376,18 +389,54 @@ pub fn apply(
             for key in &keys {
                 s.jobs.remove(key);
             }
-            if s.instance.state != ServiceState::NotRunning {
+            if !s.instance.state.is_dead() {
                 s.last_seen = now;
             }
             decision.changed = true;
         }
         LivenessMessage::Check { due, .. } => {
             let Some(s) = state else { return decision };
-            if s.instance.state == ServiceState::TerminatedGracefully {
+            if matches!(
+                s.instance.state,
+                ServiceState::TerminatedGracefully | ServiceState::TerminatedForced
+            ) {
                 // Stopped for good, holding nothing: forget it; its row goes after the retention.
                 *state = None;
                 decision.changed = true;
                 decision.messages.extend(purge(&id));
+                return decision;
+            }
+            if s.instance.state == ServiceState::Disconnected {
+                let dead_at = s.instance.updated_date.checked_add_signed(grace);
+                match dead_at {
+                    Some(at) if now >= at => {
+                        s.instance.state = ServiceState::NotRunning;
+                        s.instance.updated_date = now;
+                        s.check_pending = false;
+                        decision.changed = true;
+                        // Its jobs were resubmitted at the first verdict: none named again.
+                        decision.messages.push((
+                            LivenessMessage::Declared {
+                                instance: s.instance.clone(),
+                                jobs: Vec::new(),
+                            },
+                            None,
+                        ));
+                        decision.messages.extend(purge(&id));
+                    }
+                    Some(at) => decision.messages.push((
+                        LivenessMessage::Check {
+                            instance_id: id,
+                            due: Some(at),
+                        },
+                        Some(at),
+                    )),
+                    // A grace period past chrono's range: disconnected for good.
+                    None => {
+                        decision.changed = s.check_pending;
+                        s.check_pending = false;
+                    }
+                }
                 return decision;
             }
             if !s.alive() {
@@ -406,9 +455,8 @@ pub fn apply(
                 return decision;
             }
             if now >= s.last_seen + timeout {
-                s.instance.state = ServiceState::NotRunning;
+                s.instance.state = ServiceState::Disconnected;
                 s.instance.updated_date = now;
-                s.check_pending = false;
                 decision.changed = true;
                 decision.messages.push((
                     LivenessMessage::Declared {
@@ -417,7 +465,18 @@ pub fn apply(
                     },
                     None,
                 ));
-                decision.messages.extend(purge(&id));
+                // NOT_RUNNING once the grace period has passed (checked then).
+                s.check_pending = false;
+                if let Some(at) = now.checked_add_signed(grace) {
+                    s.check_pending = true;
+                    decision.messages.push((
+                        LivenessMessage::Check {
+                            instance_id: id,
+                            due: Some(at),
+                        },
+                        Some(at),
+                    ));
+                }
                 decision.declared_dead = Some(s.clone());
             } else {
                 decision.messages.push((
@@ -509,6 +568,8 @@ pub type Report = Arc<dyn Fn() -> serde_json::Map<String, serde_json::Value> + S
 pub struct Heartbeat {
     queue: Arc<dyn Queue>,
     instance: ServiceInstance,
+    /// The state each beat carries (RUNNING, then TERMINATING while draining).
+    state: Arc<std::sync::Mutex<ServiceState>>,
     report: Option<Report>,
     stop: CancellationToken,
     task: Option<JoinHandle<()>>,
@@ -561,9 +622,11 @@ impl Heartbeat {
             props: serde_json::Map::new(),
         };
         let stop = CancellationToken::new();
+        let state = Arc::new(std::sync::Mutex::new(ServiceState::Running));
         let task = tokio::spawn(beat(
             queue.clone(),
             instance.clone(),
+            state.clone(),
             interval.max(Duration::from_millis(10)),
             stop.clone(),
             report.clone(),
@@ -571,6 +634,7 @@ impl Heartbeat {
         Heartbeat {
             queue,
             instance,
+            state,
             report,
             stop,
             task: Some(task),
@@ -582,32 +646,58 @@ impl Heartbeat {
         &self.instance.id
     }
 
+    /// The instance as it would beat now.
+    fn current(&self) -> ServiceInstance {
+        let mut now = self.instance.clone();
+        if let Some(report) = &self.report {
+            now.props = report();
+        }
+        now.state = *self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        now.updated_date = Utc::now();
+        now
+    }
+
+    /// Beat with `state` from now on (e.g. [`ServiceState::TerminatingGracefully`] while a
+    /// component drains), publishing it at once.
+    pub async fn set_state(&self, state: ServiceState) {
+        *self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = state;
+        publish(self.queue.as_ref(), self.current()).await;
+    }
+
     /// Stop beating and publish the instance's last state
     /// ([`ServiceState::TerminatedGracefully`]).
-    pub async fn stop(mut self) {
+    pub async fn stop(self) {
+        self.stop_as(ServiceState::TerminatedGracefully).await;
+    }
+
+    /// Stop beating and publish `last` as the instance's last state (e.g.
+    /// [`ServiceState::TerminatedForced`] after a drain that abandoned jobs).
+    pub async fn stop_as(mut self, last: ServiceState) {
         self.stop.cancel();
         if let Some(task) = self.task.take() {
             let _ = task.await;
         }
-        let mut last = self.instance.clone();
-        if let Some(report) = &self.report {
-            last.props = report();
-        }
-        last.state = ServiceState::TerminatedGracefully;
-        last.updated_date = Utc::now();
-        publish(self.queue.as_ref(), last).await;
+        self.set_state(last).await;
     }
 }
 
 async fn beat(
     queue: Arc<dyn Queue>,
     mut instance: ServiceInstance,
+    state: Arc<std::sync::Mutex<ServiceState>>,
     interval: Duration,
     stop: CancellationToken,
     report: Option<Report>,
 ) {
     loop {
         instance.updated_date = Utc::now();
+        instance.state = *state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(report) = &report {
             instance.props = report();
         }
@@ -653,6 +743,7 @@ mod tests {
     const CONFIG: LivenessConfig = LivenessConfig {
         heartbeat_interval: Duration::from_secs(3),
         timeout: TIMEOUT,
+        grace_period: Duration::from_secs(60),
         retention: RETENTION,
     };
 
@@ -763,19 +854,22 @@ mod tests {
             &CONFIG,
         );
         let dead = d.declared_dead.expect("declared dead");
-        assert_eq!(dead.instance.state, ServiceState::NotRunning);
+        assert_eq!(dead.instance.state, ServiceState::Disconnected);
         assert_eq!(
             dead.jobs.keys().collect::<Vec<_>>(),
             vec!["b/1"],
             "the job it still held"
         );
+        let grace = chrono::Duration::from_std(CONFIG.grace_period).unwrap();
+        let not_running_at = t0 + secs(47) + grace;
         assert!(
             matches!(
                 d.messages.as_slice(),
-                [(LivenessMessage::Declared { instance, jobs }, None), (LivenessMessage::Purge { .. }, Some(_))]
-                    if instance.state == ServiceState::NotRunning && jobs.len() == 1
+                [(LivenessMessage::Declared { instance, jobs }, None), (check, Some(at))]
+                    if instance.state == ServiceState::Disconnected && jobs.len() == 1
+                        && *check == check_due("w", not_running_at) && *at == not_running_at
             ),
-            "the verdict, and the purge of the instance after the retention: {:?}",
+            "the verdict, and the check that makes it NOT_RUNNING after the grace period: {:?}",
             d.messages
         );
         // A zombie's heartbeat does not bring it back.
@@ -783,8 +877,32 @@ mod tests {
         assert_eq!(d, LivenessDecision::default());
         assert_eq!(
             state.as_ref().map(|s| s.instance.state),
+            Some(ServiceState::Disconnected)
+        );
+        // An early check re-arms; the one after the grace period declares it NOT_RUNNING (no job
+        // named again: they were resubmitted at the first verdict) and arms its purge.
+        let d = apply(&mut state, check_due("w", t0 + secs(60)), t0 + secs(60), &CONFIG);
+        assert_eq!(
+            d.messages,
+            vec![(check_due("w", not_running_at), Some(not_running_at))]
+        );
+        let d = apply(&mut state, check_due("w", not_running_at), not_running_at, &CONFIG);
+        assert!(d.declared_dead.is_none(), "resubmitted once, at the first verdict");
+        assert!(
+            matches!(
+                d.messages.as_slice(),
+                [(LivenessMessage::Declared { instance, jobs }, None), (LivenessMessage::Purge { .. }, Some(_))]
+                    if instance.state == ServiceState::NotRunning && jobs.is_empty()
+            ),
+            "{:?}",
+            d.messages
+        );
+        assert_eq!(
+            state.as_ref().map(|s| s.instance.state),
             Some(ServiceState::NotRunning)
         );
+        let d = apply(&mut state, heartbeat("w"), t0 + secs(200), &CONFIG);
+        assert_eq!(d, LivenessDecision::default(), "still a zombie");
     }
 
     #[test]
@@ -923,7 +1041,7 @@ mod tests {
             instance_id: id.into(),
         };
         let retention = chrono::Duration::from_std(RETENTION).unwrap();
-        // Declared dead: the verdict arms a purge one retention later.
+        // Declared dead: NOT_RUNNING after the grace period arms a purge one retention later.
         let mut dead = None;
         apply(&mut dead, heartbeat("d"), t0, &CONFIG);
         let d = apply(
@@ -933,15 +1051,16 @@ mod tests {
             &CONFIG,
         );
         assert!(d.declared_dead.is_some());
+        let t1 = t0 + secs(45) + chrono::Duration::from_std(CONFIG.grace_period).unwrap();
+        let d = apply(&mut dead, check_due("d", t1), t1, &CONFIG);
         assert!(
-            d.messages
-                .contains(&(purge("d"), Some(t0 + secs(45) + retention))),
+            d.messages.contains(&(purge("d"), Some(t1 + retention))),
             "{:?}",
             d.messages
         );
         // A zombie's heartbeat meanwhile changes nothing; the purge forgets the state.
-        apply(&mut dead, heartbeat("d"), t0 + secs(50), &CONFIG);
-        let d = apply(&mut dead, purge("d"), t0 + secs(45) + retention, &CONFIG);
+        apply(&mut dead, heartbeat("d"), t1 + secs(5), &CONFIG);
+        let d = apply(&mut dead, purge("d"), t1 + retention, &CONFIG);
         assert!(d.changed && dead.is_none(), "{dead:?}");
         // Stopped gracefully: forgotten at its check, which arms the purge of its row.
         let mut stopped = None;
@@ -984,6 +1103,11 @@ mod tests {
             &forever,
         );
         assert!(d.declared_dead.is_some());
+        let d = apply(&mut kept, check_due("k", t1), t1, &forever);
+        assert_eq!(
+            kept.as_ref().map(|s| s.instance.state),
+            Some(ServiceState::NotRunning)
+        );
         assert!(
             !d.messages
                 .iter()

@@ -19,7 +19,10 @@ use kestra_core::flow::{TaskKind, TaskRegistry, TaskType};
 use kestra_core::messages::{
     ExecutionKilled, WorkerJob, WorkerTask, WorkerTaskResult, WorkerTrigger, WorkerTriggerResult,
 };
-use kestra_core::model::{Level, MetricType, State, StateType, TaskRun};
+use kestra_core::liveness::LivenessMessage;
+use kestra_core::model::{
+    Level, MetricType, ServiceInstance, ServiceState, ServiceType, State, StateType, TaskRun,
+};
 use kestra_core::queue::{Envelope, Queue, Topic};
 use kestra_core::storage::{InternalStorage, InternalStorageExt, StoragePath};
 use kestra_core::testkit::memory::{MemoryQueue, MemoryStorage};
@@ -1457,6 +1460,113 @@ async fn a_shutdown_abandons_running_jobs_after_the_drain_limit() {
     assert!(
         queue.results().is_empty(),
         "no final result for the abandoned job: {:?}",
+        queue.results()
+    );
+    // Its heartbeats: RUNNING, TERMINATING while it drained, TERMINATED_FORCED at the end.
+    assert_eq!(
+        heartbeat_states(&queue),
+        vec![
+            ServiceState::Running,
+            ServiceState::TerminatingGracefully,
+            ServiceState::TerminatedForced
+        ]
+    );
+}
+
+/// The states of the heartbeats published so far, consecutive repeats merged.
+fn heartbeat_states(queue: &MemoryQueue) -> Vec<ServiceState> {
+    let mut states: Vec<ServiceState> = Vec::new();
+    for e in queue.published() {
+        if e.topic != Topic::Liveness {
+            continue;
+        }
+        if let Ok(LivenessMessage::Heartbeat { instance }) = e.decode::<LivenessMessage>()
+            && states.last() != Some(&instance.state)
+        {
+            states.push(instance.state);
+        }
+    }
+    states
+}
+
+/// Issue 14 ("a worker that finds itself declared dead stops its tasks"): when the executor's
+/// verdict that this worker is dead (DISCONNECTED: it was frozen or cut off past the liveness
+/// timeout, so its jobs are being resubmitted elsewhere) reaches it, it abandons its running jobs
+/// at once - no result, no acknowledgement - and stops without being asked; another worker's
+/// verdict changes nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_declared_dead_abandons_its_jobs_and_stops() {
+    let queue = Arc::new(MemoryQueue::new());
+    let worker = Worker::new(
+        WorkerConfig {
+            concurrency: 2,
+            poll_wait: Duration::from_millis(100),
+            drain_timeout: Duration::from_secs(60),
+            cancel_grace: Duration::from_millis(500),
+            ..WorkerConfig::default()
+        },
+        queue.clone(),
+        Arc::new(MemoryStorage::default()),
+        Arc::new(ExpressionEngine::default()),
+        Arc::new(TaskRegistry::default()),
+        Arc::new(RunnerRegistry::core()),
+    );
+    let worker_id = worker.id().to_string();
+    let shutdown = CancellationToken::new();
+    let mut handle = tokio::spawn(worker.run(shutdown.clone()));
+    let long = job(
+        "long",
+        json!({"id": "nap", "type": "io.kestra.plugin.core.flow.Sleep", "duration": "PT1H"}),
+    );
+    queue.publish(vec![long.envelope().unwrap()]).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while queue.task_messages().is_empty() {
+        assert!(Instant::now() < deadline, "the job did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let verdict = |id: &str| {
+        LivenessMessage::Declared {
+            instance: ServiceInstance {
+                id: id.to_string(),
+                type_: ServiceType::Worker,
+                state: ServiceState::Disconnected,
+                hostname: "h".into(),
+                created_date: chrono::Utc::now(),
+                updated_date: chrono::Utc::now(),
+                props: serde_json::Map::new(),
+            },
+            jobs: Vec::new(),
+        }
+        .envelope()
+        .unwrap()
+    };
+    // Another worker's verdict: nothing happens.
+    queue.publish(vec![verdict("someone-else")]).await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), &mut handle)
+            .await
+            .is_err(),
+        "another worker's verdict stopped this one"
+    );
+    let start = Instant::now();
+    queue.publish(vec![verdict(&worker_id)]).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), handle)
+        .await
+        .expect("a worker declared dead stops without waiting for its task's hour")
+        .unwrap();
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "stopped {:?} after the verdict",
+        start.elapsed()
+    );
+    assert!(!shutdown.is_cancelled(), "it stopped on its own");
+    assert!(
+        queue.acknowledged().is_empty(),
+        "its job is not acknowledged (it runs elsewhere)"
+    );
+    assert!(
+        queue.results().is_empty(),
+        "no result for the abandoned job: {:?}",
         queue.results()
     );
 }

@@ -474,8 +474,17 @@ pub async fn server(cmd: ServerCommand) -> Result<ExitCode, String> {
         None
     };
     info!(server = name, backend = %config.backend_type(), "kestra server running; Ctrl-C or SIGTERM to stop");
-    stop_signal().await?;
-    info!("shutting down: draining running tasks");
+    let mut code = ExitCode::SUCCESS;
+    tokio::select! {
+        stop = stop_signal() => {
+            stop?;
+            info!("shutting down: draining running tasks");
+        }
+        () = engine.stopped_on_its_own() => {
+            tracing::error!("a component stopped on its own (see above): shutting the server down, exit code 1");
+            code = ExitCode::FAILURE;
+        }
+    }
     #[cfg(feature = "webserver")]
     if let Some(web) = web {
         web.stop().await;
@@ -484,7 +493,7 @@ pub async fn server(cmd: ServerCommand) -> Result<ExitCode, String> {
         Ok(engine) => engine.shutdown().await,
         Err(_) => tracing::warn!("the engine is still in use: stopping without draining"),
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(code)
 }
 
 /// The webserver of `server standalone` and `server webserver`.

@@ -422,7 +422,7 @@ impl IndexerService {
                     // A zombie's heartbeat does not undo the executor's verdict.
                     if !declared
                         && let Some(stored) = self.services.find_by_id(&instance.id).await?
-                        && stored.state == ServiceState::NotRunning
+                        && stored.state.is_dead()
                     {
                         continue;
                     }
@@ -430,14 +430,7 @@ impl IndexerService {
                 }
                 for id in purged {
                     match self.services.find_by_id(&id).await? {
-                        Some(stored)
-                            if !matches!(
-                                stored.state,
-                                ServiceState::Created
-                                    | ServiceState::Running
-                                    | ServiceState::TerminatingGracefully
-                            ) =>
-                        {
+                        Some(stored) if !stored.state.is_running() => {
                             match self.services.delete(&id).await {
                                 Ok(()) | Err(RepositoryError::NotFound { .. }) => {
                                     info!(instance = %id, state = ?stored.state, "service instance purged after its retention");

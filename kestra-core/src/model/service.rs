@@ -20,7 +20,9 @@ pub enum ServiceType {
     Webserver,
 }
 
-/// Lifecycle state of a service instance.
+/// Lifecycle state of a service instance, with Kestra's names: `CREATED`, `RUNNING`,
+/// `TERMINATING` (draining), then `TERMINATED_GRACEFULLY` or `TERMINATED_FORCED` for a stop, or
+/// `DISCONNECTED` then `NOT_RUNNING` for an instance that fell silent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ServiceState {
@@ -28,14 +30,37 @@ pub enum ServiceState {
     Created,
     /// Running and healthy.
     Running,
-    /// Shutting down gracefully; finishing in-flight work.
+    /// Shutting down gracefully: finishing in-flight work (Kestra's `TERMINATING`).
+    #[serde(rename = "TERMINATING", alias = "TERMINATING_GRACEFULLY")]
     TerminatingGracefully,
     /// Stopped after a graceful shutdown.
     TerminatedGracefully,
-    /// Missed its heartbeats: considered dead by its peers.
+    /// Stopped when its drain limit was reached: it abandoned the jobs still running (the queue
+    /// delivers them again).
+    TerminatedForced,
+    /// Not heard from within the liveness timeout: declared dead by the executor, which
+    /// resubmits its jobs per strategy; `NOT_RUNNING` one termination grace period later. A
+    /// heartbeat from it afterwards changes nothing (a worker that learns of it stops).
+    Disconnected,
+    /// Dead: disconnected for longer than the termination grace period.
     NotRunning,
     /// Cleaned up after being declared dead.
     Inactive,
+}
+
+impl ServiceState {
+    /// Whether the instance runs (or is still draining).
+    pub fn is_running(self) -> bool {
+        matches!(
+            self,
+            ServiceState::Created | ServiceState::Running | ServiceState::TerminatingGracefully
+        )
+    }
+
+    /// Whether the executor declared it dead (`DISCONNECTED` or `NOT_RUNNING`).
+    pub fn is_dead(self) -> bool {
+        matches!(self, ServiceState::Disconnected | ServiceState::NotRunning)
+    }
 }
 
 /// A running component instance.

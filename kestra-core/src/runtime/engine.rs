@@ -258,6 +258,7 @@ impl EngineBuilder {
         }
         let worker_shutdown = CancellationToken::new();
         let indexer_shutdown = CancellationToken::new();
+        let stopped = CancellationToken::new();
         if self.components.worker {
             let worker = Worker::new(
                 self.worker,
@@ -272,7 +273,17 @@ impl EngineBuilder {
                 self.repositories.clone(),
                 flow_source.clone(),
             )));
-            tasks.push(("worker", tokio::spawn(worker.run(worker_shutdown.clone()))));
+            // A worker also stops on its own when the executor declared it dead.
+            let (token, stopped) = (worker_shutdown.clone(), stopped.clone());
+            tasks.push((
+                "worker",
+                tokio::spawn(async move {
+                    worker.run(token.clone()).await;
+                    if !token.is_cancelled() {
+                        stopped.cancel();
+                    }
+                }),
+            ));
         }
         let mut indexer_lag = None;
         if self.components.indexer {
@@ -313,6 +324,7 @@ impl EngineBuilder {
             indexer_shutdown,
             indexer_lag,
             scheduler_shutdown,
+            stopped,
             tasks,
         }
     }
@@ -376,6 +388,8 @@ pub struct Engine {
     indexer_shutdown: CancellationToken,
     /// The lag of this engine's indexer, if it runs one.
     indexer_lag: Option<Arc<IndexerLag>>,
+    /// Cancelled when a component stopped without being asked (a worker declared dead).
+    stopped: CancellationToken,
     scheduler_shutdown: CancellationToken,
     tasks: Vec<(&'static str, JoinHandle<()>)>,
 }
@@ -964,6 +978,14 @@ impl Engine {
             .publish(vec![execution_envelope(&replay)?])
             .await?;
         Ok(replay)
+    }
+
+    /// Resolves when a component of this engine stopped without being asked to: a worker the
+    /// executor declared dead (it was frozen or cut off past the liveness timeout) abandons its
+    /// jobs and stops, as Kestra's do. A server then exits with an error, for its supervisor to
+    /// start it again; never resolves otherwise.
+    pub async fn stopped_on_its_own(&self) {
+        self.stopped.cancelled().await;
     }
 
     /// Stop: the scheduler first, then the worker drains (its last results still reach the executor),

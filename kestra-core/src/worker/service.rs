@@ -1054,6 +1054,70 @@ async fn follow_kills(shared: Arc<Shared>, stop: CancellationToken) {
     }
 }
 
+/// Follow the executor's verdicts on the liveness topic: one that declares this worker dead (it
+/// was not heard from within the liveness timeout - frozen, cut off - so its jobs are being
+/// resubmitted elsewhere) makes it abandon its running jobs at once, without results, and stop:
+/// a late copy must not run beside the new attempt. `stop` is the worker's own shutdown.
+async fn follow_verdicts(
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    declared_dead: CancellationToken,
+    done: CancellationToken,
+) {
+    loop {
+        let mut subscription = match shared.queue.subscribe(Topic::Liveness).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("cannot subscribe to liveness verdicts: {e}");
+                tokio::select! {
+                    _ = done.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        loop {
+            let next = tokio::select! {
+                _ = done.cancelled() => return,
+                n = subscription.next() => n,
+            };
+            match next {
+                Some(Ok(envelope)) if envelope.key == shared.config.id => {
+                    if let Ok(LivenessMessage::Declared { instance, jobs }) =
+                        envelope.decode::<LivenessMessage>()
+                        && instance.state.is_dead()
+                        && !declared_dead.is_cancelled()
+                    {
+                        tracing::error!(
+                            worker_id = %shared.config.id,
+                            state = ?instance.state,
+                            held_jobs = jobs.len(),
+                            "this worker was declared dead by the executor (no heartbeat within the \
+                             liveness timeout): abandoning its running jobs, which run elsewhere, \
+                             and stopping"
+                        );
+                        declared_dead.cancel();
+                        shared.abandon.cancel();
+                        stop.cancel();
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(QueueError::Lagged { missed })) => {
+                    tracing::warn!(missed, "liveness verdict subscription lagged");
+                }
+                Some(Err(e)) => {
+                    tracing::warn!("liveness verdict subscription failed: {e}");
+                    break;
+                }
+                None => break,
+            }
+        }
+        tokio::select! {
+            _ = done.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+    }
+}
+
 impl Worker {
     /// A worker over `queue` and `storage`, rendering with `expr`, decoding with `task_registry` and
     /// running the types of `runners`.
@@ -1093,6 +1157,8 @@ impl Worker {
     /// `drain_timeout`), publishes their results and returns. Needs a multi-threaded Tokio runtime
     /// (expression functions read storage with `block_in_place`).
     pub async fn run(self, shutdown: CancellationToken) {
+        // Cancelled by `shutdown`, or by the executor's verdict that this worker is dead.
+        let shutdown = shutdown.child_token();
         let concurrency = self.config.concurrency.max(1);
         let heartbeat = Heartbeat::start(
             self.queue.clone(),
@@ -1136,6 +1202,13 @@ impl Worker {
         });
         let stop_kills = CancellationToken::new();
         let kills = tokio::spawn(follow_kills(shared.clone(), stop_kills.clone()));
+        let declared_dead = CancellationToken::new();
+        let verdicts = tokio::spawn(follow_verdicts(
+            shared.clone(),
+            shutdown.clone(),
+            declared_dead.clone(),
+            stop_kills.clone(),
+        ));
         let renewals = tokio::spawn(renew_leases(shared.clone(), stop_kills.clone()));
         tracing::info!(worker_id = %shared.config.id, concurrency, "worker started");
 
@@ -1221,6 +1294,11 @@ impl Worker {
             running = jobs.len(),
             "worker stopping: draining running jobs"
         );
+        if !declared_dead.is_cancelled() {
+            heartbeat
+                .set_state(crate::model::ServiceState::TerminatingGracefully)
+                .await;
+        }
         let drain = async { while jobs.join_next().await.is_some() {} };
         if tokio::time::timeout(shared.config.drain_timeout, drain)
             .await
@@ -1239,9 +1317,11 @@ impl Worker {
                 jobs.abort_all();
             }
         }
+        let forced = shared.abandon.is_cancelled();
         stop_kills.cancel();
         let _ = kills.await;
         let _ = renewals.await;
+        let _ = verdicts.await;
         shared.flush_telemetry().await;
         drop(shared);
         if tokio::time::timeout(Duration::from_secs(30), results)
@@ -1256,8 +1336,19 @@ impl Worker {
         {
             tracing::warn!("log publisher did not stop in time");
         }
-        heartbeat.stop().await;
-        tracing::info!("worker stopped");
+        if forced {
+            // Jobs were abandoned (drain limit, or declared dead): the queue delivers them again.
+            heartbeat
+                .stop_as(crate::model::ServiceState::TerminatedForced)
+                .await;
+        } else {
+            heartbeat.stop().await;
+        }
+        if declared_dead.is_cancelled() {
+            tracing::error!("worker stopped: it was declared dead (see above)");
+        } else {
+            tracing::info!("worker stopped");
+        }
     }
 }
 
