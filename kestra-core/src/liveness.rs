@@ -697,7 +697,9 @@ async fn beat(
 ) {
     loop {
         instance.updated_date = Utc::now();
-        instance.state = *state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        instance.state = *state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(report) = &report {
             instance.props = report();
         }
@@ -881,13 +883,26 @@ mod tests {
         );
         // An early check re-arms; the one after the grace period declares it NOT_RUNNING (no job
         // named again: they were resubmitted at the first verdict) and arms its purge.
-        let d = apply(&mut state, check_due("w", t0 + secs(60)), t0 + secs(60), &CONFIG);
+        let d = apply(
+            &mut state,
+            check_due("w", t0 + secs(60)),
+            t0 + secs(60),
+            &CONFIG,
+        );
         assert_eq!(
             d.messages,
             vec![(check_due("w", not_running_at), Some(not_running_at))]
         );
-        let d = apply(&mut state, check_due("w", not_running_at), not_running_at, &CONFIG);
-        assert!(d.declared_dead.is_none(), "resubmitted once, at the first verdict");
+        let d = apply(
+            &mut state,
+            check_due("w", not_running_at),
+            not_running_at,
+            &CONFIG,
+        );
+        assert!(
+            d.declared_dead.is_none(),
+            "resubmitted once, at the first verdict"
+        );
         assert!(
             matches!(
                 d.messages.as_slice(),

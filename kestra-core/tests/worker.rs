@@ -16,10 +16,10 @@ use tokio_util::sync::CancellationToken;
 use kestra_core::expression::ExpressionEngine;
 use kestra_core::flow::model::Task;
 use kestra_core::flow::{TaskKind, TaskRegistry, TaskType};
+use kestra_core::liveness::LivenessMessage;
 use kestra_core::messages::{
     ExecutionKilled, WorkerJob, WorkerTask, WorkerTaskResult, WorkerTrigger, WorkerTriggerResult,
 };
-use kestra_core::liveness::LivenessMessage;
 use kestra_core::model::{
     Level, MetricType, ServiceInstance, ServiceState, ServiceType, State, StateType, TaskRun,
 };

@@ -24,7 +24,7 @@ use crate::indexer::IndexerLag;
 use crate::liveness::{Heartbeat, LivenessConfig, LivenessMessage};
 use crate::messages::ExecutionChange;
 use crate::model::TriggerState;
-use crate::model::{Execution, LogEntry, MetricEntry, ServiceInstance, ServiceState, ServiceType};
+use crate::model::{Execution, LogEntry, MetricEntry, ServiceInstance, ServiceType};
 use crate::queue::{
     ConsumerGroup, Delivery, DeliveryTag, Queue, QueueError, Replayable, Replayed, Topic,
 };
