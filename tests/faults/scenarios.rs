@@ -415,8 +415,13 @@ tasks:
         c.procs[victim].kill();
         schedulers.insert(slot, c.start("scheduler", false));
     }
-    // Let the survivors catch up and fire a few more slots.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Let the survivors catch up and fire a few more slots: at least 5 in all (within 30 s: on a
+    // loaded machine the first execution, which holds the trigger until it ends, may be slow).
+    let catch_up = Instant::now();
+    while c.executions_of(NS).await.len() < 5 && catch_up.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
     for s in schedulers {
         c.procs[s].kill();
     }
