@@ -615,7 +615,7 @@ impl Inner {
                     )
                     .map_err(|(e, _)| e)?;
             }
-            producer.commit_transaction(Duration::from_secs(30))
+            crate::queue::commit_transaction(&producer, Duration::from_secs(30))
         })();
         match result {
             Ok(()) => {
@@ -752,11 +752,7 @@ impl GroupConsumer {
         let group_id = format!("{}{}.{}", options.prefix, group.as_str(), topic_part);
         let txn = if units {
             let producer: FutureProducer = options
-                .producer_config()
-                .set(
-                    "transactional.id",
-                    format!("{group_id}-{}", kestra_core::model::new_id()),
-                )
+                .transactional_config(format!("{group_id}-{}", kestra_core::model::new_id()))
                 .set("transaction.timeout.ms", "60000")
                 .create()
                 .map_err(|e| Shared::backend("transactional producer creation", e))?;

@@ -13,7 +13,7 @@ use kestra_core::queue::{
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::error::{KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use tracing::{debug, info};
@@ -201,6 +201,18 @@ impl KafkaOptions {
         c
     }
 
+    /// The configuration of a transactional producer named `id` (units of work, recorded
+    /// receives, trigger units). A coordinator request the broker refuses for now
+    /// (`CONCURRENT_TRANSACTIONS`: the previous transaction's markers are still being written,
+    /// as they are between back-to-back transactions) is retried after 10 ms, not librdkafka's
+    /// default 100 ms (`send_offsets_to_transaction` took ~100 ms in every unit of work).
+    pub(crate) fn transactional_config(&self, id: String) -> ClientConfig {
+        let mut c = self.producer_config();
+        c.set("transactional.id", id)
+            .set("retry.backoff.ms", TXN_RETRY_BACKOFF_MS);
+        c
+    }
+
     pub(crate) fn producer_config(&self) -> ClientConfig {
         let mut c = self.client_config();
         c.set("enable.idempotence", "true")
@@ -213,6 +225,25 @@ impl KafkaOptions {
             );
         c
     }
+}
+
+/// `retry.backoff.ms` of the transactional producers ([`KafkaOptions::transactional_config`]).
+const TXN_RETRY_BACKOFF_MS: &str = "10";
+
+/// Commit the open transaction of `producer` (from a blocking thread), within `timeout`.
+///
+/// rust-rdkafka's `commit_transaction` flushes first, and its flush, when a message is still in
+/// flight, polls the producer's event queue for a fixed 100 ms - a `FutureProducer`'s own thread
+/// serves that queue, so the poll never ends early: every transaction took at least 100 ms
+/// (`examples/txn_latency.rs` measures it). Waiting here until librdkafka holds no message any
+/// more (every record of the transaction acknowledged by its partition leader) lets that flush
+/// return at once; the commit then costs its broker round trips only.
+pub(crate) fn commit_transaction(producer: &FutureProducer, timeout: Duration) -> KafkaResult<()> {
+    let deadline = std::time::Instant::now() + timeout;
+    while producer.in_flight_count() > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    producer.commit_transaction(deadline.saturating_duration_since(std::time::Instant::now()))
 }
 
 /// Shared by a queue handle, its consumers and its units.
@@ -273,11 +304,11 @@ impl Shared {
                 .unwrap_or_else(PoisonError::into_inner);
             if slot.is_none() {
                 let p: FutureProducer = options
-                    .producer_config()
-                    .set(
-                        "transactional.id",
-                        format!("{}records-{}", options.prefix, kestra_core::model::new_id()),
-                    )
+                    .transactional_config(format!(
+                        "{}records-{}",
+                        options.prefix,
+                        kestra_core::model::new_id()
+                    ))
                     .create()
                     .map_err(|e| Shared::backend("recorded receive (producer)", e))?;
                 p.init_transactions(Duration::from_secs(30))
@@ -302,8 +333,7 @@ impl Shared {
                         )
                         .map_err(|(e, _)| Shared::backend("recorded receive (produce)", e))?;
                 }
-                producer
-                    .commit_transaction(Duration::from_secs(30))
+                commit_transaction(producer, Duration::from_secs(30))
                     .map_err(|e| Shared::backend("recorded receive (commit)", e))
             };
             let result = write();

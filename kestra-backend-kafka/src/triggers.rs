@@ -302,8 +302,7 @@ impl TriggerUnit for KafkaTriggerUnit {
                         .send_offsets_to_transaction(tpl, md, Duration::from_secs(30))
                         .map_err(be("commit triggers (send offsets)"))?;
                 }
-                producer
-                    .commit_transaction(Duration::from_secs(30))
+                crate::queue::commit_transaction(&producer, Duration::from_secs(30))
                     .map_err(be("commit triggers"))
             };
             let result = write();

@@ -245,6 +245,7 @@ impl KafkaUnit {
             .collect();
         let consumer = self.consumer.clone();
         let (changes_w, delayed_w) = (changes.clone(), delayed.clone());
+        let tags_count = tags.len();
         tokio::task::spawn_blocking(move || -> Result<(), QueueError> {
             let Some(txn) = &consumer.inner.txn else {
                 return Err(QueueError::backend(
@@ -253,6 +254,7 @@ impl KafkaUnit {
                 ));
             };
             let producer = txn.lock().unwrap_or_else(PoisonError::into_inner);
+            let started = std::time::Instant::now();
             producer
                 .begin_transaction()
                 .map_err(|e| txn_error("commit (begin transaction)", e))?;
@@ -320,9 +322,18 @@ impl KafkaUnit {
                         .send_offsets_to_transaction(&offsets, &metadata, Duration::from_secs(30))
                         .map_err(|e| txn_error("commit (send offsets)", e))?;
                 }
-                producer
-                    .commit_transaction(Duration::from_secs(30))
-                    .map_err(|e| txn_error("commit", e))
+                let sent = started.elapsed();
+                let committed =
+                    crate::queue::commit_transaction(&producer, Duration::from_secs(30))
+                        .map_err(|e| txn_error("commit", e));
+                debug!(
+                    deliveries = tags_count,
+                    records = plain.len() + delayed_w.len() + changes_w.len() + dead.len(),
+                    produce_and_offsets_ms = sent.as_secs_f64() * 1000.0,
+                    total_ms = started.elapsed().as_secs_f64() * 1000.0,
+                    "unit of work transaction"
+                );
+                committed
             };
             let result = write();
             if let Err(e) = &result {
