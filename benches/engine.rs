@@ -17,6 +17,11 @@
 //! `scripts/test.sh` runs in CI) or with `KESTRA_BENCH_SMOKE=1`, every scenario runs once with tiny
 //! sizes on SQLite only (a few seconds), so the benchmark never rots; its figures mean nothing.
 //!
+//! **Selection** (full runs): `KESTRA_BENCH_SCENARIOS` (comma list of `a`, `throughput`, `latency`,
+//! `c`; default all) and `KESTRA_BENCH_BACKENDS` (comma list of `sqlite`, `postgres`, `mysql`,
+//! `kafka+es`; default every configured one), e.g. only the latency phase on the JDBC databases:
+//! `KESTRA_BENCH_SCENARIOS=latency KESTRA_BENCH_BACKENDS=sqlite,postgres,mysql`.
+//!
 //! Progress goes to stderr; the results table to stdout.
 
 use std::sync::Arc;
@@ -149,6 +154,14 @@ async fn kafka_engine(brokers: String, elasticsearch: String, dir: &std::path::P
         .start()
 }
 
+/// Whether `name` is selected by the comma list in the environment variable `var` (all when unset).
+fn selected(var: &str, name: &str) -> bool {
+    match std::env::var(var) {
+        Ok(list) if !list.trim().is_empty() => list.split(',').any(|s| s.trim() == name),
+        _ => true,
+    }
+}
+
 fn env_first(vars: &[&str]) -> Option<String> {
     vars.iter()
         .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
@@ -164,7 +177,11 @@ async fn bench(label: &str, engine: Engine, sizes: Sizes) -> Vec<String> {
     run_once(&engine, "two", Duration::from_secs(60)).await;
 
     // (a)
-    let runs = sizes.sequential_runs;
+    let runs = if selected("KESTRA_BENCH_SCENARIOS", "a") {
+        sizes.sequential_runs
+    } else {
+        0
+    };
     let bar = progress(runs as u64, &format!("{label} (a) 40 sequential"));
     let mut a = Vec::new();
     for _ in 0..runs {
@@ -173,16 +190,22 @@ async fn bench(label: &str, engine: Engine, sizes: Sizes) -> Vec<String> {
     }
     bar.finish();
     a.sort();
-    push(
-        &mut rows,
-        format!(
-            "| {label} | (a) 40 sequential tasks, wall time (median of {runs}) | {:.3} s |",
-            pct(&a, 0.5).as_secs_f64()
-        ),
-    );
+    if runs > 0 {
+        push(
+            &mut rows,
+            format!(
+                "| {label} | (a) 40 sequential tasks, wall time (median of {runs}) | {:.3} s |",
+                pct(&a, 0.5).as_secs_f64()
+            ),
+        );
+    }
 
     // (b) throughput: N executions started at once, until all SUCCESS
-    let n = sizes.throughput;
+    let n = if selected("KESTRA_BENCH_SCENARIOS", "throughput") {
+        sizes.throughput
+    } else {
+        0
+    };
     let bar = progress(n as u64, &format!("{label} (b) throughput"));
     let start = Instant::now();
     // Executions are created by 16 concurrent clients, as API calls or schedules would.
@@ -209,15 +232,21 @@ async fn bench(label: &str, engine: Engine, sizes: Sizes) -> Vec<String> {
     }
     bar.finish();
     let tput = n as f64 / start.elapsed().as_secs_f64();
-    push(
-        &mut rows,
-        format!(
-            "| {label} | (b) 2-task flow, sustained executions/s ({n} executions) | {tput:.0} /s |"
-        ),
-    );
+    if n > 0 {
+        push(
+            &mut rows,
+            format!(
+                "| {label} | (b) 2-task flow, sustained executions/s ({n} executions) | {tput:.0} /s |"
+            ),
+        );
+    }
 
     // (b) latency at 25/s
-    let count = sizes.latency;
+    let count = if selected("KESTRA_BENCH_SCENARIOS", "latency") {
+        sizes.latency
+    } else {
+        0
+    };
     let bar = progress(count as u64, &format!("{label} (b) latency @25/s"));
     let mut handles = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_millis(40));
@@ -237,17 +266,23 @@ async fn bench(label: &str, engine: Engine, sizes: Sizes) -> Vec<String> {
     }
     bar.finish();
     lat.sort();
-    push(
-        &mut rows,
-        format!(
-            "| {label} | (b) latency at 25 executions/s: p50 / p99 | {:.1} ms / {:.1} ms |",
-            pct(&lat, 0.5).as_secs_f64() * 1000.0,
-            pct(&lat, 0.99).as_secs_f64() * 1000.0
-        ),
-    );
+    if count > 0 {
+        push(
+            &mut rows,
+            format!(
+                "| {label} | (b) latency at 25 executions/s: p50 / p99 | {:.1} ms / {:.1} ms |",
+                pct(&lat, 0.5).as_secs_f64() * 1000.0,
+                pct(&lat, 0.99).as_secs_f64() * 1000.0
+            ),
+        );
+    }
 
     // (c)
-    let runs = sizes.each_runs;
+    let runs = if selected("KESTRA_BENCH_SCENARIOS", "c") {
+        sizes.each_runs
+    } else {
+        0
+    };
     let bar = progress(runs as u64, &format!("{label} (c) ForEach 200"));
     let mut c = Vec::new();
     for _ in 0..runs {
@@ -256,13 +291,15 @@ async fn bench(label: &str, engine: Engine, sizes: Sizes) -> Vec<String> {
     }
     bar.finish();
     c.sort();
-    push(
-        &mut rows,
-        format!(
-            "| {label} | (c) ForEach over 200 values, wall time (median of {runs}) | {:.3} s |",
-            pct(&c, 0.5).as_secs_f64()
-        ),
-    );
+    if runs > 0 {
+        push(
+            &mut rows,
+            format!(
+                "| {label} | (c) ForEach over 200 values, wall time (median of {runs}) | {:.3} s |",
+                pct(&c, 0.5).as_secs_f64()
+            ),
+        );
+    }
     if let Ok(engine) = Arc::try_unwrap(engine) {
         engine.shutdown().await;
     }
@@ -285,9 +322,11 @@ fn main() {
         println!("| backend | measure | result |\n| --- | --- | --- |");
         let mut rows = Vec::new();
         let dir = tempfile::tempdir().expect("tempdir");
-        let sqlite = format!("sqlite://{}/bench.db?mode=rwc", dir.path().display());
-        let engine = jdbc_engine(&sqlite, &dir.path().join("sqlite")).await;
-        rows.extend(bench("sqlite", engine, sizes).await);
+        if smoke || selected("KESTRA_BENCH_BACKENDS", "sqlite") {
+            let sqlite = format!("sqlite://{}/bench.db?mode=rwc", dir.path().display());
+            let engine = jdbc_engine(&sqlite, &dir.path().join("sqlite")).await;
+            rows.extend(bench("sqlite", engine, sizes).await);
+        }
         if smoke {
             assert_eq!(rows.len(), 4, "every scenario gave its figure");
             eprintln!("smoke run done: {} measures", rows.len());
@@ -300,7 +339,9 @@ fn main() {
             ),
             ("mysql", ["KESTRA_BENCH_MYSQL_URL", "KESTRA_TEST_MYSQL_URL"]),
         ] {
-            if let Some(url) = env_first(&vars) {
+            if !selected("KESTRA_BENCH_BACKENDS", label) {
+                eprintln!("{label}: not selected (KESTRA_BENCH_BACKENDS)");
+            } else if let Some(url) = env_first(&vars) {
                 let engine = jdbc_engine(&url, &dir.path().join(label)).await;
                 rows.extend(bench(label, engine, sizes).await);
             } else {
@@ -312,7 +353,9 @@ fn main() {
             "KESTRA_BENCH_ELASTICSEARCH_URL",
             "KESTRA_TEST_ELASTICSEARCH_URL",
         ]);
-        if let (Some(brokers), Some(elasticsearch)) = (brokers, elasticsearch) {
+        if !selected("KESTRA_BENCH_BACKENDS", "kafka+es") {
+            eprintln!("kafka+es: not selected (KESTRA_BENCH_BACKENDS)");
+        } else if let (Some(brokers), Some(elasticsearch)) = (brokers, elasticsearch) {
             let engine = kafka_engine(brokers, elasticsearch, &dir.path().join("kafka")).await;
             rows.extend(bench("kafka+es", engine, sizes).await);
         } else {
