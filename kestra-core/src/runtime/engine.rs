@@ -875,7 +875,7 @@ impl Engine {
     /// process is seen so).
     pub async fn wait_for(&self, id: &str, timeout: Duration) -> Result<Execution, EngineError> {
         match self.waiters.wait(id, timeout).await? {
-            Waited::Ended(e) => Ok(e),
+            Waited::Ended(e) => Ok(*e),
             Waited::TimedOut(state) => Err(EngineError::Timeout {
                 id: id.to_string(),
                 timeout,

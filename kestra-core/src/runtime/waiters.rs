@@ -72,7 +72,7 @@ pub(crate) struct Waiters {
 /// How a wait ended.
 pub(crate) enum Waited {
     /// Ended, as the repository shows it.
-    Ended(Execution),
+    Ended(Box<Execution>),
     /// Not ended within the wait: the last state known (`None`: not found).
     TimedOut(Option<String>),
 }
@@ -143,7 +143,7 @@ impl Waiters {
         let seen = seen.unwrap_or_else(|| registration.seen.borrow().clone());
         drop(registration);
         match seen {
-            Seen::Ended(e) => Ok(Waited::Ended(Arc::unwrap_or_clone(e))),
+            Seen::Ended(e) => Ok(Waited::Ended(Box::new(Arc::unwrap_or_clone(e)))),
             Seen::Failed(message) => Err(RepositoryError::backend(
                 "read executions waited for",
                 std::io::Error::other(message.to_string()),
@@ -157,7 +157,7 @@ impl Waiters {
                     .find_by_id(&self.shared.tenant, id)
                     .await?
                 {
-                    Some(e) if e.state.is_terminated() => Ok(Waited::Ended(e)),
+                    Some(e) if e.state.is_terminated() => Ok(Waited::Ended(Box::new(e))),
                     Some(e) => Ok(Waited::TimedOut(Some(e.state.current().to_string()))),
                     None => Ok(Waited::TimedOut(None)),
                 }
