@@ -374,6 +374,21 @@ pub trait ExecutionRepository: Send + Sync {
     }
     /// An execution by id (not soft-deleted).
     async fn find_by_id(&self, tenant: &str, id: &str) -> RepoResult<Option<Execution>>;
+    /// The executions of `ids` that exist and are not soft-deleted, in any order (an unknown id is
+    /// left out), as [`find_by_id`](Self::find_by_id) sees each. [`Engine::wait_for`] polls every
+    /// pending execution of an engine with one call, so a backend answers it with one request (or
+    /// a few for thousands of ids); the default asks `find_by_id` for each id.
+    ///
+    /// [`Engine::wait_for`]: crate::runtime::Engine::wait_for
+    async fn find_by_ids(&self, tenant: &str, ids: &[String]) -> RepoResult<Vec<Execution>> {
+        let mut found = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(e) = self.find_by_id(tenant, id).await? {
+                found.push(e);
+            }
+        }
+        Ok(found)
+    }
     /// Search.
     async fn search(&self, query: &ExecutionQuery, page: &Pageable) -> RepoResult<Page<Execution>>;
     /// Soft-delete an execution (it disappears from search and lookups).

@@ -266,6 +266,32 @@ impl ExecutionRepository for Store {
             .transpose()
     }
 
+    async fn find_by_ids(&self, tenant: &str, ids: &[String]) -> RepoResult<Vec<Execution>> {
+        // One statement per 500 ids (bind parameters stay far below every dialect's limit).
+        let mut found = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(500) {
+            let mut qb =
+                Qb::new("SELECT id, doc FROM executions WHERE deleted = FALSE AND tenant_id = ");
+            qb.push_bind(tenant.to_string()).push(" AND id IN (");
+            {
+                let mut sep = qb.separated(", ");
+                for id in chunk {
+                    sep.push_bind(id.clone());
+                }
+            }
+            qb.push(")");
+            let rows = qb
+                .build()
+                .fetch_all(&self.read)
+                .await
+                .map_err(repo_err("find executions"))?;
+            for r in &rows {
+                found.push(parse_doc(r, "execution", "id", "find executions")?);
+            }
+        }
+        Ok(found)
+    }
+
     async fn search(&self, query: &ExecutionQuery, page: &Pageable) -> RepoResult<Page<Execution>> {
         let (offset, limit) = page.check(EXECUTION_SORT_FIELDS)?;
         check_range(query.start_date, query.end_date)?;

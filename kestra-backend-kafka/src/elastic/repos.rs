@@ -630,6 +630,26 @@ impl ExecutionRepository for Repos {
         }
     }
 
+    /// One search per 500 ids: what searches see, as [`find_by_id`](Self::find_by_id) reads.
+    async fn find_by_ids(&self, tenant: &str, ids: &[String]) -> RepoResult<Vec<Execution>> {
+        let mut found = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(500) {
+            let body = json!({
+                "query": filter(vec![
+                    json!({"term": {"tenantId": tenant}}),
+                    json!({"term": {"deleted": false}}),
+                    json!({"terms": {"id": chunk}}),
+                ]),
+                "size": chunk.len(),
+            });
+            let page: Page<Execution> = self
+                .page(&self.inner.idx.executions, "execution", body)
+                .await?;
+            found.extend(page.results);
+        }
+        Ok(found)
+    }
+
     async fn search(&self, q: &ExecutionQuery, page: &Pageable) -> RepoResult<Page<Execution>> {
         let mut clauses = vec![
             json!({"term": {"tenantId": tenant_of(&q.tenant_id)}}),

@@ -184,6 +184,8 @@ pub struct ExecutorService {
     oversized: Mutex<HashMap<String, Oversized>>,
     /// The executions this executor saved last, reused while the stored copy is the one it wrote.
     saved: Mutex<SavedExecutions>,
+    /// Told of each ended execution once its unit committed ([`ExecutorService::on_ended`]).
+    on_ended: Option<crate::runtime::EndedObserver>,
 }
 
 /// How often [`ExecutorService`] reused an execution it saved instead of decoding the stored copy.
@@ -305,7 +307,15 @@ impl ExecutorService {
             missing_flows: Mutex::new(HashMap::new()),
             oversized: Mutex::new(HashMap::new()),
             saved: Mutex::new(SavedExecutions::default()),
+            on_ended: None,
         }
+    }
+
+    /// Tell `observer` of each execution this executor saved ended, once its unit committed (the
+    /// engine's waits, where the unit writes the row the repository reads).
+    pub fn on_ended(mut self, observer: crate::runtime::EndedObserver) -> Self {
+        self.on_ended = Some(observer);
+        self
     }
 
     /// How often this executor reused an execution it had saved (see [`ExecutionCacheStats`]).
@@ -962,6 +972,15 @@ impl ExecutorService {
         unit.commit().await?;
         #[cfg(feature = "testkit")]
         fault.at(crate::testkit::faults::UnitStep::Committed);
+        if let Some(observer) = &self.on_ended {
+            for id in &dirty {
+                if let Some(Some(e)) = executions.get(id)
+                    && e.state.is_terminated()
+                {
+                    observer(e);
+                }
+            }
+        }
         // Committed: what was saved is what is stored. An ended execution is rarely processed
         // again; it is not kept.
         let mut saved = self.saved.lock().unwrap_or_else(PoisonError::into_inner);

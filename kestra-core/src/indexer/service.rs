@@ -14,6 +14,7 @@
 //! unacknowledged for a redelivery that a queue without lease timers, Kafka, would only make to
 //! the next consumer).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -68,6 +69,8 @@ pub struct IndexerService {
     triggers: Arc<dyn TriggerRepository>,
     config: IndexerConfig,
     lag: Arc<IndexerLag>,
+    /// Told of each ended execution once stored ([`IndexerService::on_ended`]).
+    on_ended: Option<crate::runtime::EndedObserver>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -91,12 +94,40 @@ impl IndexerService {
             triggers: repositories.triggers.clone(),
             config,
             lag: Arc::default(),
+            on_ended: None,
         }
     }
 
     /// How far behind this indexer is, per topic (live: the indexer updates it as it runs).
     pub fn lag(&self) -> Arc<IndexerLag> {
         self.lag.clone()
+    }
+
+    /// Tell `observer` of each ended execution this indexer stored, once stored (the engine's
+    /// waits, where the repository is written from [`Topic::ExecutionChange`]).
+    pub fn on_ended(mut self, observer: crate::runtime::EndedObserver) -> Self {
+        self.on_ended = Some(observer);
+        self
+    }
+
+    /// Store executions ([`ExecutionRepository::save_batch`]), then report the ended ones.
+    async fn save_executions(&self, saves: &[Execution]) -> Result<(), RepositoryError> {
+        self.executions.save_batch(saves).await?;
+        if let Some(observer) = &self.on_ended {
+            // The newest version of each execution is the stored one.
+            let mut newest: HashMap<&str, &Execution> = HashMap::new();
+            for e in saves {
+                let slot = newest.entry(e.id.as_str()).or_insert(e);
+                if e.metadata.version >= slot.metadata.version {
+                    *slot = e;
+                }
+            }
+            newest
+                .values()
+                .filter(|e| e.state.is_terminated())
+                .for_each(|e| observer(e));
+        }
+        Ok(())
     }
 
     /// Run until `shutdown`; pending messages are flushed before returning when possible.
@@ -470,7 +501,7 @@ impl IndexerService {
                             delete_logs,
                             delete_metrics,
                         }) => {
-                            self.executions.save_batch(&saves).await?;
+                            self.save_executions(&saves).await?;
                             saves.clear();
                             // Logs and metrics first, the execution last: whoever waits for
                             // the execution to be gone (the API's delete) then finds its logs
@@ -496,7 +527,7 @@ impl IndexerService {
                     }
                     tags.push(d.tag);
                 }
-                self.executions.save_batch(&saves).await?;
+                self.save_executions(&saves).await?;
             }
             _ => {
                 let mut entries: Vec<MetricEntry> = Vec::with_capacity(batch.len());

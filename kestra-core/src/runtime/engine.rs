@@ -40,6 +40,7 @@ use crate::repository::{FlowRecord, Repositories, RepositoryError, SaveOutcome};
 use crate::runtime::flows::{
     FlowCache, FlowSource, FlowStore, RepositoryFlowSource, flow_envelope, follow_flows,
 };
+use crate::runtime::waiters::{Waited, Waiters};
 use crate::scheduler::{SchedulerConfig, SchedulerService, SystemClock};
 use crate::storage::{InternalStorage, StoragePath};
 use crate::worker::{RunnerRegistry, Worker, WorkerConfig};
@@ -162,9 +163,18 @@ pub struct EngineBuilder {
     indexer: IndexerConfig,
     scheduler: SchedulerConfig,
     flow_source: Option<Arc<dyn FlowSource>>,
+    wait_poll: Duration,
 }
 
 impl EngineBuilder {
+    /// How often [`Engine::wait_for`] reads the repository for every pending wait at once (one
+    /// query per interval, whatever the number of waits), the fallback to the notification of
+    /// this engine's executor or indexer (an execution run by another process is seen so).
+    /// Default: [`Engine::DEFAULT_WAIT_POLL`].
+    pub fn wait_poll_interval(mut self, interval: Duration) -> Self {
+        self.wait_poll = interval;
+        self
+    }
     /// Where the executor and the scheduler read flows. Default: a [`RepositoryFlowSource`] over
     /// the repositories' flows where the queue's units write the repository (JDBC, where they are
     /// the queue backend's database); otherwise (Kafka, in-memory) the engine's [`FlowStore`]
@@ -231,12 +241,23 @@ impl EngineBuilder {
             (None, Some(store)) => store.clone(),
             (None, None) => Arc::new(RepositoryFlowSource::new(self.repositories.flows.clone())),
         };
+        // Waits are told of ended executions by whoever makes them visible in the repository:
+        // the executor's units where they write it (JDBC), else the indexer.
+        let waiters = Waiters::new(
+            self.repositories.executions.clone(),
+            crate::model::DEFAULT_TENANT,
+            self.wait_poll,
+        );
+        let repository_in_unit = self.queue.capabilities().repository_in_unit;
         let mut executor_flows = None;
         if self.components.executor {
             let flows = Arc::new(FlowCache::new(flow_source.clone(), registry.clone()));
             executor_flows = Some(flows.clone());
-            let service =
+            let mut service =
                 ExecutorService::new(self.queue.clone(), flows, expr.clone(), self.executor);
+            if repository_in_unit {
+                service = service.on_ended(waiters.observer());
+            }
             let token = shutdown.clone();
             tasks.push(("executor", tokio::spawn(service.run(token))));
         }
@@ -287,8 +308,12 @@ impl EngineBuilder {
         }
         let mut indexer_lag = None;
         if self.components.indexer {
-            let service = IndexerService::new(self.queue.clone(), &self.repositories, self.indexer);
+            let mut service =
+                IndexerService::new(self.queue.clone(), &self.repositories, self.indexer);
             indexer_lag = Some(service.lag());
+            if !repository_in_unit {
+                service = service.on_ended(waiters.observer());
+            }
             tasks.push((
                 "indexer",
                 tokio::spawn(service.run(indexer_shutdown.clone())),
@@ -326,6 +351,7 @@ impl EngineBuilder {
             scheduler_shutdown,
             stopped,
             tasks,
+            waiters,
         }
     }
 }
@@ -392,9 +418,14 @@ pub struct Engine {
     stopped: CancellationToken,
     scheduler_shutdown: CancellationToken,
     tasks: Vec<(&'static str, JoinHandle<()>)>,
+    /// The pending [`Engine::wait_for`] calls, served together.
+    waiters: Waiters,
 }
 
 impl Engine {
+    /// The default of [`EngineBuilder::wait_poll_interval`]: 100 ms.
+    pub const DEFAULT_WAIT_POLL: Duration = Duration::from_millis(100);
+
     /// A builder over a backend and a storage.
     pub fn builder(
         queue: Arc<dyn Queue>,
@@ -414,6 +445,7 @@ impl Engine {
             indexer: IndexerConfig::default(),
             scheduler: SchedulerConfig::default(),
             flow_source: None,
+            wait_poll: Engine::DEFAULT_WAIT_POLL,
         }
     }
 
@@ -857,28 +889,30 @@ impl Engine {
             .await?)
     }
 
-    /// Wait until an execution is terminal (polling the repository with a short backoff).
+    /// Wait until an execution is terminal as the repository shows it, and return it; after
+    /// `timeout`, [`EngineError::Timeout`] with its last state ("not created yet" when the
+    /// repository does not show it), and a repository failure as [`EngineError::Repository`].
+    ///
+    /// No wait reads the repository on its own: this engine's executor (JDBC) or indexer (Kafka +
+    /// Elasticsearch) reports each execution that ended, and one task reads every pending wait's
+    /// execution with one query when waits register and every
+    /// [`wait_poll_interval`](EngineBuilder::wait_poll_interval) (an execution run by another
+    /// process is seen so).
     pub async fn wait_for(&self, id: &str, timeout: Duration) -> Result<Execution, EngineError> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut pause = Duration::from_millis(1);
-        let mut last = None;
-        loop {
-            if let Some(e) = self.execution(id).await? {
-                if e.state.is_terminated() {
-                    return Ok(e);
-                }
-                last = Some(e.state.current().to_string());
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(EngineError::Timeout {
-                    id: id.to_string(),
-                    timeout,
-                    state: last.unwrap_or_else(|| "not created yet".into()),
-                });
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(25));
+        match self.waiters.wait(id, timeout).await? {
+            Waited::Ended(e) => Ok(*e),
+            Waited::TimedOut(state) => Err(EngineError::Timeout {
+                id: id.to_string(),
+                timeout,
+                state: state.unwrap_or_else(|| "not created yet".into()),
+            }),
         }
+    }
+
+    /// How many executions the pending [`Engine::wait_for`] calls wait for (diagnostics; a wait
+    /// that ended or timed out no longer counts).
+    pub fn pending_waits(&self) -> usize {
+        self.waiters.pending()
     }
 
     /// Ask the executor to kill an execution.
@@ -994,6 +1028,7 @@ impl Engine {
         // Order: the scheduler stops creating executions, the worker drains (its last results still
         // reach the queue), the executor applies what is due, then the indexer stores what they
         // published. Their waits for messages end at once (`queue::stoppable`).
+        self.waiters.stop();
         let mut tasks = self.tasks;
         for (token, component) in [
             (&self.scheduler_shutdown, "scheduler"),

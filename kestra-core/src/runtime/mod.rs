@@ -4,6 +4,8 @@
 
 pub mod engine;
 pub mod flows;
+mod waiters;
 pub use engine::{
     Components, Engine, EngineBuilder, EngineError, ExecuteOptions, WebhookRequest, WebhookResponse,
 };
+pub use waiters::EndedObserver;

@@ -474,6 +474,75 @@ async fn execution_set(repos: &Repositories, check: &str) -> ExecutionSet {
     set
 }
 
+/// `find_by_ids`: the executions of the ids asked that exist in the tenant, as `find_by_id`
+/// reads each (any order); unknown ids, other tenants' and soft-deleted executions are left out;
+/// no ids, no executions; more ids than one request of a backend takes (1,200) all answered.
+pub async fn execution_find_by_ids(repos: &Repositories) {
+    let execs = &*repos.executions;
+    let set = execution_set(repos, "execution-find-by-ids").await;
+    let [e1, e2, e3, e4, e5] = &set.e;
+    let sorted = |mut v: Vec<Execution>| {
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    };
+    let ids = vec![
+        e4.id.clone(),
+        "no-such-execution".to_string(),
+        e1.id.clone(),
+        e3.id.clone(),
+    ];
+    assert_eq!(
+        sorted(ok(
+            execs.find_by_ids(&set.tenant, &ids).await,
+            "find_by_ids"
+        )),
+        sorted(vec![e1.clone(), e3.clone(), e4.clone()]),
+        "the executions asked for that exist, exactly as saved"
+    );
+    assert_eq!(
+        ok(
+            execs.find_by_ids(&set.tenant, &[]).await,
+            "find_by_ids none"
+        ),
+        Vec::<Execution>::new(),
+        "no ids, no executions"
+    );
+    assert_eq!(
+        ok(
+            execs
+                .find_by_ids("tk-other-tenant", &[e1.id.clone(), e2.id.clone()])
+                .await,
+            "find_by_ids other tenant"
+        ),
+        Vec::<Execution>::new(),
+        "executions are per tenant"
+    );
+    ok(execs.delete(&set.tenant, &e2.id).await, "delete execution");
+    let found = ok(
+        execs
+            .find_by_ids(&set.tenant, &[e2.id.clone(), e5.id.clone()])
+            .await,
+        "find_by_ids deleted",
+    );
+    assert_eq!(
+        found,
+        vec![e5.clone()],
+        "a soft-deleted execution is left out"
+    );
+    // Many ids: every known one is found, whatever the backend's request size.
+    let mut many: Vec<String> = (0..1_200).map(|i| format!("tk-missing-{i}")).collect();
+    many.insert(600, e1.id.clone());
+    many.push(e5.id.clone());
+    assert_eq!(
+        sorted(ok(
+            execs.find_by_ids(&set.tenant, &many).await,
+            "find_by_ids many"
+        )),
+        sorted(vec![e1.clone(), e5.clone()]),
+        "1,202 ids, two known"
+    );
+}
+
 /// A search's page and its total come from one snapshot: while another task keeps saving new
 /// executions, every search whose page is not full reports exactly as many results as its total.
 pub async fn execution_search_page_agrees_with_total(repos: &Repositories) {
@@ -1874,6 +1943,7 @@ pub async fn run_all(repos: &Repositories) {
     flow_search(repos).await;
     flow_concurrent_first_saves(repos).await;
     execution_search(repos).await;
+    execution_find_by_ids(repos).await;
     execution_search_page_agrees_with_total(repos).await;
     execution_sort_and_pagination(repos).await;
     execution_delete_and_purge(repos).await;

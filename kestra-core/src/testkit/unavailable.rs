@@ -94,6 +94,9 @@ impl ExecutionRepository for Unavailable {
     async fn find_by_id(&self, _: &str, _: &str) -> RepoResult<Option<Execution>> {
         self.fail("find execution")
     }
+    async fn find_by_ids(&self, _: &str, _: &[String]) -> RepoResult<Vec<Execution>> {
+        self.fail("find executions")
+    }
     async fn search(&self, _: &ExecutionQuery, _: &Pageable) -> RepoResult<Page<Execution>> {
         self.fail("search executions")
     }

@@ -247,6 +247,15 @@ impl ExecutionRepository for Mem {
             .filter(|e| !e.deleted)
             .cloned())
     }
+    async fn find_by_ids(&self, tenant: &str, ids: &[String]) -> RepoResult<Vec<Execution>> {
+        let executions = lock(&self.executions);
+        Ok(ids
+            .iter()
+            .filter_map(|id| executions.get(&(tenant.to_string(), id.clone())))
+            .filter(|e| !e.deleted)
+            .cloned()
+            .collect())
+    }
     async fn search(&self, q: &ExecutionQuery, page: &Pageable) -> RepoResult<Page<Execution>> {
         let items: Vec<Execution> = lock(&self.executions)
             .values()
