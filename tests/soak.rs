@@ -36,7 +36,7 @@ use kestra::core::messages::execution_envelope;
 use kestra::core::model::{Execution, StateType};
 use kestra::core::repository::{ExecutionQuery, Pageable};
 
-use harness::{Cluster, Signal, invariant_violations};
+use harness::{Cluster, Signal, invariant_violations, most_at_once};
 
 /// Namespace of the executions the soak starts.
 const RUN_NS: &str = "soak.run";
@@ -325,36 +325,6 @@ async fn all_of(c: &Cluster, namespace: &str) -> Vec<Execution> {
         }
     }
     out
-}
-
-/// The RUNNING interval of an execution: from its first RUNNING to its end.
-fn running_interval(
-    e: &Execution,
-) -> Option<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)> {
-    let start = e
-        .state
-        .histories()
-        .iter()
-        .find(|h| h.state == StateType::Running)?
-        .date;
-    Some((start, e.state.end_date()?))
-}
-
-/// The most executions of `executions` running at one instant.
-fn most_at_once(executions: &[Execution]) -> usize {
-    // Ends sort before starts at the same instant (an execution admitted as another one ends).
-    let mut edges: Vec<(chrono::DateTime<chrono::Utc>, i32)> = Vec::new();
-    for (start, end) in executions.iter().filter_map(running_interval) {
-        edges.push((start, 1));
-        edges.push((end, -1));
-    }
-    edges.sort();
-    let (mut now, mut most) = (0i32, 0i32);
-    for (_, d) in edges {
-        now += d;
-        most = most.max(now);
-    }
-    usize::try_from(most).unwrap_or(0)
 }
 
 /// The slot (`trigger.date`) of a scheduled execution.

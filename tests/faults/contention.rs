@@ -9,7 +9,7 @@ use std::time::Duration;
 use kestra::core::model::{Execution, StateType};
 use kestra::jdbc::testkit::{INJECTED, TXN_FAULTS_ENV};
 
-use crate::harness::{Cluster, states};
+use crate::harness::{Cluster, most_at_once, states};
 
 const NS: &str = "faults";
 
@@ -210,34 +210,4 @@ pub async fn executors_with_transaction_faults(mut c: Cluster) {
         eprintln!("[faults] e.g. {sample}");
     }
     c.finish().await;
-}
-
-/// The RUNNING interval of an execution: from its first RUNNING to its end.
-fn running_interval(
-    e: &Execution,
-) -> Option<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)> {
-    let start = e
-        .state
-        .histories()
-        .iter()
-        .find(|h| h.state == StateType::Running)?
-        .date;
-    Some((start, e.state.end_date()?))
-}
-
-/// The most executions of `executions` running at one instant (ends sort before starts at the
-/// same instant: an execution admitted as another one ends).
-fn most_at_once(executions: &[Execution]) -> usize {
-    let mut edges: Vec<(chrono::DateTime<chrono::Utc>, i32)> = Vec::new();
-    for (start, end) in executions.iter().filter_map(running_interval) {
-        edges.push((start, 1));
-        edges.push((end, -1));
-    }
-    edges.sort();
-    let (mut now, mut most) = (0i32, 0i32);
-    for (_, d) in edges {
-        now += d;
-        most = most.max(now);
-    }
-    usize::try_from(most).unwrap_or(0)
 }

@@ -507,3 +507,33 @@ pub fn states(executions: &[Execution]) -> BTreeMap<String, StateType> {
         .map(|e| (e.id.clone(), e.state.current()))
         .collect()
 }
+
+/// The RUNNING interval of an execution: from its first RUNNING to its end.
+pub fn running_interval(
+    e: &Execution,
+) -> Option<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)> {
+    let start = e
+        .state
+        .histories()
+        .iter()
+        .find(|h| h.state == StateType::Running)?
+        .date;
+    Some((start, e.state.end_date()?))
+}
+
+/// The most executions of `executions` running at one instant (ends sort before starts at the
+/// same instant: an execution admitted as another one ends).
+pub fn most_at_once(executions: &[Execution]) -> usize {
+    let mut edges: Vec<(chrono::DateTime<chrono::Utc>, i32)> = Vec::new();
+    for (start, end) in executions.iter().filter_map(running_interval) {
+        edges.push((start, 1));
+        edges.push((end, -1));
+    }
+    edges.sort();
+    let (mut now, mut most) = (0i32, 0i32);
+    for (_, d) in edges {
+        now += d;
+        most = most.max(now);
+    }
+    usize::try_from(most).unwrap_or(0)
+}
