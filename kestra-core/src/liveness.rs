@@ -862,7 +862,7 @@ mod tests {
             vec!["b/1"],
             "the job it still held"
         );
-        let grace = chrono::Duration::from_std(CONFIG.grace_period).unwrap();
+        let grace = secs(CONFIG.grace_period.as_secs() as i64);
         let not_running_at = t0 + secs(47) + grace;
         assert!(
             matches!(
@@ -1055,7 +1055,7 @@ mod tests {
         let purge = |id: &str| LivenessMessage::Purge {
             instance_id: id.into(),
         };
-        let retention = chrono::Duration::from_std(RETENTION).unwrap();
+        let retention = secs(RETENTION.as_secs() as i64);
         // Declared dead: NOT_RUNNING after the grace period arms a purge one retention later.
         let mut dead = None;
         apply(&mut dead, heartbeat("d"), t0, &CONFIG);
@@ -1066,7 +1066,7 @@ mod tests {
             &CONFIG,
         );
         assert!(d.declared_dead.is_some());
-        let t1 = t0 + secs(45) + chrono::Duration::from_std(CONFIG.grace_period).unwrap();
+        let t1 = t0 + secs(45) + secs(CONFIG.grace_period.as_secs() as i64);
         let d = apply(&mut dead, check_due("d", t1), t1, &CONFIG);
         assert!(
             d.messages.contains(&(purge("d"), Some(t1 + retention))),

@@ -204,7 +204,8 @@ impl Drop for Waiters {
     }
 }
 
-/// Reports an execution saved where the repository shows it; see [`Waiters::observer`].
+/// Reports an execution saved where the repository shows it; see `Waiters::observer` (the engine
+/// hands it to the executor and the indexer).
 pub type EndedObserver = Arc<dyn Fn(&Execution) + Send + Sync>;
 
 fn ended(shared: &Shared, execution: &Execution) {
