@@ -906,36 +906,44 @@ pub struct TriggerNotHeld {
 }
 
 /// What a backend stored for an execution, in a form it compares exactly with what it stores
-/// now ([`UnitOfWork::load_execution_unless`]). On JDBC it is the JSON document itself: two
-/// executions with equal stamps are equal, whoever wrote them and whatever their version.
-#[derive(Clone, PartialEq, Eq)]
-pub struct ExecutionStamp(std::sync::Arc<str>);
+/// now ([`UnitOfWork::load_execution_unless`]). Opaque to the executor, which only keeps it beside
+/// the execution it saved: each backend puts in it what it needs (on JDBC, the random revision
+/// written with the row and the task runs as stored, so that the next save writes only the task
+/// runs that changed). [`ExecutionStamp::len`] is the approximate memory it stands for.
+#[derive(Clone)]
+pub struct ExecutionStamp {
+    value: std::sync::Arc<dyn std::any::Any + Send + Sync>,
+    len: usize,
+}
 
 impl ExecutionStamp {
-    /// A stamp of the stored bytes `doc`.
-    pub fn new(doc: impl Into<std::sync::Arc<str>>) -> ExecutionStamp {
-        ExecutionStamp(doc.into())
+    /// A stamp holding `value`, accounted as `len` bytes (what a cache of stamps counts).
+    pub fn new<T: std::any::Any + Send + Sync>(
+        value: std::sync::Arc<T>,
+        len: usize,
+    ) -> ExecutionStamp {
+        ExecutionStamp { value, len }
     }
 
-    /// The stamped document.
-    pub fn as_str(&self) -> &str {
-        &self.0
+    /// The value of a stamp made by [`ExecutionStamp::new`] with a `T` (`None`: another type).
+    pub fn get<T: std::any::Any + Send + Sync>(&self) -> Option<std::sync::Arc<T>> {
+        self.value.clone().downcast::<T>().ok()
     }
 
-    /// Its size in bytes (what a cache of stamps holds).
+    /// The bytes it is accounted as (what a cache of stamps holds).
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.len
     }
 
-    /// Whether it stamps an empty document.
+    /// Whether it is accounted as nothing.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.len == 0
     }
 }
 
 impl fmt::Debug for ExecutionStamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ExecutionStamp({} bytes)", self.0.len())
+        write!(f, "ExecutionStamp({} bytes)", self.len)
     }
 }
 
@@ -990,9 +998,13 @@ pub trait UnitOfWork: Send {
     /// [`UnitOfWork::save_execution`], giving the stamp of what will be stored once the unit
     /// commits, for a later [`UnitOfWork::load_execution_unless`] (`None`: this backend gives no
     /// stamps). The stamp is valid only if the commit succeeds.
+    ///
+    /// The execution is lent mutably only so that a backend that stores its parts apart can encode
+    /// them apart without copying it (JDBC takes the task runs out while it encodes the rest): it
+    /// is given back unchanged, on success and on error.
     async fn save_execution_stamped(
         &mut self,
-        execution: &Execution,
+        execution: &mut Execution,
     ) -> Result<Option<ExecutionStamp>, QueueError> {
         self.save_execution(execution).await.map(|()| None)
     }

@@ -1,19 +1,25 @@
 //! The [`ExecutionRepository`]: execution rows, their search filters and pages.
 
+use super::task_runs::{encode_all, fetch_executions, new_revision, write_in};
 use super::*;
 
 /// Insert or replace an execution row and its labels (inside the caller's transaction or not).
+///
+/// `doc` is the execution's document without its task runs, `task_runs` their number (they are
+/// written apart, see [`super::task_runs`]) and `revision` the new random revision of the row.
 pub(super) async fn upsert_execution_in(
     conn: &mut Conn,
     e: &Execution,
     doc: String,
+    task_runs: Option<i64>,
+    revision: &str,
 ) -> Result<(), sqlx::Error> {
     let start = e
         .state
         .start_date()
         .unwrap_or(e.metadata.original_created_date);
     let mut qb = Qb::new(
-        "INSERT INTO executions (id, tenant_id, namespace, flow_id, state_current, start_date, end_date, parent_id, deleted, updated, version, doc) VALUES (",
+        "INSERT INTO executions (id, tenant_id, namespace, flow_id, state_current, start_date, end_date, parent_id, deleted, updated, version, task_runs, revision, doc) VALUES (",
     );
     {
         let mut sep = qb.separated(", ");
@@ -28,6 +34,8 @@ pub(super) async fn upsert_execution_in(
             .push_bind(e.deleted)
             .push_bind(now_ms())
             .push_bind(version_column(e))
+            .push_bind(task_runs)
+            .push_bind(revision.to_string())
             .push_bind(doc);
     }
     qb.push(")").push(FLAVOR.upsert(
@@ -43,6 +51,8 @@ pub(super) async fn upsert_execution_in(
             "deleted",
             "updated",
             "version",
+            "task_runs",
+            "revision",
             "doc",
         ],
     ));
@@ -246,48 +256,27 @@ impl ExecutionRepository for Store {
                 execution.to_mut().deleted = true;
             }
         }
-        let doc = to_json("execution", &execution.id, &*execution)?;
-        upsert_execution_in(&mut tx, &execution, doc)
-            .await
-            .map_err(&err)?;
+        let encoded = encode_all(&execution).map_err(corrupt("execution", &execution.id))?;
+        write_in(&mut tx, &execution, encoded).await.map_err(&err)?;
         tx.commit().await.map_err(&err)
     }
 
     async fn find_by_id(&self, tenant: &str, id: &str) -> RepoResult<Option<Execution>> {
-        let row = Qb::new("SELECT id, doc FROM executions WHERE deleted = FALSE AND tenant_id = ")
-            .push_bind(tenant.to_string())
-            .push(" AND id = ")
-            .push_bind(id.to_string())
-            .build()
-            .fetch_optional(&self.read)
+        let found = fetch_executions(&self.read, tenant, &[id.to_string()])
             .await
-            .map_err(repo_err("find execution"))?;
-        row.map(|r| parse_doc(&r, "execution", "id", "find execution"))
-            .transpose()
+            .map_err(|e| e.into_repo("find execution"))?;
+        Ok(found.into_iter().next())
     }
 
     async fn find_by_ids(&self, tenant: &str, ids: &[String]) -> RepoResult<Vec<Execution>> {
         // One statement per 500 ids (bind parameters stay far below every dialect's limit).
         let mut found = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(500) {
-            let mut qb =
-                Qb::new("SELECT id, doc FROM executions WHERE deleted = FALSE AND tenant_id = ");
-            qb.push_bind(tenant.to_string()).push(" AND id IN (");
-            {
-                let mut sep = qb.separated(", ");
-                for id in chunk {
-                    sep.push_bind(id.clone());
-                }
-            }
-            qb.push(")");
-            let rows = qb
-                .build()
-                .fetch_all(&self.read)
-                .await
-                .map_err(repo_err("find executions"))?;
-            for r in &rows {
-                found.push(parse_doc(r, "execution", "id", "find executions")?);
-            }
+            found.extend(
+                fetch_executions(&self.read, tenant, chunk)
+                    .await
+                    .map_err(|e| e.into_repo("find executions"))?,
+            );
         }
         Ok(found)
     }
@@ -304,7 +293,7 @@ impl ExecutionRepository for Store {
         )?;
         let (rows, total) = self
             .search_page(
-                "e.id, e.doc",
+                "e.id",
                 "executions e",
                 |qb| push_execution_where(qb, query),
                 &order,
@@ -312,10 +301,21 @@ impl ExecutionRepository for Store {
                 "search executions",
             )
             .await?;
-        let results = rows
+        let ids = rows
             .iter()
-            .map(|r| parse_doc(r, "execution", "id", "search executions"))
-            .collect::<RepoResult<Vec<Execution>>>()?;
+            .map(|r| get::<String>(r, "id"))
+            .collect::<Result<Vec<String>, _>>()
+            .map_err(repo_err("search executions"))?;
+        // The page's executions with their task runs (a second statement: one deleted in between
+        // is left out of the page).
+        let mut by_id: HashMap<String, Execution> =
+            fetch_executions(&self.read, &tenant_of(&query.tenant_id), &ids)
+                .await
+                .map_err(|e| e.into_repo("search executions"))?
+                .into_iter()
+                .map(|e| (e.id.clone(), e))
+                .collect();
+        let results = ids.iter().filter_map(|id| by_id.remove(id)).collect();
         Ok(Page { results, total })
     }
 
@@ -337,11 +337,15 @@ impl ExecutionRepository for Store {
                 id: id.to_string(),
             });
         };
+        // The row's document only: its task runs (stored apart, or in it before migration 0004)
+        // are kept as they are.
         let mut execution: Execution = parse_doc(&row, "execution", "id", "delete execution")?;
         execution.deleted = true;
         let doc = to_json("execution", id, &execution)?;
         Qb::new("UPDATE executions SET deleted = TRUE, doc = ")
             .push_bind(doc)
+            .push(", revision = ")
+            .push_bind(new_revision())
             .push(", updated = ")
             .push_bind(now_ms())
             .push(" WHERE id = ")
@@ -357,6 +361,15 @@ impl ExecutionRepository for Store {
         let err = repo_err("purge execution");
         let mut tx = begin_write(&self.write).await.map_err(&err)?;
         let mut counts = PurgeCount::default();
+        Qb::new("DELETE FROM execution_task_runs WHERE execution_id IN (SELECT id FROM executions WHERE tenant_id = ")
+            .push_bind(tenant.to_string())
+            .push(" AND id = ")
+            .push_bind(id.to_string())
+            .push(")")
+            .build()
+            .execute(&mut *tx)
+            .await
+            .map_err(&err)?;
         for (table, slot) in [
             ("logs", &mut counts.logs),
             ("metrics", &mut counts.metrics),

@@ -13,7 +13,8 @@
 //! dead-letter, wake-ups), [`queue`] (the [`Queue`] implementation), [`broadcast`] (broadcast
 //! topics), [`unit`] (the executor's [`UnitOfWork`]), [`executions`], [`flows`], [`logs`] (logs and
 //! metrics), [`triggers`] (trigger repository and the scheduler's [`TriggerUnit`]), [`services`]
-//! (service instances) and [`maintenance`] (broadcast purge, row counts, offline purge).
+//! (service instances), [`task_runs`] (task runs stored apart from their execution) and
+//! [`maintenance`] (broadcast purge, row counts, offline purge).
 
 mod broadcast;
 mod claims;
@@ -25,6 +26,7 @@ mod logs;
 mod maintenance;
 mod queue;
 mod services;
+mod task_runs;
 mod triggers;
 mod unit;
 
@@ -55,7 +57,7 @@ use kestra_core::model::{
 use kestra_core::queue::{
     ConsumerGroup, Delivery, DeliveryTag, Envelope, ExecutionStamp, LoadedExecution, Queue,
     QueueCapabilities, QueueError, Recorder, Subscription, Topic, TriggerNotHeld, TriggerUnit,
-    UnitOfWork, check_claimed, check_execution_size, check_publish, check_staged,
+    UnitOfWork, check_claimed, check_publish, check_staged,
 };
 use kestra_core::repository::{
     EXECUTION_SORT_FIELDS, ExecutionQuery, ExecutionRepository, FLOW_SORT_FIELDS, FlowQuery,

@@ -303,6 +303,7 @@ impl Queue for Store {
                             deliveries,
                             dead: HashSet::new(),
                             published: BTreeSet::new(),
+                            stored: HashMap::new(),
                             fault,
                         })));
                     }

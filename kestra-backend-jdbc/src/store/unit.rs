@@ -1,6 +1,7 @@
 //! The executor's [`UnitOfWork`]: one transaction over the rows it claimed, the executions and keyed
 //! state it loads and saves, and the messages it stages.
 
+use super::task_runs::{StoredRuns, complete_in, encode, write_in};
 use super::*;
 
 /// One database transaction over claimed rows (see the module documentation). Executions and
@@ -18,6 +19,9 @@ pub(super) struct JdbcUnit {
     pub(super) deliveries: Vec<Delivery>,
     pub(super) dead: HashSet<i64>,
     pub(super) published: BTreeSet<Topic>,
+    /// The task runs stored for each execution this unit loaded or saved, as of that load or
+    /// save: what its next save diffs against ([`super::task_runs`]).
+    pub(super) stored: HashMap<String, Arc<StoredRuns>>,
     /// The testkit's planned transaction fault (see [`crate::testkit`]).
     #[cfg_attr(not(feature = "testkit"), allow(dead_code))]
     pub(super) fault: Fault,
@@ -99,7 +103,7 @@ impl UnitOfWork for JdbcUnit {
         self.fault_point(crate::testkit::TxnPoint::Load, "load_execution")
             .await?;
         let conn = self.conn()?;
-        let row = Qb::new("SELECT doc FROM executions WHERE id = ")
+        let row = Qb::new("SELECT doc, task_runs, revision FROM executions WHERE id = ")
             .push_bind(id.to_string())
             .push(FLAVOR.for_update())
             .build()
@@ -107,48 +111,76 @@ impl UnitOfWork for JdbcUnit {
             .await
             .map_err(queue_err("load_execution"))?;
         let Some(row) = row else {
+            self.stored.remove(id);
             return Ok(LoadedExecution::Missing);
         };
-        let doc: String = get(&row, "doc").map_err(queue_err("load_execution"))?;
-        // The document, read under the row lock, is the stamp: equal bytes, equal execution,
-        // whoever wrote it (another executor, the repository, a delete) and whatever its version.
-        if known.is_some_and(|k| k.as_str() == doc) {
+        let revision: String = get(&row, "revision").map_err(queue_err("load_execution"))?;
+        // The revision, read under the row lock, is written anew by every write of the row,
+        // whoever makes it (another executor, the repository, a delete): equal revisions, equal
+        // execution, whatever its version.
+        if let Some(known) = known.and_then(ExecutionStamp::get::<StoredRuns>)
+            && !revision.is_empty()
+            && known.revision == revision
+        {
+            self.stored.insert(id.to_string(), known);
             return Ok(LoadedExecution::Unchanged);
         }
-        let execution = serde_json::from_str(&doc).map_err(|source| QueueError::Decode {
-            topic: Topic::Execution,
-            key: id.to_string(),
-            source,
-        })?;
+        let doc: String = get(&row, "doc").map_err(queue_err("load_execution"))?;
+        let count: Option<i64> = get(&row, "task_runs").map_err(queue_err("load_execution"))?;
+        let (execution, stored) = complete_in(conn, id, &doc, count, revision)
+            .await
+            .map_err(|e| e.into_queue("load_execution"))?;
+        let len = doc.len() + stored.sizes.iter().sum::<usize>();
+        let stored = Arc::new(stored);
+        self.stored.insert(id.to_string(), stored.clone());
         Ok(LoadedExecution::Loaded(
             Box::new(execution),
-            Some(ExecutionStamp::new(doc)),
+            Some(stored.stamp(len)),
         ))
     }
 
     async fn save_execution(&mut self, execution: &Execution) -> Result<(), QueueError> {
-        self.save_execution_stamped(execution).await.map(|_| ())
+        self.save_execution_stamped(&mut execution.clone())
+            .await
+            .map(|_| ())
     }
 
     async fn save_execution_stamped(
         &mut self,
-        execution: &Execution,
+        execution: &mut Execution,
     ) -> Result<Option<ExecutionStamp>, QueueError> {
         check_claimed(&self.deliveries, || "save execution".into(), &execution.id)?;
-        let doc = serde_json::to_string(execution).map_err(|source| QueueError::Encode {
-            topic: Topic::Execution,
-            source,
-        })?;
-        check_execution_size(&execution.id, doc.as_bytes(), self.max_message_bytes)?;
-        let stamp = ExecutionStamp::new(doc.as_str());
+        // Only the task runs that differ from the stored ones are encoded and written.
+        let before = self.stored.get(&execution.id).cloned();
+        let encoded =
+            encode(execution, before.as_deref()).map_err(|source| QueueError::Encode {
+                topic: Topic::Execution,
+                source,
+            })?;
+        let len = encoded.document_len();
+        if len > self.max_message_bytes {
+            return Err(QueueError::TooLarge {
+                topic: Topic::Execution,
+                key: execution.id.clone(),
+                size: len,
+                max: self.max_message_bytes,
+            });
+        }
         #[cfg(feature = "testkit")]
         self.fault_point(crate::testkit::TxnPoint::Save, "save_execution")
             .await?;
         let conn = self.conn()?;
-        upsert_execution_in(conn, execution, doc)
+        let (revision, sizes) = write_in(conn, execution, encoded)
             .await
             .map_err(queue_err("save_execution"))?;
-        Ok(Some(stamp))
+        // What is stored once this unit commits (a second save in this unit diffs against it).
+        let stored = Arc::new(StoredRuns {
+            revision,
+            runs: execution.task_run_list.clone(),
+            sizes,
+        });
+        self.stored.insert(execution.id.clone(), stored.clone());
+        Ok(Some(stored.stamp(len)))
     }
 
     async fn load_state(

@@ -2356,7 +2356,7 @@ impl UnitOfWork for FencedUnit {
     }
     async fn save_execution_stamped(
         &mut self,
-        execution: &Execution,
+        execution: &mut Execution,
     ) -> Result<Option<crate::queue::ExecutionStamp>, QueueError> {
         self.inner.save_execution_stamped(execution).await
     }
