@@ -17,6 +17,11 @@ async fn repository_conformance() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn task_runs_apart() {
+    task_runs_stored_apart(&sqlite_url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn repository_conformance_in_memory() {
     repository_suite("sqlite::memory:").await;
 }

@@ -518,6 +518,11 @@ macro_rules! server_database_tests {
         }
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn task_runs_apart() {
+            with_db(|url| async move { task_runs_stored_apart(&url).await }).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         async fn killed_consumer() {
             with_db(|url| async move {
                 let backend = connect(&url).await;
@@ -560,3 +565,252 @@ macro_rules! server_database_tests {
 }
 #[allow(unused_imports)]
 pub(crate) use server_database_tests;
+
+/// Raw SQL on a test database, to look under the backend (placeholders are `?` on every dialect).
+pub enum Raw {
+    #[cfg(feature = "sqlite")]
+    Sqlite(sqlx::SqlitePool),
+    #[cfg(feature = "postgres")]
+    Postgres(sqlx::PgPool),
+    #[cfg(feature = "mysql")]
+    MySql(sqlx::MySqlPool),
+}
+
+impl Raw {
+    pub async fn connect(url: &str) -> Raw {
+        #[cfg(feature = "sqlite")]
+        if url.starts_with("sqlite") {
+            return Raw::Sqlite(sqlx::SqlitePool::connect(url).await.unwrap());
+        }
+        #[cfg(feature = "postgres")]
+        if url.starts_with("postgres") {
+            return Raw::Postgres(sqlx::PgPool::connect(url).await.unwrap());
+        }
+        #[cfg(feature = "mysql")]
+        {
+            return Raw::MySql(
+                sqlx::MySqlPool::connect(&url.replacen("mariadb:", "mysql:", 1))
+                    .await
+                    .unwrap(),
+            );
+        }
+        #[allow(unreachable_code)]
+        {
+            panic!("no dialect enabled for {url}")
+        }
+    }
+
+    /// Run `sql` with text binds; the number of rows it changed.
+    pub async fn exec(&self, sql: &str, binds: &[&str]) -> u64 {
+        use sqlx::AssertSqlSafe;
+        match self {
+            #[cfg(feature = "sqlite")]
+            Raw::Sqlite(pool) => {
+                let mut q = sqlx::query(AssertSqlSafe(sql.to_string()));
+                for b in binds {
+                    q = q.bind(b.to_string());
+                }
+                q.execute(pool).await.unwrap().rows_affected()
+            }
+            #[cfg(feature = "postgres")]
+            Raw::Postgres(pool) => {
+                let mut n = 0;
+                let sql: String = sql
+                    .chars()
+                    .map(|c| {
+                        if c == '?' {
+                            n += 1;
+                            format!("${n}")
+                        } else {
+                            c.to_string()
+                        }
+                    })
+                    .collect();
+                let mut q = sqlx::query(AssertSqlSafe(sql));
+                for b in binds {
+                    q = q.bind(b.to_string());
+                }
+                q.execute(pool).await.unwrap().rows_affected()
+            }
+            #[cfg(feature = "mysql")]
+            Raw::MySql(pool) => {
+                let mut q = sqlx::query(AssertSqlSafe(sql.to_string()));
+                for b in binds {
+                    q = q.bind(b.to_string());
+                }
+                q.execute(pool).await.unwrap().rows_affected()
+            }
+        }
+    }
+
+    /// The task runs stored apart for `execution_id`: `(pos, doc)` in position order.
+    pub async fn task_runs(&self, execution_id: &str) -> Vec<(i64, String)> {
+        use sqlx::Row;
+        const SQL: &str = "SELECT pos, doc FROM execution_task_runs WHERE execution_id = ";
+        macro_rules! fetch {
+            ($pool:expr, $placeholder:expr) => {{
+                let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "{SQL}{} ORDER BY pos",
+                    $placeholder
+                )))
+                .bind(execution_id.to_string())
+                .fetch_all($pool)
+                .await
+                .unwrap();
+                rows.iter()
+                    .map(|r| (r.get::<i64, _>("pos"), r.get::<String, _>("doc")))
+                    .collect()
+            }};
+        }
+        match self {
+            #[cfg(feature = "sqlite")]
+            Raw::Sqlite(pool) => fetch!(pool, "?"),
+            #[cfg(feature = "postgres")]
+            Raw::Postgres(pool) => fetch!(pool, "$1"),
+            #[cfg(feature = "mysql")]
+            Raw::MySql(pool) => fetch!(pool, "?"),
+        }
+    }
+}
+
+/// Task runs are stored apart from their execution's row: the repository writes and reads them, a
+/// unit of work rewrites only those that changed (a row changed under it, with the revision kept,
+/// is left as it is), a row written before the split (task runs in its document) is read whole and
+/// split when written again, and a purge removes them.
+pub async fn task_runs_stored_apart(url: &str) {
+    use kestra_core::model::{Execution, TaskRun};
+    use kestra_core::queue::LoadedExecution;
+    let backend = connect(url).await;
+    let raw = Raw::connect(url).await;
+    let repo = backend.repositories().executions;
+    let queue = backend.queue();
+    let mut e = Execution::new("test.split", "flow", 1);
+    for i in 0..4 {
+        let run = TaskRun::new(&e, format!("t{i}"));
+        e.task_run_list.push(run);
+    }
+    repo.save(&e).await.unwrap();
+    let rows = raw.task_runs(&e.id).await;
+    assert_eq!(
+        rows.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
+        vec![0, 1, 2, 3]
+    );
+    assert_eq!(
+        repo.find_by_id(&e.tenant_id, &e.id).await.unwrap(),
+        Some(e.clone())
+    );
+
+    // A unit saves it and keeps the stamp; a task run row is changed under it (revision kept).
+    let unit_of = |queue: Arc<dyn Queue>, e: Execution| async move {
+        queue
+            .publish(vec![kestra_core::messages::execution_envelope(&e).unwrap()])
+            .await
+            .unwrap();
+        queue
+            .begin(
+                ConsumerGroup::Executor,
+                &[Topic::Execution],
+                10,
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap()
+            .expect("the execution's message is claimed")
+    };
+    let mut unit = unit_of(queue.clone(), e.clone()).await;
+    let mut loaded = unit.load_execution(&e.id).await.unwrap().unwrap();
+    let stamp = unit
+        .save_execution_stamped(&mut loaded)
+        .await
+        .unwrap()
+        .expect("a JDBC unit gives a stamp");
+    unit.commit().await.unwrap();
+    let mut tampered = e.task_run_list[2].clone();
+    tampered.value = Some("changed under the backend".into());
+    let changed = raw
+        .exec(
+            "UPDATE execution_task_runs SET doc = ? WHERE execution_id = ? AND pos = 2",
+            &[&serde_json::to_string(&tampered).unwrap(), &e.id],
+        )
+        .await;
+    assert_eq!(changed, 1);
+    let mut unit = unit_of(queue.clone(), e.clone()).await;
+    let loaded = unit
+        .load_execution_unless(&e.id, Some(&stamp))
+        .await
+        .unwrap();
+    assert!(
+        matches!(loaded, LoadedExecution::Unchanged),
+        "same revision: unchanged, {loaded:?}"
+    );
+    let mut next = e.clone();
+    next.task_run_list[0].value = Some("changed by the unit".into());
+    unit.save_execution_stamped(&mut next).await.unwrap();
+    unit.commit().await.unwrap();
+    let found = repo.find_by_id(&e.tenant_id, &e.id).await.unwrap().unwrap();
+    assert_eq!(found.task_run_list[0], next.task_run_list[0]);
+    assert_eq!(
+        found.task_run_list[2], tampered,
+        "the unchanged task run was not written again"
+    );
+
+    // A row written before the split: its task runs in its document.
+    let mut legacy = Execution::new("test.split", "legacy", 1);
+    for i in 0..3 {
+        let run = TaskRun::new(&legacy, format!("l{i}"));
+        legacy.task_run_list.push(run);
+    }
+    repo.save(&legacy).await.unwrap();
+    raw.exec(
+        "UPDATE executions SET doc = ?, task_runs = NULL, revision = '' WHERE id = ?",
+        &[&serde_json::to_string(&legacy).unwrap(), &legacy.id],
+    )
+    .await;
+    raw.exec(
+        "DELETE FROM execution_task_runs WHERE execution_id = ?",
+        &[&legacy.id],
+    )
+    .await;
+    assert_eq!(
+        repo.find_by_id(&legacy.tenant_id, &legacy.id)
+            .await
+            .unwrap(),
+        Some(legacy.clone())
+    );
+    let page = repo
+        .search(
+            &kestra_core::repository::ExecutionQuery {
+                namespace: Some("test.split".into()),
+                ..Default::default()
+            },
+            &kestra_core::repository::Pageable::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(page.total, 2);
+    let listed = page.results.iter().find(|x| x.id == legacy.id).unwrap();
+    assert_eq!(listed.task_run_list, legacy.task_run_list);
+    let mut unit = unit_of(queue.clone(), legacy.clone()).await;
+    let mut loaded = unit.load_execution(&legacy.id).await.unwrap().unwrap();
+    assert_eq!(loaded.task_run_list, legacy.task_run_list);
+    loaded.task_run_list.truncate(2);
+    unit.save_execution_stamped(&mut loaded).await.unwrap();
+    unit.commit().await.unwrap();
+    assert_eq!(
+        raw.task_runs(&legacy.id).await.len(),
+        2,
+        "split when written"
+    );
+    assert_eq!(
+        repo.find_by_id(&legacy.tenant_id, &legacy.id)
+            .await
+            .unwrap(),
+        Some(loaded)
+    );
+
+    // A purge removes the task runs too.
+    repo.purge(&e.tenant_id, &e.id).await.unwrap();
+    assert!(raw.task_runs(&e.id).await.is_empty());
+    assert_eq!(repo.find_by_id(&e.tenant_id, &e.id).await.unwrap(), None);
+    backend.close().await;
+}
