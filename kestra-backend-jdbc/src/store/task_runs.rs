@@ -24,8 +24,9 @@ use kestra_core::model::TaskRun;
 pub(super) struct StoredRuns {
     /// The `revision` column written with them.
     pub(super) revision: String,
-    /// The task runs, in position order.
-    pub(super) runs: Vec<TaskRun>,
+    /// The task runs, in position order (shared with the stamps of earlier saves: a save copies
+    /// only the task runs it changed).
+    pub(super) runs: Vec<Arc<TaskRun>>,
     /// The encoded size of each, in bytes (the size limit counts the whole execution).
     pub(super) sizes: Vec<usize>,
 }
@@ -44,6 +45,8 @@ pub(super) struct Encoded {
     changed: Vec<(usize, String)>,
     /// The encoded size of every task run, written or kept.
     sizes: Vec<usize>,
+    /// Every task run as it will be stored (unchanged ones shared with `before`).
+    runs: Vec<Arc<TaskRun>>,
     /// Whether rows at positions past the new length may exist (stored length unknown or longer).
     truncate: bool,
 }
@@ -74,13 +77,18 @@ pub(super) fn encode(
     let head = head?;
     let mut changed = Vec::new();
     let mut sizes = Vec::with_capacity(e.task_run_list.len());
+    let mut stored_runs = Vec::with_capacity(e.task_run_list.len());
     for (pos, run) in e.task_run_list.iter().enumerate() {
         match before.and_then(|b| Some((b.runs.get(pos)?, *b.sizes.get(pos)?))) {
-            Some((stored, size)) if stored == run => sizes.push(size),
+            Some((stored, size)) if **stored == *run => {
+                sizes.push(size);
+                stored_runs.push(stored.clone());
+            }
             _ => {
                 let doc = serde_json::to_string(run)?;
                 sizes.push(doc.len());
                 changed.push((pos, doc));
+                stored_runs.push(Arc::new(run.clone()));
             }
         }
     }
@@ -89,6 +97,7 @@ pub(super) fn encode(
         head,
         changed,
         sizes,
+        runs: stored_runs,
         truncate,
     })
 }
@@ -105,17 +114,18 @@ pub(super) fn new_revision() -> String {
 }
 
 /// Write `e`'s row (with `encoded`'s document and a new revision) and the task runs `encoded`
-/// carries; rows past the new length are deleted. Returns the revision and the size of each task
-/// run, for [`StoredRuns`].
+/// carries; rows past the new length are deleted. Returns what is stored once the transaction
+/// commits.
 pub(super) async fn write_in(
     conn: &mut Conn,
     e: &Execution,
     encoded: Encoded,
-) -> Result<(String, Vec<usize>), sqlx::Error> {
+) -> Result<StoredRuns, sqlx::Error> {
     let Encoded {
         head,
         changed,
         sizes,
+        runs,
         truncate,
     } = encoded;
     let revision = new_revision();
@@ -141,7 +151,11 @@ pub(super) async fn write_in(
         qb.push(FLAVOR.upsert(&["execution_id", "pos"], &["doc"]));
         qb.build().execute(&mut *conn).await?;
     }
-    Ok((revision, sizes))
+    Ok(StoredRuns {
+        revision,
+        runs,
+        sizes,
+    })
 }
 
 /// A row or task run that cannot be decoded, or task runs missing from their execution.
@@ -215,7 +229,11 @@ pub(super) async fn complete_in(
     let mut execution = decode_head(id, doc)?;
     let Some(count) = count else {
         // Not split yet: its next write writes every task run (no sizes known).
-        let runs = execution.task_run_list.clone();
+        let runs = execution
+            .task_run_list
+            .iter()
+            .map(|r| Arc::new(r.clone()))
+            .collect();
         return Ok((
             execution,
             StoredRuns {
@@ -255,7 +273,11 @@ pub(super) async fn complete_in(
     if execution.task_run_list.len() != count {
         return Err(missing(id, execution.task_run_list.len(), count));
     }
-    let runs = execution.task_run_list.clone();
+    let runs = execution
+        .task_run_list
+        .iter()
+        .map(|r| Arc::new(r.clone()))
+        .collect();
     Ok((
         execution,
         StoredRuns {
@@ -340,10 +362,10 @@ mod tests {
         e
     }
 
-    fn stored(e: &Execution, encoded: &Encoded) -> StoredRuns {
+    fn stored(encoded: &Encoded) -> StoredRuns {
         StoredRuns {
             revision: new_revision(),
-            runs: e.task_run_list.clone(),
+            runs: encoded.runs.clone(),
             sizes: encoded.sizes.clone(),
         }
     }
@@ -368,7 +390,7 @@ mod tests {
             "the size of the whole document"
         );
 
-        let before = stored(&e, &first);
+        let before = stored(&first);
         assert_eq!(encode(&mut e, Some(&before))?.changed(), 0);
 
         e.task_run_list[3].value = Some("changed".into());
@@ -380,7 +402,12 @@ mod tests {
         assert!(!next.truncate, "longer than stored: no row past the end");
         assert_eq!(next.document_len(), serde_json::to_string(&e)?.len());
 
-        let before = stored(&e, &next);
+        assert!(
+            Arc::ptr_eq(&next.runs[0], &before.runs[0]),
+            "unchanged: shared"
+        );
+        assert_eq!(*next.runs[3], e.task_run_list[3]);
+        let before = stored(&next);
         e.task_run_list.truncate(2);
         let shorter = encode(&mut e, Some(&before))?;
         assert_eq!(shorter.changed(), 0);

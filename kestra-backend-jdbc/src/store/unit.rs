@@ -170,15 +170,12 @@ impl UnitOfWork for JdbcUnit {
         self.fault_point(crate::testkit::TxnPoint::Save, "save_execution")
             .await?;
         let conn = self.conn()?;
-        let (revision, sizes) = write_in(conn, execution, encoded)
-            .await
-            .map_err(queue_err("save_execution"))?;
         // What is stored once this unit commits (a second save in this unit diffs against it).
-        let stored = Arc::new(StoredRuns {
-            revision,
-            runs: execution.task_run_list.clone(),
-            sizes,
-        });
+        let stored = Arc::new(
+            write_in(conn, execution, encoded)
+                .await
+                .map_err(queue_err("save_execution"))?,
+        );
         self.stored.insert(execution.id.clone(), stored.clone());
         Ok(Some(stored.stamp(len)))
     }
