@@ -11,13 +11,13 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Runs the binary with a deadline: a hung read fails the test instead of hanging it.
+/// Each run has a data folder of its own: the tests run in parallel, and a run that finds the
+/// SQLite file another one is creating (still empty) refuses it.
 fn kestra(args: &[&std::ffi::OsStr]) -> (i32, String) {
+    let data = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_kestra"))
         .args(args)
-        .env(
-            "KESTRA_DATA_DIR",
-            std::env::temp_dir().join("kestra-hostile-unused"),
-        )
+        .env("KESTRA_DATA_DIR", data.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
