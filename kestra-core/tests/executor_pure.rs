@@ -1189,3 +1189,84 @@ fn kept_positions_give_the_same_outcomes_as_fresh_ones() {
         4
     );
 }
+
+/// `Walk::Later` (the executor service leaves the walk of a worker's final result to a later final
+/// result of the same execution in the same unit of work) decides what walking after each result
+/// decides: a ForEach two at a time, its results answered in batches, both ways. Same executions
+/// after each batch, the same jobs emitted over the run, and the deferred results emit nothing.
+#[test]
+fn a_walk_left_to_the_last_result_of_a_batch_decides_as_a_walk_after_each() {
+    use kestra_core::executor::{Walk, process_walking};
+    let yaml = format!(
+        "{HEAD}tasks:
+  - id: each
+    type: io.kestra.plugin.core.flow.ForEach
+    values: [\"v1\", \"v2\", \"v3\", \"v4\", \"v5\", \"v6\"]
+    concurrencyLimit: 2
+    tasks:
+      - id: a
+        type: io.kestra.plugin.core.debug.Return
+        format: \"{{{{ taskrun.value }}}}\"
+  - id: after
+    type: io.kestra.plugin.core.debug.Return
+    format: \"{{{{ outputs.a['v6'].value }}}}\"
+"
+    );
+    let mut sim = Sim::new(&yaml);
+    let now = Utc::now();
+    let start = ExecutorEvent::Execution(Box::new(sim.execution.clone()));
+    let first = process(&sim.index, &sim.expr, now, None, &start).expect("an outcome");
+    let (mut each, mut batched) = (first.execution.clone(), first.execution.clone());
+    let mut jobs_each: Vec<String> = first
+        .worker_tasks
+        .iter()
+        .map(|j| j.task_run.id.clone())
+        .collect();
+    let mut jobs_batched = jobs_each.clone();
+    let mut pending: Vec<WorkerTask> = first.worker_tasks;
+    let mut batches = 0;
+    while !pending.is_empty() {
+        batches += 1;
+        let results: Vec<ExecutorEvent> = pending
+            .drain(..)
+            .map(|job| ExecutorEvent::WorkerResult(Box::new(sim.worker(&job))))
+            .collect();
+        for (i, result) in results.iter().enumerate() {
+            let walk_now =
+                process(&sim.index, &sim.expr, now, Some(each), result).expect("outcome");
+            jobs_each.extend(walk_now.worker_tasks.iter().map(|j| j.task_run.id.clone()));
+            each = walk_now.execution;
+            let last = i + 1 == results.len();
+            let walk = if last { Walk::Now } else { Walk::Later };
+            let outcome = process_walking(
+                &sim.index,
+                &sim.expr,
+                now,
+                Some(batched),
+                result,
+                &mut RunPositions::default(),
+                walk,
+            )
+            .expect("outcome");
+            if !last {
+                assert!(
+                    outcome.worker_tasks.is_empty(),
+                    "a deferred walk emits nothing"
+                );
+            }
+            jobs_batched.extend(outcome.worker_tasks.iter().map(|j| j.task_run.id.clone()));
+            pending.extend(outcome.worker_tasks);
+            batched = outcome.execution;
+        }
+        assert_eq!(batched, each, "batch {batches}");
+    }
+    jobs_each.sort();
+    jobs_batched.sort();
+    assert_eq!(jobs_batched, jobs_each);
+    assert_eq!(batched.current(), StateType::Success);
+    assert_eq!(jobs_batched.len(), 7, "six iterations and the task after");
+    assert!(
+        batches >= 4,
+        "answered in batches of two, then the last task: {batches}"
+    );
+}

@@ -24,5 +24,5 @@ pub mod subflow;
 pub mod task_run_limit;
 
 pub use index::{FlowIndex, IndexError};
-pub use process::{Outcome, RunPositions, process, process_keeping};
+pub use process::{Outcome, RunPositions, Walk, process, process_keeping, process_walking};
 pub use service::{ExecutionCacheStats, ExecutorConfig, ExecutorService};

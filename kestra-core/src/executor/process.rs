@@ -140,6 +140,35 @@ pub fn process_keeping(
     event: &ExecutorEvent,
     positions: &mut RunPositions,
 ) -> Option<Outcome> {
+    process_walking(index, expr, now, current, event, positions, Walk::Now)
+}
+
+/// Whether [`process_walking`] walks the flow after applying its event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Walk {
+    /// Walk now (what [`process`] does).
+    Now,
+    /// The caller applies another event to this execution right after this one (a worker's final
+    /// result, which always walks): a final worker result only records the task run's state, and
+    /// the walk is left to that event. One walk then decides for every result applied before it,
+    /// as consecutive walks would have: a walk visits the whole tree (every iteration of a
+    /// ForEach), so a unit of work that applies n results of one execution walks once, not n
+    /// times. Ignored, and the walk done now, unless the event is a worker's final result and the
+    /// execution, after it, is neither ended nor being killed.
+    Later,
+}
+
+/// [`process_keeping`] that can leave the walk to the next event applied to the execution (see
+/// [`Walk::Later`]); with [`Walk::Now`], the same result as [`process`].
+pub fn process_walking(
+    index: &FlowIndex,
+    expr: &ExpressionEngine,
+    now: DateTime<Utc>,
+    current: Option<Execution>,
+    event: &ExecutorEvent,
+    positions: &mut RunPositions,
+    walk: Walk,
+) -> Option<Outcome> {
     let runs = std::mem::take(&mut positions.0);
     let (execution, is_new) = match (current, event) {
         (Some(e), _) => (e, false),
@@ -180,9 +209,13 @@ pub fn process_keeping(
     }
     run.was_terminated = run.exec.state.is_terminated();
     run.apply(event, is_new);
+    let later = walk == Walk::Later
+        && matches!(event, ExecutorEvent::WorkerResult(r) if r.state.is_terminated())
+        && !run.exec.state.is_terminated()
+        && !run.killing();
     // A worker's RUNNING only moves a waiting task run to RUNNING: nothing in the tree can follow
     // from it, so the walk is skipped (it is the one extra message per task; keep it cheap).
-    if !run.started_only && !run.hold_before_start(event, is_new) {
+    if !later && !run.started_only && !run.hold_before_start(event, is_new) {
         run.process();
     }
     run.slot_after();

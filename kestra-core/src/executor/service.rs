@@ -47,7 +47,7 @@
 //!   its Flow triggers - so the queue never stalls on it. If even that is refused, its messages are
 //!   dead-lettered with the reason.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -60,7 +60,7 @@ use crate::executor::concurrency::{
 };
 use crate::executor::flow_trigger::{PreconditionMessage, TriggeredExecution, plan_flow_triggers};
 use crate::executor::preconditions::{self, PreconditionState};
-use crate::executor::process::{RunPositions, process_keeping};
+use crate::executor::process::{RunPositions, Walk, process_walking};
 use crate::executor::subflow::{SubflowRequest, complete_child, result_for_parent};
 use crate::expression::ExpressionEngine;
 use crate::inputs::{ExecutionRef, RawInput, resolve_inputs};
@@ -543,7 +543,8 @@ impl ExecutorService {
         let mut positions: HashMap<String, RunPositions> = HashMap::new();
         let mut keyed = KeyedState::default();
         let mut outgoing: Vec<Envelope> = Vec::new();
-        for delivery in deliveries {
+        let walk_later = self.walks_left_to_later(&deliveries, oversized);
+        for (position, delivery) in deliveries.into_iter().enumerate() {
             if matches!(
                 delivery.envelope.topic,
                 Topic::ConcurrencySlot | Topic::FlowPrecondition | Topic::Liveness
@@ -774,7 +775,12 @@ impl ExecutorService {
                 let processed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     #[cfg(feature = "testkit")]
                     crate::testkit::faults::executor_panic_point(taken.as_ref(), &event);
-                    process_keeping(&index, &self.expr, Utc::now(), taken, &event, kept)
+                    let walk = if walk_later[position] {
+                        Walk::Later
+                    } else {
+                        Walk::Now
+                    };
+                    process_walking(&index, &self.expr, Utc::now(), taken, &event, kept, walk)
                 }));
                 let processed = match processed {
                     Ok(processed) => processed,
@@ -1177,6 +1183,42 @@ impl ExecutorService {
     /// The reason to set `delivery` aside when it was delivered more than
     /// [`ExecutorConfig::max_delivery_attempts`] times (each earlier delivery crashed the process
     /// before its unit ended), naming the count and the key.
+    /// For each delivery of a unit, whether its walk can be left to a later delivery of the same
+    /// unit ([`Walk::Later`]): a worker's final result of the same execution that will be
+    /// processed (it decodes, is keyed by its execution, is not set aside) and walks. The last
+    /// such result of an execution walks; an all-at-once ForEach whose n results come in one unit
+    /// walks its tree once instead of n times.
+    fn walks_left_to_later(
+        &self,
+        deliveries: &[Delivery],
+        oversized: &HashMap<String, Oversized>,
+    ) -> Vec<bool> {
+        let mut later = vec![false; deliveries.len()];
+        // Executions with a walking final result after the position being looked at.
+        let mut walks_after: HashSet<&str> = HashSet::new();
+        for (position, delivery) in deliveries.iter().enumerate().rev() {
+            if delivery.envelope.topic != Topic::WorkerTaskResult {
+                continue;
+            }
+            let key = delivery.envelope.key.as_str();
+            if walks_after.contains(key) {
+                later[position] = true;
+                continue;
+            }
+            let walks = self.crashed_too_often(delivery).is_none()
+                && !oversized.contains_key(key)
+                && matches!(
+                    ExecutorEvent::decode(&delivery.envelope),
+                    Ok(ExecutorEvent::WorkerResult(r))
+                        if r.execution_id == key && r.state.is_terminated()
+                );
+            if walks {
+                walks_after.insert(key);
+            }
+        }
+        later
+    }
+
     fn crashed_too_often(&self, delivery: &Delivery) -> Option<String> {
         let max = self.config.max_delivery_attempts;
         if max == 0 || delivery.attempt <= max {
