@@ -622,11 +622,22 @@ pub fn check_execution_size(
     doc: &[u8],
     max_message_bytes: usize,
 ) -> Result<(), QueueError> {
-    if doc.len() > max_message_bytes {
+    check_execution_len(execution_id, doc.len(), max_message_bytes)
+}
+
+/// [`check_execution_size`] for a backend that knows the document's length without holding it
+/// whole (e.g. JDBC, which stores the task runs apart from the execution's row): `len` bytes is
+/// not over `max_message_bytes`.
+pub fn check_execution_len(
+    execution_id: &str,
+    len: usize,
+    max_message_bytes: usize,
+) -> Result<(), QueueError> {
+    if len > max_message_bytes {
         return Err(QueueError::TooLarge {
             topic: Topic::Execution,
             key: execution_id.to_string(),
-            size: doc.len(),
+            size: len,
             max: max_message_bytes,
         });
     }

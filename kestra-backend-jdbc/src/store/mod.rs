@@ -57,7 +57,7 @@ use kestra_core::model::{
 use kestra_core::queue::{
     ConsumerGroup, Delivery, DeliveryTag, Envelope, ExecutionStamp, LoadedExecution, Queue,
     QueueCapabilities, QueueError, Recorder, Subscription, Topic, TriggerNotHeld, TriggerUnit,
-    UnitOfWork, check_claimed, check_publish, check_staged,
+    UnitOfWork, check_claimed, check_execution_len, check_publish, check_staged,
 };
 use kestra_core::repository::{
     EXECUTION_SORT_FIELDS, ExecutionQuery, ExecutionRepository, FLOW_SORT_FIELDS, FlowQuery,

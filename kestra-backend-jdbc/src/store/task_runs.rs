@@ -252,17 +252,16 @@ pub(super) async fn complete_in(
         .await?;
     let mut sizes = Vec::with_capacity(count);
     execution.task_run_list = Vec::with_capacity(count);
+    // Rows come in position order and must be exactly 0..count; rows past `count` are left over
+    // from a longer list and ignored.
     for row in &rows {
-        let pos: i64 = get(row, "pos")?;
         let at = execution.task_run_list.len();
-        if usize::try_from(pos).ok() != Some(at) {
-            if usize::try_from(pos).is_ok_and(|p| p >= count) {
-                break;
-            }
-            return Err(missing(id, at, count));
-        }
-        if at >= count {
+        if at == count {
             break;
+        }
+        let pos: i64 = get(row, "pos")?;
+        if usize::try_from(pos).ok() != Some(at) {
+            return Err(missing(id, at, count));
         }
         let run: String = get(row, "doc")?;
         sizes.push(run.len());

@@ -158,14 +158,7 @@ impl UnitOfWork for JdbcUnit {
                 source,
             })?;
         let len = encoded.document_len();
-        if len > self.max_message_bytes {
-            return Err(QueueError::TooLarge {
-                topic: Topic::Execution,
-                key: execution.id.clone(),
-                size: len,
-                max: self.max_message_bytes,
-            });
-        }
+        check_execution_len(&execution.id, len, self.max_message_bytes)?;
         #[cfg(feature = "testkit")]
         self.fault_point(crate::testkit::TxnPoint::Save, "save_execution")
             .await?;
