@@ -155,9 +155,11 @@ pub(super) async fn claim_in(
             blocked_by_topic.remove(topic.as_str()).unwrap_or_default()
         };
         let mut qb = Qb::new(
-            "SELECT q.id, q.topic, q.msg_key, q.payload, q.attempts, q.visible_at FROM queue q WHERE q.topic = ",
+            "SELECT q.id, q.topic, q.msg_key, q.payload, q.attempts, q.visible_at FROM queue q",
         );
-        qb.push_bind(topic.as_str())
+        qb.push(FLAVOR.force_index("queue_due"))
+            .push(" WHERE q.topic = ")
+            .push_bind(topic.as_str())
             .push(" AND q.group_name = ")
             .push_bind(group.as_str())
             .push(" AND q.visible_at <= ")

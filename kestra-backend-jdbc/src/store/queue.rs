@@ -228,6 +228,8 @@ impl Queue for Store {
             notifier: self.notifier.clone(),
             topic,
             floor: start,
+            high: start,
+            last_gap_check: Instant::now(),
             delivered: BTreeSet::new(),
             window: VecDeque::new(),
             buffer: VecDeque::new(),
