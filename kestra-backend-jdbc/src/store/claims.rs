@@ -141,23 +141,26 @@ pub(super) async fn claim_in(
     }
     let too_many_blocked =
         blocked_by_topic.values().map(Vec::len).sum::<usize>() > BLOCKED_KEYS_MAX;
-    let mut rows = Vec::new();
+    // One statement over every topic: a branch per topic (an indexed scan in id order, locking
+    // with `SKIP LOCKED` where there are locks), joined by `UNION ALL`. A unit of the executor
+    // claims seven topics, most of them empty at any moment: one statement instead of seven.
     let first = usize::try_from(now).unwrap_or(0) % topics.len();
-    for i in 0..topics.len() {
-        let remaining = max.saturating_sub(rows.len());
-        if remaining == 0 {
-            break;
-        }
-        let topic = topics[(first + i) % topics.len()];
+    let order: Vec<Topic> = (0..topics.len())
+        .map(|i| topics[(first + i) % topics.len()])
+        .collect();
+    let limit = i64::try_from(max).unwrap_or(i64::MAX);
+    let mut qb = Qb::new("");
+    for (i, topic) in order.iter().enumerate() {
         let blocked: Vec<String> = if too_many_blocked {
             Vec::new()
         } else {
             blocked_by_topic.remove(topic.as_str()).unwrap_or_default()
         };
-        let mut qb = Qb::new(
-            "SELECT q.id, q.topic, q.msg_key, q.payload, q.attempts, q.visible_at FROM queue q",
-        );
-        qb.push(FLAVOR.force_index("queue_due"))
+        if i > 0 {
+            qb.push(" UNION ALL ");
+        }
+        qb.push("SELECT * FROM (SELECT q.id, q.topic, q.msg_key, q.payload, q.attempts, q.visible_at FROM queue q")
+            .push(FLAVOR.force_index("queue_due"))
             .push(" WHERE q.topic = ")
             .push_bind(topic.as_str())
             .push(" AND q.group_name = ")
@@ -172,10 +175,23 @@ pub(super) async fn claim_in(
             push_in(&mut qb, blocked);
         }
         qb.push(" ORDER BY q.id LIMIT ")
-            .push_bind(i64::try_from(remaining).unwrap_or(i64::MAX))
-            .push(FLAVOR.skip_locked("q"));
-        rows.extend(qb.build().fetch_all(&mut *conn).await?);
+            .push_bind(limit)
+            .push(FLAVOR.skip_locked("q"))
+            .push(format!(") b{i}"));
     }
+    let mut rows = qb.build().fetch_all(&mut *conn).await?;
+    // The batch fills topic after topic, the first topic rotating so that no topic of a
+    // multi-topic unit starves the others; rows past `max` are left (on PostgreSQL/MySQL they stay
+    // locked until this claim commits, a few milliseconds).
+    let rank = |row: &DbRow| -> (usize, i64) {
+        let topic: Option<String> = get(row, "topic").ok();
+        let at = topic
+            .and_then(|t| order.iter().position(|o| o.as_str() == t))
+            .unwrap_or(0);
+        (at, get(row, "id").unwrap_or(0))
+    };
+    rows.sort_by_key(rank);
+    rows.truncate(max);
 
     let mut candidates = Vec::with_capacity(rows.len());
     for row in rows {
