@@ -71,7 +71,7 @@ use crate::messages::{
     ExecutionChange, ExecutionCommand, ExecutionKilled, ExecutorEvent, TriggerEvent, WorkerJob,
     execution_envelope,
 };
-use crate::model::{Execution, Level, LogEntry, ServiceType, StateType};
+use crate::model::{Execution, Level, LogEntry, ServiceType, State, StateType};
 use crate::queue::{
     ConsumerGroup, Delivery, Envelope, ExecutionStamp, LoadedExecution, Queue, QueueError, Topic,
     UnitOfWork,
@@ -283,11 +283,13 @@ pub enum UnitOutcome {
 }
 
 /// An execution that produced an oversized message, or whose processing panicked: fail it when its
-/// unit comes again, or (if failing it was refused too) dead-letter its messages. Both carry the
-/// error message.
+/// unit comes again; if failing it was refused as too large too (the FAILED execution is a little
+/// larger than the last one saved), fail it compacted ([`compact_for_failure`]); if that was refused
+/// too, dead-letter its messages. Each carries the error message.
 #[derive(Debug, Clone)]
 enum Oversized {
     Fail(String),
+    Compact(String),
     Abandon(String),
 }
 
@@ -508,9 +510,15 @@ impl ExecutorService {
                     .unwrap_or_else(PoisonError::into_inner);
                 let next = match map.get(&id) {
                     None => Oversized::Fail(message),
-                    Some(Oversized::Fail(first) | Oversized::Abandon(first)) => Oversized::Abandon(
-                        format!("{first}; failing the execution was refused too ({message})"),
-                    ),
+                    Some(Oversized::Fail(first)) => Oversized::Compact(format!(
+                        "{first}; failing the execution was refused too ({message})"
+                    )),
+                    Some(Oversized::Compact(first) | Oversized::Abandon(first)) => {
+                        Oversized::Abandon(format!(
+                            "{first}; failing it with its task runs compacted was refused too \
+                             ({message})"
+                        ))
+                    }
                 };
                 map.insert(id, next);
                 Ok(UnitOutcome::TooLarge)
@@ -557,8 +565,11 @@ impl ExecutorService {
                 }
                 // A stage message whose processing produced a message the queue refused as too
                 // large cannot be failed like an execution: it is set aside with the reason.
-                if let Some(Oversized::Fail(reason) | Oversized::Abandon(reason)) =
-                    oversized.get(&key)
+                if let Some(
+                    Oversized::Fail(reason)
+                    | Oversized::Compact(reason)
+                    | Oversized::Abandon(reason),
+                ) = oversized.get(&key)
                 {
                     error!(topic = %delivery.envelope.topic, %key, %reason, "dead-lettering a message whose processing produced a message too large for the queue");
                     unit.dead_letter(delivery.tag, reason).await?;
@@ -626,7 +637,8 @@ impl ExecutorService {
                     unit.dead_letter(delivery.tag, reason).await?;
                     continue;
                 }
-                Some(Oversized::Fail(reason)) => {
+                Some(stage @ (Oversized::Fail(reason) | Oversized::Compact(reason))) => {
+                    let compact = matches!(stage, Oversized::Compact(_));
                     if !executions.contains_key(&id) {
                         let loaded = self
                             .load_execution(unit.as_mut(), &id, &mut positions)
@@ -640,7 +652,7 @@ impl ExecutorService {
                         _ => None,
                     });
                     let failed = match reference {
-                        Some(reference) => fail_oversized(&reference, reason)?,
+                        Some(reference) => fail_oversized(&reference, reason, compact)?,
                         None => None,
                     };
                     // Handled once this unit commits, whatever follows (the entry is dropped).
@@ -1516,10 +1528,12 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 /// from `execution` (its last committed state): the execution and its unfinished task runs FAILED,
 /// and the messages that tell the world: a kill broadcast (its running attempts stop), an ERROR log
 /// with `reason` and, for a subflow child, its parent's result. `None` when it already ended. (Its
-/// concurrency slot is released by the caller: [`ExecutorService::release_slot`].)
+/// concurrency slot is released by the caller: [`ExecutorService::release_slot`].) With `compact`,
+/// the execution is compacted first ([`compact_for_failure`]) and the log says so.
 fn fail_oversized(
     execution: &Execution,
     reason: &str,
+    compact: bool,
 ) -> Result<Option<(Execution, Vec<Envelope>)>, QueueError> {
     let mut failed = execution.clone();
     if failed.state.transition(StateType::Failed).is_err() {
@@ -1531,6 +1545,17 @@ fn fail_oversized(
             let _ = task_run.state.transition(StateType::Failed);
         }
     }
+    let compacted;
+    let reason = if compact {
+        compact_for_failure(&mut failed);
+        compacted = format!(
+            "{reason}; to fit, the outputs, attempts and intermediate states of its task runs \
+             were dropped from the execution"
+        );
+        compacted.as_str()
+    } else {
+        reason
+    };
     let mut messages = vec![
         ExecutionKilled {
             execution_id: failed.id.clone(),
@@ -1543,6 +1568,25 @@ fn fail_oversized(
         messages.push(result.envelope()?);
     }
     Ok(Some((failed, messages)))
+}
+
+/// Shrink an execution that is too large to be saved even as FAILED: every task run loses its
+/// outputs, its attempts and the intermediate entries of its state history (its first and last
+/// states, so its start, end and duration, are kept). About half of a small task run's document
+/// (a `Return` in a ForEach: ~880 bytes, ~490 after); the execution's own state, inputs,
+/// variables and labels are kept.
+fn compact_for_failure(execution: &mut Execution) {
+    for task_run in execution.task_run_list.iter_mut() {
+        task_run.outputs = None;
+        task_run.attempts.clear();
+        let histories = task_run.state.histories();
+        if histories.len() > 2
+            && let (Some(first), Some(last)) = (histories.first(), histories.last())
+            && let Some(ends) = State::from_histories(vec![first.clone(), last.clone()])
+        {
+            task_run.state = ends;
+        }
+    }
 }
 
 fn log_envelope(execution: &Execution, message: &str) -> Result<Envelope, QueueError> {
@@ -1575,7 +1619,7 @@ mod tests {
 
     use super::*;
     use crate::executor::subflow::SUBFLOW_TRIGGER_TYPE;
-    use crate::model::ExecutionTrigger;
+    use crate::model::{ExecutionTrigger, TaskRun, TaskRunAttempt};
 
     fn not_found() -> FlowCacheError {
         FlowCacheError::NotFound {
@@ -1622,6 +1666,81 @@ mod tests {
         assert_eq!(result.parent_task_run_id, "taskrun-9");
         assert_eq!(result.child_execution_id, child.id);
         assert_eq!(result.state, StateType::Failed);
+        Ok(())
+    }
+
+    /// A running execution with `n` task runs: half SUCCESS (an attempt, an output, three
+    /// states), half RUNNING.
+    fn grown(n: usize) -> Execution {
+        let mut execution = Execution::new("tests", "big", 1);
+        execution.state.transition(StateType::Running).unwrap();
+        for i in 0..n {
+            let mut run = TaskRun::new(&execution, "r");
+            run.state.transition(StateType::Running).unwrap();
+            if i % 2 == 0 {
+                run.attempts.push(TaskRunAttempt {
+                    state: run.state.clone(),
+                    log_file: None,
+                    worker_id: Some("worker-1".into()),
+                });
+                run.state.transition(StateType::Success).unwrap();
+                let mut outputs = Map::new();
+                outputs.insert("value".into(), json!(format!("value {i}")));
+                run.outputs = Some(outputs);
+            }
+            execution.task_run_list.push(run);
+        }
+        execution
+    }
+
+    #[test]
+    fn failing_compacted_keeps_every_task_run_and_its_ends_and_shrinks_the_document()
+    -> Result<(), QueueError> {
+        let execution = grown(100);
+        let size = |e: &Execution| serde_json::to_vec(e).map(|v| v.len()).unwrap_or(0);
+        let Some((plain, _)) = fail_oversized(&execution, "too large", false)? else {
+            panic!("a RUNNING execution can fail");
+        };
+        let Some((compacted, messages)) = fail_oversized(&execution, "too large", true)? else {
+            panic!("a RUNNING execution can fail");
+        };
+        // Failing adds a state to every unfinished task run: the FAILED execution is larger than
+        // the one saved before it (why a failure can be refused when the last save was not).
+        assert!(size(&plain) > size(&execution));
+        // Here half the task runs had an attempt and an output (a real ForEach of `Return`s, all
+        // ended: ~55 %).
+        assert!(
+            size(&compacted) * 5 < size(&execution) * 4,
+            "compacted {} bytes, before {} bytes",
+            size(&compacted),
+            size(&execution)
+        );
+        assert_eq!(compacted.state.current(), StateType::Failed);
+        assert_eq!(compacted.task_run_list.len(), 100, "no task run is dropped");
+        for (before, after) in execution.task_run_list.iter().zip(&compacted.task_run_list) {
+            assert_eq!(after.id, before.id);
+            assert!(after.outputs.is_none() && after.attempts.is_empty());
+            let expected = if before.state.is_terminated() {
+                before.state.current()
+            } else {
+                StateType::Failed
+            };
+            assert_eq!(after.state.current(), expected);
+            let (h, b) = (after.state.histories(), before.state.histories());
+            assert_eq!(h.len(), 2, "first and last states: {h:?}");
+            assert_eq!(h[0], b[0], "its start is kept");
+        }
+        let log = messages
+            .iter()
+            .find(|m| m.topic == Topic::Log)
+            .map(|m| m.decode::<LogEntry>())
+            .transpose()?
+            .map(|l| l.message)
+            .unwrap_or_default();
+        assert!(
+            log.starts_with("too large; to fit, the outputs, attempts and intermediate states"),
+            "{log}"
+        );
         Ok(())
     }
 
