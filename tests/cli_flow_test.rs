@@ -108,6 +108,30 @@ fn failed_flow_exits_non_zero() {
     assert_eq!(e["state"]["current"], "FAILED");
 }
 
+/// Settings from the environment reach the engine of `flow test` (only its timings are its own).
+#[test]
+fn a_limit_set_in_the_environment_applies() {
+    let flow = "id: three\nnamespace: cli.test\ntasks:\n  - id: each\n    type: io.kestra.plugin.core.flow.ForEach\n    values: [1, 2, 3]\n    tasks:\n      - id: r\n        type: io.kestra.plugin.core.debug.Return\n        format: \"{{ taskrun.value }}\"\n";
+    let dir = tempfile::tempdir().unwrap();
+    let run = run_flow(
+        dir.path(),
+        flow,
+        &["--json"],
+        &[("KESTRA_LIMITS_EXECUTION_MAX_TASK_RUNS", "3")],
+    );
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let e: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(e["state"]["current"], "FAILED", "{e}");
+    assert!(
+        run.stderr
+            .contains("over the limit of 3 task runs per execution"),
+        "{}",
+        run.stderr
+    );
+    let run = run_flow(dir.path(), flow, &["--json"], &[]);
+    assert_eq!(run.code, 0, "without the variable: {}", run.stderr);
+}
+
 #[test]
 fn summary_of_a_success_shows_task_runs_and_outputs() {
     let dir = tempfile::tempdir().unwrap();

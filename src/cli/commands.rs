@@ -8,9 +8,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use kestra_core::executor::ExecutorConfig;
 use kestra_core::flow::parse_flow;
-use kestra_core::indexer::IndexerConfig;
 use kestra_core::model::{DEFAULT_TENANT, Execution, Level, LogEntry, StateType};
 use kestra_core::queue::{Subscription, Topic};
 use kestra_core::worker::WorkerConfig;
@@ -221,14 +219,12 @@ async fn wait_for_end(
 }
 
 /// The worker settings of `flow test`: quick to notice a shutdown and to give up on killed tasks,
-/// so that `--timeout` and Ctrl-C end the command within about a second.
-fn flow_test_worker() -> WorkerConfig {
-    WorkerConfig {
-        poll_wait: Duration::from_millis(200),
-        drain_timeout: Duration::from_secs(1),
-        cancel_grace: Duration::from_millis(500),
-        ..WorkerConfig::default()
-    }
+/// so that `--timeout` and Ctrl-C end the command within about a second (over the configured
+/// settings, which are kept).
+fn flow_test_worker(worker: &mut WorkerConfig) {
+    worker.poll_wait = Duration::from_millis(200);
+    worker.drain_timeout = Duration::from_secs(1);
+    worker.cancel_grace = Duration::from_millis(500);
 }
 
 /// `kestra flow test FILE [--watch]`.
@@ -317,15 +313,11 @@ async fn test_once(
     let engine = kestra::engine(&config)
         .await
         .map_err(|e| e.to_string())?
-        .worker_config(flow_test_worker())
-        .executor_config(ExecutorConfig {
-            poll_wait: Duration::from_millis(200),
-            ..ExecutorConfig::default()
-        })
-        .indexer_config(IndexerConfig {
-            poll_wait: Duration::from_millis(200),
-            ..IndexerConfig::default()
-        })
+        // Only the timings change: limits set by environment variables (e.g.
+        // KESTRA_LIMITS_EXECUTION_MAX_TASK_RUNS) apply to `flow test` too.
+        .map_worker_config(flow_test_worker)
+        .map_executor_config(|e| e.poll_wait = Duration::from_millis(200))
+        .map_indexer_config(|i| i.poll_wait = Duration::from_millis(200))
         .start();
     let repositories = engine.repositories().clone();
     let progress = progress_bar(global);

@@ -224,6 +224,21 @@ impl EngineBuilder {
         self.indexer = config;
         self
     }
+    /// Change some executor settings, keeping the others as set so far (e.g. from configuration).
+    pub fn map_executor_config(mut self, change: impl FnOnce(&mut ExecutorConfig)) -> Self {
+        change(&mut self.executor);
+        self
+    }
+    /// Change some worker settings, keeping the others as set so far.
+    pub fn map_worker_config(mut self, change: impl FnOnce(&mut WorkerConfig)) -> Self {
+        change(&mut self.worker);
+        self
+    }
+    /// Change some indexer settings, keeping the others as set so far.
+    pub fn map_indexer_config(mut self, change: impl FnOnce(&mut IndexerConfig)) -> Self {
+        change(&mut self.indexer);
+        self
+    }
 
     /// Start the selected components on the current tokio runtime.
     pub fn start(self) -> Engine {
