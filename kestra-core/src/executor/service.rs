@@ -1673,17 +1673,17 @@ mod tests {
     /// states), half RUNNING.
     fn grown(n: usize) -> Execution {
         let mut execution = Execution::new("tests", "big", 1);
-        execution.state.transition(StateType::Running).unwrap();
+        assert!(execution.state.transition(StateType::Running).is_ok());
         for i in 0..n {
             let mut run = TaskRun::new(&execution, "r");
-            run.state.transition(StateType::Running).unwrap();
+            assert!(run.state.transition(StateType::Running).is_ok());
             if i % 2 == 0 {
                 run.attempts.push(TaskRunAttempt {
                     state: run.state.clone(),
                     log_file: None,
                     worker_id: Some("worker-1".into()),
                 });
-                run.state.transition(StateType::Success).unwrap();
+                assert!(run.state.transition(StateType::Success).is_ok());
                 let mut outputs = Map::new();
                 outputs.insert("value".into(), json!(format!("value {i}")));
                 run.outputs = Some(outputs);
