@@ -1130,9 +1130,47 @@ fn a_job_carries_the_run_history_only_when_its_task_reads_it() {
     assert_eq!(value, Some(&json!(sim.runs("a")[0].id)));
 }
 
-/// `process_keeping` (task run positions kept between the events of an execution, as the executor
-/// service does within a unit of work) decides exactly what `process` decides: a ForEach with a
-/// sequential body, all iterations at once, driven event by event both ways.
+/// Drive `yaml`'s execution to its end both ways, `process` (fresh positions) and
+/// `process_keeping` (positions, and what the ForEach walks learned, kept between the events of
+/// the execution, as the executor service does), asserting the same outcome at every step. The
+/// worker results are answered in an order drawn from `seed`. Returns the ended execution.
+fn drive_both_ways(yaml: &str, seed: u64) -> Execution {
+    let mut sim = Sim::new(yaml);
+    let now = Utc::now();
+    let mut kept = RunPositions::default();
+    let mut execution: Option<Execution> = None;
+    let mut events = vec![ExecutorEvent::Execution(Box::new(sim.execution.clone()))];
+    let mut draw = seed;
+    let mut steps = 0;
+    while !events.is_empty() {
+        // A small linear congruential generator: reproducible orders without a dependency.
+        draw = draw
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let pick = usize::try_from(draw >> 33).unwrap_or(0) % events.len();
+        let event = events.remove(pick);
+        steps += 1;
+        let fresh = process(&sim.index, &sim.expr, now, execution.clone(), &event);
+        let reused = process_keeping(
+            &sim.index,
+            &sim.expr,
+            now,
+            execution.clone(),
+            &event,
+            &mut kept,
+        );
+        assert_eq!(fresh, reused, "seed {seed}, step {steps}");
+        let Some(outcome) = reused else { break };
+        for job in &outcome.worker_tasks {
+            events.push(ExecutorEvent::WorkerResult(Box::new(sim.worker(job))));
+        }
+        execution = Some(outcome.execution);
+    }
+    execution.expect("an execution")
+}
+
+/// `process_keeping` decides exactly what `process` decides: a ForEach with a sequential body,
+/// all iterations at once, driven event by event both ways.
 #[test]
 fn kept_positions_give_the_same_outcomes_as_fresh_ones() {
     let yaml = format!(
@@ -1153,41 +1191,114 @@ fn kept_positions_give_the_same_outcomes_as_fresh_ones() {
     message: done
 "
     );
-    let mut sim = Sim::new(&yaml);
-    let now = Utc::now();
-    let mut kept = RunPositions::default();
-    let mut execution: Option<Execution> = None;
-    let mut events = vec![ExecutorEvent::Execution(Box::new(sim.execution.clone()))];
-    let mut steps = 0;
-    while let Some(event) = events.pop() {
-        steps += 1;
-        let fresh = process(&sim.index, &sim.expr, now, execution.clone(), &event);
-        let reused = process_keeping(
-            &sim.index,
-            &sim.expr,
-            now,
-            execution.clone(),
-            &event,
-            &mut kept,
+    for seed in [0, 7, 42] {
+        let execution = drive_both_ways(&yaml, seed);
+        assert_eq!(execution.current(), StateType::Success);
+        assert_eq!(
+            execution
+                .task_run_list
+                .iter()
+                .filter(|r| r.task_id == "b")
+                .count(),
+            4
         );
-        assert_eq!(fresh, reused, "step {steps}");
-        let Some(outcome) = reused else { break };
-        for job in &outcome.worker_tasks {
-            // Answered in the order the jobs were emitted, each after the earlier events.
-            events.insert(0, ExecutorEvent::WorkerResult(Box::new(sim.worker(job))));
-        }
-        execution = Some(outcome.execution);
     }
-    let execution = execution.expect("an execution");
-    assert_eq!(execution.current(), StateType::Success);
-    assert_eq!(
-        execution
+}
+
+/// The ForEach walk that skips iterations whose task runs did not change (positions kept)
+/// decides what a walk of every iteration decides, in the shapes where skipping is not allowed
+/// or ends: a failing iteration with the ForEach's own errors and finally, limits of 1 and 2,
+/// a flowable in the body, repeated values, a ForEach inside a ForEach; results answered in
+/// several orders.
+#[test]
+fn a_for_each_walk_that_skips_unchanged_iterations_decides_as_a_full_walk() {
+    let failing = format!(
+        "{HEAD}tasks:
+  - id: each
+    type: io.kestra.plugin.core.flow.ForEach
+    values: [\"a\", \"b\", \"c\", \"d\", \"e\"]
+    concurrencyLimit: {{limit}}
+    tasks:
+      - id: first
+        type: io.kestra.plugin.core.debug.Return
+        format: \"{{{{ taskrun.value }}}}\"
+      - id: check
+        type: io.kestra.plugin.core.flow.If
+        condition: \"{{{{ taskrun.value == 'c' }}}}\"
+        then:
+          - id: boom
+            type: io.kestra.plugin.core.execution.Fail
+    errors:
+      - id: handled
+        type: io.kestra.plugin.core.debug.Return
+        format: handled
+    finally:
+      - id: cleanup
+        type: io.kestra.plugin.core.debug.Return
+        format: cleanup
+"
+    );
+    for limit in [0, 1, 2] {
+        for seed in [1, 2, 3] {
+            let yaml = failing.replace("{limit}", &limit.to_string());
+            let execution = drive_both_ways(&yaml, seed);
+            assert_eq!(execution.current(), StateType::Failed, "limit {limit}");
+            let ran = |id: &str| execution.task_run_list.iter().any(|r| r.task_id == id);
+            assert!(ran("handled") && ran("cleanup"), "limit {limit}");
+            // Sequentially, nothing starts after the failing iteration.
+            let firsts = execution
+                .task_run_list
+                .iter()
+                .filter(|r| r.task_id == "first")
+                .count();
+            if limit == 1 {
+                assert_eq!(firsts, 3);
+            }
+        }
+    }
+    let repeated = format!(
+        "{HEAD}tasks:
+  - id: each
+    type: io.kestra.plugin.core.flow.ForEach
+    values: [\"x\", \"y\", \"x\", \"z\"]
+    concurrencyLimit: 2
+    tasks:
+      - id: r
+        type: io.kestra.plugin.core.debug.Return
+        format: \"{{{{ taskrun.value }}}}\"
+"
+    );
+    for seed in [4, 5] {
+        let execution = drive_both_ways(&repeated, seed);
+        assert_eq!(execution.current(), StateType::Success);
+    }
+    let nested = format!(
+        "{HEAD}tasks:
+  - id: outer
+    type: io.kestra.plugin.core.flow.ForEach
+    values: [1, 2, 3]
+    concurrencyLimit: 2
+    tasks:
+      - id: inner
+        type: io.kestra.plugin.core.flow.ForEach
+        values: \"[10, 20]\"
+        concurrencyLimit: 1
+        tasks:
+          - id: r
+            type: io.kestra.plugin.core.debug.Return
+            format: \"{{{{ parent.taskrun.value }}}}-{{{{ taskrun.value }}}}\"
+"
+    );
+    for seed in [6, 8] {
+        let execution = drive_both_ways(&nested, seed);
+        assert_eq!(execution.current(), StateType::Success);
+        let rs = execution
             .task_run_list
             .iter()
-            .filter(|r| r.task_id == "b")
-            .count(),
-        4
-    );
+            .filter(|r| r.task_id == "r")
+            .count();
+        assert_eq!(rs, 6);
+    }
 }
 
 /// `Walk::Later` (the executor service leaves the walk of a worker's final result to a later final

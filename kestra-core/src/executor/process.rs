@@ -86,6 +86,7 @@ pub struct Outcome {
 
 // Extensions of the walk, one file per feature (they reach `Run`'s private state).
 mod admission;
+mod for_each;
 mod for_each_item;
 mod lookup;
 mod loop_until;
@@ -1394,16 +1395,7 @@ impl Run<'_> {
                         return self.fail_run(run_id, format!("invalid 'concurrencyLimit': {e}"));
                     }
                 };
-                // A literal list needs no context (building it costs O(n) on every walk).
-                let ctx = match values {
-                    Value::String(s) if is_expression(s) => self.context_for(run_id),
-                    _ => Value::Null,
-                };
-                let list = match self.loop_values(values, &ctx) {
-                    Ok(l) => l,
-                    Err(e) => return self.fail_run(run_id, format!("forEach values: {e}")),
-                };
-                self.walk_for_each(run_id, value, &list, group, limit)
+                self.walk_for_each(run_id, value, values, group, limit)
             }
             Flowable::Pause { spec, group } => self.walk_pause(run_id, value, spec, group),
             Flowable::LoopUntil { spec, group } => self.walk_loop(run_id, value, spec, group),
@@ -1452,69 +1444,6 @@ impl Run<'_> {
                 other => other.to_string(),
             })
             .collect())
-    }
-
-    fn walk_for_each(
-        &mut self,
-        run_id: &str,
-        own_value: Option<&str>,
-        values: &[String],
-        group: &Group,
-        limit: u32,
-    ) -> Status {
-        let mut state = StateType::Success;
-        let mut running = 0u32;
-        let mut not_started = Vec::new();
-        let mut failed = false;
-        let body = Group {
-            tasks: group.tasks.clone(),
-            errors: Vec::new(),
-            finally: Vec::new(),
-        };
-        for v in values {
-            let started =
-                self.runs
-                    .has_value(&self.exec.task_run_list, Some(run_id), Some(v.as_str()));
-            if !started {
-                not_started.push(v.clone());
-                continue;
-            }
-            match self.walk_group(Some(run_id), Some(v), &body, Mode::Sequential) {
-                Status::Running => running += 1,
-                Status::Done(s) => {
-                    state = worst(state, s);
-                    failed |= matches!(s, StateType::Failed | StateType::Killed);
-                }
-            }
-        }
-        if !not_started.is_empty() && !failed && !self.killing() && self.exit.is_none() {
-            for v in not_started {
-                if limit > 0 && running >= limit {
-                    break;
-                }
-                self.walk_group(Some(run_id), Some(&v), &body, Mode::Sequential);
-                running += 1;
-            }
-            return Status::Running;
-        }
-        if running > 0 {
-            return Status::Running;
-        }
-        // Iterations done: the ForEach's own errors and finally (keyed by the ForEach's own value).
-        if state == StateType::Failed
-            && !group.errors.is_empty()
-            && !self.killing()
-            && let Status::Running = self.walk_sequence(Some(run_id), own_value, &group.errors)
-        {
-            return Status::Running;
-        }
-        if !group.finally.is_empty()
-            && !self.killing()
-            && let Status::Running = self.walk_sequence(Some(run_id), own_value, &group.finally)
-        {
-            return Status::Running;
-        }
-        Status::Done(state)
     }
 
     fn walk_dag(

@@ -7,17 +7,67 @@
 //! hit is always checked against the list, so a stale position is never returned; code that
 //! removes task runs calls [`RunIndex::reset`] (a shorter list is noticed too).
 
-use std::cell::{RefCell, RefMut};
-use std::collections::HashMap;
+use std::cell::{Cell, RefCell, RefMut};
 use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
-use crate::model::{Execution, TaskRun};
+use crate::model::{Execution, StateType, TaskRun};
 
 /// The positions of the task runs of one execution (see the module documentation).
 #[derive(Default)]
 pub(super) struct RunIndex {
     inner: RefCell<Positions>,
+    /// Bumped whenever the positions are dropped: a [`ForEachMemo`] taken out before is not put
+    /// back (its positions may no longer be those of the list).
+    generation: Cell<u64>,
+}
+
+/// What the walks of one ForEach task run learned, kept with the positions so that a walk visits
+/// only the iterations whose task runs changed since the last one (a ForEach over n values would
+/// otherwise cost O(n) lookups per event, O(n^2) over the execution).
+pub(super) struct ForEachMemo {
+    /// The values, resolved on the first walk of the task run.
+    pub(super) values: Arc<[String]>,
+    /// No value appears twice (a repeated value is one iteration, found by value: the memo is
+    /// not used then).
+    pub(super) distinct: bool,
+    /// What the last walk of each iteration saw, for `values[..seen.len()]`: those have started
+    /// (iterations start in the order of the values).
+    pub(super) seen: Vec<Option<IterationSeen>>,
+}
+
+impl ForEachMemo {
+    pub(super) fn new(values: Vec<String>) -> ForEachMemo {
+        let mut unique = HashSet::with_capacity(values.len());
+        let distinct = values.iter().all(|v| unique.insert(v.as_str()));
+        ForEachMemo {
+            values: values.into(),
+            distinct,
+            seen: Vec::new(),
+        }
+    }
+}
+
+/// One iteration as a walk left it: its outcome and the states of the task runs of the body it
+/// found (by position). While those states are unchanged, walking it again gives the same
+/// outcome (for a running iteration, when the body holds runnable tasks only: a flowable's walk
+/// depends on its children).
+pub(super) struct IterationSeen {
+    /// `Some` once the iteration ended, with its state.
+    pub(super) ended: Option<StateType>,
+    /// Position and state of each task run of the body that existed.
+    pub(super) runs: Vec<(usize, StateType)>,
+}
+
+impl IterationSeen {
+    /// Whether every task run it saw is still at its position in the same state.
+    pub(super) fn unchanged(&self, list: &[TaskRun]) -> bool {
+        self.runs
+            .iter()
+            .all(|&(i, state)| list.get(i).is_some_and(|r| r.current() == state))
+    }
 }
 
 #[derive(Default)]
@@ -32,6 +82,10 @@ struct Positions {
     by_identity: HashMap<u64, Vec<usize>>,
     /// Hash of (parent, value) -> positions, in list order.
     by_value: HashMap<u64, Vec<usize>>,
+    /// Hash of a parent -> how many distinct values its children have.
+    values_of: HashMap<u64, usize>,
+    /// ForEach task run id -> what its walks learned.
+    for_each: HashMap<String, ForEachMemo>,
 }
 
 fn identity_hash(
@@ -51,6 +105,12 @@ fn value_hash(parent: Option<&str>, value: Option<&str>) -> u64 {
     h.finish()
 }
 
+fn parent_hash(parent: &str) -> u64 {
+    let mut h = DefaultHasher::new();
+    parent.hash(&mut h);
+    h.finish()
+}
+
 impl Positions {
     fn add(&mut self, list: &[TaskRun]) {
         for (i, r) in list.iter().enumerate().skip(self.indexed) {
@@ -61,10 +121,13 @@ impl Positions {
                 .entry(identity_hash(&r.task_id, parent, value, r.iteration))
                 .or_default()
                 .push(i);
-            self.by_value
-                .entry(value_hash(parent, value))
-                .or_default()
-                .push(i);
+            let same_value = self.by_value.entry(value_hash(parent, value)).or_default();
+            if same_value.is_empty()
+                && let Some(parent) = parent
+            {
+                *self.values_of.entry(parent_hash(parent)).or_default() += 1;
+            }
+            same_value.push(i);
         }
         self.indexed = list.len();
         self.last_id = list.last().map(|r| r.id.clone());
@@ -74,7 +137,13 @@ impl Positions {
 impl RunIndex {
     /// Forget every position (after task runs were removed from the list).
     pub(super) fn reset(&self) {
-        *self.inner.borrow_mut() = Positions::default();
+        self.clear(&mut self.inner.borrow_mut());
+    }
+
+    /// Drop every position (and what the ForEach walks learned with them).
+    fn clear(&self, p: &mut Positions) {
+        *p = Positions::default();
+        self.generation.set(self.generation.get().wrapping_add(1));
     }
 
     /// Drop the positions unless they still fit `list` (kept from an earlier call): not longer
@@ -88,14 +157,14 @@ impl RunIndex {
                 Some(last) => list.get(last).map(|r| &r.id) == p.last_id.as_ref(),
             };
         if !fits {
-            *p = Positions::default();
+            self.clear(&mut p);
         }
     }
 
     fn synced(&self, list: &[TaskRun]) -> RefMut<'_, Positions> {
         let mut p = self.inner.borrow_mut();
         if list.len() < p.indexed {
-            *p = Positions::default();
+            self.clear(&mut p);
         }
         if list.len() > p.indexed {
             p.add(list);
@@ -111,7 +180,7 @@ impl RunIndex {
             return Some(found);
         }
         // Stale (the list was changed in place): index it again.
-        *p = Positions::default();
+        self.clear(&mut p);
         p.add(list);
         p.by_id
             .get(id)
@@ -159,6 +228,32 @@ impl RunIndex {
                     })
                 })
             })
+    }
+}
+
+impl RunIndex {
+    /// How many distinct values the children of the task run `parent` have.
+    pub(super) fn values_of(&self, list: &[TaskRun], parent: &str) -> usize {
+        let p = self.synced(list);
+        p.values_of.get(&parent_hash(parent)).copied().unwrap_or(0)
+    }
+
+    /// Take what the walks of the ForEach task run `run_id` learned, with the generation to give
+    /// back to [`RunIndex::put_for_each`].
+    pub(super) fn take_for_each(&self, run_id: &str) -> (Option<ForEachMemo>, u64) {
+        let memo = self.inner.borrow_mut().for_each.remove(run_id);
+        (memo, self.generation.get())
+    }
+
+    /// Keep `memo` for the next walk of `run_id`, unless the positions were dropped since it was
+    /// taken (at `generation`).
+    pub(super) fn put_for_each(&self, run_id: &str, memo: ForEachMemo, generation: u64) {
+        if self.generation.get() == generation {
+            self.inner
+                .borrow_mut()
+                .for_each
+                .insert(run_id.to_string(), memo);
+        }
     }
 }
 
