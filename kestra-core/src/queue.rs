@@ -1020,6 +1020,24 @@ pub trait UnitOfWork: Send {
         self.save_execution(execution).await.map(|()| None)
     }
 
+    /// [`UnitOfWork::save_execution_stamped`], told which task runs may differ from the execution
+    /// as this unit loaded it: `changed` lists their positions in `task_run_list` (ascending),
+    /// besides those past the end of the loaded list (new ones); `None` means any may. A backend
+    /// that stores task runs apart then compares and writes only those (an execution of n task
+    /// runs is not compared n times per save); the others ignore it (the default).
+    ///
+    /// A caller that lists fewer task runs than it changed loses the changes of the others: only
+    /// a caller that tracks every change (the executor, through
+    /// [`crate::executor::process::RunPositions::take_changed`]) passes a list.
+    async fn save_execution_changed(
+        &mut self,
+        execution: &mut Execution,
+        changed: Option<&[usize]>,
+    ) -> Result<Option<ExecutionStamp>, QueueError> {
+        let _ = changed;
+        self.save_execution_stamped(execution).await
+    }
+
     /// Load and lock an entry of executor state (`kind` names the table/store: de-duplication,
     /// concurrency slots, flow-trigger preconditions, ...). `key` must be the key of a claimed
     /// message, else [`QueueError::NotClaimed`].

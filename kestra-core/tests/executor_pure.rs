@@ -44,7 +44,18 @@ impl Sim {
     }
 
     fn step(&mut self, current: Option<Execution>, event: ExecutorEvent) {
-        let out = process(&self.index, &self.expr, Utc::now(), current, &event).expect("outcome");
+        let before = current.clone();
+        let mut positions = RunPositions::default();
+        let out = process_keeping(
+            &self.index,
+            &self.expr,
+            Utc::now(),
+            current,
+            &event,
+            &mut positions,
+        )
+        .expect("outcome");
+        assert_changes_listed(before.as_ref(), &out.execution, positions.take_changed());
         self.execution = out.execution;
         self.pending.extend(out.worker_tasks);
     }
@@ -1130,6 +1141,33 @@ fn a_job_carries_the_run_history_only_when_its_task_reads_it() {
     assert_eq!(value, Some(&json!(sim.runs("a")[0].id)));
 }
 
+/// Every task run that a `process_*` call changed in place is in what its positions say it
+/// changed (`RunPositions::take_changed`; `None` claims nothing): a backend that stores task runs
+/// apart writes only those, so one missing would be a change lost.
+fn assert_changes_listed(
+    before: Option<&Execution>,
+    after: &Execution,
+    changed: Option<Vec<usize>>,
+) {
+    let (Some(before), Some(changed)) = (before, changed) else {
+        return;
+    };
+    for (pos, (old, new)) in before
+        .task_run_list
+        .iter()
+        .zip(&after.task_run_list)
+        .enumerate()
+    {
+        assert!(
+            old == new || changed.contains(&pos),
+            "task run {pos} ({}) changed ({:?} -> {:?}) but is not listed as changed: {changed:?}",
+            new.task_id,
+            old.current(),
+            new.current()
+        );
+    }
+}
+
 /// Drive `yaml`'s execution to its end both ways, `process` (fresh positions) and
 /// `process_keeping` (positions, and what the ForEach walks learned, kept between the events of
 /// the execution, as the executor service does), asserting the same outcome at every step. The
@@ -1161,6 +1199,7 @@ fn drive_both_ways(yaml: &str, seed: u64) -> Execution {
         );
         assert_eq!(fresh, reused, "seed {seed}, step {steps}");
         let Some(outcome) = reused else { break };
+        assert_changes_listed(execution.as_ref(), &outcome.execution, kept.take_changed());
         for job in &outcome.worker_tasks {
             events.push(ExecutorEvent::WorkerResult(Box::new(sim.worker(job))));
         }

@@ -149,11 +149,19 @@ impl UnitOfWork for JdbcUnit {
         &mut self,
         execution: &mut Execution,
     ) -> Result<Option<ExecutionStamp>, QueueError> {
+        self.save_execution_changed(execution, None).await
+    }
+
+    async fn save_execution_changed(
+        &mut self,
+        execution: &mut Execution,
+        changed: Option<&[usize]>,
+    ) -> Result<Option<ExecutionStamp>, QueueError> {
         check_claimed(&self.deliveries, || "save execution".into(), &execution.id)?;
         // Only the task runs that differ from the stored ones are encoded and written.
         let before = self.stored.get(&execution.id).cloned();
         let encoded =
-            encode(execution, before.as_deref()).map_err(|source| QueueError::Encode {
+            encode(execution, before.as_deref(), changed).map_err(|source| QueueError::Encode {
                 topic: Topic::Execution,
                 source,
             })?;

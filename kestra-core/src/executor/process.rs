@@ -131,6 +131,18 @@ impl std::fmt::Debug for RunPositions {
     }
 }
 
+impl RunPositions {
+    /// The positions (ascending) of the task runs that the last [`process_keeping`] or
+    /// [`process_walking`] call given these positions changed in place, in the execution it was
+    /// given; `None` when that is not known (the list was shortened or replaced, as a restart
+    /// does). Task runs the call added at the end of the list are not listed. For a backend that
+    /// stores task runs apart: the others need not be compared nor written
+    /// ([`crate::queue::UnitOfWork::save_execution_changed`]).
+    pub fn take_changed(&mut self) -> Option<Vec<usize>> {
+        self.0.take_changed()
+    }
+}
+
 /// [`process`], reusing (and updating) the positions of the execution's task runs that an earlier
 /// call on the same execution left in `positions`. Same result as [`process`].
 pub fn process_keeping(
@@ -208,6 +220,8 @@ pub fn process_walking(
     } else {
         run.runs.check(&run.exec.task_run_list);
     }
+    // The task runs this call changes, from here (see `RunPositions::take_changed`).
+    run.runs.take_changed();
     run.was_terminated = run.exec.state.is_terminated();
     run.apply(event, is_new);
     let later = walk == Walk::Later

@@ -47,7 +47,7 @@
 //!   its Flow triggers - so the queue never stalls on it. If even that is refused, its messages are
 //!   dead-lettered with the reason.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -549,6 +549,9 @@ impl ExecutorService {
         // The positions of each execution's task runs as the last `process` of this unit left
         // them (valid for the execution that call returned; dropped when it is replaced).
         let mut positions: HashMap<String, RunPositions> = HashMap::new();
+        // The task runs of each execution changed in place since this unit loaded it (`None`:
+        // unknown), so that a save compares and writes only those.
+        let mut changed_runs: HashMap<String, Option<BTreeSet<usize>>> = HashMap::new();
         let mut keyed = KeyedState::default();
         let mut outgoing: Vec<Envelope> = Vec::new();
         let walk_later = self.walks_left_to_later(&deliveries, oversized);
@@ -645,6 +648,7 @@ impl ExecutorService {
                             .await?;
                         loaded_versions.insert(id.clone(), loaded_version(&loaded));
                         executions.insert(id.clone(), loaded);
+                        changed_runs.insert(id.clone(), Some(BTreeSet::new()));
                     }
                     let current = executions.get(&id).cloned().flatten();
                     let reference = current.or_else(|| match &event {
@@ -665,6 +669,7 @@ impl ExecutorService {
                         }
                         outgoing.extend(self.flow_triggered(&failed).await?);
                         positions.remove(&id);
+                        changed_runs.insert(id.clone(), None);
                         executions.insert(id.clone(), Some(failed));
                         if !dirty.contains(&id) {
                             dirty.push(id.clone());
@@ -688,6 +693,7 @@ impl ExecutorService {
                         .await?;
                     loaded_versions.insert(id.clone(), loaded_version(&loaded));
                     executions.insert(id.clone(), loaded);
+                    changed_runs.insert(id.clone(), Some(BTreeSet::new()));
                     #[cfg(feature = "testkit")]
                     fault.at(crate::testkit::faults::UnitStep::Loaded);
                 }
@@ -767,6 +773,7 @@ impl ExecutorService {
                                 outgoing.push(event.envelope()?);
                             }
                             positions.remove(&id);
+                            changed_runs.insert(id.clone(), None);
                             executions.insert(id.clone(), Some(failed));
                             if !dirty.contains(&id) {
                                 dirty.push(id.clone());
@@ -816,10 +823,21 @@ impl ExecutorService {
                     }
                 };
                 if let Some(outcome) = processed {
+                    let mut by_call = kept.take_changed();
+                    let count = outcome.execution.task_run_list.len();
                     let outcome = crate::executor::task_run_limit::cap_task_runs(
                         outcome,
                         self.config.max_task_runs,
                     );
+                    if outcome.execution.task_run_list.len() != count {
+                        // Cut and failed in place, outside the positions' tracking.
+                        by_call = None;
+                    }
+                    let entry = changed_runs.entry(id.clone()).or_insert(None);
+                    match (entry.as_mut(), by_call) {
+                        (Some(known), Some(positions)) => known.extend(positions),
+                        _ => *entry = None,
+                    }
                     if let Some(reason) = &outcome.ignored {
                         debug!(%reason, "event ignored");
                     }
@@ -942,7 +960,12 @@ impl ExecutorService {
                 // One more than the stored version (a replacing event may carry any version).
                 let stored = loaded_versions.get(id).copied().unwrap_or(0);
                 e.metadata.version = stored.max(e.metadata.version) + 1;
-                if let Some(stamp) = unit.save_execution_stamped(e).await? {
+                let changed: Option<Vec<usize>> = changed_runs
+                    .get(id)
+                    .cloned()
+                    .flatten()
+                    .map(|known| known.into_iter().collect());
+                if let Some(stamp) = unit.save_execution_changed(e, changed.as_deref()).await? {
                     stamps.push((id.clone(), stamp));
                 }
                 if index_changes {

@@ -132,7 +132,14 @@ impl Run<'_> {
             } else {
                 // Another value has children (the ForEach's own errors or finally ran, or the
                 // positions are new): each remaining value is looked up.
-                self.scan_values(run_id, &values, started, body, Some(&mut memo.seen), &mut tally)
+                self.scan_values(
+                    run_id,
+                    &values,
+                    started,
+                    body,
+                    Some(&mut memo.seen),
+                    &mut tally,
+                )
             }
         } else {
             memo.seen.clear();
@@ -160,7 +167,13 @@ impl Run<'_> {
 
     /// Walk the iterations known started (`memo.seen`), skipping those whose task runs did not
     /// change since the last walk.
-    fn walk_started(&mut self, run_id: &str, memo: &mut ForEachMemo, body: &Group, tally: &mut Tally) {
+    fn walk_started(
+        &mut self,
+        run_id: &str,
+        memo: &mut ForEachMemo,
+        body: &Group,
+        tally: &mut Tally,
+    ) {
         // A running iteration of runnable tasks only moves when one of its task runs changes; a
         // flowable's walk depends on its own children, so such iterations are walked each time.
         let runnable = body.tasks.iter().all(|t| {

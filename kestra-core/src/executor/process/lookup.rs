@@ -22,6 +22,9 @@ pub(super) struct RunIndex {
     /// Bumped whenever the positions are dropped: a [`ForEachMemo`] taken out before is not put
     /// back (its positions may no longer be those of the list).
     generation: Cell<u64>,
+    /// The task runs changed in place through [`task_run_mut`] since [`RunIndex::take_changed`]
+    /// (`None`: unknown, the list was replaced or shortened since).
+    changed: RefCell<Option<Vec<usize>>>,
 }
 
 /// What the walks of one ForEach task run learned, kept with the positions so that a walk visits
@@ -140,10 +143,25 @@ impl RunIndex {
         self.clear(&mut self.inner.borrow_mut());
     }
 
-    /// Drop every position (and what the ForEach walks learned with them).
+    /// Drop every position (and what the ForEach walks learned with them). The task runs changed
+    /// since are unknown from then on.
     fn clear(&self, p: &mut Positions) {
         *p = Positions::default();
         self.generation.set(self.generation.get().wrapping_add(1));
+        *self.changed.borrow_mut() = None;
+    }
+
+    /// The positions of the task runs changed in place (through [`task_run_mut`]) since the last
+    /// call, ascending; `None` when that is unknown (the positions were dropped: the list was
+    /// replaced, shortened or reordered, or never tracked). Task runs added at the end of the list
+    /// are not listed. Tracking starts again from here.
+    pub(super) fn take_changed(&self) -> Option<Vec<usize>> {
+        let taken = self.changed.replace(Some(Vec::new()));
+        taken.map(|mut positions| {
+            positions.sort_unstable();
+            positions.dedup();
+            positions
+        })
     }
 
     /// Drop the positions unless they still fit `list` (kept from an earlier call): not longer
@@ -270,6 +288,9 @@ pub(super) fn task_run_mut<'e>(
     id: &str,
 ) -> Option<&'e mut TaskRun> {
     let i = runs.position(&exec.task_run_list, id)?;
+    if let Some(changed) = runs.changed.borrow_mut().as_mut() {
+        changed.push(i);
+    }
     exec.task_run_list.get_mut(i)
 }
 
