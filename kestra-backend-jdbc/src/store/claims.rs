@@ -98,6 +98,94 @@ struct Candidate {
     due: i64,
 }
 
+/// The keys of `topics` with a live claim of `group` (at most `BLOCKED_KEYS_MAX`).
+#[derive(Default)]
+struct Blocked {
+    /// (topic, key).
+    keys: HashSet<(String, String)>,
+    /// More than `BLOCKED_KEYS_MAX`: not listed in a claim (the ordering check still applies).
+    too_many: bool,
+}
+
+/// The keys of `topics` with a live claim of `group`, for every topic at once.
+async fn blocked_keys(
+    conn: &mut Conn,
+    group: ConsumerGroup,
+    topics: &[Topic],
+    now: i64,
+) -> Result<Blocked, sqlx::Error> {
+    let mut query = Qb::new("SELECT DISTINCT topic, msg_key FROM queue WHERE topic IN ");
+    push_in(&mut query, topics.iter().map(|t| t.as_str().to_string()));
+    let mut blocked = Blocked::default();
+    for row in query
+        .push(" AND group_name = ")
+        .push_bind(group.as_str())
+        .push(" AND claimed_until > ")
+        .push_bind(now)
+        .push(" LIMIT ")
+        .push_bind((BLOCKED_KEYS_MAX + 1) as i64)
+        .build()
+        .fetch_all(&mut *conn)
+        .await?
+    {
+        let topic: String = get(&row, "topic")?;
+        let key: String = get(&row, "msg_key")?;
+        blocked.keys.insert((topic, key));
+    }
+    blocked.too_many = blocked.keys.len() > BLOCKED_KEYS_MAX;
+    Ok(blocked)
+}
+
+/// Up to `limit` due, unclaimed rows of each topic of `order` for `group`, leaving out the keys
+/// `blocked` lists, locked where there are locks: one statement, a branch per topic (an indexed
+/// scan in id order, `SKIP LOCKED` where there are locks) joined by `UNION ALL`. A unit of the
+/// executor claims seven topics, most of them empty at any moment: one statement instead of seven.
+async fn due_rows(
+    conn: &mut Conn,
+    group: ConsumerGroup,
+    order: &[Topic],
+    limit: i64,
+    now: i64,
+    blocked: &Blocked,
+) -> Result<Vec<DbRow>, sqlx::Error> {
+    let mut qb = Qb::new("");
+    for (i, topic) in order.iter().enumerate() {
+        let keys: Vec<String> = if blocked.too_many {
+            Vec::new()
+        } else {
+            blocked
+                .keys
+                .iter()
+                .filter(|(t, _)| t == topic.as_str())
+                .map(|(_, k)| k.clone())
+                .collect()
+        };
+        if i > 0 {
+            qb.push(" UNION ALL ");
+        }
+        qb.push("SELECT * FROM (SELECT q.id, q.topic, q.msg_key, q.payload, q.attempts, q.visible_at FROM queue q")
+            .push(FLAVOR.force_index("queue_due"))
+            .push(" WHERE q.topic = ")
+            .push_bind(topic.as_str())
+            .push(" AND q.group_name = ")
+            .push_bind(group.as_str())
+            .push(" AND q.visible_at <= ")
+            .push_bind(now)
+            .push(" AND (q.claimed_until IS NULL OR q.claimed_until <= ")
+            .push_bind(now)
+            .push(")");
+        if !keys.is_empty() {
+            qb.push(" AND q.msg_key NOT IN ");
+            push_in(&mut qb, keys);
+        }
+        qb.push(" ORDER BY q.id LIMIT ")
+            .push_bind(limit)
+            .push(FLAVOR.skip_locked("q"))
+            .push(format!(") b{i}"));
+    }
+    qb.build().fetch_all(&mut *conn).await
+}
+
 /// Claim up to `max` due rows of `topics` for `group` inside the caller's transaction: lock them
 /// (`FOR UPDATE SKIP LOCKED`; SQLite: the transaction is the single writer), keep only rows whose
 /// older due rows of the same key are claimed here too (per-key ordering), set malformed rows aside as
@@ -115,71 +203,31 @@ pub(super) async fn claim_in(
     }
     let now = now_ms();
     // One indexed scan per topic (in id order), filling the batch; the first topic rotates so that
-    // no topic of a multi-topic unit starves the others. Keys with a live claim are skipped up front
-    // (an optimisation only: the ordering check below is what guarantees per-key order).
-    // Keys with a live claim, for every topic at once (one query instead of one per topic).
-    let mut blocked_by_topic: HashMap<String, Vec<String>> = HashMap::new();
-    let mut blocked_query = Qb::new("SELECT DISTINCT topic, msg_key FROM queue WHERE topic IN ");
-    push_in(
-        &mut blocked_query,
-        topics.iter().map(|t| t.as_str().to_string()),
-    );
-    for row in blocked_query
-        .push(" AND group_name = ")
-        .push_bind(group.as_str())
-        .push(" AND claimed_until > ")
-        .push_bind(now)
-        .push(" LIMIT ")
-        .push_bind((BLOCKED_KEYS_MAX + 1) as i64)
-        .build()
-        .fetch_all(&mut *conn)
-        .await?
-    {
-        let topic: String = get(&row, "topic")?;
-        let key: String = get(&row, "msg_key")?;
-        blocked_by_topic.entry(topic).or_default().push(key);
-    }
-    let too_many_blocked =
-        blocked_by_topic.values().map(Vec::len).sum::<usize>() > BLOCKED_KEYS_MAX;
-    // One statement over every topic: a branch per topic (an indexed scan in id order, locking
-    // with `SKIP LOCKED` where there are locks), joined by `UNION ALL`. A unit of the executor
-    // claims seven topics, most of them empty at any moment: one statement instead of seven.
+    // no topic of a multi-topic unit starves the others.
     let first = usize::try_from(now).unwrap_or(0) % topics.len();
     let order: Vec<Topic> = (0..topics.len())
         .map(|i| topics[(first + i) % topics.len()])
         .collect();
     let limit = i64::try_from(max).unwrap_or(i64::MAX);
-    let mut qb = Qb::new("");
-    for (i, topic) in order.iter().enumerate() {
-        let blocked: Vec<String> = if too_many_blocked {
-            Vec::new()
-        } else {
-            blocked_by_topic.remove(topic.as_str()).unwrap_or_default()
-        };
-        if i > 0 {
-            qb.push(" UNION ALL ");
-        }
-        qb.push("SELECT * FROM (SELECT q.id, q.topic, q.msg_key, q.payload, q.attempts, q.visible_at FROM queue q")
-            .push(FLAVOR.force_index("queue_due"))
-            .push(" WHERE q.topic = ")
-            .push_bind(topic.as_str())
-            .push(" AND q.group_name = ")
-            .push_bind(group.as_str())
-            .push(" AND q.visible_at <= ")
-            .push_bind(now)
-            .push(" AND (q.claimed_until IS NULL OR q.claimed_until <= ")
-            .push_bind(now)
-            .push(")");
-        if !blocked.is_empty() {
-            qb.push(" AND q.msg_key NOT IN ");
-            push_in(&mut qb, blocked);
-        }
-        qb.push(" ORDER BY q.id LIMIT ")
-            .push_bind(limit)
-            .push(FLAVOR.skip_locked("q"))
-            .push(format!(") b{i}"));
+    let mut rows = due_rows(conn, group, &order, limit, now, &Blocked::default()).await?;
+    if rows.is_empty() {
+        // An empty poll is one statement.
+        return Ok(Vec::new());
     }
-    let mut rows = qb.build().fetch_all(&mut *conn).await?;
+    // Keys with a live claim elsewhere (an optimisation only: the ordering check below is what
+    // guarantees per-key order). When a row read is of such a key, the rows are read again
+    // without those keys, so that a batch is not filled with rows the check would refuse.
+    let blocked = blocked_keys(conn, group, topics, now).await?;
+    let hit = rows.iter().any(|row| {
+        let topic: Option<String> = get(row, "topic").ok();
+        let key: Option<String> = get(row, "msg_key").ok();
+        topic
+            .zip(key)
+            .is_some_and(|(t, k)| blocked.keys.contains(&(t, k)))
+    });
+    if hit && !blocked.too_many {
+        rows = due_rows(conn, group, &order, limit, now, &blocked).await?;
+    }
     // The batch fills topic after topic, the first topic rotating so that no topic of a
     // multi-topic unit starves the others; rows past `max` are left (on PostgreSQL/MySQL they stay
     // locked until this claim commits, a few milliseconds).
@@ -190,7 +238,7 @@ pub(super) async fn claim_in(
             .unwrap_or(0);
         (at, get(row, "id").unwrap_or(0))
     };
-    rows.sort_by_key(rank);
+    rows.sort_by_cached_key(rank);
     rows.truncate(max);
 
     let mut candidates = Vec::with_capacity(rows.len());
