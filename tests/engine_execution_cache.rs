@@ -90,6 +90,23 @@ async fn stored(backend: &JdbcBackend, id: &str) -> Execution {
     e.unwrap_or_else(|| panic!("execution {id} is stored"))
 }
 
+/// The ids of the executions of namespace `ns` that the repository's label filter finds with the
+/// label `key` (the label rows, written apart from the execution's document).
+async fn with_label(backend: &JdbcBackend, ns: &str, key: &str) -> Vec<String> {
+    let query = kestra::core::repository::ExecutionQuery {
+        namespace: Some(ns.to_string()),
+        labels: labels(&[key]),
+        ..Default::default()
+    };
+    let page = backend
+        .repositories()
+        .executions
+        .search(&query, &kestra::core::repository::Pageable::default())
+        .await
+        .unwrap();
+    page.results.into_iter().map(|e| e.id).collect()
+}
+
 async fn a_copy_written_elsewhere_is_read_again(url: &str) {
     let dir = tempfile::tempdir().unwrap();
     let ns = format!("cache.c{}", kestra::core::model::new_id().to_lowercase());
@@ -131,6 +148,7 @@ async fn a_copy_written_elsewhere_is_read_again(url: &str) {
     drain(&queue, &a).await;
     let v2 = stored(&backend, &id).await;
     assert_eq!(label_keys(&v2), ["one"]);
+    assert_eq!(with_label(&backend, &ns, "one").await, [id.clone()]);
     assert_eq!(v2.metadata.version, v1.metadata.version + 1);
     let stats = a.execution_cache_stats();
     assert_eq!((stats.hits, stats.misses), (1, 0), "A reused its copy");
@@ -157,6 +175,10 @@ async fn a_copy_written_elsewhere_is_read_again(url: &str) {
     drain(&queue, &a).await;
     let v4 = stored(&backend, &id).await;
     assert_eq!(label_keys(&v4), ["two"], "B's labels kept: {v4:?}");
+    // The label rows follow (a save that keeps the labels does not rewrite them; one that
+    // changes them does).
+    assert_eq!(with_label(&backend, &ns, "two").await, [id.clone()]);
+    assert!(with_label(&backend, &ns, "one").await.is_empty());
     assert_eq!(v4.metadata.version, v2.metadata.version + 2, "{v4:?}");
     assert_eq!(v4.state.current(), StateType::Paused, "paused on `second`");
     let stats = a.execution_cache_stats();

@@ -7,12 +7,14 @@ use super::*;
 ///
 /// `doc` is the execution's document without its task runs, `task_runs` their number (they are
 /// written apart, see [`super::task_runs`]) and `revision` the new random revision of the row.
+/// The label rows are rewritten unless `labels_changed` is false (they are those stored).
 pub(super) async fn upsert_execution_in(
     conn: &mut Conn,
     e: &Execution,
     doc: String,
     task_runs: Option<i64>,
     revision: &str,
+    labels_changed: bool,
 ) -> Result<(), sqlx::Error> {
     let start = e
         .state
@@ -57,6 +59,9 @@ pub(super) async fn upsert_execution_in(
         ],
     ));
     qb.build().execute(&mut *conn).await?;
+    if !labels_changed {
+        return Ok(());
+    }
     Qb::new("DELETE FROM execution_labels WHERE execution_id = ")
         .push_bind(e.id.clone())
         .build()

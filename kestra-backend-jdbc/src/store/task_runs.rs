@@ -17,7 +17,7 @@
 //! snapshot on every dialect, even under `READ COMMITTED`.
 
 use super::*;
-use kestra_core::model::TaskRun;
+use kestra_core::model::{Label, TaskRun};
 
 /// An execution's task runs as stored, with the revision written with them: what a unit of work
 /// compares and diffs against (kept in the executor's [`ExecutionStamp`]).
@@ -29,6 +29,8 @@ pub(super) struct StoredRuns {
     pub(super) runs: Vec<Arc<TaskRun>>,
     /// The encoded size of each, in bytes (the size limit counts the whole execution).
     pub(super) sizes: Vec<usize>,
+    /// The execution's labels as stored in `execution_labels` (`None`: not known).
+    pub(super) labels: Option<Vec<Label>>,
 }
 
 impl StoredRuns {
@@ -49,6 +51,8 @@ pub(super) struct Encoded {
     runs: Vec<Arc<TaskRun>>,
     /// Whether rows at positions past the new length may exist (stored length unknown or longer).
     truncate: bool,
+    /// Whether the labels differ from those stored (or those are not known): rows rewritten.
+    labels_changed: bool,
 }
 
 impl Encoded {
@@ -119,12 +123,16 @@ pub(super) fn encode(
         }
     }
     let truncate = before.is_none_or(|b| b.runs.len() > e.task_run_list.len());
+    let labels_changed = before
+        .and_then(|b| b.labels.as_ref())
+        .is_none_or(|stored| *stored != e.labels);
     Ok(Encoded {
         head,
         changed: written,
         sizes,
         runs: stored_runs,
         truncate,
+        labels_changed,
     })
 }
 
@@ -153,11 +161,12 @@ pub(super) async fn write_in(
         sizes,
         runs,
         truncate,
+        labels_changed,
     } = encoded;
     let revision = new_revision();
     let len = i64::try_from(sizes.len()).unwrap_or(i64::MAX);
     // The row first: every writer locks it before its task runs (a unit holds it `FOR UPDATE`).
-    upsert_execution_in(conn, e, head, Some(len), &revision).await?;
+    upsert_execution_in(conn, e, head, Some(len), &revision, labels_changed).await?;
     if truncate {
         Qb::new("DELETE FROM execution_task_runs WHERE execution_id = ")
             .push_bind(e.id.clone())
@@ -181,6 +190,7 @@ pub(super) async fn write_in(
         revision,
         runs,
         sizes,
+        labels: Some(e.labels.clone()),
     })
 }
 
@@ -266,6 +276,7 @@ pub(super) async fn complete_in(
                 revision: String::new(),
                 runs,
                 sizes: Vec::new(),
+                labels: None,
             },
         ));
     };
@@ -303,12 +314,14 @@ pub(super) async fn complete_in(
         .iter()
         .map(|r| Arc::new(r.clone()))
         .collect();
+    let labels = Some(execution.labels.clone());
     Ok((
         execution,
         StoredRuns {
             revision,
             runs,
             sizes,
+            labels,
         },
     ))
 }
@@ -392,6 +405,7 @@ mod tests {
             revision: new_revision(),
             runs: encoded.runs.clone(),
             sizes: encoded.sizes.clone(),
+            labels: None,
         }
     }
 
@@ -417,6 +431,24 @@ mod tests {
 
         let before = stored(&first);
         assert_eq!(encode(&mut e, Some(&before), None)?.changed(), 0);
+        assert!(
+            encode(&mut e, Some(&before), None)?.labels_changed,
+            "stored labels not known: written"
+        );
+        let known = StoredRuns {
+            labels: Some(e.labels.clone()),
+            ..stored(&first)
+        };
+        assert!(
+            !encode(&mut e, Some(&known), None)?.labels_changed,
+            "the labels stored: not written again"
+        );
+        e.labels.push(Label::new("team", "data"));
+        assert!(
+            encode(&mut e, Some(&known), None)?.labels_changed,
+            "a label added: written"
+        );
+        e.labels.pop();
 
         e.task_run_list[3].value = Some("changed".into());
         let run = TaskRun::new(&e, "t5");
