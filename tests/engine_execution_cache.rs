@@ -148,7 +148,7 @@ async fn a_copy_written_elsewhere_is_read_again(url: &str) {
     drain(&queue, &a).await;
     let v2 = stored(&backend, &id).await;
     assert_eq!(label_keys(&v2), ["one"]);
-    assert_eq!(with_label(&backend, &ns, "one").await, [id.clone()]);
+    assert_eq!(with_label(&backend, &ns, "one").await, [id.as_str()]);
     assert_eq!(v2.metadata.version, v1.metadata.version + 1);
     let stats = a.execution_cache_stats();
     assert_eq!((stats.hits, stats.misses), (1, 0), "A reused its copy");
@@ -177,7 +177,7 @@ async fn a_copy_written_elsewhere_is_read_again(url: &str) {
     assert_eq!(label_keys(&v4), ["two"], "B's labels kept: {v4:?}");
     // The label rows follow (a save that keeps the labels does not rewrite them; one that
     // changes them does).
-    assert_eq!(with_label(&backend, &ns, "two").await, [id.clone()]);
+    assert_eq!(with_label(&backend, &ns, "two").await, [id.as_str()]);
     assert!(with_label(&backend, &ns, "one").await.is_empty());
     assert_eq!(v4.metadata.version, v2.metadata.version + 2, "{v4:?}");
     assert_eq!(v4.state.current(), StateType::Paused, "paused on `second`");
