@@ -247,7 +247,7 @@ pub fn write(dir: &Path, command: &str, measures: &[Measure]) -> std::io::Result
 /// benchmark's build).
 pub fn chart(date: &str, measures: &[Measure]) -> String {
     let rows: Vec<&Measure> = measures.iter().filter(|m| m.ratio.is_some()).collect();
-    let (left, width, bar, top) = (430.0, 460.0, 16.0, 50.0);
+    let (left, width, bar, top) = (300.0, 460.0, 16.0, 50.0);
     let height = top + rows.len() as f64 * (bar + 4.0) + 50.0;
     let (lo, hi) = (0.25f64.log2(), 64f64.log2());
     let x = |r: f64| left + (r.log2().clamp(lo, hi) - lo) / (hi - lo) * width;
@@ -288,7 +288,7 @@ pub fn chart(date: &str, measures: &[Measure]) -> String {
         } else {
             (x1, x0 - x1)
         };
-        let label = escape(&format!("{}: {}", m.backend, m.name));
+        let label = escape(&format!("{}: {}", m.backend, short_name(m.scenario)));
         let _ = writeln!(
             svg,
             r#"<text x="{lx}" y="{ty:.1}" text-anchor="end">{label}</text><rect x="{bx:.1}" y="{y:.1}" width="{bw:.1}" height="{bar}" fill="{c}"/><text x="{vx:.1}" y="{ty:.1}">{ratio:.2}x</text>"#,
@@ -300,6 +300,22 @@ pub fn chart(date: &str, measures: &[Measure]) -> String {
     }
     svg.push_str("</svg>\n");
     svg
+}
+
+/// A scenario's name in the chart.
+fn short_name(scenario: &str) -> &'static str {
+    match scenario {
+        "a" => "(a) 40 sequential tasks",
+        "b" => "(b) 2-task flow, flat out",
+        "latency" => "(latency) 2-task flow p50 at 25/s",
+        "c" => "(c) ForEach 200",
+        "d" => "(d) 10-task flow, flat out",
+        "e" => "(e) 10 CPU-bound tasks",
+        "f" => "(f) Parallel 100",
+        "g" => "(g) 1,000 queued, drained",
+        "h" => "(h) ForEach 600 over 3 workers",
+        _ => "?",
+    }
 }
 
 fn escape(s: &str) -> String {

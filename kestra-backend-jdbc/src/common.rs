@@ -5,6 +5,8 @@ use chrono::{DateTime, TimeZone, Utc};
 use kestra_core::model::Level;
 use kestra_core::queue::Topic;
 use kestra_core::repository::{RepoResult, RepositoryError, Sort};
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use tokio::sync::Notify;
 
 /// The SQL dialect a store speaks; selects the few statements that differ.
@@ -218,6 +220,9 @@ pub(crate) fn trigger_sort_column(field: &str) -> Option<SortColumn> {
 #[derive(Debug, Default)]
 pub(crate) struct Notifier {
     topics: [Notify; Topic::ALL.len()],
+    /// How many wake-ups each topic has had: a waiter that read the topic when it stood at some
+    /// value knows, while it has not moved, that nothing was published in this process since.
+    generations: [AtomicU64; Topic::ALL.len()],
 }
 
 impl Notifier {
@@ -230,15 +235,23 @@ impl Notifier {
         &self.topics[Self::index(topic)]
     }
 
-    /// Wake every waiter of `topic`.
+    /// Wake every waiter of `topic` (its generation moves first).
     pub(crate) fn notify(&self, topic: Topic) {
+        self.generations[Self::index(topic)].fetch_add(1, Ordering::SeqCst);
         self.topic(topic).notify_waiters();
+    }
+
+    /// The wake-ups `topic` has had so far (read it after arming a wait: a wake-up between the two
+    /// is then either seen here or delivered to the wait).
+    pub(crate) fn generation(&self, topic: Topic) -> u64 {
+        self.generations[Self::index(topic)].load(Ordering::SeqCst)
     }
 
     /// Wake every waiter of every topic (e.g. after a lost `LISTEN` connection).
     #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) fn notify_all(&self) {
-        for n in &self.topics {
+        for (n, g) in self.topics.iter().zip(&self.generations) {
+            g.fetch_add(1, Ordering::SeqCst);
             n.notify_waiters();
         }
     }

@@ -751,6 +751,7 @@ impl Queue for KafkaQueue {
     }
 
     async fn subscribe(&self, topic: Topic) -> Result<Subscription, QueueError> {
+        kestra_core::queue::check_broadcast(topic)?;
         crate::broadcast::subscribe(&self.shared.options, topic).await
     }
 

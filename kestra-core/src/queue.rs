@@ -245,6 +245,33 @@ impl Topic {
         }
     }
 
+    /// Whether [`Queue::subscribe`] serves this topic: the topics something follows live (kill
+    /// signals, liveness verdicts, flow changes for caches, executions and task results for
+    /// metrics, logs for live follow, metrics, execution changes). The others (worker jobs,
+    /// commands, trigger events and results, subflow results, concurrency slots, preconditions)
+    /// go to their consumer groups only: a backend keeps no copy of them for subscribers (JDBC
+    /// writes no broadcast row, half the rows of a job) and refuses to subscribe to them
+    /// ([`QueueError::NotBroadcast`]).
+    pub fn broadcast(self) -> bool {
+        match self {
+            Topic::Execution
+            | Topic::ExecutionKilled
+            | Topic::WorkerTaskResult
+            | Topic::Log
+            | Topic::Metric
+            | Topic::Flow
+            | Topic::Liveness
+            | Topic::ExecutionChange => true,
+            Topic::ExecutionCommand
+            | Topic::WorkerJob
+            | Topic::WorkerTriggerResult
+            | Topic::SubflowExecutionResult
+            | Topic::Trigger
+            | Topic::ConcurrencySlot
+            | Topic::FlowPrecondition => false,
+        }
+    }
+
     /// Whether a message of this topic may be delayed ([`Envelope::deliver_at`]): only on the topics
     /// the executor consumes, whose delays (retries, pause timers, scheduled starts) a Kafka backend
     /// holds in a partition-local store of the executor.
@@ -468,6 +495,14 @@ pub enum QueueError {
     /// The queue was shut down.
     #[error("queue is closed")]
     Closed,
+    /// [`Queue::subscribe`] to a topic that is not broadcast ([`Topic::broadcast`]).
+    #[error(
+        "topic {topic} is not broadcast: its messages go to its consumer groups only and cannot be subscribed to"
+    )]
+    NotBroadcast {
+        /// The topic asked for.
+        topic: Topic,
+    },
     /// A unit of work was refused because its consumer no longer owns its messages (a zombie:
     /// after a rebalance or a missed session timeout another instance owns the partition and
     /// processes them again). Nothing the unit staged is applied.
@@ -513,6 +548,16 @@ impl QueueError {
             operation,
             source: Box::new(source),
         }
+    }
+}
+
+/// [`QueueError::NotBroadcast`] unless `topic` is [`Topic::broadcast`]: the check of every
+/// [`Queue::subscribe`].
+pub fn check_broadcast(topic: Topic) -> Result<(), QueueError> {
+    if topic.broadcast() {
+        Ok(())
+    } else {
+        Err(QueueError::NotBroadcast { topic })
     }
 }
 
@@ -802,7 +847,9 @@ pub trait Queue: Send + Sync + 'static {
     /// Set a delivery aside as a dead letter with the reason; it is never delivered again.
     async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<(), QueueError>;
 
-    /// Broadcast receive: every message of `topic` published from now on.
+    /// Broadcast receive: every message of `topic` published from now on. Only topics that are
+    /// [`Topic::broadcast`]; others are refused with [`QueueError::NotBroadcast`]
+    /// ([`check_broadcast`]).
     async fn subscribe(&self, topic: Topic) -> Result<Subscription, QueueError>;
 
     /// Transactional receive for `group` (the executor): claim up to `max` due messages of `topics`,

@@ -29,6 +29,9 @@ pub(super) struct Broadcast {
     pub(super) buffer: VecDeque<Envelope>,
     pub(super) last_fetch: Instant,
     pub(super) delay: Duration,
+    /// The topic's in-process generation ([`Notifier::generation`](crate::common::Notifier)) read
+    /// before the last fetch, which read every row there was; `None` after a poll timed out.
+    pub(super) fetched_at: Option<u64>,
 }
 
 impl Broadcast {
@@ -40,22 +43,31 @@ impl Broadcast {
             let lagged = self.last_fetch.elapsed() > BROADCAST_RETENTION;
             let notifier = self.notifier.clone();
             let wakeups = Wakeups::arm(&notifier, &[self.topic]);
+            let generation = notifier.generation(self.topic);
+            if self.fetched_at == Some(generation) && !lagged {
+                // Nothing was published on the topic in this process since a fetch that read
+                // everything (a fetch right after one that found rows was an empty read per
+                // message): wait for a wake-up, or the poll (rows of other processes).
+                let woken = wakeups.wait(self.delay).await;
+                self.delay = if woken {
+                    POLL_MIN
+                } else {
+                    self.fetched_at = None;
+                    (self.delay * 2).min(POLL_MAX)
+                };
+                continue;
+            }
             match self.fetch().await {
                 Ok(_) if lagged => return Some(Err(QueueError::Lagged { missed: 0 })),
-                Ok(0) => {}
-                Ok(_) => {
-                    self.delay = POLL_MIN;
-                    continue;
+                Ok(n) => {
+                    self.fetched_at = Some(generation);
+                    if n > 0 {
+                        self.delay = POLL_MIN;
+                    }
                 }
                 Err(sqlx::Error::PoolClosed) => return None,
                 Err(e) => return Some(Err(queue_err("subscribe")(e))),
             }
-            let woken = wakeups.wait(self.delay).await;
-            self.delay = if woken {
-                POLL_MIN
-            } else {
-                (self.delay * 2).min(POLL_MAX)
-            };
         }
     }
 

@@ -4,8 +4,9 @@
 
 use super::*;
 
-/// Insert the rows of `messages`: one queue row per consumer group of its topic, one broadcast row,
-/// and (PostgreSQL) a `NOTIFY` per topic, delivered when the transaction commits.
+/// Insert the rows of `messages`: one queue row per consumer group of its topic, one broadcast row
+/// if its topic is [`Topic::broadcast`], and (PostgreSQL) a `NOTIFY` per topic, delivered when the
+/// transaction commits.
 pub(super) async fn publish_in(conn: &mut Conn, messages: &[Envelope]) -> Result<(), sqlx::Error> {
     let now = now_ms();
     let rows: Vec<(&Envelope, ConsumerGroup)> = messages
@@ -26,7 +27,8 @@ pub(super) async fn publish_in(conn: &mut Conn, messages: &[Envelope]) -> Result
         });
         qb.build().execute(&mut *conn).await?;
     }
-    for chunk in messages.chunks(CHUNK) {
+    let broadcast: Vec<&Envelope> = messages.iter().filter(|m| m.topic.broadcast()).collect();
+    for chunk in broadcast.chunks(CHUNK) {
         let mut qb = Qb::new("INSERT INTO queue_broadcast (topic, msg_key, payload, created_at) ");
         qb.push_values(chunk, |mut b, m| {
             b.push_bind(m.topic.as_str())
@@ -286,6 +288,14 @@ pub(super) async fn claim_in(
         return Ok(Vec::new());
     }
 
+    // SQLite: the claim holds the database's write lock (`BEGIN IMMEDIATE`), so the rows read above
+    // are the first due, unclaimed rows of each topic in id order, leaving out only keys claimed
+    // elsewhere; with the list of those keys complete (`blocked`), no candidate is of such a key
+    // (the rows were read again without them, or none was), so an older due row of a candidate's
+    // key was read above too: it is a candidate. The check below would accept every candidate.
+    if FLAVOR == crate::common::Flavor::Sqlite && !blocked.too_many {
+        return mark_claimed(conn, candidates, token, now, lease, group).await;
+    }
     // Per-key order: read (without locks, committed state) every due row of the candidates' keys up
     // to the newest candidate. A candidate is handed out only if every older row of its key in that
     // list is a candidate handed out in this same batch (older rows claimed elsewhere, locked by
@@ -328,10 +338,23 @@ pub(super) async fn claim_in(
             }
         }
     }
-    let mut claimed: Vec<Candidate> = candidates
+    let claimed: Vec<Candidate> = candidates
         .into_iter()
         .filter(|c| accepted.contains(&c.id))
         .collect();
+    mark_claimed(conn, claimed, token, now, lease, group).await
+}
+
+/// Mark the accepted `claimed` rows claimed by `token` until `now + lease` (a redelivery alone:
+/// [`shrink_after_crash`]) and hand them out.
+async fn mark_claimed(
+    conn: &mut Conn,
+    mut claimed: Vec<Candidate>,
+    token: &str,
+    now: i64,
+    lease: Duration,
+    group: ConsumerGroup,
+) -> Result<Vec<Delivery>, sqlx::Error> {
     if claimed.is_empty() {
         return Ok(Vec::new());
     }

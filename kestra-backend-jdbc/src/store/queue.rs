@@ -217,6 +217,7 @@ impl Queue for Store {
     }
 
     async fn subscribe(&self, topic: Topic) -> Result<Subscription, QueueError> {
+        kestra_core::queue::check_broadcast(topic)?;
         let start: i64 = Qb::new("SELECT COALESCE(MAX(id), 0) AS m FROM queue_broadcast")
             .build()
             .fetch_one(&self.write)
@@ -235,6 +236,7 @@ impl Queue for Store {
             buffer: VecDeque::new(),
             last_fetch: Instant::now(),
             delay: POLL_MIN,
+            fetched_at: None,
         };
         Ok(futures::stream::unfold(state, |mut st| async move {
             let item = st.next().await?;

@@ -192,21 +192,25 @@ impl UnitOfWork for JdbcUnit {
         // nothing (READ COMMITTED on MySQL, any isolation on PostgreSQL), so two executors could both
         // create the entry and one would overwrite the other. The no-op upsert creates a `null`
         // placeholder or locks the existing row; a concurrent unit waits on the key until we commit.
-        let mut placeholder =
-            Qb::new("INSERT INTO executor_state (kind, state_key, updated, doc) VALUES (");
-        placeholder
-            .push_bind(kind.to_string())
-            .push(", ")
-            .push_bind(key.to_string())
-            .push(", ")
-            .push_bind(now_ms())
-            .push(", 'null')")
-            .push(FLAVOR.upsert(&["kind", "state_key"], &["kind"]));
-        placeholder
-            .build()
-            .execute(&mut *conn)
-            .await
-            .map_err(queue_err("load_state"))?;
+        // SQLite needs none: a unit's transaction holds the database's write lock from its start
+        // (`BEGIN IMMEDIATE`), so no other unit writes until it commits.
+        if FLAVOR != crate::common::Flavor::Sqlite {
+            let mut placeholder =
+                Qb::new("INSERT INTO executor_state (kind, state_key, updated, doc) VALUES (");
+            placeholder
+                .push_bind(kind.to_string())
+                .push(", ")
+                .push_bind(key.to_string())
+                .push(", ")
+                .push_bind(now_ms())
+                .push(", 'null')")
+                .push(FLAVOR.upsert(&["kind", "state_key"], &["kind"]));
+            placeholder
+                .build()
+                .execute(&mut *conn)
+                .await
+                .map_err(queue_err("load_state"))?;
+        }
         let row = Qb::new("SELECT doc FROM executor_state WHERE kind = ")
             .push_bind(kind.to_string())
             .push(" AND state_key = ")

@@ -1531,6 +1531,27 @@ async fn next_own(sub: &mut Subscription, prefix: &str, wait: Duration) -> Optio
     }
 }
 
+/// `subscribe` serves exactly the topics that are [`Topic::broadcast`]: the others are refused
+/// with [`QueueError::NotBroadcast`] naming the topic (their messages go to consumer groups only).
+pub async fn subscribe_only_broadcast_topics(queue: Arc<dyn Queue>) {
+    for topic in Topic::ALL {
+        match queue.subscribe(topic).await {
+            Ok(_) => assert!(
+                topic.broadcast(),
+                "subscribe({topic}) accepted a topic that is not broadcast"
+            ),
+            Err(QueueError::NotBroadcast { topic: refused }) => {
+                assert!(
+                    !topic.broadcast(),
+                    "subscribe({topic}) refused a broadcast topic"
+                );
+                assert_eq!(refused, topic, "the refusal names the topic asked for");
+            }
+            Err(e) => panic!("subscribe({topic}) failed: {e}"),
+        }
+    }
+}
+
 /// A broadcast message staged in a unit of work that commits after a later message of the same
 /// topic was published (and possibly already seen) is still delivered, once, to a subscriber
 /// (JDBC: its row id is below one already read, a gap the subscriber must look back into).
@@ -2284,6 +2305,7 @@ pub async fn run_all_with(factory: &QueueFactory) {
     receive_wait_and_wakeup(factory()).await;
     broadcast_with(factory).await;
     broadcast_committed_late(factory()).await;
+    subscribe_only_broadcast_topics(factory()).await;
     unit_of_work_commit(factory()).await;
     unit_of_work_rollback_on_drop(factory()).await;
     unit_of_work_crash_before_commit(factory()).await;

@@ -420,6 +420,7 @@ impl Queue for MemoryQueue {
     }
 
     async fn subscribe(&self, topic: Topic) -> Result<Subscription, QueueError> {
+        crate::queue::check_broadcast(topic)?;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         lock(&self.inner).subscribers.push((topic, tx));
         Ok(futures::stream::unfold(
