@@ -247,6 +247,14 @@ impl Notifier {
         self.generations[Self::index(topic)].load(Ordering::SeqCst)
     }
 
+    /// The wake-ups of `topics` together (a sum: it moves when one of theirs does).
+    pub(crate) fn generation_of(&self, topics: &[Topic]) -> u64 {
+        topics
+            .iter()
+            .map(|t| self.generation(*t))
+            .fold(0, u64::wrapping_add)
+    }
+
     /// Wake every waiter of every topic (e.g. after a lost `LISTEN` connection).
     #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) fn notify_all(&self) {

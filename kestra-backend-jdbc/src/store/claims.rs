@@ -191,7 +191,9 @@ async fn due_rows(
 /// Claim up to `max` due rows of `topics` for `group` inside the caller's transaction: lock them
 /// (`FOR UPDATE SKIP LOCKED`; SQLite: the transaction is the single writer), keep only rows whose
 /// older due rows of the same key are claimed here too (per-key ordering), set malformed rows aside as
-/// dead letters, and mark the rest claimed by `token` until `now + lease`.
+/// dead letters, and mark the rest claimed by `token` until `now + lease`. Also says whether the
+/// claim took every row there was to take (SQLite only, where the claim's read is the whole truth;
+/// always false elsewhere): no due row of the topics is left unclaimed for this group.
 pub(super) async fn claim_in(
     conn: &mut Conn,
     group: ConsumerGroup,
@@ -199,9 +201,9 @@ pub(super) async fn claim_in(
     max: usize,
     lease: Duration,
     token: &str,
-) -> Result<Vec<Delivery>, sqlx::Error> {
+) -> Result<(Vec<Delivery>, bool), sqlx::Error> {
     if topics.is_empty() || max == 0 {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), false));
     }
     let now = now_ms();
     // One indexed scan per topic (in id order), filling the batch; the first topic rotates so that
@@ -214,7 +216,7 @@ pub(super) async fn claim_in(
     let mut rows = due_rows(conn, group, &order, limit, now, &Blocked::default()).await?;
     if rows.is_empty() {
         // An empty poll is one statement.
-        return Ok(Vec::new());
+        return Ok((Vec::new(), FLAVOR == crate::common::Flavor::Sqlite));
     }
     // Keys with a live claim elsewhere (an optimisation only: the ordering check below is what
     // guarantees per-key order). When a row read is of such a key, the rows are read again
@@ -241,6 +243,9 @@ pub(super) async fn claim_in(
         (at, get(row, "id").unwrap_or(0))
     };
     rows.sort_by_cached_key(rank);
+    // Fewer rows than a batch: every due row of every topic was read (each branch is limited to
+    // `max`).
+    let read_all = rows.len() < max;
     rows.truncate(max);
 
     let mut candidates = Vec::with_capacity(rows.len());
@@ -285,7 +290,10 @@ pub(super) async fn claim_in(
         }
     }
     if candidates.is_empty() {
-        return Ok(Vec::new());
+        return Ok((
+            Vec::new(),
+            FLAVOR == crate::common::Flavor::Sqlite && !hit && read_all,
+        ));
     }
 
     // SQLite: the claim holds the database's write lock (`BEGIN IMMEDIATE`), so the rows read above
@@ -294,7 +302,12 @@ pub(super) async fn claim_in(
     // (the rows were read again without them, or none was), so an older due row of a candidate's
     // key was read above too: it is a candidate. The check below would accept every candidate.
     if FLAVOR == crate::common::Flavor::Sqlite && !blocked.too_many {
-        return mark_claimed(conn, candidates, token, now, lease, group).await;
+        let offered = candidates.len();
+        let claimed = mark_claimed(conn, candidates, token, now, lease, group).await?;
+        // Everything there was is taken: no key of it was claimed elsewhere, every due row was
+        // read, none was held back (a redelivery goes alone).
+        let complete = !hit && read_all && claimed.len() == offered;
+        return Ok((claimed, complete));
     }
     // Per-key order: read (without locks, committed state) every due row of the candidates' keys up
     // to the newest candidate. A candidate is handed out only if every older row of its key in that
@@ -342,7 +355,10 @@ pub(super) async fn claim_in(
         .into_iter()
         .filter(|c| accepted.contains(&c.id))
         .collect();
-    mark_claimed(conn, claimed, token, now, lease, group).await
+    Ok((
+        mark_claimed(conn, claimed, token, now, lease, group).await?,
+        false,
+    ))
 }
 
 /// Mark the accepted `claimed` rows claimed by `token` until `now + lease` (a redelivery alone:

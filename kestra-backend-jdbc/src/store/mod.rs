@@ -184,6 +184,11 @@ pub(crate) struct Store {
     /// The largest payload (and execution document) accepted, in bytes.
     max_message_bytes: usize,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    /// SQLite: per (group, topics), the topics' wake-up count ([`Notifier::generation_of`]) read
+    /// before the last claim that took every row there was to take; while it has not moved,
+    /// nothing was published here since, and a consumer's first claim of a `begin`/`receive` waits
+    /// for a wake-up (or its first poll) instead of reading an empty queue.
+    caught_up: std::sync::Mutex<HashMap<(ConsumerGroup, Vec<Topic>), u64>>,
     /// Kept alive as long as the store (e.g. the temporary file of an in-memory SQLite database).
     _guard: Option<Box<dyn std::any::Any + Send + Sync>>,
 }
@@ -213,6 +218,7 @@ impl Store {
             notifier,
             max_message_bytes,
             tasks: std::sync::Mutex::new(Vec::new()),
+            caught_up: std::sync::Mutex::new(HashMap::new()),
             _guard: guard,
         });
         let weak = Arc::downgrade(&store);

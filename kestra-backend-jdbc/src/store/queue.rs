@@ -19,7 +19,7 @@ impl Store {
         lease: Duration,
         token: &str,
         fault: Fault,
-    ) -> Result<Vec<Delivery>, sqlx::Error> {
+    ) -> Result<(Vec<Delivery>, bool), sqlx::Error> {
         let mut tx = begin_write(&self.write).await?;
         relaxed_commit(&mut tx).await?;
         let got = claim_in(&mut tx, group, topics, max, lease, token).await?;
@@ -44,14 +44,14 @@ impl Store {
         lease: Duration,
         token: &str,
         record: &Recorder,
-    ) -> Result<Result<Vec<Delivery>, QueueError>, sqlx::Error> {
+    ) -> Result<Result<(Vec<Delivery>, bool), QueueError>, sqlx::Error> {
         let mut tx = begin_write(&self.write).await?;
-        let got = claim_in(&mut tx, group, &[topic], max, lease, token).await?;
+        let (got, complete) = claim_in(&mut tx, group, &[topic], max, lease, token).await?;
         if got.is_empty() {
             // Nothing claimed, but rows the claim set aside as dead letters stay set aside (as in
             // `claim_once`).
             tx.commit().await?;
-            return Ok(Ok(got));
+            return Ok(Ok((got, complete)));
         }
         let records = match record(&got)
             .and_then(|r| check_publish(&r, self.max_message_bytes).map(|()| r))
@@ -65,7 +65,35 @@ impl Store {
         publish_in(&mut tx, &records).await?;
         tx.commit().await?;
         self.wake(records.iter().map(|m| m.topic));
-        Ok(Ok(got))
+        Ok(Ok((got, complete)))
+    }
+
+    /// Whether the first claim of a `begin`/`receive` (with a wait) can wait for a wake-up instead:
+    /// SQLite, and the last claim of `group` on `topics` took everything there was when the
+    /// topics' wake-up count was `generation` (read after arming the wake-ups, before this claim),
+    /// so nothing was published here since ([`Store::caught_up`]). Rows of another process, leases
+    /// that end and delays that come due are the poll's, as before.
+    fn caught_up(&self, group: ConsumerGroup, topics: &[Topic], generation: u64) -> bool {
+        FLAVOR == crate::common::Flavor::Sqlite
+            && self
+                .caught_up
+                .lock()
+                .is_ok_and(|memo| memo.get(&(group, topics.to_vec())) == Some(&generation))
+    }
+
+    /// Remember (or forget) that a claim of `group` on `topics` started at `generation` took
+    /// everything there was.
+    fn note_claim(&self, group: ConsumerGroup, topics: &[Topic], generation: u64, complete: bool) {
+        if FLAVOR != crate::common::Flavor::Sqlite {
+            return;
+        }
+        if let Ok(mut memo) = self.caught_up.lock() {
+            if complete {
+                memo.insert((group, topics.to_vec()), generation);
+            } else {
+                memo.remove(&(group, topics.to_vec()));
+            }
+        }
     }
 
     fn wake(&self, topics: impl IntoIterator<Item = Topic>) {
@@ -118,12 +146,23 @@ impl Queue for Store {
         let token = kestra_core::model::new_id();
         let mut poll = Poll::new(wait);
         let mut attempt = 0;
+        let mut first = !wait.is_zero();
         loop {
             let wakeups = Wakeups::arm(&self.notifier, &[topic]);
-            match self
+            let generation = self.notifier.generation_of(&[topic]);
+            if std::mem::take(&mut first) && self.caught_up(group, &[topic], generation) {
+                if !poll.next(wakeups).await {
+                    return Ok(Vec::new());
+                }
+                continue;
+            }
+            let claimed = self
                 .claim_once(group, &[topic], max, lease, &token, Fault::default())
-                .await
-            {
+                .await;
+            if let Ok((_, complete)) = &claimed {
+                self.note_claim(group, &[topic], generation, *complete);
+            }
+            match claimed.map(|(got, _)| got) {
                 Ok(got) if !got.is_empty() => return Ok(got),
                 Ok(_) => {}
                 Err(e) if attempt < RETRIES && is_transient(&e) => attempt += 1,
@@ -147,12 +186,23 @@ impl Queue for Store {
         let token = kestra_core::model::new_id();
         let mut poll = Poll::new(wait);
         let mut attempt = 0;
+        let mut first = !wait.is_zero();
         loop {
             let wakeups = Wakeups::arm(&self.notifier, &[topic]);
-            match self
+            let generation = self.notifier.generation_of(&[topic]);
+            if std::mem::take(&mut first) && self.caught_up(group, &[topic], generation) {
+                if !poll.next(wakeups).await {
+                    return Ok(Vec::new());
+                }
+                continue;
+            }
+            let claimed = self
                 .claim_recorded_once(group, topic, max, lease, &token, record)
-                .await
-            {
+                .await;
+            if let Ok(Ok((_, complete))) = &claimed {
+                self.note_claim(group, &[topic], generation, *complete);
+            }
+            match claimed.map(|r| r.map(|(got, _)| got)) {
                 Ok(Ok(got)) if !got.is_empty() => return Ok(got),
                 Ok(Ok(_)) => {}
                 Ok(Err(refused)) => return Err(refused),
@@ -256,17 +306,28 @@ impl Queue for Store {
         let token = kestra_core::model::new_id();
         let mut poll = Poll::new(wait);
         let mut attempt = 0;
+        let mut first = !wait.is_zero();
         loop {
             let wakeups = Wakeups::arm(&self.notifier, topics);
+            let generation = self.notifier.generation_of(topics);
+            if std::mem::take(&mut first) && self.caught_up(group, topics, generation) {
+                if !poll.next(wakeups).await {
+                    return Ok(None);
+                }
+                continue;
+            }
             // The claim commits first, on its own: its delivery attempt is counted even if this
             // process dies while it processes the messages (the unit's transaction would take the
             // count with it), so a message that crashes the executor again and again reaches
             // the executor's limit instead of looping.
             let fault = plan_fault();
-            match self
+            let claim = self
                 .claim_once(group, topics, max, UOW_LEASE, &token, fault)
-                .await
-            {
+                .await;
+            if let Ok((_, complete)) = &claim {
+                self.note_claim(group, topics, generation, *complete);
+            }
+            match claim.map(|(got, _)| got) {
                 Ok(claimed) if !claimed.is_empty() => {
                     let ids: Vec<i64> = claimed.iter().map(|d| d.tag.offset).collect();
                     let mut tx = begin_write(&self.write).await.map_err(&err)?;
