@@ -265,7 +265,7 @@ pub fn chart(date: &str, measures: &[Measure]) -> String {
     );
     let _ = writeln!(
         svg,
-        r#"<rect width="100%" height="100%" fill="white"/><text x="10" y="20" font-size="14">Engine benchmark: time relative to the raw baseline (log scale; target 2x) - {date}</text>"#
+        r#"<rect width="100%" height="100%" fill="white"/><text x="10" y="20" font-size="14">Engine benchmark: how many times slower than the raw baseline (log scale; target 2x) - {date}</text>"#
     );
     for tick in [0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0] {
         let tx = x(tick);
