@@ -17,9 +17,9 @@
 //! - (h) a wide ForEach (600 values, all at once) over 3 workers: wall time.
 //!
 //! Each figure comes with the CPU time of the benchmark process and its peak resident memory
-//! during the scenario (Linux), and, on the JDBC databases, the figure of the **raw baseline**
-//! (`engine/baseline.rs`: the minimum statements one execution of that shape needs, by plain sqlx)
-//! and the ratio to it. "SUCCESS" is seen where the API sees it: in the repository
+//! during the scenario (Linux), and the figure of the **raw baseline** and the ratio to it: the
+//! minimum one execution of that shape needs on the same database or broker, by plain sqlx
+//! (`engine/baseline.rs`) or plain rdkafka (`engine/baseline_kafka.rs`). "SUCCESS" is seen where the API sees it: in the repository
 //! (`Engine::wait_for`), so on Kafka the figures include the indexer's delay into Elasticsearch.
 //!
 //! Output: a Markdown table on stdout (progress on stderr), and `engine.json` + `engine.svg` (the
@@ -29,7 +29,8 @@
 //! **Smoke mode**: run without `--bench` (as `cargo test --all-features --bench engine` does, which
 //! `scripts/test.sh` runs in CI) or with `KESTRA_BENCH_SMOKE=1`, every scenario and its baseline run
 //! once with tiny sizes on SQLite only (a few seconds) and the files go to a temporary directory,
-//! so the benchmark never rots; its figures mean nothing.
+//! so the benchmark never rots; its figures mean nothing. With `KESTRA_TEST_KAFKA_BROKERS` set (as
+//! in CI), the Kafka raw baseline runs once too.
 //!
 //! Filters (full mode): `KESTRA_BENCH_BACKENDS` (comma list of `sqlite`, `postgres`, `mysql`, `kafka`)
 //! and `KESTRA_BENCH_SCENARIOS` (comma list of `a`, `b`, `latency`, `c`, `d`, `e`, `f`, `g`, `h`) run
@@ -39,6 +40,9 @@
 
 #[path = "engine/baseline.rs"]
 mod baseline;
+#[cfg(feature = "kafka")]
+#[path = "engine/baseline_kafka.rs"]
+mod baseline_kafka;
 #[path = "engine/report.rs"]
 mod report;
 
@@ -301,6 +305,7 @@ enum Target {
     },
     Kafka {
         config: Config,
+        brokers: String,
     },
 }
 
@@ -322,6 +327,7 @@ impl Target {
             kestra::core::model::new_id().to_lowercase()
         );
         Target::Kafka {
+            brokers: brokers.clone(),
             config: Config::from_pairs([
                 ("kestra.queue.type", "kafka".to_string()),
                 ("kestra.repository.type", "elasticsearch".to_string()),
@@ -339,16 +345,20 @@ impl Target {
             Target::Jdbc {
                 backend, storage, ..
             } => Engine::builder(backend.queue(), backend.repositories(), storage.clone()),
-            Target::Kafka { config } => kestra::engine(config)
+            Target::Kafka { config, .. } => kestra::engine(config)
                 .await
                 .expect("engine on Kafka + Elasticsearch (build with --all-features)"),
         }
     }
 
-    fn url(&self) -> Option<&str> {
+    /// The raw baseline of every shape on this backend's database or broker.
+    async fn baselines(&self, sizes: Sizes, label: &str) -> Baselines {
         match self {
-            Target::Jdbc { url, .. } => Some(url),
-            Target::Kafka { .. } => None,
+            Target::Jdbc { url, .. } => baselines(url, sizes, label).await,
+            #[cfg(feature = "kafka")]
+            Target::Kafka { brokers, .. } => baselines_kafka(brokers, sizes, label).await,
+            #[cfg(not(feature = "kafka"))]
+            Target::Kafka { .. } => Baselines::default(),
         }
     }
 }
@@ -410,11 +420,50 @@ async fn baselines(url: &str, sizes: Sizes, label: &str) -> Baselines {
     b
 }
 
+/// The raw baseline of every shape on the Kafka broker `brokers` (`engine/baseline_kafka.rs`),
+/// from a blocking thread (librdkafka's transactional calls block).
+#[cfg(feature = "kafka")]
+async fn baselines_kafka(brokers: &str, sizes: Sizes, label: &str) -> Baselines {
+    let brokers = brokers.to_string();
+    let runs = sizes.baseline_runs;
+    let bar = progress((runs * 6) as u64, &format!("{label} raw baseline"));
+    let counted = bar.clone();
+    let b = tokio::task::spawn_blocking(move || {
+        let raw = baseline_kafka::RawKafka::connect(&brokers).expect("raw baseline: connect");
+        let median = |shape: Shape| -> Option<f64> {
+            let mut all: Vec<Duration> = (0..runs)
+                .map(|_| {
+                    let d = match shape {
+                        Shape::Sequential(n) => raw.sequential(n),
+                        Shape::FanOut(n) => raw.fan_out(n),
+                    }
+                    .expect("raw baseline");
+                    counted.inc(1);
+                    d
+                })
+                .collect();
+            all.sort();
+            Some(pct(&all, 0.5).as_secs_f64())
+        };
+        let b = Baselines {
+            two: median(Shape::Sequential(2)),
+            ten: median(Shape::Sequential(10)),
+            forty: median(Shape::Sequential(40)),
+            fan100: median(Shape::FanOut(100)),
+            fan200: median(Shape::FanOut(200)),
+            fan_wide: median(Shape::FanOut(sizes.wide_values)),
+        };
+        raw.delete_topics().expect("raw baseline: delete topics");
+        b
+    })
+    .await
+    .expect("raw baseline thread");
+    bar.finish();
+    b
+}
+
 async fn bench(label: &str, target: Target, sizes: Sizes) -> Vec<Measure> {
-    let base = match target.url() {
-        Some(url) => baselines(url, sizes, label).await,
-        None => Baselines::default(),
-    };
+    let base = target.baselines(sizes, label).await;
     let per_second = |t: Option<f64>| t.map(|t| 1.0 / t);
     let engine = Arc::new(target.builder().await.start());
     let wide = format!("each{}", sizes.wide_values);
@@ -847,6 +896,22 @@ fn main() {
                 SMOKE_MEASURES + 1,
                 "engine.svg has a bar per measure (and its background)"
             );
+            #[cfg(feature = "kafka")]
+            if let Some(brokers) =
+                env_first(&["KESTRA_BENCH_KAFKA_BROKERS", "KESTRA_TEST_KAFKA_BROKERS"])
+            {
+                let b = baselines_kafka(&brokers, sizes, "kafka").await;
+                assert!(
+                    [b.two, b.ten, b.forty, b.fan100, b.fan200, b.fan_wide]
+                        .iter()
+                        .all(|f| f.is_some_and(|f| f > 0.0)),
+                    "the Kafka raw baseline has a figure for every shape"
+                );
+                eprintln!(
+                    "smoke run: Kafka raw baseline done (40 sequential: {:.3} s)",
+                    b.forty.unwrap_or_default()
+                );
+            }
             eprintln!("smoke run done: {} measures", rows.len());
         }
     });

@@ -55,3 +55,7 @@ mod unit;
 
 pub use partitioner::partition_for;
 pub use queue::{KafkaError, KafkaOptions, KafkaQueue};
+
+/// The `rdkafka` crate this backend is built on (same version and features), for callers that need
+/// a plain Kafka client beside the queue - the engine benchmark's raw baseline does.
+pub use rdkafka;

@@ -382,6 +382,12 @@ async fn mark_claimed(
         .push(", attempts = attempts + 1 WHERE id IN ");
     push_in(&mut qb, claimed.iter().map(|c| c.id));
     qb.build().execute(&mut *conn).await?;
+    tracing::trace!(
+        group = group.as_str(),
+        rows = claimed.len(),
+        topics = ?claimed.iter().map(|c| c.topic.as_str()).collect::<BTreeSet<_>>(),
+        "claimed"
+    );
     Ok(claimed
         .into_iter()
         .map(|c| Delivery {
