@@ -36,6 +36,11 @@
 //!   results ([`crate::executor::preconditions`]), applies the checks in order, saves the results
 //!   and publishes the triggered execution when a set is complete.
 //!
+//! [`Topic::Liveness`] (heartbeats, the jobs workers take and finish, the executor's own checks,
+//! keyed by service instance) is claimed by a second loop of the same service, which pauses
+//! [`ExecutorConfig::liveness_linger`] after each unit: two liveness messages per task then cost a
+//! unit per linger, not two units per task on the way of every execution.
+//!
 //! Refused units ([`UnitOutcome`]):
 //! - [`QueueError::Fenced`] (this instance is a zombie: another one owns the messages now): the
 //!   unit's work is dropped without backoff or error, the new owner processes the messages again.
@@ -107,6 +112,11 @@ pub struct ExecutorConfig {
     /// a flowable that would create more fails the execution naming the limit and the task
     /// ([`crate::executor::task_run_limit`]). 0 turns the limit off.
     pub max_task_runs: usize,
+    /// How long the executor's liveness loop pauses after a unit it committed before it claims
+    /// again (50 ms): the jobs taken and done of every task run in that time are then applied in
+    /// one unit instead of one unit each. Liveness verdicts are counted in seconds, so the pause
+    /// delays none; zero claims at once.
+    pub liveness_linger: Duration,
 }
 
 impl Default for ExecutorConfig {
@@ -119,12 +129,15 @@ impl Default for ExecutorConfig {
             resubmit: ResubmitConfig::default(),
             max_delivery_attempts: 3,
             max_task_runs: crate::executor::task_run_limit::DEFAULT_MAX_TASK_RUNS,
+            liveness_linger: Duration::from_millis(50),
         }
     }
 }
 
 /// The topics the executor consumes: those keyed by execution, then the keyed stages of flows
-/// (concurrency slots) and triggers (preconditions).
+/// (concurrency slots) and triggers (preconditions), and liveness. [`ExecutorService::run`]
+/// claims them in two loops: [`Topic::Liveness`] alone (lingering, see
+/// [`ExecutorConfig::liveness_linger`]) and the others together.
 pub const EXECUTOR_TOPICS: &[Topic] = &[
     Topic::Execution,
     Topic::ExecutionCommand,
@@ -133,6 +146,18 @@ pub const EXECUTOR_TOPICS: &[Topic] = &[
     Topic::ConcurrencySlot,
     Topic::FlowPrecondition,
     Topic::Liveness,
+];
+
+/// The topics of the executor's main loop: every one of [`EXECUTOR_TOPICS`] but
+/// [`Topic::Liveness`], which has its own loop so that the jobs a worker takes and finishes (two
+/// liveness messages per task) do not cost the critical path of every execution a unit each.
+const MAIN_TOPICS: &[Topic] = &[
+    Topic::Execution,
+    Topic::ExecutionCommand,
+    Topic::WorkerTaskResult,
+    Topic::SubflowExecutionResult,
+    Topic::ConcurrencySlot,
+    Topic::FlowPrecondition,
 ];
 
 /// The state of the flow- and trigger-keyed stages in one unit of work: loaded once per key (under
@@ -402,12 +427,21 @@ impl ExecutorService {
             &format!("executor-{}", crate::model::new_id()),
             self.config.liveness.heartbeat_interval,
         );
-        self.run_loop(shutdown).await;
+        tokio::join!(
+            self.run_loop(MAIN_TOPICS, Duration::ZERO, shutdown.clone()),
+            self.run_loop(
+                &[Topic::Liveness],
+                self.config.liveness_linger,
+                shutdown.clone()
+            ),
+        );
         watcher.abort();
         heartbeat.stop().await;
     }
 
-    async fn run_loop(&self, shutdown: CancellationToken) {
+    /// Claim and process units of `topics` until `shutdown`, then drain them; after each
+    /// committed unit, pause `linger` (unless draining) so the next unit takes more at once.
+    async fn run_loop(&self, topics: &[Topic], linger: Duration, shutdown: CancellationToken) {
         let mut backoff = Duration::from_millis(50);
         loop {
             let draining = shutdown.is_cancelled();
@@ -424,7 +458,7 @@ impl ExecutorService {
                 shutdown.clone(),
                 self.queue.begin(
                     ConsumerGroup::Executor,
-                    EXECUTOR_TOPICS,
+                    topics,
                     self.config.batch_size,
                     wait,
                 ),
@@ -437,7 +471,15 @@ impl ExecutorService {
                 Err(e) => Err(e),
             };
             match result {
-                Ok(_) => backoff = Duration::from_millis(50),
+                Ok(_) => {
+                    backoff = Duration::from_millis(50);
+                    if !linger.is_zero() && !draining {
+                        tokio::select! {
+                            _ = shutdown.cancelled() => {}
+                            _ = tokio::time::sleep(linger) => {}
+                        }
+                    }
+                }
                 Err(e) => {
                     error!(error = %e, "executor unit of work failed; retrying");
                     if draining {
