@@ -380,6 +380,32 @@ enum Shape {
     FanOut(usize),
 }
 
+/// The baseline shapes the scenarios selected by `KESTRA_BENCH_SCENARIOS` compare with, each
+/// with the slot of `b` its figure goes to.
+fn needed_shapes(sizes: Sizes, b: &mut Baselines) -> Vec<(Shape, &mut Option<f64>)> {
+    let any = |names: &[&str]| names.iter().any(|n| scenario(n));
+    let all = [
+        (
+            Shape::Sequential(2),
+            any(&["b", "latency", "g"]),
+            &mut b.two,
+        ),
+        (Shape::Sequential(10), any(&["d", "e"]), &mut b.ten),
+        (Shape::Sequential(40), any(&["a"]), &mut b.forty),
+        (Shape::FanOut(100), any(&["f"]), &mut b.fan100),
+        (Shape::FanOut(200), any(&["c"]), &mut b.fan200),
+        (
+            Shape::FanOut(sizes.wide_values),
+            any(&["h"]),
+            &mut b.fan_wide,
+        ),
+    ];
+    all.into_iter()
+        .filter(|(_, needed, _)| *needed)
+        .map(|(shape, _, slot)| (shape, slot))
+        .collect()
+}
+
 /// The median duration of `runs` raw executions of `shape`, seconds.
 async fn raw_median(
     db: &mut baseline::RawDb,
@@ -406,15 +432,15 @@ async fn baselines(url: &str, sizes: Sizes, label: &str) -> Baselines {
         .await
         .expect("raw baseline: connect");
     let runs = sizes.baseline_runs;
-    let bar = progress((runs * 6) as u64, &format!("{label} raw baseline"));
-    let b = Baselines {
-        two: raw_median(&mut db, runs, Shape::Sequential(2), &bar).await,
-        ten: raw_median(&mut db, runs, Shape::Sequential(10), &bar).await,
-        forty: raw_median(&mut db, runs, Shape::Sequential(40), &bar).await,
-        fan100: raw_median(&mut db, runs, Shape::FanOut(100), &bar).await,
-        fan200: raw_median(&mut db, runs, Shape::FanOut(200), &bar).await,
-        fan_wide: raw_median(&mut db, runs, Shape::FanOut(sizes.wide_values), &bar).await,
-    };
+    let mut b = Baselines::default();
+    let shapes = needed_shapes(sizes, &mut b);
+    let bar = progress(
+        (runs * shapes.len()) as u64,
+        &format!("{label} raw baseline"),
+    );
+    for (shape, slot) in shapes {
+        *slot = raw_median(&mut db, runs, shape, &bar).await;
+    }
     bar.finish();
     db.drop_tables().await.expect("raw baseline: drop tables");
     b
@@ -426,7 +452,8 @@ async fn baselines(url: &str, sizes: Sizes, label: &str) -> Baselines {
 async fn baselines_kafka(brokers: &str, sizes: Sizes, label: &str) -> Baselines {
     let brokers = brokers.to_string();
     let runs = sizes.baseline_runs;
-    let bar = progress((runs * 6) as u64, &format!("{label} raw baseline"));
+    let shapes = needed_shapes(sizes, &mut Baselines::default()).len();
+    let bar = progress((runs * shapes) as u64, &format!("{label} raw baseline"));
     let counted = bar.clone();
     let b = tokio::task::spawn_blocking(move || {
         let raw = baseline_kafka::RawKafka::connect(&brokers).expect("raw baseline: connect");
@@ -445,14 +472,10 @@ async fn baselines_kafka(brokers: &str, sizes: Sizes, label: &str) -> Baselines 
             all.sort();
             Some(pct(&all, 0.5).as_secs_f64())
         };
-        let b = Baselines {
-            two: median(Shape::Sequential(2)),
-            ten: median(Shape::Sequential(10)),
-            forty: median(Shape::Sequential(40)),
-            fan100: median(Shape::FanOut(100)),
-            fan200: median(Shape::FanOut(200)),
-            fan_wide: median(Shape::FanOut(sizes.wide_values)),
-        };
+        let mut b = Baselines::default();
+        for (shape, slot) in needed_shapes(sizes, &mut b) {
+            *slot = median(shape);
+        }
         raw.delete_topics().expect("raw baseline: delete topics");
         b
     })

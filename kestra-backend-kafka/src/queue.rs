@@ -291,10 +291,16 @@ impl Shared {
     }
 
     /// Produce `messages` in one transaction (all or none), with the handle's records producer.
+    /// One record is all or none by itself: it goes through the idempotent producer, without a
+    /// transaction's round trips (a worker records the jobs it takes as one message per claim, so
+    /// this is on the way of every task).
     pub(crate) async fn produce_in_transaction(
         self: &Arc<Self>,
         messages: Vec<Envelope>,
     ) -> Result<(), QueueError> {
+        if messages.len() <= 1 {
+            return self.produce_all(&messages).await;
+        }
         let shared = self.clone();
         tokio::task::spawn_blocking(move || -> Result<(), QueueError> {
             let options = &shared.options;

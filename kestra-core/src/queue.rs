@@ -816,7 +816,8 @@ pub trait Queue: Send + Sync + 'static {
     /// the claimed deliveries, messages published in the same step as the claim - both happen or
     /// neither. The records are checked as by [`Queue::publish`] ([`check_publish`]): a refused
     /// record leaves the messages unclaimed and returns the error. JDBC: the claim's transaction;
-    /// Kafka: the transaction that produces the records.
+    /// Kafka: the records are produced (several in one transaction, a single one by the idempotent
+    /// producer) before the deliveries are handed out.
     async fn receive_recorded(
         &self,
         group: ConsumerGroup,
