@@ -52,7 +52,7 @@
 //!   its Flow triggers - so the queue never stalls on it. If even that is refused, its messages are
 //!   dead-lettered with the reason.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -223,11 +223,13 @@ pub struct ExecutionCacheStats {
     pub misses: u64,
 }
 
-/// At most this many executions are kept by [`SavedExecutions`].
-const SAVED_ENTRIES: usize = 64;
+/// At most this many executions are kept by [`SavedExecutions`]: enough for every execution in
+/// flight of a busy executor (with 64, a burst of 2,000 executions decoded two loads of three
+/// again, task runs read from the database included).
+const SAVED_ENTRIES: usize = 4096;
 /// At most this many bytes of stored documents are kept by [`SavedExecutions`] (the decoded
 /// executions take a small multiple of it).
-const SAVED_BYTES: usize = 32 * 1024 * 1024;
+const SAVED_BYTES: usize = 16 * 1024 * 1024;
 
 /// The last execution this executor saved, per execution id, with the stamp of what it stored
 /// ([`UnitOfWork::save_execution_stamped`]) and the positions of its task runs. A unit of work takes
@@ -238,6 +240,8 @@ const SAVED_BYTES: usize = 32 * 1024 * 1024;
 #[derive(Default)]
 struct SavedExecutions {
     entries: HashMap<String, SavedExecution>,
+    /// Insertion order -> id, to evict the oldest without a scan.
+    by_order: BTreeMap<u64, String>,
     bytes: usize,
     next: u64,
     stats: ExecutionCacheStats,
@@ -254,6 +258,7 @@ struct SavedExecution {
 impl SavedExecutions {
     fn take(&mut self, id: &str) -> Option<SavedExecution> {
         let entry = self.entries.remove(id)?;
+        self.by_order.remove(&entry.order);
         self.bytes = self.bytes.saturating_sub(entry.stamp.len());
         Some(entry)
     }
@@ -270,18 +275,14 @@ impl SavedExecutions {
             return;
         }
         while self.entries.len() >= SAVED_ENTRIES || self.bytes + stamp.len() > SAVED_BYTES {
-            let Some(oldest) = self
-                .entries
-                .iter()
-                .min_by_key(|(_, e)| e.order)
-                .map(|(k, _)| k.clone())
-            else {
+            let Some((_, oldest)) = self.by_order.pop_first() else {
                 break;
             };
             self.take(&oldest);
         }
         self.bytes += stamp.len();
         self.next += 1;
+        self.by_order.insert(self.next, id.clone());
         self.entries.insert(
             id,
             SavedExecution {
