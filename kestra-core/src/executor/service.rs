@@ -148,17 +148,10 @@ pub const EXECUTOR_TOPICS: &[Topic] = &[
     Topic::Liveness,
 ];
 
-/// The topics of the executor's main loop: every one of [`EXECUTOR_TOPICS`] but
+/// The topics of the executor's main loop: every one of [`EXECUTOR_TOPICS`] but the last,
 /// [`Topic::Liveness`], which has its own loop so that the jobs a worker takes and finishes (two
 /// liveness messages per task) do not cost the critical path of every execution a unit each.
-const MAIN_TOPICS: &[Topic] = &[
-    Topic::Execution,
-    Topic::ExecutionCommand,
-    Topic::WorkerTaskResult,
-    Topic::SubflowExecutionResult,
-    Topic::ConcurrencySlot,
-    Topic::FlowPrecondition,
-];
+const MAIN_TOPICS: &[Topic] = EXECUTOR_TOPICS.split_at(EXECUTOR_TOPICS.len() - 1).0;
 
 /// The state of the flow- and trigger-keyed stages in one unit of work: loaded once per key (under
 /// the key of a claimed message), updated in claim order, saved before the commit.
@@ -1686,6 +1679,18 @@ mod tests {
     use super::*;
     use crate::executor::subflow::SUBFLOW_TRIGGER_TYPE;
     use crate::model::{ExecutionTrigger, TaskRun, TaskRunAttempt};
+
+    #[test]
+    fn the_two_loops_claim_every_executor_topic_once() {
+        // The liveness loop claims `Topic::Liveness` alone; the main loop every other topic.
+        assert_eq!(EXECUTOR_TOPICS.last(), Some(&Topic::Liveness));
+        assert!(!MAIN_TOPICS.contains(&Topic::Liveness));
+        assert_eq!(MAIN_TOPICS.len() + 1, EXECUTOR_TOPICS.len());
+        for t in Topic::ALL {
+            let consumed = t.groups().contains(&ConsumerGroup::Executor);
+            assert_eq!(EXECUTOR_TOPICS.contains(&t), consumed, "{t}");
+        }
+    }
 
     fn not_found() -> FlowCacheError {
         FlowCacheError::NotFound {
