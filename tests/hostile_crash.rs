@@ -211,7 +211,12 @@ async fn crash_loop(url: &str, fault: &str, reason: &str) {
     );
     // The message itself is set aside, not acknowledged.
     let stats = backend.queue_stats().await.unwrap();
-    assert_eq!(stats.dead_letters, 1, "one dead letter: the poison message");
+    assert_eq!(
+        stats.dead_letters,
+        1,
+        "one dead letter: the poison message\n{}",
+        server_log()
+    );
     drop(server);
     engine.shutdown().await;
 }

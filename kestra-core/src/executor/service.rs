@@ -421,13 +421,34 @@ impl ExecutorService {
             &format!("executor-{}", crate::model::new_id()),
             self.config.liveness.heartbeat_interval,
         );
+        // The liveness loop claims nothing before the main loop's first round (a unit processed,
+        // an empty poll or an error) is over. A process restarted onto a message that kills it
+        // (abort, stack overflow, OOM) claims that message at once; a liveness message claimed in
+        // the same instant would be counted as a delivery that crashed too, and - its lease
+        // ending with the culprit's - be redelivered next to it each time, until it is set aside
+        // as a dead letter with it (a worker's jobs or heartbeat lost). Delivered alone, only the
+        // culprit counts its crashes.
+        let main_round = CancellationToken::new();
         tokio::join!(
-            self.run_loop(MAIN_TOPICS, Duration::ZERO, shutdown.clone()),
             self.run_loop(
-                &[Topic::Liveness],
-                self.config.liveness_linger,
-                shutdown.clone()
+                MAIN_TOPICS,
+                Duration::ZERO,
+                shutdown.clone(),
+                Some(&main_round)
             ),
+            async {
+                tokio::select! {
+                    _ = main_round.cancelled() => {}
+                    _ = shutdown.cancelled() => {}
+                }
+                self.run_loop(
+                    &[Topic::Liveness],
+                    self.config.liveness_linger,
+                    shutdown.clone(),
+                    None,
+                )
+                .await
+            },
         );
         watcher.abort();
         heartbeat.stop().await;
@@ -435,9 +456,21 @@ impl ExecutorService {
 
     /// Claim and process units of `topics` until `shutdown`, then drain them; after each
     /// committed unit, pause `linger` (unless draining) so the next unit takes more at once.
-    async fn run_loop(&self, topics: &[Topic], linger: Duration, shutdown: CancellationToken) {
+    /// `first_round` is cancelled when the first claim has been processed (or came back empty,
+    /// or failed).
+    async fn run_loop(
+        &self,
+        topics: &[Topic],
+        linger: Duration,
+        shutdown: CancellationToken,
+        first_round: Option<&CancellationToken>,
+    ) {
         let mut backoff = Duration::from_millis(50);
+        let mut begun = false;
         loop {
+            if begun && let Some(first) = first_round {
+                first.cancel();
+            }
             let draining = shutdown.is_cancelled();
             // The claim is never abandoned half-way (a dropped `begin` could leave rows locked by an
             // unfinished transaction, which a draining executor would then skip): shutdown is
@@ -458,6 +491,7 @@ impl ExecutorService {
                 ),
             )
             .await;
+            begun = true;
             let result = match begin {
                 Ok(None) if draining => return,
                 Ok(None) => continue,
