@@ -831,6 +831,30 @@ pub trait Queue: Send + Sync + 'static {
     /// Acknowledge deliveries: they are never delivered again. Unknown tags are ignored.
     async fn ack(&self, group: ConsumerGroup, tags: &[DeliveryTag]) -> Result<(), QueueError>;
 
+    /// Publish `messages` ([`Queue::publish`]), then acknowledge `tags` of `group`
+    /// ([`Queue::ack`]): what a consumer does with the results of the deliveries it handled. The
+    /// acknowledgement never comes before the publish. `Err`: nothing was published and nothing
+    /// acknowledged (the publish's error, e.g. [`QueueError::TooLarge`]); `Ok(Some(e))`: the
+    /// messages are published but the deliveries could not be acknowledged (they may be
+    /// delivered again); `Ok(None)`: both done.
+    ///
+    /// The default publishes, then acknowledges. JDBC does both in one transaction (the
+    /// results and the acknowledgement commit together, one commit instead of two).
+    async fn publish_and_ack(
+        &self,
+        messages: Vec<Envelope>,
+        group: ConsumerGroup,
+        tags: &[DeliveryTag],
+    ) -> Result<Option<QueueError>, QueueError> {
+        if !messages.is_empty() {
+            self.publish(messages).await?;
+        }
+        if tags.is_empty() {
+            return Ok(None);
+        }
+        Ok(self.ack(group, tags).await.err())
+    }
+
     /// Extend the leases of deliveries still being worked on (a long task attempt). Returns the tags
     /// that are no longer held (acknowledged, dead-lettered or unknown; on Kafka also those of
     /// partitions this consumer lost): their work may already be done elsewhere. With

@@ -13,10 +13,17 @@ pub(super) async fn publish_in(conn: &mut Conn, messages: &[Envelope]) -> Result
         .iter()
         .flat_map(|m| m.topic.groups().iter().map(move |g| (m, *g)))
         .collect();
-    for chunk in rows.chunks(CHUNK) {
-        let mut qb = Qb::new(
-            "INSERT INTO queue (topic, group_name, msg_key, payload, visible_at, created_at) ",
-        );
+    let broadcast: Vec<&Envelope> = messages.iter().filter(|m| m.topic.broadcast()).collect();
+    // SQLite: when both fit in one chunk, the queue rows and the broadcast rows are one call of
+    // two statements (sqlx runs each statement of a string in turn, binding the arguments in
+    // order): every call is a round trip to the connection's thread, two wake-ups.
+    let together = FLAVOR == crate::common::Flavor::Sqlite
+        && rows.len() <= CHUNK
+        && broadcast.len() <= CHUNK
+        && !rows.is_empty()
+        && !broadcast.is_empty();
+    let push_rows = |qb: &mut Qb, chunk: &[(&Envelope, ConsumerGroup)]| {
+        qb.push("INSERT INTO queue (topic, group_name, msg_key, payload, visible_at, created_at) ");
         qb.push_values(chunk, |mut b, (m, g)| {
             b.push_bind(m.topic.as_str())
                 .push_bind(g.as_str())
@@ -25,18 +32,33 @@ pub(super) async fn publish_in(conn: &mut Conn, messages: &[Envelope]) -> Result
                 .push_bind(m.deliver_at.map(to_ms).unwrap_or(now))
                 .push_bind(now);
         });
-        qb.build().execute(&mut *conn).await?;
-    }
-    let broadcast: Vec<&Envelope> = messages.iter().filter(|m| m.topic.broadcast()).collect();
-    for chunk in broadcast.chunks(CHUNK) {
-        let mut qb = Qb::new("INSERT INTO queue_broadcast (topic, msg_key, payload, created_at) ");
+    };
+    let push_broadcast = |qb: &mut Qb, chunk: &[&Envelope]| {
+        qb.push("INSERT INTO queue_broadcast (topic, msg_key, payload, created_at) ");
         qb.push_values(chunk, |mut b, m| {
             b.push_bind(m.topic.as_str())
                 .push_bind(m.key.clone())
                 .push_bind(m.payload.to_vec())
                 .push_bind(now);
         });
+    };
+    if together {
+        let mut qb = Qb::new("");
+        push_rows(&mut qb, &rows);
+        qb.push("; ");
+        push_broadcast(&mut qb, &broadcast);
         qb.build().execute(&mut *conn).await?;
+    } else {
+        for chunk in rows.chunks(CHUNK) {
+            let mut qb = Qb::new("");
+            push_rows(&mut qb, chunk);
+            qb.build().execute(&mut *conn).await?;
+        }
+        for chunk in broadcast.chunks(CHUNK) {
+            let mut qb = Qb::new("");
+            push_broadcast(&mut qb, chunk);
+            qb.build().execute(&mut *conn).await?;
+        }
     }
     if FLAVOR == crate::common::Flavor::Postgres {
         let topics: BTreeSet<Topic> = messages.iter().map(|m| m.topic).collect();
@@ -491,18 +513,29 @@ fn ids_by_topic(tags: &[DeliveryTag]) -> BTreeMap<Topic, Vec<i64>> {
     by_topic
 }
 
-/// Delete acknowledged rows (a tag matches its row by topic and id), one statement per batch.
+/// Delete acknowledged rows (a tag matches its row by topic and id), one statement per batch, in a
+/// transaction of their own.
 pub(super) async fn ack_rows(
     pool: &Pool<Db>,
     group: ConsumerGroup,
     tags: &[DeliveryTag],
 ) -> Result<(), sqlx::Error> {
-    let by_topic = ids_by_topic(tags);
-    if by_topic.is_empty() {
+    if tags.is_empty() {
         return Ok(());
     }
     let mut tx = begin_write(pool).await?;
     relaxed_commit(&mut tx).await?;
+    ack_in(&mut tx, group, tags).await?;
+    tx.commit().await
+}
+
+/// Delete acknowledged rows inside the caller's transaction (see [`ack_rows`]).
+pub(super) async fn ack_in(
+    conn: &mut Conn,
+    group: ConsumerGroup,
+    tags: &[DeliveryTag],
+) -> Result<(), sqlx::Error> {
+    let by_topic = ids_by_topic(tags);
     for (topic, ids) in &by_topic {
         for chunk in ids.chunks(CHUNK) {
             let mut qb = Qb::new("DELETE FROM queue WHERE group_name = ");
@@ -511,10 +544,10 @@ pub(super) async fn ack_rows(
                 .push_bind(topic.as_str())
                 .push(" AND id IN ");
             push_in(&mut qb, chunk.iter().copied());
-            qb.build().execute(&mut *tx).await?;
+            qb.build().execute(&mut *conn).await?;
         }
     }
-    tx.commit().await
+    Ok(())
 }
 
 /// Move the lease end of claimed rows to `until`; returns the tags that are still queued (held).

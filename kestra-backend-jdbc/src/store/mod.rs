@@ -34,8 +34,8 @@ pub(crate) use maintenance::purge_offline;
 
 use broadcast::Broadcast;
 use claims::{
-    Poll, Wakeups, ack_rows, claim_in, dead_letter_in, extend_rows, lock_claimed, publish_in,
-    relaxed_commit, release_claimed,
+    Poll, Wakeups, ack_in, ack_rows, claim_in, dead_letter_in, extend_rows, lock_claimed,
+    publish_in, relaxed_commit, release_claimed,
 };
 use executions::{
     check_range, parse_doc, push_like, push_namespace, tenant_of, upsert_execution_in,

@@ -229,6 +229,41 @@ impl Queue for Store {
         }
     }
 
+    /// One transaction: the messages are published and the deliveries acknowledged together.
+    async fn publish_and_ack(
+        &self,
+        messages: Vec<Envelope>,
+        group: ConsumerGroup,
+        tags: &[DeliveryTag],
+    ) -> Result<Option<QueueError>, QueueError> {
+        if tags.is_empty() {
+            return self.publish(messages).await.map(|()| None);
+        }
+        if messages.is_empty() {
+            return Ok(self.ack(group, tags).await.err());
+        }
+        check_publish(&messages, self.max_message_bytes)?;
+        let mut attempt = 0;
+        loop {
+            let once = async {
+                let mut tx = begin_write(&self.write).await?;
+                publish_in(&mut tx, &messages).await?;
+                ack_in(&mut tx, group, tags).await?;
+                tx.commit().await
+            };
+            match once.await {
+                Ok(()) => break,
+                Err(e) if attempt < RETRIES && is_transient(&e) => {
+                    attempt += 1;
+                    backoff(attempt).await;
+                }
+                Err(e) => return Err(queue_err("publish and acknowledge")(e)),
+            }
+        }
+        self.wake(messages.iter().map(|m| m.topic));
+        Ok(None)
+    }
+
     async fn extend_lease(
         &self,
         group: ConsumerGroup,

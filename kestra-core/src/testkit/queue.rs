@@ -723,6 +723,87 @@ pub async fn lease_expiry_and_ack(queue: Arc<dyn Queue>) {
     .await;
 }
 
+/// `publish_and_ack`: the results are delivered and the handled job is acknowledged (not delivered
+/// again once its lease has ended, on a backend with lease timers); a refused publish (too large)
+/// acknowledges nothing: the job is still held, and handed out again after its lease. Every
+/// backend.
+pub async fn publish_and_ack_together(queue: Arc<dyn Queue>) {
+    let q = &*queue;
+    let (group, topic) = (ConsumerGroup::Worker, Topic::WorkerJob);
+    let p = prefix("publish-ack");
+    let lease = Duration::from_secs(1);
+    let timers = q.capabilities().lease_timers;
+    publish(q, vec![msg(topic, &format!("{p}-job"), 1)]).await;
+    let job = receive_own_until(q, group, topic, &p, 1, 10, lease, DEADLINE).await;
+    assert_eq!(job.len(), 1);
+    let result = msg(Topic::Metric, &format!("{p}-result"), 2);
+    match q.publish_and_ack(vec![result], group, &[job[0].tag]).await {
+        Ok(None) => {}
+        Ok(Some(e)) => panic!("publish_and_ack published but did not acknowledge: {e}"),
+        Err(e) => panic!("publish_and_ack failed: {e}"),
+    }
+    let got = receive_own_until(
+        q,
+        ConsumerGroup::Indexer,
+        Topic::Metric,
+        &p,
+        1,
+        10,
+        LEASE,
+        DEADLINE,
+    )
+    .await;
+    assert_eq!(
+        seq_of(&got[0]),
+        2,
+        "the result published with the acknowledgement"
+    );
+    ack(q, ConsumerGroup::Indexer, &[got[0].tag]).await;
+    assert_no_own(
+        q,
+        group,
+        topic,
+        &p,
+        Duration::from_millis(1500),
+        "the job was acknowledged by publish_and_ack (waited past its 1 s lease)",
+    )
+    .await;
+
+    // A refused publish acknowledges nothing.
+    let max = q.capabilities().max_message_bytes;
+    publish(q, vec![msg(topic, &format!("{p}-job2"), 3)]).await;
+    let job = receive_own_until(q, group, topic, &p, 1, 10, lease, DEADLINE).await;
+    let over = Envelope::new(
+        Topic::Metric,
+        format!("{p}-over"),
+        padded_payload(4, max + 1),
+    );
+    match q.publish_and_ack(vec![over], group, &[job[0].tag]).await {
+        Err(QueueError::TooLarge { .. }) => {}
+        other => panic!("publish_and_ack of a message over the maximum size: {other:?}"),
+    }
+    if timers {
+        let again = receive_own_until(q, group, topic, &p, 1, 10, LEASE, DEADLINE).await;
+        assert_eq!(
+            seq_of(&again[0]),
+            3,
+            "the job whose results were refused is still held: handed out again after its lease"
+        );
+        ack(q, group, &[again[0].tag]).await;
+    } else {
+        ack(q, group, &[job[0].tag]).await;
+    }
+    assert_no_own(
+        q,
+        ConsumerGroup::Indexer,
+        Topic::Metric,
+        &p,
+        Duration::from_millis(300),
+        "the refused publish published nothing",
+    )
+    .await;
+}
+
 /// `extend_lease` reports which deliveries are no longer held: none while held, the acknowledged
 /// and unknown ones afterwards, nothing for no tags. Every backend.
 pub async fn extend_lease_reports_what_is_no_longer_held(queue: Arc<dyn Queue>) {
@@ -2291,6 +2372,7 @@ pub async fn run_all_with(factory: &QueueFactory) {
     per_key_ordering_with(factory).await;
     redelivery_after_consumer_dies_with(factory).await;
     extend_lease_reports_what_is_no_longer_held(factory()).await;
+    publish_and_ack_together(factory()).await;
     if capabilities.lease_timers {
         lease_expiry_and_ack(factory()).await;
         lease_extension(factory()).await;

@@ -185,11 +185,28 @@ async fn publish_with_retry(
     messages: Vec<Envelope>,
     what: &str,
 ) -> Result<(), QueueError> {
+    publish_acking_with_retry(queue, messages, &[], what)
+        .await
+        .map(|_| ())
+}
+
+/// [`publish_with_retry`] that also acknowledges the jobs `acked` once the messages are published
+/// ([`Queue::publish_and_ack`]: one transaction on JDBC). `Ok(Some(e))`: published, but the jobs
+/// could not be acknowledged (not retried: the publish is done).
+async fn publish_acking_with_retry(
+    queue: &dyn Queue,
+    messages: Vec<Envelope>,
+    acked: &[DeliveryTag],
+    what: &str,
+) -> Result<Option<QueueError>, QueueError> {
     let mut delay = Duration::from_millis(100);
     let mut attempt = 1;
     loop {
-        match queue.publish(messages.clone()).await {
-            Ok(()) => return Ok(()),
+        match queue
+            .publish_and_ack(messages.clone(), ConsumerGroup::Worker, acked)
+            .await
+        {
+            Ok(not_acked) => return Ok(not_acked),
             Err(e @ (QueueError::TooLarge { .. } | QueueError::DelayNotAllowed { .. })) => {
                 return Err(e);
             }
@@ -820,8 +837,9 @@ fn shrink_result(
 
 /// Publishes results in batches, in the order they were handed over: logs and metrics are flushed
 /// first (so a task's logs are queued before its result; not for a batch of RUNNING messages
-/// only), then every pending message goes out in one `publish`, then the finished jobs are
-/// acknowledged in one `ack`. Under load this turns two transactions per job into three per batch.
+/// only), then every pending message goes out and the finished jobs are acknowledged in one
+/// [`Queue::publish_and_ack`] (one transaction on JDBC). Under load this turns two transactions per
+/// job into two per batch.
 /// A batch of RUNNING messages only waits up to `linger` for a result to join it.
 async fn results_loop(
     worker_id: String,
@@ -861,24 +879,32 @@ async fn results_loop(
         }
         let mut envelopes: Vec<Envelope> = batch.iter().map(|o| o.envelope.clone()).collect();
         envelopes.extend(jobs_done(&worker_id, batch.iter()));
-        let published: Vec<DeliveryTag> =
-            match publish_with_retry(queue.as_ref(), envelopes, "worker results").await {
-                Ok(()) => tags,
+        // The results and the acknowledgement of their jobs in one step; a batch refused as too
+        // large goes out one by one, then its jobs are acknowledged.
+        let not_acked =
+            match publish_acking_with_retry(queue.as_ref(), envelopes, &tags, "worker results")
+                .await
+            {
+                Ok(not_acked) => not_acked,
                 Err(QueueError::TooLarge { .. }) => {
-                    publish_one_by_one(&worker_id, queue.as_ref(), &telemetry, &batch).await
+                    let published =
+                        publish_one_by_one(&worker_id, queue.as_ref(), &telemetry, &batch).await;
+                    if published.is_empty() {
+                        None
+                    } else {
+                        queue.ack(ConsumerGroup::Worker, &published).await.err()
+                    }
                 }
                 Err(e) => {
                     tracing::error!(
                         count = batch.len(),
                         "cannot publish worker results ({e}); their jobs are left unacknowledged \
-                         to run again"
+                     to run again"
                     );
-                    Vec::new()
+                    None
                 }
             };
-        if !published.is_empty()
-            && let Err(e) = queue.ack(ConsumerGroup::Worker, &published).await
-        {
+        if let Some(e) = not_acked {
             tracing::warn!("cannot acknowledge worker jobs (they may run again): {e}");
         }
         for o in batch {
