@@ -307,11 +307,32 @@ impl UnitOfWork for JdbcUnit {
             .map(|d| d.tag.offset)
             .filter(|id| !self.dead.contains(id))
             .collect();
+        let token = self.token.clone();
         let conn = self.conn()?;
+        // Only rows still claimed by this unit are deleted; a row claimed by another consumer
+        // since (its lease ended) refuses the unit, which is rolled back: the other consumer
+        // processes the message. On PostgreSQL/MySQL the rows were locked when the unit began
+        // (`lock_claimed`); on SQLite this is the check (see `Store::begin`).
+        let mut deleted = 0;
         for chunk in ids.chunks(CHUNK) {
-            let mut qb = Qb::new("DELETE FROM queue WHERE id IN ");
+            let mut qb = Qb::new("DELETE FROM queue WHERE claimed_by = ");
+            qb.push_bind(token.clone()).push(" AND id IN ");
             push_in(&mut qb, chunk.iter().copied());
-            qb.build().execute(&mut *conn).await.map_err(&err)?;
+            deleted += qb
+                .build()
+                .execute(&mut *conn)
+                .await
+                .map_err(&err)?
+                .rows_affected();
+        }
+        if deleted != ids.len() as u64 {
+            return Err(QueueError::Fenced {
+                detail: format!(
+                    "{} of the unit's {} queue rows are claimed by another consumer now (their lease ended)",
+                    ids.len() as u64 - deleted,
+                    ids.len()
+                ),
+            });
         }
         #[cfg(feature = "testkit")]
         self.fault_point(crate::testkit::TxnPoint::Commit, "commit")
