@@ -164,6 +164,10 @@ async fn blocked_keys(
 /// `blocked` lists, locked where there are locks: one statement, a branch per topic (an indexed
 /// scan in id order, `SKIP LOCKED` where there are locks) joined by `UNION ALL`. A unit of the
 /// executor claims seven topics, most of them empty at any moment: one statement instead of seven.
+///
+/// `with_blocked`: also read, in the same statement, the keys [`blocked_keys`] reads (rows whose
+/// `id` is NULL; SQLite only, where a branch without locks may join the others): one statement
+/// per claim instead of two.
 async fn due_rows(
     conn: &mut Conn,
     group: ConsumerGroup,
@@ -171,6 +175,7 @@ async fn due_rows(
     limit: i64,
     now: i64,
     blocked: &Blocked,
+    with_blocked: bool,
 ) -> Result<Vec<DbRow>, sqlx::Error> {
     let mut qb = Qb::new("");
     for (i, topic) in order.iter().enumerate() {
@@ -207,7 +212,36 @@ async fn due_rows(
             .push(FLAVOR.skip_locked("q"))
             .push(format!(") b{i}"));
     }
+    if with_blocked {
+        qb.push(" UNION ALL SELECT * FROM (SELECT DISTINCT NULL AS id, topic, msg_key, NULL AS payload, NULL AS attempts, NULL AS visible_at FROM queue WHERE topic IN ");
+        push_in(&mut qb, order.iter().map(|t| t.as_str().to_string()));
+        qb.push(" AND group_name = ")
+            .push_bind(group.as_str())
+            .push(" AND claimed_until > ")
+            .push_bind(now)
+            .push(" LIMIT ")
+            .push_bind((BLOCKED_KEYS_MAX + 1) as i64)
+            .push(") bk");
+    }
     qb.build().fetch_all(&mut *conn).await
+}
+
+/// Split the rows of [`due_rows`] `with_blocked` into the due rows and the blocked keys.
+fn split_blocked(rows: Vec<DbRow>) -> (Vec<DbRow>, Blocked) {
+    let mut blocked = Blocked::default();
+    let mut due = Vec::with_capacity(rows.len());
+    for row in rows {
+        let id: Option<i64> = get(&row, "id").ok().flatten();
+        if id.is_some() {
+            due.push(row);
+        } else if let (Ok(topic), Ok(key)) =
+            (get::<String>(&row, "topic"), get::<String>(&row, "msg_key"))
+        {
+            blocked.keys.insert((topic, key));
+        }
+    }
+    blocked.too_many = blocked.keys.len() > BLOCKED_KEYS_MAX;
+    (due, blocked)
 }
 
 /// Claim up to `max` due rows of `topics` for `group` inside the caller's transaction: lock them
@@ -235,15 +269,26 @@ pub(super) async fn claim_in(
         .map(|i| topics[(first + i) % topics.len()])
         .collect();
     let limit = i64::try_from(max).unwrap_or(i64::MAX);
-    let mut rows = due_rows(conn, group, &order, limit, now, &Blocked::default()).await?;
-    if rows.is_empty() {
-        // An empty poll is one statement.
-        return Ok((Vec::new(), FLAVOR == crate::common::Flavor::Sqlite));
-    }
     // Keys with a live claim elsewhere (an optimisation only: the ordering check below is what
     // guarantees per-key order). When a row read is of such a key, the rows are read again
-    // without those keys, so that a batch is not filled with rows the check would refuse.
-    let blocked = blocked_keys(conn, group, topics, now).await?;
+    // without those keys, so that a batch is not filled with rows the check would refuse. SQLite
+    // reads them with the rows, in one statement.
+    let sqlite = FLAVOR == crate::common::Flavor::Sqlite;
+    let (mut rows, blocked) = if sqlite {
+        let rows = due_rows(conn, group, &order, limit, now, &Blocked::default(), true).await?;
+        split_blocked(rows)
+    } else {
+        let rows = due_rows(conn, group, &order, limit, now, &Blocked::default(), false).await?;
+        if rows.is_empty() {
+            // An empty poll is one statement.
+            return Ok((Vec::new(), false));
+        }
+        (rows, blocked_keys(conn, group, topics, now).await?)
+    };
+    if rows.is_empty() {
+        // Nothing due (SQLite: whatever is claimed elsewhere is not due either).
+        return Ok((Vec::new(), sqlite));
+    }
     let hit = rows.iter().any(|row| {
         let topic: Option<String> = get(row, "topic").ok();
         let key: Option<String> = get(row, "msg_key").ok();
@@ -252,7 +297,7 @@ pub(super) async fn claim_in(
             .is_some_and(|(t, k)| blocked.keys.contains(&(t, k)))
     });
     if hit && !blocked.too_many {
-        rows = due_rows(conn, group, &order, limit, now, &blocked).await?;
+        rows = due_rows(conn, group, &order, limit, now, &blocked, false).await?;
     }
     // The batch fills topic after topic, the first topic rotating so that no topic of a
     // multi-topic unit starves the others; rows past `max` are left (on PostgreSQL/MySQL they stay

@@ -1080,6 +1080,9 @@ async fn follow_kills(shared: Arc<Shared>, stop: CancellationToken) {
     }
 }
 
+/// How long the worker waits between two reads of the liveness verdicts (see `follow_verdicts`).
+const VERDICT_PAUSE: Duration = Duration::from_millis(250);
+
 /// Follow the executor's verdicts on the liveness topic: one that declares this worker dead (it
 /// was not heard from within the liveness timeout - frozen, cut off - so its jobs are being
 /// resubmitted elsewhere) makes it abandon its running jobs at once, without results, and stop:
@@ -1091,7 +1094,7 @@ async fn follow_verdicts(
     done: CancellationToken,
 ) {
     loop {
-        let mut subscription = match shared.queue.subscribe(Topic::Liveness).await {
+        let subscription = match shared.queue.subscribe(Topic::Liveness).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!("cannot subscribe to liveness verdicts: {e}");
@@ -1101,40 +1104,52 @@ async fn follow_verdicts(
                 }
             }
         };
-        loop {
+        // What is there, in batches, then a pause: the topic carries two messages per task (the
+        // jobs a worker takes and finishes), and a verdict is counted in seconds (the liveness
+        // timeout), so one read per pause instead of one per message.
+        let mut batches = subscription.ready_chunks(1024);
+        'follow: loop {
             let next = tokio::select! {
                 _ = done.cancelled() => return,
-                n = subscription.next() => n,
+                n = batches.next() => n,
             };
-            match next {
-                Some(Ok(envelope)) if envelope.key == shared.config.id => {
-                    if let Ok(LivenessMessage::Declared { instance, jobs }) =
-                        envelope.decode::<LivenessMessage>()
-                        && instance.state.is_dead()
-                        && !declared_dead.is_cancelled()
-                    {
-                        tracing::error!(
-                            worker_id = %shared.config.id,
-                            state = ?instance.state,
-                            held_jobs = jobs.len(),
-                            "this worker was declared dead by the executor (no heartbeat within the \
-                             liveness timeout): abandoning its running jobs, which run elsewhere, \
-                             and stopping"
-                        );
-                        declared_dead.cancel();
-                        shared.abandon.cancel();
-                        stop.cancel();
+            let Some(batch) = next else {
+                break;
+            };
+            for item in batch {
+                match item {
+                    Ok(envelope) if envelope.key == shared.config.id => {
+                        if let Ok(LivenessMessage::Declared { instance, jobs }) =
+                            envelope.decode::<LivenessMessage>()
+                            && instance.state.is_dead()
+                            && !declared_dead.is_cancelled()
+                        {
+                            tracing::error!(
+                                worker_id = %shared.config.id,
+                                state = ?instance.state,
+                                held_jobs = jobs.len(),
+                                "this worker was declared dead by the executor (no heartbeat \
+                                 within the liveness timeout): abandoning its running jobs, \
+                                 which run elsewhere, and stopping"
+                            );
+                            declared_dead.cancel();
+                            shared.abandon.cancel();
+                            stop.cancel();
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(QueueError::Lagged { missed }) => {
+                        tracing::warn!(missed, "liveness verdict subscription lagged");
+                    }
+                    Err(e) => {
+                        tracing::warn!("liveness verdict subscription failed: {e}");
+                        break 'follow;
                     }
                 }
-                Some(Ok(_)) => {}
-                Some(Err(QueueError::Lagged { missed })) => {
-                    tracing::warn!(missed, "liveness verdict subscription lagged");
-                }
-                Some(Err(e)) => {
-                    tracing::warn!("liveness verdict subscription failed: {e}");
-                    break;
-                }
-                None => break,
+            }
+            tokio::select! {
+                _ = done.cancelled() => return,
+                _ = tokio::time::sleep(VERDICT_PAUSE) => {}
             }
         }
         tokio::select! {
