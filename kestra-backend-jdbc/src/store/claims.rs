@@ -4,61 +4,86 @@
 
 use super::*;
 
+/// The queue rows of `messages`: one per consumer group of its topic.
+fn queue_rows(messages: &[Envelope]) -> Vec<(&Envelope, ConsumerGroup)> {
+    messages
+        .iter()
+        .flat_map(|m| m.topic.groups().iter().map(move |g| (m, *g)))
+        .collect()
+}
+
+/// The messages of `messages` that also get a broadcast row ([`Topic::broadcast`]).
+fn broadcast_rows(messages: &[Envelope]) -> Vec<&Envelope> {
+    messages.iter().filter(|m| m.topic.broadcast()).collect()
+}
+
+fn push_queue_insert(qb: &mut Qb, rows: &[(&Envelope, ConsumerGroup)], now: i64) {
+    qb.push("INSERT INTO queue (topic, group_name, msg_key, payload, visible_at, created_at) ");
+    qb.push_values(rows, |mut b, (m, g)| {
+        b.push_bind(m.topic.as_str())
+            .push_bind(g.as_str())
+            .push_bind(m.key.clone())
+            .push_bind(m.payload.to_vec())
+            .push_bind(m.deliver_at.map(to_ms).unwrap_or(now))
+            .push_bind(now);
+    });
+}
+
+fn push_broadcast_insert(qb: &mut Qb, rows: &[&Envelope], now: i64) {
+    qb.push("INSERT INTO queue_broadcast (topic, msg_key, payload, created_at) ");
+    qb.push_values(rows, |mut b, m| {
+        b.push_bind(m.topic.as_str())
+            .push_bind(m.key.clone())
+            .push_bind(m.payload.to_vec())
+            .push_bind(now);
+    });
+}
+
+/// SQLite: push the statements that insert the rows of `messages` (as [`publish_in`]) onto `qb`,
+/// each ended by `; ` - sqlx runs each statement of a string in turn, binding the arguments in
+/// order, so they go to the connection's thread in one call (every call is a round trip there,
+/// two thread wake-ups). Returns how many rows they insert, or `None` (nothing pushed) when the
+/// rows do not fit in one statement each: [`publish_in`] them.
+pub(super) fn push_publish(qb: &mut Qb, messages: &[Envelope]) -> Option<u64> {
+    let now = now_ms();
+    let rows = queue_rows(messages);
+    let broadcast = broadcast_rows(messages);
+    if rows.len() > CHUNK || broadcast.len() > CHUNK {
+        return None;
+    }
+    if !rows.is_empty() {
+        push_queue_insert(qb, &rows, now);
+        qb.push("; ");
+    }
+    if !broadcast.is_empty() {
+        push_broadcast_insert(qb, &broadcast, now);
+        qb.push("; ");
+    }
+    Some((rows.len() + broadcast.len()) as u64)
+}
+
 /// Insert the rows of `messages`: one queue row per consumer group of its topic, one broadcast row
 /// if its topic is [`Topic::broadcast`], and (PostgreSQL) a `NOTIFY` per topic, delivered when the
 /// transaction commits.
 pub(super) async fn publish_in(conn: &mut Conn, messages: &[Envelope]) -> Result<(), sqlx::Error> {
+    if messages.is_empty() {
+        return Ok(());
+    }
+    let mut together = Qb::new("");
+    if FLAVOR == crate::common::Flavor::Sqlite && push_publish(&mut together, messages).is_some() {
+        together.build().execute(&mut *conn).await?;
+        return Ok(());
+    }
     let now = now_ms();
-    let rows: Vec<(&Envelope, ConsumerGroup)> = messages
-        .iter()
-        .flat_map(|m| m.topic.groups().iter().map(move |g| (m, *g)))
-        .collect();
-    let broadcast: Vec<&Envelope> = messages.iter().filter(|m| m.topic.broadcast()).collect();
-    // SQLite: when both fit in one chunk, the queue rows and the broadcast rows are one call of
-    // two statements (sqlx runs each statement of a string in turn, binding the arguments in
-    // order): every call is a round trip to the connection's thread, two wake-ups.
-    let together = FLAVOR == crate::common::Flavor::Sqlite
-        && rows.len() <= CHUNK
-        && broadcast.len() <= CHUNK
-        && !rows.is_empty()
-        && !broadcast.is_empty();
-    let push_rows = |qb: &mut Qb, chunk: &[(&Envelope, ConsumerGroup)]| {
-        qb.push("INSERT INTO queue (topic, group_name, msg_key, payload, visible_at, created_at) ");
-        qb.push_values(chunk, |mut b, (m, g)| {
-            b.push_bind(m.topic.as_str())
-                .push_bind(g.as_str())
-                .push_bind(m.key.clone())
-                .push_bind(m.payload.to_vec())
-                .push_bind(m.deliver_at.map(to_ms).unwrap_or(now))
-                .push_bind(now);
-        });
-    };
-    let push_broadcast = |qb: &mut Qb, chunk: &[&Envelope]| {
-        qb.push("INSERT INTO queue_broadcast (topic, msg_key, payload, created_at) ");
-        qb.push_values(chunk, |mut b, m| {
-            b.push_bind(m.topic.as_str())
-                .push_bind(m.key.clone())
-                .push_bind(m.payload.to_vec())
-                .push_bind(now);
-        });
-    };
-    if together {
+    for chunk in queue_rows(messages).chunks(CHUNK) {
         let mut qb = Qb::new("");
-        push_rows(&mut qb, &rows);
-        qb.push("; ");
-        push_broadcast(&mut qb, &broadcast);
+        push_queue_insert(&mut qb, chunk, now);
         qb.build().execute(&mut *conn).await?;
-    } else {
-        for chunk in rows.chunks(CHUNK) {
-            let mut qb = Qb::new("");
-            push_rows(&mut qb, chunk);
-            qb.build().execute(&mut *conn).await?;
-        }
-        for chunk in broadcast.chunks(CHUNK) {
-            let mut qb = Qb::new("");
-            push_broadcast(&mut qb, chunk);
-            qb.build().execute(&mut *conn).await?;
-        }
+    }
+    for chunk in broadcast_rows(messages).chunks(CHUNK) {
+        let mut qb = Qb::new("");
+        push_broadcast_insert(&mut qb, chunk, now);
+        qb.build().execute(&mut *conn).await?;
     }
     if FLAVOR == crate::common::Flavor::Postgres {
         let topics: BTreeSet<Topic> = messages.iter().map(|m| m.topic).collect();

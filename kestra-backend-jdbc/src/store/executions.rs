@@ -3,24 +3,19 @@
 use super::task_runs::{encode_all, fetch_executions, new_revision, write_in};
 use super::*;
 
-/// Insert or replace an execution row and its labels (inside the caller's transaction or not).
-///
-/// `doc` is the execution's document without its task runs, `task_runs` their number (they are
-/// written apart, see [`super::task_runs`]) and `revision` the new random revision of the row.
-/// The label rows are rewritten unless `labels_changed` is false (they are those stored).
-pub(super) async fn upsert_execution_in(
-    conn: &mut Conn,
+/// Push the upsert of an execution row (see [`upsert_execution_in`]) onto `qb`.
+pub(super) fn push_execution_upsert(
+    qb: &mut Qb,
     e: &Execution,
     doc: String,
     task_runs: Option<i64>,
     revision: &str,
-    labels_changed: bool,
-) -> Result<(), sqlx::Error> {
+) {
     let start = e
         .state
         .start_date()
         .unwrap_or(e.metadata.original_created_date);
-    let mut qb = Qb::new(
+    qb.push(
         "INSERT INTO executions (id, tenant_id, namespace, flow_id, state_current, start_date, end_date, parent_id, deleted, updated, version, task_runs, revision, doc) VALUES (",
     );
     {
@@ -58,6 +53,23 @@ pub(super) async fn upsert_execution_in(
             "doc",
         ],
     ));
+}
+
+/// Insert or replace an execution row and its labels (inside the caller's transaction or not).
+///
+/// `doc` is the execution's document without its task runs, `task_runs` their number (they are
+/// written apart, see [`super::task_runs`]) and `revision` the new random revision of the row.
+/// The label rows are rewritten unless `labels_changed` is false (they are those stored).
+pub(super) async fn upsert_execution_in(
+    conn: &mut Conn,
+    e: &Execution,
+    doc: String,
+    task_runs: Option<i64>,
+    revision: &str,
+    labels_changed: bool,
+) -> Result<(), sqlx::Error> {
+    let mut qb = Qb::new("");
+    push_execution_upsert(&mut qb, e, doc, task_runs, revision);
     qb.build().execute(&mut *conn).await?;
     if !labels_changed {
         return Ok(());

@@ -35,10 +35,11 @@ pub(crate) use maintenance::purge_offline;
 use broadcast::Broadcast;
 use claims::{
     Poll, Wakeups, ack_in, ack_rows, claim_in, dead_letter_in, extend_rows, lock_claimed,
-    publish_in, relaxed_commit, release_claimed,
+    publish_in, push_publish, relaxed_commit, release_claimed,
 };
 use executions::{
-    check_range, parse_doc, push_like, push_namespace, tenant_of, upsert_execution_in,
+    check_range, parse_doc, push_execution_upsert, push_like, push_namespace, tenant_of,
+    upsert_execution_in,
 };
 use triggers::JdbcTriggerUnit;
 use unit::JdbcUnit;

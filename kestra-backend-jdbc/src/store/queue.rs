@@ -412,6 +412,7 @@ impl Queue for Store {
                             deliveries,
                             dead: HashSet::new(),
                             published: BTreeSet::new(),
+                            staged: Vec::new(),
                             stored: HashMap::new(),
                             fault,
                         })));

@@ -165,6 +165,35 @@ pub(super) async fn write_in(
     } = encoded;
     let revision = new_revision();
     let len = i64::try_from(sizes.len()).unwrap_or(i64::MAX);
+    let stored = |runs, sizes| StoredRuns {
+        revision: revision.clone(),
+        runs,
+        sizes,
+        labels: Some(e.labels.clone()),
+    };
+    // SQLite (labels unchanged, the task runs in one statement): the row and its task runs in one
+    // call of several statements (see `claims::push_publish`).
+    if FLAVOR == crate::common::Flavor::Sqlite && !labels_changed && changed.len() <= CHUNK {
+        let mut qb = Qb::new("");
+        push_execution_upsert(&mut qb, e, head, Some(len), &revision);
+        if truncate {
+            qb.push("; DELETE FROM execution_task_runs WHERE execution_id = ")
+                .push_bind(e.id.clone())
+                .push(" AND pos >= ")
+                .push_bind(len);
+        }
+        if !changed.is_empty() {
+            qb.push("; INSERT INTO execution_task_runs (execution_id, pos, doc) ");
+            qb.push_values(&changed, |mut b, (pos, doc)| {
+                b.push_bind(e.id.clone())
+                    .push_bind(i64::try_from(*pos).unwrap_or(i64::MAX))
+                    .push_bind(doc.clone());
+            });
+            qb.push(FLAVOR.upsert(&["execution_id", "pos"], &["doc"]));
+        }
+        qb.build().execute(&mut *conn).await?;
+        return Ok(stored(runs, sizes));
+    }
     // The row first: every writer locks it before its task runs (a unit holds it `FOR UPDATE`).
     upsert_execution_in(conn, e, head, Some(len), &revision, labels_changed).await?;
     if truncate {
@@ -186,12 +215,7 @@ pub(super) async fn write_in(
         qb.push(FLAVOR.upsert(&["execution_id", "pos"], &["doc"]));
         qb.build().execute(&mut *conn).await?;
     }
-    Ok(StoredRuns {
-        revision,
-        runs,
-        sizes,
-        labels: Some(e.labels.clone()),
-    })
+    Ok(stored(runs, sizes))
 }
 
 /// A row or task run that cannot be decoded, or task runs missing from their execution.

@@ -19,6 +19,9 @@ pub(super) struct JdbcUnit {
     pub(super) deliveries: Vec<Delivery>,
     pub(super) dead: HashSet<i64>,
     pub(super) published: BTreeSet<Topic>,
+    /// SQLite: the messages staged by [`UnitOfWork::publish`], inserted at commit in the call
+    /// that acknowledges the claimed rows (see [`claims::push_publish`](super::claims)).
+    pub(super) staged: Vec<Envelope>,
     /// The task runs stored for each execution this unit loaded or saved, as of that load or
     /// save: what its next save diffs against ([`super::task_runs`]).
     pub(super) stored: HashMap<String, Arc<StoredRuns>>,
@@ -271,11 +274,17 @@ impl UnitOfWork for JdbcUnit {
 
     async fn publish(&mut self, messages: Vec<Envelope>) -> Result<(), QueueError> {
         check_staged(&messages, self.max_message_bytes)?;
+        self.published.extend(messages.iter().map(|m| m.topic));
+        if FLAVOR == crate::common::Flavor::Sqlite {
+            // Nothing in the unit reads them back: they are inserted at commit, with the
+            // acknowledgement (one call).
+            self.staged.extend(messages);
+            return Ok(());
+        }
         let conn = self.conn()?;
         publish_in(conn, &messages)
             .await
             .map_err(queue_err("publish"))?;
-        self.published.extend(messages.iter().map(|m| m.topic));
         Ok(())
     }
 
@@ -308,22 +317,46 @@ impl UnitOfWork for JdbcUnit {
             .filter(|id| !self.dead.contains(id))
             .collect();
         let token = self.token.clone();
+        let staged = std::mem::take(&mut self.staged);
         let conn = self.conn()?;
         // Only rows still claimed by this unit are deleted; a row claimed by another consumer
         // since (its lease ended) refuses the unit, which is rolled back: the other consumer
         // processes the message. On PostgreSQL/MySQL the rows were locked when the unit began
-        // (`lock_claimed`); on SQLite this is the check (see `Store::begin`).
+        // (`lock_claimed`); on SQLite this is the check (see `Store::begin`), and the staged
+        // messages are inserted in the same call when they fit (their rows counted apart).
+        let mut together = Qb::new("");
+        let inserted = if ids.len() <= CHUNK {
+            push_publish(&mut together, &staged)
+        } else {
+            None
+        };
+        if inserted.is_none() {
+            publish_in(&mut *conn, &staged).await.map_err(&err)?;
+        }
         let mut deleted = 0;
-        for chunk in ids.chunks(CHUNK) {
-            let mut qb = Qb::new("DELETE FROM queue WHERE claimed_by = ");
+        for (i, chunk) in ids.chunks(CHUNK).enumerate() {
+            let mut own = Qb::new("");
+            let qb = if i == 0 && inserted.is_some() {
+                &mut together
+            } else {
+                &mut own
+            };
+            qb.push("DELETE FROM queue WHERE claimed_by = ");
             qb.push_bind(token.clone()).push(" AND id IN ");
-            push_in(&mut qb, chunk.iter().copied());
+            push_in(qb, chunk.iter().copied());
             deleted += qb
                 .build()
                 .execute(&mut *conn)
                 .await
                 .map_err(&err)?
                 .rows_affected();
+        }
+        if ids.is_empty() && inserted.is_some_and(|n| n > 0) {
+            together.build().execute(&mut *conn).await.map_err(&err)?;
+        } else if let Some(n) = inserted
+            && !ids.is_empty()
+        {
+            deleted = deleted.saturating_sub(n);
         }
         if deleted != ids.len() as u64 {
             return Err(QueueError::Fenced {
