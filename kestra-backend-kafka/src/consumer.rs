@@ -334,6 +334,9 @@ impl ConsumerContext for Ctx {
     }
 }
 
+/// How many times counting the delivery attempts of newly assigned partitions is tried.
+const COUNT_TRIES: u32 = 3;
+
 impl Inner {
     fn parts_of(&self, tpl: &TopicPartitionList) -> Vec<(Topic, i32)> {
         tpl.elements()
@@ -415,7 +418,24 @@ impl Inner {
             warn!(group = %self.group, error = %e, "pausing a store-only consumer failed");
         }
         let counted = if self.counts {
-            match self.count_attempts(tpl) {
+            // A transient failure (the group coordinator busy with the rebalance: "Meta data
+            // fetch error") is tried again: given up, redeliveries after a crash count as first
+            // deliveries and a message that kills the process gets crashes more than its limit.
+            // The reads are tried again, the write of the records (once the reads succeeded) is
+            // not: written twice, a crash would be counted twice.
+            let mut tries = 1;
+            let read = loop {
+                match self.count_attempts(tpl) {
+                    Ok(c) => break Ok(c),
+                    Err(e) if tries < COUNT_TRIES => {
+                        warn!(group = %self.group, error = %e, tries, "counting the delivery attempts of the assigned partitions failed; trying again");
+                        tries += 1;
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
+                    Err(e) => break Err(e),
+                }
+            };
+            match read.and_then(|c| self.write_counted(&c).map(|()| c)) {
                 Ok(c) => c,
                 Err(e) => {
                     warn!(group = %self.group, error = %e, "counting the delivery attempts of the assigned partitions failed: redeliveries after a crash are counted as first deliveries");
@@ -467,7 +487,8 @@ impl Inner {
     }
 
     /// For each assigned partition: its committed offset, its last delivery-attempts record, and
-    /// the record this owner writes (flushed before anything is handed out).
+    /// the record this owner writes (by [`Inner::write_counted`], before anything is handed out).
+    /// Reads only: may be tried again.
     fn count_attempts(&self, tpl: &TopicPartitionList) -> Result<Counted, QueueError> {
         let rd = |operation| move |e| Shared::backend(operation, e);
         let options = &self.shared.options;
@@ -513,11 +534,18 @@ impl Inner {
             let record = AttemptRecord::on_assignment(last.get(&key).copied(), start, high);
             out.insert((t, p), (key, record));
         }
-        // A single-message run writes its record when it hands its message out.
-        let records: Vec<(String, AttemptRecord)> =
-            out.values().filter(|(_, r)| !r.single()).cloned().collect();
-        futures::executor::block_on(write_attempts(&self.shared, &records))?;
         Ok(out)
+    }
+
+    /// Write the attempt records of `counted` ([`Inner::count_attempts`]); a single-message run
+    /// writes its record when it hands its message out.
+    fn write_counted(&self, counted: &Counted) -> Result<(), QueueError> {
+        let records: Vec<(String, AttemptRecord)> = counted
+            .values()
+            .filter(|(_, r)| !r.single())
+            .cloned()
+            .collect();
+        futures::executor::block_on(write_attempts(&self.shared, &records))
     }
 
     /// Read this consumer's changelog partitions `numbers` from the start into a store.
