@@ -86,7 +86,8 @@ pub(crate) fn translate_template(src: &str) -> Result<Translated, TranslateError
                 let (inner_start, trim_left) = after_open(src, start + 2);
                 let (expr, close_start, close_end) = scan_to_close(src, inner_start, "}}", line)?;
                 let _ = expr;
-                let trim_right = close_start > 0 && bytes.get(close_start - 1) == Some(&b'-');
+                let trim_right =
+                    close_start > inner_start && bytes.get(close_start - 1) == Some(&b'-');
                 let expr_end = if trim_right {
                     close_start - 1
                 } else {
@@ -104,7 +105,8 @@ pub(crate) fn translate_template(src: &str) -> Result<Translated, TranslateError
             _ => {
                 let (inner_start, trim_left) = after_open(src, start + 2);
                 let (_, close_start, close_end) = scan_to_close(src, inner_start, "%}", line)?;
-                let trim_right = close_start > 0 && bytes.get(close_start - 1) == Some(&b'-');
+                let trim_right =
+                    close_start > inner_start && bytes.get(close_start - 1) == Some(&b'-');
                 let tag_end = if trim_right {
                     close_start - 1
                 } else {
@@ -1150,6 +1152,20 @@ mod tests {
         translate_template(s)
             .map(|t| t.source)
             .unwrap_or_else(|e| e.message)
+    }
+
+    #[test]
+    fn a_lone_dash_trims_one_side_only() {
+        // `{{-}}`: the dash is the left trim; it once also counted as the right trim, and the
+        // expression's end fell before its start (a panic found by `fuzz_proptest`).
+        for src in ["{{-}}", "a {{-}} b"] {
+            assert!(translate_template(src).is_err(), "{src} is refused");
+        }
+        // An empty tag is left to the renderer; translating it must not panic.
+        for src in ["{%-%}", "x{%-%}"] {
+            let _ = translate_template(src);
+        }
+        assert_eq!(tr("{{- a -}}"), "{{- a -}}");
     }
 
     #[test]
