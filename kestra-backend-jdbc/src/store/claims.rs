@@ -189,10 +189,6 @@ async fn blocked_keys(
 /// `blocked` lists, locked where there are locks: one statement, a branch per topic (an indexed
 /// scan in id order, `SKIP LOCKED` where there are locks) joined by `UNION ALL`. A unit of the
 /// executor claims seven topics, most of them empty at any moment: one statement instead of seven.
-///
-/// `with_blocked`: also read, in the same statement, the keys [`blocked_keys`] reads (rows whose
-/// `id` is NULL; SQLite only, where a branch without locks may join the others): one statement
-/// per claim instead of two.
 async fn due_rows(
     conn: &mut Conn,
     group: ConsumerGroup,
@@ -200,7 +196,6 @@ async fn due_rows(
     limit: i64,
     now: i64,
     blocked: &Blocked,
-    with_blocked: bool,
 ) -> Result<Vec<DbRow>, sqlx::Error> {
     let mut qb = Qb::new("");
     for (i, topic) in order.iter().enumerate() {
@@ -237,44 +232,79 @@ async fn due_rows(
             .push(FLAVOR.skip_locked("q"))
             .push(format!(") b{i}"));
     }
-    if with_blocked {
-        qb.push(" UNION ALL SELECT * FROM (SELECT DISTINCT NULL AS id, topic, msg_key, NULL AS payload, NULL AS attempts, NULL AS visible_at FROM queue WHERE topic IN ");
-        push_in(&mut qb, order.iter().map(|t| t.as_str().to_string()));
-        qb.push(" AND group_name = ")
-            .push_bind(group.as_str())
-            .push(" AND claimed_until > ")
-            .push_bind(now)
-            .push(" LIMIT ")
-            .push_bind((BLOCKED_KEYS_MAX + 1) as i64)
-            .push(") bk");
-    }
     qb.build().fetch_all(&mut *conn).await
 }
 
-/// Split the rows of [`due_rows`] `with_blocked` into the due rows and the blocked keys.
-fn split_blocked(rows: Vec<DbRow>) -> (Vec<DbRow>, Blocked) {
-    let mut blocked = Blocked::default();
-    let mut due = Vec::with_capacity(rows.len());
-    for row in rows {
-        let id: Option<i64> = get(&row, "id").ok().flatten();
-        if id.is_some() {
-            due.push(row);
-        } else if let (Ok(topic), Ok(key)) =
-            (get::<String>(&row, "topic"), get::<String>(&row, "msg_key"))
-        {
-            blocked.keys.insert((topic, key));
-        }
-    }
-    blocked.too_many = blocked.keys.len() > BLOCKED_KEYS_MAX;
-    (due, blocked)
+/// A queue row the claim cannot hand out (topic, key or payload unreadable): it is set aside as a
+/// dead letter with what is known of it.
+struct Unreadable {
+    id: i64,
+    topic: Option<String>,
+    key: Option<String>,
+    payload: Option<Vec<u8>>,
+    reason: String,
 }
 
-/// Claim up to `max` due rows of `topics` for `group` inside the caller's transaction: lock them
-/// (`FOR UPDATE SKIP LOCKED`; SQLite: the transaction is the single writer), keep only rows whose
-/// older due rows of the same key are claimed here too (per-key ordering), set malformed rows aside as
-/// dead letters, and mark the rest claimed by `token` until `now + lease`. Also says whether the
-/// claim took every row there was to take (SQLite only, where the claim's read is the whole truth;
-/// always false elsewhere): no due row of the topics is left unclaimed for this group.
+/// Read a claimed row (`id, topic, msg_key, payload, attempts, visible_at`). A payload that is not
+/// what its consumer expects is the consumer's to dead-letter; a row that cannot even be read
+/// (e.g. a key that is not text, a topic this version does not know) is [`Unreadable`].
+fn read_row(row: &DbRow) -> Result<Candidate, Unreadable> {
+    let id: i64 = get(row, "id").unwrap_or(0);
+    let topic: Option<String> = get(row, "topic").ok();
+    let key: Option<String> = get(row, "msg_key").ok();
+    let payload: Option<Vec<u8>> = get(row, "payload").ok();
+    let attempts: i32 = get(row, "attempts").unwrap_or(0);
+    let due: i64 = get(row, "visible_at").unwrap_or(0);
+    match (topic.as_deref().map(str::parse::<Topic>), key, payload) {
+        (Some(Ok(parsed)), Some(key), Some(payload)) => Ok(Candidate {
+            id,
+            topic: parsed,
+            key,
+            payload,
+            attempts,
+            due,
+        }),
+        (parsed, key, payload) => Err(Unreadable {
+            id,
+            reason: match parsed {
+                Some(Err(e)) => e.to_string(),
+                _ => "unreadable queue row (topic, key or payload of the wrong type)".to_string(),
+            },
+            topic,
+            key,
+            payload,
+        }),
+    }
+}
+
+/// Set an [`Unreadable`] row aside as a dead letter.
+async fn set_aside(
+    conn: &mut Conn,
+    group: ConsumerGroup,
+    row: Unreadable,
+) -> Result<(), sqlx::Error> {
+    tracing::warn!(id = row.id, reason = %row.reason, group = group.as_str(), "queue row set aside as a dead letter");
+    dead_letter_in(
+        conn,
+        row.id,
+        row.topic.as_deref().unwrap_or("?"),
+        group.as_str(),
+        row.key.as_deref(),
+        row.payload.as_deref(),
+        &row.reason,
+    )
+    .await
+}
+
+/// Claim up to `max` due rows of `topics` for `group` on `conn`: lock them (`FOR UPDATE SKIP
+/// LOCKED`), keep only rows whose older due rows of the same key are claimed here too (per-key
+/// ordering), set malformed rows aside as dead letters, and mark the rest claimed by `token` until
+/// `now + lease`. PostgreSQL and MySQL: inside the caller's transaction. SQLite: one statement
+/// ([`claim_sqlite`]), atomic by itself, so the caller needs no transaction for it.
+///
+/// Also says whether the claim took every row there was to take (SQLite only, where the claim's
+/// read is the whole truth; always false elsewhere): no due row of the topics is left unclaimed
+/// for this group.
 pub(super) async fn claim_in(
     conn: &mut Conn,
     group: ConsumerGroup,
@@ -293,27 +323,19 @@ pub(super) async fn claim_in(
     let order: Vec<Topic> = (0..topics.len())
         .map(|i| topics[(first + i) % topics.len()])
         .collect();
+    if FLAVOR == crate::common::Flavor::Sqlite {
+        return claim_sqlite(conn, group, &order, max, now, lease, token).await;
+    }
     let limit = i64::try_from(max).unwrap_or(i64::MAX);
+    let mut rows = due_rows(conn, group, &order, limit, now, &Blocked::default()).await?;
+    if rows.is_empty() {
+        // An empty poll is one statement.
+        return Ok((Vec::new(), false));
+    }
     // Keys with a live claim elsewhere (an optimisation only: the ordering check below is what
     // guarantees per-key order). When a row read is of such a key, the rows are read again
-    // without those keys, so that a batch is not filled with rows the check would refuse. SQLite
-    // reads them with the rows, in one statement.
-    let sqlite = FLAVOR == crate::common::Flavor::Sqlite;
-    let (mut rows, blocked) = if sqlite {
-        let rows = due_rows(conn, group, &order, limit, now, &Blocked::default(), true).await?;
-        split_blocked(rows)
-    } else {
-        let rows = due_rows(conn, group, &order, limit, now, &Blocked::default(), false).await?;
-        if rows.is_empty() {
-            // An empty poll is one statement.
-            return Ok((Vec::new(), false));
-        }
-        (rows, blocked_keys(conn, group, topics, now).await?)
-    };
-    if rows.is_empty() {
-        // Nothing due (SQLite: whatever is claimed elsewhere is not due either).
-        return Ok((Vec::new(), sqlite));
-    }
+    // without those keys, so that a batch is not filled with rows the check would refuse.
+    let blocked = blocked_keys(conn, group, topics, now).await?;
     let hit = rows.iter().any(|row| {
         let topic: Option<String> = get(row, "topic").ok();
         let key: Option<String> = get(row, "msg_key").ok();
@@ -322,11 +344,11 @@ pub(super) async fn claim_in(
             .is_some_and(|(t, k)| blocked.keys.contains(&(t, k)))
     });
     if hit && !blocked.too_many {
-        rows = due_rows(conn, group, &order, limit, now, &blocked, false).await?;
+        rows = due_rows(conn, group, &order, limit, now, &blocked).await?;
     }
     // The batch fills topic after topic, the first topic rotating so that no topic of a
-    // multi-topic unit starves the others; rows past `max` are left (on PostgreSQL/MySQL they stay
-    // locked until this claim commits, a few milliseconds).
+    // multi-topic unit starves the others; rows past `max` are left (they stay locked until this
+    // claim commits, a few milliseconds).
     let rank = |row: &DbRow| -> (usize, i64) {
         let topic: Option<String> = get(row, "topic").ok();
         let at = topic
@@ -335,72 +357,19 @@ pub(super) async fn claim_in(
         (at, get(row, "id").unwrap_or(0))
     };
     rows.sort_by_cached_key(rank);
-    // Fewer rows than a batch: every due row of every topic was read (each branch is limited to
-    // `max`).
-    let read_all = rows.len() < max;
     rows.truncate(max);
 
     let mut candidates = Vec::with_capacity(rows.len());
     for row in rows {
-        let id: i64 = get(&row, "id")?;
-        let topic: Option<String> = get(&row, "topic").ok();
-        let key: Option<String> = get(&row, "msg_key").ok();
-        let payload: Option<Vec<u8>> = get(&row, "payload").ok();
-        let attempts: i32 = get(&row, "attempts").unwrap_or(0);
-        let due: i64 = get(&row, "visible_at").unwrap_or(0);
-        let parsed = topic.as_deref().map(str::parse::<Topic>);
-        // A payload that is not what its consumer expects is the consumer's to dead-letter; a row
-        // that cannot even be read (e.g. a key that is not text) is set aside here.
-        let problem = match (&parsed, &key, &payload) {
-            (Some(Ok(_)), Some(_), Some(_)) => None,
-            (Some(Err(e)), _, _) => Some(e.to_string()),
-            _ => Some("unreadable queue row (topic, key or payload of the wrong type)".to_string()),
-        };
-        match (problem, parsed, key, payload) {
-            (None, Some(Ok(topic)), Some(key), Some(payload)) => candidates.push(Candidate {
-                id,
-                topic,
-                key,
-                payload,
-                attempts,
-                due,
-            }),
-            (problem, _, key, payload) => {
-                let reason = problem.unwrap_or_else(|| "unreadable row".to_string());
-                tracing::warn!(id, %reason, group = group.as_str(), "queue row set aside as a dead letter");
-                dead_letter_in(
-                    conn,
-                    id,
-                    topic.as_deref().unwrap_or("?"),
-                    group.as_str(),
-                    key.as_deref(),
-                    payload.as_deref(),
-                    &reason,
-                )
-                .await?;
-            }
+        match read_row(&row) {
+            Ok(candidate) => candidates.push(candidate),
+            Err(unreadable) => set_aside(conn, group, unreadable).await?,
         }
     }
     if candidates.is_empty() {
-        return Ok((
-            Vec::new(),
-            FLAVOR == crate::common::Flavor::Sqlite && !hit && read_all,
-        ));
+        return Ok((Vec::new(), false));
     }
 
-    // SQLite: the claim holds the database's write lock (`BEGIN IMMEDIATE`), so the rows read above
-    // are the first due, unclaimed rows of each topic in id order, leaving out only keys claimed
-    // elsewhere; with the list of those keys complete (`blocked`), no candidate is of such a key
-    // (the rows were read again without them, or none was), so an older due row of a candidate's
-    // key was read above too: it is a candidate. The check below would accept every candidate.
-    if FLAVOR == crate::common::Flavor::Sqlite && !blocked.too_many {
-        let offered = candidates.len();
-        let claimed = mark_claimed(conn, candidates, token, now, lease, group).await?;
-        // Everything there was is taken: no key of it was claimed elsewhere, every due row was
-        // read, none was held back (a redelivery goes alone).
-        let complete = !hit && read_all && claimed.len() == offered;
-        return Ok((claimed, complete));
-    }
     // Per-key order: read (without locks, committed state) every due row of the candidates' keys up
     // to the newest candidate. A candidate is handed out only if every older row of its key in that
     // list is a candidate handed out in this same batch (older rows claimed elsewhere, locked by
@@ -474,13 +443,18 @@ async fn mark_claimed(
         .push(", attempts = attempts + 1 WHERE id IN ");
     push_in(&mut qb, claimed.iter().map(|c| c.id));
     qb.build().execute(&mut *conn).await?;
+    Ok(hand_out(claimed, group))
+}
+
+/// The deliveries of the `claimed` rows.
+fn hand_out(claimed: Vec<Candidate>, group: ConsumerGroup) -> Vec<Delivery> {
     tracing::trace!(
         group = group.as_str(),
         rows = claimed.len(),
         topics = ?claimed.iter().map(|c| c.topic.as_str()).collect::<BTreeSet<_>>(),
         "claimed"
     );
-    Ok(claimed
+    claimed
         .into_iter()
         .map(|c| Delivery {
             tag: DeliveryTag {
@@ -498,7 +472,112 @@ async fn mark_claimed(
             attempt: u32::try_from(c.attempts).unwrap_or(0) + 1,
             published_at: chrono::DateTime::from_timestamp_millis(c.due),
         })
-        .collect())
+        .collect()
+}
+
+/// SQLite's claim ([`claim_in`]): one `UPDATE ... RETURNING` marks and returns the first due,
+/// unclaimed rows of each topic of `order` in id order (the batch filled topic after topic, up to
+/// `max`), leaving out the keys with a live claim of `group` elsewhere. With SQLite's single writer
+/// the statement is atomic, so per-key order needs no further check: an older due row of a
+/// returned row's key is not claimed elsewhere (its key would be left out) and comes first in id
+/// order, so it is returned too. A second statement in the same call says whether a due, unclaimed
+/// row is left (the claim took everything when none is). One call to the connection's thread, no
+/// transaction needed (each call costs two thread wake-ups; a claim in a transaction of its own
+/// took four calls).
+///
+/// The rare rows that cannot be handed out are dealt with after: unreadable rows are set aside as
+/// dead letters, and a redelivery goes alone ([`shrink_after_crash`]): the claim of the others is
+/// released (and their attempt taken back).
+async fn claim_sqlite(
+    conn: &mut Conn,
+    group: ConsumerGroup,
+    order: &[Topic],
+    max: usize,
+    now: i64,
+    lease: Duration,
+    token: &str,
+) -> Result<(Vec<Delivery>, bool), sqlx::Error> {
+    let limit = i64::try_from(max).unwrap_or(i64::MAX);
+    let mut qb = Qb::new("UPDATE queue SET claimed_by = ");
+    qb.push_bind(token.to_string())
+        .push(", claimed_until = ")
+        .push_bind(now + duration_ms(lease))
+        .push(", attempts = attempts + 1 WHERE id IN (SELECT id FROM (");
+    for (i, topic) in order.iter().enumerate() {
+        if i > 0 {
+            qb.push(" UNION ALL ");
+        }
+        qb.push(format!(
+            "SELECT * FROM (SELECT {i} AS rk, q.id AS id FROM queue q WHERE q.topic = "
+        ))
+        .push_bind(topic.as_str())
+        .push(" AND q.group_name = ")
+        .push_bind(group.as_str())
+        .push(" AND q.visible_at <= ")
+        .push_bind(now)
+        .push(" AND (q.claimed_until IS NULL OR q.claimed_until <= ")
+        .push_bind(now)
+        .push(") AND q.msg_key NOT IN (SELECT c.msg_key FROM queue c WHERE c.topic = ")
+        .push_bind(topic.as_str())
+        .push(" AND c.group_name = ")
+        .push_bind(group.as_str())
+        .push(" AND c.claimed_until > ")
+        .push_bind(now)
+        .push(") ORDER BY q.id LIMIT ")
+        .push_bind(limit)
+        .push(")");
+    }
+    qb.push(") ORDER BY rk, id LIMIT ").push_bind(limit).push(
+        ") RETURNING id, topic, msg_key, payload, attempts - 1 AS attempts, visible_at; \
+             SELECT EXISTS (SELECT 1 FROM queue WHERE topic IN ",
+    );
+    push_in(&mut qb, order.iter().map(|t| t.as_str().to_string()));
+    qb.push(" AND group_name = ")
+        .push_bind(group.as_str())
+        .push(" AND visible_at <= ")
+        .push_bind(now)
+        .push(" AND (claimed_until IS NULL OR claimed_until <= ")
+        .push_bind(now)
+        .push(")) AS remaining");
+    let mut remaining = true;
+    let mut claimed = Vec::new();
+    let mut unreadable = Vec::new();
+    for row in qb.build().fetch_all(&mut *conn).await? {
+        if let Ok(left) = row.try_get::<i64, _>("remaining") {
+            remaining = left != 0;
+            continue;
+        }
+        match read_row(&row) {
+            Ok(candidate) => claimed.push(candidate),
+            Err(row) => unreadable.push(row),
+        }
+    }
+    let returned = claimed.len() + unreadable.len();
+    for row in unreadable {
+        set_aside(conn, group, row).await?;
+    }
+    // RETURNING gives no order: the batch in the claim's order (topic rank, then id).
+    claimed.sort_by_key(|c| (order.iter().position(|t| *t == c.topic), c.id));
+    let offered: Vec<i64> = claimed.iter().map(|c| c.id).collect();
+    shrink_after_crash(&mut claimed);
+    if claimed.len() < offered.len() {
+        let kept: HashSet<i64> = claimed.iter().map(|c| c.id).collect();
+        let mut qb = Qb::new(
+            "UPDATE queue SET claimed_by = NULL, claimed_until = NULL, attempts = attempts - 1 \
+             WHERE claimed_by = ",
+        );
+        qb.push_bind(token.to_string()).push(" AND id IN ");
+        push_in(
+            &mut qb,
+            offered.iter().filter(|id| !kept.contains(id)).copied(),
+        );
+        qb.build().execute(&mut *conn).await?;
+        remaining = true;
+    }
+    // Everything there was is taken: fewer rows than a batch (a full batch may have left some),
+    // and no due row left unclaimed (e.g. of a key claimed elsewhere).
+    let complete = !remaining && returned < max;
+    Ok((hand_out(claimed, group), complete))
 }
 
 /// A redelivery (a row claimed before whose claim never ended: its consumer died) is handed out
