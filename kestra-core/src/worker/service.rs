@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use futures::StreamExt;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -44,6 +44,10 @@ use crate::worker::context::{RunContext, TelemetrySink};
 use crate::worker::polling::{TriggerEvaluator, evaluate_trigger};
 use crate::worker::runner::{RunnerRegistry, TaskError};
 use crate::worker::services::ExecutionServices;
+
+/// Jobs received and not yet acknowledged, per slot of [`WorkerConfig::concurrency`]: a job's slot
+/// is free once it has run, while its result waits for the publisher.
+const UNACKED_PER_SLOT: usize = 4;
 
 /// Settings of a [`Worker`].
 #[derive(Debug, Clone)]
@@ -530,7 +534,11 @@ impl Shared {
         Held { shared: self, tag }
     }
 
-    async fn handle(&self, delivery: Delivery) {
+    /// Run one received job and publish its result. `permit` (a slot of
+    /// [`WorkerConfig::concurrency`]) is given back once the job has run and its result is handed
+    /// to the publisher: waiting for the result's publication does not take a slot from the next
+    /// job. The job's lease is renewed until its result is published.
+    async fn handle(&self, delivery: Delivery, permit: Option<OwnedSemaphorePermit>) {
         let _held = self.hold(delivery.tag);
         let job: WorkerJob = match delivery.envelope.decode() {
             Ok(job) => job,
@@ -555,10 +563,10 @@ impl Shared {
             WorkerJob::Trigger(trigger) => {
                 let max = self.config.max_delivery_attempts;
                 if max > 0 && delivery.attempt > max {
-                    return self.give_up_trigger(&trigger, &delivery, max).await;
+                    return self.give_up_trigger(&trigger, &delivery, max, permit).await;
                 }
                 let envelope = self.evaluate(*trigger).await.envelope();
-                return self.publish_result(envelope, &delivery, None).await;
+                return self.publish_result(envelope, &delivery, None, permit).await;
             }
         };
         let log_context = LogEntry {
@@ -591,7 +599,7 @@ impl Shared {
                  (kestra.queue.max-delivery-attempts: {max})",
                 delivery.attempt - 1
             );
-            let give_up = self.give_up(&task, &delivery, log_context, reason);
+            let give_up = self.give_up(&task, &delivery, log_context, reason, permit);
             return tracing::Instrument::instrument(give_up, span).await;
         }
         #[cfg(feature = "testkit")]
@@ -599,7 +607,7 @@ impl Shared {
         let Some(result) = tracing::Instrument::instrument(self.run_task(*task), span).await else {
             return;
         };
-        self.publish_result(result.envelope(), &delivery, Some(log_context))
+        self.publish_result(result.envelope(), &delivery, Some(log_context), permit)
             .await;
     }
 
@@ -611,6 +619,7 @@ impl Shared {
         delivery: &Delivery,
         log_context: LogEntry,
         reason: String,
+        permit: Option<OwnedSemaphorePermit>,
     ) {
         tracing::error!(%reason, "dead-lettering a task job that its workers never finished");
         if let Err(e) = self.queue.dead_letter(delivery, &reason).await {
@@ -651,7 +660,7 @@ impl Shared {
             worker_id: Some(self.config.id.clone()),
         };
         // Acknowledging the dead-lettered job is a no-op; the result is what counts.
-        self.publish_result(result.envelope(), delivery, Some(log_context))
+        self.publish_result(result.envelope(), delivery, Some(log_context), permit)
             .await;
     }
 
@@ -659,7 +668,13 @@ impl Shared {
     /// it killed or was abandoned by its worker each time): set aside as a dead letter and answered
     /// with an error, so that the scheduler releases the trigger and evaluates it again at its next
     /// interval instead of the worker crash-looping on it.
-    async fn give_up_trigger(&self, job: &WorkerTrigger, delivery: &Delivery, max: u32) {
+    async fn give_up_trigger(
+        &self,
+        job: &WorkerTrigger,
+        delivery: &Delivery,
+        max: u32,
+        permit: Option<OwnedSemaphorePermit>,
+    ) {
         let reason = format!(
             "the trigger evaluation was delivered {} times and its worker died (or abandoned \
              it) each time; it is set aside as a dead letter (kestra.queue.max-delivery-attempts: \
@@ -673,7 +688,8 @@ impl Shared {
             return;
         }
         let result = trigger_failure(job, Some(self.config.id.clone()), reason);
-        self.publish_result(result.envelope(), delivery, None).await;
+        self.publish_result(result.envelope(), delivery, None, permit)
+            .await;
     }
 
     /// Evaluates one polling trigger; a panicking evaluation, or one that outlives
@@ -750,6 +766,7 @@ impl Shared {
         envelope: Result<Envelope, QueueError>,
         job: &Delivery,
         log_context: Option<LogEntry>,
+        permit: Option<OwnedSemaphorePermit>,
     ) {
         let envelope = match envelope {
             Ok(e) => e,
@@ -775,6 +792,8 @@ impl Shared {
             );
             return;
         }
+        // The job has run: its slot goes to the next one.
+        drop(permit);
         // Wait until the result is published (and the job acknowledged) so that a draining worker
         // only stops once its results are out.
         let _ = acked.await;
@@ -1254,6 +1273,9 @@ impl Worker {
         tracing::info!(worker_id = %shared.config.id, concurrency, "worker started");
 
         let semaphore = Arc::new(Semaphore::new(concurrency));
+        // A job's slot is given back once it has run; its result may wait a little longer for the
+        // publisher. Jobs received and not yet acknowledged are bounded too.
+        let unacked = Arc::new(Semaphore::new(concurrency.saturating_mul(UNACKED_PER_SLOT)));
         let mut jobs = JoinSet::new();
         let mut backoff = Duration::from_millis(100);
         loop {
@@ -1270,6 +1292,21 @@ impl Worker {
             while let Ok(p) = semaphore.clone().try_acquire_owned() {
                 permits.push(p);
             }
+            let first_unacked = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                p = unacked.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
+            let mut acks = vec![first_unacked];
+            while acks.len() < permits.len()
+                && let Ok(p) = unacked.clone().try_acquire_owned()
+            {
+                acks.push(p);
+            }
+            permits.truncate(acks.len());
             // Each job taken is recorded (JobsTaken, for liveness) in the same step as the claim.
             // The wait (not a claim) ends at once on shutdown.
             let receive = shared.queue.receive_recorded(
@@ -1302,6 +1339,7 @@ impl Worker {
             // counted - with it. Its lease is renewed meanwhile.
             if deliveries.iter().any(|d| d.attempt > 1) {
                 drop(permits);
+                drop(acks);
                 let holds: Vec<Held<'_>> = deliveries.iter().map(|d| shared.hold(d.tag)).collect();
                 let all = u32::try_from(concurrency).unwrap_or(u32::MAX);
                 let alone = tokio::select! {
@@ -1316,17 +1354,17 @@ impl Worker {
                 let shared = shared.clone();
                 jobs.spawn(async move {
                     for delivery in deliveries {
-                        shared.handle(delivery).await;
+                        shared.handle(delivery, None).await;
                     }
                     drop(alone);
                 });
                 continue;
             }
-            for (delivery, permit) in deliveries.into_iter().zip(permits) {
+            for ((delivery, permit), ack) in deliveries.into_iter().zip(permits).zip(acks) {
                 let shared = shared.clone();
                 jobs.spawn(async move {
-                    shared.handle(delivery).await;
-                    drop(permit);
+                    shared.handle(delivery, Some(permit)).await;
+                    drop(ack);
                 });
             }
         }
