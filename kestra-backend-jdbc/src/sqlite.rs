@@ -171,3 +171,40 @@ pub(crate) async fn connect_raw(url: &str) -> Result<Pool<Db>, JdbcError> {
             source,
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Db;
+    use super::store::{Qb, write_at_once};
+
+    /// A statement that fails in the middle of [`write_at_once`] leaves nothing of the transaction
+    /// written, and the pool's only connection is usable after (still the same in-memory database:
+    /// a connection closed instead would have taken the table with it).
+    #[tokio::test]
+    async fn write_at_once_rolls_back_when_a_statement_fails() -> Result<(), sqlx::Error> {
+        let pool = sqlx::pool::PoolOptions::<Db>::new()
+            .max_connections(1)
+            .connect("sqlite::memory:")
+            .await?;
+        sqlx::raw_sql("CREATE TABLE t (v INTEGER NOT NULL)")
+            .execute(&pool)
+            .await?;
+        let failing = Qb::new(
+            "BEGIN IMMEDIATE; INSERT INTO t (v) VALUES (1); INSERT INTO t (v) VALUES (NULL); ",
+        );
+        let refused = write_at_once(&pool, failing).await;
+        assert!(
+            refused.is_err(),
+            "the NOT NULL violation is an error: {refused:?}"
+        );
+        let ok = Qb::new(
+            "BEGIN IMMEDIATE; INSERT INTO t (v) VALUES (2); INSERT INTO t (v) VALUES (3); ",
+        );
+        assert_eq!(write_at_once(&pool, ok).await?, 2);
+        let rows: Vec<(i64,)> = sqlx::query_as("SELECT v FROM t ORDER BY v")
+            .fetch_all(&pool)
+            .await?;
+        assert_eq!(rows, vec![(2,), (3,)]);
+        Ok(())
+    }
+}

@@ -62,6 +62,61 @@ pub(super) fn push_publish(qb: &mut Qb, messages: &[Envelope]) -> Option<u64> {
     Some((rows.len() + broadcast.len()) as u64)
 }
 
+/// SQLite: run the statements of `qb` - which starts with `BEGIN IMMEDIATE; ` and ends each of
+/// its statements with `; ` - and `COMMIT`, in one call to the connection's thread (sqlx's own
+/// transactions take a call to begin and one to commit). Returns the rows they changed.
+///
+/// sqlx does not know of this transaction. If a statement fails, the rest (the commit included)
+/// is not run and the transaction is rolled back here; if that fails too, or the future is
+/// dropped on the way, the connection is closed instead of going back to the pool, which rolls
+/// the transaction back: the pool never hands out a connection in the middle of a transaction.
+pub(crate) async fn write_at_once(pool: &Pool<Db>, mut qb: Qb) -> Result<u64, sqlx::Error> {
+    /// Closes the connection when dropped before the transaction ended.
+    struct Open(Option<sqlx::pool::PoolConnection<Db>>);
+    impl Drop for Open {
+        fn drop(&mut self) {
+            if let Some(conn) = self.0.as_mut() {
+                conn.close_on_drop();
+            }
+        }
+    }
+    qb.push("COMMIT");
+    let mut open = Open(Some(pool.acquire().await?));
+    let Some(conn) = open.0.as_mut() else {
+        return Err(sqlx::Error::PoolClosed);
+    };
+    let result = qb.build().execute(&mut **conn).await;
+    let ended = match &result {
+        Ok(_) => true,
+        Err(_) => sqlx::raw_sql("ROLLBACK").execute(&mut **conn).await.is_ok(),
+    };
+    if ended {
+        // Back to the pool, usable.
+        drop(open.0.take());
+    }
+    result.map(|done| done.rows_affected())
+}
+
+/// SQLite: push the statements that delete the acknowledged rows of `tags` (as [`ack_in`]) onto
+/// `qb`, each ended by `; `. False (nothing pushed) when they do not fit in one statement per
+/// topic.
+pub(super) fn push_ack(qb: &mut Qb, group: ConsumerGroup, tags: &[DeliveryTag]) -> bool {
+    let by_topic = ids_by_topic(tags);
+    if by_topic.values().any(|ids| ids.len() > CHUNK) {
+        return false;
+    }
+    for (topic, ids) in &by_topic {
+        qb.push("DELETE FROM queue WHERE group_name = ")
+            .push_bind(group.as_str())
+            .push(" AND topic = ")
+            .push_bind(topic.as_str())
+            .push(" AND id IN ");
+        push_in(qb, ids.iter().copied());
+        qb.push("; ");
+    }
+    true
+}
+
 /// Insert the rows of `messages`: one queue row per consumer group of its topic, one broadcast row
 /// if its topic is [`Topic::broadcast`], and (PostgreSQL) a `NOTIFY` per topic, delivered when the
 /// transaction commits.
@@ -671,6 +726,12 @@ pub(super) async fn ack_rows(
 ) -> Result<(), sqlx::Error> {
     if tags.is_empty() {
         return Ok(());
+    }
+    if FLAVOR == crate::common::Flavor::Sqlite {
+        let mut qb = Qb::new("BEGIN IMMEDIATE; ");
+        if push_ack(&mut qb, group, tags) {
+            return write_at_once(pool, qb).await.map(|_| ());
+        }
     }
     let mut tx = begin_write(pool).await?;
     relaxed_commit(&mut tx).await?;

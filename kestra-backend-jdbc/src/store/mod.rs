@@ -33,9 +33,11 @@ mod unit;
 pub(crate) use maintenance::purge_offline;
 
 use broadcast::Broadcast;
+/// Also used by the SQLite dialect's tests.
+pub(crate) use claims::write_at_once;
 use claims::{
     Poll, Wakeups, ack_in, ack_rows, claim_in, dead_letter_in, extend_rows, lock_claimed,
-    publish_in, push_publish, relaxed_commit, release_claimed,
+    publish_in, push_ack, push_publish, relaxed_commit, release_claimed,
 };
 use executions::{
     check_range, parse_doc, push_execution_upsert, push_like, push_namespace, tenant_of,
@@ -79,7 +81,7 @@ use crate::error::JdbcError;
 
 type Conn = <Db as sqlx::Database>::Connection;
 type DbRow = <Db as sqlx::Database>::Row;
-type Qb = QueryBuilder<Db>;
+pub(crate) type Qb = QueryBuilder<Db>;
 
 /// Rows per multi-row INSERT / ids per `IN (...)` list (well under every dialect's bind limit).
 const CHUNK: usize = 500;

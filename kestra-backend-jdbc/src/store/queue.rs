@@ -4,6 +4,12 @@ use super::*;
 
 impl Store {
     async fn publish_once(&self, messages: &[Envelope]) -> Result<(), sqlx::Error> {
+        if FLAVOR == crate::common::Flavor::Sqlite {
+            let mut qb = Qb::new("BEGIN IMMEDIATE; ");
+            if push_publish(&mut qb, messages).is_some() {
+                return write_at_once(&self.write, qb).await.map(|_| ());
+            }
+        }
         let mut tx = begin_write(&self.write).await?;
         publish_in(&mut tx, messages).await?;
         tx.commit().await
@@ -258,6 +264,13 @@ impl Queue for Store {
         let mut attempt = 0;
         loop {
             let once = async {
+                if FLAVOR == crate::common::Flavor::Sqlite {
+                    let mut qb = Qb::new("BEGIN IMMEDIATE; ");
+                    if push_publish(&mut qb, &messages).is_some() && push_ack(&mut qb, group, tags)
+                    {
+                        return write_at_once(&self.write, qb).await.map(|_| ());
+                    }
+                }
                 let mut tx = begin_write(&self.write).await?;
                 publish_in(&mut tx, &messages).await?;
                 ack_in(&mut tx, group, tags).await?;
