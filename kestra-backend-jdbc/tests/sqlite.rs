@@ -92,3 +92,71 @@ async fn scheduler_scenarios() {
 async fn scheduler_scenarios_in_memory() {
     scheduler_suite("sqlite::memory:").await;
 }
+
+/// SQLite's unit of work opens its transaction only when it commits (the single writer is not
+/// held while the executor processes): an API write of an execution the unit read, between its
+/// read and its commit, refuses the unit (fenced) instead of being overwritten, and the unit's
+/// message is claimable again. A unit that reads what it wrote sees its own write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deferred_unit_is_fenced_by_a_write_after_its_read() {
+    use kestra_core::model::Execution;
+    use kestra_core::queue::{ConsumerGroup, QueueError, Topic};
+    use std::time::Duration;
+    let backend = connect(&sqlite_url()).await;
+    let repo = backend.repositories().executions;
+    let queue = backend.queue();
+    let e = Execution::new("test.deferred", "flow", 1);
+    repo.save(&e).await.unwrap();
+    queue
+        .publish(vec![kestra_core::messages::execution_envelope(&e).unwrap()])
+        .await
+        .unwrap();
+    let begin = || {
+        queue.begin(
+            ConsumerGroup::Executor,
+            &[Topic::Execution],
+            10,
+            Duration::from_secs(5),
+        )
+    };
+    let mut unit = begin().await.unwrap().expect("claimed");
+    let mut loaded = unit.load_execution(&e.id).await.unwrap().expect("saved");
+    // The API writes it meanwhile (a new revision).
+    let mut by_api = e.clone();
+    by_api
+        .labels
+        .push(kestra_core::model::Label::new("by", "api"));
+    repo.save(&by_api).await.unwrap();
+    loaded.flow_revision = 7;
+    unit.save_execution(&loaded).await.unwrap();
+    match unit.commit().await {
+        Err(QueueError::Fenced { detail }) => {
+            assert!(
+                detail.contains(&e.id),
+                "the detail names the execution: {detail}"
+            )
+        }
+        other => panic!("expected the unit to be fenced, got {other:?}"),
+    }
+    let stored = repo.find_by_id(&e.tenant_id, &e.id).await.unwrap().unwrap();
+    assert_eq!(stored.labels, by_api.labels, "the API's write stands");
+    assert_eq!(
+        stored.flow_revision, 1,
+        "nothing of the fenced unit is written"
+    );
+
+    // Its message comes back at once (the claim is released); this unit reads its own write.
+    let mut unit = begin()
+        .await
+        .unwrap()
+        .expect("the message is claimable again");
+    let mut loaded = unit.load_execution(&e.id).await.unwrap().expect("saved");
+    assert_eq!(loaded.labels, by_api.labels);
+    loaded.flow_revision = 8;
+    unit.save_execution(&loaded).await.unwrap();
+    let again = unit.load_execution(&e.id).await.unwrap().expect("saved");
+    assert_eq!(again.flow_revision, 8, "a unit reads what it wrote");
+    unit.commit().await.unwrap();
+    let stored = repo.find_by_id(&e.tenant_id, &e.id).await.unwrap().unwrap();
+    assert_eq!(stored.flow_revision, 8);
+}

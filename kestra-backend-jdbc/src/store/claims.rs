@@ -62,39 +62,97 @@ pub(super) fn push_publish(qb: &mut Qb, messages: &[Envelope]) -> Option<u64> {
     Some((rows.len() + broadcast.len()) as u64)
 }
 
-/// SQLite: run the statements of `qb` - which starts with `BEGIN IMMEDIATE; ` and ends each of
-/// its statements with `; ` - and `COMMIT`, in one call to the connection's thread (sqlx's own
-/// transactions take a call to begin and one to commit). Returns the rows they changed.
+/// SQLite: the write connection in a transaction that sqlx does not know of - begun by a
+/// `BEGIN IMMEDIATE` at the start of a call of several statements, ended by a `COMMIT` at the end
+/// of another - so that beginning and committing cost no call of their own to the connection's
+/// thread (sqlx's transactions take one each).
 ///
-/// sqlx does not know of this transaction. If a statement fails, the rest (the commit included)
-/// is not run and the transaction is rolled back here; if that fails too, or the future is
-/// dropped on the way, the connection is closed instead of going back to the pool, which rolls
-/// the transaction back: the pool never hands out a connection in the middle of a transaction.
-pub(crate) async fn write_at_once(pool: &Pool<Db>, mut qb: Qb) -> Result<u64, sqlx::Error> {
-    /// Closes the connection when dropped before the transaction ended.
-    struct Open(Option<sqlx::pool::PoolConnection<Db>>);
-    impl Drop for Open {
-        fn drop(&mut self) {
-            if let Some(conn) = self.0.as_mut() {
-                conn.close_on_drop();
+/// If a statement fails, the rest of its call (a commit included) is not run and the transaction
+/// is rolled back here; if that fails too, or the transaction is dropped before it ended (a
+/// cancelled future, an early return), the connection is closed instead of going back to the
+/// pool, which rolls the transaction back: the pool never hands out a connection in the middle
+/// of a transaction.
+pub(super) struct RawTx(Option<sqlx::pool::PoolConnection<Db>>);
+
+impl Drop for RawTx {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.as_mut() {
+            conn.close_on_drop();
+        }
+    }
+}
+
+impl RawTx {
+    /// Take the connection of `pool` (its only one: SQLite has a single writer). The transaction
+    /// begins with the first call, which starts with `BEGIN IMMEDIATE; `.
+    pub(super) async fn acquire(pool: &Pool<Db>) -> Result<RawTx, sqlx::Error> {
+        Ok(RawTx(Some(pool.acquire().await?)))
+    }
+
+    /// The connection, for statements that are not pushed onto one call.
+    pub(super) fn conn(&mut self) -> Result<&mut Conn, sqlx::Error> {
+        match self.0.as_mut() {
+            Some(conn) => Ok(&mut **conn),
+            None => Err(sqlx::Error::PoolClosed),
+        }
+    }
+
+    /// Run the statements of `qb` and return the rows they read; a failed one rolls back.
+    pub(super) async fn fetch(&mut self, qb: &mut Qb) -> Result<Vec<DbRow>, sqlx::Error> {
+        let result = qb.build().fetch_all(self.conn()?).await;
+        if result.is_err() {
+            self.end("ROLLBACK").await;
+        }
+        result
+    }
+
+    /// Run the statements of `qb`; a failed one rolls back.
+    pub(super) async fn execute(&mut self, qb: &mut Qb) -> Result<(), sqlx::Error> {
+        let result = qb.build().execute(self.conn()?).await;
+        if result.is_err() {
+            self.end("ROLLBACK").await;
+        }
+        result.map(|_| ())
+    }
+
+    /// Run the statements of `qb` and `COMMIT`; returns the rows they changed. A failed one
+    /// rolls back.
+    pub(super) async fn commit(mut self, mut qb: Qb) -> Result<u64, sqlx::Error> {
+        qb.push("COMMIT");
+        let result = qb.build().execute(self.conn()?).await;
+        match result {
+            Ok(done) => {
+                // Back to the pool, usable.
+                drop(self.0.take());
+                Ok(done.rows_affected())
+            }
+            Err(e) => {
+                self.end("ROLLBACK").await;
+                Err(e)
             }
         }
     }
-    qb.push("COMMIT");
-    let mut open = Open(Some(pool.acquire().await?));
-    let Some(conn) = open.0.as_mut() else {
-        return Err(sqlx::Error::PoolClosed);
-    };
-    let result = qb.build().execute(&mut **conn).await;
-    let ended = match &result {
-        Ok(_) => true,
-        Err(_) => sqlx::raw_sql("ROLLBACK").execute(&mut **conn).await.is_ok(),
-    };
-    if ended {
-        // Back to the pool, usable.
-        drop(open.0.take());
+
+    /// Roll the transaction back.
+    pub(super) async fn rollback(mut self) {
+        self.end("ROLLBACK").await;
     }
-    result.map(|done| done.rows_affected())
+
+    /// Run `statement` (which ends the transaction); the connection goes back to the pool if it
+    /// succeeded, and is closed when dropped otherwise.
+    async fn end(&mut self, statement: &'static str) {
+        let Ok(conn) = self.conn() else { return };
+        if sqlx::raw_sql(statement).execute(conn).await.is_ok() {
+            drop(self.0.take());
+        }
+    }
+}
+
+/// SQLite: run the statements of `qb` - which starts with `BEGIN IMMEDIATE; ` and ends each of
+/// its statements with `; ` - and `COMMIT`, in one call to the connection's thread (see
+/// [`RawTx`]). Returns the rows they changed.
+pub(crate) async fn write_at_once(pool: &Pool<Db>, qb: Qb) -> Result<u64, sqlx::Error> {
+    RawTx::acquire(pool).await?.commit(qb).await
 }
 
 /// SQLite: push the statements that delete the acknowledged rows of `tags` (as [`ack_in`]) onto

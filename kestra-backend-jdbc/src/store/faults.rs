@@ -5,13 +5,16 @@ use super::*;
 use crate::common::Flavor;
 use crate::testkit::{InjectedBusy, TxnFailure, TxnPoint};
 
+/// SQLite's transient error at `point` (built in the process; see [`inject`]).
+pub(super) fn injected(point: TxnPoint) -> sqlx::Error {
+    sqlx::Error::Database(Box::new(InjectedBusy::new(crate::testkit::failure(point))))
+}
+
 /// Fail `conn`'s transaction at `point` with a transient error (see [`crate::testkit`]).
 pub(super) async fn inject(conn: &mut Conn, point: TxnPoint) -> Result<(), sqlx::Error> {
     let failure = crate::testkit::failure(point);
     let sql = match (FLAVOR, failure) {
-        (Flavor::Sqlite, _) => {
-            return Err(sqlx::Error::Database(Box::new(InjectedBusy::new(failure))));
-        }
+        (Flavor::Sqlite, _) => return Err(injected(point)),
         (Flavor::Postgres, TxnFailure::Serialization) => {
             "DO $$ BEGIN RAISE EXCEPTION 'testkit: injected serialization failure' USING ERRCODE = '40001'; END $$"
         }

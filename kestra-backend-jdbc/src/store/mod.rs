@@ -36,7 +36,7 @@ use broadcast::Broadcast;
 /// Also used by the SQLite dialect's tests.
 pub(crate) use claims::write_at_once;
 use claims::{
-    Poll, Wakeups, ack_in, ack_rows, claim_in, dead_letter_in, extend_rows, lock_claimed,
+    Poll, RawTx, Wakeups, ack_in, ack_rows, claim_in, dead_letter_in, extend_rows, lock_claimed,
     publish_in, push_ack, push_publish, relaxed_commit, release_claimed,
 };
 use executions::{
@@ -44,7 +44,7 @@ use executions::{
     upsert_execution_in,
 };
 use triggers::JdbcTriggerUnit;
-use unit::JdbcUnit;
+use unit::{Deferred, JdbcUnit};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Weak};

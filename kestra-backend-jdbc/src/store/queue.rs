@@ -388,18 +388,44 @@ impl Queue for Store {
                 self.note_claim(group, topics, generation, *complete);
             }
             match claim.map(|(got, _)| got) {
+                Ok(claimed) if !claimed.is_empty() && FLAVOR == crate::common::Flavor::Sqlite => {
+                    // SQLite: the unit is deferred (see `unit`): no transaction until it commits,
+                    // whose checks (its claim, what it read) run under the write lock.
+                    #[cfg(feature = "testkit")]
+                    if fault == Some(crate::testkit::TxnPoint::Lock) {
+                        let ids: Vec<i64> = claimed.iter().map(|d| d.tag.offset).collect();
+                        if let Err(error) = release_claimed(&self.write, &ids, &token).await {
+                            tracing::debug!(%error, "cannot release a claim; its messages come back when the lease ends");
+                        }
+                        let e = super::faults::injected(crate::testkit::TxnPoint::Lock);
+                        if attempt < RETRIES && is_transient(&e) {
+                            attempt += 1;
+                            backoff(attempt).await;
+                            continue;
+                        }
+                        return Err(err(e));
+                    }
+                    return Ok(Some(Box::new(JdbcUnit {
+                        max_message_bytes: self.max_message_bytes,
+                        notifier: self.notifier.clone(),
+                        write: self.write.clone(),
+                        read: self.read.clone(),
+                        tx: None,
+                        deferred: Some(Deferred::new()),
+                        token,
+                        committed: false,
+                        deliveries: claimed,
+                        dead: HashSet::new(),
+                        published: BTreeSet::new(),
+                        staged: Vec::new(),
+                        stored: HashMap::new(),
+                        fault,
+                    })));
+                }
                 Ok(claimed) if !claimed.is_empty() => {
                     let ids: Vec<i64> = claimed.iter().map(|d| d.tag.offset).collect();
                     let mut tx = begin_write(&self.write).await.map_err(&err)?;
-                    // SQLite: the unit's transaction holds the write lock from its start and its
-                    // commit deletes only rows still claimed by `token` (refusing the unit
-                    // otherwise), so the rows need no lock and no check here: one statement less
-                    // per unit.
-                    let locked = if FLAVOR == crate::common::Flavor::Sqlite {
-                        Ok(claimed)
-                    } else {
-                        lock_claimed(&mut tx, claimed, &token).await
-                    };
+                    let locked = lock_claimed(&mut tx, claimed, &token).await;
                     let locked = match locked {
                         #[cfg(feature = "testkit")]
                         Ok(_) if fault == Some(crate::testkit::TxnPoint::Lock) => {
@@ -431,7 +457,9 @@ impl Queue for Store {
                             max_message_bytes: self.max_message_bytes,
                             notifier: self.notifier.clone(),
                             write: self.write.clone(),
+                            read: self.read.clone(),
                             tx: Some(tx),
+                            deferred: None,
                             token,
                             committed: false,
                             deliveries,

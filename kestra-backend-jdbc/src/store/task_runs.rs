@@ -147,6 +147,55 @@ pub(super) fn new_revision() -> String {
     kestra_core::model::new_id()
 }
 
+/// SQLite: push the statements of [`write_in`] onto `qb`, each ended by `; ` (run later, in one
+/// call with others). Returns what is stored once they commit, or gives `encoded` back (nothing
+/// pushed) when they do not fit in one call: labels changed (their rows are rewritten apart), or
+/// more changed task runs than one statement takes.
+pub(super) fn push_write(
+    qb: &mut Qb,
+    e: &Execution,
+    encoded: Encoded,
+) -> Result<StoredRuns, Encoded> {
+    if encoded.labels_changed || encoded.changed.len() > CHUNK {
+        return Err(encoded);
+    }
+    let Encoded {
+        head,
+        changed,
+        sizes,
+        runs,
+        truncate,
+        labels_changed: _,
+    } = encoded;
+    let revision = new_revision();
+    let len = i64::try_from(sizes.len()).unwrap_or(i64::MAX);
+    push_execution_upsert(qb, e, head, Some(len), &revision);
+    qb.push("; ");
+    if truncate {
+        qb.push("DELETE FROM execution_task_runs WHERE execution_id = ")
+            .push_bind(e.id.clone())
+            .push(" AND pos >= ")
+            .push_bind(len)
+            .push("; ");
+    }
+    if !changed.is_empty() {
+        qb.push("INSERT INTO execution_task_runs (execution_id, pos, doc) ");
+        qb.push_values(&changed, |mut b, (pos, doc)| {
+            b.push_bind(e.id.clone())
+                .push_bind(i64::try_from(*pos).unwrap_or(i64::MAX))
+                .push_bind(doc.clone());
+        });
+        qb.push(FLAVOR.upsert(&["execution_id", "pos"], &["doc"]))
+            .push("; ");
+    }
+    Ok(StoredRuns {
+        revision,
+        runs,
+        sizes,
+        labels: Some(e.labels.clone()),
+    })
+}
+
 /// Write `e`'s row (with `encoded`'s document and a new revision) and the task runs `encoded`
 /// carries; rows past the new length are deleted. Returns what is stored once the transaction
 /// commits.
@@ -155,6 +204,20 @@ pub(super) async fn write_in(
     e: &Execution,
     encoded: Encoded,
 ) -> Result<StoredRuns, sqlx::Error> {
+    // SQLite (labels unchanged, the task runs in one statement): the row and its task runs in one
+    // call of several statements (see `claims::push_publish`).
+    let encoded = if FLAVOR == crate::common::Flavor::Sqlite {
+        let mut qb = Qb::new("");
+        match push_write(&mut qb, e, encoded) {
+            Ok(stored) => {
+                qb.build().execute(&mut *conn).await?;
+                return Ok(stored);
+            }
+            Err(encoded) => encoded,
+        }
+    } else {
+        encoded
+    };
     let Encoded {
         head,
         changed,
@@ -171,29 +234,6 @@ pub(super) async fn write_in(
         sizes,
         labels: Some(e.labels.clone()),
     };
-    // SQLite (labels unchanged, the task runs in one statement): the row and its task runs in one
-    // call of several statements (see `claims::push_publish`).
-    if FLAVOR == crate::common::Flavor::Sqlite && !labels_changed && changed.len() <= CHUNK {
-        let mut qb = Qb::new("");
-        push_execution_upsert(&mut qb, e, head, Some(len), &revision);
-        if truncate {
-            qb.push("; DELETE FROM execution_task_runs WHERE execution_id = ")
-                .push_bind(e.id.clone())
-                .push(" AND pos >= ")
-                .push_bind(len);
-        }
-        if !changed.is_empty() {
-            qb.push("; INSERT INTO execution_task_runs (execution_id, pos, doc) ");
-            qb.push_values(&changed, |mut b, (pos, doc)| {
-                b.push_bind(e.id.clone())
-                    .push_bind(i64::try_from(*pos).unwrap_or(i64::MAX))
-                    .push_bind(doc.clone());
-            });
-            qb.push(FLAVOR.upsert(&["execution_id", "pos"], &["doc"]));
-        }
-        qb.build().execute(&mut *conn).await?;
-        return Ok(stored(runs, sizes));
-    }
     // The row first: every writer locks it before its task runs (a unit holds it `FOR UPDATE`).
     upsert_execution_in(conn, e, head, Some(len), &revision, labels_changed).await?;
     if truncate {

@@ -1,8 +1,92 @@
 //! The executor's [`UnitOfWork`]: one transaction over the rows it claimed, the executions and keyed
 //! state it loads and saves, and the messages it stages.
+//!
+//! SQLite defers the transaction ([`Deferred`]): SQLite has a single writer, and a transaction
+//! open from the unit's start held it while the executor processed the messages - every other
+//! write (the worker's results, the next claims, new executions) waited for the executor's CPU
+//! work. A deferred unit reads on a reader connection, keeps its writes as statements, and at
+//! commit checks under the write lock that nothing it read changed since (the revisions of the
+//! executions it read, its claim of the rows) before it writes everything: two calls on the
+//! writer per unit.
 
-use super::task_runs::{StoredRuns, complete_in, encode, write_in};
+use super::task_runs::{StoredRuns, complete_in, encode, push_write, write_in};
 use super::*;
+
+/// SQLite's deferred unit (see the module documentation): what its transaction will check and
+/// write when it commits, or when it needs the transaction sooner ([`JdbcUnit::materialize`]: a
+/// read of something it wrote, a write that does not fit in one call, a dead letter).
+pub(super) struct Deferred {
+    /// The statements of the writes so far, each ended by `; `.
+    writes: Qb,
+    /// Whether `writes` holds a statement.
+    any: bool,
+    /// The executions read: id and revision (`None`: there was none), checked at commit.
+    read: Vec<(String, Option<String>)>,
+    /// The executions (id) and state entries (kind and key) written.
+    written: HashSet<(String, String)>,
+}
+
+impl Deferred {
+    pub(super) fn new() -> Deferred {
+        Deferred {
+            writes: Qb::new(""),
+            any: false,
+            read: Vec::new(),
+            written: HashSet::new(),
+        }
+    }
+}
+
+/// The written-set entry of an execution.
+fn execution_entry(id: &str) -> (String, String) {
+    (String::new(), id.to_string())
+}
+
+/// Push, onto `qb`, the statement that reads the revisions of the executions of `read` (if any),
+/// ended by `; `.
+fn push_revisions(qb: &mut Qb, read: &[(String, Option<String>)]) {
+    if read.is_empty() {
+        return;
+    }
+    qb.push("SELECT id, revision FROM executions WHERE id IN ");
+    push_in(qb, read.iter().map(|(id, _)| id.clone()));
+    qb.push("; ");
+}
+
+/// Which execution of `read` changed since it was read, given the `rows` of
+/// [`push_revisions`] (rows without a revision column are ignored): a detail for
+/// [`QueueError::Fenced`].
+fn changed_since(read: &[(String, Option<String>)], rows: &[DbRow]) -> Option<String> {
+    let now: HashMap<String, Option<String>> = rows
+        .iter()
+        .filter_map(|row| {
+            let id: String = get(row, "id").ok()?;
+            let revision: Option<String> = get(row, "revision").ok()?;
+            Some((id, revision))
+        })
+        .collect();
+    read.iter().find_map(|(id, then)| {
+        let current = now.get(id).cloned().flatten();
+        let missing_then = then.is_none();
+        let missing_now = !now.contains_key(id);
+        (missing_then != missing_now || (!missing_now && current != *then)).then(|| {
+            format!(
+                "execution {id} was written by another writer (an API call) after this unit read it"
+            )
+        })
+    })
+}
+
+/// The refusal of a unit some of whose claimed rows are claimed by another consumer now.
+fn rows_lost(held: u64, ids: usize) -> QueueError {
+    QueueError::Fenced {
+        detail: format!(
+            "{} of the unit's {} queue rows are claimed by another consumer now (their lease ended)",
+            ids as u64 - held.min(ids as u64),
+            ids
+        ),
+    }
+}
 
 /// One database transaction over claimed rows (see the module documentation). Executions and
 /// executor state are read and written only under the keys of `deliveries`.
@@ -10,8 +94,12 @@ pub(super) struct JdbcUnit {
     pub(super) max_message_bytes: usize,
     pub(super) notifier: Arc<Notifier>,
     pub(super) write: Pool<Db>,
-    /// `None` once committed.
+    /// The readers (a deferred unit reads there).
+    pub(super) read: Pool<Db>,
+    /// The open transaction; `None` once committed, and while the unit is deferred.
     pub(super) tx: Option<Transaction<'static, Db>>,
+    /// SQLite: the deferred unit until its transaction opens (see the module documentation).
+    pub(super) deferred: Option<Deferred>,
     /// The token of the committed claim of `deliveries`.
     pub(super) token: String,
     /// Set once the transaction committed (a failed or missing commit releases the claim).
@@ -38,6 +126,98 @@ impl JdbcUnit {
         }
     }
 
+    /// Whether the deferred unit wrote `entry` (then a read of it needs the transaction).
+    fn wrote(&self, entry: &(String, String)) -> bool {
+        self.deferred
+            .as_ref()
+            .is_some_and(|d| d.written.contains(entry))
+    }
+
+    /// Open the deferred unit's transaction now: check that nothing it read changed, then run its
+    /// writes so far in it; the unit goes on as a unit with a transaction. Nothing if it has one.
+    async fn materialize(&mut self) -> Result<(), QueueError> {
+        let Some(mut deferred) = self.deferred.take() else {
+            return Ok(());
+        };
+        let err = queue_err("begin");
+        let mut tx = begin_write(&self.write).await.map_err(&err)?;
+        for chunk in deferred.read.chunks(CHUNK) {
+            let mut qb = Qb::new("");
+            push_revisions(&mut qb, chunk);
+            let rows = qb.build().fetch_all(&mut *tx).await.map_err(&err)?;
+            if let Some(detail) = changed_since(chunk, &rows) {
+                return Err(QueueError::Fenced { detail });
+            }
+        }
+        if deferred.any {
+            deferred
+                .writes
+                .build()
+                .execute(&mut *tx)
+                .await
+                .map_err(&err)?;
+        }
+        self.tx = Some(tx);
+        Ok(())
+    }
+
+    /// Commit a deferred unit: under the write lock, check its claim and what it read, then write
+    /// everything and commit - two calls on the writer (see [`RawTx`]).
+    async fn commit_deferred(
+        &mut self,
+        deferred: Deferred,
+        ids: &[i64],
+        staged: &[Envelope],
+    ) -> Result<(), QueueError> {
+        let err = queue_err("commit");
+        let mut raw = RawTx::acquire(&self.write).await.map_err(&err)?;
+        let mut check = Qb::new("BEGIN IMMEDIATE; ");
+        push_revisions(&mut check, &deferred.read);
+        check
+            .push("SELECT COUNT(*) AS held FROM queue WHERE claimed_by = ")
+            .push_bind(self.token.clone())
+            .push(" AND id IN ");
+        push_in(&mut check, ids.iter().copied());
+        let rows = raw.fetch(&mut check).await.map_err(&err)?;
+        let held = rows
+            .iter()
+            .find_map(|row| get::<i64>(row, "held").ok())
+            .unwrap_or(0);
+        if let Some(detail) = changed_since(&deferred.read, &rows) {
+            raw.rollback().await;
+            return Err(QueueError::Fenced { detail });
+        }
+        if u64::try_from(held).unwrap_or(0) != ids.len() as u64 {
+            raw.rollback().await;
+            return Err(rows_lost(u64::try_from(held).unwrap_or(0), ids.len()));
+        }
+        #[cfg(feature = "testkit")]
+        if self.fault == Some(crate::testkit::TxnPoint::Commit) {
+            self.fault = None;
+            raw.rollback().await;
+            return Err(err(super::faults::injected(
+                crate::testkit::TxnPoint::Commit,
+            )));
+        }
+        let mut writes = deferred.writes;
+        if push_publish(&mut writes, staged).is_none() {
+            // Too many rows for one statement: the writes so far, then the publish, apart.
+            raw.execute(&mut writes).await.map_err(&err)?;
+            publish_in(raw.conn().map_err(&err)?, staged)
+                .await
+                .map_err(&err)?;
+            writes = Qb::new("");
+        }
+        writes
+            .push("DELETE FROM queue WHERE claimed_by = ")
+            .push_bind(self.token.clone())
+            .push(" AND id IN ");
+        push_in(&mut writes, ids.iter().copied());
+        writes.push("; ");
+        raw.commit(writes).await.map_err(&err)?;
+        Ok(())
+    }
+
     /// Fail the transaction here when the testkit planned its fault at `point`.
     #[cfg(feature = "testkit")]
     async fn fault_point(
@@ -49,6 +229,9 @@ impl JdbcUnit {
             return Ok(());
         }
         self.fault = None;
+        if self.deferred.is_some() {
+            return Err(queue_err(operation)(super::faults::injected(point)));
+        }
         let conn = self.conn()?;
         super::faults::inject(conn, point)
             .await
@@ -105,41 +288,36 @@ impl UnitOfWork for JdbcUnit {
         #[cfg(feature = "testkit")]
         self.fault_point(crate::testkit::TxnPoint::Load, "load_execution")
             .await?;
-        let conn = self.conn()?;
-        let row = Qb::new("SELECT doc, task_runs, revision FROM executions WHERE id = ")
-            .push_bind(id.to_string())
-            .push(FLAVOR.for_update())
-            .build()
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(queue_err("load_execution"))?;
-        let Some(row) = row else {
-            self.stored.remove(id);
-            return Ok(LoadedExecution::Missing);
-        };
-        let revision: String = get(&row, "revision").map_err(queue_err("load_execution"))?;
-        // The revision, read under the row lock, is written anew by every write of the row,
-        // whoever makes it (another executor, the repository, a delete): equal revisions, equal
-        // execution, whatever its version.
-        if let Some(known) = known.and_then(ExecutionStamp::get::<StoredRuns>)
-            && !revision.is_empty()
-            && known.revision == revision
-        {
-            self.stored.insert(id.to_string(), known);
-            return Ok(LoadedExecution::Unchanged);
+        if self.wrote(&execution_entry(id)) {
+            self.materialize().await?;
         }
-        let doc: String = get(&row, "doc").map_err(queue_err("load_execution"))?;
-        let count: Option<i64> = get(&row, "task_runs").map_err(queue_err("load_execution"))?;
-        let (execution, stored) = complete_in(conn, id, &doc, count, revision)
-            .await
-            .map_err(|e| e.into_queue("load_execution"))?;
-        let len = doc.len() + stored.sizes.iter().sum::<usize>();
-        let stored = Arc::new(stored);
-        self.stored.insert(id.to_string(), stored.clone());
-        Ok(LoadedExecution::Loaded(
-            Box::new(execution),
-            Some(stored.stamp(len)),
-        ))
+        let read = if self.deferred.is_some() {
+            let mut reader = self
+                .read
+                .acquire()
+                .await
+                .map_err(queue_err("load_execution"))?;
+            read_execution(&mut reader, id, known).await?
+        } else {
+            read_execution(self.conn()?, id, known).await?
+        };
+        if let Some(deferred) = self.deferred.as_mut() {
+            deferred.read.push((id.to_string(), read.revision()));
+        }
+        Ok(match read {
+            Read::Missing => {
+                self.stored.remove(id);
+                LoadedExecution::Missing
+            }
+            Read::Unchanged(known) => {
+                self.stored.insert(id.to_string(), known);
+                LoadedExecution::Unchanged
+            }
+            Read::Loaded(execution, stored, len) => {
+                self.stored.insert(id.to_string(), stored.clone());
+                LoadedExecution::Loaded(execution, Some(stored.stamp(len)))
+            }
+        })
     }
 
     async fn save_execution(&mut self, execution: &Execution) -> Result<(), QueueError> {
@@ -173,6 +351,22 @@ impl UnitOfWork for JdbcUnit {
         #[cfg(feature = "testkit")]
         self.fault_point(crate::testkit::TxnPoint::Save, "save_execution")
             .await?;
+        let encoded = match self.deferred.as_mut() {
+            Some(deferred) => match push_write(&mut deferred.writes, execution, encoded) {
+                Ok(stored) => {
+                    deferred.any = true;
+                    deferred.written.insert(execution_entry(&execution.id));
+                    let stored = Arc::new(stored);
+                    self.stored.insert(execution.id.clone(), stored.clone());
+                    return Ok(Some(stored.stamp(len)));
+                }
+                Err(encoded) => {
+                    self.materialize().await?;
+                    encoded
+                }
+            },
+            None => encoded,
+        };
         let conn = self.conn()?;
         // What is stored once this unit commits (a second save in this unit diffs against it).
         let stored = Arc::new(
@@ -190,7 +384,17 @@ impl UnitOfWork for JdbcUnit {
         key: &str,
     ) -> Result<Option<serde_json::Value>, QueueError> {
         check_claimed(&self.deliveries, || format!("load state {kind}"), key)?;
-        let conn = self.conn()?;
+        if self.wrote(&(kind.to_string(), key.to_string())) {
+            self.materialize().await?;
+        }
+        let mut reader = match self.deferred {
+            Some(_) => Some(self.read.acquire().await.map_err(queue_err("load_state"))?),
+            None => None,
+        };
+        let conn = match reader.as_mut() {
+            Some(reader) => &mut **reader,
+            None => self.conn()?,
+        };
         // Make sure the row exists before locking it: `SELECT ... FOR UPDATE` on a missing row locks
         // nothing (READ COMMITTED on MySQL, any isolation on PostgreSQL), so two executors could both
         // create the entry and one would overwrite the other. The no-op upsert creates a `null`
@@ -242,33 +446,17 @@ impl UnitOfWork for JdbcUnit {
     ) -> Result<(), QueueError> {
         check_claimed(&self.deliveries, || format!("save state {kind}"), key)?;
         let err = queue_err("save_state");
-        let conn = self.conn()?;
-        match value {
-            None => {
-                Qb::new("DELETE FROM executor_state WHERE kind = ")
-                    .push_bind(kind.to_string())
-                    .push(" AND state_key = ")
-                    .push_bind(key.to_string())
-                    .build()
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(err)?;
-            }
-            Some(v) => {
-                let mut qb =
-                    Qb::new("INSERT INTO executor_state (kind, state_key, updated, doc) VALUES (");
-                qb.push_bind(kind.to_string())
-                    .push(", ")
-                    .push_bind(key.to_string())
-                    .push(", ")
-                    .push_bind(now_ms())
-                    .push(", ")
-                    .push_bind(v.to_string())
-                    .push(")")
-                    .push(FLAVOR.upsert(&["kind", "state_key"], &["updated", "doc"]));
-                qb.build().execute(&mut *conn).await.map_err(err)?;
-            }
+        if let Some(deferred) = self.deferred.as_mut() {
+            push_save_state(&mut deferred.writes, kind, key, value);
+            deferred.writes.push("; ");
+            deferred.any = true;
+            deferred.written.insert((kind.to_string(), key.to_string()));
+            return Ok(());
         }
+        let conn = self.conn()?;
+        let mut qb = Qb::new("");
+        push_save_state(&mut qb, kind, key, value);
+        qb.build().execute(&mut *conn).await.map_err(err)?;
         Ok(())
     }
 
@@ -292,6 +480,7 @@ impl UnitOfWork for JdbcUnit {
         let Some(d) = self.deliveries.iter().find(|d| d.tag == tag).cloned() else {
             return Err(QueueError::LeaseLost { tag });
         };
+        self.materialize().await?;
         let conn = self.conn()?;
         dead_letter_in(
             conn,
@@ -318,6 +507,18 @@ impl UnitOfWork for JdbcUnit {
             .collect();
         let token = self.token.clone();
         let staged = std::mem::take(&mut self.staged);
+        if let Some(deferred) = self.deferred.take() {
+            if ids.len() <= CHUNK && deferred.read.len() <= CHUNK && !ids.is_empty() {
+                self.commit_deferred(deferred, &ids, &staged).await?;
+                self.committed = true;
+                for t in std::mem::take(&mut self.published) {
+                    self.notifier.notify(t);
+                }
+                return Ok(());
+            }
+            self.deferred = Some(deferred);
+            self.materialize().await?;
+        }
         let conn = self.conn()?;
         // Only rows still claimed by this unit are deleted; a row claimed by another consumer
         // since (its lease ended) refuses the unit, which is rolled back: the other consumer
@@ -379,5 +580,84 @@ impl UnitOfWork for JdbcUnit {
             self.notifier.notify(t);
         }
         Ok(())
+    }
+}
+
+/// What [`read_execution`] found.
+enum Read {
+    Missing,
+    /// The revision of the execution the caller knows (its stored task runs).
+    Unchanged(Arc<StoredRuns>),
+    /// The execution, its stored task runs and its document's length.
+    Loaded(Box<Execution>, Arc<StoredRuns>, usize),
+}
+
+impl Read {
+    /// The revision read (`None`: no execution).
+    fn revision(&self) -> Option<String> {
+        match self {
+            Read::Missing => None,
+            Read::Unchanged(stored) | Read::Loaded(_, stored, _) => Some(stored.revision.clone()),
+        }
+    }
+}
+
+/// Read execution `id` on `conn` (locked `FOR UPDATE` where there are locks), unless its revision
+/// is `known`'s.
+async fn read_execution(
+    conn: &mut Conn,
+    id: &str,
+    known: Option<&ExecutionStamp>,
+) -> Result<Read, QueueError> {
+    let row = Qb::new("SELECT doc, task_runs, revision FROM executions WHERE id = ")
+        .push_bind(id.to_string())
+        .push(FLAVOR.for_update())
+        .build()
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(queue_err("load_execution"))?;
+    let Some(row) = row else {
+        return Ok(Read::Missing);
+    };
+    let revision: String = get(&row, "revision").map_err(queue_err("load_execution"))?;
+    // The revision, read under the row lock, is written anew by every write of the row,
+    // whoever makes it (another executor, the repository, a delete): equal revisions, equal
+    // execution, whatever its version.
+    if let Some(known) = known.and_then(ExecutionStamp::get::<StoredRuns>)
+        && !revision.is_empty()
+        && known.revision == revision
+    {
+        return Ok(Read::Unchanged(known));
+    }
+    let doc: String = get(&row, "doc").map_err(queue_err("load_execution"))?;
+    let count: Option<i64> = get(&row, "task_runs").map_err(queue_err("load_execution"))?;
+    let (execution, stored) = complete_in(conn, id, &doc, count, revision)
+        .await
+        .map_err(|e| e.into_queue("load_execution"))?;
+    let len = doc.len() + stored.sizes.iter().sum::<usize>();
+    Ok(Read::Loaded(Box::new(execution), Arc::new(stored), len))
+}
+
+/// Push the statement of [`UnitOfWork::save_state`] onto `qb` (no `; `).
+fn push_save_state(qb: &mut Qb, kind: &str, key: &str, value: Option<&serde_json::Value>) {
+    match value {
+        None => {
+            qb.push("DELETE FROM executor_state WHERE kind = ")
+                .push_bind(kind.to_string())
+                .push(" AND state_key = ")
+                .push_bind(key.to_string());
+        }
+        Some(v) => {
+            qb.push("INSERT INTO executor_state (kind, state_key, updated, doc) VALUES (")
+                .push_bind(kind.to_string())
+                .push(", ")
+                .push_bind(key.to_string())
+                .push(", ")
+                .push_bind(now_ms())
+                .push(", ")
+                .push_bind(v.to_string())
+                .push(")")
+                .push(FLAVOR.upsert(&["kind", "state_key"], &["updated", "doc"]));
+        }
     }
 }
