@@ -418,6 +418,10 @@ async fn set_aside(
 /// Also says whether the claim took every row there was to take (SQLite only, where the claim's
 /// read is the whole truth; always false elsewhere): no due row of the topics is left unclaimed
 /// for this group.
+///
+/// `begin` (SQLite only): the claim begins the caller's [`RawTx`] (its statement goes to the
+/// connection after a `BEGIN IMMEDIATE`, in the same call).
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn claim_in(
     conn: &mut Conn,
     group: ConsumerGroup,
@@ -425,6 +429,7 @@ pub(super) async fn claim_in(
     max: usize,
     lease: Duration,
     token: &str,
+    begin: bool,
 ) -> Result<(Vec<Delivery>, bool), sqlx::Error> {
     if topics.is_empty() || max == 0 {
         return Ok((Vec::new(), false));
@@ -437,7 +442,7 @@ pub(super) async fn claim_in(
         .map(|i| topics[(first + i) % topics.len()])
         .collect();
     if FLAVOR == crate::common::Flavor::Sqlite {
-        return claim_sqlite(conn, group, &order, max, now, lease, token).await;
+        return claim_sqlite(conn, group, &order, max, now, lease, token, begin).await;
     }
     let limit = i64::try_from(max).unwrap_or(i64::MAX);
     let mut rows = due_rows(conn, group, &order, limit, now, &Blocked::default()).await?;
@@ -601,6 +606,7 @@ fn hand_out(claimed: Vec<Candidate>, group: ConsumerGroup) -> Vec<Delivery> {
 /// The rare rows that cannot be handed out are dealt with after: unreadable rows are set aside as
 /// dead letters, and a redelivery goes alone ([`shrink_after_crash`]): the claim of the others is
 /// released (and their attempt taken back).
+#[allow(clippy::too_many_arguments)]
 async fn claim_sqlite(
     conn: &mut Conn,
     group: ConsumerGroup,
@@ -609,9 +615,11 @@ async fn claim_sqlite(
     now: i64,
     lease: Duration,
     token: &str,
+    begin: bool,
 ) -> Result<(Vec<Delivery>, bool), sqlx::Error> {
     let limit = i64::try_from(max).unwrap_or(i64::MAX);
-    let mut qb = Qb::new("UPDATE queue SET claimed_by = ");
+    let mut qb = Qb::new(if begin { "BEGIN IMMEDIATE; " } else { "" });
+    qb.push("UPDATE queue SET claimed_by = ");
     qb.push_bind(token.to_string())
         .push(", claimed_until = ")
         .push_bind(now + duration_ms(lease))
