@@ -7,7 +7,8 @@
 //! work. A deferred unit reads on a reader connection, keeps its writes as statements, and at
 //! commit checks under the write lock that nothing it read changed since (the revisions of the
 //! executions it read, its claim of the rows) before it writes everything: two calls on the
-//! writer per unit.
+//! writer per unit. Executor state needs no check of its own: only a unit that holds the claim of
+//! its key writes it, and a unit whose claim lapsed is refused by the claim check.
 
 use super::task_runs::{StoredRuns, complete_in, encode, push_write, write_in};
 use super::*;
