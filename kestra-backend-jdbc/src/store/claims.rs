@@ -298,6 +298,19 @@ async fn blocked_keys(
     Ok(blocked)
 }
 
+/// Push the condition of a due, unclaimed row `q` of `topic` for `group` at `now`.
+fn push_due(qb: &mut Qb, topic: Topic, group: ConsumerGroup, now: i64) {
+    qb.push("q.topic = ")
+        .push_bind(topic.as_str())
+        .push(" AND q.group_name = ")
+        .push_bind(group.as_str())
+        .push(" AND q.visible_at <= ")
+        .push_bind(now)
+        .push(" AND (q.claimed_until IS NULL OR q.claimed_until <= ")
+        .push_bind(now)
+        .push(")");
+}
+
 /// Up to `limit` due, unclaimed rows of each topic of `order` for `group`, leaving out the keys
 /// `blocked` lists, locked where there are locks: one statement, a branch per topic (an indexed
 /// scan in id order, `SKIP LOCKED` where there are locks) joined by `UNION ALL`. A unit of the
@@ -327,15 +340,8 @@ async fn due_rows(
         }
         qb.push("SELECT * FROM (SELECT q.id, q.topic, q.msg_key, q.payload, q.attempts, q.visible_at FROM queue q")
             .push(FLAVOR.force_index("queue_due"))
-            .push(" WHERE q.topic = ")
-            .push_bind(topic.as_str())
-            .push(" AND q.group_name = ")
-            .push_bind(group.as_str())
-            .push(" AND q.visible_at <= ")
-            .push_bind(now)
-            .push(" AND (q.claimed_until IS NULL OR q.claimed_until <= ")
-            .push_bind(now)
-            .push(")");
+            .push(" WHERE ");
+        push_due(&mut qb, *topic, group, now);
         if !keys.is_empty() {
             qb.push(" AND q.msg_key NOT IN ");
             push_in(&mut qb, keys);
@@ -629,24 +635,18 @@ async fn claim_sqlite(
             qb.push(" UNION ALL ");
         }
         qb.push(format!(
-            "SELECT * FROM (SELECT {i} AS rk, q.id AS id FROM queue q WHERE q.topic = "
-        ))
-        .push_bind(topic.as_str())
-        .push(" AND q.group_name = ")
-        .push_bind(group.as_str())
-        .push(" AND q.visible_at <= ")
-        .push_bind(now)
-        .push(" AND (q.claimed_until IS NULL OR q.claimed_until <= ")
-        .push_bind(now)
-        .push(") AND q.msg_key NOT IN (SELECT c.msg_key FROM queue c WHERE c.topic = ")
-        .push_bind(topic.as_str())
-        .push(" AND c.group_name = ")
-        .push_bind(group.as_str())
-        .push(" AND c.claimed_until > ")
-        .push_bind(now)
-        .push(") ORDER BY q.id LIMIT ")
-        .push_bind(limit)
-        .push(")");
+            "SELECT * FROM (SELECT {i} AS rk, q.id AS id FROM queue q WHERE "
+        ));
+        push_due(&mut qb, *topic, group, now);
+        qb.push(" AND q.msg_key NOT IN (SELECT c.msg_key FROM queue c WHERE c.topic = ")
+            .push_bind(topic.as_str())
+            .push(" AND c.group_name = ")
+            .push_bind(group.as_str())
+            .push(" AND c.claimed_until > ")
+            .push_bind(now)
+            .push(") ORDER BY q.id LIMIT ")
+            .push_bind(limit)
+            .push(")");
     }
     qb.push(") ORDER BY rk, id LIMIT ").push_bind(limit).push(
         ") RETURNING id, topic, msg_key, payload, attempts - 1 AS attempts, visible_at; \

@@ -76,9 +76,7 @@ impl Store {
             tx.commit().await?;
             return Ok(Ok((got, complete)));
         }
-        let records = match record(&got)
-            .and_then(|r| check_publish(&r, self.max_message_bytes).map(|()| r))
-        {
+        let records = match self.records_of(&got, record) {
             Ok(r) => r,
             Err(e) => {
                 tx.rollback().await?;
@@ -116,9 +114,7 @@ impl Store {
             raw.commit(Qb::new("")).await?;
             return Ok(Ok((got, complete)));
         }
-        let records = match record(&got)
-            .and_then(|r| check_publish(&r, self.max_message_bytes).map(|()| r))
-        {
+        let records = match self.records_of(&got, record) {
             Ok(r) => r,
             Err(e) => {
                 raw.rollback().await;
@@ -132,6 +128,11 @@ impl Store {
         raw.commit(qb).await?;
         self.wake(records.iter().map(|m| m.topic));
         Ok(Ok((got, complete)))
+    }
+
+    /// The records of the deliveries `got` (contract point 12), checked as a publish is.
+    fn records_of(&self, got: &[Delivery], record: &Recorder) -> Result<Vec<Envelope>, QueueError> {
+        record(got).and_then(|r| check_publish(&r, self.max_message_bytes).map(|()| r))
     }
 
     fn caught_up(&self, group: ConsumerGroup, topics: &[Topic], generation: u64) -> bool {
