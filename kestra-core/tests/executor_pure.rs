@@ -1295,6 +1295,27 @@ fn a_for_each_walk_that_skips_unchanged_iterations_decides_as_a_full_walk() {
             }
         }
     }
+    // Longer: many iterations end before the failing one (the walk neither visits nor checks
+    // the iterations known ended while none of their task runs changes).
+    let long = failing.replace(
+        "[\"a\", \"b\", \"c\", \"d\", \"e\"]",
+        "[\"a1\", \"a2\", \"a3\", \"a4\", \"a5\", \"a6\", \"a7\", \"a8\", \"a9\", \"c\", \"d\", \"e\"]",
+    );
+    for limit in [1, 3] {
+        for seed in [11, 12] {
+            let yaml = long.replace("{limit}", &limit.to_string());
+            let execution = drive_both_ways(&yaml, seed);
+            assert_eq!(execution.current(), StateType::Failed, "limit {limit}");
+            let firsts = execution
+                .task_run_list
+                .iter()
+                .filter(|r| r.task_id == "first")
+                .count();
+            if limit == 1 {
+                assert_eq!(firsts, 10, "nothing starts after the failing iteration");
+            }
+        }
+    }
     let repeated = format!(
         "{HEAD}tasks:
   - id: each

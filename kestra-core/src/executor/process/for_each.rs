@@ -143,6 +143,7 @@ impl Run<'_> {
             }
         } else {
             memo.seen.clear();
+            memo.forget_done();
             self.scan_values(run_id, &values, 0, body, None, &mut tally)
         };
         if !not_started.is_empty() && !tally.failed && !self.killing() && self.exit.is_none() {
@@ -182,8 +183,27 @@ impl Run<'_> {
                 Some(NodeKind::Runnable)
             )
         });
+        // The iterations known ended are trusted while none of their task runs changed in
+        // place since the last walk (then all are walked again).
+        if memo.done > 0
+            && self
+                .runs
+                .changed_since(memo.log_mark, |i| memo.done_runs.contains(&i))
+        {
+            memo.forget_done();
+        }
+        memo.log_mark = self.runs.log_mark();
+        if memo.done > 0 {
+            tally.add(Some(memo.done_state));
+            tally.failed |= memo.done_failed;
+        }
         let values = memo.values.clone();
-        for (i, value) in values.iter().enumerate().take(memo.seen.len()) {
+        for (i, value) in values
+            .iter()
+            .enumerate()
+            .take(memo.seen.len())
+            .skip(memo.done)
+        {
             if let Some(Some(seen)) = memo.seen.get(i)
                 && (seen.ended.is_some() || runnable)
                 && !self.killing()
@@ -198,6 +218,15 @@ impl Run<'_> {
             if let Some(slot) = memo.seen.get_mut(i) {
                 *slot = self.iteration_seen(run_id, value, body, &status);
             }
+        }
+        // Extend the iterations known ended.
+        while let Some(Some(seen)) = memo.seen.get(memo.done)
+            && let Some(state) = seen.ended
+        {
+            memo.done_state = worst(memo.done_state, state);
+            memo.done_failed |= matches!(state, StateType::Failed | StateType::Killed);
+            memo.done_runs.extend(seen.runs.iter().map(|&(i, _)| i));
+            memo.done += 1;
         }
     }
 

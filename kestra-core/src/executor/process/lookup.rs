@@ -25,6 +25,10 @@ pub(super) struct RunIndex {
     /// The task runs changed in place through [`task_run_mut`] since [`RunIndex::take_changed`]
     /// (`None`: unknown, the list was replaced or shortened since).
     changed: RefCell<Option<Vec<usize>>>,
+    /// Every position changed in place through [`task_run_mut`], in order, since the positions
+    /// were last dropped (or the log last emptied): a ForEach walk reads what changed since its
+    /// last walk from here ([`RunIndex::changed_since`]).
+    log: RefCell<Vec<usize>>,
 }
 
 /// What the walks of one ForEach task run learned, kept with the positions so that a walk visits
@@ -39,6 +43,17 @@ pub(super) struct ForEachMemo {
     /// What the last walk of each iteration saw, for `values[..seen.len()]`: those have started
     /// (iterations start in the order of the values).
     pub(super) seen: Vec<Option<IterationSeen>>,
+    /// The iterations `..done` ended, and none of their task runs changed since: a walk neither
+    /// visits nor checks them (without it, a walk checks every started iteration: O(n) per
+    /// event, O(n^2) over a ForEach of n values). Emptied when one of them changes.
+    pub(super) done: usize,
+    /// The worst state of the iterations `..done`, and whether one of them failed or was killed.
+    pub(super) done_state: StateType,
+    pub(super) done_failed: bool,
+    /// Position of each task run of the iterations `..done`.
+    pub(super) done_runs: HashSet<usize>,
+    /// Where the change log stood when the last walk began ([`RunIndex::log_mark`]).
+    pub(super) log_mark: usize,
 }
 
 impl ForEachMemo {
@@ -49,7 +64,20 @@ impl ForEachMemo {
             values: values.into(),
             distinct,
             seen: Vec::new(),
+            done: 0,
+            done_state: StateType::Success,
+            done_failed: false,
+            done_runs: HashSet::new(),
+            log_mark: 0,
         }
+    }
+
+    /// Forget the iterations known ended (they are walked again).
+    pub(super) fn forget_done(&mut self) {
+        self.done = 0;
+        self.done_state = StateType::Success;
+        self.done_failed = false;
+        self.done_runs.clear();
     }
 }
 
@@ -149,6 +177,22 @@ impl RunIndex {
         *p = Positions::default();
         self.generation.set(self.generation.get().wrapping_add(1));
         *self.changed.borrow_mut() = None;
+        self.log.borrow_mut().clear();
+    }
+
+    /// Where the log of changes in place stands (see [`RunIndex::changed_since`]).
+    pub(super) fn log_mark(&self) -> usize {
+        self.log.borrow().len()
+    }
+
+    /// Whether a position for which `watched` holds was changed in place since `mark` (a
+    /// [`RunIndex::log_mark`] taken under the same generation). `None` when that is unknown.
+    pub(super) fn changed_since(&self, mark: usize, watched: impl Fn(usize) -> bool) -> bool {
+        let log = self.log.borrow();
+        match log.get(mark..) {
+            Some(since) => since.iter().any(|&i| watched(i)),
+            None => true,
+        }
     }
 
     /// The positions of the task runs changed in place (through [`task_run_mut`]) since the last
@@ -256,6 +300,19 @@ impl RunIndex {
         p.values_of.get(&parent_hash(parent)).copied().unwrap_or(0)
     }
 
+    /// Log a change in place at position `i` of a list of `len` task runs. The log is bounded: past
+    /// a few entries per task run it is emptied and what the ForEach walks learned is dropped
+    /// with it (the next walks look again: O(n) once per O(n) changes).
+    fn logged(&self, i: usize, len: usize) {
+        let mut log = self.log.borrow_mut();
+        if log.len() >= 4 * len + 1024 {
+            log.clear();
+            self.inner.borrow_mut().for_each.clear();
+            self.generation.set(self.generation.get().wrapping_add(1));
+        }
+        log.push(i);
+    }
+
     /// Take what the walks of the ForEach task run `run_id` learned, with the generation to give
     /// back to [`RunIndex::put_for_each`].
     pub(super) fn take_for_each(&self, run_id: &str) -> (Option<ForEachMemo>, u64) {
@@ -291,6 +348,7 @@ pub(super) fn task_run_mut<'e>(
     if let Some(changed) = runs.changed.borrow_mut().as_mut() {
         changed.push(i);
     }
+    runs.logged(i, exec.task_run_list.len());
     exec.task_run_list.get_mut(i)
 }
 
@@ -346,6 +404,40 @@ mod tests {
         runs.check(&exec.task_run_list);
         assert_eq!(runs.inner.borrow().indexed, 0);
         assert!(!runs.has_value(&exec.task_run_list, Some("a"), Some("1")));
+    }
+
+    #[test]
+    fn the_change_log_lists_changes_in_place_since_a_mark_and_drops_memos_when_full() {
+        let mut exec = Execution::new("ns", "f", 1);
+        let runs = RunIndex::default();
+        exec.task_run_list.push(run(&exec, "a", "each", None, None));
+        exec.task_run_list
+            .push(run(&exec, "b", "r", Some("a"), Some("1")));
+        let mark = runs.log_mark();
+        assert!(!runs.changed_since(mark, |_| true), "nothing changed yet");
+        assert!(task_run_mut(&mut exec, &runs, "b").is_some());
+        assert!(runs.changed_since(mark, |i| i == 1));
+        assert!(
+            !runs.changed_since(mark, |i| i == 0),
+            "only position 1 changed"
+        );
+        assert!(!runs.changed_since(runs.log_mark(), |_| true));
+        // A memo taken out while the log fills up is not put back.
+        runs.put_for_each(
+            "a",
+            ForEachMemo::new(vec!["1".into()]),
+            runs.generation.get(),
+        );
+        let (memo, generation) = runs.take_for_each("a");
+        for _ in 0..(4 * exec.task_run_list.len() + 1024) {
+            task_run_mut(&mut exec, &runs, "a");
+        }
+        runs.put_for_each("a", memo.expect("a memo"), generation);
+        assert!(runs.take_for_each("a").0.is_none(), "dropped with the log");
+        // Dropped positions empty the log.
+        task_run_mut(&mut exec, &runs, "a");
+        runs.reset();
+        assert_eq!(runs.log_mark(), 0);
     }
 
     #[test]
