@@ -334,8 +334,11 @@ impl ConsumerContext for Ctx {
     }
 }
 
-/// How many times counting the delivery attempts of newly assigned partitions is tried.
-const COUNT_TRIES: u32 = 3;
+/// How long counting the delivery attempts of newly assigned partitions is tried before giving
+/// up (each try waits up to 10 s for the broker). A broker holding many partitions has been seen
+/// to answer metadata requests with timeouts for ~30 s after a restart of its clients; the budget
+/// outlasts that, and stays well under the group's `max.poll.interval.ms` (the callback blocks).
+const COUNT_BUDGET: Duration = Duration::from_secs(75);
 
 impl Inner {
     fn parts_of(&self, tpl: &TopicPartitionList) -> Vec<(Topic, i32)> {
@@ -423,11 +426,12 @@ impl Inner {
             // deliveries and a message that kills the process gets crashes more than its limit.
             // The reads are tried again, the write of the records (once the reads succeeded) is
             // not: written twice, a crash would be counted twice.
+            let deadline = Instant::now() + COUNT_BUDGET;
             let mut tries = 1;
             let read = loop {
                 match self.count_attempts(tpl) {
                     Ok(c) => break Ok(c),
-                    Err(e) if tries < COUNT_TRIES => {
+                    Err(e) if Instant::now() < deadline && !self.stop.load(Ordering::SeqCst) => {
                         warn!(group = %self.group, error = %e, tries, "counting the delivery attempts of the assigned partitions failed; trying again");
                         tries += 1;
                         std::thread::sleep(Duration::from_secs(1));
