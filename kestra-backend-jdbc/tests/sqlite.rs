@@ -100,7 +100,7 @@ async fn scheduler_scenarios_in_memory() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn deferred_unit_is_fenced_by_a_write_after_its_read() {
     use kestra_core::model::Execution;
-    use kestra_core::queue::{ConsumerGroup, QueueError, Topic};
+    use kestra_core::queue::{ConsumerGroup, LoadedExecution, QueueError, Topic};
     use std::time::Duration;
     let backend = connect(&sqlite_url()).await;
     let repo = backend.repositories().executions;
@@ -156,7 +156,52 @@ async fn deferred_unit_is_fenced_by_a_write_after_its_read() {
     unit.save_execution(&loaded).await.unwrap();
     let again = unit.load_execution(&e.id).await.unwrap().expect("saved");
     assert_eq!(again.flow_revision, 8, "a unit reads what it wrote");
+    let mut stamped = again.clone();
+    stamped.flow_revision = 9;
+    let stamp = unit
+        .save_execution_stamped(&mut stamped)
+        .await
+        .unwrap()
+        .expect("SQLite gives a stamp");
     unit.commit().await.unwrap();
     let stored = repo.find_by_id(&e.tenant_id, &e.id).await.unwrap().unwrap();
-    assert_eq!(stored.flow_revision, 8);
+    assert_eq!(stored.flow_revision, 9);
+
+    // A stamp is taken as the stored execution without a read: the commit checks it. The API
+    // writes after the stamp; a unit given the stale stamp is fenced, and nothing of it written.
+    let mut by_api = stored.clone();
+    by_api
+        .labels
+        .push(kestra_core::model::Label::new("by", "api-2"));
+    repo.save(&by_api).await.unwrap();
+    queue
+        .publish(vec![kestra_core::messages::execution_envelope(&e).unwrap()])
+        .await
+        .unwrap();
+    let mut unit = begin().await.unwrap().expect("claimed");
+    assert!(matches!(
+        unit.load_execution_unless(&e.id, Some(&stamp))
+            .await
+            .unwrap(),
+        LoadedExecution::Unchanged
+    ));
+    stamped.flow_revision = 10;
+    unit.save_execution(&stamped).await.unwrap();
+    assert!(
+        matches!(unit.commit().await, Err(QueueError::Fenced { .. })),
+        "a unit that took a stale stamp is fenced"
+    );
+    let stored = repo.find_by_id(&e.tenant_id, &e.id).await.unwrap().unwrap();
+    assert_eq!(stored.labels, by_api.labels, "the API's write stands");
+    assert_eq!(
+        stored.flow_revision, 9,
+        "nothing of the fenced unit is written"
+    );
+    // Without the stamp, the next unit reads the API's write.
+    let mut unit = begin().await.unwrap().expect("claimable again");
+    match unit.load_execution_unless(&e.id, None).await.unwrap() {
+        LoadedExecution::Loaded(loaded, _) => assert_eq!(loaded.labels, by_api.labels),
+        _ => panic!("expected the execution to be loaded"),
+    }
+    unit.commit().await.unwrap();
 }

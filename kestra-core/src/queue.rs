@@ -1064,6 +1064,11 @@ pub trait UnitOfWork: Send {
     /// [`UnitOfWork::load_execution`] that can skip decoding: when `known` is the stamp of the
     /// stored execution (what this backend stored, compared under the same lock as a load), the
     /// answer is [`LoadedExecution::Unchanged`] and the caller's copy is the stored execution.
+    /// A backend may also answer `Unchanged` for a stamp it stored without reading, and check at
+    /// commit, under its write lock, that the stamp is still the stored one: a unit that assumed
+    /// wrong is refused with [`QueueError::Fenced`] and nothing of it is applied (SQLite's
+    /// deferred unit). A caller that keeps stamps must then not give the same stamp to the unit
+    /// that processes the messages of a fenced one.
     /// Any other stored value, whoever wrote it, is loaded. The default never recognises a stamp:
     /// it loads, and gives no stamp.
     async fn load_execution_unless(

@@ -292,6 +292,21 @@ impl UnitOfWork for JdbcUnit {
         if self.wrote(&execution_entry(id)) {
             self.materialize().await?;
         }
+        // A deferred unit takes a known stamp as the stored execution without reading it: its
+        // commit checks the revision under the write lock (a read now would check it too soon to
+        // matter), and a unit fenced for it finds no stamp when its messages come back (the
+        // executor's cache gives an execution to one unit at a time and keeps it only once
+        // committed), so it reads then. One call on a reader saved per execution per unit.
+        if let Some(deferred) = self.deferred.as_mut()
+            && let Some(known) = known.and_then(ExecutionStamp::get::<StoredRuns>)
+            && !known.revision.is_empty()
+        {
+            deferred
+                .read
+                .push((id.to_string(), Some(known.revision.clone())));
+            self.stored.insert(id.to_string(), known);
+            return Ok(LoadedExecution::Unchanged);
+        }
         let read = if self.deferred.is_some() {
             let mut reader = self
                 .read
