@@ -40,8 +40,8 @@ use claims::{
     publish_in, push_ack, push_publish, relaxed_commit, release_claimed,
 };
 use executions::{
-    check_range, parse_doc, push_execution_upsert, push_like, push_namespace, tenant_of,
-    upsert_execution_in,
+    IndexedColumns, check_range, parse_doc, push_execution_update, push_execution_upsert,
+    push_like, push_namespace, tenant_of, upsert_execution_in,
 };
 use triggers::JdbcTriggerUnit;
 use unit::{Deferred, JdbcUnit};

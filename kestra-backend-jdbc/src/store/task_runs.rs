@@ -31,6 +31,9 @@ pub(super) struct StoredRuns {
     pub(super) sizes: Vec<usize>,
     /// The execution's labels as stored in `execution_labels` (`None`: not known).
     pub(super) labels: Option<Vec<Label>>,
+    /// The row's indexed columns as stored (`None`: not known): a write that keeps them sets
+    /// only the others ([`push_execution_update`]).
+    pub(super) indexed: Option<IndexedColumns>,
 }
 
 impl StoredRuns {
@@ -53,6 +56,10 @@ pub(super) struct Encoded {
     truncate: bool,
     /// Whether the labels differ from those stored (or those are not known): rows rewritten.
     labels_changed: bool,
+    /// The row's indexed columns, and whether they are those stored (the row exists): then the
+    /// row is updated without them.
+    indexed: IndexedColumns,
+    indexed_kept: bool,
 }
 
 impl Encoded {
@@ -81,79 +88,163 @@ pub(super) fn encode(
     before: Option<&StoredRuns>,
     changed: Option<&[usize]>,
 ) -> serde_json::Result<Encoded> {
-    let runs = std::mem::take(&mut e.task_run_list);
-    let head = serde_json::to_string(&*e);
-    e.task_run_list = runs;
-    let head = head?;
-    let mut written = Vec::new();
-    let (sizes, stored_runs) = match (before, changed) {
+    match (before, changed) {
         // The positions that may differ are listed: the others are copied as a block (pointers
-        // and sizes; no per-position work: a save costs O(changed) besides two copies).
+        // and sizes, no per-position work).
         (Some(b), Some(listed)) if b.runs.len() == b.sizes.len() => {
-            let len = e.task_run_list.len();
-            let kept = b.runs.len().min(len);
-            let mut sizes = Vec::with_capacity(len);
-            sizes.extend_from_slice(&b.sizes[..kept]);
-            let mut runs = Vec::with_capacity(len);
-            runs.extend_from_slice(&b.runs[..kept]);
-            #[cfg(debug_assertions)]
-            for (pos, (stored, run)) in b.runs.iter().zip(&e.task_run_list).enumerate() {
-                debug_assert!(
-                    listed.binary_search(&pos).is_ok() || **stored == *run,
-                    "task run {pos} ({}) of execution {} changed but was not listed as changed",
-                    run.task_id,
-                    e.id
-                );
-            }
-            for &pos in listed.iter().filter(|&&p| p < kept) {
-                let run = &e.task_run_list[pos];
-                if *runs[pos] != *run {
-                    let doc = serde_json::to_string(run)?;
-                    sizes[pos] = doc.len();
-                    written.push((pos, doc));
-                    runs[pos] = Arc::new(run.clone());
-                }
-            }
-            for (pos, run) in e.task_run_list.iter().enumerate().skip(kept) {
-                let doc = serde_json::to_string(run)?;
-                sizes.push(doc.len());
-                written.push((pos, doc));
-                runs.push(Arc::new(run.clone()));
-            }
-            (sizes, runs)
+            let kept = b.runs.len().min(e.task_run_list.len());
+            let copy = StoredRuns {
+                revision: String::new(),
+                runs: b.runs[..kept].to_vec(),
+                sizes: b.sizes[..kept].to_vec(),
+                labels: b.labels.clone(),
+                indexed: b.indexed.clone(),
+            };
+            encode_listed(e, copy, b.runs.len() > kept, listed)
         }
         _ => {
+            let head = encode_head(e)?;
+            let mut written = Vec::new();
             let mut sizes = Vec::with_capacity(e.task_run_list.len());
-            let mut stored_runs = Vec::with_capacity(e.task_run_list.len());
+            let mut runs = Vec::with_capacity(e.task_run_list.len());
             for (pos, run) in e.task_run_list.iter().enumerate() {
                 match before.and_then(|b| Some((b.runs.get(pos)?, *b.sizes.get(pos)?))) {
                     Some((stored, size)) if **stored == *run => {
                         sizes.push(size);
-                        stored_runs.push(stored.clone());
+                        runs.push(stored.clone());
                     }
                     _ => {
                         let doc = serde_json::to_string(run)?;
                         sizes.push(doc.len());
                         written.push((pos, doc));
-                        stored_runs.push(Arc::new(run.clone()));
+                        runs.push(Arc::new(run.clone()));
                     }
                 }
             }
-            (sizes, stored_runs)
+            let truncate = before.is_none_or(|b| b.runs.len() > e.task_run_list.len());
+            let (labels, indexed) = match before {
+                Some(b) => (b.labels.as_ref(), b.indexed.as_ref()),
+                None => (None, None),
+            };
+            Ok(finish(
+                e, head, written, sizes, runs, truncate, labels, indexed,
+            ))
         }
-    };
-    let truncate = before.is_none_or(|b| b.runs.len() > e.task_run_list.len());
-    let labels_changed = before
-        .and_then(|b| b.labels.as_ref())
-        .is_none_or(|stored| *stored != e.labels);
-    Ok(Encoded {
+    }
+}
+
+/// [`encode`] given what is stored by value: when the caller held the only reference and the
+/// changed positions are listed, its task runs are updated in place (a save then costs
+/// O(changed), not a copy of the execution's n task runs).
+pub(super) fn encode_owned(
+    e: &mut Execution,
+    before: Option<Arc<StoredRuns>>,
+    changed: Option<&[usize]>,
+) -> serde_json::Result<Encoded> {
+    match (before, changed) {
+        (Some(b), Some(listed)) => match Arc::try_unwrap(b) {
+            Ok(mut owned) if owned.runs.len() == owned.sizes.len() => {
+                let len = e.task_run_list.len();
+                let truncate = owned.runs.len() > len;
+                owned.runs.truncate(len);
+                owned.sizes.truncate(len);
+                encode_listed(e, owned, truncate, listed)
+            }
+            Ok(owned) => encode(e, Some(&owned), changed),
+            Err(shared) => encode(e, Some(&shared), changed),
+        },
+        (before, changed) => encode(e, before.as_deref(), changed),
+    }
+}
+
+/// The document of `e` without its task runs (taken out while it is encoded, then put back).
+fn encode_head(e: &mut Execution) -> serde_json::Result<String> {
+    let runs = std::mem::take(&mut e.task_run_list);
+    let head = serde_json::to_string(&*e);
+    e.task_run_list = runs;
+    head
+}
+
+/// Encode `e` from `base`, the stored task runs up to `e`'s length (no further), given the
+/// positions (ascending) that may differ: only those, and the positions past `base`'s end, are
+/// compared and encoded. `truncate`: rows past `e`'s length are stored.
+fn encode_listed(
+    e: &mut Execution,
+    base: StoredRuns,
+    truncate: bool,
+    listed: &[usize],
+) -> serde_json::Result<Encoded> {
+    let head = encode_head(e)?;
+    let StoredRuns {
+        mut runs,
+        mut sizes,
+        labels,
+        indexed,
+        ..
+    } = base;
+    let kept = runs.len();
+    #[cfg(debug_assertions)]
+    for (pos, (stored, run)) in runs.iter().zip(&e.task_run_list).enumerate() {
+        debug_assert!(
+            listed.binary_search(&pos).is_ok() || **stored == *run,
+            "task run {pos} ({}) of execution {} changed but was not listed as changed",
+            run.task_id,
+            e.id
+        );
+    }
+    let mut written = Vec::new();
+    for &pos in listed.iter().filter(|&&p| p < kept) {
+        let run = &e.task_run_list[pos];
+        if *runs[pos] != *run {
+            let doc = serde_json::to_string(run)?;
+            sizes[pos] = doc.len();
+            written.push((pos, doc));
+            runs[pos] = Arc::new(run.clone());
+        }
+    }
+    for (pos, run) in e.task_run_list.iter().enumerate().skip(kept) {
+        let doc = serde_json::to_string(run)?;
+        sizes.push(doc.len());
+        written.push((pos, doc));
+        runs.push(Arc::new(run.clone()));
+    }
+    Ok(finish(
+        e,
+        head,
+        written,
+        sizes,
+        runs,
+        truncate,
+        labels.as_ref(),
+        indexed.as_ref(),
+    ))
+}
+
+/// The [`Encoded`] of `e`, given what is stored of its labels and indexed columns.
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    e: &Execution,
+    head: String,
+    written: Vec<(usize, String)>,
+    sizes: Vec<usize>,
+    runs: Vec<Arc<TaskRun>>,
+    truncate: bool,
+    labels: Option<&Vec<Label>>,
+    indexed: Option<&IndexedColumns>,
+) -> Encoded {
+    let labels_changed = labels.is_none_or(|stored| *stored != e.labels);
+    let columns = IndexedColumns::of(e);
+    let indexed_kept = indexed == Some(&columns);
+    Encoded {
         head,
         changed: written,
         sizes,
-        runs: stored_runs,
+        runs,
         truncate,
         labels_changed,
-    })
+        indexed: columns,
+        indexed_kept,
+    }
 }
 
 /// [`encode`] for a caller that holds the execution by reference (the repository's writes, off
@@ -186,10 +277,16 @@ pub(super) fn push_write(
         runs,
         truncate,
         labels_changed: _,
+        indexed,
+        indexed_kept,
     } = encoded;
     let revision = new_revision();
     let len = i64::try_from(sizes.len()).unwrap_or(i64::MAX);
-    push_execution_upsert(qb, e, head, Some(len), &revision);
+    if indexed_kept {
+        push_execution_update(qb, e, head, Some(len), &revision);
+    } else {
+        push_execution_upsert(qb, e, head, Some(len), &revision);
+    }
     qb.push("; ");
     if truncate {
         qb.push("DELETE FROM execution_task_runs WHERE execution_id = ")
@@ -213,6 +310,7 @@ pub(super) fn push_write(
         runs,
         sizes,
         labels: Some(e.labels.clone()),
+        indexed: Some(indexed),
     })
 }
 
@@ -245,17 +343,26 @@ pub(super) async fn write_in(
         runs,
         truncate,
         labels_changed,
+        indexed,
+        indexed_kept,
     } = encoded;
     let revision = new_revision();
     let len = i64::try_from(sizes.len()).unwrap_or(i64::MAX);
+    // The row first: every writer locks it before its task runs (a unit holds it `FOR UPDATE`).
+    if indexed_kept && !labels_changed {
+        let mut qb = Qb::new("");
+        push_execution_update(&mut qb, e, head, Some(len), &revision);
+        qb.build().execute(&mut *conn).await?;
+    } else {
+        upsert_execution_in(conn, e, head, Some(len), &revision, labels_changed).await?;
+    }
     let stored = |runs, sizes| StoredRuns {
         revision: revision.clone(),
         runs,
         sizes,
         labels: Some(e.labels.clone()),
+        indexed: Some(indexed),
     };
-    // The row first: every writer locks it before its task runs (a unit holds it `FOR UPDATE`).
-    upsert_execution_in(conn, e, head, Some(len), &revision, labels_changed).await?;
     if truncate {
         Qb::new("DELETE FROM execution_task_runs WHERE execution_id = ")
             .push_bind(e.id.clone())
@@ -361,6 +468,7 @@ pub(super) async fn complete_in(
                 runs,
                 sizes: Vec::new(),
                 labels: None,
+                indexed: None,
             },
         ));
     };
@@ -399,6 +507,8 @@ pub(super) async fn complete_in(
         .map(|r| Arc::new(r.clone()))
         .collect();
     let labels = Some(execution.labels.clone());
+    // Every write of the row computes its indexed columns from the execution it stores.
+    let indexed = Some(IndexedColumns::of(&execution));
     Ok((
         execution,
         StoredRuns {
@@ -406,6 +516,7 @@ pub(super) async fn complete_in(
             runs,
             sizes,
             labels,
+            indexed,
         },
     ))
 }
@@ -490,7 +601,60 @@ mod tests {
             runs: encoded.runs.clone(),
             sizes: encoded.sizes.clone(),
             labels: None,
+            indexed: None,
         }
+    }
+
+    /// Owned (updated in place), shared (copied) and unlisted (compared one by one): the same
+    /// writes and the same stored task runs.
+    #[test]
+    fn a_save_encodes_the_same_whether_what_is_stored_is_owned_or_shared() -> serde_json::Result<()>
+    {
+        let mut e = execution(6);
+        let before = stored(&encode(&mut e, None, None)?);
+        e.task_run_list[1].value = Some("changed".into());
+        e.task_run_list[4].value = Some("changed too".into());
+        e.task_run_list.truncate(5);
+        let listed = [1, 2, 4];
+        let positions = |x: &Encoded| x.changed.iter().map(|(p, _)| *p).collect::<Vec<_>>();
+        let compared = encode(&mut e, Some(&before), None)?;
+        let copy = |b: &StoredRuns| StoredRuns {
+            revision: b.revision.clone(),
+            runs: b.runs.clone(),
+            sizes: b.sizes.clone(),
+            labels: None,
+            indexed: None,
+        };
+        let shared = Arc::new(copy(&before));
+        let held = shared.clone();
+        let from_shared = encode_owned(&mut e, Some(shared), Some(&listed))?;
+        let owned = encode_owned(&mut e, Some(Arc::new(copy(&before))), Some(&listed))?;
+        for x in [&from_shared, &owned] {
+            assert_eq!(positions(x), vec![1, 4]);
+            assert_eq!(x.changed, compared.changed);
+            assert_eq!(x.sizes, compared.sizes);
+            assert!(
+                x.truncate,
+                "shorter than stored at position 5: rows past the end go"
+            );
+            assert_eq!(x.document_len(), serde_json::to_string(&e)?.len());
+            let runs: Vec<&TaskRun> = x.runs.iter().map(|r| &**r).collect();
+            assert_eq!(runs, e.task_run_list.iter().collect::<Vec<_>>());
+        }
+        assert_eq!(held.runs.len(), 6, "a shared one is left as it was");
+        assert!(
+            Arc::ptr_eq(&from_shared.runs[0], &held.runs[0]),
+            "unchanged: shared"
+        );
+        // Appended (nothing listed): only the new one is written, nothing truncated.
+        let before = stored(&owned);
+        let run = TaskRun::new(&e, "t-new");
+        e.task_run_list.push(run);
+        let appended = encode_owned(&mut e, Some(Arc::new(before)), Some(&[]))?;
+        assert_eq!(positions(&appended), vec![5]);
+        assert!(!appended.truncate);
+        assert_eq!(appended.runs.len(), 6);
+        Ok(())
     }
 
     #[test]
@@ -533,6 +697,27 @@ mod tests {
             "a label added: written"
         );
         e.labels.pop();
+
+        // The row's indexed columns: set only when they differ from those stored (or are not
+        // known).
+        assert!(
+            !encode(&mut e, Some(&known), None)?.indexed_kept,
+            "not known"
+        );
+        let indexed = StoredRuns {
+            indexed: Some(IndexedColumns::of(&e)),
+            ..stored(&first)
+        };
+        assert!(encode(&mut e, Some(&indexed), None)?.indexed_kept);
+        let state = e.state.clone();
+        e.state
+            .transition(kestra_core::model::StateType::Running)
+            .expect("CREATED -> RUNNING");
+        assert!(
+            !encode(&mut e, Some(&indexed), None)?.indexed_kept,
+            "the state changed: the indexed columns are written"
+        );
+        e.state = state;
 
         e.task_run_list[3].value = Some("changed".into());
         let run = TaskRun::new(&e, "t5");

@@ -10,7 +10,7 @@
 //! writer per unit. Executor state needs no check of its own: only a unit that holds the claim of
 //! its key writes it, and a unit whose claim lapsed is refused by the claim check.
 
-use super::task_runs::{StoredRuns, complete_in, encode, push_write, write_in};
+use super::task_runs::{StoredRuns, complete_in, encode_owned, push_write, write_in};
 use super::*;
 
 /// SQLite's deferred unit (see the module documentation): what its transaction will check and
@@ -355,10 +355,12 @@ impl UnitOfWork for JdbcUnit {
         changed: Option<&[usize]>,
     ) -> Result<Option<ExecutionStamp>, QueueError> {
         check_claimed(&self.deliveries, || "save execution".into(), &execution.id)?;
-        // Only the task runs that differ from the stored ones are encoded and written.
-        let before = self.stored.get(&execution.id).cloned();
+        // Only the task runs that differ from the stored ones are encoded and written; what is
+        // stored is taken (updated in place when nothing else holds it) and put back once written
+        // (an error here drops the unit).
+        let before = self.stored.remove(&execution.id);
         let encoded =
-            encode(execution, before.as_deref(), changed).map_err(|source| QueueError::Encode {
+            encode_owned(execution, before, changed).map_err(|source| QueueError::Encode {
                 topic: Topic::Execution,
                 source,
             })?;
