@@ -209,10 +209,13 @@ pub struct ExecutorService {
 /// How often [`ExecutorService`] reused an execution it saved instead of decoding the stored copy.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ExecutionCacheStats {
-    /// Loads answered from the executor's own copy (the stored document was the one it wrote).
+    /// Loads answered from the executor's own copy (the stored document was the one it wrote),
+    /// counted once their unit committed.
     pub hits: u64,
     /// Loads of an execution the executor had a copy of, but whose stored document had changed
-    /// (another executor, the repository, a restart of the process): decoded again.
+    /// (another executor, the repository, a restart of the process): decoded again. A backend may
+    /// check the copy only at commit ([`UnitOfWork::load_execution_unless`]): the loads from the
+    /// copy of a unit refused as fenced count here.
     pub misses: u64,
 }
 
@@ -354,6 +357,7 @@ impl ExecutorService {
         unit: &mut dyn UnitOfWork,
         id: &str,
         positions: &mut HashMap<String, RunPositions>,
+        hits: &mut u64,
     ) -> Result<Option<Execution>, QueueError> {
         let saved = self
             .saved
@@ -372,7 +376,8 @@ impl ExecutorService {
                 None
             }
             (LoadedExecution::Unchanged, Some(saved)) => {
-                cache().stats.hits += 1;
+                // Counted once the unit committed (see `ExecutionCacheStats::misses`).
+                *hits += 1;
                 positions.insert(id.to_string(), saved.positions);
                 Some(saved.execution)
             }
@@ -533,7 +538,11 @@ impl ExecutorService {
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
         let mut produced: Vec<(Topic, String, String)> = Vec::new();
-        match self.process_unit(unit, &oversized, &mut produced).await {
+        let mut hits = 0;
+        match self
+            .process_unit(unit, &oversized, &mut produced, &mut hits)
+            .await
+        {
             Ok(()) => {
                 if !oversized.is_empty() {
                     let mut map = self
@@ -548,6 +557,11 @@ impl ExecutorService {
                 Ok(UnitOutcome::Committed)
             }
             Err(QueueError::Fenced { detail }) => {
+                self.saved
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .stats
+                    .misses += hits;
                 warn!(%detail, "unit of work fenced: its messages belong to another executor now; its work is dropped");
                 Ok(UnitOutcome::Fenced)
             }
@@ -605,6 +619,7 @@ impl ExecutorService {
         mut unit: Box<dyn UnitOfWork>,
         oversized: &HashMap<String, Oversized>,
         produced: &mut Vec<(Topic, String, String)>,
+        hits: &mut u64,
     ) -> Result<(), QueueError> {
         let deliveries = unit.deliveries().to_vec();
         // Tests only: the process aborts at one step of a unit (`testkit::faults::UnitFault`).
@@ -714,7 +729,7 @@ impl ExecutorService {
                     let compact = matches!(stage, Oversized::Compact(_));
                     if !executions.contains_key(&id) {
                         let loaded = self
-                            .load_execution(unit.as_mut(), &id, &mut positions)
+                            .load_execution(unit.as_mut(), &id, &mut positions, hits)
                             .await?;
                         loaded_versions.insert(id.clone(), loaded_version(&loaded));
                         executions.insert(id.clone(), loaded);
@@ -759,7 +774,7 @@ impl ExecutorService {
             async {
                 if !executions.contains_key(&id) {
                     let loaded = self
-                        .load_execution(unit.as_mut(), &id, &mut positions)
+                        .load_execution(unit.as_mut(), &id, &mut positions, hits)
                         .await?;
                     loaded_versions.insert(id.clone(), loaded_version(&loaded));
                     executions.insert(id.clone(), loaded);
@@ -1095,6 +1110,7 @@ impl ExecutorService {
         // Committed: what was saved is what is stored. An ended execution is rarely processed
         // again; it is not kept.
         let mut saved = self.saved.lock().unwrap_or_else(PoisonError::into_inner);
+        saved.stats.hits += std::mem::take(hits);
         for (id, stamp) in stamps {
             match executions.remove(&id).flatten() {
                 Some(e) if !e.state.is_terminated() => {
