@@ -172,49 +172,57 @@ async fn wait_for_end(
     stop: &mut StopFlag,
 ) -> Result<Execution, RunError> {
     let started = tokio::time::Instant::now();
-    let mut last = "not created yet".to_string();
-    // Short pauses first (a quick run is seen ending at once), then every 50 ms - or, for a large
-    // execution, ten times as long as reading it took, so that polling costs the engine at most
-    // about a tenth of its time (reading parses the whole execution).
-    let mut pause = Duration::from_millis(2);
+    // The end comes from the engine (its executor reports each execution that ended: no read
+    // per wait). The execution is read only to show progress, when a progress bar is shown, every
+    // half second - or ten times as long as reading it took (reading parses the whole execution),
+    // so that showing progress costs the engine at most about a tenth of its time.
+    let ended = engine.wait_for(id, timeout);
+    tokio::pin!(ended);
+    let mut pause = Duration::from_millis(500);
+    let mut listening = true;
     loop {
-        if *stop.borrow() {
-            return Err(RunError::Interrupted);
-        }
-        let read_started = tokio::time::Instant::now();
-        let current = engine.execution(id).await.map_err(|e| e.to_string())?;
-        let read_cost = read_started.elapsed() * 10;
-        if let Some(e) = current {
-            if e.state.is_terminated() {
-                return Ok(e);
-            }
-            let done = e
-                .task_run_list
-                .iter()
-                .filter(|t| t.state.is_terminated())
-                .count();
-            last = e.state.current().to_string();
-            progress.set_message(format!(
-                "{}.{} {last}: {done}/{} task runs done, {:.1}s",
-                e.namespace,
-                e.flow_id,
-                e.task_run_list.len(),
-                started.elapsed().as_secs_f64()
-            ));
-        }
-        if started.elapsed() >= timeout {
-            return Err(RunError::Failed(format!(
-                "execution {id} did not finish within {}s (last state {last}); it was killed",
-                timeout.as_secs()
-            )));
-        }
         tokio::select! {
-            _ = tokio::time::sleep(pause) => {}
-            _ = stop.changed() => {}
+            result = &mut ended => {
+                return match result {
+                    Ok(e) => Ok(e),
+                    Err(kestra::core::runtime::EngineError::Timeout { state, .. }) => {
+                        Err(RunError::Failed(format!(
+                            "execution {id} did not finish within {}s (last state {state}); it was killed",
+                            timeout.as_secs()
+                        )))
+                    }
+                    Err(e) => Err(RunError::Failed(e.to_string())),
+                };
+            }
+            changed = stop.changed(), if listening => {
+                if changed.is_err() {
+                    listening = false;
+                }
+                if *stop.borrow() {
+                    return Err(RunError::Interrupted);
+                }
+            }
+            () = tokio::time::sleep(pause), if !progress.is_hidden() => {
+                let read_started = tokio::time::Instant::now();
+                if let Some(e) = engine.execution(id).await.map_err(|e| e.to_string())? {
+                    let done = e
+                        .task_run_list
+                        .iter()
+                        .filter(|t| t.state.is_terminated())
+                        .count();
+                    progress.set_message(format!(
+                        "{}.{} {}: {done}/{} task runs done, {:.1}s",
+                        e.namespace,
+                        e.flow_id,
+                        e.state.current(),
+                        e.task_run_list.len(),
+                        started.elapsed().as_secs_f64()
+                    ));
+                }
+                pause = (read_started.elapsed() * 10)
+                    .clamp(Duration::from_millis(500), Duration::from_secs(5));
+            }
         }
-        pause = (pause * 2)
-            .min(Duration::from_millis(50))
-            .max(read_cost.min(Duration::from_secs(1)));
     }
 }
 
@@ -318,6 +326,9 @@ async fn test_once(
         .map_worker_config(flow_test_worker)
         .map_executor_config(|e| e.poll_wait = Duration::from_millis(200))
         .map_indexer_config(|i| i.poll_wait = Duration::from_millis(200))
+        // The engine's executor reports the end: the fallback read of the execution waited for
+        // (the whole execution) is rare.
+        .wait_poll_interval(Duration::from_secs(1))
         .start();
     let repositories = engine.repositories().clone();
     let progress = progress_bar(global);
