@@ -1277,42 +1277,33 @@ fn a_for_each_walk_that_skips_unchanged_iterations_decides_as_a_full_walk() {
         format: cleanup
 "
     );
-    for limit in [0, 1, 2] {
-        for seed in [1, 2, 3] {
-            let yaml = failing.replace("{limit}", &limit.to_string());
-            let execution = drive_both_ways(&yaml, seed);
-            assert_eq!(execution.current(), StateType::Failed, "limit {limit}");
-            let ran = |id: &str| execution.task_run_list.iter().any(|r| r.task_id == id);
-            assert!(ran("handled") && ran("cleanup"), "limit {limit}");
-            // Sequentially, nothing starts after the failing iteration.
-            let firsts = execution
-                .task_run_list
-                .iter()
-                .filter(|r| r.task_id == "first")
-                .count();
-            if limit == 1 {
-                assert_eq!(firsts, 3);
-            }
-        }
-    }
-    // Longer: many iterations end before the failing one (the walk neither visits nor checks
-    // the iterations known ended while none of their task runs changes).
+    // Also longer: many iterations end before the failing one (the walk neither visits nor
+    // checks the iterations known ended while none of their task runs changes).
     let long = failing.replace(
         "[\"a\", \"b\", \"c\", \"d\", \"e\"]",
         "[\"a1\", \"a2\", \"a3\", \"a4\", \"a5\", \"a6\", \"a7\", \"a8\", \"a9\", \"c\", \"d\", \"e\"]",
     );
-    for limit in [1, 3] {
-        for seed in [11, 12] {
-            let yaml = long.replace("{limit}", &limit.to_string());
-            let execution = drive_both_ways(&yaml, seed);
-            assert_eq!(execution.current(), StateType::Failed, "limit {limit}");
-            let firsts = execution
-                .task_run_list
-                .iter()
-                .filter(|r| r.task_id == "first")
-                .count();
-            if limit == 1 {
-                assert_eq!(firsts, 10, "nothing starts after the failing iteration");
+    // (flow, limits, seeds, iterations started one at a time: up to the failing one)
+    let shapes = [
+        (&failing, &[0, 1, 2][..], &[1, 2, 3][..], 3),
+        (&long, &[1, 3][..], &[11, 12][..], 10),
+    ];
+    for (flow, limits, seeds, sequential) in shapes {
+        for &limit in limits {
+            for &seed in seeds {
+                let yaml = flow.replace("{limit}", &limit.to_string());
+                let execution = drive_both_ways(&yaml, seed);
+                assert_eq!(execution.current(), StateType::Failed, "limit {limit}");
+                let ran = |id: &str| execution.task_run_list.iter().any(|r| r.task_id == id);
+                assert!(ran("handled") && ran("cleanup"), "limit {limit}");
+                let firsts = execution
+                    .task_run_list
+                    .iter()
+                    .filter(|r| r.task_id == "first")
+                    .count();
+                if limit == 1 {
+                    assert_eq!(firsts, sequential, "nothing starts after the failing one");
+                }
             }
         }
     }
