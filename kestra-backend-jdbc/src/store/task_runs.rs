@@ -56,9 +56,10 @@ pub(super) struct Encoded {
     truncate: bool,
     /// Whether the labels differ from those stored (or those are not known): rows rewritten.
     labels_changed: bool,
-    /// The row's indexed columns, and whether they are those stored (the row exists): then the
-    /// row is updated without them.
-    indexed: IndexedColumns,
+    /// The row's indexed columns (boxed: `Encoded` is handed back by value when it does not fit
+    /// in one call), and whether they are those stored (the row exists): then the row is updated
+    /// without them.
+    indexed: Box<IndexedColumns>,
     indexed_kept: bool,
 }
 
@@ -242,7 +243,7 @@ fn finish(
         runs,
         truncate,
         labels_changed,
-        indexed: columns,
+        indexed: Box::new(columns),
         indexed_kept,
     }
 }
@@ -310,7 +311,7 @@ pub(super) fn push_write(
         runs,
         sizes,
         labels: Some(e.labels.clone()),
-        indexed: Some(indexed),
+        indexed: Some(*indexed),
     })
 }
 
@@ -361,7 +362,7 @@ pub(super) async fn write_in(
         runs,
         sizes,
         labels: Some(e.labels.clone()),
-        indexed: Some(indexed),
+        indexed: Some(*indexed),
     };
     if truncate {
         Qb::new("DELETE FROM execution_task_runs WHERE execution_id = ")
