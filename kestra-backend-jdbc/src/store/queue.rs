@@ -226,7 +226,8 @@ impl Queue for Store {
             }
             match claimed.map(|(got, _)| got) {
                 Ok(got) if !got.is_empty() => return Ok(got),
-                Ok(_) => {}
+                // Consecutive transient failures are bounded (see `begin`).
+                Ok(_) => attempt = 0,
                 Err(e) if attempt < RETRIES && is_transient(&e) => attempt += 1,
                 Err(e) => return Err(queue_err("receive")(e)),
             }
@@ -266,7 +267,8 @@ impl Queue for Store {
             }
             match claimed.map(|r| r.map(|(got, _)| got)) {
                 Ok(Ok(got)) if !got.is_empty() => return Ok(got),
-                Ok(Ok(_)) => {}
+                // Consecutive transient failures are bounded (see `begin`).
+                Ok(Ok(_)) => attempt = 0,
                 Ok(Err(refused)) => return Err(refused),
                 Err(e) if attempt < RETRIES && is_transient(&e) => attempt += 1,
                 Err(e) => return Err(queue_err("receive_recorded")(e)),
@@ -516,9 +518,14 @@ impl Queue for Store {
                     }
                     // Every row was claimed elsewhere meanwhile (its lease ended): look again.
                     tx.commit().await.map_err(&err)?;
+                    attempt = 0;
                     continue;
                 }
-                Ok(_) => {}
+                // `RETRIES` bounds consecutive transient failures: a claim that worked (nothing
+                // was due) starts the count again. Counted over the whole wait instead, a long
+                // wait of many wake-ups gave up on the sixth transient failure however far apart
+                // (seen under the testkit's injected faults: a `begin` failed by a deadlock).
+                Ok(_) => attempt = 0,
                 Err(e) if attempt < RETRIES && is_transient(&e) => attempt += 1,
                 Err(e) => return Err(err(e)),
             }
