@@ -1056,9 +1056,19 @@ async fn renew_leases(shared: Arc<Shared>, stop: CancellationToken) {
     }
 }
 
-async fn follow_kills(shared: Arc<Shared>, stop: CancellationToken) {
+/// Follow the kill signals, from `first` (the subscription taken before the worker claimed its
+/// first job) while it lasts, then from new subscriptions.
+async fn follow_kills(
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    mut first: Option<crate::queue::Subscription>,
+) {
     loop {
-        let mut subscription = match shared.queue.subscribe(Topic::ExecutionKilled).await {
+        let subscribed = match first.take() {
+            Some(s) => Ok(s),
+            None => shared.queue.subscribe(Topic::ExecutionKilled).await,
+        };
+        let mut subscription = match subscribed {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!("cannot subscribe to kill signals: {e}");
@@ -1261,7 +1271,22 @@ impl Worker {
             held: Mutex::new(HashSet::new()),
         });
         let stop_kills = CancellationToken::new();
-        let kills = tokio::spawn(follow_kills(shared.clone(), stop_kills.clone()));
+        // Subscribed before the first claim: a subscription reads from the log's end when it is
+        // taken, so one taken later (by the spawned task, on a loaded machine) could start after
+        // the signal that stops a job this worker claimed meanwhile - the stop of a job of an
+        // ended execution (sent once, when the worker reports the job started) was missed so.
+        let first = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => None,
+            subscribed = shared.queue.subscribe(Topic::ExecutionKilled) => match subscribed {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!("cannot subscribe to kill signals: {e}");
+                    None
+                }
+            },
+        };
+        let kills = tokio::spawn(follow_kills(shared.clone(), stop_kills.clone(), first));
         let declared_dead = CancellationToken::new();
         let verdicts = tokio::spawn(follow_verdicts(
             shared.clone(),
