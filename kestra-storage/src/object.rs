@@ -413,6 +413,32 @@ impl ObjectStorage {
         StorageError::backend(operation, path, self.classify(source, true))
     }
 
+    /// Store one object in one request. A refusal (403) is asked once more after a short pause:
+    /// MinIO's single-drive layout keeps every prefix as a directory and removes the directories a
+    /// delete empties, so a PUT renaming into a prefix that a concurrent delete just emptied is
+    /// answered `AccessDenied` (a race of the store, seen once in CI when two conformance runs
+    /// shared a prefix). Credentials that are really refused are refused twice and reported as such.
+    async fn put_object(
+        &self,
+        key: &ObjectPath,
+        path: &StoragePath,
+        payload: PutPayload,
+    ) -> Result<(), StorageError> {
+        match self.store.put(key, payload.clone()).await {
+            Ok(_) => return Ok(()),
+            Err(e) if is_refusal(&e) => {
+                tracing::debug!(store = %self.location, uri = %path, error = %e, "a put was refused; asking once more");
+            }
+            Err(e) => return Err(self.object_error("put", path, e)),
+        }
+        tokio::time::sleep(REFUSED_PUT_PAUSE).await;
+        self.store
+            .put(key, payload)
+            .await
+            .map(drop)
+            .map_err(|e| self.object_error("put", path, e))
+    }
+
     /// Upload a stream that turned out larger than one part.
     async fn put_multipart(
         &self,
@@ -489,11 +515,8 @@ impl InternalStorage for ObjectStorage {
                 }
                 Some(Err(e)) => return Err(e),
                 None => {
-                    let payload = PutPayload::from_iter(buffered);
-                    self.store
-                        .put(&key, payload)
-                        .await
-                        .map_err(|e| self.object_error("put", path, e))?;
+                    self.put_object(&key, path, PutPayload::from_iter(buffered))
+                        .await?;
                     tracing::debug!(store = %self.location, uri = %path, bytes = written, "stored");
                     return Ok(written);
                 }
@@ -706,6 +729,14 @@ impl InternalStorage for ObjectStorage {
         tracing::debug!(store = %self.location, from = %from, to = %to, "moved");
         Ok(())
     }
+}
+
+/// How long a refused put waits before it is asked once more ([`ObjectStorage::put_object`]).
+const REFUSED_PUT_PAUSE: Duration = Duration::from_millis(100);
+
+/// Whether a store refused a request (403, or `object_store`'s permission error).
+fn is_refusal(error: &object_store::Error) -> bool {
+    matches!(error, object_store::Error::PermissionDenied { .. }) || http_status(error) == Some(403)
 }
 
 /// The HTTP status of a failed request, found in the error's chain of causes. `object_store` maps a

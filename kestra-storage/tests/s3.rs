@@ -82,3 +82,25 @@ async fn half_given_credentials_are_a_configuration_error() {
         "{error}"
     );
 }
+
+/// A put whose credentials are refused is reported as refused, after the one more ask a refused put
+/// gets (`ObjectStorage` asks again because of MinIO's emptied-directory race).
+#[tokio::test]
+async fn a_refused_put_is_reported_as_refused_credentials() {
+    use kestra_core::storage::InternalStorageExt;
+    let Some(mut config) = config() else { return };
+    config.secret_key = Some("not-the-secret-key".into());
+    let storage = config.build().expect("building makes no request");
+    let error = storage
+        .put_bytes(
+            "main",
+            &common::p("refused/file.txt"),
+            bytes::Bytes::from_static(b"x"),
+        )
+        .await
+        .expect_err("a put with a wrong secret is refused");
+    assert!(
+        error.to_string().contains("refused the credentials"),
+        "{error}"
+    );
+}
