@@ -138,18 +138,23 @@ pub(super) async fn upsert_execution_in(
         .execute(&mut *conn)
         .await?;
     for chunk in e.labels.chunks(CHUNK) {
-        let mut qb = Qb::new(
-            "INSERT INTO execution_labels (execution_id, tenant_id, label_key, label_value) ",
-        );
-        qb.push_values(chunk, |mut b, l| {
-            b.push_bind(e.id.clone())
-                .push_bind(e.tenant_id.clone())
-                .push_bind(l.key.clone())
-                .push_bind(l.value.clone());
-        });
+        let mut qb = Qb::new("");
+        push_labels_insert(&mut qb, e, chunk);
         qb.build().execute(&mut *conn).await?;
     }
     Ok(())
+}
+
+/// Push the insert of `labels` (some of `e`'s, at most [`CHUNK`], at least one) as rows of
+/// `execution_labels` onto `qb` (no `; `).
+pub(super) fn push_labels_insert(qb: &mut Qb, e: &Execution, labels: &[Label]) {
+    qb.push("INSERT INTO execution_labels (execution_id, tenant_id, label_key, label_value) ");
+    qb.push_values(labels, |mut b, l| {
+        b.push_bind(e.id.clone())
+            .push_bind(e.tenant_id.clone())
+            .push_bind(l.key.clone())
+            .push_bind(l.value.clone());
+    });
 }
 
 /// `metadata.version` as the column stores it (BIGINT; a version past `i64::MAX` saturates).

@@ -41,7 +41,7 @@ use claims::{
 };
 use executions::{
     IndexedColumns, check_range, parse_doc, push_execution_update, push_execution_upsert,
-    push_like, push_namespace, tenant_of, upsert_execution_in,
+    push_labels_insert, push_like, push_namespace, tenant_of, upsert_execution_in,
 };
 use triggers::JdbcTriggerUnit;
 use unit::{Deferred, JdbcUnit};

@@ -261,14 +261,14 @@ pub(super) fn new_revision() -> String {
 
 /// SQLite: push the statements of [`write_in`] onto `qb`, each ended by `; ` (run later, in one
 /// call with others). Returns what is stored once they commit, or gives `encoded` back (nothing
-/// pushed) when they do not fit in one call: labels changed (their rows are rewritten apart), or
-/// more changed task runs than one statement takes.
+/// pushed) when they do not fit in one call: more changed task runs or labels than one statement
+/// takes.
 pub(super) fn push_write(
     qb: &mut Qb,
     e: &Execution,
     encoded: Encoded,
 ) -> Result<StoredRuns, Encoded> {
-    if encoded.labels_changed || encoded.changed.len() > CHUNK {
+    if encoded.changed.len() > CHUNK || (encoded.labels_changed && e.labels.len() > CHUNK) {
         return Err(encoded);
     }
     let Encoded {
@@ -277,7 +277,7 @@ pub(super) fn push_write(
         sizes,
         runs,
         truncate,
-        labels_changed: _,
+        labels_changed,
         indexed,
         indexed_kept,
     } = encoded;
@@ -289,6 +289,17 @@ pub(super) fn push_write(
         push_execution_upsert(qb, e, head, Some(len), &revision);
     }
     qb.push("; ");
+    // An execution's first save (nothing known stored) rewrites its labels here too: one call
+    // instead of five (row, labels deleted, labels, task runs deleted, task runs).
+    if labels_changed {
+        qb.push("DELETE FROM execution_labels WHERE execution_id = ")
+            .push_bind(e.id.clone())
+            .push("; ");
+        if !e.labels.is_empty() {
+            push_labels_insert(qb, e, &e.labels);
+            qb.push("; ");
+        }
+    }
     if truncate {
         qb.push("DELETE FROM execution_task_runs WHERE execution_id = ")
             .push_bind(e.id.clone())

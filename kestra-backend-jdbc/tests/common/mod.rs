@@ -671,6 +671,41 @@ impl Raw {
             Raw::MySql(pool) => fetch!(pool, "?"),
         }
     }
+
+    /// The label rows of `execution_id`: `(key, value)` in key order.
+    pub async fn labels(&self, execution_id: &str) -> Vec<(String, String)> {
+        use sqlx::Row;
+        const SQL: &str =
+            "SELECT label_key, label_value FROM execution_labels WHERE execution_id = ";
+        macro_rules! fetch {
+            ($pool:expr, $placeholder:expr) => {{
+                let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "{SQL}{} ORDER BY label_key",
+                    $placeholder
+                )))
+                .bind(execution_id.to_string())
+                .fetch_all($pool)
+                .await
+                .unwrap();
+                rows.iter()
+                    .map(|r| {
+                        (
+                            r.get::<String, _>("label_key"),
+                            r.get::<String, _>("label_value"),
+                        )
+                    })
+                    .collect()
+            }};
+        }
+        match self {
+            #[cfg(feature = "sqlite")]
+            Raw::Sqlite(pool) => fetch!(pool, "?"),
+            #[cfg(feature = "postgres")]
+            Raw::Postgres(pool) => fetch!(pool, "$1"),
+            #[cfg(feature = "mysql")]
+            Raw::MySql(pool) => fetch!(pool, "?"),
+        }
+    }
 }
 
 /// Task runs are stored apart from their execution's row: the repository writes and reads them, a
@@ -806,6 +841,43 @@ pub async fn task_runs_stored_apart(url: &str) {
             .await
             .unwrap(),
         Some(loaded)
+    );
+
+    // A unit's first save of an execution never stored writes its row, labels and task runs (on
+    // SQLite in the unit's one deferred call); a later save that changes a label rewrites them.
+    let mut fresh = Execution::new("test.split", "labelled", 1);
+    fresh.labels = vec![
+        kestra_core::model::Label::new("team", "a"),
+        kestra_core::model::Label::new("system.correlationId", fresh.id.clone()),
+    ];
+    let run = TaskRun::new(&fresh, "f0");
+    fresh.task_run_list.push(run);
+    let mut unit = unit_of(queue.clone(), fresh.clone()).await;
+    assert_eq!(unit.load_execution(&fresh.id).await.unwrap(), None);
+    let mut saved = fresh.clone();
+    unit.save_execution_stamped(&mut saved).await.unwrap();
+    unit.commit().await.unwrap();
+    let labels = |team: &str| {
+        vec![
+            ("system.correlationId".to_string(), fresh.id.clone()),
+            ("team".to_string(), team.to_string()),
+        ]
+    };
+    assert_eq!(raw.labels(&fresh.id).await, labels("a"), "first save");
+    assert_eq!(raw.task_runs(&fresh.id).await.len(), 1);
+    assert_eq!(
+        repo.find_by_id(&fresh.tenant_id, &fresh.id).await.unwrap(),
+        Some(saved.clone())
+    );
+    let mut unit = unit_of(queue.clone(), saved.clone()).await;
+    let mut relabelled = unit.load_execution(&fresh.id).await.unwrap().unwrap();
+    relabelled.labels[0].value = "b".into();
+    unit.save_execution_stamped(&mut relabelled).await.unwrap();
+    unit.commit().await.unwrap();
+    assert_eq!(raw.labels(&fresh.id).await, labels("b"), "label changed");
+    assert_eq!(
+        repo.find_by_id(&fresh.tenant_id, &fresh.id).await.unwrap(),
+        Some(relabelled)
     );
 
     // A purge removes the task runs too.
