@@ -22,7 +22,7 @@
 //! | `kestra.server.port` (Kestra: `micronaut.server.port`) | `KESTRA_SERVER_PORT` | `8080` |
 //! | `kestra.server.basic-auth.enabled` / `.username` / `.password` | `KESTRA_SERVER_BASIC_AUTH_*` | enabled, `admin@kestra.io` / `kestra` |
 //! | `kestra.server.metrics.public` | `KESTRA_SERVER_METRICS_PUBLIC` | `false` (`GET /metrics` needs credentials) |
-//! | `kestra.worker.threads` | `KESTRA_WORKER_THREADS` | 4 x CPUs |
+//! | `kestra.worker.threads` | `KESTRA_WORKER_THREADS` | 8 x CPUs |
 //! | `kestra.worker.lease` | `KESTRA_WORKER_LEASE` | `PT2M` (a dead worker's jobs run again after it) |
 //! | `kestra.server.liveness.heartbeatInterval` | `KESTRA_SERVER_LIVENESS_HEARTBEATINTERVAL` | `PT3S` |
 //! | `kestra.server.liveness.timeout` | `KESTRA_SERVER_LIVENESS_TIMEOUT` | `PT45S` |

@@ -54,7 +54,7 @@ const UNACKED_PER_SLOT: usize = 4;
 pub struct WorkerConfig {
     /// This worker's id (stamped on results and attempts).
     pub id: String,
-    /// Jobs run at once (default: 4 per CPU).
+    /// Jobs run at once (default: 8 per CPU, as Kestra's `--thread`).
     pub concurrency: usize,
     /// Lease of a received job (default 2 min): an unacknowledged job whose lease is not renewed
     /// (its worker died) is delivered again after it.
@@ -125,7 +125,7 @@ impl Default for WorkerConfig {
             .unwrap_or(1);
         WorkerConfig {
             id: format!("worker-{}", crate::model::new_id()),
-            concurrency: cpus * 4,
+            concurrency: cpus * 8,
             lease: Duration::from_secs(120),
             lease_renewal: Duration::from_secs(30),
             poll_wait: Duration::from_secs(1),
