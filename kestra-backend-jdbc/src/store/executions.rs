@@ -117,7 +117,8 @@ pub(super) fn push_execution_upsert(
 ///
 /// `doc` is the execution's document without its task runs, `task_runs` their number (they are
 /// written apart, see [`super::task_runs`]) and `revision` the new random revision of the row.
-/// The label rows are rewritten unless `labels_changed` is false (they are those stored).
+/// The label rows are rewritten unless `labels_changed` is false (they are those stored); those
+/// stored are deleted first unless `labels_stored` is false (none are).
 pub(super) async fn upsert_execution_in(
     conn: &mut Conn,
     e: &Execution,
@@ -125,6 +126,7 @@ pub(super) async fn upsert_execution_in(
     task_runs: Option<i64>,
     revision: &str,
     labels_changed: bool,
+    labels_stored: bool,
 ) -> Result<(), sqlx::Error> {
     let mut qb = Qb::new("");
     push_execution_upsert(&mut qb, e, doc, task_runs, revision);
@@ -132,11 +134,13 @@ pub(super) async fn upsert_execution_in(
     if !labels_changed {
         return Ok(());
     }
-    Qb::new("DELETE FROM execution_labels WHERE execution_id = ")
-        .push_bind(e.id.clone())
-        .build()
-        .execute(&mut *conn)
-        .await?;
+    if labels_stored {
+        Qb::new("DELETE FROM execution_labels WHERE execution_id = ")
+            .push_bind(e.id.clone())
+            .build()
+            .execute(&mut *conn)
+            .await?;
+    }
     for chunk in e.labels.chunks(CHUNK) {
         let mut qb = Qb::new("");
         push_labels_insert(&mut qb, e, chunk);

@@ -37,6 +37,18 @@ pub(super) struct StoredRuns {
 }
 
 impl StoredRuns {
+    /// What is stored of an execution that has no row (read missing): no task runs, no labels,
+    /// indexed columns unknown (its first write inserts the row).
+    pub(super) fn nothing() -> StoredRuns {
+        StoredRuns {
+            revision: String::new(),
+            runs: Vec::new(),
+            sizes: Vec::new(),
+            labels: Some(Vec::new()),
+            indexed: None,
+        }
+    }
+
     /// The stamp that carries them, accounted as the size of the execution's document.
     pub(super) fn stamp(self: Arc<Self>, document_len: usize) -> ExecutionStamp {
         ExecutionStamp::new(self, document_len)
@@ -56,6 +68,8 @@ pub(super) struct Encoded {
     truncate: bool,
     /// Whether the labels differ from those stored (or those are not known): rows rewritten.
     labels_changed: bool,
+    /// Whether label rows may be stored (they are deleted before the new ones are written).
+    labels_stored: bool,
     /// The row's indexed columns (boxed: `Encoded` is handed back by value when it does not fit
     /// in one call), and whether they are those stored (the row exists): then the row is updated
     /// without them.
@@ -234,6 +248,7 @@ fn finish(
     indexed: Option<&IndexedColumns>,
 ) -> Encoded {
     let labels_changed = labels.is_none_or(|stored| *stored != e.labels);
+    let labels_stored = labels.is_none_or(|stored| !stored.is_empty());
     let columns = IndexedColumns::of(e);
     let indexed_kept = indexed == Some(&columns);
     Encoded {
@@ -243,6 +258,7 @@ fn finish(
         runs,
         truncate,
         labels_changed,
+        labels_stored,
         indexed: Box::new(columns),
         indexed_kept,
     }
@@ -278,6 +294,7 @@ pub(super) fn push_write(
         runs,
         truncate,
         labels_changed,
+        labels_stored,
         indexed,
         indexed_kept,
     } = encoded;
@@ -289,12 +306,14 @@ pub(super) fn push_write(
         push_execution_upsert(qb, e, head, Some(len), &revision);
     }
     qb.push("; ");
-    // An execution's first save (nothing known stored) rewrites its labels here too: one call
-    // instead of five (row, labels deleted, labels, task runs deleted, task runs).
+    // An execution's first save rewrites its labels here too: one call instead of five (row,
+    // labels deleted, labels, task runs deleted, task runs).
     if labels_changed {
-        qb.push("DELETE FROM execution_labels WHERE execution_id = ")
-            .push_bind(e.id.clone())
-            .push("; ");
+        if labels_stored {
+            qb.push("DELETE FROM execution_labels WHERE execution_id = ")
+                .push_bind(e.id.clone())
+                .push("; ");
+        }
         if !e.labels.is_empty() {
             push_labels_insert(qb, e, &e.labels);
             qb.push("; ");
@@ -355,6 +374,7 @@ pub(super) async fn write_in(
         runs,
         truncate,
         labels_changed,
+        labels_stored,
         indexed,
         indexed_kept,
     } = encoded;
@@ -366,7 +386,16 @@ pub(super) async fn write_in(
         push_execution_update(&mut qb, e, head, Some(len), &revision);
         qb.build().execute(&mut *conn).await?;
     } else {
-        upsert_execution_in(conn, e, head, Some(len), &revision, labels_changed).await?;
+        upsert_execution_in(
+            conn,
+            e,
+            head,
+            Some(len),
+            &revision,
+            labels_changed,
+            labels_stored,
+        )
+        .await?;
     }
     let stored = |runs, sizes| StoredRuns {
         revision: revision.clone(),

@@ -322,7 +322,11 @@ impl UnitOfWork for JdbcUnit {
         }
         Ok(match read {
             Read::Missing => {
-                self.stored.remove(id);
+                // Nothing to delete when it is first written: no label or task run rows (the row
+                // is checked still missing at commit on SQLite, and the unit holds the
+                // execution's key elsewhere: no other executor writes it meanwhile).
+                self.stored
+                    .insert(id.to_string(), Arc::new(StoredRuns::nothing()));
                 LoadedExecution::Missing
             }
             Read::Unchanged(known) => {
