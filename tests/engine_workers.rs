@@ -1,8 +1,9 @@
 //! Workers through the real engine, on SQLite always and on PostgreSQL and MariaDB when their URLs
 //! are set (required under CI=true):
 //! - a wide ForEach spreads over three Worker services on one backend: each runs some of its
-//!   iterations, and iterations run on several workers at once (worker jobs are keyed by task run,
-//!   not by execution, so the jobs of one execution never wait for one another);
+//!   iterations, never more at once than its slots, and iterations run on several workers at once
+//!   (worker jobs are keyed by task run, not by execution, so the jobs of one execution never wait
+//!   for one another);
 //! - a task run is RUNNING when a worker starts it: with one worker slot busy, the task queued
 //!   behind goes RUNNING about the wait after its CREATED date.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -92,6 +93,20 @@ async fn for_each_spreads_over_three_workers(url: &str) {
         BTreeSet::from(["worker-a", "worker-b", "worker-c"]),
         "each worker gets work: {by_worker:?}"
     );
+    // No worker ran more attempts at once than its two slots (a claim may take more jobs than
+    // the free slots: those wait for a slot).
+    for (w, mine) in &by_worker {
+        for (started, _) in mine {
+            let running = mine
+                .iter()
+                .filter(|(s, e)| s <= started && started < e)
+                .count();
+            assert!(
+                running <= 2,
+                "{w} ran {running} attempts at once with 2 slots: {mine:?}"
+            );
+        }
+    }
     // Several workers ran iterations of this one execution at the same time (keyed by execution,
     // one worker at a time held its jobs).
     let overlapping = by_worker.iter().any(|(w, mine)| {

@@ -19,7 +19,7 @@
 //! an ERROR log line of the task run names the topic, key and size; an oversized log line or metric
 //! is dropped with an error. Neither stops the worker or the other results of its batch.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -1302,6 +1302,9 @@ impl Worker {
         // publisher. Jobs received and not yet acknowledged are bounded too.
         let unacked = Arc::new(Semaphore::new(concurrency.saturating_mul(UNACKED_PER_SLOT)));
         let mut jobs = JoinSet::new();
+        // Jobs claimed beyond the free slots, in claim order, each with its unacknowledged slot
+        // and its lease held: they take the next slots freed, before any new claim.
+        let mut pending: VecDeque<(Delivery, OwnedSemaphorePermit, Held<'_>)> = VecDeque::new();
         let mut backoff = Duration::from_millis(100);
         loop {
             while jobs.try_join_next().is_some() {}
@@ -1313,10 +1316,28 @@ impl Worker {
                     Err(_) => break,
                 },
             };
+            if let Some((delivery, ack, held)) = pending.pop_front() {
+                // Its lease is renewed again as soon as `handle` holds it.
+                drop(held);
+                let shared = shared.clone();
+                jobs.spawn(async move {
+                    shared.handle(delivery, Some(first)).await;
+                    drop(ack);
+                });
+                continue;
+            }
             let mut permits = vec![first];
             while let Ok(p) = semaphore.clone().try_acquire_owned() {
                 permits.push(p);
             }
+            // A claim takes up to twice the free slots (at most `concurrency` jobs): the jobs
+            // beyond them wait here for the slots that jobs ending meanwhile free, without a
+            // claim's round trip each time (the slots, not the claims, bound the jobs running).
+            let wanted = permits
+                .len()
+                .saturating_mul(2)
+                .min(concurrency)
+                .max(permits.len());
             let first_unacked = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
@@ -1326,7 +1347,7 @@ impl Worker {
                 },
             };
             let mut acks = vec![first_unacked];
-            while acks.len() < permits.len()
+            while acks.len() < wanted
                 && let Ok(p) = unacked.clone().try_acquire_owned()
             {
                 acks.push(p);
@@ -1337,7 +1358,7 @@ impl Worker {
             let receive = shared.queue.receive_recorded(
                 ConsumerGroup::Worker,
                 Topic::WorkerJob,
-                permits.len(),
+                acks.len(),
                 shared.config.lease,
                 shared.config.poll_wait,
                 &recorder,
@@ -1385,14 +1406,39 @@ impl Worker {
                 });
                 continue;
             }
-            for ((delivery, permit), ack) in deliveries.into_iter().zip(permits).zip(acks) {
-                let shared = shared.clone();
-                jobs.spawn(async move {
-                    shared.handle(delivery, Some(permit)).await;
-                    drop(ack);
-                });
+            let mut permits = permits.into_iter();
+            for (delivery, ack) in deliveries.into_iter().zip(acks) {
+                match permits.next() {
+                    Some(permit) => {
+                        let shared = shared.clone();
+                        jobs.spawn(async move {
+                            shared.handle(delivery, Some(permit)).await;
+                            drop(ack);
+                        });
+                    }
+                    None => {
+                        let held = shared.hold(delivery.tag);
+                        pending.push_back((delivery, ack, held));
+                    }
+                }
             }
         }
+        // Jobs claimed and not started: they run in the drain, each once a slot is free.
+        for (delivery, ack, held) in pending.drain(..) {
+            drop(held);
+            let shared = shared.clone();
+            let semaphore = semaphore.clone();
+            jobs.spawn(async move {
+                let held = shared.hold(delivery.tag);
+                let Ok(permit) = semaphore.acquire_owned().await else {
+                    return;
+                };
+                drop(held);
+                shared.handle(delivery, Some(permit)).await;
+                drop(ack);
+            });
+        }
+        drop(pending);
 
         tracing::info!(
             running = jobs.len(),
