@@ -566,6 +566,37 @@ macro_rules! server_database_tests {
 #[allow(unused_imports)]
 pub(crate) use server_database_tests;
 
+/// Two columns of the rows `sql` (ended by the bound `execution_id`'s placeholder) selects, in
+/// `order`, on whichever database a [`Raw`] holds.
+macro_rules! rows_of {
+    ($raw:expr, $sql:expr, $order:expr, $id:expr, ($a:ty, $ca:expr), ($b:ty, $cb:expr)) => {{
+        use sqlx::Row;
+        macro_rules! fetch {
+            ($pool:expr, $placeholder:expr) => {{
+                let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "{}{} ORDER BY {}",
+                    $sql, $placeholder, $order
+                )))
+                .bind($id.to_string())
+                .fetch_all($pool)
+                .await
+                .unwrap();
+                rows.iter()
+                    .map(|r| (r.get::<$a, _>($ca), r.get::<$b, _>($cb)))
+                    .collect()
+            }};
+        }
+        match $raw {
+            #[cfg(feature = "sqlite")]
+            Raw::Sqlite(pool) => fetch!(pool, "?"),
+            #[cfg(feature = "postgres")]
+            Raw::Postgres(pool) => fetch!(pool, "$1"),
+            #[cfg(feature = "mysql")]
+            Raw::MySql(pool) => fetch!(pool, "?"),
+        }
+    }};
+}
+
 /// Raw SQL on a test database, to look under the backend (placeholders are `?` on every dialect).
 pub enum Raw {
     #[cfg(feature = "sqlite")]
@@ -645,66 +676,26 @@ impl Raw {
 
     /// The task runs stored apart for `execution_id`: `(pos, doc)` in position order.
     pub async fn task_runs(&self, execution_id: &str) -> Vec<(i64, String)> {
-        use sqlx::Row;
-        const SQL: &str = "SELECT pos, doc FROM execution_task_runs WHERE execution_id = ";
-        macro_rules! fetch {
-            ($pool:expr, $placeholder:expr) => {{
-                let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "{SQL}{} ORDER BY pos",
-                    $placeholder
-                )))
-                .bind(execution_id.to_string())
-                .fetch_all($pool)
-                .await
-                .unwrap();
-                rows.iter()
-                    .map(|r| (r.get::<i64, _>("pos"), r.get::<String, _>("doc")))
-                    .collect()
-            }};
-        }
-        match self {
-            #[cfg(feature = "sqlite")]
-            Raw::Sqlite(pool) => fetch!(pool, "?"),
-            #[cfg(feature = "postgres")]
-            Raw::Postgres(pool) => fetch!(pool, "$1"),
-            #[cfg(feature = "mysql")]
-            Raw::MySql(pool) => fetch!(pool, "?"),
-        }
+        rows_of!(
+            self,
+            "SELECT pos, doc FROM execution_task_runs WHERE execution_id = ",
+            "pos",
+            execution_id,
+            (i64, "pos"),
+            (String, "doc")
+        )
     }
 
     /// The label rows of `execution_id`: `(key, value)` in key order.
     pub async fn labels(&self, execution_id: &str) -> Vec<(String, String)> {
-        use sqlx::Row;
-        const SQL: &str =
-            "SELECT label_key, label_value FROM execution_labels WHERE execution_id = ";
-        macro_rules! fetch {
-            ($pool:expr, $placeholder:expr) => {{
-                let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "{SQL}{} ORDER BY label_key",
-                    $placeholder
-                )))
-                .bind(execution_id.to_string())
-                .fetch_all($pool)
-                .await
-                .unwrap();
-                rows.iter()
-                    .map(|r| {
-                        (
-                            r.get::<String, _>("label_key"),
-                            r.get::<String, _>("label_value"),
-                        )
-                    })
-                    .collect()
-            }};
-        }
-        match self {
-            #[cfg(feature = "sqlite")]
-            Raw::Sqlite(pool) => fetch!(pool, "?"),
-            #[cfg(feature = "postgres")]
-            Raw::Postgres(pool) => fetch!(pool, "$1"),
-            #[cfg(feature = "mysql")]
-            Raw::MySql(pool) => fetch!(pool, "?"),
-        }
+        rows_of!(
+            self,
+            "SELECT label_key, label_value FROM execution_labels WHERE execution_id = ",
+            "label_key",
+            execution_id,
+            (String, "label_key"),
+            (String, "label_value")
+        )
     }
 }
 

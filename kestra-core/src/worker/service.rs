@@ -800,6 +800,22 @@ impl Shared {
     }
 }
 
+/// Run `delivery` on its slot `permit`; its unacknowledged slot `ack` is given back once its
+/// result is published.
+fn spawn_job(
+    jobs: &mut JoinSet<()>,
+    shared: &Arc<Shared>,
+    delivery: Delivery,
+    permit: OwnedSemaphorePermit,
+    ack: OwnedSemaphorePermit,
+) {
+    let shared = shared.clone();
+    jobs.spawn(async move {
+        shared.handle(delivery, Some(permit)).await;
+        drop(ack);
+    });
+}
+
 /// A message waiting to be published with others in one batch: a finished job's result (with the
 /// job to acknowledge and the handler to wake), or a RUNNING message (neither).
 struct Outgoing {
@@ -1319,11 +1335,7 @@ impl Worker {
             if let Some((delivery, ack, held)) = pending.pop_front() {
                 // Its lease is renewed again as soon as `handle` holds it.
                 drop(held);
-                let shared = shared.clone();
-                jobs.spawn(async move {
-                    shared.handle(delivery, Some(first)).await;
-                    drop(ack);
-                });
+                spawn_job(&mut jobs, &shared, delivery, first, ack);
                 continue;
             }
             let mut permits = vec![first];
@@ -1333,11 +1345,7 @@ impl Worker {
             // A claim takes up to twice the free slots (at most `concurrency` jobs): the jobs
             // beyond them wait here for the slots that jobs ending meanwhile free, without a
             // claim's round trip each time (the slots, not the claims, bound the jobs running).
-            let wanted = permits
-                .len()
-                .saturating_mul(2)
-                .min(concurrency)
-                .max(permits.len());
+            let wanted = permits.len().saturating_mul(2).min(concurrency);
             let first_unacked = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
@@ -1409,13 +1417,7 @@ impl Worker {
             let mut permits = permits.into_iter();
             for (delivery, ack) in deliveries.into_iter().zip(acks) {
                 match permits.next() {
-                    Some(permit) => {
-                        let shared = shared.clone();
-                        jobs.spawn(async move {
-                            shared.handle(delivery, Some(permit)).await;
-                            drop(ack);
-                        });
-                    }
+                    Some(permit) => spawn_job(&mut jobs, &shared, delivery, permit, ack),
                     None => {
                         let held = shared.hold(delivery.tag);
                         pending.push_back((delivery, ack, held));
