@@ -22,6 +22,7 @@ mod executions;
 #[cfg(feature = "testkit")]
 mod faults;
 mod flows;
+mod grouped;
 mod logs;
 mod maintenance;
 mod queue;
@@ -192,6 +193,8 @@ pub(crate) struct Store {
     /// nothing was published here since, and a consumer's first claim of a `begin`/`receive` waits
     /// for a wake-up (or its first poll) instead of reading an empty queue.
     caught_up: std::sync::Mutex<HashMap<(ConsumerGroup, Vec<Topic>), u64>>,
+    /// The publishes waiting to be written together ([`grouped`]).
+    publishes: Arc<grouped::PublishGroups>,
     /// Kept alive as long as the store (e.g. the temporary file of an in-memory SQLite database).
     _guard: Option<Box<dyn std::any::Any + Send + Sync>>,
 }
@@ -222,6 +225,7 @@ impl Store {
             max_message_bytes,
             tasks: std::sync::Mutex::new(Vec::new()),
             caught_up: std::sync::Mutex::new(HashMap::new()),
+            publishes: Arc::default(),
             _guard: guard,
         });
         let weak = Arc::downgrade(&store);

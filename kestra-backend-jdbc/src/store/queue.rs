@@ -3,18 +3,6 @@
 use super::*;
 
 impl Store {
-    async fn publish_once(&self, messages: &[Envelope]) -> Result<(), sqlx::Error> {
-        if FLAVOR == crate::common::Flavor::Sqlite {
-            let mut qb = Qb::new("BEGIN IMMEDIATE; ");
-            if push_publish(&mut qb, messages).is_some() {
-                return write_at_once(&self.write, qb).await.map(|_| ());
-            }
-        }
-        let mut tx = begin_write(&self.write).await?;
-        publish_in(&mut tx, messages).await?;
-        tx.commit().await
-    }
-
     /// Claim in a transaction of its own: the claim (and the delivery attempt it counts) is
     /// committed before the consumer processes anything. `fault`: the testkit's (executor claims).
     async fn claim_once(
@@ -182,19 +170,7 @@ impl Queue for Store {
             return Ok(());
         }
         check_publish(&messages, self.max_message_bytes)?;
-        let mut attempt = 0;
-        loop {
-            match self.publish_once(&messages).await {
-                Ok(()) => break,
-                Err(e) if attempt < RETRIES && is_transient(&e) => {
-                    attempt += 1;
-                    backoff(attempt).await;
-                }
-                Err(e) => return Err(queue_err("publish")(e)),
-            }
-        }
-        self.wake(messages.iter().map(|m| m.topic));
-        Ok(())
+        self.publish_grouped(messages).await
     }
 
     async fn receive(

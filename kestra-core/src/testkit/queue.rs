@@ -384,6 +384,63 @@ pub async fn publish_receive_round_trip(queue: Arc<dyn Queue>) {
     .await;
 }
 
+/// Many publishers at once (as API clients starting executions are): 24 tasks, each publishing 5
+/// times in a row 3 messages of its own key. Every message arrives exactly once and, per key, in
+/// publish order - a backend that writes concurrent publishes together (JDBC's group commit) keeps
+/// each publish whole and a publisher's publishes in the order they returned.
+pub async fn concurrent_publishes(queue: Arc<dyn Queue>) {
+    const PUBLISHERS: u64 = 24;
+    const ROUNDS: u64 = 5;
+    const PER_PUBLISH: u64 = 3;
+    let (group, topic) = (ConsumerGroup::Worker, Topic::WorkerJob);
+    let p = prefix("concurrent-publishes");
+    let mut handles = Vec::new();
+    for k in 0..PUBLISHERS {
+        let (q, key) = (queue.clone(), format!("{p}-k{k}"));
+        handles.push(tokio::spawn(async move {
+            for round in 0..ROUNDS {
+                let messages = (0..PER_PUBLISH)
+                    .map(|i| msg(topic, &key, round * PER_PUBLISH + i))
+                    .collect();
+                publish(&*q, messages).await;
+            }
+        }));
+    }
+    join_all(handles).await;
+    let total = (PUBLISHERS * ROUNDS * PER_PUBLISH) as usize;
+    // Received and acknowledged batch after batch (a key held unacknowledged is not delivered
+    // further), so the order of receipt is the order of processing.
+    let mut by_key: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    let mut received = 0;
+    let start = Instant::now();
+    while received < total {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "concurrent publishes: {received} of {total} messages received within {DEADLINE:?}"
+        );
+        let got = receive_own(&*queue, group, topic, &p, 100, LEASE, POLL).await;
+        for d in &got {
+            by_key
+                .entry(d.envelope.key.clone())
+                .or_default()
+                .push(seq_of(d));
+        }
+        received += got.len();
+        let tags: Vec<DeliveryTag> = got.iter().map(|d| d.tag).collect();
+        ack(&*queue, group, &tags).await;
+    }
+    for k in 0..PUBLISHERS {
+        let key = format!("{p}-k{k}");
+        let expected: Vec<u64> = (0..ROUNDS * PER_PUBLISH).collect();
+        assert_eq!(
+            by_key.get(&key),
+            Some(&expected),
+            "key {key}: every message of its 5 publishes, once each, in publish order"
+        );
+    }
+    assert_eq!(received, total, "each message delivered once");
+}
+
 /// Every consumer group that [`Topic::groups`] lists for a topic receives each message of it once;
 /// publishing to a broadcast-only topic (no group) succeeds.
 pub async fn fan_out_to_every_group(queue: Arc<dyn Queue>) {
@@ -2366,6 +2423,7 @@ pub async fn run_all(queue: Arc<dyn Queue>) {
 pub async fn run_all_with(factory: &QueueFactory) {
     let capabilities = factory().capabilities();
     publish_receive_round_trip(factory()).await;
+    concurrent_publishes(factory()).await;
     fan_out_to_every_group(factory()).await;
     tags_of_two_topics(factory()).await;
     competing_consumers_with(factory).await;
