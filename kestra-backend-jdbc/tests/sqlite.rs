@@ -93,6 +93,73 @@ async fn scheduler_scenarios_in_memory() {
     scheduler_suite("sqlite::memory:").await;
 }
 
+/// An execution that a deferred unit's prefetch found not stored, and that the API stores before
+/// the unit commits, refuses the unit (fenced) instead of being overwritten; the message comes
+/// back and the next unit, prefetching again, loads the API's execution.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deferred_unit_prefetched_missing_is_fenced_by_a_create() {
+    use kestra_core::model::Execution;
+    use kestra_core::queue::{ConsumerGroup, QueueError, Topic};
+    use std::time::Duration;
+    let backend = connect(&sqlite_url()).await;
+    let repo = backend.repositories().executions;
+    let queue = backend.queue();
+    let e = Execution::new("test.prefetch", "flow", 1);
+    queue
+        .publish(vec![kestra_core::messages::execution_envelope(&e).unwrap()])
+        .await
+        .unwrap();
+    let begin = || {
+        queue.begin(
+            ConsumerGroup::Executor,
+            &[Topic::Execution],
+            10,
+            Duration::from_secs(5),
+        )
+    };
+    let mut unit = begin().await.unwrap().expect("claimed");
+    unit.prefetch_executions(std::slice::from_ref(&e.id))
+        .await
+        .unwrap();
+    let mut by_api = e.clone();
+    by_api
+        .labels
+        .push(kestra_core::model::Label::new("by", "api"));
+    repo.save(&by_api).await.unwrap();
+    assert_eq!(
+        unit.load_execution(&e.id).await.unwrap(),
+        None,
+        "the load answers what the prefetch found"
+    );
+    let mut created = e.clone();
+    created.flow_revision = 7;
+    unit.save_execution(&created).await.unwrap();
+    assert!(
+        matches!(unit.commit().await, Err(QueueError::Fenced { .. })),
+        "a unit whose prefetched-missing execution was created meanwhile is fenced"
+    );
+    let stored = repo.find_by_id(&e.tenant_id, &e.id).await.unwrap().unwrap();
+    assert_eq!(stored.labels, by_api.labels, "the API's write stands");
+    assert_eq!(
+        stored.flow_revision, 1,
+        "nothing of the fenced unit is written"
+    );
+    let mut unit = begin()
+        .await
+        .unwrap()
+        .expect("the message is claimable again");
+    unit.prefetch_executions(std::slice::from_ref(&e.id))
+        .await
+        .unwrap();
+    let loaded = unit.load_execution(&e.id).await.unwrap();
+    assert_eq!(
+        loaded.map(|l| l.labels),
+        Some(by_api.labels),
+        "the next unit loads the API's execution"
+    );
+    unit.commit().await.unwrap();
+}
+
 /// SQLite's unit of work opens its transaction only when it commits (the single writer is not
 /// held while the executor processes): an API write of an execution the unit read, between its
 /// read and its commit, refuses the unit (fenced) instead of being overwritten, and the unit's

@@ -1083,6 +1083,20 @@ pub trait UnitOfWork: Send {
         })
     }
 
+    /// Say which executions this unit is about to load with no stamp (the caller holds no copy
+    /// of them), so that a backend that reads each load on its own may read them together: JDBC's
+    /// deferred SQLite unit finds those not stored yet (an execution's first message) in one
+    /// query, and their loads answer [`LoadedExecution::Missing`] without reading again (its
+    /// commit checks, under the write lock, that they are still missing). Every id must be the key
+    /// of a claimed message, else [`QueueError::NotClaimed`]. A hint: loads answer the same with
+    /// or without it. The default only checks the ids.
+    async fn prefetch_executions(&mut self, ids: &[String]) -> Result<(), QueueError> {
+        for id in ids {
+            check_claimed(self.deliveries(), || "prefetch executions".into(), id)?;
+        }
+        Ok(())
+    }
+
     /// [`UnitOfWork::save_execution`], giving the stamp of what will be stored once the unit
     /// commits, for a later [`UnitOfWork::load_execution_unless`] (`None`: this backend gives no
     /// stamps). The stamp is valid only if the commit succeeds.

@@ -442,6 +442,7 @@ impl Queue for Store {
                         staged: Vec::new(),
                         stored: HashMap::new(),
                         fault,
+                        missing: HashSet::new(),
                     })));
                 }
                 Ok(claimed) if !claimed.is_empty() => {
@@ -490,6 +491,7 @@ impl Queue for Store {
                             staged: Vec::new(),
                             stored: HashMap::new(),
                             fault,
+                            missing: HashSet::new(),
                         })));
                     }
                     // Every row was claimed elsewhere meanwhile (its lease ended): look again.

@@ -117,6 +117,9 @@ pub(super) struct JdbcUnit {
     /// The testkit's planned transaction fault (see [`crate::testkit`]).
     #[cfg_attr(not(feature = "testkit"), allow(dead_code))]
     pub(super) fault: Fault,
+    /// SQLite: executions found not stored by [`UnitOfWork::prefetch_executions`], whose first
+    /// load answers `Missing` without reading again.
+    pub(super) missing: HashSet<String>,
 }
 
 impl JdbcUnit {
@@ -307,7 +310,9 @@ impl UnitOfWork for JdbcUnit {
             self.stored.insert(id.to_string(), known);
             return Ok(LoadedExecution::Unchanged);
         }
-        let read = if self.deferred.is_some() {
+        let read = if self.deferred.is_some() && self.missing.remove(id) {
+            Read::Missing
+        } else if self.deferred.is_some() {
             let mut reader = self
                 .read
                 .acquire()
@@ -338,6 +343,32 @@ impl UnitOfWork for JdbcUnit {
                 LoadedExecution::Loaded(execution, Some(stored.stamp(len)))
             }
         })
+    }
+
+    async fn prefetch_executions(&mut self, ids: &[String]) -> Result<(), QueueError> {
+        for id in ids {
+            check_claimed(&self.deliveries, || "prefetch executions".into(), id)?;
+        }
+        // A unit with a transaction reads (and locks) each execution when it loads it.
+        if self.deferred.is_none() {
+            return Ok(());
+        }
+        let err = queue_err("prefetch_executions");
+        let mut reader = self.read.acquire().await.map_err(&err)?;
+        let mut stored = HashSet::new();
+        for chunk in ids.chunks(CHUNK) {
+            let mut qb = Qb::new("SELECT id FROM executions WHERE id IN ");
+            push_in(&mut qb, chunk.iter().cloned());
+            let rows: Vec<(String,)> = qb
+                .build_query_as()
+                .fetch_all(&mut *reader)
+                .await
+                .map_err(&err)?;
+            stored.extend(rows.into_iter().map(|(id,)| id));
+        }
+        self.missing
+            .extend(ids.iter().filter(|id| !stored.contains(*id)).cloned());
+        Ok(())
     }
 
     async fn save_execution(&mut self, execution: &Execution) -> Result<(), QueueError> {

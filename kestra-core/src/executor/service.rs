@@ -640,6 +640,27 @@ impl ExecutorService {
         let mut keyed = KeyedState::default();
         let mut outgoing: Vec<Envelope> = Vec::new();
         let walk_later = self.walks_left_to_later(&deliveries, oversized);
+        // The executions of this unit's messages that this executor holds no copy of: the backend
+        // may read them together (one query instead of one per execution).
+        let unknown: Vec<String> = {
+            let saved = self.saved.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut seen = HashSet::new();
+            deliveries
+                .iter()
+                .filter(|d| {
+                    !matches!(
+                        d.envelope.topic,
+                        Topic::ConcurrencySlot | Topic::FlowPrecondition | Topic::Liveness
+                    )
+                })
+                .map(|d| &d.envelope.key)
+                .filter(|k| !saved.entries.contains_key(*k) && seen.insert(*k))
+                .cloned()
+                .collect()
+        };
+        if !unknown.is_empty() {
+            unit.prefetch_executions(&unknown).await?;
+        }
         for (position, delivery) in deliveries.into_iter().enumerate() {
             if matches!(
                 delivery.envelope.topic,

@@ -1883,6 +1883,96 @@ pub async fn unit_of_work_commit(queue: Arc<dyn Queue>) {
     assert_no_own_units(q, &UOW_TOPICS, &p, Duration::from_secs(1)).await;
 }
 
+/// A unit holding the two messages of this run (a unit that got one is dropped: both come back).
+async fn both_in_one_unit(q: &dyn Queue, p: &str) -> Box<dyn UnitOfWork> {
+    let start = Instant::now();
+    loop {
+        let (unit, own) = begin_own(q, &UOW_TOPICS, p, DEADLINE).await;
+        if own.len() == 2 {
+            return unit;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "no unit held both messages of this run within {DEADLINE:?}"
+        );
+        drop(unit);
+    }
+}
+
+/// [`UnitOfWork::prefetch_executions`] is a hint: after it, a stored execution loads as stored
+/// and an unknown one as `None`, as without it; an id that is not the key of a claimed message is
+/// refused with [`QueueError::NotClaimed`]; an execution prefetched as unknown and saved in the
+/// unit is stored at commit.
+pub async fn unit_of_work_prefetch(queue: Arc<dyn Queue>) {
+    let q = &*queue;
+    let p = prefix("uow-prefetch");
+    let (stored_id, new_id) = (format!("{p}-stored"), format!("{p}-new"));
+    let ns = "testkit.uow";
+    publish(q, vec![msg(Topic::Execution, &stored_id, 1)]).await;
+    let (mut unit, _) = begin_own(q, &UOW_TOPICS, &p, DEADLINE).await;
+    let stored = execution(&stored_id, ns, StateType::Running);
+    unit.save_execution(&stored)
+        .await
+        .unwrap_or_else(|e| panic!("save_execution failed: {e}"));
+    commit(unit).await;
+
+    publish(
+        q,
+        vec![
+            msg(Topic::Execution, &stored_id, 2),
+            msg(Topic::Execution, &new_id, 3),
+        ],
+    )
+    .await;
+    let mut unit = both_in_one_unit(q, &p).await;
+    let foreign = format!("{p}-not-claimed");
+    let refused = unit
+        .prefetch_executions(&[stored_id.clone(), foreign.clone()])
+        .await;
+    assert!(
+        matches!(refused, Err(QueueError::NotClaimed { .. })),
+        "prefetching an execution whose key no claimed message has is refused: {refused:?}"
+    );
+    drop(unit);
+    let mut unit = both_in_one_unit(q, &p).await;
+    unit.prefetch_executions(&[stored_id.clone(), new_id.clone()])
+        .await
+        .unwrap_or_else(|e| panic!("prefetch_executions failed: {e}"));
+    let loaded = unit
+        .load_execution(&stored_id)
+        .await
+        .unwrap_or_else(|e| panic!("load_execution failed: {e}"));
+    assert_eq!(
+        loaded.as_ref(),
+        Some(&stored),
+        "a prefetched stored execution loads as stored"
+    );
+    let loaded = unit
+        .load_execution(&new_id)
+        .await
+        .unwrap_or_else(|e| panic!("load_execution failed: {e}"));
+    assert_eq!(loaded, None, "a prefetched unknown execution loads as None");
+    let created = execution(&new_id, ns, StateType::Running);
+    unit.save_execution(&created)
+        .await
+        .unwrap_or_else(|e| panic!("save_execution failed: {e}"));
+    commit(unit).await;
+
+    publish(q, vec![msg(Topic::Execution, &new_id, 4)]).await;
+    let (mut unit, _) = begin_own(q, &UOW_TOPICS, &p, DEADLINE).await;
+    let loaded = unit
+        .load_execution(&new_id)
+        .await
+        .unwrap_or_else(|e| panic!("load_execution failed: {e}"));
+    assert_eq!(
+        loaded.as_ref(),
+        Some(&created),
+        "the execution saved after a prefetch found it unknown is stored"
+    );
+    commit(unit).await;
+    assert_no_own_units(q, &UOW_TOPICS, &p, Duration::from_secs(1)).await;
+}
+
 /// Everything staged in a unit that is dropped without commit is discarded (execution unchanged, state
 /// absent, staged messages never published) and its claimed messages are delivered again; when the
 /// retry commits, the message has been processed once in total.
@@ -2447,6 +2537,7 @@ pub async fn run_all_with(factory: &QueueFactory) {
     broadcast_committed_late(factory()).await;
     subscribe_only_broadcast_topics(factory()).await;
     unit_of_work_commit(factory()).await;
+    unit_of_work_prefetch(factory()).await;
     unit_of_work_rollback_on_drop(factory()).await;
     unit_of_work_crash_before_commit(factory()).await;
     unit_of_work_dead_letter(factory()).await;
