@@ -1084,10 +1084,10 @@ pub trait UnitOfWork: Send {
     }
 
     /// Say which executions this unit is about to load with no stamp (the caller holds no copy
-    /// of them), so that a backend that reads each load on its own may read them together: JDBC's
-    /// deferred SQLite unit finds those not stored yet (an execution's first message) in one
-    /// query, and their loads answer [`LoadedExecution::Missing`] without reading again (its
-    /// commit checks, under the write lock, that they are still missing). Every id must be the key
+    /// of them), so that a backend that reads each load on its own may read them together: JDBC
+    /// finds those not stored yet (an execution's first message) in one query, and their loads
+    /// answer [`LoadedExecution::Missing`] without reading again (SQLite's deferred unit checks at
+    /// commit, under the write lock, that they are still missing). Every id must be the key
     /// of a claimed message, else [`QueueError::NotClaimed`]. A hint: loads answer the same with
     /// or without it. The default only checks the ids.
     async fn prefetch_executions(&mut self, ids: &[String]) -> Result<(), QueueError> {

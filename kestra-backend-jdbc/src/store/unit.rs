@@ -117,8 +117,8 @@ pub(super) struct JdbcUnit {
     /// The testkit's planned transaction fault (see [`crate::testkit`]).
     #[cfg_attr(not(feature = "testkit"), allow(dead_code))]
     pub(super) fault: Fault,
-    /// SQLite: executions found not stored by [`UnitOfWork::prefetch_executions`], whose first
-    /// load answers `Missing` without reading again.
+    /// Executions found not stored by [`UnitOfWork::prefetch_executions`] (and not saved by this
+    /// unit since), whose load answers `Missing` without reading again.
     pub(super) missing: HashSet<String>,
 }
 
@@ -310,7 +310,7 @@ impl UnitOfWork for JdbcUnit {
             self.stored.insert(id.to_string(), known);
             return Ok(LoadedExecution::Unchanged);
         }
-        let read = if self.deferred.is_some() && self.missing.remove(id) {
+        let read = if self.missing.remove(id) {
             Read::Missing
         } else if self.deferred.is_some() {
             let mut reader = self
@@ -349,19 +349,26 @@ impl UnitOfWork for JdbcUnit {
         for id in ids {
             check_claimed(&self.deliveries, || "prefetch executions".into(), id)?;
         }
-        // A unit with a transaction reads (and locks) each execution when it loads it.
-        if self.deferred.is_none() {
-            return Ok(());
-        }
+        // Only which are stored: a stored one is read (and, with a transaction, locked) when it
+        // is loaded. A missing row locks nothing either way (`FOR UPDATE` finds nothing to lock):
+        // the deferred unit checks at commit that it is still missing; a unit with a transaction
+        // holds the keys of its executions' messages, so no other executor creates them meanwhile.
         let err = queue_err("prefetch_executions");
-        let mut reader = self.read.acquire().await.map_err(&err)?;
+        let mut reader = match self.deferred {
+            Some(_) => Some(self.read.acquire().await.map_err(&err)?),
+            None => None,
+        };
+        let conn = match reader.as_mut() {
+            Some(reader) => &mut **reader,
+            None => self.conn()?,
+        };
         let mut stored = HashSet::new();
         for chunk in ids.chunks(CHUNK) {
             let mut qb = Qb::new("SELECT id FROM executions WHERE id IN ");
             push_in(&mut qb, chunk.iter().cloned());
             let rows: Vec<(String,)> = qb
                 .build_query_as()
-                .fetch_all(&mut *reader)
+                .fetch_all(&mut *conn)
                 .await
                 .map_err(&err)?;
             stored.extend(rows.into_iter().map(|(id,)| id));
@@ -390,6 +397,8 @@ impl UnitOfWork for JdbcUnit {
         changed: Option<&[usize]>,
     ) -> Result<Option<ExecutionStamp>, QueueError> {
         check_claimed(&self.deliveries, || "save execution".into(), &execution.id)?;
+        // Written here: a later load reads it (in this unit's writes), whatever a prefetch found.
+        self.missing.remove(&execution.id);
         // Only the task runs that differ from the stored ones are encoded and written; what is
         // stored is taken (updated in place when nothing else holds it) and put back once written
         // (an error here drops the unit).
