@@ -93,31 +93,48 @@ async fn scheduler_scenarios_in_memory() {
     scheduler_suite("sqlite::memory:").await;
 }
 
+/// Publish `e` on the execution topic of `backend`.
+async fn publish_execution(
+    backend: &kestra_backend_jdbc::JdbcBackend,
+    e: &kestra_core::model::Execution,
+) {
+    backend
+        .queue()
+        .publish(vec![kestra_core::messages::execution_envelope(e).unwrap()])
+        .await
+        .unwrap();
+}
+
+/// The executor's next unit of work over the execution topic (panics if none comes within 5 s).
+async fn execution_unit(
+    backend: &kestra_backend_jdbc::JdbcBackend,
+) -> Box<dyn kestra_core::queue::UnitOfWork> {
+    use kestra_core::queue::{ConsumerGroup, Topic};
+    backend
+        .queue()
+        .begin(
+            ConsumerGroup::Executor,
+            &[Topic::Execution],
+            10,
+            std::time::Duration::from_secs(5),
+        )
+        .await
+        .unwrap()
+        .expect("a unit claims the published message")
+}
+
 /// An execution that a deferred unit's prefetch found not stored, and that the API stores before
 /// the unit commits, refuses the unit (fenced) instead of being overwritten; the message comes
 /// back and the next unit, prefetching again, loads the API's execution.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn deferred_unit_prefetched_missing_is_fenced_by_a_create() {
     use kestra_core::model::Execution;
-    use kestra_core::queue::{ConsumerGroup, QueueError, Topic};
-    use std::time::Duration;
+    use kestra_core::queue::QueueError;
     let backend = connect(&sqlite_url()).await;
     let repo = backend.repositories().executions;
-    let queue = backend.queue();
     let e = Execution::new("test.prefetch", "flow", 1);
-    queue
-        .publish(vec![kestra_core::messages::execution_envelope(&e).unwrap()])
-        .await
-        .unwrap();
-    let begin = || {
-        queue.begin(
-            ConsumerGroup::Executor,
-            &[Topic::Execution],
-            10,
-            Duration::from_secs(5),
-        )
-    };
-    let mut unit = begin().await.unwrap().expect("claimed");
+    publish_execution(&backend, &e).await;
+    let mut unit = execution_unit(&backend).await;
     unit.prefetch_executions(std::slice::from_ref(&e.id))
         .await
         .unwrap();
@@ -144,10 +161,8 @@ async fn deferred_unit_prefetched_missing_is_fenced_by_a_create() {
         stored.flow_revision, 1,
         "nothing of the fenced unit is written"
     );
-    let mut unit = begin()
-        .await
-        .unwrap()
-        .expect("the message is claimable again");
+    // Its message is claimable again at once.
+    let mut unit = execution_unit(&backend).await;
     unit.prefetch_executions(std::slice::from_ref(&e.id))
         .await
         .unwrap();
@@ -167,26 +182,13 @@ async fn deferred_unit_prefetched_missing_is_fenced_by_a_create() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn deferred_unit_is_fenced_by_a_write_after_its_read() {
     use kestra_core::model::Execution;
-    use kestra_core::queue::{ConsumerGroup, LoadedExecution, QueueError, Topic};
-    use std::time::Duration;
+    use kestra_core::queue::{LoadedExecution, QueueError};
     let backend = connect(&sqlite_url()).await;
     let repo = backend.repositories().executions;
-    let queue = backend.queue();
     let e = Execution::new("test.deferred", "flow", 1);
     repo.save(&e).await.unwrap();
-    queue
-        .publish(vec![kestra_core::messages::execution_envelope(&e).unwrap()])
-        .await
-        .unwrap();
-    let begin = || {
-        queue.begin(
-            ConsumerGroup::Executor,
-            &[Topic::Execution],
-            10,
-            Duration::from_secs(5),
-        )
-    };
-    let mut unit = begin().await.unwrap().expect("claimed");
+    publish_execution(&backend, &e).await;
+    let mut unit = execution_unit(&backend).await;
     let mut loaded = unit.load_execution(&e.id).await.unwrap().expect("saved");
     // The API writes it meanwhile (a new revision).
     let mut by_api = e.clone();
@@ -213,10 +215,7 @@ async fn deferred_unit_is_fenced_by_a_write_after_its_read() {
     );
 
     // Its message comes back at once (the claim is released); this unit reads its own write.
-    let mut unit = begin()
-        .await
-        .unwrap()
-        .expect("the message is claimable again");
+    let mut unit = execution_unit(&backend).await;
     let mut loaded = unit.load_execution(&e.id).await.unwrap().expect("saved");
     assert_eq!(loaded.labels, by_api.labels);
     loaded.flow_revision = 8;
@@ -241,11 +240,8 @@ async fn deferred_unit_is_fenced_by_a_write_after_its_read() {
         .labels
         .push(kestra_core::model::Label::new("by", "api-2"));
     repo.save(&by_api).await.unwrap();
-    queue
-        .publish(vec![kestra_core::messages::execution_envelope(&e).unwrap()])
-        .await
-        .unwrap();
-    let mut unit = begin().await.unwrap().expect("claimed");
+    publish_execution(&backend, &e).await;
+    let mut unit = execution_unit(&backend).await;
     assert!(matches!(
         unit.load_execution_unless(&e.id, Some(&stamp))
             .await
@@ -265,7 +261,7 @@ async fn deferred_unit_is_fenced_by_a_write_after_its_read() {
         "nothing of the fenced unit is written"
     );
     // Without the stamp, the next unit reads the API's write.
-    let mut unit = begin().await.unwrap().expect("claimable again");
+    let mut unit = execution_unit(&backend).await;
     match unit.load_execution_unless(&e.id, None).await.unwrap() {
         LoadedExecution::Loaded(loaded, _) => assert_eq!(loaded.labels, by_api.labels),
         _ => panic!("expected the execution to be loaded"),
