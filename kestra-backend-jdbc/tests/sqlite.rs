@@ -123,6 +123,27 @@ async fn execution_unit(
         .expect("a unit claims the published message")
 }
 
+/// After a fenced unit: the stored execution is the API's write `by_api` (its labels), and its
+/// flow revision is still `flow_revision` (nothing of the fenced unit is written).
+async fn assert_api_write_stands(
+    backend: &kestra_backend_jdbc::JdbcBackend,
+    by_api: &kestra_core::model::Execution,
+    flow_revision: i32,
+) {
+    let stored = backend
+        .repositories()
+        .executions
+        .find_by_id(&by_api.tenant_id, &by_api.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.labels, by_api.labels, "the API's write stands");
+    assert_eq!(
+        stored.flow_revision, flow_revision,
+        "nothing of the fenced unit is written"
+    );
+}
+
 /// An execution that a deferred unit's prefetch found not stored, and that the API stores before
 /// the unit commits, refuses the unit (fenced) instead of being overwritten; the message comes
 /// back and the next unit, prefetching again, loads the API's execution.
@@ -155,12 +176,7 @@ async fn deferred_unit_prefetched_missing_is_fenced_by_a_create() {
         matches!(unit.commit().await, Err(QueueError::Fenced { .. })),
         "a unit whose prefetched-missing execution was created meanwhile is fenced"
     );
-    let stored = repo.find_by_id(&e.tenant_id, &e.id).await.unwrap().unwrap();
-    assert_eq!(stored.labels, by_api.labels, "the API's write stands");
-    assert_eq!(
-        stored.flow_revision, 1,
-        "nothing of the fenced unit is written"
-    );
+    assert_api_write_stands(&backend, &by_api, 1).await;
     // Its message is claimable again at once.
     let mut unit = execution_unit(&backend).await;
     unit.prefetch_executions(std::slice::from_ref(&e.id))
@@ -207,12 +223,7 @@ async fn deferred_unit_is_fenced_by_a_write_after_its_read() {
         }
         other => panic!("expected the unit to be fenced, got {other:?}"),
     }
-    let stored = repo.find_by_id(&e.tenant_id, &e.id).await.unwrap().unwrap();
-    assert_eq!(stored.labels, by_api.labels, "the API's write stands");
-    assert_eq!(
-        stored.flow_revision, 1,
-        "nothing of the fenced unit is written"
-    );
+    assert_api_write_stands(&backend, &by_api, 1).await;
 
     // Its message comes back at once (the claim is released); this unit reads its own write.
     let mut unit = execution_unit(&backend).await;
@@ -254,12 +265,7 @@ async fn deferred_unit_is_fenced_by_a_write_after_its_read() {
         matches!(unit.commit().await, Err(QueueError::Fenced { .. })),
         "a unit that took a stale stamp is fenced"
     );
-    let stored = repo.find_by_id(&e.tenant_id, &e.id).await.unwrap().unwrap();
-    assert_eq!(stored.labels, by_api.labels, "the API's write stands");
-    assert_eq!(
-        stored.flow_revision, 9,
-        "nothing of the fenced unit is written"
-    );
+    assert_api_write_stands(&backend, &by_api, 9).await;
     // Without the stamp, the next unit reads the API's write.
     let mut unit = execution_unit(&backend).await;
     match unit.load_execution_unless(&e.id, None).await.unwrap() {

@@ -123,7 +123,7 @@ async fn write_groups(groups: Arc<PublishGroups>, pool: Pool<Db>, notifier: Arc<
             .collect();
         let result = publish_retrying(&pool, &together).await;
         if result.is_ok() {
-            wake(&notifier, &together);
+            super::queue::wake_topics(&notifier, together.iter().map(|m| m.topic));
         }
         match result {
             Ok(()) => {
@@ -145,7 +145,7 @@ async fn write_groups(groups: Arc<PublishGroups>, pool: Pool<Db>, notifier: Arc<
                 for p in group {
                     let result = publish_retrying(&pool, &p.messages).await;
                     if result.is_ok() {
-                        wake(&notifier, &p.messages);
+                        super::queue::wake_topics(&notifier, p.messages.iter().map(|m| m.topic));
                     }
                     let _ = p.done.send(result);
                 }
@@ -153,13 +153,6 @@ async fn write_groups(groups: Arc<PublishGroups>, pool: Pool<Db>, notifier: Arc<
         }
     }
     turn.1 = true;
-}
-
-fn wake(notifier: &Notifier, messages: &[Envelope]) {
-    let topics: BTreeSet<Topic> = messages.iter().map(|m| m.topic).collect();
-    for t in topics {
-        notifier.notify(t);
-    }
 }
 
 /// One transaction inserting `messages`, retried on a transient error.

@@ -2,6 +2,14 @@
 
 use super::*;
 
+/// Wake the in-process waiters of each of `topics` once.
+pub(super) fn wake_topics(notifier: &Notifier, topics: impl IntoIterator<Item = Topic>) {
+    let distinct: BTreeSet<Topic> = topics.into_iter().collect();
+    for t in distinct {
+        notifier.notify(t);
+    }
+}
+
 impl Store {
     /// Claim in a transaction of its own: the claim (and the delivery attempt it counts) is
     /// committed before the consumer processes anything. `fault`: the testkit's (executor claims).
@@ -147,10 +155,7 @@ impl Store {
     }
 
     fn wake(&self, topics: impl IntoIterator<Item = Topic>) {
-        let distinct: BTreeSet<Topic> = topics.into_iter().collect();
-        for t in distinct {
-            self.notifier.notify(t);
-        }
+        wake_topics(&self.notifier, topics);
     }
 }
 
