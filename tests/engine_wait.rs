@@ -80,6 +80,24 @@ fn counted(backend: &JdbcBackend) -> (Repositories, Arc<Counting>) {
     (repositories, counting)
 }
 
+/// An engine (every component) on `url` whose execution reads are counted, its fallback poll
+/// every `poll`; the directory of its storage goes with the returned guard.
+async fn counted_engine(
+    url: &str,
+    poll: Duration,
+) -> (tempfile::TempDir, Arc<Engine>, Arc<Counting>) {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = JdbcBackend::connect(url).await.unwrap();
+    let (repositories, counting) = counted(&backend);
+    let storage = Arc::new(LocalStorage::new(dir.path()).unwrap());
+    let engine = Arc::new(
+        Engine::builder(backend.queue(), repositories, storage)
+            .wait_poll_interval(poll)
+            .start(),
+    );
+    (dir, engine, counting)
+}
+
 const PAUSED: &str = "id: paused\nnamespace: {ns}\ntasks:\n  - id: hold\n    type: io.kestra.plugin.core.flow.Pause\n  - id: after\n    type: io.kestra.plugin.core.debug.Return\n    format: done\n";
 const QUICK: &str = "id: quick\nnamespace: {ns}\ntasks:\n  - id: one\n    type: io.kestra.plugin.core.debug.Return\n    format: \"{{ execution.id }}\"\n";
 
@@ -111,16 +129,8 @@ async fn until_state(engine: &Engine, id: &str, state: StateType) {
 /// execution ends (resumed) after the wait registered, and the wait reads the repository at most
 /// once (when it registers).
 async fn a_wait_returns_on_the_notification(url: &str) {
-    let dir = tempfile::tempdir().unwrap();
     let ns = namespace();
-    let backend = JdbcBackend::connect(url).await.unwrap();
-    let (repositories, counting) = counted(&backend);
-    let storage = Arc::new(LocalStorage::new(dir.path()).unwrap());
-    let engine = Arc::new(
-        Engine::builder(backend.queue(), repositories, storage)
-            .wait_poll_interval(Duration::from_secs(60))
-            .start(),
-    );
+    let (_dir, engine, counting) = counted_engine(url, Duration::from_secs(60)).await;
     engine.deploy(&flow(PAUSED, &ns)).await.unwrap();
     let id = engine
         .execute(&ns, "paused", IndexMap::new())
@@ -172,16 +182,8 @@ async fn a_wait_returns_on_the_notification(url: &str) {
 /// per wait; they all time out with "not created yet" and leave no registration behind. A paused
 /// execution's wait times out with its state.
 async fn many_waits_share_one_query_per_interval(url: &str) {
-    let dir = tempfile::tempdir().unwrap();
     let ns = namespace();
-    let backend = JdbcBackend::connect(url).await.unwrap();
-    let (repositories, counting) = counted(&backend);
-    let storage = Arc::new(LocalStorage::new(dir.path()).unwrap());
-    let engine = Arc::new(
-        Engine::builder(backend.queue(), repositories, storage)
-            .wait_poll_interval(Duration::from_millis(100))
-            .start(),
-    );
+    let (_dir, engine, counting) = counted_engine(url, Duration::from_millis(100)).await;
     engine.deploy(&flow(PAUSED, &ns)).await.unwrap();
     let paused = engine
         .execute(&ns, "paused", IndexMap::new())
@@ -249,6 +251,62 @@ async fn many_waits_share_one_query_per_interval(url: &str) {
     }
 }
 
+/// New waits registering within a few milliseconds of each other are read together: 60 waits
+/// registered one every millisecond (ids never created, poll a minute away) cost a handful of
+/// reads, not one each; and a wait for an execution this engine saw end is answered with it.
+async fn new_waits_are_read_together(url: &str) {
+    let ns = namespace();
+    let (_dir, engine, counting) = counted_engine(url, Duration::from_secs(60)).await;
+    let before = counting.reads();
+    let mut waits = Vec::new();
+    for i in 0..60 {
+        let engine = engine.clone();
+        let id = format!("never-created-{i}-{}", kestra::core::model::new_id());
+        waits.push(tokio::spawn(async move {
+            engine.wait_for(&id, Duration::from_secs(2)).await
+        }));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while engine.pending_waits() < 60 {
+        assert!(Instant::now() < deadline, "the waits never registered");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let reads = counting.reads().1 - before.1;
+    assert!(
+        (1..=20).contains(&reads),
+        "60 waits registered over about 60 ms: {reads} reads (one per wait without batching)"
+    );
+    for wait in waits {
+        assert!(matches!(
+            wait.await.unwrap(),
+            Err(EngineError::Timeout { .. })
+        ));
+    }
+
+    // Ended before its (second) wait: answered, as stored.
+    engine.deploy(&flow(QUICK, &ns)).await.unwrap();
+    let quick = engine
+        .execute(&ns, "quick", IndexMap::new())
+        .await
+        .unwrap()
+        .id;
+    let first = engine
+        .wait_for(&quick, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let again = engine
+        .wait_for(&quick, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(again.state.current(), StateType::Success);
+    assert_eq!(first, again);
+    if let Ok(engine) = Arc::try_unwrap(engine) {
+        engine.shutdown().await;
+    }
+}
+
 /// An execution run by another engine (its own backend connection: no notification reaches this
 /// one, which runs no component) is seen by the fallback poll.
 async fn an_end_elsewhere_is_seen_by_the_poll(url: &str) {
@@ -309,5 +367,6 @@ async fn an_end_elsewhere_is_seen_by_the_poll(url: &str) {
 common::on_each_database!(
     waits: a_wait_returns_on_the_notification,
     many_waits_share_one_query_per_interval,
+    new_waits_are_read_together,
     an_end_elsewhere_is_seen_by_the_poll
 );

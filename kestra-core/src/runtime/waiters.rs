@@ -9,8 +9,9 @@
 //! - **Polled** by one task per engine as the fallback (an execution run by another process's
 //!   executor, an engine without executor or indexer, a lost notification): the ids of every
 //!   pending wait in one [`ExecutionRepository::find_by_ids`] call per interval, whatever the
-//!   number of waiters, plus one call as soon as new waits register (batched: the waits that
-//!   registered meanwhile). So correctness never depends on the notification.
+//!   number of waiters, plus one call for the waits that registered within [`FRESH_BATCH`] of
+//!   each other (at once for an execution this process saw end recently: its report came before
+//!   the wait). So correctness never depends on the notification.
 //!
 //! The task starts with the first wait and ends with the engine (or when the engine is dropped); a
 //! wait that ends (result, timeout, or its future dropped) unregisters its id once no other wait
@@ -18,7 +19,8 @@
 //!
 //! [`Engine::wait_for`]: super::Engine::wait_for
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
@@ -47,10 +49,42 @@ struct Pending {
     fresh: bool,
 }
 
+/// New waits are read together: the first waits this long for others to register (an engine
+/// starting executions flat out registered one wait per execution, each its own read). A wait
+/// for an execution ended elsewhere, before the wait, is answered this much later.
+pub(crate) const FRESH_BATCH: Duration = Duration::from_millis(10);
+
+/// How many ended executions [`Recent`] remembers.
+const RECENT_ENDED: usize = 4096;
+
+/// The ids of the executions reported ended most recently, whose new waits are read at once.
+#[derive(Default)]
+struct Recent {
+    order: VecDeque<String>,
+    ids: HashSet<String>,
+}
+
+impl Recent {
+    fn remember(&mut self, id: &str) {
+        if !self.ids.insert(id.to_string()) {
+            return;
+        }
+        self.order.push_back(id.to_string());
+        if self.order.len() > RECENT_ENDED
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.ids.remove(&oldest);
+        }
+    }
+}
+
 struct Shared {
     executions: Arc<dyn ExecutionRepository>,
     tenant: String,
     pending: Mutex<HashMap<String, Pending>>,
+    recent: Mutex<Recent>,
+    /// A new wait is for an execution of `recent`: the poll task reads without waiting for others.
+    urgent: AtomicBool,
 }
 
 impl Shared {
@@ -89,6 +123,8 @@ impl Waiters {
                 executions,
                 tenant: tenant.to_string(),
                 pending: Mutex::new(HashMap::new()),
+                recent: Mutex::new(Recent::default()),
+                urgent: AtomicBool::new(false),
             }),
             poll: poll.max(Duration::from_millis(1)),
             fresh: Arc::new(Notify::new()),
@@ -178,6 +214,16 @@ impl Waiters {
         }
         let seen = entry.seen.subscribe();
         drop(pending);
+        if self
+            .shared
+            .recent
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .ids
+            .contains(id)
+        {
+            self.shared.urgent.store(true, Ordering::SeqCst);
+        }
         self.fresh.notify_one();
         Registration {
             shared: self.shared.clone(),
@@ -212,6 +258,11 @@ fn ended(shared: &Shared, execution: &Execution) {
     if !execution.state.is_terminated() {
         return;
     }
+    shared
+        .recent
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .remember(&execution.id);
     let pending = shared.pending();
     if let Some(p) = pending.get(&execution.id) {
         p.seen
@@ -255,6 +306,16 @@ async fn poll(
             () = fresh.notified() => false,
             _ = tick.tick() => true,
         };
+        let urgent = shared
+            .upgrade()
+            .is_some_and(|s| s.urgent.swap(false, Ordering::SeqCst));
+        if !all && !urgent {
+            // The waits registering meanwhile are read with this one.
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(FRESH_BATCH) => {}
+            }
+        }
         let Some(shared) = shared.upgrade() else {
             return;
         };
