@@ -70,6 +70,8 @@ struct LogFollow {
     ended_at: Option<tokio::time::Instant>,
     /// When the stored lines were last read.
     stored_at: tokio::time::Instant,
+    /// Whether a line came through the subscription yet.
+    live: bool,
 }
 
 /// After the execution has ended, how long a follow still waits for log lines in flight.
@@ -210,6 +212,7 @@ pub(crate) async fn follow_entries(
         pending: std::collections::VecDeque::new(),
         ended_at: None,
         stored_at: tokio::time::Instant::now(),
+        live: false,
     };
     for entry in stored_lines(start.state.clone(), start.execution_id.clone(), min_level).await {
         start.keep(entry);
@@ -232,7 +235,21 @@ pub(crate) async fn follow_entries(
                             && let Ok(entry) = envelope.decode::<LogEntry>()
                             && entry.execution_id.as_deref() == Some(f.execution_id.as_str())
                         {
-                            f.keep(entry);
+                            // Before the first live line, the stored ones again: a line emitted
+                            // just before the subscription, and stored since the first read,
+                            // comes before it (it came after it when only the periodic refresh
+                            // found it; seen on Kafka + Elasticsearch, where the indexer stores
+                            // lines a moment after they are published).
+                            let mut lines = Vec::new();
+                            if !std::mem::replace(&mut f.live, true) {
+                                f.stored_at = tokio::time::Instant::now();
+                                lines = stored_lines(f.state.clone(), f.execution_id.clone(), f.min_level).await;
+                            }
+                            lines.push(entry);
+                            lines.sort_by_key(|l| l.timestamp);
+                            for line in lines {
+                                f.keep(line);
+                            }
                         }
                     }
                     Some(Err(kestra_core::queue::QueueError::Lagged { .. })) => {
