@@ -217,15 +217,45 @@ pub(crate) fn trigger_sort_column(field: &str) -> Option<SortColumn> {
 
 /// In-process wake-ups, one per topic: publishers of this process (and, on PostgreSQL, the
 /// `LISTEN` task) wake the consumers waiting on a topic.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Notifier {
     topics: [Notify; Topic::ALL.len()],
     /// How many wake-ups each topic has had: a waiter that read the topic when it stood at some
     /// value knows, while it has not moved, that nothing was published in this process since.
     generations: [AtomicU64; Topic::ALL.len()],
+    /// PostgreSQL: this store's mark in the `NOTIFY` payloads it sends (`<topic>@<instance>`), so
+    /// that its `LISTEN` task skips its own (its publishers woke its consumers already).
+    instance: String,
+}
+
+impl Default for Notifier {
+    fn default() -> Self {
+        Notifier {
+            topics: Default::default(),
+            generations: Default::default(),
+            instance: kestra_core::model::new_id(),
+        }
+    }
 }
 
 impl Notifier {
+    /// The payload suffix of this store's `NOTIFY`s (`@<instance>`).
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) fn echo_mark(&self) -> String {
+        format!("@{}", self.instance)
+    }
+
+    /// The topic a `NOTIFY` payload announces (`<topic>` or `<topic>@<instance>`): `Ok(None)`
+    /// when this store sent it, `Err(())` when the topic is unknown (wake every topic).
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) fn announced(&self, payload: &str) -> Result<Option<Topic>, ()> {
+        let (topic, instance) = payload.split_once('@').unwrap_or((payload, ""));
+        if instance == self.instance {
+            return Ok(None);
+        }
+        topic.parse::<Topic>().map(Some).map_err(|_| ())
+    }
+
     fn index(topic: Topic) -> usize {
         Topic::ALL.iter().position(|t| *t == topic).unwrap_or(0)
     }
@@ -268,6 +298,20 @@ impl Notifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_store_skips_its_own_notifications_only() {
+        let (mine, other) = (Notifier::default(), Notifier::default());
+        let own = format!("execution{}", mine.echo_mark());
+        assert_eq!(mine.announced(&own), Ok(None), "its own: skipped");
+        assert_eq!(other.announced(&own), Ok(Some(Topic::Execution)));
+        assert_eq!(
+            mine.announced("worker_task_result"),
+            Ok(Some(Topic::WorkerTaskResult)),
+            "no mark (an older version): announced"
+        );
+        assert_eq!(mine.announced("no-such-topic@x"), Err(()));
+    }
 
     #[test]
     fn like_patterns_escape_wildcards() {

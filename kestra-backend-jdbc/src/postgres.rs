@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kestra_core::queue::Topic;
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::{Pool, Postgres, Transaction};
 
@@ -66,9 +65,13 @@ async fn listen(pool: Pool<Db>, notifier: Arc<Notifier>) {
             Ok(mut listener) => match listener.listen("kestra_queue").await {
                 Ok(()) => loop {
                     match listener.recv().await {
-                        Ok(n) => match n.payload().parse::<Topic>() {
-                            Ok(topic) => notifier.notify(topic),
-                            Err(_) => notifier.notify_all(),
+                        // This store's own notifications are skipped: its publishers woke its
+                        // consumers when they committed (a second wake-up was a claim that
+                        // found nothing).
+                        Ok(n) => match notifier.announced(n.payload()) {
+                            Ok(Some(topic)) => notifier.notify(topic),
+                            Ok(None) => {}
+                            Err(()) => notifier.notify_all(),
                         },
                         Err(error) => {
                             tracing::warn!(%error, "LISTEN connection lost; polling until it is back");

@@ -93,102 +93,13 @@ async fn scheduler_scenarios_in_memory() {
     scheduler_suite("sqlite::memory:").await;
 }
 
-/// Publish `e` on the execution topic of `backend`.
-async fn publish_execution(
-    backend: &kestra_backend_jdbc::JdbcBackend,
-    e: &kestra_core::model::Execution,
-) {
-    backend
-        .queue()
-        .publish(vec![kestra_core::messages::execution_envelope(e).unwrap()])
-        .await
-        .unwrap();
-}
-
-/// The executor's next unit of work over the execution topic (panics if none comes within 5 s).
-async fn execution_unit(
-    backend: &kestra_backend_jdbc::JdbcBackend,
-) -> Box<dyn kestra_core::queue::UnitOfWork> {
-    use kestra_core::queue::{ConsumerGroup, Topic};
-    backend
-        .queue()
-        .begin(
-            ConsumerGroup::Executor,
-            &[Topic::Execution],
-            10,
-            std::time::Duration::from_secs(5),
-        )
-        .await
-        .unwrap()
-        .expect("a unit claims the published message")
-}
-
-/// After a fenced unit: the stored execution is the API's write `by_api` (its labels), and its
-/// flow revision is still `flow_revision` (nothing of the fenced unit is written).
-async fn assert_api_write_stands(
-    backend: &kestra_backend_jdbc::JdbcBackend,
-    by_api: &kestra_core::model::Execution,
-    flow_revision: i32,
-) {
-    let stored = backend
-        .repositories()
-        .executions
-        .find_by_id(&by_api.tenant_id, &by_api.id)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(stored.labels, by_api.labels, "the API's write stands");
-    assert_eq!(
-        stored.flow_revision, flow_revision,
-        "nothing of the fenced unit is written"
-    );
-}
-
 /// An execution that a deferred unit's prefetch found not stored, and that the API stores before
-/// the unit commits, refuses the unit (fenced) instead of being overwritten; the message comes
-/// back and the next unit, prefetching again, loads the API's execution.
+/// the unit commits, refuses the unit (fenced) instead of being overwritten (the SQLite run of
+/// [`prefetched_missing_is_fenced_by_a_create`]; every dialect runs it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn deferred_unit_prefetched_missing_is_fenced_by_a_create() {
-    use kestra_core::model::Execution;
-    use kestra_core::queue::QueueError;
     let backend = connect(&sqlite_url()).await;
-    let repo = backend.repositories().executions;
-    let e = Execution::new("test.prefetch", "flow", 1);
-    publish_execution(&backend, &e).await;
-    let mut unit = execution_unit(&backend).await;
-    unit.prefetch_executions(std::slice::from_ref(&e.id))
-        .await
-        .unwrap();
-    let mut by_api = e.clone();
-    by_api
-        .labels
-        .push(kestra_core::model::Label::new("by", "api"));
-    repo.save(&by_api).await.unwrap();
-    assert_eq!(
-        unit.load_execution(&e.id).await.unwrap(),
-        None,
-        "the load answers what the prefetch found"
-    );
-    let mut created = e.clone();
-    created.flow_revision = 7;
-    unit.save_execution(&created).await.unwrap();
-    assert!(
-        matches!(unit.commit().await, Err(QueueError::Fenced { .. })),
-        "a unit whose prefetched-missing execution was created meanwhile is fenced"
-    );
-    assert_api_write_stands(&backend, &by_api, 1).await;
-    // Its message is claimable again at once.
-    let mut unit = execution_unit(&backend).await;
-    unit.prefetch_executions(std::slice::from_ref(&e.id))
-        .await
-        .unwrap();
-    let loaded = unit.load_execution(&e.id).await.unwrap();
-    assert_eq!(
-        loaded.map(|l| l.labels),
-        Some(by_api.labels),
-        "the next unit loads the API's execution"
-    );
-    unit.commit().await.unwrap();
+    prefetched_missing_is_fenced_by_a_create(&backend).await;
 }
 
 /// SQLite's unit of work opens its transaction only when it commits (the single writer is not

@@ -1083,15 +1083,21 @@ pub trait UnitOfWork: Send {
         })
     }
 
-    /// Say which executions this unit is about to load with no stamp (the caller holds no copy
-    /// of them), so that a backend that reads each load on its own may read them together: JDBC
-    /// finds those not stored yet (an execution's first message) in one query, and their loads
-    /// answer [`LoadedExecution::Missing`] without reading again (SQLite's deferred unit checks at
-    /// commit, under the write lock, that they are still missing). Every id must be the key
-    /// of a claimed message, else [`QueueError::NotClaimed`]. A hint: loads answer the same with
-    /// or without it. The default only checks the ids.
-    async fn prefetch_executions(&mut self, ids: &[String]) -> Result<(), QueueError> {
-        for id in ids {
+    /// Say which executions this unit is about to load, each with the stamp of the copy the
+    /// caller holds (`None`: it holds none), so that a backend that reads each load on its own may
+    /// read them together. JDBC finds, in one query, those not stored yet (an execution's first
+    /// message), whose loads then answer [`LoadedExecution::Missing`] without reading again
+    /// (SQLite's deferred unit checks at commit, under the write lock, that they are still
+    /// missing); on PostgreSQL and MySQL the same query locks the stored ones and reads their
+    /// revisions, so that a load given a stamp of that revision answers
+    /// [`LoadedExecution::Unchanged`] without a read of its own. Every id must be the key of a
+    /// claimed message, else [`QueueError::NotClaimed`]. A hint: loads answer the same with or
+    /// without it. The default only checks the ids.
+    async fn prefetch_executions(
+        &mut self,
+        executions: &[(String, Option<ExecutionStamp>)],
+    ) -> Result<(), QueueError> {
+        for (id, _) in executions {
             check_claimed(self.deliveries(), || "prefetch executions".into(), id)?;
         }
         Ok(())

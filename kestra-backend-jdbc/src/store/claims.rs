@@ -176,9 +176,15 @@ pub(super) fn push_ack(qb: &mut Qb, group: ConsumerGroup, tags: &[DeliveryTag]) 
 }
 
 /// Insert the rows of `messages`: one queue row per consumer group of its topic, one broadcast row
-/// if its topic is [`Topic::broadcast`], and (PostgreSQL) a `NOTIFY` per topic, delivered when the
-/// transaction commits.
-pub(super) async fn publish_in(conn: &mut Conn, messages: &[Envelope]) -> Result<(), sqlx::Error> {
+/// if its topic is [`Topic::broadcast`], and (PostgreSQL) a `NOTIFY` per topic marked as
+/// `notifier`'s ([`Notifier::echo_mark`]), delivered when the transaction commits: sent by the
+/// queue insert itself (`RETURNING pg_notify(...)`; PostgreSQL delivers identical notifications
+/// of a transaction once), and by one statement for topics without queue rows.
+pub(super) async fn publish_in(
+    conn: &mut Conn,
+    messages: &[Envelope],
+    notifier: &Notifier,
+) -> Result<(), sqlx::Error> {
     if messages.is_empty() {
         return Ok(());
     }
@@ -187,10 +193,18 @@ pub(super) async fn publish_in(conn: &mut Conn, messages: &[Envelope]) -> Result
         together.build().execute(&mut *conn).await?;
         return Ok(());
     }
+    let postgres = FLAVOR == crate::common::Flavor::Postgres;
+    let mark = notifier.echo_mark();
     let now = now_ms();
-    for chunk in queue_rows(messages).chunks(CHUNK) {
+    let rows = queue_rows(messages);
+    for chunk in rows.chunks(CHUNK) {
         let mut qb = Qb::new("");
         push_queue_insert(&mut qb, chunk, now);
+        if postgres {
+            qb.push(" RETURNING pg_notify('kestra_queue', topic || ")
+                .push_bind(mark.clone())
+                .push(")");
+        }
         qb.build().execute(&mut *conn).await?;
     }
     for chunk in broadcast_rows(messages).chunks(CHUNK) {
@@ -198,15 +212,21 @@ pub(super) async fn publish_in(conn: &mut Conn, messages: &[Envelope]) -> Result
         push_broadcast_insert(&mut qb, chunk, now);
         qb.build().execute(&mut *conn).await?;
     }
-    if FLAVOR == crate::common::Flavor::Postgres {
-        let topics: BTreeSet<Topic> = messages.iter().map(|m| m.topic).collect();
-        for topic in topics {
-            Qb::new("SELECT pg_notify('kestra_queue', ")
-                .push_bind(topic.as_str())
-                .push(")")
-                .build()
-                .execute(&mut *conn)
-                .await?;
+    if postgres {
+        let queued: BTreeSet<Topic> = rows.iter().map(|(m, _)| m.topic).collect();
+        let rest: BTreeSet<Topic> = messages
+            .iter()
+            .map(|m| m.topic)
+            .filter(|t| !queued.contains(t))
+            .collect();
+        if !rest.is_empty() {
+            let mut qb = Qb::new("SELECT pg_notify('kestra_queue', v.t || ");
+            qb.push_bind(mark).push(") FROM (");
+            qb.push_values(rest, |mut b, t| {
+                b.push_bind(t.as_str());
+            });
+            qb.push(") AS v(t)");
+            qb.build().execute(&mut *conn).await?;
         }
     }
     Ok(())
@@ -323,6 +343,13 @@ async fn due_rows(
     now: i64,
     blocked: &Blocked,
 ) -> Result<Vec<DbRow>, sqlx::Error> {
+    // One topic: a plain statement. Several: one scan per topic (each with its own order and
+    // limit) in a `UNION ALL`, each scan parenthesized on MySQL and a derived table on PostgreSQL
+    // (which refuses `FOR UPDATE` in a `UNION`). MariaDB materialises a derived table in a
+    // temporary table: 0.4 ms a scan where the plain statement takes 0.17 ms (500 runs of each
+    // through the `mariadb` client on an empty queue), and a claim is several per task.
+    let several = order.len() > 1;
+    let mysql = FLAVOR == crate::common::Flavor::MySql;
     let mut qb = Qb::new("");
     for (i, topic) in order.iter().enumerate() {
         let keys: Vec<String> = if blocked.too_many {
@@ -338,9 +365,14 @@ async fn due_rows(
         if i > 0 {
             qb.push(" UNION ALL ");
         }
-        qb.push("SELECT * FROM (SELECT q.id, q.topic, q.msg_key, q.payload, q.attempts, q.visible_at FROM queue q")
-            .push(FLAVOR.force_index("queue_due"))
-            .push(" WHERE ");
+        if several {
+            qb.push(if mysql { "(" } else { "SELECT * FROM (" });
+        }
+        qb.push(
+            "SELECT q.id, q.topic, q.msg_key, q.payload, q.attempts, q.visible_at FROM queue q",
+        )
+        .push(FLAVOR.force_index("queue_due"))
+        .push(" WHERE ");
         push_due(&mut qb, *topic, group, now);
         if !keys.is_empty() {
             qb.push(" AND q.msg_key NOT IN ");
@@ -348,8 +380,14 @@ async fn due_rows(
         }
         qb.push(" ORDER BY q.id LIMIT ")
             .push_bind(limit)
-            .push(FLAVOR.skip_locked("q"))
-            .push(format!(") b{i}"));
+            .push(FLAVOR.skip_locked("q"));
+        if several {
+            qb.push(if mysql {
+                ")".to_string()
+            } else {
+                format!(") b{i}")
+            });
+        }
     }
     qb.build().fetch_all(&mut *conn).await
 }
@@ -421,8 +459,9 @@ async fn set_aside(
 /// `now + lease`. PostgreSQL and MySQL: inside the caller's transaction. SQLite: one statement
 /// ([`claim_sqlite`]), atomic by itself, so the caller needs no transaction for it.
 ///
-/// Also says whether the claim took every row there was to take (SQLite only, where the claim's
-/// read is the whole truth; always false elsewhere): no due row of the topics is left unclaimed
+/// Also says whether the claim took every row there was to take (SQLite, where the claim's read
+/// is the whole truth, and PostgreSQL, where a row its scan skipped is locked by another
+/// consumer's claim; always false on MySQL): no due row of the topics is left unclaimed
 /// for this group.
 ///
 /// `begin` (SQLite only): the claim begins the caller's [`RawTx`] (its statement goes to the
@@ -451,11 +490,27 @@ pub(super) async fn claim_in(
         return claim_sqlite(conn, group, &order, max, now, lease, token, begin).await;
     }
     let limit = i64::try_from(max).unwrap_or(i64::MAX);
+    // PostgreSQL: a claim that took every due row it saw says so (`complete`), so that the
+    // consumer's next claim waits for a wake-up instead of scanning at once: every publish, in
+    // any process, wakes this one (`NOTIFY`), and the poll finds what none announces (a lease
+    // that ended, a delay that came due, a claim released elsewhere), as it does while a
+    // consumer waits. MySQL has no notification from other processes: never complete there.
+    let notified = FLAVOR == crate::common::Flavor::Postgres;
     let mut rows = due_rows(conn, group, &order, limit, now, &Blocked::default()).await?;
     if rows.is_empty() {
         // An empty poll is one statement.
-        return Ok((Vec::new(), false));
+        return Ok((Vec::new(), notified));
     }
+    // A topic whose scan filled its limit may have more due rows.
+    let full = |rows: &[DbRow]| {
+        let mut per_topic: HashMap<String, i64> = HashMap::new();
+        for row in rows {
+            if let Ok(topic) = get::<String>(row, "topic") {
+                *per_topic.entry(topic).or_default() += 1;
+            }
+        }
+        per_topic.values().any(|n| *n >= limit)
+    };
     // Keys with a live claim elsewhere (an optimisation only: the ordering check below is what
     // guarantees per-key order). When a row read is of such a key, the rows are read again
     // without those keys, so that a batch is not filled with rows the check would refuse.
@@ -470,6 +525,8 @@ pub(super) async fn claim_in(
     if hit && !blocked.too_many {
         rows = due_rows(conn, group, &order, limit, now, &blocked).await?;
     }
+    // Rows left for later (over the limit, of a blocked key, refused below) make it incomplete.
+    let mut complete = notified && !hit && !full(&rows);
     // The batch fills topic after topic, the first topic rotating so that no topic of a
     // multi-topic unit starves the others; rows past `max` are left (they stay locked until this
     // claim commits, a few milliseconds).
@@ -481,6 +538,7 @@ pub(super) async fn claim_in(
         (at, get(row, "id").unwrap_or(0))
     };
     rows.sort_by_cached_key(rank);
+    complete &= rows.len() <= max;
     rows.truncate(max);
 
     let mut candidates = Vec::with_capacity(rows.len());
@@ -536,14 +594,15 @@ pub(super) async fn claim_in(
             }
         }
     }
+    let seen = candidates.len();
     let claimed: Vec<Candidate> = candidates
         .into_iter()
         .filter(|c| accepted.contains(&c.id))
         .collect();
-    Ok((
-        mark_claimed(conn, claimed, token, now, lease, group).await?,
-        false,
-    ))
+    // A redelivery goes alone (`shrink_after_crash`): the others are left for the next claim.
+    let handed = mark_claimed(conn, claimed, token, now, lease, group).await?;
+    complete &= handed.len() == seen;
+    Ok((handed, complete))
 }
 
 /// Mark the accepted `claimed` rows claimed by `token` until `now + lease` (a redelivery alone:

@@ -61,6 +61,116 @@ pub(super) fn push_execution_update(
         .push_bind(e.id.clone());
 }
 
+/// The columns of an execution's row as a write stores them ([`push_execution_rows`]).
+pub(super) struct ExecutionRow {
+    id: String,
+    indexed: IndexedColumns,
+    end_date: Option<i64>,
+    deleted: bool,
+    version: i64,
+    task_runs: Option<i64>,
+    revision: String,
+    doc: String,
+}
+
+impl ExecutionRow {
+    /// The row of `e`, with `doc` its document without its task runs, `task_runs` their number
+    /// and `revision` the row's new revision.
+    pub(super) fn of(e: &Execution, doc: String, task_runs: Option<i64>, revision: &str) -> Self {
+        Self::with(e, IndexedColumns::of(e), doc, task_runs, revision)
+    }
+
+    /// [`ExecutionRow::of`] given `e`'s indexed columns, computed already.
+    pub(super) fn with(
+        e: &Execution,
+        indexed: IndexedColumns,
+        doc: String,
+        task_runs: Option<i64>,
+        revision: &str,
+    ) -> Self {
+        ExecutionRow {
+            id: e.id.clone(),
+            indexed,
+            end_date: e.state.end_date().map(to_ms),
+            deleted: e.deleted,
+            version: version_column(e),
+            task_runs,
+            revision: revision.to_string(),
+            doc,
+        }
+    }
+
+    pub(super) fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub(super) fn tenant(&self) -> &str {
+        &self.indexed.tenant_id
+    }
+
+    /// The bytes it binds, about (what bounds a statement of several rows).
+    pub(super) fn len(&self) -> usize {
+        self.doc.len() + 256
+    }
+}
+
+/// Push the insert of `rows` (at least one, at most [`CHUNK`]) into `executions` onto `qb` (no
+/// `; `); with `upsert`, a row whose id is stored replaces it, else that id fails the statement.
+pub(super) fn push_execution_rows(
+    qb: &mut Qb,
+    rows: impl IntoIterator<Item = ExecutionRow>,
+    upsert: bool,
+) {
+    let now = now_ms();
+    qb.push(
+        "INSERT INTO executions (id, tenant_id, namespace, flow_id, state_current, start_date, end_date, parent_id, deleted, updated, version, task_runs, revision, doc) ",
+    );
+    qb.push_values(rows, |mut b, row| {
+        let IndexedColumns {
+            tenant_id,
+            namespace,
+            flow_id,
+            state_current,
+            start_date,
+            parent_id,
+        } = row.indexed;
+        b.push_bind(row.id)
+            .push_bind(tenant_id)
+            .push_bind(namespace)
+            .push_bind(flow_id)
+            .push_bind(state_current)
+            .push_bind(start_date)
+            .push_bind(row.end_date)
+            .push_bind(parent_id)
+            .push_bind(row.deleted)
+            .push_bind(now)
+            .push_bind(row.version)
+            .push_bind(row.task_runs)
+            .push_bind(row.revision)
+            .push_bind(row.doc);
+    });
+    if upsert {
+        qb.push(FLAVOR.upsert(
+            &["id"],
+            &[
+                "tenant_id",
+                "namespace",
+                "flow_id",
+                "state_current",
+                "start_date",
+                "end_date",
+                "parent_id",
+                "deleted",
+                "updated",
+                "version",
+                "task_runs",
+                "revision",
+                "doc",
+            ],
+        ));
+    }
+}
+
 /// Push the upsert of an execution row (see [`upsert_execution_in`]) onto `qb`.
 pub(super) fn push_execution_upsert(
     qb: &mut Qb,
@@ -69,48 +179,7 @@ pub(super) fn push_execution_upsert(
     task_runs: Option<i64>,
     revision: &str,
 ) {
-    let start = e
-        .state
-        .start_date()
-        .unwrap_or(e.metadata.original_created_date);
-    qb.push(
-        "INSERT INTO executions (id, tenant_id, namespace, flow_id, state_current, start_date, end_date, parent_id, deleted, updated, version, task_runs, revision, doc) VALUES (",
-    );
-    {
-        let mut sep = qb.separated(", ");
-        sep.push_bind(e.id.clone())
-            .push_bind(e.tenant_id.clone())
-            .push_bind(e.namespace.clone())
-            .push_bind(e.flow_id.clone())
-            .push_bind(e.current().as_str())
-            .push_bind(to_ms(start))
-            .push_bind(e.state.end_date().map(to_ms))
-            .push_bind(e.parent_id.clone())
-            .push_bind(e.deleted)
-            .push_bind(now_ms())
-            .push_bind(version_column(e))
-            .push_bind(task_runs)
-            .push_bind(revision.to_string())
-            .push_bind(doc);
-    }
-    qb.push(")").push(FLAVOR.upsert(
-        &["id"],
-        &[
-            "tenant_id",
-            "namespace",
-            "flow_id",
-            "state_current",
-            "start_date",
-            "end_date",
-            "parent_id",
-            "deleted",
-            "updated",
-            "version",
-            "task_runs",
-            "revision",
-            "doc",
-        ],
-    ));
+    push_execution_rows(qb, [ExecutionRow::of(e, doc, task_runs, revision)], true);
 }
 
 /// Insert or replace an execution row and its labels (inside the caller's transaction or not).
@@ -152,12 +221,26 @@ pub(super) async fn upsert_execution_in(
 /// Push the insert of `labels` (some of `e`'s, at most [`CHUNK`], at least one) as rows of
 /// `execution_labels` onto `qb` (no `; `).
 pub(super) fn push_labels_insert(qb: &mut Qb, e: &Execution, labels: &[Label]) {
+    push_label_rows(
+        qb,
+        labels
+            .iter()
+            .map(|l| (e.id.clone(), e.tenant_id.clone(), l.clone())),
+    );
+}
+
+/// Push the insert of label rows `(execution id, tenant, label)` (at most [`CHUNK`], at least
+/// one) into `execution_labels` onto `qb` (no `; `).
+pub(super) fn push_label_rows(
+    qb: &mut Qb,
+    rows: impl IntoIterator<Item = (String, String, Label)>,
+) {
     qb.push("INSERT INTO execution_labels (execution_id, tenant_id, label_key, label_value) ");
-    qb.push_values(labels, |mut b, l| {
-        b.push_bind(e.id.clone())
-            .push_bind(e.tenant_id.clone())
-            .push_bind(l.key.clone())
-            .push_bind(l.value.clone());
+    qb.push_values(rows, |mut b, (id, tenant, l)| {
+        b.push_bind(id)
+            .push_bind(tenant)
+            .push_bind(l.key)
+            .push_bind(l.value);
     });
 }
 

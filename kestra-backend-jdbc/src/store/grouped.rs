@@ -121,7 +121,7 @@ async fn write_groups(groups: Arc<PublishGroups>, pool: Pool<Db>, notifier: Arc<
             .iter()
             .flat_map(|p| p.messages.iter().cloned())
             .collect();
-        let result = publish_retrying(&pool, &together).await;
+        let result = publish_retrying(&pool, &together, &notifier).await;
         if result.is_ok() {
             super::queue::wake_topics(&notifier, together.iter().map(|m| m.topic));
         }
@@ -143,7 +143,7 @@ async fn write_groups(groups: Arc<PublishGroups>, pool: Pool<Db>, notifier: Arc<
                     "a group of publishes failed; writing each on its own"
                 );
                 for p in group {
-                    let result = publish_retrying(&pool, &p.messages).await;
+                    let result = publish_retrying(&pool, &p.messages, &notifier).await;
                     if result.is_ok() {
                         super::queue::wake_topics(&notifier, p.messages.iter().map(|m| m.topic));
                     }
@@ -156,10 +156,14 @@ async fn write_groups(groups: Arc<PublishGroups>, pool: Pool<Db>, notifier: Arc<
 }
 
 /// One transaction inserting `messages`, retried on a transient error.
-async fn publish_retrying(pool: &Pool<Db>, messages: &[Envelope]) -> Result<(), sqlx::Error> {
+async fn publish_retrying(
+    pool: &Pool<Db>,
+    messages: &[Envelope],
+    notifier: &Notifier,
+) -> Result<(), sqlx::Error> {
     let mut attempt = 0;
     loop {
-        match publish_once(pool, messages).await {
+        match publish_once(pool, messages, notifier).await {
             Ok(()) => return Ok(()),
             Err(e) if attempt < RETRIES && is_transient(&e) => {
                 attempt += 1;
@@ -170,7 +174,11 @@ async fn publish_retrying(pool: &Pool<Db>, messages: &[Envelope]) -> Result<(), 
     }
 }
 
-async fn publish_once(pool: &Pool<Db>, messages: &[Envelope]) -> Result<(), sqlx::Error> {
+async fn publish_once(
+    pool: &Pool<Db>,
+    messages: &[Envelope],
+    notifier: &Notifier,
+) -> Result<(), sqlx::Error> {
     if FLAVOR == crate::common::Flavor::Sqlite {
         let mut qb = Qb::new("BEGIN IMMEDIATE; ");
         if push_publish(&mut qb, messages).is_some() {
@@ -178,6 +186,6 @@ async fn publish_once(pool: &Pool<Db>, messages: &[Envelope]) -> Result<(), sqlx
         }
     }
     let mut tx = begin_write(pool).await?;
-    publish_in(&mut tx, messages).await?;
+    publish_in(&mut tx, messages, notifier).await?;
     tx.commit().await
 }

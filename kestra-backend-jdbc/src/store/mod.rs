@@ -11,11 +11,13 @@
 //!
 //! One file per concern: [`claims`] (the queue's SQL: publish, claim, acknowledge, extend,
 //! dead-letter, wake-ups), [`queue`] (the [`Queue`] implementation), [`broadcast`] (broadcast
-//! topics), [`unit`] (the executor's [`UnitOfWork`]), [`executions`], [`flows`], [`logs`] (logs and
+//! topics), [`unit`] (the executor's [`UnitOfWork`]), [`batch`] (the executions a unit saves on
+//! PostgreSQL and MySQL, written together at commit), [`executions`], [`flows`], [`logs`] (logs and
 //! metrics), [`triggers`] (trigger repository and the scheduler's [`TriggerUnit`]), [`services`]
 //! (service instances), [`task_runs`] (task runs stored apart from their execution) and
 //! [`maintenance`] (broadcast purge, row counts, offline purge).
 
+mod batch;
 mod broadcast;
 mod claims;
 mod executions;
@@ -33,6 +35,7 @@ mod unit;
 
 pub(crate) use maintenance::purge_offline;
 
+use batch::{PendingSave, PendingSaves};
 use broadcast::Broadcast;
 /// Also used by the SQLite dialect's tests.
 pub(crate) use claims::write_at_once;
@@ -41,8 +44,9 @@ use claims::{
     publish_in, push_ack, push_publish, relaxed_commit, release_claimed,
 };
 use executions::{
-    IndexedColumns, check_range, parse_doc, push_execution_update, push_execution_upsert,
-    push_labels_insert, push_like, push_namespace, tenant_of, upsert_execution_in,
+    ExecutionRow, IndexedColumns, check_range, parse_doc, push_execution_update,
+    push_execution_upsert, push_labels_insert, push_like, push_namespace, tenant_of,
+    upsert_execution_in,
 };
 use triggers::JdbcTriggerUnit;
 use unit::{Deferred, JdbcUnit};

@@ -79,17 +79,12 @@ impl Store {
                 return Ok(Err(e));
             }
         };
-        publish_in(&mut tx, &records).await?;
+        publish_in(&mut tx, &records, &self.notifier).await?;
         tx.commit().await?;
         self.wake(records.iter().map(|m| m.topic));
         Ok(Ok((got, complete)))
     }
 
-    /// Whether the first claim of a `begin`/`receive` (with a wait) can wait for a wake-up instead:
-    /// SQLite, and the last claim of `group` on `topics` took everything there was when the
-    /// topics' wake-up count was `generation` (read after arming the wake-ups, before this claim),
-    /// so nothing was published here since ([`Store::caught_up`]). Rows of another process, leases
-    /// that end and delays that come due are the poll's, as before.
     /// SQLite's [`Store::claim_recorded_once`]: the same transaction in two calls to the
     /// connection's thread ([`RawTx`]) - the claim after its `BEGIN IMMEDIATE`, then the records
     /// before the `COMMIT` - instead of four.
@@ -119,7 +114,7 @@ impl Store {
         };
         let mut qb = Qb::new("");
         if push_publish(&mut qb, &records).is_none() {
-            publish_in(raw.conn()?, &records).await?;
+            publish_in(raw.conn()?, &records, &self.notifier).await?;
         }
         raw.commit(qb).await?;
         self.wake(records.iter().map(|m| m.topic));
@@ -131,8 +126,15 @@ impl Store {
         record(got).and_then(|r| check_publish(&r, self.max_message_bytes).map(|()| r))
     }
 
+    /// Whether the first claim of a `begin`/`receive` (with a wait) can wait for a wake-up instead:
+    /// SQLite or PostgreSQL, and the last claim of `group` on `topics` took everything there was
+    /// when the topics' wake-up count was `generation` (read after arming the wake-ups, before
+    /// this claim), so nothing was published since - in this process, and on PostgreSQL in any
+    /// (their `NOTIFY` moves the count). Rows of another process sharing a SQLite file, leases
+    /// that end and delays that come due are the poll's, as before. Never on MySQL: other
+    /// processes' publishes wake no one there.
     fn caught_up(&self, group: ConsumerGroup, topics: &[Topic], generation: u64) -> bool {
-        FLAVOR == crate::common::Flavor::Sqlite
+        FLAVOR != crate::common::Flavor::MySql
             && self
                 .caught_up
                 .lock()
@@ -142,7 +144,7 @@ impl Store {
     /// Remember (or forget) that a claim of `group` on `topics` started at `generation` took
     /// everything there was.
     fn note_claim(&self, group: ConsumerGroup, topics: &[Topic], generation: u64, complete: bool) {
-        if FLAVOR != crate::common::Flavor::Sqlite {
+        if FLAVOR == crate::common::Flavor::MySql {
             return;
         }
         if let Ok(mut memo) = self.caught_up.lock() {
@@ -299,7 +301,7 @@ impl Queue for Store {
                     }
                 }
                 let mut tx = begin_write(&self.write).await?;
-                publish_in(&mut tx, &messages).await?;
+                publish_in(&mut tx, &messages, &self.notifier).await?;
                 ack_in(&mut tx, group, tags).await?;
                 tx.commit().await
             };
@@ -448,6 +450,9 @@ impl Queue for Store {
                         stored: HashMap::new(),
                         fault,
                         missing: HashSet::new(),
+                        revisions: HashMap::new(),
+                        created: HashSet::new(),
+                        pending: PendingSaves::default(),
                     })));
                 }
                 Ok(claimed) if !claimed.is_empty() => {
@@ -497,6 +502,9 @@ impl Queue for Store {
                             stored: HashMap::new(),
                             fault,
                             missing: HashSet::new(),
+                            revisions: HashMap::new(),
+                            created: HashSet::new(),
+                            pending: PendingSaves::default(),
                         })));
                     }
                     // Every row was claimed elsewhere meanwhile (its lease ended): look again.

@@ -345,6 +345,45 @@ pub(super) fn push_write(
     })
 }
 
+/// PostgreSQL and MySQL: stage the writes of [`write_in`] in `pending`, written when the unit
+/// commits together with those of the other executions it saved ([`super::batch`]). `created`:
+/// the unit found the execution not stored, so its row is inserted (one stored meanwhile refuses
+/// the unit). Returns what is stored once the unit commits.
+pub(super) fn stage_write(
+    pending: &mut PendingSaves,
+    e: &Execution,
+    encoded: Encoded,
+    created: bool,
+) -> StoredRuns {
+    let Encoded {
+        head,
+        changed,
+        sizes,
+        runs,
+        truncate,
+        labels_changed,
+        labels_stored,
+        indexed,
+        indexed_kept: _,
+    } = encoded;
+    let revision = new_revision();
+    let len = i64::try_from(sizes.len()).unwrap_or(i64::MAX);
+    pending.push(PendingSave {
+        row: ExecutionRow::with(e, (*indexed).clone(), head, Some(len), &revision),
+        created,
+        labels: labels_changed.then(|| (labels_stored, e.labels.clone())),
+        truncate: truncate.then_some(len),
+        runs: changed,
+    });
+    StoredRuns {
+        revision,
+        runs,
+        sizes,
+        labels: Some(e.labels.clone()),
+        indexed: Some(*indexed),
+    }
+}
+
 /// Write `e`'s row (with `encoded`'s document and a new revision) and the task runs `encoded`
 /// carries; rows past the new length are deleted. Returns what is stored once the transaction
 /// commits.

@@ -342,8 +342,9 @@ impl TriggerUnit for JdbcTriggerUnit {
             return Ok(());
         }
         check_publish(&messages, self.max_message_bytes)?;
+        let notifier = self.notifier.clone();
         let conn = self.conn()?;
-        publish_in(conn, &messages)
+        publish_in(conn, &messages, &notifier)
             .await
             .map_err(queue_err("publish"))?;
         self.published.extend(messages.iter().map(|m| m.topic));

@@ -10,7 +10,7 @@
 //! writer per unit. Executor state needs no check of its own: only a unit that holds the claim of
 //! its key writes it, and a unit whose claim lapsed is refused by the claim check.
 
-use super::task_runs::{StoredRuns, complete_in, encode_owned, push_write, write_in};
+use super::task_runs::{StoredRuns, complete_in, encode_owned, push_write, stage_write, write_in};
 use super::*;
 
 /// SQLite's deferred unit (see the module documentation): what its transaction will check and
@@ -120,6 +120,15 @@ pub(super) struct JdbcUnit {
     /// Executions found not stored by [`UnitOfWork::prefetch_executions`] (and not saved by this
     /// unit since), whose load answers `Missing` without reading again.
     pub(super) missing: HashSet<String>,
+    /// PostgreSQL and MySQL: the revisions of the executions [`UnitOfWork::prefetch_executions`]
+    /// locked (and this unit has not saved since): a load given a stamp of that revision answers
+    /// `Unchanged` without a read.
+    pub(super) revisions: HashMap<String, String>,
+    /// PostgreSQL and MySQL: the executions this unit loaded as not stored (and has not saved
+    /// since): their first write inserts the row ([`super::batch`]).
+    pub(super) created: HashSet<String>,
+    /// PostgreSQL and MySQL: the executions saved and not written yet, written at commit.
+    pub(super) pending: PendingSaves,
 }
 
 impl JdbcUnit {
@@ -128,6 +137,21 @@ impl JdbcUnit {
             Some(tx) => Ok(&mut **tx),
             None => Err(QueueError::Closed),
         }
+    }
+
+    /// Whether saves are staged and written at commit ([`super::batch`]): a unit with a
+    /// transaction on PostgreSQL or MySQL (SQLite's writes go in one call already).
+    fn batches(&self) -> bool {
+        FLAVOR != crate::common::Flavor::Sqlite && self.deferred.is_none()
+    }
+
+    /// Write the staged saves now (a read of one of them, a second save, the commit).
+    async fn write_pending(&mut self) -> Result<(), QueueError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let mut pending = std::mem::take(&mut self.pending);
+        pending.write(self.conn()?).await
     }
 
     /// Whether the deferred unit wrote `entry` (then a read of it needs the transaction).
@@ -207,7 +231,7 @@ impl JdbcUnit {
         if push_publish(&mut writes, staged).is_none() {
             // Too many rows for one statement: the writes so far, then the publish, apart.
             raw.execute(&mut writes).await.map_err(&err)?;
-            publish_in(raw.conn().map_err(&err)?, staged)
+            publish_in(raw.conn().map_err(&err)?, staged, &self.notifier)
                 .await
                 .map_err(&err)?;
             writes = Qb::new("");
@@ -295,6 +319,9 @@ impl UnitOfWork for JdbcUnit {
         if self.wrote(&execution_entry(id)) {
             self.materialize().await?;
         }
+        if self.pending.contains(id) {
+            self.write_pending().await?;
+        }
         // A deferred unit takes a known stamp as the stored execution without reading it: its
         // commit checks the revision under the write lock (a read now would check it too soon to
         // matter), and a unit fenced for it finds no stamp when its messages come back (the
@@ -307,6 +334,15 @@ impl UnitOfWork for JdbcUnit {
             deferred
                 .read
                 .push((id.to_string(), Some(known.revision.clone())));
+            self.stored.insert(id.to_string(), known);
+            return Ok(LoadedExecution::Unchanged);
+        }
+        // A unit with a transaction locked the rows it prefetched: a stamp of the revision read
+        // then describes the stored execution.
+        if let Some(known) = known.and_then(ExecutionStamp::get::<StoredRuns>)
+            && !known.revision.is_empty()
+            && self.revisions.get(id) == Some(&known.revision)
+        {
             self.stored.insert(id.to_string(), known);
             return Ok(LoadedExecution::Unchanged);
         }
@@ -328,8 +364,12 @@ impl UnitOfWork for JdbcUnit {
         Ok(match read {
             Read::Missing => {
                 // Nothing to delete when it is first written: no label or task run rows (the row
-                // is checked still missing at commit on SQLite, and the unit holds the
-                // execution's key elsewhere: no other executor writes it meanwhile).
+                // is checked still missing at commit on SQLite, and inserted, not replaced, on
+                // PostgreSQL and MySQL; the unit holds the execution's key: no other executor
+                // writes it meanwhile).
+                if self.batches() {
+                    self.created.insert(id.to_string());
+                }
                 self.stored
                     .insert(id.to_string(), Arc::new(StoredRuns::nothing()));
                 LoadedExecution::Missing
@@ -345,14 +385,38 @@ impl UnitOfWork for JdbcUnit {
         })
     }
 
-    async fn prefetch_executions(&mut self, ids: &[String]) -> Result<(), QueueError> {
-        for id in ids {
+    async fn prefetch_executions(
+        &mut self,
+        executions: &[(String, Option<ExecutionStamp>)],
+    ) -> Result<(), QueueError> {
+        for (id, _) in executions {
             check_claimed(&self.deliveries, || "prefetch executions".into(), id)?;
         }
-        // Only which are stored: a stored one is read (and, with a transaction, locked) when it
-        // is loaded. A missing row locks nothing either way (`FOR UPDATE` finds nothing to lock):
-        // the deferred unit checks at commit that it is still missing; a unit with a transaction
-        // holds the keys of its executions' messages, so no other executor creates them meanwhile.
+        // A deferred unit reads on a reader which of them are stored, except those it holds a
+        // stamp of (their loads take the stamp, see `load_execution_unless`): a stored one is
+        // read when it is loaded; a missing one is checked still missing at commit. A unit with
+        // a transaction locks the stored ones (`FOR UPDATE`) and keeps their revisions; a missing
+        // row locks nothing, and is inserted, not replaced, at commit ([`super::batch`]). An
+        // execution this unit wrote is left to its load (its row is not written yet, or read in
+        // the unit's transaction).
+        let deferred = self.deferred.is_some();
+        let ids: Vec<String> = executions
+            .iter()
+            .filter(|(id, known)| {
+                let stamped = known
+                    .as_ref()
+                    .and_then(ExecutionStamp::get::<StoredRuns>)
+                    .is_some_and(|k| !k.revision.is_empty());
+                let left_to_load = (deferred && stamped)
+                    || self.wrote(&execution_entry(id))
+                    || self.pending.contains(id);
+                !left_to_load
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
         let err = queue_err("prefetch_executions");
         let mut reader = match self.deferred {
             Some(_) => Some(self.read.acquire().await.map_err(&err)?),
@@ -362,19 +426,29 @@ impl UnitOfWork for JdbcUnit {
             Some(reader) => &mut **reader,
             None => self.conn()?,
         };
-        let mut stored = HashSet::new();
+        let mut stored = HashMap::new();
         for chunk in ids.chunks(CHUNK) {
-            let mut qb = Qb::new("SELECT id FROM executions WHERE id IN ");
+            let mut qb = Qb::new("SELECT id, revision FROM executions WHERE id IN ");
             push_in(&mut qb, chunk.iter().cloned());
-            let rows: Vec<(String,)> = qb
+            qb.push(" ORDER BY id").push(FLAVOR.for_update());
+            let rows: Vec<(String, Option<String>)> = qb
                 .build_query_as()
                 .fetch_all(&mut *conn)
                 .await
                 .map_err(&err)?;
-            stored.extend(rows.into_iter().map(|(id,)| id));
+            stored.extend(rows);
         }
-        self.missing
-            .extend(ids.iter().filter(|id| !stored.contains(*id)).cloned());
+        for id in ids {
+            match stored.remove(&id) {
+                None => {
+                    self.missing.insert(id);
+                }
+                Some(Some(revision)) if !deferred && !revision.is_empty() => {
+                    self.revisions.insert(id, revision);
+                }
+                Some(_) => {}
+            }
+        }
         Ok(())
     }
 
@@ -399,6 +473,10 @@ impl UnitOfWork for JdbcUnit {
         check_claimed(&self.deliveries, || "save execution".into(), &execution.id)?;
         // Written here: a later load reads it (in this unit's writes), whatever a prefetch found.
         self.missing.remove(&execution.id);
+        self.revisions.remove(&execution.id);
+        if self.pending.contains(&execution.id) {
+            self.write_pending().await?;
+        }
         // Only the task runs that differ from the stored ones are encoded and written; what is
         // stored is taken (updated in place when nothing else holds it) and put back once written
         // (an error here drops the unit).
@@ -429,6 +507,12 @@ impl UnitOfWork for JdbcUnit {
             },
             None => encoded,
         };
+        if self.batches() {
+            let created = self.created.remove(&execution.id);
+            let stored = Arc::new(stage_write(&mut self.pending, execution, encoded, created));
+            self.stored.insert(execution.id.clone(), stored.clone());
+            return Ok(Some(stored.stamp(len)));
+        }
         let conn = self.conn()?;
         // What is stored once this unit commits (a second save in this unit diffs against it).
         let stored = Arc::new(
@@ -531,8 +615,9 @@ impl UnitOfWork for JdbcUnit {
             self.staged.extend(messages);
             return Ok(());
         }
+        let notifier = self.notifier.clone();
         let conn = self.conn()?;
-        publish_in(conn, &messages)
+        publish_in(conn, &messages, &notifier)
             .await
             .map_err(queue_err("publish"))?;
         Ok(())
@@ -581,6 +666,8 @@ impl UnitOfWork for JdbcUnit {
             self.deferred = Some(deferred);
             self.materialize().await?;
         }
+        self.write_pending().await?;
+        let notifier = self.notifier.clone();
         let conn = self.conn()?;
         // Only rows still claimed by this unit are deleted; a row claimed by another consumer
         // since (its lease ended) refuses the unit, which is rolled back: the other consumer
@@ -594,7 +681,9 @@ impl UnitOfWork for JdbcUnit {
             None
         };
         if inserted.is_none() {
-            publish_in(&mut *conn, &staged).await.map_err(&err)?;
+            publish_in(&mut *conn, &staged, &notifier)
+                .await
+                .map_err(&err)?;
         }
         let mut deleted = 0;
         for (i, chunk) in ids.chunks(CHUNK).enumerate() {

@@ -561,10 +561,117 @@ macro_rules! server_database_tests {
         async fn scheduler_scenarios() {
             with_db(|url| async move { scheduler_suite(&url).await }).await;
         }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn prefetched_missing_is_fenced() {
+            with_db(|url| async move {
+                let backend = connect(&url).await;
+                prefetched_missing_is_fenced_by_a_create(&backend).await;
+                backend.close().await;
+            })
+            .await;
+        }
     };
 }
 #[allow(unused_imports)]
 pub(crate) use server_database_tests;
+
+/// Publish `e` on the execution topic of `backend`.
+pub async fn publish_execution(
+    backend: &kestra_backend_jdbc::JdbcBackend,
+    e: &kestra_core::model::Execution,
+) {
+    backend
+        .queue()
+        .publish(vec![kestra_core::messages::execution_envelope(e).unwrap()])
+        .await
+        .unwrap();
+}
+
+/// The executor's next unit of work over the execution topic (panics if none comes within 5 s).
+pub async fn execution_unit(
+    backend: &kestra_backend_jdbc::JdbcBackend,
+) -> Box<dyn kestra_core::queue::UnitOfWork> {
+    use kestra_core::queue::{ConsumerGroup, Topic};
+    backend
+        .queue()
+        .begin(
+            ConsumerGroup::Executor,
+            &[Topic::Execution],
+            10,
+            std::time::Duration::from_secs(5),
+        )
+        .await
+        .unwrap()
+        .expect("a unit claims the published message")
+}
+
+/// After a fenced unit: the stored execution is the API's write `by_api` (its labels), and its
+/// flow revision is still `flow_revision` (nothing of the fenced unit is written).
+pub async fn assert_api_write_stands(
+    backend: &kestra_backend_jdbc::JdbcBackend,
+    by_api: &kestra_core::model::Execution,
+    flow_revision: i32,
+) {
+    let stored = backend
+        .repositories()
+        .executions
+        .find_by_id(&by_api.tenant_id, &by_api.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.labels, by_api.labels, "the API's write stands");
+    assert_eq!(
+        stored.flow_revision, flow_revision,
+        "nothing of the fenced unit is written"
+    );
+}
+
+/// An execution that a unit's prefetch found not stored, and that the API stores before the unit
+/// commits, refuses the unit (fenced) instead of being overwritten - SQLite's deferred unit checks
+/// it under the write lock, PostgreSQL and MySQL insert the row instead of replacing it; the
+/// message comes back and the next unit, prefetching again, loads the API's execution.
+pub async fn prefetched_missing_is_fenced_by_a_create(backend: &JdbcBackend) {
+    use kestra_core::model::Execution;
+    use kestra_core::queue::QueueError;
+    let repo = backend.repositories().executions;
+    let e = Execution::new("test.prefetch", "flow", 1);
+    publish_execution(backend, &e).await;
+    let mut unit = execution_unit(backend).await;
+    unit.prefetch_executions(&[(e.id.clone(), None)])
+        .await
+        .unwrap();
+    let mut by_api = e.clone();
+    by_api
+        .labels
+        .push(kestra_core::model::Label::new("by", "api"));
+    repo.save(&by_api).await.unwrap();
+    assert_eq!(
+        unit.load_execution(&e.id).await.unwrap(),
+        None,
+        "the load answers what the prefetch found"
+    );
+    let mut created = e.clone();
+    created.flow_revision = 7;
+    unit.save_execution(&created).await.unwrap();
+    assert!(
+        matches!(unit.commit().await, Err(QueueError::Fenced { .. })),
+        "a unit whose prefetched-missing execution was created meanwhile is fenced"
+    );
+    assert_api_write_stands(backend, &by_api, 1).await;
+    // Its message is claimable again at once.
+    let mut unit = execution_unit(backend).await;
+    unit.prefetch_executions(&[(e.id.clone(), None)])
+        .await
+        .unwrap();
+    let loaded = unit.load_execution(&e.id).await.unwrap();
+    assert_eq!(
+        loaded.map(|l| l.labels),
+        Some(by_api.labels),
+        "the next unit loads the API's execution"
+    );
+    unit.commit().await.unwrap();
+}
 
 /// Two columns of the rows `sql` (ended by the bound `execution_id`'s placeholder) selects, in
 /// `order`, on whichever database a [`Raw`] holds.

@@ -640,9 +640,9 @@ impl ExecutorService {
         let mut keyed = KeyedState::default();
         let mut outgoing: Vec<Envelope> = Vec::new();
         let walk_later = self.walks_left_to_later(&deliveries, oversized);
-        // The executions of this unit's messages that this executor holds no copy of: the backend
-        // may read them together (one query instead of one per execution).
-        let unknown: Vec<String> = {
+        // The executions of this unit's messages, with the stamp of the copy this executor holds
+        // (if any): the backend may read them together (one query instead of one per execution).
+        let prefetch: Vec<(String, Option<ExecutionStamp>)> = {
             let saved = self.saved.lock().unwrap_or_else(PoisonError::into_inner);
             let mut seen = HashSet::new();
             deliveries
@@ -654,12 +654,12 @@ impl ExecutorService {
                     )
                 })
                 .map(|d| &d.envelope.key)
-                .filter(|k| !saved.entries.contains_key(*k) && seen.insert(*k))
-                .cloned()
+                .filter(|k| seen.insert(*k))
+                .map(|k| (k.clone(), saved.entries.get(k).map(|s| s.stamp.clone())))
                 .collect()
         };
-        if !unknown.is_empty() {
-            unit.prefetch_executions(&unknown).await?;
+        if !prefetch.is_empty() {
+            unit.prefetch_executions(&prefetch).await?;
         }
         for (position, delivery) in deliveries.into_iter().enumerate() {
             if matches!(

@@ -35,10 +35,10 @@ use futures::StreamExt;
 use serde_json::json;
 use tokio::task::JoinHandle;
 
-use crate::model::{Execution, State, StateType, new_id};
+use crate::model::{Execution, Label, State, StateType, new_id};
 use crate::queue::{
-    ConsumerGroup, Delivery, DeliveryTag, Envelope, Queue, QueueCapabilities, QueueError, Recorder,
-    Subscription, Topic, UnitOfWork,
+    ConsumerGroup, Delivery, DeliveryTag, Envelope, LoadedExecution, Queue, QueueCapabilities,
+    QueueError, Recorder, Subscription, Topic, UnitOfWork,
 };
 
 /// Builds a new handle on the same store (a new connection, client or instance), so that "several
@@ -1902,7 +1902,10 @@ async fn both_in_one_unit(q: &dyn Queue, p: &str) -> Box<dyn UnitOfWork> {
 /// [`UnitOfWork::prefetch_executions`] is a hint: after it, a stored execution loads as stored
 /// and an unknown one as `None`, as without it; an id that is not the key of a claimed message is
 /// refused with [`QueueError::NotClaimed`]; an execution prefetched as unknown and saved in the
-/// unit is stored at commit.
+/// unit is stored at commit. Prefetched with a stamp: a load given the stamp of the stored
+/// execution answers `Unchanged` (or loads it), and given an older stamp never takes it for the
+/// stored execution - it loads the stored one, or answers `Unchanged` and the unit is refused at
+/// commit ([`QueueError::Fenced`], the deferred unit of [`UnitOfWork::load_execution_unless`]).
 pub async fn unit_of_work_prefetch(queue: Arc<dyn Queue>) {
     let q = &*queue;
     let p = prefix("uow-prefetch");
@@ -1911,7 +1914,8 @@ pub async fn unit_of_work_prefetch(queue: Arc<dyn Queue>) {
     publish(q, vec![msg(Topic::Execution, &stored_id, 1)]).await;
     let (mut unit, _) = begin_own(q, &UOW_TOPICS, &p, DEADLINE).await;
     let stored = execution(&stored_id, ns, StateType::Running);
-    unit.save_execution(&stored)
+    let old_stamp = unit
+        .save_execution_stamped(&mut stored.clone())
         .await
         .unwrap_or_else(|e| panic!("save_execution failed: {e}"));
     commit(unit).await;
@@ -1927,7 +1931,7 @@ pub async fn unit_of_work_prefetch(queue: Arc<dyn Queue>) {
     let mut unit = both_in_one_unit(q, &p).await;
     let foreign = format!("{p}-not-claimed");
     let refused = unit
-        .prefetch_executions(&[stored_id.clone(), foreign.clone()])
+        .prefetch_executions(&[(stored_id.clone(), None), (foreign.clone(), None)])
         .await;
     assert!(
         matches!(refused, Err(QueueError::NotClaimed { .. })),
@@ -1935,7 +1939,7 @@ pub async fn unit_of_work_prefetch(queue: Arc<dyn Queue>) {
     );
     drop(unit);
     let mut unit = both_in_one_unit(q, &p).await;
-    unit.prefetch_executions(&[stored_id.clone(), new_id.clone()])
+    unit.prefetch_executions(&[(stored_id.clone(), None), (new_id.clone(), None)])
         .await
         .unwrap_or_else(|e| panic!("prefetch_executions failed: {e}"));
     let loaded = unit
@@ -1956,6 +1960,13 @@ pub async fn unit_of_work_prefetch(queue: Arc<dyn Queue>) {
     unit.save_execution(&created)
         .await
         .unwrap_or_else(|e| panic!("save_execution failed: {e}"));
+    // The stored execution changes: the stamp of its first save is stale from now on.
+    let mut changed = stored.clone();
+    changed.labels.push(Label::new("saved", "twice"));
+    let stamp = unit
+        .save_execution_stamped(&mut changed.clone())
+        .await
+        .unwrap_or_else(|e| panic!("save_execution failed: {e}"));
     commit(unit).await;
 
     publish(q, vec![msg(Topic::Execution, &new_id, 4)]).await;
@@ -1969,6 +1980,57 @@ pub async fn unit_of_work_prefetch(queue: Arc<dyn Queue>) {
         Some(&created),
         "the execution saved after a prefetch found it unknown is stored"
     );
+    commit(unit).await;
+
+    // A stale stamp is never taken for the stored execution.
+    publish(q, vec![msg(Topic::Execution, &stored_id, 5)]).await;
+    let (mut unit, _) = begin_own(q, &UOW_TOPICS, &p, DEADLINE).await;
+    unit.prefetch_executions(&[(stored_id.clone(), old_stamp.clone())])
+        .await
+        .unwrap_or_else(|e| panic!("prefetch_executions failed: {e}"));
+    let loaded = unit
+        .load_execution_unless(&stored_id, old_stamp.as_ref())
+        .await
+        .unwrap_or_else(|e| panic!("load_execution_unless failed: {e}"));
+    match loaded {
+        LoadedExecution::Loaded(execution, _) => {
+            assert_eq!(
+                *execution, changed,
+                "a stale stamp: the stored execution is loaded"
+            );
+            commit(unit).await;
+            publish(q, vec![msg(Topic::Execution, &stored_id, 6)]).await;
+        }
+        LoadedExecution::Unchanged => {
+            assert!(
+                old_stamp.is_some(),
+                "Unchanged answers a stamp, and none was given"
+            );
+            let refused = unit.commit().await;
+            assert!(
+                matches!(refused, Err(QueueError::Fenced { .. })),
+                "a unit that took a stale stamp for the stored execution is refused: {refused:?}"
+            );
+        }
+        LoadedExecution::Missing => panic!("a stored execution loaded as missing"),
+    }
+    // The current stamp describes the stored execution.
+    let (mut unit, _) = begin_own(q, &UOW_TOPICS, &p, DEADLINE).await;
+    unit.prefetch_executions(&[(stored_id.clone(), stamp.clone())])
+        .await
+        .unwrap_or_else(|e| panic!("prefetch_executions failed: {e}"));
+    let loaded = unit
+        .load_execution_unless(&stored_id, stamp.as_ref())
+        .await
+        .unwrap_or_else(|e| panic!("load_execution_unless failed: {e}"));
+    match loaded {
+        LoadedExecution::Unchanged => assert!(stamp.is_some(), "Unchanged with no stamp given"),
+        LoadedExecution::Loaded(execution, _) => assert_eq!(
+            *execution, changed,
+            "the current stamp: unchanged, or the stored execution"
+        ),
+        LoadedExecution::Missing => panic!("a stored execution loaded as missing"),
+    }
     commit(unit).await;
     assert_no_own_units(q, &UOW_TOPICS, &p, Duration::from_secs(1)).await;
 }
