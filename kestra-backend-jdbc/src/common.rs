@@ -78,6 +78,31 @@ impl Flavor {
     }
 }
 
+/// How long a connection may have sat idle in a pool before the pool checks it (a ping) as it
+/// hands it out.
+pub(crate) const PING_IF_IDLE_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `options` with sqlx's check on every acquire (a ping: a round trip to the server, a hand-off
+/// to SQLite's connection thread - several per task on the hot path) replaced by a check of the
+/// connections that sat idle [`PING_IF_IDLE_FOR`] or longer: those a server restart or an idle
+/// timeout may have closed. A connection that dies while in use fails its statement, as one that
+/// died between the ping and the statement always could; the caller's error handling (a retry, a
+/// redelivery) covers both.
+pub(crate) fn checked_when_idle<DB: sqlx::Database>(
+    options: sqlx::pool::PoolOptions<DB>,
+) -> sqlx::pool::PoolOptions<DB> {
+    options
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PING_IF_IDLE_FOR {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
+}
+
 /// Now, in epoch milliseconds.
 pub(crate) fn now_ms() -> i64 {
     Utc::now().timestamp_millis()

@@ -25,7 +25,7 @@ pub(crate) async fn begin_write(pool: &Pool<Db>) -> Result<Transaction<'static, 
 }
 
 fn pool_options(max: u32) -> MySqlPoolOptions {
-    MySqlPoolOptions::new()
+    crate::common::checked_when_idle(MySqlPoolOptions::new())
         .max_connections(max)
         .after_connect(|conn, _meta| {
             Box::pin(async move {

@@ -30,7 +30,7 @@ pub(crate) async fn connect(
     url: &str,
     options: &JdbcOptions,
 ) -> Result<Arc<store::Store>, JdbcError> {
-    let pool = PgPoolOptions::new()
+    let pool = crate::common::checked_when_idle(PgPoolOptions::new())
         .max_connections(options.max_connections)
         .acquire_timeout(options.acquire_timeout)
         .connect(url)

@@ -129,7 +129,7 @@ pub(crate) async fn connect(
         url: redact(url),
         source,
     };
-    let write = SqlitePoolOptions::new()
+    let write = crate::common::checked_when_idle(SqlitePoolOptions::new())
         .max_connections(1)
         .acquire_timeout(options_.acquire_timeout)
         .connect_with(opts.clone())
@@ -142,7 +142,7 @@ pub(crate) async fn connect(
             dialect: "sqlite",
             source,
         })?;
-    let read = SqlitePoolOptions::new()
+    let read = crate::common::checked_when_idle(SqlitePoolOptions::new())
         .max_connections(options_.max_connections.clamp(1, 8))
         .acquire_timeout(options_.acquire_timeout)
         .connect_with(opts)

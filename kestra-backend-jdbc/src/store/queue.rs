@@ -34,8 +34,7 @@ impl Store {
             }
             return claim_in(&mut conn, group, topics, max, lease, token, false).await;
         }
-        let mut tx = begin_write(&self.write).await?;
-        relaxed_commit(&mut tx).await?;
+        let mut tx = begin_relaxed(&self.write).await?;
         let got = claim_in(&mut tx, group, topics, max, lease, token, false).await?;
         #[cfg(feature = "testkit")]
         if fault == Some(crate::testkit::TxnPoint::Claim) {
