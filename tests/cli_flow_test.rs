@@ -722,19 +722,26 @@ fn watch_runs_the_flow_again_when_the_file_changes() {
             }
         });
     }
-    let mut seen = Vec::new();
+    // Stdout and stderr are read by two threads: lines of one stream may come before earlier
+    // lines of the other. A wait takes the first line not taken yet that matches, whenever it
+    // came.
+    let mut seen: Vec<String> = Vec::new();
+    let mut taken: Vec<bool> = Vec::new();
     let mut wait_for = |needle: &str| {
         let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
+        loop {
+            if let Some(i) = (0..seen.len()).find(|i| !taken[*i] && seen[*i].contains(needle)) {
+                taken[i] = true;
+                return;
+            }
+            if Instant::now() >= deadline {
+                panic!("no line with {needle:?}: {seen:#?}");
+            }
             if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
-                let found = line.contains(needle);
                 seen.push(line);
-                if found {
-                    return;
-                }
+                taken.push(false);
             }
         }
-        panic!("no line with {needle:?}: {seen:#?}");
     };
     wait_for("say INFO  first version");
     wait_for("SUCCESS in");
