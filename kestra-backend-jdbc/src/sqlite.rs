@@ -174,8 +174,93 @@ pub(crate) async fn connect_raw(url: &str) -> Result<Pool<Db>, JdbcError> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use kestra_core::queue::{ConsumerGroup, Envelope, Queue, Topic};
+
     use super::Db;
     use super::store::{Qb, write_at_once};
+
+    /// The prepared statements of `conn` that SQLite prepared again since their first preparation,
+    /// with how many times (`SQLITE_STMTSTATUS_REPREPARE`), by their SQL.
+    #[allow(unsafe_code)]
+    async fn reprepared(
+        conn: &mut sqlx::SqliteConnection,
+    ) -> Result<Vec<(String, i32)>, sqlx::Error> {
+        use libsqlite3_sys::{
+            SQLITE_STMTSTATUS_REPREPARE, sqlite3_next_stmt, sqlite3_sql, sqlite3_stmt_status,
+        };
+        let mut handle = conn.lock_handle().await?;
+        let db = handle.as_raw_handle().as_ptr();
+        let mut found = Vec::new();
+        // SAFETY: `db` is the open connection that `handle` keeps locked (no other thread uses it)
+        // for the whole loop; the calls only walk its list of prepared statements and read their
+        // counters and SQL, which is copied before the next call.
+        unsafe {
+            let mut stmt = sqlite3_next_stmt(db, std::ptr::null_mut());
+            while !stmt.is_null() {
+                let count = sqlite3_stmt_status(stmt, SQLITE_STMTSTATUS_REPREPARE, 0);
+                let sql = sqlite3_sql(stmt);
+                if count > 0 && !sql.is_null() {
+                    let sql = std::ffi::CStr::from_ptr(sql).to_string_lossy().into_owned();
+                    found.push((sql, count));
+                }
+                stmt = sqlite3_next_stmt(db, stmt);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Claims of different sizes (a worker's free slots, an executor's batch over several topics)
+    /// reuse their prepared statements: none is prepared again for the limit bound (SQLite plans a
+    /// bare `LIMIT ?` with its bound value and then prepares it again on every bind, see
+    /// `store::push_limit`).
+    #[tokio::test]
+    async fn claims_of_any_size_keep_their_prepared_statements()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let store = super::connect("sqlite::memory:", &crate::JdbcOptions::default()).await?;
+        let mut messages = Vec::new();
+        for i in 0..12 {
+            messages.push(Envelope::new(Topic::WorkerJob, format!("job-{i}"), "{}"));
+            messages.push(Envelope::new(Topic::Execution, format!("exec-{i}"), "{}"));
+        }
+        store.publish(messages).await?;
+        let lease = Duration::from_secs(60);
+        for max in [1, 2, 3, 4] {
+            let claimed = store
+                .receive(
+                    ConsumerGroup::Worker,
+                    Topic::WorkerJob,
+                    max,
+                    lease,
+                    Duration::ZERO,
+                )
+                .await?;
+            assert_eq!(claimed.len(), max, "a worker claim of {max}");
+        }
+        let topics = [Topic::Execution, Topic::ExecutionCommand];
+        for max in [1, 2, 3] {
+            let unit = store
+                .begin(ConsumerGroup::Executor, &topics, max, Duration::ZERO)
+                .await?
+                .ok_or("an executor claim found nothing")?;
+            assert_eq!(unit.deliveries().len(), max, "an executor claim of {max}");
+            unit.commit().await?;
+        }
+        // SQLite has one write connection: the one every claim above used. The migrations'
+        // statements were prepared again as the migrations changed the schema: not claims.
+        let mut conn = store.write.acquire().await?;
+        let again: Vec<_> = reprepared(&mut conn)
+            .await?
+            .into_iter()
+            .filter(|(sql, _)| !sql.contains("_sqlx_migrations"))
+            .collect();
+        assert!(
+            again.is_empty(),
+            "statements prepared again on the write connection: {again:?}"
+        );
+        Ok(())
+    }
 
     /// A statement that fails in the middle of [`write_at_once`] leaves nothing of the transaction
     /// written, and the pool's only connection is usable after (still the same in-memory database:

@@ -135,8 +135,8 @@ impl Broadcast {
             if let Some(up_to) = up_to {
                 qb.push(" AND id <= ").push_bind(up_to);
             }
-            qb.push(" ORDER BY id LIMIT ")
-                .push_bind(BROADCAST_PAGE as i64);
+            qb.push(" ORDER BY id");
+            push_limit(&mut qb, BROADCAST_PAGE as i64);
             let rows = qb.build().fetch_all(&self.pool).await?;
             let n = rows.len();
             for row in rows {

@@ -298,18 +298,14 @@ async fn blocked_keys(
 ) -> Result<Blocked, sqlx::Error> {
     let mut query = Qb::new("SELECT DISTINCT topic, msg_key FROM queue WHERE topic IN ");
     push_in(&mut query, topics.iter().map(|t| t.as_str().to_string()));
-    let mut blocked = Blocked::default();
-    for row in query
+    query
         .push(" AND group_name = ")
         .push_bind(group.as_str())
         .push(" AND claimed_until > ")
-        .push_bind(now)
-        .push(" LIMIT ")
-        .push_bind((BLOCKED_KEYS_MAX + 1) as i64)
-        .build()
-        .fetch_all(&mut *conn)
-        .await?
-    {
+        .push_bind(now);
+    push_limit(&mut query, (BLOCKED_KEYS_MAX + 1) as i64);
+    let mut blocked = Blocked::default();
+    for row in query.build().fetch_all(&mut *conn).await? {
         let topic: String = get(&row, "topic")?;
         let key: String = get(&row, "msg_key")?;
         blocked.keys.insert((topic, key));
@@ -391,9 +387,9 @@ async fn due_rows(
             qb.push(" AND q.msg_key NOT IN ");
             push_in(&mut qb, keys);
         }
-        qb.push(" ORDER BY q.id LIMIT ")
-            .push_bind(limit)
-            .push(FLAVOR.skip_locked("q"));
+        qb.push(" ORDER BY q.id");
+        push_limit(&mut qb, limit);
+        qb.push(FLAVOR.skip_locked("q"));
         if several {
             qb.push(if mysql {
                 ")".to_string()
@@ -777,11 +773,13 @@ async fn claim_sqlite(
             .push_bind(group.as_str())
             .push(" AND c.claimed_until > ")
             .push_bind(now)
-            .push(") ORDER BY q.id LIMIT ")
-            .push_bind(limit)
-            .push(")");
+            .push(") ORDER BY q.id");
+        push_limit(&mut qb, limit);
+        qb.push(")");
     }
-    qb.push(") ORDER BY rk, id LIMIT ").push_bind(limit).push(
+    qb.push(") ORDER BY rk, id");
+    push_limit(&mut qb, limit);
+    qb.push(
         ") RETURNING id, topic, msg_key, payload, attempts - 1 AS attempts, visible_at; \
              SELECT EXISTS (SELECT 1 FROM queue WHERE topic IN ",
     );

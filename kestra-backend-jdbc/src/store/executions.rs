@@ -327,9 +327,8 @@ pub(super) fn check_range(
 }
 
 fn push_page(qb: &mut Qb, offset: u64, limit: u64) {
-    qb.push(" LIMIT ")
-        .push_bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .push(" OFFSET ")
+    push_limit(qb, i64::try_from(limit).unwrap_or(i64::MAX));
+    qb.push(" OFFSET ")
         .push_bind(i64::try_from(offset).unwrap_or(i64::MAX));
 }
 

@@ -250,9 +250,9 @@ impl TriggerUnit for JdbcTriggerUnit {
             qb.push(" AND t.uid NOT IN ");
             push_in(&mut qb, held);
         }
-        qb.push(" ORDER BY t.next_execution_date, t.uid LIMIT ")
-            .push_bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .push(FLAVOR.skip_locked("t"));
+        qb.push(" ORDER BY t.next_execution_date, t.uid");
+        push_limit(&mut qb, i64::try_from(limit).unwrap_or(i64::MAX));
+        qb.push(FLAVOR.skip_locked("t"));
         let rows = qb.build().fetch_all(&mut *conn).await.map_err(&err)?;
         let claimed = rows
             .iter()
