@@ -62,6 +62,71 @@ pub(super) fn push_publish(qb: &mut Qb, messages: &[Envelope]) -> Option<u64> {
     Some((rows.len() + broadcast.len()) as u64)
 }
 
+/// PostgreSQL: one statement that inserts the rows of `messages` as [`publish_in`] does (its
+/// `NOTIFY`s, marked `mark`, included) and, with `ack`, deletes those deliveries of the group as
+/// [`ack_in`] does: data-modifying `WITH` queries, each run to completion whether or not the
+/// outer query reads it. Sent on its own (autocommit) the statement is its own transaction: one
+/// round trip where the separate statements cost one each, plus `BEGIN` and `COMMIT`. Returns the
+/// statement, which reads one row (the rows it wrote), or `None` when there is nothing to write or
+/// the rows do not fit in one statement ([`CHUNK`] per part).
+pub(super) fn pg_publish_statement(
+    messages: &[Envelope],
+    mark: &str,
+    ack: Option<(ConsumerGroup, &[DeliveryTag])>,
+) -> Option<Qb> {
+    let now = now_ms();
+    let rows = queue_rows(messages);
+    let broadcast = broadcast_rows(messages);
+    let acked = ack.map(|(_, tags)| ids_by_topic(tags)).unwrap_or_default();
+    if rows.len() > CHUNK || broadcast.len() > CHUNK || acked.values().any(|i| i.len() > CHUNK) {
+        return None;
+    }
+    let mut qb = Qb::new("WITH ");
+    let mut parts: Vec<String> = Vec::new();
+    if !rows.is_empty() {
+        qb.push("q AS (");
+        push_queue_insert(&mut qb, &rows, now);
+        qb.push(" RETURNING pg_notify('kestra_queue', topic || ")
+            .push_bind(mark.to_string())
+            .push("))");
+        parts.push("q".into());
+    }
+    if !broadcast.is_empty() {
+        // Identical notifications of a transaction are delivered once: a topic with queue rows
+        // too is announced once.
+        qb.push(if parts.is_empty() { "" } else { ", " })
+            .push("b AS (");
+        push_broadcast_insert(&mut qb, &broadcast, now);
+        qb.push(" RETURNING pg_notify('kestra_queue', topic || ")
+            .push_bind(mark.to_string())
+            .push("))");
+        parts.push("b".into());
+    }
+    if let Some((group, _)) = ack {
+        for (i, (topic, ids)) in acked.iter().enumerate() {
+            let name = format!("d{i}");
+            qb.push(if parts.is_empty() { "" } else { ", " })
+                .push(format!("{name} AS (DELETE FROM queue WHERE group_name = "))
+                .push_bind(group.as_str())
+                .push(" AND topic = ")
+                .push_bind(topic.as_str())
+                .push(" AND id IN ");
+            push_in(&mut qb, ids.iter().copied());
+            qb.push(" RETURNING 1)");
+            parts.push(name);
+        }
+    }
+    if parts.is_empty() {
+        return None;
+    }
+    let counts: Vec<String> = parts
+        .iter()
+        .map(|p| format!("(SELECT COUNT(*) FROM {p})"))
+        .collect();
+    qb.push(format!(" SELECT {} AS written", counts.join(" + ")));
+    Some(qb)
+}
+
 /// SQLite: the write connection in a transaction that sqlx does not know of - begun by a
 /// `BEGIN IMMEDIATE` at the start of a call of several statements, ended by a `COMMIT` at the end
 /// of another - so that beginning and committing cost no call of their own to the connection's
@@ -195,6 +260,10 @@ pub(super) async fn publish_in(
     }
     let postgres = FLAVOR == crate::common::Flavor::Postgres;
     let mark = notifier.echo_mark();
+    if postgres && let Some(mut qb) = pg_publish_statement(messages, &mark, None) {
+        qb.build().execute(&mut *conn).await?;
+        return Ok(());
+    }
     let now = now_ms();
     let rows = queue_rows(messages);
     for chunk in rows.chunks(CHUNK) {

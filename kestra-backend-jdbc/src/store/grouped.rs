@@ -185,6 +185,12 @@ async fn publish_once(
             return write_at_once(pool, qb).await.map(|_| ());
         }
     }
+    if FLAVOR == crate::common::Flavor::Postgres
+        && let Some(mut qb) = pg_publish_statement(messages, &notifier.echo_mark(), None)
+    {
+        // One statement: its own transaction.
+        return qb.build().execute(pool).await.map(|_| ());
+    }
     let mut tx = begin_write(pool).await?;
     publish_in(&mut tx, messages, notifier).await?;
     tx.commit().await

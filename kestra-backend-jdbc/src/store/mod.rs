@@ -41,7 +41,7 @@ use broadcast::Broadcast;
 pub(crate) use claims::write_at_once;
 use claims::{
     Poll, RawTx, Wakeups, ack_in, ack_rows, begin_relaxed, claim_in, dead_letter_in, extend_rows,
-    lock_claimed, publish_in, push_ack, push_publish, release_claimed,
+    lock_claimed, pg_publish_statement, publish_in, push_ack, push_publish, release_claimed,
 };
 use executions::{
     ExecutionRow, IndexedColumns, check_range, parse_doc, push_execution_update,

@@ -299,6 +299,16 @@ impl Queue for Store {
                         return write_at_once(&self.write, qb).await.map(|_| ());
                     }
                 }
+                if FLAVOR == crate::common::Flavor::Postgres
+                    && let Some(mut qb) = pg_publish_statement(
+                        &messages,
+                        &self.notifier.echo_mark(),
+                        Some((group, tags)),
+                    )
+                {
+                    // One statement: its own transaction.
+                    return qb.build().execute(&self.write).await.map(|_| ());
+                }
                 let mut tx = begin_write(&self.write).await?;
                 publish_in(&mut tx, &messages, &self.notifier).await?;
                 ack_in(&mut tx, group, tags).await?;
