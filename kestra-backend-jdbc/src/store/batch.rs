@@ -66,58 +66,24 @@ impl PendingSaves {
     /// before its task runs), in id order. A new row stored meanwhile by another writer refuses
     /// the unit with [`QueueError::Fenced`].
     pub(super) async fn write(&mut self, conn: &mut Conn) -> Result<(), QueueError> {
-        let mut saves = std::mem::take(&mut self.saves);
-        self.ids.clear();
-        if saves.is_empty() {
+        let Some(staged) = self.take() else {
             return Ok(());
-        }
-        saves.sort_by(|a, b| a.row.id().cmp(b.row.id()));
+        };
         let err = queue_err("commit");
-        let mut created = Vec::new();
-        let mut replaced = Vec::new();
-        let mut labels_deleted = Vec::new();
-        let mut labels = Vec::new();
-        let mut truncated = Vec::new();
-        let mut runs = Vec::new();
-        for save in saves {
-            let id = save.row.id().to_string();
-            if let Some((stored, list)) = save.labels {
-                if stored {
-                    labels_deleted.push(id.clone());
-                }
-                let tenant = save.row.tenant().to_string();
-                labels.extend(list.into_iter().map(|l| (id.clone(), tenant.clone(), l)));
-            }
-            if let Some(from) = save.truncate {
-                truncated.push((id.clone(), from));
-            }
-            runs.extend(
-                save.runs
-                    .into_iter()
-                    .map(|(pos, doc)| (id.clone(), pos, doc)),
-            );
-            if save.created {
-                created.push(save.row);
-            } else {
-                replaced.push(save.row);
-            }
-        }
+        let Staged {
+            created,
+            replaced,
+            labels_deleted,
+            labels,
+            truncated,
+            runs,
+        } = staged;
         for rows in batches(created, ExecutionRow::len) {
             let ids: Vec<String> = rows.iter().map(|r| r.id().to_string()).collect();
             let mut qb = Qb::new("");
             push_execution_rows(&mut qb, rows, false);
-            match qb.build().execute(&mut *conn).await {
-                Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                    return Err(QueueError::Fenced {
-                        detail: format!(
-                            "one of the executions {} was stored by another writer (an API call) \
-                             after this unit found it not stored",
-                            ids.join(", ")
-                        ),
-                    });
-                }
-                other => other.map_err(&err)?,
-            };
+            let done = qb.build().execute(&mut *conn).await;
+            done.map_err(|e| fenced_if_stored(e, &ids).unwrap_or_else(&err))?;
         }
         for rows in batches(replaced, ExecutionRow::len) {
             let mut qb = Qb::new("");
@@ -147,16 +113,139 @@ impl PendingSaves {
             qb.build().execute(&mut *conn).await.map_err(&err)?;
         }
         for rows in batches(runs, |(_, _, doc)| doc.len() + 64) {
-            let mut qb = Qb::new("INSERT INTO execution_task_runs (execution_id, pos, doc) ");
-            qb.push_values(rows, |mut b, (id, pos, doc)| {
-                b.push_bind(id)
-                    .push_bind(i64::try_from(pos).unwrap_or(i64::MAX))
-                    .push_bind(doc);
-            });
-            qb.push(FLAVOR.upsert(&["execution_id", "pos"], &["doc"]));
+            let mut qb = Qb::new("");
+            push_run_rows(&mut qb, rows);
             qb.build().execute(&mut *conn).await.map_err(&err)?;
         }
         Ok(())
+    }
+
+    /// PostgreSQL: push everything staged onto `with`, one part per table, and forget it (it is
+    /// written when that statement runs; a unique violation of the statement then means a new row
+    /// was stored meanwhile, [`fenced_if_stored`] with the ids returned). `None`, with nothing
+    /// pushed or forgotten, when the writes must run in order (labels or task runs of a stored
+    /// execution deleted before theirs are written) or a table's rows need several statements.
+    pub(super) fn push_parts(&mut self, with: &mut PgWith) -> Option<Vec<String>> {
+        let ordered = self
+            .saves
+            .iter()
+            .any(|s| s.truncate.is_some() || s.labels.as_ref().is_some_and(|(stored, _)| *stored));
+        let runs: usize = self.saves.iter().map(|s| s.runs.len()).sum();
+        let labels: usize = self
+            .saves
+            .iter()
+            .filter_map(|s| s.labels.as_ref().map(|(_, l)| l.len()))
+            .sum();
+        if ordered || self.saves.len() > CHUNK || runs > CHUNK || labels > CHUNK {
+            return None;
+        }
+        let Staged {
+            created,
+            replaced,
+            labels,
+            runs,
+            ..
+        } = self.take()?;
+        let ids = created.iter().map(|r| r.id().to_string()).collect();
+        if !created.is_empty() {
+            push_execution_rows(with.part("created"), created, false);
+        }
+        if !replaced.is_empty() {
+            push_execution_rows(with.part("replaced"), replaced, true);
+        }
+        if !labels.is_empty() {
+            push_label_rows(with.part("labels"), labels);
+        }
+        if !runs.is_empty() {
+            push_run_rows(with.part("runs"), runs);
+        }
+        Some(ids)
+    }
+
+    /// Take everything staged, grouped by statement (`None`: nothing staged).
+    fn take(&mut self) -> Option<Staged> {
+        let mut saves = std::mem::take(&mut self.saves);
+        self.ids.clear();
+        if saves.is_empty() {
+            return None;
+        }
+        saves.sort_by(|a, b| a.row.id().cmp(b.row.id()));
+        let mut staged = Staged::default();
+        for save in saves {
+            let id = save.row.id().to_string();
+            if let Some((stored, list)) = save.labels {
+                if stored {
+                    staged.labels_deleted.push(id.clone());
+                }
+                let tenant = save.row.tenant().to_string();
+                staged
+                    .labels
+                    .extend(list.into_iter().map(|l| (id.clone(), tenant.clone(), l)));
+            }
+            if let Some(from) = save.truncate {
+                staged.truncated.push((id.clone(), from));
+            }
+            staged.runs.extend(
+                save.runs
+                    .into_iter()
+                    .map(|(pos, doc)| (id.clone(), pos, doc)),
+            );
+            if save.created {
+                staged.created.push(save.row);
+            } else {
+                staged.replaced.push(save.row);
+            }
+        }
+        Some(staged)
+    }
+}
+
+/// A unit's staged saves grouped by statement, in id order.
+#[derive(Default)]
+struct Staged {
+    /// Rows inserted (the unit found them not stored).
+    created: Vec<ExecutionRow>,
+    /// Rows replaced.
+    replaced: Vec<ExecutionRow>,
+    /// Executions whose stored labels are deleted first.
+    labels_deleted: Vec<String>,
+    /// `(execution id, tenant, label)` rows inserted.
+    labels: Vec<(String, String, Label)>,
+    /// `(execution id, position)`: task runs from there on deleted first.
+    truncated: Vec<(String, i64)>,
+    /// `(execution id, position, document)` task runs upserted.
+    runs: Vec<(String, usize, String)>,
+}
+
+/// `INSERT` (upsert) of task run rows.
+fn push_run_rows(qb: &mut Qb, rows: Vec<(String, usize, String)>) {
+    qb.push("INSERT INTO execution_task_runs (execution_id, pos, doc) ");
+    qb.push_values(rows, |mut b, (id, pos, doc)| {
+        b.push_bind(id)
+            .push_bind(i64::try_from(pos).unwrap_or(i64::MAX))
+            .push_bind(doc);
+    });
+    qb.push(FLAVOR.upsert(&["execution_id", "pos"], &["doc"]));
+}
+
+/// A unique violation of a statement that inserted the new rows `ids`: another writer (an API
+/// call) stored one of them after the unit found it not stored - the unit is refused
+/// ([`QueueError::Fenced`]). Any other error is given back.
+pub(super) fn fenced_if_stored(
+    error: sqlx::Error,
+    ids: &[String],
+) -> Result<QueueError, sqlx::Error> {
+    match error {
+        sqlx::Error::Database(e) if e.is_unique_violation() && !ids.is_empty() => {
+            Ok(QueueError::Fenced {
+                detail: format!(
+                    "one of the executions {} was stored by another writer (an API call) after \
+                     this unit found it not stored",
+                    ids.join(", ")
+                ),
+            })
+        }
+        other => Err(other),
     }
 }
 

@@ -62,69 +62,120 @@ pub(super) fn push_publish(qb: &mut Qb, messages: &[Envelope]) -> Option<u64> {
     Some((rows.len() + broadcast.len()) as u64)
 }
 
-/// PostgreSQL: one statement that inserts the rows of `messages` as [`publish_in`] does (its
-/// `NOTIFY`s, marked `mark`, included) and, with `ack`, deletes those deliveries of the group as
-/// [`ack_in`] does: data-modifying `WITH` queries, each run to completion whether or not the
-/// outer query reads it. Sent on its own (autocommit) the statement is its own transaction: one
-/// round trip where the separate statements cost one each, plus `BEGIN` and `COMMIT`. Returns the
-/// statement, which reads one row (the rows it wrote), or `None` when there is nothing to write or
-/// the rows do not fit in one statement ([`CHUNK`] per part).
+/// PostgreSQL: data-modifying statements joined into one by `WITH` parts, each run to
+/// completion whether or not the outer query reads it, in one snapshot (parts must not write the
+/// same rows). Sent on its own (autocommit) the statement is its own transaction: one round trip
+/// where the separate statements cost one each, plus `BEGIN` and `COMMIT`.
+pub(super) struct PgWith {
+    qb: Qb,
+    parts: usize,
+    /// The parts (with a `RETURNING`) whose rows the statement counts, one column each.
+    counted: Vec<String>,
+}
+
+impl PgWith {
+    pub(super) fn new() -> PgWith {
+        PgWith {
+            qb: Qb::new("WITH "),
+            parts: 0,
+            counted: Vec::new(),
+        }
+    }
+
+    /// Open part `name`: push its one statement onto the builder returned.
+    pub(super) fn part(&mut self, name: &str) -> &mut Qb {
+        if self.parts > 0 {
+            self.qb.push("), ");
+        }
+        self.parts += 1;
+        self.qb.push(format!("{name} AS ("));
+        &mut self.qb
+    }
+
+    /// Open part `name`, whose statement ends with a `RETURNING`: the statement reads how many
+    /// rows it returned, in column `name`.
+    pub(super) fn counted_part(&mut self, name: &str) -> &mut Qb {
+        self.counted.push(name.to_string());
+        self.part(name)
+    }
+
+    /// The statement (`None` without parts): it reads one row, a column per counted part.
+    pub(super) fn finish(mut self) -> Option<Qb> {
+        if self.parts == 0 {
+            return None;
+        }
+        let columns: Vec<String> = self
+            .counted
+            .iter()
+            .map(|p| format!("(SELECT COUNT(*) FROM {p}) AS {p}"))
+            .collect();
+        let columns = if columns.is_empty() {
+            "1 AS done".to_string()
+        } else {
+            columns.join(", ")
+        };
+        self.qb.push(format!(") SELECT {columns}"));
+        Some(self.qb)
+    }
+}
+
+/// PostgreSQL: push the inserts of [`publish_in`] (their `NOTIFY`s, marked `mark`, included) onto
+/// `with` as parts `q` and `b`; `false` (nothing pushed) when the rows do not fit one statement
+/// each ([`CHUNK`]).
+pub(super) fn push_publish_parts(with: &mut PgWith, messages: &[Envelope], mark: &str) -> bool {
+    let now = now_ms();
+    let rows = queue_rows(messages);
+    let broadcast = broadcast_rows(messages);
+    if rows.len() > CHUNK || broadcast.len() > CHUNK {
+        return false;
+    }
+    // Identical notifications of a transaction are delivered once: a topic with queue and
+    // broadcast rows is announced once. The parts are counted so that their `RETURNING` runs.
+    if !rows.is_empty() {
+        let qb = with.counted_part("q");
+        push_queue_insert(qb, &rows, now);
+        qb.push(" RETURNING pg_notify('kestra_queue', topic || ")
+            .push_bind(mark.to_string())
+            .push(")");
+    }
+    if !broadcast.is_empty() {
+        let qb = with.counted_part("b");
+        push_broadcast_insert(qb, &broadcast, now);
+        qb.push(" RETURNING pg_notify('kestra_queue', topic || ")
+            .push_bind(mark.to_string())
+            .push(")");
+    }
+    true
+}
+
+/// PostgreSQL: one statement that publishes `messages` as [`publish_in`] does and, with `ack`,
+/// deletes those deliveries of the group as [`ack_in`] does ([`PgWith`]). `None` when there is
+/// nothing to write or the rows do not fit in one statement ([`CHUNK`] per part).
 pub(super) fn pg_publish_statement(
     messages: &[Envelope],
     mark: &str,
     ack: Option<(ConsumerGroup, &[DeliveryTag])>,
 ) -> Option<Qb> {
-    let now = now_ms();
-    let rows = queue_rows(messages);
-    let broadcast = broadcast_rows(messages);
     let acked = ack.map(|(_, tags)| ids_by_topic(tags)).unwrap_or_default();
-    if rows.len() > CHUNK || broadcast.len() > CHUNK || acked.values().any(|i| i.len() > CHUNK) {
+    if acked.values().any(|ids| ids.len() > CHUNK) {
         return None;
     }
-    let mut qb = Qb::new("WITH ");
-    let mut parts: Vec<String> = Vec::new();
-    if !rows.is_empty() {
-        qb.push("q AS (");
-        push_queue_insert(&mut qb, &rows, now);
-        qb.push(" RETURNING pg_notify('kestra_queue', topic || ")
-            .push_bind(mark.to_string())
-            .push("))");
-        parts.push("q".into());
-    }
-    if !broadcast.is_empty() {
-        // Identical notifications of a transaction are delivered once: a topic with queue rows
-        // too is announced once.
-        qb.push(if parts.is_empty() { "" } else { ", " })
-            .push("b AS (");
-        push_broadcast_insert(&mut qb, &broadcast, now);
-        qb.push(" RETURNING pg_notify('kestra_queue', topic || ")
-            .push_bind(mark.to_string())
-            .push("))");
-        parts.push("b".into());
+    let mut with = PgWith::new();
+    if !push_publish_parts(&mut with, messages, mark) {
+        return None;
     }
     if let Some((group, _)) = ack {
         for (i, (topic, ids)) in acked.iter().enumerate() {
-            let name = format!("d{i}");
-            qb.push(if parts.is_empty() { "" } else { ", " })
-                .push(format!("{name} AS (DELETE FROM queue WHERE group_name = "))
+            let qb = with.part(&format!("d{i}"));
+            qb.push("DELETE FROM queue WHERE group_name = ")
                 .push_bind(group.as_str())
                 .push(" AND topic = ")
                 .push_bind(topic.as_str())
                 .push(" AND id IN ");
-            push_in(&mut qb, ids.iter().copied());
-            qb.push(" RETURNING 1)");
-            parts.push(name);
+            push_in(qb, ids.iter().copied());
         }
     }
-    if parts.is_empty() {
-        return None;
-    }
-    let counts: Vec<String> = parts
-        .iter()
-        .map(|p| format!("(SELECT COUNT(*) FROM {p})"))
-        .collect();
-    qb.push(format!(" SELECT {} AS written", counts.join(" + ")));
-    Some(qb)
+    with.finish()
 }
 
 /// SQLite: the write connection in a transaction that sqlx does not know of - begun by a

@@ -40,8 +40,9 @@ use broadcast::Broadcast;
 /// Also used by the SQLite dialect's tests.
 pub(crate) use claims::write_at_once;
 use claims::{
-    Poll, RawTx, Wakeups, ack_in, ack_rows, begin_relaxed, claim_in, dead_letter_in, extend_rows,
-    lock_claimed, pg_publish_statement, publish_in, push_ack, push_publish, release_claimed,
+    PgWith, Poll, RawTx, Wakeups, ack_in, ack_rows, begin_relaxed, claim_in, dead_letter_in,
+    extend_rows, lock_claimed, pg_publish_statement, publish_in, push_ack, push_publish,
+    push_publish_parts, release_claimed,
 };
 use executions::{
     ExecutionRow, IndexedColumns, check_range, parse_doc, push_execution_update,

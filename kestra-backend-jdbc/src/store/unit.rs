@@ -246,6 +246,50 @@ impl JdbcUnit {
         Ok(())
     }
 
+    /// PostgreSQL: the commit's writes - the staged saves, the staged messages and the deletion
+    /// of the unit's queue rows `ids` - in one statement ([`PgWith`]; a statement per table and
+    /// one for the deletion otherwise, each a round trip). `false`, with nothing written, when they
+    /// do not fit in one: the caller writes them apart. The rows of `ids` were locked when the
+    /// unit began; one claimed by another consumer since (its lease ended) refuses the unit.
+    async fn write_together(
+        &mut self,
+        ids: &[i64],
+        staged: &[Envelope],
+    ) -> Result<bool, QueueError> {
+        let err = queue_err("commit");
+        let mut with = PgWith::new();
+        if !push_publish_parts(&mut with, staged, &self.notifier.echo_mark()) {
+            return Ok(false);
+        }
+        let created = if self.pending.is_empty() {
+            Vec::new()
+        } else {
+            match self.pending.push_parts(&mut with) {
+                Some(created) => created,
+                None => return Ok(false),
+            }
+        };
+        let qb = with.counted_part("acked");
+        qb.push("DELETE FROM queue WHERE claimed_by = ")
+            .push_bind(self.token.clone())
+            .push(" AND id IN ");
+        push_in(qb, ids.iter().copied());
+        qb.push(" RETURNING 1");
+        let Some(mut qb) = with.finish() else {
+            return Ok(false);
+        };
+        let row = qb
+            .build()
+            .fetch_one(&mut *self.conn()?)
+            .await
+            .map_err(|e| batch::fenced_if_stored(e, &created).unwrap_or_else(&err))?;
+        let deleted = u64::try_from(get::<i64>(&row, "acked").map_err(&err)?).unwrap_or(0);
+        if deleted != ids.len() as u64 {
+            return Err(rows_lost(deleted, ids.len()));
+        }
+        Ok(true)
+    }
+
     /// Fail the transaction here when the testkit planned its fault at `point`.
     #[cfg(feature = "testkit")]
     async fn fault_point(
@@ -666,58 +710,58 @@ impl UnitOfWork for JdbcUnit {
             self.deferred = Some(deferred);
             self.materialize().await?;
         }
-        self.write_pending().await?;
-        let notifier = self.notifier.clone();
-        let conn = self.conn()?;
-        // Only rows still claimed by this unit are deleted; a row claimed by another consumer
-        // since (its lease ended) refuses the unit, which is rolled back: the other consumer
-        // processes the message. On PostgreSQL/MySQL the rows were locked when the unit began
-        // (`lock_claimed`); on SQLite this is the check (see `Store::begin`), and the staged
-        // messages are inserted in the same call when they fit (their rows counted apart).
-        let mut together = Qb::new("");
-        let inserted = if ids.len() <= CHUNK {
-            push_publish(&mut together, &staged)
-        } else {
-            None
-        };
-        if inserted.is_none() {
-            publish_in(&mut *conn, &staged, &notifier)
-                .await
-                .map_err(&err)?;
-        }
-        let mut deleted = 0;
-        for (i, chunk) in ids.chunks(CHUNK).enumerate() {
-            let mut own = Qb::new("");
-            let qb = if i == 0 && inserted.is_some() {
-                &mut together
-            } else {
-                &mut own
-            };
-            qb.push("DELETE FROM queue WHERE claimed_by = ");
-            qb.push_bind(token.clone()).push(" AND id IN ");
-            push_in(qb, chunk.iter().copied());
-            deleted += qb
-                .build()
-                .execute(&mut *conn)
-                .await
-                .map_err(&err)?
-                .rows_affected();
-        }
-        if ids.is_empty() && inserted.is_some_and(|n| n > 0) {
-            together.build().execute(&mut *conn).await.map_err(&err)?;
-        } else if let Some(n) = inserted
+        let together = FLAVOR == crate::common::Flavor::Postgres
             && !ids.is_empty()
-        {
-            deleted = deleted.saturating_sub(n);
-        }
-        if deleted != ids.len() as u64 {
-            return Err(QueueError::Fenced {
-                detail: format!(
-                    "{} of the unit's {} queue rows are claimed by another consumer now (their lease ended)",
-                    ids.len() as u64 - deleted,
-                    ids.len()
-                ),
-            });
+            && ids.len() <= CHUNK
+            && self.write_together(&ids, &staged).await?;
+        if !together {
+            self.write_pending().await?;
+            let notifier = self.notifier.clone();
+            let conn = self.conn()?;
+            // Only rows still claimed by this unit are deleted; a row claimed by another consumer
+            // since (its lease ended) refuses the unit, which is rolled back: the other consumer
+            // processes the message. On PostgreSQL/MySQL the rows were locked when the unit began
+            // (`lock_claimed`); on SQLite this is the check (see `Store::begin`), and the staged
+            // messages are inserted in the same call when they fit (their rows counted apart).
+            let mut together = Qb::new("");
+            let inserted = if ids.len() <= CHUNK {
+                push_publish(&mut together, &staged)
+            } else {
+                None
+            };
+            if inserted.is_none() {
+                publish_in(&mut *conn, &staged, &notifier)
+                    .await
+                    .map_err(&err)?;
+            }
+            let mut deleted = 0;
+            for (i, chunk) in ids.chunks(CHUNK).enumerate() {
+                let mut own = Qb::new("");
+                let qb = if i == 0 && inserted.is_some() {
+                    &mut together
+                } else {
+                    &mut own
+                };
+                qb.push("DELETE FROM queue WHERE claimed_by = ");
+                qb.push_bind(token.clone()).push(" AND id IN ");
+                push_in(qb, chunk.iter().copied());
+                deleted += qb
+                    .build()
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(&err)?
+                    .rows_affected();
+            }
+            if ids.is_empty() && inserted.is_some_and(|n| n > 0) {
+                together.build().execute(&mut *conn).await.map_err(&err)?;
+            } else if let Some(n) = inserted
+                && !ids.is_empty()
+            {
+                deleted = deleted.saturating_sub(n);
+            }
+            if deleted != ids.len() as u64 {
+                return Err(rows_lost(deleted, ids.len()));
+            }
         }
         #[cfg(feature = "testkit")]
         self.fault_point(crate::testkit::TxnPoint::Commit, "commit")
