@@ -108,8 +108,10 @@ pub(super) struct JdbcUnit {
     pub(super) deliveries: Vec<Delivery>,
     pub(super) dead: HashSet<i64>,
     pub(super) published: BTreeSet<Topic>,
-    /// SQLite: the messages staged by [`UnitOfWork::publish`], inserted at commit in the call
-    /// that acknowledges the claimed rows (see [`claims::push_publish`](super::claims)).
+    /// SQLite and PostgreSQL: the messages staged by [`UnitOfWork::publish`], inserted at commit
+    /// with the acknowledgement of the claimed rows - SQLite in the same call
+    /// ([`claims::push_publish`](super::claims)), PostgreSQL in the same statement when it fits
+    /// ([`JdbcUnit::write_together`]; else [`publish_in`] before the acknowledgement).
     pub(super) staged: Vec<Envelope>,
     /// The task runs stored for each execution this unit loaded or saved, as of that load or
     /// save: what its next save diffs against ([`super::task_runs`]).
@@ -653,9 +655,9 @@ impl UnitOfWork for JdbcUnit {
     async fn publish(&mut self, messages: Vec<Envelope>) -> Result<(), QueueError> {
         check_staged(&messages, self.max_message_bytes)?;
         self.published.extend(messages.iter().map(|m| m.topic));
-        if FLAVOR == crate::common::Flavor::Sqlite {
+        if FLAVOR != crate::common::Flavor::MySql {
             // Nothing in the unit reads them back: they are inserted at commit, with the
-            // acknowledgement (one call).
+            // acknowledgement (SQLite: in one call; PostgreSQL: in one statement).
             self.staged.extend(messages);
             return Ok(());
         }
@@ -724,7 +726,8 @@ impl UnitOfWork for JdbcUnit {
             // (`lock_claimed`); on SQLite this is the check (see `Store::begin`), and the staged
             // messages are inserted in the same call when they fit (their rows counted apart).
             let mut together = Qb::new("");
-            let inserted = if ids.len() <= CHUNK {
+            // SQLite runs the statements of one string in turn; elsewhere each is its own call.
+            let inserted = if FLAVOR == crate::common::Flavor::Sqlite && ids.len() <= CHUNK {
                 push_publish(&mut together, &staged)
             } else {
                 None
