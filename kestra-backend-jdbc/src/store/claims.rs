@@ -39,18 +39,24 @@ fn push_broadcast_insert(qb: &mut Qb, rows: &[&Envelope], now: i64) {
     });
 }
 
+/// A publish's queue rows (message, group), broadcast rows and write time.
+type PublishRows<'m> = (Vec<(&'m Envelope, ConsumerGroup)>, Vec<&'m Envelope>, i64);
+
+/// The queue rows and broadcast rows of `messages` and the time they are written, when each fits
+/// in one statement ([`CHUNK`] rows); `None` otherwise.
+fn publish_rows(messages: &[Envelope]) -> Option<PublishRows<'_>> {
+    let rows = queue_rows(messages);
+    let broadcast = broadcast_rows(messages);
+    (rows.len() <= CHUNK && broadcast.len() <= CHUNK).then(|| (rows, broadcast, now_ms()))
+}
+
 /// SQLite: push the statements that insert the rows of `messages` (as [`publish_in`]) onto `qb`,
 /// each ended by `; ` - sqlx runs each statement of a string in turn, binding the arguments in
 /// order, so they go to the connection's thread in one call (every call is a round trip there,
 /// two thread wake-ups). Returns how many rows they insert, or `None` (nothing pushed) when the
 /// rows do not fit in one statement each: [`publish_in`] them.
 pub(super) fn push_publish(qb: &mut Qb, messages: &[Envelope]) -> Option<u64> {
-    let now = now_ms();
-    let rows = queue_rows(messages);
-    let broadcast = broadcast_rows(messages);
-    if rows.len() > CHUNK || broadcast.len() > CHUNK {
-        return None;
-    }
+    let (rows, broadcast, now) = publish_rows(messages)?;
     if !rows.is_empty() {
         push_queue_insert(qb, &rows, now);
         qb.push("; ");
@@ -123,12 +129,9 @@ impl PgWith {
 /// `with` as parts `q` and `b`; `false` (nothing pushed) when the rows do not fit one statement
 /// each ([`CHUNK`]).
 pub(super) fn push_publish_parts(with: &mut PgWith, messages: &[Envelope], mark: &str) -> bool {
-    let now = now_ms();
-    let rows = queue_rows(messages);
-    let broadcast = broadcast_rows(messages);
-    if rows.len() > CHUNK || broadcast.len() > CHUNK {
+    let Some((rows, broadcast, now)) = publish_rows(messages) else {
         return false;
-    }
+    };
     // Identical notifications of a transaction are delivered once: a topic with queue and
     // broadcast rows is announced once. The parts are counted so that their `RETURNING` runs.
     if !rows.is_empty() {
