@@ -134,19 +134,20 @@ pub(super) fn push_publish_parts(with: &mut PgWith, messages: &[Envelope], mark:
     };
     // Identical notifications of a transaction are delivered once: a topic with queue and
     // broadcast rows is announced once. The parts are counted so that their `RETURNING` runs.
-    if !rows.is_empty() {
-        let qb = with.counted_part("q");
-        push_queue_insert(qb, &rows, now);
+    let notify = |qb: &mut Qb| {
         qb.push(" RETURNING pg_notify('kestra_queue', topic || ")
             .push_bind(mark.to_string())
             .push(")");
+    };
+    if !rows.is_empty() {
+        let qb = with.counted_part("q");
+        push_queue_insert(qb, &rows, now);
+        notify(qb);
     }
     if !broadcast.is_empty() {
         let qb = with.counted_part("b");
         push_broadcast_insert(qb, &broadcast, now);
-        qb.push(" RETURNING pg_notify('kestra_queue', topic || ")
-            .push_bind(mark.to_string())
-            .push(")");
+        notify(qb);
     }
     true
 }
@@ -169,13 +170,7 @@ pub(super) fn pg_publish_statement(
     }
     if let Some((group, _)) = ack {
         for (i, (topic, ids)) in acked.iter().enumerate() {
-            let qb = with.part(&format!("d{i}"));
-            qb.push("DELETE FROM queue WHERE group_name = ")
-                .push_bind(group.as_str())
-                .push(" AND topic = ")
-                .push_bind(topic.as_str())
-                .push(" AND id IN ");
-            push_in(qb, ids.iter().copied());
+            push_ack_delete(with.part(&format!("d{i}")), group, *topic, ids);
         }
     }
     with.finish()
@@ -274,6 +269,16 @@ pub(crate) async fn write_at_once(pool: &Pool<Db>, qb: Qb) -> Result<u64, sqlx::
     RawTx::acquire(pool).await?.commit(qb).await
 }
 
+/// `DELETE` of the acknowledged rows `ids` of `topic` for `group`.
+fn push_ack_delete(qb: &mut Qb, group: ConsumerGroup, topic: Topic, ids: &[i64]) {
+    qb.push("DELETE FROM queue WHERE group_name = ")
+        .push_bind(group.as_str())
+        .push(" AND topic = ")
+        .push_bind(topic.as_str())
+        .push(" AND id IN ");
+    push_in(qb, ids.iter().copied());
+}
+
 /// SQLite: push the statements that delete the acknowledged rows of `tags` (as [`ack_in`]) onto
 /// `qb`, each ended by `; `. False (nothing pushed) when they do not fit in one statement per
 /// topic.
@@ -283,12 +288,7 @@ pub(super) fn push_ack(qb: &mut Qb, group: ConsumerGroup, tags: &[DeliveryTag]) 
         return false;
     }
     for (topic, ids) in &by_topic {
-        qb.push("DELETE FROM queue WHERE group_name = ")
-            .push_bind(group.as_str())
-            .push(" AND topic = ")
-            .push_bind(topic.as_str())
-            .push(" AND id IN ");
-        push_in(qb, ids.iter().copied());
+        push_ack_delete(qb, group, *topic, ids);
         qb.push("; ");
     }
     true
@@ -1066,12 +1066,8 @@ pub(super) async fn ack_in(
     let by_topic = ids_by_topic(tags);
     for (topic, ids) in &by_topic {
         for chunk in ids.chunks(CHUNK) {
-            let mut qb = Qb::new("DELETE FROM queue WHERE group_name = ");
-            qb.push_bind(group.as_str())
-                .push(" AND topic = ")
-                .push_bind(topic.as_str())
-                .push(" AND id IN ");
-            push_in(&mut qb, chunk.iter().copied());
+            let mut qb = Qb::new("");
+            push_ack_delete(&mut qb, group, *topic, chunk);
             qb.build().execute(&mut *conn).await?;
         }
     }
