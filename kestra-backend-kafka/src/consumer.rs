@@ -581,6 +581,14 @@ impl Inner {
             .timestamp()
             .to_millis()
             .and_then(chrono::DateTime::from_timestamp_millis);
+        tracing::trace!(
+            group = %self.group,
+            %topic,
+            partition = p,
+            offset,
+            age_ms = published_at.map(|at| (Utc::now() - at).num_milliseconds()),
+            "record fetched"
+        );
         let mut st = self.lock();
         let Some(part) = st.parts.get_mut(&(topic, p)) else {
             return;

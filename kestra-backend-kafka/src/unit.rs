@@ -94,6 +94,22 @@ impl KafkaUnit {
     }
 }
 
+/// `topic:count` pairs of `topics`, in their first order (a debug line's field).
+fn topic_counts(topics: impl Iterator<Item = Topic>) -> String {
+    let mut counts: Vec<(Topic, usize)> = Vec::new();
+    for t in topics {
+        match counts.iter_mut().find(|(c, _)| *c == t) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((t, 1)),
+        }
+    }
+    counts
+        .iter()
+        .map(|(t, n)| format!("{t}:{n}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 fn is_fencing(code: RDKafkaErrorCode) -> bool {
     matches!(
         code,
@@ -246,6 +262,9 @@ impl KafkaUnit {
         let consumer = self.consumer.clone();
         let (changes_w, delayed_w) = (changes.clone(), delayed.clone());
         let tags_count = tags.len();
+        // What the unit carried, by topic, for the debug line of its transaction.
+        let delivered = topic_counts(self.deliveries.iter().map(|d| d.tag.topic));
+        let written = topic_counts(plain.iter().map(|m| m.topic));
         tokio::task::spawn_blocking(move || -> Result<(), QueueError> {
             let Some(txn) = &consumer.inner.txn else {
                 return Err(QueueError::backend(
@@ -328,6 +347,8 @@ impl KafkaUnit {
                         .map_err(|e| txn_error("commit", e));
                 debug!(
                     deliveries = tags_count,
+                    %delivered,
+                    %written,
                     records = plain.len() + delayed_w.len() + changes_w.len() + dead.len(),
                     produce_and_offsets_ms = sent.as_secs_f64() * 1000.0,
                     total_ms = started.elapsed().as_secs_f64() * 1000.0,

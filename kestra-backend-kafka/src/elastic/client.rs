@@ -272,6 +272,7 @@ impl Client {
         if lines.is_empty() {
             return Ok(Vec::new());
         }
+        let (started, bytes) = (std::time::Instant::now(), lines.len());
         let r = self
             .ok(
                 Method::POST,
@@ -280,6 +281,13 @@ impl Client {
                 Some(Body::NdJson(lines)),
             )
             .await?;
+        tracing::trace!(
+            index,
+            bytes,
+            refresh = self.refresh,
+            ms = started.elapsed().as_secs_f64() * 1000.0,
+            "bulk request"
+        );
         let mut results = Vec::new();
         let mut failed = Vec::new();
         for item in r["items"].as_array().into_iter().flatten() {
