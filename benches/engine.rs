@@ -311,6 +311,9 @@ enum Target {
     Kafka {
         config: Config,
         brokers: String,
+        elasticsearch: String,
+        /// The run's topic and index prefix.
+        prefix: String,
     },
 }
 
@@ -333,6 +336,8 @@ impl Target {
         );
         Target::Kafka {
             brokers: brokers.clone(),
+            elasticsearch: elasticsearch.clone(),
+            prefix: prefix.clone(),
             config: Config::from_pairs([
                 ("kestra.queue.type", "kafka".to_string()),
                 ("kestra.repository.type", "elasticsearch".to_string()),
@@ -353,6 +358,37 @@ impl Target {
             Target::Kafka { config, .. } => kestra::engine(config)
                 .await
                 .expect("engine on Kafka + Elasticsearch (build with --all-features)"),
+        }
+    }
+
+    /// Delete what the run left on a shared broker and cluster (Kafka: the run's topics and
+    /// indices, so that runs do not pile up partitions on the broker); a failure is reported,
+    /// not fatal. JDBC runs use a database of their own.
+    async fn cleanup(&self) {
+        #[cfg(feature = "kafka")]
+        if let Target::Kafka {
+            brokers,
+            elasticsearch,
+            prefix,
+            ..
+        } = self
+        {
+            use kestra::kafka::elastic::{ElasticOptions, ElasticRepositories};
+            use kestra::kafka::{KafkaOptions, KafkaQueue};
+            let options = KafkaOptions::new(brokers.clone()).with_prefix(prefix.clone());
+            if let Err(e) = KafkaQueue::delete_topics(&options).await {
+                eprintln!("bench: cannot delete the topics of prefix {prefix}: {e}");
+            }
+            let indices = ElasticRepositories::connect(
+                ElasticOptions::new(elasticsearch.clone()).with_index_prefix(prefix.clone()),
+            )
+            .await;
+            if let Err(e) = match indices {
+                Ok(r) => r.delete_indices().await,
+                Err(e) => Err(e),
+            } {
+                eprintln!("bench: cannot delete the indices of prefix {prefix}: {e}");
+            }
         }
     }
 
@@ -851,6 +887,7 @@ async fn bench(label: &str, target: Target, sizes: Sizes) -> Vec<Measure> {
         server.shutdown().await;
         client.shutdown().await;
     }
+    target.cleanup().await;
     rows
 }
 
