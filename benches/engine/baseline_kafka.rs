@@ -109,7 +109,10 @@ impl RawKafka {
                 .set("acks", "all")
                 .set("linger.ms", "0");
             if let Some(id) = transactional {
-                c.set("transactional.id", id).set("retry.backoff.ms", "10");
+                // The engine's setting (`KafkaOptions::transactional_config`): back-to-back
+                // units (a fan-out's) are refused `CONCURRENT_TRANSACTIONS` until the previous
+                // commit's markers are written, and retried after this.
+                c.set("transactional.id", id).set("retry.backoff.ms", "1");
             }
             c.create()
         };
