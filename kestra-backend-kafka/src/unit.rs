@@ -262,9 +262,16 @@ impl KafkaUnit {
         let consumer = self.consumer.clone();
         let (changes_w, delayed_w) = (changes.clone(), delayed.clone());
         let tags_count = tags.len();
-        // What the unit carried, by topic, for the debug line of its transaction.
-        let delivered = topic_counts(self.deliveries.iter().map(|d| d.tag.topic));
-        let written = topic_counts(plain.iter().map(|m| m.topic));
+        // What the unit carried, by topic, for the debug line of its transaction (counted only
+        // when that line is on).
+        let (delivered, written) = if tracing::enabled!(tracing::Level::DEBUG) {
+            (
+                topic_counts(self.deliveries.iter().map(|d| d.tag.topic)),
+                topic_counts(plain.iter().map(|m| m.topic)),
+            )
+        } else {
+            (String::new(), String::new())
+        };
         tokio::task::spawn_blocking(move || -> Result<(), QueueError> {
             let Some(txn) = &consumer.inner.txn else {
                 return Err(QueueError::backend(
