@@ -380,14 +380,15 @@ impl Target {
             if let Err(e) = KafkaQueue::delete_topics(&options).await {
                 eprintln!("bench: cannot delete the topics of prefix {prefix}: {e}");
             }
-            let indices = ElasticRepositories::connect(
-                ElasticOptions::new(elasticsearch.clone()).with_index_prefix(prefix.clone()),
-            )
-            .await;
-            if let Err(e) = match indices {
-                Ok(r) => r.delete_indices().await,
-                Err(e) => Err(e),
-            } {
+            let options =
+                ElasticOptions::new(elasticsearch.clone()).with_index_prefix(prefix.clone());
+            let deleted = async {
+                ElasticRepositories::connect(options)
+                    .await?
+                    .delete_indices()
+                    .await
+            };
+            if let Err(e) = deleted.await {
                 eprintln!("bench: cannot delete the indices of prefix {prefix}: {e}");
             }
         }
@@ -636,11 +637,11 @@ async fn bench(label: &str, target: Target, sizes: Sizes) -> Vec<Measure> {
             }));
         }
         let mut lat = Vec::new();
-        let mut published = Vec::new();
+        let mut triggered = Vec::new();
         for h in handles {
             let (id, start, d) = h.await.expect("join");
             lat.push(d);
-            published.push((id, start));
+            triggered.push((id, start));
         }
         bar.finish();
         lat.sort();
@@ -661,12 +662,12 @@ async fn bench(label: &str, target: Target, sizes: Sizes) -> Vec<Measure> {
         // trigger to the terminal state the executor published (before the indexer).
         if let Some(ended) = ended {
             let ended = ended.lock().map(|e| e.clone()).unwrap_or_default();
-            let mut exec: Vec<Duration> = published
+            let mut exec: Vec<Duration> = triggered
                 .iter()
                 .filter_map(|(id, start)| ended.get(id).map(|at| at.duration_since(*start)))
                 .collect();
             exec.sort();
-            if exec.len() == published.len() {
+            if exec.len() == triggered.len() {
                 push(
                     Measure::new(
                         label,
