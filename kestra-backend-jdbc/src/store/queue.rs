@@ -34,6 +34,24 @@ impl Store {
             }
             return claim_in(&mut conn, group, topics, max, lease, token, false).await;
         }
+        let (got, tx) = self
+            .claim_open(group, topics, max, lease, token, fault)
+            .await?;
+        tx.commit().await?;
+        Ok(got)
+    }
+
+    /// PostgreSQL and MySQL: [`Self::claim_once`] up to its commit, which is left to the caller -
+    /// with the transaction the claim ran in.
+    async fn claim_open(
+        &self,
+        group: ConsumerGroup,
+        topics: &[Topic],
+        max: usize,
+        lease: Duration,
+        token: &str,
+        fault: Fault,
+    ) -> Result<((Vec<Delivery>, bool), Transaction<'static, Db>), sqlx::Error> {
         let mut tx = begin_relaxed(&self.write).await?;
         let got = claim_in(&mut tx, group, topics, max, lease, token, false).await?;
         #[cfg(feature = "testkit")]
@@ -42,8 +60,33 @@ impl Store {
         }
         #[cfg(not(feature = "testkit"))]
         let () = fault;
-        tx.commit().await?;
-        Ok(got)
+        Ok((got, tx))
+    }
+
+    /// A unit's claim (PostgreSQL and MySQL): [`Self::claim_once`], and when it claimed rows,
+    /// the transaction of the unit begun on the same connection - `COMMIT; BEGIN` in one round
+    /// trip instead of a commit and a begin of their own. The claim is committed before the
+    /// unit's transaction begins, as with two transactions (see `begin`).
+    async fn claim_and_begin(
+        &self,
+        group: ConsumerGroup,
+        topics: &[Topic],
+        max: usize,
+        lease: Duration,
+        token: &str,
+        fault: Fault,
+    ) -> Result<((Vec<Delivery>, bool), Option<Transaction<'static, Db>>), sqlx::Error> {
+        let (got, mut tx) = self
+            .claim_open(group, topics, max, lease, token, fault)
+            .await?;
+        if got.0.is_empty() {
+            tx.commit().await?;
+            return Ok((got, None));
+        }
+        // The `Transaction` stays open for sqlx (its depth is one, as the server's): what it
+        // commits or rolls back from here on is the unit's transaction.
+        sqlx::raw_sql("COMMIT; BEGIN").execute(&mut *tx).await?;
+        Ok((got, Some(tx)))
     }
 
     /// One attempt of a recorded claim (contract point 12): claim, derive and check the records,
@@ -419,9 +462,20 @@ impl Queue for Store {
             // count with it), so a message that crashes the executor again and again reaches
             // the executor's limit instead of looping.
             let fault = plan_fault();
-            let claim = self
-                .claim_once(group, topics, max, UOW_LEASE, &token, fault)
-                .await;
+            let (claim, mut open) = if FLAVOR == crate::common::Flavor::Sqlite {
+                let claim = self
+                    .claim_once(group, topics, max, UOW_LEASE, &token, fault)
+                    .await;
+                (claim, None)
+            } else {
+                match self
+                    .claim_and_begin(group, topics, max, UOW_LEASE, &token, fault)
+                    .await
+                {
+                    Ok((got, tx)) => (Ok(got), tx),
+                    Err(e) => (Err(e), None),
+                }
+            };
             if let Ok((_, complete)) = &claim {
                 self.note_claim(group, topics, generation, *complete);
             }
@@ -466,7 +520,10 @@ impl Queue for Store {
                 }
                 Ok(claimed) if !claimed.is_empty() => {
                     let ids: Vec<i64> = claimed.iter().map(|d| d.tag.offset).collect();
-                    let mut tx = begin_write(&self.write).await.map_err(&err)?;
+                    let mut tx = match open.take() {
+                        Some(tx) => tx,
+                        None => begin_write(&self.write).await.map_err(&err)?,
+                    };
                     let locked = lock_claimed(&mut tx, claimed, &token).await;
                     let locked = match locked {
                         #[cfg(feature = "testkit")]
