@@ -17,26 +17,40 @@ fn broadcast_rows(messages: &[Envelope]) -> Vec<&Envelope> {
     messages.iter().filter(|m| m.topic.broadcast()).collect()
 }
 
-fn push_queue_insert(qb: &mut Qb, rows: &[(&Envelope, ConsumerGroup)], now: i64) {
-    qb.push("INSERT INTO queue (topic, group_name, msg_key, payload, visible_at, created_at) ");
-    qb.push_values(rows, |mut b, (m, g)| {
-        b.push_bind(m.topic.as_str())
-            .push_bind(g.as_str())
-            .push_bind(m.key.clone())
-            .push_bind(m.payload.to_vec())
-            .push_bind(m.deliver_at.map(to_ms).unwrap_or(now))
-            .push_bind(now);
-    });
+fn push_queue_insert<S: Sql>(qb: &mut S, rows: &[(&Envelope, ConsumerGroup)], now: i64) {
+    qb.sql(
+        "INSERT INTO queue (topic, group_name, msg_key, payload, visible_at, created_at) VALUES ",
+    );
+    for (i, (m, g)) in rows.iter().enumerate() {
+        qb.sql(if i == 0 { "(" } else { ", (" })
+            .text(m.topic.as_str())
+            .sql(", ")
+            .text(g.as_str())
+            .sql(", ")
+            .text(&m.key)
+            .sql(", ")
+            .bytes(&m.payload)
+            .sql(", ")
+            .int(m.deliver_at.map(to_ms).unwrap_or(now))
+            .sql(", ")
+            .int(now)
+            .sql(")");
+    }
 }
 
-fn push_broadcast_insert(qb: &mut Qb, rows: &[&Envelope], now: i64) {
-    qb.push("INSERT INTO queue_broadcast (topic, msg_key, payload, created_at) ");
-    qb.push_values(rows, |mut b, m| {
-        b.push_bind(m.topic.as_str())
-            .push_bind(m.key.clone())
-            .push_bind(m.payload.to_vec())
-            .push_bind(now);
-    });
+fn push_broadcast_insert<S: Sql>(qb: &mut S, rows: &[&Envelope], now: i64) {
+    qb.sql("INSERT INTO queue_broadcast (topic, msg_key, payload, created_at) VALUES ");
+    for (i, m) in rows.iter().enumerate() {
+        qb.sql(if i == 0 { "(" } else { ", (" })
+            .text(m.topic.as_str())
+            .sql(", ")
+            .text(&m.key)
+            .sql(", ")
+            .bytes(&m.payload)
+            .sql(", ")
+            .int(now)
+            .sql(")");
+    }
 }
 
 /// A publish's queue rows (message, group), broadcast rows and write time.
@@ -179,7 +193,10 @@ pub(super) fn pg_publish_statement(
 /// SQLite: the write connection in a transaction that sqlx does not know of - begun by a
 /// `BEGIN IMMEDIATE` at the start of a call of several statements, ended by a `COMMIT` at the end
 /// of another - so that beginning and committing cost no call of their own to the connection's
-/// thread (sqlx's transactions take one each).
+/// thread (sqlx's transactions take one each). MySQL: a connection of the pool in such a
+/// transaction, begun by a `BEGIN` of its own or at the start of a text query and ended by a
+/// `COMMIT` at the end of one ([`Text`], [`RawTx::commit_text`]): the writes before the commit
+/// go with it in one round trip.
 ///
 /// If a statement fails, the rest of its call (a commit included) is not run and the transaction
 /// is rolled back here; if that fails too, or the transaction is dropped before it ended (a
@@ -197,8 +214,8 @@ impl Drop for RawTx {
 }
 
 impl RawTx {
-    /// Take the connection of `pool` (its only one: SQLite has a single writer). The transaction
-    /// begins with the first call, which starts with `BEGIN IMMEDIATE; `.
+    /// Take a connection of `pool` (SQLite: its only one, the single writer). The transaction
+    /// begins with the first call, which starts with `BEGIN IMMEDIATE; ` (MySQL: `BEGIN`).
     pub(super) async fn acquire(pool: &Pool<Db>) -> Result<RawTx, sqlx::Error> {
         Ok(RawTx(Some(pool.acquire().await?)))
     }
@@ -247,6 +264,26 @@ impl RawTx {
         }
     }
 
+    /// MySQL: run the text `sql` (several statements, values inline: [`Text`]), which begins and
+    /// commits the transaction, in one round trip; returns the rows they changed. A failed
+    /// statement stops the rest, the commit included: the transaction is rolled back here (the
+    /// connection closed if that fails too), as for [`RawTx::commit`].
+    pub(super) async fn commit_text(mut self, sql: String) -> Result<u64, sqlx::Error> {
+        let result = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(self.conn()?)
+            .await;
+        match result {
+            Ok(done) => {
+                drop(self.0.take());
+                Ok(done.rows_affected())
+            }
+            Err(e) => {
+                self.end("ROLLBACK").await;
+                Err(e)
+            }
+        }
+    }
+
     /// Roll the transaction back.
     pub(super) async fn rollback(mut self) {
         self.end("ROLLBACK").await;
@@ -270,13 +307,70 @@ pub(crate) async fn write_at_once(pool: &Pool<Db>, qb: Qb) -> Result<u64, sqlx::
 }
 
 /// `DELETE` of the acknowledged rows `ids` of `topic` for `group`.
-fn push_ack_delete(qb: &mut Qb, group: ConsumerGroup, topic: Topic, ids: &[i64]) {
-    qb.push("DELETE FROM queue WHERE group_name = ")
-        .push_bind(group.as_str())
-        .push(" AND topic = ")
-        .push_bind(topic.as_str())
-        .push(" AND id IN ");
-    push_in(qb, ids.iter().copied());
+fn push_ack_delete<S: Sql>(qb: &mut S, group: ConsumerGroup, topic: Topic, ids: &[i64]) {
+    qb.sql("DELETE FROM queue WHERE group_name = ")
+        .text(group.as_str())
+        .sql(" AND topic = ")
+        .text(topic.as_str())
+        .sql(" AND id IN ")
+        .ints(ids);
+}
+
+/// MySQL: the transaction that inserts the rows of `messages` (as [`publish_in`]) and, with
+/// `ack`, deletes the acknowledged rows (as [`ack_in`]), in text - `BEGIN; ...; COMMIT`, one
+/// round trip ([`RawTx::commit_text`]). `None` when it does not fit ([`push_text_publish`]).
+pub(super) fn text_publish(
+    messages: &[Envelope],
+    ack: Option<(ConsumerGroup, &[DeliveryTag])>,
+) -> Option<String> {
+    let mut text = Text("BEGIN; ".to_string());
+    if !push_text_publish(&mut text, messages, ack) {
+        return None;
+    }
+    text.sql("COMMIT");
+    Some(text.0)
+}
+
+/// MySQL: push onto `text` the statements of [`text_publish`] between its `BEGIN` and `COMMIT`,
+/// each ended by `; `. False (nothing pushed) when the rows do not fit in one statement per table
+/// and topic ([`CHUNK`]) or the text would grow past [`TEXT_MAX`].
+pub(super) fn push_text_publish(
+    text: &mut Text,
+    messages: &[Envelope],
+    ack: Option<(ConsumerGroup, &[DeliveryTag])>,
+) -> bool {
+    let Some((rows, broadcast, now)) = publish_rows(messages) else {
+        return false;
+    };
+    let by_topic = ack.map(|(group, tags)| (group, ids_by_topic(tags)));
+    if by_topic
+        .as_ref()
+        .is_some_and(|(_, by_topic)| by_topic.values().any(|ids| ids.len() > CHUNK))
+    {
+        return false;
+    }
+    let size: usize = messages
+        .iter()
+        .map(|m| m.payload.len() + m.key.len() + 64)
+        .sum();
+    if text.0.len() + size * 3 > TEXT_MAX {
+        return false;
+    }
+    if !rows.is_empty() {
+        push_queue_insert(text, &rows, now);
+        text.sql("; ");
+    }
+    if !broadcast.is_empty() {
+        push_broadcast_insert(text, &broadcast, now);
+        text.sql("; ");
+    }
+    if let Some((group, by_topic)) = by_topic {
+        for (topic, ids) in &by_topic {
+            push_ack_delete(text, group, *topic, ids);
+            text.sql("; ");
+        }
+    }
+    true
 }
 
 /// SQLite: push the statements that delete the acknowledged rows of `tags` (as [`ack_in`]) onto
@@ -729,6 +823,10 @@ async fn set_aside(
 ///
 /// `begin` (SQLite only): the claim begins the caller's [`RawTx`] (its statement goes to the
 /// connection after a `BEGIN IMMEDIATE`, in the same call).
+///
+/// `mark` (MySQL): the statement that marks the rows claimed is not run but pushed onto it, ended
+/// by `; `, for the caller to send with the statements that follow it in the same transaction
+/// (one round trip: [`Text`]); the deliveries are returned as if marked.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn claim_in(
     conn: &mut Conn,
@@ -738,6 +836,7 @@ pub(super) async fn claim_in(
     lease: Duration,
     token: &str,
     begin: bool,
+    mark: Option<&mut Text>,
 ) -> Result<(Vec<Delivery>, bool), sqlx::Error> {
     if topics.is_empty() || max == 0 {
         return Ok((Vec::new(), false));
@@ -820,13 +919,14 @@ pub(super) async fn claim_in(
         .filter(|c| accepted.contains(&c.id))
         .collect();
     // A redelivery goes alone (`shrink_after_crash`): the others are left for the next claim.
-    let handed = mark_claimed(conn, claimed, token, now, lease, group).await?;
+    let handed = mark_claimed(conn, claimed, token, now, lease, group, mark).await?;
     complete &= handed.len() == seen;
     Ok((handed, complete))
 }
 
 /// Mark the accepted `claimed` rows claimed by `token` until `now + lease` (a redelivery alone:
-/// [`shrink_after_crash`]) and hand them out.
+/// [`shrink_after_crash`]) and hand them out; with `text`, the statement is pushed onto it
+/// instead of run (see [`claim_in`]).
 async fn mark_claimed(
     conn: &mut Conn,
     mut claimed: Vec<Candidate>,
@@ -834,19 +934,33 @@ async fn mark_claimed(
     now: i64,
     lease: Duration,
     group: ConsumerGroup,
+    text: Option<&mut Text>,
 ) -> Result<Vec<Delivery>, sqlx::Error> {
     if claimed.is_empty() {
         return Ok(Vec::new());
     }
     shrink_after_crash(&mut claimed);
-    let mut qb = Qb::new("UPDATE queue SET claimed_by = ");
-    qb.push_bind(token.to_string())
-        .push(", claimed_until = ")
-        .push_bind(now + duration_ms(lease))
-        .push(", attempts = attempts + 1 WHERE id IN ");
-    push_in(&mut qb, claimed.iter().map(|c| c.id));
-    qb.build().execute(&mut *conn).await?;
+    let ids: Vec<i64> = claimed.iter().map(|c| c.id).collect();
+    let until = now + duration_ms(lease);
+    if let Some(text) = text {
+        push_mark(text, token, until, &ids);
+        text.sql("; ");
+    } else {
+        let mut qb = Qb::new("");
+        push_mark(&mut qb, token, until, &ids);
+        qb.build().execute(&mut *conn).await?;
+    }
     Ok(hand_out(claimed, group))
+}
+
+/// The statement that marks the rows `ids` claimed by `token` until `until`.
+fn push_mark<S: Sql>(qb: &mut S, token: &str, until: i64, ids: &[i64]) {
+    qb.sql("UPDATE queue SET claimed_by = ")
+        .text(token)
+        .sql(", claimed_until = ")
+        .int(until)
+        .sql(", attempts = attempts + 1 WHERE id IN ")
+        .ints(ids);
 }
 
 /// The deliveries of the `claimed` rows.

@@ -191,6 +191,16 @@ async fn publish_once(
         // One statement: its own transaction.
         return qb.build().execute(pool).await.map(|_| ());
     }
+    if FLAVOR == crate::common::Flavor::MySql
+        && let Some(sql) = text_publish(messages, None)
+    {
+        // One round trip for the transaction.
+        return RawTx::acquire(pool)
+            .await?
+            .commit_text(sql)
+            .await
+            .map(|_| ());
+    }
     let mut tx = begin_write(pool).await?;
     publish_in(&mut tx, messages, notifier).await?;
     tx.commit().await

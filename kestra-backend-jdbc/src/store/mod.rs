@@ -30,6 +30,7 @@ mod maintenance;
 mod queue;
 mod services;
 mod task_runs;
+mod text;
 mod triggers;
 mod unit;
 
@@ -42,13 +43,14 @@ pub(crate) use claims::write_at_once;
 use claims::{
     PgWith, Poll, RawTx, Wakeups, ack_in, ack_rows, begin_relaxed, claim_in, dead_letter_in,
     extend_rows, lock_claimed, pg_publish_statement, publish_in, push_ack, push_publish,
-    push_publish_parts, release_claimed,
+    push_publish_parts, push_text_publish, release_claimed, text_publish,
 };
 use executions::{
     ExecutionRow, IndexedColumns, check_range, parse_doc, push_execution_update,
     push_execution_upsert, push_labels_insert, push_like, push_namespace, tenant_of,
     upsert_execution_in,
 };
+use text::{Sql, TEXT_MAX, Text};
 use triggers::JdbcTriggerUnit;
 use unit::{Deferred, JdbcUnit};
 

@@ -32,17 +32,19 @@ impl Store {
                 // back.
                 super::faults::inject(&mut conn, crate::testkit::TxnPoint::Claim).await?;
             }
-            return claim_in(&mut conn, group, topics, max, lease, token, false).await;
+            return claim_in(&mut conn, group, topics, max, lease, token, false, None).await;
         }
         let (got, tx) = self
-            .claim_open(group, topics, max, lease, token, fault)
+            .claim_open(group, topics, max, lease, token, fault, None)
             .await?;
         tx.commit().await?;
         Ok(got)
     }
 
     /// PostgreSQL and MySQL: [`Self::claim_once`] up to its commit, which is left to the caller -
-    /// with the transaction the claim ran in.
+    /// with the transaction the claim ran in (and, with `mark`, the statement that marks the rows
+    /// claimed: see [`claim_in`]).
+    #[allow(clippy::too_many_arguments)]
     async fn claim_open(
         &self,
         group: ConsumerGroup,
@@ -51,9 +53,10 @@ impl Store {
         lease: Duration,
         token: &str,
         fault: Fault,
+        mark: Option<&mut Text>,
     ) -> Result<((Vec<Delivery>, bool), Transaction<'static, Db>), sqlx::Error> {
         let mut tx = begin_relaxed(&self.write).await?;
-        let got = claim_in(&mut tx, group, topics, max, lease, token, false).await?;
+        let got = claim_in(&mut tx, group, topics, max, lease, token, false, mark).await?;
         #[cfg(feature = "testkit")]
         if fault == Some(crate::testkit::TxnPoint::Claim) {
             super::faults::inject(&mut tx, crate::testkit::TxnPoint::Claim).await?;
@@ -65,8 +68,9 @@ impl Store {
 
     /// A unit's claim (PostgreSQL and MySQL): [`Self::claim_once`], and when it claimed rows,
     /// the transaction of the unit begun on the same connection - `COMMIT; BEGIN` in one round
-    /// trip instead of a commit and a begin of their own. The claim is committed before the
-    /// unit's transaction begins, as with two transactions (see `begin`).
+    /// trip instead of a commit and a begin of their own (MySQL: with the statement that marks
+    /// the rows claimed before them, in text). The claim is committed before the unit's
+    /// transaction begins, as with two transactions (see `begin`).
     async fn claim_and_begin(
         &self,
         group: ConsumerGroup,
@@ -76,8 +80,18 @@ impl Store {
         token: &str,
         fault: Fault,
     ) -> Result<((Vec<Delivery>, bool), Option<Transaction<'static, Db>>), sqlx::Error> {
+        let mysql = FLAVOR == crate::common::Flavor::MySql;
+        let mut mark = Text::default();
         let (got, mut tx) = self
-            .claim_open(group, topics, max, lease, token, fault)
+            .claim_open(
+                group,
+                topics,
+                max,
+                lease,
+                token,
+                fault,
+                mysql.then_some(&mut mark),
+            )
             .await?;
         if got.0.is_empty() {
             tx.commit().await?;
@@ -85,7 +99,10 @@ impl Store {
         }
         // The `Transaction` stays open for sqlx (its depth is one, as the server's): what it
         // commits or rolls back from here on is the unit's transaction.
-        sqlx::raw_sql("COMMIT; BEGIN").execute(&mut *tx).await?;
+        mark.sql("COMMIT; BEGIN");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(mark.0))
+            .execute(&mut *tx)
+            .await?;
         Ok((got, Some(tx)))
     }
 
@@ -106,8 +123,14 @@ impl Store {
                 .claim_recorded_sqlite(group, topic, max, lease, token, record)
                 .await;
         }
+        if FLAVOR == crate::common::Flavor::MySql {
+            return self
+                .claim_recorded_mysql(group, topic, max, lease, token, record)
+                .await;
+        }
         let mut tx = begin_write(&self.write).await?;
-        let (got, complete) = claim_in(&mut tx, group, &[topic], max, lease, token, false).await?;
+        let (got, complete) =
+            claim_in(&mut tx, group, &[topic], max, lease, token, false, None).await?;
         if got.is_empty() {
             // Nothing claimed, but rows the claim set aside as dead letters stay set aside (as in
             // `claim_once`).
@@ -127,6 +150,57 @@ impl Store {
         Ok(Ok((got, complete)))
     }
 
+    /// MySQL's [`Store::claim_recorded_once`]: the same transaction in three round trips (four
+    /// when the per-key order needs its statement) instead of six or seven - `BEGIN`, the scan,
+    /// then the statement that marks the rows claimed, the records' inserts and the `COMMIT` in
+    /// one text query ([`RawTx::commit_text`]). A failed statement closes the connection (a
+    /// [`RawTx`] dropped in a transaction), which rolls it back.
+    async fn claim_recorded_mysql(
+        &self,
+        group: ConsumerGroup,
+        topic: Topic,
+        max: usize,
+        lease: Duration,
+        token: &str,
+        record: &Recorder,
+    ) -> Result<Result<(Vec<Delivery>, bool), QueueError>, sqlx::Error> {
+        let mut raw = RawTx::acquire(&self.write).await?;
+        sqlx::raw_sql("BEGIN").execute(raw.conn()?).await?;
+        let mut text = Text::default();
+        let (got, complete) = claim_in(
+            raw.conn()?,
+            group,
+            &[topic],
+            max,
+            lease,
+            token,
+            false,
+            Some(&mut text),
+        )
+        .await?;
+        if got.is_empty() {
+            // Nothing claimed, but rows the claim set aside as dead letters stay set aside (as in
+            // `claim_once`).
+            text.sql("COMMIT");
+            raw.commit_text(text.0).await?;
+            return Ok(Ok((got, complete)));
+        }
+        let records = match self.records_of(&got, record) {
+            Ok(r) => r,
+            Err(e) => {
+                raw.rollback().await;
+                return Ok(Err(e));
+            }
+        };
+        if !push_text_publish(&mut text, &records, None) {
+            publish_in(raw.conn()?, &records, &self.notifier).await?;
+        }
+        text.sql("COMMIT");
+        raw.commit_text(text.0).await?;
+        self.wake(records.iter().map(|m| m.topic));
+        Ok(Ok((got, complete)))
+    }
+
     /// SQLite's [`Store::claim_recorded_once`]: the same transaction in two calls to the
     /// connection's thread ([`RawTx`]) - the claim after its `BEGIN IMMEDIATE`, then the records
     /// before the `COMMIT` - instead of four.
@@ -141,7 +215,7 @@ impl Store {
     ) -> Result<Result<(Vec<Delivery>, bool), QueueError>, sqlx::Error> {
         let mut raw = RawTx::acquire(&self.write).await?;
         let (got, complete) =
-            claim_in(raw.conn()?, group, &[topic], max, lease, token, true).await?;
+            claim_in(raw.conn()?, group, &[topic], max, lease, token, true, None).await?;
         if got.is_empty() {
             // Nothing claimed, but rows the claim set aside as dead letters stay set aside.
             raw.commit(Qb::new("")).await?;
@@ -351,6 +425,13 @@ impl Queue for Store {
                 {
                     // One statement: its own transaction.
                     return qb.build().execute(&self.write).await.map(|_| ());
+                }
+                if FLAVOR == crate::common::Flavor::MySql
+                    && let Some(sql) = text_publish(&messages, Some((group, tags)))
+                {
+                    // One round trip for the transaction.
+                    let raw = RawTx::acquire(&self.write).await?;
+                    return raw.commit_text(sql).await.map(|_| ());
                 }
                 let mut tx = begin_write(&self.write).await?;
                 publish_in(&mut tx, &messages, &self.notifier).await?;
