@@ -101,15 +101,8 @@ impl PendingSaves {
             qb.build().execute(&mut *conn).await.map_err(&err)?;
         }
         for chunk in truncated.chunks(CHUNK) {
-            let mut qb = Qb::new("DELETE FROM execution_task_runs WHERE ");
-            let mut or = qb.separated(" OR ");
-            for (id, from) in chunk {
-                or.push("(execution_id = ")
-                    .push_bind_unseparated(id.clone())
-                    .push_unseparated(" AND pos >= ")
-                    .push_bind_unseparated(*from)
-                    .push_unseparated(")");
-            }
+            let mut qb = Qb::new("");
+            push_truncate(&mut qb, chunk);
             qb.build().execute(&mut *conn).await.map_err(&err)?;
         }
         for rows in batches(runs, |(_, _, doc)| doc.len() + 64) {
@@ -158,6 +151,73 @@ impl PendingSaves {
         }
         if !runs.is_empty() {
             push_run_rows(with.part("runs"), runs);
+        }
+        Some(ids)
+    }
+
+    /// MySQL: push everything staged onto `text`, a statement per table ended by `; `, in the
+    /// order [`PendingSaves::write`] runs them, and forget it (it is written when `text` runs; a
+    /// unique violation then means a new row was stored meanwhile, [`fenced_if_stored`] with the
+    /// ids returned). `None`, with nothing pushed or forgotten, when a table's rows need several
+    /// statements or the text would grow past [`TEXT_MAX`].
+    pub(super) fn push_text(&mut self, text: &mut Text) -> Option<Vec<String>> {
+        let runs: usize = self.saves.iter().map(|s| s.runs.len()).sum();
+        let labels: usize = self
+            .saves
+            .iter()
+            .filter_map(|s| s.labels.as_ref().map(|(_, l)| l.len()))
+            .sum();
+        let bytes: usize = self
+            .saves
+            .iter()
+            .map(|s| {
+                s.row.len()
+                    + s.runs.iter().map(|(_, doc)| doc.len() + 64).sum::<usize>()
+                    + s.labels.as_ref().map_or(0, |(_, l)| {
+                        l.iter().map(|l| l.key.len() + l.value.len() + 64).sum()
+                    })
+            })
+            .sum();
+        if self.saves.len() > CHUNK
+            || runs > CHUNK
+            || labels > CHUNK
+            || text.0.len() + bytes * 2 + 1024 > TEXT_MAX
+        {
+            return None;
+        }
+        let Staged {
+            created,
+            replaced,
+            labels_deleted,
+            labels,
+            truncated,
+            runs,
+        } = self.take()?;
+        let ids = created.iter().map(|r| r.id().to_string()).collect();
+        if !created.is_empty() {
+            push_execution_rows(text, created, false);
+            text.sql("; ");
+        }
+        if !replaced.is_empty() {
+            push_execution_rows(text, replaced, true);
+            text.sql("; ");
+        }
+        if !labels_deleted.is_empty() {
+            text.sql("DELETE FROM execution_labels WHERE execution_id IN ")
+                .texts(&labels_deleted)
+                .sql("; ");
+        }
+        if !labels.is_empty() {
+            push_label_rows(text, labels);
+            text.sql("; ");
+        }
+        if !truncated.is_empty() {
+            push_truncate(text, &truncated);
+            text.sql("; ");
+        }
+        if !runs.is_empty() {
+            push_run_rows(text, runs);
+            text.sql("; ");
         }
         Some(ids)
     }
@@ -218,14 +278,31 @@ struct Staged {
 }
 
 /// `INSERT` (upsert) of task run rows.
-fn push_run_rows(qb: &mut Qb, rows: Vec<(String, usize, String)>) {
-    qb.push("INSERT INTO execution_task_runs (execution_id, pos, doc) ");
-    qb.push_values(rows, |mut b, (id, pos, doc)| {
-        b.push_bind(id)
-            .push_bind(i64::try_from(pos).unwrap_or(i64::MAX))
-            .push_bind(doc);
-    });
-    qb.push(FLAVOR.upsert(&["execution_id", "pos"], &["doc"]));
+fn push_run_rows<S: Sql>(qb: &mut S, rows: Vec<(String, usize, String)>) {
+    qb.sql("INSERT INTO execution_task_runs (execution_id, pos, doc) VALUES ");
+    for (i, (id, pos, doc)) in rows.into_iter().enumerate() {
+        qb.sql(if i == 0 { "(" } else { ", (" })
+            .text(&id)
+            .sql(", ")
+            .int(i64::try_from(pos).unwrap_or(i64::MAX))
+            .sql(", ")
+            .text(&doc)
+            .sql(")");
+    }
+    qb.sql(&FLAVOR.upsert(&["execution_id", "pos"], &["doc"]));
+}
+
+/// `DELETE` of the task runs of each `(execution id, position)` from that position on.
+fn push_truncate<S: Sql>(qb: &mut S, chunk: &[(String, i64)]) {
+    qb.sql("DELETE FROM execution_task_runs WHERE ");
+    for (i, (id, from)) in chunk.iter().enumerate() {
+        qb.sql(if i == 0 { "(" } else { " OR (" })
+            .sql("execution_id = ")
+            .text(id)
+            .sql(" AND pos >= ")
+            .int(*from)
+            .sql(")");
+    }
 }
 
 /// A unique violation of a statement that inserted the new rows `ids`: another writer (an API

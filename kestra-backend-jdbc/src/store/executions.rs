@@ -116,16 +116,16 @@ impl ExecutionRow {
 
 /// Push the insert of `rows` (at least one, at most [`CHUNK`]) into `executions` onto `qb` (no
 /// `; `); with `upsert`, a row whose id is stored replaces it, else that id fails the statement.
-pub(super) fn push_execution_rows(
-    qb: &mut Qb,
+pub(super) fn push_execution_rows<S: Sql>(
+    qb: &mut S,
     rows: impl IntoIterator<Item = ExecutionRow>,
     upsert: bool,
 ) {
     let now = now_ms();
-    qb.push(
-        "INSERT INTO executions (id, tenant_id, namespace, flow_id, state_current, start_date, end_date, parent_id, deleted, updated, version, task_runs, revision, doc) ",
+    qb.sql(
+        "INSERT INTO executions (id, tenant_id, namespace, flow_id, state_current, start_date, end_date, parent_id, deleted, updated, version, task_runs, revision, doc) VALUES ",
     );
-    qb.push_values(rows, |mut b, row| {
+    for (i, row) in rows.into_iter().enumerate() {
         let IndexedColumns {
             tenant_id,
             namespace,
@@ -134,23 +134,38 @@ pub(super) fn push_execution_rows(
             start_date,
             parent_id,
         } = row.indexed;
-        b.push_bind(row.id)
-            .push_bind(tenant_id)
-            .push_bind(namespace)
-            .push_bind(flow_id)
-            .push_bind(state_current)
-            .push_bind(start_date)
-            .push_bind(row.end_date)
-            .push_bind(parent_id)
-            .push_bind(row.deleted)
-            .push_bind(now)
-            .push_bind(row.version)
-            .push_bind(row.task_runs)
-            .push_bind(row.revision)
-            .push_bind(row.doc);
-    });
+        qb.sql(if i == 0 { "(" } else { ", (" })
+            .text(&row.id)
+            .sql(", ")
+            .text(&tenant_id)
+            .sql(", ")
+            .text(&namespace)
+            .sql(", ")
+            .text(&flow_id)
+            .sql(", ")
+            .text(state_current)
+            .sql(", ")
+            .int(start_date)
+            .sql(", ")
+            .opt_int(row.end_date)
+            .sql(", ")
+            .opt_text(parent_id.as_deref())
+            .sql(", ")
+            .boolean(row.deleted)
+            .sql(", ")
+            .int(now)
+            .sql(", ")
+            .int(row.version)
+            .sql(", ")
+            .opt_int(row.task_runs)
+            .sql(", ")
+            .text(&row.revision)
+            .sql(", ")
+            .text(&row.doc)
+            .sql(")");
+    }
     if upsert {
-        qb.push(FLAVOR.upsert(
+        qb.sql(&FLAVOR.upsert(
             &["id"],
             &[
                 "tenant_id",
@@ -231,17 +246,24 @@ pub(super) fn push_labels_insert(qb: &mut Qb, e: &Execution, labels: &[Label]) {
 
 /// Push the insert of label rows `(execution id, tenant, label)` (at most [`CHUNK`], at least
 /// one) into `execution_labels` onto `qb` (no `; `).
-pub(super) fn push_label_rows(
-    qb: &mut Qb,
+pub(super) fn push_label_rows<S: Sql>(
+    qb: &mut S,
     rows: impl IntoIterator<Item = (String, String, Label)>,
 ) {
-    qb.push("INSERT INTO execution_labels (execution_id, tenant_id, label_key, label_value) ");
-    qb.push_values(rows, |mut b, (id, tenant, l)| {
-        b.push_bind(id)
-            .push_bind(tenant)
-            .push_bind(l.key)
-            .push_bind(l.value);
-    });
+    qb.sql(
+        "INSERT INTO execution_labels (execution_id, tenant_id, label_key, label_value) VALUES ",
+    );
+    for (i, (id, tenant, l)) in rows.into_iter().enumerate() {
+        qb.sql(if i == 0 { "(" } else { ", (" })
+            .text(&id)
+            .sql(", ")
+            .text(&tenant)
+            .sql(", ")
+            .text(&l.key)
+            .sql(", ")
+            .text(&l.value)
+            .sql(")");
+    }
 }
 
 /// `metadata.version` as the column stores it (BIGINT; a version past `i64::MAX` saturates).

@@ -10,6 +10,13 @@ pub(super) fn wake_topics(notifier: &Notifier, topics: impl IntoIterator<Item = 
     }
 }
 
+/// A claim's deliveries and whether it took every row there was (see [`claim_in`]).
+type ClaimedRows = (Vec<Delivery>, bool);
+
+/// The transaction of a unit begun with its claim ([`Store::claim_and_begin`]), with the ids of
+/// the claimed rows it locked already (MySQL; `None`: not locked yet).
+type OpenUnit = (Transaction<'static, Db>, Option<HashSet<i64>>);
+
 impl Store {
     /// Claim in a transaction of its own: the claim (and the delivery attempt it counts) is
     /// committed before the consumer processes anything. `fault`: the testkit's (executor claims).
@@ -79,7 +86,7 @@ impl Store {
         lease: Duration,
         token: &str,
         fault: Fault,
-    ) -> Result<((Vec<Delivery>, bool), Option<Transaction<'static, Db>>), sqlx::Error> {
+    ) -> Result<(ClaimedRows, Option<OpenUnit>), sqlx::Error> {
         let mysql = FLAVOR == crate::common::Flavor::MySql;
         let mut mark = Text::default();
         let (got, mut tx) = self
@@ -100,10 +107,28 @@ impl Store {
         // The `Transaction` stays open for sqlx (its depth is one, as the server's): what it
         // commits or rolls back from here on is the unit's transaction.
         mark.sql("COMMIT; BEGIN");
-        sqlx::raw_sql(sqlx::AssertSqlSafe(mark.0))
-            .execute(&mut *tx)
+        let ids: Vec<i64> = got.0.iter().map(|d| d.tag.offset).collect();
+        if !mysql || ids.len() > CHUNK {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(mark.0))
+                .execute(&mut *tx)
+                .await?;
+            return Ok((got, Some((tx, None))));
+        }
+        // MySQL: and the unit's lock of its rows (`lock_claimed`) in the same query.
+        mark.sql("; SELECT id FROM queue WHERE claimed_by = ")
+            .text(token)
+            .sql(" AND id IN ")
+            .ints(&ids)
+            .sql(" ORDER BY id")
+            .sql(FLAVOR.for_update());
+        let rows = sqlx::raw_sql(sqlx::AssertSqlSafe(mark.0))
+            .fetch_all(&mut *tx)
             .await?;
-        Ok((got, Some(tx)))
+        let held = rows
+            .iter()
+            .map(|row| get::<i64>(row, "id"))
+            .collect::<Result<HashSet<i64>, _>>()?;
+        Ok((got, Some((tx, Some(held)))))
     }
 
     /// One attempt of a recorded claim (contract point 12): claim, derive and check the records,
@@ -601,11 +626,17 @@ impl Queue for Store {
                 }
                 Ok(claimed) if !claimed.is_empty() => {
                     let ids: Vec<i64> = claimed.iter().map(|d| d.tag.offset).collect();
-                    let mut tx = match open.take() {
-                        Some(tx) => tx,
-                        None => begin_write(&self.write).await.map_err(&err)?,
+                    let (mut tx, held) = match open.take() {
+                        Some(open) => open,
+                        None => (begin_write(&self.write).await.map_err(&err)?, None),
                     };
-                    let locked = lock_claimed(&mut tx, claimed, &token).await;
+                    let locked = match held {
+                        Some(held) => Ok(claimed
+                            .into_iter()
+                            .filter(|d| held.contains(&d.tag.offset))
+                            .collect()),
+                        None => lock_claimed(&mut tx, claimed, &token).await,
+                    };
                     let locked = match locked {
                         #[cfg(feature = "testkit")]
                         Ok(_) if fault == Some(crate::testkit::TxnPoint::Lock) => {

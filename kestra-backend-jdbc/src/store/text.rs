@@ -30,6 +30,23 @@ pub(super) trait Sql {
     fn int(&mut self, value: i64) -> &mut Self;
     /// A bytes value.
     fn bytes(&mut self, value: &[u8]) -> &mut Self;
+    /// An integer value or `NULL`.
+    fn opt_int(&mut self, value: Option<i64>) -> &mut Self;
+    /// A text value or `NULL`.
+    fn opt_text(&mut self, value: Option<&str>) -> &mut Self;
+    /// A boolean value.
+    fn boolean(&mut self, value: bool) -> &mut Self;
+    /// `(t1, t2, ...)`.
+    fn texts(&mut self, values: &[String]) -> &mut Self {
+        self.sql("(");
+        for (i, v) in values.iter().enumerate() {
+            if i > 0 {
+                self.sql(", ");
+            }
+            self.text(v);
+        }
+        self.sql(")")
+    }
     /// `(v1, v2, ...)`.
     fn ints(&mut self, values: &[i64]) -> &mut Self {
         self.sql("(");
@@ -58,6 +75,18 @@ impl Sql for Qb {
     }
     fn bytes(&mut self, value: &[u8]) -> &mut Self {
         self.push_bind(value.to_vec());
+        self
+    }
+    fn opt_int(&mut self, value: Option<i64>) -> &mut Self {
+        self.push_bind(value);
+        self
+    }
+    fn opt_text(&mut self, value: Option<&str>) -> &mut Self {
+        self.push_bind(value.map(str::to_string));
+        self
+    }
+    fn boolean(&mut self, value: bool) -> &mut Self {
+        self.push_bind(value);
         self
     }
 }
@@ -106,6 +135,21 @@ impl Sql for Text {
         self.hex(value);
         self
     }
+    fn opt_int(&mut self, value: Option<i64>) -> &mut Self {
+        match value {
+            Some(v) => self.int(v),
+            None => self.sql("NULL"),
+        }
+    }
+    fn opt_text(&mut self, value: Option<&str>) -> &mut Self {
+        match value {
+            Some(v) => self.text(v),
+            None => self.sql("NULL"),
+        }
+    }
+    fn boolean(&mut self, value: bool) -> &mut Self {
+        self.sql(if value { "TRUE" } else { "FALSE" })
+    }
 }
 
 #[cfg(test)]
@@ -125,12 +169,21 @@ mod tests {
             .bytes(&[0, 0xab, b'\''])
             .sql(", ")
             .int(-42)
+            .sql(", ")
+            .opt_int(None)
+            .sql(", ")
+            .opt_text(Some("a b"))
+            .sql(", ")
+            .boolean(true)
             .sql(") AND id IN ")
-            .ints(&[1, 2]);
+            .ints(&[1, 2])
+            .sql(" AND k IN ")
+            .texts(&["x".to_string(), "é".to_string()]);
         assert_eq!(
             t.0,
             "INSERT INTO q VALUES ('WorkerJob', _utf8mb4 X'697427733B2044524F50205441424C4520713B205C', \
-             '', X'00AB27', -42) AND id IN (1, 2)"
+             '', X'00AB27', -42, NULL, _utf8mb4 X'612062', TRUE) AND id IN (1, 2) \
+             AND k IN ('x', _utf8mb4 X'C3A9')"
         );
     }
 }

@@ -292,6 +292,50 @@ impl JdbcUnit {
         Ok(true)
     }
 
+    /// MySQL: the commit's writes - the staged saves, the staged messages and the deletion of
+    /// the unit's queue rows `ids` - in one text query ([`Text`]; a statement each otherwise,
+    /// each a round trip), the `COMMIT` left to the caller. `false`, with nothing written, when
+    /// they do not fit in one: the caller writes them apart. The rows of `ids` were locked when
+    /// the unit began; one claimed by another consumer since (its lease ended) refuses the unit.
+    async fn write_text(&mut self, ids: &[i64], staged: &[Envelope]) -> Result<bool, QueueError> {
+        use futures::TryStreamExt;
+        let err = queue_err("commit");
+        let mut text = Text::default();
+        if !push_text_publish(&mut text, staged, None) {
+            return Ok(false);
+        }
+        let created = if self.pending.is_empty() {
+            Vec::new()
+        } else {
+            match self.pending.push_text(&mut text) {
+                Some(created) => created,
+                None => return Ok(false),
+            }
+        };
+        text.sql("DELETE FROM queue WHERE claimed_by = ")
+            .text(&self.token)
+            .sql(" AND id IN ")
+            .ints(ids);
+        // Each statement's result in turn: the last one is the deletion's.
+        let results: Vec<_> = sqlx::raw_sql(sqlx::AssertSqlSafe(text.0))
+            .fetch_many(&mut *self.conn()?)
+            .try_collect()
+            .await
+            .map_err(|e| batch::fenced_if_stored(e, &created).unwrap_or_else(&err))?;
+        let deleted = results
+            .iter()
+            .rev()
+            .find_map(|r| match r {
+                sqlx::Either::Left(done) => Some(done.rows_affected()),
+                sqlx::Either::Right(_) => None,
+            })
+            .unwrap_or(0);
+        if deleted != ids.len() as u64 {
+            return Err(rows_lost(deleted, ids.len()));
+        }
+        Ok(true)
+    }
+
     /// Fail the transaction here when the testkit planned its fault at `point`.
     #[cfg(feature = "testkit")]
     async fn fault_point(
@@ -655,17 +699,10 @@ impl UnitOfWork for JdbcUnit {
     async fn publish(&mut self, messages: Vec<Envelope>) -> Result<(), QueueError> {
         check_staged(&messages, self.max_message_bytes)?;
         self.published.extend(messages.iter().map(|m| m.topic));
-        if FLAVOR != crate::common::Flavor::MySql {
-            // Nothing in the unit reads them back: they are inserted at commit, with the
-            // acknowledgement (SQLite: in one call; PostgreSQL: in one statement).
-            self.staged.extend(messages);
-            return Ok(());
-        }
-        let notifier = self.notifier.clone();
-        let conn = self.conn()?;
-        publish_in(conn, &messages, &notifier)
-            .await
-            .map_err(queue_err("publish"))?;
+        // Nothing in the unit reads them back: they are inserted at commit, with the
+        // acknowledgement (SQLite: in one call; PostgreSQL: in one statement; MySQL: in one text
+        // query).
+        self.staged.extend(messages);
         Ok(())
     }
 
@@ -712,10 +749,13 @@ impl UnitOfWork for JdbcUnit {
             self.deferred = Some(deferred);
             self.materialize().await?;
         }
-        let together = FLAVOR == crate::common::Flavor::Postgres
-            && !ids.is_empty()
+        let together = !ids.is_empty()
             && ids.len() <= CHUNK
-            && self.write_together(&ids, &staged).await?;
+            && match FLAVOR {
+                crate::common::Flavor::Postgres => self.write_together(&ids, &staged).await?,
+                crate::common::Flavor::MySql => self.write_text(&ids, &staged).await?,
+                crate::common::Flavor::Sqlite => false,
+            };
         if !together {
             self.write_pending().await?;
             let notifier = self.notifier.clone();
