@@ -108,27 +108,37 @@ impl Store {
         // commits or rolls back from here on is the unit's transaction.
         mark.sql("COMMIT; BEGIN");
         let ids: Vec<i64> = got.0.iter().map(|d| d.tag.offset).collect();
-        if !mysql || ids.len() > CHUNK {
-            sqlx::raw_sql(sqlx::AssertSqlSafe(mark.0))
-                .execute(&mut *tx)
-                .await?;
-            return Ok((got, Some((tx, None))));
+        let lock = mysql && ids.len() <= CHUNK;
+        if lock {
+            // MySQL: and the unit's lock of its rows (`lock_claimed`) in the same query.
+            mark.sql("; SELECT id FROM queue WHERE claimed_by = ")
+                .text(token)
+                .sql(" AND id IN ")
+                .ints(&ids)
+                .sql(" ORDER BY id")
+                .sql(FLAVOR.for_update());
         }
-        // MySQL: and the unit's lock of its rows (`lock_claimed`) in the same query.
-        mark.sql("; SELECT id FROM queue WHERE claimed_by = ")
-            .text(token)
-            .sql(" AND id IN ")
-            .ints(&ids)
-            .sql(" ORDER BY id")
-            .sql(FLAVOR.for_update());
         let rows = sqlx::raw_sql(sqlx::AssertSqlSafe(mark.0))
             .fetch_all(&mut *tx)
-            .await?;
-        let held = rows
-            .iter()
-            .map(|row| get::<i64>(row, "id"))
-            .collect::<Result<HashSet<i64>, _>>()?;
-        Ok((got, Some((tx, Some(held)))))
+            .await
+            .and_then(|rows| {
+                rows.iter()
+                    .map(|row| get::<i64>(row, "id"))
+                    .collect::<Result<HashSet<i64>, _>>()
+            });
+        match rows {
+            Ok(held) => Ok((got, Some((tx, lock.then_some(held))))),
+            Err(e) => {
+                // The claim may have committed before the statement that failed: release it
+                // (rows still claimed by this token only), or its messages would wait for the
+                // end of its lease - as when the lock of a unit's rows fails (`begin`).
+                drop(tx);
+                if let Err(error) = release_claimed(&self.write, &ids, token).await {
+                    tracing::debug!(%error, "cannot release a claim whose unit could not begin; its messages come back when the lease ends");
+                }
+                Err(e)
+            }
+        }
     }
 
     /// One attempt of a recorded claim (contract point 12): claim, derive and check the records,
@@ -143,14 +153,9 @@ impl Store {
         token: &str,
         record: &Recorder,
     ) -> Result<Result<(Vec<Delivery>, bool), QueueError>, sqlx::Error> {
-        if FLAVOR == crate::common::Flavor::Sqlite {
+        if FLAVOR != crate::common::Flavor::Postgres {
             return self
-                .claim_recorded_sqlite(group, topic, max, lease, token, record)
-                .await;
-        }
-        if FLAVOR == crate::common::Flavor::MySql {
-            return self
-                .claim_recorded_mysql(group, topic, max, lease, token, record)
+                .claim_recorded_raw(group, topic, max, lease, token, record)
                 .await;
         }
         let mut tx = begin_write(&self.write).await?;
@@ -175,12 +180,13 @@ impl Store {
         Ok(Ok((got, complete)))
     }
 
-    /// MySQL's [`Store::claim_recorded_once`]: the same transaction in three round trips (four
-    /// when the per-key order needs its statement) instead of six or seven - `BEGIN`, the scan,
-    /// then the statement that marks the rows claimed, the records' inserts and the `COMMIT` in
-    /// one text query ([`RawTx::commit_text`]). A failed statement closes the connection (a
-    /// [`RawTx`] dropped in a transaction), which rolls it back.
-    async fn claim_recorded_mysql(
+    /// SQLite's and MySQL's [`Store::claim_recorded_once`]: the same transaction on a [`RawTx`].
+    /// SQLite: two calls to the connection's thread - the claim after its `BEGIN IMMEDIATE`, then
+    /// the records before the `COMMIT` - instead of four. MySQL: three round trips (four when the
+    /// per-key order needs its statement) instead of six or seven - `BEGIN`, the scan, then the
+    /// statement that marks the rows claimed, the records' inserts and the `COMMIT` in one text
+    /// query ([`RawTx::commit_text`]). A failed statement rolls back or closes the connection.
+    async fn claim_recorded_raw(
         &self,
         group: ConsumerGroup,
         topic: Topic,
@@ -189,9 +195,15 @@ impl Store {
         token: &str,
         record: &Recorder,
     ) -> Result<Result<(Vec<Delivery>, bool), QueueError>, sqlx::Error> {
+        let sqlite = FLAVOR == crate::common::Flavor::Sqlite;
         let mut raw = RawTx::acquire(&self.write).await?;
-        sqlx::raw_sql("BEGIN").execute(raw.conn()?).await?;
+        if !sqlite {
+            sqlx::raw_sql("BEGIN").execute(raw.conn()?).await?;
+        }
+        // MySQL: the mark, the records and the `COMMIT`, in text; SQLite: the records.
         let mut text = Text::default();
+        let mut qb = Qb::new("");
+        let mark = (!sqlite).then_some(&mut text);
         let (got, complete) = claim_in(
             raw.conn()?,
             group,
@@ -199,65 +211,36 @@ impl Store {
             max,
             lease,
             token,
-            false,
-            Some(&mut text),
+            sqlite,
+            mark,
         )
         .await?;
-        if got.is_empty() {
-            // Nothing claimed, but rows the claim set aside as dead letters stay set aside (as in
-            // `claim_once`).
+        // Nothing claimed: rows the claim set aside as dead letters stay set aside.
+        let records = if got.is_empty() {
+            Vec::new()
+        } else {
+            match self.records_of(&got, record) {
+                Ok(r) => r,
+                Err(e) => {
+                    raw.rollback().await;
+                    return Ok(Err(e));
+                }
+            }
+        };
+        let together = if sqlite {
+            push_publish(&mut qb, &records).is_some()
+        } else {
+            push_text_publish(&mut text, &records, None)
+        };
+        if !together {
+            publish_in(raw.conn()?, &records, &self.notifier).await?;
+        }
+        if sqlite {
+            raw.commit(qb).await?;
+        } else {
             text.sql("COMMIT");
             raw.commit_text(text.0).await?;
-            return Ok(Ok((got, complete)));
         }
-        let records = match self.records_of(&got, record) {
-            Ok(r) => r,
-            Err(e) => {
-                raw.rollback().await;
-                return Ok(Err(e));
-            }
-        };
-        if !push_text_publish(&mut text, &records, None) {
-            publish_in(raw.conn()?, &records, &self.notifier).await?;
-        }
-        text.sql("COMMIT");
-        raw.commit_text(text.0).await?;
-        self.wake(records.iter().map(|m| m.topic));
-        Ok(Ok((got, complete)))
-    }
-
-    /// SQLite's [`Store::claim_recorded_once`]: the same transaction in two calls to the
-    /// connection's thread ([`RawTx`]) - the claim after its `BEGIN IMMEDIATE`, then the records
-    /// before the `COMMIT` - instead of four.
-    async fn claim_recorded_sqlite(
-        &self,
-        group: ConsumerGroup,
-        topic: Topic,
-        max: usize,
-        lease: Duration,
-        token: &str,
-        record: &Recorder,
-    ) -> Result<Result<(Vec<Delivery>, bool), QueueError>, sqlx::Error> {
-        let mut raw = RawTx::acquire(&self.write).await?;
-        let (got, complete) =
-            claim_in(raw.conn()?, group, &[topic], max, lease, token, true, None).await?;
-        if got.is_empty() {
-            // Nothing claimed, but rows the claim set aside as dead letters stay set aside.
-            raw.commit(Qb::new("")).await?;
-            return Ok(Ok((got, complete)));
-        }
-        let records = match self.records_of(&got, record) {
-            Ok(r) => r,
-            Err(e) => {
-                raw.rollback().await;
-                return Ok(Err(e));
-            }
-        };
-        let mut qb = Qb::new("");
-        if push_publish(&mut qb, &records).is_none() {
-            publish_in(raw.conn()?, &records, &self.notifier).await?;
-        }
-        raw.commit(qb).await?;
         self.wake(records.iter().map(|m| m.topic));
         Ok(Ok((got, complete)))
     }
