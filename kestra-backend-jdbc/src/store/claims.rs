@@ -251,17 +251,7 @@ impl RawTx {
     pub(super) async fn commit(mut self, mut qb: Qb) -> Result<u64, sqlx::Error> {
         qb.push("COMMIT");
         let result = qb.build().execute(self.conn()?).await;
-        match result {
-            Ok(done) => {
-                // Back to the pool, usable.
-                drop(self.0.take());
-                Ok(done.rows_affected())
-            }
-            Err(e) => {
-                self.end("ROLLBACK").await;
-                Err(e)
-            }
-        }
+        self.ended(result.map(|done| done.rows_affected())).await
     }
 
     /// MySQL: run the text `sql` (several statements, values inline: [`Text`]), which begins and
@@ -272,10 +262,16 @@ impl RawTx {
         let result = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
             .execute(self.conn()?)
             .await;
+        self.ended(result.map(|done| done.rows_affected())).await
+    }
+
+    /// After the call that committed: the connection back to the pool, usable - or, if the call
+    /// failed, the transaction rolled back (see [`RawTx::end`]).
+    async fn ended(&mut self, result: Result<u64, sqlx::Error>) -> Result<u64, sqlx::Error> {
         match result {
-            Ok(done) => {
+            Ok(n) => {
                 drop(self.0.take());
-                Ok(done.rows_affected())
+                Ok(n)
             }
             Err(e) => {
                 self.end("ROLLBACK").await;
